@@ -1,0 +1,1 @@
+"""sentinel's common package: schemas, stream names, the Redis Streams bus, settings, runtime."""

@@ -1,0 +1,376 @@
+"""One Redis Streams publisher/consumer for every service.
+
+A message is one stream entry with a single field ``d`` holding msgpack bytes (``shared.schemas``): one field is
+cheaper for redis-py to build than many, and a trades entry carries a whole batch.
+
+Consumer guarantees:
+
+- consumer groups; an entry is XACKed only after the handler returned (or, for handlers that write state in a
+  MULTI/EXEC, in the handler's own transaction via ``Batch.ack_with``: state, output and ack land together);
+- on start the consumer first re-reads its own pending entries (delivered before a crash, never acked), then claims
+  entries other consumers left pending for longer than ``claim_idle_ms`` (XAUTOCLAIM), at start and periodically;
+- an entry that cannot be decoded goes to the dead-letter stream and is acked at once; an entry whose handler keeps
+  failing goes there after ``max_deliveries`` deliveries; a failing batch is retried entry by entry so one poison
+  entry does not hold back the others (within a stream, entries after a failure wait: order is kept);
+- Redis connection errors are logged and retried with capped backoff; the loop does not die.
+
+Publishing trims streams with approximate MAXLEN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+
+from shared import streams
+from shared.errors import DecodeError
+
+logger = logging.getLogger(__name__)
+
+FIELD = b"d"
+DEFAULT_MAXLEN = 100_000
+
+T = TypeVar("T")
+
+
+def backoff_delay(attempt: int, *, base: float = 0.1, cap: float = 10.0) -> float:
+    """Capped exponential backoff with full jitter: a random delay in [0, min(cap, base * 2**attempt)]."""
+    return random.uniform(0, min(cap, base * (2 ** min(attempt, 30))))
+
+
+class Bus:
+    """Publishing side, plus the helpers consumers and tools share."""
+
+    def __init__(self, redis: Redis, *, maxlen: int = DEFAULT_MAXLEN) -> None:
+        self.redis = redis
+        self.maxlen = maxlen
+
+    def add_to(self, pipe: Any, stream: str, data: bytes, *, maxlen: int | None = None,
+               channel: str | None = None) -> None:
+        """Queue an XADD (and a PUBLISH to ``channel``) on a caller's pipeline or MULTI/EXEC transaction."""
+        pipe.xadd(stream, {FIELD: data}, maxlen=maxlen or self.maxlen, approximate=True)
+        if channel is not None:
+            pipe.publish(channel, data)
+
+    async def publish(self, stream: str, data: bytes, *, maxlen: int | None = None,
+                      channel: str | None = None) -> bytes:
+        """Append one message; also PUBLISH it on ``channel`` for live views when given. Returns the entry id."""
+        if channel is None:
+            return await self.redis.xadd(stream, {FIELD: data}, maxlen=maxlen or self.maxlen, approximate=True)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self.add_to(pipe, stream, data, maxlen=maxlen, channel=channel)
+            result = await pipe.execute()
+        return result[0]
+
+    async def publish_many(self, items: Iterable[tuple[str, bytes]], *, maxlen: int | None = None) -> list[bytes]:
+        """Append many (stream, data) messages in one pipelined round trip, in order."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream, data in items:
+                self.add_to(pipe, stream, data, maxlen=maxlen)
+            return await pipe.execute()
+
+    async def ensure_group(self, stream: str, group: str, start_id: str = "0") -> None:
+        """Create ``group`` on ``stream`` (and the stream) if missing. ``start_id="0"`` reads what was already there."""
+        try:
+            await self.redis.xgroup_create(stream, group, id=start_id, mkstream=True)
+        except redis_errors.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def dead_letter(self, stream: str, entry_id: bytes | str, data: bytes | None, reason: str,
+                          group: str = "") -> None:
+        """Record an entry that could not be processed, with why, on the dead-letter stream."""
+        logger.warning("dead-lettering %s %s (group %s): %s", stream, _s(entry_id), group or "-", reason)
+        await self.redis.xadd(streams.DEAD_LETTER, {
+            b"source": stream, b"id": entry_id, b"group": group, b"reason": reason[:2000], FIELD: data or b"",
+        }, maxlen=self.maxlen, approximate=True)
+
+    async def caught_up(self, stream: str, group: str) -> bool:
+        """True when ``group`` has been delivered every entry of ``stream`` and acked them all."""
+        try:
+            info = await self.redis.xinfo_stream(stream)
+            groups = await self.redis.xinfo_groups(stream)
+        except redis_errors.ResponseError:
+            return False
+        last = info.get("last-generated-id") or info.get(b"last-generated-id")
+        for g in groups:
+            name = g.get("name") or g.get(b"name")
+            if _s(name) == group:
+                return g["pending"] == 0 and _s(g["last-delivered-id"]) == _s(last)
+        return False
+
+    async def group_status(self, stream: str, group: str) -> dict[str, int] | None:
+        """Pending count and lag (entries not yet delivered) of a group, None if the group does not exist."""
+        try:
+            info = await self.redis.xinfo_stream(stream)
+            groups = await self.redis.xinfo_groups(stream)
+        except redis_errors.ResponseError:
+            return None
+        for g in groups:
+            if _s(g.get("name")) == group:
+                lag = g.get("lag")
+                if lag is None:  # Redis < 7 has no lag field: count what lies after last-delivered-id
+                    lag = len(await self.redis.xrange(stream, min=f"({_s(g['last-delivered-id'])}", count=10_000))
+                return {"pending": int(g["pending"]), "lag": int(lag), "length": int(info["length"])}
+        return None
+
+
+def _s(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(slots=True)
+class Entry(Generic[T]):
+    """One decoded stream entry."""
+
+    stream: str
+    id: bytes
+    value: T
+
+
+@dataclass(slots=True)
+class Batch(Generic[T]):
+    """What a handler receives: decoded entries in stream order (per stream)."""
+
+    entries: list[Entry[T]]
+    group: str
+    acked: bool = field(default=False)
+
+    def ack_with(self, pipe: Any) -> None:
+        """Queue the XACKs of this batch on the handler's own pipeline or transaction (the bus will not ack again)."""
+        by_stream: dict[str, list[bytes]] = {}
+        for entry in self.entries:
+            by_stream.setdefault(entry.stream, []).append(entry.id)
+        for stream, ids in by_stream.items():
+            pipe.xack(stream, self.group, *ids)
+        self.acked = True
+
+
+Handler = Callable[[Batch[T]], Awaitable[None]]
+
+
+class Consumer(Generic[T]):
+    """Reads streams in a consumer group, decodes, hands batches to ``handler``, acks after success."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        group: str,
+        consumer: str,
+        decode: Callable[[bytes], T],
+        handler: Handler[T],
+        streams: Sequence[str] = (),
+        count: int = 1000,
+        block_ms: int = 500,
+        claim_idle_ms: int = 30_000,
+        claim_every_s: float = 5.0,
+        max_deliveries: int = 5,
+    ) -> None:
+        self.bus = bus
+        self.redis = bus.redis
+        self.group = group
+        self.name = consumer
+        self.decode = decode
+        self.handler = handler
+        self.count = count
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.claim_every_s = claim_every_s
+        self.max_deliveries = max_deliveries
+        self._streams: list[str] = list(dict.fromkeys(streams))
+        self._ready: set[str] = set()
+        self._recover: set[str] = set()  # streams whose own pending entries must be re-read
+        self._last_claim = 0.0
+        self._retry_at = 0.0  # loop time before which failed entries are not retried
+        self._failures = 0
+        self.processed = 0
+        self.dead_lettered = 0
+
+    # ---- subscriptions ---------------------------------------------------------------------------------------------
+
+    @property
+    def streams(self) -> list[str]:
+        return list(self._streams)
+
+    def set_streams(self, names: Iterable[str]) -> None:
+        """Replace the set of streams read (groups of new ones are created on the next poll)."""
+        self._streams = list(dict.fromkeys(names))
+        self._ready &= set(self._streams)
+        self._recover &= set(self._streams)
+
+    def add_streams(self, names: Iterable[str]) -> None:
+        self.set_streams([*self._streams, *names])
+
+    async def _prepare(self) -> None:
+        for stream in self._streams:
+            if stream not in self._ready:
+                await self.bus.ensure_group(stream, self.group)
+                self._ready.add(stream)
+                self._recover.add(stream)
+
+    # ---- loop ------------------------------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set. Transient Redis errors are retried with capped backoff."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                await self.poll(self.block_ms)
+                failures = 0
+            except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+                failures += 1
+                delay = backoff_delay(failures, base=0.2, cap=5.0)
+                logger.warning("%s/%s: redis unavailable (%s); retrying in %.1fs", self.group, self.name, exc, delay)
+                await _sleep_or_stop(stop, delay)
+            except Exception:
+                failures += 1
+                logger.exception("%s/%s: consume loop error", self.group, self.name)
+                await _sleep_or_stop(stop, backoff_delay(failures, base=0.2, cap=5.0))
+
+    async def drain(self) -> int:
+        """Burst mode: process everything available now (own pending, claimable, new) and return how many."""
+        total = 0
+        while True:
+            n = await self.poll(None)
+            total += n
+            if n == 0 and not self._recover:
+                return total
+            if n == 0:  # only failed entries remain: wait for their retry time
+                await asyncio.sleep(max(0.0, self._retry_at - asyncio.get_running_loop().time()))
+
+    async def poll(self, block_ms: int | None) -> int:
+        """One round: recover own pending, claim stale entries when due, then read new ones. Returns entries handled."""
+        await self._prepare()
+        if not self._streams:
+            if block_ms:
+                await asyncio.sleep(block_ms / 1000)
+            return 0
+        handled = 0
+        loop = asyncio.get_running_loop()
+        if self._recover and loop.time() >= self._retry_at:
+            handled += await self._read_own_pending()
+        if loop.time() - self._last_claim >= self.claim_every_s:
+            self._last_claim = loop.time()
+            handled += await self._claim_stale()
+        if handled:
+            return handled
+        response = await self.redis.xreadgroup(
+            self.group, self.name, {s: ">" for s in self._streams}, count=self.count, block=block_ms,
+        )
+        return await self._handle_response(response)
+
+    async def _read_own_pending(self) -> int:
+        handled = 0
+        for stream in list(self._recover):
+            response = await self.redis.xreadgroup(self.group, self.name, {stream: "0"}, count=self.count)
+            n = await self._handle_response(response)
+            handled += n
+            if n == 0 or not response or not response[0][1]:
+                self._recover.discard(stream)
+        return handled
+
+    async def _claim_stale(self) -> int:
+        handled = 0
+        for stream in self._streams:
+            start = "0-0"
+            while True:
+                result = await self.redis.xautoclaim(stream, self.group, self.name, self.claim_idle_ms,
+                                                     start_id=start, count=self.count)
+                start, claimed = result[0], [e for e in result[1] if e and e[1] is not None]
+                if claimed:
+                    logger.info("%s/%s: claimed %d stale entries of %s", self.group, self.name, len(claimed), stream)
+                    handled += await self._handle_entries(stream, claimed)
+                if _s(start) in ("0-0", "0"):
+                    break
+        return handled
+
+    async def _handle_response(self, response: Any) -> int:
+        handled = 0
+        for stream_name, raw_entries in response or ():
+            handled += await self._handle_entries(_s(stream_name), raw_entries)
+        return handled
+
+    async def _handle_entries(self, stream: str, raw_entries: list) -> int:
+        entries: list[Entry[T]] = []
+        for entry_id, fields in raw_entries:
+            if fields is None:  # deleted by trimming while pending
+                await self.redis.xack(stream, self.group, entry_id)
+                continue
+            data = fields.get(FIELD)
+            try:
+                if data is None:
+                    raise DecodeError(f"entry has no {FIELD.decode()!r} field")
+                entries.append(Entry(stream, entry_id, self.decode(data)))
+            except DecodeError as exc:
+                await self.bus.dead_letter(stream, entry_id, data, f"undecodable: {exc}", self.group)
+                await self.redis.xack(stream, self.group, entry_id)
+                self.dead_lettered += 1
+        if entries:
+            await self._dispatch(entries)
+        return len(raw_entries)
+
+    async def _dispatch(self, entries: list[Entry[T]]) -> None:
+        try:
+            await self._run_handler(entries)
+            return
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError):
+            raise
+        except Exception:
+            if len(entries) == 1:
+                await self._failed(entries[0])
+                return
+            logger.warning("%s/%s: batch of %d failed; retrying entry by entry", self.group, self.name, len(entries),
+                           exc_info=True)
+        failed_streams: set[str] = set()
+        for entry in entries:
+            if entry.stream in failed_streams:
+                self._recover.add(entry.stream)
+                continue
+            try:
+                await self._run_handler([entry])
+            except (redis_errors.ConnectionError, redis_errors.TimeoutError):
+                raise
+            except Exception:
+                failed_streams.add(entry.stream)
+                await self._failed(entry)
+
+    async def _run_handler(self, entries: list[Entry[T]]) -> None:
+        batch = Batch(entries, self.group)
+        await self.handler(batch)
+        if not batch.acked:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                batch.ack_with(pipe)
+                await pipe.execute()
+        self.processed += len(entries)
+
+    async def _failed(self, entry: Entry[T]) -> None:
+        pending = await self.redis.xpending_range(entry.stream, self.group, min=entry.id, max=entry.id, count=1)
+        deliveries = pending[0]["times_delivered"] if pending else 1
+        if deliveries >= self.max_deliveries:
+            raw = await self.redis.xrange(entry.stream, min=entry.id, max=entry.id)
+            data = raw[0][1].get(FIELD) if raw else None
+            await self.bus.dead_letter(entry.stream, entry.id, data,
+                                       f"handler failed {deliveries} times", self.group)
+            await self.redis.xack(entry.stream, self.group, entry.id)
+            self.dead_lettered += 1
+        else:
+            logger.exception("%s/%s: handler failed on %s %s (delivery %d of %d)", self.group, self.name,
+                             entry.stream, _s(entry.id), deliveries, self.max_deliveries)
+            self._recover.add(entry.stream)
+            self._failures += 1
+            self._retry_at = asyncio.get_running_loop().time() + backoff_delay(self._failures, base=0.05, cap=2.0)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, delay: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=delay)
+    except TimeoutError:
+        pass

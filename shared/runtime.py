@@ -1,0 +1,107 @@
+"""One way to run a service: signals set a stop event, work drains within a grace period, Redis is closed.
+
+A service's ``app.run(settings, stop)`` consumes until ``stop`` is set and returns. ``run_service`` gives it
+``grace`` seconds after SIGTERM/SIGINT, then cancels it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+from shared import streams
+from shared.embedded_redis import EmbeddedRedis
+
+logger = logging.getLogger(__name__)
+
+
+def connect(url: str) -> Redis:
+    """A redis-py asyncio client (hiredis parser when installed); bytes in and out."""
+    return Redis.from_url(url, decode_responses=False, health_check_interval=30, socket_keepalive=True)
+
+
+def consumer_name(service: str, configured: str | None = None) -> str:
+    return configured or f"{service}-{socket.gethostname()}-{os.getpid()}"
+
+
+@contextlib.contextmanager
+def redis_url_or_embedded(url: str | None, data_dir: Path) -> Any:
+    """Yield ``url``, or start an embedded redis-server (AOF in ``data_dir/redis``) and yield its URL."""
+    if url:
+        yield url
+        return
+    with EmbeddedRedis(Path(data_dir) / "redis", persist=True) as server:
+        logger.warning("REDIS_URL is not set: started an embedded redis-server at %s", server.url)
+        yield server.url
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def run_service(name: str, main: Callable[[asyncio.Event], Coroutine[Any, Any, None]], *,
+                      grace: float = 10.0, stop: asyncio.Event | None = None) -> None:
+    """Run ``main(stop)`` until it returns or a signal sets ``stop``; then allow ``grace`` seconds and cancel."""
+    stop = stop or asyncio.Event()
+    install_signal_handlers(stop)
+    task = asyncio.create_task(main(stop), name=name)
+    stopper = asyncio.create_task(stop.wait(), name=f"{name}-stop")
+    try:
+        done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if task not in done:
+            logger.info("%s: stopping (grace %.0fs)", name, grace)
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout=grace)
+            except TimeoutError:
+                logger.warning("%s: did not stop within %.0fs; cancelling", name, grace)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        else:
+            task.result()
+    finally:
+        stopper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stopper
+
+
+async def heartbeat(redis: Redis, service: str, stop: asyncio.Event,
+                    status: Callable[[], dict[str, Any]] | None = None, every: float = 2.0) -> None:
+    """Write the service's heartbeat hash every ``every`` seconds (``ts`` in ms plus ``status()`` fields)."""
+    key = streams.heartbeat(service)
+    while not stop.is_set():
+        fields = {"ts": int(time.time() * 1000), "pid": os.getpid(), "host": socket.gethostname()}
+        if status:
+            fields.update({k: str(v) for k, v in status().items()})
+        try:
+            await redis.hset(key, mapping=fields)
+            await redis.pexpire(key, int(every * 5000))
+        except Exception as exc:  # heartbeats must never kill a service
+            logger.debug("heartbeat of %s failed: %s", service, exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every)
+
+
+@contextlib.asynccontextmanager
+async def tasks_until_done(*coros: Awaitable[None]) -> AsyncIterator[list[asyncio.Task]]:
+    """Start tasks, keep references, and on exit cancel whatever is still running."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        yield tasks
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

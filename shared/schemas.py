@@ -1,0 +1,265 @@
+"""Message types that travel on the bus, and their msgpack encoding.
+
+Every message is one msgpack map in the stream entry's single field ``d`` (see ``shared.bus``). Each map carries
+``v`` (schema version) and ``k`` (kind). Prices and amounts travel as decimal strings and are ``Decimal`` in
+Python, so nothing that is summed or compared with a threshold drifts.
+
+The trades stream of one (exchange, symbol) carries three kinds, in exchange order:
+
+- ``trades``: a batch (typically one websocket frame) of trades. Compact rows, because this is the hot path::
+
+      {"v": 1, "k": "trades", "x": "binance", "s": "BTC/USDT",
+       "t": [[3735683259, 1723161255342, "61837.63", "0.02", 0], ...]}   # id, ts ms, price, amount, taker buy?
+
+- ``gap``: market_feed could not recover trades between ``from`` and ``to`` (ms): candles there are incomplete.
+- ``watermark``: exchange time has reached ``ts``; no trade at or before it will follow except late ones. Replay and
+  the live feed publish it so candles close on exchange time in quiet markets; ``final`` marks the end of a recording.
+
+Idempotency: a trade is identified by (exchange, symbol, id); an alert by its ``id``; a candle by
+(exchange, symbol, timeframe, ts, revision).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal, NamedTuple
+
+import msgpack
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.errors import DecodeError
+
+SCHEMA_VERSION = 1
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+def pack(obj: Any) -> bytes:
+    """msgpack-encode a plain structure (dicts, lists, str, int, bool, None)."""
+    return _packb(obj)
+
+
+def unpack(raw: bytes) -> Any:
+    """msgpack-decode; DecodeError if the bytes are not msgpack."""
+    try:
+        return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise DecodeError(f"not msgpack: {exc}") from exc
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Trades (hot path: plain tuples, no pydantic)
+
+
+class Trade(NamedTuple):
+    """One trade. ``id`` is the exchange's trade id (int where numeric); ``ts`` is the exchange time in ms."""
+
+    id: int | str | None
+    ts: int
+    price: Decimal
+    amount: Decimal
+    is_buy: bool  # taker side: True when the taker bought
+
+
+@dataclass(slots=True)
+class TradeBatch:
+    """Trades of one (exchange, symbol), in exchange order."""
+
+    exchange: str
+    symbol: str
+    trades: list[Trade]
+
+
+@dataclass(slots=True)
+class GapMarker:
+    """Trades between ``start`` and ``end`` (ms, inclusive) could not be recovered."""
+
+    exchange: str
+    symbol: str
+    start: int
+    end: int
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class Watermark:
+    """Exchange time reached ``ts`` (ms) for (exchange, symbol); ``final`` when the source has ended."""
+
+    exchange: str
+    symbol: str
+    ts: int
+    final: bool = False
+
+
+FeedMessage = TradeBatch | GapMarker | Watermark
+
+
+def encode_trades(exchange: str, symbol: str, trades: list[Trade] | list[tuple]) -> bytes:
+    """Encode a batch of trades (Trade or equivalent tuples) for the trades stream."""
+    rows = [[t[0], t[1], str(t[2]), str(t[3]), 1 if t[4] else 0] for t in trades]
+    return _packb({"v": SCHEMA_VERSION, "k": "trades", "x": exchange, "s": symbol, "t": rows})
+
+
+def encode_gap(gap: GapMarker) -> bytes:
+    return _packb({"v": SCHEMA_VERSION, "k": "gap", "x": gap.exchange, "s": gap.symbol,
+                   "from": gap.start, "to": gap.end, "reason": gap.reason})
+
+
+def encode_watermark(mark: Watermark) -> bytes:
+    return _packb({"v": SCHEMA_VERSION, "k": "watermark", "x": mark.exchange, "s": mark.symbol,
+                   "ts": mark.ts, "final": mark.final})
+
+
+def _header(msg: Any, kinds: tuple[str, ...]) -> str:
+    if not isinstance(msg, dict):
+        raise DecodeError(f"expected a map, got {type(msg).__name__}")
+    version = msg.get("v")
+    if version != SCHEMA_VERSION:
+        raise DecodeError(f"unsupported schema version {version!r} (this build reads {SCHEMA_VERSION})")
+    kind = msg.get("k")
+    if kind not in kinds:
+        raise DecodeError(f"unexpected message kind {kind!r}; expected one of {', '.join(kinds)}")
+    return kind
+
+
+def _str_field(msg: dict, key: str) -> str:
+    value = msg.get(key)
+    if not isinstance(value, str) or not value:
+        raise DecodeError(f"field {key!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _int_field(msg: dict, key: str) -> int:
+    value = msg.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise DecodeError(f"field {key!r} must be an integer, got {value!r}")
+    return value
+
+
+def _decode_rows(rows: Any) -> list[Trade]:
+    if not isinstance(rows, list):
+        raise DecodeError("field 't' must be a list of trades")
+    out: list[Trade] = []
+    append = out.append
+    for n, row in enumerate(rows):
+        try:
+            tid, ts, price, amount, side = row
+            if type(ts) is not int:
+                raise TypeError("ts must be an integer")
+            append(Trade(tid, ts, Decimal(price), Decimal(amount), side == 1))
+        except (TypeError, ValueError, InvalidOperation) as exc:
+            raise DecodeError(f"trade {n} is malformed ({exc}): {row!r}") from exc
+    return out
+
+
+def decode_feed(raw: bytes) -> FeedMessage:
+    """Decode one entry of a trades stream into TradeBatch, GapMarker or Watermark (DecodeError if malformed)."""
+    msg = unpack(raw)
+    kind = _header(msg, ("trades", "gap", "watermark"))
+    exchange, symbol = _str_field(msg, "x"), _str_field(msg, "s")
+    if kind == "trades":
+        return TradeBatch(exchange, symbol, _decode_rows(msg.get("t")))
+    if kind == "gap":
+        return GapMarker(exchange, symbol, _int_field(msg, "from"), _int_field(msg, "to"), str(msg.get("reason", "")))
+    return Watermark(exchange, symbol, _int_field(msg, "ts"), bool(msg.get("final", False)))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Tickers, candles, alerts (low rate: pydantic models, exact decimals)
+
+
+class _Message(BaseModel):
+    """Base of the pydantic-validated messages: decimals travel as strings."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    kind: str
+
+    def encode(self) -> bytes:
+        data = self.model_dump(mode="json")
+        data["v"] = SCHEMA_VERSION
+        data["k"] = data.pop("kind")
+        return _packb(data)
+
+    @classmethod
+    def decode(cls, raw: bytes):
+        msg = unpack(raw)
+        kind = _header(msg, (cls.model_fields["kind"].default,))
+        data = {k: v for k, v in msg.items() if k not in ("v", "k")}
+        try:
+            return cls.model_validate({**data, "kind": kind})
+        except ValidationError as exc:
+            raise DecodeError(f"invalid {kind}: {exc.errors(include_url=False)}") from exc
+
+
+class Ticker(_Message):
+    """Best bid/ask and last price of a symbol at exchange time ``ts`` (ms)."""
+
+    kind: Literal["ticker"] = "ticker"
+    exchange: str
+    symbol: str
+    ts: int
+    bid: Decimal | None = None
+    ask: Decimal | None = None
+    bid_size: Decimal | None = None
+    ask_size: Decimal | None = None
+    last: Decimal | None = None
+
+
+class Candle(_Message):
+    """OHLCV of one bucket. ``ts`` is the bucket start (ms UTC).
+
+    ``closed`` is False for an in-progress candle. A closed candle revised by a late trade is published again with
+    ``revision`` + 1. ``incomplete`` marks a bucket that overlaps a gap in the trade feed.
+    """
+
+    kind: Literal["candle"] = "candle"
+    exchange: str
+    symbol: str
+    timeframe: str
+    ts: int
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    buy_volume: Decimal
+    sell_volume: Decimal
+    quote_volume: Decimal = Decimal(0)
+    trades: int = 0
+    first_trade_id: int | str | None = None
+    last_trade_id: int | str | None = None
+    closed: bool = True
+    revision: int = 0
+    incomplete: bool = False
+
+    @property
+    def vwap(self) -> Decimal | None:
+        """Volume-weighted average price, None for an empty candle."""
+        return self.quote_volume / self.volume if self.volume else None
+
+    @property
+    def delta(self) -> Decimal:
+        """Taker buy minus taker sell volume: the candle's contribution to CVD."""
+        return self.buy_volume - self.sell_volume
+
+
+class Alert(_Message):
+    """An alert fired (or resolved) by a rule. ``id`` is deterministic, so a replay produces the same id."""
+
+    kind: Literal["alert"] = "alert"
+    id: str
+    rule: str
+    exchange: str
+    symbol: str
+    timeframe: str | None = None
+    ts: int  # exchange time of the data that fired it (candle start for candle rules)
+    fired_at: int  # exchange time of the evaluation (candle close for candle rules)
+    price: Decimal | None = None
+    value: Decimal | None = None
+    condition: str = ""
+    message: str = ""
+    severity: Literal["info", "warning", "critical"] = "info"
+    labels: dict[str, str] = Field(default_factory=dict)
+    channels: list[str] = Field(default_factory=list)
+    state: Literal["firing", "resolved"] = "firing"

@@ -1,0 +1,120 @@
+"""Every Redis key, stream, consumer group and pub/sub channel name sentinel uses. No key is built anywhere else.
+
+Streams (durable, consumer groups)::
+
+    sentinel:trades:{exchange}:{symbol}              TradeBatch / GapMarker / Watermark, written by market_feed
+    sentinel:tickers:{exchange}:{symbol}             Ticker
+    sentinel:candles:{exchange}:{symbol}:{tf}        closed (and revised) candles, written by candle_builder
+    sentinel:candles_live:{exchange}:{symbol}:{tf}   in-progress candles, throttled, short
+    sentinel:alerts                                  Alert, written by alert_engine, read by notifier
+    sentinel:alerts:history                          every Alert, with retention, for the API
+    sentinel:deadletter                              what could not be decoded or kept failing
+
+Pub/sub channels mirror the streams for live views (see docs/channels.md).
+"""
+
+from __future__ import annotations
+
+PREFIX = "sentinel"
+
+# ---- streams -------------------------------------------------------------------------------------------------------
+
+
+def trades(exchange: str, symbol: str) -> str:
+    return f"{PREFIX}:trades:{exchange}:{symbol}"
+
+
+def tickers(exchange: str, symbol: str) -> str:
+    return f"{PREFIX}:tickers:{exchange}:{symbol}"
+
+
+def candles(exchange: str, symbol: str, timeframe: str) -> str:
+    return f"{PREFIX}:candles:{exchange}:{symbol}:{timeframe}"
+
+
+def candles_live(exchange: str, symbol: str, timeframe: str) -> str:
+    return f"{PREFIX}:candles_live:{exchange}:{symbol}:{timeframe}"
+
+
+ALERTS = f"{PREFIX}:alerts"
+ALERT_HISTORY = f"{PREFIX}:alerts:history"
+DEAD_LETTER = f"{PREFIX}:deadletter"
+NOTIFY_DEAD_LETTER = f"{PREFIX}:notify:deadletter"
+
+# Set of "exchange|symbol" that market_feed publishes trades for; consumers discover streams from it.
+FEED_REGISTRY = f"{PREFIX}:registry:feeds"
+# Set of "exchange|symbol|timeframe" that candle_builder publishes candles for.
+CANDLE_REGISTRY = f"{PREFIX}:registry:candles"
+
+REGISTRY_SEP = "|"
+
+
+def registry_member(*parts: str) -> str:
+    return REGISTRY_SEP.join(parts)
+
+
+def split_registry_member(member: str | bytes) -> list[str]:
+    if isinstance(member, bytes):
+        member = member.decode()
+    return member.split(REGISTRY_SEP)
+
+
+# ---- consumer groups -----------------------------------------------------------------------------------------------
+
+GROUP_CANDLE_BUILDER = "candle_builder"
+GROUP_ALERT_ENGINE = "alert_engine"
+GROUP_NOTIFIER = "notifier"
+
+# ---- keys ----------------------------------------------------------------------------------------------------------
+
+
+def builder_state(exchange: str, symbol: str) -> str:
+    """Hash: candle_builder's persisted state for one (exchange, symbol)."""
+    return f"{PREFIX}:state:candles:{exchange}:{symbol}"
+
+
+def feed_state(exchange: str, symbol: str) -> str:
+    """Hash: market_feed's last published trade id / time for one (exchange, symbol)."""
+    return f"{PREFIX}:state:feed:{exchange}:{symbol}"
+
+
+def alert_cooldown(fingerprint: str) -> str:
+    """String with a TTL: set NX while a rule is cooling down for this fingerprint."""
+    return f"{PREFIX}:cooldown:{fingerprint}"
+
+
+def alert_fired(alert_id: str) -> str:
+    """String: set NX when an alert id is first published (replay safety)."""
+    return f"{PREFIX}:alert:fired:{alert_id}"
+
+
+RULE_STATE = f"{PREFIX}:rules:state"  # Hash fingerprint -> msgpack state (last fired, firing/resolved)
+RULES = f"{PREFIX}:rules"  # Hash rule name -> YAML of the rule (rules managed by the API)
+
+
+def notify_sent(alert_id: str, target: str) -> str:
+    """String: idempotency record of one (alert, notification target) delivery."""
+    return f"{PREFIX}:notify:sent:{alert_id}:{target}"
+
+
+def heartbeat(service: str) -> str:
+    """Hash: a service's heartbeat (ts) and its status fields."""
+    return f"{PREFIX}:heartbeat:{service}"
+
+
+# ---- pub/sub channels ----------------------------------------------------------------------------------------------
+
+
+def channel_candles(exchange: str, symbol: str, timeframe: str) -> str:
+    return f"{PREFIX}:ch:candles:{exchange}:{symbol}:{timeframe}"
+
+
+def channel_candles_live(exchange: str, symbol: str, timeframe: str) -> str:
+    return f"{PREFIX}:ch:candles_live:{exchange}:{symbol}:{timeframe}"
+
+
+def channel_tickers(exchange: str, symbol: str) -> str:
+    return f"{PREFIX}:ch:tickers:{exchange}:{symbol}"
+
+
+CHANNEL_ALERTS = f"{PREFIX}:ch:alerts"

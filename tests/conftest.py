@@ -1,0 +1,54 @@
+"""Shared fixtures: a real redis-server per test session on a free loopback port (never the machine's 6379)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from shared.embedded_redis import EmbeddedRedis
+from shared.runtime import connect
+
+REPO = Path(__file__).resolve().parent.parent
+#: Real recorded market data, beside the checkout (see ../shared/data/SOURCES.md). Never copied into the repo.
+SHARED_DATA = Path(os.environ.get("SENTINEL_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared_data(relative: str) -> Path:
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.fail(f"recorded data missing: {path} (expected ../shared/data beside the checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), persist=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator:
+    """An asyncio client on an emptied database."""
+    client = connect(redis_url)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A private redis-server with AOF, for tests that kill and restart it."""
+    server = EmbeddedRedis(tmp_path / "redis", persist=True)
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+import msgpack
+import pytest
+
+from shared.errors import DecodeError
+from shared.schemas import (Alert, Candle, GapMarker, Ticker, Trade, TradeBatch, Watermark, decode_feed,
+                            encode_gap, encode_trades, encode_watermark)
+
+
+def test_trade_batch_round_trip_keeps_exact_decimals():
+    trades = [Trade(3735683259, 1723161255342, Decimal("61837.63000000"), Decimal("0.00009000"), False),
+              Trade("abc", 1723161255343, Decimal("0.1"), Decimal("0.2"), True)]
+    decoded = decode_feed(encode_trades("binance", "BTC/USDT", trades))
+    assert isinstance(decoded, TradeBatch)
+    assert (decoded.exchange, decoded.symbol) == ("binance", "BTC/USDT")
+    assert decoded.trades == trades
+    assert decoded.trades[1].price + decoded.trades[1].amount == Decimal("0.3")  # no float drift
+
+
+def test_gap_and_watermark_round_trip():
+    gap = GapMarker("binance", "BTC/USDT", 10, 20, "reconnect")
+    assert decode_feed(encode_gap(gap)) == gap
+    mark = Watermark("kraken", "BTC/USD", 99, final=True)
+    assert decode_feed(encode_watermark(mark)) == mark
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    (b"\xc1", "not msgpack"),
+    (msgpack.packb([1, 2]), "expected a map"),
+    (msgpack.packb({"v": 99, "k": "trades"}), "schema version 99"),
+    (msgpack.packb({"v": 1, "k": "bogus", "x": "a", "s": "b"}), "unexpected message kind"),
+    (msgpack.packb({"v": 1, "k": "trades", "x": "", "s": "b", "t": []}), "'x'"),
+    (msgpack.packb({"v": 1, "k": "trades", "x": "a", "s": "b", "t": [[1, 2, "x", "1", 0]]}), "trade 0"),
+    (msgpack.packb({"v": 1, "k": "trades", "x": "a", "s": "b", "t": [[1, "2", "1", "1", 0]]}), "trade 0"),
+    (msgpack.packb({"v": 1, "k": "trades", "x": "a", "s": "b", "t": [[1, 2, "1"]]}), "trade 0"),
+])
+def test_malformed_feed_messages_say_what_is_wrong(raw, fragment):
+    with pytest.raises(DecodeError, match=fragment):
+        decode_feed(raw)
+
+
+def test_candle_round_trip_and_derived_fields():
+    candle = Candle(exchange="binance", symbol="BTC/USDT", timeframe="1m", ts=60_000, open="1.1", high="2.2",
+                    low="1.0", close="2.0", volume="3", buy_volume="2", sell_volume="1", quote_volume="6.3",
+                    trades=3, first_trade_id=1, last_trade_id=3)
+    back = Candle.decode(candle.encode())
+    assert back == candle
+    assert back.high == Decimal("2.2") and back.delta == Decimal("1") and back.vwap == Decimal("2.1")
+
+
+def test_ticker_and_alert_round_trip():
+    ticker = Ticker(exchange="binance", symbol="BTC/USDT", ts=5, bid="1.5", ask="1.6", last=None)
+    assert Ticker.decode(ticker.encode()) == ticker
+    alert = Alert(id="a1", rule="r", exchange="binance", symbol="BTC/USDT", timeframe="1m", ts=0, fired_at=60_000,
+                  price="100.5", labels={"team": "x"}, channels=["console"])
+    assert Alert.decode(alert.encode()) == alert
+
+
+def test_decode_rejects_wrong_kind_and_bad_fields():
+    ticker = Ticker(exchange="binance", symbol="BTC/USDT", ts=5)
+    with pytest.raises(DecodeError, match="unexpected message kind"):
+        Candle.decode(ticker.encode())
+    bad = msgpack.packb({"v": 1, "k": "ticker", "exchange": "b", "symbol": "s", "ts": "soon"})
+    with pytest.raises(DecodeError, match="invalid ticker"):
+        Ticker.decode(bad)

@@ -48,6 +48,16 @@ CANDLE_REGISTRY = f"{PREFIX}:registry:candles"
 
 REGISTRY_SEP = "|"
 
+# Hash "exchange|symbol|timeframe" -> reference count: the series consumers (alert_engine, API) ask candle_builder for.
+SUBSCRIPTIONS = f"{PREFIX}:subscriptions"
+# Stream of OHLCV history requests that market_feed serves (it owns the exchange connections).
+HISTORY_REQUESTS = f"{PREFIX}:history:requests"
+
+
+def history_reply(request_id: str) -> str:
+    """List the reply to one history request is pushed to (consumer BLPOPs it)."""
+    return f"{PREFIX}:history:reply:{request_id}"
+
 
 def registry_member(*parts: str) -> str:
     return REGISTRY_SEP.join(parts)

@@ -1,0 +1,119 @@
+"""The ``sentinel`` command."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from shared.errors import SentinelError
+
+app = typer.Typer(help="sentinel: real-time crypto market alerts over Redis Streams.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML settings file (or SENTINEL_CONFIG).")]
+
+SERVICES = {
+    "market-feed": "services.market_feed.__main__",
+    "candle-builder": "services.candle_builder.__main__",
+    "alert-engine": "services.alert_engine.__main__",
+    "notifier": "services.notifier.__main__",
+    "api": "services.api.__main__",
+}
+
+
+def _service_command(module: str, name: str):
+    def command(config: ConfigOpt = None) -> None:
+        importlib.import_module(module).main(str(config) if config else None)
+
+    command.__doc__ = f"Run the {name} service alone (what docker-compose runs). REDIS_URL selects the Redis."
+    return command
+
+
+for _name, _module in SERVICES.items():
+    app.command(_name)(_service_command(_module, _name))
+
+
+@app.command()
+def up(config: ConfigOpt = None) -> None:
+    """Run every service and the API together; starts an embedded Redis when REDIS_URL is not set."""
+    from sentinel.run import up as run_up
+
+    run_up(config)
+
+
+@app.command()
+def demo(
+    trades: Annotated[Optional[Path], typer.Option(help="A recorded trades CSV instead of the simulated market.")] = None,
+    rules: Annotated[Optional[Path], typer.Option(help="Rules YAML (default: the sample rules).")] = None,
+    exchange: Annotated[Optional[str], typer.Option(help="Exchange id of the recording.")] = None,
+    symbol: Annotated[Optional[str], typer.Option(help="Symbol of the recording, e.g. BTC/USDT.")] = None,
+    minutes: Annotated[int, typer.Option(help="Minutes of simulated market.")] = 180,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated market.")] = 7,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Keep Redis data and alerts.jsonl here.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run the whole pipeline offline on a simulated market (or a recording) and print what it made."""
+    from sentinel.run import RunOptions
+    from sentinel.run import demo as run_demo
+
+    run_demo(RunOptions(trades_file=trades, rules_file=rules, exchange=exchange, symbol=symbol, minutes=minutes,
+                        seed=seed, data_dir=data_dir, config_file=config))
+
+
+@app.command()
+def backtest(
+    trades_file: Annotated[Path, typer.Argument(help="Trades CSV: Binance public-data layout or timestamp,price,amount,side,id.")],
+    rules: Annotated[Path, typer.Option(help="Rules YAML to test.")],
+    out: Annotated[Path, typer.Option(help="Directory for candles_<tf>.csv and alerts.jsonl.")],
+    exchange: Annotated[Optional[str], typer.Option(help="Exchange id to label the data with.")] = None,
+    symbol: Annotated[Optional[str], typer.Option(help="Symbol, e.g. BTC/USDT (default: from the file name).")] = None,
+    timeframes: Annotated[Optional[str], typer.Option(help="Comma-separated timeframes, e.g. 1m,5m,1h.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Replay a recording through the real services as fast as possible and write candles and alerts."""
+    from sentinel.run import RunOptions
+    from sentinel.run import backtest as run_backtest
+
+    if not trades_file.exists():
+        raise typer.BadParameter(f"{trades_file} does not exist", param_hint="TRADES_FILE")
+    tfs = [t.strip() for t in timeframes.split(",") if t.strip()] if timeframes else None
+    run_backtest(RunOptions(trades_file=trades_file, rules_file=rules, exchange=exchange, symbol=symbol,
+                            timeframes=tfs, config_file=config, notify_console=False), out)
+
+
+def _mount_optional() -> None:
+    """Sub-commands that live with their service."""
+    mounts = [("services.alert_engine.cli", "rules_app", "rules", "Check and manage alert rules."),
+              ("services.notifier.cli", "notify_app", "notify", "Test channels, list and retry dead letters.")]
+    for module, attr, name, help_text in mounts:
+        try:
+            sub = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            continue
+        app.add_typer(sub, name=name, help=help_text)
+    commands = [("services.exchange_sim.cli", "exchange_sim_command", "exchange-sim"),
+                ("sentinel.watch", "watch_command", "watch"), ("sentinel.gui", "gui_command", "gui")]
+    for module, attr, name in commands:
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            continue
+        app.command(name)(fn)
+
+
+_mount_optional()
+
+
+def main() -> None:
+    try:
+        app()
+    except SentinelError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

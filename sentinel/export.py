@@ -1,0 +1,72 @@
+"""Read candles and alerts back out of Redis: for backtest output files and the demo's summary."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from shared import streams
+from shared.bus import FIELD
+from shared.schemas import Alert, Candle
+from shared.timeframes import sort_timeframes
+
+CANDLE_COLUMNS = ("timestamp", "open", "high", "low", "close", "volume", "buy_volume", "sell_volume", "trades")
+
+
+async def closed_candles(redis: Redis, exchange: str, symbol: str, timeframe: str) -> list[Candle]:
+    """Closed candles of a series, one per bucket (a revision replaces the earlier one), oldest first."""
+    by_ts: dict[int, Candle] = {}
+    stream = streams.candles(exchange, symbol, timeframe)
+    last = "-"
+    while True:
+        entries = await redis.xrange(stream, min=last, count=10_000)
+        if last != "-":
+            entries = entries[1:]
+        if not entries:
+            break
+        for _, fields in entries:
+            candle = Candle.decode(fields[FIELD])
+            if candle.closed and (candle.ts not in by_ts or candle.revision >= by_ts[candle.ts].revision):
+                by_ts[candle.ts] = candle
+        last = entries[-1][0].decode()
+    return [by_ts[ts] for ts in sorted(by_ts)]
+
+
+async def candle_series(redis: Redis) -> list[tuple[str, str, str]]:
+    """Every (exchange, symbol, timeframe) candle_builder has published."""
+    members = await redis.smembers(streams.CANDLE_REGISTRY)
+    series = [tuple(streams.split_registry_member(m)) for m in members]
+    order = {tf: i for i, tf in enumerate(sort_timeframes({s[2] for s in series}))}
+    return sorted(series, key=lambda s: (s[0], s[1], order[s[2]]))
+
+
+async def alerts(redis: Redis) -> list[Alert]:
+    """Every alert on the alerts stream, oldest first."""
+    out = []
+    for _, fields in await redis.xrange(streams.ALERTS):
+        out.append(Alert.decode(fields[FIELD]))
+    return out
+
+
+def write_candles_csv(path: Path, candles: list[Candle]) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(CANDLE_COLUMNS)
+        for c in candles:
+            writer.writerow([c.ts, c.open, c.high, c.low, c.close, c.volume, c.buy_volume, c.sell_volume, c.trades])
+
+
+def alert_record(alert: Alert) -> dict:
+    """One line of alerts.jsonl: what fired, on which candle, at what price (decimals as strings)."""
+    record = alert.model_dump(mode="json", exclude={"kind"})
+    record["timestamp"] = alert.ts
+    return record
+
+
+def write_alerts_jsonl(path: Path, items: list[Alert]) -> None:
+    with path.open("w") as fh:
+        for alert in items:
+            fh.write(json.dumps(alert_record(alert)) + "\n")

@@ -1,0 +1,107 @@
+"""Run sentinel's services in one process on one event loop (``sentinel up``, ``demo``, ``backtest``).
+
+Each service is its ``*App(settings, redis)`` with ``run(stop)``, exactly what ``sentinel <service>`` runs alone, so
+the demo and backtests exercise the same code paths as production. ``wait_drained`` tells when a finite source (a
+recording, a simulation) has been processed by every consumer group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+
+from shared import streams
+from shared.bus import Bus
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Pipeline:
+    """A set of service apps sharing one Redis and one stop event."""
+
+    redis: Redis
+    apps: dict[str, Any] = field(default_factory=dict)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: dict[str, asyncio.Task] = field(default_factory=dict)
+
+    def add(self, name: str, app: Any) -> None:
+        self.apps[name] = app
+
+    def start(self) -> None:
+        for name, app in self.apps.items():
+            self.tasks[name] = asyncio.create_task(app.run(self.stop), name=name)
+
+    def failed(self) -> str | None:
+        """Name and error of a service task that died, if any."""
+        for name, task in self.tasks.items():
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                return f"{name}: {task.exception()!r}"
+        return None
+
+    async def shutdown(self, grace: float = 10.0) -> None:
+        self.stop.set()
+        if not self.tasks:
+            return
+        done, pending = await asyncio.wait(self.tasks.values(), timeout=grace)
+        for task in pending:
+            task.cancel()
+        for task in self.tasks.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for name, task in self.tasks.items():
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                logger.error("%s ended with %r", name, task.exception())
+
+
+async def consumer_groups_idle(redis: Redis) -> bool:
+    """True when every consumer group of every sentinel stream has consumed and acked everything."""
+    bus = Bus(redis)
+    keys = [k async for k in redis.scan_iter(match=f"{streams.PREFIX}:*", _type="STREAM", count=1000)]
+    for key in keys:
+        name = key.decode()
+        if name in (streams.DEAD_LETTER, streams.NOTIFY_DEAD_LETTER, streams.ALERT_HISTORY):
+            continue
+        try:
+            groups = await redis.xinfo_groups(name)
+        except Exception:
+            continue
+        for g in groups:
+            group = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+            if not await bus.caught_up(name, group):
+                return False
+    return True
+
+
+async def wait_drained(redis: Redis, source_done: Callable[[], bool], pipeline: Pipeline | None = None, *,
+                       settle: float = 1.5, poll: float = 0.1, timeout: float | None = None,
+                       on_tick: Callable[[], None] | None = None) -> None:
+    """Wait until ``source_done()`` and every consumer group has stayed idle for ``settle`` seconds.
+
+    The settle time covers consumers that discover new streams by polling (a group not created yet is not lag).
+    Raises RuntimeError if a service task died, TimeoutError after ``timeout``.
+    """
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    idle_since: float | None = None
+    while True:
+        if on_tick:
+            on_tick()
+        if pipeline is not None and (err := pipeline.failed()):
+            raise RuntimeError(f"a service stopped with an error: {err}")
+        now = loop.time()
+        if source_done() and await consumer_groups_idle(redis):
+            idle_since = idle_since if idle_since is not None else now
+            if now - idle_since >= settle:
+                return
+        else:
+            idle_since = None
+        if timeout is not None and now - start > timeout:
+            raise TimeoutError(f"pipeline not drained after {timeout:.0f}s")
+        await asyncio.sleep(poll)

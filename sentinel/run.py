@@ -1,0 +1,231 @@
+"""``sentinel demo``, ``sentinel backtest`` and ``sentinel up``: the services together on one Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from sentinel import export
+from sentinel.pipeline import Pipeline, wait_drained
+from shared.embedded_redis import EmbeddedRedis
+from shared.runtime import connect, install_signal_handlers
+
+logger = logging.getLogger(__name__)
+console = Console()
+
+
+@dataclass
+class RunOptions:
+    """What demo and backtest have in common."""
+
+    trades_file: Path | None = None
+    rules_file: Path | None = None
+    exchange: str | None = None
+    symbol: str | None = None
+    timeframes: list[str] | None = None
+    data_dir: Path | None = None
+    config_file: Path | None = None
+    minutes: int = 180
+    seed: int = 7
+    notify_console: bool = True
+    jsonl_path: Path | None = None
+
+
+def _service_settings(opts: RunOptions, redis_url: str, data_dir: Path) -> dict:
+    from services.alert_engine.settings import Settings as EngineSettings
+    from services.candle_builder.settings import Settings as BuilderSettings
+    from services.market_feed.settings import Settings as FeedSettings
+    from services.notifier.settings import Settings as NotifierSettings
+
+    common = {"redis_url": redis_url, "data_dir": data_dir}
+    feed: dict = {}
+    if opts.trades_file is not None:
+        feed.update(mode="replay", replay_file=opts.trades_file, speed=0)
+        if opts.exchange:
+            feed["exchange"] = opts.exchange
+        if opts.symbol:
+            feed["symbol"] = opts.symbol
+    else:
+        feed.update(mode="simulated", speed=0, sim_seed=opts.seed, sim_minutes=opts.minutes)
+    builder: dict = {}
+    if opts.timeframes:
+        builder["timeframes"] = opts.timeframes
+    engine: dict = {}
+    if opts.rules_file is not None:
+        engine["rules_file"] = opts.rules_file
+    notifier: dict = {"console": opts.notify_console,
+                      "jsonl_path": opts.jsonl_path or data_dir / "alerts.jsonl"}
+    cfg = opts.config_file
+    return {
+        "market_feed": FeedSettings.load(cfg, **common, **feed),
+        "candle_builder": BuilderSettings.load(cfg, **common, **builder),
+        "alert_engine": EngineSettings.load(cfg, **common, **engine),
+        "notifier": NotifierSettings.load(cfg, **common, **notifier),
+    }
+
+
+def _build_pipeline(redis, settings: dict, with_notifier: bool = True) -> Pipeline:
+    from services.alert_engine.app import AlertEngineApp
+    from services.candle_builder.app import CandleBuilderApp
+    from services.market_feed.app import MarketFeedApp
+    from services.notifier.app import NotifierApp
+
+    pipeline = Pipeline(redis)
+    pipeline.add("candle_builder", CandleBuilderApp(settings["candle_builder"], redis))
+    pipeline.add("alert_engine", AlertEngineApp(settings["alert_engine"], redis))
+    if with_notifier:
+        pipeline.add("notifier", NotifierApp(settings["notifier"], redis))
+    pipeline.add("market_feed", MarketFeedApp(settings["market_feed"], redis))
+    return pipeline
+
+
+async def _run_to_end(opts: RunOptions, data_dir: Path, *, with_notifier: bool, progress: bool):
+    """Start an embedded Redis in ``data_dir``, run the pipeline over the finite source, return (redis server, stats)."""
+    server = EmbeddedRedis(data_dir / "redis", persist=True)
+    server.start()
+    redis = connect(server.url)
+    started = time.monotonic()
+    try:
+        settings = _service_settings(opts, server.url, data_dir)
+        pipeline = _build_pipeline(redis, settings, with_notifier=with_notifier)
+        feed = pipeline.apps["market_feed"]
+        install_signal_handlers(pipeline.stop)
+        pipeline.start()
+        status = console.status("starting…") if progress else contextlib.nullcontext()
+        with status as live:
+            def tick() -> None:
+                if live is not None:
+                    published = getattr(feed, "published_trades", 0)
+                    state = "replayed" if getattr(feed, "done", False) else "publishing"
+                    live.update(f"{state} {published:,} trades · building candles · evaluating rules "
+                                f"({time.monotonic() - started:.0f}s)")
+            stopper = asyncio.ensure_future(pipeline.stop.wait())
+            drained = asyncio.ensure_future(wait_drained(redis, lambda: bool(getattr(feed, "done", False)),
+                                                         pipeline, on_tick=tick))
+            done, _ = await asyncio.wait({stopper, drained}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if drained in done:
+                drained.result()
+            else:
+                drained.cancel()
+                console.print("[yellow]interrupted[/]")
+        await pipeline.shutdown()
+        series = await export.candle_series(redis)
+        candles = {s: await export.closed_candles(redis, *s) for s in series}
+        alerts = await export.alerts(redis)
+        return {"trades": getattr(feed, "published_trades", 0), "candles": candles, "alerts": alerts,
+                "seconds": time.monotonic() - started}
+    finally:
+        await redis.aclose()
+        server.stop()
+
+
+def _summary(stats: dict) -> None:
+    table = Table(title="candles made", show_edge=False)
+    for col in ("exchange", "symbol", "timeframe", "closed candles", "first", "last close"):
+        table.add_column(col)
+    for (ex, sym, tf), candles in stats["candles"].items():
+        if candles:
+            first = time.strftime("%Y-%m-%d %H:%M", time.gmtime(candles[0].ts / 1000))
+            table.add_row(ex, sym, tf, str(len(candles)), first, str(candles[-1].close))
+    console.print(table)
+    alerts = stats["alerts"]
+    by_rule = Counter((a.rule, a.symbol, a.timeframe or "-") for a in alerts)
+    table = Table(title=f"alerts fired: {len(alerts)}", show_edge=False)
+    for col in ("rule", "symbol", "timeframe", "count"):
+        table.add_column(col)
+    for (rule, sym, tf), n in sorted(by_rule.items()):
+        table.add_row(rule, sym, tf, str(n))
+    console.print(table)
+    rate = stats["trades"] / stats["seconds"] if stats["seconds"] else 0
+    console.print(f"{stats['trades']:,} trades in {stats['seconds']:.1f}s ({rate:,.0f} trades/s end to end)")
+
+
+def demo(opts: RunOptions) -> None:
+    """The whole pipeline offline on the simulated market (or a recording), then a summary."""
+    with _data_dir(opts.data_dir) as data_dir:
+        source = str(opts.trades_file) if opts.trades_file else f"the simulated market ({opts.minutes} min, seed {opts.seed})"
+        console.print(f"[bold]sentinel demo[/]: {source} → market_feed → candle_builder → alert_engine → notifier")
+        stats = asyncio.run(_run_to_end(opts, data_dir, with_notifier=True, progress=True))
+        _summary(stats)
+        jsonl = opts.jsonl_path or data_dir / "alerts.jsonl"
+        if opts.data_dir:
+            console.print(f"alerts written to {jsonl}; Redis data (AOF) in {data_dir / 'redis'}")
+
+
+def backtest(opts: RunOptions, out_dir: Path) -> None:
+    """Replay a recording through the services as fast as possible; write candles_<tf>.csv and alerts.jsonl."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _data_dir(opts.data_dir) as data_dir:
+        stats = asyncio.run(_run_to_end(opts, data_dir, with_notifier=False, progress=True))
+    written = []
+    for (ex, sym, tf), candles in stats["candles"].items():
+        path = out_dir / f"candles_{tf}.csv"
+        if len({s[:2] for s in stats["candles"]}) > 1:  # several symbols: keep them apart
+            path = out_dir / f"candles_{ex}_{sym.replace('/', '-')}_{tf}.csv"
+        export.write_candles_csv(path, candles)
+        written.append(path)
+    export.write_alerts_jsonl(out_dir / "alerts.jsonl", stats["alerts"])
+    _summary(stats)
+    console.print("wrote " + ", ".join(str(p) for p in [*written, out_dir / "alerts.jsonl"]))
+
+
+@contextlib.contextmanager
+def _data_dir(path: Path | None):
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="sentinel-") as tmp:
+        yield Path(tmp)
+
+
+async def _up(config_file: Path | None, redis_url: str) -> None:
+    from services.alert_engine.app import AlertEngineApp
+    from services.alert_engine.settings import Settings as EngineSettings
+    from services.api.app import ApiApp
+    from services.api.settings import Settings as ApiSettings
+    from services.candle_builder.app import CandleBuilderApp
+    from services.candle_builder.settings import Settings as BuilderSettings
+    from services.market_feed.app import MarketFeedApp
+    from services.market_feed.settings import Settings as FeedSettings
+    from services.notifier.app import NotifierApp
+    from services.notifier.settings import Settings as NotifierSettings
+
+    redis = connect(redis_url)
+    pipeline = Pipeline(redis)
+    kinds = [("market_feed", FeedSettings, MarketFeedApp), ("candle_builder", BuilderSettings, CandleBuilderApp),
+             ("alert_engine", EngineSettings, AlertEngineApp), ("notifier", NotifierSettings, NotifierApp),
+             ("api", ApiSettings, ApiApp)]
+    for name, settings_cls, app_cls in kinds:
+        pipeline.add(name, app_cls(settings_cls.load(config_file, redis_url=redis_url), redis))
+    install_signal_handlers(pipeline.stop)
+    pipeline.start()
+    try:
+        while not pipeline.stop.is_set():
+            if err := pipeline.failed():
+                raise RuntimeError(f"a service stopped with an error: {err}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pipeline.stop.wait(), timeout=0.5)
+    finally:
+        await pipeline.shutdown()
+        await redis.aclose()
+
+
+def up(config_file: Path | None) -> None:
+    """Every service and the API in one process; an embedded Redis unless REDIS_URL is set."""
+    from shared.config import ServiceSettings
+    from shared.runtime import redis_url_or_embedded
+
+    common = ServiceSettings.load(config_file)
+    with redis_url_or_embedded(common.redis_url, common.data_dir) as url:
+        asyncio.run(_up(config_file, url))

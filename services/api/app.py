@@ -1,0 +1,261 @@
+"""Wiring of the API: the FastAPI app over Redis (``create_app``) and ``ApiApp`` that serves it with uvicorn.
+
+Every endpoint but ``/health`` needs ``Authorization: Bearer <token>`` when ``SENTINEL_API_TOKEN`` (or the read-only
+``SENTINEL_API_READ_TOKEN``) is set; without a token the server binds to loopback only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import uvicorn
+from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from redis.asyncio import Redis
+
+from services.api import queries
+from services.api.models import (AlertHistory, AlertItem, AlertStatus, CandleSeries, CvdPoint, CvdSeries, Health,
+                                 Problem, RuleStateOut, SeriesList, TickerOut)
+from services.api.settings import LOOPBACK, Settings
+from shared.errors import ConfigError
+from shared.timeframes import timeframe_ms
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+_LOOPBACKS = {"127.0.0.1", "::1", "localhost"}
+SymbolPath = Annotated[str, PathParam(description="BTC-USDT, or BTC/USDT URL-encoded as BTC%2FUSDT.",
+                                      examples=["BTC-USDT"])]
+_bearer = HTTPBearer(auto_error=False, description="SENTINEL_API_TOKEN (read and write) or SENTINEL_API_READ_TOKEN.")
+
+
+def normalize_symbol(symbol: str) -> str:
+    """``BTC-USDT`` or ``BTC/USDT`` (URL-encoded ``BTC%2FUSDT``) → ``BTC/USDT``."""
+    return symbol if "/" in symbol else symbol.replace("-", "/", 1)
+
+
+def check_timeframe(timeframe: str) -> str:
+    try:
+        timeframe_ms(timeframe)
+    except ConfigError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from exc
+    return timeframe
+
+
+class Access:
+    """Bearer-token checks: ``read`` accepts either token, ``write`` only the full one. No token set = open."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.full = settings.api_token.get_secret_value() if settings.api_token else None
+        self.read_only = settings.api_read_token.get_secret_value() if settings.api_read_token else None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.full or self.read_only)
+
+    def level(self, token: str | None) -> str | None:
+        """'write', 'read' or None for a presented token."""
+        if not self.enabled:
+            return "write"
+        if token is None:
+            return None
+        if self.full and hmac.compare_digest(token.encode(), self.full.encode()):
+            return "write"
+        if self.read_only and hmac.compare_digest(token.encode(), self.read_only.encode()):
+            return "read"
+        return None
+
+    def require(self, needed: str):
+        async def dependency(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+            level = self.level(credentials.credentials if credentials else None)
+            if level is None:
+                raise HTTPException(status_code=401, detail="missing or invalid bearer token",
+                                    headers={"WWW-Authenticate": "Bearer"})
+            if needed == "write" and level != "write":
+                raise HTTPException(status_code=403, detail="this token is read-only")
+            return level
+        return dependency
+
+
+def create_app(settings: Settings, redis: Redis) -> FastAPI:
+    """The API over ``redis``. The caller owns ``redis`` (the app never closes it)."""
+    access = Access(settings)
+    app = FastAPI(
+        title="sentinel API",
+        version="1",
+        description="Alert status, alert history and market data of sentinel. Decimals are JSON strings.",
+    )
+    app.state.redis = redis
+    app.state.settings = settings
+    app.state.access = access
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["Authorization", "Content-Type"])
+    read = [Depends(access.require("read"))]
+    errors = {401: {"model": Problem, "description": "missing or invalid bearer token"},
+              422: {"model": Problem, "description": "invalid parameter"}}
+
+    @app.get("/health", response_model=Health, tags=["health"],
+             responses={503: {"model": Health, "description": "something is down; `problems` says what"}})
+    async def get_health() -> JSONResponse:
+        healthy, report = await queries.health(redis, settings.services, settings.heartbeat_max_age_s)
+        return JSONResponse(Health.model_validate(report).model_dump(mode="json"), status_code=200 if healthy else 503)
+
+    @app.get("/alerts", response_model=AlertStatus, dependencies=read, tags=["alerts"], responses=errors)
+    async def get_alerts() -> AlertStatus:
+        """Every rule × series the engine keeps state for: state, last fired, cooldown left, next eligible time."""
+        states = await queries.rule_states(redis)
+        return AlertStatus(rules=[RuleStateOut(**{f: getattr(s, f) for f in RuleStateOut.model_fields})
+                                  for s in states])
+
+    @app.get("/alerts/history", response_model=AlertHistory, dependencies=read, tags=["alerts"], responses=errors)
+    async def get_alert_history(
+        rule: Annotated[str | None, Query(description="Only this rule.")] = None,
+        symbol: Annotated[str | None, Query(description="Only this symbol (BTC/USDT or BTC-USDT).")] = None,
+        exchange: Annotated[str | None, Query()] = None,
+        start: Annotated[int | None, Query(ge=0, description="fired_at ≥ start (ms).")] = None,
+        end: Annotated[int | None, Query(ge=0, description="fired_at ≤ end (ms).")] = None,
+        cursor: Annotated[str | None, Query(pattern=r"^\d+-\d+$", description="next_cursor of the previous page.")]
+        = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> AlertHistory:
+        """Alerts newest first, filtered, one page at a time."""
+        page = await queries.alert_history(
+            redis, rule=rule, symbol=normalize_symbol(symbol) if symbol else None, exchange=exchange, start=start,
+            end=end, cursor=cursor, limit=limit, scan_limit=settings.history_scan_limit)
+        return AlertHistory(items=[AlertItem(cursor=c, alert=a) for c, a in page.items], next_cursor=page.next_cursor)
+
+    @app.get("/series", response_model=SeriesList, dependencies=read, tags=["market"], responses=errors)
+    async def get_series() -> SeriesList:
+        """Every (exchange, symbol, timeframe) with candles."""
+        return SeriesList(series=[{"exchange": e, "symbol": s, "timeframe": t} for e, s, t in
+                                  await queries.series(redis)])
+
+    @app.get("/candles/{exchange}/{symbol:path}/{timeframe}", response_model=CandleSeries, dependencies=read,
+             tags=["market"], responses=errors)
+    async def get_candles(
+        exchange: str,
+        symbol: SymbolPath,
+        timeframe: str,
+        limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+        since: Annotated[int | None, Query(ge=0, description="First bucket start (ms); default = the latest.")]
+        = None,
+        live: Annotated[bool, Query(description="Add the in-progress candle.")] = False,
+    ) -> CandleSeries:
+        """Closed candles (the latest revision of each bucket), ascending; optionally the in-progress one."""
+        sym = normalize_symbol(symbol)
+        check_timeframe(timeframe)
+        candles = await queries.closed_candles(redis, exchange, sym, timeframe, limit=limit, since=since)
+        current = await queries.live_candle(redis, exchange, sym, timeframe) if live else None
+        if current is not None and candles and current.ts <= candles[-1].ts:
+            current = None
+        return CandleSeries(exchange=exchange, symbol=sym, timeframe=timeframe, candles=candles, live=current)
+
+    @app.get("/ticker/{exchange}/{symbol:path}", response_model=TickerOut, dependencies=read, tags=["market"],
+             responses=errors)
+    async def get_ticker(exchange: str, symbol: SymbolPath) -> TickerOut:
+        """The latest ticker (best bid/ask, last) market_feed published; null when none."""
+        return TickerOut(ticker=await queries.latest_ticker(redis, exchange, normalize_symbol(symbol)))
+
+    @app.get("/cvd/{exchange}/{symbol:path}/{timeframe}", response_model=CvdSeries, dependencies=read,
+             tags=["market"], responses=errors)
+    async def get_cvd(
+        exchange: str,
+        symbol: SymbolPath,
+        timeframe: str,
+        limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+        since: Annotated[int | None, Query(ge=0)] = None,
+        live: Annotated[bool, Query()] = True,
+    ) -> CvdSeries:
+        """Cumulative volume delta (taker buy − taker sell volume) over the candles returned, in-progress one last."""
+        sym = normalize_symbol(symbol)
+        check_timeframe(timeframe)
+        candles = await queries.closed_candles(redis, exchange, sym, timeframe, limit=limit, since=since)
+        current = await queries.live_candle(redis, exchange, sym, timeframe) if live else None
+        points = [CvdPoint(ts=ts, delta=d, cvd=c) for ts, d, c in queries.cvd(candles, current)]
+        return CvdSeries(exchange=exchange, symbol=sym, timeframe=timeframe, points=points)
+
+    _mount_extras(app, settings, redis, access)
+    return app
+
+
+def _mount_extras(app: FastAPI, settings: Settings, redis: Redis, access: Access) -> None:
+    """Routers added by later increments (live stream, rules, notifications, dashboard), each optional."""
+    with contextlib.suppress(ImportError):
+        from services.api import live
+        live.mount(app, settings, redis, access)
+    with contextlib.suppress(ImportError):
+        from services.api import rules_api
+        rules_api.mount(app, settings, redis, access)
+    with contextlib.suppress(ImportError):
+        from services.api import notifications_api
+        notifications_api.mount(app, settings, redis, access)
+    if STATIC_DIR.joinpath("index.html").exists():
+        from fastapi.staticfiles import StaticFiles
+        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="dashboard")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the stop event (set by run_service's handlers) stops it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[override]
+        yield
+
+
+def bind_host(settings: Settings) -> str:
+    """The address to bind: the configured one, or loopback when no token protects the API."""
+    if settings.api_token or settings.api_read_token or settings.host in _LOOPBACKS:
+        return settings.host
+    return LOOPBACK
+
+
+class ApiApp:
+    """Serves ``create_app(settings, redis)`` with uvicorn until ``stop`` is set."""
+
+    def __init__(self, settings: Settings, redis: Redis) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.app = create_app(settings, redis)
+        self.host = bind_host(settings)
+        self.port: int | None = None  # the bound port once started
+        self.started = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        settings = self.settings
+        if not (settings.api_token or settings.api_read_token):
+            if self.host != settings.host:
+                logger.warning("no SENTINEL_API_TOKEN set: binding to %s instead of %s (loopback only)",
+                               self.host, settings.host)
+            else:
+                logger.warning("no SENTINEL_API_TOKEN set: the API is open, bound to loopback %s only", self.host)
+        config = uvicorn.Config(self.app, host=self.host, port=settings.port, log_level="warning", lifespan="on",
+                                timeout_graceful_shutdown=settings.shutdown_grace_s, ws="websockets-sansio")
+        server = _Server(config)
+        task = asyncio.create_task(server.serve(), name="api-uvicorn")
+        waiter = asyncio.create_task(stop.wait(), name="api-stop")
+        try:
+            while not server.started and not task.done():
+                await asyncio.sleep(0.01)
+            if server.started:
+                self.port = server.servers[0].sockets[0].getsockname()[1]
+                logger.info("API listening on %s", self.url)
+                self.started.set()
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            server.should_exit = True
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
+            await task

@@ -1,0 +1,278 @@
+"""Reads behind the API's endpoints: everything the API knows comes from Redis, through the keys of shared.streams."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+
+from shared import streams
+from shared.bus import FIELD, Bus
+from shared.errors import DecodeError
+from shared.schemas import Alert, Candle, Ticker, unpack
+
+#: Chunk size of the reverse scans of candle and history streams.
+CHUNK = 500
+
+
+def _s(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# ---- health --------------------------------------------------------------------------------------------------------
+
+
+async def stream_groups(redis: Redis) -> list[tuple[str, str]]:
+    """Every (stream, consumer group) the pipeline is expected to have, discovered from the registries."""
+    pairs: list[tuple[str, str]] = []
+    for member in sorted(await redis.smembers(streams.FEED_REGISTRY)):
+        exchange, symbol = streams.split_registry_member(member)[:2]
+        pairs.append((streams.trades(exchange, symbol), streams.GROUP_CANDLE_BUILDER))
+    for member in sorted(await redis.smembers(streams.CANDLE_REGISTRY)):
+        parts = streams.split_registry_member(member)
+        if len(parts) == 3:
+            pairs.append((streams.candles(*parts), streams.GROUP_ALERT_ENGINE))
+    pairs.append((streams.ALERTS, streams.GROUP_NOTIFIER))
+    return pairs
+
+
+async def health(redis: Redis, services: list[str], max_age_s: float) -> tuple[bool, dict[str, Any]]:
+    """(healthy, report). Down: Redis unreachable, or a service's heartbeat missing or older than ``max_age_s``."""
+    report: dict[str, Any] = {"status": "ok", "redis": "ok", "services": {}, "streams": [], "problems": []}
+    problems: list[str] = report["problems"]
+    try:
+        await redis.ping()
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+        report.update(status="down", redis=f"unreachable: {exc}")
+        problems.append(f"redis unreachable: {exc}")
+        return False, report
+    now = now_ms()
+    for service in services:
+        beat = await redis.hgetall(streams.heartbeat(service))
+        ts = beat.get(b"ts")
+        if ts is None:
+            report["services"][service] = {"status": "down", "age_s": None}
+            problems.append(f"{service}: no heartbeat")
+            continue
+        age = (now - int(ts)) / 1000
+        status = "ok" if age <= max_age_s else "down"
+        extra = {_s(k): _s(v) for k, v in beat.items() if k not in (b"ts", b"pid", b"host")}
+        report["services"][service] = {"status": status, "age_s": round(age, 3), **extra}
+        if status == "down":
+            problems.append(f"{service}: heartbeat is {age:.1f}s old (limit {max_age_s:g}s)")
+    bus = Bus(redis)
+    for stream, group in await stream_groups(redis):
+        status = await bus.group_status(stream, group)
+        entry: dict[str, Any] = {"stream": stream, "group": group}
+        if status is None:
+            entry["status"] = "no group"
+        else:
+            entry.update(status, status="ok")
+        if stream.startswith(f"{streams.PREFIX}:trades:"):
+            last = await redis.xrevrange(stream, count=1)
+            entry["last_entry_age_s"] = round((now - int(_s(last[0][0]).split("-")[0])) / 1000, 3) if last else None
+        report["streams"].append(entry)
+    if problems:
+        report["status"] = "down"
+    return not problems, report
+
+
+# ---- rule states ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RuleState:
+    fingerprint: str
+    rule: str
+    exchange: str | None
+    symbol: str | None
+    timeframe: str | None
+    state: str
+    last_fired: int | None
+    last_alert_id: str | None
+    cooldown_left_s: float
+    next_eligible: int | None
+    extra: dict[str, Any]
+
+
+_KNOWN = {"rule", "exchange", "symbol", "timeframe", "state", "last_fired", "last_fired_at", "last_alert_id",
+          "alert_id", "cooldown_until", "v", "k"}
+
+
+def _decode_state(fingerprint: str, raw: bytes) -> dict[str, Any]:
+    try:
+        data = unpack(raw)
+    except DecodeError:
+        data = None
+    if not isinstance(data, dict):
+        return {"state": "unknown", "error": "undecodable rule state"}
+    return data
+
+
+async def rule_states(redis: Redis) -> list[RuleState]:
+    """Each rule × series the engine keeps state for (``streams.RULE_STATE``), with the cooldown left in Redis."""
+    raw = await redis.hgetall(streams.RULE_STATE)
+    fingerprints = sorted(_s(k) for k in raw)
+    async with redis.pipeline(transaction=False) as pipe:
+        for fp in fingerprints:
+            pipe.pttl(streams.alert_cooldown(fp))
+        ttls = await pipe.execute()
+    now = now_ms()
+    out: list[RuleState] = []
+    for fp, ttl in zip(fingerprints, ttls, strict=True):
+        data = _decode_state(fp, raw[fp.encode()])
+        left_ms = max(int(ttl), 0)
+        until = data.get("cooldown_until")
+        if isinstance(until, int) and not left_ms:
+            left_ms = max(until - now, 0)
+        last_fired = data.get("last_fired", data.get("last_fired_at"))
+        out.append(RuleState(
+            fingerprint=fp,
+            rule=str(data.get("rule", fp)),
+            exchange=data.get("exchange"),
+            symbol=data.get("symbol"),
+            timeframe=data.get("timeframe"),
+            state=str(data.get("state", "unknown")),
+            last_fired=last_fired if isinstance(last_fired, int) else None,
+            last_alert_id=data.get("last_alert_id", data.get("alert_id")),
+            cooldown_left_s=round(left_ms / 1000, 3),
+            next_eligible=now + left_ms if left_ms else None,
+            extra={k: v for k, v in data.items() if k not in _KNOWN},
+        ))
+    return out
+
+
+# ---- alert history -------------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class HistoryPage:
+    items: list[tuple[str, Alert]]
+    next_cursor: str | None
+
+
+async def alert_history(redis: Redis, *, rule: str | None = None, symbol: str | None = None,
+                        exchange: str | None = None, start: int | None = None, end: int | None = None,
+                        cursor: str | None = None, limit: int = 100, scan_limit: int = 50_000) -> HistoryPage:
+    """Alerts newest first from ``streams.ALERT_HISTORY``, filtered (time range on ``fired_at``, ms, inclusive).
+
+    ``cursor`` is the stream id of the last item of the previous page; at most ``scan_limit`` entries are read per
+    call, so a selective filter over a long history returns a short page with a cursor to continue from.
+    """
+    top = f"({cursor}" if cursor else "+"
+    items: list[tuple[str, Alert]] = []
+    scanned = 0
+    last_id: str | None = None
+    while len(items) < limit and scanned < scan_limit:
+        chunk = await redis.xrevrange(streams.ALERT_HISTORY, max=top, min="-", count=CHUNK)
+        if not chunk:
+            return HistoryPage(items, None)
+        for entry_id, fields in chunk:
+            scanned += 1
+            last_id = _s(entry_id)
+            try:
+                alert = Alert.decode(fields.get(FIELD, b""))
+            except DecodeError:
+                continue
+            if ((rule is None or alert.rule == rule) and (symbol is None or alert.symbol == symbol)
+                    and (exchange is None or alert.exchange == exchange)
+                    and (start is None or alert.fired_at >= start) and (end is None or alert.fired_at <= end)):
+                items.append((last_id, alert))
+                if len(items) == limit:
+                    break
+        top = f"({last_id}"
+        if len(chunk) < CHUNK and len(items) < limit:
+            return HistoryPage(items, None)
+    more = await redis.xrevrange(streams.ALERT_HISTORY, max=f"({last_id}", min="-", count=1) if last_id else []
+    return HistoryPage(items, last_id if more else None)
+
+
+# ---- market data ---------------------------------------------------------------------------------------------------
+
+
+async def closed_candles(redis: Redis, exchange: str, symbol: str, timeframe: str, *, limit: int,
+                         since: int | None = None) -> list[Candle]:
+    """Closed candles, ascending by ``ts``, the latest revision of each bucket.
+
+    Without ``since``: the last ``limit`` buckets. With ``since``: the first ``limit`` buckets starting at or after it.
+    """
+    stream = streams.candles(exchange, symbol, timeframe)
+    by_ts: dict[int, Candle] = {}
+    top = "+"
+    while True:
+        chunk = await redis.xrevrange(stream, max=top, min="-", count=CHUNK)
+        oldest: int | None = None
+        for entry_id, fields in chunk:
+            top = f"({_s(entry_id)}"
+            try:
+                candle = Candle.decode(fields.get(FIELD, b""))
+            except DecodeError:
+                continue
+            oldest = candle.ts if oldest is None else min(oldest, candle.ts)
+            if not candle.closed:
+                continue
+            known = by_ts.get(candle.ts)
+            if known is None or candle.revision > known.revision:
+                by_ts[candle.ts] = candle
+        if len(chunk) < CHUNK:
+            break
+        if since is None and len(by_ts) >= limit:
+            break
+        if since is not None and oldest is not None and oldest < since:
+            break
+    ordered = [by_ts[ts] for ts in sorted(by_ts)]
+    if since is None:
+        return ordered[-limit:]
+    return [c for c in ordered if c.ts >= since][:limit]
+
+
+async def live_candle(redis: Redis, exchange: str, symbol: str, timeframe: str) -> Candle | None:
+    """The latest in-progress candle of the series, if any."""
+    last = await redis.xrevrange(streams.candles_live(exchange, symbol, timeframe), count=1)
+    if not last:
+        return None
+    try:
+        return Candle.decode(last[0][1].get(FIELD, b""))
+    except DecodeError:
+        return None
+
+
+async def latest_ticker(redis: Redis, exchange: str, symbol: str) -> Ticker | None:
+    last = await redis.xrevrange(streams.tickers(exchange, symbol), count=1)
+    if not last:
+        return None
+    try:
+        return Ticker.decode(last[0][1].get(FIELD, b""))
+    except DecodeError:
+        return None
+
+
+def cvd(candles: list[Candle], live: Candle | None = None) -> list[tuple[int, Decimal, Decimal]]:
+    """(ts, delta, cumulative delta) per candle, the in-progress one last when given and newer."""
+    out: list[tuple[int, Decimal, Decimal]] = []
+    total = Decimal(0)
+    series = list(candles)
+    if live is not None and (not series or live.ts > series[-1].ts):
+        series.append(live)
+    for candle in series:
+        total += candle.delta
+        out.append((candle.ts, candle.delta, total))
+    return out
+
+
+async def series(redis: Redis) -> list[tuple[str, str, str]]:
+    """Every (exchange, symbol, timeframe) candle_builder publishes."""
+    out = []
+    for member in await redis.smembers(streams.CANDLE_REGISTRY):
+        parts = streams.split_registry_member(member)
+        if len(parts) == 3:
+            out.append((parts[0], parts[1], parts[2]))
+    return sorted(out)

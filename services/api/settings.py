@@ -1,0 +1,28 @@
+"""Settings of the API (section ``api`` of the settings file; environment ``SENTINEL_API_TOKEN`` etc.)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+
+from shared.config import ServiceSettings
+
+LOOPBACK = "127.0.0.1"
+SERVICES = ("market_feed", "candle_builder", "alert_engine", "notifier")
+
+
+class Settings(ServiceSettings):
+    section = "api"
+
+    host: str = Field(default=LOOPBACK, description="Address to bind; forced to loopback when no token is set.")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0 = any free port).")
+    api_token: SecretStr | None = Field(
+        default=None, description="Bearer token for every endpoint but /health (env SENTINEL_API_TOKEN).")
+    api_read_token: SecretStr | None = Field(
+        default=None, description="Bearer token allowed only to read (env SENTINEL_API_READ_TOKEN).")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; empty = CORS off.")
+    services: list[str] = Field(default_factory=lambda: list(SERVICES),
+                                description="Services whose heartbeat /health requires.")
+    heartbeat_max_age_s: float = Field(default=10.0, gt=0, description="A heartbeat older than this is down.")
+    history_scan_limit: int = Field(default=50_000, gt=0,
+                                    description="Most alert-history entries one /alerts/history request reads.")
+    shutdown_grace_s: float = Field(default=5.0, ge=0)

@@ -1,0 +1,129 @@
+"""``/ws``: a WebSocket streaming alerts, candle updates and tickers from the Redis pub/sub channels as JSON.
+
+Subscribe with query parameters (browsers cannot set headers on a WebSocket, so the token may come as ``token=``)::
+
+    /ws?alerts=true&series=binance|BTC/USDT|1m&series=binance|ETH/USDT|5m&tickers=binance|BTC/USDT&token=...
+
+Each message is ``{"type": "alert" | "candle" | "candle_live" | "ticker", "data": {...}}`` with decimals as strings.
+While a socket watches a series the API holds a reference in ``streams.SUBSCRIPTIONS`` so candle_builder makes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from redis.asyncio import Redis
+
+from shared import streams
+from shared.errors import DecodeError
+from shared.schemas import Alert, Candle, Ticker
+
+logger = logging.getLogger(__name__)
+
+
+def parse_series(values: list[str]) -> list[tuple[str, str, str]]:
+    out = []
+    for value in values:
+        parts = value.split(streams.REGISTRY_SEP)
+        if len(parts) != 3 or not all(parts):
+            raise ValueError(f"series {value!r}: expected exchange|symbol|timeframe")
+        exchange, symbol, timeframe = parts
+        out.append((exchange, symbol if "/" in symbol else symbol.replace("-", "/", 1), timeframe))
+    return out
+
+
+def parse_pairs(values: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for value in values:
+        parts = value.split(streams.REGISTRY_SEP)
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(f"tickers {value!r}: expected exchange|symbol")
+        out.append((parts[0], parts[1] if "/" in parts[1] else parts[1].replace("-", "/", 1)))
+    return out
+
+
+def channel_map(alerts: bool, series: list[tuple[str, str, str]],
+                tickers: list[tuple[str, str]]) -> dict[str, tuple[str, type]]:
+    """Redis channel → (message type, schema class) for a subscription."""
+    channels: dict[str, tuple[str, type]] = {}
+    if alerts:
+        channels[streams.CHANNEL_ALERTS] = ("alert", Alert)
+    for ex, sym, tf in series:
+        channels[streams.channel_candles(ex, sym, tf)] = ("candle", Candle)
+        channels[streams.channel_candles_live(ex, sym, tf)] = ("candle_live", Candle)
+    for ex, sym in tickers:
+        channels[streams.channel_tickers(ex, sym)] = ("ticker", Ticker)
+    return channels
+
+
+def mount(app: FastAPI, settings, redis: Redis, access) -> None:
+    @app.websocket("/ws")
+    async def live(websocket: WebSocket) -> None:
+        params = websocket.query_params
+        header = websocket.headers.get("authorization", "")
+        token = header[7:] if header.lower().startswith("bearer ") else params.get("token")
+        if access.level(token) is None:
+            await websocket.close(code=1008, reason="missing or invalid bearer token")
+            return
+        try:
+            series = parse_series(params.getlist("series"))
+            tickers = parse_pairs(params.getlist("tickers"))
+        except ValueError as exc:
+            await websocket.close(code=1003, reason=str(exc)[:120])
+            return
+        alerts = params.get("alerts", "true").lower() not in ("0", "false", "no")
+        channels = channel_map(alerts, series, tickers)
+        await websocket.accept()
+        if not channels:
+            await websocket.close(code=1000, reason="nothing subscribed")
+            return
+        members = [streams.registry_member(*s) for s in series]
+        pubsub = redis.pubsub()
+        try:
+            for member in members:
+                await redis.hincrby(streams.SUBSCRIPTIONS, member, 1)
+            await pubsub.subscribe(*channels)
+            await websocket.send_json({"type": "subscribed", "data": {"channels": sorted(channels)}})
+            await _pump(websocket, pubsub, channels)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+            for member in members:
+                with contextlib.suppress(Exception):
+                    await redis.hincrby(streams.SUBSCRIPTIONS, member, -1)
+
+
+async def _pump(websocket: WebSocket, pubsub, channels: dict[str, tuple[str, type]]) -> None:
+    """Forward pub/sub messages until the client goes away."""
+    async def receive_until_closed() -> None:
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                await websocket.receive_text()  # the client has nothing to say; this notices the close
+
+    closed = asyncio.create_task(receive_until_closed())
+    try:
+        while not closed.done():
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            if message is None:
+                continue
+            channel = message["channel"]
+            channel = channel.decode() if isinstance(channel, bytes) else channel
+            kind, schema = channels.get(channel, (None, None))
+            if schema is None:
+                continue
+            try:
+                value = schema.decode(message["data"])
+            except DecodeError as exc:
+                logger.warning("undecodable message on %s: %s", channel, exc)
+                continue
+            try:
+                await websocket.send_json({"type": kind, "data": value.model_dump(mode="json")})
+            except (WebSocketDisconnect, RuntimeError):
+                return
+    finally:
+        closed.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await closed

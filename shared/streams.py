@@ -128,3 +128,13 @@ def channel_tickers(exchange: str, symbol: str) -> str:
 
 
 CHANNEL_ALERTS = f"{PREFIX}:ch:alerts"
+
+# ---- notifier (append-only additions) ------------------------------------------------------------------------------
+
+#: Stream of recent notification outcomes (capped), read by the API and ``sentinel notify``.
+NOTIFY_DELIVERIES = f"{PREFIX}:notify:deliveries"
+
+# ---- api (append-only additions) -----------------------------------------------------------------------------------
+
+#: Channel the API PUBLISHes a rule name on after changing ``RULES`` (payload: the name; "*" = many changed).
+CHANNEL_RULES = f"{PREFIX}:ch:rules"

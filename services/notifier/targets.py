@@ -1,0 +1,122 @@
+"""Delivery targets: the built-in console and JSONL file, and the factory that builds every configured target.
+
+A target delivers one group of alerts (already rendered into a ``Message`` in its format) or raises:
+``RetryableSendError`` (may carry ``retry_after``), ``PermanentNotifyError`` (not retried), anything else is treated
+as transient. Remote targets live in ``adapters/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from services.notifier import core
+from services.notifier.core import Format, Message
+from services.notifier.settings import Settings
+from shared.errors import ConfigError, NotifyError
+from shared.schemas import Alert
+
+
+class RetryableSendError(NotifyError):
+    """A transient failure; ``retry_after`` (seconds) when the target said how long to wait."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Target(Protocol):
+    name: str
+    format: Format
+    remote: bool  # rate-limited and grouped; local targets write one line per alert
+    shown_url: str  # redacted
+
+    async def send(self, message: Message, alerts: Sequence[Alert]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class ConsoleTarget:
+    """One readable line per alert on stdout."""
+
+    format: Format = "text"
+    remote = False
+    shown_url = "console"
+
+    def __init__(self, name: str = "console") -> None:
+        self.name = name
+
+    async def send(self, message: Message, alerts: Sequence[Alert]) -> None:
+        sys.stdout.write("".join(core.console_line(a) + "\n" for a in alerts))
+        sys.stdout.flush()
+
+    async def close(self) -> None:
+        return None
+
+
+class JsonlTarget:
+    """One JSON object per alert per line, appended, flushed and fsynced before the send counts as done."""
+
+    format: Format = "json"
+    remote = False
+
+    def __init__(self, path: Path, name: str = "jsonl") -> None:
+        self.name = name
+        self.path = Path(path)
+        self.shown_url = f"file://{self.path}"
+
+    def _append(self, text: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    async def send(self, message: Message, alerts: Sequence[Alert]) -> None:
+        text = "".join(json.dumps(core.alert_record(a), separators=(",", ":")) + "\n" for a in alerts)
+        await asyncio.to_thread(self._append, text)
+
+    async def close(self) -> None:
+        return None
+
+
+def build_targets(settings: Settings, env: dict[str, str] | None = None) -> dict[str, Target]:
+    """Every enabled target by channel name. Every URL is expanded and validated now; all problems are reported
+    together in one ConfigError naming each channel (URLs redacted)."""
+    from services.notifier.adapters.apprise_target import AppriseTarget
+    from services.notifier.adapters.webhook import WebhookTarget
+
+    targets: dict[str, Target] = {}
+    if settings.console:
+        targets["console"] = ConsoleTarget()
+    if settings.jsonl_path is not None:
+        targets["jsonl"] = JsonlTarget(settings.jsonl_path)
+    problems: list[str] = []
+    for name, raw in settings.channels.items():
+        if name in core.BUILTIN_CHANNELS:
+            problems.append(f"notifier.channels.{name}: '{name}' is a built-in channel; choose another name")
+            continue
+        try:
+            url = core.expand_env(raw, name, env)
+            if core.scheme_of(url) in ("json", "jsons"):
+                targets[name] = WebhookTarget(name, url, timeout=settings.timeout_s)
+            else:
+                targets[name] = AppriseTarget(name, url)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    known = set(targets) | set(core.BUILTIN_CHANNELS)
+    for i, r in enumerate(settings.routes):
+        for ch in r.channels:
+            if ch not in known:
+                problems.append(f"notifier.routes.{i}.channels: unknown channel {ch!r}")
+    for ch in settings.default_channels:
+        if ch not in known:
+            problems.append(f"notifier.default_channels: unknown channel {ch!r}")
+    if problems:
+        raise ConfigError(problems)
+    return targets

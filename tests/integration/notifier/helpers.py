@@ -1,0 +1,41 @@
+"""Helpers shared by the notifier integration tests: alerts, running the app until the group is caught up."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+from shared import streams
+from shared.bus import Bus
+from shared.schemas import Alert
+
+
+def make_alert(i: int, **kw) -> Alert:
+    fields = dict(id=f"a{i:04d}", rule=f"rule_{i % 3}", exchange="binance", symbol=f"S{i % 7}/USDT", timeframe="1m",
+                  ts=1_700_000_000_000 + 60_000 * i, fired_at=1_700_000_060_000 + 60_000 * i,
+                  price=Decimal("61837.63") + i, value=Decimal("0.5"), condition="price above 60000",
+                  message=f"alert number {i}", severity=("info", "warning", "critical")[i % 3],
+                  labels={"n": str(i)})
+    fields.update(kw)
+    return Alert(**fields)
+
+
+async def publish(redis, alerts) -> None:
+    await Bus(redis).publish_many((streams.ALERTS, a.encode()) for a in alerts)
+
+
+async def run_until_caught_up(app, redis, timeout: float = 20.0) -> None:
+    """Run ``app.run(stop)`` until the notifier group has acked every alert, then stop it."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(app.run(stop))
+    bus = Bus(redis)
+    try:
+        async with asyncio.timeout(timeout):
+            while not await bus.caught_up(streams.ALERTS, streams.GROUP_NOTIFIER):
+                if task.done():
+                    task.result()
+                    raise AssertionError("notifier stopped early")
+                await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)

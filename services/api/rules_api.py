@@ -1,0 +1,227 @@
+"""Rules CRUD: rules live in ``streams.RULES`` (name → YAML of the rule), validated by the alert engine's own models.
+
+A body is one rule as YAML or JSON (JSON is YAML too, so both get line numbers); errors use the rules file's format,
+``request body:LINE: field.path — expected``. After a change the API PUBLISHes the rule name on
+``streams.CHANNEL_RULES`` so the engine can reload without a restart.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import yaml
+from fastapi import Body, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, Field, ValidationError
+from redis.asyncio import Redis
+
+from services.alert_engine import rules as rules_mod
+from shared import streams
+from shared.errors import ConfigError
+from shared.yamlfile import describe_errors, load_yaml
+
+SOURCE = "request body"
+
+RULE_EXAMPLE = {
+    "name": "btc_breakout", "exchange": "binance", "symbols": ["BTC/USDT"], "timeframe": "1m",
+    "condition": {"left": "close", "op": "crosses_up", "right": {"ema": 21}},
+    "cooldown": "5m", "message": "{symbol} {close} crossed EMA21 {value}", "severity": "warning",
+}
+_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "description": "One rule, as in a rules file (YAML or JSON).",
+        "content": {
+            "application/json": {"schema": {"type": "object"}, "example": RULE_EXAMPLE},
+            "application/yaml": {"schema": {"type": "string"},
+                                 "example": yaml.safe_dump(RULE_EXAMPLE, sort_keys=False)},
+        },
+    }
+}
+
+
+class RuleOut(BaseModel):
+    name: str
+    enabled: bool
+    snooze_until: str | None = None
+    rule: dict[str, Any] = Field(description="The rule in the rules file's own spelling.",
+                                 examples=[RULE_EXAMPLE])
+
+
+class RuleList(BaseModel):
+    rules: list[RuleOut]
+
+
+class Snooze(BaseModel):
+    duration: str | None = Field(default=None, description="How long, e.g. 30m, 2h.", examples=["1h"])
+    until: datetime | None = Field(default=None, description="Or until when (with a time zone).")
+
+
+class RuleErrors(BaseModel):
+    detail: list[str] = Field(examples=[["request body:3: condition.op — Input should be 'above', ..."]])
+
+
+def parse_rule(text: str, source: str = SOURCE) -> Stored:
+    """One rule from YAML/JSON text; ConfigError with ``source:line: path — problem`` lines.
+
+    The rule is kept as the user wrote it (``data``), validated by the engine's model (``rule``): a round trip
+    through the model could change spelling the user chose.
+    """
+    data, lines = load_yaml(text, source)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}:1: (top level) — expected one rule as a mapping")
+    try:
+        return Stored(rules_mod.Rule.model_validate(data), _plain(data))
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc, source, lines, skip_loc_parts=rules_mod._TAGS)) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    rule: rules_mod.Rule
+    data: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.rule.name
+
+    def yaml(self) -> str:
+        return yaml.safe_dump(self.data, sort_keys=False, allow_unicode=True)
+
+
+def _plain(value: Any) -> Any:
+    """YAML-loaded data with datetimes as ISO strings, so it dumps back as plain YAML/JSON."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def _out(stored: Stored) -> RuleOut:
+    rule = stored.rule
+    return RuleOut(name=rule.name, enabled=rule.enabled,
+                   snooze_until=rule.snooze_until.isoformat() if rule.snooze_until else None, rule=stored.data)
+
+
+async def load_all(redis: Redis) -> dict[str, Stored]:
+    """Every API-managed rule; one that no longer validates is reported, not hidden."""
+    out: dict[str, Stored] = {}
+    for name, text in sorted((await redis.hgetall(streams.RULES)).items()):
+        key = name.decode()
+        out[key] = parse_rule(text.decode(), f"{streams.RULES}[{key}]")
+    return out
+
+
+async def _get(redis: Redis, name: str) -> Stored:
+    text = await redis.hget(streams.RULES, name)
+    if text is None:
+        raise HTTPException(status_code=404, detail=f"no rule named {name!r}")
+    return parse_rule(text.decode(), f"{streams.RULES}[{name}]")
+
+
+async def _store(redis: Redis, rule: Stored) -> None:
+    async with redis.pipeline(transaction=True) as tx:
+        tx.hset(streams.RULES, rule.name, rule.yaml())
+        tx.publish(streams.CHANNEL_RULES, rule.name)
+        await tx.execute()
+
+
+async def _body_rule(request: Request) -> Stored:
+    raw = await request.body()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{SOURCE}: body is not UTF-8 text") from exc
+    return parse_rule(text)
+
+
+def mount(app: FastAPI, settings, redis: Redis, access) -> None:
+    read = [Depends(access.require("read"))]
+    write = [Depends(access.require("write"))]
+    errors = {401: {"description": "missing or invalid bearer token"}, 403: {"description": "read-only token"},
+              422: {"model": RuleErrors, "description": "the rule is invalid; one line per problem"}}
+
+    @app.exception_handler(ConfigError)
+    async def config_error(_request: Request, exc: ConfigError) -> JSONResponse:
+        return JSONResponse({"detail": exc.problems}, status_code=422)
+
+    @app.get("/rules", response_model=RuleList, dependencies=read, tags=["rules"], responses=errors)
+    async def list_rules() -> RuleList:
+        """Every rule managed through the API."""
+        return RuleList(rules=[_out(r) for r in (await load_all(redis)).values()])
+
+    @app.get("/rules/export", dependencies=read, tags=["rules"], response_class=PlainTextResponse,
+             responses={200: {"content": {"application/yaml": {}}, "description": "a rules file"}})
+    async def export_rules() -> PlainTextResponse:
+        """All API-managed rules as a rules file that `sentinel alert-engine` and `check` accept."""
+        rules = [r.data for r in (await load_all(redis)).values()]
+        text = yaml.safe_dump({"rules": rules}, sort_keys=False, allow_unicode=True)
+        return PlainTextResponse(text, media_type="application/yaml")
+
+    @app.get("/rules/{name}", response_model=RuleOut, dependencies=read, tags=["rules"], responses=errors)
+    async def get_rule(name: str) -> RuleOut:
+        return _out(await _get(redis, name))
+
+    @app.post("/rules", response_model=RuleOut, status_code=201, dependencies=write, tags=["rules"],
+              responses={**errors, 409: {"description": "a rule with that name exists"}}, openapi_extra=_BODY_DOC)
+    async def create_rule(request: Request) -> RuleOut:
+        """Add a rule (validated exactly like the rules file)."""
+        rule = await _body_rule(request)
+        if not await redis.hsetnx(streams.RULES, rule.name, rule.yaml()):
+            raise HTTPException(status_code=409, detail=f"a rule named {rule.name!r} exists; PUT replaces it")
+        await redis.publish(streams.CHANNEL_RULES, rule.name)
+        return _out(rule)
+
+    @app.put("/rules/{name}", response_model=RuleOut, dependencies=write, tags=["rules"], responses=errors,
+             openapi_extra=_BODY_DOC)
+    async def replace_rule(name: str, request: Request) -> RuleOut:
+        """Create or replace the rule ``name`` (the body's name must match)."""
+        rule = await _body_rule(request)
+        if rule.name != name:
+            raise ConfigError(f"{SOURCE}: name — {rule.name!r} does not match the URL's {name!r}")
+        await _store(redis, rule)
+        return _out(rule)
+
+    @app.delete("/rules/{name}", status_code=204, dependencies=write, tags=["rules"], responses=errors)
+    async def delete_rule(name: str) -> None:
+        if not await redis.hdel(streams.RULES, name):
+            raise HTTPException(status_code=404, detail=f"no rule named {name!r}")
+        await redis.publish(streams.CHANNEL_RULES, name)
+
+    async def _update(name: str, **changes: Any) -> RuleOut:
+        data = {**(await _get(redis, name)).data, **changes}
+        if data.get("snooze_until", "") is None:
+            del data["snooze_until"]
+        updated = parse_rule(yaml.safe_dump(data, sort_keys=False), f"{streams.RULES}[{name}]")
+        await _store(redis, updated)
+        return _out(updated)
+
+    @app.post("/rules/{name}/enable", response_model=RuleOut, dependencies=write, tags=["rules"], responses=errors)
+    async def enable_rule(name: str) -> RuleOut:
+        return await _update(name, enabled=True)
+
+    @app.post("/rules/{name}/disable", response_model=RuleOut, dependencies=write, tags=["rules"], responses=errors)
+    async def disable_rule(name: str) -> RuleOut:
+        return await _update(name, enabled=False)
+
+    @app.post("/rules/{name}/snooze", response_model=RuleOut, dependencies=write, tags=["rules"], responses=errors)
+    async def snooze_rule(name: str, snooze: Annotated[Snooze, Body(examples=[{"duration": "1h"}])]) -> RuleOut:
+        """Silence a rule for a duration or until a time; ``{}`` ends a snooze."""
+        if snooze.duration is not None and snooze.until is not None:
+            raise HTTPException(status_code=422, detail=["give duration or until, not both"])
+        until: datetime | None = snooze.until
+        if snooze.duration is not None:
+            try:
+                ms = rules_mod.parse_duration_ms(snooze.duration)
+            except (ValueError, ConfigError) as exc:
+                raise HTTPException(status_code=422, detail=[f"{SOURCE}: duration — {exc}"]) from exc
+            until = datetime.fromtimestamp(time.time() + ms / 1000, tz=UTC)
+        if until is not None and until.tzinfo is None:
+            raise HTTPException(status_code=422, detail=[f"{SOURCE}: until — give a time zone"])
+        return await _update(name, snooze_until=until.isoformat() if until else None)

@@ -1,0 +1,347 @@
+"""alert_engine wiring: which series the rules need, consume their candles (and tickers), gate, publish alerts.
+
+Where things happen:
+- ``_sync_series``: symbol patterns → (exchange, symbol, timeframe) from the registries; ``SUBSCRIPTIONS`` ref counts
+  follow the rules (incremented when a series becomes needed, decremented when no rule needs it any more / on stop);
+  new streams are warmed up (closed candles this group already processed) before they are consumed.
+- ``_handle``: candles / tickers → ``core.AlertEngine`` → ``Fire`` → ``_GATE`` (one Lua script: alert id seen? →
+  cooldown in exchange time → XADD alerts + history + PUBLISH), so replicas and restarts never double-fire.
+- ``_maybe_reload``: the rules file is re-read when it changes; a bad new file keeps the old rules running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+from shared import streams
+from shared.bus import Batch, Bus, Consumer, _s
+from shared.errors import ConfigError, DecodeError
+from shared.runtime import consumer_name, heartbeat
+from shared.schemas import Candle, Ticker, pack, unpack
+
+from services.alert_engine import core
+from services.alert_engine.rules import RuleSet, dump_rule, load_rules_file
+from services.alert_engine.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# KEYS: fired-id key, cooldown key, alerts stream, history stream
+# ARGV: alert bytes, now (exchange ms), cooldown ms (-1 forever, 0 none), channel, alerts maxlen, history maxlen,
+#       fired ttl ms, cooldown gc margin ms
+# Returns 1 published, 0 duplicate id (replay), -1 cooling down.
+_GATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local now = tonumber(ARGV[2])
+local cd = tonumber(ARGV[3])
+if cd ~= 0 then
+  local untl = redis.call('GET', KEYS[2])
+  if untl then
+    untl = tonumber(untl)
+    if untl < 0 or now < untl then return -1 end
+  end
+  if cd < 0 then
+    redis.call('SET', KEYS[2], -1)
+  else
+    redis.call('SET', KEYS[2], now + cd, 'PX', cd + tonumber(ARGV[8]))
+  end
+end
+redis.call('SET', KEYS[1], now, 'PX', tonumber(ARGV[7]))
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'd', ARGV[1])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'd', ARGV[1])
+redis.call('PUBLISH', ARGV[4], ARGV[1])
+return 1
+"""
+_GC_MARGIN_MS = 86_400_000  # cooldown keys outlive the cooldown by a day: they are compared in exchange time
+
+
+def decode_input(raw: bytes) -> Candle | Ticker:
+    """Decode an entry of a candle, live-candle or ticker stream."""
+    msg = unpack(raw)
+    kind = msg.get("k") if isinstance(msg, dict) else None
+    if kind == "ticker":
+        return Ticker.decode(raw)
+    if kind == "candle":
+        return Candle.decode(raw)
+    raise DecodeError(f"expected a candle or a ticker, got kind {kind!r}")
+
+
+class AlertEngineApp:
+    """The alert engine service: ``await AlertEngineApp(settings, redis).run(stop)``."""
+
+    def __init__(self, settings: Settings, redis: Redis, *, ruleset: RuleSet | None = None) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.bus = Bus(redis)
+        self.ruleset = ruleset if ruleset is not None else load_rules_file(settings.rules_file)
+        self.engine = core.AlertEngine(self.ruleset, keep=settings.history_bars)
+        self._rules_mtime = self._mtime() if ruleset is None else None
+        self.consumer = Consumer(self.bus, group=streams.GROUP_ALERT_ENGINE,
+                                 consumer=consumer_name("alert_engine", settings.consumer_name), decode=decode_input,
+                                 handler=self._handle, count=settings.batch, block_ms=settings.block_ms)
+        self._gate = redis.register_script(_GATE)
+        self.subscribed: set[tuple[str, str, str]] = set()  # series counted in SUBSCRIPTIONS by us
+        self.consumed: set[str] = set()
+        self.published = 0
+        self.suppressed = 0
+        self.duplicates = 0
+        self.reload_error: str | None = None
+
+    # ---- lifecycle --------------------------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._store_rules()
+        await self._sync_series()
+        tasks = [
+            asyncio.create_task(self.consumer.run(stop), name="alert_engine-consume"),
+            asyncio.create_task(self._housekeeping(stop), name="alert_engine-sync"),
+            asyncio.create_task(heartbeat(self.redis, "alert_engine", stop, self.status), name="alert_engine-hb"),
+        ]
+        try:
+            await stop.wait()
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self._unsubscribe(set(self.subscribed))
+
+    async def drain(self) -> int:
+        """Burst mode (tests, backtest): sync series once, then process everything available now."""
+        await self._sync_series()
+        return await self.consumer.drain()
+
+    def status(self) -> dict[str, Any]:
+        return {"rules": len(self.engine.rules), "series": len(self.subscribed), "published": self.published,
+                "suppressed": self.suppressed, "duplicates": self.duplicates,
+                "reload_error": self.reload_error or ""}
+
+    async def _housekeeping(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        next_sync = next_reload = loop.time()
+        while not stop.is_set():
+            try:
+                if loop.time() >= next_reload:
+                    next_reload = loop.time() + self.settings.reload_every_s
+                    await self._maybe_reload()
+                if loop.time() >= next_sync:
+                    next_sync = loop.time() + self.settings.registry_poll_s
+                    await self._sync_series()
+            except Exception:  # a transient Redis error must not stop the engine
+                logger.exception("alert_engine: housekeeping failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=min(self.settings.reload_every_s,
+                                                                self.settings.registry_poll_s))
+
+    # ---- rules ------------------------------------------------------------------------------------------------------
+
+    def _mtime(self) -> float | None:
+        try:
+            return Path(self.settings.rules_file).stat().st_mtime_ns
+        except OSError:
+            return None
+
+    async def _maybe_reload(self) -> bool:
+        """Re-read the rules file if it changed; a bad file keeps the current rules and is reported."""
+        if self._rules_mtime is None:
+            return False
+        mtime = self._mtime()
+        if mtime is None or mtime == self._rules_mtime:
+            return False
+        self._rules_mtime = mtime
+        try:
+            ruleset = load_rules_file(self.settings.rules_file)
+        except ConfigError as exc:
+            self.reload_error = "; ".join(exc.problems)
+            logger.error("rules file changed but is invalid; keeping the %d current rules:\n  %s",
+                         len(self.ruleset.rules), "\n  ".join(exc.problems))
+            return False
+        self.set_rules(ruleset)
+        await self._store_rules()
+        await self._sync_series()
+        logger.info("rules reloaded from %s: %d rules", self.settings.rules_file, len(ruleset.rules))
+        return True
+
+    def set_rules(self, ruleset: RuleSet) -> None:
+        self.ruleset = ruleset
+        self.engine.set_rules(ruleset)
+        self.reload_error = None
+
+    async def _store_rules(self) -> None:
+        """Mirror the rules in the RULES hash (name → JSON-able rule) for the API."""
+        import json
+
+        async with self.redis.pipeline(transaction=True) as tx:
+            tx.delete(streams.RULES)
+            for rule in self.ruleset.rules:
+                tx.hset(streams.RULES, rule.name, json.dumps(dump_rule(rule), default=str))
+            await tx.execute()
+
+    # ---- series and subscriptions -----------------------------------------------------------------------------------
+
+    async def _known_symbols(self) -> set[tuple[str, str]]:
+        out: set[tuple[str, str]] = set()
+        for member in await self.redis.smembers(streams.FEED_REGISTRY):
+            parts = streams.split_registry_member(member)
+            if len(parts) >= 2:
+                out.add((parts[0], parts[1]))
+        for member in await self.redis.smembers(streams.CANDLE_REGISTRY):
+            parts = streams.split_registry_member(member)
+            if len(parts) >= 3:
+                out.add((parts[0], parts[1]))
+        for rule in self.engine.rules:  # explicit symbols on a named exchange are needed even before they appear
+            if rule.exchange is not None:
+                out.update((rule.exchange, s) for s in rule.symbols if not any(c in s for c in "*?["))
+        return out
+
+    async def wanted(self) -> tuple[set[tuple[str, str, str]], set[tuple[str, str]]]:
+        series: set[tuple[str, str, str]] = set()
+        tickers: set[tuple[str, str]] = set()
+        for ex, sym in await self._known_symbols():
+            series.update((ex, sym, tf) for tf in self.engine.needs(ex, sym))
+            if self.engine.needs_tickers(ex, sym):
+                tickers.add((ex, sym))
+        return series, tickers
+
+    async def _sync_series(self) -> None:
+        series, tickers = await self.wanted()
+        added, removed = series - self.subscribed, self.subscribed - series
+        if added:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in sorted(added):
+                    pipe.hincrby(streams.SUBSCRIPTIONS, streams.registry_member(*key), 1)
+                await pipe.execute()
+            self.subscribed |= added
+        if removed:
+            await self._unsubscribe(removed)
+        names: dict[str, tuple] = {}
+        for ex, sym, tf in series:
+            names[streams.candles(ex, sym, tf)] = ("candle", ex, sym, tf)
+            if self.settings.intrabar and any(r.frequency in ("every_time", "once_per_bar") and r.timeframe == tf
+                                              and r.matches(ex, sym) for r in self.engine.rules):
+                names[streams.candles_live(ex, sym, tf)] = ("live", ex, sym, tf)
+        for ex, sym in tickers:
+            names[streams.tickers(ex, sym)] = ("ticker", ex, sym)
+        new = [n for n in names if n not in self.consumed]
+        for name in sorted(new):
+            if names[name][0] == "candle":
+                await self._warm_up(name)
+        if set(names) != self.consumed:
+            self.consumed = set(names)
+            self.consumer.set_streams(sorted(names))
+            if new:
+                logger.info("alert_engine: reading %d streams (%d new)", len(names), len(new))
+
+    async def _unsubscribe(self, keys: set[tuple[str, str, str]]) -> None:
+        if not keys:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in sorted(keys):
+                pipe.hincrby(streams.SUBSCRIPTIONS, streams.registry_member(*key), -1)
+            results = await pipe.execute()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, count in zip(sorted(keys), results, strict=True):
+                if int(count) <= 0:
+                    pipe.hdel(streams.SUBSCRIPTIONS, streams.registry_member(*key))
+            await pipe.execute()
+        self.subscribed -= keys
+
+    async def _warm_up(self, stream: str) -> None:
+        """Feed the closed candles this group already processed (up to ``warmup_bars``) without firing.
+
+        Entries delivered but not acked (a crash mid-batch) are left to the consumer, which re-reads them.
+        """
+        if self.settings.warmup_bars == 0:
+            return
+        try:
+            groups = await self.redis.xinfo_groups(stream)
+        except Exception:
+            return
+        group = next((g for g in groups if _s(g.get("name")) == streams.GROUP_ALERT_ENGINE), None)
+        if group is None:
+            return  # a new group reads the stream from its start: nothing was processed before
+        last = _s(group["last-delivered-id"])
+        if last in ("0-0", "0"):
+            return
+        pending = await self.redis.xpending(stream, streams.GROUP_ALERT_ENGINE)
+        boundary = f"({last}"
+        if pending and pending.get("pending"):
+            boundary = f"({_s(pending['min'])}"
+        entries = await self.redis.xrevrange(stream, max=boundary, min="-", count=self.settings.warmup_bars)
+        fed = 0
+        for _, fields in reversed(entries):
+            try:
+                candle = decode_input(fields[b"d"])
+            except (DecodeError, KeyError):
+                continue
+            if isinstance(candle, Candle):
+                self.engine.on_candle(candle, fire=False)
+                fed += 1
+        logger.debug("alert_engine: warmed up %s with %d candles", stream, fed)
+
+    # ---- the hot path -----------------------------------------------------------------------------------------------
+
+    async def _handle(self, batch: Batch) -> None:
+        fires: list[core.Fire] = []
+        for entry in batch.entries:
+            value = entry.value
+            if isinstance(value, Ticker):
+                self.engine.on_ticker(value)
+            elif value.closed:
+                fires.extend(self.engine.on_candle(value))
+            else:
+                fires.extend(self.engine.on_live_candle(value))
+        if fires:
+            await self.publish(fires)
+
+    async def publish(self, fires: list[core.Fire]) -> list[int]:
+        """Gate and publish; returns the gate's answers (1 published, 0 duplicate, -1 cooling down)."""
+        answers: list[int] = []
+        touched: dict[str, core.Fire] = {}
+        for f in fires:
+            data = f.alert.encode()
+            answer = int(await self._gate(
+                keys=[streams.alert_fired(f.alert.id), streams.alert_cooldown(f.fingerprint), streams.ALERTS,
+                      streams.ALERT_HISTORY],
+                args=[data, f.now_ms, f.cooldown_ms, streams.CHANNEL_ALERTS, self.settings.alerts_maxlen,
+                      self.settings.history_maxlen, self.settings.fired_ttl_s * 1000, _GC_MARGIN_MS]))
+            answers.append(answer)
+            if answer == 1:
+                self.published += 1
+                if f.alert.state == "firing":
+                    self.engine.mark_fired(f.fingerprint, f.now_ms)
+                logger.info("alert %s %s %s %s: %s", f.alert.rule, f.alert.symbol, f.alert.timeframe,
+                            f.alert.state, f.alert.message)
+            elif answer == 0:
+                self.duplicates += 1
+            else:
+                self.suppressed += 1
+            touched[f.fingerprint] = f
+        await self._save_state(touched)
+        return answers
+
+    async def _save_state(self, touched: dict[str, core.Fire]) -> None:
+        if not touched:
+            return
+        rows = self.engine.status_rows()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for fp in touched:
+                pipe.get(streams.alert_cooldown(fp))
+            cooldowns = await pipe.execute()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for (fp, f), until in zip(touched.items(), cooldowns, strict=True):
+                row = dict(rows.get(fp, {}))
+                rule = self.ruleset.by_name().get(f.alert.rule)
+                row.update({"cooldown_until": int(until) if until is not None else None,
+                            "cooldown_ms": rule.cooldown_ms if rule else 0,
+                            "next_eligible": (int(until) if until is not None and int(until) >= 0 else None),
+                            "updated_at": int(time.time() * 1000)})
+                pipe.hset(streams.RULE_STATE, fp, pack(row))
+            await pipe.execute()

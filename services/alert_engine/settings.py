@@ -1,0 +1,29 @@
+"""alert_engine settings (section ``alert_engine`` of the settings file, or ``SENTINEL_*`` environment variables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field
+
+from shared.config import ServiceSettings
+
+#: The rules file shipped with the package, written for the simulated market (``sentinel demo``).
+SAMPLE_RULES = Path(__file__).with_name("sample_rules.yaml")
+
+
+class Settings(ServiceSettings):
+    section: ClassVar[str] = "alert_engine"
+
+    rules_file: Path = Field(default=SAMPLE_RULES, description="YAML rules file (see services/alert_engine/rules.py).")
+    reload_every_s: float = Field(default=2.0, gt=0, description="How often the rules file is checked for changes.")
+    registry_poll_s: float = Field(default=2.0, gt=0, description="How often symbol patterns are re-resolved.")
+    warmup_bars: int = Field(default=300, ge=0, description="Closed candles read back per series on start.")
+    history_bars: int = Field(default=600, ge=10, description="Candles kept per series for indicators.")
+    intrabar: bool = Field(default=True, description="Read in-progress candles for rules whose frequency allows it.")
+    block_ms: int = Field(default=200, ge=1)
+    batch: int = Field(default=500, ge=1)
+    alerts_maxlen: int = Field(default=100_000, ge=100)
+    history_maxlen: int = Field(default=1_000_000, ge=100, description="Retention of the alert history stream.")
+    fired_ttl_s: int = Field(default=30 * 86_400, ge=60, description="How long alert ids are remembered (replay).")

@@ -9,9 +9,19 @@ is permanent (and that is caught at start-up). Apprise's own retries are left at
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 
 import apprise
+
+# Apprise's email plugin imports the stdlib ``imghdr`` (deprecated since 3.11): import it once quietly, so the
+# DeprecationWarning (an error under our test settings) is not raised from inside Apprise at the first mailto:// URL.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    try:
+        import imghdr  # noqa: F401
+    except ImportError:  # Python >= 3.13: Apprise ships its own shim
+        pass
 
 from services.notifier import core
 from services.notifier.core import Format, Message

@@ -1,0 +1,84 @@
+"""Real local receivers for notifier tests: an aiohttp JSON webhook server and an aiosmtpd SMTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+
+@dataclass
+class WebhookReceiver:
+    """Answers the scripted ``(status, headers)`` replies first, then 200. Records every request."""
+
+    script: list[tuple[int, dict[str, str]]] = field(default_factory=list)
+    requests: list[dict] = field(default_factory=list)  # {"t", "status", "body", "headers"}
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"json://127.0.0.1:{self.port}/hook"
+
+    def delivered(self) -> list[dict]:
+        """JSON bodies of the requests answered 200."""
+        return [r["body"] for r in self.requests if r["status"] == 200]
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        status, headers = self.script.pop(0) if self.script else (200, {})
+        self.requests.append({"t": time.monotonic(), "status": status, "body": json.loads(raw),
+                              "headers": dict(request.headers)})
+        return web.Response(status=status, headers=headers, text="ok" if status == 200 else "no")
+
+
+@asynccontextmanager
+async def webhook_receiver(script: list[tuple[int, dict[str, str]]] | None = None) -> AsyncIterator[WebhookReceiver]:
+    receiver = WebhookReceiver(list(script or []))
+    app = web.Application()
+    app.router.add_post("/hook", receiver._handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    receiver.port = site._server.sockets[0].getsockname()[1]
+    try:
+        yield receiver
+    finally:
+        await runner.cleanup()
+
+
+@contextmanager
+def smtp_server():
+    """An aiosmtpd server on a free port (its own thread); yields (port, messages) with parsed email messages."""
+    from aiosmtpd.controller import Controller
+
+    messages: list[email.message.EmailMessage] = []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+            return "250 OK"
+
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield port, messages
+    finally:
+        controller.stop()
+
+
+async def wait_for(pred, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not pred():
+            await asyncio.sleep(0.02)

@@ -1,0 +1,128 @@
+"""Notifier channels with real local receivers: JSON webhook (500 / 429 Retry-After / 4xx), email via aiosmtpd,
+grouping of bursts, start-up validation of channel URLs, per-target dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from services.notifier.app import NotifierApp
+from services.notifier.settings import Settings
+from services.notifier.targets import build_targets
+from shared import streams
+from shared.errors import ConfigError
+from shared.schemas import Alert
+from tests.integration.notifier.helpers import make_alert, publish, run_until_caught_up
+from tests.integration.notifier.receivers import smtp_server, wait_for, webhook_receiver
+
+
+def settings(tmp_path, channels: dict[str, str], **kw) -> Settings:
+    base = dict(jsonl_path=tmp_path / "alerts.jsonl", console=False, consumer_name="n1", block_ms=50,
+                channels=channels, default_channels=["jsonl", *channels], backoff_base_s=0.05, backoff_cap_s=0.2,
+                rate_per_s=1000, burst=1000)
+    base.update(kw)
+    return Settings(**base)
+
+
+def alerts_in(bodies: list[dict]) -> list[str]:
+    return [a["id"] for body in bodies for a in body["alerts"]]
+
+
+async def test_webhook_retries_500_and_honours_429_retry_after(redis, tmp_path):
+    script = [(500, {}), (503, {}), (429, {"Retry-After": "1"}), (500, {})]
+    async with webhook_receiver(script) as hook:
+        alert = make_alert(1)
+        await publish(redis, [alert])
+        await run_until_caught_up(NotifierApp(settings(tmp_path, {"hook": hook.url}), redis), redis)
+        assert [r["status"] for r in hook.requests] == [500, 503, 429, 500, 200]
+        gap = hook.requests[3]["t"] - hook.requests[2]["t"]
+        assert 1.0 <= gap < 1.6  # waited Retry-After, not the 0.2 s backoff cap
+        assert all(r["t2"] - r["t1"] <= 0.35 for r in (
+            {"t1": hook.requests[i]["t"], "t2": hook.requests[i + 1]["t"]} for i in (0, 1, 3)))
+        body = hook.delivered()[0]
+        assert body["count"] == 1 and Alert.model_validate(body["alerts"][0]) == alert
+        keys = {r["headers"]["Idempotency-Key"] for r in hook.requests}
+        assert len(keys) == 1  # the same key on every retry of the same group
+    assert await redis.get(streams.notify_sent(alert.id, "hook")) == b"done"
+    assert await redis.xlen(streams.NOTIFY_DEAD_LETTER) == 0
+
+
+async def test_permanent_4xx_is_not_retried_and_dead_lettered_while_other_targets_deliver(redis, tmp_path):
+    async with webhook_receiver([(404, {})]) as bad, webhook_receiver() as good:
+        alert = make_alert(2)
+        await publish(redis, [alert])
+        app = NotifierApp(settings(tmp_path, {"bad": bad.url, "good": good.url}), redis)
+        await run_until_caught_up(app, redis)
+        assert [r["status"] for r in bad.requests] == [404]
+        assert alerts_in(good.delivered()) == [alert.id]
+    dead = await redis.xrange(streams.NOTIFY_DEAD_LETTER)
+    assert len(dead) == 1
+    fields = dead[0][1]
+    assert fields[b"alert_id"] == alert.id.encode() and fields[b"target"] == b"bad"
+    assert b"permanent" in fields[b"reason"] and b"HTTP 404" in fields[b"reason"]
+    assert Alert.decode(fields[b"d"]) == alert
+    assert json.loads((tmp_path / "alerts.jsonl").read_text())["id"] == alert.id
+
+
+async def test_transient_failures_dead_letter_after_max_attempts(redis, tmp_path):
+    async with webhook_receiver([(500, {})] * 10) as hook:
+        await publish(redis, [make_alert(3)])
+        await run_until_caught_up(NotifierApp(settings(tmp_path, {"hook": hook.url}, max_attempts=3), redis), redis)
+        assert [r["status"] for r in hook.requests] == [500, 500, 500]
+    dead = await redis.xrange(streams.NOTIFY_DEAD_LETTER)
+    assert b"gave up after 3 attempts: HTTP 500" in dead[0][1][b"reason"]
+
+
+async def test_burst_is_grouped_into_one_message_per_target(redis, tmp_path):
+    alerts = [make_alert(i, symbol=f"C{i}/USDT") for i in range(40)]
+    async with webhook_receiver() as hook:
+        s = settings(tmp_path, {"hook": hook.url}, group_window_s=0.5)
+        app = NotifierApp(s, redis)
+        stop = asyncio.Event()
+        task = asyncio.create_task(app.run(stop))
+        for i in range(0, 40, 8):  # the burst arrives in pieces within the window
+            await publish(redis, alerts[i:i + 8])
+            await asyncio.sleep(0.03)
+        await wait_for(lambda: len(hook.requests) >= 1)
+        await asyncio.sleep(0.3)
+        stop.set()
+        await task
+        assert len(hook.requests) == 1
+        assert sorted(alerts_in(hook.delivered())) == sorted(a.id for a in alerts)
+        assert hook.delivered()[0]["title"].startswith("[CRITICAL] 40 alerts")
+    # the local JSONL target still writes one line per alert
+    assert [json.loads(line)["id"] for line in (tmp_path / "alerts.jsonl").read_text().splitlines()] \
+        == [a.id for a in alerts]
+
+
+async def test_email_through_a_real_smtp_server(redis, tmp_path):
+    with smtp_server() as (port, messages):
+        url = f"mailto://127.0.0.1:{port}?from=alerts@example.com&to=ops@example.com"
+        alert = make_alert(5, message="breakout <confirmed>")
+        await publish(redis, [alert])
+        await run_until_caught_up(NotifierApp(settings(tmp_path, {"email": url}), redis), redis)
+        assert len(messages) == 1
+    msg = messages[0]
+    assert msg["To"] == "ops@example.com" and "alerts@example.com" in msg["From"]
+    assert alert.rule in msg["Subject"] and alert.symbol in msg["Subject"]
+    part = msg.get_body(("html",))
+    assert part is not None
+    html_body = part.get_content()
+    assert "<table" in html_body and "breakout &lt;confirmed&gt;" in html_body and str(alert.price) in html_body
+
+
+def test_bad_channel_urls_are_refused_at_start_naming_the_channel_without_secrets(tmp_path, monkeypatch):
+    monkeypatch.delenv("MISSING_TOKEN", raising=False)
+    s = settings(tmp_path, {"tg": "tgram://not-a-valid-token-s3cret/", "ops": "nosuchscheme://u:hunter2@h/p",
+                            "env": "tgram://${MISSING_TOKEN}/1", "hook": "json://127.0.0.1:9/x"},
+                 routes=[{"channels": ["nope"], "severity": ["critical"]}])
+    with pytest.raises(ConfigError) as err:
+        build_targets(s)
+    text = str(err.value)
+    for name in ("notifier.channels.tg", "notifier.channels.ops", "notifier.channels.env", "MISSING_TOKEN",
+                 "notifier.routes.0.channels: unknown channel 'nope'"):
+        assert name in text
+    assert "hook" not in text
+    assert "s3cret" not in text and "hunter2" not in text

@@ -1,0 +1,286 @@
+"""candle_builder wiring: trades streams → ``core.SeriesBuilder`` → candle streams, exactly once across restarts.
+
+For each batch read from the trades streams (one consumer group, large COUNT), one MULTI/EXEC holds everything the
+batch changed: the closed candles (XADD + PUBLISH), each series' state (in-progress candles and the last stream entry
+id processed) and the XACK. A ``kill -9`` before EXEC leaves the entries pending and the state as it was; after EXEC
+they are acked. A re-delivered entry whose id is not above the saved one is skipped, so nothing counts twice; the
+first batch a process sees of a stream is preceded by an XRANGE of whatever lies between the saved id and it (entries
+still pending at a dead consumer), so nothing is lost or reordered either.
+
+Series: every (exchange, symbol) in ``streams.FEED_REGISTRY`` gets ``settings.timeframes``; ``streams.SUBSCRIPTIONS``
+(``"ex|sym|tf"`` → reference count) adds timeframes while their count is above zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+
+from services.candle_builder.core import Bar, Emitted, SeriesBuilder
+from services.candle_builder.settings import Settings
+from shared import streams
+from shared.bus import FIELD, Batch, Bus, Consumer
+from shared.errors import DecodeError
+from shared.runtime import consumer_name, heartbeat
+from shared.schemas import Candle, FeedMessage, GapMarker, TradeBatch, Watermark, decode_feed, pack, unpack
+
+logger = logging.getLogger(__name__)
+
+SERVICE = "candle_builder"
+
+
+def entry_id(raw: bytes | str) -> tuple[int, int]:
+    """A stream entry id as a comparable (ms, seq) pair."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def to_candle(exchange: str, symbol: str, tf: str, bar: Bar, *, closed: bool = True) -> Candle:
+    """The bus message of a bar (validated types come from the builder, so construct without re-validation)."""
+    return Candle.model_construct(
+        exchange=exchange, symbol=symbol, timeframe=tf, ts=bar.ts, open=bar.open, high=bar.high, low=bar.low,
+        close=bar.close, volume=bar.volume, buy_volume=bar.buy_volume, sell_volume=bar.sell_volume,
+        quote_volume=bar.quote_volume, trades=bar.trades, first_trade_id=bar.first_id, last_trade_id=bar.last_id,
+        closed=closed, revision=max(bar.revision, 0), incomplete=bar.incomplete)
+
+
+@dataclass(slots=True)
+class Series:
+    """One (exchange, symbol): its builder, trades stream and resume point."""
+
+    exchange: str
+    symbol: str
+    stream: str
+    builder: SeriesBuilder
+    last_id: tuple[int, int] | None = None
+    checked: bool = False  # entries between the saved id and the first one read here were looked for
+    registered: set[str] = field(default_factory=set)
+    last_live: float = 0.0
+
+
+class CandleBuilderApp:
+    """``await CandleBuilderApp(settings, redis).run(stop)`` builds candles until ``stop`` is set."""
+
+    def __init__(self, settings: Settings, redis: Redis) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.bus = Bus(redis)
+        self.name = consumer_name(SERVICE, settings.consumer_name or SERVICE)
+        self.consumer: Consumer[FeedMessage] = Consumer(
+            self.bus, group=streams.GROUP_CANDLE_BUILDER, consumer=self.name, decode=decode_feed,
+            handler=self.handle, count=settings.read_count, block_ms=settings.block_ms,
+            claim_idle_ms=settings.claim_idle_ms)
+        self.series: dict[str, Series] = {}  # trades stream -> series (loaded lazily, with its saved state)
+        self.pairs: dict[str, tuple[str, str]] = {}  # trades stream -> (exchange, symbol)
+        self.wanted: dict[tuple[str, str], set[str]] = {}  # (exchange, symbol) -> timeframes
+        self.trades_in = 0
+        self.candles_out = 0
+        self.skipped_entries = 0
+
+    # ---- lifecycle -------------------------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.discover()
+        consumer = asyncio.create_task(self.consumer.run(stop), name=f"{SERVICE}-consume")
+        helpers = [asyncio.create_task(self._discover_loop(stop), name=f"{SERVICE}-discover"),
+                   asyncio.create_task(heartbeat(self.redis, SERVICE, stop, self.status), name=f"{SERVICE}-hb")]
+        try:
+            await consumer
+        finally:
+            consumer.cancel()
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(consumer, *helpers, return_exceptions=True)
+
+    def status(self) -> dict[str, Any]:
+        late = sum(s.builder.late_dropped for s in self.series.values())
+        return {"series": len(self.series), "trades": self.trades_in, "candles": self.candles_out,
+                "late_dropped": late, "skipped_entries": self.skipped_entries}
+
+    async def _discover_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.settings.discover_every_s)
+            if stop.is_set():
+                return
+            try:
+                await self.discover()
+            except Exception:  # discovery must not kill the service; the next round retries
+                logger.exception("candle_builder: discovery failed")
+
+    async def discover(self) -> None:
+        """Read FEED_REGISTRY and SUBSCRIPTIONS; follow new trades streams and timeframe changes."""
+        wanted: dict[tuple[str, str], set[str]] = {}
+        for member in await self.redis.smembers(streams.FEED_REGISTRY):
+            parts = streams.split_registry_member(member)
+            if len(parts) == 2:
+                wanted.setdefault((parts[0], parts[1]), set()).update(self.settings.timeframes)
+        for member, count in (await self.redis.hgetall(streams.SUBSCRIPTIONS)).items():
+            parts = streams.split_registry_member(member)
+            try:
+                if len(parts) == 3 and int(count) > 0:
+                    wanted.setdefault((parts[0], parts[1]), set(self.settings.timeframes)).add(parts[2])
+            except ValueError:
+                logger.warning("candle_builder: ignoring subscription %r with count %r", member, count)
+        self.apply_wanted(wanted)
+
+    def apply_wanted(self, wanted: dict[tuple[str, str], set[str]]) -> None:
+        new_streams = []
+        for (exchange, symbol), tfs in wanted.items():
+            stream = streams.trades(exchange, symbol)
+            if stream not in self.pairs:
+                self.pairs[stream] = (exchange, symbol)
+                new_streams.append(stream)
+            if self.wanted.get((exchange, symbol)) != tfs:
+                self.wanted[(exchange, symbol)] = set(tfs)
+                series = self.series.get(stream)
+                if series is not None:
+                    _retune(series.builder, tfs)
+        if new_streams:
+            logger.info("candle_builder: following %s", ", ".join(new_streams))
+            self.consumer.add_streams(new_streams)
+
+    # ---- the batch handler -----------------------------------------------------------------------------------------
+
+    async def handle(self, batch: Batch[FeedMessage]) -> None:
+        out: dict[str, list[Emitted]] = {}
+        touched: dict[str, Series] = {}
+        extra_acks: dict[str, list[bytes]] = {}
+        for entry in batch.entries:
+            series = self.series.get(entry.stream) or await self._load(entry.stream)
+            if not series.checked:
+                await self._catch_up(series, entry.id, out, extra_acks)
+            eid = entry_id(entry.id)
+            if series.last_id is not None and eid <= series.last_id:
+                self.skipped_entries += 1
+                continue
+            self._apply(series, entry.value, out.setdefault(series.stream, []))
+            series.last_id = eid
+            touched[series.stream] = series
+        touched.update({s: self.series[s] for s in extra_acks})
+        async with self.redis.pipeline(transaction=True) as tx:
+            for stream, emitted in out.items():
+                self._queue_candles(tx, self.series[stream], emitted)
+            for series in touched.values():
+                if series.last_id is None:
+                    continue
+                tx.hset(streams.builder_state(series.exchange, series.symbol), mapping={
+                    b"state": pack(series.builder.dump()), b"last_id": "%d-%d" % series.last_id})
+            for stream, ids in extra_acks.items():
+                tx.xack(stream, batch.group, *ids)
+            batch.ack_with(tx)
+            await tx.execute()
+        if self.settings.live_candles and touched:
+            await self._publish_live(touched.values())
+
+    def _apply(self, series: Series, msg: FeedMessage, out: list[Emitted]) -> None:
+        builder = series.builder
+        if isinstance(msg, TradeBatch):
+            self.trades_in += len(msg.trades)
+            dropped = builder.late_dropped
+            builder.add_trades(msg.trades, out)
+            if builder.late_dropped != dropped:
+                logger.warning("candle_builder: %s %s: %d trades later than the %d ms lateness window dropped "
+                               "(%d in all)", series.exchange, series.symbol, builder.late_dropped - dropped,
+                               builder.lateness_ms, builder.late_dropped)
+        elif isinstance(msg, Watermark):
+            builder.advance(msg.ts, out, final=msg.final)
+        elif isinstance(msg, GapMarker):
+            logger.info("candle_builder: %s %s: gap %d..%d (%s): candles there are incomplete", series.exchange,
+                        series.symbol, msg.start, msg.end, msg.reason)
+            builder.gap(msg.start, msg.end, out)
+
+    def _queue_candles(self, tx: Any, series: Series, emitted: list[Emitted]) -> None:
+        ex, sym = series.exchange, series.symbol
+        maxlen = self.settings.candles_maxlen
+        for tf, bar in emitted:
+            data = to_candle(ex, sym, tf, bar).encode()
+            self.bus.add_to(tx, streams.candles(ex, sym, tf), data, maxlen=maxlen,
+                            channel=streams.channel_candles(ex, sym, tf))
+            if tf not in series.registered:
+                series.registered.add(tf)
+                tx.sadd(streams.CANDLE_REGISTRY, streams.registry_member(ex, sym, tf))
+        self.candles_out += len(emitted)
+
+    async def _publish_live(self, touched: Any) -> None:
+        now = time.monotonic()
+        throttle = self.settings.live_throttle_ms / 1000
+        due = [s for s in touched if now - s.last_live >= throttle]
+        if not due:
+            return
+        maxlen = self.settings.live_maxlen
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for series in due:
+                series.last_live = now
+                ex, sym = series.exchange, series.symbol
+                for tf, bar in series.builder.in_progress():
+                    data = to_candle(ex, sym, tf, bar, closed=False).encode()
+                    self.bus.add_to(pipe, streams.candles_live(ex, sym, tf), data, maxlen=maxlen,
+                                    channel=streams.channel_candles_live(ex, sym, tf))
+            await pipe.execute()
+
+    # ---- state -----------------------------------------------------------------------------------------------------
+
+    def _new_builder(self, exchange: str, symbol: str) -> SeriesBuilder:
+        s = self.settings
+        tfs = self.wanted.get((exchange, symbol)) or set(s.timeframes)
+        return SeriesBuilder(tfs, base=s.base_timeframe, flat_candles=s.flat_candles, lateness_ms=s.lateness_ms,
+                             max_flat=s.max_flat_candles)
+
+    async def _load(self, stream: str) -> Series:
+        """Create the series of a trades stream and restore its saved state."""
+        exchange, symbol = self.pairs[stream]
+        builder = self._new_builder(exchange, symbol)
+        saved_state, saved_id = await self.redis.hmget(streams.builder_state(exchange, symbol), b"state", b"last_id")
+        series = Series(exchange, symbol, stream, builder)
+        if saved_state is not None:
+            builder.restore(unpack(saved_state))
+            series.last_id = entry_id(saved_id)
+            series.registered = set()
+            logger.info("candle_builder: %s %s resumes after entry %s", exchange, symbol, saved_id.decode())
+        self.series[stream] = series
+        return series
+
+    async def _catch_up(self, series: Series, first_id: bytes, out: dict[str, list[Emitted]],
+                        extra_acks: dict[str, list[bytes]]) -> None:
+        """Process entries between the saved id and ``first_id`` (left pending by a dead consumer) first."""
+        series.checked = True
+        low = "-" if series.last_id is None else "(%d-%d" % series.last_id
+        high = "(" + (first_id.decode() if isinstance(first_id, bytes) else first_id)
+        while True:
+            entries = await self.redis.xrange(series.stream, min=low, max=high, count=self.settings.read_count)
+            if not entries:
+                return
+            logger.info("candle_builder: %s: %d entries before %s were not processed yet; processing them first",
+                        series.stream, len(entries), high[1:])
+            for raw_id, fields in entries:
+                ids = extra_acks.setdefault(series.stream, [])
+                ids.append(raw_id)
+                try:
+                    msg = decode_feed(fields.get(FIELD) or b"")
+                except DecodeError as exc:
+                    await self.bus.dead_letter(series.stream, raw_id, fields.get(FIELD), f"undecodable: {exc}",
+                                               streams.GROUP_CANDLE_BUILDER)
+                    continue
+                self._apply(series, msg, out.setdefault(series.stream, []))
+                series.last_id = entry_id(raw_id)
+            low = "(" + entries[-1][0].decode()
+
+
+def _retune(builder: SeriesBuilder, tfs: set[str]) -> None:
+    """Follow a change of wanted timeframes (subscriptions) on a running builder."""
+    current = set(builder.timeframes)
+    for tf in tfs - current:
+        try:
+            builder.add_timeframe(tf)
+        except ValueError as exc:
+            logger.warning("candle_builder: cannot add timeframe %s: %s", tf, exc)
+    for tf in current - tfs:
+        builder.remove_timeframe(tf)

@@ -1,0 +1,466 @@
+"""Candle aggregation: pure logic, no I/O, no clock (exchange timestamps are passed in).
+
+One ``SeriesBuilder`` per (exchange, symbol) keeps a single *base* candle (1m by default, 1s when 1s is wanted) built
+from trades; every other timeframe is *derived* by rolling up closed base candles, never by re-processing trades.
+
+Closing follows exchange time. ``advance(ts)`` (called for every trade of a later bucket and for every Watermark)
+closes the base bucket and every derived bucket whose end is ``<= ts``. A final watermark closes everything still
+open, partial buckets included. Empty base intervals become flat candles (OHLC = previous close, volume 0) when
+``flat_candles`` is on; a derived bucket is flat only when it holds no trade at all (its open is the first trade's
+price, as on the exchanges, not the previous close carried by a flat minute).
+
+Late trades (exchange time already past their bucket) within ``lateness_ms`` of the newest exchange time revise the
+closed candles of every timeframe that hold them (``revision`` + 1, emitted once per batch); older ones are counted in
+``late_dropped``. A ``GapMarker`` flags the candles overlapping it ``incomplete``.
+
+Arithmetic is exact: ``Decimal`` under a 60-digit context, so sums of products never round.
+"""
+
+from __future__ import annotations
+
+import decimal
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any
+
+from shared.timeframes import bucket_start, sort_timeframes, timeframe_ms
+
+_CTX = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN)
+_ZERO = Decimal(0)
+
+
+class Bar:
+    """A candle being built or kept for revision. ``first_ts``/``last_ts`` order late trades."""
+
+    __slots__ = ("ts", "end", "open", "high", "low", "close", "volume", "buy_volume", "sell_volume", "quote_volume",
+                 "trades", "first_id", "last_id", "first_ts", "last_ts", "revision", "incomplete")
+
+    def __init__(self, ts: int, end: int, price: Decimal) -> None:
+        self.ts = ts
+        self.end = end
+        self.open = self.high = self.low = self.close = price
+        self.volume = self.buy_volume = self.sell_volume = self.quote_volume = _ZERO
+        self.trades = 0
+        self.first_id: Any = None
+        self.last_id: Any = None
+        self.first_ts = self.last_ts = ts
+        self.revision = 0
+        self.incomplete = False
+
+    def copy(self, ts: int | None = None, end: int | None = None) -> Bar:
+        bar = Bar.__new__(Bar)
+        for name in Bar.__slots__:
+            setattr(bar, name, getattr(self, name))
+        if ts is not None:
+            bar.ts, bar.end = ts, end
+        return bar
+
+    def merge(self, other: Bar) -> None:
+        """Roll a later bar of a shorter timeframe into this one. Empty (flat) bars add nothing but a flag."""
+        self.incomplete = self.incomplete or other.incomplete
+        if not other.trades:
+            return
+        if not self.trades:  # flat so far: the first real trade decides the open
+            self.open, self.high, self.low = other.open, other.high, other.low
+            self.first_id, self.first_ts = other.first_id, other.first_ts
+        else:
+            if other.high > self.high:
+                self.high = other.high
+            if other.low < self.low:
+                self.low = other.low
+        self.close = other.close
+        self.last_id, self.last_ts = other.last_id, other.last_ts
+        add = _CTX.add
+        self.volume = add(self.volume, other.volume)
+        self.buy_volume = add(self.buy_volume, other.buy_volume)
+        self.sell_volume = add(self.sell_volume, other.sell_volume)
+        self.quote_volume = add(self.quote_volume, other.quote_volume)
+        self.trades += other.trades
+
+    def apply_late(self, tid: Any, ts: int, price: Decimal, amount: Decimal, is_buy: bool) -> None:
+        """Add a trade that arrived after later ones: it becomes open/close only if its timestamp says so."""
+        if not self.trades:
+            self.open = self.high = self.low = self.close = price
+            self.first_id = self.last_id = tid
+            self.first_ts = self.last_ts = ts
+        else:
+            if price > self.high:
+                self.high = price
+            if price < self.low:
+                self.low = price
+            if ts < self.first_ts:
+                self.open, self.first_id, self.first_ts = price, tid, ts
+            if ts >= self.last_ts:
+                self.close, self.last_id, self.last_ts = price, tid, ts
+        add = _CTX.add
+        self.volume = add(self.volume, amount)
+        if is_buy:
+            self.buy_volume = add(self.buy_volume, amount)
+        else:
+            self.sell_volume = add(self.sell_volume, amount)
+        self.quote_volume = add(self.quote_volume, _CTX.multiply(price, amount))
+        self.trades += 1
+
+    # ---- persistence -----------------------------------------------------------------------------------------------
+
+    def dump(self) -> list:
+        return [self.ts, self.end, str(self.open), str(self.high), str(self.low), str(self.close), str(self.volume),
+                str(self.buy_volume), str(self.sell_volume), str(self.quote_volume), self.trades, self.first_id,
+                self.last_id, self.first_ts, self.last_ts, self.revision, self.incomplete]
+
+    @classmethod
+    def load(cls, row: list) -> Bar:
+        bar = cls.__new__(cls)
+        (bar.ts, bar.end, o, h, lo, c, v, bv, sv, qv, bar.trades, bar.first_id, bar.last_id, bar.first_ts,
+         bar.last_ts, bar.revision, bar.incomplete) = row
+        bar.open, bar.high, bar.low, bar.close = Decimal(o), Decimal(h), Decimal(lo), Decimal(c)
+        bar.volume, bar.buy_volume, bar.sell_volume, bar.quote_volume = Decimal(v), Decimal(bv), Decimal(sv), Decimal(qv)
+        return bar
+
+
+#: What the builder emits: (timeframe, bar snapshot, closed).
+Emitted = tuple[str, Bar]
+
+
+def base_timeframe(timeframes: Iterable[str], preferred: str = "1m") -> str:
+    """The base every timeframe can be rolled up from: 1s if 1s is wanted, else ``preferred``."""
+    return "1s" if "1s" in set(timeframes) else preferred
+
+
+class SeriesBuilder:
+    """Candles of every timeframe of one (exchange, symbol) from its trades, in exchange order.
+
+    Methods return (or append to ``out``) closed candles as ``(timeframe, Bar)``; a bar is emitted once when it
+    closes, and again (``revision`` + 1) only when a late trade changed it.
+    """
+
+    def __init__(self, timeframes: Iterable[str], *, base: str = "1m", flat_candles: bool = True,
+                 lateness_ms: int = 0, max_flat: int = 100_000) -> None:
+        tfs = sort_timeframes(list(timeframes))
+        self.base_tf = base_timeframe(tfs, base)
+        self.base_ms = timeframe_ms(self.base_tf)
+        self.flat_candles = flat_candles
+        self.lateness_ms = lateness_ms
+        self.max_flat = max_flat
+        self.emit_base = self.base_tf in tfs
+        self.derived: dict[str, int] = {}  # timeframe -> length ms
+        self.cur: dict[str, Bar | None] = {}  # derived timeframe -> bucket in progress
+        self.start_at: dict[str, int] = {}  # derived timeframe -> first bucket it covers fully
+        self.recent: dict[str, dict[int, Bar]] = {self.base_tf: {}}  # closed bars kept for revisions
+        self.base: Bar | None = None
+        self.last_close: Decimal | None = None  # close of the last closed base bar (flat candles carry it)
+        self.last_base_ts: int | None = None  # start of the last closed (or flat) base bucket
+        self.closed_until = 0  # every base bucket ending at or before this is closed
+        self.hwm = 0  # newest exchange time seen (trade or watermark)
+        self.gaps: list[tuple[int, int]] = []  # recent gap intervals (ms, inclusive) that flag candles incomplete
+        self.late_revised = 0
+        self.late_dropped = 0
+        self._revised: dict[tuple[str, int], Bar] = {}
+        for tf in tfs:
+            if tf != self.base_tf:
+                self.add_timeframe(tf)
+
+    @property
+    def timeframes(self) -> list[str]:
+        return ([self.base_tf] if self.emit_base else []) + list(self.derived)
+
+    # ---- configuration ---------------------------------------------------------------------------------------------
+
+    def add_timeframe(self, tf: str) -> None:
+        """Start deriving ``tf``; a bucket already under way is skipped (it would be partial)."""
+        if tf == self.base_tf:
+            self.emit_base = True
+            return
+        if tf in self.derived:
+            return
+        ms = timeframe_ms(tf)
+        if ms % self.base_ms:
+            raise ValueError(f"timeframe {tf} cannot be derived from base {self.base_tf}")
+        self.derived[tf] = ms
+        self.derived = dict(sorted(self.derived.items(), key=lambda kv: kv[1]))
+        self.cur[tf] = None
+        self.recent[tf] = {}
+        # First base bucket not yet rolled up anywhere: the open one, or the one after the last closed.
+        pending = self.base.ts if self.base is not None else (
+            self.last_base_ts + self.base_ms if self.last_base_ts is not None else None)
+        if pending is None:
+            self.start_at[tf] = 0
+        else:
+            start = bucket_start(pending, ms)
+            self.start_at[tf] = start if start == pending else start + ms
+
+    def remove_timeframe(self, tf: str) -> None:
+        if tf == self.base_tf:
+            self.emit_base = False
+            return
+        for table in (self.derived, self.cur, self.start_at, self.recent):
+            table.pop(tf, None)
+
+    # ---- input -----------------------------------------------------------------------------------------------------
+
+    def add_trades(self, rows: Iterable[tuple], out: list[Emitted]) -> None:
+        """Aggregate trades ``(id, ts_ms, price, amount, taker_is_buy)`` (Decimal price/amount) in exchange order."""
+        base_ms = self.base_ms
+        add, mul = _CTX.add, _CTX.multiply
+        bar = self.base
+        if bar is not None:
+            start, end = bar.ts, bar.end
+            h, lo, v, bv, sv, qv, n = bar.high, bar.low, bar.volume, bar.buy_volume, bar.sell_volume, \
+                bar.quote_volume, bar.trades
+            c, lid, lts = bar.close, bar.last_id, bar.last_ts
+        else:
+            start = end = -1
+            h = lo = v = bv = sv = qv = c = _ZERO
+            n, lid, lts = 0, None, 0
+        for row in rows:
+            tid, ts, price, amount, is_buy = row
+            if start <= ts < end:  # the hot path: a trade of the open base bucket
+                if price > h:
+                    h = price
+                elif price < lo:
+                    lo = price
+                v = add(v, amount)
+                if is_buy:
+                    bv = add(bv, amount)
+                else:
+                    sv = add(sv, amount)
+                qv = add(qv, mul(price, amount))
+                n += 1
+                c, lid, lts = price, tid, ts
+                continue
+            if bar is not None:  # write the locals back before leaving the open bucket
+                bar.high, bar.low, bar.volume, bar.buy_volume, bar.sell_volume, bar.quote_volume, bar.trades = \
+                    h, lo, v, bv, sv, qv, n
+                bar.close, bar.last_id, bar.last_ts = c, lid, lts
+            if ts < self.closed_until or (bar is not None and ts < start):
+                self._late(tid, ts, price, amount, is_buy)
+                continue
+            self.advance(ts, out)
+            bs = ts - ts % base_ms
+            bar = self.base = Bar(bs, bs + base_ms, price)
+            bar.first_id = lid = tid
+            bar.first_ts = lts = ts
+            bar.incomplete = self._in_gap(bs, bs + base_ms)
+            start, end = bs, bs + base_ms
+            h = lo = c = price
+            v = amount
+            bv, sv = (amount, _ZERO) if is_buy else (_ZERO, amount)
+            qv = mul(price, amount)
+            n = 1
+        if bar is not None:
+            bar.high, bar.low, bar.volume, bar.buy_volume, bar.sell_volume, bar.quote_volume, bar.trades = \
+                h, lo, v, bv, sv, qv, n
+            bar.close, bar.last_id, bar.last_ts = c, lid, lts
+        self.flush_revisions(out)
+
+    def advance(self, ts: int, out: list[Emitted], *, final: bool = False) -> None:
+        """Exchange time reached ``ts``: close what ended at or before it (everything when ``final``)."""
+        if ts > self.hwm:
+            self.hwm = ts
+        base_ms = self.base_ms
+        bar = self.base
+        if bar is not None and (ts >= bar.end or final):
+            self.base = None
+            self._close_base(bar, out)
+        if self.flat_candles and self.last_close is not None and self.last_base_ts is not None:
+            b = self.last_base_ts + base_ms
+            limit = self.max_flat
+            while b + base_ms <= ts and limit > 0:
+                flat = Bar(b, b + base_ms, self.last_close)
+                flat.incomplete = self._in_gap(b, b + base_ms)
+                self._close_base(flat, out)
+                b += base_ms
+                limit -= 1
+            if b + base_ms <= ts:  # a jump longer than max_flat buckets: resume flat candles from here
+                self.last_base_ts = (ts - ts % base_ms) - base_ms
+        closed_until = ts - ts % base_ms
+        if final:
+            closed_until = max(closed_until, self.closed_until)
+            if self.last_base_ts is not None:
+                closed_until = max(closed_until, self.last_base_ts + base_ms)
+        if closed_until > self.closed_until:
+            self.closed_until = closed_until
+        for tf in self.derived:
+            cur = self.cur[tf]
+            if cur is not None and (ts >= cur.end or final):
+                self.cur[tf] = None
+                self._emit(tf, cur, out)
+        self._prune()
+        self.flush_revisions(out)
+
+    def gap(self, start: int, end: int, out: list[Emitted]) -> None:
+        """Trades in [start, end] (ms) are missing: flag open and future candles there, revise closed ones."""
+        self.gaps.append((start, end))
+        self.gaps = self.gaps[-16:]
+        if self.base is not None and self.base.ts <= end and start < self.base.end:
+            self.base.incomplete = True
+        for tf, cur in self.cur.items():
+            if cur is not None and cur.ts <= end and start < cur.end:
+                cur.incomplete = True
+        for tf, bars in self.recent.items():
+            for bar in bars.values():
+                if bar.ts <= end and start < bar.end and not bar.incomplete:
+                    bar.incomplete = True
+                    bar.revision += 1
+                    self._revised[(tf, bar.ts)] = bar
+        self.flush_revisions(out)
+
+    # ---- internals -------------------------------------------------------------------------------------------------
+
+    def _in_gap(self, start: int, end: int) -> bool:
+        for g0, g1 in self.gaps:
+            if g0 < end and start <= g1:
+                return True
+        return False
+
+    def _close_base(self, bar: Bar, out: list[Emitted]) -> None:
+        self.last_close = bar.close
+        self.last_base_ts = bar.ts
+        if bar.end > self.closed_until:
+            self.closed_until = bar.end
+        if self.emit_base:
+            self._emit(self.base_tf, bar, out)
+        else:
+            self._keep(self.base_tf, bar)
+        for tf, ms in self.derived.items():
+            d = bar.ts - bar.ts % ms if ms != 604_800_000 else bucket_start(bar.ts, ms)
+            if d < self.start_at[tf]:
+                continue
+            cur = self.cur[tf]
+            if cur is not None and cur.ts != d:  # cannot happen in order; close defensively
+                self.cur[tf] = None
+                self._emit(tf, cur, out)
+                cur = None
+            if cur is None:
+                prev = self.recent[tf].get(d)
+                if prev is not None:  # bucket closed early (final watermark) and trades came after: revise it
+                    prev.merge(bar)
+                    if (tf, d) not in self._revised:
+                        prev.revision += 1
+                        self._revised[(tf, d)] = prev
+                    continue
+                self.cur[tf] = bar.copy(d, d + ms)
+            else:
+                cur.merge(bar)
+
+    def _emit(self, tf: str, bar: Bar, out: list[Emitted]) -> None:
+        self._keep(tf, bar)
+        out.append((tf, bar))
+
+    def _keep(self, tf: str, bar: Bar) -> None:
+        self.recent[tf][bar.ts] = bar
+
+    def _prune(self) -> None:
+        """Keep closed bars a late trade may still revise (and the last one of each timeframe)."""
+        horizon = self.hwm - self.lateness_ms
+        for bars in self.recent.values():
+            if len(bars) > 1:
+                for ts in [ts for ts, b in bars.items() if b.end <= horizon]:
+                    if len(bars) > 1:
+                        del bars[ts]
+
+    def _late(self, tid: Any, ts: int, price: Decimal, amount: Decimal, is_buy: bool) -> None:
+        if self.hwm - ts > self.lateness_ms:
+            self.late_dropped += 1
+            return
+        self.late_revised += 1
+        base_ms = self.base_ms
+        bs = ts - ts % base_ms
+        if self.base is not None and self.base.ts == bs:  # an out-of-order trade of the open bucket
+            self.base.apply_late(tid, ts, price, amount, is_buy)
+            return
+        self._revise(self.base_tf, bs, base_ms, tid, ts, price, amount, is_buy)
+        for tf, ms in self.derived.items():
+            d = bucket_start(ts, ms)
+            if d < self.start_at[tf]:
+                continue
+            cur = self.cur[tf]
+            if cur is not None and cur.ts == d:
+                cur.apply_late(tid, ts, price, amount, is_buy)
+            else:
+                self._revise(tf, d, ms, tid, ts, price, amount, is_buy)
+
+    def _revise(self, tf: str, ts0: int, ms: int, tid: Any, ts: int, price: Decimal, amount: Decimal,
+                is_buy: bool) -> None:
+        bars = self.recent[tf]
+        bar = bars.get(ts0)
+        if bar is None:  # nothing was published for this bucket (no flat candles): a first version
+            bar = Bar(ts0, ts0 + ms, price)
+            bar.revision = -1
+            bars[ts0] = bar
+        bar.apply_late(tid, ts, price, amount, is_buy)
+        key = (tf, ts0)
+        if key not in self._revised:
+            bar.revision += 1
+            self._revised[key] = bar
+
+    def flush_revisions(self, out: list[Emitted]) -> None:
+        if self._revised:
+            for (tf, _), bar in self._revised.items():
+                if tf != self.base_tf or self.emit_base:
+                    out.append((tf, bar))
+            self._revised.clear()
+
+    # ---- views and persistence -------------------------------------------------------------------------------------
+
+    def in_progress(self) -> list[Emitted]:
+        """The open candle of every timeframe (derived ones include the open base bar)."""
+        out: list[Emitted] = []
+        base = self.base
+        if base is not None and self.emit_base:
+            out.append((self.base_tf, base))
+        for tf, ms in self.derived.items():
+            cur = self.cur[tf]
+            if base is not None and bucket_start(base.ts, ms) >= self.start_at[tf]:
+                d = bucket_start(base.ts, ms)
+                if cur is None or cur.ts != d:
+                    view = base.copy(d, d + ms)
+                else:
+                    view = cur.copy()
+                    view.merge(base)
+                out.append((tf, view))
+            elif cur is not None:
+                out.append((tf, cur))
+        return out
+
+    def dump(self) -> dict:
+        """Everything needed to resume exactly (plain msgpack-able structure)."""
+        return {
+            "base_tf": self.base_tf, "base": self.base.dump() if self.base else None,
+            "last_close": None if self.last_close is None else str(self.last_close),
+            "last_base_ts": self.last_base_ts, "closed_until": self.closed_until, "hwm": self.hwm,
+            "gaps": [list(g) for g in self.gaps], "late": [self.late_revised, self.late_dropped],
+            "emit_base": self.emit_base,
+            "derived": {tf: {"cur": c.dump() if (c := self.cur[tf]) else None, "start_at": self.start_at[tf]}
+                        for tf in self.derived},
+            "recent": {tf: [b.dump() for b in bars.values()] for tf, bars in self.recent.items()},
+        }
+
+    def restore(self, state: dict) -> None:
+        """Load a ``dump()``; timeframes configured now but absent from the state are added as new."""
+        if state.get("base_tf") != self.base_tf:
+            raise ValueError(f"saved state has base {state.get('base_tf')!r}, builder uses {self.base_tf!r}")
+        self.base = Bar.load(state["base"]) if state.get("base") else None
+        self.last_close = None if state.get("last_close") is None else Decimal(state["last_close"])
+        self.last_base_ts = state.get("last_base_ts")
+        self.closed_until = state.get("closed_until", 0)
+        self.hwm = state.get("hwm", 0)
+        self.gaps = [tuple(g) for g in state.get("gaps", [])]
+        self.late_revised, self.late_dropped = state.get("late", [0, 0])
+        self.emit_base = self.emit_base or state.get("emit_base", False)
+        wanted = list(self.derived)
+        self.derived, self.cur, self.start_at = {}, {}, {}
+        for tf, saved in state.get("derived", {}).items():
+            if tf in wanted:
+                self.derived[tf] = timeframe_ms(tf)
+                self.cur[tf] = Bar.load(saved["cur"]) if saved.get("cur") else None
+                self.start_at[tf] = saved.get("start_at", 0)
+        self.recent = {tf: {b[0]: Bar.load(b) for b in bars} for tf, bars in state.get("recent", {}).items()
+                       if tf == self.base_tf or tf in self.derived}
+        self.recent.setdefault(self.base_tf, {})
+        for tf in self.derived:
+            self.recent.setdefault(tf, {})
+        for tf in wanted:
+            if tf not in self.derived:
+                self.add_timeframe(tf)
+        self.derived = dict(sorted(self.derived.items(), key=lambda kv: kv[1]))

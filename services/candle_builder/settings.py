@@ -1,0 +1,58 @@
+"""Settings of candle_builder (section ``candle_builder`` of the settings file).
+
+Example::
+
+    candle_builder:
+      timeframes: [1m, 5m, 15m, 1h]   # always built; SUBSCRIPTIONS adds more at run time
+      flat_candles: true              # empty intervals give OHLC = previous close, volume 0
+      live_throttle_ms: 250           # in-progress candles at most this often per series
+      lateness_ms: 60000              # late trades this close to the newest exchange time revise closed candles
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from shared.config import ServiceSettings
+from shared.errors import ConfigError
+from shared.timeframes import sort_timeframes, timeframe_ms
+
+
+class Settings(ServiceSettings):
+    section = "candle_builder"
+
+    timeframes: list[str] = Field(default_factory=lambda: ["1m", "5m", "15m", "1h"],
+                                  description="Timeframes built for every traded (exchange, symbol).")
+    base_timeframe: str = Field(default="1m", description="Base candle every timeframe is rolled up from "
+                                "(1s is used automatically when 1s is wanted).")
+    flat_candles: bool = Field(default=True, description="Publish flat candles for intervals without trades.")
+    max_flat_candles: int = Field(default=20_000, gt=0, description="Most flat base candles filled in one jump.")
+    lateness_ms: int = Field(default=60_000, ge=0, description="Late trades within this many ms of the newest "
+                             "exchange time revise closed candles; older ones are counted and logged.")
+    live_throttle_ms: int = Field(default=250, ge=0, description="Least time between in-progress candles per series.")
+    live_candles: bool = Field(default=True, description="Publish in-progress candles to candles_live streams.")
+    candles_maxlen: int = Field(default=20_000, gt=0, description="Approximate MAXLEN of closed-candle streams.")
+    live_maxlen: int = Field(default=1_000, gt=0, description="Approximate MAXLEN of in-progress-candle streams.")
+    read_count: int = Field(default=2_000, gt=0, description="COUNT of each XREADGROUP.")
+    block_ms: int = Field(default=200, gt=0, description="BLOCK of each XREADGROUP.")
+    discover_every_s: float = Field(default=1.0, gt=0, description="How often FEED_REGISTRY/SUBSCRIPTIONS are read.")
+    claim_idle_ms: int = Field(default=10_000, gt=0, description="Entries pending this long at a dead consumer are "
+                               "claimed.")
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+
+    @field_validator("timeframes")
+    @classmethod
+    def _known_timeframes(cls, value: list[str]) -> list[str]:
+        for tf in value:
+            try:
+                timeframe_ms(tf)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return sort_timeframes(value)
+
+    @field_validator("base_timeframe")
+    @classmethod
+    def _known_base(cls, value: str) -> str:
+        if value not in ("1s", "1m"):
+            raise ValueError("base_timeframe must be 1s or 1m")
+        return value

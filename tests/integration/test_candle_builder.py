@@ -1,0 +1,211 @@
+"""candle_builder against a real redis-server, on real recordings: every closed candle equals pandas' resample.
+
+The expected candles are computed here with pandas from the CSV (Decimal object columns, no float), independently of
+services.candle_builder.core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+from decimal import Decimal
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from services.candle_builder.app import CandleBuilderApp
+from services.candle_builder.settings import Settings
+from shared import streams
+from shared.bus import FIELD, Bus
+from shared.schemas import Candle, Trade, Watermark, encode_trades, encode_watermark
+from tests.conftest import shared_data
+
+TIMEFRAMES = ["1m", "5m", "15m", "1h"]
+FREQ = {"1m": "1min", "3m": "3min", "5m": "5min", "15m": "15min", "30m": "30min", "1h": "1h", "4h": "4h",
+        "1d": "1D"}
+
+RECORDINGS = {
+    "btcusdt": ("binance", "BTC/USDT", "binance_spot_btcusdt/BTCUSDT-trades-20240808T2354-20240809T0005.csv"),
+    "kraken": ("kraken", "BTC/USD", "kraken_btcusd/XBTUSD-trades-20190701T00-01.csv"),
+    "xrpeth": ("binance", "XRP/ETH", "binance_spot_xrpeth/XRPETH-aggtrades-2019-10-11.csv"),
+}
+
+
+def read_trades(path: Path) -> list[Trade]:
+    """The generic layout ``timestamp,price,amount,side,id``; rows without an id are numbered."""
+    out = []
+    with path.open(newline="") as fh:
+        for n, row in enumerate(csv.DictReader(fh)):
+            tid = int(row["id"]) if row["id"] else n
+            out.append(Trade(tid, int(row["timestamp"]), Decimal(row["price"]), Decimal(row["amount"]),
+                             row["side"] == "buy"))
+    return out
+
+
+def pandas_candles(path: Path, timeframe: str) -> pd.DataFrame:
+    """OHLCV per bucket by pandas resample over Decimal columns (exact)."""
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df["ts"] = pd.to_datetime(df["timestamp"].astype("int64"), unit="ms")  # tz-naive: UTC by construction
+    df["price"] = df["price"].map(Decimal).astype(object)
+    df["amount"] = df["amount"].map(Decimal).astype(object)
+    df["buy"] = [a if s == "buy" else Decimal(0) for a, s in zip(df["amount"], df["side"])]
+    df["sell"] = [a if s != "buy" else Decimal(0) for a, s in zip(df["amount"], df["side"])]
+    df["quote"] = [p * a for p, a in zip(df["price"], df["amount"])]
+    rs = df.set_index("ts").resample(FREQ[timeframe], origin="epoch", closed="left", label="left")
+
+    def total(col: str) -> pd.Series:
+        return rs[col].apply(lambda s: sum(s, Decimal(0)))
+
+    out = pd.DataFrame({
+        "open": rs["price"].first(), "high": rs["price"].apply(lambda s: max(s) if len(s) else None),
+        "low": rs["price"].apply(lambda s: min(s) if len(s) else None), "close": rs["price"].last(),
+        "volume": total("amount"), "buy_volume": total("buy"), "sell_volume": total("sell"),
+        "quote_volume": total("quote"), "trades": rs["price"].count(),
+    })
+    out.index = out.index.as_unit("ms").asi8 if hasattr(out.index, "as_unit") else out.index.asi8 // 10**6
+    return out
+
+
+async def publish(redis, exchange: str, symbol: str, trades: list[Trade], per_entry: int,
+                  final: bool = True) -> None:
+    bus = Bus(redis)
+    stream = streams.trades(exchange, symbol)
+    await redis.sadd(streams.FEED_REGISTRY, streams.registry_member(exchange, symbol))
+    items = [(stream, encode_trades(exchange, symbol, trades[i:i + per_entry]))
+             for i in range(0, len(trades), per_entry)]
+    for i in range(0, len(items), 500):
+        await bus.publish_many(items[i:i + 500])
+    if final:
+        await bus.publish(stream, encode_watermark(Watermark(exchange, symbol, trades[-1].ts, final=True)))
+
+
+async def run_until_caught_up(redis, settings: Settings, streams_: list[str], timeout: float = 60.0,
+                              stop_early: int | None = None) -> CandleBuilderApp:
+    app = CandleBuilderApp(settings, redis)
+    stop = asyncio.Event()
+    task = asyncio.create_task(app.run(stop))
+    bus = Bus(redis)
+    deadline = asyncio.get_running_loop().time() + timeout
+    try:
+        while True:
+            if task.done():
+                task.result()
+                raise AssertionError("candle_builder stopped by itself")
+            if stop_early is not None and app.trades_in >= stop_early:
+                break
+            if all([await bus.caught_up(s, streams.GROUP_CANDLE_BUILDER) for s in streams_]):
+                break
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"not caught up within {timeout}s: {app.status()}")
+            await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    return app
+
+
+async def read_candles(redis, exchange: str, symbol: str, tf: str) -> list[Candle]:
+    return [Candle.decode(f[FIELD]) for _, f in await redis.xrange(streams.candles(exchange, symbol, tf))]
+
+
+def settings_for(redis_url: str, **kw) -> Settings:
+    kw.setdefault("timeframes", TIMEFRAMES)
+    kw.setdefault("block_ms", 50)
+    kw.setdefault("discover_every_s", 0.05)
+    return Settings(redis_url=redis_url, **kw)
+
+
+def check_against_pandas(candles: list[Candle], path: Path, tf: str) -> None:
+    expected = pandas_candles(path, tf)
+    got = {c.ts: c for c in candles}
+    # Exactly once: one closed candle per bucket, none duplicated.
+    assert len(got) == len(candles), f"{tf}: a bucket was published twice"
+    assert sorted(got) == list(expected.index), f"{tf}: buckets differ"
+    prev_close = None
+    for ts, row in expected.iterrows():
+        c = got[ts]
+        if row["trades"]:
+            actual = (c.open, c.high, c.low, c.close, c.volume, c.buy_volume, c.sell_volume, c.quote_volume,
+                      c.trades)
+            wanted = (row["open"], row["high"], row["low"], row["close"], row["volume"], row["buy_volume"],
+                      row["sell_volume"], row["quote_volume"], row["trades"])
+            assert actual == wanted, f"{tf} {ts}: {actual} != {wanted}"
+            assert c.buy_volume + c.sell_volume == c.volume
+            assert c.vwap == row["quote_volume"] / row["volume"]
+            prev_close = row["close"]
+        else:  # an empty interval: a flat candle at the previous close
+            assert (c.open, c.high, c.low, c.close, c.volume, c.trades) == (prev_close,) * 4 + (0, 0), f"{tf} {ts}"
+        assert c.closed and c.revision == 0
+
+
+@pytest.mark.parametrize("name", sorted(RECORDINGS))
+async def test_every_closed_candle_equals_pandas(redis, redis_url, name):
+    exchange, symbol, rel = RECORDINGS[name]
+    path = shared_data(rel)
+    trades = read_trades(path)
+    await publish(redis, exchange, symbol, trades, per_entry=50)
+    tfs = TIMEFRAMES + (["4h", "1d"] if name == "xrpeth" else [])
+    await run_until_caught_up(redis, settings_for(redis_url, timeframes=tfs), [streams.trades(exchange, symbol)])
+    for tf in tfs:
+        check_against_pandas(await read_candles(redis, exchange, symbol, tf), path, tf)
+    registry = {streams.split_registry_member(m)[2] for m in await redis.smembers(streams.CANDLE_REGISTRY)}
+    assert registry == set(tfs)
+
+
+async def test_first_and_last_trade_ids(redis, redis_url):
+    exchange, symbol, rel = RECORDINGS["btcusdt"]
+    trades = read_trades(shared_data(rel))
+    await publish(redis, exchange, symbol, trades, per_entry=100)
+    await run_until_caught_up(redis, settings_for(redis_url), [streams.trades(exchange, symbol)])
+    for c in await read_candles(redis, exchange, symbol, "5m"):
+        inside = [t.id for t in trades if c.ts <= t.ts < c.ts + 300_000]
+        assert (c.first_trade_id, c.last_trade_id) == (inside[0], inside[-1])
+
+
+async def test_restart_mid_stream_gives_identical_candles(redis, redis_url):
+    exchange, symbol, rel = RECORDINGS["btcusdt"]
+    path = shared_data(rel)
+    trades = read_trades(path)
+    stream = streams.trades(exchange, symbol)
+    await publish(redis, exchange, symbol, trades[:7000], per_entry=37, final=False)
+    # The first builder stops somewhere in the middle (after its current batch), a second one resumes.
+    await run_until_caught_up(redis, settings_for(redis_url, read_count=20), [stream], stop_early=3000)
+    await publish(redis, exchange, symbol, trades[7000:], per_entry=37)
+    await run_until_caught_up(redis, settings_for(redis_url, read_count=20), [stream])
+    for tf in TIMEFRAMES:
+        check_against_pandas(await read_candles(redis, exchange, symbol, tf), path, tf)
+
+
+async def test_redelivered_and_unacked_entries_change_nothing(redis, redis_url):
+    """A batch whose transaction never ran (crash before EXEC) is processed once; one re-read after EXEC is skipped."""
+    exchange, symbol, rel = RECORDINGS["kraken"]
+    path = shared_data(rel)
+    trades = read_trades(path)
+    stream = streams.trades(exchange, symbol)
+    await publish(redis, exchange, symbol, trades[:1000], per_entry=25, final=False)
+    await run_until_caught_up(redis, settings_for(redis_url), [stream])
+    # Crash simulation 1: a dead consumer read the next entries and never acked them.
+    await publish(redis, exchange, symbol, trades[1000:2000], per_entry=25, final=False)
+    await redis.xreadgroup(streams.GROUP_CANDLE_BUILDER, "dead-builder", {stream: ">"}, count=10)
+    # Crash simulation 2: the saved state says "processed" but the ack was lost — re-deliver an old entry.
+    first_ids = [e[0] for e in await redis.xrange(stream, count=3)]
+    await redis.xclaim(stream, streams.GROUP_CANDLE_BUILDER, "dead-builder", 0, first_ids, force=True)
+    await publish(redis, exchange, symbol, trades[2000:], per_entry=25)
+    app = await run_until_caught_up(redis, settings_for(redis_url, claim_idle_ms=1), [stream])
+    assert app.skipped_entries >= 3
+    for tf in TIMEFRAMES:
+        check_against_pandas(await read_candles(redis, exchange, symbol, tf), path, tf)
+
+
+async def test_live_candles_are_published_in_progress(redis, redis_url):
+    exchange, symbol, rel = RECORDINGS["btcusdt"]
+    trades = read_trades(shared_data(rel))
+    await publish(redis, exchange, symbol, trades[:500], per_entry=50, final=False)
+    await run_until_caught_up(redis, settings_for(redis_url, live_throttle_ms=0), [streams.trades(exchange, symbol)])
+    live = [Candle.decode(f[FIELD]) for _, f in await redis.xrange(streams.candles_live(exchange, symbol, "5m"))]
+    assert live and not any(c.closed for c in live)
+    last = live[-1]
+    inside = [t for t in trades[:500] if last.ts <= t.ts < last.ts + 300_000]
+    assert last.volume == sum((t.amount for t in inside), Decimal(0))
+    assert last.trades == len(inside) and last.close == inside[-1].price

@@ -1,0 +1,203 @@
+"""A small async client for GUIs (trade_suite) and terminal views: live data from Redis pub/sub, history from the API.
+
+::
+
+    async with SentinelClient(redis_url, api_url="http://127.0.0.1:8000", token=None) as client:
+        history = await client.candles("binance", "BTC/USDT", "1m", limit=300)
+        async for event in client.subscribe(series=[("binance", "BTC/USDT", "1m")], alerts=True):
+            if event.kind == "candle_live": ...          # event.value is a shared.schemas.Candle
+            elif event.kind == "alert": ...              # an Alert
+            elif event.kind == "reconnected": ...        # messages may have been missed: refetch history
+
+Channels and payloads: docs/channels.md. The subscription survives Redis restarts on its own (capped exponential
+backoff with jitter), and says so with a ``reconnected`` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from redis import exceptions as redis_errors
+
+from shared import streams
+from shared.bus import backoff_delay
+from shared.errors import DecodeError, SentinelError
+from shared.runtime import connect
+from shared.schemas import Alert, Candle, Ticker
+
+logger = logging.getLogger(__name__)
+
+Series = tuple[str, str, str]  # exchange, symbol, timeframe
+
+
+class ClientError(SentinelError):
+    """The API refused or failed a request (``status`` is the HTTP status, 0 when unreachable)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One live message: ``kind`` is candle, candle_live, ticker, alert, or reconnected (value None)."""
+
+    kind: str
+    value: Candle | Alert | Ticker | None
+    channel: str = ""
+
+
+def channels_for(alerts: bool, series: Iterable[Series], tickers: Iterable[tuple[str, str]]) -> dict[str, tuple]:
+    """Redis channel → (event kind, schema) for a subscription."""
+    out: dict[str, tuple] = {}
+    if alerts:
+        out[streams.CHANNEL_ALERTS] = ("alert", Alert)
+    for ex, sym, tf in series:
+        out[streams.channel_candles(ex, sym, tf)] = ("candle", Candle)
+        out[streams.channel_candles_live(ex, sym, tf)] = ("candle_live", Candle)
+    for ex, sym in tickers:
+        out[streams.channel_tickers(ex, sym)] = ("ticker", Ticker)
+    return out
+
+
+class SentinelClient:
+    """Live series and alerts over Redis pub/sub; history, rule states and rules through the REST API."""
+
+    def __init__(self, redis_url: str, api_url: str | None = None, token: str | None = None, *,
+                 timeout: float = 10.0, max_backoff: float = 5.0) -> None:
+        self.redis_url = redis_url
+        self.api_url = api_url
+        self.max_backoff = max_backoff
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.AsyncClient(base_url=api_url, headers=headers, timeout=timeout) if api_url else None
+        self.reconnects = 0
+
+    async def __aenter__(self) -> SentinelClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+
+    # ---- live ------------------------------------------------------------------------------------------------------
+
+    async def subscribe(self, *, series: Iterable[Series] = (), alerts: bool = True,
+                        tickers: Iterable[tuple[str, str]] = (), hold_subscription: bool = True
+                        ) -> AsyncIterator[Event]:
+        """Typed live events until the caller stops iterating. Reconnects by itself; never raises on Redis loss.
+
+        ``hold_subscription`` registers the series in ``streams.SUBSCRIPTIONS`` (so candle_builder makes them)
+        while the iteration runs.
+        """
+        series = list(series)
+        channels = channels_for(alerts, series, tickers)
+        if not channels:
+            raise ValueError("nothing to subscribe to")
+        members = [streams.registry_member(*s) for s in series] if hold_subscription else []
+        failures = 0
+        first = True
+        while True:
+            redis = connect(self.redis_url)
+            pubsub = redis.pubsub()
+            held = False
+            try:
+                await pubsub.subscribe(*channels)
+                for member in members:
+                    await redis.hincrby(streams.SUBSCRIPTIONS, member, 1)
+                held = True
+                if not first:
+                    self.reconnects += 1
+                    yield Event("reconnected", None)
+                first, failures = False, 0
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is None:
+                        continue
+                    event = _decode(message, channels)
+                    if event is not None:
+                        yield event
+            except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+                failures += 1
+                delay = backoff_delay(failures, base=0.1, cap=self.max_backoff)
+                logger.warning("sentinel client: redis lost (%s); reconnecting in %.2fs", exc, delay)
+                held = False  # the server is gone; whoever restarts it starts from its own AOF
+                await asyncio.sleep(delay)
+            finally:
+                await _close(redis, pubsub, members if held else [])
+
+    # ---- REST ------------------------------------------------------------------------------------------------------
+
+    async def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        if self._http is None:
+            raise ClientError("no api_url given: history and rule states come from the API")
+        try:
+            response = await self._http.get(path, params={k: v for k, v in (params or {}).items() if v is not None})
+        except httpx.HTTPError as exc:
+            raise ClientError(f"API unreachable at {self.api_url}: {exc}") from exc
+        if response.status_code >= 400:
+            raise ClientError(f"GET {path}: {response.status_code} {response.text[:300]}", response.status_code)
+        return response.json()
+
+    async def candles(self, exchange: str, symbol: str, timeframe: str, *, limit: int = 500,
+                      since: int | None = None, live: bool = False) -> list[Candle]:
+        """Closed candles ascending (plus the in-progress one last when ``live``)."""
+        body = await self._get(f"/candles/{quote(exchange, safe='')}/{quote(symbol, safe='')}/{timeframe}",
+                               {"limit": limit, "since": since, "live": str(live).lower()})
+        out = [Candle.model_validate(c) for c in body["candles"]]
+        if body.get("live"):
+            out.append(Candle.model_validate(body["live"]))
+        return out
+
+    async def alert_history(self, *, rule: str | None = None, symbol: str | None = None, start: int | None = None,
+                            end: int | None = None, limit: int = 100) -> list[Alert]:
+        """Up to ``limit`` alerts, newest first, following the API's cursor."""
+        out: list[Alert] = []
+        cursor = None
+        while len(out) < limit:
+            body = await self._get("/alerts/history", {"rule": rule, "symbol": symbol, "start": start, "end": end,
+                                                       "cursor": cursor, "limit": min(1000, limit - len(out))})
+            out += [Alert.model_validate(item["alert"]) for item in body["items"]]
+            cursor = body["next_cursor"]
+            if cursor is None:
+                break
+        return out
+
+    async def rule_states(self) -> list[dict[str, Any]]:
+        return (await self._get("/alerts"))["rules"]
+
+    async def ticker(self, exchange: str, symbol: str) -> Ticker | None:
+        body = await self._get(f"/ticker/{quote(exchange, safe='')}/{quote(symbol, safe='')}")
+        return Ticker.model_validate(body["ticker"]) if body["ticker"] else None
+
+
+def _decode(message: dict, channels: dict[str, tuple]) -> Event | None:
+    channel = message["channel"]
+    channel = channel.decode() if isinstance(channel, bytes) else channel
+    kind, schema = channels.get(channel, (None, None))
+    if schema is None:
+        return None
+    try:
+        return Event(kind, schema.decode(message["data"]), channel)
+    except DecodeError as exc:
+        logger.warning("sentinel client: undecodable message on %s: %s", channel, exc)
+        return None
+
+
+async def _close(redis, pubsub, members: list[str]) -> None:
+    for member in members:
+        with contextlib.suppress(Exception):
+            await redis.hincrby(streams.SUBSCRIPTIONS, member, -1)
+    with contextlib.suppress(Exception):
+        await pubsub.aclose()
+    with contextlib.suppress(Exception):
+        await redis.aclose()

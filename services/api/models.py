@@ -56,8 +56,9 @@ class RuleStateOut(BaseModel):
     state: str = Field(examples=["firing"], description="firing, resolved, or what the engine reports.")
     last_fired: int | None = Field(description="Exchange time (ms) the rule last fired.", examples=[1723161300000])
     last_alert_id: str | None
-    cooldown_left_s: float = Field(examples=[42.5])
-    next_eligible: int | None = Field(description="Wall-clock ms when the cooldown ends; null if none.")
+    cooldown_left_s: float = Field(examples=[42.5], description="Seconds of cooldown left (wall clock).")
+    cooldown_forever: bool = Field(default=False, description="A `once` rule that fired: it never fires again.")
+    next_eligible: int | None = Field(description="Exchange time (ms) the cooldown ends; null if not cooling down.")
     extra: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from decimal import Decimal
@@ -99,15 +100,16 @@ class RuleState:
     last_fired: int | None
     last_alert_id: str | None
     cooldown_left_s: float
+    cooldown_forever: bool
     next_eligible: int | None
     extra: dict[str, Any]
 
 
-_KNOWN = {"rule", "exchange", "symbol", "timeframe", "state", "last_fired", "last_fired_at", "last_alert_id",
-          "alert_id", "cooldown_until", "v", "k"}
+_SHOWN = {"rule", "exchange", "symbol", "timeframe", "state", "last_fired", "last_alert_id", "cooldown_until",
+          "next_eligible", "v", "k"}
 
 
-def _decode_state(fingerprint: str, raw: bytes) -> dict[str, Any]:
+def _decode_state(raw: bytes) -> dict[str, Any]:
     try:
         data = unpack(raw)
     except DecodeError:
@@ -118,22 +120,29 @@ def _decode_state(fingerprint: str, raw: bytes) -> dict[str, Any]:
 
 
 async def rule_states(redis: Redis) -> list[RuleState]:
-    """Each rule × series the engine keeps state for (``streams.RULE_STATE``), with the cooldown left in Redis."""
+    """Each rule × series the engine keeps state for (``streams.RULE_STATE``), with its live cooldown.
+
+    The engine's cooldown key (``streams.alert_cooldown(fingerprint)``) holds the end of the cooldown in exchange
+    time (ms; -1 = never again, for ``once`` rules) and expires with it; its TTL is the wall-clock time left.
+    """
     raw = await redis.hgetall(streams.RULE_STATE)
     fingerprints = sorted(_s(k) for k in raw)
     async with redis.pipeline(transaction=False) as pipe:
         for fp in fingerprints:
+            pipe.get(streams.alert_cooldown(fp))
             pipe.pttl(streams.alert_cooldown(fp))
-        ttls = await pipe.execute()
-    now = now_ms()
+        replies = await pipe.execute()
     out: list[RuleState] = []
-    for fp, ttl in zip(fingerprints, ttls, strict=True):
-        data = _decode_state(fp, raw[fp.encode()])
-        left_ms = max(int(ttl), 0)
-        until = data.get("cooldown_until")
-        if isinstance(until, int) and not left_ms:
-            left_ms = max(until - now, 0)
-        last_fired = data.get("last_fired", data.get("last_fired_at"))
+    for n, fp in enumerate(fingerprints):
+        data = _decode_state(raw[fp.encode()])
+        until_raw, ttl = replies[2 * n], int(replies[2 * n + 1])
+        until: int | None = None
+        if until_raw is not None:
+            with contextlib.suppress(ValueError):
+                until = int(until_raw)
+        forever = until is not None and until < 0
+        left_ms = ttl if ttl > 0 else 0
+        last_fired = data.get("last_fired")
         out.append(RuleState(
             fingerprint=fp,
             rule=str(data.get("rule", fp)),
@@ -142,10 +151,11 @@ async def rule_states(redis: Redis) -> list[RuleState]:
             timeframe=data.get("timeframe"),
             state=str(data.get("state", "unknown")),
             last_fired=last_fired if isinstance(last_fired, int) else None,
-            last_alert_id=data.get("last_alert_id", data.get("alert_id")),
+            last_alert_id=data.get("last_alert_id"),
             cooldown_left_s=round(left_ms / 1000, 3),
-            next_eligible=now + left_ms if left_ms else None,
-            extra={k: v for k, v in data.items() if k not in _KNOWN},
+            cooldown_forever=forever,
+            next_eligible=until if until is not None and until >= 0 else None,
+            extra={k: v for k, v in data.items() if k not in _SHOWN},
         ))
     return out
 

@@ -154,22 +154,28 @@ async def test_alert_history_filters_and_cursor_pagination(redis, settings):
 
 
 async def test_alert_states_with_cooldown_left(redis, settings):
-    now = int(time.time() * 1000)
+    # the engine's format: RULE_STATE rows, cooldown key = end of cooldown in exchange ms (-1 forever), PX = length
     await redis.hset(streams.RULE_STATE, mapping={
         "fp1": pack({"rule": "btc-above", "exchange": EX, "symbol": SYM, "timeframe": TF, "state": "firing",
-                     "last_fired": T0, "last_alert_id": "a1"}),
+                     "last_fired": T0, "last_alert_id": "a1", "since": T0 - 60_000}),
         "fp2": pack({"rule": "eth-below", "exchange": EX, "symbol": "ETH/USDT", "timeframe": TF,
-                     "state": "resolved", "last_fired": None}),
+                     "state": "inactive", "last_fired": None}),
+        "fp3": pack({"rule": "once", "exchange": EX, "symbol": SYM, "timeframe": TF, "state": "firing",
+                     "last_fired": T0}),
+        "fp4": b"\xc1",
     })
-    await redis.set(streams.alert_cooldown("fp1"), "1", px=60_000)
+    await redis.set(streams.alert_cooldown("fp1"), T0 + 60_000, px=60_000)
+    await redis.set(streams.alert_cooldown("fp3"), -1)
     async with client_for(create_app(settings, redis)) as client:
         rules = {r["fingerprint"]: r for r in (await client.get("/alerts")).json()["rules"]}
-    assert set(rules) == {"fp1", "fp2"}
+    assert set(rules) == {"fp1", "fp2", "fp3", "fp4"}
     assert rules["fp1"]["state"] == "firing" and rules["fp1"]["last_fired"] == T0
     assert 55 < rules["fp1"]["cooldown_left_s"] <= 60
-    assert now + 55_000 < rules["fp1"]["next_eligible"] <= int(time.time() * 1000) + 60_000
+    assert rules["fp1"]["next_eligible"] == T0 + 60_000 and rules["fp1"]["extra"] == {"since": T0 - 60_000}
     assert rules["fp2"]["cooldown_left_s"] == 0 and rules["fp2"]["next_eligible"] is None
-    assert rules["fp2"]["symbol"] == "ETH/USDT" and rules["fp2"]["state"] == "resolved"
+    assert rules["fp2"]["symbol"] == "ETH/USDT" and rules["fp2"]["state"] == "inactive"
+    assert rules["fp3"]["cooldown_forever"] is True and rules["fp3"]["next_eligible"] is None
+    assert rules["fp4"]["state"] == "unknown"
 
 
 async def test_health_names_what_is_down(redis, settings):

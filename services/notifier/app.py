@@ -247,6 +247,14 @@ class NotifierApp:
         else:
             self.dead += len(group)
 
+    async def redeliver(self, channel: str, alert: Alert) -> str:
+        """Send one alert to one channel again (dead-letter retry), ignoring its record; ``delivered`` or ``dead``."""
+        target = self.targets[channel]
+        await self.redis.delete(streams.notify_sent(alert.id, channel))
+        await self._send_group(target, [alert])
+        state = await self.redis.get(streams.notify_sent(alert.id, channel))
+        return "delivered" if state == DONE else "dead"
+
     async def _dead_letter_unknown(self, channel: str, alerts: list[Alert]) -> None:
         keys = [streams.notify_sent(a.id, channel) for a in alerts]
         states = await self.redis.mget(keys)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Sequence
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import aiohttp
 
@@ -45,7 +45,9 @@ class WebhookTarget:
         for key, value in parse_qsl(parts.query):
             if key.startswith("+"):
                 self.headers[key[1:]] = value
-        self.auth = aiohttp.BasicAuth(parts.username, parts.password or "") if parts.username else None
+        if parts.username:
+            self.headers["Authorization"] = aiohttp.encode_basic_auth(unquote(parts.username),
+                                                                      unquote(parts.password or ""))
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
 
@@ -56,7 +58,7 @@ class WebhookTarget:
             self._session = aiohttp.ClientSession(timeout=self.timeout)
         key = hashlib.sha256(f"{self.name}|{'|'.join(a.id for a in alerts)}".encode()).hexdigest()[:32]
         try:
-            async with self._session.post(self.endpoint, data=message.body.encode(), auth=self.auth,
+            async with self._session.post(self.endpoint, data=message.body.encode(),
                                           headers={**self.headers, "Idempotency-Key": key}) as resp:
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")

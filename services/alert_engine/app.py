@@ -27,7 +27,7 @@ from shared.runtime import consumer_name, heartbeat
 from shared.schemas import Candle, Ticker, pack, unpack
 
 from services.alert_engine import core
-from services.alert_engine.rules import RuleSet, dump_rule, load_rules_file
+from services.alert_engine.rules import RuleSet, load_rules_file, parse_rule_text
 from services.alert_engine.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ if cd ~= 0 then
   if cd < 0 then
     redis.call('SET', KEYS[2], -1)
   else
-    redis.call('SET', KEYS[2], now + cd, 'PX', cd + tonumber(ARGV[8]))
+    redis.call('SET', KEYS[2], now + cd, 'PX', cd)
   end
 end
 redis.call('SET', KEYS[1], now, 'PX', tonumber(ARGV[7]))
@@ -58,7 +58,7 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'd', ARGV[1])
 redis.call('PUBLISH', ARGV[4], ARGV[1])
 return 1
 """
-_GC_MARGIN_MS = 86_400_000  # cooldown keys outlive the cooldown by a day: they are compared in exchange time
+_GC_MARGIN_MS = 0  # unused by the script (kept in ARGV for compatibility)
 
 
 def decode_input(raw: bytes) -> Candle | Ticker:
@@ -80,6 +80,8 @@ class AlertEngineApp:
         self.redis = redis
         self.bus = Bus(redis)
         self.ruleset = ruleset if ruleset is not None else load_rules_file(settings.rules_file)
+        self.file_ruleset = self.ruleset
+        self._api_texts: dict[str, str] | None = None
         self.engine = core.AlertEngine(self.ruleset, keep=settings.history_bars)
         self._rules_mtime = self._mtime() if ruleset is None else None
         self.consumer = Consumer(self.bus, group=streams.GROUP_ALERT_ENGINE,
@@ -96,7 +98,7 @@ class AlertEngineApp:
     # ---- lifecycle --------------------------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self._store_rules()
+        await self._load_api_rules()
         await self._sync_series()
         tasks = [
             asyncio.create_task(self.consumer.run(stop), name="alert_engine-consume"),
@@ -115,6 +117,7 @@ class AlertEngineApp:
 
     async def drain(self) -> int:
         """Burst mode (tests, backtest): sync series once, then process everything available now."""
+        await self._load_api_rules()
         await self._sync_series()
         return await self.consumer.drain()
 
@@ -130,7 +133,9 @@ class AlertEngineApp:
             try:
                 if loop.time() >= next_reload:
                     next_reload = loop.time() + self.settings.reload_every_s
-                    await self._maybe_reload()
+                    if not await self._maybe_reload() and await self._load_api_rules():
+                        await self._sync_series()
+                    await self._save_all_state()
                 if loop.time() >= next_sync:
                     next_sync = loop.time() + self.settings.registry_poll_s
                     await self._sync_series()
@@ -163,8 +168,10 @@ class AlertEngineApp:
             logger.error("rules file changed but is invalid; keeping the %d current rules:\n  %s",
                          len(self.ruleset.rules), "\n  ".join(exc.problems))
             return False
-        self.set_rules(ruleset)
-        await self._store_rules()
+        self.file_ruleset = ruleset
+        self._api_texts = None
+        if not await self._load_api_rules():
+            self.set_rules(ruleset)
         await self._sync_series()
         logger.info("rules reloaded from %s: %d rules", self.settings.rules_file, len(ruleset.rules))
         return True
@@ -174,15 +181,31 @@ class AlertEngineApp:
         self.engine.set_rules(ruleset)
         self.reload_error = None
 
-    async def _store_rules(self) -> None:
-        """Mirror the rules in the RULES hash (name → JSON-able rule) for the API."""
-        import json
+    async def _load_api_rules(self) -> bool:
+        """Merge the rules the API manages (``streams.RULES``: name → YAML) over the file's; True if they changed.
 
-        async with self.redis.pipeline(transaction=True) as tx:
-            tx.delete(streams.RULES)
-            for rule in self.ruleset.rules:
-                tx.hset(streams.RULES, rule.name, json.dumps(dump_rule(rule), default=str))
-            await tx.execute()
+        A rule in the hash overrides the file's rule of the same name (so the API can disable or snooze it). A bad
+        entry is skipped and reported; the others still load.
+        """
+        raw = await self.redis.hgetall(streams.RULES)
+        texts = {_s(k): _s(v) for k, v in raw.items()}
+        if texts == self._api_texts:
+            return False
+        self._api_texts = texts
+        merged = {r.name: r for r in self.file_ruleset.rules}
+        problems: list[str] = []
+        for name, text in sorted(texts.items()):
+            try:
+                rule = parse_rule_text(text, f"{streams.RULES}[{name}]")
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+                continue
+            merged[rule.name] = rule
+        if problems:
+            logger.error("skipping invalid rules from the API:\n  %s", "\n  ".join(problems))
+        self.set_rules(RuleSet(rules=list(merged.values()), source=self.file_ruleset.source))
+        self.reload_error = "; ".join(problems) or None
+        return True
 
     # ---- series and subscriptions -----------------------------------------------------------------------------------
 
@@ -327,6 +350,27 @@ class AlertEngineApp:
         await self._save_state(touched)
         return answers
 
+    async def _save_all_state(self) -> None:
+        """Every fingerprint's state (pending/firing/inactive, last value) for the API, periodically."""
+        rows = self.engine.status_rows()
+        if not rows:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for fp in rows:
+                pipe.get(streams.alert_cooldown(fp))
+            cooldowns = await pipe.execute()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for (fp, row), until in zip(rows.items(), cooldowns, strict=True):
+                pipe.hset(streams.RULE_STATE, fp, pack(self._state_row(row, until)))
+            await pipe.execute()
+
+    def _state_row(self, row: dict[str, Any], until: bytes | None) -> dict[str, Any]:
+        rule = self.ruleset.by_name().get(row["rule"])
+        until_ms = int(until) if until is not None else None
+        return {**row, "cooldown_until": until_ms, "cooldown_ms": rule.cooldown_ms if rule else 0,
+                "next_eligible": until_ms if until_ms is not None and until_ms >= 0 else None,
+                "updated_at": int(time.time() * 1000)}
+
     async def _save_state(self, touched: dict[str, core.Fire]) -> None:
         if not touched:
             return
@@ -337,11 +381,7 @@ class AlertEngineApp:
             cooldowns = await pipe.execute()
         async with self.redis.pipeline(transaction=False) as pipe:
             for (fp, f), until in zip(touched.items(), cooldowns, strict=True):
-                row = dict(rows.get(fp, {}))
-                rule = self.ruleset.by_name().get(f.alert.rule)
-                row.update({"cooldown_until": int(until) if until is not None else None,
-                            "cooldown_ms": rule.cooldown_ms if rule else 0,
-                            "next_eligible": (int(until) if until is not None and int(until) >= 0 else None),
-                            "updated_at": int(time.time() * 1000)})
-                pipe.hset(streams.RULE_STATE, fp, pack(row))
+                if fp in rows:
+                    row = {**self._state_row(rows[fp], until), "last_alert_id": f.alert.id}
+                    pipe.hset(streams.RULE_STATE, fp, pack(row))
             await pipe.execute()

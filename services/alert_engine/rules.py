@@ -461,6 +461,17 @@ def load_rules_file(path: str | Path) -> RuleSet:
     return _validate(data, lines, str(path))
 
 
+def parse_rule_text(text: str, source: str) -> Rule:
+    """One rule (a mapping, YAML or JSON), e.g. an entry of the API's ``streams.RULES`` hash."""
+    data, lines = load_yaml(text, source)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}:1: (top level) — expected one rule as a mapping")
+    try:
+        return Rule.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc, source, lines, skip_loc_parts=_TAGS)) from exc
+
+
 def check_rules_file(path: str | Path) -> list[str]:
     """Every problem of a rules file, one line each; an empty list means the file is valid."""
     try:

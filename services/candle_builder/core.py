@@ -345,7 +345,7 @@ class SeriesBuilder:
 
     def _emit(self, tf: str, bar: Bar, out: list[Emitted]) -> None:
         self._keep(tf, bar)
-        out.append((tf, bar))
+        out.append((tf, bar.copy()))  # a snapshot: a later revision must not change what was emitted
 
     def _keep(self, tf: str, bar: Bar) -> None:
         self.recent[tf][bar.ts] = bar
@@ -398,7 +398,7 @@ class SeriesBuilder:
         if self._revised:
             for (tf, _), bar in self._revised.items():
                 if tf != self.base_tf or self.emit_base:
-                    out.append((tf, bar))
+                    out.append((tf, bar.copy()))
             self._revised.clear()
 
     # ---- views and persistence -------------------------------------------------------------------------------------

@@ -116,11 +116,14 @@ def settings_for(redis_url: str, **kw) -> Settings:
     return Settings(redis_url=redis_url, **kw)
 
 
-def check_against_pandas(candles: list[Candle], path: Path, tf: str) -> None:
+def check_against_pandas(candles: list[Candle], path: Path, tf: str, revised: bool = False) -> None:
     expected = pandas_candles(path, tf)
-    got = {c.ts: c for c in candles}
-    # Exactly once: one closed candle per bucket, none duplicated.
-    assert len(got) == len(candles), f"{tf}: a bucket was published twice"
+    got = {c.ts: c for c in candles}  # the last version of each bucket
+    # Exactly once: one closed candle per (bucket, revision), none duplicated.
+    versions = [(c.ts, c.revision) for c in candles]
+    assert len(set(versions)) == len(versions), f"{tf}: a candle was published twice"
+    if not revised:
+        assert len(got) == len(candles)
     assert sorted(got) == list(expected.index), f"{tf}: buckets differ"
     prev_close = None
     for ts, row in expected.iterrows():
@@ -136,7 +139,7 @@ def check_against_pandas(candles: list[Candle], path: Path, tf: str) -> None:
             prev_close = row["close"]
         else:  # an empty interval: a flat candle at the previous close
             assert (c.open, c.high, c.low, c.close, c.volume, c.trades) == (prev_close,) * 4 + (0, 0), f"{tf} {ts}"
-        assert c.closed and c.revision == 0
+        assert c.closed and (revised or c.revision == 0)
 
 
 @pytest.mark.parametrize("name", sorted(RECORDINGS))
@@ -209,3 +212,32 @@ async def test_live_candles_are_published_in_progress(redis, redis_url):
     inside = [t for t in trades[:500] if last.ts <= t.ts < last.ts + 300_000]
     assert last.volume == sum((t.amount for t in inside), Decimal(0))
     assert last.trades == len(inside) and last.close == inside[-1].price
+
+
+async def test_late_trades_within_the_window_revise_candles_to_equal_pandas(redis, redis_url):
+    """Some trades arrive a few minutes late (as after a reconnect backfill): the last revision equals pandas."""
+    exchange, symbol, rel = RECORDINGS["btcusdt"]
+    path = shared_data(rel)
+    trades = read_trades(path)
+    late_idx = set(range(3000, 19000, 997))  # every ~1000th trade, delivered 2000 trades later
+    order: list[Trade] = []
+    held: dict[int, list[Trade]] = {}
+    for i, t in enumerate(trades):
+        if i in late_idx:
+            held.setdefault(i + 2000, []).append(t)
+        else:
+            order.append(t)
+        order.extend(held.pop(i, []))
+    for rest in held.values():
+        order.extend(rest)
+    assert len(order) == len(trades)
+    await publish(redis, exchange, symbol, order, per_entry=40)
+    app = await run_until_caught_up(redis, settings_for(redis_url, lateness_ms=10 * 60_000),
+                                    [streams.trades(exchange, symbol)])
+    assert app.status()["late_dropped"] == 0
+    revised = 0
+    for tf in TIMEFRAMES:
+        candles = await read_candles(redis, exchange, symbol, tf)
+        revised += sum(1 for c in candles if c.revision)
+        check_against_pandas(candles, path, tf, revised=True)
+    assert revised >= len(late_idx)

@@ -1,0 +1,269 @@
+"""market_feed wiring: a trade source (recording, simulated market, or live exchanges) → FeedCore → Redis streams.
+
+Where a trade enters: ``readers.read_trades`` (replay), ``simulated.SimulatedMarket`` (simulated),
+``adapters.ccxt_feed`` (live). Where it leaves: ``_Outbox.flush`` (XADD to ``streams.trades(ex, sym)``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+from redis.asyncio import Redis
+
+from services.market_feed.core import Event, FeedCore, TickEvent, pace_delay
+from services.market_feed.readers import read_trades
+from services.market_feed.settings import Settings
+from services.market_feed.simulated import SimulatedMarket, quote
+from shared import streams
+from shared.bus import Bus
+from shared.runtime import heartbeat
+from shared.schemas import Ticker, Trade, TradeBatch, Watermark, encode_trades, encode_watermark
+
+logger = logging.getLogger(__name__)
+
+SERVICE = "market_feed"
+TICKER_MAXLEN = 10_000
+
+
+async def read_last_ids(redis: Redis, exchange: str, symbols: list[str]) -> dict[str, int | None]:
+    """Last trade id market_feed published per symbol (restart safety), from ``streams.feed_state``."""
+    out: dict[str, int | None] = {}
+    for symbol in symbols:
+        raw = await redis.hget(streams.feed_state(exchange, symbol), "last_id")
+        out[symbol] = int(raw) if raw is not None and raw.lstrip(b"-").isdigit() else None
+    return out
+
+
+class Outbox:
+    """Encodes core events and writes them in pipelined round trips, with the feed state in the same pipeline."""
+
+    def __init__(self, bus: Bus, exchange: str, *, maxlen: int, pipeline_entries: int) -> None:
+        self.bus = bus
+        self.exchange = exchange
+        self.maxlen = maxlen
+        self.pipeline_entries = pipeline_entries
+        self._entries: list[tuple[str, bytes, int]] = []  # stream, data, maxlen
+        self._channels: list[tuple[str, bytes]] = []
+        self._state: dict[str, tuple[int | str | None, int]] = {}
+        self._pending_trades = 0
+        self.trades_published = 0
+        self.entries_published = 0
+        self.watermarks = 0
+        self.tickers = 0
+
+    def add(self, event: TradeBatch | Watermark) -> None:
+        if isinstance(event, TradeBatch):
+            self._entries.append((streams.trades(self.exchange, event.symbol),
+                                  encode_trades(self.exchange, event.symbol, event.trades), self.maxlen))
+            last = event.trades[-1]
+            self._state[event.symbol] = (last.id, last.ts)
+            self._pending_trades += len(event.trades)
+        else:
+            self._entries.append((streams.trades(self.exchange, event.symbol), encode_watermark(event), self.maxlen))
+            self.watermarks += 1
+
+    def add_ticker(self, ticker: Ticker) -> None:
+        data = ticker.encode()
+        self._entries.append((streams.tickers(ticker.exchange, ticker.symbol), data, TICKER_MAXLEN))
+        self._channels.append((streams.channel_tickers(ticker.exchange, ticker.symbol), data))
+        self.tickers += 1
+
+    @property
+    def full(self) -> bool:
+        return len(self._entries) >= self.pipeline_entries
+
+    async def flush(self) -> None:
+        if not self._entries and not self._channels:
+            return
+        async with self.bus.redis.pipeline(transaction=False) as pipe:
+            for stream, data, maxlen in self._entries:
+                self.bus.add_to(pipe, stream, data, maxlen=maxlen)
+            for channel, data in self._channels:
+                pipe.publish(channel, data)
+            for symbol, (last_id, last_ts) in self._state.items():
+                mapping: dict[str, Any] = {"last_ts": last_ts}
+                if isinstance(last_id, int):
+                    mapping["last_id"] = last_id
+                pipe.hset(streams.feed_state(self.exchange, symbol), mapping=mapping)
+            await pipe.execute()
+        self.entries_published += len(self._entries)
+        self.trades_published += self._pending_trades
+        self._entries.clear()
+        self._channels.clear()
+        self._state.clear()
+        self._pending_trades = 0
+
+
+class MarketFeedApp:
+    """Publishes trades (and tickers) of the configured source until it ends or ``stop`` is set.
+
+    Progress for the CLI: ``trades_published``, ``entries_published``, ``trades_skipped`` (duplicates of what a
+    previous run already published), ``exchange_time`` (ms), ``done`` (source ended and the final watermark is out).
+    """
+
+    def __init__(self, settings: Settings, redis: Redis, *, bus: Bus | None = None) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.bus = bus or Bus(redis, maxlen=settings.stream_maxlen)
+        self.exchange = settings.resolved_exchange()
+        self.done = False
+        self.exchange_time: int | None = None
+        self._outbox: Outbox | None = None
+        self._core: FeedCore | None = None
+        self.live: Any = None  # the live feed (adapters.ccxt_feed.LiveFeed) in mode=live
+
+    # ---- progress ----------------------------------------------------------------------------------------------
+
+    @property
+    def trades_published(self) -> int:
+        if self.live is not None:
+            return self.live.trades_published
+        return self._outbox.trades_published if self._outbox else 0
+
+    @property
+    def entries_published(self) -> int:
+        return self._outbox.entries_published if self._outbox else 0
+
+    @property
+    def trades_skipped(self) -> int:
+        return self._core.dropped if self._core else 0
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mode": self.settings.mode, "trades_published": self.trades_published,
+                               "trades_skipped": self.trades_skipped, "done": int(self.done),
+                               "exchange_time": self.exchange_time or 0}
+        if self.live is not None:
+            out.update(self.live.health_fields())
+        return out
+
+    # ---- run ---------------------------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        # The heartbeat gets its own stop event: it ends when run ends (cancelling it while redis-py is mid-command
+        # can be swallowed, leaving it looping).
+        beat_stop = asyncio.Event()
+        beat = asyncio.create_task(heartbeat(self.redis, SERVICE, beat_stop, self.status),
+                                   name="market_feed-heartbeat")
+        watch = asyncio.create_task(self._forward(stop, beat_stop), name="market_feed-stop-watch")
+        try:
+            mode = self.settings.mode
+            if mode == "replay":
+                symbol = self.settings.resolved_symbol()
+                path = self.settings.replay_file
+                logger.info("replaying %s as %s %s (speed %s)", path, self.exchange, symbol,
+                            self.settings.speed or "max")
+                await self._run_source(stop, [symbol], ((symbol, t) for t in read_trades(path)), None, None)
+            elif mode == "simulated":
+                s = self.settings
+                market = SimulatedMarket(s.sim_symbols, seed=s.sim_seed, start_ms=s.sim_start_ms,
+                                         duration_s=s.sim_duration_s)
+                logger.info("simulated market %s on %s (seed %d, %s s)", ", ".join(s.sim_symbols), self.exchange,
+                            s.sim_seed, s.sim_duration_s or "unbounded")
+                end = market.end_ms - 1 if market.end_ms is not None else None
+                await self._run_source(stop, list(s.sim_symbols), market.trades(), market, end)
+            else:
+                from services.market_feed.adapters.ccxt_feed import LiveFeed
+
+                self.live = LiveFeed(self.settings, self.redis, self.bus)
+                await self.live.run(stop)
+        finally:
+            beat_stop.set()
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(beat, timeout=5)
+
+    @staticmethod
+    async def _forward(stop: asyncio.Event, beat_stop: asyncio.Event) -> None:
+        await stop.wait()
+        beat_stop.set()
+
+    async def _run_source(self, stop: asyncio.Event, symbols: list[str], source: Iterator[tuple[str, Trade]],
+                          market: SimulatedMarket | None, end_ts: int | None) -> None:
+        s = self.settings
+        redis = self.redis
+        await redis.sadd(streams.FEED_REGISTRY, *(streams.registry_member(self.exchange, sym) for sym in symbols))
+        last_ids = await read_last_ids(redis, self.exchange, symbols) if s.resume else {}
+        if any(v is not None for v in last_ids.values()):
+            logger.info("resuming after last published ids %s", last_ids)
+        core = self._core = FeedCore(self.exchange, symbols, batch_size=s.batch_size, window_ms=s.batch_window_ms,
+                                     watermark_every_ms=s.watermark_every_ms,
+                                     ticker_every_ms=s.ticker_every_ms if market else None, last_ids=last_ids,
+                                     dedup_window=s.dedup_window)
+        out = self._outbox = Outbox(self.bus, self.exchange, maxlen=s.stream_maxlen,
+                                    pipeline_entries=s.pipeline_entries)
+        last_price: dict[str, Decimal] = {}
+        loop = asyncio.get_running_loop()
+        first_ts: int | None = None
+        wall_start = 0.0
+        flushes = 0
+
+        def emit(events: list[Event]) -> None:
+            for event in events:
+                if isinstance(event, TickEvent):
+                    if market is not None and event.symbol in last_price:
+                        out.add_ticker(quote(market.spec(event.symbol), self.exchange, event.ts,
+                                             last_price[event.symbol]))
+                else:
+                    out.add(event)
+
+        for symbol, trade in source:
+            if stop.is_set():
+                break
+            if s.speed > 0:
+                if first_ts is None:
+                    first_ts, wall_start = trade.ts, loop.time()
+                delay = pace_delay(trade.ts, first_ts, wall_start, loop.time(), s.speed)
+                if delay > 0.002:
+                    emit(core.flush())
+                    await out.flush()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=delay)
+                    if stop.is_set():
+                        break
+            emit(core.push(symbol, trade))
+            last_price[symbol] = trade.price
+            self.exchange_time = core.clock
+            if out.full:
+                await out.flush()
+                flushes += 1
+                if flushes % 20 == 0:
+                    await self._wait_for_consumers(stop, symbols)
+                else:
+                    await asyncio.sleep(0)  # let the other services on this loop run
+        if stop.is_set():
+            emit(core.flush())
+            await out.flush()
+            logger.info("stopped after %d trades", out.trades_published)
+            return
+        emit(core.finish(end_ts if end_ts is not None else core.clock))
+        await out.flush()
+        self.exchange_time = core.clock
+        self.done = True
+        logger.info("source ended: %d trades in %d entries (%d already published before, skipped)",
+                    out.trades_published, out.entries_published, core.dropped)
+
+    async def _wait_for_consumers(self, stop: asyncio.Event, symbols: list[str]) -> None:
+        """Replay backpressure: while the candle builder lags by more than ``max_lag_entries``, wait.
+
+        Streams are trimmed to ``stream_maxlen``; a replay far faster than its consumer must not trim entries the
+        consumer has not read yet.
+        """
+        limit = self.settings.max_lag_entries
+        while not stop.is_set():
+            worst = 0
+            for symbol in symbols:
+                status = await self.bus.group_status(streams.trades(self.exchange, symbol),
+                                                     streams.GROUP_CANDLE_BUILDER)
+                if status:
+                    worst = max(worst, status["lag"])
+            if worst <= limit:
+                return
+            await asyncio.sleep(0.05)
+

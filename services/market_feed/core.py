@@ -1,0 +1,168 @@
+"""Pure logic of market_feed: batching, dedup, watermarks and pacing. No asyncio, no Redis, no clock.
+
+``FeedCore`` turns an exchange-ordered sequence of ``(symbol, Trade)`` into the messages of the trades contract
+(``docs/architecture.md``):
+
+- a ``TradeBatch`` per symbol holds trades within ``window_ms`` of its first trade, at most ``batch_size`` of them;
+- a ``Watermark`` per symbol each time exchange time passes a multiple of ``watermark_every_ms`` (it carries
+  ``T - 1`` when the trade at ``T`` arrives: every trade at or before ``T - 1`` has been emitted, ones at ``T`` may
+  still follow), and a final one from ``finish``;
+- optionally a tick event per symbol every ``ticker_every_ms`` of exchange time (the simulated market's tickers);
+- trades whose id is not above the last id emitted for the symbol are dropped (``IdDedup``), which is what makes a
+  restarted feed or a resent frame harmless.
+
+Events come out in the order they must be published: a symbol's batch always precedes the watermark that covers it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from shared.schemas import Trade, TradeBatch, Watermark
+
+
+@dataclass(slots=True)
+class TickEvent:
+    """Time to publish a ticker for ``symbol`` at exchange time ``ts`` (simulated market)."""
+
+    symbol: str
+    ts: int
+
+
+Event = TradeBatch | Watermark | TickEvent
+
+
+class IdDedup:
+    """Drops trade ids already seen for one stream, in bounded memory.
+
+    Integer ids of an exchange increase, so the last accepted id is the whole state: anything at or below it is a
+    duplicate. Non-integer ids (some exchanges use UUIDs) are remembered in an LRU of ``window`` entries. Trades
+    without an id cannot be deduplicated and always pass.
+    """
+
+    __slots__ = ("last_id", "_recent", "window", "dropped")
+
+    def __init__(self, last_id: int | None = None, window: int = 100_000) -> None:
+        self.last_id = last_id
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self.window = window
+        self.dropped = 0
+
+    def accept(self, trade_id: int | str | None) -> bool:
+        if trade_id is None:
+            return True
+        if isinstance(trade_id, int):
+            if self.last_id is not None and trade_id <= self.last_id:
+                self.dropped += 1
+                return False
+            self.last_id = trade_id
+            return True
+        if trade_id in self._recent:
+            self.dropped += 1
+            return False
+        self._recent[trade_id] = None
+        if len(self._recent) > self.window:
+            self._recent.popitem(last=False)
+        return True
+
+    def filter(self, trades: Iterable[Trade]) -> list[Trade]:
+        return [t for t in trades if self.accept(t.id)]
+
+
+@dataclass(slots=True)
+class _SymbolState:
+    dedup: IdDedup
+    batch: list[Trade] = field(default_factory=list)
+    last_ts: int | None = None
+
+
+class FeedCore:
+    """Batching, dedup, watermarks and tick events for the trades of several symbols of one exchange."""
+
+    def __init__(self, exchange: str, symbols: Iterable[str], *, batch_size: int = 200, window_ms: int = 50,
+                 watermark_every_ms: int = 1_000, ticker_every_ms: int | None = None,
+                 last_ids: dict[str, int | None] | None = None, dedup_window: int = 100_000) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.exchange = exchange
+        self.batch_size = batch_size
+        self.window_ms = window_ms
+        self.watermark_every_ms = watermark_every_ms
+        self.ticker_every_ms = ticker_every_ms
+        last_ids = last_ids or {}
+        self.symbols: dict[str, _SymbolState] = {
+            s: _SymbolState(IdDedup(last_ids.get(s), dedup_window)) for s in symbols}
+        self.clock: int | None = None  # latest exchange time seen, all symbols
+        self._next_watermark: int | None = None
+        self._next_tick: int | None = None
+        self.accepted = 0
+
+    @property
+    def dropped(self) -> int:
+        return sum(s.dedup.dropped for s in self.symbols.values())
+
+    def push(self, symbol: str, trade: Trade) -> list[Event]:
+        """Add the next trade (exchange order); returns the events now ready, in publish order."""
+        state = self.symbols.get(symbol)
+        if state is None:
+            raise KeyError(f"unknown symbol {symbol!r} for {self.exchange}")
+        if not state.dedup.accept(trade.id):
+            return []  # a duplicate neither publishes nor moves time (a restarted feed re-reads what it sent)
+        out: list[Event] = self.advance(trade.ts)
+        batch = state.batch
+        if batch and (len(batch) >= self.batch_size or trade.ts - batch[0].ts > self.window_ms):
+            out.append(self._take(symbol, state))
+        state.batch.append(trade)
+        state.last_ts = trade.ts
+        self.accepted += 1
+        return out
+
+    def advance(self, ts: int) -> list[Event]:
+        """Exchange time moved to ``ts`` (a trade at ``ts`` is next): watermarks/ticks that are due, in order."""
+        out: list[Event] = []
+        if self.clock is None:
+            self.clock = ts
+            self._next_watermark = ts - ts % self.watermark_every_ms + self.watermark_every_ms
+            if self.ticker_every_ms:
+                self._next_tick = ts - ts % self.ticker_every_ms + self.ticker_every_ms
+            return out
+        if ts < self.clock:  # late trade: time does not go back
+            return out
+        self.clock = ts
+        if self._next_tick is not None and self.ticker_every_ms and ts >= self._next_tick:
+            for symbol in self.symbols:
+                out.append(TickEvent(symbol, self._next_tick))
+            self._next_tick = ts - ts % self.ticker_every_ms + self.ticker_every_ms
+        if self._next_watermark is not None and ts - 1 >= self._next_watermark:
+            out.extend(self.flush())
+            out.extend(Watermark(self.exchange, s, ts - 1) for s in self.symbols)
+            self._next_watermark = ts - ts % self.watermark_every_ms + self.watermark_every_ms
+        return out
+
+    def flush(self) -> list[Event]:
+        """Every pending batch (e.g. before waiting for a paced trade, or at the end)."""
+        return [self._take(s, st) for s, st in self.symbols.items() if st.batch]
+
+    def finish(self, end_ts: int | None = None) -> list[Event]:
+        """The source ended: pending batches, then a final watermark per symbol at ``end_ts`` (default: clock)."""
+        out = self.flush()
+        ts = end_ts if end_ts is not None else (self.clock if self.clock is not None else 0)
+        out.extend(Watermark(self.exchange, s, ts, final=True) for s in self.symbols)
+        return out
+
+    def _take(self, symbol: str, state: _SymbolState) -> TradeBatch:
+        batch = TradeBatch(self.exchange, symbol, state.batch)
+        state.batch = []
+        return batch
+
+
+def pace_delay(ts: int, first_ts: int, wall_start: float, now: float, speed: float) -> float:
+    """Seconds to wait before emitting a trade at exchange time ``ts`` to play at real time × ``speed``.
+
+    ``first_ts`` is the exchange time that was emitted at wall time ``wall_start``. ``speed <= 0`` means no waiting.
+    """
+    if speed <= 0:
+        return 0.0
+    return max(0.0, wall_start + (ts - first_ts) / 1000.0 / speed - now)

@@ -1,0 +1,91 @@
+"""market_feed settings (section ``market_feed`` of the settings file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from services.market_feed.readers import guess_exchange, guess_symbol
+from shared.config import ServiceSettings
+from shared.errors import ConfigError
+
+
+class ExchangeFeed(BaseModel):
+    """One exchange of live mode: its symbols and optional URL overrides (mirrors, proxies, the local simulator)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="ccxt exchange id, e.g. binance, coinbase, kraken")
+    symbols: list[str] = Field(min_length=1, description="unified symbols, e.g. BTC/USDT")
+    tickers: bool = True
+    ws_url: str | None = Field(default=None, description="websocket base URL override (Binance spot: must contain "
+                                                         "'/stream', e.g. ws://127.0.0.1:9443/stream)")
+    rest_url: str | None = Field(default=None, description="REST base URL override, e.g. http://127.0.0.1:9443/api/v3")
+    load_markets: bool = Field(default=True, description="load markets from REST (needed to validate symbols)")
+
+
+class Settings(ServiceSettings):
+    section = "market_feed"
+
+    mode: Literal["replay", "simulated", "live"] = "simulated"
+
+    # ---- replay
+    replay_file: Path | None = Field(default=None, description="recorded trades CSV (.gz ok) for mode=replay")
+    exchange: str | None = Field(default=None, description="exchange name of the replay/simulated streams; "
+                                                           "default: guessed from the replay path, else binance")
+    symbol: str | None = Field(default=None, description="symbol of the replay file; guessed from its name if unset")
+    speed: float = Field(default=0.0, ge=0.0, description="0 = as fast as possible; else real time × speed")
+    resume: bool = Field(default=True, description="skip trades with an id at or below the last one already "
+                                                   "published for the stream (restart safety)")
+
+    # ---- publishing
+    batch_size: int = Field(default=200, ge=1, le=10_000, description="max trades per stream entry")
+    batch_window_ms: int = Field(default=50, ge=0, description="trades within this many ms share an entry")
+    watermark_every_ms: int = Field(default=1_000, ge=1, description="exchange-time interval between watermarks")
+    pipeline_entries: int = Field(default=100, ge=1, description="entries per Redis round trip when replaying fast")
+    max_lag_entries: int = Field(default=50_000, ge=100, description="replay pauses while the candle_builder group "
+                                                                     "lags more than this (stream trimming safety)")
+    stream_maxlen: int = Field(default=1_000_000, ge=1_000, description="approximate MAXLEN of the trades streams")
+
+    # ---- simulated
+    sim_symbols: list[str] = Field(default_factory=lambda: ["BTC/USDT", "ETH/USDT"])
+    sim_seed: int = 42
+    sim_duration_s: float | None = Field(default=1800.0, description="simulated seconds; null = run until stopped")
+    sim_start_ms: int = Field(default=1_704_067_200_000, description="exchange time of the first simulated trade")
+    ticker_every_ms: int = Field(default=1_000, ge=10, description="simulated tickers: exchange-time interval")
+
+    # ---- live
+    exchanges: list[ExchangeFeed] = Field(default_factory=list, description="live mode: exchanges and symbols")
+    silence_timeout_s: float = Field(default=60.0, gt=0, description="a stream silent this long (per symbol, "
+                                                                     "scaled by its usual rate) is reconnected")
+    backoff_base_s: float = Field(default=0.5, gt=0)
+    backoff_cap_s: float = Field(default=30.0, gt=0)
+    backfill_max_pages: int = Field(default=200, ge=1, description="REST pages per gap before a gap marker")
+    dedup_window: int = Field(default=100_000, ge=1_000, description="recent trade ids remembered per stream")
+
+    def resolved_exchange(self) -> str:
+        if self.exchange:
+            return self.exchange
+        if self.mode == "replay" and self.replay_file is not None:
+            return guess_exchange(self.replay_file) or "binance"
+        return "binance"
+
+    def resolved_symbol(self) -> str:
+        """The replay file's symbol: ``symbol`` or a guess from the file name (ConfigError if neither)."""
+        if self.symbol:
+            return self.symbol
+        guess = guess_symbol(self.replay_file) if self.replay_file else None
+        if not guess:
+            raise ConfigError(f"market_feed.symbol — cannot guess the symbol from the file name "
+                              f"{str(self.replay_file)!r}; set market_feed.symbol (e.g. BTC/USDT)")
+        return guess
+
+    @model_validator(mode="after")
+    def _mode_needs(self) -> Settings:
+        if self.mode == "replay" and self.replay_file is None:
+            raise ValueError("mode=replay needs replay_file")
+        if self.mode == "live" and not self.exchanges:
+            raise ValueError("mode=live needs at least one entry in exchanges")
+        return self

@@ -294,7 +294,7 @@ class AlertEngineApp:
         if last in ("0-0", "0"):
             return
         pending = await self.redis.xpending(stream, streams.GROUP_ALERT_ENGINE)
-        boundary = f"({last}"
+        boundary = last  # inclusive: the last delivered entry was processed (unless it is still pending)
         if pending and pending.get("pending"):
             boundary = f"({_s(pending['min'])}"
         entries = await self.redis.xrevrange(stream, max=boundary, min="-", count=self.settings.warmup_bars)

@@ -11,12 +11,18 @@ reason, in the same MULTI/EXEC as its records (value ``dead``). Only when every 
 ``dead`` are the alerts XACKed.
 
 Idempotency and the one duplicate window: the record is written after the target confirmed. A notifier killed (or
-a Redis write lost) after the target accepted a message and before the record lands sends it again when the alert
-is re-read (its own pending on restart, or claimed by another replica after ``claim_idle_ms``). The window is one
-round trip: from the receiver committing the message, through its response reaching us, to the SET reaching Redis
-— about 0.2–1 ms on a LAN, versus the tens of milliseconds or more a remote send takes (measured in
-``bench/chaos_notifier.py``). JSON webhooks carry an ``Idempotency-Key`` header (stable per group and target), so a
-receiver that honours it closes the window. For console/JSONL the window is the same: between the fsync and the SET.
+its Redis write lost) after the target took the message and before the record landed sends it again when the alert
+is re-read (its own pending on restart, or claimed by another replica after ``claim_idle_ms``). That window is the
+send itself plus one Redis round trip: an HTTP server usually processes a request even when the client died while
+waiting for the answer, so a kill at any moment of an in-flight send can yield one duplicate of that one group
+(per target; one group is in flight per target). Measured with ``bench/chaos_notifier.py``: a SIGKILL at a random
+moment of a burst causes a raw duplicate with probability ~ (send time) / (time per delivery) — about 1 in 10 kills
+against a receiver taking 10 ms per request. It is closed where the receiver cooperates:
+- JSON webhooks carry ``Idempotency-Key`` (a hash of target and the group's alert ids: stable across retries and
+  restarts for ``max_group=1``; for larger groups the first unrecorded group re-forms identically unless new alerts
+  join it) and every alert's deterministic ``id`` in the body, so a receiver that dedups on either sees exactly once;
+- the JSONL file: the restarted target reads the ids in its file's tail and skips those (and drops a torn last line);
+- console lines and Apprise services (Telegram, e-mail, …) have no such hook: a kill mid-send can repeat one message.
 A killed notifier never loses an alert: unacked alerts stay pending in the group.
 
 Known limits: one flush at a time, so a target that is retrying delays the next flush for the others (bounded by

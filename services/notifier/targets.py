@@ -60,17 +60,57 @@ class ConsoleTarget:
 
 
 class JsonlTarget:
-    """One JSON object per alert per line, appended, flushed and fsynced before the send counts as done."""
+    """One JSON object per alert per line, appended, flushed and fsynced before the send counts as done.
+
+    A notifier killed between the fsync and its Redis record would write those lines again; so the first send after
+    start reads the ids in the file's last ``TAIL_BYTES`` and skips alerts already there. That closes the duplicate
+    window for this target (the lines of a crash are always at the end of the file).
+    """
 
     format: Format = "json"
     remote = False
+    TAIL_BYTES = 256 * 1024
 
     def __init__(self, path: Path, name: str = "jsonl") -> None:
         self.name = name
         self.path = Path(path)
         self.shown_url = f"file://{self.path}"
+        self._tail_ids: set[str] | None = None
 
-    def _append(self, text: str) -> None:
+    def _read_tail_ids(self) -> set[str]:
+        try:
+            with open(self.path, "rb+") as fh:
+                fh.seek(0, os.SEEK_END)
+                size = fh.tell()
+                start = max(0, size - self.TAIL_BYTES)
+                fh.seek(start)
+                data = fh.read()
+                if data and not data.endswith(b"\n"):  # torn write of a crash (never fsynced whole): drop it
+                    keep = start + data.rfind(b"\n") + 1
+                    fh.truncate(keep)
+                    data = data[:keep - start]
+                lines = data.splitlines()
+        except FileNotFoundError:
+            return set()
+        if size > self.TAIL_BYTES and lines:
+            lines = lines[1:]  # probably cut in the middle
+        ids = set()
+        for line in lines:
+            try:
+                ids.add(json.loads(line)["id"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        return ids
+
+    def _append(self, alerts: Sequence[Alert]) -> None:
+        if self._tail_ids is None:
+            self._tail_ids = self._read_tail_ids()
+        fresh = [a for a in alerts if a.id not in self._tail_ids]
+        if self._tail_ids:
+            self._tail_ids = set()  # only the crash tail matters; later sends are guarded by the Redis records
+        if not fresh:
+            return
+        text = "".join(json.dumps(core.alert_record(a), separators=(",", ":")) + "\n" for a in fresh)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(text)
@@ -78,8 +118,7 @@ class JsonlTarget:
             os.fsync(fh.fileno())
 
     async def send(self, message: Message, alerts: Sequence[Alert]) -> None:
-        text = "".join(json.dumps(core.alert_record(a), separators=(",", ":")) + "\n" for a in alerts)
-        await asyncio.to_thread(self._append, text)
+        await asyncio.to_thread(self._append, alerts)
 
     async def close(self) -> None:
         return None

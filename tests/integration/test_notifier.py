@@ -72,3 +72,14 @@ async def test_undecodable_entry_goes_to_dead_letter_and_the_rest_flows(redis, t
     dead = await redis.xrange(streams.DEAD_LETTER)
     assert [d[1][FIELD] for d in dead] == [b"\xc1 not msgpack", good[0].encode()[:-3]]
     assert all(d[1][b"source"] == streams.ALERTS.encode() for d in dead)
+
+
+async def test_jsonl_lines_written_before_a_crash_are_not_written_again(redis, tmp_path):
+    # A notifier killed after the fsync but before its Redis record: the lines are in the file, no record exists,
+    # and the last line is torn. The restarted notifier must neither duplicate nor keep the torn line.
+    alerts = [make_alert(i) for i in range(5)]
+    path = tmp_path / "alerts.jsonl"
+    path.write_text("".join(json.dumps(expected_row(a)) + "\n" for a in alerts[:3]) + '{"id": "a00')
+    await publish(redis, alerts)
+    await run_until_caught_up(NotifierApp(settings(tmp_path), redis), redis)
+    assert jsonl_rows(path) == [expected_row(a) for a in alerts]

@@ -21,26 +21,40 @@ class WebhookReceiver:
     script: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     requests: list[dict] = field(default_factory=list)  # {"t", "status", "body", "headers"}
     port: int = 0
+    delay: float = 0.0  # seconds spent before answering (before the request counts as received)
+    _accepted: set[str] = field(default_factory=set)
 
     @property
     def url(self) -> str:
         return f"json://127.0.0.1:{self.port}/hook"
 
     def delivered(self) -> list[dict]:
-        """JSON bodies of the requests answered 200."""
+        """JSON bodies accepted (answered 200), a repeated Idempotency-Key counted once — as a receiver that honours
+        the header (the notifier's recommendation) would process them."""
+        return [r["body"] for r in self.requests if r["status"] == 200 and not r["repeat"]]
+
+    def raw_delivered(self) -> list[dict]:
+        """Every body answered 200, repeats included."""
         return [r["body"] for r in self.requests if r["status"] == 200]
 
     async def _handle(self, request: web.Request) -> web.Response:
         raw = await request.read()
+        if self.delay:
+            await asyncio.sleep(self.delay)
         status, headers = self.script.pop(0) if self.script else (200, {})
+        key = request.headers.get("Idempotency-Key")
+        repeat = status == 200 and key is not None and key in self._accepted
+        if status == 200 and key is not None:
+            self._accepted.add(key)
         self.requests.append({"t": time.monotonic(), "status": status, "body": json.loads(raw),
-                              "headers": dict(request.headers)})
+                              "headers": dict(request.headers), "repeat": repeat})
         return web.Response(status=status, headers=headers, text="ok" if status == 200 else "no")
 
 
 @asynccontextmanager
-async def webhook_receiver(script: list[tuple[int, dict[str, str]]] | None = None) -> AsyncIterator[WebhookReceiver]:
-    receiver = WebhookReceiver(list(script or []))
+async def webhook_receiver(script: list[tuple[int, dict[str, str]]] | None = None,
+                           delay: float = 0.0) -> AsyncIterator[WebhookReceiver]:
+    receiver = WebhookReceiver(list(script or []), delay=delay)
     app = web.Application()
     app.router.add_post("/hook", receiver._handle)
     runner = web.AppRunner(app, access_log=None)

@@ -1,0 +1,126 @@
+"""Frequencies, intrabar evaluation, firing/resolved state, expiry/snooze, tickers and multi-timeframe conditions."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from services.alert_engine.core import FOREVER, AlertEngine
+from services.alert_engine.rules import parse_rules
+from shared.schemas import Candle, Ticker
+
+T0 = 1_700_000_000_000 // 3_600_000 * 3_600_000  # an hour boundary
+M = 60_000
+
+
+def candle(i: int, close: str, *, tf: str = "1m", closed: bool = True, sym: str = "BTC/USDT",
+           volume: str = "1", trades: int = 1) -> Candle:
+    p = Decimal(close)
+    ms = {"1m": M, "5m": 5 * M}[tf]
+    return Candle(exchange="x", symbol=sym, timeframe=tf, ts=T0 + i * ms, open=p, high=p, low=p, close=p,
+                  volume=Decimal(volume), buy_volume=Decimal(volume), sell_volume=Decimal(0), closed=closed,
+                  trades=trades, last_trade_id=trades)
+
+
+def engine(body: str) -> AlertEngine:
+    return AlertEngine(parse_rules("rules:\n" + body, "t.yaml"))
+
+
+def fired(eng: AlertEngine, candles: list[Candle]) -> list[tuple[str, int, str]]:
+    out = []
+    for c in candles:
+        for f in eng.on_candle(c):
+            out.append((f.alert.rule, (f.alert.ts - T0) // M, f.alert.state))
+    return out
+
+
+def test_once_per_bar_close_never_sees_in_progress_candles_but_every_time_does():
+    eng = engine("""
+  - {name: close_only, symbols: [BTC/USDT], frequency: once_per_bar_close, condition: {op: above, right: 10}}
+  - {name: per_bar, symbols: [BTC/USDT], frequency: once_per_bar, condition: {op: above, right: 10}}
+  - {name: every, symbols: [BTC/USDT], frequency: every_time, condition: {op: above, right: 10}}
+""")
+    eng.on_candle(candle(0, "5"))
+    live1 = eng.on_candle(candle(1, "11", closed=False, trades=1))
+    live2 = eng.on_candle(candle(1, "12", closed=False, trades=2))
+    assert sorted(f.alert.rule for f in live1) == ["every", "per_bar"]
+    # once_per_bar: the same alert id for every evaluation of the bar (the gate publishes it once);
+    # every_time: a new id per change of the in-progress bar.
+    ids = {f.alert.rule: f.alert.id for f in live1}
+    ids2 = {f.alert.rule: f.alert.id for f in live2}
+    assert ids["per_bar"] == ids2["per_bar"] and ids["every"] != ids2["every"]
+    closed = eng.on_candle(candle(1, "9"))  # the bar closed below: nothing on close; intrabar alerts stand
+    assert closed == []
+    # a provisional bar leaves no trace: the closed bar 1 is the one the next crossing compares with
+    assert eng.series[("x", "BTC/USDT", "1m")].candles[-1].close == Decimal(9)
+
+
+def test_firing_resolved_with_for_debounce_and_notify_on_resolve():
+    eng = engine("""
+  - {name: lvl, symbols: [BTC/USDT], frequency: every_time, for: 2m, notify_on_resolve: true,
+     condition: {op: above, right: 10}}
+""")
+    closes = ["11", "9", "11", "11", "11", "11", "9", "9"]
+    got = fired(eng, [candle(i, c) for i, c in enumerate(closes)])
+    # true-run from bar 2: held 0, 1m, 2m (fires at bar 4), 3m (bar 5), then resolves at bar 6 only once
+    assert got == [("lvl", 4, "firing"), ("lvl", 5, "firing"), ("lvl", 6, "resolved")]
+
+
+def test_once_is_gated_forever_and_expiry_and_snooze_use_exchange_time():
+    from datetime import UTC, datetime
+    snooze = datetime.fromtimestamp((T0 + 3 * M) / 1000, UTC).isoformat()
+    expires = datetime.fromtimestamp((T0 + 6 * M) / 1000, UTC).isoformat()
+    eng = engine(f"""
+  - {{name: one, symbols: [BTC/USDT], frequency: once, condition: {{op: above, right: 10}}}}
+  - {{name: win, symbols: [BTC/USDT], frequency: every_time, snooze_until: "{snooze}", expires_at: "{expires}",
+     condition: {{op: above, right: 10}}}}
+""")
+    fires = []
+    for i in range(9):
+        fires.extend(eng.on_candle(candle(i, "11")))
+    assert {f.cooldown_ms for f in fires if f.alert.rule == "one"} == {FOREVER}
+    # bar i closes at T0 + (i+1)m: snoozed before 3m, expired after 6m
+    assert [(f.alert.ts - T0) // M for f in fires if f.alert.rule == "win"] == [2, 3, 4, 5]
+
+
+def test_ticker_operands_use_the_latest_ticker_at_candle_close():
+    eng = engine("""
+  - {name: wide, symbols: [BTC/USDT], frequency: every_time, condition: {left: spread_bps, op: above, right: 5}}
+  - {name: mid_x, symbols: [BTC/USDT], frequency: every_time, condition: {left: mid, op: crosses_up, right: 100}}
+""")
+    assert eng.needs_tickers("x", "BTC/USDT")
+    out = []
+    for i, (bid, ask) in enumerate([("99", "99.02"), ("100", "100.1"), ("100", "100.01")]):
+        eng.on_ticker(Ticker(exchange="x", symbol="BTC/USDT", ts=T0 + i * M, bid=Decimal(bid), ask=Decimal(ask)))
+        out += [(f.alert.rule, i) for f in eng.on_candle(candle(i, "100"))]
+    # spread_bps: 0.02/99.01*1e4 = 2.02; 0.1/100.05*1e4 = 9.99; 0.01/100.005*1e4 = 1.0
+    assert out == [("wide", 1), ("mid_x", 1)]
+
+
+def test_all_across_timeframes_and_symbols():
+    eng = engine("""
+  - {name: combo, symbols: [BTC/USDT], frequency: every_time,
+     condition: {all: [{op: above, right: 10}, {op: above, right: 100, timeframe: 5m},
+                       {op: below, right: 50, symbol: ETH/USDT}]}}
+""")
+    assert eng.needs("x", "BTC/USDT") == {"1m", "5m"} and eng.needs("x", "ETH/USDT") == {"1m"}
+    assert fired(eng, [candle(0, "11")]) == []  # no 5m or ETH data yet
+    eng.on_candle(candle(0, "101", tf="5m"))
+    assert fired(eng, [candle(1, "11")]) == []  # ETH still missing
+    eng.on_candle(candle(1, "40", sym="ETH/USDT"))
+    assert fired(eng, [candle(2, "11")]) == [("combo", 2, "firing")]
+    eng.on_candle(candle(2, "60", sym="ETH/USDT"))
+    assert fired(eng, [candle(3, "11")]) == []
+
+
+def test_revised_candle_replaces_the_last_bar_and_stale_ones_are_ignored():
+    eng = engine("""
+  - {name: up, symbols: [BTC/USDT], frequency: every_time, condition: {op: crosses_up, right: {sma: 2}}}
+""")
+    eng.on_candle(candle(0, "10"))
+    eng.on_candle(candle(1, "10"))
+    assert fired(eng, [candle(2, "9")]) == []
+    revised = candle(2, "12").model_copy(update={"revision": 1})
+    assert fired(eng, [revised]) == [("up", 2, "firing")]  # sma(2) now (10+12)/2 = 11 < 12, before 10 <= 10
+    assert fired(eng, [candle(1, "1")]) == []  # older than the last bar: ignored
+    s = eng.series[("x", "BTC/USDT", "1m")]
+    assert [c.close for c in s.candles] == [Decimal(10), Decimal(10), Decimal(12)]

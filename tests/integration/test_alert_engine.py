@@ -161,3 +161,34 @@ async def test_api_rules_override_file_rules(redis, tmp_path):
     assert await app._load_api_rules()
     assert [r.name for r in app.engine.rules] == ["c"]
     assert parse_rules(good, "x").rules[0].name == "a"
+
+
+async def test_subscriptions_follow_the_rules_and_intrabar_reads_live_candles(redis, tmp_path):
+    await redis.sadd(streams.FEED_REGISTRY, streams.registry_member(EX, SYM), streams.registry_member(EX, "BTC/ETH"))
+    rules = f"rules:\n  - {{name: a, symbols: ['*/ETH'], exchange: {EX}, timeframe: 1m, frequency: once_per_bar," \
+            f" condition: {{op: above, right: 10}}}}\n"
+    settings = _settings(tmp_path, rules_text=rules)
+    app = AlertEngineApp(settings, redis)
+    await app.drain()
+    subs = {k.decode(): int(v) for k, v in (await redis.hgetall(streams.SUBSCRIPTIONS)).items()}
+    assert subs == {f"{EX}|{SYM}|1m": 1, f"{EX}|BTC/ETH|1m": 1}
+    assert streams.candles_live(EX, SYM, "1m") in app.consumer.streams
+    # an in-progress candle above the level fires once_per_bar intrabar; the close of the same bar does not repeat it
+    live = _candle(0, "11").model_copy(update={"timeframe": "1m", "closed": False})
+    await Bus(redis).publish(streams.candles_live(EX, SYM, "1m"), live.encode())
+    await app.consumer.drain()
+    await Bus(redis).publish(streams.candles(EX, SYM, "1m"), live.model_copy(update={"closed": True}).encode())
+    await app.consumer.drain()
+    alerts = await _alerts(redis)
+    assert [(a.rule, a.ts) for a in alerts] == [("a", live.ts)] and app.duplicates == 1
+    # the rule now needs only BTC/ETH on 5m: the others are released, the new one counted
+    settings.rules_file.write_text(rules.replace("'*/ETH'", "BTC/ETH").replace("1m", "5m"))
+    import os
+    os.utime(settings.rules_file, ns=(5, 5))
+    assert await app._maybe_reload()
+    subs = {k.decode(): int(v) for k, v in (await redis.hgetall(streams.SUBSCRIPTIONS)).items()}
+    assert subs == {f"{EX}|BTC/ETH|5m": 1}
+    stop = asyncio.Event()
+    stop.set()
+    await app.run(stop)  # a clean stop releases what the engine holds
+    assert await redis.hgetall(streams.SUBSCRIPTIONS) == {}

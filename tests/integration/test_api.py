@@ -251,3 +251,21 @@ def test_openapi_document_is_complete(settings):
     for path in ("/health", "/alerts", "/alerts/history", "/candles/{exchange}/{symbol}/{timeframe}"):
         assert path in paths, path
     assert "examples" in schema["components"]["schemas"]["CandleSeries"]
+
+
+async def test_notifications_show_deliveries_and_dead_letters(redis, settings):
+    # entries as the notifier's app writes them (services/notifier/app.py)
+    a = alert(1)
+    await redis.xadd(streams.NOTIFY_DELIVERIES, {b"target": "console", b"alert_ids": "a1,a2", b"count": 2,
+                                                 b"status": "delivered", b"attempts": 1, b"reason": "", b"ts": 5})
+    await redis.xadd(streams.NOTIFY_DELIVERIES, {b"target": "hook", b"alert_ids": "a1", b"count": 1,
+                                                 b"status": "dead", b"attempts": 3, b"reason": "HTTP 400", b"ts": 6})
+    await redis.xadd(streams.NOTIFY_DEAD_LETTER, {b"alert_id": "a1", b"target": "hook", b"reason": "HTTP 400",
+                                                  b"attempts": 3, b"ts": 6, b"d": a.encode()})
+    async with client_for(create_app(settings, redis)) as client:
+        body = (await client.get("/notifications", params={"limit": 10})).json()
+    assert [(d["target"], d["status"], d["alert_ids"]) for d in body["deliveries"]] == [
+        ("hook", "dead", ["a1"]), ("console", "delivered", ["a1", "a2"])]
+    dead = body["dead_letters"]
+    assert len(dead) == 1 and dead[0]["reason"] == "HTTP 400" and dead[0]["alert"]["id"] == a.id
+    assert dead[0]["alert"]["price"] == str(a.price)

@@ -22,7 +22,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from services.candle_builder.core import Bar, Emitted, SeriesBuilder
+from services.candle_builder.core import Bar, Emitted, SeriesBuilder, decode_feed_fast
 from services.candle_builder.settings import Settings
 from shared import streams
 from shared.bus import FIELD, Batch, Bus, Consumer
@@ -74,7 +74,7 @@ class CandleBuilderApp:
         self.bus = Bus(redis)
         self.name = consumer_name(SERVICE, settings.consumer_name or SERVICE)
         self.consumer: Consumer[FeedMessage] = Consumer(
-            self.bus, group=streams.GROUP_CANDLE_BUILDER, consumer=self.name, decode=decode_feed,
+            self.bus, group=streams.GROUP_CANDLE_BUILDER, consumer=self.name, decode=decode_feed_fast,
             handler=self.handle, count=settings.read_count, block_ms=settings.block_ms,
             claim_idle_ms=settings.claim_idle_ms)
         self.series: dict[str, Series] = {}  # trades stream -> series (loaded lazily, with its saved state)

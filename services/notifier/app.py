@@ -15,9 +15,10 @@ its Redis write lost) after the target took the message and before the record la
 is re-read (its own pending on restart, or claimed by another replica after ``claim_idle_ms``). That window is the
 send itself plus one Redis round trip: an HTTP server usually processes a request even when the client died while
 waiting for the answer, so a kill at any moment of an in-flight send can yield one duplicate of that one group
-(per target; one group is in flight per target). Measured with ``bench/chaos_notifier.py``: a SIGKILL at a random
-moment of a burst causes a raw duplicate with probability ~ (send time) / (time per delivery) — about 1 in 10 kills
-against a receiver taking 10 ms per request. It is closed where the receiver cooperates:
+(per target; one group is in flight per target). So a SIGKILL repeats a message with probability ≈ the share of
+time a send is in flight; ``bench/chaos_notifier.py`` (receiver taking 10 ms, kills at random moments of a 60-alert
+burst, one alert per message) measured 10 raw repeats in 36 kills (0.28 per kill), 0 lost. SIGTERM never repeats
+(in-flight sends finish within the grace period). It is closed where the receiver cooperates:
 - JSON webhooks carry ``Idempotency-Key`` (a hash of target and the group's alert ids: stable across retries and
   restarts for ``max_group=1``; for larger groups the first unrecorded group re-forms identically unless new alerts
   join it) and every alert's deterministic ``id`` in the body, so a receiver that dedups on either sees exactly once;

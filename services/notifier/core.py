@@ -129,7 +129,9 @@ class Message:
     format: Format
 
 
-_MD_SPECIAL = re.compile(r"([_*\[\]()~`>#+\-=|{}.!\\])")
+# The characters that change meaning in every Markdown flavour we feed (Telegram's legacy Markdown, Discord, Slack);
+# escaping more (".", "-", "(") would show backslashes on Telegram.
+_MD_SPECIAL = re.compile(r"([_*\[\]`\\])")
 
 
 def _md(text: object) -> str:
@@ -157,7 +159,7 @@ def render(fmt: Format, alerts: Sequence[Alert]) -> Message:
         doc = {"title": title, "count": len(alerts), "alerts": [alert_record(a) for a in alerts]}
         return Message(title, json.dumps(doc, separators=(",", ":")), "json")
     if fmt == "markdown":
-        lines = [f"*{_md(title)}*"]
+        lines = []  # the title travels separately (Apprise shows it in bold)
         for a in alerts:
             tf = f" {_md(a.timeframe)}" if a.timeframe else ""
             lines.append(f"• *{_md(a.rule)}* {_md(a.exchange)} `{a.symbol}`{tf} price `{a.price}` "

@@ -126,3 +126,65 @@ def test_bad_channel_urls_are_refused_at_start_naming_the_channel_without_secret
         assert name in text
     assert "hook" not in text
     assert "s3cret" not in text and "hunter2" not in text
+
+
+async def test_telegram_and_discord_get_markdown_with_secrets_from_the_environment(redis, tmp_path, monkeypatch,
+                                                                                    caplog):
+    from apprise.plugins.discord import NotifyDiscord
+    from apprise.plugins.telegram import NotifyTelegram
+
+    from tests.integration.notifier.receivers import chat_api
+
+    token = "123456789:AAAbbbCCCdddEEEfffGGGhhhIIIjjjKKKlll"
+    monkeypatch.setenv("TG_TOKEN", token)
+    monkeypatch.setenv("DISCORD_SECRET", "abcdefghijklmnopqrstuvwxyz")
+    async with chat_api() as (port, got):
+        monkeypatch.setattr(NotifyTelegram, "notify_url", f"http://127.0.0.1:{port}/bot")
+        monkeypatch.setattr(NotifyDiscord, "notify_url", f"http://127.0.0.1:{port}/api/webhooks")
+        s = settings(tmp_path, {"tg": "tgram://${TG_TOKEN}/987654", "dc": "discord://1234567890/${DISCORD_SECRET}"},
+                     default_channels=["jsonl"], routes=[{"severity": ["critical"], "channels": ["tg", "dc"]}])
+        critical = make_alert(2, message="breakout_confirmed")  # i % 3 == 2 → critical
+        info = make_alert(3)
+        await publish(redis, [critical, info])
+        await run_until_caught_up(NotifierApp(s, redis), redis)
+    by_path = {g["path"]: g["body"] for g in got}
+    assert set(by_path) == {f"/bot{token}/sendMessage", "/api/webhooks/1234567890/abcdefghijklmnopqrstuvwxyz"}
+    tg = by_path[f"/bot{token}/sendMessage"]
+    assert tg["chat_id"] == 987654 and tg["parse_mode"].lower().startswith("markdown")
+    dc = by_path["/api/webhooks/1234567890/abcdefghijklmnopqrstuvwxyz"]
+    for text in (tg["text"], dc["content"]):
+        assert "rule\\_2" in text and "`S2/USDT`" in text and "breakout\\_confirmed" in text
+        assert f"`{critical.price}`" in text
+        assert info.id not in text and "rule\\_0" not in text  # info alert routed to jsonl only
+    lines = (tmp_path / "alerts.jsonl").read_text().splitlines()
+    assert [json.loads(x)["id"] for x in lines] == [info.id]  # critical goes only where its route says
+    assert token not in caplog.text and "abcdefghijklmnopqrstuvwxyz" not in caplog.text
+
+
+async def test_token_bucket_paces_messages_to_a_target(redis, tmp_path):
+    async with webhook_receiver() as hook:
+        s = settings(tmp_path, {"hook": hook.url}, rate_per_s=10.0, burst=2, max_group=1)
+        await publish(redis, [make_alert(i) for i in range(8)])
+        await run_until_caught_up(NotifierApp(s, redis), redis)
+        times = [r["t"] for r in hook.requests]
+    assert len(times) == 8
+    # Token bucket law: any n consecutive sends span at least (n - burst) / rate seconds.
+    for i in range(8):
+        for j in range(i + 1, 8):
+            assert times[j] - times[i] >= (j - i + 1 - 2) / 10.0 - 0.02, (i, j)
+    assert times[-1] - times[0] < 2.0  # and it is not slower than needed
+
+
+async def test_failures_are_logged_without_credentials(redis, tmp_path, caplog):
+    caplog.set_level("INFO")
+    async with webhook_receiver([(500, {}), (401, {})]) as hook:
+        url = f"json://robot:hunter2@127.0.0.1:{hook.port}/hook?token=s3cret"
+        await publish(redis, [make_alert(1)])
+        await run_until_caught_up(NotifierApp(settings(tmp_path, {"hook": url}), redis), redis)
+        assert hook.requests[0]["headers"]["Authorization"].startswith("Basic ")
+    dead = await redis.xrange(streams.NOTIFY_DEAD_LETTER)
+    stored = b"".join(v for _, f in dead for v in f.values() if isinstance(v, bytes))
+    assert b"HTTP 401" in stored
+    for secret in ("hunter2", "s3cret", "robot"):
+        assert secret not in caplog.text and secret.encode() not in stored
+    assert "HTTP 500" in caplog.text and "HTTP 401" in caplog.text

@@ -96,3 +96,24 @@ async def wait_for(pred, timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
         while not pred():
             await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def chat_api() -> AsyncIterator[tuple[int, list[dict]]]:
+    """A stand-in for the Telegram Bot API / Discord webhooks: records (path, JSON body), answers success."""
+    got: list[dict] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        got.append({"path": request.path, "body": json.loads(await request.read())})
+        return web.json_response({"ok": True, "result": {"message_id": len(got)}})
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield site._server.sockets[0].getsockname()[1], got
+    finally:
+        await runner.cleanup()

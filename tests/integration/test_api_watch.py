@@ -1,0 +1,76 @@
+"""`sentinel watch` (sentinel.watch) through the client on a real redis and a real API server."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import pandas as pd
+from rich.console import Console
+
+from sentinel.client import SentinelClient
+from sentinel.watch import WatchView, run_watch
+from services.api.app import ApiApp
+from services.api.settings import Settings
+from shared import streams
+from shared.bus import Bus
+from shared.runtime import connect
+from shared.schemas import Alert, Candle, Ticker, pack
+
+EX, SYM, TF = "sim", "BTC/USDT", "1m"
+
+
+def candle(i: int, closed: bool) -> Candle:
+    p = Decimal("60000.5") + i * 3
+    return Candle(exchange=EX, symbol=SYM, timeframe=TF, ts=i * 60_000, open=p, high=p + 5, low=p - 2, close=p + 1,
+                  volume=Decimal("2.5") + i, buy_volume=Decimal("0.25") * i, sell_volume=Decimal("1.5"),
+                  closed=closed)
+
+
+async def test_watch_shows_live_candle_cvd_rules_and_alerts(redis_url, redis):
+    await redis.hset(streams.RULE_STATE, "fp", pack({"rule": "btc_up", "exchange": EX, "symbol": SYM,
+                                                     "timeframe": TF, "state": "firing", "last_fired": 60_000}))
+    server_redis = connect(redis_url)
+    api = ApiApp(Settings(port=0, shutdown_grace_s=1), server_redis)
+    stop_api = asyncio.Event()
+    api_task = asyncio.create_task(api.run(stop_api))
+    await asyncio.wait_for(api.started.wait(), 10)
+    view = WatchView([(EX, SYM, TF)])
+    stop = asyncio.Event()
+    console = Console(record=True, width=220, force_terminal=False)
+    client = SentinelClient(redis_url, api_url=api.url)
+    task = asyncio.create_task(run_watch(client, view, stop, console=console, refresh_s=0.05, rules_every_s=0.1))
+    bus = Bus(redis)
+    closed = [candle(i, True) for i in range(4)]
+    while view.status != "live":
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)  # the subscription is confirmed just after the status flips
+    for c in closed:
+        await bus.publish(streams.candles(EX, SYM, TF), c.encode(), channel=streams.channel_candles(EX, SYM, TF))
+    await bus.publish(streams.candles_live(EX, SYM, TF), candle(4, False).encode(),
+                      channel=streams.channel_candles_live(EX, SYM, TF))
+    await redis.publish(streams.channel_tickers(EX, SYM),
+                        Ticker(exchange=EX, symbol=SYM, ts=5, last=Decimal("60013.25")).encode())
+    alert = Alert(id="a", rule="btc_up", exchange=EX, symbol=SYM, timeframe=TF, ts=180_000, fired_at=240_000,
+                  price=Decimal("60010.5"), message="BTC up we go")
+    await bus.publish(streams.ALERTS, alert.encode(), channel=streams.CHANNEL_ALERTS)
+    for _ in range(100):
+        if view.alerts and view.rules and 4 in [c.ts // 60_000 for c in view.live.values()] and view.tickers:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
+    stop.set()
+    await task
+    await client.aclose()
+    stop_api.set()
+    await api_task
+    await server_redis.aclose()
+
+    deltas = pd.Series([float(c.buy_volume - c.sell_volume) for c in [*closed, candle(4, False)]])
+    assert view.cvd[(EX, SYM, TF)] == sum((c.delta for c in closed), Decimal(0))
+    text = console.export_text()
+    screen = text[text.rfind("market"):]  # the last frame
+    assert "60013.25" in screen  # last price from the ticker
+    assert str(candle(4, False).open) in screen and str(candle(4, False).high) in screen
+    assert f"{deltas.sum():g}" in screen  # CVD including the in-progress candle
+    assert "btc_up" in screen and "firing" in screen and "BTC up we go" in screen

@@ -1,14 +1,15 @@
 """Notifier wiring: read ``streams.ALERTS`` (group ``notifier``), route, deliver per target, ack when all are settled.
 
-Flow: the bus hands decoded alerts to ``_take``, which buffers them without acking. When the grouping window has
-passed since the oldest buffered alert (immediately with ``group_window_s = 0``), ``_flush`` routes every alert
-(``core.route``), and for each target, concurrently: skips alerts already recorded as delivered, sends the rest in
-groups of up to ``max_group`` (one message per group for remote targets, one line per alert for console/JSONL),
-respecting the target's token bucket, retrying transient failures with capped exponential backoff and jitter (a 429
-waits Retry-After), never retrying permanent ones. A group that succeeds gets one record per (alert id, target)
-(``streams.notify_sent``, value ``done``); one that is given up goes to ``streams.NOTIFY_DEAD_LETTER`` with the
-reason, in the same MULTI/EXEC as its records (value ``dead``). Only when every (alert, target) is ``done`` or
-``dead`` are the alerts XACKed.
+Flow: the bus hands decoded alerts to ``_take``, which routes each (``core.route``) and appends it to the lane of
+every target it goes to, without acking. Each target has its own lane and worker, so a slow or failing target never
+delays the others. A worker waits for the grouping window (``group_window_s``, from the oldest alert in its lane;
+remote targets only), takes up to ``max_group`` alerts, skips those already recorded as delivered, and sends the
+rest as one message (console/JSONL: one line per alert), respecting the target's token bucket, retrying transient
+failures with capped exponential backoff and jitter (a 429 waits Retry-After), never retrying permanent ones. A
+group that succeeds gets one record per (alert id, target) (``streams.notify_sent``, value ``done``); one given up
+goes to ``streams.NOTIFY_DEAD_LETTER`` with the reason, in the same MULTI/EXEC as its records (value ``dead``). An
+alert is XACKed when every one of its targets is ``done`` or ``dead``. ``max_inflight`` unacked alerts at most: the
+reader waits beyond that.
 
 Idempotency and the one duplicate window: the record is written after the target confirmed. A notifier killed (or
 its Redis write lost) after the target took the message and before the record landed sends it again when the alert
@@ -26,9 +27,9 @@ burst, one alert per message) measured 10 raw repeats in 36 kills (0.28 per kill
 - console lines and Apprise services (Telegram, e-mail, …) have no such hook: a kill mid-send can repeat one message.
 A killed notifier never loses an alert: unacked alerts stay pending in the group.
 
-Known limits: one flush at a time, so a target that is retrying delays the next flush for the others (bounded by
-``max_attempts`` and ``backoff_cap_s``); two replicas that both hold the same alert (a claim while the first is still
-retrying, i.e. a flush longer than ``claim_idle_ms``) may both send it.
+Known limit: two replicas that both hold the same alert (another replica claims it while the first is still
+retrying it for longer than ``claim_idle_ms``) may both send it; keep ``claim_idle_ms`` above the longest retry
+sequence (``max_attempts`` × ``backoff_cap_s``, or ``retry_after_cap_s``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import islice
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
@@ -47,7 +51,7 @@ from services.notifier import core
 from services.notifier.settings import Settings
 from services.notifier.targets import RetryableSendError, Target, build_targets
 from shared import streams
-from shared.bus import Batch, Bus, Consumer, Entry, backoff_delay
+from shared.bus import Batch, Bus, Consumer, backoff_delay
 from shared.errors import NotifyError, PermanentNotifyError
 from shared.logs import redact
 from shared.runtime import consumer_name, heartbeat
@@ -58,10 +62,27 @@ logger = logging.getLogger(__name__)
 DONE = b"done"
 DEAD = b"dead"
 HISTORY_MAXLEN = 10_000
+_REDIS_DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 
 
 class _Stopping(Exception):
     """Stop was requested while waiting to retry: leave the alerts pending for the next run."""
+
+
+@dataclass(slots=True)
+class _Job:
+    entry_id: bytes
+    alert: Alert
+    arrived: float
+
+
+@dataclass
+class _Lane:
+    """One target's FIFO of alerts to deliver; only its worker pops from it."""
+
+    target: Target
+    jobs: deque[_Job] = field(default_factory=deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class NotifierApp:
@@ -79,10 +100,11 @@ class NotifierApp:
             decode=Alert.decode, handler=self._take, streams=[streams.ALERTS], count=settings.count,
             block_ms=settings.block_ms, claim_idle_ms=settings.claim_idle_ms,
         )
-        self._buffer: list[Entry[Alert]] = []
-        self._buffered_ids: set[bytes] = set()
-        self._oldest = 0.0
+        self._lanes = {name: _Lane(t) for name, t in self.targets.items()}
+        self._remaining: dict[bytes, set[str]] = {}  # entry id -> targets not yet settled
+        self._room = asyncio.Event()
         self._stop = asyncio.Event()
+        self._workers: list[asyncio.Task] = []
         self.delivered = 0  # (alert, target) pairs sent
         self.skipped = 0  # (alert, target) pairs already recorded
         self.dead = 0  # (alert, target) pairs dead-lettered
@@ -92,104 +114,142 @@ class NotifierApp:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume and deliver until ``stop`` is set; unfinished alerts stay pending for the next run."""
-        self._stop = stop
+        self._start(stop)
         hb = asyncio.create_task(heartbeat(self.redis, "notifier", stop, self.status), name="notifier-heartbeat")
-        failures = 0
         try:
-            while not stop.is_set():
-                try:
-                    await self._step()
-                    failures = 0
-                except _Stopping:
-                    break
-                except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-                    failures += 1
-                    delay = backoff_delay(failures, base=0.2, cap=5.0)
-                    logger.warning("notifier: redis unavailable (%s); retrying in %.1fs", exc, delay)
-                    await _sleep(stop, delay)
+            await self.consumer.run(stop)
         finally:
+            await self._finish()
             hb.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await hb
-            for target in self.targets.values():
-                with contextlib.suppress(Exception):
-                    await target.close()
-
-    async def _step(self) -> None:
-        block = self.settings.block_ms
-        if self._buffer:
-            remaining = self.settings.group_window_s - (time.monotonic() - self._oldest)
-            if remaining <= 0 or len(self._buffer) >= self.settings.count:
-                await self._flush()
-                return
-            block = max(1, min(block, int(remaining * 1000)))
-        await self.consumer.poll(block)
-        if self._buffer and self.settings.group_window_s <= 0:
-            await self._flush()
 
     async def drain(self) -> int:
-        """Burst mode (tests, backtests): deliver everything available now, then return how many alerts were acked."""
+        """Burst mode (tests, backtests): deliver everything available now; returns how many alerts were acked."""
         before = self.acked
-        while True:
-            n = await self.consumer.poll(None)
-            if self._buffer:
-                await self._flush()
-            elif n == 0:
-                return self.acked - before
+        self._start(asyncio.Event())
+        try:
+            while True:
+                n = await self.consumer.poll(None)
+                if n == 0 and not self._remaining:
+                    return self.acked - before
+                if n == 0:
+                    await asyncio.sleep(0.01)
+        finally:
+            self._stop.set()
+            await self._finish()
+
+    def _start(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        self._workers = [asyncio.create_task(self._work(lane), name=f"notifier-{name}")
+                         for name, lane in self._lanes.items()]
+
+    async def _finish(self) -> None:
+        """Let in-flight sends finish (and be recorded) within the send timeout, then cancel; close targets."""
+        self._stop.set()
+        for lane in self._lanes.values():
+            lane.wake.set()
+        if self._workers:
+            _, late = await asyncio.wait(self._workers, timeout=self.settings.timeout_s + 2)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*self._workers, return_exceptions=True)
+        for target in self.targets.values():
+            with contextlib.suppress(Exception):
+                await target.close()
 
     def status(self) -> dict[str, int]:
         return {"delivered": self.delivered, "skipped": self.skipped, "dead": self.dead, "acked": self.acked,
-                "buffered": len(self._buffer)}
+                "inflight": len(self._remaining), "queued": sum(len(lane.jobs) for lane in self._lanes.values())}
 
     async def _take(self, batch: Batch[Alert]) -> None:
-        """Buffer; the ack comes after delivery (``_flush``), so the bus must not ack now."""
-        for entry in batch.entries:
-            if entry.id in self._buffered_ids:  # our own entry claimed back: already buffered
-                continue
-            if not self._buffer:
-                self._oldest = time.monotonic()
-            self._buffer.append(entry)
-            self._buffered_ids.add(entry.id)
+        """Route each alert into its targets' lanes. The ack comes when all are settled, so the bus must not ack."""
         batch.acked = True
-
-    # ---- delivery --------------------------------------------------------------------------------------------------
-
-    async def _flush(self) -> None:
-        entries = self._buffer
-        alerts = {e.value.id: e.value for e in entries}  # a replayed alert id appears once
-        plan: dict[str, list[Alert]] = {}
-        for alert in alerts.values():
+        settled: list[bytes] = []
+        now = time.monotonic()
+        for entry in batch.entries:
+            if entry.id in self._remaining:  # our own entry claimed back while in flight
+                continue
+            alert = entry.value
+            lanes = []
             for channel in core.route(alert, self.routes, self.settings.default_channels):
-                plan.setdefault(channel, []).append(alert)
-        jobs = []
-        for channel, routed in plan.items():
-            target = self.targets.get(channel)
-            if target is not None:
-                jobs.append(self._deliver(target, routed))
-            elif channel not in core.BUILTIN_CHANNELS:  # a disabled built-in is skipped silently
-                jobs.append(self._dead_letter_unknown(channel, routed))
-        results = await asyncio.gather(*jobs, return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:  # nothing acked: every (alert, target) already settled is recorded and will be skipped
-            stopping = any(isinstance(r, _Stopping) for r in errors)
-            raise _Stopping() if stopping else errors[0]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xack(streams.ALERTS, streams.GROUP_NOTIFIER, *[e.id for e in entries])
-            await pipe.execute()
-        self.acked += len(entries)
-        self._buffer = []
-        self._buffered_ids.clear()
+                if channel in self._lanes:
+                    lanes.append(channel)
+                elif channel not in core.BUILTIN_CHANNELS:  # a disabled built-in is skipped silently
+                    await self._dead_letter_unknown(channel, alert)
+            if not lanes:
+                settled.append(entry.id)
+                continue
+            self._remaining[entry.id] = set(lanes)
+            for channel in lanes:
+                lane = self._lanes[channel]
+                lane.jobs.append(_Job(entry.id, alert, now))
+                lane.wake.set()
+        if settled:
+            await self._ack(settled)
+        while len(self._remaining) >= self.settings.max_inflight and not self._stop.is_set():
+            self._room.clear()
+            await _wait_any(self._room, self._stop)
 
-    async def _deliver(self, target: Target, alerts: list[Alert]) -> None:
-        keys = [streams.notify_sent(a.id, target.name) for a in alerts]
-        states = await self.redis.mget(keys)
+    async def _ack(self, ids: list[bytes]) -> None:
+        await self.redis.xack(streams.ALERTS, streams.GROUP_NOTIFIER, *ids)
+        self.acked += len(ids)
+
+    # ---- per-target worker -----------------------------------------------------------------------------------------
+
+    async def _work(self, lane: _Lane) -> None:
+        target, jobs = lane.target, lane.jobs
+        window = self.settings.group_window_s if target.remote else 0.0
+        size = self.settings.max_group if target.remote else 1000
+        failures = 0
+        while not self._stop.is_set():
+            if not jobs:
+                lane.wake.clear()
+                await _wait_any(lane.wake, self._stop)
+                continue
+            wait = window - (time.monotonic() - jobs[0].arrived)
+            if wait > 0 and len(jobs) < size:
+                await _sleep(self._stop, wait)
+                continue
+            chunk = list(islice(jobs, size))
+            try:
+                await self._settle(target, chunk)
+                failures = 0
+            except _Stopping:
+                return
+            except _REDIS_DOWN as exc:
+                failures += 1
+                delay = backoff_delay(failures, base=0.2, cap=5.0)
+                logger.warning("notifier: %s: redis unavailable (%s); retrying in %.1fs", target.name, exc, delay)
+                await _sleep(self._stop, delay)
+                continue
+            for _ in chunk:
+                jobs.popleft()
+            finished = []
+            for job in chunk:
+                left = self._remaining.get(job.entry_id)
+                if left is not None:
+                    left.discard(target.name)
+                    if not left:
+                        del self._remaining[job.entry_id]
+                        finished.append(job.entry_id)
+            if finished:
+                self._room.set()
+                with contextlib.suppress(*_REDIS_DOWN):  # unacked entries come back by claim; records skip them
+                    await self._ack(finished)
+
+    async def _settle(self, target: Target, chunk: list[_Job]) -> None:
+        """Deliver (or dead-letter) the alerts of ``chunk`` not yet recorded for ``target``, and record them."""
+        alerts = list({job.alert.id: job.alert for job in chunk}.values())
+        states = await self.redis.mget([streams.notify_sent(a.id, target.name) for a in alerts])
         todo = [a for a, s in zip(alerts, states) if s is None]
         self.skipped += len(alerts) - len(todo)
-        size = self.settings.max_group if target.remote else len(todo) or 1
-        for i in range(0, len(todo), size):
-            await self._send_group(target, todo[i:i + size])
+        if todo:
+            state, attempts, reason = await self._send_group(target, todo)
+            await self._record(target.name, todo, state, attempts, reason)
 
-    async def _send_group(self, target: Target, group: Sequence[Alert]) -> None:
+    async def _send_group(self, target: Target, group: Sequence[Alert]) -> tuple[bytes, int, str]:
+        """Send one message with the retry policy; returns (DONE | DEAD, attempts, reason)."""
         s = self.settings
         message = core.render(target.format, group)
         bucket = self.buckets.get(target.name)
@@ -210,8 +270,7 @@ class NotifierApp:
             except (TimeoutError, OSError) as exc:
                 reason = f"{type(exc).__name__} sending to {target.shown_url}"
             else:
-                await self._record(target, group, DONE, attempt, "ok")
-                return
+                return DONE, attempt, "ok"
             reason = redact(reason)
             decision = core.after_failure(attempt=attempt, max_attempts=s.max_attempts, permanent=permanent,
                                           retry_after=retry_after, reason=reason, base=s.backoff_base_s,
@@ -220,8 +279,7 @@ class NotifierApp:
             if not decision.retry:
                 logger.warning("notifier: %s: dead-lettering %d alert(s): %s", target.name, len(group),
                                decision.reason)
-                await self._record(target, group, DEAD, attempt, decision.reason)
-                return
+                return DEAD, attempt, decision.reason
             logger.info("notifier: %s: attempt %d failed (%s); retrying in %.2fs", target.name, attempt, reason,
                         decision.delay)
             if retry_after is not None and bucket is not None:
@@ -232,20 +290,19 @@ class NotifierApp:
         if seconds > 0 and await _sleep(self._stop, seconds):
             raise _Stopping()
 
-    async def _record(self, target: Target, group: Sequence[Alert], state: bytes, attempts: int,
-                      reason: str) -> None:
+    async def _record(self, target: str, group: Sequence[Alert], state: bytes, attempts: int, reason: str) -> None:
         """Delivery records (and dead letters) for a group, in one MULTI/EXEC, plus the recent-deliveries log."""
         now = int(time.time() * 1000)
         async with self.redis.pipeline(transaction=True) as pipe:
             for alert in group:
-                pipe.set(streams.notify_sent(alert.id, target.name), state, ex=self.settings.sent_ttl_s)
+                pipe.set(streams.notify_sent(alert.id, target), state, ex=self.settings.sent_ttl_s)
                 if state == DEAD:
                     pipe.xadd(streams.NOTIFY_DEAD_LETTER, {
-                        b"alert_id": alert.id, b"target": target.name, b"reason": reason[:2000],
+                        b"alert_id": alert.id, b"target": target, b"reason": reason[:2000],
                         b"attempts": attempts, b"ts": now, b"d": alert.encode()}, maxlen=HISTORY_MAXLEN,
                         approximate=True)
             pipe.xadd(streams.NOTIFY_DELIVERIES, {
-                b"target": target.name, b"alert_ids": ",".join(a.id for a in group)[:4000], b"count": len(group),
+                b"target": target, b"alert_ids": ",".join(a.id for a in group)[:4000], b"count": len(group),
                 b"status": "delivered" if state == DONE else "dead", b"attempts": attempts, b"reason": reason[:500],
                 b"ts": now}, maxlen=HISTORY_MAXLEN, approximate=True)
             await pipe.execute()
@@ -256,25 +313,14 @@ class NotifierApp:
 
     async def redeliver(self, channel: str, alert: Alert) -> str:
         """Send one alert to one channel again (dead-letter retry), ignoring its record; ``delivered`` or ``dead``."""
-        target = self.targets[channel]
-        await self.redis.delete(streams.notify_sent(alert.id, channel))
-        await self._send_group(target, [alert])
-        state = await self.redis.get(streams.notify_sent(alert.id, channel))
+        state, attempts, reason = await self._send_group(self.targets[channel], [alert])
+        await self._record(channel, [alert], state, attempts, reason)
         return "delivered" if state == DONE else "dead"
 
-    async def _dead_letter_unknown(self, channel: str, alerts: list[Alert]) -> None:
-        keys = [streams.notify_sent(a.id, channel) for a in alerts]
-        states = await self.redis.mget(keys)
-        todo = [a for a, st in zip(alerts, states) if st is None]
-        if todo:
-            logger.warning("notifier: rule(s) %s name unknown channel %r; dead-lettering",
-                           ", ".join(sorted({a.rule for a in todo})), channel)
-            await self._record(_Unknown(channel), todo, DEAD, 0, f"unknown channel {channel!r}")
-
-
-class _Unknown:
-    def __init__(self, name: str) -> None:
-        self.name = name
+    async def _dead_letter_unknown(self, channel: str, alert: Alert) -> None:
+        if await self.redis.get(streams.notify_sent(alert.id, channel)) is None:
+            logger.warning("notifier: rule %s names unknown channel %r; dead-lettering", alert.rule, channel)
+            await self._record(channel, [alert], DEAD, 0, f"unknown channel {channel!r}")
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> bool:
@@ -284,3 +330,13 @@ async def _sleep(stop: asyncio.Event, seconds: float) -> bool:
         return True
     except TimeoutError:
         return False
+
+
+async def _wait_any(*events: asyncio.Event) -> None:
+    waiters = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)

@@ -57,6 +57,7 @@ class Settings(ServiceSettings):
     rate_overrides: dict[str, float] = Field(default_factory=dict, description="Channel name -> messages/s.")
     sent_ttl_s: int = Field(default=7 * 86400, ge=60, description="How long delivery records are kept.")
 
+    max_inflight: int = Field(default=10_000, ge=1, description="Unacked alerts held at most; reading waits beyond.")
     block_ms: int = Field(default=500, ge=1)
     count: int = Field(default=500, ge=1)
     claim_idle_ms: int = Field(default=60_000, ge=1,

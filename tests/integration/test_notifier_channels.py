@@ -188,3 +188,31 @@ async def test_failures_are_logged_without_credentials(redis, tmp_path, caplog):
     for secret in ("hunter2", "s3cret", "robot"):
         assert secret not in caplog.text and secret.encode() not in stored
     assert "HTTP 500" in caplog.text and "HTTP 401" in caplog.text
+
+
+async def test_a_slow_target_does_not_hold_back_the_others(redis, tmp_path):
+    async with webhook_receiver([(429, {"Retry-After": "2"})]) as slow, webhook_receiver() as fast:
+        s = settings(tmp_path, {"slow": slow.url, "fast": fast.url})
+        app = NotifierApp(s, redis)
+        stop = asyncio.Event()
+        task = asyncio.create_task(app.run(stop))
+        try:
+            for i in range(3):
+                await publish(redis, [make_alert(i)])
+                await wait_for(lambda: len(fast.delivered()) == i + 1, timeout=1.0)  # while "slow" waits 2 s
+            assert alerts_in(slow.delivered()) == []
+            await wait_for(lambda: len(alerts_in(slow.delivered())) == 3, timeout=5.0)
+        finally:
+            stop.set()
+            await task
+    info = await redis.xpending(streams.ALERTS, streams.GROUP_NOTIFIER)
+    assert info["pending"] == 0
+
+
+async def test_rule_naming_an_unknown_channel_dead_letters_that_pair_only(redis, tmp_path):
+    alert = make_alert(4, channels=["jsonl", "pager"])
+    await publish(redis, [alert])
+    await run_until_caught_up(NotifierApp(settings(tmp_path, {}), redis), redis)
+    dead = await redis.xrange(streams.NOTIFY_DEAD_LETTER)
+    assert [(f[b"target"], f[b"reason"]) for _, f in dead] == [(b"pager", b"unknown channel 'pager'")]
+    assert json.loads((tmp_path / "alerts.jsonl").read_text())["id"] == alert.id

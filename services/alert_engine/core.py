@@ -24,6 +24,7 @@ Definitions (the tests evaluate the same ones independently with pandas):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import deque
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ def alert_id(rule: str, exchange: str, symbol: str, timeframe: str, ts: int, sta
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
+@functools.lru_cache(maxsize=65_536)
 def fingerprint(rule: str, exchange: str, symbol: str, timeframe: str) -> str:
     """Identity of one rule on one series: the cooldown and firing state are kept per fingerprint."""
     return hashlib.sha256("\x1f".join((rule, exchange, symbol, timeframe)).encode()).hexdigest()[:24]
@@ -96,14 +98,13 @@ class Series:
         self.keep = keep
         self.candles: deque[Candle] = deque(maxlen=keep)
         self.tickers: deque[Ticker | None] = deque(maxlen=keep)  # latest ticker as of each bar's evaluation
-        self.ind: dict[tuple, indicators.Incremental] = {}
+        self.ind: dict[r._Indicator, indicators.Incremental] = {}
         self.provisional = False  # the last bar is an in-progress candle pushed for intrabar evaluation
 
     def indicator(self, spec: r._Indicator) -> indicators.Incremental:
-        key = spec.spec()
-        ind = self.ind.get(key)
+        ind = self.ind.get(spec)  # frozen models hash and compare by value: equal specs share one indicator
         if ind is None:  # created late (e.g. after a reload): warm it up from the candles kept
-            ind = self.ind[key] = indicators.make(spec, self.keep)
+            ind = self.ind[spec] = indicators.make(spec, self.keep)
             for candle in self.candles:
                 ind.add(candle)
         return ind
@@ -219,6 +220,7 @@ class AlertEngine:
     def set_rules(self, ruleset: r.RuleSet) -> None:
         """Swap the rule set; series data (and its indicators) are kept, state of removed rules dropped."""
         self.rules = ruleset.enabled
+        self._routes: dict[SeriesKey, list[r.Rule]] = {}
         names = {rule.name for rule in self.rules}
         self.status = {fp: s for fp, s in self.status.items() if s.rule in names}
 
@@ -247,6 +249,13 @@ class AlertEngine:
         if last is None or ticker.ts >= last.ts:
             self.tickers[key] = ticker
 
+    def _rules_for(self, key: SeriesKey) -> list[r.Rule]:
+        rules = self._routes.get(key)
+        if rules is None:
+            rules = self._routes[key] = [rule for rule in self.rules
+                                         if rule.timeframe == key[2] and rule.matches(key[0], key[1])]
+        return rules
+
     def _series(self, key: SeriesKey) -> Series:
         s = self.series.get(key)
         if s is None:
@@ -263,11 +272,10 @@ class AlertEngine:
             return []
         now = candle.ts + series.tf_ms
         out: list[Fire] = []
-        for rule in self.rules:
-            if rule.timeframe == candle.timeframe and rule.matches(candle.exchange, candle.symbol):
-                fired = self._evaluate(rule, series, candle, now, intrabar=False)
-                if fire:
-                    out.extend(fired)
+        for rule in self._rules_for(key):
+            fired = self._evaluate(rule, series, candle, now, intrabar=False)
+            if fire:
+                out.extend(fired)
         return out
 
     def on_live_candle(self, candle: Candle, *, fire: bool = True) -> list[Fire]:

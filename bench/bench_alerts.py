@@ -1,0 +1,200 @@
+"""alert_engine benchmarks, on one private redis-server.
+
+(a) trade in → alert out: a producer process publishes trades (market_feed's stream format) at 1k / 5k / 20k
+    trades/s over 10 symbols with exchange time = wall time; the real ``CandleBuilderApp`` builds 1s candles and
+    ``AlertEngineApp`` runs an ``every_time`` rule on them, both on one event loop as ``sentinel up`` runs them. A 1s
+    candle closes when the first trade of the next second arrives, so the latency of an alert is measured from the
+    publish of that trade to the alert entry being read from the alerts stream (p50 / p99).
+(b) evaluation throughput of the pure core: 500 symbols × 10 rules (crossings, indicators, channels, moves, volume
+    spike, all/any) on closed candles.
+
+Writes bench/results/bench_alerts.json. Usage: ``python bench/bench_alerts.py [--seconds 6] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import platform
+import random
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from services.alert_engine.app import AlertEngineApp  # noqa: E402
+from services.alert_engine.core import AlertEngine  # noqa: E402
+from services.alert_engine.rules import parse_rules  # noqa: E402
+from services.alert_engine.settings import Settings as EngineSettings  # noqa: E402
+from shared import streams  # noqa: E402
+from shared.bus import FIELD  # noqa: E402
+from shared.embedded_redis import EmbeddedRedis  # noqa: E402
+from shared.runtime import connect  # noqa: E402
+from shared.schemas import Alert, Candle, encode_trades  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SYMBOLS = [f"S{i}/USDT" for i in range(10)]
+
+
+def _producer(url: str, rate: int, seconds: float, out: mp.Queue) -> None:
+    import redis as sync_redis
+
+    r = sync_redis.Redis.from_url(url)
+    per_ms = rate / 1000
+    owed, tid = 0.0, 0
+    firsts: dict[tuple[str, int], float] = {}
+    last_sec: dict[str, int] = {}
+    end = time.time() + seconds
+    next_tick = time.perf_counter()
+    rng = random.Random(1)
+    while time.time() < end:
+        owed += per_ms
+        n, owed = int(owed), owed - int(owed)
+        if n:
+            by_sym: dict[str, list] = {}
+            now_ms = int(time.time() * 1000)
+            for _ in range(n):
+                sym = SYMBOLS[tid % len(SYMBOLS)]
+                tid += 1
+                by_sym.setdefault(sym, []).append((tid, now_ms, Decimal(100 + rng.randint(0, 100)) / 10,
+                                                   Decimal("0.01"), tid % 2 == 0))
+            pipe = r.pipeline(transaction=False)
+            for sym, trades in by_sym.items():
+                pipe.xadd(streams.trades("bench", sym), {FIELD: encode_trades("bench", sym, trades)}, maxlen=100_000,
+                          approximate=True)
+            sent = time.time()
+            pipe.execute()
+            sec = now_ms // 1000
+            for sym in by_sym:
+                if last_sec.get(sym) != sec:
+                    last_sec[sym] = sec
+                    firsts[(sym, sec * 1000)] = sent
+        next_tick += 0.001
+        delay = next_tick - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+    out.put({f"{k[0]}|{k[1]}": v for k, v in firsts.items()})
+
+
+async def _latency(url: str, rate: int, seconds: float, tmp: Path) -> dict:
+    from services.candle_builder.app import CandleBuilderApp
+    from services.candle_builder.settings import Settings as BuilderSettings
+
+    redis = connect(url)
+    await redis.flushall()
+    for sym in SYMBOLS:
+        await redis.sadd(streams.FEED_REGISTRY, streams.registry_member("bench", sym))
+    rules = tmp / "rules.yaml"
+    rules.write_text("rules:\n  - {name: tick, exchange: bench, symbols: ['*/USDT'], timeframe: 1s, "
+                     "frequency: every_time, condition: {op: above, right: 0}}\n")
+    builder = CandleBuilderApp(BuilderSettings(timeframes=["1s"], base_timeframe="1s", live_candles=False,
+                                               flat_candles=False, block_ms=50, redis_url=url), redis)
+    engine = AlertEngineApp(EngineSettings(rules_file=rules, block_ms=50, intrabar=False, redis_url=url,
+                                           registry_poll_s=0.5), redis)
+    stop = asyncio.Event()
+    received: dict[str, float] = {}
+    reader = connect(url)
+
+    async def read_alerts() -> None:
+        last = "$"
+        while not stop.is_set():
+            resp = await reader.xread({streams.ALERTS: last}, block=100, count=1000)
+            now = time.time()
+            for _, entries in resp or ():
+                for entry_id, fields in entries:
+                    last = entry_id
+                    a = Alert.decode(fields[FIELD])
+                    received[f"{a.symbol}|{a.ts + 1000}"] = now
+
+    tasks = [asyncio.create_task(builder.run(stop)), asyncio.create_task(engine.run(stop)),
+             asyncio.create_task(read_alerts())]
+    await asyncio.sleep(1.5)  # discovery, groups, subscriptions
+    q: mp.Queue = mp.get_context("spawn").Queue()
+    proc = mp.get_context("spawn").Process(target=_producer, args=(url, rate, seconds, q))
+    proc.start()
+    firsts = await asyncio.to_thread(q.get)
+    await asyncio.to_thread(proc.join)
+    await asyncio.sleep(0.5)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await reader.aclose()
+    await redis.aclose()
+    lat = sorted((received[k] - firsts[k]) * 1000 for k in received if k in firsts)
+    if not lat:
+        return {"rate": rate, "samples": 0}
+    pick = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]  # noqa: E731
+    return {"rate_trades_per_s": rate, "samples": len(lat), "p50_ms": round(pick(0.5), 3),
+            "p99_ms": round(pick(0.99), 3), "max_ms": round(lat[-1], 3)}
+
+
+def _throughput(bars: int) -> dict:
+    rules = parse_rules("""
+rules:
+  - {name: r1, symbols: ['*'], frequency: every_time, condition: {op: above, right: 100}}
+  - {name: r2, symbols: ['*'], condition: {left: close, op: crossing, right: {ema: 21}}}
+  - {name: r3, symbols: ['*'], condition: {left: {ema: 9}, op: crosses_up, right: {sma: 50}}}
+  - {name: r4, symbols: ['*'], condition: {left: {rsi: 14}, op: greater_than, right: 70}}
+  - {name: r5, symbols: ['*'], condition: {op: exiting_channel, lower: {bbands: {output: lower}},
+                                           upper: {bbands: {output: upper}}}}
+  - {name: r6, symbols: ['*'], condition: {op: moving_up_pct, percent: 1, bars: 5}}
+  - {name: r7, symbols: ['*'], condition: {op: volume_spike, factor: 3, period: 20}}
+  - {name: r8, symbols: ['*'], condition: {left: {macd: histogram}, op: crosses_up, right: 0}}
+  - {name: r9, symbols: ['*'], condition: {left: {cvd: {bars: 20}}, op: greater_than, right: 0}}
+  - {name: r10, symbols: ['*'], condition: {any: [{left: {atr: 14}, op: above, right: 5},
+                                                   {op: below, right: {vwap: 1d}}]}}
+""", "bench")
+    engine = AlertEngine(rules)
+    rng = random.Random(7)
+    syms = [f"B{i}/USDT" for i in range(500)]
+    prices = {s: 100.0 for s in syms}
+    candles = []
+    for i in range(bars):
+        for s in syms:
+            p = prices[s] = prices[s] * (1 + rng.gauss(0, 0.004))
+            o, c = Decimal(f"{p:.2f}"), Decimal(f"{p * (1 + rng.gauss(0, 0.002)):.2f}")
+            v = Decimal(f"{rng.expovariate(1):.4f}")
+            b = v * Decimal(rng.randint(0, 10)) / 10
+            candles.append(Candle(exchange="x", symbol=s, timeframe="1m", ts=i * 60_000, open=o, high=max(o, c),
+                                  low=min(o, c), close=c, volume=v, buy_volume=b, sell_volume=v - b,
+                                  quote_volume=v * c, trades=10))
+    fires = 0
+    t = time.perf_counter()
+    for c in candles:
+        fires += len(engine.on_candle(c))
+    dt = time.perf_counter() - t
+    return {"symbols": 500, "rules": 10, "bars_per_symbol": bars, "candles_per_s": round(len(candles) / dt),
+            "rule_evaluations_per_s": round(len(candles) * 10 / dt), "us_per_candle_10_rules": round(dt / len(candles)
+                                                                                                    * 1e6, 1),
+            "alerts": fires}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    rates = [1000, 5000] if args.quick else [1000, 5000, 20000]
+    out: dict = {"python": platform.python_version(), "machine": platform.machine(),
+                 "throughput": _throughput(60 if args.quick else 150), "latency": []}
+    print(json.dumps(out["throughput"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        server = EmbeddedRedis(Path(tmp) / "redis", persist=False)
+        server.start()
+        try:
+            for rate in rates:
+                res = asyncio.run(_latency(server.url, rate, args.seconds, Path(tmp)))
+                print(json.dumps(res))
+                out["latency"].append(res)
+        finally:
+            server.stop()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "bench_alerts.json").write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

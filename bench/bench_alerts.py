@@ -100,16 +100,23 @@ async def _latency(url: str, rate: int, seconds: float, tmp: Path) -> dict:
     received: dict[str, float] = {}
     reader = connect(url)
 
+    candle_seen: dict[str, float] = {}
+
     async def read_alerts() -> None:
-        last = "$"
+        last = {streams.ALERTS: "$", **{streams.candles("bench", s, "1s"): "$" for s in SYMBOLS}}
         while not stop.is_set():
-            resp = await reader.xread({streams.ALERTS: last}, block=100, count=1000)
+            resp = await reader.xread(last, block=100, count=1000)
             now = time.time()
-            for _, entries in resp or ():
+            for stream, entries in resp or ():
+                stream = stream.decode()
                 for entry_id, fields in entries:
-                    last = entry_id
-                    a = Alert.decode(fields[FIELD])
-                    received[f"{a.symbol}|{a.ts + 1000}"] = now
+                    last[stream] = entry_id
+                    if stream == streams.ALERTS:
+                        a = Alert.decode(fields[FIELD])
+                        received[f"{a.symbol}|{a.ts + 1000}"] = now
+                    else:
+                        c = Candle.decode(fields[FIELD])
+                        candle_seen.setdefault(f"{c.symbol}|{c.ts + 1000}", now)
 
     tasks = [asyncio.create_task(builder.run(stop)), asyncio.create_task(engine.run(stop)),
              asyncio.create_task(read_alerts())]
@@ -128,8 +135,12 @@ async def _latency(url: str, rate: int, seconds: float, tmp: Path) -> dict:
     if not lat:
         return {"rate": rate, "samples": 0}
     pick = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]  # noqa: E731
+    clat = sorted((candle_seen[k] - firsts[k]) * 1000 for k in candle_seen if k in firsts)
+    cpick = lambda p: clat[min(len(clat) - 1, int(p * len(clat)))] if clat else None  # noqa: E731
     return {"rate_trades_per_s": rate, "samples": len(lat), "p50_ms": round(pick(0.5), 3),
-            "p99_ms": round(pick(0.99), 3), "max_ms": round(lat[-1], 3)}
+            "p99_ms": round(pick(0.99), 3), "max_ms": round(lat[-1], 3),
+            "trade_to_closed_candle_p50_ms": cpick(0.5) and round(cpick(0.5), 3),
+            "trade_to_closed_candle_p99_ms": cpick(0.99) and round(cpick(0.99), 3)}
 
 
 def _throughput(bars: int) -> dict:

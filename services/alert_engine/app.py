@@ -328,13 +328,18 @@ class AlertEngineApp:
         """Gate and publish; returns the gate's answers (1 published, 0 duplicate, -1 cooling down)."""
         answers: list[int] = []
         touched: dict[str, core.Fire] = {}
-        for f in fires:
-            data = f.alert.encode()
-            answer = int(await self._gate(
-                keys=[streams.alert_fired(f.alert.id), streams.alert_cooldown(f.fingerprint), streams.ALERTS,
-                      streams.ALERT_HISTORY],
-                args=[data, f.now_ms, f.cooldown_ms, streams.CHANNEL_ALERTS, self.settings.alerts_maxlen,
-                      self.settings.history_maxlen, self.settings.fired_ttl_s * 1000, _GC_MARGIN_MS]))
+        async with self.redis.pipeline(transaction=False) as pipe:  # one round trip; each script runs atomically
+            for f in fires:
+                await self._gate(
+                    keys=[streams.alert_fired(f.alert.id), streams.alert_cooldown(f.fingerprint), streams.ALERTS,
+                          streams.ALERT_HISTORY],
+                    args=[f.alert.encode(), f.now_ms, f.cooldown_ms, streams.CHANNEL_ALERTS,
+                          self.settings.alerts_maxlen, self.settings.history_maxlen,
+                          self.settings.fired_ttl_s * 1000, _GC_MARGIN_MS],
+                    client=pipe)
+            results = await pipe.execute()
+        for f, result in zip(fires, results, strict=True):
+            answer = int(result)
             answers.append(answer)
             if answer == 1:
                 self.published += 1

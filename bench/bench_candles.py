@@ -206,29 +206,37 @@ def main() -> None:
     parser.add_argument("--trades", type=int, default=200_000, help="trades for the 1-per-entry runs")
     parser.add_argument("--batched-trades", type=int, default=1_000_000, help="trades for the 100-per-entry run")
     parser.add_argument("--symbols", type=int, default=500)
+    parser.add_argument("--repeat", type=int, default=3, help="alternate (a) and (b) this many times, keep the best")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     args = parser.parse_args()
     if args.quick:
-        args.trades, args.batched_trades, args.symbols = 20_000, 100_000, 50
+        args.trades, args.batched_trades, args.symbols, args.repeat = 20_000, 100_000, 50, 1
     results: dict = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                                  "load_avg": os.getloadavg()}, "timeframes": TIMEFRAMES}
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(Path(tmp) / "redis", persist=False) as server:
         url = server.url
         for per_entry, n in ((1, args.trades), (100, args.batched_trades)):
-            stream = streams.trades("raw", f"R{per_entry}/USDT")
-            publish_sync(url, stream, make_entries("raw", f"R{per_entry}/USDT", n, per_entry))
-            sync_rate = raw_rate_sync(url, stream, n)
-            sync_fast = raw_rate_sync(url, stream, n, decode_feed_fast, "raw_sync_fast")
-            async_rate = asyncio.run(raw_rate_async(url, stream, n))
-            sync_redis.Redis.from_url(url).delete(stream)
-            built = asyncio.run(builder_rate(url, n, per_entry))
-            raw = max(sync_rate, async_rate, sync_fast)
-            results[f"per_entry_{per_entry}"] = {
-                "raw_sync_trades_per_s": round(sync_rate), "raw_async_trades_per_s": round(async_rate),
-                "raw_sync_fast_decode_trades_per_s": round(sync_fast),
-                **built, "ratio_builder_to_raw_async": round(built["builder_trades_per_s"] / async_rate, 3),
-                "ratio_builder_to_raw_best": round(built["builder_trades_per_s"] / raw, 3)}
-            print(json.dumps(results[f"per_entry_{per_entry}"]), flush=True)
+            # The machine is shared: alternate (a) and (b) and keep the best of each, so both see similar load.
+            best: dict = {}
+            for _ in range(args.repeat):
+                stream = streams.trades("raw", f"R{per_entry}/USDT")
+                publish_sync(url, stream, make_entries("raw", f"R{per_entry}/USDT", n, per_entry))
+                rates = {"raw_sync_trades_per_s": raw_rate_sync(url, stream, n),
+                         "raw_sync_fast_decode_trades_per_s": raw_rate_sync(url, stream, n, decode_feed_fast,
+                                                                            "raw_sync_fast"),
+                         "raw_async_trades_per_s": asyncio.run(raw_rate_async(url, stream, n))}
+                sync_redis.Redis.from_url(url).delete(stream)
+                built = asyncio.run(builder_rate(url, n, per_entry))
+                for key, value in rates.items():
+                    best[key] = max(best.get(key, 0), round(value))
+                if built["builder_trades_per_s"] > best.get("builder_trades_per_s", 0):
+                    best.update(built)
+            raw_best = max(best["raw_sync_trades_per_s"], best["raw_async_trades_per_s"],
+                           best["raw_sync_fast_decode_trades_per_s"])
+            best["ratio_builder_to_raw_async"] = round(best["builder_trades_per_s"] / best["raw_async_trades_per_s"], 3)
+            best["ratio_builder_to_raw_best"] = round(best["builder_trades_per_s"] / raw_best, 3)
+            results[f"per_entry_{per_entry}"] = best
+            print(json.dumps(best), flush=True)
         results["rss"] = rss_for_symbols(url, args.symbols, 200)
         print(json.dumps(results["rss"]), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)

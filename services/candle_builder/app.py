@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from itertools import chain
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ from redis.asyncio import Redis
 from services.candle_builder.core import Bar, Emitted, SeriesBuilder, decode_feed_fast
 from services.candle_builder.settings import Settings
 from shared import streams
-from shared.bus import FIELD, Batch, Bus, Consumer
+from shared.bus import FIELD, Batch, Bus, Consumer, Entry
 from shared.errors import DecodeError
 from shared.runtime import consumer_name, heartbeat
 from shared.schemas import Candle, FeedMessage, GapMarker, TradeBatch, Watermark, decode_feed, pack, unpack
@@ -153,17 +154,24 @@ class CandleBuilderApp:
         out: dict[str, list[Emitted]] = {}
         touched: dict[str, Series] = {}
         extra_acks: dict[str, list[bytes]] = {}
+        by_stream: dict[str, list[Entry[FeedMessage]]] = {}
         for entry in batch.entries:
-            series = self.series.get(entry.stream) or await self._load(entry.stream)
+            by_stream.setdefault(entry.stream, []).append(entry)
+        for stream, entries in by_stream.items():
+            series = self.series.get(stream) or await self._load(stream)
+            emitted = out.setdefault(stream, [])
             if not series.checked:
-                await self._catch_up(series, entry.id, out, extra_acks)
-            eid = entry_id(entry.id)
-            if series.last_id is not None and eid <= series.last_id:
-                self.skipped_entries += 1
+                await self._catch_up(series, entries[0].id, emitted, extra_acks)
+            start = 0
+            if series.last_id is not None:  # re-delivered entries (ids never above the saved one) are skipped
+                while start < len(entries) and entry_id(entries[start].id) <= series.last_id:
+                    start += 1
+                self.skipped_entries += start
+            if start == len(entries):
                 continue
-            self._apply(series, entry.value, out.setdefault(series.stream, []))
-            series.last_id = eid
-            touched[series.stream] = series
+            self._apply_run([e.value for e in entries[start:]], series, emitted)
+            series.last_id = entry_id(entries[-1].id)
+            touched[stream] = series
         touched.update({s: self.series[s] for s in extra_acks})
         async with self.redis.pipeline(transaction=True) as tx:
             for stream, emitted in out.items():
@@ -180,10 +188,25 @@ class CandleBuilderApp:
         if self.settings.live_candles and touched:
             await self._publish_live(touched.values())
 
-    def _apply(self, series: Series, msg: FeedMessage, out: list[Emitted]) -> None:
+    def _apply_run(self, messages: list[FeedMessage], series: Series, out: list[Emitted]) -> None:
+        """Apply a stream's messages in order; consecutive trade batches go through the builder in one call."""
+        rows: list[list] = []
+        for msg in messages:
+            if type(msg) is TradeBatch:
+                rows.append(msg.trades)
+                continue
+            if rows:
+                self._apply(series, TradeBatch(series.exchange, series.symbol, list(chain.from_iterable(rows))), out)
+                rows = []
+            self._apply(series, msg, out)
+        if rows:
+            trades = rows[0] if len(rows) == 1 else chain.from_iterable(rows)
+            self._apply(series, TradeBatch(series.exchange, series.symbol, trades), out, sum(map(len, rows)))
+
+    def _apply(self, series: Series, msg: FeedMessage, out: list[Emitted], n: int | None = None) -> None:
         builder = series.builder
         if isinstance(msg, TradeBatch):
-            self.trades_in += len(msg.trades)
+            self.trades_in += len(msg.trades) if n is None else n
             dropped = builder.late_dropped
             builder.add_trades(msg.trades, out)
             if builder.late_dropped != dropped:
@@ -248,7 +271,7 @@ class CandleBuilderApp:
         self.series[stream] = series
         return series
 
-    async def _catch_up(self, series: Series, first_id: bytes, out: dict[str, list[Emitted]],
+    async def _catch_up(self, series: Series, first_id: bytes, out: list[Emitted],
                         extra_acks: dict[str, list[bytes]]) -> None:
         """Process entries between the saved id and ``first_id`` (left pending by a dead consumer) first."""
         series.checked = True
@@ -269,7 +292,7 @@ class CandleBuilderApp:
                     await self.bus.dead_letter(series.stream, raw_id, fields.get(FIELD), f"undecodable: {exc}",
                                                streams.GROUP_CANDLE_BUILDER)
                     continue
-                self._apply(series, msg, out.setdefault(series.stream, []))
+                self._apply(series, msg, out)
                 series.last_id = entry_id(raw_id)
             low = "(" + entries[-1][0].decode()
 

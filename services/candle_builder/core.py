@@ -481,11 +481,16 @@ def decode_feed_fast(raw: bytes) -> FeedMessage:
     """
     try:
         msg = _unpackb(raw, raw=False, strict_map_key=False)
-        if msg.get("k") == "trades" and msg.get("v") == SCHEMA_VERSION:
+        if type(msg) is dict and msg.get("k") == "trades" and msg.get("v") == SCHEMA_VERSION:
             exchange, symbol, rows = msg["x"], msg["s"], msg["t"]
             if type(exchange) is str and type(symbol) is str and exchange and symbol and type(rows) is list:
-                if not rows:
-                    return TradeBatch(exchange, symbol, [])
+                if len(rows) < 8:  # small batches: row by row is cheaper than building columns
+                    trades = []
+                    for tid, ts, price, amount, side in rows:
+                        if type(ts) is not int or not (side == 0 or side == 1):
+                            raise ValueError("not a plain trade row")
+                        trades.append((tid, ts, Decimal(price), Decimal(amount), side))
+                    return TradeBatch(exchange, symbol, trades)
                 if set(map(len, rows)) == {5}:
                     ids, tss, prices, amounts, sides = zip(*rows)
                     if set(map(type, tss)) == {int} and set(sides) <= {0, 1}:

@@ -95,6 +95,10 @@ class NotifierApp:
                        for r in settings.routes]
         self.buckets = {name: core.TokenBucket(settings.rate_overrides.get(name, settings.rate_per_s), settings.burst)
                         for name, t in self.targets.items() if t.remote}
+        # one bucket per service (scheme) shared by its targets, e.g. Telegram's ~30 messages/s per bot
+        self.scheme_buckets = {scheme: core.TokenBucket(rate, max(1, int(rate)))
+                               for scheme, rate in settings.scheme_rates.items()
+                               if any(getattr(t, "scheme", None) == scheme for t in self.targets.values())}
         self.consumer = Consumer(
             self.bus, group=streams.GROUP_NOTIFIER, consumer=consumer_name("notifier", settings.consumer_name),
             decode=Alert.decode, handler=self._take, streams=[streams.ALERTS], count=settings.count,
@@ -253,11 +257,14 @@ class NotifierApp:
         s = self.settings
         message = core.render(target.format, group)
         bucket = self.buckets.get(target.name)
+        shared_bucket = self.scheme_buckets.get(getattr(target, "scheme", ""))
         attempt = 0
         while True:
             attempt += 1
             if bucket is not None:
                 await self._wait(bucket.take(time.monotonic()))
+            if shared_bucket is not None:
+                await self._wait(shared_bucket.take(time.monotonic()))
             permanent, retry_after = False, None
             try:
                 await asyncio.wait_for(target.send(message, group), timeout=s.timeout_s + 1)

@@ -55,6 +55,9 @@ class Settings(ServiceSettings):
     rate_per_s: float = Field(default=1.0, gt=0, description="Token bucket refill per remote target (messages/s).")
     burst: int = Field(default=5, ge=1, description="Token bucket size per remote target.")
     rate_overrides: dict[str, float] = Field(default_factory=dict, description="Channel name -> messages/s.")
+    scheme_rates: dict[str, float] = Field(
+        default_factory=lambda: {"tgram": 30.0, "discord": 5.0, "slack": 1.0},
+        description="URL scheme -> messages/s shared by every channel of that service (Telegram: ~30/s per bot).")
     sent_ttl_s: int = Field(default=7 * 86400, ge=60, description="How long delivery records are kept.")
 
     max_inflight: int = Field(default=10_000, ge=1, description="Unacked alerts held at most; reading waits beyond.")

@@ -35,6 +35,7 @@ class Target(Protocol):
     format: Format
     remote: bool  # rate-limited and grouped; local targets write one line per alert
     shown_url: str  # redacted
+    scheme: str  # URL scheme, keys the service-wide token bucket
 
     async def send(self, message: Message, alerts: Sequence[Alert]) -> None: ...
 
@@ -47,6 +48,7 @@ class ConsoleTarget:
     format: Format = "text"
     remote = False
     shown_url = "console"
+    scheme = "console"
 
     def __init__(self, name: str = "console") -> None:
         self.name = name
@@ -69,6 +71,7 @@ class JsonlTarget:
 
     format: Format = "json"
     remote = False
+    scheme = "file"
     TAIL_BYTES = 256 * 1024
 
     def __init__(self, path: Path, name: str = "jsonl") -> None:

@@ -216,3 +216,14 @@ async def test_rule_naming_an_unknown_channel_dead_letters_that_pair_only(redis,
     dead = await redis.xrange(streams.NOTIFY_DEAD_LETTER)
     assert [(f[b"target"], f[b"reason"]) for _, f in dead] == [(b"pager", b"unknown channel 'pager'")]
     assert json.loads((tmp_path / "alerts.jsonl").read_text())["id"] == alert.id
+
+
+async def test_service_wide_bucket_is_shared_by_targets_of_one_scheme(redis, tmp_path):
+    async with webhook_receiver() as a, webhook_receiver() as b:
+        s = settings(tmp_path, {"a": a.url, "b": b.url}, max_group=1, scheme_rates={"json": 4.0})
+        await publish(redis, [make_alert(i) for i in range(4)])
+        await run_until_caught_up(NotifierApp(s, redis), redis)
+        times = sorted(r["t"] for r in a.requests + b.requests)
+    assert len(times) == 8
+    # 8 messages through one bucket of 4/s with burst 4: the last leaves >= (8 - 4) / 4 s after the first
+    assert times[-1] - times[0] >= 1.0 - 0.05

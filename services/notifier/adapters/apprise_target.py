@@ -42,6 +42,7 @@ class AppriseTarget:
     def __init__(self, name: str, url: str) -> None:
         self.name = name
         self.shown_url = core.redact_url(url)
+        self.scheme = core.scheme_of(url)
         self.format: Format = core.format_for(name, url)
         self.apobj = apprise.Apprise()
         # Apprise logs the URL it rejects; keep its logger quiet while validating.

@@ -31,7 +31,7 @@ class WebhookTarget:
     def __init__(self, name: str, url: str, *, timeout: float = 10.0) -> None:
         self.name = name
         self.shown_url = core.redact_url(url)
-        scheme = core.scheme_of(url)
+        self.scheme = scheme = core.scheme_of(url)
         try:
             parts = urlsplit(url)
             host, port = parts.hostname, parts.port

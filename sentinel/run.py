@@ -55,7 +55,8 @@ def _service_settings(opts: RunOptions, redis_url: str, data_dir: Path) -> dict:
         if opts.symbol:
             feed["symbol"] = opts.symbol
     else:
-        feed.update(mode="simulated", speed=0, sim_seed=opts.seed, sim_minutes=opts.minutes)
+        feed.update(mode="simulated", speed=0, sim_seed=opts.seed, sim_minutes=opts.minutes,
+                    exchange=opts.exchange or "sim")
     builder: dict = {}
     if opts.timeframes:
         builder["timeframes"] = opts.timeframes
@@ -131,11 +132,11 @@ async def _run_to_end(opts: RunOptions, data_dir: Path, *, with_notifier: bool, 
 
 def _summary(stats: dict) -> None:
     table = Table(title="candles made", show_edge=False)
-    for col in ("exchange", "symbol", "timeframe", "closed candles", "first", "last close"):
+    for col in ("exchange", "symbol", "tf", "candles", "first (UTC)", "last close"):
         table.add_column(col)
     for (ex, sym, tf), candles in stats["candles"].items():
         if candles:
-            first = time.strftime("%Y-%m-%d %H:%M", time.gmtime(candles[0].ts / 1000))
+            first = time.strftime("%m-%d %H:%M", time.gmtime(candles[0].ts / 1000))
             table.add_row(ex, sym, tf, str(len(candles)), first, str(candles[-1].close))
     console.print(table)
     alerts = stats["alerts"]

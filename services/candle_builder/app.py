@@ -64,6 +64,9 @@ class Series:
     checked: bool = False  # entries between the saved id and the first one read here were looked for
     registered: set[str] = field(default_factory=set)
     last_live: float = 0.0
+    # Redis arrival time (entry id ms) minus exchange time of the newest trade/watermark: the feed's latency when
+    # live, years for a replay of a recording. Maps the wall clock to exchange time for the closing timer.
+    live_offset: int | None = None
 
 
 class CandleBuilderApp:
@@ -81,7 +84,9 @@ class CandleBuilderApp:
         self.series: dict[str, Series] = {}  # trades stream -> series (loaded lazily, with its saved state)
         self.pairs: dict[str, tuple[str, str]] = {}  # trades stream -> (exchange, symbol)
         self.wanted: dict[tuple[str, str], set[str]] = {}  # (exchange, symbol) -> timeframes
+        self._lock = asyncio.Lock()  # one batch or timer tick changes builders and writes their state at a time
         self.trades_in = 0
+        self.timer_closed = 0
         self.candles_out = 0
         self.skipped_entries = 0
 
@@ -91,6 +96,7 @@ class CandleBuilderApp:
         await self.discover()
         consumer = asyncio.create_task(self.consumer.run(stop), name=f"{SERVICE}-consume")
         helpers = [asyncio.create_task(self._discover_loop(stop), name=f"{SERVICE}-discover"),
+                   asyncio.create_task(self._timer_loop(stop), name=f"{SERVICE}-timer"),
                    asyncio.create_task(heartbeat(self.redis, SERVICE, stop, self.status), name=f"{SERVICE}-hb")]
         try:
             await consumer
@@ -103,6 +109,7 @@ class CandleBuilderApp:
     def status(self) -> dict[str, Any]:
         late = sum(s.builder.late_dropped for s in self.series.values())
         return {"series": len(self.series), "trades": self.trades_in, "candles": self.candles_out,
+                "timer_closed": self.timer_closed,
                 "late_dropped": late, "skipped_entries": self.skipped_entries}
 
     async def _discover_loop(self, stop: asyncio.Event) -> None:
@@ -151,6 +158,10 @@ class CandleBuilderApp:
     # ---- the batch handler -----------------------------------------------------------------------------------------
 
     async def handle(self, batch: Batch[FeedMessage]) -> None:
+        async with self._lock:
+            await self._handle(batch)
+
+    async def _handle(self, batch: Batch[FeedMessage]) -> None:
         out: dict[str, list[Emitted]] = {}
         touched: dict[str, Series] = {}
         extra_acks: dict[str, list[bytes]] = {}
@@ -171,22 +182,84 @@ class CandleBuilderApp:
                 continue
             self._apply_run([e.value for e in entries[start:]], series, emitted)
             series.last_id = entry_id(entries[-1].id)
+            last = entries[-1].value
+            if type(last) is TradeBatch and last.trades:
+                series.live_offset = series.last_id[0] - last.trades[-1][1]
+            elif type(last) is Watermark:
+                series.live_offset = series.last_id[0] - last.ts
             touched[stream] = series
         touched.update({s: self.series[s] for s in extra_acks})
         async with self.redis.pipeline(transaction=True) as tx:
             for stream, emitted in out.items():
                 self._queue_candles(tx, self.series[stream], emitted)
             for series in touched.values():
-                if series.last_id is None:
-                    continue
-                tx.hset(streams.builder_state(series.exchange, series.symbol), mapping={
-                    b"state": pack(series.builder.dump()), b"last_id": "%d-%d" % series.last_id})
+                self._queue_state(tx, series)
             for stream, ids in extra_acks.items():
                 tx.xack(stream, batch.group, *ids)
             batch.ack_with(tx)
             await tx.execute()
         if self.settings.live_candles and touched:
             await self._publish_live(touched.values())
+
+    # ---- closing on time -------------------------------------------------------------------------------------------
+
+    async def _timer_loop(self, stop: asyncio.Event) -> None:
+        if not self.settings.close_on_timer:
+            return
+        every = self.settings.timer_every_ms / 1000
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=every)
+            if stop.is_set():
+                return
+            try:
+                await self.tick(int(time.time() * 1000))
+            except Exception:  # the next tick retries; trades and watermarks still close candles meanwhile
+                logger.exception("candle_builder: closing timer failed")
+
+    async def tick(self, now_ms: int) -> int:
+        """Close what live series have due by the wall clock (``now_ms``), if their streams hold nothing unread.
+
+        Estimated exchange time = now − the series' feed latency − grace. Replays (latency of years) never qualify,
+        and a series whose stream holds entries not yet processed waits for them: the timer never closes early what
+        the stream already holds. Returns how many candles it closed.
+        """
+        s = self.settings
+        due: list[tuple[Series, int]] = []
+        for series in self.series.values():
+            offset = series.live_offset
+            if offset is None or abs(offset) > s.live_max_skew_ms:
+                continue
+            estimate = now_ms - offset - s.close_grace_ms
+            next_close = series.builder.next_close_at()
+            if next_close is not None and next_close <= estimate:
+                due.append((series, estimate))
+        if not due:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for series, _ in due:
+                pipe.xrevrange(series.stream, count=1)
+            newest = await pipe.execute()
+        closed = 0
+        async with self._lock:
+            async with self.redis.pipeline(transaction=True) as tx:
+                for (series, estimate), last in zip(due, newest):
+                    if last and series.last_id is not None and entry_id(last[0][0]) > series.last_id:
+                        continue  # entries wait in the stream: they, not the clock, decide
+                    out: list[Emitted] = []
+                    series.builder.advance(estimate, out)
+                    if out:
+                        closed += len(out)
+                        self._queue_candles(tx, series, out)
+                    self._queue_state(tx, series)
+                await tx.execute()
+        self.timer_closed += closed
+        return closed
+
+    def _queue_state(self, tx: Any, series: Series) -> None:
+        if series.last_id is not None:
+            tx.hset(streams.builder_state(series.exchange, series.symbol), mapping={
+                b"state": pack(series.builder.dump()), b"last_id": "%d-%d" % series.last_id})
 
     def _apply_run(self, messages: list[FeedMessage], series: Series, out: list[Emitted]) -> None:
         """Apply a stream's messages in order; consecutive trade batches go through the builder in one call."""

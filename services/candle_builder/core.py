@@ -408,6 +408,15 @@ class SeriesBuilder:
                     out.append((tf, bar.copy()))
             self._revised.clear()
 
+    def next_close_at(self) -> int | None:
+        """Exchange time at which ``advance`` would close something (None: nothing open, no flat candle due)."""
+        ends = [cur.end for cur in self.cur.values() if cur is not None]
+        if self.base is not None:
+            ends.append(self.base.end)
+        elif self.flat_candles and self.last_close is not None and self.last_base_ts is not None:
+            ends.append(self.last_base_ts + 2 * self.base_ms)
+        return min(ends) if ends else None
+
     # ---- views and persistence -------------------------------------------------------------------------------------
 
     def in_progress(self) -> list[Emitted]:

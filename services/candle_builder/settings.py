@@ -31,6 +31,13 @@ class Settings(ServiceSettings):
                              "exchange time revise closed candles; older ones are counted and logged.")
     live_throttle_ms: int = Field(default=250, ge=0, description="Least time between in-progress candles per series.")
     live_candles: bool = Field(default=True, description="Publish in-progress candles to candles_live streams.")
+    close_on_timer: bool = Field(default=True, description="Close candles of live series on time (bucket end + grace) "
+                                 "even when no trade or watermark arrives; replays are closed by exchange time only.")
+    close_grace_ms: int = Field(default=1_000, ge=0, description="How long after a bucket's end (in estimated "
+                                "exchange time) the timer closes it; late trades after that revise it.")
+    timer_every_ms: int = Field(default=100, gt=0, description="How often the closing timer looks at live series.")
+    live_max_skew_ms: int = Field(default=30_000, gt=0, description="A series is live (timer-closed) when its trades "
+                                  "reach Redis within this many ms of their exchange time.")
     candles_maxlen: int = Field(default=20_000, gt=0, description="Approximate MAXLEN of closed-candle streams.")
     live_maxlen: int = Field(default=1_000, gt=0, description="Approximate MAXLEN of in-progress-candle streams.")
     read_count: int = Field(default=2_000, gt=0, description="COUNT of each XREADGROUP.")

@@ -240,3 +240,84 @@ async def test_late_trades_within_the_window_revise_candles_to_equal_pandas(redi
     revised_minutes = {c.ts for c in await read_candles(redis, exchange, symbol, "1m") if c.revision}
     late_minutes = {trades[i].ts // 60_000 * 60_000 for i in late_idx}
     assert revised_minutes and revised_minutes <= late_minutes
+
+
+async def _run_for(redis, settings: Settings, seconds: float) -> CandleBuilderApp:
+    app = CandleBuilderApp(settings, redis)
+    stop = asyncio.Event()
+    task = asyncio.create_task(app.run(stop))
+    await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    return app
+
+
+async def test_a_quiet_live_market_closes_its_candles_on_time(redis, redis_url):
+    import time
+
+    now = int(time.time() * 1000)
+    second = now // 1000 * 1000
+    trades = [Trade(i, second + 10 * i, Decimal(100 + i), Decimal("0.5"), i % 2 == 0) for i in range(5)
+              if second + 10 * i <= now]
+    await publish(redis, "live", "BTC/USDT", trades, per_entry=2, final=False)
+    settings = settings_for(redis_url, timeframes=["1s", "1m"], close_grace_ms=200, timer_every_ms=20)
+    app = CandleBuilderApp(settings, redis)
+    stop = asyncio.Event()
+    task = asyncio.create_task(app.run(stop))
+    try:
+        deadline = second + 1000 + 200 + 1500  # bucket end + grace + slack for this shared machine
+        while not await redis.xlen(streams.candles("live", "BTC/USDT", "1s")):
+            assert time.time() * 1000 < deadline, "the 1s candle was not closed on time"
+            await asyncio.sleep(0.02)
+        closed_at = time.time() * 1000
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert closed_at >= second + 1000 + 200  # never before bucket end + grace
+    [candle] = await read_candles(redis, "live", "BTC/USDT", "1s")
+    assert candle.ts == second and candle.trades == len(trades)
+    assert candle.volume == sum((t.amount for t in trades), Decimal(0)) and candle.close == trades[-1].price
+    assert app.timer_closed >= 1
+
+
+async def test_a_replay_is_never_closed_by_the_clock(redis, redis_url):
+    exchange, symbol, rel = RECORDINGS["kraken"]
+    trades = read_trades(shared_data(rel))
+    await publish(redis, exchange, symbol, trades, per_entry=50, final=False)
+    settings = settings_for(redis_url, timeframes=["1m", "5m"], close_grace_ms=0, timer_every_ms=20)
+    app = await _run_for(redis, settings, 1.0)
+    assert app.trades_in == len(trades) and app.timer_closed == 0
+    last_minute = trades[-1].ts // 60_000 * 60_000
+    assert (await read_candles(redis, exchange, symbol, "1m"))[-1].ts == last_minute - 60_000
+
+
+async def test_subscribed_timeframes_are_built_while_their_count_is_positive(redis, redis_url):
+    exchange, symbol, rel = RECORDINGS["xrpeth"]
+    path = shared_data(rel)
+    trades = read_trades(path)
+    await redis.hset(streams.SUBSCRIPTIONS, mapping={streams.registry_member(exchange, symbol, "30m"): 2,
+                                                     streams.registry_member(exchange, symbol, "4h"): 0})
+    await publish(redis, exchange, symbol, trades, per_entry=50)
+    await run_until_caught_up(redis, settings_for(redis_url, timeframes=["1m"]), [streams.trades(exchange, symbol)])
+    check_against_pandas(await read_candles(redis, exchange, symbol, "30m"), path, "30m")
+    assert await redis.xlen(streams.candles(exchange, symbol, "4h")) == 0
+
+
+async def test_a_gap_marker_flags_the_candles_it_overlaps_incomplete(redis, redis_url):
+    from shared.schemas import GapMarker, encode_gap
+
+    exchange, symbol, rel = RECORDINGS["btcusdt"]
+    trades = read_trades(shared_data(rel))
+    first, rest = trades[:5000], trades[6500:]  # ~1000 trades lost in a reconnect
+    gap = GapMarker(exchange, symbol, first[-1].ts + 1, rest[0].ts - 1, "reconnect")
+    await publish(redis, exchange, symbol, first, per_entry=50, final=False)
+    await Bus(redis).publish(streams.trades(exchange, symbol), encode_gap(gap))
+    await publish(redis, exchange, symbol, rest, per_entry=50)
+    await run_until_caught_up(redis, settings_for(redis_url), [streams.trades(exchange, symbol)])
+    flagged = 0
+    for tf, ms in (("1m", 60_000), ("5m", 300_000)):
+        for c in await read_candles(redis, exchange, symbol, tf):
+            overlaps = c.ts <= gap.end and gap.start < c.ts + ms
+            assert c.incomplete == overlaps, (tf, c.ts)
+            flagged += c.incomplete
+    assert flagged >= 2

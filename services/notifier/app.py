@@ -176,7 +176,8 @@ class NotifierApp:
                 continue
             alert = entry.value
             lanes = []
-            for channel in core.route(alert, self.routes, self.settings.default_channels):
+            for channel in core.route(alert, self.routes, self.settings.default_channels,
+                                         self.settings.always_channels):
                 if channel in self._lanes:
                     lanes.append(channel)
                 elif channel not in core.BUILTIN_CHANNELS:  # a disabled built-in is skipped silently

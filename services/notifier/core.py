@@ -193,16 +193,17 @@ class Route:
         return all(alert.labels.get(k) == v for k, v in self.labels)
 
 
-def route(alert: Alert, routes: Iterable[Route], default: Sequence[str]) -> list[str]:
+def route(alert: Alert, routes: Iterable[Route], default: Sequence[str], always: Sequence[str] = ()) -> list[str]:
     """Channels an alert goes to: the rule's own ``channels`` if it names any, else every matching route's, else
-    ``default``. Order kept, duplicates removed. Unknown names are returned too (the app dead-letters them)."""
+    ``default``; plus ``always`` (the audit channels every alert reaches). Order kept, duplicates removed. Unknown
+    names are returned too (the app dead-letters them)."""
     if alert.channels:
-        return list(dict.fromkeys(alert.channels))
+        return list(dict.fromkeys([*alert.channels, *always]))
     chosen: list[str] = []
     for r in routes:
         if r.matches(alert):
             chosen.extend(r.channels)
-    return list(dict.fromkeys(chosen or default))
+    return list(dict.fromkeys([*(chosen or default), *always]))
 
 
 # ---- delivery decisions ----------------------------------------------------------------------------------------------

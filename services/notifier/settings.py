@@ -14,6 +14,7 @@ Example::
         - labels: {team: desk}
           channels: [ops_hook]
       default_channels: [console, jsonl]   # when no route matches
+      always_channels: [jsonl]             # every alert, whatever its route (the audit log)
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class Settings(ServiceSettings):
     channels: dict[str, str] = Field(default_factory=dict, description="Channel name -> Apprise URL (${ENV} expanded).")
     routes: list[RouteSettings] = Field(default_factory=list)
     default_channels: list[str] = Field(default_factory=lambda: ["console", "jsonl"])
+    always_channels: list[str] = Field(default_factory=lambda: ["jsonl"],
+                                       description="Every alert also goes here, whatever its route (audit log).")
 
     group_window_s: float = Field(default=0.0, ge=0, description="Wait this long to batch a burst into one message.")
     max_group: int = Field(default=50, ge=1, description="At most this many alerts in one grouped message.")

@@ -156,9 +156,10 @@ def build_targets(settings: Settings, env: dict[str, str] | None = None) -> dict
         for ch in r.channels:
             if ch not in known:
                 problems.append(f"notifier.routes.{i}.channels: unknown channel {ch!r}")
-    for ch in settings.default_channels:
-        if ch not in known:
-            problems.append(f"notifier.default_channels: unknown channel {ch!r}")
+    for key in ("default_channels", "always_channels"):
+        for ch in getattr(settings, key):
+            if ch not in known:
+                problems.append(f"notifier.{key}: unknown channel {ch!r}")
     if problems:
         raise ConfigError(problems)
     return targets

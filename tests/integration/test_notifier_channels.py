@@ -142,7 +142,8 @@ async def test_telegram_and_discord_get_markdown_with_secrets_from_the_environme
         monkeypatch.setattr(NotifyTelegram, "notify_url", f"http://127.0.0.1:{port}/bot")
         monkeypatch.setattr(NotifyDiscord, "notify_url", f"http://127.0.0.1:{port}/api/webhooks")
         s = settings(tmp_path, {"tg": "tgram://${TG_TOKEN}/987654", "dc": "discord://1234567890/${DISCORD_SECRET}"},
-                     default_channels=["jsonl"], routes=[{"severity": ["critical"], "channels": ["tg", "dc"]}])
+                     default_channels=["jsonl"], always_channels=[],
+                     routes=[{"severity": ["critical"], "channels": ["tg", "dc"]}])
         critical = make_alert(2, message="breakout_confirmed")  # i % 3 == 2 → critical
         info = make_alert(3)
         await publish(redis, [critical, info])

@@ -34,6 +34,8 @@ def test_route_prefers_rule_channels_then_matching_routes_then_default():
     assert core.route(alert(severity="warning"), routes, default) == ["hook"]
     assert core.route(alert(severity="warning", labels={"team": "ops"}), routes, default) == ["tg"]
     assert core.route(alert(severity="info", labels={}), routes, default) == default
+    assert core.route(alert(channels=["tg"]), routes, default, always=["jsonl"]) == ["tg", "jsonl"]
+    assert core.route(alert(severity="info", labels={}), routes, default, always=["jsonl"]) == default
 
 
 def test_json_template_carries_every_alert_field_exactly():

@@ -138,3 +138,14 @@ NOTIFY_DELIVERIES = f"{PREFIX}:notify:deliveries"
 
 #: Channel the API PUBLISHes a rule name on after changing ``RULES`` (payload: the name; "*" = many changed).
 CHANNEL_RULES = f"{PREFIX}:ch:rules"
+
+# ---- candle_builder (append-only additions) ------------------------------------------------------------------------
+
+
+def builder_lease(exchange: str, symbol: str) -> str:
+    """String with a TTL: the candle_builder instance (consumer name) that owns (exchange, symbol) right now."""
+    return f"{PREFIX}:lease:candles:{exchange}:{symbol}"
+
+
+#: Sorted set: candle_builder instance name -> last time it was alive (ms); used to split pairs fairly.
+BUILDER_INSTANCES = f"{PREFIX}:candle_builder:instances"

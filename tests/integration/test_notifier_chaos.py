@@ -3,6 +3,8 @@ webhook receiver and the JSONL file exactly once (a few iterations here; many in
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from tests.integration.notifier.chaos import chaos_run
@@ -18,3 +20,10 @@ async def test_sigkill_during_burst_loses_nothing_and_duplicates_nothing(redis_u
     assert result["webhook_dup"] == {} and result["jsonl_dup"] == {}, result
     # Raw repeats on the wire: at most one in-flight group per kill (the documented window).
     assert sum(n - 1 for n in result["webhook_raw_dup"].values()) <= result["kills"], result
+
+
+@pytest.mark.timeout(120)
+async def test_sigterm_during_burst_finishes_in_flight_sends_without_any_repeat(redis_url, tmp_path):
+    result = await chaos_run(redis_url, tmp_path, alerts=30, kills=2, seed=21, kill_signal=signal.SIGTERM)
+    assert result["webhook_lost"] == [] and result["jsonl_lost"] == [], result
+    assert result["webhook_raw_dup"] == {} and result["jsonl_dup"] == {}, result

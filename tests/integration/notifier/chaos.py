@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
 import sys
 import time
 from collections import Counter
@@ -32,7 +33,8 @@ async def _spawn(config: Path, log: Path) -> asyncio.subprocess.Process:
 
 async def chaos_run(redis_url: str, workdir: Path, *, alerts: int = 60, kills: int = 3, seed: int = 0,
                     kill_window: tuple[float, float] = (0.9, 2.0), receiver_delay: float = 0.01,
-                    max_group: int = 1, group_window_s: float = 0.0, timeout: float = 60.0) -> dict:
+                    max_group: int = 1, group_window_s: float = 0.0, timeout: float = 60.0,
+                    kill_signal: int = signal.SIGKILL) -> dict:
     """One chaos iteration on an emptied Redis. Returns counts: lost / duplicated alert ids per sink."""
     rng = random.Random(seed)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -67,7 +69,7 @@ async def chaos_run(redis_url: str, workdir: Path, *, alerts: int = 60, kills: i
                 try:
                     await asyncio.wait_for(proc.wait(), timeout=at)
                 except TimeoutError:
-                    proc.kill()
+                    proc.send_signal(kill_signal)
                     await proc.wait()
             await publisher
             proc = await _spawn(config, log)

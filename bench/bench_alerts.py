@@ -143,6 +143,64 @@ async def _latency(url: str, rate: int, seconds: float, tmp: Path) -> dict:
             "trade_to_closed_candle_p99_ms": cpick(0.99) and round(cpick(0.99), 3)}
 
 
+def _candle_producer(url: str, n: int, out: mp.Queue) -> None:
+    import redis as sync_redis
+
+    r = sync_redis.Redis.from_url(url)
+    sent: dict[str, float] = {}
+    p = Decimal(1)
+    for i in range(n):
+        sym = SYMBOLS[i % len(SYMBOLS)]
+        c = Candle(exchange="bench", symbol=sym, timeframe="1s", ts=i * 1000, open=p, high=p, low=p, close=p,
+                   volume=p, buy_volume=p, sell_volume=Decimal(0))
+        sent[f"{sym}|{c.ts + 1000}"] = time.time()
+        r.xadd(streams.candles("bench", sym, "1s"), {FIELD: c.encode()})
+        time.sleep(0.005)
+    out.put(sent)
+
+
+async def _engine_latency(url: str, n: int, tmp: Path) -> dict:
+    """Closed candle in → alert out, the engine alone (its own hop of the pipeline)."""
+    redis = connect(url)
+    await redis.flushall()
+    for sym in SYMBOLS:
+        await redis.sadd(streams.CANDLE_REGISTRY, streams.registry_member("bench", sym, "1s"))
+    rules = tmp / "rules.yaml"
+    rules.write_text("rules:\n  - {name: tick, exchange: bench, symbols: ['*/USDT'], timeframe: 1s, "
+                     "frequency: every_time, condition: {op: above, right: 0}}\n")
+    engine = AlertEngineApp(EngineSettings(rules_file=rules, block_ms=50, intrabar=False, redis_url=url), redis)
+    stop = asyncio.Event()
+    received: dict[str, float] = {}
+    reader = connect(url)
+
+    async def read_alerts() -> None:
+        last = "$"
+        while not stop.is_set():
+            resp = await reader.xread({streams.ALERTS: last}, block=100, count=1000)
+            now = time.time()
+            for _, entries in resp or ():
+                for entry_id, fields in entries:
+                    last = entry_id
+                    a = Alert.decode(fields[FIELD])
+                    received[f"{a.symbol}|{a.ts + 1000}"] = now
+
+    tasks = [asyncio.create_task(engine.run(stop)), asyncio.create_task(read_alerts())]
+    await asyncio.sleep(1.0)
+    q: mp.Queue = mp.get_context("spawn").Queue()
+    proc = mp.get_context("spawn").Process(target=_candle_producer, args=(url, n, q))
+    proc.start()
+    sent = await asyncio.to_thread(q.get)
+    await asyncio.to_thread(proc.join)
+    await asyncio.sleep(0.5)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await reader.aclose()
+    await redis.aclose()
+    lat = sorted((received[k] - sent[k]) * 1000 for k in received if k in sent)
+    pick = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]  # noqa: E731
+    return {"candles": n, "samples": len(lat), "p50_ms": round(pick(0.5), 3), "p99_ms": round(pick(0.99), 3)}
+
+
 def _throughput(bars: int) -> dict:
     rules = parse_rules("""
 rules:
@@ -197,6 +255,8 @@ def main() -> None:
         server = EmbeddedRedis(Path(tmp) / "redis", persist=False)
         server.start()
         try:
+            out["engine_only_candle_to_alert"] = asyncio.run(_engine_latency(server.url, 400, Path(tmp)))
+            print(json.dumps(out["engine_only_candle_to_alert"]))
             for rate in rates:
                 res = asyncio.run(_latency(server.url, rate, args.seconds, Path(tmp)))
                 print(json.dumps(res))

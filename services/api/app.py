@@ -11,7 +11,7 @@ import contextlib
 import hmac
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query, Request
@@ -23,13 +23,13 @@ from services.api import queries
 from services.api.models import (AlertHistory, AlertItem, AlertStatus, CandleSeries, CvdPoint, CvdSeries, Health,
                                  Problem, RuleStateOut, SeriesList, TickerOut)
 from services.api.settings import LOOPBACK, Settings
-from shared.errors import ConfigError
-from shared.timeframes import timeframe_ms
+from shared.timeframes import SUPPORTED
 
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _LOOPBACKS = {"127.0.0.1", "::1", "localhost"}
+Timeframe = Literal[SUPPORTED]  # type: ignore[valid-type]
 SymbolPath = Annotated[str, PathParam(description="BTC-USDT, or BTC/USDT URL-encoded as BTC%2FUSDT.",
                                       examples=["BTC-USDT"])]
 _bearer = HTTPBearer(auto_error=False, description="SENTINEL_API_TOKEN (read and write) or SENTINEL_API_READ_TOKEN.")
@@ -38,14 +38,6 @@ _bearer = HTTPBearer(auto_error=False, description="SENTINEL_API_TOKEN (read and
 def normalize_symbol(symbol: str) -> str:
     """``BTC-USDT`` or ``BTC/USDT`` (URL-encoded ``BTC%2FUSDT``) → ``BTC/USDT``."""
     return symbol if "/" in symbol else symbol.replace("-", "/", 1)
-
-
-def check_timeframe(timeframe: str) -> str:
-    try:
-        timeframe_ms(timeframe)
-    except ConfigError as exc:
-        raise HTTPException(status_code=422, detail=str(exc)) from exc
-    return timeframe
 
 
 class Access:
@@ -100,6 +92,7 @@ def create_app(settings: Settings, redis: Redis) -> FastAPI:
                            allow_headers=["Authorization", "Content-Type"])
     read = [Depends(access.require("read"))]
     errors = {401: {"model": Problem, "description": "missing or invalid bearer token"},
+              404: {"model": Problem, "description": "the path matches no route (e.g. a malformed segment)"},
               422: {"model": Problem, "description": "invalid parameter"}}
 
     @app.get("/health", response_model=Health, tags=["health"],
@@ -143,7 +136,7 @@ def create_app(settings: Settings, redis: Redis) -> FastAPI:
     async def get_candles(
         exchange: str,
         symbol: SymbolPath,
-        timeframe: str,
+        timeframe: Timeframe,
         limit: Annotated[int, Query(ge=1, le=5000)] = 500,
         since: Annotated[int | None, Query(ge=0, description="First bucket start (ms); default = the latest.")]
         = None,
@@ -151,7 +144,6 @@ def create_app(settings: Settings, redis: Redis) -> FastAPI:
     ) -> CandleSeries:
         """Closed candles (the latest revision of each bucket), ascending; optionally the in-progress one."""
         sym = normalize_symbol(symbol)
-        check_timeframe(timeframe)
         candles = await queries.closed_candles(redis, exchange, sym, timeframe, limit=limit, since=since)
         current = await queries.live_candle(redis, exchange, sym, timeframe) if live else None
         if current is not None and candles and current.ts <= candles[-1].ts:
@@ -169,14 +161,13 @@ def create_app(settings: Settings, redis: Redis) -> FastAPI:
     async def get_cvd(
         exchange: str,
         symbol: SymbolPath,
-        timeframe: str,
+        timeframe: Timeframe,
         limit: Annotated[int, Query(ge=1, le=5000)] = 500,
         since: Annotated[int | None, Query(ge=0)] = None,
         live: Annotated[bool, Query()] = True,
     ) -> CvdSeries:
         """Cumulative volume delta (taker buy − taker sell volume) over the candles returned, in-progress one last."""
         sym = normalize_symbol(symbol)
-        check_timeframe(timeframe)
         candles = await queries.closed_candles(redis, exchange, sym, timeframe, limit=limit, since=since)
         current = await queries.live_candle(redis, exchange, sym, timeframe) if live else None
         points = [CvdPoint(ts=ts, delta=d, cvd=c) for ts, d, c in queries.cvd(candles, current)]

@@ -177,6 +177,8 @@ async def alert_history(redis: Redis, *, rule: str | None = None, symbol: str | 
     ``cursor`` is the stream id of the last item of the previous page; at most ``scan_limit`` entries are read per
     call, so a selective filter over a long history returns a short page with a cursor to continue from.
     """
+    if cursor is not None and all(int(part) == 0 for part in cursor.split("-")):
+        return HistoryPage([], None)  # nothing lies before the first possible id
     top = f"({cursor}" if cursor else "+"
     items: list[tuple[str, Alert]] = []
     scanned = 0

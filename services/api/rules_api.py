@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import yaml
 from fastapi import Body, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
 from services.alert_engine import rules as rules_mod
@@ -30,17 +30,26 @@ RULE_EXAMPLE = {
     "condition": {"left": "close", "op": "crosses_up", "right": {"ema": 21}},
     "cooldown": "5m", "message": "{symbol} {close} crossed EMA21 {value}", "severity": "warning",
 }
+_REF = "#/components/schemas/RuleBody_{model}"
+_BODY_REF = {"$ref": "#/components/schemas/RuleBody"}
 _BODY_DOC = {
     "requestBody": {
         "required": True,
-        "description": "One rule, as in a rules file (YAML or JSON).",
+        "description": "One rule, as in a rules file (YAML or JSON). The schema is the engine's; some checks (message "
+                       "placeholders, indicator operands) are only made on submission, answered with 422.",
         "content": {
-            "application/json": {"schema": {"type": "object"}, "example": RULE_EXAMPLE},
-            "application/yaml": {"schema": {"type": "string"},
-                                 "example": yaml.safe_dump(RULE_EXAMPLE, sort_keys=False)},
+            "application/json": {"schema": _BODY_REF, "example": RULE_EXAMPLE},
+            "application/yaml": {"schema": _BODY_REF, "example": RULE_EXAMPLE},
         },
     }
 }
+
+
+def rule_body_schemas() -> dict[str, Any]:
+    """The alert engine's Rule model as OpenAPI component schemas (``RuleBody`` and its parts)."""
+    schema = rules_mod.Rule.model_json_schema(by_alias=True, ref_template=_REF)
+    defs = schema.pop("$defs", {})
+    return {"RuleBody": schema, **{f"RuleBody_{name}": d for name, d in defs.items()}}
 
 
 class RuleOut(BaseModel):
@@ -56,12 +65,16 @@ class RuleList(BaseModel):
 
 
 class Snooze(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     duration: str | None = Field(default=None, description="How long, e.g. 30m, 2h.", examples=["1h"])
     until: datetime | None = Field(default=None, description="Or until when (with a time zone).")
 
 
 class RuleErrors(BaseModel):
-    detail: list[str] = Field(examples=[["request body:3: condition.op — Input should be 'above', ..."]])
+    detail: list[str | dict[str, Any]] | str = Field(
+        examples=[["request body:3: condition.op — Input should be 'above', ..."]],
+        description="One `source:line: field.path — problem` line per problem (or FastAPI's validation errors).")
 
 
 def parse_rule(text: str, source: str = SOURCE) -> Stored:
@@ -70,9 +83,33 @@ def parse_rule(text: str, source: str = SOURCE) -> Stored:
     The rule is kept as the user wrote it (``data``), validated by the engine's model (``rule``): a round trip
     through the model could change spelling the user chose.
     """
+    try:
+        data, _ = load_yaml(text, source)
+    except yaml.YAMLError as exc:  # e.g. control characters, refused before the loader's own error handling
+        raise ConfigError(f"{source}:?: invalid YAML — {getattr(exc, 'problem', None) or exc}") from exc
+    clean = _unicode(data, source)
+    if clean != data:  # surrogate-pair escapes ("\\ud83d\\ude00") combined: validate what will be stored
+        text = yaml.safe_dump(clean, sort_keys=False, allow_unicode=True)
     rule = rules_mod.parse_rule_text(text, source)  # what the engine runs on the same hash entry
-    data, _ = load_yaml(text, source)
-    return Stored(rule, _plain(data))
+    return Stored(rule, _plain(clean))
+
+
+def _unicode(value: Any, source: str) -> Any:
+    """Strings with UTF-16 surrogate escapes combined into real characters; ConfigError for a lone surrogate."""
+    if isinstance(value, dict):
+        return {_unicode(k, source): _unicode(v, source) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unicode(v, source) for v in value]
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            try:
+                return value.encode("utf-16", "surrogatepass").decode("utf-16")
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"{source}:?: {value[:40]!r} — not valid Unicode (a lone surrogate)") from exc
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +177,11 @@ async def _body_rule(request: Request) -> Stored:
 def mount(app: FastAPI, settings, redis: Redis, access) -> None:
     read = [Depends(access.require("read"))]
     write = [Depends(access.require("write"))]
-    errors = {401: {"description": "missing or invalid bearer token"}, 403: {"description": "read-only token"},
+    errors = {401: {"model": RuleErrors, "description": "missing or invalid bearer token"},
+              403: {"model": RuleErrors, "description": "read-only token"},
+              404: {"model": RuleErrors, "description": "no rule of that name"},
               422: {"model": RuleErrors, "description": "the rule is invalid; one line per problem"}}
+    _add_component_schemas(app, rule_body_schemas())
 
     @app.exception_handler(ConfigError)
     async def config_error(_request: Request, exc: ConfigError) -> JSONResponse:
@@ -153,7 +193,10 @@ def mount(app: FastAPI, settings, redis: Redis, access) -> None:
         return RuleList(rules=[_out(r) for r in (await load_all(redis)).values()])
 
     @app.get("/rules/export", dependencies=read, tags=["rules"], response_class=PlainTextResponse,
-             responses={200: {"content": {"application/yaml": {}}, "description": "a rules file"}})
+             responses={**{code: {"description": errors[code]["description"], "content": {"application/json": {
+                 "schema": {"$ref": "#/components/schemas/RuleErrors"}}}} for code in (401, 403)},
+                 200: {"description": "a rules file", "content": {"application/yaml": {"schema": {
+                     "type": "object", "properties": {"rules": {"type": "array", "items": {"type": "object"}}}}}}}})
     async def export_rules() -> PlainTextResponse:
         """All API-managed rules as a rules file that `sentinel alert-engine` and `check` accept."""
         rules = [r.data for r in (await load_all(redis)).values()]
@@ -206,7 +249,8 @@ def mount(app: FastAPI, settings, redis: Redis, access) -> None:
     async def disable_rule(name: str) -> RuleOut:
         return await _update(name, enabled=False)
 
-    @app.post("/rules/{name}/snooze", response_model=RuleOut, dependencies=write, tags=["rules"], responses=errors)
+    @app.post("/rules/{name}/snooze", response_model=RuleOut, dependencies=write, tags=["rules"],
+              responses={**errors, 400: {"model": RuleErrors, "description": "the body is not JSON"}})
     async def snooze_rule(name: str, snooze: Annotated[Snooze, Body(examples=[{"duration": "1h"}])]) -> RuleOut:
         """Silence a rule for a duration or until a time; ``{}`` ends a snooze."""
         if snooze.duration is not None and snooze.until is not None:
@@ -221,3 +265,17 @@ def mount(app: FastAPI, settings, redis: Redis, access) -> None:
         if until is not None and until.tzinfo is None:
             raise HTTPException(status_code=422, detail=[f"{SOURCE}: until — give a time zone"])
         return await _update(name, snooze_until=until.isoformat() if until else None)
+
+
+def _add_component_schemas(app: FastAPI, schemas: dict[str, Any]) -> None:
+    """Merge extra component schemas into the app's OpenAPI document (built lazily by FastAPI)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = build()
+            document.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

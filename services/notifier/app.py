@@ -27,9 +27,8 @@ burst, one alert per message) measured 10 raw repeats in 36 kills (0.28 per kill
 - console lines and Apprise services (Telegram, e-mail, …) have no such hook: a kill mid-send can repeat one message.
 A killed notifier never loses an alert: unacked alerts stay pending in the group.
 
-Known limit: two replicas that both hold the same alert (another replica claims it while the first is still
-retrying it for longer than ``claim_idle_ms``) may both send it; keep ``claim_idle_ms`` above the longest retry
-sequence (``max_attempts`` × ``backoff_cap_s``, or ``retry_after_cap_s``).
+Replicas: while an alert is being delivered its owner re-claims it to itself every ``claim_idle_ms / 3`` (XCLAIM
+JUSTID), so other replicas only claim alerts of a notifier that stopped working, however long its retries take.
 """
 
 from __future__ import annotations
@@ -119,14 +118,26 @@ class NotifierApp:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume and deliver until ``stop`` is set; unfinished alerts stay pending for the next run."""
         self._start(stop)
-        hb = asyncio.create_task(heartbeat(self.redis, "notifier", stop, self.status), name="notifier-heartbeat")
+        helpers = [asyncio.create_task(heartbeat(self.redis, "notifier", stop, self.status), name="notifier-heartbeat"),
+                   asyncio.create_task(self._keep_claimed(stop), name="notifier-keep-claimed")]
         try:
             await self.consumer.run(stop)
         finally:
             await self._finish()
-            hb.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await hb
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+
+    async def _keep_claimed(self, stop: asyncio.Event) -> None:
+        """Reset the idle time of the alerts we are still delivering (XCLAIM JUSTID to ourselves), so another
+        replica does not claim and send them while we retry; a dead notifier stops doing this and loses them."""
+        every = self.settings.claim_idle_ms / 3000
+        while not await _sleep(stop, every):
+            ids = list(self._remaining)
+            for i in range(0, len(ids), 1000):
+                with contextlib.suppress(*_REDIS_DOWN):
+                    await self.redis.xclaim(streams.ALERTS, streams.GROUP_NOTIFIER, self.consumer.name, 0,
+                                            ids[i:i + 1000], justid=True)
 
     async def drain(self) -> int:
         """Burst mode (tests, backtests): deliver everything available now; returns how many alerts were acked."""

@@ -228,3 +228,25 @@ async def test_service_wide_bucket_is_shared_by_targets_of_one_scheme(redis, tmp
     assert len(times) == 8
     # 8 messages through one bucket of 4/s with burst 4: the last leaves >= (8 - 4) / 4 s after the first
     assert times[-1] - times[0] >= 1.0 - 0.05
+
+
+async def test_alerts_being_retried_are_not_claimable_by_another_replica(redis, tmp_path):
+    async with webhook_receiver([(429, {"Retry-After": "1"})] * 2) as hook:
+        s = settings(tmp_path, {"hook": hook.url}, claim_idle_ms=300)
+        await publish(redis, [make_alert(1)])
+        app = NotifierApp(s, redis)
+        stop = asyncio.Event()
+        task = asyncio.create_task(app.run(stop))
+        stolen = []
+        try:
+            await wait_for(lambda: len(hook.requests) >= 1)
+            while len(hook.delivered()) == 0:  # ~2 s of retries, far beyond claim_idle_ms
+                result = await redis.xautoclaim(streams.ALERTS, streams.GROUP_NOTIFIER, "other-replica", 300,
+                                                count=10)
+                stolen.extend(result[1])
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await task
+        assert stolen == []
+        assert [r["status"] for r in hook.requests] == [429, 429, 200]

@@ -53,6 +53,7 @@ class Settings(ServiceSettings):
     sim_symbols: list[str] = Field(default_factory=lambda: ["BTC/USDT", "ETH/USDT"])
     sim_seed: int = 42
     sim_duration_s: float | None = Field(default=1800.0, description="simulated seconds; null = run until stopped")
+    sim_minutes: float | None = Field(default=None, gt=0, description="shorthand: sim_duration_s = minutes × 60")
     sim_start_ms: int = Field(default=1_704_067_200_000, description="exchange time of the first simulated trade")
     ticker_every_ms: int = Field(default=1_000, ge=10, description="simulated tickers: exchange-time interval")
 
@@ -86,6 +87,8 @@ class Settings(ServiceSettings):
     def _mode_needs(self) -> Settings:
         if self.mode == "replay" and self.replay_file is None:
             raise ValueError("mode=replay needs replay_file")
+        if self.sim_minutes is not None:
+            self.sim_duration_s = self.sim_minutes * 60
         if self.mode == "live" and not self.exchanges:
             raise ValueError("mode=live needs at least one entry in exchanges")
         return self

@@ -1,0 +1,49 @@
+"""Building and serving the local exchange from its settings."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from decimal import Decimal
+
+from services.exchange_sim.server import ExchangeSim
+from services.exchange_sim.settings import Settings
+from services.market_feed.readers import guess_symbol, read_trades
+from services.market_feed.simulated import SimulatedMarket, spec_for
+from shared.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def build(settings: Settings) -> ExchangeSim:
+    """An ExchangeSim fed by the simulated market or a recording, per ``settings`` (not started)."""
+    if settings.source == "replay":
+        path = settings.replay_file
+        symbol = settings.symbol or guess_symbol(path)  # type: ignore[arg-type]
+        if not symbol:
+            raise ConfigError(f"exchange_sim.symbol — cannot guess the symbol from {str(path)!r}; set it")
+        source = ((symbol, t) for t in read_trades(path))  # type: ignore[arg-type]
+        grids = {symbol: (Decimal("0.00000001"), Decimal("0.00000001"))}
+    else:
+        start = settings.start_ms if settings.start_ms is not None else int(time.time() * 1000)
+        market = SimulatedMarket(settings.symbols, seed=settings.seed, start_ms=start,
+                                 duration_s=settings.duration_s)
+        source = market.trades()
+        grids = {s: (spec_for(s).tick, spec_for(s).lot) for s in settings.symbols}
+    return ExchangeSim(source, grids, host=settings.host, port=settings.port, speed=settings.speed,
+                       retention=settings.retention, ticker_every_ms=settings.ticker_every_ms)
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None,
+                ready: asyncio.Future[ExchangeSim] | None = None) -> None:
+    """Run the local exchange until ``stop`` is set; ``ready`` gets the started server (for its URLs)."""
+    stop = stop or asyncio.Event()
+    sim = build(settings)
+    await sim.start()
+    if ready is not None and not ready.done():
+        ready.set_result(sim)
+    try:
+        await stop.wait()
+    finally:
+        await sim.stop()

@@ -1,0 +1,113 @@
+"""Live mode with the real ccxt.pro against the local Binance-protocol exchange replaying a real recording."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.market_feed.adapters.ccxt_feed import LiveFeed
+from services.market_feed.settings import Settings
+from shared import streams
+from shared.bus import FIELD, Bus
+from shared.errors import UnknownExchangeError, UnknownSymbolError
+from shared.schemas import Ticker
+from tests.conftest import shared_data
+from tests.integration.market_feed.helpers import (RECORDING, expected_trades, live_settings, local_exchange,
+                                                   published, running_feed, wait_last_id)
+
+
+async def test_every_recorded_trade_arrives_once_in_order_exact(redis):
+    path = shared_data(RECORDING)
+    expected = expected_trades(path)
+    async with local_exchange(path) as sim, running_feed(live_settings(sim, tickers=True), redis) as app:
+        await wait_last_id(redis, expected[-1][0])
+        trades, gaps = await published(redis)
+        assert trades == expected and gaps == []
+        assert app.trades_published == len(expected)
+        tickers = [Ticker.decode(f[FIELD]) for _, f in await redis.xrange(streams.tickers("binance", "BTC/USDT"))]
+        assert tickers and all(t.bid < t.ask for t in tickers)
+        # a ticker's last price is the price of a trade of the recording
+        assert {t.last for t in tickers} <= {e[2] for e in expected}
+        assert await redis.sismember(streams.FEED_REGISTRY, streams.registry_member("binance", "BTC/USDT"))
+
+
+async def test_dropped_connections_are_backfilled_exactly_once(redis):
+    path = shared_data(RECORDING)
+    expected = expected_trades(path)
+    async with local_exchange(path) as sim, running_feed(live_settings(sim), redis) as app:
+        for at in (300, 800, 1300):
+            await sim.wait_released(at)
+            assert await sim.drop_connections() >= 1
+        await wait_last_id(redis, expected[-1][0])
+        trades, gaps = await published(redis)
+        assert trades == expected and gaps == []
+        health = app.live.health["binance|BTC/USDT|trades"]
+        assert health.reconnects >= 3 and health.backfilled > 0
+
+
+async def test_stall_and_garbage_are_counted_and_recovered(redis):
+    path = shared_data(RECORDING)
+    expected = expected_trades(path)
+    async with local_exchange(path) as sim, running_feed(live_settings(sim, silence_timeout_s=0.5), redis) as app:
+        await sim.wait_released(400)
+        sim.stall(2.0)
+        await sim.wait_released(1000)
+        await asyncio.sleep(1.5)
+        await sim.send_garbage()
+        await wait_last_id(redis, expected[-1][0])
+        trades, gaps = await published(redis)
+        assert trades == expected and gaps == []
+        health = app.live.health["binance|BTC/USDT|trades"]
+        assert health.timeouts >= 1 and health.backfilled > 0
+        status = app.status()
+        assert status["binance|BTC/USDT|trades.timeouts"] == health.timeouts
+
+
+async def test_restart_mid_replay_neither_duplicates_nor_misses(redis):
+    path = shared_data(RECORDING)
+    expected = expected_trades(path)
+    async with local_exchange(path, speed=40) as sim:
+        async with running_feed(live_settings(sim), redis) as app:
+            while app.trades_published < 300:
+                await asyncio.sleep(0.01)
+        stopped_at = sim.released
+        await sim.wait_released(stopped_at + 400)  # trades go by while market_feed is down
+        async with running_feed(live_settings(sim), redis) as app2:
+            await wait_last_id(redis, expected[-1][0])
+            assert app2.live.health["binance|BTC/USDT|trades"].backfilled >= 400
+        trades, gaps = await published(redis)
+        assert trades == expected and gaps == []
+
+
+async def test_trades_the_exchange_no_longer_serves_become_a_gap_marker(redis):
+    path = shared_data(RECORDING)
+    expected = expected_trades(path)
+    async with local_exchange(path, speed=40, retention=200) as sim:
+        async with running_feed(live_settings(sim), redis) as app:
+            while app.trades_published < 300:
+                await asyncio.sleep(0.01)
+        await sim.wait_released(sim.released + 600)  # more than the exchange keeps
+        async with running_feed(live_settings(sim), redis):
+            await wait_last_id(redis, expected[-1][0])
+        trades, gaps = await published(redis)
+    ids = [t[0] for t in trades]
+    assert ids == sorted(set(ids)), [(a, b) for a, b in zip(ids, ids[1:]) if b <= a]  # nothing twice, in order
+    missing = [e for e in expected if e[0] not in set(ids)]
+    assert missing and [t for t in trades] == [e for e in expected if e[0] in set(ids)]
+    assert len(gaps) == 1
+    # the gap covers exactly the interval of the missing trades
+    assert gaps[0].start <= missing[0][1] and gaps[0].end >= missing[-1][1]
+
+
+async def test_unknown_symbol_and_exchange_stop_start_up_with_suggestions(redis):
+    path = shared_data(RECORDING)
+    async with local_exchange(path) as sim:
+        settings = live_settings(sim)
+        settings.exchanges[0].symbols = ["BTC/USDX"]
+        feed = LiveFeed(settings, redis, Bus(redis))
+        with pytest.raises(UnknownSymbolError, match=r"'BTC/USDX' is not listed by binance; closest listed: BTC/USDT"):
+            await feed.start()
+    bad = Settings(mode="live", exchanges=[{"id": "binanse", "symbols": ["BTC/USDT"]}])
+    with pytest.raises(UnknownExchangeError, match=r"unknown exchange id 'binanse'; did you mean binance"):
+        await LiveFeed(bad, redis, Bus(redis)).start()

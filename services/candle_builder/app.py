@@ -17,13 +17,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from itertools import chain
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from services.candle_builder.core import Bar, Emitted, SeriesBuilder, decode_feed_fast
+from services.candle_builder.leases import Leases
 from services.candle_builder.settings import Settings
 from shared import streams
 from shared.bus import FIELD, Batch, Bus, Consumer, Entry
@@ -76,7 +78,10 @@ class CandleBuilderApp:
         self.settings = settings
         self.redis = redis
         self.bus = Bus(redis)
-        self.name = consumer_name(SERVICE, settings.consumer_name or SERVICE)
+        # Alone, a stable name: a restarted builder re-reads its own pending entries first. With leases, one per
+        # instance (host-pid unless configured).
+        self.name = consumer_name(SERVICE, settings.consumer_name or (None if settings.leases else SERVICE))
+        self.leases = Leases(redis, self.name, settings.lease_ttl_ms) if settings.leases else None
         self.consumer: Consumer[FeedMessage] = Consumer(
             self.bus, group=streams.GROUP_CANDLE_BUILDER, consumer=self.name, decode=decode_feed_fast,
             handler=self.handle, count=settings.read_count, block_ms=settings.block_ms,
@@ -97,6 +102,7 @@ class CandleBuilderApp:
         consumer = asyncio.create_task(self.consumer.run(stop), name=f"{SERVICE}-consume")
         helpers = [asyncio.create_task(self._discover_loop(stop), name=f"{SERVICE}-discover"),
                    asyncio.create_task(self._timer_loop(stop), name=f"{SERVICE}-timer"),
+                   asyncio.create_task(self._balance_loop(stop), name=f"{SERVICE}-leases"),
                    asyncio.create_task(heartbeat(self.redis, SERVICE, stop, self.status), name=f"{SERVICE}-hb")]
         try:
             await consumer
@@ -105,6 +111,10 @@ class CandleBuilderApp:
             for task in helpers:
                 task.cancel()
             await asyncio.gather(consumer, *helpers, return_exceptions=True)
+            if self.leases is not None:
+                with contextlib.suppress(Exception):
+                    async with self._lock:
+                        await self.leases.leave()
 
     def status(self) -> dict[str, Any]:
         late = sum(s.builder.late_dropped for s in self.series.values())
@@ -151,9 +161,72 @@ class CandleBuilderApp:
                 series = self.series.get(stream)
                 if series is not None:
                     _retune(series.builder, tfs)
-        if new_streams:
+        if new_streams and self.leases is None:
             logger.info("candle_builder: following %s", ", ".join(new_streams))
             self.consumer.add_streams(new_streams)
+
+    # ---- leases (several instances) --------------------------------------------------------------------------------
+
+    async def _balance_loop(self, stop: asyncio.Event) -> None:
+        if self.leases is None:
+            return
+        every = self.settings.lease_ttl_ms / 3000
+        while not stop.is_set():
+            try:
+                await self.balance(int(time.time() * 1000))
+            except Exception:  # leases expire on their own if this keeps failing; others take over
+                logger.exception("candle_builder: lease balancing failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=every)
+
+    async def balance(self, now_ms: int) -> None:
+        """Renew leases, hand back pairs over this instance's fair share, take free ones up to it."""
+        leases = self.leases
+        pairs = set(self.pairs.values())
+        async with self._lock:  # our own PEXPIRE must not trip the WATCH of a batch in flight
+            for pair in await leases.renew():
+                logger.warning("candle_builder: lost the lease of %s %s", *pair)
+                self._forget(pair)
+            share = await leases.share(len(pairs), now_ms)
+            excess, candidates = leases.plan(pairs, share)
+            for pair in excess:
+                await leases.release(pair)
+                self._forget(pair)
+                logger.info("candle_builder: handed %s %s back (share %d)", *pair, share)
+            for pair in candidates:
+                if len(leases.owned) >= share:
+                    break
+                if await leases.acquire(pair):
+                    logger.info("candle_builder: took %s %s", *pair)
+            owned = [streams.trades(*pair) for pair in sorted(leases.owned)]
+            if set(owned) != set(self.consumer.streams):
+                self.consumer.set_streams(owned)
+
+    def _forget(self, pair: tuple[str, str]) -> None:
+        """Drop a pair's in-memory series: whoever owns it next resumes from what Redis holds."""
+        self.series.pop(streams.trades(*pair), None)
+
+    def _owns(self, stream: str) -> bool:
+        return self.leases is None or self.pairs.get(stream) in self.leases.owned
+
+    async def _fence(self, tx: Any, stream_names: list[str]) -> set[str]:
+        """WATCH the leases of ``stream_names`` and return the ones still ours; then start MULTI."""
+        if self.leases is None:
+            return set(stream_names)
+        keys = [streams.builder_lease(*self.pairs[s]) for s in stream_names]
+        if keys:
+            await tx.watch(*keys)
+            values = await tx.mget(keys)
+        else:
+            values = []
+        mine = self.name.encode()
+        ours = {s for s, v in zip(stream_names, values) if v == mine}
+        for s in set(stream_names) - ours:
+            logger.warning("candle_builder: %s is no longer ours; leaving its entries to the new owner", s)
+            self.leases.owned.discard(self.pairs[s])
+            self._forget(self.pairs[s])
+        tx.multi()
+        return ours
 
     # ---- the batch handler -----------------------------------------------------------------------------------------
 
@@ -162,12 +235,23 @@ class CandleBuilderApp:
             await self._handle(batch)
 
     async def _handle(self, batch: Batch[FeedMessage]) -> None:
-        out: dict[str, list[Emitted]] = {}
-        touched: dict[str, Series] = {}
-        extra_acks: dict[str, list[bytes]] = {}
         by_stream: dict[str, list[Entry[FeedMessage]]] = {}
         for entry in batch.entries:
             by_stream.setdefault(entry.stream, []).append(entry)
+        batch.acked = True  # acked below, in the transaction, and only for streams this instance owns
+        async with self.redis.pipeline(transaction=True) as tx:
+            ours = await self._fence(tx, [s for s in by_stream if self._owns(s)])
+            try:
+                await self._process(tx, batch.group, {s: e for s, e in by_stream.items() if s in ours})
+            except WatchError:
+                for s in ours:  # builders ran ahead of what was saved: reload them from Redis
+                    self.series.pop(s, None)
+                raise
+
+    async def _process(self, tx: Any, group: str, by_stream: dict[str, list[Entry[FeedMessage]]]) -> None:
+        out: dict[str, list[Emitted]] = {}
+        touched: dict[str, Series] = {}
+        extra_acks: dict[str, list[bytes]] = {}
         for stream, entries in by_stream.items():
             series = self.series.get(stream) or await self._load(stream)
             emitted = out.setdefault(stream, [])
@@ -189,15 +273,13 @@ class CandleBuilderApp:
                 series.live_offset = series.last_id[0] - last.ts
             touched[stream] = series
         touched.update({s: self.series[s] for s in extra_acks})
-        async with self.redis.pipeline(transaction=True) as tx:
-            for stream, emitted in out.items():
-                self._queue_candles(tx, self.series[stream], emitted)
-            for series in touched.values():
-                self._queue_state(tx, series)
-            for stream, ids in extra_acks.items():
-                tx.xack(stream, batch.group, *ids)
-            batch.ack_with(tx)
-            await tx.execute()
+        for stream, emitted in out.items():
+            self._queue_candles(tx, self.series[stream], emitted)
+        for series in touched.values():
+            self._queue_state(tx, series)
+        for stream, entries in by_stream.items():
+            tx.xack(stream, group, *extra_acks.get(stream, ()), *(e.id for e in entries))
+        await tx.execute()
         if self.settings.live_candles and touched:
             await self._publish_live(touched.values())
 
@@ -243,7 +325,10 @@ class CandleBuilderApp:
         closed = 0
         async with self._lock:
             async with self.redis.pipeline(transaction=True) as tx:
+                ours = await self._fence(tx, [series.stream for series, _ in due])
                 for (series, estimate), last in zip(due, newest):
+                    if series.stream not in ours or self.series.get(series.stream) is not series:
+                        continue
                     if last and series.last_id is not None and entry_id(last[0][0]) > series.last_id:
                         continue  # entries wait in the stream: they, not the clock, decide
                     out: list[Emitted] = []

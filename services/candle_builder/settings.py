@@ -38,6 +38,9 @@ class Settings(ServiceSettings):
     timer_every_ms: int = Field(default=100, gt=0, description="How often the closing timer looks at live series.")
     live_max_skew_ms: int = Field(default=30_000, gt=0, description="A series is live (timer-closed) when its trades "
                                   "reach Redis within this many ms of their exchange time.")
+    leases: bool = Field(default=False, description="Run as one of several instances: split (exchange, symbol) "
+                         "pairs with leases in Redis (each instance needs its own consumer_name, default host-pid).")
+    lease_ttl_ms: int = Field(default=3_000, ge=300, description="A dead instance's pairs are taken over after this.")
     candles_maxlen: int = Field(default=20_000, gt=0, description="Approximate MAXLEN of closed-candle streams.")
     live_maxlen: int = Field(default=1_000, gt=0, description="Approximate MAXLEN of in-progress-candle streams.")
     read_count: int = Field(default=2_000, gt=0, description="COUNT of each XREADGROUP.")

@@ -181,24 +181,28 @@ async def test_restart_mid_stream_gives_identical_candles(redis, redis_url):
 
 
 async def test_redelivered_and_unacked_entries_change_nothing(redis, redis_url):
-    """A batch whose transaction never ran (crash before EXEC) is processed once; one re-read after EXEC is skipped."""
+    """Entries a dead consumer read and never acked are processed once, in order; re-delivered ones are skipped."""
     exchange, symbol, rel = RECORDINGS["kraken"]
     path = shared_data(rel)
     trades = read_trades(path)
     stream = streams.trades(exchange, symbol)
     await publish(redis, exchange, symbol, trades[:1000], per_entry=25, final=False)
     await run_until_caught_up(redis, settings_for(redis_url), [stream])
-    # Crash simulation 1: a dead consumer read the next entries and never acked them.
+    # A dead consumer read the next entries and never acked them (crash before EXEC). Nobody claims them yet (long
+    # claim_idle_ms): the builder must process them before the newer entries it reads, or candles would lose them.
     await publish(redis, exchange, symbol, trades[1000:2000], per_entry=25, final=False)
     await redis.xreadgroup(streams.GROUP_CANDLE_BUILDER, "dead-builder", {stream: ">"}, count=10)
-    # Crash simulation 2: the saved state says "processed" but the ack was lost — re-deliver an old entry.
-    first_ids = [e[0] for e in await redis.xrange(stream, count=3)]
-    await redis.xclaim(stream, streams.GROUP_CANDLE_BUILDER, "dead-builder", 0, first_ids, force=True)
     await publish(redis, exchange, symbol, trades[2000:], per_entry=25)
-    app = await run_until_caught_up(redis, settings_for(redis_url, claim_idle_ms=1), [stream])
-    assert app.skipped_entries >= 3
+    await run_until_caught_up(redis, settings_for(redis_url, claim_idle_ms=60_000), [stream])
     for tf in TIMEFRAMES:
         check_against_pandas(await read_candles(redis, exchange, symbol, tf), path, tf)
+    counts = [await redis.xlen(streams.candles(exchange, symbol, tf)) for tf in TIMEFRAMES]
+    # The saved state says "processed" but an ack was lost: old entries are delivered again.
+    first_ids = [e[0] for e in await redis.xrange(stream, count=3)] + [(await redis.xrevrange(stream, count=1))[0][0]]
+    await redis.xclaim(stream, streams.GROUP_CANDLE_BUILDER, "dead-builder", 0, first_ids, force=True)
+    app = await run_until_caught_up(redis, settings_for(redis_url, claim_idle_ms=1), [stream])
+    assert app.skipped_entries == 4
+    assert [await redis.xlen(streams.candles(exchange, symbol, tf)) for tf in TIMEFRAMES] == counts
 
 
 async def test_live_candles_are_published_in_progress(redis, redis_url):

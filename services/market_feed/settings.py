@@ -23,7 +23,6 @@ class ExchangeFeed(BaseModel):
     ws_url: str | None = Field(default=None, description="websocket base URL override (Binance spot: must contain "
                                                          "'/stream', e.g. ws://127.0.0.1:9443/stream)")
     rest_url: str | None = Field(default=None, description="REST base URL override, e.g. http://127.0.0.1:9443/api/v3")
-    load_markets: bool = Field(default=True, description="load markets from REST (needed to validate symbols)")
 
 
 class Settings(ServiceSettings):
@@ -64,6 +63,8 @@ class Settings(ServiceSettings):
     backoff_base_s: float = Field(default=0.5, gt=0)
     backoff_cap_s: float = Field(default=30.0, gt=0)
     backfill_max_pages: int = Field(default=200, ge=1, description="REST pages per gap before a gap marker")
+    ccxt_trades_limit: int = Field(default=10_000, ge=1_000, description="ccxt's per-symbol trade cache: headroom "
+                                                                         "for bursts before trades must be backfilled")
     dedup_window: int = Field(default=100_000, ge=1_000, description="recent trade ids remembered per stream")
 
     def resolved_exchange(self) -> str:

@@ -56,17 +56,17 @@ PAGE_LIMIT = 1000
 # ---- exchange set-up -------------------------------------------------------------------------------------------------
 
 
-def make_exchange(feed: ExchangeFeed) -> Any:
+def make_exchange(feed: ExchangeFeed, trades_limit: int = 10_000) -> Any:
     """A ccxt.pro instance for ``feed.id`` with URL overrides; UnknownExchangeError (with suggestions) if unknown."""
     cls = getattr(ccxtpro, feed.id, None) if feed.id in ccxtpro.exchanges else None
     if cls is None:
         close = difflib.get_close_matches(feed.id, ccxtpro.exchanges, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise UnknownExchangeError(f"market_feed.exchanges: unknown exchange id {feed.id!r}{hint}")
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"tradesLimit": trades_limit}
     if feed.id in BINANCE_FAMILY:
         # spot only (the futures exchangeInfo endpoints are other hosts), no currencies (needs an API key anyway)
-        options = {"fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False}
+        options.update({"fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False})
     exchange = cls({"enableRateLimit": True, "options": options})
     apply_url_overrides(exchange, feed.ws_url, feed.rest_url)
     return exchange
@@ -214,7 +214,7 @@ class LiveFeed:
         """Create the exchanges, load and validate markets (errors stop start-up), create the streams."""
         try:
             for feed in self.settings.exchanges:
-                exchange = make_exchange(feed)
+                exchange = make_exchange(feed, self.settings.ccxt_trades_limit)
                 self.exchanges[feed.id] = exchange
                 await load_and_validate(exchange, feed)
         except BaseException:

@@ -216,7 +216,7 @@ class NotifierApp:
     async def _work(self, lane: _Lane) -> None:
         target, jobs = lane.target, lane.jobs
         window = self.settings.group_window_s if target.remote else 0.0
-        size = self.settings.max_group if target.remote else 1000
+        size = self.settings.max_group if target.remote else 500
         failures = 0
         while not self._stop.is_set():
             if not jobs:
@@ -227,9 +227,8 @@ class NotifierApp:
             if wait > 0 and len(jobs) < size:
                 await _sleep(self._stop, wait)
                 continue
-            chunk = list(islice(jobs, size))
             try:
-                await self._settle(target, chunk)
+                chunk = await self._settle(target, list(islice(jobs, size + 64)), size)
                 failures = 0
             except _Stopping:
                 return
@@ -254,15 +253,29 @@ class NotifierApp:
                 with contextlib.suppress(*_REDIS_DOWN):  # unacked entries come back by claim; records skip them
                     await self._ack(finished)
 
-    async def _settle(self, target: Target, chunk: list[_Job]) -> None:
-        """Deliver (or dead-letter) the alerts of ``chunk`` not yet recorded for ``target``, and record them."""
-        alerts = list({job.alert.id: job.alert for job in chunk}.values())
-        states = await self.redis.mget([streams.notify_sent(a.id, target.name) for a in alerts])
-        todo = [a for a, s in zip(alerts, states) if s is None]
-        self.skipped += len(alerts) - len(todo)
+    async def _settle(self, target: Target, head: list[_Job], size: int) -> list[_Job]:
+        """Deliver (or dead-letter) the first ``size`` alerts of ``head`` not yet recorded for ``target`` as one
+        group, and record them. Returns the jobs settled: those alerts and the already-recorded ones before them.
+
+        Groups are formed from unrecorded alerts only, so after a crash the group that was in flight re-forms with
+        the same alerts (and the same Idempotency-Key) unless new alerts have joined it.
+        """
+        states = await self.redis.mget([streams.notify_sent(job.alert.id, target.name) for job in head])
+        todo: dict[str, Alert] = {}
+        settled = 0
+        for job, state in zip(head, states):
+            if state is None and job.alert.id not in todo:
+                if len(todo) == size:
+                    break
+                todo[job.alert.id] = job.alert
+            elif state is not None:
+                self.skipped += 1
+            settled += 1
         if todo:
-            state, attempts, reason = await self._send_group(target, todo)
-            await self._record(target.name, todo, state, attempts, reason)
+            group = list(todo.values())
+            state, attempts, reason = await self._send_group(target, group)
+            await self._record(target.name, group, state, attempts, reason)
+        return head[:settled]
 
     async def _send_group(self, target: Target, group: Sequence[Alert]) -> tuple[bytes, int, str]:
         """Send one message with the retry policy; returns (DONE | DEAD, attempts, reason)."""

@@ -149,3 +149,6 @@ def builder_lease(exchange: str, symbol: str) -> str:
 
 #: Sorted set: candle_builder instance name -> last time it was alive (ms); used to split pairs fairly.
 BUILDER_INSTANCES = f"{PREFIX}:candle_builder:instances"
+
+#: Consumer group of market_feed on HISTORY_REQUESTS (it serves OHLCV history from the exchanges it is connected to).
+GROUP_MARKET_FEED = "market_feed"

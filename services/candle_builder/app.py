@@ -24,6 +24,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
+from services.candle_builder import history
 from services.candle_builder.core import Bar, Emitted, SeriesBuilder, decode_feed_fast
 from services.candle_builder.leases import Leases
 from services.candle_builder.settings import Settings
@@ -69,6 +70,8 @@ class Series:
     # Redis arrival time (entry id ms) minus exchange time of the newest trade/watermark: the feed's latency when
     # live, years for a replay of a recording. Maps the wall clock to exchange time for the closing timer.
     live_offset: int | None = None
+    seeded: list[Emitted] = field(default_factory=list)  # history candles to write with the first batch
+    needs_seed: bool = False  # new series, history wanted, no trade seen yet
 
 
 class CandleBuilderApp:
@@ -254,7 +257,12 @@ class CandleBuilderApp:
         extra_acks: dict[str, list[bytes]] = {}
         for stream, entries in by_stream.items():
             series = self.series.get(stream) or await self._load(stream)
+            if series.needs_seed:
+                await self._seed(series)
             emitted = out.setdefault(stream, [])
+            if series.seeded:
+                emitted.extend(series.seeded)
+                series.seeded = []
             if not series.checked:
                 await self._catch_up(series, entries[0].id, emitted, extra_acks)
             start = 0
@@ -426,8 +434,32 @@ class CandleBuilderApp:
             series.last_id = entry_id(saved_id)
             series.registered = set()
             logger.info("candle_builder: %s %s resumes after entry %s", exchange, symbol, saved_id.decode())
+        elif self.settings.history_bars:
+            series.needs_seed = True
         self.series[stream] = series
         return series
+
+    async def _seed(self, series: Series) -> None:
+        """A new series: ask market_feed for history up to the first trade the builder will process."""
+        first_ts = None
+        for _, fields in await self.redis.xrange(series.stream, count=100):
+            with contextlib.suppress(DecodeError):
+                msg = decode_feed_fast(fields.get(FIELD) or b"")
+                if type(msg) is TradeBatch and msg.trades:
+                    first_ts = msg.trades[0][1]
+                    break
+        if first_ts is None:
+            return
+        series.needs_seed = False
+        builder = series.builder
+        rows = {}
+        for tf, (since, until) in builder.history_plan(first_ts, self.settings.history_bars).items():
+            rows[tf] = await history.fetch(self.redis, series.exchange, series.symbol, tf, since, until,
+                                           limit=self.settings.history_bars + 10_080,
+                                           timeout_s=self.settings.history_timeout_s)
+        builder.seed(first_ts, rows, series.seeded)
+        logger.info("candle_builder: %s %s seeded with %d history candles", series.exchange, series.symbol,
+                    len(series.seeded))
 
     async def _catch_up(self, series: Series, first_id: bytes, out: list[Emitted],
                         extra_acks: dict[str, list[bytes]]) -> None:

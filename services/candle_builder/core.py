@@ -121,6 +121,30 @@ class Bar:
         return bar
 
 
+def bar_from_history(row: tuple, ms: int) -> Bar:
+    """A closed bar from a history row ``(ts, o, h, l, c, volume, buy | None, trades | None, quote | None)``.
+
+    Without the taker split (or trade count, or quote volume) the bar is ``incomplete``: CVD cannot use it.
+    """
+    ts, o, h, lo, c, v, buy, trades, quote = row
+    bar = Bar(ts, ts + ms, o)
+    bar.high, bar.low, bar.close, bar.volume = h, lo, c, v
+    if buy is None:
+        bar.incomplete = True
+    else:
+        bar.buy_volume, bar.sell_volume = buy, _CTX.subtract(v, buy)
+    if quote is None:
+        bar.incomplete = True
+    else:
+        bar.quote_volume = quote
+    if trades is None:
+        bar.incomplete = True
+        trades = 1 if v else 0
+    bar.trades = trades
+    bar.first_ts, bar.last_ts = ts, ts + ms - 1
+    return bar
+
+
 #: What the builder emits: (timeframe, bar snapshot, closed).
 Emitted = tuple[str, Bar]
 
@@ -407,6 +431,48 @@ class SeriesBuilder:
                 if tf != self.base_tf or self.emit_base:
                     out.append((tf, bar.copy()))
             self._revised.clear()
+
+    # ---- seeding from history --------------------------------------------------------------------------------------
+
+    def history_plan(self, first_ts: int, bars: int) -> dict[str, tuple[int, int]]:
+        """What to ask for before the first trade (at ``first_ts``): timeframe -> (since, until) bucket starts.
+
+        Each derived timeframe gets ``bars`` candles before the bucket holding the first trade; the base gets ``bars``
+        candles before the first trade's base bucket *and* every base bucket from the start of each derived seam
+        bucket, so that seam bucket is rolled up from exact base candles plus trades.
+        """
+        seam = first_ts - first_ts % self.base_ms
+        plan: dict[str, tuple[int, int]] = {}
+        base_since = seam - bars * self.base_ms
+        for tf, ms in self.derived.items():
+            start = bucket_start(seam, ms)
+            plan[tf] = (start - bars * ms, start)
+            base_since = min(base_since, start)
+        plan[self.base_tf] = (base_since, seam)
+        return plan
+
+    def seed(self, first_ts: int, rows: dict[str, list | None], out: list[Emitted]) -> None:
+        """Start a fresh series from history (``rows`` per timeframe, None where it could not be had).
+
+        History candles before each seam bucket are emitted as closed; the seam bucket of each derived timeframe is
+        rolled up from the base history. Without base history a derived seam bucket already under way is skipped.
+        """
+        if self.base is not None or self.last_base_ts is not None:
+            return  # not fresh: live data already decided these buckets
+        seam = first_ts - first_ts % self.base_ms
+        base_rows = rows.get(self.base_tf)
+        for tf, ms in self.derived.items():
+            start = bucket_start(seam, ms)
+            for row in sorted(rows.get(tf) or [], key=lambda r: r[0]):
+                if row[0] < start:
+                    self._emit(tf, bar_from_history(row, ms), out)
+            self.start_at[tf] = start if (base_rows is not None or start == seam) else start + ms
+        for row in sorted(base_rows or [], key=lambda r: r[0]):
+            if row[0] < seam and (self.last_base_ts is None or row[0] > self.last_base_ts):
+                self.advance(row[0], out)  # flat candles for base buckets the history skipped
+                self._close_base(bar_from_history(row, self.base_ms), out)
+        self.closed_until = max(self.closed_until, seam)
+        self.flush_revisions(out)
 
     def next_close_at(self) -> int | None:
         """Exchange time at which ``advance`` would close something (None: nothing open, no flat candle due)."""

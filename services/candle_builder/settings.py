@@ -38,6 +38,9 @@ class Settings(ServiceSettings):
     timer_every_ms: int = Field(default=100, gt=0, description="How often the closing timer looks at live series.")
     live_max_skew_ms: int = Field(default=30_000, gt=0, description="A series is live (timer-closed) when its trades "
                                   "reach Redis within this many ms of their exchange time.")
+    history_bars: int = Field(default=0, ge=0, le=5_000, description="Seed a new series with this many candles of "
+                              "REST history per timeframe (served by market_feed on HISTORY_REQUESTS); 0 = off.")
+    history_timeout_s: float = Field(default=5.0, gt=0, description="How long to wait for a history reply.")
     leases: bool = Field(default=False, description="Run as one of several instances: split (exchange, symbol) "
                          "pairs with leases in Redis (each instance needs its own consumer_name, default host-pid).")
     lease_ttl_ms: int = Field(default=3_000, ge=300, description="A dead instance's pairs are taken over after this.")

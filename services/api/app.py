@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import socket
 import logging
 from pathlib import Path
 from typing import Annotated, Literal
@@ -23,6 +24,7 @@ from services.api import queries
 from services.api.models import (AlertHistory, AlertItem, AlertStatus, CandleSeries, CvdPoint, CvdSeries, Health,
                                  Problem, RuleStateOut, SeriesList, TickerOut)
 from services.api.settings import LOOPBACK, Settings
+from shared.runtime import heartbeat
 from shared.timeframes import SUPPORTED
 
 logger = logging.getLogger(__name__)
@@ -208,6 +210,19 @@ def bind_host(settings: Settings) -> str:
     return LOOPBACK
 
 
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise RuntimeError(f"the API could not start on {host}:{port}: {exc.strerror}") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
 class ApiApp:
     """Serves ``create_app(settings, redis)`` with uvicorn until ``stop`` is set."""
 
@@ -234,8 +249,11 @@ class ApiApp:
         config = uvicorn.Config(self.app, host=self.host, port=settings.port, log_level="warning", lifespan="on",
                                 timeout_graceful_shutdown=settings.shutdown_grace_s, ws="websockets-sansio")
         server = _Server(config)
-        task = asyncio.create_task(server.serve(), name="api-uvicorn")
+        sock = _bind(self.host, settings.port)  # bound here: uvicorn would sys.exit() on a busy port
+        task = asyncio.create_task(server.serve(sockets=[sock]), name="api-uvicorn")
         waiter = asyncio.create_task(stop.wait(), name="api-stop")
+        beat_stop = asyncio.Event()
+        beat = asyncio.create_task(heartbeat(self.redis, "api", beat_stop, lambda: {"url": self.url}), name="api-beat")
         try:
             while not server.started and not task.done():
                 await asyncio.sleep(0.01)
@@ -246,7 +264,12 @@ class ApiApp:
             await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             server.should_exit = True
+            beat_stop.set()
             waiter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await waiter
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
             await task
+            sock.close()

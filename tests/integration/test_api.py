@@ -269,3 +269,23 @@ async def test_notifications_show_deliveries_and_dead_letters(redis, settings):
     dead = body["dead_letters"]
     assert len(dead) == 1 and dead[0]["reason"] == "HTTP 400" and dead[0]["alert"]["id"] == a.id
     assert dead[0]["alert"]["price"] == str(a.price)
+
+
+async def test_api_app_reports_a_busy_port_and_beats(redis_url):
+    from shared.runtime import connect
+    redis = connect(redis_url)
+    first = ApiApp(Settings(port=0, shutdown_grace_s=1), redis)
+    stop = asyncio.Event()
+    task = asyncio.create_task(first.run(stop))
+    await asyncio.wait_for(first.started.wait(), 10)
+    for _ in range(50):
+        if await redis.hget(streams.heartbeat("api"), "url") == first.url.encode():
+            break
+        await asyncio.sleep(0.05)
+    assert await redis.hget(streams.heartbeat("api"), "url") == first.url.encode()
+    second = ApiApp(Settings(port=first.port, shutdown_grace_s=1), redis)
+    with pytest.raises(RuntimeError, match="could not start"):
+        await asyncio.wait_for(second.run(asyncio.Event()), 10)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    await redis.aclose()

@@ -23,6 +23,7 @@ from tests.integration.test_candle_builder import (
     check_against_pandas,
     read_candles,
     read_trades,
+    run_until_caught_up,
     settings_for,
 )
 
@@ -103,3 +104,41 @@ async def test_a_killed_instance_is_taken_over_without_loss_or_double_count(redi
     for n, (exchange, symbol) in zip(names, pairs):
         for tf in TIMEFRAMES:
             check_against_pandas(await read_candles(redis, exchange, symbol, tf), shared_data(RECORDINGS[n][2]), tf)
+
+
+async def test_kill_9_and_restart_resume_exactly(redis, redis_url, tmp_path):
+    """A lone builder process is SIGKILLed three times while trades stream in; restarts resume exactly."""
+    exchange, symbol, rel = RECORDINGS["btcusdt"]
+    path = shared_data(rel)
+    trades = read_trades(path)
+    stream = streams.trades(exchange, symbol)
+    bus = Bus(redis)
+    await redis.sadd(streams.FEED_REGISTRY, streams.registry_member(exchange, symbol))
+    entries = [encode_trades(exchange, symbol, trades[i:i + 7]) for i in range(0, len(trades), 7)]
+    entries.append(encode_watermark(Watermark(exchange, symbol, trades[-1].ts, final=True)))
+    config = tmp_path / "sentinel.yaml"
+    config.write_text(yaml.safe_dump({"redis_url": redis_url, "log_level": "WARNING", "candle_builder": {
+        "timeframes": TIMEFRAMES, "block_ms": 20, "discover_every_s": 0.1, "read_count": 5}}))
+    published = 0
+    for kill in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", "import sys; from services.candle_builder.__main__ import main;"
+                                 " main(sys.argv[1])", str(config)], cwd=REPO,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+        try:
+            before = await redis.hget(streams.builder_state(exchange, symbol), "last_id")
+            # publish a slice and kill the builder while it is working through it
+            part = entries[published:published + len(entries) // 4]
+            published += len(part)
+            await bus.publish_many((stream, d) for d in part)
+            deadline = time.monotonic() + 20
+            while await redis.hget(streams.builder_state(exchange, symbol), "last_id") == before:
+                assert time.monotonic() < deadline, "the builder process made no progress"
+                await asyncio.sleep(0.01)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    await bus.publish_many((stream, d) for d in entries[published:])
+    await run_until_caught_up(redis, settings_for(redis_url), [stream])  # a restart in process finishes the job
+    for tf in TIMEFRAMES:
+        check_against_pandas(await read_candles(redis, exchange, symbol, tf), path, tf)
+

@@ -40,11 +40,13 @@ import ccxt.pro as ccxtpro
 from redis.asyncio import Redis
 
 from services.market_feed.core import FeedCore
+from services.market_feed.history import HistoryServer
 from services.market_feed.publisher import Outbox, read_last_ids
 from services.market_feed.settings import ExchangeFeed, Settings
 from shared import streams
 from shared.bus import Bus
 from shared.errors import ConfigError, ExchangeError, UnknownExchangeError, UnknownSymbolError
+from shared.runtime import consumer_name
 from shared.schemas import GapMarker, Ticker, Trade
 
 logger = logging.getLogger(__name__)
@@ -168,6 +170,7 @@ class StreamHealth:
     last_message: float = field(default_factory=time.monotonic)
     started: float = field(default_factory=time.monotonic)
     mean_gap_s: float | None = None  # EWMA of the time between frames
+    silent_streak: int = 0  # silence timeouts in a row (each one doubles the next timeout)
 
     def message(self) -> None:
         now = time.monotonic()
@@ -176,6 +179,7 @@ class StreamHealth:
             self.mean_gap_s = gap if self.mean_gap_s is None else 0.9 * self.mean_gap_s + 0.1 * gap
         self.messages += 1
         self.last_message = now
+        self.silent_streak = 0
 
     def fields(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -198,6 +202,7 @@ class LiveFeed:
         self.exchanges: dict[str, Any] = {}
         self.streams: list[TradeStream] = []
         self.health: dict[str, StreamHealth] = {}
+        self.history: HistoryServer | None = None
 
     @property
     def trades_published(self) -> int:
@@ -242,6 +247,9 @@ class LiveFeed:
                     tasks.append(asyncio.create_task(
                         self._tickers(stop, feed.id, symbol), name=f"ticker-{feed.id}-{symbol}"))
         tasks.append(asyncio.create_task(self._log_health(stop), name="feed-health-log"))
+        self.history = HistoryServer(self.bus, self.exchanges,
+                                     consumer_name("market_feed", self.settings.consumer_name))
+        tasks.append(asyncio.create_task(self.history.run(stop), name="feed-history"))
         try:
             await stop.wait()
         finally:
@@ -279,6 +287,7 @@ class LiveFeed:
                 health.errors += 1
                 if isinstance(exc, TimeoutError):
                     health.timeouts += 1
+                    health.silent_streak += 1
                 logger.warning("%s %s ticker: %s: %s", exchange_id, symbol, type(exc).__name__, exc)
                 await _sleep(stop, _backoff(self.settings, attempt, exc))
 
@@ -290,11 +299,11 @@ class LiveFeed:
 
 
 def _timeout(settings: Settings, health: StreamHealth) -> float:
-    """Per-symbol silence timeout: quiet symbols get proportionally longer ones (no reconnect storms)."""
+    """Per-symbol silence timeout: quiet symbols get proportionally longer ones, and each timeout in a row doubles
+    the next (a symbol that went quiet is checked less and less often: no reconnect storm)."""
     base = settings.silence_timeout_s
-    if health.mean_gap_s is None:
-        return base
-    return min(max(base, 20 * health.mean_gap_s), base * 20)
+    timeout = base if health.mean_gap_s is None else min(max(base, 20 * health.mean_gap_s), base * 20)
+    return min(timeout * 2 ** min(health.silent_streak, 10), base * 60)
 
 
 def _backoff(settings: Settings, attempt: int, exc: BaseException) -> float:
@@ -357,6 +366,7 @@ class TradeStream:
                 self.health.timeouts += 1
                 logger.warning("%s %s: no trades for %.1fs; reconnecting", self.exchange_id, self.symbol,
                                _timeout(self.settings, self.health))
+                self.health.silent_streak += 1
                 await self._reconnect()
                 self.need_backfill = True
                 with contextlib.suppress(ccxt.NetworkError, ccxt.ExchangeNotAvailable):

@@ -28,7 +28,7 @@ import redis as sync_redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from services.candle_builder.app import CandleBuilderApp  # noqa: E402
-from services.candle_builder.core import decode_feed_fast  # noqa: E402
+from services.candle_builder.decode import decode_feed_fast  # noqa: E402
 from services.candle_builder.settings import Settings  # noqa: E402
 from shared import streams  # noqa: E402
 from shared.bus import FIELD, Bus  # noqa: E402

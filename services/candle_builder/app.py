@@ -25,7 +25,8 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from services.candle_builder import history
-from services.candle_builder.core import Bar, Emitted, SeriesBuilder, decode_feed_fast
+from services.candle_builder.core import Bar, Emitted, SeriesBuilder
+from services.candle_builder.decode import decode_feed_fast
 from services.candle_builder.leases import Leases
 from services.candle_builder.settings import Settings
 from shared import streams

@@ -7,7 +7,7 @@ from decimal import Decimal
 import msgpack
 import pytest
 
-from services.candle_builder.core import decode_feed_fast
+from services.candle_builder.decode import decode_feed_fast
 from shared.errors import DecodeError
 from shared.schemas import GapMarker, Trade, Watermark, decode_feed, encode_gap, encode_trades, encode_watermark
 

@@ -208,7 +208,11 @@ async def _up(config_file: Path | None, redis_url: str) -> None:
              ("alert_engine", EngineSettings, AlertEngineApp), ("notifier", NotifierSettings, NotifierApp),
              ("api", ApiSettings, ApiApp)]
     for name, settings_cls, app_cls in kinds:
-        pipeline.add(name, app_cls(settings_cls.load(config_file, redis_url=redis_url), redis))
+        overrides = {"redis_url": redis_url}
+        if name == "market_feed" and config_file is None:
+            # Without a settings file, `up` runs the simulated market in real time until stopped.
+            overrides.update(mode="simulated", speed=1.0, sim_duration_s=None, exchange="sim")
+        pipeline.add(name, app_cls(settings_cls.load(config_file, **overrides), redis))
     install_signal_handlers(pipeline.stop)
     pipeline.start()
     try:

@@ -32,7 +32,8 @@ def build(settings: Settings) -> ExchangeSim:
         source = market.trades()
         grids = {s: (spec_for(s).tick, spec_for(s).lot) for s in settings.symbols}
     return ExchangeSim(source, grids, host=settings.host, port=settings.port, speed=settings.speed,
-                       retention=settings.retention, ticker_every_ms=settings.ticker_every_ms)
+                       retention=settings.retention, ticker_every_ms=settings.ticker_every_ms,
+                       start_on_subscribe=settings.wait_for_client)
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None,

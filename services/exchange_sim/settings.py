@@ -26,6 +26,7 @@ class Settings(ServiceSettings):
     duration_s: float | None = Field(default=None, description="simulated seconds; null = unbounded")
     retention: int = Field(default=1_000_000, ge=1, description="trades per symbol served by REST")
     ticker_every_ms: int = Field(default=1_000, ge=10)
+    wait_for_client: bool = Field(default=False, description="release no trade before the first SUBSCRIBE")
 
     @model_validator(mode="after")
     def _needs_file(self) -> Settings:

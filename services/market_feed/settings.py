@@ -20,6 +20,9 @@ class ExchangeFeed(BaseModel):
     id: str = Field(description="ccxt exchange id, e.g. binance, coinbase, kraken")
     symbols: list[str] = Field(min_length=1, description="unified symbols, e.g. BTC/USDT")
     tickers: bool = True
+    backfill_paging: Literal["auto", "id", "time"] = Field(
+        default="auto", description="REST backfill pages by trade id (Binance fromId) or by time (since); "
+                                    "auto = id on the Binance family, time elsewhere")
     ws_url: str | None = Field(default=None, description="websocket base URL override (Binance spot: must contain "
                                                          "'/stream', e.g. ws://127.0.0.1:9443/stream)")
     rest_url: str | None = Field(default=None, description="REST base URL override, e.g. http://127.0.0.1:9443/api/v3")

@@ -64,16 +64,19 @@ async def test_stall_and_garbage_are_counted_and_recovered(redis):
         assert status["binance|BTC/USDT|trades.timeouts"] == health.timeouts
 
 
-async def test_restart_mid_replay_neither_duplicates_nor_misses(redis):
+@pytest.mark.parametrize("paging", ["id", "time"])
+async def test_restart_mid_replay_neither_duplicates_nor_misses(redis, paging):
     path = shared_data(RECORDING)
     expected = expected_trades(path)
     async with local_exchange(path, speed=40) as sim:
-        async with running_feed(live_settings(sim), redis) as app:
+        settings = live_settings(sim)
+        settings.exchanges[0].backfill_paging = paging
+        async with running_feed(settings, redis) as app:
             while app.trades_published < 300:
                 await asyncio.sleep(0.01)
         stopped_at = sim.released
         await sim.wait_released(stopped_at + 400)  # trades go by while market_feed is down
-        async with running_feed(live_settings(sim), redis) as app2:
+        async with running_feed(settings, redis) as app2:
             await wait_last_id(redis, expected[-1][0])
             assert app2.live.health["binance|BTC/USDT|trades"].backfilled >= 400
         trades, gaps = await published(redis)

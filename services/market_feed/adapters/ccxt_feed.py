@@ -233,7 +233,7 @@ class LiveFeed:
             for symbol in feed.symbols:
                 health = self.health.setdefault(f"{feed.id}|{symbol}|trades", StreamHealth())
                 self.streams.append(TradeStream(exchange, feed.id, symbol, self.settings, self.bus, health,
-                                                last_ids.get(symbol)))
+                                                last_ids.get(symbol), feed.backfill_paging))
                 if feed.tickers:
                     self.health.setdefault(f"{feed.id}|{symbol}|ticker", StreamHealth())
 
@@ -322,13 +322,14 @@ class TradeStream:
     """The trades of one (exchange, symbol): watch, reconnect, backfill, dedup, publish."""
 
     def __init__(self, exchange: Any, exchange_id: str, symbol: str, settings: Settings, bus: Bus,
-                 health: StreamHealth, last_id: int | None) -> None:
+                 health: StreamHealth, last_id: int | None, paging: str = "auto") -> None:
         self.exchange = exchange
         self.exchange_id = exchange_id
         self.symbol = symbol
         self.settings = settings
         self.health = health
-        self.binance = exchange_id in BINANCE_FAMILY
+        self.binance = exchange_id in BINANCE_FAMILY  # consecutive integer ids: a jump means missed trades
+        self.page_by_id = paging == "id" or (paging == "auto" and self.binance)
         self.params = {"name": "aggTrade"} if self.binance else {}
         self.core = FeedCore(exchange_id, [symbol], batch_size=settings.batch_size, window_ms=10**12,
                              watermark_every_ms=settings.watermark_every_ms, last_ids={symbol: last_id},
@@ -442,7 +443,7 @@ class TradeStream:
         of a new connection), or up to the newest the exchange has when ``until`` is None (after a silence)."""
         if self.last_id is None and self.last_ts is None:
             return
-        if self.binance and self.last_id is not None and (until is None or isinstance(until.id, int)):
+        if self.page_by_id and self.last_id is not None and (until is None or isinstance(until.id, int)):
             await self._backfill_by_id(until)
         elif self.last_ts is not None:
             await self._backfill_by_time(until)

@@ -21,7 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
 
 from services.api import queries
-from services.api.models import (AlertHistory, AlertItem, AlertStatus, CandleSeries, CvdPoint, CvdSeries, Health,
+from services.api.models import (AlertHistory, AlertItem, AlertStatus, CandleSeries, CvdSeries, Health,
                                  Problem, RuleStateOut, SeriesList, TickerOut)
 from services.api.settings import LOOPBACK, Settings
 from shared.runtime import heartbeat
@@ -143,14 +143,16 @@ def create_app(settings: Settings, redis: Redis) -> FastAPI:
         since: Annotated[int | None, Query(ge=0, description="First bucket start (ms); default = the latest.")]
         = None,
         live: Annotated[bool, Query(description="Add the in-progress candle.")] = False,
-    ) -> CandleSeries:
+    ) -> JSONResponse:
         """Closed candles (the latest revision of each bucket), ascending; optionally the in-progress one."""
         sym = normalize_symbol(symbol)
-        candles = await queries.closed_candles(redis, exchange, sym, timeframe, limit=limit, since=since)
+        candles = await queries.closed_candle_maps(redis, exchange, sym, timeframe, limit=limit, since=since)
         current = await queries.live_candle(redis, exchange, sym, timeframe) if live else None
-        if current is not None and candles and current.ts <= candles[-1].ts:
+        if current is not None and candles and current.ts <= candles[-1]["ts"]:
             current = None
-        return CandleSeries(exchange=exchange, symbol=sym, timeframe=timeframe, candles=candles, live=current)
+        # the maps are already what the response model would serialize: skip FastAPI's re-validation
+        return JSONResponse({"exchange": exchange, "symbol": sym, "timeframe": timeframe, "candles": candles,
+                             "live": current.model_dump(mode="json") if current else None})
 
     @app.get("/ticker/{exchange}/{symbol:path}", response_model=TickerOut, dependencies=read, tags=["market"],
              responses=errors)
@@ -167,13 +169,13 @@ def create_app(settings: Settings, redis: Redis) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=5000)] = 500,
         since: Annotated[int | None, Query(ge=0)] = None,
         live: Annotated[bool, Query()] = True,
-    ) -> CvdSeries:
+    ) -> JSONResponse:
         """Cumulative volume delta (taker buy − taker sell volume) over the candles returned, in-progress one last."""
         sym = normalize_symbol(symbol)
-        candles = await queries.closed_candles(redis, exchange, sym, timeframe, limit=limit, since=since)
+        candles = await queries.closed_candle_maps(redis, exchange, sym, timeframe, limit=limit, since=since)
         current = await queries.live_candle(redis, exchange, sym, timeframe) if live else None
-        points = [CvdPoint(ts=ts, delta=d, cvd=c) for ts, d, c in queries.cvd(candles, current)]
-        return CvdSeries(exchange=exchange, symbol=sym, timeframe=timeframe, points=points)
+        points = [{"ts": ts, "delta": str(d), "cvd": str(c)} for ts, d, c in queries.cvd(candles, current)]
+        return JSONResponse({"exchange": exchange, "symbol": sym, "timeframe": timeframe, "points": points})
 
     _mount_extras(app, settings, redis, access)
     return app
@@ -212,7 +214,7 @@ def bind_host(settings: Settings) -> str:
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # proto set: asyncio then sets TCP_NODELAY
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

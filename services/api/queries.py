@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from pydantic import ValidationError
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from shared import streams
 from shared.bus import FIELD, Bus
 from shared.errors import DecodeError
-from shared.schemas import Alert, Candle, Ticker, unpack
+from shared.schemas import SCHEMA_VERSION, Alert, Candle, Ticker, unpack
 
 #: Chunk size of the reverse scans of candle and history streams.
 CHUNK = 500
@@ -190,16 +191,22 @@ async def alert_history(redis: Redis, *, rule: str | None = None, symbol: str | 
         for entry_id, fields in chunk:
             scanned += 1
             last_id = _s(entry_id)
-            try:
-                alert = Alert.decode(fields.get(FIELD, b""))
-            except DecodeError:
+            data = peek(fields.get(FIELD, b""), "alert")
+            if data is None:
                 continue
-            if ((rule is None or alert.rule == rule) and (symbol is None or alert.symbol == symbol)
-                    and (exchange is None or alert.exchange == exchange)
-                    and (start is None or alert.fired_at >= start) and (end is None or alert.fired_at <= end)):
-                items.append((last_id, alert))
-                if len(items) == limit:
-                    break
+            fired = data.get("fired_at")
+            if not ((rule is None or data.get("rule") == rule) and (symbol is None or data.get("symbol") == symbol)
+                    and (exchange is None or data.get("exchange") == exchange)
+                    and (start is None or (isinstance(fired, int) and fired >= start))
+                    and (end is None or (isinstance(fired, int) and fired <= end))):
+                continue
+            try:  # only what matches pays for full validation
+                alert = Alert.model_validate(data)
+            except ValidationError:
+                continue
+            items.append((last_id, alert))
+            if len(items) == limit:
+                break
         top = f"({last_id}"
         if len(chunk) < CHUNK and len(items) < limit:
             return HistoryPage(items, None)
@@ -210,30 +217,51 @@ async def alert_history(redis: Redis, *, rule: str | None = None, symbol: str | 
 # ---- market data ---------------------------------------------------------------------------------------------------
 
 
-async def closed_candles(redis: Redis, exchange: str, symbol: str, timeframe: str, *, limit: int,
-                         since: int | None = None) -> list[Candle]:
-    """Closed candles, ascending by ``ts``, the latest revision of each bucket.
+def peek(raw: bytes, kind: str) -> dict[str, Any] | None:
+    """The message map of one stream entry (``kind`` instead of ``v``/``k``) without model validation; None if it
+    is not a ``kind`` message of this schema version. Fields are as ``model_dump(mode="json")`` wrote them."""
+    try:
+        data = unpack(raw)
+    except DecodeError:
+        return None
+    if not isinstance(data, dict) or data.get("v") != SCHEMA_VERSION or data.get("k") != kind:
+        return None
+    data.pop("v")
+    data["kind"] = data.pop("k")
+    return data
+
+
+_CANDLE_FIELDS = frozenset(Candle.model_fields)
+
+
+async def closed_candle_maps(redis: Redis, exchange: str, symbol: str, timeframe: str, *, limit: int,
+                             since: int | None = None) -> list[dict[str, Any]]:
+    """Closed candles as JSON-ready maps (decimals as strings), ascending by ``ts``, the latest revision of each.
 
     Without ``since``: the last ``limit`` buckets. With ``since``: the first ``limit`` buckets starting at or after it.
+    The maps are the candle_builder's own ``Candle.encode`` output, so they are returned without re-validation
+    (10× cheaper); an entry lacking a field of the schema is skipped.
     """
     stream = streams.candles(exchange, symbol, timeframe)
-    by_ts: dict[int, Candle] = {}
+    by_ts: dict[int, dict[str, Any]] = {}
     top = "+"
     while True:
         chunk = await redis.xrevrange(stream, max=top, min="-", count=CHUNK)
         oldest: int | None = None
         for entry_id, fields in chunk:
             top = f"({_s(entry_id)}"
-            try:
-                candle = Candle.decode(fields.get(FIELD, b""))
-            except DecodeError:
+            data = peek(fields.get(FIELD, b""), "candle")
+            if data is None or not _CANDLE_FIELDS.issubset(data):
                 continue
-            oldest = candle.ts if oldest is None else min(oldest, candle.ts)
-            if not candle.closed:
+            ts, revision = data["ts"], data["revision"]
+            if not isinstance(ts, int) or not isinstance(revision, int):
                 continue
-            known = by_ts.get(candle.ts)
-            if known is None or candle.revision > known.revision:
-                by_ts[candle.ts] = candle
+            oldest = ts if oldest is None else min(oldest, ts)
+            if data["closed"] is not True:
+                continue
+            known = by_ts.get(ts)
+            if known is None or revision > known["revision"]:
+                by_ts[ts] = data
         if len(chunk) < CHUNK:
             break
         if since is None and len(by_ts) >= limit:
@@ -243,7 +271,19 @@ async def closed_candles(redis: Redis, exchange: str, symbol: str, timeframe: st
     ordered = [by_ts[ts] for ts in sorted(by_ts)]
     if since is None:
         return ordered[-limit:]
-    return [c for c in ordered if c.ts >= since][:limit]
+    return [c for c in ordered if c["ts"] >= since][:limit]
+
+
+async def closed_candles(redis: Redis, exchange: str, symbol: str, timeframe: str, *, limit: int,
+                         since: int | None = None) -> list[Candle]:
+    """``closed_candle_maps`` as validated ``Candle`` objects."""
+    out = []
+    for data in await closed_candle_maps(redis, exchange, symbol, timeframe, limit=limit, since=since):
+        try:
+            out.append(Candle.model_validate(data))
+        except ValidationError:
+            continue
+    return out
 
 
 async def live_candle(redis: Redis, exchange: str, symbol: str, timeframe: str) -> Candle | None:
@@ -267,16 +307,18 @@ async def latest_ticker(redis: Redis, exchange: str, symbol: str) -> Ticker | No
         return None
 
 
-def cvd(candles: list[Candle], live: Candle | None = None) -> list[tuple[int, Decimal, Decimal]]:
-    """(ts, delta, cumulative delta) per candle, the in-progress one last when given and newer."""
+def cvd(candles: list[Candle] | list[dict[str, Any]],
+        live: Candle | None = None) -> list[tuple[int, Decimal, Decimal]]:
+    """(ts, delta, cumulative delta) per candle (models or maps), the in-progress one last when given and newer."""
+    rows = [(c["ts"], Decimal(c["buy_volume"]) - Decimal(c["sell_volume"])) if isinstance(c, dict)
+            else (c.ts, c.delta) for c in candles]
+    if live is not None and (not rows or live.ts > rows[-1][0]):
+        rows.append((live.ts, live.delta))
     out: list[tuple[int, Decimal, Decimal]] = []
     total = Decimal(0)
-    series = list(candles)
-    if live is not None and (not series or live.ts > series[-1].ts):
-        series.append(live)
-    for candle in series:
-        total += candle.delta
-        out.append((candle.ts, candle.delta, total))
+    for ts, delta in rows:
+        total += delta
+        out.append((ts, delta, total))
     return out
 
 

@@ -119,9 +119,9 @@ async def raw_rate_async(url: str, stream: str, n_trades: int) -> float:
     return n_trades / elapsed
 
 
-async def builder_rate(url: str, n_trades: int, per_entry: int) -> dict:
+async def builder_rate(url: str, n_trades: int, per_entry: int, run: int = 0) -> dict:
     """Trades/s through the builder while a producer process publishes; the clock stops when the builder is done."""
-    exchange, symbol = "bench", f"B{per_entry}/USDT"
+    exchange, symbol = "bench", f"B{per_entry}-{run}/USDT"  # a fresh series each run (no saved state)
     stream = streams.trades(exchange, symbol)
     entries = make_entries(exchange, symbol, n_trades, per_entry)
     final = encode_watermark(Watermark(exchange, symbol, 1_723_161_255_000 + n_trades * 33, final=True))
@@ -150,7 +150,11 @@ async def builder_rate(url: str, n_trades: int, per_entry: int) -> dict:
     producer_s = result.get(timeout=60)
     producer.join()
     candles = sum([await redis.xlen(streams.candles(exchange, symbol, tf)) for tf in TIMEFRAMES])
-    await redis.delete(stream)
+    late = app.status()["late_dropped"]
+    if late:
+        raise RuntimeError(f"{late} trades were dropped as late: the measurement is void")
+    await redis.delete(stream, streams.builder_state(exchange, symbol))
+    await redis.srem(streams.FEED_REGISTRY, streams.registry_member(exchange, symbol))
     await redis.aclose()
     return {"trades": n_trades, "trades_per_entry": per_entry, "seconds": round(elapsed, 3),
             "builder_trades_per_s": round(n_trades / elapsed), "producer_trades_per_s": round(n_trades / producer_s),
@@ -218,7 +222,7 @@ def main() -> None:
         for per_entry, n in ((1, args.trades), (100, args.batched_trades)):
             # The machine is shared: alternate (a) and (b) and keep the best of each, so both see similar load.
             best: dict = {}
-            for _ in range(args.repeat):
+            for run in range(args.repeat):
                 stream = streams.trades("raw", f"R{per_entry}/USDT")
                 publish_sync(url, stream, make_entries("raw", f"R{per_entry}/USDT", n, per_entry))
                 rates = {"raw_sync_trades_per_s": raw_rate_sync(url, stream, n),
@@ -226,7 +230,7 @@ def main() -> None:
                                                                             "raw_sync_fast"),
                          "raw_async_trades_per_s": asyncio.run(raw_rate_async(url, stream, n))}
                 sync_redis.Redis.from_url(url).delete(stream)
-                built = asyncio.run(builder_rate(url, n, per_entry))
+                built = asyncio.run(builder_rate(url, n, per_entry, run))
                 for key, value in rates.items():
                     best[key] = max(best.get(key, 0), round(value))
                 if built["builder_trades_per_s"] > best.get("builder_trades_per_s", 0):

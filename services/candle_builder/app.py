@@ -22,7 +22,6 @@ from itertools import chain
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
 
 from services.candle_builder import history
 from services.candle_builder.core import Bar, Emitted, SeriesBuilder
@@ -73,6 +72,8 @@ class Series:
     live_offset: int | None = None
     seeded: list[Emitted] = field(default_factory=list)  # history candles to write with the first batch
     needs_seed: bool = False  # new series, history wanted, no trade seen yet
+    late_logged: int = 0  # late_dropped count at the last warning
+    late_logged_at: float = -1e9
 
 
 class CandleBuilderApp:
@@ -247,8 +248,8 @@ class CandleBuilderApp:
             ours = await self._fence(tx, [s for s in by_stream if self._owns(s)])
             try:
                 await self._process(tx, batch.group, {s: e for s, e in by_stream.items() if s in ours})
-            except WatchError:
-                for s in ours:  # builders ran ahead of what was saved: reload them from Redis
+            except BaseException:  # lease lost (WatchError), a bug, cancellation: whatever was not saved is undone
+                for s in ours:  # builders may have run ahead of what Redis holds: reload them from it
                     self.series.pop(s, None)
                 raise
 
@@ -335,19 +336,29 @@ class CandleBuilderApp:
         async with self._lock:
             async with self.redis.pipeline(transaction=True) as tx:
                 ours = await self._fence(tx, [series.stream for series, _ in due])
-                for (series, estimate), last in zip(due, newest):
-                    if series.stream not in ours or self.series.get(series.stream) is not series:
-                        continue
-                    if last and series.last_id is not None and entry_id(last[0][0]) > series.last_id:
-                        continue  # entries wait in the stream: they, not the clock, decide
-                    out: list[Emitted] = []
-                    series.builder.advance(estimate, out)
-                    if out:
-                        closed += len(out)
-                        self._queue_candles(tx, series, out)
-                    self._queue_state(tx, series)
-                await tx.execute()
+                try:
+                    closed = self._close_due(tx, due, newest, ours)
+                    await tx.execute()
+                except BaseException:
+                    for series, _ in due:
+                        self.series.pop(series.stream, None)
+                    raise
         self.timer_closed += closed
+        return closed
+
+    def _close_due(self, tx: Any, due: list[tuple[Series, int]], newest: list, ours: set[str]) -> int:
+        closed = 0
+        for (series, estimate), last in zip(due, newest):
+            if series.stream not in ours or self.series.get(series.stream) is not series:
+                continue
+            if last and series.last_id is not None and entry_id(last[0][0]) > series.last_id:
+                continue  # entries wait in the stream: they, not the clock, decide
+            out: list[Emitted] = []
+            series.builder.advance(estimate, out)
+            if out:
+                closed += len(out)
+                self._queue_candles(tx, series, out)
+            self._queue_state(tx, series)
         return closed
 
     def _queue_state(self, tx: Any, series: Series) -> None:
@@ -374,12 +385,15 @@ class CandleBuilderApp:
         builder = series.builder
         if isinstance(msg, TradeBatch):
             self.trades_in += len(msg.trades) if n is None else n
-            dropped = builder.late_dropped
             builder.add_trades(msg.trades, out)
-            if builder.late_dropped != dropped:
-                logger.warning("candle_builder: %s %s: %d trades later than the %d ms lateness window dropped "
-                               "(%d in all)", series.exchange, series.symbol, builder.late_dropped - dropped,
-                               builder.lateness_ms, builder.late_dropped)
+            if builder.late_dropped != series.late_logged:
+                now = time.monotonic()
+                if now - series.late_logged_at >= 10.0:  # at most one warning per series every 10 s
+                    logger.warning("candle_builder: %s %s: %d trades later than the %d ms lateness window dropped "
+                                   "(%d in all)", series.exchange, series.symbol,
+                                   builder.late_dropped - series.late_logged, builder.lateness_ms,
+                                   builder.late_dropped)
+                    series.late_logged, series.late_logged_at = builder.late_dropped, now
         elif isinstance(msg, Watermark):
             builder.advance(msg.ts, out, final=msg.final)
         elif isinstance(msg, GapMarker):

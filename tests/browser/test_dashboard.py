@@ -55,7 +55,8 @@ async def pipeline(redis_url, redis, tmp_path):
         "alert_engine": AlertEngineApp(EngineSettings(rules_file=rules, reload_every_s=0.2, registry_poll_s=0.2,
                                                       **common), client),
     }
-    api = ApiApp(ApiSettings(port=0, shutdown_grace_s=1, **common), client)
+    api = ApiApp(ApiSettings(port=0, shutdown_grace_s=1, services=["market_feed", "candle_builder", "alert_engine",
+                                                                    "notifier", "api"], **common), client)
     apps["api"] = api
     stop = asyncio.Event()
     tasks = [asyncio.create_task(app.run(stop), name=name) for name, app in apps.items()]
@@ -90,6 +91,17 @@ async def test_dashboard_draws_the_replay_and_a_rule_added_in_the_page_fires_liv
             body = (await http.get("/candles/kraken/BTC-USD/1m")).json()
             return len(body["candles"]) >= 3
         await _until(has_candles, 30, "the first closed candles")
+
+        async def services_beat() -> bool:
+            health = (await http.get("/health")).json()
+            return all(health["services"][s]["status"] == "ok" for s in ("market_feed", "candle_builder",
+                                                                           "alert_engine", "api"))
+        # the real services' heartbeats; the notifier is not running here, and /health says so with a 503
+        await _until(services_beat, 15, "heartbeats of the running services")
+        health = await http.get("/health")
+        assert health.status_code == 503 and health.json()["problems"] == ["notifier: no heartbeat"]
+        trades = [s for s in health.json()["streams"] if s["stream"].startswith("sentinel:trades:")]
+        assert trades and trades[0]["group"] == "candle_builder" and trades[0]["status"] == "ok"
 
     await page.goto(f"{api.url}/#series=kraken|BTC/USD|1m")
     chart = page.locator("#chart")

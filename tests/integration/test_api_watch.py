@@ -74,3 +74,23 @@ async def test_watch_shows_live_candle_cvd_rules_and_alerts(redis_url, redis):
     assert str(candle(4, False).open) in screen and str(candle(4, False).high) in screen
     assert f"{deltas.sum():g}" in screen  # CVD including the in-progress candle
     assert "btc_up" in screen and "firing" in screen and "BTC up we go" in screen
+
+
+def test_watch_command_discovers_series_and_survives_a_missing_api(redis_url):
+    import redis as redis_sync
+    import typer
+    from typer.testing import CliRunner
+
+    from sentinel.watch import watch_command
+
+    client = redis_sync.Redis.from_url(redis_url)
+    client.flushall()
+    client.sadd(streams.CANDLE_REGISTRY, "sim|ETH/USDT|1m", "sim|ETH/USDT|5m")
+    client.close()
+    app = typer.Typer()
+    app.command()(watch_command)
+    result = CliRunner().invoke(app, ["--redis-url", redis_url, "--api", "http://127.0.0.1:1", "--duration", "1.5"],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "sim ETH/USDT 1m" in result.output and "5m" not in result.output.split("rules")[0]
+    assert "API unreachable" in result.output

@@ -138,6 +138,19 @@ async def test_dashboard_draws_the_replay_and_a_rule_added_in_the_page_fires_liv
     grown = int(await chart.get_attribute("data-candles"))
     assert grown >= 4
 
+    # snooze and disable from the table: the API (and so the engine) sees it
+    async with httpx.AsyncClient(base_url=api.url) as http:
+        row = page.locator("#rules-table tr[data-rule='page_rule']")
+        await row.locator("button", has_text="snooze 1h").click()
+        await page.wait_for_function(
+            "document.querySelector(\"#rules-table tr[data-rule='page_rule'] td:nth-child(8)\").textContent !== ''",
+            timeout=10_000)
+        assert (await http.get("/rules/page_rule")).json()["snooze_until"] is not None
+        await row.locator("button", has_text="disable").click()
+        await page.wait_for_selector("#rules-table tr[data-rule='page_rule'] button:has-text('enable')",
+                                     timeout=10_000)
+        assert (await http.get("/rules/page_rule")).json()["enabled"] is False
+
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await page.wait_for_timeout(1500)  # let a few more live candles arrive for the picture
     await page.screenshot(path=str(SCREENSHOTS / "dashboard.png"))

@@ -104,9 +104,16 @@ def create_app(settings: Settings, redis: Redis) -> FastAPI:
         return JSONResponse(Health.model_validate(report).model_dump(mode="json"), status_code=200 if healthy else 503)
 
     @app.get("/alerts", response_model=AlertStatus, dependencies=read, tags=["alerts"], responses=errors)
-    async def get_alerts() -> AlertStatus:
+    async def get_alerts(
+        rule: Annotated[str | None, Query(description="Only this rule.")] = None,
+        symbol: Annotated[str | None, Query(description="Only this symbol (BTC/USDT or BTC-USDT).")] = None,
+        state: Annotated[str | None, Query(description="Only this state, e.g. firing.")] = None,
+    ) -> AlertStatus:
         """Every rule × series the engine keeps state for: state, last fired, cooldown left, next eligible time."""
-        states = await queries.rule_states(redis)
+        sym = normalize_symbol(symbol) if symbol else None
+        states = [s for s in await queries.rule_states(redis)
+                  if (rule is None or s.rule == rule) and (sym is None or s.symbol == sym)
+                  and (state is None or s.state == state)]
         return AlertStatus(rules=[RuleStateOut(**{f: getattr(s, f) for f in RuleStateOut.model_fields})
                                   for s in states])
 

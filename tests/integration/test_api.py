@@ -176,6 +176,11 @@ async def test_alert_states_with_cooldown_left(redis, settings):
     assert rules["fp2"]["symbol"] == "ETH/USDT" and rules["fp2"]["state"] == "inactive"
     assert rules["fp3"]["cooldown_forever"] is True and rules["fp3"]["next_eligible"] is None
     assert rules["fp4"]["state"] == "unknown"
+    async with client_for(create_app(settings, redis)) as client:
+        firing = (await client.get("/alerts", params={"state": "firing", "symbol": "BTC-USDT"})).json()["rules"]
+        assert sorted(r["fingerprint"] for r in firing) == ["fp1", "fp3"]
+        assert [r["fingerprint"] for r in (await client.get("/alerts", params={"rule": "eth-below"})).json()["rules"]] \
+            == ["fp2"]
 
 
 async def test_health_names_what_is_down(redis, settings):

@@ -7,6 +7,7 @@ import logging
 import time
 from decimal import Decimal
 
+from services.exchange_sim.kraken import KrakenSim
 from services.exchange_sim.server import ExchangeSim
 from services.exchange_sim.settings import Settings
 from services.market_feed.readers import guess_symbol, read_trades
@@ -31,7 +32,8 @@ def build(settings: Settings) -> ExchangeSim:
                                  duration_s=settings.duration_s)
         source = market.trades()
         grids = {s: (spec_for(s).tick, spec_for(s).lot) for s in settings.symbols}
-    return ExchangeSim(source, grids, host=settings.host, port=settings.port, speed=settings.speed,
+    cls = KrakenSim if settings.protocol == "kraken" else ExchangeSim
+    return cls(source, grids, host=settings.host, port=settings.port, speed=settings.speed,
                        retention=settings.retention, ticker_every_ms=settings.ticker_every_ms,
                        start_on_subscribe=settings.wait_for_client)
 

@@ -22,13 +22,15 @@ def exchange_sim_command(
     host: Annotated[Optional[str], typer.Option(help="Interface to listen on.")] = None,
     speed: Annotated[Optional[float], typer.Option(help="Real time × speed; 0 = as fast as possible.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the simulated market.")] = None,
+    protocol: Annotated[Optional[str], typer.Option(help="binance (default) or kraken.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="Settings file (section exchange_sim).")] = None,
 ) -> None:
-    """Run a local exchange speaking Binance spot's protocol (websocket /stream, REST /api/v3)."""
+    """Run a local exchange speaking Binance spot's protocol (websocket /stream, REST /api/v3), or Kraken's."""
     overrides: dict = {}
     if trades is not None:
         overrides.update(source="replay", replay_file=trades)
-    for key, value in (("symbol", symbol), ("port", port), ("host", host), ("speed", speed), ("seed", seed)):
+    for key, value in (("symbol", symbol), ("port", port), ("host", host), ("speed", speed), ("seed", seed),
+                         ("protocol", protocol)):
         if value is not None:
             overrides[key] = value
     if symbols:
@@ -44,9 +46,10 @@ async def _main(settings: Settings) -> None:
     ready: asyncio.Future = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve(settings, stop, ready))
     sim = await asyncio.wait_for(asyncio.shield(ready), timeout=30) if not task.done() else task.result()
-    typer.echo(f"exchange simulator (Binance spot protocol) for {', '.join(sim.books)}\n"
+    exchange_id = settings.protocol
+    typer.echo(f"exchange simulator ({exchange_id} protocol) for {', '.join(sim.books)}\n"
                f"  websocket: {sim.ws_url}\n  REST:      {sim.rest_url}\n"
-               f"  market_feed settings:\n    exchanges:\n      - id: binance\n"
+               f"  market_feed settings:\n    exchanges:\n      - id: {exchange_id}\n"
                f"        symbols: [{', '.join(sim.books)}]\n        ws_url: {sim.ws_url}\n"
                f"        rest_url: {sim.rest_url}\n  Ctrl-C to stop.")
     await task

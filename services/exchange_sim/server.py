@@ -87,6 +87,17 @@ class ExchangeSim:
 
     async def start(self) -> None:
         app = web.Application()
+        self._routes(app)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._task = asyncio.create_task(self._release_loop(), name="exchange-sim-release")
+        logger.info("exchange simulator on %s (REST %s), symbols %s, speed %s", self.ws_url, self.rest_url,
+                    ", ".join(self.books), self.speed or "max")
+
+    def _routes(self, app: web.Application) -> None:
         app.router.add_get("/stream", self._ws)
         app.router.add_get("/stream/{n}", self._ws)
         app.router.add_get("/ws", self._ws)
@@ -98,14 +109,6 @@ class ExchangeSim:
         app.router.add_get("/api/v3/aggTrades", self._agg_trades)
         app.router.add_get("/api/v3/klines", self._klines)
         app.router.add_post("/_sim/{command}", self._control)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self._task = asyncio.create_task(self._release_loop(), name="exchange-sim-release")
-        logger.info("exchange simulator on %s (REST %s), symbols %s, speed %s", self.ws_url, self.rest_url,
-                    ", ".join(self.books), self.speed or "max")
 
     async def stop(self) -> None:
         if self._task:
@@ -183,13 +186,16 @@ class ExchangeSim:
             self._day_open.setdefault(symbol, trade.price)
             self._volume[symbol] += trade.amount
             self.released += 1
-            mid = market_id(symbol)
-            lower = mid.lower()
-            event_ms = trade.ts + 1
-            await self._broadcast(f"{lower}@trade", trade_event(mid, trade, event_ms))
-            await self._broadcast(f"{lower}@aggTrade", agg_trade_event(mid, trade, event_ms))
+            await self._publish_trade(symbol, trade)
         self.finished.set()
         logger.info("exchange simulator: source ended after %d trades", self.released)
+
+    async def _publish_trade(self, symbol: str, trade: Trade) -> None:
+        mid = market_id(symbol)
+        lower = mid.lower()
+        event_ms = trade.ts + 1
+        await self._broadcast(f"{lower}@trade", trade_event(mid, trade, event_ms))
+        await self._broadcast(f"{lower}@aggTrade", agg_trade_event(mid, trade, event_ms))
 
     async def _send_tickers(self, ts: int) -> None:
         for symbol, book in self.books.items():
@@ -201,7 +207,8 @@ class ExchangeSim:
                                   ticker_event(mid, book, ts, self._day_open[symbol], self._volume[symbol]))
             await self._broadcast(f"{mid.lower()}@bookTicker", book_ticker_event(mid, book, self._update_id))
 
-    async def _broadcast(self, stream: str, data: dict[str, Any]) -> None:
+    async def _broadcast(self, stream: str, data: dict[str, Any], wrap: bool = True) -> None:
+        """Send ``data`` to every connection subscribed to ``stream`` (as Binance's combined-stream wrapper)."""
         frame: str | None = None
         now = 0.0
         for conn in list(self._conns):
@@ -213,7 +220,7 @@ class ExchangeSim:
                     continue
                 conn.stalled_until = 0.0
             if frame is None:
-                frame = json.dumps({"stream": stream, "data": data}, separators=(",", ":"))
+                frame = json.dumps({"stream": stream, "data": data} if wrap else data, separators=(",", ":"))
             try:
                 await conn.ws.send_str(frame)
                 self.frames_sent += 1

@@ -13,6 +13,7 @@ from shared.config import ServiceSettings
 class Settings(ServiceSettings):
     section = "exchange_sim"
 
+    protocol: Literal["binance", "kraken"] = Field(default="binance", description="wire protocol to speak")
     host: str = "127.0.0.1"
     port: int = Field(default=9443, ge=0, le=65535, description="0 = any free port")
     source: Literal["simulated", "replay"] = "simulated"

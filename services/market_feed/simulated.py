@@ -39,6 +39,8 @@ KNOWN = {
     "BTC/USDT": SymbolSpec("BTC/USDT", Decimal("60000.00"), Decimal("0.01"), Decimal("0.00001"), 0.01, 8.0),
     "ETH/USDT": SymbolSpec("ETH/USDT", Decimal("3000.00"), Decimal("0.01"), Decimal("0.0001"), 0.2, 5.0),
     "SOL/USDT": SymbolSpec("SOL/USDT", Decimal("150.00"), Decimal("0.01"), Decimal("0.001"), 3.0, 4.0),
+    "BTC/USD": SymbolSpec("BTC/USD", Decimal("60000.0"), Decimal("0.1"), Decimal("0.00000001"), 0.01, 5.0),
+    "ETH/USD": SymbolSpec("ETH/USD", Decimal("3000.00"), Decimal("0.01"), Decimal("0.00000001"), 0.2, 4.0),
     "XRP/USDT": SymbolSpec("XRP/USDT", Decimal("0.5000"), Decimal("0.0001"), Decimal("1"), 500.0, 3.0),
 }
 

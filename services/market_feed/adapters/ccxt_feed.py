@@ -52,6 +52,8 @@ from shared.schemas import GapMarker, Ticker, Trade
 logger = logging.getLogger(__name__)
 
 BINANCE_FAMILY = ("binance", "binanceus")
+#: Exchanges whose trade ids per symbol are consecutive integers: a jump in ids means trades were missed.
+CONSECUTIVE_IDS = (*BINANCE_FAMILY, "kraken")
 PAGE_LIMIT = 1000
 
 
@@ -328,7 +330,8 @@ class TradeStream:
         self.symbol = symbol
         self.settings = settings
         self.health = health
-        self.binance = exchange_id in BINANCE_FAMILY  # consecutive integer ids: a jump means missed trades
+        self.binance = exchange_id in BINANCE_FAMILY
+        self.consecutive = exchange_id in CONSECUTIVE_IDS  # a jump in ids means missed trades
         self.page_by_id = paging == "id" or (paging == "auto" and self.binance)
         self.params = {"name": "aggTrade"} if self.binance else {}
         self.core = FeedCore(exchange_id, [symbol], batch_size=settings.batch_size, window_ms=10**12,
@@ -358,6 +361,7 @@ class TradeStream:
                 if client is not self._client:
                     if self._client is not None:  # ccxt reconnected by itself after a server close
                         self.health.reconnects += 1
+                        self.need_backfill = True
                     self._client = client
                 await self.ingest([to_trade(t) for t in raw])
                 attempt = 0
@@ -398,7 +402,7 @@ class TradeStream:
         pending: list[Trade] = []
         seen = self.last_id
         for trade in trades:
-            jumped = (self.binance and isinstance(trade.id, int) and seen is not None and trade.id > seen + 1)
+            jumped = (self.consecutive and isinstance(trade.id, int) and seen is not None and trade.id > seen + 1)
             if self.need_backfill or jumped:
                 if pending:
                     await self.publish(pending)
@@ -497,7 +501,12 @@ class TradeStream:
                 return
             raw_page = await self._fetch(since, {})
             pages += 1
-            page = [t for t in raw_page if until is None or (t.ts <= until.ts and t != until)]
+            if until is None:
+                page = raw_page
+            elif isinstance(until.id, int):
+                page = [t for t in raw_page if isinstance(t.id, int) and t.id < until.id]
+            else:  # no usable ids: up to the millisecond before the first live trade
+                page = [t for t in raw_page if t.ts < until.ts]
             if not page:
                 return
             await self.publish(page, backfill=True)

@@ -193,3 +193,19 @@ def test_a_gap_marks_candles_incomplete():
     assert flags[("1m", 0)] is False and flags[("1m", MIN)] is False
     assert flags[("1m", 2 * MIN)] and flags[("1m", 3 * MIN)] and not flags[("1m", 4 * MIN)]
     assert flags[("5m", 0)] and not flags[("5m", 5 * MIN)]
+
+
+def test_a_timeframe_added_mid_bucket_starts_at_its_next_full_bucket():
+    trades = [(i, i * 30_000, Decimal(100 + i % 5), Decimal(1), i % 2 == 0) for i in range(40)]  # 20 minutes
+    builder = SeriesBuilder(["1m"])
+    out: list = []
+    builder.add_trades(trades[:15], out)  # up to minute 7:00 (a 5m bucket is under way)
+    builder.add_timeframe("5m")
+    builder.add_trades(trades[15:], out)
+    builder.advance(trades[-1][1], out, final=True)
+    five = latest(out)["5m"]
+    assert sorted(five) == [10 * MIN, 15 * MIN]  # the 5..10 bucket was under way: never published half-built
+    expected = direct(trades, 5 * MIN)
+    assert {ts: as_tuple(b) for ts, b in five.items()} == {ts: expected[ts] for ts in five}
+    builder.remove_timeframe("5m")
+    assert builder.timeframes == ["1m"]

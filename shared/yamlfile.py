@@ -39,7 +39,10 @@ class _LineLoader(yaml.SafeLoader):
 
 def load_yaml(text: str, source: str) -> tuple[Any, dict[Loc, int]]:
     """Parse YAML text; returns (data, {path: line}). ConfigError naming ``source`` and the line on a syntax error."""
-    loader = _LineLoader(text)
+    try:
+        loader = _LineLoader(text)
+    except yaml.YAMLError as exc:  # the reader rejects some characters (NUL, unpaired surrogates) up front
+        raise ConfigError(f"{source}:1: invalid YAML — {getattr(exc, 'reason', None) or exc}") from exc
     try:
         node = loader.get_single_node()
         if node is None:

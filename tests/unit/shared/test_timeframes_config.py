@@ -62,3 +62,9 @@ def test_bad_yaml_names_the_line(tmp_path):
     path.write_text("market_feed:\n  speed: [1, 2\n")
     with pytest.raises(ConfigError, match=rf"{path}:\d+: invalid YAML"):
         _Settings.load(path)
+
+
+def test_unreadable_characters_are_a_config_error_not_a_crash():
+    from shared.yamlfile import load_yaml
+    with pytest.raises(ConfigError, match=r"rules.yaml:1: invalid YAML"):
+        load_yaml("rules:\n  - name: \x00\n", "rules.yaml")

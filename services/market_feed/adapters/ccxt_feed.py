@@ -495,7 +495,7 @@ class TradeStream:
     async def _backfill_by_time(self, until: Trade | None) -> None:
         since = self.last_ts or (until.ts if until is not None else 0)
         pages = 0
-        while until is None or since <= until.ts:
+        while True:
             if pages >= self.settings.backfill_max_pages:
                 await self._gap(since, until.ts if until is not None else since, f"backfill stopped after {pages} pages")
                 return
@@ -507,16 +507,15 @@ class TradeStream:
                 page = [t for t in raw_page if isinstance(t.id, int) and t.id < until.id]
             else:  # no usable ids: up to the millisecond before the first live trade
                 page = [t for t in raw_page if t.ts < until.ts]
-            if not page:
-                return
-            await self.publish(page, backfill=True)
-            if page[-1].ts == since and len(raw_page) >= PAGE_LIMIT:
+            if page:
+                await self.publish(page, backfill=True)  # what was already published is dropped by the dedup
+            if len(page) < len(raw_page) or len(raw_page) < PAGE_LIMIT:
+                return  # reached the first live trade, or the newest trade the exchange has
+            if raw_page[-1].ts <= since:
                 await self._gap(since, until.ts if until is not None else since,
-                                "more trades in one millisecond than one page holds")
+                                "more trades at one time than one page holds")
                 return
-            if page[-1].ts == since or len(raw_page) < PAGE_LIMIT:
-                return
-            since = page[-1].ts
+            since = raw_page[-1].ts
 
 
 def _trade_clients(stream: TradeStream) -> list[tuple[str, Any]]:

@@ -32,7 +32,7 @@ from shared import streams
 from shared.bus import FIELD, Batch, Bus, Consumer, Entry
 from shared.errors import DecodeError
 from shared.runtime import consumer_name, heartbeat
-from shared.schemas import Candle, FeedMessage, GapMarker, TradeBatch, Watermark, decode_feed, pack, unpack
+from shared.schemas import Candle, FeedMessage, GapMarker, TradeBatch, Watermark, pack, unpack
 
 logger = logging.getLogger(__name__)
 
@@ -478,28 +478,45 @@ class CandleBuilderApp:
 
     async def _catch_up(self, series: Series, first_id: bytes, out: list[Emitted],
                         extra_acks: dict[str, list[bytes]]) -> None:
-        """Process entries between the saved id and ``first_id`` (left pending by a dead consumer) first."""
+        """Process, first, entries between the saved id and ``first_id`` still pending in the group.
+
+        They were delivered to a consumer that died (or to this one before a failure) and never acked; reading the
+        newer entry first would otherwise make them look re-delivered. Entries in that range that are no longer
+        pending were dead-lettered: they stay out.
+        """
         series.checked = True
         low = "-" if series.last_id is None else "(%d-%d" % series.last_id
         high = "(" + (first_id.decode() if isinstance(first_id, bytes) else first_id)
+        group = streams.GROUP_CANDLE_BUILDER
         while True:
-            entries = await self.redis.xrange(series.stream, min=low, max=high, count=self.settings.read_count)
-            if not entries:
+            pending = await self.redis.xpending_range(series.stream, group, min=low, max=high,
+                                                      count=self.settings.read_count)
+            if not pending:
                 return
-            logger.info("candle_builder: %s: %d entries before %s were not processed yet; processing them first",
-                        series.stream, len(entries), high[1:])
+            wanted = {p["message_id"] for p in pending}
+            entries = await self.redis.xrange(series.stream, min=low, max=_s(pending[-1]["message_id"]))
+            logger.info("candle_builder: %s: %d entries before %s were left pending; processing them first",
+                        series.stream, len(wanted), high[1:])
+            ids = extra_acks.setdefault(series.stream, [])
             for raw_id, fields in entries:
-                ids = extra_acks.setdefault(series.stream, [])
+                if raw_id not in wanted:
+                    continue  # acked by now (dead-lettered): not ours to count
                 ids.append(raw_id)
                 try:
-                    msg = decode_feed(fields.get(FIELD) or b"")
+                    msg = decode_feed_fast((fields or {}).get(FIELD) or b"")
                 except DecodeError as exc:
-                    await self.bus.dead_letter(series.stream, raw_id, fields.get(FIELD), f"undecodable: {exc}",
-                                               streams.GROUP_CANDLE_BUILDER)
+                    await self.bus.dead_letter(series.stream, raw_id, (fields or {}).get(FIELD),
+                                               f"undecodable: {exc}", group)
                     continue
                 self._apply(series, msg, out)
                 series.last_id = entry_id(raw_id)
-            low = "(" + entries[-1][0].decode()
+            missing = wanted - {raw_id for raw_id, _ in entries}
+            ids.extend(missing)  # pending but trimmed from the stream: nothing left to count
+            low = "(" + _s(pending[-1]["message_id"])
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _retune(builder: SeriesBuilder, tfs: set[str]) -> None:

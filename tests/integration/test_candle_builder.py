@@ -325,3 +325,19 @@ async def test_a_gap_marker_flags_the_candles_it_overlaps_incomplete(redis, redi
             assert c.incomplete == overlaps, (tf, c.ts)
             flagged += c.incomplete
     assert flagged >= 2
+
+
+async def test_a_poison_trade_goes_to_the_dead_letter_stream_and_the_rest_flows(redis, redis_url):
+    exchange, symbol, rel = RECORDINGS["kraken"]
+    path = shared_data(rel)
+    trades = read_trades(path)
+    stream = streams.trades(exchange, symbol)
+    await publish(redis, exchange, symbol, trades[:1000], per_entry=50, final=False)
+    poison = encode_trades(exchange, symbol, [Trade(-1, trades[999].ts, Decimal("NaN"), Decimal("1"), True)])
+    await Bus(redis).publish(stream, poison)
+    await publish(redis, exchange, symbol, trades[1000:], per_entry=50)
+    await run_until_caught_up(redis, settings_for(redis_url), [stream])
+    dead = await redis.xrange(streams.DEAD_LETTER)
+    assert len(dead) == 1 and dead[0][1][FIELD] == poison and b"price must be positive" in dead[0][1][b"reason"]
+    for tf in TIMEFRAMES:
+        check_against_pandas(await read_candles(redis, exchange, symbol, tf), path, tf)

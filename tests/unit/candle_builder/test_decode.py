@@ -46,3 +46,12 @@ def test_malformed_messages_raise_the_reference_error(raw):
     with pytest.raises(DecodeError) as got:
         decode_feed_fast(raw)
     assert str(got.value) == str(ref.value)
+
+
+@pytest.mark.parametrize("price,amount", [("NaN", "1"), ("1", "Infinity"), ("-5", "1"), ("0", "1"), ("1", "-0.1"),
+                                          ("sNaN", "1")])
+def test_non_finite_or_negative_values_are_refused(price, amount):
+    for n in (1, 20):  # row-wise and column-wise paths
+        rows = [[i, 1000 + i, "100", "1", 1] for i in range(n - 1)] + [[99, 2000, price, amount, 0]]
+        with pytest.raises(DecodeError, match="trade 99: price must be positive"):
+            decode_feed_fast(_raw(rows))

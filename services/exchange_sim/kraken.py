@@ -44,6 +44,9 @@ class KrakenSim(ExchangeSim):
     def ws_url(self) -> str:
         return f"ws://{self.host}:{self.port}/v2"
 
+    def feed_config(self, exchange_id: str = "kraken") -> dict[str, Any]:
+        return super().feed_config(exchange_id)
+
     @property
     def rest_url(self) -> str:
         return f"http://{self.host}:{self.port}"

@@ -85,6 +85,14 @@ class ExchangeSim:
     def rest_url(self) -> str:
         return f"http://{self.host}:{self.port}/api/v3"
 
+    def last_ids(self) -> dict[str, int | None]:
+        """Id of the last trade released per symbol."""
+        return {s: (int(b.last.id) if b.last is not None else None) for s, b in self.books.items()}  # type: ignore[arg-type]
+
+    def feed_config(self, exchange_id: str = "binance") -> dict[str, Any]:
+        """The ``market_feed.exchanges`` entry that points ccxt at this server."""
+        return {"id": exchange_id, "symbols": list(self.books), "ws_url": self.ws_url, "rest_url": self.rest_url}
+
     async def start(self) -> None:
         app = web.Application()
         self._routes(app)

@@ -11,7 +11,7 @@ from services.market_feed.settings import Settings
 from shared import streams
 from shared.bus import FIELD, Bus
 from shared.errors import UnknownExchangeError, UnknownSymbolError
-from shared.schemas import Ticker
+from shared.schemas import Ticker, Watermark, decode_feed
 from tests.conftest import shared_data
 from tests.integration.market_feed.helpers import (RECORDING, expected_trades, live_settings, local_exchange,
                                                    published, running_feed, wait_last_id)
@@ -156,12 +156,14 @@ async def test_simulated_exchange_through_ccxt_equals_the_simulated_market(redis
     expected: dict[str, list] = {s: [] for s in symbols}
     for s, t in SimulatedMarket(symbols, seed=5, start_ms=1_700_000_000_000, duration_s=90).trades():
         expected[s].append(tuple(t))
-    settings = Settings(mode="live", silence_timeout_s=1.0, backoff_base_s=0.05, exchanges=[
-        {"id": "binance", "symbols": symbols, "ws_url": sim.ws_url, "rest_url": sim.rest_url}])
+    settings = Settings(mode="live", silence_timeout_s=1.0, backoff_base_s=0.05, exchanges=[sim.feed_config()])
     try:
-        async with running_feed(settings, redis):
+        async with running_feed(settings, redis) as app:
             for s in symbols:
                 await wait_last_id(redis, expected[s][-1][0], symbol=s)
+            await sim.finished.wait()
+            assert app.live.last_ids() == {("binance", s): i for s, i in sim.last_ids().items()}
+        await app.live.publish_final_watermarks()
     finally:
         stop.set()
         await server
@@ -173,3 +175,5 @@ async def test_simulated_exchange_through_ccxt_equals_the_simulated_market(redis
         assert len(trades) >= 0.9 * len(expected[s])
         tickers = [Ticker.decode(f[FIELD]) for _, f in await redis.xrange(streams.tickers("binance", s))]
         assert tickers and all(t.bid < t.last < t.ask for t in tickers)
+        last = decode_feed((await redis.xrevrange(streams.trades("binance", s), count=1))[0][1][FIELD])
+        assert last == Watermark("binance", s, expected[s][-1][1], final=True)

@@ -47,7 +47,7 @@ from shared import streams
 from shared.bus import Bus
 from shared.errors import ConfigError, ExchangeError, UnknownExchangeError, UnknownSymbolError
 from shared.runtime import consumer_name
-from shared.schemas import GapMarker, Ticker, Trade
+from shared.schemas import GapMarker, Ticker, Trade, Watermark
 
 logger = logging.getLogger(__name__)
 
@@ -262,6 +262,17 @@ class LiveFeed:
                 with contextlib.suppress(Exception):
                     await s.outbox.flush()
             await self.close()
+
+    def last_ids(self) -> dict[tuple[str, str], int | None]:
+        """Last published trade id per (exchange, symbol): a demo compares it with the simulator's last ids."""
+        return {(s.exchange_id, s.symbol): s.last_id for s in self.streams}
+
+    async def publish_final_watermarks(self) -> None:
+        """Mark every stream as ended (``Watermark(final=True)`` at its last trade time): for a finite demo source,
+        so the candle builder closes the last candles. Call after ``run`` returned."""
+        for s in self.streams:
+            s.outbox.add(Watermark(s.exchange_id, s.symbol, s.last_ts or 0, final=True))
+            await s.outbox.flush()
 
     async def close(self) -> None:
         for exchange in self.exchanges.values():

@@ -3,7 +3,8 @@
 (a) raw: XREADGROUP (COUNT 1000) + XACK + ``decode_feed`` of trades entries, asyncio client and sync client (and the
     sync client with the builder's column-wise ``decode_feed_fast``);
 (b) the builder (``CandleBuilderApp``, 6 timeframes) while a producer process publishes the same entries
-    (pipelined XADD, as market_feed's replay does), for 1 trade per entry and 100 trades per entry;
+    (pipelined XADD, as market_feed's replay does), for 1 trade per entry and 100 trades per entry; and the builder
+    draining a stream already full (its capacity without a producer competing for the 2 cores);
 (c) RSS of a builder process following 500 symbols × 6 timeframes.
 
 Writes bench/results/bench_candles.json. Usage: ``python bench/bench_candles.py [--trades N] [--quick]``.
@@ -161,6 +162,26 @@ async def builder_rate(url: str, n_trades: int, per_entry: int, run: int = 0) ->
             "closed_candles": candles}
 
 
+async def builder_drain_rate(url: str, n_trades: int, per_entry: int, run: int = 0) -> float:
+    """Trades/s of the builder on a stream already full (no producer competing for the CPU): its own capacity."""
+    exchange, symbol = "drain", f"D{per_entry}-{run}/USDT"
+    stream = streams.trades(exchange, symbol)
+    publish_sync(url, stream, make_entries(exchange, symbol, n_trades, per_entry))
+    redis = connect(url)
+    await redis.sadd(streams.FEED_REGISTRY, streams.registry_member(exchange, symbol))
+    app = CandleBuilderApp(Settings(redis_url=url, timeframes=TIMEFRAMES, read_count=1000), redis)
+    await app.discover()
+    t = time.perf_counter()
+    await app.consumer.drain()
+    elapsed = time.perf_counter() - t
+    if app.trades_in != n_trades:
+        raise RuntimeError(f"drained {app.trades_in} of {n_trades} trades")
+    await redis.delete(stream, streams.builder_state(exchange, symbol))
+    await redis.srem(streams.FEED_REGISTRY, streams.registry_member(exchange, symbol))
+    await redis.aclose()
+    return n_trades / elapsed
+
+
 def rss_mb() -> float:
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -231,6 +252,8 @@ def main() -> None:
                          "raw_async_trades_per_s": asyncio.run(raw_rate_async(url, stream, n))}
                 sync_redis.Redis.from_url(url).delete(stream)
                 built = asyncio.run(builder_rate(url, n, per_entry, run))
+                drained = asyncio.run(builder_drain_rate(url, n, per_entry, run))
+                best["builder_drain_trades_per_s"] = max(best.get("builder_drain_trades_per_s", 0), round(drained))
                 for key, value in rates.items():
                     best[key] = max(best.get(key, 0), round(value))
                 if built["builder_trades_per_s"] > best.get("builder_trades_per_s", 0):
@@ -239,6 +262,8 @@ def main() -> None:
                            best["raw_sync_fast_decode_trades_per_s"])
             best["ratio_builder_to_raw_async"] = round(best["builder_trades_per_s"] / best["raw_async_trades_per_s"], 3)
             best["ratio_builder_to_raw_best"] = round(best["builder_trades_per_s"] / raw_best, 3)
+            best["ratio_drain_to_raw_async"] = round(best["builder_drain_trades_per_s"]
+                                                     / best["raw_async_trades_per_s"], 3)
             results[f"per_entry_{per_entry}"] = best
             print(json.dumps(best), flush=True)
         results["rss"] = rss_for_symbols(url, args.symbols, 200)

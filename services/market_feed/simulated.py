@@ -4,7 +4,7 @@ Each symbol's price is an integer number of ticks driven by a regime-switching p
 
 - regimes (calm / active / burst) change the trade rate and the size of moves — bursts of activity;
 - a drift (trend up, trend down, flat) that switches every few minutes — trends;
-- rare jumps of 1–3 % that play out over a few seconds — sharp moves;
+- rare jumps of 0.8–2 % that play out over a few seconds — sharp moves;
 - the taker side leans with the drift (and strongly during a jump) — buy/sell imbalance.
 
 Prices are exact ``Decimal`` on the symbol's tick grid, amounts on its lot grid, timestamps in ms from ``start_ms``.
@@ -55,7 +55,7 @@ _REGIMES = {  # name: (rate multiplier, volatility multiplier, mean duration s)
     "burst": (6.0, 2.5, 15.0),
 }
 _REGIME_NEXT = {"calm": ("active", "burst"), "active": ("calm", "burst"), "burst": ("active", "calm")}
-_BASE_VOL_PER_S = 0.00035  # relative price stdev per sqrt(second) at vol multiplier 1 (~0.27 %/min)
+_BASE_VOL_PER_S = 0.00025  # relative price stdev per sqrt(second) at vol multiplier 1 (~0.19 %/min)
 
 
 class _SymbolWalk:
@@ -83,18 +83,18 @@ class _SymbolWalk:
             self.regime = rng.choice(_REGIME_NEXT[self.regime])
             self.regime_until = self.ts_f + rng.expovariate(1 / _REGIMES[self.regime][2]) * 1000
         if self.ts_f >= self.drift_until:
-            # a trend of ±0.5–2 % over 1–5 minutes, or flat
+            # a trend of ±0.3–1.5 % over 1–5 minutes, or flat
             kind = rng.random()
             minutes = rng.uniform(1.0, 5.0)
             if kind < 0.35:
-                self.drift = rng.uniform(0.005, 0.02) / (minutes * 60)
+                self.drift = rng.uniform(0.003, 0.015) / (minutes * 60)
             elif kind < 0.7:
-                self.drift = -rng.uniform(0.005, 0.02) / (minutes * 60)
+                self.drift = -rng.uniform(0.003, 0.015) / (minutes * 60)
             else:
                 self.drift = 0.0
             self.drift_until = self.ts_f + minutes * 60_000
         if self.jump_left == 0.0 and rng.random() < 0.0004:  # per trade: a sharp move every few minutes
-            self.jump_left = rng.choice((-1, 1)) * rng.uniform(0.01, 0.03)
+            self.jump_left = rng.choice((-1, 1)) * rng.uniform(0.008, 0.02)
             self.jump_until = self.ts_f + rng.uniform(2_000, 10_000)
 
     def next(self) -> Trade:

@@ -445,10 +445,16 @@ class CandleBuilderApp:
         saved_state, saved_id = await self.redis.hmget(streams.builder_state(exchange, symbol), b"state", b"last_id")
         series = Series(exchange, symbol, stream, builder)
         if saved_state is not None:
-            builder.restore(unpack(saved_state))
             series.last_id = entry_id(saved_id)
-            series.registered = set()
-            logger.info("candle_builder: %s %s resumes after entry %s", exchange, symbol, saved_id.decode())
+            try:
+                builder.restore(unpack(saved_state))
+                logger.info("candle_builder: %s %s resumes after entry %s", exchange, symbol, saved_id.decode())
+            except (ValueError, KeyError, TypeError, DecodeError) as exc:
+                # e.g. base_timeframe changed between runs: the saved candles cannot continue. Resume from the
+                # saved stream position with empty candles rather than stall the stream.
+                logger.error("candle_builder: %s %s: saved state unusable (%s); resuming after entry %s with new "
+                             "candles (the first ones are partial)", exchange, symbol, exc, saved_id.decode())
+                series.builder = self._new_builder(exchange, symbol)
         elif self.settings.history_bars:
             series.needs_seed = True
         self.series[stream] = series

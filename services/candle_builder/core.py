@@ -13,6 +13,10 @@ Late trades (exchange time already past their bucket) within ``lateness_ms`` of 
 closed candles of every timeframe that hold them (``revision`` + 1, emitted once per batch); older ones are counted in
 ``late_dropped``. A ``GapMarker`` flags the candles overlapping it ``incomplete``.
 
+A new series can be seeded from OHLCV history (``history_plan`` says what to ask for, ``seed`` takes it): history
+candles before the first trade's bucket are emitted, and the bucket under way at the seam of every derived timeframe is
+rolled up from exact base candles plus trades.
+
 Arithmetic is exact: ``Decimal`` under a 60-digit context, so sums of products never round.
 """
 
@@ -29,7 +33,7 @@ from shared.timeframes import bucket_start, sort_timeframes, timeframe_ms
 __all__ = ["Bar", "Emitted", "SeriesBuilder", "bar_from_history", "base_timeframe"]
 
 
-#: What the builder emits: (timeframe, bar snapshot, closed).
+#: What the builder emits: (timeframe, snapshot of a closed bar). A revision has ``revision`` > 0.
 Emitted = tuple[str, Bar]
 
 

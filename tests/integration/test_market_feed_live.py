@@ -140,8 +140,10 @@ async def test_history_requests_are_answered_with_exchange_klines(redis):
     assert rows == want
 
 
-async def test_simulated_exchange_through_ccxt_equals_the_simulated_market(redis):
-    """The demo's path: exchange_sim (simulated market) → ccxt.pro → market_feed, two symbols, with tickers."""
+@pytest.mark.parametrize("watch", ["multi", "per_symbol"])
+async def test_simulated_exchange_through_ccxt_equals_the_simulated_market(redis, watch):
+    """The demo's path: exchange_sim (simulated market) → ccxt.pro → market_feed, two symbols, with tickers, the
+    connections dropped twice; trades watched with one watch_trades_for_symbols or one watch_trades per symbol."""
     from services.exchange_sim.app import serve
     from services.exchange_sim.settings import Settings as SimSettings
     from services.market_feed.simulated import SimulatedMarket
@@ -156,12 +158,21 @@ async def test_simulated_exchange_through_ccxt_equals_the_simulated_market(redis
     expected: dict[str, list] = {s: [] for s in symbols}
     for s, t in SimulatedMarket(symbols, seed=5, start_ms=1_700_000_000_000, duration_s=90).trades():
         expected[s].append(tuple(t))
-    settings = Settings(mode="live", silence_timeout_s=1.0, backoff_base_s=0.05, exchanges=[sim.feed_config()])
+    settings = Settings(mode="live", silence_timeout_s=1.0, backoff_base_s=0.05,
+                        exchanges=[{**sim.feed_config(), "trades_watch": watch}])
     try:
         async with running_feed(settings, redis) as app:
+            total = sum(len(v) for v in expected.values())
+            for share in (0.3, 0.6):
+                await sim.wait_released(int(total * share))
+                await sim.drop_connections()
             for s in symbols:
                 await wait_last_id(redis, expected[s][-1][0], symbol=s)
             await sim.finished.wait()
+            # one subscription carries both symbols' trades in multi mode; ccxt gives each watch_trades its own socket
+            sockets = [c for c in app.live.exchanges["binance"].clients.values()
+                       if any(str(k).startswith("trade::") for k in c.subscriptions)]
+            assert len(sockets) == (1 if watch == "multi" else 2)
             assert app.live.last_ids() == {("binance", s): i for s, i in sim.last_ids().items()}
         await app.live.publish_final_watermarks()
     finally:

@@ -242,7 +242,18 @@ class LiveFeed:
     async def run(self, stop: asyncio.Event) -> None:
         if not self.exchanges:
             await self.start()
-        tasks = [asyncio.create_task(s.run(stop), name=f"trades-{s.exchange_id}-{s.symbol}") for s in self.streams]
+        tasks = []
+        for feed in self.settings.exchanges:
+            exchange = self.exchanges[feed.id]
+            mine = {s.symbol: s for s in self.streams if s.exchange_id == feed.id}
+            multi = feed.trades_watch == "multi" or (
+                feed.trades_watch == "auto" and len(mine) > 1 and bool(exchange.has.get("watchTradesForSymbols")))
+            if multi:
+                tasks.append(asyncio.create_task(MultiTradeStream(exchange, feed.id, mine, self.settings).run(stop),
+                                                 name=f"trades-{feed.id}"))
+            else:
+                tasks.extend(asyncio.create_task(s.run(stop), name=f"trades-{feed.id}-{s.symbol}")
+                             for s in mine.values())
         for feed in self.settings.exchanges:
             if feed.tickers:
                 for symbol in feed.symbols:
@@ -358,42 +369,57 @@ class TradeStream:
     def last_id(self) -> int | None:
         return self.core.symbols[self.symbol].dedup.last_id
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def prepare(self) -> None:
+        """Restore the last published time (the last id is already in the dedup) for the start-up backfill."""
         if self.need_backfill and self.last_ts is None:
             raw = await self.redis.hget(streams.feed_state(self.exchange_id, self.symbol), "last_ts")
             self.last_ts = int(raw) if raw else None
+
+    async def on_frame(self, raw: list[dict[str, Any]]) -> None:
+        """Trades ccxt returned for this symbol: note a silent reconnect by ccxt, then backfill/dedup/publish."""
+        self.health.message()
+        client = _client_of(self)
+        if client is not self._client:
+            if self._client is not None:  # ccxt reconnected by itself after a server close
+                self.health.reconnects += 1
+                self.need_backfill = True
+            self._client = client
+        await self.ingest([to_trade(t) for t in raw])
+
+    async def on_silence(self) -> None:
+        """Silent past its timeout: count it, close its socket, and fetch by REST what the silence hid."""
+        self.health.timeouts += 1
+        logger.warning("%s %s: no trades for %.1fs; reconnecting", self.exchange_id, self.symbol,
+                       _timeout(self.settings, self.health))
+        self.health.silent_streak += 1
+        await self._reconnect()
+        self.need_backfill = True
+        with contextlib.suppress(ccxt.NetworkError, ccxt.ExchangeNotAvailable):
+            await self.backfill(None)  # a quiet or ended market
+
+    def on_network_error(self) -> None:
+        self.health.reconnects += 1
+        self._client = None  # counted here; the new connection is not counted again
+        self.need_backfill = True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.prepare()
         attempt = 0
         while not stop.is_set():
             try:
                 raw = await asyncio.wait_for(self.exchange.watch_trades(self.symbol, params=dict(self.params)),
                                              timeout=_timeout(self.settings, self.health))
-                self.health.message()
-                client = _client_of(self)
-                if client is not self._client:
-                    if self._client is not None:  # ccxt reconnected by itself after a server close
-                        self.health.reconnects += 1
-                        self.need_backfill = True
-                    self._client = client
-                await self.ingest([to_trade(t) for t in raw])
+                await self.on_frame(raw)
                 attempt = 0
             except asyncio.CancelledError:
                 raise
             except TimeoutError:
-                self.health.timeouts += 1
-                logger.warning("%s %s: no trades for %.1fs; reconnecting", self.exchange_id, self.symbol,
-                               _timeout(self.settings, self.health))
-                self.health.silent_streak += 1
-                await self._reconnect()
-                self.need_backfill = True
-                with contextlib.suppress(ccxt.NetworkError, ccxt.ExchangeNotAvailable):
-                    await self.backfill(None)  # a quiet or ended market: fetch what the silence hid
+                await self.on_silence()
             except ccxt.BadSymbol:
                 raise
             except (ccxt.NetworkError, ccxt.ExchangeNotAvailable) as exc:
                 attempt += 1
-                self.health.reconnects += 1
-                self._client = None  # counted here; the new connection is not counted again
-                self.need_backfill = True
+                self.on_network_error()
                 delay = _backoff(self.settings, attempt, exc)
                 logger.warning("%s %s: %s: %s; reconnecting in %.2fs", self.exchange_id, self.symbol,
                                type(exc).__name__, exc, delay)
@@ -527,6 +553,73 @@ class TradeStream:
                                 "more trades at one time than one page holds")
                 return
             since = raw_page[-1].ts
+
+
+class MultiTradeStream:
+    """The trades of several symbols of one exchange through one ``watch_trades_for_symbols`` subscription.
+
+    Each symbol keeps its own TradeStream state (dedup, backfill, health, silence timeout); this task only reads the
+    shared subscription and routes trades. A symbol silent past its own timeout closes the shared socket (every
+    symbol then backfills up to its first trade on the new connection) and is backfilled by REST at once.
+    """
+
+    def __init__(self, exchange: Any, exchange_id: str, streams_by_symbol: dict[str, TradeStream],
+                 settings: Settings) -> None:
+        self.exchange = exchange
+        self.exchange_id = exchange_id
+        self.streams = streams_by_symbol
+        self.settings = settings
+        self.params = {"name": "aggTrade"} if exchange_id in BINANCE_FAMILY else {}
+
+    def _wait(self) -> float:
+        now = time.monotonic()
+        return max(0.05, min(st.health.last_message + _timeout(self.settings, st.health) - now
+                             for st in self.streams.values()))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        for st in self.streams.values():
+            await st.prepare()
+        symbols = list(self.streams)
+        attempt = 0
+        while not stop.is_set():
+            try:
+                raw = await asyncio.wait_for(
+                    self.exchange.watch_trades_for_symbols(symbols, params=dict(self.params)), timeout=self._wait())
+                by_symbol: dict[str, list[dict[str, Any]]] = {}
+                for t in raw:
+                    by_symbol.setdefault(t["symbol"], []).append(t)
+                for symbol, trades in by_symbol.items():
+                    if symbol in self.streams:
+                        await self.streams[symbol].on_frame(trades)
+                attempt = 0
+            except asyncio.CancelledError:
+                raise
+            except TimeoutError:
+                now = time.monotonic()
+                for st in self.streams.values():
+                    if now - st.health.last_message >= _timeout(self.settings, st.health):
+                        await st.on_silence()
+                        st.health.last_message = time.monotonic()  # the next check is one (doubled) timeout away
+                for st in self.streams.values():
+                    st.need_backfill = True
+            except ccxt.BadSymbol:
+                raise
+            except (ccxt.NetworkError, ccxt.ExchangeNotAvailable) as exc:
+                attempt += 1
+                for st in self.streams.values():
+                    st.on_network_error()
+                delay = _backoff(self.settings, attempt, exc)
+                logger.warning("%s %s: %s: %s; reconnecting in %.2fs", self.exchange_id, ",".join(symbols),
+                               type(exc).__name__, exc, delay)
+                await _sleep(stop, delay)
+            except Exception as exc:
+                attempt += 1
+                for st in self.streams.values():
+                    st.health.errors += 1
+                    st.need_backfill = True
+                delay = _backoff(self.settings, attempt, exc)
+                logger.exception("%s: unexpected error; retrying in %.2fs", self.exchange_id, delay)
+                await _sleep(stop, delay)
 
 
 def _trade_clients(stream: TradeStream) -> list[tuple[str, Any]]:

@@ -9,7 +9,7 @@ from msgpack import unpackb as _unpackb
 from shared.errors import DecodeError
 from shared.schemas import SCHEMA_VERSION, FeedMessage, TradeBatch, decode_feed
 
-_is_finite = Decimal.is_finite
+_INF = Decimal("Infinity")
 
 
 class TradeColumns:
@@ -43,21 +43,23 @@ def decode_feed_fast(raw: bytes) -> FeedMessage:
     would poison every candle it touched — so the entry goes to the dead-letter stream instead.
     """
     msg = _fast(raw)
-    if msg is None:
-        msg = decode_feed(raw)
+    if msg is not None:
+        return msg  # checked on the way
+    msg = decode_feed(raw)
     if type(msg) is TradeBatch and msg.trades:
         trades = msg.trades
-        if type(trades) is TradeColumns:
-            prices, amounts = trades.prices, trades.amounts
-        else:
-            prices, amounts = [t[2] for t in trades], [t[3] for t in trades]
-        if not (all(map(_is_finite, prices)) and all(map(_is_finite, amounts)) and min(prices) > 0
-                and min(amounts) >= 0):
-            bad = next(t for t in trades if not (_is_finite(t[2]) and _is_finite(t[3]) and t[2] > 0
-                                                     and t[3] >= 0))
+        if not _values_ok([t[2] for t in trades], [t[3] for t in trades]):
+            bad = next(t for t in trades if not _values_ok([t[2]], [t[3]]))
             raise DecodeError(f"trade {bad[0]!r}: price must be positive and finite, amount >= 0 and finite, "
                               f"got price {bad[2]} amount {bad[3]}")
     return msg
+
+
+def _values_ok(prices: list[Decimal], amounts: list[Decimal]) -> bool:
+    try:  # comparisons with NaN raise InvalidOperation (an ArithmeticError); Infinity fails the bounds
+        return min(prices) > 0 and max(prices) < _INF and min(amounts) >= 0 and max(amounts) < _INF
+    except ArithmeticError:
+        return False
 
 
 def _fast(raw: bytes) -> TradeBatch | None:
@@ -70,15 +72,19 @@ def _fast(raw: bytes) -> TradeBatch | None:
                 if len(rows) < 8:  # small batches: row by row is cheaper than building columns
                     trades = []
                     for tid, ts, price, amount, side in rows:
-                        if type(ts) is not int or not (side == 0 or side == 1):
+                        p, a = Decimal(price), Decimal(amount)
+                        if type(ts) is not int or not (side == 0 or side == 1) or not (
+                                0 < p < _INF and 0 <= a < _INF):
                             return None
-                        trades.append((tid, ts, Decimal(price), Decimal(amount), side))
+                        trades.append((tid, ts, p, a, side))
                     return TradeBatch(exchange, symbol, trades)
                 if set(map(len, rows)) == {5}:
                     ids, tss, prices, amounts, sides = zip(*rows)
                     if set(map(type, tss)) == {int} and set(sides) <= {0, 1}:
-                        return TradeBatch(exchange, symbol, TradeColumns(  # type: ignore[arg-type]
-                            ids, tss, list(map(Decimal, prices)), list(map(Decimal, amounts)), sides))
+                        dec_prices, dec_amounts = list(map(Decimal, prices)), list(map(Decimal, amounts))
+                        if _values_ok(dec_prices, dec_amounts):
+                            return TradeBatch(exchange, symbol, TradeColumns(  # type: ignore[arg-type]
+                                ids, tss, dec_prices, dec_amounts, sides))
     except Exception:  # noqa: BLE001 - the reference decoder reports the problem precisely
         return None
     return None

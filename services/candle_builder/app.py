@@ -17,63 +17,26 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
 from redis.asyncio import Redis
 
 from services.candle_builder import history
-from services.candle_builder.core import Bar, Emitted, SeriesBuilder
+from services.candle_builder.core import Emitted, SeriesBuilder
 from services.candle_builder.decode import decode_feed_fast
 from services.candle_builder.leases import Leases
+from services.candle_builder.series import Series, entry_id, retune, text, to_candle
 from services.candle_builder.settings import Settings
 from shared import streams
 from shared.bus import FIELD, Batch, Bus, Consumer, Entry
 from shared.errors import DecodeError
 from shared.runtime import consumer_name, heartbeat
-from shared.schemas import Candle, FeedMessage, GapMarker, TradeBatch, Watermark, pack, unpack
+from shared.schemas import FeedMessage, GapMarker, TradeBatch, Watermark, pack, unpack
 
 logger = logging.getLogger(__name__)
 
 SERVICE = "candle_builder"
-
-
-def entry_id(raw: bytes | str) -> tuple[int, int]:
-    """A stream entry id as a comparable (ms, seq) pair."""
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def to_candle(exchange: str, symbol: str, tf: str, bar: Bar, *, closed: bool = True) -> Candle:
-    """The bus message of a bar (validated types come from the builder, so construct without re-validation)."""
-    return Candle.model_construct(
-        exchange=exchange, symbol=symbol, timeframe=tf, ts=bar.ts, open=bar.open, high=bar.high, low=bar.low,
-        close=bar.close, volume=bar.volume, buy_volume=bar.buy_volume, sell_volume=bar.sell_volume,
-        quote_volume=bar.quote_volume, trades=bar.trades, first_trade_id=bar.first_id, last_trade_id=bar.last_id,
-        closed=closed, revision=max(bar.revision, 0), incomplete=bar.incomplete)
-
-
-@dataclass(slots=True)
-class Series:
-    """One (exchange, symbol): its builder, trades stream and resume point."""
-
-    exchange: str
-    symbol: str
-    stream: str
-    builder: SeriesBuilder
-    last_id: tuple[int, int] | None = None
-    checked: bool = False  # entries between the saved id and the first one read here were looked for
-    registered: set[str] = field(default_factory=set)
-    last_live: float = 0.0
-    # Redis arrival time (entry id ms) minus exchange time of the newest trade/watermark: the feed's latency when
-    # live, years for a replay of a recording. Maps the wall clock to exchange time for the closing timer.
-    live_offset: int | None = None
-    seeded: list[Emitted] = field(default_factory=list)  # history candles to write with the first batch
-    needs_seed: bool = False  # new series, history wanted, no trade seen yet
-    late_logged: int = 0  # late_dropped count at the last warning
-    late_logged_at: float = -1e9
 
 
 class CandleBuilderApp:
@@ -165,7 +128,7 @@ class CandleBuilderApp:
                 self.wanted[(exchange, symbol)] = set(tfs)
                 series = self.series.get(stream)
                 if series is not None:
-                    _retune(series.builder, tfs)
+                    retune(series.builder, tfs)
         if new_streams and self.leases is None:
             logger.info("candle_builder: following %s", ", ".join(new_streams))
             self.consumer.add_streams(new_streams)
@@ -500,7 +463,7 @@ class CandleBuilderApp:
             if not pending:
                 return
             wanted = {p["message_id"] for p in pending}
-            entries = await self.redis.xrange(series.stream, min=low, max=_s(pending[-1]["message_id"]))
+            entries = await self.redis.xrange(series.stream, min=low, max=text(pending[-1]["message_id"]))
             logger.info("candle_builder: %s: %d entries before %s were left pending; processing them first",
                         series.stream, len(wanted), high[1:])
             ids = extra_acks.setdefault(series.stream, [])
@@ -518,20 +481,5 @@ class CandleBuilderApp:
                 series.last_id = entry_id(raw_id)
             missing = wanted - {raw_id for raw_id, _ in entries}
             ids.extend(missing)  # pending but trimmed from the stream: nothing left to count
-            low = "(" + _s(pending[-1]["message_id"])
+            low = "(" + text(pending[-1]["message_id"])
 
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _retune(builder: SeriesBuilder, tfs: set[str]) -> None:
-    """Follow a change of wanted timeframes (subscriptions) on a running builder."""
-    current = set(builder.timeframes)
-    for tf in tfs - current:
-        try:
-            builder.add_timeframe(tf)
-        except ValueError as exc:
-            logger.warning("candle_builder: cannot add timeframe %s: %s", tf, exc)
-    for tf in current - tfs:
-        builder.remove_timeframe(tf)

@@ -1,0 +1,64 @@
+"""One followed (exchange, symbol) and the small helpers around it: stream ids, candle messages, timeframe changes."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from services.candle_builder.core import Bar, Emitted, SeriesBuilder
+from shared.schemas import Candle
+
+logger = logging.getLogger(__name__)
+
+
+def entry_id(raw: bytes | str) -> tuple[int, int]:
+    """A stream entry id as a comparable (ms, seq) pair."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def to_candle(exchange: str, symbol: str, tf: str, bar: Bar, *, closed: bool = True) -> Candle:
+    """The bus message of a bar (validated types come from the builder, so construct without re-validation)."""
+    return Candle.model_construct(
+        exchange=exchange, symbol=symbol, timeframe=tf, ts=bar.ts, open=bar.open, high=bar.high, low=bar.low,
+        close=bar.close, volume=bar.volume, buy_volume=bar.buy_volume, sell_volume=bar.sell_volume,
+        quote_volume=bar.quote_volume, trades=bar.trades, first_trade_id=bar.first_id, last_trade_id=bar.last_id,
+        closed=closed, revision=max(bar.revision, 0), incomplete=bar.incomplete)
+
+
+@dataclass(slots=True)
+class Series:
+    """One (exchange, symbol): its builder, trades stream and resume point."""
+
+    exchange: str
+    symbol: str
+    stream: str
+    builder: SeriesBuilder
+    last_id: tuple[int, int] | None = None
+    checked: bool = False  # entries between the saved id and the first one read here were looked for
+    registered: set[str] = field(default_factory=set)
+    last_live: float = 0.0
+    # Redis arrival time (entry id ms) minus exchange time of the newest trade/watermark: the feed's latency when
+    # live, years for a replay of a recording. Maps the wall clock to exchange time for the closing timer.
+    live_offset: int | None = None
+    seeded: list[Emitted] = field(default_factory=list)  # history candles to write with the first batch
+    needs_seed: bool = False  # new series, history wanted, no trade seen yet
+    late_logged: int = 0  # late_dropped count at the last warning
+    late_logged_at: float = -1e9
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def retune(builder: SeriesBuilder, tfs: set[str]) -> None:
+    """Follow a change of wanted timeframes (subscriptions) on a running builder."""
+    current = set(builder.timeframes)
+    for tf in tfs - current:
+        try:
+            builder.add_timeframe(tf)
+        except ValueError as exc:
+            logger.warning("candle_builder: cannot add timeframe %s: %s", tf, exc)
+    for tf in current - tfs:
+        builder.remove_timeframe(tf)

@@ -50,7 +50,11 @@ def demo(
     rules: Annotated[Optional[Path], typer.Option(help="Rules YAML (default: the sample rules).")] = None,
     exchange: Annotated[Optional[str], typer.Option(help="Exchange id of the recording.")] = None,
     symbol: Annotated[Optional[str], typer.Option(help="Symbol of the recording, e.g. BTC/USDT.")] = None,
-    minutes: Annotated[int, typer.Option(help="Minutes of simulated market.")] = 180,
+    minutes: Annotated[Optional[int], typer.Option(help="Minutes of simulated market [default: 30 --live, 180 --direct].")] = None,
+    live: Annotated[bool, typer.Option("--live/--direct", help="--live (default): the true live path, the simulated "
+                                       "market served by a local exchange speaking Binance's protocol and read by "
+                                       "ccxt.pro; --direct: publish the simulation straight into the trades stream.")] = True,
+    speed: Annotated[float, typer.Option(help="--live: simulated time runs this many times faster than real time.")] = 60.0,
     seed: Annotated[int, typer.Option(help="Seed of the simulated market.")] = 7,
     data_dir: Annotated[Optional[Path], typer.Option(help="Keep Redis data and alerts.jsonl here.")] = None,
     config: ConfigOpt = None,
@@ -59,8 +63,10 @@ def demo(
     from sentinel.run import RunOptions
     from sentinel.run import demo as run_demo
 
+    live = live and trades is None  # a recording is replayed directly
+    minutes = minutes or (30 if live else 180)
     run_demo(RunOptions(trades_file=trades, rules_file=rules, exchange=exchange, symbol=symbol, minutes=minutes,
-                        seed=seed, data_dir=data_dir, config_file=config))
+                        seed=seed, data_dir=data_dir, config_file=config, live=live, live_speed=speed))
 
 
 @app.command()

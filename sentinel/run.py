@@ -38,6 +38,8 @@ class RunOptions:
     seed: int = 7
     notify_console: bool = True
     jsonl_path: Path | None = None
+    live: bool = False  # through the local exchange and ccxt.pro instead of publishing the simulation directly
+    live_speed: float = 60.0
 
 
 def _service_settings(opts: RunOptions, redis_url: str, data_dir: Path) -> dict:
@@ -74,7 +76,7 @@ def _service_settings(opts: RunOptions, redis_url: str, data_dir: Path) -> dict:
     }
 
 
-def _build_pipeline(redis, settings: dict, with_notifier: bool = True) -> Pipeline:
+def _build_pipeline(redis, settings: dict, with_notifier: bool = True, with_feed: bool = True) -> Pipeline:
     from services.alert_engine.app import AlertEngineApp
     from services.candle_builder.app import CandleBuilderApp
     from services.market_feed.app import MarketFeedApp
@@ -85,33 +87,96 @@ def _build_pipeline(redis, settings: dict, with_notifier: bool = True) -> Pipeli
     pipeline.add("alert_engine", AlertEngineApp(settings["alert_engine"], redis))
     if with_notifier:
         pipeline.add("notifier", NotifierApp(settings["notifier"], redis))
-    pipeline.add("market_feed", MarketFeedApp(settings["market_feed"], redis))
+    if with_feed:
+        pipeline.add("market_feed", MarketFeedApp(settings["market_feed"], redis))
     return pipeline
 
 
+class _LiveSource:
+    """The true live path offline: the local exchange (Binance's protocol, fed by the simulated market) and
+    market_feed in live mode reading it through ccxt.pro — reconnects, backfill and dedup included."""
+
+    def __init__(self, opts: RunOptions, feed_settings, redis) -> None:
+        self.opts, self.feed_settings, self.redis = opts, feed_settings, redis
+        self.stop = asyncio.Event()
+
+    async def start(self) -> None:
+        from services.exchange_sim.app import build
+        from services.exchange_sim.settings import Settings as SimSettings
+        from services.market_feed.app import MarketFeedApp
+
+        self.sim = build(SimSettings(port=0, seed=self.opts.seed, duration_s=self.opts.minutes * 60,
+                                     speed=self.opts.live_speed, wait_for_client=True))
+        await self.sim.start()
+        from services.market_feed.settings import ExchangeFeed
+
+        settings = self.feed_settings.model_copy(update={
+            "mode": "live", "exchanges": [ExchangeFeed(**self.sim.feed_config())],
+            # ccxt hands trades over only when the next frame arrives: a short silence timeout makes the feed
+            # fetch the last trades of the finite simulation by REST instead of waiting for a frame that never comes.
+            "silence_timeout_s": 2.0})
+        self.app = MarketFeedApp(settings, self.redis)
+        self.task = asyncio.create_task(self.app.run(self.stop), name="market_feed")
+
+    def caught_up(self) -> bool:
+        if self.task.done():
+            self.task.result()  # surface the error
+            return True
+        if not self.sim.finished.is_set():
+            return False
+        want = {("binance", sym): last for sym, last in self.sim.last_ids().items()}
+        return self.app.live is not None and self.app.live.last_ids() == want
+
+    async def finish(self) -> None:
+        self.stop.set()
+        await self.task
+        await self.app.live.publish_final_watermarks()
+        await self.sim.stop()
+
+    @property
+    def published(self) -> int:
+        return getattr(self.app, "published_trades", 0) if hasattr(self, "app") else 0
+
+
 async def _run_to_end(opts: RunOptions, data_dir: Path, *, with_notifier: bool, progress: bool):
-    """Start an embedded Redis in ``data_dir``, run the pipeline over the finite source, return (redis server, stats)."""
+    """Start an embedded Redis in ``data_dir``, run the pipeline over the finite source, return what it made."""
     server = EmbeddedRedis(data_dir / "redis", persist=True)
     server.start()
     redis = connect(server.url)
     started = time.monotonic()
+    live_source: _LiveSource | None = None
     try:
         settings = _service_settings(opts, server.url, data_dir)
-        pipeline = _build_pipeline(redis, settings, with_notifier=with_notifier)
-        feed = pipeline.apps["market_feed"]
+        pipeline = _build_pipeline(redis, settings, with_notifier=with_notifier, with_feed=not opts.live)
         install_signal_handlers(pipeline.stop)
         pipeline.start()
+        if opts.live:
+            live_source = _LiveSource(opts, settings["market_feed"], redis)
+            await live_source.start()
+            published = lambda: live_source.published  # noqa: E731
+            source_done = live_source.caught_up
+        else:
+            feed = pipeline.apps["market_feed"]
+            published = lambda: getattr(feed, "published_trades", 0)  # noqa: E731
+            source_done = lambda: bool(getattr(feed, "done", False))  # noqa: E731
         status = console.status("starting…") if progress else contextlib.nullcontext()
         with status as live:
             def tick() -> None:
                 if live is not None:
-                    published = getattr(feed, "published_trades", 0)
-                    state = "replayed" if getattr(feed, "done", False) else "publishing"
-                    live.update(f"{state} {published:,} trades · building candles · evaluating rules "
+                    state = "published" if source_done() else "publishing"
+                    via = " via ccxt.pro" if opts.live else ""
+                    live.update(f"{state} {published():,} trades{via} · building candles · evaluating rules "
                                 f"({time.monotonic() - started:.0f}s)")
+
+            async def run_source_then_drain() -> None:
+                if live_source is not None:
+                    await wait_drained(redis, source_done, pipeline, on_tick=tick, settle=0.0)
+                    await live_source.finish()
+                await wait_drained(redis, source_done if live_source is None else (lambda: True), pipeline,
+                                   on_tick=tick)
+
             stopper = asyncio.ensure_future(pipeline.stop.wait())
-            drained = asyncio.ensure_future(wait_drained(redis, lambda: bool(getattr(feed, "done", False)),
-                                                         pipeline, on_tick=tick))
+            drained = asyncio.ensure_future(run_source_then_drain())
             done, _ = await asyncio.wait({stopper, drained}, return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()
             if drained in done:
@@ -123,9 +188,16 @@ async def _run_to_end(opts: RunOptions, data_dir: Path, *, with_notifier: bool, 
         series = await export.candle_series(redis)
         candles = {s: await export.closed_candles(redis, *s) for s in series}
         alerts = await export.alerts(redis)
-        return {"trades": getattr(feed, "published_trades", 0), "candles": candles, "alerts": alerts,
+        return {"trades": published(), "candles": candles, "alerts": alerts,
                 "seconds": time.monotonic() - started}
     finally:
+        if live_source is not None and hasattr(live_source, "task"):
+            live_source.stop.set()
+            live_source.task.cancel()
+            with contextlib.suppress(BaseException):
+                await live_source.task
+            with contextlib.suppress(Exception):
+                await live_source.sim.stop()
         await redis.aclose()
         server.stop()
 
@@ -155,6 +227,8 @@ def demo(opts: RunOptions) -> None:
     """The whole pipeline offline on the simulated market (or a recording), then a summary."""
     with _data_dir(opts.data_dir) as data_dir:
         source = str(opts.trades_file) if opts.trades_file else f"the simulated market ({opts.minutes} min, seed {opts.seed})"
+        if opts.live:
+            source += f" → local exchange (Binance protocol, ×{opts.live_speed:g}) → ccxt.pro"
         console.print(f"[bold]sentinel demo[/]: {source} → market_feed → candle_builder → alert_engine → notifier")
         stats = asyncio.run(_run_to_end(opts, data_dir, with_notifier=True, progress=True))
         _summary(stats)

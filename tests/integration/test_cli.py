@@ -26,8 +26,8 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def test_demo_prints_candles_and_alerts(tmp_path):
-    result = subprocess.run([*SENTINEL, "demo", "--minutes", "45", "--data-dir", str(tmp_path)], cwd=REPO,
+def test_demo_direct_prints_candles_and_alerts(tmp_path):
+    result = subprocess.run([*SENTINEL, "demo", "--direct", "--minutes", "45", "--data-dir", str(tmp_path)], cwd=REPO,
                             env=_env(COLUMNS="120"), capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
@@ -42,6 +42,18 @@ def test_demo_prints_candles_and_alerts(tmp_path):
     assert len(lines) == fired
     # The embedded Redis kept an append-only file there and is gone now.
     assert list((tmp_path / "redis").glob("appendonly*"))
+
+
+def test_demo_default_runs_the_live_path_through_ccxt_pro(tmp_path):
+    result = subprocess.run([*SENTINEL, "demo", "--minutes", "12", "--data-dir", str(tmp_path)], cwd=REPO,
+                            env=_env(COLUMNS="120"), capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ccxt.pro" in result.stdout
+    rows = re.findall(r"binance\s+│\s+(BTC/USDT|ETH/USDT)\s+│\s+1m\s+│\s+(\d+)", result.stdout)
+    assert {sym for sym, _ in rows} == {"BTC/USDT", "ETH/USDT"}
+    assert all(12 <= int(n) <= 13 for _, n in rows), rows  # 12 simulated minutes, not aligned to the minute
+    trades = int(re.search(r"([\d,]+) trades in", result.stdout).group(1).replace(",", ""))
+    assert trades > 1000
 
 
 def test_backtest_refuses_a_bad_rules_file_naming_file_line_and_field(tmp_path):

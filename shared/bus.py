@@ -262,9 +262,13 @@ class Consumer(Generic[T]):
             handled += await self._claim_stale()
         if handled:
             return handled
-        response = await self.redis.xreadgroup(
-            self.group, self.name, {s: ">" for s in self._streams}, count=self.count, block=block_ms,
-        )
+        # A stream with entries waiting for a retry is not read further: its order is kept.
+        readable = {s: ">" for s in self._streams if s not in self._recover}
+        if not readable:
+            delay = max(0.0, min(self._retry_at - loop.time(), (block_ms or 0) / 1000))
+            await asyncio.sleep(delay)
+            return 0
+        response = await self.redis.xreadgroup(self.group, self.name, readable, count=self.count, block=block_ms)
         return await self._handle_response(response)
 
     async def _read_own_pending(self) -> int:

@@ -82,7 +82,9 @@ async def heartbeat(redis: Redis, service: str, stop: asyncio.Event,
                     status: Callable[[], dict[str, Any]] | None = None, every: float = 2.0) -> None:
     """Write the service's heartbeat hash every ``every`` seconds (``ts`` in ms plus ``status()`` fields)."""
     key = streams.heartbeat(service)
-    while not stop.is_set():
+    me = asyncio.current_task()
+    # redis-py can swallow a cancellation that lands inside a command; stop on a pending cancel as well.
+    while not stop.is_set() and not (me is not None and me.cancelling()):
         fields = {"ts": int(time.time() * 1000), "pid": os.getpid(), "host": socket.gethostname()}
         if status:
             fields.update({k: str(v) for k, v in status().items()})

@@ -175,3 +175,30 @@ async def _until(predicate, timeout: float = 5.0) -> None:
         if loop.time() > deadline:
             pytest.fail("condition not reached in time")
         await asyncio.sleep(0.02)
+
+
+async def test_entries_after_a_failed_one_wait_for_it(redis):
+    """Order within a stream holds through retries: nothing newer is handled before the failed entry succeeds."""
+    bus = Bus(redis)
+    await bus.publish(STREAM, batch_of(0, 1))
+    seen: list[int] = []
+    failures = {0: 2}  # entry 0 fails twice, then succeeds
+
+    async def handle(batch):
+        for entry in batch.entries:
+            tid = entry.value.trades[0].id
+            if failures.get(tid, 0) > 0:
+                failures[tid] -= 1
+                raise RuntimeError("transient")
+            seen.append(tid)
+
+    consumer = Consumer(bus, group="g", consumer="c1", decode=decode_feed, handler=handle, streams=[STREAM],
+                        max_deliveries=10, block_ms=20)
+    assert await consumer.poll(20) == 1  # fails, will be retried
+    await bus.publish(STREAM, batch_of(1, 1))
+    await bus.publish(STREAM, batch_of(2, 1))
+    for _ in range(200):
+        await consumer.poll(20)
+        if len(seen) == 3:
+            break
+    assert seen == [0, 1, 2]

@@ -1,0 +1,41 @@
+"""market_feed's per-stream health (issue 4) reaches GET /health of the API, from a live feed through ccxt.pro."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from services.api.app import create_app
+from services.api.settings import Settings as ApiSettings
+from tests.conftest import shared_data
+from tests.integration.market_feed.helpers import (RECORDING, expected_trades, live_settings, local_exchange,
+                                                   running_feed, wait_last_id)
+
+
+async def test_health_reports_reconnects_and_backfill_per_stream(redis, redis_url):
+    path = shared_data(RECORDING)
+    expected = expected_trades(path)
+    api = create_app(ApiSettings(redis_url=redis_url, services=["market_feed"]), redis)
+    async with local_exchange(path) as sim, running_feed(live_settings(sim), redis) as app:
+        await sim.wait_released(500)
+        assert await sim.drop_connections() >= 1
+        await wait_last_id(redis, expected[-1][0])
+        live = app.live.health["binance|BTC/USDT|trades"]
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://api") as client:
+            for _ in range(50):  # the heartbeat is written every 2 s
+                response = await client.get("/health")
+                feed = response.json()["services"]["market_feed"]
+                if (int(feed.get("binance|BTC/USDT|trades.reconnects", 0)) >= 1
+                        and int(feed.get("binance|BTC/USDT|trades.backfilled", 0)) > 0):
+                    break
+                await asyncio.sleep(0.1)
+    assert response.status_code == 200, response.text
+    assert feed["status"] == "ok"
+    # The heartbeat is a snapshot taken up to 2 s earlier than the feed's own counters were read.
+    assert 1 <= int(feed["binance|BTC/USDT|trades.reconnects"]) <= live.reconnects
+    assert 0 < int(feed["binance|BTC/USDT|trades.backfilled"]) <= live.backfilled
+    for key in ("age_s", "msgs_per_s", "gaps"):
+        assert f"binance|BTC/USDT|trades.{key}" in feed
+    streams = {s["stream"]: s for s in response.json()["streams"]}
+    assert streams["sentinel:trades:binance:BTC/USDT"]["last_entry_age_s"] is not None

@@ -107,3 +107,24 @@ async def tasks_until_done(*coros: Awaitable[None]) -> AsyncIterator[list[asynci
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def service_main(name: str, settings_cls: type, app_cls: type, config_file: str | None = None, *,
+                 extra_grace: float = 0.0) -> None:
+    """What ``sentinel <service>`` runs: load settings, log, connect (embedded Redis without REDIS_URL), run until
+    SIGTERM/SIGINT with the service's ``shutdown_grace_s`` (default 10 s) for in-flight work, close Redis."""
+    from shared.logs import setup_logging
+
+    settings = settings_cls.load(config_file)
+    setup_logging(settings.log_level)
+    grace = getattr(settings, "shutdown_grace_s", 10.0) + extra_grace
+
+    async def serve(url: str) -> None:
+        redis = connect(url)
+        try:
+            await run_service(name, app_cls(settings, redis).run, grace=grace)
+        finally:
+            await redis.aclose()
+
+    with redis_url_or_embedded(settings.redis_url, settings.data_dir) as url:
+        asyncio.run(serve(url))

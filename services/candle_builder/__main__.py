@@ -1,29 +1,15 @@
-"""``python -m services.candle_builder`` / ``sentinel candle-builder``: run candle_builder alone."""
+"""``python -m services.candle_builder`` / ``sentinel candle-builder``: run candle_builder alone (what docker-compose runs)."""
 
 from __future__ import annotations
 
-import asyncio
-
-from services.candle_builder.app import SERVICE, CandleBuilderApp
-from services.candle_builder.settings import Settings
-from shared.logs import setup_logging
-from shared.runtime import connect, redis_url_or_embedded, run_service
+from shared.runtime import service_main
 
 
 def main(config_file: str | None = None) -> None:
-    settings = Settings.load(config_file)
-    setup_logging(settings.log_level)
-    with redis_url_or_embedded(settings.redis_url, settings.data_dir) as url:
-        asyncio.run(_run(settings, url))
+    from services.candle_builder.app import CandleBuilderApp
+    from services.candle_builder.settings import Settings
 
-
-async def _run(settings: Settings, url: str) -> None:
-    redis = connect(url)
-    try:
-        app = CandleBuilderApp(settings, redis)
-        await run_service(SERVICE, app.run, grace=settings.shutdown_grace_s)
-    finally:
-        await redis.aclose()
+    service_main("candle_builder", Settings, CandleBuilderApp, config_file)
 
 
 if __name__ == "__main__":

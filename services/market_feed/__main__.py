@@ -1,29 +1,15 @@
-"""``python -m services.market_feed`` / ``sentinel market-feed``: run market_feed alone."""
+"""``python -m services.market_feed`` / ``sentinel market-feed``: run market_feed alone (what docker-compose runs)."""
 
 from __future__ import annotations
 
-import asyncio
-
-from services.market_feed.app import SERVICE, MarketFeedApp
-from services.market_feed.settings import Settings
-from shared.logs import setup_logging
-from shared.runtime import connect, redis_url_or_embedded, run_service
+from shared.runtime import service_main
 
 
 def main(config_file: str | None = None) -> None:
-    settings = Settings.load(config_file)
-    setup_logging(settings.log_level)
-    with redis_url_or_embedded(settings.redis_url, settings.data_dir) as url:
-        asyncio.run(_run(settings, url))
+    from services.market_feed.app import MarketFeedApp
+    from services.market_feed.settings import Settings
 
-
-async def _run(settings: Settings, url: str) -> None:
-    redis = connect(url)
-    try:
-        app = MarketFeedApp(settings, redis)
-        await run_service(SERVICE, app.run)
-    finally:
-        await redis.aclose()
+    service_main("market_feed", Settings, MarketFeedApp, config_file)
 
 
 if __name__ == "__main__":

@@ -82,5 +82,7 @@ def test_yaml_syntax_error_and_duplicate_names():
 
 def test_sample_rules_are_valid_and_target_the_simulated_market():
     ruleset = load_rules_file(SAMPLE_RULES)
-    assert ruleset.rules and all(rule.exchange == "sim" for rule in ruleset.rules)
-    assert all(rule.matches("sim", "BTC/USDT") or rule.matches("sim", "ETH/USDT") for rule in ruleset.rules)
+    # The demo's market is labelled "sim" (--direct) or "binance" (through the local exchange): rules match both.
+    assert ruleset.rules and all(rule.exchange is None for rule in ruleset.rules)
+    for exchange in ("sim", "binance"):
+        assert all(rule.matches(exchange, "BTC/USDT") or rule.matches(exchange, "ETH/USDT") for rule in ruleset.rules)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from services.candle_builder import history
-from shared import streams
+from shared import history, streams
 from shared.bus import FIELD
 from tests.conftest import shared_data
 from tests.integration.test_candle_builder import (
@@ -25,7 +24,7 @@ from tests.integration.test_candle_builder import (
 SEAM = 1_723_161_720_000  # 2024-08-09 00:02:00 UTC: the builder's first trade is here, mid 5m/15m/1h bucket
 
 
-async def serve_history(redis, path, requests: list[dict]) -> None:
+async def serve_history(redis, path, requests: list[history.HistoryRequest]) -> None:
     """Answer history requests the way market_feed would, from pandas' candles of the whole recording."""
     last = "0"
     while True:
@@ -34,12 +33,12 @@ async def serve_history(redis, path, requests: list[dict]) -> None:
                 last = entry_id
                 req = history.decode_request(fields[FIELD])
                 requests.append(req)
-                df = pandas_candles(path, req["tf"])
+                df = pandas_candles(path, req.timeframe)
                 rows = [(ts, r["open"], r["high"], r["low"], r["close"], r["volume"], r["buy_volume"], r["trades"],
                          r["quote_volume"]) for ts, r in df.iterrows()
-                        if req["since"] <= ts < req["until"] and r["trades"]]
-                await redis.rpush(req["reply_to"], history.encode_reply(req["id"], rows))
-                await redis.expire(req["reply_to"], 60)
+                        if req.since <= ts < req.until and r["trades"]]
+                await redis.rpush(req.reply_to, history.encode_reply(req.id, rows))
+                await redis.expire(req.reply_to, 60)
 
 
 async def test_history_seeds_the_series_and_the_seam_bucket_is_exact(redis, redis_url):
@@ -48,7 +47,7 @@ async def test_history_seeds_the_series_and_the_seam_bucket_is_exact(redis, redi
     trades = [t for t in read_trades(path) if t.ts >= SEAM]
     assert trades[0].ts - SEAM < 1000
     await publish(redis, exchange, symbol, trades, per_entry=50)
-    requests: list[dict] = []
+    requests: list[history.HistoryRequest] = []
     server = asyncio.create_task(serve_history(redis, path, requests))
     try:
         await run_until_caught_up(redis, settings_for(redis_url, history_bars=30), [streams.trades(exchange, symbol)])
@@ -56,7 +55,7 @@ async def test_history_seeds_the_series_and_the_seam_bucket_is_exact(redis, redi
         server.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await server
-    assert {r["tf"] for r in requests} == set(TIMEFRAMES)
+    assert {r.timeframe for r in requests} == set(TIMEFRAMES)
     for tf in TIMEFRAMES:
         candles = await read_candles(redis, exchange, symbol, tf)
         assert [c.ts for c in candles] == sorted(c.ts for c in candles), f"{tf}: history after live candles"

@@ -121,11 +121,16 @@ async def test_history_requests_are_answered_with_exchange_klines(redis):
 
     from services.market_feed.history import request_history
     from shared.errors import ExchangeError
+    from shared.schemas import pack
 
     path = shared_data(RECORDING)
     expected = expected_trades(path)
     async with local_exchange(path, speed=40) as sim, running_feed(live_settings(sim), redis):
         await wait_last_id(redis, expected[-1][0])
+        # malformed requests (a reply key that is not the request's own, an unknown timeframe) are dead-lettered
+        good = {"v": 1, "k": "history_request", "id": "x1", "x": "binance", "s": "BTC/USDT", "tf": "1s", "since": 0}
+        for bad in ({**good, "reply_to": "sentinel:feed:state:binance:BTC/USDT"}, {**good, "tf": "7m"}):
+            await redis.xadd(streams.HISTORY_REQUESTS, {FIELD: pack(bad)})
         reply = await request_history(redis, "binance", "BTC/USDT", "1s", since=expected[0][1] - 5000,
                                       until=expected[-1][1], timeout=10)
         cut = await request_history(redis, "binance", "BTC/USDT", "1s", since=expected[0][1] - 5000,
@@ -144,6 +149,9 @@ async def test_history_requests_are_answered_with_exchange_klines(redis):
     assert reply.ok and reply.complete
     assert reply.rows == want
     assert not cut.complete and cut.rows == want[:5]
+    dead = [f for _, f in await redis.xrange(streams.DEAD_LETTER)]
+    assert [f[b"source"] for f in dead] == [streams.HISTORY_REQUESTS.encode()] * 2, dead
+    assert b"'reply_to'" in dead[0][b"reason"] and b"'tf'" in dead[1][b"reason"]
 
 
 @pytest.mark.parametrize("watch", ["multi", "per_symbol"])

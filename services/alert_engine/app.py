@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from shared import streams
@@ -29,6 +30,7 @@ from shared.schemas import Candle, Ticker, pack, unpack
 from services.alert_engine import core
 from services.alert_engine.rules import RuleSet, load_rules_file, parse_rule_text
 from services.alert_engine.settings import Settings
+from services.candle_builder.app import OneBatchPerRead
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +86,8 @@ class AlertEngineApp:
         self._api_texts: dict[str, str] | None = None
         self.engine = core.AlertEngine(self.ruleset, keep=settings.history_bars)
         self._rules_mtime = self._mtime() if ruleset is None else None
-        self.consumer = Consumer(self.bus, group=streams.GROUP_ALERT_ENGINE,
+        # every stream of a read in one batch: one gate round trip for the candles a second boundary closes at once
+        self.consumer = OneBatchPerRead(self.bus, group=streams.GROUP_ALERT_ENGINE,
                                  consumer=consumer_name("alert_engine", settings.consumer_name), decode=decode_input,
                                  handler=self._handle, count=settings.batch, block_ms=settings.block_ms)
         self._gate = redis.register_script(_GATE)
@@ -323,22 +326,16 @@ class AlertEngineApp:
             else:
                 fires.extend(self.engine.on_live_candle(value))
         if fires:
-            await self.publish(fires)
+            await self.publish(fires, batch)
 
-    async def publish(self, fires: list[core.Fire]) -> list[int]:
-        """Gate and publish; returns the gate's answers (1 published, 0 duplicate, -1 cooling down)."""
+    async def publish(self, fires: list[core.Fire], batch: Batch | None = None) -> list[int]:
+        """Gate and publish; returns the gate's answers (1 published, 0 duplicate, -1 cooling down).
+
+        ``batch``: its XACKs ride in the round trip that saves the rule state, after the alerts are out.
+        """
         answers: list[int] = []
         touched: dict[str, core.Fire] = {}
-        async with self.redis.pipeline(transaction=False) as pipe:  # one round trip; each script runs atomically
-            for f in fires:
-                await self._gate(
-                    keys=[streams.alert_fired(f.alert.id), streams.alert_cooldown(f.fingerprint), streams.ALERTS,
-                          streams.ALERT_HISTORY],
-                    args=[f.alert.encode(), f.now_ms, f.cooldown_ms, streams.CHANNEL_ALERTS,
-                          self.settings.alerts_maxlen, self.settings.history_maxlen,
-                          self.settings.fired_ttl_s * 1000, _GC_MARGIN_MS],
-                    client=pipe)
-            results = await pipe.execute()
+        results = await self._run_gates(fires)
         for f, result in zip(fires, results, strict=True):
             answer = int(result)
             answers.append(answer)
@@ -355,8 +352,43 @@ class AlertEngineApp:
             else:
                 self.suppressed += 1
             touched[f.fingerprint] = f
-        await self._save_state(touched)
+        await self._save_state(touched, batch)
         return answers
+
+    async def _run_gates(self, fires: list[core.Fire]) -> list[Any]:
+        """EVALSHA the gate of every fire in one pipelined round trip (each script runs atomically, in order).
+
+        Plain EVALSHA rather than redis-py's pipeline scripts, which cost a SCRIPT EXISTS round trip per execute:
+        the script is loaded once, and again only for the fires that got NOSCRIPT (a restarted or flushed Redis).
+        Those never ran, so re-running just them neither loses nor repeats an alert.
+        """
+        s = self.settings
+        results: list[Any] = [None] * len(fires)
+        todo = list(range(len(fires)))
+        for attempt in range(3):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for i in todo:
+                    f = fires[i]
+                    pipe.evalsha(self._gate.sha, 4, streams.alert_fired(f.alert.id),
+                                 streams.alert_cooldown(f.fingerprint), streams.ALERTS, streams.ALERT_HISTORY,
+                                 f.alert.encode(), f.now_ms, f.cooldown_ms, streams.CHANNEL_ALERTS, s.alerts_maxlen,
+                                 s.history_maxlen, s.fired_ttl_s * 1000, _GC_MARGIN_MS)
+                answers = await pipe.execute(raise_on_error=False)
+            missing = []
+            for i, answer in zip(todo, answers, strict=True):
+                if isinstance(answer, redis_errors.NoScriptError):
+                    missing.append(i)
+                elif isinstance(answer, Exception):
+                    raise answer
+                else:
+                    results[i] = answer
+            if not missing:
+                return results
+            if attempt == 2:
+                break
+            self._gate.sha = await self.redis.script_load(_GATE)
+            todo = missing
+        raise redis_errors.NoScriptError("alert gate script could not be loaded")
 
     async def _save_all_state(self) -> None:
         """Every fingerprint's state (pending/firing/inactive, last value) for the API, periodically."""
@@ -379,10 +411,13 @@ class AlertEngineApp:
                 "next_eligible": until_ms if until_ms is not None and until_ms >= 0 else None,
                 "updated_at": int(time.time() * 1000)}
 
-    async def _save_state(self, touched: dict[str, core.Fire]) -> None:
-        """RULE_STATE rows of the fingerprints a batch touched (cooldown known from the gate: no extra reads)."""
+    async def _save_state(self, touched: dict[str, core.Fire], batch: Batch | None = None) -> None:
+        """RULE_STATE rows of the fingerprints a batch touched (cooldown known from the gate: no extra reads), and
+        the batch's XACKs in the same round trip."""
         rows = self.engine.status_rows()
         async with self.redis.pipeline(transaction=False) as pipe:
+            if batch is not None:
+                batch.ack_with(pipe)
             for fp, f in touched.items():
                 if fp in rows:
                     until = self._cooldown_until.get(fp)

@@ -341,3 +341,33 @@ async def test_a_poison_trade_goes_to_the_dead_letter_stream_and_the_rest_flows(
     assert len(dead) == 1 and dead[0][1][FIELD] == poison and b"price must be positive" in dead[0][1][b"reason"]
     for tf in TIMEFRAMES:
         check_against_pandas(await read_candles(redis, exchange, symbol, tf), path, tf)
+
+
+async def test_streams_read_together_are_committed_together_and_each_equals_pandas(redis, redis_url, monkeypatch):
+    """One XREADGROUP reply spanning several streams is one handler call (one MULTI/EXEC), not one per stream;
+    each stream keeps its order (candles equal pandas) and a poison entry in one stream still only costs itself."""
+    calls: list[set[str]] = []
+    handle = CandleBuilderApp.handle
+
+    async def recording(self, batch):
+        calls.append({e.stream for e in batch.entries})
+        await handle(self, batch)
+
+    monkeypatch.setattr(CandleBuilderApp, "handle", recording)
+    names = ["btcusdt", "kraken"]
+    for name in names:
+        exchange, symbol, rel = RECORDINGS[name]
+        trades = read_trades(shared_data(rel))
+        await publish(redis, exchange, symbol, trades[:500], per_entry=50, final=False)
+        if name == "kraken":
+            poison = encode_trades(exchange, symbol, [Trade(-1, trades[499].ts, Decimal("NaN"), Decimal(1), True)])
+            await Bus(redis).publish(streams.trades(exchange, symbol), poison)
+        await publish(redis, exchange, symbol, trades[500:], per_entry=50)
+    await run_until_caught_up(redis, settings_for(redis_url),
+                              [streams.trades(*RECORDINGS[n][:2]) for n in names])
+    assert any(len(streams_) > 1 for streams_ in calls), "no read was handled as one multi-stream batch"
+    assert len(await redis.xrange(streams.DEAD_LETTER)) == 1
+    for name in names:
+        exchange, symbol, rel = RECORDINGS[name]
+        for tf in TIMEFRAMES:
+            check_against_pandas(await read_candles(redis, exchange, symbol, tf), shared_data(rel), tf)

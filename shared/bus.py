@@ -297,12 +297,29 @@ class Consumer(Generic[T]):
         return handled
 
     async def _handle_response(self, response: Any) -> int:
+        """Hand every stream of one XREADGROUP reply to the handler as ONE batch.
+
+        A handler that commits per batch (MULTI/EXEC) then makes one round trip per read, not one per stream: with N
+        symbols trading, a per-stream split made the last stream of a reply wait N round trips. Order within each
+        stream is kept, and a failing batch is still retried entry by entry.
+        """
+        entries: list[Entry[T]] = []
         handled = 0
         for stream_name, raw_entries in response or ():
-            handled += await self._handle_entries(_s(stream_name), raw_entries)
+            handled += len(raw_entries)
+            entries += await self._decode_entries(_s(stream_name), raw_entries)
+        if entries:
+            await self._dispatch(entries)
         return handled
 
     async def _handle_entries(self, stream: str, raw_entries: list) -> int:
+        entries = await self._decode_entries(stream, raw_entries)
+        if entries:
+            await self._dispatch(entries)
+        return len(raw_entries)
+
+    async def _decode_entries(self, stream: str, raw_entries: list) -> list[Entry[T]]:
+        """Decoded entries; undecodable ones (and ones trimmed while pending) are dead-lettered / acked here."""
         entries: list[Entry[T]] = []
         for entry_id, fields in raw_entries:
             if fields is None:  # deleted by trimming while pending
@@ -317,9 +334,7 @@ class Consumer(Generic[T]):
                 await self.bus.dead_letter(stream, entry_id, data, f"undecodable: {exc}", self.group)
                 await self.redis.xack(stream, self.group, entry_id)
                 self.dead_lettered += 1
-        if entries:
-            await self._dispatch(entries)
-        return len(raw_entries)
+        return entries
 
     async def _dispatch(self, entries: list[Entry[T]]) -> None:
         try:

@@ -30,7 +30,6 @@ from shared.schemas import Candle, Ticker, pack, unpack
 from services.alert_engine import core
 from services.alert_engine.rules import RuleSet, load_rules_file, parse_rule_text
 from services.alert_engine.settings import Settings
-from services.candle_builder.app import OneBatchPerRead
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ class AlertEngineApp:
         self.engine = core.AlertEngine(self.ruleset, keep=settings.history_bars)
         self._rules_mtime = self._mtime() if ruleset is None else None
         # every stream of a read in one batch: one gate round trip for the candles a second boundary closes at once
-        self.consumer = OneBatchPerRead(self.bus, group=streams.GROUP_ALERT_ENGINE,
+        self.consumer = Consumer(self.bus, group=streams.GROUP_ALERT_ENGINE,
                                  consumer=consumer_name("alert_engine", settings.consumer_name), decode=decode_input,
                                  handler=self._handle, count=settings.batch, block_ms=settings.block_ms)
         self._gate = redis.register_script(_GATE)

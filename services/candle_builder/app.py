@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from itertools import chain
-from typing import Any, TypeVar
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -29,7 +29,7 @@ from services.candle_builder.leases import Leases
 from services.candle_builder.series import Series, entry_id, retune, text, to_candle
 from services.candle_builder.settings import Settings
 from shared import streams
-from shared.bus import FIELD, Batch, Bus, Consumer, Entry, _s
+from shared.bus import FIELD, Batch, Bus, Consumer, Entry
 from shared.errors import DecodeError
 from shared.runtime import consumer_name, heartbeat
 from shared.schemas import FeedMessage, GapMarker, TradeBatch, Watermark, pack, unpack
@@ -38,41 +38,6 @@ logger = logging.getLogger(__name__)
 
 SERVICE = "candle_builder"
 
-T = TypeVar("T")
-
-
-class OneBatchPerRead(Consumer[T]):
-    """A ``Consumer`` that hands every stream of one XREADGROUP reply to the handler as one batch.
-
-    The plain consumer calls the handler once per stream of a reply; here that is one MULTI/EXEC round trip per
-    stream, so with N symbols trading, a read returning N streams committed them one after another and the last
-    candle of a reply waited N round trips (trade → closed candle tens of ms at 5k trades/s). The handler already
-    groups a batch by stream; order within each stream is kept, and a failing batch is still retried entry by entry.
-    alert_engine reads its candle streams with it too (a second boundary closes every symbol's candle at once).
-    """
-
-    async def _handle_response(self, response: Any) -> int:
-        entries: list[Entry[T]] = []
-        handled = 0
-        for stream_name, raw_entries in response or ():
-            stream = _s(stream_name)
-            handled += len(raw_entries)
-            for raw_id, fields in raw_entries:
-                if fields is None:  # deleted by trimming while pending
-                    await self.redis.xack(stream, self.group, raw_id)
-                    continue
-                data = fields.get(FIELD)
-                try:
-                    if data is None:
-                        raise DecodeError(f"entry has no {FIELD.decode()!r} field")
-                    entries.append(Entry(stream, raw_id, self.decode(data)))
-                except DecodeError as exc:
-                    await self.bus.dead_letter(stream, raw_id, data, f"undecodable: {exc}", self.group)
-                    await self.redis.xack(stream, self.group, raw_id)
-                    self.dead_lettered += 1
-        if entries:
-            await self._dispatch(entries)
-        return handled
 
 
 class CandleBuilderApp:
@@ -86,7 +51,7 @@ class CandleBuilderApp:
         # instance (host-pid unless configured).
         self.name = consumer_name(SERVICE, settings.consumer_name or (None if settings.leases else SERVICE))
         self.leases = Leases(redis, self.name, settings.lease_ttl_ms) if settings.leases else None
-        self.consumer: Consumer[FeedMessage] = OneBatchPerRead[FeedMessage](
+        self.consumer: Consumer[FeedMessage] = Consumer[FeedMessage](
             self.bus, group=streams.GROUP_CANDLE_BUILDER, consumer=self.name, decode=decode_feed_fast,
             handler=self.handle, count=settings.read_count, block_ms=settings.block_ms,
             claim_idle_ms=settings.claim_idle_ms)

@@ -152,3 +152,9 @@ BUILDER_INSTANCES = f"{PREFIX}:candle_builder:instances"
 
 #: Consumer group of market_feed on HISTORY_REQUESTS (it serves OHLCV history from the exchanges it is connected to).
 GROUP_MARKET_FEED = "market_feed"
+
+# ---- alert_engine (append-only additions) --------------------------------------------------------------------------
+
+#: Hash rule name -> YAML of the rule as written in the engine's rules FILE; replaced (DEL + HSET in MULTI) on every
+#: successful load, read by the API to list file rules next to the API-managed ``RULES``.
+FILE_RULES = f"{PREFIX}:rules:file"

@@ -6,7 +6,8 @@ Where things happen:
   new streams are warmed up (closed candles this group already processed) before they are consumed.
 - ``_handle``: candles / tickers → ``core.AlertEngine`` → ``Fire`` → ``_GATE`` (one Lua script: alert id seen? →
   cooldown in exchange time → XADD alerts + history + PUBLISH), so replicas and restarts never double-fire.
-- ``_maybe_reload``: the rules file is re-read when it changes; a bad new file keeps the old rules running.
+- ``_maybe_reload``: the rules file is re-read when it changes; a bad new file keeps the old rules running. Every
+  successful load replaces ``streams.FILE_RULES`` (name → the rule's YAML as in the file) for the API to list.
 """
 
 from __future__ import annotations
@@ -18,18 +19,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
+from services.alert_engine import core
+from services.alert_engine.rules import RuleSet, load_rules_file, parse_rule_text
+from services.alert_engine.settings import Settings
 from shared import streams
 from shared.bus import Batch, Bus, Consumer, _s
 from shared.errors import ConfigError, DecodeError
 from shared.runtime import consumer_name, heartbeat
 from shared.schemas import Candle, Ticker, pack, unpack
-
-from services.alert_engine import core
-from services.alert_engine.rules import RuleSet, load_rules_file, parse_rule_text
-from services.alert_engine.settings import Settings
+from shared.yamlfile import load_yaml_file
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +75,26 @@ def decode_input(raw: bytes) -> Candle | Ticker:
     raise DecodeError(f"expected a candle or a ticker, got kind {kind!r}")
 
 
+def read_rules_file(path: str | Path) -> tuple[RuleSet, dict[str, str] | None]:
+    """The validated rules of a rules file, and each rule's mapping as written there (name → YAML text).
+
+    The texts come from the parsed YAML, not from the model (``dump_rule`` does not round-trip). None when they do
+    not match the validated rules (the file changed between the two reads): the next reload writes them.
+    """
+    ruleset = load_rules_file(path)
+    try:
+        data, _ = load_yaml_file(path)
+    except ConfigError:
+        return ruleset, None
+    entries = data.get("rules") if isinstance(data, dict) else data
+    texts = {entry["name"]: yaml.safe_dump(entry, sort_keys=False, allow_unicode=True)
+             for entry in entries or [] if isinstance(entry, dict) and isinstance(entry.get("name"), str)}
+    if set(texts) != {r.name for r in ruleset.rules}:
+        logger.warning("rules file %s changed while it was read; its rules are not listed for the API yet", path)
+        return ruleset, None
+    return ruleset, texts
+
+
 class AlertEngineApp:
     """The alert engine service: ``await AlertEngineApp(settings, redis).run(stop)``."""
 
@@ -80,7 +102,12 @@ class AlertEngineApp:
         self.settings = settings
         self.redis = redis
         self.bus = Bus(redis)
-        self.ruleset = ruleset if ruleset is not None else load_rules_file(settings.rules_file)
+        # the file's rules as YAML texts, waiting to be written to FILE_RULES (None: nothing to write)
+        self._file_texts: dict[str, str] | None = None
+        if ruleset is None:
+            self.ruleset, self._file_texts = read_rules_file(settings.rules_file)
+        else:
+            self.ruleset = ruleset
         self.file_ruleset = self.ruleset
         self._api_texts: dict[str, str] | None = None
         self.engine = core.AlertEngine(self.ruleset, keep=settings.history_bars)
@@ -101,6 +128,7 @@ class AlertEngineApp:
     # ---- lifecycle --------------------------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        await self._write_file_rules()
         await self._load_api_rules()
         await self._sync_series()
         tasks = [
@@ -120,6 +148,7 @@ class AlertEngineApp:
 
     async def drain(self) -> int:
         """Burst mode (tests, backtest): sync series once, then process everything available now."""
+        await self._write_file_rules()
         await self._load_api_rules()
         await self._sync_series()
         return await self.consumer.drain()
@@ -158,6 +187,7 @@ class AlertEngineApp:
 
     async def _maybe_reload(self) -> bool:
         """Re-read the rules file if it changed; a bad file keeps the current rules and is reported."""
+        await self._write_file_rules()  # a write a Redis error interrupted last time
         if self._rules_mtime is None:
             return False
         mtime = self._mtime()
@@ -165,7 +195,7 @@ class AlertEngineApp:
             return False
         self._rules_mtime = mtime
         try:
-            ruleset = load_rules_file(self.settings.rules_file)
+            ruleset, self._file_texts = read_rules_file(self.settings.rules_file)
         except ConfigError as exc:
             self.reload_error = "; ".join(exc.problems)
             logger.error("rules file changed but is invalid; keeping the %d current rules:\n  %s",
@@ -173,11 +203,24 @@ class AlertEngineApp:
             return False
         self.file_ruleset = ruleset
         self._api_texts = None
+        await self._write_file_rules()
         if not await self._load_api_rules():
             self.set_rules(ruleset)
         await self._sync_series()
         logger.info("rules reloaded from %s: %d rules", self.settings.rules_file, len(ruleset.rules))
         return True
+
+    async def _write_file_rules(self) -> None:
+        """Replace ``streams.FILE_RULES`` with the last loaded file's rules, atomically (removed rules disappear)."""
+        texts = self._file_texts
+        if texts is None:
+            return
+        async with self.redis.pipeline(transaction=True) as tx:
+            tx.delete(streams.FILE_RULES)
+            if texts:
+                tx.hset(streams.FILE_RULES, mapping=texts)
+            await tx.execute()
+        self._file_texts = None
 
     def set_rules(self, ruleset: RuleSet) -> None:
         self.ruleset = ruleset

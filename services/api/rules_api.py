@@ -1,5 +1,10 @@
 """Rules CRUD: rules live in ``streams.RULES`` (name → YAML of the rule), validated by the alert engine's own models.
 
+The alert engine's rules file is listed too: the engine writes its rules to ``streams.FILE_RULES`` (name → the rule's
+YAML as in the file) on every load. They are read-only here: an API rule of the same name overrides a file rule (as in
+the engine), so PUT, enable, disable and snooze of a file rule store an API override; DELETE removes only an override
+(the file rule then applies again) and answers 409 for a rule that is only in the file.
+
 A body is one rule as YAML or JSON (JSON is YAML too, so both get line numbers); errors use the rules file's format,
 ``request body:LINE: field.path — expected``. After a change the API PUBLISHes the rule name on
 ``streams.CHANNEL_RULES`` so the engine can reload without a restart.
@@ -10,7 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from fastapi import Body, Depends, FastAPI, HTTPException, Request
@@ -54,6 +59,9 @@ def rule_body_schemas() -> dict[str, Any]:
 
 class RuleOut(BaseModel):
     name: str
+    source: Literal["api", "file"] = Field(
+        description="`api`: managed through the API (overrides a file rule of the same name); `file`: from the alert "
+                    "engine's rules file, read-only (PUT, enable, disable, snooze store an API override).")
     enabled: bool
     snooze_until: str | None = None
     rule: dict[str, Any] = Field(description="The rule in the rules file's own spelling.",
@@ -77,7 +85,7 @@ class RuleErrors(BaseModel):
         description="One `source:line: field.path — problem` line per problem (or FastAPI's validation errors).")
 
 
-def parse_rule(text: str, source: str = SOURCE) -> Stored:
+def parse_rule(text: str, source: str = SOURCE, origin: str = "api") -> Stored:
     """One rule from YAML/JSON text; ConfigError with ``source:line: path — problem`` lines.
 
     The rule is kept as the user wrote it (``data``), validated by the engine's model (``rule``): a round trip
@@ -91,7 +99,7 @@ def parse_rule(text: str, source: str = SOURCE) -> Stored:
     if clean != data:  # surrogate-pair escapes ("\\ud83d\\ude00") combined: validate what will be stored
         text = yaml.safe_dump(clean, sort_keys=False, allow_unicode=True)
     rule = rules_mod.parse_rule_text(text, source)  # what the engine runs on the same hash entry
-    return Stored(rule, _plain(clean))
+    return Stored(rule, _plain(clean), origin)
 
 
 def _unicode(value: Any, source: str) -> Any:
@@ -116,6 +124,7 @@ def _unicode(value: Any, source: str) -> Any:
 class Stored:
     rule: rules_mod.Rule
     data: dict[str, Any]
+    source: str = "api"  # "api" (streams.RULES) or "file" (streams.FILE_RULES)
 
     @property
     def name(self) -> str:
@@ -138,24 +147,38 @@ def _plain(value: Any) -> Any:
 
 def _out(stored: Stored) -> RuleOut:
     rule = stored.rule
-    return RuleOut(name=rule.name, enabled=rule.enabled,
+    return RuleOut(name=rule.name, source=stored.source, enabled=rule.enabled,
                    snooze_until=rule.snooze_until.isoformat() if rule.snooze_until else None, rule=stored.data)
 
 
-async def load_all(redis: Redis) -> dict[str, Stored]:
-    """Every API-managed rule; one that no longer validates is reported, not hidden."""
+async def load_all(redis: Redis, *, with_file: bool = False) -> dict[str, Stored]:
+    """Every API-managed rule (and, ``with_file``, every file rule an API rule does not override), sorted by name;
+    one that no longer validates is reported, not hidden."""
+    keys = [streams.RULES, streams.FILE_RULES] if with_file else [streams.RULES]
+    async with redis.pipeline(transaction=True) as tx:  # one snapshot of both hashes
+        for key in keys:
+            tx.hgetall(key)
+        hashes = await tx.execute()
     out: dict[str, Stored] = {}
-    for name, text in sorted((await redis.hgetall(streams.RULES)).items()):
-        key = name.decode()
-        out[key] = parse_rule(text.decode(), f"{streams.RULES}[{key}]")
-    return out
+    for key, origin, entries in zip(keys, ("api", "file"), hashes, strict=False):
+        for name, text in entries.items():
+            name = name.decode()
+            if name not in out:
+                out[name] = parse_rule(text.decode(), f"{key}[{name}]", origin)
+    return dict(sorted(out.items()))
 
 
 async def _get(redis: Redis, name: str) -> Stored:
-    text = await redis.hget(streams.RULES, name)
-    if text is None:
-        raise HTTPException(status_code=404, detail=f"no rule named {name!r}")
-    return parse_rule(text.decode(), f"{streams.RULES}[{name}]")
+    """The rule ``name``: the API's, else the rules file's; 404 if neither has it."""
+    async with redis.pipeline(transaction=True) as tx:
+        tx.hget(streams.RULES, name)
+        tx.hget(streams.FILE_RULES, name)
+        api, file = await tx.execute()
+    if api is not None:
+        return parse_rule(api.decode(), f"{streams.RULES}[{name}]")
+    if file is not None:
+        return parse_rule(file.decode(), f"{streams.FILE_RULES}[{name}]", "file")
+    raise HTTPException(status_code=404, detail=f"no rule named {name!r}")
 
 
 async def _store(redis: Redis, rule: Stored) -> None:
@@ -189,8 +212,8 @@ def mount(app: FastAPI, settings, redis: Redis, access) -> None:
 
     @app.get("/rules", response_model=RuleList, dependencies=read, tags=["rules"], responses=errors)
     async def list_rules() -> RuleList:
-        """Every rule managed through the API."""
-        return RuleList(rules=[_out(r) for r in (await load_all(redis)).values()])
+        """Every rule: those managed through the API and those of the alert engine's rules file (``source``)."""
+        return RuleList(rules=[_out(r) for r in (await load_all(redis, with_file=True)).values()])
 
     @app.get("/rules/export", dependencies=read, tags=["rules"], response_class=PlainTextResponse,
              responses={**{code: {"description": errors[code]["description"], "content": {"application/json": {
@@ -212,6 +235,9 @@ def mount(app: FastAPI, settings, redis: Redis, access) -> None:
     async def create_rule(request: Request) -> RuleOut:
         """Add a rule (validated exactly like the rules file)."""
         rule = await _body_rule(request)
+        if await redis.hexists(streams.FILE_RULES, rule.name) and not await redis.hexists(streams.RULES, rule.name):
+            raise HTTPException(status_code=409, detail=f"a rule named {rule.name!r} is in the alert engine's rules "
+                                                        "file; PUT overrides it")
         if not await redis.hsetnx(streams.RULES, rule.name, rule.yaml()):
             raise HTTPException(status_code=409, detail=f"a rule named {rule.name!r} exists; PUT replaces it")
         await redis.publish(streams.CHANNEL_RULES, rule.name)
@@ -227,9 +253,14 @@ def mount(app: FastAPI, settings, redis: Redis, access) -> None:
         await _store(redis, rule)
         return _out(rule)
 
-    @app.delete("/rules/{name}", status_code=204, dependencies=write, tags=["rules"], responses=errors)
+    @app.delete("/rules/{name}", status_code=204, dependencies=write, tags=["rules"],
+                responses={**errors, 409: {"model": RuleErrors, "description": "the rule is in the rules file"}})
     async def delete_rule(name: str) -> None:
+        """Delete an API rule; for an override of a file rule, the file's rule applies again."""
         if not await redis.hdel(streams.RULES, name):
+            if await redis.hexists(streams.FILE_RULES, name):
+                raise HTTPException(status_code=409, detail=f"rule {name!r} is in the alert engine's rules file; "
+                                                            "remove it there (or disable it here)")
             raise HTTPException(status_code=404, detail=f"no rule named {name!r}")
         await redis.publish(streams.CHANNEL_RULES, name)
 

@@ -192,3 +192,51 @@ async def test_subscriptions_follow_the_rules_and_intrabar_reads_live_candles(re
     stop.set()
     await app.run(stop)  # a clean stop releases what the engine holds
     assert await redis.hgetall(streams.SUBSCRIPTIONS) == {}
+
+
+async def test_file_rules_are_written_for_the_api_and_follow_reloads(redis, tmp_path):
+    import os
+
+    import yaml
+    text = f"""rules:
+  - name: a   # a comment, flow style and quoting as a user writes them
+    symbols: ["{SYM}"]
+    timeframe: {TF}
+    condition: {{op: above, right: 10.50}}
+    cooldown: 90s
+  - name: b
+    symbols: [{SYM}]
+    condition:
+      left: close
+      op: crosses_down
+      right: {{ema: 21}}
+    message: '{{symbol}} under EMA21'
+"""
+    settings = _settings(tmp_path, rules_text=text)
+    app = AlertEngineApp(settings, redis)
+    assert await redis.exists(streams.FILE_RULES) == 0  # written when the service starts, not on construction
+    await app.drain()
+    # independent check: PyYAML's own reading of the file, rule by rule
+    want = {r["name"]: r for r in yaml.safe_load(text)["rules"]}
+    stored = {k.decode(): v.decode() for k, v in (await redis.hgetall(streams.FILE_RULES)).items()}
+    assert {k: yaml.safe_load(v) for k, v in stored.items()} == want
+    assert list(yaml.safe_load(stored["a"])) == ["name", "symbols", "timeframe", "condition", "cooldown"]  # file order
+
+    # a reload with rule a removed and b changed: the hash is replaced, a disappears
+    changed_b = want["b"] | {"condition": {"op": "below", "right": 3}}
+    settings.rules_file.write_text(yaml.safe_dump({"rules": [changed_b]}))
+    os.utime(settings.rules_file, ns=(2, 2))
+    assert await app._maybe_reload()
+    stored = {k.decode(): yaml.safe_load(v) for k, v in (await redis.hgetall(streams.FILE_RULES)).items()}
+    assert stored == {"b": changed_b}
+
+    # a bad file keeps both the running rules and the hash
+    settings.rules_file.write_text("rules:\n  - {name: z, condition: {op: sideways}}\n")
+    os.utime(settings.rules_file, ns=(3, 3))
+    assert not await app._maybe_reload()
+    assert await redis.hkeys(streams.FILE_RULES) == [b"b"]
+    # an empty file empties the hash
+    settings.rules_file.write_text("rules: []\n")
+    os.utime(settings.rules_file, ns=(4, 4))
+    assert await app._maybe_reload()
+    assert await redis.exists(streams.FILE_RULES) == 0

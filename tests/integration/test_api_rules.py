@@ -114,3 +114,64 @@ async def test_enable_disable_snooze_and_read_only_token(redis):
         r = await client.post("/rules/btc_up/snooze", json={"duration": "soon"}, headers=write)
         assert r.status_code == 422
         assert (await client.post("/rules/nope/enable", headers=write)).status_code == 404
+
+
+async def test_file_rules_are_listed_next_to_api_rules_read_only(redis, tmp_path):
+    from services.alert_engine.app import AlertEngineApp
+    from services.alert_engine.settings import Settings as EngineSettings
+
+    file_text = """rules:
+  - name: btc_up          # overridden through the API below
+    symbols: [BTC/USDT]
+    condition: {left: close, op: above, right: 60000}
+  - name: from_file
+    exchange: binance
+    symbols: ["ETH/USDT"]
+    timeframe: 5m
+    condition: {left: close, op: below, right: 2500.5}
+    cooldown: 10m
+"""
+    path = tmp_path / "rules.yaml"
+    path.write_text(file_text)
+    engine = AlertEngineApp(EngineSettings(rules_file=path, redis_url="redis://unused", block_ms=50), redis)
+    await engine.drain()  # the real engine publishes its file rules
+    in_file = {r["name"]: r for r in yaml.safe_load(file_text)["rules"]}  # independent: PyYAML's reading
+
+    async with client_for(redis) as client:
+        listed = (await client.get("/rules")).json()["rules"]
+        assert [(r["name"], r["source"], r["rule"]) for r in listed] == [
+            ("btc_up", "file", in_file["btc_up"]), ("from_file", "file", in_file["from_file"])]
+        got = (await client.get("/rules/from_file")).json()
+        assert got["source"] == "file" and got["rule"] == in_file["from_file"] and got["enabled"] is True
+
+        # POST of a file rule's name is refused; PUT stores an API override, which the list then shows
+        assert (await client.post("/rules", json=RULE)).status_code == 409
+        assert (await client.put("/rules/btc_up", json=RULE)).status_code == 200
+        assert (await client.post("/rules", json={**RULE, "name": "api_only"})).status_code == 201
+        listed = (await client.get("/rules")).json()["rules"]
+        assert [(r["name"], r["source"]) for r in listed] == [("api_only", "api"), ("btc_up", "api"),
+                                                              ("from_file", "file")]
+        assert listed[1]["rule"] == RULE
+
+        # disable of a file rule stores the file's rule, disabled, as an override
+        r = await client.post("/rules/from_file/disable")
+        assert r.status_code == 200 and r.json()["source"] == "api" and r.json()["enabled"] is False
+        assert yaml.safe_load(await redis.hget(streams.RULES, "from_file")) == {**in_file["from_file"],
+                                                                                "enabled": False}
+        # DELETE removes the override (the file's rule is back); a rule only in the file cannot be deleted
+        assert (await client.delete("/rules/from_file")).status_code == 204
+        back = (await client.get("/rules/from_file")).json()
+        assert back["source"] == "file" and back["enabled"] is True
+        r = await client.delete("/rules/from_file")
+        assert r.status_code == 409 and "rules file" in r.json()["detail"]
+        assert (await client.delete("/rules/nothing")).status_code == 404
+        assert await redis.hexists(streams.FILE_RULES, "from_file")
+
+        # the engine reloads a file without from_file: the API no longer lists it
+        path.write_text(yaml.safe_dump({"rules": [in_file["btc_up"]]}))
+        import os
+        os.utime(path, ns=(1, 1))
+        assert await engine._maybe_reload()
+        listed = (await client.get("/rules")).json()["rules"]
+        assert [(r["name"], r["source"]) for r in listed] == [("api_only", "api"), ("btc_up", "api")]
+        assert (await client.get("/rules/from_file")).status_code == 404

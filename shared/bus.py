@@ -122,8 +122,12 @@ class Bus:
         return None
 
 
-def _s(value: bytes | str | None) -> str:
+def as_str(value: bytes | str | None) -> str:
+    """A Redis reply field as text (redis-py returns bytes with decode_responses=False)."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+_s = as_str
 
 
 @dataclass(slots=True)

@@ -27,7 +27,8 @@ from services.alert_engine import core
 from services.alert_engine.rules import RuleSet, load_rules_file, parse_rule_text
 from services.alert_engine.settings import Settings
 from shared import streams
-from shared.bus import Batch, Bus, Consumer, _s
+from shared.bus import Batch, Bus, Consumer
+from shared.bus import as_str as _s
 from shared.errors import ConfigError, DecodeError
 from shared.runtime import consumer_name, heartbeat
 from shared.schemas import Candle, Ticker, pack, unpack

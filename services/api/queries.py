@@ -14,15 +14,12 @@ from redis.asyncio import Redis
 
 from shared import streams
 from shared.bus import FIELD, Bus
+from shared.bus import as_str as _s
 from shared.errors import DecodeError
 from shared.schemas import SCHEMA_VERSION, Alert, Candle, Ticker, unpack
 
 #: Chunk size of the reverse scans of candle and history streams.
 CHUNK = 500
-
-
-def _s(value: bytes | str | None) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def now_ms() -> int:

@@ -105,3 +105,27 @@ async def wait_drained(redis: Redis, source_done: Callable[[], bool], pipeline: 
         if timeout is not None and now - start > timeout:
             raise TimeoutError(f"pipeline not drained after {timeout:.0f}s")
         await asyncio.sleep(poll)
+
+
+#: Service name -> its app class in ``services.<name>.app``; settings are ``services.<name>.settings.Settings``.
+APP_CLASSES = {"market_feed": "MarketFeedApp", "candle_builder": "CandleBuilderApp",
+               "alert_engine": "AlertEngineApp", "notifier": "NotifierApp", "api": "ApiApp"}
+
+
+def service_classes(name: str) -> tuple[type, type]:
+    """(Settings class, App class) of a service, imported on demand."""
+    import importlib
+
+    settings_cls = importlib.import_module(f"services.{name}.settings").Settings
+    app_cls = getattr(importlib.import_module(f"services.{name}.app"), APP_CLASSES[name])
+    return settings_cls, app_cls
+
+
+def load_settings(name: str, config_file: Any, **overrides: Any) -> Any:
+    """A service's settings from the file/environment, with ``overrides`` on top."""
+    return service_classes(name)[0].load(config_file, **overrides)
+
+
+def add_service(pipeline: Pipeline, name: str, settings: Any) -> None:
+    """Add the app of service ``name``, built from its ``settings``, to ``pipeline``."""
+    pipeline.add(name, service_classes(name)[1](settings, pipeline.redis))

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sentinel import export
-from sentinel.pipeline import Pipeline, wait_drained
+from sentinel.pipeline import APP_CLASSES, Pipeline, add_service, load_settings, service_classes, wait_drained
 from shared.embedded_redis import EmbeddedRedis
 from shared.runtime import connect, install_signal_handlers
 
@@ -43,11 +43,6 @@ class RunOptions:
 
 
 def _service_settings(opts: RunOptions, redis_url: str, data_dir: Path) -> dict:
-    from services.alert_engine.settings import Settings as EngineSettings
-    from services.candle_builder.settings import Settings as BuilderSettings
-    from services.market_feed.settings import Settings as FeedSettings
-    from services.notifier.settings import Settings as NotifierSettings
-
     common = {"redis_url": redis_url, "data_dir": data_dir}
     feed: dict = {}
     if opts.trades_file is not None:
@@ -67,28 +62,15 @@ def _service_settings(opts: RunOptions, redis_url: str, data_dir: Path) -> dict:
         engine["rules_file"] = opts.rules_file
     notifier: dict = {"console": opts.notify_console,
                       "jsonl_path": opts.jsonl_path or data_dir / "alerts.jsonl"}
-    cfg = opts.config_file
-    return {
-        "market_feed": FeedSettings.load(cfg, **common, **feed),
-        "candle_builder": BuilderSettings.load(cfg, **common, **builder),
-        "alert_engine": EngineSettings.load(cfg, **common, **engine),
-        "notifier": NotifierSettings.load(cfg, **common, **notifier),
-    }
+    overrides = {"market_feed": feed, "candle_builder": builder, "alert_engine": engine, "notifier": notifier}
+    return {name: load_settings(name, opts.config_file, **common, **extra) for name, extra in overrides.items()}
 
 
 def _build_pipeline(redis, settings: dict, with_notifier: bool = True, with_feed: bool = True) -> Pipeline:
-    from services.alert_engine.app import AlertEngineApp
-    from services.candle_builder.app import CandleBuilderApp
-    from services.market_feed.app import MarketFeedApp
-    from services.notifier.app import NotifierApp
-
     pipeline = Pipeline(redis)
-    pipeline.add("candle_builder", CandleBuilderApp(settings["candle_builder"], redis))
-    pipeline.add("alert_engine", AlertEngineApp(settings["alert_engine"], redis))
-    if with_notifier:
-        pipeline.add("notifier", NotifierApp(settings["notifier"], redis))
-    if with_feed:
-        pipeline.add("market_feed", MarketFeedApp(settings["market_feed"], redis))
+    names = ["candle_builder", "alert_engine"] + ["notifier"] * with_notifier + ["market_feed"] * with_feed
+    for name in names:
+        add_service(pipeline, name, settings[name])
     return pipeline
 
 
@@ -103,7 +85,6 @@ class _LiveSource:
     async def start(self) -> None:
         from services.exchange_sim.app import build
         from services.exchange_sim.settings import Settings as SimSettings
-        from services.market_feed.app import MarketFeedApp
 
         self.sim = build(SimSettings(port=0, seed=self.opts.seed, duration_s=self.opts.minutes * 60,
                                      speed=self.opts.live_speed, wait_for_client=True))
@@ -115,7 +96,7 @@ class _LiveSource:
             # ccxt hands trades over only when the next frame arrives: a short silence timeout makes the feed
             # fetch the last trades of the finite simulation by REST instead of waiting for a frame that never comes.
             "silence_timeout_s": 2.0})
-        self.app = MarketFeedApp(settings, self.redis)
+        self.app = service_classes("market_feed")[1](settings, self.redis)
         self.task = asyncio.create_task(self.app.run(self.stop), name="market_feed")
 
     def caught_up(self) -> bool:
@@ -268,28 +249,14 @@ def _data_dir(path: Path | None):
 
 
 async def _up(config_file: Path | None, redis_url: str) -> None:
-    from services.alert_engine.app import AlertEngineApp
-    from services.alert_engine.settings import Settings as EngineSettings
-    from services.api.app import ApiApp
-    from services.api.settings import Settings as ApiSettings
-    from services.candle_builder.app import CandleBuilderApp
-    from services.candle_builder.settings import Settings as BuilderSettings
-    from services.market_feed.app import MarketFeedApp
-    from services.market_feed.settings import Settings as FeedSettings
-    from services.notifier.app import NotifierApp
-    from services.notifier.settings import Settings as NotifierSettings
-
     redis = connect(redis_url)
     pipeline = Pipeline(redis)
-    kinds = [("market_feed", FeedSettings, MarketFeedApp), ("candle_builder", BuilderSettings, CandleBuilderApp),
-             ("alert_engine", EngineSettings, AlertEngineApp), ("notifier", NotifierSettings, NotifierApp),
-             ("api", ApiSettings, ApiApp)]
-    for name, settings_cls, app_cls in kinds:
+    for name in APP_CLASSES:
         overrides = {"redis_url": redis_url}
         if name == "market_feed" and config_file is None:
             # Without a settings file, `up` runs the simulated market in real time until stopped.
             overrides.update(mode="simulated", speed=1.0, sim_duration_s=None, exchange="sim")
-        pipeline.add(name, app_cls(settings_cls.load(config_file, **overrides), redis))
+        add_service(pipeline, name, load_settings(name, config_file, **overrides))
     install_signal_handlers(pipeline.stop)
     pipeline.start()
     try:

@@ -50,6 +50,9 @@ REGISTRY_SEP = "|"
 
 # Hash "exchange|symbol|timeframe" -> reference count: the series consumers (alert_engine, API) ask candle_builder for.
 SUBSCRIPTIONS = f"{PREFIX}:subscriptions"
+# Hash "exchange|symbol|timeframe" -> closed candles of history a subscriber needs before its first live candle (the
+# longest indicator warm-up of its rules). candle_builder seeds a series with max(its own history_bars, this).
+SUBSCRIPTION_LOOKBACK = f"{PREFIX}:subscriptions:lookback"
 # Stream of OHLCV history requests that market_feed serves (it owns the exchange connections).
 HISTORY_REQUESTS = f"{PREFIX}:history:requests"
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import yaml
-from fastapi import Body, Depends, FastAPI, HTTPException, Request
+from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
@@ -168,6 +168,31 @@ async def load_all(redis: Redis, *, with_file: bool = False) -> dict[str, Stored
     return dict(sorted(out.items()))
 
 
+async def export_set(redis: Redis, source: str = "all") -> tuple[dict[str, Stored], list[str]]:
+    """The rules of an export, sorted by name, and the problems of stored entries left out.
+
+    ``all`` merges as the alert engine does (``AlertEngineApp._load_api_rules``): the file's rules, each replaced by
+    the API rule of the same name, plus the API's other rules; an API entry that does not validate is skipped there,
+    so it is skipped here too (and reported).
+    """
+    keys = {"all": [streams.FILE_RULES, streams.RULES], "api": [streams.RULES], "file": [streams.FILE_RULES]}[source]
+    async with redis.pipeline(transaction=True) as tx:  # one snapshot of both hashes
+        for key in keys:
+            tx.hgetall(key)
+        hashes = await tx.execute()
+    out: dict[str, Stored] = {}
+    skipped: list[str] = []
+    for key, entries in zip(keys, hashes, strict=True):
+        origin = "file" if key == streams.FILE_RULES else "api"
+        for name, text in entries.items():
+            name = name.decode()
+            try:
+                out[name] = parse_rule(text.decode(), f"{key}[{name}]", origin)  # API after file: overrides
+            except ConfigError as exc:
+                skipped.extend(exc.problems)
+    return dict(sorted(out.items())), skipped
+
+
 async def _get(redis: Redis, name: str) -> Stored:
     """The rule ``name``: the API's, else the rules file's; 404 if neither has it."""
     async with redis.pipeline(transaction=True) as tx:
@@ -220,11 +245,21 @@ def mount(app: FastAPI, settings, redis: Redis, access) -> None:
                  "schema": {"$ref": "#/components/schemas/RuleErrors"}}}} for code in (401, 403)},
                  200: {"description": "a rules file", "content": {"application/yaml": {"schema": {
                      "type": "object", "properties": {"rules": {"type": "array", "items": {"type": "object"}}}}}}}})
-    async def export_rules() -> PlainTextResponse:
-        """All API-managed rules as a rules file that `sentinel alert-engine` and `check` accept."""
-        rules = [r.data for r in (await load_all(redis)).values()]
-        text = yaml.safe_dump({"rules": rules}, sort_keys=False, allow_unicode=True)
-        return PlainTextResponse(text, media_type="application/yaml")
+    async def export_rules(
+        source: Annotated[Literal["all", "api", "file"], Query(
+            description="`all` (default): the rules the engine runs — the rules file's, with API rules overriding "
+                        "those of the same name and added; `api`: only API-managed rules; `file`: only the rules "
+                        "file's, as last loaded by the engine.")] = "all",
+    ) -> PlainTextResponse:
+        """The rules as one rules file that `sentinel rules check` and the alert engine accept, sorted by name.
+
+        A stored API rule that no longer validates is left out (the engine skips it too) and named in a comment
+        at the top of the document.
+        """
+        rules, skipped = await export_set(redis, source)
+        header = "".join(f"# left out, invalid: {' '.join(problem.split())}\n" for problem in skipped)
+        text = yaml.safe_dump({"rules": [r.data for r in rules.values()]}, sort_keys=False, allow_unicode=True)
+        return PlainTextResponse(header + text, media_type="application/yaml")
 
     @app.get("/rules/{name}", response_model=RuleOut, dependencies=read, tags=["rules"], responses=errors)
     async def get_rule(name: str) -> RuleOut:

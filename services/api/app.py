@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
 
-from services.api import queries
+from services.api import health, queries
 from services.api.models import (AlertHistory, AlertItem, AlertStatus, CandleSeries, CvdSeries, Health,
                                  Problem, RuleStateOut, SeriesList, TickerOut)
 from services.api.settings import LOOPBACK, Settings
@@ -93,6 +93,9 @@ def create_app(settings: Settings, redis: Redis) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["Authorization", "Content-Type"])
     read = [Depends(access.require("read"))]
+    limits = health.Limits(heartbeat_max_age_s=settings.heartbeat_max_age_s,
+                           max_consumer_lag=settings.max_consumer_lag, max_pending=settings.max_pending,
+                           max_pending_idle_ms=settings.max_pending_idle_ms)
     errors = {401: {"model": Problem, "description": "missing or invalid bearer token"},
               404: {"model": Problem, "description": "the path matches no route (e.g. a malformed segment)"},
               422: {"model": Problem, "description": "invalid parameter"}}
@@ -100,7 +103,7 @@ def create_app(settings: Settings, redis: Redis) -> FastAPI:
     @app.get("/health", response_model=Health, tags=["health"],
              responses={503: {"model": Health, "description": "something is down; `problems` says what"}})
     async def get_health() -> JSONResponse:
-        healthy, report = await queries.health(redis, settings.services, settings.heartbeat_max_age_s)
+        healthy, report = await health.health(redis, settings.services, limits)
         return JSONResponse(Health.model_validate(report).model_dump(mode="json"), status_code=200 if healthy else 503)
 
     @app.get("/alerts", response_model=AlertStatus, dependencies=read, tags=["alerts"], responses=errors)

@@ -35,7 +35,13 @@ class StreamHealth(BaseModel):
     group: str = Field(examples=["notifier"])
     status: str = Field(examples=["ok"])
     pending: int | None = Field(default=None, description="Delivered but not yet acknowledged.")
-    lag: int | None = Field(default=None, description="Entries not yet delivered to the group.")
+    lag: int | None = Field(default=None, description="Entries not yet delivered to the group; null when not known "
+                                                        "exactly (see lag_source, lag_at_least).")
+    lag_source: str | None = Field(default=None, examples=["redis"], description=(
+        "Where lag comes from: `redis` (XINFO GROUPS, Redis ≥ 7), `last-delivered-id` (the group read the last entry), "
+        "`length` (the group is behind the first entry), `counted` (entries after last-delivered-id, counted in "
+        "Redis up to the limit), or `unknown: …`."))
+    lag_at_least: int | None = Field(default=None, description="Set when the lag was counted only this far.")
     length: int | None = None
 
 

@@ -9,11 +9,10 @@ from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
-from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from shared import streams
-from shared.bus import FIELD, Bus
+from shared.bus import FIELD
 from shared.bus import as_str as _s
 from shared.errors import DecodeError
 from shared.schemas import SCHEMA_VERSION, Alert, Candle, Ticker, unpack
@@ -24,64 +23,6 @@ CHUNK = 500
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-# ---- health --------------------------------------------------------------------------------------------------------
-
-
-async def stream_groups(redis: Redis) -> list[tuple[str, str]]:
-    """Every (stream, consumer group) the pipeline is expected to have, discovered from the registries."""
-    pairs: list[tuple[str, str]] = []
-    for member in sorted(await redis.smembers(streams.FEED_REGISTRY)):
-        exchange, symbol = streams.split_registry_member(member)[:2]
-        pairs.append((streams.trades(exchange, symbol), streams.GROUP_CANDLE_BUILDER))
-    for member in sorted(await redis.smembers(streams.CANDLE_REGISTRY)):
-        parts = streams.split_registry_member(member)
-        if len(parts) == 3:
-            pairs.append((streams.candles(*parts), streams.GROUP_ALERT_ENGINE))
-    pairs.append((streams.ALERTS, streams.GROUP_NOTIFIER))
-    return pairs
-
-
-async def health(redis: Redis, services: list[str], max_age_s: float) -> tuple[bool, dict[str, Any]]:
-    """(healthy, report). Down: Redis unreachable, or a service's heartbeat missing or older than ``max_age_s``."""
-    report: dict[str, Any] = {"status": "ok", "redis": "ok", "services": {}, "streams": [], "problems": []}
-    problems: list[str] = report["problems"]
-    try:
-        await redis.ping()
-    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-        report.update(status="down", redis=f"unreachable: {exc}")
-        problems.append(f"redis unreachable: {exc}")
-        return False, report
-    now = now_ms()
-    for service in services:
-        beat = await redis.hgetall(streams.heartbeat(service))
-        ts = beat.get(b"ts")
-        if ts is None:
-            report["services"][service] = {"status": "down", "age_s": None}
-            problems.append(f"{service}: no heartbeat")
-            continue
-        age = (now - int(ts)) / 1000
-        status = "ok" if age <= max_age_s else "down"
-        extra = {_s(k): _s(v) for k, v in beat.items() if k not in (b"ts", b"pid", b"host")}
-        report["services"][service] = {"status": status, "age_s": round(age, 3), **extra}
-        if status == "down":
-            problems.append(f"{service}: heartbeat is {age:.1f}s old (limit {max_age_s:g}s)")
-    bus = Bus(redis)
-    for stream, group in await stream_groups(redis):
-        status = await bus.group_status(stream, group)
-        entry: dict[str, Any] = {"stream": stream, "group": group}
-        if status is None:
-            entry["status"] = "no group"
-        else:
-            entry.update(status, status="ok")
-        if stream.startswith(f"{streams.PREFIX}:trades:"):
-            last = await redis.xrevrange(stream, count=1)
-            entry["last_entry_age_s"] = round((now - int(_s(last[0][0]).split("-")[0])) / 1000, 3) if last else None
-        report["streams"].append(entry)
-    if problems:
-        report["status"] = "down"
-    return not problems, report
 
 
 # ---- rule states ---------------------------------------------------------------------------------------------------

@@ -23,6 +23,15 @@ class Settings(ServiceSettings):
     services: list[str] = Field(default_factory=lambda: list(SERVICES),
                                 description="Services whose heartbeat /health requires.")
     heartbeat_max_age_s: float = Field(default=10.0, gt=0, description="A heartbeat older than this is down.")
+    max_consumer_lag: int | None = Field(
+        default=10_000, ge=0, description="/health is 503 when a consumer group has more entries than this not yet "
+                                          "delivered (null: not checked).")
+    max_pending: int | None = Field(
+        default=10_000, ge=0, description="/health is 503 when a consumer group has more entries than this delivered "
+                                          "but not acked (null: not checked).")
+    max_pending_idle_ms: int | None = Field(
+        default=120_000, ge=0, description="/health is 503 when a pending entry has waited longer than this for its "
+                                           "ack (a consumer died; null: not checked).")
     history_scan_limit: int = Field(default=50_000, gt=0,
                                     description="Most alert-history entries one /alerts/history request reads.")
     shutdown_grace_s: float = Field(default=5.0, ge=0)

@@ -31,7 +31,7 @@ from shared.bus import Batch, Bus, Consumer
 from shared.bus import as_str as _s
 from shared.errors import ConfigError, DecodeError
 from shared.runtime import consumer_name, heartbeat
-from shared.schemas import Candle, Ticker, pack, unpack
+from shared.schemas import Candle, GapMarker, Ticker, TradeBatch, Watermark, decode_feed, pack, unpack
 from shared.yamlfile import load_yaml_file
 
 logger = logging.getLogger(__name__)
@@ -65,15 +65,21 @@ return 1
 _GC_MARGIN_MS = 0  # unused by the script (kept in ARGV for compatibility)
 
 
-def decode_input(raw: bytes) -> Candle | Ticker:
-    """Decode an entry of a candle, live-candle or ticker stream."""
+def decode_input(raw: bytes) -> Candle | Ticker | TradeBatch | GapMarker | Watermark:
+    """Decode an entry of a candle, live-candle, ticker or trades stream."""
     msg = unpack(raw)
     kind = msg.get("k") if isinstance(msg, dict) else None
     if kind == "ticker":
         return Ticker.decode(raw)
     if kind == "candle":
         return Candle.decode(raw)
-    raise DecodeError(f"expected a candle or a ticker, got kind {kind!r}")
+    if kind in ("trades", "gap", "watermark"):
+        return decode_feed(raw)
+    raise DecodeError(f"expected a candle, a ticker or trades, got kind {kind!r}")
+
+
+def wall_clock_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def read_rules_file(path: str | Path) -> tuple[RuleSet, dict[str, str] | None]:
@@ -111,7 +117,8 @@ class AlertEngineApp:
             self.ruleset = ruleset
         self.file_ruleset = self.ruleset
         self._api_texts: dict[str, str] | None = None
-        self.engine = core.AlertEngine(self.ruleset, keep=settings.history_bars)
+        self.engine = core.AlertEngine(self.ruleset, keep=settings.history_bars,
+                                       clock=wall_clock_ms if settings.clock == "wall" else None)
         self._rules_mtime = self._mtime() if ruleset is None else None
         # every stream of a read in one batch: one gate round trip for the candles a second boundary closes at once
         self.consumer = Consumer(self.bus, group=streams.GROUP_ALERT_ENGINE,
@@ -119,6 +126,7 @@ class AlertEngineApp:
                                  handler=self._handle, count=settings.batch, block_ms=settings.block_ms)
         self._gate = redis.register_script(_GATE)
         self.subscribed: set[tuple[str, str, str]] = set()  # series counted in SUBSCRIPTIONS by us
+        self.lookback: dict[tuple[str, str, str], int] = {}  # what we wrote to SUBSCRIPTION_LOOKBACK
         self.consumed: set[str] = set()
         self.published = 0
         self.suppressed = 0
@@ -271,24 +279,35 @@ class AlertEngineApp:
                 out.update((rule.exchange, s) for s in rule.symbols if not any(c in s for c in "*?["))
         return out
 
-    async def wanted(self) -> tuple[set[tuple[str, str, str]], set[tuple[str, str]]]:
+    async def wanted(self) -> tuple[set[tuple[str, str, str]], set[tuple[str, str]], set[tuple[str, str]]]:
+        """Series (candles), and symbols whose tickers and trades the rules read."""
         series: set[tuple[str, str, str]] = set()
         tickers: set[tuple[str, str]] = set()
+        trades: set[tuple[str, str]] = set()
         for ex, sym in await self._known_symbols():
             series.update((ex, sym, tf) for tf in self.engine.needs(ex, sym))
             if self.engine.needs_tickers(ex, sym):
                 tickers.add((ex, sym))
-        return series, tickers
+            if self.settings.intrabar and self.engine.needs_trades(ex, sym):
+                trades.add((ex, sym))
+        return series, tickers, trades
 
     async def _sync_series(self) -> None:
-        series, tickers = await self.wanted()
+        series, tickers, trades = await self.wanted()
         added, removed = series - self.subscribed, self.subscribed - series
-        if added:
+        lookback = {key: max(self.settings.warmup_bars, self.engine.lookback(*key)) for key in series}
+        changed = {key: n for key, n in lookback.items() if self.lookback.get(key) != n}
+        if added or changed:
+            # the look-back goes in before the reference count, so a builder that sees the new series sees its need
             async with self.redis.pipeline(transaction=False) as pipe:
+                if changed:
+                    pipe.hset(streams.SUBSCRIPTION_LOOKBACK,
+                              mapping={streams.registry_member(*key): n for key, n in changed.items()})
                 for key in sorted(added):
                     pipe.hincrby(streams.SUBSCRIPTIONS, streams.registry_member(*key), 1)
                 await pipe.execute()
             self.subscribed |= added
+            self.lookback.update(changed)
         if removed:
             await self._unsubscribe(removed)
         names: dict[str, tuple] = {}
@@ -299,6 +318,8 @@ class AlertEngineApp:
                 names[streams.candles_live(ex, sym, tf)] = ("live", ex, sym, tf)
         for ex, sym in tickers:
             names[streams.tickers(ex, sym)] = ("ticker", ex, sym)
+        for ex, sym in trades:
+            names[streams.trades(ex, sym)] = ("trades", ex, sym)
         new = [n for n in names if n not in self.consumed]
         for name in sorted(new):
             if names[name][0] == "candle":
@@ -320,8 +341,11 @@ class AlertEngineApp:
             for key, count in zip(sorted(keys), results, strict=True):
                 if int(count) <= 0:
                     pipe.hdel(streams.SUBSCRIPTIONS, streams.registry_member(*key))
+                    pipe.hdel(streams.SUBSCRIPTION_LOOKBACK, streams.registry_member(*key))
             await pipe.execute()
         self.subscribed -= keys
+        for key in keys:
+            self.lookback.pop(key, None)
 
     async def _warm_up(self, stream: str) -> None:
         """Feed the closed candles this group already processed (up to ``warmup_bars``) without firing.
@@ -360,14 +384,19 @@ class AlertEngineApp:
 
     async def _handle(self, batch: Batch) -> None:
         fires: list[core.Fire] = []
-        for entry in batch.entries:
-            value = entry.value
-            if isinstance(value, Ticker):
-                self.engine.on_ticker(value)
-            elif value.closed:
-                fires.extend(self.engine.on_candle(value))
-            else:
-                fires.extend(self.engine.on_live_candle(value))
+        values = [entry.value for entry in batch.entries]
+        if len(values) == 1 and isinstance(values[0], Candle):  # the usual live case: one candle
+            value = values[0]
+            fires = self.engine.on_candle(value) if value.closed else self.engine.on_live_candle(value)
+        else:
+            market = []
+            for value in values:
+                if isinstance(value, TradeBatch):  # tick-level rules see each trade as it comes
+                    fires.extend(self.engine.on_trades(value.exchange, value.symbol, value.trades))
+                elif isinstance(value, (Candle, Ticker)):
+                    market.append(value)
+            if market:
+                fires.extend(self.engine.on_batch(market))
         if fires:
             await self.publish(fires, batch)
 

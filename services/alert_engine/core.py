@@ -20,6 +20,17 @@ Definitions (the tests evaluate the same ones independently with pandas):
   stops holding it resolves (an alert with state ``resolved`` if ``notify_on_resolve``).
 - Intrabar (in-progress candles, ``on_live_candle``): only ``every_time`` and ``once_per_bar`` rules, which TradingView
   also evaluates on every tick; ``once_per_bar_close`` and ``once`` never see in-progress data, so they never repaint.
+- Tick level (``on_trades``, ``on_ticker``): an ``every_time`` / ``once_per_bar`` rule whose condition reads ``price``
+  (last trade) is evaluated on every trade, one reading ticker fields (``bid ask mid spread spread_bps last``) on
+  every ticker. There ``price``/ticker fields are this trade's / ticker's, one step back is the previous trade's /
+  ticker's (so ``crosses_up`` fires on the trade that crosses), and indicators hold their value of the last closed bar
+  (they are computed when a candle changes state, never per trade). The alert carries the trade's (ticker's) time and
+  price; ``once_per_bar`` shares its id with the bar's close evaluation, so a bar alerts once.
+- Another series (a condition's ``timeframe``/``symbol``) and the ticker of a closed bar are read as of the bar's
+  close: the last candle of that series closed by then, the last ticker at or before it — never later data, whatever
+  order the streams were read in.
+- ``snooze_until`` is wall-clock time (``clock``, injected: wall time live, exchange time in a backtest);
+  ``expires_at`` is exchange time.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -34,8 +46,8 @@ from typing import Any
 
 from services.alert_engine import indicators
 from services.alert_engine import rules as r
-from shared.schemas import Alert, Candle, Ticker
-from shared.timeframes import timeframe_ms
+from shared.schemas import Alert, Candle, Ticker, Trade
+from shared.timeframes import bucket_start, timeframe_ms
 
 SeriesKey = tuple[str, str, str]  # exchange, symbol, timeframe
 
@@ -81,6 +93,7 @@ class RuleStatus:
     last_fired_ms: int | None = None
     last_value: Any = None
     fired_in_run: bool = False
+    tick_bar: int | None = None  # bar a once_per_bar rule already fired in at tick level
 
     def as_dict(self) -> dict[str, Any]:
         return {"rule": self.rule, "exchange": self.exchange, "symbol": self.symbol, "timeframe": self.timeframe,
@@ -149,6 +162,24 @@ class Series:
             ind.remove()
         self.provisional = False
 
+    def offset_at(self, ts_limit: int) -> int | None:
+        """Bars back to the last bar that started at or before ``ts_limit``; None if none is kept."""
+        candles = self.candles
+        for off in range(len(candles)):
+            if candles[-1 - off].ts <= ts_limit:
+                return off
+        return None
+
+    def as_of(self, now: int) -> Series | _Shifted:
+        """This series as it was at exchange time ``now``: its bars closed by then (later ones hidden)."""
+        candles, tf = self.candles, self.tf_ms
+        if not candles or candles[-1].ts + tf <= now:
+            return self
+        shift = 1
+        while shift < len(candles) and candles[-1 - shift].ts + tf > now:
+            shift += 1
+        return _Shifted(self, shift)
+
     # ---- operand values ---------------------------------------------------------------------------------------------
 
     def value(self, operand: Any, offset: int = 0) -> Any:
@@ -169,6 +200,48 @@ class Series:
                 return Decimal(candle.trades)
             return getattr(candle, operand)
         return self.indicator(operand).get(offset)
+
+
+class _Shifted:
+    """A series seen ``shift`` bars back (as of an earlier time): the interface conditions read."""
+
+    __slots__ = ("series", "shift", "key", "tf_ms")
+
+    def __init__(self, series: Series, shift: int) -> None:
+        self.series, self.shift, self.key, self.tf_ms = series, shift, series.key, series.tf_ms
+
+    def value(self, operand: Any, offset: int = 0) -> Any:
+        return self.series.value(operand, offset + self.shift)
+
+    def offset_at(self, ts_limit: int) -> int | None:
+        off = self.series.offset_at(ts_limit)
+        return None if off is None or off < self.shift else off - self.shift
+
+
+class _Tick:
+    """A series at one trade or ticker (tick-level evaluation, see the module docstring)."""
+
+    __slots__ = ("series", "key", "tf_ms", "price", "prev_price", "ticker", "prev_ticker")
+
+    def __init__(self, series: Series, price: Decimal | None, prev_price: Decimal | None, ticker: Ticker | None,
+                 prev_ticker: Ticker | None) -> None:
+        self.series, self.key, self.tf_ms = series, series.key, series.tf_ms
+        self.price, self.prev_price, self.ticker, self.prev_ticker = price, prev_price, ticker, prev_ticker
+
+    def value(self, operand: Any, offset: int = 0) -> Any:
+        if isinstance(operand, Decimal):
+            return operand
+        if isinstance(operand, str):
+            if operand in r.TICKER_FIELDS:
+                return _ticker_value(self.ticker if offset == 0 else self.prev_ticker if offset == 1 else None,
+                                     operand)
+            if operand in ("price", "close"):
+                return self.price if offset == 0 else self.prev_price if offset == 1 else None
+            return None  # other candle fields are not defined at tick level (such rules are not evaluated here)
+        return self.series.value(operand, 0)  # indicators: held at the last closed bar
+
+    def offset_at(self, ts_limit: int) -> int | None:
+        return None
 
 
 def _ticker_value(t: Ticker | None, name: str) -> Decimal | None:
@@ -207,10 +280,16 @@ class _Eval:
 class AlertEngine:
     """Evaluates a rule set on candles (and tickers). Feed it in exchange order per series."""
 
-    def __init__(self, ruleset: r.RuleSet | None = None, *, keep: int = 600) -> None:
+    def __init__(self, ruleset: r.RuleSet | None = None, *, keep: int = 600,
+                 clock: Callable[[], int] | None = None) -> None:
+        """``clock``: wall time in ms, for ``snooze_until`` (None: exchange time, as in a deterministic backtest)."""
         self.keep = keep
+        self.clock = clock
         self.series: dict[SeriesKey, Series] = {}
         self.tickers: dict[tuple[str, str], Ticker] = {}
+        self._ticker_hist: dict[tuple[str, str], deque[Ticker]] = {}
+        self._prev_ticker: dict[tuple[str, str], Ticker] = {}
+        self._last_price: dict[tuple[str, str], Decimal] = {}
         self.status: dict[str, RuleStatus] = {}
         self.rules: list[r.Rule] = []
         self.set_rules(ruleset or r.RuleSet())
@@ -221,6 +300,7 @@ class AlertEngine:
         """Swap the rule set; series data (and its indicators) are kept, state of removed rules dropped."""
         self.rules = ruleset.enabled
         self._routes: dict[SeriesKey, list[r.Rule]] = {}
+        self._tick_routes: dict[tuple[str, str, str], list[r.Rule]] = {}
         names = {rule.name for rule in self.rules}
         self.status = {fp: s for fp, s in self.status.items() if s.rule in names}
 
@@ -238,16 +318,118 @@ class AlertEngine:
                     out.add(tf or rule.timeframe)
         return out
 
+    def lookback(self, exchange: str, symbol: str, timeframe: str) -> int:
+        """Closed candles the rules reading (exchange, symbol, timeframe) need before their first evaluation: the
+        longest warm-up of their indicators and look-backs (see ``warmup_bars``). 0 when no rule reads it."""
+        tf_ms = timeframe_ms(timeframe)
+        need = 0
+        for rule in self.rules:
+            own = rule.matches(exchange, symbol)
+            for cond in _leaves(rule.condition):
+                sym_ok = cond.symbol == symbol if cond.symbol is not None else own
+                if sym_ok and (cond.timeframe or rule.timeframe) == timeframe:
+                    need = max(need, _condition_bars(cond, tf_ms))
+        return need
+
     def needs_tickers(self, exchange: str, symbol: str) -> bool:
         return any(rule.matches(exchange, symbol) and _uses_tickers(rule.condition) for rule in self.rules)
 
+    def needs_trades(self, exchange: str, symbol: str) -> bool:
+        """Some rule is evaluated on each trade of (exchange, symbol) (see ``on_trades``)."""
+        return bool(self._tick_rules(exchange, symbol, "trade"))
+
+    def _tick_rules(self, exchange: str, symbol: str, kind: str) -> list[r.Rule]:
+        key = (exchange, symbol, kind)
+        rules = self._tick_routes.get(key)
+        if rules is None:
+            wants = _reads_price if kind == "trade" else _uses_tickers
+            rules = self._tick_routes[key] = [
+                rule for rule in self.rules
+                if rule.frequency in ("every_time", "once_per_bar") and rule.matches(exchange, symbol)
+                and _tick_level(rule.condition) and wants(rule.condition)]
+        return rules
+
     # ---- input --------------------------------------------------------------------------------------------------
 
-    def on_ticker(self, ticker: Ticker) -> None:
+    def on_ticker(self, ticker: Ticker, *, fire: bool = True) -> list[Fire]:
+        """A ticker: kept for candle rules (as of each bar's close) and evaluated by tick-level ticker rules."""
         key = (ticker.exchange, ticker.symbol)
         last = self.tickers.get(key)
-        if last is None or ticker.ts >= last.ts:
-            self.tickers[key] = ticker
+        if last is not None and ticker.ts < last.ts:
+            return []
+        self.tickers[key] = ticker
+        hist = self._ticker_hist.get(key)
+        if hist is None:
+            hist = self._ticker_hist[key] = deque(maxlen=4096)
+        hist.append(ticker)
+        rules = self._tick_rules(key[0], key[1], "ticker")
+        out: list[Fire] = []
+        if rules:
+            prev = self._prev_ticker.get(key)
+            for rule in rules:
+                series = self._series((key[0], key[1], rule.timeframe))
+                view = _Tick(series, self._last_price.get(key), None, ticker, prev)
+                out.extend(self._evaluate_tick(rule, view, ticker.ts, ticker.last, f"ticker:{ticker.ts}"))
+        self._prev_ticker[key] = ticker
+        return out if fire else []
+
+    def on_trades(self, exchange: str, symbol: str, trades: Iterable[Trade], *, fire: bool = True) -> list[Fire]:
+        """Trades of (exchange, symbol) in exchange order: each is evaluated by the tick-level price rules."""
+        key = (exchange, symbol)
+        rules = self._tick_rules(exchange, symbol, "trade")
+        prev = self._last_price.get(key)
+        out: list[Fire] = []
+        for trade in trades:
+            price = trade.price
+            for rule in rules:
+                series = self._series((exchange, symbol, rule.timeframe))
+                view = _Tick(series, price, prev, self.tickers.get(key), self._prev_ticker.get(key))
+                out.extend(self._evaluate_tick(rule, view, trade.ts, price, f"trade:{trade.id}:{trade.ts}"))
+            prev = price
+        if prev is not None:
+            self._last_price[key] = prev
+        return out if fire else []
+
+    def _ticker_as_of(self, key: tuple[str, str], now: int) -> Ticker | None:
+        hist = self._ticker_hist.get(key)
+        if not hist:
+            return None
+        for i in range(len(hist) - 1, -1, -1):
+            if hist[i].ts <= now:
+                return hist[i]
+        return None
+
+    def on_batch(self, values: Iterable[Candle | Ticker], *, fire: bool = True) -> list[Fire]:
+        """Candles and tickers read together, in exchange-time order: tickers by their time, closed candles by their
+        close; all candles closing at one time are stored before any is evaluated, so a condition on another series
+        sees that series' bar of the same close."""
+        timed = []
+        for n, v in enumerate(values):
+            if isinstance(v, Ticker):
+                timed.append((v.ts, 0, n, v))
+            elif v.closed:
+                timed.append((v.ts + timeframe_ms(v.timeframe), 1, n, v))
+            else:
+                timed.append((v.ts + timeframe_ms(v.timeframe), 2, n, v))
+        timed.sort(key=lambda x: x[:3])
+        out: list[Fire] = []
+        i = 0
+        while i < len(timed):
+            t, kind, _, v = timed[i]
+            if kind != 1:
+                out.extend(self.on_ticker(v, fire=fire) if kind == 0 else self.on_live_candle(v, fire=fire))
+                i += 1
+                continue
+            group = []
+            while i < len(timed) and timed[i][0] == t and timed[i][1] == 1:
+                group.append(timed[i][3])
+                i += 1
+            pushed = [(c, s) for c in group if (s := self._push(c)) is not None]
+            for c, s in pushed:
+                fired = self._evaluate_closed(c, s)
+                if fire:
+                    out.extend(fired)
+        return out
 
     def _rules_for(self, key: SeriesKey) -> list[r.Rule]:
         rules = self._routes.get(key)
@@ -266,16 +448,23 @@ class AlertEngine:
         """A closed (or revised) candle. ``fire=False`` warms state up without producing alerts."""
         if not candle.closed:
             return self.on_live_candle(candle, fire=fire)
+        series = self._push(candle)
+        if series is None:
+            return []
+        fired = self._evaluate_closed(candle, series)
+        return fired if fire else []
+
+    def _push(self, candle: Candle) -> Series | None:
         key = (candle.exchange, candle.symbol, candle.timeframe)
         series = self._series(key)
-        if not series.push(candle, self.tickers.get(key[:2])):
-            return []
+        ticker = self._ticker_as_of(key[:2], candle.ts + series.tf_ms) if key[:2] in self._ticker_hist else None
+        return series if series.push(candle, ticker) else None
+
+    def _evaluate_closed(self, candle: Candle, series: Series) -> list[Fire]:
         now = candle.ts + series.tf_ms
         out: list[Fire] = []
-        for rule in self._rules_for(key):
-            fired = self._evaluate(rule, series, candle, now, intrabar=False)
-            if fire:
-                out.extend(fired)
+        for rule in self._rules_for(series.key):
+            out.extend(self._evaluate(rule, series, candle, now, intrabar=False))
         return out
 
     def on_live_candle(self, candle: Candle, *, fire: bool = True) -> list[Fire]:
@@ -310,7 +499,7 @@ class AlertEngine:
 
     def _evaluate(self, rule: r.Rule, series: Series, candle: Candle, now: int, intrabar: bool) -> list[Fire]:
         fp, st = self._status(rule, series.key)
-        result = self.condition(rule.condition, rule, series, candle)
+        result = self.condition(rule.condition, rule, series, candle, now)
         st.last_eval_ms = now
         st.last_value = result.value
         out: list[Fire] = []
@@ -339,7 +528,7 @@ class AlertEngine:
         fp, st = self._status(rule, series.key)
         if rule.for_ms and st.state != "firing":
             return []
-        result = self.condition(rule.condition, rule, series, candle)
+        result = self.condition(rule.condition, rule, series, candle, now)
         if not result.ok:
             return []
         # once_per_bar: the same id as the close evaluation of this bar (one alert per bar);
@@ -347,10 +536,49 @@ class AlertEngine:
         extra = "" if rule.frequency == "once_per_bar" else f"live:{candle.trades}:{candle.last_trade_id}"
         return [self._fire(rule, fp, series, candle, now, result, "firing", extra)]
 
-    @staticmethod
-    def _allowed(rule: r.Rule, now: int) -> bool:
+    def _allowed(self, rule: r.Rule, now: int) -> bool:
+        """Not expired (exchange time ``now``) and not snoozed (wall clock; exchange time without a clock)."""
         expires, snooze = rule.expires_ms(), rule.snooze_ms()
-        return not (expires is not None and now > expires) and not (snooze is not None and now < snooze)
+        if expires is not None and now > expires:
+            return False
+        if snooze is None:
+            return True
+        return (now if self.clock is None else self.clock()) >= snooze
+
+    def _evaluate_tick(self, rule: r.Rule, view: _Tick, ts: int, price: Decimal | None, extra: str) -> list[Fire]:
+        """One trade or ticker for a tick-level rule: no state change (bars decide firing/resolved and ``for:``)."""
+        series = view.series
+        bar = bucket_start(ts, series.tf_ms)
+        fp, st = self._status(rule, series.key)
+        if rule.frequency == "once_per_bar" and st.tick_bar == bar:
+            return []
+        if rule.for_ms and st.state != "firing":
+            return []
+        if not self._allowed(rule, ts):
+            return []
+        result = self.condition(rule.condition, rule, view, None, ts)
+        if not result.ok:
+            return []
+        if rule.frequency == "once_per_bar":
+            st.tick_bar = bar
+            extra = ""  # the id of this bar's close evaluation: one alert per bar
+        ex, sym, tf = series.key
+        value = result.value
+        fields = {
+            "rule": rule.name, "exchange": ex, "symbol": sym, "timeframe": tf, "price": price,
+            "value": _fmt(value), "open": "n/a", "high": "n/a", "low": "n/a", "close": price, "volume": "n/a",
+            "buy_volume": "n/a", "sell_volume": "n/a", "delta": "n/a", "cvd": series.value(r.CVD(anchor="1d")),
+            "ts": ts, "time": datetime.fromtimestamp(ts / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "condition": describe(rule.condition), "severity": rule.severity, "state": "firing",
+        }
+        alert = Alert(
+            id=alert_id(rule.name, ex, sym, tf, bar, "firing", extra), rule=rule.name, exchange=ex, symbol=sym,
+            timeframe=tf, ts=ts, fired_at=ts, price=price,
+            value=Decimal(repr(value)) if isinstance(value, float) else value,
+            condition=fields["condition"], message=rule.message.format(**fields), severity=rule.severity,
+            labels=dict(rule.labels), channels=list(rule.channels), state="firing",
+        )
+        return [Fire(alert, fp, rule.cooldown_ms, ts)]
 
     def _fire(self, rule: r.Rule, fp: str, series: Series, candle: Candle, now: int, result: _Eval, state: str,
               extra: str = "") -> Fire:
@@ -381,22 +609,26 @@ class AlertEngine:
         if st is not None:
             st.last_fired_ms = now
 
-    def _where(self, cond: r._Where, rule: r.Rule, series: Series) -> Series | None:
+    def _where(self, cond: r._Where, rule: r.Rule, series: Any, now: int | None) -> Any:
         if cond.timeframe is None and cond.symbol is None:
             return series
         ex, sym, tf = series.key
-        return self.series.get((ex, cond.symbol or sym, cond.timeframe or tf))
+        other = self.series.get((ex, cond.symbol or sym, cond.timeframe or tf))
+        if other is None or now is None:
+            return other
+        return other.as_of(now)
 
-    def condition(self, cond: Any, rule: r.Rule, series: Series, candle: Candle) -> _Eval:
-        """Evaluate one condition on the last bar of ``series`` (or of the series the condition names)."""
+    def condition(self, cond: Any, rule: r.Rule, series: Any, candle: Candle | None, now: int | None = None) -> _Eval:
+        """Evaluate one condition on the last bar of ``series`` (or of the series the condition names, as of ``now``:
+        exchange time of the evaluation)."""
         if isinstance(cond, r.All):
-            results = [self.condition(c, rule, series, candle) for c in cond.all]
+            results = [self.condition(c, rule, series, candle, now) for c in cond.all]
             return _Eval(all(x.ok for x in results), results[0].value)
         if isinstance(cond, r.AnyOf):
-            results = [self.condition(c, rule, series, candle) for c in cond.any]
+            results = [self.condition(c, rule, series, candle, now) for c in cond.any]
             hit = next((x for x in results if x.ok), results[0])
             return _Eval(hit.ok, hit.value)
-        s = self._where(cond, rule, series)
+        s = self._where(cond, rule, series, now)
         if s is None:
             return _Eval(False)
         if isinstance(cond, r.Compare):
@@ -451,8 +683,13 @@ def _channel(s: Series, c: r.Channel) -> _Eval:
     return _Eval((not before and now) if c.op == "entering_channel" else (before and not now), value)
 
 
-def _moving(s: Series, c: r.Moving) -> _Eval:
-    a, b = s.value(c.left), s.value(c.left, c.bars)
+def _moving(s: Any, c: r.Moving) -> _Eval:
+    back: int | None = c.bars
+    if c.window_ms is not None:  # the last bar that started at least ``window`` before this one
+        back = s.offset_at(_last_ts(s) - c.window_ms) if s.value("close") is not None else None
+        if back is None:
+            return _Eval(False, s.value(c.left))
+    a, b = s.value(c.left), s.value(c.left, back)
     if a is None or b is None:
         return _Eval(False, a)
     change = _sub(a, b)
@@ -474,6 +711,67 @@ def _spike(s: Series, c: r.VolumeSpike) -> _Eval:
     return _Eval(volume > float(c.factor) * mean, volume)
 
 
+def _last_ts(s: Any) -> int:
+    series = s.series if isinstance(s, _Shifted) else s
+    shift = s.shift if isinstance(s, _Shifted) else 0
+    return series.candles[-1 - shift].ts
+
+
+def _tick_level(cond: Any) -> bool:
+    """Conditions that are defined on a single trade/ticker: comparisons and channels (moves and spikes need bars)."""
+    if isinstance(cond, r.All):
+        return all(_tick_level(c) for c in cond.all)
+    if isinstance(cond, r.AnyOf):
+        return all(_tick_level(c) for c in cond.any)
+    if cond.timeframe is not None or cond.symbol is not None:
+        return True  # read from that series' closed bars
+    if not isinstance(cond, (r.Compare, r.Channel)):
+        return False
+    return all(isinstance(o, (Decimal, r._Indicator)) or o in ("price", *r.TICKER_FIELDS) for o in _operands(cond))
+
+
+def _reads_price(cond: Any) -> bool:
+    return any(isinstance(o, str) and o == "price" for o in _operands(cond, own_only=True))
+
+
+def _leaves(cond: Any) -> list[Any]:
+    if isinstance(cond, r.All):
+        return [x for c in cond.all for x in _leaves(c)]
+    if isinstance(cond, r.AnyOf):
+        return [x for c in cond.any for x in _leaves(c)]
+    return [cond]
+
+
+#: Indicator warm-up, in bars, before its value no longer depends on where the series started (to ~e^-6 or better):
+#: moving averages need their period; EMA 3× it; Wilder smoothing (RSI, ATR; alpha 1/n, slower than EMA's 2/(n+1))
+#: 10× so RSI converges; MACD the slow EMA's warm-up, then the signal's on top of it.
+def warmup_bars(spec: r._Indicator, tf_ms: int) -> int:
+    """Closed candles an indicator needs before its values are final (independent of the series' start)."""
+    if isinstance(spec, r.EMA):
+        return 3 * spec.period
+    if isinstance(spec, (r.RSI, r.ATR)):
+        return 10 * spec.period + 1
+    if isinstance(spec, r.MACD):
+        return 3 * (spec.slow + spec.signal)
+    if isinstance(spec, (r.SMA, r.BBands, r.VolumeSMA)):
+        return spec.period
+    if isinstance(spec, r.CVD):
+        return spec.bars if spec.bars is not None else -(-timeframe_ms(spec.anchor) // tf_ms)
+    if isinstance(spec, r.VWAP):
+        return -(-timeframe_ms(spec.anchor) // tf_ms)
+    return 1
+
+
+def _condition_bars(cond: Any, tf_ms: int) -> int:
+    """Bars one leaf condition reads back: its operands' warm-up plus what the condition itself looks back."""
+    back = 1  # crossings, entering/exiting compare with the bar before
+    if isinstance(cond, r.Moving):
+        back = cond.bars if cond.window_ms is None else -(-cond.window_ms // tf_ms) + 1
+    elif isinstance(cond, r.VolumeSpike):
+        return cond.period + 1
+    return max([back + 1] + [warmup_bars(o, tf_ms) + back for o in _operands(cond) if isinstance(o, r._Indicator)])
+
+
 def _wheres(cond: Any) -> list[tuple[str | None, str | None]]:
     if isinstance(cond, r.All):
         return [w for c in cond.all for w in _wheres(c)]
@@ -482,11 +780,13 @@ def _wheres(cond: Any) -> list[tuple[str | None, str | None]]:
     return [(cond.timeframe, cond.symbol)]
 
 
-def _operands(cond: Any) -> list[Any]:
+def _operands(cond: Any, own_only: bool = False) -> list[Any]:
     if isinstance(cond, r.All):
-        return [o for c in cond.all for o in _operands(c)]
+        return [o for c in cond.all for o in _operands(c, own_only)]
     if isinstance(cond, r.AnyOf):
-        return [o for c in cond.any for o in _operands(c)]
+        return [o for c in cond.any for o in _operands(c, own_only)]
+    if own_only and (cond.timeframe is not None or cond.symbol is not None):
+        return []
     return [getattr(cond, name) for name in ("left", "right", "lower", "upper") if hasattr(cond, name)]
 
 
@@ -507,7 +807,8 @@ def describe(cond: Any) -> str:
         text = f"{r.operand_label(cond.left)} {cond.op} [{r.operand_label(cond.lower)}, {r.operand_label(cond.upper)}]"
     elif isinstance(cond, r.Moving):
         by = f"{cond.percent}%" if cond.op.endswith("_pct") else str(cond.amount)
-        text = f"{r.operand_label(cond.left)} {cond.op.removesuffix('_pct')} {by} within {cond.bars} bars"
+        within = f"{cond.window_ms // 1000}s" if cond.window_ms is not None else f"{cond.bars} bars"
+        text = f"{r.operand_label(cond.left)} {cond.op.removesuffix('_pct')} {by} within {within}"
     else:
         text = f"volume > {cond.factor} x volume_sma({cond.period})"
     return text + where

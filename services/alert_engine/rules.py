@@ -27,9 +27,10 @@ an indicator with its parameters — ``{sma: 20}``, ``{ema: {period: 9, source: 
 Conditions: ``left`` with ``op`` one of ``greater_than``/``above``, ``less_than``/``below``, ``crossing``,
 ``crosses_up``, ``crosses_down`` and ``right``; ``op`` ``entering_channel``/``exiting_channel``/``inside_channel``/
 ``outside_channel`` with ``lower`` and ``upper``; ``op`` ``moving_up``/``moving_down`` (by ``amount``) or
-``moving_up_pct``/``moving_down_pct`` (by ``percent``) within ``bars``; ``op: volume_spike`` with ``factor`` and
-``period``; and ``all: [...]`` / ``any: [...]`` of conditions. A condition may name its own ``timeframe`` and
-``symbol`` (multi-timeframe / multi-symbol combinations): it then reads that series' latest closed candle.
+``moving_up_pct``/``moving_down_pct`` (by ``percent``) within ``bars`` (or a time ``window`` such as 5m);
+``op: volume_spike`` with ``factor`` and ``period``; and ``all: [...]`` / ``any: [...]`` of conditions. A condition
+may name its own ``timeframe`` and ``symbol`` (multi-timeframe / multi-symbol combinations): it then reads that
+series' latest candle closed by the time of the evaluation (never a later one).
 """
 
 from __future__ import annotations
@@ -276,6 +277,15 @@ class Moving(_Where):
     amount: Decimal | None = Field(default=None, gt=0)
     percent: Decimal | None = Field(default=None, gt=0)
     bars: int = Field(default=1, ge=1, le=10_000)
+    #: a time window instead of ``bars``: compare with the last bar that started at least this long before this one
+    window_ms: int | None = Field(default=None, alias="window", gt=0)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("window_ms", mode="before")
+    @classmethod
+    def _window(cls, value: Any) -> int | None:
+        return None if value is None else parse_duration_ms(value)
 
     @model_validator(mode="after")
     def _amount_or_percent(self) -> Moving:

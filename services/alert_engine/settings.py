@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -22,6 +22,9 @@ class Settings(ServiceSettings):
     warmup_bars: int = Field(default=300, ge=0, description="Closed candles read back per series on start.")
     history_bars: int = Field(default=600, ge=10, description="Candles kept per series for indicators.")
     intrabar: bool = Field(default=True, description="Read in-progress candles for rules whose frequency allows it.")
+    clock: Literal["wall", "exchange"] = Field(
+        default="wall", description="What snooze_until is compared with: wall time (live), or exchange time (a "
+        "deterministic backtest / replay; `sentinel backtest` sets it).")
     block_ms: int = Field(default=200, ge=1)
     batch: int = Field(default=500, ge=1)
     alerts_maxlen: int = Field(default=100_000, ge=100)

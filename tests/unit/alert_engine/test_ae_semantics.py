@@ -104,12 +104,20 @@ def test_all_across_timeframes_and_symbols():
 """)
     assert eng.needs("x", "BTC/USDT") == {"1m", "5m"} and eng.needs("x", "ETH/USDT") == {"1m"}
     assert fired(eng, [candle(0, "11")]) == []  # no 5m or ETH data yet
-    eng.on_candle(candle(0, "101", tf="5m"))
+    eng.on_candle(candle(-1, "101", tf="5m"))  # the 5m bar that closed at T0
     assert fired(eng, [candle(1, "11")]) == []  # ETH still missing
     eng.on_candle(candle(1, "40", sym="ETH/USDT"))
     assert fired(eng, [candle(2, "11")]) == [("combo", 2, "firing")]
     eng.on_candle(candle(2, "60", sym="ETH/USDT"))
     assert fired(eng, [candle(3, "11")]) == []
+    # a 5m bar that has not closed yet at the 1m bar's close is never read (no look-ahead): [T0+5m, T0+10m) is
+    # below 100, but the 1m bar closing at T0+5m still sees the 5m bar [T0, T0+5m) above 100
+    eng.on_candle(candle(4, "40", sym="ETH/USDT"))
+    eng.on_candle(candle(0, "101", tf="5m"))
+    eng.on_candle(candle(1, "99", tf="5m"))
+    assert fired(eng, [candle(4, "11")]) == [("combo", 4, "firing")]
+    eng.on_candle(candle(5, "40", sym="ETH/USDT"))
+    assert fired(eng, [candle(9, "11")]) == []  # now [T0+5m, T0+10m) is closed and it is below 100
 
 
 def test_revised_candle_replaces_the_last_bar_and_stale_ones_are_ignored():

@@ -13,7 +13,7 @@ A body is one rule as YAML or JSON (JSON is YAML too, so both get line numbers);
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -62,6 +62,8 @@ class RuleOut(BaseModel):
     source: Literal["api", "file"] = Field(
         description="`api`: managed through the API (overrides a file rule of the same name); `file`: from the alert "
                     "engine's rules file, read-only (PUT, enable, disable, snooze store an API override).")
+    overrides_file: bool = Field(default=False, description="An API rule replacing the rules file's rule of the same "
+                                                             "name; DELETE removes it and the file's rule applies.")
     enabled: bool
     snooze_until: str | None = None
     rule: dict[str, Any] = Field(description="The rule in the rules file's own spelling.",
@@ -125,6 +127,7 @@ class Stored:
     rule: rules_mod.Rule
     data: dict[str, Any]
     source: str = "api"  # "api" (streams.RULES) or "file" (streams.FILE_RULES)
+    overrides_file: bool = False  # an API rule with a file rule of the same name
 
     @property
     def name(self) -> str:
@@ -147,7 +150,7 @@ def _plain(value: Any) -> Any:
 
 def _out(stored: Stored) -> RuleOut:
     rule = stored.rule
-    return RuleOut(name=rule.name, source=stored.source, enabled=rule.enabled,
+    return RuleOut(name=rule.name, source=stored.source, overrides_file=stored.overrides_file, enabled=rule.enabled,
                    snooze_until=rule.snooze_until.isoformat() if rule.snooze_until else None, rule=stored.data)
 
 
@@ -165,6 +168,8 @@ async def load_all(redis: Redis, *, with_file: bool = False) -> dict[str, Stored
             name = name.decode()
             if name not in out:
                 out[name] = parse_rule(text.decode(), f"{key}[{name}]", origin)
+            elif origin == "file":
+                out[name] = replace(out[name], overrides_file=True)
     return dict(sorted(out.items()))
 
 
@@ -200,7 +205,7 @@ async def _get(redis: Redis, name: str) -> Stored:
         tx.hget(streams.FILE_RULES, name)
         api, file = await tx.execute()
     if api is not None:
-        return parse_rule(api.decode(), f"{streams.RULES}[{name}]")
+        return replace(parse_rule(api.decode(), f"{streams.RULES}[{name}]"), overrides_file=file is not None)
     if file is not None:
         return parse_rule(file.decode(), f"{streams.FILE_RULES}[{name}]", "file")
     raise HTTPException(status_code=404, detail=f"no rule named {name!r}")
@@ -286,7 +291,7 @@ def mount(app: FastAPI, settings, redis: Redis, access) -> None:
         if rule.name != name:
             raise ConfigError(f"{SOURCE}: name — {rule.name!r} does not match the URL's {name!r}")
         await _store(redis, rule)
-        return _out(rule)
+        return _out(replace(rule, overrides_file=bool(await redis.hexists(streams.FILE_RULES, name))))
 
     @app.delete("/rules/{name}", status_code=204, dependencies=write, tags=["rules"],
                 responses={**errors, 409: {"model": RuleErrors, "description": "the rule is in the rules file"}})
@@ -305,7 +310,7 @@ def mount(app: FastAPI, settings, redis: Redis, access) -> None:
             del data["snooze_until"]
         updated = parse_rule(yaml.safe_dump(data, sort_keys=False), f"{streams.RULES}[{name}]")
         await _store(redis, updated)
-        return _out(updated)
+        return _out(replace(updated, overrides_file=bool(await redis.hexists(streams.FILE_RULES, name))))
 
     @app.post("/rules/{name}/enable", response_model=RuleOut, dependencies=write, tags=["rules"], responses=errors)
     async def enable_rule(name: str) -> RuleOut:

@@ -155,3 +155,80 @@ async def test_dashboard_draws_the_replay_and_a_rule_added_in_the_page_fires_liv
     await page.wait_for_timeout(1500)  # let a few more live candles arrive for the picture
     await page.screenshot(path=str(SCREENSHOTS / "dashboard.png"))
     assert errors == []
+
+
+FILE_RULE = {"name": "from_file", "exchange": "kraken", "symbols": ["BTC/USD"], "timeframe": "1m",
+             "condition": {"left": "close", "op": "below", "right": 1}, "cooldown": "5m", "severity": "info"}
+
+
+async def test_file_rules_have_a_badge_errors_show_by_the_table_and_disable_stores_an_override(pipeline, browser,
+                                                                                               tmp_path):
+    """A rules-file rule is marked `file` and offers disable, not delete. A delete the API refuses (409: the rule is
+    only in the rules file, e.g. because another client reverted the override the page still shows) puts the API's
+    own error text in a visible line above the rules table. Disable stores an override the table shows."""
+    import httpx
+    import yaml
+
+    api = pipeline
+    rules_file = tmp_path / "rules.yaml"  # the file the fixture's alert engine watches
+    rules_file.write_text(yaml.safe_dump({"rules": [FILE_RULE]}, sort_keys=False))
+    os.utime(rules_file, ns=(1, 1))  # a changed mtime, whatever the clock's resolution
+    page = await browser.new_page(viewport={"width": 1400, "height": 980})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+
+    async with httpx.AsyncClient(base_url=api.url) as http:
+        async def listed() -> bool:
+            return any(r["name"] == "from_file" and r["source"] == "file"
+                       for r in (await http.get("/rules")).json()["rules"])
+        await _until(listed, 15, "the alert engine to load its rules file")
+
+        # the file-only rule: a `file` badge, disable offered, no delete
+        await page.goto(f"{api.url}/#series=kraken|BTC/USD|1m&refresh=0")
+        row = page.locator("#rules-table tr[data-rule='from_file']")
+        await row.locator(".badge.file").wait_for(timeout=10_000)
+        assert await row.locator("button", has_text="disable").count() == 1
+        assert await row.locator("button", has_text="delete").count() == 0
+        assert await row.locator("button", has_text="revert to file").count() == 0
+
+        # an override made elsewhere: after a reload the page offers to revert it (DELETE of the override)
+        override = {**FILE_RULE, "cooldown": "15m"}
+        assert (await http.put("/rules/from_file", json=override)).status_code == 200
+        await page.click("#refresh-rules")
+        revert = row.locator("button", has_text="revert to file")
+        await revert.wait_for(timeout=10_000)
+        assert await row.locator(".badge.override").count() == 1
+
+        # another client reverts it first; the page (not refreshed) still offers it: the click gets the API's 409
+        assert (await http.delete("/rules/from_file")).status_code == 204
+        refused = await http.delete("/rules/from_file")
+        assert refused.status_code == 409
+        await revert.click()
+        message = page.locator("#rules-message")
+        await page.wait_for_function(
+            "document.getElementById('rules-message').textContent.includes(\"is in the alert engine's rules file\")",
+            timeout=10_000)
+        assert await message.is_visible()
+        text = await message.text_content()
+        assert text == f"delete from_file failed: {refused.json()['detail']}"  # the API's words, verbatim
+        box, table = await message.bounding_box(), await page.locator("#rules-table").bounding_box()
+        assert box["height"] > 0 and 0 <= table["y"] - (box["y"] + box["height"]) < 40  # right above the table
+        colour = await message.evaluate("el => getComputedStyle(el).color")
+        assert colour != await page.evaluate("getComputedStyle(document.body).color")  # set apart from the text
+        await row.locator(".badge.file").wait_for(timeout=10_000)  # the table re-read: file-only again
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(SCREENSHOTS / "dashboard_rule_error.png"))
+
+        # disable: the API stores the file's rule, disabled, as an override; the table shows it
+        await row.locator("button", has_text="disable").click()
+        await row.locator("button", has_text="enable").wait_for(timeout=10_000)
+        cells = await row.locator("td").all_text_contents()
+        assert cells[4] == "no"
+        assert await row.locator(".badge.override").count() == 1
+        got = (await http.get("/rules/from_file")).json()
+        assert (got["source"], got["overrides_file"], got["enabled"]) == ("api", True, False)
+        assert yaml.safe_load((await http.get("/rules/export")).text)["rules"] == [{**FILE_RULE, "enabled": False}]
+        assert "disable from_file: done" in await message.text_content()
+        await page.screenshot(path=str(SCREENSHOTS / "dashboard_rule_disabled.png"))
+    assert errors == []

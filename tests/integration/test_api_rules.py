@@ -152,10 +152,12 @@ async def test_file_rules_are_listed_next_to_api_rules_read_only(redis, tmp_path
         assert [(r["name"], r["source"]) for r in listed] == [("api_only", "api"), ("btc_up", "api"),
                                                               ("from_file", "file")]
         assert listed[1]["rule"] == RULE
+        assert [r["overrides_file"] for r in listed] == [False, True, False]
 
         # disable of a file rule stores the file's rule, disabled, as an override
         r = await client.post("/rules/from_file/disable")
         assert r.status_code == 200 and r.json()["source"] == "api" and r.json()["enabled"] is False
+        assert r.json()["overrides_file"] is True and (await client.get("/rules/from_file")).json()["overrides_file"]
         assert yaml.safe_load(await redis.hget(streams.RULES, "from_file")) == {**in_file["from_file"],
                                                                                 "enabled": False}
         # DELETE removes the override (the file's rule is back); a rule only in the file cannot be deleted

@@ -177,11 +177,29 @@ function describeCondition(c) {
     .filter(Boolean).join(' ');
 }
 
+// The API's error text of a failed response: `detail` is a string, a list of `file:line: field — problem` lines,
+// or FastAPI's validation errors (objects with `msg`).
+async function errorText(r) {
+  let detail;
+  try { detail = (await r.json()).detail; } catch (e) { return `${r.status} ${r.statusText}`; }
+  if (Array.isArray(detail)) return detail.map((d) => (typeof d === 'string' ? d : d.msg || JSON.stringify(d))).join('\n');
+  return detail ? String(detail) : `${r.status} ${r.statusText}`;
+}
+
+// The line above the rules table: what the last action on a rule answered (errors stay until the next action).
+function rulesMessage(text, kind = 'error') {
+  const el = $('rules-message');
+  el.textContent = text || '';
+  el.className = `rules-message ${kind}`;
+  el.hidden = !text;
+  if (kind === 'ok' && text) setTimeout(() => { if (el.textContent === text) el.hidden = true; }, 4000);
+}
+
 async function refreshRules() {
   let rules, states;
   try {
     [rules, states] = await Promise.all([json('/rules'), json('/alerts')]);
-  } catch (err) { $('rule-errors').textContent = String(err.message || err); return; }
+  } catch (err) { rulesMessage(`rules: ${err.message || err}`); return; }
   state.rules = rules.rules;
   const byRule = new Map();
   for (const st of states.rules) {
@@ -208,27 +226,65 @@ async function refreshRules() {
     cells.forEach((text, i) => {
       const td = document.createElement('td');
       td.textContent = text;
+      if (i === 0 && r) td.append(...badges(r));
       if (i === 5) td.className = firing ? 'firing' : sts.some((x) => x.state === 'pending') ? 'pending' : '';
       tr.append(td);
     });
     const actions = document.createElement('td');
     if (r) {
-      const button = (label, fn) => { const b = document.createElement('button'); b.textContent = label; b.onclick = fn; actions.append(b); };
-      button(r.enabled ? 'disable' : 'enable', () => ruleAction(name, r.enabled ? 'disable' : 'enable'));
-      button(r.snooze_until ? 'unsnooze' : 'snooze 1h', () => ruleAction(name, 'snooze', r.snooze_until ? {} : { duration: '1h' }));
+      const button = (label, fn, title) => {
+        const b = document.createElement('button');
+        b.textContent = label;
+        b.onclick = fn;
+        if (title) b.title = title;
+        actions.append(b);
+      };
+      const fromFile = r.source === 'file';
+      const overrideNote = fromFile ? ' (stored as an API override of the file\'s rule)' : '';
+      button(r.enabled ? 'disable' : 'enable', () => ruleAction(name, r.enabled ? 'disable' : 'enable', undefined, overrideNote));
+      button(r.snooze_until ? 'unsnooze' : 'snooze 1h', () => ruleAction(name, 'snooze', r.snooze_until ? {} : { duration: '1h' }, overrideNote));
       button('edit', () => { $('rule-text').value = JSON.stringify(r.rule, null, 2); $('editor').open = true; });
-      button('delete', async () => { if (confirm(`delete rule ${name}?`)) { await api(`/rules/${encodeURIComponent(name)}`, { method: 'DELETE' }); refreshRules(); } });
+      // a rule of the rules file cannot be deleted here (only in the file): disable it instead
+      if (r.overrides_file) button('revert to file', () => deleteRule(name, true), 'delete the API override; the rules file\'s rule applies again');
+      else if (!fromFile) button('delete', () => deleteRule(name, false));
     }
     tr.append(actions);
     tbody.append(tr);
   }
 }
 
-async function ruleAction(name, action, body) {
-  const r = await api(`/rules/${encodeURIComponent(name)}/${action}`, {
-    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body || {}),
-  });
-  $('rule-errors').textContent = r.ok ? '' : (await r.json()).detail;
+function badges(r) {
+  const out = [];
+  const badge = (text, cls, title) => {
+    const b = document.createElement('span');
+    b.className = `badge ${cls}`;
+    b.textContent = text;
+    b.title = title;
+    out.push(b);
+  };
+  if (r.source === 'file') badge('file', 'file', 'from the alert engine\'s rules file: change it there, or disable/snooze/edit it here (stored as an API override)');
+  else if (r.overrides_file) badge('override', 'override', 'an API rule replacing the rules file\'s rule of the same name');
+  return out;
+}
+
+async function ruleAction(name, action, body, note = '') {
+  try {
+    const r = await api(`/rules/${encodeURIComponent(name)}/${action}`, {
+      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body || {}),
+    });
+    if (r.ok) rulesMessage(`${action} ${name}: done${note}`, 'ok');
+    else rulesMessage(`${action} ${name} failed: ${await errorText(r)}`);
+  } catch (err) { rulesMessage(`${action} ${name} failed: ${err.message || err}`); }
+  refreshRules();
+}
+
+async function deleteRule(name, override) {
+  if (!confirm(override ? `delete the API override of ${name}? The rules file's ${name} applies again.` : `delete rule ${name}?`)) return;
+  try {
+    const r = await api(`/rules/${encodeURIComponent(name)}`, { method: 'DELETE' });
+    if (r.ok) rulesMessage(override ? `${name}: the rules file's rule applies again` : `deleted ${name}`, 'ok');
+    else rulesMessage(`delete ${name} failed: ${await errorText(r)}`);
+  } catch (err) { rulesMessage(`delete ${name} failed: ${err.message || err}`); }
   refreshRules();
 }
 
@@ -250,8 +306,7 @@ $('rule-save').onclick = async () => {
     $('rule-status').textContent = `saved ${name}`;
     setTimeout(() => { $('rule-status').textContent = ''; }, 3000);
   } else {
-    const detail = (await r.json()).detail;
-    $('rule-errors').textContent = Array.isArray(detail) ? detail.join('\n') : String(detail);
+    $('rule-errors').textContent = await errorText(r);
     $('rule-status').textContent = '';
   }
   refreshRules();
@@ -288,8 +343,10 @@ async function start() {
     await refreshRules();
     connect();
   } catch (err) {
-    $('rule-errors').textContent = String(err.message || err);
+    rulesMessage(String(err.message || err));
   }
 }
-setInterval(refreshRules, 5000);
+// #refresh=SECONDS (0 = only after changes and alerts) sets how often the rules table is re-read
+const refreshSeconds = Number(params.get('refresh') ?? 5);
+if (refreshSeconds > 0) setInterval(refreshRules, refreshSeconds * 1000);
 start();

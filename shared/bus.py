@@ -31,6 +31,7 @@ from redis.asyncio import Redis
 
 from shared import streams
 from shared.errors import DecodeError
+from shared.fastredis import RawPipeline, entry_field, raw_command, stream_items
 
 logger = logging.getLogger(__name__)
 
@@ -59,19 +60,22 @@ class Bus:
         if channel is not None:
             pipe.publish(channel, data)
 
+    def pipeline(self, *, transaction: bool = False) -> RawPipeline:
+        """A pipeline (MULTI/EXEC when ``transaction``) with redis-py's command methods and cheap packing
+        (``shared.fastredis``): what the hot paths queue their XADD/XACK/HSET on."""
+        return RawPipeline(self.redis, transaction=transaction)
+
     async def publish(self, stream: str, data: bytes, *, maxlen: int | None = None,
                       channel: str | None = None) -> bytes:
         """Append one message; also PUBLISH it on ``channel`` for live views when given. Returns the entry id."""
-        if channel is None:
-            return await self.redis.xadd(stream, {FIELD: data}, maxlen=maxlen or self.maxlen, approximate=True)
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with self.pipeline() as pipe:
             self.add_to(pipe, stream, data, maxlen=maxlen, channel=channel)
             result = await pipe.execute()
         return result[0]
 
     async def publish_many(self, items: Iterable[tuple[str, bytes]], *, maxlen: int | None = None) -> list[bytes]:
         """Append many (stream, data) messages in one pipelined round trip, in order."""
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with self.pipeline() as pipe:
             for stream, data in items:
                 self.add_to(pipe, stream, data, maxlen=maxlen)
             return await pipe.execute()
@@ -272,16 +276,22 @@ class Consumer(Generic[T]):
             delay = max(0.0, min(self._retry_at - loop.time(), (block_ms or 0) / 1000))
             await asyncio.sleep(delay)
             return 0
-        response = await self.redis.xreadgroup(self.group, self.name, readable, count=self.count, block=block_ms)
+        response = await self._xreadgroup(readable, block_ms)
         return await self._handle_response(response)
+
+    async def _xreadgroup(self, ids: dict[str, str], block_ms: int | None) -> Any:
+        """XREADGROUP with the server's raw reply: redis-py's response callback would build a dict per entry."""
+        block = () if block_ms is None else ("BLOCK", block_ms)
+        return await raw_command(self.redis, "XREADGROUP", "GROUP", self.group, self.name, "COUNT", self.count,
+                                 *block, "STREAMS", *ids, *ids.values())
 
     async def _read_own_pending(self) -> int:
         handled = 0
         for stream in list(self._recover):
-            response = await self.redis.xreadgroup(self.group, self.name, {stream: "0"}, count=self.count)
+            response = await self._xreadgroup({stream: "0"}, None)
             n = await self._handle_response(response)
             handled += n
-            if n == 0 or not response or not response[0][1]:
+            if n == 0 or not any(entries for _, entries in stream_items(response)):
                 self._recover.discard(stream)
         return handled
 
@@ -309,7 +319,7 @@ class Consumer(Generic[T]):
         """
         entries: list[Entry[T]] = []
         handled = 0
-        for stream_name, raw_entries in response or ():
+        for stream_name, raw_entries in stream_items(response):
             handled += len(raw_entries)
             entries += await self._decode_entries(_s(stream_name), raw_entries)
         if entries:
@@ -329,7 +339,9 @@ class Consumer(Generic[T]):
             if fields is None:  # deleted by trimming while pending
                 await self.redis.xack(stream, self.group, entry_id)
                 continue
-            data = fields.get(FIELD)
+            # the bus's own entries are exactly [b"d", data]
+            data = fields[1] if type(fields) is list and len(fields) == 2 and fields[0] == FIELD else \
+                entry_field(fields, FIELD)
             try:
                 if data is None:
                     raise DecodeError(f"entry has no {FIELD.decode()!r} field")
@@ -369,7 +381,7 @@ class Consumer(Generic[T]):
         batch = Batch(entries, self.group)
         await self.handler(batch)
         if not batch.acked:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with self.bus.pipeline() as pipe:
                 batch.ack_with(pipe)
                 await pipe.execute()
         self.processed += len(entries)

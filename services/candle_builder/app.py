@@ -208,7 +208,7 @@ class CandleBuilderApp:
         for entry in batch.entries:
             by_stream.setdefault(entry.stream, []).append(entry)
         batch.acked = True  # acked below, in the transaction, and only for streams this instance owns
-        async with self.redis.pipeline(transaction=True) as tx:
+        async with self.bus.pipeline(transaction=True) as tx:
             ours = await self._fence(tx, [s for s in by_stream if self._owns(s)])
             try:
                 await self._process(tx, batch.group, {s: e for s, e in by_stream.items() if s in ours})
@@ -298,7 +298,7 @@ class CandleBuilderApp:
             newest = await pipe.execute()
         closed = 0
         async with self._lock:
-            async with self.redis.pipeline(transaction=True) as tx:
+            async with self.bus.pipeline(transaction=True) as tx:
                 ours = await self._fence(tx, [series.stream for series, _ in due])
                 try:
                     closed = self._close_due(tx, due, newest, ours)
@@ -384,7 +384,7 @@ class CandleBuilderApp:
         if not due:
             return
         maxlen = self.settings.live_maxlen
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with self.bus.pipeline() as pipe:
             for series in due:
                 series.last_live = now
                 ex, sym = series.exchange, series.symbol

@@ -62,6 +62,30 @@ def _values_ok(prices: list[Decimal], amounts: list[Decimal]) -> bool:
         return False
 
 
+# Decimal of each price / amount text already seen and checked (one entry per trade makes Decimal() and its bounds
+# checks a third of the decode): real markets repeat a few thousand prices and amounts. Bounded: cleared when full.
+_PRICES: dict[str, Decimal] = {}
+_AMOUNTS: dict[str, Decimal] = {}
+_CACHE_MAX = 50_000
+
+
+def _checked(cache: dict[str, Decimal], text: object, positive: bool) -> Decimal | None:
+    """Decimal(text) when it is a valid price (``positive``) or amount, remembered; None otherwise."""
+    if type(text) is not str:
+        return None  # numbers are left to the reference decoder
+    try:
+        value = Decimal(text)
+        ok = (0 < value < _INF) if positive else (0 <= value < _INF)
+    except ArithmeticError:  # NaN compared
+        return None
+    if not ok:
+        return None
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[text] = value
+    return value
+
+
 def _fast(raw: bytes) -> TradeBatch | None:
     """The trades of a well-formed entry, or None to let the reference decoder handle (and report) it."""
     try:
@@ -71,10 +95,15 @@ def _fast(raw: bytes) -> TradeBatch | None:
             if type(exchange) is str and type(symbol) is str and exchange and symbol and type(rows) is list:
                 if len(rows) < 8:  # small batches: row by row is cheaper than building columns
                     trades = []
+                    prices, amounts = _PRICES, _AMOUNTS
                     for tid, ts, price, amount, side in rows:
-                        p, a = Decimal(price), Decimal(amount)
-                        if type(ts) is not int or not (side == 0 or side == 1) or not (
-                                0 < p < _INF and 0 <= a < _INF):
+                        p = prices.get(price)
+                        if p is None:
+                            p = _checked(prices, price, True)
+                        a = amounts.get(amount)
+                        if a is None:
+                            a = _checked(amounts, amount, False)
+                        if type(ts) is not int or not (side == 0 or side == 1) or p is None or a is None:
                             return None
                         trades.append((tid, ts, p, a, side))
                     return TradeBatch(exchange, symbol, trades)

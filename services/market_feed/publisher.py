@@ -78,7 +78,7 @@ class Outbox:
 
     async def _write(self, entries: list[tuple[str, bytes, int]], channels: list[tuple[str, bytes]],
                      state: dict[str, tuple[int | str | None, int]]) -> None:
-        async with self.bus.redis.pipeline(transaction=False) as pipe:
+        async with self.bus.pipeline() as pipe:
             for stream, data, maxlen in entries:
                 self.bus.add_to(pipe, stream, data, maxlen=maxlen)
             for channel, data in channels:

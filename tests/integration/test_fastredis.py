@@ -1,0 +1,115 @@
+"""shared.fastredis against a real redis-server, compared with what redis-py's own pipeline does."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.exceptions import DataError, ResponseError, WatchError
+
+from shared.fastredis import RawPipeline, entry_field, pack_command, raw_command, stream_items
+from shared.runtime import connect
+
+
+def test_pack_command_matches_redis_py_encoding():
+    from redis.connection import Connection
+
+    conn = Connection()
+    for args in (("XADD", "s", "MAXLEN", "~", 100, "*", b"d", b"\x00\xff"), ("SET", "k\u00e9", 1.5),
+                 ("CLIENT LIST",), ("XACK", b"s", "g", *(b"1-%d" % i for i in range(50))), ("ECHO", -3)):
+        assert pack_command(*args) == b"".join(conn.pack_command(*args))
+    with pytest.raises(DataError):
+        pack_command("SET", "k", True)
+    with pytest.raises(DataError):
+        pack_command("SET", "k", object())
+
+
+async def test_pipeline_replies_equal_redis_py(redis):
+    async def run(pipe):
+        pipe.xadd("s", {b"d": b"one"}, maxlen=10, approximate=True)
+        pipe.xadd("s", {"a": "1", "b": "2"})  # not the fast form: built by redis-py's xadd
+        pipe.hset("h", mapping={b"x": b"1", "y": 2})
+        pipe.sadd("set", "m")
+        pipe.set("k", "v", nx=True)
+        pipe.get("k")
+        pipe.xlen("s")
+        return await pipe.execute()
+
+    ours = await run(RawPipeline(redis))
+    await redis.flushall()
+    theirs = await run(redis.pipeline(transaction=False))
+    assert [type(r) for r in ours] == [type(r) for r in theirs]
+    assert ours[2:] == theirs[2:]
+    await redis.flushall()
+    async with RawPipeline(redis, transaction=True) as tx:
+        tx.set("a", 1)
+        tx.incr("a")
+        tx.xadd("s", {b"d": b"x"}, maxlen=5)
+        result = await tx.execute()
+    assert result[:2] == [True, 2] and isinstance(result[2], bytes)
+    assert await redis.get("a") == b"2"
+
+
+async def test_errors_keep_the_connection_in_sync(redis):
+    await redis.set("str", "x")
+    pipe = RawPipeline(redis)
+    pipe.incr("str")  # WRONGTYPE-like error in the middle
+    pipe.set("after", 1)
+    replies = await pipe.execute(raise_on_error=False)
+    assert isinstance(replies[0], ResponseError) and replies[1] is True
+    pipe.incr("str")
+    with pytest.raises(ResponseError):
+        await pipe.execute()
+    # a refused command in a transaction aborts the whole transaction
+    async with RawPipeline(redis, transaction=True) as tx:
+        tx.set("t1", 1)
+        tx.execute_command("SET", "t2")  # wrong number of arguments: refused while queued
+        with pytest.raises(ResponseError):
+            await tx.execute()
+    assert await redis.get("t1") is None
+    assert await redis.ping()
+    assert await raw_command(redis, "PING") == b"PONG"
+
+
+async def test_watch_detects_a_change_and_commits_otherwise(redis, redis_url):
+    await redis.set("lease", "me")
+    other = connect(redis_url)
+    try:
+        async with RawPipeline(redis, transaction=True) as tx:
+            await tx.watch("lease")
+            assert await tx.mget(["lease"]) == [b"me"]
+            tx.multi()
+            tx.set("out", 1)
+            await other.set("lease", "someone else")
+            with pytest.raises(WatchError):
+                await tx.execute()
+        assert await redis.get("out") is None
+        async with RawPipeline(redis, transaction=True) as tx:
+            await tx.watch("lease")
+            tx.multi()
+            tx.set("out", 2)
+            assert await tx.execute() == [True]
+        assert await redis.get("out") == b"2"
+    finally:
+        await other.aclose()
+
+
+async def test_raw_xreadgroup_reply_is_the_server_reply(redis):
+    await redis.xadd("st", {b"d": b"1"})
+    await redis.xgroup_create("st", "g", id="0")
+    reply = await raw_command(redis, "XREADGROUP", "GROUP", "g", "c", "COUNT", 10, "STREAMS", "st", ">")
+    (stream, entries), = stream_items(reply)
+    assert stream == b"st" and entry_field(entries[0][1], b"d") == b"1"
+    assert await raw_command(redis, "XREADGROUP", "GROUP", "g", "c", "COUNT", 10, "STREAMS", "st", ">") is None
+
+
+async def test_cancelled_blocking_read_does_not_poison_the_pool(redis):
+    await redis.xgroup_create("blk", "g", id="0", mkstream=True)
+    task = asyncio.create_task(raw_command(redis, "XREADGROUP", "GROUP", "g", "c", "BLOCK", 5000, "STREAMS", "blk",
+                                           ">"))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(5):  # the connection of the cancelled read was closed, not handed out with a late reply
+        assert await raw_command(redis, "ECHO", "x") == b"x"

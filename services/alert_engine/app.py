@@ -313,8 +313,7 @@ class AlertEngineApp:
         names: dict[str, tuple] = {}
         for ex, sym, tf in series:
             names[streams.candles(ex, sym, tf)] = ("candle", ex, sym, tf)
-            if self.settings.intrabar and any(r.frequency in ("every_time", "once_per_bar") and r.timeframe == tf
-                                              and r.matches(ex, sym) for r in self.engine.rules):
+            if self.settings.intrabar and self.engine.live_rules(ex, sym, tf):
                 names[streams.candles_live(ex, sym, tf)] = ("live", ex, sym, tf)
         for ex, sym in tickers:
             names[streams.tickers(ex, sym)] = ("ticker", ex, sym)

@@ -334,6 +334,16 @@ class AlertEngine:
     def needs_tickers(self, exchange: str, symbol: str) -> bool:
         return any(rule.matches(exchange, symbol) and _uses_tickers(rule.condition) for rule in self.rules)
 
+    def live_rules(self, exchange: str, symbol: str, timeframe: str) -> list[r.Rule]:
+        """Rules evaluated on in-progress candles: intrabar frequencies, except those evaluated per trade/ticker."""
+        ticks = self._tick_rules(exchange, symbol, "trade") + self._tick_rules(exchange, symbol, "ticker")
+        return [rule for rule in self.rules
+                if rule.frequency in ("every_time", "once_per_bar") and rule.timeframe == timeframe
+                and rule.matches(exchange, symbol) and rule not in ticks]
+
+    def is_tick_level(self, rule: r.Rule, exchange: str, symbol: str) -> bool:
+        return rule in self._tick_rules(exchange, symbol, "trade") or rule in self._tick_rules(exchange, symbol, "ticker")
+
     def needs_trades(self, exchange: str, symbol: str) -> bool:
         """Some rule is evaluated on each trade of (exchange, symbol) (see ``on_trades``)."""
         return bool(self._tick_rules(exchange, symbol, "trade"))
@@ -470,9 +480,7 @@ class AlertEngine:
     def on_live_candle(self, candle: Candle, *, fire: bool = True) -> list[Fire]:
         """An in-progress candle: evaluated only for rules whose frequency allows intrabar alerts."""
         key = (candle.exchange, candle.symbol, candle.timeframe)
-        rules = [rule for rule in self.rules
-                 if rule.frequency in ("every_time", "once_per_bar") and rule.timeframe == candle.timeframe
-                 and rule.matches(candle.exchange, candle.symbol)]
+        rules = self.live_rules(candle.exchange, candle.symbol, candle.timeframe)
         if not rules:
             return []
         series = self._series(key)
@@ -517,6 +525,8 @@ class AlertEngine:
         if not self._allowed(rule, now):
             return out
         st.fired_in_run = True
+        if rule.frequency == "every_time" and self.is_tick_level(rule, series.key[0], series.key[1]):
+            return out  # it fired on the trades / tickers themselves; the close only keeps the state
         out.append(self._fire(rule, fp, series, candle, now, result, "firing"))
         return out
 

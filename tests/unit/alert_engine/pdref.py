@@ -108,3 +108,101 @@ def cross_up(a: pd.Series, b: pd.Series | float) -> pd.Series:
 def cross_down(a: pd.Series, b: pd.Series | float) -> pd.Series:
     b = b if isinstance(b, pd.Series) else pd.Series(b, index=a.index)
     return (a.shift(1) >= b.shift(1)) & (a < b)
+
+
+# ---- conditions and trigger frequencies, from their textbook meaning ------------------------------------------------
+
+
+def crossing(a: pd.Series, b: pd.Series | float) -> pd.Series:
+    return cross_up(a, b) | cross_down(a, b)
+
+
+def inside(x: pd.Series, lo: pd.Series | float, hi: pd.Series | float) -> pd.Series:
+    """True/False where all three are known, NaN (as None) where one is missing."""
+    lo = lo if isinstance(lo, pd.Series) else pd.Series(lo, index=x.index)
+    hi = hi if isinstance(hi, pd.Series) else pd.Series(hi, index=x.index)
+    known = x.notna() & lo.notna() & hi.notna()
+    return ((lo <= x) & (x <= hi)).where(known)
+
+
+def channel(op: str, x: pd.Series, lo, hi) -> pd.Series:
+    now = inside(x, lo, hi)
+    before = now.shift(1)
+    known = now.notna()
+    if op == "inside_channel":
+        return (now == True) & known  # noqa: E712 (object dtype with NaN)
+    if op == "outside_channel":
+        return (now == False) & known  # noqa: E712
+    both = known & before.notna()
+    if op == "entering_channel":
+        return both & (before == False) & (now == True)  # noqa: E712
+    return both & (before == True) & (now == False)  # noqa: E712
+
+
+def reference_at(ts: pd.Series, window_ms: int) -> pd.Series:
+    """Index of the last bar that started at or before ``ts - window`` (NaN if none): a time window look-back."""
+    left = pd.DataFrame({"t": ts - window_ms, "i": range(len(ts))})
+    right = pd.DataFrame({"t": ts, "ref": range(len(ts))})
+    merged = pd.merge_asof(left, right, on="t", direction="backward")
+    return merged["ref"]
+
+
+def moving(op: str, x: pd.Series, *, amount: float | None = None, percent: float | None = None,
+           bars: int | None = None, ts: pd.Series | None = None, window_ms: int | None = None) -> pd.Series:
+    """``x - x[back] >= amount`` (up) / ``x[back] - x >= amount`` (down), or the same change in percent of
+    ``x[back]``, where ``back`` is N bars, or the last bar started at least ``window`` before."""
+    if window_ms is None:
+        ref = x.shift(bars)
+    else:
+        idx = reference_at(ts, window_ms)
+        ref = pd.Series([x.iloc[int(i)] if pd.notna(i) else np.nan for i in idx], index=x.index)
+    change = x - ref if op.startswith("moving_up") else ref - x
+    if op.endswith("_pct"):
+        return (change / ref * 100 >= percent) & ref.notna()
+    return (change >= amount) & ref.notna()
+
+
+def volume_spike(volume: pd.Series, factor: float, period: int) -> pd.Series:
+    return volume > factor * volume.shift(1).rolling(period).mean()
+
+
+def as_of(close_ts: pd.Series, other_close_ts: pd.Series, other_values: pd.Series) -> pd.Series:
+    """For each close time, the value of another series' last bar closed at or before it (no look-ahead)."""
+    left = pd.DataFrame({"t": close_ts.to_numpy(), "i": range(len(close_ts))})
+    right = pd.DataFrame({"t": other_close_ts.to_numpy(), "v": other_values.to_numpy()})
+    merged = pd.merge_asof(left, right, on="t", direction="backward")
+    return pd.Series(merged["v"].to_numpy(), index=close_ts.index)
+
+
+def fires(cond: pd.Series, ts: pd.Series, close_ts: pd.Series, *, frequency: str, cooldown_ms: int = 0,
+          for_ms: int = 0, notify_on_resolve: bool = False) -> set[tuple[int, str]]:
+    """The alerts (bar ts, state) a rule sends on closed bars, from the rule's meaning:
+
+    firing while the condition has held since a bar whose close is at least ``for`` ago; each firing bar alerts
+    (``once``: only the first ever; a ``cooldown`` skips bars closing before the last alert's close + cooldown);
+    the first false bar after a firing run sends ``resolved`` when asked."""
+    out: set[tuple[int, str]] = set()
+    since = None
+    firing = False
+    last_fire = None
+    fired_ever = False
+    for ok, t, close in zip(cond.fillna(False).astype(bool), ts, close_ts, strict=True):
+        if not ok:
+            if firing and notify_on_resolve:
+                out.add((int(t), "resolved"))
+            since, firing = None, False
+            continue
+        since = close if since is None else since
+        if close - since < for_ms:
+            continue
+        firing = True
+        if frequency == "once":
+            if not fired_ever:
+                out.add((int(t), "firing"))
+                fired_ever = True
+            continue
+        if cooldown_ms and last_fire is not None and close < last_fire + cooldown_ms:
+            continue
+        out.add((int(t), "firing"))
+        last_fire = close
+    return out

@@ -84,8 +84,10 @@ def test_once_is_gated_forever_and_expiry_and_snooze_use_exchange_time():
 
 def test_ticker_operands_use_the_latest_ticker_at_candle_close():
     eng = engine("""
-  - {name: wide, symbols: [BTC/USDT], frequency: every_time, condition: {left: spread_bps, op: above, right: 5}}
-  - {name: mid_x, symbols: [BTC/USDT], frequency: every_time, condition: {left: mid, op: crosses_up, right: 100}}
+  - {name: wide, symbols: [BTC/USDT], frequency: once_per_bar_close,
+     condition: {left: spread_bps, op: above, right: 5}}
+  - {name: mid_x, symbols: [BTC/USDT], frequency: once_per_bar_close,
+     condition: {left: mid, op: crosses_up, right: 100}}
 """)
     assert eng.needs_tickers("x", "BTC/USDT")
     out = []

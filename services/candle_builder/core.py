@@ -133,6 +133,14 @@ class SeriesBuilder:
             n, lid, lts = 0, None, 0
         for tid, ts, price, amount, is_buy in rows:
             if start <= ts < end:  # the hot path: a trade of the open base bucket
+                if ts < lts:  # rare: out of order inside the open bucket; it must not become the close
+                    bar.high, bar.low, bar.volume, bar.buy_volume, bar.sell_volume, bar.quote_volume = \
+                        h, lo, v, bv, sv, qv
+                    bar.trades, bar.close, bar.last_id, bar.last_ts = n, c, lid, lts
+                    bar.apply_late(tid, ts, price, amount, bool(is_buy))
+                    h, lo, v, bv, sv, qv, n = bar.high, bar.low, bar.volume, bar.buy_volume, bar.sell_volume, \
+                        bar.quote_volume, bar.trades
+                    continue
                 if price > h:
                     h = price
                 elif price < lo:
@@ -315,10 +323,52 @@ class SeriesBuilder:
 
     def flush_revisions(self, out: list[Emitted]) -> None:
         if self._revised:
+            if self.flat_candles:
+                self._carry_closes()
             for (tf, _), bar in self._revised.items():
                 if tf != self.base_tf or self.emit_base:
                     out.append((tf, bar.copy()))
             self._revised.clear()
+
+    def _carry_closes(self) -> None:
+        """Revisions may have changed a close that later flat candles carried: carry the new close forward.
+
+        A late trade that fills an empty bucket (or becomes the last trade of its bucket) changes that bucket's close;
+        every flat candle after it, up to the next bucket with trades, is revised to the new close, in every
+        timeframe, and so are the open flat derived candle and the close the next flat base candle will carry.
+        """
+        since: dict[str, int] = {}
+        for tf, ts in self._revised:
+            if ts < since.get(tf, ts + 1):
+                since[tf] = ts
+        for tf, first in since.items():
+            bars = self.recent.get(tf)
+            if not bars:
+                continue
+            prev: Decimal | None = None
+            for ts in sorted(bars):
+                if ts < first:
+                    continue
+                bar = bars[ts]
+                if bar.trades or prev is None:
+                    prev = bar.close
+                    continue
+                if bar.open != prev or bar.close != prev:
+                    bar.open = bar.high = bar.low = bar.close = prev
+                    if (tf, ts) not in self._revised:
+                        bar.revision += 1
+                        self._revised[(tf, ts)] = bar
+            if tf == self.base_tf:
+                last = bars.get(self.last_base_ts) if self.last_base_ts is not None else None
+                if last is not None:
+                    self.last_close = last.close
+            else:
+                cur = self.cur.get(tf)
+                if cur is not None and not cur.trades and prev is not None:
+                    before = [ts for ts in bars if ts < cur.ts]
+                    if before:
+                        close = bars[max(before)].close
+                        cur.open = cur.high = cur.low = cur.close = close
 
     # ---- seeding from history --------------------------------------------------------------------------------------
 

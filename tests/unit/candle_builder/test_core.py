@@ -209,3 +209,75 @@ def test_a_timeframe_added_mid_bucket_starts_at_its_next_full_bucket():
     assert {ts: as_tuple(b) for ts, b in five.items()} == {ts: expected[ts] for ts in five}
     builder.remove_timeframe("5m")
     assert builder.timeframes == ["1m"]
+
+
+@st.composite
+def late_runs(draw):
+    """Trades in exchange order (strictly increasing times, minutes apart at times so flat candles appear) and a
+    delivery order in which some trades come late: each held back and delivered after up to 30 later trades."""
+    n = draw(st.integers(2, 80))
+    t0 = draw(st.integers(1_600_000_000_000, 1_700_000_000_000))
+    steps = draw(st.lists(st.one_of(st.integers(1, 20_000), st.integers(MIN, 12 * MIN)), min_size=n, max_size=n))
+    trades, ts = [], t0
+    for i, step in enumerate(steps):
+        ts += step
+        trades.append((1000 + i, ts, draw(prices), draw(amounts), draw(st.booleans())))
+    delays = draw(st.lists(st.integers(0, 30), min_size=n, max_size=n))
+    late = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    keys = [(i + (delays[i] if late[i] and i > 0 else 0), i) for i in range(n)]
+    order = [trades[i] for _, i in sorted(keys)]
+    cuts = sorted(set(draw(st.lists(st.integers(1, n), max_size=8))))
+    return trades, order, cuts
+
+
+@settings(max_examples=150, deadline=None)
+@given(late_runs())
+def test_late_trades_re_derive_every_timeframe_and_the_flat_candles_after_them(run):
+    """Every final revision equals direct aggregation of all trades (late ones included); flat candles — emitted for
+    buckets a late trade filled later, or after such a bucket — end at the previous bucket's close."""
+    trades, order, cuts = run
+    builder = SeriesBuilder(TFS, flat_candles=True, lateness_ms=10**12)
+    out: list = []
+    prev = 0
+    for cut in [*cuts, len(order)]:
+        builder.add_trades(order[prev:cut], out)
+        prev = cut
+    builder.advance(trades[-1][1], out, final=True)
+    assert builder.late_dropped == 0
+    for tf in TFS:
+        versions: dict[int, list[int]] = {}
+        for t, bar in out:
+            if t == tf:
+                versions.setdefault(bar.ts, []).append(bar.revision)
+        for ts, revs in versions.items():  # a first version, then revisions numbered one by one
+            assert revs == list(range(len(revs))), (tf, ts, revs)
+    by = latest(out)
+    for tf in TFS:
+        expected = direct(trades, LEN[tf])
+        got = by[tf]
+        assert {ts: as_tuple(b) for ts, b in got.items() if b.trades} == expected, tf
+        first, last = min(expected), max(expected)
+        assert sorted(got) == list(range(first, last + 1, LEN[tf])), tf
+        for ts in sorted(got):
+            if not got[ts].trades:
+                before = expected[max(b for b in expected if b < ts)][3]
+                bar = got[ts]
+                assert (bar.open, bar.high, bar.low, bar.close, bar.volume) == (before,) * 4 + (0,), (tf, ts)
+
+
+def test_a_late_trade_in_an_empty_minute_revises_it_and_the_flat_minutes_after_it():
+    t0 = 1_700_000_000_000 // (5 * MIN) * (5 * MIN)
+    builder = SeriesBuilder(["1m", "5m"], lateness_ms=60 * MIN)
+    out: list = []
+    builder.add_trades([(1, t0 + 1000, Decimal(10), Decimal(1), True)], out)  # minute 0: close 10
+    builder.add_trades([(3, t0 + 4 * MIN + 5, Decimal(30), Decimal(1), True)], out)  # minutes 1-3 flat at 10
+    builder.add_trades([(2, t0 + MIN + 7, Decimal(20), Decimal(2), False)], out)  # late: minute 1 had a trade
+    ones = {b.ts: b for tf, b in out if tf == "1m"}
+    assert ones[t0 + MIN].revision == 1 and (ones[t0 + MIN].open, ones[t0 + MIN].volume) == (Decimal(20), 2)
+    for m in (2, 3):  # the flat minutes after it now carry its close
+        bar = ones[t0 + m * MIN]
+        assert bar.revision == 1 and bar.open == bar.high == bar.low == bar.close == Decimal(20)
+    builder.advance(t0 + 6 * MIN + 1, out)  # minute 5 is empty: flat at minute 4's close
+    assert [b for tf, b in out if tf == "1m"][-1].close == Decimal(30)
+    five = [b for tf, b in out if tf == "5m"][-1]
+    assert (five.open, five.close, five.volume, five.revision) == (Decimal(10), Decimal(30), Decimal(4), 0)

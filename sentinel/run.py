@@ -40,6 +40,7 @@ class RunOptions:
     jsonl_path: Path | None = None
     live: bool = False  # through the local exchange and ccxt.pro instead of publishing the simulation directly
     live_speed: float = 60.0
+    exchange_clock: bool = False  # alert_engine compares snoozes with exchange time (a deterministic backtest)
 
 
 def _service_settings(opts: RunOptions, redis_url: str, data_dir: Path) -> dict:
@@ -60,6 +61,8 @@ def _service_settings(opts: RunOptions, redis_url: str, data_dir: Path) -> dict:
     engine: dict = {}
     if opts.rules_file is not None:
         engine["rules_file"] = opts.rules_file
+    if opts.exchange_clock:
+        engine["clock"] = "exchange"
     notifier: dict = {"console": opts.notify_console,
                       "jsonl_path": opts.jsonl_path or data_dir / "alerts.jsonl"}
     overrides = {"market_feed": feed, "candle_builder": builder, "alert_engine": engine, "notifier": notifier}
@@ -224,6 +227,7 @@ def demo(opts: RunOptions) -> None:
 def backtest(opts: RunOptions, out_dir: Path) -> None:
     """Replay a recording through the services as fast as possible; write candles_<tf>.csv and alerts.jsonl."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    opts.exchange_clock = True  # a backtest of old data: snoozes are read in the recording's time
     with _data_dir(opts.data_dir) as data_dir:
         stats = asyncio.run(_run_to_end(opts, data_dir, with_notifier=False, progress=True))
     written = []

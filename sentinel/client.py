@@ -92,12 +92,13 @@ class SentinelClient:
     # ---- live ------------------------------------------------------------------------------------------------------
 
     async def subscribe(self, *, series: Iterable[Series] = (), alerts: bool = True,
-                        tickers: Iterable[tuple[str, str]] = (), hold_subscription: bool = True
-                        ) -> AsyncIterator[Event]:
+                        tickers: Iterable[tuple[str, str]] = (), hold_subscription: bool = True,
+                        subscribed: asyncio.Event | None = None) -> AsyncIterator[Event]:
         """Typed live events until the caller stops iterating. Reconnects by itself; never raises on Redis loss.
 
         ``hold_subscription`` registers the series in ``streams.SUBSCRIPTIONS`` (so candle_builder makes them)
-        while the iteration runs.
+        while the iteration runs. ``subscribed`` is set once the channels are subscribed (each time after a
+        reconnect): fetch history after that, so nothing published in between is missed.
         """
         series = list(series)
         channels = channels_for(alerts, series, tickers)
@@ -115,6 +116,8 @@ class SentinelClient:
                 for member in members:
                     await redis.hincrby(streams.SUBSCRIPTIONS, member, 1)
                 held = True
+                if subscribed is not None:
+                    subscribed.set()
                 if not first:
                     self.reconnects += 1
                     yield Event("reconnected", None)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,10 +39,13 @@ class PanelData:
     live: Candle | None = None
     alerts: deque[Alert] = field(default_factory=lambda: deque(maxlen=200))
     dirty: bool = True
+    received: dict[str, int] = field(default_factory=dict)  # events applied, by where they came from
 
-    def apply(self, event: Event) -> None:
+    def apply(self, event: Event, origin: str = "live") -> None:
         value = event.value
         if isinstance(value, Candle) and (value.exchange, value.symbol, value.timeframe) == self.series:
+            key = f"{origin}_{event.kind}"
+            self.received[key] = self.received.get(key, 0) + 1
             if value.closed:
                 known = self.closed.get(value.ts)
                 if known is None or value.revision >= known.revision:
@@ -52,6 +56,7 @@ class PanelData:
                 self.live = value
             self.dirty = True
         elif isinstance(value, Alert) and all(a.id != value.id for a in self.alerts):
+            self.received[f"{origin}_alert"] = self.received.get(f"{origin}_alert", 0) + 1
             self.alerts.appendleft(value)
             self.dirty = True
 
@@ -136,26 +141,37 @@ async def run_gui(client: SentinelClient, series: tuple[str, str, str], *, durat
             return
         try:
             for candle in await client.candles(*series, limit=history, live=True):
-                data.apply(Event("candle" if candle.closed else "candle_live", candle))
+                data.apply(Event("candle" if candle.closed else "candle_live", candle), "history")
             for alert in reversed(await client.alert_history(symbol=series[1], limit=50)):
-                data.apply(Event("alert", alert))
+                data.apply(Event("alert", alert), "history")
         except ClientError as exc:
             logger.warning("history unavailable: %s", exc)
         data.dirty = True
 
+    subscribed = asyncio.Event()
+
     async def follow() -> None:
-        async with contextlib.aclosing(client.subscribe(series=[series], alerts=True)) as events:
+        async with contextlib.aclosing(client.subscribe(series=[series], alerts=True,
+                                                        subscribed=subscribed)) as events:
             async for event in events:
                 if event.kind == "reconnected":
                     await load_history()
                 data.apply(event)
 
-    await load_history()
+    # subscribe first, then fetch history: a candle closed in between is then in one or the other, never lost
     follower = asyncio.create_task(follow())
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(subscribed.wait(), 10)
+    await load_history()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + duration if duration else None
+    closing = asyncio.Event()  # SIGTERM / SIGINT: close like the window's close button (screenshot still saved)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, closing.set)
     try:
-        while dpg.is_dearpygui_running() and (deadline is None or loop.time() < deadline):
+        while (dpg.is_dearpygui_running() and not closing.is_set()
+               and (deadline is None or loop.time() < deadline)):
             panel.refresh()
             dpg.render_dearpygui_frame()
             await asyncio.sleep(1 / 60)
@@ -168,15 +184,21 @@ async def run_gui(client: SentinelClient, series: tuple[str, str, str], *, durat
             for _ in range(3):  # the buffer is written on a following frame
                 dpg.render_dearpygui_frame()
                 await asyncio.sleep(0.05)
+        if summary is not None:
+            bars = data.bars()
+            summary.write_text(json.dumps({
+                "bars": len(bars), "closes": [str(c.close) for c in bars], "ts": [c.ts for c in bars],
+                "closed": [c.closed for c in bars], "alerts": [a.id for a in data.alerts],
+                "alert_lines": dpg.get_item_configuration("alerts")["items"], "title": dpg.get_value("title"),
+                "received": data.received}))
     finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follower
         dpg.destroy_context()
-    if summary is not None:
-        bars = data.bars()
-        summary.write_text(json.dumps({"bars": len(bars), "closes": [str(c.close) for c in bars],
-                                       "alerts": [a.id for a in data.alerts]}))
     return data
 
 

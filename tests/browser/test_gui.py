@@ -1,41 +1,91 @@
-"""`sentinel gui` (DearPyGui) under Xvfb: history from the API, live candles and an alert from Redis channels; the
-screenshot must show candles in the panel's bull and bear colours."""
+"""`sentinel gui` (DearPyGui) under Xvfb on a real replay: market_feed replays a real Kraken recording through
+candle_builder and alert_engine (the real services, in this process, on the test's redis) while `sentinel gui` runs
+against that redis and the API. The panel must hold exactly the 5m candles pandas makes from the same trades (the
+first from the API's history, the rest live from the Redis channels), its alert feed must list the alert the engine
+fired during the replay, and the screenshot must show candles in the panel's bull and bear colours."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import select
 import shutil
+import signal
 import struct
 import subprocess
 import sys
 import zlib
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
+import pandas as pd
 import pytest
 
 from sentinel.gui import BEAR, BULL
+from sentinel.pipeline import Pipeline, wait_drained
+from services.alert_engine.app import AlertEngineApp
+from services.alert_engine.settings import Settings as EngineSettings
 from services.api.app import ApiApp
-from services.api.settings import Settings
+from services.api.settings import Settings as ApiSettings
+from services.candle_builder.app import CandleBuilderApp
+from services.candle_builder.settings import Settings as BuilderSettings
+from services.market_feed.app import MarketFeedApp
+from services.market_feed.settings import Settings as FeedSettings
 from shared import streams
-from shared.bus import Bus
 from shared.runtime import connect
-from shared.schemas import Alert, Candle
+from tests.conftest import shared_data
 
-EX, SYM, TF = "sim", "BTC/USDT", "1m"
+RECORDING = "kraken_btcusd/XBTUSD-trades-20190701T00-01.csv"  # one hour, 10749 → 11014
+EX, SYM, TF = "kraken", "BTC/USD", "5m"
+SPEED = 300  # the hour in 12 s: the GUI starts a few candles in and sees the rest arrive live
+RULES = """rules:
+  - name: gui_breakout
+    exchange: kraken
+    symbols: [BTC/USD]
+    timeframe: 5m
+    condition: {left: close, op: above, right: 10900}
+    cooldown: 2h
+    severity: warning
+    message: "{symbol} closed at {close}"
+"""
 SCREENSHOTS = Path(os.environ.get("SENTINEL_SCREENSHOTS", "bench/results"))
 
 
-def xvfb_run() -> str:
-    if shutil.which("xvfb-run") is None and shutil.which("apt-get") and os.geteuid() == 0:
+def xvfb_binary() -> str:
+    if shutil.which("Xvfb") is None and shutil.which("apt-get") and os.geteuid() == 0:
         subprocess.run(["apt-get", "install", "-y", "-qq", "xvfb"], capture_output=True, check=False, timeout=600,
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    path = shutil.which("xvfb-run")
+    path = shutil.which("Xvfb")
     if path is None:
-        pytest.fail("xvfb-run is missing and `apt-get install -y xvfb` did not provide it")
+        pytest.fail("Xvfb is missing and `apt-get install -y xvfb` did not provide it")
     return path
+
+
+@pytest.fixture
+def display() -> Iterator[str]:
+    """A private Xvfb server (the display number it picked itself), stopped after the test."""
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen([xvfb_binary(), "-displayfd", str(write_end), "-screen", "0", "1024x768x24",
+                             "-nolisten", "tcp"], pass_fds=(write_end,), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], 15)
+        number = os.read(read_end, 32).decode().strip() if ready else ""
+        if not number:
+            pytest.fail("Xvfb did not report a display within 15 s")
+        yield f":{number}"
+    finally:
+        os.close(read_end)
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def read_png(path: Path) -> tuple[int, int, int, bytes]:
@@ -109,57 +159,109 @@ def strokes(pixels: bytes, width: int, height: int, channels: int, match, right:
     return count
 
 
-def candle(i: int, closed: bool = True) -> Candle:
-    up = i % 3 != 0
-    o = Decimal(60000 + 40 * i)
-    c = o + (Decimal(60) if up else Decimal(-50))
-    return Candle(exchange=EX, symbol=SYM, timeframe=TF, ts=1_700_000_000_000 + i * 60_000, open=o,
-                  high=max(o, c) + 10, low=min(o, c) - 10, close=c, volume=Decimal(3), buy_volume=Decimal(2 if up else 1),
-                  sell_volume=Decimal(1 if up else 2), closed=closed)
+def pandas_candles(tf: str = "5min") -> pd.DataFrame:
+    """Independent: OHLC of the recording per bucket by pandas resample, on exact decimals (bucket start in ms)."""
+    df = pd.read_csv(shared_data(RECORDING), dtype={"price": str})
+    df["price"] = df["price"].map(Decimal)
+    df.index = pd.to_datetime(df["timestamp"], unit="ms", utc=True)
+    r = df["price"].resample(tf, origin="epoch", label="left", closed="left")
+    out = pd.DataFrame({"open": r.first(), "close": r.last()}).dropna()
+    out.index = out.index.as_unit("ms").asi8
+    return out
 
 
-async def test_gui_draws_history_and_live_candles_under_xvfb(redis_url, redis, tmp_path):
-    runner = xvfb_run()
-    bus = Bus(redis)
-    for i in range(30):
-        await bus.publish(streams.candles(EX, SYM, TF), candle(i).encode())
-    server_redis = connect(redis_url)
-    api = ApiApp(Settings(port=0, shutdown_grace_s=1), server_redis)
-    stop = asyncio.Event()
-    task = asyncio.create_task(api.run(stop))
-    await asyncio.wait_for(api.started.wait(), 10)
+async def _until(predicate, timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await predicate():
+        if loop.time() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+def sentinel_command() -> list[str]:
+    script = Path(sys.executable).parent / "sentinel"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "sentinel.cli"]
+
+
+async def test_gui_draws_a_replay_and_its_alert_under_xvfb(redis_url, redis, tmp_path, display):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    client = connect(redis_url)
+    common = {"redis_url": redis_url, "data_dir": tmp_path}
+    pipeline = Pipeline(client)
+    api = ApiApp(ApiSettings(port=0, shutdown_grace_s=1, **common), client)
+    feed = MarketFeedApp(FeedSettings(mode="replay", replay_file=shared_data(RECORDING), exchange=EX, symbol=SYM,
+                                      speed=SPEED, **common), client)
+    pipeline.add("api", api)
+    pipeline.add("candle_builder", CandleBuilderApp(BuilderSettings(**common), client))
+    pipeline.add("alert_engine", AlertEngineApp(EngineSettings(rules_file=rules, reload_every_s=0.2,
+                                                               registry_poll_s=0.2, **common), client))
+    pipeline.add("market_feed", feed)
     shot, summary = tmp_path / "gui.png", tmp_path / "gui.json"
-    proc = await asyncio.create_subprocess_exec(
-        runner, "-a", "-s", "-screen 0 1024x768x24", sys.executable, "-m", "sentinel.gui",
-        "--series", f"{EX}|{SYM}|{TF}", "--redis-url", redis_url, "--api", api.url, "--duration", "4",
-        "--screenshot", str(shot), "--summary", str(summary),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    proc = None
+    pipeline.start()
     try:
-        await asyncio.sleep(2.0)  # history loaded and subscribed by then (the sends repeat below anyway)
-        alert = Alert(id="gui-a", rule="gui_rule", exchange=EX, symbol=SYM, timeframe=TF, ts=candle(30).ts,
-                      fired_at=candle(31).ts, price=Decimal("61234.5"))
-        for _ in range(5):
-            for i in (30, 31):
-                await bus.publish(streams.candles(EX, SYM, TF), candle(i).encode(),
-                                  channel=streams.channel_candles(EX, SYM, TF))
-            await bus.publish(streams.ALERTS, alert.encode(), channel=streams.CHANNEL_ALERTS)
-            await asyncio.sleep(0.2)
-        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        await asyncio.wait_for(api.started.wait(), 15)
+        async with httpx.AsyncClient(base_url=api.url) as http:
+            async def some_candles() -> bool:
+                return len((await http.get(f"/candles/{EX}/BTC-USD/{TF}")).json()["candles"]) >= 2
+            await _until(some_candles, 30, "the replay's first closed 5m candles")
+
+            proc = await asyncio.create_subprocess_exec(
+                *sentinel_command(), "gui", "--series", f"{EX}|{SYM}|{TF}", "--redis-url", redis_url,
+                "--api", api.url, "--duration", "120", "--screenshot", str(shot), "--summary", str(summary),
+                env={**os.environ, "DISPLAY": display}, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT)
+            channel = streams.channel_candles(EX, SYM, TF)
+
+            async def gui_subscribed() -> bool:
+                if proc.returncode is not None:
+                    pytest.fail(f"sentinel gui exited early: {(await proc.stdout.read()).decode()[-3000:]}")
+                return dict(await client.pubsub_numsub(channel)).get(channel.encode(), 0) >= 1
+            await _until(gui_subscribed, 30, "sentinel gui to subscribe to the candle channel")
+            live_after_subscribe = not feed.done
+
+            await wait_drained(client, lambda: feed.done, pipeline, settle=1.0, timeout=60)
+            fired = (await http.get("/alerts/history", params={"rule": "gui_breakout"})).json()["items"]
+        await asyncio.sleep(1.0)  # the last pub/sub messages reach the panel and a frame
+        proc.send_signal(signal.SIGTERM)  # closes like the window's close button: screenshot and summary saved
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        await server_redis.aclose()
+        if proc is not None and proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await pipeline.shutdown(grace=10)
+        await client.aclose()
     assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
     drawn = json.loads(summary.read_text())
-    assert drawn["bars"] == 32  # 30 from the API's history + 2 live from the channel
-    assert drawn["closes"] == [str(candle(i).close) for i in range(32)]
-    assert "gui-a" in drawn["alerts"]
+
+    # the panel holds exactly pandas' 5m candles of the recording, every one closed
+    expected = pandas_candles()
+    assert drawn["ts"] == expected.index.tolist()
+    assert drawn["closes"] == [str(c) for c in expected["close"]]
+    assert all(drawn["closed"])
+    # some came from the API's history, the rest live through the Redis channel
+    received = drawn["received"]
+    assert received.get("history_candle", 0) >= 2
+    assert live_after_subscribe and received.get("live_candle", 0) >= 1, received
+
+    # the engine's alert (fired during the replay) is in the panel's alert feed, as the widget shows it
+    assert len(fired) == 1, fired
+    alert = fired[0]["alert"]
+    assert alert["id"] in drawn["alerts"]
+    first_above = next(ts for ts, c in zip(expected.index, expected["close"], strict=True) if c > 10900)
+    assert alert["ts"] == first_above  # independent: the first 5m close above 10900 by pandas
+    assert any("gui_breakout" in line and "BTC/USD" in line and str(alert["price"]) in line
+               for line in drawn["alert_lines"]), drawn["alert_lines"]
+
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(shot, SCREENSHOTS / "gui.png")
     width, height, channels, pixels = read_png(shot)
     assert (width, height) >= (800, 600)
     # one stroke per candle of each colour (DearPyGui 2.3.1 draws bodies a few pixels wide whatever `weight` says)
-    ups = sum(1 for i in range(32) if candle(i).close >= candle(i).open)
+    ups = int((expected["close"] >= expected["open"]).sum())
+    downs = len(expected) - ups
     assert is_bull(*BULL[:3]) and is_bear(*BEAR[:3]) and not is_bull(*BEAR[:3])
-    assert ups - 3 <= strokes(pixels, width, height, channels, is_bull) <= ups
-    assert (32 - ups) - 3 <= strokes(pixels, width, height, channels, is_bear) <= 32 - ups
+    assert ups - 2 <= strokes(pixels, width, height, channels, is_bull) <= ups
+    assert downs - 2 <= strokes(pixels, width, height, channels, is_bear) <= downs

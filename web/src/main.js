@@ -144,26 +144,37 @@ function connect() {
   ws.onopen = () => { state.wsAttempt = 0; $('conn').textContent = 'live'; $('conn').className = 'conn on'; };
   ws.onmessage = (ev) => {
     const msg = JSON.parse(ev.data);
-    if (msg.type === 'candle' || msg.type === 'candle_live') putCandle(msg.data);
+    if (msg.type === 'subscribed') loadSeries(false).catch((err) => rulesMessage(`candles: ${err.message || err}`));
+    else if (msg.type === 'candle' || msg.type === 'candle_live') putCandle(msg.data);
     else if (msg.type === 'alert') { addAlert(msg.data, true); refreshRules(); }
     else if (msg.type === 'ticker' && msg.data.last) $('last').textContent = `${msg.data.symbol} ${msg.data.last}`;
   };
   ws.onclose = () => {
     $('conn').textContent = 'offline'; $('conn').className = 'conn off';
     const delay = Math.min(10000, 250 * 2 ** state.wsAttempt++) * (0.5 + Math.random() / 2);
-    setTimeout(() => loadSeries().then(connect), delay);  // refetch what was missed, then follow again
+    setTimeout(connect, delay);  // once subscribed again, 'subscribed' refetches what was missed
   };
 }
 
-async function loadSeries() {
+// History from the API, merged with what the socket already delivered (by bucket and revision): the socket says
+// 'subscribed' before history is fetched again, so a candle closed in between is in one or the other.
+async function loadSeries(reset = true) {
   const s = state.series;
   if (!s) return;
   const sym = encodeURIComponent(s.symbol);
   const body = await json(`/candles/${encodeURIComponent(s.exchange)}/${sym}/${s.timeframe}?limit=1000&live=true`);
-  state.closed = new Map(body.candles.map((c) => [c.ts, c]));
-  state.live = body.live;
+  if (s !== state.series) return;  // the series changed meanwhile
+  if (reset) { state.closed = new Map(); state.live = null; }
+  const live = state.live;
+  for (const c of body.candles) {
+    const known = state.closed.get(c.ts);
+    if (!known || c.revision >= known.revision) state.closed.set(c.ts, c);
+  }
+  state.live = body.live && (!live || body.live.ts >= live.ts) ? body.live : live;
+  const last = Math.max(-Infinity, ...state.closed.keys());
+  if (state.live && state.live.ts <= last) state.live = null;
   redraw();
-  chart.timeScale().fitContent();
+  if (reset) chart.timeScale().fitContent();
 }
 
 // ---- rules ------------------------------------------------------------------------------------------------------

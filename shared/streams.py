@@ -153,6 +153,11 @@ def builder_lease(exchange: str, symbol: str) -> str:
 #: Sorted set: candle_builder instance name -> last time it was alive (ms); used to split pairs fairly.
 BUILDER_INSTANCES = f"{PREFIX}:candle_builder:instances"
 
+#: Hash "exchange|symbol|timeframe" -> bucket start (ms) of the oldest candle candle_builder published for the series
+#: from history (written when it seeds or backfills; a subscriber whose SUBSCRIPTION_LOOKBACK grew can tell when the
+#: older candles are in the stream). Backfilled candles are appended after newer ones: order by ``ts``.
+CANDLE_HISTORY_FROM = f"{PREFIX}:candles:history_from"
+
 #: Consumer group of market_feed on HISTORY_REQUESTS (it serves OHLCV history from the exchanges it is connected to).
 GROUP_MARKET_FEED = "market_feed"
 

@@ -8,7 +8,13 @@ first batch a process sees of a stream is preceded by an XRANGE of whatever lies
 still pending at a dead consumer), so nothing is lost or reordered either.
 
 Series: every (exchange, symbol) in ``streams.FEED_REGISTRY`` gets ``settings.timeframes``; ``streams.SUBSCRIPTIONS``
-(``"ex|sym|tf"`` → reference count) adds timeframes while their count is above zero.
+(``"ex|sym|tf"`` → reference count) adds timeframes while their count is above zero. A pair removed from
+FEED_REGISTRY is unfollowed (its stream no longer read, its state left in Redis so a re-add resumes exactly, its
+members dropped from CANDLE_REGISTRY); a subscribed timeframe whose count fell to 0 and that settings do not list stops.
+
+History: a new series is seeded with max(``history_bars``, the subscriber's ``streams.SUBSCRIPTION_LOOKBACK``) candles
+per timeframe (``history_bars`` unset = 500 when the feed is live, none for replays); a look-back that grows later, or
+a timeframe added to a running series, is backfilled further back (older candles appended, the live seam untouched).
 """
 
 from __future__ import annotations
@@ -27,12 +33,13 @@ from services.candle_builder.core import Emitted, SeriesBuilder
 from services.candle_builder.decode import decode_feed_fast
 from services.candle_builder.leases import Leases
 from services.candle_builder.series import Series, entry_id, retune, text, to_candle
-from services.candle_builder.settings import Settings
+from services.candle_builder.settings import AUTO_HISTORY_BARS, MAX_HISTORY_BARS, Settings
 from shared import streams
 from shared.bus import FIELD, Batch, Bus, Consumer, Entry
-from shared.errors import DecodeError
+from shared.errors import ConfigError, DecodeError
 from shared.runtime import consumer_name, heartbeat
 from shared.schemas import FeedMessage, GapMarker, TradeBatch, Watermark, pack, unpack
+from shared.timeframes import timeframe_ms
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +65,8 @@ class CandleBuilderApp:
         self.series: dict[str, Series] = {}  # trades stream -> series (loaded lazily, with its saved state)
         self.pairs: dict[str, tuple[str, str]] = {}  # trades stream -> (exchange, symbol)
         self.wanted: dict[tuple[str, str], set[str]] = {}  # (exchange, symbol) -> timeframes
+        self.lookback: dict[tuple[str, str], dict[str, int]] = {}  # (exchange, symbol) -> timeframe -> candles
+        self.backfilled = 0  # older history candles written after a look-back grew / a timeframe was added
         self._lock = asyncio.Lock()  # one batch or timer tick changes builders and writes their state at a time
         self.trades_in = 0
         self.timer_closed = 0
@@ -103,36 +112,95 @@ class CandleBuilderApp:
                 logger.exception("candle_builder: discovery failed")
 
     async def discover(self) -> None:
-        """Read FEED_REGISTRY and SUBSCRIPTIONS; follow new trades streams and timeframe changes."""
+        """Read FEED_REGISTRY, SUBSCRIPTIONS and SUBSCRIPTION_LOOKBACK; follow new trades streams, unfollow removed
+        ones, follow timeframe changes, backfill what a grown look-back needs."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.smembers(streams.FEED_REGISTRY)
+            pipe.hgetall(streams.SUBSCRIPTIONS)
+            pipe.hgetall(streams.SUBSCRIPTION_LOOKBACK)
+            feeds, subscriptions, lookbacks = await pipe.execute()
         wanted: dict[tuple[str, str], set[str]] = {}
-        for member in await self.redis.smembers(streams.FEED_REGISTRY):
+        for member in feeds:
             parts = streams.split_registry_member(member)
             if len(parts) == 2:
                 wanted.setdefault((parts[0], parts[1]), set()).update(self.settings.timeframes)
-        for member, count in (await self.redis.hgetall(streams.SUBSCRIPTIONS)).items():
+        for member, count in subscriptions.items():
             parts = streams.split_registry_member(member)
-            try:
-                if len(parts) == 3 and int(count) > 0:
-                    wanted.setdefault((parts[0], parts[1]), set(self.settings.timeframes)).add(parts[2])
+            try:  # a subscription adds a timeframe to a pair the feed publishes; it does not create a pair
+                if len(parts) == 3 and int(count) > 0 and (parts[0], parts[1]) in wanted:
+                    wanted[(parts[0], parts[1])].add(parts[2])
             except ValueError:
                 logger.warning("candle_builder: ignoring subscription %r with count %r", member, count)
-        self.apply_wanted(wanted)
+        lookback: dict[tuple[str, str], dict[str, int]] = {}
+        for member, bars in lookbacks.items():
+            parts = streams.split_registry_member(member)
+            try:
+                if len(parts) == 3 and int(bars) > 0:
+                    timeframe_ms(parts[2])
+                    lookback.setdefault((parts[0], parts[1]), {})[parts[2]] = min(int(bars), MAX_HISTORY_BARS)
+            except (ValueError, ConfigError):
+                logger.warning("candle_builder: ignoring look-back %r of %r candles", member, bars)
+        self.lookback = lookback
+        gone, dropped = self.apply_wanted(wanted)
+        if gone or dropped:
+            await self._unfollow(gone, dropped)
+        await self._backfill_all()
 
-    def apply_wanted(self, wanted: dict[tuple[str, str], set[str]]) -> None:
+    def apply_wanted(self, wanted: dict[tuple[str, str], set[str]]
+                     ) -> tuple[list[str], dict[tuple[str, str], set[str]]]:
+        """Follow new pairs and timeframe changes; return the streams no longer wanted and, per pair still followed,
+        the timeframes it no longer builds (both for ``_unfollow``)."""
         new_streams = []
+        dropped: dict[tuple[str, str], set[str]] = {}
         for (exchange, symbol), tfs in wanted.items():
             stream = streams.trades(exchange, symbol)
             if stream not in self.pairs:
                 self.pairs[stream] = (exchange, symbol)
                 new_streams.append(stream)
-            if self.wanted.get((exchange, symbol)) != tfs:
+            before = self.wanted.get((exchange, symbol))
+            if before != tfs:
                 self.wanted[(exchange, symbol)] = set(tfs)
+                if before:
+                    dropped[(exchange, symbol)] = before - tfs
                 series = self.series.get(stream)
                 if series is not None:
                     retune(series.builder, tfs)
         if new_streams and self.leases is None:
             logger.info("candle_builder: following %s", ", ".join(new_streams))
             self.consumer.add_streams(new_streams)
+        gone = [stream for stream, pair in self.pairs.items() if pair not in wanted]
+        return gone, {pair: tfs for pair, tfs in dropped.items() if tfs}
+
+    async def _unfollow(self, gone: list[str], dropped: dict[tuple[str, str], set[str]]) -> None:
+        """Stop reading pairs no longer wanted and drop what is no longer built from CANDLE_REGISTRY.
+
+        Nothing is lost: each series' state (in-progress candles, last entry id processed) is saved in Redis with
+        every batch and timer tick, so a re-added pair resumes exactly where it stopped; entries read but not yet
+        processed stay pending in the group (``_handle`` leaves streams no longer followed alone) and are re-read
+        first when the pair comes back.
+        """
+        async with self._lock:  # no batch or timer tick in flight for these series
+            members: list[str] = []
+            for stream in gone:
+                pair = self.pairs.pop(stream)
+                self.wanted.pop(pair, None)
+                self.series.pop(stream, None)
+                if self.leases is not None and pair in self.leases.owned:
+                    await self.leases.release(pair)
+                members.extend(m for m in map(text, await self.redis.smembers(streams.CANDLE_REGISTRY))
+                               if streams.split_registry_member(m)[:2] == list(pair))
+                logger.info("candle_builder: no longer following %s (state kept in Redis)", stream)
+            for pair, tfs in dropped.items():
+                series = self.series.get(streams.trades(*pair))
+                for tf in tfs:
+                    if series is not None:
+                        series.registered.discard(tf)
+                    members.append(streams.registry_member(*pair, tf))
+                logger.info("candle_builder: %s %s no longer builds %s", *pair, ", ".join(sorted(tfs)))
+            if gone:
+                self.consumer.set_streams([s for s in self.consumer.streams if s not in set(gone)])
+            if members:
+                await self.redis.srem(streams.CANDLE_REGISTRY, *members)
 
     # ---- leases (several instances) --------------------------------------------------------------------------------
 
@@ -176,7 +244,8 @@ class CandleBuilderApp:
         self.series.pop(streams.trades(*pair), None)
 
     def _owns(self, stream: str) -> bool:
-        return self.leases is None or self.pairs.get(stream) in self.leases.owned
+        """Followed (not removed since the entries were read) and, with leases, leased by this instance."""
+        return stream in self.pairs and (self.leases is None or self.pairs[stream] in self.leases.owned)
 
     async def _fence(self, tx: Any, stream_names: list[str]) -> set[str]:
         """WATCH the leases of ``stream_names`` and return the ones still ours; then start MULTI."""
@@ -229,6 +298,9 @@ class CandleBuilderApp:
             if series.seeded:
                 emitted.extend(series.seeded)
                 series.seeded = []
+                for tf, since in series.builder.history_from.items():
+                    tx.hset(streams.CANDLE_HISTORY_FROM, streams.registry_member(series.exchange, series.symbol, tf),
+                            since)
             if not series.checked:
                 await self._catch_up(series, entries[0].id, emitted, extra_acks)
             start = 0
@@ -419,32 +491,111 @@ class CandleBuilderApp:
                 logger.error("candle_builder: %s %s: saved state unusable (%s); resuming after entry %s with new "
                              "candles (the first ones are partial)", exchange, symbol, exc, saved_id.decode())
                 series.builder = self._new_builder(exchange, symbol)
-        elif self.settings.history_bars:
+        elif self.settings.history_bars != 0:  # unset (auto) or a count: decided at the first trade (_seed)
             series.needs_seed = True
         self.series[stream] = series
         return series
 
     async def _seed(self, series: Series) -> None:
         """A new series: ask market_feed for history up to the first trade the builder will process."""
-        first_ts = None
-        for _, fields in await self.redis.xrange(series.stream, count=100):
+        first_ts = first_entry = None
+        for raw_id, fields in await self.redis.xrange(series.stream, count=100):
             with contextlib.suppress(DecodeError):
                 msg = decode_feed_fast(fields.get(FIELD) or b"")
                 if type(msg) is TradeBatch and msg.trades:
-                    first_ts = msg.trades[0][1]
+                    first_ts, first_entry = msg.trades[0][1], entry_id(raw_id)[0]
                     break
         if first_ts is None:
             return
         series.needs_seed = False
+        await self._decide_history(series, first_entry - first_ts)
+        bars = self._bars(series)
+        if not any(bars.values()):
+            return
         builder = series.builder
         rows = {}
-        for tf, (since, until) in builder.history_plan(first_ts, self.settings.history_bars).items():
+        plan = builder.history_plan(first_ts, bars)
+        for tf, (since, until) in plan.items():
+            ms = timeframe_ms(tf)
             rows[tf] = await history.fetch(self.redis, series.exchange, series.symbol, tf, since, until,
-                                           limit=self.settings.history_bars + 10_080,
-                                           timeout_s=self.settings.history_timeout_s)
-        builder.seed(first_ts, rows, series.seeded)
+                                           limit=(until - since) // ms + 1, timeout_s=self.settings.history_timeout_s)
+        builder.seed(first_ts, rows, series.seeded, plan)
         logger.info("candle_builder: %s %s seeded with %d history candles", series.exchange, series.symbol,
                     len(series.seeded))
+
+    async def _decide_history(self, series: Series, skew_ms: int | None) -> None:
+        """Settle how many history candles ``series`` gets: ``history_bars`` when set; unset (auto), AUTO_HISTORY_BARS
+        when its feed is live — market_feed's heartbeat says ``mode: live`` (only live mode serves history) and its
+        trades reached Redis within ``live_max_skew_ms`` of their exchange time (``skew_ms``: a recording replayed
+        through the live path is years old, and today's history would not be its past) — else none."""
+        if series.history_bars is not None:
+            return
+        configured = self.settings.history_bars
+        if configured is not None:
+            series.history_bars = configured
+            return
+        if skew_ms is None:
+            return  # not known yet (a restored series before its first batch): decided later
+        mode = await self.redis.hget(streams.heartbeat("market_feed"), "mode")
+        live = text(mode or b"") == "live" and abs(skew_ms) <= self.settings.live_max_skew_ms
+        series.history_bars = AUTO_HISTORY_BARS if live else 0
+        logger.info("candle_builder: %s %s: feed %s, %s", series.exchange, series.symbol,
+                    "live" if live else f"not live (mode {text(mode or b'none')}, skew {skew_ms} ms)",
+                    f"{AUTO_HISTORY_BARS} candles of history" if live else "no history")
+
+    def _bars(self, series: Series) -> dict[str, int]:
+        """History candles wanted per timeframe of ``series``: max(its history_bars, the look-back asked), or none
+        when history is off for it."""
+        if not series.history_bars:  # off, or not decided yet
+            return {}
+        own = series.history_bars
+        asked = self.lookback.get((series.exchange, series.symbol), {})
+        return {tf: min(max(own, asked.get(tf, 0)), MAX_HISTORY_BARS) for tf in series.builder.timeframes}
+
+    async def _backfill_all(self) -> None:
+        """Fetch older history where a look-back grew or a timeframe was added (see ``SeriesBuilder.backfill_range``);
+        one series and timeframe at a time, the fetch outside the lock so live candles keep flowing meanwhile."""
+        now = time.monotonic()
+        for stream, series in list(self.series.items()):
+            if series.needs_seed or series.last_id is None or not self._owns(stream):
+                continue
+            if series.history_bars is None:
+                await self._decide_history(series, series.live_offset)
+            for tf, bars in self._bars(series).items():
+                span = series.builder.backfill_range(tf, bars)
+                if span is None or series.backfill_retry.get(tf, 0.0) > now:
+                    continue
+                rows = await history.fetch(self.redis, series.exchange, series.symbol, tf, *span,
+                                           limit=(span[1] - span[0]) // timeframe_ms(tf) + 1,
+                                           timeout_s=self.settings.history_timeout_s)
+                if rows is None:  # no history service (or an error): try again later, not every round
+                    series.backfill_retry[tf] = time.monotonic() + 60.0
+                    continue
+                await self._write_backfill(series, tf, span, rows)
+
+    async def _write_backfill(self, series: Series, tf: str, span: tuple[int, int], rows: list) -> None:
+        async with self._lock:
+            if self.series.get(series.stream) is not series:
+                return  # unfollowed, lease lost or reloaded meanwhile: the next round plans again
+            out: list[Emitted] = []
+            series.builder.backfill(tf, *span, rows, out)
+            if series.builder.history_from.get(tf) != span[0]:
+                return
+            async with self.bus.pipeline(transaction=True) as tx:
+                if series.stream not in await self._fence(tx, [series.stream]):
+                    return
+                try:
+                    self._queue_candles(tx, series, out)
+                    self._queue_state(tx, series)
+                    tx.hset(streams.CANDLE_HISTORY_FROM, streams.registry_member(series.exchange, series.symbol, tf),
+                            span[0])
+                    await tx.execute()
+                except BaseException:
+                    self.series.pop(series.stream, None)
+                    raise
+        self.backfilled += len(out)
+        logger.info("candle_builder: %s %s %s: %d older candles from history (back to %d)", series.exchange,
+                    series.symbol, tf, len(out), span[0])
 
     async def _catch_up(self, series: Series, first_id: bytes, out: list[Emitted],
                         extra_acks: dict[str, list[bytes]]) -> None:

@@ -70,6 +70,9 @@ class SeriesBuilder:
         self.gaps: list[tuple[int, int]] = []  # recent gap intervals (ms, inclusive) that flag candles incomplete
         self.late_revised = 0
         self.late_dropped = 0
+        # timeframe -> oldest bucket its published candles cover (history included): a larger look-back is fetched
+        # from before it (``backfill``)
+        self.history_from: dict[str, int] = {}
         self._revised: dict[tuple[str, int], Bar] = {}
         for tf in tfs:
             if tf != self.base_tf:
@@ -103,12 +106,13 @@ class SeriesBuilder:
         else:
             start = bucket_start(pending, ms)
             self.start_at[tf] = start if start == pending else start + ms
+            self.history_from[tf] = self.start_at[tf]
 
     def remove_timeframe(self, tf: str) -> None:
         if tf == self.base_tf:
             self.emit_base = False
             return
-        for table in (self.derived, self.cur, self.start_at, self.recent):
+        for table in (self.derived, self.cur, self.start_at, self.recent, self.history_from):
             table.pop(tf, None)
 
     # ---- input -----------------------------------------------------------------------------------------------------
@@ -271,6 +275,8 @@ class SeriesBuilder:
                 cur.merge(bar)
 
     def _emit(self, tf: str, bar: Bar, out: list[Emitted]) -> None:
+        if tf not in self.history_from:
+            self.history_from[tf] = bar.ts
         self._keep(tf, bar)
         out.append((tf, bar.copy()))  # a snapshot: a later revision must not change what was emitted
 
@@ -372,28 +378,33 @@ class SeriesBuilder:
 
     # ---- seeding from history --------------------------------------------------------------------------------------
 
-    def history_plan(self, first_ts: int, bars: int) -> dict[str, tuple[int, int]]:
+    def history_plan(self, first_ts: int, bars: int | dict[str, int]) -> dict[str, tuple[int, int]]:
         """What to ask for before the first trade (at ``first_ts``): timeframe -> (since, until) bucket starts.
 
-        Each derived timeframe gets ``bars`` candles before the bucket holding the first trade; the base gets ``bars``
-        candles before the first trade's base bucket *and* every base bucket from the start of each derived seam
-        bucket, so that seam bucket is rolled up from exact base candles plus trades.
+        Each derived timeframe gets ``bars`` (one count, or a count per timeframe) candles before the bucket holding
+        the first trade; the base gets its count before the first trade's base bucket *and* every base bucket from the
+        start of each derived seam bucket, so that seam bucket is rolled up from exact base candles plus trades.
         """
+        def count(tf: str) -> int:
+            return bars if isinstance(bars, int) else bars.get(tf, 0)
+
         seam = first_ts - first_ts % self.base_ms
         plan: dict[str, tuple[int, int]] = {}
-        base_since = seam - bars * self.base_ms
+        base_since = seam - count(self.base_tf) * self.base_ms
         for tf, ms in self.derived.items():
             start = bucket_start(seam, ms)
-            plan[tf] = (start - bars * ms, start)
+            plan[tf] = (start - count(tf) * ms, start)
             base_since = min(base_since, start)
         plan[self.base_tf] = (base_since, seam)
         return plan
 
-    def seed(self, first_ts: int, rows: dict[str, list | None], out: list[Emitted]) -> None:
+    def seed(self, first_ts: int, rows: dict[str, list | None], out: list[Emitted],
+             plan: dict[str, tuple[int, int]] | None = None) -> None:
         """Start a fresh series from history (``rows`` per timeframe, None where it could not be had).
 
         History candles before each seam bucket are emitted as closed; the seam bucket of each derived timeframe is
         rolled up from the base history. Without base history a derived seam bucket already under way is skipped.
+        ``plan`` (what was asked) records how far back each timeframe's history now reaches (``history_from``).
         """
         if self.base is not None or self.last_base_ts is not None:
             return  # not fresh: live data already decided these buckets
@@ -405,12 +416,53 @@ class SeriesBuilder:
                 if row[0] < start:
                     self._emit(tf, bar_from_history(row, ms), out)
             self.start_at[tf] = start if (base_rows is not None or start == seam) else start + ms
+            asked = (plan or {}).get(tf)
+            self.history_from[tf] = asked[0] if asked and rows.get(tf) is not None else self.start_at[tf]
         for row in sorted(base_rows or [], key=lambda r: r[0]):
             if row[0] < seam and (self.last_base_ts is None or row[0] > self.last_base_ts):
                 self.advance(row[0], out)  # flat candles for base buckets the history skipped
                 self._close_base(bar_from_history(row, self.base_ms), out)
         self.closed_until = max(self.closed_until, seam)
+        asked = (plan or {}).get(self.base_tf)
+        self.history_from[self.base_tf] = asked[0] if asked and base_rows is not None else seam
         self.flush_revisions(out)
+
+    def backfill_range(self, tf: str, bars: int) -> tuple[int, int] | None:
+        """(since, until) of the history to fetch so that ``tf`` reaches ``bars`` closed candles back from the bucket
+        in progress, or None: far enough already, nothing published yet, or the bucket before ``history_from`` not
+        closed yet in exchange time (a timeframe added mid-bucket: that bucket is fetched whole once it ended)."""
+        if tf != self.base_tf and tf not in self.derived:
+            return None
+        until = self.history_from.get(tf)
+        if until is None or bars <= 0 or until > self.hwm:
+            return None
+        ms = self.base_ms if tf == self.base_tf else self.derived[tf]
+        since = bucket_start(self.hwm, ms) - bars * ms  # whole weeks back from a Monday stay Mondays
+        return (since, until) if since < until else None
+
+    def backfill(self, tf: str, since: int, until: int, rows: list, out: list[Emitted]) -> None:
+        """Older history for ``tf`` (buckets ``since <= ts < until``, before anything published): emitted oldest
+        first, with flat candles between rows when those are on; the live candles are not touched."""
+        if self.history_from.get(tf) != until:
+            return  # the series moved on (restored, or another backfill) since the range was planned
+        ms = self.base_ms if tf == self.base_tf else self.derived[tf]
+        prev: Bar | None = None
+        for row in sorted(rows, key=lambda r: r[0]):
+            if not since <= row[0] < until:
+                continue
+            if self.flat_candles and prev is not None:
+                b = prev.end
+                while b < row[0]:
+                    out.append((tf, Bar(b, b + ms, prev.close)))
+                    b += ms
+            prev = bar_from_history(row, ms)
+            out.append((tf, prev))
+        if self.flat_candles and prev is not None:
+            b = prev.end
+            while b < until:
+                out.append((tf, Bar(b, b + ms, prev.close)))
+                b += ms
+        self.history_from[tf] = since
 
     def next_close_at(self) -> int | None:
         """Exchange time at which ``advance`` would close something (None: nothing open, no flat candle due)."""
@@ -454,6 +506,7 @@ class SeriesBuilder:
             "derived": {tf: {"cur": c.dump() if (c := self.cur[tf]) else None, "start_at": self.start_at[tf]}
                         for tf in self.derived},
             "recent": {tf: [b.dump() for b in bars.values()] for tf, bars in self.recent.items()},
+            "history_from": dict(self.history_from),
         }
 
     def restore(self, state: dict) -> None:
@@ -478,6 +531,8 @@ class SeriesBuilder:
         self.recent = {tf: {b[0]: Bar.load(b) for b in bars} for tf, bars in state.get("recent", {}).items()
                        if tf == self.base_tf or tf in self.derived}
         self.recent.setdefault(self.base_tf, {})
+        self.history_from = {tf: ts for tf, ts in state.get("history_from", {}).items()
+                             if tf == self.base_tf or tf in self.derived}
         for tf in self.derived:
             self.recent.setdefault(tf, {})
         for tf in wanted:

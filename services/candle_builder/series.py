@@ -46,6 +46,10 @@ class Series:
     needs_seed: bool = False  # new series, history wanted, no trade seen yet
     late_logged: int = 0  # late_dropped count at the last warning
     late_logged_at: float = -1e9
+    # Candles of history per timeframe this series gets (settings.history_bars, or auto: decided once per process from
+    # whether its feed is live); None until decided. Look-backs raise it per timeframe.
+    history_bars: int | None = None
+    backfill_retry: dict[str, float] = field(default_factory=dict)  # timeframe -> monotonic time of the next try
 
 
 def text(value: bytes | str) -> str:

@@ -7,6 +7,7 @@ Example::
       flat_candles: true              # empty intervals give OHLC = previous close, volume 0
       live_throttle_ms: 250           # in-progress candles at most this often per series
       lateness_ms: 60000              # late trades this close to the newest exchange time revise closed candles
+      # history_bars: 500             # unset = auto: 500 when the feed is live, off for replays; 0 = off
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ from pydantic import Field, field_validator
 from shared.config import ServiceSettings
 from shared.errors import ConfigError
 from shared.timeframes import sort_timeframes, timeframe_ms
+
+
+#: Candles of history per timeframe seeded automatically when the feed is live (history_bars unset): a day of 1m
+#: candles is 1440; 500 covers the usual indicator warm-ups (EMA 200 and the like) on every timeframe.
+AUTO_HISTORY_BARS = 500
+#: Most candles of history asked for one timeframe (history_bars or a look-back).
+MAX_HISTORY_BARS = 5_000
 
 
 class Settings(ServiceSettings):
@@ -38,8 +46,12 @@ class Settings(ServiceSettings):
     timer_every_ms: int = Field(default=100, gt=0, description="How often the closing timer looks at live series.")
     live_max_skew_ms: int = Field(default=30_000, gt=0, description="A series is live (timer-closed) when its trades "
                                   "reach Redis within this many ms of their exchange time.")
-    history_bars: int = Field(default=0, ge=0, le=5_000, description="Seed a new series with this many candles of "
-                              "REST history per timeframe (served by market_feed on HISTORY_REQUESTS); 0 = off.")
+    history_bars: int | None = Field(default=None, ge=0, le=MAX_HISTORY_BARS, description="Seed a new series with "
+                                     "this many candles of REST history per timeframe (served by market_feed on "
+                                     "HISTORY_REQUESTS), or more when a subscriber's look-back "
+                                     "(SUBSCRIPTION_LOOKBACK) asks; 0 = off. Unset (auto): AUTO_HISTORY_BARS when the "
+                                     "pair's feed is live (market_feed's heartbeat says mode live and trades reach "
+                                     "Redis within live_max_skew_ms of their exchange time), off for replays.")
     history_timeout_s: float = Field(default=5.0, gt=0, description="How long to wait for a history reply.")
     leases: bool = Field(default=False, description="Run as one of several instances: split (exchange, symbol) "
                          "pairs with leases in Redis (each instance needs its own consumer_name, default host-pid).")

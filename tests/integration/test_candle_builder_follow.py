@@ -1,0 +1,79 @@
+"""Which pairs and timeframes the builder follows, on real redis-server and real recordings: a pair removed from
+FEED_REGISTRY is no longer read (its stream may grow, nothing is consumed) and leaves CANDLE_REGISTRY; re-added, it
+resumes exactly from the state kept in Redis (every candle equals pandas over the whole recording); a subscribed
+timeframe whose count fell to 0 stops and leaves CANDLE_REGISTRY while the settings' timeframes go on."""
+
+from __future__ import annotations
+
+from shared import streams
+from shared.bus import Bus
+from shared.schemas import Watermark, encode_trades, encode_watermark
+from tests.conftest import shared_data
+from tests.integration.test_candle_builder import (
+    RECORDINGS,
+    TIMEFRAMES,
+    check_against_pandas,
+    publish,
+    read_candles,
+    read_trades,
+    settings_for,
+)
+from tests.integration.test_candle_builder_lookback import running_builder, wait_for
+
+
+async def registry(redis, exchange: str, symbol: str) -> set[str]:
+    return {streams.split_registry_member(m)[2] for m in await redis.smembers(streams.CANDLE_REGISTRY)
+            if streams.split_registry_member(m)[:2] == [exchange, symbol]}
+
+
+async def test_a_removed_pair_is_unfollowed_and_a_re_added_one_resumes_exactly(redis, redis_url):
+    import asyncio
+
+    ex, sym, rel = RECORDINGS["btcusdt"]
+    kx, ks, krel = RECORDINGS["kraken"]
+    path, kpath = shared_data(rel), shared_data(krel)
+    trades, ktrades = read_trades(path), read_trades(kpath)
+    btc, kraken = streams.trades(ex, sym), streams.trades(kx, ks)
+    bus = Bus(redis)
+    half = len(trades) // 2
+    await redis.hset(streams.SUBSCRIPTIONS, mapping={streams.registry_member(ex, sym, "30m"): 1,
+                                                     streams.registry_member(kx, ks, "30m"): 1})
+    await publish(redis, ex, sym, trades[:half], per_entry=50, final=False)
+    await publish(redis, kx, ks, ktrades, per_entry=50)
+    async with running_builder(redis, settings_for(redis_url)) as app:
+        async def caught_up(*names) -> bool:
+            return all([await bus.caught_up(s, streams.GROUP_CANDLE_BUILDER) for s in names])
+
+        await wait_for(lambda: caught_up(btc, kraken), "both pairs built")
+        assert await registry(redis, ex, sym) == set(TIMEFRAMES) | {"30m"}
+
+        await redis.srem(streams.FEED_REGISTRY, streams.registry_member(ex, sym))
+        await redis.hset(streams.SUBSCRIPTIONS, streams.registry_member(kx, ks, "30m"), 0)
+
+        async def unfollowed() -> bool:
+            return btc not in app.consumer.streams and not await registry(redis, ex, sym) and \
+                await registry(redis, kx, ks) == set(TIMEFRAMES)
+
+        await wait_for(unfollowed, "the pair and the timeframe dropped")
+        candles_before = {tf: await redis.xlen(streams.candles(ex, sym, tf)) for tf in TIMEFRAMES}
+        trades_before = app.trades_in
+        rest = trades[half:]  # the stream goes on (written as market_feed would, without registering the pair)
+        await bus.publish_many([(btc, encode_trades(ex, sym, rest[i:i + 50])) for i in range(0, len(rest), 50)])
+        await bus.publish(btc, encode_watermark(Watermark(ex, sym, rest[-1].ts, final=True)))
+        await asyncio.sleep(0.5)
+        assert not await caught_up(btc) and app.trades_in == trades_before
+        assert {tf: await redis.xlen(streams.candles(ex, sym, tf)) for tf in TIMEFRAMES} == candles_before
+        assert btc not in app.series  # in-memory state dropped; Redis holds it
+        assert await redis.hget(streams.builder_state(ex, sym), "state") is not None
+
+        await redis.sadd(streams.FEED_REGISTRY, streams.registry_member(ex, sym))
+        await wait_for(lambda: caught_up(btc), "the re-added pair caught up")
+        await wait_for(lambda: registry_has(redis, ex, sym, set(TIMEFRAMES) | {"30m"}), "registry restored")
+    for tf in [*TIMEFRAMES, "30m"]:  # nothing lost or counted twice across the pause, in-progress candles included
+        check_against_pandas(await read_candles(redis, ex, sym, tf), path, tf)
+    for tf in TIMEFRAMES:
+        check_against_pandas(await read_candles(redis, kx, ks, tf), kpath, tf)
+
+
+async def registry_has(redis, exchange: str, symbol: str, tfs: set[str]) -> bool:
+    return await registry(redis, exchange, symbol) == tfs

@@ -1,0 +1,162 @@
+"""History look-back and automatic seeding against the real market_feed history service (ccxt.pro against the local
+Binance-protocol exchange replaying a real recording), real redis-server:
+
+- a new series is seeded with max(history_bars, the subscriber's SUBSCRIPTION_LOOKBACK) candles per timeframe;
+- a look-back that grows later is backfilled further back: the older candles are appended, nothing published before
+  is touched, and every bucket equals pandas' over the replayed recording;
+- history_bars unset seeds automatically when the feed is live, and not for a replay (no request at all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from services.candle_builder.app import CandleBuilderApp
+from services.candle_builder.settings import AUTO_HISTORY_BARS, Settings
+from shared import streams
+from shared.bus import FIELD, Bus
+from shared.history import decode_request
+from shared.schemas import Trade
+from tests.conftest import shared_data
+from tests.integration.market_feed.helpers import (expected_trades, live_settings, local_exchange, published,
+                                                   running_feed, wait_last_id)
+from tests.integration.test_candle_builder import (
+    RECORDINGS,
+    TIMEFRAMES,
+    check_against_pandas,
+    publish,
+    read_candles,
+    read_trades,
+    run_until_caught_up,
+    settings_for,
+)
+
+MIN = 60_000
+SEAM = 1_723_161_720_000  # 2024-08-09 00:02:00 UTC: the builder's first trade is here
+WINDOW = (1_723_161_240_000, 1_723_161_740_000)  # 23:54 (the recording's start) to 00:02:20
+
+
+async def wait_for(predicate, what: str, timeout: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def running_builder(redis, settings: Settings) -> AsyncIterator[CandleBuilderApp]:
+    app = CandleBuilderApp(settings, redis)
+    stop = asyncio.Event()
+    task = asyncio.create_task(app.run(stop))
+    try:
+        yield app
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    if task.done() and not task.cancelled() and task.exception():
+        raise task.exception()
+
+
+def window_file(tmp_path):
+    lines = shared_data(RECORDINGS["btcusdt"][2]).read_text().splitlines(keepends=True)
+    path = tmp_path / "window.csv"
+    path.write_text(lines[0] + "".join(ln for ln in lines[1:] if WINDOW[0] <= int(ln.split(",", 1)[0]) < WINDOW[1]))
+    return path
+
+
+async def feed_then_restart_at_seam(redis, path) -> None:
+    """market_feed publishes the window (the exchange then holds it all for REST); the trades stream is then cut to
+    start at SEAM, as if the builder met the pair there."""
+    exchange, symbol, _ = RECORDINGS["btcusdt"]
+    await wait_last_id(redis, expected_trades(path)[-1][0])
+    trades, gaps = await published(redis)
+    assert trades == expected_trades(path) and not gaps
+    await redis.delete(streams.trades(exchange, symbol))
+    await publish(redis, exchange, symbol, [Trade(*t) for t in trades if t[1] >= SEAM], per_entry=50)
+
+
+async def history_requests(redis) -> list:
+    return [decode_request(f[FIELD]) for _, f in await redis.xrange(streams.HISTORY_REQUESTS)]
+
+
+async def test_lookback_seeds_and_a_grown_lookback_backfills_further_back(redis, redis_url, tmp_path):
+    exchange, symbol, _ = RECORDINGS["btcusdt"]
+    path = window_file(tmp_path)
+    stream = streams.trades(exchange, symbol)
+    member = streams.registry_member(exchange, symbol, "1m")
+    await redis.hset(streams.SUBSCRIPTION_LOOKBACK, member, 3)  # the engine needs 3 closed 1m candles; settings 2
+    async with local_exchange(path, speed=200) as sim:
+        async with running_feed(live_settings(sim), redis) as feed:
+            await feed_then_restart_at_seam(redis, path)
+            settings = settings_for(redis_url, history_bars=2, history_timeout_s=10)
+            async with running_builder(redis, settings) as app:
+                await wait_for(lambda: Bus(redis).caught_up(stream, streams.GROUP_CANDLE_BUILDER), "catch-up")
+                first = await read_candles(redis, exchange, symbol, "1m")
+                assert min(c.ts for c in first) == SEAM - 3 * MIN  # max(2, 3) candles before the seam
+                five = await read_candles(redis, exchange, symbol, "5m")
+                assert five[0].ts == SEAM - SEAM % (5 * MIN) - 2 * 5 * MIN  # 5m: no look-back, history_bars (2)
+                assert int(await redis.hget(streams.CANDLE_HISTORY_FROM, member)) == SEAM - 3 * MIN
+                served = feed.live.history.served
+
+                await redis.hset(streams.SUBSCRIPTION_LOOKBACK, member, 10)  # a rule with a longer warm-up arrived
+                back_to = SEAM - 10 * MIN  # 10 candles back from the bucket in progress (00:02)
+
+                async def backfilled() -> bool:
+                    raw = await redis.hget(streams.CANDLE_HISTORY_FROM, member)
+                    return raw is not None and int(raw) == back_to
+
+                await wait_for(backfilled, "the 1m backfill")
+                assert feed.live.history.served == served + 1  # one more request: 1m only
+                assert app.backfilled > 0
+    candles = await read_candles(redis, exchange, symbol, "1m")
+    assert candles[:len(first)] == first, "what was published before the backfill changed"
+    older = candles[len(first):]
+    assert [c.ts for c in older] == sorted(c.ts for c in older) and max(c.ts for c in older) < SEAM - 3 * MIN
+    assert min(c.ts for c in older) == WINDOW[0]  # the exchange has nothing before its first trade (23:54)
+    for tf in TIMEFRAMES:  # every bucket of the replayed window, history, backfill and seam included, exactly once
+        check_against_pandas(await read_candles(redis, exchange, symbol, tf), path, tf)
+
+
+async def test_history_is_seeded_automatically_only_when_the_feed_is_live(redis, redis_url, tmp_path):
+    exchange, symbol, _ = RECORDINGS["btcusdt"]
+    path = window_file(tmp_path)
+    stream = streams.trades(exchange, symbol)
+    async with local_exchange(path, speed=200) as sim:
+        async with running_feed(live_settings(sim), redis) as feed:
+            await feed_then_restart_at_seam(redis, path)
+            # market_feed runs live (its heartbeat says so); the recording is from 2024, so its trades are "live" only
+            # with a skew allowance of years: the first run allows it, the second (default, 30 s) does not.
+            assert (await redis.hget(streams.heartbeat("market_feed"), "mode")) == b"live"
+            years = 10 * 365 * 86_400_000
+            await run_until_caught_up(redis, settings_for(redis_url, history_timeout_s=10, live_max_skew_ms=years,
+                                                          close_on_timer=False), [stream])
+            requests = await history_requests(redis)
+            assert feed.live.history.served == len(TIMEFRAMES) == len(requests)
+            for req in requests:  # AUTO_HISTORY_BARS candles asked per timeframe (the base: at least as many)
+                ms = {"1m": MIN, "5m": 5 * MIN, "15m": 15 * MIN, "1h": 60 * MIN}[req.timeframe]
+                assert (req.until - req.since) // ms >= AUTO_HISTORY_BARS, req
+            for tf in TIMEFRAMES:
+                check_against_pandas(await read_candles(redis, exchange, symbol, tf), path, tf)
+
+            # the same pair met afresh by a builder with the default skew allowance: a replay, no history asked
+            for tf in TIMEFRAMES:
+                await redis.delete(streams.candles(exchange, symbol, tf))
+            await redis.delete(streams.builder_state(exchange, symbol))
+            await redis.xgroup_destroy(stream, streams.GROUP_CANDLE_BUILDER)
+            await run_until_caught_up(redis, settings_for(redis_url, history_timeout_s=10), [stream])
+            assert len(await history_requests(redis)) == len(TIMEFRAMES)
+            assert all(c.ts >= SEAM for c in await read_candles(redis, exchange, symbol, "1m"))
+
+
+async def test_a_replay_asks_for_no_history_even_with_a_lookback(redis, redis_url):
+    exchange, symbol, rel = RECORDINGS["btcusdt"]
+    trades = [t for t in read_trades(shared_data(rel)) if t.ts >= SEAM]
+    await publish(redis, exchange, symbol, trades, per_entry=50)
+    await redis.hset(streams.SUBSCRIPTION_LOOKBACK, streams.registry_member(exchange, symbol, "1m"), 200)
+    await run_until_caught_up(redis, settings_for(redis_url), [streams.trades(exchange, symbol)])
+    assert await redis.xlen(streams.HISTORY_REQUESTS) == 0  # no market_feed heartbeat, trades years old
+    assert all(c.ts >= SEAM for c in await read_candles(redis, exchange, symbol, "1m"))

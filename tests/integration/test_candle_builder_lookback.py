@@ -160,3 +160,46 @@ async def test_a_replay_asks_for_no_history_even_with_a_lookback(redis, redis_ur
     await run_until_caught_up(redis, settings_for(redis_url), [streams.trades(exchange, symbol)])
     assert await redis.xlen(streams.HISTORY_REQUESTS) == 0  # no market_feed heartbeat, trades years old
     assert all(c.ts >= SEAM for c in await read_candles(redis, exchange, symbol, "1m"))
+
+
+async def test_a_timeframe_added_to_a_running_series_gets_its_history_before_its_first_live_candle(
+        redis, redis_url, tmp_path):
+    """5m subscribed at 00:03:59, mid-bucket: the bucket under way is never built half from trades; once it has ended
+    (exchange time reaches 00:05) it and the ones before come whole from history, then live 5m candles follow."""
+    exchange, symbol, rel = RECORDINGS["btcusdt"]
+    path = tmp_path / "all.csv"
+    path.write_text(shared_data(rel).read_text())
+    stream = streams.trades(exchange, symbol)
+    five = streams.registry_member(exchange, symbol, "5m")
+    cut = SEAM + 2 * MIN - 1  # 00:03:59.999
+    async with local_exchange(path, speed=0) as sim:
+        async with running_feed(live_settings(sim), redis):
+            await wait_last_id(redis, expected_trades(path)[-1][0])
+            trades, _ = await published(redis)
+            await redis.delete(stream)
+            await publish(redis, exchange, symbol, [Trade(*t) for t in trades if SEAM <= t[1] <= cut], per_entry=50,
+                          final=False)
+            settings = settings_for(redis_url, timeframes=["1m"], history_bars=3, history_timeout_s=10,
+                                    close_on_timer=False)
+            async with running_builder(redis, settings) as app:
+                await wait_for(lambda: Bus(redis).caught_up(stream, streams.GROUP_CANDLE_BUILDER), "catch-up")
+                await redis.hset(streams.SUBSCRIPTIONS, five, 1)
+
+                async def added() -> bool:
+                    series = app.series.get(stream)
+                    return series is not None and "5m" in series.builder.timeframes
+
+                await wait_for(added, "5m added")
+                await asyncio.sleep(0.2)
+                assert await redis.hget(streams.CANDLE_HISTORY_FROM, five) is None  # 00:00 bucket not ended yet
+                await publish(redis, exchange, symbol, [Trade(*t) for t in trades if t[1] > cut], per_entry=50)
+
+                async def backfilled() -> bool:
+                    raw = await redis.hget(streams.CANDLE_HISTORY_FROM, five)
+                    return raw is not None and int(raw) == SEAM + 3 * MIN - 3 * 5 * MIN  # 3 before 00:05
+
+                await wait_for(backfilled, "the 5m history")
+                await wait_for(lambda: Bus(redis).caught_up(stream, streams.GROUP_CANDLE_BUILDER), "catch-up")
+    candles = await read_candles(redis, exchange, symbol, "5m")
+    check_against_pandas(candles, path, "5m")  # 23:50, 23:55, 00:00 from history, 00:05 from trades; each once
+    assert any(c.ts == SEAM + 3 * MIN for c in candles) and all(c.ts != SEAM + 3 * MIN or c.trades for c in candles)

@@ -29,3 +29,13 @@ def test_a_typo_is_refused_with_its_line(tmp_path):
     with pytest.raises(ConfigError) as err:
         Settings.load(cfg)
     assert f"{cfg}:3" in str(err.value) and "flat_candle" in str(err.value)
+
+
+def test_history_bars_is_auto_by_default_and_bounded(tmp_path):
+    assert Settings.load(None).history_bars is None  # auto: seeded when the feed is live, off for replays
+    path = tmp_path / "s.yaml"
+    path.write_text("candle_builder:\n  history_bars: 0\n")
+    assert Settings.load(str(path)).history_bars == 0
+    path.write_text("candle_builder:\n  history_bars: 50000\n")
+    with pytest.raises(ConfigError, match="history_bars"):
+        Settings.load(str(path))

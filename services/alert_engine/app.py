@@ -155,12 +155,25 @@ class AlertEngineApp:
             with contextlib.suppress(Exception):
                 await self._unsubscribe(set(self.subscribed))
 
-    async def drain(self) -> int:
-        """Burst mode (tests, backtest): sync series once, then process everything available now."""
+    async def drain(self, *, final: bool = True) -> int:
+        """Burst mode (tests, backtest): sync series once, then process everything available now.
+
+        ``final``: what was read is all there is, so bars still waiting for another series (see
+        ``core.AlertEngine.flush_deferred``) are evaluated with what that series has; False leaves them waiting for
+        the next drain.
+        """
         await self._write_file_rules()
         await self._load_api_rules()
         await self._sync_series()
-        return await self.consumer.drain()
+        n = await self.consumer.drain()
+        if final:
+            await self._flush_deferred(None)
+        return n
+
+    async def _flush_deferred(self, waited_since: int | None) -> None:
+        fires = self.engine.flush_deferred(waited_since)
+        if fires:
+            await self.publish(fires)
 
     def status(self) -> dict[str, Any]:
         return {"rules": len(self.engine.rules), "series": len(self.subscribed), "published": self.published,

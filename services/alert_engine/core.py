@@ -29,6 +29,12 @@ Definitions (the tests evaluate the same ones independently with pandas):
 - Another series (a condition's ``timeframe``/``symbol``) and the ticker of a closed bar are read as of the bar's
   close: the last candle of that series closed by then, the last ticker at or before it — never later data, whatever
   order the streams were read in.
+- A closed bar of a rule that reads another series is evaluated once that series has delivered its bar closing at or
+  before this bar's close (its last close >= the bucket start of this close in its timeframe): until then the
+  evaluation waits (``deferred``), so the alerts do not depend on how the streams were read or batched. Rules reading
+  only their own series never wait. A wait ends early when ``flush_deferred`` is called (the end of a drain, or the
+  app's live time limit) or when the rule's queue reaches ``deferral_limit`` bars; the bar is then evaluated with what
+  the other series has (as before: its last bar closed by then).
 - ``snooze_until`` is wall-clock time (``clock``, injected: wall time live, exchange time in a backtest);
   ``expires_at`` is exchange time.
 """
@@ -77,6 +83,15 @@ class Fire:
     fingerprint: str
     cooldown_ms: int  # FOREVER for ``once``; resolved alerts are never cooled down (0)
     now_ms: int
+
+
+@dataclass(slots=True)
+class _Deferred:
+    """A closed bar whose evaluation by one rule waits for the other series the rule reads."""
+
+    candle: Candle
+    close: int  # exchange time of the evaluation (the bar's close)
+    since: int | None  # engine clock (wall ms) when it started waiting; None without a clock
 
 
 @dataclass(slots=True)
@@ -292,6 +307,8 @@ class AlertEngine:
         self._last_price: dict[tuple[str, str], Decimal] = {}
         self.status: dict[str, RuleStatus] = {}
         self.rules: list[r.Rule] = []
+        # (rule name, series) -> its closed bars waiting for the other series the rule reads, oldest first
+        self._deferred: dict[tuple[str, SeriesKey], deque[_Deferred]] = {}
         self.set_rules(ruleset or r.RuleSet())
 
     # ---- rules and what they need -----------------------------------------------------------------------------------
@@ -301,8 +318,11 @@ class AlertEngine:
         self.rules = ruleset.enabled
         self._routes: dict[SeriesKey, list[r.Rule]] = {}
         self._tick_routes: dict[tuple[str, str, str], list[r.Rule]] = {}
+        self._refs_cache: dict[tuple[str, SeriesKey], tuple[tuple[SeriesKey, ...], int]] = {}
+        self._by_name = {rule.name: rule for rule in self.rules}
         names = {rule.name for rule in self.rules}
         self.status = {fp: s for fp, s in self.status.items() if s.rule in names}
+        self._deferred = {k: q for k, q in self._deferred.items() if k[0] in names}
 
     def needs(self, exchange: str, symbol: str) -> set[str]:
         """Timeframes of (exchange, symbol) some rule reads (its own, and those its conditions name)."""
@@ -473,8 +493,79 @@ class AlertEngine:
     def _evaluate_closed(self, candle: Candle, series: Series) -> list[Fire]:
         now = candle.ts + series.tf_ms
         out: list[Fire] = []
-        for rule in self._rules_for(series.key):
+        key = series.key
+        for rule in self._rules_for(key):
+            refs = self._refs(rule, key)[0]
+            if refs:  # reads another series: wait until it has reached this close (see the module docstring)
+                queue = self._deferred.get((rule.name, key))
+                if queue or not all(self._reached(k, now) for k in refs):
+                    if queue is None:
+                        queue = self._deferred[(rule.name, key)] = deque()
+                    queue.append(_Deferred(candle, now, None if self.clock is None else self.clock()))
+                    continue
             out.extend(self._evaluate(rule, series, candle, now, intrabar=False))
+        if self._deferred:
+            out.extend(self._run_deferred())
+        return out
+
+    # ---- rules reading other series: deferred evaluation ------------------------------------------------------------
+
+    def _refs(self, rule: r.Rule, key: SeriesKey) -> tuple[tuple[SeriesKey, ...], int]:
+        """The other series ``rule`` reads when evaluated on ``key``, and how many of its own bars may wait."""
+        cached = self._refs_cache.get((rule.name, key))
+        if cached is None:
+            ex, sym, tf = key
+            refs = {(ex, s or sym, t or tf) for t, s in _wheres(rule.condition) if t or s} - {key}
+            own = max([_condition_bars(c, timeframe_ms(tf)) for c in _leaves(rule.condition)
+                       if c.timeframe in (None, tf) and c.symbol in (None, sym)] or [1])
+            cached = self._refs_cache[(rule.name, key)] = (tuple(sorted(refs)), max(1, self.keep - own))
+        return cached
+
+    def _reached(self, key: SeriesKey, close: int) -> bool:
+        """Series ``key`` has delivered its last bar closing at or before ``close``."""
+        s = self.series.get(key)
+        if s is None or len(s.candles) <= s.provisional:
+            return False
+        last = s.candles[-2 if s.provisional else -1]
+        return last.ts + s.tf_ms >= bucket_start(close, s.tf_ms)
+
+    @property
+    def deferred(self) -> int:
+        """Closed bars whose evaluation (by some rule) waits for another series."""
+        return sum(len(q) for q in self._deferred.values())
+
+    def deferral_limit(self, rule: r.Rule, key: SeriesKey) -> int:
+        """Bars of ``key`` that may wait for ``rule``: beyond it the oldest is evaluated (it would leave the kept
+        history the rule reads)."""
+        return self._refs(rule, key)[1]
+
+    def flush_deferred(self, waited_since: int | None = None) -> list[Fire]:
+        """Evaluate waiting bars now with what the other series have: all (``waited_since`` None: the end of a drain
+        or a backtest), or those that started waiting at or before ``waited_since`` (engine clock, ms)."""
+        return self._run_deferred(force=True, before=waited_since)
+
+    def _run_deferred(self, force: bool = False, before: int | None = None) -> list[Fire]:
+        out: list[Fire] = []
+        for qkey, queue in list(self._deferred.items()):
+            name, key = qkey
+            rule, series = self._by_name.get(name), self.series.get(key)
+            if rule is None or series is None:
+                del self._deferred[qkey]
+                continue
+            refs, limit = self._refs(rule, key)
+            while queue:
+                d = queue[0]
+                due = (force and (before is None or (d.since is not None and d.since <= before))
+                       or len(queue) > limit)
+                if not due and not all(self._reached(k, d.close) for k in refs):
+                    break
+                queue.popleft()
+                view = series.as_of(d.close)  # this series as it was at that close (later bars hidden)
+                shift = view.shift if isinstance(view, _Shifted) else 0
+                candle = series.candles[-1 - shift] if shift < len(series.candles) else d.candle
+                out.extend(self._evaluate(rule, view, candle, d.close, intrabar=False))
+            if not queue:
+                del self._deferred[qkey]
         return out
 
     def on_live_candle(self, candle: Candle, *, fire: bool = True) -> list[Fire]:

@@ -105,21 +105,48 @@ def test_all_across_timeframes_and_symbols():
                        {op: below, right: 50, symbol: ETH/USDT}]}}
 """)
     assert eng.needs("x", "BTC/USDT") == {"1m", "5m"} and eng.needs("x", "ETH/USDT") == {"1m"}
-    assert fired(eng, [candle(0, "11")]) == []  # no 5m or ETH data yet
-    eng.on_candle(candle(-1, "101", tf="5m"))  # the 5m bar that closed at T0
-    assert fired(eng, [candle(1, "11")]) == []  # ETH still missing
-    eng.on_candle(candle(1, "40", sym="ETH/USDT"))
-    assert fired(eng, [candle(2, "11")]) == [("combo", 2, "firing")]
-    eng.on_candle(candle(2, "60", sym="ETH/USDT"))
-    assert fired(eng, [candle(3, "11")]) == []
+    # bar 0 (closes T0+1m) reads the 5m bar closed by then ([T0-5m, T0)) and ETH's bar 0: neither is in yet, so its
+    # evaluation waits for them (it would otherwise depend on which stream happened to be read first)
+    assert fired(eng, [candle(0, "11")]) == [] and eng.deferred == 1
+    assert fired(eng, [candle(-1, "101", tf="5m")]) == [] and eng.deferred == 1  # ETH still missing
+    assert fired(eng, [candle(1, "11")]) == [] and eng.deferred == 2  # queued behind bar 0: its order is kept
+    assert fired(eng, [candle(0, "40", sym="ETH/USDT")]) == [("combo", 0, "firing")]  # bar 1 waits for ETH's bar 1
+    assert fired(eng, [candle(1, "60", sym="ETH/USDT")]) == [] and eng.deferred == 0  # 60 is not below 50
     # a 5m bar that has not closed yet at the 1m bar's close is never read (no look-ahead): [T0+5m, T0+10m) is
     # below 100, but the 1m bar closing at T0+5m still sees the 5m bar [T0, T0+5m) above 100
-    eng.on_candle(candle(4, "40", sym="ETH/USDT"))
+    for i in (2, 3, 4):
+        eng.on_candle(candle(i, "40", sym="ETH/USDT"))
     eng.on_candle(candle(0, "101", tf="5m"))
     eng.on_candle(candle(1, "99", tf="5m"))
     assert fired(eng, [candle(4, "11")]) == [("combo", 4, "firing")]
-    eng.on_candle(candle(5, "40", sym="ETH/USDT"))
+    eng.on_candle(candle(9, "40", sym="ETH/USDT"))
     assert fired(eng, [candle(9, "11")]) == []  # now [T0+5m, T0+10m) is closed and it is below 100
+    # ETH's bar 10 never comes: the end of a drain evaluates the waiting bar with what there is
+    assert fired(eng, [candle(10, "11")]) == [] and eng.deferred == 1
+    assert eng.flush_deferred() == [] and eng.deferred == 0
+
+
+def test_a_waiting_bar_is_evaluated_when_flushed_by_age_or_when_its_queue_is_full():
+    now = [0]
+    eng = AlertEngine(parse_rules("""rules:
+  - {name: own, symbols: [BTC/USDT], frequency: every_time, condition: {op: above, right: 10}}
+  - {name: other, symbols: [BTC/USDT], frequency: every_time,
+     condition: {any: [{op: above, right: 10}, {op: below, right: 50, symbol: ETH/USDT}]}}
+""", "t.yaml"), keep=20, clock=lambda: now[0])
+    assert fired(eng, [candle(0, "11")]) == [("own", 0, "firing")]  # a rule reading only its series never waits
+    now[0] = 1_000
+    assert fired(eng, [candle(1, "11")]) == [("own", 1, "firing")] and eng.deferred == 2
+    # the app's live time limit: bars waiting since 500 or earlier are evaluated now, ETH or not
+    assert [(f.alert.rule, (f.alert.ts - T0) // M) for f in eng.flush_deferred(500)] == [("other", 0)]
+    assert eng.deferred == 1
+    # a queue longer than the history kept for the rule would lose the bars it reads: the oldest goes first
+    rule = eng.rules[1]
+    limit = eng.deferral_limit(rule, ("x", "BTC/USDT", "1m"))
+    assert limit == 20 - 2  # keep minus the two bars an `above` reads (this one and, for crossings, the one before)
+    out = fired(eng, [candle(i, "11") for i in range(2, 30)])
+    assert [i for name, i, _ in out if name == "other"] == list(range(1, 30 - limit))
+    assert eng.deferred == limit
+    assert [(f.alert.ts - T0) // M for f in eng.flush_deferred()] == list(range(30 - limit, 30))
 
 
 def test_revised_candle_replaces_the_last_bar_and_stale_ones_are_ignored():

@@ -45,14 +45,17 @@ from shared.errors import DecodeError, ExchangeError
 from shared.schemas import SCHEMA_VERSION, pack, unpack
 from shared.timeframes import timeframe_ms
 
-__all__ = ["KIND_REPLY", "KIND_REQUEST", "REPLY_TTL_S", "HistoryReply", "HistoryRequest", "HistoryRow",
-           "decode_reply", "decode_request", "encode_reply", "encode_request", "kline_row", "ohlcv_row",
+__all__ = ["KIND_REPLY", "KIND_REQUEST", "MAX_HISTORY_BARS", "REPLY_TTL_S", "HistoryReply", "HistoryRequest",
+           "HistoryRow", "decode_reply", "decode_request", "encode_reply", "encode_request", "kline_row", "ohlcv_row",
            "request_history"]
 
 KIND_REQUEST = "history_request"
 KIND_REPLY = "history_reply"
 #: Seconds a reply list lives if nobody pops it (the asker timed out).
 REPLY_TTL_S = 120
+#: Most closed candles of history asked for one timeframe: candle_builder's ``history_bars`` bound, and the cap a
+#: subscriber puts on its ``streams.SUBSCRIPTION_LOOKBACK`` (a 1d anchor on 1s candles would otherwise ask for 86,400).
+MAX_HISTORY_BARS = 5_000
 
 #: One candle: (ts, open, high, low, close, volume, buy_volume | None, trades | None, quote_volume | None).
 HistoryRow = tuple[int, Decimal, Decimal, Decimal, Decimal, Decimal, Decimal | None, int | None, Decimal | None]

@@ -30,6 +30,7 @@ from shared import streams
 from shared.bus import Batch, Bus, Consumer
 from shared.bus import as_str as _s
 from shared.errors import ConfigError, DecodeError
+from shared.history import MAX_HISTORY_BARS
 from shared.runtime import consumer_name, heartbeat
 from shared.schemas import Candle, GapMarker, Ticker, TradeBatch, Watermark, decode_feed, pack, unpack
 from shared.yamlfile import load_yaml_file
@@ -63,6 +64,30 @@ redis.call('PUBLISH', ARGV[4], ARGV[1])
 return 1
 """
 _GC_MARGIN_MS = 0  # unused by the script (kept in ARGV for compatibility)
+
+# Subscribing, atomically with other subscribers of the same series (the engine's replicas, the API):
+# the look-back becomes the max of what is there and ours (never lowered by a smaller need), then the count goes up.
+# KEYS: SUBSCRIPTIONS, SUBSCRIPTION_LOOKBACK; ARGV: member, look-back, 1 (increment) | 0 (look-back only), ...
+_SUBSCRIBE = """
+for i = 1, #ARGV, 3 do
+  local want = tonumber(ARGV[i + 1])
+  local have = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0')
+  if want > have then redis.call('HSET', KEYS[2], ARGV[i], want) end
+  if ARGV[i + 2] == '1' then redis.call('HINCRBY', KEYS[1], ARGV[i], 1) end
+end
+return 1
+"""
+# Unsubscribing: the count goes down; at 0 the series and its look-back are removed together.
+# KEYS: SUBSCRIPTIONS, SUBSCRIPTION_LOOKBACK; ARGV: members
+_UNSUBSCRIBE = """
+for i = 1, #ARGV do
+  if redis.call('HINCRBY', KEYS[1], ARGV[i], -1) <= 0 then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    redis.call('HDEL', KEYS[2], ARGV[i])
+  end
+end
+return 1
+"""
 
 
 def decode_input(raw: bytes) -> Candle | Ticker | TradeBatch | GapMarker | Watermark:
@@ -125,6 +150,9 @@ class AlertEngineApp:
                                  consumer=consumer_name("alert_engine", settings.consumer_name), decode=decode_input,
                                  handler=self._handle, count=settings.batch, block_ms=settings.block_ms)
         self._gate = redis.register_script(_GATE)
+        self._subscribe_script = redis.register_script(_SUBSCRIBE)
+        self._unsubscribe_script = redis.register_script(_UNSUBSCRIBE)
+        self._capped: set[tuple[str, tuple[str, str, str], int]] = set()  # (rule, series, need) already logged
         self.subscribed: set[tuple[str, str, str]] = set()  # series counted in SUBSCRIPTIONS by us
         self.lookback: dict[tuple[str, str, str], int] = {}  # what we wrote to SUBSCRIPTION_LOOKBACK
         self.consumed: set[str] = set()
@@ -148,6 +176,10 @@ class AlertEngineApp:
         try:
             await stop.wait()
             await asyncio.gather(*tasks)
+            if self.settings.clock == "exchange":
+                # a backtest ends when its input does: bars still waiting for another series are evaluated now.
+                # Live, they are not (they were acked): a restart's warm-up finds them waiting again.
+                await self._flush_deferred(None)
         finally:
             for t in tasks:
                 t.cancel()
@@ -178,7 +210,7 @@ class AlertEngineApp:
     def status(self) -> dict[str, Any]:
         return {"rules": len(self.engine.rules), "series": len(self.subscribed), "published": self.published,
                 "suppressed": self.suppressed, "duplicates": self.duplicates,
-                "reload_error": self.reload_error or ""}
+                "reload_error": self.reload_error or "", "deferred": self.engine.deferred}
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -193,11 +225,14 @@ class AlertEngineApp:
                 if loop.time() >= next_sync:
                     next_sync = loop.time() + self.settings.registry_poll_s
                     await self._sync_series()
+                if self.engine.waiting and self.settings.clock == "wall":  # no input came to end the wait
+                    await self._flush_deferred(wall_clock_ms() - self.settings.cross_series_wait_ms)
             except Exception:  # a transient Redis error must not stop the engine
                 logger.exception("alert_engine: housekeeping failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=min(self.settings.reload_every_s,
-                                                                self.settings.registry_poll_s))
+                                                                self.settings.registry_poll_s,
+                                                                max(0.05, self.settings.cross_series_wait_ms / 2000)))
 
     # ---- rules ------------------------------------------------------------------------------------------------------
 
@@ -305,22 +340,33 @@ class AlertEngineApp:
                 trades.add((ex, sym))
         return series, tickers, trades
 
+    def series_lookback(self, key: tuple[str, str, str]) -> int:
+        """Closed candles series ``key`` is read back with (warm-up) and asked of candle_builder: the rules' longest
+        look-back, at least ``warmup_bars``, at most ``MAX_HISTORY_BARS`` (a cut need is logged once)."""
+        needs = self.engine.lookbacks(*key)
+        for rule, need in needs.items():
+            if need > MAX_HISTORY_BARS and (rule, key, need) not in self._capped:
+                self._capped.add((rule, key, need))
+                logger.warning("alert_engine: rule %r needs %d closed %s candles of %s %s; look-back cut to %d "
+                               "(candle_builder's most): its values are approximate until the series has run that long",
+                               rule, need, key[2], key[0], key[1], MAX_HISTORY_BARS)
+        return min(MAX_HISTORY_BARS, max(self.settings.warmup_bars, *needs.values(), 0))
+
     async def _sync_series(self) -> None:
         series, tickers, trades = await self.wanted()
         added, removed = series - self.subscribed, self.subscribed - series
-        lookback = {key: max(self.settings.warmup_bars, self.engine.lookback(*key)) for key in series}
+        lookback = {key: self.series_lookback(key) for key in series}
         changed = {key: n for key, n in lookback.items() if self.lookback.get(key) != n}
         if added or changed:
-            # the look-back goes in before the reference count, so a builder that sees the new series sees its need
-            async with self.redis.pipeline(transaction=False) as pipe:
-                if changed:
-                    pipe.hset(streams.SUBSCRIPTION_LOOKBACK,
-                              mapping={streams.registry_member(*key): n for key, n in changed.items()})
-                for key in sorted(added):
-                    pipe.hincrby(streams.SUBSCRIPTIONS, streams.registry_member(*key), 1)
-                await pipe.execute()
+            # one script: max(look-back there, ours), then the count (a builder that sees the series sees its need)
+            args: list[Any] = []
+            for key in sorted(changed.keys() | added):
+                args += [streams.registry_member(*key), lookback[key], int(key in added)]
+            await self._subscribe_script(keys=[streams.SUBSCRIPTIONS, streams.SUBSCRIPTION_LOOKBACK], args=args)
             self.subscribed |= added
             self.lookback.update(changed)
+        for key in series:
+            self.engine.reserve(key, lookback[key])
         if removed:
             await self._unsubscribe(removed)
         names: dict[str, tuple] = {}
@@ -333,9 +379,7 @@ class AlertEngineApp:
         for ex, sym in trades:
             names[streams.trades(ex, sym)] = ("trades", ex, sym)
         new = [n for n in names if n not in self.consumed]
-        for name in sorted(new):
-            if names[name][0] == "candle":
-                await self._warm_up(name)
+        await self._warm_up([(name, names[name][1:]) for name in sorted(new) if names[name][0] == "candle"])
         if set(names) != self.consumed:
             self.consumed = set(names)
             self.consumer.set_streams(sorted(names))
@@ -345,52 +389,63 @@ class AlertEngineApp:
     async def _unsubscribe(self, keys: set[tuple[str, str, str]]) -> None:
         if not keys:
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key in sorted(keys):
-                pipe.hincrby(streams.SUBSCRIPTIONS, streams.registry_member(*key), -1)
-            results = await pipe.execute()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key, count in zip(sorted(keys), results, strict=True):
-                if int(count) <= 0:
-                    pipe.hdel(streams.SUBSCRIPTIONS, streams.registry_member(*key))
-                    pipe.hdel(streams.SUBSCRIPTION_LOOKBACK, streams.registry_member(*key))
-            await pipe.execute()
+        await self._unsubscribe_script(keys=[streams.SUBSCRIPTIONS, streams.SUBSCRIPTION_LOOKBACK],
+                                       args=[streams.registry_member(*key) for key in sorted(keys)])
         self.subscribed -= keys
         for key in keys:
             self.lookback.pop(key, None)
 
-    async def _warm_up(self, stream: str) -> None:
-        """Feed the closed candles this group already processed (up to ``warmup_bars``) without firing.
+    async def _warm_up(self, new: list[tuple[str, tuple[str, str, str]]]) -> None:
+        """Feed the closed candles this group already processed on the new streams (``series_lookback`` of each),
+        all streams merged in exchange-time order, without firing.
 
-        Entries delivered but not acked (a crash mid-batch) are left to the consumer, which re-reads them.
+        Merged, a rule reading another series sees that series as of each bar (see ``core.AlertEngine.on_batch``),
+        and a bar whose other series had not been processed yet (its evaluation was waiting when the engine stopped)
+        stays waiting: it fires when that series arrives. Entries delivered but not acked (a crash mid-batch) are
+        left to the consumer, which re-reads them.
         """
-        if self.settings.warmup_bars == 0:
-            return
+        candles: list[Candle] = []
+        for stream, key in new:
+            candles += await self._processed_candles(stream, self.lookback.get(key, self.settings.warmup_bars))
+        if candles:
+            self.engine.on_batch(candles, fire=False)
+
+    async def _processed_candles(self, stream: str, n: int) -> list[Candle]:
+        """The newest ``n`` closed candles (by bucket, last revision) of ``stream`` this group already processed.
+
+        candle_builder appends backfilled history after newer candles (``streams.CANDLE_HISTORY_FROM``), so the
+        last ``n`` entries need not be the newest ``n`` buckets: twice as many entries are read and sorted.
+        """
+        if n <= 0:
+            return []
         try:
             groups = await self.redis.xinfo_groups(stream)
         except Exception:
-            return
+            return []
         group = next((g for g in groups if _s(g.get("name")) == streams.GROUP_ALERT_ENGINE), None)
         if group is None:
-            return  # a new group reads the stream from its start: nothing was processed before
+            return []  # a new group reads the stream from its start: nothing was processed before
         last = _s(group["last-delivered-id"])
         if last in ("0-0", "0"):
-            return
+            return []
         pending = await self.redis.xpending(stream, streams.GROUP_ALERT_ENGINE)
         boundary = last  # inclusive: the last delivered entry was processed (unless it is still pending)
         if pending and pending.get("pending"):
             boundary = f"({_s(pending['min'])}"
-        entries = await self.redis.xrevrange(stream, max=boundary, min="-", count=self.settings.warmup_bars)
-        fed = 0
+        entries = await self.redis.xrevrange(stream, max=boundary, min="-", count=2 * n)
+        latest: dict[int, Candle] = {}
         for _, fields in reversed(entries):
             try:
                 candle = decode_input(fields[b"d"])
             except (DecodeError, KeyError):
                 continue
-            if isinstance(candle, Candle):
-                self.engine.on_candle(candle, fire=False)
-                fed += 1
-        logger.debug("alert_engine: warmed up %s with %d candles", stream, fed)
+            if isinstance(candle, Candle) and candle.closed:
+                have = latest.get(candle.ts)
+                if have is None or candle.revision >= have.revision:
+                    latest[candle.ts] = candle
+        out = [latest[ts] for ts in sorted(latest)[-n:]]
+        logger.debug("alert_engine: warming up %s with %d candles", stream, len(out))
+        return out
 
     # ---- the hot path -----------------------------------------------------------------------------------------------
 
@@ -409,6 +464,8 @@ class AlertEngineApp:
                     market.append(value)
             if market:
                 fires.extend(self.engine.on_batch(market))
+        if self.engine.waiting and self.settings.clock == "wall":  # live: bars waited long enough for other series
+            fires.extend(self.engine.flush_deferred(wall_clock_ms() - self.settings.cross_series_wait_ms))
         if fires:
             await self.publish(fires, batch)
 

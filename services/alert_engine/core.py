@@ -129,6 +129,12 @@ class Series:
         self.ind: dict[r._Indicator, indicators.Incremental] = {}
         self.provisional = False  # the last bar is an in-progress candle pushed for intrabar evaluation
 
+    def resize(self, keep: int) -> None:
+        """Keep up to ``keep`` candles from now on (indicators made later keep as many values)."""
+        self.keep = keep
+        self.candles = deque(self.candles, maxlen=keep)
+        self.tickers = deque(self.tickers, maxlen=keep)
+
     def indicator(self, spec: r._Indicator) -> indicators.Incremental:
         ind = self.ind.get(spec)  # frozen models hash and compare by value: equal specs share one indicator
         if ind is None:  # created late (e.g. after a reload): warm it up from the candles kept
@@ -341,15 +347,25 @@ class AlertEngine:
     def lookback(self, exchange: str, symbol: str, timeframe: str) -> int:
         """Closed candles the rules reading (exchange, symbol, timeframe) need before their first evaluation: the
         longest warm-up of their indicators and look-backs (see ``warmup_bars``). 0 when no rule reads it."""
+        return max(self.lookbacks(exchange, symbol, timeframe).values(), default=0)
+
+    def lookbacks(self, exchange: str, symbol: str, timeframe: str) -> dict[str, int]:
+        """``lookback`` per rule that reads (exchange, symbol, timeframe): rule name -> closed candles."""
         tf_ms = timeframe_ms(timeframe)
-        need = 0
+        out: dict[str, int] = {}
         for rule in self.rules:
             own = rule.matches(exchange, symbol)
             for cond in _leaves(rule.condition):
                 sym_ok = cond.symbol == symbol if cond.symbol is not None else own
                 if sym_ok and (cond.timeframe or rule.timeframe) == timeframe:
-                    need = max(need, _condition_bars(cond, tf_ms))
-        return need
+                    out[rule.name] = max(out.get(rule.name, 0), _condition_bars(cond, tf_ms))
+        return out
+
+    def reserve(self, key: SeriesKey, bars: int) -> None:
+        """Keep at least ``bars`` closed candles of series ``key`` (a rule's look-back beyond ``keep``)."""
+        series = self._series(key)
+        if bars > series.keep:
+            series.resize(bars)
 
     def needs_tickers(self, exchange: str, symbol: str) -> bool:
         return any(rule.matches(exchange, symbol) and _uses_tickers(rule.condition) for rule in self.rules)
@@ -528,6 +544,11 @@ class AlertEngine:
             return False
         last = s.candles[-2 if s.provisional else -1]
         return last.ts + s.tf_ms >= bucket_start(close, s.tf_ms)
+
+    @property
+    def waiting(self) -> bool:
+        """Some closed bar's evaluation waits for another series."""
+        return bool(self._deferred)
 
     @property
     def deferred(self) -> int:

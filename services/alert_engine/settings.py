@@ -19,12 +19,19 @@ class Settings(ServiceSettings):
     rules_file: Path = Field(default=SAMPLE_RULES, description="YAML rules file (see services/alert_engine/rules.py).")
     reload_every_s: float = Field(default=2.0, gt=0, description="How often the rules file is checked for changes.")
     registry_poll_s: float = Field(default=2.0, gt=0, description="How often symbol patterns are re-resolved.")
-    warmup_bars: int = Field(default=300, ge=0, description="Closed candles read back per series on start.")
+    warmup_bars: int = Field(default=300, ge=0, description="Closed candles read back per series on start or when "
+                             "it is first needed, at least: more when a rule's look-back needs more (up to "
+                             "shared.history.MAX_HISTORY_BARS); the same number is asked of candle_builder "
+                             "(SUBSCRIPTION_LOOKBACK).")
     history_bars: int = Field(default=600, ge=10, description="Candles kept per series for indicators.")
     intrabar: bool = Field(default=True, description="Read in-progress candles for rules whose frequency allows it.")
     clock: Literal["wall", "exchange"] = Field(
         default="wall", description="What snooze_until is compared with: wall time (live), or exchange time (a "
         "deterministic backtest / replay; `sentinel backtest` sets it).")
+    cross_series_wait_ms: int = Field(
+        default=2_000, ge=0, description="Live (clock wall): how long a closed bar of a rule reading another series "
+        "waits for that series' bar of the same close before it is evaluated with what is there. With clock exchange "
+        "(a backtest) bars wait until that series arrives or the engine stops.")
     block_ms: int = Field(default=200, ge=1)
     batch: int = Field(default=500, ge=1)
     alerts_maxlen: int = Field(default=100_000, ge=100)

@@ -165,3 +165,31 @@ rules:
     finally:
         stop.set()
         await task
+
+
+async def test_a_bar_waiting_when_the_engine_stops_fires_after_a_restart(redis, tmp_path):
+    """The BTC candle was read and acked while ETH's bar of the same close had not come: after a restart the warm-up
+    finds that bar still waiting (ETH's processed candles do not reach it) and it fires when ETH's candle arrives;
+    the bar before it, evaluated before the stop, does not fire again."""
+    text = f"""
+rules:
+  - {{name: both, symbols: [{A}], timeframe: 1m, frequency: every_time,
+     condition: {{all: [{{op: above, right: 10}}, {{op: below, right: 50, symbol: ETH/USDT}}]}}}}
+"""
+    t0 = 1_723_161_600_000
+    pub = corr.Bus(redis)
+    await redis.sadd(streams.CANDLE_REGISTRY, streams.registry_member(EX, A, "1m"),
+                     streams.registry_member(EX, "ETH/USDT", "1m"))
+    for i in range(2):
+        await pub.publish(streams.candles(EX, A, "1m"), _candle(A, t0 + i * 60_000, "11").encode())
+    await pub.publish(streams.candles(EX, "ETH/USDT", "1m"), _candle("ETH/USDT", t0, "40").encode())
+    first = AlertEngineApp(_settings(tmp_path, text, "e1", clock="exchange"), redis)
+    await first.drain(final=False)  # stops with bar 1 waiting for ETH's bar 1
+    assert await corr._alerts(redis) == {("both", A, "1m", t0, "firing")} and first.engine.deferred == 1
+    await redis.delete(streams.ALERTS)
+    second = AlertEngineApp(_settings(tmp_path, text, "e2", clock="exchange"), redis)
+    await second._sync_series()
+    assert second.engine.deferred == 1
+    await pub.publish(streams.candles(EX, "ETH/USDT", "1m"), _candle("ETH/USDT", t0 + 60_000, "30").encode())
+    await second.drain()
+    assert await corr._alerts(redis) == {("both", A, "1m", t0 + 60_000, "firing")}

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import os
 import platform
 import random
 import sys
@@ -110,24 +111,67 @@ def _reader(url: str, stop: Any, ready: Any, out: mp.Queue) -> None:
     out.put((received, candle_seen))
 
 
-async def _latency(url: str, rate: int, seconds: float, tmp: Path) -> dict:
+RULE_TICK = ("rules:\n  - {name: tick, exchange: bench, symbols: ['*/USDT'], timeframe: 1s, "
+             "frequency: every_time, condition: {op: above, right: 0}}\n")
+
+
+def _apps(url: str, rules: Path, redis: Any, which: tuple[str, ...]) -> list:
     from services.candle_builder.app import CandleBuilderApp
     from services.candle_builder.settings import Settings as BuilderSettings
 
+    apps = []
+    if "builder" in which:
+        apps.append(CandleBuilderApp(BuilderSettings(timeframes=["1s"], base_timeframe="1s", live_candles=False,
+                                                     flat_candles=False, block_ms=50, redis_url=url), redis))
+    if "engine" in which:
+        apps.append(AlertEngineApp(EngineSettings(rules_file=rules, block_ms=50, intrabar=False, redis_url=url,
+                                                  registry_poll_s=0.5), redis))
+    return apps
+
+
+def _service(url: str, rules: str, which: tuple[str, ...], mark: Any, stop: Any, ready: Any, out: mp.Queue) -> None:
+    """One service process (builder, engine, or both on one loop): runs until ``stop``; reports its CPU seconds
+    between ``mark`` (the producer starts) and ``stop``."""
+    async def main() -> None:
+        redis = connect(url)
+        apps = _apps(url, Path(rules), redis, which)
+        halt = asyncio.Event()
+        tasks = [asyncio.create_task(app.run(halt)) for app in apps]
+        ready.set()
+        await asyncio.to_thread(mark.wait)
+        cpu = time.process_time()
+        await asyncio.to_thread(stop.wait)
+        cpu = time.process_time() - cpu
+        halt.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await redis.aclose()
+        out.put(("+".join(which), cpu))
+
+    asyncio.run(main())
+
+
+async def _latency(url: str, rate: int, seconds: float, tmp: Path, layout: str = "processes",
+                   redis_pid: int | None = None) -> dict:
+    """``layout``: "processes" (builder and engine each in its own process, as `sentinel candle-builder` and
+    `sentinel alert-engine` run them) or "one_loop" (both on one event loop, as `sentinel up` runs them)."""
     redis = connect(url)
     await redis.flushall()
     for sym in SYMBOLS:
         await redis.sadd(streams.FEED_REGISTRY, streams.registry_member("bench", sym))
     rules = tmp / "rules.yaml"
-    rules.write_text("rules:\n  - {name: tick, exchange: bench, symbols: ['*/USDT'], timeframe: 1s, "
-                     "frequency: every_time, condition: {op: above, right: 0}}\n")
-    builder = CandleBuilderApp(BuilderSettings(timeframes=["1s"], base_timeframe="1s", live_candles=False,
-                                               flat_candles=False, block_ms=50, redis_url=url), redis)
-    engine = AlertEngineApp(EngineSettings(rules_file=rules, block_ms=50, intrabar=False, redis_url=url,
-                                           registry_poll_s=0.5), redis)
-    stop = asyncio.Event()
-    tasks = [asyncio.create_task(builder.run(stop)), asyncio.create_task(engine.run(stop))]
+    rules.write_text(RULE_TICK)
     ctx = mp.get_context("spawn")
+    svc_stop, mark = ctx.Event(), ctx.Event()
+    cpu_q: mp.Queue = ctx.Queue()
+    groups = [("builder",), ("engine",)] if layout == "processes" else [("builder", "engine")]
+    services = []
+    for which in groups:
+        ready = ctx.Event()
+        proc = ctx.Process(target=_service, args=(url, str(rules), which, mark, svc_stop, ready, cpu_q))
+        proc.start()
+        services.append((proc, ready))
+    for _, ready in services:
+        await asyncio.to_thread(ready.wait, 60)
     seen_q: mp.Queue = ctx.Queue()
     reader_stop, reader_ready = ctx.Event(), ctx.Event()
     reader = ctx.Process(target=_reader, args=(url, reader_stop, reader_ready, seen_q))
@@ -136,26 +180,41 @@ async def _latency(url: str, rate: int, seconds: float, tmp: Path) -> dict:
     await asyncio.sleep(1.5)  # discovery, groups, subscriptions
     q: mp.Queue = ctx.Queue()
     proc = ctx.Process(target=_producer, args=(url, rate, seconds, q))
+    redis_cpu = _proc_cpu_s(redis_pid) if redis_pid else float("nan")
+    mark.set()
     proc.start()
     firsts = await asyncio.to_thread(q.get)
     await asyncio.to_thread(proc.join)
     await asyncio.sleep(0.5)
+    svc_stop.set()
+    redis_cpu = _proc_cpu_s(redis_pid) - redis_cpu if redis_pid else float("nan")
     reader_stop.set()
     received, candle_seen = await asyncio.to_thread(seen_q.get)
     await asyncio.to_thread(reader.join)
-    stop.set()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    cpu = dict([await asyncio.to_thread(cpu_q.get, True, 30) for _ in services])
+    for p, _ in services:
+        await asyncio.to_thread(p.join)
     await redis.aclose()
     lat = sorted((received[k] - firsts[k]) * 1000 for k in received if k in firsts)
     if not lat:
-        return {"rate": rate, "samples": 0}
+        return {"rate": rate, "layout": layout, "samples": 0}
     pick = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]  # noqa: E731
     clat = sorted((candle_seen[k] - firsts[k]) * 1000 for k in candle_seen if k in firsts)
     cpick = lambda p: clat[min(len(clat) - 1, int(p * len(clat)))] if clat else None  # noqa: E731
-    return {"rate_trades_per_s": rate, "samples": len(lat), "p50_ms": round(pick(0.5), 3),
+    trades = rate * seconds
+    return {"rate_trades_per_s": rate, "layout": layout, "samples": len(lat), "p50_ms": round(pick(0.5), 3),
             "p99_ms": round(pick(0.99), 3), "max_ms": round(lat[-1], 3),
             "trade_to_closed_candle_p50_ms": cpick(0.5) and round(cpick(0.5), 3),
-            "trade_to_closed_candle_p99_ms": cpick(0.99) and round(cpick(0.99), 3)}
+            "trade_to_closed_candle_p99_ms": cpick(0.99) and round(cpick(0.99), 3),
+            # CPU from the producer's start to 0.5 s after its end (idle polling included) per trade published
+            "cpu_us_per_trade": {**{k: round(v * 1e6 / trades, 2) for k, v in cpu.items()},
+                                 "redis_server": round(redis_cpu * 1e6 / trades, 2)}}
+
+
+def _proc_cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _candle_producer(url: str, n: int, out: mp.Queue) -> None:
@@ -257,29 +316,48 @@ rules:
             "alerts": fires}
 
 
+GOALS = {5000: {"p50_ms": 1.0, "p99_ms": 3.0}, 20000: {"p99_ms": 5.0}}  # issue 6's Performance section
+
+
+def _print_latency(res: dict) -> None:
+    goals = GOALS.get(res.get("rate_trades_per_s"), {})
+    marks = [f"{k} {res[k]} (goal <= {g}: {'MET' if res[k] <= g else 'NOT MET'})" for k, g in goals.items()
+             if k in res]
+    print(f"  {res.get('layout')} {res.get('rate_trades_per_s')}/s: p50 {res.get('p50_ms')} ms, p99 "
+          f"{res.get('p99_ms')} ms; candle p50 {res.get('trade_to_closed_candle_p50_ms')} ms; "
+          f"cpu us/trade {res.get('cpu_us_per_trade')}  {'; '.join(marks)}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--layouts", default="processes,one_loop",
+                    help="processes (builder and engine in their own processes) and/or one_loop (as `sentinel up`)")
     args = ap.parse_args()
     rates = [1000, 5000] if args.quick else [1000, 5000, 20000]
     out: dict = {"python": platform.python_version(), "machine": platform.machine(),
+                 "load_avg_before": os.getloadavg(), "goals": {str(k): v for k, v in GOALS.items()},
                  "throughput": _throughput(60 if args.quick else 150), "latency": []}
-    print(json.dumps(out["throughput"]))
+    print(json.dumps(out["throughput"]), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedRedis(Path(tmp) / "redis", persist=False)
         server.start()
         try:
             out["engine_only_candle_to_alert"] = asyncio.run(_engine_latency(server.url, 400, Path(tmp)))
-            print(json.dumps(out["engine_only_candle_to_alert"]))
+            print(json.dumps(out["engine_only_candle_to_alert"]), flush=True)
             for rate in rates:
-                res = asyncio.run(_latency(server.url, rate, args.seconds, Path(tmp)))
-                print(json.dumps(res))
-                out["latency"].append(res)
+                for layout in args.layouts.split(","):
+                    res = asyncio.run(_latency(server.url, rate, args.seconds, Path(tmp), layout,
+                                               server.process.pid))
+                    print(json.dumps(res), flush=True)
+                    _print_latency(res)
+                    out["latency"].append(res)
         finally:
             server.stop()
+    out["load_avg_after"] = os.getloadavg()
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench_alerts.json").write_text(json.dumps(out, indent=2))
+    (RESULTS / ("bench_alerts_quick.json" if args.quick else "bench_alerts.json")).write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from redis.asyncio import Redis
 
 from shared import streams
 from shared.errors import DecodeError
-from shared.fastredis import RawPipeline, entry_field, raw_command, stream_items
+from shared.fastredis import PinnedConnection, RawPipeline, entry_field, stream_items
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +201,7 @@ class Consumer(Generic[T]):
         self._failures = 0
         self.processed = 0
         self.dead_lettered = 0
+        self._reads = PinnedConnection(self.redis)  # XREADGROUP's own connection: no pool checkout per read
 
     # ---- subscriptions ---------------------------------------------------------------------------------------------
 
@@ -229,19 +230,23 @@ class Consumer(Generic[T]):
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set. Transient Redis errors are retried with capped backoff."""
         failures = 0
-        while not stop.is_set():
-            try:
-                await self.poll(self.block_ms)
-                failures = 0
-            except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-                failures += 1
-                delay = backoff_delay(failures, base=0.2, cap=5.0)
-                logger.warning("%s/%s: redis unavailable (%s); retrying in %.1fs", self.group, self.name, exc, delay)
-                await _sleep_or_stop(stop, delay)
-            except Exception:
-                failures += 1
-                logger.exception("%s/%s: consume loop error", self.group, self.name)
-                await _sleep_or_stop(stop, backoff_delay(failures, base=0.2, cap=5.0))
+        try:
+            while not stop.is_set():
+                try:
+                    await self.poll(self.block_ms)
+                    failures = 0
+                except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+                    failures += 1
+                    delay = backoff_delay(failures, base=0.2, cap=5.0)
+                    logger.warning("%s/%s: redis unavailable (%s); retrying in %.1fs", self.group, self.name, exc,
+                                   delay)
+                    await _sleep_or_stop(stop, delay)
+                except Exception:
+                    failures += 1
+                    logger.exception("%s/%s: consume loop error", self.group, self.name)
+                    await _sleep_or_stop(stop, backoff_delay(failures, base=0.2, cap=5.0))
+        finally:
+            await self._reads.release()
 
     async def drain(self) -> int:
         """Burst mode: process everything available now (own pending, claimable, new) and return how many."""
@@ -250,6 +255,7 @@ class Consumer(Generic[T]):
             n = await self.poll(None)
             total += n
             if n == 0 and not self._recover:
+                await self._reads.release()
                 return total
             if n == 0:  # only failed entries remain: wait for their retry time
                 await asyncio.sleep(max(0.0, self._retry_at - asyncio.get_running_loop().time()))
@@ -282,8 +288,8 @@ class Consumer(Generic[T]):
     async def _xreadgroup(self, ids: dict[str, str], block_ms: int | None) -> Any:
         """XREADGROUP with the server's raw reply: redis-py's response callback would build a dict per entry."""
         block = () if block_ms is None else ("BLOCK", block_ms)
-        return await raw_command(self.redis, "XREADGROUP", "GROUP", self.group, self.name, "COUNT", self.count,
-                                 *block, "STREAMS", *ids, *ids.values())
+        return await self._reads.command("XREADGROUP", "GROUP", self.group, self.name, "COUNT", self.count,
+                                         *block, "STREAMS", *ids, *ids.values())
 
     async def _read_own_pending(self) -> int:
         handled = 0

@@ -140,6 +140,39 @@ def entry_field(fields: Any, name: bytes) -> bytes | None:
     return None
 
 
+class PinnedConnection:
+    """A pool connection kept by one reader (a consumer's XREADGROUP loop): no pool checkout per command.
+
+    On any failure but an error reply the connection is dropped (closed and given back); the next command takes a
+    new one. ``release()`` gives it back when the reader stops.
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._conn: Any = None
+
+    async def command(self, *args: Any) -> Any:
+        """One command; its reply as the server sent it (no response callback)."""
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = await self.redis.connection_pool.get_connection()
+        try:
+            await conn.send_packed_command(pack_command(*args))
+            return await conn.read_response()
+        except ResponseError:
+            raise
+        except BaseException:
+            self._conn = None
+            await conn.disconnect(nowait=True)
+            await self.redis.connection_pool.release(conn)
+            raise
+
+    async def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self.redis.connection_pool.release(conn)
+
+
 class RawPipeline(AsyncCoreCommands):
     """A pipeline (``transaction=True``: MULTI/EXEC) whose commands are packed by ``pack_command``.
 

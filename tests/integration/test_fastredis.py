@@ -113,3 +113,13 @@ async def test_cancelled_blocking_read_does_not_poison_the_pool(redis):
         await task
     for _ in range(5):  # the connection of the cancelled read was closed, not handed out with a late reply
         assert await raw_command(redis, "ECHO", "x") == b"x"
+
+
+async def test_error_replies_keep_redis_py_exception_types(redis):
+    from redis.exceptions import NoScriptError
+
+    pipe = RawPipeline(redis)
+    pipe.evalsha("0" * 40, 0)
+    pipe.ping()
+    replies = await pipe.execute(raise_on_error=False)
+    assert isinstance(replies[0], NoScriptError) and replies[1] is True

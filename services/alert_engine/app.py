@@ -507,7 +507,7 @@ class AlertEngineApp:
         results: list[Any] = [None] * len(fires)
         todo = list(range(len(fires)))
         for attempt in range(3):
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with self.bus.pipeline() as pipe:
                 for i in todo:
                     f = fires[i]
                     pipe.evalsha(self._gate.sha, 4, streams.alert_fired(f.alert.id),
@@ -556,7 +556,7 @@ class AlertEngineApp:
         """RULE_STATE rows of the fingerprints a batch touched (cooldown known from the gate: no extra reads), and
         the batch's XACKs in the same round trip."""
         rows = self.engine.status_rows()
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with self.bus.pipeline() as pipe:
             if batch is not None:
                 batch.ack_with(pipe)
             for fp, f in touched.items():

@@ -19,12 +19,13 @@ client's own (hiredis) parser, so errors still arrive as redis-py's exception ty
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands import AsyncCoreCommands
 from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
-from redis.exceptions import ConnectionError, DataError, RedisError, ResponseError, WatchError
+from redis.exceptions import ConnectionError, DataError, RedisError, ResponseError, TimeoutError, WatchError
 
 _MULTI = b"*1\r\n$5\r\nMULTI\r\n"
 _EXEC = b"*1\r\n$4\r\nEXEC\r\n"
@@ -98,6 +99,29 @@ async def read_replies(conn: Any, n: int) -> list[Any]:
     return out
 
 
+async def send(conn: Any, data: bytes) -> None:
+    """``conn.send_packed_command(data)`` without its per-call ``asyncio.wait_for`` (a Task per command when a
+    socket timeout is set, as redis-py 8 does by default: ~30 µs). The write goes to the socket at once; only when
+    the kernel buffer is full is there something to wait for, and then with the connection's timeout."""
+    writer = getattr(conn, "_writer", None)
+    if writer is None or not conn.is_connected:
+        await conn.send_packed_command(data)  # (re)connects
+        return
+    if conn.health_check_interval and asyncio.get_running_loop().time() > conn.next_health_check:
+        await conn.send_packed_command(data)  # redis-py's PING health check when due
+        return
+    try:
+        writer.write(data)
+        if writer.transport.get_write_buffer_size():
+            await asyncio.wait_for(writer.drain(), conn.socket_timeout)
+    except asyncio.TimeoutError:
+        await conn.disconnect(nowait=True)
+        raise TimeoutError("Timeout writing to socket") from None
+    except OSError as exc:
+        await conn.disconnect(nowait=True)
+        raise ConnectionError(f"Error while writing to socket: {exc}") from exc
+
+
 def _command_name(args: tuple) -> str:
     name = args[0]
     return (name.decode() if isinstance(name, bytes) else str(name)).upper()
@@ -108,7 +132,7 @@ async def raw_command(redis: Redis, *args: Any) -> Any:
     pool = redis.connection_pool
     conn = await pool.get_connection()
     try:
-        await conn.send_packed_command(pack_command(*args))
+        await send(conn, pack_command(*args))
         return await conn.read_response()
     except ResponseError:
         raise  # the reply was read whole: the connection is in sync
@@ -157,7 +181,7 @@ class PinnedConnection:
         if conn is None:
             conn = self._conn = await self.redis.connection_pool.get_connection()
         try:
-            await conn.send_packed_command(pack_command(*args))
+            await send(conn, pack_command(*args))
             return await conn.read_response()
         except ResponseError:
             raise
@@ -249,7 +273,7 @@ class RawPipeline(AsyncCoreCommands):
     async def _immediate(self, args: tuple, options: dict) -> Any:
         conn = self._conn
         try:
-            await conn.send_packed_command(pack_command(*args))
+            await send(conn, pack_command(*args))
             reply = await conn.read_response()
         except ResponseError:
             raise
@@ -270,7 +294,7 @@ class RawPipeline(AsyncCoreCommands):
             conn = self._conn = await pool.get_connection()
         tx = self.transaction or self._multi
         try:
-            await conn.send_packed_command(b"".join((_MULTI, *parts, _EXEC)) if tx else b"".join(parts))
+            await send(conn, b"".join((_MULTI, *parts, _EXEC)) if tx else b"".join(parts))
             if tx:
                 # +OK of MULTI, QUEUED (or an error) per command, then EXEC's array
                 *queued, replies = await read_replies(conn, len(commands) + 2)
@@ -313,7 +337,7 @@ class RawPipeline(AsyncCoreCommands):
             return
         try:
             if watching:
-                await conn.send_packed_command(_UNWATCH)
+                await send(conn, _UNWATCH)
                 await conn.read_response()
         except BaseException:
             await conn.disconnect(nowait=True)

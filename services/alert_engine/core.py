@@ -128,12 +128,55 @@ class Series:
         self.tickers: deque[Ticker | None] = deque(maxlen=keep)  # latest ticker as of each bar's evaluation
         self.ind: dict[r._Indicator, indicators.Incremental] = {}
         self.provisional = False  # the last bar is an in-progress candle pushed for intrabar evaluation
+        # closed candles older than the last bar (a backfill, or a late revision of a kept bar), not merged yet: see
+        # ``merge_older`` (``AlertEngine.rewarm`` merges them before the next evaluation)
+        self.older: list[Candle] = []
 
     def resize(self, keep: int) -> None:
-        """Keep up to ``keep`` candles from now on (indicators made later keep as many values)."""
+        """Keep up to ``keep`` candles from now on; indicators are rebuilt to keep as many values."""
         self.keep = keep
         self.candles = deque(self.candles, maxlen=keep)
         self.tickers = deque(self.tickers, maxlen=keep)
+        self.rebuild()
+
+    def rebuild(self) -> None:
+        """Recompute every indicator from scratch over the kept candles (O(kept bars), once)."""
+        specs = list(self.ind)
+        self.ind = {}
+        for spec in specs:
+            self.indicator(spec)
+
+    def merge_older(self, ticker_at: Callable[[int], Ticker | None]) -> bool:
+        """Merge ``older`` into the kept candles in ts order (the highest revision of a bucket wins; the newest
+        ``keep`` buckets are kept) and rebuild the indicators; True if the kept candles changed.
+
+        Nothing is evaluated: bars already evaluated keep their firing / crossing / cooldown state, and later bars
+        read indicators as if the series had had the merged history from the start. ``ticker_at(close)``: the ticker
+        as of a merged bar's close (bars already kept keep theirs).
+        """
+        older, self.older = self.older, []
+        if self.provisional:
+            self.pop_provisional()
+        kept: dict[int, tuple[Candle, Ticker | None]] = {c.ts: (c, t) for c, t in zip(self.candles, self.tickers)}
+        floor = self.candles[0].ts if len(self.candles) >= self.keep else None  # a full deque keeps nothing older
+        changed = False
+        for candle in older:
+            have = kept.get(candle.ts)
+            if have is None:
+                if floor is not None and candle.ts < floor:
+                    continue
+                kept[candle.ts] = (candle, ticker_at(candle.ts + self.tf_ms))
+                changed = True
+            elif candle.revision > have[0].revision:
+                kept[candle.ts] = (candle, have[1])
+                changed = True
+        if not changed:
+            return False
+        order = sorted(kept)[-self.keep:]
+        self.candles = deque((kept[ts][0] for ts in order), maxlen=self.keep)
+        self.tickers = deque((kept[ts][1] for ts in order), maxlen=self.keep)
+        self.rebuild()
+        return True
 
     def indicator(self, spec: r._Indicator) -> indicators.Incremental:
         ind = self.ind.get(spec)  # frozen models hash and compare by value: equal specs share one indicator
@@ -144,10 +187,12 @@ class Series:
         return ind
 
     def push(self, candle: Candle, ticker: Ticker | None) -> bool:
-        """Add a closed candle, or replace the last one (revision). False when it is older than the last bar."""
+        """Add a closed candle, or replace the last one (revision). False when it is not to be evaluated: an older
+        revision of the last bar, or a bar older than the last one (kept in ``older`` for ``merge_older``)."""
         if self.provisional:
             self.pop_provisional()
         if self.candles and candle.ts < self.candles[-1].ts:
+            self.older.append(candle)  # a backfill: merged (``merge_older``), never evaluated
             return False
         if self.candles and candle.ts == self.candles[-1].ts:
             if candle.revision < self.candles[-1].revision:
@@ -315,6 +360,9 @@ class AlertEngine:
         self.rules: list[r.Rule] = []
         # (rule name, series) -> its closed bars waiting for the other series the rule reads, oldest first
         self._deferred: dict[tuple[str, SeriesKey], deque[_Deferred]] = {}
+        # series holding candles older than their last bar (a backfill) not merged yet: ``rewarm`` merges them, before
+        # the next evaluation reads any series (a rule may read another series than its own)
+        self._stale: set[SeriesKey] = set()
         self.set_rules(ruleset or r.RuleSet())
 
     # ---- rules and what they need -----------------------------------------------------------------------------------
@@ -411,6 +459,8 @@ class AlertEngine:
         rules = self._tick_rules(key[0], key[1], "ticker")
         out: list[Fire] = []
         if rules:
+            if self._stale:  # tick-level rules read indicators of the last closed bar
+                self.rewarm()
             prev = self._prev_ticker.get(key)
             for rule in rules:
                 series = self._series((key[0], key[1], rule.timeframe))
@@ -423,6 +473,8 @@ class AlertEngine:
         """Trades of (exchange, symbol) in exchange order: each is evaluated by the tick-level price rules."""
         key = (exchange, symbol)
         rules = self._tick_rules(exchange, symbol, "trade")
+        if rules and self._stale:  # tick-level rules read indicators of the last closed bar
+            self.rewarm()
         prev = self._last_price.get(key)
         out: list[Fire] = []
         for trade in trades:
@@ -504,9 +556,54 @@ class AlertEngine:
         key = (candle.exchange, candle.symbol, candle.timeframe)
         series = self._series(key)
         ticker = self._ticker_as_of(key[:2], candle.ts + series.tf_ms) if key[:2] in self._ticker_hist else None
-        return series if series.push(candle, ticker) else None
+        if series.push(candle, ticker):
+            return series
+        if series.older:  # a backfill: merged before the next evaluation (a batch of them costs one rebuild)
+            self._stale.add(key)
+        return None
+
+    # ---- backfilled history: re-warming a series --------------------------------------------------------------------
+
+    @property
+    def stale(self) -> bool:
+        """Some series holds backfilled candles not merged yet (``rewarm`` merges them)."""
+        return bool(self._stale)
+
+    def rewarm(self) -> list[SeriesKey]:
+        """Merge the backfilled (older) candles each series received into its kept history, in ts order, and rebuild
+        its indicators from scratch; returns the series whose history changed.
+
+        Called by the engine itself before any evaluation while some series is stale, and by the app when it has
+        nothing else to do; never evaluates, so no alert is fired for a historical bar and the firing / crossing /
+        cooldown state of bars already evaluated is untouched. Bars evaluated later see indicators computed over the
+        whole merged history (as a restart's warm-up would give them).
+        """
+        out: list[SeriesKey] = []
+        for key in sorted(self._stale):
+            series = self.series.get(key)
+            if series is None or not series.older:
+                continue
+            if series.merge_older(functools.partial(self._ticker_as_of, key[:2])):
+                out.append(key)
+        self._stale.clear()
+        return out
+
+    def merge(self, key: SeriesKey, candles: Iterable[Candle]) -> bool:
+        """Merge closed candles of series ``key`` read from elsewhere (the stream, on a grown look-back or when the
+        builder's history reached further back) into its kept history: the newer ones than its last bar are ignored
+        (the consumer delivers them), older ones and higher revisions are merged as a backfill (``rewarm``)."""
+        series = self._series(key)
+        last = series.candles[-2 if series.provisional else -1].ts if len(series.candles) > series.provisional else None
+        older = [c for c in candles if c.closed and (last is None or c.ts <= last)]
+        if not older:
+            return False
+        series.older.extend(older)
+        self._stale.add(key)
+        return key in self.rewarm()
 
     def _evaluate_closed(self, candle: Candle, series: Series) -> list[Fire]:
+        if self._stale:
+            self.rewarm()
         now = candle.ts + series.tf_ms
         out: list[Fire] = []
         key = series.key
@@ -563,6 +660,8 @@ class AlertEngine:
     def flush_deferred(self, waited_since: int | None = None) -> list[Fire]:
         """Evaluate waiting bars now with what the other series have: all (``waited_since`` None: the end of a drain
         or a backtest), or those that started waiting at or before ``waited_since`` (engine clock, ms)."""
+        if self._stale:
+            self.rewarm()
         return self._run_deferred(force=True, before=waited_since)
 
     def _run_deferred(self, force: bool = False, before: int | None = None) -> list[Fire]:
@@ -595,6 +694,8 @@ class AlertEngine:
         rules = self.live_rules(candle.exchange, candle.symbol, candle.timeframe)
         if not rules:
             return []
+        if self._stale:
+            self.rewarm()
         series = self._series(key)
         if not series.push_provisional(candle, self.tickers.get(key[:2])):
             return []

@@ -155,6 +155,8 @@ class AlertEngineApp:
         self._capped: set[tuple[str, tuple[str, str, str], int]] = set()  # (rule, series, need) already logged
         self.subscribed: set[tuple[str, str, str]] = set()  # series counted in SUBSCRIPTIONS by us
         self.lookback: dict[tuple[str, str, str], int] = {}  # what we wrote to SUBSCRIPTION_LOOKBACK
+        self.history_from: dict[tuple[str, str, str], int] = {}  # CANDLE_HISTORY_FROM of a series, as last seen
+        self.refilled = 0  # series whose kept history was re-read from their stream (grown look-back, backfill)
         self.consumed: set[str] = set()
         self.published = 0
         self.suppressed = 0
@@ -200,6 +202,8 @@ class AlertEngineApp:
         n = await self.consumer.drain()
         if final:
             await self._flush_deferred(None)
+        if self.engine.stale:  # backfilled candles read last: merged now rather than at the next evaluation
+            self.engine.rewarm()
         return n
 
     async def _flush_deferred(self, waited_since: int | None) -> None:
@@ -227,6 +231,8 @@ class AlertEngineApp:
                     await self._sync_series()
                 if self.engine.waiting and self.settings.clock == "wall":  # no input came to end the wait
                     await self._flush_deferred(wall_clock_ms() - self.settings.cross_series_wait_ms)
+                if self.engine.stale:  # a backfill read while no new bar came: merged now, not at the next bar
+                    self.engine.rewarm()
             except Exception:  # a transient Redis error must not stop the engine
                 logger.exception("alert_engine: housekeeping failed")
             with contextlib.suppress(TimeoutError):
@@ -357,6 +363,9 @@ class AlertEngineApp:
         added, removed = series - self.subscribed, self.subscribed - series
         lookback = {key: self.series_lookback(key) for key in series}
         changed = {key: n for key, n in lookback.items() if self.lookback.get(key) != n}
+        # consumed series whose look-back grew (a rule added by a reload): the stream may hold older candles than the
+        # engine kept, read back below once the builder has the need
+        grew = {key for key, n in changed.items() if key in self.subscribed and n > self.lookback.get(key, 0)}
         if added or changed:
             # one script: max(look-back there, ours), then the count (a builder that sees the series sees its need)
             args: list[Any] = []
@@ -380,6 +389,7 @@ class AlertEngineApp:
             names[streams.trades(ex, sym)] = ("trades", ex, sym)
         new = [n for n in names if n not in self.consumed]
         await self._warm_up([(name, names[name][1:]) for name in sorted(new) if names[name][0] == "candle"])
+        await self._refill(grew - {names[n][1:] for n in new if names[n][0] == "candle"})
         if set(names) != self.consumed:
             self.consumed = set(names)
             self.consumer.set_streams(sorted(names))
@@ -409,6 +419,42 @@ class AlertEngineApp:
             candles += await self._processed_candles(stream, self.lookback.get(key, self.settings.warmup_bars))
         if candles:
             self.engine.on_batch(candles, fire=False)
+
+    async def _refill(self, grew: set[tuple[str, str, str]]) -> None:
+        """Re-warm consumed series from their stream when it holds older history than they kept: those whose
+        look-back grew (``grew``), and those whose ``CANDLE_HISTORY_FROM`` moved back (candle_builder backfilled).
+
+        The processed candles (``_processed_candles``, the look-back's worth) are merged into the series' kept history
+        (``core.AlertEngine.merge``: ts order, indicators rebuilt, nothing evaluated). Backfilled candles the group has
+        not processed yet need nothing here: the consumer delivers them, older than the series' last bar, and the
+        engine merges them the same way. Reading them back here also covers replicas (another consumer of the group
+        may have been delivered the backfill) and a look-back grown over candles the stream already had.
+        """
+        keys = sorted(self.subscribed)
+        if not keys:
+            return
+        raw = await self.redis.hmget(streams.CANDLE_HISTORY_FROM, [streams.registry_member(*key) for key in keys])
+        moved: set[tuple[str, str, str]] = set()
+        for key, value in zip(keys, raw, strict=True):
+            if value is None:
+                continue
+            since = int(value)
+            if since < self.history_from.get(key, since + 1):  # first seen, or further back than last time
+                moved.add(key)
+            self.history_from[key] = since
+        for key in sorted(grew | moved):
+            series = self.engine.series.get(key)
+            stream = streams.candles(*key)
+            if series is None or stream not in self.consumed:
+                continue  # not consumed yet: its warm-up reads the look-back
+            need = min(self.lookback.get(key, 0), series.keep)
+            have = len(series.candles)
+            if have >= need or (key not in grew and have and series.candles[0].ts <= self.history_from[key]):
+                continue  # already holds what the rules need, or the history the stream has
+            if self.engine.merge(key, await self._processed_candles(stream, need)):
+                self.refilled += 1
+                logger.info("alert_engine: %s %s %s re-warmed from its stream: %d closed candles kept (%d before; "
+                            "the rules need %d)", *key, len(series.candles), have, need)
 
     async def _processed_candles(self, stream: str, n: int) -> list[Candle]:
         """The newest ``n`` closed candles (by bucket, last revision) of ``stream`` this group already processed.

@@ -28,7 +28,20 @@ Definitions (the tests evaluate the same ones independently with pandas):
   price; ``once_per_bar`` shares its id with the bar's close evaluation, so a bar alerts once.
 - Another series (a condition's ``timeframe``/``symbol``) and the ticker of a closed bar are read as of the bar's
   close: the last candle of that series closed by then, the last ticker at or before it — never later data, whatever
-  order the streams were read in.
+  order the streams were read in. Known limit: a bar does not wait for tickers the way it waits for another series.
+  Its ticker is the last one *read* at or before its close, so when the ticker stream lags behind the candle stream in
+  a read (a drain or backtest reading COUNT entries per stream: 500 tickers may span 50 s, 500 1s candles 500 s),
+  later bars of that read see an older ticker than a live engine would, and the result depends on batching. Live, a
+  ticker at or before a close reaches Redis before the candle closing after it (the builder closes a bar on a later
+  trade or its timer), so this rarely arises. Reading every ticker stream first in a drain is no fix: the ticker
+  history kept per pair is bounded (4096). The fix is either a deferral like the cross-series one (a bar of a ticker-
+  reading rule waits until a ticker past its close was read; ``series.tickers`` refreshed at evaluation; cost: live
+  bars of such rules wait for the next ticker, up to ``cross_series_wait_ms`` when tickers are sparse) or a drain that
+  reads each ticker stream up to the newest close of a batch before handing it over (the app's read loop). Not done
+  yet.
+- Backfilled history (candles older than a series' last bar, which candle_builder appends after newer ones when a
+  look-back grows) is merged into the kept history by ``rewarm`` before the next evaluation: indicators are rebuilt
+  over the merged candles, nothing is evaluated for the historical bars, no rule state changes.
 - A closed bar of a rule that reads another series is evaluated once that series has delivered its bar closing at or
   before this bar's close (its last close >= the bucket start of this close in its timeframe): until then the
   evaluation waits (``deferred``), so the alerts do not depend on how the streams were read or batched. Rules reading

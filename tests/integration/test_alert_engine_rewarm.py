@@ -36,7 +36,8 @@ SEAM = 1_723_161_600_000  # 2024-08-09 00:00:00 UTC: the builder meets the pair 
 CUT = SEAM + 60_000  # the rules are reloaded after the first minute of live trades
 SMA20 = """
 rules:
-  - {name: sma20, symbols: [BTC/USDT], timeframe: 1s, frequency: every_time, condition: {op: crossing, right: {sma: 20}}}
+  - {name: sma20, symbols: [BTC/USDT], timeframe: 1s, frequency: every_time,
+     condition: {op: crossing, right: {sma: 20}}}
 """
 SMA300 = SMA20 + """
   - {name: sma300, symbols: [BTC/USDT], timeframe: 1s, frequency: every_time,

@@ -157,6 +157,7 @@ class AlertEngineApp:
         self.lookback: dict[tuple[str, str, str], int] = {}  # what we wrote to SUBSCRIPTION_LOOKBACK
         self.history_from: dict[tuple[str, str, str], int] = {}  # CANDLE_HISTORY_FROM of a series, as last seen
         self.refilled = 0  # series whose kept history was re-read from their stream (grown look-back, backfill)
+        self._bad_history_from: set[tuple[tuple[str, str, str], Any]] = set()  # bad CANDLE_HISTORY_FROM values logged
         self.consumed: set[str] = set()
         self.published = 0
         self.suppressed = 0
@@ -436,9 +437,14 @@ class AlertEngineApp:
         raw = await self.redis.hmget(streams.CANDLE_HISTORY_FROM, [streams.registry_member(*key) for key in keys])
         moved: set[tuple[str, str, str]] = set()
         for key, value in zip(keys, raw, strict=True):
-            if value is None:
+            try:
+                since = int(value)
+            except (TypeError, ValueError):  # absent (no history yet), or not ours to fix: never stops the sync
+                if value is not None and (key, value) not in self._bad_history_from:
+                    self._bad_history_from.add((key, value))
+                    logger.warning("alert_engine: ignoring %s[%s] = %r (not a timestamp)", streams.CANDLE_HISTORY_FROM,
+                                   streams.registry_member(*key), value)
                 continue
-            since = int(value)
             if since < self.history_from.get(key, since + 1):  # first seen, or further back than last time
                 moved.add(key)
             self.history_from[key] = since

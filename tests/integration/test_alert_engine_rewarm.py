@@ -237,3 +237,22 @@ async def test_a_backfill_another_replica_consumed_is_read_back_when_history_fro
     want = _want(c1, 300, c1[399].ts)
     assert {a for a in alerts if a[0] == "sma300"} == want and want
     assert {a for a in alerts if a[0] == "sma20"} == _want(c1, 20, c1[399].ts)
+
+
+async def test_a_bad_history_from_value_is_logged_once_and_does_not_stop_the_sync(redis, tmp_path, caplog):
+    c1 = pdref.candles_from_csv(shared_data(corr.BTC), EX, A, "1s", 1000)
+    await corr._publish(redis, c1[:50])
+    await redis.hset(streams.CANDLE_HISTORY_FROM, streams.registry_member(*K1S), "yesterday")
+    path = tmp_path / "rules.yaml"
+    path.write_text(SMA300)
+    app = AlertEngineApp(Settings(rules_file=path, consumer_name="e1", redis_url="redis://unused", block_ms=20,
+                                  clock="exchange"), redis)
+    with caplog.at_level("WARNING", logger="services.alert_engine.app"):
+        await app.drain()
+        await app._sync_series()
+        await corr._publish(redis, c1[50:60])
+        await app.drain()
+    assert len(app.engine.series[K1S].candles) == 60
+    assert [r.getMessage() for r in caplog.records].count(
+        f"alert_engine: ignoring {streams.CANDLE_HISTORY_FROM}[{streams.registry_member(*K1S)}] = b'yesterday' "
+        "(not a timestamp)") == 1

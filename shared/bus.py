@@ -31,7 +31,7 @@ from redis.asyncio import Redis
 
 from shared import streams
 from shared.errors import DecodeError
-from shared.fastredis import PinnedConnection, RawPipeline, entry_field, stream_items
+from shared.fastredis import PinnedConnection, RawPipeline, entry_field, pack_command, stream_items
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +60,12 @@ class Bus:
         if channel is not None:
             pipe.publish(channel, data)
 
-    def pipeline(self, *, transaction: bool = False) -> RawPipeline:
+    def pipeline(self, *, transaction: bool = False, pinned: PinnedConnection | None = None) -> RawPipeline:
         """A pipeline (MULTI/EXEC when ``transaction``) with redis-py's command methods and cheap packing
-        (``shared.fastredis``): what the hot paths queue their XADD/XACK/HSET on."""
-        return RawPipeline(self.redis, transaction=transaction)
+        (``shared.fastredis``): what the hot paths queue their XADD/XACK/HSET on. ``pinned``: a batch's
+        ``Batch.pinned`` (the consumer's read connection), so ``execute(read_ahead=batch.read_ahead)`` can send the
+        next read with the commit."""
+        return RawPipeline(self.redis, transaction=transaction, pinned=pinned)
 
     async def publish(self, stream: str, data: bytes, *, maxlen: int | None = None,
                       channel: str | None = None) -> bytes:
@@ -150,6 +152,13 @@ class Batch(Generic[T]):
     entries: list[Entry[T]]
     group: str
     acked: bool = field(default=False)
+    # The consumer's read connection and its next XREADGROUP, packed (None when the next poll must do something
+    # else first). A handler that commits with ``bus.pipeline(transaction=True, pinned=batch.pinned)`` and
+    # ``execute(read_ahead=batch.read_ahead)`` sends that read in the same write as its commit: one round trip per
+    # batch. Redis runs it after EXEC, so entries are still acked only after the commit; if the commit fails, the
+    # entries it delivered stay pending and are re-read in order.
+    pinned: Any = None
+    read_ahead: bytes | None = None
 
     def ack_with(self, pipe: Any) -> None:
         """Queue the XACKs of this batch on the handler's own pipeline or transaction (the bus will not ack again)."""
@@ -202,6 +211,8 @@ class Consumer(Generic[T]):
         self.processed = 0
         self.dead_lettered = 0
         self._reads = PinnedConnection(self.redis)  # XREADGROUP's own connection: no pool checkout per read
+        self._block_ms: int | None = block_ms  # of the poll in progress (a read-ahead uses the same)
+        self._read_cmd: tuple[tuple, bytes] | None = None  # (key, packed XREADGROUP) cache
 
     # ---- subscriptions ---------------------------------------------------------------------------------------------
 
@@ -231,7 +242,7 @@ class Consumer(Generic[T]):
         """Consume until ``stop`` is set. Transient Redis errors are retried with capped backoff."""
         failures = 0
         try:
-            while not stop.is_set():
+            while not stop.is_set() or self._reads.outstanding:  # a read-ahead already delivered is handled
                 try:
                     await self.poll(self.block_ms)
                     failures = 0
@@ -262,6 +273,9 @@ class Consumer(Generic[T]):
 
     async def poll(self, block_ms: int | None) -> int:
         """One round: recover own pending, claim stale entries when due, then read new ones. Returns entries handled."""
+        self._block_ms = block_ms
+        if self._reads.outstanding:  # the next read went out with the previous batch's commit
+            return await self._handle_response(await self._reads.read_outstanding(), read_ahead=True)
         await self._prepare()
         if not self._streams:
             if block_ms:
@@ -283,13 +297,38 @@ class Consumer(Generic[T]):
             await asyncio.sleep(delay)
             return 0
         response = await self._xreadgroup(readable, block_ms)
-        return await self._handle_response(response)
+        return await self._handle_response(response, read_ahead=True)
 
     async def _xreadgroup(self, ids: dict[str, str], block_ms: int | None) -> Any:
         """XREADGROUP with the server's raw reply: redis-py's response callback would build a dict per entry."""
         block = () if block_ms is None else ("BLOCK", block_ms)
         return await self._reads.command("XREADGROUP", "GROUP", self.group, self.name, "COUNT", self.count,
                                          *block, "STREAMS", *ids, *ids.values())
+
+    def _next_read(self) -> bytes | None:
+        """The packed XREADGROUP the next poll would send, when that poll would do nothing else first (no own
+        pending to recover, no claim due, every group ready); else None."""
+        if self._recover or not self._streams or self._ready.issuperset(self._streams) is False:
+            return None
+        if asyncio.get_running_loop().time() - self._last_claim >= self.claim_every_s:
+            return None
+        key = (tuple(self._streams), self._block_ms, self.count)
+        cached = self._read_cmd
+        if cached is None or cached[0] != key:
+            block = () if self._block_ms is None else ("BLOCK", self._block_ms)
+            cached = self._read_cmd = (key, pack_command(
+                "XREADGROUP", "GROUP", self.group, self.name, "COUNT", self.count, *block, "STREAMS",
+                *self._streams, *([">"] * len(self._streams))))
+        return cached[1]
+
+    async def _settle_read_ahead(self) -> None:
+        """After a failed handler: take the read-ahead reply, if one is outstanding, and leave its entries pending
+        (their streams re-read from their own pending entries, in order, after the failed ones)."""
+        if not self._reads.outstanding:
+            return
+        for stream_name, raw_entries in stream_items(await self._reads.read_outstanding()):
+            if raw_entries:
+                self._recover.add(_s(stream_name))
 
     async def _read_own_pending(self) -> int:
         handled = 0
@@ -316,7 +355,7 @@ class Consumer(Generic[T]):
                     break
         return handled
 
-    async def _handle_response(self, response: Any) -> int:
+    async def _handle_response(self, response: Any, read_ahead: bool = False) -> int:
         """Hand every stream of one XREADGROUP reply to the handler as ONE batch.
 
         A handler that commits per batch (MULTI/EXEC) then makes one round trip per read, not one per stream: with N
@@ -329,7 +368,7 @@ class Consumer(Generic[T]):
             handled += len(raw_entries)
             entries += await self._decode_entries(_s(stream_name), raw_entries)
         if entries:
-            await self._dispatch(entries)
+            await self._dispatch(entries, read_ahead)
         return handled
 
     async def _handle_entries(self, stream: str, raw_entries: list) -> int:
@@ -358,13 +397,14 @@ class Consumer(Generic[T]):
                 self.dead_lettered += 1
         return entries
 
-    async def _dispatch(self, entries: list[Entry[T]]) -> None:
+    async def _dispatch(self, entries: list[Entry[T]], read_ahead: bool = False) -> None:
         try:
-            await self._run_handler(entries)
+            await self._run_handler(entries, read_ahead)
             return
         except (redis_errors.ConnectionError, redis_errors.TimeoutError):
             raise
         except Exception:
+            await self._settle_read_ahead()
             if len(entries) == 1:
                 await self._failed(entries[0])
                 return
@@ -383,13 +423,17 @@ class Consumer(Generic[T]):
                 failed_streams.add(entry.stream)
                 await self._failed(entry)
 
-    async def _run_handler(self, entries: list[Entry[T]]) -> None:
-        batch = Batch(entries, self.group)
+    async def _run_handler(self, entries: list[Entry[T]], read_ahead: bool = False) -> None:
+        reads = self._reads
+        pinned = None if reads.outstanding else reads
+        batch = Batch(entries, self.group, pinned=pinned,
+                      read_ahead=self._next_read() if read_ahead and pinned is not None else None)
         await self.handler(batch)
         if not batch.acked:
-            async with self.bus.pipeline() as pipe:
+            pinned = None if reads.outstanding else reads  # the handler may have sent the read-ahead itself
+            async with self.bus.pipeline(pinned=pinned) as pipe:
                 batch.ack_with(pipe)
-                await pipe.execute()
+                await pipe.execute(read_ahead=batch.read_ahead if pinned is not None else None)
         self.processed += len(entries)
 
     async def _failed(self, entry: Entry[T]) -> None:

@@ -169,29 +169,63 @@ class PinnedConnection:
 
     On any failure but an error reply the connection is dropped (closed and given back); the next command takes a
     new one. ``release()`` gives it back when the reader stops.
+
+    Read-ahead: a ``RawPipeline(pinned=...)`` may send the reader's next command in the same write as its own
+    MULTI/EXEC (one round trip per batch instead of two); that reply is then ``outstanding`` and must be taken with
+    ``read_outstanding()`` before the connection carries anything else.
     """
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._conn: Any = None
+        self.outstanding = False  # a read-ahead reply not read yet
 
-    async def command(self, *args: Any) -> Any:
-        """One command; its reply as the server sent it (no response callback)."""
+    async def connection(self) -> Any:
+        if self.outstanding:
+            raise RedisError("a read-ahead reply is still outstanding on this connection")
         conn = self._conn
         if conn is None:
             conn = self._conn = await self.redis.connection_pool.get_connection()
+        return conn
+
+    async def command(self, *args: Any) -> Any:
+        """One command; its reply as the server sent it (no response callback)."""
+        conn = await self.connection()
         try:
             await send(conn, pack_command(*args))
             return await conn.read_response()
         except ResponseError:
             raise
         except BaseException:
-            self._conn = None
-            await conn.disconnect(nowait=True)
-            await self.redis.connection_pool.release(conn)
+            await self.drop()
             raise
 
+    async def read_outstanding(self) -> Any:
+        """The reply of the read-ahead command sent by a pipeline (as the server sent it)."""
+        conn = self._conn
+        self.outstanding = False
+        if conn is None:
+            raise ConnectionError("read-ahead connection was dropped")
+        try:
+            return await conn.read_response()
+        except ResponseError:
+            raise
+        except BaseException:
+            await self.drop()
+            raise
+
+    async def drop(self) -> None:
+        """Close the connection (a desynchronised or failed socket) and give it back; the next use takes a new one."""
+        conn, self._conn = self._conn, None
+        self.outstanding = False
+        if conn is not None:
+            await conn.disconnect(nowait=True)
+            await self.redis.connection_pool.release(conn)
+
     async def release(self) -> None:
+        if self.outstanding:  # a reply nobody will read: never hand back a desynchronised socket
+            await self.drop()
+            return
         conn, self._conn = self._conn, None
         if conn is not None:
             await self.redis.connection_pool.release(conn)
@@ -204,9 +238,10 @@ class RawPipeline(AsyncCoreCommands):
     After ``await tx.watch(*keys)`` commands run immediately (``await tx.mget(...)``) until ``tx.multi()``.
     """
 
-    def __init__(self, redis: Redis, *, transaction: bool = False) -> None:
+    def __init__(self, redis: Redis, *, transaction: bool = False, pinned: PinnedConnection | None = None) -> None:
         self.redis = redis
         self.transaction = transaction
+        self.pinned = pinned  # use this reader's connection (and allow a read-ahead) instead of a pool checkout
         self._callbacks = redis.response_callbacks
         self._parts: list[bytes] = []
         self._commands: list[tuple[str, dict]] = []
@@ -258,7 +293,7 @@ class RawPipeline(AsyncCoreCommands):
         if self._multi:
             raise RedisError("Cannot issue a WATCH after a MULTI")
         if self._conn is None:
-            self._conn = await self.redis.connection_pool.get_connection()
+            self._conn = await self._checkout()
         self._watching = True
         return await self._immediate(("WATCH", *names), {})
 
@@ -282,19 +317,32 @@ class RawPipeline(AsyncCoreCommands):
             raise
         return self._callback(_command_name(args), reply, options)
 
-    async def execute(self, raise_on_error: bool = True) -> list[Any]:
-        """Send everything queued in one write; the replies in order (MULTI/EXEC when ``transaction``)."""
+    async def _checkout(self) -> Any:
+        return await (self.pinned.connection() if self.pinned is not None
+                      else self.redis.connection_pool.get_connection())
+
+    async def execute(self, raise_on_error: bool = True, read_ahead: bytes | None = None) -> list[Any]:
+        """Send everything queued in one write; the replies in order (MULTI/EXEC when ``transaction``).
+
+        ``read_ahead`` (a packed command, only with ``pinned``): sent in the same write after the queued commands;
+        its reply is left unread (``pinned.outstanding``) for the reader, whether the pipeline succeeded or not.
+        """
         parts, commands = self._parts, self._commands
         self._parts, self._commands = [], []
-        if not commands and not self._watching:
+        if read_ahead is not None and self.pinned is None:
+            raise RedisError("read_ahead needs a pinned connection")
+        if not commands and not self._watching and read_ahead is None:
             return []
-        pool = self.redis.connection_pool
         conn = self._conn
         if conn is None:
-            conn = self._conn = await pool.get_connection()
+            conn = self._conn = await self._checkout()
         tx = self.transaction or self._multi
+        tail = (read_ahead,) if read_ahead is not None else ()
+        replies: Any = []
         try:
-            await send(conn, b"".join((_MULTI, *parts, _EXEC)) if tx else b"".join(parts))
+            await send(conn, b"".join((_MULTI, *parts, _EXEC, *tail)) if tx else b"".join((*parts, *tail)))
+            if read_ahead is not None:
+                self.pinned.outstanding = True  # type: ignore[union-attr]
             if tx:
                 # +OK of MULTI, QUEUED (or an error) per command, then EXEC's array
                 *queued, replies = await read_replies(conn, len(commands) + 2)
@@ -303,7 +351,7 @@ class RawPipeline(AsyncCoreCommands):
                     raise next((e for e in queued if isinstance(e, ResponseError)), replies) from None
                 if replies is None:
                     raise WatchError("Watched variable changed.")
-            else:
+            elif commands:
                 replies = await read_replies(conn, len(commands))
         except (ResponseError, WatchError):
             await self.reset()  # every reply was read: the connection goes back to the pool
@@ -324,6 +372,9 @@ class RawPipeline(AsyncCoreCommands):
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
         self._watching = False
+        if self.pinned is not None:
+            await self.pinned.drop()
+            return
         if conn is not None:
             await conn.disconnect(nowait=True)
             await self.redis.connection_pool.release(conn)
@@ -340,7 +391,11 @@ class RawPipeline(AsyncCoreCommands):
                 await send(conn, _UNWATCH)
                 await conn.read_response()
         except BaseException:
+            if self.pinned is not None:
+                await self.pinned.drop()
+                raise
             await conn.disconnect(nowait=True)
             raise
         finally:
-            await self.redis.connection_pool.release(conn)
+            if self.pinned is None:
+                await self.redis.connection_pool.release(conn)

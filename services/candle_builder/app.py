@@ -277,16 +277,20 @@ class CandleBuilderApp:
         for entry in batch.entries:
             by_stream.setdefault(entry.stream, []).append(entry)
         batch.acked = True  # acked below, in the transaction, and only for streams this instance owns
-        async with self.bus.pipeline(transaction=True) as tx:
+        # On the consumer's read connection: its next XREADGROUP goes out in the same write as EXEC (one round trip
+        # per batch; Redis runs it after the commit).
+        async with self.bus.pipeline(transaction=True, pinned=batch.pinned) as tx:
             ours = await self._fence(tx, [s for s in by_stream if self._owns(s)])
             try:
-                await self._process(tx, batch.group, {s: e for s, e in by_stream.items() if s in ours})
+                await self._process(tx, batch.group, {s: e for s, e in by_stream.items() if s in ours},
+                                    batch.read_ahead)
             except BaseException:  # lease lost (WatchError), a bug, cancellation: whatever was not saved is undone
                 for s in ours:  # builders may have run ahead of what Redis holds: reload them from it
                     self.series.pop(s, None)
                 raise
 
-    async def _process(self, tx: Any, group: str, by_stream: dict[str, list[Entry[FeedMessage]]]) -> None:
+    async def _process(self, tx: Any, group: str, by_stream: dict[str, list[Entry[FeedMessage]]],
+                       read_ahead: bytes | None = None) -> None:
         out: dict[str, list[Emitted]] = {}
         touched: dict[str, Series] = {}
         extra_acks: dict[str, list[bytes]] = {}
@@ -295,8 +299,8 @@ class CandleBuilderApp:
             if series.needs_seed:
                 await self._seed(series)
             emitted = out.setdefault(stream, [])
-            if series.seeded:
-                emitted.extend(series.seeded)
+            if series.seeded:  # history candles, before any live one
+                self._queue_candles(tx, series, series.seeded, history=True)
                 series.seeded = []
                 for tf, since in series.builder.history_from.items():
                     tx.hset(streams.CANDLE_HISTORY_FROM, streams.registry_member(series.exchange, series.symbol, tf),
@@ -325,7 +329,7 @@ class CandleBuilderApp:
             self._queue_state(tx, series)
         for stream, entries in by_stream.items():
             tx.xack(stream, group, *extra_acks.get(stream, ()), *(e.id for e in entries))
-        await tx.execute()
+        await tx.execute(read_ahead=read_ahead)
         if self.settings.live_candles and touched:
             await self._publish_live(touched.values())
 
@@ -437,11 +441,11 @@ class CandleBuilderApp:
                         series.symbol, msg.start, msg.end, msg.reason)
             builder.gap(msg.start, msg.end, out)
 
-    def _queue_candles(self, tx: Any, series: Series, emitted: list[Emitted]) -> None:
+    def _queue_candles(self, tx: Any, series: Series, emitted: list[Emitted], history: bool = False) -> None:
         ex, sym = series.exchange, series.symbol
         maxlen = self.settings.candles_maxlen
         for tf, bar in emitted:
-            data = to_candle(ex, sym, tf, bar).encode()
+            data = to_candle(ex, sym, tf, bar, history=history).encode()
             self.bus.add_to(tx, streams.candles(ex, sym, tf), data, maxlen=maxlen,
                             channel=streams.channel_candles(ex, sym, tf))
             if tf not in series.registered:
@@ -585,7 +589,7 @@ class CandleBuilderApp:
                 if series.stream not in await self._fence(tx, [series.stream]):
                     return
                 try:
-                    self._queue_candles(tx, series, out)
+                    self._queue_candles(tx, series, out, history=True)
                     self._queue_state(tx, series)
                     tx.hset(streams.CANDLE_HISTORY_FROM, streams.registry_member(series.exchange, series.symbol, tf),
                             span[0])

@@ -607,14 +607,16 @@ class AlertEngineApp:
     async def _save_state(self, touched: dict[str, core.Fire], batch: Batch | None = None) -> None:
         """RULE_STATE rows of the fingerprints a batch touched (cooldown known from the gate: no extra reads), and
         the batch's XACKs in the same round trip."""
-        rows = self.engine.status_rows()
-        async with self.bus.pipeline() as pipe:
+        status = self.engine.status  # only the touched fingerprints' rows (status_rows() builds every one)
+        # With the batch: on the consumer's read connection, its next XREADGROUP in the same write (after the acks).
+        pinned = batch.pinned if batch is not None else None
+        async with self.bus.pipeline(pinned=pinned) as pipe:
             if batch is not None:
                 batch.ack_with(pipe)
             for fp, f in touched.items():
-                if fp in rows:
+                if fp in status:
                     until = self._cooldown_until.get(fp)
-                    row = {**self._state_row(rows[fp], None if until is None else str(until).encode()),
+                    row = {**self._state_row(status[fp].as_dict(), None if until is None else str(until).encode()),
                            "last_alert_id": f.alert.id}
                     pipe.hset(streams.RULE_STATE, fp, pack(row))
-            await pipe.execute()
+            await pipe.execute(read_ahead=batch.read_ahead if pinned is not None else None)

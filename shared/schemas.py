@@ -210,7 +210,9 @@ class Candle(_Message):
     """OHLCV of one bucket. ``ts`` is the bucket start (ms UTC).
 
     ``closed`` is False for an in-progress candle. A closed candle revised by a late trade is published again with
-    ``revision`` + 1. ``incomplete`` marks a bucket that overlaps a gap in the trade feed.
+    ``revision`` + 1. ``incomplete`` marks a bucket that overlaps a gap in the trade feed. ``history`` marks a candle
+    taken from the exchange's OHLCV history (seeding or backfill), not built from trades here: consumers warm up on it
+    but do not alert on it.
     """
 
     kind: Literal["candle"] = "candle"
@@ -232,6 +234,7 @@ class Candle(_Message):
     closed: bool = True
     revision: int = 0
     incomplete: bool = False
+    history: bool = False
 
     @property
     def vwap(self) -> Decimal | None:

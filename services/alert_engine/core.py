@@ -535,7 +535,7 @@ class AlertEngine:
             while i < len(timed) and timed[i][0] == t and timed[i][1] == 1:
                 group.append(timed[i][3])
                 i += 1
-            pushed = [(c, s) for c in group if (s := self._push(c)) is not None]
+            pushed = [(c, s) for c in group if (s := self._push(c)) is not None and not c.history]
             for c, s in pushed:
                 fired = self._evaluate_closed(c, s)
                 if fire:
@@ -556,11 +556,12 @@ class AlertEngine:
         return s
 
     def on_candle(self, candle: Candle, *, fire: bool = True) -> list[Fire]:
-        """A closed (or revised) candle. ``fire=False`` warms state up without producing alerts."""
+        """A closed (or revised) candle. ``fire=False`` warms state up without producing alerts; so does a candle
+        taken from the exchange's history (``candle.history``: seeded or backfilled, not a bar that just closed)."""
         if not candle.closed:
             return self.on_live_candle(candle, fire=fire)
         series = self._push(candle)
-        if series is None:
+        if series is None or candle.history:  # history only warms indicators: its bars are not evaluated
             return []
         fired = self._evaluate_closed(candle, series)
         return fired if fire else []

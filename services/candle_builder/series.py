@@ -18,13 +18,13 @@ def entry_id(raw: bytes | str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def to_candle(exchange: str, symbol: str, tf: str, bar: Bar, *, closed: bool = True) -> Candle:
+def to_candle(exchange: str, symbol: str, tf: str, bar: Bar, *, closed: bool = True, history: bool = False) -> Candle:
     """The bus message of a bar (validated types come from the builder, so construct without re-validation)."""
     return Candle.model_construct(
         exchange=exchange, symbol=symbol, timeframe=tf, ts=bar.ts, open=bar.open, high=bar.high, low=bar.low,
         close=bar.close, volume=bar.volume, buy_volume=bar.buy_volume, sell_volume=bar.sell_volume,
         quote_volume=bar.quote_volume, trades=bar.trades, first_trade_id=bar.first_id, last_trade_id=bar.last_id,
-        closed=closed, revision=max(bar.revision, 0), incomplete=bar.incomplete)
+        closed=closed, revision=max(bar.revision, 0), incomplete=bar.incomplete, history=history)
 
 
 @dataclass(slots=True)

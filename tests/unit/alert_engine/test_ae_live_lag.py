@@ -1,0 +1,72 @@
+"""An in-progress candle read before the closed bars just before it (the live-candle stream ran ahead of a backlogged
+candle stream in one read) is not evaluated: on the series as the engine holds it then, ``offset 1`` would be an
+older bar and the indicator windows would have a hole, so an intrabar crossing could fire that the market never
+made. Checked against pandas on the real BTCUSDT 1s recording (empty seconds filled with flat candles, as
+candle_builder publishes them)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pandas as pd
+
+from services.alert_engine.core import AlertEngine
+from services.alert_engine.rules import parse_rules
+from tests.conftest import shared_data
+from tests.unit.alert_engine import pdref
+
+BTC = "binance_spot_btcusdt/BTCUSDT-trades-20240808T2354-20240809T0005.csv"
+KEY = ("binance", "BTC/USDT", "1s")
+LAG = 5  # closed bars the engine has not read yet when the in-progress candle comes
+RULES = """
+rules:
+  - {name: sma20, symbols: [BTC/USDT], timeframe: 1s, frequency: every_time,
+     condition: {op: crossing, right: {sma: 20}}}
+"""
+
+
+def _contiguous(path) -> list:
+    """The recording's 1s candles with a flat candle (OHLC = previous close, no volume) in each empty second."""
+    out = []
+    for c in pdref.candles_from_csv(path, *KEY, 1000):
+        while out and out[-1].ts + 1000 < c.ts:
+            p = out[-1].close
+            z = Decimal(0)
+            out.append(out[-1].model_copy(update={
+                "ts": out[-1].ts + 1000, "open": p, "high": p, "low": p, "close": p, "volume": z, "buy_volume": z,
+                "sell_volume": z, "quote_volume": z, "trades": 0, "first_trade_id": None, "last_trade_id": None}))
+        out.append(c)
+    return out
+
+
+def _crossing_at(closes: list[float], period: int) -> bool:
+    """pandas: the last value of ``closes`` crosses the SMA(period) of ``closes`` (either way), from the one before."""
+    x = pd.Series(closes)
+    return bool(pdref.crossing(x, pdref.sma(x, period)).fillna(False).astype(bool).iloc[-1])
+
+
+def test_an_in_progress_candle_ahead_of_the_closed_bars_read_is_not_evaluated():
+    candles = _contiguous(shared_data(BTC))
+    assert len({c.ts for c in candles}) == len(candles) == (candles[-1].ts - candles[0].ts) // 1000 + 1
+    closes = [float(c.close) for c in candles]
+    engine = AlertEngine(parse_rules(RULES, "t.yaml"))
+    caught_up: set[int] = set()  # bars whose in-progress candle fired, read after the bar before it
+    lagging: set[int] = set()  # ... read LAG bars early
+    would: set[int] = set()  # pandas on the series the engine held when the early one came (the hole)
+    for i, c in enumerate(candles):
+        early = i + 1 + LAG  # its in-progress candle arrives while the engine's last closed bar is i - 1
+        if i and early < len(candles):
+            live = candles[early].model_copy(update={"closed": False})
+            lagging |= {f.alert.ts for f in engine.on_live_candle(live)}
+            if _crossing_at(closes[:i] + [closes[early]], 20):
+                would.add(candles[early].ts)
+        live = c.model_copy(update={"closed": False})  # bar i in progress, bar i - 1 closed: evaluated
+        caught_up |= {f.alert.ts for f in engine.on_live_candle(live)}
+        engine.on_candle(c)
+    assert len(engine.series[KEY].candles) == min(len(candles), engine.keep)
+    assert lagging == set() and len(would) >= 5, "the early candles would have made crossings of their own"
+    # read in order, the in-progress candle (here its final state) crosses exactly when the closed bar does
+    x = pd.Series(closes)
+    cond = pdref.crossing(x, pdref.sma(x, 20)).fillna(False).astype(bool)
+    want = {candles[k].ts for k in range(len(candles)) if cond.iloc[k]}
+    assert caught_up == want and len(want) >= 20

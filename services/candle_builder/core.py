@@ -28,6 +28,7 @@ from decimal import Decimal
 from typing import Any
 
 from services.candle_builder.bars import _CTX, _ZERO, Bar, bar_from_history
+from shared.schemas import pack, unpack
 from shared.timeframes import bucket_start, sort_timeframes, timeframe_ms
 
 __all__ = ["Bar", "Emitted", "SeriesBuilder", "bar_from_history", "base_timeframe"]
@@ -69,6 +70,8 @@ class SeriesBuilder:
         self.hwm = 0  # newest exchange time seen (trade or watermark)
         self.gaps: list[tuple[int, int]] = []  # recent gap intervals (ms, inclusive) that flag candles incomplete
         self.late_revised = 0
+        self._recent_packed: dict[str, tuple[dict, bytes]] = {}  # tf -> (its recent dict, packed rows)
+        self._recent_dirty: set[str] = set()  # timeframes whose kept bars changed since the last dump
         self.late_dropped = 0
         # timeframe -> oldest bucket its published candles cover (history included): a larger look-back is fetched
         # from before it (``backfill``)
@@ -231,6 +234,7 @@ class SeriesBuilder:
         for tf, bars in self.recent.items():
             for bar in bars.values():
                 if bar.ts <= end and start < bar.end and not bar.incomplete:
+                    self._recent_dirty.add(tf)
                     bar.incomplete = True
                     bar.revision += 1
                     self._revised[(tf, bar.ts)] = bar
@@ -265,6 +269,7 @@ class SeriesBuilder:
             if cur is None:
                 prev = self.recent[tf].get(d)
                 if prev is not None:  # bucket closed early (final watermark) and trades came after: revise it
+                    self._recent_dirty.add(tf)
                     prev.merge(bar)
                     if (tf, d) not in self._revised:
                         prev.revision += 1
@@ -282,15 +287,17 @@ class SeriesBuilder:
 
     def _keep(self, tf: str, bar: Bar) -> None:
         self.recent[tf][bar.ts] = bar
+        self._recent_dirty.add(tf)
 
     def _prune(self) -> None:
         """Keep closed bars a late trade may still revise (and the last one of each timeframe)."""
         horizon = self.hwm - self.lateness_ms
-        for bars in self.recent.values():
+        for tf, bars in self.recent.items():
             if len(bars) > 1:
                 for ts in [ts for ts, b in bars.items() if b.end <= horizon]:
                     if len(bars) > 1:
                         del bars[ts]
+                        self._recent_dirty.add(tf)
 
     def _late(self, tid: Any, ts: int, price: Decimal, amount: Decimal, is_buy: bool) -> None:
         if self.hwm - ts > self.lateness_ms:
@@ -317,6 +324,7 @@ class SeriesBuilder:
                 is_buy: bool) -> None:
         bars = self.recent[tf]
         bar = bars.get(ts0)
+        self._recent_dirty.add(tf)
         if bar is None:  # nothing was published for this bucket (no flat candles): a first version
             bar = Bar(ts0, ts0 + ms, price)
             bar.revision = -1
@@ -360,6 +368,7 @@ class SeriesBuilder:
                     prev = bar.close
                     continue
                 if bar.open != prev or bar.close != prev:
+                    self._recent_dirty.add(tf)
                     bar.open = bar.high = bar.low = bar.close = prev
                     if (tf, ts) not in self._revised:
                         bar.revision += 1
@@ -505,9 +514,26 @@ class SeriesBuilder:
             "emit_base": self.emit_base,
             "derived": {tf: {"cur": c.dump() if (c := self.cur[tf]) else None, "start_at": self.start_at[tf]}
                         for tf in self.derived},
-            "recent": {tf: [b.dump() for b in bars.values()] for tf, bars in self.recent.items()},
+            "recent": self._dump_recent(),
             "history_from": dict(self.history_from),
         }
+
+    def _dump_recent(self) -> dict:
+        """``recent`` for ``dump``, each timeframe's kept bars packed once and reused until one of them changes.
+
+        The state is saved with every batch, and the kept bars (a lateness window of them: 60 for 1s bars) change
+        only when a bar closes, a late trade revises one, a gap flags them or they are pruned — each of those marks
+        its timeframe in ``_recent_dirty``. Re-dumping and re-packing them every batch cost ~90 µs per series.
+        """
+        cache, dirty = self._recent_packed, self._recent_dirty
+        out = {}
+        for tf, bars in self.recent.items():
+            hit = cache.get(tf)
+            if hit is None or hit[0] is not bars or tf in dirty:
+                hit = cache[tf] = (bars, pack([b.dump() for b in bars.values()]))
+            out[tf] = hit[1]
+        dirty.clear()
+        return out
 
     def restore(self, state: dict) -> None:
         """Load a ``dump()``; timeframes configured now but absent from the state are added as new."""
@@ -528,8 +554,8 @@ class SeriesBuilder:
                 self.derived[tf] = timeframe_ms(tf)
                 self.cur[tf] = Bar.load(saved["cur"]) if saved.get("cur") else None
                 self.start_at[tf] = saved.get("start_at", 0)
-        self.recent = {tf: {b[0]: Bar.load(b) for b in bars} for tf, bars in state.get("recent", {}).items()
-                       if tf == self.base_tf or tf in self.derived}
+        self.recent = {tf: {b[0]: Bar.load(b) for b in (unpack(bars) if isinstance(bars, bytes) else bars)}
+                       for tf, bars in state.get("recent", {}).items() if tf == self.base_tf or tf in self.derived}
         self.recent.setdefault(self.base_tf, {})
         self.history_from = {tf: ts for tf, ts in state.get("history_from", {}).items()
                              if tf == self.base_tf or tf in self.derived}

@@ -84,14 +84,23 @@ def _producer(url: str, rate: int, seconds: float, out: mp.Queue) -> None:
     out.put({f"{k[0]}|{k[1]}": v for k, v in firsts.items()})
 
 
-def _reader(url: str, stop: Any, ready: Any, out: mp.Queue) -> None:
+def _reader(url: str, stop: Any, ready: Any, out: mp.Queue, floor: bool = False) -> None:
     """The alerts' consumer, in its own process as the notifier is: when each alert and closed candle is read.
 
-    On the builder/engine loop its reads would wait for their work and add that wait to the figures."""
+    On the builder/engine loop its reads would wait for their work and add that wait to the figures.
+
+    ``floor``: read the trades streams themselves instead (no services run): when the first trade of each second
+    reaches a reader — the empty hop producer → Redis → another process, the machine's floor under our latency."""
     import redis as sync_redis
 
+    from services.candle_builder.decode import decode_feed_fast
+
     r = sync_redis.Redis.from_url(url)
-    last = {streams.ALERTS: "$", **{streams.candles("bench", s, "1s"): "$" for s in SYMBOLS}}
+    trades = {streams.trades("bench", s): s for s in SYMBOLS}
+    # From the start ("0-0": every run begins with FLUSHALL). "$" stays "new since THIS call" for a stream until it
+    # has returned an entry, so with one stream busy the others' entries were never read (most samples were lost).
+    last = {s: "0-0" for s in trades} if floor else \
+        {streams.ALERTS: "0-0", **{streams.candles("bench", s, "1s"): "0-0" for s in SYMBOLS}}
     received: dict[str, float] = {}
     candle_seen: dict[str, float] = {}
     ready.set()
@@ -102,7 +111,10 @@ def _reader(url: str, stop: Any, ready: Any, out: mp.Queue) -> None:
             stream = stream.decode()
             for entry_id, fields in entries:
                 last[stream] = entry_id
-                if stream == streams.ALERTS:
+                if floor:  # the key the producer uses for this second's first trade, as the alert's would be
+                    msg = decode_feed_fast(fields[FIELD])
+                    received.setdefault(f"{trades[stream]}|{msg.trades[0][1] // 1000 * 1000}", now)
+                elif stream == streams.ALERTS:
                     a = Alert.decode(fields[FIELD])
                     received[f"{a.symbol}|{a.ts + 1000}"] = now
                 else:
@@ -153,7 +165,9 @@ def _service(url: str, rules: str, which: tuple[str, ...], mark: Any, stop: Any,
 async def _latency(url: str, rate: int, seconds: float, tmp: Path, layout: str = "processes",
                    redis_pid: int | None = None) -> dict:
     """``layout``: "processes" (builder and engine each in its own process, as `sentinel candle-builder` and
-    `sentinel alert-engine` run them) or "one_loop" (both on one event loop, as `sentinel up` runs them)."""
+    `sentinel alert-engine` run them), "one_loop" (both on one event loop, as `sentinel up` runs them) or "floor"
+    (no services: the reader reads the trades themselves; the same producer, reader and timing — what the machine
+    costs before any of our work)."""
     redis = connect(url)
     await redis.flushall()
     for sym in SYMBOLS:
@@ -163,7 +177,7 @@ async def _latency(url: str, rate: int, seconds: float, tmp: Path, layout: str =
     ctx = mp.get_context("spawn")
     svc_stop, mark = ctx.Event(), ctx.Event()
     cpu_q: mp.Queue = ctx.Queue()
-    groups = [("builder",), ("engine",)] if layout == "processes" else [("builder", "engine")]
+    groups = {"processes": [("builder",), ("engine",)], "one_loop": [("builder", "engine")], "floor": []}[layout]
     services = []
     for which in groups:
         ready = ctx.Event()
@@ -174,7 +188,7 @@ async def _latency(url: str, rate: int, seconds: float, tmp: Path, layout: str =
         await asyncio.to_thread(ready.wait, 60)
     seen_q: mp.Queue = ctx.Queue()
     reader_stop, reader_ready = ctx.Event(), ctx.Event()
-    reader = ctx.Process(target=_reader, args=(url, reader_stop, reader_ready, seen_q))
+    reader = ctx.Process(target=_reader, args=(url, reader_stop, reader_ready, seen_q, layout == "floor"))
     reader.start()
     await asyncio.to_thread(reader_ready.wait, 30)
     await asyncio.sleep(1.5)  # discovery, groups, subscriptions
@@ -320,6 +334,10 @@ GOALS = {5000: {"p50_ms": 1.0, "p99_ms": 3.0}, 20000: {"p99_ms": 5.0}}  # issue 
 
 
 def _print_latency(res: dict) -> None:
+    if res.get("layout") == "floor":
+        print(f"  floor (empty hop: producer → redis → reader, no services) {res.get('rate_trades_per_s')}/s: "
+              f"p50 {res.get('p50_ms')} ms, p99 {res.get('p99_ms')} ms", flush=True)
+        return
     goals = GOALS.get(res.get("rate_trades_per_s"), {})
     marks = [f"{k} {res[k]} (goal <= {g}: {'MET' if res[k] <= g else 'NOT MET'})" for k, g in goals.items()
              if k in res]
@@ -332,8 +350,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--layouts", default="processes,one_loop",
-                    help="processes (builder and engine in their own processes) and/or one_loop (as `sentinel up`)")
+    ap.add_argument("--layouts", default="floor,processes,one_loop",
+                    help="floor (producer → reader, no services), processes (builder and engine in their own "
+                         "processes) and/or one_loop (as `sentinel up`)")
     args = ap.parse_args()
     rates = [1000, 5000] if args.quick else [1000, 5000, 20000]
     out: dict = {"python": platform.python_version(), "machine": platform.machine(),

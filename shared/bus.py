@@ -223,6 +223,7 @@ class Consumer(Generic[T]):
     def set_streams(self, names: Iterable[str]) -> None:
         """Replace the set of streams read (groups of new ones are created on the next poll)."""
         self._streams = list(dict.fromkeys(names))
+        self._read_cmd = None
         self._ready &= set(self._streams)
         self._recover &= set(self._streams)
 
@@ -308,11 +309,11 @@ class Consumer(Generic[T]):
     def _next_read(self) -> bytes | None:
         """The packed XREADGROUP the next poll would send, when that poll would do nothing else first (no own
         pending to recover, no claim due, every group ready); else None."""
-        if self._recover or not self._streams or self._ready.issuperset(self._streams) is False:
-            return None
+        if self._recover or not self._streams or len(self._ready) < len(self._streams):
+            return None  # (_ready is a subset of _streams: equal sizes mean every group is ready)
         if asyncio.get_running_loop().time() - self._last_claim >= self.claim_every_s:
             return None
-        key = (tuple(self._streams), self._block_ms, self.count)
+        key = (self._block_ms, self.count)  # set_streams() drops the cache
         cached = self._read_cmd
         if cached is None or cached[0] != key:
             block = () if self._block_ms is None else ("BLOCK", self._block_ms)

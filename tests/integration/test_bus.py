@@ -202,3 +202,70 @@ async def test_entries_after_a_failed_one_wait_for_it(redis):
         if len(seen) == 3:
             break
     assert seen == [0, 1, 2]
+
+
+async def test_read_ahead_commit_and_next_read_in_one_write_lose_nothing_when_a_commit_fails(redis):
+    """A handler commits (MULTI/EXEC) on the consumer's connection with the next XREADGROUP in the same write. When
+    one commit fails (WATCH tripped) after the read-ahead went out, the entries it delivered stay pending and are
+    handled after the failed batch's retry: every entry committed exactly once, in order, nothing left pending."""
+    bus = Bus(redis)
+    await bus.publish_many((STREAM, batch_of(i * 10, 10)) for i in range(40))
+    committed: list[int] = []
+    sent_ahead = 0
+    tripped = False
+
+    async def handle(batch: Batch[TradeBatch]) -> None:
+        nonlocal sent_ahead, tripped
+        ids = [t.id for e in batch.entries for t in e.value.trades]
+        async with bus.pipeline(transaction=True, pinned=batch.pinned) as tx:
+            await tx.watch("guard")
+            if not tripped and ids[0] >= 150:  # the key changes between WATCH and EXEC: this commit fails
+                tripped = True
+                await redis.set("guard", "x")
+            tx.multi()
+            tx.rpush("committed", *ids)
+            batch.ack_with(tx)
+            sent_ahead += batch.read_ahead is not None
+            await tx.execute(read_ahead=batch.read_ahead)
+        committed.extend(ids)
+
+    consumer = Consumer(bus, group="g", consumer="c1", decode=decode_feed, handler=handle, streams=[STREAM], count=3)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    for _ in range(400):
+        if await redis.llen("committed") >= 400:
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert tripped and sent_ahead > 5  # the read-ahead path was taken
+    assert [int(x) for x in await redis.lrange("committed", 0, -1)] == list(range(400))
+    assert committed == list(range(400))
+    assert await bus.caught_up(STREAM, "g")
+
+
+async def test_read_ahead_reply_is_handled_before_stopping(redis):
+    """The default ack path carries the read-ahead too; entries it delivered are handled, not left pending, when
+    the consumer stops."""
+    bus = Bus(redis)
+    seen: list[int] = []
+
+    async def handle(batch: Batch[TradeBatch]) -> None:
+        seen.extend(t.id for e in batch.entries for t in e.value.trades)
+
+    consumer = Consumer(bus, group="g", consumer="c1", decode=decode_feed, handler=handle, streams=[STREAM], count=1,
+                        block_ms=20)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    for i in range(30):
+        await bus.publish(STREAM, batch_of(i, 1))
+        await asyncio.sleep(0.001)
+    for _ in range(300):
+        if len(seen) == 30:
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert seen == list(range(30))
+    assert await bus.caught_up(STREAM, "g")
+    assert not consumer._reads.outstanding

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
 
 import pandas as pd
 
@@ -29,7 +28,7 @@ from tests.integration import test_alert_engine_correctness as corr
 from tests.integration.market_feed.helpers import (expected_trades, live_settings, local_exchange, published,
                                                    running_feed, wait_last_id)
 from tests.integration.test_candle_builder import RECORDINGS, publish, read_candles, settings_for
-from tests.integration.test_candle_builder_lookback import running_builder, wait_for
+from tests.integration.test_candle_builder_lookback import running, running_builder, wait_for
 from tests.unit.alert_engine import pdref
 
 SEAM = 1_723_161_600_000  # 2024-08-09 00:00:00 UTC: the builder meets the pair here (the recording starts 23:54:15)
@@ -45,16 +44,8 @@ SMA300 = SMA20 + """
 """
 
 
-@contextlib.asynccontextmanager
-async def running_engine(redis, settings: Settings) -> AsyncIterator[AlertEngineApp]:
-    app = AlertEngineApp(settings, redis)
-    stop = asyncio.Event()
-    task = asyncio.create_task(app.run(stop))
-    try:
-        yield app
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
+def running_engine(redis, settings: Settings) -> contextlib.AbstractAsyncContextManager[AlertEngineApp]:
+    return running(AlertEngineApp(settings, redis))
 
 
 def _history(candles: list[Candle]) -> pd.DataFrame:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 
 from services.candle_builder.app import CandleBuilderApp
 from services.candle_builder.settings import AUTO_HISTORY_BARS, Settings
@@ -47,9 +46,13 @@ async def wait_for(predicate, what: str, timeout: float = 20.0) -> None:
         await asyncio.sleep(0.05)
 
 
+def running_builder(redis, settings: Settings) -> contextlib.AbstractAsyncContextManager[CandleBuilderApp]:
+    return running(CandleBuilderApp(settings, redis))
+
+
 @contextlib.asynccontextmanager
-async def running_builder(redis, settings: Settings) -> AsyncIterator[CandleBuilderApp]:
-    app = CandleBuilderApp(settings, redis)
+async def running(app):
+    """Run a service app (anything with ``run(stop)``) for the block; stopped on exit, its exception re-raised."""
     stop = asyncio.Event()
     task = asyncio.create_task(app.run(stop))
     try:

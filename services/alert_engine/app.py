@@ -4,8 +4,9 @@ Where things happen:
 - ``_sync_series``: symbol patterns → (exchange, symbol, timeframe) from the registries; ``SUBSCRIPTIONS`` ref counts
   follow the rules (incremented when a series becomes needed, decremented when no rule needs it any more / on stop);
   new streams are warmed up (closed candles this group already processed) before they are consumed.
-- ``_handle``: candles / tickers → ``core.AlertEngine`` → ``Fire`` → ``_GATE`` (one Lua script: alert id seen? →
-  cooldown in exchange time → XADD alerts + history + PUBLISH), so replicas and restarts never double-fire.
+- ``_handle``: candles / tickers → ``core.AlertEngine`` → ``Fire`` → ``_COMMIT`` (one Lua script per batch: per fire
+  alert id seen? → cooldown in exchange time → XADD alerts + history + PUBLISH; then the state rows and the batch's
+  XACKs), so replicas and restarts never double-fire and a candle is acked only with its alerts.
 - ``_maybe_reload``: the rules file is re-read when it changes; a bad new file keeps the old rules running. Every
   successful load replaces ``streams.FILE_RULES`` (name → the rule's YAML as in the file) for the API to list.
 """
@@ -30,6 +31,7 @@ from shared import streams
 from shared.bus import Batch, Bus, Consumer
 from shared.bus import as_str as _s
 from shared.errors import ConfigError, DecodeError
+from shared.fastredis import raw_command
 from shared.history import MAX_HISTORY_BARS
 from shared.runtime import consumer_name, heartbeat
 from shared.schemas import Candle, GapMarker, Ticker, TradeBatch, Watermark, decode_feed, pack, unpack
@@ -37,33 +39,66 @@ from shared.yamlfile import load_yaml_file
 
 logger = logging.getLogger(__name__)
 
-# KEYS: fired-id key, cooldown key, alerts stream, history stream
-# ARGV: alert bytes, now (exchange ms), cooldown ms (-1 forever, 0 none), channel, alerts maxlen, history maxlen,
-#       fired ttl ms, cooldown gc margin ms
-# Returns 1 published, 0 duplicate id (replay), -1 cooling down.
-_GATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local now = tonumber(ARGV[2])
-local cd = tonumber(ARGV[3])
-if cd ~= 0 then
-  local untl = redis.call('GET', KEYS[2])
-  if untl then
-    untl = tonumber(untl)
-    if untl < 0 or now < untl then return -1 end
-  end
-  if cd < 0 then
-    redis.call('SET', KEYS[2], -1)
+# One call per batch that fires: every fire's gate (alert id seen? -> cooldown in exchange time -> XADD alerts +
+# history + PUBLISH), the RULE_STATE rows of the fingerprints it touched, and the batch's XACKs, atomically: a candle
+# is acked only together with its gate decisions and alert writes.
+# The rows are built by the app before the answers are known, from the answer it predicts per fire (its own cooldown
+# knowledge); a fingerprint with a fire whose answer differs (a replay, another replica's cooldown) gets no row here:
+# the app writes the right one after.
+# KEYS: alerts stream, history stream, RULE_STATE, per fire (fired-id key, cooldown key), per ack group (stream)
+# ARGV: channel, alerts maxlen, history maxlen, fired ttl ms, group, #fires, #rows, #ack groups,
+#       per fire (alert bytes, now (exchange ms), cooldown ms (-1 forever, 0 none), fingerprint, predicted 1|0),
+#       per row (fingerprint, packed row), per ack group (#ids, ids...)
+# Returns per fire: 1 published, 0 duplicate id (replay), -1 cooling down.
+_COMMIT = """
+local nf, nr, na = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local ttl = tonumber(ARGV[4])
+local out, off = {}, {}
+local a = 9
+for i = 1, nf do
+  local kf, kc = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
+  local r = 1
+  if redis.call('EXISTS', kf) == 1 then
+    r = 0
   else
-    redis.call('SET', KEYS[2], now + cd, 'PX', cd)
+    local now, cd = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+    if cd ~= 0 then
+      local untl = redis.call('GET', kc)
+      if untl then
+        untl = tonumber(untl)
+        if untl < 0 or now < untl then r = -1 end
+      end
+      if r == 1 then
+        if cd < 0 then
+          redis.call('SET', kc, -1)
+        else
+          redis.call('SET', kc, now + cd, 'PX', cd)
+        end
+      end
+    end
+    if r == 1 then
+      redis.call('SET', kf, now, 'PX', ttl)
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'd', ARGV[a])
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'd', ARGV[a])
+      redis.call('PUBLISH', ARGV[1], ARGV[a])
+    end
   end
+  if (r == 1) ~= (ARGV[a + 4] == '1') then off[ARGV[a + 3]] = true end
+  out[i] = r
+  a = a + 5
 end
-redis.call('SET', KEYS[1], now, 'PX', tonumber(ARGV[7]))
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'd', ARGV[1])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'd', ARGV[1])
-redis.call('PUBLISH', ARGV[4], ARGV[1])
-return 1
+for i = 1, nr do
+  if not off[ARGV[a]] then redis.call('HSET', KEYS[3], ARGV[a], ARGV[a + 1]) end
+  a = a + 2
+end
+for i = 1, na do
+  local n = tonumber(ARGV[a])
+  redis.call('XACK', KEYS[3 + 2 * nf + i], ARGV[5], unpack(ARGV, a + 1, a + n))
+  a = a + n + 1
+end
+return out
 """
-_GC_MARGIN_MS = 0  # unused by the script (kept in ARGV for compatibility)
+_ACK_CHUNK = 1000  # ids per XACK in the script (Lua's unpack has a stack limit)
 
 # Subscribing, atomically with other subscribers of the same series (the engine's replicas, the API):
 # the look-back becomes the max of what is there and ours (never lowered by a smaller need), then the count goes up.
@@ -149,7 +184,7 @@ class AlertEngineApp:
         self.consumer = Consumer(self.bus, group=streams.GROUP_ALERT_ENGINE,
                                  consumer=consumer_name("alert_engine", settings.consumer_name), decode=decode_input,
                                  handler=self._handle, count=settings.batch, block_ms=settings.block_ms)
-        self._gate = redis.register_script(_GATE)
+        self._commit_sha = redis.register_script(_COMMIT).sha
         self._subscribe_script = redis.register_script(_SUBSCRIBE)
         self._unsubscribe_script = redis.register_script(_UNSUBSCRIBE)
         self._capped: set[tuple[str, tuple[str, str, str], int]] = set()  # (rule, series, need) already logged
@@ -524,64 +559,98 @@ class AlertEngineApp:
     async def publish(self, fires: list[core.Fire], batch: Batch | None = None) -> list[int]:
         """Gate and publish; returns the gate's answers (1 published, 0 duplicate, -1 cooling down).
 
-        ``batch``: its XACKs ride in the round trip that saves the rule state, after the alerts are out.
+        One script call (``_COMMIT``) gates every fire, writes the touched fingerprints' RULE_STATE rows and, with
+        ``batch``, its XACKs; on the consumer's read connection its next XREADGROUP goes out in the same write.
         """
-        answers: list[int] = []
+        s = self.settings
+        status = self.engine.status
+        cooldown_until = self._cooldown_until
+        # effects of each fire's predicted answer, applied now (rows are built from them); undone where wrong
+        saved: dict[str, tuple[int | None, int | None]] = {}
+        predicted: list[int] = []
         touched: dict[str, core.Fire] = {}
-        results = await self._run_gates(fires)
-        for f, result in zip(fires, results, strict=True):
-            answer = int(result)
-            answers.append(answer)
+        for f in fires:
+            fp = f.fingerprint
+            if fp not in saved:
+                st = status.get(fp)
+                saved[fp] = (cooldown_until.get(fp), st.last_fired_ms if st is not None else None)
+            until = cooldown_until.get(fp)
+            p = -1 if f.cooldown_ms and until is not None and (until < 0 or f.now_ms < until) else 1
+            predicted.append(p)
+            if p == 1:
+                self._apply_published(f)
+            touched[fp] = f
+        rows = self._state_rows(touched)
+        keys: list[Any] = [streams.ALERTS, streams.ALERT_HISTORY, streams.RULE_STATE]
+        args: list[Any] = [streams.CHANNEL_ALERTS, s.alerts_maxlen, s.history_maxlen, s.fired_ttl_s * 1000,
+                           batch.group if batch is not None else "", len(fires), len(rows), 0]
+        for f, p in zip(fires, predicted, strict=True):
+            keys += (streams.alert_fired(f.alert.id), streams.alert_cooldown(f.fingerprint))
+            args += (f.alert.encode(), f.now_ms, f.cooldown_ms, f.fingerprint, 1 if p == 1 else 0)
+        for fp, row in rows.items():
+            args += (fp, row)
+        if batch is not None:
+            by_stream: dict[str, list[bytes]] = {}
+            for entry in batch.entries:
+                by_stream.setdefault(entry.stream, []).append(entry.id)
+            groups = 0
+            for stream, ids in by_stream.items():
+                for i in range(0, len(ids), _ACK_CHUNK):
+                    chunk = ids[i:i + _ACK_CHUNK]
+                    keys.append(stream)
+                    args += (len(chunk), *chunk)
+                    groups += 1
+            args[7] = groups
+        answers = [int(a) for a in await self._commit(keys, args, batch)]
+        if batch is not None:
+            batch.acked = True
+        wrong = {f.fingerprint for f, p, a in zip(fires, predicted, answers, strict=True) if (a == 1) != (p == 1)}
+        if wrong:  # replay or another replica's cooldown: redo those fingerprints' effects with the real answers
+            for fp in wrong:
+                until, last_fired = saved[fp]
+                if until is None:
+                    cooldown_until.pop(fp, None)
+                else:
+                    cooldown_until[fp] = until
+                if fp in status:
+                    status[fp].last_fired_ms = last_fired
+            for f, a in zip(fires, answers, strict=True):
+                if a == 1 and f.fingerprint in wrong:
+                    self._apply_published(f)
+        for f, answer in zip(fires, answers, strict=True):
             if answer == 1:
                 self.published += 1
-                if f.cooldown_ms:
-                    self._cooldown_until[f.fingerprint] = -1 if f.cooldown_ms < 0 else f.now_ms + f.cooldown_ms
-                if f.alert.state == "firing":
-                    self.engine.mark_fired(f.fingerprint, f.now_ms)
                 logger.info("alert %s %s %s %s: %s", f.alert.rule, f.alert.symbol, f.alert.timeframe,
                             f.alert.state, f.alert.message)
             elif answer == 0:
                 self.duplicates += 1
             else:
                 self.suppressed += 1
-            touched[f.fingerprint] = f
-        await self._save_state(touched, batch)
+        if wrong:
+            fixed = self._state_rows({fp: f for fp, f in touched.items() if fp in wrong})
+            if fixed:
+                await self.redis.hset(streams.RULE_STATE, mapping=fixed)
         return answers
 
-    async def _run_gates(self, fires: list[core.Fire]) -> list[Any]:
-        """EVALSHA the gate of every fire in one pipelined round trip (each script runs atomically, in order).
+    def _apply_published(self, f: core.Fire) -> None:
+        if f.cooldown_ms:
+            self._cooldown_until[f.fingerprint] = -1 if f.cooldown_ms < 0 else f.now_ms + f.cooldown_ms
+        if f.alert.state == "firing":
+            self.engine.mark_fired(f.fingerprint, f.now_ms)
 
-        Plain EVALSHA rather than redis-py's pipeline scripts, which cost a SCRIPT EXISTS round trip per execute:
-        the script is loaded once, and again only for the fires that got NOSCRIPT (a restarted or flushed Redis).
-        Those never ran, so re-running just them neither loses nor repeats an alert.
-        """
-        s = self.settings
-        results: list[Any] = [None] * len(fires)
-        todo = list(range(len(fires)))
-        for attempt in range(3):
-            async with self.bus.pipeline() as pipe:
-                for i in todo:
-                    f = fires[i]
-                    pipe.evalsha(self._gate.sha, 4, streams.alert_fired(f.alert.id),
-                                 streams.alert_cooldown(f.fingerprint), streams.ALERTS, streams.ALERT_HISTORY,
-                                 f.alert.encode(), f.now_ms, f.cooldown_ms, streams.CHANNEL_ALERTS, s.alerts_maxlen,
-                                 s.history_maxlen, s.fired_ttl_s * 1000, _GC_MARGIN_MS)
-                answers = await pipe.execute(raise_on_error=False)
-            missing = []
-            for i, answer in zip(todo, answers, strict=True):
-                if isinstance(answer, redis_errors.NoScriptError):
-                    missing.append(i)
-                elif isinstance(answer, Exception):
-                    raise answer
-                else:
-                    results[i] = answer
-            if not missing:
-                return results
-            if attempt == 2:
-                break
-            self._gate.sha = await self.redis.script_load(_GATE)
-            todo = missing
-        raise redis_errors.NoScriptError("alert gate script could not be loaded")
+    async def _commit(self, keys: list[Any], args: list[Any], batch: Batch | None) -> list[Any]:
+        """EVALSHA ``_COMMIT`` (with the batch's read-ahead when it has one); on NOSCRIPT (a restarted or flushed Redis:
+        the script never ran, nothing was written or acked) EVAL it, which also caches it for the next EVALSHA."""
+        pinned = batch.pinned if batch is not None else None
+        async with self.bus.pipeline(pinned=pinned) as pipe:
+            pipe.execute_command("EVALSHA", self._commit_sha, len(keys), *keys, *args)
+            (reply,) = await pipe.execute(raise_on_error=False,
+                                          read_ahead=batch.read_ahead if pinned is not None else None)
+        if isinstance(reply, redis_errors.NoScriptError):
+            reply = await raw_command(self.redis, "EVAL", _COMMIT, len(keys), *keys, *args)
+        elif isinstance(reply, Exception):
+            raise reply
+        return reply
 
     async def _save_all_state(self) -> None:
         """Every fingerprint's state (pending/firing/inactive, last value) for the API, periodically."""
@@ -597,26 +666,24 @@ class AlertEngineApp:
                 pipe.hset(streams.RULE_STATE, fp, pack(self._state_row(row, until)))
             await pipe.execute()
 
-    def _state_row(self, row: dict[str, Any], until: bytes | None) -> dict[str, Any]:
-        rule = self.ruleset.by_name().get(row["rule"])
+    def _state_row(self, row: dict[str, Any], until: bytes | None,
+                   by_name: dict[str, Any] | None = None) -> dict[str, Any]:
+        rule = (by_name if by_name is not None else self.ruleset.by_name()).get(row["rule"])
         until_ms = int(until) if until is not None else None
         return {**row, "cooldown_until": until_ms, "cooldown_ms": rule.cooldown_ms if rule else 0,
                 "next_eligible": until_ms if until_ms is not None and until_ms >= 0 else None,
                 "updated_at": int(time.time() * 1000)}
 
-    async def _save_state(self, touched: dict[str, core.Fire], batch: Batch | None = None) -> None:
-        """RULE_STATE rows of the fingerprints a batch touched (cooldown known from the gate: no extra reads), and
-        the batch's XACKs in the same round trip."""
+    def _state_rows(self, touched: dict[str, core.Fire]) -> dict[str, bytes]:
+        """Packed RULE_STATE rows of the fingerprints a batch touched (cooldown as this engine knows it: no reads)."""
         status = self.engine.status  # only the touched fingerprints' rows (status_rows() builds every one)
-        # With the batch: on the consumer's read connection, its next XREADGROUP in the same write (after the acks).
-        pinned = batch.pinned if batch is not None else None
-        async with self.bus.pipeline(pinned=pinned) as pipe:
-            if batch is not None:
-                batch.ack_with(pipe)
-            for fp, f in touched.items():
-                if fp in status:
-                    until = self._cooldown_until.get(fp)
-                    row = {**self._state_row(status[fp].as_dict(), None if until is None else str(until).encode()),
-                           "last_alert_id": f.alert.id}
-                    pipe.hset(streams.RULE_STATE, fp, pack(row))
-            await pipe.execute(read_ahead=batch.read_ahead if pinned is not None else None)
+        by_name = self.ruleset.by_name()
+        rows: dict[str, bytes] = {}
+        for fp, f in touched.items():
+            st = status.get(fp)
+            if st is not None:
+                until = self._cooldown_until.get(fp)
+                row = {**self._state_row(st.as_dict(), None if until is None else str(until).encode(), by_name),
+                       "last_alert_id": f.alert.id}
+                rows[fp] = pack(row)
+        return rows

@@ -266,3 +266,21 @@ class Alert(_Message):
     labels: dict[str, str] = Field(default_factory=dict)
     channels: list[str] = Field(default_factory=list)
     state: Literal["firing", "resolved"] = "firing"
+
+    @classmethod
+    def trusted(cls, **values: Any) -> Alert:
+        """An Alert from every field but ``kind``, each already of its model type (the engine's hot path: values of a
+        validated rule and candle); no validation, ~10x cheaper than ``model_construct``. Anything else: ``Alert(...)``.
+        """
+        if values.keys() != _ALERT_TRUSTED:
+            raise TypeError(f"Alert.trusted needs exactly the fields {sorted(_ALERT_TRUSTED)}")
+        obj = cls.__new__(cls)
+        _set = object.__setattr__
+        _set(obj, "__dict__", {"kind": "alert", **values})
+        _set(obj, "__pydantic_fields_set__", set(values))
+        _set(obj, "__pydantic_extra__", None)
+        _set(obj, "__pydantic_private__", None)
+        return obj
+
+
+_ALERT_TRUSTED = frozenset(Alert.model_fields) - {"kind"}

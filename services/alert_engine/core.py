@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import string
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -830,23 +831,35 @@ class AlertEngine:
     def _fire(self, rule: r.Rule, fp: str, series: Series, candle: Candle, now: int, result: _Eval, state: str,
               extra: str = "") -> Fire:
         ex, sym, tf = series.key
-        cvd = series.value(r.CVD(anchor="1d"))
+        condition = _describe_cached(rule.condition)
+        need = _template_fields(rule.message)
         fields = {
             "rule": rule.name, "exchange": ex, "symbol": sym, "timeframe": tf, "price": candle.close,
             "value": _fmt(result.value), "open": candle.open, "high": candle.high, "low": candle.low,
             "close": candle.close, "volume": candle.volume, "buy_volume": candle.buy_volume,
-            "sell_volume": candle.sell_volume, "delta": candle.delta, "cvd": cvd, "ts": candle.ts,
-            "time": datetime.fromtimestamp(now / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-            "condition": describe(rule.condition), "severity": rule.severity, "state": state,
+            "sell_volume": candle.sell_volume, "ts": candle.ts, "condition": condition, "severity": rule.severity,
+            "state": state,
         }
+        # what costs something only when the template names it
+        if "delta" in need:
+            fields["delta"] = candle.delta
+        if "cvd" in need:
+            fields["cvd"] = series.value(_CVD_1D)
+        if "time" in need:
+            fields["time"] = datetime.fromtimestamp(now / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         value = result.value
-        alert = Alert(
+        if isinstance(value, float):
+            value = Decimal(repr(value))
+        kwargs = dict(
             id=alert_id(rule.name, ex, sym, tf, candle.ts, state, extra), rule=rule.name, exchange=ex, symbol=sym,
-            timeframe=tf, ts=candle.ts, fired_at=now, price=candle.close,
-            value=Decimal(repr(value)) if isinstance(value, float) else value,
-            condition=fields["condition"], message=rule.message.format(**fields), severity=rule.severity,
-            labels=dict(rule.labels), channels=list(rule.channels), state=state,
+            timeframe=tf, ts=candle.ts, fired_at=now, price=candle.close, value=value, condition=condition,
+            message=rule.message.format(**fields), severity=rule.severity, labels=dict(rule.labels),
+            channels=list(rule.channels), state=state,
         )
+        # every field already has its model type (validated rule, candle, str/int/Decimal): no second validation
+        alert = (Alert.trusted(**kwargs) if (value is None or type(value) is Decimal)
+                 and type(candle.close) is Decimal and type(candle.ts) is int and type(now) is int
+                 else Alert(**kwargs))
         cooldown = 0 if state == "resolved" else (FOREVER if rule.frequency == "once" else rule.cooldown_ms)
         return Fire(alert, fp, cooldown, now)
 
@@ -1059,6 +1072,34 @@ def describe(cond: Any) -> str:
     else:
         text = f"volume > {cond.factor} x volume_sma({cond.period})"
     return text + where
+
+
+_CVD_1D = r.CVD(anchor="1d")  # the message field ``cvd``
+_TEMPLATE_ALL = frozenset(("delta", "cvd", "time"))
+_described: dict[int, tuple[Any, str]] = {}
+
+
+def _describe_cached(cond: Any) -> str:
+    """``describe(cond)``, once per condition object (rules are immutable; a reload brings new objects)."""
+    hit = _described.get(id(cond))
+    if hit is not None and hit[0] is cond:
+        return hit[1]
+    if len(_described) > 4096:
+        _described.clear()
+    text = describe(cond)
+    _described[id(cond)] = (cond, text)
+    return text
+
+
+@functools.lru_cache(maxsize=4096)
+def _template_fields(message: str) -> frozenset[str]:
+    """The field names a message template uses (``{cvd}``, ``{time:...}``, ``{price.x}`` -> price)."""
+    try:
+        names = {name.split(".", 1)[0].split("[", 1)[0]
+                 for _, name, _, _ in string.Formatter().parse(message) if name}
+    except ValueError:  # not a valid template: every field, and format() reports it as before
+        return _TEMPLATE_ALL
+    return frozenset(names)
 
 
 def _fmt(value: Any) -> str:

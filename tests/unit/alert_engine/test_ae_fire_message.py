@@ -1,0 +1,56 @@
+"""Alerts built on the hot path (``model_construct``, template fields computed only when named) are the same messages
+a fully validated Alert gives, and the template's fields equal values computed here from the candles."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+
+from services.alert_engine.core import AlertEngine
+from services.alert_engine.rules import parse_rules
+from shared.schemas import Alert, Candle
+
+T0 = 1_700_000_000_000 // 86_400_000 * 86_400_000  # a UTC day boundary (the cvd anchor)
+M = 60_000
+CLOSES = ["10", "11.5", "9", "12.25", "13", "8", "14"]
+BUYS = ["1", "2.5", "0.5", "3", "1", "0", "4"]
+
+
+def _candles() -> list[Candle]:
+    out = []
+    for i, (c, b) in enumerate(zip(CLOSES, BUYS, strict=True)):
+        p, buy = Decimal(c), Decimal(b)
+        out.append(Candle(exchange="x", symbol="BTC/USDT", timeframe="1m", ts=T0 + i * M, open=p, high=p, low=p,
+                          close=p, volume=Decimal(4), buy_volume=buy, sell_volume=Decimal(4) - buy, closed=True,
+                          trades=1, last_trade_id=i + 1))
+    return out
+
+
+def test_hot_path_alerts_equal_validated_ones_and_their_fields_are_right():
+    eng = AlertEngine(parse_rules("""rules:
+  - {name: all_fields, symbols: [BTC/USDT], frequency: every_time, condition: {op: above, right: 0},
+     labels: {team: a}, channels: [ops],
+     message: "{rule}|{time}|{delta}|{cvd}|{close}|{value}|{ts}|{severity}|{state}|{condition}"}
+  - {name: plain, symbols: [BTC/USDT], frequency: every_time, condition: {op: above, right: 0}}
+""", "t.yaml"))
+    alerts: list[Alert] = []
+    for c in _candles():
+        alerts += [f.alert for f in eng.on_candle(c)]
+    assert len(alerts) == 2 * len(CLOSES)
+    cvd = Decimal(0)
+    for i, (c, b) in enumerate(zip(CLOSES, BUYS, strict=True)):
+        delta = Decimal(b) - (Decimal(4) - Decimal(b))
+        cvd += delta
+        a, plain = alerts[2 * i], alerts[2 * i + 1]
+        for x in (a, plain):  # what full validation would make of the same fields, byte for byte on the wire
+            assert x.encode() == Alert.model_validate(x.model_dump()).encode()
+            assert Alert.decode(x.encode()) == Alert.model_validate(x.model_dump())
+            assert type(x.value) is Decimal and x.value == Decimal(c)
+        closed_at = T0 + (i + 1) * M
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(closed_at / 1000))
+        rule, t, d, v, close, value, ts, sev, state, cond = a.message.split("|")
+        assert (rule, t, close, value, ts, sev, state) == ("all_fields", when, c, c, str(T0 + i * M), "info",
+                                                             "firing")
+        assert Decimal(d) == delta and Decimal(v) == cvd and cond == a.condition
+        assert a.labels == {"team": "a"} and a.channels == ["ops"]
+        assert plain.message == f"plain: BTC/USDT 1m {plain.condition} (close {c})"

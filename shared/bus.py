@@ -156,7 +156,9 @@ class Batch(Generic[T]):
     # else first). A handler that commits with ``bus.pipeline(transaction=True, pinned=batch.pinned)`` and
     # ``execute(read_ahead=batch.read_ahead)`` sends that read in the same write as its commit: one round trip per
     # batch. Redis runs it after EXEC, so entries are still acked only after the commit; if the commit fails, the
-    # entries it delivered stay pending and are re-read in order.
+    # entries it delivered stay pending and are re-read in order. With ``Consumer(prefetch=True)`` the next read
+    # usually went out already (before this batch was handed over): then ``pinned`` is the consumer's commit
+    # connection and ``read_ahead`` is None.
     pinned: Any = None
     read_ahead: bytes | None = None
 
@@ -190,6 +192,7 @@ class Consumer(Generic[T]):
         claim_idle_ms: int = 30_000,
         claim_every_s: float = 5.0,
         max_deliveries: int = 5,
+        prefetch: bool = False,
     ) -> None:
         self.bus = bus
         self.redis = bus.redis
@@ -202,6 +205,10 @@ class Consumer(Generic[T]):
         self.claim_idle_ms = claim_idle_ms
         self.claim_every_s = claim_every_s
         self.max_deliveries = max_deliveries
+        # Send the next XREADGROUP as soon as a reply is taken, before its batch is handled: Redis reads batch N+1
+        # while the handler works on batch N (whose commit then goes on ``_commits``).
+        self.prefetch = prefetch
+        self._stop: asyncio.Event | None = None  # of run(): no new read is sent ahead once it is set
         self._streams: list[str] = list(dict.fromkeys(streams))
         self._ready: set[str] = set()
         self._recover: set[str] = set()  # streams whose own pending entries must be re-read
@@ -211,6 +218,7 @@ class Consumer(Generic[T]):
         self.processed = 0
         self.dead_lettered = 0
         self._reads = PinnedConnection(self.redis)  # XREADGROUP's own connection: no pool checkout per read
+        self._commits = PinnedConnection(self.redis)  # with prefetch: the handlers' commits while a read is out
         self._block_ms: int | None = block_ms  # of the poll in progress (a read-ahead uses the same)
         self._read_cmd: tuple[tuple, bytes] | None = None  # (key, packed XREADGROUP) cache
 
@@ -242,6 +250,7 @@ class Consumer(Generic[T]):
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set. Transient Redis errors are retried with capped backoff."""
         failures = 0
+        self._stop = stop
         try:
             while not stop.is_set() or self._reads.outstanding:  # a read-ahead already delivered is handled
                 try:
@@ -259,6 +268,7 @@ class Consumer(Generic[T]):
                     await _sleep_or_stop(stop, backoff_delay(failures, base=0.2, cap=5.0))
         finally:
             await self._reads.release()
+            await self._commits.release()
 
     async def drain(self) -> int:
         """Burst mode: process everything available now (own pending, claimable, new) and return how many."""
@@ -268,6 +278,7 @@ class Consumer(Generic[T]):
             total += n
             if n == 0 and not self._recover:
                 await self._reads.release()
+                await self._commits.release()
                 return total
             if n == 0:  # only failed entries remain: wait for their retry time
                 await asyncio.sleep(max(0.0, self._retry_at - asyncio.get_running_loop().time()))
@@ -275,8 +286,10 @@ class Consumer(Generic[T]):
     async def poll(self, block_ms: int | None) -> int:
         """One round: recover own pending, claim stale entries when due, then read new ones. Returns entries handled."""
         self._block_ms = block_ms
-        if self._reads.outstanding:  # the next read went out with the previous batch's commit
-            return await self._handle_response(await self._reads.read_outstanding(), read_ahead=True)
+        if self._reads.outstanding:  # the next read went out with the previous batch's commit (or ahead of it)
+            response = await self._reads.read_outstanding()
+            await self._send_ahead(response)
+            return await self._handle_response(response, read_ahead=True)
         await self._prepare()
         if not self._streams:
             if block_ms:
@@ -298,6 +311,7 @@ class Consumer(Generic[T]):
             await asyncio.sleep(delay)
             return 0
         response = await self._xreadgroup(readable, block_ms)
+        await self._send_ahead(response)
         return await self._handle_response(response, read_ahead=True)
 
     async def _xreadgroup(self, ids: dict[str, str], block_ms: int | None) -> Any:
@@ -305,6 +319,17 @@ class Consumer(Generic[T]):
         block = () if block_ms is None else ("BLOCK", block_ms)
         return await self._reads.command("XREADGROUP", "GROUP", self.group, self.name, "COUNT", self.count,
                                          *block, "STREAMS", *ids, *ids.values())
+
+    async def _send_ahead(self, response: Any) -> None:
+        """With ``prefetch``: send the next XREADGROUP now, before ``response`` is handled (only after a reply that
+        delivered entries, and only when the next poll would do nothing else first). Its entries are delivered
+        before this batch's commit: if that commit fails, ``_settle_read_ahead`` leaves them pending (re-read in
+        order)."""
+        if not self.prefetch or not response or (self._stop is not None and self._stop.is_set()):
+            return
+        read = self._next_read()
+        if read is not None:
+            await self._reads.send_ahead(read)
 
     def _next_read(self) -> bytes | None:
         """The packed XREADGROUP the next poll would send, when that poll would do nothing else first (no own
@@ -403,6 +428,9 @@ class Consumer(Generic[T]):
             await self._run_handler(entries, read_ahead)
             return
         except (redis_errors.ConnectionError, redis_errors.TimeoutError):
+            if self._reads.outstanding:  # a read sent ahead: its entries (if any) stay pending, re-read in order
+                await self._reads.drop()
+                self._recover.update(self._streams)
             raise
         except Exception:
             await self._settle_read_ahead()
@@ -426,9 +454,9 @@ class Consumer(Generic[T]):
 
     async def _run_handler(self, entries: list[Entry[T]], read_ahead: bool = False) -> None:
         reads = self._reads
-        pinned = None if reads.outstanding else reads
+        pinned = reads if not reads.outstanding else self._commits if self.prefetch else None
         batch = Batch(entries, self.group, pinned=pinned,
-                      read_ahead=self._next_read() if read_ahead and pinned is not None else None)
+                      read_ahead=self._next_read() if read_ahead and pinned is reads else None)
         await self.handler(batch)
         if not batch.acked:
             pinned = None if reads.outstanding else reads  # the handler may have sent the read-ahead itself

@@ -200,6 +200,16 @@ class PinnedConnection:
             await self.drop()
             raise
 
+    async def send_ahead(self, packed: bytes) -> None:
+        """Send ``packed`` now; its reply is ``outstanding`` (taken later with ``read_outstanding()``)."""
+        conn = await self.connection()
+        try:
+            await send(conn, packed)
+        except BaseException:
+            await self.drop()
+            raise
+        self.outstanding = True
+
     async def read_outstanding(self) -> Any:
         """The reply of the read-ahead command sent by a pipeline (as the server sent it)."""
         conn = self._conn

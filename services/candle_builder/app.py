@@ -61,7 +61,7 @@ class CandleBuilderApp:
         self.consumer: Consumer[FeedMessage] = Consumer[FeedMessage](
             self.bus, group=streams.GROUP_CANDLE_BUILDER, consumer=self.name, decode=decode_feed_fast,
             handler=self.handle, count=settings.read_count, block_ms=settings.block_ms,
-            claim_idle_ms=settings.claim_idle_ms)
+            claim_idle_ms=settings.claim_idle_ms, prefetch=True)
         self.series: dict[str, Series] = {}  # trades stream -> series (loaded lazily, with its saved state)
         self.pairs: dict[str, tuple[str, str]] = {}  # trades stream -> (exchange, symbol)
         self.wanted: dict[tuple[str, str], set[str]] = {}  # (exchange, symbol) -> timeframes
@@ -277,8 +277,9 @@ class CandleBuilderApp:
         for entry in batch.entries:
             by_stream.setdefault(entry.stream, []).append(entry)
         batch.acked = True  # acked below, in the transaction, and only for streams this instance owns
-        # On the consumer's read connection: its next XREADGROUP goes out in the same write as EXEC (one round trip
-        # per batch; Redis runs it after the commit).
+        # The consumer prefetches: its next XREADGROUP went out before this batch was handed over (Redis reads it
+        # while we work), and batch.pinned is its commit connection. Without a read out (the next poll must do
+        # something else first), batch.pinned is the read connection and the read goes out with EXEC instead.
         async with self.bus.pipeline(transaction=True, pinned=batch.pinned) as tx:
             ours = await self._fence(tx, [s for s in by_stream if self._owns(s)])
             try:

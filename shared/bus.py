@@ -257,6 +257,8 @@ class Consumer(Generic[T]):
                     await self.poll(self.block_ms)
                     failures = 0
                 except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+                    # a read whose reply was lost may have delivered entries (pending here): re-read own pending first
+                    self._recover.update(self._streams)
                     failures += 1
                     delay = backoff_delay(failures, base=0.2, cap=5.0)
                     logger.warning("%s/%s: redis unavailable (%s); retrying in %.1fs", self.group, self.name, exc,
@@ -336,6 +338,8 @@ class Consumer(Generic[T]):
         pending to recover, no claim due, every group ready); else None."""
         if self._recover or not self._streams or len(self._ready) < len(self._streams):
             return None  # (_ready is a subset of _streams: equal sizes mean every group is ready)
+        if self._stop is not None and self._stop.is_set():
+            return None  # run() is stopping: a read carried by a commit would chain reads while entries keep coming
         if asyncio.get_running_loop().time() - self._last_claim >= self.claim_every_s:
             return None
         key = (self._block_ms, self.count)  # set_streams() drops the cache

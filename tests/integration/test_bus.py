@@ -269,3 +269,220 @@ async def test_read_ahead_reply_is_handled_before_stopping(redis):
     assert seen == list(range(30))
     assert await bus.caught_up(STREAM, "g")
     assert not consumer._reads.outstanding
+
+
+# ---- prefetch: the next XREADGROUP is out while the handler works on the batch before it ---------------------------
+
+STREAM_B = streams.trades("test", "ETH/USDT")
+
+
+async def _publish_two_streams(bus: Bus, n: int) -> dict[str, list[int]]:
+    """n one-trade entries on each of two streams, interleaved; returns the trade ids published per stream."""
+    await bus.publish_many(pair for i in range(n) for pair in ((STREAM, batch_of(i, 1)), (STREAM_B, batch_of(i, 1))))
+    return {STREAM: list(range(n)), STREAM_B: list(range(n))}
+
+
+def _per_stream(pairs: list[tuple[str, int]]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {STREAM: [], STREAM_B: []}
+    for stream, tid in pairs:
+        out[stream].append(tid)
+    return out
+
+
+async def _nothing_pending(redis, bus: Bus) -> bool:
+    return all([await bus.caught_up(s, "g") for s in (STREAM, STREAM_B)]) and \
+        all([(await redis.xpending(s, "g"))["pending"] == 0 for s in (STREAM, STREAM_B)])
+
+
+async def test_prefetch_commit_failures_while_a_read_is_out_lose_and_repeat_nothing(redis):
+    """With prefetch the next read is out while a batch is handled. One commit hits a WatchError and a later handler
+    raises, each while such a read is out (its entries already delivered to this consumer): every entry of both
+    streams is committed exactly once, in order per stream, and nothing stays pending."""
+    bus = Bus(redis)
+    published = await _publish_two_streams(bus, 60)
+    committed: list[tuple[str, int]] = []
+    faults = {"watch": False, "raise": False}
+    on_commit_connection = 0
+    consumer: Consumer
+
+    async def handle(batch: Batch[TradeBatch]) -> None:
+        nonlocal on_commit_connection
+        pairs = [(e.stream, t.id) for e in batch.entries for t in e.value.trades]
+        ahead = consumer._reads.outstanding
+        if ahead:
+            assert batch.pinned is consumer._commits and batch.read_ahead is None
+            on_commit_connection += 1
+        if ahead and len(committed) >= 20 and not faults["raise"] and faults["watch"]:
+            faults["raise"] = True
+            raise RuntimeError("handler bug, once")
+        async with bus.pipeline(transaction=True, pinned=batch.pinned) as tx:
+            await tx.watch("guard")
+            if ahead and len(committed) >= 8 and not faults["watch"]:
+                faults["watch"] = True
+                await redis.set("guard", "changed")  # between WATCH and EXEC: this commit fails
+            tx.multi()
+            tx.rpush("committed", *(f"{s}|{tid}" for s, tid in pairs))
+            batch.ack_with(tx)
+            await tx.execute(read_ahead=batch.read_ahead)
+        committed.extend(pairs)
+
+    consumer = Consumer(bus, group="g", consumer="c1", decode=decode_feed, handler=handle, streams=[STREAM, STREAM_B],
+                        count=4, block_ms=20, prefetch=True)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        await _until(lambda: len(committed) >= 120)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert faults == {"watch": True, "raise": True} and on_commit_connection > 5
+    stored = [tuple(x.decode().split("|")) for x in await redis.lrange("committed", 0, -1)]
+    assert _per_stream([(s, int(t)) for s, t in stored]) == published
+    assert _per_stream(committed) == published and len(committed) == 120
+    assert await _nothing_pending(redis, bus)
+
+
+async def test_prefetch_stop_while_a_read_is_out_then_restart_loses_and_repeats_nothing(redis):
+    """stop is set while a prefetched read (with entries) is out: that read is handled before run() returns (nothing
+    left pending, the connection not handed back with a reply on it), and a restarted consumer of the same name
+    takes the rest, in order: every entry handled exactly once across the restart."""
+    bus = Bus(redis)
+    published = await _publish_two_streams(bus, 40)
+    seen: list[tuple[str, int]] = []
+    stopped_with_read_out = False
+    stop = asyncio.Event()
+    consumer: Consumer
+
+    async def handle(batch: Batch[TradeBatch]) -> None:
+        nonlocal stopped_with_read_out
+        seen.extend((e.stream, t.id) for e in batch.entries for t in e.value.trades)
+        if consumer._reads.outstanding and len(seen) >= 12 and not stop.is_set():
+            stopped_with_read_out = True
+            stop.set()
+
+    consumer = Consumer(bus, group="g", consumer="c1", decode=decode_feed, handler=handle, streams=[STREAM, STREAM_B],
+                        count=3, block_ms=20, prefetch=True)
+    await asyncio.wait_for(consumer.run(stop), 5)
+    assert stopped_with_read_out and 12 < len(seen) < 80  # the read that was out was handled too
+    assert not consumer._reads.outstanding
+    for s in (STREAM, STREAM_B):
+        assert (await redis.xpending(s, "g"))["pending"] == 0  # what was delivered was handled and acked
+    first_run = len(seen)
+
+    restarted = Consumer(bus, group="g", consumer="c1", decode=decode_feed, handler=handle,
+                         streams=[STREAM, STREAM_B], count=3, block_ms=20, prefetch=True)
+    stop2 = asyncio.Event()
+    task = asyncio.create_task(restarted.run(stop2))
+    try:
+        await _until(lambda: len(seen) >= 80)
+        await asyncio.sleep(0.1)  # a duplicate would show up here
+    finally:
+        stop2.set()
+        await asyncio.wait_for(task, 5)
+    assert len(seen) > first_run
+    assert _per_stream(seen) == published and len(seen) == 80
+    assert await _nothing_pending(redis, bus)
+
+
+class _CuttingProxy:
+    """A TCP relay to the test's redis-server. ``cut_reader()`` stops passing the server's replies to the
+    connection that last sent an XREADGROUP and closes it shortly after: a reply the server already produced (its
+    entries delivered to the consumer, pending) never reaches the consumer — a network fault, not a mock."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.reader_link: dict | None = None
+        self.cut = 0
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target)
+        link = {"client": client_w, "server": server_w, "frozen": False}
+        for coro in (self._up(client_r, server_w, link), self._down(server_r, client_w, link)):
+            task = asyncio.create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _up(self, r: asyncio.StreamReader, w: asyncio.StreamWriter, link: dict) -> None:
+        try:
+            while data := await r.read(65536):
+                if b"XREADGROUP" in data:
+                    self.reader_link = link
+                w.write(data)
+                await w.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._close(link)
+
+    async def _down(self, r: asyncio.StreamReader, w: asyncio.StreamWriter, link: dict) -> None:
+        try:
+            while data := await r.read(65536):
+                if link["frozen"]:
+                    continue  # the server's reply is lost on the way
+                w.write(data)
+                await w.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._close(link)
+
+    @staticmethod
+    def _close(link: dict) -> None:
+        for side in ("client", "server"):
+            link[side].close()
+
+    def cut_reader(self, after_s: float) -> None:
+        link = self.reader_link
+        assert link is not None
+        link["frozen"] = True
+        self.cut += 1
+        asyncio.get_running_loop().call_later(after_s, self._close, link)
+
+
+async def test_prefetch_reply_lost_to_a_connection_fault_loses_and_repeats_nothing(redis, redis_server):
+    """The read connection fails while a prefetched read is out, after the server ran it: its entries are pending
+    for this consumer but their reply never arrives. They are re-read from own pending (in order) once the consumer
+    reconnects: every entry handled exactly once, nothing left pending."""
+    from shared.runtime import connect
+    proxy = _CuttingProxy(redis_server.port)
+    client = connect(await proxy.start())
+    bus = Bus(client)
+    published = await _publish_two_streams(Bus(redis), 60)
+    seen: list[tuple[str, int]] = []
+    consumer: Consumer
+
+    async def handle(batch: Batch[TradeBatch]) -> None:
+        seen.extend((e.stream, t.id) for e in batch.entries for t in e.value.trades)
+        if consumer._reads.outstanding and len(seen) >= 10 and not proxy.cut:
+            proxy.cut_reader(after_s=0.2)  # this read's reply (or the next one's) is lost
+
+    consumer = Consumer(bus, group="g", consumer="c1", decode=decode_feed, handler=handle, streams=[STREAM, STREAM_B],
+                        count=4, block_ms=20, prefetch=True)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        await _until(lambda: len(seen) >= 120)
+        await asyncio.sleep(0.1)  # a duplicate would show up here
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await client.aclose()
+        await proxy.close()
+    assert proxy.cut == 1
+    assert _per_stream(seen) == published and len(seen) == 120
+    assert await _nothing_pending(redis, bus=Bus(redis))

@@ -190,15 +190,8 @@ class PinnedConnection:
 
     async def command(self, *args: Any) -> Any:
         """One command; its reply as the server sent it (no response callback)."""
-        conn = await self.connection()
-        try:
-            await send(conn, pack_command(*args))
-            return await conn.read_response()
-        except ResponseError:
-            raise
-        except BaseException:
-            await self.drop()
-            raise
+        await self.send_ahead(pack_command(*args))
+        return await self.read_outstanding()
 
     async def send_ahead(self, packed: bytes) -> None:
         """Send ``packed`` now; its reply is ``outstanding`` (taken later with ``read_outstanding()``)."""
@@ -211,7 +204,8 @@ class PinnedConnection:
         self.outstanding = True
 
     async def read_outstanding(self) -> Any:
-        """The reply of the read-ahead command sent by a pipeline (as the server sent it)."""
+        """The reply of the command sent last (as the server sent it). A failure other than an error reply drops the
+        connection: it may be out of step with its replies."""
         conn = self._conn
         self.outstanding = False
         if conn is None:

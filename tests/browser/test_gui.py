@@ -36,6 +36,7 @@ from services.market_feed.app import MarketFeedApp
 from services.market_feed.settings import Settings as FeedSettings
 from shared import streams
 from shared.runtime import connect
+from tests.browser.test_dashboard import _until
 from tests.conftest import shared_data
 
 RECORDING = "kraken_btcusd/XBTUSD-trades-20190701T00-01.csv"  # one hour, 10749 → 11014
@@ -168,15 +169,6 @@ def pandas_candles(tf: str = "5min") -> pd.DataFrame:
     out = pd.DataFrame({"open": r.first(), "close": r.last()}).dropna()
     out.index = out.index.as_unit("ms").asi8
     return out
-
-
-async def _until(predicate, timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await predicate():
-        if loop.time() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 def sentinel_command() -> list[str]:

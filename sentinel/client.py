@@ -30,7 +30,7 @@ from shared import streams
 from shared.bus import backoff_delay
 from shared.errors import DecodeError, SentinelError
 from shared.runtime import connect
-from shared.schemas import Alert, Candle, Ticker
+from shared.schemas import Alert, Candle, Ticker, live_channels
 
 logger = logging.getLogger(__name__)
 
@@ -52,19 +52,6 @@ class Event:
     kind: str
     value: Candle | Alert | Ticker | None
     channel: str = ""
-
-
-def channels_for(alerts: bool, series: Iterable[Series], tickers: Iterable[tuple[str, str]]) -> dict[str, tuple]:
-    """Redis channel → (event kind, schema) for a subscription."""
-    out: dict[str, tuple] = {}
-    if alerts:
-        out[streams.CHANNEL_ALERTS] = ("alert", Alert)
-    for ex, sym, tf in series:
-        out[streams.channel_candles(ex, sym, tf)] = ("candle", Candle)
-        out[streams.channel_candles_live(ex, sym, tf)] = ("candle_live", Candle)
-    for ex, sym in tickers:
-        out[streams.channel_tickers(ex, sym)] = ("ticker", Ticker)
-    return out
 
 
 class SentinelClient:
@@ -101,7 +88,7 @@ class SentinelClient:
         reconnect): fetch history after that, so nothing published in between is missed.
         """
         series = list(series)
-        channels = channels_for(alerts, series, tickers)
+        channels = live_channels(alerts, series, tickers)
         if not channels:
             raise ValueError("nothing to subscribe to")
         members = [streams.registry_member(*s) for s in series] if hold_subscription else []

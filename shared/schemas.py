@@ -21,6 +21,7 @@ Idempotency: a trade is identified by (exchange, symbol, id); an alert by its ``
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, NamedTuple
@@ -28,6 +29,7 @@ from typing import Any, Literal, NamedTuple
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shared import streams
 from shared.errors import DecodeError
 
 SCHEMA_VERSION = 1
@@ -284,3 +286,18 @@ class Alert(_Message):
 
 
 _ALERT_TRUSTED = frozenset(Alert.model_fields) - {"kind"}
+
+
+def live_channels(alerts: bool, series: Iterable[tuple[str, str, str]],
+                  tickers: Iterable[tuple[str, str]]) -> dict[str, tuple[str, type[_Message]]]:
+    """Redis pub/sub channel → (event kind, message class) for a live subscription (the contract in docs/channels.md):
+    alerts; closed and in-progress candles of each (exchange, symbol, timeframe); tickers of each (exchange, symbol)."""
+    out: dict[str, tuple[str, type[_Message]]] = {}
+    if alerts:
+        out[streams.CHANNEL_ALERTS] = ("alert", Alert)
+    for ex, sym, tf in series:
+        out[streams.channel_candles(ex, sym, tf)] = ("candle", Candle)
+        out[streams.channel_candles_live(ex, sym, tf)] = ("candle_live", Candle)
+    for ex, sym in tickers:
+        out[streams.channel_tickers(ex, sym)] = ("ticker", Ticker)
+    return out

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from shared import streams
 from shared.errors import DecodeError
-from shared.schemas import Alert, Candle, Ticker
+from shared.schemas import live_channels
 
 logger = logging.getLogger(__name__)
 
@@ -45,20 +45,6 @@ def parse_pairs(values: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def channel_map(alerts: bool, series: list[tuple[str, str, str]],
-                tickers: list[tuple[str, str]]) -> dict[str, tuple[str, type]]:
-    """Redis channel → (message type, schema class) for a subscription."""
-    channels: dict[str, tuple[str, type]] = {}
-    if alerts:
-        channels[streams.CHANNEL_ALERTS] = ("alert", Alert)
-    for ex, sym, tf in series:
-        channels[streams.channel_candles(ex, sym, tf)] = ("candle", Candle)
-        channels[streams.channel_candles_live(ex, sym, tf)] = ("candle_live", Candle)
-    for ex, sym in tickers:
-        channels[streams.channel_tickers(ex, sym)] = ("ticker", Ticker)
-    return channels
-
-
 def mount(app: FastAPI, settings, redis: Redis, access) -> None:
     @app.websocket("/ws")
     async def live(websocket: WebSocket) -> None:
@@ -75,7 +61,7 @@ def mount(app: FastAPI, settings, redis: Redis, access) -> None:
             await websocket.close(code=1003, reason=str(exc)[:120])
             return
         alerts = params.get("alerts", "true").lower() not in ("0", "false", "no")
-        channels = channel_map(alerts, series, tickers)
+        channels = live_channels(alerts, series, tickers)
         await websocket.accept()
         if not channels:
             await websocket.close(code=1000, reason="nothing subscribed")

@@ -11,7 +11,7 @@ from services.api import live, queries
 from services.api.app import Access, bind_host, normalize_symbol
 from services.api.settings import Settings
 from shared import streams
-from shared.schemas import Candle
+from shared.schemas import Candle, live_channels
 
 
 @pytest.mark.parametrize(("given", "expected"), [
@@ -55,7 +55,7 @@ def test_live_subscription_parsing():
     assert live.parse_series(["binance|BTC-USDT|1m"]) == [("binance", "BTC/USDT", "1m")]
     with pytest.raises(ValueError, match="exchange\\|symbol\\|timeframe"):
         live.parse_series(["binance|BTC-USDT"])
-    channels = live.channel_map(True, [("binance", "BTC/USDT", "1m")], [("binance", "BTC/USDT")])
+    channels = live_channels(True, [("binance", "BTC/USDT", "1m")], [("binance", "BTC/USDT")])
     assert set(channels) == {streams.CHANNEL_ALERTS, streams.channel_candles("binance", "BTC/USDT", "1m"),
                              streams.channel_candles_live("binance", "BTC/USDT", "1m"),
                              streams.channel_tickers("binance", "BTC/USDT")}

@@ -543,7 +543,7 @@ class AlertEngine:
             while i < len(timed) and timed[i][0] == t and timed[i][1] == 1:
                 group.append(timed[i][3])
                 i += 1
-            pushed = [(c, s) for c in group if (s := self._push(c)) is not None and not c.history]
+            pushed = [(c, s) for c in group if (s := self._push(c)) is not None]
             for c, s in pushed:
                 fired = self._evaluate_closed(c, s)
                 if fire:
@@ -569,17 +569,19 @@ class AlertEngine:
         if not candle.closed:
             return self.on_live_candle(candle, fire=fire)
         series = self._push(candle)
-        if series is None or candle.history:  # history only warms indicators: its bars are not evaluated
+        if series is None:
             return []
         fired = self._evaluate_closed(candle, series)
         return fired if fire else []
 
     def _push(self, candle: Candle) -> Series | None:
+        """Store a closed candle; the series when the candle's bar is to be evaluated, else None (a backfill, or a
+        history candle: ``candle.history`` only warms indicators)."""
         key = (candle.exchange, candle.symbol, candle.timeframe)
         series = self._series(key)
         ticker = self._ticker_as_of(key[:2], candle.ts + series.tf_ms) if key[:2] in self._ticker_hist else None
         if series.push(candle, ticker):
-            return series
+            return None if candle.history else series
         if series.older:  # a backfill: merged before the next evaluation (a batch of them costs one rebuild)
             self._stale.add(key)
         return None

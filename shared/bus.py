@@ -318,16 +318,20 @@ class Consumer(Generic[T]):
 
     async def _xreadgroup(self, ids: dict[str, str], block_ms: int | None) -> Any:
         """XREADGROUP with the server's raw reply: redis-py's response callback would build a dict per entry."""
+        await self._reads.send_ahead(self._pack_read(ids, block_ms))
+        return await self._reads.read_outstanding()
+
+    def _pack_read(self, ids: dict[str, str], block_ms: int | None) -> bytes:
         block = () if block_ms is None else ("BLOCK", block_ms)
-        return await self._reads.command("XREADGROUP", "GROUP", self.group, self.name, "COUNT", self.count,
-                                         *block, "STREAMS", *ids, *ids.values())
+        return pack_command("XREADGROUP", "GROUP", self.group, self.name, "COUNT", self.count, *block, "STREAMS",
+                            *ids, *ids.values())
 
     async def _send_ahead(self, response: Any) -> None:
         """With ``prefetch``: send the next XREADGROUP now, before ``response`` is handled (only after a reply that
         delivered entries, and only when the next poll would do nothing else first). Its entries are delivered
         before this batch's commit: if that commit fails, ``_settle_read_ahead`` leaves them pending (re-read in
         order)."""
-        if not self.prefetch or not response or (self._stop is not None and self._stop.is_set()):
+        if not self.prefetch or not response:
             return
         read = self._next_read()
         if read is not None:
@@ -345,10 +349,7 @@ class Consumer(Generic[T]):
         key = (self._block_ms, self.count)  # set_streams() drops the cache
         cached = self._read_cmd
         if cached is None or cached[0] != key:
-            block = () if self._block_ms is None else ("BLOCK", self._block_ms)
-            cached = self._read_cmd = (key, pack_command(
-                "XREADGROUP", "GROUP", self.group, self.name, "COUNT", self.count, *block, "STREAMS",
-                *self._streams, *([">"] * len(self._streams))))
+            cached = self._read_cmd = (key, self._pack_read(dict.fromkeys(self._streams, ">"), self._block_ms))
         return cached[1]
 
     async def _settle_read_ahead(self) -> None:

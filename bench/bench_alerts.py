@@ -4,8 +4,10 @@
     trades/s over 10 symbols with exchange time = wall time; the real ``CandleBuilderApp`` builds 1s candles and
     ``AlertEngineApp`` runs an ``every_time`` rule on them, both on one event loop as ``sentinel up`` runs them. A 1s
     candle closes when the first trade of the next second arrives, so the latency of an alert is measured from the
-    publish of that trade to the alert entry being read from the alerts stream (p50 / p99) by a reader in its own
-    process (as the notifier is), so the reader's wake-up does not queue behind the builder's and engine's work.
+    publish of that trade to the alert entry reaching a reader in its own process (as the notifier is; the kernel's
+    receive time on its socket, and when the process got to it) (p50 / p99). Read against two references measured
+    in the same run with the same producer and reader: "floor" (producer → Redis → reader, no hop) and "bare" (the
+    builder and engine hops as bare redis-py loops that do nothing but decode, XADD and XACK).
 (b) evaluation throughput of the pure core: 500 symbols × 10 rules (crossings, indicators, channels, moves, volume
     spike, all/any) on closed candles.
 
@@ -38,7 +40,7 @@ from shared import streams  # noqa: E402
 from shared.bus import FIELD  # noqa: E402
 from shared.embedded_redis import EmbeddedRedis  # noqa: E402
 from shared.runtime import connect  # noqa: E402
-from shared.schemas import Alert, Candle, encode_trades  # noqa: E402
+from shared.schemas import Alert, Candle, encode_trades, unpack  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SYMBOLS = [f"S{i}/USDT" for i in range(10)]
@@ -84,42 +86,84 @@ def _producer(url: str, rate: int, seconds: float, out: mp.Queue) -> None:
     out.put({f"{k[0]}|{k[1]}": v for k, v in firsts.items()})
 
 
+_SO_TIMESTAMPNS = 35  # Linux (x86_64 and aarch64): SO_TIMESTAMPNS, also its control message type
+
+
+class _Probe:
+    """A Redis client on a raw socket whose replies carry the kernel's receive time (SO_TIMESTAMPNS): when Redis
+    delivered an entry to a blocked reader, whatever the reading process was doing then. A reader that sleeps about a
+    second between candles wakes with cold caches on these shared cores and took up to ~1 ms to get to its clock."""
+
+    def __init__(self, url: str) -> None:
+        import socket
+        from urllib.parse import urlparse
+
+        import hiredis
+
+        u = urlparse(url)
+        self.sock = socket.create_connection((u.hostname, u.port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        self.reader = hiredis.Reader()
+        self.space = socket.CMSG_SPACE(16)
+
+    def call(self, *args: Any) -> tuple[Any, float, float]:
+        """(reply, kernel receive time of its first byte, time the process had it), both epoch seconds."""
+        import struct
+
+        from shared.fastredis import pack_command
+
+        self.sock.sendall(pack_command(*args))
+        first = None
+        while True:
+            data, anc, _, _ = self.sock.recvmsg(1 << 20, self.space)
+            if first is None:
+                for level, kind, payload in anc:
+                    if kind == _SO_TIMESTAMPNS and len(payload) >= 16:
+                        sec, ns = struct.unpack("qq", payload[:16])
+                        first = sec + ns / 1e9
+            self.reader.feed(data)
+            reply = self.reader.gets()
+            if reply is not False:
+                return reply, first if first is not None else time.time(), time.time()
+
+
 def _reader(url: str, stop: Any, ready: Any, out: mp.Queue, floor: bool = False) -> None:
-    """The alerts' consumer, in its own process as the notifier is: when each alert and closed candle is read.
+    """The alerts' consumer, in its own process as the notifier is: when each alert and closed candle reached a reader
+    (the kernel's receive time on the reader's socket, ``_Probe``; when the reader process got to it is kept too).
 
     On the builder/engine loop its reads would wait for their work and add that wait to the figures.
 
     ``floor``: read the trades streams themselves instead (no services run): when the first trade of each second
     reaches a reader — the empty hop producer → Redis → another process, the machine's floor under our latency."""
-    import redis as sync_redis
-
     from services.candle_builder.decode import decode_feed_fast
 
-    r = sync_redis.Redis.from_url(url)
+    probe = _Probe(url)
     trades = {streams.trades("bench", s): s for s in SYMBOLS}
     # From the start ("0-0": every run begins with FLUSHALL). "$" stays "new since THIS call" for a stream until it
     # has returned an entry, so with one stream busy the others' entries were never read (most samples were lost).
     last = {s: "0-0" for s in trades} if floor else \
         {streams.ALERTS: "0-0", **{streams.candles("bench", s, "1s"): "0-0" for s in SYMBOLS}}
-    received: dict[str, float] = {}
-    candle_seen: dict[str, float] = {}
+    received: dict[str, tuple[float, float]] = {}
+    candle_seen: dict[str, tuple[float, float]] = {}
     ready.set()
     while not stop.is_set():
-        resp = r.xread(last, block=100, count=1000)
-        now = time.time()
+        resp, arrived, woke = probe.call("XREAD", "COUNT", 1000, "BLOCK", 100, "STREAMS", *last, *last.values())
         for stream, entries in resp or ():
             stream = stream.decode()
             for entry_id, fields in entries:
-                last[stream] = entry_id
+                last[stream] = entry_id.decode()
+                data = fields[fields.index(FIELD) + 1]
                 if floor:  # the key the producer uses for this second's first trade, as the alert's would be
-                    msg = decode_feed_fast(fields[FIELD])
-                    received.setdefault(f"{trades[stream]}|{msg.trades[0][1] // 1000 * 1000}", now)
-                elif stream == streams.ALERTS:
-                    a = Alert.decode(fields[FIELD])
-                    received[f"{a.symbol}|{a.ts + 1000}"] = now
-                else:
-                    c = Candle.decode(fields[FIELD])
-                    candle_seen.setdefault(f"{c.symbol}|{c.ts + 1000}", now)
+                    msg = decode_feed_fast(data)
+                    received.setdefault(f"{trades[stream]}|{msg.trades[0][1] // 1000 * 1000}", (arrived, woke))
+                else:  # msgpack only (decoding the schema is the consumer's work, not the pipeline's latency)
+                    msg = unpack(data)
+                    key = f"{msg['symbol']}|{msg['ts'] + 1000}"
+                    if stream == streams.ALERTS:
+                        received[key] = (arrived, woke)
+                    else:
+                        candle_seen.setdefault(key, (arrived, woke))
     out.put((received, candle_seen))
 
 
@@ -162,12 +206,56 @@ def _service(url: str, rules: str, which: tuple[str, ...], mark: Any, stop: Any,
     asyncio.run(main())
 
 
+def _bare_service(url: str, rules: str, which: tuple[str, ...], mark: Any, stop: Any, ready: Any,
+                  out: mp.Queue) -> None:
+    """The same hops with no work but the hop itself (layout "bare"): redis-py's own XREADGROUP, msgpack, an XADD per
+    closed second (builder) or per candle (engine) and XACK in one pipeline. What the machine gives a pipeline of
+    three Python hops before any of our work; the builder and engine figures are read against it."""
+    async def main() -> None:
+        from redis.asyncio import Redis
+
+        from shared.schemas import pack
+
+        r = Redis.from_url(url)
+        role = which[0]
+        inputs = [streams.trades("bench", s) if role == "builder" else streams.candles("bench", s, "1s")
+                  for s in SYMBOLS]
+        for stream in inputs:
+            await r.xgroup_create(stream, "bare", id="0", mkstream=True)
+        current: dict[str, int] = {}
+        ready.set()
+        await asyncio.to_thread(mark.wait)
+        cpu = time.process_time()
+        while not stop.is_set():
+            resp = await r.xreadgroup("bare", "bare", dict.fromkeys(inputs, ">"), count=1000, block=50)
+            pipe = r.pipeline(transaction=False)
+            for stream, entries in resp or ():
+                for _, fields in entries:
+                    msg = unpack(fields[FIELD])
+                    if role == "engine":
+                        pipe.xadd(streams.ALERTS, {FIELD: pack({"symbol": msg["symbol"], "ts": msg["ts"]})})
+                        continue
+                    for row in msg["t"]:
+                        sec = row[1] // 1000 * 1000
+                        if current.get(msg["s"], sec) != sec:
+                            pipe.xadd(streams.candles("bench", msg["s"], "1s"),
+                                      {FIELD: pack({"symbol": msg["s"], "ts": current[msg["s"]], "close": row[2]})})
+                        current[msg["s"]] = sec
+                pipe.xack(stream, "bare", *(entry_id for entry_id, _ in entries))
+            if len(pipe):
+                await pipe.execute()
+        out.put((f"bare_{role}", time.process_time() - cpu))
+        await r.aclose()
+
+    asyncio.run(main())
+
+
 async def _latency(url: str, rate: int, seconds: float, tmp: Path, layout: str = "processes",
                    redis_pid: int | None = None) -> dict:
     """``layout``: "processes" (builder and engine each in its own process, as `sentinel candle-builder` and
-    `sentinel alert-engine` run them), "one_loop" (both on one event loop, as `sentinel up` runs them) or "floor"
-    (no services: the reader reads the trades themselves; the same producer, reader and timing — what the machine
-    costs before any of our work)."""
+    `sentinel alert-engine` run them), "one_loop" (both on one event loop, as `sentinel up` runs them), "bare" (the
+    same two hops doing nothing but the hop: ``_bare_service``) or "floor" (no services: the reader reads the trades
+    themselves; the same producer, reader and timing — what the machine costs before any of our work)."""
     redis = connect(url)
     await redis.flushall()
     for sym in SYMBOLS:
@@ -177,11 +265,13 @@ async def _latency(url: str, rate: int, seconds: float, tmp: Path, layout: str =
     ctx = mp.get_context("spawn")
     svc_stop, mark = ctx.Event(), ctx.Event()
     cpu_q: mp.Queue = ctx.Queue()
-    groups = {"processes": [("builder",), ("engine",)], "one_loop": [("builder", "engine")], "floor": []}[layout]
+    groups = {"processes": [("builder",), ("engine",)], "one_loop": [("builder", "engine")], "floor": [],
+              "bare": [("builder",), ("engine",)]}[layout]
     services = []
     for which in groups:
         ready = ctx.Event()
-        proc = ctx.Process(target=_service, args=(url, str(rules), which, mark, svc_stop, ready, cpu_q))
+        proc = ctx.Process(target=_bare_service if layout == "bare" else _service,
+                           args=(url, str(rules), which, mark, svc_stop, ready, cpu_q))
         proc.start()
         services.append((proc, ready))
     for _, ready in services:
@@ -209,20 +299,27 @@ async def _latency(url: str, rate: int, seconds: float, tmp: Path, layout: str =
     for p, _ in services:
         await asyncio.to_thread(p.join)
     await redis.aclose()
-    lat = sorted((received[k] - firsts[k]) * 1000 for k in received if k in firsts)
+    lat = _ms(received, firsts, 0)
     if not lat:
         return {"rate": rate, "layout": layout, "samples": 0}
-    pick = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]  # noqa: E731
-    clat = sorted((candle_seen[k] - firsts[k]) * 1000 for k in candle_seen if k in firsts)
-    cpick = lambda p: clat[min(len(clat) - 1, int(p * len(clat)))] if clat else None  # noqa: E731
+    woke, clat = _ms(received, firsts, 1), _ms(candle_seen, firsts, 0)
     trades = rate * seconds
-    return {"rate_trades_per_s": rate, "layout": layout, "samples": len(lat), "p50_ms": round(pick(0.5), 3),
-            "p99_ms": round(pick(0.99), 3), "max_ms": round(lat[-1], 3),
-            "trade_to_closed_candle_p50_ms": cpick(0.5) and round(cpick(0.5), 3),
-            "trade_to_closed_candle_p99_ms": cpick(0.99) and round(cpick(0.99), 3),
+    return {"rate_trades_per_s": rate, "layout": layout, "samples": len(lat), "p50_ms": _pick(lat, 0.5),
+            "p99_ms": _pick(lat, 0.99), "max_ms": round(lat[-1], 3),
+            # when the reading process had it (its own wake-up and cold start included)
+            "reader_woke_p50_ms": _pick(woke, 0.5), "reader_woke_p99_ms": _pick(woke, 0.99),
+            "trade_to_closed_candle_p50_ms": _pick(clat, 0.5), "trade_to_closed_candle_p99_ms": _pick(clat, 0.99),
             # CPU from the producer's start to 0.5 s after its end (idle polling included) per trade published
             "cpu_us_per_trade": {**{k: round(v * 1e6 / trades, 2) for k, v in cpu.items()},
                                  "redis_server": round(redis_cpu * 1e6 / trades, 2)}}
+
+
+def _ms(seen: dict[str, tuple[float, float]], sent: dict[str, float], which: int) -> list[float]:
+    return sorted((seen[k][which] - sent[k]) * 1000 for k in seen if k in sent)
+
+
+def _pick(values: list[float], p: float) -> float | None:
+    return round(values[min(len(values) - 1, int(p * len(values)))], 3) if values else None
 
 
 def _proc_cpu_s(pid: int) -> float:
@@ -336,13 +433,15 @@ GOALS = {5000: {"p50_ms": 1.0, "p99_ms": 3.0}, 20000: {"p99_ms": 5.0}}  # issue 
 def _print_latency(res: dict) -> None:
     if res.get("layout") == "floor":
         print(f"  floor (empty hop: producer → redis → reader, no services) {res.get('rate_trades_per_s')}/s: "
-              f"p50 {res.get('p50_ms')} ms, p99 {res.get('p99_ms')} ms", flush=True)
+              f"p50 {res.get('p50_ms')} ms, p99 {res.get('p99_ms')} ms (reader woke p50 "
+              f"{res.get('reader_woke_p50_ms')}, p99 {res.get('reader_woke_p99_ms')})", flush=True)
         return
     goals = GOALS.get(res.get("rate_trades_per_s"), {})
     marks = [f"{k} {res[k]} (goal <= {g}: {'MET' if res[k] <= g else 'NOT MET'})" for k, g in goals.items()
              if k in res]
     print(f"  {res.get('layout')} {res.get('rate_trades_per_s')}/s: p50 {res.get('p50_ms')} ms, p99 "
-          f"{res.get('p99_ms')} ms; candle p50 {res.get('trade_to_closed_candle_p50_ms')} ms; "
+          f"{res.get('p99_ms')} ms (reader woke p50 {res.get('reader_woke_p50_ms')}, p99 "
+          f"{res.get('reader_woke_p99_ms')}); candle p50 {res.get('trade_to_closed_candle_p50_ms')} ms; "
           f"cpu us/trade {res.get('cpu_us_per_trade')}  {'; '.join(marks)}", flush=True)
 
 
@@ -350,9 +449,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--layouts", default="floor,processes,one_loop",
-                    help="floor (producer → reader, no services), processes (builder and engine in their own "
-                         "processes) and/or one_loop (as `sentinel up`)")
+    ap.add_argument("--layouts", default="floor,bare,processes,one_loop",
+                    help="floor (producer → reader, no services), bare (the same hops doing nothing else), processes "
+                         "(builder and engine in their own processes) and/or one_loop (as `sentinel up`)")
     args = ap.parse_args()
     rates = [1000, 5000] if args.quick else [1000, 5000, 20000]
     out: dict = {"python": platform.python_version(), "machine": platform.machine(),

@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 
 def connect(url: str) -> Redis:
     """A redis-py asyncio client (hiredis parser when installed); bytes in and out."""
-    return Redis.from_url(url, decode_responses=False, health_check_interval=30, socket_keepalive=True)
+    tcp = {} if url.startswith("unix:") else {"socket_keepalive": True}  # (a Unix socket has no keepalive option)
+    return Redis.from_url(url, decode_responses=False, health_check_interval=30, **tcp)
 
 
 def consumer_name(service: str, configured: str | None = None) -> str:

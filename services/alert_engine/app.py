@@ -130,9 +130,9 @@ def decode_input(raw: bytes) -> Candle | Ticker | TradeBatch | GapMarker | Water
     msg = unpack(raw)
     kind = msg.get("k") if isinstance(msg, dict) else None
     if kind == "ticker":
-        return Ticker.decode(raw)
+        return Ticker.from_msg(msg)
     if kind == "candle":
-        return Candle.decode(raw)
+        return Candle.from_msg(msg)
     if kind in ("trades", "gap", "watermark"):
         return decode_feed(raw)
     raise DecodeError(f"expected a candle, a ticker or trades, got kind {kind!r}")

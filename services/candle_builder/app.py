@@ -32,7 +32,7 @@ from services.candle_builder import history
 from services.candle_builder.core import Emitted, SeriesBuilder
 from services.candle_builder.decode import decode_feed_fast
 from services.candle_builder.leases import Leases
-from services.candle_builder.series import Series, entry_id, retune, text, to_candle
+from services.candle_builder.series import Series, encode_candle, entry_id, retune, text
 from services.candle_builder.settings import AUTO_HISTORY_BARS, MAX_HISTORY_BARS, Settings
 from shared import streams
 from shared.bus import FIELD, Batch, Bus, Consumer, Entry
@@ -446,7 +446,7 @@ class CandleBuilderApp:
         ex, sym = series.exchange, series.symbol
         maxlen = self.settings.candles_maxlen
         for tf, bar in emitted:
-            data = to_candle(ex, sym, tf, bar, history=history).encode()
+            data = encode_candle(ex, sym, tf, bar, history=history)
             self.bus.add_to(tx, streams.candles(ex, sym, tf), data, maxlen=maxlen,
                             channel=streams.channel_candles(ex, sym, tf))
             if tf not in series.registered:
@@ -466,7 +466,7 @@ class CandleBuilderApp:
                 series.last_live = now
                 ex, sym = series.exchange, series.symbol
                 for tf, bar in series.builder.in_progress():
-                    data = to_candle(ex, sym, tf, bar, closed=False).encode()
+                    data = encode_candle(ex, sym, tf, bar, closed=False)
                     self.bus.add_to(pipe, streams.candles_live(ex, sym, tf), data, maxlen=maxlen,
                                     channel=streams.channel_candles_live(ex, sym, tf))
             await pipe.execute()

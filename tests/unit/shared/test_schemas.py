@@ -4,10 +4,12 @@ from decimal import Decimal
 
 import msgpack
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shared.errors import DecodeError
-from shared.schemas import (Alert, Candle, GapMarker, Ticker, Trade, TradeBatch, Watermark, decode_feed,
-                            encode_gap, encode_trades, encode_watermark)
+from shared.schemas import (Alert, Candle, GapMarker, Ticker, Trade, TradeBatch, Watermark, _Message, decode_feed,
+                            encode_gap, encode_trades, encode_watermark, unpack)
 
 
 def test_trade_batch_round_trip_keeps_exact_decimals():
@@ -66,3 +68,29 @@ def test_decode_rejects_wrong_kind_and_bad_fields():
     bad = msgpack.packb({"v": 1, "k": "ticker", "exchange": "b", "symbol": "s", "ts": "soon"})
     with pytest.raises(DecodeError, match="invalid ticker"):
         Ticker.decode(bad)
+
+
+_decimal = st.one_of(st.none(), st.decimals(allow_nan=False, allow_infinity=False, places=None))
+_text = st.text(max_size=20)
+
+
+@given(id_=st.text(min_size=1, max_size=20), rule=_text, timeframe=st.one_of(st.none(), st.sampled_from(["1m", "1h"])),
+       ts=st.integers(0, 2**53), price=_decimal, value=_decimal, message=_text,
+       severity=st.sampled_from(["info", "warning", "critical"]), labels=st.dictionaries(_text, _text, max_size=3),
+       channels=st.lists(_text, max_size=3), state=st.sampled_from(["firing", "resolved"]))
+def test_alert_direct_encoding_is_the_models(id_, rule, timeframe, ts, price, value, message, severity, labels,
+                                             channels, state):
+    alert = Alert(id=id_, rule=rule, exchange="binance", symbol="BTC/USDT", timeframe=timeframe, ts=ts, fired_at=ts + 1,
+                  price=price, value=value, condition="close > 1", message=message, severity=severity, labels=labels,
+                  channels=channels, state=state)
+    raw = alert.encode()
+    assert raw == _Message.encode(alert)  # pydantic's own dump
+    assert Alert.decode(raw) == alert
+
+
+def test_from_msg_is_decode_without_msgpack():
+    c = Candle(exchange="x", symbol="A/B", timeframe="1m", ts=0, open=Decimal("1.5"), high=Decimal(2), low=Decimal(1),
+               close=Decimal(2), volume=Decimal(3), buy_volume=Decimal(1), sell_volume=Decimal(2))
+    assert Candle.from_msg(unpack(c.encode())) == c
+    with pytest.raises(DecodeError, match="open"):
+        Candle.from_msg({**unpack(c.encode()), "open": "abc"})

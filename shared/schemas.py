@@ -219,7 +219,9 @@ class Candle(_Message):
     ``closed`` is False for an in-progress candle. A closed candle revised by a late trade is published again with
     ``revision`` + 1. ``incomplete`` marks a bucket that overlaps a gap in the trade feed. ``history`` marks a candle
     taken from the exchange's OHLCV history (seeding or backfill), not built from trades here: consumers warm up on it
-    but do not alert on it.
+    but do not alert on it. ``prev_ts`` (in-progress candles): the start of the last closed candle of the series
+    before this one, None when unknown — a reader holding it knows every closed bar before this one is in (without
+    flat candles the bar before may be several intervals back).
     """
 
     kind: Literal["candle"] = "candle"
@@ -242,6 +244,7 @@ class Candle(_Message):
     revision: int = 0
     incomplete: bool = False
     history: bool = False
+    prev_ts: int | None = None
 
     @property
     def vwap(self) -> Decimal | None:

@@ -21,12 +21,13 @@ Definitions (the tests evaluate the same ones independently with pandas):
 - Intrabar (in-progress candles, ``on_live_candle``): only ``every_time`` and ``once_per_bar`` rules, which TradingView
   also evaluates on every tick; ``once_per_bar_close`` and ``once`` never see in-progress data, so they never repaint.
   An in-progress bar is evaluated only on a series holding the closed bar just before it: candle_builder publishes
-  a bar's in-progress candle after closing every earlier bar (flat candles fill empty intervals), so a missing
+  a bar's in-progress candle after closing every earlier bar, and names the last one in ``prev_ts``, so a missing
   previous bar means the engine has not read it yet (the live stream ran ahead of a backlogged candle stream in one
   read). Evaluated then, ``offset 1`` would be an older bar and every indicator window would have a hole: a crossing
   the closed bars never make. Such an in-progress candle is skipped (the closed bars, and newer in-progress candles,
-  follow). With candle_builder's ``flat_candles: false`` this also skips intrabar evaluation of a bar after an
-  interval without trades.
+  follow). ``prev_ts`` is what lets a bar after an interval without trades (``flat_candles: false``) be evaluated:
+  its predecessor is several intervals back. A candle without it (older publishers) must follow its predecessor
+  directly.
 - Tick level (``on_trades``, ``on_ticker``): an ``every_time`` / ``once_per_bar`` rule whose condition reads ``price``
   (last trade) is evaluated on every trade, one reading ticker fields (``bid ask mid spread spread_bps last``) on
   every ticker. There ``price``/ticker fields are this trade's / ticker's, one step back is the previous trade's /
@@ -722,8 +723,10 @@ class AlertEngine:
             self.rewarm()
         series = self._series(key)
         candles, n = series.candles, series.provisional
-        if len(candles) > n and candles[-1 - n].ts + series.tf_ms < candle.ts:
-            return []  # the bar before it is not here yet (the candle stream lags this read): see the module docstring
+        if len(candles) > n:
+            have, prev = candles[-1 - n].ts, candle.prev_ts
+            if have < (prev if prev is not None else candle.ts - series.tf_ms):
+                return []  # the bar before it is not here yet (the candle stream lags this read): module docstring
         if not series.push_provisional(candle, self.tickers.get(key[:2])):
             return []
         out: list[Fire] = []

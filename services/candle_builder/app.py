@@ -465,8 +465,9 @@ class CandleBuilderApp:
             for series in due:
                 series.last_live = now
                 ex, sym = series.exchange, series.symbol
-                for tf, bar in series.builder.in_progress():
-                    data = encode_candle(ex, sym, tf, bar, closed=False)
+                builder = series.builder
+                for tf, bar in builder.in_progress():
+                    data = encode_candle(ex, sym, tf, bar, closed=False, prev_ts=builder.last_closed(tf))
                     self.bus.add_to(pipe, streams.candles_live(ex, sym, tf), data, maxlen=maxlen,
                                     channel=streams.channel_candles_live(ex, sym, tf))
             await pipe.execute()

@@ -484,6 +484,11 @@ class SeriesBuilder:
 
     # ---- views and persistence -------------------------------------------------------------------------------------
 
+    def last_closed(self, tf: str) -> int | None:
+        """Start of the last closed bar of ``tf`` (``_prune`` always keeps it), None before any."""
+        bars = self.recent.get(tf)
+        return max(bars) if bars else None
+
     def in_progress(self) -> list[Emitted]:
         """The open candle of every timeframe (derived ones include the open base bar)."""
         out: list[Emitted] = []

@@ -218,6 +218,29 @@ async def test_live_candles_are_published_in_progress(redis, redis_url):
     assert last.trades == len(inside) and last.close == inside[-1].price
 
 
+async def test_without_flat_candles_live_candles_name_the_closed_bar_before_them(redis, redis_url):
+    """``flat_candles: false`` on the sparse XRP/ETH day (most minutes have no trade): every in-progress candle
+    carries in ``prev_ts`` the newest bucket with trades before it (pandas), often several minutes back — what lets
+    alert_engine evaluate it intrabar (``test_ae_live_lag.py``)."""
+    exchange, symbol, rel = RECORDINGS["xrpeth"]
+    path = shared_data(rel)
+    trades = read_trades(path)[:1500]
+    await publish(redis, exchange, symbol, trades, per_entry=1, final=False)
+    await run_until_caught_up(redis, settings_for(redis_url, live_throttle_ms=0, flat_candles=False, read_count=3),
+                              [streams.trades(exchange, symbol)])
+    after_gap = {}
+    for tf, ms in (("1m", 60_000), ("5m", 300_000)):
+        expected = pandas_candles(path, tf)
+        buckets = sorted(int(ts) for ts, n in expected["trades"].items() if n > 0)
+        live = [Candle.decode(f[FIELD]) for _, f in await redis.xrange(streams.candles_live(exchange, symbol, tf))]
+        assert len(live) > 100
+        for c in live:
+            before = [b for b in buckets if b < c.ts]
+            assert c.prev_ts == (before[-1] if before else None), (tf, c.ts)
+        after_gap[tf] = len({c.ts for c in live if c.prev_ts is not None and c.prev_ts < c.ts - ms})
+    assert after_gap["1m"] >= 20, after_gap  # bars after empty minutes
+
+
 async def test_late_trades_within_the_window_revise_candles_to_equal_pandas(redis, redis_url):
     """Some trades arrive a few minutes late (as after a reconnect backfill): the last revision equals pandas."""
     exchange, symbol, rel = RECORDINGS["btcusdt"]

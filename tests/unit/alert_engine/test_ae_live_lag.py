@@ -70,3 +70,44 @@ def test_an_in_progress_candle_ahead_of_the_closed_bars_read_is_not_evaluated():
     cond = pdref.crossing(x, pdref.sma(x, 20)).fillna(False).astype(bool)
     want = {candles[k].ts for k in range(len(candles)) if cond.iloc[k]}
     assert caught_up == want and len(want) >= 20
+
+
+XRP = "binance_spot_xrpeth/XRPETH-aggtrades-2019-10-11.csv"  # ~6k trades in a day: many minutes without one
+XRP_KEY = ("binance", "XRP/ETH", "1m")
+XRP_RULES = """
+rules:
+  - {name: sma20, symbols: [XRP/ETH], timeframe: 1m, frequency: every_time,
+     condition: {op: crossing, right: {sma: 20}}}
+"""
+
+
+def test_without_flat_candles_prev_ts_lets_the_bar_after_an_empty_interval_be_evaluated():
+    """``flat_candles: false``: the recording's 1m candles only where there were trades. Each in-progress candle
+    names its predecessor (``prev_ts``, as candle_builder publishes it), so a bar after empty minutes is evaluated
+    — on time, exactly where pandas has the crossing on the same series — and one read ahead of that predecessor is
+    still skipped. A candle without ``prev_ts`` must follow its predecessor directly (a bar after a gap is skipped)."""
+    candles = pdref.candles_from_csv(shared_data(XRP), *XRP_KEY, 60_000)
+    after_gap = {c.ts for p, c in zip(candles, candles[1:]) if c.ts - p.ts > 60_000}
+    assert len(after_gap) >= 50, "the recording has empty minutes"
+    closes = [float(c.close) for c in candles]
+    engine, legacy = AlertEngine(parse_rules(XRP_RULES, "t.yaml")), AlertEngine(parse_rules(XRP_RULES, "t.yaml"))
+    caught_up: set[int] = set()
+    lagging: set[int] = set()
+    without_prev: set[int] = set()
+    for i, c in enumerate(candles):
+        early = i + 1 + LAG
+        if i and early < len(candles):  # names bar early - 1 as its predecessor: the engine holds only i - 1
+            live = candles[early].model_copy(update={"closed": False, "prev_ts": candles[early - 1].ts})
+            lagging |= {f.alert.ts for f in engine.on_live_candle(live)}
+        prev = candles[i - 1].ts if i else None
+        caught_up |= {f.alert.ts for f in engine.on_live_candle(c.model_copy(update={"closed": False,
+                                                                                    "prev_ts": prev}))}
+        without_prev |= {f.alert.ts for f in legacy.on_live_candle(c.model_copy(update={"closed": False}))}
+        engine.on_candle(c)
+        legacy.on_candle(c)
+    x = pd.Series(closes)
+    cond = pdref.crossing(x, pdref.sma(x, 20)).fillna(False).astype(bool)
+    want = {candles[k].ts for k in range(len(candles)) if cond.iloc[k]}
+    assert lagging == set()
+    assert caught_up == want and len(want & after_gap) >= 3
+    assert without_prev == want - after_gap

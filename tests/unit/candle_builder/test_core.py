@@ -281,3 +281,31 @@ def test_a_late_trade_in_an_empty_minute_revises_it_and_the_flat_minutes_after_i
     assert [b for tf, b in out if tf == "1m"][-1].close == Decimal(30)
     five = [b for tf, b in out if tf == "5m"][-1]
     assert (five.open, five.close, five.volume, five.revision) == (Decimal(10), Decimal(30), Decimal(4), 0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(trade_runs(), st.booleans())
+def test_last_closed_is_the_newest_closed_bar_before_the_one_in_progress(run, flat):
+    """What in-progress candles carry as ``prev_ts``: with or without flat candles, after every batch and across a
+    dump/restore, the start of the newest bar emitted (closed) so far, older than that timeframe's bar in progress."""
+    import msgpack
+
+    trades, cuts = run
+    builder = SeriesBuilder(TFS, flat_candles=flat)
+    out: list = []
+    prev = 0
+    for n, cut in enumerate([*cuts, len(trades)]):
+        builder.add_trades(trades[prev:cut], out)
+        prev = cut
+        if n == 1:
+            restored = SeriesBuilder(TFS, flat_candles=flat)
+            restored.restore(msgpack.unpackb(msgpack.packb(builder.dump())))
+            builder = restored
+        closed = {}
+        for tf, bar in out:
+            closed[tf] = max(closed.get(tf, bar.ts), bar.ts)
+        live = dict(builder.in_progress())
+        for tf in TFS:
+            assert builder.last_closed(tf) == closed.get(tf)
+            if tf in live and tf in closed:
+                assert closed[tf] < live[tf].ts

@@ -36,24 +36,20 @@ Definitions (the tests evaluate the same ones independently with pandas):
   price; ``once_per_bar`` shares its id with the bar's close evaluation, so a bar alerts once.
 - Another series (a condition's ``timeframe``/``symbol``) and the ticker of a closed bar are read as of the bar's
   close: the last candle of that series closed by then, the last ticker at or before it — never later data, whatever
-  order the streams were read in. Known limit: a bar does not wait for tickers the way it waits for another series.
-  Its ticker is the last one *read* at or before its close, so when the ticker stream lags behind the candle stream in
-  a read (a drain or backtest reading COUNT entries per stream: 500 tickers may span 50 s, 500 1s candles 500 s),
-  later bars of that read see an older ticker than a live engine would, and the result depends on batching. Live, a
-  ticker at or before a close reaches Redis before the candle closing after it (the builder closes a bar on a later
-  trade or its timer), so this rarely arises. Reading every ticker stream first in a drain is no fix: the ticker
-  history kept per pair is bounded (4096). The fix is either a deferral like the cross-series one (a bar of a ticker-
-  reading rule waits until a ticker past its close was read; ``series.tickers`` refreshed at evaluation; cost: live
-  bars of such rules wait for the next ticker, up to ``cross_series_wait_ms`` when tickers are sparse) or a drain that
-  reads each ticker stream up to the newest close of a batch before handing it over (the app's read loop). Not done
-  yet.
+  order the streams were read in. A closed bar of a rule that reads tickers waits until a ticker *after* its close was
+  read for each pair it reads (tickers of a pair come in order, so none at or before the close is still to come), and
+  its stored tickers are refreshed from the ticker history then: in a drain or backtest the ticker stream lags the
+  candle stream by whole reads (COUNT 500 tickers may span 50 s, 500 1s candles 500 s), and the alerts no longer
+  depend on that (``test_alert_engine_ticks.py``, COUNT 1/7/500). Live this costs such rules the wait for the next
+  ticker (bounded by ``cross_series_wait_ms``, after which the bar is evaluated with the tickers read).
 - Backfilled history (candles older than a series' last bar, which candle_builder appends after newer ones when a
   look-back grows) is merged into the kept history by ``rewarm`` before the next evaluation: indicators are rebuilt
   over the merged candles, nothing is evaluated for the historical bars, no rule state changes.
 - A closed bar of a rule that reads another series is evaluated once that series has delivered its bar closing at or
-  before this bar's close (its last close >= the bucket start of this close in its timeframe): until then the
-  evaluation waits (``deferred``), so the alerts do not depend on how the streams were read or batched. Rules reading
-  only their own series never wait. A wait ends early when ``flush_deferred`` is called (the end of a drain, or the
+  before this bar's close (its last close >= the bucket start of this close in its timeframe), and, for a rule reading
+  tickers, once a ticker past the close was read (above): until then the evaluation waits (``deferred``), so the
+  alerts do not depend on how the streams were read or batched. Rules reading only their own candles never wait.
+  A wait ends early when ``flush_deferred`` is called (the end of a drain, or the
   app's live time limit) or when the rule's queue reaches ``deferral_limit`` bars; the bar is then evaluated with what
   the other series has (as before: its last bar closed by then).
 - ``snooze_until`` is wall-clock time (``clock``, injected: wall time live, exchange time in a backtest);
@@ -78,6 +74,7 @@ from shared.schemas import Alert, Candle, Ticker, Trade
 from shared.timeframes import bucket_start, timeframe_ms
 
 SeriesKey = tuple[str, str, str]  # exchange, symbol, timeframe
+Pair = tuple[str, str]  # exchange, symbol
 
 #: Cooldown value meaning "never again" (frequency ``once``).
 FOREVER = -1
@@ -153,6 +150,8 @@ class Series:
         # closed candles older than the last bar (a backfill, or a late revision of a kept bar), not merged yet: see
         # ``merge_older`` (``AlertEngine.rewarm`` merges them before the next evaluation)
         self.older: list[Candle] = []
+        # bars closing by this exchange time hold their final ticker (a ticker past their close had been read)
+        self.tickers_final = -1
 
     def resize(self, keep: int) -> None:
         """Keep up to ``keep`` candles from now on; indicators are rebuilt to keep as many values."""
@@ -394,7 +393,7 @@ class AlertEngine:
         self.rules = ruleset.enabled
         self._routes: dict[SeriesKey, list[r.Rule]] = {}
         self._tick_routes: dict[tuple[str, str, str], list[r.Rule]] = {}
-        self._refs_cache: dict[tuple[str, SeriesKey], tuple[tuple[SeriesKey, ...], int]] = {}
+        self._refs_cache: dict[tuple[str, SeriesKey], tuple[tuple[SeriesKey, ...], int, tuple[Pair, ...]]] = {}
         self._by_name = {rule.name: rule for rule in self.rules}
         names = {rule.name for rule in self.rules}
         self.status = {fp: s for fp, s in self.status.items() if s.rule in names}
@@ -480,6 +479,8 @@ class AlertEngine:
         hist.append(ticker)
         rules = self._tick_rules(key[0], key[1], "ticker")
         out: list[Fire] = []
+        if self._deferred:  # closed bars that waited for a ticker past their close
+            out.extend(self._run_deferred())
         if rules:
             if self._stale:  # tick-level rules read indicators of the last closed bar
                 self.rewarm()
@@ -633,14 +634,16 @@ class AlertEngine:
         out: list[Fire] = []
         key = series.key
         for rule in self._rules_for(key):
-            refs = self._refs(rule, key)[0]
-            if refs:  # reads another series: wait until it has reached this close (see the module docstring)
+            refs, _, pairs = self._refs(rule, key)
+            if refs or pairs:  # reads another series or tickers: wait until they reached this close (module docstring)
                 queue = self._deferred.get((rule.name, key))
-                if queue or not all(self._reached(k, now) for k in refs):
+                if queue or not self._ready(refs, pairs, now):
                     if queue is None:
                         queue = self._deferred[(rule.name, key)] = deque()
                     queue.append(_Deferred(candle, now, None if self.clock is None else self.clock()))
                     continue
+                if pairs:  # a ticker past this close was read before the bar was stored: its ticker is final
+                    series.tickers_final = max(series.tickers_final, now)
             out.extend(self._evaluate(rule, series, candle, now, intrabar=False))
         if self._deferred:
             out.extend(self._run_deferred())
@@ -648,16 +651,49 @@ class AlertEngine:
 
     # ---- rules reading other series: deferred evaluation ------------------------------------------------------------
 
-    def _refs(self, rule: r.Rule, key: SeriesKey) -> tuple[tuple[SeriesKey, ...], int]:
-        """The other series ``rule`` reads when evaluated on ``key``, and how many of its own bars may wait."""
+    def _refs(self, rule: r.Rule, key: SeriesKey) -> tuple[tuple[SeriesKey, ...], int, tuple[Pair, ...]]:
+        """The other series ``rule`` reads when evaluated on ``key``, how many of its own bars may wait, and the
+        (exchange, symbol) pairs whose tickers it reads (its series' and the others')."""
         cached = self._refs_cache.get((rule.name, key))
         if cached is None:
             ex, sym, tf = key
             refs = {(ex, s or sym, t or tf) for t, s in _wheres(rule.condition) if t or s} - {key}
             own = max([_condition_bars(c, timeframe_ms(tf)) for c in _leaves(rule.condition)
                        if c.timeframe in (None, tf) and c.symbol in (None, sym)] or [1])
-            cached = self._refs_cache[(rule.name, key)] = (tuple(sorted(refs)), max(1, self.keep - own))
+            pairs = sorted({k[:2] for k in (key, *refs)}) if _uses_tickers(rule.condition) else []
+            cached = self._refs_cache[(rule.name, key)] = (tuple(sorted(refs)), max(1, self.keep - own),
+                                                           tuple(pairs))
         return cached
+
+    def _ready(self, refs: tuple[SeriesKey, ...], pairs: tuple[Pair, ...], close: int) -> bool:
+        """Every other series read has delivered its bar closing by ``close``, and every ticker stream read has
+        delivered a ticker after it (tickers of a pair come in order: none at or before ``close`` is still to come)."""
+        for k in refs:
+            if not self._reached(k, close):
+                return False
+        for p in pairs:
+            t = self.tickers.get(p)
+            if t is None or t.ts <= close:
+                return False
+        return True
+
+    def _refresh_tickers(self, keys: Iterable[SeriesKey], close: int) -> None:
+        """Set the ticker of every kept bar of ``keys`` closing by ``close`` to the last one at or before its close,
+        from the ticker history (when the bar was stored, its ticker stream may not have been read that far)."""
+        for key in keys:
+            series = self.series.get(key)
+            hist = self._ticker_hist.get(key[:2])
+            if series is None or not hist:
+                continue
+            candles, tickers, tf = series.candles, series.tickers, series.tf_ms
+            for i in range(len(candles) - 1 - series.provisional, -1, -1):
+                end = candles[i].ts + tf
+                if end <= series.tickers_final or end < hist[0].ts:
+                    break  # final already / before the history kept (its stored ticker stays)
+                if end <= close:
+                    tickers[i] = self._ticker_as_of(key[:2], end)
+            if self._ready((), (key[:2],), close):
+                series.tickers_final = max(series.tickers_final, close)
 
     def _reached(self, key: SeriesKey, close: int) -> bool:
         """Series ``key`` has delivered its last bar closing at or before ``close``."""
@@ -697,14 +733,16 @@ class AlertEngine:
             if rule is None or series is None:
                 del self._deferred[qkey]
                 continue
-            refs, limit = self._refs(rule, key)
+            refs, limit, pairs = self._refs(rule, key)
             while queue:
                 d = queue[0]
                 due = (force and (before is None or (d.since is not None and d.since <= before))
                        or len(queue) > limit)
-                if not due and not all(self._reached(k, d.close) for k in refs):
+                if not due and not self._ready(refs, pairs, d.close):
                     break
                 queue.popleft()
+                if pairs:
+                    self._refresh_tickers((key, *refs), d.close)
                 view = series.as_of(d.close)  # this series as it was at that close (later bars hidden)
                 shift = view.shift if isinstance(view, _Shifted) else 0
                 candle = series.candles[-1 - shift] if shift < len(series.candles) else d.candle

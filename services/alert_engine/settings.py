@@ -30,8 +30,8 @@ class Settings(ServiceSettings):
         "deterministic backtest / replay; `sentinel backtest` sets it).")
     cross_series_wait_ms: int = Field(
         default=2_000, ge=0, description="Live (clock wall): how long a closed bar of a rule reading another series "
-        "waits for that series' bar of the same close before it is evaluated with what is there. With clock exchange "
-        "(a backtest) bars wait until that series arrives or the engine stops.")
+        "(or tickers) waits for that series' bar of the same close (a ticker past the close) before it is evaluated "
+        "with what is there. With clock exchange (a backtest) bars wait until that data arrives or the engine stops.")
     block_ms: int = Field(default=200, ge=1)
     batch: int = Field(default=500, ge=1)
     alerts_maxlen: int = Field(default=100_000, ge=100)

@@ -8,6 +8,7 @@ import os
 from decimal import Decimal
 
 import pandas as pd
+import pytest
 
 from services.alert_engine.app import AlertEngineApp
 from services.alert_engine.settings import Settings
@@ -55,7 +56,10 @@ async def _publish_tickers(redis, q: pd.DataFrame) -> None:
                                    strict=True))
 
 
-async def test_ticker_rules_on_closed_candles_and_on_each_ticker(redis, tmp_path):
+@pytest.mark.parametrize("batch", [500, 7, 1])
+async def test_ticker_rules_on_closed_candles_and_on_each_ticker(redis, tmp_path, batch):
+    """Whatever the read batching: with COUNT 7, 7 candles span 7 s and 7 quotes a fraction of one, so the ticker
+    stream lags the candles by whole reads; a bar reading tickers waits for a quote past its close."""
     q = _quotes()
     candles = pdref.candles_from_csv(shared_data(f"{DIR}/BTCUSDT-trades-20210108T000000-000046.csv"), EX, SYM,
                                      "1s", 1000)
@@ -79,7 +83,7 @@ rules:
     await Bus(redis).publish_many((streams.candles(EX, SYM, "1s"), c.encode()) for c in candles)
     await redis.sadd(streams.CANDLE_REGISTRY, streams.registry_member(EX, SYM, "1s"))
     await _publish_tickers(redis, q)
-    app = AlertEngineApp(_settings(tmp_path, text, clock="exchange"), redis)
+    app = AlertEngineApp(_settings(tmp_path, text, clock="exchange", batch=batch), redis)
     await app.drain()
     assert streams.tickers(EX, SYM) in app.consumer.streams
     got: dict[str, set] = {}

@@ -90,12 +90,25 @@ def test_ticker_operands_use_the_latest_ticker_at_candle_close():
      condition: {left: mid, op: crosses_up, right: 100}}
 """)
     assert eng.needs_tickers("x", "BTC/USDT")
-    out = []
+    fires, seen = [], []
     for i, (bid, ask) in enumerate([("99", "99.02"), ("100", "100.1"), ("100", "100.01")]):
-        eng.on_ticker(Ticker(exchange="x", symbol="BTC/USDT", ts=T0 + i * M, bid=Decimal(bid), ask=Decimal(ask)))
-        out += [(f.alert.rule, i) for f in eng.on_candle(candle(i, "100"))]
-    # spread_bps: 0.02/99.01*1e4 = 2.02; 0.1/100.05*1e4 = 9.99; 0.01/100.005*1e4 = 1.0
-    assert out == [("wide", 1), ("mid_x", 1)]
+        fires += eng.on_ticker(Ticker(exchange="x", symbol="BTC/USDT", ts=T0 + i * M + 1000, bid=Decimal(bid),
+                                      ask=Decimal(ask)))
+        fires += eng.on_candle(candle(i, "100"))
+        seen.append(len(fires))
+    # bar i closes at T0 + (i + 1)m; until a ticker AFTER its close is read, one at or before the close may still
+    # come, so it waits: bar 0 is evaluated on ticker 1, bar 1 on ticker 2, bar 2 on the last ticker
+    assert seen == [0, 0, 2] and eng.deferred == 2
+    # a ticker exactly at bar 2's close is still bar 2's (at or before): 100/100.2 -> 19.98 bps
+    fires += eng.on_ticker(Ticker(exchange="x", symbol="BTC/USDT", ts=T0 + 3 * M, bid=Decimal(100),
+                                  ask=Decimal("100.2")))
+    assert eng.deferred == 2
+    fires += eng.on_ticker(Ticker(exchange="x", symbol="BTC/USDT", ts=T0 + 3 * M + 1, bid=Decimal(100),
+                                  ask=Decimal("100.01")))
+    # spread_bps: 0.02/99.01*1e4 = 2.02; 0.1/100.05*1e4 = 9.99; 0.01/100.005*1e4 = 1.0; then 19.98 at bar 2's close
+    assert sorted((f.alert.rule, (f.alert.ts - T0) // M) for f in fires) == [("mid_x", 1), ("wide", 1),
+                                                                              ("wide", 2)]
+    assert eng.deferred == 0
 
 
 def test_all_across_timeframes_and_symbols():

@@ -2,12 +2,14 @@
 
 (a) trade in → alert out: a producer process publishes trades (market_feed's stream format) at 1k / 5k / 20k
     trades/s over 10 symbols with exchange time = wall time; the real ``CandleBuilderApp`` builds 1s candles and
-    ``AlertEngineApp`` runs an ``every_time`` rule on them, both on one event loop as ``sentinel up`` runs them. A 1s
-    candle closes when the first trade of the next second arrives, so the latency of an alert is measured from the
-    publish of that trade to the alert entry reaching a reader in its own process (as the notifier is; the kernel's
-    receive time on its socket, and when the process got to it) (p50 / p99). Read against two references measured
-    in the same run with the same producer and reader: "floor" (producer → Redis → reader, no hop) and "bare" (the
-    builder and engine hops as bare redis-py loops that do nothing but decode, XADD and XACK).
+    ``AlertEngineApp`` runs an ``every_time`` rule on them, in their own processes ("processes") or on one event loop
+    as ``sentinel up`` runs them ("one_loop"). A 1s candle closes when the first trade of the next second arrives, so
+    the latency of an alert is measured from the publish of that trade to the alert entry reaching a reader in its
+    own process (as the notifier is; the kernel's receive time on its socket, and when the process got to it)
+    (p50 / p99). All 10 symbols close their bars in the same millisecond, as a market does at a bar boundary. Read
+    against two references measured in the same run with the same producer and reader: "floor" (producer → Redis →
+    reader, no hop) and "bare" (the builder and engine hops as bare redis-py loops that do nothing but decode, XADD
+    and XACK). "tick": a price-level rule evaluated on each trade (alerts at any time, not at bar boundaries).
 (b) evaluation throughput of the pure core: 500 symbols × 10 rules (crossings, indicators, channels, moves, volume
     spike, all/any) on closed candles.
 
@@ -43,10 +45,13 @@ from shared.runtime import connect  # noqa: E402
 from shared.schemas import Alert, Candle, encode_trades, unpack  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SYMBOLS = [f"S{i}/USDT" for i in range(10)]
+# --symbols sets BENCH_SYMBOLS, which the spawned processes read when they import this module
+SYMBOLS = [f"S{i}/USDT" for i in range(int(os.environ.get("BENCH_SYMBOLS", "10")))]
 
 
-def _producer(url: str, rate: int, seconds: float, out: mp.Queue) -> None:
+def _producer(url: str, rate: int, seconds: float, out: mp.Queue, every: bool = False) -> None:
+    """Publishes ``rate`` trades/s in 1 ms ticks (one XADD per symbol per tick); reports when the first trade of each
+    second of each symbol was sent (``every``: of each millisecond, for tick-level alerts), keyed "symbol|ms"."""
     import redis as sync_redis
 
     r = sync_redis.Redis.from_url(url)
@@ -76,7 +81,9 @@ def _producer(url: str, rate: int, seconds: float, out: mp.Queue) -> None:
             pipe.execute()
             sec = now_ms // 1000
             for sym in by_sym:
-                if last_sec.get(sym) != sec:
+                if every:
+                    firsts.setdefault((sym, now_ms), sent)
+                elif last_sec.get(sym) != sec:
                     last_sec[sym] = sec
                     firsts[(sym, sec * 1000)] = sent
         next_tick += 0.001
@@ -128,7 +135,7 @@ class _Probe:
                 return reply, first if first is not None else time.time(), time.time()
 
 
-def _reader(url: str, stop: Any, ready: Any, out: mp.Queue, floor: bool = False) -> None:
+def _reader(url: str, stop: Any, ready: Any, out: mp.Queue, floor: bool = False, tick: bool = False) -> None:
     """The alerts' consumer, in its own process as the notifier is: when each alert and closed candle reached a reader
     (the kernel's receive time on the reader's socket, ``_Probe``; when the reader process got to it is kept too).
 
@@ -159,7 +166,7 @@ def _reader(url: str, stop: Any, ready: Any, out: mp.Queue, floor: bool = False)
                     received.setdefault(f"{trades[stream]}|{msg.trades[0][1] // 1000 * 1000}", (arrived, woke))
                 else:  # msgpack only (decoding the schema is the consumer's work, not the pipeline's latency)
                     msg = unpack(data)
-                    key = f"{msg['symbol']}|{msg['ts'] + 1000}"
+                    key = f"{msg['symbol']}|{msg['ts'] + (0 if tick and stream == streams.ALERTS else 1000)}"
                     if stream == streams.ALERTS:
                         received[key] = (arrived, woke)
                     else:
@@ -169,9 +176,13 @@ def _reader(url: str, stop: Any, ready: Any, out: mp.Queue, floor: bool = False)
 
 RULE_TICK = ("rules:\n  - {name: tick, exchange: bench, symbols: ['*/USDT'], timeframe: 1s, "
              "frequency: every_time, condition: {op: above, right: 0}}\n")
+# layout "tick": a price level crossed by about a quarter of the trades (prices 10.0-20.0 at random), evaluated on
+# each trade as it comes (the engine reads the trades streams itself); the builder still builds candles beside it
+RULE_CROSS = ("rules:\n  - {name: cross, exchange: bench, symbols: ['*/USDT'], timeframe: 1s, "
+              "frequency: every_time, condition: {left: price, op: crosses_up, right: 15}}\n")
 
 
-def _apps(url: str, rules: Path, redis: Any, which: tuple[str, ...]) -> list:
+def _apps(url: str, rules: Path, redis: Any, which: tuple[str, ...], intrabar: bool = False) -> list:
     from services.candle_builder.app import CandleBuilderApp
     from services.candle_builder.settings import Settings as BuilderSettings
 
@@ -180,17 +191,18 @@ def _apps(url: str, rules: Path, redis: Any, which: tuple[str, ...]) -> list:
         apps.append(CandleBuilderApp(BuilderSettings(timeframes=["1s"], base_timeframe="1s", live_candles=False,
                                                      flat_candles=False, block_ms=50, redis_url=url), redis))
     if "engine" in which:
-        apps.append(AlertEngineApp(EngineSettings(rules_file=rules, block_ms=50, intrabar=False, redis_url=url,
+        apps.append(AlertEngineApp(EngineSettings(rules_file=rules, block_ms=50, intrabar=intrabar, redis_url=url,
                                                   registry_poll_s=0.5), redis))
     return apps
 
 
-def _service(url: str, rules: str, which: tuple[str, ...], mark: Any, stop: Any, ready: Any, out: mp.Queue) -> None:
+def _service(url: str, rules: str, which: tuple[str, ...], mark: Any, stop: Any, ready: Any, out: mp.Queue,
+             intrabar: bool = False) -> None:
     """One service process (builder, engine, or both on one loop): runs until ``stop``; reports its CPU seconds
     between ``mark`` (the producer starts) and ``stop``."""
     async def main() -> None:
         redis = connect(url)
-        apps = _apps(url, Path(rules), redis, which)
+        apps = _apps(url, Path(rules), redis, which, intrabar)
         halt = asyncio.Event()
         tasks = [asyncio.create_task(app.run(halt)) for app in apps]
         ready.set()
@@ -254,36 +266,39 @@ async def _latency(url: str, rate: int, seconds: float, tmp: Path, layout: str =
                    redis_pid: int | None = None) -> dict:
     """``layout``: "processes" (builder and engine each in its own process, as `sentinel candle-builder` and
     `sentinel alert-engine` run them), "one_loop" (both on one event loop, as `sentinel up` runs them), "bare" (the
-    same two hops doing nothing but the hop: ``_bare_service``) or "floor" (no services: the reader reads the trades
-    themselves; the same producer, reader and timing — what the machine costs before any of our work)."""
+    same two hops doing nothing but the hop: ``_bare_service``), "floor" (no services: the reader reads the trades
+    themselves; the same producer, reader and timing — what the machine costs before any of our work) or "tick"
+    (processes, with a tick-level price rule instead: ``RULE_CROSS``; every alert is a sample, from the publish of
+    its trade)."""
     redis = connect(url)
     await redis.flushall()
     for sym in SYMBOLS:
         await redis.sadd(streams.FEED_REGISTRY, streams.registry_member("bench", sym))
     rules = tmp / "rules.yaml"
-    rules.write_text(RULE_TICK)
+    tick = layout == "tick"
+    rules.write_text(RULE_CROSS if tick else RULE_TICK)
     ctx = mp.get_context("spawn")
     svc_stop, mark = ctx.Event(), ctx.Event()
     cpu_q: mp.Queue = ctx.Queue()
     groups = {"processes": [("builder",), ("engine",)], "one_loop": [("builder", "engine")], "floor": [],
-              "bare": [("builder",), ("engine",)]}[layout]
+              "bare": [("builder",), ("engine",)], "tick": [("builder",), ("engine",)]}[layout]
     services = []
     for which in groups:
         ready = ctx.Event()
         proc = ctx.Process(target=_bare_service if layout == "bare" else _service,
-                           args=(url, str(rules), which, mark, svc_stop, ready, cpu_q))
+                           args=(url, str(rules), which, mark, svc_stop, ready, cpu_q, *((tick,) if tick else ())))
         proc.start()
         services.append((proc, ready))
     for _, ready in services:
         await asyncio.to_thread(ready.wait, 60)
     seen_q: mp.Queue = ctx.Queue()
     reader_stop, reader_ready = ctx.Event(), ctx.Event()
-    reader = ctx.Process(target=_reader, args=(url, reader_stop, reader_ready, seen_q, layout == "floor"))
+    reader = ctx.Process(target=_reader, args=(url, reader_stop, reader_ready, seen_q, layout == "floor", tick))
     reader.start()
     await asyncio.to_thread(reader_ready.wait, 30)
     await asyncio.sleep(1.5)  # discovery, groups, subscriptions
     q: mp.Queue = ctx.Queue()
-    proc = ctx.Process(target=_producer, args=(url, rate, seconds, q))
+    proc = ctx.Process(target=_producer, args=(url, rate, seconds, q, tick))
     redis_cpu = _proc_cpu_s(redis_pid) if redis_pid else float("nan")
     mark.set()
     proc.start()
@@ -302,7 +317,7 @@ async def _latency(url: str, rate: int, seconds: float, tmp: Path, layout: str =
     lat = _ms(received, firsts, 0)
     if not lat:
         return {"rate": rate, "layout": layout, "samples": 0}
-    woke, clat = _ms(received, firsts, 1), _ms(candle_seen, firsts, 0)
+    woke, clat = _ms(received, firsts, 1), ([] if tick else _ms(candle_seen, firsts, 0))
     trades = rate * seconds
     return {"rate_trades_per_s": rate, "layout": layout, "samples": len(lat), "p50_ms": _pick(lat, 0.5),
             "p99_ms": _pick(lat, 0.99), "max_ms": round(lat[-1], 3),
@@ -449,13 +464,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--layouts", default="floor,bare,processes,one_loop",
+    ap.add_argument("--layouts", default="floor,bare,processes,one_loop,tick",
                     help="floor (producer → reader, no services), bare (the same hops doing nothing else), processes "
-                         "(builder and engine in their own processes) and/or one_loop (as `sentinel up`)")
+                         "(builder and engine in their own processes), one_loop (as `sentinel up`) and/or tick (a "
+                         "price rule on each trade, builder and engine in their own processes)")
+    ap.add_argument("--symbols", type=int, default=10, help="symbols the trades are spread over (their bars all "
+                                                                 "close in the same millisecond)")
     args = ap.parse_args()
+    global SYMBOLS
+    os.environ["BENCH_SYMBOLS"] = str(args.symbols)
+    SYMBOLS = [f"S{i}/USDT" for i in range(args.symbols)]
     rates = [1000, 5000] if args.quick else [1000, 5000, 20000]
     out: dict = {"python": platform.python_version(), "machine": platform.machine(),
-                 "load_avg_before": os.getloadavg(), "goals": {str(k): v for k, v in GOALS.items()},
+                 "symbols": args.symbols, "load_avg_before": os.getloadavg(),
+                 "goals": {str(k): v for k, v in GOALS.items()},
                  "throughput": _throughput(60 if args.quick else 150), "latency": []}
     print(json.dumps(out["throughput"]), flush=True)
     with tempfile.TemporaryDirectory() as tmp:

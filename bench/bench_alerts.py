@@ -55,6 +55,7 @@ def _producer(url: str, rate: int, seconds: float, out: mp.Queue, every: bool = 
     import redis as sync_redis
 
     r = sync_redis.Redis.from_url(url)
+    r.ping()  # connect now: the first pipeline's send time would include the handshake
     per_ms = rate / 1000
     owed, tid = 0.0, 0
     firsts: dict[tuple[str, int], float] = {}

@@ -157,7 +157,11 @@ def _decode_rows(rows: Any) -> list[Trade]:
 
 def decode_feed(raw: bytes) -> FeedMessage:
     """Decode one entry of a trades stream into TradeBatch, GapMarker or Watermark (DecodeError if malformed)."""
-    msg = unpack(raw)
+    return feed_from_msg(unpack(raw))
+
+
+def feed_from_msg(msg: Any) -> FeedMessage:
+    """``decode_feed`` of an already unpacked map (for a reader that looked at ``k`` first)."""
     kind = _header(msg, ("trades", "gap", "watermark"))
     exchange, symbol = _str_field(msg, "x"), _str_field(msg, "s")
     if kind == "trades":

@@ -34,7 +34,7 @@ from shared.errors import ConfigError, DecodeError
 from shared.fastredis import raw_command
 from shared.history import MAX_HISTORY_BARS
 from shared.runtime import consumer_name, heartbeat
-from shared.schemas import Candle, GapMarker, Ticker, TradeBatch, Watermark, decode_feed, pack, unpack
+from shared.schemas import Candle, GapMarker, Ticker, TradeBatch, Watermark, feed_from_msg, pack, unpack
 from shared.yamlfile import load_yaml_file
 
 logger = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def decode_input(raw: bytes) -> Candle | Ticker | TradeBatch | GapMarker | Water
     if kind == "candle":
         return Candle.from_msg(msg)
     if kind in ("trades", "gap", "watermark"):
-        return decode_feed(raw)
+        return feed_from_msg(msg)
     raise DecodeError(f"expected a candle, a ticker or trades, got kind {kind!r}")
 
 

@@ -25,12 +25,17 @@ import multiprocessing as mp
 import os
 import platform
 import random
+import socket
+import struct
 import sys
 import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+
+import hiredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -41,6 +46,7 @@ from services.alert_engine.settings import Settings as EngineSettings  # noqa: E
 from shared import streams  # noqa: E402
 from shared.bus import FIELD  # noqa: E402
 from shared.embedded_redis import EmbeddedRedis  # noqa: E402
+from shared.fastredis import pack_command  # noqa: E402
 from shared.runtime import connect  # noqa: E402
 from shared.schemas import Alert, Candle, encode_trades, unpack  # noqa: E402
 
@@ -103,11 +109,6 @@ class _Probe:
     second between candles wakes with cold caches on these shared cores and took up to ~1 ms to get to its clock."""
 
     def __init__(self, url: str) -> None:
-        import socket
-        from urllib.parse import urlparse
-
-        import hiredis
-
         u = urlparse(url)
         self.sock = socket.create_connection((u.hostname, u.port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -117,10 +118,6 @@ class _Probe:
 
     def call(self, *args: Any) -> tuple[Any, float, float]:
         """(reply, kernel receive time of its first byte, time the process had it), both epoch seconds."""
-        import struct
-
-        from shared.fastredis import pack_command
-
         self.sock.sendall(pack_command(*args))
         first = None
         while True:
@@ -367,8 +364,7 @@ async def _engine_latency(url: str, n: int, tmp: Path) -> dict:
     for sym in SYMBOLS:
         await redis.sadd(streams.CANDLE_REGISTRY, streams.registry_member("bench", sym, "1s"))
     rules = tmp / "rules.yaml"
-    rules.write_text("rules:\n  - {name: tick, exchange: bench, symbols: ['*/USDT'], timeframe: 1s, "
-                     "frequency: every_time, condition: {op: above, right: 0}}\n")
+    rules.write_text(RULE_TICK)
     engine = AlertEngineApp(EngineSettings(rules_file=rules, block_ms=50, intrabar=False, redis_url=url), redis)
     stop = asyncio.Event()
     received: dict[str, float] = {}

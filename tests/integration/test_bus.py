@@ -177,6 +177,19 @@ async def _until(predicate, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def _consume_until(consumer: Consumer, predicate, settle: float = 0.0) -> None:
+    """Run ``consumer`` until ``predicate()`` holds, ``settle`` s more (a duplicate would show up then), and stop it
+    (within 5 s, whatever happened)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        await _until(predicate)
+        await asyncio.sleep(settle)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
 async def test_entries_after_a_failed_one_wait_for_it(redis):
     """Order within a stream holds through retries: nothing newer is handled before the failed entry succeeds."""
     bus = Bus(redis)
@@ -328,13 +341,7 @@ async def test_prefetch_commit_failures_while_a_read_is_out_lose_and_repeat_noth
 
     consumer = Consumer(bus, group="g", consumer="c1", decode=decode_feed, handler=handle, streams=[STREAM, STREAM_B],
                         count=4, block_ms=20, prefetch=True)
-    stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
-    try:
-        await _until(lambda: len(committed) >= 120)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
+    await _consume_until(consumer, lambda: len(committed) >= 120)
     assert faults == {"watch": True, "raise": True} and on_commit_connection > 5
     stored = [tuple(x.decode().split("|")) for x in await redis.lrange("committed", 0, -1)]
     assert _per_stream([(s, int(t)) for s, t in stored]) == published
@@ -371,14 +378,7 @@ async def test_prefetch_stop_while_a_read_is_out_then_restart_loses_and_repeats_
 
     restarted = Consumer(bus, group="g", consumer="c1", decode=decode_feed, handler=handle,
                          streams=[STREAM, STREAM_B], count=3, block_ms=20, prefetch=True)
-    stop2 = asyncio.Event()
-    task = asyncio.create_task(restarted.run(stop2))
-    try:
-        await _until(lambda: len(seen) >= 80)
-        await asyncio.sleep(0.1)  # a duplicate would show up here
-    finally:
-        stop2.set()
-        await asyncio.wait_for(task, 5)
+    await _consume_until(restarted, lambda: len(seen) >= 80, settle=0.1)
     assert len(seen) > first_run
     assert _per_stream(seen) == published and len(seen) == 80
     assert await _nothing_pending(redis, bus)
@@ -473,14 +473,9 @@ async def test_prefetch_reply_lost_to_a_connection_fault_loses_and_repeats_nothi
 
     consumer = Consumer(bus, group="g", consumer="c1", decode=decode_feed, handler=handle, streams=[STREAM, STREAM_B],
                         count=4, block_ms=20, prefetch=True)
-    stop = asyncio.Event()
-    task = asyncio.create_task(consumer.run(stop))
     try:
-        await _until(lambda: len(seen) >= 120)
-        await asyncio.sleep(0.1)  # a duplicate would show up here
+        await _consume_until(consumer, lambda: len(seen) >= 120, settle=0.1)
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
         await client.aclose()
         await proxy.close()
     assert proxy.cut == 1

@@ -211,6 +211,9 @@ def _service(url: str, rules: str, which: tuple[str, ...], mark: Any, stop: Any,
         halt.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         await redis.aclose()
+        for app in apps:
+            if isinstance(app, AlertEngineApp) and os.environ.get("BENCH_DEBUG"):
+                print("engine status", app.status(), file=sys.stderr, flush=True)
         out.put(("+".join(which), cpu))
 
     asyncio.run(main())
@@ -471,7 +474,7 @@ def main() -> None:
     global SYMBOLS
     os.environ["BENCH_SYMBOLS"] = str(args.symbols)
     SYMBOLS = [f"S{i}/USDT" for i in range(args.symbols)]
-    rates = [1000, 5000] if args.quick else [1000, 5000, 20000]
+    rates = [int(r) for r in os.environ["BENCH_RATES"].split(",")] if os.environ.get("BENCH_RATES") else [1000, 5000] if args.quick else [1000, 5000, 20000]
     out: dict = {"python": platform.python_version(), "machine": platform.machine(),
                  "symbols": args.symbols, "load_avg_before": os.getloadavg(),
                  "goals": {str(k): v for k, v in GOALS.items()},

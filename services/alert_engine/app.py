@@ -25,6 +25,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from services.alert_engine import core
+from services.alert_engine.fastclose import FastClose
 from services.alert_engine.rules import RuleSet, load_rules_file, parse_rule_text
 from services.alert_engine.settings import Settings
 from shared import streams
@@ -34,7 +35,8 @@ from shared.errors import ConfigError, DecodeError
 from shared.fastredis import raw_command
 from shared.history import MAX_HISTORY_BARS
 from shared.runtime import consumer_name, heartbeat
-from shared.schemas import Candle, GapMarker, Ticker, TradeBatch, Watermark, feed_from_msg, pack, unpack
+from services.candle_builder.decode import decode_feed_msg
+from shared.schemas import Candle, GapMarker, Ticker, TradeBatch, Watermark, pack, unpack
 from shared.yamlfile import load_yaml_file
 
 logger = logging.getLogger(__name__)
@@ -134,7 +136,7 @@ def decode_input(raw: bytes) -> Candle | Ticker | TradeBatch | GapMarker | Water
     if kind == "candle":
         return Candle.from_msg(msg)
     if kind in ("trades", "gap", "watermark"):
-        return feed_from_msg(msg)
+        return decode_feed_msg(msg)  # candle_builder's decoder: the bars closed here see the entries it sees
     raise DecodeError(f"expected a candle, a ticker or trades, got kind {kind!r}")
 
 
@@ -199,6 +201,10 @@ class AlertEngineApp:
         self.duplicates = 0
         self.reload_error: str | None = None
         self._cooldown_until: dict[str, int] = {}
+        # fast close (fastclose.py): pair -> timeframes whose bars are closed here from its trades
+        self.fast = FastClose(redis) if settings.fast_close else None
+        self._fast_tfs: dict[tuple[str, str], set[str]] = {}
+        self._tick_pairs: set[tuple[str, str]] = set()  # pairs whose trades tick-level rules read
 
     # ---- lifecycle --------------------------------------------------------------------------------------------------
 
@@ -248,9 +254,12 @@ class AlertEngineApp:
             await self.publish(fires)
 
     def status(self) -> dict[str, Any]:
+        fast = self.fast
         return {"rules": len(self.engine.rules), "series": len(self.subscribed), "published": self.published,
                 "suppressed": self.suppressed, "duplicates": self.duplicates,
-                "reload_error": self.reload_error or "", "deferred": self.engine.deferred}
+                "reload_error": self.reload_error or "", "deferred": self.engine.deferred,
+                "fast_closed": fast.closed if fast else 0, "fast_confirmed": fast.confirmed if fast else 0,
+                "fast_mismatched": fast.mismatched if fast else 0}
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -370,15 +379,19 @@ class AlertEngineApp:
         return out
 
     async def wanted(self) -> tuple[set[tuple[str, str, str]], set[tuple[str, str]], set[tuple[str, str]]]:
-        """Series (candles), and symbols whose tickers and trades the rules read."""
+        """Series (candles), and symbols whose tickers and trades the rules read (trades: for tick-level rules, and
+        with ``fast_close`` for every pair with a series)."""
         series: set[tuple[str, str, str]] = set()
         tickers: set[tuple[str, str]] = set()
         trades: set[tuple[str, str]] = set()
         for ex, sym in await self._known_symbols():
-            series.update((ex, sym, tf) for tf in self.engine.needs(ex, sym))
+            tfs = self.engine.needs(ex, sym)
+            series.update((ex, sym, tf) for tf in tfs)
             if self.engine.needs_tickers(ex, sym):
                 tickers.add((ex, sym))
             if self.settings.intrabar and self.engine.needs_trades(ex, sym):
+                trades.add((ex, sym))
+            if tfs and self.fast is not None:
                 trades.add((ex, sym))
         return series, tickers, trades
 
@@ -423,7 +436,19 @@ class AlertEngineApp:
             names[streams.tickers(ex, sym)] = ("ticker", ex, sym)
         for ex, sym in trades:
             names[streams.trades(ex, sym)] = ("trades", ex, sym)
+        self._tick_pairs = {pair for pair in trades if self.settings.intrabar and self.engine.needs_trades(*pair)}
+        if self.fast is not None:
+            fast_tfs: dict[tuple[str, str], set[str]] = {}
+            for ex, sym, tf in series:
+                fast_tfs.setdefault((ex, sym), set()).add(tf)
+            for pair in self._fast_tfs.keys() - fast_tfs.keys():
+                self.fast.forget(pair)
+            self._fast_tfs = fast_tfs
         new = [n for n in names if n not in self.consumed]
+        for name in new:
+            if names[name][0] == "trades" and names[name][1:] not in self._tick_pairs:
+                # read for fast close only: from now on (the replica starts from candle_builder's state)
+                await self.bus.ensure_group(name, streams.GROUP_ALERT_ENGINE, "$")
         await self._warm_up([(name, names[name][1:]) for name in sorted(new) if names[name][0] == "candle"])
         await self._refill(grew - {names[n][1:] for n in new if names[n][0] == "candle"})
         if set(names) != self.consumed:
@@ -538,23 +563,47 @@ class AlertEngineApp:
 
     async def _handle(self, batch: Batch) -> None:
         fires: list[core.Fire] = []
-        values = [entry.value for entry in batch.entries]
-        if len(values) == 1 and isinstance(values[0], Candle):  # the usual live case: one candle
-            value = values[0]
-            fires = self.engine.on_candle(value) if value.closed else self.engine.on_live_candle(value)
+        entries = batch.entries
+        fast = self.fast
+        if len(entries) == 1 and type(value := entries[0].value) is Candle:  # one candle (no fast close)
+            if not value.closed:
+                fires = self.engine.on_live_candle(value)
+            elif fast is None or fast.confirm(value):
+                fires = self.engine.on_candle(value)
         else:
-            market = []
-            for value in values:
-                if isinstance(value, TradeBatch):  # tick-level rules see each trade as it comes
-                    fires.extend(self.engine.on_trades(value.exchange, value.symbol, value.trades))
-                elif isinstance(value, (Candle, Ticker)):
-                    market.append(value)
+            market: list[Candle | Ticker] = []
+            later: list[Candle | Ticker] = []
+            await self._sort(entries, market, later, fires)
+            market += later
             if market:
                 fires.extend(self.engine.on_batch(market))
         if self.engine.waiting and self.settings.clock == "wall":  # live: bars waited long enough for other series
             fires.extend(self.engine.flush_deferred(wall_clock_ms() - self.settings.cross_series_wait_ms))
         if fires:
             await self.publish(fires, batch)
+
+    async def _sort(self, entries: list, market: list, later: list, fires: list[core.Fire]) -> None:
+        """Route a batch's entries: trades entries to the fast-close replicas (the bars they close to ``market``) and
+        to tick-level rules (their fires to ``fires``); candle_builder's candles and tickers to ``later`` (after the
+        bars closed here: a bar closed here is evaluated before candle_builder's candle of it is compared with it)."""
+        fast = self.fast
+        fast_tfs, tick_pairs = self._fast_tfs, self._tick_pairs
+        for entry in entries:
+            value = entry.value
+            kind = type(value)
+            if kind is TradeBatch or kind is Watermark or kind is GapMarker:
+                pair = (value.exchange, value.symbol)
+                tfs = fast_tfs.get(pair)
+                if tfs is not None and fast is not None and (pair in fast.replicas
+                                                             or await fast.sync(pair, entry.id)):
+                    market += fast.apply(pair, entry.id, value, tfs)
+                if kind is TradeBatch and pair in tick_pairs:  # tick-level rules see each trade as it comes
+                    fires.extend(self.engine.on_trades(value.exchange, value.symbol, value.trades))
+            elif kind is Candle:
+                if not value.closed or fast is None or fast.confirm(value):
+                    later.append(value)
+            elif kind is Ticker:
+                later.append(value)
 
     async def publish(self, fires: list[core.Fire], batch: Batch | None = None) -> list[int]:
         """Gate and publish; returns the gate's answers (1 published, 0 duplicate, -1 cooling down).

@@ -500,12 +500,11 @@ class AlertEngine:
             self.rewarm()
         prev = self._last_price.get(key)
         out: list[Fire] = []
-        for trade in trades:
-            price = trade.price
+        for tid, ts, price, _, _ in trades:  # Trade tuples, or candle_builder's decoded rows (the same order)
             for rule in rules:
                 series = self._series((exchange, symbol, rule.timeframe))
                 view = _Tick(series, price, prev, self.tickers.get(key), self._prev_ticker.get(key))
-                out.extend(self._evaluate_tick(rule, view, trade.ts, price, f"trade:{trade.id}:{trade.ts}"))
+                out.extend(self._evaluate_tick(rule, view, ts, price, f"trade:{tid}:{ts}"))
             prev = price
         if prev is not None:
             self._last_price[key] = prev

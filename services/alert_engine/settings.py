@@ -32,6 +32,12 @@ class Settings(ServiceSettings):
         default=2_000, ge=0, description="Live (clock wall): how long a closed bar of a rule reading another series "
         "(or tickers) waits for that series' bar of the same close (a ticker past the close) before it is evaluated "
         "with what is there. With clock exchange (a backtest) bars wait until that data arrives or the engine stops.")
+    fast_close: bool = Field(
+        default=True, description="Close bars from the trades stream with a replica of candle_builder's builder "
+        "(restored from its saved state) and evaluate them at once, instead of waiting for candle_builder's closed "
+        "candle (one hop less; candle_builder's candle is compared and a difference re-syncs the replica). Costs "
+        "reading every trade of the watched pairs. Turn off when engine replicas share the consumer group (each "
+        "would see only part of the trades).")
     block_ms: int = Field(default=200, ge=1)
     batch: int = Field(default=500, ge=1)
     alerts_maxlen: int = Field(default=100_000, ge=100)

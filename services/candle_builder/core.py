@@ -521,6 +521,9 @@ class SeriesBuilder:
                         for tf in self.derived},
             "recent": self._dump_recent(),
             "history_from": dict(self.history_from),
+            # what a replica (``SeriesBuilder.replica``) needs besides the state to close bars exactly as this one
+            "config": {"timeframes": self.timeframes, "flat_candles": self.flat_candles,
+                       "lateness_ms": self.lateness_ms, "max_flat": self.max_flat},
         }
 
     def _dump_recent(self) -> dict:
@@ -539,6 +542,21 @@ class SeriesBuilder:
             out[tf] = hit[1]
         dirty.clear()
         return out
+
+    @classmethod
+    def replica(cls, state: dict) -> SeriesBuilder:
+        """A builder that continues from ``state`` (a ``dump()``) with the dumping builder's own configuration, so the
+        same stream entries applied to both emit the same candles (the alert engine closes bars this way from the
+        trades it reads, without waiting for candle_builder). ValueError for a state without its configuration."""
+        config = state.get("config")
+        if not isinstance(config, dict) or not isinstance(state.get("base_tf"), str):
+            raise ValueError("state carries no builder configuration (written by an older candle_builder)")
+        tfs = list(config.get("timeframes") or [])
+        builder = cls([*tfs, state["base_tf"]], base=state["base_tf"], flat_candles=bool(config["flat_candles"]),
+                      lateness_ms=int(config["lateness_ms"]), max_flat=int(config["max_flat"]))
+        builder.restore(state)
+        builder.emit_base = state["base_tf"] in tfs
+        return builder
 
     def restore(self, state: dict) -> None:
         """Load a ``dump()``; timeframes configured now but absent from the state are added as new."""

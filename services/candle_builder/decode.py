@@ -7,7 +7,7 @@ from decimal import Decimal
 from msgpack import unpackb as _unpackb
 
 from shared.errors import DecodeError
-from shared.schemas import SCHEMA_VERSION, FeedMessage, TradeBatch, decode_feed
+from shared.schemas import SCHEMA_VERSION, FeedMessage, TradeBatch, decode_feed, feed_from_msg
 
 _INF = Decimal("Infinity")
 
@@ -42,10 +42,24 @@ def decode_feed_fast(raw: bytes) -> FeedMessage:
     positive finite number, or an amount that is negative or not finite (``NaN``, ``Infinity``), is a DecodeError — it
     would poison every candle it touched — so the entry goes to the dead-letter stream instead.
     """
-    msg = _fast(raw)
-    if msg is not None:
-        return msg  # checked on the way
-    msg = decode_feed(raw)
+    try:
+        msg = _unpackb(raw, raw=False, strict_map_key=False)
+    except Exception:  # noqa: BLE001 - the reference decoder reports the problem precisely
+        return _checked_reference(decode_feed(raw))
+    return decode_feed_msg(msg)
+
+
+def decode_feed_msg(msg: object) -> FeedMessage:
+    """``decode_feed_fast`` of an already unpacked map (for a reader that looked at ``k`` first): the same result,
+    the same entries refused. The alert engine decodes trades with it, so the bars it closes from them (``fastclose``)
+    are built from exactly the entries candle_builder builds from."""
+    fast = _fast(msg)
+    if fast is not None:
+        return fast  # checked on the way
+    return _checked_reference(feed_from_msg(msg))
+
+
+def _checked_reference(msg: FeedMessage) -> FeedMessage:
     if type(msg) is TradeBatch and msg.trades:
         trades = msg.trades
         if not _values_ok([t[2] for t in trades], [t[3] for t in trades]):
@@ -86,10 +100,9 @@ def _checked(cache: dict[str, Decimal], text: object, positive: bool) -> Decimal
     return value
 
 
-def _fast(raw: bytes) -> TradeBatch | None:
+def _fast(msg: object) -> TradeBatch | None:
     """The trades of a well-formed entry, or None to let the reference decoder handle (and report) it."""
     try:
-        msg = _unpackb(raw, raw=False, strict_map_key=False)
         if type(msg) is dict and msg.get("k") == "trades" and msg.get("v") == SCHEMA_VERSION:
             exchange, symbol, rows = msg["x"], msg["s"], msg["t"]
             if type(exchange) is str and type(symbol) is str and exchange and symbol and type(rows) is list:

@@ -1,0 +1,216 @@
+"""Closing bars from the trades stream, without waiting for candle_builder's hop.
+
+A closed-bar alert used to take two hops: the trade that closes a bar → candle_builder → its closed candle → the
+engine. With ``fast_close`` the engine reads the trades streams of the pairs its rules watch and runs a *replica* of
+candle_builder's own ``SeriesBuilder`` on them: restored from the state candle_builder saves with every batch
+(``streams.builder_state``: the builder's state and the last trades entry it holds), then fed the entries after that
+one, in stream order, decoded by candle_builder's own decoder. The same code on the same state and the same entries
+emits the same candles, so the engine evaluates a bar the moment the closing trade is read — one hop — and
+candle_builder's candle for that bar, when it arrives, is only compared (``confirm``): equal, it is dropped; different
+(something changed the builder's state outside the stream: a bar closed by its wall-clock timer, history seeded or
+backfilled, a timeframe added, another replica sharing the engine's consumer group), the replica is dropped and re-read
+from the builder's state, and the builder's candle is taken as the bar's revision: re-evaluated when it is the series'
+last bar (its alert ids are the bar's, so an alert already sent is not sent again), merged into the history when it is
+an older one — as a late trade's revision would be. Bars the replica closes after candle_builder's candle came (the builder's
+timer was first) are not evaluated twice either.
+
+Only a bar's first close is taken from the replica; revisions (late trades), history candles and every timeframe no
+rule reads come from candle_builder as before. A pair without saved builder state (no candle_builder yet, or one that
+saves no configuration) simply has no replica: its bars come from candle_builder.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.candle_builder.core import Emitted, SeriesBuilder
+from services.candle_builder.series import entry_id
+from shared import streams
+from shared.errors import DecodeError
+from shared.schemas import Candle, GapMarker, TradeBatch, Watermark, unpack
+
+logger = logging.getLogger(__name__)
+
+Pair = tuple[str, str]
+SeriesKey = tuple[str, str, str]
+
+#: candles of a series closed here and not yet confirmed by candle_builder, at most (the oldest are forgotten: a
+#: builder that stopped publishing must not grow them without end)
+MAX_PENDING = 1024
+
+
+@dataclass(slots=True)
+class Replica:
+    """The replica of one pair's builder and the last trades entry it holds."""
+
+    builder: SeriesBuilder
+    last_id: tuple[int, int]
+
+
+@dataclass(slots=True)
+class FastClose:
+    """Replicas of candle_builder's builders, per (exchange, symbol); see the module docstring."""
+
+    redis: Any
+    retry_s: float = 1.0  # a pair that could not be synced is tried again after this long
+    max_catch_up: int = 10_000  # entries read to bring a replica from the builder's state to the read position
+    replicas: dict[Pair, Replica] = field(default_factory=dict)
+    pending: dict[SeriesKey, dict[int, Candle]] = field(default_factory=dict)
+    last_builder: dict[SeriesKey, Candle] = field(default_factory=dict)  # candle_builder's newest closed candle
+    retry_at: dict[Pair, float] = field(default_factory=dict)
+    closed: int = 0  # bars evaluated from a replica
+    confirmed: int = 0  # ... and later found equal to candle_builder's
+    mismatched: int = 0  # candle_builder's candle differed (the replica was re-synced)
+    synced: int = 0
+
+    def forget(self, pair: Pair) -> None:
+        """``pair`` is no longer watched."""
+        self.resync(pair)
+        for table in (self.pending, self.last_builder):
+            for key in [k for k in table if k[:2] == pair]:
+                del table[key]
+
+    def resync(self, pair: Pair) -> None:
+        """Drop ``pair``'s replica: it is re-read from candle_builder's state at the pair's next trades entry (bars it
+        closed and evaluated stay pending, so candle_builder's candles of them are still compared, not re-evaluated)."""
+        self.replicas.pop(pair, None)
+        self.retry_at.pop(pair, None)
+
+    async def sync(self, pair: Pair, first_id: bytes) -> bool:
+        """Make sure ``pair`` has a replica that holds every trades entry before ``first_id`` (the first one of the
+        batch about to be applied). False when it has none (no saved state, retried after ``retry_s``)."""
+        if pair in self.replicas:
+            return True
+        now = time.monotonic()
+        if self.retry_at.get(pair, 0.0) > now:
+            return False
+        self.retry_at[pair] = now + self.retry_s
+        state_raw, last_raw = await self.redis.hmget(streams.builder_state(*pair), b"state", b"last_id")
+        if state_raw is None or last_raw is None:
+            return False
+        try:
+            builder = SeriesBuilder.replica(unpack(state_raw))
+            last = entry_id(last_raw)
+        except (ValueError, KeyError, TypeError, DecodeError) as exc:
+            logger.info("alert_engine: %s %s: no replica of candle_builder's state (%s); its bars come from "
+                        "candle_builder", *pair, exc)
+            return False
+        first = entry_id(first_id)
+        if last < first:  # entries read before the replica existed, not in the builder's state yet: apply them
+            entries = await self.redis.xrange(streams.trades(*pair), min="(%d-%d" % last, max="(" + _text(first_id),
+                                              count=self.max_catch_up + 1)
+            if len(entries) > self.max_catch_up:
+                return False
+            from services.candle_builder.decode import decode_feed_fast  # noqa: PLC0415 - the builder's decoder
+
+            sink: list[Emitted] = []  # bars those entries close: candle_builder publishes them (not read yet)
+            for raw_id, fields in entries:
+                try:
+                    msg = decode_feed_fast((fields or {}).get(b"d") or b"")
+                except DecodeError:
+                    continue  # dead-lettered by the builder too
+                _apply(builder, msg, sink)
+                last = entry_id(raw_id)
+        self.replicas[pair] = Replica(builder, last)
+        self.retry_at.pop(pair, None)
+        self.synced += 1
+        return True
+
+    def apply(self, pair: Pair, raw_id: bytes, msg: TradeBatch | Watermark | GapMarker,
+              wanted: set[str]) -> list[Candle]:
+        """Apply one trades entry to ``pair``'s replica; the bars it closes first time in timeframes ``wanted``."""
+        replica = self.replicas.get(pair)
+        if replica is None:
+            return []
+        eid = entry_id(raw_id)
+        if eid <= replica.last_id:
+            return []  # already in the builder's state the replica started from
+        out: list[Emitted] = []
+        _apply(replica.builder, msg, out)
+        replica.last_id = eid
+        if not out:
+            return []
+        candles = []
+        ex, sym = pair
+        for tf, bar in out:
+            if bar.revision > 0 or tf not in wanted:
+                continue
+            key = (ex, sym, tf)
+            seen = self.last_builder.get(key)
+            if seen is not None and seen.ts >= bar.ts:  # candle_builder was first (its timer): compare, skip
+                if seen.ts == bar.ts and not _same(seen, bar):
+                    self._mismatch(key, seen, bar)
+                continue
+            candle = Candle.model_construct(
+                exchange=ex, symbol=sym, timeframe=tf, ts=bar.ts, open=bar.open, high=bar.high, low=bar.low,
+                close=bar.close, volume=bar.volume, buy_volume=bar.buy_volume, sell_volume=bar.sell_volume,
+                quote_volume=bar.quote_volume, trades=bar.trades, first_trade_id=bar.first_id,
+                last_trade_id=bar.last_id, closed=True, revision=0, incomplete=bar.incomplete, history=False,
+                prev_ts=None, kind="candle")
+            pending = self.pending.setdefault(key, {})
+            pending[bar.ts] = candle
+            if len(pending) > MAX_PENDING:
+                del pending[min(pending)]
+            candles.append(candle)
+        self.closed += len(candles)
+        return candles
+
+    def confirm(self, candle: Candle) -> bool:
+        """candle_builder's closed candle of a series read here: True when it still has to be evaluated (no replica
+        closed it, or the replica's differed), False when it is the bar already evaluated."""
+        if candle.history or candle.revision:
+            return True
+        key = (candle.exchange, candle.symbol, candle.timeframe)
+        replica = self.replicas.get(key[:2])
+        if replica is not None and key[2] not in replica.builder.timeframes:
+            self.resync(key[:2])  # candle_builder builds a timeframe the replica does not (added since): re-read it
+        last = self.last_builder.get(key)
+        if last is None or candle.ts >= last.ts:
+            self.last_builder[key] = candle
+        pending = self.pending.get(key)
+        mine = pending.pop(candle.ts, None) if pending else None
+        if mine is None:
+            return True
+        if _same(candle, mine):
+            self.confirmed += 1
+            return False
+        self._mismatch(key, candle, mine)
+        return True
+
+    def _mismatch(self, key: SeriesKey, builders: Candle, mine: Any) -> None:
+        self.mismatched += 1
+        logger.warning("alert_engine: %s %s %s bar %d: candle_builder's candle differs from the one closed here "
+                       "(its state changed outside the trades stream); re-reading its state", *key, builders.ts)
+        self.resync(key[:2])
+
+
+_FIELDS = ("open", "high", "low", "close", "volume", "buy_volume", "sell_volume", "quote_volume", "trades",
+           "incomplete")
+
+
+def _same(candle: Candle, other: Any) -> bool:
+    """Same bar: every value a rule can read (a Candle, or a builder ``Bar``)."""
+    if isinstance(other, Candle):
+        return all(getattr(candle, f) == getattr(other, f) for f in _FIELDS)
+    return (candle.open == other.open and candle.high == other.high and candle.low == other.low
+            and candle.close == other.close and candle.volume == other.volume
+            and candle.buy_volume == other.buy_volume and candle.sell_volume == other.sell_volume
+            and candle.quote_volume == other.quote_volume and candle.trades == other.trades
+            and candle.incomplete == other.incomplete)
+
+
+def _apply(builder: SeriesBuilder, msg: Any, out: list[Emitted]) -> None:
+    """What candle_builder does with one trades entry (``CandleBuilderApp._apply``)."""
+    if isinstance(msg, TradeBatch):
+        builder.add_trades(msg.trades, out)
+    elif isinstance(msg, Watermark):
+        builder.advance(msg.ts, out, final=msg.final)
+    elif isinstance(msg, GapMarker):
+        builder.gap(msg.start, msg.end, out)
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw

@@ -1,0 +1,116 @@
+"""Fast close (services/alert_engine/fastclose.py): the engine closes bars from the trades stream with a replica of
+candle_builder's builder and alerts without waiting for candle_builder's candles — the same alerts, on a real
+recording, as when it waits for them; candle_builder's candles of those bars are then only compared; one that differs
+re-syncs the replica from candle_builder's saved state. Real redis-server, real CandleBuilderApp and AlertEngineApp."""
+
+from __future__ import annotations
+
+import statistics
+from decimal import Decimal
+
+from services.alert_engine.app import AlertEngineApp
+from services.alert_engine.settings import Settings
+from shared import streams
+from shared.bus import FIELD
+from shared.schemas import Alert, Candle
+from tests.conftest import shared_data
+from tests.integration.test_candle_builder import publish, read_trades, run_until_caught_up, settings_for
+
+BTC = "binance_spot_btcusdt/BTCUSDT-trades-20240808T2354-20240809T0005.csv"
+EX, SYM = "binance", "BTC/USDT"
+TRADES = read_trades(shared_data(BTC))
+SPLIT = len(TRADES) // 4  # candle_builder has built the first quarter when the engine starts
+PART2 = TRADES[SPLIT].ts
+
+
+def _rules() -> str:
+    level = statistics.median(t.price for t in TRADES)
+    return f"""
+rules:
+  - {{name: sma_up, symbols: [{SYM}], timeframe: 1s, frequency: once_per_bar_close,
+     condition: {{op: crosses_up, right: {{sma: 20}}}}}}
+  - {{name: level, symbols: [{SYM}], timeframe: 1m, notify_on_resolve: true, condition: {{op: above, right: {level}}}}}
+  - {{name: spike, symbols: [{SYM}], timeframe: 1s, condition: {{op: volume_spike, factor: 3, period: 20}}}}
+"""
+
+
+async def _alerts(redis) -> set[tuple]:
+    out = set()
+    for _, f in await redis.xrange(streams.ALERTS):
+        a = Alert.decode(f[FIELD])
+        out.add((a.rule, a.timeframe, a.ts, a.state, a.price, a.value))
+    return out
+
+
+async def _run(redis, redis_url, tmp_path, fast: bool) -> tuple[set[tuple], set[tuple], AlertEngineApp]:
+    """The builder builds the first quarter; the engine starts; the rest of the trades come while the builder is
+    stopped (the engine drains them), then the builder catches up and the engine drains its candles. Returns the
+    alerts published before the builder caught up, all alerts, and the engine."""
+    await redis.flushall()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(_rules())
+    builder = settings_for(redis_url, timeframes=["1s", "1m"], history_bars=0)
+    stream = streams.trades(EX, SYM)
+    await publish(redis, EX, SYM, TRADES[:SPLIT], per_entry=20, final=False)
+    engine = AlertEngineApp(Settings(rules_file=rules, redis_url=redis_url, fast_close=fast), redis)
+    await engine.drain(final=False)  # subscribes: candle_builder builds 1s and 1m for it
+    await run_until_caught_up(redis, builder, [stream])
+    await engine.drain(final=False)
+    await publish(redis, EX, SYM, TRADES[SPLIT:], per_entry=20, final=True)
+    await engine.drain(final=False)
+    before = await _alerts(redis)
+    await run_until_caught_up(redis, builder, [stream])
+    await engine.drain(final=True)
+    return before, await _alerts(redis), engine
+
+
+async def test_bars_closed_from_trades_alert_before_candle_builder_and_give_the_same_alerts(redis, redis_url,
+                                                                                           tmp_path):
+    before_slow, slow, _ = await _run(redis, redis_url, tmp_path, fast=False)
+    before_fast, fast, engine = await _run(redis, redis_url, tmp_path, fast=True)
+    late = {a for a in slow if a[2] >= PART2}
+    assert {a[0] for a in late} == {"sma_up", "level", "spike"}, "a rule never fires after the split: proves little"
+    assert not {a for a in before_slow if a[2] >= PART2}, "without fast close nothing fires before the candles come"
+    assert fast == slow
+    # with it, every alert of the trades the builder had not read yet was out before the builder read them
+    assert {a for a in before_fast if a[2] >= PART2} == late
+    st = engine.status()
+    bars_1s = len({t.ts // 1000 for t in TRADES[SPLIT:]})
+    assert st["fast_closed"] >= bars_1s
+    assert st["fast_confirmed"] == st["fast_closed"], st  # candle_builder's candles of them: compared, equal
+    assert st["fast_mismatched"] == 0 and st["duplicates"] == 0, st
+    assert engine.fast.synced == 1
+
+
+async def test_a_candle_builder_candle_that_differs_resyncs_the_replica_and_is_evaluated(redis, redis_url, tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(f"""
+rules:
+  - {{name: high_close, symbols: [{SYM}], timeframe: 1s, notify_on_resolve: true,
+     condition: {{op: above, right: 1000000}}}}
+""")
+    stream = streams.trades(EX, SYM)
+    builder = settings_for(redis_url, timeframes=["1s"], history_bars=0)
+    await publish(redis, EX, SYM, TRADES[:SPLIT], per_entry=20, final=False)
+    engine = AlertEngineApp(Settings(rules_file=rules, redis_url=redis_url), redis)
+    await engine.drain(final=False)
+    await run_until_caught_up(redis, builder, [stream])
+    await engine.drain(final=False)
+    part = TRADES[SPLIT:SPLIT + 400]
+    await publish(redis, EX, SYM, part, per_entry=20, final=False)
+    await engine.drain(final=False)
+    assert engine.fast.closed > 0 and not await _alerts(redis)  # prices ~61k: the level is never reached
+    # candle_builder's candle of the last bar closed here, as a builder whose state changed would publish it
+    pending = engine.fast.pending[(EX, SYM, "1s")]
+    ts = max(pending)
+    mine = pending[ts]
+    forged = Candle(**{**mine.model_dump(), "close": Decimal("2000000"), "high": Decimal("2000000")})
+    await redis.xadd(streams.candles(EX, SYM, "1s"), {FIELD: forged.encode()})
+    await engine.drain(final=False)
+    assert engine.fast.mismatched == 1
+    assert (EX, SYM) not in engine.fast.replicas  # dropped: re-read from candle_builder's state at the next entry
+    # evaluated as the revision of the series' last bar (as a late trade's revision would be)
+    assert {(a[0], a[2], a[3]) for a in await _alerts(redis)} == {("high_close", ts, "firing")}
+    await publish(redis, EX, SYM, TRADES[SPLIT + 400:SPLIT + 800], per_entry=20, final=False)
+    await engine.drain(final=False)
+    assert engine.fast.synced == 2 and (EX, SYM) in engine.fast.replicas

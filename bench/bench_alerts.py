@@ -9,7 +9,13 @@
     (p50 / p99). All 10 symbols close their bars in the same millisecond, as a market does at a bar boundary. Read
     against two references measured in the same run with the same producer and reader: "floor" (producer → Redis →
     reader, no hop) and "bare" (the builder and engine hops as bare redis-py loops that do nothing but decode, XADD
-    and XACK). "tick": a price-level rule evaluated on each trade (alerts at any time, not at bar boundaries).
+    and XACK); "bare1" (one bare loop that reads the trades and writes an "alert" when a second closes: one hop,
+    what the engine's fast close does) and "bare1b" (that loop beside the real candle builder, as the engine runs).
+    "tick": a price-level rule evaluated on each trade (alerts at any time, not at bar boundaries).
+    The engine closes bars from the trades itself (``fast_close``, on by default); "two_hops" is "processes" with it
+    off (the engine waits for the builder's candles).
+    BENCH_RATES=1000,5000 picks the rates; BENCH_DEBUG=1 prints the engine's status; BENCH_TRACE=FILE writes, per
+    batch of the engine that published alerts, its timings (handling, evaluation phases, commit) as JSON.
 (b) evaluation throughput of the pure core: 500 symbols × 10 rules (crossings, indicators, channels, moves, volume
     spike, all/any) on closed candles.
 
@@ -184,13 +190,16 @@ def _apps(url: str, rules: Path, redis: Any, which: tuple[str, ...], intrabar: b
     from services.candle_builder.app import CandleBuilderApp
     from services.candle_builder.settings import Settings as BuilderSettings
 
+    # "builder0" / "engine2": the two-hop pipeline (layout "two_hops"): the engine waits for the builder's candles
+    # (fast_close off), so the builder reads at once (linger 0) as it did before the engine closed bars itself
     apps = []
-    if "builder" in which:
+    if "builder" in which or "builder0" in which:
         apps.append(CandleBuilderApp(BuilderSettings(timeframes=["1s"], base_timeframe="1s", live_candles=False,
-                                                     flat_candles=False, block_ms=50, redis_url=url), redis))
-    if "engine" in which:
+                                                     flat_candles=False, block_ms=50, redis_url=url,
+                                                     linger_ms=0 if "builder0" in which else 5), redis))
+    if "engine" in which or "engine2" in which:
         apps.append(AlertEngineApp(EngineSettings(rules_file=rules, block_ms=50, intrabar=intrabar, redis_url=url,
-                                                  registry_poll_s=0.5), redis))
+                                                  registry_poll_s=0.5, fast_close="engine2" not in which), redis))
     return apps
 
 
@@ -201,6 +210,11 @@ def _service(url: str, rules: str, which: tuple[str, ...], mark: Any, stop: Any,
     async def main() -> None:
         redis = connect(url)
         apps = _apps(url, Path(rules), redis, which, intrabar)
+        trace: list = []
+        if os.environ.get("BENCH_TRACE"):  # per handled batch: start, end, entries, streams, alerts published
+            for app in apps:
+                if isinstance(app, AlertEngineApp):
+                    _trace_engine(app, trace)
         halt = asyncio.Event()
         tasks = [asyncio.create_task(app.run(halt)) for app in apps]
         ready.set()
@@ -214,9 +228,63 @@ def _service(url: str, rules: str, which: tuple[str, ...], mark: Any, stop: Any,
         for app in apps:
             if isinstance(app, AlertEngineApp) and os.environ.get("BENCH_DEBUG"):
                 print("engine status", app.status(), file=sys.stderr, flush=True)
+        if trace:
+            Path(os.environ["BENCH_TRACE"]).write_text(json.dumps(trace))
         out.put(("+".join(which), cpu))
 
     asyncio.run(main())
+
+
+def _trace_engine(app: AlertEngineApp, trace: list) -> None:
+    handle, publish = app._handle, app.publish
+    published = [0, 0.0, 0.0, 0.0]
+
+    async def traced_handle(batch: Any) -> None:
+        t0, c0 = time.time(), time.thread_time()
+        published[0] = 0
+        published[4].clear()
+        await handle(batch)
+        if published[0]:
+            trace.append((t0, time.time(), len(batch.entries), len({e.stream for e in batch.entries}), published[0],
+                          published[1], published[2], published[3] - c0, time.thread_time() - c0,
+                          dict(published[4])))
+
+    async def traced_publish(fires: list, batch: Any = None) -> list[int]:
+        published[0] += len(fires)
+        published[1] = time.time()
+        published[3] = time.thread_time()
+        try:
+            return await publish(fires, batch)
+        finally:
+            published[2] = time.time()
+
+    app._handle, app.publish = traced_handle, traced_publish
+    app.consumer.handler = traced_handle
+    phases: dict = {}
+    published.append(phases)
+
+    def timed(obj: Any, name: str, is_async: bool = False) -> None:
+        fn = getattr(obj, name)
+        if is_async:
+            async def wrapper(*a: Any, **k: Any) -> Any:
+                t = time.perf_counter()
+                try:
+                    return await fn(*a, **k)
+                finally:
+                    phases[name] = phases.get(name, 0) + time.perf_counter() - t
+        else:
+            def wrapper(*a: Any, **k: Any) -> Any:
+                t = time.perf_counter()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    phases[name] = phases.get(name, 0) + time.perf_counter() - t
+        setattr(obj, name, wrapper)
+
+    timed(app, "_sort", True)
+    timed(app.engine, "on_batch")
+    timed(app, "_state_rows")
+    timed(app, "_commit", True)
 
 
 def _bare_service(url: str, rules: str, which: tuple[str, ...], mark: Any, stop: Any, ready: Any,
@@ -231,7 +299,7 @@ def _bare_service(url: str, rules: str, which: tuple[str, ...], mark: Any, stop:
 
         r = Redis.from_url(url)
         role = which[0]
-        inputs = [streams.trades("bench", s) if role == "builder" else streams.candles("bench", s, "1s")
+        inputs = [streams.candles("bench", s, "1s") if role == "engine" else streams.trades("bench", s)
                   for s in SYMBOLS]
         for stream in inputs:
             await r.xgroup_create(stream, "bare", id="0", mkstream=True)
@@ -251,7 +319,8 @@ def _bare_service(url: str, rules: str, which: tuple[str, ...], mark: Any, stop:
                     for row in msg["t"]:
                         sec = row[1] // 1000 * 1000
                         if current.get(msg["s"], sec) != sec:
-                            pipe.xadd(streams.candles("bench", msg["s"], "1s"),
+                            out_stream = streams.ALERTS if role == "closer" else streams.candles("bench", msg["s"], "1s")
+                            pipe.xadd(out_stream,
                                       {FIELD: pack({"symbol": msg["s"], "ts": current[msg["s"]], "close": row[2]})})
                         current[msg["s"]] = sec
                 pipe.xack(stream, "bare", *(entry_id for entry_id, _ in entries))
@@ -282,11 +351,13 @@ async def _latency(url: str, rate: int, seconds: float, tmp: Path, layout: str =
     svc_stop, mark = ctx.Event(), ctx.Event()
     cpu_q: mp.Queue = ctx.Queue()
     groups = {"processes": [("builder",), ("engine",)], "one_loop": [("builder", "engine")], "floor": [],
-              "bare": [("builder",), ("engine",)], "tick": [("builder",), ("engine",)]}[layout]
+              "bare": [("builder",), ("engine",)], "bare1": [("closer",)], "bare1b": [("builder",), ("closer",)],
+              "tick": [("builder",), ("engine",)], "two_hops": [("builder0",), ("engine2",)]}[layout]
     services = []
     for which in groups:
         ready = ctx.Event()
-        proc = ctx.Process(target=_bare_service if layout == "bare" else _service,
+        bare = layout in ("bare", "bare1") or which == ("closer",)
+        proc = ctx.Process(target=_bare_service if bare else _service,
                            args=(url, str(rules), which, mark, svc_stop, ready, cpu_q, *((tick,) if tick else ())))
         proc.start()
         services.append((proc, ready))
@@ -464,10 +535,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--layouts", default="floor,bare,processes,one_loop,tick",
-                    help="floor (producer → reader, no services), bare (the same hops doing nothing else), processes "
-                         "(builder and engine in their own processes), one_loop (as `sentinel up`) and/or tick (a "
-                         "price rule on each trade, builder and engine in their own processes)")
+    ap.add_argument("--layouts", default="floor,bare1,bare1b,processes,one_loop,two_hops,tick",
+                    help="floor (producer → reader, no services), bare (builder and engine hops doing nothing else), "
+                         "bare1 (one bare hop closing seconds from the trades), bare1b (bare1 beside the real builder), "
+                         "processes (builder and engine in their own processes), one_loop (as `sentinel up`), "
+                         "two_hops (processes with fast_close off) and/or tick (a price rule on each trade)")
     ap.add_argument("--symbols", type=int, default=10, help="symbols the trades are spread over (their bars all "
                                                                  "close in the same millisecond)")
     args = ap.parse_args()

@@ -193,6 +193,7 @@ class Consumer(Generic[T]):
         claim_every_s: float = 5.0,
         max_deliveries: int = 5,
         prefetch: bool = False,
+        linger_ms: int = 0,
     ) -> None:
         self.bus = bus
         self.redis = bus.redis
@@ -207,7 +208,10 @@ class Consumer(Generic[T]):
         self.max_deliveries = max_deliveries
         # Send the next XREADGROUP as soon as a reply is taken, before its batch is handled: Redis reads batch N+1
         # while the handler works on batch N (whose commit then goes on ``_commits``).
-        self.prefetch = prefetch
+        self.prefetch = prefetch and not linger_ms
+        # After a read that delivered entries, wait this long before the next one, so a busy stream is read in
+        # fewer, larger batches (less work per entry, fewer wake-ups) at the cost of up to this much delay.
+        self.linger_ms = linger_ms
         self._stop: asyncio.Event | None = None  # of run(): no new read is sent ahead once it is set
         self._streams: list[str] = list(dict.fromkeys(streams))
         self._ready: set[str] = set()
@@ -254,7 +258,8 @@ class Consumer(Generic[T]):
         try:
             while not stop.is_set() or self._reads.outstanding:  # a read-ahead already delivered is handled
                 try:
-                    await self.poll(self.block_ms)
+                    if await self.poll(self.block_ms) and self.linger_ms:
+                        await _sleep_or_stop(stop, self.linger_ms / 1000)
                     failures = 0
                 except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
                     # a read whose reply was lost may have delivered entries (pending here): re-read own pending first
@@ -340,7 +345,7 @@ class Consumer(Generic[T]):
     def _next_read(self) -> bytes | None:
         """The packed XREADGROUP the next poll would send, when that poll would do nothing else first (no own
         pending to recover, no claim due, every group ready); else None."""
-        if self._recover or not self._streams or len(self._ready) < len(self._streams):
+        if self._recover or not self._streams or len(self._ready) < len(self._streams) or self.linger_ms:
             return None  # (_ready is a subset of _streams: equal sizes mean every group is ready)
         if self._stop is not None and self._stop.is_set():
             return None  # run() is stopping: a read carried by a commit would chain reads while entries keep coming

@@ -55,12 +55,13 @@ class FastClose:
     """Replicas of candle_builder's builders, per (exchange, symbol); see the module docstring."""
 
     redis: Any
-    retry_s: float = 1.0  # a pair that could not be synced is tried again after this long
+    retry_s: tuple[float, float] = (0.1, 5.0)  # a pair that could not be synced is tried again: first, longest wait
     max_catch_up: int = 10_000  # entries read to bring a replica from the builder's state to the read position
     replicas: dict[Pair, Replica] = field(default_factory=dict)
     pending: dict[SeriesKey, dict[int, Candle]] = field(default_factory=dict)
     last_builder: dict[SeriesKey, Candle] = field(default_factory=dict)  # candle_builder's newest closed candle
     retry_at: dict[Pair, float] = field(default_factory=dict)
+    retry_wait: dict[Pair, float] = field(default_factory=dict)  # the wait before the next try (doubles)
     closed: int = 0  # bars evaluated from a replica
     confirmed: int = 0  # ... and later found equal to candle_builder's
     mismatched: int = 0  # candle_builder's candle differed (the replica was re-synced)
@@ -78,16 +79,20 @@ class FastClose:
         closed and evaluated stay pending, so candle_builder's candles of them are still compared, not re-evaluated)."""
         self.replicas.pop(pair, None)
         self.retry_at.pop(pair, None)
+        self.retry_wait.pop(pair, None)
 
     async def sync(self, pair: Pair, first_id: bytes) -> bool:
         """Make sure ``pair`` has a replica that holds every trades entry before ``first_id`` (the first one of the
-        batch about to be applied). False when it has none (no saved state, retried after ``retry_s``)."""
+        batch about to be applied). False when it has none (no saved state yet: tried again after a wait that
+        doubles from ``retry_s[0]`` to ``retry_s[1]``)."""
         if pair in self.replicas:
             return True
         now = time.monotonic()
         if self.retry_at.get(pair, 0.0) > now:
             return False
-        self.retry_at[pair] = now + self.retry_s
+        wait = self.retry_wait.get(pair, self.retry_s[0])
+        self.retry_at[pair] = now + wait
+        self.retry_wait[pair] = min(2 * wait, self.retry_s[1])
         state_raw, last_raw = await self.redis.hmget(streams.builder_state(*pair), b"state", b"last_id")
         if state_raw is None or last_raw is None:
             return False
@@ -116,6 +121,7 @@ class FastClose:
                 last = entry_id(raw_id)
         self.replicas[pair] = Replica(builder, last)
         self.retry_at.pop(pair, None)
+        self.retry_wait.pop(pair, None)
         self.synced += 1
         return True
 

@@ -61,7 +61,7 @@ class CandleBuilderApp:
         self.consumer: Consumer[FeedMessage] = Consumer[FeedMessage](
             self.bus, group=streams.GROUP_CANDLE_BUILDER, consumer=self.name, decode=decode_feed_fast,
             handler=self.handle, count=settings.read_count, block_ms=settings.block_ms,
-            claim_idle_ms=settings.claim_idle_ms, prefetch=True)
+            claim_idle_ms=settings.claim_idle_ms, prefetch=True, linger_ms=settings.linger_ms)
         self.series: dict[str, Series] = {}  # trades stream -> series (loaded lazily, with its saved state)
         self.pairs: dict[str, tuple[str, str]] = {}  # trades stream -> (exchange, symbol)
         self.wanted: dict[tuple[str, str], set[str]] = {}  # (exchange, symbol) -> timeframes

@@ -60,6 +60,12 @@ class Settings(ServiceSettings):
     live_maxlen: int = Field(default=1_000, gt=0, description="Approximate MAXLEN of in-progress-candle streams.")
     read_count: int = Field(default=2_000, gt=0, description="COUNT of each XREADGROUP.")
     block_ms: int = Field(default=200, gt=0, description="BLOCK of each XREADGROUP.")
+    linger_ms: int = Field(
+        default=5, ge=0, description="After a read that delivered trades, wait this long before the next read: a "
+        "busy stream is read in batches of this many milliseconds (a quarter of the CPU at 5k trades/s of single-trade "
+        "entries, and less of it competing with the alert engine at a bar boundary), and closed candles are published "
+        "up to this much later. Alerts do not wait for it: the alert engine closes bars from the trades itself "
+        "(alert_engine fast_close); with that turned off, they do. 0: read again at once.")
     discover_every_s: float = Field(default=1.0, gt=0, description="How often FEED_REGISTRY/SUBSCRIPTIONS are read.")
     claim_idle_ms: int = Field(default=10_000, gt=0, description="Entries pending this long at a dead consumer are "
                                "claimed.")

@@ -481,3 +481,33 @@ async def test_prefetch_reply_lost_to_a_connection_fault_loses_and_repeats_nothi
     assert proxy.cut == 1
     assert _per_stream(seen) == published and len(seen) == 120
     assert await _nothing_pending(redis, bus=Bus(redis))
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+async def test_linger_reads_a_busy_stream_in_fewer_larger_batches_and_loses_nothing(redis, prefetch):
+    """``linger_ms``: after a read that delivered entries the consumer waits before the next one, so entries written
+    one by one, a millisecond apart, are handled a linger's worth at a time (prefetch is off with it: a read sent
+    ahead would come back at once with the next entry)."""
+    bus = Bus(redis)
+    batches: list[list[int]] = []
+
+    async def handle(batch: Batch[TradeBatch]) -> None:
+        batches.append([t.id for e in batch.entries for t in e.value.trades])
+
+    consumer = Consumer(bus, group="g", consumer="c", streams=[STREAM], decode=decode_feed, handler=handle,
+                        block_ms=50, prefetch=prefetch, linger_ms=40)
+
+    async def produce() -> float:
+        start = asyncio.get_running_loop().time()
+        for i in range(150):
+            await bus.publish(STREAM, batch_of(i, 1))
+            await asyncio.sleep(0.001)
+        return asyncio.get_running_loop().time() - start
+
+    producer = asyncio.create_task(produce())
+    await _consume_until(consumer, lambda: sum(map(len, batches)) >= 150)
+    took = await producer
+    assert [i for b in batches for i in b] == list(range(150))
+    # a read at most every 40 ms while entries kept coming (without linger: about one batch per entry)
+    assert len(batches) <= took / 0.040 + 2, (took, [len(b) for b in batches])
+    assert await bus.caught_up(STREAM, "g") and (await redis.xpending(STREAM, "g"))["pending"] == 0

@@ -150,16 +150,16 @@ class FastClose:
                 if seen.ts == bar.ts and not _same(seen, bar):
                     self._mismatch(key, seen, bar)
                 continue
-            candle = Candle.model_construct(
+            candle = Candle.trusted(  # the builder's types are the model's (test_series_encode.py)
                 exchange=ex, symbol=sym, timeframe=tf, ts=bar.ts, open=bar.open, high=bar.high, low=bar.low,
                 close=bar.close, volume=bar.volume, buy_volume=bar.buy_volume, sell_volume=bar.sell_volume,
                 quote_volume=bar.quote_volume, trades=bar.trades, first_trade_id=bar.first_id,
                 last_trade_id=bar.last_id, closed=True, revision=0, incomplete=bar.incomplete, history=False,
-                prev_ts=None, kind="candle")
+                prev_ts=None)
             pending = self.pending.setdefault(key, {})
             pending[bar.ts] = candle
             if len(pending) > MAX_PENDING:
-                del pending[min(pending)]
+                del pending[next(iter(pending))]  # the oldest: bars of a series close in ts order
             candles.append(candle)
         self.closed += len(candles)
         return candles

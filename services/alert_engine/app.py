@@ -380,7 +380,7 @@ class AlertEngineApp:
 
     async def wanted(self) -> tuple[set[tuple[str, str, str]], set[tuple[str, str]], set[tuple[str, str]]]:
         """Series (candles), and symbols whose tickers and trades the rules read (trades: for tick-level rules, and
-        with ``fast_close`` for every pair with a series)."""
+        with ``fast_close`` for every pair with a rule that can alert at a bar's close)."""
         series: set[tuple[str, str, str]] = set()
         tickers: set[tuple[str, str]] = set()
         trades: set[tuple[str, str]] = set()
@@ -391,7 +391,7 @@ class AlertEngineApp:
                 tickers.add((ex, sym))
             if self.settings.intrabar and self.engine.needs_trades(ex, sym):
                 trades.add((ex, sym))
-            if tfs and self.fast is not None:
+            if tfs and self.fast is not None and self.engine.fires_on_close(ex, sym):
                 trades.add((ex, sym))
         return series, tickers, trades
 
@@ -440,7 +440,8 @@ class AlertEngineApp:
         if self.fast is not None:
             fast_tfs: dict[tuple[str, str], set[str]] = {}
             for ex, sym, tf in series:
-                fast_tfs.setdefault((ex, sym), set()).add(tf)
+                if (ex, sym) in trades and self.engine.fires_on_close(ex, sym):
+                    fast_tfs.setdefault((ex, sym), set()).add(tf)
             for pair in self._fast_tfs.keys() - fast_tfs.keys():
                 self.fast.forget(pair)
             self._fast_tfs = fast_tfs

@@ -449,6 +449,15 @@ class AlertEngine:
     def is_tick_level(self, rule: r.Rule, exchange: str, symbol: str) -> bool:
         return rule in self._tick_rules(exchange, symbol, "trade") or rule in self._tick_rules(exchange, symbol, "ticker")
 
+    def fires_on_close(self, exchange: str, symbol: str) -> bool:
+        """Some rule of (exchange, symbol) can alert when a bar closes: all but ``every_time`` rules evaluated on each
+        trade/ticker (which fire there) without ``notify_on_resolve``. Bars of a pair without one are not worth
+        closing from its trades (the app's fast close)."""
+        return any(rule.matches(exchange, symbol)
+                   and not (rule.frequency == "every_time" and not rule.notify_on_resolve
+                            and self.is_tick_level(rule, exchange, symbol))
+                   for rule in self.rules)
+
     def needs_trades(self, exchange: str, symbol: str) -> bool:
         """Some rule is evaluated on each trade of (exchange, symbol) (see ``on_trades``)."""
         return bool(self._tick_rules(exchange, symbol, "trade"))

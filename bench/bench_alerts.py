@@ -245,9 +245,12 @@ def _trace_engine(app: AlertEngineApp, trace: list) -> None:
         published[4].clear()
         await handle(batch)
         if published[0]:
-            trace.append((t0, time.time(), len(batch.entries), len({e.stream for e in batch.entries}), published[0],
-                          published[1], published[2], published[3] - c0, time.thread_time() - c0,
-                          dict(published[4])))
+            ms = 1000
+            trace.append({"start": t0, "handle_ms": (time.time() - t0) * ms, "entries": len(batch.entries),
+                          "streams": len({e.stream for e in batch.entries}), "alerts": published[0],
+                          "until_publish_ms": (published[1] - t0) * ms, "publish_ms": (published[2] - published[1]) * ms,
+                          "cpu_until_publish_ms": (published[3] - c0) * ms, "cpu_ms": (time.thread_time() - c0) * ms,
+                          **{f"{k}_ms": v * ms for k, v in published[4].items()}})
 
     async def traced_publish(fires: list, batch: Any = None) -> list[int]:
         published[0] += len(fires)

@@ -114,3 +114,37 @@ rules:
     await publish(redis, EX, SYM, TRADES[SPLIT + 400:SPLIT + 800], per_entry=20, final=False)
     await engine.drain(final=False)
     assert engine.fast.synced == 2 and (EX, SYM) in engine.fast.replicas
+
+
+async def test_an_engine_restarted_mid_stream_neither_repeats_nor_loses_an_alert(redis, redis_url, tmp_path):
+    """The engine closes bars from trades, stops before candle_builder's candles of them arrive; a new engine takes
+    over: it gets those candles (no replica closed them in this process), evaluates them, and the script answers the
+    alerts already sent as duplicates; it then syncs its own replica. The alerts equal the run without fast close."""
+    _, slow, _ = await _run(redis, redis_url, tmp_path, fast=False)
+    await redis.flushall()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(_rules())
+    builder = settings_for(redis_url, timeframes=["1s", "1m"], history_bars=0)
+    stream = streams.trades(EX, SYM)
+    half = SPLIT + (len(TRADES) - SPLIT) // 2
+    await publish(redis, EX, SYM, TRADES[:SPLIT], per_entry=20, final=False)
+    first = AlertEngineApp(Settings(rules_file=rules, redis_url=redis_url), redis)
+    await first.drain(final=False)
+    await run_until_caught_up(redis, builder, [stream])
+    await first.drain(final=False)
+    await publish(redis, EX, SYM, TRADES[SPLIT:half], per_entry=20, final=False)
+    await first.drain(final=False)
+    assert first.fast.closed > 100
+    await run_until_caught_up(redis, builder, [stream])  # candles of the bars the first engine closed: unread by it
+    second = AlertEngineApp(Settings(rules_file=rules, redis_url=redis_url), redis)
+    await second.drain(final=False)
+    assert second.duplicates > 0 and second.fast.closed == 0  # those bars came from the builder, answered as sent
+    await publish(redis, EX, SYM, TRADES[half:], per_entry=20, final=True)
+    await second.drain(final=False)
+    assert second.fast.closed > 100 and second.fast.synced == 1
+    await run_until_caught_up(redis, builder, [stream])
+    await second.drain(final=True)
+    ids = [Alert.decode(f[FIELD]).id for _, f in await redis.xrange(streams.ALERTS)]
+    assert len(ids) == len(set(ids)), "an alert was published twice"
+    assert await _alerts(redis) == slow
+    assert second.fast.mismatched == 0 and second.fast.confirmed == second.fast.closed

@@ -19,7 +19,7 @@ from services.alert_engine.app import AlertEngineApp
 from services.alert_engine.settings import Settings
 from shared import streams
 from shared.bus import FIELD, Bus
-from shared.schemas import Alert, Candle, Ticker
+from shared.schemas import Alert, Candle
 from tests.conftest import shared_data
 from tests.unit.alert_engine import pdref
 

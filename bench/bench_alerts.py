@@ -15,7 +15,9 @@
     "tick": a price-level rule evaluated on each trade (alerts at any time, not at bar boundaries).
     The engine closes bars from the trades itself (``fast_close``, on by default); "two_hops" is "processes" with it
     off (the engine waits for the builder's candles).
-    BENCH_RATES=1000,5000 picks the rates; BENCH_DEBUG=1 prints the engine's status; BENCH_TRACE=FILE writes, per
+    BENCH_PIN=1: the engine (or the one_loop process) alone on CPU 1, everything else on CPU 0 (the
+    ``cpu_affinity`` setting's deployment). BENCH_RATES=1000,5000 picks the rates; BENCH_DEBUG=1 prints the engine's
+    status; BENCH_TRACE=FILE writes, per
     batch of the engine that published alerts, its timings (handling, evaluation phases, commit) as JSON.
 (b) evaluation throughput of the pure core: 500 symbols × 10 rules (crossings, indicators, channels, moves, volume
     spike, all/any) on closed candles.
@@ -68,6 +70,8 @@ def _producer(url: str, rate: int, seconds: float, out: mp.Queue, every: bool = 
     second of each symbol was sent (``every``: of each millisecond, for tick-level alerts), keyed "symbol|ms"."""
     import redis as sync_redis
 
+    if os.environ.get("BENCH_PIN"):
+        os.sched_setaffinity(0, {0})
     r = sync_redis.Redis.from_url(url)
     r.ping()  # connect now: the first pipeline's send time would include the handshake
     per_ms = rate / 1000
@@ -151,6 +155,8 @@ def _reader(url: str, stop: Any, ready: Any, out: mp.Queue, floor: bool = False,
     reaches a reader — the empty hop producer → Redis → another process, the machine's floor under our latency."""
     from services.candle_builder.decode import decode_feed_fast
 
+    if os.environ.get("BENCH_PIN"):
+        os.sched_setaffinity(0, {0})
     probe = _Probe(url)
     trades = {streams.trades("bench", s): s for s in SYMBOLS}
     # From the start ("0-0": every run begins with FLUSHALL). "$" stays "new since THIS call" for a stream until it
@@ -209,6 +215,9 @@ def _service(url: str, rules: str, which: tuple[str, ...], mark: Any, stop: Any,
              intrabar: bool = False) -> None:
     """One service process (builder, engine, or both on one loop): runs until ``stop``; reports its CPU seconds
     between ``mark`` (the producer starts) and ``stop``."""
+    if os.environ.get("BENCH_PIN"):
+        os.sched_setaffinity(0, {1} if "engine" in which else {0})
+
     async def main() -> None:
         redis = connect(url)
         apps = _apps(url, Path(rules), redis, which, intrabar)
@@ -561,12 +570,15 @@ def main() -> None:
     rates = [int(r) for r in os.environ["BENCH_RATES"].split(",")] if os.environ.get("BENCH_RATES") else [1000, 5000] if args.quick else [1000, 5000, 20000]
     out: dict = {"python": platform.python_version(), "machine": platform.machine(),
                  "symbols": args.symbols, "load_avg_before": os.getloadavg(),
+                 "pinned": bool(os.environ.get("BENCH_PIN")),
                  "goals": {str(k): v for k, v in GOALS.items()},
                  "throughput": _throughput(60 if args.quick else 150), "latency": []}
     print(json.dumps(out["throughput"]), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedRedis(Path(tmp) / "redis", persist=False)
         server.start()
+        if os.environ.get("BENCH_PIN"):
+            os.sched_setaffinity(server.process.pid, {0})
         try:
             out["engine_only_candle_to_alert"] = asyncio.run(_engine_latency(server.url, 400, Path(tmp)))
             print(json.dumps(out["engine_only_candle_to_alert"]), flush=True)

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from shared import streams
 from shared.embedded_redis import EmbeddedRedis
+from shared.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,20 @@ async def tasks_until_done(*coros: Awaitable[None]) -> AsyncIterator[list[asynci
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def apply_cpu_affinity(name: str, cpus: list[int] | None) -> None:
+    """Restrict this process to ``cpus`` (the ``cpu_affinity`` setting); ConfigError naming the setting when the
+    machine cannot (a CPU it does not have, or no sched_setaffinity: not Linux)."""
+    if not cpus:
+        return
+    try:
+        os.sched_setaffinity(0, set(cpus))
+    except (OSError, AttributeError, ValueError) as exc:
+        available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "unknown"
+        raise ConfigError([f"{name}.cpu_affinity: cannot run on CPUs {cpus} ({exc}); this machine offers "
+                           f"{available}"]) from exc
+    logger.info("%s: running on CPUs %s", name, sorted(os.sched_getaffinity(0)))
+
+
 def service_main(name: str, settings_cls: type, app_cls: type, config_file: str | None = None, *,
                  extra_grace: float = 0.0) -> None:
     """What ``sentinel <service>`` runs: load settings, log, connect (embedded Redis without REDIS_URL), run until
@@ -118,6 +133,7 @@ def service_main(name: str, settings_cls: type, app_cls: type, config_file: str 
 
     settings = settings_cls.load(config_file)
     setup_logging(settings.log_level)
+    apply_cpu_affinity(name, getattr(settings, "cpu_affinity", None))
     grace = getattr(settings, "shutdown_grace_s", 10.0) + extra_grace
 
     async def serve(url: str) -> None:

@@ -112,3 +112,29 @@ def _wait_for_candles(port: int, proc: subprocess.Popen, log: Path, timeout: flo
             pass
         time.sleep(0.3)
     pytest.fail("no candles served by the API in time")
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux and 2 CPUs")
+def test_a_service_runs_on_the_cpus_its_cpu_affinity_names_and_refuses_cpus_the_machine_lacks(redis_url):
+    cpu = max(os.sched_getaffinity(0))
+    proc = subprocess.Popen([*SENTINEL, "alert-engine"], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            env=_env(REDIS_URL=redis_url, SENTINEL_CPU_AFFINITY=f"[{cpu}]"))
+    try:
+        deadline = time.monotonic() + 30
+        allowed = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            allowed = re.search(r"Cpus_allowed_list:\s*(\S+)", status).group(1)
+            if allowed == str(cpu):
+                break
+            time.sleep(0.1)
+        assert allowed == str(cpu), (allowed, proc.poll())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    bad = subprocess.run([*SENTINEL, "alert-engine"], cwd=REPO, capture_output=True, text=True, timeout=60,
+                         env=_env(REDIS_URL=redis_url, SENTINEL_CPU_AFFINITY="[4096]"))
+    assert bad.returncode != 0
+    assert "alert_engine.cpu_affinity: cannot run on CPUs [4096]" in bad.stderr

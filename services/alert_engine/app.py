@@ -437,11 +437,11 @@ class AlertEngineApp:
         for ex, sym in trades:
             names[streams.trades(ex, sym)] = ("trades", ex, sym)
         self._tick_pairs = {pair for pair in trades if self.settings.intrabar and self.engine.needs_trades(*pair)}
-        if self.fast is not None:
+        if self.fast is not None:  # the pairs wanted() reads trades of for fast close, with their series
             fast_tfs: dict[tuple[str, str], set[str]] = {}
             for ex, sym, tf in series:
-                if (ex, sym) in trades and self.engine.fires_on_close(ex, sym):
-                    fast_tfs.setdefault((ex, sym), set()).add(tf)
+                fast_tfs.setdefault((ex, sym), set()).add(tf)
+            fast_tfs = {pair: tfs for pair, tfs in fast_tfs.items() if self.engine.fires_on_close(*pair)}
             for pair in self._fast_tfs.keys() - fast_tfs.keys():
                 self.fast.forget(pair)
             self._fast_tfs = fast_tfs

@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.candle_builder.core import Emitted, SeriesBuilder
+from services.candle_builder.decode import decode_feed_fast
 from services.candle_builder.series import entry_id
 from shared import streams
+from shared.bus import FIELD
 from shared.errors import DecodeError
 from shared.schemas import Candle, GapMarker, TradeBatch, Watermark, unpack
 
@@ -109,15 +111,13 @@ class FastClose:
                                               count=self.max_catch_up + 1)
             if len(entries) > self.max_catch_up:
                 return False
-            from services.candle_builder.decode import decode_feed_fast  # noqa: PLC0415 - the builder's decoder
-
             sink: list[Emitted] = []  # bars those entries close: candle_builder publishes them (not read yet)
             for raw_id, fields in entries:
                 try:
-                    msg = decode_feed_fast((fields or {}).get(b"d") or b"")
+                    msg = decode_feed_fast((fields or {}).get(FIELD) or b"")
                 except DecodeError:
                     continue  # dead-lettered by the builder too
-                _apply(builder, msg, sink)
+                builder.apply(msg, sink)
                 last = entry_id(raw_id)
         self.replicas[pair] = Replica(builder, last)
         self.retry_at.pop(pair, None)
@@ -135,7 +135,7 @@ class FastClose:
         if eid <= replica.last_id:
             return []  # already in the builder's state the replica started from
         out: list[Emitted] = []
-        _apply(replica.builder, msg, out)
+        replica.builder.apply(msg, out)
         replica.last_id = eid
         if not out:
             return []
@@ -198,24 +198,8 @@ _FIELDS = ("open", "high", "low", "close", "volume", "buy_volume", "sell_volume"
 
 
 def _same(candle: Candle, other: Any) -> bool:
-    """Same bar: every value a rule can read (a Candle, or a builder ``Bar``)."""
-    if isinstance(other, Candle):
-        return all(getattr(candle, f) == getattr(other, f) for f in _FIELDS)
-    return (candle.open == other.open and candle.high == other.high and candle.low == other.low
-            and candle.close == other.close and candle.volume == other.volume
-            and candle.buy_volume == other.buy_volume and candle.sell_volume == other.sell_volume
-            and candle.quote_volume == other.quote_volume and candle.trades == other.trades
-            and candle.incomplete == other.incomplete)
-
-
-def _apply(builder: SeriesBuilder, msg: Any, out: list[Emitted]) -> None:
-    """What candle_builder does with one trades entry (``CandleBuilderApp._apply``)."""
-    if isinstance(msg, TradeBatch):
-        builder.add_trades(msg.trades, out)
-    elif isinstance(msg, Watermark):
-        builder.advance(msg.ts, out, final=msg.final)
-    elif isinstance(msg, GapMarker):
-        builder.gap(msg.start, msg.end, out)
+    """Same bar: every value a rule can read (``other`` a Candle, or a builder ``Bar``: the same attribute names)."""
+    return all(getattr(candle, f) == getattr(other, f) for f in _FIELDS)
 
 
 def _text(raw: bytes | str) -> str:

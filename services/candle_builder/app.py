@@ -424,9 +424,9 @@ class CandleBuilderApp:
 
     def _apply(self, series: Series, msg: FeedMessage, out: list[Emitted], n: int | None = None) -> None:
         builder = series.builder
+        builder.apply(msg, out)
         if isinstance(msg, TradeBatch):
             self.trades_in += len(msg.trades) if n is None else n
-            builder.add_trades(msg.trades, out)
             if builder.late_dropped != series.late_logged:
                 now = time.monotonic()
                 if now - series.late_logged_at >= 10.0:  # at most one warning per series every 10 s
@@ -435,12 +435,9 @@ class CandleBuilderApp:
                                    builder.late_dropped - series.late_logged, builder.lateness_ms,
                                    builder.late_dropped)
                     series.late_logged, series.late_logged_at = builder.late_dropped, now
-        elif isinstance(msg, Watermark):
-            builder.advance(msg.ts, out, final=msg.final)
         elif isinstance(msg, GapMarker):
             logger.info("candle_builder: %s %s: gap %d..%d (%s): candles there are incomplete", series.exchange,
                         series.symbol, msg.start, msg.end, msg.reason)
-            builder.gap(msg.start, msg.end, out)
 
     def _queue_candles(self, tx: Any, series: Series, emitted: list[Emitted], history: bool = False) -> None:
         ex, sym = series.exchange, series.symbol

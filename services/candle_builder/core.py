@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Any
 
 from services.candle_builder.bars import _CTX, _ZERO, Bar, bar_from_history
-from shared.schemas import pack, unpack
+from shared.schemas import FeedMessage, GapMarker, TradeBatch, Watermark, pack, unpack
 from shared.timeframes import bucket_start, sort_timeframes, timeframe_ms
 
 __all__ = ["Bar", "Emitted", "SeriesBuilder", "bar_from_history", "base_timeframe"]
@@ -119,6 +119,16 @@ class SeriesBuilder:
             table.pop(tf, None)
 
     # ---- input -----------------------------------------------------------------------------------------------------
+
+    def apply(self, msg: FeedMessage, out: list[Emitted]) -> None:
+        """One trades-stream entry: trades aggregated, a watermark advances exchange time, a gap flags its candles.
+        The only way entries reach a builder (candle_builder's, and the alert engine's replicas of it)."""
+        if isinstance(msg, TradeBatch):
+            self.add_trades(msg.trades, out)
+        elif isinstance(msg, Watermark):
+            self.advance(msg.ts, out, final=msg.final)
+        elif isinstance(msg, GapMarker):
+            self.gap(msg.start, msg.end, out)
 
     def add_trades(self, rows: Iterable[tuple], out: list[Emitted]) -> None:
         """Aggregate trades ``(id, ts_ms, price, amount, taker_is_buy)`` (Decimal price/amount) in exchange order."""

@@ -42,6 +42,19 @@ async def _alerts(redis) -> set[tuple]:
     return out
 
 
+async def _started(redis, redis_url, rules, timeframes: list[str], fast: bool = True):
+    """candle_builder has built the first quarter of the trades and the engine has read its candles (subscribing
+    made candle_builder build ``timeframes`` for it). Returns the engine, the builder's settings and the stream."""
+    builder = settings_for(redis_url, timeframes=timeframes, history_bars=0)
+    stream = streams.trades(EX, SYM)
+    await publish(redis, EX, SYM, TRADES[:SPLIT], per_entry=20, final=False)
+    engine = AlertEngineApp(Settings(rules_file=rules, redis_url=redis_url, fast_close=fast), redis)
+    await engine.drain(final=False)
+    await run_until_caught_up(redis, builder, [stream])
+    await engine.drain(final=False)
+    return engine, builder, stream
+
+
 async def _run(redis, redis_url, tmp_path, fast: bool) -> tuple[set[tuple], set[tuple], AlertEngineApp]:
     """The builder builds the first quarter; the engine starts; the rest of the trades come while the builder is
     stopped (the engine drains them), then the builder catches up and the engine drains its candles. Returns the
@@ -49,13 +62,7 @@ async def _run(redis, redis_url, tmp_path, fast: bool) -> tuple[set[tuple], set[
     await redis.flushall()
     rules = tmp_path / "rules.yaml"
     rules.write_text(_rules())
-    builder = settings_for(redis_url, timeframes=["1s", "1m"], history_bars=0)
-    stream = streams.trades(EX, SYM)
-    await publish(redis, EX, SYM, TRADES[:SPLIT], per_entry=20, final=False)
-    engine = AlertEngineApp(Settings(rules_file=rules, redis_url=redis_url, fast_close=fast), redis)
-    await engine.drain(final=False)  # subscribes: candle_builder builds 1s and 1m for it
-    await run_until_caught_up(redis, builder, [stream])
-    await engine.drain(final=False)
+    engine, builder, stream = await _started(redis, redis_url, rules, ["1s", "1m"], fast)
     await publish(redis, EX, SYM, TRADES[SPLIT:], per_entry=20, final=True)
     await engine.drain(final=False)
     before = await _alerts(redis)
@@ -89,13 +96,7 @@ rules:
   - {{name: high_close, symbols: [{SYM}], timeframe: 1s, notify_on_resolve: true,
      condition: {{op: above, right: 1000000}}}}
 """)
-    stream = streams.trades(EX, SYM)
-    builder = settings_for(redis_url, timeframes=["1s"], history_bars=0)
-    await publish(redis, EX, SYM, TRADES[:SPLIT], per_entry=20, final=False)
-    engine = AlertEngineApp(Settings(rules_file=rules, redis_url=redis_url), redis)
-    await engine.drain(final=False)
-    await run_until_caught_up(redis, builder, [stream])
-    await engine.drain(final=False)
+    engine, _, _ = await _started(redis, redis_url, rules, ["1s"])
     part = TRADES[SPLIT:SPLIT + 400]
     await publish(redis, EX, SYM, part, per_entry=20, final=False)
     await engine.drain(final=False)
@@ -124,14 +125,8 @@ async def test_an_engine_restarted_mid_stream_neither_repeats_nor_loses_an_alert
     await redis.flushall()
     rules = tmp_path / "rules.yaml"
     rules.write_text(_rules())
-    builder = settings_for(redis_url, timeframes=["1s", "1m"], history_bars=0)
-    stream = streams.trades(EX, SYM)
     half = SPLIT + (len(TRADES) - SPLIT) // 2
-    await publish(redis, EX, SYM, TRADES[:SPLIT], per_entry=20, final=False)
-    first = AlertEngineApp(Settings(rules_file=rules, redis_url=redis_url), redis)
-    await first.drain(final=False)
-    await run_until_caught_up(redis, builder, [stream])
-    await first.drain(final=False)
+    first, builder, stream = await _started(redis, redis_url, rules, ["1s", "1m"])
     await publish(redis, EX, SYM, TRADES[SPLIT:half], per_entry=20, final=False)
     await first.drain(final=False)
     assert first.fast.closed > 100

@@ -35,6 +35,7 @@ import os
 import platform
 import random
 import socket
+import statistics
 import struct
 import sys
 import tempfile
@@ -207,7 +208,8 @@ def _apps(url: str, rules: Path, redis: Any, which: tuple[str, ...], intrabar: b
                                                      linger_ms=0 if "builder0" in which else 5), redis))
     if "engine" in which or "engine2" in which:
         apps.append(AlertEngineApp(EngineSettings(rules_file=rules, block_ms=50, intrabar=intrabar, redis_url=url,
-                                                  registry_poll_s=0.5, fast_close="engine2" not in which), redis))
+                                                  registry_poll_s=0.5, fast_close="engine2" not in which,
+                                                  linger_ms=int(os.environ.get("BENCH_ENGINE_LINGER", "5"))), redis))
     return apps
 
 
@@ -295,6 +297,17 @@ def _trace_engine(app: AlertEngineApp, trace: list) -> None:
                     phases[name] = phases.get(name, 0) + time.perf_counter() - t
         setattr(obj, name, wrapper)
 
+    lingers = published.append([]) or published[5]
+    linger = app._linger
+
+    def traced_linger() -> float:
+        wait = linger()
+        if wait or (lingers and lingers[-1][1]):  # each change from waiting to reading at once, and each wait
+            lingers.append((time.time(), wait, app.fast.lead_ms if app.fast else None))
+        return wait
+
+    app.consumer.linger = traced_linger
+    trace.append({"lingers": lingers})
     timed(app, "_sort", True)
     timed(app.engine, "on_batch")
     timed(app, "_state_rows")
@@ -546,7 +559,8 @@ def _print_latency(res: dict) -> None:
     goals = GOALS.get(res.get("rate_trades_per_s"), {})
     marks = [f"{k} {res[k]} (goal <= {g}: {'MET' if res[k] <= g else 'NOT MET'})" for k, g in goals.items()
              if k in res]
-    print(f"  {res.get('layout')} {res.get('rate_trades_per_s')}/s: p50 {res.get('p50_ms')} ms, p99 "
+    print(f"  {res.get('layout')} (engine linger {res.get('engine_linger_ms')} ms) {res.get('rate_trades_per_s')}/s: "
+          f"p50 {res.get('p50_ms')} ms, p99 "
           f"{res.get('p99_ms')} ms (reader woke p50 {res.get('reader_woke_p50_ms')}, p99 "
           f"{res.get('reader_woke_p99_ms')}); candle p50 {res.get('trade_to_closed_candle_p50_ms')} ms; "
           f"cpu us/trade {res.get('cpu_us_per_trade')}  {'; '.join(marks)}", flush=True)
@@ -563,6 +577,10 @@ def main() -> None:
                          "two_hops (processes with fast_close off) and/or tick (a price rule on each trade)")
     ap.add_argument("--symbols", type=int, default=10, help="symbols the trades are spread over (their bars all "
                                                                  "close in the same millisecond)")
+    ap.add_argument("--engine-linger", default="5", help="the engine's linger_ms (alert_engine.linger_ms); several "
+                    "(e.g. 0,5) run each latency layout once per value, in turn, for an A/B on the same machine state")
+    ap.add_argument("--repeat", type=int, default=1, help="run every latency layout (and linger) this many times")
+    ap.add_argument("--no-throughput", action="store_true", help="skip the evaluation throughput part")
     args = ap.parse_args()
     global SYMBOLS
     os.environ["BENCH_SYMBOLS"] = str(args.symbols)
@@ -572,7 +590,8 @@ def main() -> None:
                  "symbols": args.symbols, "load_avg_before": os.getloadavg(),
                  "pinned": bool(os.environ.get("BENCH_PIN")),
                  "goals": {str(k): v for k, v in GOALS.items()},
-                 "throughput": _throughput(60 if args.quick else 150), "latency": []}
+                 "throughput": None if args.no_throughput else _throughput(60 if args.quick else 150),
+                 "latency": []}
     print(json.dumps(out["throughput"]), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedRedis(Path(tmp) / "redis", persist=False)
@@ -583,14 +602,28 @@ def main() -> None:
             out["engine_only_candle_to_alert"] = asyncio.run(_engine_latency(server.url, 400, Path(tmp)))
             print(json.dumps(out["engine_only_candle_to_alert"]), flush=True)
             for rate in rates:
-                for layout in args.layouts.split(","):
-                    res = asyncio.run(_latency(server.url, rate, args.seconds, Path(tmp), layout,
-                                               server.process.pid))
-                    print(json.dumps(res), flush=True)
-                    _print_latency(res)
-                    out["latency"].append(res)
+                for _ in range(args.repeat):
+                    for layout in args.layouts.split(","):
+                        for linger in args.engine_linger.split(","):
+                            os.environ["BENCH_ENGINE_LINGER"] = linger  # read by the spawned services
+                            res = asyncio.run(_latency(server.url, rate, args.seconds, Path(tmp), layout,
+                                                       server.process.pid))
+                            res["engine_linger_ms"] = int(linger)
+                            print(json.dumps(res), flush=True)
+                            _print_latency(res)
+                            out["latency"].append(res)
         finally:
             server.stop()
+    if args.repeat > 1:  # medians over the repeats, per rate, layout and linger
+        runs: dict[tuple, list[dict]] = {}
+        for res in out["latency"]:
+            if res.get("samples"):
+                runs.setdefault((res["rate_trades_per_s"], res["layout"], res["engine_linger_ms"]), []).append(res)
+        out["medians"] = [{"rate_trades_per_s": rate, "layout": layout, "engine_linger_ms": linger, "runs": len(rs),
+                           **{k: round(statistics.median(r[k] for r in rs), 3) for k in ("p50_ms", "p99_ms")}}
+                          for (rate, layout, linger), rs in runs.items()]
+        for m in out["medians"]:
+            print("  median of", json.dumps(m), flush=True)
     out["load_avg_after"] = os.getloadavg()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / ("bench_alerts_quick.json" if args.quick else "bench_alerts.json")).write_text(json.dumps(out, indent=2))

@@ -194,6 +194,7 @@ class Consumer(Generic[T]):
         max_deliveries: int = 5,
         prefetch: bool = False,
         linger_ms: int = 0,
+        linger: Callable[[], float] | None = None,
     ) -> None:
         self.bus = bus
         self.redis = bus.redis
@@ -208,10 +209,14 @@ class Consumer(Generic[T]):
         self.max_deliveries = max_deliveries
         # Send the next XREADGROUP as soon as a reply is taken, before its batch is handled: Redis reads batch N+1
         # while the handler works on batch N (whose commit then goes on ``_commits``).
-        self.prefetch = prefetch and not linger_ms
+        self.prefetch = prefetch and not linger_ms and linger is None
         # After a read that delivered entries, wait this long before the next one, so a busy stream is read in
         # fewer, larger batches (less work per entry, fewer wake-ups) at the cost of up to this much delay.
         self.linger_ms = linger_ms
+        # ``linger``: asked after each read that delivered entries (before they are handled) how many ms to wait
+        # then; overrides ``linger_ms`` (the alert engine lingers mid-bar and reads at once near a bar's close)
+        self.linger = linger
+        self._linger_now: float = linger_ms  # the wait after the batch being handled
         self._stop: asyncio.Event | None = None  # of run(): no new read is sent ahead once it is set
         self._streams: list[str] = list(dict.fromkeys(streams))
         self._ready: set[str] = set()
@@ -258,8 +263,8 @@ class Consumer(Generic[T]):
         try:
             while not stop.is_set() or self._reads.outstanding:  # a read-ahead already delivered is handled
                 try:
-                    if await self.poll(self.block_ms) and self.linger_ms:
-                        await _sleep_or_stop(stop, self.linger_ms / 1000)
+                    if await self.poll(self.block_ms) and self._linger_now:
+                        await _sleep_or_stop(stop, self._linger_now / 1000)
                     failures = 0
                 except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
                     # a read whose reply was lost may have delivered entries (pending here): re-read own pending first
@@ -295,6 +300,7 @@ class Consumer(Generic[T]):
         self._block_ms = block_ms
         if self._reads.outstanding:  # the next read went out with the previous batch's commit (or ahead of it)
             response = await self._reads.read_outstanding()
+            self._set_linger(response)
             await self._send_ahead(response)
             return await self._handle_response(response, read_ahead=True)
         await self._prepare()
@@ -318,8 +324,13 @@ class Consumer(Generic[T]):
             await asyncio.sleep(delay)
             return 0
         response = await self._xreadgroup(readable, block_ms)
+        self._set_linger(response)
         await self._send_ahead(response)
         return await self._handle_response(response, read_ahead=True)
+
+    def _set_linger(self, response: Any) -> None:
+        if self.linger is not None:
+            self._linger_now = self.linger() if response else 0
 
     async def _xreadgroup(self, ids: dict[str, str], block_ms: int | None) -> Any:
         """XREADGROUP with the server's raw reply: redis-py's response callback would build a dict per entry."""
@@ -345,7 +356,7 @@ class Consumer(Generic[T]):
     def _next_read(self) -> bytes | None:
         """The packed XREADGROUP the next poll would send, when that poll would do nothing else first (no own
         pending to recover, no claim due, every group ready); else None."""
-        if self._recover or not self._streams or len(self._ready) < len(self._streams) or self.linger_ms:
+        if self._recover or not self._streams or len(self._ready) < len(self._streams) or self._linger_now:
             return None  # (_ready is a subset of _streams: equal sizes mean every group is ready)
         if self._stop is not None and self._stop.is_set():
             return None  # run() is stopping: a read carried by a commit would chain reads while entries keep coming

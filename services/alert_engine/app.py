@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +102,28 @@ end
 return out
 """
 _ACK_CHUNK = 1000  # ids per XACK in the script (Lua's unpack has a stack limit)
+# _linger: reads follow at once from CLOSE_LEAD_MS before a bar's close (time to read what lingered before it) until
+# CLOSE_TAIL_MS after it (the first trades after a close can come late: a quieter pair, a slower feed)
+CLOSE_LEAD_MS = 10
+CLOSE_TAIL_MS = 200
 
 # Subscribing, atomically with other subscribers of the same series (the engine's replicas, the API):
 # the look-back becomes the max of what is there and ours (never lowered by a smaller need), then the count goes up.
 # KEYS: SUBSCRIPTIONS, SUBSCRIPTION_LOOKBACK; ARGV: member, look-back, 1 (increment) | 0 (look-back only), ...
+
+
+def close_wait(now_ms: float, bases: Iterable[int], linger_ms: float) -> float:
+    """How long (ms) a read may wait at exchange time ``now_ms`` when bars close on multiples of ``bases`` (ms):
+    ``linger_ms``, cut to end ``CLOSE_LEAD_MS`` before the next close; 0 from then until ``CLOSE_TAIL_MS`` after it."""
+    wait = float(linger_ms)
+    for base in bases:
+        phase = now_ms % base
+        if phase < CLOSE_TAIL_MS:
+            return 0.0
+        wait = min(wait, base - phase - CLOSE_LEAD_MS)
+    return max(wait, 0.0)
+
+
 _SUBSCRIBE = """
 for i = 1, #ARGV, 3 do
   local want = tonumber(ARGV[i + 1])
@@ -185,7 +204,8 @@ class AlertEngineApp:
         # every stream of a read in one batch: one gate round trip for the candles a second boundary closes at once
         self.consumer = Consumer(self.bus, group=streams.GROUP_ALERT_ENGINE,
                                  consumer=consumer_name("alert_engine", settings.consumer_name), decode=decode_input,
-                                 handler=self._handle, count=settings.batch, block_ms=settings.block_ms)
+                                 handler=self._handle, count=settings.batch, block_ms=settings.block_ms,
+                                 linger=self._linger if settings.linger_ms else None)
         self._commit_sha = redis.register_script(_COMMIT).sha
         self._subscribe_script = redis.register_script(_SUBSCRIBE)
         self._unsubscribe_script = redis.register_script(_UNSUBSCRIBE)
@@ -205,6 +225,7 @@ class AlertEngineApp:
         self.fast = FastClose(redis) if settings.fast_close else None
         self._fast_tfs: dict[tuple[str, str], set[str]] = {}
         self._tick_pairs: set[tuple[str, str]] = set()  # pairs whose trades tick-level rules read
+        self._linger_ok = False  # everything read is closed-bar work (see _linger)
 
     # ---- lifecycle --------------------------------------------------------------------------------------------------
 
@@ -437,6 +458,7 @@ class AlertEngineApp:
         for ex, sym in trades:
             names[streams.trades(ex, sym)] = ("trades", ex, sym)
         self._tick_pairs = {pair for pair in trades if self.settings.intrabar and self.engine.needs_trades(*pair)}
+        self._linger_ok = not self._tick_pairs and all(kind in ("candle", "trades") for kind, *_ in names.values())
         if self.fast is not None:  # the pairs wanted() reads trades of for fast close, with their series
             fast_tfs: dict[tuple[str, str], set[str]] = {}
             for ex, sym, tf in series:
@@ -561,6 +583,20 @@ class AlertEngineApp:
         return out
 
     # ---- the hot path -----------------------------------------------------------------------------------------------
+
+    def _linger(self) -> float:
+        """ms to wait after a read before the next one (``Consumer(linger=)``, asked after each read that delivered).
+
+        Between bar closes a trade cannot close a bar, so the trades can wait ``linger_ms`` and be read in bigger
+        batches; the wait ends ``CLOSE_LEAD_MS`` before the next close of any replica's base bucket (in exchange time,
+        as the trades read so far tell it: ``FastClose.exchange_now``), and from then until ``CLOSE_TAIL_MS`` after it
+        every read follows at once, so the trade that closes a bar is read when it comes. Only live, with fast close,
+        and when nothing read needs each entry at once (tick-level, ticker or in-progress-candle rules); a wrong
+        estimate of the exchange's clock only makes an alert up to ``linger_ms`` later."""
+        fast = self.fast
+        if not self._linger_ok or fast is None or not fast.replicas or self.settings.clock != "wall":
+            return 0
+        return close_wait(fast.exchange_now(time.time() * 1000), fast.bases(), self.settings.linger_ms)
 
     async def _handle(self, batch: Batch) -> None:
         fires: list[core.Fire] = []

@@ -42,6 +42,8 @@ SeriesKey = tuple[str, str, str]
 #: candles of a series closed here and not yet confirmed by candle_builder, at most (the oldest are forgotten: a
 #: builder that stopped publishing must not grow them without end)
 MAX_PENDING = 1024
+#: how long the newest trade's lead over this machine's clock is remembered (``FastClose.exchange_now``)
+LEAD_WINDOW_MS = 10_000
 
 
 @dataclass(slots=True)
@@ -68,6 +70,21 @@ class FastClose:
     confirmed: int = 0  # ... and later found equal to candle_builder's
     mismatched: int = 0  # candle_builder's candle differed (the replica was re-synced)
     synced: int = 0
+    lead_ms: float = 0.0  # exchange time of the freshest trade read minus this machine's clock then (< 0: latency)
+    lead_at: float = 0.0  # when that was seen (ms)
+    _bases: tuple[int, ...] | None = None  # distinct base bucket lengths of the replicas (None: to be recomputed)
+
+    def bases(self) -> tuple[int, ...]:
+        """The replicas' base bucket lengths (ms): every bar they close ends on a multiple of one of them."""
+        if self._bases is None:
+            self._bases = tuple(sorted({r.builder.base_ms for r in self.replicas.values()}))
+        return self._bases
+
+    def exchange_now(self, now_ms: float) -> float:
+        """The exchange time of a trade read now, as far as the trades read so far tell: this machine's clock plus
+        the largest lead of a trade's time over it seen in the last ``LEAD_WINDOW_MS`` (feed latency and clock
+        skew)."""
+        return now_ms + self.lead_ms
 
     def forget(self, pair: Pair) -> None:
         """``pair`` is no longer watched."""
@@ -80,6 +97,7 @@ class FastClose:
         """Drop ``pair``'s replica: it is re-read from candle_builder's state at the pair's next trades entry (bars it
         closed and evaluated stay pending, so candle_builder's candles of them are still compared, not re-evaluated)."""
         self.replicas.pop(pair, None)
+        self._bases = None
         self.retry_at.pop(pair, None)
         self.retry_wait.pop(pair, None)
 
@@ -120,6 +138,7 @@ class FastClose:
                 builder.apply(msg, sink)
                 last = entry_id(raw_id)
         self.replicas[pair] = Replica(builder, last)
+        self._bases = None
         self.retry_at.pop(pair, None)
         self.retry_wait.pop(pair, None)
         self.synced += 1
@@ -135,8 +154,14 @@ class FastClose:
         if eid <= replica.last_id:
             return []  # already in the builder's state the replica started from
         out: list[Emitted] = []
-        replica.builder.apply(msg, out)
+        builder = replica.builder
+        builder.apply(msg, out)
         replica.last_id = eid
+        if (bar := builder.base) is not None:
+            now = time.time() * 1000
+            lead = bar.last_ts - now
+            if lead > self.lead_ms or now - self.lead_at > LEAD_WINDOW_MS:
+                self.lead_ms, self.lead_at = lead, now
         if not out:
             return []
         candles = []

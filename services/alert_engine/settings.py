@@ -38,6 +38,11 @@ class Settings(ServiceSettings):
         "candle (one hop less; candle_builder's candle is compared and a difference re-syncs the replica). Costs "
         "reading every trade of the watched pairs. Turn off when engine replicas share the consumer group (each "
         "would see only part of the trades).")
+    linger_ms: int = Field(
+        default=5, ge=0, description="Live (clock wall), fast close, when the engine reads only closed-bar work (no "
+        "tick-level, ticker or in-progress-candle rules): between bar closes, wait this long after a read before the "
+        "next one, so the trades are read in fewer, larger batches (less CPU, fewer wake-ups); from just before a "
+        "bar's close until CLOSE_TAIL_MS after it every trade is read at once. 0: always read at once.")
     block_ms: int = Field(default=200, ge=1)
     batch: int = Field(default=500, ge=1)
     alerts_maxlen: int = Field(default=100_000, ge=100)

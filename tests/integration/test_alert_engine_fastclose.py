@@ -5,14 +5,17 @@ re-syncs the replica from candle_builder's saved state. Real redis-server, real 
 
 from __future__ import annotations
 
+import asyncio
 import statistics
+import time
 from decimal import Decimal
 
 from services.alert_engine.app import AlertEngineApp
 from services.alert_engine.settings import Settings
+from services.candle_builder.app import CandleBuilderApp
 from shared import streams
-from shared.bus import FIELD
-from shared.schemas import Alert, Candle
+from shared.bus import FIELD, Bus
+from shared.schemas import Alert, Candle, encode_trades
 from tests.conftest import shared_data
 from tests.integration.test_candle_builder import publish, read_trades, run_until_caught_up, settings_for
 
@@ -143,3 +146,55 @@ async def test_an_engine_restarted_mid_stream_neither_repeats_nor_loses_an_alert
     assert len(ids) == len(set(ids)), "an alert was published twice"
     assert await _alerts(redis) == slow
     assert second.fast.mismatched == 0 and second.fast.confirmed == second.fast.closed
+
+
+async def test_live_the_engine_waits_between_closes_and_reads_the_closing_trade_at_once(redis, redis_url, tmp_path):
+    """Live (trades stamped with this machine's clock, one entry every 2 ms for 3 s; candle_builder and the engine
+    running): with ``linger_ms`` 100 the engine reads the trades in the middle of a bar 100 ms at a time — far fewer
+    reads than entries — yet every bar's alert is out within 50 ms of the trade that closed it (a plain 100 ms linger
+    would make most of them wait up to 100 ms): near a close every read follows at once. Every closed bar alerts."""
+    await redis.flushall()
+    sym = "LIVE/USDT"
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(f"rules:\n  - {{name: each, exchange: {EX}, symbols: ['{sym}'], timeframe: 1s, "
+                     "frequency: once_per_bar_close, condition: {op: above, right: 0}}\n")
+    await redis.sadd(streams.FEED_REGISTRY, streams.registry_member(EX, sym))
+    builder = CandleBuilderApp(settings_for(redis_url, timeframes=["1s"], base_timeframe="1s", history_bars=0,
+                                            flat_candles=False, live_candles=False), redis)
+    engine = AlertEngineApp(Settings(rules_file=rules, redis_url=redis_url, linger_ms=100, block_ms=50,
+                                     registry_poll_s=0.1), redis)
+    waits: list[float] = []  # the engine's answer after each read that delivered entries
+    linger = engine.consumer.linger
+
+    def counted() -> float:
+        waits.append(linger())
+        return waits[-1]
+
+    engine.consumer.linger = counted
+    halt = asyncio.Event()
+    tasks = [asyncio.create_task(app.run(halt)) for app in (builder, engine)]
+    bus, stream = Bus(redis), streams.trades(EX, sym)
+    closing: dict[int, int] = {}  # bar start -> Redis time (ms) of the entry holding the first trade after the bar
+    entries = 0
+    try:
+        await asyncio.sleep(0.5)  # groups and subscriptions
+        end = time.time() + 3.0
+        while time.time() < end:
+            ts = int(time.time() * 1000)
+            entries += 1
+            eid = await bus.publish(stream, encode_trades(EX, sym, [(entries, ts, Decimal("100"), Decimal("0.1"),
+                                                                     entries % 2 == 0)]))
+            closing.setdefault(ts - ts % 1000 - 1000, int(eid.split(b"-")[0]))
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(0.3)
+    finally:
+        halt.set()
+        await asyncio.gather(*tasks)
+    published = {Alert.decode(f[FIELD]).ts: int(i.split(b"-")[0]) for i, f in await redis.xrange(streams.ALERTS)}
+    bars = sorted(closing)[1:]  # (the first key is the bar before the first trade)
+    assert len(bars) >= 3 and set(bars) <= set(published), (bars, published)
+    late = {b: published[b] - closing[b] for b in bars if published[b] - closing[b] > 50}
+    assert not late, late
+    assert engine.fast.closed >= 2  # those alerts came from the engine's own replica, not candle_builder's candles
+    assert 100.0 in waits and 0.0 in waits
+    assert len(waits) < entries / 2, (len(waits), entries)

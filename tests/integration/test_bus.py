@@ -511,3 +511,46 @@ async def test_linger_reads_a_busy_stream_in_fewer_larger_batches_and_loses_noth
     # a read at most every 40 ms while entries kept coming (without linger: about one batch per entry)
     assert len(batches) <= took / 0.040 + 2, (took, [len(b) for b in batches])
     assert await bus.caught_up(STREAM, "g") and (await redis.xpending(STREAM, "g"))["pending"] == 0
+
+
+async def test_a_linger_callable_is_asked_after_each_read_and_zero_reads_at_once(redis):
+    """``linger``: asked after each read that delivered entries how long to wait (it overrides ``linger_ms``). While it
+    answers 40 ms, entries written 2 ms apart are read a linger's worth at a time; once it answers 0, each read follows
+    at once (about one read per entry). One answer per read; every entry handled once, in order."""
+    bus = Bus(redis)
+    batches: list[list[int]] = []
+    answer = {"ms": 40.0}
+    asked: list[float] = []
+
+    async def handle(batch: Batch[TradeBatch]) -> None:
+        batches.append([t.id for e in batch.entries for t in e.value.trades])
+
+    def linger() -> float:
+        asked.append(answer["ms"])
+        return answer["ms"]
+
+    consumer = Consumer(bus, group="g", consumer="c", streams=[STREAM], decode=decode_feed, handler=handle,
+                        block_ms=50, linger=linger)
+    took: list[float] = []
+
+    async def produce() -> None:
+        loop = asyncio.get_running_loop()
+        for phase in (0, 1):
+            start = loop.time()
+            for i in range(phase * 80, phase * 80 + 80):
+                await bus.publish(STREAM, batch_of(i, 1))
+                await asyncio.sleep(0.002)
+            took.append(loop.time() - start)
+            if phase == 0:
+                await asyncio.sleep(0.1)  # the last lingering read is taken
+                answer["ms"] = 0.0
+
+    producer = asyncio.create_task(produce())
+    await _consume_until(consumer, lambda: sum(map(len, batches)) >= 160)
+    await producer
+    assert [i for b in batches for i in b] == list(range(160))
+    assert len(asked) == len(batches)
+    lingered = [b for b in batches if b[0] < 80]
+    at_once = [b for b in batches if b[0] >= 80]
+    assert len(lingered) <= took[0] / 0.040 + 2, [len(b) for b in lingered]
+    assert len(at_once) >= 40, [len(b) for b in at_once]  # lingering 40 ms would give about 5

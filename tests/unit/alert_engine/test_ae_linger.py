@@ -1,0 +1,71 @@
+"""The engine's read pacing with fast close (``AlertEngineApp._linger``): wait between bar closes, read at once near
+one. ``close_wait`` is the arithmetic; ``FastClose.exchange_now`` the clock it is read against."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+
+import pytest
+
+from services.alert_engine.app import CLOSE_LEAD_MS, CLOSE_TAIL_MS, close_wait
+from services.alert_engine.fastclose import FastClose, Replica
+from services.candle_builder.core import SeriesBuilder
+from shared.schemas import TradeBatch
+
+SEC, MIN = 1000, 60_000
+
+
+@pytest.mark.parametrize(("phase", "expected"), [
+    (500, 5.0),  # mid-bar: the whole linger
+    (SEC - CLOSE_LEAD_MS - 2, 2.0),  # the wait is cut to end CLOSE_LEAD_MS before the close
+    (SEC - CLOSE_LEAD_MS, 0.0),  # from then on: at once
+    (SEC - 1, 0.0),
+    (0, 0.0),  # the close itself
+    (CLOSE_TAIL_MS - 1, 0.0),  # its tail: the closing trades of slower pairs
+    (CLOSE_TAIL_MS, 5.0),
+])
+def test_close_wait_on_one_base(phase, expected):
+    assert close_wait(1_795_000_000_000 + phase, [SEC], 5) == expected
+
+
+def test_close_wait_takes_the_nearest_close_of_every_base():
+    t = 1_795_000_040_000  # 20 s into a minute: a 1s close was 0 ms ago
+    assert close_wait(t, [MIN], 5) == 5.0
+    assert close_wait(t, [SEC, MIN], 5) == 0.0
+    assert close_wait(t + 500, [SEC, MIN], 5) == 5.0
+    assert close_wait(t + MIN - 20_000 - CLOSE_LEAD_MS - 1, [MIN], 5) == 1.0  # just before the minute's close
+    assert close_wait(t + 500, [], 5) == 5.0  # nothing closes: no limit but the linger
+
+
+def _replica(tf: str) -> Replica:
+    return Replica(SeriesBuilder([tf], base=tf, flat_candles=False), (0, 0))
+
+
+def test_bases_follow_the_replicas():
+    fast = FastClose(redis=None)
+    fast.replicas[("x", "A/USDT")] = _replica("1s")
+    fast.replicas[("x", "B/USDT")] = _replica("1m")
+    fast.replicas[("x", "C/USDT")] = _replica("1s")
+    assert fast.bases() == (SEC, MIN)
+    fast.resync(("x", "B/USDT"))
+    assert fast.bases() == (SEC,)
+
+
+def test_exchange_now_is_the_clock_plus_the_freshest_trades_lead():
+    """Trades stamped 300 ms behind this machine's clock (feed latency, or an exchange clock behind ours): a trade read
+    now carries an exchange time 300 ms before it; a fresher one moves the estimate up, a staler one does not."""
+    fast = FastClose(redis=None)
+    pair = ("x", "A/USDT")
+    fast.replicas[pair] = _replica("1s")
+
+    def trade(tid: int, behind_ms: int) -> TradeBatch:
+        return TradeBatch("x", "A/USDT", [(tid, int(time.time() * 1000) - behind_ms, Decimal(1), Decimal(1), 1)])
+
+    fast.apply(pair, b"1-1", trade(1, 300), {"1s"})
+    now = time.time() * 1000
+    assert now - 320 < fast.exchange_now(now) < now - 280
+    fast.apply(pair, b"1-2", trade(2, 900), {"1s"})  # a staler trade
+    assert now - 320 < fast.exchange_now(now) < now - 280
+    fast.apply(pair, b"1-3", trade(3, 100), {"1s"})
+    assert now - 120 < fast.exchange_now(now) < now - 80

@@ -18,7 +18,8 @@
     BENCH_PIN=1: the engine (or the one_loop process) alone on CPU 1, everything else on CPU 0 (the
     ``cpu_affinity`` setting's deployment). BENCH_RATES=1000,5000 picks the rates; BENCH_DEBUG=1 prints the engine's
     status; BENCH_TRACE=FILE writes, per
-    batch of the engine that published alerts, its timings (handling, evaluation phases, commit) as JSON.
+    batch of the engine that published alerts, its timings (handling, evaluation phases, commit) as JSON (the first
+    item: the engine's linger answers, each wait and each return to reading at once).
 (b) evaluation throughput of the pure core: 500 symbols × 10 rules (crossings, indicators, channels, moves, volume
     spike, all/any) on closed candles.
 

@@ -560,7 +560,7 @@ def _print_latency(res: dict) -> None:
     goals = GOALS.get(res.get("rate_trades_per_s"), {})
     marks = [f"{k} {res[k]} (goal <= {g}: {'MET' if res[k] <= g else 'NOT MET'})" for k, g in goals.items()
              if k in res]
-    print(f"  {res.get('layout')} (engine linger {res.get('engine_linger_ms')} ms) {res.get('rate_trades_per_s')}/s: "
+    print(f"  {res.get('layout')}{' ' + res['ab'] if res.get('ab') else ''} {res.get('rate_trades_per_s')}/s: "
           f"p50 {res.get('p50_ms')} ms, p99 "
           f"{res.get('p99_ms')} ms (reader woke p50 {res.get('reader_woke_p50_ms')}, p99 "
           f"{res.get('reader_woke_p99_ms')}); candle p50 {res.get('trade_to_closed_candle_p50_ms')} ms; "
@@ -578,14 +578,17 @@ def main() -> None:
                          "two_hops (processes with fast_close off) and/or tick (a price rule on each trade)")
     ap.add_argument("--symbols", type=int, default=10, help="symbols the trades are spread over (their bars all "
                                                                  "close in the same millisecond)")
-    ap.add_argument("--engine-linger", default="5", help="the engine's linger_ms (alert_engine.linger_ms); several "
-                    "(e.g. 0,5) run each latency layout once per value, in turn, for an A/B on the same machine state")
+    ap.add_argument("--ab", default="", help="NAME=V1,V2: run each latency layout once per value of the environment "
+                    "variable NAME, in turn (an A/B on the same machine state): BENCH_ENGINE_LINGER (the engine's "
+                    "linger_ms, default 5)")
     ap.add_argument("--repeat", type=int, default=1, help="run every latency layout (and linger) this many times")
     ap.add_argument("--no-throughput", action="store_true", help="skip the evaluation throughput part")
     args = ap.parse_args()
     global SYMBOLS
     os.environ["BENCH_SYMBOLS"] = str(args.symbols)
     SYMBOLS = [f"S{i}/USDT" for i in range(args.symbols)]
+    ab_name, _, ab_values = args.ab.partition("=")
+    values = ab_values.split(",") if ab_name else [""]
     rates = [int(r) for r in os.environ["BENCH_RATES"].split(",")] if os.environ.get("BENCH_RATES") else [1000, 5000] if args.quick else [1000, 5000, 20000]
     out: dict = {"python": platform.python_version(), "machine": platform.machine(),
                  "symbols": args.symbols, "load_avg_before": os.getloadavg(),
@@ -605,11 +608,12 @@ def main() -> None:
             for rate in rates:
                 for _ in range(args.repeat):
                     for layout in args.layouts.split(","):
-                        for linger in args.engine_linger.split(","):
-                            os.environ["BENCH_ENGINE_LINGER"] = linger  # read by the spawned services
+                        for value in values:
+                            if ab_name:
+                                os.environ[ab_name] = value  # read by the spawned services
                             res = asyncio.run(_latency(server.url, rate, args.seconds, Path(tmp), layout,
                                                        server.process.pid))
-                            res["engine_linger_ms"] = int(linger)
+                            res["ab"] = f"{ab_name}={value}" if ab_name else None
                             print(json.dumps(res), flush=True)
                             _print_latency(res)
                             out["latency"].append(res)
@@ -619,10 +623,10 @@ def main() -> None:
         runs: dict[tuple, list[dict]] = {}
         for res in out["latency"]:
             if res.get("samples"):
-                runs.setdefault((res["rate_trades_per_s"], res["layout"], res["engine_linger_ms"]), []).append(res)
-        out["medians"] = [{"rate_trades_per_s": rate, "layout": layout, "engine_linger_ms": linger, "runs": len(rs),
+                runs.setdefault((res["rate_trades_per_s"], res["layout"], res["ab"]), []).append(res)
+        out["medians"] = [{"rate_trades_per_s": rate, "layout": layout, "ab": ab, "runs": len(rs),
                            **{k: round(statistics.median(r[k] for r in rs), 3) for k in ("p50_ms", "p99_ms")}}
-                          for (rate, layout, linger), rs in runs.items()]
+                          for (rate, layout, ab), rs in runs.items()]
         for m in out["medians"]:
             print("  median of", json.dumps(m), flush=True)
     out["load_avg_after"] = os.getloadavg()

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from shared.history import MAX_HISTORY_BARS
 from shared.runtime import consumer_name, heartbeat
 from services.candle_builder.decode import decode_feed_msg
 from shared.schemas import Candle, GapMarker, Ticker, TradeBatch, Watermark, pack, unpack
+from shared.timeframes import close_wait
 from shared.yamlfile import load_yaml_file
 
 logger = logging.getLogger(__name__)
@@ -110,20 +110,6 @@ CLOSE_TAIL_MS = 200
 # Subscribing, atomically with other subscribers of the same series (the engine's replicas, the API):
 # the look-back becomes the max of what is there and ours (never lowered by a smaller need), then the count goes up.
 # KEYS: SUBSCRIPTIONS, SUBSCRIPTION_LOOKBACK; ARGV: member, look-back, 1 (increment) | 0 (look-back only), ...
-
-
-def close_wait(now_ms: float, bases: Iterable[int], linger_ms: float) -> float:
-    """How long (ms) a read may wait at exchange time ``now_ms`` when bars close on multiples of ``bases`` (ms):
-    ``linger_ms``, cut to end ``CLOSE_LEAD_MS`` before the next close; 0 from then until ``CLOSE_TAIL_MS`` after it."""
-    wait = float(linger_ms)
-    for base in bases:
-        phase = now_ms % base
-        if phase < CLOSE_TAIL_MS:
-            return 0.0
-        wait = min(wait, base - phase - CLOSE_LEAD_MS)
-    return max(wait, 0.0)
-
-
 _SUBSCRIBE = """
 for i = 1, #ARGV, 3 do
   local want = tonumber(ARGV[i + 1])
@@ -596,7 +582,8 @@ class AlertEngineApp:
         fast = self.fast
         if not self._linger_ok or fast is None or not fast.replicas or self.settings.clock != "wall":
             return 0
-        return close_wait(fast.exchange_now(time.time() * 1000), fast.bases(), self.settings.linger_ms)
+        return close_wait(fast.exchange_now(time.time() * 1000), fast.bases(), self.settings.linger_ms,
+                          CLOSE_LEAD_MS, CLOSE_TAIL_MS)
 
     async def _handle(self, batch: Batch) -> None:
         fires: list[core.Fire] = []

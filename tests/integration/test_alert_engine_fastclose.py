@@ -198,3 +198,4 @@ async def test_live_the_engine_waits_between_closes_and_reads_the_closing_trade_
     assert engine.fast.closed >= 2  # those alerts came from the engine's own replica, not candle_builder's candles
     assert 100.0 in waits and 0.0 in waits
     assert len(waits) < entries / 2, (len(waits), entries)
+

@@ -1,5 +1,5 @@
-"""The engine's read pacing with fast close (``AlertEngineApp._linger``): wait between bar closes, read at once near
-one. ``close_wait`` is the arithmetic; ``FastClose.exchange_now`` the clock it is read against."""
+"""The engine's reads paced by the bar clock with fast close (``AlertEngineApp._linger``): wait between bar closes,
+read at once near one. ``close_wait`` is the arithmetic; ``FastClose.exchange_now`` the clock it is read against."""
 
 from __future__ import annotations
 
@@ -8,12 +8,19 @@ from decimal import Decimal
 
 import pytest
 
-from services.alert_engine.app import CLOSE_LEAD_MS, CLOSE_TAIL_MS, close_wait
+from services.alert_engine.app import CLOSE_LEAD_MS, CLOSE_TAIL_MS
 from services.alert_engine.fastclose import FastClose, Replica
 from services.candle_builder.core import SeriesBuilder
 from shared.schemas import TradeBatch
+from shared.timeframes import close_wait
 
 SEC, MIN = 1000, 60_000
+WEEK = 7 * 86_400_000
+MONDAY = 1_794_787_200_000  # 2026-11-16 00:00 UTC, a weekly close
+
+
+def _close_wait(now: float, bases: list[int], linger: float) -> float:
+    return close_wait(now, bases, linger, CLOSE_LEAD_MS, CLOSE_TAIL_MS)
 
 
 @pytest.mark.parametrize(("phase", "expected"), [
@@ -26,16 +33,20 @@ SEC, MIN = 1000, 60_000
     (CLOSE_TAIL_MS, 5.0),
 ])
 def test_close_wait_on_one_base(phase, expected):
-    assert close_wait(1_795_000_000_000 + phase, [SEC], 5) == expected
+    assert _close_wait(1_795_000_000_000 + phase, [SEC], 5) == expected
 
 
 def test_close_wait_takes_the_nearest_close_of_every_base():
     t = 1_795_000_040_000  # 20 s into a minute: a 1s close was 0 ms ago
-    assert close_wait(t, [MIN], 5) == 5.0
-    assert close_wait(t, [SEC, MIN], 5) == 0.0
-    assert close_wait(t + 500, [SEC, MIN], 5) == 5.0
-    assert close_wait(t + MIN - 20_000 - CLOSE_LEAD_MS - 1, [MIN], 5) == 1.0  # just before the minute's close
-    assert close_wait(t + 500, [], 5) == 5.0  # nothing closes: no limit but the linger
+    assert _close_wait(t, [MIN], 5) == 5.0
+    assert _close_wait(t, [SEC, MIN], 5) == 0.0
+    assert _close_wait(t + 500, [SEC, MIN], 5) == 5.0
+    assert _close_wait(t + MIN - 20_000 - CLOSE_LEAD_MS - 1, [MIN], 5) == 1.0  # just before the minute's close
+    assert _close_wait(t + 500, [], 5) == 5.0  # nothing closes: no limit but the linger
+    # weeks close on Mondays (bucket_start), not on multiples of a week since the epoch (a Thursday)
+    assert _close_wait(MONDAY + 1, [WEEK], 5) == 0.0
+    assert _close_wait(MONDAY - CLOSE_LEAD_MS - 2, [WEEK], 5) == 2.0
+    assert _close_wait(MONDAY + 3 * 86_400_000, [WEEK], 5) == 5.0
 
 
 def _replica(tf: str) -> Replica:

@@ -298,17 +298,17 @@ def _trace_engine(app: AlertEngineApp, trace: list) -> None:
                     phases[name] = phases.get(name, 0) + time.perf_counter() - t
         setattr(obj, name, wrapper)
 
-    lingers = published.append([]) or published[5]
-    linger = app._linger
-
-    def traced_linger() -> float:
-        wait = linger()
-        if wait or (lingers and lingers[-1][1]):  # each change from waiting to reading at once, and each wait
-            lingers.append((time.time(), wait, app.fast.lead_ms if app.fast else None))
-        return wait
-
-    app.consumer.linger = traced_linger
+    lingers: list[tuple] = []
     trace.append({"lingers": lingers})
+    linger = app.consumer.linger
+    if linger is not None:  # (linger_ms 0: the consumer asks nothing; tracing must not make it ask)
+        def traced_linger() -> float:
+            wait = linger()
+            if wait or (lingers and lingers[-1][1]):  # each change from waiting to reading at once, and each wait
+                lingers.append((time.time(), wait, app.fast.lead_ms if app.fast else None))
+            return wait
+
+        app.consumer.linger = traced_linger
     timed(app, "_sort", True)
     timed(app.engine, "on_batch")
     timed(app, "_state_rows")
@@ -581,7 +581,7 @@ def main() -> None:
     ap.add_argument("--ab", default="", help="NAME=V1,V2: run each latency layout once per value of the environment "
                     "variable NAME, in turn (an A/B on the same machine state): BENCH_ENGINE_LINGER (the engine's "
                     "linger_ms, default 5)")
-    ap.add_argument("--repeat", type=int, default=1, help="run every latency layout (and linger) this many times")
+    ap.add_argument("--repeat", type=int, default=1, help="run every latency layout (and --ab value) this many times")
     ap.add_argument("--no-throughput", action="store_true", help="skip the evaluation throughput part")
     args = ap.parse_args()
     global SYMBOLS
@@ -619,7 +619,7 @@ def main() -> None:
                             out["latency"].append(res)
         finally:
             server.stop()
-    if args.repeat > 1:  # medians over the repeats, per rate, layout and linger
+    if args.repeat > 1:  # medians over the repeats, per rate, layout and --ab value
         runs: dict[tuple, list[dict]] = {}
         for res in out["latency"]:
             if res.get("samples"):

@@ -195,6 +195,7 @@ class Consumer(Generic[T]):
         prefetch: bool = False,
         linger_ms: int = 0,
         linger: Callable[[], float] | None = None,
+        top_up: Callable[[list[Entry[T]]], bool] | None = None,
     ) -> None:
         self.bus = bus
         self.redis = bus.redis
@@ -216,6 +217,12 @@ class Consumer(Generic[T]):
         # ``linger``: asked after each read that delivered entries (before they are handled) how many ms to wait
         # then; overrides ``linger_ms`` (the alert engine lingers mid-bar and reads at once near a bar's close)
         self.linger = linger
+        # ``top_up``: asked with the entries of each blocking read; True makes the consumer read once more at once (no
+        # BLOCK) and hand over both reads' entries as one batch. A blocked XREADGROUP returns when the first entry
+        # lands, so entries written together (a bar boundary: every symbol's closing trade) come one read, then the
+        # rest; the alert engine says when that split would make the others wait for the first one's work.
+        self.top_up = top_up
+        self.topped_up = 0  # reads that were topped up
         self._linger_now: float = linger_ms  # the wait after the batch being handled
         self._stop: asyncio.Event | None = None  # of run(): no new read is sent ahead once it is set
         self._streams: list[str] = list(dict.fromkeys(streams))
@@ -302,7 +309,7 @@ class Consumer(Generic[T]):
             response = await self._reads.read_outstanding()
             self._set_linger(response)
             await self._send_ahead(response)
-            return await self._handle_response(response, read_ahead=True)
+            return await self._handle_response(response, read_ahead=True, top_up=block_ms is not None)
         await self._prepare()
         if not self._streams:
             if block_ms:
@@ -326,7 +333,7 @@ class Consumer(Generic[T]):
         response = await self._xreadgroup(readable, block_ms)
         self._set_linger(response)
         await self._send_ahead(response)
-        return await self._handle_response(response, read_ahead=True)
+        return await self._handle_response(response, read_ahead=True, top_up=block_ms is not None)
 
     def _set_linger(self, response: Any) -> None:
         if self.linger is not None:
@@ -402,7 +409,7 @@ class Consumer(Generic[T]):
                     break
         return handled
 
-    async def _handle_response(self, response: Any, read_ahead: bool = False) -> int:
+    async def _handle_response(self, response: Any, read_ahead: bool = False, top_up: bool = False) -> int:
         """Hand every stream of one XREADGROUP reply to the handler as ONE batch.
 
         A handler that commits per batch (MULTI/EXEC) then makes one round trip per read, not one per stream: with N
@@ -414,6 +421,13 @@ class Consumer(Generic[T]):
         for stream_name, raw_entries in stream_items(response):
             handled += len(raw_entries)
             entries += await self._decode_entries(_s(stream_name), raw_entries)
+        if top_up and entries and self.top_up is not None and not self._reads.outstanding and self.top_up(entries):
+            readable = {s: ">" for s in self._streams if s not in self._recover}
+            if readable:
+                self.topped_up += 1
+                for stream_name, raw_entries in stream_items(await self._xreadgroup(readable, None)):
+                    handled += len(raw_entries)
+                    entries += await self._decode_entries(_s(stream_name), raw_entries)
         if entries:
             await self._dispatch(entries, read_ahead)
         return handled
@@ -480,11 +494,17 @@ class Consumer(Generic[T]):
                       read_ahead=self._next_read() if read_ahead and pinned is reads else None)
         await self.handler(batch)
         if not batch.acked:
-            pinned = None if reads.outstanding else reads  # the handler may have sent the read-ahead itself
-            async with self.bus.pipeline(pinned=pinned) as pipe:
-                batch.ack_with(pipe)
-                await pipe.execute(read_ahead=batch.read_ahead if pinned is not None else None)
+            await self.ack(batch)
         self.processed += len(entries)
+
+    async def ack(self, batch: Batch[T]) -> None:
+        """Ack ``batch``, with the next read when it carries one (on the read connection, in the same write): what the
+        consumer does when its handler returns; a handler with work left after its entries are safe (the alert
+        engine's speculation) calls it first, so that work overlaps the next read."""
+        pinned = None if self._reads.outstanding else self._reads  # the handler may have sent the read-ahead itself
+        async with self.bus.pipeline(pinned=pinned) as pipe:
+            batch.ack_with(pipe)
+            await pipe.execute(read_ahead=batch.read_ahead if pinned is not None else None)
 
     async def _failed(self, entry: Entry[T]) -> None:
         pending = await self.redis.xpending_range(entry.stream, self.group, min=entry.id, max=entry.id, count=1)

@@ -191,7 +191,8 @@ class AlertEngineApp:
         self.consumer = Consumer(self.bus, group=streams.GROUP_ALERT_ENGINE,
                                  consumer=consumer_name("alert_engine", settings.consumer_name), decode=decode_input,
                                  handler=self._handle, count=settings.batch, block_ms=settings.block_ms,
-                                 linger=self._linger if settings.linger_ms else None)
+                                 linger=self._linger if settings.linger_ms else None,
+                                 top_up=self._top_up if settings.fast_close and settings.top_up else None)
         self._commit_sha = redis.register_script(_COMMIT).sha
         self._subscribe_script = redis.register_script(_SUBSCRIBE)
         self._unsubscribe_script = redis.register_script(_UNSUBSCRIBE)
@@ -212,6 +213,7 @@ class AlertEngineApp:
         self._fast_tfs: dict[tuple[str, str], set[str]] = {}
         self._tick_pairs: set[tuple[str, str]] = set()  # pairs whose trades tick-level rules read
         self._linger_ok = False  # everything read is closed-bar work (see _linger)
+        self._specs: dict[tuple[str, str, str], core.Speculation] = {}  # series -> its bar evaluated ahead (_speculate)
 
     # ---- lifecycle --------------------------------------------------------------------------------------------------
 
@@ -266,7 +268,8 @@ class AlertEngineApp:
                 "suppressed": self.suppressed, "duplicates": self.duplicates,
                 "reload_error": self.reload_error or "", "deferred": self.engine.deferred,
                 "fast_closed": fast.closed if fast else 0, "fast_confirmed": fast.confirmed if fast else 0,
-                "fast_mismatched": fast.mismatched if fast else 0}
+                "fast_mismatched": fast.mismatched if fast else 0,
+                "speculations_taken": self.engine.speculations_taken}
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -585,10 +588,39 @@ class AlertEngineApp:
         return close_wait(fast.exchange_now(time.time() * 1000), fast.bases(), self.settings.linger_ms,
                           CLOSE_LEAD_MS, CLOSE_TAIL_MS)
 
+    def _top_up(self, entries: list) -> bool:
+        """``Consumer(top_up=)``: a read brought the trade that closes a pair's bar while another pair's bar of the
+        same close is still open here. A blocked read returns with the first entry written, so trades that came
+        together (every symbol's first trade past a boundary) would be read one, then the rest, and the rest would
+        wait for the first one's evaluation and commit; one more read now (no wait, one round trip) makes them one
+        batch with one commit."""
+        replicas = self.fast.replicas if self.fast is not None else None
+        if not replicas:
+            return False
+        closes: set[int] = set()
+        closing: set[tuple[str, str]] = set()
+        for entry in entries:
+            value = entry.value
+            if type(value) is TradeBatch and value.trades:
+                pair = (value.exchange, value.symbol)
+                replica = replicas.get(pair)
+                base = replica.builder.base if replica is not None else None
+                if base is not None and value.trades[-1][1] >= base.end:
+                    closes.add(base.end)
+                    closing.add(pair)
+        if not closes:
+            return False
+        for pair, replica in replicas.items():
+            base = replica.builder.base
+            if base is not None and base.end in closes and pair not in closing:
+                return True
+        return False
+
     async def _handle(self, batch: Batch) -> None:
         fires: list[core.Fire] = []
         entries = batch.entries
         fast = self.fast
+        touched: set[tuple[str, str]] = set()
         if len(entries) == 1 and type(value := entries[0].value) is Candle:  # one candle (no fast close)
             if not value.closed:
                 fires = self.engine.on_live_candle(value)
@@ -597,19 +629,48 @@ class AlertEngineApp:
         else:
             market: list[Candle | Ticker] = []
             later: list[Candle | Ticker] = []
-            await self._sort(entries, market, later, fires)
+            await self._sort(entries, market, later, fires, touched)
             market += later
             if market:
-                fires.extend(self.engine.on_batch(market))
+                fires.extend(self.engine.on_batch(market, speculations=self._specs))
         if self.engine.waiting and self.settings.clock == "wall":  # live: bars waited long enough for other series
             fires.extend(self.engine.flush_deferred(wall_clock_ms() - self.settings.cross_series_wait_ms))
         if fires:
             await self.publish(fires, batch)
+        if touched and fast is not None and self.settings.speculate_ms:
+            horizon = fast.exchange_now(time.time() * 1000) + self.settings.speculate_ms
+            closing = [c for pair in touched for c in fast.closing(pair, self._fast_tfs.get(pair, ()), horizon)]
+            if closing:
+                if not batch.acked:
+                    await self.consumer.ack(batch)  # the next read goes out now and waits while this works
+                self._speculate(closing)
 
-    async def _sort(self, entries: list, market: list, later: list, fires: list[core.Fire]) -> None:
-        """Route a batch's entries: trades entries to the fast-close replicas (the bars they close to ``market``) and
-        to tick-level rules (their fires to ``fires``); candle_builder's candles and tickers to ``later`` (after the
-        bars closed here: a bar closed here is evaluated before candle_builder's candle of it is compared with it)."""
+    def _speculate(self, closing: list[Candle]) -> None:
+        """Evaluate ahead the bars about to close (``closing``: as they would close if no other trade came; their
+        close within ``speculate_ms`` of the exchange's time as the trades read so far tell it): when the trade that
+        closes one is read and the bar is as it was now, the close only publishes what was worked out here
+        (``core.AlertEngine.speculate``). A wrong guess costs only the work: the bar is then evaluated as usual."""
+        engine, specs = self.engine, self._specs
+        for candle in closing:
+            key = (candle.exchange, candle.symbol, candle.timeframe)
+            try:
+                spec = engine.speculate(candle)
+            except Exception:  # never worth more than the bar's own evaluation, which follows as usual
+                logger.exception("alert_engine: speculating %s %s %s failed", *key)
+                spec = None
+            if spec is None:
+                specs.pop(key, None)
+                continue
+            for f in spec.fires:
+                f.packed = f.alert.encode()
+            specs[key] = spec
+
+    async def _sort(self, entries: list, market: list, later: list, fires: list[core.Fire],
+                    touched: set[tuple[str, str]]) -> None:
+        """Route a batch's entries: trades entries to the fast-close replicas (the bars they close to ``market``, their
+        pairs to ``touched``) and to tick-level rules (their fires to ``fires``); candle_builder's candles and tickers
+        to ``later`` (after the bars closed here: a bar closed here is evaluated before candle_builder's candle of it
+        is compared with it)."""
         fast = self.fast
         fast_tfs, tick_pairs = self._fast_tfs, self._tick_pairs
         for entry in entries:
@@ -621,6 +682,7 @@ class AlertEngineApp:
                 if tfs is not None and fast is not None and (pair in fast.replicas
                                                              or await fast.sync(pair, entry.id)):
                     market += fast.apply(pair, entry.id, value, tfs)
+                    touched.add(pair)
                 if kind is TradeBatch and pair in tick_pairs:  # tick-level rules see each trade as it comes
                     fires.extend(self.engine.on_trades(value.exchange, value.symbol, value.trades))
             elif kind is Candle:
@@ -659,7 +721,7 @@ class AlertEngineApp:
                            batch.group if batch is not None else "", len(fires), len(rows), 0]
         for f, p in zip(fires, predicted, strict=True):
             keys += (streams.alert_fired(f.alert.id), streams.alert_cooldown(f.fingerprint))
-            args += (f.alert.encode(), f.now_ms, f.cooldown_ms, f.fingerprint, 1 if p == 1 else 0)
+            args += (f.packed or f.alert.encode(), f.now_ms, f.cooldown_ms, f.fingerprint, 1 if p == 1 else 0)
         for fp, row in rows.items():
             args += (fp, row)
         if batch is not None:

@@ -175,12 +175,7 @@ class FastClose:
                 if seen.ts == bar.ts and not _same(seen, bar):
                     self._mismatch(key, seen, bar)
                 continue
-            candle = Candle.trusted(  # the builder's types are the model's (test_series_encode.py)
-                exchange=ex, symbol=sym, timeframe=tf, ts=bar.ts, open=bar.open, high=bar.high, low=bar.low,
-                close=bar.close, volume=bar.volume, buy_volume=bar.buy_volume, sell_volume=bar.sell_volume,
-                quote_volume=bar.quote_volume, trades=bar.trades, first_trade_id=bar.first_id,
-                last_trade_id=bar.last_id, closed=True, revision=0, incomplete=bar.incomplete, history=False,
-                prev_ts=None)
+            candle = _closed(ex, sym, tf, bar)
             pending = self.pending.setdefault(key, {})
             pending[bar.ts] = candle
             if len(pending) > MAX_PENDING:
@@ -188,6 +183,17 @@ class FastClose:
             candles.append(candle)
         self.closed += len(candles)
         return candles
+
+    def closing(self, pair: Pair, wanted: set[str], horizon: float) -> list[Candle]:
+        """The candles ``pair``'s next close would give in timeframes ``wanted``, if no other trade came before it,
+        when that close (the end of its base bar in progress) is at or before exchange time ``horizon``."""
+        replica = self.replicas.get(pair)
+        base = replica.builder.base if replica is not None else None
+        if base is None or base.end > horizon:
+            return []
+        ex, sym = pair
+        return [_closed(ex, sym, tf, bar) for tf, bar in replica.builder.in_progress()
+                if bar.end == base.end and tf in wanted]
 
     def confirm(self, candle: Candle) -> bool:
         """candle_builder's closed candle of a series read here: True when it still has to be evaluated (no replica
@@ -220,6 +226,15 @@ class FastClose:
 
 _FIELDS = ("open", "high", "low", "close", "volume", "buy_volume", "sell_volume", "quote_volume", "trades",
            "incomplete")
+
+
+def _closed(exchange: str, symbol: str, tf: str, bar: Any) -> Candle:
+    """The closed candle of a builder's bar (first close: revision 0)."""
+    return Candle.trusted(  # the builder's types are the model's (test_series_encode.py)
+        exchange=exchange, symbol=symbol, timeframe=tf, ts=bar.ts, open=bar.open, high=bar.high, low=bar.low,
+        close=bar.close, volume=bar.volume, buy_volume=bar.buy_volume, sell_volume=bar.sell_volume,
+        quote_volume=bar.quote_volume, trades=bar.trades, first_trade_id=bar.first_id, last_trade_id=bar.last_id,
+        closed=True, revision=0, incomplete=bar.incomplete, history=False, prev_ts=None)
 
 
 def _same(candle: Candle, other: Any) -> bool:

@@ -43,6 +43,15 @@ class Settings(ServiceSettings):
         "tick-level, ticker or in-progress-candle rules): between bar closes, wait this long after a read before the "
         "next one, so the trades are read in fewer, larger batches (less CPU, fewer wake-ups); from just before a "
         "bar's close until CLOSE_TAIL_MS after it every trade is read at once. 0: always read at once.")
+    speculate_ms: int = Field(
+        default=10, ge=0, description="Fast close: a bar closing within this many ms of the newest trade read is "
+        "evaluated ahead, after each read of its trades, as if it had closed; when the trade that closes it comes and "
+        "the bar is unchanged, its alerts are published at once from that evaluation (the close costs only the "
+        "publish). 0: off.")
+    top_up: bool = Field(
+        default=True, description="Fast close, live: when a read brings the trade that closes one pair's bar while "
+        "other pairs' bars of the same close are still open, read once more at once (no wait) so the closing trades "
+        "that came together are evaluated and published together, not the first alone and the others after it.")
     block_ms: int = Field(default=200, ge=1)
     batch: int = Field(default=500, ge=1)
     alerts_maxlen: int = Field(default=100_000, ge=100)

@@ -554,3 +554,49 @@ async def test_a_linger_callable_is_asked_after_each_read_and_zero_reads_at_once
     at_once = [b for b in batches if b[0] >= 80]
     assert len(lingered) <= took[0] / 0.040 + 2, [len(b) for b in lingered]
     assert len(at_once) >= 40, [len(b) for b in at_once]  # lingering 40 ms would give about 5
+
+
+@pytest.mark.parametrize("top_up", [False, True])
+async def test_top_up_reads_once_more_at_once_and_hands_both_reads_over_as_one_batch(redis, top_up):
+    """Entries written together to three streams (one pipeline) while the consumer is blocked: the blocked read returns
+    with the first one alone (Redis serves it at the first XADD). Asked with that read's entries, ``top_up`` answering
+    True makes the consumer read again at once and hand all three over in one batch; without it the first comes alone.
+    It is asked only after blocking reads (not in ``drain``); nothing is lost or handled twice."""
+    bus = Bus(redis)
+    names = [streams.trades("test", s) for s in ("A/USDT", "B/USDT", "C/USDT")]
+    batches: list[list[str]] = []
+    asked: list[int] = []
+
+    async def handle(batch: Batch[TradeBatch]) -> None:
+        batches.append([e.stream for e in batch.entries])
+
+    def wants(entries: list) -> bool:
+        asked.append(len(entries))
+        return True
+
+    consumer = Consumer(bus, group="g", consumer="c", streams=names, decode=decode_feed, handler=handle, block_ms=500,
+                        top_up=wants if top_up else None)
+    await consumer.poll(None)  # groups created
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        for round_ in range(5):
+            await asyncio.sleep(0.05)  # the consumer is blocked
+            async with redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.xadd(name, {FIELD: batch_of(round_, 1)})
+                await pipe.execute()
+        await _until(lambda: sum(map(len, batches)) >= 15)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert sorted(s for b in batches for s in b) == sorted(names * 5)
+    if top_up:
+        assert batches == [names] * 5 and asked == [1] * 5 and consumer.topped_up == 5
+    else:
+        assert [len(b) for b in batches].count(1) >= 5  # the first entry of each round alone
+    for name in names:
+        await bus.publish(name, batch_of(9, 1))
+    batches.clear()
+    asked.clear()
+    assert await consumer.drain() == 3 and not asked and len(batches) == 1

@@ -578,17 +578,21 @@ def main() -> None:
                          "two_hops (processes with fast_close off) and/or tick (a price rule on each trade)")
     ap.add_argument("--symbols", type=int, default=10, help="symbols the trades are spread over (their bars all "
                                                                  "close in the same millisecond)")
-    ap.add_argument("--ab", default="", help="NAME=V1,V2: run each latency layout once per value of the environment "
-                    "variable NAME, in turn (an A/B on the same machine state): BENCH_ENGINE_LINGER (the engine's "
-                    "linger_ms, default 5)")
+    ap.add_argument("--ab", default="", help="NAME=V1,V2[;NAME2=W1,W2]: run each latency layout once per arm, in "
+                    "turn (an A/B on the same machine state); arm i sets every NAME to its i-th value. NAME: an "
+                    "environment variable the services read: BENCH_ENGINE_LINGER (the engine's linger_ms, default 5) "
+                    "or any SENTINEL_* setting (SENTINEL_SPECULATE_MS, SENTINEL_TOP_UP)")
     ap.add_argument("--repeat", type=int, default=1, help="run every latency layout (and --ab value) this many times")
     ap.add_argument("--no-throughput", action="store_true", help="skip the evaluation throughput part")
     args = ap.parse_args()
     global SYMBOLS
     os.environ["BENCH_SYMBOLS"] = str(args.symbols)
     SYMBOLS = [f"S{i}/USDT" for i in range(args.symbols)]
-    ab_name, _, ab_values = args.ab.partition("=")
-    values = ab_values.split(",") if ab_name else [""]
+    # arms of the A/B: arm i sets every NAME to its i-th value ("A=x,y;B=p,q": A=x B=p, then A=y B=q)
+    pairs = [(name, vals.split(",")) for name, _, vals in (part.partition("=") for part in args.ab.split(";") if part)]
+    if len({len(vals) for _, vals in pairs}) > 1:
+        ap.error("--ab: every NAME needs as many values")
+    arms = [{name: vals[i] for name, vals in pairs} for i in range(len(pairs[0][1]))] if pairs else [{}]
     rates = [int(r) for r in os.environ["BENCH_RATES"].split(",")] if os.environ.get("BENCH_RATES") else [1000, 5000] if args.quick else [1000, 5000, 20000]
     out: dict = {"python": platform.python_version(), "machine": platform.machine(),
                  "symbols": args.symbols, "load_avg_before": os.getloadavg(),
@@ -608,12 +612,11 @@ def main() -> None:
             for rate in rates:
                 for _ in range(args.repeat):
                     for layout in args.layouts.split(","):
-                        for value in values:
-                            if ab_name:
-                                os.environ[ab_name] = value  # read by the spawned services
+                        for arm in arms:
+                            os.environ.update(arm)  # read by the spawned services
                             res = asyncio.run(_latency(server.url, rate, args.seconds, Path(tmp), layout,
                                                        server.process.pid))
-                            res["ab"] = f"{ab_name}={value}" if ab_name else None
+                            res["ab"] = " ".join(f"{k}={v}" for k, v in arm.items()) or None
                             print(json.dumps(res), flush=True)
                             _print_latency(res)
                             out["latency"].append(res)

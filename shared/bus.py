@@ -421,7 +421,7 @@ class Consumer(Generic[T]):
         for stream_name, raw_entries in stream_items(response):
             handled += len(raw_entries)
             entries += await self._decode_entries(_s(stream_name), raw_entries)
-        if top_up and entries and self.top_up is not None and not self._reads.outstanding and self.top_up(entries):
+        if top_up and entries and self.top_up is not None and not self._reads.outstanding and self._wants_more(entries):
             readable = {s: ">" for s in self._streams if s not in self._recover}
             if readable:
                 self.topped_up += 1
@@ -431,6 +431,13 @@ class Consumer(Generic[T]):
         if entries:
             await self._dispatch(entries, read_ahead)
         return handled
+
+    def _wants_more(self, entries: list[Entry[T]]) -> bool:
+        try:
+            return bool(self.top_up(entries))  # type: ignore[misc]
+        except Exception:  # a hint only: the entries are handled either way
+            logger.exception("%s/%s: top_up failed", self.group, self.name)
+            return False
 
     async def _handle_entries(self, stream: str, raw_entries: list) -> int:
         entries = await self._decode_entries(stream, raw_entries)

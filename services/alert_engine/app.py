@@ -456,6 +456,7 @@ class AlertEngineApp:
             for pair in self._fast_tfs.keys() - fast_tfs.keys():
                 self.fast.forget(pair)
             self._fast_tfs = fast_tfs
+            self._specs = {key: spec for key, spec in self._specs.items() if key[:2] in fast_tfs}
         new = [n for n in names if n not in self.consumed]
         for name in new:
             if names[name][0] == "trades" and names[name][1:] not in self._tick_pairs:

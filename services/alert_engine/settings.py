@@ -44,10 +44,11 @@ class Settings(ServiceSettings):
         "next one, so the trades are read in fewer, larger batches (less CPU, fewer wake-ups); from just before a "
         "bar's close until CLOSE_TAIL_MS after it every trade is read at once. 0: always read at once.")
     speculate_ms: int = Field(
-        default=10, ge=0, description="Fast close: a bar closing within this many ms of the newest trade read is "
-        "evaluated ahead, after each read of its trades, as if it had closed; when the trade that closes it comes and "
-        "the bar is unchanged, its alerts are published at once from that evaluation (the close costs only the "
-        "publish). 0: off.")
+        default=10, ge=0, description="Fast close: after each read of a pair's trades, its bar is evaluated ahead, as "
+        "if it had closed, when its close is within this many ms of the exchange's time (as the trades read so far "
+        "tell it); when the trade that closes it comes and the bar is unchanged, its alerts are published from that "
+        "evaluation (the close costs only the publish). Only for series whose rules read nothing but their own "
+        "candles and no wall clock (no other series, tickers or snooze). 0: off.")
     top_up: bool = Field(
         default=True, description="Fast close, live: when a read brings the trade that closes one pair's bar while "
         "other pairs' bars of the same close are still open, read once more at once (no wait) so the closing trades "

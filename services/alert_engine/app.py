@@ -639,8 +639,8 @@ class AlertEngineApp:
         if fires:
             await self.publish(fires, batch)
         if touched and fast is not None and self.settings.speculate_ms:
-            horizon = fast.exchange_now(time.time() * 1000) + self.settings.speculate_ms
-            closing = [c for pair in touched for c in fast.closing(pair, self._fast_tfs.get(pair, ()), horizon)]
+            now, window = fast.exchange_now(time.time() * 1000), self.settings.speculate_ms
+            closing = [c for pair in touched for c in fast.closing(pair, self._fast_tfs.get(pair, ()), now, window)]
             if closing:
                 if not batch.acked:
                     await self.consumer.ack(batch)  # the next read goes out now and waits while this works

@@ -44,6 +44,9 @@ SeriesKey = tuple[str, str, str]
 MAX_PENDING = 1024
 #: how long the newest trade's lead over this machine's clock is remembered (``FastClose.exchange_now``)
 LEAD_WINDOW_MS = 10_000
+#: a bar is evaluated ahead (``FastClose.closing``) when its close is due within this many of its pair's gaps between
+#: trades
+SPECULATE_GAPS = 3
 
 
 @dataclass(slots=True)
@@ -184,12 +187,20 @@ class FastClose:
         self.closed += len(candles)
         return candles
 
-    def closing(self, pair: Pair, wanted: set[str], horizon: float) -> list[Candle]:
-        """The candles ``pair``'s next close would give in timeframes ``wanted``, if no other trade came before it,
-        when that close (the end of its base bar in progress) is at or before exchange time ``horizon``."""
+    def closing(self, pair: Pair, wanted: set[str], now: float, window_ms: float) -> list[Candle]:
+        """The candles ``pair``'s next close would give in timeframes ``wanted`` if no other trade came before it, when
+        that close (the end of its base bar in progress) is due within ``window_ms`` of exchange time ``now`` and
+        within ``SPECULATE_GAPS`` of the pair's gaps between trades (its bar's average so far): a busy pair is worth
+        evaluating ahead only in the last moments of a bar, a few times, not after every read of the last
+        ``window_ms``."""
         replica = self.replicas.get(pair)
         base = replica.builder.base if replica is not None else None
-        if base is None or base.end > horizon:
+        if base is None:
+            return []
+        due = base.end - now
+        if due > window_ms:
+            return []
+        if base.trades > 1 and due > SPECULATE_GAPS * (base.last_ts - base.first_ts) / (base.trades - 1):
             return []
         ex, sym = pair
         return [_closed(ex, sym, tf, bar) for tf, bar in replica.builder.in_progress()

@@ -46,7 +46,7 @@ class Settings(ServiceSettings):
     speculate_ms: int = Field(
         default=10, ge=0, description="Fast close: after each read of a pair's trades, its bar is evaluated ahead, as "
         "if it had closed, when its close is within this many ms of the exchange's time (as the trades read so far "
-        "tell it); when the trade that closes it comes and the bar is unchanged, its alerts are published from that "
+        "tell it) and within 3 of the pair's gaps between trades (a busy pair: only its last moments); when the trade that closes it comes and the bar is unchanged, its alerts are published from that "
         "evaluation (the close costs only the publish). Only for series whose rules read nothing but their own "
         "candles and no wall clock (no other series, tickers or snooze). 0: off.")
     top_up: bool = Field(

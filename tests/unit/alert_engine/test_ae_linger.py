@@ -80,3 +80,27 @@ def test_exchange_now_is_the_clock_plus_the_freshest_trades_lead():
     assert now - 320 < fast.exchange_now(now) < now - 280
     fast.apply(pair, b"1-3", trade(3, 100), {"1s"})
     assert now - 120 < fast.exchange_now(now) < now - 80
+
+
+def test_a_bar_is_offered_for_speculation_only_near_its_close_and_as_the_closing_trade_will_close_it():
+    """``FastClose.closing``: the candles a pair's next close gives, offered within ``window`` ms of that close and
+    within SPECULATE_GAPS of the pair's gaps between trades (a pair trading every 2 ms: the last 6 ms), in every
+    timeframe closing there; the closed candles the next trade then emits are equal to them."""
+    fast = FastClose(redis=None)
+    pair = ("x", "A/USDT")
+    fast.replicas[pair] = Replica(SeriesBuilder(["1s", "1m"], base="1s", flat_candles=False), (0, 0))
+    t0 = 1_794_787_200_000
+    tid = 0
+    for ms in range(0, 60_000 - 1, 2):  # a minute of trades every 2 ms, the last at t0 + 59998
+        tid += 1
+        fast.apply(pair, b"%d-0" % tid, TradeBatch("x", "A/USDT", [(tid, t0 + ms, Decimal(100 + ms % 7),
+                                                                     Decimal("0.5"), tid % 2)]), {"1s", "1m"})
+    close = t0 + 60_000
+    assert fast.closing(pair, {"1s", "1m"}, close - 7, window_ms=50) == []  # 7 ms before: over 3 gaps of 2 ms
+    assert fast.closing(pair, {"1s", "1m"}, close - 5, window_ms=4) == []  # over the window
+    offered = fast.closing(pair, {"1s", "1m"}, close - 5, window_ms=50)
+    assert [(c.timeframe, c.ts) for c in offered] == [("1s", close - 1000), ("1m", close - 60_000)]
+    assert [c.timeframe for c in fast.closing(pair, {"1m"}, close - 1, window_ms=50)] == ["1m"]
+    emitted = fast.apply(pair, b"%d-0" % (tid + 1), TradeBatch("x", "A/USDT", [(tid + 1, close + 3, Decimal(100),
+                                                                                 Decimal(1), 1)]), {"1s", "1m"})
+    assert emitted == offered and offered[1].trades == 30_000

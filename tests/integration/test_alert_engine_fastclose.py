@@ -151,6 +151,23 @@ async def test_an_engine_restarted_mid_stream_neither_repeats_nor_loses_an_alert
     assert second.fast.mismatched == 0 and second.fast.confirmed == second.fast.closed
 
 
+async def _run_live(apps, seconds: float, tick) -> None:
+    """Run ``apps`` live: after 0.5 s (groups and subscriptions), ``await tick(ts)`` every 2 ms for ``seconds`` (ts:
+    this machine's clock, ms), then 0.3 s more; then stop them."""
+    halt = asyncio.Event()
+    tasks = [asyncio.create_task(app.run(halt)) for app in apps]
+    try:
+        await asyncio.sleep(0.5)
+        end = time.time() + seconds
+        while time.time() < end:
+            await tick(int(time.time() * 1000))
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(0.3)
+    finally:
+        halt.set()
+        await asyncio.gather(*tasks)
+
+
 async def test_live_the_engine_waits_between_closes_and_reads_the_closing_trade_at_once(redis, redis_url, tmp_path):
     """Live (trades stamped with this machine's clock, one entry every 2 ms for 3 s; candle_builder and the engine
     running): with ``linger_ms`` 100 the engine reads the trades in the middle of a bar 100 ms at a time — far fewer
@@ -174,25 +191,18 @@ async def test_live_the_engine_waits_between_closes_and_reads_the_closing_trade_
         return waits[-1]
 
     engine.consumer.linger = counted
-    halt = asyncio.Event()
-    tasks = [asyncio.create_task(app.run(halt)) for app in (builder, engine)]
     bus, stream = Bus(redis), streams.trades(EX, sym)
     closing: dict[int, int] = {}  # bar start -> Redis time (ms) of the entry holding the first trade after the bar
     entries = 0
-    try:
-        await asyncio.sleep(0.5)  # groups and subscriptions
-        end = time.time() + 3.0
-        while time.time() < end:
-            ts = int(time.time() * 1000)
-            entries += 1
-            eid = await bus.publish(stream, encode_trades(EX, sym, [(entries, ts, Decimal("100"), Decimal("0.1"),
-                                                                     entries % 2 == 0)]))
-            closing.setdefault(ts - ts % 1000 - 1000, int(eid.split(b"-")[0]))
-            await asyncio.sleep(0.002)
-        await asyncio.sleep(0.3)
-    finally:
-        halt.set()
-        await asyncio.gather(*tasks)
+
+    async def tick(ts: int) -> None:
+        nonlocal entries
+        entries += 1
+        eid = await bus.publish(stream, encode_trades(EX, sym, [(entries, ts, Decimal("100"), Decimal("0.1"),
+                                                                 entries % 2 == 0)]))
+        closing.setdefault(ts - ts % 1000 - 1000, int(eid.split(b"-")[0]))
+
+    await _run_live((builder, engine), 3.0, tick)
     published = {Alert.decode(f[FIELD]).ts: int(i.split(b"-")[0]) for i, f in await redis.xrange(streams.ALERTS)}
     bars = sorted(closing)[1:]  # (the first key is the bar before the first trade)
     assert len(bars) >= 3 and set(bars) <= set(published), (bars, published)
@@ -227,28 +237,21 @@ async def test_live_closes_written_together_are_published_together_from_speculat
     builder = CandleBuilderApp(settings_for(redis_url, timeframes=["1s"], base_timeframe="1s", history_bars=0,
                                             flat_candles=False, live_candles=False), redis)
     engine = AlertEngineApp(Settings(rules_file=rules, redis_url=redis_url, block_ms=50, registry_poll_s=0.1), redis)
-    halt = asyncio.Event()
-    tasks = [asyncio.create_task(app.run(halt)) for app in (builder, engine)]
     rng = random.Random(5)
     price = {sym: Decimal(100) for sym in syms}
     tid = 0
-    try:
-        await asyncio.sleep(0.5)  # groups and subscriptions
-        end = time.time() + 6.0
-        while time.time() < end:
-            ts = int(time.time() * 1000)
-            async with redis.pipeline(transaction=False) as pipe:
-                for sym in syms:
-                    tid += 1
-                    price[sym] += Decimal(rng.randint(-3, 3)) / 100
-                    pipe.xadd(streams.trades(EX, sym), {FIELD: encode_trades(EX, sym, [(tid, ts, price[sym],
-                                                                                       Decimal("0.1"), tid % 2)])})
-                await pipe.execute()
-            await asyncio.sleep(0.002)
-        await asyncio.sleep(0.3)
-    finally:
-        halt.set()
-        await asyncio.gather(*tasks)
+
+    async def tick(ts: int) -> None:
+        nonlocal tid
+        async with redis.pipeline(transaction=False) as pipe:
+            for sym in syms:
+                tid += 1
+                price[sym] += Decimal(rng.randint(-3, 3)) / 100
+                pipe.xadd(streams.trades(EX, sym), {FIELD: encode_trades(EX, sym, [(tid, ts, price[sym],
+                                                                                   Decimal("0.1"), tid % 2)])})
+            await pipe.execute()
+
+    await _run_live((builder, engine), 6.0, tick)
     entries = await redis.xrange(streams.ALERTS)
     published = {(a.rule, a.symbol, a.ts, a.state) for a in (Alert.decode(f[FIELD]) for _, f in entries)}
     # the reference: candle_builder's closed candles of the same trades, through a plain engine and a cooldown gate

@@ -630,6 +630,13 @@ def main() -> None:
         out["medians"] = [{"rate_trades_per_s": rate, "layout": layout, "ab": ab, "runs": len(rs),
                            **{k: round(statistics.median(r[k] for r in rs), 3) for k in ("p50_ms", "p99_ms")}}
                           for (rate, layout, ab), rs in runs.items()]
+        # the machine's noise moves every layout together (a bare hop's p50 at 5k/s was 0.9 ms one day, 2.5 another):
+        # what our services add over one bare hop measured the same way is the figure to compare across days
+        bare = {(m["rate_trades_per_s"], m["ab"]): m for m in out["medians"] if m["layout"] == "bare1"}
+        for m in out["medians"]:
+            ref = bare.get((m["rate_trades_per_s"], m["ab"]))
+            if ref is not None and m["layout"] not in ("floor", "bare1"):
+                m["p50_over_bare1_ms"] = round(m["p50_ms"] - ref["p50_ms"], 3)
         for m in out["medians"]:
             print("  median of", json.dumps(m), flush=True)
     out["load_avg_after"] = os.getloadavg()

@@ -600,3 +600,48 @@ async def test_top_up_reads_once_more_at_once_and_hands_both_reads_over_as_one_b
     batches.clear()
     asked.clear()
     assert await consumer.drain() == 3 and not asked and len(batches) == 1
+
+
+async def test_a_top_up_whose_reply_is_lost_loses_and_repeats_nothing(redis, redis_server):
+    """The read connection fails while a top-up read is out, after the server ran it: the entries of both reads are
+    pending for this consumer, none was handled. They are re-read from own pending once it reconnects: every entry
+    handled exactly once, in order per stream, nothing left pending."""
+    from shared.runtime import connect
+    proxy = _CuttingProxy(redis_server.port)
+    client = connect(await proxy.start())
+    names = [streams.trades("test", s) for s in ("A/USDT", "B/USDT", "C/USDT")]
+    seen: list[tuple[str, int]] = []
+
+    async def handle(batch: Batch[TradeBatch]) -> None:
+        seen.extend((e.stream, t.id) for e in batch.entries for t in e.value.trades)
+
+    def wants(entries: list) -> bool:
+        if len(seen) >= 6 and not proxy.cut:
+            proxy.cut_reader(after_s=0.1)  # the top-up about to be sent: its reply never arrives
+        return True
+
+    consumer = Consumer(Bus(client), group="g", consumer="c", streams=names, decode=decode_feed, handler=handle,
+                        block_ms=200, top_up=wants)
+    published: list[tuple[str, int]] = []
+    stop = asyncio.Event()
+    try:
+        await consumer.poll(None)  # groups created
+        task = asyncio.create_task(consumer.run(stop))
+        for round_ in range(6):
+            await asyncio.sleep(0.15)  # the consumer is blocked (or reconnecting)
+            async with redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.xadd(name, {FIELD: batch_of(round_, 1)})
+                    published.append((name, round_))
+                await pipe.execute()
+        await _until(lambda: len(seen) >= len(published))
+        await asyncio.sleep(0.2)  # a duplicate would show up now
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await client.aclose()
+        await proxy.close()
+    assert proxy.cut == 1
+    assert len(seen) == len(published)
+    assert all([tid for stream, tid in seen if stream == name] == list(range(6)) for name in names), seen
+    assert [(await redis.xpending(name, "g"))["pending"] for name in names] == [0, 0, 0]

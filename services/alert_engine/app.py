@@ -590,32 +590,12 @@ class AlertEngineApp:
                           CLOSE_LEAD_MS, CLOSE_TAIL_MS)
 
     def _top_up(self, entries: list) -> bool:
-        """``Consumer(top_up=)``: a read brought the trade that closes a pair's bar while another pair's bar of the
-        same close is still open here. A blocked read returns with the first entry written, so trades that came
+        """``Consumer(top_up=)``: read once more at once when a read brought closing trades that others may be right
+        behind (``FastClose.wants_top_up``). A blocked read returns with the first entry written, so trades that came
         together (every symbol's first trade past a boundary) would be read one, then the rest, and the rest would
         wait for the first one's evaluation and commit; one more read now (no wait, one round trip) makes them one
         batch with one commit."""
-        replicas = self.fast.replicas if self.fast is not None else None
-        if not replicas:
-            return False
-        closes: set[int] = set()
-        closing: set[tuple[str, str]] = set()
-        for entry in entries:
-            value = entry.value
-            if type(value) is TradeBatch and value.trades:
-                pair = (value.exchange, value.symbol)
-                replica = replicas.get(pair)
-                base = replica.builder.base if replica is not None else None
-                if base is not None and value.trades[-1][1] >= base.end:
-                    closes.add(base.end)
-                    closing.add(pair)
-        if not closes:
-            return False
-        for pair, replica in replicas.items():
-            base = replica.builder.base
-            if base is not None and base.end in closes and pair not in closing:
-                return True
-        return False
+        return self.fast is not None and self.fast.wants_top_up(entries)
 
     async def _handle(self, batch: Batch) -> None:
         fires: list[core.Fire] = []

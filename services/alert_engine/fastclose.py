@@ -47,6 +47,9 @@ LEAD_WINDOW_MS = 10_000
 #: a bar is evaluated ahead (``FastClose.closing``) when its close is due within this many of its pair's gaps between
 #: trades
 SPECULATE_GAPS = 3
+#: closing trades this long after a bar's end still make the engine look for others written with them
+#: (``FastClose.wants_top_up``); a later one (a quiet pair's) is taken alone, without the extra read
+TOP_UP_MS = 50
 
 
 @dataclass(slots=True)
@@ -186,6 +189,32 @@ class FastClose:
             candles.append(candle)
         self.closed += len(candles)
         return candles
+
+    def wants_top_up(self, entries: list) -> bool:
+        """Entries just read (``shared.bus.Entry``) hold the trade that closes a pair's bar, at most ``TOP_UP_MS``
+        after that bar's end (the moment every pair's closing trade comes), while another pair's bar of the same close
+        is still open here: its closing trade may have been written together with this one."""
+        replicas = self.replicas
+        if not replicas:
+            return False
+        closes: set[int] = set()
+        closing: set[Pair] = set()
+        for entry in entries:
+            value = entry.value
+            if type(value) is TradeBatch and value.trades:
+                pair = (value.exchange, value.symbol)
+                replica = replicas.get(pair)
+                base = replica.builder.base if replica is not None else None
+                if base is not None and base.end <= value.trades[-1][1] < base.end + TOP_UP_MS:
+                    closes.add(base.end)
+                    closing.add(pair)
+        if not closes:
+            return False
+        for pair, replica in replicas.items():
+            base = replica.builder.base
+            if base is not None and base.end in closes and pair not in closing:
+                return True
+        return False
 
     def closing(self, pair: Pair, wanted: set[str], now: float, window_ms: float) -> list[Candle]:
         """The candles ``pair``'s next close would give in timeframes ``wanted`` if no other trade came before it, when

@@ -9,8 +9,9 @@ from decimal import Decimal
 import pytest
 
 from services.alert_engine.app import CLOSE_LEAD_MS, CLOSE_TAIL_MS
-from services.alert_engine.fastclose import FastClose, Replica
+from services.alert_engine.fastclose import TOP_UP_MS, FastClose, Replica
 from services.candle_builder.core import SeriesBuilder
+from shared.bus import Entry
 from shared.schemas import TradeBatch
 from shared.timeframes import close_wait
 
@@ -104,3 +105,24 @@ def test_a_bar_is_offered_for_speculation_only_near_its_close_and_as_the_closing
     emitted = fast.apply(pair, b"%d-0" % (tid + 1), TradeBatch("x", "A/USDT", [(tid + 1, close + 3, Decimal(100),
                                                                                  Decimal(1), 1)]), {"1s", "1m"})
     assert emitted == offered and offered[1].trades == 30_000
+
+
+def test_a_read_is_topped_up_when_it_closes_a_bar_that_other_pairs_still_have_open():
+    """``FastClose.wants_top_up``: yes when a read holds the trade closing a pair's bar, within TOP_UP_MS of the
+    bar's end, and another pair's bar of that close is still open; no for a trade inside the bar, once every pair has
+    closed, for a late closing trade (a quiet pair's), or for a pair with another base (another close)."""
+    fast = FastClose(redis=None)
+    t0 = 1_794_787_200_000
+    for sym, tf in (("A/USDT", "1s"), ("B/USDT", "1s"), ("C/USDT", "1m")):
+        pair = ("x", sym)
+        fast.replicas[pair] = _replica(tf)
+        fast.apply(pair, b"1-0", TradeBatch("x", sym, [(1, t0 + 500, Decimal(1), Decimal(1), 1)]), {tf})
+
+    def read(sym: str, ts: int) -> list[Entry]:
+        return [Entry("s", b"2-0", TradeBatch("x", sym, [(2, ts, Decimal(1), Decimal(1), 1)]))]
+
+    assert not fast.wants_top_up(read("A/USDT", t0 + 900))  # inside its bar
+    assert fast.wants_top_up(read("A/USDT", t0 + 1000 + 3))  # closes A's bar; B's of the same close is open
+    assert not fast.wants_top_up(read("A/USDT", t0 + 1000 + TOP_UP_MS))  # late: taken alone
+    assert not fast.wants_top_up(read("A/USDT", t0 + 1000 + 3) + read("B/USDT", t0 + 1000 + 1))  # both closed here
+    assert not fast.wants_top_up(read("C/USDT", t0 + 60_000))  # the only 1m pair: nobody else closes then

@@ -324,8 +324,7 @@ class Consumer(Generic[T]):
             handled += await self._claim_stale()
         if handled:
             return handled
-        # A stream with entries waiting for a retry is not read further: its order is kept.
-        readable = {s: ">" for s in self._streams if s not in self._recover}
+        readable = self._readable()
         if not readable:
             delay = max(0.0, min(self._retry_at - loop.time(), (block_ms or 0) / 1000))
             await asyncio.sleep(delay)
@@ -334,6 +333,11 @@ class Consumer(Generic[T]):
         self._set_linger(response)
         await self._send_ahead(response)
         return await self._handle_response(response, read_ahead=True, top_up=block_ms is not None)
+
+    def _readable(self) -> dict[str, str]:
+        """The streams a read of new entries asks for. A stream with entries waiting for a retry is not read further:
+        its order is kept."""
+        return {s: ">" for s in self._streams if s not in self._recover}
 
     def _set_linger(self, response: Any) -> None:
         if self.linger is not None:
@@ -422,7 +426,7 @@ class Consumer(Generic[T]):
             handled += len(raw_entries)
             entries += await self._decode_entries(_s(stream_name), raw_entries)
         if top_up and entries and self.top_up is not None and not self._reads.outstanding and self._wants_more(entries):
-            readable = {s: ">" for s in self._streams if s not in self._recover}
+            readable = self._readable()
             if readable:
                 self.topped_up += 1
                 for stream_name, raw_entries in stream_items(await self._xreadgroup(readable, None)):

@@ -606,9 +606,11 @@ class AlertEngine:
         ok = self._speculable.get(key)
         if ok is None:
             rules = self._rules_for(key)
-            ok = self._speculable[key] = bool(rules) and all(
-                not refs and not pairs and rule.snooze_ms() is None
-                for rule in rules for refs, _, pairs in (self._refs(rule, key),))
+            ok = bool(rules)
+            for rule in rules:
+                refs, _, pairs = self._refs(rule, key)
+                ok = ok and not refs and not pairs and rule.snooze_ms() is None
+            self._speculable[key] = ok
         return ok
 
     def speculate(self, candle: Candle) -> Speculation | None:

@@ -46,13 +46,15 @@ class Settings(ServiceSettings):
     speculate_ms: int = Field(
         default=10, ge=0, description="Fast close: after each read of a pair's trades, its bar is evaluated ahead, as "
         "if it had closed, when its close is within this many ms of the exchange's time (as the trades read so far "
-        "tell it) and within 3 of the pair's gaps between trades (a busy pair: only its last moments); when the trade that closes it comes and the bar is unchanged, its alerts are published from that "
-        "evaluation (the close costs only the publish). Only for series whose rules read nothing but their own "
+        "tell it) and within 3 of the pair's gaps between trades (a busy pair: only its last moments); when the "
+        "trade that closes it comes and the bar is unchanged, its alerts are published from that evaluation (the "
+        "close costs only the publish). Only for series whose rules read nothing but their own "
         "candles and no wall clock (no other series, tickers or snooze). 0: off.")
     top_up: bool = Field(
-        default=True, description="Fast close, live: when a read brings the trade that closes one pair's bar while "
-        "other pairs' bars of the same close are still open, read once more at once (no wait) so the closing trades "
-        "that came together are evaluated and published together, not the first alone and the others after it.")
+        default=True, description="Fast close, live: when a read brings the trade that closes one pair's bar (at most "
+        "TOP_UP_MS, 50 ms, after the bar's end) while other pairs' bars of the same close are still open, read once "
+        "more at once (no wait) so the closing trades that came together are evaluated and published together, not "
+        "the first alone and the others after it.")
     block_ms: int = Field(default=200, ge=1)
     batch: int = Field(default=500, ge=1)
     alerts_maxlen: int = Field(default=100_000, ge=100)

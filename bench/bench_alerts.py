@@ -16,7 +16,8 @@
     The engine closes bars from the trades itself (``fast_close``, on by default); "two_hops" is "processes" with it
     off (the engine waits for the builder's candles).
     BENCH_PIN=1: the engine (or the one_loop process) alone on CPU 1, everything else on CPU 0 (the
-    ``cpu_affinity`` setting's deployment). BENCH_RATES=1000,5000 picks the rates; BENCH_DEBUG=1 prints the engine's
+    ``cpu_affinity`` setting's deployment). BENCH_ENGINE_RT=N: the engine (or the one_loop process) under SCHED_FIFO
+    at priority N (the ``realtime_priority`` setting; 0: the normal policy). BENCH_RATES=1000,5000 picks the rates; BENCH_DEBUG=1 prints the engine's
     status; BENCH_TRACE=FILE writes, per
     batch of the engine that published alerts, its timings (handling, evaluation phases, commit) as JSON (the first
     item: the engine's linger answers, each wait and each return to reading at once).
@@ -58,7 +59,7 @@ from shared import streams  # noqa: E402
 from shared.bus import FIELD  # noqa: E402
 from shared.embedded_redis import EmbeddedRedis  # noqa: E402
 from shared.fastredis import pack_command  # noqa: E402
-from shared.runtime import connect  # noqa: E402
+from shared.runtime import apply_realtime_priority, connect  # noqa: E402
 from shared.schemas import Alert, Candle, encode_trades, unpack  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -220,6 +221,8 @@ def _service(url: str, rules: str, which: tuple[str, ...], mark: Any, stop: Any,
     between ``mark`` (the producer starts) and ``stop``."""
     if os.environ.get("BENCH_PIN"):
         os.sched_setaffinity(0, {1} if "engine" in which else {0})
+    if "engine" in which:  # the realtime_priority setting, as `sentinel alert-engine` applies it
+        apply_realtime_priority("alert_engine", int(os.environ.get("BENCH_ENGINE_RT", "0")))
 
     async def main() -> None:
         redis = connect(url)
@@ -580,8 +583,8 @@ def main() -> None:
                                                                  "close in the same millisecond)")
     ap.add_argument("--ab", default="", help="NAME=V1,V2[;NAME2=W1,W2]: run each latency layout once per arm, in "
                     "turn (an A/B on the same machine state); arm i sets every NAME to its i-th value. NAME: an "
-                    "environment variable the services read: BENCH_ENGINE_LINGER (the engine's linger_ms, default 5) "
-                    "or any SENTINEL_* setting (SENTINEL_SPECULATE_MS, SENTINEL_TOP_UP)")
+                    "environment variable the services read: BENCH_ENGINE_LINGER (the engine's linger_ms, default 5), "
+                    "BENCH_ENGINE_RT (its realtime_priority, default 0: off) or any SENTINEL_* setting (SENTINEL_SPECULATE_MS, SENTINEL_TOP_UP)")
     ap.add_argument("--repeat", type=int, default=1, help="run every latency layout (and --ab value) this many times")
     ap.add_argument("--no-throughput", action="store_true", help="skip the evaluation throughput part")
     args = ap.parse_args()

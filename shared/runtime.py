@@ -125,6 +125,20 @@ def apply_cpu_affinity(name: str, cpus: list[int] | None) -> None:
     logger.info("%s: running on CPUs %s", name, sorted(os.sched_getaffinity(0)))
 
 
+def apply_realtime_priority(name: str, priority: int | None) -> None:
+    """Run this process under SCHED_FIFO at ``priority`` (the ``realtime_priority`` setting). Called before any
+    thread starts, so asyncio's worker threads inherit it. ConfigError naming the setting when the machine refuses
+    (no CAP_SYS_NICE, or not Linux)."""
+    if not priority:
+        return
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (OSError, AttributeError) as exc:
+        raise ConfigError([f"{name}.realtime_priority: cannot run under SCHED_FIFO at priority {priority} ({exc}); "
+                           "it needs Linux and root or CAP_SYS_NICE (Docker: cap_add: [SYS_NICE])"]) from exc
+    logger.info("%s: running under SCHED_FIFO at priority %d", name, priority)
+
+
 def service_main(name: str, settings_cls: type, app_cls: type, config_file: str | None = None, *,
                  extra_grace: float = 0.0) -> None:
     """What ``sentinel <service>`` runs: load settings, log, connect (embedded Redis without REDIS_URL), run until
@@ -134,6 +148,7 @@ def service_main(name: str, settings_cls: type, app_cls: type, config_file: str 
     settings = settings_cls.load(config_file)
     setup_logging(settings.log_level)
     apply_cpu_affinity(name, getattr(settings, "cpu_affinity", None))
+    apply_realtime_priority(name, getattr(settings, "realtime_priority", None))
     grace = getattr(settings, "shutdown_grace_s", 10.0) + extra_grace
 
     async def serve(url: str) -> None:

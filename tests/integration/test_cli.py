@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -138,3 +139,42 @@ def test_a_service_runs_on_the_cpus_its_cpu_affinity_names_and_refuses_cpus_the_
                          env=_env(REDIS_URL=redis_url, SENTINEL_CPU_AFFINITY="[4096]"))
     assert bad.returncode != 0
     assert "alert_engine.cpu_affinity: cannot run on CPUs [4096]" in bad.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_FIFO") or shutil.which("setpriv") is None,
+                    reason="needs Linux's SCHED_FIFO and util-linux's setpriv")
+def test_a_service_runs_under_sched_fifo_at_its_realtime_priority_and_says_why_when_refused(redis_url):
+    try:  # the check needs the right the setting needs: skipped, not failed, where this test runs without it
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except PermissionError:
+        pytest.skip("this test process may not use SCHED_FIFO (no root or CAP_SYS_NICE)")
+    proc = subprocess.Popen([*SENTINEL, "alert-engine"], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            env=_env(REDIS_URL=redis_url, SENTINEL_REALTIME_PRIORITY="7"))
+    try:
+        deadline = time.monotonic() + 30
+        seen = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            seen = (os.sched_getscheduler(proc.pid), os.sched_getparam(proc.pid).sched_priority)
+            if seen == (os.SCHED_FIFO, 7):
+                break
+            time.sleep(0.1)
+        assert seen == (os.SCHED_FIFO, 7), (seen, proc.poll())
+        # every thread of the process, started after the policy was set, has it (asyncio's workers included)
+        tids = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")]
+        assert {os.sched_getscheduler(t) for t in tids} == {os.SCHED_FIFO}, tids
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    # without CAP_SYS_NICE (dropped from the bounding set, so the exec'd process cannot have it), it refuses to start
+    refused = subprocess.run(["setpriv", "--bounding-set", "-sys_nice", "--inh-caps", "-sys_nice", *SENTINEL,
+                              "alert-engine"], cwd=REPO, capture_output=True, text=True, timeout=60,
+                             env=_env(REDIS_URL=redis_url, SENTINEL_REALTIME_PRIORITY="7"))
+    assert refused.returncode != 0
+    assert "alert_engine.realtime_priority: cannot run under SCHED_FIFO at priority 7" in refused.stderr
+    assert "CAP_SYS_NICE" in refused.stderr
+    out_of_range = subprocess.run([*SENTINEL, "alert-engine"], cwd=REPO, capture_output=True, text=True, timeout=60,
+                                  env=_env(REDIS_URL=redis_url, SENTINEL_REALTIME_PRIORITY="100"))
+    assert out_of_range.returncode != 0
+    assert "realtime_priority" in out_of_range.stderr and "99" in out_of_range.stderr

@@ -508,6 +508,11 @@ class Consumer(Generic[T]):
             await self.ack(batch)
         self.processed += len(entries)
 
+    def reply_waiting(self) -> bool:
+        """The next read, sent ahead (by ``ack`` or with the last commit), has its reply arriving: entries to handle
+        (or its BLOCK ran out). A handler's optional work after ``ack`` stops when this turns True."""
+        return self._reads.reply_waiting()
+
     async def ack(self, batch: Batch[T]) -> None:
         """Ack ``batch``, with the next read when it carries one (on the read connection, in the same write): what the
         consumer does when its handler returns; a handler with work left after its entries are safe (the alert

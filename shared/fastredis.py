@@ -20,6 +20,7 @@ client's own (hiredis) parser, so errors still arrive as redis-py's exception ty
 from __future__ import annotations
 
 import asyncio
+import select
 from typing import Any
 
 from redis.asyncio import Redis
@@ -217,6 +218,25 @@ class PinnedConnection:
         except BaseException:
             await self.drop()
             raise
+
+    def reply_waiting(self) -> bool:
+        """Whether the outstanding reply has begun to arrive: bytes in the parser, in the connection's stream buffer
+        or on its socket (the check redis-py's own ``can_read`` makes, plus the socket). For optional work between a
+        read sent ahead and its reply (the alert engine's speculation), which stops when the read has something.
+        False when nothing is outstanding; True when the connection cannot tell (its reply then says why)."""
+        conn = self._conn
+        if not self.outstanding or conn is None:
+            return False
+        try:
+            parser = conn._parser
+            if parser._reader.has_data():
+                return True
+            stream = parser._stream
+            if stream._buffer or stream.at_eof():
+                return True
+            return bool(select.select((conn._writer.transport.get_extra_info("socket"),), (), (), 0)[0])
+        except Exception:  # not hiredis, or a connection going away: the caller's read finds out which
+            return True
 
     async def drop(self) -> None:
         """Close the connection (a desynchronised or failed socket) and give it back; the next use takes a new one."""

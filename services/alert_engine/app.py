@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -624,16 +625,24 @@ class AlertEngineApp:
             if closing:
                 if not batch.acked:
                     await self.consumer.ack(batch)  # the next read goes out now and waits while this works
-                self._speculate(closing)
+                self._speculate(closing, self.consumer.reply_waiting)
 
-    def _speculate(self, closing: list[Candle]) -> None:
+    def _speculate(self, closing: list[Candle], busy: Callable[[], bool] = lambda: False) -> None:
         """Evaluate ahead the bars about to close (``closing``: as they would close if no other trade came; their
         close within ``speculate_ms`` of the exchange's time as the trades read so far tell it): when the trade that
         closes one is read and the bar is as it was now, the close only publishes what was worked out here
-        (``core.AlertEngine.speculate``). A wrong guess costs only the work: the bar is then evaluated as usual."""
+        (``core.AlertEngine.speculate``). A wrong guess costs only the work: the bar is then evaluated as usual.
+
+        Idle-time work: it stops as soon as ``busy()`` (the next read's reply is arriving), since the entries read
+        next may hold the very trades that close these bars, and a bar not speculated on is only evaluated as usual.
+        At 5k trades/s over 10 pairs, each pair's speculation (~0.1 ms) was redone on each of its last trades, and the
+        closing trades waited behind it for up to 2-5 ms."""
         engine, specs = self.engine, self._specs
         for candle in closing:
             key = (candle.exchange, candle.symbol, candle.timeframe)
+            if busy():
+                specs.pop(key, None)  # made on an earlier trade of the bar: it would not hold
+                continue
             try:
                 spec = engine.speculate(candle)
             except Exception:  # never worth more than the bar's own evaluation, which follows as usual

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
+import redis as sync_redis
 from redis.exceptions import DataError, ResponseError, WatchError
 
-from shared.fastredis import RawPipeline, entry_field, pack_command, raw_command, stream_items
+from shared.fastredis import PinnedConnection, RawPipeline, entry_field, pack_command, raw_command, stream_items
 from shared.runtime import connect
 
 
@@ -113,6 +115,28 @@ async def test_cancelled_blocking_read_does_not_poison_the_pool(redis):
         await task
     for _ in range(5):  # the connection of the cancelled read was closed, not handed out with a late reply
         assert await raw_command(redis, "ECHO", "x") == b"x"
+
+
+async def test_reply_waiting_says_when_the_reply_of_a_read_sent_ahead_arrives(redis, redis_url):
+    await redis.xgroup_create("ahead", "g", id="0", mkstream=True)
+    pinned = PinnedConnection(redis)
+    assert not pinned.reply_waiting()  # nothing outstanding
+    await pinned.send_ahead(pack_command("XREADGROUP", "GROUP", "g", "c", "BLOCK", 5000, "STREAMS", "ahead", ">"))
+    await asyncio.sleep(0.05)
+    assert not pinned.reply_waiting()  # blocked: no entry yet
+    # written while this task runs no event loop step (as the engine's speculation runs): the reply is on the socket
+    with sync_redis.Redis.from_url(redis_url) as writer:
+        writer.xadd("ahead", {b"d": b"1"})
+    deadline = time.monotonic() + 2
+    while not pinned.reply_waiting():
+        assert time.monotonic() < deadline, "the entry's reply never showed as waiting"
+        time.sleep(0.001)
+    await asyncio.sleep(0.05)  # the loop has now read it into the connection's buffer: still waiting
+    assert pinned.reply_waiting()
+    (_, entries), = stream_items(await pinned.read_outstanding())
+    assert entry_field(entries[0][1], b"d") == b"1"
+    assert not pinned.reply_waiting()  # taken
+    await pinned.release()
 
 
 async def test_error_replies_keep_redis_py_exception_types(redis):

@@ -15,13 +15,13 @@
     "tick": a price-level rule evaluated on each trade (alerts at any time, not at bar boundaries).
     The engine closes bars from the trades itself (``fast_close``, on by default); "two_hops" is "processes" with it
     off (the engine waits for the builder's candles).
-    BENCH_PIN=1: the engine (or the one_loop process) alone on CPU 1, everything else on CPU 0 (the
-    ``cpu_affinity`` setting's deployment). BENCH_ENGINE_RT=N: the engine (or the one_loop process) under SCHED_FIFO
-    at priority N (the ``realtime_priority`` setting; 0: the normal policy). BENCH_RATES=1000,5000 picks the rates; BENCH_DEBUG=1 prints the engine's
-    status; BENCH_TRACE=FILE writes, per
-    batch of the engine that published alerts, its timings (handling, evaluation phases, commit) as JSON (the first
-    item: the engine's linger answers, each wait and each return to reading at once); with BENCH_TRACE_ALL=1, every
-    batch instead (start, entries, alerts, wall and CPU ms, and the phases' ms: ``_sort``, ``_speculate``...).
+    BENCH_PIN=1: the engine (or the one_loop process) alone on CPU 1, everything else on CPU 0 (the ``cpu_affinity``
+    setting's deployment). BENCH_ENGINE_RT=N: the engine (or the one_loop process) under SCHED_FIFO at priority N
+    (the ``realtime_priority`` setting; 0: the normal policy). BENCH_RATES=1000,5000 picks the rates; BENCH_DEBUG=1
+    prints the engine's status; BENCH_TRACE=FILE writes, per batch of the engine that published alerts, its timings
+    (handling, evaluation phases, commit) as JSON (the first item: the engine's linger answers, each wait and each
+    return to reading at once); with BENCH_TRACE_ALL=1, every batch instead (start, entries, alerts, wall and CPU
+    ms, and the phases' ms: ``_sort``, ``_speculate``...).
 (b) evaluation throughput of the pure core: 500 symbols × 10 rules (crossings, indicators, channels, moves, volume
     spike, all/any) on closed candles.
 

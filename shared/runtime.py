@@ -126,13 +126,14 @@ def apply_cpu_affinity(name: str, cpus: list[int] | None) -> None:
 
 
 def apply_realtime_priority(name: str, priority: int | None) -> None:
-    """Run this process under SCHED_FIFO at ``priority`` (the ``realtime_priority`` setting). Called before any
-    thread starts, so asyncio's worker threads inherit it. ConfigError naming the setting when the machine refuses
-    (no CAP_SYS_NICE, or not Linux)."""
+    """Run this thread (the service's event loop) under SCHED_FIFO at ``priority`` (the ``realtime_priority``
+    setting). With SCHED_RESET_ON_FORK: the threads and processes it starts (asyncio's workers reading a rules file,
+    an embedded redis-server) keep the normal policy, so nothing but the loop can take a CPU from the others.
+    ConfigError naming the setting when the machine refuses (no CAP_SYS_NICE, or not Linux)."""
     if not priority:
         return
     try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
     except (OSError, AttributeError) as exc:
         raise ConfigError([f"{name}.realtime_priority: cannot run under SCHED_FIFO at priority {priority} ({exc}); "
                            "it needs Linux and root or CAP_SYS_NICE (Docker: cap_add: [SYS_NICE])"]) from exc

@@ -17,8 +17,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import yaml

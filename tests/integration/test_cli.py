@@ -155,15 +155,15 @@ def test_a_service_runs_under_sched_fifo_at_its_realtime_priority_and_says_why_w
     try:
         deadline = time.monotonic() + 30
         seen = None
+        fifo = os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
         while time.monotonic() < deadline and proc.poll() is None:
             seen = (os.sched_getscheduler(proc.pid), os.sched_getparam(proc.pid).sched_priority)
-            if seen == (os.SCHED_FIFO, 7):
+            if seen == (fifo, 7):
                 break
             time.sleep(0.1)
-        assert seen == (os.SCHED_FIFO, 7), (seen, proc.poll())
-        # every thread of the process, started after the policy was set, has it (asyncio's workers included)
-        tids = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")]
-        assert {os.sched_getscheduler(t) for t in tids} == {os.SCHED_FIFO}, tids
+        # the main thread, the event loop; SCHED_RESET_ON_FORK: the threads and processes it starts (an embedded
+        # redis-server) keep the normal policy
+        assert seen == (fifo, 7), (seen, proc.poll())
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)

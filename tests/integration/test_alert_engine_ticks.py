@@ -238,31 +238,25 @@ def test_backtest_runs_the_engine_on_exchange_time_and_live_runs_on_the_wall_clo
     assert (live.clock, backtest.clock) == ("wall", "exchange")
 
 
-def _bar(symbol: str, ts: int, close: str, closed: bool = True) -> Candle:
+def _bar(symbol: str, ts: int, close: str) -> Candle:
     c = Decimal(close)
     return Candle(exchange=EX, symbol=symbol, timeframe="1s", ts=ts, open=c, high=c, low=c, close=c,
-                  volume=Decimal(1), buy_volume=Decimal(1), sell_volume=Decimal(0), closed=closed)
+                  volume=Decimal(1), buy_volume=Decimal(1), sell_volume=Decimal(0))
 
 
-async def test_speculation_is_idle_time_work_it_stops_when_the_next_read_has_its_reply(tmp_path, redis):
-    """``_speculate(closing, busy)``: bars are evaluated ahead one by one until ``busy()`` (the consumer's next read
-    has its reply); the rest are left to their close, and a speculation made on an earlier trade of theirs, which can
-    no longer hold, is dropped."""
+async def test_speculation_is_idle_time_work_it_yields_to_the_next_read_and_resumes_after_it(tmp_path, redis):
+    """``_speculate(closing, busy)``: pairs' bars are evaluated ahead one pair at a time until ``busy()`` (the
+    consumer's next read has its reply); the pairs not reached stay waiting (``_unspeculated``) for the next batch,
+    and what is worked out for them then is what evaluating their closed bars gives."""
     text = ("rules:\n  - {name: up, exchange: binance, symbols: ['*'], timeframe: 1s, frequency: every_time, "
             "condition: {op: above, right: 0}}\n")
     symbols = ["A/USDT", "B/USDT", "C/USDT"]
     keys = [(EX, s, "1s") for s in symbols]
-
-    def app_after_one_bar() -> AlertEngineApp:
-        app = AlertEngineApp(_settings(tmp_path, text), redis)
-        app.engine.on_batch([_bar(s, 0, "10") for s in symbols])
-        return app
-
-    closing = [_bar(s, 1000, "11", closed=False) for s in symbols]
-    idle = app_after_one_bar()
-    idle._speculate(closing, lambda: False)
-    assert set(idle._specs) == set(keys)  # nothing else to do: every bar is worked out ahead
-    assert all(len(idle._specs[k].fires) == 1 for k in keys)
+    app = AlertEngineApp(_settings(tmp_path, text), redis)
+    app.engine.on_batch([_bar(s, 0, "10") for s in symbols])
+    # as FastClose.closing gives them: the bar in progress as the closed candle it would be
+    closing = [((EX, s), [_bar(s, 1000, "11")]) for s in symbols]
+    app._unspeculated.update(dict.fromkeys(pair for pair, _ in closing))
 
     calls = []
 
@@ -270,11 +264,11 @@ async def test_speculation_is_idle_time_work_it_stops_when_the_next_read_has_its
         calls.append(1)
         return len(calls) > 1
 
-    app = app_after_one_bar()
-    app._specs[keys[2]] = idle._specs[keys[2]]  # as if made on an earlier trade of C's bar
     app._speculate(closing, busy_after_first)
-    assert set(app._specs) == {keys[0]}
-    assert len(calls) == 3  # asked before each bar
-    # the bars left out are evaluated at their close as usual: the same fires
-    fires = app.engine.on_batch([c.model_copy(update={"closed": True}) for c in closing], speculations=app._specs)
+    assert set(app._specs) == {keys[0]} and len(calls) == 2  # asked before each pair, stopped at the first yes
+    assert list(app._unspeculated) == [(EX, "B/USDT"), (EX, "C/USDT")]
+    app._speculate([c for c in closing if c[0] in app._unspeculated], lambda: False)  # idle again: the rest
+    assert set(app._specs) == set(keys) and not app._unspeculated
+    fires = app.engine.on_batch([c for _, (c,) in closing], speculations=app._specs)
     assert sorted(f.alert.symbol for f in fires) == symbols
+    assert app.engine.speculations_taken == 3

@@ -592,7 +592,8 @@ def main() -> None:
     ap.add_argument("--ab", default="", help="NAME=V1,V2[;NAME2=W1,W2]: run each latency layout once per arm, in "
                     "turn (an A/B on the same machine state); arm i sets every NAME to its i-th value. NAME: an "
                     "environment variable the services read: BENCH_ENGINE_LINGER (the engine's linger_ms, default 5), "
-                    "BENCH_ENGINE_RT (its realtime_priority, default 0: off) or any SENTINEL_* setting (SENTINEL_SPECULATE_MS, SENTINEL_TOP_UP)")
+                    "BENCH_ENGINE_RT (its realtime_priority, default 0: off) or any SENTINEL_* setting "
+                    "(SENTINEL_SPECULATE_MS, SENTINEL_TOP_UP)")
     ap.add_argument("--repeat", type=int, default=1, help="run every latency layout (and --ab value) this many times")
     ap.add_argument("--no-throughput", action="store_true", help="skip the evaluation throughput part")
     args = ap.parse_args()

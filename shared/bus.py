@@ -162,6 +162,13 @@ class Batch(Generic[T]):
     pinned: Any = None
     read_ahead: bytes | None = None
 
+    def packed_acks(self) -> tuple[list[bytes], list[str]]:
+        """This batch's XACKs, packed (one per stream), and their streams."""
+        by_stream: dict[str, list[bytes]] = {}
+        for entry in self.entries:
+            by_stream.setdefault(entry.stream, []).append(entry.id)
+        return [pack_command("XACK", stream, self.group, *ids) for stream, ids in by_stream.items()], list(by_stream)
+
     def ack_with(self, pipe: Any) -> None:
         """Queue the XACKs of this batch on the handler's own pipeline or transaction (the bus will not ack again)."""
         by_stream: dict[str, list[bytes]] = {}
@@ -237,6 +244,7 @@ class Consumer(Generic[T]):
         self._commits = PinnedConnection(self.redis)  # with prefetch: the handlers' commits while a read is out
         self._block_ms: int | None = block_ms  # of the poll in progress (a read-ahead uses the same)
         self._read_cmd: tuple[tuple, bytes] | None = None  # (key, packed XREADGROUP) cache
+        self._acks_sent: list[str] = []  # streams of the XACKs sent after the outstanding read (``ack``)
 
     # ---- subscriptions ---------------------------------------------------------------------------------------------
 
@@ -306,7 +314,7 @@ class Consumer(Generic[T]):
         """One round: recover own pending, claim stale entries when due, then read new ones. Returns entries handled."""
         self._block_ms = block_ms
         if self._reads.outstanding:  # the next read went out with the previous batch's commit (or ahead of it)
-            response = await self._reads.read_outstanding()
+            response = await self._read_outstanding()
             self._set_linger(response)
             await self._send_ahead(response)
             return await self._handle_response(response, read_ahead=True, top_up=block_ms is not None)
@@ -346,7 +354,15 @@ class Consumer(Generic[T]):
     async def _xreadgroup(self, ids: dict[str, str], block_ms: int | None) -> Any:
         """XREADGROUP with the server's raw reply: redis-py's response callback would build a dict per entry."""
         await self._reads.send_ahead(self._pack_read(ids, block_ms))
-        return await self._reads.read_outstanding()
+        return await self._read_outstanding()
+
+    async def _read_outstanding(self) -> Any:
+        """The reply of the read sent ahead; the XACKs sent after it (``ack``) are checked."""
+        try:
+            return await self._reads.read_outstanding()
+        finally:
+            if self._acks_sent:
+                self._check_acks()
 
     def _pack_read(self, ids: dict[str, str], block_ms: int | None) -> bytes:
         block = () if block_ms is None else ("BLOCK", block_ms)
@@ -384,7 +400,7 @@ class Consumer(Generic[T]):
         (their streams re-read from their own pending entries, in order, after the failed ones)."""
         if not self._reads.outstanding:
             return
-        for stream_name, raw_entries in stream_items(await self._reads.read_outstanding()):
+        for stream_name, raw_entries in stream_items(await self._read_outstanding()):
             if raw_entries:
                 self._recover.add(_s(stream_name))
 
@@ -513,14 +529,39 @@ class Consumer(Generic[T]):
         (or its BLOCK ran out). A handler's optional work after ``ack`` stops when this turns True."""
         return self._reads.reply_waiting()
 
-    async def ack(self, batch: Batch[T]) -> None:
+    async def ack(self, batch: Batch[T], behind_read: bool = False) -> None:
         """Ack ``batch``, with the next read when it carries one (on the read connection, in the same write): what the
         consumer does when its handler returns; a handler with work left after its entries are safe (the alert
-        engine's speculation) calls it first, so that work overlaps the next read."""
-        pinned = None if self._reads.outstanding else self._reads  # the handler may have sent the read-ahead itself
+        engine's speculation) calls it first, so that work overlaps the next read.
+
+        ``behind_read`` (with a read to send): the XACKs go after that read in the same write and nothing waits for
+        them (``PinnedConnection.send_ahead(after=)``): Redis runs them when the read returns, their replies come with
+        its reply. The entries stay pending until then (a crash meanwhile re-delivers them, as one before the ack
+        would), so only a consumer whose next read returns at once should ask: the engine near a bar's close, which
+        then has its ~0.1-0.3 ms of optional work start at once instead of after the XACKs' round trip."""
+        reads = self._reads
+        if behind_read and batch.read_ahead is not None and not reads.outstanding:
+            acks, streams = batch.packed_acks()
+            await reads.send_ahead(batch.read_ahead, b"".join(acks), len(acks))
+            self._acks_sent = streams
+            batch.acked = True
+            return
+        pinned = None if reads.outstanding else reads  # the handler may have sent the read-ahead itself
         async with self.bus.pipeline(pinned=pinned) as pipe:
             batch.ack_with(pipe)
             await pipe.execute(read_ahead=batch.read_ahead if pinned is not None else None)
+
+    def _check_acks(self) -> None:
+        """The replies of the XACKs sent after the read just taken (``ack``): a failed one leaves its stream's entries
+        pending, re-read from the group's pending list before the next new ones."""
+        replies, streams = self._reads.trailing_replies, self._acks_sent
+        self._reads.trailing_replies, self._acks_sent = [], []
+        self._recover.update(streams[len(replies):])  # the connection failed before their replies: not known
+        for stream, reply in zip(streams, replies):
+            if isinstance(reply, Exception):
+                logger.warning("%s/%s: XACK on %s failed (%s); its entries are re-read from the pending list",
+                               self.group, self.name, stream, reply)
+                self._recover.add(stream)
 
     async def _failed(self, entry: Entry[T]) -> None:
         pending = await self.redis.xpending_range(entry.stream, self.group, min=entry.id, max=entry.id, count=1)

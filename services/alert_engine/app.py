@@ -626,33 +626,37 @@ class AlertEngineApp:
             now, window = fast.exchange_now(time.time() * 1000), self.settings.speculate_ms
             closing = []
             for pair in list(wait):
-                candles = fast.closing(pair, self._fast_tfs.get(pair, ()), now, window)
-                if candles:
-                    closing.append((pair, candles))
+                if fast.due(pair, now, window):
+                    closing.append(pair)
                 else:
                     del wait[pair]
             if closing:
                 if not batch.acked:
-                    await self.consumer.ack(batch)  # the next read goes out now and waits while this works
-                self._speculate(closing, self.consumer.reply_waiting)
+                    # the next read goes out now and waits while this works (its XACKs behind it: reads follow
+                    # at once near a close)
+                    await self.consumer.ack(batch, behind_read=True)
+                fast_tfs = self._fast_tfs
+                self._speculate(closing, lambda pair: fast.closing(pair, fast_tfs.get(pair, ()), now, window),
+                                self.consumer.reply_waiting)
 
-    def _speculate(self, closing: list[tuple[tuple[str, str], list[Candle]]],
+    def _speculate(self, closing: list[tuple[str, str]], candles_of: Callable[[tuple[str, str]], list[Candle]],
                    busy: Callable[[], bool] = lambda: False) -> None:
-        """Evaluate ahead the bars about to close (``closing``: per pair, its bars as they would close if no other
-        trade came; their close within ``speculate_ms`` of the exchange's time as the trades read so far tell it): when
-        the trade that closes one is read and the bar is as it was now, the close only publishes what was worked out
-        here (``core.AlertEngine.speculate``). A wrong guess costs only the work: the bar is then evaluated as usual.
+        """Evaluate ahead the bars about to close (``closing``: pairs whose bars close within ``speculate_ms`` of the
+        exchange's time as the trades read so far tell it; ``candles_of(pair)``: its bars as they would close if no
+        other trade came, built only for the pairs reached): when the trade that closes one is read and the bar is as
+        it was now, the close only publishes what was worked out here (``core.AlertEngine.speculate``). A wrong guess
+        costs only the work: the bar is then evaluated as usual.
 
         Idle-time work: before each pair it asks ``busy()`` (the next read's reply is arriving) and, if so, stops. The
         pairs not reached stay in ``_unspeculated`` and come first after the next batch, which may hold the very trades
         that close their bars. At 5k trades/s over 10 pairs, each pair's speculation (~0.1 ms) run at once after every
         read kept the closing trades waiting behind it for 2-5 ms."""
         engine, specs, wait = self.engine, self._specs, self._unspeculated
-        for pair, candles in closing:
+        for pair in closing:
             if busy():
                 return
             del wait[pair]
-            for candle in candles:
+            for candle in candles_of(pair):
                 key = (candle.exchange, candle.symbol, candle.timeframe)
                 try:
                     spec = engine.speculate(candle)

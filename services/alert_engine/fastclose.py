@@ -222,18 +222,25 @@ class FastClose:
         within ``SPECULATE_GAPS`` of the pair's gaps between trades (its bar's average so far): a busy pair is worth
         evaluating ahead only in the last moments of a bar, a few times, not after every read of the last
         ``window_ms``."""
+        if not self.due(pair, now, window_ms):
+            return []
+        replica = self.replicas[pair]
+        end = replica.builder.base.end
+        ex, sym = pair
+        return [_closed(ex, sym, tf, bar) for tf, bar in replica.builder.in_progress()
+                if bar.end == end and tf in wanted]
+
+    def due(self, pair: Pair, now: float, window_ms: float) -> bool:
+        """``closing`` would offer candles of ``pair`` (given a timeframe wanted): the test alone, without building
+        them (asked of every pair read near a close, after every read)."""
         replica = self.replicas.get(pair)
         base = replica.builder.base if replica is not None else None
         if base is None:
-            return []
+            return False
         due = base.end - now
         if due > window_ms:
-            return []
-        if base.trades > 1 and due > SPECULATE_GAPS * (base.last_ts - base.first_ts) / (base.trades - 1):
-            return []
-        ex, sym = pair
-        return [_closed(ex, sym, tf, bar) for tf, bar in replica.builder.in_progress()
-                if bar.end == base.end and tf in wanted]
+            return False
+        return base.trades <= 1 or due <= SPECULATE_GAPS * (base.last_ts - base.first_ts) / (base.trades - 1)
 
     def confirm(self, candle: Candle) -> bool:
         """candle_builder's closed candle of a series read here: True when it still has to be evaluated (no replica

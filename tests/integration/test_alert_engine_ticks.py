@@ -255,20 +255,25 @@ async def test_speculation_is_idle_time_work_it_yields_to_the_next_read_and_resu
     app = AlertEngineApp(_settings(tmp_path, text), redis)
     app.engine.on_batch([_bar(s, 0, "10") for s in symbols])
     # as FastClose.closing gives them: the bar in progress as the closed candle it would be
-    closing = [((EX, s), [_bar(s, 1000, "11")]) for s in symbols]
-    app._unspeculated.update(dict.fromkeys(pair for pair, _ in closing))
+    closing = {(EX, s): [_bar(s, 1000, "11")] for s in symbols}
+    app._unspeculated.update(dict.fromkeys(closing))
 
-    calls = []
+    calls, built = [], []
 
     def busy_after_first() -> bool:
         calls.append(1)
         return len(calls) > 1
 
-    app._speculate(closing, busy_after_first)
+    def candles_of(pair: tuple[str, str]) -> list[Candle]:
+        built.append(pair)
+        return closing[pair]
+
+    app._speculate(list(closing), candles_of, busy_after_first)
     assert set(app._specs) == {keys[0]} and len(calls) == 2  # asked before each pair, stopped at the first yes
+    assert built == [(EX, "A/USDT")]  # the candles of the pairs not reached are not built
     assert list(app._unspeculated) == [(EX, "B/USDT"), (EX, "C/USDT")]
-    app._speculate([c for c in closing if c[0] in app._unspeculated], lambda: False)  # idle again: the rest
+    app._speculate(list(app._unspeculated), candles_of, lambda: False)  # idle again: the rest
     assert set(app._specs) == set(keys) and not app._unspeculated
-    fires = app.engine.on_batch([c for _, (c,) in closing], speculations=app._specs)
+    fires = app.engine.on_batch([c for (c,) in closing.values()], speculations=app._specs)
     assert sorted(f.alert.symbol for f in fires) == symbols
     assert app.engine.speculations_taken == 3

@@ -257,6 +257,43 @@ async def test_read_ahead_commit_and_next_read_in_one_write_lose_nothing_when_a_
     assert await bus.caught_up(STREAM, "g")
 
 
+async def test_acks_behind_the_next_read_run_when_it_returns(redis):
+    """``Consumer.ack(batch, behind_read=True)``: the next read and the batch's XACKs go in one write, the XACKs
+    behind the read, and nothing waits for them: the batch stays pending while that read blocks and is acked when it
+    returns; every entry is handled once, nothing is left pending."""
+    bus = Bus(redis)
+    other = streams.trades("test", "ETH/USDT")
+    await bus.publish(STREAM, batch_of(0, 1))
+    seen: list[int] = []
+    pending_after_ack: list[int] = []
+
+    async def handle(batch: Batch[TradeBatch]) -> None:
+        seen.extend(t.id for e in batch.entries for t in e.value.trades)
+        if batch.read_ahead is not None:
+            await consumer.ack(batch, behind_read=True)
+            assert batch.acked
+            pending_after_ack.append((await redis.xpending(STREAM, "g"))["pending"])
+
+    consumer = Consumer(bus, group="g", consumer="c1", decode=decode_feed, handler=handle, streams=[STREAM, other],
+                        block_ms=300)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    await _until(lambda: seen == [0])
+    await bus.publish(STREAM, batch_of(1, 1))  # delivered by a read sent ahead: its batch carries the next read
+    await _until(lambda: pending_after_ack)
+    assert pending_after_ack == [1]  # its XACK waits behind the read now blocking
+    await bus.publish(other, batch_of(2, 1))  # that read returns: the XACK runs
+    await _until(lambda: seen == [0, 1, 2])
+    for _ in range(100):
+        if (await redis.xpending(STREAM, "g"))["pending"] == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert (await redis.xpending(STREAM, "g"))["pending"] == 0
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert await bus.caught_up(STREAM, "g") and await bus.caught_up(other, "g")
+
+
 async def test_read_ahead_reply_is_handled_before_stopping(redis):
     """The default ack path carries the read-ahead too; entries it delivered are handled, not left pending, when
     the consumer stops."""

@@ -139,6 +139,37 @@ async def test_reply_waiting_says_when_the_reply_of_a_read_sent_ahead_arrives(re
     await pinned.release()
 
 
+async def test_commands_sent_after_a_read_ahead_are_read_with_its_reply_and_keep_the_connection_in_step(redis):
+    """``send_ahead(packed, after=, replies_after=)``: the read's reply is ``read_outstanding()``'s; the replies of the
+    commands behind it (run once the blocked read returned) land in ``trailing_replies``, an error as its object; the
+    connection is then in step for the next command."""
+    await redis.xgroup_create("behind", "g", id="0", mkstream=True)
+    await redis.set("text", "not a number")
+    pinned = PinnedConnection(redis)
+    after = pack_command("INCR", "counter") + pack_command("INCR", "text") + pack_command("INCR", "counter")
+    await pinned.send_ahead(pack_command("XREADGROUP", "GROUP", "g", "c", "BLOCK", 5000, "STREAMS", "behind", ">"),
+                            after, 3)
+    await asyncio.sleep(0.05)
+    assert await redis.get("counter") is None  # behind the blocked read: not run yet
+    await redis.xadd("behind", {b"d": b"1"})
+    (_, entries), = stream_items(await pinned.read_outstanding())
+    assert entry_field(entries[0][1], b"d") == b"1"
+    first, failed, second = pinned.trailing_replies
+    assert (first, second) == (1, 2) and isinstance(failed, ResponseError) and "not an integer" in str(failed)
+    assert not pinned.outstanding and await pinned.command("ECHO", "next") == b"next"
+    await pinned.release()
+
+
+def test_pack_command_takes_hiredis_fast_path_and_the_same_bytes_for_what_it_refuses():
+    """hiredis packs str, bytes, int and float; bytearray and memoryview take the Python loop (same RESP); bool is
+    refused naming the value, as redis-py refuses it; multi-word command names are split first."""
+    assert pack_command("SET", "k", 1, 1.5, b"\x00") == b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n1\r\n$3\r\n1.5\r\n$1\r\n\x00\r\n"
+    assert pack_command("X", bytearray(b"ab"), memoryview(b"c")) == b"*3\r\n$1\r\nX\r\n$2\r\nab\r\n$1\r\nc\r\n"
+    assert pack_command("CLIENT LIST") == b"*2\r\n$6\r\nCLIENT\r\n$4\r\nLIST\r\n"
+    with pytest.raises(DataError, match="bool"):
+        pack_command("SET", "k", True)
+
+
 async def test_error_replies_keep_redis_py_exception_types(redis):
     from redis.exceptions import NoScriptError
 

@@ -99,6 +99,9 @@ def test_a_bar_is_offered_for_speculation_only_near_its_close_and_as_the_closing
     close = t0 + 60_000
     assert fast.closing(pair, {"1s", "1m"}, close - 7, window_ms=50) == []  # 7 ms before: over 3 gaps of 2 ms
     assert fast.closing(pair, {"1s", "1m"}, close - 5, window_ms=4) == []  # over the window
+    # FastClose.due: the same test without building the candles (asked of every pair read near a close)
+    assert [fast.due(pair, close - ms, window_ms=50) for ms in (7, 5, 1)] == [False, True, True]
+    assert not fast.due(pair, close - 5, window_ms=4) and not fast.due(("x", "B/USDT"), close - 1, window_ms=50)
     offered = fast.closing(pair, {"1s", "1m"}, close - 5, window_ms=50)
     assert [(c.timeframe, c.ts) for c in offered] == [("1s", close - 1000), ("1m", close - 60_000)]
     assert [c.timeframe for c in fast.closing(pair, {"1m"}, close - 1, window_ms=50)] == ["1m"]

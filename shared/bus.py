@@ -162,19 +162,21 @@ class Batch(Generic[T]):
     pinned: Any = None
     read_ahead: bytes | None = None
 
-    def packed_acks(self) -> tuple[list[bytes], list[str]]:
-        """This batch's XACKs, packed (one per stream), and their streams."""
+    def ids_by_stream(self) -> dict[str, list[bytes]]:
+        """This batch's entry ids per stream, in order (what its XACKs ack)."""
         by_stream: dict[str, list[bytes]] = {}
         for entry in self.entries:
             by_stream.setdefault(entry.stream, []).append(entry.id)
+        return by_stream
+
+    def packed_acks(self) -> tuple[list[bytes], list[str]]:
+        """This batch's XACKs, packed (one per stream), and their streams."""
+        by_stream = self.ids_by_stream()
         return [pack_command("XACK", stream, self.group, *ids) for stream, ids in by_stream.items()], list(by_stream)
 
     def ack_with(self, pipe: Any) -> None:
         """Queue the XACKs of this batch on the handler's own pipeline or transaction (the bus will not ack again)."""
-        by_stream: dict[str, list[bytes]] = {}
-        for entry in self.entries:
-            by_stream.setdefault(entry.stream, []).append(entry.id)
-        for stream, ids in by_stream.items():
+        for stream, ids in self.ids_by_stream().items():
             pipe.xack(stream, self.group, *ids)
         self.acked = True
 

@@ -730,11 +730,8 @@ class AlertEngineApp:
         for fp, row in rows.items():
             args += (fp, row)
         if batch is not None:
-            by_stream: dict[str, list[bytes]] = {}
-            for entry in batch.entries:
-                by_stream.setdefault(entry.stream, []).append(entry.id)
             groups = 0
-            for stream, ids in by_stream.items():
+            for stream, ids in batch.ids_by_stream().items():
                 for i in range(0, len(ids), _ACK_CHUNK):
                     chunk = ids[i:i + _ACK_CHUNK]
                     keys.append(stream)

@@ -18,7 +18,8 @@
     BENCH_PIN=1: the engine (or the one_loop process) alone on CPU 1, everything else on CPU 0 (the ``cpu_affinity``
     setting's deployment). BENCH_ENGINE_RT=N: the engine (or the one_loop process) under SCHED_FIFO at priority N
     (the ``realtime_priority`` setting; 0: the normal policy). BENCH_RATES=1000,5000 picks the rates; BENCH_DEBUG=1
-    prints the engine's status; BENCH_TRACE=FILE writes, per batch of the engine that published alerts, its timings
+    prints the engine's status; BENCH_SAMPLES=PREFIX writes every sample (sent, arrived, reader woke) to
+    PREFIX.LAYOUT.RATE.json; BENCH_TRACE=FILE writes, per batch of the engine that published alerts, its timings
     (handling, evaluation phases, commit) as JSON (the first item: the engine's linger answers, each wait and each
     return to reading at once); with BENCH_TRACE_ALL=1, every batch instead (start, entries, alerts, wall and CPU
     ms, and the phases' ms: ``_sort``, ``_speculate``...).
@@ -254,7 +255,7 @@ def _service(url: str, rules: str, which: tuple[str, ...], mark: Any, stop: Any,
 
 
 def _trace_engine(app: AlertEngineApp, trace: list) -> None:
-    handle, publish = app._handle, app.publish
+    handle, send_commit, finish_commit = app._handle, app._send_commit, app._finish_commit
     published = [0, 0.0, 0.0, 0.0]
 
     async def traced_handle(batch: Any) -> None:
@@ -264,6 +265,7 @@ def _trace_engine(app: AlertEngineApp, trace: list) -> None:
         await handle(batch)
         if os.environ.get("BENCH_TRACE_ALL"):
             trace.append({"all": 1, "start": t0, "handle_ms": (time.time() - t0) * 1000, "entries": len(batch.entries),
+                          "streams": [e.stream for e in batch.entries],
                           "alerts": published[0], "cpu_ms": (time.thread_time() - c0) * 1000,
                           **{f"{k}_ms": v * 1000 for k, v in published[4].items()}})
             published[4].clear()
@@ -276,16 +278,19 @@ def _trace_engine(app: AlertEngineApp, trace: list) -> None:
                           "cpu_until_publish_ms": (published[3] - c0) * ms, "cpu_ms": (time.thread_time() - c0) * ms,
                           **{f"{k}_ms": v * ms for k, v in published[4].items()}})
 
-    async def traced_publish(fires: list, batch: Any = None) -> list[int]:
+    async def traced_send_commit(fires: list, batch: Any = None) -> Any:  # a commit starts: its alerts go out
         published[0] += len(fires)
         published[1] = time.time()
         published[3] = time.thread_time()
+        return await send_commit(fires, batch)
+
+    async def traced_finish_commit(commit: Any) -> list[int]:
         try:
-            return await publish(fires, batch)
+            return await finish_commit(commit)
         finally:
             published[2] = time.time()
 
-    app._handle, app.publish = traced_handle, traced_publish
+    app._handle, app._send_commit, app._finish_commit = traced_handle, traced_send_commit, traced_finish_commit
     app.consumer.handler = traced_handle
     phases: dict = {}
     published.append(phases)
@@ -323,7 +328,8 @@ def _trace_engine(app: AlertEngineApp, trace: list) -> None:
     timed(app, "_speculate")
     timed(app.engine, "on_batch")
     timed(app, "_state_rows")
-    timed(app, "_commit", True)
+    timed(app, "_finish_commit", True)  # (wrapped over the counting wrapper above)
+    timed(app, "_handle_ahead", True)
 
 
 def _bare_service(url: str, rules: str, which: tuple[str, ...], mark: Any, stop: Any, ready: Any,
@@ -430,6 +436,9 @@ async def _latency(url: str, rate: int, seconds: float, tmp: Path, layout: str =
     start = min((int(k.rsplit("|", 1)[1]) for k in firsts), default=0)
     warm = {k: v for k, v in firsts.items() if int(k.rsplit("|", 1)[1]) < start + WARMUP_S * 1000}
     firsts = {k: v for k, v in firsts.items() if k not in warm}
+    if os.environ.get("BENCH_SAMPLES"):  # every sample: "symbol|bar end ms" -> [sent, arrived, reader woke]
+        Path(f"{os.environ['BENCH_SAMPLES']}.{layout}.{rate}.json").write_text(json.dumps(
+            {k: [firsts[k], *received[k]] for k in received if k in firsts}))
     lat = _ms(received, firsts, 0)
     if not lat:
         return {"rate": rate, "layout": layout, "samples": 0}

@@ -289,6 +289,7 @@ class RawPipeline(AsyncCoreCommands):
         self._conn: Any = None  # pinned by watch()
         self._watching = False
         self._multi = False
+        self._sent: tuple[list[tuple[str, dict]], bool] = ([], False)  # (commands, transaction) of send()
 
     async def __aenter__(self) -> RawPipeline:
         return self
@@ -368,22 +369,42 @@ class RawPipeline(AsyncCoreCommands):
         ``read_ahead`` (a packed command, only with ``pinned``): sent in the same write after the queued commands;
         its reply is left unread (``pinned.outstanding``) for the reader, whether the pipeline succeeded or not.
         """
+        if not await self.send(read_ahead):
+            return []
+        return await self.replies(raise_on_error)
+
+    async def send(self, read_ahead: bytes | None = None) -> bool:
+        """The first half of ``execute``: send everything queued (and ``read_ahead``) now; ``replies()`` reads what
+        comes back, and nothing else may use this pipeline or its connection in between (the caller works while
+        Redis runs the commands). False when there was nothing to send."""
         parts, commands = self._parts, self._commands
         self._parts, self._commands = [], []
         if read_ahead is not None and self.pinned is None:
             raise RedisError("read_ahead needs a pinned connection")
         if not commands and not self._watching and read_ahead is None:
-            return []
+            return False
+        tx = self.transaction or self._multi
+        tail = (read_ahead,) if read_ahead is not None else ()
         conn = self._conn
         if conn is None:
             conn = self._conn = await self._checkout()
-        tx = self.transaction or self._multi
-        tail = (read_ahead,) if read_ahead is not None else ()
-        replies: Any = []
         try:
             await send(conn, b"".join((_MULTI, *parts, _EXEC, *tail)) if tx else b"".join((*parts, *tail)))
-            if read_ahead is not None:
-                self.pinned.outstanding = True  # type: ignore[union-attr]
+        except BaseException:
+            self._multi = False
+            await self._drop()
+            raise
+        if read_ahead is not None:
+            self.pinned.outstanding = True  # type: ignore[union-attr]
+        self._sent = (commands, tx)
+        return True
+
+    async def replies(self, raise_on_error: bool = True) -> list[Any]:
+        """The second half of ``execute``: the replies of what ``send()`` sent, in order."""
+        (commands, tx), self._sent = self._sent, ([], False)
+        conn = self._conn
+        replies: Any = []
+        try:
             if tx:
                 # +OK of MULTI, QUEUED (or an error) per command, then EXEC's array
                 *queued, replies = await read_replies(conn, len(commands) + 2)

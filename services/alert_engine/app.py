@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,20 @@ def read_rules_file(path: str | Path) -> tuple[RuleSet, dict[str, str] | None]:
     return ruleset, texts
 
 
+@dataclass(slots=True)
+class _Commit:
+    """A commit sent (``AlertEngineApp._send_commit``) whose answers are not taken yet."""
+
+    fires: list[core.Fire]
+    predicted: list[int]  # per fire: the answer its effects were applied for (1 published, -1 cooling down)
+    saved: dict[str, tuple[int | None, int | None]]  # fingerprint -> (cooldown until, last fired) before them
+    touched: dict[str, core.Fire]  # fingerprint -> its last fire (its RULE_STATE row)
+    keys: list[Any]
+    args: list[Any]
+    batch: Batch | None  # whose XACKs it carries
+    pipe: Any  # RawPipeline, sent
+
+
 class AlertEngineApp:
     """The alert engine service: ``await AlertEngineApp(settings, redis).run(stop)``."""
 
@@ -216,6 +231,11 @@ class AlertEngineApp:
         self._linger_ok = False  # everything read is closed-bar work (see _linger)
         self._specs: dict[tuple[str, str, str], core.Speculation] = {}  # series -> its bar evaluated ahead (_speculate)
         self._unspeculated: dict[tuple[str, str], None] = {}  # pairs read since their last speculation, in order
+        # pair -> (its replica's state, the candles its next close gives from that state), taken by _speculate: a
+        # batch that closes them from that state is evaluated and committed before its entries are applied
+        self._marks: dict[tuple[str, str], tuple[Any, list[Candle]]] = {}
+        self.closed_ahead = 0  # bars evaluated and committed before their closing trades were applied (_ahead)
+        self.ahead_mismatched = 0  # ... of which the replica then emitted something else (never expected)
 
     # ---- lifecycle --------------------------------------------------------------------------------------------------
 
@@ -271,7 +291,8 @@ class AlertEngineApp:
                 "reload_error": self.reload_error or "", "deferred": self.engine.deferred,
                 "fast_closed": fast.closed if fast else 0, "fast_confirmed": fast.confirmed if fast else 0,
                 "fast_mismatched": fast.mismatched if fast else 0,
-                "speculations_taken": self.engine.speculations_taken}
+                "speculations_taken": self.engine.speculations_taken, "closed_ahead": self.closed_ahead,
+                "ahead_mismatched": self.ahead_mismatched}
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -459,6 +480,7 @@ class AlertEngineApp:
                 self.fast.forget(pair)
             self._fast_tfs = fast_tfs
             self._specs = {key: spec for key, spec in self._specs.items() if key[:2] in fast_tfs}
+            self._marks.clear()  # their candles were built for the timeframes wanted then
         new = [n for n in names if n not in self.consumed]
         for name in new:
             if names[name][0] == "trades" and names[name][1:] not in self._tick_pairs:
@@ -612,7 +634,11 @@ class AlertEngineApp:
         else:
             market: list[Candle | Ticker] = []
             later: list[Candle | Ticker] = []
-            await self._sort(entries, market, later, fires, touched)
+            ahead = self._ahead(entries) if self._marks else None
+            if ahead:
+                await self._handle_ahead(batch, ahead, market, later, fires, touched)
+            else:
+                await self._sort(entries, market, later, fires, touched)
             market += later
             if market:
                 fires.extend(self.engine.on_batch(market, speculations=self._specs))
@@ -651,12 +677,16 @@ class AlertEngineApp:
         pairs not reached stay in ``_unspeculated`` and come first after the next batch, which may hold the very trades
         that close their bars. At 5k trades/s over 10 pairs, each pair's speculation (~0.1 ms) run at once after every
         read kept the closing trades waiting behind it for 2-5 ms."""
-        engine, specs, wait = self.engine, self._specs, self._unspeculated
+        engine, specs, wait, fast = self.engine, self._specs, self._unspeculated, self.fast
         for pair in closing:
             if busy():
                 return
             del wait[pair]
-            for candle in candles_of(pair):
+            mark = fast.mark(pair) if fast is not None else None
+            candles = candles_of(pair)
+            if mark is not None:
+                self._marks[pair] = (mark, candles)
+            for candle in candles:
                 key = (candle.exchange, candle.symbol, candle.timeframe)
                 try:
                     spec = engine.speculate(candle)
@@ -669,6 +699,64 @@ class AlertEngineApp:
                 for f in spec.fires:
                     f.packed = f.alert.encode()
                 specs[key] = spec
+
+    def _ahead(self, entries: list) -> list[Candle] | None:
+        """Every bar this batch closes, known before its entries are applied: each pair's entries close its bar
+        exactly as ``_speculate`` last built it (``FastClose.closes`` with the pair's mark) or close nothing, and the
+        batch holds nothing but trades. None when it cannot be told (then the batch takes the usual path)."""
+        fast = self.fast
+        if fast is None or self.engine.waiting:
+            return None
+        fast_tfs, tick_pairs, marks = self._fast_tfs, self._tick_pairs, self._marks
+        by_pair: dict[tuple[str, str], list] = {}
+        for entry in entries:
+            value = entry.value
+            if type(value) is not TradeBatch:
+                return None
+            pair = (value.exchange, value.symbol)
+            if pair in tick_pairs:
+                return None
+            if pair in fast_tfs:
+                by_pair.setdefault(pair, []).append(entry)
+        out: list[Candle] = []
+        for pair, pair_entries in by_pair.items():
+            marked = marks.get(pair)
+            verdict = fast.closes(pair, pair_entries, marked[0] if marked is not None else None)
+            if verdict is None:
+                return None
+            if verdict:
+                candles = marked[1]  # type: ignore[index]
+                if not candles or any(fast.builder_was_first(c) for c in candles):
+                    return None
+                out += candles
+        return out
+
+    async def _handle_ahead(self, batch: Batch, ahead: list[Candle], market: list, later: list,
+                            fires: list[core.Fire], touched: set[tuple[str, str]]) -> None:
+        """The bars ``_ahead`` found this batch closes: evaluated now and their alerts committed (with the batch's
+        XACKs and the next read), and while Redis runs the commit the entries are applied to the replicas as usual
+        (``_sort``). The bars the replicas emit are the ones evaluated; anything else they emit (never expected) goes
+        on to ``market``, evaluated as usual."""
+        closed = self.engine.on_batch(ahead, speculations=self._specs)
+        self.closed_ahead += len(ahead)
+        for pair in {(c.exchange, c.symbol) for c in ahead}:
+            del self._marks[pair]
+        commit = await self._send_commit(closed, batch) if closed else None
+        emitted: list[Candle | Ticker] = []
+        try:
+            await self._sort(batch.entries, emitted, later, fires, touched)
+        finally:
+            if commit is not None:
+                await self._finish_commit(commit)
+        done = {(c.exchange, c.symbol, c.timeframe, c.ts): c for c in ahead}
+        for c in emitted:
+            if done.pop((c.exchange, c.symbol, c.timeframe, c.ts), None) != c:
+                market.append(c)
+        if market or done:
+            self.ahead_mismatched += 1
+            logger.warning("alert_engine: bars evaluated ahead of their closing trades differ from the ones those "
+                           "trades closed (%d unexpected, %d not closed); the unexpected ones are evaluated now",
+                           len(market), len(done))
 
     async def _sort(self, entries: list, market: list, later: list, fires: list[core.Fire],
                     touched: set[tuple[str, str]]) -> None:
@@ -702,6 +790,14 @@ class AlertEngineApp:
         One script call (``_COMMIT``) gates every fire, writes the touched fingerprints' RULE_STATE rows and, with
         ``batch``, its XACKs; on the consumer's read connection its next XREADGROUP goes out in the same write.
         """
+        return await self._finish_commit(await self._send_commit(fires, batch))
+
+    async def _send_commit(self, fires: list[core.Fire], batch: Batch | None = None) -> _Commit:
+        """The first half of ``publish``: the fires' predicted effects applied, the commit sent (with ``batch``'s
+        XACKs and read-ahead unless it was acked already); ``_finish_commit`` takes its answer. Between the two the
+        caller may work while Redis runs it (``_handle_ahead``)."""
+        if batch is not None and batch.acked:
+            batch = None
         s = self.settings
         status = self.engine.status
         cooldown_until = self._cooldown_until
@@ -738,9 +834,28 @@ class AlertEngineApp:
                     args += (len(chunk), *chunk)
                     groups += 1
             args[7] = groups
-        answers = [int(a) for a in await self._commit(keys, args, batch)]
+        pinned = batch.pinned if batch is not None else None
+        pipe = self.bus.pipeline(pinned=pinned)
+        pipe.execute_command("EVALSHA", self._commit_sha, len(keys), *keys, *args)
+        await pipe.send(batch.read_ahead if pinned is not None else None)
+        return _Commit(fires, predicted, saved, touched, keys, args, batch, pipe)
+
+    async def _finish_commit(self, c: _Commit) -> list[int]:
+        """The second half of ``publish``: the commit's answers taken, and the effects of the fires predicted wrong
+        (a replay, another replica's cooldown) redone with them."""
+        fires, predicted, saved, touched, batch = c.fires, c.predicted, c.saved, c.touched, c.batch
+        (reply,) = await c.pipe.replies(raise_on_error=False)
+        if isinstance(reply, redis_errors.NoScriptError):
+            # a restarted or flushed Redis: the script never ran, nothing was written or acked. EVAL runs it (and
+            # caches it for the next EVALSHA)
+            reply = await raw_command(self.redis, "EVAL", _COMMIT, len(c.keys), *c.keys, *c.args)
+        elif isinstance(reply, Exception):
+            raise reply
+        answers = [int(a) for a in reply]
         if batch is not None:
             batch.acked = True
+        status = self.engine.status
+        cooldown_until = self._cooldown_until
         wrong = {f.fingerprint for f, p, a in zip(fires, predicted, answers, strict=True) if (a == 1) != (p == 1)}
         if wrong:  # replay or another replica's cooldown: redo those fingerprints' effects with the real answers
             for fp in wrong:
@@ -774,20 +889,6 @@ class AlertEngineApp:
             self._cooldown_until[f.fingerprint] = -1 if f.cooldown_ms < 0 else f.now_ms + f.cooldown_ms
         if f.alert.state == "firing":
             self.engine.mark_fired(f.fingerprint, f.now_ms)
-
-    async def _commit(self, keys: list[Any], args: list[Any], batch: Batch | None) -> list[Any]:
-        """EVALSHA ``_COMMIT`` (with the batch's read-ahead when it has one); on NOSCRIPT (a restarted or flushed Redis:
-        the script never ran, nothing was written or acked) EVAL it, which also caches it for the next EVALSHA."""
-        pinned = batch.pinned if batch is not None else None
-        async with self.bus.pipeline(pinned=pinned) as pipe:
-            pipe.execute_command("EVALSHA", self._commit_sha, len(keys), *keys, *args)
-            (reply,) = await pipe.execute(raise_on_error=False,
-                                          read_ahead=batch.read_ahead if pinned is not None else None)
-        if isinstance(reply, redis_errors.NoScriptError):
-            reply = await raw_command(self.redis, "EVAL", _COMMIT, len(keys), *keys, *args)
-        elif isinstance(reply, Exception):
-            raise reply
-        return reply
 
     async def _save_all_state(self) -> None:
         """Every fingerprint's state (pending/firing/inactive, last value) for the API, periodically."""

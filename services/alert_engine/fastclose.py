@@ -224,11 +224,18 @@ class FastClose:
         ``window_ms``."""
         if not self.due(pair, now, window_ms):
             return []
-        replica = self.replicas[pair]
-        end = replica.builder.base.end
+        return self.next_close(pair, wanted)
+
+    def next_close(self, pair: Pair, wanted: set[str]) -> list[Candle]:
+        """The candles in timeframes ``wanted`` that ``pair``'s next close (the end of its base bar in progress)
+        gives if no other trade comes before it ([] without a bar in progress)."""
+        replica = self.replicas.get(pair)
+        base = replica.builder.base if replica is not None else None
+        if base is None:
+            return []
         ex, sym = pair
         return [_closed(ex, sym, tf, bar) for tf, bar in replica.builder.in_progress()
-                if bar.end == end and tf in wanted]
+                if bar.end == base.end and tf in wanted]
 
     def due(self, pair: Pair, now: float, window_ms: float) -> bool:
         """``closing`` would offer candles of ``pair`` (given a timeframe wanted): the test alone, without building
@@ -241,6 +248,53 @@ class FastClose:
         if due > window_ms:
             return False
         return base.trades <= 1 or due <= SPECULATE_GAPS * (base.last_ts - base.first_ts) / (base.trades - 1)
+
+    def mark(self, pair: Pair) -> tuple[Replica, tuple[int, int]] | None:
+        """The state of ``pair``'s replica now (its bars' close as ``closing`` gives them holds while it is unchanged;
+        ``closes`` tells whether it still is)."""
+        replica = self.replicas.get(pair)
+        return (replica, replica.last_id) if replica is not None else None
+
+    def closes(self, pair: Pair, entries: list, mark: tuple[Replica, tuple[int, int]] | None) -> bool | None:
+        """What applying ``entries`` (``pair``'s trades entries of one batch, in order, ``TradeBatch`` values) will do,
+        told without applying them: False, they close no bar; True, they close the open base bar and the bars of other
+        timeframes ending with it, exactly as ``closing`` gave them when ``mark`` was taken (nothing was applied
+        since, and their first trade is past the bar's end), and nothing else; None, anything else (a late trade,
+        a trade in the bar before the closing one, a second close, an entry applied already, no replica).
+
+        The alert engine then evaluates and commits those bars before the entries are applied (``apply`` still runs
+        after, and must emit the same candles)."""
+        replica = self.replicas.get(pair)
+        base = replica.builder.base if replica is not None else None
+        if base is None:
+            return None
+        start, end = base.ts, base.end
+        after = end + replica.builder.base_ms  # the bar a closing trade opens ends here (or later, after a gap)
+        last = replica.last_id
+        closed = changed = False
+        for entry in entries:
+            if entry_id(entry.id) <= last:
+                return None
+            for row in entry.value.trades:
+                ts = row[1]
+                if closed:
+                    if not end <= ts < after:  # a late trade (a revision), or a second close
+                        return None
+                elif ts >= end:
+                    if changed or ts >= after or mark is None or mark[0] is not replica or mark[1] != last:
+                        return None  # the bar is not as marked, or flat bars / a gap follow the close
+                    closed = True
+                elif ts < start:
+                    return None  # late: revises a closed bar (may emit a bar's first version)
+                else:
+                    changed = True
+        return closed
+
+    def builder_was_first(self, candle: Candle) -> bool:
+        """candle_builder's candle of ``candle``'s bar (or a later one) came already (its wall-clock timer closed it):
+        ``apply`` will not emit this bar."""
+        seen = self.last_builder.get((candle.exchange, candle.symbol, candle.timeframe))
+        return seen is not None and seen.ts >= candle.ts
 
     def confirm(self, candle: Candle) -> bool:
         """candle_builder's closed candle of a series read here: True when it still has to be evaluated (no replica

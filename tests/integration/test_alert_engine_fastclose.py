@@ -18,7 +18,7 @@ from services.alert_engine.settings import Settings
 from services.candle_builder.app import CandleBuilderApp
 from shared import streams
 from shared.bus import FIELD, Bus
-from shared.schemas import Alert, Candle, encode_trades
+from shared.schemas import Alert, Candle, Watermark, encode_trades, encode_watermark
 from tests.conftest import shared_data
 from tests.integration.test_candle_builder import publish, read_trades, run_until_caught_up, settings_for
 
@@ -48,13 +48,13 @@ async def _alerts(redis) -> set[tuple]:
     return out
 
 
-async def _started(redis, redis_url, rules, timeframes: list[str], fast: bool = True):
+async def _started(redis, redis_url, rules, timeframes: list[str], fast: bool = True, **settings):
     """candle_builder has built the first quarter of the trades and the engine has read its candles (subscribing
     made candle_builder build ``timeframes`` for it). Returns the engine, the builder's settings and the stream."""
     builder = settings_for(redis_url, timeframes=timeframes, history_bars=0)
     stream = streams.trades(EX, SYM)
     await publish(redis, EX, SYM, TRADES[:SPLIT], per_entry=20, final=False)
-    engine = AlertEngineApp(Settings(rules_file=rules, redis_url=redis_url, fast_close=fast), redis)
+    engine = AlertEngineApp(Settings(rules_file=rules, redis_url=redis_url, fast_close=fast, **settings), redis)
     await engine.drain(final=False)
     await run_until_caught_up(redis, builder, [stream])
     await engine.drain(final=False)
@@ -93,6 +93,38 @@ async def test_bars_closed_from_trades_alert_before_candle_builder_and_give_the_
     assert st["fast_confirmed"] == st["fast_closed"], st  # candle_builder's candles of them: compared, equal
     assert st["fast_mismatched"] == 0 and st["duplicates"] == 0, st
     assert engine.fast.synced == 1
+
+
+async def test_bars_known_before_their_closing_trades_are_applied_are_committed_first_and_give_the_same_alerts(
+        redis, redis_url, tmp_path):
+    """The trades after the split come as a live feed writes them (a new entry with each second's first trade, at
+    most 20 trades per entry) and are read one entry at a time. A bar the engine speculated on, whose closing entry
+    starts past its end with the replica as it was then, is evaluated and committed before that entry is applied
+    (``_handle_ahead``): the replica then emits exactly that bar. The alerts are those of the engine without fast
+    close on candle_builder's candles."""
+    _, slow, _ = await _run(redis, redis_url, tmp_path, fast=False)
+    await redis.flushall()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(_rules())
+    # speculation within 1 s of a close (and 3 of the pair's gaps between trades): most bars of this recording
+    engine, builder, stream = await _started(redis, redis_url, rules, ["1s", "1m"], speculate_ms=1000)
+    bus = Bus(redis)
+    rest, entries = TRADES[SPLIT:], []
+    for t in rest:
+        if not entries or len(entries[-1]) == 20 or t.ts // 1000 != entries[-1][-1].ts // 1000:
+            entries.append([])
+        entries[-1].append(t)
+    for rows in entries:
+        await bus.publish(stream, encode_trades(EX, SYM, rows))
+        await engine.consumer.drain()
+    await bus.publish(stream, encode_watermark(Watermark(EX, SYM, rest[-1].ts, final=True)))
+    await run_until_caught_up(redis, builder, [stream])
+    await engine.drain(final=True)
+    assert await _alerts(redis) == slow
+    st = engine.status()
+    bars_1s = len({t.ts // 1000 for t in rest})
+    assert st["closed_ahead"] >= bars_1s / 3 and st["ahead_mismatched"] == 0, st
+    assert st["fast_mismatched"] == 0 and st["duplicates"] == 0, st
 
 
 async def test_a_candle_builder_candle_that_differs_resyncs_the_replica_and_is_evaluated(redis, redis_url, tmp_path):
@@ -169,7 +201,7 @@ async def _run_live(apps, seconds: float, tick) -> None:
 
 
 async def test_live_the_engine_waits_between_closes_and_reads_the_closing_trade_at_once(redis, redis_url, tmp_path):
-    """Live (trades stamped with this machine's clock, one entry every 2 ms for 3 s; candle_builder and the engine
+    """Live (trades stamped with this machine's clock, one entry every 2 ms for 3.2 s; candle_builder and the engine
     running): with ``linger_ms`` 100 the engine reads the trades in the middle of a bar 100 ms at a time — far fewer
     reads than entries — yet every bar's alert is out within 50 ms of the trade that closed it (a plain 100 ms linger
     would make most of them wait up to 100 ms): near a close every read follows at once. Every closed bar alerts."""
@@ -202,7 +234,7 @@ async def test_live_the_engine_waits_between_closes_and_reads_the_closing_trade_
                                                                  entries % 2 == 0)]))
         closing.setdefault(ts - ts % 1000 - 1000, int(eid.split(b"-")[0]))
 
-    await _run_live((builder, engine), 3.0, tick)
+    await _run_live((builder, engine), 3.2, tick)  # (over 3 s: trades in at least 4 seconds, whenever it starts)
     published = {Alert.decode(f[FIELD]).ts: int(i.split(b"-")[0]) for i, f in await redis.xrange(streams.ALERTS)}
     bars = sorted(closing)[1:]  # (the first key is the bar before the first trade)
     assert len(bars) >= 3 and set(bars) <= set(published), (bars, published)
@@ -274,6 +306,9 @@ async def test_live_closes_written_together_are_published_together_from_speculat
     # machine, and a pair's first bars); on a quiet one every bar after the first
     assert engine.fast.closed >= 2 * (len(closed) - 1), engine.status()
     assert engine.engine.speculations_taken >= 0.7 * engine.fast.closed, engine.status()
+    # ... and most were evaluated and committed before their closing trades were applied (_handle_ahead), the
+    # replicas then emitting exactly those bars
+    assert engine.closed_ahead >= 0.5 * engine.fast.closed and engine.ahead_mismatched == 0, engine.status()
     assert engine.consumer.topped_up >= (len(closed) - 1) / 2
     # one commit per close: the three pairs' "each" alerts of a bar carry consecutive ids of one millisecond
     ids = {}

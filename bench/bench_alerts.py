@@ -267,6 +267,7 @@ def _trace_engine(app: AlertEngineApp, trace: list) -> None:
             trace.append({"all": 1, "start": t0, "handle_ms": (time.time() - t0) * 1000, "entries": len(batch.entries),
                           "streams": [e.stream for e in batch.entries],
                           "alerts": published[0], "cpu_ms": (time.thread_time() - c0) * 1000,
+                          "commit_at": published[1] if published[0] else None,  # when its commit began
                           **{f"{k}_ms": v * 1000 for k, v in published[4].items()}})
             published[4].clear()
             return

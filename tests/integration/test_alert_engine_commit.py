@@ -102,3 +102,24 @@ async def test_a_replay_writes_no_row_claiming_a_publish(redis, tmp_path):
     assert replay.engine.status and all(st.last_fired_ms is None for st in replay.engine.status.values())
     pending = await redis.xpending(streams.candles(EX, SYM, TF), streams.GROUP_ALERT_ENGINE)
     assert pending["pending"] == 0
+
+
+async def test_one_commit_of_thousands_of_alerts_writes_every_alert_and_every_row_once(redis, tmp_path):
+    """A bar boundary over 5,000 series: one commit carries 5,000 alerts and their RULE_STATE rows (the script writes
+    the rows in chunks: Lua's unpack has a stack limit); a replay of the same fires publishes nothing."""
+    path = tmp_path / "rules.yaml"
+    path.write_text(f"rules:\n  - {{name: every, exchange: {EX}, symbols: ['*'], timeframe: {TF}, "
+                    "frequency: every_time, condition: {op: above, right: 10}}\n")
+    app = AlertEngineApp(Settings(rules_file=path, redis_url="redis://unused"), redis)
+    p = Decimal(11)
+    candles = [Candle(exchange=EX, symbol=f"S{i}/USDT", timeframe=TF, ts=T0, open=p, high=p, low=p, close=p,
+                      volume=Decimal(1), buy_volume=Decimal(1), sell_volume=Decimal(0)) for i in range(5000)]
+    fires = app.engine.on_batch(candles)
+    assert len(fires) == 5000
+    assert await app.publish(fires) == [1] * 5000
+    assert await redis.xlen(streams.ALERTS) == 5000 and await redis.xlen(streams.ALERT_HISTORY) == 5000
+    rows = {k.decode(): unpack(v) for k, v in (await redis.hgetall(streams.RULE_STATE)).items()}
+    assert set(rows) == {f.fingerprint for f in fires}
+    assert all(row["last_fired"] == T0 + TF_MS for row in rows.values())
+    assert await app.publish(fires) == [0] * 5000  # a replay
+    assert await redis.xlen(streams.ALERTS) == 5000

@@ -714,7 +714,8 @@ class AlertEngineApp:
     def _ahead(self, entries: list) -> list[Candle] | None:
         """Every bar this batch closes, known before its entries are applied: each pair's entries close its bar
         exactly as ``_speculate`` last built it (``FastClose.closes`` with the pair's mark) or close nothing, and the
-        batch holds nothing but trades. None when it cannot be told (then the batch takes the usual path)."""
+        batch holds nothing else but candle_builder's candles of bars closed here that only confirm them (dropped
+        by ``FastClose.confirm``). None when it cannot be told (then the batch takes the usual path)."""
         fast = self.fast
         if fast is None or self.engine.waiting:
             return None
@@ -723,6 +724,8 @@ class AlertEngineApp:
         for entry in entries:
             value = entry.value
             if type(value) is not TradeBatch:
+                if type(value) is Candle and value.closed and fast.confirms(value):
+                    continue
                 return None
             pair = (value.exchange, value.symbol)
             if pair in tick_pairs:

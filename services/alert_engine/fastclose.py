@@ -296,6 +296,19 @@ class FastClose:
         seen = self.last_builder.get((candle.exchange, candle.symbol, candle.timeframe))
         return seen is not None and seen.ts >= candle.ts
 
+    def confirms(self, candle: Candle) -> bool:
+        """``confirm(candle)`` will find candle_builder's candle equal to the bar closed here (and drop it): told
+        without changing anything."""
+        if candle.history or candle.revision:
+            return False
+        key = (candle.exchange, candle.symbol, candle.timeframe)
+        replica = self.replicas.get(key[:2])
+        if replica is not None and key[2] not in replica.builder.timeframes:
+            return False
+        pending = self.pending.get(key)
+        mine = pending.get(candle.ts) if pending else None
+        return mine is not None and _same(candle, mine)
+
     def confirm(self, candle: Candle) -> bool:
         """candle_builder's closed candle of a series read here: True when it still has to be evaluated (no replica
         closed it, or the replica's differed), False when it is the bar already evaluated."""

@@ -87,3 +87,27 @@ def test_a_batch_said_to_close_the_marked_bars_closes_exactly_those_and_one_said
     assert kinds == {"late", "jump", "again"}
     # each answer was given often: the checks above ran
     assert min(verdicts.values()) >= 100, verdicts
+
+
+def test_confirms_tells_what_confirm_will_do_without_doing_it():
+    """A batch holding candle_builder's candles can still be handled ahead when each only confirms a bar closed here
+    (``confirm`` drops it): ``confirms`` says so without touching the replica's bookkeeping; a candle that differs, a
+    revision or a history candle is not one."""
+    trades = read_trades(shared_data(BTC))[:400]
+    fast = FastClose(redis=None)
+    fast.replicas[PAIR] = Replica(SeriesBuilder(sorted(TFS), base="1s", flat_candles=False), (0, 0))
+    closed = []
+    for n, t in enumerate(trades, 1):
+        closed += fast.apply(PAIR, b"%d-0" % n, TradeBatch(*PAIR, _rows([t])), TFS)
+    assert len(closed) >= 5
+    bar = closed[2]
+    copy = bar.model_copy()  # candle_builder's candle of the same bar: equal, another object
+    other = bar.model_copy(update={"close": bar.close + 1})
+    pending = {k: dict(v) for k, v in fast.pending.items()}
+    assert fast.confirms(copy)
+    assert not fast.confirms(other)
+    assert not fast.confirms(bar.model_copy(update={"revision": 1}))
+    assert not fast.confirms(bar.model_copy(update={"history": True}))
+    assert fast.pending == pending and fast.confirmed == 0 and not fast.last_builder  # nothing changed
+    assert fast.confirm(copy) is False and fast.confirmed == 1  # ... and confirm then drops it
+    assert not fast.confirms(copy)  # (confirmed once: a second copy is not a confirmation)

@@ -328,7 +328,7 @@ def _trace_engine(app: AlertEngineApp, trace: list) -> None:
     timed(app, "_sort", True)
     timed(app, "_speculate")
     timed(app.engine, "on_batch")
-    timed(app, "_state_rows")
+    timed(app, "_stage")
     timed(app, "_finish_commit", True)  # (wrapped over the counting wrapper above)
     timed(app, "_handle_ahead", True)
 

@@ -196,6 +196,22 @@ class _Commit:
     pipe: Any  # RawPipeline, sent
 
 
+@dataclass(slots=True)
+class _Staged:
+    """A commit built but not sent (``AlertEngineApp._stage``): ``_COMMIT``'s per-fire keys and arguments and its
+    RULE_STATE rows; ``basis``: per fingerprint, the (cooldown until, last fired) it was built on."""
+
+    fires: list[core.Fire]
+    predicted: list[int]
+    touched: dict[str, core.Fire]
+    fire_keys: list[Any]
+    fire_args: list[Any]
+    row_args: list[Any]
+    rows: int
+    basis: dict[str, tuple[int | None, int | None]]
+    statuses: dict[str, core.RuleStatus] | None
+
+
 class AlertEngineApp:
     """The alert engine service: ``await AlertEngineApp(settings, redis).run(stop)``."""
 
@@ -245,8 +261,12 @@ class AlertEngineApp:
         # pair -> (its replica's state, the candles its next close gives from that state), taken by _speculate: a
         # batch that closes them from that state is evaluated and committed before its entries are applied
         self._marks: dict[tuple[str, str], tuple[Any, list[Candle]]] = {}
+        # pair -> the commit of its next close's alerts, built by _speculate with its speculations (sent at the close
+        # before anything is evaluated, when they still hold)
+        self._staged: dict[tuple[str, str], tuple[list[core.Speculation], _Staged]] = {}
         self.closed_ahead = 0  # bars evaluated and committed before their closing trades were applied (_ahead)
         self.ahead_mismatched = 0  # ... of which the replica then emitted something else (never expected)
+        self.commits_staged = 0  # ... whose commit speculation had built (sent before the bars were evaluated)
 
     # ---- lifecycle --------------------------------------------------------------------------------------------------
 
@@ -303,7 +323,7 @@ class AlertEngineApp:
                 "fast_closed": fast.closed if fast else 0, "fast_confirmed": fast.confirmed if fast else 0,
                 "fast_mismatched": fast.mismatched if fast else 0,
                 "speculations_taken": self.engine.speculations_taken, "closed_ahead": self.closed_ahead,
-                "ahead_mismatched": self.ahead_mismatched}
+                "ahead_mismatched": self.ahead_mismatched, "commits_staged": self.commits_staged}
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -492,6 +512,7 @@ class AlertEngineApp:
             self._fast_tfs = fast_tfs
             self._specs = {key: spec for key, spec in self._specs.items() if key[:2] in fast_tfs}
             self._marks.clear()  # their candles were built for the timeframes wanted then
+            self._staged.clear()
         new = [n for n in names if n not in self.consumed]
         for name in new:
             if names[name][0] == "trades" and names[name][1:] not in self._tick_pairs:
@@ -697,6 +718,7 @@ class AlertEngineApp:
             candles = candles_of(pair)
             if mark is not None:
                 self._marks[pair] = (mark, candles)
+            made: list[core.Speculation] = []
             for candle in candles:
                 key = (candle.exchange, candle.symbol, candle.timeframe)
                 try:
@@ -710,6 +732,11 @@ class AlertEngineApp:
                 for f in spec.fires:
                     f.packed = f.alert.encode()
                 specs[key] = spec
+                made.append(spec)
+            self._staged.pop(pair, None)
+            if candles and len(made) == len(candles):  # the close's whole commit, ready to send
+                statuses = {fp: st for spec in made for fp, st in spec.statuses.items()}
+                self._staged[pair] = (made, self._stage([f for spec in made for f in spec.fires], statuses))
 
     def _ahead(self, entries: list) -> list[Candle] | None:
         """Every bar this batch closes, known before its entries are applied: each pair's entries close its bar
@@ -751,11 +778,29 @@ class AlertEngineApp:
         XACKs and the next read), and while Redis runs the commit the entries are applied to the replicas as usual
         (``_sort``). The bars the replicas emit are the ones evaluated; anything else they emit (never expected) goes
         on to ``market``, evaluated as usual."""
-        closed = self.engine.on_batch(ahead, speculations=self._specs)
-        self.closed_ahead += len(ahead)
-        for pair in {(c.exchange, c.symbol) for c in ahead}:
+        pairs = list(dict.fromkeys((c.exchange, c.symbol) for c in ahead))
+        for pair in pairs:
             del self._marks[pair]
-        commit = await self._send_commit(closed, batch) if closed else None
+        self.closed_ahead += len(ahead)
+        staged = self._staged_for(pairs)
+        if staged is not None:
+            self.commits_staged += 1
+            # speculation built this commit: it goes out first, the bars are evaluated (its speculations taken)
+            # while Redis runs it, and its predicted effects applied after them, as publish would
+            commit = await self._send_staged(staged, {}, batch) if staged.fires else None
+            closed = self.engine.on_batch(ahead, speculations=self._specs)
+            if commit is not None:
+                commit.saved = self._apply_predicted(staged)
+            sent = {id(f) for f in staged.fires}
+            extra = [f for f in closed if id(f) not in sent]
+            if extra or len(closed) != len(staged.fires):  # (the speculations held: never expected)
+                self.ahead_mismatched += 1
+                logger.warning("alert_engine: the alerts of bars evaluated ahead differ from the commit their "
+                               "speculations built; %d more published after it", len(extra))
+                fires.extend(extra)
+        else:
+            closed = self.engine.on_batch(ahead, speculations=self._specs)
+            commit = await self._send_commit(closed, batch) if closed else None
         emitted: list[Candle | Ticker] = []
         try:
             await self._sort(batch.entries, emitted, later, fires, touched)
@@ -771,6 +816,39 @@ class AlertEngineApp:
             logger.warning("alert_engine: bars evaluated ahead of their closing trades differ from the ones those "
                            "trades closed (%d unexpected, %d not closed); the unexpected ones are evaluated now",
                            len(market), len(done))
+
+    def _staged_for(self, pairs: list[tuple[str, str]]) -> _Staged | None:
+        """The commits ``_speculate`` built for these pairs' closes, as one, when each still holds: its speculations
+        are the ones the close will take (``core.AlertEngine.holds``) and the cooldowns and last-fired times it was
+        built on are unchanged. None when a pair has none (its bars are then evaluated first, as usual)."""
+        engine, specs, status, cooldown_until = self.engine, self._specs, self.engine.status, self._cooldown_until
+        parts = []
+        for pair in pairs:
+            got = self._staged.pop(pair, None)
+            if got is None:
+                return None
+            made, staged = got
+            for spec in made:
+                c = spec.candle
+                if specs.get((c.exchange, c.symbol, c.timeframe)) is not spec or not engine.holds(spec):
+                    return None
+            for fp, (until, last_fired) in staged.basis.items():
+                st = status.get(fp)
+                if cooldown_until.get(fp) != until or (st.last_fired_ms if st is not None else None) != last_fired:
+                    return None
+            parts.append(staged)
+        if len(parts) == 1:
+            return parts[0]
+        merged = _Staged([], [], {}, [], [], [], 0, {}, {})
+        for part in parts:
+            merged.fires += part.fires
+            merged.predicted += part.predicted
+            merged.touched.update(part.touched)
+            merged.fire_keys += part.fire_keys
+            merged.fire_args += part.fire_args
+            merged.row_args += part.row_args
+            merged.rows += part.rows
+        return merged
 
     async def _sort(self, entries: list, market: list, later: list, fires: list[core.Fire],
                     touched: set[tuple[str, str]]) -> None:
@@ -810,35 +888,72 @@ class AlertEngineApp:
         """The first half of ``publish``: the fires' predicted effects applied, the commit sent (with ``batch``'s
         XACKs and read-ahead unless it was acked already); ``_finish_commit`` takes its answer. Between the two the
         caller may work while Redis runs it (``_handle_ahead``)."""
-        if batch is not None and batch.acked:
-            batch = None
-        s = self.settings
+        staged = self._stage(fires)
+        saved = self._apply_predicted(staged)
+        return await self._send_staged(staged, saved, batch)
+
+    def _stage(self, fires: list[core.Fire], statuses: dict[str, core.RuleStatus] | None = None) -> _Staged:
+        """A commit of ``fires``, built without changing anything: each fire's answer predicted from this engine's
+        own cooldown knowledge, and the RULE_STATE rows of the fingerprints they touch as they will be once those
+        answers' effects are applied (``_apply_predicted``). ``statuses``: the rules' statuses to build the rows from
+        where the engine's are not current yet (a speculation's, staged before its bar closed)."""
         status = self.engine.status
         cooldown_until = self._cooldown_until
-        # effects of each fire's predicted answer, applied now (rows are built from them); undone where wrong
-        saved: dict[str, tuple[int | None, int | None]] = {}
+        until: dict[str, int | None] = {}  # per fingerprint, as the predicted effects leave them
+        last: dict[str, int | None] = {}
+        basis: dict[str, tuple[int | None, int | None]] = {}
         predicted: list[int] = []
         touched: dict[str, core.Fire] = {}
+        fire_keys: list[Any] = []
+        fire_args: list[Any] = []
         for f in fires:
+            fp = f.fingerprint
+            if fp not in basis:
+                st = statuses.get(fp) if statuses is not None else None
+                st = st if st is not None else status.get(fp)
+                basis[fp] = (cooldown_until.get(fp), st.last_fired_ms if st is not None else None)
+                until[fp], last[fp] = basis[fp]
+            u = until[fp]
+            p = -1 if f.cooldown_ms and u is not None and (u < 0 or f.now_ms < u) else 1
+            predicted.append(p)
+            if p == 1:  # what _apply_published will do
+                if f.cooldown_ms:
+                    until[fp] = -1 if f.cooldown_ms < 0 else f.now_ms + f.cooldown_ms
+                if f.alert.state == "firing":
+                    last[fp] = f.now_ms
+            touched[fp] = f
+            fire_keys += (streams.alert_fired(f.alert.id), streams.alert_cooldown(fp))
+            fire_args += (f.packed or f.alert.encode(), f.now_ms, f.cooldown_ms, fp, 1 if p == 1 else 0)
+        rows = self._state_rows(touched, until, last, statuses)
+        row_args: list[Any] = []
+        for fp, row in rows.items():
+            row_args += (fp, row)
+        return _Staged(fires, predicted, touched, fire_keys, fire_args, row_args, len(rows), basis, statuses)
+
+    def _apply_predicted(self, staged: _Staged) -> dict[str, tuple[int | None, int | None]]:
+        """Apply the effects of the answers ``staged`` predicts; what they replace (undone where an answer differs)."""
+        status = self.engine.status
+        cooldown_until = self._cooldown_until
+        saved: dict[str, tuple[int | None, int | None]] = {}
+        for f, p in zip(staged.fires, staged.predicted, strict=True):
             fp = f.fingerprint
             if fp not in saved:
                 st = status.get(fp)
                 saved[fp] = (cooldown_until.get(fp), st.last_fired_ms if st is not None else None)
-            until = cooldown_until.get(fp)
-            p = -1 if f.cooldown_ms and until is not None and (until < 0 or f.now_ms < until) else 1
-            predicted.append(p)
             if p == 1:
                 self._apply_published(f)
-            touched[fp] = f
-        rows = self._state_rows(touched)
-        keys: list[Any] = [streams.ALERTS, streams.ALERT_HISTORY, streams.RULE_STATE]
+        return saved
+
+    async def _send_staged(self, staged: _Staged, saved: dict[str, tuple[int | None, int | None]],
+                           batch: Batch | None) -> _Commit:
+        """Send ``staged`` (with ``batch``'s XACKs and read-ahead unless it was acked already)."""
+        if batch is not None and batch.acked:
+            batch = None
+        s = self.settings
+        keys: list[Any] = [streams.ALERTS, streams.ALERT_HISTORY, streams.RULE_STATE, *staged.fire_keys]
         args: list[Any] = [streams.CHANNEL_ALERTS, s.alerts_maxlen, s.history_maxlen, s.fired_ttl_s * 1000,
-                           batch.group if batch is not None else "", len(fires), len(rows), 0]
-        for f, p in zip(fires, predicted, strict=True):
-            keys += (streams.alert_fired(f.alert.id), streams.alert_cooldown(f.fingerprint))
-            args += (f.packed or f.alert.encode(), f.now_ms, f.cooldown_ms, f.fingerprint, 1 if p == 1 else 0)
-        for fp, row in rows.items():
-            args += (fp, row)
+                           batch.group if batch is not None else "", len(staged.fires), staged.rows, 0,
+                           *staged.fire_args, *staged.row_args]
         if batch is not None:
             groups = 0
             for stream, ids in batch.ids_by_stream().items():
@@ -852,7 +967,7 @@ class AlertEngineApp:
         pipe = self.bus.pipeline(pinned=pinned)
         pipe.execute_command("EVALSHA", self._commit_sha, len(keys), *keys, *args)
         await pipe.send(batch.read_ahead if pinned is not None else None)
-        return _Commit(fires, predicted, saved, touched, keys, args, batch, pipe)
+        return _Commit(staged.fires, staged.predicted, saved, staged.touched, keys, args, batch, pipe)
 
     async def _finish_commit(self, c: _Commit) -> list[int]:
         """The second half of ``publish``: the commit's answers taken, and the effects of the fires predicted wrong
@@ -926,16 +1041,22 @@ class AlertEngineApp:
                 "next_eligible": until_ms if until_ms is not None and until_ms >= 0 else None,
                 "updated_at": int(time.time() * 1000)}
 
-    def _state_rows(self, touched: dict[str, core.Fire]) -> dict[str, bytes]:
-        """Packed RULE_STATE rows of the fingerprints a batch touched (cooldown as this engine knows it: no reads)."""
+    def _state_rows(self, touched: dict[str, core.Fire], until: dict[str, int | None] | None = None,
+                    last_fired: dict[str, int | None] | None = None,
+                    statuses: dict[str, core.RuleStatus] | None = None) -> dict[str, bytes]:
+        """Packed RULE_STATE rows of the fingerprints a batch touched (cooldown as this engine knows it: no reads).
+        ``until`` / ``last_fired`` (per fingerprint) and ``statuses`` stand in for the engine's own where given."""
         status = self.engine.status  # only the touched fingerprints' rows (status_rows() builds every one)
         by_name = self.ruleset.by_name()
         rows: dict[str, bytes] = {}
         for fp, f in touched.items():
-            st = status.get(fp)
+            st = statuses.get(fp) if statuses is not None else None
+            st = st if st is not None else status.get(fp)
             if st is not None:
-                until = self._cooldown_until.get(fp)
-                row = {**self._state_row(st.as_dict(), None if until is None else str(until).encode(), by_name),
+                u = until[fp] if until is not None else self._cooldown_until.get(fp)
+                row = {**self._state_row(st.as_dict(), None if u is None else str(u).encode(), by_name),
                        "last_alert_id": f.alert.id}
+                if last_fired is not None:
+                    row["last_fired"] = last_fired[fp]
                 rows[fp] = pack(row)
         return rows

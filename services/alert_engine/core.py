@@ -647,12 +647,17 @@ class AlertEngine:
             return None
         return Speculation(candle, series.version, self.generation, fires, statuses)
 
-    def _holds(self, spec: Speculation, candle: Candle) -> bool:
-        """``spec`` is what evaluating the closed ``candle`` gives now: the same bar, the same series, the same rules
-        (the rules' statuses change only by evaluating this series, which changes its version)."""
-        series = self.series.get((candle.exchange, candle.symbol, candle.timeframe))
+    def holds(self, spec: Speculation) -> bool:
+        """``spec`` is what evaluating its bar, closed as it was, gives now: the same series, the same rules (the
+        rules' statuses change only by evaluating this series, which changes its version)."""
+        c = spec.candle
+        series = self.series.get((c.exchange, c.symbol, c.timeframe))
         return (series is not None and spec.version == series.version and spec.generation == self.generation
-                and not self._stale and not candle.history and spec.candle == candle)
+                and not self._stale)
+
+    def _holds(self, spec: Speculation, candle: Candle) -> bool:
+        """``spec`` is what evaluating the closed ``candle`` gives now: ``holds``, on the same bar."""
+        return not candle.history and (spec.candle is candle or spec.candle == candle) and self.holds(spec)
 
     def _take(self, spec: Speculation) -> list[Fire]:
         """The result of a speculation that holds, as ``_evaluate_closed`` would have given it."""

@@ -18,7 +18,7 @@ from services.alert_engine.settings import Settings
 from services.candle_builder.app import CandleBuilderApp
 from shared import streams
 from shared.bus import FIELD, Bus
-from shared.schemas import Alert, Candle, Watermark, encode_trades, encode_watermark
+from shared.schemas import Alert, Candle, Watermark, encode_trades, encode_watermark, unpack
 from tests.conftest import shared_data
 from tests.integration.test_candle_builder import publish, read_trades, run_until_caught_up, settings_for
 
@@ -46,6 +46,13 @@ async def _alerts(redis) -> set[tuple]:
         a = Alert.decode(f[FIELD])
         out.add((a.rule, a.timeframe, a.ts, a.state, a.price, a.value))
     return out
+
+
+async def _rows(redis) -> dict[str, dict]:
+    """RULE_STATE as the commits wrote it: what their alerts decide (the rest is the status as of the batch's last
+    bar: it depends on how the candles were batched)."""
+    keep = ("rule", "timeframe", "last_fired", "last_alert_id", "cooldown_until", "cooldown_ms", "next_eligible")
+    return {k.decode(): {f: unpack(raw)[f] for f in keep} for k, raw in (await redis.hgetall(streams.RULE_STATE)).items()}
 
 
 async def _started(redis, redis_url, rules, timeframes: list[str], fast: bool = True, **settings):
@@ -103,6 +110,7 @@ async def test_bars_known_before_their_closing_trades_are_applied_are_committed_
     (``_handle_ahead``): the replica then emits exactly that bar. The alerts are those of the engine without fast
     close on candle_builder's candles."""
     _, slow, _ = await _run(redis, redis_url, tmp_path, fast=False)
+    slow_rows = await _rows(redis)
     await redis.flushall()
     rules = tmp_path / "rules.yaml"
     rules.write_text(_rules())
@@ -121,9 +129,11 @@ async def test_bars_known_before_their_closing_trades_are_applied_are_committed_
     await run_until_caught_up(redis, builder, [stream])
     await engine.drain(final=True)
     assert await _alerts(redis) == slow
+    assert await _rows(redis) == slow_rows  # the RULE_STATE rows the commits built ahead wrote
     st = engine.status()
     bars_1s = len({t.ts // 1000 for t in rest})
     assert st["closed_ahead"] >= bars_1s / 3 and st["ahead_mismatched"] == 0, st
+    assert st["commits_staged"] >= st["closed_ahead"] / 2, st  # their commits mostly built by speculation
     assert st["fast_mismatched"] == 0 and st["duplicates"] == 0, st
 
 
@@ -309,6 +319,7 @@ async def test_live_closes_written_together_are_published_together_from_speculat
     # ... and most were evaluated and committed before their closing trades were applied (_handle_ahead), the
     # replicas then emitting exactly those bars
     assert engine.closed_ahead >= 0.5 * engine.fast.closed and engine.ahead_mismatched == 0, engine.status()
+    assert engine.commits_staged >= 0.5 * engine.closed_ahead / len(syms), engine.status()
     assert engine.consumer.topped_up >= (len(closed) - 1) / 2
     # one commit per close: the three pairs' "each" alerts of a bar carry consecutive ids of one millisecond
     ids = {}

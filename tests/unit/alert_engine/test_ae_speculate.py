@@ -120,3 +120,19 @@ def test_series_whose_rules_read_other_series_or_tickers_are_not_speculated(cand
     for c in candles[:30]:
         tickers.on_batch([c])
     assert tickers.speculate(candles[30]) is None
+
+
+def test_a_rule_status_copy_carries_every_field():
+    """``RuleStatus.copy`` (a speculation's copy of each status) lists the fields by hand: a field added to the class
+    must be added there too."""
+    import dataclasses
+
+    from services.alert_engine.core import RuleStatus
+
+    st = RuleStatus("r", "x", "s", "1s")
+    for n, f in enumerate(dataclasses.fields(RuleStatus)):
+        setattr(st, f.name, f"v{n}")  # every field a value of its own, none its default
+    copied = st.copy()
+    assert copied is not st
+    assert {f.name: getattr(copied, f.name) for f in dataclasses.fields(RuleStatus)} == \
+        {f.name: getattr(st, f.name) for f in dataclasses.fields(RuleStatus)}

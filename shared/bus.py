@@ -205,6 +205,7 @@ class Consumer(Generic[T]):
         linger_ms: int = 0,
         linger: Callable[[], float] | None = None,
         top_up: Callable[[list[Entry[T]]], bool] | None = None,
+        top_up_early: Callable[[], bool] | None = None,
     ) -> None:
         self.bus = bus
         self.redis = bus.redis
@@ -231,6 +232,10 @@ class Consumer(Generic[T]):
         # lands, so entries written together (a bar boundary: every symbol's closing trade) come one read, then the
         # rest; the alert engine says when that split would make the others wait for the first one's work.
         self.top_up = top_up
+        # ``top_up_early`` (with ``top_up``): asked when a blocking read returns a single entry — the signature of a
+        # read served at the first of several entries written together; True sends the top-up read at once, before
+        # the entry is decoded (the decoding then overlaps its round trip), whatever the entry holds
+        self.top_up_early = top_up_early
         self.topped_up = 0  # reads that were topped up
         self._linger_now: float = linger_ms  # the wait after the batch being handled
         self._stop: asyncio.Event | None = None  # of run(): no new read is sent ahead once it is set
@@ -440,10 +445,22 @@ class Consumer(Generic[T]):
         """
         entries: list[Entry[T]] = []
         handled = 0
+        early = top_up and self.top_up_early is not None and not self._reads.outstanding and \
+            _single_entry(response) and self._asks(self.top_up_early)
+        if early:
+            readable = self._readable()
+            if readable:
+                self.topped_up += 1
+                await self._reads.send_ahead(self._pack_read(readable, None))
         for stream_name, raw_entries in stream_items(response):
             handled += len(raw_entries)
             entries += await self._decode_entries(_s(stream_name), raw_entries)
-        if top_up and entries and self.top_up is not None and not self._reads.outstanding and self._wants_more(entries):
+        if early and self._reads.outstanding:
+            for stream_name, raw_entries in stream_items(await self._read_outstanding()):
+                handled += len(raw_entries)
+                entries += await self._decode_entries(_s(stream_name), raw_entries)
+        elif top_up and entries and self.top_up is not None and not self._reads.outstanding and \
+                self._wants_more(entries):
             readable = self._readable()
             if readable:
                 self.topped_up += 1
@@ -455,10 +472,13 @@ class Consumer(Generic[T]):
         return handled
 
     def _wants_more(self, entries: list[Entry[T]]) -> bool:
+        return self._asks(self.top_up, entries)  # type: ignore[arg-type]
+
+    def _asks(self, hint: Callable[..., bool], *args: Any) -> bool:
         try:
-            return bool(self.top_up(entries))  # type: ignore[misc]
+            return bool(hint(*args))
         except Exception:  # a hint only: the entries are handled either way
-            logger.exception("%s/%s: top_up failed", self.group, self.name)
+            logger.exception("%s/%s: top-up hint failed", self.group, self.name)
             return False
 
     async def _handle_entries(self, stream: str, raw_entries: list) -> int:
@@ -581,6 +601,16 @@ class Consumer(Generic[T]):
             self._recover.add(entry.stream)
             self._failures += 1
             self._retry_at = asyncio.get_running_loop().time() + backoff_delay(self._failures, base=0.05, cap=2.0)
+
+
+def _single_entry(response: Any) -> bool:
+    """A raw XREADGROUP reply that delivered exactly one entry."""
+    n = 0
+    for _, raw_entries in stream_items(response):
+        n += len(raw_entries)
+        if n > 1:
+            return False
+    return n == 1
 
 
 async def _sleep_or_stop(stop: asyncio.Event, delay: float) -> None:

@@ -58,3 +58,9 @@ def close_wait(now_ms: float, bases: Iterable[int], linger_ms: float, lead_ms: f
         wait = min(wait, base - phase - lead_ms)
     return max(wait, 0.0)
 
+
+
+def near_close(now_ms: float, bases: Iterable[int], lead_ms: float, tail_ms: float) -> bool:
+    """``now_ms`` is within ``lead_ms`` before a boundary of one of ``bases`` or ``tail_ms`` after it (where
+    ``close_wait`` reads at once)."""
+    return close_wait(now_ms, bases, 1, lead_ms, tail_ms) == 0

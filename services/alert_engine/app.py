@@ -27,7 +27,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from services.alert_engine import core
-from services.alert_engine.fastclose import FastClose
+from services.alert_engine.fastclose import TOP_UP_MS, FastClose
 from services.alert_engine.rules import RuleSet, load_rules_file, parse_rule_text
 from services.alert_engine.settings import Settings
 from shared import streams
@@ -39,7 +39,7 @@ from shared.history import MAX_HISTORY_BARS
 from shared.runtime import consumer_name, heartbeat
 from services.candle_builder.decode import decode_feed_msg
 from shared.schemas import Candle, GapMarker, Ticker, TradeBatch, Watermark, pack, unpack
-from shared.timeframes import close_wait
+from shared.timeframes import close_wait, near_close
 from shared.yamlfile import load_yaml_file
 
 logger = logging.getLogger(__name__)
@@ -235,7 +235,9 @@ class AlertEngineApp:
                                  consumer=consumer_name("alert_engine", settings.consumer_name), decode=decode_input,
                                  handler=self._handle, count=settings.batch, block_ms=settings.block_ms,
                                  linger=self._linger if settings.linger_ms else None,
-                                 top_up=self._top_up if settings.fast_close and settings.top_up else None)
+                                 top_up=self._top_up if settings.fast_close and settings.top_up else None,
+                                 top_up_early=self._top_up_early if settings.fast_close and settings.top_up
+                                 else None)
         self._commit_sha = redis.register_script(_COMMIT).sha
         self._subscribe_script = redis.register_script(_SUBSCRIBE)
         self._unsubscribe_script = redis.register_script(_UNSUBSCRIBE)
@@ -652,6 +654,16 @@ class AlertEngineApp:
         wait for the first one's evaluation and commit; one more read now (no wait, one round trip) makes them one
         batch with one commit."""
         return self.fast is not None and self.fast.wants_top_up(entries)
+
+    def _top_up_early(self) -> bool:
+        """``Consumer(top_up_early=)``: a blocking read that returned one entry is topped up before decoding it from
+        ``CLOSE_LEAD_MS`` before a close until ``TOP_UP_MS`` after it (the closing trades written together with the
+        one read, and just before a close the entries of the last trades, come as one batch, one evaluation ahead
+        instead of two); only where ``_linger`` lingers between closes (nothing read needs each entry at once)."""
+        fast = self.fast
+        if not self._linger_ok or fast is None or not fast.replicas or self.settings.clock != "wall":
+            return False
+        return near_close(fast.exchange_now(time.time() * 1000), fast.bases(), CLOSE_LEAD_MS, TOP_UP_MS)
 
     async def _handle(self, batch: Batch) -> None:
         fires: list[core.Fire] = []

@@ -54,7 +54,9 @@ class Settings(ServiceSettings):
         default=True, description="Fast close, live: when a read brings the trade that closes one pair's bar (at most "
         "TOP_UP_MS, 50 ms, after the bar's end) while other pairs' bars of the same close are still open, read once "
         "more at once (no wait) so the closing trades that came together are evaluated and published together, not "
-        "the first alone and the others after it.")
+        "the first alone and the others after it. From CLOSE_LEAD_MS before a close until TOP_UP_MS after it, a "
+        "read that returned a single entry (a read served at the first of entries written together) is topped up "
+        "before that entry is decoded.")
     block_ms: int = Field(default=200, ge=1)
     batch: int = Field(default=500, ge=1)
     alerts_maxlen: int = Field(default=100_000, ge=100)

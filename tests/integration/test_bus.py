@@ -593,12 +593,13 @@ async def test_a_linger_callable_is_asked_after_each_read_and_zero_reads_at_once
     assert len(at_once) >= 40, [len(b) for b in at_once]  # lingering 40 ms would give about 5
 
 
-@pytest.mark.parametrize("top_up", [False, True])
+@pytest.mark.parametrize("top_up", [False, True, "early"])
 async def test_top_up_reads_once_more_at_once_and_hands_both_reads_over_as_one_batch(redis, top_up):
     """Entries written together to three streams (one pipeline) while the consumer is blocked: the blocked read returns
     with the first one alone (Redis serves it at the first XADD). Asked with that read's entries, ``top_up`` answering
     True makes the consumer read again at once and hand all three over in one batch; without it the first comes alone.
-    It is asked only after blocking reads (not in ``drain``); nothing is lost or handled twice."""
+    ``top_up_early`` answering True does the same before the entry is decoded (``top_up`` is then not asked). Both
+    are asked only after blocking reads (not in ``drain``); nothing is lost or handled twice."""
     bus = Bus(redis)
     names = [streams.trades("test", s) for s in ("A/USDT", "B/USDT", "C/USDT")]
     batches: list[list[str]] = []
@@ -611,8 +612,14 @@ async def test_top_up_reads_once_more_at_once_and_hands_both_reads_over_as_one_b
         asked.append(len(entries))
         return True
 
+    early: list[int] = []
+
+    def now() -> bool:
+        early.append(1)
+        return True
+
     consumer = Consumer(bus, group="g", consumer="c", streams=names, decode=decode_feed, handler=handle, block_ms=500,
-                        top_up=wants if top_up else None)
+                        top_up=wants if top_up else None, top_up_early=now if top_up == "early" else None)
     await consumer.poll(None)  # groups created
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
@@ -628,7 +635,9 @@ async def test_top_up_reads_once_more_at_once_and_hands_both_reads_over_as_one_b
         stop.set()
         await asyncio.wait_for(task, 5)
     assert sorted(s for b in batches for s in b) == sorted(names * 5)
-    if top_up:
+    if top_up == "early":
+        assert batches == [names] * 5 and early == [1] * 5 and not asked and consumer.topped_up == 5
+    elif top_up:
         assert batches == [names] * 5 and asked == [1] * 5 and consumer.topped_up == 5
     else:
         assert [len(b) for b in batches].count(1) >= 5  # the first entry of each round alone
@@ -636,7 +645,8 @@ async def test_top_up_reads_once_more_at_once_and_hands_both_reads_over_as_one_b
         await bus.publish(name, batch_of(9, 1))
     batches.clear()
     asked.clear()
-    assert await consumer.drain() == 3 and not asked and len(batches) == 1
+    early.clear()
+    assert await consumer.drain() == 3 and not asked and not early and len(batches) == 1
 
 
 async def test_a_top_up_whose_reply_is_lost_loses_and_repeats_nothing(redis, redis_server):

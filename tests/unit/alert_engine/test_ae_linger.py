@@ -13,7 +13,7 @@ from services.alert_engine.fastclose import TOP_UP_MS, FastClose, Replica
 from services.candle_builder.core import SeriesBuilder
 from shared.bus import Entry
 from shared.schemas import TradeBatch
-from shared.timeframes import close_wait
+from shared.timeframes import close_wait, near_close
 
 SEC, MIN = 1000, 60_000
 WEEK = 7 * 86_400_000
@@ -35,6 +35,16 @@ def _close_wait(now: float, bases: list[int], linger: float) -> float:
 ])
 def test_close_wait_on_one_base(phase, expected):
     assert _close_wait(1_795_000_000_000 + phase, [SEC], 5) == expected
+
+
+@pytest.mark.parametrize(("phase", "expected"), [
+    (500, False), (SEC - CLOSE_LEAD_MS - 1, False), (SEC - CLOSE_LEAD_MS, True), (0, True), (TOP_UP_MS - 1, True),
+    (TOP_UP_MS, False),
+])
+def test_a_single_entry_read_is_topped_up_early_from_the_lead_before_a_close_to_top_up_ms_after(phase, expected):
+    """``AlertEngineApp._top_up_early``'s window (the closing trades written with the one read, and the last ones
+    before the close)."""
+    assert near_close(1_795_000_000_000 + phase, [SEC], CLOSE_LEAD_MS, TOP_UP_MS) is expected
 
 
 def test_close_wait_takes_the_nearest_close_of_every_base():

@@ -255,7 +255,7 @@ def _service(url: str, rules: str, which: tuple[str, ...], mark: Any, stop: Any,
 
 
 def _trace_engine(app: AlertEngineApp, trace: list) -> None:
-    handle, send_commit, finish_commit = app._handle, app._send_commit, app._finish_commit
+    handle, send_staged, finish_commit = app._handle, app._send_staged, app._finish_commit
     published = [0, 0.0, 0.0, 0.0]
 
     async def traced_handle(batch: Any) -> None:
@@ -279,11 +279,11 @@ def _trace_engine(app: AlertEngineApp, trace: list) -> None:
                           "cpu_until_publish_ms": (published[3] - c0) * ms, "cpu_ms": (time.thread_time() - c0) * ms,
                           **{f"{k}_ms": v * ms for k, v in published[4].items()}})
 
-    async def traced_send_commit(fires: list, batch: Any = None) -> Any:  # a commit starts: its alerts go out
-        published[0] += len(fires)
+    async def traced_send_staged(staged: Any, saved: Any, batch: Any) -> Any:  # a commit goes out: its alerts
+        published[0] += len(staged.fires)
         published[1] = time.time()
         published[3] = time.thread_time()
-        return await send_commit(fires, batch)
+        return await send_staged(staged, saved, batch)
 
     async def traced_finish_commit(commit: Any) -> list[int]:
         try:
@@ -291,7 +291,7 @@ def _trace_engine(app: AlertEngineApp, trace: list) -> None:
         finally:
             published[2] = time.time()
 
-    app._handle, app._send_commit, app._finish_commit = traced_handle, traced_send_commit, traced_finish_commit
+    app._handle, app._send_staged, app._finish_commit = traced_handle, traced_send_staged, traced_finish_commit
     app.consumer.handler = traced_handle
     phases: dict = {}
     published.append(phases)

@@ -183,6 +183,9 @@ class Batch(Generic[T]):
 
 Handler = Callable[[Batch[T]], Awaitable[None]]
 
+TOP_UP_MISSES = 8  # empty top-ups in a row after which a consumer tries none for TOP_UP_BACKOFF_S
+TOP_UP_BACKOFF_S = 1.0
+
 
 class Consumer(Generic[T]):
     """Reads streams in a consumer group, decodes, hands batches to ``handler``, acks after success."""
@@ -237,6 +240,10 @@ class Consumer(Generic[T]):
         # the entry is decoded (the decoding then overlaps its round trip), whatever the entry holds
         self.top_up_early = top_up_early
         self.topped_up = 0  # reads that were topped up
+        self.top_ups_empty = 0  # ... whose top-up brought nothing
+        self._top_up_misses = 0  # empty top-ups in a row
+        self.top_up_backoff_s = TOP_UP_BACKOFF_S
+        self._top_up_after = 0.0  # loop time before which no top-up is tried (TOP_UP_MISSES came back empty)
         self._linger_now: float = linger_ms  # the wait after the batch being handled
         self._stop: asyncio.Event | None = None  # of run(): no new read is sent ahead once it is set
         self._streams: list[str] = list(dict.fromkeys(streams))
@@ -445,8 +452,9 @@ class Consumer(Generic[T]):
         """
         entries: list[Entry[T]] = []
         handled = 0
-        early = top_up and self.top_up_early is not None and not self._reads.outstanding and \
+        asked_early = top_up and self.top_up_early is not None and not self._reads.outstanding and \
             _single_entry(response) and self._asks(self.top_up_early)
+        early = asked_early and self._top_up_worth()
         if early:
             readable = self._readable()
             if readable:
@@ -456,20 +464,36 @@ class Consumer(Generic[T]):
             handled += len(raw_entries)
             entries += await self._decode_entries(_s(stream_name), raw_entries)
         if early and self._reads.outstanding:
-            for stream_name, raw_entries in stream_items(await self._read_outstanding()):
-                handled += len(raw_entries)
-                entries += await self._decode_entries(_s(stream_name), raw_entries)
-        elif top_up and entries and self.top_up is not None and not self._reads.outstanding and \
-                self._wants_more(entries):
+            handled += await self._add_top_up(await self._read_outstanding(), entries)
+        elif top_up and not asked_early and entries and self.top_up is not None and not self._reads.outstanding and \
+                self._wants_more(entries) and self._top_up_worth():
             readable = self._readable()
             if readable:
                 self.topped_up += 1
-                for stream_name, raw_entries in stream_items(await self._xreadgroup(readable, None)):
-                    handled += len(raw_entries)
-                    entries += await self._decode_entries(_s(stream_name), raw_entries)
+                handled += await self._add_top_up(await self._xreadgroup(readable, None), entries)
         if entries:
             await self._dispatch(entries, read_ahead)
         return handled
+
+    async def _add_top_up(self, response: Any, entries: list[Entry[T]]) -> int:
+        """A top-up read's entries, decoded onto ``entries``; how many it delivered (none counts as a miss)."""
+        handled = 0
+        for stream_name, raw_entries in stream_items(response):
+            handled += len(raw_entries)
+            entries += await self._decode_entries(_s(stream_name), raw_entries)
+        if handled:
+            self._top_up_misses = 0
+        else:
+            self._top_up_misses += 1
+            self.top_ups_empty += 1
+            if self._top_up_misses >= TOP_UP_MISSES:
+                self._top_up_after = asyncio.get_running_loop().time() + self.top_up_backoff_s
+        return handled
+
+    def _top_up_worth(self) -> bool:
+        """A top-up costs a round trip: after ``TOP_UP_MISSES`` in a row came back empty (entries that come one at a
+        time: a quiet market), none is tried for ``top_up_backoff_s``; then one is, and another miss waits again."""
+        return self._top_up_misses < TOP_UP_MISSES or asyncio.get_running_loop().time() >= self._top_up_after
 
     def _wants_more(self, entries: list[Entry[T]]) -> bool:
         return self._asks(self.top_up, entries)  # type: ignore[arg-type]

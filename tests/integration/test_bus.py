@@ -692,3 +692,49 @@ async def test_a_top_up_whose_reply_is_lost_loses_and_repeats_nothing(redis, red
     assert len(seen) == len(published)
     assert all([tid for stream, tid in seen if stream == name] == list(range(6)) for name in names), seen
     assert [(await redis.xpending(name, "g"))["pending"] for name in names] == [0, 0, 0]
+
+
+async def test_top_ups_that_keep_coming_back_empty_are_tried_only_now_and_then(redis):
+    """Entries written one at a time (a quiet market): every top-up comes back empty and costs a round trip; after
+    TOP_UP_MISSES in a row the consumer tries none for ``top_up_backoff_s``. Entries written together again: the
+    first top-up tried after that finds them, and every read is topped up again."""
+    from shared.bus import TOP_UP_MISSES
+
+    bus = Bus(redis)
+    names = [streams.trades("test", s) for s in ("A/USDT", "B/USDT", "C/USDT")]
+    batches: list[int] = []
+
+    async def handle(batch: Batch[TradeBatch]) -> None:
+        batches.append(len(batch.entries))
+
+    consumer = Consumer(bus, group="g", consumer="c", streams=names, decode=decode_feed, handler=handle, block_ms=500,
+                        top_up=lambda entries: False, top_up_early=lambda: True)
+    consumer.top_up_backoff_s = 0.5
+    await consumer.poll(None)  # groups created
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    loop = asyncio.get_running_loop()
+    try:
+        start = loop.time()
+        n = 0
+        while loop.time() - start < 0.3:  # one entry at a time, for less than the back-off
+            await asyncio.sleep(0.005)
+            await bus.publish(names[n % 3], batch_of(n, 1))
+            n += 1
+        await _until(lambda: sum(batches) >= n)
+        assert n > 2 * TOP_UP_MISSES and consumer.topped_up == consumer.top_ups_empty == TOP_UP_MISSES
+        batches.clear()
+        start = loop.time()
+        while loop.time() - start < 1.0:  # three together: a blocked read is served at the first
+            await asyncio.sleep(0.01)
+            async with redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.xadd(name, {FIELD: batch_of(100 + n, 1)})
+                await pipe.execute()
+            n += 1
+        await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert 1 in batches[:10] and batches[-10:] == [3] * 10, batches  # waited out, then topped up again
+    assert consumer.top_ups_empty == TOP_UP_MISSES  # (the first one tried found the others)

@@ -33,6 +33,7 @@ from shared import streams
 from shared.bus import FIELD
 from shared.errors import DecodeError
 from shared.schemas import Candle, GapMarker, TradeBatch, Watermark, unpack
+from shared.timeframes import bucket_start
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,22 @@ class FastClose:
         the largest lead of a trade's time over it seen in the last ``LEAD_WINDOW_MS`` (feed latency and clock
         skew)."""
         return now_ms + self.lead_ms
+
+    def settled(self, now: float, tail_ms: float) -> bool:
+        """Exchange time ``now`` is within ``tail_ms`` after a close of some replicas' base bars, and each of those has
+        read its first trade past that close (its bar in progress starts at or after it): nothing of that close is
+        still to come. False outside such a tail."""
+        any_tail = False
+        for replica in self.replicas.values():
+            builder = replica.builder
+            boundary = bucket_start(int(now), builder.base_ms)
+            if now - boundary >= tail_ms:
+                continue
+            any_tail = True
+            base = builder.base
+            if base is None or base.ts < boundary:
+                return False
+        return any_tail
 
     def forget(self, pair: Pair) -> None:
         """``pair`` is no longer watched."""

@@ -139,3 +139,26 @@ def test_a_read_is_topped_up_when_it_closes_a_bar_that_other_pairs_still_have_op
     assert not fast.wants_top_up(read("A/USDT", t0 + 1000 + TOP_UP_MS))  # late: taken alone
     assert not fast.wants_top_up(read("A/USDT", t0 + 1000 + 3) + read("B/USDT", t0 + 1000 + 1))  # both closed here
     assert not fast.wants_top_up(read("C/USDT", t0 + 60_000))  # the only 1m pair: nobody else closes then
+
+
+def test_a_close_is_settled_once_every_pair_closing_there_has_read_a_trade_past_it():
+    """``FastClose.settled``: within the tail after a close, True once each replica whose bars close there has its
+    bar in progress past it (the engine then lingers again instead of reading every entry at once for the whole
+    tail); a pair with another base (no close then) does not count; outside a tail, False."""
+    fast = FastClose(redis=None)
+    t0 = 1_794_787_200_000  # a minute boundary
+    for sym, tf in (("A/USDT", "1s"), ("B/USDT", "1s"), ("C/USDT", "1m")):
+        pair = ("x", sym)
+        fast.replicas[pair] = _replica(tf)
+        fast.apply(pair, b"1-0", TradeBatch("x", sym, [(1, t0 + 500, Decimal(1), Decimal(1), 1)]), {tf})
+
+    def trade(sym: str, n: int, ts: int) -> None:
+        fast.apply(("x", sym), b"%d-0" % n, TradeBatch("x", sym, [(n, ts, Decimal(1), Decimal(1), 1)]), {"1s"})
+
+    close = t0 + SEC
+    assert not fast.settled(close - 5, CLOSE_TAIL_MS)  # before the close: not in a tail
+    trade("A/USDT", 2, close + 1)
+    assert not fast.settled(close + 2, CLOSE_TAIL_MS)  # B has not closed yet
+    trade("B/USDT", 3, close + 2)
+    assert fast.settled(close + 3, CLOSE_TAIL_MS)  # both 1s pairs past it; C's 1m bar does not close here
+    assert not fast.settled(close + CLOSE_TAIL_MS, CLOSE_TAIL_MS)  # the tail is over

@@ -209,7 +209,6 @@ class _Staged:
     row_args: list[Any]
     rows: int
     basis: dict[str, tuple[int | None, int | None]]
-    statuses: dict[str, core.RuleStatus] | None
 
 
 class AlertEngineApp:
@@ -643,14 +642,22 @@ class AlertEngineApp:
         estimate of the exchange's clock only makes an alert up to ``linger_ms`` later. The tail ends early once every
         pair has read its first trade past the close (``FastClose.settled``): at 5k trades/s that is within ~2 ms, and
         200 ms of reading each entry at once was a fifth of every second."""
-        fast = self.fast
-        if not self._linger_ok or fast is None or not fast.replicas or self.settings.clock != "wall":
+        fast = self._paced()
+        if fast is None:
             return 0
         now, bases, linger = fast.exchange_now(time.time() * 1000), fast.bases(), self.settings.linger_ms
         wait = close_wait(now, bases, linger, CLOSE_LEAD_MS, CLOSE_TAIL_MS)
         if wait == 0 and fast.settled(now, CLOSE_TAIL_MS):
             wait = close_wait(now, bases, linger, CLOSE_LEAD_MS, 0)
         return wait
+
+    def _paced(self) -> FastClose | None:
+        """The fast close whose replicas' bar clock paces the reads (``_linger``, ``_top_up_early``): live, and only
+        while everything read is closed-bar work; None otherwise."""
+        fast = self.fast
+        if not self._linger_ok or fast is None or not fast.replicas or self.settings.clock != "wall":
+            return None
+        return fast
 
     def _top_up(self, entries: list) -> bool:
         """``Consumer(top_up=)``: read once more at once when a read brought closing trades that others may be right
@@ -665,8 +672,8 @@ class AlertEngineApp:
         ``CLOSE_LEAD_MS`` before a close until ``TOP_UP_MS`` after it (the closing trades written together with the
         one read, and just before a close the entries of the last trades, come as one batch, one evaluation ahead
         instead of two); only where ``_linger`` lingers between closes (nothing read needs each entry at once)."""
-        fast = self.fast
-        if not self._linger_ok or fast is None or not fast.replicas or self.settings.clock != "wall":
+        fast = self._paced()
+        if fast is None:
             return False
         now = fast.exchange_now(time.time() * 1000)
         return near_close(now, fast.bases(), CLOSE_LEAD_MS, TOP_UP_MS) and not fast.settled(now, TOP_UP_MS)
@@ -839,7 +846,7 @@ class AlertEngineApp:
         """The commits ``_speculate`` built for these pairs' closes, as one, when each still holds: its speculations
         are the ones the close will take (``core.AlertEngine.holds``) and the cooldowns and last-fired times it was
         built on are unchanged. None when a pair has none (its bars are then evaluated first, as usual)."""
-        engine, specs, status, cooldown_until = self.engine, self._specs, self.engine.status, self._cooldown_until
+        engine, specs = self.engine, self._specs
         parts = []
         for pair in pairs:
             got = self._staged.pop(pair, None)
@@ -850,14 +857,12 @@ class AlertEngineApp:
                 c = spec.candle
                 if specs.get((c.exchange, c.symbol, c.timeframe)) is not spec or not engine.holds(spec):
                     return None
-            for fp, (until, last_fired) in staged.basis.items():
-                st = status.get(fp)
-                if cooldown_until.get(fp) != until or (st.last_fired_ms if st is not None else None) != last_fired:
-                    return None
+            if any(self._fired_basis(fp) != basis for fp, basis in staged.basis.items()):
+                return None
             parts.append(staged)
         if len(parts) == 1:
             return parts[0]
-        merged = _Staged([], [], {}, [], [], [], 0, {}, {})
+        merged = _Staged([], [], {}, [], [], [], 0, {})
         for part in parts:
             merged.fires += part.fires
             merged.predicted += part.predicted
@@ -915,8 +920,6 @@ class AlertEngineApp:
         own cooldown knowledge, and the RULE_STATE rows of the fingerprints they touch as they will be once those
         answers' effects are applied (``_apply_predicted``). ``statuses``: the rules' statuses to build the rows from
         where the engine's are not current yet (a speculation's, staged before its bar closed)."""
-        status = self.engine.status
-        cooldown_until = self._cooldown_until
         until: dict[str, int | None] = {}  # per fingerprint, as the predicted effects leave them
         last: dict[str, int | None] = {}
         basis: dict[str, tuple[int | None, int | None]] = {}
@@ -927,9 +930,7 @@ class AlertEngineApp:
         for f in fires:
             fp = f.fingerprint
             if fp not in basis:
-                st = statuses.get(fp) if statuses is not None else None
-                st = st if st is not None else status.get(fp)
-                basis[fp] = (cooldown_until.get(fp), st.last_fired_ms if st is not None else None)
+                basis[fp] = self._fired_basis(fp, statuses)
                 until[fp], last[fp] = basis[fp]
             u = until[fp]
             p = -1 if f.cooldown_ms and u is not None and (u < 0 or f.now_ms < u) else 1
@@ -946,18 +947,26 @@ class AlertEngineApp:
         row_args: list[Any] = []
         for fp, row in rows.items():
             row_args += (fp, row)
-        return _Staged(fires, predicted, touched, fire_keys, fire_args, row_args, len(rows), basis, statuses)
+        return _Staged(fires, predicted, touched, fire_keys, fire_args, row_args, len(rows), basis)
+
+    def _status(self, fp: str, statuses: dict[str, core.RuleStatus] | None = None) -> core.RuleStatus | None:
+        """``fp``'s rule status: from ``statuses`` (a speculation's) where it has one, else the engine's."""
+        st = statuses.get(fp) if statuses is not None else None
+        return st if st is not None else self.engine.status.get(fp)
+
+    def _fired_basis(self, fp: str,
+                     statuses: dict[str, core.RuleStatus] | None = None) -> tuple[int | None, int | None]:
+        """(cooldown until, last fired) of ``fp`` now: what a fire's predicted answer and effects start from."""
+        st = self._status(fp, statuses)
+        return self._cooldown_until.get(fp), st.last_fired_ms if st is not None else None
 
     def _apply_predicted(self, staged: _Staged) -> dict[str, tuple[int | None, int | None]]:
         """Apply the effects of the answers ``staged`` predicts; what they replace (undone where an answer differs)."""
-        status = self.engine.status
-        cooldown_until = self._cooldown_until
         saved: dict[str, tuple[int | None, int | None]] = {}
         for f, p in zip(staged.fires, staged.predicted, strict=True):
             fp = f.fingerprint
             if fp not in saved:
-                st = status.get(fp)
-                saved[fp] = (cooldown_until.get(fp), st.last_fired_ms if st is not None else None)
+                saved[fp] = self._fired_basis(fp)
             if p == 1:
                 self._apply_published(f)
         return saved
@@ -1064,12 +1073,10 @@ class AlertEngineApp:
                     statuses: dict[str, core.RuleStatus] | None = None) -> dict[str, bytes]:
         """Packed RULE_STATE rows of the fingerprints a batch touched (cooldown as this engine knows it: no reads).
         ``until`` / ``last_fired`` (per fingerprint) and ``statuses`` stand in for the engine's own where given."""
-        status = self.engine.status  # only the touched fingerprints' rows (status_rows() builds every one)
-        by_name = self.ruleset.by_name()
+        by_name = self.ruleset.by_name()  # only the touched fingerprints' rows (status_rows() builds every one)
         rows: dict[str, bytes] = {}
         for fp, f in touched.items():
-            st = statuses.get(fp) if statuses is not None else None
-            st = st if st is not None else status.get(fp)
+            st = self._status(fp, statuses)
             if st is not None:
                 u = until[fp] if until is not None else self._cooldown_until.get(fp)
                 row = {**self._state_row(st.as_dict(), None if u is None else str(u).encode(), by_name),

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from services.market_feed.adapters.ccxt_feed import LiveFeed
+from services.market_feed.app import MarketFeedApp
 from services.market_feed.settings import Settings
 from shared import streams
-from shared.bus import FIELD, Bus
+from shared.bus import FIELD
 from shared.errors import UnknownExchangeError, UnknownSymbolError
 from shared.schemas import Ticker, Watermark, decode_feed
 from tests.conftest import shared_data
@@ -108,12 +108,11 @@ async def test_unknown_symbol_and_exchange_stop_start_up_with_suggestions(redis)
     async with local_exchange(path) as sim:
         settings = live_settings(sim)
         settings.exchanges[0].symbols = ["BTC/USDX"]
-        feed = LiveFeed(settings, redis, Bus(redis))
         with pytest.raises(UnknownSymbolError, match=r"'BTC/USDX' is not listed by binance; closest listed: BTC/USDT"):
-            await feed.start()
+            await asyncio.wait_for(MarketFeedApp(settings, redis).run(asyncio.Event()), timeout=20)
     bad = Settings(mode="live", exchanges=[{"id": "binanse", "symbols": ["BTC/USDT"]}])
     with pytest.raises(UnknownExchangeError, match=r"unknown exchange id 'binanse'; did you mean binance"):
-        await LiveFeed(bad, redis, Bus(redis)).start()
+        MarketFeedApp(bad, redis)
 
 
 async def test_history_requests_are_answered_with_exchange_klines(redis):

@@ -207,3 +207,31 @@ async def test_simulated_exchange_through_ccxt_equals_the_simulated_market(redis
         assert tickers and all(t.bid < t.last < t.ask for t in tickers)
         last = decode_feed((await redis.xrevrange(streams.trades("binance", s), count=1))[0][1][FIELD])
         assert last == Watermark("binance", s, expected[s][-1][1], final=True)
+
+
+async def test_malformed_frame_stall_is_reconnected_within_seconds(redis):
+    """Defect 10: a truncated trade frame (sent through exchange-sim's control endpoint) kills ccxt's reader inside
+    its own callback ("Exception in callback") and nothing more is delivered. With the default 60 s silence timeout
+    the busy pair is still reconnected within seconds (a few expected intervals, at least ``stall_min_s``), and the
+    trade lost in the frame and those after it are backfilled by REST: every trade once, no gap."""
+    import httpx
+
+    path = shared_data(RECORDING)
+    expected = expected_trades(path)
+    loop = asyncio.get_running_loop()
+    async with local_exchange(path, speed=4) as sim, running_feed(live_settings(sim, silence_timeout_s=60), redis) as app:
+        await sim.wait_released(500)
+        async with httpx.AsyncClient(base_url=f"http://{sim.host}:{sim.port}") as client:
+            response = await client.post("/_sim/malformed", params={"count": 1})
+        assert response.status_code == 200, response.text
+        sent = loop.time()
+        health = app.live.health["binance|BTC/USDT|trades"]
+        while health.timeouts == 0:
+            assert loop.time() - sent < 30, "the stalled socket was not noticed"
+            await asyncio.sleep(0.05)
+        noticed = loop.time() - sent
+        await wait_last_id(redis, expected[-1][0], timeout=30)
+        trades, gaps = await published(redis)
+    assert trades == expected and gaps == []
+    assert health.backfilled >= 1
+    assert noticed < 20  # the 60 s silence timeout did not decide it (stall_min_s is 5 s by default)

@@ -7,9 +7,10 @@ import asyncio
 import pytest
 
 from services.market_feed.app import MarketFeedApp
-from services.market_feed.settings import Settings
+from services.market_feed.settings import ExchangeFeed, Settings
 from shared import streams
 from shared.bus import FIELD
+from shared.embedded_redis import free_port
 from shared.errors import UnknownExchangeError, UnknownSymbolError
 from shared.schemas import Ticker, Watermark, decode_feed
 from tests.conftest import shared_data
@@ -235,3 +236,36 @@ async def test_malformed_frame_stall_is_reconnected_within_seconds(redis):
     assert trades == expected and gaps == []
     assert health.backfilled >= 1
     assert noticed < 20  # the 60 s silence timeout did not decide it (stall_min_s is 5 s by default)
+
+
+async def test_unreachable_exchange_is_retried_with_its_cause_while_the_other_streams(redis):
+    """Issue 23 point 4, in-process: kraken's REST address accepts connections and never answers (ccxt's timeout
+    0.3 s) while binance streams; kraken is retried with backoff and its state says it timed out; a refused
+    address says so."""
+    path = shared_data(RECORDING)
+    expected = expected_trades(path)
+    silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)  # accepts, never answers
+    silent_port = silent.sockets[0].getsockname()[1]
+    refused_port = free_port()
+    try:
+        async with local_exchange(path) as sim:
+            settings = live_settings(sim)
+            settings.exchanges.append(ExchangeFeed(id="kraken", symbols=["BTC/USD"], timeout_s=0.3, tickers=False,
+                                                   ws_url=f"ws://127.0.0.1:{silent_port}/v2",
+                                                   rest_url=f"http://127.0.0.1:{silent_port}"))
+            settings.exchanges.append(ExchangeFeed(id="binanceus", symbols=["BTC/USD"], tickers=False,
+                                                   ws_url=f"ws://127.0.0.1:{refused_port}/stream",
+                                                   rest_url=f"http://127.0.0.1:{refused_port}/api/v3"))
+            async with running_feed(settings, redis) as app:
+                await wait_last_id(redis, expected[-1][0])
+                kraken, refused = app.live.connections["kraken"], app.live.connections["binanceus"]
+                assert kraken.state == "retrying" and kraken.attempts >= 2
+                assert kraken.error.startswith("kraken: cannot load markets: timed out"), kraken.error
+                assert refused.state == "retrying" and "connection refused" in refused.error, refused.error
+                status = app.status()
+                assert status["kraken.state"] == "retrying" and status["binance.state"] == "up"
+                assert "timed out" in status["kraken.error"]
+            trades, gaps = await published(redis)
+            assert trades == expected and gaps == []
+    finally:
+        silent.close()

@@ -24,11 +24,11 @@ from redis.asyncio import Redis
 from services.market_feed.adapters.ccxt_exchange import (BINANCE_FAMILY, apply_url_overrides, backoff,
                                                          cancelled_by_ccxt, check_exchange_ids, describe_network_error, load_markets,
                                                          make_exchange, sleep_or_stop, to_ticker, to_trade)
-from services.market_feed.adapters.ccxt_trades import (LiveContext, MultiTradeStream, StreamHealth, TradeStream,
-                                                       stream_timeout)
+from services.market_feed.adapters.ccxt_trades import LiveContext, MultiTradeStream, TradeStream
 from services.market_feed.history import HistoryServer
 from services.market_feed.publisher import Outbox, RedisRetry, read_last_ids, register_feeds
 from services.market_feed.settings import ExchangeFeed, Settings
+from services.market_feed.stream_health import StreamHealth, stream_timeout
 from shared.bus import Bus
 from shared.errors import ExchangeError, UnknownSymbolError
 from shared.runtime import consumer_name

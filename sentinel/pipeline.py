@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from shared import streams
 from shared.bus import Bus
+from shared.errors import SentinelError
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,15 @@ class Pipeline:
                 return f"{name}: {task.exception()!r}"
         return None
 
+    def raise_failure(self) -> None:
+        """If a service task died, raise its error: a SentinelError (a user's mistake — bad file, unknown symbol —
+        that the CLI prints in one line) as it is, anything else as RuntimeError naming the service."""
+        for task in self.tasks.values():
+            if task.done() and not task.cancelled() and isinstance(task.exception(), SentinelError):
+                raise task.exception()  # type: ignore[misc]
+        if err := self.failed():
+            raise RuntimeError(f"a service stopped with an error: {err}")
+
     async def shutdown(self, grace: float = 10.0) -> None:
         self.stop.set()
         if not self.tasks:
@@ -57,7 +67,9 @@ class Pipeline:
                 await task
         for name, task in self.tasks.items():
             if task.done() and not task.cancelled() and task.exception() is not None:
-                logger.error("%s ended with %r", name, task.exception())
+                # a SentinelError is the user's to read, once: raise_failure hands it to the CLI
+                log = logger.debug if isinstance(task.exception(), SentinelError) else logger.error
+                log("%s ended with %r", name, task.exception())
 
 
 async def consumer_groups_idle(redis: Redis) -> bool:
@@ -93,8 +105,8 @@ async def wait_drained(redis: Redis, source_done: Callable[[], bool], pipeline: 
     while True:
         if on_tick:
             on_tick()
-        if pipeline is not None and (err := pipeline.failed()):
-            raise RuntimeError(f"a service stopped with an error: {err}")
+        if pipeline is not None:
+            pipeline.raise_failure()
         now = loop.time()
         if source_done() and await consumer_groups_idle(redis):
             idle_since = idle_since if idle_since is not None else now

@@ -132,6 +132,7 @@ async def _run_to_end(opts: RunOptions, data_dir: Path, *, with_notifier: bool, 
     redis = connect(server.url)
     started = time.monotonic()
     live_source: _LiveSource | None = None
+    pipeline: Pipeline | None = None
     try:
         settings = _service_settings(opts, server.url, data_dir)
         pipeline = _build_pipeline(redis, settings, with_notifier=with_notifier, with_feed=not opts.live)
@@ -185,6 +186,9 @@ async def _run_to_end(opts: RunOptions, data_dir: Path, *, with_notifier: bool, 
                 await live_source.task
             with contextlib.suppress(Exception):
                 await live_source.sim.stop()
+        if pipeline is not None:  # stopped before Redis, not left retrying against a server that went away
+            with contextlib.suppress(Exception):
+                await pipeline.shutdown()
         await redis.aclose()
         server.stop()
 
@@ -265,8 +269,7 @@ async def _up(config_file: Path | None, redis_url: str) -> None:
     pipeline.start()
     try:
         while not pipeline.stop.is_set():
-            if err := pipeline.failed():
-                raise RuntimeError(f"a service stopped with an error: {err}")
+            pipeline.raise_failure()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(pipeline.stop.wait(), timeout=0.5)
     finally:

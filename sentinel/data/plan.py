@@ -22,7 +22,6 @@ import calendar
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 from shared.errors import SentinelError
 
@@ -137,7 +136,3 @@ def parse_checksum(text: str, source: str) -> str:
         raise FetchError(f"{source}: not a checksum file (expected '<sha256 hex>  <file name>', got "
                          f"{text.strip()[:80]!r})")
     return match.group(1).lower()
-
-
-def output_dir(root: Path, folder: str) -> Path:
-    return root / folder

@@ -29,11 +29,9 @@ class Line:
 
 
 def leaves(cond: Any) -> list[Any]:
-    if isinstance(cond, r.All):
-        return [x for c in cond.all for x in leaves(c)]
-    if isinstance(cond, r.AnyOf):
-        return [x for c in cond.any for x in leaves(c)]
-    return [cond]
+    """The comparisons inside ``all:`` / ``any:`` groups (a leaf is its own)."""
+    parts = cond.all if isinstance(cond, r.All) else cond.any if isinstance(cond, r.AnyOf) else None
+    return [cond] if parts is None else [x for part in parts for x in leaves(part)]
 
 
 def reads(rule: r.Rule, exchange: str, symbol: str, timeframe: str) -> list[Any]:

@@ -1,5 +1,10 @@
-"""``report.html``: one self-contained file — the data, lightweight-charts (the pinned standalone build shipped in
-``static/``) and the page's own script inlined; nothing is fetched when it is opened."""
+"""``report.html``: one self-contained file — the data, lightweight-charts and the page's own script inlined;
+nothing is fetched when it is opened.
+
+``static/lightweight-charts.standalone.production.js`` is ``dist/`` of the npm package lightweight-charts 5.2.1 (the
+version web/package.json pins for the dashboard), unchanged (sha256 e21cc5ca…598cf); Apache-2.0, licence text beside
+it in ``static/LICENSE-lightweight-charts.txt``.
+"""
 
 from __future__ import annotations
 

@@ -89,14 +89,14 @@ async def _rest(req: FetchRequest, bar: FetchProgress) -> FetchResult:
             for first, last in runs:
                 span = day_start_ms(last) + DAY_MS - day_start_ms(first)
 
-                def moved(done: int, _total: int, base: int = done_before) -> None:
-                    bar.set_completed(task, base + done)
+                def moved(done: int, _total: int, trades: int, base: int = done_before, before: int = result.trades
+                          ) -> None:
+                    bar.set_completed(task, base + done, f"{req.exchange} {symbol}: {before + trades:,} trades")
 
                 stats = await rest.fetch_run(source, symbol, files, first, last, on_progress=moved)
                 done_before += span
-                bar.set_completed(task, done_before, f"{req.exchange} {symbol}: {result.trades + stats.trades:,} "
-                                                     f"trades")
                 result.trades += stats.trades
+                bar.set_completed(task, done_before, f"{req.exchange} {symbol}: {result.trades:,} trades")
                 result.notes.extend(stats.notes)
             result.written.extend(files.written)
             open_parts = [files.part(d) for d in _days(req) if files.part(d).exists()]

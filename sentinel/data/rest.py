@@ -159,7 +159,7 @@ class RestStats:
 
 
 async def fetch_run(source: TradePages, symbol: str, files: DayFiles, first: date, last: date, *,
-                    on_progress: Callable[[int, int], None], now_ms: int | None = None) -> RestStats:
+                    on_progress: Callable[[int, int, int], None], now_ms: int | None = None) -> RestStats:
     """Fetch the trades of days ``first``..``last`` into ``files``; finalise every day that is over."""
     start, until = day_start_ms(first), day_start_ms(last) + DAY_MS
     stats = RestStats()
@@ -179,7 +179,7 @@ async def fetch_run(source: TradePages, symbol: str, files: DayFiles, first: dat
 
 
 async def page_trades(source: TradePages, symbol: str, start: int, until: int, cursor: Cursor | None,
-                      files: DayFiles, stats: RestStats, on_progress: Callable[[int, int], None]) -> None:
+                      files: DayFiles, stats: RestStats, on_progress: Callable[[int, int, int], None]) -> None:
     """Page from ``cursor`` (or ``start``) until a trade at or after ``until`` or the newest trade."""
     since = cursor.ts if cursor is not None else start
     while since < until:
@@ -192,11 +192,14 @@ async def page_trades(source: TradePages, symbol: str, start: int, until: int, c
         if not page:
             if source.time_window_ms and not by_id:
                 since += source.time_window_ms  # nothing in that window: the next one
-                on_progress(min(since, until) - start, until - start)
+                on_progress(min(since, until) - start, until - start, stats.trades)
                 continue
             return
-        new = cursor.fresh(page) if cursor is not None else page
+        new = cursor.fresh(page) if cursor is not None else [t for t in page if t.ts >= start]
         keep = [t for t in new if t.ts < until]
+        if cursor is None and not keep and page[0].ts >= until:
+            stats.notes.append(f"{source.id} {symbol}: asked from {_iso(start)}, it served trades from "
+                               f"{_iso(page[0].ts)} on; it does not serve history that old")
         if keep:
             if stats.first_ts is None:
                 stats.first_ts = keep[0].ts
@@ -206,7 +209,7 @@ async def page_trades(source: TradePages, symbol: str, start: int, until: int, c
                 cursor = Cursor(keep[0].ts)
             for t in keep:
                 cursor.advance(t)
-            on_progress(cursor.ts - start, until - start)
+            on_progress(cursor.ts - start, until - start, stats.trades)
         if len(keep) < len(new) or page[-1].ts >= until:
             return  # reached the end of the range
         if not new:

@@ -3,7 +3,7 @@
 Binance's public-data archives (``data.binance.vision``) are laid out as::
 
     data/spot/daily/trades/BTCUSDT/BTCUSDT-trades-2024-08-08.zip            one UTC day
-    data/spot/daily/trades/BTCUSDT/BTCUSDT-trades-2024-08-08.zip.CHECKSUM   "<sha256 hex>  BTCUSDT-trades-2024-08-08.zip"
+    data/spot/daily/trades/BTCUSDT/BTCUSDT-trades-2024-08-08.zip.CHECKSUM   "<sha256 hex>  <zip name>"
     data/spot/monthly/trades/BTCUSDT/BTCUSDT-trades-2024-07.zip             one calendar month
     data/futures/um/daily/trades/BTCUSDT/...                                USD-M futures, the same below
 

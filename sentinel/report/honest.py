@@ -111,8 +111,9 @@ def _why(rule: r.Rule, candles: dict[SeriesKey, list[Candle]], pairs: list[tuple
          data_to: int | None, engine: AlertEngine) -> str:
     if not rule.enabled:
         return "disabled (enabled: false)"
-    if rule.expires_at is not None and data_from is not None and rule.expires_ms() <= data_from:  # type: ignore[operator]
-        return f"expired at {_iso(rule.expires_ms())}, before the data begins ({_iso(data_from)})"
+    expires = rule.expires_ms()
+    if expires is not None and data_from is not None and expires <= data_from:
+        return f"expired at {_iso(expires)}, before the data begins ({_iso(data_from)})"
     matched = [p for p in pairs if rule.matches(*p)]
     if not matched:
         where = f" on exchange {rule.exchange}" if rule.exchange else ""
@@ -129,8 +130,8 @@ def _why(rule: r.Rule, candles: dict[SeriesKey, list[Candle]], pairs: list[tuple
         return (f"warm-up: its condition needs {need} closed {rule.timeframe} bars before it can first be evaluated "
                 f"(the engine's full warm-up is {full}); the data has {have_bars}")
     note = ""
-    if rule.expires_at is not None and data_to is not None and rule.expires_ms() <= data_to:  # type: ignore[operator]
-        note = f"; it expired at {_iso(rule.expires_ms())}, before the data ends"
+    if expires is not None and data_to is not None and expires <= data_to:
+        note = f"; it expired at {_iso(expires)}, before the data ends"
     if rule.snooze_until is not None:
         note += f"; snoozed until {rule.snooze_until.isoformat()}"
     return (f"its condition never held on the {have_bars - need + 1} {rule.timeframe} bars it could be evaluated "

@@ -11,7 +11,6 @@ from __future__ import annotations
 import html
 import json
 import re
-from decimal import Decimal
 from importlib import resources
 from typing import Any
 

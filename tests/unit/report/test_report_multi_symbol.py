@@ -43,4 +43,5 @@ def test_several_symbols_each_get_their_chart_and_count(tmp_path):
     html = report.path.read_text()
     data = json.loads(html.split('id="report-data">', 1)[1].split("</script>", 1)[0])
     markers = {(s["exchange"], s["symbol"]): len(s["markers"]) for s in data["series"]}
-    assert markers == {("binance", "BTC/USDT"): counts["binance BTC/USDT"], ("kraken", "BTC/USD"): counts["kraken BTC/USD"]}
+    assert markers == {("binance", "BTC/USDT"): counts["binance BTC/USDT"],
+                       ("kraken", "BTC/USD"): counts["kraken BTC/USD"]}

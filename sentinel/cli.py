@@ -93,7 +93,8 @@ def backtest(
 def _mount_optional() -> None:
     """Sub-commands that live with their service."""
     mounts = [("services.alert_engine.cli", "rules_app", "rules", "Check and manage alert rules."),
-              ("services.notifier.cli", "notify_app", "notify", "Test channels, list and retry dead letters.")]
+              ("services.notifier.cli", "notify_app", "notify", "Test channels, list and retry dead letters."),
+              ("sentinel.data.cli", "data_app", "data", "Download trade history for backtests.")]
     for module, attr, name, help_text in mounts:
         try:
             sub = getattr(importlib.import_module(module), attr)
@@ -101,7 +102,8 @@ def _mount_optional() -> None:
             continue
         app.add_typer(sub, name=name, help=help_text)
     commands = [("services.exchange_sim.cli", "exchange_sim_command", "exchange-sim"),
-                ("sentinel.watch", "watch_command", "watch"), ("sentinel.gui", "gui_command", "gui")]
+                ("sentinel.watch", "watch_command", "watch"), ("sentinel.gui", "gui_command", "gui"),
+                ("sentinel.report.cli", "report_command", "report")]
     for module, attr, name in commands:
         try:
             fn = getattr(importlib.import_module(module), attr)

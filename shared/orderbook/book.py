@@ -72,6 +72,12 @@ class BookSide:
         """Prices best first."""
         return reversed(self._prices) if self.descending else iter(self._prices)
 
+    def __iter__(self) -> Iterator[Level]:
+        """Levels best first, lazily (a reader that stops early, e.g. at a band's edge, builds only those)."""
+        sizes = self.sizes
+        for p in self.prices():
+            yield Level(p, sizes[p])
+
     def levels(self, n: int | None = None) -> list[Level]:
         """The best ``n`` levels (all when None), best first."""
         prices = self._prices

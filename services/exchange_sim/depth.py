@@ -74,7 +74,8 @@ class SimDepth:
         self._history: OrderedDict[int, tuple[Level | None, Level | None]] = OrderedDict()
         self._history_len = history
 
-    def load(self, last_update_id: int, bids: list[tuple[Decimal, Decimal]], asks: list[tuple[Decimal, Decimal]]) -> None:
+    def load(self, last_update_id: int, bids: list[tuple[Decimal, Decimal]],
+             asks: list[tuple[Decimal, Decimal]]) -> None:
         self.book.load(bids, asks, last_update_id)
         self.update_id = last_update_id
         self._remember()

@@ -82,7 +82,8 @@ class Perpetual:
                       "ap": str(trade.price), "X": "FILLED", "l": str(qty), "z": str(qty), "T": trade.ts}}
 
     def mark_price_event(self, event_ms: int) -> dict[str, Any] | None:
-        """``markPriceUpdate``: ``{"e","E","s","p" mark,"i" index,"P" est. settle,"r" funding rate,"T" next funding}``."""
+        """``markPriceUpdate``: ``{"e", "E", "s", "p": mark, "i": index, "P": est. settle, "r": funding rate,
+        "T": next funding time}``."""
         mark = self.mark
         if mark is None:
             return None

@@ -1,9 +1,10 @@
 """Book metrics (the operands of book rules), each defined exactly. Pure functions of one book state.
 
 Input: ``bids`` and ``asks`` as (price, size) pairs best first (``L2Book.top()``, or any exact view), sizes in base
-units, prices in quote units per base unit. Every figure is a ``Decimal``: sums, products and the mid are exact (computed
-in the ``EXACT`` context, which raises rather than round); the other quotients are rounded to 28 significant digits
-(``QUOTIENTS``). Both contexts are fixed here, so a caller's decimal context cannot change a result.
+units, prices in quote units per base unit. Every figure is a ``Decimal``: sums, products and the mid are exact
+(computed in the ``EXACT`` context, which raises rather than round); the other quotients are rounded to 28
+significant digits (``QUOTIENTS``). Both contexts are fixed here, so a caller's decimal context cannot change a
+result.
 
 Definitions (b = best bid price, a = best ask price, Qb / Qa = the sizes resting there)::
 
@@ -13,8 +14,8 @@ Definitions (b = best bid price, a = best ask price, Qb / Qa = the sizes resting
     microprice   = (b * Qa + a * Qb) / (Qb + Qa)          (the mid weighted towards the thinner side)
 
 For a band of X basis points around the mid, the bid levels in the band are those priced at or above
-``mid * (1 - X/10_000)``, the ask levels those at or below ``mid * (1 + X/10_000)`` (bounds inclusive); a band narrower than half the spread holds no level
-(its depths are 0, its walls, ratios and imbalance None)::
+``mid * (1 - X/10_000)``, the ask levels those at or below ``mid * (1 + X/10_000)`` (bounds inclusive); a band
+narrower than half the spread holds no level (its depths are 0, its walls, ratios and imbalance None)::
 
     depth_base  (side, X) = sum of size          over the side's levels in the band
     depth_quote (side, X) = sum of price * size  over the side's levels in the band

@@ -50,7 +50,8 @@ def _dec(value: Any) -> Decimal:
 class KrakenBooks(_Books):
     """Kraken websocket v1 ``book-<depth>``. Snapshot, then updates with an optional checksum ``c``::
 
-        [1360, {"as": [["0.000022900", "13355.87450757", "1618678123.481570"], ...], "bs": [...]}, "book-1000", "SC/EUR"]
+        [1360, {"as": [["0.000022900", "13355.87450757", "1618678123.481570"], ...], "bs": [...]},
+         "book-1000", "SC/EUR"]
         [992, {"b": [["354.15000000", "5.00000000", "1618678133.365913"]], "c": "2583817756"}, "book-1000", "XMR/USD"]
         [1920, {"a": [...]}, {"b": [...], "c": "4105471083"}, "book-1000", "SC/EUR"]
 
@@ -89,8 +90,8 @@ class OkxBooks(_Books):
     carries a signed CRC32 of the top 25 (see ``okx_checksum``)::
 
         {"arg": {"channel": "books", "instId": "BTC-USD-220527"}, "action": "update",
-         "data": [{"asks": [["30249.4", "0", "0", "0"], ["30261", "4", "0", "1"]], "bids": [["30182.6", "452", "0", "1"]],
-                   "ts": "1652459225464", "checksum": -914047754}]}
+         "data": [{"asks": [["30249.4", "0", "0", "0"], ["30261", "4", "0", "1"]],
+                   "bids": [["30182.6", "452", "0", "1"]], "ts": "1652459225464", "checksum": -914047754}]}
     """
 
     def apply(self, msg: Any) -> Applied | None:

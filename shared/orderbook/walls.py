@@ -14,9 +14,11 @@ Definitions, for one side, a band of ``bps`` basis points around the mid and a r
   - **eaten** when ``traded >= eaten_fraction × lost`` (default one half): the market traded it away;
   - **pulled** otherwise: the size was cancelled, not traded.
 
-"Since the previous state" is the caller's to choose (on Binance: trades whose trade time is after the previous
-book's event time and at or before this one's). After a resync (gap) call ``reset()``: what happened in the gap is
-unknown, so walls standing then are not reported as pulled or eaten.
+A wall that ended beyond the part of the book known level by level (``bid_floor`` / ``ask_ceiling`` of a partial
+view) raises nothing: whether it still rests there is unknown. "Since the previous state" is the caller's to choose
+(on Binance: trades whose trade time is after the previous book's event time and at or before this one's). After a
+resync (gap) call ``reset()``: what happened in the gap is unknown, so walls standing then are not reported as
+pulled or eaten.
 """
 
 from __future__ import annotations
@@ -69,9 +71,11 @@ class WallTracker:
         """Forget the previous state (after a resync): the next update reports only walls that appear."""
         self._walls = None
 
-    def update(self, book: L2Book, trades: Iterable[Trade] = ()) -> list[WallEvent]:
+    def update(self, book: L2Book, trades: Iterable[Trade] = (), bid_floor: Decimal | None = None,
+               ask_ceiling: Decimal | None = None) -> list[WallEvent]:
         """Events between the previous state and ``book`` now (``trades``: those since the previous state, any
-        order). A book with an empty side has no mid, hence no walls."""
+        order). A book with an empty side has no mid, hence no walls. ``bid_floor`` / ``ask_ceiling``: where the
+        book is known level by level (a partial view); an ended wall priced beyond them is unknown, not reported."""
         bid, ask = book.best_bid(), book.best_ask()
         if bid is None or ask is None:
             current: dict[bool, dict[Decimal, Decimal]] = {True: {}, False: {}}
@@ -90,7 +94,10 @@ class WallTracker:
             for price in sorted(now.keys() - before.keys(), reverse=is_bid):
                 events.append(WallEvent("appeared", side, price, now[price], now[price], Decimal(0), book.ts))
             resting = book.side(is_bid).sizes
+            edge = bid_floor if is_bid else ask_ceiling
             for price in sorted(before.keys() - now.keys(), reverse=is_bid):
+                if edge is not None and ((price < edge) if is_bid else (price > edge)):
+                    continue  # beyond the known part of the book: whether it still rests is unknown
                 remaining = resting.get(price, Decimal(0))
                 lost = before[price] - remaining
                 if lost <= 0:

@@ -32,7 +32,7 @@ async def capture_exchange(speed: float = 20.0, **kw: Any) -> AsyncIterator[Book
 
 @contextlib.asynccontextmanager
 async def ccxt_clients(sim: BookExchangeSim) -> AsyncIterator[tuple[Any, Any]]:
-    """(spot binance, binanceusdm) ccxt.pro instances pointed at ``sim`` (URL conventions: services/market_feed/NOTES)."""
+    """(spot binance, binanceusdm) ccxt.pro instances pointed at ``sim`` (URLs: services/market_feed/NOTES.md)."""
     spot = ccxtpro.binance({"options": {"fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False}})
     spot.urls["api"]["ws"]["spot"] = sim.ws_url
     spot.urls["api"]["public"] = sim.rest_url

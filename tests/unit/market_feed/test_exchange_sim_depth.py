@@ -84,7 +84,8 @@ def test_recorded_depth_reports_file_and_line(tmp_path):
 
 
 @pytest.mark.parametrize("premium, rate", [("0", "0.0001"), ("0.0001", "0.0001"), ("0.001", "0.0005"),
-                                           ("-0.0003", "0.0001"), ("-0.001", "-0.0005"), ("0.02", "0.0075"), ("-0.02", "-0.0075")])
+                                           ("-0.0003", "0.0001"), ("-0.001", "-0.0005"), ("0.02", "0.0075"),
+                                           ("-0.02", "-0.0075")])
 def test_funding_formula(premium, rate):
     # P + clamp(0.01% - P, -0.05%, 0.05%), then clamp(-0.75%, 0.75%): written out per case
     assert funding_rate(Decimal(premium)) == Decimal(rate)

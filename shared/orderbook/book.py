@@ -13,7 +13,7 @@ Sequencing (which diffs may be applied, and when the book must be rebuilt) is no
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from typing import NamedTuple
@@ -77,6 +77,21 @@ class BookSide:
         sizes = self.sizes
         for p in self.prices():
             yield Level(p, sizes[p])
+
+    def within(self, limit: Decimal) -> int:
+        """How many levels are priced at or above ``limit`` (bids) or at or below it (asks): O(log n)."""
+        prices = self._prices
+        return len(prices) - bisect_left(prices, limit) if self.descending else bisect_right(prices, limit)
+
+    def band(self, limit: Decimal) -> tuple[list[Decimal], list[Decimal]]:
+        """(prices, sizes) of the levels within ``limit`` (see ``within``), best first."""
+        prices = self._prices
+        if self.descending:
+            chosen = prices[bisect_left(prices, limit):]
+            chosen.reverse()
+        else:
+            chosen = prices[: bisect_right(prices, limit)]
+        return chosen, list(map(self.sizes.__getitem__, chosen))
 
     def levels(self, n: int | None = None) -> list[Level]:
         """The best ``n`` levels (all when None), best first."""

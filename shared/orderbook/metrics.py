@@ -1,7 +1,8 @@
 """Book metrics (the operands of book rules), each defined exactly. Pure functions of one book state.
 
-Input: ``bids`` and ``asks`` as (price, size) pairs best first (``L2Book.top()``, or any exact view), sizes in base
-units, prices in quote units per base unit. Every figure is a ``Decimal``: sums, products and the mid are exact
+Input: an ``L2Book`` (any exact view of a book loaded into one), sizes in base units, prices in quote units per base
+unit. Bands are found by bisection in the sorted prices, depths are running totals: the cost grows with the levels
+in the widest band, not with the book. Every figure is a ``Decimal``: sums, products and the mid are exact
 (computed in the ``EXACT`` context, which raises rather than round); the other quotients are rounded to 28
 significant digits (``QUOTIENTS``). Both contexts are fixed here, so a caller's decimal context cannot change a
 result.
@@ -33,12 +34,13 @@ snapshot bid or above its highest snapshot ask except levels that changed since;
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, localcontext
+from itertools import accumulate
+from operator import mul
 from typing import NamedTuple
 
-from shared.orderbook.book import Level
+from shared.orderbook.book import BookSide, L2Book, Level
 
 QUOTIENTS = Context(prec=28)
 EXACT = Context(prec=100, traps=[Inexact, InvalidOperation, Overflow])
@@ -82,80 +84,68 @@ def median(values: Sequence[Decimal]) -> Decimal:
     return s[mid] if n % 2 else QUOTIENTS.divide(s[mid - 1] + s[mid], _TWO)
 
 
-def levels_in_band(levels: Iterable[tuple[Decimal, Decimal]], limit: Decimal, is_bid: bool) -> list[Level]:
-    """The leading levels (best first) priced at or above ``limit`` (bids) or at or below it (asks)."""
-    out: list[Level] = []
-    for price, size in levels:  # an iterator is left just past the first level outside the band
-        if (price < limit) if is_bid else (price > limit):
-            break
-        out.append(Level(price, size))
-    return out
-
-
-def _wall(levels: list[Level]) -> tuple[Level | None, Decimal | None]:
-    """The largest level (max() keeps the first, i.e. the nearest the mid, on a tie) and its size / the median."""
-    if not levels:
-        return None, None
-    wall = max(levels, key=lambda lv: lv.size)
-    return wall, QUOTIENTS.divide(wall.size, median([lv.size for lv in levels]))
-
-
 def band_limit(mid: Decimal, bps: Decimal, is_bid: bool) -> Decimal:
     """The farthest price of a band, exactly: ``mid * (1 - bps/10_000)`` for bids, ``mid * (1 + bps/10_000)`` for
     asks."""
     return EXACT.scaleb(EXACT.multiply(mid, BPS - bps if is_bid else BPS + bps), -4)
 
 
-def book_metrics(bids: Iterable[tuple[Decimal, Decimal]], asks: Iterable[tuple[Decimal, Decimal]],
-                 bands_bps: Iterable[Decimal | int] = (10, 25, 50), bid_floor: Decimal | None = None,
-                 ask_ceiling: Decimal | None = None) -> BookMetrics | None:
-    """Every metric of the module docstring for one book state; None when a side is empty (no mid).
-
-    ``bids``/``asks`` best first; read lazily up to the widest band's edge (an ``L2Book`` side can be passed as is).
-    """
+def book_metrics(book: L2Book, bands_bps: Iterable[Decimal | int] = (10, 25, 50),
+                 bid_floor: Decimal | None = None, ask_ceiling: Decimal | None = None) -> BookMetrics | None:
+    """Every metric of the module docstring for one book state; None when a side is empty (no mid)."""
     bands = sorted(Decimal(x) for x in bands_bps)
     if not bands or any(not 0 < x < BPS for x in bands):
         raise ValueError(f"book metrics: band widths must be in (0, 10000) bps, got {bands}")
-    bid_iter, ask_iter = iter(bids), iter(asks)
-    best_bid, best_ask = next(bid_iter, None), next(ask_iter, None)
+    best_bid, best_ask = book.best_bid(), book.best_ask()
     if best_bid is None or best_ask is None:
         return None
     with localcontext(EXACT):
-        return _metrics(Level(*best_bid), Level(*best_ask), bid_iter, ask_iter, bands, bid_floor, ask_ceiling)
+        return _metrics(book, best_bid, best_ask, bands, bid_floor, ask_ceiling)
 
 
-def _prefix_in_band(levels: list[Level], limit: Decimal, is_bid: bool) -> list[Level]:
-    n = 0
-    for lv in levels:
-        if (lv.price < limit) if is_bid else (lv.price > limit):
-            break
-        n += 1
-    return levels[:n]
+class _Side(NamedTuple):
+    """One side's widest band, best first, with running totals (narrower bands are prefixes of it)."""
+
+    prices: list[Decimal]
+    sizes: list[Decimal]
+    cum_base: list[Decimal]
+    cum_quote: list[Decimal]
 
 
-def _metrics(best_bid: Level, best_ask: Level, bid_iter: Iterator[tuple[Decimal, Decimal]],
-             ask_iter: Iterator[tuple[Decimal, Decimal]], bands_bps: list[Decimal], bid_floor: Decimal | None,
+def _side(side: BookSide, limit: Decimal) -> _Side:
+    prices, sizes = side.band(limit)
+    return _Side(prices, sizes, list(accumulate(sizes)), list(accumulate(map(mul, prices, sizes))))
+
+
+def _wall(side: _Side, n: int) -> tuple[Level | None, Decimal | None]:
+    """The largest of the first ``n`` levels (the first, i.e. nearest the mid, on a tie) and its size / the median."""
+    if not n:
+        return None, None
+    sizes = side.sizes
+    i = max(range(n), key=sizes.__getitem__)
+    return Level(side.prices[i], sizes[i]), QUOTIENTS.divide(sizes[i], median(sizes[:n]))
+
+
+def _metrics(book: L2Book, best_bid: Level, best_ask: Level, bands_bps: list[Decimal], bid_floor: Decimal | None,
              ask_ceiling: Decimal | None) -> BookMetrics:
     (b, qb), (a, qa) = best_bid, best_ask
     mid = (b + a) / _TWO
     spread = a - b
     div = QUOTIENTS.divide
-    # the widest band's levels are read once; narrower bands are prefixes of them
-    widest_b = levels_in_band(itertools.chain([best_bid], bid_iter), band_limit(mid, bands_bps[-1], True), True)
-    widest_a = levels_in_band(itertools.chain([best_ask], ask_iter), band_limit(mid, bands_bps[-1], False), False)
+    bids = _side(book.bids, band_limit(mid, bands_bps[-1], True))
+    asks = _side(book.asks, band_limit(mid, bands_bps[-1], False))
+    zero = Decimal(0)
     bands: list[Band] = []
     for bps in bands_bps:
         lo, hi = band_limit(mid, bps, True), band_limit(mid, bps, False)
-        bl, al = _prefix_in_band(widest_b, lo, True), _prefix_in_band(widest_a, hi, False)
-        bid_base = sum((lv.size for lv in bl), Decimal(0))
-        ask_base = sum((lv.size for lv in al), Decimal(0))
-        (bid_wall, bid_ratio), (ask_wall, ask_ratio) = _wall(bl), _wall(al)
+        nb, na = book.bids.within(lo), book.asks.within(hi)
+        bid_base, ask_base = bids.cum_base[nb - 1] if nb else zero, asks.cum_base[na - 1] if na else zero
+        (bid_wall, bid_ratio), (ask_wall, ask_ratio) = _wall(bids, nb), _wall(asks, na)
         complete = (bid_floor is None or lo >= bid_floor) and (ask_ceiling is None or hi <= ask_ceiling)
         total = bid_base + ask_base
         bands.append(Band(
-            bps, bid_base, ask_base,
-            sum((lv.price * lv.size for lv in bl), Decimal(0)), sum((lv.price * lv.size for lv in al), Decimal(0)),
-            div(bid_base - ask_base, total) if total else None, len(bl), len(al), bid_wall, ask_wall,
-            bid_ratio, ask_ratio, complete))
+            bps, bid_base, ask_base, bids.cum_quote[nb - 1] if nb else zero, asks.cum_quote[na - 1] if na else zero,
+            div(bid_base - ask_base, total) if total else None, nb, na, bid_wall, ask_wall, bid_ratio, ask_ratio,
+            complete))
     return BookMetrics(best_bid, best_ask, mid, spread, div(spread * BPS, mid), div(b * qa + a * qb, qb + qa),
                        tuple(bands))

@@ -27,8 +27,8 @@ from collections.abc import Iterable
 from decimal import Decimal, localcontext
 from typing import Literal, NamedTuple
 
-from shared.orderbook.book import L2Book
-from shared.orderbook.metrics import EXACT, band_limit, levels_in_band, median
+from shared.orderbook.book import BookSide, L2Book
+from shared.orderbook.metrics import EXACT, band_limit, median
 from shared.schemas import Trade
 
 Side = Literal["bid", "ask"]
@@ -45,15 +45,15 @@ class WallEvent(NamedTuple):
     ts: int | None       # exchange time of the book state that showed the event (``L2Book.ts``)
 
 
-def walls(levels: Iterable[tuple[Decimal, Decimal]], mid: Decimal, bps: Decimal, is_bid: bool, min_ratio: Decimal,
+def walls(side: BookSide, mid: Decimal, bps: Decimal, min_ratio: Decimal,
           min_size: Decimal = Decimal(0)) -> dict[Decimal, Decimal]:
     """The walls (price → size) of one side of a book state: see the module docstring."""
     with localcontext(EXACT):
-        band = levels_in_band(levels, band_limit(mid, bps, is_bid), is_bid)
-        if not band:
+        prices, sizes = side.band(band_limit(mid, bps, side.descending))
+        if not sizes:
             return {}
-        threshold = max(min_ratio * median([lv.size for lv in band]), min_size)
-        return {lv.price: lv.size for lv in band if lv.size >= threshold}
+        threshold = max(min_ratio * median(sizes), min_size)
+        return {p: s for p, s in zip(prices, sizes, strict=True) if s >= threshold}
 
 
 class WallTracker:
@@ -82,8 +82,8 @@ class WallTracker:
         else:
             with localcontext(EXACT):
                 mid = (bid.price + ask.price) / 2
-            current = {True: walls(book.bids, mid, self.bps, True, self.min_ratio, self.min_size),
-                       False: walls(book.asks, mid, self.bps, False, self.min_ratio, self.min_size)}
+            current = {True: walls(book.bids, mid, self.bps, self.min_ratio, self.min_size),
+                       False: walls(book.asks, mid, self.bps, self.min_ratio, self.min_size)}
         previous, self._walls = self._walls, current
         events: list[WallEvent] = []
         trades = list(trades)

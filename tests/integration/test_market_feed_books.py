@@ -19,6 +19,7 @@ from services.market_feed.adapters.ccxt_book import BookFeed
 from services.market_feed.book_settings import BookFeedSettings
 from shared import streams
 from shared.bus import FIELD
+from shared.orderbook.book import L2Book
 from shared.orderbook.metrics import book_metrics
 from shared.schemas import BookSnapshot
 from tests.conftest import shared_data
@@ -78,13 +79,16 @@ async def test_books_from_ccxt_equal_the_exchange_book_and_resync_after_a_gap(re
             assert snap.bids[0] == (Decimal(t["b"]), Decimal(t["B"])) and snap.asks[0] == (Decimal(t["a"]),
                                                                                             Decimal(t["A"]))
         # the published figures are those of the published levels (top 10 covers the 5 bps band of BTCUSDT here)
-        m = book_metrics(snap.bids, snap.asks, [5])
+        top = L2Book()
+        top.load(snap.bids, snap.asks)
+        m = book_metrics(top, [5])
         assert (snap.mid, snap.spread, snap.microprice) == (m.mid, m.spread, m.microprice)
         if snap.bands[0].bid_levels < 10 and snap.bands[0].ask_levels < 10:
             assert snap.bands[0].imbalance == m.bands[0].imbalance
     assert [s.update_id for s in snaps] == sorted(s.update_id for s in snaps)  # never a book from before
+    health = feed.health["BTC/USDT"]
+    assert (health.resyncs, health.errors, health.timeouts, sim.depth["BTC/USDT"].dropped) == (1, 0, 0, 1), health
     assert snaps[0].resyncs == 0 and snaps[-1].resyncs == 1 and sum(s.resyncs == 1 for s in snaps) >= 30
-    assert feed.health["BTC/USDT"].resyncs == 1 and sim.depth["BTC/USDT"].dropped == 1
     assert any("gap, resyncing" in r.message for r in caplog.records)
     assert live is not None and BookSnapshot.decode(live["data"]).symbol == "BTC/USDT"
     assert at_ticker > 0, "no snapshot fell on a bookTicker id"

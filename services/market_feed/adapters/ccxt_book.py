@@ -48,7 +48,7 @@ class BookHealth:
     errors: int = 0        # other errors (network, exchange), each followed by a resubscription
     timeouts: int = 0      # no update within watch_timeout_s
     published: int = 0
-    inexact_levels: int = 0  # levels with more digits than a float holds (converted, not exact)
+    inexact_levels: int = 0  # numbers with more digits than a float holds (converted, not exact)
 
 
 class BookFeed:
@@ -174,18 +174,18 @@ class BookFeed:
         bids, asks = book["bids"], book["asks"]
         floor, ceiling = self._edges.get(symbol, (None, None))
         ts = book.get("timestamp") or int(time.time() * 1000)
-        if not bids or not asks:
-            view_bids, inexact_b = exact_levels(bids, None, True, pair.top_n)
-            view_asks, inexact_a = exact_levels(asks, None, False, pair.top_n)
-        else:
-            lo = pair.read_limit(bids[0][0], asks[0][0], True)
-            hi = pair.read_limit(bids[0][0], asks[0][0], False)
-            view_bids, inexact_b = exact_levels(bids, lo, True, pair.top_n)
-            view_asks, inexact_a = exact_levels(asks, hi, False, pair.top_n)
-            # the view knows every level from its edge inwards: the band edge, or deeper when top_n reached past it
-            floor = _inner(floor, min(lo, view_bids[-1].price), True)
-            ceiling = _inner(ceiling, max(hi, view_asks[-1].price), False)
-        health.inexact_levels += inexact_b + inexact_a
+        lo = hi = None
+        if bids and asks:
+            lo, hi = pair.read_limit(bids[0][0], asks[0][0], True), pair.read_limit(bids[0][0], asks[0][0], False)
+        inexact = pair.decimals.inexact
+        view_bids = exact_levels(bids, lo, True, pair.top_n, pair.decimals)
+        view_asks = exact_levels(asks, hi, False, pair.top_n, pair.decimals)
+        health.inexact_levels += pair.decimals.inexact - inexact
+        # the view holds every level from the best to its last one: nothing beyond that is known to it
+        if view_bids:
+            floor = _inner(floor, view_bids[-1][0], True)
+        if view_asks:
+            ceiling = _inner(ceiling, view_asks[-1][0], False)
         return BookView(view_bids, view_asks, book.get("nonce"), int(ts), floor, ceiling)
 
     async def publish_once(self) -> int:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 from decimal import Decimal
 
-from services.market_feed.book_core import BookView, PairBook, exact_levels
+from services.market_feed.book_core import BookView, ExactDecimals, PairBook, exact_levels, significant_digits
 from services.market_feed.derivs_core import funding_from_mark, funding_from_rate, liquidation_from, open_interest_from
-from shared.orderbook.book import Level
+from shared.orderbook.book import L2Book
 from shared.orderbook.metrics import book_metrics
 from shared.orderbook.walls import WallTracker
 from shared.schemas import Trade
@@ -18,30 +18,36 @@ def test_float_levels_come_back_as_the_exchange_decimals():
     strings = [(f"{rng.randint(1, 99999)}.{rng.randint(0, 99):02d}", f"{rng.randint(0, 9)}.{rng.randint(1, 99999):05d}")
                for _ in range(2000)]
     rows = [[float(p), float(q)] for p, q in strings]
-    levels, inexact = exact_levels(rows, None, True, len(rows))
-    assert inexact == 0
+    cache = ExactDecimals()
+    levels = exact_levels(rows, None, True, len(rows), cache)
+    assert cache.inexact == 0
     assert levels == [(Decimal(p), Decimal(q)) for p, q in strings]
+    assert exact_levels(rows, None, True, len(rows), cache) == levels  # from the cache the second time
     # 17 significant digits cannot survive a float: counted, not hidden
-    _, inexact = exact_levels([[float("1234567.8901234567"), 1.0]], None, True, 1)
-    assert inexact == 1
+    exact_levels([[float("1234567.8901234567"), 1.0]], None, True, 1, cache)
+    assert cache.inexact == 1
+    assert [significant_digits(repr(x)) for x in (61837.63, 1e-05, 0.00012, 100.0)] == [7, 1, 2, 4]
 
 
-def test_exact_levels_stop_past_the_band_but_keep_top_n():
+def test_exact_levels_read_the_band_plus_one_and_at_least_top_n():
     rows = [[100.0 - i, 1.0] for i in range(10)]
-    levels, _ = exact_levels(rows, Decimal("97"), True, 2)
-    assert [lv.price for lv in levels] == [Decimal("100.0"), Decimal("99.0"), Decimal("98.0"), Decimal("97.0")]
-    levels, _ = exact_levels(rows, Decimal("99.5"), True, 3)
-    assert len(levels) == 3
+    levels = exact_levels(rows, 97.0, True, 2, ExactDecimals())
+    assert [p for p, _ in levels] == [Decimal("100.0"), Decimal("99.0"), Decimal("98.0"), Decimal("97.0"),
+                                      Decimal("96.0")]
+    assert len(exact_levels(rows, 99.5, True, 3, ExactDecimals())) == 3
+    asks = [[100.0 + i, 1.0] for i in range(3)]
+    assert len(exact_levels(asks, 150.0, False, 1, ExactDecimals())) == 3  # the book ran out first
 
 
 def test_pair_book_snapshot_carries_metrics_walls_and_resyncs():
     pair = PairBook("binance", "BTC/USDT", top_n=2, bands_bps=(Decimal(100),), walls=WallTracker(100, 5))
-    bids = [Level(Decimal("100"), Decimal("1")), Level(Decimal("99.9"), Decimal("9")), Level(Decimal("99.8"),
-                                                                                           Decimal("1"))]
-    asks = [Level(Decimal("101"), Decimal("1")), Level(Decimal("101.1"), Decimal("1"))]
+    bids = [(Decimal("100"), Decimal("1")), (Decimal("99.9"), Decimal("9")), (Decimal("99.8"), Decimal("1"))]
+    asks = [(Decimal("101"), Decimal("1")), (Decimal("101.1"), Decimal("1"))]
     first = pair.snapshot(BookView(bids, asks, 7, 1000))
     assert first.bids == [(Decimal("100"), Decimal("1")), (Decimal("99.9"), Decimal("9"))] and len(first.asks) == 2
-    m = book_metrics(bids, asks, [100])
+    ref = L2Book()
+    ref.load(bids, asks)
+    m = book_metrics(ref, [100])
     assert (first.mid, first.microprice, first.bands[0].bid_base) == (m.mid, m.microprice, m.bands[0].bid_base)
     assert [(w.kind, w.price) for w in first.walls] == [("appeared", Decimal("99.9"))]
     assert not pair.changed(7) and pair.changed(8)

@@ -76,7 +76,7 @@ def _reference_metrics(book: L2Book, floor: Decimal, ceiling: Decimal) -> dict:
 def test_metrics_equal_a_pandas_computation_on_real_books():
     compared = 0
     for book, (floor, ceiling), _ in _states(every=20):
-        got = book_metrics(book.bids, book.asks, BANDS, floor, ceiling)
+        got = book_metrics(book, BANDS, floor, ceiling)
         ref = _reference_metrics(book, floor, ceiling)
         assert (got.mid, got.spread, got.spread_bps, got.microprice) == (
             ref["mid"], ref["spread"], ref["spread_bps"], ref["microprice"])
@@ -90,7 +90,7 @@ def test_metrics_equal_a_pandas_computation_on_real_books():
 def test_a_band_past_the_snapshot_edge_is_flagged_incomplete():
     book = L2Book()
     book.load([(Decimal("100"), Decimal("1")), (Decimal("99"), Decimal("1"))], [(Decimal("101"), Decimal("2"))])
-    m = book_metrics(book.bids, book.asks, (10, 200), bid_floor=Decimal("99"), ask_ceiling=Decimal("102"))
+    m = book_metrics(book, (10, 200), bid_floor=Decimal("99"), ask_ceiling=Decimal("102"))
     assert [b.complete for b in m.bands] == [True, False]  # 200 bps reaches 98.49 < 99
     assert m.bands[1].bid_base == 2 and m.bands[1].imbalance == 0
     # 10 bps of 100.5 is 100.3995..100.6005: narrower than the spread, nothing in it

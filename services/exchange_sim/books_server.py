@@ -239,16 +239,15 @@ class BookExchangeSim(ExchangeSim):
         names = {market_id(s): s for s in self.books}
         return self._json(futures_exchange_info(self.perps, names, int(time.time() * 1000)))
 
-    async def _premium_index(self, request: web.Request) -> web.Response:
+    def _perp_json(self, request: web.Request, view: str) -> web.Response:
         try:
             perp = self._perp(request)
         except BinanceApiError as exc:
             return self._error(exc)
-        return self._json(perp.premium_index(self._now(perp)))
+        return self._json(getattr(perp, view)(self._now(perp)))
+
+    async def _premium_index(self, request: web.Request) -> web.Response:
+        return self._perp_json(request, "premium_index")
 
     async def _open_interest(self, request: web.Request) -> web.Response:
-        try:
-            perp = self._perp(request)
-        except BinanceApiError as exc:
-            return self._error(exc)
-        return self._json(perp.open_interest_row(self._now(perp)))
+        return self._perp_json(request, "open_interest_row")

@@ -11,16 +11,25 @@ from decimal import Decimal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
-class BookFeedSettings(BaseModel):
-    """Order books of the pairs of one exchange, published throttled as top-N snapshots with metrics."""
+class _VenueFeed(BaseModel):
+    """What every feed of one exchange has: the venue, its symbols, URL overrides, backoff, stream trimming."""
 
     model_config = ConfigDict(extra="forbid")
 
+    exchange: str = Field(description="ccxt exchange id")
+    symbols: list[str] = Field(min_length=1, description="unified symbols, e.g. BTC/USDT or BTC/USDT:USDT")
+    ws_url: str | None = Field(default=None, description="websocket base override (mirror, proxy, local simulator)")
+    rest_url: str | None = Field(default=None, description="REST base override")
+    backoff_base_s: float = Field(default=0.5, gt=0)
+    backoff_cap_s: float = Field(default=30.0, gt=0)
+    stream_maxlen: int = Field(default=10_000, ge=100, description="approximate MAXLEN of the streams written")
+
+
+class BookFeedSettings(_VenueFeed):
+    """Order books of the pairs of one exchange, published throttled as top-N snapshots with metrics.
+    Binance spot: ``ws_url`` must contain ``/stream``; ``rest_url`` e.g. ``http://127.0.0.1:9443/api/v3``."""
+
     exchange: str = Field(default="binance", description="ccxt exchange id")
-    symbols: list[str] = Field(min_length=1, description="unified symbols, e.g. BTC/USDT")
-    ws_url: str | None = Field(default=None, description="websocket base override (Binance spot: must contain "
-                                                         "'/stream')")
-    rest_url: str | None = Field(default=None, description="REST base override, e.g. http://127.0.0.1:9443/api/v3")
     publish_every_ms: int = Field(default=100, ge=10, le=60_000, description="throttle: at most one snapshot per "
                                                                              "pair per interval (100-250 typical)")
     top_n: int = Field(default=20, ge=1, le=1000, description="levels a side in each snapshot")
@@ -33,9 +42,6 @@ class BookFeedSettings(BaseModel):
     wall_min_size: Decimal = Field(default=Decimal(0), ge=0, description="and at least this size (base units)")
     wall_eaten_fraction: Decimal = Field(default=Decimal("0.5"), gt=0, le=1)
     watch_timeout_s: float = Field(default=30.0, gt=0, description="no book update this long: reconnect")
-    backoff_base_s: float = Field(default=0.5, gt=0)
-    backoff_cap_s: float = Field(default=30.0, gt=0)
-    stream_maxlen: int = Field(default=10_000, ge=100, description="approximate MAXLEN of the books streams")
 
     @field_validator("bands_bps")
     @classmethod
@@ -45,16 +51,11 @@ class BookFeedSettings(BaseModel):
         return sorted(value)
 
 
-class DerivsFeedSettings(BaseModel):
-    """Funding / mark / index, open interest and liquidations of perpetuals of one exchange."""
-
-    model_config = ConfigDict(extra="forbid")
+class DerivsFeedSettings(_VenueFeed):
+    """Funding / mark / index, open interest and liquidations of perpetuals of one exchange. binanceusdm:
+    ``ws_url`` = ``ws://HOST:PORT/ws`` (ccxt appends ``/market/ws/<n>``), ``rest_url`` = ``…/fapi/v1``."""
 
     exchange: str = Field(default="binanceusdm", description="ccxt exchange id of the derivatives venue")
-    symbols: list[str] = Field(min_length=1, description="unified contract symbols, e.g. BTC/USDT:USDT")
-    ws_url: str | None = Field(default=None, description="websocket base override (binanceusdm: "
-                                                         "ws://HOST:PORT/ws; ccxt appends /market/ws/<n>)")
-    rest_url: str | None = Field(default=None, description="REST base override (binanceusdm: …/fapi/v1)")
     funding: bool = Field(default=True, description="mark/index/funding: watch_mark_price where ccxt has it, "
                                                     "else fetch_funding_rate every funding_every_s")
     funding_every_s: float = Field(default=10.0, gt=0)
@@ -62,6 +63,3 @@ class DerivsFeedSettings(BaseModel):
     open_interest_every_s: float = Field(default=10.0, gt=0, description="REST polling interval")
     liquidations: bool = Field(default=True, description="watch_liquidations where ccxt supports it")
     watch_timeout_s: float = Field(default=60.0, gt=0)
-    backoff_base_s: float = Field(default=0.5, gt=0)
-    backoff_cap_s: float = Field(default=30.0, gt=0)
-    stream_maxlen: int = Field(default=100_000, ge=100)

@@ -35,6 +35,7 @@ from services.market_feed.settings import ExchangeFeed
 from shared import streams
 from shared.bus import Bus, backoff_delay
 from shared.orderbook.walls import WallTracker
+from shared.runtime import tasks_until_done
 
 logger = logging.getLogger(__name__)
 
@@ -89,17 +90,13 @@ class BookFeed:
     async def run(self, stop: asyncio.Event) -> None:
         if self.exchange is None:
             await self.start()
-        tasks = [asyncio.create_task(self._watch_book(stop, sym), name=f"book-{sym}") for sym in self.pairs]
+        coros = [self._watch_book(stop, sym) for sym in self.pairs]
         if self.settings.walls:
-            tasks += [asyncio.create_task(self._watch_trades(stop, sym), name=f"book-trades-{sym}")
-                      for sym in self.pairs]
-        tasks.append(asyncio.create_task(self._publish_loop(stop), name="book-publisher"))
+            coros += [self._watch_trades(stop, sym) for sym in self.pairs]
         try:
-            await stop.wait()
+            async with tasks_until_done(*coros, self._publish_loop(stop)):
+                await stop.wait()
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await self.exchange.close()
 

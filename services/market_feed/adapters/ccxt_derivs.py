@@ -34,6 +34,7 @@ from services.market_feed.settings import ExchangeFeed
 from shared import streams
 from shared.bus import Bus, backoff_delay
 from shared.errors import ConfigError, UnknownExchangeError
+from shared.runtime import tasks_until_done
 from shared.schemas import FundingRate, Liquidation, OpenInterest
 
 logger = logging.getLogger(__name__)
@@ -122,13 +123,10 @@ class DerivsFeed:
                 tasks.append(self._loop(stop, "liquidations", symbol, lambda sym=symbol: ex.watch_liquidations(sym),
                                         lambda raw, sym=symbol: [liquidation_from(s.exchange, sym, r) for r in raw],
                                         None))
-        running = [asyncio.create_task(t) for t in tasks]
         try:
-            await stop.wait()
+            async with tasks_until_done(*tasks):
+                await stop.wait()
         finally:
-            for task in running:
-                task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await self.exchange.close()
 

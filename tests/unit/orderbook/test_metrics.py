@@ -11,7 +11,6 @@ import statistics
 from decimal import Decimal
 
 import pandas as pd
-import pytest
 
 from shared.orderbook.binance import DiffDepthSync, DiffResult
 from shared.orderbook.book import L2Book, parse_levels

@@ -82,3 +82,25 @@ async def test_funding_open_interest_mark_price_and_liquidations_through_ccxt():
             assert str(Decimal(liq["info"]["ap"])) in set(at["price"])  # filled at a real trade's price
             assert liq["side"] in set(at["side"])  # on that trade's taker side
             assert liq["symbol"] == symbol and liq["contracts"] > 0
+
+
+async def test_synthetic_depth_of_the_simulated_market_through_ccxt():
+    """The default source (``sentinel exchange-sim``): a seeded book around the simulated market's last price."""
+    from services.exchange_sim.app import build
+    from services.exchange_sim.settings import Settings
+
+    sim = build(Settings(port=0, symbols=["BTC/USDT"], speed=5.0, duration_s=600, start_ms=1_700_000_000_000))
+    await sim.start()
+    try:
+        async with ccxt_clients(sim) as (spot, perp):
+            state = sim.depth["BTC/USDT"]
+            for _ in range(30):
+                ob = await asyncio.wait_for(spot.watch_order_book("BTC/USDT"), 10)
+                bid, ask = state.best_at(ob["nonce"])
+                assert (_exact(ob["bids"][0][0]), _exact(ob["asks"][0][0])) == (bid.price, ask.price)
+                assert len(ob["bids"]) == len(ob["asks"]) == 50
+            assert ask.price - bid.price == 2 * Decimal("0.01")  # one tick either side of a trade price
+            mark = await asyncio.wait_for(perp.watch_mark_price("BTC/USDT:USDT"), 10)
+            assert mark["markPrice"] > 0
+    finally:
+        await sim.stop()

@@ -39,7 +39,7 @@ class _LineLoader(yaml.SafeLoader):
         """PyYAML's composer, refusing documents nested deeper than ``MAX_DEPTH`` before recursion gets deep."""
         self.depth += 1
         try:
-            if self.depth > MAX_DEPTH:
+            if self.depth > MAX_DEPTH and self.check_event(yaml.MappingStartEvent, yaml.SequenceStartEvent):
                 raise _TooDeep(self.peek_event().start_mark.line + 1)
             return super().compose_node(parent, index)
         finally:

@@ -387,6 +387,8 @@ def up(config_file: Path | None) -> None:
     if not common.redis_url and (running := running_url(Path(common.data_dir) / "redis")):
         raise ConfigError(f"another sentinel runs with its data in {common.data_dir} (its Redis answers at {running}): "
                           "stop it first, or give this one another data_dir (SENTINEL_DATA_DIR)")
-    up_settings(config_file, common.redis_url or "redis://check-only")  # every problem before anything starts
+    from services.api.app import check_port
+
+    check_port(up_settings(config_file, common.redis_url or "redis://check-only")["api"])  # before anything starts
     with redis_url_or_embedded(common.redis_url, common.data_dir) as url:
         asyncio.run(_up(up_settings(config_file, url), config_file, url, embedded=not common.redis_url))

@@ -267,6 +267,13 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def check_port(settings: Settings) -> None:
+    """ApiStartError now if the API could not listen where configured (``sentinel up`` checks before it starts
+    anything); the port is free again when this returns."""
+    if settings.port:
+        _bind(bind_host(settings), settings.port).close()
+
+
 class ApiApp:
     """Serves ``create_app(settings, redis)`` with uvicorn until ``stop`` is set."""
 

@@ -27,6 +27,7 @@ from services.api import health, queries
 from services.api.models import (AlertHistory, AlertItem, AlertStatus, CandleSeries, CvdSeries, Health,
                                  Problem, RuleStateOut, SeriesList, TickerOut)
 from services.api.settings import LOOPBACK, Settings
+from services.api.trades_relay import TradesRelay
 from shared.errors import SentinelError
 from shared.runtime import heartbeat
 from shared.timeframes import SUPPORTED
@@ -305,6 +306,8 @@ class ApiApp:
         waiter = asyncio.create_task(stop.wait(), name="api-stop")
         beat_stop = asyncio.Event()
         beat = asyncio.create_task(heartbeat(self.redis, "api", beat_stop, lambda: {"url": self.url}), name="api-beat")
+        relay = asyncio.create_task(TradesRelay(self.redis, throttle_ms=settings.trades_throttle_ms).run(beat_stop),
+                                    name="api-trades-relay")
         try:
             while not server.started and not task.done():
                 await asyncio.sleep(0.01)
@@ -319,8 +322,9 @@ class ApiApp:
             waiter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await waiter
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
+            for helper in (beat, relay):
+                helper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await helper
             await task
             sock.close()

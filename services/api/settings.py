@@ -39,3 +39,5 @@ class Settings(ServiceSettings):
     history_scan_limit: int = Field(default=50_000, gt=0,
                                     description="Most alert-history entries one /alerts/history request reads.")
     shutdown_grace_s: float = Field(default=5.0, ge=0)
+    trades_throttle_ms: int = Field(default=100, ge=10, description="The raw-trades channel (docs/channels.md) sends "
+                                                                    "a pair's trades at most this often.")

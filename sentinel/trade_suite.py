@@ -19,7 +19,8 @@ changed); ``{"type": "trades", exchange, symbol}`` → ``NEW_TRADE`` (``trade_da
 trade of the throttled trades channel; ``{"type": "ticker", exchange, symbol}`` → ``NEW_TICKER_DATA``
 (``ticker_data``); ``{"type": "alerts"}`` (optionally with exchange/symbol) → ``NEW_ALERT`` (``alert``: the
 ``Alert``). Candle frames have trade_suite's columns: ``dates`` (seconds since the epoch, the bucket start), ``opens``,
-``highs``, ``lows``, ``closes``, ``volumes`` (floats, for plotting; the exact decimals are on the channels and the API).
+``highs``, ``lows``, ``closes``, ``volumes``, then ``buy_volumes``, ``sell_volumes`` (floats, for plotting; the exact
+decimals are on the channels and the API).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ from shared.schemas import Alert, Candle, Ticker, TradeBatch
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ["dates", "opens", "highs", "lows", "closes", "volumes"]
+COLUMNS = ["dates", "opens", "highs", "lows", "closes", "volumes"]  # trade_suite's, in its order
+EXTRA = ["buy_volumes", "sell_volumes"]  # after them: taker buy / sell volume (CVD = cumulative buy − sell)
 
 
 class Signals(Enum):
@@ -90,9 +92,9 @@ class SignalEmitter:
 
 def candles_frame(candles: Iterable[Candle]) -> pd.DataFrame:
     """Candles (ascending) as trade_suite's DataFrame."""
-    rows = [(c.ts / 1000, float(c.open), float(c.high), float(c.low), float(c.close), float(c.volume))
-            for c in candles]
-    return pd.DataFrame(rows, columns=COLUMNS, dtype=float)
+    rows = [(c.ts / 1000, float(c.open), float(c.high), float(c.low), float(c.close), float(c.volume),
+             float(c.buy_volume), float(c.sell_volume)) for c in candles]
+    return pd.DataFrame(rows, columns=COLUMNS + EXTRA, dtype=float)
 
 
 def trade_dict(exchange: str, symbol: str, trade: Any) -> dict[str, Any]:

@@ -32,8 +32,7 @@ async def test_openapi_and_data_need_the_token_pages_do_not(app):
         assert "/candles/{exchange}/{symbol}/{timeframe}" in document["paths"]
         assert (await anon.get("/health")).status_code in (200, 503)  # no token needed, by design
 
-        for page, script in (("/docs", "/vendor/swagger-ui-bundle.js"), ("/redoc", "/vendor/redoc.standalone.js"),
-                             ("/", "app.js")):
+        for page, script in (("/docs", "/docs.js"), ("/redoc", "/docs.js"), ("/", "app.js")):
             r = await anon.get(page)
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/html"), page
             sources = re.findall(r'(?:src|href)="([^"]+)"', r.text)
@@ -41,7 +40,10 @@ async def test_openapi_and_data_need_the_token_pages_do_not(app):
             assert not [s for s in sources if "//" in s], f"{page} loads from another host: {sources}"
             for source in sources:  # every file the page names is shipped and served
                 assert (await anon.get(source if source.startswith("/") else f"/{source}")).status_code == 200
-        # the shipped viewers do not reach for a CDN either
+        # the viewers the page loads are shipped, and do not reach for a CDN either
+        docs_js = (await anon.get("/docs.js")).text
+        for vendor in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"):
+            assert f"/vendor/{vendor}" in docs_js and (await anon.get(f"/vendor/{vendor}")).status_code == 200
         for vendor in ("swagger-ui-bundle.js", "redoc.standalone.js"):
             text = (STATIC_DIR / "vendor" / vendor).read_text(errors="replace")
             assert "cdn.jsdelivr" not in text and "unpkg.com" not in text

@@ -1,13 +1,23 @@
-// /docs (Swagger UI) and /redoc (ReDoc), both shipped with the package. The OpenAPI document needs the API's bearer
-// token when one is set: it is fetched here with the token the dashboard stored (or one typed into the gate form),
-// and Swagger UI's "Try it out" requests carry it too.
+// /docs (Swagger UI) and /redoc (ReDoc): one page, both viewers shipped with the package (static/vendor). The OpenAPI
+// document needs the API's bearer token when one is set: it is fetched here with the token the dashboard stored (or
+// one typed into the gate form), and Swagger UI's "Try it out" requests carry it too.
 (() => {
-  const viewer = document.body.dataset.viewer;
+  const viewer = location.pathname.replace(/\/+$/, '').endsWith('/redoc') ? 'redoc' : 'swagger';
+  document.title = `sentinel API — ${viewer === 'redoc' ? 'ReDoc' : 'Swagger UI'}`;
+  const assets = viewer === 'redoc' ? ['/vendor/redoc.standalone.js'] : ['/vendor/swagger-ui-bundle.js', '/vendor/swagger-ui.css'];
+  const loaded = Promise.all(assets.map((src) => new Promise((resolve, reject) => {
+    const node = src.endsWith('.css') ? Object.assign(document.createElement('link'), { rel: 'stylesheet', href: src })
+      : Object.assign(document.createElement('script'), { src });
+    node.onload = resolve;
+    node.onerror = () => reject(new Error(`${src} did not load`));
+    document.head.append(node);
+  })));
   const hash = new URLSearchParams(location.hash.slice(1));
   let token = hash.get('token') || localStorage.getItem('sentinel.token') || '';
   const gate = document.getElementById('token-gate');
 
-  function show(spec) {
+  async function show(spec) {
+    await loaded;
     gate.hidden = true;
     const el = document.getElementById('viewer');
     if (viewer === 'redoc') {

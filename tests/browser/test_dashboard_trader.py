@@ -6,7 +6,6 @@ sound and browser notifications; ?series= and the symbol search; /docs and /redo
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
@@ -19,11 +18,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from services.api.app import ApiApp
-from services.api.settings import Settings as ApiSettings
-from shared.runtime import connect
 from tests.browser.test_dashboard import SCREENSHOTS, _until, pipeline  # noqa: F401 (the fixture)
 from tests.conftest import REPO
+from tests.integration.test_api_auth import serving
 from tests.unit.alert_engine.pdref import bbands, ema
 
 SAMPLE = REPO / "services" / "alert_engine" / "sample_rules.yaml"
@@ -279,12 +276,7 @@ async def test_series_from_the_query_the_symbol_search_and_timeframe_buttons(pip
 
 
 async def test_docs_and_redoc_are_shipped_and_behind_the_token(redis_url, redis, browser):
-    client = connect(redis_url)
-    api = ApiApp(ApiSettings(port=0, api_token="s3cret", shutdown_grace_s=1, services=[]), client)
-    stop = asyncio.Event()
-    task = asyncio.create_task(api.run(stop))
-    await asyncio.wait_for(api.started.wait(), 10)
-    try:
+    async with serving(redis_url, api_token="s3cret") as api:
         context = await browser.new_context(viewport={"width": 1200, "height": 900})
         page = await context.new_page()
         hosts: set[str] = set()
@@ -300,10 +292,6 @@ async def test_docs_and_redoc_are_shipped_and_behind_the_token(redis_url, redis,
         await page.get_by_text("/alerts/history").first.wait_for(timeout=15_000)
         await page.screenshot(path=str(SCREENSHOTS / "docs_redoc.png"))
         assert hosts - {""} == {"127.0.0.1"}, hosts  # nothing from a CDN ("": data: and blob: URLs)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        await client.aclose()
 
 
 pytestmark = pytest.mark.timeout(240)

@@ -4,15 +4,35 @@ fetch nothing without it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
-from services.api.app import STATIC_DIR, create_app
+from services.api.app import STATIC_DIR, ApiApp, create_app
 from services.api.settings import Settings
+from shared.runtime import connect
 
 FULL, READ = "full-token", "read-token"
+
+
+@contextlib.asynccontextmanager
+async def serving(redis_url: str, **settings) -> AsyncIterator[ApiApp]:
+    """The API served by uvicorn on a free port (``ApiApp``, as `sentinel api` runs it) until the block ends."""
+    client = connect(redis_url)
+    api = ApiApp(Settings(port=0, shutdown_grace_s=1, services=[], **settings), client)
+    stop = asyncio.Event()
+    task = asyncio.create_task(api.run(stop))
+    await asyncio.wait_for(api.started.wait(), 10)
+    try:
+        yield api
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await client.aclose()
 
 
 @pytest.fixture

@@ -294,5 +294,15 @@ async def test_docs_and_redoc_are_shipped_and_behind_the_token(redis_url, redis,
         await page.screenshot(path=str(SCREENSHOTS / "docs_redoc.png"))
         assert hosts - {""} == {"127.0.0.1"}, hosts  # nothing from a CDN ("": data: and blob: URLs)
 
+        # the dashboard loads without the token but gets no data: it asks for the token
+        anonymous = await (await browser.new_context()).new_page()
+        statuses: list[tuple[str, int]] = []
+        anonymous.on("response", lambda r: statuses.append((urlsplit(r.url).path, r.status)))
+        await anonymous.goto(f"{api.url}/")
+        await anonymous.wait_for_function(
+            "document.getElementById('rules-message').textContent.includes('wants a bearer token')", timeout=10_000)
+        assert ("/series", 401) in statuses
+        assert all(status == 401 for path, status in statuses if path not in ("/", "/app.js", "/style.css"))
+
 
 pytestmark = pytest.mark.timeout(240)

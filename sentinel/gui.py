@@ -272,12 +272,13 @@ class GuiPanel:
 
 
 async def run_gui(client: SentinelClient, series: tuple[str, str, str], *, duration: float | None = None,
-                  screenshot: Path | None = None, summary: Path | None = None, history: int = 300) -> PanelData:
+                  screenshot: Path | None = None, summary: Path | None = None, history: int = 300,
+                  size: tuple[int, int] = (1024, 768)) -> PanelData:
     """Show the panel until the window closes or ``duration`` passes; optionally save a PNG and a JSON summary."""
     import dearpygui.dearpygui as dpg
 
     data = PanelData(series)
-    panel = GuiPanel(data)
+    panel = GuiPanel(data, *size)
     panel.build()
     emitter = SignalEmitter()
     for sig, handler in ((Signals.NEW_CANDLES, data.on_new_candles), (Signals.UPDATED_CANDLES,
@@ -338,6 +339,8 @@ def gui_command(
     duration: Annotated[Optional[float], typer.Option(help="Close after this many seconds.")] = None,
     screenshot: Annotated[Optional[Path], typer.Option(help="Save a PNG of the last frame here.")] = None,
     summary: Annotated[Optional[Path], typer.Option(help="Write what was drawn as JSON here.")] = None,
+    size: Annotated[str, typer.Option(help="Window size WIDTHxHEIGHT (the layout follows later resizes).")]
+    = "1024x768",
 ) -> None:
     """DearPyGui panel: live candles with alert markers, volume and CVD, the alert feed and the trades tape (needs a
     display; Xvfb works)."""
@@ -353,10 +356,15 @@ def gui_command(
         timeframe_ms(chosen[2])
     except (KeyError, ValueError) as exc:
         raise typer.BadParameter(f"unknown timeframe {chosen[2]!r}", param_hint="--series") from exc
+    try:
+        width, height = (int(part) for part in size.lower().split("x"))
+    except ValueError as exc:
+        raise typer.BadParameter(f"{size!r}: expected WIDTHxHEIGHT, e.g. 1280x800", param_hint="--size") from exc
 
     async def main() -> None:
         async with SentinelClient(redis_url, api_url=api, token=token) as client:
-            await run_gui(client, chosen, duration=duration, screenshot=screenshot, summary=summary)
+            await run_gui(client, chosen, duration=duration, screenshot=screenshot, summary=summary,
+                          size=(width, height))
 
     asyncio.run(main())
 

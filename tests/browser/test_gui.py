@@ -276,6 +276,22 @@ async def test_gui_draws_a_replay_and_its_alert_under_xvfb(redis_url, redis, tmp
     assert rects["price_plot"][0] + rects["side"][0] >= 0.9 * vw and rects["side"][0] >= 0.2 * vw
     assert rects["price_plot"][1] + rects["lower_plot"][1] >= 0.85 * vh
 
+    # a smaller window: the same shares of it (the data are still in Redis and the API is gone: history is not needed)
+    small = tmp_path / "small.json"
+    again = await asyncio.create_subprocess_exec(
+        *sentinel_command(), "gui", "--series", f"{EX}|{SYM}|{TF}", "--redis-url", redis_url, "--api",
+        "http://127.0.0.1:9", "--duration", "2", "--size", "800x600", "--summary", str(small),
+        env={**os.environ, "DISPLAY": display}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out2, _ = await asyncio.wait_for(again.communicate(), 60)
+    assert again.returncode == 0, out2.decode(errors="replace")[-3000:]
+    resized = json.loads(small.read_text())
+    sw, sh = resized["viewport"]
+    assert (sw, sh) != (vw, vh) and sw <= 800 and sh <= 600
+    r2 = resized["rects"]
+    assert r2["price_plot"][0] + r2["side"][0] >= 0.9 * sw and r2["side"][0] >= 0.2 * sw
+    assert r2["price_plot"][1] + r2["lower_plot"][1] >= 0.85 * sh
+    assert r2["price_plot"][0] < rects["price_plot"][0] and r2["price_plot"][1] < rects["price_plot"][1]
+
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(shot, SCREENSHOTS / "gui.png")
     width, height, channels, pixels = read_png(shot)

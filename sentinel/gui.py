@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,6 +26,7 @@ import typer
 
 from sentinel.client import SentinelClient, embedded_redis_url
 from sentinel.trade_suite import SignalEmitter, Signals, TaskManager
+from shared.errors import SentinelError
 from shared.fmt import plain
 from shared.schemas import Alert
 from shared.timeframes import timeframe_ms
@@ -347,6 +350,10 @@ def gui_command(
     parts = series.split("|")
     if len(parts) != 3 or not all(parts):
         raise typer.BadParameter("expected exchange|symbol|timeframe", param_hint="--series")
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        # DearPyGui would abort the process in C (glfw) without a display
+        raise SentinelError("sentinel gui needs a display (DISPLAY is not set): run it in a desktop session, under "
+                            "xvfb-run, or use `sentinel watch` in a terminal")
     redis_url = redis_url or embedded_redis_url()
     if not redis_url:
         raise typer.BadParameter("set REDIS_URL (or --redis-url) to the Redis of the running sentinel",

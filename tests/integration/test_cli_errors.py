@@ -124,3 +124,12 @@ def test_up_says_what_it_runs_and_where_the_dashboard_is(tmp_path):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_gui_without_a_display_says_so_instead_of_aborting(tmp_path):
+    env = {"DISPLAY": "", "WAYLAND_DISPLAY": ""}
+    result = sentinel("gui", "--series", "kraken|BTC/USD|5m", "--redis-url", "redis://127.0.0.1:1/0", cwd=tmp_path,
+                      **env)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: sentinel gui needs a display")
+    no_traceback(result)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from redis.exceptions import RedisError
 
 from shared.errors import SentinelError
 
@@ -156,6 +157,9 @@ def main() -> None:
         failure, code = exc, 130
     except OSError as exc:  # a file or directory that cannot be read or written, a port, a socket
         _say(_os_error(exc))
+        failure, code = exc, 1
+    except RedisError as exc:  # a Redis that is not there (watch, gui, notify with a wrong REDIS_URL)
+        _say(f"Redis: {exc}", "is sentinel running, and do REDIS_URL / --redis-url (or data_dir) point at its Redis?")
         failure, code = exc, 1
     except Exception as exc:  # a bug: say so, briefly; the traceback is one flag away
         _say(f"unexpected {type(exc).__name__}: {exc}", "this is a bug in sentinel: run again with --debug and "

@@ -133,3 +133,11 @@ def test_gui_without_a_display_says_so_instead_of_aborting(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("error: sentinel gui needs a display")
     no_traceback(result)
+
+
+def test_an_unreachable_redis_names_itself_and_what_to_check(tmp_path):
+    result = sentinel("watch", "--redis-url", "redis://127.0.0.1:1/0", "--duration", "1", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: Redis: Error 111 connecting to 127.0.0.1:1")
+    assert "REDIS_URL" in result.stderr
+    no_traceback(result)

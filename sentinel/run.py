@@ -81,6 +81,12 @@ def _service_settings(opts: RunOptions, redis_url: str, data_dir: Path) -> dict:
     if problems:
         raise ConfigError(problems)
     out["market_feed"] = _simulated_label(out["market_feed"])
+    if opts.trades_file is not None and not opts.symbol:
+        try:
+            out["market_feed"].resolved_symbol()
+        except ConfigError:  # said in the words of the command line, before anything starts
+            raise ConfigError(f"{opts.trades_file}: cannot tell the symbol from the file name; give it with --symbol, "
+                              "e.g. --symbol BTC/USDT") from None
     return out
 
 

@@ -57,7 +57,8 @@ def test_bad_recordings_end_in_one_line_and_debug_shows_the_traceback(tmp_path):
     empty.write_text("")
     args = ("backtest", str(empty), "--rules", str(SAMPLE_RULES), "--out", str(tmp_path / "out"))
     result = sentinel(*args, cwd=tmp_path)
-    assert result.returncode == 2 and result.stderr.startswith("error: ")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {empty}: cannot tell the symbol from the file name; give it with --symbol")
     no_traceback(result)
     debug = sentinel(*args, "--debug", cwd=tmp_path)
     assert debug.returncode == 2 and "Traceback (most recent call last)" in debug.stderr

@@ -107,6 +107,8 @@ export class AlertLog {
       return li;
     });
     $('alert-log').replaceChildren(...items);
+    $('alert-empty').hidden = list.length > 0;
+    $('alert-empty').textContent = this.state.alerts.size ? 'no alert matches these filters' : 'no alerts yet: they appear here as they fire';
     $('alert-count').textContent = `${list.length} of ${this.state.alerts.size}`;
   }
 

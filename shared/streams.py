@@ -130,6 +130,13 @@ def channel_tickers(exchange: str, symbol: str) -> str:
     return f"{PREFIX}:ch:tickers:{exchange}:{symbol}"
 
 
+def channel_trades(exchange: str, symbol: str) -> str:
+    """Raw trades for GUIs, relayed by the API from the trades stream while someone listens, throttled."""
+    return f"{PREFIX}:ch:trades:{exchange}:{symbol}"
+
+
+CHANNEL_TRADES_PATTERN = f"{PREFIX}:ch:trades:*"
+
 CHANNEL_ALERTS = f"{PREFIX}:ch:alerts"
 
 # ---- notifier (append-only additions) ------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import ccxt
 import ccxt.async_support as ccxt_async
 
 from sentinel.data.plan import FetchError, market_id
-from services.market_feed.adapters.ccxt_feed import BINANCE_FAMILY, apply_url_overrides, to_trade
+from services.market_feed.adapters.ccxt_exchange import BINANCE_FAMILY, apply_url_overrides, to_trade
 from shared.errors import UnknownExchangeError, UnknownSymbolError
 from shared.schemas import Trade
 

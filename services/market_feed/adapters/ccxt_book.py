@@ -28,7 +28,7 @@ from typing import Any
 import ccxt
 from redis.asyncio import Redis
 
-from services.market_feed.adapters.ccxt_feed import load_and_validate, make_exchange, to_trade
+from services.market_feed.adapters.ccxt_exchange import load_markets, make_exchange, to_trade
 from services.market_feed.book_core import BookView, PairBook, exact_levels
 from services.market_feed.book_settings import BookFeedSettings
 from services.market_feed.settings import ExchangeFeed
@@ -81,7 +81,7 @@ class BookFeed:
                                 ws_url=self.settings.ws_url, rest_url=self.settings.rest_url)
             self.exchange = make_exchange(feed)
             try:
-                await load_and_validate(self.exchange, feed)
+                await load_markets(self.exchange, feed)
             except BaseException:
                 await self.exchange.close()
                 raise

@@ -26,7 +26,7 @@ import ccxt.pro as ccxtpro
 from redis.asyncio import Redis
 
 from services.market_feed.adapters.ccxt_book import sleep_or_stop
-from services.market_feed.adapters.ccxt_feed import apply_url_overrides, load_and_validate
+from services.market_feed.adapters.ccxt_exchange import apply_url_overrides, load_markets
 from services.market_feed.book_settings import DerivsFeedSettings
 from services.market_feed.derivs_core import (funding_from_mark, funding_from_rate, liquidation_from,
                                               open_interest_from)
@@ -96,7 +96,7 @@ class DerivsFeed:
         if self.exchange is None:
             self.exchange = make_derivs_exchange(self.settings)
             try:
-                await load_and_validate(self.exchange, ExchangeFeed(id=self.settings.exchange,
+                await load_markets(self.exchange, ExchangeFeed(id=self.settings.exchange,
                                                                     symbols=self.settings.symbols, tickers=False))
             except BaseException:
                 await self.exchange.close()

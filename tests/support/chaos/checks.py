@@ -1,0 +1,165 @@
+"""The end of a chaos run: everything ``verify`` compares, gathered into the report, the totals that decide it, and
+the sabotage that shows the comparison catches a lost or doubled alert and a doubled trade."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from shared.bus import FIELD
+from shared.schemas import Alert
+from tests.support.chaos.inject import INJECTED_ALERT_PREFIX, Injector
+from tests.support.chaos.layout import Layout, Pair, delivery_records
+from tests.support.chaos.progress import Probe, wait_for
+from tests.support.chaos.sources import TARGETS, Source
+from tests.support.chaos.verify import (compare_alerts, compare_candles, compare_trades, read_entries, read_jsonl,
+                                        reference_candles, series_of, trades_of)
+
+
+def delivered(jsonl: Path, hook) -> dict[str, list[dict]]:
+    """What each sink got: the JSONL file's lines; the webhook's alerts as a receiver honouring Idempotency-Key
+    processed them (``webhook``) and as they came on the wire (``webhook_raw``, repeats of a key included)."""
+    return {"jsonl": read_jsonl(jsonl),
+            "webhook": [a for body in hook.delivered() for a in body["alerts"]],
+            "webhook_raw": [a for body in hook.raw_delivered() for a in body["alerts"]]}
+
+
+def expected_alerts(bt_dirs: dict[Pair, Path]) -> list[dict]:
+    return [a for d in bt_dirs.values() for a in read_jsonl(d / "alerts.jsonl")]
+
+
+def backtest_timeframes(out: Path) -> list[str]:
+    return sorted(p.stem.removeprefix("candles_") for p in out.glob("candles_*.csv"))
+
+
+async def everything(redis: Redis, names: Layout, srcs: list[Source], refs: dict, bt_dirs: dict[Pair, Path],
+                     jsonl: Path, hook, injector: Injector) -> dict:
+    skip: dict[str, set[str]] = {}
+    for i in injector.done:  # entry ids are unique per stream only
+        skip.setdefault(i.stream, set()).add(i.entry_id)
+    trades_entries = {s: await read_entries(redis, s, skip.get(s, set())) for s in names.trades.values()}
+    candle_entries = {s: await read_entries(redis, s, skip.get(s, set())) for s in names.candles.values()}
+    by_series = series_of(candle_entries)
+    trades, candles = {}, {}
+    for src in srcs:
+        trades[str(src.pair)] = await asyncio.to_thread(compare_trades, refs[src.pair],
+                                                        trades_of(trades_entries, src.pair))
+        built = {tf for (ex, sym, tf) in by_series if (ex, sym) == (src.pair.exchange, src.pair.symbol)}
+        for tf in sorted(built | set(backtest_timeframes(bt_dirs[src.pair]))):
+            key = (src.pair.exchange, src.pair.symbol, tf)
+            candles[f"{src.pair} {tf}"] = await asyncio.to_thread(
+                compare_candles, reference_candles(refs[src.pair], tf), by_series.get(key, []))
+    foreign = {s: e for s, e in by_series.items() if not s[1]}  # undecodable candle entries not injected by us
+    sinks = delivered(jsonl, hook)
+    alerts = compare_alerts(expected_alerts(bt_dirs), sinks)
+    alerts["injected_delivered"] = sorted({a["id"] for recs in sinks.values() for a in recs
+                                           if a["id"].startswith(INJECTED_ALERT_PREFIX)})
+    return {"trades": trades, "candles": candles, "alerts": alerts,
+            "injected": await _injected(redis, names, injector),
+            "foreign_undecodable_candles": sum(len(e) for e in foreign.values()),
+            "totals": totals(trades, candles, alerts)}
+
+
+async def _injected(redis: Redis, names: Layout, injector: Injector) -> dict:
+    """How many entries were injected, of which kinds, and how many the dead-letter streams name (one per group
+    that read it), with their size in Redis."""
+    ids = {(i.stream, i.entry_id) for i in injector.done}
+    named: Counter = Counter()
+    sizes = {}
+    for stream in names.dead_letters:
+        sizes[stream] = await redis.memory_usage(stream) or 0
+        for _, fields in await read_entries_raw(redis, stream):
+            key = (fields.get(b"source", b"").decode(errors="replace"), fields.get(b"id", b"").decode(errors="replace"))
+            if key in ids:
+                named[key] += 1
+    return {"entries": len(injector.done),
+            "by_kind": dict(Counter(f"{i.stream_kind}/{i.kind}" for i in injector.done)),
+            "dead_lettered": len(named), "not_dead_lettered": sorted(
+                f"{i.stream_kind}/{i.kind} {i.stream} {i.entry_id}" for i in injector.done
+                if (i.stream, i.entry_id) not in named)[:40],
+            "dead_letter_bytes": sizes}
+
+
+async def read_entries_raw(redis: Redis, stream: str) -> list:
+    out, start = [], "-"
+    while True:
+        page = await redis.xrange(stream, min=start, count=500)
+        out += page
+        if len(page) < 500:
+            return out
+        start = "(" + page[-1][0].decode()
+
+
+def totals(trades: dict, candles: dict, alerts: dict) -> dict:
+    t = list(trades.values())
+    c = list(candles.values())
+    sinks = [alerts["jsonl"], alerts["webhook"]]
+    return {
+        "trades_expected": sum(x["expected"] for x in t), "trades_missing": sum(x["missing"] for x in t),
+        "trades_doubled": sum(x["doubled"] for x in t), "trades_unexpected": sum(x["unexpected"] for x in t),
+        "trades_differing": sum(len(x["differing"]) for x in t), "gap_markers": sum(len(x["gaps"]) for x in t),
+        "candles_expected": sum(x["expected"] for x in c), "candles_compared": sum(x["compared"] for x in c),
+        "candles_missing": sum(x["missing_count"] for x in c), "candles_extra": sum(x["extra_count"] for x in c),
+        "candles_doubled": sum(x["doubled_count"] for x in c), "candles_revised": sum(x["revised"] for x in c),
+        "candles_differing": sum(x["differing_count"] for x in c),
+        "alerts_expected": alerts["expected"], "alerts_missing": max(s["missing"] for s in sinks),
+        "alerts_extra": max(s["extra"] for s in sinks), "alerts_duplicated": max(s["duplicated"] for s in sinks),
+        "alerts_differing": max(s["differing"] for s in sinks),
+        "webhook_raw_repeated_ids": alerts["webhook_raw"]["duplicated"],  # on the wire; the receiver dedups them
+    }
+
+
+def ok(report: dict) -> bool:
+    """The run passes: sources ended, everything settled, nothing crashed or stayed down, and every count of
+    something lost, doubled, extra or different is 0."""
+    if not (report.get("sources_ended") and report.get("settled")) or report.get("crashes"):
+        return False
+    if any(r["not_recovered"] for r in report.get("recoveries", {}).values()):
+        return False
+    t = report.get("totals", {})
+    bad = ("trades_missing", "trades_doubled", "trades_unexpected", "trades_differing", "gap_markers",
+           "candles_missing", "candles_extra", "candles_doubled", "candles_differing", "alerts_missing",
+           "alerts_extra", "alerts_duplicated", "alerts_differing")
+    return bool(t) and all(t[k] == 0 for k in bad) and t["candles_compared"] > 0 and t["alerts_expected"] > 0
+
+
+async def sabotage(redis: Redis, names: Layout, srcs: list[Source], refs: dict, bt_dirs: dict[Pair, Path],
+                   jsonl: Path, hook, probe: Probe) -> dict:
+    """Break things a defect would, on the finished run, and compare again: (1) an alert re-published after its
+    notifier records are deleted (a dedup that failed): delivered twice; (2) a delivered alert's line deleted from the
+    JSONL file: missing there; (3) a trades entry written twice: its trades doubled. Returns what was done and what
+    the comparison found."""
+    lines = read_jsonl(jsonl)
+    twice, lost = lines[0], lines[-1]
+    raw = Alert.model_validate(twice).encode()
+    await redis.xadd(names.alerts, {FIELD: raw})  # records intact: the notifier must skip it
+    await wait_for(probe.all_caught_up, 30)
+    skipped = compare_alerts(expected_alerts(bt_dirs), delivered(jsonl, hook))
+    await redis.delete(*delivery_records(twice["id"], TARGETS))
+    await redis.xadd(names.alerts, {FIELD: raw})
+    await wait_for(lambda: _delivered_again(jsonl, twice["id"]), 30)
+    await wait_for(probe.all_caught_up, 30)
+    jsonl.write_text("".join(line + "\n" for line in jsonl.read_text().splitlines()
+                             if f'"id":"{lost["id"]}"' not in line.replace(" ", "")))
+    pair = srcs[0].pair
+    entries = trades_of({s: await read_entries(redis, s, set()) for s in names.trades.values()}, pair)
+    copied = next((eid, data) for eid, data in entries if compare_trades(refs[pair], [(eid, data)])["published"])
+    await redis.xadd(names.trades[pair], {FIELD: copied[1]})
+    after = compare_alerts(expected_alerts(bt_dirs), delivered(jsonl, hook))
+    trades = compare_trades(refs[pair], trades_of(
+        {s: await read_entries(redis, s, set()) for s in names.trades.values()}, pair))
+    return {"republished_with_records": twice["id"], "found_after_republish": {
+                k: {"duplicated": v["duplicated"], "missing": v["missing"]} for k, v in skipped.items()
+                if isinstance(v, dict)},
+            "records_deleted_and_republished": twice["id"], "jsonl_line_deleted": lost["id"],
+            "trades_entry_copied": copied[0], "trades_in_entry": compare_trades(refs[pair], [copied])["published"],
+            "found": {k: {"duplicated_ids": v["duplicated_ids"], "missing_ids": v["missing_ids"]}
+                      for k, v in after.items() if isinstance(v, dict)},
+            "found_trades_doubled": trades["doubled"]}
+
+
+async def _delivered_again(jsonl: Path, alert_id: str) -> bool:
+    return sum(1 for a in read_jsonl(jsonl) if a["id"] == alert_id) >= 2

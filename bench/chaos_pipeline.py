@@ -33,6 +33,10 @@ def main() -> int:
     p.add_argument("--injections", type=int, default=3, help="rounds of malformed entries")
     p.add_argument("--drops", type=int, default=5, help="exchange-sim connection drops")
     p.add_argument("--oversized", type=int, default=2_000_000, help="bytes of the oversized entries")
+    p.add_argument("--inject-kinds", default="garbage,version,float,oversized",
+                   help="malformed entry kinds, comma-separated (float prices are taken today: issue 19 defect 4)")
+    p.add_argument("--restart-grace", type=float, default=0.0,
+                   help="a Redis fault waits until restarted processes have run this long (0: none)")
     p.add_argument("--replicas", type=int, default=1)
     p.add_argument("--live", default="xrpeth", help="recording served by exchange-sim ('' for none)")
     p.add_argument("--seed", type=int, default=19)
@@ -41,7 +45,9 @@ def main() -> int:
     args = p.parse_args()
     plan = ChaosPlan(wall_s=args.wall, service_kills=args.kills, redis_kills=args.redis_kills, outage_s=args.outage,
                      injections=args.injections, drops=args.drops, oversized_bytes=args.oversized,
-                     replicas=args.replicas, live=args.live or None, seed=args.seed)
+                     replicas=args.replicas, live=args.live or None, seed=args.seed,
+                     inject_kinds=tuple(k for k in args.inject_kinds.split(",") if k),
+                     restart_grace_s=args.restart_grace)
     if args.keep:
         report = asyncio.run(run_chaos(plan, args.keep, args.data))
     else:

@@ -64,23 +64,28 @@ async def everything(redis: Redis, names: Layout, srcs: list[Source], refs: dict
 
 
 async def _injected(redis: Redis, names: Layout, injector: Injector) -> dict:
-    """How many entries were injected, of which kinds, and how many the dead-letter streams name (one per group
-    that read it), with their size in Redis."""
-    ids = {(i.stream, i.entry_id) for i in injector.done}
+    """What became of each injected entry: named on a dead-letter stream (by the group that read it), read by no
+    group at all (a stream nothing consumes in this run), or read and taken as valid (``accepted``: a defect)."""
     named: Counter = Counter()
     sizes = {}
     for stream in names.dead_letters:
         sizes[stream] = await redis.memory_usage(stream) or 0
         for _, fields in await read_entries_raw(redis, stream):
-            key = (fields.get(b"source", b"").decode(errors="replace"), fields.get(b"id", b"").decode(errors="replace"))
-            if key in ids:
-                named[key] += 1
+            named[(fields.get(b"source", b"").decode(errors="replace"),
+                   fields.get(b"id", b"").decode(errors="replace"))] += 1
+    probe_groups = {}
+    for stream in {i.stream for i in injector.done}:
+        probe_groups[stream] = await redis.xinfo_groups(stream) if await redis.exists(stream) else []
+    accepted, unread = [], []
+    for i in injector.done:
+        if (i.stream, i.entry_id) in named:
+            continue
+        (accepted if probe_groups[i.stream] else unread).append(f"{i.stream_kind}/{i.kind} {i.stream} {i.entry_id}")
     return {"entries": len(injector.done),
             "by_kind": dict(Counter(f"{i.stream_kind}/{i.kind}" for i in injector.done)),
-            "dead_lettered": len(named), "not_dead_lettered": sorted(
-                f"{i.stream_kind}/{i.kind} {i.stream} {i.entry_id}" for i in injector.done
-                if (i.stream, i.entry_id) not in named)[:40],
-            "dead_letter_bytes": sizes}
+            "dead_lettered": sum(1 for i in injector.done if (i.stream, i.entry_id) in named),
+            "dead_letter_records": sum(named[(i.stream, i.entry_id)] for i in injector.done),
+            "accepted": accepted, "unread": unread, "dead_letter_bytes": sizes}
 
 
 async def read_entries_raw(redis: Redis, stream: str) -> list:
@@ -113,9 +118,11 @@ def totals(trades: dict, candles: dict, alerts: dict) -> dict:
 
 
 def ok(report: dict) -> bool:
-    """The run passes: sources ended, everything settled, nothing crashed or stayed down, and every count of
-    something lost, doubled, extra or different is 0."""
+    """The run passes: sources ended, everything settled, nothing crashed or stayed down, no injected entry was
+    taken for valid, and every count of something lost, doubled, extra or different is 0."""
     if not (report.get("sources_ended") and report.get("settled")) or report.get("crashes"):
+        return False
+    if report.get("injected", {}).get("accepted") or report.get("alerts", {}).get("injected_delivered"):
         return False
     if any(r["not_recovered"] for r in report.get("recoveries", {}).values()):
         return False

@@ -71,15 +71,18 @@ def payloads(stream_kind: str, make, oversized_bytes: int) -> dict[str, bytes]:
 class Injector:
     """Writes one round of every malformed kind into every stream kind of ``layout`` (for the pairs given)."""
 
-    def __init__(self, redis: Redis, layout: Layout, oversized_bytes: int) -> None:
+    def __init__(self, redis: Redis, layout: Layout, oversized_bytes: int, kinds: tuple[str, ...] = KINDS) -> None:
         self.redis = redis
         self.layout = layout
         self.oversized_bytes = oversized_bytes
+        self.kinds = kinds
         self.done: list[Injected] = []
         self._n = 0
 
     async def _add(self, stream: str, stream_kind: str, data: dict[str, bytes]) -> None:
         for kind, raw in data.items():
+            if kind not in self.kinds:
+                continue
             entry_id = await self.redis.xadd(stream, {FIELD: raw})
             self.done.append(Injected(stream, entry_id.decode(), stream_kind, kind, len(raw)))
 

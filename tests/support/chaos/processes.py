@@ -45,6 +45,7 @@ class Service:
     live: bool = False  # a market_feed in live mode
     proc: asyncio.subprocess.Process | None = None
     starts: int = 0
+    started_at: float = 0.0  # time.monotonic() of the last start
     kills: int = 0
     crashes: list[dict] = field(default_factory=list)  # exits nobody asked for, other than a finite one's rc 0
     finished: bool = False
@@ -60,6 +61,7 @@ class Service:
                 *self.argv, cwd=str(REPO), env=self.env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL, stderr=err)
         self.starts += 1
+        self.started_at = time.monotonic()
 
     async def kill(self) -> bool:
         """SIGKILL, as a crash would; False when it was not running (it had finished or died)."""

@@ -24,7 +24,7 @@ from shared.runtime import connect
 from shared.schemas import Watermark, encode_watermark
 from tests.integration.notifier.receivers import webhook_receiver
 from tests.support.chaos import checks
-from tests.support.chaos.inject import Injector
+from tests.support.chaos.inject import KINDS, Injector
 from tests.support.chaos.layout import Layout, layout
 from tests.support.chaos.processes import Service, clean_env, sentinel_argv, supervise
 from tests.support.chaos.progress import Probe, wait_for
@@ -51,6 +51,8 @@ class ChaosPlan:
     injections: int = 1
     drops: int = 2
     oversized_bytes: int = 1_200_000
+    inject_kinds: tuple[str, ...] = KINDS
+    restart_grace_s: float = 0.0  # a Redis fault waits until restarted processes have run this long (0: no wait)
     down_s: tuple[float, float] = (0.1, 1.5)
     seed: int = 1
     sabotage: bool = False
@@ -209,7 +211,7 @@ async def run_chaos(plan: ChaosPlan, workdir: Path, data_dir: Path) -> dict:
                     await svc.start()
             paused: set[str] = set()
             supervisor = asyncio.create_task(supervise(services, stop_supervisor, paused))
-            injector = Injector(redis, names, plan.oversized_bytes)
+            injector = Injector(redis, names, plan.oversized_bytes, tuple(plan.inject_kinds))
             pair_tfs = {s.pair: TIMEFRAMES for s in srcs}
 
             async def inject() -> int:
@@ -217,7 +219,7 @@ async def run_chaos(plan: ChaosPlan, workdir: Path, data_dir: Path) -> dict:
                 return await injector.round(now, pair_tfs)
 
             chaos = Chaos(services, server, probe, paused, rng, inject, sim_url=base,
-                          recovery_timeout_s=plan.recovery_timeout_s)
+                          recovery_timeout_s=plan.recovery_timeout_s, restart_grace_s=plan.restart_grace_s)
             events = schedule(rng, window=(3.0, 3.0 + 0.85 * plan.wall_s), kinds=["market_feed", *CONSUMERS],
                               kills=plan.service_kills, redis_kills=plan.redis_kills, outage_s=plan.outage_s,
                               injections=plan.injections, drops=plan.drops if live_src else 0, down=plan.down_s)

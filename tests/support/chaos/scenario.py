@@ -60,6 +60,7 @@ class Chaos:
     inject: Callable[[], Awaitable[int]]
     sim_url: str | None = None
     recovery_timeout_s: float = 60.0
+    restart_grace_s: float = 0.0
     log: list[dict] = field(default_factory=list)
     _pending: dict[str, asyncio.Task] = field(default_factory=dict)
 
@@ -148,6 +149,10 @@ class Chaos:
         await self._redis_down(event, "outage")
 
     async def _redis_down(self, event: Event, what: str) -> None:
+        if self.restart_grace_s:  # let processes just restarted connect first (a start-up with Redis down is a
+            # different fault: see the report's crashes)
+            youngest = max((s.started_at for s in self.services if s.running), default=0.0)
+            await asyncio.sleep(max(0.0, youngest + self.restart_grace_s - time.monotonic()))
         live = [s.name for s in self.services if s.running and s.live]
         self.redis.kill()
         await asyncio.sleep(event.down_s)

@@ -37,6 +37,8 @@ def main() -> int:
                    help="malformed entry kinds, comma-separated (float prices are taken today: issue 19 defect 4)")
     p.add_argument("--restart-grace", type=float, default=0.0,
                    help="a Redis fault waits until restarted processes have run this long (0: none)")
+    p.add_argument("--appendfsync", default="everysec", choices=["everysec", "always"],
+                   help="redis-server's AOF fsync policy")
     p.add_argument("--replicas", type=int, default=1)
     p.add_argument("--live", default="xrpeth", help="recording served by exchange-sim ('' for none)")
     p.add_argument("--seed", type=int, default=19)
@@ -47,7 +49,7 @@ def main() -> int:
                      injections=args.injections, drops=args.drops, oversized_bytes=args.oversized,
                      replicas=args.replicas, live=args.live or None, seed=args.seed,
                      inject_kinds=tuple(k for k in args.inject_kinds.split(",") if k),
-                     restart_grace_s=args.restart_grace)
+                     restart_grace_s=args.restart_grace, appendfsync=args.appendfsync)
     if args.keep:
         report = asyncio.run(run_chaos(plan, args.keep, args.data))
     else:

@@ -65,6 +65,7 @@ rules:
 
 #: Series the rules name explicitly (exchange and symbol): the run starts the feeds once the engine reads them.
 EXPLICIT_SERIES = [(Pair("binance", "BTC/USDT"), "1s")]
+BUILDER_TIMEFRAMES = ["1m", "5m", "15m", "1h"]  # candle_builder's default timeframes (not set in the settings)
 TIMEFRAMES = ["1s", "1m", "5m", "15m", "1h"]  # every timeframe a series may have: the builder's and the rules'
 HOOK = "hook"  # the webhook channel's name
 TARGETS = ["jsonl", HOOK]

@@ -10,6 +10,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from shared.bus import FIELD
+from shared.errors import DecodeError
 from shared.schemas import Alert
 from tests.support.chaos.inject import INJECTED_ALERT_PREFIX, Injector
 from tests.support.chaos.layout import Layout, Pair, delivery_records
@@ -29,6 +30,13 @@ def delivered(jsonl: Path, hook) -> dict[str, list[dict]]:
 
 def expected_alerts(bt_dirs: dict[Pair, Path]) -> list[dict]:
     return [a for d in bt_dirs.values() for a in read_jsonl(d / "alerts.jsonl")]
+
+
+def _alert(raw: bytes) -> Alert | None:
+    try:
+        return Alert.decode(raw)
+    except DecodeError:
+        return None
 
 
 def backtest_timeframes(out: Path) -> list[str]:
@@ -55,6 +63,10 @@ async def everything(redis: Redis, names: Layout, srcs: list[Source], refs: dict
     foreign = {s: e for s, e in by_series.items() if not s[1]}  # undecodable candle entries not injected by us
     sinks = delivered(jsonl, hook)
     alerts = compare_alerts(expected_alerts(bt_dirs), sinks)
+    # The notifier alone: what it delivered against what the engine published (right or wrong), exactly once.
+    published = [a.model_dump(mode="json") for _, raw in await read_entries(redis, names.alert_history, set())
+                 if (a := _alert(raw)) is not None and not a.id.startswith(INJECTED_ALERT_PREFIX)]
+    alerts["vs_published"] = compare_alerts(published, {k: v for k, v in sinks.items() if k != "webhook_raw"})
     alerts["injected_delivered"] = sorted({a["id"] for recs in sinks.values() for a in recs
                                            if a["id"].startswith(INJECTED_ALERT_PREFIX)})
     return {"trades": trades, "candles": candles, "alerts": alerts,
@@ -114,6 +126,11 @@ def totals(trades: dict, candles: dict, alerts: dict) -> dict:
         "alerts_extra": max(s["extra"] for s in sinks), "alerts_duplicated": max(s["duplicated"] for s in sinks),
         "alerts_differing": max(s["differing"] for s in sinks),
         "webhook_raw_repeated_ids": alerts["webhook_raw"]["duplicated"],  # on the wire; the receiver dedups them
+        "alerts_published": alerts["vs_published"]["expected"],
+        "notifier_missing": max(alerts["vs_published"][s]["missing"] for s in ("jsonl", "webhook")),
+        "notifier_extra": max(alerts["vs_published"][s]["extra"] for s in ("jsonl", "webhook")),
+        "notifier_duplicated": max(alerts["vs_published"][s]["duplicated"] for s in ("jsonl", "webhook")),
+        "notifier_differing": max(alerts["vs_published"][s]["differing"] for s in ("jsonl", "webhook")),
     }
 
 
@@ -133,18 +150,29 @@ def ok(report: dict) -> bool:
     return bool(t) and all(t[k] == 0 for k in bad) and t["candles_compared"] > 0 and t["alerts_expected"] > 0
 
 
+def _counts(jsonl: Path, hook) -> dict[str, Counter]:
+    return {sink: Counter(a["id"] for a in records) for sink, records in delivered(jsonl, hook).items()}
+
+
+def _changes(before: dict[str, Counter], after: dict[str, Counter]) -> dict:
+    """Per sink: ids now delivered more than once that were not before, and ids no longer there."""
+    return {sink: {"duplicated_ids": {i: n for i, n in after[sink].items() if n > 1 and before[sink][i] < n},
+                   "missing_ids": sorted(i for i in before[sink] if not after[sink][i])} for sink in before}
+
+
 async def sabotage(redis: Redis, names: Layout, srcs: list[Source], refs: dict, bt_dirs: dict[Pair, Path],
                    jsonl: Path, hook, probe: Probe) -> dict:
-    """Break things a defect would, on the finished run, and compare again: (1) an alert re-published after its
-    notifier records are deleted (a dedup that failed): delivered twice; (2) a delivered alert's line deleted from the
-    JSONL file: missing there; (3) a trades entry written twice: its trades doubled. Returns what was done and what
-    the comparison found."""
+    """Break things a defect would, on the finished run, and compare again: (1) an alert re-published with its
+    notifier records in place: skipped; (2) re-published after its records are deleted (a dedup that failed):
+    delivered twice; (3) a delivered alert's line deleted from the JSONL file: missing there; (4) a trades entry
+    written twice: its trades doubled. Returns what was done and what the comparison found changed."""
+    before = _counts(jsonl, hook)
     lines = read_jsonl(jsonl)
     twice, lost = lines[0], lines[-1]
     raw = Alert.model_validate(twice).encode()
     await redis.xadd(names.alerts, {FIELD: raw})  # records intact: the notifier must skip it
     await wait_for(probe.all_caught_up, 30)
-    skipped = compare_alerts(expected_alerts(bt_dirs), delivered(jsonl, hook))
+    skipped = _changes(before, _counts(jsonl, hook))
     await redis.delete(*delivery_records(twice["id"], TARGETS))
     await redis.xadd(names.alerts, {FIELD: raw})
     await wait_for(lambda: _delivered_again(jsonl, twice["id"]), 30)
@@ -152,20 +180,17 @@ async def sabotage(redis: Redis, names: Layout, srcs: list[Source], refs: dict, 
     jsonl.write_text("".join(line + "\n" for line in jsonl.read_text().splitlines()
                              if f'"id":"{lost["id"]}"' not in line.replace(" ", "")))
     pair = srcs[0].pair
-    entries = trades_of({s: await read_entries(redis, s, set()) for s in names.trades.values()}, pair)
+
+    async def pair_entries() -> list:
+        return trades_of({s: await read_entries(redis, s, set()) for s in names.trades.values()}, pair)
+    entries = await pair_entries()
+    trades_before = compare_trades(refs[pair], entries)["doubled"]
     copied = next((eid, data) for eid, data in entries if compare_trades(refs[pair], [(eid, data)])["published"])
     await redis.xadd(names.trades[pair], {FIELD: copied[1]})
-    after = compare_alerts(expected_alerts(bt_dirs), delivered(jsonl, hook))
-    trades = compare_trades(refs[pair], trades_of(
-        {s: await read_entries(redis, s, set()) for s in names.trades.values()}, pair))
-    return {"republished_with_records": twice["id"], "found_after_republish": {
-                k: {"duplicated": v["duplicated"], "missing": v["missing"]} for k, v in skipped.items()
-                if isinstance(v, dict)},
-            "records_deleted_and_republished": twice["id"], "jsonl_line_deleted": lost["id"],
+    return {"records_deleted_and_republished": twice["id"], "jsonl_line_deleted": lost["id"],
+            "found_after_republish": skipped, "found": _changes(before, _counts(jsonl, hook)),
             "trades_entry_copied": copied[0], "trades_in_entry": compare_trades(refs[pair], [copied])["published"],
-            "found": {k: {"duplicated_ids": v["duplicated_ids"], "missing_ids": v["missing_ids"]}
-                      for k, v in after.items() if isinstance(v, dict)},
-            "found_trades_doubled": trades["doubled"]}
+            "found_trades_doubled": compare_trades(refs[pair], await pair_entries())["doubled"] - trades_before}
 
 
 async def _delivered_again(jsonl: Path, alert_id: str) -> bool:

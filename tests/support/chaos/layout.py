@@ -32,6 +32,7 @@ class Layout:
     tickers: dict[Pair, str]
     candles: dict[tuple[Pair, str], str]  # (pair, timeframe) -> closed candles
     alerts: str
+    alert_history: str  # every alert the engine published (kept for the API)
     dead_letters: tuple[str, ...]
     feed_state: dict[Pair, str]  # hash with the feed's ``last_id`` of a pair
     heartbeats: dict[str, str]  # service -> heartbeat hash
@@ -51,6 +52,7 @@ def layout(pairs: list[Pair], timeframes: list[str]) -> Layout:
         tickers={p: streams.tickers(p.exchange, p.symbol) for p in pairs},
         candles={(p, tf): streams.candles(p.exchange, p.symbol, tf) for p in pairs for tf in timeframes},
         alerts=streams.ALERTS,
+        alert_history=streams.ALERT_HISTORY,
         dead_letters=(streams.DEAD_LETTER, streams.NOTIFY_DEAD_LETTER),
         feed_state={p: streams.feed_state(p.exchange, p.symbol) for p in pairs},
         heartbeats={s: streams.heartbeat(s) for s in SERVICES},

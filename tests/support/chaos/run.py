@@ -248,6 +248,7 @@ async def run_chaos(plan: ChaosPlan, workdir: Path, data_dir: Path) -> dict:
             fed_s = await wait_for(lambda: _sources_done(probe, services, srcs, last_ids), budget, every=0.2)
             ended.set()
             await chaos_task
+            await wait_for(lambda: _sources_done(probe, services, srcs, last_ids), budget, every=0.2)  # a late kill
             for svc in services:
                 if svc.live:
                     paused.add(svc.name)
@@ -287,4 +288,5 @@ async def run_chaos(plan: ChaosPlan, workdir: Path, data_dir: Path) -> dict:
         await asyncio.to_thread(server.stop)
     report["seconds"]["total"] = round(time.monotonic() - started, 1)
     report["ok"] = checks.ok(report)
+    (workdir / "report.json").write_text(json.dumps(report, indent=1, default=str))
     return report

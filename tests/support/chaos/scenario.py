@@ -38,8 +38,9 @@ def schedule(rng: random.Random, *, window: tuple[float, float], kinds: list[str
     order = []
     while len(order) < kills:
         order += rng.sample(kinds, len(kinds))
-    for kind in order[:kills]:
-        events.append(Event(rng.uniform(lo, hi), "kill", kind, rng.uniform(*down)))
+    times = sorted(rng.uniform(lo, hi) for _ in range(kills))  # round after round: each kind killed in turn
+    for kind, at in zip(order[:kills], times):
+        events.append(Event(at, "kill", kind, rng.uniform(*down)))
     events += [Event(rng.uniform(lo, hi), "redis_kill", down_s=rng.uniform(*down)) for _ in range(redis_kills)]
     if outage_s:
         events.append(Event((lo + hi) / 2, "outage", down_s=outage_s))
@@ -65,19 +66,16 @@ class Chaos:
     _pending: dict[str, asyncio.Task] = field(default_factory=dict)
 
     async def run(self, events: list[Event], until: asyncio.Event) -> None:
-        """Each event at its time, one after another; those left when ``until`` is set are recorded as not run."""
+        """Each event at its time, one after another; once ``until`` is set (the sources ended: the consumers are
+        draining) the rest follow without waiting for their times."""
         started = time.monotonic()
-        for n, event in enumerate(events):
+        for event in events:
             delay = started + event.at - time.monotonic()
             if delay > 0:
                 try:
                     await asyncio.wait_for(until.wait(), delay)
                 except TimeoutError:
                     pass
-            if until.is_set():
-                self.log += [{"what": e.what, "target": e.target, "skipped": "the sources had ended"}
-                             for e in events[n:]]
-                return
             await getattr(self, f"_{event.what}")(event)
 
     async def finish(self) -> None:
@@ -92,11 +90,14 @@ class Chaos:
     # ---- services ----------------------------------------------------------------------------------------------
 
     async def _kill(self, event: Event) -> None:
-        candidates = [s for s in self.services if s.kind == event.target and s.running]
-        if not candidates:
+        def candidates() -> list[Service]:
+            return [s for s in self.services if s.kind == event.target and s.running and s.name not in self.paused]
+        # one being restarted by the supervisor (it exited by itself) is back within seconds
+        await wait_for(lambda: _true(bool(candidates())), 15.0, every=0.1)
+        if not candidates():
             self._record(what="kill", target=event.target, skipped="no process of it running")
             return
-        svc = self.rng.choice(candidates)
+        svc = self.rng.choice(candidates())
         previous = self._pending.get(svc.name)
         if previous is not None:  # one recovery at a time per process, so each time means something
             await asyncio.wait({previous}, timeout=self.recovery_timeout_s)
@@ -178,6 +179,10 @@ class Chaos:
             return
         reply = await asyncio.to_thread(_post, f"{self.sim_url}/_sim/drop")
         self._record(what="drop", dropped=reply.get("dropped"))
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def _retrying(fn: Callable[[], Awaitable], timeout: float = 60.0):

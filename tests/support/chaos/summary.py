@@ -25,6 +25,9 @@ def summary_lines(r: dict) -> list[str]:
         lines.append(f"alerts: {t['alerts_expected']} expected (backtest); missing {t['alerts_missing']}, extra "
                      f"{t['alerts_extra']}, duplicated {t['alerts_duplicated']}, differing {t['alerts_differing']} "
                      f"(ids repeated on the wire, deduped by Idempotency-Key: {t['webhook_raw_repeated_ids']})")
+        lines.append(f"notifier: {t['alerts_published']} published by the engine; not delivered "
+                     f"{t['notifier_missing']}, delivered but never published {t['notifier_extra']}, twice "
+                     f"{t['notifier_duplicated']}, changed {t['notifier_differing']}")
     inj = r.get("injected")
     if inj:
         lines.append(f"injected {inj['entries']} malformed entries; {inj['dead_lettered']} named in dead letters; "

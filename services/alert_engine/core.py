@@ -102,23 +102,6 @@ class Fire:
     fingerprint: str
     cooldown_ms: int  # FOREVER for ``once``; resolved alerts are never cooled down (0)
     now_ms: int
-    packed: bytes | None = None  # ``alert.encode()`` made ahead of time (a speculation's), else None
-
-
-@dataclass(slots=True)
-class Speculation:
-    """A bar evaluated before it closed (``AlertEngine.speculate``): what its close fires if the bar closes as it was
-    then, on the series and rule set as they were then (``version``, ``generation``)."""
-
-    candle: Candle
-    version: int
-    generation: int
-    fires: list[Fire]
-    statuses: dict[str, RuleStatus]  # fingerprint -> its status after the evaluation
-
-
-#: the RuleStatus fields a closed bar's evaluation sets (``AlertEngine._judge``)
-_JUDGED = ("state", "since_ms", "last_eval_ms", "last_value", "fired_in_run")
 
 
 @dataclass(slots=True)
@@ -146,12 +129,6 @@ class RuleStatus:
     fired_in_run: bool = False
     tick_bar: int | None = None  # bar a once_per_bar rule already fired in at tick level
 
-    def copy(self) -> RuleStatus:
-        """A shallow copy (``copy.copy`` goes through ``__reduce_ex__``: ~10x slower, and a speculation makes one per
-        rule)."""
-        return RuleStatus(self.rule, self.exchange, self.symbol, self.timeframe, self.state, self.since_ms,
-                          self.last_eval_ms, self.last_fired_ms, self.last_value, self.fired_in_run, self.tick_bar)
-
     def as_dict(self) -> dict[str, Any]:
         return {"rule": self.rule, "exchange": self.exchange, "symbol": self.symbol, "timeframe": self.timeframe,
                 "state": self.state, "since": self.since_ms, "last_eval": self.last_eval_ms,
@@ -175,7 +152,6 @@ class Series:
         self.older: list[Candle] = []
         # bars closing by this exchange time hold their final ticker (a ticker past their close had been read)
         self.tickers_final = -1
-        self.version = 0  # changes whenever the closed candles or the indicators over them change
 
     def resize(self, keep: int) -> None:
         """Keep up to ``keep`` candles from now on; indicators are rebuilt to keep as many values."""
@@ -188,7 +164,6 @@ class Series:
         """Recompute every indicator from scratch over the kept candles (O(kept bars), once)."""
         specs = list(self.ind)
         self.ind = {}
-        self.version += 1
         for spec in specs:
             self.indicator(spec)
 
@@ -243,13 +218,11 @@ class Series:
         if self.candles and candle.ts == self.candles[-1].ts:
             if candle.revision < self.candles[-1].revision:
                 return False
-            self.version += 1
             self.candles[-1] = candle
             self.tickers[-1] = ticker
             for ind in self.ind.values():
                 ind.replace(candle)
             return True
-        self.version += 1
         self.candles.append(candle)
         self.tickers.append(ticker)
         for ind in self.ind.values():
@@ -411,8 +384,6 @@ class AlertEngine:
         # series holding candles older than their last bar (a backfill) not merged yet: ``rewarm`` merges them, before
         # the next evaluation reads any series (a rule may read another series than its own)
         self._stale: set[SeriesKey] = set()
-        self.generation = 0
-        self.speculations_taken = 0  # closed bars whose evaluation came from ``speculate``
         self.set_rules(ruleset or r.RuleSet())
 
     # ---- rules and what they need -----------------------------------------------------------------------------------
@@ -420,8 +391,6 @@ class AlertEngine:
     def set_rules(self, ruleset: r.RuleSet) -> None:
         """Swap the rule set; series data (and its indicators) are kept, state of removed rules dropped."""
         self.rules = ruleset.enabled
-        self.generation += 1  # speculations made on an older rule set are void
-        self._speculable: dict[SeriesKey, bool] = {}
         self._routes: dict[SeriesKey, list[r.Rule]] = {}
         self._tick_routes: dict[tuple[str, str, str], list[r.Rule]] = {}
         self._refs_cache: dict[tuple[str, SeriesKey], tuple[tuple[SeriesKey, ...], int, tuple[Pair, ...]]] = {}
@@ -479,15 +448,6 @@ class AlertEngine:
 
     def is_tick_level(self, rule: r.Rule, exchange: str, symbol: str) -> bool:
         return rule in self._tick_rules(exchange, symbol, "trade") or rule in self._tick_rules(exchange, symbol, "ticker")
-
-    def fires_on_close(self, exchange: str, symbol: str) -> bool:
-        """Some rule of (exchange, symbol) can alert when a bar closes: all but ``every_time`` rules evaluated on each
-        trade/ticker (which fire there) without ``notify_on_resolve``. Bars of a pair without one are not worth
-        closing from its trades (the app's fast close)."""
-        return any(rule.matches(exchange, symbol)
-                   and not (rule.frequency == "every_time" and not rule.notify_on_resolve
-                            and self.is_tick_level(rule, exchange, symbol))
-                   for rule in self.rules)
 
     def needs_trades(self, exchange: str, symbol: str) -> bool:
         """Some rule is evaluated on each trade of (exchange, symbol) (see ``on_trades``)."""
@@ -559,15 +519,10 @@ class AlertEngine:
                 return hist[i]
         return None
 
-    def on_batch(self, values: Iterable[Candle | Ticker], *, fire: bool = True,
-                 speculations: dict[SeriesKey, Speculation] | None = None) -> list[Fire]:
+    def on_batch(self, values: Iterable[Candle | Ticker], *, fire: bool = True) -> list[Fire]:
         """Candles and tickers read together, in exchange-time order: tickers by their time, closed candles by their
         close; all candles closing at one time are stored before any is evaluated, so a condition on another series
-        sees that series' bar of the same close.
-
-        ``speculations`` (series -> ``speculate``'s answer for its bar in progress): a closed candle whose series has
-        one that still holds (``_holds``) takes its result instead of being evaluated; the ones used or found void
-        are removed."""
+        sees that series' bar of the same close."""
         timed = []
         for n, v in enumerate(values):
             if isinstance(v, Ticker):
@@ -589,95 +544,11 @@ class AlertEngine:
             while i < len(timed) and timed[i][0] == t and timed[i][1] == 1:
                 group.append(timed[i][3])
                 i += 1
-            pushed = []
-            for c in group:
-                spec = speculations.pop((c.exchange, c.symbol, c.timeframe), None) if speculations else None
-                if spec is not None and not self._holds(spec, c):
-                    spec = None
-                if (s := self._push(c)) is not None:
-                    pushed.append((c, s, spec))
-            for c, s, spec in pushed:
-                fired = self._take(spec) if spec is not None and not self._stale else self._evaluate_closed(c, s)
+            pushed = [(c, s) for c in group if (s := self._push(c)) is not None]
+            for c, s in pushed:
+                fired = self._evaluate_closed(c, s)
                 if fire:
                     out.extend(fired)
-        return out
-
-    # ---- speculation: a bar evaluated before it closes --------------------------------------------------------------
-
-    def speculable(self, key: SeriesKey) -> bool:
-        """Every rule evaluated on series ``key`` reads only that series and no wall clock (no other series, no
-        tickers, no snooze): its result for a bar depends on the series and the rule's status alone, so it can be
-        worked out before the bar closes (``speculate``)."""
-        ok = self._speculable.get(key)
-        if ok is None:
-            rules = self._rules_for(key)
-            ok = bool(rules)
-            for rule in rules:
-                refs, _, pairs = self._refs(rule, key)
-                ok = ok and not refs and not pairs and rule.snooze_ms() is None
-            self._speculable[key] = ok
-        return ok
-
-    def speculate(self, candle: Candle) -> Speculation | None:
-        """Evaluate ``candle`` — its series' bar in progress, as it would close if no other trade came — as if it had
-        closed, changing nothing: the fires it would give and the rules' statuses after. None when the series' rules
-        cannot be evaluated ahead (``speculable``), or the series is not ready (no closed bar yet, a backfill to
-        merge). When the bar then closes as it was, on a series nothing else changed, ``on_batch`` takes the result
-        instead of evaluating (the close then only publishes what was ready)."""
-        key = (candle.exchange, candle.symbol, candle.timeframe)
-        series = self.series.get(key)
-        if (series is None or not series.candles or series.provisional or self._stale or candle.history
-                or not self.speculable(key)):
-            return None
-        indicators_before = len(series.ind)
-        if not series.push_provisional(candle, None):  # (its rules read no tickers)
-            return None
-        now = candle.ts + series.tf_ms
-        fires: list[Fire] = []
-        statuses: dict[str, RuleStatus] = {}
-        try:
-            for rule in self._rules_for(key):
-                fp = fingerprint(rule.name, *key)
-                have = self.status.get(fp)
-                st = have.copy() if have is not None else RuleStatus(rule.name, *key)
-                fires.extend(self._judge(rule, fp, st, series, candle, now))
-                statuses[fp] = st
-        finally:
-            series.pop_provisional()
-        if len(series.ind) != indicators_before:
-            # an indicator made during this evaluation was warmed up over the bar in progress too: dropped, so the
-            # real evaluation makes it from the closed candles alone, as it would have without speculating
-            for spec in list(series.ind)[indicators_before:]:
-                del series.ind[spec]
-            return None
-        return Speculation(candle, series.version, self.generation, fires, statuses)
-
-    def holds(self, spec: Speculation) -> bool:
-        """``spec`` is what evaluating its bar, closed as it was, gives now: the same series, the same rules (the
-        rules' statuses change only by evaluating this series, which changes its version)."""
-        c = spec.candle
-        series = self.series.get((c.exchange, c.symbol, c.timeframe))
-        return (series is not None and spec.version == series.version and spec.generation == self.generation
-                and not self._stale)
-
-    def _holds(self, spec: Speculation, candle: Candle) -> bool:
-        """``spec`` is what evaluating the closed ``candle`` gives now: ``holds``, on the same bar."""
-        return not candle.history and (spec.candle is candle or spec.candle == candle) and self.holds(spec)
-
-    def _take(self, spec: Speculation) -> list[Fire]:
-        """The result of a speculation that holds, as ``_evaluate_closed`` would have given it."""
-        status = self.status
-        for fp, st in spec.statuses.items():
-            have = status.get(fp)
-            if have is None:
-                status[fp] = st
-            else:
-                for name in _JUDGED:
-                    setattr(have, name, getattr(st, name))
-        self.speculations_taken += 1
-        out = list(spec.fires)
-        if self._deferred:  # bars of other series waiting for this one
-            out.extend(self._run_deferred())
         return out
 
     def _rules_for(self, key: SeriesKey) -> list[r.Rule]:
@@ -919,7 +790,7 @@ class AlertEngine:
         return self._judge(rule, fp, st, series, candle, now)
 
     def _judge(self, rule: r.Rule, fp: str, st: RuleStatus, series: Any, candle: Candle, now: int) -> list[Fire]:
-        """A closed bar's evaluation by ``rule``: updates ``st`` (the ``_JUDGED`` fields) and returns its fires."""
+        """A closed bar's evaluation by ``rule``: updates ``st`` and returns its fires."""
         result = self.condition(rule.condition, rule, series, candle, now)
         st.last_eval_ms = now
         st.last_value = result.value

@@ -32,31 +32,6 @@ class Settings(ServiceSettings):
         default=2_000, ge=0, description="Live (clock wall): how long a closed bar of a rule reading another series "
         "(or tickers) waits for that series' bar of the same close (a ticker past the close) before it is evaluated "
         "with what is there. With clock exchange (a backtest) bars wait until that data arrives or the engine stops.")
-    fast_close: bool = Field(
-        default=True, description="Close bars from the trades stream with a replica of candle_builder's builder "
-        "(restored from its saved state) and evaluate them at once, instead of waiting for candle_builder's closed "
-        "candle (one hop less; candle_builder's candle is compared and a difference re-syncs the replica). Costs "
-        "reading every trade of the watched pairs. Turn off when engine replicas share the consumer group (each "
-        "would see only part of the trades).")
-    linger_ms: int = Field(
-        default=5, ge=0, description="Live (clock wall), fast close, when the engine reads only closed-bar work (no "
-        "tick-level, ticker or in-progress-candle rules): between bar closes, wait this long after a read before the "
-        "next one, so the trades are read in fewer, larger batches (less CPU, fewer wake-ups); from just before a "
-        "bar's close until CLOSE_TAIL_MS after it every trade is read at once. 0: always read at once.")
-    speculate_ms: int = Field(
-        default=10, ge=0, description="Fast close: after each read of a pair's trades, its bar is evaluated ahead, as "
-        "if it had closed, when its close is within this many ms of the exchange's time (as the trades read so far "
-        "tell it) and within 3 of the pair's gaps between trades (a busy pair: only its last moments); when the "
-        "trade that closes it comes and the bar is unchanged, its alerts are published from that evaluation (the "
-        "close costs only the publish). Only for series whose rules read nothing but their own "
-        "candles and no wall clock (no other series, tickers or snooze). 0: off.")
-    top_up: bool = Field(
-        default=True, description="Fast close, live: when a read brings the trade that closes one pair's bar (at most "
-        "TOP_UP_MS, 50 ms, after the bar's end) while other pairs' bars of the same close are still open, read once "
-        "more at once (no wait) so the closing trades that came together are evaluated and published together, not "
-        "the first alone and the others after it. From CLOSE_LEAD_MS before a close until TOP_UP_MS after it, a "
-        "read that returned a single entry (a read served at the first of entries written together) is topped up "
-        "before that entry is decoded.")
     block_ms: int = Field(default=200, ge=1)
     batch: int = Field(default=500, ge=1)
     alerts_maxlen: int = Field(default=100_000, ge=100)

@@ -174,15 +174,3 @@ def test_revised_candle_replaces_the_last_bar_and_stale_ones_are_ignored():
     assert fired(eng, [candle(1, "1")]) == []  # older than the last bar: ignored
     s = eng.series[("x", "BTC/USDT", "1m")]
     assert [c.close for c in s.candles] == [Decimal(10), Decimal(10), Decimal(12)]
-
-
-def test_fires_on_close_is_false_only_for_every_time_rules_run_on_each_trade_without_resolve_alerts():
-    """What decides whether the app closes a pair's bars from its trades (fast close): a bar's close can alert."""
-    tick = ("  - {name: t, symbols: [BTC/USDT], timeframe: 1m, frequency: every_time, "
-            "condition: {left: price, op: above, right: 5}}\n")
-    assert not engine(tick).fires_on_close("binance", "BTC/USDT")  # fires on the trades themselves
-    assert engine(tick.replace("every_time", "once_per_bar")).fires_on_close("binance", "BTC/USDT")
-    assert engine(tick.replace("frequency", "notify_on_resolve: true, frequency")).fires_on_close("binance", "BTC/USDT")
-    candle_rule = tick.replace("{left: price, op: above, right: 5}", "{left: close, op: above, right: {sma: 3}}")
-    assert engine(candle_rule).fires_on_close("binance", "BTC/USDT")
-    assert not engine(candle_rule).fires_on_close("binance", "ETH/USDT")  # no rule of that pair

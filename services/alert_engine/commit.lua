@@ -1,0 +1,70 @@
+-- The alert engine's commit: one call per batch that fires, run atomically by Redis (services/alert_engine/commit.py).
+--
+-- Per fire, in order: its alert id seen before? (a replay: 0) -> its fingerprint cooling down? (-1) -> else publish
+-- (1): XADD to the alerts and history streams, PUBLISH. Then the RULE_STATE rows of the fingerprints the batch touched,
+-- and the batch's XACKs: a candle is acked only together with its gate decisions and alert writes.
+-- The rows were built by the engine from the answer it predicted per fire (its own cooldown knowledge); a fingerprint
+-- with a fire whose answer differs (a replay, another replica's cooldown) gets no row here: the engine writes the
+-- right one after.
+--
+-- KEYS: alerts stream, history stream, RULE_STATE, per fire (fired-id key, cooldown key), per ack group (stream)
+-- ARGV: channel, alerts maxlen, history maxlen, fired ttl ms, group, #fires, #rows, #ack groups,
+--       per fire (alert bytes, now (exchange ms), cooldown ms (-1 forever, 0 none), fingerprint, predicted 1|0),
+--       per row (fingerprint, packed row), per ack group (#ids, ids...)
+-- Returns per fire: 1 published, 0 duplicate id (replay), -1 cooling down.
+local nf, nr, na = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local ttl = ARGV[4]
+local out, off = {}, {}
+local a = 9
+for i = 1, nf do
+  local kf, kc = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
+  local cd = tonumber(ARGV[a + 2])
+  local r = 1
+  if cd == 0 then
+    -- no cooldown: the id's first publish is the only test (one call: set unless it exists)
+    if not redis.call('SET', kf, ARGV[a + 1], 'PX', ttl, 'NX') then r = 0 end
+  elseif redis.call('EXISTS', kf) == 1 then
+    r = 0
+  else
+    local now = tonumber(ARGV[a + 1])
+    local untl = redis.call('GET', kc)
+    if untl then
+      untl = tonumber(untl)
+      if untl < 0 or now < untl then r = -1 end
+    end
+    if r == 1 then
+      if cd < 0 then
+        redis.call('SET', kc, -1)
+      else
+        redis.call('SET', kc, now + cd, 'PX', cd)
+      end
+      redis.call('SET', kf, now, 'PX', ttl)
+    end
+  end
+  if r == 1 then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'd', ARGV[a])
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'd', ARGV[a])
+    redis.call('PUBLISH', ARGV[1], ARGV[a])
+  end
+  if (r == 1) ~= (ARGV[a + 4] == '1') then off[ARGV[a + 3]] = true end
+  out[i] = r
+  a = a + 5
+end
+local rows = {}
+for i = 1, nr do
+  if not off[ARGV[a]] then
+    rows[#rows + 1] = ARGV[a]
+    rows[#rows + 1] = ARGV[a + 1]
+  end
+  a = a + 2
+  if #rows >= 2000 or (i == nr and #rows > 0) then  -- (unpack's stack limit)
+    redis.call('HSET', KEYS[3], unpack(rows))
+    rows = {}
+  end
+end
+for i = 1, na do
+  local n = tonumber(ARGV[a])
+  redis.call('XACK', KEYS[3 + 2 * nf + i], ARGV[5], unpack(ARGV, a + 1, a + n))
+  a = a + n + 1
+end
+return out

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from services.alert_engine.core import describe
+from services.alert_engine.rules import describe
 from services.alert_engine.rules import load_rules_file
 from shared.errors import ConfigError
 

@@ -93,7 +93,7 @@ class _Strict(BaseModel):
 # ---- operands -------------------------------------------------------------------------------------------------------
 
 
-class _Indicator(_Strict):
+class IndicatorSpec(_Strict):
     """An indicator operand, written ``{key: period}`` or ``{key: {param: value, ...}}``."""
 
     key: ClassVar[str] = ""
@@ -121,25 +121,25 @@ class _Indicator(_Strict):
         return f"{self.key}({params})"
 
 
-class SMA(_Indicator):
+class SMA(IndicatorSpec):
     key: ClassVar[str] = "sma"
     period: int = Field(ge=1, le=10_000)
     source: Source = "close"
 
 
-class EMA(_Indicator):
+class EMA(IndicatorSpec):
     key: ClassVar[str] = "ema"
     period: int = Field(ge=1, le=10_000)
     source: Source = "close"
 
 
-class RSI(_Indicator):
+class RSI(IndicatorSpec):
     key: ClassVar[str] = "rsi"
     period: int = Field(default=14, ge=1, le=10_000)
     source: Source = "close"
 
 
-class MACD(_Indicator):
+class MACD(IndicatorSpec):
     key: ClassVar[str] = "macd"
     short_param: ClassVar[str] = "output"
     fast: int = Field(default=12, ge=1, le=10_000)
@@ -155,7 +155,7 @@ class MACD(_Indicator):
         return self
 
 
-class BBands(_Indicator):
+class BBands(IndicatorSpec):
     key: ClassVar[str] = "bbands"
     period: int = Field(default=20, ge=2, le=10_000)
     k: Decimal = Field(default=Decimal(2), gt=0)
@@ -163,12 +163,12 @@ class BBands(_Indicator):
     source: Source = "close"
 
 
-class ATR(_Indicator):
+class ATR(IndicatorSpec):
     key: ClassVar[str] = "atr"
     period: int = Field(default=14, ge=1, le=10_000)
 
 
-class VWAP(_Indicator):
+class VWAP(IndicatorSpec):
     """Volume-weighted average price since the last ``anchor`` boundary (UTC), from exact quote volumes."""
 
     key: ClassVar[str] = "vwap"
@@ -176,12 +176,12 @@ class VWAP(_Indicator):
     anchor: Timeframe = "1d"
 
 
-class VolumeSMA(_Indicator):
+class VolumeSMA(IndicatorSpec):
     key: ClassVar[str] = "volume_sma"
     period: int = Field(ge=1, le=10_000)
 
 
-class CVD(_Indicator):
+class CVD(IndicatorSpec):
     """Cumulative volume delta: over the last ``bars`` candles, or since the last ``anchor`` boundary (UTC)."""
 
     key: ClassVar[str] = "cvd"
@@ -196,7 +196,7 @@ class CVD(_Indicator):
         return self
 
 
-INDICATORS: dict[str, type[_Indicator]] = {c.key: c for c in (SMA, EMA, RSI, MACD, BBands, ATR, VWAP, VolumeSMA, CVD)}
+INDICATORS: dict[str, type[IndicatorSpec]] = {c.key: c for c in (SMA, EMA, RSI, MACD, BBands, ATR, VWAP, VolumeSMA, CVD)}
 
 
 def _operand_tag(value: Any) -> str | None:
@@ -214,7 +214,7 @@ def _operand_tag(value: Any) -> str | None:
         key = next(iter(value))
         if key in INDICATORS:
             return key
-    if isinstance(value, _Indicator):
+    if isinstance(value, IndicatorSpec):
         return value.key
     return None
 
@@ -232,7 +232,7 @@ Operand = Annotated[
 
 
 def operand_label(operand: Any) -> str:
-    return operand.label() if isinstance(operand, _Indicator) else str(operand)
+    return operand.label() if isinstance(operand, IndicatorSpec) else str(operand)
 
 
 # ---- conditions -----------------------------------------------------------------------------------------------------
@@ -512,3 +512,23 @@ def dump_rule(rule: Rule) -> dict[str, Any]:
         if key in data:
             data[key] = f"{data[key]}ms"
     return data
+
+
+def describe(cond: Any) -> str:
+    """Human-readable condition, for messages and the API."""
+    if isinstance(cond, All):
+        return "(" + " and ".join(describe(c) for c in cond.all) + ")"
+    if isinstance(cond, AnyOf):
+        return "(" + " or ".join(describe(c) for c in cond.any) + ")"
+    where = "".join(f" [{p}]" for p in (cond.symbol, cond.timeframe) if p)
+    if isinstance(cond, Compare):
+        text = f"{operand_label(cond.left)} {cond.op} {operand_label(cond.right)}"
+    elif isinstance(cond, Channel):
+        text = f"{operand_label(cond.left)} {cond.op} [{operand_label(cond.lower)}, {operand_label(cond.upper)}]"
+    elif isinstance(cond, Moving):
+        by = f"{cond.percent}%" if cond.op.endswith("_pct") else str(cond.amount)
+        within = f"{cond.window_ms // 1000}s" if cond.window_ms is not None else f"{cond.bars} bars"
+        text = f"{operand_label(cond.left)} {cond.op.removesuffix('_pct')} {by} within {within}"
+    else:
+        text = f"volume > {cond.factor} x volume_sma({cond.period})"
+    return text + where

@@ -16,14 +16,15 @@ SAMPLE_RULES = Path(__file__).with_name("sample_rules.yaml")
 class Settings(ServiceSettings):
     section: ClassVar[str] = "alert_engine"
 
-    rules_file: Path = Field(default=SAMPLE_RULES, description="YAML rules file (see services/alert_engine/rules.py).")
+    rules_file: Path = Field(default=SAMPLE_RULES, description="YAML rules file (docs/rules.md).")
     reload_every_s: float = Field(default=2.0, gt=0, description="How often the rules file is checked for changes.")
     registry_poll_s: float = Field(default=2.0, gt=0, description="How often symbol patterns are re-resolved.")
     warmup_bars: int = Field(default=300, ge=0, description="Closed candles read back per series on start or when "
                              "it is first needed, at least: more when a rule's look-back needs more (up to "
                              "shared.history.MAX_HISTORY_BARS); the same number is asked of candle_builder "
                              "(SUBSCRIPTION_LOOKBACK).")
-    history_bars: int = Field(default=600, ge=10, description="Candles kept per series for indicators.")
+    keep_bars: int = Field(default=600, ge=10, description="Closed candles kept per series for the rules (at "
+                           "least: more when a rule's look-back needs more).")
     intrabar: bool = Field(default=True, description="Read in-progress candles for rules whose frequency allows it.")
     clock: Literal["wall", "exchange"] = Field(
         default="wall", description="What snooze_until is compared with: wall time (live), or exchange time (a "
@@ -35,5 +36,6 @@ class Settings(ServiceSettings):
     block_ms: int = Field(default=200, ge=1)
     batch: int = Field(default=500, ge=1)
     alerts_maxlen: int = Field(default=100_000, ge=100)
-    history_maxlen: int = Field(default=1_000_000, ge=100, description="Retention of the alert history stream.")
+    alert_history_maxlen: int = Field(default=1_000_000, ge=100, description="Retention of the alert history "
+                                      "stream (entries).")
     fired_ttl_s: int = Field(default=30 * 86_400, ge=60, description="How long alert ids are remembered (replay).")

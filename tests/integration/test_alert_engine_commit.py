@@ -92,7 +92,7 @@ async def test_a_replay_writes_no_row_claiming_a_publish(redis, tmp_path):
     await redis.xgroup_destroy(streams.candles(EX, SYM, TF), streams.GROUP_ALERT_ENGINE)
     replay = AlertEngineApp(_settings(tmp_path, "engine-2"), redis)
     await replay.drain()
-    assert replay.published == 0 and replay.duplicates > 0
+    assert replay.commit.published == 0 and replay.commit.duplicates > 0
     assert await redis.xlen(streams.ALERTS) == n
     rows = {unpack(v)["rule"]: unpack(v) for v in (await redis.hgetall(streams.RULE_STATE)).values()}
     assert set(rows) == {"above", "above_cd"}

@@ -225,7 +225,7 @@ rules:
     settings.rules_file.write_text(text.replace("ema: 50", "ema: 200").split("  - {name: b")[0]
                                    + "  - {name: c" + text.split("  - {name: c")[1])
     os.utime(settings.rules_file, ns=(7, 7))
-    assert await app._maybe_reload()
+    assert await app.reload_rules()
     assert await lookback() == {f"{EX}|{SYM}|1m": 3 * 200 + 1, f"{EX}|ETH/USDT|5m": 10}
     assert await redis.hget(streams.SUBSCRIPTIONS, streams.registry_member(EX, SYM, "1h")) is None
 

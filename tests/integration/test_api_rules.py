@@ -173,7 +173,7 @@ async def test_file_rules_are_listed_next_to_api_rules_read_only(redis, tmp_path
         path.write_text(yaml.safe_dump({"rules": [in_file["btc_up"]]}))
         import os
         os.utime(path, ns=(1, 1))
-        assert await engine._maybe_reload()
+        assert await engine.reload_rules()
         listed = (await client.get("/rules")).json()["rules"]
         assert [(r["name"], r["source"]) for r in listed] == [("api_only", "api"), ("btc_up", "api")]
         assert (await client.get("/rules/from_file")).status_code == 404

@@ -1,8 +1,8 @@
-"""Incremental operands of one candle series: O(1) per new or revised candle.
+"""Incremental indicators of one candle series: O(1) per new or revised candle.
 
-Every indicator here supports ``add(candle)`` (a new bar), ``replace(candle)`` (the last bar was revised, or an
-in-progress bar moved) and ``remove()`` (drop the last bar: undo a provisional in-progress bar), and ``get(offset)``
-(0 = the last bar, 1 = the one before, ...; None while warming up). Moving averages, RSI, MACD, Bollinger bands and
+Every indicator here supports ``add(candle)`` (a new bar), ``replace(candle)`` (the last bar was revised),
+``add_provisional(candle)`` / ``drop_provisional()`` (an in-progress bar on top for one evaluation, then taken off)
+and ``get(offset)`` (0 = the last bar, 1 = the one before, ...; None while warming up). Moving averages, RSI, MACD, Bollinger bands and
 ATR come from talipp (floats, as TA libraries compute them); CVD and VWAP are exact ``Decimal`` sums of the candles'
 taker buy/sell and quote volumes, which the trade feed gives us (no typical-price approximation).
 """
@@ -39,13 +39,19 @@ def source_value(candle: Candle, source: str) -> Decimal:
     return getattr(candle, source)
 
 
-class Incremental:
+class Indicator:
     def add(self, candle: Candle) -> None:
         raise NotImplementedError
 
     def replace(self, candle: Candle) -> None:
         self.remove()
         self.add(candle)
+
+    def add_provisional(self, candle: Candle) -> None:
+        self.add(candle)
+
+    def drop_provisional(self) -> None:
+        self.remove()
 
     def remove(self) -> None:
         raise NotImplementedError
@@ -54,7 +60,7 @@ class Incremental:
         raise NotImplementedError
 
 
-class _Talipp(Incremental):
+class _Talipp(Indicator):
     """Wraps a talipp indicator fed from one candle source, keeping its lists bounded."""
 
     def __init__(self, indicator: Any, to_input: Callable[[Candle], Any], pick: Callable[[Any], float | None],
@@ -83,7 +89,7 @@ class _Talipp(Incremental):
         return None if value is None else self.pick(value)
 
 
-class _RollingSum(Incremental):
+class _RollingSum(Indicator):
     """Exact sum of the last ``n`` values of ``fn(candle)`` (rolling CVD)."""
 
     def __init__(self, n: int, fn: Callable[[Candle], Decimal], keep: int) -> None:
@@ -111,7 +117,7 @@ class _RollingSum(Incremental):
         return self.sums[-1 - offset] if offset < len(self.sums) else None
 
 
-class _Anchored(Incremental):
+class _Anchored(Indicator):
     """Exact cumulative sums since the last ``anchor`` boundary (UTC): CVD and VWAP per session."""
 
     def __init__(self, anchor: str, fn: Callable[[Candle], tuple[Decimal, Decimal]],
@@ -142,8 +148,15 @@ def _ohlcv(c: Candle) -> OHLCV:
     return OHLCV(float(c.open), float(c.high), float(c.low), float(c.close), float(c.volume))
 
 
-def make(spec: r._Indicator, keep: int = 600) -> Incremental:
-    """A fresh incremental computation of the indicator ``spec``."""
+def make(spec: r.IndicatorSpec, keep: int = 600, candles: list[Candle] | None = None) -> Indicator:
+    """The indicator ``spec``, warmed up over ``candles`` (closed, oldest first)."""
+    ind = _make(spec, keep)
+    for candle in candles or ():
+        ind.add(candle)
+    return ind
+
+
+def _make(spec: r.IndicatorSpec, keep: int) -> Indicator:
     keep = max(keep, 4 * max(getattr(spec, "period", 0) or 0, getattr(spec, "slow", 0) or 0,
                              getattr(spec, "bars", 0) or 0, 1))
     src = getattr(spec, "source", "close")

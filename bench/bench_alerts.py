@@ -55,12 +55,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from services.alert_engine.app import AlertEngineApp  # noqa: E402
 from services.alert_engine.core import AlertEngine  # noqa: E402
-from services.alert_engine.rules import parse_rules  # noqa: E402
 from services.alert_engine.settings import Settings as EngineSettings  # noqa: E402
 from shared import streams  # noqa: E402
 from shared.bus import FIELD  # noqa: E402
 from shared.embedded_redis import EmbeddedRedis  # noqa: E402
 from shared.fastredis import pack_command  # noqa: E402
+from shared.rules import parse_rules  # noqa: E402
 from shared.runtime import apply_realtime_priority, connect  # noqa: E402
 from shared.schemas import Alert, Candle, encode_trades, unpack  # noqa: E402
 

@@ -20,12 +20,12 @@ from redis.asyncio import Redis
 from services.alert_engine.commit import AlertCommit
 from services.alert_engine.core import AlertEngine, Fire
 from services.alert_engine.rule_source import RuleSource
-from services.alert_engine.rules import RuleSet
 from services.alert_engine.series_sync import SeriesSync
 from services.alert_engine.settings import Settings
 from shared import streams
 from shared.bus import Batch, Bus, Consumer
 from shared.errors import DecodeError
+from shared.rules import RuleSet
 from shared.runtime import consumer_name, heartbeat
 from shared.schemas import Candle, GapMarker, Ticker, TradeBatch, Watermark, feed_from_msg, unpack
 

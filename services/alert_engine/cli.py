@@ -6,9 +6,8 @@ from pathlib import Path
 
 import typer
 
-from services.alert_engine.rules import describe
-from services.alert_engine.rules import load_rules_file
 from shared.errors import ConfigError
+from shared.rules import describe, load_rules_file
 
 rules_app = typer.Typer(help="Alert rules: check a rules file.", no_args_is_help=True, add_completion=False)
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import yaml
 from redis.asyncio import Redis
 
-from services.alert_engine.rules import RuleSet, load_rules_file, parse_rule_text
 from shared import streams
 from shared.bus import as_str as _s
 from shared.errors import ConfigError
+from shared.rules import RuleSet, load_rules_file, parse_rule_text
 from shared.yamlfile import load_yaml_file
 
 logger = logging.getLogger(__name__)

@@ -9,10 +9,10 @@ from decimal import Decimal
 import pandas as pd
 
 from services.alert_engine.app import AlertEngineApp
-from services.alert_engine.rules import parse_rules
 from services.alert_engine.settings import Settings
 from shared import streams
 from shared.bus import FIELD, Bus
+from shared.rules import parse_rules
 from shared.schemas import Alert, Candle, unpack
 from tests.conftest import shared_data
 from tests.unit.alert_engine import pdref

@@ -17,16 +17,22 @@ import os
 
 import pandas as pd
 
-from services.alert_engine import rules as r
 from services.alert_engine.app import AlertEngineApp
 from services.alert_engine.settings import Settings
+from shared import rules as r
 from shared import streams
 from shared.bus import Bus
 from shared.schemas import Candle, Trade
 from tests.conftest import shared_data
 from tests.integration import test_alert_engine_correctness as corr
-from tests.integration.market_feed.helpers import (expected_trades, live_settings, local_exchange, published,
-                                                   running_feed, wait_last_id)
+from tests.integration.market_feed.helpers import (
+    expected_trades,
+    live_settings,
+    local_exchange,
+    published,
+    running_feed,
+    wait_last_id,
+)
 from tests.integration.test_candle_builder import RECORDINGS, publish, read_candles, settings_for
 from tests.integration.test_candle_builder_lookback import running, running_builder, wait_for
 from tests.unit.alert_engine import pdref

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from services.alert_engine.core.firing import Verdict, cooldown_of
-from services.alert_engine.rules import CVD, Rule, describe
+from shared.rules import CVD, Rule, describe
 from shared.schemas import Alert, Candle
 
 SeriesKey = tuple[str, str, str]

@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
-from services.alert_engine import rules as r
 from services.alert_engine.core.window import CandleWindow, SeriesKey, View
+from shared import rules as r
 
 Result = tuple[bool, Any]
 Evaluator = Callable[[View, int | None], Result]

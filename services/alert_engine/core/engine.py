@@ -33,7 +33,7 @@ from services.alert_engine.core.market import Market
 from services.alert_engine.core.routes import Binding, Routes
 from services.alert_engine.core.waiting import Waits
 from services.alert_engine.core.window import CandleWindow, SeriesKey, TickView, View
-from services.alert_engine.rules import CVD, RuleSet
+from shared.rules import CVD, RuleSet
 from shared.schemas import Candle, Ticker, Trade
 from shared.timeframes import bucket_start, timeframe_ms
 

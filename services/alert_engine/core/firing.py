@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from services.alert_engine.rules import Rule
+from shared.rules import Rule
 
 #: Cooldown value meaning "never again" (frequency ``once``).
 FOREVER = -1

@@ -22,7 +22,7 @@ from talipp.indicators import RSI as _RSI
 from talipp.indicators import SMA as _SMA
 from talipp.ohlcv import OHLCV
 
-from services.alert_engine import rules as r
+from shared import rules as r
 from shared.schemas import Candle
 from shared.timeframes import bucket_start, timeframe_ms
 

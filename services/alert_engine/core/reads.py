@@ -6,7 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from services.alert_engine import rules as r
+from shared import rules as r
 from shared.timeframes import timeframe_ms
 
 #: a condition leaf (a node that is not ``all``/``any``)

@@ -12,7 +12,7 @@ from services.alert_engine.core import reads
 from services.alert_engine.core.alerts import fingerprint
 from services.alert_engine.core.conditions import Evaluator, compile_condition
 from services.alert_engine.core.window import CandleWindow, SeriesKey
-from services.alert_engine.rules import Rule
+from shared.rules import Rule
 from shared.timeframes import timeframe_ms
 
 Pair = tuple[str, str]  # exchange, symbol

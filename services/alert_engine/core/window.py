@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from services.alert_engine.core import indicators
-from services.alert_engine.rules import TICKER_FIELDS, IndicatorSpec
+from shared.rules import TICKER_FIELDS, IndicatorSpec
 from shared.schemas import Candle, Ticker
 from shared.timeframes import timeframe_ms
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.alert_engine import rules as r
 from services.alert_engine.core import AlertEngine, CandleWindow
+from shared import rules as r
 from tests.conftest import shared_data
 from tests.unit.alert_engine import pdref
 

@@ -11,7 +11,7 @@ from decimal import Decimal
 import pandas as pd
 
 from services.alert_engine.core import AlertEngine
-from services.alert_engine.rules import parse_rules
+from shared.rules import parse_rules
 from tests.conftest import shared_data
 from tests.unit.alert_engine import pdref
 

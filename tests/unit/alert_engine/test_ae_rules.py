@@ -6,9 +6,9 @@ import pytest
 from typer.testing import CliRunner
 
 from services.alert_engine.cli import rules_app
-from services.alert_engine.rules import check_rules_file, load_rules_file, parse_rules
 from services.alert_engine.settings import SAMPLE_RULES
 from shared.errors import ConfigError
+from shared.rules import check_rules_file, load_rules_file, parse_rules
 
 BAD = """\
 rules:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from services.alert_engine.core import FOREVER, AlertEngine
-from services.alert_engine.rules import parse_rules
+from shared.rules import parse_rules
 from shared.schemas import Candle, Ticker
 
 T0 = 1_700_000_000_000 // 3_600_000 * 3_600_000  # an hour boundary

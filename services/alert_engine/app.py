@@ -27,7 +27,15 @@ from shared.bus import Batch, Bus, Consumer
 from shared.errors import DecodeError
 from shared.rules import RuleSet
 from shared.runtime import consumer_name, heartbeat
-from shared.schemas import Candle, GapMarker, Ticker, TradeBatch, Watermark, feed_from_msg, unpack
+from shared.schemas import (
+    Candle,
+    GapMarker,
+    Ticker,
+    TradeBatch,
+    Watermark,
+    feed_from_msg,
+    unpack,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +69,10 @@ class AlertEngineApp:
         self.rule_source = RuleSource(redis, settings.rules_file, ruleset)
         self.engine = AlertEngine(self.rule_source.ruleset, keep=settings.keep_bars,
                                   clock=wall_clock_ms if settings.clock == "wall" else None)
+        name = consumer_name("alert_engine", settings.consumer_name)
         self.consumer: Consumer[Input] = Consumer(
-            Bus(redis), group=streams.GROUP_ALERT_ENGINE, consumer=consumer_name("alert_engine", settings.consumer_name),
-            decode=decode_input, handler=self._handle, count=settings.batch, block_ms=settings.block_ms)
+            Bus(redis), group=streams.GROUP_ALERT_ENGINE, consumer=name, decode=decode_input, handler=self._handle,
+            count=settings.batch, block_ms=settings.block_ms)
         self.series_sync = SeriesSync(settings, redis, self.engine, self.consumer)
         self.commit = AlertCommit(settings, redis, self.engine)
 

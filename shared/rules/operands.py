@@ -83,7 +83,7 @@ class EMA(IndicatorSpec):
 
 class RSI(IndicatorSpec):
     key: ClassVar[str] = "rsi"
-    period: int = Field(default=14, ge=1, le=10_000)
+    period: int = Field(default=14, ge=2, le=10_000)  # (one change has no average gain and loss to smooth)
     source: Source = "close"
 
 
@@ -144,7 +144,8 @@ class CVD(IndicatorSpec):
         return self
 
 
-INDICATORS: dict[str, type[IndicatorSpec]] = {c.key: c for c in (SMA, EMA, RSI, MACD, BBands, ATR, VWAP, VolumeSMA, CVD)}
+INDICATORS: dict[str, type[IndicatorSpec]] = {
+    c.key: c for c in (SMA, EMA, RSI, MACD, BBands, ATR, VWAP, VolumeSMA, CVD)}
 
 
 def _operand_tag(value: Any) -> str | None:

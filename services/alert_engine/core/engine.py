@@ -26,18 +26,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from services.alert_engine.core import alerts, firing
+from services.alert_engine.core import firing
 from services.alert_engine.core.alerts import Fire
 from services.alert_engine.core.firing import RuleStatus
 from services.alert_engine.core.market import Market
 from services.alert_engine.core.routes import Binding, Routes
 from services.alert_engine.core.waiting import Waits
-from services.alert_engine.core.window import CandleWindow, SeriesKey, TickView, View
-from shared.rules import CVD, RuleSet
+from services.alert_engine.core.window import CandleWindow, SeriesKey, TickView, WindowAsOf
+from shared.rules import RuleSet
 from shared.schemas import Candle, Ticker, Trade
 from shared.timeframes import bucket_start, timeframe_ms
-
-_CVD_1D = CVD(anchor="1d")
 
 
 class AlertEngine:
@@ -147,9 +145,8 @@ class AlertEngine:
                     continue  # for: only while its run is already firing on closed bars
                 holds, value = b.evaluate(w, now)
                 if holds:
-                    extra = "" if rule.frequency == "once_per_bar" else changed
-                    out.append(alerts.bar_fire(rule, b.fingerprint, key, candle, now, value, "firing",
-                                               lambda: w.value(_CVD_1D), extra))
+                    out.append(b.maker.bar(candle, now, value, "firing", w,
+                                           "" if rule.frequency == "once_per_bar" else changed))
         finally:
             w.pop_provisional()
         return out if fire else []
@@ -236,27 +233,33 @@ class AlertEngine:
     # ---- evaluation -------------------------------------------------------------------------------------------------
 
     def _closed_bar(self, candle: Candle, w: CandleWindow) -> list[Fire]:
-        self._rewarm_if_stale()
+        if self.market.stale:
+            self.market.rewarm()
         now = candle.ts + w.tf_ms
         out: list[Fire] = []
-        waits = self.waits
-        since = None if self.clock is None else self.clock()
+        waits, clock, on_closed_bar = self.waits, self.clock, firing.on_closed_bar
         for b in self.routes.closed(w.key):
-            if waits.must_wait(b, now):
-                waits.add(b, candle, now, since)
-            else:
-                self._judge(b, w, candle, now, out)
+            if b.reads_others and waits.must_wait(b, now):
+                waits.add(b, candle, now, None if clock is None else clock())
+                continue
+            holds, value = b.evaluate(w, now)  # (_judge, inlined: the hot loop)
+            st = b.status or self._status(b)
+            if not holds and st.state == "inactive":  # the usual bar: firing.on_closed_bar's first lines, and no more
+                st.last_eval_ms, st.last_value = now, value
+                continue
+            verdict = on_closed_bar(b.rule, st, holds, value, now, clock, b.fires_at_ticks)
+            if verdict is not None:
+                out.append(b.maker.bar(candle, now, value, verdict, w))
         if waits.queues:  # bars of other series waiting for this one
             out += self._release_waits()
         return out
 
-    def _judge(self, b: Binding, view: View, candle: Candle, now: int, out: list[Fire]) -> None:
+    def _judge(self, b: Binding, view: CandleWindow | WindowAsOf, candle: Candle, now: int, out: list[Fire]) -> None:
         """A closed bar's evaluation by one rule: its status updated, its alert (if any) appended to ``out``."""
         holds, value = b.evaluate(view, now)
         verdict = firing.on_closed_bar(b.rule, self._status(b), holds, value, now, self.clock, b.fires_at_ticks)
         if verdict is not None:
-            out.append(alerts.bar_fire(b.rule, b.fingerprint, b.key, candle, now, value, verdict,
-                                       lambda: view.value(_CVD_1D)))
+            out.append(b.maker.bar(candle, now, value, verdict, view))
 
     def _tick(self, b: Binding, view: TickView, ts: int, price: Any, extra: str) -> list[Fire]:
         """One trade or ticker for a tick-level rule: no state change (bars decide firing/resolved and ``for:``)."""
@@ -270,13 +273,15 @@ class AlertEngine:
         if rule.frequency == "once_per_bar":
             st.tick_bar = bar
             extra = ""  # the id of this bar's close evaluation: one alert per bar
-        return [alerts.tick_fire(rule, b.fingerprint, b.key, bar, ts, price, value,
-                                 lambda: view.window.value(_CVD_1D), extra)]
+        return [b.maker.tick(bar, ts, price, value, view.window, extra)]
 
     def _status(self, b: Binding) -> RuleStatus:
-        st = self.status.get(b.fingerprint)
+        st = b.status
         if st is None:
-            st = self.status[b.fingerprint] = RuleStatus(b.rule.name, *b.key)
+            st = self.status.get(b.fingerprint)
+            if st is None:
+                st = self.status[b.fingerprint] = RuleStatus(b.rule.name, *b.key)
+            b.status = st
         return st
 
     # ---- what the app publishes besides alerts ----------------------------------------------------------------------

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from services.alert_engine.core import reads
-from services.alert_engine.core.alerts import fingerprint
+from services.alert_engine.core.alerts import AlertMaker, fingerprint
 from services.alert_engine.core.conditions import Evaluator, compile_condition
+from services.alert_engine.core.firing import RuleStatus
 from services.alert_engine.core.window import CandleWindow, SeriesKey
 from shared.rules import Rule
 from shared.timeframes import timeframe_ms
@@ -32,6 +33,12 @@ class Binding:
     pairs: tuple[Pair, ...]  # the pairs whose tickers it reads (its own and the others')
     wait_limit: int  # bars of its own series that may wait for the others (beyond: the oldest is evaluated)
     fires_at_ticks: bool  # an every_time rule evaluated on each trade/ticker: a closed bar only keeps its state
+    maker: AlertMaker
+    status: RuleStatus | None = None  # (the engine's, once it has one)
+    reads_others: bool = False  # refs or pairs: its bars may wait for them
+
+    def __post_init__(self) -> None:
+        self.reads_others = bool(self.refs or self.pairs)
 
 
 class Routes:
@@ -56,9 +63,10 @@ class Routes:
             own = max([reads.condition_bars(c, timeframe_ms(tf)) for c in reads.leaves(cond)
                        if c.timeframe in (None, tf) and c.symbol in (None, sym)] or [1])
             pairs = sorted({k[:2] for k in (key, *refs)}) if reads.uses_tickers(cond) else []
+            fp = fingerprint(rule.name, *key)
             got = self._bindings[(rule.name, key)] = Binding(
-                rule, key, fingerprint(rule.name, *key), self._compiled[rule.name], tuple(sorted(refs)),
-                tuple(pairs), max(1, self.keep - own), rule.frequency == "every_time" and _on_ticks(rule))
+                rule, key, fp, self._compiled[rule.name], tuple(sorted(refs)), tuple(pairs), max(1, self.keep - own),
+                rule.frequency == "every_time" and _on_ticks(rule), AlertMaker(rule, key, fp))
         return got
 
     def closed(self, key: SeriesKey) -> list[Binding]:

@@ -59,7 +59,7 @@ class Waits:
     def must_wait(self, b: Binding, close: int) -> bool:
         """A bar of ``b`` closing at ``close`` has to wait: earlier bars of it wait, or the market has not reached it.
         (When it need not and it reads tickers, its ticker is final: a ticker past the close was read first.)"""
-        if not b.refs and not b.pairs:
+        if not b.reads_others:
             return False
         if (b.rule.name, b.key) in self.queues or not self.market.ready(b.refs, b.pairs, close):
             return True

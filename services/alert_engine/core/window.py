@@ -2,20 +2,22 @@
 
 A *series* is one (exchange, symbol, timeframe). Its ``CandleWindow`` keeps the last ``keep`` closed candles (enough
 for the longest look-back of the rules reading it); an in-progress candle can be put on top for one intrabar
-evaluation (``push_provisional``) and taken off again. Conditions read a window through three views that answer the
-same questions (``field``, ``ticker_field``, ``indicator_value``, ``bar_ts``, ``offset_at``): the window itself
-(its last bar), ``WindowAsOf`` (the window as it was at an earlier close: later bars hidden) and ``TickView`` (one
-trade or ticker on top of the window's last closed bar).
+evaluation (``push_provisional``) and taken off again. Conditions read a window through three views with the same
+shape (``View``: ``candles``, ``tickers``, ``outs`` — each indicator's values by ``indicators.number`` —, all read
+from the end, ``shift`` bars back): the window itself (its last bar), ``WindowAsOf`` (the window as it was at an
+earlier close: later bars hidden) and ``TickView`` (one trade or ticker on top of the window's last closed bar).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from decimal import Decimal
-from typing import Any
+from operator import attrgetter
+from typing import Any, ClassVar, Protocol
 
 from services.alert_engine.core import indicators
+from shared import rules as r
 from shared.rules import TICKER_FIELDS, IndicatorSpec
 from shared.schemas import Candle, Ticker
 from shared.timeframes import timeframe_ms
@@ -45,27 +47,62 @@ def ticker_value(t: Ticker | None, name: str) -> Decimal | None:
     return (t.ask - t.bid) / mid * _BPS if mid else None  # spread_bps
 
 
-def candle_field(candle: Candle, name: str) -> Any:
-    """A candle field of the rule language (``price`` is the close; ``trades`` a Decimal like every other)."""
-    if name == "price" or name == "close":
-        return candle.close
+def _field(name: str) -> Callable[[Candle], Any]:
     if name == "delta":
-        return candle.delta
+        return lambda c: c.delta
     if name == "trades":
-        return Decimal(candle.trades)
-    return getattr(candle, name)
+        return lambda c: Decimal(c.trades)
+    return attrgetter("close" if name == "price" else name)
+
+
+#: the candle fields of the rule language (``price`` is the close; ``trades`` a Decimal like every other)
+CANDLE_FIELDS: dict[str, Callable[[Candle], Any]] = {name: _field(name) for name in r.CANDLE_FIELDS}
+
+
+class View(Protocol):
+    """What a condition reads: sequences read from the end (``[-1 - shift]`` is the bar evaluated)."""
+
+    @property
+    def key(self) -> SeriesKey: ...
+
+    @property
+    def tf_ms(self) -> int: ...
+
+    @property
+    def shift(self) -> int: ...
+
+    @property
+    def window(self) -> CandleWindow: ...  # (where indicators are made)
+
+    @property
+    def candles(self) -> Sequence[Any]: ...
+
+    @property
+    def tickers(self) -> Sequence[Ticker | None]: ...
+
+    @property
+    def outs(self) -> Outs: ...
+
+
+class Outs(Protocol):
+    def get(self, n: int) -> Sequence[Any] | None: ...
 
 
 class CandleWindow:
     """The closed candles kept of one series (oldest first), the ticker as of each bar, and its indicators."""
 
+    shift: ClassVar[int] = 0
+
     def __init__(self, key: SeriesKey, keep: int = 600) -> None:
         self.key = key
         self.tf_ms = timeframe_ms(key[2])
         self.keep = keep
+        self.window = self
         self.candles: deque[Candle] = deque(maxlen=keep)
         self.tickers: deque[Ticker | None] = deque(maxlen=keep)  # the latest ticker as of each bar's close
-        self.indicators: dict[IndicatorSpec, indicators.Indicator] = {}
+        self.indicators: dict[IndicatorSpec, indicators.Indicator] = {}  # spec -> the computation it reads
+        self._computations: dict[Hashable, indicators.Indicator] = {}  # (each once)
+        self.outs: dict[int, deque[Any]] = {}  # each spec's values, by ``indicators.number(spec)``
         self.provisional = False  # the last bar is an in-progress candle pushed for one intrabar evaluation
         # closed candles older than the last bar (a backfill, or a late revision of a kept bar) not merged yet:
         # ``merge_older`` merges them (the engine does, before its next evaluation)
@@ -85,7 +122,7 @@ class CandleWindow:
     def rebuild(self) -> None:
         """Recompute every indicator from scratch over the kept candles (O(kept bars), once)."""
         specs = list(self.indicators)
-        self.indicators = {}
+        self.indicators, self._computations, self.outs = {}, {}, {}
         for spec in specs:
             self.indicator(spec)
 
@@ -93,10 +130,15 @@ class CandleWindow:
         """The indicator ``spec`` over this window, made (and warmed up from the kept candles) on first use."""
         ind = self.indicators.get(spec)  # frozen models hash and compare by value: equal specs share one
         if ind is None:
-            closed = list(self.candles)[:len(self.candles) - self.provisional]
-            ind = self.indicators[spec] = indicators.make(spec, self.keep, closed)
-            if self.provisional:
-                ind.add_provisional(self.candles[-1])
+            key, output = indicators.computation(spec)
+            ind = self._computations.get(key)
+            if ind is None:
+                closed = list(self.candles)[:len(self.candles) - self.provisional]
+                ind = self._computations[key] = indicators.make(spec, self.keep, closed)
+                if self.provisional:
+                    ind.add_provisional(self.candles[-1], indicators.floats(self.candles[-1]))
+            self.indicators[spec] = ind
+            self.outs[indicators.number(spec)] = ind.outs[output]
         return ind
 
     def push(self, candle: Candle, ticker: Ticker | None) -> bool:
@@ -113,13 +155,14 @@ class CandleWindow:
                 return False
             candles[-1] = candle
             self.tickers[-1] = ticker
-            for ind in self.indicators.values():
-                ind.replace(candle)
+            self.rebuild()  # (a revision: the streams cannot step back)
             return True
         candles.append(candle)
         self.tickers.append(ticker)
-        for ind in self.indicators.values():
-            ind.add(candle)
+        if self.indicators:
+            f = indicators.floats(candle)
+            for ind in self._computations.values():
+                ind.add(candle, f)
         return True
 
     def push_provisional(self, candle: Candle, ticker: Ticker | None) -> bool:
@@ -130,15 +173,17 @@ class CandleWindow:
             return False
         self.candles.append(candle)
         self.tickers.append(ticker)
-        for ind in self.indicators.values():
-            ind.add_provisional(candle)
+        if self.indicators:
+            f = indicators.floats(candle)
+            for ind in self._computations.values():
+                ind.add_provisional(candle, f)
         self.provisional = True
         return True
 
     def pop_provisional(self) -> None:
         self.candles.pop()
         self.tickers.pop()
-        for ind in self.indicators.values():
+        for ind in self._computations.values():
             ind.drop_provisional()
         self.provisional = False
 
@@ -179,38 +224,11 @@ class CandleWindow:
         self.rebuild()
         return True
 
-    # ---- what conditions read (offset 0 = the last bar) -------------------------------------------------------------
-
-    def field(self, name: str, offset: int = 0) -> Any:
-        candles = self.candles
-        return candle_field(candles[-1 - offset], name) if offset < len(candles) else None
-
-    def ticker_field(self, name: str, offset: int = 0) -> Decimal | None:
-        tickers = self.tickers
-        return ticker_value(tickers[-1 - offset], name) if offset < len(tickers) else None
-
-    def indicator_value(self, spec: IndicatorSpec, offset: int = 0) -> Any:
-        return self.indicator(spec).get(offset)
+    # ---- what messages and tests read (conditions read the sequences: ``conditions.getter``) -----------------------
 
     def value(self, operand: Any, offset: int = 0) -> Any:
         """Any operand ``offset`` bars back: a number, a candle or ticker field, an indicator; None if unknown."""
-        if isinstance(operand, Decimal):
-            return operand
-        if isinstance(operand, str):
-            return self.ticker_field(operand, offset) if operand in TICKER_FIELDS else self.field(operand, offset)
-        return self.indicator_value(operand, offset)
-
-    def bar_ts(self, offset: int = 0) -> int | None:
-        candles = self.candles
-        return candles[-1 - offset].ts if offset < len(candles) else None
-
-    def offset_at(self, ts_limit: int) -> int | None:
-        """Bars back to the last bar that started at or before ``ts_limit``; None if none is kept."""
-        candles = self.candles
-        for off in range(len(candles)):
-            if candles[-1 - off].ts <= ts_limit:
-                return off
-        return None
+        return read(self, operand, offset)
 
     def as_of(self, now: int) -> CandleWindow | WindowAsOf:
         """This window as it was at exchange time ``now``: its bars closed by then (later ones hidden)."""
@@ -226,65 +244,71 @@ class CandleWindow:
 class WindowAsOf:
     """A window seen ``shift`` bars back (as of an earlier close)."""
 
-    __slots__ = ("window", "shift", "key", "tf_ms")
+    __slots__ = ("window", "shift", "key", "tf_ms", "candles", "tickers", "outs")
 
     def __init__(self, window: CandleWindow, shift: int) -> None:
         self.window, self.shift, self.key, self.tf_ms = window, shift, window.key, window.tf_ms
-
-    def field(self, name: str, offset: int = 0) -> Any:
-        return self.window.field(name, offset + self.shift)
-
-    def ticker_field(self, name: str, offset: int = 0) -> Decimal | None:
-        return self.window.ticker_field(name, offset + self.shift)
-
-    def indicator_value(self, spec: IndicatorSpec, offset: int = 0) -> Any:
-        return self.window.indicator_value(spec, offset + self.shift)
+        self.candles, self.tickers, self.outs = window.candles, window.tickers, window.outs
 
     def value(self, operand: Any, offset: int = 0) -> Any:
-        return self.window.value(operand, offset + self.shift)
+        return read(self, operand, offset)
 
-    def bar_ts(self, offset: int = 0) -> int | None:
-        return self.window.bar_ts(offset + self.shift)
 
-    def offset_at(self, ts_limit: int) -> int | None:
-        off = self.window.offset_at(ts_limit)
-        return None if off is None or off < self.shift else off - self.shift
+class _Trade:
+    """A trade (or ticker) as a bar for ``TickView``: its price is the close; nothing else is known."""
+
+    __slots__ = ("close",)
+    ts = None
+
+    def __init__(self, price: Decimal | None) -> None:
+        self.close = price
+
+
+class _Held:
+    """Indicator values at a trade or ticker: the last closed bar's, one step back too."""
+
+    __slots__ = ("outs",)
+
+    def __init__(self, outs: dict[int, deque[Any]]) -> None:
+        self.outs = outs
+
+    def get(self, n: int) -> tuple[Any, Any] | None:
+        out = self.outs.get(n)
+        if out is None:
+            return None
+        v = out[-1] if out else None
+        return v, v
 
 
 class TickView:
     """A window at one trade or ticker: ``price``/``close`` and ticker fields are the trade's / ticker's (one step
     back: the previous one's); indicators hold their value of the last closed bar; other candle fields are unknown."""
 
-    __slots__ = ("window", "key", "tf_ms", "price", "prev_price", "ticker", "prev_ticker")
+    __slots__ = ("window", "key", "tf_ms", "candles", "tickers", "outs")
+    shift = 0
 
     def __init__(self, window: CandleWindow, price: Decimal | None, prev_price: Decimal | None, ticker: Ticker | None,
                  prev_ticker: Ticker | None) -> None:
         self.window, self.key, self.tf_ms = window, window.key, window.tf_ms
-        self.price, self.prev_price, self.ticker, self.prev_ticker = price, prev_price, ticker, prev_ticker
-
-    def field(self, name: str, offset: int = 0) -> Any:
-        if name in ("price", "close"):
-            return self.price if offset == 0 else self.prev_price if offset == 1 else None
-        return None  # not defined at tick level (such rules are not evaluated here)
-
-    def ticker_field(self, name: str, offset: int = 0) -> Decimal | None:
-        return ticker_value(self.ticker if offset == 0 else self.prev_ticker if offset == 1 else None, name)
-
-    def indicator_value(self, spec: IndicatorSpec, offset: int = 0) -> Any:
-        return self.window.indicator_value(spec, 0)
-
-    def value(self, operand: Any, offset: int = 0) -> Any:
-        if isinstance(operand, Decimal):
-            return operand
-        if isinstance(operand, str):
-            return self.ticker_field(operand, offset) if operand in TICKER_FIELDS else self.field(operand, offset)
-        return self.indicator_value(operand, offset)
-
-    def bar_ts(self, offset: int = 0) -> int | None:
-        return None
-
-    def offset_at(self, ts_limit: int) -> int | None:
-        return None
+        self.candles = (_Trade(prev_price), _Trade(price))
+        self.tickers = (prev_ticker, ticker)
+        self.outs = _Held(window.outs)
 
 
-View = CandleWindow | WindowAsOf | TickView
+def read(view: View, operand: Any, offset: int = 0) -> Any:
+    """``operand``'s value in ``view``, ``offset`` bars back (the slow, general read; conditions compile theirs)."""
+    if isinstance(operand, Decimal):
+        return operand
+    i = offset + view.shift
+    if isinstance(operand, IndicatorSpec):
+        n = indicators.number(operand)
+        out = view.outs.get(n)
+        if out is None:
+            view.window.indicator(operand)
+            out = view.outs.get(n)
+        return out[-1 - i] if out is not None and i < len(out) else None
+    if operand in TICKER_FIELDS:
+        tickers = view.tickers
+        return ticker_value(tickers[-1 - i], operand) if i < len(tickers) else None
+    candles = view.candles
+    return CANDLE_FIELDS[operand](candles[-1 - i]) if i < len(candles) else None

@@ -166,3 +166,9 @@ GROUP_MARKET_FEED = "market_feed"
 #: Hash rule name -> YAML of the rule as written in the engine's rules FILE; replaced (DEL + HSET in MULTI) on every
 #: successful load, read by the API to list file rules next to the API-managed ``RULES``.
 FILE_RULES = f"{PREFIX}:rules:file"
+
+
+def alert_open(fingerprint: str) -> str:
+    """String (TTL: the alert ids'): set while a rule's series has a firing alert published and not yet resolved. A
+    resolved alert is published only while it is set, so "resolved" always follows a published "firing"."""
+    return f"{PREFIX}:alert:open:{fingerprint}"

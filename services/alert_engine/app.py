@@ -146,7 +146,8 @@ class AlertEngineApp:
         await self.series_sync.sync()
 
     async def publish(self, fires: list[Fire], batch: Batch[Any] | None = None) -> list[int]:
-        """Commit ``fires`` (``AlertCommit.publish``); the answers: 1 published, 0 duplicate, -1 cooling down."""
+        """Commit ``fires`` (``AlertCommit.publish``); the answers: 1 published, 0 duplicate, -1 cooling down, -2 a
+        resolve whose run published no firing alert."""
         return await self.commit.publish(fires, batch)
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:

@@ -1,26 +1,39 @@
 -- The alert engine's commit: one call per batch that fires, run atomically by Redis (services/alert_engine/commit.py).
 --
--- Per fire, in order: its alert id seen before? (a replay: 0) -> its fingerprint cooling down? (-1) -> else publish
--- (1): XADD to the alerts and history streams, PUBLISH. Then the RULE_STATE rows of the fingerprints the batch touched,
--- and the batch's XACKs: a candle is acked only together with its gate decisions and alert writes.
--- The rows were built by the engine from the answer it predicted per fire (its own cooldown knowledge); a fingerprint
--- with a fire whose answer differs (a replay, another replica's cooldown) gets no row here: the engine writes the
--- right one after.
+-- Per fire, in order: its alert id seen before? (a replay: 0) -> a resolve with no firing alert of its run published
+-- (its firing was cooled down, or never sent: -2) -> its fingerprint cooling down? (-1) -> else publish (1): XADD to
+-- the alerts and history streams, PUBLISH; a firing alert marks its fingerprint open, a resolve closes it. Then the
+-- RULE_STATE rows of the fingerprints the batch touched, and the batch's XACKs: a candle is acked only together with
+-- its gate decisions and alert writes.
+-- The rows were built by the engine from the answer it predicted per firing fire (its own cooldown knowledge); a
+-- fingerprint with a fire whose answer differs (a replay, another replica's cooldown) gets no row here: the engine
+-- writes the right one after. A resolve's answer changes no row ('*').
 --
--- KEYS: alerts stream, history stream, RULE_STATE, per fire (fired-id key, cooldown key), per ack group (stream)
+-- KEYS: alerts stream, history stream, RULE_STATE, per fire (fired-id key, cooldown key, open key),
+--       per ack group (stream)
 -- ARGV: channel, alerts maxlen, history maxlen, fired ttl ms, group, #fires, #rows, #ack groups,
---       per fire (alert bytes, now (exchange ms), cooldown ms (-1 forever, 0 none), fingerprint, predicted 1|0),
+--       per fire (alert bytes, now (exchange ms), cooldown ms (-1 forever, 0 none), fingerprint, predicted 1|0|*,
+--                 state firing|resolved),
 --       per row (fingerprint, packed row), per ack group (#ids, ids...)
--- Returns per fire: 1 published, 0 duplicate id (replay), -1 cooling down.
+-- Returns per fire: 1 published, 0 duplicate id (replay), -1 cooling down, -2 a resolve of nothing published.
 local nf, nr, na = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local ttl = ARGV[4]
 local out, off = {}, {}
 local a = 9
 for i = 1, nf do
-  local kf, kc = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
+  local kf, kc, ko = KEYS[1 + 3 * i], KEYS[2 + 3 * i], KEYS[3 + 3 * i]
   local cd = tonumber(ARGV[a + 2])
+  local resolve = ARGV[a + 5] == 'resolved'
   local r = 1
-  if cd == 0 then
+  if resolve then
+    if redis.call('EXISTS', kf) == 1 then
+      r = 0
+    elseif redis.call('DEL', ko) == 0 then
+      r = -2
+    else
+      redis.call('SET', kf, ARGV[a + 1], 'PX', ttl)
+    end
+  elseif cd == 0 then
     -- no cooldown: the id's first publish is the only test (one call: set unless it exists)
     if not redis.call('SET', kf, ARGV[a + 1], 'PX', ttl, 'NX') then r = 0 end
   elseif redis.call('EXISTS', kf) == 1 then
@@ -42,13 +55,15 @@ for i = 1, nf do
     end
   end
   if r == 1 then
+    if not resolve then redis.call('SET', ko, 1, 'PX', ttl) end
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'd', ARGV[a])
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'd', ARGV[a])
     redis.call('PUBLISH', ARGV[1], ARGV[a])
   end
-  if (r == 1) ~= (ARGV[a + 4] == '1') then off[ARGV[a + 3]] = true end
+  local p = ARGV[a + 4]
+  if p ~= '*' and (r == 1) ~= (p == '1') then off[ARGV[a + 3]] = true end
   out[i] = r
-  a = a + 5
+  a = a + 6
 end
 local rows = {}
 for i = 1, nr do
@@ -64,7 +79,7 @@ for i = 1, nr do
 end
 for i = 1, na do
   local n = tonumber(ARGV[a])
-  redis.call('XACK', KEYS[3 + 2 * nf + i], ARGV[5], unpack(ARGV, a + 1, a + n))
+  redis.call('XACK', KEYS[3 + 3 * nf + i], ARGV[5], unpack(ARGV, a + 1, a + n))
   a = a + n + 1
 end
 return out

@@ -1,7 +1,8 @@
 """The commit of a batch's alerts: one atomic script call (``commit.lua``) gates every fire (alert id seen before?
-cooldown in exchange time?), publishes the others (alerts and history streams, pub/sub), writes the RULE_STATE rows
-of the fingerprints the batch touched and the batch's XACKs. So replicas and restarts never double-fire, and a candle
-is acked only together with its alerts.
+a resolve whose firing alert was never published? cooldown in exchange time?), publishes the others (alerts and
+history streams, pub/sub), writes the RULE_STATE rows of the fingerprints the batch touched and the batch's XACKs.
+So replicas and restarts never double-fire, "resolved" always follows a published "firing", and a candle is acked
+only together with its alerts.
 
 The rows are built before the answers are known, from the answer this engine predicts per fire (its own cooldown
 knowledge); a fingerprint whose answer differs (a replay, another replica's cooldown) gets no row in the commit, and
@@ -55,13 +56,15 @@ class AlertCommit:
 
     async def publish(self, fires: list[Fire], batch: Batch[Any] | None = None) -> list[int]:
         """Gate and publish ``fires`` (with ``batch``'s XACKs unless it was acked already); returns the answers
-        (1 published, 0 duplicate id, -1 cooling down)."""
+        (1 published, 0 duplicate id, -1 cooling down, -2 a resolve whose run published no firing alert)."""
         predicted, saved, touched = self._apply_predicted(fires)
         keys: list[Any] = [streams.ALERTS, streams.ALERT_HISTORY, streams.RULE_STATE]
         fire_args: list[Any] = []
         for f, p in zip(fires, predicted, strict=True):
-            keys += (streams.alert_fired(f.alert.id), streams.alert_cooldown(f.fingerprint))
-            fire_args += (f.alert.encode(), f.now_ms, f.cooldown_ms, f.fingerprint, 1 if p == 1 else 0)
+            fp, state = f.fingerprint, f.alert.state
+            keys += (streams.alert_fired(f.alert.id), streams.alert_cooldown(fp), streams.alert_open(fp))
+            fire_args += (f.alert.encode(), f.now_ms, f.cooldown_ms, fp,
+                          "*" if state == "resolved" else 1 if p == 1 else 0, state)
         rows = self._state_rows(touched)
         row_args = [x for fp, row in rows.items() for x in (fp, row)]
         ack_args: list[Any] = []
@@ -76,7 +79,7 @@ class AlertCommit:
         s = self.settings
         args: list[Any] = [streams.CHANNEL_ALERTS, s.alerts_maxlen, s.alert_history_maxlen, s.fired_ttl_s * 1000,
                            batch.group if batch is not None else "", len(fires), len(rows),
-                           len(keys) - 3 - 2 * len(fires), *fire_args, *row_args, *ack_args]
+                           len(keys) - 3 - 3 * len(fires), *fire_args, *row_args, *ack_args]
         answers = [int(a) for a in await self._script(keys=keys, args=args)]
         await self._take_answers(fires, predicted, answers, saved, touched)
         return answers
@@ -105,7 +108,8 @@ class AlertCommit:
                             touched: dict[str, Fire]) -> None:
         """Count the answers; redo the effects of the fingerprints whose answer was predicted wrong, and write their
         rows (the commit left them out)."""
-        wrong = {f.fingerprint for f, p, a in zip(fires, predicted, answers, strict=True) if (a == 1) != (p == 1)}
+        wrong = {f.fingerprint for f, p, a in zip(fires, predicted, answers, strict=True)
+                 if f.alert.state == "firing" and (a == 1) != (p == 1)}  # (a resolve's answer changes no row)
         if wrong:
             status = self.engine.status
             for fp in wrong:

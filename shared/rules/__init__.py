@@ -36,6 +36,7 @@ series' latest candle closed by the time of the evaluation (never a later one).
 
 from __future__ import annotations
 
+from shared.rules.check import check_rules
 from shared.rules.conditions import (
     CHANNEL_OPS,
     COMPARE_OPS,
@@ -52,7 +53,7 @@ from shared.rules.conditions import (
     describe,
 )
 from shared.rules.loading import check_rules_file, dump_rule, load_rules_file, parse_rule_text, parse_rules
-from shared.rules.model import PLACEHOLDERS, Frequency, Rule, RuleSet, is_pattern
+from shared.rules.model import PLACEHOLDERS, Frequency, Rule, RuleSet
 from shared.rules.operands import (
     ATR,
     CANDLE_FIELDS,
@@ -67,7 +68,9 @@ from shared.rules.operands import (
     BBands,
     IndicatorSpec,
     Operand,
+    Symbol,
     VolumeSMA,
+    is_pattern,
     operand_label,
     parse_duration_ms,
 )
@@ -75,7 +78,7 @@ from shared.rules.operands import (
 __all__ = [
     "ATR", "CANDLE_FIELDS", "CHANNEL_OPS", "COMPARE_OPS", "CVD", "EMA", "INDICATORS", "MACD", "MOVE_OPS", "OP_ALIASES",
     "PLACEHOLDERS", "RSI", "SMA", "TICKER_FIELDS", "VWAP", "All", "AnyOf", "BBands", "Channel", "Compare", "Condition",
-    "Frequency", "IndicatorSpec", "Moving", "Operand", "Rule", "RuleSet", "VolumeSMA", "VolumeSpike", "Where",
-    "check_rules_file", "describe", "dump_rule", "is_pattern", "load_rules_file", "operand_label", "parse_duration_ms",
-    "parse_rule_text", "parse_rules",
+    "Frequency", "IndicatorSpec", "Moving", "Operand", "Rule", "RuleSet", "Symbol", "VolumeSMA", "VolumeSpike", "Where",
+    "check_rules", "check_rules_file", "describe", "dump_rule", "is_pattern", "load_rules_file", "operand_label",
+    "parse_duration_ms", "parse_rule_text", "parse_rules",
 ]

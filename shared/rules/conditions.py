@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-from shared.rules.operands import Operand, StrictModel, Timeframe, operand_label, parse_duration_ms
+from shared.rules.operands import Operand, StrictModel, Symbol, Timeframe, operand_label, parse_duration_ms
 
 COMPARE_OPS = ("greater_than", "above", "less_than", "below", "crossing", "crosses", "crosses_up", "crossing_up",
                "crosses_down", "crossing_down")
@@ -22,7 +22,7 @@ class Where(StrictModel):
     """Where a condition reads its data; unset = the rule's own symbol and timeframe."""
 
     timeframe: Timeframe | None = None
-    symbol: str | None = None
+    symbol: Symbol | None = None
 
 
 class Compare(Where):

@@ -8,9 +8,10 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from shared.rules.conditions import Condition
-from shared.rules.operands import StrictModel, Timeframe, parse_duration_ms
+from shared.rules.operands import StrictModel, Symbol, Timeframe, is_pattern, parse_duration_ms
 from shared.timeframes import timeframe_ms
 
 Frequency = Literal["once", "once_per_bar", "once_per_bar_close", "every_time"]
@@ -19,7 +20,7 @@ Frequency = Literal["once", "once_per_bar", "once_per_bar_close", "every_time"]
 class Rule(StrictModel):
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")
     exchange: str | None = None
-    symbols: list[str] = Field(min_length=1)
+    symbols: list[Symbol] = Field(min_length=1)
     timeframe: Timeframe = "1m"
     condition: Condition
     frequency: Frequency = "once_per_bar_close"
@@ -89,10 +90,6 @@ PLACEHOLDERS = ("rule", "exchange", "symbol", "timeframe", "price", "value", "op
                 "buy_volume", "sell_volume", "delta", "cvd", "time", "ts", "condition", "severity", "state")
 
 
-def is_pattern(symbol: str) -> bool:
-    return any(c in symbol for c in "*?[")
-
-
 class RuleSet(StrictModel):
     rules: list[Rule] = Field(default_factory=list)
     source: str = Field(default="", exclude=True)
@@ -101,8 +98,9 @@ class RuleSet(StrictModel):
     def _unique_names(self) -> RuleSet:
         seen: set[str] = set()
         for rule in self.rules:
-            if rule.name in seen:
-                raise ValueError(f"rule name {rule.name!r} is used twice; names must be unique")
+            if rule.name in seen:  # (a file's duplicates are reported at their own lines by the loader)
+                raise PydanticCustomError("duplicate_name", "rule name {name!r} is used twice; names must be unique",
+                                          {"name": rule.name})
             seen.add(rule.name)
         return self
 

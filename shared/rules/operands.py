@@ -6,7 +6,7 @@ import re
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from shared.timeframes import SUPPORTED
 
@@ -148,6 +148,16 @@ INDICATORS: dict[str, type[IndicatorSpec]] = {
     c.key: c for c in (SMA, EMA, RSI, MACD, BBands, ATR, VWAP, VolumeSMA, CVD)}
 
 
+class UnknownIndicator(StrictModel):
+    """A one-key mapping whose key is no indicator: refused, naming the key and the indicators there are."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse(cls, data: Any) -> Any:
+        key = next(iter(data)) if isinstance(data, dict) and data else data
+        raise ValueError(f"unknown indicator {key!r}; the indicators are {', '.join(INDICATORS)}")
+
+
 def _operand_tag(value: Any) -> str | None:
     if isinstance(value, bool):
         return None
@@ -163,6 +173,7 @@ def _operand_tag(value: Any) -> str | None:
         key = next(iter(value))
         if isinstance(key, str) and key in INDICATORS:
             return key
+        return "_unknown"
     if isinstance(value, IndicatorSpec):
         return str(value.key)
     return None
@@ -181,11 +192,33 @@ Operand = Annotated[
         Annotated[VWAP, Tag("vwap")],
         Annotated[VolumeSMA, Tag("volume_sma")],
         Annotated[CVD, Tag("cvd")],
+        Annotated[UnknownIndicator, Tag("_unknown")],
     ],
     Discriminator(_operand_tag, custom_error_type="operand",
                   custom_error_message="expected a number, a field name (" + ", ".join(CANDLE_FIELDS + TICKER_FIELDS)
                   + ") or a one-key indicator mapping (" + ", ".join(INDICATORS) + ")"),
 ]
+
+
+_QUOTED = re.compile(r"^[^/\s]+/[^/\s:]+(:[^/\s:]+)?$")  # BASE/QUOTE, or BASE/QUOTE:SETTLE (derivatives)
+_QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "USD", "EUR", "GBP", "JPY", "TRY", "BTC", "ETH", "BNB")
+
+
+def is_pattern(symbol: str) -> bool:
+    """A glob (``*/USDT``) rather than one symbol."""
+    return any(c in symbol for c in "*?[")
+
+
+def _quoted(symbol: str) -> str:
+    if is_pattern(symbol) or _QUOTED.match(symbol):
+        return symbol
+    hint = next((f" ({symbol[:-len(q)]}/{q}?)" for q in _QUOTES if symbol.endswith(q) and len(symbol) > len(q)), "")
+    raise ValueError(f"{symbol!r} has no quote currency{hint}: symbols are written BASE/QUOTE, e.g. BTC/USDT, or a "
+                     "pattern such as */USDT")
+
+
+#: A symbol of a rule: ``BASE/QUOTE`` as exchanges list them (ccxt's unified form), or a glob pattern.
+Symbol = Annotated[str, AfterValidator(_quoted)]
 
 
 def operand_label(operand: Any) -> str:

@@ -225,7 +225,8 @@ async def test_a_backfill_another_replica_consumed_is_read_back_when_history_fro
     assert len(taken) == 300
     await redis.xack(stream, streams.GROUP_ALERT_ENGINE, *[entry_id for entry_id, _ in taken])
     await app.sync_series()
-    assert app.series_sync.refilled == 1 and [c.ts for c in series.candles] == [c.ts for c in c1[400 - 301:400]]  # the need
+    assert app.series_sync.refilled == 1
+    assert [c.ts for c in series.candles] == [c.ts for c in c1[400 - 301:400]]  # the need
     await app.sync_series()  # not moved again: not read again
     assert app.series_sync.refilled == 1
     await corr._publish(redis, c1[400:])

@@ -271,14 +271,16 @@ class _Probe:
 
 
 def _reader(url: str, stop: Any, ready: Any, out: Any, floor: bool) -> None:
-    """The alerts' consumer in its own process: when each alert reached it, keyed "symbol|bar end ms" (the second
-    whose first trade closed the bar). ``floor``: reads the trades streams instead — when the first trade of each
-    second reached it (no services ran)."""
+    """The alerts' consumer in its own process: when each alert (and each closed candle: the builder's share) reached
+    it, keyed "symbol|bar end ms" (the second whose first trade closed the bar). ``floor``: reads the trades streams
+    instead — when the first trade of each second reached it (no services ran)."""
     probe = _Probe(url)
     trades = {streams.trades("bench", s): s for s in SYMBOLS}
     # from the start ("0-0": every run begins with FLUSHALL)
-    last = dict.fromkeys(trades, "0-0") if floor else {streams.ALERTS: "0-0"}
+    last = dict.fromkeys(trades, "0-0") if floor else \
+        {streams.ALERTS: "0-0", **{streams.candles("bench", s, "1s"): "0-0" for s in SYMBOLS}}
     received: dict[str, float] = {}
+    candles: dict[str, float] = {}
     ready.set()
     while not stop.is_set():
         resp, arrived = probe.call("XREAD", "COUNT", 1000, "BLOCK", 100, "STREAMS", *last, *last.values())
@@ -291,9 +293,10 @@ def _reader(url: str, stop: Any, ready: Any, out: Any, floor: bool) -> None:
                     msg = decode_feed(data)
                     received.setdefault(f"{trades[name]}|{msg.trades[0][1] // 1000 * 1000}", arrived)
                 else:  # msgpack only (decoding the schema is the consumer's work, not the pipeline's latency)
-                    alert = unpack(data)
-                    received[f"{alert['symbol']}|{alert['ts'] + 1000}"] = arrived
-    out.put(received)
+                    msg = unpack(data)
+                    seen = received if name == streams.ALERTS else candles
+                    seen.setdefault(f"{msg['symbol']}|{msg['ts'] + 1000}", arrived)
+    out.put((received, candles))
 
 
 def _service(url: str, rules: str, which: str, mark: Any, stop: Any, ready: Any, out: Any) -> None:
@@ -318,6 +321,16 @@ def _service(url: str, rules: str, which: str, mark: Any, stop: Any, ready: Any,
         else:
             app = AlertEngineApp(EngineSettings(rules_file=Path(rules), intrabar=False, registry_poll_s=0.5,
                                                 redis_url=url), redis)
+        trace: list = []
+        if os.environ.get("BENCH_TRACE") and which == "alert_engine":  # per batch: start, end, entries (epoch s)
+            handler = app.consumer.handler
+
+            async def traced(batch: Any) -> None:
+                t0 = time.time()
+                await handler(batch)
+                trace.append((t0, time.time(), len(batch.entries)))
+
+            app.consumer.handler = traced
         halt = asyncio.Event()
         task = asyncio.create_task(app.run(halt))
         ready.set()
@@ -328,22 +341,58 @@ def _service(url: str, rules: str, which: str, mark: Any, stop: Any, ready: Any,
         halt.set()
         await asyncio.gather(task, return_exceptions=True)
         await redis.aclose()
+        if trace:
+            Path(os.environ["BENCH_TRACE"]).write_text(json.dumps(trace))
         out.put((which, cpu))
 
     asyncio.run(main())
 
 
-async def latency(url: str, rate: int, seconds: float, tmp: Path, floor: bool, redis_pid: int) -> dict:
+def _candle_producer(url: str, seconds: float, out: Any) -> None:
+    """Closed 1s candles of every symbol, all written in one MULTI every 20 ms (a bar boundary 50 times a second);
+    reports when each was sent, keyed "symbol|bar end ms", from WARMUP_S seconds on."""
+    import redis as sync_redis
+
+    r = sync_redis.Redis.from_url(url)
+    r.ping()
+    sent: dict[str, float] = {}
+    base = int(time.time()) * 1000
+    p = Decimal(1)
+    start = time.time()
+    i = 0
+    while time.time() < start + seconds:
+        ts = base + i * 1000
+        pipe = r.pipeline(transaction=True)
+        for sym in SYMBOLS:
+            c = Candle(exchange="bench", symbol=sym, timeframe="1s", ts=ts, open=p, high=p, low=p, close=p, volume=p,
+                       buy_volume=p, sell_volume=Decimal(0))
+            pipe.xadd(streams.candles("bench", sym, "1s"), {FIELD: c.encode()})
+        at = time.time()
+        pipe.execute()
+        if at - start >= WARMUP_S:
+            sent.update({f"{sym}|{ts + 1000}": at for sym in SYMBOLS})
+        i += 1
+        time.sleep(max(0.0, start + i * 0.02 - time.time()))
+    out.put(sent)
+
+
+async def latency(url: str, rate: int, seconds: float, tmp: Path, layout: str, redis_pid: int) -> dict:
+    """``layout``: "processes" (trades -> candle_builder -> alert_engine -> reader), "floor" (trades -> reader, no
+    services), "engine" (closed candles -> alert_engine -> reader: the engine's hop alone, 10 candles of one
+    boundary written in one MULTI 50 times a second)."""
+    floor, engine_only = layout == "floor", layout == "engine"
     redis = connect(url)
     await redis.flushall()
     for sym in SYMBOLS:
         await redis.sadd(streams.FEED_REGISTRY, streams.registry_member("bench", sym))
+        if engine_only:
+            await redis.sadd(streams.CANDLE_REGISTRY, streams.registry_member("bench", sym, "1s"))
     rules = tmp / "rules.yaml"
     rules.write_text(RULE_EVERY_BAR)
     ctx = mp.get_context("spawn")
     stop, mark, cpu_q = ctx.Event(), ctx.Event(), ctx.Queue()
     services = []
-    for which in () if floor else ("candle_builder", "alert_engine"):
+    for which in {"floor": (), "engine": ("alert_engine",)}.get(layout, ("candle_builder", "alert_engine")):
         ready = ctx.Event()
         proc = ctx.Process(target=_service, args=(url, str(rules), which, mark, stop, ready, cpu_q))
         proc.start()
@@ -356,7 +405,8 @@ async def latency(url: str, rate: int, seconds: float, tmp: Path, floor: bool, r
     await asyncio.to_thread(reader_ready.wait, 30)
     await asyncio.sleep(1.5)  # discovery, groups, subscriptions
     sent_q = ctx.Queue()
-    producer = ctx.Process(target=_producer, args=(url, rate, seconds, sent_q))
+    producer = ctx.Process(target=_candle_producer, args=(url, seconds, sent_q)) if engine_only else \
+        ctx.Process(target=_producer, args=(url, rate, seconds, sent_q))
     redis_cpu = _proc_cpu_s(redis_pid)
     mark.set()
     producer.start()
@@ -366,7 +416,7 @@ async def latency(url: str, rate: int, seconds: float, tmp: Path, floor: bool, r
     stop.set()
     redis_cpu = _proc_cpu_s(redis_pid) - redis_cpu
     reader_stop.set()
-    received = await asyncio.to_thread(seen_q.get)
+    received, candles = await asyncio.to_thread(seen_q.get)
     await asyncio.to_thread(reader.join)
     cpu = dict([await asyncio.to_thread(cpu_q.get, True, 30) for _ in services])
     for proc, _ in services:
@@ -375,10 +425,15 @@ async def latency(url: str, rate: int, seconds: float, tmp: Path, floor: bool, r
     start = min((int(k.rsplit("|", 1)[1]) for k in sent), default=0)
     sampled = {k: v for k, v in sent.items() if int(k.rsplit("|", 1)[1]) >= start + WARMUP_S * 1000}
     lat = sorted((received[k] - sampled[k]) * 1000 for k in received if k in sampled)
+    to_candle = sorted((candles[k] - sampled[k]) * 1000 for k in candles if k in sampled)
+    out = {"layout": layout, "rate_trades_per_s": None if engine_only else rate, "samples": len(lat),
+           "bars": len(sampled), "p50_ms": _pick(lat, 0.5), "p99_ms": _pick(lat, 0.99),
+           "max_ms": round(lat[-1], 3) if lat else None}
+    if engine_only:
+        return {**out, "cpu_s": {**cpu, "redis_server": redis_cpu}}
     trades = rate * seconds
-    return {"layout": "floor" if floor else "processes", "rate_trades_per_s": rate, "samples": len(lat),
-            "expected_samples": len(sampled) - len(SYMBOLS),  # (the last second's bars close after the producer)
-            "p50_ms": _pick(lat, 0.5), "p99_ms": _pick(lat, 0.99), "max_ms": round(lat[-1], 3) if lat else None,
+    # the builder's share: the closing trade's publish -> its closed candle at the reader
+    return {**out, "trade_to_candle_p50_ms": _pick(to_candle, 0.5), "trade_to_candle_p99_ms": _pick(to_candle, 0.99),
             "cpu_us_per_trade": {**{k: round(v * 1e6 / trades, 2) for k, v in cpu.items()},
                                  "redis_server": round(redis_cpu * 1e6 / trades, 2)}}
 
@@ -394,38 +449,53 @@ def _proc_cpu_s(pid: int) -> float:
 
 
 def latencies(rates: list[int], runs: int, seconds: float) -> list[dict]:
+    """Per rate: ``runs`` rounds of the floor and the pipeline, alternating (both see the same moments of the
+    machine); then the engine's hop alone (``layout`` "engine", no trades)."""
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedRedis(Path(tmp) / "redis", persist=False)
         server.start()
+
+        def run(rate: int, layout: str) -> dict:
+            res = asyncio.run(latency(server.url, rate, seconds, Path(tmp), layout, server.process.pid))
+            print("   ", json.dumps(res), flush=True)
+            return res
+
         try:
             for rate in rates:
                 results: dict[str, list[dict]] = {"floor": [], "processes": []}
-                for _ in range(runs):  # floor and pipeline alternate: both see the same moments of the machine
-                    for floor in (True, False):
-                        res = asyncio.run(latency(server.url, rate, seconds, Path(tmp), floor, server.process.pid))
-                        print("   ", json.dumps(res), flush=True)
-                        results[res["layout"]].append(res)
+                for _ in range(runs):
+                    for layout in results:
+                        results[layout].append(run(rate, layout))
                 row: dict = {"rate_trades_per_s": rate, "runs": runs}
                 for layout, rs in results.items():
                     row[layout] = {k: _spread_ms([r[k] for r in rs if r.get(k) is not None])
-                                   for k in ("p50_ms", "p99_ms")}
+                                   for k in ("p50_ms", "p99_ms", "trade_to_candle_p50_ms", "trade_to_candle_p99_ms")}
                     row[layout]["runs_detail"] = rs
                 goal = GOALS[rate]["p99_ms"] if rate in GOALS else None
                 p = row["processes"]
                 if goal is not None:
                     row["goal_p99_ms"] = goal
                     row["met"] = p["p99_ms"]["median"] is not None and p["p99_ms"]["median"] <= goal
-                f = row["floor"]
-                print(f"  {rate}/s trade->alert p50 {p['p50_ms']['median']} ms [{p['p50_ms']['min']}-"
-                      f"{p['p50_ms']['max']}], p99 {p['p99_ms']['median']} ms [{p['p99_ms']['min']}-"
-                      f"{p['p99_ms']['max']}] (goal <= {goal}: {'MET' if row.get('met') else 'NOT MET'}); floor p50 "
-                      f"{f['p50_ms']['median']} [{f['p50_ms']['min']}-{f['p50_ms']['max']}], p99 "
-                      f"{f['p99_ms']['median']} [{f['p99_ms']['min']}-{f['p99_ms']['max']}]", flush=True)
+                print(f"  {rate}/s trade->alert {_fmt_spread(p)} (goal p99 <= {goal}: "
+                      f"{'MET' if row.get('met') else 'NOT MET'}); of which trade->candle p50 "
+                      f"{p['trade_to_candle_p50_ms']['median']}, p99 {p['trade_to_candle_p99_ms']['median']}; "
+                      f"floor {_fmt_spread(row['floor'])}", flush=True)
                 out.append(row)
+            engine = [run(0, "engine") for _ in range(runs)]
+            row = {"layout": "engine", "runs": runs, **{k: _spread_ms([r[k] for r in engine if r.get(k) is not None])
+                                                         for k in ("p50_ms", "p99_ms")}, "runs_detail": engine}
+            print(f"  the engine's hop alone (closed candle -> alert, 10 per boundary): {_fmt_spread(row)}", flush=True)
+            out.append(row)
         finally:
             server.stop()
     return out
+
+
+def _fmt_spread(row: dict) -> str:
+    p50, p99 = row["p50_ms"], row["p99_ms"]
+    return (f"p50 {p50['median']} ms [{p50['min']}-{p50['max']}], p99 {p99['median']} ms "
+            f"[{p99['min']}-{p99['max']}]")
 
 
 def _spread_ms(values: list[float]) -> dict:

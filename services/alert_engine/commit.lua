@@ -11,19 +11,18 @@
 --
 -- KEYS: alerts stream, history stream, RULE_STATE, per fire (fired-id key, cooldown key, open key),
 --       per ack group (stream)
--- ARGV: channel, alerts maxlen, history maxlen, fired ttl ms, group, #fires, #rows, #ack groups,
---       per fire (alert bytes, now (exchange ms), cooldown ms (-1 forever, 0 none), fingerprint, predicted 1|0|*,
---                 state firing|resolved),
---       per row (fingerprint, packed row), per ack group (#ids, ids...)
+-- ARGV: channel, alerts maxlen, history maxlen, fired ttl ms, group, then three msgpack arrays (one argument each, not
+--       hundreds: the client packs every argument in Python): the fires, each [alert bytes, now (exchange ms),
+--       cooldown ms (-1 forever, 0 none), fingerprint, predicted 1|0|*, state firing|resolved]; the rows, flat
+--       [fingerprint, packed row, ...]; the ack groups, each [ids...] (its stream is its key).
 -- Returns per fire: 1 published, 0 duplicate id (replay), -1 cooling down, -2 a resolve of nothing published.
-local nf, nr, na = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local fires, rows_in, acks = cmsgpack.unpack(ARGV[6]), cmsgpack.unpack(ARGV[7]), cmsgpack.unpack(ARGV[8])
 local ttl = ARGV[4]
 local out, off = {}, {}
-local a = 9
-for i = 1, nf do
+for i, f in ipairs(fires) do
   local kf, kc, ko = KEYS[1 + 3 * i], KEYS[2 + 3 * i], KEYS[3 + 3 * i]
-  local cd = tonumber(ARGV[a + 2])
-  local resolve = ARGV[a + 5] == 'resolved'
+  local data, now, cd, fp, predicted, state = f[1], f[2], f[3], f[4], f[5], f[6]
+  local resolve = state == 'resolved'
   local r = 1
   if resolve then
     if redis.call('EXISTS', kf) == 1 then
@@ -31,15 +30,14 @@ for i = 1, nf do
     elseif redis.call('DEL', ko) == 0 then
       r = -2
     else
-      redis.call('SET', kf, ARGV[a + 1], 'PX', ttl)
+      redis.call('SET', kf, now, 'PX', ttl)
     end
   elseif cd == 0 then
     -- no cooldown: the id's first publish is the only test (one call: set unless it exists)
-    if not redis.call('SET', kf, ARGV[a + 1], 'PX', ttl, 'NX') then r = 0 end
+    if not redis.call('SET', kf, now, 'PX', ttl, 'NX') then r = 0 end
   elseif redis.call('EXISTS', kf) == 1 then
     r = 0
   else
-    local now = tonumber(ARGV[a + 1])
     local untl = redis.call('GET', kc)
     if untl then
       untl = tonumber(untl)
@@ -56,30 +54,27 @@ for i = 1, nf do
   end
   if r == 1 then
     if not resolve then redis.call('SET', ko, 1, 'PX', ttl) end
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'd', ARGV[a])
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'd', ARGV[a])
-    redis.call('PUBLISH', ARGV[1], ARGV[a])
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'd', data)
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'd', data)
+    redis.call('PUBLISH', ARGV[1], data)
   end
-  local p = ARGV[a + 4]
-  if p ~= '*' and (r == 1) ~= (p == '1') then off[ARGV[a + 3]] = true end
+  if predicted ~= '*' and (r == 1) ~= (predicted == 1) then off[fp] = true end
   out[i] = r
-  a = a + 6
 end
 local rows = {}
-for i = 1, nr do
-  if not off[ARGV[a]] then
-    rows[#rows + 1] = ARGV[a]
-    rows[#rows + 1] = ARGV[a + 1]
+for i = 1, #rows_in, 2 do
+  if not off[rows_in[i]] then
+    rows[#rows + 1] = rows_in[i]
+    rows[#rows + 1] = rows_in[i + 1]
   end
-  a = a + 2
-  if #rows >= 2000 or (i == nr and #rows > 0) then  -- (unpack's stack limit)
+  if #rows >= 2000 or (i + 1 >= #rows_in and #rows > 0) then  -- (unpack's stack limit)
     redis.call('HSET', KEYS[3], unpack(rows))
     rows = {}
   end
 end
-for i = 1, na do
-  local n = tonumber(ARGV[a])
-  redis.call('XACK', KEYS[3 + 3 * nf + i], ARGV[5], unpack(ARGV, a + 1, a + n))
-  a = a + n + 1
+for i, ids in ipairs(acks) do
+  for j = 1, #ids, 1000 do  -- (unpack's stack limit)
+    redis.call('XACK', KEYS[3 + 3 * #fires + i], ARGV[5], unpack(ids, j, math.min(j + 999, #ids)))
+  end
 end
 return out

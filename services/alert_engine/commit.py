@@ -16,6 +16,7 @@ import time
 from importlib import resources
 from typing import Any
 
+import msgpack
 from redis.asyncio import Redis
 
 from services.alert_engine.core import AlertEngine, Fire
@@ -27,8 +28,12 @@ from shared.schemas import pack
 logger = logging.getLogger(__name__)
 
 _SCRIPT = resources.files(__package__).joinpath("commit.lua").read_text(encoding="utf-8")
-_ACK_CHUNK = 1000  # ids per XACK in the script (Lua's unpack has a stack limit)
 Saved = dict[str, tuple[int | None, int | None]]  # fingerprint -> (cooldown until, last fired) before a commit
+
+
+def _lua_pack(obj: Any) -> bytes:
+    """msgpack for the script's cmsgpack, which knows no bin type: bytes and str both go as raw strings."""
+    return msgpack.packb(obj, use_bin_type=False)
 
 
 class _Acks:
@@ -63,23 +68,20 @@ class AlertCommit:
         for f, p in zip(fires, predicted, strict=True):
             fp, state = f.fingerprint, f.alert.state
             keys += (streams.alert_fired(f.alert.id), streams.alert_cooldown(fp), streams.alert_open(fp))
-            fire_args += (f.alert.encode(), f.now_ms, f.cooldown_ms, fp,
-                          "*" if state == "resolved" else 1 if p == 1 else 0, state)
+            fire_args.append((f.alert.encode(), f.now_ms, f.cooldown_ms, fp,
+                              "*" if state == "resolved" else 1 if p == 1 else 0, state))
         rows = self._state_rows(touched)
-        row_args = [x for fp, row in rows.items() for x in (fp, row)]
-        ack_args: list[Any] = []
+        acks: list[list[Any]] = []
         if batch is not None and not batch.acked:
-            acks = _Acks()
-            batch.ack_with(acks)
-            for stream, ids in acks.ids.items():
-                for i in range(0, len(ids), _ACK_CHUNK):
-                    chunk = ids[i:i + _ACK_CHUNK]
-                    keys.append(stream)
-                    ack_args += (len(chunk), *chunk)
+            taken = _Acks()
+            batch.ack_with(taken)
+            for stream, ids in taken.ids.items():
+                keys.append(stream)
+                acks.append(ids)
         s = self.settings
         args: list[Any] = [streams.CHANNEL_ALERTS, s.alerts_maxlen, s.alert_history_maxlen, s.fired_ttl_s * 1000,
-                           batch.group if batch is not None else "", len(fires), len(rows),
-                           len(keys) - 3 - 3 * len(fires), *fire_args, *row_args, *ack_args]
+                           batch.group if batch is not None else "", _lua_pack(fire_args),
+                           _lua_pack([x for fp, row in rows.items() for x in (fp, row)]), _lua_pack(acks)]
         answers = [int(a) for a in await self._script(keys=keys, args=args)]
         await self._take_answers(fires, predicted, answers, saved, touched)
         return answers

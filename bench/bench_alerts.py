@@ -319,8 +319,7 @@ def _service(url: str, rules: str, which: str, mark: Any, stop: Any, ready: Any,
                 options["linger_ms"] = 0
             app = CandleBuilderApp(BuilderSettings(**options), redis)
         else:
-            app = AlertEngineApp(EngineSettings(rules_file=Path(rules), intrabar=False, registry_poll_s=0.5,
-                                                redis_url=url), redis)
+            app = AlertEngineApp(EngineSettings(rules_file=Path(rules), intrabar=False, redis_url=url), redis)
         trace: list = []
         if os.environ.get("BENCH_TRACE") and which == "alert_engine":  # per batch: start, end, entries (epoch s)
             handler = app.consumer.handler

@@ -114,6 +114,7 @@ class AlertEngineApp:
             await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await self.series_sync.subscriptions.drop(set(self.series_sync.subscriptions.subscribed))
+            await self.commit.close()
 
     async def drain(self, *, final: bool = True) -> int:
         """Burst mode (tests, backtest): sync series once, then process everything available now.
@@ -129,6 +130,7 @@ class AlertEngineApp:
             await self._flush(None)
         if self.engine.stale:  # backfilled candles read last: merged now rather than at the next evaluation
             self.engine.rewarm()
+        await self.commit.close()
         return n
 
     async def reload_rules(self) -> bool:

@@ -54,6 +54,9 @@ class AlertCommit:
         self.redis = redis
         self.engine = engine
         self._script = redis.register_script(_SCRIPT)  # (redis-py loads it again after a NOSCRIPT)
+        # a connection of its own (redis-py's single-connection client): no pool checkout and connection check per
+        # commit, on the path of every alert
+        self._conn = redis.client()
         self.cooldown_until: dict[str, int] = {}  # fingerprint -> as this engine knows it (-1: forever)
         self.published = 0
         self.suppressed = 0
@@ -82,9 +85,13 @@ class AlertCommit:
         args: list[Any] = [streams.CHANNEL_ALERTS, s.alerts_maxlen, s.alert_history_maxlen, s.fired_ttl_s * 1000,
                            batch.group if batch is not None else "", _lua_pack(fire_args),
                            _lua_pack([x for fp, row in rows.items() for x in (fp, row)]), _lua_pack(acks)]
-        answers = [int(a) for a in await self._script(keys=keys, args=args)]
+        answers = [int(a) for a in await self._script(keys=keys, args=args, client=self._conn)]
         await self._take_answers(fires, predicted, answers, saved, touched)
         return answers
+
+    async def close(self) -> None:
+        """Give the commit's connection back (it is taken again by the next commit)."""
+        await self._conn.aclose()
 
     def _apply_predicted(self, fires: list[Fire]) -> tuple[list[int], Saved, dict[str, Fire]]:
         """Each fire's answer as this engine predicts it (1 published, -1 cooling down), its effects applied; what

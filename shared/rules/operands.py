@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
@@ -179,25 +179,17 @@ def _operand_tag(value: Any) -> str | None:
     return None
 
 
-Operand = Annotated[
-    Union[
-        Annotated[Decimal, Tag("_const")],
-        Annotated[FieldName, Tag("_field")],
-        Annotated[SMA, Tag("sma")],
-        Annotated[EMA, Tag("ema")],
-        Annotated[RSI, Tag("rsi")],
-        Annotated[MACD, Tag("macd")],
-        Annotated[BBands, Tag("bbands")],
-        Annotated[ATR, Tag("atr")],
-        Annotated[VWAP, Tag("vwap")],
-        Annotated[VolumeSMA, Tag("volume_sma")],
-        Annotated[CVD, Tag("cvd")],
-        Annotated[UnknownIndicator, Tag("_unknown")],
-    ],
-    Discriminator(_operand_tag, custom_error_type="operand",
-                  custom_error_message="expected a number, a field name (" + ", ".join(CANDLE_FIELDS + TICKER_FIELDS)
-                  + ") or a one-key indicator mapping (" + ", ".join(INDICATORS) + ")"),
-]
+_OPERAND_ERROR = ("expected a number, a field name (" + ", ".join(CANDLE_FIELDS + TICKER_FIELDS)
+                  + ") or a one-key indicator mapping (" + ", ".join(INDICATORS) + ")")
+if TYPE_CHECKING:  # what an operand is, for the type checker; pydantic reads the tagged union below
+    Operand = Decimal | FieldName | IndicatorSpec
+else:
+    Operand = Annotated[
+        Union[(Annotated[Decimal, Tag("_const")], Annotated[FieldName, Tag("_field")],
+               *(Annotated[cls, Tag(key)] for key, cls in INDICATORS.items()),
+               Annotated[UnknownIndicator, Tag("_unknown")])],
+        Discriminator(_operand_tag, custom_error_type="operand", custom_error_message=_OPERAND_ERROR),
+    ]
 
 
 _QUOTED = re.compile(r"^[^/\s]+/[^/\s:]+(:[^/\s:]+)?$")  # BASE/QUOTE, or BASE/QUOTE:SETTLE (derivatives)

@@ -130,6 +130,13 @@ def channel_tickers(exchange: str, symbol: str) -> str:
     return f"{PREFIX}:ch:tickers:{exchange}:{symbol}"
 
 
+def channel_trades(exchange: str, symbol: str) -> str:
+    """Raw trades for GUIs, relayed by the API from the trades stream while someone listens, throttled."""
+    return f"{PREFIX}:ch:trades:{exchange}:{symbol}"
+
+
+CHANNEL_TRADES_PATTERN = f"{PREFIX}:ch:trades:*"
+
 CHANNEL_ALERTS = f"{PREFIX}:ch:alerts"
 
 # ---- notifier (append-only additions) ------------------------------------------------------------------------------
@@ -172,3 +179,31 @@ def alert_open(fingerprint: str) -> str:
     """String (TTL: the alert ids'): set while a rule's series has a firing alert published and not yet resolved. A
     resolved alert is published only while it is set, so "resolved" always follows a published "firing"."""
     return f"{PREFIX}:alert:open:{fingerprint}"
+
+
+# ---- order books and derivatives (append-only additions; issue 24) -------------------------------------------------
+
+
+def books(exchange: str, symbol: str) -> str:
+    """Stream: throttled top-N book snapshots with metrics (BookSnapshot) of one pair, written by market_feed."""
+    return f"{PREFIX}:books:{exchange}:{symbol}"
+
+
+def channel_books(exchange: str, symbol: str) -> str:
+    """Pub/sub channel mirroring ``books`` for live views."""
+    return f"{PREFIX}:ch:books:{exchange}:{symbol}"
+
+
+def funding(exchange: str, symbol: str) -> str:
+    """Stream: mark/index price and funding (FundingRate) of one perpetual."""
+    return f"{PREFIX}:funding:{exchange}:{symbol}"
+
+
+def open_interest(exchange: str, symbol: str) -> str:
+    """Stream: open interest (OpenInterest) of one contract, polled or streamed."""
+    return f"{PREFIX}:open_interest:{exchange}:{symbol}"
+
+
+def liquidations(exchange: str, symbol: str) -> str:
+    """Stream: liquidations (Liquidation) of one contract."""
+    return f"{PREFIX}:liquidations:{exchange}:{symbol}"

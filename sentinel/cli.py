@@ -105,7 +105,7 @@ def backtest(
 
 def _mount_optional() -> None:
     """Sub-commands that live with their service."""
-    mounts = [("services.alert_engine.cli", "rules_app", "rules", "Check and manage alert rules."),
+    mounts = [("sentinel.rules_cli", "rules_app", "rules", "Check and manage alert rules."),
               ("services.notifier.cli", "notify_app", "notify", "Test channels, list and retry dead letters."),
               ("sentinel.data.cli", "data_app", "data", "Download trade history for backtests.")]
     for module, attr, name, help_text in mounts:

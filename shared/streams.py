@@ -174,6 +174,13 @@ GROUP_MARKET_FEED = "market_feed"
 #: successful load, read by the API to list file rules next to the API-managed ``RULES``.
 FILE_RULES = f"{PREFIX}:rules:file"
 
+
+def alert_open(fingerprint: str) -> str:
+    """String (TTL: the alert ids'): set while a rule's series has a firing alert published and not yet resolved. A
+    resolved alert is published only while it is set, so "resolved" always follows a published "firing"."""
+    return f"{PREFIX}:alert:open:{fingerprint}"
+
+
 # ---- order books and derivatives (append-only additions; issue 24) -------------------------------------------------
 
 

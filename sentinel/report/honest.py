@@ -18,9 +18,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from services.alert_engine import indicators
-from services.alert_engine import rules as r
-from services.alert_engine.core import AlertEngine
+from services.alert_engine.core import AlertEngine, CandleWindow
+from shared import rules as r
 from shared.schemas import Alert, Candle
 from shared.timeframes import bucket_start, timeframe_ms
 
@@ -126,7 +125,7 @@ def _why(rule: r.Rule, candles: dict[SeriesKey, list[Candle]], pairs: list[tuple
     need = first_evaluation_bars(rule.condition, rule.timeframe_ms)
     have_bars = max(len(candles[(ex, sym, rule.timeframe)]) for ex, sym in built)
     if have_bars < need:
-        full = max(engine.lookback(ex, sym, rule.timeframe) for ex, sym in built)
+        full = max(max(engine.routes.lookbacks(ex, sym, rule.timeframe).values(), default=0) for ex, sym in built)
         return (f"warm-up: its condition needs {need} closed {rule.timeframe} bars before it can first be evaluated "
                 f"(the engine's full warm-up is {full}); the data has {have_bars}")
     note = ""
@@ -140,7 +139,7 @@ def _why(rule: r.Rule, candles: dict[SeriesKey, list[Candle]], pairs: list[tuple
 
 def first_evaluation_bars(cond: Any, tf_ms: int) -> int:
     """Closed bars a condition needs before it has every value it compares (``all``: each part; ``any``: the
-    quickest). An indicator's first value is counted by feeding the engine's own implementation (talipp)."""
+    quickest). An indicator's first value is counted by feeding the engine's own implementation."""
     if isinstance(cond, r.All):
         return max(first_evaluation_bars(c, tf_ms) for c in cond.all)
     if isinstance(cond, r.AnyOf):
@@ -158,13 +157,14 @@ def first_evaluation_bars(cond: Any, tf_ms: int) -> int:
 @lru_cache(maxsize=256)
 def first_value_bar(spec: Any) -> int:
     """The number of bars after which the engine's incremental ``spec`` first has a value."""
-    ind = indicators.make(spec)
+    window = CandleWindow(("x", "x", "1m"), keep=600)
+    window.indicator(spec)
     for n in range(1, 200_000):
         price = 100 + (n * 7919) % 13  # moving prices and volumes: no indicator is undefined on them
-        ind.add(Candle(exchange="x", symbol="x", timeframe="1m", ts=n * 60_000, open=price, high=price + 1,
-                       low=price - 1, close=price, volume=1 + n % 5, buy_volume=1, sell_volume=n % 5,
-                       quote_volume=price, trades=1))
-        if ind.get(0) is not None:
+        window.push(Candle(exchange="x", symbol="x", timeframe="1m", ts=n * 60_000, open=price, high=price + 1,
+                           low=price - 1, close=price, volume=1 + n % 5, buy_volume=1, sell_volume=n % 5,
+                           quote_volume=price, trades=1), None)
+        if window.value(spec) is not None:
             return n
     return 200_000
 

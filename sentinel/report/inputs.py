@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from services.alert_engine.rules import RuleSet, load_rules_file
 from shared.errors import SentinelError
+from shared.rules import RuleSet, load_rules_file
 from shared.schemas import Alert, Candle
 from shared.timeframes import SUPPORTED, sort_timeframes
 

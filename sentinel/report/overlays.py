@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from services.alert_engine import indicators
-from services.alert_engine import rules as r
+from services.alert_engine.core import CandleWindow
+from shared import rules as r
 from shared.schemas import Candle
 
 PRICE_FIELDS = ("open", "high", "low", "close", "price", "vwap", "last", "bid", "ask", "mid")
@@ -75,11 +75,12 @@ def series_lines(rules: list[r.Rule], exchange: str, symbol: str, timeframe: str
 
 def values(spec: Any, candles: list[Candle]) -> list[tuple[int, float]]:
     """The indicator after each closed candle, as the engine computes it (bars still warming up are left out)."""
-    ind = indicators.make(spec, keep=max(600, len(candles)))
+    window = CandleWindow(("x", "x", "1m"), keep=max(600, len(candles)))
+    window.indicator(spec)
     out = []
     for c in candles:
-        ind.add(c)
-        v = ind.get(0)
+        window.push(c, None)
+        v = window.value(spec)
         if v is not None:
             out.append((c.ts, float(v)))
     return out

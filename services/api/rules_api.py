@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
-from services.alert_engine import rules as rules_mod
+from shared import rules as rules_mod
 from shared import streams
 from shared.errors import ConfigError
 from shared.yamlfile import MAX_DEPTH, load_yaml

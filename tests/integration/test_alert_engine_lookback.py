@@ -59,12 +59,12 @@ rules:
         want |= {(name, A, "1s", t, s) for t, s in pdref.fires(cond, ts, ts + 1000, frequency="once_per_bar_close")}
 
     await corr._publish(redis, c1[:400])
-    first = AlertEngineApp(_settings(tmp_path, text, "e1", warmup_bars=10, history_bars=100), redis)
+    first = AlertEngineApp(_settings(tmp_path, text, "e1", warmup_bars=10, keep_bars=100), redis)
     await first.drain()
     await corr._publish(redis, c1[400:])
-    second = AlertEngineApp(_settings(tmp_path, text, "e2", warmup_bars=10, history_bars=100), redis)
-    await second._sync_series()
-    series = second.engine.series[(EX, A, "1s")]
+    second = AlertEngineApp(_settings(tmp_path, text, "e2", warmup_bars=10, keep_bars=100), redis)
+    await second.sync_series()
+    series = second.engine.windows[(EX, A, "1s")]
     assert series.keep == 202 and [c.ts for c in series.candles] == [c.ts for c in c1[400 - 202:400]]
     await second.drain()
     assert await corr._alerts(redis) == want
@@ -82,7 +82,7 @@ rules:
     app = AlertEngineApp(_settings(tmp_path, text, warmup_bars=10), redis)
     with caplog.at_level(logging.WARNING, logger="services.alert_engine.app"):
         await app.drain()
-        await app._sync_series()  # a second sync does not log the same cut again
+        await app.sync_series()  # a second sync does not log the same cut again
     # an anchored value needs the bars since the current anchor: ceil(anchor / timeframe), plus the bar before
     assert await _lookback(redis) == {f"{EX}|{A}|1s": MAX_HISTORY_BARS, f"{EX}|{A}|1m": 60 + 1,
                                       f"{EX}|{A}|1h": 24 + 1}
@@ -99,20 +99,20 @@ async def test_subscribers_of_one_series_keep_the_largest_look_back_until_the_la
 
     big = AlertEngineApp(_settings(tmp_path, rules("ema: 100"), "big", warmup_bars=10), redis)
     small = AlertEngineApp(_settings(tmp_path, rules("sma: 20"), "small", warmup_bars=10), redis)
-    await big._sync_series()
-    await small._sync_series()  # its smaller need does not overwrite the larger one (last write used to win)
+    await big.sync_series()
+    await small.sync_series()  # its smaller need does not overwrite the larger one (last write used to win)
     assert await _lookback(redis) == {member: 3 * 100 + 1} and await _counts(redis) == {member: 2}
-    await big._unsubscribe(set(big.subscribed))
+    await big.series_sync.subscriptions.drop(set(big.series_sync.subscriptions.subscribed))
     assert await _lookback(redis) == {member: 301} and await _counts(redis) == {member: 1}  # stays while counted
-    await small._unsubscribe(set(small.subscribed))
+    await small.series_sync.subscriptions.drop(set(small.series_sync.subscriptions.subscribed))
     assert await _lookback(redis) == {} and await _counts(redis) == {}  # gone with the last subscriber
 
     # many replicas subscribing at once: the count is exact and the look-back is the largest need
     periods = random.Random(7).sample(range(10, 400), 24)
     apps = [AlertEngineApp(_settings(tmp_path, rules(f"sma: {n}"), f"r{n}", warmup_bars=10), redis) for n in periods]
-    await asyncio.gather(*(a._sync_series() for a in apps))
+    await asyncio.gather(*(a.sync_series() for a in apps))
     assert await _lookback(redis) == {member: max(periods) + 1} and await _counts(redis) == {member: len(apps)}
-    await asyncio.gather(*(a._unsubscribe(set(a.subscribed)) for a in apps))
+    await asyncio.gather(*(a.series_sync.subscriptions.drop(set(a.series_sync.subscriptions.subscribed)) for a in apps))
     assert await _lookback(redis) == {} and await _counts(redis) == {}
 
 
@@ -188,7 +188,7 @@ rules:
     assert await corr._alerts(redis) == {("both", A, "1m", t0, "firing")} and first.engine.deferred == 1
     await redis.delete(streams.ALERTS)
     second = AlertEngineApp(_settings(tmp_path, text, "e2", clock="exchange"), redis)
-    await second._sync_series()
+    await second.sync_series()
     assert second.engine.deferred == 1
     await pub.publish(streams.candles(EX, "ETH/USDT", "1m"), _candle("ETH/USDT", t0 + 60_000, "30").encode())
     await second.drain()

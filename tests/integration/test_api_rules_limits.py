@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from services.alert_engine.rules import parse_rules
 from services.api.rules_api import MAX_BODY_BYTES
 from shared.errors import ConfigError
+from shared.rules import parse_rules
 from shared.yamlfile import MAX_DEPTH
 from tests.integration.test_api_rules import client_for
 

@@ -9,10 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from sentinel.report.honest import (coverage, drop_partial_bar_alerts, explain_silence, first_evaluation_bars,
-                                    order_alerts, partial_bars)
-from services.alert_engine import rules as r
+from sentinel.report.honest import (
+    coverage,
+    drop_partial_bar_alerts,
+    explain_silence,
+    first_evaluation_bars,
+    order_alerts,
+    partial_bars,
+)
 from services.alert_engine.core import AlertEngine
+from shared import rules as r
 from shared.schemas import Alert
 from tests.conftest import REPO, shared_data
 from tests.unit.alert_engine import pdref

@@ -8,8 +8,8 @@ from collections import Counter
 
 from sentinel import export
 from sentinel.report import write_report
-from services.alert_engine import rules as r
 from services.alert_engine.core import AlertEngine
+from shared import rules as r
 from tests.conftest import shared_data
 from tests.unit.alert_engine import pdref
 

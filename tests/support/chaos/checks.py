@@ -17,7 +17,7 @@ from tests.support.chaos.layout import Layout, Pair, delivery_records
 from tests.support.chaos.progress import Probe, wait_for
 from tests.support.chaos.sources import TARGETS, Source
 from tests.support.chaos.verify import (compare_alerts, compare_candles, compare_trades, read_entries, read_jsonl,
-                                        reference_candles, series_of, trades_of)
+                                        reference_candles, series_of, trades_of, xrange_all)
 
 
 def delivered(jsonl: Path, hook) -> dict[str, list[dict]]:
@@ -82,7 +82,7 @@ async def _injected(redis: Redis, names: Layout, injector: Injector) -> dict:
     sizes = {}
     for stream in names.dead_letters:
         sizes[stream] = await redis.memory_usage(stream) or 0
-        for _, fields in await read_entries_raw(redis, stream):
+        for _, fields in await xrange_all(redis, stream):
             named[(fields.get(b"source", b"").decode(errors="replace"),
                    fields.get(b"id", b"").decode(errors="replace"))] += 1
     probe_groups = {}
@@ -98,16 +98,6 @@ async def _injected(redis: Redis, names: Layout, injector: Injector) -> dict:
             "dead_lettered": sum(1 for i in injector.done if (i.stream, i.entry_id) in named),
             "dead_letter_records": sum(named[(i.stream, i.entry_id)] for i in injector.done),
             "accepted": accepted, "unread": unread, "dead_letter_bytes": sizes}
-
-
-async def read_entries_raw(redis: Redis, stream: str) -> list:
-    out, start = [], "-"
-    while True:
-        page = await redis.xrange(stream, min=start, count=500)
-        out += page
-        if len(page) < 500:
-            return out
-        start = "(" + page[-1][0].decode()
 
 
 def totals(trades: dict, candles: dict, alerts: dict) -> dict:

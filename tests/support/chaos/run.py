@@ -29,8 +29,8 @@ from tests.support.chaos.layout import Layout, layout
 from tests.support.chaos.processes import Service, clean_env, sentinel_argv, supervise
 from tests.support.chaos.progress import Probe, wait_for
 from tests.support.chaos.scenario import GROUPS, Chaos, schedule
-from tests.support.chaos.sources import (BUILDER_TIMEFRAMES, EXPLICIT_SERIES, RULES, TIMEFRAMES, Source, backtest_settings, settings_file,
-                                         sources)
+from tests.support.chaos.sources import (BUILDER_TIMEFRAMES, EXPLICIT_SERIES, RULES, TIMEFRAMES, Source,
+                                         backtest_settings, settings_file, sources)
 from tests.support.chaos.verify import recording
 
 CONSUMERS = ("candle_builder", "alert_engine", "notifier")

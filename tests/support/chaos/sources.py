@@ -37,22 +37,22 @@ def sources(data_dir: Path, names: list[str], live: str | None) -> list[Source]:
 
 
 #: 1s rules on the busy BTC/USDT capture (on a named exchange: the engine asks for the 1s series before the feed
-#: starts, so the builder has it from the first trade, as in the backtest), 1m/5m rules on every pair: indicator crosses, % moves, volume spikes,
-#: an RSI level with resolves, cooldowns (state that must survive kills).
+#: starts, so the builder has it from the first trade, as in the backtest), 1m/5m rules on every pair: indicator
+#: crosses, % moves, volume spikes, an RSI level with resolves, cooldowns (state that must survive kills).
 RULES = """\
 rules:
-  - {name: s1_ema_up, exchange: binance, symbols: [BTC/USDT], timeframe: 1s, frequency: once_per_bar_close,
-     condition: {left: {ema: 9}, op: crosses_up, right: {ema: 21}}}
-  - {name: s1_ema_down, exchange: binance, symbols: [BTC/USDT], timeframe: 1s, frequency: once_per_bar_close,
-     condition: {left: {ema: 9}, op: crosses_down, right: {ema: 21}}}
-  - {name: s1_rsi_hot, exchange: binance, symbols: [BTC/USDT], timeframe: 1s, frequency: once_per_bar_close, notify_on_resolve: true,
-     condition: {left: {rsi: 7}, op: above, right: 75}}
-  - {name: s1_move_up, exchange: binance, symbols: [BTC/USDT], timeframe: 1s, frequency: once_per_bar_close, cooldown: 20s,
-     condition: {op: moving_up_pct, percent: 0.03, bars: 5}}
-  - {name: s1_move_down, exchange: binance, symbols: [BTC/USDT], timeframe: 1s, frequency: once_per_bar_close, cooldown: 20s,
-     condition: {op: moving_down_pct, percent: 0.03, bars: 5}}
-  - {name: s1_volume, exchange: binance, symbols: [BTC/USDT], timeframe: 1s, frequency: once_per_bar_close, cooldown: 10s,
-     condition: {op: volume_spike, factor: 5, period: 30}}
+  - {name: s1_ema_up, exchange: binance, symbols: [BTC/USDT], timeframe: 1s,
+     frequency: once_per_bar_close, condition: {left: {ema: 9}, op: crosses_up, right: {ema: 21}}}
+  - {name: s1_ema_down, exchange: binance, symbols: [BTC/USDT], timeframe: 1s,
+     frequency: once_per_bar_close, condition: {left: {ema: 9}, op: crosses_down, right: {ema: 21}}}
+  - {name: s1_rsi_hot, exchange: binance, symbols: [BTC/USDT], timeframe: 1s,
+     frequency: once_per_bar_close, notify_on_resolve: true, condition: {left: {rsi: 7}, op: above, right: 75}}
+  - {name: s1_move_up, exchange: binance, symbols: [BTC/USDT], timeframe: 1s,
+     frequency: once_per_bar_close, cooldown: 20s, condition: {op: moving_up_pct, percent: 0.03, bars: 5}}
+  - {name: s1_move_down, exchange: binance, symbols: [BTC/USDT], timeframe: 1s,
+     frequency: once_per_bar_close, cooldown: 20s, condition: {op: moving_down_pct, percent: 0.03, bars: 5}}
+  - {name: s1_volume, exchange: binance, symbols: [BTC/USDT], timeframe: 1s,
+     frequency: once_per_bar_close, cooldown: 10s, condition: {op: volume_spike, factor: 5, period: 30}}
   - {name: m1_close_ema, symbols: "*", timeframe: 1m, frequency: once_per_bar_close,
      condition: {left: close, op: crossing, right: {ema: 5}}}
   - {name: m1_volume, symbols: "*", timeframe: 1m, frequency: once_per_bar_close,
@@ -77,7 +77,7 @@ def pipeline_sections(rules: Path, replicas: int) -> dict:
     if replicas > 1:
         builder["leases"] = True  # several builders split pairs (opt-in today)
     return {"candle_builder": builder,
-            "alert_engine": {"rules_file": str(rules), "clock": "exchange"}}  # snoozes in the recording's time
+            "alert_engine": {"rules_file": str(rules), "clock": "exchange"}}  # cooldowns: the recording's time
 
 
 def settings_file(path: Path, *, redis_url: str, rules: Path, jsonl: Path, hook_url: str, replicas: int) -> Path:

@@ -83,19 +83,22 @@ def reference_candles(trades: pd.DataFrame, timeframe: str) -> pd.DataFrame:
     return out
 
 
-async def read_entries(redis: Redis, stream: str, skip: set[str]) -> list[tuple[str, bytes]]:
-    """Every entry of ``stream`` but those in ``skip`` (entry ids), oldest first."""
-    out: list[tuple[str, bytes]] = []
+async def xrange_all(redis: Redis, stream: str, page: int = 2000) -> list:
+    """Every entry of ``stream`` as XRANGE gives them (id, fields), oldest first, read page by page."""
+    out: list = []
     start = "-"
     while True:
-        page = await redis.xrange(stream, min=start, count=2000)
-        for entry_id, fields in page:
-            eid = entry_id.decode()
-            if eid not in skip:
-                out.append((eid, fields.get(FIELD, b"")))
-        if len(page) < 2000:
+        got = await redis.xrange(stream, min=start, count=page)
+        out += got
+        if len(got) < page:
             return out
-        start = "(" + page[-1][0].decode()
+        start = "(" + got[-1][0].decode()
+
+
+async def read_entries(redis: Redis, stream: str, skip: set[str]) -> list[tuple[str, bytes]]:
+    """Every entry of ``stream`` but those in ``skip`` (entry ids), oldest first: (id, the message's bytes)."""
+    return [(eid.decode(), fields.get(FIELD, b"")) for eid, fields in await xrange_all(redis, stream)
+            if eid.decode() not in skip]
 
 
 def compare_trades(expected: pd.DataFrame, entries: list[tuple[str, bytes]]) -> dict:

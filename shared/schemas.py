@@ -21,9 +21,9 @@ Idempotency: a trade is identified by (exchange, symbol, id); an alert by its ``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Literal, NamedTuple
 
 import msgpack
@@ -66,11 +66,12 @@ class Trade(NamedTuple):
 
 @dataclass(slots=True)
 class TradeBatch:
-    """Trades of one (exchange, symbol), in exchange order."""
+    """Trades of one (exchange, symbol), in exchange order (decoded: a list of ``Trade``, or ``TradeColumns`` for a
+    large entry; both iterate as ``(id, ts, price, amount, side)``)."""
 
     exchange: str
     symbol: str
-    trades: list[Trade]
+    trades: list[Trade] | TradeColumns
 
 
 @dataclass(slots=True)
@@ -139,24 +140,95 @@ def _int_field(msg: dict, key: str) -> int:
     return value
 
 
-def _decode_rows(rows: Any) -> list[Trade]:
+class TradeColumns:
+    """The trades of one large entry as columns: iterates (and indexes) like a list of ``Trade``. ``rows()`` gives
+    them as plain ``(id, ts, price, amount, side)`` rows with no object per trade (CPython reuses zip's result tuple
+    when the loop unpacks it), so the builder's pass over a batch of 100,000 trades leaves nothing for the garbage
+    collector to scan."""
+
+    __slots__ = ("ids", "tss", "prices", "amounts", "sides")
+
+    def __init__(self, ids: tuple[Any, ...], tss: tuple[int, ...], prices: list[Decimal], amounts: list[Decimal],
+                 sides: tuple[int, ...]) -> None:
+        self.ids, self.tss, self.prices, self.amounts, self.sides = ids, tss, prices, amounts, sides
+
+    def __len__(self) -> int:
+        return len(self.tss)
+
+    def __iter__(self) -> Iterator[Trade]:
+        return map(Trade, self.ids, self.tss, self.prices, self.amounts, map((1).__eq__, self.sides))
+
+    def rows(self) -> Iterator[tuple[Any, int, Decimal, Decimal, int]]:
+        return zip(self.ids, self.tss, self.prices, self.amounts, self.sides)
+
+    def __getitem__(self, i: int) -> Trade:
+        return Trade(self.ids[i], self.tss[i], self.prices[i], self.amounts[i], self.sides[i] == 1)
+
+
+_INF = Decimal("Infinity")
+# Decimal of each price / amount text already seen and checked (with one trade per entry, Decimal() and its checks are
+# a third of the decode): real markets repeat a few thousand prices and amounts. Bounded: cleared when full.
+_VALUES: dict[str, Decimal] = {}
+_CACHE_MAX = 100_000
+
+
+def _value(text: Any, what: str, n: int, row: Any) -> Decimal:
+    """A price or amount: exact decimal text or an integer, finite and > 0; DecodeError naming the trade otherwise.
+    A float is refused: its binary value is not the decimal the exchange sent (61000.5 may be 61000.499999...)."""
+    if type(text) is str:
+        cached = _VALUES.get(text)
+        if cached is not None:
+            return cached
+        try:
+            value = Decimal(text)
+            ok = 0 < value < _INF
+        except ArithmeticError:  # not a number, or NaN compared
+            ok = False
+        if ok:
+            if len(_VALUES) >= _CACHE_MAX:
+                _VALUES.clear()
+            _VALUES[text] = value
+            return value
+    elif type(text) is int and text > 0:
+        return Decimal(text)
+    kind = f"a float ({text!r})" if isinstance(text, float) else repr(text)
+    raise DecodeError(f"trade {n} (id {row[0]!r}): {what} must be exact decimal text or an integer, finite and > 0; "
+                      f"got {kind}")
+
+
+def trade_rows(trades: list[Trade] | TradeColumns) -> Iterable[tuple[Any, int, Decimal, Decimal, Any]]:
+    """The trades of a ``TradeBatch`` as ``(id, ts, price, amount, taker_is_buy)`` rows, the cheapest way there is."""
+    return trades.rows() if type(trades) is TradeColumns else trades
+
+
+def _decode_row(n: int, row: Any) -> Trade:
+    if type(row) is not list or len(row) != 5:
+        raise DecodeError(f"trade {n} is malformed (expected [id, ts, price, amount, side]): {row!r}")
+    tid, ts, price, amount, side = row
+    if type(ts) is not int:
+        raise DecodeError(f"trade {n} is malformed (ts must be an integer): {row!r}")
+    if side != 0 and side != 1:
+        raise DecodeError(f"trade {n} is malformed (side must be 1 for a taker buy or 0): {row!r}")
+    return Trade(tid, ts, _value(price, "price", n, row), _value(amount, "amount", n, row), side == 1)
+
+
+def _decode_rows(rows: Any) -> list[Trade] | TradeColumns:
+    """The trades of an entry, every one validated (``_value``): rows for small batches, columns for large ones."""
     if not isinstance(rows, list):
         raise DecodeError("field 't' must be a list of trades")
-    out: list[Trade] = []
-    append = out.append
-    for n, row in enumerate(rows):
-        try:
-            tid, ts, price, amount, side = row
-            if type(ts) is not int:
-                raise TypeError("ts must be an integer")
-            append(Trade(tid, ts, Decimal(price), Decimal(amount), side == 1))
-        except (TypeError, ValueError, InvalidOperation) as exc:
-            raise DecodeError(f"trade {n} is malformed ({exc}): {row!r}") from exc
-    return out
+    if len(rows) >= 8 and set(map(type, rows)) == {list} and set(map(len, rows)) == {5}:
+        ids, tss, prices, amounts, sides = zip(*rows)
+        if set(map(type, tss)) == {int} and set(sides) <= {0, 1}:
+            return TradeColumns(ids, tss, [_value(p, "price", n, r) for n, (p, r) in enumerate(zip(prices, rows))],
+                                [_value(a, "amount", n, r) for n, (a, r) in enumerate(zip(amounts, rows))], sides)
+    return [_decode_row(n, row) for n, row in enumerate(rows)]
 
 
 def decode_feed(raw: bytes) -> FeedMessage:
-    """Decode one entry of a trades stream into TradeBatch, GapMarker or Watermark (DecodeError if malformed)."""
+    """Decode one entry of a trades stream into TradeBatch, GapMarker or Watermark: the one decoder and validation of
+    trades every reader uses. DecodeError (the entry is dead-lettered with it) for anything malformed, and for a
+    price or amount that is not exact decimal text or an integer (a float), or not finite and > 0 (NaN, Infinity,
+    zero, negative)."""
     return feed_from_msg(unpack(raw))
 
 

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 PREFIX = "sentinel"
 
+#: The one field of every bus entry (``shared.bus``): msgpack bytes.
+FIELD = b"d"
+
 # ---- streams -------------------------------------------------------------------------------------------------------
 
 
@@ -166,3 +169,16 @@ GROUP_MARKET_FEED = "market_feed"
 #: Hash rule name -> YAML of the rule as written in the engine's rules FILE; replaced (DEL + HSET in MULTI) on every
 #: successful load, read by the API to list file rules next to the API-managed ``RULES``.
 FILE_RULES = f"{PREFIX}:rules:file"
+
+# ---- subscriptions owned by live instances (shared.subscriptions) --------------------------------------------------
+
+
+def subscriber(instance: str) -> str:
+    """Hash "exchange|symbol|timeframe" -> look-back (closed candles wanted before the first live one) of ONE live
+    subscriber instance; it expires unless the instance's heartbeat refreshes it, so a killed subscriber's series
+    go away by themselves."""
+    return f"{PREFIX}:subscriber:{instance}"
+
+
+#: Set of subscriber instance names whose ``subscriber(instance)`` hash may exist (an index, pruned by readers).
+SUBSCRIBERS = f"{PREFIX}:subscribers"

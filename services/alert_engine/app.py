@@ -34,11 +34,9 @@ from shared import streams
 from shared.bus import Batch, Bus, Consumer
 from shared.bus import as_str as _s
 from shared.errors import ConfigError, DecodeError
-from shared.fastredis import raw_command
 from shared.history import MAX_HISTORY_BARS
-from shared.runtime import consumer_name, heartbeat
-from services.candle_builder.decode import decode_feed_msg
-from shared.schemas import Candle, GapMarker, Ticker, TradeBatch, Watermark, pack, unpack
+from shared.runtime import heartbeat
+from shared.schemas import Candle, GapMarker, Ticker, TradeBatch, Watermark, feed_from_msg, pack, unpack
 from shared.timeframes import close_wait, near_close
 from shared.yamlfile import load_yaml_file
 
@@ -154,7 +152,7 @@ def decode_input(raw: bytes) -> Candle | Ticker | TradeBatch | GapMarker | Water
     if kind == "candle":
         return Candle.from_msg(msg)
     if kind in ("trades", "gap", "watermark"):
-        return decode_feed_msg(msg)  # candle_builder's decoder: the bars closed here see the entries it sees
+        return feed_from_msg(msg)  # the one trades decoder: the bars closed here see the entries the builder sees
     raise DecodeError(f"expected a candle, a ticker or trades, got kind {kind!r}")
 
 
@@ -193,7 +191,7 @@ class _Commit:
     keys: list[Any]
     args: list[Any]
     batch: Batch | None  # whose XACKs it carries
-    pipe: Any  # RawPipeline, sent
+    replies: list[Any]  # the commit's replies (errors as exceptions)
 
 
 @dataclass(slots=True)
@@ -217,7 +215,7 @@ class AlertEngineApp:
     def __init__(self, settings: Settings, redis: Redis, *, ruleset: RuleSet | None = None) -> None:
         self.settings = settings
         self.redis = redis
-        self.bus = Bus(redis)
+        self.bus = Bus(redis, settings.bus_settings(), service="alert_engine")
         # the file's rules as YAML texts, waiting to be written to FILE_RULES (None: nothing to write)
         self._file_texts: dict[str, str] | None = None
         if ruleset is None:
@@ -230,13 +228,9 @@ class AlertEngineApp:
                                        clock=wall_clock_ms if settings.clock == "wall" else None)
         self._rules_mtime = self._mtime() if ruleset is None else None
         # every stream of a read in one batch: one gate round trip for the candles a second boundary closes at once
-        self.consumer = Consumer(self.bus, group=streams.GROUP_ALERT_ENGINE,
-                                 consumer=consumer_name("alert_engine", settings.consumer_name), decode=decode_input,
-                                 handler=self._handle, count=settings.batch, block_ms=settings.block_ms,
-                                 linger=self._linger if settings.linger_ms else None,
-                                 top_up=self._top_up if settings.fast_close and settings.top_up else None,
-                                 top_up_early=self._top_up_early if settings.fast_close and settings.top_up
-                                 else None)
+        self.consumer = Consumer(self.bus, settings.consumer_settings(streams.GROUP_ALERT_ENGINE, "alert_engine",
+                                                                      count=settings.batch, block_ms=settings.block_ms),
+                                 decode=decode_input, handler=self._handle)
         self._commit_sha = redis.register_script(_COMMIT).sha
         self._subscribe_script = redis.register_script(_SUBSCRIBE)
         self._unsubscribe_script = redis.register_script(_UNSUBSCRIBE)
@@ -717,10 +711,9 @@ class AlertEngineApp:
                 if not batch.acked:
                     # the next read goes out now and waits while this works (its XACKs behind it: reads follow
                     # at once near a close)
-                    await self.consumer.ack(batch, behind_read=True)
+                    await self.consumer.ack(batch)
                 fast_tfs = self._fast_tfs
-                self._speculate(closing, lambda pair: fast.closing(pair, fast_tfs.get(pair, ()), now, window),
-                                self.consumer.reply_waiting)
+                self._speculate(closing, lambda pair: fast.closing(pair, fast_tfs.get(pair, ()), now, window))
 
     def _speculate(self, closing: list[tuple[str, str]], candles_of: Callable[[tuple[str, str]], list[Candle]],
                    busy: Callable[[], bool] = lambda: False) -> None:
@@ -990,21 +983,20 @@ class AlertEngineApp:
                     args += (len(chunk), *chunk)
                     groups += 1
             args[7] = groups
-        pinned = batch.pinned if batch is not None else None
-        pipe = self.bus.pipeline(pinned=pinned)
-        pipe.execute_command("EVALSHA", self._commit_sha, len(keys), *keys, *args)
-        await pipe.send(batch.read_ahead if pinned is not None else None)
-        return _Commit(staged.fires, staged.predicted, saved, staged.touched, keys, args, batch, pipe)
+        async with self.bus.pipeline() as pipe:
+            pipe.execute_command("EVALSHA", self._commit_sha, len(keys), *keys, *args)
+            replies = await pipe.execute(raise_on_error=False)
+        return _Commit(staged.fires, staged.predicted, saved, staged.touched, keys, args, batch, replies)
 
     async def _finish_commit(self, c: _Commit) -> list[int]:
         """The second half of ``publish``: the commit's answers taken, and the effects of the fires predicted wrong
         (a replay, another replica's cooldown) redone with them."""
         fires, predicted, saved, touched, batch = c.fires, c.predicted, c.saved, c.touched, c.batch
-        (reply,) = await c.pipe.replies(raise_on_error=False)
+        (reply,) = c.replies
         if isinstance(reply, redis_errors.NoScriptError):
             # a restarted or flushed Redis: the script never ran, nothing was written or acked. EVAL runs it (and
             # caches it for the next EVALSHA)
-            reply = await raw_command(self.redis, "EVAL", _COMMIT, len(c.keys), *c.keys, *c.args)
+            reply = await self.redis.execute_command("EVAL", _COMMIT, len(c.keys), *c.keys, *c.args)
         elif isinstance(reply, Exception):
             raise reply
         answers = [int(a) for a in reply]

@@ -27,12 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.candle_builder.core import Emitted, SeriesBuilder
-from services.candle_builder.decode import decode_feed_fast
 from services.candle_builder.series import entry_id
 from shared import streams
 from shared.bus import FIELD
 from shared.errors import DecodeError
-from shared.schemas import Candle, GapMarker, TradeBatch, Watermark, unpack
+from shared.schemas import Candle, GapMarker, TradeBatch, Watermark, decode_feed, unpack
 from shared.timeframes import bucket_start
 
 logger = logging.getLogger(__name__)
@@ -155,7 +154,7 @@ class FastClose:
             sink: list[Emitted] = []  # bars those entries close: candle_builder publishes them (not read yet)
             for raw_id, fields in entries:
                 try:
-                    msg = decode_feed_fast((fields or {}).get(FIELD) or b"")
+                    msg = decode_feed((fields or {}).get(FIELD) or b"")
                 except DecodeError:
                     continue  # dead-lettered by the builder too
                 builder.apply(msg, sink)

@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Any
 
 from services.candle_builder.bars import _CTX, _ZERO, Bar, bar_from_history
-from shared.schemas import FeedMessage, GapMarker, TradeBatch, Watermark, pack, unpack
+from shared.schemas import FeedMessage, GapMarker, TradeBatch, Watermark, pack, trade_rows, unpack
 from shared.timeframes import bucket_start, sort_timeframes, timeframe_ms
 
 __all__ = ["Bar", "Emitted", "SeriesBuilder", "bar_from_history", "base_timeframe"]
@@ -122,9 +122,9 @@ class SeriesBuilder:
 
     def apply(self, msg: FeedMessage, out: list[Emitted]) -> None:
         """One trades-stream entry: trades aggregated, a watermark advances exchange time, a gap flags its candles.
-        The only way entries reach a builder (candle_builder's, and the alert engine's replicas of it)."""
+        The only way entries reach a builder."""
         if isinstance(msg, TradeBatch):
-            self.add_trades(msg.trades, out)
+            self.add_trades(trade_rows(msg.trades), out)
         elif isinstance(msg, Watermark):
             self.advance(msg.ts, out, final=msg.final)
         elif isinstance(msg, GapMarker):
@@ -531,9 +531,6 @@ class SeriesBuilder:
                         for tf in self.derived},
             "recent": self._dump_recent(),
             "history_from": dict(self.history_from),
-            # what a replica (``SeriesBuilder.replica``) needs besides the state to close bars exactly as this one
-            "config": {"timeframes": self.timeframes, "flat_candles": self.flat_candles,
-                       "lateness_ms": self.lateness_ms, "max_flat": self.max_flat},
         }
 
     def _dump_recent(self) -> dict:
@@ -552,21 +549,6 @@ class SeriesBuilder:
             out[tf] = hit[1]
         dirty.clear()
         return out
-
-    @classmethod
-    def replica(cls, state: dict) -> SeriesBuilder:
-        """A builder that continues from ``state`` (a ``dump()``) with the dumping builder's own configuration, so the
-        same stream entries applied to both emit the same candles (the alert engine closes bars this way from the
-        trades it reads, without waiting for candle_builder). ValueError for a state without its configuration."""
-        config = state.get("config")
-        if not isinstance(config, dict) or not isinstance(state.get("base_tf"), str):
-            raise ValueError("state carries no builder configuration (written by an older candle_builder)")
-        tfs = list(config.get("timeframes") or [])
-        builder = cls([*tfs, state["base_tf"]], base=state["base_tf"], flat_candles=bool(config["flat_candles"]),
-                      lateness_ms=int(config["lateness_ms"]), max_flat=int(config["max_flat"]))
-        builder.restore(state)
-        builder.emit_base = state["base_tf"] in tfs
-        return builder
 
     def restore(self, state: dict) -> None:
         """Load a ``dump()``; timeframes configured now but absent from the state are added as new."""

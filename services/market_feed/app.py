@@ -40,7 +40,7 @@ class MarketFeedApp:
     def __init__(self, settings: Settings, redis: Redis, *, bus: Bus | None = None) -> None:
         self.settings = settings
         self.redis = redis
-        self.bus = bus or Bus(redis, maxlen=settings.stream_maxlen)
+        self.bus = bus or Bus(redis, settings.bus_settings(settings.stream_maxlen), service="market_feed")
         self.exchange = settings.resolved_exchange()
         self.done = False
         self.exchange_time: int | None = None

@@ -11,12 +11,14 @@ import csv
 from decimal import Decimal
 from pathlib import Path
 
+import msgpack
 import pandas as pd
 import pytest
 
 from services.candle_builder.app import CandleBuilderApp
 from services.candle_builder.settings import Settings
 from shared import streams
+from shared.subscriptions import Subscriptions
 from shared.bus import FIELD, Bus
 from shared.schemas import Candle, Trade, Watermark, encode_trades, encode_watermark
 from tests.conftest import shared_data
@@ -318,12 +320,11 @@ async def test_a_replay_is_never_closed_by_the_clock(redis, redis_url):
     assert (await read_candles(redis, exchange, symbol, "1m"))[-1].ts == last_minute - 60_000
 
 
-async def test_subscribed_timeframes_are_built_while_their_count_is_positive(redis, redis_url):
+async def test_subscribed_timeframes_are_built_and_others_not(redis, redis_url):
     exchange, symbol, rel = RECORDINGS["xrpeth"]
     path = shared_data(rel)
     trades = read_trades(path)
-    await redis.hset(streams.SUBSCRIPTIONS, mapping={streams.registry_member(exchange, symbol, "30m"): 2,
-                                                     streams.registry_member(exchange, symbol, "4h"): 0})
+    await Subscriptions(redis).publish("engine-1", {(exchange, symbol, "30m"): 0})
     await publish(redis, exchange, symbol, trades, per_entry=50)
     await run_until_caught_up(redis, settings_for(redis_url, timeframes=["1m"]), [streams.trades(exchange, symbol)])
     check_against_pandas(await read_candles(redis, exchange, symbol, "30m"), path, "30m")
@@ -350,18 +351,37 @@ async def test_a_gap_marker_flags_the_candles_it_overlaps_incomplete(redis, redi
     assert flagged >= 2
 
 
-async def test_a_poison_trade_goes_to_the_dead_letter_stream_and_the_rest_flows(redis, redis_url):
+POISON = [  # (price, amount, reason fragment): each written as a real entry, as a faulty producer would
+    ("NaN", "1", "got 'NaN'"), ("Infinity", "1", "got 'Infinity'"), ("0", "1", "got '0'"), ("-5", "1", "got '-5'"),
+    (61000.5, "1", "got a float (61000.5)"), ("61000.5", "0", "amount must be"), ("61000.5", -1, "amount must be"),
+    ("61000.5", 0.5, "got a float (0.5)"),
+]
+
+
+async def test_poison_trades_go_to_the_dead_letter_stream_with_their_reason_and_the_rest_flows(redis, redis_url):
+    """Entries with a NaN, infinite, zero or negative price or amount, or a float one (only exact decimal text or
+    integers are valid), injected among a real recording: each is dead-lettered naming what is wrong — alone or
+    inside a batch of valid trades — and every candle still equals pandas' candles of the valid trades."""
     exchange, symbol, rel = RECORDINGS["kraken"]
     path = shared_data(rel)
     trades = read_trades(path)
     stream = streams.trades(exchange, symbol)
     await publish(redis, exchange, symbol, trades[:1000], per_entry=50, final=False)
-    poison = encode_trades(exchange, symbol, [Trade(-1, trades[999].ts, Decimal("NaN"), Decimal("1"), True)])
-    await Bus(redis).publish(stream, poison)
+    ts = trades[999].ts
+    poison = []
+    for n, (price, amount, _) in enumerate(POISON):
+        rows = [[-n - 1, ts, price, amount, 1]]
+        if n % 2:  # inside a batch of valid trades: the whole entry is refused, not a part of it
+            rows = [[-100 - i, ts, "61000", "1", 0] for i in range(12)] + rows
+        poison.append(msgpack.packb({"v": 1, "k": "trades", "x": exchange, "s": symbol, "t": rows}))
+        await redis.xadd(stream, {FIELD: poison[-1]})
     await publish(redis, exchange, symbol, trades[1000:], per_entry=50)
     await run_until_caught_up(redis, settings_for(redis_url), [stream])
     dead = await redis.xrange(streams.DEAD_LETTER)
-    assert len(dead) == 1 and dead[0][1][FIELD] == poison and b"price must be positive" in dead[0][1][b"reason"]
+    assert [d[1][FIELD] for d in dead] == poison  # (small entries: kept whole)
+    for (_, fields), (_, _, fragment) in zip(dead, POISON):
+        assert fields[b"source"] == stream.encode() and fields[b"group"] == b"candle_builder"
+        assert b"undecodable" in fields[b"reason"] and fragment.encode() in fields[b"reason"], fields[b"reason"]
     for tf in TIMEFRAMES:
         check_against_pandas(await read_candles(redis, exchange, symbol, tf), path, tf)
 

@@ -46,7 +46,6 @@ from services.market_feed.settings import ExchangeFeed, Settings
 from shared import streams
 from shared.bus import Bus
 from shared.errors import ConfigError, ExchangeError, UnknownExchangeError, UnknownSymbolError
-from shared.runtime import consumer_name
 from shared.schemas import GapMarker, Ticker, Trade, Watermark
 
 logger = logging.getLogger(__name__)
@@ -261,7 +260,7 @@ class LiveFeed:
                         self._tickers(stop, feed.id, symbol), name=f"ticker-{feed.id}-{symbol}"))
         tasks.append(asyncio.create_task(self._log_health(stop), name="feed-health-log"))
         self.history = HistoryServer(self.bus, self.exchanges,
-                                     consumer_name("market_feed", self.settings.consumer_name))
+                                     self.settings.consumer_settings(streams.GROUP_MARKET_FEED, "market_feed", count=10))
         tasks.append(asyncio.create_task(self.history.run(stop), name="feed-history"))
         try:
             await stop.wait()

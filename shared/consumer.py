@@ -201,7 +201,8 @@ class Consumer(Generic[T]):
             try:
                 await self.poll(self.settings.block_ms)
                 failures = 0
-                outage.ok()
+                if self._streams:  # (a poll without streams sends nothing: it proves nothing about Redis)
+                    outage.ok()
             except REDIS_DOWN as exc:
                 # a read whose reply was lost may have delivered entries (pending here): re-read own pending first
                 self._recover.update(self._ready)

@@ -25,12 +25,18 @@ def backoff_delay(attempt: int, *, base: float = 0.1, cap: float = 10.0) -> floa
 
 
 class Outage:
-    """Whether Redis is reachable for one service, as its loops last found it."""
+    """Whether Redis is reachable for one service, as its loops last found it.
 
-    def __init__(self, service: str) -> None:
+    A connection error within ``settle_s`` after Redis came back (a pooled connection opened before the outage, used
+    for the first time since) is the tail of the same outage: it is retried without another pair of lines."""
+
+    def __init__(self, service: str, *, settle_s: float = 5.0) -> None:
         self.service = service
+        self.settle_s = settle_s
         self.down_since: float | None = None
         self.outages = 0  # how many times Redis went away while this service ran
+        self._back_at = float("-inf")
+        self._quiet = False  # down again right after coming back: not told
 
     @property
     def down(self) -> bool:
@@ -38,8 +44,13 @@ class Outage:
 
     def lost(self, exc: BaseException, where: str) -> None:
         """A loop (``where``) could not reach Redis: warn if it was up until now; otherwise only a debug line."""
+        now = time.monotonic()
         if self.down_since is None:
-            self.down_since = time.monotonic()
+            self.down_since = now
+            if now - self._back_at < self.settle_s:
+                self._quiet = True
+                logger.debug("%s: Redis connection error right after recovery in %s: %s", self.service, where, exc)
+                return
             self.outages += 1
             logger.warning("%s: Redis is unreachable (%s: %s, in %s); retrying quietly until it is back",
                            self.service, type(exc).__name__, exc, where)
@@ -47,8 +58,12 @@ class Outage:
             logger.debug("%s: Redis still unreachable in %s: %s", self.service, where, exc)
 
     def ok(self) -> None:
-        """A command worked: if Redis was down, say once that it is back and for how long it was gone."""
+        """A command reached Redis: if it was down, say once that it is back and for how long it was gone."""
         since = self.down_since
         if since is not None:
             self.down_since = None
-            logger.warning("%s: Redis is back after %.1f s", self.service, time.monotonic() - since)
+            now = time.monotonic()
+            if not self._quiet:
+                self._back_at = now
+                logger.warning("%s: Redis is back after %.1f s", self.service, now - since)
+            self._quiet = False

@@ -111,11 +111,11 @@ class CandleBuilderApp:
             await self._guarded("discovery", self.discover)
 
     async def _guarded(self, what: str, step: Any) -> None:
-        """Run one round of a helper loop: a Redis outage is told once (``Bus.outage``), a bug is logged and the
-        next round retries; neither kills the service."""
+        """Run one round of a helper loop: a Redis outage is told once (``Bus.outage``; discovery, the heartbeat
+        and the consumer tell when it is back), a bug is logged and the next round retries; neither kills the
+        service."""
         try:
             await step()
-            self.bus.outage.ok()
         except REDIS_DOWN as exc:
             self.bus.outage.lost(exc, what)
         except Exception:
@@ -125,6 +125,7 @@ class CandleBuilderApp:
         """Read FEED_REGISTRY and the live subscribers' series; follow new trades streams, unfollow removed ones,
         follow timeframe changes, backfill what a grown look-back needs."""
         feeds = await self.redis.smembers(streams.FEED_REGISTRY)
+        self.bus.outage.ok()  # (only commands that reached Redis say it is back: a timer tick may send none)
         subscribed = await self.subscriptions.read_all()
         wanted: dict[tuple[str, str], set[str]] = {}
         for member in feeds:

@@ -326,7 +326,9 @@ class Consumer(Generic[T]):
             if fields is None:  # deleted by trimming while pending
                 await self.redis.xack(stream, self.group, entry_id)
                 continue
-            data = entry_data(fields)
+            # the bus's own entries are exactly [b"d", data]
+            data = fields[1] if type(fields) is list and len(fields) == 2 and fields[0] == FIELD else \
+                entry_data(fields)
             try:
                 if data is None:
                     raise DecodeError(f"entry has no {FIELD.decode()!r} field")

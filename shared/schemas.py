@@ -35,6 +35,7 @@ from shared.errors import DecodeError
 SCHEMA_VERSION = 1
 
 _packb = msgpack.Packer(use_bin_type=True).pack
+_unpackb = msgpack.unpackb
 
 
 def pack(obj: Any) -> bytes:
@@ -45,7 +46,7 @@ def pack(obj: Any) -> bytes:
 def unpack(raw: bytes) -> Any:
     """msgpack-decode; DecodeError if the bytes are not msgpack."""
     try:
-        return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        return _unpackb(raw, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types
         raise DecodeError(f"not msgpack: {exc}") from exc
 
@@ -221,7 +222,22 @@ def _decode_rows(rows: Any) -> list[Trade] | TradeColumns:
         if set(map(type, tss)) == {int} and set(sides) <= {0, 1}:
             return TradeColumns(ids, tss, [_value(p, "price", n, r) for n, (p, r) in enumerate(zip(prices, rows))],
                                 [_value(a, "amount", n, r) for n, (a, r) in enumerate(zip(amounts, rows))], sides)
-    return [_decode_row(n, row) for n, row in enumerate(rows)]
+    out: list[Trade] = []
+    values = _VALUES
+    for n, row in enumerate(rows):
+        # the usual row, with values seen (and checked) before: no call but the dict lookups
+        if type(row) is list and len(row) == 5:
+            tid, ts, price, amount, side = row
+            if type(ts) is int and type(price) is str and type(amount) is str and (side == 1 or side == 0):
+                p, a = values.get(price), values.get(amount)
+                if p is not None and a is not None:
+                    out.append(_new_tuple(Trade, (tid, ts, p, a, side == 1)))
+                    continue
+        out.append(_decode_row(n, row))  # every check, and the reason when one fails
+    return out
+
+
+_new_tuple = tuple.__new__  # a Trade without NamedTuple's Python-level __new__
 
 
 def decode_feed(raw: bytes) -> FeedMessage:
@@ -234,6 +250,10 @@ def decode_feed(raw: bytes) -> FeedMessage:
 
 def feed_from_msg(msg: Any) -> FeedMessage:
     """``decode_feed`` of an already unpacked map (for a reader that looked at ``k`` first)."""
+    if type(msg) is dict and msg.get("k") == "trades" and msg.get("v") == SCHEMA_VERSION:  # the hot path
+        exchange, symbol = msg.get("x"), msg.get("s")
+        if type(exchange) is str and type(symbol) is str and exchange and symbol:
+            return TradeBatch(exchange, symbol, _decode_rows(msg.get("t")))
     kind = _header(msg, ("trades", "gap", "watermark"))
     exchange, symbol = _str_field(msg, "x"), _str_field(msg, "s")
     if kind == "trades":

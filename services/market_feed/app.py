@@ -17,9 +17,9 @@ from redis.asyncio import Redis
 
 from services.market_feed.core import Event, FeedCore, TickEvent, pace_delay
 from services.market_feed.publisher import Outbox, read_last_ids
-from services.market_feed.readers import read_trades
+from shared.recordings import read_trades
 from services.market_feed.settings import Settings
-from services.market_feed.simulated import SimulatedMarket, quote
+from shared.simulated import SimulatedMarket, quote
 from shared import streams
 from shared.bus import Bus
 from shared.runtime import heartbeat

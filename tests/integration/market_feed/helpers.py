@@ -13,7 +13,7 @@ import pytest
 
 from services.exchange_sim.server import ExchangeSim
 from services.market_feed.app import MarketFeedApp
-from services.market_feed.readers import read_trades
+from shared.recordings import read_trades
 from services.market_feed.settings import Settings
 from shared import streams
 from shared.bus import FIELD

@@ -1,11 +1,10 @@
-"""What the API and ``sentinel notify`` read: recent deliveries and dead letters (secrets never stored in them),
-and the retry of dead letters."""
+"""The notifier's history as the API and ``sentinel notify`` read it: recent deliveries and dead letters (secrets never
+stored in them), and the retry of dead letters. Shared: the notifier writes these streams, the API reads them."""
 
 from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from services.notifier import core
 from shared import streams
 from shared.errors import DecodeError
 from shared.schemas import Alert
@@ -32,7 +31,7 @@ async def dead_letters(redis: Redis, limit: int = 50) -> list[dict]:
     out = []
     for eid, f in rows:
         try:
-            alert = core.alert_record(Alert.decode(f.get(b"d", b"")))
+            alert = Alert.decode(f.get(b"d", b"")).model_dump(mode="json")
         except DecodeError:
             alert = None
         out.append({"id": _s(eid), "ts": int(f.get(b"ts", 0)), "alert_id": _s(f.get(b"alert_id")),

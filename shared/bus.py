@@ -140,8 +140,8 @@ class Bus:
     async def caught_up(self, stream: str, group: str) -> bool:
         """True when ``group`` has been delivered every entry of ``stream`` and acked them all."""
         try:
-            info = await self.redis.xinfo_stream(stream)
-            groups = await self.redis.xinfo_groups(stream)
+            info: Any = await self.redis.xinfo_stream(stream)
+            groups: Any = await self.redis.xinfo_groups(stream)
         except redis_errors.ResponseError:
             return False
         last = info.get("last-generated-id") or info.get(b"last-generated-id")
@@ -154,15 +154,16 @@ class Bus:
     async def group_status(self, stream: str, group: str) -> dict[str, int] | None:
         """Pending count and lag (entries not yet delivered) of a group, None if the group does not exist."""
         try:
-            info = await self.redis.xinfo_stream(stream)
-            groups = await self.redis.xinfo_groups(stream)
+            info: Any = await self.redis.xinfo_stream(stream)
+            groups: Any = await self.redis.xinfo_groups(stream)
         except redis_errors.ResponseError:
             return None
         for g in groups:
             if _s(g.get("name")) == group:
                 lag = g.get("lag")
                 if lag is None:  # Redis < 7 has no lag field: count what lies after last-delivered-id
-                    lag = len(await self.redis.xrange(stream, min=f"({_s(g['last-delivered-id'])}", count=10_000))
+                    after: Any = await self.redis.xrange(stream, min=f"({_s(g['last-delivered-id'])}", count=10_000)
+                    lag = len(after)
                 return {"pending": int(g["pending"]), "lag": int(lag), "length": int(info["length"])}
         return None
 

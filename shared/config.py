@@ -21,7 +21,7 @@ import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from pydantic import AliasChoices, Field, ValidationError
 from pydantic.fields import FieldInfo
@@ -78,12 +78,15 @@ class ServiceSettings(BaseSettings):
         return ConsumerSettings(group=group, consumer=consumer_name(service, self.consumer_name), **values)
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                   file_secret_settings):
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, _LenientEnv(settings_cls), _YamlSection(settings_cls), file_secret_settings
 
     @classmethod
-    def load(cls, config_file: str | Path | None = None, **overrides: Any):
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Self:
         """Build settings; ConfigError listing every problem in one go: each as ``file:line: field — expected``,
         ``environment SENTINEL_X: field — expected`` for a value from the environment, and every ``SENTINEL_*``
         variable no service reads (a typo such as ``SENTINEL_API_PORT`` for ``SENTINEL_PORT``)."""
@@ -164,7 +167,7 @@ def _problems(cls: type[ServiceSettings], exc: ValidationError, path: str | Path
     _, lines = load_yaml_file(path) if path else (None, {})
     common = set(ServiceSettings.model_fields)
 
-    def prefix_for(loc: tuple) -> tuple:
+    def prefix_for(loc: tuple[Any, ...]) -> tuple[Any, ...]:
         first = loc[0] if loc else ""
         return (cls.section,) if cls.section and first not in common and (cls.section, first) in lines else ()
 
@@ -194,7 +197,7 @@ class _YamlSection(PydanticBaseSettingsSource):
         super().__init__(settings_cls)
         self.path = _CURRENT_FILE.get()
 
-    def get_field_value(self, field, field_name):  # pragma: no cover - required by the ABC, unused
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:  # (ABC; unused)
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:

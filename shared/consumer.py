@@ -94,12 +94,12 @@ def entry_data(fields: Any) -> bytes | None:
     """The ``d`` field of a raw stream entry (``[f, v, f, v...]``, or a dict); None when it has none."""
     if isinstance(fields, dict):
         return fields.get(FIELD)
+    data: bytes | None = None
     if type(fields) is list and len(fields) == 2 and fields[0] == FIELD:  # the bus's own entries
-        return fields[1]
-    for i in range(0, len(fields) - 1, 2):
-        if fields[i] == FIELD:
-            return fields[i + 1]
-    return None
+        data = fields[1]
+    else:
+        data = next((fields[i + 1] for i in range(0, len(fields) - 1, 2) if fields[i] == FIELD), None)
+    return data
 
 
 def _raw(response: Any, **options: Any) -> Any:
@@ -155,6 +155,7 @@ class Consumer(Generic[T]):
         self._raw = Redis(connection_pool=bus.redis.connection_pool)
         self._raw.set_response_callback("XREADGROUP", _raw)
         self._raw.set_response_callback("XAUTOCLAIM", _raw)
+        self._command: Any = self._raw.execute_command
         self._prune = self.redis.register_script(_PRUNE)
         self._streams: list[str] = list(dict.fromkeys(streams))
         self._ready: set[str] = set()  # streams whose group exists
@@ -255,8 +256,8 @@ class Consumer(Generic[T]):
 
     async def _xreadgroup(self, ids: dict[str, str], block_ms: int | None) -> Any:
         block = () if block_ms is None else ("BLOCK", block_ms)
-        return await self._raw.execute_command("XREADGROUP", "GROUP", self.group, self.name,
-                                               "COUNT", self.settings.count, *block, "STREAMS", *ids, *ids.values())
+        return await self._command("XREADGROUP", "GROUP", self.group, self.name, "COUNT", self.settings.count,
+                                   *block, "STREAMS", *ids, *ids.values())
 
     async def _read_own_pending(self) -> int:
         handled = 0
@@ -273,9 +274,8 @@ class Consumer(Generic[T]):
         for stream in self._streams:
             start: Any = "0-0"
             while True:
-                reply = await self._raw.execute_command("XAUTOCLAIM", stream, self.group, self.name,
-                                                        self.settings.claim_idle_ms, start, "COUNT",
-                                                        self.settings.count)
+                reply = await self._command("XAUTOCLAIM", stream, self.group, self.name,
+                                            self.settings.claim_idle_ms, start, "COUNT", self.settings.count)
                 start, claimed = reply[0], [e for e in reply[1] if e]  # (Redis 6.2: nil for a trimmed entry)
                 if claimed:
                     logger.info("%s/%s: claimed %d stale entries of %s", self.group, self.name, len(claimed), stream)
@@ -378,10 +378,10 @@ class Consumer(Generic[T]):
             await pipe.execute()
 
     async def _failed(self, entry: Entry[T]) -> None:
-        pending = await self.redis.xpending_range(entry.stream, self.group, min=entry.id, max=entry.id, count=1)
-        deliveries = pending[0]["times_delivered"] if pending else 1
+        pending: Any = await self.redis.xpending_range(entry.stream, self.group, min=entry.id, max=entry.id, count=1)
+        deliveries = int(pending[0]["times_delivered"]) if pending else 1
         if deliveries >= self.settings.max_deliveries:
-            raw = await self.redis.xrange(entry.stream, min=entry.id, max=entry.id)
+            raw: Any = await self.redis.xrange(entry.stream, min=entry.id, max=entry.id)
             data = raw[0][1].get(FIELD) if raw else None
             await self.bus.dead_letter(entry.stream, entry.id, data, f"handler failed {deliveries} times", self.group)
             await self.redis.xack(entry.stream, self.group, entry.id)

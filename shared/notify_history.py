@@ -3,6 +3,8 @@ stored in them), and the retry of dead letters. Shared: the notifier writes thes
 
 from __future__ import annotations
 
+from typing import Any
+
 from redis.asyncio import Redis
 
 from shared import streams
@@ -14,20 +16,20 @@ def _s(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else ("" if value is None else str(value))
 
 
-async def recent_deliveries(redis: Redis, limit: int = 50) -> list[dict]:
+async def recent_deliveries(redis: Redis, limit: int = 50) -> list[dict[str, Any]]:
     """Newest first: ``{"id", "ts", "target", "status" ("delivered"|"dead"), "count", "alert_ids", "attempts",
     "reason"}``."""
-    rows = await redis.xrevrange(streams.NOTIFY_DELIVERIES, count=limit)
+    rows: Any = await redis.xrevrange(streams.NOTIFY_DELIVERIES, count=limit)
     return [{"id": _s(eid), "ts": int(f.get(b"ts", 0)), "target": _s(f.get(b"target")),
              "status": _s(f.get(b"status")), "count": int(f.get(b"count", 0)),
              "alert_ids": [x for x in _s(f.get(b"alert_ids")).split(",") if x],
              "attempts": int(f.get(b"attempts", 0)), "reason": _s(f.get(b"reason"))} for eid, f in rows]
 
 
-async def dead_letters(redis: Redis, limit: int = 50) -> list[dict]:
+async def dead_letters(redis: Redis, limit: int = 50) -> list[dict[str, Any]]:
     """Newest first: ``{"id", "ts", "alert_id", "target", "reason", "attempts", "alert"}`` (alert: every field, or
     None if the stored copy cannot be decoded)."""
-    rows = await redis.xrevrange(streams.NOTIFY_DEAD_LETTER, count=limit)
+    rows: Any = await redis.xrevrange(streams.NOTIFY_DEAD_LETTER, count=limit)
     out = []
     for eid, f in rows:
         try:
@@ -40,14 +42,14 @@ async def dead_letters(redis: Redis, limit: int = 50) -> list[dict]:
     return out
 
 
-async def retry_dead_letters(app, ids: list[str] | None = None) -> list[dict]:
+async def retry_dead_letters(app: Any, ids: list[str] | None = None) -> list[dict[str, Any]]:
     """Send dead-lettered (alert, target) pairs again through ``app`` (a ``NotifierApp``), with its retry policy.
 
     Each retried entry leaves the dead-letter stream; if it fails again, the app writes a new dead letter.
     ``ids=None`` retries all. Returns ``{"id", "alert_id", "target", "status"}`` per entry.
     """
     redis = app.redis
-    rows = await redis.xrange(streams.NOTIFY_DEAD_LETTER)
+    rows: Any = await redis.xrange(streams.NOTIFY_DEAD_LETTER)
     wanted = set(ids) if ids is not None else None
     results = []
     for eid, f in rows:

@@ -8,8 +8,8 @@ queued goes out in one ``Connection.send_packed_command``, and the replies are r
 ``socket_timeout``). Replies still go through the client's response callbacks, and error replies come back as redis-py's
 exceptions. A pool connection is used and given back; a failure mid-batch closes it (never reused out of step).
 
-Command methods (``xadd``, ``hset``, ``publish``, ``xack``, ``execute_command``...) come from redis-py's
-``AsyncCoreCommands``: they queue. As in redis-py's pipeline, ``await watch(*keys)`` holds a connection and runs
+The few command methods the services queue (``xadd``, ``xack``, ``hset``, ``sadd``, ``srem``, ``publish``, ``delete``,
+``mget``) take redis-py's arguments; anything else goes through ``execute_command``. As in redis-py's pipeline, ``await watch(*keys)`` holds a connection and runs
 commands at once (``await tx.mget(...)``) until ``multi()``; EXEC then fails with ``WatchError`` if a watched key
 changed.
 """
@@ -21,8 +21,9 @@ import math
 from typing import Any
 
 from hiredis import pack_command as _hiredis_pack
+from collections.abc import Mapping
+
 from redis.asyncio import Redis
-from redis.commands import AsyncCoreCommands
 from redis.exceptions import RedisError, ResponseError, WatchError
 
 _MULTI = b"*1\r\n$5\r\nMULTI\r\n"
@@ -30,7 +31,7 @@ _EXEC = b"*1\r\n$4\r\nEXEC\r\n"
 _OPTIONS_NOT_FOR_CALLBACKS = ("keys", "NEVER_DECODE", "EMPTY_RESPONSE")
 
 
-class PackedPipeline(AsyncCoreCommands):  # type: ignore[misc]
+class PackedPipeline:
     """``async with PackedPipeline(redis, transaction=True) as tx: tx.xadd(...); await tx.execute()``."""
 
     def __init__(self, redis: Redis, *, transaction: bool = False) -> None:
@@ -54,10 +55,42 @@ class PackedPipeline(AsyncCoreCommands):  # type: ignore[misc]
 
     def _pack(self, args: tuple[Any, ...]) -> bytes:
         try:
-            return _hiredis_pack(args)
+            packed: bytes = _hiredis_pack(args)
         except TypeError:  # an argument hiredis does not take (memoryview...): redis-py's encoder decides
-            encode = self.redis.get_encoder().encode
-            return _hiredis_pack(tuple(encode(a) for a in args))
+            encode = self.redis.get_encoder().encode  # type: ignore[no-untyped-call]
+            packed = _hiredis_pack(tuple(encode(a) for a in args))
+        return packed
+
+    # ---- commands (queued; run at once between watch() and multi()) ------------------------------------------------
+
+    def xadd(self, name: Any, fields: Mapping[Any, Any], *, maxlen: int | None = None,
+             approximate: bool = True) -> Any:
+        trim = () if maxlen is None else ("MAXLEN", "~", maxlen) if approximate else ("MAXLEN", maxlen)
+        return self.execute_command("XADD", name, *trim, "*", *(x for kv in fields.items() for x in kv))
+
+    def xack(self, name: Any, group: Any, *ids: Any) -> Any:
+        return self.execute_command("XACK", name, group, *ids)
+
+    def hset(self, name: Any, key: Any = None, value: Any = None, mapping: Mapping[Any, Any] | None = None) -> Any:
+        pairs = [] if key is None else [key, value]
+        for kv in (mapping or {}).items():
+            pairs += kv
+        return self.execute_command("HSET", name, *pairs)
+
+    def sadd(self, name: Any, *values: Any) -> Any:
+        return self.execute_command("SADD", name, *values)
+
+    def srem(self, name: Any, *values: Any) -> Any:
+        return self.execute_command("SREM", name, *values)
+
+    def publish(self, channel: Any, message: Any) -> Any:
+        return self.execute_command("PUBLISH", channel, message)
+
+    def delete(self, *names: Any) -> Any:
+        return self.execute_command("DEL", *names)
+
+    def mget(self, keys: Any, *args: Any) -> Any:
+        return self.execute_command("MGET", *([keys] if isinstance(keys, (str, bytes)) else keys), *args)
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
         """Queue one command (what every command method calls); after ``watch()`` and before ``multi()``, run it."""
@@ -75,7 +108,7 @@ class PackedPipeline(AsyncCoreCommands):  # type: ignore[misc]
         if self._multi:
             raise RedisError("Cannot issue a WATCH after a MULTI")
         if self._conn is None:
-            self._conn = await self.redis.connection_pool.get_connection()
+            self._conn = await self.redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
         return await self._immediate("WATCH", ("WATCH", *names), {})
 
     def multi(self) -> None:
@@ -126,7 +159,7 @@ class PackedPipeline(AsyncCoreCommands):  # type: ignore[misc]
         """Send ``blob``, read ``n`` replies (error replies as exception objects). The connection is the held one
         (after ``watch()``) or a pool one; it goes back to the pool after, unless ``keep``."""
         pool = self.redis.connection_pool
-        conn = self._conn if self._conn is not None else await pool.get_connection()
+        conn = self._conn if self._conn is not None else await pool.get_connection()  # type: ignore[no-untyped-call]
         self._conn = None
         try:
             await conn.send_packed_command(blob)

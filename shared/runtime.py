@@ -93,7 +93,7 @@ async def heartbeat(redis: Redis, service: str, stop: asyncio.Event,
     me = asyncio.current_task()
     # redis-py can swallow a cancellation that lands inside a command; stop on a pending cancel as well.
     while not stop.is_set() and not (me is not None and me.cancelling()):
-        fields = {"ts": int(time.time() * 1000), "pid": os.getpid(), "host": socket.gethostname()}
+        fields: dict[Any, Any] = {"ts": int(time.time() * 1000), "pid": os.getpid(), "host": socket.gethostname()}
         if status:
             fields.update({k: str(v) for k, v in status().items()})
         try:
@@ -113,7 +113,7 @@ async def heartbeat(redis: Redis, service: str, stop: asyncio.Event,
 
 
 @contextlib.asynccontextmanager
-async def tasks_until_done(*coros: Awaitable[None]) -> AsyncIterator[list[asyncio.Task]]:
+async def tasks_until_done(*coros: Awaitable[None]) -> AsyncIterator[list[asyncio.Task[None]]]:
     """Start tasks, keep references, and on exit cancel whatever is still running."""
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
@@ -124,7 +124,7 @@ async def tasks_until_done(*coros: Awaitable[None]) -> AsyncIterator[list[asynci
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def service_main(name: str, settings_cls: type, app_cls: type, config_file: str | None = None, *,
+def service_main(name: str, settings_cls: Any, app_cls: Any, config_file: str | None = None, *,
                  extra_grace: float = 0.0) -> None:
     """What ``sentinel <service>`` runs: load settings, log, connect (embedded Redis without REDIS_URL), run until
     SIGTERM/SIGINT with the service's ``shutdown_grace_s`` (default 10 s) for in-flight work, close Redis."""

@@ -13,7 +13,6 @@ import sys
 import textwrap
 from decimal import Decimal
 
-import pytest
 
 from services.candle_builder.app import CandleBuilderApp
 from services.candle_builder.settings import Settings as BuilderSettings
@@ -186,6 +185,6 @@ async def test_a_redis_outage_gives_one_warning_and_one_recovery_line_per_servic
         mine = [r.getMessage() for r in records if r.getMessage().startswith(f"{service}: Redis")]
         assert len(mine) == 2, mine
         assert "is unreachable" in mine[0] and "is back after" in mine[1], mine
-    others = [r for r in records if not r.getMessage().split(":")[0] in ("candle_builder", "notifier")
+    others = [r for r in records if r.getMessage().split(":")[0] not in ("candle_builder", "notifier")
               or r.levelno >= logging.ERROR or r.exc_info]
     assert not others, [(r.name, r.getMessage()) for r in others]

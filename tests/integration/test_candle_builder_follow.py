@@ -37,7 +37,7 @@ async def test_a_removed_pair_is_unfollowed_and_a_re_added_one_resumes_exactly(r
     btc, kraken = streams.trades(ex, sym), streams.trades(kx, ks)
     bus = Bus(redis)
     half = len(trades) // 2
-    subscriptions = Subscriptions(redis)
+    subscriptions = Subscriptions(redis, ttl_ms=3_600_000)
     await subscriptions.publish("engine-1", {(ex, sym, "30m"): 0, (kx, ks, "30m"): 0})
     await publish(redis, ex, sym, trades[:half], per_entry=50, final=False)
     await publish(redis, kx, ks, ktrades, per_entry=50)

@@ -92,7 +92,7 @@ async def test_lookback_seeds_and_a_grown_lookback_backfills_further_back(redis,
     path = window_file(tmp_path)
     stream = streams.trades(exchange, symbol)
     member = streams.registry_member(exchange, symbol, "1m")
-    subscriptions = Subscriptions(redis)
+    subscriptions = Subscriptions(redis, ttl_ms=3_600_000)
     await subscriptions.publish("engine-1", {(exchange, symbol, "1m"): 3})  # 3 closed 1m candles needed; settings 2
     async with local_exchange(path, speed=200) as sim:
         async with running_feed(live_settings(sim), redis) as feed:
@@ -161,7 +161,7 @@ async def test_a_replay_asks_for_no_history_even_with_a_lookback(redis, redis_ur
     exchange, symbol, rel = RECORDINGS["btcusdt"]
     trades = [t for t in read_trades(shared_data(rel)) if t.ts >= SEAM]
     await publish(redis, exchange, symbol, trades, per_entry=50)
-    await Subscriptions(redis).publish("engine-1", {(exchange, symbol, "1m"): 200})
+    await Subscriptions(redis, ttl_ms=3_600_000).publish("engine-1", {(exchange, symbol, "1m"): 200})
     await run_until_caught_up(redis, settings_for(redis_url), [streams.trades(exchange, symbol)])
     assert await redis.xlen(streams.HISTORY_REQUESTS) == 0  # no market_feed heartbeat, trades years old
     assert all(c.ts >= SEAM for c in await read_candles(redis, exchange, symbol, "1m"))
@@ -188,7 +188,7 @@ async def test_a_timeframe_added_to_a_running_series_gets_its_history_before_its
                                     close_on_timer=False)
             async with running_builder(redis, settings) as app:
                 await wait_for(lambda: Bus(redis).caught_up(stream, streams.GROUP_CANDLE_BUILDER), "catch-up")
-                await Subscriptions(redis).publish("api-1", {(exchange, symbol, "5m"): 0})
+                await Subscriptions(redis, ttl_ms=3_600_000).publish("api-1", {(exchange, symbol, "5m"): 0})
 
                 async def added() -> bool:
                     series = app.series.get(stream)

@@ -245,7 +245,11 @@ def decode_feed(raw: bytes) -> FeedMessage:
     trades every reader uses. DecodeError (the entry is dead-lettered with it) for anything malformed, and for a
     price or amount that is not exact decimal text or an integer (a float), or not finite and > 0 (NaN, Infinity,
     zero, negative)."""
-    return feed_from_msg(unpack(raw))
+    try:
+        msg = _unpackb(raw, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise DecodeError(f"not msgpack: {exc}") from exc
+    return feed_from_msg(msg)
 
 
 def feed_from_msg(msg: Any) -> FeedMessage:
@@ -253,7 +257,16 @@ def feed_from_msg(msg: Any) -> FeedMessage:
     if type(msg) is dict and msg.get("k") == "trades" and msg.get("v") == SCHEMA_VERSION:  # the hot path
         exchange, symbol = msg.get("x"), msg.get("s")
         if type(exchange) is str and type(symbol) is str and exchange and symbol:
-            return TradeBatch(exchange, symbol, _decode_rows(msg.get("t")))
+            rows = msg.get("t")
+            if type(rows) is list and len(rows) == 1:  # one trade per entry: the commonest entry of a live feed
+                row = rows[0]
+                if type(row) is list and len(row) == 5:
+                    tid, ts, price, amount, side = row
+                    if type(ts) is int and type(price) is str and type(amount) is str and (side == 1 or side == 0):
+                        p, a = _VALUES.get(price), _VALUES.get(amount)
+                        if p is not None and a is not None:
+                            return TradeBatch(exchange, symbol, [_new_tuple(Trade, (tid, ts, p, a, side == 1))])
+            return TradeBatch(exchange, symbol, _decode_rows(rows))
     kind = _header(msg, ("trades", "gap", "watermark"))
     exchange, symbol = _str_field(msg, "x"), _str_field(msg, "s")
     if kind == "trades":

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from redis import exceptions as redis_errors
@@ -34,17 +34,23 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAXLEN = 100_000
 
 
+# The limits a service's settings pass on (``shared.config.ServiceSettings`` declares them with these types).
+MaxEntryBytes = Annotated[int, Field(gt=0, description="Larger entries are refused when published (a dead letter "
+                                     "instead).")]
+DeadLetterMaxlen = Annotated[int, Field(gt=0, description="Approximate MAXLEN of the dead-letter stream.")]
+DeadLetterKeepBytes = Annotated[int, Field(ge=0, description="Bytes of a dead entry's payload kept (with its size "
+                                           "and SHA-256).")]
+
+
 class BusSettings(BaseModel):
     """The publisher's limits (``ServiceSettings.bus_settings()`` builds them from a service's settings)."""
 
     model_config = ConfigDict(frozen=True)
 
     maxlen: int = Field(default=DEFAULT_MAXLEN, gt=0, description="Approximate MAXLEN of a stream written to.")
-    max_entry_bytes: int = Field(default=1_000_000, gt=0, description="Larger entries are dead letters, not "
-                                 "written to their stream.")
-    dead_letter_maxlen: int = Field(default=10_000, gt=0, description="Approximate MAXLEN of the dead-letter stream.")
-    dead_letter_keep_bytes: int = Field(default=1024, ge=0, description="Bytes of a dead entry's payload kept "
-                                        "(its size and SHA-256 are always kept).")
+    max_entry_bytes: MaxEntryBytes = 1_000_000
+    dead_letter_maxlen: DeadLetterMaxlen = 10_000
+    dead_letter_keep_bytes: DeadLetterKeepBytes = 1024
 
 
 def as_str(value: bytes | str | None) -> str:
@@ -169,7 +175,15 @@ class Bus:
 
 
 # The consumer side lives in shared.consumer; these names are what services import from here.
-from shared.consumer import Batch, Consumer, ConsumerSettings, Entry, Handler  # noqa: E402
+from shared.consumer import (  # noqa: E402
+    Batch,
+    ClaimIdleMs,
+    Consumer,
+    ConsumerSettings,
+    DeadConsumerIdleMs,
+    Entry,
+    Handler,
+)
 
-__all__ = ["FIELD", "Batch", "Bus", "BusSettings", "Consumer", "ConsumerSettings", "Entry", "Handler", "as_str",
-           "backoff_delay"]
+__all__ = ["FIELD", "Batch", "Bus", "BusSettings", "ClaimIdleMs", "Consumer", "ConsumerSettings", "DeadConsumerIdleMs",
+           "DeadLetterKeepBytes", "DeadLetterMaxlen", "Entry", "Handler", "MaxEntryBytes", "as_str", "backoff_delay"]

@@ -27,7 +27,16 @@ from pydantic import AliasChoices, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
-from shared.bus import DEFAULT_MAXLEN, BusSettings, ConsumerSettings
+from shared.bus import (
+    DEFAULT_MAXLEN,
+    BusSettings,
+    ClaimIdleMs,
+    ConsumerSettings,
+    DeadConsumerIdleMs,
+    DeadLetterKeepBytes,
+    DeadLetterMaxlen,
+    MaxEntryBytes,
+)
 from shared.errors import ConfigError
 from shared.runtime import consumer_name
 from shared.yamlfile import describe_errors, line_of, load_yaml_file
@@ -54,15 +63,12 @@ class ServiceSettings(BaseSettings):
         default=None, description="This instance's name in consumer groups and leases. Default: <service>-<hostname>, "
         "stable across restarts (under compose the container's hostname), so a restarted instance resumes its own "
         "pending entries at once. Two instances of one service on one host need their own.")
-    claim_idle_ms: int = Field(default=30_000, gt=0, description="Entries pending this long at another (dead) "
-                               "consumer are claimed.")
-    dead_consumer_idle_ms: int = Field(default=3_600_000, gt=0, description="Consumers of a group idle this long "
-                                       "with nothing pending (killed instances) are deleted from it.")
-    max_entry_bytes: int = Field(default=1_000_000, gt=0, description="Entries larger than this are refused when "
-                                 "published (recorded on the dead-letter stream instead).")
-    dead_letter_maxlen: int = Field(default=10_000, gt=0, description="Approximate MAXLEN of the dead-letter stream.")
-    dead_letter_keep_bytes: int = Field(default=1024, ge=0, description="Bytes of a dead entry's payload kept on "
-                                        "the dead-letter stream (with its size and SHA-256).")
+    # the bus's options (shared.bus, shared.consumer hold what each means)
+    claim_idle_ms: ClaimIdleMs = 30_000
+    dead_consumer_idle_ms: DeadConsumerIdleMs = 3_600_000
+    max_entry_bytes: MaxEntryBytes = 1_000_000
+    dead_letter_maxlen: DeadLetterMaxlen = 10_000
+    dead_letter_keep_bytes: DeadLetterKeepBytes = 1024
 
     def bus_settings(self, maxlen: int = DEFAULT_MAXLEN) -> BusSettings:
         """The publisher's limits from these settings."""

@@ -27,7 +27,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
@@ -62,6 +62,13 @@ return deleted
 """
 
 
+# The options a service's settings pass on (``shared.config.ServiceSettings`` declares them with these types).
+ClaimIdleMs = Annotated[int, Field(gt=0, description="Entries pending this long at another (dead) consumer are "
+                                   "claimed.")]
+DeadConsumerIdleMs = Annotated[int, Field(gt=0, description="Consumers of a group idle this long with nothing pending "
+                                          "(killed instances) are deleted from it.")]
+
+
 class ConsumerSettings(BaseModel):
     """Every option of a ``Consumer`` (``ServiceSettings.consumer_settings(group)`` fills them from a service's
     settings)."""
@@ -73,13 +80,11 @@ class ConsumerSettings(BaseModel):
                           "restarts, so a restarted instance resumes its own pending entries at once.")
     count: int = Field(default=1000, gt=0, description="COUNT of each XREADGROUP.")
     block_ms: int = Field(default=500, ge=0, description="BLOCK of each XREADGROUP.")
-    claim_idle_ms: int = Field(default=30_000, gt=0, description="Entries pending this long at another consumer "
-                               "are claimed.")
+    claim_idle_ms: ClaimIdleMs = 30_000
     claim_every_s: float = Field(default=5.0, gt=0, description="How often stale entries are looked for.")
     max_deliveries: int = Field(default=5, gt=0, description="An entry whose handler failed this many times is "
                                 "dead-lettered.")
-    dead_consumer_idle_ms: int = Field(default=3_600_000, gt=0, description="A consumer of the group idle this long "
-                                       "with nothing pending is deleted from it.")
+    dead_consumer_idle_ms: DeadConsumerIdleMs = 3_600_000
 
 
 def stream_items(reply: Any) -> Any:

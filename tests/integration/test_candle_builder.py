@@ -20,19 +20,9 @@ from shared.schemas import Candle, Trade, encode_trades
 from shared.subscriptions import Subscriptions
 from tests.conftest import shared_data
 
-# The reference helpers live in tests/support/candles.py (other tests import them from here too).
-from tests.support.candles import (  # noqa: E402, F401
-    FREQ,
-    RECORDINGS,
-    TIMEFRAMES,
-    check_against_pandas,
-    pandas_candles,
-    publish,
-    read_candles,
-    read_trades,
-    run_until_caught_up,
-    settings_for,
-)
+# The reference helpers (tests/support/candles.py); other tests import some of them from here.
+from tests.support.candles import RECORDINGS, TIMEFRAMES, check_against_pandas, pandas_candles, publish  # noqa: F401
+from tests.support.candles import read_candles, read_trades, run_until_caught_up, settings_for  # noqa: F401
 
 
 @pytest.mark.parametrize("name", sorted(RECORDINGS))

@@ -10,7 +10,7 @@ from shared.subscriptions import Subscriptions
 from shared.bus import Bus
 from shared.schemas import Watermark, encode_trades, encode_watermark
 from tests.conftest import shared_data
-from tests.integration.test_candle_builder import (
+from tests.support.candles import (
     RECORDINGS,
     TIMEFRAMES,
     check_against_pandas,

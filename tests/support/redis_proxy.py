@@ -34,28 +34,20 @@ class CuttingProxy:
     async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target)
         link = {"client": client_w, "server": server_w, "frozen": False}
-        for coro in (self._up(client_r, server_w, link), self._down(server_r, client_w, link)):
+        for coro in (self._pipe(client_r, server_w, link, True), self._pipe(server_r, client_w, link, False)):
             task = asyncio.create_task(coro)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _up(self, r: asyncio.StreamReader, w: asyncio.StreamWriter, link: dict) -> None:
+    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter, link: dict, upstream: bool) -> None:
+        """Relay one direction: the client's commands up (noting which connection reads), the server's replies down
+        (dropped once the link is frozen: lost on the way)."""
         try:
             while data := await r.read(65536):
-                if b"XREADGROUP" in data:
+                if upstream and b"XREADGROUP" in data:
                     self.reader_link = link
-                w.write(data)
-                await w.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            self._close(link)
-
-    async def _down(self, r: asyncio.StreamReader, w: asyncio.StreamWriter, link: dict) -> None:
-        try:
-            while data := await r.read(65536):
-                if link["frozen"]:
-                    continue  # the server's reply is lost on the way
+                if not upstream and link["frozen"]:
+                    continue
                 w.write(data)
                 await w.drain()
         except (ConnectionError, OSError):

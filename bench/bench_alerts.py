@@ -60,7 +60,7 @@ from services.alert_engine.settings import Settings as EngineSettings  # noqa: E
 from shared import streams  # noqa: E402
 from shared.bus import FIELD  # noqa: E402
 from shared.embedded_redis import EmbeddedRedis  # noqa: E402
-from shared.fastredis import pack_command  # noqa: E402
+from hiredis import pack_command  # noqa: E402
 from shared.runtime import apply_realtime_priority, connect  # noqa: E402
 from shared.schemas import Alert, Candle, encode_trades, unpack  # noqa: E402
 
@@ -135,7 +135,7 @@ class _Probe:
 
     def call(self, *args: Any) -> tuple[Any, float, float]:
         """(reply, kernel receive time of its first byte, time the process had it), both epoch seconds."""
-        self.sock.sendall(pack_command(*args))
+        self.sock.sendall(pack_command(args))
         first = None
         while True:
             data, anc, _, _ = self.sock.recvmsg(1 << 20, self.space)
@@ -158,7 +158,7 @@ def _reader(url: str, stop: Any, ready: Any, out: mp.Queue, floor: bool = False,
 
     ``floor``: read the trades streams themselves instead (no services run): when the first trade of each second
     reaches a reader — the empty hop producer → Redis → another process, the machine's floor under our latency."""
-    from services.candle_builder.decode import decode_feed_fast
+    from shared.schemas import decode_feed
 
     if os.environ.get("BENCH_PIN"):
         os.sched_setaffinity(0, {0})
@@ -179,7 +179,7 @@ def _reader(url: str, stop: Any, ready: Any, out: mp.Queue, floor: bool = False,
                 last[stream] = entry_id.decode()
                 data = fields[fields.index(FIELD) + 1]
                 if floor:  # the key the producer uses for this second's first trade, as the alert's would be
-                    msg = decode_feed_fast(data)
+                    msg = decode_feed(data)
                     received.setdefault(f"{trades[stream]}|{msg.trades[0][1] // 1000 * 1000}", (arrived, woke))
                 else:  # msgpack only (decoding the schema is the consumer's work, not the pipeline's latency)
                     msg = unpack(data)
@@ -208,8 +208,7 @@ def _apps(url: str, rules: Path, redis: Any, which: tuple[str, ...], intrabar: b
     apps = []
     if "builder" in which or "builder0" in which:
         apps.append(CandleBuilderApp(BuilderSettings(timeframes=["1s"], base_timeframe="1s", live_candles=False,
-                                                     flat_candles=False, block_ms=50, redis_url=url,
-                                                     linger_ms=0 if "builder0" in which else 5), redis))
+                                                     flat_candles=False, block_ms=50, redis_url=url), redis))
     if "engine" in which or "engine2" in which:
         apps.append(AlertEngineApp(EngineSettings(rules_file=rules, block_ms=50, intrabar=intrabar, redis_url=url,
                                                   registry_poll_s=0.5, fast_close="engine2" not in which,

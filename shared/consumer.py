@@ -16,9 +16,9 @@ consumer group and hands decoded entries to ``handler`` as one ``Batch`` per rea
 - Redis connection errors are retried with capped backoff and reported to the service's ``Outage`` (one warning when
   Redis goes away, one when it is back); the loop does not die.
 
-Replies of XREADGROUP and XAUTOCLAIM are taken as the server sent them (a client of the same connection pool whose
-response callbacks for them are the identity, set with redis-py's public ``set_response_callback``): redis-py's
-parsers would build a dict per entry, and the consumer only wants one field.
+Replies of XREADGROUP and XAUTOCLAIM are taken as the server sent them and never retried (``shared.packed.raw_command``):
+redis-py's parsers would build a dict per entry, and its automatic retry of a command whose connection failed would
+leave a lost reply's entries pending and unseen while newer ones are handled.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from redis.asyncio import Redis
 
 from shared.errors import DecodeError
 from shared.outage import REDIS_DOWN, backoff_delay
+from shared.packed import raw_command
 from shared.streams import FIELD
 
 if TYPE_CHECKING:
@@ -107,10 +108,6 @@ def entry_data(fields: Any) -> bytes | None:
     return data
 
 
-def _raw(response: Any, **options: Any) -> Any:
-    return response
-
-
 @dataclass(slots=True)
 class Entry(Generic[T]):
     """One decoded stream entry."""
@@ -156,11 +153,6 @@ class Consumer(Generic[T]):
         self.settings = settings
         self.decode = decode
         self.handler = handler
-        # the same connection pool, raw replies for the two commands whose replies carry entries
-        self._raw = Redis(connection_pool=bus.redis.connection_pool)
-        self._raw.set_response_callback("XREADGROUP", _raw)
-        self._raw.set_response_callback("XAUTOCLAIM", _raw)
-        self._command: Any = self._raw.execute_command
         self._prune = self.redis.register_script(_PRUNE)
         self._streams: list[str] = list(dict.fromkeys(streams))
         self._ready: set[str] = set()  # streams whose group exists
@@ -261,7 +253,7 @@ class Consumer(Generic[T]):
 
     async def _xreadgroup(self, ids: dict[str, str], block_ms: int | None) -> Any:
         block = () if block_ms is None else ("BLOCK", block_ms)
-        return await self._command("XREADGROUP", "GROUP", self.group, self.name, "COUNT", self.settings.count,
+        return await raw_command(self.redis, "XREADGROUP", "GROUP", self.group, self.name, "COUNT", self.settings.count,
                                    *block, "STREAMS", *ids, *ids.values())
 
     async def _read_own_pending(self) -> int:
@@ -279,8 +271,8 @@ class Consumer(Generic[T]):
         for stream in self._streams:
             start: Any = "0-0"
             while True:
-                reply = await self._command("XAUTOCLAIM", stream, self.group, self.name,
-                                            self.settings.claim_idle_ms, start, "COUNT", self.settings.count)
+                reply = await raw_command(self.redis, "XAUTOCLAIM", stream, self.group, self.name,
+                                          self.settings.claim_idle_ms, start, "COUNT", self.settings.count)
                 start, claimed = reply[0], [e for e in reply[1] if e]  # (Redis 6.2: nil for a trimmed entry)
                 if claimed:
                     logger.info("%s/%s: claimed %d stale entries of %s", self.group, self.name, len(claimed), stream)

@@ -183,3 +183,15 @@ class PackedPipeline:
         self._conn = None
         await conn.disconnect(nowait=True)
         await self.redis.connection_pool.release(conn)
+
+
+async def raw_command(redis: Redis, *args: Any) -> Any:
+    """One command, its reply exactly as the server sent it (no response callback: XREADGROUP entries stay
+    ``[id, [field, value...]]`` lists) and never retried: redis-py retries a command whose connection failed, and a
+    retried XREADGROUP or XAUTOCLAIM would leave the entries of the lost reply pending, unseen, while newer ones are
+    handled. A connection error reaches the caller, who re-reads its own pending entries first."""
+    pipe = PackedPipeline(redis)
+    (reply,) = await pipe._round_trip(pipe._pack(args), 1)
+    if isinstance(reply, ResponseError):
+        raise reply
+    return reply

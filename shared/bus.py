@@ -92,8 +92,10 @@ class Bus:
             pipe.xadd(streams.DEAD_LETTER, self._dead_fields(stream, b"-", data, reason, ""),
                       maxlen=self.settings.dead_letter_maxlen, approximate=True)
             return False
-        # (redis-py's xadd() builds its arguments at ~3 µs an entry; the command itself is this)
-        pipe.execute_command("XADD", stream, "MAXLEN", "~", maxlen or self.maxlen, "*", FIELD, data)
+        if type(pipe) is PackedPipeline:
+            pipe.xadd_entry(stream, maxlen or self.maxlen, FIELD, data)
+        else:  # a caller's redis-py pipeline
+            pipe.xadd(stream, {FIELD: data}, maxlen=maxlen or self.maxlen, approximate=True)
         if channel is not None:
             pipe.publish(channel, data)
         return True

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError, ResponseError, WatchError
 _MULTI = b"*1\r\n$5\r\nMULTI\r\n"
 _EXEC = b"*1\r\n$4\r\nEXEC\r\n"
 _OPTIONS_NOT_FOR_CALLBACKS = ("keys", "NEVER_DECODE", "EMPTY_RESPONSE")
+_XADD: tuple[str, dict[str, Any]] = ("XADD", {})
 
 
 class PackedPipeline:
@@ -62,6 +63,14 @@ class PackedPipeline:
         return packed
 
     # ---- commands (queued; run at once between watch() and multi()) ------------------------------------------------
+
+    def xadd_entry(self, stream: str, maxlen: int, field: bytes, data: bytes) -> None:
+        """``XADD stream MAXLEN ~ maxlen * field data``, queued: the bus's publish, at ~1 µs (hiredis packs it)."""
+        if self._conn is not None and not self._multi:
+            raise RedisError("xadd_entry is not for the immediate mode of a WATCH")
+        command: tuple[Any, ...] = ("XADD", stream, "MAXLEN", "~", maxlen, "*", field, data)
+        self._parts.append(_hiredis_pack(command))
+        self._commands.append(_XADD)
 
     def xadd(self, name: Any, fields: Mapping[Any, Any], *, maxlen: int | None = None,
              approximate: bool = True) -> Any:

@@ -42,3 +42,16 @@ def test_instance_names_are_stable_by_default_and_settable():
     assert default.consumer == f"notifier-{socket.gethostname()}"  # the same in every process on this host
     named = NotifierSettings(consumer_name="n7", claim_idle_ms=1234).consumer_settings("notifier", "notifier", count=3)
     assert (named.consumer, named.claim_idle_ms, named.count) == ("n7", 1234, 3)
+
+
+def test_every_sentinel_variable_docker_compose_sets_is_one_a_service_reads():
+    """compose once set SENTINEL_API_HOST, which nothing read (the setting is SENTINEL_HOST): the API bound to
+    loopback inside its container. Now such a variable stops the service; here it fails first."""
+    import yaml
+
+    from tests.conftest import REPO
+
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    env = {key: str(value) for svc in compose["services"].values() for key, value in (svc.get("environment") or {}).items()}
+    assert any(key.startswith("SENTINEL_") for key in env)
+    assert unknown_environment(env) == []

@@ -140,7 +140,8 @@ async def bus_rate(url: str, n_trades: int, per_entry: int, run: int = 0, redis_
         "consumer": round(cpu * us, 2), "producer": round(producer_cpu * us, 2), "redis_server": round(redis_cpu * us, 2)}}
 
 
-async def builder_rate(url: str, n_trades: int, per_entry: int, run: int = 0, redis_pid: int | None = None) -> dict:
+async def builder_rate(url: str, n_trades: int, per_entry: int, run: int = 0, redis_pid: int | None = None,
+                       **overrides: object) -> dict:
     """Trades/s through the builder while a producer process publishes; the clock stops when the builder is done.
 
     Also the CPU µs per trade of the builder (this process), the producer and redis-server over the same run."""
@@ -150,8 +151,8 @@ async def builder_rate(url: str, n_trades: int, per_entry: int, run: int = 0, re
     final = encode_watermark(Watermark(exchange, symbol, 1_723_161_255_000 + n_trades * 33, final=True))
     redis = connect(url)
     await redis.sadd(streams.FEED_REGISTRY, streams.registry_member(exchange, symbol))
-    settings = Settings(redis_url=url, timeframes=TIMEFRAMES, read_count=1000, block_ms=20, discover_every_s=0.05,
-                        live_throttle_ms=250)
+    settings = Settings(**{"redis_url": url, "timeframes": TIMEFRAMES, "read_count": 1000, "block_ms": 20,
+                           "discover_every_s": 0.05, "live_throttle_ms": 250, **overrides})
     app = CandleBuilderApp(settings, redis)
     started, result = mp.Event(), mp.Queue()
     producer = mp.Process(target=produce, args=(url, stream, entries, final, started, result))

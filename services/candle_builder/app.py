@@ -32,7 +32,7 @@ from services.candle_builder import history
 from services.candle_builder.core import Emitted, SeriesBuilder
 from services.candle_builder.leases import Leases
 from services.candle_builder.series import Series, encode_candle, entry_id, retune, text
-from services.candle_builder.settings import AUTO_HISTORY_BARS, MAX_HISTORY_BARS, Settings
+from services.candle_builder.settings import MAX_HISTORY_BARS, Settings
 from shared import streams
 from shared.bus import FIELD, Batch, Bus, Consumer, Entry
 from shared.errors import ConfigError, DecodeError
@@ -63,6 +63,7 @@ class CandleBuilderApp:
         self.name = self.consumer.name
         self.leases = Leases(redis, self.name, settings.lease_ttl_ms) if settings.leases else None
         self.subscriptions = Subscriptions(redis)
+        self.seeder = history.Seeder(settings, redis)
         self.series: dict[str, Series] = {}  # trades stream -> series (loaded lazily, with its saved state)
         self.pairs: dict[str, tuple[str, str]] = {}  # trades stream -> (exchange, symbol)
         self.wanted: dict[tuple[str, str], set[str]] = {}  # (exchange, symbol) -> timeframes
@@ -293,7 +294,7 @@ class CandleBuilderApp:
         for stream, entries in by_stream.items():
             series = self.series.get(stream) or await self._load(stream)
             if series.needs_seed:
-                await self._seed(series)
+                await self.seeder.seed(series, self._asked(series))
             emitted = out.setdefault(stream, [])
             if series.seeded:  # history candles, before any live one
                 self._queue_candles(tx, series, series.seeded, history=True)
@@ -501,61 +502,9 @@ class CandleBuilderApp:
         self.series[stream] = series
         return series
 
-    async def _seed(self, series: Series) -> None:
-        """A new series: ask market_feed for history up to the first trade the builder will process."""
-        first_ts = first_entry = None
-        for raw_id, fields in await self.redis.xrange(series.stream, count=100):
-            with contextlib.suppress(DecodeError):
-                msg = decode_feed(fields.get(FIELD) or b"")
-                if type(msg) is TradeBatch and msg.trades:
-                    first_ts, first_entry = msg.trades[0][1], entry_id(raw_id)[0]
-                    break
-        if first_ts is None:
-            return
-        series.needs_seed = False
-        await self._decide_history(series, first_entry - first_ts)
-        bars = self._bars(series)
-        if not any(bars.values()):
-            return
-        builder = series.builder
-        rows = {}
-        plan = builder.history_plan(first_ts, bars)
-        for tf, (since, until) in plan.items():
-            ms = timeframe_ms(tf)
-            rows[tf] = await history.fetch(self.redis, series.exchange, series.symbol, tf, since, until,
-                                           limit=(until - since) // ms + 1, timeout_s=self.settings.history_timeout_s)
-        builder.seed(first_ts, rows, series.seeded, plan)
-        logger.info("candle_builder: %s %s seeded with %d history candles", series.exchange, series.symbol,
-                    len(series.seeded))
-
-    async def _decide_history(self, series: Series, skew_ms: int | None) -> None:
-        """Settle how many history candles ``series`` gets: ``history_bars`` when set; unset (auto), AUTO_HISTORY_BARS
-        when its feed is live — market_feed's heartbeat says ``mode: live`` (only live mode serves history) and its
-        trades reached Redis within ``live_max_skew_ms`` of their exchange time (``skew_ms``: a recording replayed
-        through the live path is years old, and today's history would not be its past) — else none."""
-        if series.history_bars is not None:
-            return
-        configured = self.settings.history_bars
-        if configured is not None:
-            series.history_bars = configured
-            return
-        if skew_ms is None:
-            return  # not known yet (a restored series before its first batch): decided later
-        mode = await self.redis.hget(streams.heartbeat("market_feed"), "mode")
-        live = text(mode or b"") == "live" and abs(skew_ms) <= self.settings.live_max_skew_ms
-        series.history_bars = AUTO_HISTORY_BARS if live else 0
-        logger.info("candle_builder: %s %s: feed %s, %s", series.exchange, series.symbol,
-                    "live" if live else f"not live (mode {text(mode or b'none')}, skew {skew_ms} ms)",
-                    f"{AUTO_HISTORY_BARS} candles of history" if live else "no history")
-
-    def _bars(self, series: Series) -> dict[str, int]:
-        """History candles wanted per timeframe of ``series``: max(its history_bars, the look-back asked), or none
-        when history is off for it."""
-        if not series.history_bars:  # off, or not decided yet
-            return {}
-        own = series.history_bars
-        asked = self.lookback.get((series.exchange, series.symbol), {})
-        return {tf: min(max(own, asked.get(tf, 0)), MAX_HISTORY_BARS) for tf in series.builder.timeframes}
+    def _asked(self, series: Series) -> dict[str, int]:
+        """The look-back subscribers ask for, per timeframe of ``series``."""
+        return self.lookback.get((series.exchange, series.symbol), {})
 
     async def _backfill_all(self) -> None:
         """Fetch older history where a look-back grew or a timeframe was added (see ``SeriesBuilder.backfill_range``);
@@ -565,8 +514,8 @@ class CandleBuilderApp:
             if series.needs_seed or series.last_id is None or not self._owns(stream):
                 continue
             if series.history_bars is None:
-                await self._decide_history(series, series.live_offset)
-            for tf, bars in self._bars(series).items():
+                await self.seeder.decide(series, series.live_offset)
+            for tf, bars in self.seeder.bars(series, self._asked(series)).items():
                 span = series.builder.backfill_range(tf, bars)
                 if span is None or series.backfill_retry.get(tf, 0.0) > now:
                     continue

@@ -61,7 +61,7 @@ from shared import streams  # noqa: E402
 from shared.bus import FIELD  # noqa: E402
 from shared.embedded_redis import EmbeddedRedis  # noqa: E402
 from hiredis import pack_command  # noqa: E402
-from shared.runtime import apply_realtime_priority, connect  # noqa: E402
+from shared.runtime import connect  # noqa: E402
 from shared.schemas import Alert, Candle, encode_trades, unpack  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -222,8 +222,6 @@ def _service(url: str, rules: str, which: tuple[str, ...], mark: Any, stop: Any,
     between ``mark`` (the producer starts) and ``stop``."""
     if os.environ.get("BENCH_PIN"):
         os.sched_setaffinity(0, {1} if "engine" in which else {0})
-    if "engine" in which:  # the realtime_priority setting, as `sentinel alert-engine` applies it
-        apply_realtime_priority("alert_engine", int(os.environ.get("BENCH_ENGINE_RT", "0")))
 
     async def main() -> None:
         redis = connect(url)

@@ -9,7 +9,7 @@ queued goes out in one ``Connection.send_packed_command``, and the replies are r
 exceptions. A pool connection is used and given back; a failure mid-batch closes it (never reused out of step).
 
 The few command methods the services queue (``xadd``, ``xack``, ``hset``, ``sadd``, ``srem``, ``publish``, ``delete``,
-``mget``) take redis-py's arguments; anything else goes through ``execute_command``. As in redis-py's pipeline, ``await watch(*keys)`` holds a connection and runs
+``evalsha``, ``mget``) take redis-py's arguments; anything else goes through ``execute_command``. As in redis-py's pipeline, ``await watch(*keys)`` holds a connection and runs
 commands at once (``await tx.mget(...)``) until ``multi()``; EXEC then fails with ``WatchError`` if a watched key
 changed.
 """
@@ -97,6 +97,9 @@ class PackedPipeline:
 
     def delete(self, *names: Any) -> Any:
         return self.execute_command("DEL", *names)
+
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+        return self.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
 
     def mget(self, keys: Any, *args: Any) -> Any:
         return self.execute_command("MGET", *([keys] if isinstance(keys, (str, bytes)) else keys), *args)

@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import re
 from collections.abc import Iterator
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import TextIO
+from typing import TypeVar
 
 from shared.errors import SentinelError
 from shared.schemas import Trade
@@ -39,6 +38,8 @@ from shared.schemas import Trade
 BINANCE_COLUMNS = ("id", "price", "qty", "quote_qty", "time", "is_buyer_maker", "is_best_match")
 GENERIC_REQUIRED = ("timestamp", "price", "amount", "side")
 _US_THRESHOLD = 10**14  # ms timestamps stay below this until year 5138; µs timestamps of today are ~1.7e15
+
+T = TypeVar("T")
 
 _TRUE = {"true", "1", "t", "yes", "y"}
 _FALSE = {"false", "0", "f", "no", "n"}
@@ -50,20 +51,67 @@ class TradeFileError(SentinelError, ValueError):
     """A recorded trades file cannot be read; the message names ``file:line``, the field and the value."""
 
 
-def _open_text(path: Path) -> TextIO:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+#: Leading bytes of files people give instead of a CSV, and what to tell them.
+_MAGIC = ((b"PAR1", "a Parquet file"), (b"PK\x03\x04", "a ZIP archive (unzip it first)"),
+          (b"\x1f\x8b", "gzip-compressed (name it .gz)"), (b"\x28\xb5\x2f\xfd", "zstd-compressed"),
+          (b"BZh", "bzip2-compressed"), (b"\xfd7zXZ", "xz-compressed"), (b"SQLite format 3", "an SQLite database"),
+          (b"\x89HDF", "an HDF5 file"), (b"ARROW1", "an Arrow file"))
+_EXPECTED = "a trades CSV (Binance public-data layout, or a header timestamp,price,amount,side[,id]), plain or .gz"
+
+
+def _text_lines(path: Path) -> Iterator[str]:
+    """The file's lines as text (line endings kept, as ``csv`` wants), decoded one by one so that bytes that are not
+    UTF-8 are reported at their own line."""
+    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as fh:
+        for n, raw in enumerate(fh, start=1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise TradeFileError(f"{path}:{n}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column "
+                                     f"{exc.start + 1}); is this a CSV? expected {_EXPECTED}") from None
+
+
+def _check_text(path: Path) -> None:
+    """Refuse a binary file in one line naming what it looks like (never echoing its bytes)."""
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as fh:
+            head = fh.read(4096)
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise TradeFileError(f"{path}: cannot read it ({exc}); expected {_EXPECTED}") from None
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            raise TradeFileError(f"{path}: this is {what}, not a CSV; expected {_EXPECTED}")
+    nul = head.find(b"\x00")
+    if nul >= 0:
+        raise TradeFileError(f"{path}: binary data (a NUL byte at offset {nul}), not a CSV; expected {_EXPECTED}")
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # (not just a character cut by the 4 KiB window)
+            raise TradeFileError(f"{path}: not UTF-8 text (byte 0x{head[exc.start]:02x} at offset {exc.start}), "
+                                 f"not a CSV; expected {_EXPECTED}") from None
 
 
 def detect_layout(path: str | Path) -> str:
     """``"binance"`` or ``"generic"``, from the first non-empty line of the file."""
     path = Path(path)
-    with _open_text(path) as fh:
-        for line in fh:
-            if line.strip():
-                return _layout_of(path, line)
-    raise TradeFileError(f"{path}: file is empty")
+    _check_text(path)
+    for line in _located(path, _text_lines(path)):
+        if line.strip():
+            return _layout_of(path, line)
+    raise TradeFileError(f"{path}: file is empty; expected {_EXPECTED}")
+
+
+def _located(path: Path, lines: Iterator[T]) -> Iterator[T]:
+    """Iterate lines or CSV rows; a CSV or read error becomes a TradeFileError naming ``file:line``."""
+    n = 0
+    try:
+        for n, item in enumerate(lines, start=1):
+            yield item
+    except csv.Error as exc:
+        raise TradeFileError(f"{path}:{n + 1}: not a readable CSV row ({exc})") from None
+    except (OSError, EOFError) as exc:  # a truncated or corrupt .gz
+        raise TradeFileError(f"{path}:{n + 1}: cannot read further ({exc})") from None
 
 
 def _layout_of(path: Path, first_line: str) -> str:
@@ -82,12 +130,15 @@ def read_trades(path: str | Path) -> Iterator[Trade]:
     path = Path(path)
     if not path.exists():
         raise TradeFileError(f"{path}: no such file")
+    if path.is_dir():
+        raise TradeFileError(f"{path}: is a directory; expected {_EXPECTED}")
     layout = detect_layout(path)
-    with _open_text(path) as fh:
-        if layout == "binance":
-            yield from _read_binance(path, fh)
-        else:
-            yield from _read_generic(path, fh)
+    n = 0
+    lines = _text_lines(path)
+    for n, trade in enumerate(_read_binance(path, lines) if layout == "binance" else _read_generic(path, lines), 1):
+        yield trade
+    if n == 0:
+        raise TradeFileError(f"{path}: no trades in the file (only a header?)")
 
 
 def _is_int(text: str) -> bool:
@@ -122,10 +173,10 @@ class _Row:
             raise self.fail(field, value, "an integer") from None
 
 
-def _read_binance(path: Path, fh: TextIO) -> Iterator[Trade]:
+def _read_binance(path: Path, fh: Iterator[str]) -> Iterator[Trade]:
     row = _Row(path)
     unit_us: bool | None = None
-    for row.line, cells in enumerate(csv.reader(fh), start=1):
+    for row.line, cells in enumerate(_located(path, csv.reader(fh)), start=1):
         if not cells or (len(cells) == 1 and not cells[0].strip()):
             continue
         if row.line == 1 and cells[0].strip().lower() == "id":
@@ -154,9 +205,9 @@ def _read_binance(path: Path, fh: TextIO) -> Iterator[Trade]:
         yield Trade(tid, ts, price, amount, is_buy)
 
 
-def _read_generic(path: Path, fh: TextIO) -> Iterator[Trade]:
+def _read_generic(path: Path, fh: Iterator[str]) -> Iterator[Trade]:
     row = _Row(path)
-    reader = csv.reader(fh)
+    reader = _located(path, csv.reader(fh))
     header: list[str] = []
     for row.line, cells in enumerate(reader, start=1):
         if cells:

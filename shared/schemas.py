@@ -433,3 +433,110 @@ def live_channels(alerts: bool, series: Iterable[tuple[str, str, str]],
     for ex, sym in tickers:
         out[streams.channel_tickers(ex, sym)] = ("ticker", Ticker)
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Order books and derivatives (append-only additions; issue 24). Definitions of the book figures:
+# shared/orderbook/metrics.py and shared/orderbook/walls.py.
+
+
+class BookBand(BaseModel):
+    """Depth figures within ``bps`` basis points of the mid (``shared.orderbook.metrics.Band``); walls flattened."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    bps: Decimal
+    bid_base: Decimal
+    ask_base: Decimal
+    bid_quote: Decimal
+    ask_quote: Decimal
+    imbalance: Decimal | None = None
+    bid_levels: int = 0
+    ask_levels: int = 0
+    bid_wall_price: Decimal | None = None
+    bid_wall_size: Decimal | None = None
+    bid_wall_ratio: Decimal | None = None
+    ask_wall_price: Decimal | None = None
+    ask_wall_size: Decimal | None = None
+    ask_wall_ratio: Decimal | None = None
+    complete: bool = True
+
+
+class BookWallEvent(BaseModel):
+    """A wall appeared, was pulled or was eaten (``shared.orderbook.walls.WallEvent``)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    kind: Literal["appeared", "pulled", "eaten"]
+    side: Literal["bid", "ask"]
+    price: Decimal
+    size: Decimal
+    remaining: Decimal
+    traded: Decimal
+    ts: int | None = None
+
+
+class BookSnapshot(_Message):
+    """The top of one order book with its metrics, published throttled (``streams.books``). ``ts`` is the exchange
+    time of the last update in it, ``update_id`` the exchange's sequence number of that state (Binance ``u``).
+    ``bids``/``asks``: the best ``N`` levels, best first, as [price, size]. ``walls``: wall events since the previous
+    snapshot. ``resyncs``: how many times the book was rebuilt from a new snapshot since the feed started."""
+
+    kind: Literal["book"] = "book"
+    exchange: str
+    symbol: str
+    ts: int
+    update_id: int | None = None
+    bids: list[tuple[Decimal, Decimal]]
+    asks: list[tuple[Decimal, Decimal]]
+    mid: Decimal | None = None
+    spread: Decimal | None = None
+    spread_bps: Decimal | None = None
+    microprice: Decimal | None = None
+    bands: list[BookBand] = Field(default_factory=list)
+    walls: list[BookWallEvent] = Field(default_factory=list)
+    resyncs: int = 0
+
+
+class FundingRate(_Message):
+    """A perpetual's mark and index price and funding (``streams.funding``). ``funding_rate`` is the rate of the
+    next funding (paid at ``next_funding_ts``, ms); ``basis_bps`` = (mark - index) / index * 10_000."""
+
+    kind: Literal["funding"] = "funding"
+    exchange: str
+    symbol: str
+    ts: int
+    mark_price: Decimal
+    index_price: Decimal | None = None
+    funding_rate: Decimal | None = None
+    next_funding_ts: int | None = None
+
+    @property
+    def basis_bps(self) -> Decimal | None:
+        if not self.index_price:
+            return None
+        return (self.mark_price - self.index_price) * 10_000 / self.index_price
+
+
+class OpenInterest(_Message):
+    """Open interest of a contract at exchange time ``ts`` (``streams.open_interest``): ``amount`` in contracts
+    (base units on Binance USD-M), ``value`` in quote units where the exchange gives it."""
+
+    kind: Literal["open_interest"] = "open_interest"
+    exchange: str
+    symbol: str
+    ts: int
+    amount: Decimal
+    value: Decimal | None = None
+
+
+class Liquidation(_Message):
+    """A forced order (``streams.liquidations``): ``side`` of the liquidation order itself (``sell`` = a long was
+    liquidated), ``amount`` filled at average ``price``; ``order_price`` its limit (bankruptcy) price."""
+
+    kind: Literal["liquidation"] = "liquidation"
+    exchange: str
+    symbol: str
+    ts: int
+    side: Literal["buy", "sell"]
+    price: Decimal
+    amount: Decimal
+    order_price: Decimal | None = None

@@ -133,6 +133,13 @@ def channel_tickers(exchange: str, symbol: str) -> str:
     return f"{PREFIX}:ch:tickers:{exchange}:{symbol}"
 
 
+def channel_trades(exchange: str, symbol: str) -> str:
+    """Raw trades for GUIs, relayed by the API from the trades stream while someone listens, throttled."""
+    return f"{PREFIX}:ch:trades:{exchange}:{symbol}"
+
+
+CHANNEL_TRADES_PATTERN = f"{PREFIX}:ch:trades:*"
+
 CHANNEL_ALERTS = f"{PREFIX}:ch:alerts"
 
 # ---- notifier (append-only additions) ------------------------------------------------------------------------------
@@ -169,6 +176,34 @@ GROUP_MARKET_FEED = "market_feed"
 #: Hash rule name -> YAML of the rule as written in the engine's rules FILE; replaced (DEL + HSET in MULTI) on every
 #: successful load, read by the API to list file rules next to the API-managed ``RULES``.
 FILE_RULES = f"{PREFIX}:rules:file"
+
+# ---- order books and derivatives (append-only additions; issue 24) -------------------------------------------------
+
+
+def books(exchange: str, symbol: str) -> str:
+    """Stream: throttled top-N book snapshots with metrics (BookSnapshot) of one pair, written by market_feed."""
+    return f"{PREFIX}:books:{exchange}:{symbol}"
+
+
+def channel_books(exchange: str, symbol: str) -> str:
+    """Pub/sub channel mirroring ``books`` for live views."""
+    return f"{PREFIX}:ch:books:{exchange}:{symbol}"
+
+
+def funding(exchange: str, symbol: str) -> str:
+    """Stream: mark/index price and funding (FundingRate) of one perpetual."""
+    return f"{PREFIX}:funding:{exchange}:{symbol}"
+
+
+def open_interest(exchange: str, symbol: str) -> str:
+    """Stream: open interest (OpenInterest) of one contract, polled or streamed."""
+    return f"{PREFIX}:open_interest:{exchange}:{symbol}"
+
+
+def liquidations(exchange: str, symbol: str) -> str:
+    """Stream: liquidations (Liquidation) of one contract."""
+    return f"{PREFIX}:liquidations:{exchange}:{symbol}"
+
 
 # ---- subscriptions owned by live instances (shared.subscriptions) --------------------------------------------------
 

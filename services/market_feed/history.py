@@ -69,6 +69,8 @@ class HistoryServer:
         if exchange is None:
             raise ExchangeError(f"exchange {exchange_id!r} is not configured in market_feed "
                                 f"(configured: {', '.join(self.exchanges) or 'none'})")
+        if not exchange.markets:
+            raise ExchangeError(f"{exchange_id} is not reachable yet (its markets have not loaded); try again later")
         if symbol not in exchange.markets:
             raise ExchangeError(f"{symbol!r} is not listed by {exchange_id}")
         tf_ms = timeframe_ms(timeframe)

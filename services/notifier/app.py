@@ -216,7 +216,7 @@ class NotifierApp:
     async def _work(self, lane: _Lane) -> None:
         target, jobs = lane.target, lane.jobs
         window = self.settings.group_window_s if target.remote else 0.0
-        size = self.settings.max_group if target.remote else 500
+        size = getattr(target, "max_group", None) or (self.settings.max_group if target.remote else 500)
         failures = 0
         while not self._stop.is_set():
             if not jobs:

@@ -27,8 +27,9 @@ class ServiceFailed(SentinelError):
     """A service of the pipeline stopped with an error; ``error`` is that error (its traceback is kept for --debug)."""
 
     def __init__(self, service: str, error: BaseException) -> None:
-        what = str(error) if isinstance(error, SentinelError) else f"{type(error).__name__}: {error}"
-        super().__init__(f"{service} stopped: {what}")
+        # a user's mistake (a bad file, an unknown symbol) already names what is wrong: it is shown as it is
+        super().__init__(str(error) if isinstance(error, SentinelError) else
+                         f"{service} stopped: {type(error).__name__}: {error}")
         self.service = service
         self.error = error
 

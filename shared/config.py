@@ -95,7 +95,7 @@ class ServiceSettings(BaseSettings):
     def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Self:
         """Build settings; ConfigError listing every problem in one go: each as ``file:line: field — expected``,
         ``environment SENTINEL_X: field — expected`` for a value from the environment, and every ``SENTINEL_*``
-        variable no service reads (a typo such as ``SENTINEL_API_PORT`` for ``SENTINEL_PORT``)."""
+        variable no service reads (a typo such as ``SENTINEL_API_TOKN`` for ``SENTINEL_API_TOKEN``)."""
         path = config_file or os.environ.get(CONFIG_ENV)
         problems = unknown_environment(os.environ)
         token = _CURRENT_FILE.set(Path(path) if path else None)

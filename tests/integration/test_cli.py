@@ -121,12 +121,12 @@ def test_every_settings_problem_is_listed_in_one_run_with_unknown_environment_va
     config.write_text("log_levl: INFO\ncandle_builder:\n  block_ms: -5\n")
     result = subprocess.run([*SENTINEL, "candle-builder", "--config", str(config)], cwd=REPO, capture_output=True,
                             text=True, timeout=60,
-                            env=_env(REDIS_URL=redis_url, SENTINEL_API_PORT="9000", SENTINEL_READ_COUNT="many",
+                            env=_env(REDIS_URL=redis_url, SENTINEL_API_TOKN="secret", SENTINEL_READ_COUNT="many",
                                      SENTINEL_TIMEFRAMES="1m"))
     assert result.returncode != 0
     err = result.stderr
     assert "Traceback" not in err, err
-    assert "SENTINEL_API_PORT — unknown setting" in err and "did you mean SENTINEL_PORT?" in err, err
+    assert "SENTINEL_API_TOKN — unknown setting" in err and "did you mean SENTINEL_API_TOKEN?" in err, err
     assert "environment SENTINEL_READ_COUNT: read_count" in err, err
     assert "environment SENTINEL_TIMEFRAMES: timeframes" in err, err
     assert f"{config}:3: candle_builder.block_ms" in err, err

@@ -14,11 +14,12 @@ from shared.errors import ConfigError
 
 
 def test_unknown_sentinel_variables_are_reported_with_the_nearest_real_name():
-    env = {"SENTINEL_API_PORT": "9000", "SENTINEL_PORT": "9000", "SENTINEL_API_TOKEN": "t", "SENTINEL_CONFIG": "x",
+    env = {"SENTINEL_API_TOKN": "t", "SENTINEL_PORT": "9000", "SENTINEL_API_TOKEN": "t", "SENTINEL_CONFIG": "x",
            "SENTINEL_BLOCKMS": "5", "SENTINEL_ROUTES__0__SEVERITY": "[]", "HOME": "/root", "REDIS_URL": "redis://x"}
     problems = unknown_environment(env)
     assert len(problems) == 2, problems  # another service's variable (SENTINEL_API_TOKEN) and nested ones are known
-    assert problems[0].startswith("environment: SENTINEL_API_PORT — unknown setting") and "SENTINEL_PORT?" in problems[0]
+    assert problems[0].startswith("environment: SENTINEL_API_TOKN — unknown setting") and \
+        "SENTINEL_API_TOKEN?" in problems[0]
     assert problems[1].startswith("environment: SENTINEL_BLOCKMS") and "SENTINEL_BLOCK_MS?" in problems[1]
 
 

@@ -36,7 +36,7 @@ from tests.integration.market_feed.helpers import (
 from tests.integration.test_candle_builder import RECORDINGS, publish, read_candles, settings_for
 from tests.integration.test_candle_builder_lookback import running, running_builder, wait_for
 from tests.unit.alert_engine import pdref
-from tests.support.subscriptions import subscribed, subscribers
+from tests.support.subscriptions import subscribed
 
 SEAM = 1_723_161_600_000  # 2024-08-09 00:00:00 UTC: the builder meets the pair here (the recording starts 23:54:15)
 CUT = SEAM + 60_000  # the rules are reloaded after the first minute of live trades

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 PREFIX = "sentinel"
 
+#: The one field of every bus entry (``shared.bus``): msgpack bytes.
+FIELD = b"d"
+
 # ---- streams -------------------------------------------------------------------------------------------------------
 
 
@@ -207,3 +210,17 @@ def open_interest(exchange: str, symbol: str) -> str:
 def liquidations(exchange: str, symbol: str) -> str:
     """Stream: liquidations (Liquidation) of one contract."""
     return f"{PREFIX}:liquidations:{exchange}:{symbol}"
+
+
+# ---- subscriptions owned by live instances (shared.subscriptions) --------------------------------------------------
+
+
+def subscriber(instance: str) -> str:
+    """Hash "exchange|symbol|timeframe" -> look-back (closed candles wanted before the first live one) of ONE live
+    subscriber instance; it expires unless the instance's heartbeat refreshes it, so a killed subscriber's series
+    go away by themselves."""
+    return f"{PREFIX}:subscriber:{instance}"
+
+
+#: Set of subscriber instance names whose ``subscriber(instance)`` hash may exist (an index, pruned by readers).
+SUBSCRIBERS = f"{PREFIX}:subscribers"

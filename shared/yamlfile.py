@@ -35,12 +35,12 @@ class _LineLoader(yaml.SafeLoader):
         self.lines: dict[Loc, int] = {}
         self.depth = 0
 
-    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         """PyYAML's composer, refusing documents nested deeper than ``MAX_DEPTH`` before recursion gets deep."""
         self.depth += 1
         try:
             if self.depth > MAX_DEPTH and self.check_event(yaml.MappingStartEvent, yaml.SequenceStartEvent):
-                raise _TooDeep(self.peek_event().start_mark.line + 1)
+                raise _TooDeep(self.peek_event().start_mark.line + 1)  # type: ignore[no-untyped-call]
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1

@@ -52,3 +52,14 @@ def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
     server.start()
     yield server
     server.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests bound by wall-clock time (``@pytest.mark.perf``) stay out of CI (``CI`` set): a shared machine's load
+    decides them there, not the code. Speed is measured in bench/."""
+    if not os.environ.get("CI"):
+        return
+    skip = pytest.mark.skip(reason="perf: bound by wall-clock time, not run in CI (see bench/)")
+    for item in items:
+        if "perf" in item.keywords:
+            item.add_marker(skip)

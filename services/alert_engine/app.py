@@ -26,7 +26,7 @@ from shared import streams
 from shared.bus import Batch, Bus, Consumer
 from shared.errors import DecodeError
 from shared.rules import RuleSet
-from shared.runtime import consumer_name, heartbeat
+from shared.runtime import heartbeat
 from shared.schemas import (
     Candle,
     GapMarker,
@@ -69,10 +69,13 @@ class AlertEngineApp:
         self.rule_source = RuleSource(redis, settings.rules_file, ruleset)
         self.engine = AlertEngine(self.rule_source.ruleset, keep=settings.keep_bars,
                                   clock=wall_clock_ms if settings.clock == "wall" else None)
-        name = consumer_name("alert_engine", settings.consumer_name)
+        self.bus = Bus(redis, settings.bus_settings(), service="alert_engine")
+        # a stable name (settings.consumer_name, else alert_engine-<hostname>): a restarted engine re-reads its own
+        # pending entries first, and its subscriptions are this instance's
         self.consumer: Consumer[Input] = Consumer(
-            Bus(redis), group=streams.GROUP_ALERT_ENGINE, consumer=name, decode=decode_input, handler=self._handle,
-            count=settings.batch, block_ms=settings.block_ms)
+            self.bus, settings.consumer_settings(streams.GROUP_ALERT_ENGINE, "alert_engine", count=settings.batch,
+                                                 block_ms=settings.block_ms),
+            decode=decode_input, handler=self._handle)
         self.series_sync = SeriesSync(settings, redis, self.engine, self.consumer)
         self.commit = AlertCommit(settings, redis, self.engine)
 
@@ -99,7 +102,8 @@ class AlertEngineApp:
         tasks = [
             asyncio.create_task(self.consumer.run(stop), name="alert_engine-consume"),
             asyncio.create_task(self._housekeeping(stop), name="alert_engine-sync"),
-            asyncio.create_task(heartbeat(self.redis, "alert_engine", stop, self.status), name="alert_engine-hb"),
+            asyncio.create_task(heartbeat(self.redis, "alert_engine", stop, self.status, outage=self.bus.outage,
+                                          beat=self.series_sync.subscriptions.refresh), name="alert_engine-hb"),
         ]
         try:
             await stop.wait()
@@ -113,7 +117,7 @@ class AlertEngineApp:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
-                await self.series_sync.subscriptions.drop(set(self.series_sync.subscriptions.subscribed))
+                await self.series_sync.subscriptions.drop_all()
             await self.commit.close()
 
     async def drain(self, *, final: bool = True) -> int:

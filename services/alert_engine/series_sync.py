@@ -38,7 +38,7 @@ class SeriesSync:
         self.redis = redis
         self.engine = engine
         self.consumer = consumer
-        self.subscriptions = Subscriptions(redis)
+        self.subscriptions = Subscriptions(redis, consumer.name)
         self.consumed: set[str] = set()  # the streams the consumer reads
         self.tick_pairs: set[Pair] = set()  # pairs whose trades tick-level rules read
         self.history_from: dict[SeriesKey, int] = {}  # CANDLE_HISTORY_FROM of a series, as last seen

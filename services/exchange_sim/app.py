@@ -11,8 +11,8 @@ from services.exchange_sim.books_server import BookExchangeSim
 from services.exchange_sim.kraken import KrakenSim
 from services.exchange_sim.server import ExchangeSim
 from services.exchange_sim.settings import Settings
-from services.market_feed.readers import guess_symbol, read_trades
-from services.market_feed.simulated import SimulatedMarket, spec_for
+from shared.recordings import guess_symbol, read_trades
+from shared.simulated import SimulatedMarket, spec_for
 from shared.errors import ConfigError
 
 logger = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ from redis.asyncio import Redis
 
 from services.market_feed.core import Event, FeedCore, TickEvent, pace_delay
 from services.market_feed.publisher import Outbox, RedisRetry, consumer_lag, read_last_ids, register_feeds
-from services.market_feed.readers import read_trades
+from shared.recordings import read_trades
 from services.market_feed.settings import Settings
-from services.market_feed.simulated import SimulatedMarket, quote
+from shared.simulated import SimulatedMarket, quote
 from shared import streams
 from shared.bus import Bus
 from shared.runtime import heartbeat
@@ -40,7 +40,7 @@ class MarketFeedApp:
     def __init__(self, settings: Settings, redis: Redis, *, bus: Bus | None = None) -> None:
         self.settings = settings
         self.redis = redis
-        self.bus = bus or Bus(redis, maxlen=settings.stream_maxlen)
+        self.bus = bus or Bus(redis, settings.bus_settings(settings.stream_maxlen), service="market_feed")
         self.exchange = settings.resolved_exchange()
         self.done = False
         self.exchange_time: int | None = None

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.market_feed.readers import guess_exchange, guess_symbol
+from shared.recordings import guess_exchange, guess_symbol
 from shared.config import ServiceSettings
 from shared.errors import ConfigError
 

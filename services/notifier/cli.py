@@ -111,7 +111,7 @@ async def _with_redis(settings: Settings, fn):
 @notify_app.command("deliveries")
 def deliveries_command(limit: int = 20, config: ConfigOpt = None) -> None:
     """List recent deliveries (newest first)."""
-    from services.notifier.history import recent_deliveries
+    from shared.notify_history import recent_deliveries
 
     settings = _settings(config)
     rows = asyncio.run(_with_redis(settings, lambda r: recent_deliveries(r, limit)))
@@ -125,7 +125,7 @@ def deliveries_command(limit: int = 20, config: ConfigOpt = None) -> None:
 @dead_app.command("list")
 def dead_list_command(limit: int = 50, config: ConfigOpt = None) -> None:
     """List dead letters (newest first)."""
-    from services.notifier.history import dead_letters
+    from shared.notify_history import dead_letters
 
     settings = _settings(config)
     rows = asyncio.run(_with_redis(settings, lambda r: dead_letters(r, limit)))
@@ -142,7 +142,7 @@ def dead_retry_command(ids: Annotated[Optional[list[str]], typer.Argument(help="
                        config: ConfigOpt = None) -> None:
     """Send dead letters again (all, or the given entry ids). Exit 1 if any failed again."""
     from services.notifier.app import NotifierApp
-    from services.notifier.history import retry_dead_letters
+    from shared.notify_history import retry_dead_letters
 
     settings = _settings(config)
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from shared.errors import ConfigError
@@ -41,7 +41,7 @@ _HOST_IS_PUBLIC = {"json", "jsons", "xml", "xmls", "form", "forms", "mailto", "m
 # ---- alert fields ----------------------------------------------------------------------------------------------------
 
 
-def alert_record(alert: Alert) -> dict:
+def alert_record(alert: Alert) -> dict[str, Any]:
     """Every field of an alert as JSON-able values (decimals as exact strings), in schema order."""
     return alert.model_dump(mode="json")
 

@@ -14,7 +14,7 @@ Sequencing (which diffs may be applied, and when the book must be rebuilt) is no
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
 from typing import NamedTuple
 
@@ -175,6 +175,6 @@ class L2Book:
         return bid is not None and ask is not None and bid.price >= ask.price
 
 
-def parse_levels(rows: Iterable[Iterable[str]]) -> list[tuple[Decimal, Decimal]]:
+def parse_levels(rows: Iterable[Sequence[str]]) -> list[tuple[Decimal, Decimal]]:
     """``[["61837.63000000", "3.78826000"], ...]`` (extra fields ignored) → exact (price, size) pairs."""
     return [(Decimal(r[0]), Decimal(r[1])) for r in rows]

@@ -65,9 +65,9 @@ class KrakenBooks(_Books):
         pair, depth = msg[-1], int(str(msg[-2]).split("-", 1)[1])
         parts = [p for p in msg[1:-2] if isinstance(p, dict)]
         if any("as" in p or "bs" in p for p in parts):
-            book = self.books[pair] = L2Book()
+            fresh = self.books[pair] = L2Book()
             for p in parts:
-                book.load([(_dec(r[0]), _dec(r[1])) for r in p.get("bs", ())],
+                fresh.load([(_dec(r[0]), _dec(r[1])) for r in p.get("bs", ())],
                           [(_dec(r[0]), _dec(r[1])) for r in p.get("as", ())])
             return Applied(pair, False)
         book = self.books.get(pair)

@@ -16,6 +16,7 @@ from shared.rules import parse_rules
 from shared.schemas import Alert, Candle, unpack
 from tests.conftest import shared_data
 from tests.unit.alert_engine import pdref
+from tests.support.subscriptions import subscribed, subscribers
 
 XRP = "binance_spot_xrpeth/XRPETH-aggtrades-2019-10-11.csv"
 EX, SYM, TF, TF_MS = "binance", "XRP/ETH", "5m", 300_000
@@ -88,7 +89,7 @@ async def test_alerts_from_a_real_recording_equal_pandas(redis, tmp_path):
     history = await redis.xlen(streams.ALERT_HISTORY)
     assert history == sum(len(v) for v in expected.values())
     # the engine asked the candle builder for the series, and left the rule state for the API
-    assert await redis.hget(streams.SUBSCRIPTIONS, streams.registry_member(EX, SYM, TF)) == b"1"
+    assert streams.registry_member(EX, SYM, TF) in await subscribers(redis)
     states = {unpack(v)["rule"] for v in (await redis.hgetall(streams.RULE_STATE)).values()}
     assert states == set(expected)
 
@@ -170,8 +171,7 @@ async def test_subscriptions_follow_the_rules_and_intrabar_reads_live_candles(re
     settings = _settings(tmp_path, rules_text=rules)
     app = AlertEngineApp(settings, redis)
     await app.drain()
-    subs = {k.decode(): int(v) for k, v in (await redis.hgetall(streams.SUBSCRIPTIONS)).items()}
-    assert subs == {f"{EX}|{SYM}|1m": 1, f"{EX}|BTC/ETH|1m": 1}
+    assert await subscribers(redis) == {f"{EX}|{SYM}|1m": 1, f"{EX}|BTC/ETH|1m": 1}
     assert streams.candles_live(EX, SYM, "1m") in app.consumer.streams
     # an in-progress candle above the level fires once_per_bar intrabar; the close of the same bar does not repeat it
     live = _candle(0, "11").model_copy(update={"timeframe": "1m", "closed": False})
@@ -186,12 +186,11 @@ async def test_subscriptions_follow_the_rules_and_intrabar_reads_live_candles(re
     import os
     os.utime(settings.rules_file, ns=(5, 5))
     assert await app.reload_rules()
-    subs = {k.decode(): int(v) for k, v in (await redis.hgetall(streams.SUBSCRIPTIONS)).items()}
-    assert subs == {f"{EX}|BTC/ETH|5m": 1}
+    assert await subscribers(redis) == {f"{EX}|BTC/ETH|5m": 1}
     stop = asyncio.Event()
     stop.set()
     await app.run(stop)  # a clean stop releases what the engine holds
-    assert await redis.hgetall(streams.SUBSCRIPTIONS) == {}
+    assert await subscribed(redis) == {}
 
 
 async def test_file_rules_are_written_for_the_api_and_follow_reloads(redis, tmp_path):

@@ -19,6 +19,7 @@ from shared.schemas import Candle
 from tests.conftest import shared_data
 from tests.integration import test_alert_engine_correctness as corr
 from tests.unit.alert_engine import pdref
+from tests.support.subscriptions import subscribed, subscribers
 
 EX, A = corr.EX, corr.A
 
@@ -29,12 +30,8 @@ def _settings(tmp_path, text: str, name: str = "e1", **kw) -> Settings:
     return Settings(rules_file=path, consumer_name=name, redis_url="redis://unused", block_ms=20, **kw)
 
 
-async def _lookback(redis) -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in (await redis.hgetall(streams.SUBSCRIPTION_LOOKBACK)).items()}
-
-
-async def _counts(redis) -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in (await redis.hgetall(streams.SUBSCRIPTIONS)).items()}
+_lookback = subscribed
+_counts = subscribers
 
 
 async def test_a_restarted_engine_warms_up_with_the_rules_look_back_and_keeps_it(redis, tmp_path):
@@ -90,7 +87,7 @@ rules:
     assert len(cut) == 1 and "'day_cvd' needs 86401 closed 1s candles" in cut[0] and str(MAX_HISTORY_BARS) in cut[0]
 
 
-async def test_subscribers_of_one_series_keep_the_largest_look_back_until_the_last_one_leaves(redis, tmp_path):
+async def test_a_series_has_the_largest_look_back_of_its_live_subscribers_until_the_last_one_leaves(redis, tmp_path):
     await redis.sadd(streams.FEED_REGISTRY, streams.registry_member(EX, A))
     member = streams.registry_member(EX, A, "1m")
 
@@ -102,9 +99,9 @@ async def test_subscribers_of_one_series_keep_the_largest_look_back_until_the_la
     await big.sync_series()
     await small.sync_series()  # its smaller need does not overwrite the larger one (last write used to win)
     assert await _lookback(redis) == {member: 3 * 100 + 1} and await _counts(redis) == {member: 2}
-    await big.series_sync.subscriptions.drop(set(big.series_sync.subscriptions.subscribed))
-    assert await _lookback(redis) == {member: 301} and await _counts(redis) == {member: 1}  # stays while counted
-    await small.series_sync.subscriptions.drop(set(small.series_sync.subscriptions.subscribed))
+    await big.series_sync.subscriptions.drop_all()
+    assert await _lookback(redis) == {member: 20 + 1} and await _counts(redis) == {member: 1}  # the one left
+    await small.series_sync.subscriptions.drop_all()
     assert await _lookback(redis) == {} and await _counts(redis) == {}  # gone with the last subscriber
 
     # many replicas subscribing at once: the count is exact and the look-back is the largest need
@@ -112,7 +109,7 @@ async def test_subscribers_of_one_series_keep_the_largest_look_back_until_the_la
     apps = [AlertEngineApp(_settings(tmp_path, rules(f"sma: {n}"), f"r{n}", warmup_bars=10), redis) for n in periods]
     await asyncio.gather(*(a.sync_series() for a in apps))
     assert await _lookback(redis) == {member: max(periods) + 1} and await _counts(redis) == {member: len(apps)}
-    await asyncio.gather(*(a.series_sync.subscriptions.drop(set(a.series_sync.subscriptions.subscribed)) for a in apps))
+    await asyncio.gather(*(a.series_sync.subscriptions.drop_all() for a in apps))
     assert await _lookback(redis) == {} and await _counts(redis) == {}
 
 

@@ -36,6 +36,7 @@ from tests.integration.market_feed.helpers import (
 from tests.integration.test_candle_builder import RECORDINGS, publish, read_candles, settings_for
 from tests.integration.test_candle_builder_lookback import running, running_builder, wait_for
 from tests.unit.alert_engine import pdref
+from tests.support.subscriptions import subscribed
 
 SEAM = 1_723_161_600_000  # 2024-08-09 00:00:00 UTC: the builder meets the pair here (the recording starts 23:54:15)
 CUT = SEAM + 60_000  # the rules are reloaded after the first minute of live trades
@@ -96,8 +97,8 @@ async def test_a_rule_added_by_reload_is_warmed_by_the_builders_backfill(redis, 
             await publish(redis, exchange, symbol, [Trade(*t) for t in trades if SEAM <= t[1] < CUT], per_entry=50,
                           final=False)
             async with running_engine(redis, engine_settings) as engine:
-                await wait_for(lambda: redis.hexists(streams.SUBSCRIPTIONS, member), "the 1s subscription")
-                assert int(await redis.hget(streams.SUBSCRIPTION_LOOKBACK, member)) == 30
+                await wait_for(lambda: _has(redis, member), "the 1s subscription")
+                assert (await subscribed(redis))[member] == 30
                 async with running_builder(redis, builder_settings) as builder:
                     await wait_for(caught_up, "the first minute")
                     assert int(await redis.hget(streams.CANDLE_HISTORY_FROM, member)) == SEAM - 30_000
@@ -112,7 +113,7 @@ async def test_a_rule_added_by_reload_is_warmed_by_the_builders_backfill(redis, 
                     os.utime(rules, ns=(0, rules.stat().st_mtime_ns + 1_000_000_000))  # a change the engine sees
 
                     async def asked() -> bool:
-                        return int(await redis.hget(streams.SUBSCRIPTION_LOOKBACK, member) or 0) == 301
+                        return (await subscribed(redis)).get(member, 0) == 301
 
                     await wait_for(asked, "the new look-back")
 
@@ -254,3 +255,7 @@ async def test_a_bad_history_from_value_is_logged_once_and_does_not_stop_the_syn
     assert [r.getMessage() for r in caplog.records].count(
         f"alert_engine: ignoring {streams.CANDLE_HISTORY_FROM}[{streams.registry_member(*K1S)}] = b'yesterday' "
         "(not a timestamp)") == 1
+
+
+async def _has(redis, member: str) -> bool:
+    return member in await subscribed(redis)

@@ -17,6 +17,7 @@ from shared.bus import FIELD, Bus
 from shared.schemas import Alert, Ticker, Trade, encode_trades
 from tests.conftest import shared_data
 from tests.unit.alert_engine import pdref
+from tests.support.subscriptions import subscribed, subscribers
 
 DIR = "binance_spot_btcusdt_20210108"
 EX, SYM = "binance", "BTC/USDT"
@@ -214,20 +215,19 @@ rules:
     await app.drain()
 
     async def lookback() -> dict[str, int]:
-        return {k.decode(): int(v) for k, v in (await redis.hgetall(streams.SUBSCRIPTION_LOOKBACK)).items()}
+        return await subscribed(redis)
 
     # EMA(50) needs 3×50 bars, RSI(30) Wilder smoothing 10×30+1, plus the bar a crossing compares with; the 1h MACD
     # 3×(slow + signal); a plain level needs no more than the configured warm-up
     assert await lookback() == {f"{EX}|{SYM}|1m": max(3 * 50, 10 * 30 + 1) + 1,
                                 f"{EX}|{SYM}|1h": 3 * (100 + 50) + 1, f"{EX}|ETH/USDT|5m": 10}
-    assert set(await lookback()) == {k.decode() for k in await redis.hkeys(streams.SUBSCRIPTIONS)}
     # reload: rule b gone, a's EMA longer; the 1h series is released and its look-back removed
     settings.rules_file.write_text(text.replace("ema: 50", "ema: 200").split("  - {name: b")[0]
                                    + "  - {name: c" + text.split("  - {name: c")[1])
     os.utime(settings.rules_file, ns=(7, 7))
     assert await app.reload_rules()
     assert await lookback() == {f"{EX}|{SYM}|1m": 3 * 200 + 1, f"{EX}|ETH/USDT|5m": 10}
-    assert await redis.hget(streams.SUBSCRIPTIONS, streams.registry_member(EX, SYM, "1h")) is None
+    assert streams.registry_member(EX, SYM, "1h") not in await subscribers(redis)
 
 
 def test_backtest_runs_the_engine_on_exchange_time_and_live_runs_on_the_wall_clock(tmp_path):

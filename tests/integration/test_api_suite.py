@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 
 import pandas as pd
-import pytest
 
 from sentinel.client import SentinelClient, SignalEmitter, Signals, TaskManager
 from services.api.app import ApiApp

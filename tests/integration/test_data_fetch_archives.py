@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 from aiohttp import web
 
-from services.market_feed.readers import guess_symbol, read_trades
+from shared.recordings import guess_symbol, read_trades
 from tests.conftest import REPO, shared_data
 
 SENTINEL = [sys.executable, "-m", "sentinel.cli"]

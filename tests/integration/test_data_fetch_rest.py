@@ -17,7 +17,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from services.market_feed.readers import guess_symbol, read_trades
+from shared.recordings import guess_symbol, read_trades
 from shared.embedded_redis import free_port
 from tests.conftest import REPO, shared_data
 

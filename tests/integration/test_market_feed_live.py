@@ -160,7 +160,7 @@ async def test_simulated_exchange_through_ccxt_equals_the_simulated_market(redis
     connections dropped twice; trades watched with one watch_trades_for_symbols or one watch_trades per symbol."""
     from services.exchange_sim.app import serve
     from services.exchange_sim.settings import Settings as SimSettings
-    from services.market_feed.simulated import SimulatedMarket
+    from shared.simulated import SimulatedMarket
 
     symbols = ["BTC/USDT", "ETH/USDT"]
     sim_settings = SimSettings(port=0, symbols=symbols, seed=5, start_ms=1_700_000_000_000, duration_s=90,

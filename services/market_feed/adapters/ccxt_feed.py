@@ -29,9 +29,9 @@ from services.market_feed.history import HistoryServer
 from services.market_feed.publisher import Outbox, RedisRetry, read_last_ids, register_feeds
 from services.market_feed.settings import ExchangeFeed, Settings
 from services.market_feed.stream_health import StreamHealth, stream_timeout
+from shared import streams
 from shared.bus import Bus
 from shared.errors import ExchangeError, UnknownSymbolError
-from shared.runtime import consumer_name
 from shared.schemas import Watermark
 
 __all__ = ["LiveFeed", "apply_url_overrides", "describe_network_error", "make_exchange", "to_trade"]
@@ -135,7 +135,7 @@ class LiveFeed:
                  for feed in self.settings.exchanges]
         tasks = [asyncio.create_task(self._log_health(inner), name="feed-health-log")]
         self.history = HistoryServer(self.bus, self.exchanges,
-                                     consumer_name("market_feed", self.settings.consumer_name))
+                                     self.settings.consumer_settings(streams.GROUP_MARKET_FEED, "market_feed", count=10))
         tasks.append(asyncio.create_task(self.history.run(inner), name="feed-history"))
         stopper = asyncio.create_task(stop.wait(), name="feed-stop")
         try:

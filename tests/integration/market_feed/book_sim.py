@@ -10,7 +10,7 @@ from typing import Any
 import ccxt.pro as ccxtpro
 
 from services.exchange_sim.books_server import BookExchangeSim
-from services.market_feed.readers import read_trades
+from shared.recordings import read_trades
 from tests.conftest import shared_data
 
 DIR = "binance_spot_btcusdt"

@@ -14,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from services.exchange_sim.server import ExchangeSim
 from services.market_feed.app import MarketFeedApp
-from services.market_feed.readers import read_trades
+from shared.recordings import read_trades
 from services.market_feed.settings import Settings
 from shared import streams
 from shared.bus import FIELD

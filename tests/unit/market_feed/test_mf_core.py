@@ -6,7 +6,7 @@ import itertools
 from decimal import Decimal
 
 from services.market_feed.core import FeedCore, IdDedup, TickEvent, pace_delay
-from services.market_feed.readers import read_trades
+from shared.recordings import read_trades
 from shared.schemas import Trade, TradeBatch, Watermark
 from tests.conftest import shared_data
 

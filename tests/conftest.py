@@ -52,3 +52,14 @@ def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A real 3-master Redis Cluster on loopback (tests/support/redis_cluster.py), one per test session."""
+    from tests.support.redis_cluster import RedisClusterServers
+
+    servers = RedisClusterServers(tmp_path_factory.mktemp("cluster"))
+    servers.start()
+    yield servers
+    servers.stop()

@@ -23,7 +23,7 @@ import websockets
 from services.api.app import ApiApp
 from services.api.settings import Settings
 from shared import streams
-from shared.bus import Bus
+from shared.bus import Bus, BusSettings
 from shared.embedded_redis import EmbeddedRedis
 from shared.runtime import connect
 from shared.schemas import Alert, Candle
@@ -37,7 +37,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def seed(redis, candles: int, alerts: int) -> None:
-    bus = Bus(redis, maxlen=1_000_000)
+    bus = Bus(redis, BusSettings(maxlen=1_000_000))
     items = []
     for i in range(candles):
         p = Decimal("60000.5") + i

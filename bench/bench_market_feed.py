@@ -39,7 +39,7 @@ RECORDING = (Path(__file__).resolve().parent.parent.parent / "shared" / "data" /
 
 def _exchange_process(n: int, speed: float, port_queue: mp.Queue, stop_event) -> None:
     from services.exchange_sim.server import ExchangeSim
-    from services.market_feed.simulated import SimulatedMarket, spec_for
+    from shared.simulated import SimulatedMarket, spec_for
 
     async def main() -> None:
         market = SimulatedMarket(["BTC/USDT"], seed=1, start_ms=1_700_000_000_000)
@@ -68,7 +68,7 @@ async def bench_replay(url: str) -> dict:
 
 
 async def bench_live(url: str, n: int, speed: float) -> dict:
-    from services.market_feed.simulated import SimulatedMarket
+    from shared.simulated import SimulatedMarket
 
     span_ms = [t.ts for _, t in itertools.islice(SimulatedMarket(["BTC/USDT"], seed=1, start_ms=0).trades(), n)]
     send_s = (span_ms[-1] - span_ms[0]) / 1000 / speed

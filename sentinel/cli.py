@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from redis.exceptions import RedisError
 
 from shared.errors import SentinelError
 
@@ -30,6 +34,15 @@ def _service_command(module: str, name: str):
 
     command.__doc__ = f"Run the {name} service alone (what docker-compose runs). REDIS_URL selects the Redis."
     return command
+
+
+DEBUG_ENV = "SENTINEL_DEBUG"
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", envvar=DEBUG_ENV, help="Show the traceback of an error "
+                                              "(anywhere on the command line).")] = False) -> None:
+    """sentinel: real-time crypto market alerts over Redis Streams."""
 
 
 for _name, _module in SERVICES.items():
@@ -92,8 +105,9 @@ def backtest(
 
 def _mount_optional() -> None:
     """Sub-commands that live with their service."""
-    mounts = [("services.alert_engine.cli", "rules_app", "rules", "Check and manage alert rules."),
-              ("services.notifier.cli", "notify_app", "notify", "Test channels, list and retry dead letters.")]
+    mounts = [("sentinel.rules_cli", "rules_app", "rules", "Check and manage alert rules."),
+              ("services.notifier.cli", "notify_app", "notify", "Test channels, list and retry dead letters."),
+              ("sentinel.data.cli", "data_app", "data", "Download trade history for backtests.")]
     for module, attr, name, help_text in mounts:
         try:
             sub = getattr(importlib.import_module(module), attr)
@@ -101,7 +115,8 @@ def _mount_optional() -> None:
             continue
         app.add_typer(sub, name=name, help=help_text)
     commands = [("services.exchange_sim.cli", "exchange_sim_command", "exchange-sim"),
-                ("sentinel.watch", "watch_command", "watch"), ("sentinel.gui", "gui_command", "gui")]
+                ("sentinel.watch", "watch_command", "watch"), ("sentinel.gui", "gui_command", "gui"),
+                ("sentinel.report.cli", "report_command", "report")]
     for module, attr, name in commands:
         try:
             fn = getattr(importlib.import_module(module), attr)
@@ -113,12 +128,48 @@ def _mount_optional() -> None:
 _mount_optional()
 
 
+def _say(message: str, hint: str = "") -> None:
+    lines = message.strip().splitlines() or ["(no message)"]
+    typer.secho(f"error: {lines[0]}", fg=typer.colors.RED, err=True)
+    for line in lines[1:]:
+        typer.secho(f"       {line}", fg=typer.colors.RED, err=True)
+    if hint:
+        typer.echo(hint, err=True)
+
+
+def _os_error(exc: OSError) -> str:
+    """An OSError as a person reads it: what, which file, why (``[Errno 13]`` and the like left out)."""
+    where = f" {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or exc}{':' if where else ''}{where}"
+
+
 def main() -> None:
+    """The ``sentinel`` entry point: a user's mistake ends in one or a few lines naming the cause, never a
+    traceback; ``--debug`` (anywhere on the command line) or SENTINEL_DEBUG=1 shows the traceback too."""
+    debug = "--debug" in sys.argv[1:] or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
+    sys.argv[1:] = [a for a in sys.argv[1:] if a != "--debug"]
     try:
         app()
+        return
     except SentinelError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise SystemExit(2) from None
+        _say(str(exc))
+        failure, code = exc, 2
+    except KeyboardInterrupt as exc:
+        typer.echo("interrupted", err=True)
+        failure, code = exc, 130
+    except OSError as exc:  # a file or directory that cannot be read or written, a port, a socket
+        _say(_os_error(exc))
+        failure, code = exc, 1
+    except RedisError as exc:  # a Redis that is not there (watch, gui, notify with a wrong REDIS_URL)
+        _say(f"Redis: {exc}", "is sentinel running, and do REDIS_URL / --redis-url (or data_dir) point at its Redis?")
+        failure, code = exc, 1
+    except Exception as exc:  # a bug: say so, briefly; the traceback is one flag away
+        _say(f"unexpected {type(exc).__name__}: {exc}", "this is a bug in sentinel: run again with --debug and "
+             "report the traceback")
+        failure, code = exc, 1
+    if debug:
+        traceback.print_exception(failure, file=sys.stderr)
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

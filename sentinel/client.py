@@ -9,7 +9,8 @@
             elif event.kind == "alert": ...              # an Alert
             elif event.kind == "reconnected": ...        # messages may have been missed: refetch history
 
-Channels and payloads: docs/channels.md. The subscription survives Redis restarts on its own (capped exponential
+Channels and payloads: docs/channels.md. ``TaskManager``, ``SignalEmitter`` and ``Signals`` (``sentinel.trade_suite``,
+importable from here) give the same data the shape trade_suite's widgets expect. The subscription survives Redis restarts on its own (capped exponential
 backoff with jitter), and says so with a ``reconnected`` event.
 """
 
@@ -30,7 +31,7 @@ from shared import streams
 from shared.bus import backoff_delay
 from shared.errors import DecodeError, SentinelError
 from shared.runtime import connect
-from shared.schemas import Alert, Candle, Ticker, live_channels
+from shared.schemas import Alert, Candle, Ticker, TradeBatch, decode_feed, live_channels
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +48,11 @@ class ClientError(SentinelError):
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One live message: ``kind`` is candle, candle_live, ticker, alert, or reconnected (value None)."""
+    """One live message: ``kind`` is candle, candle_live, ticker, alert, trades (a ``TradeBatch``), or reconnected
+    (value None)."""
 
     kind: str
-    value: Candle | Alert | Ticker | None
+    value: Candle | Alert | Ticker | TradeBatch | None
     channel: str = ""
 
 
@@ -79,7 +81,8 @@ class SentinelClient:
     # ---- live ------------------------------------------------------------------------------------------------------
 
     async def subscribe(self, *, series: Iterable[Series] = (), alerts: bool = True,
-                        tickers: Iterable[tuple[str, str]] = (), hold_subscription: bool = True,
+                        tickers: Iterable[tuple[str, str]] = (), trades: Iterable[tuple[str, str]] = (),
+                        hold_subscription: bool = True,
                         subscribed: asyncio.Event | None = None) -> AsyncIterator[Event]:
         """Typed live events until the caller stops iterating. Reconnects by itself; never raises on Redis loss.
 
@@ -88,7 +91,9 @@ class SentinelClient:
         reconnect): fetch history after that, so nothing published in between is missed.
         """
         series = list(series)
-        channels = live_channels(alerts, series, tickers)
+        channels: dict[str, tuple[str, Any]] = dict(live_channels(alerts, series, tickers))
+        for exchange, symbol in trades:  # the API's throttled relay of the trades streams
+            channels[streams.channel_trades(exchange, symbol)] = ("trades", TradesDecoder)
         if not channels:
             raise ValueError("nothing to subscribe to")
         members = [streams.registry_member(*s) for s in series] if hold_subscription else []
@@ -100,8 +105,7 @@ class SentinelClient:
             held = False
             try:
                 await pubsub.subscribe(*channels)
-                for member in members:
-                    await redis.hincrby(streams.SUBSCRIPTIONS, member, 1)
+                await hold_series(redis, members, +1)
                 held = True
                 if subscribed is not None:
                     subscribed.set()
@@ -170,6 +174,17 @@ class SentinelClient:
         return Ticker.model_validate(body["ticker"]) if body["ticker"] else None
 
 
+class TradesDecoder:
+    """The trades channel's payload (the trades stream's own encoding) as a ``TradeBatch``."""
+
+    @staticmethod
+    def decode(raw: bytes) -> TradeBatch:
+        batch = decode_feed(raw)
+        if not isinstance(batch, TradeBatch):
+            raise DecodeError("not a trades batch")
+        return batch
+
+
 def _decode(message: dict, channels: dict[str, tuple]) -> Event | None:
     channel = message["channel"]
     channel = channel.decode() if isinstance(channel, bytes) else channel
@@ -183,10 +198,17 @@ def _decode(message: dict, channels: dict[str, tuple]) -> Event | None:
         return None
 
 
-async def _close(redis, pubsub, members: list[str]) -> None:
+async def hold_series(redis, members: list[str], delta: int) -> None:
+    """Take (``delta`` +1) or release (-1) a reference on each series (``streams.registry_member``) in
+    ``streams.SUBSCRIPTIONS``, so candle_builder builds a timeframe no rule uses while a view watches it. The one
+    place sentinel.client writes that hash."""
     for member in members:
-        with contextlib.suppress(Exception):
-            await redis.hincrby(streams.SUBSCRIPTIONS, member, -1)
+        await redis.hincrby(streams.SUBSCRIPTIONS, member, delta)
+
+
+async def _close(redis, pubsub, members: list[str]) -> None:
+    with contextlib.suppress(Exception):
+        await hold_series(redis, members, -1)
     with contextlib.suppress(Exception):
         await pubsub.aclose()
     with contextlib.suppress(Exception):
@@ -202,3 +224,12 @@ def embedded_redis_url(data_dir: str | None = None) -> str | None:
     from shared.embedded_redis import running_url
 
     return running_url(Path(data_dir or os.environ.get("SENTINEL_DATA_DIR", ".sentinel")) / "redis")
+
+
+def __getattr__(name: str) -> Any:
+    """``from sentinel.client import TaskManager`` (trade_suite's shape, in ``sentinel.trade_suite``)."""
+    if name in ("TaskManager", "SignalEmitter", "Signals", "candles_frame"):
+        from sentinel import trade_suite
+
+        return getattr(trade_suite, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

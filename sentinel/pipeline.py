@@ -18,8 +18,20 @@ from redis.asyncio import Redis
 
 from shared import streams
 from shared.bus import Bus
+from shared.errors import SentinelError
 
 logger = logging.getLogger(__name__)
+
+
+class ServiceFailed(SentinelError):
+    """A service of the pipeline stopped with an error; ``error`` is that error (its traceback is kept for --debug)."""
+
+    def __init__(self, service: str, error: BaseException) -> None:
+        # a user's mistake (a bad file, an unknown symbol) already names what is wrong: it is shown as it is
+        super().__init__(str(error) if isinstance(error, SentinelError) else
+                         f"{service} stopped: {type(error).__name__}: {error}")
+        self.service = service
+        self.error = error
 
 
 @dataclass
@@ -38,11 +50,13 @@ class Pipeline:
         for name, app in self.apps.items():
             self.tasks[name] = asyncio.create_task(app.run(self.stop), name=name)
 
-    def failed(self) -> str | None:
-        """Name and error of a service task that died, if any."""
+    def failed(self) -> ServiceFailed | None:
+        """The error of a service task that died, if any (raise it: the CLI shows its message, --debug the cause)."""
         for name, task in self.tasks.items():
             if task.done() and not task.cancelled() and task.exception() is not None:
-                return f"{name}: {task.exception()!r}"
+                failure = ServiceFailed(name, task.exception())
+                failure.__cause__ = task.exception()
+                return failure
         return None
 
     async def shutdown(self, grace: float = 10.0) -> None:
@@ -57,7 +71,8 @@ class Pipeline:
                 await task
         for name, task in self.tasks.items():
             if task.done() and not task.cancelled() and task.exception() is not None:
-                logger.error("%s ended with %r", name, task.exception())
+                # the caller raises it (Pipeline.failed) and the CLI shows it once; the traceback is for --debug
+                logger.debug("%s ended with %r", name, task.exception())
 
 
 async def consumer_groups_idle(redis: Redis) -> bool:
@@ -85,7 +100,7 @@ async def wait_drained(redis: Redis, source_done: Callable[[], bool], pipeline: 
     """Wait until ``source_done()`` and every consumer group has stayed idle for ``settle`` seconds.
 
     The settle time covers consumers that discover new streams by polling (a group not created yet is not lag).
-    Raises RuntimeError if a service task died, TimeoutError after ``timeout``.
+    Raises ServiceFailed if a service task died, TimeoutError after ``timeout``.
     """
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -93,8 +108,8 @@ async def wait_drained(redis: Redis, source_done: Callable[[], bool], pipeline: 
     while True:
         if on_tick:
             on_tick()
-        if pipeline is not None and (err := pipeline.failed()):
-            raise RuntimeError(f"a service stopped with an error: {err}")
+        if pipeline is not None and (failure := pipeline.failed()):
+            raise failure
         now = loop.time()
         if source_done() and await consumer_groups_idle(redis):
             idle_since = idle_since if idle_since is not None else now

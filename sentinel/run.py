@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -17,6 +19,9 @@ from rich.table import Table
 from sentinel import export
 from sentinel.pipeline import APP_CLASSES, Pipeline, add_service, load_settings, service_classes, wait_drained
 from shared.embedded_redis import EmbeddedRedis
+from shared.errors import ConfigError
+from shared.fmt import plain
+from shared.logs import redact
 from shared.runtime import connect, install_signal_handlers
 
 logger = logging.getLogger(__name__)
@@ -66,7 +71,23 @@ def _service_settings(opts: RunOptions, redis_url: str, data_dir: Path) -> dict:
     notifier: dict = {"console": opts.notify_console,
                       "jsonl_path": opts.jsonl_path or data_dir / "alerts.jsonl"}
     overrides = {"market_feed": feed, "candle_builder": builder, "alert_engine": engine, "notifier": notifier}
-    return {name: load_settings(name, opts.config_file, **common, **extra) for name, extra in overrides.items()}
+    out: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, extra in overrides.items():  # every section's problems in one error
+        try:
+            out[name] = load_settings(name, opts.config_file, **common, **extra)
+        except ConfigError as exc:
+            problems += [p for p in exc.problems if p not in problems]
+    if problems:
+        raise ConfigError(problems)
+    out["market_feed"] = _simulated_label(out["market_feed"])
+    if opts.trades_file is not None and not opts.symbol:
+        try:
+            out["market_feed"].resolved_symbol()
+        except ConfigError:  # said in the words of the command line, before anything starts
+            raise ConfigError(f"{opts.trades_file}: cannot tell the symbol from the file name; give it with --symbol, "
+                              "e.g. --symbol BTC/USDT") from None
+    return out
 
 
 def _build_pipeline(redis, settings: dict, with_notifier: bool = True, with_feed: bool = True) -> Pipeline:
@@ -132,6 +153,7 @@ async def _run_to_end(opts: RunOptions, data_dir: Path, *, with_notifier: bool, 
     redis = connect(server.url)
     started = time.monotonic()
     live_source: _LiveSource | None = None
+    pipeline: Pipeline | None = None
     try:
         settings = _service_settings(opts, server.url, data_dir)
         pipeline = _build_pipeline(redis, settings, with_notifier=with_notifier, with_feed=not opts.live)
@@ -185,6 +207,9 @@ async def _run_to_end(opts: RunOptions, data_dir: Path, *, with_notifier: bool, 
                 await live_source.task
             with contextlib.suppress(Exception):
                 await live_source.sim.stop()
+        if pipeline is not None:  # stopped before Redis, not left retrying against a server that went away
+            with contextlib.suppress(Exception):
+                await pipeline.shutdown()
         await redis.aclose()
         server.stop()
 
@@ -196,7 +221,7 @@ def _summary(stats: dict) -> None:
     for (ex, sym, tf), candles in stats["candles"].items():
         if candles:
             first = time.strftime("%m-%d %H:%M", time.gmtime(candles[0].ts / 1000))
-            table.add_row(ex, sym, tf, str(len(candles)), first, str(candles[-1].close))
+            table.add_row(ex, sym, tf, str(len(candles)), first, plain(candles[-1].close))
     console.print(table)
     alerts = stats["alerts"]
     by_rule = Counter((a.rule, a.symbol, a.timeframe or "-") for a in alerts)
@@ -213,10 +238,16 @@ def _summary(stats: dict) -> None:
 def demo(opts: RunOptions) -> None:
     """The whole pipeline offline on the simulated market (or a recording), then a summary."""
     with _data_dir(opts.data_dir) as data_dir:
-        source = str(opts.trades_file) if opts.trades_file else f"the simulated market ({opts.minutes} min, seed {opts.seed})"
+        if opts.trades_file:
+            source = f"[green]replay of {opts.trades_file}[/]"
+        else:
+            source = f"[yellow]simulated market ({opts.minutes} min, seed {opts.seed}; not real prices)[/]"
         if opts.live:
             source += f" → local exchange (Binance protocol, ×{opts.live_speed:g}) → ccxt.pro"
-        console.print(f"[bold]sentinel demo[/]: {source} → market_feed → candle_builder → alert_engine → notifier")
+        console.print(f"[bold]sentinel demo[/]: {source} → market_feed → candle_builder → alert_engine → notifier",
+                      highlight=False)
+        console.print("  the dashboard is served by `sentinel up` (http://127.0.0.1:8000); the demo ends with its "
+                      "data", style="dim", highlight=False)
         stats = asyncio.run(_run_to_end(opts, data_dir, with_notifier=True, progress=True))
         _summary(stats)
         jsonl = opts.jsonl_path or data_dir / "alerts.jsonl"
@@ -252,21 +283,100 @@ def _data_dir(path: Path | None):
         yield Path(tmp)
 
 
-async def _up(config_file: Path | None, redis_url: str) -> None:
+def describe_feed(feed: Any) -> str:
+    """What market data a run watches, in words: "simulated market: …", "live: binance BTC/USDT, …", "replay of …"."""
+    if feed.mode == "live":
+        return "live: " + "; ".join(f"{e.id} {', '.join(e.symbols)}" for e in feed.exchanges)
+    pace = "as fast as it can" if not feed.speed else ("real time" if feed.speed == 1 else f"{feed.speed:g}× real time")
+    if feed.mode == "replay":
+        return f"replay of {feed.replay_file} as {feed.resolved_exchange()} {feed.resolved_symbol()} ({pace})"
+    length = f"{feed.sim_duration_s / 60:g} simulated minutes" if feed.sim_duration_s else "until stopped"
+    return (f"simulated market: {', '.join(feed.sim_symbols)} on exchange {feed.resolved_exchange()!r} "
+            f"({pace}, {length}) — not real prices")
+
+
+def _check_config(config_file: Path | None) -> None:
+    """A settings file that configures services but has no ``market_feed`` section is a mistake (it used to run the
+    simulator, looking live): ConfigError naming the file and the section."""
+    from shared.yamlfile import load_yaml_file
+
+    if config_file is None or "SENTINEL_MODE" in os.environ:
+        return
+    data, _ = load_yaml_file(config_file)
+    if isinstance(data, dict) and "market_feed" not in data:
+        raise ConfigError(f"{config_file}: no market_feed section — say which market data to watch, e.g.\n"
+                          "market_feed:\n  mode: live\n  exchanges:\n    - {id: binance, symbols: [BTC/USDT]}\n"
+                          "(or mode: replay with replay_file, or mode: simulated for made-up prices)")
+
+
+def _simulated_label(feed: Any) -> Any:
+    """Simulated data is labelled ``sim`` unless named otherwise, and never with a real exchange's id."""
+    if feed.mode != "simulated":
+        return feed
+    if feed.exchange is None:
+        return feed.model_copy(update={"exchange": "sim"})
+    if not feed.exchange.startswith("sim"):
+        raise ConfigError(f"market_feed.exchange — {feed.exchange!r} labels simulated prices with what reads as a "
+                          "real exchange id; leave it out (labelled 'sim') or choose a name starting with 'sim'")
+    return feed
+
+
+def up_settings(config_file: Path | None, redis_url: str) -> dict[str, Any]:
+    """Every service's settings for ``sentinel up`` (ConfigError listing every problem of every section)."""
+    _check_config(config_file)
+    out: dict[str, Any] = {}
+    problems: list[str] = []
+    for name in APP_CLASSES:
+        overrides: dict[str, Any] = {"redis_url": redis_url}
+        if name == "market_feed" and config_file is None and "SENTINEL_MODE" not in os.environ:
+            # Without a settings file, `up` runs the simulated market in real time until stopped.
+            overrides.update(mode="simulated", speed=1.0, sim_duration_s=None)
+        try:
+            out[name] = load_settings(name, config_file, **overrides)
+            if name == "market_feed":
+                out[name] = _simulated_label(out[name])
+        except ConfigError as exc:
+            problems += [p for p in exc.problems if p not in problems]
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def _banner(settings: dict[str, Any], config_file: Path | None, redis_url: str, embedded: bool, api_url: str) -> None:
+    feed = settings["market_feed"]
+    source = describe_feed(feed)
+    colour = "green" if feed.mode == "live" else "yellow"
+    console.print(f"[bold]sentinel up[/] — [{colour}]{source}[/]", highlight=False, soft_wrap=True)
+    if config_file is None:
+        console.print("  no settings file: give --config sentinel.yaml for live market data (README, Live market "
+                      "data)", style="dim", highlight=False, soft_wrap=True)
+    rows = [("dashboard", api_url), ("API docs", f"{api_url}/docs"),
+            ("rules", str(settings["alert_engine"].rules_file)),
+            ("redis", f"embedded, data in {Path(settings['market_feed'].data_dir) / 'redis'}" if embedded
+             else redact(redis_url))]
+    for label, value in rows:
+        console.print(f"  {label:<10} {value}", highlight=False, soft_wrap=True)
+    console.print("  Ctrl-C stops", style="dim")
+
+
+async def _up(settings: dict[str, Any], config_file: Path | None, redis_url: str, embedded: bool) -> None:
     redis = connect(redis_url)
     pipeline = Pipeline(redis)
-    for name in APP_CLASSES:
-        overrides = {"redis_url": redis_url}
-        if name == "market_feed" and config_file is None:
-            # Without a settings file, `up` runs the simulated market in real time until stopped.
-            overrides.update(mode="simulated", speed=1.0, sim_duration_s=None, exchange="sim")
-        add_service(pipeline, name, load_settings(name, config_file, **overrides))
+    for name, service_settings in settings.items():
+        add_service(pipeline, name, service_settings)
     install_signal_handlers(pipeline.stop)
     pipeline.start()
     try:
+        api = pipeline.apps["api"]
+        while not api.started.is_set():  # the banner names the dashboard's URL once it listens
+            if failure := pipeline.failed():
+                raise failure
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(api.started.wait(), timeout=0.1)
+        _banner(settings, config_file, redis_url, embedded, api.url)
         while not pipeline.stop.is_set():
-            if err := pipeline.failed():
-                raise RuntimeError(f"a service stopped with an error: {err}")
+            if failure := pipeline.failed():
+                raise failure
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(pipeline.stop.wait(), timeout=0.5)
     finally:
@@ -277,8 +387,18 @@ async def _up(config_file: Path | None, redis_url: str) -> None:
 def up(config_file: Path | None) -> None:
     """Every service and the API in one process; an embedded Redis unless REDIS_URL is set."""
     from shared.config import ServiceSettings
+    from shared.logs import setup_logging
     from shared.runtime import redis_url_or_embedded
 
+    from shared.embedded_redis import running_url
+
     common = ServiceSettings.load(config_file)
+    setup_logging(common.log_level)
+    if not common.redis_url and (running := running_url(Path(common.data_dir) / "redis")):
+        raise ConfigError(f"another sentinel runs with its data in {common.data_dir} (its Redis answers at {running}): "
+                          "stop it first, or give this one another data_dir (SENTINEL_DATA_DIR)")
+    from services.api.app import check_port
+
+    check_port(up_settings(config_file, common.redis_url or "redis://check-only")["api"])  # before anything starts
     with redis_url_or_embedded(common.redis_url, common.data_dir) as url:
-        asyncio.run(_up(config_file, url))
+        asyncio.run(_up(up_settings(config_file, url), config_file, url, embedded=not common.redis_url))

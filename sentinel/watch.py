@@ -20,6 +20,7 @@ from rich.text import Text
 
 from sentinel.client import ClientError, Event, SentinelClient, embedded_redis_url
 from shared import streams
+from shared.fmt import plain
 from shared.runtime import connect
 from shared.schemas import Alert, Candle, Ticker
 
@@ -78,14 +79,14 @@ class WatchView:
         for key in self.series:
             c = self.live.get(key) or self.closed.get(key)
             last = self.last_price(key)
-            cells = [f"{key[0]} {key[1]} {key[2]}", str(last) if last is not None else "–"]
+            cells = [f"{key[0]} {key[1]} {key[2]}", plain(last, "–")]
             if c is None:
-                cells += ["–"] * 7 + [str(self.cvd.get(key, "–"))]
+                cells += ["–"] * 7 + [plain(self.cvd.get(key), "–")]
             else:
                 delta = c.delta
-                cells += [_utc(c.ts), str(c.open), str(c.high), str(c.low), str(c.close), str(c.volume),
-                          Text(str(delta), style="green" if delta >= 0 else "red"),
-                          str(self.cvd.get(key, Decimal(0)) + (delta if c is self.live.get(key) else 0))]
+                cells += [_utc(c.ts), plain(c.open), plain(c.high), plain(c.low), plain(c.close), plain(c.volume),
+                          Text(plain(delta), style="green" if delta >= 0 else "red"),
+                          plain(self.cvd.get(key, Decimal(0)) + (delta if c is self.live.get(key) else 0))]
             market.add_row(*cells)
         rules = Table(title="rules", expand=True)
         for col in ("rule", "series", "state", "last fired", "cooldown left"):
@@ -100,7 +101,7 @@ class WatchView:
             feed.add_column(col)
         for a in self.alerts:
             feed.add_row(_utc(a.ts), Text(a.rule, style={"critical": "bold red", "warning": "yellow"}.get(
-                a.severity, "")), f"{a.symbol} {a.timeframe or ''}", str(a.price or "–"), a.message)
+                a.severity, "")), f"{a.symbol} {a.timeframe or ''}", plain(a.price, "–"), a.message)
         footer = Text(f"{self.status} · reconnects {self.reconnects} · Ctrl-C quits", style="dim")
         return Group(market, rules, feed, footer)
 

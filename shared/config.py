@@ -16,14 +16,29 @@ arguments, environment (``SENTINEL_<FIELD>``, nested with ``__``; ``REDIS_URL`` 
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from pydantic import AliasChoices, Field, ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
+from shared.bus import (
+    DEFAULT_MAXLEN,
+    BusSettings,
+    ClaimIdleMs,
+    ConsumerSettings,
+    DeadConsumerIdleMs,
+    DeadLetterKeepBytes,
+    DeadLetterMaxlen,
+    MaxEntryBytes,
+)
 from shared.errors import ConfigError
+from shared.runtime import consumer_name
 from shared.yamlfile import describe_errors, line_of, load_yaml_file
 
 CONFIG_ENV = "SENTINEL_CONFIG"
@@ -44,36 +59,57 @@ class ServiceSettings(BaseSettings):
     )
     data_dir: Path = Field(default=Path(".sentinel"), description="Where the embedded Redis keeps its AOF.")
     log_level: str = "INFO"
-    consumer_name: str | None = Field(default=None, description="Consumer name in stream groups (default: host-pid).")
-    cpu_affinity: list[int] | None = Field(
-        default=None, description="CPUs the service's process may run on (Linux), e.g. [1] to give alert_engine a "
-        "core of its own: at a bar boundary every service wakes at once, and one that shares its core waits for the "
-        "others (bench_alerts, 2 cores, 5k trades/s: candle-close alerts p50 1.6 -> 1.3 ms, p99 2.9 -> 1.9 ms). For a "
-        "service run as its own process (`sentinel <service>`); unset: any CPU.")
-    realtime_priority: int | None = Field(
-        default=None, ge=1, le=99, description="Run the service's process under Linux's SCHED_FIFO real-time policy "
-        "at this priority (1-99), so that at a bar boundary it runs the moment its read returns instead of queueing "
-        "behind the other services' CPU time (bench_alerts, 2 cores, 5k trades/s, alert_engine at 10: candle-close "
-        "alerts p50 5.3 -> 4.0 ms, p99 14.9 -> 6.8 ms on a noisy day). Needs root or CAP_SYS_NICE (Docker: "
-        "cap_add: [SYS_NICE]); the kernel still leaves other tasks 5% of each CPU (sched_rt_runtime_us). For a "
-        "service run as its own process; unset: the normal policy.")
+    consumer_name: str | None = Field(
+        default=None, description="This instance's name in consumer groups and leases. Default: <service>-<hostname>, "
+        "stable across restarts (under compose the container's hostname), so a restarted instance resumes its own "
+        "pending entries at once. Two instances of one service on one host need their own.")
+    # the bus's options (shared.bus, shared.consumer hold what each means)
+    claim_idle_ms: ClaimIdleMs = 30_000
+    dead_consumer_idle_ms: DeadConsumerIdleMs = 3_600_000
+    max_entry_bytes: MaxEntryBytes = 1_000_000
+    dead_letter_maxlen: DeadLetterMaxlen = 10_000
+    dead_letter_keep_bytes: DeadLetterKeepBytes = 1024
+
+    def bus_settings(self, maxlen: int = DEFAULT_MAXLEN) -> BusSettings:
+        """The publisher's limits from these settings."""
+        return BusSettings(maxlen=maxlen, max_entry_bytes=self.max_entry_bytes,
+                           dead_letter_maxlen=self.dead_letter_maxlen,
+                           dead_letter_keep_bytes=self.dead_letter_keep_bytes)
+
+    def consumer_settings(self, group: str, service: str, **options: Any) -> ConsumerSettings:
+        """A consumer's settings: its group, this instance's name, the claim and pruning times set here, and
+        ``options`` (count, block_ms, ...)."""
+        values: dict[str, Any] = {"claim_idle_ms": self.claim_idle_ms,
+                                  "dead_consumer_idle_ms": self.dead_consumer_idle_ms, **options}
+        return ConsumerSettings(group=group, consumer=consumer_name(service, self.consumer_name), **values)
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                   file_secret_settings):
-        return init_settings, env_settings, _YamlSection(settings_cls), file_secret_settings
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _LenientEnv(settings_cls), _YamlSection(settings_cls), file_secret_settings
 
     @classmethod
-    def load(cls, config_file: str | Path | None = None, **overrides: Any):
-        """Build settings; ConfigError listing every problem as ``file:line: field — expected``."""
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Self:
+        """Build settings; ConfigError listing every problem in one go: each as ``file:line: field — expected``,
+        ``environment SENTINEL_X: field — expected`` for a value from the environment, and every ``SENTINEL_*``
+        variable no service reads (a typo such as ``SENTINEL_API_TOKN`` for ``SENTINEL_API_TOKEN``)."""
         path = config_file or os.environ.get(CONFIG_ENV)
+        problems = unknown_environment(os.environ)
         token = _CURRENT_FILE.set(Path(path) if path else None)
         try:
-            return cls(**overrides)
+            settings = cls(**overrides)
         except ValidationError as exc:
-            raise ConfigError(_problems(cls, exc, path)) from exc
+            problems += _problems(cls, exc, path)
+        except ConfigError as exc:  # the file itself (unreadable, not YAML, a section that is not a mapping)
+            problems += exc.problems
         finally:
             _CURRENT_FILE.reset(token)
+        if problems:
+            raise ConfigError(problems)
+        return settings
 
 
 # The file being loaded is passed to the source through a context variable, so Settings() stays the normal API.
@@ -82,18 +118,82 @@ import contextvars  # noqa: E402
 _CURRENT_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("sentinel_config_file", default=None)
 
 
+#: ``SENTINEL_*`` variables read outside the settings classes (the CLI, the embedded Redis, the tests).
+OTHER_ENV = frozenset({CONFIG_ENV, "SENTINEL_REDIS_SERVER", "SENTINEL_SHARED_DATA", "SENTINEL_API_URL",
+                       "SENTINEL_SCREENSHOTS"})
+
+
+def _env_names(cls: type[BaseSettings]) -> dict[str, str]:
+    """Environment variable (upper case) -> field name, for every field of ``cls``."""
+    out: dict[str, str] = {}
+    for name, info in cls.model_fields.items():
+        out[f"SENTINEL_{name.upper()}"] = name
+        alias = info.validation_alias
+        for choice in alias.choices if isinstance(alias, AliasChoices) else ():
+            if isinstance(choice, str):
+                out[choice.upper()] = name
+    return out
+
+
+def _known_env() -> set[str]:
+    """Every ``SENTINEL_*`` variable some service reads. One environment often serves every service (``sentinel up``,
+    a shared .env), so a variable is known when ANY service's settings have it: their modules are imported by name
+    here (no service module is imported at load time otherwise)."""
+    import importlib
+
+    known = set(OTHER_ENV) | set(_env_names(ServiceSettings))
+    for section in SECTIONS:
+        with contextlib.suppress(ImportError):
+            known |= set(_env_names(importlib.import_module(f"services.{section}.settings").Settings))
+    return known
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """A problem line for each ``SENTINEL_*`` environment variable no service reads, with the nearest known name."""
+    known: set[str] | None = None
+    problems = []
+    for key in sorted(environ):
+        upper = key.upper()
+        if not upper.startswith("SENTINEL_"):
+            continue
+        known = _known_env() if known is None else known
+        if upper in known or any(upper.startswith(k + "__") for k in known):  # nested: SENTINEL_FIELD__SUB
+            continue
+        close = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        problems.append(f"environment: {key} — unknown setting (check the spelling{hint})")
+    return problems
+
+
 def _problems(cls: type[ServiceSettings], exc: ValidationError, path: str | Path | None) -> list[str]:
-    """Locate each error in the file: a service's own keys live under its section."""
-    if not path:
-        return describe_errors(exc, "settings (environment)", {})
-    _, lines = load_yaml_file(path)
+    """Locate each error: a value from the environment names its variable; one from the file its line there (a
+    service's own keys live under its section)."""
+    env_fields = {name: var for var, name in _env_names(cls).items()
+                  if any(key.upper() == var for key in os.environ)}
+    _, lines = load_yaml_file(path) if path else (None, {})
     common = set(ServiceSettings.model_fields)
 
-    def prefix_for(loc: tuple) -> tuple:
+    def prefix_for(loc: tuple[Any, ...]) -> tuple[Any, ...]:
         first = loc[0] if loc else ""
         return (cls.section,) if cls.section and first not in common and (cls.section, first) in lines else ()
 
-    return describe_errors(exc, str(path), lines, prefix=prefix_for)
+    in_file = describe_errors(exc, str(path) if path else "settings", lines, prefix=prefix_for)
+    problems = []
+    for i, err in enumerate(exc.errors(include_url=False)):  # describe_errors gives one line per error, in order
+        var = env_fields.get(str(err["loc"][0])) if err["loc"] else None
+        problems.append(describe_errors(exc, f"environment {var}", {})[i] if var else in_file[i])
+    return problems
+
+
+class _LenientEnv(EnvSettingsSource):
+    """The environment source, except that a value that is not valid JSON for a list/dict field is passed on as
+    text: validation then reports it with every other problem (pydantic-settings would stop at the first)."""
+
+    def prepare_field_value(self, field_name: str, field: FieldInfo, value: Any, value_is_complex: bool) -> Any:
+        try:
+            return super().prepare_field_value(field_name, field, value, value_is_complex)
+        except ValueError:
+            return value
 
 
 class _YamlSection(PydanticBaseSettingsSource):
@@ -103,7 +203,7 @@ class _YamlSection(PydanticBaseSettingsSource):
         super().__init__(settings_cls)
         self.path = _CURRENT_FILE.get()
 
-    def get_field_value(self, field, field_name):  # pragma: no cover - required by the ABC, unused
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:  # (ABC; unused)
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:

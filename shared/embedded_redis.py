@@ -46,7 +46,7 @@ def find_redis_server() -> str:
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 class EmbeddedRedis:
@@ -58,7 +58,7 @@ class EmbeddedRedis:
         self.port = port
         self.persist = persist
         self.binary = binary or find_redis_server()
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:

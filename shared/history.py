@@ -92,7 +92,7 @@ def encode_request(request_id: str, exchange: str, symbol: str, timeframe: str, 
                  "reply_to": streams.history_reply(request_id)})
 
 
-def _field(msg: dict, key: str, kind: type, what: str, optional: bool = False) -> Any:
+def _field(msg: dict[str, Any], key: str, kind: type, what: str, optional: bool = False) -> Any:
     value = msg.get(key)
     if value is None and optional:
         return None
@@ -209,7 +209,7 @@ async def request_history(redis: Redis, exchange: str, symbol: str, timeframe: s
     await redis.xadd(streams.HISTORY_REQUESTS,
                      {FIELD: encode_request(request_id, exchange, symbol, timeframe, since, until, limit)},
                      maxlen=10_000, approximate=True)
-    got = await redis.blpop([streams.history_reply(request_id)], timeout=timeout)
+    got: Any = await redis.blpop([streams.history_reply(request_id)], timeout=timeout)
     if got is None:
         raise TimeoutError(f"no history reply for {exchange} {symbol} {timeframe} within {timeout:g}s "
                            f"(is market_feed running in live mode?)")

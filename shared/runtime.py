@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from shared import streams
 from shared.embedded_redis import EmbeddedRedis
-from shared.errors import ConfigError
+from shared.outage import REDIS_DOWN, Outage
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,10 @@ def connect(url: str) -> Redis:
 
 
 def consumer_name(service: str, configured: str | None = None) -> str:
-    return configured or f"{service}-{socket.gethostname()}-{os.getpid()}"
+    """This instance's name in consumer groups: ``configured``, else ``<service>-<hostname>``. Stable across restarts
+    (under compose a container keeps its hostname), so a restarted instance re-reads its own pending entries at once
+    instead of waiting for another to claim them; replicas on other hosts (or containers) get their own."""
+    return configured or f"{service}-{socket.gethostname()}"
 
 
 @contextlib.contextmanager
@@ -81,26 +84,36 @@ async def run_service(name: str, main: Callable[[asyncio.Event], Coroutine[Any, 
 
 
 async def heartbeat(redis: Redis, service: str, stop: asyncio.Event,
-                    status: Callable[[], dict[str, Any]] | None = None, every: float = 2.0) -> None:
-    """Write the service's heartbeat hash every ``every`` seconds (``ts`` in ms plus ``status()`` fields)."""
+                    status: Callable[[], dict[str, Any]] | None = None, every: float = 2.0,
+                    outage: Outage | None = None,
+                    beat: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Write the service's heartbeat hash every ``every`` seconds (``ts`` in ms plus ``status()`` fields); then
+    ``beat()`` (what else lives as long as this instance: its subscriptions). Redis errors go to ``outage``."""
     key = streams.heartbeat(service)
     me = asyncio.current_task()
     # redis-py can swallow a cancellation that lands inside a command; stop on a pending cancel as well.
     while not stop.is_set() and not (me is not None and me.cancelling()):
-        fields = {"ts": int(time.time() * 1000), "pid": os.getpid(), "host": socket.gethostname()}
+        fields: dict[Any, Any] = {"ts": int(time.time() * 1000), "pid": os.getpid(), "host": socket.gethostname()}
         if status:
             fields.update({k: str(v) for k, v in status().items()})
         try:
             await redis.hset(key, mapping=fields)
             await redis.pexpire(key, int(every * 5000))
+            if beat is not None:
+                await beat()
+            if outage is not None:
+                outage.ok()
+        except REDIS_DOWN as exc:
+            if outage is not None:
+                outage.lost(exc, "heartbeat")
         except Exception as exc:  # heartbeats must never kill a service
-            logger.debug("heartbeat of %s failed: %s", service, exc)
+            logger.warning("heartbeat of %s failed: %s", service, exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=every)
 
 
 @contextlib.asynccontextmanager
-async def tasks_until_done(*coros: Awaitable[None]) -> AsyncIterator[list[asyncio.Task]]:
+async def tasks_until_done(*coros: Awaitable[None]) -> AsyncIterator[list[asyncio.Task[None]]]:
     """Start tasks, keep references, and on exit cancel whatever is still running."""
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
@@ -111,36 +124,7 @@ async def tasks_until_done(*coros: Awaitable[None]) -> AsyncIterator[list[asynci
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def apply_cpu_affinity(name: str, cpus: list[int] | None) -> None:
-    """Restrict this process to ``cpus`` (the ``cpu_affinity`` setting); ConfigError naming the setting when the
-    machine cannot (a CPU it does not have, or no sched_setaffinity: not Linux)."""
-    if not cpus:
-        return
-    try:
-        os.sched_setaffinity(0, set(cpus))
-    except (OSError, AttributeError, ValueError) as exc:
-        available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "unknown"
-        raise ConfigError([f"{name}.cpu_affinity: cannot run on CPUs {cpus} ({exc}); this machine offers "
-                           f"{available}"]) from exc
-    logger.info("%s: running on CPUs %s", name, sorted(os.sched_getaffinity(0)))
-
-
-def apply_realtime_priority(name: str, priority: int | None) -> None:
-    """Run this thread (the service's event loop) under SCHED_FIFO at ``priority`` (the ``realtime_priority``
-    setting). With SCHED_RESET_ON_FORK: the threads and processes it starts (asyncio's workers reading a rules file,
-    an embedded redis-server) keep the normal policy, so nothing but the loop can take a CPU from the others.
-    ConfigError naming the setting when the machine refuses (no CAP_SYS_NICE, or not Linux)."""
-    if not priority:
-        return
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
-    except (OSError, AttributeError) as exc:
-        raise ConfigError([f"{name}.realtime_priority: cannot run under SCHED_FIFO at priority {priority} ({exc}); "
-                           "it needs Linux and root or CAP_SYS_NICE (Docker: cap_add: [SYS_NICE])"]) from exc
-    logger.info("%s: running under SCHED_FIFO at priority %d", name, priority)
-
-
-def service_main(name: str, settings_cls: type, app_cls: type, config_file: str | None = None, *,
+def service_main(name: str, settings_cls: Any, app_cls: Any, config_file: str | None = None, *,
                  extra_grace: float = 0.0) -> None:
     """What ``sentinel <service>`` runs: load settings, log, connect (embedded Redis without REDIS_URL), run until
     SIGTERM/SIGINT with the service's ``shutdown_grace_s`` (default 10 s) for in-flight work, close Redis."""
@@ -148,8 +132,6 @@ def service_main(name: str, settings_cls: type, app_cls: type, config_file: str 
 
     settings = settings_cls.load(config_file)
     setup_logging(settings.log_level)
-    apply_cpu_affinity(name, getattr(settings, "cpu_affinity", None))
-    apply_realtime_priority(name, getattr(settings, "realtime_priority", None))
     grace = getattr(settings, "shutdown_grace_s", 10.0) + extra_grace
 
     async def serve(url: str) -> None:

@@ -21,10 +21,10 @@ Idempotency: a trade is identified by (exchange, symbol, id); an alert by its ``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
-from typing import Any, Literal, NamedTuple
+from decimal import Decimal
+from typing import Any, Literal, NamedTuple, Self
 
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -35,6 +35,7 @@ from shared.errors import DecodeError
 SCHEMA_VERSION = 1
 
 _packb = msgpack.Packer(use_bin_type=True).pack
+_unpackb = msgpack.unpackb
 
 
 def pack(obj: Any) -> bytes:
@@ -45,7 +46,7 @@ def pack(obj: Any) -> bytes:
 def unpack(raw: bytes) -> Any:
     """msgpack-decode; DecodeError if the bytes are not msgpack."""
     try:
-        return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        return _unpackb(raw, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types
         raise DecodeError(f"not msgpack: {exc}") from exc
 
@@ -66,11 +67,12 @@ class Trade(NamedTuple):
 
 @dataclass(slots=True)
 class TradeBatch:
-    """Trades of one (exchange, symbol), in exchange order."""
+    """Trades of one (exchange, symbol), in exchange order (decoded: a list of ``Trade``, or ``TradeColumns`` for a
+    large entry; both iterate as ``(id, ts, price, amount, side)``)."""
 
     exchange: str
     symbol: str
-    trades: list[Trade]
+    trades: list[Trade] | TradeColumns
 
 
 @dataclass(slots=True)
@@ -97,7 +99,7 @@ class Watermark:
 FeedMessage = TradeBatch | GapMarker | Watermark
 
 
-def encode_trades(exchange: str, symbol: str, trades: list[Trade] | list[tuple]) -> bytes:
+def encode_trades(exchange: str, symbol: str, trades: list[Trade] | list[tuple[Any, ...]]) -> bytes:
     """Encode a batch of trades (Trade or equivalent tuples) for the trades stream."""
     rows = [[t[0], t[1], str(t[2]), str(t[3]), 1 if t[4] else 0] for t in trades]
     return _packb({"v": SCHEMA_VERSION, "k": "trades", "x": exchange, "s": symbol, "t": rows})
@@ -122,46 +124,149 @@ def _header(msg: Any, kinds: tuple[str, ...]) -> str:
     kind = msg.get("k")
     if kind not in kinds:
         raise DecodeError(f"unexpected message kind {kind!r}; expected one of {', '.join(kinds)}")
-    return kind
+    return str(kind)
 
 
-def _str_field(msg: dict, key: str) -> str:
+def _str_field(msg: dict[str, Any], key: str) -> str:
     value = msg.get(key)
     if not isinstance(value, str) or not value:
         raise DecodeError(f"field {key!r} must be a non-empty string, got {value!r}")
     return value
 
 
-def _int_field(msg: dict, key: str) -> int:
+def _int_field(msg: dict[str, Any], key: str) -> int:
     value = msg.get(key)
     if not isinstance(value, int) or isinstance(value, bool):
         raise DecodeError(f"field {key!r} must be an integer, got {value!r}")
     return value
 
 
-def _decode_rows(rows: Any) -> list[Trade]:
+class TradeColumns:
+    """The trades of one large entry as columns: iterates (and indexes) like a list of ``Trade``. ``rows()`` gives
+    them as plain ``(id, ts, price, amount, side)`` rows with no object per trade (CPython reuses zip's result tuple
+    when the loop unpacks it), so the builder's pass over a batch of 100,000 trades leaves nothing for the garbage
+    collector to scan."""
+
+    __slots__ = ("ids", "tss", "prices", "amounts", "sides")
+
+    def __init__(self, ids: tuple[Any, ...], tss: tuple[int, ...], prices: list[Decimal], amounts: list[Decimal],
+                 sides: tuple[int, ...]) -> None:
+        self.ids, self.tss, self.prices, self.amounts, self.sides = ids, tss, prices, amounts, sides
+
+    def __len__(self) -> int:
+        return len(self.tss)
+
+    def __iter__(self) -> Iterator[Trade]:
+        return map(Trade, self.ids, self.tss, self.prices, self.amounts, map((1).__eq__, self.sides))
+
+    def rows(self) -> Iterator[tuple[Any, int, Decimal, Decimal, int]]:
+        return zip(self.ids, self.tss, self.prices, self.amounts, self.sides)
+
+    def __getitem__(self, i: int) -> Trade:
+        return Trade(self.ids[i], self.tss[i], self.prices[i], self.amounts[i], self.sides[i] == 1)
+
+
+_INF = Decimal("Infinity")
+# Decimal of each price / amount text already seen and checked (with one trade per entry, Decimal() and its checks are
+# a third of the decode): real markets repeat a few thousand prices and amounts. Bounded: cleared when full.
+_VALUES: dict[str, Decimal] = {}
+_CACHE_MAX = 100_000
+
+
+def _value(text: Any, what: str, n: int, row: Any) -> Decimal:
+    """A price or amount: exact decimal text or an integer, finite and > 0; DecodeError naming the trade otherwise.
+    A float is refused: its binary value is not the decimal the exchange sent (61000.5 may be 61000.499999...)."""
+    if type(text) is str:
+        cached = _VALUES.get(text)
+        if cached is not None:
+            return cached
+        try:
+            value = Decimal(text)
+            ok = 0 < value < _INF
+        except ArithmeticError:  # not a number, or NaN compared
+            ok = False
+        if ok:
+            if len(_VALUES) >= _CACHE_MAX:
+                _VALUES.clear()
+            _VALUES[text] = value
+            return value
+    elif type(text) is int and text > 0:
+        return Decimal(text)
+    kind = f"a float ({text!r})" if isinstance(text, float) else repr(text)
+    raise DecodeError(f"trade {n} (id {row[0]!r}): {what} must be exact decimal text or an integer, finite and > 0; "
+                      f"got {kind}")
+
+
+def trade_rows(trades: list[Trade] | TradeColumns) -> Iterable[tuple[Any, int, Decimal, Decimal, Any]]:
+    """The trades of a ``TradeBatch`` as ``(id, ts, price, amount, taker_is_buy)`` rows, the cheapest way there is."""
+    return trades.rows() if type(trades) is TradeColumns else trades
+
+
+def _decode_row(n: int, row: Any) -> Trade:
+    if type(row) is not list or len(row) != 5:
+        raise DecodeError(f"trade {n} is malformed (expected [id, ts, price, amount, side]): {row!r}")
+    tid, ts, price, amount, side = row
+    if type(ts) is not int:
+        raise DecodeError(f"trade {n} is malformed (ts must be an integer): {row!r}")
+    if side != 0 and side != 1:
+        raise DecodeError(f"trade {n} is malformed (side must be 1 for a taker buy or 0): {row!r}")
+    return Trade(tid, ts, _value(price, "price", n, row), _value(amount, "amount", n, row), side == 1)
+
+
+def _decode_rows(rows: Any) -> list[Trade] | TradeColumns:
+    """The trades of an entry, every one validated (``_value``): rows for small batches, columns for large ones."""
     if not isinstance(rows, list):
         raise DecodeError("field 't' must be a list of trades")
+    if len(rows) >= 8 and set(map(type, rows)) == {list} and set(map(len, rows)) == {5}:
+        ids, tss, prices, amounts, sides = zip(*rows)
+        if set(map(type, tss)) == {int} and set(sides) <= {0, 1}:
+            return TradeColumns(ids, tss, [_value(p, "price", n, r) for n, (p, r) in enumerate(zip(prices, rows))],
+                                [_value(a, "amount", n, r) for n, (a, r) in enumerate(zip(amounts, rows))], sides)
     out: list[Trade] = []
-    append = out.append
+    values = _VALUES
     for n, row in enumerate(rows):
-        try:
+        # the usual row, with values seen (and checked) before: no call but the dict lookups
+        if type(row) is list and len(row) == 5:
             tid, ts, price, amount, side = row
-            if type(ts) is not int:
-                raise TypeError("ts must be an integer")
-            append(Trade(tid, ts, Decimal(price), Decimal(amount), side == 1))
-        except (TypeError, ValueError, InvalidOperation) as exc:
-            raise DecodeError(f"trade {n} is malformed ({exc}): {row!r}") from exc
+            if type(ts) is int and type(price) is str and type(amount) is str and (side == 1 or side == 0):
+                p, a = values.get(price), values.get(amount)
+                if p is not None and a is not None:
+                    out.append(_new_tuple(Trade, (tid, ts, p, a, side == 1)))
+                    continue
+        out.append(_decode_row(n, row))  # every check, and the reason when one fails
     return out
 
 
+_new_tuple = tuple.__new__  # a Trade without NamedTuple's Python-level __new__
+
+
 def decode_feed(raw: bytes) -> FeedMessage:
-    """Decode one entry of a trades stream into TradeBatch, GapMarker or Watermark (DecodeError if malformed)."""
-    return feed_from_msg(unpack(raw))
+    """Decode one entry of a trades stream into TradeBatch, GapMarker or Watermark: the one decoder and validation of
+    trades every reader uses. DecodeError (the entry is dead-lettered with it) for anything malformed, and for a
+    price or amount that is not exact decimal text or an integer (a float), or not finite and > 0 (NaN, Infinity,
+    zero, negative)."""
+    try:
+        msg = _unpackb(raw, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise DecodeError(f"not msgpack: {exc}") from exc
+    return feed_from_msg(msg)
 
 
 def feed_from_msg(msg: Any) -> FeedMessage:
     """``decode_feed`` of an already unpacked map (for a reader that looked at ``k`` first)."""
+    if type(msg) is dict and msg.get("k") == "trades" and msg.get("v") == SCHEMA_VERSION:  # the hot path
+        exchange, symbol = msg.get("x"), msg.get("s")
+        if type(exchange) is str and type(symbol) is str and exchange and symbol:
+            rows = msg.get("t")
+            if type(rows) is list and len(rows) == 1:  # one trade per entry: the commonest entry of a live feed
+                row = rows[0]
+                if type(row) is list and len(row) == 5:
+                    tid, ts, price, amount, side = row
+                    if type(ts) is int and type(price) is str and type(amount) is str and (side == 1 or side == 0):
+                        p, a = _VALUES.get(price), _VALUES.get(amount)
+                        if p is not None and a is not None:
+                            return TradeBatch(exchange, symbol, [_new_tuple(Trade, (tid, ts, p, a, side == 1))])
+            return TradeBatch(exchange, symbol, _decode_rows(rows))
     kind = _header(msg, ("trades", "gap", "watermark"))
     exchange, symbol = _str_field(msg, "x"), _str_field(msg, "s")
     if kind == "trades":
@@ -188,11 +293,11 @@ class _Message(BaseModel):
         return _packb(data)
 
     @classmethod
-    def decode(cls, raw: bytes):
+    def decode(cls, raw: bytes) -> Self:
         return cls.from_msg(unpack(raw))
 
     @classmethod
-    def trusted(cls, **values: Any):
+    def trusted(cls, **values: Any) -> Self:
         """The message from every field but ``kind``, each already of its model type (the engine's hot path: values
         of a validated rule and candle, bars candle_builder's code built); no validation, ~10x cheaper than
         ``model_construct``. Anything else: ``Cls(...)``."""
@@ -210,7 +315,7 @@ class _Message(BaseModel):
         return obj
 
     @classmethod
-    def from_msg(cls, msg: Any):
+    def from_msg(cls, msg: Any) -> Self:
         """The message from its unpacked map (``decode`` without the msgpack step, for a reader that looked at
         ``k`` first); DecodeError naming what is wrong."""
         kind = _header(msg, (cls.model_fields["kind"].default,))
@@ -312,7 +417,7 @@ class Alert(_Message):
                        "v": SCHEMA_VERSION, "k": "alert"})
 
 
-_TRUSTED: dict[type, tuple[frozenset, str]] = {}  # message class -> (its fields but kind, its kind)
+_TRUSTED: dict[type, tuple[frozenset[str], str]] = {}  # message class -> (its fields but kind, its kind)
 
 
 def live_channels(alerts: bool, series: Iterable[tuple[str, str, str]],
@@ -328,3 +433,110 @@ def live_channels(alerts: bool, series: Iterable[tuple[str, str, str]],
     for ex, sym in tickers:
         out[streams.channel_tickers(ex, sym)] = ("ticker", Ticker)
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Order books and derivatives (append-only additions; issue 24). Definitions of the book figures:
+# shared/orderbook/metrics.py and shared/orderbook/walls.py.
+
+
+class BookBand(BaseModel):
+    """Depth figures within ``bps`` basis points of the mid (``shared.orderbook.metrics.Band``); walls flattened."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    bps: Decimal
+    bid_base: Decimal
+    ask_base: Decimal
+    bid_quote: Decimal
+    ask_quote: Decimal
+    imbalance: Decimal | None = None
+    bid_levels: int = 0
+    ask_levels: int = 0
+    bid_wall_price: Decimal | None = None
+    bid_wall_size: Decimal | None = None
+    bid_wall_ratio: Decimal | None = None
+    ask_wall_price: Decimal | None = None
+    ask_wall_size: Decimal | None = None
+    ask_wall_ratio: Decimal | None = None
+    complete: bool = True
+
+
+class BookWallEvent(BaseModel):
+    """A wall appeared, was pulled or was eaten (``shared.orderbook.walls.WallEvent``)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    kind: Literal["appeared", "pulled", "eaten"]
+    side: Literal["bid", "ask"]
+    price: Decimal
+    size: Decimal
+    remaining: Decimal
+    traded: Decimal
+    ts: int | None = None
+
+
+class BookSnapshot(_Message):
+    """The top of one order book with its metrics, published throttled (``streams.books``). ``ts`` is the exchange
+    time of the last update in it, ``update_id`` the exchange's sequence number of that state (Binance ``u``).
+    ``bids``/``asks``: the best ``N`` levels, best first, as [price, size]. ``walls``: wall events since the previous
+    snapshot. ``resyncs``: how many times the book was rebuilt from a new snapshot since the feed started."""
+
+    kind: Literal["book"] = "book"
+    exchange: str
+    symbol: str
+    ts: int
+    update_id: int | None = None
+    bids: list[tuple[Decimal, Decimal]]
+    asks: list[tuple[Decimal, Decimal]]
+    mid: Decimal | None = None
+    spread: Decimal | None = None
+    spread_bps: Decimal | None = None
+    microprice: Decimal | None = None
+    bands: list[BookBand] = Field(default_factory=list)
+    walls: list[BookWallEvent] = Field(default_factory=list)
+    resyncs: int = 0
+
+
+class FundingRate(_Message):
+    """A perpetual's mark and index price and funding (``streams.funding``). ``funding_rate`` is the rate of the
+    next funding (paid at ``next_funding_ts``, ms); ``basis_bps`` = (mark - index) / index * 10_000."""
+
+    kind: Literal["funding"] = "funding"
+    exchange: str
+    symbol: str
+    ts: int
+    mark_price: Decimal
+    index_price: Decimal | None = None
+    funding_rate: Decimal | None = None
+    next_funding_ts: int | None = None
+
+    @property
+    def basis_bps(self) -> Decimal | None:
+        if not self.index_price:
+            return None
+        return (self.mark_price - self.index_price) * 10_000 / self.index_price
+
+
+class OpenInterest(_Message):
+    """Open interest of a contract at exchange time ``ts`` (``streams.open_interest``): ``amount`` in contracts
+    (base units on Binance USD-M), ``value`` in quote units where the exchange gives it."""
+
+    kind: Literal["open_interest"] = "open_interest"
+    exchange: str
+    symbol: str
+    ts: int
+    amount: Decimal
+    value: Decimal | None = None
+
+
+class Liquidation(_Message):
+    """A forced order (``streams.liquidations``): ``side`` of the liquidation order itself (``sell`` = a long was
+    liquidated), ``amount`` filled at average ``price``; ``order_price`` its limit (bankruptcy) price."""
+
+    kind: Literal["liquidation"] = "liquidation"
+    exchange: str
+    symbol: str
+    ts: int
+    side: Literal["buy", "sell"]
+    price: Decimal
+    amount: Decimal
+    order_price: Decimal | None = None

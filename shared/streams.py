@@ -17,6 +17,9 @@ from __future__ import annotations
 
 PREFIX = "sentinel"
 
+#: The one field of every bus entry (``shared.bus``): msgpack bytes.
+FIELD = b"d"
+
 # ---- streams -------------------------------------------------------------------------------------------------------
 
 
@@ -130,6 +133,13 @@ def channel_tickers(exchange: str, symbol: str) -> str:
     return f"{PREFIX}:ch:tickers:{exchange}:{symbol}"
 
 
+def channel_trades(exchange: str, symbol: str) -> str:
+    """Raw trades for GUIs, relayed by the API from the trades stream while someone listens, throttled."""
+    return f"{PREFIX}:ch:trades:{exchange}:{symbol}"
+
+
+CHANNEL_TRADES_PATTERN = f"{PREFIX}:ch:trades:*"
+
 CHANNEL_ALERTS = f"{PREFIX}:ch:alerts"
 
 # ---- notifier (append-only additions) ------------------------------------------------------------------------------
@@ -167,6 +177,7 @@ GROUP_MARKET_FEED = "market_feed"
 #: successful load, read by the API to list file rules next to the API-managed ``RULES``.
 FILE_RULES = f"{PREFIX}:rules:file"
 
+<<<<<<< HEAD
 # ---- partitions (shared.partitions, shared.ownership) ---------------------------------------------------------------
 # Every key of one partition carries its hash tag ``{p<n>}``: one Redis Cluster slot per partition.
 
@@ -188,3 +199,52 @@ def lease(group: str, partition: int) -> str:
 def fence(group: str, partition: int) -> str:
     """Counter: the fencing token of the last lease of ``partition`` taken by a replica of ``group``."""
     return f"{_part(partition)}:fence:{group}"
+=======
+
+def alert_open(fingerprint: str) -> str:
+    """String (TTL: the alert ids'): set while a rule's series has a firing alert published and not yet resolved. A
+    resolved alert is published only while it is set, so "resolved" always follows a published "firing"."""
+    return f"{PREFIX}:alert:open:{fingerprint}"
+
+
+# ---- order books and derivatives (append-only additions; issue 24) -------------------------------------------------
+
+
+def books(exchange: str, symbol: str) -> str:
+    """Stream: throttled top-N book snapshots with metrics (BookSnapshot) of one pair, written by market_feed."""
+    return f"{PREFIX}:books:{exchange}:{symbol}"
+
+
+def channel_books(exchange: str, symbol: str) -> str:
+    """Pub/sub channel mirroring ``books`` for live views."""
+    return f"{PREFIX}:ch:books:{exchange}:{symbol}"
+
+
+def funding(exchange: str, symbol: str) -> str:
+    """Stream: mark/index price and funding (FundingRate) of one perpetual."""
+    return f"{PREFIX}:funding:{exchange}:{symbol}"
+
+
+def open_interest(exchange: str, symbol: str) -> str:
+    """Stream: open interest (OpenInterest) of one contract, polled or streamed."""
+    return f"{PREFIX}:open_interest:{exchange}:{symbol}"
+
+
+def liquidations(exchange: str, symbol: str) -> str:
+    """Stream: liquidations (Liquidation) of one contract."""
+    return f"{PREFIX}:liquidations:{exchange}:{symbol}"
+
+
+# ---- subscriptions owned by live instances (shared.subscriptions) --------------------------------------------------
+
+
+def subscriber(instance: str) -> str:
+    """Hash "exchange|symbol|timeframe" -> look-back (closed candles wanted before the first live one) of ONE live
+    subscriber instance; it expires unless the instance's heartbeat refreshes it, so a killed subscriber's series
+    go away by themselves."""
+    return f"{PREFIX}:subscriber:{instance}"
+
+
+#: Set of subscriber instance names whose ``subscriber(instance)`` hash may exist (an index, pruned by readers).
+SUBSCRIBERS = f"{PREFIX}:subscribers"
+>>>>>>> main

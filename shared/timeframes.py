@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 
 from shared.errors import ConfigError
 
@@ -39,28 +38,3 @@ def bucket_start(ts_ms: int, timeframe_len_ms: int) -> int:
 def sort_timeframes(timeframes: list[str] | set[str] | tuple[str, ...]) -> list[str]:
     """Unique timeframes sorted from shortest to longest."""
     return sorted(set(timeframes), key=timeframe_ms)
-
-
-# ---- pacing reads by the bar clock ------------------------------------------------------------------------------------
-# A trade can close a bar only at a bucket boundary: the alert engine (fast close) reads at once near one and lingers
-# between them. Exchange time, ms; ``bases``: the bucket lengths whose boundaries count.
-
-
-def close_wait(now_ms: float, bases: Iterable[int], linger_ms: float, lead_ms: float, tail_ms: float) -> float:
-    """How long a read may wait at ``now_ms``: ``linger_ms``, cut to end ``lead_ms`` before the next boundary; 0 from
-    then until ``tail_ms`` after it."""
-    wait = float(linger_ms)
-    for base in bases:
-        start = bucket_start(int(now_ms), base)
-        phase = now_ms - start
-        if phase < tail_ms:
-            return 0.0
-        wait = min(wait, base - phase - lead_ms)
-    return max(wait, 0.0)
-
-
-
-def near_close(now_ms: float, bases: Iterable[int], lead_ms: float, tail_ms: float) -> bool:
-    """``now_ms`` is within ``lead_ms`` before a boundary of one of ``bases`` or ``tail_ms`` after it (where
-    ``close_wait`` reads at once)."""
-    return close_wait(now_ms, bases, 1, lead_ms, tail_ms) == 0

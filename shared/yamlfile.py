@@ -16,6 +16,16 @@ from shared.errors import ConfigError
 
 Loc = tuple[str | int, ...]
 
+#: Deepest nesting of mappings and sequences a document may have. PyYAML composes nodes recursively, so a document
+#: of 100,000 ``[`` would otherwise end in a RecursionError; 64 levels leave a rule 30 nested ``all:``/``any:``.
+MAX_DEPTH = 64
+
+
+class _TooDeep(Exception):
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
+
 
 class _LineLoader(yaml.SafeLoader):
     """SafeLoader that records the line (1-based) of every mapping key and sequence item in ``self.lines``."""
@@ -23,6 +33,17 @@ class _LineLoader(yaml.SafeLoader):
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.lines: dict[Loc, int] = {}
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        """PyYAML's composer, refusing documents nested deeper than ``MAX_DEPTH`` before recursion gets deep."""
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH and self.check_event(yaml.MappingStartEvent, yaml.SequenceStartEvent):
+                raise _TooDeep(self.peek_event().start_mark.line + 1)  # type: ignore[no-untyped-call]
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def record(self, node: yaml.Node, loc: Loc) -> None:
         self.lines.setdefault(loc, node.start_mark.line + 1)
@@ -49,6 +70,9 @@ def load_yaml(text: str, source: str) -> tuple[Any, dict[Loc, int]]:
             return None, {}
         loader.record(node, ())
         data = loader.construct_document(node)
+    except _TooDeep as exc:
+        raise ConfigError(f"{source}:{exc.line}: nested deeper than {MAX_DEPTH} levels (the limit for mappings and "
+                          "lists)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f"{mark.line + 1}" if mark is not None else "?"

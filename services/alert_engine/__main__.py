@@ -1,4 +1,4 @@
-"""``python -m services.alert_engine`` / ``sentinel alert-engine``: run alert_engine alone (what docker-compose runs)."""
+"""``python -m services.alert_engine`` / ``sentinel alert-engine``: run alert_engine alone (as docker-compose does)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,16 @@
 """Wiring of the API: the FastAPI app over Redis (``create_app``) and ``ApiApp`` that serves it with uvicorn.
 
 Every endpoint but ``/health`` needs ``Authorization: Bearer <token>`` when ``SENTINEL_API_TOKEN`` (or the read-only
-``SENTINEL_API_READ_TOKEN``) is set; without a token the server binds to loopback only.
+``SENTINEL_API_READ_TOKEN``) is set, ``/openapi.json`` included; without a token the server binds to loopback only.
+Pages and their scripts (the dashboard, ``/docs``, ``/redoc``, all shipped in ``static/``: no CDN) load without one,
+but everything they fetch needs it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
 import socket
 import logging
@@ -16,7 +19,7 @@ from typing import Annotated, Literal
 
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
 
@@ -24,6 +27,8 @@ from services.api import health, queries
 from services.api.models import (AlertHistory, AlertItem, AlertStatus, CandleSeries, CvdSeries, Health,
                                  Problem, RuleStateOut, SeriesList, TickerOut)
 from services.api.settings import LOOPBACK, Settings
+from services.api.trades_relay import TradesRelay
+from shared.errors import SentinelError
 from shared.runtime import heartbeat
 from shared.timeframes import SUPPORTED
 
@@ -35,6 +40,10 @@ Timeframe = Literal[SUPPORTED]  # type: ignore[valid-type]
 SymbolPath = Annotated[str, PathParam(description="BTC-USDT, or BTC/USDT URL-encoded as BTC%2FUSDT.",
                                       examples=["BTC-USDT"])]
 _bearer = HTTPBearer(auto_error=False, description="SENTINEL_API_TOKEN (read and write) or SENTINEL_API_READ_TOKEN.")
+
+
+class ApiStartError(SentinelError):
+    """The API cannot listen where it is configured to (a busy port, an address this machine does not have)."""
 
 
 def normalize_symbol(symbol: str) -> str:
@@ -84,6 +93,7 @@ def create_app(settings: Settings, redis: Redis) -> FastAPI:
         title="sentinel API",
         version="1",
         description="Alert status, alert history and market data of sentinel. Decimals are JSON strings.",
+        openapi_url=None, docs_url=None, redoc_url=None,  # served below: the document behind the token, no CDN
     )
     app.state.redis = redis
     app.state.settings = settings
@@ -187,8 +197,27 @@ def create_app(settings: Settings, redis: Redis) -> FastAPI:
         points = [{"ts": ts, "delta": str(d), "cvd": str(c)} for ts, d, c in queries.cvd(candles, current)]
         return JSONResponse({"exchange": exchange, "symbol": sym, "timeframe": timeframe, "points": points})
 
+    _mount_docs(app, read)  # before the dashboard's static files, which are mounted at /
     _mount_extras(app, settings, redis, access)
     return app
+
+
+def _mount_docs(app: FastAPI, read: list) -> None:
+    """``/openapi.json`` behind the read token; ``/docs`` (Swagger UI) and ``/redoc`` from the package's files."""
+
+    @app.get("/openapi.json", dependencies=read, include_in_schema=False)
+    async def openapi_document() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    if STATIC_DIR.joinpath("docs.html").exists():  # one page; its script picks the viewer by the path
+        for path in ("/docs", "/redoc"):
+            app.add_api_route(path, _page(STATIC_DIR / "docs.html"), methods=["GET"], include_in_schema=False)
+
+
+def _page(file: Path):
+    async def page() -> FileResponse:
+        return FileResponse(file, media_type="text/html")
+    return page
 
 
 def _mount_extras(app: FastAPI, settings: Settings, redis: Redis, access: Access) -> None:
@@ -230,9 +259,20 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise RuntimeError(f"the API could not start on {host}:{port}: {exc.strerror}") from exc
+        hint = ("another program listens there (another `sentinel up` or `sentinel api`?): stop it, or choose another "
+                "port with api.port in the settings file or SENTINEL_API_PORT (0 = any free port)")
+        if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+            hint = "check api.host / SENTINEL_API_HOST"
+        raise ApiStartError(f"the API could not start on {host}:{port}: {exc.strerror}; {hint}") from exc
     sock.set_inheritable(True)
     return sock
+
+
+def check_port(settings: Settings) -> None:
+    """ApiStartError now if the API could not listen where configured (``sentinel up`` checks before it starts
+    anything); the port is free again when this returns."""
+    if settings.port:
+        _bind(bind_host(settings), settings.port).close()
 
 
 class ApiApp:
@@ -266,6 +306,8 @@ class ApiApp:
         waiter = asyncio.create_task(stop.wait(), name="api-stop")
         beat_stop = asyncio.Event()
         beat = asyncio.create_task(heartbeat(self.redis, "api", beat_stop, lambda: {"url": self.url}), name="api-beat")
+        relay = asyncio.create_task(TradesRelay(self.redis, throttle_ms=settings.trades_throttle_ms).run(beat_stop),
+                                    name="api-trades-relay")
         try:
             while not server.started and not task.done():
                 await asyncio.sleep(0.01)
@@ -280,8 +322,9 @@ class ApiApp:
             waiter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await waiter
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
+            for helper in (beat, relay):
+                helper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await helper
             await task
             sock.close()

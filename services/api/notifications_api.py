@@ -8,7 +8,7 @@ from fastapi import Depends, FastAPI, Query
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
-from services.notifier.history import dead_letters, recent_deliveries
+from shared.notify_history import dead_letters, recent_deliveries
 
 
 class Delivery(BaseModel):

@@ -23,12 +23,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
-from services.alert_engine import rules as rules_mod
+from shared import rules as rules_mod
 from shared import streams
 from shared.errors import ConfigError
-from shared.yamlfile import load_yaml
+from shared.yamlfile import MAX_DEPTH, load_yaml
 
 SOURCE = "request body"
+#: Largest rule body accepted (a rule is a few hundred bytes; the largest in docs/rules.md is under 1 KiB).
+MAX_BODY_BYTES = 64 * 1024
 
 RULE_EXAMPLE = {
     "name": "btc_breakout", "exchange": "binance", "symbols": ["BTC/USDT"], "timeframe": "1m",
@@ -219,9 +221,14 @@ async def _store(redis: Redis, rule: Stored) -> None:
 
 
 async def _body_rule(request: Request) -> Stored:
-    raw = await request.body()
+    raw = bytearray()
+    async for chunk in request.stream():  # read no further than the limit, whatever Content-Length claims
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise HTTPException(status_code=413, detail=f"{SOURCE}: larger than {MAX_BODY_BYTES} bytes (the limit "
+                                                        "for one rule)")
     try:
-        text = raw.decode("utf-8")
+        text = bytes(raw).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{SOURCE}: body is not UTF-8 text") from exc
     return parse_rule(text)
@@ -233,7 +240,9 @@ def mount(app: FastAPI, settings, redis: Redis, access) -> None:
     errors = {401: {"model": RuleErrors, "description": "missing or invalid bearer token"},
               403: {"model": RuleErrors, "description": "read-only token"},
               404: {"model": RuleErrors, "description": "no rule of that name"},
-              422: {"model": RuleErrors, "description": "the rule is invalid; one line per problem"}}
+              413: {"model": RuleErrors, "description": f"the body is larger than {MAX_BODY_BYTES} bytes"},
+              422: {"model": RuleErrors, "description": "the rule is invalid (or nested deeper than "
+                                                        f"{MAX_DEPTH} levels); one line per problem"}}
     _add_component_schemas(app, rule_body_schemas())
 
     @app.exception_handler(ConfigError)

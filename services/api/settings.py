@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 
 from shared.config import ServiceSettings
 
@@ -13,8 +13,12 @@ SERVICES = ("market_feed", "candle_builder", "alert_engine", "notifier")
 class Settings(ServiceSettings):
     section = "api"
 
-    host: str = Field(default=LOOPBACK, description="Address to bind; forced to loopback when no token is set.")
-    port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0 = any free port).")
+    # SENTINEL_API_HOST / SENTINEL_API_PORT (what docker-compose.yml sets) as well as SENTINEL_HOST / SENTINEL_PORT
+    host: str = Field(default=LOOPBACK, validation_alias=AliasChoices("host", "SENTINEL_API_HOST", "SENTINEL_HOST"),
+                      description="Address to bind; forced to loopback when no token is set (env SENTINEL_API_HOST).")
+    port: int = Field(default=8000, ge=0, le=65535,
+                      validation_alias=AliasChoices("port", "SENTINEL_API_PORT", "SENTINEL_PORT"),
+                      description="TCP port, 0 = any free port (env SENTINEL_API_PORT).")
     api_token: SecretStr | None = Field(
         default=None, description="Bearer token for every endpoint but /health (env SENTINEL_API_TOKEN).")
     api_read_token: SecretStr | None = Field(
@@ -35,3 +39,5 @@ class Settings(ServiceSettings):
     history_scan_limit: int = Field(default=50_000, gt=0,
                                     description="Most alert-history entries one /alerts/history request reads.")
     shutdown_grace_s: float = Field(default=5.0, ge=0)
+    trades_throttle_ms: int = Field(default=100, ge=10, description="The raw-trades channel (docs/channels.md) sends "
+                                                                    "a pair's trades at most this often.")

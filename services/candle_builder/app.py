@@ -7,12 +7,12 @@ they are acked. A re-delivered entry whose id is not above the saved one is skip
 first batch a process sees of a stream is preceded by an XRANGE of whatever lies between the saved id and it (entries
 still pending at a dead consumer), so nothing is lost or reordered either.
 
-Series: every (exchange, symbol) in ``streams.FEED_REGISTRY`` gets ``settings.timeframes``; ``streams.SUBSCRIPTIONS``
-(``"ex|sym|tf"`` → reference count) adds timeframes while their count is above zero. A pair removed from
+Series: every (exchange, symbol) in ``streams.FEED_REGISTRY`` gets ``settings.timeframes``; the series live
+subscribers ask for (``shared.subscriptions``: owned by each subscriber instance, gone when it dies) add timeframes. A pair removed from
 FEED_REGISTRY is unfollowed (its stream no longer read, its state left in Redis so a re-add resumes exactly, its
 members dropped from CANDLE_REGISTRY); a subscribed timeframe whose count fell to 0 and that settings do not list stops.
 
-History: a new series is seeded with max(``history_bars``, the subscriber's ``streams.SUBSCRIPTION_LOOKBACK``) candles
+History: a new series is seeded with max(``history_bars``, the look-back its subscribers ask for) candles
 per timeframe (``history_bars`` unset = 500 when the feed is live, none for replays); a look-back that grows later, or
 a timeframe added to a running series, is backfilled further back (older candles appended, the live seam untouched).
 """
@@ -30,21 +30,21 @@ from redis.asyncio import Redis
 
 from services.candle_builder import history
 from services.candle_builder.core import Emitted, SeriesBuilder
-from services.candle_builder.decode import decode_feed_fast
 from services.candle_builder.leases import Leases
 from services.candle_builder.series import Series, encode_candle, entry_id, retune, text
-from services.candle_builder.settings import AUTO_HISTORY_BARS, MAX_HISTORY_BARS, Settings
+from services.candle_builder.settings import MAX_HISTORY_BARS, Settings
 from shared import streams
 from shared.bus import FIELD, Batch, Bus, Consumer, Entry
 from shared.errors import ConfigError, DecodeError
-from shared.runtime import consumer_name, heartbeat
-from shared.schemas import FeedMessage, GapMarker, TradeBatch, Watermark, pack, unpack
+from shared.outage import REDIS_DOWN
+from shared.runtime import heartbeat
+from shared.schemas import FeedMessage, GapMarker, TradeBatch, Watermark, decode_feed, pack, trade_rows, unpack
+from shared.subscriptions import Subscriptions
 from shared.timeframes import timeframe_ms
 
 logger = logging.getLogger(__name__)
 
 SERVICE = "candle_builder"
-
 
 
 class CandleBuilderApp:
@@ -53,15 +53,17 @@ class CandleBuilderApp:
     def __init__(self, settings: Settings, redis: Redis) -> None:
         self.settings = settings
         self.redis = redis
-        self.bus = Bus(redis)
-        # Alone, a stable name: a restarted builder re-reads its own pending entries first. With leases, one per
-        # instance (host-pid unless configured).
-        self.name = consumer_name(SERVICE, settings.consumer_name or (None if settings.leases else SERVICE))
+        self.bus = Bus(redis, settings.bus_settings(), service=SERVICE)
+        # A stable name (settings.consumer_name, else candle_builder-<hostname>): a restarted builder re-reads its own
+        # pending entries first; with leases, each instance's name is also its lease owner.
+        self.consumer: Consumer[FeedMessage] = Consumer(
+            self.bus, settings.consumer_settings(streams.GROUP_CANDLE_BUILDER, SERVICE, count=settings.read_count,
+                                                 block_ms=settings.block_ms),
+            decode=decode_feed, handler=self.handle)
+        self.name = self.consumer.name
         self.leases = Leases(redis, self.name, settings.lease_ttl_ms) if settings.leases else None
-        self.consumer: Consumer[FeedMessage] = Consumer[FeedMessage](
-            self.bus, group=streams.GROUP_CANDLE_BUILDER, consumer=self.name, decode=decode_feed_fast,
-            handler=self.handle, count=settings.read_count, block_ms=settings.block_ms,
-            claim_idle_ms=settings.claim_idle_ms, prefetch=True, linger_ms=settings.linger_ms)
+        self.subscriptions = Subscriptions(redis)
+        self.seeder = history.Seeder(settings, redis)
         self.series: dict[str, Series] = {}  # trades stream -> series (loaded lazily, with its saved state)
         self.pairs: dict[str, tuple[str, str]] = {}  # trades stream -> (exchange, symbol)
         self.wanted: dict[tuple[str, str], set[str]] = {}  # (exchange, symbol) -> timeframes
@@ -81,7 +83,8 @@ class CandleBuilderApp:
         helpers = [asyncio.create_task(self._discover_loop(stop), name=f"{SERVICE}-discover"),
                    asyncio.create_task(self._timer_loop(stop), name=f"{SERVICE}-timer"),
                    asyncio.create_task(self._balance_loop(stop), name=f"{SERVICE}-leases"),
-                   asyncio.create_task(heartbeat(self.redis, SERVICE, stop, self.status), name=f"{SERVICE}-hb")]
+                   asyncio.create_task(heartbeat(self.redis, SERVICE, stop, self.status, outage=self.bus.outage),
+                                       name=f"{SERVICE}-hb")]
         try:
             await consumer
         finally:
@@ -106,40 +109,41 @@ class CandleBuilderApp:
                 await asyncio.wait_for(stop.wait(), timeout=self.settings.discover_every_s)
             if stop.is_set():
                 return
-            try:
-                await self.discover()
-            except Exception:  # discovery must not kill the service; the next round retries
-                logger.exception("candle_builder: discovery failed")
+            await self._guarded("discovery", self.discover)
+
+    async def _guarded(self, what: str, step: Any) -> None:
+        """Run one round of a helper loop: a Redis outage is told once (``Bus.outage``; discovery, the heartbeat
+        and the consumer tell when it is back), a bug is logged and the next round retries; neither kills the
+        service."""
+        try:
+            await step()
+        except REDIS_DOWN as exc:
+            self.bus.outage.lost(exc, what)
+        except Exception:
+            logger.exception("candle_builder: %s failed", what)
 
     async def discover(self) -> None:
-        """Read FEED_REGISTRY, SUBSCRIPTIONS and SUBSCRIPTION_LOOKBACK; follow new trades streams, unfollow removed
-        ones, follow timeframe changes, backfill what a grown look-back needs."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.smembers(streams.FEED_REGISTRY)
-            pipe.hgetall(streams.SUBSCRIPTIONS)
-            pipe.hgetall(streams.SUBSCRIPTION_LOOKBACK)
-            feeds, subscriptions, lookbacks = await pipe.execute()
+        """Read FEED_REGISTRY and the live subscribers' series; follow new trades streams, unfollow removed ones,
+        follow timeframe changes, backfill what a grown look-back needs."""
+        feeds = await self.redis.smembers(streams.FEED_REGISTRY)
+        self.bus.outage.ok()  # (only commands that reached Redis say it is back: a timer tick may send none)
+        subscribed = await self.subscriptions.read_all()
         wanted: dict[tuple[str, str], set[str]] = {}
         for member in feeds:
             parts = streams.split_registry_member(member)
             if len(parts) == 2:
                 wanted.setdefault((parts[0], parts[1]), set()).update(self.settings.timeframes)
-        for member, count in subscriptions.items():
-            parts = streams.split_registry_member(member)
-            try:  # a subscription adds a timeframe to a pair the feed publishes; it does not create a pair
-                if len(parts) == 3 and int(count) > 0 and (parts[0], parts[1]) in wanted:
-                    wanted[(parts[0], parts[1])].add(parts[2])
-            except ValueError:
-                logger.warning("candle_builder: ignoring subscription %r with count %r", member, count)
         lookback: dict[tuple[str, str], dict[str, int]] = {}
-        for member, bars in lookbacks.items():
-            parts = streams.split_registry_member(member)
+        for (ex, sym, tf), bars in subscribed.items():
             try:
-                if len(parts) == 3 and int(bars) > 0:
-                    timeframe_ms(parts[2])
-                    lookback.setdefault((parts[0], parts[1]), {})[parts[2]] = min(int(bars), MAX_HISTORY_BARS)
-            except (ValueError, ConfigError):
-                logger.warning("candle_builder: ignoring look-back %r of %r candles", member, bars)
+                timeframe_ms(tf)
+            except ConfigError:
+                logger.warning("candle_builder: ignoring a subscription to %s %s with timeframe %r", ex, sym, tf)
+                continue
+            if (ex, sym) in wanted:  # a subscription adds a timeframe to a pair the feed publishes, not a pair
+                wanted[(ex, sym)].add(tf)
+            if bars > 0:
+                lookback.setdefault((ex, sym), {})[tf] = min(bars, MAX_HISTORY_BARS)
         self.lookback = lookback
         gone, dropped = self.apply_wanted(wanted)
         if gone or dropped:
@@ -208,11 +212,8 @@ class CandleBuilderApp:
         if self.leases is None:
             return
         every = self.settings.lease_ttl_ms / 3000
-        while not stop.is_set():
-            try:
-                await self.balance(int(time.time() * 1000))
-            except Exception:  # leases expire on their own if this keeps failing; others take over
-                logger.exception("candle_builder: lease balancing failed")
+        while not stop.is_set():  # (leases expire on their own if this keeps failing; others take over)
+            await self._guarded("lease balancing", lambda: self.balance(int(time.time() * 1000)))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=every)
 
@@ -277,28 +278,23 @@ class CandleBuilderApp:
         for entry in batch.entries:
             by_stream.setdefault(entry.stream, []).append(entry)
         batch.acked = True  # acked below, in the transaction, and only for streams this instance owns
-        # The consumer prefetches: its next XREADGROUP went out before this batch was handed over (Redis reads it
-        # while we work), and batch.pinned is its commit connection. Without a read out (the next poll must do
-        # something else first), batch.pinned is the read connection and the read goes out with EXEC instead.
-        async with self.bus.pipeline(transaction=True, pinned=batch.pinned) as tx:
+        async with self.bus.pipeline(transaction=True) as tx:
             ours = await self._fence(tx, [s for s in by_stream if self._owns(s)])
             try:
-                await self._process(tx, batch.group, {s: e for s, e in by_stream.items() if s in ours},
-                                    batch.read_ahead)
+                await self._process(tx, batch.group, {s: e for s, e in by_stream.items() if s in ours})
             except BaseException:  # lease lost (WatchError), a bug, cancellation: whatever was not saved is undone
                 for s in ours:  # builders may have run ahead of what Redis holds: reload them from it
                     self.series.pop(s, None)
                 raise
 
-    async def _process(self, tx: Any, group: str, by_stream: dict[str, list[Entry[FeedMessage]]],
-                       read_ahead: bytes | None = None) -> None:
+    async def _process(self, tx: Any, group: str, by_stream: dict[str, list[Entry[FeedMessage]]]) -> None:
         out: dict[str, list[Emitted]] = {}
         touched: dict[str, Series] = {}
         extra_acks: dict[str, list[bytes]] = {}
         for stream, entries in by_stream.items():
             series = self.series.get(stream) or await self._load(stream)
             if series.needs_seed:
-                await self._seed(series)
+                await self.seeder.seed(series, self._asked(series))
             emitted = out.setdefault(stream, [])
             if series.seeded:  # history candles, before any live one
                 self._queue_candles(tx, series, series.seeded, history=True)
@@ -330,7 +326,7 @@ class CandleBuilderApp:
             self._queue_state(tx, series)
         for stream, entries in by_stream.items():
             tx.xack(stream, group, *extra_acks.get(stream, ()), *(e.id for e in entries))
-        await tx.execute(read_ahead=read_ahead)
+        await tx.execute()
         if self.settings.live_candles and touched:
             await self._publish_live(touched.values())
 
@@ -345,10 +341,8 @@ class CandleBuilderApp:
                 await asyncio.wait_for(stop.wait(), timeout=every)
             if stop.is_set():
                 return
-            try:
-                await self.tick(int(time.time() * 1000))
-            except Exception:  # the next tick retries; trades and watermarks still close candles meanwhile
-                logger.exception("candle_builder: closing timer failed")
+            # (the next tick retries; trades and watermarks still close candles meanwhile)
+            await self._guarded("closing timer", lambda: self.tick(int(time.time() * 1000)))
 
     async def tick(self, now_ms: int) -> int:
         """Close what live series have due by the wall clock (``now_ms``), if their streams hold nothing unread.
@@ -409,35 +403,44 @@ class CandleBuilderApp:
 
     def _apply_run(self, messages: list[FeedMessage], series: Series, out: list[Emitted]) -> None:
         """Apply a stream's messages in order; consecutive trade batches go through the builder in one call."""
-        rows: list[list] = []
+        rows: list[Any] = []
+        n = 0
         for msg in messages:
             if type(msg) is TradeBatch:
-                rows.append(msg.trades)
+                rows.append(trade_rows(msg.trades))
+                n += len(msg.trades)
                 continue
             if rows:
-                self._apply(series, TradeBatch(series.exchange, series.symbol, list(chain.from_iterable(rows))), out)
-                rows = []
+                self._apply_trades(series, rows, n, out)
+                rows, n = [], 0
             self._apply(series, msg, out)
         if rows:
-            trades = rows[0] if len(rows) == 1 else chain.from_iterable(rows)
-            self._apply(series, TradeBatch(series.exchange, series.symbol, trades), out, sum(map(len, rows)))
+            self._apply_trades(series, rows, n, out)
 
-    def _apply(self, series: Series, msg: FeedMessage, out: list[Emitted], n: int | None = None) -> None:
-        builder = series.builder
-        builder.apply(msg, out)
+    def _apply_trades(self, series: Series, rows: list[Any], n: int, out: list[Emitted]) -> None:
+        trades = rows[0] if len(rows) == 1 else chain.from_iterable(rows)
+        series.builder.add_trades(trades, out)
+        self.trades_in += n
+        self._note_late(series)
+
+    def _apply(self, series: Series, msg: FeedMessage, out: list[Emitted]) -> None:
+        series.builder.apply(msg, out)
         if isinstance(msg, TradeBatch):
-            self.trades_in += len(msg.trades) if n is None else n
-            if builder.late_dropped != series.late_logged:
-                now = time.monotonic()
-                if now - series.late_logged_at >= 10.0:  # at most one warning per series every 10 s
-                    logger.warning("candle_builder: %s %s: %d trades later than the %d ms lateness window dropped "
-                                   "(%d in all)", series.exchange, series.symbol,
-                                   builder.late_dropped - series.late_logged, builder.lateness_ms,
-                                   builder.late_dropped)
-                    series.late_logged, series.late_logged_at = builder.late_dropped, now
+            self.trades_in += len(msg.trades)
+            self._note_late(series)
         elif isinstance(msg, GapMarker):
             logger.info("candle_builder: %s %s: gap %d..%d (%s): candles there are incomplete", series.exchange,
                         series.symbol, msg.start, msg.end, msg.reason)
+
+    def _note_late(self, series: Series) -> None:
+        builder = series.builder
+        if builder.late_dropped != series.late_logged:
+            now = time.monotonic()
+            if now - series.late_logged_at >= 10.0:  # at most one warning per series every 10 s
+                logger.warning("candle_builder: %s %s: %d trades later than the %d ms lateness window dropped "
+                               "(%d in all)", series.exchange, series.symbol, builder.late_dropped - series.late_logged,
+                               builder.lateness_ms, builder.late_dropped)
+                series.late_logged, series.late_logged_at = builder.late_dropped, now
 
     def _queue_candles(self, tx: Any, series: Series, emitted: list[Emitted], history: bool = False) -> None:
         ex, sym = series.exchange, series.symbol
@@ -499,61 +502,9 @@ class CandleBuilderApp:
         self.series[stream] = series
         return series
 
-    async def _seed(self, series: Series) -> None:
-        """A new series: ask market_feed for history up to the first trade the builder will process."""
-        first_ts = first_entry = None
-        for raw_id, fields in await self.redis.xrange(series.stream, count=100):
-            with contextlib.suppress(DecodeError):
-                msg = decode_feed_fast(fields.get(FIELD) or b"")
-                if type(msg) is TradeBatch and msg.trades:
-                    first_ts, first_entry = msg.trades[0][1], entry_id(raw_id)[0]
-                    break
-        if first_ts is None:
-            return
-        series.needs_seed = False
-        await self._decide_history(series, first_entry - first_ts)
-        bars = self._bars(series)
-        if not any(bars.values()):
-            return
-        builder = series.builder
-        rows = {}
-        plan = builder.history_plan(first_ts, bars)
-        for tf, (since, until) in plan.items():
-            ms = timeframe_ms(tf)
-            rows[tf] = await history.fetch(self.redis, series.exchange, series.symbol, tf, since, until,
-                                           limit=(until - since) // ms + 1, timeout_s=self.settings.history_timeout_s)
-        builder.seed(first_ts, rows, series.seeded, plan)
-        logger.info("candle_builder: %s %s seeded with %d history candles", series.exchange, series.symbol,
-                    len(series.seeded))
-
-    async def _decide_history(self, series: Series, skew_ms: int | None) -> None:
-        """Settle how many history candles ``series`` gets: ``history_bars`` when set; unset (auto), AUTO_HISTORY_BARS
-        when its feed is live — market_feed's heartbeat says ``mode: live`` (only live mode serves history) and its
-        trades reached Redis within ``live_max_skew_ms`` of their exchange time (``skew_ms``: a recording replayed
-        through the live path is years old, and today's history would not be its past) — else none."""
-        if series.history_bars is not None:
-            return
-        configured = self.settings.history_bars
-        if configured is not None:
-            series.history_bars = configured
-            return
-        if skew_ms is None:
-            return  # not known yet (a restored series before its first batch): decided later
-        mode = await self.redis.hget(streams.heartbeat("market_feed"), "mode")
-        live = text(mode or b"") == "live" and abs(skew_ms) <= self.settings.live_max_skew_ms
-        series.history_bars = AUTO_HISTORY_BARS if live else 0
-        logger.info("candle_builder: %s %s: feed %s, %s", series.exchange, series.symbol,
-                    "live" if live else f"not live (mode {text(mode or b'none')}, skew {skew_ms} ms)",
-                    f"{AUTO_HISTORY_BARS} candles of history" if live else "no history")
-
-    def _bars(self, series: Series) -> dict[str, int]:
-        """History candles wanted per timeframe of ``series``: max(its history_bars, the look-back asked), or none
-        when history is off for it."""
-        if not series.history_bars:  # off, or not decided yet
-            return {}
-        own = series.history_bars
-        asked = self.lookback.get((series.exchange, series.symbol), {})
-        return {tf: min(max(own, asked.get(tf, 0)), MAX_HISTORY_BARS) for tf in series.builder.timeframes}
+    def _asked(self, series: Series) -> dict[str, int]:
+        """The look-back subscribers ask for, per timeframe of ``series``."""
+        return self.lookback.get((series.exchange, series.symbol), {})
 
     async def _backfill_all(self) -> None:
         """Fetch older history where a look-back grew or a timeframe was added (see ``SeriesBuilder.backfill_range``);
@@ -563,8 +514,8 @@ class CandleBuilderApp:
             if series.needs_seed or series.last_id is None or not self._owns(stream):
                 continue
             if series.history_bars is None:
-                await self._decide_history(series, series.live_offset)
-            for tf, bars in self._bars(series).items():
+                await self.seeder.decide(series, series.live_offset)
+            for tf, bars in self.seeder.bars(series, self._asked(series)).items():
                 span = series.builder.backfill_range(tf, bars)
                 if span is None or series.backfill_retry.get(tf, 0.0) > now:
                     continue
@@ -627,7 +578,7 @@ class CandleBuilderApp:
                     continue  # acked by now (dead-lettered): not ours to count
                 ids.append(raw_id)
                 try:
-                    msg = decode_feed_fast((fields or {}).get(FIELD) or b"")
+                    msg = decode_feed((fields or {}).get(FIELD) or b"")
                 except DecodeError as exc:
                     await self.bus.dead_letter(series.stream, raw_id, (fields or {}).get(FIELD),
                                                f"undecodable: {exc}", group)

@@ -32,7 +32,7 @@ class Bar:
         bar = Bar.__new__(Bar)
         for name in Bar.__slots__:
             setattr(bar, name, getattr(self, name))
-        if ts is not None:
+        if ts is not None and end is not None:
             bar.ts, bar.end = ts, end
         return bar
 
@@ -84,13 +84,13 @@ class Bar:
 
     # ---- persistence -----------------------------------------------------------------------------------------------
 
-    def dump(self) -> list:
+    def dump(self) -> list[Any]:
         return [self.ts, self.end, str(self.open), str(self.high), str(self.low), str(self.close), str(self.volume),
                 str(self.buy_volume), str(self.sell_volume), str(self.quote_volume), self.trades, self.first_id,
                 self.last_id, self.first_ts, self.last_ts, self.revision, self.incomplete]
 
     @classmethod
-    def load(cls, row: list) -> Bar:
+    def load(cls, row: list[Any]) -> Bar:
         bar = cls.__new__(cls)
         (bar.ts, bar.end, o, h, lo, c, v, bv, sv, qv, bar.trades, bar.first_id, bar.last_id, bar.first_ts,
          bar.last_ts, bar.revision, bar.incomplete) = row
@@ -99,7 +99,7 @@ class Bar:
         return bar
 
 
-def bar_from_history(row: tuple, ms: int) -> Bar:
+def bar_from_history(row: tuple[Any, ...], ms: int) -> Bar:
     """A closed bar from a history row ``(ts, o, h, l, c, volume, buy | None, trades | None, quote | None)``.
 
     Without the taker split (or trade count, or quote volume) the bar is ``incomplete``: CVD cannot use it.

@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Any
 
 from services.candle_builder.bars import _CTX, _ZERO, Bar, bar_from_history
-from shared.schemas import FeedMessage, GapMarker, TradeBatch, Watermark, pack, unpack
+from shared.schemas import FeedMessage, GapMarker, TradeBatch, Watermark, pack, trade_rows, unpack
 from shared.timeframes import bucket_start, sort_timeframes, timeframe_ms
 
 __all__ = ["Bar", "Emitted", "SeriesBuilder", "bar_from_history", "base_timeframe"]
@@ -36,6 +36,8 @@ __all__ = ["Bar", "Emitted", "SeriesBuilder", "bar_from_history", "base_timefram
 
 #: What the builder emits: (timeframe, snapshot of a closed bar). A revision has ``revision`` > 0.
 Emitted = tuple[str, Bar]
+#: A trade as the builder takes it: (id, exchange ts ms, price, amount, taker bought?).
+TradeRow = tuple[Any, int, Decimal, Decimal, Any]
 
 
 def base_timeframe(timeframes: Iterable[str], preferred: str = "1m") -> str:
@@ -70,7 +72,7 @@ class SeriesBuilder:
         self.hwm = 0  # newest exchange time seen (trade or watermark)
         self.gaps: list[tuple[int, int]] = []  # recent gap intervals (ms, inclusive) that flag candles incomplete
         self.late_revised = 0
-        self._recent_packed: dict[str, tuple[dict, bytes]] = {}  # tf -> (its recent dict, packed rows)
+        self._recent_packed: dict[str, tuple[dict[int, Bar], bytes]] = {}  # tf -> (its recent dict, packed rows)
         self._recent_dirty: set[str] = set()  # timeframes whose kept bars changed since the last dump
         self.late_dropped = 0
         # timeframe -> oldest bucket its published candles cover (history included): a larger look-back is fetched
@@ -122,21 +124,21 @@ class SeriesBuilder:
 
     def apply(self, msg: FeedMessage, out: list[Emitted]) -> None:
         """One trades-stream entry: trades aggregated, a watermark advances exchange time, a gap flags its candles.
-        The only way entries reach a builder (candle_builder's, and the alert engine's replicas of it)."""
+        The only way entries reach a builder."""
         if isinstance(msg, TradeBatch):
-            self.add_trades(msg.trades, out)
+            self.add_trades(trade_rows(msg.trades), out)
         elif isinstance(msg, Watermark):
             self.advance(msg.ts, out, final=msg.final)
         elif isinstance(msg, GapMarker):
             self.gap(msg.start, msg.end, out)
 
-    def add_trades(self, rows: Iterable[tuple], out: list[Emitted]) -> None:
+    def add_trades(self, rows: Iterable[TradeRow], out: list[Emitted]) -> None:
         """Aggregate trades ``(id, ts_ms, price, amount, taker_is_buy)`` (Decimal price/amount) in exchange order."""
         with decimal.localcontext(_CTX):  # exact: 60 digits, so + and * below never round
             self._add_trades(rows, out)
         self.flush_revisions(out)
 
-    def _add_trades(self, rows: Iterable[tuple], out: list[Emitted]) -> None:
+    def _add_trades(self, rows: Iterable[TradeRow], out: list[Emitted]) -> None:
         base_ms = self.base_ms
         bar = self.base
         if bar is not None:
@@ -150,7 +152,7 @@ class SeriesBuilder:
             n, lid, lts = 0, None, 0
         for tid, ts, price, amount, is_buy in rows:
             if start <= ts < end:  # the hot path: a trade of the open base bucket
-                if ts < lts:  # rare: out of order inside the open bucket; it must not become the close
+                if ts < lts and bar is not None:  # rare: out of order inside the open bucket (bar is set then)
                     bar.high, bar.low, bar.volume, bar.buy_volume, bar.sell_volume, bar.quote_volume = \
                         h, lo, v, bv, sv, qv
                     bar.trades, bar.close, bar.last_id, bar.last_ts = n, c, lid, lts
@@ -417,7 +419,7 @@ class SeriesBuilder:
         plan[self.base_tf] = (base_since, seam)
         return plan
 
-    def seed(self, first_ts: int, rows: dict[str, list | None], out: list[Emitted],
+    def seed(self, first_ts: int, rows: dict[str, list[Any] | None], out: list[Emitted],
              plan: dict[str, tuple[int, int]] | None = None) -> None:
         """Start a fresh series from history (``rows`` per timeframe, None where it could not be had).
 
@@ -459,7 +461,7 @@ class SeriesBuilder:
         since = bucket_start(self.hwm, ms) - bars * ms  # whole weeks back from a Monday stay Mondays
         return (since, until) if since < until else None
 
-    def backfill(self, tf: str, since: int, until: int, rows: list, out: list[Emitted]) -> None:
+    def backfill(self, tf: str, since: int, until: int, rows: list[Any], out: list[Emitted]) -> None:
         """Older history for ``tf`` (buckets ``since <= ts < until``, before anything published): emitted oldest
         first, with flat candles between rows when those are on; the live candles are not touched."""
         if self.history_from.get(tf) != until:
@@ -519,7 +521,7 @@ class SeriesBuilder:
                 out.append((tf, cur))
         return out
 
-    def dump(self) -> dict:
+    def dump(self) -> dict[str, Any]:
         """Everything needed to resume exactly (plain msgpack-able structure)."""
         return {
             "base_tf": self.base_tf, "base": self.base.dump() if self.base else None,
@@ -531,12 +533,9 @@ class SeriesBuilder:
                         for tf in self.derived},
             "recent": self._dump_recent(),
             "history_from": dict(self.history_from),
-            # what a replica (``SeriesBuilder.replica``) needs besides the state to close bars exactly as this one
-            "config": {"timeframes": self.timeframes, "flat_candles": self.flat_candles,
-                       "lateness_ms": self.lateness_ms, "max_flat": self.max_flat},
         }
 
-    def _dump_recent(self) -> dict:
+    def _dump_recent(self) -> dict[str, bytes]:
         """``recent`` for ``dump``, each timeframe's kept bars packed once and reused until one of them changes.
 
         The state is saved with every batch, and the kept bars (a lateness window of them: 60 for 1s bars) change
@@ -553,22 +552,7 @@ class SeriesBuilder:
         dirty.clear()
         return out
 
-    @classmethod
-    def replica(cls, state: dict) -> SeriesBuilder:
-        """A builder that continues from ``state`` (a ``dump()``) with the dumping builder's own configuration, so the
-        same stream entries applied to both emit the same candles (the alert engine closes bars this way from the
-        trades it reads, without waiting for candle_builder). ValueError for a state without its configuration."""
-        config = state.get("config")
-        if not isinstance(config, dict) or not isinstance(state.get("base_tf"), str):
-            raise ValueError("state carries no builder configuration (written by an older candle_builder)")
-        tfs = list(config.get("timeframes") or [])
-        builder = cls([*tfs, state["base_tf"]], base=state["base_tf"], flat_candles=bool(config["flat_candles"]),
-                      lateness_ms=int(config["lateness_ms"]), max_flat=int(config["max_flat"]))
-        builder.restore(state)
-        builder.emit_base = state["base_tf"] in tfs
-        return builder
-
-    def restore(self, state: dict) -> None:
+    def restore(self, state: dict[str, Any]) -> None:
         """Load a ``dump()``; timeframes configured now but absent from the state are added as new."""
         if state.get("base_tf") != self.base_tf:
             raise ValueError(f"saved state has base {state.get('base_tf')!r}, builder uses {self.base_tf!r}")

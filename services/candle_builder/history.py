@@ -9,14 +9,21 @@ Candles without a taker split (exchanges other than Binance) are marked ``incomp
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from redis.asyncio import Redis
 
+from services.candle_builder.series import Series, entry_id, text
+from services.candle_builder.settings import AUTO_HISTORY_BARS, MAX_HISTORY_BARS, Settings
+from shared import streams
+from shared.bus import FIELD
 from shared.errors import DecodeError, ExchangeError
 from shared.history import HistoryRow, request_history
+from shared.schemas import TradeBatch, decode_feed
+from shared.timeframes import timeframe_ms
 
-__all__ = ["HistoryRow", "fetch"]
+__all__ = ["HistoryRow", "Seeder", "fetch"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,3 +46,66 @@ async def fetch(redis: Redis, exchange: str, symbol: str, timeframe: str, since:
     if not reply.complete:
         logger.warning("candle_builder: %s history for %s %s cut at %d candles", timeframe, exchange, symbol, limit)
     return reply.rows
+
+
+class Seeder:
+    """How many candles of history each series gets, and the seeding of a new series up to its first trade."""
+
+    def __init__(self, settings: Settings, redis: Redis) -> None:
+        self.settings = settings
+        self.redis = redis
+
+    async def seed(self, series: Series, asked: dict[str, int]) -> None:
+        """A new series: ask market_feed for history up to the first trade the builder will process."""
+        first_ts = first_entry = None
+        for raw_id, fields in await self.redis.xrange(series.stream, count=100):
+            with contextlib.suppress(DecodeError):
+                msg = decode_feed(fields.get(FIELD) or b"")
+                if type(msg) is TradeBatch and msg.trades:
+                    first_ts, first_entry = msg.trades[0][1], entry_id(raw_id)[0]
+                    break
+        if first_ts is None:
+            return
+        series.needs_seed = False
+        await self.decide(series, first_entry - first_ts)
+        bars = self.bars(series, asked)
+        if not any(bars.values()):
+            return
+        builder = series.builder
+        rows = {}
+        plan = builder.history_plan(first_ts, bars)
+        for tf, (since, until) in plan.items():
+            ms = timeframe_ms(tf)
+            rows[tf] = await fetch(self.redis, series.exchange, series.symbol, tf, since, until,
+                                   limit=(until - since) // ms + 1, timeout_s=self.settings.history_timeout_s)
+        builder.seed(first_ts, rows, series.seeded, plan)
+        logger.info("candle_builder: %s %s seeded with %d history candles", series.exchange, series.symbol,
+                    len(series.seeded))
+
+    async def decide(self, series: Series, skew_ms: int | None) -> None:
+        """Settle how many history candles ``series`` gets: ``history_bars`` when set; unset (auto), AUTO_HISTORY_BARS
+        when its feed is live — market_feed's heartbeat says ``mode: live`` (only live mode serves history) and its
+        trades reached Redis within ``live_max_skew_ms`` of their exchange time (``skew_ms``: a recording replayed
+        through the live path is years old, and today's history would not be its past) — else none."""
+        if series.history_bars is not None:
+            return
+        configured = self.settings.history_bars
+        if configured is not None:
+            series.history_bars = configured
+            return
+        if skew_ms is None:
+            return  # not known yet (a restored series before its first batch): decided later
+        mode = await self.redis.hget(streams.heartbeat("market_feed"), "mode")
+        live = text(mode or b"") == "live" and abs(skew_ms) <= self.settings.live_max_skew_ms
+        series.history_bars = AUTO_HISTORY_BARS if live else 0
+        logger.info("candle_builder: %s %s: feed %s, %s", series.exchange, series.symbol,
+                    "live" if live else f"not live (mode {text(mode or b'none')}, skew {skew_ms} ms)",
+                    f"{AUTO_HISTORY_BARS} candles of history" if live else "no history")
+
+    def bars(self, series: Series, asked: dict[str, int]) -> dict[str, int]:
+        """History candles wanted per timeframe of ``series``: max(its history_bars, the look-back ``asked``), or none
+        when history is off for it."""
+        if not series.history_bars:  # off, or not decided yet
+            return {}
+        own = series.history_bars
+        return {tf: min(max(own, asked.get(tf, 0)), MAX_HISTORY_BARS) for tf in series.builder.timeframes}

@@ -3,7 +3,7 @@
 Example::
 
     candle_builder:
-      timeframes: [1m, 5m, 15m, 1h]   # always built; SUBSCRIPTIONS adds more at run time
+      timeframes: [1m, 5m, 15m, 1h]   # always built; subscribers add more at run time
       flat_candles: true              # empty intervals give OHLC = previous close, volume 0
       live_throttle_ms: 250           # in-progress candles at most this often per series
       lateness_ms: 60000              # late trades this close to the newest exchange time revise closed candles
@@ -49,24 +49,19 @@ class Settings(ServiceSettings):
     history_bars: int | None = Field(default=None, ge=0, le=MAX_HISTORY_BARS, description="Seed a new series with "
                                      "this many candles of REST history per timeframe (served by market_feed on "
                                      "HISTORY_REQUESTS), or more when a subscriber's look-back "
-                                     "(SUBSCRIPTION_LOOKBACK) asks; 0 = off. Unset (auto): AUTO_HISTORY_BARS when the "
+                                     "(shared.subscriptions) asks; 0 = off. Unset (auto): AUTO_HISTORY_BARS when the "
                                      "pair's feed is live (market_feed's heartbeat says mode live and trades reach "
                                      "Redis within live_max_skew_ms of their exchange time), off for replays.")
     history_timeout_s: float = Field(default=5.0, gt=0, description="How long to wait for a history reply.")
     leases: bool = Field(default=False, description="Run as one of several instances: split (exchange, symbol) "
-                         "pairs with leases in Redis (each instance needs its own consumer_name, default host-pid).")
+                         "pairs with leases in Redis (each instance needs its own consumer_name; the default, candle_builder-<hostname>, "
+                         "differs between hosts and containers).")
     lease_ttl_ms: int = Field(default=3_000, ge=300, description="A dead instance's pairs are taken over after this.")
     candles_maxlen: int = Field(default=20_000, gt=0, description="Approximate MAXLEN of closed-candle streams.")
     live_maxlen: int = Field(default=1_000, gt=0, description="Approximate MAXLEN of in-progress-candle streams.")
     read_count: int = Field(default=2_000, gt=0, description="COUNT of each XREADGROUP.")
     block_ms: int = Field(default=200, gt=0, description="BLOCK of each XREADGROUP.")
-    linger_ms: int = Field(
-        default=5, ge=0, description="After a read that delivered trades, wait this long before the next read: a "
-        "busy stream is read in batches of this many milliseconds (a quarter of the CPU at 5k trades/s of single-trade "
-        "entries, and less of it competing with the alert engine at a bar boundary), and closed candles are published "
-        "up to this much later. Alerts do not wait for it: the alert engine closes bars from the trades itself "
-        "(alert_engine fast_close); with that turned off, they do. 0: read again at once.")
-    discover_every_s: float = Field(default=1.0, gt=0, description="How often FEED_REGISTRY/SUBSCRIPTIONS are read.")
+    discover_every_s: float = Field(default=1.0, gt=0, description="How often FEED_REGISTRY and the subscriptions are read.")
     claim_idle_ms: int = Field(default=10_000, gt=0, description="Entries pending this long at a dead consumer are "
                                "claimed.")
     shutdown_grace_s: float = Field(default=10.0, ge=0)

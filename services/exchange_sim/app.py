@@ -7,11 +7,12 @@ import logging
 import time
 from decimal import Decimal
 
+from services.exchange_sim.books_server import BookExchangeSim
 from services.exchange_sim.kraken import KrakenSim
 from services.exchange_sim.server import ExchangeSim
 from services.exchange_sim.settings import Settings
-from services.market_feed.readers import guess_symbol, read_trades
-from services.market_feed.simulated import SimulatedMarket, spec_for
+from shared.recordings import guess_symbol, read_trades
+from shared.simulated import SimulatedMarket, spec_for
 from shared.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -32,10 +33,13 @@ def build(settings: Settings) -> ExchangeSim:
                                  duration_s=settings.duration_s)
         source = market.trades()
         grids = {s: (spec_for(s).tick, spec_for(s).lot) for s in settings.symbols}
-    cls = KrakenSim if settings.protocol == "kraken" else ExchangeSim
-    return cls(source, grids, host=settings.host, port=settings.port, speed=settings.speed,
-                       retention=settings.retention, ticker_every_ms=settings.ticker_every_ms,
-                       start_on_subscribe=settings.wait_for_client)
+    common = dict(host=settings.host, port=settings.port, speed=settings.speed, retention=settings.retention,
+                  ticker_every_ms=settings.ticker_every_ms, start_on_subscribe=settings.wait_for_client)
+    if settings.protocol == "kraken":
+        return KrakenSim(source, grids, **common)
+    return BookExchangeSim(source, grids, depth=settings.depth, depth_files=settings.depth_files,
+                           depth_symbol=settings.depth_symbol, futures=settings.futures, seed=settings.seed,
+                           liquidation_rate=settings.liquidation_rate, **common)
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None,

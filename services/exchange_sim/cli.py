@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from services.exchange_sim.app import serve
+from services.exchange_sim.books_server import BookExchangeSim
 from services.exchange_sim.settings import Settings
 from shared.logs import setup_logging
 from shared.runtime import install_signal_handlers
@@ -51,5 +52,16 @@ async def _main(settings: Settings) -> None:
                f"  websocket: {sim.ws_url}\n  REST:      {sim.rest_url}\n"
                f"  market_feed settings:\n    exchanges:\n      - id: {exchange_id}\n"
                f"        symbols: [{', '.join(sim.books)}]\n        ws_url: {sim.ws_url}\n"
-               f"        rest_url: {sim.rest_url}\n  Ctrl-C to stop.")
+               f"        rest_url: {sim.rest_url}\n{_books_lines(sim)}  Ctrl-C to stop.")
     await task
+
+
+def _books_lines(sim: object) -> str:
+    """What a BookExchangeSim serves beside trades: depth, and the perpetuals' URLs for ccxt binanceusdm."""
+    if not isinstance(sim, BookExchangeSim):
+        return ""
+    lines = f"  depth: {sim.depth_source} (<sym>@depth@100ms, GET /api/v3/depth; POST /_sim/gap makes a gap)\n"
+    if sim.perps:
+        lines += (f"  USD-M perpetuals (ccxt binanceusdm): urls['api']['ws']['linear'] = {sim.futures_ws_url}\n"
+                  f"                                      urls['api']['fapiPublic'] = {sim.futures_rest_url}\n")
+    return lines

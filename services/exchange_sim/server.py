@@ -38,12 +38,19 @@ logger = logging.getLogger(__name__)
 
 
 class _Conn:
-    __slots__ = ("ws", "subs", "stalled_until")
+    __slots__ = ("ws", "subs", "stalled_until", "malformed")
 
     def __init__(self, ws: web.WebSocketResponse) -> None:
         self.ws = ws
         self.subs: set[str] = set()
         self.stalled_until = 0.0
+        self.malformed = 0  # trade frames still to send malformed
+
+
+#: Malformed frame kinds (``malform``): what a flaky link or a buggy gateway can deliver.
+MALFORMED = {
+    "truncated": lambda frame: frame[: len(frame) // 2],  # cut mid-JSON
+}
 
 
 class ExchangeSim:
@@ -72,6 +79,7 @@ class ExchangeSim:
         self.released = 0
         self.finished = asyncio.Event()
         self.frames_sent = 0
+        self._malform_kind = "truncated"
         self.drops = 0
         self.connections_total = 0
 
@@ -150,6 +158,17 @@ class ExchangeSim:
             for frame in frames:
                 with contextlib.suppress(Exception):
                     await conn.ws.send_str(frame)
+
+    def malform(self, count: int = 1, kind: str = "truncated") -> int:
+        """Send the next ``count`` trade frames of every open connection malformed (``MALFORMED[kind]``) instead of
+        whole: the trades in them never reach the client by websocket, as with a corrupted frame. Returns how many
+        connections will."""
+        if kind not in MALFORMED:
+            raise ValueError(f"unknown malformed frame kind {kind!r}; one of {', '.join(MALFORMED)}")
+        self._malform_kind = kind
+        for conn in self._conns:
+            conn.malformed = count
+        return len(self._conns)
 
     def pause(self) -> None:
         self._paused.clear()
@@ -230,6 +249,10 @@ class ExchangeSim:
             if frame is None:
                 frame = json.dumps({"stream": stream, "data": data} if wrap else data, separators=(",", ":"))
             try:
+                if conn.malformed and "trade" in stream.lower():
+                    conn.malformed -= 1
+                    await conn.ws.send_str(MALFORMED[self._malform_kind](frame))
+                    continue
                 await conn.ws.send_str(frame)
                 self.frames_sent += 1
             except Exception:  # the client went away mid-send
@@ -344,7 +367,8 @@ class ExchangeSim:
             return self._error(exc)
 
     async def _control(self, request: web.Request) -> web.Response:
-        """POST /_sim/drop | /_sim/stall?seconds=S | /_sim/garbage | /_sim/pause | /_sim/resume."""
+        """POST /_sim/drop | /_sim/stall?seconds=S | /_sim/garbage | /_sim/malformed?count=N&kind=truncated |
+        /_sim/pause | /_sim/resume."""
         command = request.match_info["command"]
         if command == "drop":
             return self._json({"dropped": await self.drop_connections()})
@@ -352,6 +376,11 @@ class ExchangeSim:
             self.stall(float(request.query.get("seconds", "5")))
         elif command == "garbage":
             await self.send_garbage()
+        elif command == "malformed":
+            try:
+                self.malform(int(request.query.get("count", "1")), request.query.get("kind", "truncated"))
+            except ValueError as exc:
+                return self._json({"error": str(exc)}, status=400)
         elif command == "pause":
             self.pause()
         elif command == "resume":

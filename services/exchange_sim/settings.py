@@ -29,8 +29,20 @@ class Settings(ServiceSettings):
     ticker_every_ms: int = Field(default=1_000, ge=10)
     wait_for_client: bool = Field(default=False, description="release no trade before the first SUBSCRIBE")
 
+    # order books and perpetuals (binance protocol; services/exchange_sim/books_server.py)
+    depth: Literal["off", "synthetic", "recorded"] = Field(
+        default="synthetic", description="order-book diffs: a seeded book around the last price, or a recording")
+    depth_files: list[Path] = Field(default_factory=list, description="depth: recorded — Binance raw websocket "
+                                                                      "captures (snapshot line first), in order")
+    depth_symbol: str | None = Field(default=None, description="symbol the depth recording is of (default: first)")
+    futures: bool = Field(default=True, description="serve a USD-M perpetual per symbol (mark, funding, OI, "
+                                                    "liquidations)")
+    liquidation_rate: float = Field(default=0.002, ge=0.0, le=1.0, description="chance of a liquidation per trade")
+
     @model_validator(mode="after")
     def _needs_file(self) -> Settings:
         if self.source == "replay" and self.replay_file is None:
             raise ValueError("source=replay needs replay_file")
+        if self.depth == "recorded" and not self.depth_files:
+            raise ValueError("depth=recorded needs depth_files")
         return self

@@ -16,10 +16,10 @@ from typing import Any
 from redis.asyncio import Redis
 
 from services.market_feed.core import Event, FeedCore, TickEvent, pace_delay
-from services.market_feed.publisher import Outbox, read_last_ids
-from services.market_feed.readers import read_trades
+from services.market_feed.publisher import Outbox, RedisRetry, consumer_lag, read_last_ids, register_feeds
+from shared.recordings import read_trades
 from services.market_feed.settings import Settings
-from services.market_feed.simulated import SimulatedMarket, quote
+from shared.simulated import SimulatedMarket, quote
 from shared import streams
 from shared.bus import Bus
 from shared.runtime import heartbeat
@@ -40,13 +40,18 @@ class MarketFeedApp:
     def __init__(self, settings: Settings, redis: Redis, *, bus: Bus | None = None) -> None:
         self.settings = settings
         self.redis = redis
-        self.bus = bus or Bus(redis, maxlen=settings.stream_maxlen)
+        self.bus = bus or Bus(redis, settings.bus_settings(settings.stream_maxlen), service="market_feed")
         self.exchange = settings.resolved_exchange()
         self.done = False
         self.exchange_time: int | None = None
         self._outbox: Outbox | None = None
         self._core: FeedCore | None = None
         self.live: Any = None  # the live feed (adapters.ccxt_feed.LiveFeed) in mode=live
+        self.redis_retry = RedisRetry(SERVICE, base_s=settings.backoff_base_s, cap_s=settings.backoff_cap_s)
+        if settings.mode == "live":  # an unknown exchange id is a configuration mistake: say so before starting
+            from services.market_feed.adapters.ccxt_exchange import check_exchange_ids
+
+            check_exchange_ids(settings.exchanges)
 
     # ---- progress ----------------------------------------------------------------------------------------------
 
@@ -102,7 +107,7 @@ class MarketFeedApp:
             else:
                 from services.market_feed.adapters.ccxt_feed import LiveFeed
 
-                self.live = LiveFeed(self.settings, self.redis, self.bus)
+                self.live = LiveFeed(self.settings, self.redis, self.bus, self.redis_retry)
                 await self.live.run(stop)
         finally:
             beat_stop.set()
@@ -121,8 +126,15 @@ class MarketFeedApp:
                           market: SimulatedMarket | None, end_ts: int | None) -> None:
         s = self.settings
         redis = self.redis
-        await redis.sadd(streams.FEED_REGISTRY, *(streams.registry_member(self.exchange, sym) for sym in symbols))
-        last_ids = await read_last_ids(redis, self.exchange, symbols) if s.resume else {}
+        retry = self.redis_retry
+        if not (await retry.call(stop, lambda: register_feeds(redis, self.exchange, symbols)))[0]:
+            return
+        last_ids: dict[str, int | None] = {}
+        if s.resume:
+            ok, found = await retry.call(stop, lambda: read_last_ids(redis, self.exchange, symbols))
+            if not ok:
+                return
+            last_ids = found or {}
         if any(v is not None for v in last_ids.values()):
             logger.info("resuming after last published ids %s", last_ids)
         core = self._core = FeedCore(self.exchange, symbols, batch_size=s.batch_size, window_ms=s.batch_window_ms,
@@ -146,16 +158,24 @@ class MarketFeedApp:
                 else:
                     out.add(event)
 
+        async def flush() -> bool:
+            """Write what is queued; False when stopped while Redis was unavailable (it stays unpublished, and a
+            restart resumes after the last id Redis has)."""
+            return (await retry.call(stop, out.flush))[0]
+
         for symbol, trade in source:
             if stop.is_set():
                 break
-            if s.speed > 0:
+            # Pacing starts at the first trade not published yet (a resumed replay does not wait out the exchange
+            # time of what an earlier run already published).
+            if s.speed > 0 and core.is_new(symbol, trade):
                 if first_ts is None:
                     first_ts, wall_start = trade.ts, loop.time()
                 delay = pace_delay(trade.ts, first_ts, wall_start, loop.time(), s.speed)
                 if delay > 0.002:
                     emit(core.flush())
-                    await out.flush()
+                    if not await flush():
+                        break
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=delay)
                     if stop.is_set():
@@ -164,7 +184,8 @@ class MarketFeedApp:
             last_price[symbol] = trade.price
             self.exchange_time = core.clock
             if out.full:
-                await out.flush()
+                if not await flush():
+                    break
                 flushes += 1
                 if flushes % 20 == 0:
                     await self._wait_for_consumers(stop, symbols)
@@ -172,11 +193,12 @@ class MarketFeedApp:
                     await asyncio.sleep(0)  # let the other services on this loop run
         if stop.is_set():
             emit(core.flush())
-            await out.flush()
+            await flush()
             logger.info("stopped after %d trades", out.trades_published)
             return
         emit(core.finish(end_ts if end_ts is not None else core.clock))
-        await out.flush()
+        if not await flush():
+            return
         self.exchange_time = core.clock
         self.done = True
         logger.info("source ended: %d trades in %d entries (%d already published before, skipped)",
@@ -190,13 +212,8 @@ class MarketFeedApp:
         """
         limit = self.settings.max_lag_entries
         while not stop.is_set():
-            worst = 0
-            for symbol in symbols:
-                status = await self.bus.group_status(streams.trades(self.exchange, symbol),
-                                                     streams.GROUP_CANDLE_BUILDER)
-                if status:
-                    worst = max(worst, status["lag"])
-            if worst <= limit:
+            ok, worst = await self.redis_retry.call(
+                stop, lambda: consumer_lag(self.bus, self.exchange, symbols, streams.GROUP_CANDLE_BUILDER))
+            if not ok or (worst or 0) <= limit:
                 return
             await asyncio.sleep(0.05)
-

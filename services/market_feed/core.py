@@ -50,6 +50,14 @@ class IdDedup:
         self.window = window
         self.dropped = 0
 
+    def is_new(self, trade_id: int | str | None) -> bool:
+        """Whether ``accept`` would take this id (no change of state)."""
+        if trade_id is None:
+            return True
+        if isinstance(trade_id, int):
+            return self.last_id is None or trade_id > self.last_id
+        return trade_id not in self._recent
+
     def accept(self, trade_id: int | str | None) -> bool:
         if trade_id is None:
             return True
@@ -102,6 +110,12 @@ class FeedCore:
     @property
     def dropped(self) -> int:
         return sum(s.dedup.dropped for s in self.symbols.values())
+
+    def is_new(self, symbol: str, trade: Trade) -> bool:
+        """Whether ``push`` would publish this trade rather than drop it as already published (no change of state):
+        a resumed replay paces from its first new trade, not from the file's first."""
+        state = self.symbols.get(symbol)
+        return state is not None and state.dedup.is_new(trade.id)
 
     def push(self, symbol: str, trade: Trade) -> list[Event]:
         """Add the next trade (exchange order); returns the events now ready, in publish order."""

@@ -17,7 +17,7 @@ from typing import Any
 import ccxt
 
 from shared import streams
-from shared.bus import Batch, Bus, Consumer
+from shared.bus import Batch, Bus, Consumer, ConsumerSettings
 from shared.errors import ExchangeError
 from shared.history import (REPLY_TTL_S, HistoryRequest, HistoryRow, decode_request, encode_reply, kline_row,
                             ohlcv_row, request_history)
@@ -33,12 +33,12 @@ PAGE = 1000
 class HistoryServer:
     """Answers history requests with the given ccxt exchanges (id → instance)."""
 
-    def __init__(self, bus: Bus, exchanges: dict[str, Any], consumer: str) -> None:
+    def __init__(self, bus: Bus, exchanges: dict[str, Any], settings: ConsumerSettings) -> None:
         self.bus = bus
         self.exchanges = exchanges
         self.served = 0
-        self.consumer = Consumer(bus, group=streams.GROUP_MARKET_FEED, consumer=consumer, decode=decode_request,
-                                 handler=self._handle, streams=[streams.HISTORY_REQUESTS], count=10)
+        self.consumer = Consumer(bus, settings, decode=decode_request, handler=self._handle,
+                                 streams=[streams.HISTORY_REQUESTS])
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.consumer.run(stop)
@@ -69,6 +69,8 @@ class HistoryServer:
         if exchange is None:
             raise ExchangeError(f"exchange {exchange_id!r} is not configured in market_feed "
                                 f"(configured: {', '.join(self.exchanges) or 'none'})")
+        if not exchange.markets:
+            raise ExchangeError(f"{exchange_id} is not reachable yet (its markets have not loaded); try again later")
         if symbol not in exchange.markets:
             raise ExchangeError(f"{symbol!r} is not listed by {exchange_id}")
         tf_ms = timeframe_ms(timeframe)

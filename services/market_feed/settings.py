@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.market_feed.readers import guess_exchange, guess_symbol
+from shared.recordings import guess_exchange, guess_symbol
 from shared.config import ServiceSettings
 from shared.errors import ConfigError
 
@@ -29,6 +29,7 @@ class ExchangeFeed(BaseModel):
     ws_url: str | None = Field(default=None, description="websocket base URL override (Binance spot: must contain "
                                                          "'/stream', e.g. ws://127.0.0.1:9443/stream)")
     rest_url: str | None = Field(default=None, description="REST base URL override, e.g. http://127.0.0.1:9443/api/v3")
+    timeout_s: float = Field(default=10.0, gt=0, description="REST request timeout (ccxt's timeout)")
 
 
 class Settings(ServiceSettings):
@@ -66,8 +67,14 @@ class Settings(ServiceSettings):
     exchanges: list[ExchangeFeed] = Field(default_factory=list, description="live mode: exchanges and symbols")
     silence_timeout_s: float = Field(default=60.0, gt=0, description="a stream silent this long (per symbol, "
                                                                      "scaled by its usual rate) is reconnected")
-    backoff_base_s: float = Field(default=0.5, gt=0)
-    backoff_cap_s: float = Field(default=30.0, gt=0)
+    stall_intervals: float = Field(default=20.0, gt=1, description="a symbol that has been delivering is taken for "
+                                                                   "stalled after this many of its usual gaps "
+                                                                   "between frames without one (reconnect + REST "
+                                                                   "backfill)")
+    stall_min_s: float = Field(default=5.0, gt=0, description="... but never sooner than this")
+    backoff_base_s: float = Field(default=0.5, gt=0, description="first retry delay: exchange reconnects, markets "
+                                                                 "that would not load, Redis unavailable")
+    backoff_cap_s: float = Field(default=30.0, gt=0, description="longest retry delay (jittered)")
     backfill_max_pages: int = Field(default=200, ge=1, description="REST pages per gap before a gap marker")
     ccxt_trades_limit: int = Field(default=10_000, ge=1_000, description="ccxt's per-symbol trade cache: headroom "
                                                                          "for bursts before trades must be backfilled")

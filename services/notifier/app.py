@@ -54,7 +54,7 @@ from shared import streams
 from shared.bus import Batch, Bus, Consumer, backoff_delay
 from shared.errors import NotifyError, PermanentNotifyError
 from shared.logs import redact
-from shared.runtime import consumer_name, heartbeat
+from shared.runtime import heartbeat
 from shared.schemas import Alert
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class NotifierApp:
     def __init__(self, settings: Settings, redis: Redis, *, targets: dict[str, Target] | None = None) -> None:
         self.settings = settings
         self.redis = redis
-        self.bus = Bus(redis)
+        self.bus = Bus(redis, settings.bus_settings(), service="notifier")
         self.targets = targets if targets is not None else build_targets(settings)
         self.routes = [core.Route(tuple(r.channels), frozenset(r.severity), tuple(sorted(r.labels.items())))
                        for r in settings.routes]
@@ -100,10 +100,9 @@ class NotifierApp:
                                for scheme, rate in settings.scheme_rates.items()
                                if any(getattr(t, "scheme", None) == scheme for t in self.targets.values())}
         self.consumer = Consumer(
-            self.bus, group=streams.GROUP_NOTIFIER, consumer=consumer_name("notifier", settings.consumer_name),
-            decode=Alert.decode, handler=self._take, streams=[streams.ALERTS], count=settings.count,
-            block_ms=settings.block_ms, claim_idle_ms=settings.claim_idle_ms,
-        )
+            self.bus, settings.consumer_settings(streams.GROUP_NOTIFIER, "notifier", count=settings.count,
+                                                 block_ms=settings.block_ms),
+            decode=Alert.decode, handler=self._take, streams=[streams.ALERTS])
         self._lanes = {name: _Lane(t) for name, t in self.targets.items()}
         self._remaining: dict[bytes, set[str]] = {}  # entry id -> targets not yet settled
         self._room = asyncio.Event()
@@ -217,7 +216,7 @@ class NotifierApp:
     async def _work(self, lane: _Lane) -> None:
         target, jobs = lane.target, lane.jobs
         window = self.settings.group_window_s if target.remote else 0.0
-        size = self.settings.max_group if target.remote else 500
+        size = getattr(target, "max_group", None) or (self.settings.max_group if target.remote else 500)
         failures = 0
         while not self._stop.is_set():
             if not jobs:

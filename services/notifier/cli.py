@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +15,8 @@ from rich.table import Table
 
 from services.notifier import core
 from services.notifier.settings import Settings
-from shared.errors import NotifyError, SentinelError
+from shared.embedded_redis import running_url
+from shared.errors import NotifyError, RedisUnavailableError, SentinelError
 from shared.logs import redact
 from shared.runtime import connect, redis_url_or_embedded
 from shared.schemas import Alert
@@ -79,8 +81,26 @@ def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def instance_redis(settings: Settings) -> contextlib.AbstractContextManager[str]:
+    """The Redis of the sentinel these commands are about: ``REDIS_URL``; else the embedded redis-server of a
+    running ``sentinel up`` in ``data_dir`` (never a second server on its live files); else, for a stopped instance,
+    an embedded server started on its data; SentinelError when ``data_dir`` holds no sentinel data at all."""
+    if settings.redis_url:
+        return contextlib.nullcontext(settings.redis_url)
+    data = Path(settings.data_dir) / "redis"
+    running = running_url(data)
+    if running:
+        return contextlib.nullcontext(running)
+    if not data.is_dir() or not any(data.glob("appendonly*")):
+        raise RedisUnavailableError(
+            f"no running sentinel found: REDIS_URL is not set and {data} holds no sentinel data (run this where "
+            "`sentinel up` runs, give --config with its data_dir, or set REDIS_URL to its Redis)")
+    console.print(f"[dim]no sentinel running on {data}: reading its stored data with a temporary redis-server[/dim]")
+    return redis_url_or_embedded(None, settings.data_dir)
+
+
 async def _with_redis(settings: Settings, fn):
-    with redis_url_or_embedded(settings.redis_url, settings.data_dir) as url:
+    with instance_redis(settings) as url:
         redis = connect(url)
         try:
             return await fn(redis)
@@ -91,7 +111,7 @@ async def _with_redis(settings: Settings, fn):
 @notify_app.command("deliveries")
 def deliveries_command(limit: int = 20, config: ConfigOpt = None) -> None:
     """List recent deliveries (newest first)."""
-    from services.notifier.history import recent_deliveries
+    from shared.notify_history import recent_deliveries
 
     settings = _settings(config)
     rows = asyncio.run(_with_redis(settings, lambda r: recent_deliveries(r, limit)))
@@ -105,7 +125,7 @@ def deliveries_command(limit: int = 20, config: ConfigOpt = None) -> None:
 @dead_app.command("list")
 def dead_list_command(limit: int = 50, config: ConfigOpt = None) -> None:
     """List dead letters (newest first)."""
-    from services.notifier.history import dead_letters
+    from shared.notify_history import dead_letters
 
     settings = _settings(config)
     rows = asyncio.run(_with_redis(settings, lambda r: dead_letters(r, limit)))
@@ -122,7 +142,7 @@ def dead_retry_command(ids: Annotated[Optional[list[str]], typer.Argument(help="
                        config: ConfigOpt = None) -> None:
     """Send dead letters again (all, or the given entry ids). Exit 1 if any failed again."""
     from services.notifier.app import NotifierApp
-    from services.notifier.history import retry_dead_letters
+    from shared.notify_history import retry_dead_letters
 
     settings = _settings(config)
 

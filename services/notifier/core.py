@@ -17,10 +17,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from shared.errors import ConfigError
+from shared.fmt import plain
 from shared.schemas import Alert
 
 BUILTIN_CHANNELS = ("console", "jsonl")
@@ -40,7 +41,7 @@ _HOST_IS_PUBLIC = {"json", "jsons", "xml", "xmls", "form", "forms", "mailto", "m
 # ---- alert fields ----------------------------------------------------------------------------------------------------
 
 
-def alert_record(alert: Alert) -> dict:
+def alert_record(alert: Alert) -> dict[str, Any]:
     """Every field of an alert as JSON-able values (decimals as exact strings), in schema order."""
     return alert.model_dump(mode="json")
 
@@ -52,7 +53,7 @@ def _utc(ms: int) -> str:
 def console_line(alert: Alert) -> str:
     """One readable line: time, severity, rule, exchange, symbol, timeframe, price, message."""
     parts = [_utc(alert.fired_at), f"{alert.severity.upper():8}", alert.rule, alert.exchange, alert.symbol,
-             alert.timeframe or "-", f"price={alert.price}" if alert.price is not None else "price=-"]
+             alert.timeframe or "-", f"price={plain(alert.price)}"]
     if alert.state != "firing":
         parts.append(f"[{alert.state}]")
     if alert.message:
@@ -143,7 +144,7 @@ def _title(alerts: Sequence[Alert]) -> str:
         a = alerts[0]
         tf = f" {a.timeframe}" if a.timeframe else ""
         resolved = " resolved" if a.state == "resolved" else ""
-        return f"[{a.severity.upper()}] {a.rule}{resolved}: {a.symbol}{tf} @ {a.price if a.price is not None else '-'}"
+        return f"[{a.severity.upper()}] {a.rule}{resolved}: {a.symbol}{tf} @ {plain(a.price)}"
     worst = max(alerts, key=lambda a: ("info", "warning", "critical").index(a.severity)).severity
     symbols = sorted({a.symbol for a in alerts})
     shown = ", ".join(symbols[:5]) + (f" +{len(symbols) - 5}" if len(symbols) > 5 else "")
@@ -162,14 +163,14 @@ def render(fmt: Format, alerts: Sequence[Alert]) -> Message:
         lines = []  # the title travels separately (Apprise shows it in bold)
         for a in alerts:
             tf = f" {_md(a.timeframe)}" if a.timeframe else ""
-            lines.append(f"• *{_md(a.rule)}* {_md(a.exchange)} `{a.symbol}`{tf} price `{a.price}` "
+            lines.append(f"• *{_md(a.rule)}* {_md(a.exchange)} `{a.symbol}`{tf} price `{plain(a.price)}` "
                          f"{_md(a.severity)} {_md(_utc(a.fired_at))}" + (f" — {_md(a.message)}" if a.message else ""))
         return Message(title, "\n".join(lines), "markdown")
     if fmt == "html":
         rows = "".join(
             "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
                 _utc(a.fired_at), a.severity, a.rule, a.exchange, a.symbol, a.timeframe or "-",
-                a.price if a.price is not None else "-", a.message)) + "</tr>"
+                plain(a.price), a.message)) + "</tr>"
             for a in alerts)
         body = (f"<h3>{html.escape(title)}</h3><table border=\"1\" cellpadding=\"4\"><tr><th>time</th><th>severity"
                 f"</th><th>rule</th><th>exchange</th><th>symbol</th><th>timeframe</th><th>price</th><th>message</th>"

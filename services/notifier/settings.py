@@ -6,6 +6,10 @@ Example::
       jsonl_path: .sentinel/alerts.jsonl
       channels:                      # name -> Apprise URL; ${VAR} is taken from the environment at start-up
         ops_hook: json://hooks.example.com/sentinel
+        tv_style:                    # or a mapping: url, a body template (TradingView-style), alone
+          url: json://hooks.example.com/tv
+          body: '{"ticker": "{{ticker}}", "price": {{close}}, "text": "{{message}}"}'
+        pager: {url: "json://pager.example.com/in", alone: true}   # each alert in its own message
         telegram: tgram://${TELEGRAM_TOKEN}/${TELEGRAM_CHAT}
         email: mailtos://${SMTP_USER}:${SMTP_PASS}@smtp.example.com?to=ops@example.com
       routes:                        # used when a rule names no channels; every matching route adds its channels
@@ -36,13 +40,24 @@ class RouteSettings(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
+class ChannelSettings(BaseModel):
+    """A channel with options; a plain URL string is the same with none."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(description="Apprise URL (json:// for a webhook); ${VAR} expanded from the environment.")
+    body: str | None = Field(default=None, description="Body template with {{placeholders}} (services/notifier/"
+                             "templates.py); JSON once filled in is sent as application/json. Each alert goes alone.")
+    alone: bool = Field(default=False, description="Send each alert in its own message instead of grouping a burst.")
+
+
 class Settings(ServiceSettings):
     section = "notifier"
 
     console: bool = Field(default=True, description="Print each alert as one line on stdout (channel 'console').")
     jsonl_path: Path | None = Field(default=Path(".sentinel/alerts.jsonl"),
                                     description="Append each alert as one JSON line (channel 'jsonl'); null = off.")
-    channels: dict[str, str] = Field(default_factory=dict, description="Channel name -> Apprise URL (${ENV} expanded).")
+    channels: dict[str, str | ChannelSettings] = Field(
+        default_factory=dict, description="Channel name -> Apprise URL (${ENV} expanded), or {url, body, alone}.")
     routes: list[RouteSettings] = Field(default_factory=list)
     default_channels: list[str] = Field(default_factory=lambda: ["console", "jsonl"])
     always_channels: list[str] = Field(default_factory=lambda: ["jsonl"],

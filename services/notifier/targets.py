@@ -17,7 +17,8 @@ from typing import Protocol
 
 from services.notifier import core
 from services.notifier.core import Format, Message
-from services.notifier.settings import Settings
+from services.notifier.settings import ChannelSettings, Settings
+from services.notifier.templates import compile_body
 from shared.errors import ConfigError, NotifyError
 from shared.schemas import Alert
 
@@ -36,6 +37,7 @@ class Target(Protocol):
     remote: bool  # rate-limited and grouped; local targets write one line per alert
     shown_url: str  # redacted
     scheme: str  # URL scheme, keys the service-wide token bucket
+    max_group: int | None  # most alerts in one message (1: each alone); None = the notifier's max_group
 
     async def send(self, message: Message, alerts: Sequence[Alert]) -> None: ...
 
@@ -47,6 +49,7 @@ class ConsoleTarget:
 
     format: Format = "text"
     remote = False
+    max_group: int | None = None
     shown_url = "console"
     scheme = "console"
 
@@ -71,6 +74,7 @@ class JsonlTarget:
 
     format: Format = "json"
     remote = False
+    max_group: int | None = None
     scheme = "file"
     TAIL_BYTES = 256 * 1024
 
@@ -143,12 +147,17 @@ def build_targets(settings: Settings, env: dict[str, str] | None = None) -> dict
         if name in core.BUILTIN_CHANNELS:
             problems.append(f"notifier.channels.{name}: '{name}' is a built-in channel; choose another name")
             continue
+        channel = raw if isinstance(raw, ChannelSettings) else ChannelSettings(url=raw)
         try:
-            url = core.expand_env(raw, name, env)
+            body = compile_body(channel.body, name) if channel.body is not None else None
+            url = core.expand_env(channel.url, name, env)
             if core.scheme_of(url) in ("json", "jsons"):
-                targets[name] = WebhookTarget(name, url, timeout=settings.timeout_s)
+                target: Target = WebhookTarget(name, url, timeout=settings.timeout_s, body=body)
             else:
-                targets[name] = AppriseTarget(name, url)
+                target = AppriseTarget(name, url, body=body)
+            # a body template is written for one alert, as TradingView sends them
+            target.max_group = 1 if channel.alone or body is not None else None
+            targets[name] = target
         except ConfigError as exc:
             problems.extend(exc.problems)
     known = set(targets) | set(core.BUILTIN_CHANNELS)

@@ -120,6 +120,7 @@ async def test_dashboard_draws_the_replay_and_a_rule_added_in_the_page_fires_liv
     rule = {"name": "page_rule", "exchange": "kraken", "symbols": ["BTC/USD"], "timeframe": "1m",
             "condition": {"left": "close", "op": "above", "right": 1000}, "severity": "warning",
             "message": "{symbol} closed at {close}"}
+    await page.click("#editor summary")  # the YAML view, for power users (the form is the other way in)
     await page.fill("#rule-text", json.dumps(rule, indent=2))
     await page.click("#rule-save")
     await page.wait_for_selector("#rules-table tr[data-rule='page_rule']", timeout=10_000)

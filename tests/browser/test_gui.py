@@ -24,7 +24,8 @@ import httpx
 import pandas as pd
 import pytest
 
-from sentinel.gui import BEAR, BULL
+from sentinel.gui import BEAR, BODY, BULL, SEVERITY
+from shared.fmt import plain
 from sentinel.pipeline import Pipeline, wait_drained
 from services.alert_engine.app import AlertEngineApp
 from services.alert_engine.settings import Settings as EngineSettings
@@ -142,22 +143,38 @@ def is_bear(r: int, g: int, b: int) -> bool:
     return r > 1.6 * g and r > 90 and abs(g - b) < 15
 
 
-def strokes(pixels: bytes, width: int, height: int, channels: int, match, right: float = 0.7,
-            bottom: float = 0.62) -> int:
-    """Separate vertical strokes (runs of adjacent columns with ≥ 6 matching pixels) in the candle plot's region."""
+def spans(pixels: bytes, width: int, channels: int, match, region: tuple[int, int]) -> list[tuple[int, int]]:
+    """Runs of adjacent columns holding ≥ 1 matching pixel in the top-left ``region`` (width, height): one per candle
+    of that colour (a body and its wick), as (first column, last column)."""
     per_column = [0] * width
-    for y in range(int(height * bottom)):
+    for y in range(region[1]):
         row = y * width * channels
-        for x in range(int(width * right)):
+        for x in range(min(region[0], width)):
             i = row + x * channels
             if match(pixels[i], pixels[i + 1], pixels[i + 2]):
                 per_column[x] += 1
-    count, inside = 0, False
-    for n in per_column:
-        if n >= 6 and not inside:
-            count += 1
-        inside = n >= 6
-    return count
+    out, start = [], None
+    for x, n in enumerate([*per_column, 0]):
+        if n >= 1 and start is None:
+            start = x
+        elif n < 1 and start is not None:
+            if sum(per_column[start:x]) >= 6:  # not a stray antialiased pixel
+                out.append((start, x - 1))
+            start = None
+    return out
+
+
+def amber_columns(pixels: bytes, width: int, channels: int, region: tuple[int, int]) -> list[int]:
+    """Columns of the region holding pixels of the warning marker's colour."""
+    r0, g0, b0 = SEVERITY["warning"][:3]
+    found = set()
+    for y in range(region[1]):
+        row = y * width * channels
+        for x in range(min(region[0], width)):
+            i = row + x * channels
+            if abs(pixels[i] - r0) < 30 and abs(pixels[i + 1] - g0) < 30 and abs(pixels[i + 2] - b0) < 30:
+                found.add(x)
+    return sorted(found)
 
 
 def pandas_candles(tf: str = "5min") -> pd.DataFrame:
@@ -228,32 +245,70 @@ async def test_gui_draws_a_replay_and_its_alert_under_xvfb(redis_url, redis, tmp
     assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
     drawn = json.loads(summary.read_text())
 
-    # the panel holds exactly pandas' 5m candles of the recording, every one closed
+    # the panel holds exactly pandas' 5m candles of the recording (trade_suite's frame: dates in seconds)
     expected = pandas_candles()
-    assert drawn["ts"] == expected.index.tolist()
-    assert drawn["closes"] == [str(c) for c in expected["close"]]
-    assert all(drawn["closed"])
-    # some came from the API's history, the rest live through the Redis channel
+    assert drawn["dates"] == [ts / 1000 for ts in expected.index]
+    assert drawn["closes"] == [float(c) for c in expected["close"]]
+    # history came with NEW_CANDLES, the rest live through the Redis channel as UPDATED_CANDLES
     received = drawn["received"]
-    assert received.get("history_candle", 0) >= 2
-    assert live_after_subscribe and received.get("live_candle", 0) >= 1, received
+    assert received.get("new_candles", 0) >= 1
+    assert live_after_subscribe and received.get("updated_candles", 0) >= 1, received
+    assert drawn["trades"] > 0  # the throttled trades channel reached the tape
 
-    # the engine's alert (fired during the replay) is in the panel's alert feed, as the widget shows it
+    # the engine's alert (fired during the replay) is in the feed and marked on its bar
     assert len(fired) == 1, fired
     alert = fired[0]["alert"]
     assert alert["id"] in drawn["alerts"]
     first_above = next(ts for ts, c in zip(expected.index, expected["close"], strict=True) if c > 10900)
     assert alert["ts"] == first_above  # independent: the first 5m close above 10900 by pandas
-    assert any("gui_breakout" in line and "BTC/USD" in line and str(alert["price"]) in line
-               for line in drawn["alert_lines"]), drawn["alert_lines"]
+    assert drawn["markers"] == {"info": [], "warning": [first_above / 1000], "critical": []}
+    assert drawn["alert_lines"] == [f"07-01 00:20 ! gui_breakout @ {plain(alert['price'])}"]
+    assert first_above == 1561940400000  # 2019-07-01 00:20 UTC: the line's time is the bar's, in UTC
+    assert drawn["clock"] == {"use_24hour_clock": True, "use_local_time": False}  # 24-hour UTC times
+
+    # the first and the live bar lie inside the x range with room for their bodies
+    tf_s = 300
+    x0, x1 = drawn["x_limits"]
+    assert x0 <= drawn["dates"][0] - tf_s * 0.4 and x1 >= drawn["dates"][-1] + tf_s * 0.4, (x0, x1)
+    # the layout follows the window: the chart column and the side panel share its width, the plots its height
+    vw, vh = drawn["viewport"]
+    rects = drawn["rects"]
+    assert rects["price_plot"][0] + rects["side"][0] >= 0.9 * vw and rects["side"][0] >= 0.2 * vw
+    assert rects["price_plot"][1] + rects["lower_plot"][1] >= 0.85 * vh
+
+    # a smaller window: the same shares of it (the data are still in Redis and the API is gone: history is not needed)
+    small = tmp_path / "small.json"
+    again = await asyncio.create_subprocess_exec(
+        *sentinel_command(), "gui", "--series", f"{EX}|{SYM}|{TF}", "--redis-url", redis_url, "--api",
+        "http://127.0.0.1:9", "--duration", "2", "--size", "800x600", "--summary", str(small),
+        env={**os.environ, "DISPLAY": display}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out2, _ = await asyncio.wait_for(again.communicate(), 60)
+    assert again.returncode == 0, out2.decode(errors="replace")[-3000:]
+    resized = json.loads(small.read_text())
+    sw, sh = resized["viewport"]
+    assert (sw, sh) != (vw, vh) and sw <= 800 and sh <= 600
+    r2 = resized["rects"]
+    assert r2["price_plot"][0] + r2["side"][0] >= 0.9 * sw and r2["side"][0] >= 0.2 * sw
+    assert r2["price_plot"][1] + r2["lower_plot"][1] >= 0.85 * sh
+    assert r2["price_plot"][0] < rects["price_plot"][0] and r2["price_plot"][1] < rects["price_plot"][1]
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(shot, SCREENSHOTS / "gui.png")
     width, height, channels, pixels = read_png(shot)
     assert (width, height) >= (800, 600)
-    # one stroke per candle of each colour (DearPyGui 2.3.1 draws bodies a few pixels wide whatever `weight` says)
+    region = (int(rects["price_plot"][0]), int(rects["price_plot"][1]) + 30)  # the price plot, below the title row
     ups = int((expected["close"] >= expected["open"]).sum())
     downs = len(expected) - ups
     assert is_bull(*BULL[:3]) and is_bear(*BEAR[:3]) and not is_bull(*BEAR[:3])
-    assert ups - 2 <= strokes(pixels, width, height, channels, is_bull) <= ups
-    assert downs - 2 <= strokes(pixels, width, height, channels, is_bear) <= downs
+    bull, bear = spans(pixels, width, channels, is_bull, region), spans(pixels, width, channels, is_bear, region)
+    assert ups - 1 <= len(bull) <= ups and downs - 1 <= len(bear) <= downs, (bull, bear)
+    # real bodies: each candle's coloured columns span about BODY of its timeframe in pixels, first and last whole
+    body_px = (region[0] - 70) * (BODY * tf_s) / (x1 - x0)  # the plot area is the rect less the price labels
+    widths = sorted(b - a + 1 for a, b in bull + bear)
+    assert widths[0] >= 0.6 * body_px and widths[-1] <= 1.25 * body_px + 2, (widths, body_px)
+    # the alert's marker: amber pixels over its bar, none elsewhere in the price plot
+    columns = amber_columns(pixels, width, channels, region)
+    assert columns, "no alert marker drawn"
+    bar_index = list(expected.index).index(first_above)
+    left, right = sorted(bull + bear)[bar_index]
+    assert all(left - 6 <= x <= right + 6 for x in columns), (columns, left, right)

@@ -9,13 +9,14 @@ from decimal import Decimal
 import pandas as pd
 
 from services.alert_engine.app import AlertEngineApp
-from services.alert_engine.rules import parse_rules
 from services.alert_engine.settings import Settings
 from shared import streams
 from shared.bus import FIELD, Bus
+from shared.rules import parse_rules
 from shared.schemas import Alert, Candle, unpack
 from tests.conftest import shared_data
 from tests.unit.alert_engine import pdref
+from tests.support.subscriptions import subscribed, subscribers
 
 XRP = "binance_spot_xrpeth/XRPETH-aggtrades-2019-10-11.csv"
 EX, SYM, TF, TF_MS = "binance", "XRP/ETH", "5m", 300_000
@@ -88,7 +89,7 @@ async def test_alerts_from_a_real_recording_equal_pandas(redis, tmp_path):
     history = await redis.xlen(streams.ALERT_HISTORY)
     assert history == sum(len(v) for v in expected.values())
     # the engine asked the candle builder for the series, and left the rule state for the API
-    assert await redis.hget(streams.SUBSCRIPTIONS, streams.registry_member(EX, SYM, TF)) == b"1"
+    assert streams.registry_member(EX, SYM, TF) in await subscribers(redis)
     states = {unpack(v)["rule"] for v in (await redis.hgetall(streams.RULE_STATE)).values()}
     assert states == set(expected)
 
@@ -96,7 +97,7 @@ async def test_alerts_from_a_real_recording_equal_pandas(redis, tmp_path):
     await redis.xgroup_destroy(streams.candles(EX, SYM, TF), streams.GROUP_ALERT_ENGINE)
     replay = AlertEngineApp(_settings(tmp_path, "engine-2"), redis)
     await replay.drain()
-    assert replay.published == 0 and replay.duplicates > 0
+    assert replay.commit.published == 0 and replay.commit.duplicates > 0
     assert await redis.xlen(streams.ALERTS) == history
 
 
@@ -134,7 +135,7 @@ rules:
             until = close_ms + 20 * 60_000
     want_up = [i for i in range(1, len(closes)) if Decimal(closes[i - 1]) <= 10 < Decimal(closes[i])]
     assert got == sorted([("hot", i) for i in want_hot] + [("up", i) for i in want_up])
-    assert ("up", 3) in got and second.suppressed > 0
+    assert ("up", 3) in got and second.commit.suppressed > 0
 
 
 async def test_a_bad_rules_file_on_reload_keeps_the_old_rules(redis, tmp_path):
@@ -145,11 +146,11 @@ async def test_a_bad_rules_file_on_reload_keeps_the_old_rules(redis, tmp_path):
     await asyncio.sleep(0.01)
     import os
     os.utime(settings.rules_file, ns=(1, 1))
-    assert not await app._maybe_reload()
+    assert not await app.reload_rules()
     assert [r.name for r in app.engine.rules] == ["a"] and "rules.yaml:2" in (app.reload_error or "")
     settings.rules_file.write_text(good.replace("name: a", "name: b"))
     os.utime(settings.rules_file, ns=(2, 2))
-    assert await app._maybe_reload()
+    assert await app.reload_rules()
     assert [r.name for r in app.engine.rules] == ["b"]
 
 
@@ -158,7 +159,7 @@ async def test_api_rules_override_file_rules(redis, tmp_path):
     app = AlertEngineApp(_settings(tmp_path, rules_text=good), redis)
     await redis.hset(streams.RULES, "a", "name: a\nsymbols: [X/Y]\nenabled: false\ncondition: {op: above, right: 1}\n")
     await redis.hset(streams.RULES, "c", f"name: c\nsymbols: [{SYM}]\ncondition: {{op: below, right: 1}}\n")
-    assert await app._load_api_rules()
+    assert await app.reload_rules()
     assert [r.name for r in app.engine.rules] == ["c"]
     assert parse_rules(good, "x").rules[0].name == "a"
 
@@ -170,8 +171,7 @@ async def test_subscriptions_follow_the_rules_and_intrabar_reads_live_candles(re
     settings = _settings(tmp_path, rules_text=rules)
     app = AlertEngineApp(settings, redis)
     await app.drain()
-    subs = {k.decode(): int(v) for k, v in (await redis.hgetall(streams.SUBSCRIPTIONS)).items()}
-    assert subs == {f"{EX}|{SYM}|1m": 1, f"{EX}|BTC/ETH|1m": 1}
+    assert await subscribers(redis) == {f"{EX}|{SYM}|1m": 1, f"{EX}|BTC/ETH|1m": 1}
     assert streams.candles_live(EX, SYM, "1m") in app.consumer.streams
     # an in-progress candle above the level fires once_per_bar intrabar; the close of the same bar does not repeat it
     live = _candle(0, "11").model_copy(update={"timeframe": "1m", "closed": False})
@@ -180,18 +180,17 @@ async def test_subscriptions_follow_the_rules_and_intrabar_reads_live_candles(re
     await Bus(redis).publish(streams.candles(EX, SYM, "1m"), live.model_copy(update={"closed": True}).encode())
     await app.consumer.drain()
     alerts = await _alerts(redis)
-    assert [(a.rule, a.ts) for a in alerts] == [("a", live.ts)] and app.duplicates == 1
+    assert [(a.rule, a.ts) for a in alerts] == [("a", live.ts)] and app.commit.duplicates == 1
     # the rule now needs only BTC/ETH on 5m: the others are released, the new one counted
     settings.rules_file.write_text(rules.replace("'*/ETH'", "BTC/ETH").replace("1m", "5m"))
     import os
     os.utime(settings.rules_file, ns=(5, 5))
-    assert await app._maybe_reload()
-    subs = {k.decode(): int(v) for k, v in (await redis.hgetall(streams.SUBSCRIPTIONS)).items()}
-    assert subs == {f"{EX}|BTC/ETH|5m": 1}
+    assert await app.reload_rules()
+    assert await subscribers(redis) == {f"{EX}|BTC/ETH|5m": 1}
     stop = asyncio.Event()
     stop.set()
     await app.run(stop)  # a clean stop releases what the engine holds
-    assert await redis.hgetall(streams.SUBSCRIPTIONS) == {}
+    assert await subscribed(redis) == {}
 
 
 async def test_file_rules_are_written_for_the_api_and_follow_reloads(redis, tmp_path):
@@ -226,17 +225,17 @@ async def test_file_rules_are_written_for_the_api_and_follow_reloads(redis, tmp_
     changed_b = want["b"] | {"condition": {"op": "below", "right": 3}}
     settings.rules_file.write_text(yaml.safe_dump({"rules": [changed_b]}))
     os.utime(settings.rules_file, ns=(2, 2))
-    assert await app._maybe_reload()
+    assert await app.reload_rules()
     stored = {k.decode(): yaml.safe_load(v) for k, v in (await redis.hgetall(streams.FILE_RULES)).items()}
     assert stored == {"b": changed_b}
 
     # a bad file keeps both the running rules and the hash
     settings.rules_file.write_text("rules:\n  - {name: z, condition: {op: sideways}}\n")
     os.utime(settings.rules_file, ns=(3, 3))
-    assert not await app._maybe_reload()
+    assert not await app.reload_rules()
     assert await redis.hkeys(streams.FILE_RULES) == [b"b"]
     # an empty file empties the hash
     settings.rules_file.write_text("rules: []\n")
     os.utime(settings.rules_file, ns=(4, 4))
-    assert await app._maybe_reload()
+    assert await app.reload_rules()
     assert await redis.exists(streams.FILE_RULES) == 0

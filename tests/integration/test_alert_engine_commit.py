@@ -92,7 +92,7 @@ async def test_a_replay_writes_no_row_claiming_a_publish(redis, tmp_path):
     await redis.xgroup_destroy(streams.candles(EX, SYM, TF), streams.GROUP_ALERT_ENGINE)
     replay = AlertEngineApp(_settings(tmp_path, "engine-2"), redis)
     await replay.drain()
-    assert replay.published == 0 and replay.duplicates > 0
+    assert replay.commit.published == 0 and replay.commit.duplicates > 0
     assert await redis.xlen(streams.ALERTS) == n
     rows = {unpack(v)["rule"]: unpack(v) for v in (await redis.hgetall(streams.RULE_STATE)).values()}
     assert set(rows) == {"above", "above_cd"}
@@ -123,43 +123,3 @@ async def test_one_commit_of_thousands_of_alerts_writes_every_alert_and_every_ro
     assert all(row["last_fired"] == T0 + TF_MS for row in rows.values())
     assert await app.publish(fires) == [0] * 5000  # a replay
     assert await redis.xlen(streams.ALERTS) == 5000
-
-
-async def test_a_staged_commit_is_sent_only_while_what_it_was_built_on_holds(redis, tmp_path):
-    """``_speculate`` builds a close's commit ahead (``_stage``, from the speculation's statuses); at the close
-    ``_staged_for`` hands it over only while its speculation still holds and the cooldown it predicted its answers
-    from is unchanged: a cooldown set meanwhile (another fire of the fingerprint), or the series evaluated since,
-    makes the close build its commit anew. Sent, it publishes what publishing the evaluated bar would."""
-    app = AlertEngineApp(_settings(tmp_path, "engine-1"), redis)
-    app.engine.on_batch([_candle(0, 11)])  # the series has a closed bar: its next one can be speculated
-    pair = (EX, SYM)
-
-    def stage(i: int) -> None:
-        candle = _candle(i, 12)
-        spec = app.engine.speculate(candle)
-        assert spec is not None and len(spec.fires) == 2  # above and above_cd
-        app._specs[(EX, SYM, TF)] = spec
-        app._staged[pair] = ([spec], app._stage(spec.fires, spec.statuses))
-
-    stage(1)
-    assert app._staged_for([pair]) is not None
-    stage(1)
-    fp = next(f.fingerprint for f in app._specs[(EX, SYM, TF)].fires if f.cooldown_ms)
-    app._cooldown_until[fp] = T0  # a fire of that fingerprint since: the predicted answer may be wrong
-    assert app._staged_for([pair]) is None
-    del app._cooldown_until[fp]
-    stage(1)
-    app.engine.on_batch([_candle(1, 12)])  # the bar evaluated since (its series' version moved on)
-    assert app._staged_for([pair]) is None
-    stage(2)
-    staged = app._staged_for([pair])
-    assert staged is not None
-    commit = await app._send_staged(staged, {}, None)
-    fires = app.engine.on_batch([_candle(2, 12)], speculations=app._specs)
-    assert [id(f) for f in fires] == [id(f) for f in staged.fires]  # the speculation taken: the same alerts
-    commit.saved = app._apply_predicted(staged)
-    assert await app._finish_commit(commit) == [1, 1]
-    rows = {unpack(v)["rule"]: unpack(v) for v in (await redis.hgetall(streams.RULE_STATE)).values()}
-    close = T0 + 3 * TF_MS
-    assert rows["above"]["last_fired"] == close and rows["above_cd"]["cooldown_until"] == close + 3 * TF_MS
-    assert rows["above"]["state"] == "firing"

@@ -19,6 +19,7 @@ from shared.schemas import Candle
 from tests.conftest import shared_data
 from tests.integration import test_alert_engine_correctness as corr
 from tests.unit.alert_engine import pdref
+from tests.support.subscriptions import subscribed, subscribers
 
 EX, A = corr.EX, corr.A
 
@@ -29,12 +30,8 @@ def _settings(tmp_path, text: str, name: str = "e1", **kw) -> Settings:
     return Settings(rules_file=path, consumer_name=name, redis_url="redis://unused", block_ms=20, **kw)
 
 
-async def _lookback(redis) -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in (await redis.hgetall(streams.SUBSCRIPTION_LOOKBACK)).items()}
-
-
-async def _counts(redis) -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in (await redis.hgetall(streams.SUBSCRIPTIONS)).items()}
+_lookback = subscribed
+_counts = subscribers
 
 
 async def test_a_restarted_engine_warms_up_with_the_rules_look_back_and_keeps_it(redis, tmp_path):
@@ -59,12 +56,12 @@ rules:
         want |= {(name, A, "1s", t, s) for t, s in pdref.fires(cond, ts, ts + 1000, frequency="once_per_bar_close")}
 
     await corr._publish(redis, c1[:400])
-    first = AlertEngineApp(_settings(tmp_path, text, "e1", warmup_bars=10, history_bars=100), redis)
+    first = AlertEngineApp(_settings(tmp_path, text, "e1", warmup_bars=10, keep_bars=100), redis)
     await first.drain()
     await corr._publish(redis, c1[400:])
-    second = AlertEngineApp(_settings(tmp_path, text, "e2", warmup_bars=10, history_bars=100), redis)
-    await second._sync_series()
-    series = second.engine.series[(EX, A, "1s")]
+    second = AlertEngineApp(_settings(tmp_path, text, "e2", warmup_bars=10, keep_bars=100), redis)
+    await second.sync_series()
+    series = second.engine.windows[(EX, A, "1s")]
     assert series.keep == 202 and [c.ts for c in series.candles] == [c.ts for c in c1[400 - 202:400]]
     await second.drain()
     assert await corr._alerts(redis) == want
@@ -82,7 +79,7 @@ rules:
     app = AlertEngineApp(_settings(tmp_path, text, warmup_bars=10), redis)
     with caplog.at_level(logging.WARNING, logger="services.alert_engine.app"):
         await app.drain()
-        await app._sync_series()  # a second sync does not log the same cut again
+        await app.sync_series()  # a second sync does not log the same cut again
     # an anchored value needs the bars since the current anchor: ceil(anchor / timeframe), plus the bar before
     assert await _lookback(redis) == {f"{EX}|{A}|1s": MAX_HISTORY_BARS, f"{EX}|{A}|1m": 60 + 1,
                                       f"{EX}|{A}|1h": 24 + 1}
@@ -90,7 +87,7 @@ rules:
     assert len(cut) == 1 and "'day_cvd' needs 86401 closed 1s candles" in cut[0] and str(MAX_HISTORY_BARS) in cut[0]
 
 
-async def test_subscribers_of_one_series_keep_the_largest_look_back_until_the_last_one_leaves(redis, tmp_path):
+async def test_a_series_has_the_largest_look_back_of_its_live_subscribers_until_the_last_one_leaves(redis, tmp_path):
     await redis.sadd(streams.FEED_REGISTRY, streams.registry_member(EX, A))
     member = streams.registry_member(EX, A, "1m")
 
@@ -99,20 +96,20 @@ async def test_subscribers_of_one_series_keep_the_largest_look_back_until_the_la
 
     big = AlertEngineApp(_settings(tmp_path, rules("ema: 100"), "big", warmup_bars=10), redis)
     small = AlertEngineApp(_settings(tmp_path, rules("sma: 20"), "small", warmup_bars=10), redis)
-    await big._sync_series()
-    await small._sync_series()  # its smaller need does not overwrite the larger one (last write used to win)
+    await big.sync_series()
+    await small.sync_series()  # its smaller need does not overwrite the larger one (last write used to win)
     assert await _lookback(redis) == {member: 3 * 100 + 1} and await _counts(redis) == {member: 2}
-    await big._unsubscribe(set(big.subscribed))
-    assert await _lookback(redis) == {member: 301} and await _counts(redis) == {member: 1}  # stays while counted
-    await small._unsubscribe(set(small.subscribed))
+    await big.series_sync.subscriptions.drop_all()
+    assert await _lookback(redis) == {member: 20 + 1} and await _counts(redis) == {member: 1}  # the one left
+    await small.series_sync.subscriptions.drop_all()
     assert await _lookback(redis) == {} and await _counts(redis) == {}  # gone with the last subscriber
 
     # many replicas subscribing at once: the count is exact and the look-back is the largest need
     periods = random.Random(7).sample(range(10, 400), 24)
     apps = [AlertEngineApp(_settings(tmp_path, rules(f"sma: {n}"), f"r{n}", warmup_bars=10), redis) for n in periods]
-    await asyncio.gather(*(a._sync_series() for a in apps))
+    await asyncio.gather(*(a.sync_series() for a in apps))
     assert await _lookback(redis) == {member: max(periods) + 1} and await _counts(redis) == {member: len(apps)}
-    await asyncio.gather(*(a._unsubscribe(set(a.subscribed)) for a in apps))
+    await asyncio.gather(*(a.series_sync.subscriptions.drop_all() for a in apps))
     assert await _lookback(redis) == {} and await _counts(redis) == {}
 
 
@@ -188,7 +185,7 @@ rules:
     assert await corr._alerts(redis) == {("both", A, "1m", t0, "firing")} and first.engine.deferred == 1
     await redis.delete(streams.ALERTS)
     second = AlertEngineApp(_settings(tmp_path, text, "e2", clock="exchange"), redis)
-    await second._sync_series()
+    await second.sync_series()
     assert second.engine.deferred == 1
     await pub.publish(streams.candles(EX, "ETH/USDT", "1m"), _candle("ETH/USDT", t0 + 60_000, "30").encode())
     await second.drain()

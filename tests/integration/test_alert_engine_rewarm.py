@@ -17,19 +17,26 @@ import os
 
 import pandas as pd
 
-from services.alert_engine import rules as r
 from services.alert_engine.app import AlertEngineApp
 from services.alert_engine.settings import Settings
+from shared import rules as r
 from shared import streams
 from shared.bus import Bus
 from shared.schemas import Candle, Trade
 from tests.conftest import shared_data
 from tests.integration import test_alert_engine_correctness as corr
-from tests.integration.market_feed.helpers import (expected_trades, live_settings, local_exchange, published,
-                                                   running_feed, wait_last_id)
+from tests.integration.market_feed.helpers import (
+    expected_trades,
+    live_settings,
+    local_exchange,
+    published,
+    running_feed,
+    wait_last_id,
+)
 from tests.integration.test_candle_builder import RECORDINGS, publish, read_candles, settings_for
 from tests.integration.test_candle_builder_lookback import running, running_builder, wait_for
 from tests.unit.alert_engine import pdref
+from tests.support.subscriptions import subscribed
 
 SEAM = 1_723_161_600_000  # 2024-08-09 00:00:00 UTC: the builder meets the pair here (the recording starts 23:54:15)
 CUT = SEAM + 60_000  # the rules are reloaded after the first minute of live trades
@@ -90,12 +97,12 @@ async def test_a_rule_added_by_reload_is_warmed_by_the_builders_backfill(redis, 
             await publish(redis, exchange, symbol, [Trade(*t) for t in trades if SEAM <= t[1] < CUT], per_entry=50,
                           final=False)
             async with running_engine(redis, engine_settings) as engine:
-                await wait_for(lambda: redis.hexists(streams.SUBSCRIPTIONS, member), "the 1s subscription")
-                assert int(await redis.hget(streams.SUBSCRIPTION_LOOKBACK, member)) == 30
+                await wait_for(lambda: _has(redis, member), "the 1s subscription")
+                assert (await subscribed(redis))[member] == 30
                 async with running_builder(redis, builder_settings) as builder:
                     await wait_for(caught_up, "the first minute")
                     assert int(await redis.hget(streams.CANDLE_HISTORY_FROM, member)) == SEAM - 30_000
-                    series = engine.engine.series[key]
+                    series = engine.engine.windows[key]
                     before = len(series.candles)
                     last_evaluated = series.candles[-1].ts
                     assert 80 <= before <= 90 and last_evaluated < CUT  # 30 seeded + the first minute's bars
@@ -103,10 +110,10 @@ async def test_a_rule_added_by_reload_is_warmed_by_the_builders_backfill(redis, 
                     served = feed.live.history.served
 
                     rules.write_text(SMA300)
-                    os.utime(rules, ns=(0, engine._rules_mtime + 1_000_000_000))
+                    os.utime(rules, ns=(0, rules.stat().st_mtime_ns + 1_000_000_000))  # a change the engine sees
 
                     async def asked() -> bool:
-                        return int(await redis.hget(streams.SUBSCRIPTION_LOOKBACK, member) or 0) == 301
+                        return (await subscribed(redis)).get(member, 0) == 301
 
                     await wait_for(asked, "the new look-back")
 
@@ -123,7 +130,7 @@ async def test_a_rule_added_by_reload_is_warmed_by_the_builders_backfill(redis, 
                     await publish(redis, exchange, symbol, [Trade(*t) for t in trades if t[1] >= CUT], per_entry=50)
                     await wait_for(caught_up, "the rest of the recording")
                     await wait_for(lambda: asyncio.sleep(0.2, True), "a last housekeeping round")
-    assert engine.duplicates == 0 and engine.suppressed == 0
+    assert engine.commit.duplicates == 0 and engine.commit.suppressed == 0
 
     candles = await read_candles(redis, exchange, symbol, "1s")
     df = _history(candles)
@@ -156,8 +163,8 @@ K1S = (EX, A, "1s")
 async def _reload(app: AlertEngineApp, text: str) -> None:
     path = app.settings.rules_file
     path.write_text(text)
-    os.utime(path, ns=(0, app._rules_mtime + 1_000_000_000))
-    assert await app._maybe_reload()
+    os.utime(path, ns=(0, path.stat().st_mtime_ns + 1_000_000_000))  # a change the engine sees
+    assert await app.reload_rules()
 
 
 def _want(c1: list[Candle], period: int, after: int) -> set[tuple]:
@@ -181,11 +188,11 @@ async def test_a_grown_look_back_is_read_back_from_the_stream_when_it_already_ho
     second = AlertEngineApp(settings("e2"), redis)
     await corr._publish(redis, c1[400:460])
     await second.drain()
-    series = second.engine.series[K1S]
+    series = second.engine.windows[K1S]
     assert len(series.candles) == 90
     await redis.delete(streams.ALERTS)
     await _reload(second, SMA300)
-    assert len(series.candles) == 301 and second.refilled == 1
+    assert len(series.candles) == 301 and second.series_sync.refilled == 1
     assert [c.ts for c in series.candles] == [c.ts for c in c1[460 - 301:460]]
     await corr._publish(redis, c1[460:])
     await second.drain()
@@ -208,7 +215,7 @@ async def test_a_backfill_another_replica_consumed_is_read_back_when_history_fro
     await redis.hset(streams.CANDLE_HISTORY_FROM, member, c1[300].ts)
     await corr._publish(redis, c1[300:400])  # seeded from bar 300, then live
     await app.drain()
-    series = app.engine.series[K1S]
+    series = app.engine.windows[K1S]
     assert len(series.candles) == 100 and series.value(r.SMA(period=300)) is None
     await redis.delete(streams.ALERTS)
     # the builder backfills bars 0..299 (appended); the other replica's read takes them
@@ -218,10 +225,11 @@ async def test_a_backfill_another_replica_consumed_is_read_back_when_history_fro
     [(_, taken)] = await redis.xreadgroup(streams.GROUP_ALERT_ENGINE, "other-replica", {stream: ">"}, count=1000)
     assert len(taken) == 300
     await redis.xack(stream, streams.GROUP_ALERT_ENGINE, *[entry_id for entry_id, _ in taken])
-    await app._sync_series()
-    assert app.refilled == 1 and [c.ts for c in series.candles] == [c.ts for c in c1[400 - 301:400]]  # the need
-    await app._sync_series()  # not moved again: not read again
-    assert app.refilled == 1
+    await app.sync_series()
+    assert app.series_sync.refilled == 1
+    assert [c.ts for c in series.candles] == [c.ts for c in c1[400 - 301:400]]  # the need
+    await app.sync_series()  # not moved again: not read again
+    assert app.series_sync.refilled == 1
     await corr._publish(redis, c1[400:])
     await app.drain()
     alerts = await corr._alerts(redis)
@@ -240,10 +248,14 @@ async def test_a_bad_history_from_value_is_logged_once_and_does_not_stop_the_syn
                                   clock="exchange"), redis)
     with caplog.at_level("WARNING", logger="services.alert_engine.app"):
         await app.drain()
-        await app._sync_series()
+        await app.sync_series()
         await corr._publish(redis, c1[50:60])
         await app.drain()
-    assert len(app.engine.series[K1S].candles) == 60
+    assert len(app.engine.windows[K1S].candles) == 60
     assert [r.getMessage() for r in caplog.records].count(
         f"alert_engine: ignoring {streams.CANDLE_HISTORY_FROM}[{streams.registry_member(*K1S)}] = b'yesterday' "
         "(not a timestamp)") == 1
+
+
+async def _has(redis, member: str) -> bool:
+    return member in await subscribed(redis)

@@ -14,9 +14,10 @@ from services.alert_engine.app import AlertEngineApp
 from services.alert_engine.settings import Settings
 from shared import streams
 from shared.bus import FIELD, Bus
-from shared.schemas import Alert, Candle, Ticker, Trade, encode_trades
+from shared.schemas import Alert, Ticker, Trade, encode_trades
 from tests.conftest import shared_data
 from tests.unit.alert_engine import pdref
+from tests.support.subscriptions import subscribed, subscribers
 
 DIR = "binance_spot_btcusdt_20210108"
 EX, SYM = "binance", "BTC/USDT"
@@ -214,20 +215,19 @@ rules:
     await app.drain()
 
     async def lookback() -> dict[str, int]:
-        return {k.decode(): int(v) for k, v in (await redis.hgetall(streams.SUBSCRIPTION_LOOKBACK)).items()}
+        return await subscribed(redis)
 
     # EMA(50) needs 3×50 bars, RSI(30) Wilder smoothing 10×30+1, plus the bar a crossing compares with; the 1h MACD
     # 3×(slow + signal); a plain level needs no more than the configured warm-up
     assert await lookback() == {f"{EX}|{SYM}|1m": max(3 * 50, 10 * 30 + 1) + 1,
                                 f"{EX}|{SYM}|1h": 3 * (100 + 50) + 1, f"{EX}|ETH/USDT|5m": 10}
-    assert set(await lookback()) == {k.decode() for k in await redis.hkeys(streams.SUBSCRIPTIONS)}
     # reload: rule b gone, a's EMA longer; the 1h series is released and its look-back removed
     settings.rules_file.write_text(text.replace("ema: 50", "ema: 200").split("  - {name: b")[0]
                                    + "  - {name: c" + text.split("  - {name: c")[1])
     os.utime(settings.rules_file, ns=(7, 7))
-    assert await app._maybe_reload()
+    assert await app.reload_rules()
     assert await lookback() == {f"{EX}|{SYM}|1m": 3 * 200 + 1, f"{EX}|ETH/USDT|5m": 10}
-    assert await redis.hget(streams.SUBSCRIPTIONS, streams.registry_member(EX, SYM, "1h")) is None
+    assert streams.registry_member(EX, SYM, "1h") not in await subscribers(redis)
 
 
 def test_backtest_runs_the_engine_on_exchange_time_and_live_runs_on_the_wall_clock(tmp_path):
@@ -236,44 +236,3 @@ def test_backtest_runs_the_engine_on_exchange_time_and_live_runs_on_the_wall_clo
     live = _service_settings(RunOptions(), "redis://unused", tmp_path)["alert_engine"]
     backtest = _service_settings(RunOptions(exchange_clock=True), "redis://unused", tmp_path)["alert_engine"]
     assert (live.clock, backtest.clock) == ("wall", "exchange")
-
-
-def _bar(symbol: str, ts: int, close: str) -> Candle:
-    c = Decimal(close)
-    return Candle(exchange=EX, symbol=symbol, timeframe="1s", ts=ts, open=c, high=c, low=c, close=c,
-                  volume=Decimal(1), buy_volume=Decimal(1), sell_volume=Decimal(0))
-
-
-async def test_speculation_is_idle_time_work_it_yields_to_the_next_read_and_resumes_after_it(tmp_path, redis):
-    """``_speculate(closing, busy)``: pairs' bars are evaluated ahead one pair at a time until ``busy()`` (the
-    consumer's next read has its reply); the pairs not reached stay waiting (``_unspeculated``) for the next batch,
-    and what is worked out for them then is what evaluating their closed bars gives."""
-    text = ("rules:\n  - {name: up, exchange: binance, symbols: ['*'], timeframe: 1s, frequency: every_time, "
-            "condition: {op: above, right: 0}}\n")
-    symbols = ["A/USDT", "B/USDT", "C/USDT"]
-    keys = [(EX, s, "1s") for s in symbols]
-    app = AlertEngineApp(_settings(tmp_path, text), redis)
-    app.engine.on_batch([_bar(s, 0, "10") for s in symbols])
-    # as FastClose.closing gives them: the bar in progress as the closed candle it would be
-    closing = {(EX, s): [_bar(s, 1000, "11")] for s in symbols}
-    app._unspeculated.update(dict.fromkeys(closing))
-
-    calls, built = [], []
-
-    def busy_after_first() -> bool:
-        calls.append(1)
-        return len(calls) > 1
-
-    def candles_of(pair: tuple[str, str]) -> list[Candle]:
-        built.append(pair)
-        return closing[pair]
-
-    app._speculate(list(closing), candles_of, busy_after_first)
-    assert set(app._specs) == {keys[0]} and len(calls) == 2  # asked before each pair, stopped at the first yes
-    assert built == [(EX, "A/USDT")]  # the candles of the pairs not reached are not built
-    assert list(app._unspeculated) == [(EX, "B/USDT"), (EX, "C/USDT")]
-    app._speculate(list(app._unspeculated), candles_of, lambda: False)  # idle again: the rest
-    assert set(app._specs) == set(keys) and not app._unspeculated
-    fires = app.engine.on_batch([c for (c,) in closing.values()], speculations=app._specs)
-    assert sorted(f.alert.symbol for f in fires) == symbols
-    assert app.engine.speculations_taken == 3

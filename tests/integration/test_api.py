@@ -10,7 +10,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from services.api.app import ApiApp, create_app
+from services.api.app import ApiApp, ApiStartError, create_app
 from services.api.settings import Settings
 from shared import streams
 from shared.bus import Bus
@@ -289,7 +289,7 @@ async def test_api_app_reports_a_busy_port_and_beats(redis_url):
         await asyncio.sleep(0.05)
     assert await redis.hget(streams.heartbeat("api"), "url") == first.url.encode()
     second = ApiApp(Settings(port=first.port, shutdown_grace_s=1), redis)
-    with pytest.raises(RuntimeError, match="could not start"):
+    with pytest.raises(ApiStartError, match="could not start on .*SENTINEL_API_PORT"):
         await asyncio.wait_for(second.run(asyncio.Event()), 10)
     stop.set()
     await asyncio.wait_for(task, 10)

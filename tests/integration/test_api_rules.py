@@ -8,11 +8,11 @@ from datetime import datetime
 import httpx
 import yaml
 
-from services.alert_engine.rules import parse_rules
 from services.api.app import create_app
 from services.api.settings import Settings
 from shared import streams
 from shared.errors import ConfigError
+from shared.rules import parse_rules
 
 RULE = {"name": "btc_up", "exchange": "binance", "symbols": ["BTC/USDT"], "timeframe": "1m",
         "condition": {"left": "close", "op": "crosses_up", "right": {"ema": 21}}, "cooldown": "5m",
@@ -173,7 +173,7 @@ async def test_file_rules_are_listed_next_to_api_rules_read_only(redis, tmp_path
         path.write_text(yaml.safe_dump({"rules": [in_file["btc_up"]]}))
         import os
         os.utime(path, ns=(1, 1))
-        assert await engine._maybe_reload()
+        assert await engine.reload_rules()
         listed = (await client.get("/rules")).json()["rules"]
         assert [(r["name"], r["source"]) for r in listed] == [("api_only", "api"), ("btc_up", "api")]
         assert (await client.get("/rules/from_file")).status_code == 404
@@ -186,8 +186,8 @@ async def test_export_is_the_rule_set_the_engine_runs(redis, tmp_path):
 
     from sentinel.cli import app as cli
     from services.alert_engine.app import AlertEngineApp
-    from services.alert_engine.rules import load_rules_file
     from services.alert_engine.settings import Settings as EngineSettings
+    from shared.rules import load_rules_file
 
     file_rules = [
         {"name": "btc_up", "symbols": ["BTC/USDT"], "condition": {"left": "close", "op": "above", "right": 60000},
@@ -234,7 +234,7 @@ async def test_export_is_the_rule_set_the_engine_runs(redis, tmp_path):
 
 
 async def test_export_leaves_out_an_invalid_stored_rule_and_says_so(redis, tmp_path):
-    from services.alert_engine.rules import load_rules_file
+    from shared.rules import load_rules_file
 
     await redis.hset(streams.FILE_RULES, "from_file", yaml.safe_dump({**RULE, "name": "from_file"}))
     await redis.hset(streams.FILE_RULES, "btc_up", yaml.safe_dump(RULE))

@@ -15,12 +15,10 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
-from services.api.app import ApiApp
-from services.api.settings import Settings
 from shared import streams
 from shared.bus import Bus
-from shared.runtime import connect
 from shared.schemas import Alert, Candle, pack
+from tests.integration.test_api_auth import serving
 
 ST = Path(sys.executable).parent / "st"
 
@@ -44,12 +42,7 @@ async def seed(redis) -> None:
 
 async def test_schemathesis_finds_no_server_errors_and_no_schema_violations(redis_url, redis, tmp_path):
     await seed(redis)
-    client = connect(redis_url)
-    api = ApiApp(Settings(port=0, api_token="t", shutdown_grace_s=1, services=[]), client)
-    stop = asyncio.Event()
-    task = asyncio.create_task(api.run(stop))
-    await asyncio.wait_for(api.started.wait(), 10)
-    try:
+    async with serving(redis_url, api_token="t") as api:
         proc = await asyncio.create_subprocess_exec(
             str(ST), "run", f"{api.url}/openapi.json", "--checks", "all",
             "--exclude-checks", "positive_data_acceptance,negative_data_rejection,allow_header_conformance",
@@ -57,10 +50,6 @@ async def test_schemathesis_finds_no_server_errors_and_no_schema_violations(redi
             "--seed", "7", "--generation-database", "none", "--report-dir", str(tmp_path),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path)
         out, _ = await asyncio.wait_for(proc.communicate(), 100)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        await client.aclose()
     text = out.decode(errors="replace")
     assert proc.returncode == 0, text[-6000:]
     assert "Tested: 17" in text or "Tested:" in text

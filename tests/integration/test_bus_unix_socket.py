@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from shared import streams
-from shared.bus import Batch, Bus, Consumer
+from shared.bus import Batch, Bus, Consumer, ConsumerSettings
 from shared.embedded_redis import find_redis_server
 from shared.runtime import connect
 from shared.schemas import TradeBatch, decode_feed, encode_trades
@@ -32,7 +32,7 @@ def unix_url(tmp_path: Path):
         proc.wait(10)
 
 
-async def test_bus_publishes_and_a_prefetching_consumer_reads_over_a_unix_socket(unix_url):
+async def test_bus_publishes_and_a_consumer_reads_over_a_unix_socket(unix_url):
     redis = connect(unix_url)
     bus = Bus(redis)
     stream = streams.trades("test", "BTC/USDT")
@@ -41,15 +41,15 @@ async def test_bus_publishes_and_a_prefetching_consumer_reads_over_a_unix_socket
     seen: list[int] = []
 
     async def handle(batch: Batch[TradeBatch]) -> None:
-        async with bus.pipeline(transaction=True, pinned=batch.pinned) as tx:
+        async with bus.pipeline(transaction=True) as tx:
             for entry in batch.entries:
                 seen.extend(t.id for t in entry.value.trades)
                 tx.hset("seen", str(entry.value.trades[0].id), 1)
             batch.ack_with(tx)
-            await tx.execute(read_ahead=batch.read_ahead)
+            await tx.execute()
 
-    consumer = Consumer(bus, group="g", consumer="c", decode=decode_feed, handler=handle, streams=[stream], count=4,
-                        prefetch=True)
+    consumer = Consumer(bus, ConsumerSettings(group="g", consumer="c", count=4), decode=decode_feed, handler=handle,
+                        streams=[stream])
     assert await consumer.drain() == 30
     assert seen == list(range(30))
     assert await redis.hlen("seen") == 30

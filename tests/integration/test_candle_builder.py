@@ -1,145 +1,28 @@
 """candle_builder against a real redis-server, on real recordings: every closed candle equals pandas' resample.
 
-The expected candles are computed here with pandas from the CSV (Decimal object columns, no float), independently of
-services.candle_builder.core.
+The expected candles are computed with pandas from the CSV (Decimal object columns, no float), independently of
+services.candle_builder.core (tests/support/candles.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import csv
 from decimal import Decimal
-from pathlib import Path
 
-import pandas as pd
+import msgpack
 import pytest
 
 from services.candle_builder.app import CandleBuilderApp
 from services.candle_builder.settings import Settings
 from shared import streams
 from shared.bus import FIELD, Bus
-from shared.schemas import Candle, Trade, Watermark, encode_trades, encode_watermark
+from shared.schemas import Candle, Trade, encode_trades
+from shared.subscriptions import Subscriptions
 from tests.conftest import shared_data
 
-TIMEFRAMES = ["1m", "5m", "15m", "1h"]
-FREQ = {"1m": "1min", "3m": "3min", "5m": "5min", "15m": "15min", "30m": "30min", "1h": "1h", "4h": "4h",
-        "1d": "1D"}
-
-RECORDINGS = {
-    "btcusdt": ("binance", "BTC/USDT", "binance_spot_btcusdt/BTCUSDT-trades-20240808T2354-20240809T0005.csv"),
-    "kraken": ("kraken", "BTC/USD", "kraken_btcusd/XBTUSD-trades-20190701T00-01.csv"),
-    "xrpeth": ("binance", "XRP/ETH", "binance_spot_xrpeth/XRPETH-aggtrades-2019-10-11.csv"),
-}
-
-
-def read_trades(path: Path) -> list[Trade]:
-    """The generic layout ``timestamp,price,amount,side,id``; rows without an id are numbered."""
-    out = []
-    with path.open(newline="") as fh:
-        for n, row in enumerate(csv.DictReader(fh)):
-            tid = int(row["id"]) if row["id"] else n
-            out.append(Trade(tid, int(row["timestamp"]), Decimal(row["price"]), Decimal(row["amount"]),
-                             row["side"] == "buy"))
-    return out
-
-
-def pandas_candles(path: Path, timeframe: str) -> pd.DataFrame:
-    """OHLCV per bucket by pandas resample over Decimal columns (exact)."""
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    df["ts"] = pd.to_datetime(df["timestamp"].astype("int64"), unit="ms")  # tz-naive: UTC by construction
-    df["price"] = df["price"].map(Decimal).astype(object)
-    df["amount"] = df["amount"].map(Decimal).astype(object)
-    df["buy"] = [a if s == "buy" else Decimal(0) for a, s in zip(df["amount"], df["side"])]
-    df["sell"] = [a if s != "buy" else Decimal(0) for a, s in zip(df["amount"], df["side"])]
-    df["quote"] = [p * a for p, a in zip(df["price"], df["amount"])]
-    rs = df.set_index("ts").resample(FREQ[timeframe], origin="epoch", closed="left", label="left")
-
-    def total(col: str) -> pd.Series:
-        return rs[col].apply(lambda s: sum(s, Decimal(0)))
-
-    out = pd.DataFrame({
-        "open": rs["price"].first(), "high": rs["price"].apply(lambda s: max(s) if len(s) else None),
-        "low": rs["price"].apply(lambda s: min(s) if len(s) else None), "close": rs["price"].last(),
-        "volume": total("amount"), "buy_volume": total("buy"), "sell_volume": total("sell"),
-        "quote_volume": total("quote"), "trades": rs["price"].count(),
-    })
-    out.index = out.index.as_unit("ms").asi8 if hasattr(out.index, "as_unit") else out.index.asi8 // 10**6
-    return out
-
-
-async def publish(redis, exchange: str, symbol: str, trades: list[Trade], per_entry: int,
-                  final: bool = True) -> None:
-    bus = Bus(redis)
-    stream = streams.trades(exchange, symbol)
-    await redis.sadd(streams.FEED_REGISTRY, streams.registry_member(exchange, symbol))
-    items = [(stream, encode_trades(exchange, symbol, trades[i:i + per_entry]))
-             for i in range(0, len(trades), per_entry)]
-    for i in range(0, len(items), 500):
-        await bus.publish_many(items[i:i + 500])
-    if final:
-        await bus.publish(stream, encode_watermark(Watermark(exchange, symbol, trades[-1].ts, final=True)))
-
-
-async def run_until_caught_up(redis, settings: Settings, streams_: list[str], timeout: float = 60.0,
-                              stop_early: int | None = None) -> CandleBuilderApp:
-    app = CandleBuilderApp(settings, redis)
-    stop = asyncio.Event()
-    task = asyncio.create_task(app.run(stop))
-    bus = Bus(redis)
-    deadline = asyncio.get_running_loop().time() + timeout
-    try:
-        while True:
-            if task.done():
-                task.result()
-                raise AssertionError("candle_builder stopped by itself")
-            if stop_early is not None and app.trades_in >= stop_early:
-                break
-            if all([await bus.caught_up(s, streams.GROUP_CANDLE_BUILDER) for s in streams_]):
-                break
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"not caught up within {timeout}s: {app.status()}")
-            await asyncio.sleep(0.02)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-    return app
-
-
-async def read_candles(redis, exchange: str, symbol: str, tf: str) -> list[Candle]:
-    return [Candle.decode(f[FIELD]) for _, f in await redis.xrange(streams.candles(exchange, symbol, tf))]
-
-
-def settings_for(redis_url: str, **kw) -> Settings:
-    kw.setdefault("timeframes", TIMEFRAMES)
-    kw.setdefault("block_ms", 50)
-    kw.setdefault("discover_every_s", 0.05)
-    return Settings(redis_url=redis_url, **kw)
-
-
-def check_against_pandas(candles: list[Candle], path: Path, tf: str, revised: bool = False) -> None:
-    expected = pandas_candles(path, tf)
-    got = {c.ts: c for c in candles}  # the last version of each bucket
-    # Exactly once: one closed candle per (bucket, revision), none duplicated.
-    versions = [(c.ts, c.revision) for c in candles]
-    assert len(set(versions)) == len(versions), f"{tf}: a candle was published twice"
-    if not revised:
-        assert len(got) == len(candles)
-    assert sorted(got) == list(expected.index), f"{tf}: buckets differ"
-    prev_close = None
-    for ts, row in expected.iterrows():
-        c = got[ts]
-        if row["trades"]:
-            actual = (c.open, c.high, c.low, c.close, c.volume, c.buy_volume, c.sell_volume, c.quote_volume,
-                      c.trades)
-            wanted = (row["open"], row["high"], row["low"], row["close"], row["volume"], row["buy_volume"],
-                      row["sell_volume"], row["quote_volume"], row["trades"])
-            assert actual == wanted, f"{tf} {ts}: {actual} != {wanted}"
-            assert c.buy_volume + c.sell_volume == c.volume
-            assert c.vwap == row["quote_volume"] / row["volume"]
-            prev_close = row["close"]
-        else:  # an empty interval: a flat candle at the previous close
-            assert (c.open, c.high, c.low, c.close, c.volume, c.trades) == (prev_close,) * 4 + (0, 0), f"{tf} {ts}"
-        assert c.closed and (revised or c.revision == 0)
+# The reference helpers (tests/support/candles.py); other tests import some of them from here.
+from tests.support.candles import RECORDINGS, TIMEFRAMES, check_against_pandas, pandas_candles, publish  # noqa: F401
+from tests.support.candles import read_candles, read_trades, run_until_caught_up, settings_for  # noqa: F401
 
 
 @pytest.mark.parametrize("name", sorted(RECORDINGS))
@@ -318,12 +201,11 @@ async def test_a_replay_is_never_closed_by_the_clock(redis, redis_url):
     assert (await read_candles(redis, exchange, symbol, "1m"))[-1].ts == last_minute - 60_000
 
 
-async def test_subscribed_timeframes_are_built_while_their_count_is_positive(redis, redis_url):
+async def test_subscribed_timeframes_are_built_and_others_not(redis, redis_url):
     exchange, symbol, rel = RECORDINGS["xrpeth"]
     path = shared_data(rel)
     trades = read_trades(path)
-    await redis.hset(streams.SUBSCRIPTIONS, mapping={streams.registry_member(exchange, symbol, "30m"): 2,
-                                                     streams.registry_member(exchange, symbol, "4h"): 0})
+    await Subscriptions(redis, ttl_ms=3_600_000).publish("engine-1", {(exchange, symbol, "30m"): 0})
     await publish(redis, exchange, symbol, trades, per_entry=50)
     await run_until_caught_up(redis, settings_for(redis_url, timeframes=["1m"]), [streams.trades(exchange, symbol)])
     check_against_pandas(await read_candles(redis, exchange, symbol, "30m"), path, "30m")
@@ -350,18 +232,37 @@ async def test_a_gap_marker_flags_the_candles_it_overlaps_incomplete(redis, redi
     assert flagged >= 2
 
 
-async def test_a_poison_trade_goes_to_the_dead_letter_stream_and_the_rest_flows(redis, redis_url):
+POISON = [  # (price, amount, reason fragment): each written as a real entry, as a faulty producer would
+    ("NaN", "1", "got 'NaN'"), ("Infinity", "1", "got 'Infinity'"), ("0", "1", "got '0'"), ("-5", "1", "got '-5'"),
+    (61000.5, "1", "got a float (61000.5)"), ("61000.5", "0", "amount must be"), ("61000.5", -1, "amount must be"),
+    ("61000.5", 0.5, "got a float (0.5)"),
+]
+
+
+async def test_poison_trades_go_to_the_dead_letter_stream_with_their_reason_and_the_rest_flows(redis, redis_url):
+    """Entries with a NaN, infinite, zero or negative price or amount, or a float one (only exact decimal text or
+    integers are valid), injected among a real recording: each is dead-lettered naming what is wrong — alone or
+    inside a batch of valid trades — and every candle still equals pandas' candles of the valid trades."""
     exchange, symbol, rel = RECORDINGS["kraken"]
     path = shared_data(rel)
     trades = read_trades(path)
     stream = streams.trades(exchange, symbol)
     await publish(redis, exchange, symbol, trades[:1000], per_entry=50, final=False)
-    poison = encode_trades(exchange, symbol, [Trade(-1, trades[999].ts, Decimal("NaN"), Decimal("1"), True)])
-    await Bus(redis).publish(stream, poison)
+    ts = trades[999].ts
+    poison = []
+    for n, (price, amount, _) in enumerate(POISON):
+        rows = [[-n - 1, ts, price, amount, 1]]
+        if n % 2:  # inside a batch of valid trades: the whole entry is refused, not a part of it
+            rows = [[-100 - i, ts, "61000", "1", 0] for i in range(12)] + rows
+        poison.append(msgpack.packb({"v": 1, "k": "trades", "x": exchange, "s": symbol, "t": rows}))
+        await redis.xadd(stream, {FIELD: poison[-1]})
     await publish(redis, exchange, symbol, trades[1000:], per_entry=50)
     await run_until_caught_up(redis, settings_for(redis_url), [stream])
     dead = await redis.xrange(streams.DEAD_LETTER)
-    assert len(dead) == 1 and dead[0][1][FIELD] == poison and b"price must be positive" in dead[0][1][b"reason"]
+    assert [d[1][FIELD] for d in dead] == poison  # (small entries: kept whole)
+    for (_, fields), (_, _, fragment) in zip(dead, POISON):
+        assert fields[b"source"] == stream.encode() and fields[b"group"] == b"candle_builder"
+        assert b"undecodable" in fields[b"reason"] and fragment.encode() in fields[b"reason"], fields[b"reason"]
     for tf in TIMEFRAMES:
         check_against_pandas(await read_candles(redis, exchange, symbol, tf), path, tf)
 

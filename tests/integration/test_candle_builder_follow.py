@@ -6,10 +6,11 @@ timeframe whose count fell to 0 stops and leaves CANDLE_REGISTRY while the setti
 from __future__ import annotations
 
 from shared import streams
+from shared.subscriptions import Subscriptions
 from shared.bus import Bus
 from shared.schemas import Watermark, encode_trades, encode_watermark
 from tests.conftest import shared_data
-from tests.integration.test_candle_builder import (
+from tests.support.candles import (
     RECORDINGS,
     TIMEFRAMES,
     check_against_pandas,
@@ -36,8 +37,8 @@ async def test_a_removed_pair_is_unfollowed_and_a_re_added_one_resumes_exactly(r
     btc, kraken = streams.trades(ex, sym), streams.trades(kx, ks)
     bus = Bus(redis)
     half = len(trades) // 2
-    await redis.hset(streams.SUBSCRIPTIONS, mapping={streams.registry_member(ex, sym, "30m"): 1,
-                                                     streams.registry_member(kx, ks, "30m"): 1})
+    subscriptions = Subscriptions(redis, ttl_ms=3_600_000)
+    await subscriptions.publish("engine-1", {(ex, sym, "30m"): 0, (kx, ks, "30m"): 0})
     await publish(redis, ex, sym, trades[:half], per_entry=50, final=False)
     await publish(redis, kx, ks, ktrades, per_entry=50)
     async with running_builder(redis, settings_for(redis_url)) as app:
@@ -48,7 +49,7 @@ async def test_a_removed_pair_is_unfollowed_and_a_re_added_one_resumes_exactly(r
         assert await registry(redis, ex, sym) == set(TIMEFRAMES) | {"30m"}
 
         await redis.srem(streams.FEED_REGISTRY, streams.registry_member(ex, sym))
-        await redis.hset(streams.SUBSCRIPTIONS, streams.registry_member(kx, ks, "30m"), 0)
+        await subscriptions.publish("engine-1", {(ex, sym, "30m"): 0})  # kraken's 30m no longer wanted
 
         async def unfollowed() -> bool:
             return btc not in app.consumer.streams and not await registry(redis, ex, sym) and \

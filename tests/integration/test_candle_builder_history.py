@@ -9,7 +9,7 @@ import contextlib
 from shared import history, streams
 from shared.bus import FIELD
 from tests.conftest import shared_data
-from tests.integration.test_candle_builder import (
+from tests.support.candles import (
     RECORDINGS,
     TIMEFRAMES,
     check_against_pandas,

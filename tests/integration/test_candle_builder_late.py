@@ -7,7 +7,7 @@ from __future__ import annotations
 from shared import streams
 from shared.schemas import Trade
 from tests.conftest import shared_data
-from tests.integration.test_candle_builder import (
+from tests.support.candles import (
     RECORDINGS,
     check_against_pandas,
     publish,

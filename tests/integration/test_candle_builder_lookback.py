@@ -1,7 +1,7 @@
 """History look-back and automatic seeding against the real market_feed history service (ccxt.pro against the local
 Binance-protocol exchange replaying a real recording), real redis-server:
 
-- a new series is seeded with max(history_bars, the subscriber's SUBSCRIPTION_LOOKBACK) candles per timeframe;
+- a new series is seeded with max(history_bars, the look-back its subscribers ask for) candles per timeframe;
 - a look-back that grows later is backfilled further back: the older candles are appended, nothing published before
   is touched, and every bucket equals pandas' over the replayed recording;
 - history_bars unset seeds automatically when the feed is live, and not for a replay (no request at all).
@@ -15,13 +15,14 @@ import contextlib
 from services.candle_builder.app import CandleBuilderApp
 from services.candle_builder.settings import AUTO_HISTORY_BARS, Settings
 from shared import streams
+from shared.subscriptions import Subscriptions
 from shared.bus import FIELD, Bus
 from shared.history import decode_request
 from shared.schemas import Trade
 from tests.conftest import shared_data
 from tests.integration.market_feed.helpers import (expected_trades, live_settings, local_exchange, published,
                                                    running_feed, wait_last_id)
-from tests.integration.test_candle_builder import (
+from tests.support.candles import (
     RECORDINGS,
     TIMEFRAMES,
     check_against_pandas,
@@ -91,7 +92,8 @@ async def test_lookback_seeds_and_a_grown_lookback_backfills_further_back(redis,
     path = window_file(tmp_path)
     stream = streams.trades(exchange, symbol)
     member = streams.registry_member(exchange, symbol, "1m")
-    await redis.hset(streams.SUBSCRIPTION_LOOKBACK, member, 3)  # the engine needs 3 closed 1m candles; settings 2
+    subscriptions = Subscriptions(redis, ttl_ms=3_600_000)
+    await subscriptions.publish("engine-1", {(exchange, symbol, "1m"): 3})  # 3 closed 1m candles needed; settings 2
     async with local_exchange(path, speed=200) as sim:
         async with running_feed(live_settings(sim), redis) as feed:
             await feed_then_restart_at_seam(redis, path)
@@ -105,7 +107,7 @@ async def test_lookback_seeds_and_a_grown_lookback_backfills_further_back(redis,
                 assert int(await redis.hget(streams.CANDLE_HISTORY_FROM, member)) == SEAM - 3 * MIN
                 served = feed.live.history.served
 
-                await redis.hset(streams.SUBSCRIPTION_LOOKBACK, member, 10)  # a rule with a longer warm-up arrived
+                await subscriptions.publish("engine-1", {(exchange, symbol, "1m"): 10})  # a rule with a longer warm-up
                 back_to = SEAM - 10 * MIN  # 10 candles back from the bucket in progress (00:02)
 
                 async def backfilled() -> bool:
@@ -159,7 +161,7 @@ async def test_a_replay_asks_for_no_history_even_with_a_lookback(redis, redis_ur
     exchange, symbol, rel = RECORDINGS["btcusdt"]
     trades = [t for t in read_trades(shared_data(rel)) if t.ts >= SEAM]
     await publish(redis, exchange, symbol, trades, per_entry=50)
-    await redis.hset(streams.SUBSCRIPTION_LOOKBACK, streams.registry_member(exchange, symbol, "1m"), 200)
+    await Subscriptions(redis, ttl_ms=3_600_000).publish("engine-1", {(exchange, symbol, "1m"): 200})
     await run_until_caught_up(redis, settings_for(redis_url), [streams.trades(exchange, symbol)])
     assert await redis.xlen(streams.HISTORY_REQUESTS) == 0  # no market_feed heartbeat, trades years old
     assert all(c.ts >= SEAM for c in await read_candles(redis, exchange, symbol, "1m"))
@@ -186,7 +188,7 @@ async def test_a_timeframe_added_to_a_running_series_gets_its_history_before_its
                                     close_on_timer=False)
             async with running_builder(redis, settings) as app:
                 await wait_for(lambda: Bus(redis).caught_up(stream, streams.GROUP_CANDLE_BUILDER), "catch-up")
-                await redis.hset(streams.SUBSCRIPTIONS, five, 1)
+                await Subscriptions(redis, ttl_ms=3_600_000).publish("api-1", {(exchange, symbol, "5m"): 0})
 
                 async def added() -> bool:
                     series = app.series.get(stream)

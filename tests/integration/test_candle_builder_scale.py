@@ -17,7 +17,7 @@ from shared import streams
 from shared.bus import Bus
 from shared.schemas import Watermark, encode_trades, encode_watermark
 from tests.conftest import REPO, shared_data
-from tests.integration.test_candle_builder import (
+from tests.support.candles import (
     RECORDINGS,
     TIMEFRAMES,
     check_against_pandas,

@@ -14,7 +14,7 @@ from shared.schemas import Trade
 from tests.conftest import shared_data
 from tests.integration.market_feed.helpers import (expected_trades, live_settings, local_exchange, published,
                                                    running_feed, wait_last_id)
-from tests.integration.test_candle_builder import (
+from tests.support.candles import (
     RECORDINGS,
     TIMEFRAMES,
     check_against_pandas,

@@ -9,7 +9,7 @@ from decimal import Decimal
 import pandas as pd
 
 from services.exchange_sim.kraken import KrakenSim
-from services.market_feed.readers import read_trades
+from shared.recordings import read_trades
 from services.market_feed.settings import Settings
 from tests.conftest import shared_data
 from tests.integration.market_feed.helpers import published, running_feed, wait_last_id

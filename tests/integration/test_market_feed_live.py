@@ -6,10 +6,11 @@ import asyncio
 
 import pytest
 
-from services.market_feed.adapters.ccxt_feed import LiveFeed
-from services.market_feed.settings import Settings
+from services.market_feed.app import MarketFeedApp
+from services.market_feed.settings import ExchangeFeed, Settings
 from shared import streams
-from shared.bus import FIELD, Bus
+from shared.bus import FIELD
+from shared.embedded_redis import free_port
 from shared.errors import UnknownExchangeError, UnknownSymbolError
 from shared.schemas import Ticker, Watermark, decode_feed
 from tests.conftest import shared_data
@@ -108,12 +109,11 @@ async def test_unknown_symbol_and_exchange_stop_start_up_with_suggestions(redis)
     async with local_exchange(path) as sim:
         settings = live_settings(sim)
         settings.exchanges[0].symbols = ["BTC/USDX"]
-        feed = LiveFeed(settings, redis, Bus(redis))
         with pytest.raises(UnknownSymbolError, match=r"'BTC/USDX' is not listed by binance; closest listed: BTC/USDT"):
-            await feed.start()
+            await asyncio.wait_for(MarketFeedApp(settings, redis).run(asyncio.Event()), timeout=20)
     bad = Settings(mode="live", exchanges=[{"id": "binanse", "symbols": ["BTC/USDT"]}])
     with pytest.raises(UnknownExchangeError, match=r"unknown exchange id 'binanse'; did you mean binance"):
-        await LiveFeed(bad, redis, Bus(redis)).start()
+        MarketFeedApp(bad, redis)
 
 
 async def test_history_requests_are_answered_with_exchange_klines(redis):
@@ -160,7 +160,7 @@ async def test_simulated_exchange_through_ccxt_equals_the_simulated_market(redis
     connections dropped twice; trades watched with one watch_trades_for_symbols or one watch_trades per symbol."""
     from services.exchange_sim.app import serve
     from services.exchange_sim.settings import Settings as SimSettings
-    from services.market_feed.simulated import SimulatedMarket
+    from shared.simulated import SimulatedMarket
 
     symbols = ["BTC/USDT", "ETH/USDT"]
     sim_settings = SimSettings(port=0, symbols=symbols, seed=5, start_ms=1_700_000_000_000, duration_s=90,
@@ -208,3 +208,64 @@ async def test_simulated_exchange_through_ccxt_equals_the_simulated_market(redis
         assert tickers and all(t.bid < t.last < t.ask for t in tickers)
         last = decode_feed((await redis.xrevrange(streams.trades("binance", s), count=1))[0][1][FIELD])
         assert last == Watermark("binance", s, expected[s][-1][1], final=True)
+
+
+async def test_malformed_frame_stall_is_reconnected_within_seconds(redis):
+    """Defect 10: a truncated trade frame (sent through exchange-sim's control endpoint) kills ccxt's reader inside
+    its own callback ("Exception in callback") and nothing more is delivered. With the default 60 s silence timeout
+    the busy pair is still reconnected within seconds (a few expected intervals, at least ``stall_min_s``), and the
+    trade lost in the frame and those after it are backfilled by REST: every trade once, no gap."""
+    import httpx
+
+    path = shared_data(RECORDING)
+    expected = expected_trades(path)
+    loop = asyncio.get_running_loop()
+    async with local_exchange(path, speed=4) as sim, running_feed(live_settings(sim, silence_timeout_s=60), redis) as app:
+        await sim.wait_released(500)
+        async with httpx.AsyncClient(base_url=f"http://{sim.host}:{sim.port}") as client:
+            response = await client.post("/_sim/malformed", params={"count": 1})
+        assert response.status_code == 200, response.text
+        sent = loop.time()
+        health = app.live.health["binance|BTC/USDT|trades"]
+        while health.timeouts == 0:
+            assert loop.time() - sent < 30, "the stalled socket was not noticed"
+            await asyncio.sleep(0.05)
+        noticed = loop.time() - sent
+        await wait_last_id(redis, expected[-1][0], timeout=30)
+        trades, gaps = await published(redis)
+    assert trades == expected and gaps == []
+    assert health.backfilled >= 1
+    assert noticed < 20  # the 60 s silence timeout did not decide it (stall_min_s is 5 s by default)
+
+
+async def test_unreachable_exchange_is_retried_with_its_cause_while_the_other_streams(redis):
+    """Issue 23 point 4, in-process: kraken's REST address accepts connections and never answers (ccxt's timeout
+    0.3 s) while binance streams; kraken is retried with backoff and its state says it timed out; a refused
+    address says so."""
+    path = shared_data(RECORDING)
+    expected = expected_trades(path)
+    silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)  # accepts, never answers
+    silent_port = silent.sockets[0].getsockname()[1]
+    refused_port = free_port()
+    try:
+        async with local_exchange(path) as sim:
+            settings = live_settings(sim)
+            settings.exchanges.append(ExchangeFeed(id="kraken", symbols=["BTC/USD"], timeout_s=0.3, tickers=False,
+                                                   ws_url=f"ws://127.0.0.1:{silent_port}/v2",
+                                                   rest_url=f"http://127.0.0.1:{silent_port}"))
+            settings.exchanges.append(ExchangeFeed(id="binanceus", symbols=["BTC/USD"], tickers=False,
+                                                   ws_url=f"ws://127.0.0.1:{refused_port}/stream",
+                                                   rest_url=f"http://127.0.0.1:{refused_port}/api/v3"))
+            async with running_feed(settings, redis) as app:
+                await wait_last_id(redis, expected[-1][0])
+                kraken, refused = app.live.connections["kraken"], app.live.connections["binanceus"]
+                assert kraken.state == "retrying" and kraken.attempts >= 2
+                assert kraken.error.startswith("kraken: cannot load markets: timed out"), kraken.error
+                assert refused.state == "retrying" and "connection refused" in refused.error, refused.error
+                status = app.status()
+                assert status["kraken.state"] == "retrying" and status["binance.state"] == "up"
+                assert "timed out" in status["kraken.error"]
+            trades, gaps = await published(redis)
+            assert trades == expected and gaps == []
+    finally:
+        silent.close()

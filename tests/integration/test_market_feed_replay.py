@@ -11,7 +11,7 @@ import pytest
 
 from services.market_feed.app import MarketFeedApp
 from services.market_feed.settings import Settings
-from services.market_feed.simulated import SimulatedMarket
+from shared.simulated import SimulatedMarket
 from shared import streams
 from shared.bus import FIELD
 from shared.schemas import Ticker, TradeBatch, Watermark, decode_feed

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from services.notifier.app import NotifierApp
 from services.notifier.cli import notify_app
-from services.notifier.history import dead_letters, recent_deliveries, retry_dead_letters
+from shared.notify_history import dead_letters, recent_deliveries, retry_dead_letters
 from services.notifier.settings import Settings
 from shared import streams
 from shared.runtime import connect

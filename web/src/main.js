@@ -1,12 +1,16 @@
-// sentinel dashboard: candles + alert markers + CVD (lightweight-charts), rules table, live alert log.
-// Everything comes from the API it is served by: REST for history and rules, /ws for live updates.
-import { ColorType, CandlestickSeries, LineSeries, createChart, createSeriesMarkers } from 'lightweight-charts';
+// sentinel dashboard: a chart (candles, volume, the rules' indicators and levels, alert markers, CVD), the alert
+// log, the rules table and the create/edit-alert dialog. Everything comes from the API it is served by: REST for
+// history and rules, /ws for live updates. With SENTINEL_API_TOKEN set the page loads, but fetches nothing without
+// the token (typed top right, kept in this browser).
+import { AlertLog } from './alerts.js';
+import { Chart } from './chart.js';
+import { RuleForm } from './form.js';
+import { RulesTable } from './rules.js';
+import { $, api, auth, el, errorLines, json, param, ruleMatches } from './util.js';
 
-const $ = (id) => document.getElementById(id);
-const params = new URLSearchParams(location.hash.slice(1));
 const state = {
-  token: params.get('token') || localStorage.getItem('sentinel.token') || '',
   series: null,            // {exchange, symbol, timeframe}
+  allSeries: [],
   closed: new Map(),       // ts -> candle (latest revision)
   live: null,              // in-progress candle
   alerts: new Map(),       // id -> alert
@@ -14,87 +18,32 @@ const state = {
   ws: null,
   wsAttempt: 0,
   redrawQueued: false,
-  userScrolled: false,
+  // the rules whose overlays the chart shows: those on this series (symbols, pattern, exchange, timeframe), ticked
+  chartRules: () => state.rules.filter((r) => r.enabled && rules.shownOnChart(r) && ruleMatches(r.rule, state.series)
+                                         && (r.rule.timeframe || '1m') === state.series.timeframe).map((r) => r.rule),
 };
 window.sentinelDashboard = state;  // for tests and the curious
-$('token').value = state.token;
+$('token').value = auth.token;
 $('token').addEventListener('change', () => {
-  state.token = $('token').value.trim();
-  localStorage.setItem('sentinel.token', state.token);
+  auth.token = $('token').value.trim();
+  localStorage.setItem('sentinel.token', auth.token);
   start();
 });
 
-async function api(path, options = {}) {
-  const headers = Object.assign({}, options.headers || {});
-  if (state.token) headers.Authorization = `Bearer ${state.token}`;
-  const response = await fetch(path, Object.assign({}, options, { headers }));
-  if (response.status === 401) {
-    $('token').focus();
-    throw new Error('the API wants a bearer token (enter it top right)');
-  }
-  return response;
-}
-
-async function json(path) {
-  const r = await api(path);
-  if (!r.ok) throw new Error(`${path}: ${r.status}`);
-  return r.json();
-}
-
-// ---- chart ------------------------------------------------------------------------------------------------------
-
-const chart = createChart($('chart'), {
-  autoSize: true,
-  layout: { background: { type: ColorType.Solid, color: '#161b22' }, textColor: '#d7dde4',
-            panes: { separatorColor: '#2a313b', enableResize: true } },
-  grid: { vertLines: { color: '#1f252d' }, horzLines: { color: '#1f252d' } },
-  timeScale: { timeVisible: true, secondsVisible: false, borderColor: '#2a313b' },
-  rightPriceScale: { borderColor: '#2a313b' },
+const chart = new Chart(state);
+state.chart = chart;
+const queueRedraw = () => {
+  if (!state.redrawQueued) { state.redrawQueued = true; requestAnimationFrame(() => { state.redrawQueued = false; chart.redraw(); }); }
+};
+const log = new AlertLog(state, pick);
+state.log = log;
+const rules = new RulesTable(state, { onEdit: (r) => form.open(r), onChange: () => { log.refreshChoices(); queueRedraw(); } });
+const form = new RuleForm(state, {
+  onSaved: (name) => { rules.message(`saved ${name}`, 'ok'); rules.refresh(); },
+  toYaml: (text) => { $('rule-text').value = text; $('editor').open = true; $('rule-text').focus(); },
 });
-const candles = chart.addSeries(CandlestickSeries, {
-  upColor: '#26a69a', downColor: '#ef5350', borderVisible: false, wickUpColor: '#26a69a', wickDownColor: '#ef5350',
-});
-const cvd = chart.addSeries(LineSeries, { color: '#f0b429', lineWidth: 2, title: 'CVD', priceLineVisible: false }, 1);
-chart.panes()[1].setHeight(120);
-const markers = createSeriesMarkers(candles, []);
-$('chart').addEventListener('wheel', () => { state.userScrolled = true; }, { passive: true });
-$('chart').addEventListener('mousedown', () => { state.userScrolled = true; });
-
-const sec = (ms) => Math.floor(ms / 1000);
-const num = (s) => (s === null || s === undefined ? null : Number(s));
-
-function bars() {
-  const list = [...state.closed.values()].sort((a, b) => a.ts - b.ts);
-  if (state.live && (!list.length || state.live.ts > list[list.length - 1].ts)) list.push(state.live);
-  return list;
-}
-
-function redraw() {
-  state.redrawQueued = false;
-  const list = bars();
-  candles.setData(list.map((c) => ({ time: sec(c.ts), open: num(c.open), high: num(c.high), low: num(c.low),
-                                     close: num(c.close) })));
-  let sum = 0;
-  cvd.setData(list.map((c) => { sum += num(c.buy_volume) - num(c.sell_volume); return { time: sec(c.ts), value: sum }; }));
-  const times = new Set(list.map((c) => c.ts));
-  const s = state.series;
-  const marks = [...state.alerts.values()]
-    .filter((a) => s && a.exchange === s.exchange && a.symbol === s.symbol && a.timeframe === s.timeframe && times.has(a.ts))
-    .sort((a, b) => a.ts - b.ts)
-    .map((a) => ({ time: sec(a.ts), position: 'aboveBar', shape: 'arrowDown', text: a.rule,
-                   color: a.severity === 'critical' ? '#ef5350' : a.severity === 'warning' ? '#f0b429' : '#4f9dde' }));
-  markers.setMarkers(marks);
-  const el = $('chart');
-  el.dataset.candles = String(list.length);
-  el.dataset.markers = String(marks.length);
-  if (list.length <= 240 && !state.userScrolled) chart.timeScale().fitContent();  // small series: show it all
-  const last = list[list.length - 1];
-  $('last').textContent = last ? `${s.symbol} ${last.close}` : '–';
-}
-
-function queueRedraw() {
-  if (!state.redrawQueued) { state.redrawQueued = true; requestAnimationFrame(redraw); }
-}
+state.form = form;
+state.rulesTable = rules;
 
 function putCandle(c) {
   if (c.closed) {
@@ -107,28 +56,19 @@ function putCandle(c) {
   queueRedraw();
 }
 
-// ---- alerts log -------------------------------------------------------------------------------------------------
-
-const fmtTime = (ms) => new Date(ms).toISOString().replace('T', ' ').slice(0, 19) + 'Z';
-
-function addAlert(a, fresh) {
-  if (state.alerts.has(a.id)) return;
-  state.alerts.set(a.id, a);
-  const li = document.createElement('li');
-  li.className = `${a.severity}${fresh ? ' new' : ''}`;
-  li.dataset.rule = a.rule;
-  li.dataset.id = a.id;
-  const text = document.createElement('div');
-  text.textContent = `${a.state === 'resolved' ? '✓ ' : ''}${a.rule} · ${a.symbol} ${a.timeframe || ''} @ ${a.price ?? '–'}`;
-  const msg = document.createElement('div');
-  msg.textContent = a.message || a.condition || '';
-  const meta = document.createElement('div');
-  meta.className = 'meta';
-  meta.textContent = `${a.exchange} · candle ${fmtTime(a.ts)} · ${a.severity}`;
-  li.append(text, msg, meta);
-  const log = $('alert-log');
-  if (fresh) log.prepend(li); else log.append(li);
-  queueRedraw();
+// An alert clicked in the log: its series on the chart, scrolled to its bar.
+async function pick(alert) {
+  const s = state.series;
+  if (!s || s.exchange !== alert.exchange || s.symbol !== alert.symbol || (alert.timeframe && s.timeframe !== alert.timeframe)) {
+    const target = state.allSeries.find((x) => x.exchange === alert.exchange && x.symbol === alert.symbol
+                                              && (!alert.timeframe || x.timeframe === alert.timeframe));
+    if (!target) { rules.message(`no candles of ${alert.exchange} ${alert.symbol} ${alert.timeframe || ''} to show`); return; }
+    await choose(target);
+  }
+  chart.redraw();
+  if (!chart.focus(alert.ts)) rules.message(`the bar of ${alert.rule} (${new Date(alert.ts).toISOString()}) is older than the candles loaded`);
+  for (const li of $('alert-log').querySelectorAll('li.picked')) li.classList.remove('picked');
+  $('alert-log').querySelector(`li[data-id="${CSS.escape(alert.id)}"]`)?.classList.add('picked');
 }
 
 // ---- live -------------------------------------------------------------------------------------------------------
@@ -138,15 +78,15 @@ function connect() {
   const s = state.series;
   const q = new URLSearchParams({ alerts: 'true' });
   if (s) { q.append('series', `${s.exchange}|${s.symbol}|${s.timeframe}`); q.append('tickers', `${s.exchange}|${s.symbol}`); }
-  if (state.token) q.append('token', state.token);
+  if (auth.token) q.append('token', auth.token);
   const ws = new WebSocket(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws?${q}`);
   state.ws = ws;
   ws.onopen = () => { state.wsAttempt = 0; $('conn').textContent = 'live'; $('conn').className = 'conn on'; };
   ws.onmessage = (ev) => {
     const msg = JSON.parse(ev.data);
-    if (msg.type === 'subscribed') loadSeries(false).catch((err) => rulesMessage(`candles: ${err.message || err}`));
+    if (msg.type === 'subscribed') loadSeries(false).catch((err) => rules.message(`candles: ${err.message || err}`));
     else if (msg.type === 'candle' || msg.type === 'candle_live') putCandle(msg.data);
-    else if (msg.type === 'alert') { addAlert(msg.data, true); refreshRules(); }
+    else if (msg.type === 'alert') { if (log.add(msg.data, true)) queueRedraw(); rules.refresh(); }
     else if (msg.type === 'ticker' && msg.data.last) $('last').textContent = `${msg.data.symbol} ${msg.data.last}`;
   };
   ws.onclose = () => {
@@ -161,10 +101,9 @@ function connect() {
 async function loadSeries(reset = true) {
   const s = state.series;
   if (!s) return;
-  const sym = encodeURIComponent(s.symbol);
-  const body = await json(`/candles/${encodeURIComponent(s.exchange)}/${sym}/${s.timeframe}?limit=1000&live=true`);
+  const body = await json(`/candles/${encodeURIComponent(s.exchange)}/${encodeURIComponent(s.symbol)}/${s.timeframe}?limit=1000&live=true`);
   if (s !== state.series) return;  // the series changed meanwhile
-  if (reset) { state.closed = new Map(); state.live = null; }
+  if (reset) { state.closed = new Map(); state.live = null; chart.reset(); }
   const live = state.live;
   for (const c of body.candles) {
     const known = state.closed.get(c.ts);
@@ -173,131 +112,56 @@ async function loadSeries(reset = true) {
   state.live = body.live && (!live || body.live.ts >= live.ts) ? body.live : live;
   const last = Math.max(-Infinity, ...state.closed.keys());
   if (state.live && state.live.ts <= last) state.live = null;
-  redraw();
-  if (reset) chart.timeScale().fitContent();
+  chart.redraw();
+  if (reset) chart.chart.timeScale().fitContent();
 }
 
-// ---- rules ------------------------------------------------------------------------------------------------------
+// ---- series: ?series=, the symbol search, timeframe buttons ------------------------------------------------------
 
-function describeCondition(c) {
-  if (!c) return '';
-  if (c.all) return c.all.map(describeCondition).join(' and ');
-  if (c.any) return c.any.map(describeCondition).join(' or ');
-  const side = (v) => (typeof v === 'object' && v !== null ? JSON.stringify(v).replace(/"/g, '') : String(v));
-  return [c.left !== undefined ? side(c.left) : '', c.op, c.right !== undefined ? side(c.right) : '']
-    .filter(Boolean).join(' ');
+const key = (s) => `${s.exchange}|${s.symbol}|${s.timeframe}`;
+
+async function choose(s) {
+  state.series = s;
+  $('series').value = key(s);
+  $('series-search').value = `${s.exchange} ${s.symbol}`;
+  const url = new URL(location.href);  // a link to what is on screen: ?series= (an older #series= is dropped)
+  url.searchParams.set('series', key(s));
+  const rest = new URLSearchParams(url.hash.slice(1));
+  rest.delete('series');
+  url.hash = rest.toString();
+  history.replaceState(null, '', url);
+  renderTimeframes();
+  rules.refresh();
+  await loadSeries();
+  connect();
 }
 
-// The API's error text of a failed response: `detail` is a string, a list of `file:line: field — problem` lines,
-// or FastAPI's validation errors (objects with `msg`).
-async function errorText(r) {
-  let detail;
-  try { detail = (await r.json()).detail; } catch (e) { return `${r.status} ${r.statusText}`; }
-  if (Array.isArray(detail)) return detail.map((d) => (typeof d === 'string' ? d : d.msg || JSON.stringify(d))).join('\n');
-  return detail ? String(detail) : `${r.status} ${r.statusText}`;
+function renderTimeframes() {
+  const s = state.series;
+  const tfs = state.allSeries.filter((x) => s && x.exchange === s.exchange && x.symbol === s.symbol);
+  $('tf-buttons').replaceChildren(...tfs.map((x) => el('button', {
+    text: x.timeframe, className: x.timeframe === s.timeframe ? 'active' : '', onclick: () => choose(x),
+  })));
 }
 
-// The line above the rules table: what the last action on a rule answered (errors stay until the next action).
-function rulesMessage(text, kind = 'error') {
-  const el = $('rules-message');
-  el.textContent = text || '';
-  el.className = `rules-message ${kind}`;
-  el.hidden = !text;
-  if (kind === 'ok' && text) setTimeout(() => { if (el.textContent === text) el.hidden = true; }, 4000);
-}
-
-async function refreshRules() {
-  let rules, states;
-  try {
-    [rules, states] = await Promise.all([json('/rules'), json('/alerts')]);
-  } catch (err) { rulesMessage(`rules: ${err.message || err}`); return; }
-  state.rules = rules.rules;
-  const byRule = new Map();
-  for (const st of states.rules) {
-    if (!byRule.has(st.rule)) byRule.set(st.rule, []);
-    byRule.get(st.rule).push(st);
-  }
-  const names = new Set([...rules.rules.map((r) => r.name), ...byRule.keys()]);
-  const tbody = $('rules-table').querySelector('tbody');
-  tbody.replaceChildren();
-  for (const name of [...names].sort()) {
-    const r = rules.rules.find((x) => x.name === name);
-    const sts = byRule.get(name) || [];
-    const tr = document.createElement('tr');
-    tr.dataset.rule = name;
-    const firing = sts.filter((x) => x.state === 'firing').length;
-    const stateText = sts.length ? sts.map((x) => `${x.symbol} ${x.state}`).join(', ') : 'no data yet';
-    const cooldown = Math.max(0, ...sts.map((x) => x.cooldown_left_s));
-    const cells = [
-      name, r ? (r.rule.symbols || []).join(', ') : '', r ? r.rule.timeframe || '1m' : '',
-      r ? describeCondition(r.rule.condition) : '(rules file)', r ? (r.enabled ? 'yes' : 'no') : '', stateText,
-      sts.some((x) => x.cooldown_forever) ? 'fired (once)' : cooldown ? `${Math.round(cooldown)}s` : '–',
-      r && r.snooze_until ? fmtTime(Date.parse(r.snooze_until)) : '',
-    ];
-    cells.forEach((text, i) => {
-      const td = document.createElement('td');
-      td.textContent = text;
-      if (i === 0 && r) td.append(...badges(r));
-      if (i === 5) td.className = firing ? 'firing' : sts.some((x) => x.state === 'pending') ? 'pending' : '';
-      tr.append(td);
-    });
-    const actions = document.createElement('td');
-    if (r) {
-      const button = (label, fn, title) => {
-        const b = document.createElement('button');
-        b.textContent = label;
-        b.onclick = fn;
-        if (title) b.title = title;
-        actions.append(b);
-      };
-      const fromFile = r.source === 'file';
-      const overrideNote = fromFile ? ' (stored as an API override of the file\'s rule)' : '';
-      button(r.enabled ? 'disable' : 'enable', () => ruleAction(name, r.enabled ? 'disable' : 'enable', undefined, overrideNote));
-      button(r.snooze_until ? 'unsnooze' : 'snooze 1h', () => ruleAction(name, 'snooze', r.snooze_until ? {} : { duration: '1h' }, overrideNote));
-      button('edit', () => { $('rule-text').value = JSON.stringify(r.rule, null, 2); $('editor').open = true; });
-      // a rule of the rules file cannot be deleted here (only in the file): disable it instead
-      if (r.overrides_file) button('revert to file', () => deleteRule(name, true), 'delete the API override; the rules file\'s rule applies again');
-      else if (!fromFile) button('delete', () => deleteRule(name, false));
-    }
-    tr.append(actions);
-    tbody.append(tr);
-  }
-}
-
-function badges(r) {
-  const out = [];
-  const badge = (text, cls, title) => {
-    const b = document.createElement('span');
-    b.className = `badge ${cls}`;
-    b.textContent = text;
-    b.title = title;
-    out.push(b);
+function setupSeries(series) {
+  state.allSeries = series;
+  $('series').replaceChildren(...series.map((s) => el('option', { value: key(s), text: `${s.exchange} ${s.symbol} ${s.timeframe}` })));
+  $('series').onchange = () => choose(series.find((s) => key(s) === $('series').value));
+  const pairs = [...new Set(series.map((s) => `${s.exchange} ${s.symbol}`))];
+  $('series-list').replaceChildren(...pairs.map((p) => el('option', { value: p })));
+  $('series-symbols').replaceChildren(...[...new Set(series.map((s) => s.symbol))].map((v) => el('option', { value: v })));
+  $('series-search').onchange = () => {
+    const text = $('series-search').value.trim().toLowerCase();
+    const tf = state.series?.timeframe;
+    const hits = series.filter((s) => `${s.exchange} ${s.symbol}`.toLowerCase().includes(text)
+                                      || s.symbol.replace('/', '').toLowerCase() === text.replace('/', ''));
+    const best = hits.find((s) => s.timeframe === tf) || hits[0];
+    if (best) choose(best); else rules.message(`no series matches ${text}`);
   };
-  if (r.source === 'file') badge('file', 'file', 'from the alert engine\'s rules file: change it there, or disable/snooze/edit it here (stored as an API override)');
-  else if (r.overrides_file) badge('override', 'override', 'an API rule replacing the rules file\'s rule of the same name');
-  return out;
 }
 
-async function ruleAction(name, action, body, note = '') {
-  try {
-    const r = await api(`/rules/${encodeURIComponent(name)}/${action}`, {
-      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body || {}),
-    });
-    if (r.ok) rulesMessage(`${action} ${name}: done${note}`, 'ok');
-    else rulesMessage(`${action} ${name} failed: ${await errorText(r)}`);
-  } catch (err) { rulesMessage(`${action} ${name} failed: ${err.message || err}`); }
-  refreshRules();
-}
-
-async function deleteRule(name, override) {
-  if (!confirm(override ? `delete the API override of ${name}? The rules file's ${name} applies again.` : `delete rule ${name}?`)) return;
-  try {
-    const r = await api(`/rules/${encodeURIComponent(name)}`, { method: 'DELETE' });
-    if (r.ok) rulesMessage(override ? `${name}: the rules file's rule applies again` : `deleted ${name}`, 'ok');
-    else rulesMessage(`delete ${name} failed: ${await errorText(r)}`);
-  } catch (err) { rulesMessage(`delete ${name} failed: ${err.message || err}`); }
-  refreshRules();
-}
+// ---- the YAML editor (power users) ------------------------------------------------------------------------------
 
 function ruleName(text) {
   try { return JSON.parse(text).name; } catch (e) { /* YAML */ }
@@ -317,12 +181,11 @@ $('rule-save').onclick = async () => {
     $('rule-status').textContent = `saved ${name}`;
     setTimeout(() => { $('rule-status').textContent = ''; }, 3000);
   } else {
-    $('rule-errors').textContent = await errorText(r);
+    $('rule-errors').textContent = (await errorLines(r)).join('\n');
     $('rule-status').textContent = '';
   }
-  refreshRules();
+  rules.refresh();
 };
-$('refresh-rules').onclick = refreshRules;
 $('rule-text').value = `name: btc_above
 symbols: [BTC/USDT]
 timeframe: 1m
@@ -336,28 +199,21 @@ message: "{symbol} closed at {close}"`;
 async function start() {
   try {
     const { series } = await json('/series');
-    const select = $('series');
-    select.replaceChildren(...series.map((s, i) => {
-      const o = document.createElement('option');
-      o.value = String(i);
-      o.textContent = `${s.exchange} ${s.symbol} ${s.timeframe}`;
-      return o;
-    }));
-    const wanted = params.get('series');
-    const index = Math.max(0, series.findIndex((s) => `${s.exchange}|${s.symbol}|${s.timeframe}` === wanted));
-    state.series = series[index] || null;
-    select.value = String(index);
-    select.onchange = () => { state.series = series[Number(select.value)]; loadSeries().then(connect); };
-    const history = await json('/alerts/history?limit=200');
-    history.items.forEach((item) => addAlert(item.alert, false));
+    setupSeries(series);
+    const wanted = param('series');
+    state.series = series.find((s) => key(s) === wanted) || series[0] || null;
+    if (state.series) { $('series').value = key(state.series); $('series-search').value = `${state.series.exchange} ${state.series.symbol}`; }
+    renderTimeframes();
+    const history = await json('/alerts/history?limit=1000');
+    history.items.forEach((item) => log.add(item.alert, false));
     await loadSeries();
-    await refreshRules();
+    await rules.refresh();
     connect();
   } catch (err) {
-    rulesMessage(String(err.message || err));
+    rules.message(String(err.message || err));
   }
 }
-// #refresh=SECONDS (0 = only after changes and alerts) sets how often the rules table is re-read
-const refreshSeconds = Number(params.get('refresh') ?? 5);
-if (refreshSeconds > 0) setInterval(refreshRules, refreshSeconds * 1000);
+// ?refresh=SECONDS (0 = only after changes and alerts) sets how often the rules table is re-read
+const refreshSeconds = Number(param('refresh') ?? 5);
+if (refreshSeconds > 0) setInterval(() => rules.refresh(), refreshSeconds * 1000);
 start();

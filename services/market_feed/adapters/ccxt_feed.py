@@ -1,207 +1,70 @@
-"""Live mode: ccxt.pro trades and tickers that lose nothing and repeat nothing.
+"""Live mode: every configured exchange through ccxt.pro, each on its own, none stopping the others.
 
-One ccxt.pro instance per exchange id, shared by all its streams. Per (exchange, symbol) one trades task:
+One ccxt.pro instance per exchange id. An exchange that cannot be reached when the feed starts (markets cannot
+load: DNS failure, connection refused, timeout, 5xx) is retried with capped, jittered exponential backoff; its state
+and the cause are logged and kept in ``connections`` (the heartbeat's ``binance.state``, ``binance.error``, …, which
+``/health`` shows), while the other exchanges run. Configuration mistakes stop the feed with one line naming them:
+an unknown exchange id (before anything starts) or a symbol the exchange does not list (once its markets load).
 
-1. ``watch_trades`` with a per-symbol silence timeout (a quiet symbol gets a longer one: ``max(base, 20 × its mean
-   gap between frames)``); a timeout closes that symbol's websocket and reconnects;
-2. NetworkError / RequestTimeout / ExchangeNotAvailable → capped, jittered exponential backoff and reconnect;
-   RateLimitExceeded / DDoSProtection → the same with a 4× longer base;
-3. after any reconnect, at start-up (from the last id already in Redis) and whenever consecutive ids jump, the missed
-   trades are fetched by REST *before* the first live batch is published: up to the first trade of the new connection
-   (trades released between the backfill and the resubscription are the ones naive feeds lose). Exchanges with
-   consecutive integer ids (Binance family) page by ``fromId``; the others by ``since``. What cannot be recovered is
-   published as a ``GapMarker``;
-4. every trade passes ``core.IdDedup`` (last id per symbol, restored from Redis), so reconnects, backfills and restarts
-   never publish an id twice.
-
-On Binance the websocket ``@aggTrade`` stream and the REST ``aggTrades`` endpoint share an id space (``@trade`` ids do
-not match ``aggTrades`` ids), so sentinel watches ``aggTrade`` there. A raw aggTrade frame looks like::
-
-    {"e": "aggTrade", "E": 1723161255343, "s": "BTCUSDT", "a": 3735683259, "p": "61837.63", "q": "0.02",
-     "f": 3735683259, "l": 3735683259, "T": 1723161255342, "m": true, "M": true}
-
-and prices/amounts are taken from ``info['p']`` / ``info['q']`` (exact strings) rather than ccxt's floats.
+Trades: ``ccxt_trades`` (``TradeStream`` / ``MultiTradeStream``); tickers: one ``watch_ticker`` task per symbol
+(``params={'name': 'ticker'}`` on Binance so bid/ask are included); a ticker error never touches trades.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
 import logging
-import random
 import time
-from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from dataclasses import dataclass
 from typing import Any
 
-import ccxt
-import ccxt.pro as ccxtpro
 from redis.asyncio import Redis
 
-from services.market_feed.core import FeedCore
+from services.market_feed.adapters.ccxt_exchange import (BINANCE_FAMILY, apply_url_overrides, backoff,
+                                                         cancelled_by_ccxt, check_exchange_ids, describe_network_error, load_markets,
+                                                         make_exchange, sleep_or_stop, to_ticker, to_trade)
+from services.market_feed.adapters.ccxt_trades import LiveContext, MultiTradeStream, TradeStream
 from services.market_feed.history import HistoryServer
-from services.market_feed.publisher import Outbox, read_last_ids
+from services.market_feed.publisher import Outbox, RedisRetry, read_last_ids, register_feeds
 from services.market_feed.settings import ExchangeFeed, Settings
+from services.market_feed.stream_health import StreamHealth, stream_timeout
 from shared import streams
 from shared.bus import Bus
-from shared.errors import ConfigError, ExchangeError, UnknownExchangeError, UnknownSymbolError
-from shared.runtime import consumer_name
-from shared.schemas import GapMarker, Ticker, Trade, Watermark
+from shared.errors import ExchangeError, UnknownSymbolError
+from shared.schemas import Watermark
+
+__all__ = ["LiveFeed", "apply_url_overrides", "describe_network_error", "make_exchange", "to_trade"]
 
 logger = logging.getLogger(__name__)
 
-BINANCE_FAMILY = ("binance", "binanceus")
-#: Exchanges whose trade ids per symbol are consecutive integers: a jump in ids means trades were missed.
-CONSECUTIVE_IDS = (*BINANCE_FAMILY, "kraken")
-PAGE_LIMIT = 1000
-
-
-# ---- exchange set-up -------------------------------------------------------------------------------------------------
-
-
-def make_exchange(feed: ExchangeFeed, trades_limit: int = 10_000) -> Any:
-    """A ccxt.pro instance for ``feed.id`` with URL overrides; UnknownExchangeError (with suggestions) if unknown."""
-    cls = getattr(ccxtpro, feed.id, None) if feed.id in ccxtpro.exchanges else None
-    if cls is None:
-        close = difflib.get_close_matches(feed.id, ccxtpro.exchanges, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise UnknownExchangeError(f"market_feed.exchanges: unknown exchange id {feed.id!r}{hint}")
-    options: dict[str, Any] = {"tradesLimit": trades_limit}
-    if feed.id in BINANCE_FAMILY:
-        # spot only (the futures exchangeInfo endpoints are other hosts), no currencies (needs an API key anyway)
-        options.update({"fetchMarkets": {"types": ["spot"]}, "fetchCurrencies": False})
-    exchange = cls({"enableRateLimit": True, "options": options})
-    apply_url_overrides(exchange, feed.ws_url, feed.rest_url)
-    return exchange
-
-
-def apply_url_overrides(exchange: Any, ws_url: str | None, rest_url: str | None) -> None:
-    """Point an exchange's public websocket and REST APIs at other base URLs (mirror, proxy, local simulator).
-
-    Binance: ``urls['api']['ws']['spot']`` (must contain ``/stream``: ccxt tells spot from futures by it) and
-    ``urls['api']['public']`` (``…/api/v3``). Other exchanges: every string in ``urls['api']['ws']`` (or the string
-    itself), and ``urls['api']['public']`` or ``urls['api']['rest']`` where present.
-    """
-    api = exchange.urls.get("api")
-    if ws_url:
-        if exchange.id in BINANCE_FAMILY and "/stream" not in ws_url:
-            raise ConfigError(f"market_feed.exchanges[{exchange.id}].ws_url — a Binance spot websocket URL must "
-                              f"contain '/stream' (ccxt decides spot vs futures from it), got {ws_url!r}")
-        if isinstance(api, dict) and isinstance(api.get("ws"), dict):
-            if exchange.id in BINANCE_FAMILY:
-                api["ws"]["spot"] = ws_url
-            else:
-                for key, value in list(api["ws"].items()):
-                    if isinstance(value, str):
-                        api["ws"][key] = ws_url
-        elif isinstance(api, dict):
-            api["ws"] = ws_url
-    if rest_url and isinstance(api, dict):
-        keys = [k for k in ("public", "rest", "v3") if isinstance(api.get(k), str)] or ["public"]
-        for key in keys:
-            api[key] = rest_url
-
-
-async def load_and_validate(exchange: Any, feed: ExchangeFeed) -> None:
-    """Load markets and check every symbol; UnknownSymbolError naming it with the closest listed symbols."""
-    try:
-        await exchange.load_markets()
-    except ccxt.BaseError as exc:
-        raise ExchangeError(f"{feed.id}: cannot load markets: {exc}") from exc
-    for symbol in feed.symbols:
-        if symbol not in exchange.markets:
-            close = difflib.get_close_matches(symbol, list(exchange.symbols), n=3, cutoff=0.6)
-            hint = f"; closest listed: {', '.join(close)}" if close else ""
-            raise UnknownSymbolError(f"market_feed.exchanges[{feed.id}].symbols: {symbol!r} is not listed by "
-                                     f"{feed.id}{hint}")
-
-
-# ---- conversions ---------------------------------------------------------------------------------------------------
-
-
-def _dec(value: Any) -> Decimal | None:
-    if value is None:
-        return None
-    try:
-        return Decimal(value if isinstance(value, str) else repr(value))
-    except InvalidOperation:
-        return None
-
-
-def to_trade(raw: dict[str, Any]) -> Trade:
-    """A ccxt trade dict → Trade (exact Binance strings from ``info`` when there)."""
-    info = raw.get("info") or {}
-    price = _dec(info.get("p")) if isinstance(info, dict) and "p" in info else None
-    amount = _dec(info.get("q")) if isinstance(info, dict) and "q" in info else None
-    tid: Any = raw.get("id")
-    if isinstance(tid, str) and tid.isdigit():
-        tid = int(tid)
-    return Trade(tid, int(raw["timestamp"]), price or _dec(raw["price"]),  # type: ignore[arg-type]
-                 amount or _dec(raw["amount"]), raw.get("side") == "buy")  # type: ignore[arg-type]
-
-
-def to_ticker(exchange: str, symbol: str, raw: dict[str, Any]) -> Ticker:
-    info = raw.get("info") if isinstance(raw.get("info"), dict) else {}
-
-    def pick(key: str, info_key: str) -> Decimal | None:
-        if info_key in info:
-            return _dec(info[info_key])
-        return _dec(raw.get(key))
-
-    return Ticker(exchange=exchange, symbol=symbol, ts=int(raw.get("timestamp") or time.time() * 1000),
-                  bid=pick("bid", "b"), ask=pick("ask", "a"), bid_size=pick("bidVolume", "B"),
-                  ask_size=pick("askVolume", "A"), last=pick("last", "c"))
-
-
-# ---- health ----------------------------------------------------------------------------------------------------------
-
 
 @dataclass
-class StreamHealth:
-    """Counters of one (exchange, symbol, stream) for the heartbeat and /health."""
+class ExchangeConnection:
+    """How far one exchange got: ``state`` connecting → up, or retrying (with the last ``error``)."""
 
-    messages: int = 0
-    trades: int = 0
-    reconnects: int = 0
-    timeouts: int = 0
-    errors: int = 0
-    backfilled: int = 0
-    duplicates: int = 0
-    gaps: int = 0
-    last_message: float = field(default_factory=time.monotonic)
-    started: float = field(default_factory=time.monotonic)
-    mean_gap_s: float | None = None  # EWMA of the time between frames
-    silent_streak: int = 0  # silence timeouts in a row (each one doubles the next timeout)
-
-    def message(self) -> None:
-        now = time.monotonic()
-        if self.messages:
-            gap = now - self.last_message
-            self.mean_gap_s = gap if self.mean_gap_s is None else 0.9 * self.mean_gap_s + 0.1 * gap
-        self.messages += 1
-        self.last_message = now
-        self.silent_streak = 0
+    state: str = "connecting"
+    error: str = ""
+    attempts: int = 0
+    retry_at: float | None = None  # monotonic time of the next attempt while retrying
 
     def fields(self) -> dict[str, Any]:
-        now = time.monotonic()
-        return {"age_s": round(now - self.last_message, 1),
-                "msgs_per_s": round(self.messages / max(now - self.started, 1e-9), 2),
-                "reconnects": self.reconnects, "timeouts": self.timeouts, "errors": self.errors,
-                "backfilled": self.backfilled, "duplicates": self.duplicates, "gaps": self.gaps}
-
-
-# ---- the feed ----------------------------------------------------------------------------------------------------------
+        out: dict[str, Any] = {"state": self.state, "attempts": self.attempts, "error": self.error}
+        if self.retry_at is not None:
+            out["retry_in_s"] = round(max(0.0, self.retry_at - time.monotonic()), 1)
+        return out
 
 
 class LiveFeed:
     """All exchanges and symbols of ``settings.exchanges``; ``await run(stop)``."""
 
-    def __init__(self, settings: Settings, redis: Redis, bus: Bus) -> None:
+    def __init__(self, settings: Settings, redis: Redis, bus: Bus, retry: RedisRetry | None = None) -> None:
         self.settings = settings
         self.redis = redis
         self.bus = bus
+        self.retry = retry or RedisRetry("market_feed", base_s=settings.backoff_base_s, cap_s=settings.backoff_cap_s)
         self.exchanges: dict[str, Any] = {}
+        self.connections: dict[str, ExchangeConnection] = {f.id: ExchangeConnection() for f in settings.exchanges}
         self.streams: list[TradeStream] = []
         self.health: dict[str, StreamHealth] = {}
         self.history: HistoryServer | None = None
@@ -212,71 +75,111 @@ class LiveFeed:
 
     def health_fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        for exchange_id, conn in self.connections.items():
+            for name, value in conn.fields().items():
+                out[f"{exchange_id}.{name}"] = value
         for key, h in self.health.items():
             for name, value in h.fields().items():
                 out[f"{key}.{name}"] = value
         return out
 
-    async def start(self) -> None:
-        """Create the exchanges, load and validate markets (errors stop start-up), create the streams."""
-        try:
-            for feed in self.settings.exchanges:
-                exchange = make_exchange(feed, self.settings.ccxt_trades_limit)
-                self.exchanges[feed.id] = exchange
-                await load_and_validate(exchange, feed)
-        except BaseException:
-            await self.close()
-            raise
+    def create_exchanges(self) -> None:
+        """The ccxt instances (no network yet); UnknownExchangeError naming an unknown id and the close matches."""
+        check_exchange_ids(self.settings.exchanges)
         for feed in self.settings.exchanges:
-            exchange = self.exchanges[feed.id]
-            last_ids = await read_last_ids(self.redis, feed.id, feed.symbols)
-            await self.redis.sadd(streams.FEED_REGISTRY,
-                                  *(streams.registry_member(feed.id, s) for s in feed.symbols))
-            for symbol in feed.symbols:
-                health = self.health.setdefault(f"{feed.id}|{symbol}|trades", StreamHealth())
-                self.streams.append(TradeStream(exchange, feed.id, symbol, self.settings, self.bus, health,
-                                                last_ids.get(symbol), feed.backfill_paging))
-                if feed.tickers:
-                    self.health.setdefault(f"{feed.id}|{symbol}|ticker", StreamHealth())
+            if feed.id not in self.exchanges:
+                self.exchanges[feed.id] = make_exchange(feed, self.settings.ccxt_trades_limit)
+
+    async def connect(self, feed: ExchangeFeed, stop: asyncio.Event) -> bool:
+        """Load ``feed``'s markets until they load (retrying while the exchange is unreachable) and create its
+        streams. UnknownSymbolError for a symbol it does not list; False if ``stop`` came first."""
+        exchange = self.exchanges[feed.id]
+        conn = self.connections[feed.id]
+        while not stop.is_set():
+            conn.attempts += 1
+            try:
+                await load_markets(exchange, feed)
+                break
+            except UnknownSymbolError:
+                conn.state, conn.error, conn.retry_at = "failed", "unknown symbol", None
+                raise
+            except ExchangeError as exc:
+                delay = backoff(self.settings, conn.attempts, exc.__cause__)
+                conn.state, conn.error, conn.retry_at = "retrying", str(exc), time.monotonic() + delay
+                logger.warning("%s; retrying in %.1fs (attempt %d)", exc, delay, conn.attempts)
+                await sleep_or_stop(stop, delay)
+        else:
+            return False
+        ctx = LiveContext(self.settings, self.bus, self.retry, stop)
+        ok, last_ids = await self.retry.call(stop, lambda: read_last_ids(self.redis, feed.id, feed.symbols))
+        if not ok or not (await self.retry.call(stop, lambda: register_feeds(self.redis, feed.id, feed.symbols)))[0]:
+            return False
+        for symbol in feed.symbols:
+            health = self.health.setdefault(f"{feed.id}|{symbol}|trades", StreamHealth())
+            self.streams.append(TradeStream(exchange, feed.id, symbol, ctx, health, (last_ids or {}).get(symbol),
+                                            feed.backfill_paging))
+            if feed.tickers:
+                self.health.setdefault(f"{feed.id}|{symbol}|ticker", StreamHealth())
+        conn.state, conn.error, conn.retry_at = "up", "", None
+        if conn.attempts > 1:
+            logger.warning("%s: markets loaded after %d attempts; streaming %s", feed.id, conn.attempts,
+                           ", ".join(feed.symbols))
+        return True
 
     async def run(self, stop: asyncio.Event) -> None:
-        if not self.exchanges:
-            await self.start()
-        tasks = []
-        for feed in self.settings.exchanges:
-            exchange = self.exchanges[feed.id]
-            mine = {s.symbol: s for s in self.streams if s.exchange_id == feed.id}
-            multi = feed.trades_watch == "multi" or (
-                feed.trades_watch == "auto" and len(mine) > 1 and bool(exchange.has.get("watchTradesForSymbols")))
-            if multi:
-                tasks.append(asyncio.create_task(MultiTradeStream(exchange, feed.id, mine, self.settings).run(stop),
-                                                 name=f"trades-{feed.id}"))
-            else:
-                tasks.extend(asyncio.create_task(s.run(stop), name=f"trades-{feed.id}-{s.symbol}")
-                             for s in mine.values())
-        for feed in self.settings.exchanges:
-            if feed.tickers:
-                for symbol in feed.symbols:
-                    tasks.append(asyncio.create_task(
-                        self._tickers(stop, feed.id, symbol), name=f"ticker-{feed.id}-{symbol}"))
-        tasks.append(asyncio.create_task(self._log_health(stop), name="feed-health-log"))
+        """Run every exchange until ``stop``; raises a configuration mistake found on the way (UnknownSymbolError)
+        after stopping the rest."""
+        self.create_exchanges()
+        inner = asyncio.Event()  # set on ``stop`` or on a fatal error
+        feeds = [asyncio.create_task(self._run_exchange(feed, inner), name=f"exchange-{feed.id}")
+                 for feed in self.settings.exchanges]
+        tasks = [asyncio.create_task(self._log_health(inner), name="feed-health-log")]
         self.history = HistoryServer(self.bus, self.exchanges,
-                                     consumer_name("market_feed", self.settings.consumer_name))
-        tasks.append(asyncio.create_task(self.history.run(stop), name="feed-history"))
+                                     self.settings.consumer_settings(streams.GROUP_MARKET_FEED, "market_feed", count=10))
+        tasks.append(asyncio.create_task(self.history.run(inner), name="feed-history"))
+        stopper = asyncio.create_task(stop.wait(), name="feed-stop")
         try:
-            await stop.wait()
+            waiting: set[asyncio.Task] = {stopper, *feeds}
+            while stopper in waiting:
+                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task is not stopper and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]  # a configuration mistake: stop the feed
         finally:
-            for task in tasks:
+            inner.set()  # (redis-py can swallow a cancel that lands inside a command: the loops also see this)
+            everything = [stopper, *feeds, *tasks]
+            for task in everything:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*everything, return_exceptions=True)
             for s in self.streams:
                 with contextlib.suppress(Exception):
                     await s.outbox.flush()
             await self.close()
 
+    async def _run_exchange(self, feed: ExchangeFeed, stop: asyncio.Event) -> None:
+        if not await self.connect(feed, stop):
+            return
+        exchange = self.exchanges[feed.id]
+        mine = {s.symbol: s for s in self.streams if s.exchange_id == feed.id}
+        multi = feed.trades_watch == "multi" or (
+            feed.trades_watch == "auto" and len(mine) > 1 and bool(exchange.has.get("watchTradesForSymbols")))
+        if multi:
+            jobs = [MultiTradeStream(exchange, feed.id, mine, self.settings).run(stop)]
+        else:
+            jobs = [s.run(stop) for s in mine.values()]
+        if feed.tickers:
+            jobs += [self._tickers(stop, feed.id, symbol) for symbol in feed.symbols]
+        tasks = [asyncio.create_task(job, name=f"feed-{feed.id}-{i}") for i, job in enumerate(jobs)]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     def last_ids(self) -> dict[tuple[str, str], int | None]:
-        """Last published trade id per (exchange, symbol): a demo compares it with the simulator's last ids."""
-        return {(s.exchange_id, s.symbol): s.last_id for s in self.streams}
+        """Last trade id Redis acknowledged per (exchange, symbol): a demo compares it with the simulator's."""
+        return {(s.exchange_id, s.symbol): s.published_id for s in self.streams}
 
     async def publish_final_watermarks(self) -> None:
         """Mark every stream as ended (``Watermark(final=True)`` at its last trade time): for a finite demo source,
@@ -299,13 +202,14 @@ class LiveFeed:
         while not stop.is_set():
             try:
                 raw = await asyncio.wait_for(exchange.watch_ticker(symbol, params=dict(params)),
-                                             timeout=_timeout(self.settings, health))
+                                             timeout=stream_timeout(self.settings, health))
                 health.message()
                 outbox.add_ticker(to_ticker(exchange_id, symbol, raw))
-                await outbox.flush()
+                await self.retry.call(stop, outbox.flush)
                 attempt = 0
             except asyncio.CancelledError:
-                raise
+                if not cancelled_by_ccxt():
+                    raise
             except Exception as exc:  # a ticker error never stops trades or other tickers
                 attempt += 1
                 health.errors += 1
@@ -313,339 +217,10 @@ class LiveFeed:
                     health.timeouts += 1
                     health.silent_streak += 1
                 logger.warning("%s %s ticker: %s: %s", exchange_id, symbol, type(exc).__name__, exc)
-                await _sleep(stop, _backoff(self.settings, attempt, exc))
+                await sleep_or_stop(stop, backoff(self.settings, attempt, exc))
 
     async def _log_health(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            await _sleep(stop, 60.0)
+            await sleep_or_stop(stop, 60.0)
             for key, h in self.health.items():
                 logger.info("health %s %s", key, h.fields())
-
-
-def _timeout(settings: Settings, health: StreamHealth) -> float:
-    """Per-symbol silence timeout: quiet symbols get proportionally longer ones, and each timeout in a row doubles
-    the next (a symbol that went quiet is checked less and less often: no reconnect storm)."""
-    base = settings.silence_timeout_s
-    timeout = base if health.mean_gap_s is None else min(max(base, 20 * health.mean_gap_s), base * 20)
-    return min(timeout * 2 ** min(health.silent_streak, 10), base * 60)
-
-
-def _backoff(settings: Settings, attempt: int, exc: BaseException) -> float:
-    base = settings.backoff_base_s
-    if isinstance(exc, (ccxt.RateLimitExceeded, ccxt.DDoSProtection)):
-        base *= 4
-    return random.uniform(0.5, 1.0) * min(settings.backoff_cap_s, base * 2 ** min(attempt - 1, 20))
-
-
-async def _sleep(stop: asyncio.Event, delay: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=delay)
-
-
-class TradeStream:
-    """The trades of one (exchange, symbol): watch, reconnect, backfill, dedup, publish."""
-
-    def __init__(self, exchange: Any, exchange_id: str, symbol: str, settings: Settings, bus: Bus,
-                 health: StreamHealth, last_id: int | None, paging: str = "auto") -> None:
-        self.exchange = exchange
-        self.exchange_id = exchange_id
-        self.symbol = symbol
-        self.settings = settings
-        self.health = health
-        self.binance = exchange_id in BINANCE_FAMILY
-        self.consecutive = exchange_id in CONSECUTIVE_IDS  # a jump in ids means missed trades
-        self.page_by_id = paging == "id" or (paging == "auto" and self.binance)
-        self.params = {"name": "aggTrade"} if self.binance else {}
-        self.core = FeedCore(exchange_id, [symbol], batch_size=settings.batch_size, window_ms=10**12,
-                             watermark_every_ms=settings.watermark_every_ms, last_ids={symbol: last_id},
-                             dedup_window=settings.dedup_window)
-        self.outbox = Outbox(bus, exchange_id, maxlen=settings.stream_maxlen, pipeline_entries=10**9)
-        self.redis = bus.redis
-        self.last_ts: int | None = None
-        self.need_backfill = last_id is not None
-        self._client: Any = None
-
-    @property
-    def last_id(self) -> int | None:
-        return self.core.symbols[self.symbol].dedup.last_id
-
-    async def prepare(self) -> None:
-        """Restore the last published time (the last id is already in the dedup) for the start-up backfill."""
-        if self.need_backfill and self.last_ts is None:
-            raw = await self.redis.hget(streams.feed_state(self.exchange_id, self.symbol), "last_ts")
-            self.last_ts = int(raw) if raw else None
-
-    async def on_frame(self, raw: list[dict[str, Any]]) -> None:
-        """Trades ccxt returned for this symbol: note a silent reconnect by ccxt, then backfill/dedup/publish."""
-        self.health.message()
-        client = _client_of(self)
-        if client is not self._client:
-            if self._client is not None:  # ccxt reconnected by itself after a server close
-                self.health.reconnects += 1
-                self.need_backfill = True
-            self._client = client
-        await self.ingest([to_trade(t) for t in raw])
-
-    async def on_silence(self) -> None:
-        """Silent past its timeout: count it, close its socket, and fetch by REST what the silence hid."""
-        self.health.timeouts += 1
-        logger.warning("%s %s: no trades for %.1fs; reconnecting", self.exchange_id, self.symbol,
-                       _timeout(self.settings, self.health))
-        self.health.silent_streak += 1
-        await self._reconnect()
-        self.need_backfill = True
-        with contextlib.suppress(ccxt.NetworkError, ccxt.ExchangeNotAvailable):
-            await self.backfill(None)  # a quiet or ended market
-
-    def on_network_error(self) -> None:
-        self.health.reconnects += 1
-        self._client = None  # counted here; the new connection is not counted again
-        self.need_backfill = True
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await self.prepare()
-        attempt = 0
-        while not stop.is_set():
-            try:
-                raw = await asyncio.wait_for(self.exchange.watch_trades(self.symbol, params=dict(self.params)),
-                                             timeout=_timeout(self.settings, self.health))
-                await self.on_frame(raw)
-                attempt = 0
-            except asyncio.CancelledError:
-                raise
-            except TimeoutError:
-                await self.on_silence()
-            except ccxt.BadSymbol:
-                raise
-            except (ccxt.NetworkError, ccxt.ExchangeNotAvailable) as exc:
-                attempt += 1
-                self.on_network_error()
-                delay = _backoff(self.settings, attempt, exc)
-                logger.warning("%s %s: %s: %s; reconnecting in %.2fs", self.exchange_id, self.symbol,
-                               type(exc).__name__, exc, delay)
-                await _sleep(stop, delay)
-            except Exception as exc:  # parse errors, exchange errors: count, log, retry; never kill other streams
-                attempt += 1
-                self.health.errors += 1
-                self.need_backfill = True
-                delay = _backoff(self.settings, attempt, exc)
-                logger.exception("%s %s: unexpected error; retrying in %.2fs", self.exchange_id, self.symbol, delay)
-                await _reconnect_quietly(self)
-                await _sleep(stop, delay)
-
-    async def ingest(self, trades: list[Trade]) -> None:
-        """Publish live trades; first backfill whatever is missing before any of them (restart, reconnect, or a
-        jump in consecutive ids: ccxt's cache drops the oldest trades silently when we fall behind)."""
-        pending: list[Trade] = []
-        seen = self.last_id
-        for trade in trades:
-            jumped = (self.consecutive and isinstance(trade.id, int) and seen is not None and trade.id > seen + 1)
-            if self.need_backfill or jumped:
-                if pending:
-                    await self.publish(pending)
-                    pending = []
-                await self.backfill(trade)
-                self.need_backfill = False
-            pending.append(trade)
-            if isinstance(trade.id, int):
-                seen = trade.id if seen is None else max(seen, trade.id)
-        if pending:
-            await self.publish(pending)
-
-    async def _reconnect(self) -> None:
-        self.health.reconnects += 1
-        await _reconnect_quietly(self)
-
-    async def publish(self, trades: list[Trade], backfill: bool = False) -> None:
-        out = self.outbox
-        before = self.core.dropped
-        for trade in trades:
-            for event in self.core.push(self.symbol, trade):
-                out.add(event)
-        for event in self.core.flush():
-            out.add(event)
-        accepted = len(trades) - (self.core.dropped - before)
-        self.health.duplicates += self.core.dropped - before
-        self.health.trades += accepted
-        if backfill:
-            self.health.backfilled += accepted
-        if trades:
-            self.last_ts = max(self.last_ts or 0, trades[-1].ts)
-        await out.flush()
-
-    async def _gap(self, start: int, end: int, reason: str) -> None:
-        logger.warning("%s %s: gap %d..%d (%s)", self.exchange_id, self.symbol, start, end, reason)
-        self.health.gaps += 1
-        self.outbox.add(GapMarker(self.exchange_id, self.symbol, start, end, reason))
-        await self.outbox.flush()
-
-    async def backfill(self, until: Trade | None) -> None:
-        """Publish, in order, the trades after the last published one and before ``until`` (the first live trade
-        of a new connection), or up to the newest the exchange has when ``until`` is None (after a silence)."""
-        if self.last_id is None and self.last_ts is None:
-            return
-        if self.page_by_id and self.last_id is not None and (until is None or isinstance(until.id, int)):
-            await self._backfill_by_id(until)
-        elif self.last_ts is not None:
-            await self._backfill_by_time(until)
-
-    async def _fetch(self, since: int | None, params: dict[str, Any]) -> list[Trade]:
-        attempt = 0
-        while True:
-            try:
-                raw = await self.exchange.fetch_trades(self.symbol, since, PAGE_LIMIT, dict(params))
-                return [to_trade(t) for t in raw]
-            except (ccxt.NetworkError, ccxt.ExchangeNotAvailable) as exc:
-                attempt += 1
-                if attempt > 5:
-                    raise
-                await asyncio.sleep(_backoff(self.settings, attempt, exc))
-
-    async def _backfill_by_id(self, until: Trade | None) -> None:
-        next_id = (self.last_id or 0) + 1
-        target = int(until.id) if until is not None else None  # type: ignore[arg-type]
-        pages = 0
-        while target is None or next_id < target:
-            if pages >= self.settings.backfill_max_pages:
-                end = until.ts if until is not None else (self.last_ts or 0)
-                await self._gap(self.last_ts or end, end, f"backfill stopped after {pages} pages")
-                return
-            raw_page = await self._fetch(None, {"fromId": next_id})
-            pages += 1
-            page = [t for t in raw_page if isinstance(t.id, int) and (target is None or t.id < target)]
-            if not page:
-                if until is not None:
-                    await self._gap(self.last_ts or until.ts, until.ts,
-                                    f"exchange returned no trades from id {next_id}")
-                break
-            if page[0].id > next_id:  # type: ignore[operator]
-                await self._gap(self.last_ts or page[0].ts, page[0].ts,
-                                f"ids {next_id}..{page[0].id - 1} no longer served")  # type: ignore[operator]
-            await self.publish(page, backfill=True)
-            next_id = page[-1].id + 1  # type: ignore[operator]
-            if target is None and len(raw_page) < PAGE_LIMIT:
-                break
-        if pages:
-            logger.info("%s %s: backfill done (%d pages) up to id %s", self.exchange_id, self.symbol, pages,
-                        next_id - 1)
-
-    async def _backfill_by_time(self, until: Trade | None) -> None:
-        since = self.last_ts or (until.ts if until is not None else 0)
-        pages = 0
-        while True:
-            if pages >= self.settings.backfill_max_pages:
-                await self._gap(since, until.ts if until is not None else since, f"backfill stopped after {pages} pages")
-                return
-            raw_page = await self._fetch(since, {})
-            pages += 1
-            if until is None:
-                page = raw_page
-            elif isinstance(until.id, int):
-                page = [t for t in raw_page if isinstance(t.id, int) and t.id < until.id]
-            else:  # no usable ids: up to the millisecond before the first live trade
-                page = [t for t in raw_page if t.ts < until.ts]
-            if page:
-                await self.publish(page, backfill=True)  # what was already published is dropped by the dedup
-            if len(page) < len(raw_page) or len(raw_page) < PAGE_LIMIT:
-                return  # reached the first live trade, or the newest trade the exchange has
-            if raw_page[-1].ts <= since:
-                await self._gap(since, until.ts if until is not None else since,
-                                "more trades at one time than one page holds")
-                return
-            since = raw_page[-1].ts
-
-
-class MultiTradeStream:
-    """The trades of several symbols of one exchange through one ``watch_trades_for_symbols`` subscription.
-
-    Each symbol keeps its own TradeStream state (dedup, backfill, health, silence timeout); this task only reads the
-    shared subscription and routes trades. A symbol silent past its own timeout closes the shared socket (every
-    symbol then backfills up to its first trade on the new connection) and is backfilled by REST at once.
-    """
-
-    def __init__(self, exchange: Any, exchange_id: str, streams_by_symbol: dict[str, TradeStream],
-                 settings: Settings) -> None:
-        self.exchange = exchange
-        self.exchange_id = exchange_id
-        self.streams = streams_by_symbol
-        self.settings = settings
-        self.params = {"name": "aggTrade"} if exchange_id in BINANCE_FAMILY else {}
-
-    def _wait(self) -> float:
-        now = time.monotonic()
-        return max(0.05, min(st.health.last_message + _timeout(self.settings, st.health) - now
-                             for st in self.streams.values()))
-
-    async def run(self, stop: asyncio.Event) -> None:
-        for st in self.streams.values():
-            await st.prepare()
-        symbols = list(self.streams)
-        attempt = 0
-        while not stop.is_set():
-            try:
-                raw = await asyncio.wait_for(
-                    self.exchange.watch_trades_for_symbols(symbols, params=dict(self.params)), timeout=self._wait())
-                by_symbol: dict[str, list[dict[str, Any]]] = {}
-                for t in raw:
-                    by_symbol.setdefault(t["symbol"], []).append(t)
-                for symbol, trades in by_symbol.items():
-                    if symbol in self.streams:
-                        await self.streams[symbol].on_frame(trades)
-                attempt = 0
-            except asyncio.CancelledError:
-                raise
-            except TimeoutError:
-                now = time.monotonic()
-                for st in self.streams.values():
-                    if now - st.health.last_message >= _timeout(self.settings, st.health):
-                        await st.on_silence()
-                        st.health.last_message = time.monotonic()  # the next check is one (doubled) timeout away
-                for st in self.streams.values():
-                    st.need_backfill = True
-            except ccxt.BadSymbol:
-                raise
-            except (ccxt.NetworkError, ccxt.ExchangeNotAvailable) as exc:
-                attempt += 1
-                for st in self.streams.values():
-                    st.on_network_error()
-                delay = _backoff(self.settings, attempt, exc)
-                logger.warning("%s %s: %s: %s; reconnecting in %.2fs", self.exchange_id, ",".join(symbols),
-                               type(exc).__name__, exc, delay)
-                await _sleep(stop, delay)
-            except Exception as exc:
-                attempt += 1
-                for st in self.streams.values():
-                    st.health.errors += 1
-                    st.need_backfill = True
-                delay = _backoff(self.settings, attempt, exc)
-                logger.exception("%s: unexpected error; retrying in %.2fs", self.exchange_id, delay)
-                await _sleep(stop, delay)
-
-
-def _trade_clients(stream: TradeStream) -> list[tuple[str, Any]]:
-    """The ccxt websocket clients (url, client) carrying this symbol's trades."""
-    exchange = stream.exchange
-    market = exchange.markets[stream.symbol]
-    needle = str(market.get("lowercaseId") or market["id"])
-    out = []
-    for url, client in list((exchange.clients or {}).items()):
-        subs = getattr(client, "subscriptions", {}) or {}
-        # Binance keys its trade subscriptions "trade::BTC/USDT"; other exchanges use the market id
-        if any((stream.symbol in str(key) or needle in str(key)) and "trade" in str(key).lower()
-               and "ticker" not in str(key).lower() for key in subs):
-            out.append((url, client))
-    return out
-
-
-def _client_of(stream: TradeStream) -> Any:
-    clients = _trade_clients(stream)
-    return clients[0][1] if clients else None
-
-
-async def _reconnect_quietly(stream: TradeStream) -> None:
-    """Close the websocket(s) carrying this symbol's trades, so the next watch reconnects and resubscribes."""
-    for url, client in _trade_clients(stream):
-        with contextlib.suppress(Exception):
-            await client.close()
-        stream.exchange.clients.pop(url, None)
-    stream._client = None

@@ -25,6 +25,7 @@ with warnings.catch_warnings():
 
 from services.notifier import core
 from services.notifier.core import Format, Message
+from services.notifier.templates import BodyTemplate
 from shared.errors import ConfigError
 from shared.schemas import Alert
 
@@ -39,8 +40,10 @@ _TYPE = {"info": apprise.NotifyType.INFO, "warning": apprise.NotifyType.WARNING,
 class AppriseTarget:
     remote = True
 
-    def __init__(self, name: str, url: str) -> None:
+    def __init__(self, name: str, url: str, body: BodyTemplate | None = None) -> None:
         self.name = name
+        self.body = body
+        self.max_group: int | None = None
         self.shown_url = core.redact_url(url)
         self.scheme = core.scheme_of(url)
         self.format: Format = core.format_for(name, url)
@@ -61,8 +64,11 @@ class AppriseTarget:
         from services.notifier.targets import RetryableSendError
 
         worst = max(alerts, key=lambda a: ("info", "warning", "critical").index(a.severity)).severity
-        result = await self.apobj.async_notify(body=message.body, title=message.title,
-                                               body_format=_BODY_FORMAT[message.format], notify_type=_TYPE[worst])
+        text, body_format = message.body, _BODY_FORMAT[message.format]
+        if self.body is not None:  # the channel's own template (one alert per message), sent as written
+            text, body_format = self.body.render(alerts[0])[0], apprise.NotifyFormat.TEXT
+        result = await self.apobj.async_notify(body=text, title=message.title, body_format=body_format,
+                                               notify_type=_TYPE[worst])
         if not result:
             raise RetryableSendError(f"{self.shown_url} did not accept the message (Apprise reported failure)")
 

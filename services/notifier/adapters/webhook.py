@@ -3,7 +3,8 @@
 Apprise's ``json://`` hides the HTTP status and Retry-After, so this target speaks HTTP itself to classify every
 outcome honestly: 2xx done; 429 and 503 retried after Retry-After when given; other 5xx, timeouts and connection
 errors retried with backoff; other 4xx permanent. The body is the JSON document of ``core.render("json", ...)``
-(every alert field). An ``Idempotency-Key`` header (stable per group of alerts and target) lets receivers that
+(every alert field), or the channel's own body template (``templates.py``; JSON is sent as application/json, other
+text as text/plain, one alert per request). An ``Idempotency-Key`` header (stable per group of alerts and target) lets receivers that
 honour it close the notifier's remaining duplicate window.
 
 Apprise URL options kept: user:password (basic auth), ``?+Header=value`` adds a header; other ``?`` options ignored.
@@ -20,6 +21,7 @@ import aiohttp
 
 from services.notifier import core
 from services.notifier.core import Format, Message
+from services.notifier.templates import BodyTemplate
 from shared.errors import ConfigError, PermanentNotifyError
 from shared.schemas import Alert
 
@@ -28,8 +30,10 @@ class WebhookTarget:
     format: Format = "json"
     remote = True
 
-    def __init__(self, name: str, url: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, name: str, url: str, *, timeout: float = 10.0, body: BodyTemplate | None = None) -> None:
         self.name = name
+        self.body = body
+        self.max_group: int | None = None
         self.shown_url = core.redact_url(url)
         self.scheme = scheme = core.scheme_of(url)
         try:
@@ -57,9 +61,13 @@ class WebhookTarget:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=self.timeout)
         key = hashlib.sha256(f"{self.name}|{'|'.join(a.id for a in alerts)}".encode()).hexdigest()[:32]
+        payload, headers = message.body, {**self.headers, "Idempotency-Key": key}
+        if self.body is not None:  # the channel's own template: one alert per message (targets.build_targets)
+            payload, is_json = self.body.render(alerts[0])
+            if not is_json:
+                headers["Content-Type"] = "text/plain; charset=utf-8"
         try:
-            async with self._session.post(self.endpoint, data=message.body.encode(),
-                                          headers={**self.headers, "Idempotency-Key": key}) as resp:
+            async with self._session.post(self.endpoint, data=payload.encode(), headers=headers) as resp:
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
                 await resp.read()

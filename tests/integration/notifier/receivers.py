@@ -46,7 +46,8 @@ class WebhookReceiver:
         repeat = status == 200 and key is not None and key in self._accepted
         if status == 200 and key is not None:
             self._accepted.add(key)
-        self.requests.append({"t": time.monotonic(), "status": status, "body": json.loads(raw),
+        body = json.loads(raw) if request.content_type == "application/json" else raw.decode()
+        self.requests.append({"t": time.monotonic(), "status": status, "body": body,
                               "headers": dict(request.headers), "repeat": repeat})
         return web.Response(status=status, headers=headers, text="ok" if status == 200 else "no")
 

@@ -180,17 +180,18 @@ def fires(cond: pd.Series, ts: pd.Series, close_ts: pd.Series, *, frequency: str
 
     firing while the condition has held since a bar whose close is at least ``for`` ago; each firing bar alerts
     (``once``: only the first ever; a ``cooldown`` skips bars closing before the last alert's close + cooldown);
-    the first false bar after a firing run sends ``resolved`` when asked."""
+    the first false bar after a firing run sends ``resolved`` when asked — if that run sent a firing alert (a run
+    whose every firing bar the cooldown skipped has nothing to resolve)."""
     out: set[tuple[int, str]] = set()
     since = None
-    firing = False
+    firing = sent = False
     last_fire = None
     fired_ever = False
     for ok, t, close in zip(cond.fillna(False).astype(bool), ts, close_ts, strict=True):
         if not ok:
-            if firing and notify_on_resolve:
+            if firing and notify_on_resolve and sent:
                 out.add((int(t), "resolved"))
-            since, firing = None, False
+            since, firing, sent = None, False, False
             continue
         since = close if since is None else since
         if close - since < for_ms:
@@ -199,10 +200,10 @@ def fires(cond: pd.Series, ts: pd.Series, close_ts: pd.Series, *, frequency: str
         if frequency == "once":
             if not fired_ever:
                 out.add((int(t), "firing"))
-                fired_ever = True
+                fired_ever = sent = True
             continue
         if cooldown_ms and last_fire is not None and close < last_fire + cooldown_ms:
             continue
         out.add((int(t), "firing"))
-        last_fire = close
+        last_fire, sent = close, True
     return out

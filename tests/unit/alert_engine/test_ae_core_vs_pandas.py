@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.alert_engine import rules as r
-from services.alert_engine.core import AlertEngine, Series
+from services.alert_engine.core import AlertEngine, CandleWindow
+from shared import rules as r
 from tests.conftest import shared_data
 from tests.unit.alert_engine import pdref
 
@@ -27,7 +27,7 @@ def df(candles):
 
 
 def _engine_series(candles, specs):
-    s = Series(("binance", "BTC/USDT", "1s"), keep=5000)
+    s = CandleWindow(("binance", "BTC/USDT", "1s"), keep=5000)
     for spec in specs:
         s.indicator(spec)
     values = {spec: [] for spec in specs}
@@ -68,7 +68,7 @@ def test_indicators_match_pandas(candles, df):
 
 def test_cvd_and_vwap_are_exact(candles, df):
     specs = [r.CVD(bars=30), r.CVD(anchor="1h"), r.VWAP(anchor="1h")]
-    s = Series(("binance", "BTC/USDT", "1s"), keep=5000)
+    s = CandleWindow(("binance", "BTC/USDT", "1s"), keep=5000)
     got = {spec: [] for spec in specs}
     for c in candles:
         s.push(c, None)

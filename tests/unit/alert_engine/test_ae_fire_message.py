@@ -7,7 +7,7 @@ import time
 from decimal import Decimal
 
 from services.alert_engine.core import AlertEngine
-from services.alert_engine.rules import parse_rules
+from shared.rules import parse_rules
 from shared.schemas import Alert, Candle
 
 T0 = 1_700_000_000_000 // 86_400_000 * 86_400_000  # a UTC day boundary (the cvd anchor)

@@ -11,7 +11,7 @@ from decimal import Decimal
 import pandas as pd
 
 from services.alert_engine.core import AlertEngine
-from services.alert_engine.rules import parse_rules
+from shared.rules import parse_rules
 from tests.conftest import shared_data
 from tests.unit.alert_engine import pdref
 
@@ -63,7 +63,7 @@ def test_an_in_progress_candle_ahead_of_the_closed_bars_read_is_not_evaluated():
         live = c.model_copy(update={"closed": False})  # bar i in progress, bar i - 1 closed: evaluated
         caught_up |= {f.alert.ts for f in engine.on_live_candle(live)}
         engine.on_candle(c)
-    assert len(engine.series[KEY].candles) == min(len(candles), engine.keep)
+    assert len(engine.windows[KEY].candles) == min(len(candles), engine.keep)
     assert lagging == set() and len(would) >= 5, "the early candles would have made crossings of their own"
     # read in order, the in-progress candle (here its final state) crosses exactly when the closed bar does
     x = pd.Series(closes)

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.alert_engine import rules as r
 from services.alert_engine.core import AlertEngine
+from shared import rules as r
 from tests.conftest import shared_data
 from tests.unit.alert_engine import pdref
 
@@ -76,7 +76,7 @@ def test_older_candles_merge_and_rebuild_indicators_equal_to_pandas(candles, df,
     early: set[tuple[str, int]] = set()
     for c in candles[SPLIT:SPLIT + 60]:
         early |= _fires(engine.on_candle(c))
-    series = engine.series[KEY]
+    series = engine.windows[KEY]
     assert series.value(r.SMA(period=300)) is None  # 60 bars: SMA(300) cannot be known yet
     status_before = copy.deepcopy(engine.status)
 
@@ -106,7 +106,7 @@ def test_older_candles_merge_and_rebuild_indicators_equal_to_pandas(candles, df,
              r.BBands(period=50, output="upper"): pdref.bbands(x, 50, 2.0)[0]}
     n = len(series.candles)
     for spec, ref in cases.items():  # indicators the rules created before the merge, rebuilt over all of it
-        assert spec in series.ind
+        assert spec in series.indicators
         _close([series.value(spec, n - 1 - i) for i in range(n)], ref)
     # one created after the merge (a rule loaded later) warms up from the same kept history
     _close([series.value(r.MACD(output="signal"), n - 1 - i) for i in range(n)], sig)
@@ -131,7 +131,7 @@ def test_a_full_series_keeps_its_newest_bars_and_a_revision_of_a_kept_bar_is_mer
     engine = AlertEngine(r.parse_rules(RULES, "t.yaml"), keep=400)
     for c in candles[100:500]:
         engine.on_candle(c)
-    series = engine.series[KEY]
+    series = engine.windows[KEY]
     before = [c.ts for c in series.candles]
     engine.on_batch(candles[:100])  # older than everything kept in a full series: nothing to merge
     assert engine.rewarm() == [] and [c.ts for c in series.candles] == before

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from services.alert_engine.cli import rules_app
-from services.alert_engine.rules import check_rules_file, load_rules_file, parse_rules
+from sentinel.rules_cli import rules_app
 from services.alert_engine.settings import SAMPLE_RULES
 from shared.errors import ConfigError
+from shared.rules import check_rules_file, load_rules_file, parse_rules
 
 BAD = """\
 rules:
@@ -77,7 +77,9 @@ def test_yaml_syntax_error_and_duplicate_names():
     with pytest.raises(ConfigError) as info:
         parse_rules("rules:\n- {name: a, symbols: [X/Y], condition: {op: above, right: 1}}\n"
                     "- {name: a, symbols: [X/Y], condition: {op: above, right: 1}}\n", "d.yaml")
-    assert "used twice" in info.value.problems[0]
+    # at the duplicate's own line, naming the first
+    assert info.value.problems == ["d.yaml:3: rules[1].name — 'a' is already the name of rules[0] (line 2); "
+                                   "names must be unique"]
 
 
 def test_sample_rules_are_valid_and_target_the_simulated_market():
@@ -86,3 +88,88 @@ def test_sample_rules_are_valid_and_target_the_simulated_market():
     assert ruleset.rules and all(rule.exchange is None for rule in ruleset.rules)
     for exchange in ("sim", "binance"):
         assert all(rule.matches(exchange, "BTC/USDT") or rule.matches(exchange, "ETH/USDT") for rule in ruleset.rules)
+
+
+MISTAKES = """\
+rules:
+  - name: spot
+    symbols: [BTCUSDT, ETH/USDT, "*/USDT"]
+    condition: {left: {emma: 9}, op: crosses_up, right: {ema: 21}}
+    channels: [telegram, console]
+  - name: pairs
+    symbols: [ETH/USDT]
+    condition: {all: [{op: above, right: 1}, {op: above, right: 2, symbol: SOLUSDC}]}
+    channels: [ops_hook, desk]
+  - name: spot
+    symbols: [XRP/BTC:BTC]
+    condition: {op: above, right: 1}
+"""
+
+SETTINGS = """\
+notifier:
+  channels:
+    telegram: tgram://123456789:abcdefghijklmnopqrstuvwxyz/12345
+    ops_hook: json://127.0.0.1:9/hook
+"""
+
+
+def test_check_names_every_mistake_at_its_line_in_one_run(tmp_path):
+    """Symbols without a quote currency (a rule's and a condition's), an unknown indicator (named), a duplicate name
+    (at its own line), and with the settings file the channels its notifier does not define: all in one run, in
+    file order, each as file:line: path — expected."""
+    rules, settings = tmp_path / "rules.yaml", tmp_path / "sentinel.yaml"
+    rules.write_text(MISTAKES)
+    settings.write_text(SETTINGS)
+    result = CliRunner().invoke(rules_app, ["check", str(rules), "--config", str(settings)])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert lines[-1] == f"{rules}: 5 problem(s); the file is refused"
+    expected = [
+        (3, "rules[0].symbols[0]", "'BTCUSDT' has no quote currency (BTC/USDT?)"),
+        (4, "rules[0].condition.left", "unknown indicator 'emma'"),
+        (8, "rules[1].condition.all[1].symbol", "'SOLUSDC' has no quote currency (SOL/USDC?)"),
+        (9, "rules[1].channels[1]", "unknown channel 'desk'"),
+        (10, "rules[2].name", "'spot' is already the name of rules[0] (line 2)"),
+    ]
+    assert len(lines) == len(expected) + 1, result.output
+    for (line, path, words), got in zip(expected, lines, strict=False):
+        assert got.startswith(f"{rules}:{line}: {path} — ") and words in got, got
+    assert f"{settings} defines console, jsonl, ops_hook, telegram" in lines[3]
+    # without the settings file channels are not checked: the other four remain
+    assert f"{rules}: 4 problem(s)" in CliRunner().invoke(rules_app, ["check", str(rules)]).output
+
+
+def test_check_with_settings_accepts_defined_channels_and_reports_a_bad_settings_file(tmp_path):
+    rules, settings = tmp_path / "rules.yaml", tmp_path / "sentinel.yaml"
+    rules.write_text("rules:\n  - {name: a, symbols: [BTC/USDT], condition: {op: above, right: 1}, "
+                     "channels: [telegram, jsonl]}\n")
+    settings.write_text(SETTINGS)
+    ok = CliRunner().invoke(rules_app, ["check", str(rules), "--config", str(settings)])
+    assert ok.exit_code == 0 and "OK, 1 rule(s)" in ok.output
+    settings.write_text(SETTINGS + "  colour: red\n")
+    bad = CliRunner().invoke(rules_app, ["check", str(rules), "--config", str(settings)])
+    assert bad.exit_code == 1 and f"{settings}:5: notifier.colour — unknown field" in bad.output
+
+
+def test_sample_messages_say_what_holds_in_both_states():
+    """btc_outside_range alerts when the close leaves 58000-62000 and again (resolved) when it comes back: its
+    message must not call a close inside the range "outside" (it said "resolved: close 61000 outside 58000-62000")."""
+    from decimal import Decimal
+
+    from services.alert_engine.core import AlertEngine
+    from shared.schemas import Candle
+
+    ruleset = load_rules_file(SAMPLE_RULES)
+    rule = ruleset.by_name()["btc_outside_range"]
+    engine = AlertEngine(ruleset.model_copy(update={"rules": [rule]}))
+    messages = {}
+    for i, close in enumerate(["60000", "63000", "61000"]):
+        p = Decimal(close)
+        candle = Candle(exchange="sim", symbol="BTC/USDT", timeframe="5m", ts=i * 300_000, open=p, high=p, low=p,
+                        close=p, volume=Decimal(1), buy_volume=Decimal(1), sell_volume=Decimal(0))
+        for f in engine.on_candle(candle):
+            messages[f.alert.state] = (close, f.alert.message)
+    assert messages["firing"] == ("63000", "BTC/USDT 5m close 63000: outside 58000-62000 is firing")
+    assert messages["resolved"] == ("61000", "BTC/USDT 5m close 61000: outside 58000-62000 is resolved")
+    for r in ruleset.rules:  # every sample rule that alerts on resolve says which state it is in
+        assert not r.notify_on_resolve or "{state}" in r.message, r.name

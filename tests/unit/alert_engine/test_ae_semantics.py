@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from services.alert_engine.core import FOREVER, AlertEngine
-from services.alert_engine.rules import parse_rules
+from shared.rules import parse_rules
 from shared.schemas import Candle, Ticker
 
 T0 = 1_700_000_000_000 // 3_600_000 * 3_600_000  # an hour boundary
@@ -51,7 +51,7 @@ def test_once_per_bar_close_never_sees_in_progress_candles_but_every_time_does()
     closed = eng.on_candle(candle(1, "9"))  # the bar closed below: nothing on close; intrabar alerts stand
     assert closed == []
     # a provisional bar leaves no trace: the closed bar 1 is the one the next crossing compares with
-    assert eng.series[("x", "BTC/USDT", "1m")].candles[-1].close == Decimal(9)
+    assert eng.windows[("x", "BTC/USDT", "1m")].candles[-1].close == Decimal(9)
 
 
 def test_firing_resolved_with_for_debounce_and_notify_on_resolve():
@@ -89,7 +89,7 @@ def test_ticker_operands_use_the_latest_ticker_at_candle_close():
   - {name: mid_x, symbols: [BTC/USDT], frequency: once_per_bar_close,
      condition: {left: mid, op: crosses_up, right: 100}}
 """)
-    assert eng.needs_tickers("x", "BTC/USDT")
+    assert eng.routes.needs_tickers("x", "BTC/USDT")
     fires, seen = [], []
     for i, (bid, ask) in enumerate([("99", "99.02"), ("100", "100.1"), ("100", "100.01")]):
         fires += eng.on_ticker(Ticker(exchange="x", symbol="BTC/USDT", ts=T0 + i * M + 1000, bid=Decimal(bid),
@@ -117,7 +117,7 @@ def test_all_across_timeframes_and_symbols():
      condition: {all: [{op: above, right: 10}, {op: above, right: 100, timeframe: 5m},
                        {op: below, right: 50, symbol: ETH/USDT}]}}
 """)
-    assert eng.needs("x", "BTC/USDT") == {"1m", "5m"} and eng.needs("x", "ETH/USDT") == {"1m"}
+    assert eng.routes.needs("x", "BTC/USDT") == {"1m", "5m"} and eng.routes.needs("x", "ETH/USDT") == {"1m"}
     # bar 0 (closes T0+1m) reads the 5m bar closed by then ([T0-5m, T0)) and ETH's bar 0: neither is in yet, so its
     # evaluation waits for them (it would otherwise depend on which stream happened to be read first)
     assert fired(eng, [candle(0, "11")]) == [] and eng.deferred == 1
@@ -154,7 +154,7 @@ def test_a_waiting_bar_is_evaluated_when_flushed_by_age_or_when_its_queue_is_ful
     assert eng.deferred == 1
     # a queue longer than the history kept for the rule would lose the bars it reads: the oldest goes first
     rule = eng.rules[1]
-    limit = eng.deferral_limit(rule, ("x", "BTC/USDT", "1m"))
+    limit = eng.routes.binding(rule, ("x", "BTC/USDT", "1m")).wait_limit
     assert limit == 20 - 2  # keep minus the two bars an `above` reads (this one and, for crossings, the one before)
     out = fired(eng, [candle(i, "11") for i in range(2, 30)])
     assert [i for name, i, _ in out if name == "other"] == list(range(1, 30 - limit))
@@ -172,17 +172,5 @@ def test_revised_candle_replaces_the_last_bar_and_stale_ones_are_ignored():
     revised = candle(2, "12").model_copy(update={"revision": 1})
     assert fired(eng, [revised]) == [("up", 2, "firing")]  # sma(2) now (10+12)/2 = 11 < 12, before 10 <= 10
     assert fired(eng, [candle(1, "1")]) == []  # older than the last bar: ignored
-    s = eng.series[("x", "BTC/USDT", "1m")]
+    s = eng.windows[("x", "BTC/USDT", "1m")]
     assert [c.close for c in s.candles] == [Decimal(10), Decimal(10), Decimal(12)]
-
-
-def test_fires_on_close_is_false_only_for_every_time_rules_run_on_each_trade_without_resolve_alerts():
-    """What decides whether the app closes a pair's bars from its trades (fast close): a bar's close can alert."""
-    tick = ("  - {name: t, symbols: [BTC/USDT], timeframe: 1m, frequency: every_time, "
-            "condition: {left: price, op: above, right: 5}}\n")
-    assert not engine(tick).fires_on_close("binance", "BTC/USDT")  # fires on the trades themselves
-    assert engine(tick.replace("every_time", "once_per_bar")).fires_on_close("binance", "BTC/USDT")
-    assert engine(tick.replace("frequency", "notify_on_resolve: true, frequency")).fires_on_close("binance", "BTC/USDT")
-    candle_rule = tick.replace("{left: price, op: above, right: 5}", "{left: close, op: above, right: {sma: 3}}")
-    assert engine(candle_rule).fires_on_close("binance", "BTC/USDT")
-    assert not engine(candle_rule).fires_on_close("binance", "ETH/USDT")  # no rule of that pair

@@ -7,7 +7,7 @@ import re
 import typing
 from pathlib import Path
 
-from services.alert_engine import rules as r
+from shared import rules as r
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "rules.md"
 

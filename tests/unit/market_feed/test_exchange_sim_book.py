@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from services.exchange_sim.book import BinanceApiError, SymbolBook
-from services.market_feed.readers import read_trades
+from shared.recordings import read_trades
 from tests.conftest import shared_data
 
 RECORDING = "binance_spot_btcusdt_20210108/BTCUSDT-trades-20210108T000000-000046.csv"

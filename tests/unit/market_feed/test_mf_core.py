@@ -6,7 +6,7 @@ import itertools
 from decimal import Decimal
 
 from services.market_feed.core import FeedCore, IdDedup, TickEvent, pace_delay
-from services.market_feed.readers import read_trades
+from shared.recordings import read_trades
 from shared.schemas import Trade, TradeBatch, Watermark
 from tests.conftest import shared_data
 
@@ -94,3 +94,21 @@ def test_pace_delay():
     assert pace_delay(11_000, 1_000, 100.0, 100.0, 2.0) == 5.0
     assert pace_delay(11_000, 1_000, 100.0, 110.0, 2.0) == 0.0
     assert pace_delay(11_000, 1_000, 100.0, 100.0, 0) == 0.0
+
+
+def test_is_new_tells_what_push_would_publish_without_changing_anything():
+    """A resumed replay paces from the first trade ``is_new`` accepts: it must agree with ``push`` trade by trade
+    (integer ids against the resumed last id, string ids against those seen) and leave the state untouched."""
+    trades = _real_trades()[:3000]
+    resume = trades[1200].id
+    core = FeedCore("binance", ["BTC/USDT"], last_ids={"BTC/USDT": resume})
+    told = [core.is_new("BTC/USDT", t) for t in trades]
+    assert told == [core.is_new("BTC/USDT", t) for t in trades]  # asking twice changed nothing
+    published = []
+    for t in trades:
+        published.extend(t2 for e in core.push("BTC/USDT", t) if isinstance(e, TradeBatch) for t2 in e.trades)
+    published.extend(t2 for e in core.finish() if isinstance(e, TradeBatch) for t2 in e.trades)
+    assert [t for t, new in zip(trades, told) if new] == published == [t for t in trades if t.id > resume]
+    by_str = FeedCore("x", ["A"])
+    first = Trade("a-1", 1, Decimal(1), Decimal(1), True)
+    assert by_str.is_new("A", first) and by_str.push("A", first) == [] and not by_str.is_new("A", first)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from services.market_feed.readers import TradeFileError, detect_layout, guess_symbol, read_trades
+from shared.recordings import TradeFileError, detect_layout, guess_symbol, read_trades
 from tests.conftest import shared_data
 
 BINANCE = "binance_spot_btcusdt/BTCUSDT-trades-2024-08-08-binance-layout.csv"

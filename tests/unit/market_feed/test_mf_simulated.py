@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from services.market_feed.simulated import SimulatedMarket, spec_for
+from shared.simulated import SimulatedMarket, spec_for
 
 
 def _frame(seed: int, duration_s: float = 900) -> pd.DataFrame:

@@ -1,0 +1,1 @@
+"""The only modules of ``sentinel.data`` that import outside clients (httpx, ccxt)."""

@@ -1,0 +1,187 @@
+"""The commit of a batch's alerts: one atomic script call (``commit.lua``) gates every fire (alert id seen before?
+a resolve whose firing alert was never published? cooldown in exchange time?), publishes the others (alerts and
+history streams, pub/sub), writes the RULE_STATE rows of the fingerprints the batch touched and the batch's XACKs.
+So replicas and restarts never double-fire, "resolved" always follows a published "firing", and a candle is acked
+only together with its alerts.
+
+The rows are built before the answers are known, from the answer this engine predicts per fire (its own cooldown
+knowledge); a fingerprint whose answer differs (a replay, another replica's cooldown) gets no row in the commit, and
+its effects and row are redone with the real answer after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from importlib import resources
+from typing import Any
+
+import msgpack
+from redis.asyncio import Redis
+
+from services.alert_engine.core import AlertEngine, Fire
+from services.alert_engine.settings import Settings
+from shared import streams
+from shared.bus import Batch
+from shared.schemas import pack
+
+logger = logging.getLogger(__name__)
+
+_SCRIPT = resources.files(__package__).joinpath("commit.lua").read_text(encoding="utf-8")
+Saved = dict[str, tuple[int | None, int | None]]  # fingerprint -> (cooldown until, last fired) before a commit
+
+
+def _lua_pack(obj: Any) -> bytes:
+    """msgpack for the script's cmsgpack, which knows no bin type: bytes and str both go as raw strings."""
+    return msgpack.packb(obj, use_bin_type=False)
+
+
+class _Acks:
+    """Takes a batch's XACKs (``Batch.ack_with``) for the script, which runs them after the alerts they carry."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, list[Any]] = {}
+
+    def xack(self, stream: str, group: str, *ids: Any) -> None:
+        self.ids.setdefault(stream, []).extend(ids)
+
+
+class AlertCommit:
+    """Publishes the engine's fires (``publish``) and keeps the RULE_STATE rows the API shows."""
+
+    def __init__(self, settings: Settings, redis: Redis, engine: AlertEngine) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.engine = engine
+        self._script = redis.register_script(_SCRIPT)  # (redis-py loads it again after a NOSCRIPT)
+        # a connection of its own (redis-py's single-connection client): no pool checkout and connection check per
+        # commit, on the path of every alert
+        self._conn = redis.client()
+        self.cooldown_until: dict[str, int] = {}  # fingerprint -> as this engine knows it (-1: forever)
+        self.published = 0
+        self.suppressed = 0
+        self.duplicates = 0
+
+    async def publish(self, fires: list[Fire], batch: Batch[Any] | None = None) -> list[int]:
+        """Gate and publish ``fires`` (with ``batch``'s XACKs unless it was acked already); returns the answers
+        (1 published, 0 duplicate id, -1 cooling down, -2 a resolve whose run published no firing alert)."""
+        predicted, saved, touched = self._apply_predicted(fires)
+        keys: list[Any] = [streams.ALERTS, streams.ALERT_HISTORY, streams.RULE_STATE]
+        fire_args: list[Any] = []
+        for f, p in zip(fires, predicted, strict=True):
+            fp, state = f.fingerprint, f.alert.state
+            keys += (streams.alert_fired(f.alert.id), streams.alert_cooldown(fp), streams.alert_open(fp))
+            fire_args.append((f.alert.encode(), f.now_ms, f.cooldown_ms, fp,
+                              "*" if state == "resolved" else 1 if p == 1 else 0, state))
+        rows = self._state_rows(touched)
+        acks: list[list[Any]] = []
+        if batch is not None and not batch.acked:
+            taken = _Acks()
+            batch.ack_with(taken)
+            for stream, ids in taken.ids.items():
+                keys.append(stream)
+                acks.append(ids)
+        s = self.settings
+        args: list[Any] = [streams.CHANNEL_ALERTS, s.alerts_maxlen, s.alert_history_maxlen, s.fired_ttl_s * 1000,
+                           batch.group if batch is not None else "", _lua_pack(fire_args),
+                           _lua_pack([x for fp, row in rows.items() for x in (fp, row)]), _lua_pack(acks)]
+        answers = [int(a) for a in await self._script(keys=keys, args=args, client=self._conn)]
+        await self._take_answers(fires, predicted, answers, saved, touched)
+        return answers
+
+    async def close(self) -> None:
+        """Give the commit's connection back (it is taken again by the next commit)."""
+        await self._conn.aclose()
+
+    def _apply_predicted(self, fires: list[Fire]) -> tuple[list[int], Saved, dict[str, Fire]]:
+        """Each fire's answer as this engine predicts it (1 published, -1 cooling down), its effects applied; what
+        they replaced per fingerprint (to undo a wrong prediction); the last fire per fingerprint."""
+        predicted: list[int] = []
+        saved: Saved = {}
+        touched: dict[str, Fire] = {}
+        status = self.engine.status
+        for f in fires:
+            fp = f.fingerprint
+            until = self.cooldown_until.get(fp)
+            if fp not in saved:
+                st = status.get(fp)
+                saved[fp] = (until, st.last_fired_ms if st is not None else None)
+            p = -1 if f.cooldown_ms and until is not None and (until < 0 or f.now_ms < until) else 1
+            predicted.append(p)
+            if p == 1:
+                self._apply_published(f)
+            touched[fp] = f
+        return predicted, saved, touched
+
+    async def _take_answers(self, fires: list[Fire], predicted: list[int], answers: list[int], saved: Saved,
+                            touched: dict[str, Fire]) -> None:
+        """Count the answers; redo the effects of the fingerprints whose answer was predicted wrong, and write their
+        rows (the commit left them out)."""
+        wrong = {f.fingerprint for f, p, a in zip(fires, predicted, answers, strict=True)
+                 if f.alert.state == "firing" and (a == 1) != (p == 1)}  # (a resolve's answer changes no row)
+        if wrong:
+            status = self.engine.status
+            for fp in wrong:
+                until, last_fired = saved[fp]
+                if until is None:
+                    self.cooldown_until.pop(fp, None)
+                else:
+                    self.cooldown_until[fp] = until
+                if fp in status:
+                    status[fp].last_fired_ms = last_fired
+            for f, a in zip(fires, answers, strict=True):
+                if a == 1 and f.fingerprint in wrong:
+                    self._apply_published(f)
+        for f, answer in zip(fires, answers, strict=True):
+            if answer == 1:
+                self.published += 1
+                logger.info("alert %s %s %s %s: %s", f.alert.rule, f.alert.symbol, f.alert.timeframe,
+                            f.alert.state, f.alert.message)
+            elif answer == 0:
+                self.duplicates += 1
+            else:
+                self.suppressed += 1
+        if wrong:
+            fixed = self._state_rows({fp: f for fp, f in touched.items() if fp in wrong})
+            if fixed:
+                await self.redis.hset(streams.RULE_STATE, mapping=fixed)
+
+    def _apply_published(self, f: Fire) -> None:
+        if f.cooldown_ms:
+            self.cooldown_until[f.fingerprint] = -1 if f.cooldown_ms < 0 else f.now_ms + f.cooldown_ms
+        if f.alert.state == "firing":
+            self.engine.mark_fired(f.fingerprint, f.now_ms)
+
+    # ---- RULE_STATE rows --------------------------------------------------------------------------------------------
+
+    async def save_all_state(self) -> None:
+        """Every fingerprint's state (pending/firing/inactive, last value) for the API, periodically."""
+        rows = self.engine.status_rows()
+        if not rows:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for fp in rows:
+                pipe.get(streams.alert_cooldown(fp))
+            cooldowns = await pipe.execute()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for (fp, row), until in zip(rows.items(), cooldowns, strict=True):
+                pipe.hset(streams.RULE_STATE, fp, pack(self._state_row(row, until)))
+            await pipe.execute()
+
+    def _state_row(self, row: dict[str, Any], until: bytes | None) -> dict[str, Any]:
+        rule = self.engine.routes.by_name.get(row["rule"])
+        until_ms = int(until) if until is not None else None
+        return {**row, "cooldown_until": until_ms, "cooldown_ms": rule.cooldown_ms if rule else 0,
+                "next_eligible": until_ms if until_ms is not None and until_ms >= 0 else None,
+                "updated_at": int(time.time() * 1000)}
+
+    def _state_rows(self, touched: dict[str, Fire]) -> dict[str, bytes]:
+        """Packed RULE_STATE rows of the fingerprints a batch touched (cooldown as this engine knows it: no reads)."""
+        rows: dict[str, bytes] = {}
+        for fp, f in touched.items():
+            st = self.engine.status.get(fp)
+            if st is not None:
+                u = self.cooldown_until.get(fp)
+                rows[fp] = pack({**self._state_row(st.as_dict(), None if u is None else str(u).encode()),
+                                 "last_alert_id": f.alert.id})
+        return rows

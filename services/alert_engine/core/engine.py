@@ -1,0 +1,296 @@
+"""The engine: candles, tickers and trades in, ``Fire`` records (alerts to publish) out. No Redis, no clock, no
+asyncio: time is exchange time, passed in with the data.
+
+A closed candle is evaluated "at" its close (``ts + timeframe``), so a replay of a recording behaves exactly like the
+live market did. The app gates each ``Fire`` through its cooldown and the alert-id record (atomically in Redis) and
+publishes it.
+
+- Closed candles (``on_candle``, ``on_batch``): every rule of the series, through ``firing.on_closed_bar``. A rule
+  reading another series or tickers may wait for them (``waiting``).
+- In-progress candles (``on_live_candle``): only intrabar rules, on a window holding the closed bar just before the
+  in-progress one. candle_builder publishes a bar's in-progress candle after closing every earlier bar and names the
+  last one in ``prev_ts``; a missing previous bar means the engine has not read it yet (the live stream ran ahead of
+  a backlogged candle stream in one read), and evaluated then, ``offset 1`` would be an older bar and every indicator
+  window would have a hole: a crossing the closed bars never make. Such a candle is skipped (the closed bars, and
+  newer in-progress candles, follow). ``prev_ts`` is what lets a bar after an interval without trades
+  (``flat_candles: false``) be evaluated; a candle without it must follow its predecessor directly.
+- Trades and tickers (``on_trades``, ``on_ticker``): an ``every_time``/``once_per_bar`` rule whose condition reads
+  ``price`` runs on every trade, one reading ticker fields on every ticker (``window.TickView``). The alert carries
+  the trade's (ticker's) time and price; ``once_per_bar`` shares its id with the bar's close, so a bar alerts once.
+- Another series (a condition's ``timeframe``/``symbol``) and the ticker of a closed bar are read as of the bar's
+  close: the last candle of that series closed by then, the last ticker at or before it — never later data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from services.alert_engine.core import firing
+from services.alert_engine.core.alerts import Fire
+from services.alert_engine.core.firing import RuleStatus
+from services.alert_engine.core.market import Market
+from services.alert_engine.core.routes import Binding, Routes
+from services.alert_engine.core.waiting import Waits
+from services.alert_engine.core.window import CandleWindow, SeriesKey, TickView, WindowAsOf
+from shared.rules import RuleSet
+from shared.schemas import Candle, Ticker, Trade
+from shared.timeframes import bucket_start, timeframe_ms
+
+
+class AlertEngine:
+    """Evaluates a rule set on candles, tickers and trades. Feed it in exchange order per series."""
+
+    def __init__(self, ruleset: RuleSet | None = None, *, keep: int = 600,
+                 clock: Callable[[], int] | None = None) -> None:
+        """``keep``: closed candles kept per series, at least; ``clock``: wall time in ms, for ``snooze_until``
+        (None: exchange time, as in a deterministic backtest)."""
+        self.keep = keep
+        self.clock = clock
+        self.market = Market(keep)
+        self.windows = self.market.windows
+        self.status: dict[str, RuleStatus] = {}  # fingerprint -> its rule status
+        self.waits = Waits(self.market)
+        self.routes = Routes([], keep, self.windows)
+        self._out: list[Fire] = []  # fires of the evaluation in progress
+        self.set_rules(ruleset or RuleSet())
+
+    @property
+    def rules(self) -> list[Any]:
+        return self.routes.rules
+
+    def set_rules(self, ruleset: RuleSet) -> None:
+        """Swap the rule set; windows (and their indicators) are kept, the state of removed rules dropped."""
+        self.routes = routes = Routes(ruleset.enabled, self.keep, self.windows)
+        self.status = {fp: s for fp, s in self.status.items() if s.rule in routes.by_name}
+
+        def rebind(name: str, key: SeriesKey) -> Binding | None:
+            rule = routes.by_name.get(name)
+            return None if rule is None else routes.binding(rule, key)
+
+        self.waits.keep_rules(rebind)
+
+    def reserve(self, key: SeriesKey, bars: int) -> None:
+        """Keep at least ``bars`` closed candles of series ``key`` (a rule's look-back beyond ``keep``)."""
+        w = self.market.window(key)
+        if bars > w.keep:
+            w.resize(bars)
+
+    # ---- input ------------------------------------------------------------------------------------------------------
+
+    def on_batch(self, values: Iterable[Candle | Ticker], *, fire: bool = True) -> list[Fire]:
+        """Candles and tickers read together, in exchange-time order: tickers by their time, closed candles by their
+        close; all candles closing at one time are stored before any is evaluated, so a condition on another series
+        sees that series' bar of the same close."""
+        timed: list[tuple[int, int, int, Candle | Ticker]] = []
+        for n, v in enumerate(values):
+            if isinstance(v, Ticker):
+                timed.append((v.ts, 0, n, v))
+            else:
+                timed.append((v.ts + timeframe_ms(v.timeframe), 1 if v.closed else 2, n, v))
+        timed.sort(key=lambda x: x[:3])
+        out: list[Fire] = []
+        i = 0
+        while i < len(timed):
+            t, kind, _, v = timed[i]
+            if kind != 1:
+                out += self.on_ticker(v, fire=fire) if isinstance(v, Ticker) else self.on_live_candle(v, fire=fire)
+                i += 1
+                continue
+            group: list[Candle] = []
+            while i < len(timed) and timed[i][0] == t and timed[i][1] == 1:
+                group.append(timed[i][3])  # type: ignore[arg-type]
+                i += 1
+            pushed = [(c, w) for c in group if (w := self.market.push(c)) is not None]
+            for c, w in pushed:
+                fired = self._closed_bar(c, w)
+                if fire:
+                    out += fired
+        return out
+
+    def on_candle(self, candle: Candle, *, fire: bool = True) -> list[Fire]:
+        """A closed (or revised) candle. ``fire=False`` warms state up without producing alerts; so does a candle
+        taken from the exchange's history (``candle.history``: seeded or backfilled, not a bar that just closed)."""
+        if not candle.closed:
+            return self.on_live_candle(candle, fire=fire)
+        w = self.market.push(candle)
+        if w is None:
+            return []
+        fired = self._closed_bar(candle, w)
+        return fired if fire else []
+
+    def on_live_candle(self, candle: Candle, *, fire: bool = True) -> list[Fire]:
+        """An in-progress candle: evaluated only by rules whose frequency allows intrabar alerts."""
+        key = (candle.exchange, candle.symbol, candle.timeframe)
+        bindings = self.routes.live(key)
+        if not bindings:
+            return []
+        self._rewarm_if_stale()
+        w = self.market.window(key)
+        last = w.last_closed()
+        if last is not None and last.ts < (candle.prev_ts if candle.prev_ts is not None else candle.ts - w.tf_ms):
+            return []  # the bar before it is not here yet (the candle stream lags this read): module docstring
+        if not w.push_provisional(candle, self.market.tickers.get(key[:2])):
+            return []
+        now = candle.ts + w.tf_ms
+        # once_per_bar: the id of this bar's close evaluation (one alert per bar); every_time: one per change
+        changed = f"live:{candle.trades}:{candle.last_trade_id}"
+        out: list[Fire] = []
+        try:
+            for b in bindings:
+                rule = b.rule
+                if not firing.allowed(rule, now, self.clock):
+                    continue
+                if rule.for_ms and self._status(b).state != "firing":
+                    continue  # for: only while its run is already firing on closed bars
+                holds, value = b.evaluate(w, now)
+                if holds:
+                    out.append(b.maker.bar(candle, now, value, "firing", w,
+                                           "" if rule.frequency == "once_per_bar" else changed))
+        finally:
+            w.pop_provisional()
+        return out if fire else []
+
+    def on_ticker(self, ticker: Ticker, *, fire: bool = True) -> list[Fire]:
+        """A ticker: kept for candle rules (as of each bar's close) and evaluated by tick-level ticker rules."""
+        market = self.market
+        if not market.add_ticker(ticker):
+            return []
+        pair = (ticker.exchange, ticker.symbol)
+        out = self._release_waits() if self.waits.queues else []  # bars that waited for a ticker past their close
+        bindings = self.routes.tick_rules(*pair, "ticker")
+        if bindings:
+            self._rewarm_if_stale()  # tick-level rules read indicators of the last closed bar
+            prev = market.prev_tickers.get(pair)
+            price = market.last_prices.get(pair)
+            for b in bindings:
+                view = TickView(market.window(b.key), price, None, ticker, prev)
+                out += self._tick(b, view, ticker.ts, ticker.last, f"ticker:{ticker.ts}")
+        market.prev_tickers[pair] = ticker
+        return out if fire else []
+
+    def on_trades(self, exchange: str, symbol: str, trades: Iterable[Trade], *, fire: bool = True) -> list[Fire]:
+        """Trades of (exchange, symbol) in exchange order: each is evaluated by the tick-level price rules."""
+        market = self.market
+        pair = (exchange, symbol)
+        bindings = self.routes.tick_rules(exchange, symbol, "trade")
+        if bindings:
+            self._rewarm_if_stale()  # tick-level rules read indicators of the last closed bar
+        prev = market.last_prices.get(pair)
+        out: list[Fire] = []
+        for tid, ts, price, _, _ in trades:
+            for b in bindings:
+                view = TickView(market.window(b.key), price, prev, market.tickers.get(pair),
+                                market.prev_tickers.get(pair))
+                out += self._tick(b, view, ts, price, f"trade:{tid}:{ts}")
+            prev = price
+        if prev is not None:
+            market.last_prices[pair] = prev
+        return out if fire else []
+
+    # ---- backfilled history -----------------------------------------------------------------------------------------
+
+    @property
+    def stale(self) -> bool:
+        """Some window holds backfilled candles not merged yet (``rewarm`` merges them)."""
+        return bool(self.market.stale)
+
+    def rewarm(self) -> list[SeriesKey]:
+        """Merge backfilled candles into their windows (``Market.rewarm``); done before any evaluation anyway."""
+        return self.market.rewarm()
+
+    def merge(self, key: SeriesKey, candles: Iterable[Candle]) -> bool:
+        """Merge closed candles of ``key`` read from its stream into its window (``Market.merge``)."""
+        return self.market.merge(key, candles)
+
+    def _rewarm_if_stale(self) -> None:
+        if self.market.stale:
+            self.market.rewarm()
+
+    # ---- bars waiting for other series ------------------------------------------------------------------------------
+
+    @property
+    def waiting(self) -> bool:
+        """Some closed bar's evaluation waits for another series."""
+        return bool(self.waits.queues)
+
+    @property
+    def deferred(self) -> int:
+        """Closed bars whose evaluation (by some rule) waits for another series."""
+        return len(self.waits)
+
+    def flush_deferred(self, waited_since: int | None = None) -> list[Fire]:
+        """Evaluate waiting bars now with what the other series have: all (``waited_since`` None: the end of a drain
+        or a backtest), or those that started waiting at or before ``waited_since`` (engine clock, ms)."""
+        self._rewarm_if_stale()
+        return self._release_waits(force=True, before=waited_since)
+
+    def _release_waits(self, force: bool = False, before: int | None = None) -> list[Fire]:
+        out: list[Fire] = []
+        self.waits.release(lambda b, view, candle, close: self._judge(b, view, candle, close, out), force, before)
+        return out
+
+    # ---- evaluation -------------------------------------------------------------------------------------------------
+
+    def _closed_bar(self, candle: Candle, w: CandleWindow) -> list[Fire]:
+        if self.market.stale:
+            self.market.rewarm()
+        now = candle.ts + w.tf_ms
+        out: list[Fire] = []
+        waits, clock, on_closed_bar = self.waits, self.clock, firing.on_closed_bar
+        for b in self.routes.closed(w.key):
+            if b.reads_others and waits.must_wait(b, now):
+                waits.add(b, candle, now, None if clock is None else clock())
+                continue
+            holds, value = b.evaluate(w, now)  # (_judge, inlined: the hot loop)
+            st = b.status or self._status(b)
+            if not holds and st.state == "inactive":  # the usual bar: firing.on_closed_bar's first lines, and no more
+                st.last_eval_ms, st.last_value = now, value
+                continue
+            verdict = on_closed_bar(b.rule, st, holds, value, now, clock, b.fires_at_ticks)
+            if verdict is not None:
+                out.append(b.maker.bar(candle, now, value, verdict, w))
+        if waits.queues:  # bars of other series waiting for this one
+            out += self._release_waits()
+        return out
+
+    def _judge(self, b: Binding, view: CandleWindow | WindowAsOf, candle: Candle, now: int, out: list[Fire]) -> None:
+        """A closed bar's evaluation by one rule: its status updated, its alert (if any) appended to ``out``."""
+        holds, value = b.evaluate(view, now)
+        verdict = firing.on_closed_bar(b.rule, self._status(b), holds, value, now, self.clock, b.fires_at_ticks)
+        if verdict is not None:
+            out.append(b.maker.bar(candle, now, value, verdict, view))
+
+    def _tick(self, b: Binding, view: TickView, ts: int, price: Any, extra: str) -> list[Fire]:
+        """One trade or ticker for a tick-level rule: no state change (bars decide firing/resolved and ``for:``)."""
+        rule, st = b.rule, self._status(b)
+        bar = bucket_start(ts, view.tf_ms)
+        if not firing.may_fire_at_tick(rule, st, bar, ts, self.clock):
+            return []
+        holds, value = b.evaluate(view, ts)
+        if not holds:
+            return []
+        if rule.frequency == "once_per_bar":
+            st.tick_bar = bar
+            extra = ""  # the id of this bar's close evaluation: one alert per bar
+        return [b.maker.tick(bar, ts, price, value, view.window, extra)]
+
+    def _status(self, b: Binding) -> RuleStatus:
+        st = b.status
+        if st is None:
+            st = self.status.get(b.fingerprint)
+            if st is None:
+                st = self.status[b.fingerprint] = RuleStatus(b.rule.name, *b.key)
+            b.status = st
+        return st
+
+    # ---- what the app publishes besides alerts ----------------------------------------------------------------------
+
+    def mark_fired(self, fp: str, now: int) -> None:
+        """Record that the app actually published a firing alert for ``fp`` (the API's "last fired")."""
+        st = self.status.get(fp)
+        if st is not None:
+            st.last_fired_ms = now
+
+    def status_rows(self) -> dict[str, dict[str, Any]]:
+        return {fp: st.as_dict() for fp, st in self.status.items()}

@@ -1,0 +1,119 @@
+"""Series that subscribers (the alert engine, the API's live views) ask candle_builder for, owned by live instances.
+
+Each subscriber instance keeps its whole set in one hash, ``streams.subscriber(instance)``: "exchange|symbol|tf" ->
+look-back (closed candles of history it needs before its first live one; 0 = none). The hash has a TTL that the
+instance's heartbeat refreshes (``refresh``), so the series of a SIGKILLed subscriber vanish within ``ttl_ms``; there
+is no reference count to leak. ``streams.SUBSCRIBERS`` indexes the instances; ``read_all`` (candle_builder's
+discovery) merges every live instance's set, taking the largest look-back asked for a series.
+
+Until every subscriber writes here, ``read_all`` also merges the old shared hashes ``streams.SUBSCRIPTIONS`` (reference
+counts) and ``streams.SUBSCRIPTION_LOOKBACK`` (``LEGACY``: remove once the engine and the API publish here).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from redis.asyncio import Redis
+
+from shared import streams
+
+logger = logging.getLogger(__name__)
+
+Series = tuple[str, str, str]  # (exchange, symbol, timeframe)
+
+#: Also read the old reference-counted hashes (see the module docstring).
+LEGACY = True
+
+# Drop an instance from the index only if its hash is gone (expired or withdrawn), atomically: a subscriber that
+# publishes again meanwhile is never dropped. KEYS: SUBSCRIBERS, then one hash per ARGV instance.
+_PRUNE = """
+for i = 1, #ARGV do
+  if redis.call('EXISTS', KEYS[i + 1]) == 0 then redis.call('SREM', KEYS[1], ARGV[i]) end
+end
+return 1
+"""
+
+
+class Subscriptions:
+    """One subscriber instance's series (``publish``/``refresh``/``withdraw``) and everyone's (``read_all``)."""
+
+    def __init__(self, redis: Redis, *, ttl_ms: int = 10_000) -> None:
+        self.redis = redis
+        self.ttl_ms = ttl_ms
+        self._mine: dict[str, dict[Series, int]] = {}  # instance -> what it published last (re-published if expired)
+        self._prune = redis.register_script(_PRUNE)
+
+    async def publish(self, instance: str, series: Mapping[Series, int]) -> None:
+        """Make ``series`` (series -> look-back) the whole set ``instance`` subscribes to, with a fresh TTL."""
+        key = streams.subscriber(instance)
+        async with self.redis.pipeline(transaction=True) as tx:
+            tx.delete(key)
+            if series:
+                tx.hset(key, mapping={streams.registry_member(*s): max(0, int(n)) for s, n in series.items()})
+                tx.pexpire(key, self.ttl_ms)
+                tx.sadd(streams.SUBSCRIBERS, instance)
+            await tx.execute()
+        self._mine[instance] = dict(series)
+
+    async def refresh(self, instance: str) -> None:
+        """Keep ``instance``'s set alive for another ``ttl_ms`` (its heartbeat calls this); if it expired meanwhile (a
+        long pause), publish it again."""
+        mine = self._mine.get(instance)
+        if not mine:
+            return
+        if not await self.redis.pexpire(streams.subscriber(instance), self.ttl_ms):
+            logger.warning("subscriptions of %s had expired; publishing them again", instance)
+            await self.publish(instance, mine)
+
+    async def withdraw(self, instance: str) -> None:
+        """``instance`` subscribes to nothing any more (a clean stop)."""
+        async with self.redis.pipeline(transaction=True) as tx:
+            tx.delete(streams.subscriber(instance))
+            tx.srem(streams.SUBSCRIBERS, instance)
+            await tx.execute()
+        self._mine.pop(instance, None)
+
+    async def read_all(self) -> dict[Series, int]:
+        """Every series some live subscriber wants, with the largest look-back asked for it."""
+        instances = [m.decode() if isinstance(m, bytes) else m for m in await self.redis.smembers(streams.SUBSCRIBERS)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for instance in instances:
+                pipe.hgetall(streams.subscriber(instance))
+            if LEGACY:
+                pipe.hgetall(streams.SUBSCRIPTIONS)
+                pipe.hgetall(streams.SUBSCRIPTION_LOOKBACK)
+            replies = await pipe.execute()
+        out: dict[Series, int] = {}
+        gone = []
+        for instance, rows in zip(instances, replies):
+            if not rows:
+                gone.append(instance)
+            for member, bars in rows.items():
+                _merge(out, member, bars)
+        if LEGACY:
+            counts, lookbacks = replies[len(instances):]
+            for member, count in counts.items():
+                if _int(count) > 0:
+                    _merge(out, member, lookbacks.get(member, b"0"))
+        if gone:
+            await self._prune(keys=[streams.SUBSCRIBERS, *map(streams.subscriber, gone)], args=gone)
+        return out
+
+
+def _int(value: bytes | str | int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return -1
+
+
+def _merge(out: dict[Series, int], member: bytes | str, bars: bytes | str | int) -> None:
+    parts = streams.split_registry_member(member)
+    n = _int(bars)
+    if len(parts) != 3 or n < 0:
+        logger.warning("ignoring subscription %r with look-back %r", member, bars)
+        return
+    key = (parts[0], parts[1], parts[2])
+    out[key] = max(out.get(key, 0), n)

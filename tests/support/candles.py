@@ -1,0 +1,137 @@
+"""Reference helpers of the candle tests: trade readers of the recordings, candles computed by pandas (Decimal object
+columns, no float) independently of services.candle_builder.core, and a builder run in-process until caught up."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+from decimal import Decimal
+from pathlib import Path
+
+import pandas as pd
+
+from services.candle_builder.app import CandleBuilderApp
+from services.candle_builder.settings import Settings
+from shared import streams
+from shared.bus import FIELD, Bus
+from shared.schemas import Candle, Trade, Watermark, encode_trades, encode_watermark
+
+TIMEFRAMES = ["1m", "5m", "15m", "1h"]
+FREQ = {"1m": "1min", "3m": "3min", "5m": "5min", "15m": "15min", "30m": "30min", "1h": "1h", "4h": "4h",
+        "1d": "1D"}
+
+RECORDINGS = {
+    "btcusdt": ("binance", "BTC/USDT", "binance_spot_btcusdt/BTCUSDT-trades-20240808T2354-20240809T0005.csv"),
+    "kraken": ("kraken", "BTC/USD", "kraken_btcusd/XBTUSD-trades-20190701T00-01.csv"),
+    "xrpeth": ("binance", "XRP/ETH", "binance_spot_xrpeth/XRPETH-aggtrades-2019-10-11.csv"),
+}
+
+
+def read_trades(path: Path) -> list[Trade]:
+    """The generic layout ``timestamp,price,amount,side,id``; rows without an id are numbered."""
+    out = []
+    with path.open(newline="") as fh:
+        for n, row in enumerate(csv.DictReader(fh)):
+            tid = int(row["id"]) if row["id"] else n
+            out.append(Trade(tid, int(row["timestamp"]), Decimal(row["price"]), Decimal(row["amount"]),
+                             row["side"] == "buy"))
+    return out
+
+
+def pandas_candles(path: Path, timeframe: str) -> pd.DataFrame:
+    """OHLCV per bucket by pandas resample over Decimal columns (exact)."""
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df["ts"] = pd.to_datetime(df["timestamp"].astype("int64"), unit="ms")  # tz-naive: UTC by construction
+    df["price"] = df["price"].map(Decimal).astype(object)
+    df["amount"] = df["amount"].map(Decimal).astype(object)
+    df["buy"] = [a if s == "buy" else Decimal(0) for a, s in zip(df["amount"], df["side"])]
+    df["sell"] = [a if s != "buy" else Decimal(0) for a, s in zip(df["amount"], df["side"])]
+    df["quote"] = [p * a for p, a in zip(df["price"], df["amount"])]
+    rs = df.set_index("ts").resample(FREQ[timeframe], origin="epoch", closed="left", label="left")
+
+    def total(col: str) -> pd.Series:
+        return rs[col].apply(lambda s: sum(s, Decimal(0)))
+
+    out = pd.DataFrame({
+        "open": rs["price"].first(), "high": rs["price"].apply(lambda s: max(s) if len(s) else None),
+        "low": rs["price"].apply(lambda s: min(s) if len(s) else None), "close": rs["price"].last(),
+        "volume": total("amount"), "buy_volume": total("buy"), "sell_volume": total("sell"),
+        "quote_volume": total("quote"), "trades": rs["price"].count(),
+    })
+    out.index = out.index.as_unit("ms").asi8 if hasattr(out.index, "as_unit") else out.index.asi8 // 10**6
+    return out
+
+
+async def publish(redis, exchange: str, symbol: str, trades: list[Trade], per_entry: int,
+                  final: bool = True) -> None:
+    bus = Bus(redis)
+    stream = streams.trades(exchange, symbol)
+    await redis.sadd(streams.FEED_REGISTRY, streams.registry_member(exchange, symbol))
+    items = [(stream, encode_trades(exchange, symbol, trades[i:i + per_entry]))
+             for i in range(0, len(trades), per_entry)]
+    for i in range(0, len(items), 500):
+        await bus.publish_many(items[i:i + 500])
+    if final:
+        await bus.publish(stream, encode_watermark(Watermark(exchange, symbol, trades[-1].ts, final=True)))
+
+
+async def run_until_caught_up(redis, settings: Settings, streams_: list[str], timeout: float = 60.0,
+                              stop_early: int | None = None) -> CandleBuilderApp:
+    app = CandleBuilderApp(settings, redis)
+    stop = asyncio.Event()
+    task = asyncio.create_task(app.run(stop))
+    bus = Bus(redis)
+    deadline = asyncio.get_running_loop().time() + timeout
+    try:
+        while True:
+            if task.done():
+                task.result()
+                raise AssertionError("candle_builder stopped by itself")
+            if stop_early is not None and app.trades_in >= stop_early:
+                break
+            if all([await bus.caught_up(s, streams.GROUP_CANDLE_BUILDER) for s in streams_]):
+                break
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"not caught up within {timeout}s: {app.status()}")
+            await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    return app
+
+
+async def read_candles(redis, exchange: str, symbol: str, tf: str) -> list[Candle]:
+    return [Candle.decode(f[FIELD]) for _, f in await redis.xrange(streams.candles(exchange, symbol, tf))]
+
+
+def settings_for(redis_url: str, **kw) -> Settings:
+    kw.setdefault("timeframes", TIMEFRAMES)
+    kw.setdefault("block_ms", 50)
+    kw.setdefault("discover_every_s", 0.05)
+    return Settings(redis_url=redis_url, **kw)
+
+
+def check_against_pandas(candles: list[Candle], path: Path, tf: str, revised: bool = False) -> None:
+    expected = pandas_candles(path, tf)
+    got = {c.ts: c for c in candles}  # the last version of each bucket
+    # Exactly once: one closed candle per (bucket, revision), none duplicated.
+    versions = [(c.ts, c.revision) for c in candles]
+    assert len(set(versions)) == len(versions), f"{tf}: a candle was published twice"
+    if not revised:
+        assert len(got) == len(candles)
+    assert sorted(got) == list(expected.index), f"{tf}: buckets differ"
+    prev_close = None
+    for ts, row in expected.iterrows():
+        c = got[ts]
+        if row["trades"]:
+            actual = (c.open, c.high, c.low, c.close, c.volume, c.buy_volume, c.sell_volume, c.quote_volume,
+                      c.trades)
+            wanted = (row["open"], row["high"], row["low"], row["close"], row["volume"], row["buy_volume"],
+                      row["sell_volume"], row["quote_volume"], row["trades"])
+            assert actual == wanted, f"{tf} {ts}: {actual} != {wanted}"
+            assert c.buy_volume + c.sell_volume == c.volume
+            assert c.vwap == row["quote_volume"] / row["volume"]
+            prev_close = row["close"]
+        else:  # an empty interval: a flat candle at the previous close
+            assert (c.open, c.high, c.low, c.close, c.volume, c.trades) == (prev_close,) * 4 + (0, 0), f"{tf} {ts}"
+        assert c.closed and (revised or c.revision == 0)

@@ -177,29 +177,6 @@ GROUP_MARKET_FEED = "market_feed"
 #: successful load, read by the API to list file rules next to the API-managed ``RULES``.
 FILE_RULES = f"{PREFIX}:rules:file"
 
-<<<<<<< HEAD
-# ---- partitions (shared.partitions, shared.ownership) ---------------------------------------------------------------
-# Every key of one partition carries its hash tag ``{p<n>}``: one Redis Cluster slot per partition.
-
-
-def _part(partition: int) -> str:
-    return f"{PREFIX}:{{p{partition}}}"
-
-
-def members(group: str) -> str:
-    """Sorted set: replica name -> last seen (ms) of the replicas of ``group`` sharing its partitions."""
-    return f"{PREFIX}:members:{group}"
-
-
-def lease(group: str, partition: int) -> str:
-    """String with a TTL: ``<instance>|<fencing token>`` of the replica of ``group`` that owns ``partition``."""
-    return f"{_part(partition)}:lease:{group}"
-
-
-def fence(group: str, partition: int) -> str:
-    """Counter: the fencing token of the last lease of ``partition`` taken by a replica of ``group``."""
-    return f"{_part(partition)}:fence:{group}"
-=======
 
 def alert_open(fingerprint: str) -> str:
     """String (TTL: the alert ids'): set while a rule's series has a firing alert published and not yet resolved. A
@@ -247,4 +224,25 @@ def subscriber(instance: str) -> str:
 
 #: Set of subscriber instance names whose ``subscriber(instance)`` hash may exist (an index, pruned by readers).
 SUBSCRIBERS = f"{PREFIX}:subscribers"
->>>>>>> main
+
+# ---- partitions (shared.partitions, shared.ownership) ---------------------------------------------------------------
+# Every key of one partition carries its hash tag ``{p<n>}``: one Redis Cluster slot per partition.
+
+
+def _part(partition: int) -> str:
+    return f"{PREFIX}:{{p{partition}}}"
+
+
+def members(group: str) -> str:
+    """Sorted set: replica name -> last seen (ms) of the replicas of ``group`` sharing its partitions."""
+    return f"{PREFIX}:members:{group}"
+
+
+def lease(group: str, partition: int) -> str:
+    """String with a TTL: ``<instance>|<fencing token>`` of the replica of ``group`` that owns ``partition``."""
+    return f"{_part(partition)}:lease:{group}"
+
+
+def fence(group: str, partition: int) -> str:
+    """Counter: the fencing token of the last lease of ``partition`` taken by a replica of ``group``."""
+    return f"{_part(partition)}:fence:{group}"

@@ -62,8 +62,8 @@ def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str |
     return hosts, unquote(path[0]), db, password
 
 
-def _sentinel_master(url: str) -> Redis:
+def _sentinel_master(url: str) -> Any:
     hosts, master, db, password = parse_sentinel_url(url)
-    sentinel = Sentinel(hosts, socket_timeout=2.0, socket_keepalive=True)
+    sentinel = Sentinel(hosts, socket_timeout=2.0, socket_keepalive=True)  # type: ignore[no-untyped-call]
     return sentinel.master_for(master, db=db, password=password, decode_responses=False, socket_keepalive=True,
                                health_check_interval=30)

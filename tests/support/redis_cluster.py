@@ -66,6 +66,13 @@ class RedisClusterServers:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def start(self, timeout: float = 30.0) -> str:
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()  # no node left running behind a failed start
+            raise
+
+    def _start(self, timeout: float) -> str:
         self.ports = []
         while len(self.ports) < self.masters:
             port = _cluster_port()

@@ -63,6 +63,15 @@ class ServiceSettings(BaseSettings):
         default=None, description="This instance's name in consumer groups and leases. Default: <service>-<hostname>, "
         "stable across restarts (under compose the container's hostname), so a restarted instance resumes its own "
         "pending entries at once. Two instances of one service on one host need their own.")
+    redis_cluster: bool = Field(
+        default=False, description="redis_url names a node of a Redis Cluster (redis-py's RedisCluster finds the "
+        "others). A redis+sentinel://host:port[,host:port]/master[/db] URL reaches the master Redis Sentinel names.")
+    partitions: int = Field(
+        default=16, ge=1, le=4096, description="Pairs are split into this many partitions, each owned by one replica "
+        "of every stateful service at a time; the same for every service (the first to start records it).")
+    lease_ttl_ms: int = Field(
+        default=6000, ge=500, description="A replica's hold on a partition lasts this long unless renewed (every "
+        "third of it): a killed replica's partitions move to the others within about this time.")
     # the bus's options (shared.bus, shared.consumer hold what each means)
     claim_idle_ms: ClaimIdleMs = 30_000
     dead_consumer_idle_ms: DeadConsumerIdleMs = 3_600_000

@@ -19,17 +19,18 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from shared import streams
+from shared import redisconn, streams
+from shared.partitioned import check_partitions
 from shared.embedded_redis import EmbeddedRedis
 from shared.outage import REDIS_DOWN, Outage
 
 logger = logging.getLogger(__name__)
 
 
-def connect(url: str) -> Redis:
-    """A redis-py asyncio client (hiredis parser when installed); bytes in and out."""
-    tcp = {} if url.startswith("unix:") else {"socket_keepalive": True}  # (a Unix socket has no keepalive option)
-    return Redis.from_url(url, decode_responses=False, health_check_interval=30, **tcp)
+def connect(url: str, *, cluster: bool = False) -> Any:
+    """A redis-py asyncio client for ``url`` (one server, a Redis Cluster node with ``cluster``, or a
+    ``redis+sentinel://`` master): ``shared.redisconn.connect``."""
+    return redisconn.connect(url, cluster=cluster)
 
 
 def consumer_name(service: str, configured: str | None = None) -> str:
@@ -135,8 +136,9 @@ def service_main(name: str, settings_cls: Any, app_cls: Any, config_file: str | 
     grace = getattr(settings, "shutdown_grace_s", 10.0) + extra_grace
 
     async def serve(url: str) -> None:
-        redis = connect(url)
+        redis = connect(url, cluster=settings.redis_cluster)
         try:
+            await check_partitions(redis, settings.partitions)
             await run_service(name, app_cls(settings, redis).run, grace=grace)
         finally:
             await redis.aclose()

@@ -219,8 +219,118 @@ def subscriber(instance: str) -> str:
     """Hash "exchange|symbol|timeframe" -> look-back (closed candles wanted before the first live one) of ONE live
     subscriber instance; it expires unless the instance's heartbeat refreshes it, so a killed subscriber's series
     go away by themselves."""
-    return f"{PREFIX}:subscriber:{instance}"
+    return f"{PREFIX}:{{subs}}:subscriber:{instance}"
 
 
 #: Set of subscriber instance names whose ``subscriber(instance)`` hash may exist (an index, pruned by readers).
-SUBSCRIBERS = f"{PREFIX}:subscribers"
+SUBSCRIBERS = f"{PREFIX}:{{subs}}:subscribers"
+
+# ---- partitions (shared.partitions, shared.ownership) ---------------------------------------------------------------
+# Every key of one partition carries its hash tag ``{p<n>}``: one Redis Cluster slot per partition.
+
+
+def _part(partition: int) -> str:
+    return f"{PREFIX}:{{p{partition}}}"
+
+
+def members(group: str) -> str:
+    """Sorted set: replica name -> last seen (ms) of the replicas of ``group`` sharing its partitions."""
+    return f"{PREFIX}:members:{group}"
+
+
+def lease(group: str, partition: int) -> str:
+    """String with a TTL: ``<instance>|<fencing token>`` of the replica of ``group`` that owns ``partition``."""
+    return f"{_part(partition)}:lease:{group}"
+
+
+def fence(group: str, partition: int) -> str:
+    """Counter: the fencing token of the last lease of ``partition`` taken by a replica of ``group``."""
+    return f"{_part(partition)}:fence:{group}"
+
+
+#: Hash of facts every service must agree on, recorded by the first one to start: ``partitions``.
+META = f"{PREFIX}:meta"
+
+
+def part_trades(partition: int) -> str:
+    """Stream: TradeBatch / GapMarker / Watermark of every pair of ``partition`` (market_feed -> candle_builder, and
+    alert_engine for rules run on each trade). A Watermark whose symbol is "" speaks for every pair of its exchange
+    in the partition."""
+    return f"{_part(partition)}:trades"
+
+
+def part_tickers(partition: int) -> str:
+    """Stream: Ticker of every pair of ``partition`` (market_feed -> alert_engine)."""
+    return f"{_part(partition)}:tickers"
+
+
+def part_candles(partition: int) -> str:
+    """Stream: closed candles and revisions of every pair and timeframe of ``partition`` (candle_builder ->
+    alert_engine)."""
+    return f"{_part(partition)}:candles"
+
+
+def series_candles(partition: int, exchange: str, symbol: str, timeframe: str) -> str:
+    """Stream: the closed candles of one series, with the same entry ids as in ``part_candles`` (history for the API,
+    warm-up, and rules of other partitions that read this series); trimmed per timeframe."""
+    return f"{_part(partition)}:candles:{exchange}:{symbol}:{timeframe}"
+
+
+def part_live(partition: int) -> str:
+    """Stream: in-progress candles (throttled) of ``partition`` (candle_builder -> alert_engine's intrabar rules)."""
+    return f"{_part(partition)}:live"
+
+
+def part_alerts(partition: int) -> str:
+    """Stream: the alerts of the pairs of ``partition`` (alert_engine -> notifier group, API history)."""
+    return f"{_part(partition)}:alerts"
+
+
+def part_state(partition: int, group: str) -> str:
+    """Hash: what the owner of ``partition`` in ``group`` needs to resume: offsets (the last entry id processed of
+    each input stream) and per-pair state, written in the same fenced script as its outputs."""
+    return f"{_part(partition)}:state:{group}"
+
+
+def part_alert_fired(partition: int, alert_id: str) -> str:
+    """String (TTL): set NX when an alert id is first published (replay safety)."""
+    return f"{_part(partition)}:alert:fired:{alert_id}"
+
+
+def part_alert_open(partition: int, fingerprint: str) -> str:
+    """String (TTL): a rule's series has a published firing alert not yet resolved."""
+    return f"{_part(partition)}:alert:open:{fingerprint}"
+
+
+def part_alert_cooldown(partition: int, fingerprint: str) -> str:
+    """String with a TTL: a rule is cooling down for this fingerprint."""
+    return f"{_part(partition)}:cooldown:{fingerprint}"
+
+
+def part_rule_state(partition: int) -> str:
+    """Hash fingerprint -> msgpack rule status row (last fired, firing/resolved) of the series of ``partition``."""
+    return f"{_part(partition)}:rules:state"
+
+
+def part_candle_history_from(partition: int) -> str:
+    """Hash "exchange|symbol|timeframe" -> bucket start (ms) of the oldest history candle published for a series of
+    ``partition`` (see ``CANDLE_HISTORY_FROM``)."""
+    return f"{_part(partition)}:candles:history_from"
+
+
+def history_requests(exchange: str) -> str:
+    """Stream of OHLCV history requests for one exchange: only market_feeds serving it read it."""
+    return f"{PREFIX}:history:requests:{exchange}"
+
+
+def replica_heartbeat(service: str, instance: str) -> str:
+    """Hash with a TTL: one replica's heartbeat (ts, status fields, the partitions it owns)."""
+    return f"{PREFIX}:heartbeat:{service}:{instance}"
+
+
+GROUP_FEED_PREFIX = "market_feed:"
+
+
+def feed_group(exchange: str) -> str:
+    """The ownership group of the market_feeds serving ``exchange``."""
+    return f"{GROUP_FEED_PREFIX}{exchange}"

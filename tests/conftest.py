@@ -54,6 +54,17 @@ def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A real 3-master Redis Cluster on loopback (tests/support/redis_cluster.py), one per test session."""
+    from tests.support.redis_cluster import RedisClusterServers
+
+    servers = RedisClusterServers(tmp_path_factory.mktemp("cluster"))
+    servers.start()
+    yield servers
+    servers.stop()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests bound by wall-clock time (``@pytest.mark.perf``) stay out of CI (``CI`` set): a shared machine's load
     decides them there, not the code. Speed is measured in bench/."""

@@ -41,7 +41,7 @@ async def _snapshots(redis) -> list[BookSnapshot]:
 
 async def test_books_from_ccxt_equal_the_exchange_book_and_resync_after_a_gap(redis, caplog):
     caplog.set_level(logging.WARNING, logger="services.market_feed.adapters.ccxt_book")
-    async with capture_exchange(speed=30) as sim:
+    async with capture_exchange(speed=15) as sim:  # the capture lasts ~45 s: room for a loaded machine
         settings = BookFeedSettings(symbols=["BTC/USDT"], ws_url=sim.ws_url, rest_url=sim.rest_url,
                                     publish_every_ms=100, top_n=10, bands_bps=[5, 10, 25])
         feed = BookFeed(settings, redis)
@@ -50,12 +50,11 @@ async def test_books_from_ccxt_equal_the_exchange_book_and_resync_after_a_gap(re
         stop = asyncio.Event()
         task = asyncio.create_task(feed.run(stop))
         try:
-            while feed.health["BTC/USDT"].published < 25:
-                await asyncio.sleep(0.05)
+            health = feed.health["BTC/USDT"]
+            await _until(lambda: health.published >= 25, task, 40, "25 snapshots")
             sim.make_gap("BTC/USDT")
-            while feed.health["BTC/USDT"].resyncs == 0 or feed.health["BTC/USDT"].published < 60:
-                assert not task.done()
-                await asyncio.sleep(0.05)
+            await _until(lambda: health.resyncs > 0 and health.published >= 60, task, 40,
+                         "a resync and 60 snapshots")
         finally:
             stop.set()
             await task
@@ -92,6 +91,15 @@ async def test_books_from_ccxt_equal_the_exchange_book_and_resync_after_a_gap(re
     assert any("gap, resyncing" in r.message for r in caplog.records)
     assert live is not None and BookSnapshot.decode(live["data"]).symbol == "BTC/USDT"
     assert at_ticker > 0, "no snapshot fell on a bookTicker id"
+
+
+async def _until(condition, task: asyncio.Task, seconds: float, what: str) -> None:
+    """Wait for ``condition`` while the feed runs; fail naming ``what`` instead of hanging to the test timeout."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert not task.done(), f"the feed stopped before {what}: {task.exception() if not task.cancelled() else ''}"
+        assert asyncio.get_running_loop().time() < deadline, f"no {what} within {seconds}s"
+        await asyncio.sleep(0.05)
 
 
 async def test_funding_open_interest_and_liquidations_to_redis(redis):

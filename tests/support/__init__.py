@@ -1,0 +1,1 @@
+"""Test helpers: real servers (Redis Cluster, Sentinel) and reference computations."""

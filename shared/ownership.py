@@ -1,0 +1,199 @@
+"""Who owns which partition: leases with fencing tokens, shared fairly between the live replicas of a service.
+
+Work is partitioned by (exchange, symbol) → partition (``shared.partitions``). Each partition of a *group* (a
+service, e.g. ``candle_builder``) is owned by at most one replica at a time:
+
+- a replica announces itself in the group's member set (``streams.members(group)``: name → last seen, ms) and holds
+  at most its fair share, ``ceil(partitions / live members)``;
+- it takes a free partition with a lease: ``streams.lease(group, p)`` set NX with a TTL to ``"<instance>|<token>"``,
+  where the token comes from ``INCR streams.fence(group, p)`` in the same script, so every owner of a partition has a
+  larger token than every owner before it;
+- it renews its leases every ``ttl / 3`` and hands back the ones over its share (a replica joined), so the others can
+  take them; a dead replica's leases expire after ``ttl`` and the survivors take its partitions over;
+- every write an owner makes for a partition goes through ``fenced`` (a script that checks the lease still holds its
+  value, then runs the writes — atomically, in the partition's hash slot): an owner paused past its TTL whose
+  partition was taken over cannot write (``FencedError``), whatever it believes.
+
+All keys of a partition share its hash tag, so the scripts are single-slot on a Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis import exceptions as redis_errors
+
+from shared import streams
+
+logger = logging.getLogger(__name__)
+
+_ACQUIRE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
+return token
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# ARGV: the lease value, then each command as its argument count followed by its arguments. Replies in order.
+_FENCED = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED lease ' .. KEYS[1] .. ' lost') end
+local out = {}
+local i = 2
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  out[#out + 1] = redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return out
+"""
+
+
+class FencedError(Exception):
+    """A write for a partition whose lease this replica no longer holds: another replica owns it now."""
+
+
+Command = Sequence[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """This replica's hold on one partition: the value written in the lease key (``instance|token``)."""
+
+    partition: int
+    token: int
+    value: str
+
+
+class Ownership:
+    """The partitions of ``group`` held by the replica ``instance``.
+
+    ``balance(now_ms)`` (call it every ``ttl_ms / 3``) renews, hands back and takes leases and returns what changed;
+    ``fenced(p, commands)`` runs writes for partition ``p`` only while this replica holds its lease.
+    """
+
+    def __init__(self, redis: Any, group: str, instance: str, partitions: int, *, ttl_ms: int = 6000) -> None:
+        if partitions < 1:
+            raise ValueError("partitions must be >= 1")
+        self.redis = redis
+        self.group = group
+        self.instance = instance
+        self.partitions = partitions
+        self.ttl_ms = ttl_ms
+        self.leases: dict[int, Lease] = {}
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+        self._fenced = redis.register_script(_FENCED)
+
+    @property
+    def owned(self) -> set[int]:
+        return set(self.leases)
+
+    def holds(self, partition: int) -> bool:
+        return partition in self.leases
+
+    # ---- balancing -------------------------------------------------------------------------------------------------
+
+    async def live_members(self, now_ms: int) -> int:
+        """Announce this replica (and drop members silent for longer than the TTL); how many are alive."""
+        key = streams.members(self.group)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(key, {self.instance: now_ms})
+            pipe.zremrangebyscore(key, "-inf", now_ms - self.ttl_ms)
+            pipe.zcard(key)
+            replies = await pipe.execute()
+        return max(int(replies[-1]), 1)
+
+    async def balance(self, now_ms: int) -> tuple[list[int], list[int]]:
+        """Renew what is held, hand back what is over the fair share, take free partitions up to it.
+
+        Returns ``(gained, lost)``: partitions this replica now owns that it did not, and ones it no longer owns
+        (handed back, or taken by another replica after this one failed to renew in time).
+        """
+        lost = await self._renew_all()
+        share = math.ceil(self.partitions / await self.live_members(now_ms))
+        # over the share: hand back the highest-numbered ones (any stable choice works)
+        for partition in sorted(self.leases, reverse=True)[:max(0, len(self.leases) - share)]:
+            await self.release(partition)
+            lost.append(partition)
+        gained: list[int] = []
+        free = [p for p in range(self.partitions) if p not in self.leases]
+        random.shuffle(free)  # replicas starting together do not all race for partition 0 first
+        for partition in free:
+            if len(self.leases) >= share:
+                break
+            if await self.acquire(partition):
+                gained.append(partition)
+        return sorted(gained), sorted(lost)
+
+    async def _renew_all(self) -> list[int]:
+        lost = []
+        for partition, lease in list(self.leases.items()):
+            renewed = await self._renew(keys=[streams.lease(self.group, partition)], args=[lease.value, self.ttl_ms])
+            if not renewed:
+                del self.leases[partition]
+                lost.append(partition)
+                logger.warning("%s/%s: lease of partition %d was lost (expired and taken over)", self.group,
+                               self.instance, partition)
+        return lost
+
+    async def acquire(self, partition: int) -> bool:
+        token = await self._acquire(keys=[streams.lease(self.group, partition), streams.fence(self.group, partition)],
+                                    args=[self.instance, self.ttl_ms])
+        if not token:
+            return False
+        self.leases[partition] = Lease(partition, int(token), f"{self.instance}|{int(token)}")
+        return True
+
+    async def release(self, partition: int) -> None:
+        lease = self.leases.pop(partition, None)
+        if lease is not None:
+            await self._release(keys=[streams.lease(self.group, partition)], args=[lease.value])
+
+    async def leave(self) -> None:
+        """Hand every partition back at once (a clean shutdown): the others take over without waiting for the TTL."""
+        for partition in list(self.leases):
+            await self.release(partition)
+        await self.redis.zrem(streams.members(self.group), self.instance)
+
+    async def owners(self) -> dict[int, str | None]:
+        """Every partition's current owner (instance name) or None: for /health and tests."""
+        out: dict[int, str | None] = {}
+        for partition in range(self.partitions):
+            value = await self.redis.get(streams.lease(self.group, partition))
+            out[partition] = value.decode().rsplit("|", 1)[0] if value else None
+        return out
+
+    # ---- fenced writes ---------------------------------------------------------------------------------------------
+
+    async def fenced(self, partition: int, commands: Iterable[Command]) -> list[Any]:
+        """Run ``commands`` (each a sequence like ``("XADD", key, "*", "d", data)``, every key in the partition's
+        hash slot) atomically, only if this replica still holds the partition's lease. FencedError otherwise (the
+        partition is dropped from ``leases``: its worker must stop)."""
+        lease = self.leases.get(partition)
+        if lease is None:
+            raise FencedError(f"{self.group}/{self.instance} does not own partition {partition}")
+        args: list[Any] = [lease.value]
+        for command in commands:
+            args.append(len(command))
+            args.extend(command)
+        try:
+            return list(await self._fenced(keys=[streams.lease(self.group, partition)], args=args))
+        except redis_errors.ResponseError as exc:
+            if str(exc).startswith("FENCED"):
+                self.leases.pop(partition, None)
+                raise FencedError(f"{self.group}/{self.instance}: {exc}") from exc
+            raise
+

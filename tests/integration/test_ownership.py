@@ -1,0 +1,85 @@
+"""Partition leases with fencing (shared.ownership) on a real Redis and a real 3-node Redis Cluster."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.asyncio.cluster import RedisCluster
+
+from shared import streams
+from shared.ownership import FencedError, Ownership
+from shared.partitions import partition_of, tag
+from shared.runtime import connect
+
+PARTITIONS = 16
+
+
+@pytest.fixture(params=["single", "cluster"])
+async def client(request: pytest.FixtureRequest):
+    if request.param == "single":
+        redis = connect(request.getfixturevalue("redis_url"))
+    else:
+        redis = RedisCluster.from_url(request.getfixturevalue("redis_cluster").url)
+    await redis.flushall()
+    yield redis
+    await redis.aclose()
+
+
+async def test_replicas_split_partitions_fairly_and_never_share_one(client) -> None:
+    a, b, c = (Ownership(client, "svc", name, PARTITIONS, ttl_ms=3000) for name in ("a", "b", "c"))
+    for _ in range(3):  # a few rounds, as the balance loops would run them
+        for replica in (a, b, c):
+            await replica.balance(now_ms=1_000_000)
+    held = [a.owned, b.owned, c.owned]
+    assert set().union(*held) == set(range(PARTITIONS))
+    assert sum(len(h) for h in held) == PARTITIONS  # disjoint
+    assert max(len(h) for h in held) <= 6  # ceil(16 / 3)
+    owners = await a.owners()
+    for replica in (a, b, c):
+        assert {p for p, name in owners.items() if name == replica.instance} == replica.owned
+
+
+async def test_a_dead_replica_loses_its_partitions_and_its_late_writes_are_fenced(client) -> None:
+    a = Ownership(client, "svc", "a", PARTITIONS, ttl_ms=300)
+    b = Ownership(client, "svc", "b", PARTITIONS, ttl_ms=300)
+    await a.balance(now_ms=1_000)  # alone: takes everything
+    assert a.owned == set(range(PARTITIONS))
+    key = f"sentinel:{tag(3)}:probe"
+    assert await a.fenced(3, [("SET", key, "from-a"), ("GET", key)]) == [b"OK", b"from-a"]
+
+    await asyncio.sleep(0.4)  # a stops renewing (paused, killed): its leases expire
+    await b.balance(now_ms=1_500)  # a is no longer a live member at 1_500 - ttl
+    assert b.owned == set(range(PARTITIONS))
+
+    with pytest.raises(FencedError):
+        await a.fenced(3, [("SET", key, "late-a")])
+    assert await client.get(key) == b"from-a"
+    assert 3 not in a.owned
+    # the new owner's token is larger than the old one's (fencing tokens only grow)
+    assert int(await client.get(streams.fence("svc", 3))) == 2
+
+
+async def test_a_joining_replica_gets_its_share_handed_over(client) -> None:
+    a = Ownership(client, "svc", "a", PARTITIONS, ttl_ms=3000)
+    b = Ownership(client, "svc", "b", PARTITIONS, ttl_ms=3000)
+    await a.balance(now_ms=10_000)
+    assert len(a.owned) == PARTITIONS
+    await b.balance(now_ms=10_001)  # b announces itself; nothing is free yet
+    gained, lost = await a.balance(now_ms=10_002)  # a sees two members: hands back half
+    assert gained == [] and len(lost) == PARTITIONS // 2
+    gained, _ = await b.balance(now_ms=10_003)
+    assert len(gained) == PARTITIONS // 2
+    assert a.owned.isdisjoint(b.owned)
+    await a.leave()  # a clean exit hands everything back at once
+    gained, _ = await b.balance(now_ms=10_004)
+    assert b.owned == set(range(PARTITIONS))
+
+
+def test_partition_of_is_stable_and_spread() -> None:
+    pairs = [("binance", f"S{i}/USDT") for i in range(1600)]
+    counts = [0] * PARTITIONS
+    for exchange, symbol in pairs:
+        counts[partition_of(exchange, symbol, PARTITIONS)] += 1
+    assert min(counts) > 60 and max(counts) < 140  # ~100 each
+    assert partition_of("binance", "BTC/USDT", PARTITIONS) == partition_of("binance", "BTC/USDT", PARTITIONS)

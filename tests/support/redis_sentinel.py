@@ -1,0 +1,92 @@
+"""A real Redis master, one replica and one Sentinel on loopback, for failover tests.
+
+``failover()`` asks the Sentinel to promote the replica (SENTINEL FAILOVER, which needs no quorum of other
+Sentinels); the old master becomes a replica of the new one.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from shared.embedded_redis import find_redis_server, free_port
+
+MASTER_NAME = "sentinel-test"
+
+
+class RedisWithSentinel:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.binary = find_redis_server()
+        self.ports: dict[str, int] = {}
+        self.processes: list[subprocess.Popen] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.ports['sentinel']}/{MASTER_NAME}/0"
+
+    def _server(self, name: str, *extra: str) -> None:
+        node = self.data_dir / name
+        node.mkdir(parents=True, exist_ok=True)
+        self.processes.append(subprocess.Popen(
+            [self.binary, "--port", str(self.ports[name]), "--bind", "127.0.0.1", "--dir", str(node.resolve()),
+             "--save", "", "--appendonly", "yes", "--loglevel", "warning",
+             "--logfile", str((node / "redis.log").resolve()), *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def start(self, timeout: float = 20.0) -> str:
+        self.ports = {name: free_port() for name in ("a", "b", "sentinel")}
+        self._server("a")
+        self._server("b", "--replicaof", "127.0.0.1", str(self.ports["a"]))
+        conf = self.data_dir / "sentinel.conf"
+        conf.write_text(
+            f"port {self.ports['sentinel']}\nbind 127.0.0.1\ndir {self.data_dir.resolve()}\n"
+            f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.ports['a']} 1\n"
+            f"sentinel down-after-milliseconds {MASTER_NAME} 1000\n"
+            f"sentinel failover-timeout {MASTER_NAME} 5000\n")
+        self.processes.append(subprocess.Popen(
+            [self.binary, str(conf), "--sentinel", "--logfile", str((self.data_dir / "sentinel.log").resolve())],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                replica = redis.Redis(port=self.ports["b"]).info("replication")
+                known = redis.Redis(port=self.ports["sentinel"]).execute_command(
+                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME)
+                if replica.get("master_link_status") == "up" and known:
+                    return self.url
+            except redis.ConnectionError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("master, replica and sentinel did not come up")
+
+    def master_port(self) -> int:
+        host, port = redis.Redis(port=self.ports["sentinel"]).execute_command(
+            "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME)
+        return int(port)
+
+    def failover(self, timeout: float = 20.0) -> int:
+        """Promote the replica; return the new master's port once the Sentinel reports it and it accepts writes."""
+        before = self.master_port()
+        redis.Redis(port=self.ports["sentinel"]).execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            port = self.master_port()
+            if port != before and redis.Redis(port=port).info("replication").get("role") == "master":
+                return port
+            time.sleep(0.1)
+        raise TimeoutError("the failover did not complete")
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()

@@ -12,8 +12,9 @@ line deleted, a trades entry written twice) and the same comparison must report 
 
 Two known faults are kept out of this short run (the bench shows them): redis-server runs with ``appendfsync always``
 (with ``everysec``, Redis' default here, a SIGKILL of redis-server can lose writes it had acknowledged: the bench
-lost 2 live trades that way), and a Redis fault waits until restarted services have connected (alert_engine and
-candle_builder exit 1 when Redis is unreachable at start-up; the supervisor restarts them, the report counts crashes).
+lost 2 live trades that way), and a Redis fault waits until restarted services have connected (a service started while
+Redis is unreachable exits 1: shared.runtime.service_main -> check_partitions; the supervisor restarts it and the
+report counts it as a crash).
 """
 
 from __future__ import annotations

@@ -274,8 +274,26 @@ class NotifierApp:
         if todo:
             group = list(todo.values())
             state, attempts, reason = await self._send_group(target, group)
-            await self._record(target.name, group, state, attempts, reason)
+            await self._record_once_redis_is_back(target.name, group, state, attempts, reason)
         return head[:settled]
+
+    async def _record_once_redis_is_back(self, target: str, group: Sequence[Alert], state: bytes, attempts: int,
+                                         reason: str) -> None:
+        """``_record`` a group already sent, retried while Redis is unavailable: going back to ``_settle`` would send
+        it again, and under another Idempotency-Key if alerts have joined it meanwhile. Only a stop (or a crash)
+        leaves it unrecorded: the group that re-forms then is the crash window the JSONL target's tail check and
+        the key cover."""
+        failures = 0
+        while True:
+            try:
+                await self._record(target, group, state, attempts, reason)
+                return
+            except _REDIS_DOWN as exc:
+                failures += 1
+                delay = backoff_delay(failures, base=0.2, cap=5.0)
+                logger.warning("notifier: %s: sent %d alert(s), recording them waits for Redis (%s); retrying in "
+                               "%.1fs", target, len(group), exc, delay)
+                await self._wait(delay)
 
     async def _send_group(self, target: Target, group: Sequence[Alert]) -> tuple[bytes, int, str]:
         """Send one message with the retry policy; returns (DONE | DEAD, attempts, reason)."""

@@ -1,0 +1,64 @@
+"""Where the pipeline keeps its data in Redis, as the chaos harness sees it: the one place in the harness that knows
+stream and key names, all of them taken from ``shared.streams``.
+
+The trades and candles streams are per pair today; when they become partitioned by pair (issue 21), only ``layout``
+changes: everything else reads the entries' own exchange and symbol (``verify``) and asks Redis which consumer groups
+read a stream (``progress``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared import streams
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One market: the exchange id the data is labelled with and the unified symbol."""
+
+    exchange: str
+    symbol: str
+
+    def __str__(self) -> str:
+        return f"{self.exchange} {self.symbol}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The Redis names of one run: what each stream kind is called, and the per-pair feed progress keys."""
+
+    trades: dict[Pair, str]  # stream holding a pair's TradeBatch / GapMarker / Watermark entries
+    tickers: dict[Pair, str]
+    candles: dict[tuple[Pair, str], str]  # (pair, timeframe) -> closed candles
+    alerts: str
+    alert_history: str  # every alert the engine published (kept for the API)
+    dead_letters: tuple[str, ...]
+    feed_state: dict[Pair, str]  # hash with the feed's ``last_id`` of a pair
+    heartbeats: dict[str, str]  # service -> heartbeat hash
+
+    def consumed(self) -> list[str]:
+        """Every stream a consumer group may read: the ones whose groups must catch up."""
+        return sorted({*self.trades.values(), *self.tickers.values(), *self.candles.values(), self.alerts})
+
+
+SERVICES = ("market_feed", "candle_builder", "alert_engine", "notifier")
+
+
+def layout(pairs: list[Pair], timeframes: list[str]) -> Layout:
+    """The names for ``pairs`` and every timeframe in ``timeframes``, from ``shared.streams``."""
+    return Layout(
+        trades={p: streams.trades(p.exchange, p.symbol) for p in pairs},
+        tickers={p: streams.tickers(p.exchange, p.symbol) for p in pairs},
+        candles={(p, tf): streams.candles(p.exchange, p.symbol, tf) for p in pairs for tf in timeframes},
+        alerts=streams.ALERTS,
+        alert_history=streams.ALERT_HISTORY,
+        dead_letters=(streams.DEAD_LETTER, streams.NOTIFY_DEAD_LETTER),
+        feed_state={p: streams.feed_state(p.exchange, p.symbol) for p in pairs},
+        heartbeats={s: streams.heartbeat(s) for s in SERVICES},
+    )
+
+
+def delivery_records(alert_id: str, targets: list[str]) -> list[str]:
+    """The notifier's idempotency records of one alert, one per target (channel name)."""
+    return [streams.notify_sent(alert_id, t) for t in targets]

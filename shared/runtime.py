@@ -17,12 +17,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from shared import redisconn, streams
 from shared.partitioned import check_partitions
 from shared.embedded_redis import EmbeddedRedis
-from shared.outage import REDIS_DOWN, Outage
+from shared.outage import REDIS_DOWN, Outage, backoff_delay
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,28 @@ async def tasks_until_done(*coros: Awaitable[None]) -> AsyncIterator[list[asynci
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+_STARTING: tuple[type[BaseException], ...] = (*REDIS_DOWN, redis_errors.BusyLoadingError)
+
+
+async def wait_for_redis(name: str, redis: Any, partitions: int, stop: asyncio.Event) -> bool:
+    """Before a service starts: wait (capped backoff, one warning) until Redis answers, then check the partition
+    count (ConfigError if it differs). A service started while Redis is down or loading waits instead of exiting.
+    False if ``stop`` was set meanwhile."""
+    outage = Outage(name)
+    attempt = 0
+    while not stop.is_set():
+        try:
+            await check_partitions(redis, partitions)
+            outage.ok()
+            return True
+        except _STARTING as exc:
+            outage.lost(exc, "start-up")
+            attempt += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=backoff_delay(attempt, base=0.1, cap=5.0))
+    return False
+
+
 def service_main(name: str, settings_cls: Any, app_cls: Any, config_file: str | None = None, *,
                  extra_grace: float = 0.0) -> None:
     """What ``sentinel <service>`` runs: load settings, log, connect (embedded Redis without REDIS_URL), run until
@@ -137,9 +160,14 @@ def service_main(name: str, settings_cls: Any, app_cls: Any, config_file: str | 
 
     async def serve(url: str) -> None:
         redis = connect(url, cluster=settings.redis_cluster)
+        app = app_cls(settings, redis)
+
+        async def main(stop: asyncio.Event) -> None:
+            if await wait_for_redis(name, redis, settings.partitions, stop):
+                await app.run(stop)
+
         try:
-            await check_partitions(redis, settings.partitions)
-            await run_service(name, app_cls(settings, redis).run, grace=grace)
+            await run_service(name, main, grace=grace)
         finally:
             await redis.aclose()
 

@@ -320,10 +320,31 @@ class _Message(BaseModel):
         ``k`` first); DecodeError naming what is wrong."""
         kind = _header(msg, (cls.model_fields["kind"].default,))
         data = {k: v for k, v in msg.items() if k not in ("v", "k")}
+        where = _float_in(data)
+        if where is not None:  # a float's value is not the decimal it prints as: never compared with a threshold
+            raise DecodeError(f"invalid {kind}: field {where} is a float; prices and amounts must be exact decimal text "
+                              "or integers")
         try:
             return cls.model_validate({**data, "kind": kind})
         except ValidationError as exc:
             raise DecodeError(f"invalid {kind}: {exc.errors(include_url=False)}") from exc
+
+
+def _float_in(value: Any, path: str = "") -> str | None:
+    """The path of the first float in a decoded message (None if there is none)."""
+    if isinstance(value, float):
+        return repr(path or "(value)")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _float_in(item, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = _float_in(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
 
 
 class Ticker(_Message):

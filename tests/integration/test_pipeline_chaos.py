@@ -100,9 +100,6 @@ def test_the_comparison_reports_a_lost_and_a_doubled_alert_and_a_doubled_trade(c
     assert s["found_trades_doubled"] == s["trades_in_entry"] > 0
 
 
-@pytest.mark.xfail(reason="issue 19 defect 4 beyond trades (fixed there): a float close is taken as a candle by "
-                          "alert_engine (its alerts fire on the injected bar) and a float value as an alert by the "
-                          "notifier (delivered); shared.schemas' Candle/Ticker/Alert accept floats", strict=False)
 @pytest.mark.timeout(180)
 async def test_float_prices_are_dead_lettered_in_every_stream_kind(tmp_path):
     shared_data(RECORDINGS["kraken"][2])

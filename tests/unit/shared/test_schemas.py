@@ -112,3 +112,23 @@ def test_trusted_builds_the_validated_model(cls, values):
     assert made.kind == cls.model_fields["kind"].default
     with pytest.raises(TypeError, match="exactly the fields"):
         cls.trusted(**{k: v for k, v in values.items() if k != "ts"})
+
+
+
+_EXACT = {
+    Ticker: lambda: Ticker(exchange="x", symbol="A/B", ts=1, bid="1.5"),
+    Candle: lambda: Candle(exchange="x", symbol="A/B", timeframe="1m", ts=0, open="1", high="2", low="1", close="1.5",
+                           volume="1", buy_volume="1", sell_volume="0", trades=1),
+    Alert: lambda: Alert(id="a1", rule="r", exchange="x", symbol="A/B", timeframe="1m", ts=0, fired_at=60_000,
+                         price="100.5"),
+}
+
+
+@pytest.mark.parametrize("cls, field", [(Candle, "close"), (Ticker, "bid"), (Alert, "price")])
+def test_a_float_in_a_candle_ticker_or_alert_is_refused_naming_the_field(cls, field) -> None:
+    """Issue 19 defect 5's other half: floats reached the engine and the notifier as candles and alerts."""
+    msg = unpack(_EXACT[cls]().encode())
+    assert cls.from_msg(msg)  # the exact form decodes
+    msg[field] = 61000.5
+    with pytest.raises(DecodeError, match=f"field '{field}' is a float"):
+        cls.from_msg(msg)

@@ -56,12 +56,23 @@ class RedisWithSentinel:
                 replica = redis.Redis(port=self.ports["b"]).info("replication")
                 known = redis.Redis(port=self.ports["sentinel"]).execute_command(
                     "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME)
-                if replica.get("master_link_status") == "up" and known:
+                if replica.get("master_link_status") == "up" and known and self._sentinel_knows_replica():
                     return self.url
             except redis.ConnectionError:
                 pass
             time.sleep(0.1)
         raise TimeoutError("master, replica and sentinel did not come up")
+
+    def _sentinel_knows_replica(self) -> bool:
+        """The Sentinel has discovered the replica and sees it healthy (else a FAILOVER answers NOGOODSLAVE)."""
+        replicas = redis.Redis(port=self.ports["sentinel"]).execute_command("SENTINEL", "REPLICAS", MASTER_NAME)
+        for fields in replicas or []:
+            info = dict(zip(fields[::2], fields[1::2])) if isinstance(fields, list) else fields
+            flags = info.get(b"flags", info.get("flags", b""))
+            flags = flags.decode() if isinstance(flags, bytes) else str(flags)
+            if "slave" in flags and "down" not in flags and "disconnected" not in flags:
+                return True
+        return False
 
     def master_port(self) -> int:
         host, port = redis.Redis(port=self.ports["sentinel"]).execute_command(
@@ -71,8 +82,15 @@ class RedisWithSentinel:
     def failover(self, timeout: float = 20.0) -> int:
         """Promote the replica; return the new master's port once the Sentinel reports it and it accepts writes."""
         before = self.master_port()
-        redis.Redis(port=self.ports["sentinel"]).execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
         deadline = time.monotonic() + timeout
+        while True:  # the Sentinel refuses while its view of the replica is stale (NOGOODSLAVE): ask again
+            try:
+                redis.Redis(port=self.ports["sentinel"]).execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
+                break
+            except redis.ResponseError as exc:
+                if "NOGOODSLAVE" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
         while time.monotonic() < deadline:
             port = self.master_port()
             if port != before and redis.Redis(port=port).info("replication").get("role") == "master":

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from shared import streams
+from shared import alert_streams, streams
 from shared.bus import FIELD
 from shared.schemas import Alert, Candle
 from shared.timeframes import sort_timeframes
@@ -44,11 +44,8 @@ async def candle_series(redis: Redis) -> list[tuple[str, str, str]]:
 
 
 async def alerts(redis: Redis) -> list[Alert]:
-    """Every alert on the alerts stream, oldest first."""
-    out = []
-    for _, fields in await redis.xrange(streams.ALERTS):
-        out.append(Alert.decode(fields[FIELD]))
-    return out
+    """Every alert of every partition's alerts stream, oldest first (``shared.alert_streams``)."""
+    return [Alert.decode(data) for _, _, data in await alert_streams.read_all(redis)]
 
 
 def write_candles_csv(path: Path, candles: list[Candle]) -> None:

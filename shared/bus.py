@@ -185,7 +185,9 @@ from shared.consumer import (  # noqa: E402
     DeadConsumerIdleMs,
     Entry,
     Handler,
+    SilentConsumerIdleMs,
 )
 
 __all__ = ["FIELD", "Batch", "Bus", "BusSettings", "ClaimIdleMs", "Consumer", "ConsumerSettings", "DeadConsumerIdleMs",
-           "DeadLetterKeepBytes", "DeadLetterMaxlen", "Entry", "Handler", "MaxEntryBytes", "as_str", "backoff_delay"]
+           "DeadLetterKeepBytes", "DeadLetterMaxlen", "Entry", "Handler", "MaxEntryBytes", "SilentConsumerIdleMs",
+           "as_str", "backoff_delay"]

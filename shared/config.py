@@ -36,6 +36,7 @@ from shared.bus import (
     DeadLetterKeepBytes,
     DeadLetterMaxlen,
     MaxEntryBytes,
+    SilentConsumerIdleMs,
 )
 from shared.errors import ConfigError
 from shared.runtime import consumer_name
@@ -75,6 +76,7 @@ class ServiceSettings(BaseSettings):
     # the bus's options (shared.bus, shared.consumer hold what each means)
     claim_idle_ms: ClaimIdleMs = 30_000
     dead_consumer_idle_ms: DeadConsumerIdleMs = 3_600_000
+    silent_consumer_idle_ms: SilentConsumerIdleMs = 30_000
     max_entry_bytes: MaxEntryBytes = 1_000_000
     dead_letter_maxlen: DeadLetterMaxlen = 10_000
     dead_letter_keep_bytes: DeadLetterKeepBytes = 1024
@@ -88,8 +90,9 @@ class ServiceSettings(BaseSettings):
     def consumer_settings(self, group: str, service: str, **options: Any) -> ConsumerSettings:
         """A consumer's settings: its group, this instance's name, the claim and pruning times set here, and
         ``options`` (count, block_ms, ...)."""
-        values: dict[str, Any] = {"claim_idle_ms": self.claim_idle_ms,
-                                  "dead_consumer_idle_ms": self.dead_consumer_idle_ms, **options}
+        values: dict[str, Any] = {"claim_idle_ms": self.claim_idle_ms, "service": service,
+                                  "dead_consumer_idle_ms": self.dead_consumer_idle_ms,
+                                  "silent_consumer_idle_ms": self.silent_consumer_idle_ms, **options}
         return ConsumerSettings(group=group, consumer=consumer_name(service, self.consumer_name), **values)
 
     @classmethod

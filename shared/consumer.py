@@ -13,6 +13,9 @@ consumer group and hands decoded entries to ``handler`` as one ``Batch`` per rea
   entry does not hold back the others (within a stream, entries after a failure wait: order is kept);
 - consumers of the group idle for longer than ``dead_consumer_idle_ms`` with nothing pending are deleted (XGROUP
   DELCONSUMER, atomically with the check, by whichever live instance looks first): killed instances do not pile up;
+  sooner, after ``silent_consumer_idle_ms``, when the consumer's replica heartbeat (``streams.replica_heartbeat(
+  service, name)``, written by ``shared.runtime.heartbeat``) is missing or as old: a killed replica's entries are
+  claimed after ``claim_idle_ms``, then its name leaves the group;
 - Redis connection errors are retried with capped backoff and reported to the service's ``Outage`` (one warning when
   Redis goes away, one when it is back); the loop does not die.
 
@@ -25,17 +28,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from shared.errors import DecodeError
 from shared.outage import REDIS_DOWN, backoff_delay
 from shared.packed import raw_command
-from shared.streams import FIELD
+from shared.streams import FIELD, replica_heartbeat
 
 if TYPE_CHECKING:
     from shared.bus import Bus
@@ -44,17 +49,23 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Deletes the group's consumers that are idle for at least ARGV[2] ms with nothing pending (but never ARGV[3], the
-# caller): the check and the delete in one atomic step, so a consumer that reads meanwhile is never deleted with
-# entries pending (XGROUP DELCONSUMER would make them unclaimable).
+# Deletes the group's consumers with nothing pending that are idle for at least ARGV[2] ms, or for ARGV[4] ms when
+# named in ARGV[5..] (no live heartbeat), but never ARGV[3] (the caller): the check and the delete in one atomic step,
+# so a consumer that reads meanwhile is never deleted with entries pending (XGROUP DELCONSUMER would make them
+# unclaimable).
 _PRUNE = """
 local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
 local deleted = {}
 if not ok then return deleted end
+local silent = {}
+for i = 5, #ARGV do silent[ARGV[i]] = true end
 for _, c in ipairs(consumers) do
   local f = {}
   for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
-  if f['name'] ~= ARGV[3] and tonumber(f['pending']) == 0 and tonumber(f['idle']) >= tonumber(ARGV[2]) then
+  local idle = tonumber(f['idle'])
+  local bound = tonumber(ARGV[2])
+  if silent[f['name']] then bound = math.min(bound, tonumber(ARGV[4])) end
+  if f['name'] ~= ARGV[3] and tonumber(f['pending']) == 0 and idle >= bound then
     redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
     deleted[#deleted + 1] = f['name']
   end
@@ -68,6 +79,8 @@ ClaimIdleMs = Annotated[int, Field(gt=0, description="Entries pending this long 
                                    "claimed.")]
 DeadConsumerIdleMs = Annotated[int, Field(gt=0, description="Consumers of a group idle this long with nothing pending "
                                           "(killed instances) are deleted from it.")]
+SilentConsumerIdleMs = Annotated[int, Field(gt=0, description="Consumers of a group idle this long with nothing "
+                                            "pending and no live replica heartbeat are deleted from it.")]
 
 
 class ConsumerSettings(BaseModel):
@@ -86,6 +99,10 @@ class ConsumerSettings(BaseModel):
     max_deliveries: int = Field(default=5, gt=0, description="An entry whose handler failed this many times is "
                                 "dead-lettered.")
     dead_consumer_idle_ms: DeadConsumerIdleMs = 3_600_000
+    silent_consumer_idle_ms: SilentConsumerIdleMs = 30_000
+    service: str | None = Field(default=None, description="The service whose replica heartbeats "
+                                "(streams.replica_heartbeat(service, consumer name)) tell which consumers of the group "
+                                "are alive; None: consumers are only pruned after dead_consumer_idle_ms.")
 
 
 def stream_items(reply: Any) -> Any:
@@ -283,17 +300,39 @@ class Consumer(Generic[T]):
         return handled
 
     async def _prune_dead_consumers(self, now: float) -> None:
-        """Delete consumers idle longer than ``dead_consumer_idle_ms`` with nothing pending (killed instances)."""
-        idle_ms = self.settings.dead_consumer_idle_ms
-        if now - self._last_prune < min(idle_ms / 1000, 60.0):
+        """Delete consumers with nothing pending idle longer than ``dead_consumer_idle_ms``, or than
+        ``silent_consumer_idle_ms`` with no live replica heartbeat (killed instances)."""
+        s = self.settings
+        idle_ms, silent_ms = s.dead_consumer_idle_ms, s.silent_consumer_idle_ms
+        if now - self._last_prune < min(idle_ms / 1000, silent_ms / 1000, 60.0):
             return
         self._last_prune = now
         for stream in self._streams:
-            deleted = await self._prune(keys=[stream], args=[self.group, idle_ms, self.name])
+            silent = await self._silent_consumers(stream) if s.service else []
+            deleted = await self._prune(keys=[stream], args=[self.group, idle_ms, self.name, silent_ms, *silent])
             if deleted:
                 self.pruned += len(deleted)
                 logger.info("%s: deleted %d dead consumer(s) of %s (idle > %d ms, nothing pending): %s", self.group,
                             len(deleted), stream, idle_ms, ", ".join(map(as_text, deleted)))
+
+    async def _silent_consumers(self, stream: str) -> list[str]:
+        """Consumers of ``stream``'s group with nothing pending, idle past ``silent_consumer_idle_ms``, whose replica
+        heartbeat is missing or as old (the script checks idle and pending again, atomically)."""
+        silent_ms = self.settings.silent_consumer_idle_ms
+        try:
+            consumers: Any = await self.redis.xinfo_consumers(stream, self.group)
+        except ResponseError:  # no stream or group yet
+            return []
+        now_ms = int(time.time() * 1000)
+        out: list[str] = []
+        for c in consumers:
+            name = as_text(c["name"])
+            if name == self.name or int(c["pending"]) or int(c["idle"]) < silent_ms:
+                continue
+            ts = await self.redis.hget(replica_heartbeat(self.settings.service or "", name), "ts")
+            if ts is None or now_ms - int(ts) >= silent_ms:
+                out.append(name)
+        return out
 
     # ---- handling --------------------------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from hiredis import pack_command as _hiredis_pack
 from collections.abc import Mapping
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError, WatchError
 
 _MULTI = b"*1\r\n$5\r\nMULTI\r\n"
@@ -201,7 +202,13 @@ async def raw_command(redis: Redis, *args: Any) -> Any:
     """One command, its reply exactly as the server sent it (no response callback: XREADGROUP entries stay
     ``[id, [field, value...]]`` lists) and never retried: redis-py retries a command whose connection failed, and a
     retried XREADGROUP or XAUTOCLAIM would leave the entries of the lost reply pending, unseen, while newer ones are
-    handled. A connection error reaches the caller, who re-reads its own pending entries first."""
+    handled. A connection error reaches the caller, who re-reads its own pending entries first.
+
+    On a Redis Cluster (no connection pool to take a connection from) redis-py routes the command to its key's node
+    and parses the reply (entries' fields as dicts, which the consumer reads too); a reply it lost and retried leaves
+    its entries pending with the caller, who claims them back after ``claim_idle_ms``."""
+    if isinstance(redis, RedisCluster):
+        return await redis.execute_command(*args)
     pipe = PackedPipeline(redis)
     (reply,) = await pipe._round_trip(pipe._pack(args), 1)
     if isinstance(reply, ResponseError):

@@ -85,22 +85,38 @@ async def run_service(name: str, main: Callable[[asyncio.Event], Coroutine[Any, 
             await stopper
 
 
+#: How long a replica's heartbeat hash (and its entry in ``streams.replicas``) outlives its last beat: /health names a
+#: dead replica, and which of its partitions moved, for this long after it stopped beating.
+REPLICA_KEEP_MS = 300_000
+
+
 async def heartbeat(redis: Redis, service: str, stop: asyncio.Event,
                     status: Callable[[], dict[str, Any]] | None = None, every: float = 2.0,
                     outage: Outage | None = None,
-                    beat: Callable[[], Awaitable[None]] | None = None) -> None:
-    """Write the service's heartbeat hash every ``every`` seconds (``ts`` in ms plus ``status()`` fields); then
-    ``beat()`` (what else lives as long as this instance: its subscriptions). Redis errors go to ``outage``."""
+                    beat: Callable[[], Awaitable[None]] | None = None, instance: str | None = None) -> None:
+    """Write this replica's heartbeat every ``every`` seconds: ``ts`` in ms plus ``status()`` fields, in
+    ``streams.replica_heartbeat(service, instance)`` (listed in ``streams.replicas(service)``) and in the service's
+    ``streams.heartbeat(service)`` (last writer wins: what older readers look at); then ``beat()`` (what else lives as
+    long as this instance: its subscriptions). ``instance``: this replica's name in consumer groups and leases
+    (default ``<service>-<hostname>``). A clean stop removes the replica's entries; a killed replica's stay, with a
+    stale ``ts``, for ``REPLICA_KEEP_MS``. Redis errors go to ``outage``."""
     key = streams.heartbeat(service)
+    instance = instance or consumer_name(service)
+    replica, index = streams.replica_heartbeat(service, instance), streams.replicas(service)
     me = asyncio.current_task()
     # redis-py can swallow a cancellation that lands inside a command; stop on a pending cancel as well.
     while not stop.is_set() and not (me is not None and me.cancelling()):
-        fields: dict[Any, Any] = {"ts": int(time.time() * 1000), "pid": os.getpid(), "host": socket.gethostname()}
+        now = int(time.time() * 1000)
+        fields: dict[Any, Any] = {"ts": now, "pid": os.getpid(), "host": socket.gethostname(), "instance": instance}
         if status:
             fields.update({k: str(v) for k, v in status().items()})
         try:
             await redis.hset(key, mapping=fields)
             await redis.pexpire(key, int(every * 5000))
+            await redis.hset(replica, mapping=fields)
+            await redis.pexpire(replica, REPLICA_KEEP_MS)
+            await redis.zadd(index, {instance: now})
+            await redis.zremrangebyscore(index, "-inf", now - REPLICA_KEEP_MS)
             if beat is not None:
                 await beat()
             if outage is not None:
@@ -112,6 +128,10 @@ async def heartbeat(redis: Redis, service: str, stop: asyncio.Event,
             logger.warning("heartbeat of %s failed: %s", service, exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=every)
+    if stop.is_set():  # a clean stop: this replica is gone, not dead
+        with contextlib.suppress(Exception):
+            await redis.delete(replica)
+            await redis.zrem(index, instance)
 
 
 @contextlib.asynccontextmanager

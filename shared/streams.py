@@ -334,3 +334,9 @@ GROUP_FEED_PREFIX = "market_feed:"
 def feed_group(exchange: str) -> str:
     """The ownership group of the market_feeds serving ``exchange``."""
     return f"{GROUP_FEED_PREFIX}{exchange}"
+
+
+def replicas(service: str) -> str:
+    """Sorted set: instance -> last heartbeat (ms) of every replica of ``service`` seen lately (an index of the
+    ``replica_heartbeat`` hashes, for /health; entries older than the hashes' TTL are dropped by the writers)."""
+    return f"{PREFIX}:replicas:{service}"

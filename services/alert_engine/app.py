@@ -103,7 +103,8 @@ class AlertEngineApp:
             asyncio.create_task(self.consumer.run(stop), name="alert_engine-consume"),
             asyncio.create_task(self._housekeeping(stop), name="alert_engine-sync"),
             asyncio.create_task(heartbeat(self.redis, "alert_engine", stop, self.status, outage=self.bus.outage,
-                                          beat=self.series_sync.subscriptions.refresh), name="alert_engine-hb"),
+                                          beat=self.series_sync.subscriptions.refresh, instance=self.consumer.name),
+                                name="alert_engine-hb"),
         ]
         try:
             await stop.wait()

@@ -1,26 +1,25 @@
--- The alert engine's commit: one call per batch that fires, run atomically by Redis (services/alert_engine/commit.py).
+-- The alert engine's commit: one call per partition a batch's alerts belong to, run atomically by Redis
+-- (services/alert_engine/commit.py). Every key is of that one partition (hash tag {p<n>}): one Redis Cluster slot.
 --
 -- Per fire, in order: its alert id seen before? (a replay: 0) -> a resolve with no firing alert of its run published
 -- (its firing was cooled down, or never sent: -2) -> its fingerprint cooling down? (-1) -> else publish (1): XADD to
--- the alerts and history streams, PUBLISH; a firing alert marks its fingerprint open, a resolve closes it. Then the
--- RULE_STATE rows of the fingerprints the batch touched, and the batch's XACKs: a candle is acked only together with
--- its gate decisions and alert writes.
+-- the partition's alerts stream, PUBLISH; a firing alert marks its fingerprint open, a resolve closes it. Then the
+-- rule state rows of the fingerprints the call touched. (The batch's XACKs follow the call: its input streams are not
+-- in the partition's slot.)
 -- The rows were built by the engine from the answer it predicted per firing fire (its own cooldown knowledge); a
 -- fingerprint with a fire whose answer differs (a replay, another replica's cooldown) gets no row here: the engine
 -- writes the right one after. A resolve's answer changes no row ('*').
 --
--- KEYS: alerts stream, history stream, RULE_STATE, per fire (fired-id key, cooldown key, open key),
---       per ack group (stream)
--- ARGV: channel, alerts maxlen, history maxlen, fired ttl ms, group, then three msgpack arrays (one argument each, not
---       hundreds: the client packs every argument in Python): the fires, each [alert bytes, now (exchange ms),
---       cooldown ms (-1 forever, 0 none), fingerprint, predicted 1|0|*, state firing|resolved]; the rows, flat
---       [fingerprint, packed row, ...]; the ack groups, each [ids...] (its stream is its key).
+-- KEYS: the partition's alerts stream, its rule state hash, per fire (fired-id key, cooldown key, open key)
+-- ARGV: channel, alerts maxlen, fired ttl ms, then two msgpack arrays (one argument each, not hundreds: the client
+--       packs every argument in Python): the fires, each [alert bytes, now (exchange ms), cooldown ms (-1 forever,
+--       0 none), fingerprint, predicted 1|0|*, state firing|resolved]; the rows, flat [fingerprint, packed row, ...].
 -- Returns per fire: 1 published, 0 duplicate id (replay), -1 cooling down, -2 a resolve of nothing published.
-local fires, rows_in, acks = cmsgpack.unpack(ARGV[6]), cmsgpack.unpack(ARGV[7]), cmsgpack.unpack(ARGV[8])
-local ttl = ARGV[4]
+local fires, rows_in = cmsgpack.unpack(ARGV[4]), cmsgpack.unpack(ARGV[5])
+local ttl = ARGV[3]
 local out, off = {}, {}
 for i, f in ipairs(fires) do
-  local kf, kc, ko = KEYS[1 + 3 * i], KEYS[2 + 3 * i], KEYS[3 + 3 * i]
+  local kf, kc, ko = KEYS[3 * i], KEYS[1 + 3 * i], KEYS[2 + 3 * i]
   local data, now, cd, fp, predicted, state = f[1], f[2], f[3], f[4], f[5], f[6]
   local resolve = state == 'resolved'
   local r = 1
@@ -55,7 +54,6 @@ for i, f in ipairs(fires) do
   if r == 1 then
     if not resolve then redis.call('SET', ko, 1, 'PX', ttl) end
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'd', data)
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'd', data)
     redis.call('PUBLISH', ARGV[1], data)
   end
   if predicted ~= '*' and (r == 1) ~= (predicted == 1) then off[fp] = true end
@@ -68,13 +66,8 @@ for i = 1, #rows_in, 2 do
     rows[#rows + 1] = rows_in[i + 1]
   end
   if #rows >= 2000 or (i + 1 >= #rows_in and #rows > 0) then  -- (unpack's stack limit)
-    redis.call('HSET', KEYS[3], unpack(rows))
+    redis.call('HSET', KEYS[2], unpack(rows))
     rows = {}
-  end
-end
-for i, ids in ipairs(acks) do
-  for j = 1, #ids, 1000 do  -- (unpack's stack limit)
-    redis.call('XACK', KEYS[3 + 3 * #fires + i], ARGV[5], unpack(ids, j, math.min(j + 999, #ids)))
   end
 end
 return out

@@ -1,8 +1,15 @@
-"""The commit of a batch's alerts: one atomic script call (``commit.lua``) gates every fire (alert id seen before?
-a resolve whose firing alert was never published? cooldown in exchange time?), publishes the others (alerts and
-history streams, pub/sub), writes the RULE_STATE rows of the fingerprints the batch touched and the batch's XACKs.
-So replicas and restarts never double-fire, "resolved" always follows a published "firing", and a candle is acked
-only together with its alerts.
+"""The commit of a batch's alerts: one atomic script call (``commit.lua``) per partition the batch's alerts belong to
+gates every fire (alert id seen before? a resolve whose firing alert was never published? cooldown in exchange
+time?), publishes the others (the partition's alerts stream, pub/sub) and writes the rule state rows of the
+fingerprints the batch touched. So replicas and restarts never double-fire, and "resolved" always follows a published
+"firing". The batch is acked by the consumer after the commit returned: a crash in between re-reads it, and the alert
+ids make the replay publish nothing.
+
+Placement (docs/scale-out.md): an alert, its exactly-once records (``part_alert_fired``, ``part_alert_open``,
+``part_alert_cooldown``) and its rule's state row (``part_rule_state``) live in the partition of the series the rule
+runs on, ``partition_of(alert.exchange, alert.symbol)``: each script touches one hash slot, on a Redis Cluster too. A
+rule that also reads other series (multi-symbol) commits in the partition of the series it runs on, whatever the
+others' partitions: its fingerprint, hence its cooldown and state, always land in the same partition.
 
 The rows are built before the answers are known, from the answer this engine predicts per fire (its own cooldown
 knowledge); a fingerprint whose answer differs (a replay, another replica's cooldown) gets no row in the commit, and
@@ -18,11 +25,13 @@ from typing import Any
 
 import msgpack
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from services.alert_engine.core import AlertEngine, Fire
 from services.alert_engine.settings import Settings
 from shared import streams
 from shared.bus import Batch
+from shared.partitions import partition_of
 from shared.schemas import pack
 
 logger = logging.getLogger(__name__)
@@ -36,18 +45,8 @@ def _lua_pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=False)
 
 
-class _Acks:
-    """Takes a batch's XACKs (``Batch.ack_with``) for the script, which runs them after the alerts they carry."""
-
-    def __init__(self) -> None:
-        self.ids: dict[str, list[Any]] = {}
-
-    def xack(self, stream: str, group: str, *ids: Any) -> None:
-        self.ids.setdefault(stream, []).extend(ids)
-
-
 class AlertCommit:
-    """Publishes the engine's fires (``publish``) and keeps the RULE_STATE rows the API shows."""
+    """Publishes the engine's fires (``publish``) and keeps the rule state rows the API shows."""
 
     def __init__(self, settings: Settings, redis: Redis, engine: AlertEngine) -> None:
         self.settings = settings
@@ -55,43 +54,53 @@ class AlertCommit:
         self.engine = engine
         self._script = redis.register_script(_SCRIPT)  # (redis-py loads it again after a NOSCRIPT)
         # a connection of its own (redis-py's single-connection client): no pool checkout and connection check per
-        # commit, on the path of every alert
-        self._conn = redis.client()
+        # commit, on the path of every alert. A Redis Cluster client routes each call to its slot's node itself.
+        self._conn: Any = redis if isinstance(redis, RedisCluster) else redis.client()
+        # each partition's stream keeps its share of the history's retention
+        self._maxlen = max(100, -(-settings.alert_history_maxlen // settings.partitions))
         self.cooldown_until: dict[str, int] = {}  # fingerprint -> as this engine knows it (-1: forever)
         self.published = 0
         self.suppressed = 0
         self.duplicates = 0
 
+    def partition(self, exchange: str, symbol: str) -> int:
+        """The partition an alert of (exchange, symbol) is committed in."""
+        return partition_of(exchange, symbol, self.settings.partitions)
+
     async def publish(self, fires: list[Fire], batch: Batch[Any] | None = None) -> list[int]:
-        """Gate and publish ``fires`` (with ``batch``'s XACKs unless it was acked already); returns the answers
-        (1 published, 0 duplicate id, -1 cooling down, -2 a resolve whose run published no firing alert)."""
+        """Gate and publish ``fires``, one script call per partition they belong to; returns the answers (1
+        published, 0 duplicate id, -1 cooling down, -2 a resolve whose run published no firing alert). ``batch``
+        (the read the fires came from) is acked by the consumer once this returned."""
         predicted, saved, touched = self._apply_predicted(fires)
-        keys: list[Any] = [streams.ALERTS, streams.ALERT_HISTORY, streams.RULE_STATE]
-        fire_args: list[Any] = []
-        for f, p in zip(fires, predicted, strict=True):
-            fp, state = f.fingerprint, f.alert.state
-            keys += (streams.alert_fired(f.alert.id), streams.alert_cooldown(fp), streams.alert_open(fp))
-            fire_args.append((f.alert.encode(), f.now_ms, f.cooldown_ms, fp,
-                              "*" if state == "resolved" else 1 if p == 1 else 0, state))
         rows = self._state_rows(touched)
-        acks: list[list[Any]] = []
-        if batch is not None and not batch.acked:
-            taken = _Acks()
-            batch.ack_with(taken)
-            for stream, ids in taken.ids.items():
-                keys.append(stream)
-                acks.append(ids)
+        by_partition: dict[int, list[int]] = {}
+        for i, f in enumerate(fires):
+            by_partition.setdefault(self.partition(f.alert.exchange, f.alert.symbol), []).append(i)
+        answers = [0] * len(fires)
         s = self.settings
-        args: list[Any] = [streams.CHANNEL_ALERTS, s.alerts_maxlen, s.alert_history_maxlen, s.fired_ttl_s * 1000,
-                           batch.group if batch is not None else "", _lua_pack(fire_args),
-                           _lua_pack([x for fp, row in rows.items() for x in (fp, row)]), _lua_pack(acks)]
-        answers = [int(a) for a in await self._script(keys=keys, args=args, client=self._conn)]
+        for p, indexes in by_partition.items():
+            keys: list[Any] = [streams.part_alerts(p), streams.part_rule_state(p)]
+            fire_args: list[Any] = []
+            part_rows: list[Any] = []
+            for i in indexes:
+                f, fp, state = fires[i], fires[i].fingerprint, fires[i].alert.state
+                keys += (streams.part_alert_fired(p, f.alert.id), streams.part_alert_cooldown(p, fp),
+                         streams.part_alert_open(p, fp))
+                fire_args.append((f.alert.encode(), f.now_ms, f.cooldown_ms, fp,
+                                  "*" if state == "resolved" else 1 if predicted[i] == 1 else 0, state))
+                if fp in rows and touched[fp] is f:  # (the row of a fingerprint goes with its last fire)
+                    part_rows += (fp, rows[fp])
+            args: list[Any] = [streams.CHANNEL_ALERTS, self._maxlen, s.fired_ttl_s * 1000, _lua_pack(fire_args),
+                               _lua_pack(part_rows)]
+            for i, answer in zip(indexes, await self._script(keys=keys, args=args, client=self._conn), strict=True):
+                answers[i] = int(answer)
         await self._take_answers(fires, predicted, answers, saved, touched)
         return answers
 
     async def close(self) -> None:
         """Give the commit's connection back (it is taken again by the next commit)."""
-        await self._conn.aclose()
+        if self._conn is not self.redis:
+            await self._conn.aclose()
 
     def _apply_predicted(self, fires: list[Fire]) -> tuple[list[int], Saved, dict[str, Fire]]:
         """Each fire's answer as this engine predicts it (1 published, -1 cooling down), its effects applied; what
@@ -143,8 +152,10 @@ class AlertCommit:
                 self.suppressed += 1
         if wrong:
             fixed = self._state_rows({fp: f for fp, f in touched.items() if fp in wrong})
-            if fixed:
-                await self.redis.hset(streams.RULE_STATE, mapping=fixed)
+            for fp, row in fixed.items():
+                f = touched[fp]
+                await self.redis.hset(streams.part_rule_state(self.partition(f.alert.exchange, f.alert.symbol)),
+                                      fp, row)
 
     def _apply_published(self, f: Fire) -> None:
         if f.cooldown_ms:
@@ -152,20 +163,21 @@ class AlertCommit:
         if f.alert.state == "firing":
             self.engine.mark_fired(f.fingerprint, f.now_ms)
 
-    # ---- RULE_STATE rows --------------------------------------------------------------------------------------------
+    # ---- rule state rows (part_rule_state) --------------------------------------------------------------------------
 
     async def save_all_state(self) -> None:
         """Every fingerprint's state (pending/firing/inactive, last value) for the API, periodically."""
         rows = self.engine.status_rows()
         if not rows:
             return
+        where = {fp: self.partition(row["exchange"], row["symbol"]) for fp, row in rows.items()}
         async with self.redis.pipeline(transaction=False) as pipe:
             for fp in rows:
-                pipe.get(streams.alert_cooldown(fp))
+                pipe.get(streams.part_alert_cooldown(where[fp], fp))
             cooldowns = await pipe.execute()
         async with self.redis.pipeline(transaction=False) as pipe:
             for (fp, row), until in zip(rows.items(), cooldowns, strict=True):
-                pipe.hset(streams.RULE_STATE, fp, pack(self._state_row(row, until)))
+                pipe.hset(streams.part_rule_state(where[fp]), fp, pack(self._state_row(row, until)))
             await pipe.execute()
 
     def _state_row(self, row: dict[str, Any], until: bytes | None) -> dict[str, Any]:
@@ -176,7 +188,7 @@ class AlertCommit:
                 "updated_at": int(time.time() * 1000)}
 
     def _state_rows(self, touched: dict[str, Fire]) -> dict[str, bytes]:
-        """Packed RULE_STATE rows of the fingerprints a batch touched (cooldown as this engine knows it: no reads)."""
+        """Packed rule state rows of the fingerprints a batch touched (cooldown as this engine knows it: no reads)."""
         rows: dict[str, bytes] = {}
         for fp, f in touched.items():
             st = self.engine.status.get(fp)

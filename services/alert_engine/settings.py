@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from shared.config import ServiceSettings
+from shared.consumer import ClaimIdleMs
 
 #: The rules file shipped with the package, written for the simulated market (``sentinel demo``).
 SAMPLE_RULES = Path(__file__).with_name("sample_rules.yaml")
@@ -35,7 +36,12 @@ class Settings(ServiceSettings):
         "with what is there. With clock exchange (a backtest) bars wait until that data arrives or the engine stops.")
     block_ms: int = Field(default=200, ge=1)
     batch: int = Field(default=500, ge=1)
-    alerts_maxlen: int = Field(default=100_000, ge=100)
-    alert_history_maxlen: int = Field(default=1_000_000, ge=100, description="Retention of the alert history "
-                                      "stream (entries).")
+    alerts_maxlen: int = Field(default=100_000, ge=100, description="Unused since alerts are written per partition "
+                               "(streams.part_alerts, retention alert_history_maxlen); kept so settings files that "
+                               "set it still load.")
+    alert_history_maxlen: int = Field(default=1_000_000, ge=100, description="Retention of the alerts (entries), "
+                                      "shared by the partitions' alerts streams (each keeps its share, at least 100)"
+                                      ": what the notifier reads and the API's history.")
+    claim_idle_ms: ClaimIdleMs = Field(default=5_000, description="Entries pending this long at another (dead) "
+                                       "engine replica are claimed (a restarted replica re-reads its own at once).")
     fired_ttl_s: int = Field(default=30 * 86_400, ge=60, description="How long alert ids are remembered (replay).")

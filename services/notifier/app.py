@@ -1,4 +1,9 @@
-"""Notifier wiring: read ``streams.ALERTS`` (group ``notifier``), route, deliver per target, ack when all are settled.
+"""Notifier wiring: read every partition's ``streams.part_alerts`` (group ``notifier``), route, deliver per target, ack
+when all are settled.
+
+Reading: one consumer per partition stream (``shared.bus.Consumer``), each with its own XREADGROUP, so on a Redis
+Cluster every read, claim and ack names one slot; on one Redis the reads simply run side by side. Alerts of different
+partitions are independent (no order between pairs is promised); within a partition they are taken in order.
 
 Flow: the bus hands decoded alerts to ``_take``, which routes each (``core.route``) and appends it to the lane of
 every target it goes to, without acking. Each target has its own lane and worker, so a slow or failing target never
@@ -69,9 +74,12 @@ class _Stopping(Exception):
     """Stop was requested while waiting to retry: leave the alerts pending for the next run."""
 
 
+Key = tuple[str, bytes]  # (stream, entry id): ids are unique per stream only
+
+
 @dataclass(slots=True)
 class _Job:
-    entry_id: bytes
+    key: Key
     alert: Alert
     arrived: float
 
@@ -99,12 +107,13 @@ class NotifierApp:
         self.scheme_buckets = {scheme: core.TokenBucket(rate, max(1, int(rate)))
                                for scheme, rate in settings.scheme_rates.items()
                                if any(getattr(t, "scheme", None) == scheme for t in self.targets.values())}
-        self.consumer = Consumer(
-            self.bus, settings.consumer_settings(streams.GROUP_NOTIFIER, "notifier", count=settings.count,
-                                                 block_ms=settings.block_ms),
-            decode=Alert.decode, handler=self._take, streams=[streams.ALERTS])
+        consumer_settings = settings.consumer_settings(streams.GROUP_NOTIFIER, "notifier", count=settings.count,
+                                                       block_ms=settings.block_ms)
+        self.consumers = [Consumer(self.bus, consumer_settings, decode=Alert.decode, handler=self._take,
+                                   streams=[streams.part_alerts(p)]) for p in range(settings.partitions)]
+        self.name = consumer_settings.consumer
         self._lanes = {name: _Lane(t) for name, t in self.targets.items()}
-        self._remaining: dict[bytes, set[str]] = {}  # entry id -> targets not yet settled
+        self._remaining: dict[Key, set[str]] = {}  # (stream, entry id) -> targets not yet settled
         self._room = asyncio.Event()
         self._stop = asyncio.Event()
         self._workers: list[asyncio.Task] = []
@@ -118,10 +127,11 @@ class NotifierApp:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume and deliver until ``stop`` is set; unfinished alerts stay pending for the next run."""
         self._start(stop)
-        helpers = [asyncio.create_task(heartbeat(self.redis, "notifier", stop, self.status), name="notifier-heartbeat"),
+        helpers = [asyncio.create_task(heartbeat(self.redis, "notifier", stop, self.status, instance=self.name),
+                                       name="notifier-heartbeat"),
                    asyncio.create_task(self._keep_claimed(stop), name="notifier-keep-claimed")]
         try:
-            await self.consumer.run(stop)
+            await asyncio.gather(*(c.run(stop) for c in self.consumers))
         finally:
             await self._finish()
             for task in helpers:
@@ -133,11 +143,11 @@ class NotifierApp:
         replica does not claim and send them while we retry; a dead notifier stops doing this and loses them."""
         every = self.settings.claim_idle_ms / 3000
         while not await _sleep(stop, every):
-            ids = list(self._remaining)
-            for i in range(0, len(ids), 1000):
-                with contextlib.suppress(*_REDIS_DOWN):
-                    await self.redis.xclaim(streams.ALERTS, streams.GROUP_NOTIFIER, self.consumer.name, 0,
-                                            ids[i:i + 1000], justid=True)
+            for stream, ids in _by_stream(list(self._remaining)).items():
+                for i in range(0, len(ids), 1000):
+                    with contextlib.suppress(*_REDIS_DOWN):
+                        await self.redis.xclaim(stream, streams.GROUP_NOTIFIER, self.name, 0, ids[i:i + 1000],
+                                                justid=True)
 
     async def drain(self) -> int:
         """Burst mode (tests, backtests): deliver everything available now; returns how many alerts were acked."""
@@ -145,7 +155,9 @@ class NotifierApp:
         self._start(asyncio.Event())
         try:
             while True:
-                n = await self.consumer.poll(None)
+                n = 0
+                for consumer in self.consumers:
+                    n += await consumer.poll(None)
                 if n == 0 and not self._remaining:
                     return self.acked - before
                 if n == 0:
@@ -180,10 +192,11 @@ class NotifierApp:
     async def _take(self, batch: Batch[Alert]) -> None:
         """Route each alert into its targets' lanes. The ack comes when all are settled, so the bus must not ack."""
         batch.acked = True
-        settled: list[bytes] = []
+        settled: list[Key] = []
         now = time.monotonic()
         for entry in batch.entries:
-            if entry.id in self._remaining:  # our own entry claimed back while in flight
+            key = (entry.stream, entry.id)
+            if key in self._remaining:  # our own entry claimed back while in flight
                 continue
             alert = entry.value
             lanes = []
@@ -194,12 +207,12 @@ class NotifierApp:
                 elif channel not in core.BUILTIN_CHANNELS:  # a disabled built-in is skipped silently
                     await self._dead_letter_unknown(channel, alert)
             if not lanes:
-                settled.append(entry.id)
+                settled.append(key)
                 continue
-            self._remaining[entry.id] = set(lanes)
+            self._remaining[key] = set(lanes)
             for channel in lanes:
                 lane = self._lanes[channel]
-                lane.jobs.append(_Job(entry.id, alert, now))
+                lane.jobs.append(_Job(key, alert, now))
                 lane.wake.set()
         if settled:
             await self._ack(settled)
@@ -207,9 +220,10 @@ class NotifierApp:
             self._room.clear()
             await _wait_any(self._room, self._stop)
 
-    async def _ack(self, ids: list[bytes]) -> None:
-        await self.redis.xack(streams.ALERTS, streams.GROUP_NOTIFIER, *ids)
-        self.acked += len(ids)
+    async def _ack(self, keys: list[Key]) -> None:
+        for stream, ids in _by_stream(keys).items():
+            await self.redis.xack(stream, streams.GROUP_NOTIFIER, *ids)
+            self.acked += len(ids)
 
     # ---- per-target worker -----------------------------------------------------------------------------------------
 
@@ -242,12 +256,12 @@ class NotifierApp:
                 jobs.popleft()
             finished = []
             for job in chunk:
-                left = self._remaining.get(job.entry_id)
+                left = self._remaining.get(job.key)
                 if left is not None:
                     left.discard(target.name)
                     if not left:
-                        del self._remaining[job.entry_id]
-                        finished.append(job.entry_id)
+                        del self._remaining[job.key]
+                        finished.append(job.key)
             if finished:
                 self._room.set()
                 with contextlib.suppress(*_REDIS_DOWN):  # unacked entries come back by claim; records skip them
@@ -371,6 +385,13 @@ class NotifierApp:
         if await self.redis.get(streams.notify_sent(alert.id, channel)) is None:
             logger.warning("notifier: rule %s names unknown channel %r; dead-lettering", alert.rule, channel)
             await self._record(channel, [alert], DEAD, 0, f"unknown channel {channel!r}")
+
+
+def _by_stream(keys: list[Key]) -> dict[str, list[bytes]]:
+    out: dict[str, list[bytes]] = {}
+    for stream, entry_id in keys:
+        out.setdefault(stream, []).append(entry_id)
+    return out
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> bool:

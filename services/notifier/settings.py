@@ -81,5 +81,7 @@ class Settings(ServiceSettings):
     max_inflight: int = Field(default=10_000, ge=1, description="Unacked alerts held at most; reading waits beyond.")
     block_ms: int = Field(default=500, ge=1)
     count: int = Field(default=500, ge=1)
-    claim_idle_ms: int = Field(default=60_000, ge=1,
-                               description="Claim alerts another notifier left unacked this long (ms).")
+    claim_idle_ms: int = Field(default=5_000, ge=1,
+                               description="Claim alerts another notifier left unacked this long (ms): a killed "
+                               "replica's alerts move within about this time. A live replica re-claims what it is "
+                               "still sending every third of it, so a slow target is never sent twice.")

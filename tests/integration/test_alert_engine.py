@@ -11,12 +11,13 @@ import pandas as pd
 from services.alert_engine.app import AlertEngineApp
 from services.alert_engine.settings import Settings
 from shared import streams
-from shared.bus import FIELD, Bus
+from shared.bus import Bus
 from shared.rules import parse_rules
-from shared.schemas import Alert, Candle, unpack
+from shared.schemas import Alert, Candle
 from tests.conftest import shared_data
 from tests.unit.alert_engine import pdref
 from tests.support.subscriptions import subscribed, subscribers
+from tests.support.alerts import count_alerts, read_alerts, rule_state_rows
 
 XRP = "binance_spot_xrpeth/XRPETH-aggtrades-2019-10-11.csv"
 EX, SYM, TF, TF_MS = "binance", "XRP/ETH", "5m", 300_000
@@ -36,7 +37,7 @@ async def _publish(redis, candles: list[Candle]) -> None:
 
 
 async def _alerts(redis) -> list[Alert]:
-    return [Alert.decode(f[FIELD]) for _, f in await redis.xrange(streams.ALERTS)]
+    return await read_alerts(redis)
 
 
 def _rules(level: Decimal) -> str:
@@ -86,11 +87,11 @@ async def test_alerts_from_a_real_recording_equal_pandas(redis, tmp_path):
     for name, want in expected.items():
         assert want, name
         assert got.get(name, set()) == want, (name, sorted(got.get(name, set()) ^ want)[:5])
-    history = await redis.xlen(streams.ALERT_HISTORY)
+    history = await count_alerts(redis)
     assert history == sum(len(v) for v in expected.values())
     # the engine asked the candle builder for the series, and left the rule state for the API
     assert streams.registry_member(EX, SYM, TF) in await subscribers(redis)
-    states = {unpack(v)["rule"] for v in (await redis.hgetall(streams.RULE_STATE)).values()}
+    states = {row["rule"] for row in (await rule_state_rows(redis)).values()}
     assert states == set(expected)
 
     # Replay: a new consumer group (as after losing the group) re-reads every candle; nothing is published twice.
@@ -98,7 +99,7 @@ async def test_alerts_from_a_real_recording_equal_pandas(redis, tmp_path):
     replay = AlertEngineApp(_settings(tmp_path, "engine-2"), redis)
     await replay.drain()
     assert replay.commit.published == 0 and replay.commit.duplicates > 0
-    assert await redis.xlen(streams.ALERTS) == history
+    assert await count_alerts(redis) == history
 
 
 def _candle(i: int, close: str) -> Candle:

@@ -1,16 +1,21 @@
-"""alert_engine's one-call commit (gate + alert writes + RULE_STATE rows + XACKs in one script) on a real redis-server:
-a flushed script cache loses and repeats nothing, a replay's rows never claim a publish that did not happen, and the
-candles are acked only with their alerts."""
+"""alert_engine's commit (gate + alert writes + rule state rows in one script per partition) on a real redis-server
+and on a 3-node Redis Cluster: a flushed script cache loses and repeats nothing, a replay's rows never claim a publish
+that did not happen, the candles are acked after their alerts, and every alert, record and row lands in the partition
+of its pair (one slot per script: no CROSSSLOT)."""
 
 from __future__ import annotations
 
+import zlib
 from decimal import Decimal
+
+from redis.asyncio.cluster import RedisCluster
 
 from services.alert_engine.app import AlertEngineApp
 from services.alert_engine.settings import Settings
 from shared import streams
-from shared.bus import FIELD, Bus
-from shared.schemas import Alert, Candle, unpack
+from shared.bus import Bus
+from shared.schemas import Alert, Candle
+from tests.support.alerts import count_alerts, read_alerts, rule_state_rows
 
 EX, SYM, TF, TF_MS = "binance", "XRP/ETH", "1m", 60_000
 T0 = 1_570_752_000_000
@@ -54,8 +59,7 @@ def _expected(closes: list[int]) -> dict[str, set[int]]:
 
 async def _alerts(redis) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
-    for _, f in await redis.xrange(streams.ALERTS):
-        a = Alert.decode(f[FIELD])
+    for a in await read_alerts(redis):
         out.setdefault(a.rule, []).append(a.ts)
     return out
 
@@ -72,10 +76,10 @@ async def test_a_flushed_script_cache_loses_and_repeats_nothing(redis, tmp_path)
     want = _expected(closes)
     assert {k: sorted(v) for k, v in got.items()} == {k: sorted(v) for k, v in want.items()}
     assert all(len(v) == len(set(v)) for v in got.values())  # no alert twice
-    assert await redis.xlen(streams.ALERT_HISTORY) == sum(len(v) for v in want.values())
+    assert await count_alerts(redis) == sum(len(v) for v in want.values())
     pending = await redis.xpending(streams.candles(EX, SYM, TF), streams.GROUP_ALERT_ENGINE)
-    assert pending["pending"] == 0  # every candle acked, with its alerts
-    rows = {unpack(v)["rule"]: unpack(v) for v in (await redis.hgetall(streams.RULE_STATE)).values()}
+    assert pending["pending"] == 0  # every candle acked, after its alerts
+    rows = {row["rule"]: row for row in (await rule_state_rows(redis)).values()}
     last = max(want["above_cd"])
     assert rows["above_cd"]["last_fired"] == last + TF_MS
     assert rows["above_cd"]["cooldown_until"] == last + TF_MS + 3 * TF_MS
@@ -86,15 +90,15 @@ async def test_a_replay_writes_no_row_claiming_a_publish(redis, tmp_path):
     await _publish(redis, [_candle(i, c) for i, c in enumerate(closes)])
     first = AlertEngineApp(_settings(tmp_path, "engine-1"), redis)
     await first.drain()
-    n = await redis.xlen(streams.ALERTS)
+    n = await count_alerts(redis)
     assert n == sum(len(v) for v in _expected(closes).values())
     # a new group re-reads everything: every gate answers "duplicate", which the replica could not predict
     await redis.xgroup_destroy(streams.candles(EX, SYM, TF), streams.GROUP_ALERT_ENGINE)
     replay = AlertEngineApp(_settings(tmp_path, "engine-2"), redis)
     await replay.drain()
     assert replay.commit.published == 0 and replay.commit.duplicates > 0
-    assert await redis.xlen(streams.ALERTS) == n
-    rows = {unpack(v)["rule"]: unpack(v) for v in (await redis.hgetall(streams.RULE_STATE)).values()}
+    assert await count_alerts(redis) == n
+    rows = {row["rule"]: row for row in (await rule_state_rows(redis)).values()}
     assert set(rows) == {"above", "above_cd"}
     for row in rows.values():  # written by the replay (which published nothing): no last_fired, no cooldown of ours
         assert row["last_fired"] is None and row["cooldown_until"] is None, row
@@ -105,21 +109,56 @@ async def test_a_replay_writes_no_row_claiming_a_publish(redis, tmp_path):
 
 
 async def test_one_commit_of_thousands_of_alerts_writes_every_alert_and_every_row_once(redis, tmp_path):
-    """A bar boundary over 5,000 series: one commit carries 5,000 alerts and their RULE_STATE rows (the script writes
-    the rows in chunks: Lua's unpack has a stack limit); a replay of the same fires publishes nothing."""
+    """A bar boundary over 5,000 series in one partition: one script call carries 5,000 alerts and their rule state
+    rows (the script writes the rows in chunks: Lua's unpack has a stack limit); a replay of the same fires publishes
+    nothing."""
     path = tmp_path / "rules.yaml"
     path.write_text(f"rules:\n  - {{name: every, exchange: {EX}, symbols: ['*'], timeframe: {TF}, "
                     "frequency: every_time, condition: {op: above, right: 10}}\n")
-    app = AlertEngineApp(Settings(rules_file=path, redis_url="redis://unused"), redis)
+    app = AlertEngineApp(Settings(rules_file=path, redis_url="redis://unused", partitions=1), redis)
     p = Decimal(11)
     candles = [Candle(exchange=EX, symbol=f"S{i}/USDT", timeframe=TF, ts=T0, open=p, high=p, low=p, close=p,
                       volume=Decimal(1), buy_volume=Decimal(1), sell_volume=Decimal(0)) for i in range(5000)]
     fires = app.engine.on_batch(candles)
     assert len(fires) == 5000
     assert await app.publish(fires) == [1] * 5000
-    assert await redis.xlen(streams.ALERTS) == 5000 and await redis.xlen(streams.ALERT_HISTORY) == 5000
-    rows = {k.decode(): unpack(v) for k, v in (await redis.hgetall(streams.RULE_STATE)).items()}
+    assert await redis.xlen(streams.part_alerts(0)) == 5000
+    rows = await rule_state_rows(redis, 1)
     assert set(rows) == {f.fingerprint for f in fires}
     assert all(row["last_fired"] == T0 + TF_MS for row in rows.values())
     assert await app.publish(fires) == [0] * 5000  # a replay
-    assert await redis.xlen(streams.ALERTS) == 5000
+    assert await redis.xlen(streams.part_alerts(0)) == 5000
+
+
+async def test_commit_on_a_redis_cluster_writes_each_alert_in_its_pairs_partition(redis_cluster, tmp_path):
+    """Fires of many pairs in one batch, on a 3-master Redis Cluster: one script per partition (no CROSSSLOT), each
+    alert in the alerts stream of its pair's partition (an independent CRC-32 of "exchange|symbol"), its fired-id and
+    cooldown records and its rule state row beside it; a replay publishes nothing."""
+    client = RedisCluster.from_url(redis_cluster.url)
+    await client.flushall()
+    try:
+        path = tmp_path / "rules.yaml"
+        path.write_text(f"rules:\n  - {{name: every, exchange: {EX}, symbols: ['*'], timeframe: {TF}, "
+                        "frequency: every_time, cooldown: 5m, condition: {op: above, right: 10}}\n")
+        app = AlertEngineApp(Settings(rules_file=path, redis_url="redis://unused", partitions=8), client)
+        p = Decimal(11)
+        symbols = [f"S{i}/USDT" for i in range(40)]
+        candles = [Candle(exchange=EX, symbol=s, timeframe=TF, ts=T0, open=p, high=p, low=p, close=p,
+                          volume=Decimal(1), buy_volume=Decimal(1), sell_volume=Decimal(0)) for s in symbols]
+        fires = app.engine.on_batch(candles)
+        assert await app.publish(fires) == [1] * 40
+        want = {s: zlib.crc32(f"{EX}|{s}".encode()) % 8 for s in symbols}
+        assert len(set(want.values())) > 4  # the batch really spans partitions (and nodes)
+        for part in range(8):
+            got = [Alert.decode(f[b"d"]) for _, f in await client.xrange(streams.part_alerts(part))]
+            assert sorted(a.symbol for a in got) == sorted(s for s in symbols if want[s] == part)
+            for a in got:
+                fp = next(f.fingerprint for f in fires if f.alert.id == a.id)
+                assert await client.exists(streams.part_alert_fired(part, a.id))
+                assert int(await client.get(streams.part_alert_cooldown(part, fp))) == T0 + TF_MS + 5 * TF_MS
+                assert await client.hexists(streams.part_rule_state(part), fp)
+        assert await app.publish(fires) == [0] * 40  # a replay
+        assert await count_alerts(client, 8) == 40
+        await app.commit.close()
+    finally:
+        await client.aclose()

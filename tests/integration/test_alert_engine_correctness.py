@@ -18,10 +18,11 @@ import pandas as pd
 from services.alert_engine.app import AlertEngineApp
 from services.alert_engine.settings import Settings
 from shared import streams
-from shared.bus import FIELD, Bus
-from shared.schemas import Alert, Candle
+from shared.bus import Bus
+from shared.schemas import Candle
 from tests.conftest import shared_data
 from tests.unit.alert_engine import pdref
+from tests.support.alerts import read_alerts
 
 BTC = "binance_spot_btcusdt/BTCUSDT-trades-20240808T2354-20240809T0005.csv"
 Q21 = "binance_spot_btcusdt_20210108"
@@ -36,8 +37,7 @@ async def _publish(redis, candles: list[Candle]) -> None:
 
 async def _alerts(redis) -> set[tuple]:
     out = set()
-    for _, f in await redis.xrange(streams.ALERTS):
-        a = Alert.decode(f[FIELD])
+    for a in await read_alerts(redis):
         out.add((a.rule, a.symbol, a.timeframe, a.ts, a.state))
     return out
 

@@ -20,6 +20,7 @@ from tests.conftest import shared_data
 from tests.integration import test_alert_engine_correctness as corr
 from tests.unit.alert_engine import pdref
 from tests.support.subscriptions import subscribed, subscribers
+from tests.support.alerts import delete_alerts
 
 EX, A = corr.EX, corr.A
 
@@ -183,7 +184,7 @@ rules:
     first = AlertEngineApp(_settings(tmp_path, text, "e1", clock="exchange"), redis)
     await first.drain(final=False)  # stops with bar 1 waiting for ETH's bar 1
     assert await corr._alerts(redis) == {("both", A, "1m", t0, "firing")} and first.engine.deferred == 1
-    await redis.delete(streams.ALERTS)
+    await delete_alerts(redis)
     second = AlertEngineApp(_settings(tmp_path, text, "e2", clock="exchange"), redis)
     await second.sync_series()
     assert second.engine.deferred == 1

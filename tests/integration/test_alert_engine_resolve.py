@@ -14,12 +14,10 @@ import pytest
 
 from services.alert_engine.app import AlertEngineApp
 from services.alert_engine.settings import Settings
-from shared import streams
-from shared.bus import FIELD
-from shared.schemas import Alert
 from tests.conftest import shared_data
 from tests.integration import test_alert_engine_correctness as corr
 from tests.unit.alert_engine import pdref
+from tests.support.alerts import read_alerts
 
 BTC = "binance_spot_btcusdt/BTCUSDT-trades-20240808T2354-20240809T0005.csv"
 EX, SYM = "binance", "BTC/USDT"
@@ -51,8 +49,7 @@ async def test_resolved_only_follows_a_published_firing_on_a_real_recording(redi
     await app.drain()
 
     sequences: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for _, fields in await redis.xrange(streams.ALERTS):
-        a = Alert.decode(fields[FIELD])
+    for a in await read_alerts(redis):
         sequences[a.rule].append((a.ts, a.state))
         if a.rule == "outside_cd":  # the message is true in both states
             assert a.message.endswith(f"outside {lo}-{hi} is {a.state}"), a.message

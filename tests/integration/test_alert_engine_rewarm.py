@@ -37,6 +37,7 @@ from tests.integration.test_candle_builder import RECORDINGS, publish, read_cand
 from tests.integration.test_candle_builder_lookback import running, running_builder, wait_for
 from tests.unit.alert_engine import pdref
 from tests.support.subscriptions import subscribed
+from tests.support.alerts import delete_alerts
 
 SEAM = 1_723_161_600_000  # 2024-08-09 00:00:00 UTC: the builder meets the pair here (the recording starts 23:54:15)
 CUT = SEAM + 60_000  # the rules are reloaded after the first minute of live trades
@@ -190,7 +191,7 @@ async def test_a_grown_look_back_is_read_back_from_the_stream_when_it_already_ho
     await second.drain()
     series = second.engine.windows[K1S]
     assert len(series.candles) == 90
-    await redis.delete(streams.ALERTS)
+    await delete_alerts(redis)
     await _reload(second, SMA300)
     assert len(series.candles) == 301 and second.series_sync.refilled == 1
     assert [c.ts for c in series.candles] == [c.ts for c in c1[460 - 301:460]]
@@ -217,7 +218,7 @@ async def test_a_backfill_another_replica_consumed_is_read_back_when_history_fro
     await app.drain()
     series = app.engine.windows[K1S]
     assert len(series.candles) == 100 and series.value(r.SMA(period=300)) is None
-    await redis.delete(streams.ALERTS)
+    await delete_alerts(redis)
     # the builder backfills bars 0..299 (appended); the other replica's read takes them
     await corr._publish(redis, c1[:300])
     await redis.hset(streams.CANDLE_HISTORY_FROM, member, c1[0].ts)

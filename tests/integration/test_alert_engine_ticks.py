@@ -13,11 +13,12 @@ import pytest
 from services.alert_engine.app import AlertEngineApp
 from services.alert_engine.settings import Settings
 from shared import streams
-from shared.bus import FIELD, Bus
+from shared.bus import Bus
 from shared.schemas import Alert, Ticker, Trade, encode_trades
 from tests.conftest import shared_data
 from tests.unit.alert_engine import pdref
 from tests.support.subscriptions import subscribed, subscribers
+from tests.support.alerts import read_alerts
 
 DIR = "binance_spot_btcusdt_20210108"
 EX, SYM = "binance", "BTC/USDT"
@@ -46,7 +47,7 @@ def _settings(tmp_path, text: str, **kw) -> Settings:
 
 
 async def _alerts(redis) -> list[Alert]:
-    return [Alert.decode(f[FIELD]) for _, f in await redis.xrange(streams.ALERTS)]
+    return await read_alerts(redis)
 
 
 async def _publish_tickers(redis, q: pd.DataFrame) -> None:

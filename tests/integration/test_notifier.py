@@ -11,9 +11,12 @@ from shared import streams
 from shared.bus import FIELD, Bus
 from tests.integration.notifier.helpers import make_alert, publish, run_until_caught_up
 
+#: These tests run the notifier with partitions: 1 (one alerts stream: delivery order is publish order).
+ONE_STREAM = streams.part_alerts(0)
+
 
 def settings(tmp_path, **kw) -> Settings:
-    return Settings(jsonl_path=tmp_path / "alerts.jsonl", consumer_name="n1", block_ms=50, **kw)
+    return Settings(jsonl_path=tmp_path / "alerts.jsonl", consumer_name="n1", block_ms=50, partitions=1, **kw)
 
 
 def jsonl_rows(path) -> list[dict]:
@@ -27,7 +30,7 @@ def expected_row(alert) -> dict:
 
 async def test_each_alert_lands_once_in_jsonl_and_on_console(redis, tmp_path, capsys):
     alerts = [make_alert(i) for i in range(25)]
-    await publish(redis, alerts)
+    await publish(redis, alerts, 1)
     app = NotifierApp(settings(tmp_path), redis)
     await run_until_caught_up(app, redis)
     rows = jsonl_rows(tmp_path / "alerts.jsonl")
@@ -43,17 +46,17 @@ async def test_each_alert_lands_once_in_jsonl_and_on_console(redis, tmp_path, ca
 
 async def test_redelivered_and_claimed_entries_do_not_duplicate(redis, tmp_path):
     alerts = [make_alert(i) for i in range(10)]
-    await publish(redis, alerts)
+    await publish(redis, alerts, 1)
     await run_until_caught_up(NotifierApp(settings(tmp_path), redis), redis)
     # Rewind the group: every alert is delivered again to the same consumer, as after a crash before XACK.
-    await redis.xgroup_setid(streams.ALERTS, streams.GROUP_NOTIFIER, "0")
+    await redis.xgroup_setid(ONE_STREAM, streams.GROUP_NOTIFIER, "0")
     await run_until_caught_up(NotifierApp(settings(tmp_path), redis), redis)
     # Rewind again and leave the entries pending on a dead consumer; a new one claims them.
-    await redis.xgroup_setid(streams.ALERTS, streams.GROUP_NOTIFIER, "0")
-    got = await redis.xreadgroup(streams.GROUP_NOTIFIER, "ghost", {streams.ALERTS: ">"}, count=100)
+    await redis.xgroup_setid(ONE_STREAM, streams.GROUP_NOTIFIER, "0")
+    got = await redis.xreadgroup(streams.GROUP_NOTIFIER, "ghost", {ONE_STREAM: ">"}, count=100)
     assert len(got[0][1]) == 10
     more = [make_alert(i) for i in range(10, 13)]
-    await publish(redis, more)
+    await publish(redis, more, 1)
     app = NotifierApp(settings(tmp_path, claim_idle_ms=1), redis)
     await run_until_caught_up(app, redis)
     rows = jsonl_rows(tmp_path / "alerts.jsonl")
@@ -63,15 +66,15 @@ async def test_redelivered_and_claimed_entries_do_not_duplicate(redis, tmp_path)
 
 async def test_undecodable_entry_goes_to_dead_letter_and_the_rest_flows(redis, tmp_path):
     good = [make_alert(i) for i in range(4)]
-    await publish(redis, good[:2])
-    await Bus(redis).publish(streams.ALERTS, b"\xc1 not msgpack")
-    await Bus(redis).publish(streams.ALERTS, good[0].encode()[:-3])  # truncated
-    await publish(redis, good[2:])
+    await publish(redis, good[:2], 1)
+    await Bus(redis).publish(ONE_STREAM, b"\xc1 not msgpack")
+    await Bus(redis).publish(ONE_STREAM, good[0].encode()[:-3])  # truncated
+    await publish(redis, good[2:], 1)
     await run_until_caught_up(NotifierApp(settings(tmp_path), redis), redis)
     assert jsonl_rows(tmp_path / "alerts.jsonl") == [expected_row(a) for a in good]
     dead = await redis.xrange(streams.DEAD_LETTER)
     assert [d[1][FIELD] for d in dead] == [b"\xc1 not msgpack", good[0].encode()[:-3]]
-    assert all(d[1][b"source"] == streams.ALERTS.encode() for d in dead)
+    assert all(d[1][b"source"] == ONE_STREAM.encode() for d in dead)
 
 
 async def test_jsonl_lines_written_before_a_crash_are_not_written_again(redis, tmp_path):
@@ -80,6 +83,6 @@ async def test_jsonl_lines_written_before_a_crash_are_not_written_again(redis, t
     alerts = [make_alert(i) for i in range(5)]
     path = tmp_path / "alerts.jsonl"
     path.write_text("".join(json.dumps(expected_row(a)) + "\n" for a in alerts[:3]) + '{"id": "a00')
-    await publish(redis, alerts)
+    await publish(redis, alerts, 1)
     await run_until_caught_up(NotifierApp(settings(tmp_path), redis), redis)
     assert jsonl_rows(path) == [expected_row(a) for a in alerts]

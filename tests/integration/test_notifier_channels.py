@@ -17,11 +17,14 @@ from shared.schemas import Alert
 from tests.integration.notifier.helpers import make_alert, publish, run_until_caught_up
 from tests.integration.notifier.receivers import smtp_server, wait_for, webhook_receiver
 
+#: These tests run the notifier with partitions: 1 (one alerts stream: delivery order is publish order).
+ONE_STREAM = streams.part_alerts(0)
+
 
 def settings(tmp_path, channels: dict[str, str], **kw) -> Settings:
     base = dict(jsonl_path=tmp_path / "alerts.jsonl", console=False, consumer_name="n1", block_ms=50,
                 channels=channels, default_channels=["jsonl", *channels], backoff_base_s=0.05, backoff_cap_s=0.2,
-                rate_per_s=1000, burst=1000)
+                rate_per_s=1000, burst=1000, partitions=1)
     base.update(kw)
     return Settings(**base)
 
@@ -34,7 +37,7 @@ async def test_webhook_retries_500_and_honours_429_retry_after(redis, tmp_path):
     script = [(500, {}), (503, {}), (429, {"Retry-After": "1"}), (500, {})]
     async with webhook_receiver(script) as hook:
         alert = make_alert(1)
-        await publish(redis, [alert])
+        await publish(redis, [alert], 1)
         await run_until_caught_up(NotifierApp(settings(tmp_path, {"hook": hook.url}), redis), redis)
         assert [r["status"] for r in hook.requests] == [500, 503, 429, 500, 200]
         gap = hook.requests[3]["t"] - hook.requests[2]["t"]
@@ -52,7 +55,7 @@ async def test_webhook_retries_500_and_honours_429_retry_after(redis, tmp_path):
 async def test_permanent_4xx_is_not_retried_and_dead_lettered_while_other_targets_deliver(redis, tmp_path):
     async with webhook_receiver([(404, {})]) as bad, webhook_receiver() as good:
         alert = make_alert(2)
-        await publish(redis, [alert])
+        await publish(redis, [alert], 1)
         app = NotifierApp(settings(tmp_path, {"bad": bad.url, "good": good.url}), redis)
         await run_until_caught_up(app, redis)
         assert [r["status"] for r in bad.requests] == [404]
@@ -68,7 +71,7 @@ async def test_permanent_4xx_is_not_retried_and_dead_lettered_while_other_target
 
 async def test_transient_failures_dead_letter_after_max_attempts(redis, tmp_path):
     async with webhook_receiver([(500, {})] * 10) as hook:
-        await publish(redis, [make_alert(3)])
+        await publish(redis, [make_alert(3)], 1)
         await run_until_caught_up(NotifierApp(settings(tmp_path, {"hook": hook.url}, max_attempts=3), redis), redis)
         assert [r["status"] for r in hook.requests] == [500, 500, 500]
     dead = await redis.xrange(streams.NOTIFY_DEAD_LETTER)
@@ -83,7 +86,7 @@ async def test_burst_is_grouped_into_one_message_per_target(redis, tmp_path):
         stop = asyncio.Event()
         task = asyncio.create_task(app.run(stop))
         for i in range(0, 40, 8):  # the burst arrives in pieces within the window
-            await publish(redis, alerts[i:i + 8])
+            await publish(redis, alerts[i:i + 8], 1)
             await asyncio.sleep(0.03)
         await wait_for(lambda: len(hook.requests) >= 1)
         await asyncio.sleep(0.3)
@@ -101,7 +104,7 @@ async def test_email_through_a_real_smtp_server(redis, tmp_path):
     with smtp_server() as (port, messages):
         url = f"mailto://127.0.0.1:{port}?from=alerts@example.com&to=ops@example.com"
         alert = make_alert(5, message="breakout <confirmed>")
-        await publish(redis, [alert])
+        await publish(redis, [alert], 1)
         await run_until_caught_up(NotifierApp(settings(tmp_path, {"email": url}), redis), redis)
         assert len(messages) == 1
     msg = messages[0]
@@ -146,7 +149,7 @@ async def test_telegram_and_discord_get_markdown_with_secrets_from_the_environme
                      routes=[{"severity": ["critical"], "channels": ["tg", "dc"]}])
         critical = make_alert(2, message="breakout_confirmed")  # i % 3 == 2 → critical
         info = make_alert(3)
-        await publish(redis, [critical, info])
+        await publish(redis, [critical, info], 1)
         await run_until_caught_up(NotifierApp(s, redis), redis)
     by_path = {g["path"]: g["body"] for g in got}
     assert set(by_path) == {f"/bot{token}/sendMessage", "/api/webhooks/1234567890/abcdefghijklmnopqrstuvwxyz"}
@@ -165,7 +168,7 @@ async def test_telegram_and_discord_get_markdown_with_secrets_from_the_environme
 async def test_token_bucket_paces_messages_to_a_target(redis, tmp_path):
     async with webhook_receiver() as hook:
         s = settings(tmp_path, {"hook": hook.url}, rate_per_s=10.0, burst=2, max_group=1)
-        await publish(redis, [make_alert(i) for i in range(8)])
+        await publish(redis, [make_alert(i) for i in range(8)], 1)
         await run_until_caught_up(NotifierApp(s, redis), redis)
         times = [r["t"] for r in hook.requests]
     assert len(times) == 8
@@ -180,7 +183,7 @@ async def test_failures_are_logged_without_credentials(redis, tmp_path, caplog):
     caplog.set_level("INFO")
     async with webhook_receiver([(500, {}), (401, {})]) as hook:
         url = f"json://robot:hunter2@127.0.0.1:{hook.port}/hook?token=s3cret"
-        await publish(redis, [make_alert(1)])
+        await publish(redis, [make_alert(1)], 1)
         await run_until_caught_up(NotifierApp(settings(tmp_path, {"hook": url}), redis), redis)
         assert hook.requests[0]["headers"]["Authorization"].startswith("Basic ")
     dead = await redis.xrange(streams.NOTIFY_DEAD_LETTER)
@@ -199,20 +202,20 @@ async def test_a_slow_target_does_not_hold_back_the_others(redis, tmp_path):
         task = asyncio.create_task(app.run(stop))
         try:
             for i in range(3):
-                await publish(redis, [make_alert(i)])
+                await publish(redis, [make_alert(i)], 1)
                 await wait_for(lambda: len(fast.delivered()) == i + 1, timeout=2.0)  # while "slow" waits 3 s
             assert alerts_in(slow.delivered()) == []
             await wait_for(lambda: len(alerts_in(slow.delivered())) == 3, timeout=8.0)
         finally:
             stop.set()
             await task
-    info = await redis.xpending(streams.ALERTS, streams.GROUP_NOTIFIER)
+    info = await redis.xpending(ONE_STREAM, streams.GROUP_NOTIFIER)
     assert info["pending"] == 0
 
 
 async def test_rule_naming_an_unknown_channel_dead_letters_that_pair_only(redis, tmp_path):
     alert = make_alert(4, channels=["jsonl", "pager"])
-    await publish(redis, [alert])
+    await publish(redis, [alert], 1)
     await run_until_caught_up(NotifierApp(settings(tmp_path, {}), redis), redis)
     dead = await redis.xrange(streams.NOTIFY_DEAD_LETTER)
     assert [(f[b"target"], f[b"reason"]) for _, f in dead] == [(b"pager", b"unknown channel 'pager'")]
@@ -222,7 +225,7 @@ async def test_rule_naming_an_unknown_channel_dead_letters_that_pair_only(redis,
 async def test_service_wide_bucket_is_shared_by_targets_of_one_scheme(redis, tmp_path):
     async with webhook_receiver() as a, webhook_receiver() as b:
         s = settings(tmp_path, {"a": a.url, "b": b.url}, max_group=1, scheme_rates={"json": 4.0})
-        await publish(redis, [make_alert(i) for i in range(4)])
+        await publish(redis, [make_alert(i) for i in range(4)], 1)
         await run_until_caught_up(NotifierApp(s, redis), redis)
         times = sorted(r["t"] for r in a.requests + b.requests)
     assert len(times) == 8
@@ -233,7 +236,7 @@ async def test_service_wide_bucket_is_shared_by_targets_of_one_scheme(redis, tmp
 async def test_alerts_being_retried_are_not_claimable_by_another_replica(redis, tmp_path):
     async with webhook_receiver([(429, {"Retry-After": "1"})] * 2) as hook:
         s = settings(tmp_path, {"hook": hook.url}, claim_idle_ms=300)
-        await publish(redis, [make_alert(1)])
+        await publish(redis, [make_alert(1)], 1)
         app = NotifierApp(s, redis)
         stop = asyncio.Event()
         task = asyncio.create_task(app.run(stop))
@@ -241,7 +244,7 @@ async def test_alerts_being_retried_are_not_claimable_by_another_replica(redis, 
         try:
             await wait_for(lambda: len(hook.requests) >= 1)
             while len(hook.delivered()) == 0:  # ~2 s of retries, far beyond claim_idle_ms
-                result = await redis.xautoclaim(streams.ALERTS, streams.GROUP_NOTIFIER, "other-replica", 300,
+                result = await redis.xautoclaim(ONE_STREAM, streams.GROUP_NOTIFIER, "other-replica", 300,
                                                 count=10)
                 stolen.extend(result[1])
                 await asyncio.sleep(0.05)

@@ -17,17 +17,20 @@ from shared.runtime import connect
 from tests.integration.notifier.helpers import make_alert, publish
 from tests.integration.notifier.receivers import webhook_receiver
 
+#: These tests run the notifier with partitions: 1 (one alerts stream: delivery order is publish order).
+ONE_STREAM = streams.part_alerts(0)
+
 
 async def _pending(redis) -> int:
     try:
-        return (await redis.xpending(streams.ALERTS, streams.GROUP_NOTIFIER))["pending"]
+        return (await redis.xpending(ONE_STREAM, streams.GROUP_NOTIFIER))["pending"]
     except ResponseError:  # the notifier has not made its group yet
         return 0
 
 
 async def _caught_up(redis) -> bool:
     try:
-        return await Bus(redis).caught_up(streams.ALERTS, streams.GROUP_NOTIFIER)
+        return await Bus(redis).caught_up(ONE_STREAM, streams.GROUP_NOTIFIER)
     except RedisConnectionError:  # pooled connections of before the restart
         return False
 
@@ -38,10 +41,11 @@ async def test_a_send_whose_record_meets_a_redis_outage_is_recorded_later_not_se
     try:
         async with webhook_receiver(delay=1.0) as hook:  # the request is in flight for 1 s
             settings = Settings(jsonl_path=tmp_path / "alerts.jsonl", console=False, consumer_name="n1", block_ms=50,
+                                partitions=1,
                                 channels={"hook": hook.url}, default_channels=["hook"], always_channels=[],
                                 rate_per_s=1000, burst=1000)
             app = NotifierApp(settings, redis)
-            await publish(redis, alerts)
+            await publish(redis, alerts, 1)
             stop = asyncio.Event()
             runner = asyncio.create_task(app.run(stop))
             async with asyncio.timeout(10):  # read and sent: pending in the group

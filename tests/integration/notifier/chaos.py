@@ -50,14 +50,14 @@ async def chaos_run(redis_url: str, workdir: Path, *, alerts: int = 60, kills: i
             config = workdir / f"sentinel-{seed}.yaml"
             config.write_text(yaml.safe_dump({"redis_url": redis_url, "notifier": {
                 "jsonl_path": str(jsonl), "console": False, "channels": {"hook": hook.url},
-                "default_channels": ["jsonl", "hook"], "consumer_name": "chaos", "block_ms": 50,
+                "default_channels": ["jsonl", "hook"], "consumer_name": "chaos", "block_ms": 50, "partitions": 1,
                 "max_group": max_group, "group_window_s": group_window_s, "rate_per_s": 10_000, "burst": 10_000,
                 "backoff_base_s": 0.05, "backoff_cap_s": 0.5, "claim_idle_ms": 1000, "log_level": "WARNING"}}))
             bus = Bus(redis)
 
             async def publish_burst() -> None:  # the burst keeps arriving while the notifier is being killed
                 for i in range(0, alerts, 10):
-                    await bus.publish_many((streams.ALERTS, a.encode()) for a in batch[i:i + 10])
+                    await bus.publish_many((streams.part_alerts(0), a.encode()) for a in batch[i:i + 10])
                     await asyncio.sleep(0.1)
 
             publisher = asyncio.create_task(publish_burst())
@@ -75,7 +75,7 @@ async def chaos_run(redis_url: str, workdir: Path, *, alerts: int = 60, kills: i
             proc = await _spawn(config, log)
             try:
                 async with asyncio.timeout(timeout):
-                    while not await bus.caught_up(streams.ALERTS, streams.GROUP_NOTIFIER):
+                    while not await bus.caught_up(streams.part_alerts(0), streams.GROUP_NOTIFIER):
                         if proc.returncode is not None:
                             raise RuntimeError(f"notifier exited {proc.returncode}; see {log}")
                         await asyncio.sleep(0.05)

@@ -6,7 +6,9 @@ import asyncio
 from decimal import Decimal
 
 from shared import streams
+from shared.alert_streams import alert_streams
 from shared.bus import Bus
+from shared.partitions import DEFAULT_PARTITIONS, partition_of
 from shared.schemas import Alert
 
 
@@ -20,18 +22,29 @@ def make_alert(i: int, **kw) -> Alert:
     return Alert(**fields)
 
 
-async def publish(redis, alerts) -> None:
-    await Bus(redis).publish_many((streams.ALERTS, a.encode()) for a in alerts)
+def stream_of(alert: Alert, partitions: int = DEFAULT_PARTITIONS) -> str:
+    """The alerts stream alert_engine writes ``alert`` to: its pair's partition's."""
+    return streams.part_alerts(partition_of(alert.exchange, alert.symbol, partitions))
+
+
+async def publish(redis, alerts, partitions: int = DEFAULT_PARTITIONS) -> None:
+    """Write ``alerts`` where alert_engine would (``stream_of``), in order."""
+    await Bus(redis).publish_many((stream_of(a, partitions), a.encode()) for a in alerts)
+
+
+async def caught_up(redis, partitions: int = DEFAULT_PARTITIONS) -> bool:
+    """The notifier group has been delivered and has acked every entry of every partition's alerts stream."""
+    bus = Bus(redis)
+    return all([await bus.caught_up(s, streams.GROUP_NOTIFIER) for s in alert_streams(partitions)])
 
 
 async def run_until_caught_up(app, redis, timeout: float = 20.0) -> None:
     """Run ``app.run(stop)`` until the notifier group has acked every alert, then stop it."""
     stop = asyncio.Event()
     task = asyncio.create_task(app.run(stop))
-    bus = Bus(redis)
     try:
         async with asyncio.timeout(timeout):
-            while not await bus.caught_up(streams.ALERTS, streams.GROUP_NOTIFIER):
+            while not await caught_up(redis, app.settings.partitions):
                 if task.done():
                     task.result()
                     raise AssertionError("notifier stopped early")

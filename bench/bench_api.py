@@ -27,6 +27,7 @@ from shared.bus import Bus, BusSettings
 from shared.embedded_redis import EmbeddedRedis
 from shared.runtime import connect
 from shared.schemas import Alert, Candle
+from shared.partitions import DEFAULT_PARTITIONS, partition_of
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -47,7 +48,7 @@ async def seed(redis, candles: int, alerts: int) -> None:
     for i in range(alerts):
         a = Alert(id=f"a{i}", rule=f"rule{i % 50}", exchange="binance", symbol="BTC/USDT", timeframe="1m",
                   ts=i * 60_000, fired_at=(i + 1) * 60_000, price=Decimal("60000.5"))
-        items.append((streams.ALERT_HISTORY, a.encode()))
+        items.append((streams.part_alerts(partition_of("binance", "BTC/USDT", DEFAULT_PARTITIONS)), a.encode()))
     for start in range(0, len(items), 5000):
         await bus.publish_many(items[start:start + 5000])
 

@@ -137,7 +137,7 @@ def create_app(settings: Settings, redis: Redis) -> FastAPI:
         exchange: Annotated[str | None, Query()] = None,
         start: Annotated[int | None, Query(ge=0, description="fired_at ≥ start (ms).")] = None,
         end: Annotated[int | None, Query(ge=0, description="fired_at ≤ end (ms).")] = None,
-        cursor: Annotated[str | None, Query(pattern=r"^\d+-\d+$", description="next_cursor of the previous page.")]
+        cursor: Annotated[str | None, Query(pattern=r"^\d+-\d+(-\d+)?$", description="next_cursor of the previous page.")]
         = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> AlertHistory:

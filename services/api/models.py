@@ -73,8 +73,9 @@ class AlertStatus(BaseModel):
 
 
 class AlertItem(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"cursor": "1723161300000-0", "alert": _ALERT_EXAMPLE}]})
-    cursor: str = Field(description="Stream id of this alert; pass it as `cursor` to get the next page.")
+    model_config = ConfigDict(json_schema_extra={"examples": [{"cursor": "1723161300000-0-3", "alert": _ALERT_EXAMPLE}]})
+    cursor: str = Field(description="Position of this alert (stream id and partition); pass it as `cursor` to get "
+                        "the next page.")
     alert: Alert
 
 

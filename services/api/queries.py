@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from shared import streams
+from shared import alert_streams, streams
 from shared.bus import FIELD
 from shared.bus import as_str as _s
 from shared.errors import DecodeError
@@ -59,21 +59,25 @@ def _decode_state(raw: bytes) -> dict[str, Any]:
 
 
 async def rule_states(redis: Redis) -> list[RuleState]:
-    """Each rule × series the engine keeps state for (``streams.RULE_STATE``), with its live cooldown.
+    """Each rule × series the engine keeps state for (every partition's ``streams.part_rule_state``), with its live
+    cooldown.
 
-    The engine's cooldown key (``streams.alert_cooldown(fingerprint)``) holds the end of the cooldown in exchange
+    The engine's cooldown key (``streams.part_alert_cooldown(partition, fingerprint)``) holds the end of the cooldown in exchange
     time (ms; -1 = never again, for ``once`` rules) and expires with it; its TTL is the wall-clock time left.
     """
-    raw = await redis.hgetall(streams.RULE_STATE)
-    fingerprints = sorted(_s(k) for k in raw)
+    raw: dict[str, tuple[int, bytes]] = {}  # fingerprint -> (partition, row)
+    for p in range(await alert_streams.partition_count(redis)):
+        for k, v in (await redis.hgetall(streams.part_rule_state(p))).items():
+            raw[_s(k)] = (p, v)
+    fingerprints = sorted(raw)
     async with redis.pipeline(transaction=False) as pipe:
         for fp in fingerprints:
-            pipe.get(streams.alert_cooldown(fp))
-            pipe.pttl(streams.alert_cooldown(fp))
+            pipe.get(streams.part_alert_cooldown(raw[fp][0], fp))
+            pipe.pttl(streams.part_alert_cooldown(raw[fp][0], fp))
         replies = await pipe.execute()
     out: list[RuleState] = []
     for n, fp in enumerate(fingerprints):
-        data = _decode_state(raw[fp.encode()])
+        data = _decode_state(raw[fp][1])
         until_raw, ttl = replies[2 * n], int(replies[2 * n + 1])
         until: int | None = None
         if until_raw is not None:
@@ -111,45 +115,42 @@ class HistoryPage:
 async def alert_history(redis: Redis, *, rule: str | None = None, symbol: str | None = None,
                         exchange: str | None = None, start: int | None = None, end: int | None = None,
                         cursor: str | None = None, limit: int = 100, scan_limit: int = 50_000) -> HistoryPage:
-    """Alerts newest first from ``streams.ALERT_HISTORY``, filtered (time range on ``fired_at``, ms, inclusive).
+    """Alerts newest first from every partition's alerts stream (``shared.alert_streams``: merged by entry id),
+    filtered (time range on ``fired_at``, ms, inclusive).
 
-    ``cursor`` is the stream id of the last item of the previous page; at most ``scan_limit`` entries are read per
-    call, so a selective filter over a long history returns a short page with a cursor to continue from.
+    ``cursor`` is the position of the last item of the previous page (``<ms>-<seq>-<partition>``; a bare stream id
+    continues before that id); at most ``scan_limit`` entries are read per call, so a selective filter over a long
+    history returns a short page with a cursor to continue from.
     """
-    if cursor is not None and all(int(part) == 0 for part in cursor.split("-")):
-        return HistoryPage([], None)  # nothing lies before the first possible id
-    top = f"({cursor}" if cursor else "+"
+    after: tuple[tuple[int, int], int] | None = None
+    if cursor is not None:
+        ms, seq, *part = (int(x) for x in cursor.split("-"))
+        after = ((ms, seq), part[0] if part else -1)
     items: list[tuple[str, Alert]] = []
     scanned = 0
-    last_id: str | None = None
-    while len(items) < limit and scanned < scan_limit:
-        chunk = await redis.xrevrange(streams.ALERT_HISTORY, max=top, min="-", count=CHUNK)
-        if not chunk:
-            return HistoryPage(items, None)
-        for entry_id, fields in chunk:
-            scanned += 1
-            last_id = _s(entry_id)
-            data = peek(fields.get(FIELD, b""), "alert")
-            if data is None:
-                continue
-            fired = data.get("fired_at")
-            if not ((rule is None or data.get("rule") == rule) and (symbol is None or data.get("symbol") == symbol)
-                    and (exchange is None or data.get("exchange") == exchange)
-                    and (start is None or (isinstance(fired, int) and fired >= start))
-                    and (end is None or (isinstance(fired, int) and fired <= end))):
-                continue
-            try:  # only what matches pays for full validation
-                alert = Alert.model_validate(data)
-            except ValidationError:
-                continue
-            items.append((last_id, alert))
-            if len(items) == limit:
-                break
-        top = f"({last_id}"
-        if len(chunk) < CHUNK and len(items) < limit:
-            return HistoryPage(items, None)
-    more = await redis.xrevrange(streams.ALERT_HISTORY, max=f"({last_id}", min="-", count=1) if last_id else []
-    return HistoryPage(items, last_id if more else None)
+    last: str | None = None
+    log = alert_streams.merged(redis, await alert_streams.partition_count(redis), newest_first=True, after=after,
+                               chunk=min(CHUNK, max(limit, 20)))
+    async for (ms, seq), partition, _, fields in log:
+        if len(items) == limit or scanned == scan_limit:
+            return HistoryPage(items, last)  # (something older is there)
+        scanned += 1
+        last = f"{ms}-{seq}-{partition}"
+        data = peek(fields.get(FIELD, b""), "alert")
+        if data is None:
+            continue
+        fired = data.get("fired_at")
+        if not ((rule is None or data.get("rule") == rule) and (symbol is None or data.get("symbol") == symbol)
+                and (exchange is None or data.get("exchange") == exchange)
+                and (start is None or (isinstance(fired, int) and fired >= start))
+                and (end is None or (isinstance(fired, int) and fired <= end))):
+            continue
+        try:  # only what matches pays for full validation
+            alert = Alert.model_validate(data)
+        except ValidationError:
+            continue
+        items.append((last, alert))
+    return HistoryPage(items, None)
 
 
 # ---- market data ---------------------------------------------------------------------------------------------------

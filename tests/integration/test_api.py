@@ -15,6 +15,7 @@ from services.api.settings import Settings
 from shared import streams
 from shared.bus import Bus
 from shared.schemas import Alert, Candle, Ticker, pack
+from shared.partitions import partition_of
 
 EX, SYM, TF = "binance", "BTC/USDT", "1m"
 T0 = 1_723_161_240_000
@@ -124,9 +125,9 @@ def alert(i: int) -> Alert:
 async def test_alert_history_filters_and_cursor_pagination(redis, settings):
     bus = Bus(redis)
     alerts = [alert(i) for i in range(1300)]
-    for a in alerts:
-        await bus.publish(streams.ALERT_HISTORY, a.encode())
-    await redis.xadd(streams.ALERT_HISTORY, {b"d": b"\xc1junk"})  # skipped, not fatal
+    for a in alerts:  # where alert_engine writes them: the alerts stream of the pair's partition
+        await bus.publish(streams.part_alerts(partition_of(a.exchange, a.symbol, 16)), a.encode())
+    await redis.xadd(streams.part_alerts(0), {b"d": b"\xc1junk"})  # skipped, not fatal
     lo, hi = T0 + 100 * 60_000, T0 + 900 * 60_000
     want = [a.id for a in reversed(alerts) if a.rule == "cross" and a.symbol == "ETH/USDT" and lo <= a.fired_at <= hi]
     assert len(want) > 100
@@ -154,18 +155,22 @@ async def test_alert_history_filters_and_cursor_pagination(redis, settings):
 
 
 async def test_alert_states_with_cooldown_left(redis, settings):
-    # the engine's format: RULE_STATE rows, cooldown key = end of cooldown in exchange ms (-1 forever), PX = length
-    await redis.hset(streams.RULE_STATE, mapping={
+    # the engine's format: rule state rows in the partition of their pair, cooldown key = end of cooldown in exchange
+    # ms (-1 forever), PX = length
+    btc, eth = partition_of(EX, SYM, 16), partition_of(EX, "ETH/USDT", 16)
+    assert btc != eth
+    await redis.hset(streams.part_rule_state(btc), mapping={
         "fp1": pack({"rule": "btc-above", "exchange": EX, "symbol": SYM, "timeframe": TF, "state": "firing",
                      "last_fired": T0, "last_alert_id": "a1", "since": T0 - 60_000}),
-        "fp2": pack({"rule": "eth-below", "exchange": EX, "symbol": "ETH/USDT", "timeframe": TF,
-                     "state": "inactive", "last_fired": None}),
         "fp3": pack({"rule": "once", "exchange": EX, "symbol": SYM, "timeframe": TF, "state": "firing",
                      "last_fired": T0}),
         "fp4": b"\xc1",
     })
-    await redis.set(streams.alert_cooldown("fp1"), T0 + 60_000, px=60_000)
-    await redis.set(streams.alert_cooldown("fp3"), -1)
+    await redis.hset(streams.part_rule_state(eth), mapping={
+        "fp2": pack({"rule": "eth-below", "exchange": EX, "symbol": "ETH/USDT", "timeframe": TF,
+                     "state": "inactive", "last_fired": None})})
+    await redis.set(streams.part_alert_cooldown(btc, "fp1"), T0 + 60_000, px=60_000)
+    await redis.set(streams.part_alert_cooldown(btc, "fp3"), -1)
     async with client_for(create_app(settings, redis)) as client:
         rules = {r["fingerprint"]: r for r in (await client.get("/alerts")).json()["rules"]}
     assert set(rules) == {"fp1", "fp2", "fp3", "fp4"}

@@ -16,6 +16,7 @@ from shared import streams
 from shared.bus import Bus
 from shared.runtime import connect
 from shared.schemas import Alert, Candle
+from shared.partitions import DEFAULT_PARTITIONS, partition_of
 
 EX, SYM, TF = "sim", "BTC/USDT", "1m"
 
@@ -78,7 +79,7 @@ async def test_history_and_states_through_the_api(redis_url, redis):
     alerts = [Alert(id=f"a{i}", rule="r" if i % 2 else "q", exchange=EX, symbol=SYM, ts=i, fired_at=i + 1)
               for i in range(25)]
     for a in alerts:
-        await bus.publish(streams.ALERT_HISTORY, a.encode())
+        await bus.publish(streams.part_alerts(partition_of(EX, SYM, DEFAULT_PARTITIONS)), a.encode())
     server_redis = connect(redis_url)
     api = ApiApp(Settings(port=0, api_token="t", shutdown_grace_s=1), server_redis)
     stop = asyncio.Event()

@@ -18,6 +18,7 @@ from pathlib import Path
 from shared import streams
 from shared.bus import Bus
 from shared.schemas import Alert, Candle, pack
+from shared.partitions import DEFAULT_PARTITIONS, partition_of
 from tests.integration.test_api_auth import serving
 
 ST = Path(sys.executable).parent / "st"
@@ -32,9 +33,9 @@ async def seed(redis) -> None:
         await bus.publish(streams.candles("binance", "BTC/USDT", "1m"), c.encode())
         a = Alert(id=f"a{i}", rule="r", exchange="binance", symbol="BTC/USDT", timeframe="1m", ts=i * 60_000,
                   fired_at=(i + 1) * 60_000, price=p)
-        await bus.publish(streams.ALERT_HISTORY, a.encode())
+        await bus.publish(streams.part_alerts(partition_of("binance", "BTC/USDT", DEFAULT_PARTITIONS)), a.encode())
     await redis.sadd(streams.CANDLE_REGISTRY, "binance|BTC/USDT|1m")
-    await redis.hset(streams.RULE_STATE, "fp", pack({"rule": "r", "exchange": "binance", "symbol": "BTC/USDT",
+    await redis.hset(streams.part_rule_state(partition_of("binance", "BTC/USDT", DEFAULT_PARTITIONS)), "fp", pack({"rule": "r", "exchange": "binance", "symbol": "BTC/USDT",
                                                      "timeframe": "1m", "state": "firing", "last_fired": 60_000}))
     await redis.hset(streams.RULES, "r", "name: r\nsymbols: [BTC/USDT]\ncondition: {left: close, op: above, "
                                          "right: 100}\n")

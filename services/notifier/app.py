@@ -48,9 +48,11 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import Any
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from services.notifier import core
 from services.notifier.settings import Settings
@@ -274,7 +276,10 @@ class NotifierApp:
         Groups are formed from unrecorded alerts only, so after a crash the group that was in flight re-forms with
         the same alerts (and the same Idempotency-Key) unless new alerts have joined it.
         """
-        states = await self.redis.mget([streams.notify_sent(job.alert.id, target.name) for job in head])
+        keys = [streams.notify_sent(job.alert.id, target.name) for job in head]
+        # (on a Redis Cluster the records are in many slots: read one slot at a time)
+        states = await (self.redis.mget_nonatomic(keys) if isinstance(self.redis, RedisCluster) else
+                        self.redis.mget(keys))
         todo: dict[str, Alert] = {}
         settled = 0
         for job, state in zip(head, states):
@@ -355,21 +360,31 @@ class NotifierApp:
             raise _Stopping()
 
     async def _record(self, target: str, group: Sequence[Alert], state: bytes, attempts: int, reason: str) -> None:
-        """Delivery records (and dead letters) for a group, in one MULTI/EXEC, plus the recent-deliveries log."""
+        """Delivery records (and dead letters) for a group, plus the recent-deliveries log: in one MULTI/EXEC (on a
+        Redis Cluster one after the other, the records last)."""
         now = int(time.time() * 1000)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for alert in group:
-                pipe.set(streams.notify_sent(alert.id, target), state, ex=self.settings.sent_ttl_s)
-                if state == DEAD:
-                    pipe.xadd(streams.NOTIFY_DEAD_LETTER, {
-                        b"alert_id": alert.id, b"target": target, b"reason": reason[:2000],
-                        b"attempts": attempts, b"ts": now, b"d": alert.encode()}, maxlen=HISTORY_MAXLEN,
-                        approximate=True)
-            pipe.xadd(streams.NOTIFY_DELIVERIES, {
-                b"target": target, b"alert_ids": ",".join(a.id for a in group)[:4000], b"count": len(group),
-                b"status": "delivered" if state == DONE else "dead", b"attempts": attempts, b"reason": reason[:500],
-                b"ts": now}, maxlen=HISTORY_MAXLEN, approximate=True)
-            await pipe.execute()
+        commands: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        if state == DEAD:
+            commands += [("xadd", (streams.NOTIFY_DEAD_LETTER, {
+                b"alert_id": alert.id, b"target": target, b"reason": reason[:2000], b"attempts": attempts, b"ts": now,
+                b"d": alert.encode()}), {"maxlen": HISTORY_MAXLEN, "approximate": True}) for alert in group]
+        commands.append(("xadd", (streams.NOTIFY_DELIVERIES, {
+            b"target": target, b"alert_ids": ",".join(a.id for a in group)[:4000], b"count": len(group),
+            b"status": "delivered" if state == DONE else "dead", b"attempts": attempts, b"reason": reason[:500],
+            b"ts": now}), {"maxlen": HISTORY_MAXLEN, "approximate": True}))
+        commands += [("set", (streams.notify_sent(alert.id, target), state), {"ex": self.settings.sent_ttl_s})
+                     for alert in group]
+        if isinstance(self.redis, RedisCluster):
+            # the records, the dead letters and the log live in different slots: no MULTI there. The records go
+            # last, so a crash in between leaves the group unrecorded (sent again, as the crash window above)
+            # rather than recorded without its dead letters.
+            for name, args, options in commands:
+                await getattr(self.redis, name)(*args, **options)
+        else:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for name, args, options in commands:
+                    getattr(pipe, name)(*args, **options)
+                await pipe.execute()
         if state == DONE:
             self.delivered += len(group)
         else:

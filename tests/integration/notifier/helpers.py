@@ -28,8 +28,9 @@ def stream_of(alert: Alert, partitions: int = DEFAULT_PARTITIONS) -> str:
 
 
 async def publish(redis, alerts, partitions: int = DEFAULT_PARTITIONS) -> None:
-    """Write ``alerts`` where alert_engine would (``stream_of``), in order."""
-    await Bus(redis).publish_many((stream_of(a, partitions), a.encode()) for a in alerts)
+    """Write ``alerts`` where alert_engine would (``stream_of``), in order (one XADD each: on a Redis Cluster too)."""
+    for a in alerts:
+        await redis.xadd(stream_of(a, partitions), {streams.FIELD: a.encode()})
 
 
 async def caught_up(redis, partitions: int = DEFAULT_PARTITIONS) -> bool:

@@ -53,10 +53,14 @@ from shared.embedded_redis import EmbeddedRedis  # noqa: E402
 from shared.rules import parse_rules  # noqa: E402
 from shared.runtime import connect  # noqa: E402
 from shared.schemas import Candle, decode_feed, encode_trades, unpack  # noqa: E402
+from shared.alert_streams import alert_streams
+from shared.partitions import DEFAULT_PARTITIONS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WARMUP_S = 2  # seconds of trades at the start of each latency run that are not sampled
 SYMBOLS = [f"S{i}/USDT" for i in range(10)]
+#: every partition's alerts stream (the engine's services run with the default partitions)
+ALERT_STREAMS = frozenset(alert_streams(DEFAULT_PARTITIONS))
 GOALS = {5000: {"p99_ms": 5.0}, 20000: {"p99_ms": 8.0}}  # issue 20
 EVAL_GOAL = 30_000  # candles/s, 500 symbols x 10 rules of the sample rules' kinds (issue 20)
 
@@ -278,7 +282,7 @@ def _reader(url: str, stop: Any, ready: Any, out: Any, floor: bool) -> None:
     trades = {streams.trades("bench", s): s for s in SYMBOLS}
     # from the start ("0-0": every run begins with FLUSHALL)
     last = dict.fromkeys(trades, "0-0") if floor else \
-        {streams.ALERTS: "0-0", **{streams.candles("bench", s, "1s"): "0-0" for s in SYMBOLS}}
+        {**dict.fromkeys(ALERT_STREAMS, "0-0"), **{streams.candles("bench", s, "1s"): "0-0" for s in SYMBOLS}}
     received: dict[str, float] = {}
     candles: dict[str, float] = {}
     ready.set()
@@ -294,7 +298,7 @@ def _reader(url: str, stop: Any, ready: Any, out: Any, floor: bool) -> None:
                     received.setdefault(f"{trades[name]}|{msg.trades[0][1] // 1000 * 1000}", arrived)
                 else:  # msgpack only (decoding the schema is the consumer's work, not the pipeline's latency)
                     msg = unpack(data)
-                    seen = received if name == streams.ALERTS else candles
+                    seen = received if name in ALERT_STREAMS else candles
                     seen.setdefault(f"{msg['symbol']}|{msg['ts'] + 1000}", arrived)
     out.put((received, candles))
 

@@ -58,6 +58,7 @@ from services.notifier import core
 from services.notifier.settings import Settings
 from services.notifier.targets import RetryableSendError, Target, build_targets
 from shared import streams
+from shared.alert_streams import parse_id
 from shared.bus import Batch, Bus, Consumer, backoff_delay
 from shared.errors import NotifyError, PermanentNotifyError
 from shared.logs import redact
@@ -84,6 +85,7 @@ class _Job:
     key: Key
     alert: Alert
     arrived: float
+    position: tuple[tuple[int, int], str]  # in the merged alerts log: (entry id, stream)
 
 
 @dataclass
@@ -198,6 +200,7 @@ class NotifierApp:
         now = time.monotonic()
         for entry in batch.entries:
             key = (entry.stream, entry.id)
+            position = (parse_id(entry.id), entry.stream)
             if key in self._remaining:  # our own entry claimed back while in flight
                 continue
             alert = entry.value
@@ -214,7 +217,7 @@ class NotifierApp:
             self._remaining[key] = set(lanes)
             for channel in lanes:
                 lane = self._lanes[channel]
-                lane.jobs.append(_Job(key, alert, now))
+                lane.jobs.append(_Job(key, alert, now, position))
                 lane.wake.set()
         if settled:
             await self._ack(settled)
@@ -244,6 +247,7 @@ class NotifierApp:
                 await _sleep(self._stop, wait)
                 continue
             try:
+                _in_log_order(jobs)
                 chunk = await self._settle(target, list(islice(jobs, size + 64)), size)
                 failures = 0
             except _Stopping:
@@ -273,8 +277,9 @@ class NotifierApp:
         """Deliver (or dead-letter) the first ``size`` alerts of ``head`` not yet recorded for ``target`` as one
         group, and record them. Returns the jobs settled: those alerts and the already-recorded ones before them.
 
-        Groups are formed from unrecorded alerts only, so after a crash the group that was in flight re-forms with
-        the same alerts (and the same Idempotency-Key) unless new alerts have joined it.
+        Groups are formed from unrecorded alerts only, in the order of the merged alerts log (``_in_log_order``), so
+        after a crash the group that was in flight re-forms with the same alerts (and the same Idempotency-Key)
+        unless new alerts have joined it, whatever order the partitions' pending entries come back in.
         """
         keys = [streams.notify_sent(job.alert.id, target.name) for job in head]
         # (on a Redis Cluster the records are in many slots: read one slot at a time)
@@ -400,6 +405,16 @@ class NotifierApp:
         if await self.redis.get(streams.notify_sent(alert.id, channel)) is None:
             logger.warning("notifier: rule %s names unknown channel %r; dead-lettering", alert.rule, channel)
             await self._record(channel, [alert], DEAD, 0, f"unknown channel {channel!r}")
+
+
+def _in_log_order(jobs: deque[_Job]) -> None:
+    """Sort a lane by entry id (then stream), as one alerts stream would have it: the partitions' consumers hand
+    over their entries in whatever order their reads complete (and a restart re-reads its pending entries partition
+    by partition), so the groups formed from the lane's head are the same before and after a crash."""
+    if any(a.position > b.position for a, b in zip(jobs, islice(jobs, 1, None))):
+        ordered = sorted(jobs, key=lambda job: job.position)
+        jobs.clear()
+        jobs.extend(ordered)
 
 
 def _by_stream(keys: list[Key]) -> dict[str, list[bytes]]:

@@ -101,7 +101,7 @@ def instance_redis(settings: Settings) -> contextlib.AbstractContextManager[str]
 
 async def _with_redis(settings: Settings, fn):
     with instance_redis(settings) as url:
-        redis = connect(url)
+        redis = connect(url, cluster=settings.redis_cluster)
         try:
             return await fn(redis)
         finally:

@@ -64,7 +64,8 @@ async def everything(redis: Redis, names: Layout, srcs: list[Source], refs: dict
     sinks = delivered(jsonl, hook)
     alerts = compare_alerts(expected_alerts(bt_dirs), sinks)
     # The notifier alone: what it delivered against what the engine published (right or wrong), exactly once.
-    published = [a.model_dump(mode="json") for _, raw in await read_entries(redis, names.alert_history, set())
+    published = [a.model_dump(mode="json") for stream in names.alert_streams
+                 for _, raw in await read_entries(redis, stream, set())
                  if (a := _alert(raw)) is not None and not a.id.startswith(INJECTED_ALERT_PREFIX)]
     alerts["vs_published"] = compare_alerts(published, {k: v for k, v in sinks.items() if k != "webhook_raw"})
     alerts["injected_delivered"] = sorted({a["id"] for recs in sinks.values() for a in recs

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared import streams
+from shared.alert_streams import alert_streams
+from shared.partitions import DEFAULT_PARTITIONS
 
 
 @dataclass(frozen=True)
@@ -31,15 +33,15 @@ class Layout:
     trades: dict[Pair, str]  # stream holding a pair's TradeBatch / GapMarker / Watermark entries
     tickers: dict[Pair, str]
     candles: dict[tuple[Pair, str], str]  # (pair, timeframe) -> closed candles
-    alerts: str
-    alert_history: str  # every alert the engine published (kept for the API)
+    alerts: str  # the alerts stream injected and sabotaged entries go to (one of alert_streams)
+    alert_streams: tuple[str, ...]  # every partition's alerts stream: every alert the engine published
     dead_letters: tuple[str, ...]
     feed_state: dict[Pair, str]  # hash with the feed's ``last_id`` of a pair
     heartbeats: dict[str, str]  # service -> heartbeat hash
 
     def consumed(self) -> list[str]:
         """Every stream a consumer group may read: the ones whose groups must catch up."""
-        return sorted({*self.trades.values(), *self.tickers.values(), *self.candles.values(), self.alerts})
+        return sorted({*self.trades.values(), *self.tickers.values(), *self.candles.values(), *self.alert_streams})
 
 
 SERVICES = ("market_feed", "candle_builder", "alert_engine", "notifier")
@@ -51,8 +53,8 @@ def layout(pairs: list[Pair], timeframes: list[str]) -> Layout:
         trades={p: streams.trades(p.exchange, p.symbol) for p in pairs},
         tickers={p: streams.tickers(p.exchange, p.symbol) for p in pairs},
         candles={(p, tf): streams.candles(p.exchange, p.symbol, tf) for p in pairs for tf in timeframes},
-        alerts=streams.ALERTS,
-        alert_history=streams.ALERT_HISTORY,
+        alerts=streams.part_alerts(0),
+        alert_streams=tuple(alert_streams(DEFAULT_PARTITIONS)),
         dead_letters=(streams.DEAD_LETTER, streams.NOTIFY_DEAD_LETTER),
         feed_state={p: streams.feed_state(p.exchange, p.symbol) for p in pairs},
         heartbeats={s: streams.heartbeat(s) for s in SERVICES},

@@ -39,6 +39,7 @@ def candles_live(exchange: str, symbol: str, timeframe: str) -> str:
     return f"{PREFIX}:candles_live:{exchange}:{symbol}:{timeframe}"
 
 
+# Unused since issue 21 (alert_engine writes part_alerts(p) and the part_* records): kept for old data and tools.
 ALERTS = f"{PREFIX}:alerts"
 ALERT_HISTORY = f"{PREFIX}:alerts:history"
 DEAD_LETTER = f"{PREFIX}:deadletter"

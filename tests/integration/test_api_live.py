@@ -52,7 +52,7 @@ async def test_websocket_streams_alerts_candles_and_tickers(api, redis):
             ("ticker", Ticker(exchange=EX, symbol=SYM, ts=5, bid=Decimal("1.1"), ask=Decimal("1.3")),
              streams.tickers(EX, SYM), streams.channel_tickers(EX, SYM)),
             ("alert", Alert(id="x1", rule="r", exchange=EX, symbol=SYM, ts=60_000, fired_at=120_000,
-                            price=Decimal("61000.25")), streams.ALERTS, streams.CHANNEL_ALERTS),
+                            price=Decimal("61000.25")), streams.part_alerts(0), streams.CHANNEL_ALERTS),
         ]
         # another series' channel must not leak into this socket
         await redis.publish(streams.channel_candles(EX, "ETH/USDT", TF), candle(1, True).encode())

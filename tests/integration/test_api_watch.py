@@ -16,6 +16,7 @@ from shared import streams
 from shared.bus import Bus
 from shared.runtime import connect
 from shared.schemas import Alert, Candle, Ticker, pack
+from shared.partitions import DEFAULT_PARTITIONS, partition_of
 
 EX, SYM, TF = "sim", "BTC/USDT", "1m"
 
@@ -28,7 +29,7 @@ def candle(i: int, closed: bool) -> Candle:
 
 
 async def test_watch_shows_live_candle_cvd_rules_and_alerts(redis_url, redis):
-    await redis.hset(streams.RULE_STATE, "fp", pack({"rule": "btc_up", "exchange": EX, "symbol": SYM,
+    await redis.hset(streams.part_rule_state(partition_of(EX, SYM, DEFAULT_PARTITIONS)), "fp", pack({"rule": "btc_up", "exchange": EX, "symbol": SYM,
                                                      "timeframe": TF, "state": "firing", "last_fired": 60_000}))
     server_redis = connect(redis_url)
     api = ApiApp(Settings(port=0, shutdown_grace_s=1), server_redis)
@@ -53,7 +54,8 @@ async def test_watch_shows_live_candle_cvd_rules_and_alerts(redis_url, redis):
                         Ticker(exchange=EX, symbol=SYM, ts=5, last=Decimal("60013.25")).encode())
     alert = Alert(id="a", rule="btc_up", exchange=EX, symbol=SYM, timeframe=TF, ts=180_000, fired_at=240_000,
                   price=Decimal("60010.5"), message="BTC up we go")
-    await bus.publish(streams.ALERTS, alert.encode(), channel=streams.CHANNEL_ALERTS)
+    await bus.publish(streams.part_alerts(partition_of(EX, SYM, DEFAULT_PARTITIONS)), alert.encode(),
+                      channel=streams.CHANNEL_ALERTS)
     for _ in range(100):
         if view.alerts and view.rules and 4 in [c.ts // 60_000 for c in view.live.values()] and view.tickers:
             break

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from services.alert_engine.core.firing import Verdict, cooldown_of
 from shared.rules import CVD, PLACEHOLDERS, Rule, describe
+from shared.fmt import plain, readable
 from shared.schemas import Alert, Candle
 
 SeriesKey = tuple[str, str, str]
@@ -98,13 +99,13 @@ class AlertMaker:
         gives the ``cvd`` field when the template names it."""
         fields: dict[str, Any] = self.static.copy()
         for name, get in self.bar_fields:
-            fields[name] = get(candle)
+            fields[name] = readable(get(candle))
         if self.with_value:
             fields["value"] = _fmt(value)
         if self.with_state:
             fields["state"] = state
         if self.with_cvd:
-            fields["cvd"] = view.value(_CVD_1D)
+            fields["cvd"] = readable(view.value(_CVD_1D))
         if self.with_time:
             fields["time"] = _time(now)
         if isinstance(value, float):
@@ -124,12 +125,12 @@ class AlertMaker:
         ex, sym, tf = self.key
         fields: dict[str, Any] = {
             "rule": rule.name, "exchange": ex, "symbol": sym, "timeframe": tf, "condition": self.condition,
-            "severity": rule.severity, "price": price, "value": _fmt(value), "open": "n/a", "high": "n/a",
-            "low": "n/a", "close": price, "volume": "n/a", "buy_volume": "n/a", "sell_volume": "n/a", "delta": "n/a",
+            "severity": rule.severity, "price": readable(price), "value": _fmt(value), "open": "n/a", "high": "n/a",
+            "low": "n/a", "close": readable(price), "volume": "n/a", "buy_volume": "n/a", "sell_volume": "n/a", "delta": "n/a",
             "ts": ts, "time": _time(ts), "state": "firing",
         }
         if "cvd" in self.need:
-            fields["cvd"] = view.value(_CVD_1D)
+            fields["cvd"] = readable(view.value(_CVD_1D))
         alert = Alert(
             id=self._id(bar, "firing", extra), rule=rule.name, exchange=ex, symbol=sym, timeframe=tf, ts=ts,
             fired_at=ts, price=price, value=Decimal(repr(value)) if isinstance(value, float) else value,
@@ -159,4 +160,6 @@ def _fmt(value: Any) -> str:
         return "n/a"
     if isinstance(value, float):
         return f"{value:.8g}"
+    if isinstance(value, Decimal):
+        return plain(value)
     return str(value)

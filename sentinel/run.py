@@ -131,7 +131,7 @@ class _LiveSource:
             return False
         # The finite market has ended: the feed's silence timeouts and ticker time-outs that follow are expected
         # (they fetch the last trades by REST), not news for the user.
-        logging.getLogger("services.market_feed.adapters.ccxt_feed").setLevel(logging.ERROR)
+        logging.getLogger("services.market_feed.adapters").setLevel(logging.ERROR)
         want = {("binance", sym): last for sym, last in self.sim.last_ids().items()}
         return self.app.live is not None and self.app.live.last_ids() == want
 

@@ -51,11 +51,6 @@ CANDLE_REGISTRY = f"{PREFIX}:registry:candles"
 
 REGISTRY_SEP = "|"
 
-# Hash "exchange|symbol|timeframe" -> reference count: the series consumers (alert_engine, API) ask candle_builder for.
-SUBSCRIPTIONS = f"{PREFIX}:subscriptions"
-# Hash "exchange|symbol|timeframe" -> closed candles of history a subscriber needs before its first live candle (the
-# longest indicator warm-up of its rules). candle_builder seeds a series with max(its own history_bars, this).
-SUBSCRIPTION_LOOKBACK = f"{PREFIX}:subscriptions:lookback"
 # Stream of OHLCV history requests that market_feed serves (it owns the exchange connections).
 HISTORY_REQUESTS = f"{PREFIX}:history:requests"
 
@@ -164,7 +159,7 @@ def builder_lease(exchange: str, symbol: str) -> str:
 BUILDER_INSTANCES = f"{PREFIX}:candle_builder:instances"
 
 #: Hash "exchange|symbol|timeframe" -> bucket start (ms) of the oldest candle candle_builder published for the series
-#: from history (written when it seeds or backfills; a subscriber whose SUBSCRIPTION_LOOKBACK grew can tell when the
+#: from history (written when it seeds or backfills; a subscriber whose look-back grew can tell when the
 #: older candles are in the stream). Backfilled candles are appended after newer ones: order by ``ts``.
 CANDLE_HISTORY_FROM = f"{PREFIX}:candles:history_from"
 

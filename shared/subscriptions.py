@@ -6,25 +6,30 @@ instance's heartbeat refreshes (``refresh``), so the series of a SIGKILLed subsc
 is no reference count to leak. ``streams.SUBSCRIBERS`` indexes the instances; ``read_all`` (candle_builder's
 discovery) merges every live instance's set, taking the largest look-back asked for a series.
 
-Until every subscriber writes here, ``read_all`` also merges the old shared hashes ``streams.SUBSCRIPTIONS`` (reference
-counts) and ``streams.SUBSCRIPTION_LOOKBACK`` (``LEGACY``: remove once the engine and the API publish here).
+A process whose views come and go (the API's ``/ws`` sockets, ``sentinel.client``'s adapter in a GUI) counts its
+references in memory with ``HeldSeries`` and publishes the series it holds as its own instance: a killed process
+leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Mapping
+import os
+import socket
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Mapping
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from shared import streams
 
 logger = logging.getLogger(__name__)
 
 Series = tuple[str, str, str]  # (exchange, symbol, timeframe)
-
-#: Also read the old reference-counted hashes (see the module docstring).
-LEGACY = True
 
 # Drop an instance from the index only if its hash is gone (expired or withdrawn), atomically: a subscriber that
 # publishes again meanwhile is never dropped. KEYS: SUBSCRIBERS, then one hash per ARGV instance.
@@ -81,9 +86,6 @@ class Subscriptions:
         async with self.redis.pipeline(transaction=False) as pipe:
             for instance in instances:
                 pipe.hgetall(streams.subscriber(instance))
-            if LEGACY:
-                pipe.hgetall(streams.SUBSCRIPTIONS)
-                pipe.hgetall(streams.SUBSCRIPTION_LOOKBACK)
             replies = await pipe.execute()
         out: dict[Series, int] = {}
         gone = []
@@ -92,11 +94,6 @@ class Subscriptions:
                 gone.append(instance)
             for member, bars in rows.items():
                 _merge(out, member, bars)
-        if LEGACY:
-            counts, lookbacks = replies[len(instances):]
-            for member, count in counts.items():
-                if _int(count) > 0:
-                    _merge(out, member, lookbacks.get(member, b"0"))
         if gone:
             await self._prune(keys=[streams.SUBSCRIBERS, *map(streams.subscriber, gone)], args=gone)
         return out
@@ -117,3 +114,54 @@ def _merge(out: dict[Series, int], member: bytes | str, bars: bytes | str | int)
         return
     key = (parts[0], parts[1], parts[2])
     out[key] = max(out.get(key, 0), n)
+
+
+class HeldSeries:
+    """The series one process's views watch, reference-counted in memory (two views of one series hold it once):
+    published as this process's own subscriber instance (look-back 0) and kept alive while anything is held."""
+
+    def __init__(self, redis: Redis, *, kind: str = "view", ttl_ms: int = 10_000) -> None:
+        self.instance = f"{kind}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.subscriptions = Subscriptions(redis, ttl_ms=ttl_ms)
+        self.counts: Counter[Series] = Counter()
+        self._lock = asyncio.Lock()
+        self._refresher: asyncio.Task[None] | None = None
+
+    async def hold(self, series: Iterable[Series]) -> None:
+        """Take a reference on each of ``series``."""
+        self.counts.update(series)
+        await self._publish()
+
+    async def release(self, series: Iterable[Series]) -> None:
+        """Give back a reference on each of ``series``; a series nobody here holds any more is withdrawn."""
+        self.counts.subtract(series)
+        self.counts = Counter({s: n for s, n in self.counts.items() if n > 0})
+        await self._publish()
+
+    async def close(self) -> None:
+        """Withdraw everything (a clean stop)."""
+        self.counts.clear()
+        await self._publish()
+
+    async def _publish(self) -> None:
+        async with self._lock:
+            if self.counts:
+                await self.subscriptions.publish(self.instance, dict.fromkeys(self.counts, 0))
+                if self._refresher is None or self._refresher.done():
+                    self._refresher = asyncio.create_task(self._refresh(), name=f"subscriptions {self.instance}")
+                return
+            if self._refresher is not None:
+                self._refresher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._refresher
+                self._refresher = None
+            await self.subscriptions.withdraw(self.instance)
+
+    async def _refresh(self) -> None:
+        """Refresh the TTL every third of it; a Redis outage is waited out (the set is published again after it)."""
+        while True:
+            await asyncio.sleep(self.subscriptions.ttl_ms / 3000)
+            try:
+                await self.subscriptions.refresh(self.instance)
+            except RedisError as exc:
+                logger.debug("cannot refresh the subscriptions of %s: %s", self.instance, exc)

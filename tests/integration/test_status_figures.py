@@ -99,3 +99,39 @@ def test_per_symbol_labels_are_a_setting():
         assert metrics.symbol_label("BTC/USDT") == "BTC/USDT"
     finally:
         metrics.configure(per_symbol=False)
+
+
+def test_a_metrics_port_in_use_is_one_clear_line():
+    import socket
+
+    from shared.config import ServiceSettings
+    from shared.errors import ConfigError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        try:
+            metrics.serve(ServiceSettings(metrics_port=port))
+        except ConfigError as exc:
+            assert f"metrics_port {port}: cannot listen on 127.0.0.1:{port}" in str(exc)
+            assert "SENTINEL_METRICS_PORT" in str(exc)
+        else:
+            raise AssertionError("serve() bound a port that is in use")
+    assert metrics.serve(ServiceSettings()) is None  # unset: off
+
+
+def test_the_endpoint_serves_the_registry():
+    import urllib.request
+
+    from shared.config import ServiceSettings
+    from shared.embedded_redis import free_port
+
+    port = free_port()
+    try:
+        assert metrics.serve(ServiceSettings(metrics_port=port)) == port
+        metrics.GAPS.labels("binance", metrics.ALL).inc(0)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert "# TYPE sentinel_feed_gaps_total counter" in body and "process_resident_memory_bytes" in body
+    finally:
+        metrics.stop_serving()

@@ -386,6 +386,7 @@ async def _up(settings: dict[str, Any], config_file: Path | None, redis_url: str
 
 def up(config_file: Path | None) -> None:
     """Every service and the API in one process; an embedded Redis unless REDIS_URL is set."""
+    from shared import metrics
     from shared.config import ServiceSettings
     from shared.logs import setup_logging
     from shared.runtime import redis_url_or_embedded
@@ -400,5 +401,6 @@ def up(config_file: Path | None) -> None:
     from services.api.app import check_port
 
     check_port(up_settings(config_file, common.redis_url or "redis://check-only")["api"])  # before anything starts
+    metrics.serve(common)  # one endpoint for the whole process (metrics_port)
     with redis_url_or_embedded(common.redis_url, common.data_dir) as url:
         asyncio.run(_up(up_settings(config_file, url), config_file, url, embedded=not common.redis_url))

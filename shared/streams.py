@@ -329,3 +329,8 @@ GROUP_FEED_PREFIX = "market_feed:"
 def feed_group(exchange: str) -> str:
     """The ownership group of the market_feeds serving ``exchange``."""
     return f"{GROUP_FEED_PREFIX}{exchange}"
+
+
+#: Hash: per running process of a service (field ``service|host-pid``) its metrics figures and when it wrote them
+#: (``shared.metrics.beat``); ``GET /status`` sums the live ones.
+METRICS_FIGURES = f"{PREFIX}:metrics:figures"

@@ -22,7 +22,7 @@ from services.alert_engine.core import AlertEngine, Fire
 from services.alert_engine.rule_source import RuleSource
 from services.alert_engine.series_sync import SeriesSync
 from services.alert_engine.settings import Settings
-from shared import streams
+from shared import metrics, streams
 from shared.bus import Batch, Bus, Consumer
 from shared.errors import DecodeError
 from shared.rules import RuleSet
@@ -200,7 +200,9 @@ class AlertEngineApp:
                 # tick-level rules see each trade as it comes (before the candles read with it)
                 fires += engine.on_trades(value.exchange, value.symbol, value.trades)
         if market:
-            fires += engine.on_batch(market)
+            with metrics.EVALUATION_SECONDS.time():
+                fires += engine.on_batch(market)
+            metrics.RULES_EVALUATED.inc(engine.take_evaluations())
         if engine.waiting and self.settings.clock == "wall":  # live: bars waited long enough for other series
             fires += engine.flush_deferred(wall_clock_ms() - self.settings.cross_series_wait_ms)
         if fires:

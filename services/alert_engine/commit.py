@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from services.alert_engine.core import AlertEngine, Fire
 from services.alert_engine.settings import Settings
-from shared import streams
+from shared import metrics, streams
 from shared.bus import Batch
 from shared.schemas import pack
 
@@ -135,6 +135,7 @@ class AlertCommit:
         for f, answer in zip(fires, answers, strict=True):
             if answer == 1:
                 self.published += 1
+                metrics.ALERTS_FIRED.labels(f.alert.rule, f.alert.severity, f.alert.state).inc()
                 logger.info("alert %s %s %s %s: %s", f.alert.rule, f.alert.symbol, f.alert.timeframe,
                             f.alert.state, f.alert.message)
             elif answer == 0:

@@ -6,6 +6,12 @@ instance's heartbeat refreshes (``refresh``), so the series of a SIGKILLed subsc
 is no reference count to leak. ``streams.SUBSCRIBERS`` indexes the instances; ``read_all`` (candle_builder's
 discovery) merges every live instance's set, taking the largest look-back asked for a series.
 
+A set that expired is still given by ``read_all`` for ``grace_ms`` (default: the TTL) counted from the first read
+that missed it: Redis away for longer than the TTL (an outage, a restart from its AOF) expires every set while no
+heartbeat could refresh it, and the reader must not drop what only a subscriber asked for before the subscriber's
+next heartbeat publishes it again. A killed subscriber's series go within TTL + grace; a withdrawn set (a clean stop)
+or a smaller one published goes at once.
+
 Until every subscriber writes here, ``read_all`` also merges the old shared hashes ``streams.SUBSCRIPTIONS`` (reference
 counts) and ``streams.SUBSCRIPTION_LOOKBACK`` (``LEGACY``: remove once the engine and the API publish here).
 """
@@ -13,6 +19,7 @@ counts) and ``streams.SUBSCRIPTION_LOOKBACK`` (``LEGACY``: remove once the engin
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 
 from redis.asyncio import Redis
@@ -39,10 +46,13 @@ return 1
 class Subscriptions:
     """One subscriber instance's series (``publish``/``refresh``/``withdraw``) and everyone's (``read_all``)."""
 
-    def __init__(self, redis: Redis, *, ttl_ms: int = 10_000) -> None:
+    def __init__(self, redis: Redis, *, ttl_ms: int = 10_000, grace_ms: int | None = None) -> None:
         self.redis = redis
         self.ttl_ms = ttl_ms
+        self.grace_s = (ttl_ms if grace_ms is None else grace_ms) / 1000
         self._mine: dict[str, dict[Series, int]] = {}  # instance -> what it published last (re-published if expired)
+        self._seen: dict[str, dict[Series, int]] = {}  # (read_all) instance -> its set as last read
+        self._missed: dict[str, float] = {}  # (read_all) instance -> when a read first found its set expired
         self._prune = redis.register_script(_PRUNE)
 
     async def publish(self, instance: str, series: Mapping[Series, int]) -> None:
@@ -87,11 +97,26 @@ class Subscriptions:
             replies = await pipe.execute()
         out: dict[Series, int] = {}
         gone = []
+        seen: dict[str, dict[Series, int]] = {}
         for instance, rows in zip(instances, replies):
             if not rows:
                 gone.append(instance)
+                continue
+            mine = seen[instance] = {}
             for member, bars in rows.items():
-                _merge(out, member, bars)
+                _merge(mine, member, bars)
+        now = time.monotonic()
+        for instance in gone:
+            self._missed.setdefault(instance, now)
+        for instance, since in list(self._missed.items()):  # expired: kept for the grace period
+            if instance in seen or now - since >= self.grace_s or instance not in self._seen:
+                del self._missed[instance]
+            else:
+                seen.setdefault(instance, self._seen[instance])
+        self._seen = seen
+        for series in seen.values():
+            for key, n in series.items():
+                out[key] = max(out.get(key, 0), n)
         if LEGACY:
             counts, lookbacks = replies[len(instances):]
             for member, count in counts.items():

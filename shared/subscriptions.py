@@ -9,6 +9,12 @@ discovery) merges every live instance's set, taking the largest look-back asked 
 A process whose views come and go (the API's ``/ws`` sockets, ``sentinel.client``'s adapter in a GUI) counts its
 references in memory with ``HeldSeries`` and publishes the series it holds as its own instance: a killed process
 leaves nothing behind.
+
+A set that expired is still given by ``read_all`` for ``grace_ms`` (default: the TTL) counted from the first read
+that missed it: Redis away for longer than the TTL (an outage, a restart from its AOF) expires every set while no
+heartbeat could refresh it, and the reader must not drop what only a subscriber asked for before the subscriber's
+next heartbeat publishes it again. A killed subscriber's series go within TTL + grace; a withdrawn set (a clean stop)
+or a smaller one published goes at once.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -44,10 +51,13 @@ return 1
 class Subscriptions:
     """One subscriber instance's series (``publish``/``refresh``/``withdraw``) and everyone's (``read_all``)."""
 
-    def __init__(self, redis: Redis, *, ttl_ms: int = 10_000) -> None:
+    def __init__(self, redis: Redis, *, ttl_ms: int = 10_000, grace_ms: int | None = None) -> None:
         self.redis = redis
         self.ttl_ms = ttl_ms
+        self.grace_s = (ttl_ms if grace_ms is None else grace_ms) / 1000
         self._mine: dict[str, dict[Series, int]] = {}  # instance -> what it published last (re-published if expired)
+        self._seen: dict[str, dict[Series, int]] = {}  # (read_all) instance -> its set as last read
+        self._missed: dict[str, float] = {}  # (read_all) instance -> when a read first found its set expired
         self._prune = redis.register_script(_PRUNE)
 
     async def publish(self, instance: str, series: Mapping[Series, int]) -> None:
@@ -89,11 +99,26 @@ class Subscriptions:
             replies = await pipe.execute()
         out: dict[Series, int] = {}
         gone = []
+        seen: dict[str, dict[Series, int]] = {}
         for instance, rows in zip(instances, replies):
             if not rows:
                 gone.append(instance)
+                continue
+            mine = seen[instance] = {}
             for member, bars in rows.items():
-                _merge(out, member, bars)
+                _merge(mine, member, bars)
+        now = time.monotonic()
+        for instance in gone:
+            self._missed.setdefault(instance, now)
+        for instance, since in list(self._missed.items()):  # expired: kept for the grace period
+            if instance in seen or now - since >= self.grace_s or instance not in self._seen:
+                del self._missed[instance]
+            else:
+                seen.setdefault(instance, self._seen[instance])
+        self._seen = seen
+        for series in seen.values():
+            for key, n in series.items():
+                out[key] = max(out.get(key, 0), n)
         if gone:
             await self._prune(keys=[streams.SUBSCRIBERS, *map(streams.subscriber, gone)], args=gone)
         return out

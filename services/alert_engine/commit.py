@@ -89,6 +89,11 @@ class AlertCommit:
         await self._take_answers(fires, predicted, answers, saved, touched)
         return answers
 
+    def forget(self) -> None:
+        """Drop what this engine knows of cooldowns (the engine was reset: Redis' records decide, as after a
+        restart)."""
+        self.cooldown_until.clear()
+
     async def close(self) -> None:
         """Give the commit's connection back (it is taken again by the next commit)."""
         await self._conn.aclose()

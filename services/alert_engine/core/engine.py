@@ -71,6 +71,18 @@ class AlertEngine:
 
         self.waits.keep_rules(rebind)
 
+    def reset(self) -> None:
+        """Forget everything read (windows, tickers, rule status, bars waiting), keeping the rules and each series'
+        window size: the state of a freshly started engine, to be warmed up again from what was committed."""
+        sizes = {key: w.keep for key, w in self.windows.items()}
+        self.market = Market(self.keep)
+        self.windows = self.market.windows
+        self.status = {}
+        self.waits = Waits(self.market)
+        self.routes = Routes(self.routes.rules, self.keep, self.windows)
+        for key, bars in sizes.items():
+            self.reserve(key, bars)
+
     def reserve(self, key: SeriesKey, bars: int) -> None:
         """Keep at least ``bars`` closed candles of series ``key`` (a rule's look-back beyond ``keep``)."""
         w = self.market.window(key)

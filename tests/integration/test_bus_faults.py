@@ -212,7 +212,7 @@ async def test_held_series_count_views_in_memory_and_a_killed_holder_leaves_noth
 
     btc, eth, kraken = ("binance", "BTC/USDT", "1m"), ("binance", "ETH/USDT", "5m"), ("kraken", "BTC/USD", "1h")
     views = HeldSeries(redis, kind="api", ttl_ms=600)
-    subs = Subscriptions(redis)
+    subs = Subscriptions(redis, ttl_ms=600)  # the reader's grace period after a set expired: its TTL
     await views.hold([btc])
     await views.hold([btc, eth])
     await views.release([btc])

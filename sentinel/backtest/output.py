@@ -57,9 +57,18 @@ def covered(spans: dict[tuple[Path, str, str], list[int]]) -> dict[tuple[str, st
 def write_outputs(opts: BacktestOptions, made: Made, console: Console) -> None:
     out_dir = opts.out_dir
     spans = covered(made.spans)
+    # Bars after a pair's last trade are not data: flat bars its exchange's clock made while another file of that
+    # exchange (a later day, another symbol) was still being read. Neither they nor their alerts are output.
+    last: dict[tuple[str, str], int] = {}
+    for (_, ex, sym), (_, ts) in made.spans.items():
+        last[(ex, sym)] = max(ts, last.get((ex, sym), ts))
+    beyond = {key: {c.ts for c in series if key[:2] in last and c.ts > last[key[:2]]}
+              for key, series in made.candles.items()}
+    made.candles = {key: [c for c in series if c.ts not in beyond[key]] for key, series in made.candles.items()}
     partial = {key: partial_bars((c.ts for c in series), key[2], spans[key[:2]])
                for key, series in made.candles.items() if key[:2] in spans}
-    made.kept, made.dropped = drop_partial_bar_alerts(order_alerts(made.alerts), partial)
+    within, _ = drop_partial_bar_alerts(made.alerts, beyond)
+    made.kept, made.dropped = drop_partial_bar_alerts(order_alerts(within), partial)
     pairs = {key[:2] for key in made.candles}
     written = []
     for key, candles in made.candles.items():

@@ -186,7 +186,10 @@ def _settings(opts: BacktestOptions, items: list[Input], url: str, data_dir: Pat
     from shared.timeframes import sort_timeframes
 
     timeframes = sort_timeframes(set(builder.timeframes) | rule_timeframes)
-    out["candle_builder"] = builder.model_copy(update={"timeframes": timeframes})
+    # every closed candle is exported (no trimming of a temporary Redis); no in-progress candles nor timer closes
+    out["candle_builder"] = builder.model_copy(update={"timeframes": timeframes, "candles_maxlen": 10**9,
+                                                       "live_candles": False, "close_on_timer": False,
+                                                       "discover_every_s": 0.1})
     return out
 
 

@@ -1,4 +1,4 @@
-"""``sentinel demo``, ``sentinel backtest`` and ``sentinel up``: the services together on one Redis."""
+"""``sentinel demo`` and ``sentinel up``: the services together on one Redis (``sentinel backtest``: sentinel/backtest)."""
 
 from __future__ import annotations
 
@@ -253,24 +253,6 @@ def demo(opts: RunOptions) -> None:
         jsonl = opts.jsonl_path or data_dir / "alerts.jsonl"
         if opts.data_dir:
             console.print(f"alerts written to {jsonl}; Redis data (AOF) in {data_dir / 'redis'}")
-
-
-def backtest(opts: RunOptions, out_dir: Path) -> None:
-    """Replay a recording through the services as fast as possible; write candles_<tf>.csv and alerts.jsonl."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    opts.exchange_clock = True  # a backtest of old data: snoozes are read in the recording's time
-    with _data_dir(opts.data_dir) as data_dir:
-        stats = asyncio.run(_run_to_end(opts, data_dir, with_notifier=False, progress=True))
-    written = []
-    for (ex, sym, tf), candles in stats["candles"].items():
-        path = out_dir / f"candles_{tf}.csv"
-        if len({s[:2] for s in stats["candles"]}) > 1:  # several symbols: keep them apart
-            path = out_dir / f"candles_{ex}_{sym.replace('/', '-')}_{tf}.csv"
-        export.write_candles_csv(path, candles)
-        written.append(path)
-    export.write_alerts_jsonl(out_dir / "alerts.jsonl", stats["alerts"])
-    _summary(stats)
-    console.print("wrote " + ", ".join(str(p) for p in [*written, out_dir / "alerts.jsonl"]))
 
 
 @contextlib.contextmanager

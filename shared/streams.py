@@ -276,6 +276,23 @@ def part_live(partition: int) -> str:
     return f"{_part(partition)}:live"
 
 
+def part_books(partition: int) -> str:
+    """Stream: throttled top-N book snapshots with metrics (BookSnapshot, carrying exchange and symbol) of every pair
+    of ``partition`` (market_feed -> alert_engine's book rules); live views read ``channel_books``."""
+    return f"{_part(partition)}:books"
+
+
+def part_derivs(partition: int) -> str:
+    """Stream: FundingRate, OpenInterest and Liquidation of every contract of ``partition`` (market_feed ->
+    alert_engine's futures rules)."""
+    return f"{_part(partition)}:derivs"
+
+
+def channel_derivs(exchange: str, symbol: str) -> str:
+    """Pub/sub channel mirroring a contract's entries of ``part_derivs`` for live views."""
+    return f"{PREFIX}:ch:derivs:{exchange}:{symbol}"
+
+
 def part_alerts(partition: int) -> str:
     """Stream: the alerts of the pairs of ``partition`` (alert_engine -> notifier group, API history)."""
     return f"{_part(partition)}:alerts"

@@ -29,8 +29,12 @@ from shared.outage import REDIS_DOWN
 from shared.rules import RuleSet
 from shared.runtime import heartbeat
 from shared.schemas import (
+    BookSnapshot,
     Candle,
+    FundingRate,
     GapMarker,
+    Liquidation,
+    OpenInterest,
     Ticker,
     TradeBatch,
     Watermark,
@@ -40,20 +44,28 @@ from shared.schemas import (
 
 logger = logging.getLogger(__name__)
 
-Input = Candle | Ticker | TradeBatch | GapMarker | Watermark
+Feed = BookSnapshot | FundingRate | OpenInterest | Liquidation
+Input = Candle | Ticker | TradeBatch | GapMarker | Watermark | Feed
+_FEEDS: dict[str, type[Feed]] = {"book": BookSnapshot, "funding": FundingRate, "open_interest": OpenInterest,
+                                 "liquidation": Liquidation}
 
 
 def decode_input(raw: bytes) -> Input:
-    """Decode an entry of a candle, live-candle, ticker or trades stream."""
+    """Decode an entry of a candle, live-candle, ticker, trades, book or futures stream."""
     msg = unpack(raw)
     kind = msg.get("k") if isinstance(msg, dict) else None
     if kind == "ticker":
         return Ticker.from_msg(msg)
+    if kind in _FEEDS:
+        return _FEEDS[kind].from_msg(msg)
     if kind == "candle":
         return Candle.from_msg(msg)
     if kind in ("trades", "gap", "watermark"):
         return feed_from_msg(msg)
-    raise DecodeError(f"expected a candle, a ticker or trades, got kind {kind!r}")
+    raise DecodeError(f"expected a candle, a ticker, trades, a book or futures data, got kind {kind!r}")
+
+
+_FEED_TYPES = tuple(_FEEDS.values())
 
 
 def wall_clock_ms() -> int:
@@ -223,11 +235,14 @@ class AlertEngineApp:
         engine = self.engine
         fires: list[Fire] = []
         market: list[Candle | Ticker] = []
-        tick_pairs = self.series_sync.tick_pairs
+        tick_pairs, feed_pairs = self.series_sync.tick_pairs, self.series_sync.feed_pairs
         for entry in batch.entries:
             value = entry.value
             if isinstance(value, (Candle, Ticker)):
                 market.append(value)
+            elif isinstance(value, _FEED_TYPES):  # a partition's stream: only the pairs book/futures rules read
+                if (value.exchange, value.symbol) in feed_pairs:
+                    fires += engine.on_feed(value)
             elif isinstance(value, TradeBatch) and (value.exchange, value.symbol) in tick_pairs:
                 # tick-level rules see each trade as it comes (before the candles read with it)
                 fires += engine.on_trades(value.exchange, value.symbol, value.trades)

@@ -57,7 +57,7 @@ from redis.asyncio.cluster import RedisCluster
 from services.notifier import core
 from services.notifier.settings import Settings
 from services.notifier.targets import RetryableSendError, Target, build_targets
-from shared import streams
+from shared import metrics, streams
 from shared.alert_streams import parse_id
 from shared.bus import Batch, Bus, Consumer, backoff_delay
 from shared.errors import NotifyError, PermanentNotifyError
@@ -390,6 +390,7 @@ class NotifierApp:
                 for name, args, options in commands:
                     getattr(pipe, name)(*args, **options)
                 await pipe.execute()
+        metrics.count_delivery(target, group, state == DONE, attempts)
         if state == DONE:
             self.delivered += len(group)
         else:

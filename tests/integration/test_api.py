@@ -156,7 +156,7 @@ async def test_alert_history_filters_and_cursor_pagination(redis, settings):
 
 async def test_alert_states_with_cooldown_left(redis, settings):
     # the engine's format: rule state rows in the partition of their pair, cooldown key = end of cooldown in exchange
-    # ms (-1 forever), PX = length
+    # ms (-1 forever)
     btc, eth = partition_of(EX, SYM, 16), partition_of(EX, "ETH/USDT", 16)
     assert btc != eth
     await redis.hset(streams.part_rule_state(btc), mapping={
@@ -169,14 +169,15 @@ async def test_alert_states_with_cooldown_left(redis, settings):
     await redis.hset(streams.part_rule_state(eth), mapping={
         "fp2": pack({"rule": "eth-below", "exchange": EX, "symbol": "ETH/USDT", "timeframe": TF,
                      "state": "inactive", "last_fired": None})})
-    await redis.set(streams.part_alert_cooldown(btc, "fp1"), T0 + 60_000, px=60_000)
+    until = int(time.time() * 1000) + 60_000  # live: exchange time is wall time
+    await redis.set(streams.part_alert_cooldown(btc, "fp1"), until, px=30 * 86_400_000)  # (outlives the cooldown)
     await redis.set(streams.part_alert_cooldown(btc, "fp3"), -1)
     async with client_for(create_app(settings, redis)) as client:
         rules = {r["fingerprint"]: r for r in (await client.get("/alerts")).json()["rules"]}
     assert set(rules) == {"fp1", "fp2", "fp3", "fp4"}
     assert rules["fp1"]["state"] == "firing" and rules["fp1"]["last_fired"] == T0
     assert 55 < rules["fp1"]["cooldown_left_s"] <= 60
-    assert rules["fp1"]["next_eligible"] == T0 + 60_000 and rules["fp1"]["extra"] == {"since": T0 - 60_000}
+    assert rules["fp1"]["next_eligible"] == until and rules["fp1"]["extra"] == {"since": T0 - 60_000}
     assert rules["fp2"]["cooldown_left_s"] == 0 and rules["fp2"]["next_eligible"] is None
     assert rules["fp2"]["symbol"] == "ETH/USDT" and rules["fp2"]["state"] == "inactive"
     assert rules["fp3"]["cooldown_forever"] is True and rules["fp3"]["next_eligible"] is None

@@ -73,7 +73,8 @@ async def ws_latency(api: ApiApp, redis, n: int) -> dict:
         for i in range(n):
             a = Alert(id=f"w{i}", rule="r", exchange="binance", symbol="BTC/USDT", ts=i, fired_at=i)
             t = time.perf_counter()
-            await bus.publish(streams.ALERTS, a.encode(), channel=streams.CHANNEL_ALERTS)
+            await bus.publish(streams.part_alerts(partition_of("binance", "BTC/USDT", DEFAULT_PARTITIONS)), a.encode(),
+                              channel=streams.CHANNEL_ALERTS)
             await ws.recv()
             latencies.append(time.perf_counter() - t)
     return {"messages": n, "p50_ms": round(statistics.median(latencies) * 1000, 3),

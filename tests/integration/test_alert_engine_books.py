@@ -9,9 +9,10 @@ from decimal import Decimal
 from services.alert_engine.app import AlertEngineApp
 from services.alert_engine.settings import Settings
 from shared import streams
-from shared.bus import FIELD, Bus
+from shared.bus import Bus
 from shared.partitions import partition_of
-from shared.schemas import Alert, FundingRate
+from shared.schemas import FundingRate
+from tests.support.alerts import read_alerts
 from tests.unit.alert_engine.test_ae_feed_operands import _books, _reference
 
 EX, SYM = "binance", "BTC/USDT"
@@ -61,7 +62,7 @@ rules:
     await app.drain()
     assert {streams.part_books(p), streams.part_derivs(fp)} <= set(app.consumer.streams)
 
-    alerts = [Alert.decode(f[FIELD]) for _, f in await redis.xrange(streams.ALERTS)]
+    alerts = await read_alerts(redis)
     got = {(a.rule, a.symbol, a.ts) for a in alerts}
     # independent: the updates where the whole-book imbalance holds, thinned by a 5 s cooldown in exchange time
     want, until = set(), None

@@ -21,10 +21,13 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared import streams
+from shared.alert_streams import alert_streams
 from shared.bus import FIELD, Bus
 from shared.embedded_redis import free_port
+from shared.partitions import DEFAULT_PARTITIONS
 from shared.schemas import Candle, unpack
 from tests.conftest import shared_data
+from tests.support.alerts import count_alerts
 from tests.support.chaos.processes import Service, clean_env, sentinel_argv
 from tests.support.chaos.progress import wait_for
 from tests.support.chaos.run import _start_sim
@@ -143,7 +146,7 @@ async def test_every_endpoint_counts_what_the_replay_did(redis, redis_url, tmp_p
                       for m in await redis.smembers(streams.CANDLE_REGISTRY)]
             checks = [(streams.trades(EXCHANGE, SYMBOL), "candle_builder")]
             checks += [(n, "alert_engine") for n in names[1:] if n.endswith(":1m")]
-            checks += [(streams.ALERTS, "notifier")] if await redis.exists(streams.ALERTS) else []
+            checks += [(s, "notifier") for s in alert_streams(DEFAULT_PARTITIONS) if await redis.exists(s)]
             return all([await bus.caught_up(s, g) for s, g in checks])
         assert await wait_for(caught_up, 60, every=0.3) is not None, "the pipeline did not catch up"
         await asyncio.sleep(6)  # one more heartbeat (2 s) and consumer sample (claim_every_s, 5 s) everywhere
@@ -173,7 +176,7 @@ async def test_every_endpoint_counts_what_the_replay_did(redis, redis_url, tmp_p
         assert total(scraped["candle_builder"], "sentinel_candles_revised_total") == sum(revised.values())
 
         # alerts fired = alerts published = alerts the notifier delivered
-        published = await redis.xlen(streams.ALERTS)
+        published = await count_alerts(redis)
         delivered = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
         assert published > 0
         fired = total(scraped["alert_engine"], "sentinel_alerts_fired_total")

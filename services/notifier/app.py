@@ -258,6 +258,12 @@ class NotifierApp:
                 logger.warning("notifier: %s: redis unavailable (%s); retrying in %.1fs", target.name, exc, delay)
                 await _sleep(self._stop, delay)
                 continue
+            except Exception:  # a lane that ended here would hold its alerts (re-claimed by us) forever
+                failures += 1
+                delay = backoff_delay(failures, base=0.2, cap=5.0)
+                logger.exception("notifier: %s: delivery step failed; retrying in %.1fs", target.name, delay)
+                await _sleep(self._stop, delay)
+                continue
             for _ in chunk:
                 jobs.popleft()
             finished = []

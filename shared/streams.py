@@ -212,8 +212,8 @@ def liquidations(exchange: str, symbol: str) -> str:
 
 def subscriber(instance: str) -> str:
     """Hash "exchange|symbol|timeframe" -> look-back (closed candles wanted before the first live one) of ONE live
-    subscriber instance; it expires unless the instance's heartbeat refreshes it, so a killed subscriber's series
-    go away by themselves."""
+    subscriber instance, and the Redis time until which it is live, which the instance's heartbeat moves on; readers
+    delete it once stale (``shared.subscriptions``), so a killed subscriber's series go away by themselves."""
     return f"{PREFIX}:{{subs}}:subscriber:{instance}"
 
 

@@ -46,6 +46,9 @@ NOTIFY_DEAD_LETTER = f"{PREFIX}:notify:deadletter"
 
 # Set of "exchange|symbol" that market_feed publishes trades for; consumers discover streams from it.
 FEED_REGISTRY = f"{PREFIX}:registry:feeds"
+# Set of "exchange|symbol|book" and "exchange|symbol|derivs" that market_feed publishes order books / futures data for
+# (to ``part_books`` / ``part_derivs``): the engine resolves book and futures rules' symbols against it.
+BOOK_REGISTRY = f"{PREFIX}:registry:books"
 # Set of "exchange|symbol|timeframe" that candle_builder publishes candles for.
 CANDLE_REGISTRY = f"{PREFIX}:registry:candles"
 

@@ -3,7 +3,8 @@
 ``BookTasks.run(stop)`` runs, per configured exchange, one ``adapters.ccxt_book.BookFeed`` (books, wall events) or
 ``adapters.ccxt_derivs.DerivsFeed`` (funding, open interest, liquidations) over the symbols this replica serves
 (``serves(exchange, symbol)``: the pairs of the partitions it owns; every pair when it runs alone). They publish to
-the pair's partition streams (``streams.part_books`` / ``part_derivs``) and channels. The served set is looked at
+the pair's partition streams (``streams.part_books`` / ``part_derivs``) and channels, and the pairs are listed in
+``streams.BOOK_REGISTRY``. The served set is looked at
 again every ``recheck_s``: when it changes (a partition moved) the feed is restarted on the new symbols; a feed that
 fails (markets not loading, say) is restarted after a capped, jittered backoff.
 """
@@ -22,6 +23,7 @@ from services.market_feed.adapters.ccxt_book import BookFeed, sleep_or_stop
 from services.market_feed.adapters.ccxt_derivs import DerivsFeed
 from services.market_feed.book_settings import BookFeedSettings, DerivsFeedSettings
 from services.market_feed.settings import Settings
+from shared import streams
 from shared.bus import Bus, backoff_delay
 
 logger = logging.getLogger(__name__)
@@ -90,6 +92,9 @@ class BookTasks:
                     current, task = want, None
                     if want and not stop.is_set():
                         logger.info("%s: %d symbol(s): %s", name, len(want), ", ".join(want))
+                        kind = "book" if isinstance(cfg, BookFeedSettings) else "derivs"
+                        await self.redis.sadd(streams.BOOK_REGISTRY,
+                                              *(streams.registry_member(cfg.exchange, s, kind) for s in want))
                         feed_stop = asyncio.Event()
                         feed = self.feeds[name] = self._make(cfg, want)
                         task = asyncio.create_task(feed.run(feed_stop), name=f"market_feed-{name}")

@@ -169,7 +169,9 @@ def _settings(opts: BacktestOptions, items: list[Input], url: str, data_dir: Pat
     timeframes asked for (or its configured ones) and every timeframe a rule reads."""
     common = {"redis_url": url, "data_dir": data_dir}
     overrides: dict[str, dict[str, Any]] = {
-        "market_feed": {"mode": "replay", "replay_file": items[0].path, "speed": 0},
+        # big entries: a backtest has no latency to keep, and watermarks only need to close bars of quiet symbols
+        "market_feed": {"mode": "replay", "replay_file": items[0].path, "speed": 0, "batch_size": 1000,
+                        "batch_window_ms": 3_600_000, "watermark_every_ms": 60_000},
         "candle_builder": {"timeframes": opts.timeframes} if opts.timeframes else {},
         "alert_engine": {"rules_file": opts.rules_file, "clock": "exchange"},
     }

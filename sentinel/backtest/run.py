@@ -1,5 +1,5 @@
-"""The backtest run: one market_feed per exchange replaying its inputs, candle_builder and alert_engine, on an
-embedded Redis, until every trade has been read and every consumer group is drained (no fixed settle: the streams
+"""The backtest run: the feed process (``feed.py``: one market_feed per exchange replaying its inputs) beside
+candle_builder and alert_engine in this process, on an embedded Redis, until every trade has been read and every consumer group is drained (no fixed settle: the streams
 the rules read are named, so a consumer group that does not exist yet is seen as work left)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,10 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgress
                            TimeElapsedColumn, TimeRemainingColumn)
 
 from sentinel import export
-from sentinel.backtest.inputs import Input, resolve, trades_by_exchange
+from sentinel.backtest.feed import FeedProcess
+from sentinel.backtest.inputs import Input, resolve
 from sentinel.backtest.output import Made, write_outputs
-from sentinel.pipeline import Pipeline, add_service, consumer_groups_idle, load_settings, service_classes
+from sentinel.pipeline import Pipeline, add_service, consumer_groups_idle, load_settings
 from services.alert_engine.core import AlertEngine
 from shared import streams
 from shared.bus import Bus
@@ -29,7 +30,6 @@ from shared.embedded_redis import EmbeddedRedis
 from shared.errors import ConfigError
 from shared.rules import RuleSet, load_rules_file
 from shared.runtime import connect, install_signal_handlers
-from shared.schemas import Trade
 
 logger = logging.getLogger(__name__)
 
@@ -47,30 +47,6 @@ class BacktestOptions:
     config_file: Path | None = None
     forward_bars: int = 10
     data_dir: Path | None = None  # keep Redis's data here (default: a temporary folder)
-
-
-@dataclass
-class Spans:
-    """First and last trade time of each (file, exchange, symbol) read: what the data covers (partial bars)."""
-
-    seen: dict[tuple[Path, str, str], list[int]] = field(default_factory=dict)
-
-    def track(self, path: Path, exchange: str, trades: Iterator[tuple[str, Trade]]) -> Iterator[tuple[str, Trade]]:
-        """``trades`` passed through, noting the first and last trade of every run of one symbol."""
-        last: tuple[str, Trade] | None = None
-        for item in trades:
-            if last is None or item[0] != last[0]:
-                if last is not None:
-                    self._note(path, exchange, last)
-                self._note(path, exchange, item)
-            last = item
-            yield item
-        if last is not None:
-            self._note(path, exchange, last)
-
-    def _note(self, path: Path, exchange: str, item: tuple[str, Trade]) -> None:
-        span = self.seen.setdefault((path, exchange, item[0]), [item[1].ts, item[1].ts])
-        span[0], span[1] = min(span[0], item[1].ts), max(span[1], item[1].ts)
 
 
 def backtest(opts: BacktestOptions, console: Console | None = None) -> Made:
@@ -92,7 +68,7 @@ async def _run(opts: BacktestOptions, items: list[Input], ruleset: RuleSet, data
     redis = connect(server.url)
     started = time.monotonic()
     pipeline = Pipeline(redis)
-    spans = Spans()
+    feed: FeedProcess | None = None
     try:
         pairs = sorted({pair for item in items for pair in item.symbols})
         routes = AlertEngine(ruleset).routes
@@ -100,36 +76,35 @@ async def _run(opts: BacktestOptions, items: list[Input], ruleset: RuleSet, data
         settings = _settings(opts, items, server.url, data_dir, {tf for _, _, tf in wanted})
         for name in ("candle_builder", "alert_engine"):
             add_service(pipeline, name, settings[name])
-        feed_app = service_classes("market_feed")[1]
-        feeds = []
-        for ex, (symbols, trades) in trades_by_exchange(items, spans.track).items():
-            feed = feed_app(settings["market_feed"].model_copy(update={"exchange": ex}), redis,
-                            source=(symbols, trades))
-            pipeline.add(f"market_feed {ex}", feed)
-            feeds.append(feed)
+        feed = FeedProcess(server.url, items, settings["market_feed"])
+        feed.start()
         install_signal_handlers(pipeline.stop)
         pipeline.start()
         total = sum(item.rows for item in items)
-        interrupted = await _until_drained(pipeline, redis, feeds, wanted, total, console)
+        interrupted = await _until_drained(pipeline, redis, feed, wanted, total, console)
+        feed.stop()
         await pipeline.shutdown()
         series = await export.candle_series(redis)
         candles = {s: await export.closed_candles(redis, *s) for s in series}
         alerts = await export.alerts(redis)
-        trades = sum(f.trades_published for f in feeds)
-        return Made(items=items, candles=candles, alerts=alerts, trades=trades, seconds=time.monotonic() - started,
-                    spans=spans.seen, interrupted=interrupted)
+        return Made(items=items, candles=candles, alerts=alerts, trades=feed.published,
+                    seconds=time.monotonic() - started, spans=feed.result() if not interrupted else {},
+                    interrupted=interrupted)
     finally:
+        if feed is not None:
+            feed.stop()
         with contextlib.suppress(Exception):
             await pipeline.shutdown()
         await redis.aclose()
         server.stop()
 
 
-async def _until_drained(pipeline: Pipeline, redis: Any, feeds: list[Any], wanted: set[tuple[str, str, str]],
+async def _until_drained(pipeline: Pipeline, redis: Any, feed: FeedProcess, wanted: set[tuple[str, str, str]],
                          total: int, console: Console) -> bool:
-    """Wait (with a progress bar: trades read of the total, ETA) until the feeds have read everything and every
+    """Wait (with a progress bar: trades read of the total, ETA) until the feed has read everything and every
     consumer group has processed it; True if interrupted (Ctrl-C)."""
     candle_streams = sorted(streams.candles(*key) for key in wanted)
+    builder = pipeline.apps["candle_builder"]
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as progress:
@@ -140,12 +115,10 @@ async def _until_drained(pipeline: Pipeline, redis: Any, feeds: list[Any], wante
             if pipeline.stop.is_set():
                 console.print("[yellow]interrupted[/]")
                 return True
-            read = sum(f.trades_published + f.trades_skipped for f in feeds)
-            done = all(f.done for f in feeds)
-            progress.update(task, completed=read if not done else total,
+            done = feed.done  # (raises the feed's error)
+            progress.update(task, completed=feed.read if not done else total,
                             description="trades" if not done else "candles and rules")
-            builder_read = pipeline.apps["candle_builder"].trades_in >= sum(f.trades_published for f in feeds)
-            if done and builder_read and await _drained(redis, candle_streams):
+            if done and builder.trades_in >= feed.published and await _drained(redis, candle_streams):
                 return False
             await asyncio.sleep(0.05)
 

@@ -2,7 +2,8 @@
 
 Inputs (generated, deterministic, Binance's public-data trades layout with no header, as data.binance.vision serves):
   one:  ``--trades`` trades (default 1,000,000) of one symbol over one day;
-  many: ``--many-trades`` trades (default 50,000) over ``--symbols`` symbols (default 500), one file each, interleaved.
+  many: ``--many-trades`` trades (default 50,000) over ``--symbols`` symbols (default 500), one file each, interleaved
+        over the time that many trades of the one-symbol file span (the same activity, spread over many symbols).
 Measured, each ``--repeat`` times (default 3) in turns, medians with min-max:
   sentinel   ``python -m sentinel.cli backtest`` with the sample rules, as a user runs it (CSV parsing, the services
              on an embedded Redis, candles, alerts, report.html): wall time of the command;
@@ -64,14 +65,16 @@ def generate_one(folder: Path, n: int) -> Path:
     return path
 
 
-def generate_many(folder: Path, n: int, symbols: int) -> Path:
-    """``symbols`` files of ``n / symbols`` trades each, spread over the same day (interleaved in time)."""
+def generate_many(folder: Path, n: int, symbols: int, one: int) -> Path:
+    """``symbols`` files of ``n / symbols`` trades each, interleaved in time over the span ``n`` trades of the
+    one-symbol file cover (the same market activity per second, spread over many symbols)."""
     folder.mkdir(parents=True, exist_ok=True)
     each = n // symbols
+    span = DAY_MS * n // one
     for s in range(symbols):
         path = folder / f"S{s:03d}USDT-trades-2024-08-08.csv"
         if not path.exists():
-            path.write_text("".join(_rows(each, 1, T0 + s * 37, (DAY_MS - 1 - symbols * 37) / each, s)))
+            path.write_text("".join(_rows(each, 1, T0 + s * 7, (span - 1 - symbols * 7) / each, s)))
     return folder
 
 
@@ -272,7 +275,8 @@ def main() -> None:
     data = args.data / f"{args.trades}"
     data.mkdir(parents=True, exist_ok=True)
     one = generate_one(data, args.trades)
-    many = generate_many(args.data / f"many-{args.many_trades}-{args.symbols}", args.many_trades, args.symbols)
+    many = generate_many(args.data / f"many-{args.many_trades}-{args.symbols}-{args.trades}", args.many_trades,
+                         args.symbols, args.trades)
     many_files = sorted(many.glob("*.csv"))
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                            "platform": platform.platform()},

@@ -22,10 +22,10 @@ from sentinel import export
 from sentinel.backtest.feed import FeedProcess
 from sentinel.backtest.inputs import Input, resolve
 from sentinel.backtest.output import Made, write_outputs
-from sentinel.pipeline import Pipeline, add_service, consumer_groups_idle, load_settings
+from sentinel.pipeline import Pipeline, add_service, load_settings
 from services.alert_engine.core import AlertEngine
 from shared import streams
-from shared.bus import Bus
+from shared.bus import as_str
 from shared.embedded_redis import EmbeddedRedis
 from shared.errors import ConfigError
 from shared.rules import RuleSet, load_rules_file
@@ -85,7 +85,7 @@ async def _run(opts: BacktestOptions, items: list[Input], ruleset: RuleSet, data
         feed.stop()
         await pipeline.shutdown()
         series = await export.candle_series(redis)
-        candles = {s: await export.closed_candles(redis, *s) for s in series}
+        candles = await export.closed_candles_of(redis, series)
         alerts = await export.alerts(redis)
         return Made(items=items, candles=candles, alerts=alerts, trades=feed.published,
                     seconds=time.monotonic() - started, spans=feed.result() if not interrupted else {},
@@ -118,22 +118,38 @@ async def _until_drained(pipeline: Pipeline, redis: Any, feed: FeedProcess, want
             done = feed.done  # (raises the feed's error)
             progress.update(task, completed=feed.read if not done else total,
                             description="trades" if not done else "candles and rules")
-            if done and builder.trades_in >= feed.published and await _drained(redis, candle_streams):
-                return False
+            if done and builder.trades_in >= feed.published:
+                if await _drained(redis, candle_streams):
+                    return False
+                await asyncio.sleep(0.15)  # (a market's thousands of streams: not every tick)
             await asyncio.sleep(0.05)
 
 
 async def _drained(redis: Any, candle_streams: list[str]) -> bool:
-    """Every consumer group has read and acked everything, and each candle stream a rule reads has alert_engine's
-    group (a stream the engine has not discovered yet is work left, not an idle pipeline). The caller checks that
-    candle_builder has read every trade published (its groups exist)."""
-    if not await consumer_groups_idle(redis):
-        return False
-    bus = Bus(redis)
-    for stream in candle_streams:
-        if await redis.exists(stream) and not await bus.caught_up(stream, streams.GROUP_ALERT_ENGINE):
+    """Every consumer group of every stream has read and acked everything, and each candle stream a rule reads has
+    alert_engine's group (a stream the engine has not discovered yet is work left, not an idle pipeline). The caller
+    checks that candle_builder has read every trade published (its groups exist). Two pipelined round trips whatever
+    the number of streams (a market has thousands)."""
+    names = [k async for k in redis.scan_iter(match=f"{streams.PREFIX}:*", _type="STREAM", count=10_000)]
+    names = [n for n in names if n.decode() not in (streams.DEAD_LETTER, streams.NOTIFY_DEAD_LETTER,
+                                                      streams.ALERT_HISTORY)]
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.xinfo_stream(name)
+            pipe.xinfo_groups(name)
+        replies = await pipe.execute(raise_on_error=False)
+    engine_groups = set()
+    for name, info, groups in zip(names, replies[::2], replies[1::2]):
+        if isinstance(info, Exception) or isinstance(groups, Exception):
             return False
-    return True
+        last = as_str(info.get("last-generated-id") or info.get(b"last-generated-id"))
+        for g in groups:
+            if g["pending"] or as_str(g["last-delivered-id"]) != last:
+                return False
+            if as_str(g.get("name") or g.get(b"name")) == streams.GROUP_ALERT_ENGINE:
+                engine_groups.add(name.decode())
+    existing = {n.decode() for n in names}
+    return all(s in engine_groups for s in candle_streams if s in existing)
 
 
 def _settings(opts: BacktestOptions, items: list[Input], url: str, data_dir: Path,
@@ -164,7 +180,7 @@ def _settings(opts: BacktestOptions, items: list[Input], url: str, data_dir: Pat
     # every closed candle is exported (no trimming of a temporary Redis); no in-progress candles nor timer closes
     out["candle_builder"] = builder.model_copy(update={"timeframes": timeframes, "candles_maxlen": 10**9,
                                                        "live_candles": False, "close_on_timer": False,
-                                                       "discover_every_s": 0.1})
+                                                       "discover_every_s": 0.5})
     return out
 
 

@@ -88,7 +88,8 @@ class FeedProcess:
     def result(self) -> dict[tuple[Path, str, str], list[int]]:
         if not self.done or self._outcome is None:
             raise RuntimeError("the feed has not finished")
-        return self._outcome[1]
+        spans: dict[tuple[Path, str, str], list[int]] = self._outcome[1]
+        return spans
 
     def stop(self) -> None:
         if self.process.pid is None:  # never started

@@ -229,3 +229,26 @@ def test_bad_inputs_name_the_file_line_and_field(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {side}:2: field 'side' — expected buy or sell, got 'up'"
+
+
+def test_a_binance_zip_archive_and_a_gzip_csv_read_like_the_plain_csv(tmp_path):
+    import gzip
+    import zipfile
+
+    plain = shared_data("binance_spot_btcusdt/BTCUSDT-trades-2024-08-08-binance-layout.csv")
+    archive = tmp_path / "zip" / "BTCUSDT-trades-2024-08-08.zip"  # as data.binance.vision serves it
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(plain, "BTCUSDT-trades-2024-08-08.csv")
+    packed = tmp_path / "gz" / "BTCUSDT-trades-2024-08-08.csv.gz"
+    packed.parent.mkdir()
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    outs = {}
+    for name, path in (("plain", plain), ("zip", archive), ("gz", packed)):
+        outs[name] = tmp_path / f"out-{name}"
+        backtest(path, "--rules", SAMPLE_RULES, "--out", outs[name], "--timeframes", "1m,5m")
+    for tf in ("1m", "5m"):
+        want = {ts: row[:8] for ts, row in read_candles(outs["plain"] / f"candles_{tf}.csv").items()}
+        assert len(want) >= 4
+        for name in ("zip", "gz"):
+            assert {ts: row[:8] for ts, row in read_candles(outs[name] / f"candles_{tf}.csv").items()} == want, name

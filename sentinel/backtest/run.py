@@ -1,6 +1,7 @@
 """The backtest run: the feed process (``feed.py``: one market_feed per exchange replaying its inputs) beside
-candle_builder and alert_engine in this process, on an embedded Redis, until every trade has been read and every consumer group is drained (no fixed settle: the streams
-the rules read are named, so a consumer group that does not exist yet is seen as work left)."""
+candle_builder and alert_engine in this process, on an embedded Redis, until every trade has been read and every
+consumer group is drained (no fixed settle: the streams the rules read are named, so a consumer group that does not
+exist yet is seen as work left)."""
 
 from __future__ import annotations
 
@@ -30,10 +31,9 @@ from shared.embedded_redis import EmbeddedRedis
 from shared.errors import ConfigError
 from shared.rules import RuleSet, load_rules_file
 from shared.runtime import connect, install_signal_handlers
+from shared.timeframes import sort_timeframes
 
 logger = logging.getLogger(__name__)
-
-Pair = tuple[str, str]
 
 
 @dataclass
@@ -47,6 +47,7 @@ class BacktestOptions:
     config_file: Path | None = None
     forward_bars: int = 10
     data_dir: Path | None = None  # keep Redis's data here (default: a temporary folder)
+    keep_partial_alerts: bool = False  # write the bar-close alerts of partial bars too
 
 
 def backtest(opts: BacktestOptions, console: Console | None = None) -> Made:
@@ -174,8 +175,6 @@ def _settings(opts: BacktestOptions, items: list[Input], url: str, data_dir: Pat
     if problems:
         raise ConfigError(problems)
     builder = out["candle_builder"]
-    from shared.timeframes import sort_timeframes
-
     timeframes = sort_timeframes(set(builder.timeframes) | rule_timeframes)
     # every closed candle is exported (no trimming of a temporary Redis); no in-progress candles nor timer closes
     out["candle_builder"] = builder.model_copy(update={"timeframes": timeframes, "candles_maxlen": 10**9,

@@ -252,3 +252,11 @@ def test_a_binance_zip_archive_and_a_gzip_csv_read_like_the_plain_csv(tmp_path):
         assert len(want) >= 4
         for name in ("zip", "gz"):
             assert {ts: row[:8] for ts, row in read_candles(outs[name] / f"candles_{tf}.csv").items()} == want, name
+
+
+def test_keep_partial_alerts_writes_them_too(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - name: any_5m\n    symbols: ['*']\n    timeframe: 5m\n"
+                     "    condition: {left: close, op: above, right: 1}\n")
+    backtest(shared_data(SHORT), "--rules", rules, "--out", tmp_path / "out", "--keep-partial-alerts")
+    assert [(a["rule"], a["ts"]) for a in alerts_of(tmp_path / "out")] == [("any_5m", 1610064000000)]

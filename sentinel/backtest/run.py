@@ -74,7 +74,8 @@ async def _run(opts: BacktestOptions, items: list[Input], ruleset: RuleSet, data
         pairs = sorted({pair for item in items for pair in item.symbols})
         routes = AlertEngine(ruleset).routes
         wanted = {(ex, sym, tf) for ex, sym in pairs for tf in routes.needs(ex, sym)}
-        settings = _settings(opts, items, server.url, data_dir, {tf for _, _, tf in wanted})
+        live = any(routes.needs_live(key) for key in wanted)  # a rule evaluates in-progress candles
+        settings = _settings(opts, items, server.url, data_dir, {tf for _, _, tf in wanted}, live)
         for name in ("candle_builder", "alert_engine"):
             add_service(pipeline, name, settings[name])
         feed = FeedProcess(server.url, items, settings["market_feed"])
@@ -154,9 +155,11 @@ async def _drained(redis: Any, candle_streams: list[str]) -> bool:
 
 
 def _settings(opts: BacktestOptions, items: list[Input], url: str, data_dir: Path,
-              rule_timeframes: set[str]) -> dict[str, Any]:
+              rule_timeframes: set[str], live: bool) -> dict[str, Any]:
     """Each service's settings (every problem of every section in one ConfigError). candle_builder builds the
-    timeframes asked for (or its configured ones) and every timeframe a rule reads."""
+    timeframes asked for (or its configured ones) and every timeframe a rule reads; in-progress candles only when a
+    rule reads them (``live``; they are throttled in wall time, live_throttle_ms, so what such a rule sees in a
+    backtest depends on its speed)."""
     common = {"redis_url": url, "data_dir": data_dir}
     overrides: dict[str, dict[str, Any]] = {
         # big entries: a backtest has no latency to keep, and watermarks only need to close bars of quiet symbols
@@ -176,9 +179,9 @@ def _settings(opts: BacktestOptions, items: list[Input], url: str, data_dir: Pat
         raise ConfigError(problems)
     builder = out["candle_builder"]
     timeframes = sort_timeframes(set(builder.timeframes) | rule_timeframes)
-    # every closed candle is exported (no trimming of a temporary Redis); no in-progress candles nor timer closes
+    # every closed candle is exported (no trimming of a temporary Redis); no timer closes (exchange time only)
     out["candle_builder"] = builder.model_copy(update={"timeframes": timeframes, "candles_maxlen": 10**9,
-                                                       "live_candles": False, "close_on_timer": False,
+                                                       "live_candles": live, "close_on_timer": False,
                                                        "discover_every_s": 0.5})
     return out
 

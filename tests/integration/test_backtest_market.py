@@ -260,3 +260,16 @@ def test_keep_partial_alerts_writes_them_too(tmp_path):
                      "    condition: {left: close, op: above, right: 1}\n")
     backtest(shared_data(SHORT), "--rules", rules, "--out", tmp_path / "out", "--keep-partial-alerts")
     assert [(a["rule"], a["ts"]) for a in alerts_of(tmp_path / "out")] == [("any_5m", 1610064000000)]
+
+
+def test_a_rule_on_in_progress_candles_still_fires_in_a_backtest(tmp_path):
+    """In-progress candles are built only when a rule reads them: an intrabar rule must keep working (when it fires
+    within a bar depends on candle_builder's wall-clock throttle; that each complete bar fires once does not)."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - name: intrabar\n    symbols: ['*']\n    timeframe: 1m\n    frequency: once_per_bar\n"
+                     "    condition: {left: close, op: above, right: 1}\n")
+    out = tmp_path / "out"
+    backtest(shared_data(BTC), "--rules", rules, "--out", out)
+    first, last = span_of(shared_data(BTC))
+    complete = [ts for ts in range(first - first % 60_000, last, 60_000) if first <= ts and ts + 60_000 <= last + 1]
+    assert sorted(a["ts"] for a in alerts_of(out)) == complete

@@ -119,7 +119,7 @@ class _LiveSource:
             "mode": "live", "exchanges": [ExchangeFeed(**self.sim.feed_config())],
             # ccxt hands trades over only when the next frame arrives: a short silence timeout makes the feed
             # fetch the last trades of the finite simulation by REST instead of waiting for a frame that never comes.
-            "silence_timeout_s": 2.0})
+            "silence_timeout_s": 2.0, **_book_feeds(self.sim)})
         self.app = service_classes("market_feed")[1](settings, self.redis)
         self.task = asyncio.create_task(self.app.run(self.stop), name="market_feed")
 
@@ -131,7 +131,7 @@ class _LiveSource:
             return False
         # The finite market has ended: the feed's silence timeouts and ticker time-outs that follow are expected
         # (they fetch the last trades by REST), not news for the user.
-        logging.getLogger("services.market_feed.adapters.ccxt_feed").setLevel(logging.ERROR)
+        logging.getLogger("services.market_feed.adapters").setLevel(logging.ERROR)
         want = {("binance", sym): last for sym, last in self.sim.last_ids().items()}
         return self.app.live is not None and self.app.live.last_ids() == want
 
@@ -144,6 +144,21 @@ class _LiveSource:
     @property
     def published(self) -> int:
         return getattr(self.app, "published_trades", 0) if hasattr(self, "app") else 0
+
+
+def _book_feeds(sim: Any) -> dict[str, Any]:
+    """market_feed's ``books`` and ``derivatives`` sections pointing at the local exchange's order books and USD-M
+    perpetuals (when it serves them: Binance's protocol)."""
+    if not getattr(sim, "perps", None):
+        return {}
+    from services.market_feed.book_settings import BookFeedSettings, DerivsFeedSettings
+
+    symbols = list(sim.books)
+    return {"books": [BookFeedSettings(symbols=symbols, ws_url=sim.ws_url, rest_url=sim.rest_url,
+                                       publish_every_ms=250)],
+            "derivatives": [DerivsFeedSettings(symbols=[f"{s}:{s.split('/')[1]}" for s in symbols],
+                                               ws_url=sim.futures_ws_url, rest_url=sim.futures_rest_url,
+                                               open_interest_every_s=2.0)]}
 
 
 async def _run_to_end(opts: RunOptions, data_dir: Path, *, with_notifier: bool, progress: bool):
@@ -368,6 +383,7 @@ async def _up(settings: dict[str, Any], config_file: Path | None, redis_url: str
 
 def up(config_file: Path | None) -> None:
     """Every service and the API in one process; an embedded Redis unless REDIS_URL is set."""
+    from shared import metrics
     from shared.config import ServiceSettings
     from shared.logs import setup_logging
     from shared.runtime import redis_url_or_embedded
@@ -382,5 +398,6 @@ def up(config_file: Path | None) -> None:
     from services.api.app import check_port
 
     check_port(up_settings(config_file, common.redis_url or "redis://check-only")["api"])  # before anything starts
+    metrics.serve(common)  # one endpoint for the whole process (metrics_port)
     with redis_url_or_embedded(common.redis_url, common.data_dir) as url:
         asyncio.run(_up(up_settings(config_file, url), config_file, url, embedded=not common.redis_url))

@@ -490,10 +490,12 @@ class BookWallEvent(BaseModel):
 
 
 class BookSnapshot(_Message):
-    """The top of one order book with its metrics, published throttled (``streams.books``). ``ts`` is the exchange
+    """The top of one order book with its metrics, published throttled (``streams.part_books``). ``ts`` is the exchange
     time of the last update in it, ``update_id`` the exchange's sequence number of that state (Binance ``u``).
     ``bids``/``asks``: the best ``N`` levels, best first, as [price, size]. ``walls``: wall events since the previous
-    snapshot. ``resyncs``: how many times the book was rebuilt from a new snapshot since the feed started."""
+    snapshot. ``resyncs``: how many times the book was rebuilt from a new snapshot since the feed started.
+    ``bid_floor`` / ``ask_ceiling``: the edges of the part of the book known level by level (None: unbounded); a
+    figure computed from ``bids``/``asks`` past them is unknown."""
 
     kind: Literal["book"] = "book"
     exchange: str
@@ -509,10 +511,12 @@ class BookSnapshot(_Message):
     bands: list[BookBand] = Field(default_factory=list)
     walls: list[BookWallEvent] = Field(default_factory=list)
     resyncs: int = 0
+    bid_floor: Decimal | None = None
+    ask_ceiling: Decimal | None = None
 
 
 class FundingRate(_Message):
-    """A perpetual's mark and index price and funding (``streams.funding``). ``funding_rate`` is the rate of the
+    """A perpetual's mark and index price and funding (``streams.part_derivs``). ``funding_rate`` is the rate of the
     next funding (paid at ``next_funding_ts``, ms); ``basis_bps`` = (mark - index) / index * 10_000."""
 
     kind: Literal["funding"] = "funding"
@@ -532,7 +536,7 @@ class FundingRate(_Message):
 
 
 class OpenInterest(_Message):
-    """Open interest of a contract at exchange time ``ts`` (``streams.open_interest``): ``amount`` in contracts
+    """Open interest of a contract at exchange time ``ts`` (``streams.part_derivs``): ``amount`` in contracts
     (base units on Binance USD-M), ``value`` in quote units where the exchange gives it."""
 
     kind: Literal["open_interest"] = "open_interest"
@@ -544,7 +548,7 @@ class OpenInterest(_Message):
 
 
 class Liquidation(_Message):
-    """A forced order (``streams.liquidations``): ``side`` of the liquidation order itself (``sell`` = a long was
+    """A forced order (``streams.part_derivs``): ``side`` of the liquidation order itself (``sell`` = a long was
     liquidated), ``amount`` filled at average ``price``; ``order_price`` its limit (bankruptcy) price."""
 
     kind: Literal["liquidation"] = "liquidation"

@@ -46,16 +46,14 @@ NOTIFY_DEAD_LETTER = f"{PREFIX}:notify:deadletter"
 
 # Set of "exchange|symbol" that market_feed publishes trades for; consumers discover streams from it.
 FEED_REGISTRY = f"{PREFIX}:registry:feeds"
+# Set of "exchange|symbol|book" and "exchange|symbol|derivs" that market_feed publishes order books / futures data for
+# (to ``part_books`` / ``part_derivs``): the engine resolves book and futures rules' symbols against it.
+BOOK_REGISTRY = f"{PREFIX}:registry:books"
 # Set of "exchange|symbol|timeframe" that candle_builder publishes candles for.
 CANDLE_REGISTRY = f"{PREFIX}:registry:candles"
 
 REGISTRY_SEP = "|"
 
-# Hash "exchange|symbol|timeframe" -> reference count: the series consumers (alert_engine, API) ask candle_builder for.
-SUBSCRIPTIONS = f"{PREFIX}:subscriptions"
-# Hash "exchange|symbol|timeframe" -> closed candles of history a subscriber needs before its first live candle (the
-# longest indicator warm-up of its rules). candle_builder seeds a series with max(its own history_bars, this).
-SUBSCRIPTION_LOOKBACK = f"{PREFIX}:subscriptions:lookback"
 # Stream of OHLCV history requests that market_feed serves (it owns the exchange connections).
 HISTORY_REQUESTS = f"{PREFIX}:history:requests"
 
@@ -164,7 +162,7 @@ def builder_lease(exchange: str, symbol: str) -> str:
 BUILDER_INSTANCES = f"{PREFIX}:candle_builder:instances"
 
 #: Hash "exchange|symbol|timeframe" -> bucket start (ms) of the oldest candle candle_builder published for the series
-#: from history (written when it seeds or backfills; a subscriber whose SUBSCRIPTION_LOOKBACK grew can tell when the
+#: from history (written when it seeds or backfills; a subscriber whose look-back grew can tell when the
 #: older candles are in the stream). Backfilled candles are appended after newer ones: order by ``ts``.
 CANDLE_HISTORY_FROM = f"{PREFIX}:candles:history_from"
 
@@ -187,29 +185,12 @@ def alert_open(fingerprint: str) -> str:
 # ---- order books and derivatives (append-only additions; issue 24) -------------------------------------------------
 
 
-def books(exchange: str, symbol: str) -> str:
-    """Stream: throttled top-N book snapshots with metrics (BookSnapshot) of one pair, written by market_feed."""
-    return f"{PREFIX}:books:{exchange}:{symbol}"
+# (the streams are per partition: ``part_books`` and ``part_derivs`` below; live views read these channels)
 
 
 def channel_books(exchange: str, symbol: str) -> str:
-    """Pub/sub channel mirroring ``books`` for live views."""
+    """Pub/sub channel mirroring one pair's entries of ``part_books`` for live views."""
     return f"{PREFIX}:ch:books:{exchange}:{symbol}"
-
-
-def funding(exchange: str, symbol: str) -> str:
-    """Stream: mark/index price and funding (FundingRate) of one perpetual."""
-    return f"{PREFIX}:funding:{exchange}:{symbol}"
-
-
-def open_interest(exchange: str, symbol: str) -> str:
-    """Stream: open interest (OpenInterest) of one contract, polled or streamed."""
-    return f"{PREFIX}:open_interest:{exchange}:{symbol}"
-
-
-def liquidations(exchange: str, symbol: str) -> str:
-    """Stream: liquidations (Liquidation) of one contract."""
-    return f"{PREFIX}:liquidations:{exchange}:{symbol}"
 
 
 # ---- subscriptions owned by live instances (shared.subscriptions) --------------------------------------------------
@@ -217,8 +198,8 @@ def liquidations(exchange: str, symbol: str) -> str:
 
 def subscriber(instance: str) -> str:
     """Hash "exchange|symbol|timeframe" -> look-back (closed candles wanted before the first live one) of ONE live
-    subscriber instance; it expires unless the instance's heartbeat refreshes it, so a killed subscriber's series
-    go away by themselves."""
+    subscriber instance, and the Redis time until which it is live, which the instance's heartbeat moves on; readers
+    delete it once stale (``shared.subscriptions``), so a killed subscriber's series go away by themselves."""
     return f"{PREFIX}:{{subs}}:subscriber:{instance}"
 
 
@@ -281,6 +262,23 @@ def part_live(partition: int) -> str:
     return f"{_part(partition)}:live"
 
 
+def part_books(partition: int) -> str:
+    """Stream: throttled top-N book snapshots with metrics (BookSnapshot, carrying exchange and symbol) of every pair
+    of ``partition`` (market_feed -> alert_engine's book rules); live views read ``channel_books``."""
+    return f"{_part(partition)}:books"
+
+
+def part_derivs(partition: int) -> str:
+    """Stream: FundingRate, OpenInterest and Liquidation of every contract of ``partition`` (market_feed ->
+    alert_engine's futures rules)."""
+    return f"{_part(partition)}:derivs"
+
+
+def channel_derivs(exchange: str, symbol: str) -> str:
+    """Pub/sub channel mirroring a contract's entries of ``part_derivs`` for live views."""
+    return f"{PREFIX}:ch:derivs:{exchange}:{symbol}"
+
+
 def part_alerts(partition: int) -> str:
     """Stream: the alerts of the pairs of ``partition`` (alert_engine -> notifier group, API history)."""
     return f"{_part(partition)}:alerts"
@@ -334,3 +332,8 @@ GROUP_FEED_PREFIX = "market_feed:"
 def feed_group(exchange: str) -> str:
     """The ownership group of the market_feeds serving ``exchange``."""
     return f"{GROUP_FEED_PREFIX}{exchange}"
+
+
+#: Hash: per running process of a service (field ``service|host-pid``) its metrics figures and when it wrote them
+#: (``shared.metrics.beat``); ``GET /status`` sums the live ones.
+METRICS_FIGURES = f"{PREFIX}:metrics:figures"

@@ -185,7 +185,11 @@ def test_the_report_is_written_and_its_alert_tables_equal_alerts_jsonl(market):
 
 def test_a_short_recording_says_why_nothing_fired(tmp_path):
     out = tmp_path / "out"
+    out.mkdir()
+    stale = out / "candles_kraken_BTC-USD_1m.csv"  # a previous backtest's, into the same folder
+    stale.write_text("timestamp,open,high,low,close,volume,buy_volume,sell_volume,trades\n")
     terminal = backtest(shared_data(SHORT), "--rules", SAMPLE_RULES, "--out", out)
+    assert not stale.exists(), "a previous run's series would join this run's report"
     flat = " ".join(terminal.split())
     # the 46-second recording has one 1m bar: EMA(21) and the 20-bar volume mean cannot be computed
     assert re.search(r"ema_9_21_cross_up fired nothing: warm-up: its condition needs \d+ closed 1m bars .* the data "

@@ -170,6 +170,10 @@ class SentinelClient:
     async def rule_states(self) -> list[dict[str, Any]]:
         return (await self._get("/alerts"))["rules"]
 
+    async def pipeline_status(self) -> dict[str, Any]:
+        """``GET /status``: the pipeline's figures summed over live replicas (the counters Prometheus scrapes)."""
+        return dict(await self._get("/status"))
+
     async def ticker(self, exchange: str, symbol: str) -> Ticker | None:
         body = await self._get(f"/ticker/{quote(exchange, safe='')}/{quote(symbol, safe='')}")
         return Ticker.model_validate(body["ticker"]) if body["ticker"] else None

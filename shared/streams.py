@@ -198,8 +198,8 @@ def channel_books(exchange: str, symbol: str) -> str:
 
 def subscriber(instance: str) -> str:
     """Hash "exchange|symbol|timeframe" -> look-back (closed candles wanted before the first live one) of ONE live
-    subscriber instance; it expires unless the instance's heartbeat refreshes it, so a killed subscriber's series
-    go away by themselves."""
+    subscriber instance, and the Redis time until which it is live, which the instance's heartbeat moves on; readers
+    delete it once stale (``shared.subscriptions``), so a killed subscriber's series go away by themselves."""
     return f"{PREFIX}:{{subs}}:subscriber:{instance}"
 
 
@@ -332,3 +332,8 @@ GROUP_FEED_PREFIX = "market_feed:"
 def feed_group(exchange: str) -> str:
     """The ownership group of the market_feeds serving ``exchange``."""
     return f"{GROUP_FEED_PREFIX}{exchange}"
+
+
+#: Hash: per running process of a service (field ``service|host-pid``) its metrics figures and when it wrote them
+#: (``shared.metrics.beat``); ``GET /status`` sums the live ones.
+METRICS_FIGURES = f"{PREFIX}:metrics:figures"

@@ -10,6 +10,7 @@ re-read from its stream.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -47,6 +48,7 @@ class SeriesSync:
         self.refilled = 0  # series whose window was re-read from their stream (grown look-back, backfill)
         self._capped: set[tuple[str, SeriesKey, int]] = set()  # (rule, series, need) already logged
         self._bad_history_from: set[tuple[SeriesKey, Any]] = set()  # bad CANDLE_HISTORY_FROM values logged
+        self._lock = asyncio.Lock()
 
     async def wanted(self) -> tuple[set[SeriesKey], set[Pair], set[Pair], dict[Pair, set[str]]]:
         """Series (candles), pairs whose tickers and trades (for tick-level rules) the rules read, and the book /
@@ -79,6 +81,10 @@ class SeriesSync:
         return min(MAX_HISTORY_BARS, max(self.settings.warmup_bars, *needs.values(), 0))
 
     async def sync(self) -> None:
+        async with self._lock:  # (the housekeeping's and a rewarm's: one at a time)
+            await self._sync()
+
+    async def _sync(self) -> None:
         series, tickers, trades, feeds = await self.wanted()
         lookback = {key: self.lookback(key) for key in series}
         grew = await self.subscriptions.follow(lookback)
@@ -110,6 +116,14 @@ class SeriesSync:
             self.consumer.set_streams(sorted(names))
             if new:
                 logger.info("alert_engine: reading %d streams (%d new)", len(names), len(new))
+
+    async def rewarm(self) -> None:
+        """Reset the engine and warm every series up again, as at start: from the closed candles this group already
+        processed (entries still pending are left to the consumer)."""
+        async with self._lock:
+            self.engine.reset()
+            self.consumed = set()
+            await self._sync()
 
     async def _known_pairs(self) -> set[Pair]:
         out: set[Pair] = set()

@@ -31,9 +31,9 @@ from redis.asyncio import Redis
 from services.candle_builder import history
 from services.candle_builder.core import Emitted, SeriesBuilder
 from services.candle_builder.leases import Leases
-from services.candle_builder.series import Series, encode_candle, entry_id, retune, text
+from services.candle_builder.series import Series, encode_candle, entry_id, retune, say_start, text
 from services.candle_builder.settings import MAX_HISTORY_BARS, Settings
-from shared import streams
+from shared import metrics, streams
 from shared.bus import FIELD, Batch, Bus, Consumer, Entry
 from shared.errors import ConfigError, DecodeError
 from shared.outage import REDIS_DOWN
@@ -169,6 +169,8 @@ class CandleBuilderApp:
                 series = self.series.get(stream)
                 if series is not None:
                     retune(series.builder, tfs)
+                    say_start(series, tfs - (before or set()), series.history_bars if series.history_bars is not None
+                              else self.settings.history_bars)
         if new_streams and self.leases is None:
             logger.info("candle_builder: following %s", ", ".join(new_streams))
             self.consumer.add_streams(new_streams)
@@ -327,6 +329,7 @@ class CandleBuilderApp:
         for stream, entries in by_stream.items():
             tx.xack(stream, group, *extra_acks.get(stream, ()), *(e.id for e in entries))
         await tx.execute()
+        metrics.count_candles(e for emitted in out.values() for e in emitted)
         if self.settings.live_candles and touched:
             await self._publish_live(touched.values())
 
@@ -393,6 +396,7 @@ class CandleBuilderApp:
             if out:
                 closed += len(out)
                 self._queue_candles(tx, series, out)
+                metrics.count_candles(out)
             self._queue_state(tx, series)
         return closed
 
@@ -434,6 +438,7 @@ class CandleBuilderApp:
 
     def _note_late(self, series: Series) -> None:
         builder = series.builder
+        metrics.count_late(series)
         if builder.late_dropped != series.late_logged:
             now = time.monotonic()
             if now - series.late_logged_at >= 10.0:  # at most one warning per series every 10 s
@@ -499,6 +504,7 @@ class CandleBuilderApp:
                 series.builder = self._new_builder(exchange, symbol)
         elif self.settings.history_bars != 0:  # unset (auto) or a count: decided at the first trade (_seed)
             series.needs_seed = True
+        series.late_counted = (series.builder.late_revised, series.builder.late_dropped)
         self.series[stream] = series
         return series
 

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from shared import streams
+from shared import metrics, streams
 from shared.bus import FIELD, Bus
 from shared.schemas import GapMarker, Ticker, TradeBatch, Watermark, encode_gap, encode_trades, encode_watermark
 
@@ -153,6 +153,7 @@ class _Write:
     states: dict[str, tuple[int | str | None, int | None]]  # symbol -> (last id, last ts) after this write
     trades: int
     counts: dict[str, int] = field(default_factory=dict)
+    per_symbol: dict[str, int] = field(default_factory=dict)  # trades of each symbol in this write
 
 
 class Outbox:
@@ -193,6 +194,7 @@ class Outbox:
             last = event.trades[-1]
             last_id, last_ts = last.id, last.ts
             w.trades += len(event.trades)
+            w.per_symbol[event.symbol] = w.per_symbol.get(event.symbol, 0) + len(event.trades)
         else:
             w.entries.append((stream, encode_watermark(event), self.maxlen))
             w.counts["watermarks"] = w.counts.get("watermarks", 0) + 1
@@ -238,6 +240,7 @@ class Outbox:
                 self.replays_skipped += 1
             self.entries_published += len(w.entries)
             self.trades_published += w.trades
+            metrics.count_trades(self.exchange, w.per_symbol)
             self.watermarks += w.counts.get("watermarks", 0)
             self.tickers += w.counts.get("tickers", 0)
             self.gaps += w.counts.get("gaps", 0)

@@ -206,13 +206,13 @@ HOLDER = textwrap.dedent("""
 
 
 async def test_held_series_count_views_in_memory_and_a_killed_holder_leaves_nothing(redis, redis_url):
-    """Two views of one series hold it once; the last release withdraws it; a SIGKILLed holder's series vanish
-    within the TTL, while a live holder keeps its own."""
+    """Two views of one series hold it once; the last release withdraws it at once; a SIGKILLed holder's series
+    vanish within the TTL and the grace period, while a live holder keeps its own."""
     from shared.subscriptions import HeldSeries
 
     btc, eth, kraken = ("binance", "BTC/USDT", "1m"), ("binance", "ETH/USDT", "5m"), ("kraken", "BTC/USD", "1h")
     views = HeldSeries(redis, kind="api", ttl_ms=600)
-    subs = Subscriptions(redis)
+    subs = Subscriptions(redis, ttl_ms=600)  # the reader's grace period after a set expired: its TTL
     await views.hold([btc])
     await views.hold([btc, eth])
     await views.release([btc])
@@ -225,7 +225,10 @@ async def test_held_series_count_views_in_memory_and_a_killed_holder_leaves_noth
         assert await subs.read_all() == {btc: 0, eth: 0, kraken: 0}
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        await asyncio.sleep(1.2)
+        for _ in range(50):  # gone within the TTL and the reader's grace period (0.6 s each)
+            if kraken not in await subs.read_all():
+                break
+            await asyncio.sleep(0.1)
         assert await subs.read_all() == {btc: 0, eth: 0}
     finally:
         proc.kill()

@@ -61,6 +61,7 @@ class AlertEngine:
         self.waits = Waits(self.market)
         self.routes = Routes([], keep, self.windows)
         self._out: list[Fire] = []  # fires of the evaluation in progress
+        self.evaluations = 0  # rule evaluations on closed bars not yet taken (``take_evaluations``)
         self.set_rules(ruleset or RuleSet())
 
     @property
@@ -78,6 +79,18 @@ class AlertEngine:
             return None if rule is None else routes.binding(rule, key)
 
         self.waits.keep_rules(rebind)
+
+    def reset(self) -> None:
+        """Forget everything read (windows, tickers, rule status, bars waiting), keeping the rules and each series'
+        window size: the state of a freshly started engine, to be warmed up again from what was committed."""
+        sizes = {key: w.keep for key, w in self.windows.items()}
+        self.market = Market(self.keep)
+        self.windows = self.market.windows
+        self.status = {}
+        self.waits = Waits(self.market)
+        self.routes = Routes(self.routes.rules, self.keep, self.windows)
+        for key, bars in sizes.items():
+            self.reserve(key, bars)
 
     def reserve(self, key: SeriesKey, bars: int) -> None:
         """Keep at least ``bars`` closed candles of series ``key`` (a rule's look-back beyond ``keep``)."""
@@ -116,6 +129,11 @@ class AlertEngine:
                 if fire:
                     out += fired
         return out
+
+    def take_evaluations(self) -> int:
+        """Rule evaluations on closed bars since the last call (for the metrics)."""
+        n, self.evaluations = self.evaluations, 0
+        return n
 
     def on_candle(self, candle: Candle, *, fire: bool = True) -> list[Fire]:
         """A closed (or revised) candle. ``fire=False`` warms state up without producing alerts; so does a candle
@@ -289,7 +307,9 @@ class AlertEngine:
         now = candle.ts + w.tf_ms
         out: list[Fire] = []
         waits, clock, on_closed_bar = self.waits, self.clock, firing.on_closed_bar
-        for b in self.routes.closed(w.key):
+        bindings = self.routes.closed(w.key)
+        self.evaluations += len(bindings)
+        for b in bindings:
             if b.reads_others and waits.must_wait(b, now):
                 waits.add(b, candle, now, None if clock is None else clock())
                 continue

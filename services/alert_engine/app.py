@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from services.alert_engine.commit import AlertCommit
 from services.alert_engine.core import AlertEngine, Fire
+from services.alert_engine.core.feeds import BookFigures
 from services.alert_engine.rule_source import RuleSource
 from services.alert_engine.series_sync import SeriesSync
 from services.alert_engine.settings import Settings
@@ -29,7 +30,6 @@ from shared.outage import REDIS_DOWN, backoff_delay
 from shared.rules import RuleSet
 from shared.runtime import heartbeat
 from shared.schemas import (
-    BookSnapshot,
     Candle,
     FundingRate,
     GapMarker,
@@ -44,10 +44,10 @@ from shared.schemas import (
 
 logger = logging.getLogger(__name__)
 
-Feed = BookSnapshot | FundingRate | OpenInterest | Liquidation
+Feed = BookFigures | FundingRate | OpenInterest | Liquidation
 Input = Candle | Ticker | TradeBatch | GapMarker | Watermark | Feed
-_FEEDS: dict[str, type[Feed]] = {"book": BookSnapshot, "funding": FundingRate, "open_interest": OpenInterest,
-                                 "liquidation": Liquidation}
+_FEEDS: dict[str, Any] = {"book": BookFigures, "funding": FundingRate, "open_interest": OpenInterest,
+                          "liquidation": Liquidation}
 
 
 def decode_input(raw: bytes) -> Input:
@@ -65,7 +65,7 @@ def decode_input(raw: bytes) -> Input:
     raise DecodeError(f"expected a candle, a ticker, trades, a book or futures data, got kind {kind!r}")
 
 
-_FEED_TYPES = tuple(_FEEDS.values())
+_FEED_TYPES: tuple[type, ...] = tuple(_FEEDS.values())
 
 
 def wall_clock_ms() -> int:

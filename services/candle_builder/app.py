@@ -31,7 +31,7 @@ from redis.asyncio import Redis
 from services.candle_builder import history
 from services.candle_builder.core import Emitted, SeriesBuilder
 from services.candle_builder.leases import Leases
-from services.candle_builder.series import Series, encode_candle, entry_id, retune, text
+from services.candle_builder.series import Series, encode_candle, entry_id, retune, say_start, text
 from services.candle_builder.settings import MAX_HISTORY_BARS, Settings
 from shared import metrics, streams
 from shared.bus import FIELD, Batch, Bus, Consumer, Entry
@@ -169,6 +169,8 @@ class CandleBuilderApp:
                 series = self.series.get(stream)
                 if series is not None:
                     retune(series.builder, tfs)
+                    say_start(series, tfs - (before or set()), series.history_bars if series.history_bars is not None
+                              else self.settings.history_bars)
         if new_streams and self.leases is None:
             logger.info("candle_builder: following %s", ", ".join(new_streams))
             self.consumer.add_streams(new_streams)

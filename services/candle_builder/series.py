@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from services.candle_builder.core import Bar, Emitted, SeriesBuilder
 from shared.schemas import SCHEMA_VERSION, pack
@@ -60,6 +61,22 @@ class Series:
 
 def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def say_start(series: Series, added: set[str], history_bars: int | None) -> None:
+    """Say from when a timeframe added to a running series is built, when no exchange history backfills the buckets
+    before it (``history_bars`` 0: a replay, or history off): the bucket under way when it was added is skipped (it
+    would be partial)."""
+    if history_bars != 0:
+        return  # backfilled from the exchange's history (or not decided yet)
+    builder = series.builder
+    for tf in sorted(added):
+        start = builder.start_at.get(tf) if tf != builder.base_tf else None
+        if start:
+            when = datetime.fromtimestamp(start / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            logger.warning("candle_builder: %s %s %s added while running: its candles start at the bucket of %s "
+                           "(exchange time, ts %d); none before it (no exchange history to backfill from: a replay, "
+                           "or history_bars 0)", series.exchange, series.symbol, tf, when, start)
 
 
 def retune(builder: SeriesBuilder, tfs: set[str]) -> None:

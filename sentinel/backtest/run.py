@@ -151,7 +151,12 @@ async def _drained(redis: Any, candle_streams: list[str]) -> bool:
             if as_str(g.get("name") or g.get(b"name")) == streams.GROUP_ALERT_ENGINE:
                 engine_groups.add(name.decode())
     existing = {n.decode() for n in names}
-    return all(s in engine_groups for s in candle_streams if s in existing)
+    if not all(s in engine_groups for s in candle_streams if s in existing):
+        return False
+    # A stream created between the SCAN and the group replies (candle_builder's first candles of a timeframe, written
+    # with the XACK of the trades that were just found acked) is work the replies did not see: scan again.
+    again = {k.decode() async for k in redis.scan_iter(match=f"{streams.PREFIX}:*", _type="STREAM", count=10_000)}
+    return again <= existing | {streams.DEAD_LETTER, streams.NOTIFY_DEAD_LETTER, streams.ALERT_HISTORY}
 
 
 def _settings(opts: BacktestOptions, items: list[Input], url: str, data_dir: Path,

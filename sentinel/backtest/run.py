@@ -73,9 +73,11 @@ def backtest(opts: BacktestOptions, console: Console | None = None) -> Made:
             made = asyncio.run(_run(items, settings, server.url, feed, wanted, console))
             made.seconds = time.monotonic() - started
         finally:
-            if feed is not None:
-                feed.stop()
-            server.stop()
+            try:
+                if feed is not None:
+                    feed.stop()
+            finally:
+                server.stop()
     write_outputs(opts, made, console)
     return made
 

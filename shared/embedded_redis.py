@@ -76,7 +76,9 @@ class EmbeddedRedis:
         ]
         if self.persist:
             args += ["--appendfsync", "everysec"]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # its own session: a terminal's Ctrl-C reaches the services, which finish their work on this Redis before
+        # ``stop`` ends it (in the same process group it died first, under the services' last commits)
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -70,7 +70,10 @@ def test_backtest_refuses_a_bad_rules_file_naming_file_line_and_field(tmp_path):
     assert re.search(rf"{re.escape(str(rules))}:3: rules\[0\]\.timeframe", result.stdout + result.stderr)
 
 
-def test_up_serves_the_api_on_an_embedded_redis_and_stops_cleanly_on_sigterm(tmp_path):
+@pytest.mark.parametrize("ctrl_c", [False, True], ids=["sigterm", "ctrl-c-to-the-process-group"])
+def test_up_serves_the_api_on_an_embedded_redis_and_stops_cleanly_on_sigterm(tmp_path, ctrl_c):
+    """SIGTERM, or a terminal's Ctrl-C (SIGINT to the whole foreground process group, the embedded redis-server
+    included): the services stop on a Redis that is still there, then the Redis goes, exit 0."""
     port = free_port()
     config = tmp_path / "sentinel.yaml"
     config.write_text(f"data_dir: {tmp_path / 'data'}\n"
@@ -78,7 +81,7 @@ def test_up_serves_the_api_on_an_embedded_redis_and_stops_cleanly_on_sigterm(tmp
                       f"api:\n  port: {port}\n")
     log = tmp_path / "up.log"
     proc = subprocess.Popen([*SENTINEL, "up", "--config", str(config)], cwd=REPO, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=log.open("w"), text=True)
+                            stdout=subprocess.DEVNULL, stderr=log.open("w"), text=True, start_new_session=True)
     try:
         candles = _wait_for_candles(port, proc, log)
         assert candles and all(c["closed"] for c in candles)
@@ -89,8 +92,12 @@ def test_up_serves_the_api_on_an_embedded_redis_and_stops_cleanly_on_sigterm(tmp
         # Tools find that Redis without REDIS_URL, through the data directory.
         from sentinel.client import embedded_redis_url
         assert embedded_redis_url(str(tmp_path / "data")) == f"redis://127.0.0.1:{redis_port}/0"
-        proc.send_signal(signal.SIGTERM)
+        if ctrl_c:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
+        assert "unreachable" not in log.read_text(), log.read_text()[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -559,3 +559,18 @@ class Liquidation(_Message):
     price: Decimal
     amount: Decimal
     order_price: Decimal | None = None
+
+
+DerivsMessage = FundingRate | OpenInterest | Liquidation
+_DERIVS: dict[str, type[FundingRate] | type[OpenInterest] | type[Liquidation]] = {
+    "funding": FundingRate, "open_interest": OpenInterest, "liquidation": Liquidation}
+
+
+def decode_derivs(raw: bytes) -> DerivsMessage:
+    """An entry of ``streams.part_derivs`` (or its channel): funding, open interest or a liquidation, by its kind."""
+    msg = unpack(raw)
+    cls = _DERIVS.get(msg.get("k") if isinstance(msg, dict) else None)  # type: ignore[arg-type]
+    if cls is None:
+        kind = msg.get("k") if isinstance(msg, dict) else msg
+        raise DecodeError(f"expected funding, open interest or a liquidation, got {kind!r}")
+    return cls.from_msg(msg)

@@ -43,6 +43,15 @@ def pack(obj: Any) -> bytes:
     return _packb(obj)
 
 
+def unpack_tuples(raw: bytes) -> Any:
+    """``unpack`` with arrays as tuples (fewer objects for the garbage collector to track: a book snapshot's ~100
+    levels unpack ~3x faster); DecodeError if the bytes are not msgpack."""
+    try:
+        return _unpackb(raw, raw=False, strict_map_key=False, use_list=False)
+    except Exception as exc:  # msgpack raises several unrelated types for malformed input
+        raise DecodeError(f"not msgpack: {exc}") from exc
+
+
 def unpack(raw: bytes) -> Any:
     """msgpack-decode; DecodeError if the bytes are not msgpack."""
     try:

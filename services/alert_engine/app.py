@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Any
 
+import msgpack
 from redis.asyncio import Redis
 
 from services.alert_engine.commit import AlertCommit
@@ -40,6 +41,7 @@ from shared.schemas import (
     Watermark,
     feed_from_msg,
     unpack,
+    unpack_tuples,
 )
 
 logger = logging.getLogger(__name__)
@@ -50,8 +52,15 @@ _FEEDS: dict[str, Any] = {"book": BookFigures, "funding": FundingRate, "open_int
                           "liquidation": Liquidation}
 
 
+_BOOK_KIND = msgpack.packb({"k": "book"})[1:]  # the map entry "k": "book", as every book entry carries it
+
+
 def decode_input(raw: bytes) -> Input:
     """Decode an entry of a candle, live-candle, ticker, trades, book or futures stream."""
+    if _BOOK_KIND in raw:  # a book snapshot (~2,000/s): its levels unpacked as tuples, which the GC costs far less
+        msg = unpack_tuples(raw)
+        if isinstance(msg, dict) and msg.get("k") == "book":
+            return BookFigures.from_msg(msg)
     msg = unpack(raw)
     kind = msg.get("k") if isinstance(msg, dict) else None
     if kind == "ticker":

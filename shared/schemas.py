@@ -330,7 +330,8 @@ class _Message(BaseModel):
         try:
             return cls.model_validate({**data, "kind": kind})
         except ValidationError as exc:
-            raise DecodeError(f"invalid {kind}: {exc.errors(include_url=False)}") from exc
+            # (without the input: an oversized value would make a log line of megabytes)
+            raise DecodeError(f"invalid {kind}: {exc.errors(include_url=False, include_input=False)}") from exc
 
 
 def _float_in(value: Any, path: str = "") -> str | None:

@@ -93,8 +93,8 @@ class WatchView:
         if event.kind == "reconnected":
             self.reconnects += 1
         elif isinstance(value, BookSnapshot):
-            known = self.books.get((value.exchange, value.symbol))
-            if known is None or value.ts >= known.ts:
+            shown = self.books.get((value.exchange, value.symbol))
+            if shown is None or value.ts >= shown.ts:
                 self.books[(value.exchange, value.symbol)] = value
         elif isinstance(value, (FundingRate, OpenInterest, Liquidation)):
             f = self.futures.setdefault((value.exchange, value.symbol), {"liquidations": deque(maxlen=500)})

@@ -66,15 +66,13 @@ def decode_input(raw: bytes) -> Input:
     if kind == "ticker":
         return Ticker.from_msg(msg)
     if kind in _FEEDS:
-        return _FEEDS[kind].from_msg(msg)
+        feed: Feed = _FEEDS[kind].from_msg(msg)
+        return feed
     if kind == "candle":
         return Candle.from_msg(msg)
     if kind in ("trades", "gap", "watermark"):
         return feed_from_msg(msg)
     raise DecodeError(f"expected a candle, a ticker, trades, a book or futures data, got kind {kind!r}")
-
-
-_FEED_TYPES: tuple[type, ...] = tuple(_FEEDS.values())
 
 
 def wall_clock_ms() -> int:
@@ -267,7 +265,7 @@ class AlertEngineApp:
             value = entry.value
             if isinstance(value, (Candle, Ticker)):
                 market.append(value)
-            elif isinstance(value, _FEED_TYPES):  # a partition's stream: only the pairs book/futures rules read
+            elif isinstance(value, (BookFigures, FundingRate, OpenInterest, Liquidation)):  # (a partition's stream)
                 if (value.exchange, value.symbol) in feed_pairs:
                     fires += engine.on_feed(value)
             elif isinstance(value, TradeBatch) and (value.exchange, value.symbol) in tick_pairs:

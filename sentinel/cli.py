@@ -103,8 +103,8 @@ def backtest(
 ) -> None:
     """Replay recordings of one or many symbols and exchanges through the real services as fast as possible; write
     candles, alerts (time order) and report.html, and say why a rule fired nothing."""
-    from sentinel.backtest import BacktestOptions
-    from sentinel.backtest import backtest as run_backtest
+    from sentinel.backtest.run import BacktestOptions
+    from sentinel.backtest.run import backtest as run_backtest
 
     tfs = [t.strip() for t in timeframes.split(",") if t.strip()] if timeframes else None
     run_backtest(BacktestOptions(inputs=inputs, rules_file=rules, out_dir=out, exchange=exchange, symbol=symbol,

@@ -89,9 +89,10 @@ class Subscriptions:
         self.grace_s = (ttl_ms if grace_ms is None else grace_ms) / 1000
         self._mine: dict[str, dict[Series, int]] = {}  # instance -> what it published last (re-published if expired)
         self._stale: dict[str, float] = {}  # (read_all) instance -> when a read first found its set stale
-        self._publish = redis.register_script(_PUBLISH)
-        self._refresh = redis.register_script(_REFRESH)
-        self._prune = redis.register_script(_PRUNE)
+        if redis is not None:  # (an app built without Redis, e.g. for its OpenAPI document, registers nothing)
+            self._publish = redis.register_script(_PUBLISH)
+            self._refresh = redis.register_script(_REFRESH)
+            self._prune = redis.register_script(_PRUNE)
 
     async def publish(self, instance: str, series: Mapping[Series, int]) -> None:
         """Make ``series`` (series -> look-back) the whole set ``instance`` subscribes to, live for ``ttl_ms``."""

@@ -5,9 +5,5 @@ Where things happen: ``inputs.py`` (which files, which symbols, time order acros
 on an embedded Redis until drained, progress), ``output.py`` (partial bars, files, the report).
 """
 
-from __future__ import annotations
-
-from sentinel.backtest.inputs import Input, InputError, resolve
-from sentinel.backtest.run import BacktestOptions, backtest
-
-__all__ = ["BacktestOptions", "Input", "InputError", "backtest", "resolve"]
+# Nothing is imported here: the feed process (feed.py) starts by importing this package, and must not pay for the
+# alert engine's imports (talib, pandas) it does not use. Import from the modules: run.backtest, inputs.resolve.

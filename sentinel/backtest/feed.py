@@ -52,7 +52,9 @@ class FeedProcess:
     ``result()`` (the spans, once done; raises the feed's error)."""
 
     def __init__(self, url: str, items: list[Input], settings: Any) -> None:
-        ctx = mp.get_context("spawn")  # a fresh interpreter: no event loop or Redis connection inherited
+        # fork where there is one (no start-up: it has every module already; the caller starts it before any event
+        # loop or Redis connection exists), else a fresh interpreter
+        ctx: Any = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         self._read = ctx.Value("q", 0, lock=False)
         self._published = ctx.Value("q", 0, lock=False)
         self._results = ctx.Queue()

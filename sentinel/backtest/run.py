@@ -29,7 +29,7 @@ from shared import streams
 from shared.bus import as_str
 from shared.embedded_redis import EmbeddedRedis
 from shared.errors import ConfigError
-from shared.rules import RuleSet, load_rules_file
+from shared.rules import load_rules_file
 from shared.runtime import connect, install_signal_handlers
 from shared.timeframes import sort_timeframes
 
@@ -56,30 +56,40 @@ def backtest(opts: BacktestOptions, console: Console | None = None) -> Made:
     items = resolve(opts.inputs, opts.exchange, opts.symbol)
     ruleset = load_rules_file(opts.rules_file)  # a bad rules file is refused before anything starts
     opts.out_dir.mkdir(parents=True, exist_ok=True)
+    pairs = sorted({pair for item in items for pair in item.symbols})
+    routes = AlertEngine(ruleset).routes
+    wanted = {(ex, sym, tf) for ex, sym in pairs for tf in routes.needs(ex, sym)}
+    live = any(routes.needs_live(key) for key in wanted)  # a rule evaluates in-progress candles
     with _data_dir(opts.data_dir) as data_dir:
-        made = asyncio.run(_run(opts, items, ruleset, data_dir, console))
+        server = EmbeddedRedis(data_dir / "redis", persist=False)
+        server.start()
+        feed: FeedProcess | None = None
+        try:
+            started = time.monotonic()
+            settings = _settings(opts, items, server.url, data_dir, {tf for _, _, tf in wanted}, live)
+            # started before any event loop or Redis connection exists here: a fork inherits neither
+            feed = FeedProcess(server.url, items, settings["market_feed"])
+            feed.start()
+            made = asyncio.run(_run(items, settings, server.url, feed, wanted, console))
+            made.seconds = time.monotonic() - started
+        finally:
+            try:
+                if feed is not None:
+                    feed.stop()
+            finally:
+                server.stop()
     write_outputs(opts, made, console)
     return made
 
 
-async def _run(opts: BacktestOptions, items: list[Input], ruleset: RuleSet, data_dir: Path,
-               console: Console) -> Made:
-    server = EmbeddedRedis(data_dir / "redis", persist=False)
-    server.start()
-    redis = connect(server.url)
-    started = time.monotonic()
+async def _run(items: list[Input], settings: dict[str, Any], url: str, feed: FeedProcess,
+               wanted: set[tuple[str, str, str]], console: Console) -> Made:
+    """candle_builder and alert_engine on this loop until the feed's trades are all processed; what they made."""
+    redis = connect(url)
     pipeline = Pipeline(redis)
-    feed: FeedProcess | None = None
     try:
-        pairs = sorted({pair for item in items for pair in item.symbols})
-        routes = AlertEngine(ruleset).routes
-        wanted = {(ex, sym, tf) for ex, sym in pairs for tf in routes.needs(ex, sym)}
-        live = any(routes.needs_live(key) for key in wanted)  # a rule evaluates in-progress candles
-        settings = _settings(opts, items, server.url, data_dir, {tf for _, _, tf in wanted}, live)
         for name in ("candle_builder", "alert_engine"):
             add_service(pipeline, name, settings[name])
-        feed = FeedProcess(server.url, items, settings["market_feed"])
-        feed.start()
         install_signal_handlers(pipeline.stop)
         pipeline.start()
         total = sum(item.rows for item in items)
@@ -89,16 +99,12 @@ async def _run(opts: BacktestOptions, items: list[Input], ruleset: RuleSet, data
         series = await export.candle_series(redis)
         candles = await export.closed_candles_of(redis, series)
         alerts = await export.alerts(redis)
-        return Made(items=items, candles=candles, alerts=alerts, trades=feed.published,
-                    seconds=time.monotonic() - started, spans=feed.result() if not interrupted else {},
-                    interrupted=interrupted)
+        return Made(items=items, candles=candles, alerts=alerts, trades=feed.published, seconds=0.0,
+                    spans=feed.result() if not interrupted else {}, interrupted=interrupted)
     finally:
-        if feed is not None:
-            feed.stop()
         with contextlib.suppress(Exception):
             await pipeline.shutdown()
         await redis.aclose()
-        server.stop()
 
 
 async def _until_drained(pipeline: Pipeline, redis: Any, feed: FeedProcess, wanted: set[tuple[str, str, str]],
@@ -151,7 +157,12 @@ async def _drained(redis: Any, candle_streams: list[str]) -> bool:
             if as_str(g.get("name") or g.get(b"name")) == streams.GROUP_ALERT_ENGINE:
                 engine_groups.add(name.decode())
     existing = {n.decode() for n in names}
-    return all(s in engine_groups for s in candle_streams if s in existing)
+    if not all(s in engine_groups for s in candle_streams if s in existing):
+        return False
+    # A stream created between the SCAN and the group replies (candle_builder's first candles of a timeframe, written
+    # with the XACK of the trades that were just found acked) is work the replies did not see: scan again.
+    again = {k.decode() async for k in redis.scan_iter(match=f"{streams.PREFIX}:*", _type="STREAM", count=10_000)}
+    return again <= existing | {streams.DEAD_LETTER, streams.NOTIFY_DEAD_LETTER, streams.ALERT_HISTORY}
 
 
 def _settings(opts: BacktestOptions, items: list[Input], url: str, data_dir: Path,

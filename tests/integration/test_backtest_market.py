@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sentinel.backtest import InputError, resolve
+from sentinel.backtest.inputs import InputError, resolve
 from sentinel.cli import app
 from shared.errors import SentinelError
 from tests.conftest import REPO, shared_data

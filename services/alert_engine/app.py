@@ -29,7 +29,7 @@ from shared.bus import Batch, Bus, Consumer
 from shared.errors import DecodeError
 from shared.outage import REDIS_DOWN, backoff_delay
 from shared.rules import RuleSet
-from shared.runtime import heartbeat
+from shared.runtime import heartbeat, quiet_gc
 from shared.schemas import (
     Candle,
     FundingRate,
@@ -153,6 +153,7 @@ class AlertEngineApp:
                 self.engine.set_rules(await self.rule_source.start())
                 await self.series_sync.sync()
                 self.bus.outage.ok()
+                quiet_gc()  # start-up's objects out of the collector's sight: no ~60 ms pause behind an alert
                 return True
             except REDIS_DOWN as exc:
                 self.bus.outage.lost(exc, "start-up")

@@ -7,7 +7,9 @@ the real diffs, top 20 levels, bands 10/25/50 bps, walls), each pair cycling thr
 exchange time = wall time. A producer process XADDs them to the pairs' partition streams (``part_books``, 16
 partitions), the pairs in 20 groups spread over each interval (one pipeline per group: 10 snapshots every 5 ms); a reader process takes the kernel's receive time of each alert on its
 socket (``bench_alerts._Probe``). Latency: the snapshot's XADD (the producer's clock just before the pipeline is
-sent) -> the alert reaching the reader. The first WARMUP_S seconds are not sampled. Also reported: the engine's CPU
+sent) -> the alert reaching the reader. The first WARMUP_S seconds are not sampled. "floor": the same producer and
+reader with no engine, the reader reading the snapshots themselves: the machine's own cost at that moment (runs
+alternate with the engine's). Also reported: the engine's CPU
 seconds per second of the run (its share of one core) and alerts per second.
 
 Usage: ``python bench/bench_book_alerts.py [--pairs 200] [--every-ms 100] [--seconds 20] [--runs 3]``.
@@ -130,9 +132,12 @@ def _producer(url: str, pairs: int, every_ms: int, seconds: float, partitions: i
     out.put((sent, n // SLOTS, start))
 
 
-def _reader(url: str, stop: Any, ready: Any, out: Any) -> None:
+def _reader(url: str, stop: Any, ready: Any, out: Any, floor: bool) -> None:
+    """When each alert reached this process (the kernel's receive time); ``floor``: each book snapshot itself, read
+    from the partition streams with no engine running (producer -> Redis -> reader: what the machine costs)."""
     probe = _Probe(url)
-    last = dict.fromkeys(alert_streams(DEFAULT_PARTITIONS), "0-0")  # every partition's alerts stream
+    last = ({streams.part_books(p): "0-0" for p in range(DEFAULT_PARTITIONS)} if floor
+            else dict.fromkeys(alert_streams(DEFAULT_PARTITIONS), "0-0"))  # every partition's alerts stream
     received: list[tuple[str, str, float]] = []
     ready.set()
     while not stop.is_set():
@@ -141,7 +146,7 @@ def _reader(url: str, stop: Any, ready: Any, out: Any) -> None:
             for entry_id, fields in entries:
                 last[stream.decode()] = entry_id.decode()
                 msg = unpack(fields[fields.index(FIELD) + 1])
-                received.append((msg["rule"], f"{msg['symbol']}|{msg['ts']}", arrived))
+                received.append((msg.get("rule", "book"), f"{msg['symbol']}|{msg['ts']}", arrived))
     out.put(received)
 
 
@@ -152,6 +157,16 @@ def _engine(url: str, rules: str, mark: Any, stop: Any, ready: Any, out: Any) ->
     async def main() -> None:
         redis = connect(url)
         app = AlertEngineApp(Settings(rules_file=Path(rules), redis_url=url), redis)
+        trace: list[tuple[float, float, int]] = []
+        if os.environ.get("BENCH_TRACE"):  # per batch: start, end, entries (epoch s)
+            handler = app.consumer.handler
+
+            async def traced(batch: Any) -> None:
+                t0 = time.time()
+                await handler(batch)
+                trace.append((t0, time.time(), len(batch.entries)))
+
+            app.consumer.handler = traced
         halt = asyncio.Event()
         task = asyncio.create_task(app.run(halt))
         for _ in range(200):  # the rules' pairs are resolved against the registry
@@ -166,6 +181,8 @@ def _engine(url: str, rules: str, mark: Any, stop: Any, ready: Any, out: Any) ->
         halt.set()
         await asyncio.gather(task, return_exceptions=True)
         await redis.aclose()
+        if trace:
+            Path(os.environ["BENCH_TRACE"]).write_text(json.dumps(trace))
         out.put(cpu)
 
     asyncio.run(main())
@@ -177,7 +194,8 @@ def _proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_once(url: str, pairs: int, every_ms: int, seconds: float, rules: Path, redis_pid: int) -> dict[str, Any]:
+def run_once(url: str, pairs: int, every_ms: int, seconds: float, rules: Path, redis_pid: int,
+             floor: bool = False) -> dict[str, Any]:
     import redis as redis_sync
 
     r = redis_sync.Redis.from_url(url)
@@ -187,8 +205,11 @@ def run_once(url: str, pairs: int, every_ms: int, seconds: float, rules: Path, r
     mark, stop, engine_ready, reader_stop, reader_ready = (ctx.Event() for _ in range(5))
     cpu_q, seen_q, sent_q = ctx.Queue(), ctx.Queue(), ctx.Queue()
     engine = ctx.Process(target=_engine, args=(url, str(rules), mark, stop, engine_ready, cpu_q))
-    reader = ctx.Process(target=_reader, args=(url, reader_stop, reader_ready, seen_q))
-    engine.start()
+    reader = ctx.Process(target=_reader, args=(url, reader_stop, reader_ready, seen_q, floor))
+    if floor:
+        engine_ready.set()
+    else:
+        engine.start()
     reader.start()
     engine_ready.wait(60)
     reader_ready.wait(60)
@@ -201,10 +222,11 @@ def run_once(url: str, pairs: int, every_ms: int, seconds: float, rules: Path, r
     redis_cpu = _proc_cpu_s(redis_pid) - redis_cpu
     time.sleep(1.0)  # the last alerts
     stop.set()
-    engine_cpu = cpu_q.get(timeout=60)
+    engine_cpu = 0.0 if floor else cpu_q.get(timeout=60)
     reader_stop.set()
     received = seen_q.get(timeout=60)
-    engine.join()
+    if not floor:
+        engine.join()
     reader.join()
     lat = sorted((arrived - sent[key]) * 1000 for _rule, key, arrived in received
                  if key in sent and sent[key] - started >= WARMUP_S)
@@ -229,27 +251,36 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    runs = []
+    runs: list[dict[str, Any]] = []
+    floors: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         rules = Path(tmp) / "rules.yaml"
         rules.write_text(RULES)
         server = EmbeddedRedis(Path(tmp) / "redis", persist=False)
         server.start()
         try:
-            for _ in range(args.runs):
+            for _ in range(args.runs):  # the floor and the engine alternate: both see the same moments of the machine
                 res = run_once(server.url, args.pairs, args.every_ms, args.seconds, rules, server.process.pid)
                 print("   ", json.dumps(res), flush=True)
                 runs.append(res)
+                res = run_once(server.url, args.pairs, args.every_ms, args.seconds, rules, server.process.pid,
+                               floor=True)
+                print("    floor", json.dumps({k: res[k] for k in ("p50_ms", "p99_ms", "max_ms", "load_avg_1m")}),
+                      flush=True)
+                floors.append(res)
         finally:
             server.stop()
     p99s = [r["p99_ms"] for r in runs if r["p99_ms"] is not None]
     result = {"machine": platform.platform(), "cpus": mp.cpu_count(), "pairs": args.pairs, "every_ms": args.every_ms,
               "rules_per_pair": 5, "seconds": args.seconds, "runs": runs,
               "p99_ms_median": statistics.median(p99s) if p99s else None, "goal_p99_ms": GOAL_P99_MS,
+              "floor_runs": [{k: r[k] for k in ("p50_ms", "p99_ms", "max_ms", "load_avg_1m")} for r in floors],
+              "floor_p99_ms_median": statistics.median([r["p99_ms"] for r in floors if r["p99_ms"] is not None] or [0]),
               "met": bool(p99s) and statistics.median(p99s) <= GOAL_P99_MS}
     print(f"{args.pairs} pairs x {1000 // args.every_ms}/s x 5 book rules: update -> alert p99 "
           f"{result['p99_ms_median']} ms (median of {len(p99s)} runs; goal <= {GOAL_P99_MS}: "
-          f"{'MET' if result['met'] else 'NOT MET'})")
+          f"{'MET' if result['met'] else 'NOT MET'}); floor (producer -> Redis -> reader, no engine) p99 "
+          f"{result['floor_p99_ms_median']} ms")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "bench_book_alerts.json").write_text(json.dumps(result, indent=2))
 

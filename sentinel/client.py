@@ -31,7 +31,17 @@ from shared import streams
 from shared.bus import backoff_delay
 from shared.errors import DecodeError, SentinelError
 from shared.runtime import connect
-from shared.schemas import Alert, Candle, Ticker, TradeBatch, decode_feed, live_channels
+from shared.schemas import (
+    Alert,
+    BookSnapshot,
+    Candle,
+    DerivsMessage,
+    Ticker,
+    TradeBatch,
+    decode_derivs,
+    decode_feed,
+    live_channels,
+)
 from shared.subscriptions import HeldSeries
 
 logger = logging.getLogger(__name__)
@@ -49,11 +59,11 @@ class ClientError(SentinelError):
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One live message: ``kind`` is candle, candle_live, ticker, alert, trades (a ``TradeBatch``), or reconnected
-    (value None)."""
+    """One live message: ``kind`` is candle, candle_live, ticker, alert, trades (a ``TradeBatch``), book (a
+    ``BookSnapshot``), derivs (``FundingRate``, ``OpenInterest`` or ``Liquidation``), or reconnected (value None)."""
 
     kind: str
-    value: Candle | Alert | Ticker | TradeBatch | None
+    value: Candle | Alert | Ticker | TradeBatch | BookSnapshot | DerivsMessage | None
     channel: str = ""
 
 
@@ -83,6 +93,7 @@ class SentinelClient:
 
     async def subscribe(self, *, series: Iterable[Series] = (), alerts: bool = True,
                         tickers: Iterable[tuple[str, str]] = (), trades: Iterable[tuple[str, str]] = (),
+                        books: Iterable[tuple[str, str]] = (), derivs: Iterable[tuple[str, str]] = (),
                         hold_subscription: bool = True,
                         subscribed: asyncio.Event | None = None) -> AsyncIterator[Event]:
         """Typed live events until the caller stops iterating. Reconnects by itself; never raises on Redis loss.
@@ -95,6 +106,10 @@ class SentinelClient:
         channels: dict[str, tuple[str, Any]] = dict(live_channels(alerts, series, tickers))
         for exchange, symbol in trades:  # the API's throttled relay of the trades streams
             channels[streams.channel_trades(exchange, symbol)] = ("trades", TradesDecoder)
+        for exchange, symbol in books:  # market_feed's book snapshots of a pair
+            channels[streams.channel_books(exchange, symbol)] = ("book", BookSnapshot)
+        for exchange, symbol in derivs:  # a perpetual's funding, open interest and liquidations
+            channels[streams.channel_derivs(exchange, symbol)] = ("derivs", DerivsDecoder)
         if not channels:
             raise ValueError("nothing to subscribe to")
         wanted = series if hold_subscription else []
@@ -177,6 +192,12 @@ class SentinelClient:
     async def ticker(self, exchange: str, symbol: str) -> Ticker | None:
         body = await self._get(f"/ticker/{quote(exchange, safe='')}/{quote(symbol, safe='')}")
         return Ticker.model_validate(body["ticker"]) if body["ticker"] else None
+
+
+class DerivsDecoder:
+    """A perpetual's channel: FundingRate, OpenInterest or Liquidation."""
+
+    decode = staticmethod(decode_derivs)
 
 
 class TradesDecoder:

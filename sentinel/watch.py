@@ -1,5 +1,6 @@
 """``sentinel watch``: a live terminal view (rich) through ``sentinel.client`` — last price, in-progress candle, rule
-states and the alert feed. For servers where no desktop is at hand.
+states and the alert feed, and where market_feed publishes them the pairs' order books (top levels, imbalance per
+band) and their perpetuals' futures figures. For servers where no desktop is at hand.
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ from sentinel.client import ClientError, Event, SentinelClient, embedded_redis_u
 from shared import streams
 from shared.fmt import plain
 from shared.runtime import connect
-from shared.schemas import Alert, Candle, Ticker
+from shared.schemas import Alert, BookSnapshot, Candle, FundingRate, Liquidation, OpenInterest, Ticker
 
 Series = tuple[str, str, str]
+Pair = tuple[str, str]
+BOOK_LEVELS = 5
+LIQUIDATION_WINDOW_MS = 5 * 60_000
 
 #: The pipeline strip (the dashboard's shows the same, from the same ``GET /status``): totals shown with their rate,
 #: then levels.
@@ -80,11 +84,24 @@ class WatchView:
     status: str = "connecting"
     reconnects: int = 0
     pipeline: PipelineFigures = field(default_factory=PipelineFigures)
+    perps: list[Pair] = field(default_factory=list)  # perpetuals of the series' pairs with futures data
+    books: dict[Pair, BookSnapshot] = field(default_factory=dict)
+    futures: dict[Pair, dict[str, Any]] = field(default_factory=dict)  # funding, open_interest, liquidations
 
     def apply(self, event: Event) -> None:
         value = event.value
         if event.kind == "reconnected":
             self.reconnects += 1
+        elif isinstance(value, BookSnapshot):
+            shown = self.books.get((value.exchange, value.symbol))
+            if shown is None or value.ts >= shown.ts:
+                self.books[(value.exchange, value.symbol)] = value
+        elif isinstance(value, (FundingRate, OpenInterest, Liquidation)):
+            f = self.futures.setdefault((value.exchange, value.symbol), {"liquidations": deque(maxlen=500)})
+            if isinstance(value, Liquidation):
+                f["liquidations"].append(value)
+            else:
+                f[value.kind] = value
         elif isinstance(value, Candle):
             key = (value.exchange, value.symbol, value.timeframe)
             if event.kind == "candle":
@@ -140,7 +157,63 @@ class WatchView:
                 a.severity, "")), f"{a.symbol} {a.timeframe or ''}", plain(a.price, "–"), a.message)
         strip = Text(self.pipeline.line())
         footer = Text(f"{self.status} · reconnects {self.reconnects} · Ctrl-C quits", style="dim")
-        return Group(strip, market, rules, feed, footer)
+        extra = ([self.render_books()] if self.books else []) + ([self.render_futures()] if self.futures else [])
+        return Group(strip, market, *extra, rules, feed, footer)
+
+    def render_books(self) -> Table:
+        """Per pair: the best levels, mid / spread / microprice, the imbalance of each band as a gauge."""
+        table = Table(title="order books", expand=True)
+        for col in ("pair", f"bids (top {BOOK_LEVELS})", f"asks (top {BOOK_LEVELS})", "mid · spread bps · microprice",
+                    "imbalance (bid - ask) / (bid + ask)"):
+            table.add_column(col, justify="right" if col.startswith("bids") else "left")
+        for (ex, sym), b in sorted(self.books.items()):
+            bids = "\n".join(f"{plain(s)} @ {plain(p)}" for p, s in b.bids[:BOOK_LEVELS])
+            asks = "\n".join(f"{plain(p)} x {plain(s)}" for p, s in b.asks[:BOOK_LEVELS])
+            figures = f"{plain(b.mid, '–')}\n{_short(b.spread_bps)} bps\n{_short(b.microprice, 10)}"
+            gauges = Text()
+            for band in b.bands:
+                gauges.append(f"±{plain(band.bps)} bps ")
+                gauges.append_text(_gauge(band.imbalance))
+                gauges.append(f" {_short(band.imbalance, 3)}\n")
+            table.add_row(f"{ex} {sym}\n{_utc(b.ts)}", Text(bids, style="green"), Text(asks, style="red"), figures,
+                          gauges)
+        return table
+
+    def render_futures(self) -> Table:
+        """Per perpetual: mark, index, basis, funding, open interest, liquidations of the last 5 minutes."""
+        table = Table(title="futures", expand=True)
+        for col in ("contract", "mark", "index", "basis bps", "funding", "next funding", "open interest",
+                    "liquidations 5m (longs / shorts)"):
+            table.add_column(col, justify="left" if col == "contract" else "right")
+        for (ex, sym), f in sorted(self.futures.items()):
+            fr, oi = f.get("funding"), f.get("open_interest")
+            now = max([x.ts for x in (fr, oi) if x is not None] + [x.ts for x in f["liquidations"]] or [0])
+            recent = [x for x in f["liquidations"] if x.ts > now - LIQUIDATION_WINDOW_MS]
+            longs = sum((x.amount for x in recent if x.side == "sell"), Decimal(0))
+            shorts = sum((x.amount for x in recent if x.side == "buy"), Decimal(0))
+            table.add_row(f"{ex} {sym}", plain(fr.mark_price) if fr else "–",
+                          plain(fr.index_price, "–") if fr else "–", _short(fr.basis_bps, 4) if fr else "–",
+                          plain(fr.funding_rate, "–") if fr else "–", _utc(fr.next_funding_ts) if fr else "–",
+                          plain(oi.amount) if oi else "–", f"{len(recent)}: {plain(longs)} / {plain(shorts)}")
+        return table
+
+
+def _short(x: Decimal | None, digits: int = 6) -> str:
+    """A computed quotient (28 digits) to ``digits`` significant digits, for the eye; exact figures stay ``plain``."""
+    return "–" if x is None else f"{x:.{digits}g}"
+
+
+def _gauge(x: Decimal | None, width: int = 21) -> Text:
+    """An imbalance in [-1, 1] as a bar from the centre: right (green) when bids outweigh asks."""
+    if x is None:
+        return Text("·" * width, style="dim")
+    half = width // 2
+    n = min(half, round(abs(float(x)) * half))
+    cells = ["·"] * width
+    cells[half] = "|"
+    for i in range(1, n + 1):
+        cells[half + i if x > 0 else half - i] = "█"
+    return Text("".join(cells), style="green" if x > 0 else "red" if x < 0 else "")
 
 
 def parse_series(values: list[str]) -> list[Series]:
@@ -164,12 +237,30 @@ async def discover_series(redis_url: str, timeframe: str = "1m", most: int = 6) 
     return [s for s in found if len(s) == 3 and s[2] == timeframe][:most]  # type: ignore[misc]
 
 
+async def discover_perpetuals(redis_url: str, pairs: list[Pair]) -> list[Pair]:
+    """(exchange, contract) with futures data (``streams.BOOK_REGISTRY``) whose contract is one of the pairs' symbols
+    or ``symbol:SETTLE``."""
+    redis = connect(redis_url)
+    try:
+        members = await redis.smembers(streams.BOOK_REGISTRY)
+    finally:
+        await redis.aclose()
+    symbols = {sym for _, sym in pairs}
+    out = set()
+    for member in members:
+        parts = streams.split_registry_member(member)
+        if len(parts) == 3 and parts[2] == "derivs" and parts[1].split(":", 1)[0] in symbols:
+            out.add((parts[0], parts[1]))
+    return sorted(out)
+
+
 async def run_watch(client: SentinelClient, view: WatchView, stop: asyncio.Event, *, console: Console | None = None,
                     refresh_s: float = 0.5, rules_every_s: float = 2.0) -> None:
     """Follow the live events and refresh the rule states until ``stop`` is set."""
     async def follow() -> None:
-        async with contextlib.aclosing(client.subscribe(series=view.series, alerts=True,
-                                                        tickers=sorted({s[:2] for s in view.series}))) as events:
+        pairs = sorted({s[:2] for s in view.series})
+        async with contextlib.aclosing(client.subscribe(series=view.series, alerts=True, tickers=pairs, books=pairs,
+                                                        derivs=view.perps)) as events:
             view.status = "live"
             async for event in events:
                 view.apply(event)
@@ -233,7 +324,8 @@ def watch_command(
         install_signal_handlers(stop)
         if duration:
             asyncio.get_running_loop().call_later(duration, stop.set)
+        perps = await discover_perpetuals(redis_url, sorted({s[:2] for s in chosen}))
         async with SentinelClient(redis_url, api_url=api, token=token) as client:
-            await run_watch(client, WatchView(chosen), stop, console=console)
+            await run_watch(client, WatchView(chosen, perps=perps), stop, console=console)
 
     asyncio.run(main())

@@ -43,6 +43,15 @@ def pack(obj: Any) -> bytes:
     return _packb(obj)
 
 
+def unpack_tuples(raw: bytes) -> Any:
+    """``unpack`` with arrays as tuples (fewer objects for the garbage collector to track: a book snapshot's ~100
+    levels unpack ~3x faster); DecodeError if the bytes are not msgpack."""
+    try:
+        return _unpackb(raw, raw=False, strict_map_key=False, use_list=False)
+    except Exception as exc:  # msgpack raises several unrelated types for malformed input
+        raise DecodeError(f"not msgpack: {exc}") from exc
+
+
 def unpack(raw: bytes) -> Any:
     """msgpack-decode; DecodeError if the bytes are not msgpack."""
     try:
@@ -560,3 +569,18 @@ class Liquidation(_Message):
     price: Decimal
     amount: Decimal
     order_price: Decimal | None = None
+
+
+DerivsMessage = FundingRate | OpenInterest | Liquidation
+_DERIVS: dict[str, type[FundingRate] | type[OpenInterest] | type[Liquidation]] = {
+    "funding": FundingRate, "open_interest": OpenInterest, "liquidation": Liquidation}
+
+
+def decode_derivs(raw: bytes) -> DerivsMessage:
+    """An entry of ``streams.part_derivs`` (or its channel): funding, open interest or a liquidation, by its kind."""
+    msg = unpack(raw)
+    cls = _DERIVS.get(msg.get("k") if isinstance(msg, dict) else None)  # type: ignore[arg-type]
+    if cls is None:
+        kind = msg.get("k") if isinstance(msg, dict) else msg
+        raise DecodeError(f"expected funding, open interest or a liquidation, got {kind!r}")
+    return cls.from_msg(msg)

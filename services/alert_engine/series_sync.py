@@ -108,6 +108,12 @@ class SeriesSync:
                 names[streams.part_derivs(p)] = ("derivs",)
         self.feed_pairs = set(feeds)
         new = [n for n in names if n not in self.consumed]
+        if self.settings.clock == "wall":
+            # live, a book or futures stream is read from the first time the engine reads it, not from its history:
+            # alerts on old book states would be news of the past (a backtest, clock exchange, reads it all)
+            for name in new:
+                if names[name][0] in ("books", "derivs"):
+                    await self.consumer.bus.ensure_group(name, self.consumer.group, start_id="$")
         new_series = {(names[n][1], names[n][2], names[n][3]) for n in new if names[n][0] == "candle"}
         await self._warm_up(sorted(new_series))
         await self._refill(grew - new_series)

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from shared import streams
 from shared.errors import DecodeError
-from shared.schemas import FundingRate, Liquidation, OpenInterest, BookSnapshot, live_channels, unpack
+from shared.schemas import BookSnapshot, decode_derivs, live_channels
 from shared.subscriptions import HeldSeries
 
 logger = logging.getLogger(__name__)
@@ -98,16 +98,9 @@ def mount(app: FastAPI, settings, redis: Redis, access) -> HeldSeries:
 
 
 class _Derivs:
-    """A perpetual's channel carries three kinds of message: decoded by their ``k`` (the socket's type is it)."""
+    """A perpetual's channel carries three kinds of message, decoded by their ``k`` (the socket's type is it)."""
 
-    @staticmethod
-    def decode(raw: bytes) -> Any:
-        msg = unpack(raw)
-        kind = msg.get("k") if isinstance(msg, dict) else None
-        cls = {"funding": FundingRate, "open_interest": OpenInterest, "liquidation": Liquidation}.get(kind or "")
-        if cls is None:
-            raise DecodeError(f"expected funding, open interest or a liquidation, got kind {kind!r}")
-        return cls.from_msg(msg)
+    decode = staticmethod(decode_derivs)
 
 
 async def _pump(websocket: WebSocket, pubsub, channels: dict[str, tuple[str | None, Any]]) -> None:

@@ -76,3 +76,29 @@ rules:
     assert len(want) >= 5
     heavy = next(a for a in alerts if a.rule == "bid_heavy")
     assert heavy.message.startswith(f"{SYM} imbalance 0.")
+
+
+async def test_live_the_engine_reads_book_streams_from_when_it_starts(redis, tmp_path):
+    """clock wall: snapshots already in the partition's stream when the engine first reads it are the past (no
+    alerts); those published after fire. (A backtest, clock exchange, reads the stream whole: the test above.)"""
+    books = _books()
+    p = partition_of(EX, SYM, 16)
+    holds = [s for s, b, a in books if (_reference(b, a, Decimal(10))["imbalance"] or 0) > Decimal("0.1")]
+    old, new = holds[:20], holds[20:40]
+    (tmp_path / "rules.yaml").write_text(f"""
+rules:
+  - {{name: bid_heavy, exchange: {EX}, symbols: [{SYM}], frequency: every_time,
+     condition: {{left: {{imbalance: 10}}, op: greater_than, right: 0.1}}}}
+""")
+    bus = Bus(redis)
+    await bus.publish_many((streams.part_books(p), s.encode()) for s in old)
+    app = AlertEngineApp(Settings(rules_file=tmp_path / "rules.yaml", consumer_name="e1", redis_url="redis://unused",
+                                  block_ms=20, clock="wall"), redis)
+    await app.drain()
+    assert await redis.xlen(streams.ALERTS) == 0
+    await bus.publish_many((streams.part_books(p), s.encode()) for s in new)
+    app = AlertEngineApp(Settings(rules_file=tmp_path / "rules.yaml", consumer_name="e1", redis_url="redis://unused",
+                                  block_ms=20, clock="wall"), redis)
+    await app.drain()
+    alerts = await read_alerts(redis)
+    assert [a.ts for a in alerts] == [s.ts for s in new]

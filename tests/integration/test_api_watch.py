@@ -96,3 +96,56 @@ def test_watch_command_discovers_series_and_survives_a_missing_api(redis_url):
     assert result.exit_code == 0, result.output
     assert "sim ETH/USDT 1m" in result.output and "5m" not in result.output.split("rules")[0]
     assert "API unreachable" in result.output
+
+
+async def test_watch_shows_the_order_book_and_the_perpetual(redis_url, redis):
+    """A real book (Binance's BTCUSDT REST snapshot of the 2024-08-08 capture, through market_feed's PairBook) and a
+    perpetual's readings, published on their channels: the view shows the top levels, each band's imbalance (as
+    computed independently here from the same levels) and the futures figures."""
+    from services.market_feed.book_core import BookView, PairBook
+    from shared.orderbook.book import parse_levels
+    from shared.schemas import FundingRate, Liquidation, OpenInterest
+    from tests.unit.orderbook.captures import binance_capture
+
+    rest = next(f for f in binance_capture("20240808") if "lastUpdateId" in f)
+    bids, asks = parse_levels(rest["bids"]), parse_levels(rest["asks"])
+    snap = PairBook("binance", "BTC/USDT").snapshot(BookView(bids, asks, rest["lastUpdateId"], 1723161255000))
+    mid = (bids[0][0] + asks[0][0]) / 2
+    perp = ("binanceusdm", "BTC/USDT:USDT")
+    view = WatchView([("binance", "BTC/USDT", "1m")], perps=[perp])
+    stop = asyncio.Event()
+    console = Console(record=True, width=260, force_terminal=False)
+    client = SentinelClient(redis_url)
+    task = asyncio.create_task(run_watch(client, view, stop, console=console, refresh_s=0.05))
+    while view.status != "live":
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)
+    await redis.publish(streams.channel_books("binance", "BTC/USDT"), snap.encode())
+    readings = [FundingRate(exchange=perp[0], symbol=perp[1], ts=1723161266000, mark_price=Decimal("61829.00"),
+                            index_price=Decimal("61828.58"), funding_rate=Decimal("0.00010000"),
+                            next_funding_ts=1723161600000),
+                OpenInterest(exchange=perp[0], symbol=perp[1], ts=1723161267511, amount=Decimal("79999.694")),
+                *(Liquidation(exchange=perp[0], symbol=perp[1], ts=1723161300000 + i, side=side,
+                              price=Decimal("61831.99"), amount=Decimal("0.084")) for i, side in
+                  enumerate(("sell", "sell", "buy")))]
+    for r in readings:
+        await redis.publish(streams.channel_derivs(*perp), r.encode())
+    for _ in range(100):
+        if view.books and len(view.futures.get(perp, {}).get("liquidations", ())) == 3:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
+    stop.set()
+    await task
+    await client.aclose()
+
+    screen = console.export_text()
+    screen = screen[screen.rfind("order books"):]
+    assert f"{bids[0][1].normalize()} @ {bids[0][0].normalize()}" in screen.replace("61837.63000000", "61837.63")
+    for bps in (10, 25, 50):  # independent: the imbalance of the band from the snapshot's own levels
+        lo, hi = mid * (1 - Decimal(bps) / 10000), mid * (1 + Decimal(bps) / 10000)
+        b = sum((s for p, s in bids if p >= lo), Decimal(0))
+        a = sum((s for p, s in asks if p <= hi), Decimal(0))
+        assert f"±{bps} bps" in screen and f"{(b - a) / (b + a):.3g}" in screen
+    assert "61829" in screen and "79999.694" in screen and "0.0001" in screen
+    assert "3: 0.168 / 0.084" in screen  # liquidations of 5 min: longs (sell orders) / shorts

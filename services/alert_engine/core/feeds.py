@@ -80,7 +80,7 @@ class BookFigures(NamedTuple):
             walls = tuple((_choice(w["kind"], _KINDS, "walls.kind"), _choice(w["side"], ("bid", "ask"), "walls.side"),
                            _dec(w["size"], "walls.size")) for w in m.get("walls") or ())
             bids, asks = m["bids"], m["asks"]
-            if not isinstance(bids, list) or not isinstance(asks, list):
+            if not isinstance(bids, (list, tuple)) or not isinstance(asks, (list, tuple)):
                 raise DecodeError("invalid book: bids and asks must be lists of [price, size]")
             update_id = m.get("update_id")
             return cls(_text(m["exchange"], "exchange"), _text(m["symbol"], "symbol"), _int(m["ts"], "ts"),

@@ -387,3 +387,17 @@ rules:
     want_f = [int(t) for t in fdf["ts"][hot | cross]]
     assert fired == {"oi_jump": want_oi, "funding_hot": want_f}
     assert len(want_oi) >= 3 and len(want_f) >= 3 and cross.sum() >= 1
+
+
+def test_the_engine_decodes_book_entries_and_nothing_else_as_books(books):
+    from services.alert_engine.app import decode_input
+    from shared.schemas import Ticker, unpack
+
+    for snap, _, _ in books[:50]:
+        raw = snap.encode()
+        got, want = decode_input(raw), BookFigures.from_msg(unpack(raw))
+        assert got._replace(bids=None, asks=None) == want._replace(bids=None, asks=None)
+        assert [list(r) for r in got.bids] == want.bids and [list(r) for r in got.asks] == want.asks
+    # a ticker whose symbol happens to hold the bytes of "k": "book" is still a ticker
+    odd = Ticker(exchange="x", symbol="\u00a1k\u00a4book/USDT", ts=1, bid=Decimal(1), ask=Decimal(2))
+    assert decode_input(odd.encode()) == odd

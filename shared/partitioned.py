@@ -197,6 +197,31 @@ def entry_data(fields: Any) -> bytes | None:
     return None
 
 
+def entry_id(raw: bytes | str) -> tuple[int, int]:
+    """A stream entry id as a comparable (ms, seq) pair."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def read_offset(redis: Any, partition: int, group: str, stream: str) -> bytes | None:
+    """The last entry id of ``stream`` the owner of ``partition`` in ``group`` has processed (None: nothing yet)."""
+    value = await redis.hget(streams.part_state(partition, group), streams.offset_field(stream))
+    return value if value is None or isinstance(value, bytes) else str(value).encode()
+
+
+async def caught_up(redis: Any, partitions: int, group: str, stream: Callable[[int], str]) -> bool:
+    """Whether ``group`` has processed every entry of ``stream(p)`` for every partition ``p``."""
+    for partition in range(partitions):
+        last = await redis.xrevrange(stream(partition), count=1)
+        if not last:
+            continue
+        offset = await read_offset(redis, partition, group, stream(partition))
+        if offset is None or entry_id(offset) < entry_id(last[0][0]):
+            return False
+    return True
+
+
 # ---- the partition count -------------------------------------------------------------------------------------------
 
 

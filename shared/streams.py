@@ -56,8 +56,6 @@ SUBSCRIPTIONS = f"{PREFIX}:subscriptions"
 # Hash "exchange|symbol|timeframe" -> closed candles of history a subscriber needs before its first live candle (the
 # longest indicator warm-up of its rules). candle_builder seeds a series with max(its own history_bars, this).
 SUBSCRIPTION_LOOKBACK = f"{PREFIX}:subscriptions:lookback"
-# Stream of OHLCV history requests that market_feed serves (it owns the exchange connections).
-HISTORY_REQUESTS = f"{PREFIX}:history:requests"
 
 
 def history_reply(request_id: str) -> str:
@@ -168,7 +166,7 @@ BUILDER_INSTANCES = f"{PREFIX}:candle_builder:instances"
 #: older candles are in the stream). Backfilled candles are appended after newer ones: order by ``ts``.
 CANDLE_HISTORY_FROM = f"{PREFIX}:candles:history_from"
 
-#: Consumer group of market_feed on HISTORY_REQUESTS (it serves OHLCV history from the exchanges it is connected to).
+#: Consumer group of market_feed on history_requests(exchange) (it serves OHLCV history from the exchanges it is connected to).
 GROUP_MARKET_FEED = "market_feed"
 
 # ---- alert_engine (append-only additions) --------------------------------------------------------------------------
@@ -290,6 +288,16 @@ def part_state(partition: int, group: str) -> str:
     """Hash: what the owner of ``partition`` in ``group`` needs to resume: offsets (the last entry id processed of
     each input stream) and per-pair state, written in the same fenced script as its outputs."""
     return f"{_part(partition)}:state:{group}"
+
+
+def offset_field(stream: str) -> str:
+    """The field of ``part_state`` holding the last entry id its owner processed of the input ``stream``."""
+    return f"offset:{stream}"
+
+
+def pair_field(exchange: str, symbol: str) -> str:
+    """The field of ``part_state`` holding the owner's state of one pair."""
+    return f"pair:{exchange}{REGISTRY_SEP}{symbol}"
 
 
 def part_alert_fired(partition: int, alert_id: str) -> str:

@@ -23,6 +23,7 @@ from shared import rules as r
 from shared import streams
 from shared.bus import Bus
 from shared.schemas import Candle, Trade
+from tests.support.candles import trades_stream
 from tests.conftest import shared_data
 from tests.integration import test_alert_engine_correctness as corr
 from tests.integration.market_feed.helpers import (
@@ -76,7 +77,7 @@ async def test_a_rule_added_by_reload_is_warmed_by_the_builders_backfill(redis, 
     path.write_text(shared_data(rel).read_text())
     key = (exchange, symbol, "1s")
     member = streams.registry_member(*key)
-    trades_stream, candle_stream = streams.trades(exchange, symbol), streams.candles(*key)
+    trades_key, candle_stream = trades_stream(exchange, symbol), streams.candles(*key)
     rules = tmp_path / "rules.yaml"
     rules.write_text(SMA20)
     engine_settings = Settings(rules_file=rules, consumer_name="e1", redis_url=redis_url, block_ms=20, batch=100,

@@ -15,6 +15,7 @@ from services.api.settings import Settings
 from shared import streams
 from shared.bus import Bus
 from shared.schemas import Alert, Candle, Ticker, pack
+from tests.support.candles import trades_stream, tickers_stream
 
 EX, SYM, TF = "binance", "BTC/USDT", "1m"
 T0 = 1_723_161_240_000
@@ -107,7 +108,7 @@ async def test_ticker_latest(redis, settings):
     for i in range(3):
         t = Ticker(exchange=EX, symbol=SYM, ts=T0 + i, bid=Decimal("100.1") + i, ask=Decimal("100.3") + i,
                    last=Decimal("100.2") + i)
-        await bus.publish(streams.tickers(EX, SYM), t.encode())
+        await bus.publish(tickers_stream(EX, SYM), t.encode())
     async with client_for(create_app(settings, redis)) as client:
         body = (await client.get("/ticker/binance/BTC-USDT")).json()
         assert body["ticker"]["ts"] == T0 + 2 and body["ticker"]["bid"] == "102.1"
@@ -189,9 +190,9 @@ async def test_health_names_what_is_down(redis, settings):
     bus = Bus(redis)
     await redis.sadd(streams.FEED_REGISTRY, streams.registry_member(EX, SYM))
     for i in range(5):
-        await bus.publish(streams.trades(EX, SYM), b"x")
-    await bus.ensure_group(streams.trades(EX, SYM), streams.GROUP_CANDLE_BUILDER)
-    await redis.xreadgroup(streams.GROUP_CANDLE_BUILDER, "c1", {streams.trades(EX, SYM): ">"}, count=2)
+        await bus.publish(trades_stream(EX, SYM), b"x")
+    await bus.ensure_group(trades_stream(EX, SYM), streams.GROUP_CANDLE_BUILDER)
+    await redis.xreadgroup(streams.GROUP_CANDLE_BUILDER, "c1", {trades_stream(EX, SYM): ">"}, count=2)
     await redis.hset(streams.heartbeat("candle_builder"), mapping={"ts": now, "processed": 7})
     async with client_for(app) as client:
         r = await client.get("/health")
@@ -200,7 +201,7 @@ async def test_health_names_what_is_down(redis, settings):
         assert body["problems"] == ["alert_engine: no heartbeat"]
         assert body["services"]["candle_builder"]["status"] == "ok"
         assert body["services"]["candle_builder"]["processed"] == "7"
-        trades = next(s for s in body["streams"] if s["stream"] == streams.trades(EX, SYM))
+        trades = next(s for s in body["streams"] if s["stream"] == trades_stream(EX, SYM))
         assert (trades["pending"], trades["lag"], trades["length"]) == (2, 3, 5)
 
         await redis.hset(streams.heartbeat("alert_engine"), mapping={"ts": now - 60_000})

@@ -14,9 +14,10 @@ from services.api.settings import Settings
 from shared import streams
 from shared.embedded_redis import EmbeddedRedis
 from shared.runtime import connect
+from tests.support.candles import trades_stream
 
 EX, SYM = "binance", "BTC/USDT"
-STREAM = streams.trades(EX, SYM)
+STREAM = trades_stream(EX, SYM)
 GROUP = streams.GROUP_CANDLE_BUILDER
 
 

@@ -19,6 +19,7 @@ from shared.subscriptions import Subscriptions
 from shared.bus import FIELD, Bus
 from shared.history import decode_request
 from shared.schemas import Trade
+from tests.support.candles import trades_stream
 from tests.conftest import shared_data
 from tests.integration.market_feed.helpers import (expected_trades, live_settings, local_exchange, published,
                                                    running_feed, wait_last_id)
@@ -79,18 +80,18 @@ async def feed_then_restart_at_seam(redis, path) -> None:
     await wait_last_id(redis, expected_trades(path)[-1][0])
     trades, gaps = await published(redis)
     assert trades == expected_trades(path) and not gaps
-    await redis.delete(streams.trades(exchange, symbol))
+    await redis.delete(trades_stream(exchange, symbol))
     await publish(redis, exchange, symbol, [Trade(*t) for t in trades if t[1] >= SEAM], per_entry=50)
 
 
 async def history_requests(redis) -> list:
-    return [decode_request(f[FIELD]) for _, f in await redis.xrange(streams.HISTORY_REQUESTS)]
+    return [decode_request(f[FIELD]) for _, f in await redis.xrange(streams.history_requests("binance"))]
 
 
 async def test_lookback_seeds_and_a_grown_lookback_backfills_further_back(redis, redis_url, tmp_path):
     exchange, symbol, _ = RECORDINGS["btcusdt"]
     path = window_file(tmp_path)
-    stream = streams.trades(exchange, symbol)
+    stream = trades_stream(exchange, symbol)
     member = streams.registry_member(exchange, symbol, "1m")
     subscriptions = Subscriptions(redis, ttl_ms=3_600_000)
     await subscriptions.publish("engine-1", {(exchange, symbol, "1m"): 3})  # 3 closed 1m candles needed; settings 2
@@ -129,7 +130,7 @@ async def test_lookback_seeds_and_a_grown_lookback_backfills_further_back(redis,
 async def test_history_is_seeded_automatically_only_when_the_feed_is_live(redis, redis_url, tmp_path):
     exchange, symbol, _ = RECORDINGS["btcusdt"]
     path = window_file(tmp_path)
-    stream = streams.trades(exchange, symbol)
+    stream = trades_stream(exchange, symbol)
     async with local_exchange(path, speed=200) as sim:
         async with running_feed(live_settings(sim), redis) as feed:
             await feed_then_restart_at_seam(redis, path)
@@ -162,8 +163,8 @@ async def test_a_replay_asks_for_no_history_even_with_a_lookback(redis, redis_ur
     trades = [t for t in read_trades(shared_data(rel)) if t.ts >= SEAM]
     await publish(redis, exchange, symbol, trades, per_entry=50)
     await Subscriptions(redis, ttl_ms=3_600_000).publish("engine-1", {(exchange, symbol, "1m"): 200})
-    await run_until_caught_up(redis, settings_for(redis_url), [streams.trades(exchange, symbol)])
-    assert await redis.xlen(streams.HISTORY_REQUESTS) == 0  # no market_feed heartbeat, trades years old
+    await run_until_caught_up(redis, settings_for(redis_url), [trades_stream(exchange, symbol)])
+    assert await redis.xlen(streams.history_requests("binance")) == 0  # no market_feed heartbeat, trades years old
     assert all(c.ts >= SEAM for c in await read_candles(redis, exchange, symbol, "1m"))
 
 
@@ -174,7 +175,7 @@ async def test_a_timeframe_added_to_a_running_series_gets_its_history_before_its
     exchange, symbol, rel = RECORDINGS["btcusdt"]
     path = tmp_path / "all.csv"
     path.write_text(shared_data(rel).read_text())
-    stream = streams.trades(exchange, symbol)
+    stream = trades_stream(exchange, symbol)
     five = streams.registry_member(exchange, symbol, "5m")
     cut = SEAM + 2 * MIN - 1  # 00:03:59.999
     async with local_exchange(path, speed=0) as sim:

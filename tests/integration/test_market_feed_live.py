@@ -13,6 +13,7 @@ from shared.bus import FIELD
 from shared.embedded_redis import free_port
 from shared.errors import UnknownExchangeError, UnknownSymbolError
 from shared.schemas import Ticker, Watermark, decode_feed
+from tests.support.candles import trades_stream, tickers_stream
 from tests.conftest import shared_data
 from tests.integration.market_feed.helpers import (RECORDING, expected_trades, live_settings, local_exchange,
                                                    published, running_feed, wait_last_id)
@@ -26,7 +27,7 @@ async def test_every_recorded_trade_arrives_once_in_order_exact(redis):
         trades, gaps = await published(redis)
         assert trades == expected and gaps == []
         assert app.trades_published == len(expected)
-        tickers = [Ticker.decode(f[FIELD]) for _, f in await redis.xrange(streams.tickers("binance", "BTC/USDT"))]
+        tickers = [Ticker.decode(f[FIELD]) for _, f in await redis.xrange(tickers_stream("binance", "BTC/USDT"))]
         assert tickers and all(t.bid < t.ask for t in tickers)
         # a ticker's last price is the price of a trade of the recording
         assert {t.last for t in tickers} <= {e[2] for e in expected}
@@ -130,7 +131,7 @@ async def test_history_requests_are_answered_with_exchange_klines(redis):
         # malformed requests (a reply key that is not the request's own, an unknown timeframe) are dead-lettered
         good = {"v": 1, "k": "history_request", "id": "x1", "x": "binance", "s": "BTC/USDT", "tf": "1s", "since": 0}
         for bad in ({**good, "reply_to": "sentinel:feed:state:binance:BTC/USDT"}, {**good, "tf": "7m"}):
-            await redis.xadd(streams.HISTORY_REQUESTS, {FIELD: pack(bad)})
+            await redis.xadd(streams.history_requests("binance"), {FIELD: pack(bad)})
         reply = await request_history(redis, "binance", "BTC/USDT", "1s", since=expected[0][1] - 5000,
                                       until=expected[-1][1], timeout=10)
         cut = await request_history(redis, "binance", "BTC/USDT", "1s", since=expected[0][1] - 5000,
@@ -150,7 +151,7 @@ async def test_history_requests_are_answered_with_exchange_klines(redis):
     assert reply.rows == want
     assert not cut.complete and cut.rows == want[:5]
     dead = [f for _, f in await redis.xrange(streams.DEAD_LETTER)]
-    assert [f[b"source"] for f in dead] == [streams.HISTORY_REQUESTS.encode()] * 2, dead
+    assert [f[b"source"] for f in dead] == [streams.history_requests("binance").encode()] * 2, dead
     assert b"'reply_to'" in dead[0][b"reason"] and b"'tf'" in dead[1][b"reason"]
 
 
@@ -204,9 +205,9 @@ async def test_simulated_exchange_through_ccxt_equals_the_simulated_market(redis
         # the feed subscribed after the first symbol's first trades may have gone by: a contiguous, exact suffix
         assert trades and trades == expected[s][len(expected[s]) - len(trades):]
         assert len(trades) >= 0.9 * len(expected[s])
-        tickers = [Ticker.decode(f[FIELD]) for _, f in await redis.xrange(streams.tickers("binance", s))]
+        tickers = [Ticker.decode(f[FIELD]) for _, f in await redis.xrange(tickers_stream("binance", s))]
         assert tickers and all(t.bid < t.last < t.ask for t in tickers)
-        last = decode_feed((await redis.xrevrange(streams.trades("binance", s), count=1))[0][1][FIELD])
+        last = decode_feed((await redis.xrevrange(trades_stream("binance", s), count=1))[0][1][FIELD])
         assert last == Watermark("binance", s, expected[s][-1][1], final=True)
 
 

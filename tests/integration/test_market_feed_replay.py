@@ -15,6 +15,7 @@ from shared.simulated import SimulatedMarket
 from shared import streams
 from shared.bus import FIELD
 from shared.schemas import Ticker, TradeBatch, Watermark, decode_feed
+from tests.support.candles import trades_stream, tickers_stream
 from tests.conftest import shared_data
 
 RECORDINGS = {
@@ -39,7 +40,7 @@ def _expected(path: Path) -> list[tuple]:
 
 
 async def _stream(redis, exchange: str, symbol: str) -> list:
-    return [decode_feed(fields[FIELD]) for _, fields in await redis.xrange(streams.trades(exchange, symbol))]
+    return [decode_feed(fields[FIELD]) for _, fields in await redis.xrange(trades_stream(exchange, symbol))]
 
 
 async def _run(redis, **kw) -> MarketFeedApp:
@@ -110,7 +111,7 @@ async def test_simulated_market_publishes_trades_tickers_and_final_watermarks(re
         messages = await _stream(redis, "sim", s)
         assert [tuple(t) for m in messages if isinstance(m, TradeBatch) for t in m.trades] == expected[s]
         assert messages[-1] == Watermark("sim", s, 1_700_000_000_000 + 120_000 - 1, final=True)
-        tickers = [Ticker.decode(f[FIELD]) for _, f in await redis.xrange(streams.tickers("sim", s))]
+        tickers = [Ticker.decode(f[FIELD]) for _, f in await redis.xrange(tickers_stream("sim", s))]
         assert len(tickers) >= 100
         for tk in tickers:
             assert tk.bid < tk.last < tk.ask

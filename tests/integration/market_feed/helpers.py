@@ -19,6 +19,7 @@ from services.market_feed.settings import Settings
 from shared import streams
 from shared.bus import FIELD
 from shared.schemas import GapMarker, TradeBatch, decode_feed
+from tests.support.candles import trades_stream
 
 RECORDING = "binance_spot_btcusdt_20210108/BTCUSDT-trades-20210108T000000-000046.csv"  # 2,001 trades in 46 s
 GRID = {"BTC/USDT": (Decimal("0.01"), Decimal("0.000001"))}
@@ -72,7 +73,7 @@ async def running_feed(settings: Settings, redis) -> AsyncIterator[MarketFeedApp
 async def published(redis, exchange: str = "binance", symbol: str = "BTC/USDT") -> tuple[list[tuple], list[GapMarker]]:
     trades: list[tuple] = []
     gaps: list[GapMarker] = []
-    for _, fields in await redis.xrange(streams.trades(exchange, symbol)):
+    for _, fields in await redis.xrange(trades_stream(exchange, symbol)):
         msg = decode_feed(fields[FIELD])
         if isinstance(msg, TradeBatch):
             trades.extend(tuple(t) for t in msg.trades)

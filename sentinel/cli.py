@@ -84,23 +84,29 @@ def demo(
 
 @app.command()
 def backtest(
-    trades_file: Annotated[Path, typer.Argument(help="Trades CSV: Binance public-data layout or timestamp,price,amount,side,id.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Trades files (CSV, .csv.gz, Binance .zip archives) or folders of "
+                                                 "them; a CSV may hold many symbols in a symbol column.",
+                                                 show_default=False)],
     rules: Annotated[Path, typer.Option(help="Rules YAML to test.")],
-    out: Annotated[Path, typer.Option(help="Directory for candles_<tf>.csv and alerts.jsonl.")],
-    exchange: Annotated[Optional[str], typer.Option(help="Exchange id to label the data with.")] = None,
-    symbol: Annotated[Optional[str], typer.Option(help="Symbol, e.g. BTC/USDT (default: from the file name).")] = None,
-    timeframes: Annotated[Optional[str], typer.Option(help="Comma-separated timeframes, e.g. 1m,5m,1h.")] = None,
+    out: Annotated[Path, typer.Option(help="Directory for candles_*.csv, alerts.jsonl and report.html.")],
+    exchange: Annotated[Optional[str], typer.Option(help="Exchange id of every input (default: from the path, "
+                                                    "else binance).")] = None,
+    symbol: Annotated[Optional[str], typer.Option(help="Symbol of single-symbol files, e.g. BTC/USDT (default: from "
+                                                  "the file name).")] = None,
+    timeframes: Annotated[Optional[str], typer.Option(help="Comma-separated timeframes, e.g. 1m,5m,1h (the rules' "
+                                                      "own are always built).")] = None,
+    forward_bars: Annotated[int, typer.Option(help="Report: return after this many bars of each rule's "
+                                              "timeframe.")] = 10,
     config: ConfigOpt = None,
 ) -> None:
-    """Replay a recording through the real services as fast as possible and write candles and alerts."""
-    from sentinel.run import RunOptions
-    from sentinel.run import backtest as run_backtest
+    """Replay recordings of one or many symbols and exchanges through the real services as fast as possible; write
+    candles, alerts (time order) and report.html, and say why a rule fired nothing."""
+    from sentinel.backtest import BacktestOptions
+    from sentinel.backtest import backtest as run_backtest
 
-    if not trades_file.exists():
-        raise typer.BadParameter(f"{trades_file} does not exist", param_hint="TRADES_FILE")
     tfs = [t.strip() for t in timeframes.split(",") if t.strip()] if timeframes else None
-    run_backtest(RunOptions(trades_file=trades_file, rules_file=rules, exchange=exchange, symbol=symbol,
-                            timeframes=tfs, config_file=config, notify_console=False), out)
+    run_backtest(BacktestOptions(inputs=inputs, rules_file=rules, out_dir=out, exchange=exchange, symbol=symbol,
+                                 timeframes=tfs, config_file=config, forward_bars=forward_bars))
 
 
 def _mount_optional() -> None:

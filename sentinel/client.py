@@ -32,6 +32,7 @@ from shared.bus import backoff_delay
 from shared.errors import DecodeError, SentinelError
 from shared.runtime import connect
 from shared.schemas import Alert, Candle, Ticker, TradeBatch, decode_feed, live_channels
+from shared.subscriptions import HeldSeries
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +87,8 @@ class SentinelClient:
                         subscribed: asyncio.Event | None = None) -> AsyncIterator[Event]:
         """Typed live events until the caller stops iterating. Reconnects by itself; never raises on Redis loss.
 
-        ``hold_subscription`` registers the series in ``streams.SUBSCRIPTIONS`` (so candle_builder makes them)
-        while the iteration runs. ``subscribed`` is set once the channels are subscribed (each time after a
+        ``hold_subscription`` subscribes to the series for candle_builder (so it makes them, as a
+        ``shared.subscriptions.HeldSeries`` of this iteration) while the iteration runs. ``subscribed`` is set once the channels are subscribed (each time after a
         reconnect): fetch history after that, so nothing published in between is missed.
         """
         series = list(series)
@@ -96,17 +97,17 @@ class SentinelClient:
             channels[streams.channel_trades(exchange, symbol)] = ("trades", TradesDecoder)
         if not channels:
             raise ValueError("nothing to subscribe to")
-        members = [streams.registry_member(*s) for s in series] if hold_subscription else []
+        wanted = series if hold_subscription else []
         failures = 0
         first = True
         while True:
             redis = connect(self.redis_url)
             pubsub = redis.pubsub()
-            held = False
+            held = HeldSeries(redis, kind="client")
             try:
                 await pubsub.subscribe(*channels)
-                await hold_series(redis, members, +1)
-                held = True
+                if wanted:
+                    await held.hold(wanted)
                 if subscribed is not None:
                     subscribed.set()
                 if not first:
@@ -124,10 +125,10 @@ class SentinelClient:
                 failures += 1
                 delay = backoff_delay(failures, base=0.1, cap=self.max_backoff)
                 logger.warning("sentinel client: redis lost (%s); reconnecting in %.2fs", exc, delay)
-                held = False  # the server is gone; whoever restarts it starts from its own AOF
+                held.counts.clear()  # the server is gone: what was held there expires with its TTL
                 await asyncio.sleep(delay)
             finally:
-                await _close(redis, pubsub, members if held else [])
+                await _close(redis, pubsub, held)
 
     # ---- REST ------------------------------------------------------------------------------------------------------
 
@@ -169,6 +170,10 @@ class SentinelClient:
     async def rule_states(self) -> list[dict[str, Any]]:
         return (await self._get("/alerts"))["rules"]
 
+    async def pipeline_status(self) -> dict[str, Any]:
+        """``GET /status``: the pipeline's figures summed over live replicas (the counters Prometheus scrapes)."""
+        return dict(await self._get("/status"))
+
     async def ticker(self, exchange: str, symbol: str) -> Ticker | None:
         body = await self._get(f"/ticker/{quote(exchange, safe='')}/{quote(symbol, safe='')}")
         return Ticker.model_validate(body["ticker"]) if body["ticker"] else None
@@ -198,17 +203,9 @@ def _decode(message: dict, channels: dict[str, tuple]) -> Event | None:
         return None
 
 
-async def hold_series(redis, members: list[str], delta: int) -> None:
-    """Take (``delta`` +1) or release (-1) a reference on each series (``streams.registry_member``) in
-    ``streams.SUBSCRIPTIONS``, so candle_builder builds a timeframe no rule uses while a view watches it. The one
-    place sentinel.client writes that hash."""
-    for member in members:
-        await redis.hincrby(streams.SUBSCRIPTIONS, member, delta)
-
-
-async def _close(redis, pubsub, members: list[str]) -> None:
+async def _close(redis, pubsub, held: HeldSeries) -> None:
     with contextlib.suppress(Exception):
-        await hold_series(redis, members, -1)
+        await held.close()
     with contextlib.suppress(Exception):
         await pubsub.aclose()
     with contextlib.suppress(Exception):

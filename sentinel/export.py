@@ -51,12 +51,15 @@ async def alerts(redis: Redis) -> list[Alert]:
     return out
 
 
-def write_candles_csv(path: Path, candles: list[Candle]) -> None:
+def write_candles_csv(path: Path, candles: list[Candle], partial: set[int] | None = None) -> None:
+    """Candles as CSV (``CANDLE_COLUMNS``); with ``partial`` (bar starts the data does not cover from start to end) a
+    last column ``partial`` says 1 for those bars, else 0."""
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(CANDLE_COLUMNS)
+        writer.writerow(CANDLE_COLUMNS + ("partial",) * (partial is not None))
         for c in candles:
-            writer.writerow([c.ts, c.open, c.high, c.low, c.close, c.volume, c.buy_volume, c.sell_volume, c.trades])
+            row = [c.ts, c.open, c.high, c.low, c.close, c.volume, c.buy_volume, c.sell_volume, c.trades]
+            writer.writerow(row + [int(c.ts in partial)] if partial is not None else row)
 
 
 def alert_record(alert: Alert) -> dict:

@@ -1,4 +1,4 @@
-"""``sentinel demo``, ``sentinel backtest`` and ``sentinel up``: the services together on one Redis."""
+"""``sentinel demo`` and ``sentinel up``: the services together on one Redis (``sentinel backtest``: sentinel/backtest)."""
 
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ class _LiveSource:
             return False
         # The finite market has ended: the feed's silence timeouts and ticker time-outs that follow are expected
         # (they fetch the last trades by REST), not news for the user.
-        logging.getLogger("services.market_feed.adapters.ccxt_feed").setLevel(logging.ERROR)
+        logging.getLogger("services.market_feed.adapters").setLevel(logging.ERROR)
         want = {("binance", sym): last for sym, last in self.sim.last_ids().items()}
         return self.app.live is not None and self.app.live.last_ids() == want
 
@@ -255,24 +255,6 @@ def demo(opts: RunOptions) -> None:
             console.print(f"alerts written to {jsonl}; Redis data (AOF) in {data_dir / 'redis'}")
 
 
-def backtest(opts: RunOptions, out_dir: Path) -> None:
-    """Replay a recording through the services as fast as possible; write candles_<tf>.csv and alerts.jsonl."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    opts.exchange_clock = True  # a backtest of old data: snoozes are read in the recording's time
-    with _data_dir(opts.data_dir) as data_dir:
-        stats = asyncio.run(_run_to_end(opts, data_dir, with_notifier=False, progress=True))
-    written = []
-    for (ex, sym, tf), candles in stats["candles"].items():
-        path = out_dir / f"candles_{tf}.csv"
-        if len({s[:2] for s in stats["candles"]}) > 1:  # several symbols: keep them apart
-            path = out_dir / f"candles_{ex}_{sym.replace('/', '-')}_{tf}.csv"
-        export.write_candles_csv(path, candles)
-        written.append(path)
-    export.write_alerts_jsonl(out_dir / "alerts.jsonl", stats["alerts"])
-    _summary(stats)
-    console.print("wrote " + ", ".join(str(p) for p in [*written, out_dir / "alerts.jsonl"]))
-
-
 @contextlib.contextmanager
 def _data_dir(path: Path | None):
     if path is not None:
@@ -386,6 +368,7 @@ async def _up(settings: dict[str, Any], config_file: Path | None, redis_url: str
 
 def up(config_file: Path | None) -> None:
     """Every service and the API in one process; an embedded Redis unless REDIS_URL is set."""
+    from shared import metrics
     from shared.config import ServiceSettings
     from shared.logs import setup_logging
     from shared.runtime import redis_url_or_embedded
@@ -400,5 +383,6 @@ def up(config_file: Path | None) -> None:
     from services.api.app import check_port
 
     check_port(up_settings(config_file, common.redis_url or "redis://check-only")["api"])  # before anything starts
+    metrics.serve(common)  # one endpoint for the whole process (metrics_port)
     with redis_url_or_embedded(common.redis_url, common.data_dir) as url:
         asyncio.run(_up(up_settings(config_file, url), config_file, url, embedded=not common.redis_url))

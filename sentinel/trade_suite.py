@@ -160,7 +160,7 @@ class TaskManager:
         self.ready.pop(key, None)
         task = self.tasks.pop(key, None)
         if task is not None:
-            task.cancel()  # closing the subscription releases the series (sentinel.client.hold_series)
+            task.cancel()  # closing the subscription releases the series (sentinel.client: HeldSeries.close)
 
     async def aclose(self) -> None:
         for key in list(self.holders):

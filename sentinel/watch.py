@@ -26,6 +26,41 @@ from shared.schemas import Alert, Candle, Ticker
 
 Series = tuple[str, str, str]
 
+#: The pipeline strip (the dashboard's shows the same, from the same ``GET /status``): totals shown with their rate,
+#: then levels.
+RATES = (("trades_in", "trades"), ("candles_closed", "candles"), ("alerts_fired", "alerts"),
+         ("notifications_sent", "sent"))
+LEVELS = (("lag", "lag"), ("pending", "pending"), ("notifications_dead", "undelivered"),
+          ("dead_letters", "dead letters"))
+
+
+@dataclass
+class PipelineFigures:
+    """The last ``GET /status`` reading and the rates since the one before (a total that went down — a process
+    restarted — counts as 0/s, as Prometheus' ``rate`` treats a reset)."""
+
+    last: dict[str, Any] | None = None
+    rates: dict[str, float] = field(default_factory=dict)
+
+    def update(self, status: dict[str, Any]) -> None:
+        prev = self.last
+        if prev is not None and status["ts"] > prev["ts"]:
+            seconds = (status["ts"] - prev["ts"]) / 1000
+            self.rates = {k: max(0, status["figures"].get(k, 0) - prev["figures"].get(k, 0)) / seconds
+                          for k, _ in RATES}
+        self.last = status
+
+    def line(self) -> str:
+        if self.last is None:
+            return "pipeline: –"
+        figures = self.last["figures"]
+        parts = [f"{label} {figures.get(k, 0):,}" + (f" ({self.rates[k]:,.1f}/s)" if k in self.rates else "")
+                 for k, label in RATES]
+        parts += [f"{label} {figures.get(k, 0):,}" for k, label in LEVELS]
+        replicas = self.last.get("services", {})
+        parts.append("replicas " + (" ".join(f"{s} {n}" for s, n in sorted(replicas.items())) or "none"))
+        return " · ".join(parts)
+
 
 def _utc(ms: int | None) -> str:
     return "–" if ms is None else datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
@@ -44,6 +79,7 @@ class WatchView:
     rules: list[dict[str, Any]] = field(default_factory=list)
     status: str = "connecting"
     reconnects: int = 0
+    pipeline: PipelineFigures = field(default_factory=PipelineFigures)
 
     def apply(self, event: Event) -> None:
         value = event.value
@@ -102,8 +138,9 @@ class WatchView:
         for a in self.alerts:
             feed.add_row(_utc(a.ts), Text(a.rule, style={"critical": "bold red", "warning": "yellow"}.get(
                 a.severity, "")), f"{a.symbol} {a.timeframe or ''}", plain(a.price, "–"), a.message)
+        strip = Text(self.pipeline.line())
         footer = Text(f"{self.status} · reconnects {self.reconnects} · Ctrl-C quits", style="dim")
-        return Group(market, rules, feed, footer)
+        return Group(strip, market, rules, feed, footer)
 
 
 def parse_series(values: list[str]) -> list[Series]:
@@ -142,6 +179,7 @@ async def run_watch(client: SentinelClient, view: WatchView, stop: asyncio.Event
             if client.api_url:
                 try:
                     view.rules = await client.rule_states()
+                    view.pipeline.update(await client.pipeline_status())
                     if not view.alerts:
                         for a in reversed(await client.alert_history(limit=view.alerts.maxlen or 15)):
                             view.alerts.appendleft(a)

@@ -72,6 +72,14 @@ class ServiceSettings(BaseSettings):
     lease_ttl_ms: int = Field(
         default=6000, ge=500, description="A replica's hold on a partition lasts this long unless renewed (every "
         "third of it): a killed replica's partitions move to the others within about this time.")
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="Serve Prometheus metrics on this port (/metrics); unset or 0 = off. "
+        "The API also serves /metrics on its own port.")
+    metrics_host: str = Field(default="127.0.0.1", description="Address of the metrics endpoint (0.0.0.0 in a "
+                              "container, so Prometheus can reach it).")
+    metrics_per_symbol: bool = Field(
+        default=False, description="Label per-pair metrics with the symbol (and consumer metrics with the stream); "
+        "off: `all`, so thousands of pairs do not make thousands of series.")
     # the bus's options (shared.bus, shared.consumer hold what each means)
     claim_idle_ms: ClaimIdleMs = 30_000
     dead_consumer_idle_ms: DeadConsumerIdleMs = 3_600_000

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
 
+from shared import metrics
 from shared.errors import DecodeError
 from shared.outage import REDIS_DOWN, backoff_delay
 from shared.packed import raw_command
@@ -243,6 +244,7 @@ class Consumer(Generic[T]):
             self._last_claim = loop.time()
             handled += await self._claim_stale()
             await self._prune_dead_consumers(loop.time())
+            await metrics.sample_consumer(self.redis, self.group, self._streams)
         if handled:
             return handled
         readable = {s: ">" for s in self._streams if s not in self._recover}  # a stream waiting for a retry keeps order
@@ -334,6 +336,7 @@ class Consumer(Generic[T]):
                 await self.bus.dead_letter(stream, entry_id, data, f"undecodable: {exc}", self.group)
                 await self.redis.xack(stream, self.group, entry_id)
                 self.dead_lettered += 1
+                metrics.DEAD_LETTERS.labels(self.group).inc()
         return entries
 
     async def _dispatch(self, entries: list[Entry[T]]) -> None:
@@ -383,6 +386,7 @@ class Consumer(Generic[T]):
             await self.bus.dead_letter(entry.stream, entry.id, data, f"handler failed {deliveries} times", self.group)
             await self.redis.xack(entry.stream, self.group, entry.id)
             self.dead_lettered += 1
+            metrics.DEAD_LETTERS.labels(self.group).inc()
             return
         logger.exception("%s/%s: handler failed on %s %s (delivery %d of %d)", self.group, self.name, entry.stream,
                          as_text(entry.id), deliveries, self.settings.max_deliveries)

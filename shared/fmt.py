@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 
 
 def plain(value: Decimal | int | str | None, none: str = "-") -> str:
@@ -23,3 +23,21 @@ def plain(value: Decimal | int | str | None, none: str = "-") -> str:
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
+
+
+class PlainDecimal(Decimal):
+    """A Decimal that reads plain in a message template: ``{close}`` gives ``3156`` for ``3156.00`` (a format spec,
+    where one is given, is Decimal's own)."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return plain(Decimal(self))
+
+    def __format__(self, spec: str, context: Context | None = None, /) -> str:
+        return plain(Decimal(self)) if not spec else Decimal(self).__format__(spec, context)
+
+
+def readable(value: object) -> object:
+    """``value`` for a message template: a Decimal reads without trailing zeros (see ``PlainDecimal``); else as is."""
+    return PlainDecimal(value) if type(value) is Decimal else value

@@ -54,7 +54,7 @@ KIND_REPLY = "history_reply"
 #: Seconds a reply list lives if nobody pops it (the asker timed out).
 REPLY_TTL_S = 120
 #: Most closed candles of history asked for one timeframe: candle_builder's ``history_bars`` bound, and the cap a
-#: subscriber puts on its ``streams.SUBSCRIPTION_LOOKBACK`` (a 1d anchor on 1s candles would otherwise ask for 86,400).
+#: subscriber puts on its look-back (``shared.subscriptions``) (a 1d anchor on 1s candles would otherwise ask for 86,400).
 MAX_HISTORY_BARS = 5_000
 
 #: One candle: (ts, open, high, low, close, volume, buy_volume | None, trades | None, quote_volume | None).

@@ -13,6 +13,8 @@ import time
 
 from redis import exceptions as redis_errors
 
+from shared import metrics
+
 logger = logging.getLogger(__name__)
 
 #: What "Redis is unreachable" looks like from redis-py: retried quietly, never a traceback.
@@ -45,6 +47,7 @@ class Outage:
     def lost(self, exc: BaseException, where: str) -> None:
         """A loop (``where``) could not reach Redis: warn if it was up until now; otherwise only a debug line."""
         now = time.monotonic()
+        metrics.REDIS_ERRORS.labels(self.service).inc()
         if self.down_since is None:
             self.down_since = now
             if now - self._back_at < self.settle_s:

@@ -20,7 +20,7 @@ from typing import Any
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from shared import redisconn, streams
+from shared import metrics, redisconn, streams
 from shared.partitioned import check_partitions
 from shared.embedded_redis import EmbeddedRedis
 from shared.outage import REDIS_DOWN, Outage, backoff_delay
@@ -101,6 +101,7 @@ async def heartbeat(redis: Redis, service: str, stop: asyncio.Event,
         try:
             await redis.hset(key, mapping=fields)
             await redis.pexpire(key, int(every * 5000))
+            await metrics.beat(redis, service)
             if beat is not None:
                 await beat()
             if outage is not None:
@@ -157,6 +158,7 @@ def service_main(name: str, settings_cls: Any, app_cls: Any, config_file: str | 
     settings = settings_cls.load(config_file)
     setup_logging(settings.log_level)
     grace = getattr(settings, "shutdown_grace_s", 10.0) + extra_grace
+    metrics.serve(settings)
 
     async def serve(url: str) -> None:
         redis = connect(url, cluster=settings.redis_cluster)

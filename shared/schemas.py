@@ -493,7 +493,9 @@ class BookSnapshot(_Message):
     """The top of one order book with its metrics, published throttled (``streams.books``). ``ts`` is the exchange
     time of the last update in it, ``update_id`` the exchange's sequence number of that state (Binance ``u``).
     ``bids``/``asks``: the best ``N`` levels, best first, as [price, size]. ``walls``: wall events since the previous
-    snapshot. ``resyncs``: how many times the book was rebuilt from a new snapshot since the feed started."""
+    snapshot. ``resyncs``: how many times the book was rebuilt from a new snapshot since the feed started.
+    ``bid_floor`` / ``ask_ceiling``: the edges of the part of the book known level by level (None: unbounded); a
+    figure computed from ``bids``/``asks`` past them is unknown."""
 
     kind: Literal["book"] = "book"
     exchange: str
@@ -509,6 +511,8 @@ class BookSnapshot(_Message):
     bands: list[BookBand] = Field(default_factory=list)
     walls: list[BookWallEvent] = Field(default_factory=list)
     resyncs: int = 0
+    bid_floor: Decimal | None = None
+    ask_ceiling: Decimal | None = None
 
 
 class FundingRate(_Message):

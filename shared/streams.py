@@ -51,12 +51,6 @@ CANDLE_REGISTRY = f"{PREFIX}:registry:candles"
 
 REGISTRY_SEP = "|"
 
-# Hash "exchange|symbol|timeframe" -> reference count: the series consumers (alert_engine, API) ask candle_builder for.
-SUBSCRIPTIONS = f"{PREFIX}:subscriptions"
-# Hash "exchange|symbol|timeframe" -> closed candles of history a subscriber needs before its first live candle (the
-# longest indicator warm-up of its rules). candle_builder seeds a series with max(its own history_bars, this).
-SUBSCRIPTION_LOOKBACK = f"{PREFIX}:subscriptions:lookback"
-
 
 def history_reply(request_id: str) -> str:
     """List the reply to one history request is pushed to (consumer BLPOPs it)."""
@@ -162,7 +156,7 @@ def builder_lease(exchange: str, symbol: str) -> str:
 BUILDER_INSTANCES = f"{PREFIX}:candle_builder:instances"
 
 #: Hash "exchange|symbol|timeframe" -> bucket start (ms) of the oldest candle candle_builder published for the series
-#: from history (written when it seeds or backfills; a subscriber whose SUBSCRIPTION_LOOKBACK grew can tell when the
+#: from history (written when it seeds or backfills; a subscriber whose look-back grew can tell when the
 #: older candles are in the stream). Backfilled candles are appended after newer ones: order by ``ts``.
 CANDLE_HISTORY_FROM = f"{PREFIX}:candles:history_from"
 
@@ -279,6 +273,23 @@ def part_live(partition: int) -> str:
     return f"{_part(partition)}:live"
 
 
+def part_books(partition: int) -> str:
+    """Stream: throttled top-N book snapshots with metrics (BookSnapshot, carrying exchange and symbol) of every pair
+    of ``partition`` (market_feed -> alert_engine's book rules); live views read ``channel_books``."""
+    return f"{_part(partition)}:books"
+
+
+def part_derivs(partition: int) -> str:
+    """Stream: FundingRate, OpenInterest and Liquidation of every contract of ``partition`` (market_feed ->
+    alert_engine's futures rules)."""
+    return f"{_part(partition)}:derivs"
+
+
+def channel_derivs(exchange: str, symbol: str) -> str:
+    """Pub/sub channel mirroring a contract's entries of ``part_derivs`` for live views."""
+    return f"{PREFIX}:ch:derivs:{exchange}:{symbol}"
+
+
 def part_alerts(partition: int) -> str:
     """Stream: the alerts of the pairs of ``partition`` (alert_engine -> notifier group, API history)."""
     return f"{_part(partition)}:alerts"
@@ -342,3 +353,8 @@ GROUP_FEED_PREFIX = "market_feed:"
 def feed_group(exchange: str) -> str:
     """The ownership group of the market_feeds serving ``exchange``."""
     return f"{GROUP_FEED_PREFIX}{exchange}"
+
+
+#: Hash: per running process of a service (field ``service|host-pid``) its metrics figures and when it wrote them
+#: (``shared.metrics.beat``); ``GET /status`` sums the live ones.
+METRICS_FIGURES = f"{PREFIX}:metrics:figures"

@@ -22,14 +22,19 @@ from services.alert_engine.core import AlertEngine, Fire
 from services.alert_engine.rule_source import RuleSource
 from services.alert_engine.series_sync import SeriesSync
 from services.alert_engine.settings import Settings
-from shared import streams
+from shared import metrics, streams
 from shared.bus import Batch, Bus, Consumer
 from shared.errors import DecodeError
+from shared.outage import REDIS_DOWN
 from shared.rules import RuleSet
 from shared.runtime import heartbeat
 from shared.schemas import (
+    BookSnapshot,
     Candle,
+    FundingRate,
     GapMarker,
+    Liquidation,
+    OpenInterest,
     Ticker,
     TradeBatch,
     Watermark,
@@ -39,20 +44,28 @@ from shared.schemas import (
 
 logger = logging.getLogger(__name__)
 
-Input = Candle | Ticker | TradeBatch | GapMarker | Watermark
+Feed = BookSnapshot | FundingRate | OpenInterest | Liquidation
+Input = Candle | Ticker | TradeBatch | GapMarker | Watermark | Feed
+_FEEDS: dict[str, type[Feed]] = {"book": BookSnapshot, "funding": FundingRate, "open_interest": OpenInterest,
+                                 "liquidation": Liquidation}
 
 
 def decode_input(raw: bytes) -> Input:
-    """Decode an entry of a candle, live-candle, ticker or trades stream."""
+    """Decode an entry of a candle, live-candle, ticker, trades, book or futures stream."""
     msg = unpack(raw)
     kind = msg.get("k") if isinstance(msg, dict) else None
     if kind == "ticker":
         return Ticker.from_msg(msg)
+    if kind in _FEEDS:
+        return _FEEDS[kind].from_msg(msg)
     if kind == "candle":
         return Candle.from_msg(msg)
     if kind in ("trades", "gap", "watermark"):
         return feed_from_msg(msg)
-    raise DecodeError(f"expected a candle, a ticker or trades, got kind {kind!r}")
+    raise DecodeError(f"expected a candle, a ticker, trades, a book or futures data, got kind {kind!r}")
+
+
+_FEED_TYPES = tuple(_FEEDS.values())
 
 
 def wall_clock_ms() -> int:
@@ -78,6 +91,10 @@ class AlertEngineApp:
             decode=decode_input, handler=self._handle)
         self.series_sync = SeriesSync(settings, redis, self.engine, self.consumer)
         self.commit = AlertCommit(settings, redis, self.engine)
+        # the engine took in input whose commit may not have happened (a batch or a flush that raised): its windows
+        # and rule status may be ahead of Redis, so it is warmed up again (``_rewarm``) before the next batch
+        self._ahead = False
+        self.rewarmed = 0
 
     @property
     def ruleset(self) -> RuleSet:
@@ -166,14 +183,18 @@ class AlertEngineApp:
                     next_reload = loop.time() + s.reload_every_s
                     await self.reload_rules()
                     await self.commit.save_all_state()
+                    self.bus.outage.ok()  # (said only after commands reached Redis: a round may send none)
                 if loop.time() >= next_sync:
                     next_sync = loop.time() + s.registry_poll_s
                     await self.series_sync.sync()
+                    self.bus.outage.ok()
                 if self.engine.waiting and s.clock == "wall":  # no input came to end the wait
                     await self._flush(wall_clock_ms() - s.cross_series_wait_ms)
                 if self.engine.stale:  # a backfill read while no new bar came: merged now, not at the next bar
                     self.engine.rewarm()
-            except Exception:  # a transient Redis error must not stop the engine
+            except REDIS_DOWN as exc:  # told once per outage (the consumer tells when Redis is back)
+                self.bus.outage.lost(exc, "housekeeping")
+            except Exception:  # a bug: logged, and the next round retries
                 logger.exception("alert_engine: housekeeping failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=min(s.reload_every_s, s.registry_poll_s,
@@ -182,25 +203,53 @@ class AlertEngineApp:
     async def _flush(self, waited_since: int | None) -> None:
         fires = self.engine.flush_deferred(waited_since)
         if fires:
-            await self.commit.publish(fires)
+            try:
+                await self.commit.publish(fires)
+            except BaseException:
+                self._ahead = True  # (the released bars were acked: the warm-up finds them waiting again)
+                raise
+
+    async def _rewarm(self) -> None:
+        """Forget what the engine took in and warm it up again from what Redis holds as processed, as a restart
+        does. Entries of a batch whose commit failed are still pending and come again: evaluated on windows that
+        already held them they would be taken for old bars, and their alerts never fired."""
+        self.commit.forget()
+        await self.series_sync.rewarm()
+        self._ahead = False
+        self.rewarmed += 1
+        logger.info("alert_engine: warmed up again from the committed candles (a commit had failed)")
 
     # ---- the path of a batch ----------------------------------------------------------------------------------------
 
     async def _handle(self, batch: Batch[Input]) -> None:
         """A batch of candles, tickers and trades → the engine → the commit of its alerts with the batch's XACKs."""
+        if self._ahead:
+            await self._rewarm()
+        try:
+            await self._evaluate_and_commit(batch)
+        except BaseException:
+            self._ahead = True
+            raise
+
+    async def _evaluate_and_commit(self, batch: Batch[Input]) -> None:
         engine = self.engine
         fires: list[Fire] = []
         market: list[Candle | Ticker] = []
-        tick_pairs = self.series_sync.tick_pairs
+        tick_pairs, feed_pairs = self.series_sync.tick_pairs, self.series_sync.feed_pairs
         for entry in batch.entries:
             value = entry.value
             if isinstance(value, (Candle, Ticker)):
                 market.append(value)
+            elif isinstance(value, _FEED_TYPES):  # a partition's stream: only the pairs book/futures rules read
+                if (value.exchange, value.symbol) in feed_pairs:
+                    fires += engine.on_feed(value)
             elif isinstance(value, TradeBatch) and (value.exchange, value.symbol) in tick_pairs:
                 # tick-level rules see each trade as it comes (before the candles read with it)
                 fires += engine.on_trades(value.exchange, value.symbol, value.trades)
         if market:
-            fires += engine.on_batch(market)
+            with metrics.EVALUATION_SECONDS.time():
+                fires += engine.on_batch(market)
+            metrics.RULES_EVALUATED.inc(engine.take_evaluations())
         if engine.waiting and self.settings.clock == "wall":  # live: bars waited long enough for other series
             fires += engine.flush_deferred(wall_clock_ms() - self.settings.cross_series_wait_ms)
         if fires:

@@ -47,7 +47,9 @@ for i, f in ipairs(fires) do
       if cd < 0 then
         redis.call('SET', kc, -1)
       else
-        redis.call('SET', kc, now + cd, 'PX', cd)
+        -- the cooldown ends in exchange time, which may run slower than the wall clock a TTL counts (an engine
+        -- restarting, Redis away, a replay): the key lives as long as the alert ids, and its value decides
+        redis.call('SET', kc, now + cd, 'PX', math.max(cd, tonumber(ttl)))
       end
       redis.call('SET', kf, now, 'PX', ttl)
     end

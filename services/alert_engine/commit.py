@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from services.alert_engine.core import AlertEngine, Fire
 from services.alert_engine.settings import Settings
-from shared import streams
+from shared import metrics, streams
 from shared.bus import Batch
 from shared.schemas import pack
 
@@ -89,6 +89,11 @@ class AlertCommit:
         await self._take_answers(fires, predicted, answers, saved, touched)
         return answers
 
+    def forget(self) -> None:
+        """Drop what this engine knows of cooldowns (the engine was reset: Redis' records decide, as after a
+        restart)."""
+        self.cooldown_until.clear()
+
     async def close(self) -> None:
         """Give the commit's connection back (it is taken again by the next commit)."""
         await self._conn.aclose()
@@ -135,6 +140,7 @@ class AlertCommit:
         for f, answer in zip(fires, answers, strict=True):
             if answer == 1:
                 self.published += 1
+                metrics.ALERTS_FIRED.labels(f.alert.rule, f.alert.severity, f.alert.state).inc()
                 logger.info("alert %s %s %s %s: %s", f.alert.rule, f.alert.symbol, f.alert.timeframe,
                             f.alert.state, f.alert.message)
             elif answer == 0:

@@ -10,6 +10,7 @@ re-read from its stream.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -19,6 +20,7 @@ from services.alert_engine.core import AlertEngine
 from services.alert_engine.settings import Settings
 from services.alert_engine.subscriptions import SeriesKey, Subscriptions
 from shared import streams
+from shared.partitions import partition_of
 from shared.bus import Consumer
 from shared.bus import as_str as _s
 from shared.errors import DecodeError
@@ -41,24 +43,30 @@ class SeriesSync:
         self.subscriptions = Subscriptions(redis, consumer.name)
         self.consumed: set[str] = set()  # the streams the consumer reads
         self.tick_pairs: set[Pair] = set()  # pairs whose trades tick-level rules read
+        self.feed_pairs: set[Pair] = set()  # pairs whose book / futures updates rules read
         self.history_from: dict[SeriesKey, int] = {}  # CANDLE_HISTORY_FROM of a series, as last seen
         self.refilled = 0  # series whose window was re-read from their stream (grown look-back, backfill)
         self._capped: set[tuple[str, SeriesKey, int]] = set()  # (rule, series, need) already logged
         self._bad_history_from: set[tuple[SeriesKey, Any]] = set()  # bad CANDLE_HISTORY_FROM values logged
+        self._lock = asyncio.Lock()
 
-    async def wanted(self) -> tuple[set[SeriesKey], set[Pair], set[Pair]]:
-        """Series (candles), and pairs whose tickers and trades (for tick-level rules) the rules read."""
+    async def wanted(self) -> tuple[set[SeriesKey], set[Pair], set[Pair], dict[Pair, set[str]]]:
+        """Series (candles), pairs whose tickers and trades (for tick-level rules) the rules read, and the book /
+        futures updates they read per pair."""
         routes = self.engine.routes
         series: set[SeriesKey] = set()
         tickers: set[Pair] = set()
         trades: set[Pair] = set()
+        feeds: dict[Pair, set[str]] = {}
         for ex, sym in await self._known_pairs():
             series.update((ex, sym, tf) for tf in routes.needs(ex, sym))
             if routes.needs_tickers(ex, sym):
                 tickers.add((ex, sym))
             if self.settings.intrabar and routes.needs_trades(ex, sym):
                 trades.add((ex, sym))
-        return series, tickers, trades
+            if kinds := routes.needs_feeds(ex, sym):
+                feeds[(ex, sym)] = kinds
+        return series, tickers, trades, feeds
 
     def lookback(self, key: SeriesKey) -> int:
         """Closed candles series ``key`` is read back with (warm-up) and asked of candle_builder: the rules' longest
@@ -73,7 +81,11 @@ class SeriesSync:
         return min(MAX_HISTORY_BARS, max(self.settings.warmup_bars, *needs.values(), 0))
 
     async def sync(self) -> None:
-        series, tickers, trades = await self.wanted()
+        async with self._lock:  # (the housekeeping's and a rewarm's: one at a time)
+            await self._sync()
+
+    async def _sync(self) -> None:
+        series, tickers, trades, feeds = await self.wanted()
         lookback = {key: self.lookback(key) for key in series}
         grew = await self.subscriptions.follow(lookback)
         for key in series:
@@ -88,6 +100,13 @@ class SeriesSync:
         for ex, sym in trades:
             names[streams.trades(ex, sym)] = ("trades", ex, sym)
         self.tick_pairs = trades
+        for (ex, sym), kinds in feeds.items():  # one stream per partition, shared by its pairs (docs/scale-out.md)
+            p = partition_of(ex, sym, self.settings.partitions)
+            if "book" in kinds:
+                names[streams.part_books(p)] = ("books",)
+            if kinds - {"book"}:
+                names[streams.part_derivs(p)] = ("derivs",)
+        self.feed_pairs = set(feeds)
         new = [n for n in names if n not in self.consumed]
         new_series = {(names[n][1], names[n][2], names[n][3]) for n in new if names[n][0] == "candle"}
         await self._warm_up(sorted(new_series))
@@ -97,6 +116,14 @@ class SeriesSync:
             self.consumer.set_streams(sorted(names))
             if new:
                 logger.info("alert_engine: reading %d streams (%d new)", len(names), len(new))
+
+    async def rewarm(self) -> None:
+        """Reset the engine and warm every series up again, as at start: from the closed candles this group already
+        processed (entries still pending are left to the consumer)."""
+        async with self._lock:
+            self.engine.reset()
+            self.consumed = set()
+            await self._sync()
 
     async def _known_pairs(self) -> set[Pair]:
         out: set[Pair] = set()

@@ -22,7 +22,7 @@ class Settings(ServiceSettings):
     warmup_bars: int = Field(default=300, ge=0, description="Closed candles read back per series on start or when "
                              "it is first needed, at least: more when a rule's look-back needs more (up to "
                              "shared.history.MAX_HISTORY_BARS); the same number is asked of candle_builder "
-                             "(SUBSCRIPTION_LOOKBACK).")
+                             "(its subscription's look-back).")
     keep_bars: int = Field(default=600, ge=10, description="Closed candles kept per series for the rules (at "
                            "least: more when a rule's look-back needs more).")
     intrabar: bool = Field(default=True, description="Read in-progress candles for rules whose frequency allows it.")

@@ -231,6 +231,9 @@ def _mount_extras(app: FastAPI, settings: Settings, redis: Redis, access: Access
     with contextlib.suppress(ImportError):
         from services.api import notifications_api
         notifications_api.mount(app, settings, redis, access)
+    with contextlib.suppress(ImportError):
+        from services.api import metrics_api
+        metrics_api.mount(app, settings, redis, access)
     if STATIC_DIR.joinpath("index.html").exists():
         from fastapi.staticfiles import StaticFiles
         app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="dashboard")

@@ -5,7 +5,7 @@ Subscribe with query parameters (browsers cannot set headers on a WebSocket, so 
     /ws?alerts=true&series=binance|BTC/USDT|1m&series=binance|ETH/USDT|5m&tickers=binance|BTC/USDT&token=...
 
 Each message is ``{"type": "alert" | "candle" | "candle_live" | "ticker", "data": {...}}`` with decimals as strings.
-While a socket watches a series the API holds a reference in ``streams.SUBSCRIPTIONS`` so candle_builder makes it.
+While a socket watches a series the API holds it (``shared.subscriptions.HeldSeries``) so candle_builder makes it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from shared import streams
 from shared.errors import DecodeError
 from shared.schemas import live_channels
+from shared.subscriptions import HeldSeries
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,10 @@ def parse_pairs(values: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def mount(app: FastAPI, settings, redis: Redis, access) -> None:
+def mount(app: FastAPI, settings, redis: Redis, access) -> HeldSeries:
+    """Serve ``/ws``; returns the series its sockets hold (``close()`` it when the API stops)."""
+    held = HeldSeries(redis, kind="api")
+
     @app.websocket("/ws")
     async def live(websocket: WebSocket) -> None:
         params = websocket.query_params
@@ -66,20 +70,23 @@ def mount(app: FastAPI, settings, redis: Redis, access) -> None:
         if not channels:
             await websocket.close(code=1000, reason="nothing subscribed")
             return
-        members = [streams.registry_member(*s) for s in series]
         pubsub = redis.pubsub()
+        holding = False
         try:
-            for member in members:
-                await redis.hincrby(streams.SUBSCRIPTIONS, member, 1)
+            if series:
+                await held.hold(series)
+                holding = True
             await pubsub.subscribe(*channels)
             await websocket.send_json({"type": "subscribed", "data": {"channels": sorted(channels)}})
             await _pump(websocket, pubsub, channels)
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
-            for member in members:
+            if holding:
                 with contextlib.suppress(Exception):
-                    await redis.hincrby(streams.SUBSCRIPTIONS, member, -1)
+                    await held.release(series)
+
+    return held
 
 
 async def _pump(websocket: WebSocket, pubsub, channels: dict[str, tuple[str, type]]) -> None:

@@ -62,25 +62,26 @@ async def rule_states(redis: Redis) -> list[RuleState]:
     """Each rule × series the engine keeps state for (``streams.RULE_STATE``), with its live cooldown.
 
     The engine's cooldown key (``streams.alert_cooldown(fingerprint)``) holds the end of the cooldown in exchange
-    time (ms; -1 = never again, for ``once`` rules) and expires with it; its TTL is the wall-clock time left.
+    time (ms; -1 = never again, for ``once`` rules); the time left is counted to it from the wall clock (live,
+    exchange time is wall time). The key outlives the cooldown (exchange time may run slower than the wall clock).
     """
     raw = await redis.hgetall(streams.RULE_STATE)
     fingerprints = sorted(_s(k) for k in raw)
     async with redis.pipeline(transaction=False) as pipe:
         for fp in fingerprints:
             pipe.get(streams.alert_cooldown(fp))
-            pipe.pttl(streams.alert_cooldown(fp))
         replies = await pipe.execute()
+    now = now_ms()
     out: list[RuleState] = []
     for n, fp in enumerate(fingerprints):
         data = _decode_state(raw[fp.encode()])
-        until_raw, ttl = replies[2 * n], int(replies[2 * n + 1])
+        until_raw = replies[n]
         until: int | None = None
         if until_raw is not None:
             with contextlib.suppress(ValueError):
                 until = int(until_raw)
         forever = until is not None and until < 0
-        left_ms = ttl if ttl > 0 else 0
+        left_ms = max(0, until - now) if until is not None and until >= 0 else 0
         last_fired = data.get("last_fired")
         out.append(RuleState(
             fingerprint=fp,

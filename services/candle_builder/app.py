@@ -35,7 +35,7 @@ from services.candle_builder import history
 from services.candle_builder.core import Emitted, SeriesBuilder
 from services.candle_builder.series import Series, encode_candle, entry_id, retune, text
 from services.candle_builder.settings import MAX_HISTORY_BARS, Settings
-from shared import streams
+from shared import metrics, streams
 from shared.bus import Bus
 from shared.errors import ConfigError, DecodeError
 from shared.outage import REDIS_DOWN
@@ -239,6 +239,7 @@ class CandleBuilderApp:
                 runs.setdefault(pair, []).append((raw_id, msg))
         commands: list[Any] = []
         touched: list[Series] = []
+        counted: list[Emitted] = []
         try:
             for pair, run in runs.items():
                 series = self.series.get(pair) or await self._load(pair, partition)
@@ -262,6 +263,7 @@ class CandleBuilderApp:
                 elif type(last) is Watermark:
                     series.live_offset = series.last_id[0] - last.ts
                 self._queue_candles(commands, series, emitted)
+                counted.extend(emitted)
                 touched.append(series)
             state = streams.part_state(partition, GROUP)
             for series in touched:
@@ -273,6 +275,7 @@ class CandleBuilderApp:
             self._drop(partition)
             raise
         self.offsets[partition] = offset
+        metrics.count_candles(counted)
         if self.settings.live_candles and touched:
             await self._publish_live(touched)
 
@@ -316,6 +319,7 @@ class CandleBuilderApp:
                 if done is None or (newest and entry_id(newest[0][0]) > entry_id(done)):
                     continue  # entries wait in the stream: they, not the clock, decide
                 commands: list[Any] = []
+                counted: list[Emitted] = []
                 try:
                     for series, estimate in items:
                         if self.series.get((series.exchange, series.symbol)) is not series:
@@ -325,9 +329,11 @@ class CandleBuilderApp:
                         if out:
                             closed += len(out)
                             self._queue_candles(commands, series, out)
+                            counted.extend(out)
                             commands.append(self._state_command(series))
                     if commands:
                         await self.ownership.fenced(partition, commands)
+                        metrics.count_candles(counted)
                 except BaseException:
                     self._drop(partition)
                     raise
@@ -371,6 +377,7 @@ class CandleBuilderApp:
 
     def _note_late(self, series: Series) -> None:
         builder = series.builder
+        metrics.count_late(series)
         if builder.late_dropped != series.late_logged:
             now = time.monotonic()
             if now - series.late_logged_at >= 10.0:  # at most one warning per series every 10 s
@@ -436,6 +443,7 @@ class CandleBuilderApp:
                 series.builder = self._new_builder(exchange, symbol)
         elif self.settings.history_bars != 0:  # unset (auto) or a count: decided at the first trade (seed)
             series.needs_seed = True
+        series.late_counted = (series.builder.late_revised, series.builder.late_dropped)
         self.series[pair] = series
         return series
 

@@ -46,6 +46,7 @@ class Series:
     needs_seed: bool = False  # new series, history wanted, no trade seen yet
     late_logged: int = 0  # late_dropped count at the last warning
     late_logged_at: float = -1e9
+    late_counted: tuple[int, int] = (0, 0)  # (late_revised, late_dropped) already in shared.metrics.LATE_TRADES
     # Candles of history per timeframe this series gets (settings.history_bars, or auto: decided once per process from
     # whether its feed is live); None until decided. Look-backs raise it per timeframe.
     history_bars: int | None = None

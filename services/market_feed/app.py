@@ -43,8 +43,12 @@ class MarketFeedApp:
     previous run already published), ``exchange_time`` (ms), ``done`` (source ended and the final watermark is out).
     """
 
-    def __init__(self, settings: Settings, redis: Redis, *, bus: Bus | None = None) -> None:
+    def __init__(self, settings: Settings, redis: Redis, *, bus: Bus | None = None,
+                 source: tuple[list[str], Iterator[tuple[str, Trade]]] | None = None) -> None:
         self.settings = settings
+        # mode=replay of trades the caller reads (``sentinel backtest``: many files and symbols of this exchange, in
+        # time order) instead of ``replay_file``: (symbols, (symbol, trade) in exchange order)
+        self.source = source
         self.redis = redis
         self.bus = bus or Bus(redis, settings.bus_settings(settings.stream_maxlen), service="market_feed")
         self.exchange = settings.resolved_exchange()
@@ -97,7 +101,11 @@ class MarketFeedApp:
         watch = asyncio.create_task(self._forward(stop, beat_stop), name="market_feed-stop-watch")
         try:
             mode = self.settings.mode
-            if mode == "replay":
+            if mode == "replay" and self.source is not None:
+                symbols, trades = self.source
+                logger.info("replaying %d symbols of %s", len(symbols), self.exchange)
+                await self._run_source(stop, symbols, trades, None, None)
+            elif mode == "replay":
                 symbol = self.settings.resolved_symbol()
                 path = self.settings.replay_file
                 logger.info("replaying %s as %s %s (speed %s)", path, self.exchange, symbol,

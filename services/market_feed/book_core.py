@@ -150,4 +150,4 @@ class PairBook:
             bids=view.bids[: self.top_n], asks=view.asks[: self.top_n],
             mid=metrics.mid if metrics else None, spread=metrics.spread if metrics else None,
             spread_bps=metrics.spread_bps if metrics else None, microprice=metrics.microprice if metrics else None,
-            bands=bands, walls=events, resyncs=self.resyncs)
+            bands=bands, walls=events, resyncs=self.resyncs, bid_floor=view.bid_floor, ask_ceiling=view.ask_ceiling)

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from redis import exceptions as redis_errors
 
-from shared import streams
+from shared import metrics, streams
 from shared.bus import FIELD
 from shared.ownership import FencedError, Ownership
 from shared.partitions import partition_of
@@ -157,6 +157,7 @@ class _Write:
     states: dict[str, tuple[int | str | None, int | None]]  # symbol -> (last id, last ts) after this write
     trades: int
     counts: dict[str, int] = field(default_factory=dict)
+    per_symbol: dict[str, int] = field(default_factory=dict)  # trades of each symbol in this write
 
 
 class Outbox:
@@ -226,6 +227,7 @@ class Outbox:
             last = event.trades[-1]
             last_id, last_ts = last.id, last.ts
             w.trades += len(event.trades)
+            w.per_symbol[event.symbol] = w.per_symbol.get(event.symbol, 0) + len(event.trades)
         else:
             w.entries.append((1, encode_watermark(event), self.maxlen))
             w.counts["watermarks"] = w.counts.get("watermarks", 0) + 1
@@ -284,6 +286,7 @@ class Outbox:
                 self.replays_skipped += 1
             self.entries_published += len(w.entries)
             self.trades_published += w.trades
+            metrics.count_trades(self.exchange, w.per_symbol)
             self.watermarks += w.counts.get("watermarks", 0)
             self.tickers += w.counts.get("tickers", 0)
             self.gaps += w.counts.get("gaps", 0)

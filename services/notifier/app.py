@@ -50,7 +50,7 @@ from redis.asyncio import Redis
 from services.notifier import core
 from services.notifier.settings import Settings
 from services.notifier.targets import RetryableSendError, Target, build_targets
-from shared import streams
+from shared import metrics, streams
 from shared.bus import Batch, Bus, Consumer, backoff_delay
 from shared.errors import NotifyError, PermanentNotifyError
 from shared.logs import redact
@@ -356,6 +356,7 @@ class NotifierApp:
                 b"status": "delivered" if state == DONE else "dead", b"attempts": attempts, b"reason": reason[:500],
                 b"ts": now}, maxlen=HISTORY_MAXLEN, approximate=True)
             await pipe.execute()
+        metrics.count_delivery(target, group, state == DONE, attempts)
         if state == DONE:
             self.delivered += len(group)
         else:

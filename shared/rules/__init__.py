@@ -24,6 +24,12 @@ trades vwap`` of the candle, ``bid ask mid spread spread_bps last`` of the lates
 an indicator with its parameters — ``{sma: 20}``, ``{ema: {period: 9, source: high}}``, ``{rsi: 14}``,
 ``{macd: {fast: 12, slow: 26, signal: 9, output: histogram}}``, ``{bbands: {period: 20, k: 2, output: upper}}``,
 ``{atr: 14}``, ``{vwap: {anchor: 1d}}``, ``{volume_sma: 20}``, ``{cvd: {bars: 20}}`` / ``{cvd: {anchor: 1d}}``.
+Order-book and futures operands (a rule using one is evaluated on each book / futures update of its pair, not on
+candles): ``microprice book_mid book_spread book_spread_bps funding_rate basis_bps mark_price index_price
+open_interest``, ``{depth_bid: {bps: 25, unit: quote}}``, ``{depth_ask: 25}``, ``{imbalance: 10}``,
+``{wall_ratio_bid: 25}``, ``{wall_ratio_ask: 25}``, ``{wall_appeared: bid}``, ``{wall_pulled: ask}``,
+``{wall_eaten: any}``, ``{open_interest_change: {window: 1h, unit: percent}}``,
+``{liquidations: {window: 5m, side: sell, measure: count}}`` (docs/rules.md defines each).
 
 Conditions: ``left`` with ``op`` one of ``greater_than``/``above``, ``less_than``/``below``, ``crossing``,
 ``crosses_up``, ``crosses_down`` and ``right``; ``op`` ``entering_channel``/``exiting_channel``/``inside_channel``/
@@ -64,9 +70,23 @@ from shared.rules.operands import (
     RSI,
     SMA,
     TICKER_FIELDS,
+    BOOK_FIELDS,
+    DERIVS_FIELDS,
+    FEEDS,
     VWAP,
     BBands,
+    DepthAsk,
+    DepthBid,
+    FeedSpec,
+    Imbalance,
     IndicatorSpec,
+    Liquidations,
+    MappingOperand,
+    OpenInterestChange,
+    WallEventSpec,
+    WallRatioAsk,
+    WallRatioBid,
+    feed_kind,
     Operand,
     Symbol,
     VolumeSMA,
@@ -76,7 +96,9 @@ from shared.rules.operands import (
 )
 
 __all__ = [
-    "ATR", "CANDLE_FIELDS", "CHANNEL_OPS", "COMPARE_OPS", "CVD", "EMA", "INDICATORS", "MACD", "MOVE_OPS", "OP_ALIASES",
+    "ATR", "BOOK_FIELDS", "CANDLE_FIELDS", "DERIVS_FIELDS", "FEEDS", "DepthAsk", "DepthBid", "FeedSpec", "Imbalance",
+    "Liquidations", "MappingOperand", "OpenInterestChange", "WallEventSpec", "WallRatioAsk", "WallRatioBid",
+    "feed_kind", "CHANNEL_OPS", "COMPARE_OPS", "CVD", "EMA", "INDICATORS", "MACD", "MOVE_OPS", "OP_ALIASES",
     "PLACEHOLDERS", "RSI", "SMA", "TICKER_FIELDS", "VWAP", "All", "AnyOf", "BBands", "Channel", "Compare", "Condition",
     "Frequency", "IndicatorSpec", "Moving", "Operand", "Rule", "RuleSet", "Symbol", "VolumeSMA", "VolumeSpike", "Where",
     "check_rules", "check_rules_file", "describe", "dump_rule", "is_pattern", "load_rules_file", "operand_label",

@@ -7,7 +7,15 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-from shared.rules.operands import Operand, StrictModel, Symbol, Timeframe, operand_label, parse_duration_ms
+from shared.rules.operands import (
+    Operand,
+    StrictModel,
+    Symbol,
+    Timeframe,
+    feed_kind,
+    operand_label,
+    parse_duration_ms,
+)
 
 COMPARE_OPS = ("greater_than", "above", "less_than", "below", "crossing", "crosses", "crosses_up", "crossing_up",
                "crosses_down", "crossing_down")
@@ -23,6 +31,14 @@ class Where(StrictModel):
 
     timeframe: Timeframe | None = None
     symbol: Symbol | None = None
+
+    @model_validator(mode="after")
+    def _feeds_own_pair(self) -> Where:
+        if (self.symbol is not None or self.timeframe is not None) and any(
+                feed_kind(getattr(self, name, None)) for name in ("left", "right", "lower", "upper")):
+            raise ValueError("book and futures operands read the rule's own pair: a condition using them takes no "
+                             "symbol or timeframe")
+        return self
 
 
 class Compare(Where):
@@ -61,6 +77,9 @@ class Moving(Where):
 
     @model_validator(mode="after")
     def _amount_or_percent(self) -> Moving:
+        if feed_kind(self.left):
+            raise ValueError(f"{self.op} reads candles: compare book and futures operands with numbers or each other "
+                             "(open_interest_change and liquidations take a window)")
         if self.op.endswith("_pct"):
             if self.percent is None or self.amount is not None:
                 raise ValueError(f"{self.op} takes percent (and no amount)")

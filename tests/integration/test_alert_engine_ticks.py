@@ -1,6 +1,6 @@
 """alert_engine on real trades and tickers (Binance BTCUSDT, 2021-01-08 00:00:00-00:00:46): ticker rules on closed
 candles read the quote as of the bar's close; tick-level rules fire on the crossing trade / the ticker itself; snooze
-is wall-clock time live and exchange time in a backtest; SUBSCRIPTION_LOOKBACK follows the rules."""
+is wall-clock time live and exchange time in a backtest; the subscriptions' look-back follows the rules."""
 
 from __future__ import annotations
 

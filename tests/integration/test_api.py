@@ -155,7 +155,7 @@ async def test_alert_history_filters_and_cursor_pagination(redis, settings):
 
 
 async def test_alert_states_with_cooldown_left(redis, settings):
-    # the engine's format: RULE_STATE rows, cooldown key = end of cooldown in exchange ms (-1 forever), PX = length
+    # the engine's format: RULE_STATE rows, cooldown key = end of cooldown in exchange ms (-1 forever)
     await redis.hset(streams.RULE_STATE, mapping={
         "fp1": pack({"rule": "btc-above", "exchange": EX, "symbol": SYM, "timeframe": TF, "state": "firing",
                      "last_fired": T0, "last_alert_id": "a1", "since": T0 - 60_000}),
@@ -165,14 +165,15 @@ async def test_alert_states_with_cooldown_left(redis, settings):
                      "last_fired": T0}),
         "fp4": b"\xc1",
     })
-    await redis.set(streams.alert_cooldown("fp1"), T0 + 60_000, px=60_000)
+    until = int(time.time() * 1000) + 60_000  # live: exchange time is wall time
+    await redis.set(streams.alert_cooldown("fp1"), until, px=30 * 86_400_000)  # (the key outlives the cooldown)
     await redis.set(streams.alert_cooldown("fp3"), -1)
     async with client_for(create_app(settings, redis)) as client:
         rules = {r["fingerprint"]: r for r in (await client.get("/alerts")).json()["rules"]}
     assert set(rules) == {"fp1", "fp2", "fp3", "fp4"}
     assert rules["fp1"]["state"] == "firing" and rules["fp1"]["last_fired"] == T0
     assert 55 < rules["fp1"]["cooldown_left_s"] <= 60
-    assert rules["fp1"]["next_eligible"] == T0 + 60_000 and rules["fp1"]["extra"] == {"since": T0 - 60_000}
+    assert rules["fp1"]["next_eligible"] == until and rules["fp1"]["extra"] == {"since": T0 - 60_000}
     assert rules["fp2"]["cooldown_left_s"] == 0 and rules["fp2"]["next_eligible"] is None
     assert rules["fp2"]["symbol"] == "ETH/USDT" and rules["fp2"]["state"] == "inactive"
     assert rules["fp3"]["cooldown_forever"] is True and rules["fp3"]["next_eligible"] is None

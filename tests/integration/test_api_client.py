@@ -16,6 +16,7 @@ from shared import streams
 from shared.bus import Bus
 from shared.runtime import connect
 from shared.schemas import Alert, Candle
+from tests.support.subscriptions import subscribers
 
 EX, SYM, TF = "sim", "BTC/USDT", "1m"
 
@@ -51,7 +52,7 @@ async def test_subscribe_yields_typed_events_and_survives_a_redis_restart(own_re
     task = asyncio.create_task(consume())
     await publish_until(publisher, streams.channel_candles_live(EX, SYM, TF), candle(1, False).encode(), got, 1)
     assert got[0].kind == "candle_live" and got[0].value == candle(1, False)
-    assert await publisher.hget(streams.SUBSCRIPTIONS, "sim|BTC/USDT|1m") == b"1"
+    assert (await subscribers(publisher)).get("sim|BTC/USDT|1m") == 1
 
     own_redis.stop()
     await asyncio.sleep(0.3)

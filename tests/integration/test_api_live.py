@@ -16,6 +16,7 @@ from shared.bus import Bus
 from shared.runtime import connect
 from shared.schemas import Alert, Candle, Ticker
 from tests.support.candles import tickers_stream
+from tests.support.subscriptions import subscribers
 
 EX, SYM, TF = "binance", "BTC/USDT", "1m"
 
@@ -45,7 +46,7 @@ async def test_websocket_streams_alerts_candles_and_tickers(api, redis):
     async with websockets.connect(url) as ws:
         hello = json.loads(await asyncio.wait_for(ws.recv(), 5))
         assert hello["type"] == "subscribed" and streams.CHANNEL_ALERTS in hello["data"]["channels"]
-        assert await redis.hget(streams.SUBSCRIPTIONS, "binance|BTC/USDT|1m") == b"1"
+        assert (await subscribers(redis)).get("binance|BTC/USDT|1m") == 1
         sent = [
             ("candle_live", candle(60_000, False), streams.candles_live(EX, SYM, TF),
              streams.channel_candles_live(EX, SYM, TF)),
@@ -64,11 +65,11 @@ async def test_websocket_streams_alerts_candles_and_tickers(api, redis):
     for g, (_, message, _, _) in zip(got, sent, strict=True):
         assert type(message).model_validate(g["data"]) == message
     assert got[3]["data"]["price"] == "61000.25"
-    for _ in range(50):  # the reference is released when the socket closes
-        if await redis.hget(streams.SUBSCRIPTIONS, "binance|BTC/USDT|1m") == b"0":
+    for _ in range(50):  # the series is withdrawn when the socket closes
+        if "binance|BTC/USDT|1m" not in await subscribers(redis):
             break
         await asyncio.sleep(0.05)
-    assert await redis.hget(streams.SUBSCRIPTIONS, "binance|BTC/USDT|1m") == b"0"
+    assert "binance|BTC/USDT|1m" not in await subscribers(redis)
 
 
 async def test_websocket_refuses_a_missing_token(api):

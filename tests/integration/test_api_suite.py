@@ -19,6 +19,7 @@ from services.market_feed.app import MarketFeedApp
 from services.market_feed.settings import Settings as FeedSettings
 from shared import streams
 from shared.runtime import connect
+from tests.support.subscriptions import subscribers
 from tests.browser.test_dashboard import _until
 from tests.conftest import shared_data
 
@@ -95,7 +96,7 @@ async def test_two_widgets_share_a_series_the_last_to_leave_releases_it(redis_ur
         await manager.wait_ready(candles)
 
         async def held() -> bool:
-            return await redis.hget(streams.SUBSCRIPTIONS, MEMBER) == b"1"  # one reference for the shared resource
+            return (await subscribers(redis)).get(MEMBER) == 1  # one subscriber for the shared resource
         await _until(held, 10, "the series registered with candle_builder")
         await asyncio.sleep(1.5)  # candle_builder and the trades relay notice the new interest
         tasks.append(asyncio.create_task(feed.run(feed_stop)))
@@ -106,7 +107,7 @@ async def test_two_widgets_share_a_series_the_last_to_leave_releases_it(redis_ur
         manager.unsubscribe(a)
         a.close()
         left_at = (len(a.frame), a.updates)
-        assert await redis.hget(streams.SUBSCRIPTIONS, MEMBER) == b"1"  # B still watches
+        assert (await subscribers(redis)).get(MEMBER) == 1  # B still watches
 
         async def b_has(n: int) -> bool:
             return len(b.frame) >= n
@@ -131,7 +132,7 @@ async def test_two_widgets_share_a_series_the_last_to_leave_releases_it(redis_ur
         b.close()
 
         async def released() -> bool:
-            return int(await redis.hget(streams.SUBSCRIPTIONS, MEMBER) or 0) == 0
+            return MEMBER not in await subscribers(redis)
         await _until(released, 10, "the series released after the last widget left")
         assert not manager.tasks
     finally:

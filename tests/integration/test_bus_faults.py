@@ -188,3 +188,49 @@ async def test_a_redis_outage_gives_one_warning_and_one_recovery_line_per_servic
     others = [r for r in records if r.getMessage().split(":")[0] not in ("candle_builder", "notifier")
               or r.levelno >= logging.ERROR or r.exc_info]
     assert not others, [(r.name, r.getMessage()) for r in others]
+
+
+HOLDER = textwrap.dedent("""
+    import asyncio, sys
+    from shared.runtime import connect
+    from shared.subscriptions import HeldSeries
+
+    async def main():
+        held = HeldSeries(connect(sys.argv[1]), kind="client", ttl_ms=600)
+        await held.hold([("kraken", "BTC/USD", "1h")])
+        print("held", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+""")
+
+
+async def test_held_series_count_views_in_memory_and_a_killed_holder_leaves_nothing(redis, redis_url):
+    """Two views of one series hold it once; the last release withdraws it at once; a SIGKILLed holder's series
+    vanish within the TTL and the grace period, while a live holder keeps its own."""
+    from shared.subscriptions import HeldSeries
+
+    btc, eth, kraken = ("binance", "BTC/USDT", "1m"), ("binance", "ETH/USDT", "5m"), ("kraken", "BTC/USD", "1h")
+    views = HeldSeries(redis, kind="api", ttl_ms=600)
+    subs = Subscriptions(redis, ttl_ms=600)  # the reader's grace period after a set expired: its TTL
+    await views.hold([btc])
+    await views.hold([btc, eth])
+    await views.release([btc])
+    assert await subs.read_all() == {btc: 0, eth: 0}  # one view still watches btc
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, redis_url], cwd=REPO, stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        await asyncio.sleep(1.2)  # two TTLs: each holder's refresh keeps its series
+        assert await subs.read_all() == {btc: 0, eth: 0, kraken: 0}
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        for _ in range(50):  # gone within the TTL and the reader's grace period (0.6 s each)
+            if kraken not in await subs.read_all():
+                break
+            await asyncio.sleep(0.1)
+        assert await subs.read_all() == {btc: 0, eth: 0}
+    finally:
+        proc.kill()
+    await views.release([btc, eth])
+    assert await subs.read_all() == {} and await redis.smembers(streams.SUBSCRIBERS) == set()

@@ -49,6 +49,8 @@ def test_demo_default_runs_the_live_path_through_ccxt_pro(tmp_path):
                             env=_env(COLUMNS="120"), capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ccxt.pro" in result.stdout
+    # the finite market's end is no news: no reconnect warnings after the last trade
+    assert "reconnecting" not in result.stdout + result.stderr, (result.stdout + result.stderr)[-2000:]
     rows = re.findall(r"binance\s+│\s+(BTC/USDT|ETH/USDT)\s+│\s+1m\s+│\s+(\d+)", result.stdout)
     assert {sym for sym, _ in rows} == {"BTC/USDT", "ETH/USDT"}
     assert all(12 <= int(n) <= 13 for _, n in rows), rows  # 12 simulated minutes, not aligned to the minute

@@ -39,8 +39,10 @@ def _cli_commands() -> set[str]:
 
 def test_compose_services_match_the_cli():
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    services = compose["services"]
+    services = {name: svc for name, svc in compose["services"].items() if not svc.get("profiles")}
     assert set(services) == {"redis", "market_feed", "candle_builder", "alert_engine", "notifier", "api"}
+    optional = {name for name, svc in compose["services"].items() if svc.get("profiles")}
+    assert optional == {"prometheus", "grafana"}  # --profile monitoring (monitoring/, README: Operations)
     redis = services["redis"]
     assert "--appendonly" in redis["command"] and redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
     assert "healthcheck" in redis and redis["restart"]

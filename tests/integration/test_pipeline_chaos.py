@@ -5,7 +5,7 @@ alert_engine and notifier run as separate processes on three real recordings. Ea
 random points, redis-server is SIGKILLed twice while the live feed runs (restarted from its AOF) and is down 3 s once,
 the exchange drops its connections twice, and malformed entries go into every stream kind. Then every closed candle
 must equal pandas, the alerts at a webhook receiver honouring Idempotency-Key and in the JSONL file must equal a clean
-`sentinel backtest` (ids and values; xfail: the engine can miss alerts after a restart), the notifier must have
+`sentinel backtest` (ids and values), the notifier must have
 delivered every alert the engine published exactly once, and every trade id must be in the trades streams exactly
 once. Finally the run is sabotaged (a delivered alert re-published with its notifier records deleted, a delivered
 line deleted, a trades entry written twice) and the same comparison must report exactly that.
@@ -72,10 +72,6 @@ def test_trades_candles_and_deliveries_are_exact(chaos):
     assert chaos["injected"]["accepted"] == [] and chaos["alerts"]["injected_delivered"] == [], chaos["injected"]
 
 
-@pytest.mark.xfail(reason="alert_engine defects this harness found (intermittent): after a SIGKILL while handling a "
-                          "large batch of candles it never fires some of them (133 XRP/ETH alerts, every candle right); "
-                          "a cooldown (s1_volume, 10 s) let a second alert through 6 s after the first after a restart",
-                   strict=False)
 @pytest.mark.timeout(300)
 def test_delivered_alerts_equal_a_clean_backtest(chaos):
     totals = chaos["totals"]

@@ -6,6 +6,7 @@ import { AlertLog } from './alerts.js';
 import { Chart } from './chart.js';
 import { RuleForm } from './form.js';
 import { RulesTable } from './rules.js';
+import { StatusStrip } from './status.js';
 import { $, api, auth, el, errorLines, json, param, ruleMatches } from './util.js';
 
 const state = {
@@ -216,4 +217,9 @@ async function start() {
 // ?refresh=SECONDS (0 = only after changes and alerts) sets how often the rules table is re-read
 const refreshSeconds = Number(param('refresh') ?? 5);
 if (refreshSeconds > 0) setInterval(() => rules.refresh(), refreshSeconds * 1000);
+// ?status=SECONDS (0 = off) sets how often the status strip re-reads GET /status
+const strip = new StatusStrip();
+state.statusStrip = strip;
+const statusSeconds = Number(param('status') ?? 5);
+if (statusSeconds > 0) { strip.refresh(); setInterval(() => strip.refresh(), statusSeconds * 1000); }
 start();

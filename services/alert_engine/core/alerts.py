@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from services.alert_engine.core.firing import Verdict, cooldown_of
 from shared.rules import CVD, PLACEHOLDERS, Rule, describe
+from shared.fmt import plain, readable
 from shared.schemas import Alert, Candle
 
 SeriesKey = tuple[str, str, str]
@@ -98,13 +99,13 @@ class AlertMaker:
         gives the ``cvd`` field when the template names it."""
         fields: dict[str, Any] = self.static.copy()
         for name, get in self.bar_fields:
-            fields[name] = get(candle)
+            fields[name] = readable(get(candle))
         if self.with_value:
             fields["value"] = _fmt(value)
         if self.with_state:
             fields["state"] = state
         if self.with_cvd:
-            fields["cvd"] = view.value(_CVD_1D)
+            fields["cvd"] = readable(view.value(_CVD_1D))
         if self.with_time:
             fields["time"] = _time(now)
         if isinstance(value, float):
@@ -118,25 +119,27 @@ class AlertMaker:
                  else Alert(**kwargs))
         return Fire(alert, self.fingerprint, 0 if state == "resolved" else self.cooldown, now)
 
-    def tick(self, bar: int, ts: int, price: Decimal | None, value: Any, view: Readable, extra: str) -> Fire:
-        """The alert of a trade or ticker at exchange time ``ts`` in bar ``bar`` (``extra`` "": the bar's own id)."""
+    def tick(self, bar: int, ts: int, price: Decimal | None, value: Any, view: Readable, extra: str,
+             state: Verdict = "firing") -> Fire:
+        """The alert of a trade, ticker, book or futures update at exchange time ``ts`` in bar ``bar`` (``extra`` "":
+        the bar's own id)."""
         rule = self.rule
         ex, sym, tf = self.key
         fields: dict[str, Any] = {
             "rule": rule.name, "exchange": ex, "symbol": sym, "timeframe": tf, "condition": self.condition,
-            "severity": rule.severity, "price": price, "value": _fmt(value), "open": "n/a", "high": "n/a",
-            "low": "n/a", "close": price, "volume": "n/a", "buy_volume": "n/a", "sell_volume": "n/a", "delta": "n/a",
-            "ts": ts, "time": _time(ts), "state": "firing",
+            "severity": rule.severity, "price": readable(price), "value": _fmt(value), "open": "n/a", "high": "n/a",
+            "low": "n/a", "close": readable(price), "volume": "n/a", "buy_volume": "n/a", "sell_volume": "n/a", "delta": "n/a",
+            "ts": ts, "time": _time(ts), "state": state,
         }
         if "cvd" in self.need:
-            fields["cvd"] = view.value(_CVD_1D)
+            fields["cvd"] = readable(view.value(_CVD_1D))
         alert = Alert(
-            id=self._id(bar, "firing", extra), rule=rule.name, exchange=ex, symbol=sym, timeframe=tf, ts=ts,
+            id=self._id(bar, str(state), extra), rule=rule.name, exchange=ex, symbol=sym, timeframe=tf, ts=ts,
             fired_at=ts, price=price, value=Decimal(repr(value)) if isinstance(value, float) else value,
             condition=self.condition, message=rule.message.format_map(fields), severity=rule.severity,
-            labels=dict(self.labels), channels=list(self.channels), state="firing",
+            labels=dict(self.labels), channels=list(self.channels), state=state,
         )
-        return Fire(alert, self.fingerprint, self.cooldown, ts)
+        return Fire(alert, self.fingerprint, 0 if state == "resolved" else self.cooldown, ts)
 
 
 def _time(ms: int) -> str:
@@ -159,4 +162,6 @@ def _fmt(value: Any) -> str:
         return "n/a"
     if isinstance(value, float):
         return f"{value:.8g}"
+    if isinstance(value, Decimal):
+        return plain(value)
     return str(value)

@@ -71,6 +71,14 @@ def getter(operand: Any) -> Getter:
     sequences itself (the hot path of every evaluation)."""
     if isinstance(operand, Decimal):
         return lambda view, offset: operand
+    if r.feed_kind(operand):
+        feed_operand = operand
+
+        def feed(view: View, offset: int) -> Any:
+            feeds = view.feeds
+            return None if feeds is None else feeds.value(feed_operand, offset)
+
+        return feed
     if isinstance(operand, r.IndicatorSpec):
         n, spec = indicators.number(operand), operand
 
@@ -120,7 +128,7 @@ def pair_getter(operand: Any) -> Pair:
             return (out[-1 - i] if i < have else None, out[-2 - i] if i + 1 < have else None)  # type: ignore[index]
 
         return indicator
-    if operand in r.TICKER_FIELDS:
+    if operand in r.TICKER_FIELDS or r.feed_kind(operand):
         one = getter(operand)
         return lambda view: (one(view, 0), one(view, 1))
     of = CANDLE_FIELDS[operand]

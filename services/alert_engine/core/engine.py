@@ -19,6 +19,11 @@ publishes it.
   the trade's (ticker's) time and price; ``once_per_bar`` shares its id with the bar's close, so a bar alerts once.
 - Another series (a condition's ``timeframe``/``symbol``) and the ticker of a closed bar are read as of the bar's
   close: the last candle of that series closed by then, the last ticker at or before it — never later data.
+- Book and futures updates (``on_feed``: BookSnapshot, FundingRate, OpenInterest, Liquidation): a rule reading book
+  or futures operands runs on each update of the kinds it reads, and only there; each update is an evaluation with
+  state, as a closed bar is (``for:`` in exchange time, resolve). ``every_time`` alerts on each update that holds;
+  the other frequencies at most once per bar of the rule's timeframe (``once``: once ever, by its cooldown). Its
+  candle operands read the last closed bar.
 """
 
 from __future__ import annotations
@@ -32,10 +37,12 @@ from services.alert_engine.core.firing import RuleStatus
 from services.alert_engine.core.market import Market
 from services.alert_engine.core.routes import Binding, Routes
 from services.alert_engine.core.waiting import Waits
-from services.alert_engine.core.window import CandleWindow, SeriesKey, TickView, WindowAsOf
+from services.alert_engine.core.window import CandleWindow, FeedView, SeriesKey, TickView, WindowAsOf
 from shared.rules import RuleSet
-from shared.schemas import Candle, Ticker, Trade
+from shared.schemas import BookSnapshot, Candle, FundingRate, Liquidation, OpenInterest, Ticker, Trade
 from shared.timeframes import bucket_start, timeframe_ms
+
+FeedUpdate = BookSnapshot | FundingRate | OpenInterest | Liquidation
 
 
 class AlertEngine:
@@ -53,6 +60,7 @@ class AlertEngine:
         self.waits = Waits(self.market)
         self.routes = Routes([], keep, self.windows)
         self._out: list[Fire] = []  # fires of the evaluation in progress
+        self.evaluations = 0  # rule evaluations on closed bars not yet taken (``take_evaluations``)
         self.set_rules(ruleset or RuleSet())
 
     @property
@@ -62,6 +70,7 @@ class AlertEngine:
     def set_rules(self, ruleset: RuleSet) -> None:
         """Swap the rule set; windows (and their indicators) are kept, the state of removed rules dropped."""
         self.routes = routes = Routes(ruleset.enabled, self.keep, self.windows)
+        self.market.set_feed_horizon(routes.feed_horizon_ms)
         self.status = {fp: s for fp, s in self.status.items() if s.rule in routes.by_name}
 
         def rebind(name: str, key: SeriesKey) -> Binding | None:
@@ -69,6 +78,18 @@ class AlertEngine:
             return None if rule is None else routes.binding(rule, key)
 
         self.waits.keep_rules(rebind)
+
+    def reset(self) -> None:
+        """Forget everything read (windows, tickers, rule status, bars waiting), keeping the rules and each series'
+        window size: the state of a freshly started engine, to be warmed up again from what was committed."""
+        sizes = {key: w.keep for key, w in self.windows.items()}
+        self.market = Market(self.keep)
+        self.windows = self.market.windows
+        self.status = {}
+        self.waits = Waits(self.market)
+        self.routes = Routes(self.routes.rules, self.keep, self.windows)
+        for key, bars in sizes.items():
+            self.reserve(key, bars)
 
     def reserve(self, key: SeriesKey, bars: int) -> None:
         """Keep at least ``bars`` closed candles of series ``key`` (a rule's look-back beyond ``keep``)."""
@@ -107,6 +128,11 @@ class AlertEngine:
                 if fire:
                     out += fired
         return out
+
+    def take_evaluations(self) -> int:
+        """Rule evaluations on closed bars since the last call (for the metrics)."""
+        n, self.evaluations = self.evaluations, 0
+        return n
 
     def on_candle(self, candle: Candle, *, fire: bool = True) -> list[Fire]:
         """A closed (or revised) candle. ``fire=False`` warms state up without producing alerts; so does a candle
@@ -188,6 +214,45 @@ class AlertEngine:
             market.last_prices[pair] = prev
         return out if fire else []
 
+    def on_feed(self, update: FeedUpdate, *, fire: bool = True) -> list[Fire]:
+        """A book snapshot or futures reading of one pair: kept, and evaluated by the rules reading its kind."""
+        feeds = self.market.pair_feeds((update.exchange, update.symbol))
+        if isinstance(update, BookSnapshot):
+            kind, added, extra = "book", feeds.add_book(update), f"book:{update.ts}:{update.update_id}"
+        elif isinstance(update, FundingRate):
+            kind, added, extra = "funding", feeds.add_funding(update), f"funding:{update.ts}"
+        elif isinstance(update, OpenInterest):
+            kind, added, extra = "open_interest", feeds.add_open_interest(update), f"oi:{update.ts}"
+        else:
+            kind, added = "liquidations", feeds.add_liquidation(update)
+            extra = f"liq:{update.ts}:{update.side}:{update.price}:{update.amount}"
+        if not added:
+            return []
+        bindings = self.routes.feed(update.exchange, update.symbol, kind)
+        if not bindings:
+            return []
+        self._rewarm_if_stale()  # candle operands read the last closed bar's indicators
+        now, price = update.ts, feeds.price(kind)
+        out: list[Fire] = []
+        for b in bindings:
+            view = FeedView(self.market.window(b.key), feeds)
+            rule, st = b.rule, self._status(b)
+            holds, value = b.evaluate(view, now)
+            if not holds and st.state == "inactive":
+                st.last_eval_ms, st.last_value = now, value
+                continue
+            verdict = firing.on_closed_bar(rule, st, holds, value, now, self.clock, False)
+            if verdict is None:
+                continue
+            bar = bucket_start(now, view.tf_ms)
+            tag = extra
+            if verdict == "firing" and rule.frequency != "every_time":
+                if st.tick_bar == bar:
+                    continue  # one alert per bar
+                st.tick_bar, tag = bar, ""
+            out.append(b.maker.tick(bar, now, price, value, view, tag, verdict))
+        return out if fire else []
+
     # ---- backfilled history -----------------------------------------------------------------------------------------
 
     @property
@@ -238,7 +303,9 @@ class AlertEngine:
         now = candle.ts + w.tf_ms
         out: list[Fire] = []
         waits, clock, on_closed_bar = self.waits, self.clock, firing.on_closed_bar
-        for b in self.routes.closed(w.key):
+        bindings = self.routes.closed(w.key)
+        self.evaluations += len(bindings)
+        for b in bindings:
             if b.reads_others and waits.must_wait(b, now):
                 waits.add(b, candle, now, None if clock is None else clock())
                 continue

@@ -1,4 +1,5 @@
-"""What the engine has read of the market: every series' window, every pair's tickers and last trade price.
+"""What the engine has read of the market: every series' window, every pair's tickers and last trade price, and
+every pair's book and futures state (``feeds.PairFeeds``).
 
 Tickers are kept as a short log per pair so a closed bar gets the ticker as of its close (the last one at or before
 it), whatever order the streams were read in. Backfilled candles (older than a window's last bar, which candle_builder
@@ -12,6 +13,7 @@ from collections import deque
 from collections.abc import Iterable
 from decimal import Decimal
 
+from services.alert_engine.core.feeds import PairFeeds
 from services.alert_engine.core.window import CandleWindow, SeriesKey
 from shared.schemas import Candle, Ticker
 from shared.timeframes import bucket_start
@@ -31,6 +33,20 @@ class Market:
         self.ticker_logs: dict[Pair, deque[Ticker]] = {}
         self.last_prices: dict[Pair, Decimal] = {}  # the last trade price per pair
         self.stale: set[SeriesKey] = set()  # windows holding backfilled candles not merged yet
+        self.feeds: dict[Pair, PairFeeds] = {}
+        self.feed_horizon_ms = 0  # the longest window of the rules' open-interest and liquidation operands
+
+    def pair_feeds(self, pair: Pair) -> PairFeeds:
+        """The book and futures state of ``pair`` (made empty on first use)."""
+        f = self.feeds.get(pair)
+        if f is None:
+            f = self.feeds[pair] = PairFeeds(self.feed_horizon_ms)
+        return f
+
+    def set_feed_horizon(self, ms: int) -> None:
+        self.feed_horizon_ms = ms
+        for f in self.feeds.values():
+            f.horizon_ms = ms
 
     def window(self, key: SeriesKey) -> CandleWindow:
         """The window of series ``key`` (made empty on first use)."""

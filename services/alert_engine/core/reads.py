@@ -37,6 +37,22 @@ def wheres(cond: Any) -> list[tuple[str | None, str | None]]:
     return [(leaf.timeframe, leaf.symbol) for leaf in leaves(cond)]
 
 
+def feed_kinds(cond: Any) -> frozenset[str]:
+    """The book / futures updates (``book``, ``funding``, ``open_interest``, ``liquidations``) whose operands ``cond``
+    reads: a rule reading any is evaluated on those updates of its pair, not on candles."""
+    return frozenset(k for o in operands(cond) if (k := r.feed_kind(o)) is not None)
+
+
+def reads_candles(cond: Any) -> bool:
+    """Some operand is a candle or ticker field or an indicator (not a number, nor a book / futures operand)."""
+    return any(not isinstance(o, Decimal) and r.feed_kind(o) is None for o in operands(cond))
+
+
+def feed_horizon_ms(cond: Any) -> int:
+    """The longest window of ``cond``'s open-interest and liquidation operands (0: none)."""
+    return max([o.window for o in operands(cond) if isinstance(o, (r.OpenInterestChange, r.Liquidations))] or [0])
+
+
 def uses_tickers(cond: Any) -> bool:
     return any(isinstance(o, str) and o in r.TICKER_FIELDS for o in operands(cond))
 

@@ -1,5 +1,6 @@
 """Which rules run where: per series the rules evaluated on its closed bars, its in-progress candles, its pair's
-trades and tickers, and what each of them reads (other series, tickers, look-back). Worked out once per rule set and
+trades and tickers, its pair's book and futures updates (the rules reading book / futures operands, and only
+there), and what each of them reads (other series, tickers, look-back). Worked out once per rule set and
 series, so an evaluation only looks things up."""
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ class Routes:
         self._closed: dict[SeriesKey, list[Binding]] = {}
         self._live: dict[SeriesKey, list[Binding]] = {}
         self._ticks: dict[tuple[str, str, TickKind], list[Binding]] = {}
+        self._feeds: dict[tuple[str, str, str], list[Binding]] = {}
+        self._feed_kinds = {rule.name: reads.feed_kinds(rule.condition) for rule in rules}
+        #: the longest window of the book / futures operands (what each pair's ``PairFeeds`` keeps)
+        self.feed_horizon_ms = max([reads.feed_horizon_ms(rule.condition) for rule in rules] or [0])
         self._bindings: dict[tuple[str, SeriesKey], Binding] = {}
 
     def binding(self, rule: Rule, key: SeriesKey) -> Binding:
@@ -74,7 +79,8 @@ class Routes:
         got = self._closed.get(key)
         if got is None:
             got = self._closed[key] = [self.binding(rule, key) for rule in self.rules
-                                       if rule.timeframe == key[2] and rule.matches(key[0], key[1])]
+                                       if rule.timeframe == key[2] and rule.matches(key[0], key[1])
+                                       and not self._feed_kinds[rule.name]]
         return got
 
     def live(self, key: SeriesKey) -> list[Binding]:
@@ -93,8 +99,22 @@ class Routes:
         if got is None:
             wants = reads.reads_price if kind == "trade" else reads.uses_tickers
             got = self._ticks[tkey] = [self.binding(rule, (exchange, symbol, rule.timeframe)) for rule in self.rules
-                                       if _on_ticks(rule) and rule.matches(exchange, symbol) and wants(rule.condition)]
+                                       if _on_ticks(rule) and rule.matches(exchange, symbol) and wants(rule.condition)
+                                       and not self._feed_kinds[rule.name]]
         return got
+
+    def feed(self, exchange: str, symbol: str, kind: str) -> list[Binding]:
+        """The rules evaluated on each book / futures update of ``kind`` of the pair (those reading its operands)."""
+        fkey = (exchange, symbol, kind)
+        got = self._feeds.get(fkey)
+        if got is None:
+            got = self._feeds[fkey] = [self.binding(rule, (exchange, symbol, rule.timeframe)) for rule in self.rules
+                                       if kind in self._feed_kinds[rule.name] and rule.matches(exchange, symbol)]
+        return got
+
+    def needs_feeds(self, exchange: str, symbol: str) -> set[str]:
+        """The book / futures updates of (exchange, symbol) some rule reads."""
+        return {kind for rule in self.rules if rule.matches(exchange, symbol) for kind in self._feed_kinds[rule.name]}
 
     # ---- what the app subscribes to ---------------------------------------------------------------------------------
 
@@ -105,6 +125,8 @@ class Routes:
             if rule.exchange is not None and rule.exchange != exchange:
                 continue
             places = reads.wheres(rule.condition)
+            if self._feed_kinds[rule.name] and not reads.reads_candles(rule.condition):
+                continue  # book / futures operands and numbers only: no candles
             if rule.matches(exchange, symbol):
                 out.add(rule.timeframe)
                 out.update(tf for tf, sym in places if sym is None and tf)

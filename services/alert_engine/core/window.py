@@ -17,6 +17,7 @@ from operator import attrgetter
 from typing import Any, ClassVar, Protocol
 
 from services.alert_engine.core import indicators
+from services.alert_engine.core.feeds import PairFeeds
 from shared import rules as r
 from shared.rules import TICKER_FIELDS, IndicatorSpec
 from shared.schemas import Candle, Ticker
@@ -83,6 +84,9 @@ class View(Protocol):
     @property
     def outs(self) -> Outs: ...
 
+    @property
+    def feeds(self) -> PairFeeds | None: ...  # the pair's book / futures state (a book or futures update's view)
+
 
 class Outs(Protocol):
     def get(self, n: int) -> Sequence[Any] | None: ...
@@ -92,6 +96,7 @@ class CandleWindow:
     """The closed candles kept of one series (oldest first), the ticker as of each bar, and its indicators."""
 
     shift: ClassVar[int] = 0
+    feeds: ClassVar[PairFeeds | None] = None
 
     def __init__(self, key: SeriesKey, keep: int = 600) -> None:
         self.key = key
@@ -245,6 +250,7 @@ class WindowAsOf:
     """A window seen ``shift`` bars back (as of an earlier close)."""
 
     __slots__ = ("window", "shift", "key", "tf_ms", "candles", "tickers", "outs")
+    feeds = None
 
     def __init__(self, window: CandleWindow, shift: int) -> None:
         self.window, self.shift, self.key, self.tf_ms = window, shift, window.key, window.tf_ms
@@ -286,6 +292,7 @@ class TickView:
 
     __slots__ = ("window", "key", "tf_ms", "candles", "tickers", "outs")
     shift = 0
+    feeds = None
 
     def __init__(self, window: CandleWindow, price: Decimal | None, prev_price: Decimal | None, ticker: Ticker | None,
                  prev_ticker: Ticker | None) -> None:
@@ -295,10 +302,27 @@ class TickView:
         self.outs = _Held(window.outs)
 
 
+class FeedView:
+    """A window at one book or futures update of its pair: book and futures operands read ``feeds`` (one step back:
+    the previous update of the same kind); candle fields, tickers and indicators the window's last closed bar."""
+
+    __slots__ = ("window", "key", "tf_ms", "candles", "tickers", "outs", "feeds")
+    shift = 0
+
+    def __init__(self, window: CandleWindow, feeds: PairFeeds) -> None:
+        self.window, self.key, self.tf_ms, self.feeds = window, window.key, window.tf_ms, feeds
+        self.candles, self.tickers, self.outs = window.candles, window.tickers, window.outs
+
+    def value(self, operand: Any, offset: int = 0) -> Any:
+        return read(self, operand, offset)
+
+
 def read(view: View, operand: Any, offset: int = 0) -> Any:
     """``operand``'s value in ``view``, ``offset`` bars back (the slow, general read; conditions compile theirs)."""
     if isinstance(operand, Decimal):
         return operand
+    if r.feed_kind(operand):
+        return view.feeds.value(operand, offset) if view.feeds is not None else None
     i = offset + view.shift
     if isinstance(operand, IndicatorSpec):
         n = indicators.number(operand)

@@ -32,7 +32,7 @@ from services.market_feed.adapters.ccxt_exchange import load_markets, make_excha
 from services.market_feed.book_core import BookView, PairBook, exact_levels
 from services.market_feed.book_settings import BookFeedSettings
 from services.market_feed.settings import ExchangeFeed
-from shared import streams
+from shared import metrics, streams
 from shared.bus import Bus, backoff_delay
 from shared.orderbook.walls import WallTracker
 from shared.runtime import tasks_until_done
@@ -127,6 +127,7 @@ class BookFeed:
                 attempt += 1
                 if isinstance(exc, TimeoutError):
                     health.timeouts += 1
+                    metrics.FEEDS_SILENT.labels(self.settings.exchange, "book").inc()
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(self.exchange.un_watch_order_book(symbol), 5)
                 else:

@@ -30,6 +30,7 @@ from services.market_feed.publisher import Outbox, RedisRetry, read_last_ids, re
 from services.market_feed.settings import ExchangeFeed, Settings
 from services.market_feed.stream_health import StreamHealth, stream_timeout
 from shared import streams
+from shared import metrics
 from shared.bus import Bus
 from shared.errors import ExchangeError, UnknownSymbolError
 from shared.ownership import FencedError, Ownership
@@ -258,6 +259,7 @@ class LiveFeed:
                 health.errors += 1
                 if isinstance(exc, TimeoutError):
                     health.timeouts += 1
+                    metrics.FEEDS_SILENT.labels(exchange_id, "ticker").inc()
                     health.silent_streak += 1
                 logger.warning("%s %s ticker: %s: %s", exchange_id, symbol, type(exc).__name__, exc)
                 await sleep_or_stop(stop, backoff(self.settings, attempt, exc))

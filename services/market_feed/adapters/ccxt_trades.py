@@ -38,6 +38,7 @@ from services.market_feed.core import FeedCore
 from services.market_feed.publisher import Outbox, RedisRetry, read_last_ts
 from services.market_feed.settings import Settings
 from services.market_feed.stream_health import StreamHealth, stream_timeout
+from shared import metrics
 from shared.bus import Bus
 from shared.ownership import FencedError, Ownership
 from shared.schemas import GapMarker, Trade
@@ -113,6 +114,7 @@ class TradeStream:
         if client is not self._client:
             if self._client is not None:  # ccxt reconnected by itself after a server close
                 self.health.reconnects += 1
+                metrics.RECONNECTS.labels(self.exchange_id).inc()
                 self.need_backfill = True
             self._client = client
         await self.ingest([to_trade(t) for t in raw])
@@ -120,6 +122,7 @@ class TradeStream:
     async def on_silence(self) -> None:
         """Silent past its timeout: count it, close its socket, and fetch by REST what the silence hid."""
         self.health.timeouts += 1
+        metrics.FEEDS_SILENT.labels(self.exchange_id, "trades").inc()
         gap = self.health.mean_gap_s
         usual = f" (a frame every {gap:.3g}s before)" if gap is not None else ""
         logger.warning("%s %s: no trades for %.1fs%s; reconnecting", self.exchange_id, self.symbol,
@@ -132,6 +135,7 @@ class TradeStream:
 
     def on_network_error(self) -> None:
         self.health.reconnects += 1
+        metrics.RECONNECTS.labels(self.exchange_id).inc()
         self._client = None  # counted here; the new connection is not counted again
         self.need_backfill = True
 
@@ -189,6 +193,7 @@ class TradeStream:
 
     async def _reconnect(self) -> None:
         self.health.reconnects += 1
+        metrics.RECONNECTS.labels(self.exchange_id).inc()
         await _reconnect_quietly(self)
 
     async def publish(self, trades: list[Trade], backfill: bool = False) -> None:
@@ -204,6 +209,7 @@ class TradeStream:
         self.health.trades += accepted
         if backfill:
             self.health.backfilled += accepted
+            metrics.TRADES_BACKFILLED.labels(self.exchange_id, metrics.symbol_label(self.symbol)).inc(accepted)
         if trades:
             self.last_ts = max(self.last_ts or 0, trades[-1].ts)
         await self.flush()
@@ -211,6 +217,7 @@ class TradeStream:
     async def _gap(self, start: int, end: int, reason: str) -> None:
         logger.warning("%s %s: gap %d..%d (%s)", self.exchange_id, self.symbol, start, end, reason)
         self.health.gaps += 1
+        metrics.GAPS.labels(self.exchange_id, metrics.symbol_label(self.symbol)).inc()
         self.outbox.add(GapMarker(self.exchange_id, self.symbol, start, end, reason))
         await self.flush()
 

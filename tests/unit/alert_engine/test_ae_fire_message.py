@@ -54,3 +54,20 @@ def test_hot_path_alerts_equal_validated_ones_and_their_fields_are_right():
         assert Decimal(d) == delta and Decimal(v) == cvd and cond == a.condition
         assert a.labels == {"team": "a"} and a.channels == ["ops"]
         assert plain.message == f"plain: BTC/USDT 1m {plain.condition} (close {c})"
+
+
+def test_prices_in_messages_read_without_trailing_zeros():
+    """Exchanges send prices padded to their tick (``3156.10000000``): a message reads ``3156.1``, as the summaries
+    do; the alert's own fields keep the exact value."""
+    eng = AlertEngine(parse_rules("""rules:
+  - {name: pad, symbols: [ETH/USDT], frequency: every_time, condition: {op: above, right: 0},
+     message: "{close}|{value}|{volume}|{price}|{low}"}
+""", "t.yaml"))
+    padded = Decimal("3156.10000000")
+    c = Candle(exchange="x", symbol="ETH/USDT", timeframe="1m", ts=T0, open=padded, high=Decimal("3157.00000000"),
+               low=Decimal("3150.00000000"), close=padded, volume=Decimal("12.50000"), buy_volume=Decimal("2.50000"),
+               sell_volume=Decimal("10.00000"), closed=True, trades=3, last_trade_id=3)
+    [fire] = eng.on_candle(c)
+    assert fire.alert.message == "3156.1|3156.1|12.5|3156.1|3150"
+    assert str(fire.alert.price) == "3156.10000000" and type(fire.alert.price) is Decimal
+    assert type(fire.alert.value) is Decimal

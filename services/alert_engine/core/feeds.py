@@ -1,0 +1,221 @@
+"""Order-book and futures state of one pair, and the values of the book / futures operands (docs/rules.md).
+
+``PairFeeds`` keeps what the operands read: the last two book snapshots (a crossing compares with the previous one),
+the last two funding readings, and the open interest readings and liquidations of the longest window a rule asks for
+(plus the reading just before it). ``value(operand, offset)`` is the operand at the pair's latest update (``offset``
+0) or the update of the same kind before it (1). Every value is an exact ``Decimal`` (None where it is unknown).
+
+Book figures come from the snapshot market_feed published (``BookSnapshot``): a band whose width the feed publishes
+(``books.bands_bps``) is computed over the whole local book; another width is computed here from the snapshot's top
+levels, and is unknown (None) when those levels do not reach the band's edge (or it passes the snapshot's
+``bid_floor`` / ``ask_ceiling``). A band the snapshot marks incomplete
+(past the part of the book known level by level) is unknown too: its depth would only be a lower bound.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from decimal import Decimal, localcontext
+from typing import Any
+
+from shared import rules as r
+from shared.orderbook.book import L2Book
+from shared.orderbook.metrics import EXACT, QUOTIENTS, book_metrics
+from shared.schemas import BookBand, BookSnapshot, FundingRate, Liquidation, OpenInterest
+
+_ZERO = Decimal(0)
+_HUNDRED = Decimal(100)
+_BPS = Decimal(10_000)
+
+
+class PairFeeds:
+    """What the book and futures operands of one pair read. ``horizon_ms``: the longest window kept."""
+
+    __slots__ = ("books", "funding", "open_interest", "liquidations", "horizon_ms", "_bands")
+
+    def __init__(self, horizon_ms: int = 0) -> None:
+        self.books: deque[BookSnapshot] = deque(maxlen=2)
+        self.funding: deque[FundingRate] = deque(maxlen=2)
+        self.open_interest: deque[OpenInterest] = deque()
+        self.liquidations: deque[Liquidation] = deque()
+        self.horizon_ms = horizon_ms
+        self._bands: dict[tuple[int, Decimal], BookBand | None] = {}  # (id of snapshot, bps) -> band, computed once
+
+    # ---- input (each returns False for an update older than the last one of its kind: ignored) ---------------------
+
+    def add_book(self, snap: BookSnapshot) -> bool:
+        if self.books and snap.ts < self.books[-1].ts:
+            return False
+        if len(self.books) == 2:
+            old = id(self.books[0])
+            self._bands = {k: v for k, v in self._bands.items() if k[0] != old}
+        self.books.append(snap)
+        return True
+
+    def add_funding(self, f: FundingRate) -> bool:
+        if self.funding and f.ts < self.funding[-1].ts:
+            return False
+        self.funding.append(f)
+        return True
+
+    def add_open_interest(self, oi: OpenInterest) -> bool:
+        log = self.open_interest
+        if log and oi.ts < log[-1].ts:
+            return False
+        log.append(oi)
+        # keep, for the latest reading and the one before it (offset 1), the readings of the horizon and the last one
+        # at or before its start (the "window ago" reading)
+        start = log[-2].ts - self.horizon_ms if len(log) > 1 else oi.ts
+        while len(log) > 3 and log[1].ts <= start:
+            log.popleft()
+        return True
+
+    def add_liquidation(self, liq: Liquidation) -> bool:
+        log = self.liquidations
+        if log and liq.ts < log[-1].ts:
+            return False
+        log.append(liq)
+        start = log[-2].ts - self.horizon_ms if len(log) > 1 else liq.ts  # (offset 1 reads from the one before)
+        while len(log) > 2 and log[0].ts <= start:
+            log.popleft()
+        return True
+
+    # ---- values -----------------------------------------------------------------------------------------------------
+
+    def value(self, operand: Any, offset: int = 0) -> Decimal | None:
+        """``operand`` at the pair's latest update of its kind (``offset`` 1: the one before)."""
+        if isinstance(operand, str):
+            if operand in r.BOOK_FIELDS:
+                snap = _nth(self.books, offset)
+                return None if snap is None else _book_field(snap, operand)
+            if operand == "open_interest":
+                oi = _nth(self.open_interest, offset)
+                return None if oi is None else oi.amount
+            f = _nth(self.funding, offset)
+            return None if f is None else _funding_field(f, operand)
+        if isinstance(operand, r.OpenInterestChange):
+            return self._oi_change(operand, offset)
+        if isinstance(operand, r.Liquidations):
+            return self._liquidations(operand, offset)
+        snap = _nth(self.books, offset)
+        if snap is None:
+            return None
+        if isinstance(operand, r.WallEventSpec):
+            return sum((w.size for w in snap.walls if w.kind == operand.event
+                        and operand.side in ("any", w.side)), _ZERO)
+        band = self.band(snap, operand.bps)
+        if band is None:
+            return None
+        if isinstance(operand, r.Imbalance):
+            return band.imbalance
+        if isinstance(operand, r.DepthBid):
+            return band.bid_base if operand.unit == "base" else band.bid_quote
+        if isinstance(operand, r.DepthAsk):
+            return band.ask_base if operand.unit == "base" else band.ask_quote
+        if isinstance(operand, r.WallRatioBid):
+            return band.bid_wall_ratio
+        if isinstance(operand, r.WallRatioAsk):
+            return band.ask_wall_ratio
+        raise TypeError(f"not a book or futures operand: {operand!r}")
+
+    def band(self, snap: BookSnapshot, bps: Decimal) -> BookBand | None:
+        """The figures of the band of ``bps`` around the snapshot's mid (module docstring); None when unknown."""
+        key = (id(snap), bps)
+        if key in self._bands:
+            return self._bands[key]
+        band = next((b for b in snap.bands if b.bps == bps), None)
+        if band is None:
+            band = _band_from_levels(snap, bps)
+        elif not band.complete:
+            band = None
+        self._bands[key] = band
+        return band
+
+    def _oi_change(self, spec: r.OpenInterestChange, offset: int) -> Decimal | None:
+        log = self.open_interest
+        i = len(log) - 1 - offset
+        if i < 0:
+            return None
+        now = log[i]
+        start = now.ts - spec.window
+        then = next((log[j] for j in range(i - 1, -1, -1) if log[j].ts <= start), None)
+        if then is None:
+            return None
+        change = now.amount - then.amount
+        if spec.unit == "amount":
+            return change
+        return QUOTIENTS.divide(change * _HUNDRED, then.amount) if then.amount else None
+
+    def _liquidations(self, spec: r.Liquidations, offset: int) -> Decimal | None:
+        log = self.liquidations
+        i = len(log) - 1 - offset
+        if i < 0:
+            return _ZERO if offset == 0 else None
+        end = log[i].ts
+        chosen = [liq for j in range(i, -1, -1) if (liq := log[j]).ts > end - spec.window
+                  and spec.side in ("any", liq.side)]
+        if spec.measure == "count":
+            return Decimal(len(chosen))
+        with localcontext(EXACT):
+            if spec.measure == "volume":
+                return sum((liq.amount for liq in chosen), _ZERO)
+            return sum((liq.amount * liq.price for liq in chosen), _ZERO)
+
+    def price(self, kind: str) -> Decimal | None:
+        """The price an alert of an update of ``kind`` carries: the book's mid, the mark price, the liquidation's."""
+        if kind == "book":
+            snap = _nth(self.books, 0)
+            return snap.mid if snap is not None else None
+        if kind == "liquidations":
+            return self.liquidations[-1].price if self.liquidations else None
+        f = _nth(self.funding, 0)
+        return f.mark_price if f is not None else None
+
+
+def _nth(log: deque[Any], offset: int) -> Any:
+    return log[-1 - offset] if offset < len(log) else None
+
+
+def _book_field(snap: BookSnapshot, name: str) -> Decimal | None:
+    if name == "microprice":
+        return snap.microprice
+    if name == "book_mid":
+        return snap.mid
+    if name == "book_spread":
+        return snap.spread
+    return snap.spread_bps
+
+
+def _funding_field(f: FundingRate, name: str) -> Decimal | None:
+    if name == "funding_rate":
+        return f.funding_rate
+    if name == "mark_price":
+        return f.mark_price
+    if name == "index_price":
+        return f.index_price
+    if not f.index_price:  # basis_bps
+        return None
+    return QUOTIENTS.divide((f.mark_price - f.index_price) * _BPS, f.index_price)
+
+
+def _band_from_levels(snap: BookSnapshot, bps: Decimal) -> BookBand | None:
+    """A band the snapshot does not carry, from its top levels: None unless they reach past the band on both sides
+    (``book_metrics``' ``complete``, with the last level of each side as the edge of what is known)."""
+    if not snap.bids or not snap.asks:
+        return None
+    book = L2Book()
+    book.load(snap.bids, snap.asks)
+    floor, ceiling = snap.bids[-1][0], snap.asks[-1][0]
+    if snap.bid_floor is not None:
+        floor = max(floor, snap.bid_floor)
+    if snap.ask_ceiling is not None:
+        ceiling = min(ceiling, snap.ask_ceiling)
+    m = book_metrics(book, (bps,), bid_floor=floor, ask_ceiling=ceiling)
+    if m is None:
+        return None
+    b = m.bands[0]
+    if not b.complete:
+        return None
+    return BookBand(bps=b.bps, bid_base=b.bid_base, ask_base=b.ask_base, bid_quote=b.bid_quote,
+                    ask_quote=b.ask_quote, imbalance=b.imbalance, bid_levels=b.bid_levels, ask_levels=b.ask_levels,
+                    bid_wall_ratio=b.bid_wall_ratio, ask_wall_ratio=b.ask_wall_ratio)

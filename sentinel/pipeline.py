@@ -19,6 +19,8 @@ from redis.asyncio import Redis
 from shared import streams
 from shared.bus import Bus
 from shared.errors import SentinelError
+from shared.partitioned import caught_up
+from shared.partitions import DEFAULT_PARTITIONS
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +78,12 @@ class Pipeline:
 
 
 async def consumer_groups_idle(redis: Redis) -> bool:
-    """True when every consumer group of every sentinel stream has consumed and acked everything."""
+    """True when every consumer group of every sentinel stream has consumed and acked everything, and candle_builder
+    (no consumer group: an offset per partition) has processed every partition's trades."""
+    partitions = await redis.hget(streams.META, "partitions")
+    if not await caught_up(redis, int(partitions or DEFAULT_PARTITIONS), streams.GROUP_CANDLE_BUILDER,
+                           streams.part_trades):
+        return False
     bus = Bus(redis)
     keys = [k async for k in redis.scan_iter(match=f"{streams.PREFIX}:*", _type="STREAM", count=1000)]
     for key in keys:

@@ -212,7 +212,7 @@ async def request_history(redis: Redis, exchange: str, symbol: str, timeframe: s
     got: Any = await redis.blpop([streams.history_reply(request_id)], timeout=timeout)
     if got is None:
         raise TimeoutError(f"no history reply for {exchange} {symbol} {timeframe} within {timeout:g}s "
-                           f"(is market_feed running in live mode?)")
+                           f"(is a market_feed serving {exchange} in live mode?)")
     reply = decode_reply(got[1])
     if not reply.ok:
         raise ExchangeError(f"history {exchange} {symbol} {timeframe}: {reply.error}")

@@ -1,9 +1,10 @@
 """Every Redis key, stream, consumer group and pub/sub channel name sentinel uses. No key is built anywhere else.
 
-Streams (durable, consumer groups)::
+Streams (durable)::
 
-    sentinel:trades:{exchange}:{symbol}              TradeBatch / GapMarker / Watermark, written by market_feed
-    sentinel:tickers:{exchange}:{symbol}             Ticker
+    sentinel:{p<n>}:trades                           TradeBatch / GapMarker / Watermark of the pairs of partition n,
+                                                     written by market_feed (``part_trades``; docs/scale-out.md)
+    sentinel:{p<n>}:tickers                          Ticker (``part_tickers``)
     sentinel:candles:{exchange}:{symbol}:{tf}        closed (and revised) candles, written by candle_builder
     sentinel:candles_live:{exchange}:{symbol}:{tf}   in-progress candles, throttled, short
     sentinel:alerts                                  Alert, written by alert_engine, read by notifier
@@ -21,14 +22,6 @@ PREFIX = "sentinel"
 FIELD = b"d"
 
 # ---- streams -------------------------------------------------------------------------------------------------------
-
-
-def trades(exchange: str, symbol: str) -> str:
-    return f"{PREFIX}:trades:{exchange}:{symbol}"
-
-
-def tickers(exchange: str, symbol: str) -> str:
-    return f"{PREFIX}:tickers:{exchange}:{symbol}"
 
 
 def candles(exchange: str, symbol: str, timeframe: str) -> str:
@@ -76,16 +69,6 @@ GROUP_NOTIFIER = "notifier"
 # ---- keys ----------------------------------------------------------------------------------------------------------
 
 
-def builder_state(exchange: str, symbol: str) -> str:
-    """Hash: candle_builder's persisted state for one (exchange, symbol)."""
-    return f"{PREFIX}:state:candles:{exchange}:{symbol}"
-
-
-def feed_state(exchange: str, symbol: str) -> str:
-    """Hash: market_feed's last published trade id / time for one (exchange, symbol)."""
-    return f"{PREFIX}:state:feed:{exchange}:{symbol}"
-
-
 def alert_cooldown(fingerprint: str) -> str:
     """String with a TTL: set NX while a rule is cooling down for this fingerprint."""
     return f"{PREFIX}:cooldown:{fingerprint}"
@@ -126,7 +109,7 @@ def channel_tickers(exchange: str, symbol: str) -> str:
 
 
 def channel_trades(exchange: str, symbol: str) -> str:
-    """Raw trades for GUIs, relayed by the API from the trades stream while someone listens, throttled."""
+    """Raw trades for GUIs, relayed by the API from the partition's trades stream while someone listens, throttled."""
     return f"{PREFIX}:ch:trades:{exchange}:{symbol}"
 
 
@@ -146,14 +129,6 @@ CHANNEL_RULES = f"{PREFIX}:ch:rules"
 
 # ---- candle_builder (append-only additions) ------------------------------------------------------------------------
 
-
-def builder_lease(exchange: str, symbol: str) -> str:
-    """String with a TTL: the candle_builder instance (consumer name) that owns (exchange, symbol) right now."""
-    return f"{PREFIX}:lease:candles:{exchange}:{symbol}"
-
-
-#: Sorted set: candle_builder instance name -> last time it was alive (ms); used to split pairs fairly.
-BUILDER_INSTANCES = f"{PREFIX}:candle_builder:instances"
 
 #: Hash "exchange|symbol|timeframe" -> bucket start (ms) of the oldest candle candle_builder published for the series
 #: from history (written when it seeds or backfills; a subscriber whose look-back grew can tell when the

@@ -153,7 +153,7 @@ async def _until_drained(pipeline: Pipeline, redis: Any, feeds: list[Any], wante
 async def _drained(redis: Any, candle_streams: list[str]) -> bool:
     """Every consumer group has read and acked everything, and each candle stream a rule reads has alert_engine's
     group (a stream the engine has not discovered yet is work left, not an idle pipeline). The caller checks that
-    candle_builder has read every trade published (its groups exist)."""
+    candle_builder has read every trade published; consumer_groups_idle checks its offsets)."""
     if not await consumer_groups_idle(redis):
         return False
     bus = Bus(redis)

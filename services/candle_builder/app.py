@@ -64,7 +64,7 @@ class CandleBuilderApp:
         self.bus = Bus(redis, settings.bus_settings(), service=SERVICE)
         self.name = consumer_name(SERVICE, settings.consumer_name)
         self.ownership = Ownership(redis, GROUP, self.name, settings.partitions, ttl_ms=settings.lease_ttl_ms)
-        self.workers = PartitionWorkers(self.ownership, self.work, name=SERVICE)
+        self.workers = PartitionWorkers(self.ownership, self.work, name=SERVICE, outage=self.bus.outage)
         self.raw = raw_reader(redis)
         self.subscriptions = Subscriptions(redis)
         self.seeder = history.Seeder(settings, redis)
@@ -92,6 +92,7 @@ class CandleBuilderApp:
         workers = asyncio.create_task(self.workers.run(stop), name=f"{SERVICE}-partitions")
         helpers = [asyncio.create_task(self._discover_loop(stop), name=f"{SERVICE}-discover"),
                    asyncio.create_task(self._timer_loop(stop), name=f"{SERVICE}-timer"),
+                   asyncio.create_task(self._sample_loop(stop), name=f"{SERVICE}-metrics"),
                    asyncio.create_task(heartbeat(self.redis, SERVICE, stop, self.status, outage=self.bus.outage),
                                        name=f"{SERVICE}-hb")]
         try:
@@ -117,6 +118,14 @@ class CandleBuilderApp:
             if stop.is_set():
                 return
             await self._guarded("discovery", self.discover)
+
+    async def _sample_loop(self, stop: asyncio.Event, every_s: float = 5.0) -> None:
+        """The consumer lag metric, from the offsets of the partitions held (entries after each)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=every_s)
+            offsets = {streams.part_trades(p): offset for p, offset in list(self.offsets.items())}
+            await metrics.sample_offsets(self.redis, GROUP, offsets)
 
     async def _guarded(self, what: str, step: Any) -> None:
         """Run one round of a helper loop: a Redis outage is told once (``Bus.outage``; discovery, the heartbeat

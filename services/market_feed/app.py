@@ -104,7 +104,8 @@ class MarketFeedApp:
             if mode == "replay" and self.source is not None:
                 symbols, trades = self.source
                 logger.info("replaying %d symbols of %s", len(symbols), self.exchange)
-                await self._run_source(stop, symbols, trades, None, None)
+                # read once (a backtest runs one feed per exchange: the first balance round takes every partition)
+                await self._run_source(stop, symbols, lambda: trades, None, None)
             elif mode == "replay":
                 symbol = self.settings.resolved_symbol()
                 path = self.settings.replay_file
@@ -152,10 +153,13 @@ class MarketFeedApp:
             group += "|" + symbols[0]
         ownership = self.ownership = Ownership(self.redis, group, consumer_name(SERVICE, s.consumer_name),
                                                s.partitions, ttl_ms=s.lease_ttl_ms, wanted=wanted)
-        leases_stop = asyncio.Event()
-        leases = asyncio.create_task(self._balance(ownership, leases_stop), name="market_feed-leases")
+        leases_stop, balanced = asyncio.Event(), asyncio.Event()
+        leases = asyncio.create_task(self._balance(ownership, leases_stop, balanced), name="market_feed-leases")
         first = True
         try:
+            while not stop.is_set() and not balanced.is_set():  # a pass over a partial share would start over
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=0.05)
             while not stop.is_set() and not self.done:
                 held = ownership.owned & wanted
                 if not held:
@@ -172,12 +176,14 @@ class MarketFeedApp:
             leases_stop.set()
             await leases
 
-    async def _balance(self, ownership: Ownership, stop: asyncio.Event) -> None:
-        """Keep the leases (every third of their TTL) until ``stop``, then hand them back."""
+    async def _balance(self, ownership: Ownership, stop: asyncio.Event, balanced: asyncio.Event) -> None:
+        """Keep the leases (every third of their TTL) until ``stop``, then hand them back; ``balanced`` is set after
+        the first round."""
         try:
             while not stop.is_set():
                 with contextlib.suppress(*REDIS_DOWN):
                     await ownership.balance(int(time.time() * 1000))
+                    balanced.set()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=ownership.ttl_ms / 3000)
         finally:

@@ -9,6 +9,7 @@ import pytest
 from services.market_feed.app import MarketFeedApp
 from services.market_feed.settings import ExchangeFeed, Settings
 from shared import streams
+from shared.partitions import partition_of
 from shared.bus import FIELD
 from shared.embedded_redis import free_port
 from shared.errors import UnknownExchangeError, UnknownSymbolError
@@ -136,8 +137,11 @@ async def test_history_requests_are_answered_with_exchange_klines(redis):
                                       until=expected[-1][1], timeout=10)
         cut = await request_history(redis, "binance", "BTC/USDT", "1s", since=expected[0][1] - 5000,
                                     until=expected[-1][1], limit=5, timeout=10)
-        with pytest.raises(ExchangeError, match="not configured"):
-            await request_history(redis, "kraken", "BTC/USD", "1m", since=0, timeout=10)
+        with pytest.raises(ExchangeError, match="not listed"):
+            await request_history(redis, "binance", "NOPE/USDT", "1m", since=0, timeout=10)
+        # requests go to their exchange's stream: no feed serves kraken here, so nobody answers
+        with pytest.raises(TimeoutError, match="serving kraken"):
+            await request_history(redis, "kraken", "BTC/USD", "1m", since=0, timeout=1)
     # independent: pandas over the recording, closed 1s buckets only
     df = pd.DataFrame(expected, columns=["id", "ts", "price", "amount", "buy"])
     df["b"] = df["ts"] // 1000 * 1000
@@ -191,9 +195,11 @@ async def test_simulated_exchange_through_ccxt_equals_the_simulated_market(redis
             for s in symbols:
                 await wait_last_id(redis, expected[s][-1][0], symbol=s)
             await sim.finished.wait()
-            # one subscription carries both symbols' trades in multi mode; ccxt gives each watch_trades its own socket
+            # ccxt gives each watch_trades / watch_trades_for_symbols call its own socket
             # (sampled while trades flow: once the finite market ends, silence timeouts close sockets)
-            assert most_sockets == (1 if watch == "multi" else 2)
+            # (multi: one subscription per partition held; the two symbols are in partitions 3 and 9)
+            assert {partition_of("binance", s, 16) for s in symbols} == {3, 9}
+            assert most_sockets == 2
             assert app.live.last_ids() == {("binance", s): i for s, i in sim.last_ids().items()}
         await app.live.publish_final_watermarks()
     finally:

@@ -119,3 +119,33 @@ async def test_simulated_market_publishes_trades_tickers_and_final_watermarks(re
             last = [t for t in expected[s] if t[1] < tk.ts][-1]
             assert tk.last == last[2]
     assert app.done and app.trades_published == sum(len(v) for v in expected.values())
+
+
+async def test_two_replicas_replaying_one_recording_publish_each_trade_once(redis):
+    """Two market_feed replicas of one replay (same file, same feed group): only the lease holder publishes; when it
+    stops part-way the other takes the partition over and resumes after the last id the first one published. Each
+    trade id is in the partition stream exactly once, in order, exact."""
+    path = shared_data("binance_spot_btcusdt_20210108/BTCUSDT-trades-20210108T000000-000046.csv")
+    expected = _expected(path)
+    apps = [MarketFeedApp(Settings(mode="replay", replay_file=path, speed=20.0, symbol="BTC/USDT",
+                                   consumer_name=f"feed-{n}"), redis) for n in "ab"]
+    stops = [asyncio.Event(), asyncio.Event()]
+    tasks = [asyncio.create_task(app.run(stop)) for app, stop in zip(apps, stops)]
+    try:
+        while sum(app.trades_published for app in apps) < len(expected) // 3:
+            await asyncio.sleep(0.01)
+        first = next(n for n, app in enumerate(apps) if app.trades_published)
+        assert not apps[1 - first].trades_published  # the other one waits for the partition
+        stops[first].set()  # the publisher stops part-way (its lease is handed back)
+        await asyncio.wait_for(tasks[first], 10)
+        await asyncio.wait_for(tasks[1 - first], 60)
+    finally:
+        for stop in stops:
+            stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    other = apps[1 - first]
+    assert other.done and other.trades_published > 0 and other.trades_skipped > 0
+    assert apps[first].trades_published + other.trades_published == len(expected)
+    got = [tuple(t) for m in await _stream(redis, "binance", "BTC/USDT") if isinstance(m, TradeBatch)
+           for t in m.trades]
+    assert got == expected  # each id once, in order: nothing doubled at the takeover

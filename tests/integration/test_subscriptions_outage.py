@@ -12,7 +12,8 @@ from shared.runtime import connect
 from shared.subscriptions import Subscriptions
 from tests.conftest import shared_data
 from tests.integration.test_candle_builder_lookback import running_builder, wait_for
-from tests.support.candles import RECORDINGS, check_against_pandas, publish, read_candles, read_trades, settings_for
+from tests.support.candles import (RECORDINGS, builder_caught_up, check_against_pandas, publish, read_candles, read_trades,
+                                   settings_for)
 
 
 async def test_a_timeframe_only_a_subscriber_asked_for_survives_an_outage_longer_than_the_ttl(own_redis):
@@ -45,8 +46,7 @@ async def test_a_timeframe_only_a_subscriber_asked_for_survives_an_outage_longer
                 await asyncio.sleep(0.05)
             assert not dropped, "candle_builder dropped 30m while its subscriber's set was expired"
             await publish(redis, ex, sym, trades[half:], per_entry=50)
-            stream = streams.trades(ex, sym)
-            await wait_for(lambda: app.bus.caught_up(stream, streams.GROUP_CANDLE_BUILDER), "caught up")
+            await wait_for(lambda: builder_caught_up(redis), "caught up")
         for tf in ("1m", "30m"):
             check_against_pandas(await read_candles(redis, ex, sym, tf), path, tf)
     finally:

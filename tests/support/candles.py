@@ -74,6 +74,16 @@ def tickers_stream(exchange: str, symbol: str, partitions: int = DEFAULT_PARTITI
     return streams.part_tickers(partition_of(exchange, symbol, partitions))
 
 
+async def builder_caught_up(redis, partitions: int = DEFAULT_PARTITIONS) -> bool:
+    """Whether candle_builder has processed every entry of every partition's trades stream."""
+    return await caught_up(redis, partitions, streams.GROUP_CANDLE_BUILDER, streams.part_trades)
+
+
+def builder_state(exchange: str, symbol: str, partitions: int = DEFAULT_PARTITIONS) -> str:
+    """The hash holding candle_builder's offset and per-pair state of the pair's partition."""
+    return streams.part_state(partition_of(exchange, symbol, partitions), streams.GROUP_CANDLE_BUILDER)
+
+
 async def publish_feed(redis, exchange: str, symbol: str, entries: list[bytes]) -> None:
     """Write encoded feed entries (``encode_trades`` / ``encode_gap`` / ``encode_watermark``) of one pair where
     market_feed would: its partition's trades stream, the pair registered in FEED_REGISTRY."""

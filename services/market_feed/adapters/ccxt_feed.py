@@ -174,7 +174,7 @@ class LiveFeed:
                               s.partitions, ttl_ms=s.lease_ttl_ms, wanted=wanted)
         self.ownerships[feed.id] = ownership
         workers = PartitionWorkers(ownership, lambda p, pstop: self._serve_partition(feed, ownership, p, pstop),
-                                   name=f"market_feed {feed.id}")
+                                   name=f"market_feed {feed.id}", outage=self.bus.outage)
         await workers.run(stop)
 
     async def _serve_partition(self, feed: ExchangeFeed, ownership: Ownership, partition: int,

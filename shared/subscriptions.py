@@ -58,7 +58,6 @@ class Subscriptions:
         self._mine: dict[str, dict[Series, int]] = {}  # instance -> what it published last (re-published if expired)
         self._seen: dict[str, dict[Series, int]] = {}  # (read_all) instance -> its set as last read
         self._missed: dict[str, float] = {}  # (read_all) instance -> when a read first found its set expired
-        self._prune = redis.register_script(_PRUNE)
 
     async def publish(self, instance: str, series: Mapping[Series, int]) -> None:
         """Make ``series`` (series -> look-back) the whole set ``instance`` subscribes to, with a fresh TTL."""
@@ -120,7 +119,9 @@ class Subscriptions:
             for key, n in series.items():
                 out[key] = max(out.get(key, 0), n)
         if gone:
-            await self._prune(keys=[streams.SUBSCRIBERS, *map(streams.subscriber, gone)], args=gone)
+            # (registered here, not in __init__: an app built without Redis, e.g. for its OpenAPI document, has none)
+            prune = self.redis.register_script(_PRUNE)
+            await prune(keys=[streams.SUBSCRIBERS, *map(streams.subscriber, gone)], args=gone)
         return out
 
 

@@ -1,7 +1,8 @@
-"""The raw-trades channel for GUIs: the API relays a pair's trades (from its partition's trades stream) to ``streams.channel_trades`` while anyone
-listens there (PUBSUB CHANNELS), throttled to one message per pair every ``throttle_ms`` holding every trade since
-the previous one (the newest ``max_trades`` of them when more came). Nobody listening costs one PUBSUB CHANNELS a
-second; the durable consumers of the stream are untouched (a plain XREAD, no consumer group)."""
+"""The raw-trades channel for GUIs: the API relays a pair's trades (read from its partition's trades stream, the
+partition's other pairs skipped) to ``streams.channel_trades`` while anyone listens there (PUBSUB CHANNELS),
+throttled to one message per pair every ``throttle_ms`` holding every trade since the previous one (the newest
+``max_trades`` of them when more came). Nobody listening costs one PUBSUB CHANNELS a second; the durable consumers of
+the stream are untouched (a plain XREAD, no consumer group)."""
 
 from __future__ import annotations
 

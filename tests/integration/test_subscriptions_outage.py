@@ -12,8 +12,8 @@ from shared.runtime import connect
 from shared.subscriptions import Subscriptions
 from tests.conftest import shared_data
 from tests.integration.test_candle_builder_lookback import running_builder, wait_for
-from tests.support.candles import (RECORDINGS, builder_caught_up, check_against_pandas, publish, read_candles, read_trades,
-                                   settings_for)
+from tests.support.candles import (RECORDINGS, builder_caught_up, check_against_pandas, publish, read_candles,
+                                   read_trades, settings_for)
 
 
 async def test_a_timeframe_only_a_subscriber_asked_for_survives_an_outage_longer_than_the_ttl(own_redis):

@@ -1,5 +1,6 @@
 """What the harness reads of the pipeline's progress, through Redis only: consumer groups (and candle_builder's
-offsets) caught up, feeds' last published trade ids, heartbeats. Every read tolerates a Redis that is down (the chaos kills it)."""
+offsets) caught up, feeds' last published trade ids, heartbeats. Every read tolerates a Redis that is down (the chaos
+kills it)."""
 
 from __future__ import annotations
 

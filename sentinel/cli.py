@@ -97,6 +97,8 @@ def backtest(
                                                       "own are always built).")] = None,
     forward_bars: Annotated[int, typer.Option(help="Report: return after this many bars of each rule's "
                                               "timeframe.")] = 10,
+    keep_partial_alerts: Annotated[bool, typer.Option(help="Also write the bar-close alerts of bars the data does "
+                                                      "not cover from start to end (a live run fires them).")] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Replay recordings of one or many symbols and exchanges through the real services as fast as possible; write
@@ -106,7 +108,8 @@ def backtest(
 
     tfs = [t.strip() for t in timeframes.split(",") if t.strip()] if timeframes else None
     run_backtest(BacktestOptions(inputs=inputs, rules_file=rules, out_dir=out, exchange=exchange, symbol=symbol,
-                                 timeframes=tfs, config_file=config, forward_bars=forward_bars))
+                                 timeframes=tfs, config_file=config, forward_bars=forward_bars,
+                                 keep_partial_alerts=keep_partial_alerts))
 
 
 def _mount_optional() -> None:

@@ -77,12 +77,17 @@ class Pipeline:
                 logger.debug("%s ended with %r", name, task.exception())
 
 
+async def builder_caught_up(redis: Redis) -> bool:
+    """candle_builder (no consumer group: an offset per partition) has processed every partition's trades."""
+    partitions = await redis.hget(streams.META, "partitions")
+    return await caught_up(redis, int(partitions or DEFAULT_PARTITIONS), streams.GROUP_CANDLE_BUILDER,
+                           streams.part_trades)
+
+
 async def consumer_groups_idle(redis: Redis) -> bool:
     """True when every consumer group of every sentinel stream has consumed and acked everything, and candle_builder
-    (no consumer group: an offset per partition) has processed every partition's trades."""
-    partitions = await redis.hget(streams.META, "partitions")
-    if not await caught_up(redis, int(partitions or DEFAULT_PARTITIONS), streams.GROUP_CANDLE_BUILDER,
-                           streams.part_trades):
+    has processed every partition's trades (``builder_caught_up``)."""
+    if not await builder_caught_up(redis):
         return False
     bus = Bus(redis)
     keys = [k async for k in redis.scan_iter(match=f"{streams.PREFIX}:*", _type="STREAM", count=1000)]

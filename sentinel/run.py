@@ -119,7 +119,7 @@ class _LiveSource:
             "mode": "live", "exchanges": [ExchangeFeed(**self.sim.feed_config())],
             # ccxt hands trades over only when the next frame arrives: a short silence timeout makes the feed
             # fetch the last trades of the finite simulation by REST instead of waiting for a frame that never comes.
-            "silence_timeout_s": 2.0})
+            "silence_timeout_s": 2.0, **_book_feeds(self.sim)})
         self.app = service_classes("market_feed")[1](settings, self.redis)
         self.task = asyncio.create_task(self.app.run(self.stop), name="market_feed")
 
@@ -144,6 +144,21 @@ class _LiveSource:
     @property
     def published(self) -> int:
         return getattr(self.app, "published_trades", 0) if hasattr(self, "app") else 0
+
+
+def _book_feeds(sim: Any) -> dict[str, Any]:
+    """market_feed's ``books`` and ``derivatives`` sections pointing at the local exchange's order books and USD-M
+    perpetuals (when it serves them: Binance's protocol)."""
+    if not getattr(sim, "perps", None):
+        return {}
+    from services.market_feed.book_settings import BookFeedSettings, DerivsFeedSettings
+
+    symbols = list(sim.books)
+    return {"books": [BookFeedSettings(symbols=symbols, ws_url=sim.ws_url, rest_url=sim.rest_url,
+                                       publish_every_ms=250)],
+            "derivatives": [DerivsFeedSettings(symbols=[f"{s}:{s.split('/')[1]}" for s in symbols],
+                                               ws_url=sim.futures_ws_url, rest_url=sim.futures_rest_url,
+                                               open_interest_every_s=2.0)]}
 
 
 async def _run_to_end(opts: RunOptions, data_dir: Path, *, with_notifier: bool, progress: bool):

@@ -321,7 +321,8 @@ class _Message(BaseModel):
         try:
             return cls.model_validate({**data, "kind": kind})
         except ValidationError as exc:
-            raise DecodeError(f"invalid {kind}: {exc.errors(include_url=False)}") from exc
+            # (without the input: an oversized value would make a log line of megabytes)
+            raise DecodeError(f"invalid {kind}: {exc.errors(include_url=False, include_input=False)}") from exc
 
 
 def _float_in(value: Any, path: str = "") -> str | None:
@@ -490,7 +491,7 @@ class BookWallEvent(BaseModel):
 
 
 class BookSnapshot(_Message):
-    """The top of one order book with its metrics, published throttled (``streams.books``). ``ts`` is the exchange
+    """The top of one order book with its metrics, published throttled (``streams.part_books``). ``ts`` is the exchange
     time of the last update in it, ``update_id`` the exchange's sequence number of that state (Binance ``u``).
     ``bids``/``asks``: the best ``N`` levels, best first, as [price, size]. ``walls``: wall events since the previous
     snapshot. ``resyncs``: how many times the book was rebuilt from a new snapshot since the feed started.
@@ -516,7 +517,7 @@ class BookSnapshot(_Message):
 
 
 class FundingRate(_Message):
-    """A perpetual's mark and index price and funding (``streams.funding``). ``funding_rate`` is the rate of the
+    """A perpetual's mark and index price and funding (``streams.part_derivs``). ``funding_rate`` is the rate of the
     next funding (paid at ``next_funding_ts``, ms); ``basis_bps`` = (mark - index) / index * 10_000."""
 
     kind: Literal["funding"] = "funding"
@@ -536,7 +537,7 @@ class FundingRate(_Message):
 
 
 class OpenInterest(_Message):
-    """Open interest of a contract at exchange time ``ts`` (``streams.open_interest``): ``amount`` in contracts
+    """Open interest of a contract at exchange time ``ts`` (``streams.part_derivs``): ``amount`` in contracts
     (base units on Binance USD-M), ``value`` in quote units where the exchange gives it."""
 
     kind: Literal["open_interest"] = "open_interest"
@@ -548,7 +549,7 @@ class OpenInterest(_Message):
 
 
 class Liquidation(_Message):
-    """A forced order (``streams.liquidations``): ``side`` of the liquidation order itself (``sell`` = a long was
+    """A forced order (``streams.part_derivs``): ``side`` of the liquidation order itself (``sell`` = a long was
     liquidated), ``amount`` filled at average ``price``; ``order_price`` its limit (bankruptcy) price."""
 
     kind: Literal["liquidation"] = "liquidation"

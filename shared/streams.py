@@ -39,6 +39,9 @@ NOTIFY_DEAD_LETTER = f"{PREFIX}:notify:deadletter"
 
 # Set of "exchange|symbol" that market_feed publishes trades for; consumers discover streams from it.
 FEED_REGISTRY = f"{PREFIX}:registry:feeds"
+# Set of "exchange|symbol|book" and "exchange|symbol|derivs" that market_feed publishes order books / futures data for
+# (to ``part_books`` / ``part_derivs``): the engine resolves book and futures rules' symbols against it.
+BOOK_REGISTRY = f"{PREFIX}:registry:books"
 # Set of "exchange|symbol|timeframe" that candle_builder publishes candles for.
 CANDLE_REGISTRY = f"{PREFIX}:registry:candles"
 
@@ -154,29 +157,12 @@ def alert_open(fingerprint: str) -> str:
 # ---- order books and derivatives (append-only additions; issue 24) -------------------------------------------------
 
 
-def books(exchange: str, symbol: str) -> str:
-    """Stream: throttled top-N book snapshots with metrics (BookSnapshot) of one pair, written by market_feed."""
-    return f"{PREFIX}:books:{exchange}:{symbol}"
+# (the streams are per partition: ``part_books`` and ``part_derivs`` below; live views read these channels)
 
 
 def channel_books(exchange: str, symbol: str) -> str:
-    """Pub/sub channel mirroring ``books`` for live views."""
+    """Pub/sub channel mirroring one pair's entries of ``part_books`` for live views."""
     return f"{PREFIX}:ch:books:{exchange}:{symbol}"
-
-
-def funding(exchange: str, symbol: str) -> str:
-    """Stream: mark/index price and funding (FundingRate) of one perpetual."""
-    return f"{PREFIX}:funding:{exchange}:{symbol}"
-
-
-def open_interest(exchange: str, symbol: str) -> str:
-    """Stream: open interest (OpenInterest) of one contract, polled or streamed."""
-    return f"{PREFIX}:open_interest:{exchange}:{symbol}"
-
-
-def liquidations(exchange: str, symbol: str) -> str:
-    """Stream: liquidations (Liquidation) of one contract."""
-    return f"{PREFIX}:liquidations:{exchange}:{symbol}"
 
 
 # ---- subscriptions owned by live instances (shared.subscriptions) --------------------------------------------------
@@ -184,8 +170,8 @@ def liquidations(exchange: str, symbol: str) -> str:
 
 def subscriber(instance: str) -> str:
     """Hash "exchange|symbol|timeframe" -> look-back (closed candles wanted before the first live one) of ONE live
-    subscriber instance; it expires unless the instance's heartbeat refreshes it, so a killed subscriber's series
-    go away by themselves."""
+    subscriber instance, and the Redis time until which it is live, which the instance's heartbeat moves on; readers
+    delete it once stale (``shared.subscriptions``), so a killed subscriber's series go away by themselves."""
     return f"{PREFIX}:{{subs}}:subscriber:{instance}"
 
 

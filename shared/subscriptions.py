@@ -1,20 +1,21 @@
 """Series that subscribers (the alert engine, the API's live views) ask candle_builder for, owned by live instances.
 
 Each subscriber instance keeps its whole set in one hash, ``streams.subscriber(instance)``: "exchange|symbol|tf" ->
-look-back (closed candles of history it needs before its first live one; 0 = none). The hash has a TTL that the
-instance's heartbeat refreshes (``refresh``), so the series of a SIGKILLed subscriber vanish within ``ttl_ms``; there
-is no reference count to leak. ``streams.SUBSCRIBERS`` indexes the instances; ``read_all`` (candle_builder's
-discovery) merges every live instance's set, taking the largest look-back asked for a series.
+look-back (closed candles of history it needs before its first live one; 0 = none), and ``UNTIL``: the Redis time
+(ms) until which the set is live, which the instance's heartbeat moves on (``refresh``). There is no reference count
+to leak. ``streams.SUBSCRIBERS`` indexes the instances; ``read_all`` (candle_builder's discovery) merges every live
+instance's set, taking the largest look-back asked for a series.
+
+A set past its ``UNTIL`` is still given by ``read_all`` for ``grace_ms`` (default: the TTL) counted from the first
+read (of this reader) that found it stale, then deleted. So the series of a SIGKILLed subscriber go within TTL +
+grace, and Redis away for longer than the TTL (an outage, a restart from its AOF) does not make a reader, even one
+started meanwhile, drop what only a subscriber asked for before that subscriber's next heartbeat. The set is not a
+key with a TTL for that reason: it would be gone, contents and all, the moment Redis is back. A withdrawn set (a
+clean stop) or a smaller one published goes at once.
 
 A process whose views come and go (the API's ``/ws`` sockets, ``sentinel.client``'s adapter in a GUI) counts its
 references in memory with ``HeldSeries`` and publishes the series it holds as its own instance: a killed process
 leaves nothing behind.
-
-A set that expired is still given by ``read_all`` for ``grace_ms`` (default: the TTL) counted from the first read
-that missed it: Redis away for longer than the TTL (an outage, a restart from its AOF) expires every set while no
-heartbeat could refresh it, and the reader must not drop what only a subscriber asked for before the subscriber's
-next heartbeat publishes it again. A killed subscriber's series go within TTL + grace; a withdrawn set (a clean stop)
-or a smaller one published goes at once.
 """
 
 from __future__ import annotations
@@ -38,11 +39,42 @@ logger = logging.getLogger(__name__)
 
 Series = tuple[str, str, str]  # (exchange, symbol, timeframe)
 
-# Drop an instance from the index only if its hash is gone (expired or withdrawn), atomically: a subscriber that
-# publishes again meanwhile is never dropped. KEYS: SUBSCRIBERS, then one hash per ARGV instance.
-_PRUNE = """
+#: The field of a subscriber's hash holding the Redis time (ms) until which its set is live.
+UNTIL = "_until"
+
+# Redis' own clock (ms), so a subscriber's and a reader's clocks never need to agree.
+_NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+
+# KEYS: the instance's hash, SUBSCRIBERS. ARGV: instance, ttl ms, then field, value pairs (none: withdraw the set).
+_PUBLISH = _NOW + """
+redis.call('DEL', KEYS[1])
+if #ARGV > 2 then
+  for i = 3, #ARGV, 1000 do  -- (unpack's stack limit; pairs stay whole)
+    redis.call('HSET', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+  end
+  redis.call('HSET', KEYS[1], '""" + UNTIL + """', string.format('%.0f', now + tonumber(ARGV[2])))
+  redis.call('SADD', KEYS[2], ARGV[1])
+end
+return 1
+"""
+
+# Same KEYS and ARGV (no pairs): move UNTIL on; 0 if the set is gone (deleted by a reader after its grace).
+_REFRESH = _NOW + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], '""" + UNTIL + """', string.format('%.0f', now + tonumber(ARGV[2])))
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+
+# Delete the sets of instances that are gone or still stale (UNTIL before now), atomically with the check: a
+# subscriber that refreshed meanwhile is never dropped. KEYS: SUBSCRIBERS, then one hash per ARGV instance.
+_PRUNE = _NOW + """
 for i = 1, #ARGV do
-  if redis.call('EXISTS', KEYS[i + 1]) == 0 then redis.call('SREM', KEYS[1], ARGV[i]) end
+  local untl = redis.call('HGET', KEYS[i + 1], '""" + UNTIL + """')
+  if redis.call('EXISTS', KEYS[i + 1]) == 0 or (untl and tonumber(untl) < now) then
+    redis.call('DEL', KEYS[i + 1])
+    redis.call('SREM', KEYS[1], ARGV[i])
+  end
 end
 return 1
 """
@@ -56,28 +88,27 @@ class Subscriptions:
         self.ttl_ms = ttl_ms
         self.grace_s = (ttl_ms if grace_ms is None else grace_ms) / 1000
         self._mine: dict[str, dict[Series, int]] = {}  # instance -> what it published last (re-published if expired)
-        self._seen: dict[str, dict[Series, int]] = {}  # (read_all) instance -> its set as last read
-        self._missed: dict[str, float] = {}  # (read_all) instance -> when a read first found its set expired
+        self._stale: dict[str, float] = {}  # (read_all) instance -> when a read first found its set stale
+        if redis is not None:  # (an app built without Redis, e.g. for its OpenAPI document, registers nothing)
+            self._publish = redis.register_script(_PUBLISH)
+            self._refresh = redis.register_script(_REFRESH)
+            self._prune = redis.register_script(_PRUNE)
 
     async def publish(self, instance: str, series: Mapping[Series, int]) -> None:
-        """Make ``series`` (series -> look-back) the whole set ``instance`` subscribes to, with a fresh TTL."""
-        key = streams.subscriber(instance)
-        async with self.redis.pipeline(transaction=True) as tx:
-            tx.delete(key)
-            if series:
-                tx.hset(key, mapping={streams.registry_member(*s): max(0, int(n)) for s, n in series.items()})
-                tx.pexpire(key, self.ttl_ms)
-                tx.sadd(streams.SUBSCRIBERS, instance)
-            await tx.execute()
+        """Make ``series`` (series -> look-back) the whole set ``instance`` subscribes to, live for ``ttl_ms``."""
+        pairs = [x for s, n in series.items() for x in (streams.registry_member(*s), max(0, int(n)))]
+        await self._publish(keys=[streams.subscriber(instance), streams.SUBSCRIBERS],
+                            args=[instance, self.ttl_ms, *pairs])
         self._mine[instance] = dict(series)
 
     async def refresh(self, instance: str) -> None:
-        """Keep ``instance``'s set alive for another ``ttl_ms`` (its heartbeat calls this); if it expired meanwhile (a
-        long pause), publish it again."""
+        """Keep ``instance``'s set live for another ``ttl_ms`` (its heartbeat calls this); if a reader deleted it
+        meanwhile (a pause longer than TTL + grace), publish it again."""
         mine = self._mine.get(instance)
         if not mine:
             return
-        if not await self.redis.pexpire(streams.subscriber(instance), self.ttl_ms):
+        if not await self._refresh(keys=[streams.subscriber(instance), streams.SUBSCRIBERS],
+                                   args=[instance, self.ttl_ms]):
             logger.warning("subscriptions of %s had expired; publishing them again", instance)
             await self.publish(instance, mine)
 
@@ -90,38 +121,35 @@ class Subscriptions:
         self._mine.pop(instance, None)
 
     async def read_all(self) -> dict[Series, int]:
-        """Every series some live subscriber wants, with the largest look-back asked for it."""
+        """Every series some live subscriber wants (or a stale one within the grace period), with the largest
+        look-back asked for it."""
         instances = [m.decode() if isinstance(m, bytes) else m for m in await self.redis.smembers(streams.SUBSCRIBERS)]
         async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.time()
             for instance in instances:
                 pipe.hgetall(streams.subscriber(instance))
             replies = await pipe.execute()
+        seconds, micros = replies[0]
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        mono = time.monotonic()
         out: dict[Series, int] = {}
         gone = []
-        seen: dict[str, dict[Series, int]] = {}
-        for instance, rows in zip(instances, replies):
+        stale: dict[str, float] = {}
+        for instance, rows in zip(instances, replies[1:]):
+            until = rows.pop(UNTIL.encode(), None)
             if not rows:
                 gone.append(instance)
                 continue
-            mine = seen[instance] = {}
+            if until is not None and _int(until) < now_ms:  # not refreshed within its TTL
+                since = stale[instance] = self._stale.get(instance, mono)
+                if mono - since >= self.grace_s:
+                    gone.append(instance)
+                    continue
             for member, bars in rows.items():
-                _merge(mine, member, bars)
-        now = time.monotonic()
-        for instance in gone:
-            self._missed.setdefault(instance, now)
-        for instance, since in list(self._missed.items()):  # expired: kept for the grace period
-            if instance in seen or now - since >= self.grace_s or instance not in self._seen:
-                del self._missed[instance]
-            else:
-                seen.setdefault(instance, self._seen[instance])
-        self._seen = seen
-        for series in seen.values():
-            for key, n in series.items():
-                out[key] = max(out.get(key, 0), n)
+                _merge(out, member, bars)
+        self._stale = stale
         if gone:
-            # (registered here, not in __init__: an app built without Redis, e.g. for its OpenAPI document, has none)
-            prune = self.redis.register_script(_PRUNE)
-            await prune(keys=[streams.SUBSCRIBERS, *map(streams.subscriber, gone)], args=gone)
+            await self._prune(keys=[streams.SUBSCRIBERS, *map(streams.subscriber, gone)], args=gone)
         return out
 
 

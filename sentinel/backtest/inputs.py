@@ -15,6 +15,7 @@ Bad input is an ``InputError`` naming the file, the line and the field.
 from __future__ import annotations
 
 import csv
+import gzip
 import heapq
 import io
 import zipfile
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import IO
 
 from shared.errors import SentinelError
 from shared.recordings import TradeFileError, detect_layout, guess_exchange, guess_symbol, read_trades
@@ -100,15 +102,11 @@ def trades_by_exchange(inputs: list[Input], track: Track | None = None
 
 def read_input(item: Input, exchange: str) -> Iterator[tuple[str, Trade]]:
     """The ``(symbol, trade)`` of one input that belong to ``exchange``, in file order."""
-    if item.symbol is not None:
-        if item.path.suffix.lower() == ".zip":
-            yield from ((item.symbol, t) for t in _read_zip(item.path))
-        else:
-            yield from ((item.symbol, t) for t in read_trades(item.path))
-        return
-    for ex, sym, trade in _read_symbol_column(item.path, item.exchange):
-        if ex == exchange:
-            yield sym, trade
+    symbol = item.symbol
+    if symbol is not None:
+        trades = _read_zip(item.path) if item.path.suffix.lower() == ".zip" else read_trades(item.path)
+        return ((symbol, t) for t in trades)
+    return ((sym, trade) for ex, sym, trade in _read_symbol_column(item.path, item.exchange) if ex == exchange)
 
 
 def _read_zip(path: Path) -> Iterator[Trade]:
@@ -202,8 +200,6 @@ def _decimal(path: Path, line: int, field: str, text: str) -> Decimal:
 
 
 def _open_text(path: Path) -> io.TextIOBase:
-    import gzip
-
     if path.name.lower().endswith(".gz"):
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
     return open(path, encoding="utf-8", newline="")
@@ -218,8 +214,6 @@ def _header(path: Path) -> list[str]:
         except zipfile.BadZipFile:
             raise InputError(f"{path}: not a readable zip archive") from None
         return []
-    import gzip
-
     try:  # only a look for a symbol column: the reader names what is wrong with a file
         with gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb") as fh:
             first = fh.readline(4096).decode("utf-8", errors="replace")
@@ -233,17 +227,15 @@ def _count_rows(path: Path, header: list[str]) -> int:
     if path.suffix.lower() == ".zip":
         with zipfile.ZipFile(path) as zf, zf.open(_zip_member(path, zf)) as fh:
             return _count_lines(fh)
-    import gzip
-
     with gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb") as fh:
         lines = _count_lines(fh)
     has_header = bool(header) and not header[0].isdigit()
     return max(0, lines - has_header)
 
 
-def _count_lines(fh: io.BufferedIOBase | zipfile.ZipExtFile | object) -> int:
+def _count_lines(fh: IO[bytes] | gzip.GzipFile) -> int:
     n, last = 0, b"\n"
-    while chunk := fh.read(1 << 20):  # type: ignore[attr-defined]
+    while chunk := fh.read(1 << 20):
         n += chunk.count(b"\n")
         last = chunk[-1:]
     return n + (last != b"\n")

@@ -69,7 +69,11 @@ def write_outputs(opts: BacktestOptions, made: Made, console: Console) -> None:
                for key, series in made.candles.items() if key[:2] in spans}
     within, _ = drop_partial_bar_alerts(made.alerts, beyond)
     made.kept, made.dropped = drop_partial_bar_alerts(order_alerts(within), partial)
+    if opts.keep_partial_alerts:  # (a reference for a live run, which fires at every close it sees)
+        made.kept, made.dropped = order_alerts(within), []
     pairs = {key[:2] for key in made.candles}
+    for stale in out_dir.glob("candles_*.csv"):  # a previous backtest's series must not join this one's report
+        stale.unlink()
     written = []
     for key, candles in made.candles.items():
         ex, sym, tf = key

@@ -1,6 +1,7 @@
-"""The backtest run: one market_feed per exchange replaying its inputs, candle_builder and alert_engine, on an
-embedded Redis, until every trade has been read and every consumer group is drained (no fixed settle: the streams
-the rules read are named, so a consumer group that does not exist yet is seen as work left)."""
+"""The backtest run: the feed process (``feed.py``: one market_feed per exchange replaying its inputs) beside
+candle_builder and alert_engine in this process, on an embedded Redis, until every trade has been read and every
+consumer group is drained (no fixed settle: the streams the rules read are named, so a consumer group that does not
+exist yet is seen as work left)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +20,20 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgress
                            TimeElapsedColumn, TimeRemainingColumn)
 
 from sentinel import export
-from sentinel.backtest.inputs import Input, resolve, trades_by_exchange
+from sentinel.backtest.feed import FeedProcess
+from sentinel.backtest.inputs import Input, resolve
 from sentinel.backtest.output import Made, write_outputs
-from sentinel.pipeline import Pipeline, add_service, consumer_groups_idle, load_settings, service_classes
+from sentinel.pipeline import Pipeline, add_service, builder_caught_up, load_settings
 from services.alert_engine.core import AlertEngine
 from shared import streams
-from shared.bus import Bus
+from shared.bus import as_str
 from shared.embedded_redis import EmbeddedRedis
 from shared.errors import ConfigError
 from shared.rules import RuleSet, load_rules_file
 from shared.runtime import connect, install_signal_handlers
-from shared.schemas import Trade
+from shared.timeframes import sort_timeframes
 
 logger = logging.getLogger(__name__)
-
-Pair = tuple[str, str]
 
 
 @dataclass
@@ -47,30 +47,7 @@ class BacktestOptions:
     config_file: Path | None = None
     forward_bars: int = 10
     data_dir: Path | None = None  # keep Redis's data here (default: a temporary folder)
-
-
-@dataclass
-class Spans:
-    """First and last trade time of each (file, exchange, symbol) read: what the data covers (partial bars)."""
-
-    seen: dict[tuple[Path, str, str], list[int]] = field(default_factory=dict)
-
-    def track(self, path: Path, exchange: str, trades: Iterator[tuple[str, Trade]]) -> Iterator[tuple[str, Trade]]:
-        """``trades`` passed through, noting the first and last trade of every run of one symbol."""
-        last: tuple[str, Trade] | None = None
-        for item in trades:
-            if last is None or item[0] != last[0]:
-                if last is not None:
-                    self._note(path, exchange, last)
-                self._note(path, exchange, item)
-            last = item
-            yield item
-        if last is not None:
-            self._note(path, exchange, last)
-
-    def _note(self, path: Path, exchange: str, item: tuple[str, Trade]) -> None:
-        span = self.seen.setdefault((path, exchange, item[0]), [item[1].ts, item[1].ts])
-        span[0], span[1] = min(span[0], item[1].ts), max(span[1], item[1].ts)
+    keep_partial_alerts: bool = False  # write the bar-close alerts of partial bars too
 
 
 def backtest(opts: BacktestOptions, console: Console | None = None) -> Made:
@@ -92,44 +69,44 @@ async def _run(opts: BacktestOptions, items: list[Input], ruleset: RuleSet, data
     redis = connect(server.url)
     started = time.monotonic()
     pipeline = Pipeline(redis)
-    spans = Spans()
+    feed: FeedProcess | None = None
     try:
         pairs = sorted({pair for item in items for pair in item.symbols})
         routes = AlertEngine(ruleset).routes
         wanted = {(ex, sym, tf) for ex, sym in pairs for tf in routes.needs(ex, sym)}
-        settings = _settings(opts, items, server.url, data_dir, {tf for _, _, tf in wanted})
+        live = any(routes.needs_live(key) for key in wanted)  # a rule evaluates in-progress candles
+        settings = _settings(opts, items, server.url, data_dir, {tf for _, _, tf in wanted}, live)
         for name in ("candle_builder", "alert_engine"):
             add_service(pipeline, name, settings[name])
-        feed_app = service_classes("market_feed")[1]
-        feeds = []
-        for ex, (symbols, trades) in trades_by_exchange(items, spans.track).items():
-            feed = feed_app(settings["market_feed"].model_copy(update={"exchange": ex}), redis,
-                            source=(symbols, trades))
-            pipeline.add(f"market_feed {ex}", feed)
-            feeds.append(feed)
+        feed = FeedProcess(server.url, items, settings["market_feed"])
+        feed.start()
         install_signal_handlers(pipeline.stop)
         pipeline.start()
         total = sum(item.rows for item in items)
-        interrupted = await _until_drained(pipeline, redis, feeds, wanted, total, console)
+        interrupted = await _until_drained(pipeline, redis, feed, wanted, total, console)
+        feed.stop()
         await pipeline.shutdown()
         series = await export.candle_series(redis)
-        candles = {s: await export.closed_candles(redis, *s) for s in series}
+        candles = await export.closed_candles_of(redis, series)
         alerts = await export.alerts(redis)
-        trades = sum(f.trades_published for f in feeds)
-        return Made(items=items, candles=candles, alerts=alerts, trades=trades, seconds=time.monotonic() - started,
-                    spans=spans.seen, interrupted=interrupted)
+        return Made(items=items, candles=candles, alerts=alerts, trades=feed.published,
+                    seconds=time.monotonic() - started, spans=feed.result() if not interrupted else {},
+                    interrupted=interrupted)
     finally:
+        if feed is not None:
+            feed.stop()
         with contextlib.suppress(Exception):
             await pipeline.shutdown()
         await redis.aclose()
         server.stop()
 
 
-async def _until_drained(pipeline: Pipeline, redis: Any, feeds: list[Any], wanted: set[tuple[str, str, str]],
+async def _until_drained(pipeline: Pipeline, redis: Any, feed: FeedProcess, wanted: set[tuple[str, str, str]],
                          total: int, console: Console) -> bool:
-    """Wait (with a progress bar: trades read of the total, ETA) until the feeds have read everything and every
+    """Wait (with a progress bar: trades read of the total, ETA) until the feed has read everything and every
     consumer group has processed it; True if interrupted (Ctrl-C)."""
     candle_streams = sorted(streams.candles(*key) for key in wanted)
+    builder = pipeline.apps["candle_builder"]
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as progress:
@@ -140,36 +117,62 @@ async def _until_drained(pipeline: Pipeline, redis: Any, feeds: list[Any], wante
             if pipeline.stop.is_set():
                 console.print("[yellow]interrupted[/]")
                 return True
-            read = sum(f.trades_published + f.trades_skipped for f in feeds)
-            done = all(f.done for f in feeds)
-            progress.update(task, completed=read if not done else total,
+            done = feed.done  # (raises the feed's error)
+            progress.update(task, completed=feed.read if not done else total,
                             description="trades" if not done else "candles and rules")
-            builder_read = pipeline.apps["candle_builder"].trades_in >= sum(f.trades_published for f in feeds)
-            if done and builder_read and await _drained(redis, candle_streams):
-                return False
+            if done and builder.trades_in >= feed.published:
+                if await _drained(redis, candle_streams):
+                    return False
+                await asyncio.sleep(0.15)  # (a market's thousands of streams: not every tick)
             await asyncio.sleep(0.05)
 
 
 async def _drained(redis: Any, candle_streams: list[str]) -> bool:
-    """Every consumer group has read and acked everything, and each candle stream a rule reads has alert_engine's
-    group (a stream the engine has not discovered yet is work left, not an idle pipeline). The caller checks that
-    candle_builder has read every trade published; consumer_groups_idle checks its offsets)."""
-    if not await consumer_groups_idle(redis):
+    """Every consumer group of every stream has read and acked everything, and each candle stream a rule reads has
+    alert_engine's group (a stream the engine has not discovered yet is work left, not an idle pipeline). The caller
+    checks that candle_builder has read every trade published; its offsets must have reached every partition's trades
+    (it keeps no consumer group). Two pipelined round trips whatever the number of streams (a market has thousands),
+    and one read per partition."""
+    if not await builder_caught_up(redis):
         return False
-    bus = Bus(redis)
-    for stream in candle_streams:
-        if await redis.exists(stream) and not await bus.caught_up(stream, streams.GROUP_ALERT_ENGINE):
+    names = [k async for k in redis.scan_iter(match=f"{streams.PREFIX}:*", _type="STREAM", count=10_000)]
+    names = [n for n in names if n.decode() not in (streams.DEAD_LETTER, streams.NOTIFY_DEAD_LETTER,
+                                                      streams.ALERT_HISTORY)]
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.xinfo_stream(name)
+            pipe.xinfo_groups(name)
+        replies = await pipe.execute(raise_on_error=False)
+    engine_groups = set()
+    for name, info, groups in zip(names, replies[::2], replies[1::2]):
+        if isinstance(info, Exception) or isinstance(groups, Exception):
             return False
-    return True
+        last = as_str(info.get("last-generated-id") or info.get(b"last-generated-id"))
+        for g in groups:
+            if g["pending"] or as_str(g["last-delivered-id"]) != last:
+                return False
+            if as_str(g.get("name") or g.get(b"name")) == streams.GROUP_ALERT_ENGINE:
+                engine_groups.add(name.decode())
+    existing = {n.decode() for n in names}
+    if not all(s in engine_groups for s in candle_streams if s in existing):
+        return False
+    # A stream created between the SCAN and the group replies (candle_builder's first candles of a timeframe, written
+    # with the XACK of the trades that were just found acked) is work the replies did not see: scan again.
+    again = {k.decode() async for k in redis.scan_iter(match=f"{streams.PREFIX}:*", _type="STREAM", count=10_000)}
+    return again <= existing | {streams.DEAD_LETTER, streams.NOTIFY_DEAD_LETTER, streams.ALERT_HISTORY}
 
 
 def _settings(opts: BacktestOptions, items: list[Input], url: str, data_dir: Path,
-              rule_timeframes: set[str]) -> dict[str, Any]:
+              rule_timeframes: set[str], live: bool) -> dict[str, Any]:
     """Each service's settings (every problem of every section in one ConfigError). candle_builder builds the
-    timeframes asked for (or its configured ones) and every timeframe a rule reads."""
+    timeframes asked for (or its configured ones) and every timeframe a rule reads; in-progress candles only when a
+    rule reads them (``live``; they are throttled in wall time, live_throttle_ms, so what such a rule sees in a
+    backtest depends on its speed)."""
     common = {"redis_url": url, "data_dir": data_dir}
     overrides: dict[str, dict[str, Any]] = {
-        "market_feed": {"mode": "replay", "replay_file": items[0].path, "speed": 0},
+        # big entries: a backtest has no latency to keep, and watermarks only need to close bars of quiet symbols
+        "market_feed": {"mode": "replay", "replay_file": items[0].path, "speed": 0, "batch_size": 1000,
+                        "batch_window_ms": 3_600_000, "watermark_every_ms": 60_000},
         "candle_builder": {"timeframes": opts.timeframes} if opts.timeframes else {},
         "alert_engine": {"rules_file": opts.rules_file, "clock": "exchange"},
     }
@@ -183,13 +186,11 @@ def _settings(opts: BacktestOptions, items: list[Input], url: str, data_dir: Pat
     if problems:
         raise ConfigError(problems)
     builder = out["candle_builder"]
-    from shared.timeframes import sort_timeframes
-
     timeframes = sort_timeframes(set(builder.timeframes) | rule_timeframes)
-    # every closed candle is exported (no trimming of a temporary Redis); no in-progress candles nor timer closes
+    # every closed candle is exported (no trimming of a temporary Redis); no timer closes (exchange time only)
     out["candle_builder"] = builder.model_copy(update={"timeframes": timeframes, "candles_maxlen": 10**9,
-                                                       "live_candles": False, "close_on_timer": False,
-                                                       "discover_every_s": 0.1})
+                                                       "live_candles": live, "close_on_timer": False,
+                                                       "discover_every_s": 0.5})
     return out
 
 

@@ -19,17 +19,17 @@ from redis.asyncio import Redis
 
 from services.alert_engine.commit import AlertCommit
 from services.alert_engine.core import AlertEngine, Fire
+from services.alert_engine.core.feeds import BookFigures
 from services.alert_engine.rule_source import RuleSource
 from services.alert_engine.series_sync import SeriesSync
 from services.alert_engine.settings import Settings
 from shared import metrics, streams
 from shared.bus import Batch, Bus, Consumer
 from shared.errors import DecodeError
-from shared.outage import REDIS_DOWN
+from shared.outage import REDIS_DOWN, backoff_delay
 from shared.rules import RuleSet
 from shared.runtime import heartbeat
 from shared.schemas import (
-    BookSnapshot,
     Candle,
     FundingRate,
     GapMarker,
@@ -44,10 +44,10 @@ from shared.schemas import (
 
 logger = logging.getLogger(__name__)
 
-Feed = BookSnapshot | FundingRate | OpenInterest | Liquidation
+Feed = BookFigures | FundingRate | OpenInterest | Liquidation
 Input = Candle | Ticker | TradeBatch | GapMarker | Watermark | Feed
-_FEEDS: dict[str, type[Feed]] = {"book": BookSnapshot, "funding": FundingRate, "open_interest": OpenInterest,
-                                 "liquidation": Liquidation}
+_FEEDS: dict[str, Any] = {"book": BookFigures, "funding": FundingRate, "open_interest": OpenInterest,
+                          "liquidation": Liquidation}
 
 
 def decode_input(raw: bytes) -> Input:
@@ -65,7 +65,7 @@ def decode_input(raw: bytes) -> Input:
     raise DecodeError(f"expected a candle, a ticker, trades, a book or futures data, got kind {kind!r}")
 
 
-_FEED_TYPES = tuple(_FEEDS.values())
+_FEED_TYPES: tuple[type, ...] = tuple(_FEEDS.values())
 
 
 def wall_clock_ms() -> int:
@@ -114,8 +114,8 @@ class AlertEngineApp:
     # ---- lifecycle --------------------------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        self.engine.set_rules(await self.rule_source.start())
-        await self.series_sync.sync()
+        if not await self._start(stop):
+            return
         tasks = [
             asyncio.create_task(self.consumer.run(stop), name="alert_engine-consume"),
             asyncio.create_task(self._housekeeping(stop), name="alert_engine-sync"),
@@ -136,6 +136,24 @@ class AlertEngineApp:
             with contextlib.suppress(Exception):
                 await self.series_sync.subscriptions.drop_all()
             await self.commit.close()
+
+    async def _start(self, stop: asyncio.Event) -> bool:
+        """The rules and the series before the first read. Redis going away meanwhile (it answered the service's
+        start-up check a moment before) is waited for, told once, instead of ending the service; False if stopped."""
+        attempt = 0
+        while True:
+            try:
+                self.engine.set_rules(await self.rule_source.start())
+                await self.series_sync.sync()
+                self.bus.outage.ok()
+                return True
+            except REDIS_DOWN as exc:
+                self.bus.outage.lost(exc, "start-up")
+                attempt += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=backoff_delay(attempt, base=0.1, cap=5.0))
+                if stop.is_set():
+                    return False
 
     async def drain(self, *, final: bool = True) -> int:
         """Burst mode (tests, backtest): sync series once, then process everything available now.

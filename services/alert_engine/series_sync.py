@@ -134,6 +134,10 @@ class SeriesSync:
             parts = streams.split_registry_member(member)
             if len(parts) >= 2:
                 out.add((parts[0], parts[1]))
+        for member in await self.redis.smembers(streams.BOOK_REGISTRY):  # pairs with order books / futures data
+            parts = streams.split_registry_member(member)
+            if len(parts) >= 2:
+                out.add((parts[0], parts[1]))
         for member in await self.redis.smembers(streams.CANDLE_REGISTRY):
             parts = streams.split_registry_member(member)
             if len(parts) >= 3:

@@ -230,6 +230,9 @@ def _mount_extras(app: FastAPI, settings: Settings, redis: Redis, access: Access
         from services.api import rules_api
         rules_api.mount(app, settings, redis, access)
     with contextlib.suppress(ImportError):
+        from services.api import books_api
+        books_api.mount(app, settings, redis, access)
+    with contextlib.suppress(ImportError):
         from services.api import notifications_api
         notifications_api.mount(app, settings, redis, access)
     with contextlib.suppress(ImportError):

@@ -3,8 +3,11 @@
 Subscribe with query parameters (browsers cannot set headers on a WebSocket, so the token may come as ``token=``)::
 
     /ws?alerts=true&series=binance|BTC/USDT|1m&series=binance|ETH/USDT|5m&tickers=binance|BTC/USDT&token=...
+       &books=binance|BTC/USDT&derivs=binanceusdm|BTC/USDT:USDT
 
-Each message is ``{"type": "alert" | "candle" | "candle_live" | "ticker", "data": {...}}`` with decimals as strings.
+Each message is ``{"type": "alert" | "candle" | "candle_live" | "ticker" | "book" | "funding" | "open_interest" |
+"liquidation", "data": {...}}`` with decimals as strings (``books``: the pair's book snapshots; ``derivs``: a
+perpetual's funding, open interest and liquidations, ``services/api/books_api.py``).
 While a socket watches a series the API holds it (``shared.subscriptions.HeldSeries``) so candle_builder makes it.
 """
 
@@ -13,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from redis.asyncio import Redis
 
 from shared import streams
 from shared.errors import DecodeError
-from shared.schemas import live_channels
+from shared.schemas import FundingRate, Liquidation, OpenInterest, BookSnapshot, live_channels, unpack
 from shared.subscriptions import HeldSeries
 
 logger = logging.getLogger(__name__)
@@ -61,11 +65,15 @@ def mount(app: FastAPI, settings, redis: Redis, access) -> HeldSeries:
         try:
             series = parse_series(params.getlist("series"))
             tickers = parse_pairs(params.getlist("tickers"))
+            books = parse_pairs(params.getlist("books"))
+            derivs = parse_pairs(params.getlist("derivs"))
         except ValueError as exc:
             await websocket.close(code=1003, reason=str(exc)[:120])
             return
         alerts = params.get("alerts", "true").lower() not in ("0", "false", "no")
-        channels = live_channels(alerts, series, tickers)
+        channels: dict[str, tuple[str | None, Any]] = {**live_channels(alerts, series, tickers)}
+        channels.update({streams.channel_books(ex, sym): ("book", BookSnapshot) for ex, sym in books})
+        channels.update({streams.channel_derivs(ex, sym): (None, _Derivs) for ex, sym in derivs})
         await websocket.accept()
         if not channels:
             await websocket.close(code=1000, reason="nothing subscribed")
@@ -89,8 +97,21 @@ def mount(app: FastAPI, settings, redis: Redis, access) -> HeldSeries:
     return held
 
 
-async def _pump(websocket: WebSocket, pubsub, channels: dict[str, tuple[str, type]]) -> None:
-    """Forward pub/sub messages until the client goes away."""
+class _Derivs:
+    """A perpetual's channel carries three kinds of message: decoded by their ``k`` (the socket's type is it)."""
+
+    @staticmethod
+    def decode(raw: bytes) -> Any:
+        msg = unpack(raw)
+        kind = msg.get("k") if isinstance(msg, dict) else None
+        cls = {"funding": FundingRate, "open_interest": OpenInterest, "liquidation": Liquidation}.get(kind or "")
+        if cls is None:
+            raise DecodeError(f"expected funding, open interest or a liquidation, got kind {kind!r}")
+        return cls.from_msg(msg)
+
+
+async def _pump(websocket: WebSocket, pubsub, channels: dict[str, tuple[str | None, Any]]) -> None:
+    """Forward pub/sub messages until the client goes away (a kind of None: the message's own)."""
     async def receive_until_closed() -> None:
         with contextlib.suppress(WebSocketDisconnect):
             while True:
@@ -113,7 +134,7 @@ async def _pump(websocket: WebSocket, pubsub, channels: dict[str, tuple[str, typ
                 logger.warning("undecodable message on %s: %s", channel, exc)
                 continue
             try:
-                await websocket.send_json({"type": kind, "data": value.model_dump(mode="json")})
+                await websocket.send_json({"type": kind or value.kind, "data": value.model_dump(mode="json")})
             except (WebSocketDisconnect, RuntimeError):
                 return
     finally:

@@ -32,18 +32,19 @@ from typing import Any
 from redis.asyncio import Redis
 
 from services.candle_builder import history
+from services.candle_builder.bars import rows_rolled_up
 from services.candle_builder.core import Emitted, SeriesBuilder
-from services.candle_builder.series import Series, encode_candle, entry_id, retune, text
+from services.candle_builder.series import Series, encode_candle, entry_id, retune, say_start, text
 from services.candle_builder.settings import MAX_HISTORY_BARS, Settings
 from shared import metrics, streams
-from shared.bus import Bus
+from shared.bus import FIELD, Bus
 from shared.errors import ConfigError, DecodeError
 from shared.outage import REDIS_DOWN
 from shared.ownership import Ownership
 from shared.partitioned import PartitionWorkers, entry_data, raw_reader, read_streams
 from shared.partitions import partition_of
 from shared.runtime import consumer_name, heartbeat
-from shared.schemas import FeedMessage, GapMarker, TradeBatch, Watermark, decode_feed, pack, trade_rows, unpack
+from shared.schemas import Candle, FeedMessage, GapMarker, TradeBatch, Watermark, decode_feed, pack, trade_rows, unpack
 from shared.subscriptions import Subscriptions
 from shared.timeframes import timeframe_ms
 
@@ -74,6 +75,7 @@ class CandleBuilderApp:
         self.lookback: dict[Pair, dict[str, int]] = {}  # (exchange, symbol) -> timeframe -> candles
         self.backfilled = 0  # older history candles written after a look-back grew / a timeframe was added
         self._locks: dict[int, asyncio.Lock] = {}  # one read, timer tick or backfill of a partition at a time
+        self._rolled_up: set[tuple[Pair, str]] = set()  # (pair, timeframe) rolled up from base candles (_roll_up_added)
         self.trades_in = 0
         self.timer_closed = 0
         self.candles_out = 0
@@ -179,6 +181,8 @@ class CandleBuilderApp:
                 series = self.series.get(pair)
                 if series is not None:
                     retune(series.builder, tfs)
+                    say_start(series, tfs - (before or set()), series.history_bars if series.history_bars is not None
+                              else self.settings.history_bars)
         gone = [pair for pair in self.wanted if pair not in wanted]
         return gone, {pair: tfs for pair, tfs in dropped.items() if tfs}
 
@@ -469,6 +473,9 @@ class CandleBuilderApp:
                 continue
             if series.history_bars is None:
                 await self.seeder.decide(series, series.live_offset)
+            if series.history_bars == 0:  # no exchange history: a timeframe added mid-run from our own base candles
+                await self._roll_up_added(series)
+                continue
             for tf, bars in self.seeder.bars(series, self._asked(series)).items():
                 span = series.builder.backfill_range(tf, bars)
                 if span is None or series.backfill_retry.get(tf, 0.0) > now:
@@ -480,6 +487,33 @@ class CandleBuilderApp:
                     series.backfill_retry[tf] = time.monotonic() + 60.0
                     continue
                 await self._write_backfill(series, tf, span, rows)
+
+    async def _roll_up_added(self, series: Series) -> None:
+        """A timeframe added to the running series of a replay (or with history off) gets the buckets before it was
+        added rolled up from the closed base candles this builder published (their stream goes back to the first
+        trade it kept), once the bucket under way when it was added has ended (``SeriesBuilder.backfill_range``)."""
+        builder = series.builder
+        if not builder.emit_base:
+            return  # (say_start said from when it is built)
+        for tf in list(builder.derived):
+            span = builder.backfill_range(tf, MAX_HISTORY_BARS)
+            if span is None or ((series.exchange, series.symbol), tf) in self._rolled_up:
+                continue
+            # once per process: a restart plans from the saved state
+            self._rolled_up.add(((series.exchange, series.symbol), tf))
+            latest: dict[int, Candle] = {}
+            stream = streams.candles(series.exchange, series.symbol, builder.base_tf)
+            entries: Any = await self.redis.xrange(stream)
+            for _, fields in entries:
+                try:
+                    c = Candle.decode(fields[FIELD])
+                except (DecodeError, KeyError):
+                    continue
+                if c.closed and span[0] <= c.ts < span[1] and (c.ts not in latest or c.revision >= latest[c.ts].revision):
+                    latest[c.ts] = c
+            rows = rows_rolled_up([latest[ts] for ts in sorted(latest)], timeframe_ms(tf))
+            if rows:
+                await self._write_backfill(series, tf, (rows[0][0], span[1]), rows)
 
     async def _write_backfill(self, series: Series, tf: str, span: tuple[int, int], rows: list) -> None:
         async with self._lock(series.partition):

@@ -121,3 +121,24 @@ def bar_from_history(row: tuple[Any, ...], ms: int) -> Bar:
     bar.trades = trades
     bar.first_ts, bar.last_ts = ts, ts + ms - 1
     return bar
+
+
+def rows_rolled_up(candles: list[Any], ms: int) -> list[tuple[Any, ...]]:
+    """History rows (``bar_from_history``'s layout) of the timeframe of ``ms`` rolled up from closed candles of a
+    smaller one that divides it (``shared.schemas.Candle``, in ts order, one per bucket): the open of the first, the
+    high and low of all, the close of the last, volumes and trade counts summed exactly."""
+    rows: list[tuple[Any, ...]] = []
+    row: list[Any] | None = None
+    for c in candles:
+        ts = c.ts - c.ts % ms
+        if row is None or row[0] != ts:
+            if row is not None:
+                rows.append(tuple(row))
+            row = [ts, c.open, c.high, c.low, c.close, c.volume, c.buy_volume, c.trades, c.quote_volume]
+            continue
+        row[2], row[3], row[4] = max(row[2], c.high), min(row[3], c.low), c.close
+        row[5], row[6] = _CTX.add(row[5], c.volume), _CTX.add(row[6], c.buy_volume)
+        row[7], row[8] = row[7] + c.trades, _CTX.add(row[8], c.quote_volume)
+    if row is not None:
+        rows.append(tuple(row))
+    return rows

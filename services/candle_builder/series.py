@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from services.candle_builder.core import Bar, Emitted, SeriesBuilder
 from shared.partitioned import entry_id
@@ -55,6 +56,28 @@ class Series:
 
 def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def say_start(series: Series, added: set[str], history_bars: int | None) -> None:
+    """Say from when a timeframe added to a running series is built, when no exchange history backfills the buckets
+    before it (``history_bars`` 0: a replay, or history off): from the next whole bucket on, and the earlier ones rolled
+    up from the base candles in their stream once that bucket starts (or none, if the base timeframe is not kept)."""
+    if history_bars != 0:
+        return  # backfilled from the exchange's history (or not decided yet)
+    builder = series.builder
+    for tf in sorted(added):
+        start = builder.start_at.get(tf) if tf != builder.base_tf else None
+        if not start:
+            continue
+        when = datetime.fromtimestamp(start / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if builder.emit_base:
+            logger.info("candle_builder: %s %s %s added while running: built from the bucket of %s (exchange time, "
+                        "ts %d) on; the earlier ones are rolled up from the %s candles in their stream once that "
+                        "bucket has ended", series.exchange, series.symbol, tf, when, start, builder.base_tf)
+        else:
+            logger.warning("candle_builder: %s %s %s added while running: its candles start at the bucket of %s "
+                           "(exchange time, ts %d); none before it (no exchange history and no %s candles kept to "
+                           "roll up)", series.exchange, series.symbol, tf, when, start, builder.base_tf)
 
 
 def retune(builder: SeriesBuilder, tfs: set[str]) -> None:

@@ -58,6 +58,7 @@ class MarketFeedApp:
         self._core: FeedCore | None = None
         self.ownership: Any = None  # shared.ownership.Ownership of a replay / simulated source
         self.live: Any = None  # the live feed (adapters.ccxt_feed.LiveFeed) in mode=live
+        self.books: Any = None  # books.BookTasks when order books or futures data are configured
         self.redis_retry = RedisRetry(SERVICE, base_s=settings.backoff_base_s, cap_s=settings.backoff_cap_s)
         if settings.mode == "live":  # an unknown exchange id is a configuration mistake: say so before starting
             from services.market_feed.adapters.ccxt_exchange import check_exchange_ids
@@ -88,6 +89,8 @@ class MarketFeedApp:
                                "exchange_time": self.exchange_time or 0}
         if self.live is not None:
             out.update(self.live.health_fields())
+        if self.books is not None:
+            out.update(self.books.health_fields())
         return out
 
     # ---- run ---------------------------------------------------------------------------------------------------
@@ -99,6 +102,12 @@ class MarketFeedApp:
         beat = asyncio.create_task(heartbeat(self.redis, SERVICE, beat_stop, self.status),
                                    name="market_feed-heartbeat")
         watch = asyncio.create_task(self._forward(stop, beat_stop), name="market_feed-stop-watch")
+        books = None
+        if self.settings.books or self.settings.derivatives:  # order books and futures data beside the trades
+            from services.market_feed.books import BookTasks
+
+            self.books = BookTasks(self.settings, self.redis, bus=self.bus)
+            books = asyncio.create_task(self.books.run(stop), name="market_feed-books")
         try:
             mode = self.settings.mode
             if mode == "replay" and self.source is not None:
@@ -126,6 +135,10 @@ class MarketFeedApp:
                 self.live = LiveFeed(self.settings, self.redis, self.bus, self.redis_retry)
                 await self.live.run(stop)
         finally:
+            if books is not None:
+                books.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await books
             beat_stop.set()
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -1,7 +1,7 @@
 """Settings of market_feed's order books and derivatives (``adapters/ccxt_book.py``, ``adapters/ccxt_derivs.py``).
 
-Meant to be nested in market_feed's settings (e.g. ``market_feed.books``) when the streams are wired in; usable on
-their own meanwhile.
+Nested in market_feed's settings as lists (``market_feed.books``, ``market_feed.derivatives``: one entry per exchange;
+``books.py`` runs them).
 """
 
 from __future__ import annotations

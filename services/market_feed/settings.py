@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.market_feed.book_settings import BookFeedSettings, DerivsFeedSettings
 from shared.recordings import guess_exchange, guess_symbol
 from shared.config import ServiceSettings
 from shared.errors import ConfigError
@@ -66,6 +67,10 @@ class Settings(ServiceSettings):
 
     # ---- live
     exchanges: list[ExchangeFeed] = Field(default_factory=list, description="live mode: exchanges and symbols")
+    books: list[BookFeedSettings] = Field(default_factory=list, description="order books of one exchange per entry "
+                                          "(snapshots + metrics to streams.part_books): services/market_feed/books.py")
+    derivatives: list[DerivsFeedSettings] = Field(default_factory=list, description="funding, open interest and "
+                                                  "liquidations of one futures exchange per entry (streams.part_derivs)")
     silence_timeout_s: float = Field(default=60.0, gt=0, description="a stream silent this long (per symbol, "
                                                                      "scaled by its usual rate) is reconnected")
     stall_intervals: float = Field(default=20.0, gt=1, description="a symbol that has been delivering is taken for "

@@ -193,3 +193,39 @@ rules:
     others = [r for r in records if r.levelno >= logging.ERROR or r.exc_info or not r.getMessage().startswith(
         "alert_engine: Redis")]
     assert not others, [(r.name, r.getMessage()) for r in others]
+
+
+async def test_an_engine_whose_redis_goes_away_during_start_up_waits_for_it(own_redis, tmp_path, caplog):
+    """Redis answered the start-up check, then went away before the engine read its rules and series (the chaos
+    bench: 'error: Redis: Error 111 connecting', exit 1, twice): the engine waits, says so once, and once Redis is
+    back fires what the candles call for."""
+    redis = connect(own_redis.url)
+    candles = pdref.candles_from_csv(shared_data(BTC), EX, SYM, "1s", 1000)[:50]
+    await corr._publish(redis, candles)
+    (tmp_path / "rules.yaml").write_text(f"""
+rules:
+  - {{name: always, symbols: [{SYM}], timeframe: 1s, cooldown: 10s, condition: {{left: close, op: above, right: 0}}}}
+""")
+    app = AlertEngineApp(Settings(rules_file=tmp_path / "rules.yaml", redis_url=own_redis.url, clock="exchange",
+                                  consumer_name="engine-1", block_ms=50), redis)
+    own_redis.stop()
+    caplog.set_level(logging.WARNING)
+    stop = asyncio.Event()
+    task = asyncio.create_task(app.run(stop))
+    try:
+        await asyncio.sleep(1.5)
+        assert not task.done(), task.exception() if task.done() else None
+        own_redis.start()
+        await _until_caught_up(redis, 30)
+        got = await corr._alerts(redis)
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 30)
+        await redis.aclose()
+    assert task.exception() is None
+    df = pdref.frame(candles)
+    want = {("always", SYM, "1s", t, state) for t, state in pdref.fires(
+        pd.Series([True] * len(df)), df["ts"], df["ts"] + 1000, frequency="once_per_bar_close", cooldown_ms=10_000)}
+    assert got == want and len(want) == 5
+    mine = [r.getMessage() for r in caplog.records if r.getMessage().startswith("alert_engine: Redis")]
+    assert len(mine) == 2 and "start-up" in mine[0] and "is back" in mine[1], mine

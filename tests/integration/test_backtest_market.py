@@ -185,7 +185,11 @@ def test_the_report_is_written_and_its_alert_tables_equal_alerts_jsonl(market):
 
 def test_a_short_recording_says_why_nothing_fired(tmp_path):
     out = tmp_path / "out"
+    out.mkdir()
+    stale = out / "candles_kraken_BTC-USD_1m.csv"  # a previous backtest's, into the same folder
+    stale.write_text("timestamp,open,high,low,close,volume,buy_volume,sell_volume,trades\n")
     terminal = backtest(shared_data(SHORT), "--rules", SAMPLE_RULES, "--out", out)
+    assert not stale.exists(), "a previous run's series would join this run's report"
     flat = " ".join(terminal.split())
     # the 46-second recording has one 1m bar: EMA(21) and the 20-bar volume mean cannot be computed
     assert re.search(r"ema_9_21_cross_up fired nothing: warm-up: its condition needs \d+ closed 1m bars .* the data "
@@ -229,3 +233,47 @@ def test_bad_inputs_name_the_file_line_and_field(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {side}:2: field 'side' — expected buy or sell, got 'up'"
+
+
+def test_a_binance_zip_archive_and_a_gzip_csv_read_like_the_plain_csv(tmp_path):
+    import gzip
+    import zipfile
+
+    plain = shared_data("binance_spot_btcusdt/BTCUSDT-trades-2024-08-08-binance-layout.csv")
+    archive = tmp_path / "zip" / "BTCUSDT-trades-2024-08-08.zip"  # as data.binance.vision serves it
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(plain, "BTCUSDT-trades-2024-08-08.csv")
+    packed = tmp_path / "gz" / "BTCUSDT-trades-2024-08-08.csv.gz"
+    packed.parent.mkdir()
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    outs = {}
+    for name, path in (("plain", plain), ("zip", archive), ("gz", packed)):
+        outs[name] = tmp_path / f"out-{name}"
+        backtest(path, "--rules", SAMPLE_RULES, "--out", outs[name], "--timeframes", "1m,5m")
+    for tf in ("1m", "5m"):
+        want = {ts: row[:8] for ts, row in read_candles(outs["plain"] / f"candles_{tf}.csv").items()}
+        assert len(want) >= 4
+        for name in ("zip", "gz"):
+            assert {ts: row[:8] for ts, row in read_candles(outs[name] / f"candles_{tf}.csv").items()} == want, name
+
+
+def test_keep_partial_alerts_writes_them_too(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - name: any_5m\n    symbols: ['*']\n    timeframe: 5m\n"
+                     "    condition: {left: close, op: above, right: 1}\n")
+    backtest(shared_data(SHORT), "--rules", rules, "--out", tmp_path / "out", "--keep-partial-alerts")
+    assert [(a["rule"], a["ts"]) for a in alerts_of(tmp_path / "out")] == [("any_5m", 1610064000000)]
+
+
+def test_a_rule_on_in_progress_candles_still_fires_in_a_backtest(tmp_path):
+    """In-progress candles are built only when a rule reads them: an intrabar rule must keep working (when it fires
+    within a bar depends on candle_builder's wall-clock throttle; that each complete bar fires once does not)."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - name: intrabar\n    symbols: ['*']\n    timeframe: 1m\n    frequency: once_per_bar\n"
+                     "    condition: {left: close, op: above, right: 1}\n")
+    out = tmp_path / "out"
+    backtest(shared_data(BTC), "--rules", rules, "--out", out)
+    first, last = span_of(shared_data(BTC))
+    complete = [ts for ts in range(first - first % 60_000, last, 60_000) if first <= ts and ts + 60_000 <= last + 1]
+    assert sorted(a["ts"] for a in alerts_of(out)) == complete

@@ -21,6 +21,7 @@ from shared import streams
 from shared.bus import FIELD
 from shared.orderbook.book import L2Book
 from shared.orderbook.metrics import book_metrics
+from shared.partitions import partition_of
 from shared.schemas import BookSnapshot
 from tests.conftest import shared_data
 from tests.integration.market_feed.book_sim import CAPTURE, capture_exchange
@@ -35,8 +36,10 @@ def _book_tickers() -> dict[int, dict]:
 
 
 async def _snapshots(redis) -> list[BookSnapshot]:
-    entries = await redis.xrange(streams.books("binance", "BTC/USDT"))
-    return [BookSnapshot.decode(fields[FIELD]) for _, fields in entries]
+    """The pair's snapshots in its partition's stream (the feed's default 16 partitions)."""
+    entries = await redis.xrange(streams.part_books(partition_of("binance", "BTC/USDT", 16)))
+    snaps = [BookSnapshot.decode(fields[FIELD]) for _, fields in entries]
+    return [s for s in snaps if (s.exchange, s.symbol) == ("binance", "BTC/USDT")]
 
 
 async def test_books_from_ccxt_equal_the_exchange_book_and_resync_after_a_gap(redis, caplog):
@@ -107,11 +110,18 @@ async def test_funding_open_interest_and_liquidations_to_redis(redis):
 
     from services.market_feed.adapters.ccxt_derivs import DerivsFeed
     from services.market_feed.book_settings import DerivsFeedSettings
-    from shared.schemas import FundingRate, Liquidation, OpenInterest
+    from shared.schemas import FundingRate, Liquidation, OpenInterest, unpack
     from tests.integration.market_feed.book_sim import TRADES
 
     trades = pd.read_csv(shared_data(TRADES), dtype={"price": str, "amount": str})
     symbol = "BTC/USDT:USDT"
+    stream = streams.part_derivs(partition_of("binanceusdm", symbol, 16))
+    decoders = {"funding": FundingRate, "open_interest": OpenInterest, "liquidation": Liquidation}
+
+    async def read() -> list:
+        msgs = [unpack(f[FIELD]) for _, f in await redis.xrange(stream)]
+        return [decoders[m["k"]].from_msg(m) for m in msgs if m.get("symbol") == symbol]
+
     async with capture_exchange(speed=30) as sim:
         settings = DerivsFeedSettings(exchange="binanceusdm", symbols=[symbol], ws_url=sim.futures_ws_url,
                                       rest_url=sim.futures_rest_url, open_interest_every_s=0.2)
@@ -120,9 +130,8 @@ async def test_funding_open_interest_and_liquidations_to_redis(redis):
         task = asyncio.create_task(feed.run(stop))
         try:
             for _ in range(400):
-                lengths = [await redis.xlen(f(settings.exchange, symbol))
-                           for f in (streams.funding, streams.open_interest, streams.liquidations)]
-                if min(lengths) >= 3:
+                kinds = [m.kind for m in await read()]
+                if min(kinds.count(k) for k in ("funding", "open_interest", "liquidation")) >= 3:
                     break
                 assert not task.done()
                 await asyncio.sleep(0.05)
@@ -130,12 +139,10 @@ async def test_funding_open_interest_and_liquidations_to_redis(redis):
             stop.set()
             await task
 
-    async def read(stream, cls):
-        return [cls.decode(f[FIELD]) for _, f in await redis.xrange(stream(settings.exchange, symbol))]
-
-    funding = await read(streams.funding, FundingRate)
-    ois = await read(streams.open_interest, OpenInterest)
-    liqs = await read(streams.liquidations, Liquidation)
+    msgs = await read()
+    funding = [m for m in msgs if isinstance(m, FundingRate)]
+    ois = [m for m in msgs if isinstance(m, OpenInterest)]
+    liqs = [m for m in msgs if isinstance(m, Liquidation)]
     assert len(funding) >= 3 and len(ois) >= 3 and len(liqs) >= 3
     for f in funding:
         before = trades[trades["timestamp"] <= f.ts]

@@ -10,11 +10,10 @@ delivered every alert the engine published exactly once, and every trade id must
 once. Finally the run is sabotaged (a delivered alert re-published with its notifier records deleted, a delivered
 line deleted, a trades entry written twice) and the same comparison must report exactly that.
 
-Two known faults are kept out of this short run (the bench shows them): redis-server runs with ``appendfsync always``
-(with ``everysec``, Redis' default here, a SIGKILL of redis-server can lose writes it had acknowledged: the bench
-lost 2 live trades that way), and a Redis fault waits until restarted services have connected (a service started while
-Redis is unreachable exits 1: shared.runtime.service_main -> check_partitions; the supervisor restarts it and the
-report counts it as a crash).
+redis-server runs with ``appendfsync always`` here: with ``everysec`` (Redis' default) a SIGKILL of redis-server can
+lose writes it had acknowledged (the bench lost 2 live trades that way once; docs/architecture.md, Durability). A Redis
+fault waits until restarted services have run ``restart_grace_s``; the long bench (bench/chaos_pipeline.py) has no
+such wait.
 """
 
 from __future__ import annotations

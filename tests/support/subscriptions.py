@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from shared import streams
-from shared.subscriptions import Subscriptions
+from shared.subscriptions import UNTIL, Subscriptions
 
 
 async def subscribed(redis) -> dict[str, int]:
@@ -18,5 +18,6 @@ async def subscribers(redis) -> dict[str, int]:
     counts: Counter[str] = Counter()
     for instance in await redis.smembers(streams.SUBSCRIBERS):
         for member in await redis.hkeys(streams.subscriber(instance.decode())):
-            counts[member.decode()] += 1
+            if member.decode() != UNTIL:
+                counts[member.decode()] += 1
     return dict(counts)

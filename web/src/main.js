@@ -3,6 +3,7 @@
 // history and rules, /ws for live updates. With SENTINEL_API_TOKEN set the page loads, but fetches nothing without
 // the token (typed top right, kept in this browser).
 import { AlertLog } from './alerts.js';
+import { BookPanel } from './book.js';
 import { Chart } from './chart.js';
 import { RuleForm } from './form.js';
 import { RulesTable } from './rules.js';
@@ -31,6 +32,8 @@ $('token').addEventListener('change', () => {
   start();
 });
 
+const book = new BookPanel();
+state.book = book;
 const chart = new Chart(state);
 state.chart = chart;
 const queueRedraw = () => {
@@ -79,6 +82,8 @@ function connect() {
   const s = state.series;
   const q = new URLSearchParams({ alerts: 'true' });
   if (s) { q.append('series', `${s.exchange}|${s.symbol}|${s.timeframe}`); q.append('tickers', `${s.exchange}|${s.symbol}`); }
+  if (s) q.append('books', `${s.exchange}|${s.symbol}`);
+  for (const perp of book.futures.keys()) q.append('derivs', perp);
   if (auth.token) q.append('token', auth.token);
   const ws = new WebSocket(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws?${q}`);
   state.ws = ws;
@@ -89,6 +94,8 @@ function connect() {
     else if (msg.type === 'candle' || msg.type === 'candle_live') putCandle(msg.data);
     else if (msg.type === 'alert') { if (log.add(msg.data, true)) queueRedraw(); rules.refresh(); }
     else if (msg.type === 'ticker' && msg.data.last) $('last').textContent = `${msg.data.symbol} ${msg.data.last}`;
+    else if (msg.type === 'book') book.onBook(msg.data);
+    else if (msg.type === 'funding' || msg.type === 'open_interest' || msg.type === 'liquidation') book.onDerivs(msg.type, msg.data);
   };
   ws.onclose = () => {
     $('conn').textContent = 'offline'; $('conn').className = 'conn off';
@@ -134,6 +141,7 @@ async function choose(s) {
   renderTimeframes();
   rules.refresh();
   await loadSeries();
+  await book.load(s);
   connect();
 }
 
@@ -208,6 +216,7 @@ async function start() {
     const history = await json('/alerts/history?limit=1000');
     history.items.forEach((item) => log.add(item.alert, false));
     await loadSeries();
+    await book.load(state.series);
     await rules.refresh();
     connect();
   } catch (err) {

@@ -162,6 +162,8 @@ def _fmt(value: Any) -> str:
         return "n/a"
     if isinstance(value, float):
         return f"{value:.8g}"
-    if isinstance(value, Decimal):
+    if isinstance(value, Decimal):  # a computed value (microprice, a ratio) reads to 10 significant digits
+        if value.is_finite() and len(value.as_tuple().digits) > 10:
+            value = value.quantize(Decimal(1).scaleb(min(0, value.adjusted() - 9)))
         return plain(value)
     return str(value)

@@ -19,7 +19,7 @@ publishes it.
   the trade's (ticker's) time and price; ``once_per_bar`` shares its id with the bar's close, so a bar alerts once.
 - Another series (a condition's ``timeframe``/``symbol``) and the ticker of a closed bar are read as of the bar's
   close: the last candle of that series closed by then, the last ticker at or before it — never later data.
-- Book and futures updates (``on_feed``: BookSnapshot, FundingRate, OpenInterest, Liquidation): a rule reading book
+- Book and futures updates (``on_feed``: BookFigures of a BookSnapshot, FundingRate, OpenInterest, Liquidation): a rule reading book
   or futures operands runs on each update of the kinds it reads, and only there; each update is an evaluation with
   state, as a closed bar is (``for:`` in exchange time, resolve). ``every_time`` alerts on each update that holds;
   the other frequencies at most once per bar of the rule's timeframe (``once``: once ever, by its cooldown). Its
@@ -33,6 +33,7 @@ from typing import Any
 
 from services.alert_engine.core import firing
 from services.alert_engine.core.alerts import Fire
+from services.alert_engine.core.feeds import BookFigures
 from services.alert_engine.core.firing import RuleStatus
 from services.alert_engine.core.market import Market
 from services.alert_engine.core.routes import Binding, Routes
@@ -42,7 +43,7 @@ from shared.rules import RuleSet
 from shared.schemas import BookSnapshot, Candle, FundingRate, Liquidation, OpenInterest, Ticker, Trade
 from shared.timeframes import bucket_start, timeframe_ms
 
-FeedUpdate = BookSnapshot | FundingRate | OpenInterest | Liquidation
+FeedUpdate = BookFigures | BookSnapshot | FundingRate | OpenInterest | Liquidation
 
 
 class AlertEngine:
@@ -215,9 +216,12 @@ class AlertEngine:
         return out if fire else []
 
     def on_feed(self, update: FeedUpdate, *, fire: bool = True) -> list[Fire]:
-        """A book snapshot or futures reading of one pair: kept, and evaluated by the rules reading its kind."""
-        feeds = self.market.pair_feeds((update.exchange, update.symbol))
+        """A book snapshot (as ``BookFigures``; a ``BookSnapshot`` is converted) or futures reading of one pair:
+        kept, and evaluated by the rules reading its kind."""
         if isinstance(update, BookSnapshot):
+            update = BookFigures.of(update)
+        feeds = self.market.pair_feeds((update.exchange, update.symbol))
+        if isinstance(update, BookFigures):
             kind, added, extra = "book", feeds.add_book(update), f"book:{update.ts}:{update.update_id}"
         elif isinstance(update, FundingRate):
             kind, added, extra = "funding", feeds.add_funding(update), f"funding:{update.ts}"

@@ -5,7 +5,10 @@ the last two funding readings, and the open interest readings and liquidations o
 (plus the reading just before it). ``value(operand, offset)`` is the operand at the pair's latest update (``offset``
 0) or the update of the same kind before it (1). Every value is an exact ``Decimal`` (None where it is unknown).
 
-Book figures come from the snapshot market_feed published (``BookSnapshot``): a band whose width the feed publishes
+Book figures come from the snapshot market_feed published (``BookSnapshot``), decoded into ``BookFigures``: what the
+operands read, parsed from the message map with exact ``Decimal`` and its types checked, without building the
+pydantic model (~2,000 snapshots a second reach an engine; the model's validation of every level and wall event cost
+~5x more). A band whose width the feed publishes
 (``books.bands_bps``) is computed over the whole local book; another width is computed here from the snapshot's top
 levels, and is unknown (None) when those levels do not reach the band's edge (or it passes the snapshot's
 ``bid_floor`` / ``ask_ceiling``). A band the snapshot marks incomplete
@@ -15,17 +18,120 @@ levels, and is unknown (None) when those levels do not reach the band's edge (or
 from __future__ import annotations
 
 from collections import deque
-from decimal import Decimal, localcontext
-from typing import Any
+from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation, localcontext
+from typing import Any, NamedTuple
 
 from shared import rules as r
+from shared.errors import DecodeError
 from shared.orderbook.book import L2Book
 from shared.orderbook.metrics import EXACT, QUOTIENTS, book_metrics
-from shared.schemas import BookBand, BookSnapshot, FundingRate, Liquidation, OpenInterest
+from shared.schemas import SCHEMA_VERSION, BookSnapshot, FundingRate, Liquidation, OpenInterest, unpack
 
 _ZERO = Decimal(0)
 _HUNDRED = Decimal(100)
 _BPS = Decimal(10_000)
+
+
+class BandFigures(NamedTuple):
+    """The figures of one band a snapshot carries (``BookBand``) that operands read."""
+
+    bid_base: Decimal
+    ask_base: Decimal
+    bid_quote: Decimal
+    ask_quote: Decimal
+    imbalance: Decimal | None
+    bid_wall_ratio: Decimal | None
+    ask_wall_ratio: Decimal | None
+    complete: bool
+
+
+class BookFigures(NamedTuple):
+    """One ``BookSnapshot`` as the book operands read it: ``bands`` by width, ``walls`` as (kind, side, size), the
+    levels as the message's [price, size] text rows (parsed only for a band the snapshot does not carry)."""
+
+    exchange: str
+    symbol: str
+    ts: int
+    update_id: int | None
+    mid: Decimal | None
+    spread: Decimal | None
+    spread_bps: Decimal | None
+    microprice: Decimal | None
+    bands: dict[Decimal, BandFigures]
+    walls: tuple[tuple[str, str, Decimal], ...]
+    bids: Sequence[Sequence[Any]]
+    asks: Sequence[Sequence[Any]]
+    bid_floor: Decimal | None
+    ask_ceiling: Decimal | None
+
+    @classmethod
+    def from_msg(cls, m: Any) -> BookFigures:
+        """From a ``book`` message map (``unpack`` of a ``part_books`` entry); DecodeError naming what is wrong."""
+        if not isinstance(m, dict) or m.get("v") != SCHEMA_VERSION or m.get("k") != "book":
+            raise DecodeError(f"expected a book message of schema version {SCHEMA_VERSION}")
+        try:
+            bands = {_dec(b["bps"], "bands.bps"): BandFigures(
+                _dec(b["bid_base"], "bands.bid_base"), _dec(b["ask_base"], "bands.ask_base"),
+                _dec(b["bid_quote"], "bands.bid_quote"), _dec(b["ask_quote"], "bands.ask_quote"),
+                _opt(b.get("imbalance"), "bands.imbalance"), _opt(b.get("bid_wall_ratio"), "bands.bid_wall_ratio"),
+                _opt(b.get("ask_wall_ratio"), "bands.ask_wall_ratio"), b.get("complete", True) is True)
+                for b in m.get("bands") or ()}
+            walls = tuple((_choice(w["kind"], _KINDS, "walls.kind"), _choice(w["side"], ("bid", "ask"), "walls.side"),
+                           _dec(w["size"], "walls.size")) for w in m.get("walls") or ())
+            bids, asks = m["bids"], m["asks"]
+            if not isinstance(bids, list) or not isinstance(asks, list):
+                raise DecodeError("invalid book: bids and asks must be lists of [price, size]")
+            update_id = m.get("update_id")
+            return cls(_text(m["exchange"], "exchange"), _text(m["symbol"], "symbol"), _int(m["ts"], "ts"),
+                       None if update_id is None else _int(update_id, "update_id"), _opt(m.get("mid"), "mid"),
+                       _opt(m.get("spread"), "spread"), _opt(m.get("spread_bps"), "spread_bps"),
+                       _opt(m.get("microprice"), "microprice"), bands, walls, bids, asks,
+                       _opt(m.get("bid_floor"), "bid_floor"), _opt(m.get("ask_ceiling"), "ask_ceiling"))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise DecodeError(f"invalid book: {type(exc).__name__} {exc}") from exc
+
+    @classmethod
+    def of(cls, snap: BookSnapshot) -> BookFigures:
+        """A snapshot built in this process (tests, a backtest): through its message, as the engine reads it."""
+        return cls.from_msg(unpack(snap.encode()))
+
+
+_KINDS = ("appeared", "pulled", "eaten")
+
+
+def _dec(value: Any, field: str) -> Decimal:
+    """Exact decimal text or an integer (never a float: its value is not the decimal it prints as)."""
+    if type(value) is str or type(value) is int:
+        try:
+            d = Decimal(value)
+        except InvalidOperation:
+            d = Decimal("NaN")
+        if d.is_finite():
+            return d
+    raise DecodeError(f"invalid book: field {field} must be exact decimal text or an integer, got {value!r}")
+
+
+def _opt(value: Any, field: str) -> Decimal | None:
+    return None if value is None else _dec(value, field)
+
+
+def _int(value: Any, field: str) -> int:
+    if type(value) is not int:
+        raise DecodeError(f"invalid book: field {field} must be an integer, got {value!r}")
+    return value
+
+
+def _text(value: Any, field: str) -> str:
+    if type(value) is not str or not value:
+        raise DecodeError(f"invalid book: field {field} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _choice(value: Any, allowed: tuple[str, ...], field: str) -> str:
+    if value not in allowed:
+        raise DecodeError(f"invalid book: field {field} must be one of {', '.join(allowed)}, got {value!r}")
+    return str(value)
 
 
 class PairFeeds:
@@ -34,16 +140,16 @@ class PairFeeds:
     __slots__ = ("books", "funding", "open_interest", "liquidations", "horizon_ms", "_bands")
 
     def __init__(self, horizon_ms: int = 0) -> None:
-        self.books: deque[BookSnapshot] = deque(maxlen=2)
+        self.books: deque[BookFigures] = deque(maxlen=2)
         self.funding: deque[FundingRate] = deque(maxlen=2)
         self.open_interest: deque[OpenInterest] = deque()
         self.liquidations: deque[Liquidation] = deque()
         self.horizon_ms = horizon_ms
-        self._bands: dict[tuple[int, Decimal], BookBand | None] = {}  # (id of snapshot, bps) -> band, computed once
+        self._bands: dict[tuple[int, Decimal], BandFigures | None] = {}  # (id of snapshot, bps) -> band, once
 
     # ---- input (each returns False for an update older than the last one of its kind: ignored) ---------------------
 
-    def add_book(self, snap: BookSnapshot) -> bool:
+    def add_book(self, snap: BookFigures) -> bool:
         if self.books and snap.ts < self.books[-1].ts:
             return False
         if len(self.books) == 2:
@@ -101,8 +207,8 @@ class PairFeeds:
         if snap is None:
             return None
         if isinstance(operand, r.WallEventSpec):
-            return sum((w.size for w in snap.walls if w.kind == operand.event
-                        and operand.side in ("any", w.side)), _ZERO)
+            event, side = operand.event, operand.side
+            return sum((size for kind, s, size in snap.walls if kind == event and side in ("any", s)), _ZERO)
         band = self.band(snap, operand.bps)
         if band is None:
             return None
@@ -118,12 +224,12 @@ class PairFeeds:
             return band.ask_wall_ratio
         raise TypeError(f"not a book or futures operand: {operand!r}")
 
-    def band(self, snap: BookSnapshot, bps: Decimal) -> BookBand | None:
+    def band(self, snap: BookFigures, bps: Decimal) -> BandFigures | None:
         """The figures of the band of ``bps`` around the snapshot's mid (module docstring); None when unknown."""
         key = (id(snap), bps)
         if key in self._bands:
             return self._bands[key]
-        band = next((b for b in snap.bands if b.bps == bps), None)
+        band = snap.bands.get(bps)
         if band is None:
             band = _band_from_levels(snap, bps)
         elif not band.complete:
@@ -176,7 +282,7 @@ def _nth(log: deque[Any], offset: int) -> Any:
     return log[-1 - offset] if offset < len(log) else None
 
 
-def _book_field(snap: BookSnapshot, name: str) -> Decimal | None:
+def _book_field(snap: BookFigures, name: str) -> Decimal | None:
     if name == "microprice":
         return snap.microprice
     if name == "book_mid":
@@ -198,14 +304,19 @@ def _funding_field(f: FundingRate, name: str) -> Decimal | None:
     return QUOTIENTS.divide((f.mark_price - f.index_price) * _BPS, f.index_price)
 
 
-def _band_from_levels(snap: BookSnapshot, bps: Decimal) -> BookBand | None:
+def _band_from_levels(snap: BookFigures, bps: Decimal) -> BandFigures | None:
     """A band the snapshot does not carry, from its top levels: None unless they reach past the band on both sides
     (``book_metrics``' ``complete``, with the last level of each side as the edge of what is known)."""
     if not snap.bids or not snap.asks:
         return None
+    try:
+        bids = [(_dec(p, "bids"), _dec(q, "bids")) for p, q in snap.bids]
+        asks = [(_dec(p, "asks"), _dec(q, "asks")) for p, q in snap.asks]
+    except (TypeError, ValueError, DecodeError):
+        return None  # (levels are parsed only here: a malformed row makes the band unknown)
     book = L2Book()
-    book.load(snap.bids, snap.asks)
-    floor, ceiling = snap.bids[-1][0], snap.asks[-1][0]
+    book.load(bids, asks)
+    floor, ceiling = bids[-1][0], asks[-1][0]
     if snap.bid_floor is not None:
         floor = max(floor, snap.bid_floor)
     if snap.ask_ceiling is not None:
@@ -216,6 +327,5 @@ def _band_from_levels(snap: BookSnapshot, bps: Decimal) -> BookBand | None:
     b = m.bands[0]
     if not b.complete:
         return None
-    return BookBand(bps=b.bps, bid_base=b.bid_base, ask_base=b.ask_base, bid_quote=b.bid_quote,
-                    ask_quote=b.ask_quote, imbalance=b.imbalance, bid_levels=b.bid_levels, ask_levels=b.ask_levels,
-                    bid_wall_ratio=b.bid_wall_ratio, ask_wall_ratio=b.ask_wall_ratio)
+    return BandFigures(b.bid_base, b.ask_base, b.bid_quote, b.ask_quote, b.imbalance, b.bid_wall_ratio,
+                       b.ask_wall_ratio, True)

@@ -55,6 +55,10 @@ class Routes:
         self._ticks: dict[tuple[str, str, TickKind], list[Binding]] = {}
         self._feeds: dict[tuple[str, str, str], list[Binding]] = {}
         self._feed_kinds = {rule.name: reads.feed_kinds(rule.condition) for rule in rules}
+        # what each rule reads, worked out once (``needs*`` run per known pair on every series sync)
+        self._no_candles = {rule.name for rule in rules
+                            if self._feed_kinds[rule.name] and not reads.reads_candles(rule.condition)}
+        self._tickers = {rule.name for rule in rules if reads.uses_tickers(rule.condition)}
         #: the longest window of the book / futures operands (what each pair's ``PairFeeds`` keeps)
         self.feed_horizon_ms = max([reads.feed_horizon_ms(rule.condition) for rule in rules] or [0])
         self._bindings: dict[tuple[str, SeriesKey], Binding] = {}
@@ -125,7 +129,7 @@ class Routes:
             if rule.exchange is not None and rule.exchange != exchange:
                 continue
             places = reads.wheres(rule.condition)
-            if self._feed_kinds[rule.name] and not reads.reads_candles(rule.condition):
+            if rule.name in self._no_candles:
                 continue  # book / futures operands and numbers only: no candles
             if rule.matches(exchange, symbol):
                 out.add(rule.timeframe)
@@ -147,7 +151,7 @@ class Routes:
         return out
 
     def needs_tickers(self, exchange: str, symbol: str) -> bool:
-        return any(rule.matches(exchange, symbol) and reads.uses_tickers(rule.condition) for rule in self.rules)
+        return any(rule.name in self._tickers and rule.matches(exchange, symbol) for rule in self.rules)
 
     def needs_trades(self, exchange: str, symbol: str) -> bool:
         """Some rule is evaluated on each trade of (exchange, symbol)."""

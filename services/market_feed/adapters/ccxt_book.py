@@ -8,8 +8,9 @@ that does not follow on raises ``ChecksumError``, an ``InvalidNonce``, and ccxt 
   resubscribe, a silent book (``watch_timeout_s``) is unwatched and watched again;
 - with wall events on, a trades task feeds the pair's trades (``watch_trades``, exact strings from ``info``);
 - one publisher task, every ``publish_every_ms``, reads each pair's book that changed (by its nonce), converts the
-  levels it needs to exact decimals (``book_core.exact_levels``), and XADDs a ``BookSnapshot`` to
-  ``streams.books(exchange, symbol)`` (PUBLISHed on ``streams.channel_books`` too), all pairs in one pipeline.
+  levels it needs to exact decimals (``book_core.exact_levels``), and XADDs a ``BookSnapshot`` to its pair's
+  partition stream ``streams.part_books(p)`` (PUBLISHed on ``streams.channel_books`` too), all pairs in one
+  pipeline.
 
 ccxt's book objects are read only between awaits (asyncio runs one thing at a time), so a snapshot is always one
 state of the book, the one at its ``nonce``.
@@ -35,6 +36,7 @@ from services.market_feed.settings import ExchangeFeed
 from shared import metrics, streams
 from shared.bus import Bus, backoff_delay
 from shared.orderbook.walls import WallTracker
+from shared.partitions import partition_of
 from shared.runtime import tasks_until_done
 
 logger = logging.getLogger(__name__)
@@ -56,8 +58,10 @@ class BookFeed:
     """Books of ``settings.symbols`` on ``settings.exchange``; ``await run(stop)``."""
 
     def __init__(self, settings: BookFeedSettings, redis: Redis, *, bus: Bus | None = None,
-                 exchange: Any = None) -> None:
+                 exchange: Any = None, partitions: int = 16) -> None:
+        """``partitions``: the common setting (a pair's snapshots go to its partition's stream)."""
         self.settings = settings
+        self.partitions = partitions
         self.bus = bus or Bus(redis)
         self.exchange = exchange
         s = settings
@@ -201,8 +205,8 @@ class BookFeed:
         ex = self.settings.exchange
         async with self.bus.pipeline() as pipe:
             for symbol, data in ready:
-                self.bus.add_to(pipe, streams.books(ex, symbol), data, maxlen=self.settings.stream_maxlen,
-                                channel=streams.channel_books(ex, symbol))
+                self.bus.add_to(pipe, streams.part_books(partition_of(ex, symbol, self.partitions)), data,
+                                maxlen=self.settings.stream_maxlen, channel=streams.channel_books(ex, symbol))
             await pipe.execute()
         for symbol, _ in ready:
             self.health[symbol].published += 1

@@ -1,13 +1,14 @@
-"""Perpetual-futures data from ccxt.pro: funding / mark / index, open interest, liquidations, each to its stream.
+"""Perpetual-futures data from ccxt.pro: funding / mark / index, open interest, liquidations, to the contract's
+partition stream ``streams.part_derivs(p)`` (and its ``channel_derivs``).
 
 Per contract, each independent of the others (an error in one never stops another):
 
 - funding: ``watch_mark_price`` where ccxt has it (Binance USD-M: ``<sym>@markPrice@1s`` carries mark, index,
-  funding rate and next funding time), else ``fetch_funding_rate`` every ``funding_every_s`` → ``streams.funding``;
+  funding rate and next funding time), else ``fetch_funding_rate`` every ``funding_every_s`` → FundingRate;
 - open interest: ``fetch_open_interest`` every ``open_interest_every_s`` (Binance has no open-interest stream),
-  published when it changed → ``streams.open_interest``;
+  published when it changed → OpenInterest;
 - liquidations: ``watch_liquidations`` where ccxt supports it (Binance USD-M ``<sym>@forceOrder``) →
-  ``streams.liquidations``.
+  Liquidation.
 
 Errors back off (capped, jittered). ccxt 4.5.90 has no ``watch_funding_rate`` for Binance: the mark-price stream is
 where Binance pushes funding.
@@ -34,6 +35,7 @@ from services.market_feed.settings import ExchangeFeed
 from shared import streams
 from shared.bus import Bus, backoff_delay
 from shared.errors import ConfigError, UnknownExchangeError
+from shared.partitions import partition_of
 from shared.runtime import tasks_until_done
 from shared.schemas import FundingRate, Liquidation, OpenInterest
 
@@ -81,8 +83,10 @@ class DerivsFeed:
     """Funding, open interest and liquidations of ``settings.symbols``; ``await run(stop)``."""
 
     def __init__(self, settings: DerivsFeedSettings, redis: Redis, *, bus: Bus | None = None,
-                 exchange: Any = None) -> None:
+                 exchange: Any = None, partitions: int = 16) -> None:
+        """``partitions``: the common setting (a contract's messages go to its partition's stream)."""
         self.settings = settings
+        self.partitions = partitions
         self.bus = bus or Bus(redis)
         self.exchange = exchange
         self.health: dict[str, DerivsHealth] = {}
@@ -134,7 +138,9 @@ class DerivsFeed:
                     convert: Callable[[Any], list[Message | None]], poll_every_s: float | None) -> None:
         """Call ``call`` (a watch, or a fetch every ``poll_every_s``), publish what ``convert`` makes of it."""
         health = self.health.setdefault(f"{symbol}|{kind}", DerivsHealth())
-        stream = getattr(streams, kind)(self.settings.exchange, symbol)
+        ex = self.settings.exchange
+        stream = streams.part_derivs(partition_of(ex, symbol, self.partitions))
+        channel = streams.channel_derivs(ex, symbol)
         timeout = self.settings.watch_timeout_s if poll_every_s is None else max(poll_every_s, 10.0)
         last: Any = None
         attempt = 0
@@ -146,8 +152,11 @@ class DerivsFeed:
                     messages = [m for m in messages if m != last]
                     last = messages[-1] if messages else last
                 if messages:
-                    await self.bus.publish_many(((stream, m.encode()) for m in messages),
-                                                maxlen=self.settings.stream_maxlen)
+                    async with self.bus.pipeline() as pipe:
+                        for m in messages:
+                            self.bus.add_to(pipe, stream, m.encode(), maxlen=self.settings.stream_maxlen,
+                                            channel=channel)
+                        await pipe.execute()
                     health.messages += len(messages)
                 attempt = 0
             except asyncio.CancelledError:

@@ -125,7 +125,8 @@ async def _start_sim(src: Source, speed: float, config: Path, logs: Path) -> tup
 
 
 async def _backtests(srcs: list[Source], rules: Path, config: Path, out: Path) -> dict:
-    """A clean ``sentinel backtest`` of each recording with the same rules and pipeline settings, one at a time.
+    """A clean ``sentinel backtest`` of each recording with the same rules and pipeline settings, one at a time,
+    keeping the alerts of partial bars (the live run fires at every close it sees).
 
     The timeframes only rules ask for are named on its command line: a backtest left to learn them from the alert
     engine's subscription builds none of them when its candle builder reads the recording first (seen here under
@@ -137,7 +138,7 @@ async def _backtests(srcs: list[Source], rules: Path, config: Path, out: Path) -
         proc = await asyncio.create_subprocess_exec(
             *sentinel_argv("backtest", str(src.path), "--rules", str(rules), "--out", str(target), "--exchange",
                            src.pair.exchange, "--symbol", src.pair.symbol, "--config", str(config),
-                           "--timeframes", ",".join(tfs)),
+                           "--timeframes", ",".join(tfs), "--keep-partial-alerts"),
             env=clean_env({}), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE)
         _, err = await proc.communicate()

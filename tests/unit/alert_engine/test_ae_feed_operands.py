@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from services.alert_engine.core import AlertEngine
-from services.alert_engine.core.feeds import PairFeeds
+from services.alert_engine.core.feeds import BookFigures, PairFeeds
 from services.market_feed.book_core import BookView, PairBook
 from shared.orderbook.binance import DiffDepthSync, DiffResult
 from shared.orderbook.book import L2Book, parse_levels
@@ -109,7 +109,7 @@ def test_book_operands_equal_the_whole_book_reference(books, bps, seen_known):
     feeds = PairFeeds()
     known = 0
     for snap, bids, asks in books:
-        feeds.add_book(snap)
+        feeds.add_book(BookFigures.of(snap))
         want = _reference(bids, asks, Decimal(bps))
         got = {name: feeds.value(op) for name, op in ops.items()}
         assert got == want, snap.ts
@@ -123,7 +123,7 @@ def test_an_unpublished_band_is_computed_from_the_top_levels_or_unknown(books):
     feeds = PairFeeds()
     known = unknown = 0
     for snap, bids, asks in books:
-        feeds.add_book(snap)
+        feeds.add_book(BookFigures.of(snap))
         want = _reference(bids, asks, Decimal("0.05"))
         lo = want["book_mid"] * (1 - Decimal("0.05") / 10000)
         hi = want["book_mid"] * (1 + Decimal("0.05") / 10000)
@@ -255,6 +255,38 @@ rules:
                             quote_volume=d, trades=1))
     later = snap.model_copy(update={"ts": snap.ts + 1})
     assert [f.alert.rule for f in engine.on_feed(later)] == ["mixed"]  # (pure: already fired this bar)
+
+
+def test_book_figures_decode_what_the_snapshot_says_and_refuse_floats(books):
+    """The engine's decoding of a book entry (without the pydantic model) against the model's own validation."""
+    import msgpack
+
+    from shared.errors import DecodeError
+    from shared.schemas import unpack
+
+    for snap, _, _ in books[:200]:
+        msg = unpack(snap.encode())
+        model = BookSnapshot.from_msg(msg)  # the validating path
+        fig = BookFigures.from_msg(msg)
+        assert (fig.exchange, fig.symbol, fig.ts, fig.update_id, fig.mid, fig.spread, fig.spread_bps,
+                fig.microprice, fig.bid_floor, fig.ask_ceiling) == (
+            model.exchange, model.symbol, model.ts, model.update_id, model.mid, model.spread, model.spread_bps,
+            model.microprice, model.bid_floor, model.ask_ceiling)
+        assert {b.bps: (b.bid_base, b.ask_base, b.bid_quote, b.ask_quote, b.imbalance, b.bid_wall_ratio,
+                        b.ask_wall_ratio, b.complete) for b in model.bands} == {k: tuple(v) for k, v in fig.bands.items()}
+        assert fig.walls == tuple((w.kind, w.side, w.size) for w in model.walls)
+    msg = unpack(books[0][0].encode())
+    for path, bad in ((("mid",), 61837.635), (("bands", 0, "imbalance"), 0.25), (("walls", 0, "size"), "NaN"),
+                      (("walls", 0, "kind"), "vanished"), (("ts",), "1723161256108")):
+        broken = msgpack.unpackb(msgpack.packb(msg))
+        target = broken
+        for key in path[:-1]:
+            target = target[key]
+        if path[0] == "walls" and not broken["walls"]:
+            continue
+        target[path[-1]] = bad
+        with pytest.raises(DecodeError, match=path[-1]):
+            BookFigures.from_msg(broken)
 
 
 # ---- futures ------------------------------------------------------------------------------------------------------

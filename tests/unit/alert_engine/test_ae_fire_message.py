@@ -71,3 +71,27 @@ def test_prices_in_messages_read_without_trailing_zeros():
     assert fire.alert.message == "3156.1|3156.1|12.5|3156.1|3150"
     assert str(fire.alert.price) == "3156.10000000" and type(fire.alert.price) is Decimal
     assert type(fire.alert.value) is Decimal
+
+
+def test_computed_values_read_to_ten_significant_digits_without_losing_integer_digits():
+    """An anchored VWAP of prices 10 and 11 with amounts 1 and 2 is 32/3, a repeating decimal: the message shows 10
+    significant digits of it (no 28-digit tail) while the alert's value keeps it whole; a large exact value keeps
+    every integer digit."""
+    eng = AlertEngine(parse_rules("""rules:
+  - {name: avg, symbols: [BTC/USDT], frequency: every_time, message: "{value}",
+     condition: {left: {vwap: {anchor: 1d}}, op: above, right: 0}}
+  - {name: big, symbols: [BTC/USDT], frequency: every_time, message: "{value}",
+     condition: {left: volume, op: above, right: 0}}
+""", "t.yaml"))
+    fires = []
+    for i, (p, v) in enumerate([(Decimal(10), Decimal(1)), (Decimal(11), Decimal(2))]):
+        big = Decimal("123456789012345.123456789") * v
+        c = Candle(exchange="x", symbol="BTC/USDT", timeframe="1m", ts=T0 + i * M, open=p, high=p, low=p, close=p,
+                   volume=big, buy_volume=big, sell_volume=Decimal(0), quote_volume=p * big, closed=True, trades=1,
+                   last_trade_id=i + 1)
+        fires = eng.on_candle(c)
+    by_rule = {f.alert.rule: f.alert for f in fires}
+    exact = Decimal(32) / Decimal(3)
+    assert by_rule["avg"].value == exact and len(exact.as_tuple().digits) > 20
+    assert by_rule["avg"].message == "10.66666667"
+    assert by_rule["big"].message == "246913578024690"  # 246913578024690.246913578 to 10 digits: every integer one

@@ -86,8 +86,10 @@ def test_sample_rules_are_valid_and_target_the_simulated_market():
     ruleset = load_rules_file(SAMPLE_RULES)
     # The demo's market is labelled "sim" (--direct) or "binance" (through the local exchange): rules match both.
     assert ruleset.rules and all(rule.exchange is None for rule in ruleset.rules)
+    # (the futures rule names the perpetuals the local exchange serves beside the spot pairs)
     for exchange in ("sim", "binance"):
-        assert all(rule.matches(exchange, "BTC/USDT") or rule.matches(exchange, "ETH/USDT") for rule in ruleset.rules)
+        assert all(any(rule.matches(exchange, s) for s in ("BTC/USDT", "ETH/USDT", "BTC/USDT:USDT"))
+                   for rule in ruleset.rules)
 
 
 MISTAKES = """\

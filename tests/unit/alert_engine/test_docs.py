@@ -32,7 +32,7 @@ def test_everything_the_parser_knows_is_documented():
     documented = set(re.findall(r"`([^`]+)`", text)) | set(re.findall(r"[{(]?(\w+)[})]?", text))
     known = {
         *r.COMPARE_OPS, *r.CHANNEL_OPS, *r.MOVE_OPS, "volume_spike", "all", "any", *r.INDICATORS,
-        *r.CANDLE_FIELDS, *r.TICKER_FIELDS, *typing.get_args(r.Frequency), *r.PLACEHOLDERS,
+        *r.CANDLE_FIELDS, *r.TICKER_FIELDS, *r.BOOK_FIELDS, *r.DERIVS_FIELDS, *r.FEEDS, *typing.get_args(r.Frequency), *r.PLACEHOLDERS,
         *(f.alias or name for name, f in r.Rule.model_fields.items()),
     }
     missing = sorted(k for k in known if k not in documented)

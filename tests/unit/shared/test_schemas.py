@@ -132,3 +132,19 @@ def test_a_float_in_a_candle_ticker_or_alert_is_refused_naming_the_field(cls, fi
     msg[field] = 61000.5
     with pytest.raises(DecodeError, match=f"field '{field}' is a float"):
         cls.from_msg(msg)
+
+
+def test_a_refused_message_names_the_field_without_its_value():
+    """A malformed candle with a 2 MB field (the chaos bench's oversized injection): the reason names the field and
+    the problem in a few hundred bytes, not the value (it went whole into a log line of megabytes)."""
+    import msgpack
+    import pytest
+
+    from shared.errors import DecodeError
+    from shared.schemas import Candle, unpack
+
+    msg = {"exchange": "binance", "symbol": "BTC/USDT", "timeframe": "1m", "ts": 0, "open": "1", "high": "1",
+           "low": "1", "close": b"\x00" * 2_000_000, "volume": "1", "v": 1, "k": "candle"}
+    with pytest.raises(DecodeError) as info:
+        Candle.from_msg(unpack(msgpack.packb(msg)))
+    assert "close" in str(info.value) and len(str(info.value)) < 1000, str(info.value)[:300]

@@ -57,7 +57,6 @@ def test_malformed_messages_say_what_is_wrong(msg, fragment):
 
 
 def test_stream_names():
-    assert streams.books("binance", "BTC/USDT") == "sentinel:books:binance:BTC/USDT"
+    assert streams.part_books(3) == "sentinel:{p3}:books" and streams.part_derivs(3) == "sentinel:{p3}:derivs"
     assert streams.channel_books("binance", "BTC/USDT") == "sentinel:ch:books:binance:BTC/USDT"
-    assert {streams.funding("x", "s"), streams.open_interest("x", "s"), streams.liquidations("x", "s")} == {
-        "sentinel:funding:x:s", "sentinel:open_interest:x:s", "sentinel:liquidations:x:s"}
+    assert streams.channel_derivs("x", "s") == "sentinel:ch:derivs:x:s"

@@ -1,0 +1,313 @@
+"""``sentinel backtest`` speed beside its references, side by side in one run on the same generated trades (issue 22).
+
+Inputs (generated, deterministic, Binance's public-data trades layout with no header, as data.binance.vision serves):
+  one:  ``--trades`` trades (default 1,000,000) of one symbol over one day;
+  many: ``--many-trades`` trades (default 50,000) over ``--symbols`` symbols (default 500), one file each, interleaved
+        over the time that many trades of the one-symbol file span (the same activity, spread over many symbols).
+Measured, each ``--repeat`` times (default 3) in turns, medians with min-max:
+  sentinel   ``python -m sentinel.cli backtest`` with the sample rules, as a user runs it (CSV parsing, the services
+             on an embedded Redis, candles, alerts, report.html): wall time of the command;
+  bus        the bare bus baseline: a producer process parsing the CSV (``shared.recordings``), packing 200 trades per
+             entry (msgpack) and publishing with pipelined XADD (``Bus.publish_many``), a consumer process reading with
+             XREADGROUP, decoding and XACKing every entry, on a fresh embedded redis-server;
+  pandas     ``read_csv`` and a one-shot resample to 1m/5m/15m/1h OHLCV (float, no rules);
+  nautilus   NautilusTrader's BacktestEngine building 1m/5m/15m/1h bars from the same trades (CSV loading included), in
+             its own venv (``bench/.venv-nautilus``, created with the version pinned in pyproject's ``nautilus`` extra);
+             skipped with a note when it cannot be installed.
+Writes bench/results/bench_backtest.json. Usage: ``python bench/bench_backtest.py [--trades N] [--repeat R] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "bench" / "results"
+RULES = ROOT / "services" / "alert_engine" / "sample_rules.yaml"
+NAUTILUS_VENV = ROOT / "bench" / ".venv-nautilus"
+NAUTILUS_SCRIPT = ROOT / "bench" / "nautilus_bars.py"
+T0 = 1_723_075_200_000  # 2024-08-08 00:00 UTC
+DAY_MS = 86_400_000
+
+
+# ---- inputs ---------------------------------------------------------------------------------------------------------
+
+
+def _rows(n: int, first_id: int, t0: int, step_ms: float, seed: int) -> list[str]:
+    price = 6_183_763 + seed * 1000  # cents
+    out = []
+    for i in range(n):
+        price += (i * 7919 + seed) % 11 - 5
+        qty = f"0.{(i * 104729 + seed) % 99999 + 1:05d}"
+        p = f"{price // 100}.{price % 100:02d}"
+        out.append(f"{first_id + i},{p},{qty},0,{t0 + int(i * step_ms)},{'true' if (i + seed) % 3 else 'false'},true\n")
+    return out
+
+
+def generate_one(folder: Path, n: int) -> Path:
+    path = folder / "BTCUSDT-trades-2024-08-08.csv"
+    if not path.exists():
+        path.write_text("".join(_rows(n, 1, T0, (DAY_MS - 1) / n, 0)))
+    return path
+
+
+def generate_many(folder: Path, n: int, symbols: int, one: int) -> Path:
+    """``symbols`` files of ``n / symbols`` trades each, interleaved in time over the span ``n`` trades of the
+    one-symbol file cover (the same market activity per second, spread over many symbols)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    each = n // symbols
+    span = DAY_MS * n // one
+    for s in range(symbols):
+        path = folder / f"S{s:03d}USDT-trades-2024-08-08.csv"
+        if not path.exists():
+            path.write_text("".join(_rows(each, 1, T0 + s * 7, (span - 1 - symbols * 7) / each, s)))
+    return folder
+
+
+# ---- the measured runs ----------------------------------------------------------------------------------------------
+
+
+def run_sentinel(inputs: Path, out: Path) -> dict[str, Any]:
+    """The command as a user runs it; wall seconds, and the pipeline's own figure from its summary line."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_") and k != "REDIS_URL"}
+    env["COLUMNS"] = "200"
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "sentinel.cli", "backtest", str(inputs), "--rules", str(RULES),
+                           "--out", str(out)], capture_output=True, text=True, env=env, cwd=ROOT)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"sentinel backtest failed: {proc.stderr[-2000:]}")
+    m = re.search(r"([\d,]+) trades of .* in ([\d.]+)s", " ".join(proc.stdout.split()))
+    trades = int(m[1].replace(",", "")) if m else 0
+    return {"seconds": wall, "trades": trades, "pipeline_seconds": float(m[2]) if m else None}
+
+
+def _bus_producer(url: str, files: list[str], stream_of: dict[str, str], out: Any) -> None:
+    from shared.bus import Bus
+    from shared.recordings import guess_symbol, read_trades
+    from shared.runtime import connect
+    from shared.schemas import encode_trades
+    import asyncio
+
+    async def main() -> None:
+        redis = connect(url)
+        bus = Bus(redis)
+        n = 0
+        items: list[tuple[str, bytes]] = []
+        for f in files:
+            symbol = guess_symbol(f) or "X/Y"
+            stream = stream_of[f]
+            batch: list = []
+            for t in read_trades(f):
+                batch.append(t)
+                if len(batch) == 200:
+                    items.append((stream, encode_trades("binance", symbol, batch)))
+                    n += len(batch)
+                    batch = []
+                    if len(items) == 100:
+                        await bus.publish_many(items)
+                        items = []
+            if batch:
+                items.append((stream, encode_trades("binance", symbol, batch)))
+                n += len(batch)
+        if items:
+            await bus.publish_many(items)
+        await redis.aclose()
+        out.put(n)
+
+    asyncio.run(main())
+
+
+def _bus_consumer(url: str, stream_names: list[str], total: int, ready: Any, out: Any) -> None:
+    import redis as sync_redis
+
+    from shared.bus import FIELD
+    from shared.schemas import decode_feed
+
+    r = sync_redis.Redis.from_url(url)
+    for s in stream_names:
+        r.xgroup_create(s, "g", id="0", mkstream=True)
+    ready.set()
+    seen = 0
+    while seen < total:
+        for i in range(0, len(stream_names), 200):
+            got = r.xreadgroup("g", "c", {s: ">" for s in stream_names[i:i + 200]}, count=100, block=100)
+            for stream, entries in got or []:
+                for _, fields in entries:
+                    seen += len(decode_feed(fields[FIELD]).trades)
+                r.xack(stream, "g", *[eid for eid, _ in entries])
+    out.put(seen)
+
+
+def run_bus(files: list[Path], total: int, tmp: Path) -> dict[str, Any]:
+    from shared.embedded_redis import EmbeddedRedis
+    from shared.recordings import guess_symbol
+
+    from shared import streams
+    from shared.partitions import DEFAULT_PARTITIONS, partition_of
+
+    server = EmbeddedRedis(tmp / "redis-bus", persist=False)
+    server.start()
+    try:
+        stream_of = {str(f): streams.part_trades(partition_of("binance", guess_symbol(f) or "X/Y", DEFAULT_PARTITIONS))
+                     for f in files}
+        names = sorted(set(stream_of.values()))
+        ctx = mp.get_context("spawn")
+        ready, out_p, out_c = ctx.Event(), ctx.Queue(), ctx.Queue()
+        consumer = ctx.Process(target=_bus_consumer, args=(server.url, names, total, ready, out_c))
+        consumer.start()
+        ready.wait(30)
+        start = time.perf_counter()
+        producer = ctx.Process(target=_bus_producer, args=(server.url, [str(f) for f in files], stream_of, out_p))
+        producer.start()
+        seen = out_c.get(timeout=1800)
+        wall = time.perf_counter() - start
+        producer.join(60)
+        consumer.join(60)
+        return {"seconds": wall, "trades": seen}
+    finally:
+        server.stop()
+
+
+def run_pandas(files: list[Path]) -> dict[str, Any]:
+    import pandas as pd
+
+    start = time.perf_counter()
+    n = 0
+    for f in files:
+        df = pd.read_csv(f, header=None, names=["id", "price", "qty", "quote", "time", "maker", "best"])
+        df.index = pd.to_datetime(df["time"], unit="ms")
+        for rule in ("1min", "5min", "15min", "1h"):
+            r = df["price"].resample(rule)
+            pd.DataFrame({"open": r.first(), "high": r.max(), "low": r.min(), "close": r.last(),
+                          "volume": df["qty"].resample(rule).sum()})
+        n += len(df)
+    return {"seconds": time.perf_counter() - start, "trades": n}
+
+
+def nautilus_python(pin: str, venv: Path = NAUTILUS_VENV) -> tuple[Path | None, str]:
+    """The nautilus venv's python (created on first use), or None and why not."""
+    py = venv / "bin" / "python"
+    if not py.exists():
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+            subprocess.run([str(py), "-m", "pip", "install", "-q", pin], check=True, capture_output=True,
+                           text=True, timeout=1200)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            return None, f"{pin} could not be installed: {str(getattr(exc, 'stderr', exc))[-300:]}"
+    ver = subprocess.run([str(py), "-c", "import nautilus_trader; print(nautilus_trader.__version__)"],
+                         capture_output=True, text=True)
+    if ver.returncode != 0:
+        return None, f"nautilus_trader does not import: {ver.stderr[-300:]}"
+    return py, ver.stdout.strip()
+
+
+def run_nautilus(py: Path, files: list[Path]) -> dict[str, Any]:
+    """Wall time of the process (as for sentinel: start-up included); its own figure (CSV loading and the engine,
+    start-up excluded) as ``inner_seconds``."""
+    start = time.perf_counter()
+    proc = subprocess.run([str(py), str(NAUTILUS_SCRIPT), *map(str, files)], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"nautilus failed: {proc.stderr[-2000:]}")
+    inner = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"seconds": wall, "trades": inner["trades"], "inner_seconds": inner["seconds"], "bars": inner["bars"]}
+
+
+def nautilus_pin() -> str:
+    text = (ROOT / "pyproject.toml").read_text()
+    m = re.search(r'nautilus\s*=\s*\[\s*"([^"]+)"', text)
+    return m[1] if m else "nautilus_trader"
+
+
+# ---- report ---------------------------------------------------------------------------------------------------------
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(values), 1), "min": round(min(values), 1), "max": round(max(values), 1)}
+
+
+def measure(name: str, runs: dict[str, Any], repeat: int) -> dict[str, Any]:
+    """Each contender ``repeat`` times, in turns (all see the same moments of a shared machine)."""
+    rates: dict[str, list[float]] = {k: [] for k in runs}
+    extra: dict[str, Any] = {}
+    for r in range(repeat):
+        for key, fn in runs.items():
+            got = fn()
+            rates[key].append(got["trades"] / got["seconds"])
+            extra.setdefault(key, []).append({k: v for k, v in got.items()})
+            print(f"{name} run {r + 1}/{repeat} {key}: {got['trades']:,} trades in {got['seconds']:.2f}s = "
+                  f"{got['trades'] / got['seconds']:,.0f}/s", flush=True)
+    out = {key: {"trades_per_s": spread(v), "runs": extra[key]} for key, v in rates.items()}
+    base = statistics.median(rates["sentinel"])
+    for key in rates:
+        if key != "sentinel":
+            out[key]["sentinel_over_this"] = round(base / statistics.median(rates[key]), 2)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trades", type=int, default=1_000_000)
+    ap.add_argument("--many-trades", type=int, default=50_000)
+    ap.add_argument("--symbols", type=int, default=500)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="100k trades, 1 repeat")
+    ap.add_argument("--no-nautilus", action="store_true")
+    ap.add_argument("--nautilus-venv", type=Path, default=NAUTILUS_VENV, help="a venv with nautilus_trader (made "
+                                                                            "and filled when absent)")
+    ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "sentinel-bench-backtest")
+    args = ap.parse_args()
+    if args.quick:
+        args.trades, args.repeat = 100_000, 1
+    data = args.data / f"{args.trades}"
+    data.mkdir(parents=True, exist_ok=True)
+    one = generate_one(data, args.trades)
+    many = generate_many(args.data / f"many-{args.many_trades}-{args.symbols}-{args.trades}", args.many_trades,
+                         args.symbols, args.trades)
+    many_files = sorted(many.glob("*.csv"))
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                           "platform": platform.platform()},
+                               "trades": args.trades, "many": {"trades": args.many_trades, "symbols": args.symbols},
+                               "repeat": args.repeat, "rules": str(RULES.relative_to(ROOT))}
+    py, note = (None, "skipped (--no-nautilus)") if args.no_nautilus else nautilus_python(nautilus_pin(), args.nautilus_venv)
+    results["nautilus"] = {"version": note} if py else {"skipped": note}
+    with tempfile.TemporaryDirectory(prefix="bench-backtest-") as tmp_s:
+        tmp = Path(tmp_s)
+        runs: dict[str, Any] = {"sentinel": lambda: run_sentinel(one, tmp / "out-one"),
+                                "bus": lambda: run_bus([one], args.trades, tmp),
+                                "pandas": lambda: run_pandas([one])}
+        if py:
+            runs["nautilus"] = lambda: run_nautilus(py, [one])
+        results["one_symbol"] = measure("one symbol", runs, args.repeat)
+        many_runs: dict[str, Any] = {"sentinel": lambda: run_sentinel(many, tmp / "out-many"),
+                                     "bus": lambda: run_bus(many_files, args.many_trades, tmp)}
+        results["many_symbols"] = measure(f"{args.symbols} symbols", many_runs, args.repeat)
+    one_rate = results["one_symbol"]["sentinel"]["trades_per_s"]["median"]
+    many_rate = results["many_symbols"]["sentinel"]["trades_per_s"]["median"]
+    results["many_over_one"] = round(many_rate / one_rate, 2)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "bench_backtest.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in results.items() if k not in ("one_symbol", "many_symbols")}, indent=2))
+    for part in ("one_symbol", "many_symbols"):
+        print(part, {k: (v["trades_per_s"], v.get("sentinel_over_this")) for k, v in results[part].items()})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -145,13 +145,21 @@ class CandleBuilderApp:
         timeframe changes, backfill what a grown look-back needs."""
         feeds = await self.redis.smembers(streams.FEED_REGISTRY)
         self.bus.outage.ok()  # (only commands that reached Redis say it is back: a timer tick may send none)
-        subscribed = await self.subscriptions.read_all()
-        wanted: dict[tuple[str, str], set[str]] = {}
+        wanted, self.lookback = self._wanted(feeds, await self.subscriptions.read_all())
+        gone, dropped = self.apply_wanted(wanted)
+        if gone or dropped:
+            await self._unfollow(gone, dropped)
+        await self._backfill_all()
+
+    def _wanted(self, feeds: Any, subscribed: dict[tuple[str, str, str], int]
+                ) -> tuple[dict[Pair, set[str]], dict[Pair, dict[str, int]]]:
+        """The timeframes (settings + subscriptions) and look-backs of the pairs the feeds registered (``feeds``)."""
+        wanted: dict[Pair, set[str]] = {}
         for member in feeds:
             parts = streams.split_registry_member(member)
             if len(parts) == 2:
                 wanted.setdefault((parts[0], parts[1]), set()).update(self.settings.timeframes)
-        lookback: dict[tuple[str, str], dict[str, int]] = {}
+        lookback: dict[Pair, dict[str, int]] = {}
         for (ex, sym, tf), bars in subscribed.items():
             try:
                 timeframe_ms(tf)
@@ -162,11 +170,18 @@ class CandleBuilderApp:
                 wanted[(ex, sym)].add(tf)
             if bars > 0:
                 lookback.setdefault((ex, sym), {})[tf] = min(bars, MAX_HISTORY_BARS)
-        self.lookback = lookback
-        gone, dropped = self.apply_wanted(wanted)
-        if gone or dropped:
-            await self._unfollow(gone, dropped)
-        await self._backfill_all()
+        return wanted, lookback
+
+    async def _learn(self, pair: Pair) -> None:
+        """A pair whose first entries arrived before discovery saw it (a feed registers it just before it
+        publishes): its timeframes and look-back now, so a timeframe a subscriber asked for is built from its first
+        trade (not added later without the earlier buckets)."""
+        if not await self.redis.sismember(streams.FEED_REGISTRY, streams.registry_member(*pair)):
+            return  # not registered (removed): built with the settings' timeframes, as before
+        wanted, lookback = self._wanted([streams.registry_member(*pair)], await self.subscriptions.read_all())
+        self.wanted[pair] = wanted[pair]
+        if pair in lookback:
+            self.lookback[pair] = lookback[pair]
 
     def apply_wanted(self, wanted: dict[Pair, set[str]]) -> tuple[list[Pair], dict[Pair, set[str]]]:
         """Follow new pairs and timeframe changes; return the pairs no longer wanted and, per pair still followed,
@@ -255,7 +270,11 @@ class CandleBuilderApp:
         counted: list[Emitted] = []
         try:
             for pair, run in runs.items():
-                series = self.series.get(pair) or await self._load(pair, partition)
+                series = self.series.get(pair)
+                if series is None:
+                    if pair not in self.wanted:
+                        await self._learn(pair)
+                    series = await self._load(pair, partition)
                 if series.needs_seed:
                     first = next(((raw_id, m) for raw_id, m in run if type(m) is TradeBatch and m.trades), None)
                     if first is not None:

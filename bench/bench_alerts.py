@@ -50,11 +50,11 @@ from services.alert_engine.core import AlertEngine  # noqa: E402
 from shared import streams  # noqa: E402
 from shared.bus import FIELD  # noqa: E402
 from shared.embedded_redis import EmbeddedRedis  # noqa: E402
+from shared.partitions import DEFAULT_PARTITIONS, partition_of  # noqa: E402
 from shared.rules import parse_rules  # noqa: E402
 from shared.runtime import connect  # noqa: E402
 from shared.schemas import Candle, decode_feed, encode_trades, unpack  # noqa: E402
 from shared.alert_streams import alert_streams
-from shared.partitions import DEFAULT_PARTITIONS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WARMUP_S = 2  # seconds of trades at the start of each latency run that are not sampled
@@ -225,7 +225,7 @@ def _producer(url: str, rate: int, seconds: float, out: Any) -> None:
                                                    Decimal("0.01"), tid % 2 == 0))
             pipe = r.pipeline(transaction=False)
             for sym, trades in by_sym.items():
-                pipe.xadd(streams.trades("bench", sym), {FIELD: encode_trades("bench", sym, trades)}, maxlen=100_000,
+                pipe.xadd(_trades_stream(sym), {FIELD: encode_trades("bench", sym, trades)}, maxlen=100_000,
                           approximate=True)
             sent = time.time()
             pipe.execute()
@@ -239,6 +239,11 @@ def _producer(url: str, rate: int, seconds: float, out: Any) -> None:
         if delay > 0:
             time.sleep(delay)
     out.put(firsts)
+
+
+def _trades_stream(symbol: str) -> str:
+    """The partition trades stream of a bench pair (the default partition count)."""
+    return streams.part_trades(partition_of("bench", symbol, DEFAULT_PARTITIONS))
 
 
 _SO_TIMESTAMPNS = 35  # Linux (x86_64 and aarch64): SO_TIMESTAMPNS, also its control message type
@@ -279,9 +284,9 @@ def _reader(url: str, stop: Any, ready: Any, out: Any, floor: bool) -> None:
     it, keyed "symbol|bar end ms" (the second whose first trade closed the bar). ``floor``: reads the trades streams
     instead — when the first trade of each second reached it (no services ran)."""
     probe = _Probe(url)
-    trades = {streams.trades("bench", s): s for s in SYMBOLS}
+    trades = {_trades_stream(s) for s in SYMBOLS}
     # from the start ("0-0": every run begins with FLUSHALL)
-    last = dict.fromkeys(trades, "0-0") if floor else \
+    last = dict.fromkeys(sorted(trades), "0-0") if floor else \
         {**dict.fromkeys(ALERT_STREAMS, "0-0"), **{streams.candles("bench", s, "1s"): "0-0" for s in SYMBOLS}}
     received: dict[str, float] = {}
     candles: dict[str, float] = {}
@@ -295,7 +300,7 @@ def _reader(url: str, stop: Any, ready: Any, out: Any, floor: bool) -> None:
                 data = fields[fields.index(FIELD) + 1]
                 if floor:
                     msg = decode_feed(data)
-                    received.setdefault(f"{trades[name]}|{msg.trades[0][1] // 1000 * 1000}", arrived)
+                    received.setdefault(f"{msg.symbol}|{msg.trades[0][1] // 1000 * 1000}", arrived)
                 else:  # msgpack only (decoding the schema is the consumer's work, not the pipeline's latency)
                     msg = unpack(data)
                     seen = received if name in ALERT_STREAMS else candles

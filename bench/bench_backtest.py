@@ -158,11 +158,13 @@ def run_bus(files: list[Path], total: int, tmp: Path) -> dict[str, Any]:
     from shared.recordings import guess_symbol
 
     from shared import streams
+    from shared.partitions import DEFAULT_PARTITIONS, partition_of
 
     server = EmbeddedRedis(tmp / "redis-bus", persist=False)
     server.start()
     try:
-        stream_of = {str(f): streams.trades("binance", guess_symbol(f) or "X/Y") for f in files}
+        stream_of = {str(f): streams.part_trades(partition_of("binance", guess_symbol(f) or "X/Y", DEFAULT_PARTITIONS))
+                     for f in files}
         names = sorted(set(stream_of.values()))
         ctx = mp.get_context("spawn")
         ready, out_p, out_c = ctx.Event(), ctx.Queue(), ctx.Queue()

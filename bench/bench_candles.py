@@ -35,6 +35,8 @@ from services.candle_builder.settings import Settings  # noqa: E402
 from shared import streams  # noqa: E402
 from shared.bus import FIELD, Batch, Bus, BusSettings, Consumer, ConsumerSettings  # noqa: E402
 from shared.embedded_redis import EmbeddedRedis  # noqa: E402
+from shared.partitioned import caught_up  # noqa: E402
+from shared.partitions import DEFAULT_PARTITIONS, partition_of  # noqa: E402
 from shared.runtime import connect  # noqa: E402
 from shared.schemas import Trade, Watermark, decode_feed, encode_trades, encode_watermark  # noqa: E402
 
@@ -81,6 +83,10 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _trades_stream(exchange: str, symbol: str) -> str:
+    return streams.part_trades(partition_of(exchange, symbol, DEFAULT_PARTITIONS))
+
+
 def publish_sync(url: str, stream: str, entries: list[bytes]) -> None:
     client = sync_redis.Redis.from_url(url)
     for i in range(0, len(entries), 1000):
@@ -96,7 +102,7 @@ async def bus_rate(url: str, n_trades: int, per_entry: int, run: int = 0, redis_
     with ``decode_feed`` and acking it, nothing else, while the producer process publishes the same entries as in
     (b). The clock starts when the producer is released and stops when the last entry was handled."""
     exchange, symbol = "rawp", f"P{per_entry}-{run}/USDT"
-    stream = streams.trades(exchange, symbol)
+    stream = _trades_stream(exchange, symbol)
     entries = make_entries(exchange, symbol, n_trades, per_entry)
     final = encode_watermark(Watermark(exchange, symbol, 1_723_161_255_000 + n_trades * 33, final=True))
     client = connect(url)
@@ -146,7 +152,8 @@ async def builder_rate(url: str, n_trades: int, per_entry: int, run: int = 0, re
 
     Also the CPU µs per trade of the builder (this process), the producer and redis-server over the same run."""
     exchange, symbol = "bench", f"B{per_entry}-{run}/USDT"  # a fresh series each run (no saved state)
-    stream = streams.trades(exchange, symbol)
+    partition = partition_of(exchange, symbol, DEFAULT_PARTITIONS)
+    stream = streams.part_trades(partition)
     entries = make_entries(exchange, symbol, n_trades, per_entry)
     final = encode_watermark(Watermark(exchange, symbol, 1_723_161_255_000 + n_trades * 33, final=True))
     redis = connect(url)
@@ -161,11 +168,11 @@ async def builder_rate(url: str, n_trades: int, per_entry: int, run: int = 0, re
     await app.discover()
     task = asyncio.create_task(app.run(stop))
     await asyncio.sleep(0.2)
-    bus = Bus(redis)
     started.set()
     t, cpu = time.perf_counter(), time.process_time()
     redis_cpu = proc_cpu_s(redis_pid) if redis_pid else 0.0
-    while app.trades_in < n_trades or not await bus.caught_up(stream, streams.GROUP_CANDLE_BUILDER):
+    while app.trades_in < n_trades or not await caught_up(redis, DEFAULT_PARTITIONS, streams.GROUP_CANDLE_BUILDER,
+                                                           streams.part_trades):
         if task.done():
             task.result()
         await asyncio.sleep(0.005)
@@ -180,7 +187,7 @@ async def builder_rate(url: str, n_trades: int, per_entry: int, run: int = 0, re
     late = app.status()["late_dropped"]
     if late:
         raise RuntimeError(f"{late} trades were dropped as late: the measurement is void")
-    await redis.delete(stream, streams.builder_state(exchange, symbol))
+    await redis.delete(stream, streams.part_state(partition, streams.GROUP_CANDLE_BUILDER))
     await redis.srem(streams.FEED_REGISTRY, streams.registry_member(exchange, symbol))
     await redis.aclose()
     us = 1e6 / n_trades
@@ -225,7 +232,7 @@ def rss_for_symbols(url: str, n_symbols: int, trades_each: int) -> dict:
     for k in range(n_symbols):
         exchange, symbol = "rss", f"S{k}/USDT"
         client.sadd(streams.FEED_REGISTRY, streams.registry_member(exchange, symbol))
-        publish_sync(url, streams.trades(exchange, symbol), make_entries(exchange, symbol, trades_each, 100))
+        publish_sync(url, _trades_stream(exchange, symbol), make_entries(exchange, symbol, trades_each, 100))
     client.close()
     out: mp.Queue = mp.Queue()
     child = mp.Process(target=rss_child, args=(url, n_symbols, trades_each, out))

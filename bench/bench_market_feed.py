@@ -30,6 +30,7 @@ from services.market_feed.app import MarketFeedApp  # noqa: E402
 from services.market_feed.settings import Settings  # noqa: E402
 from shared import streams  # noqa: E402
 from shared.embedded_redis import EmbeddedRedis  # noqa: E402
+from shared.partitions import partition_of  # noqa: E402
 from shared.runtime import connect  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -85,12 +86,12 @@ async def bench_live(url: str, n: int, speed: float) -> dict:
     app = MarketFeedApp(settings, redis)
     stop = asyncio.Event()
     task = asyncio.create_task(app.run(stop))
-    key = streams.feed_state("binance", "BTC/USDT")
+    key = streams.part_state(partition_of("binance", "BTC/USDT", settings.partitions), streams.feed_group("binance"))
     first = None
     cpu0 = time.process_time()
     deadline = time.perf_counter() + 120
     while time.perf_counter() < deadline:
-        raw = await redis.hget(key, "last_id")
+        raw = await redis.hget(key, "last_id:BTC/USDT")
         if raw is not None and first is None:
             first = time.perf_counter()
         if raw is not None and int(raw) >= n:

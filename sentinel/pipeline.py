@@ -19,6 +19,8 @@ from redis.asyncio import Redis
 from shared import streams
 from shared.bus import Bus
 from shared.errors import SentinelError
+from shared.partitioned import caught_up
+from shared.partitions import DEFAULT_PARTITIONS
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +77,18 @@ class Pipeline:
                 logger.debug("%s ended with %r", name, task.exception())
 
 
+async def builder_caught_up(redis: Redis) -> bool:
+    """candle_builder (no consumer group: an offset per partition) has processed every partition's trades."""
+    partitions = await redis.hget(streams.META, "partitions")
+    return await caught_up(redis, int(partitions or DEFAULT_PARTITIONS), streams.GROUP_CANDLE_BUILDER,
+                           streams.part_trades)
+
+
 async def consumer_groups_idle(redis: Redis) -> bool:
-    """True when every consumer group of every sentinel stream has consumed and acked everything."""
+    """True when every consumer group of every sentinel stream has consumed and acked everything, and candle_builder
+    has processed every partition's trades (``builder_caught_up``)."""
+    if not await builder_caught_up(redis):
+        return False
     bus = Bus(redis)
     keys = [k async for k in redis.scan_iter(match=f"{streams.PREFIX}:*", _type="STREAM", count=1000)]
     for key in keys:

@@ -1,7 +1,7 @@
 """OHLCV history over Redis: the one request/reply contract between whoever asks (candle_builder seeding a new series)
 and market_feed, which owns the exchange connections and answers in live mode (schema version 1).
 
-Request — one entry on ``streams.HISTORY_REQUESTS`` whose field ``d`` is msgpack::
+Request — one entry on ``streams.history_requests(exchange)`` whose field ``d`` is msgpack::
 
     {"v": 1, "k": "history_request", "id": "3f2c…", "x": "binance", "s": "BTC/USDT", "tf": "1m",
      "since": 1723161000000, "until": 1723161720000, "limit": 1000,
@@ -206,13 +206,13 @@ async def request_history(redis: Redis, exchange: str, symbol: str, timeframe: s
     is malformed.
     """
     request_id = uuid.uuid4().hex
-    await redis.xadd(streams.HISTORY_REQUESTS,
+    await redis.xadd(streams.history_requests(exchange),
                      {FIELD: encode_request(request_id, exchange, symbol, timeframe, since, until, limit)},
                      maxlen=10_000, approximate=True)
     got: Any = await redis.blpop([streams.history_reply(request_id)], timeout=timeout)
     if got is None:
         raise TimeoutError(f"no history reply for {exchange} {symbol} {timeframe} within {timeout:g}s "
-                           f"(is market_feed running in live mode?)")
+                           f"(is a market_feed serving {exchange} in live mode?)")
     reply = decode_reply(got[1])
     if not reply.ok:
         raise ExchangeError(f"history {exchange} {symbol} {timeframe}: {reply.error}")

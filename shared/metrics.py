@@ -188,6 +188,27 @@ async def sample_consumer(redis: Any, group: str, stream_names: Sequence[str]) -
         CONSUMER_PENDING.labels(group, label).set(pending[label])
 
 
+_COUNT_AFTER = "return #redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', tonumber(ARGV[2]))"
+
+
+async def sample_offsets(redis: Any, group: str, offsets: dict[str, bytes], cap: int = 10_000) -> None:
+    """Lag of a group that keeps its position as offsets (a partition worker's ``part_state``, no consumer group):
+    the entries after each offset, counted inside Redis up to ``cap`` per stream; nothing is ever pending. Never
+    raises."""
+    lag: dict[str, float] = {}
+    for name, offset in offsets.items():
+        try:
+            n = int(await redis.eval(_COUNT_AFTER, 1, name, offset, cap))
+        except Exception as exc:  # a sample must never stop a worker
+            logger.debug("metrics: sampling %s failed: %s", group, exc)
+            continue
+        label = symbol_label(name)
+        lag[label] = lag.get(label, 0) + n
+    for label in lag:
+        CONSUMER_LAG.labels(group, label).set(lag[label])
+        CONSUMER_PENDING.labels(group, label).set(0)
+
+
 async def ping(redis: Any, service: str) -> None:
     """One PING timed into ``REDIS_SECONDS`` (the heartbeat's sample); a failure counts in ``REDIS_ERRORS``."""
     start = time.perf_counter()

@@ -83,7 +83,8 @@ class Ownership:
     ``fenced(p, commands)`` runs writes for partition ``p`` only while this replica holds its lease.
     """
 
-    def __init__(self, redis: Any, group: str, instance: str, partitions: int, *, ttl_ms: int = 6000) -> None:
+    def __init__(self, redis: Any, group: str, instance: str, partitions: int, *, ttl_ms: int = 6000,
+                 wanted: Iterable[int] | None = None) -> None:
         if partitions < 1:
             raise ValueError("partitions must be >= 1")
         self.redis = redis
@@ -92,6 +93,8 @@ class Ownership:
         self.partitions = partitions
         self.ttl_ms = ttl_ms
         self.leases: dict[int, Lease] = {}
+        #: the partitions this replica has work in (a feed: those of its pairs); None = all. Others are never taken.
+        self.wanted: set[int] | None = None if wanted is None else set(wanted)
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
@@ -124,12 +127,15 @@ class Ownership:
         """
         lost = await self._renew_all()
         share = math.ceil(self.partitions / await self.live_members(now_ms))
+        unwanted = [p for p in self.leases if self.wanted is not None and p not in self.wanted]
         # over the share: hand back the highest-numbered ones (any stable choice works)
-        for partition in sorted(self.leases, reverse=True)[:max(0, len(self.leases) - share)]:
+        for partition in unwanted + sorted(set(self.leases) - set(unwanted), reverse=True)[
+                :max(0, len(self.leases) - len(unwanted) - share)]:
             await self.release(partition)
             lost.append(partition)
         gained: list[int] = []
-        free = [p for p in range(self.partitions) if p not in self.leases]
+        free = [p for p in range(self.partitions)
+                if p not in self.leases and (self.wanted is None or p in self.wanted)]
         random.shuffle(free)  # replicas starting together do not all race for partition 0 first
         for partition in free:
             if len(self.leases) >= share:

@@ -27,7 +27,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from shared import streams
 from shared.errors import ConfigError
-from shared.outage import REDIS_DOWN, backoff_delay
+from shared.outage import REDIS_DOWN, Outage, backoff_delay
 from shared.ownership import FencedError, Ownership
 
 logger = logging.getLogger(__name__)
@@ -56,10 +56,11 @@ class _Worker:
 class PartitionWorkers:
     """One ``work`` task per partition this replica owns; ``run(stop)`` until ``stop`` is set."""
 
-    def __init__(self, ownership: Ownership, work: Work, *, name: str = "") -> None:
+    def __init__(self, ownership: Ownership, work: Work, *, name: str = "", outage: Outage | None = None) -> None:
         self.ownership = ownership
         self.work = work
         self.name = name or ownership.group
+        self.outage = outage  # the service's own (one pair of lines per outage), else this logs its own
         self.workers: dict[int, _Worker] = {}
         self.moves: deque[Move] = deque(maxlen=100)
         self.restarts = 0
@@ -76,11 +77,15 @@ class PartitionWorkers:
             while not stop.is_set():
                 try:
                     gained, lost = await self.ownership.balance(int(time.time() * 1000))
-                    if down:
+                    if self.outage is not None:
+                        self.outage.ok()
+                    elif down:
                         logger.warning("%s: Redis is back; leases balanced again", self.name)
-                        down = False
+                    down = False
                 except REDIS_DOWN as exc:
-                    if not down:
+                    if self.outage is not None:
+                        self.outage.lost(exc, "lease balancing")
+                    elif not down:
                         logger.warning("%s: Redis unavailable (%s); partitions kept until their leases expire",
                                        self.name, exc)
                         down = True
@@ -195,6 +200,31 @@ def entry_data(fields: Any) -> bytes | None:
         if fields[i] == streams.FIELD:
             return fields[i + 1]  # type: ignore[no-any-return]
     return None
+
+
+def entry_id(raw: bytes | str) -> tuple[int, int]:
+    """A stream entry id as a comparable (ms, seq) pair."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def read_offset(redis: Any, partition: int, group: str, stream: str) -> bytes | None:
+    """The last entry id of ``stream`` the owner of ``partition`` in ``group`` has processed (None: nothing yet)."""
+    value = await redis.hget(streams.part_state(partition, group), streams.offset_field(stream))
+    return value if value is None or isinstance(value, bytes) else str(value).encode()
+
+
+async def caught_up(redis: Any, partitions: int, group: str, stream: Callable[[int], str]) -> bool:
+    """Whether ``group`` has processed every entry of ``stream(p)`` for every partition ``p``."""
+    for partition in range(partitions):
+        last = await redis.xrevrange(stream(partition), count=1)
+        if not last:
+            continue
+        offset = await read_offset(redis, partition, group, stream(partition))
+        if offset is None or entry_id(offset) < entry_id(last[0][0]):
+            return False
+    return True
 
 
 # ---- the partition count -------------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Every Redis key, stream, consumer group and pub/sub channel name sentinel uses. No key is built anywhere else.
 
-Streams (durable, consumer groups)::
+Streams (durable)::
 
-    sentinel:trades:{exchange}:{symbol}              TradeBatch / GapMarker / Watermark, written by market_feed
-    sentinel:tickers:{exchange}:{symbol}             Ticker
+    sentinel:{p<n>}:trades                           TradeBatch / GapMarker / Watermark of the pairs of partition n,
+                                                     written by market_feed (``part_trades``; docs/scale-out.md)
+    sentinel:{p<n>}:tickers                          Ticker (``part_tickers``)
     sentinel:candles:{exchange}:{symbol}:{tf}        closed (and revised) candles, written by candle_builder
     sentinel:candles_live:{exchange}:{symbol}:{tf}   in-progress candles, throttled, short
     sentinel:alerts                                  Alert, written by alert_engine, read by notifier
@@ -21,14 +22,6 @@ PREFIX = "sentinel"
 FIELD = b"d"
 
 # ---- streams -------------------------------------------------------------------------------------------------------
-
-
-def trades(exchange: str, symbol: str) -> str:
-    return f"{PREFIX}:trades:{exchange}:{symbol}"
-
-
-def tickers(exchange: str, symbol: str) -> str:
-    return f"{PREFIX}:tickers:{exchange}:{symbol}"
 
 
 def candles(exchange: str, symbol: str, timeframe: str) -> str:
@@ -55,9 +48,6 @@ CANDLE_REGISTRY = f"{PREFIX}:registry:candles"
 
 REGISTRY_SEP = "|"
 
-# Stream of OHLCV history requests that market_feed serves (it owns the exchange connections).
-HISTORY_REQUESTS = f"{PREFIX}:history:requests"
-
 
 def history_reply(request_id: str) -> str:
     """List the reply to one history request is pushed to (consumer BLPOPs it)."""
@@ -81,16 +71,6 @@ GROUP_ALERT_ENGINE = "alert_engine"
 GROUP_NOTIFIER = "notifier"
 
 # ---- keys ----------------------------------------------------------------------------------------------------------
-
-
-def builder_state(exchange: str, symbol: str) -> str:
-    """Hash: candle_builder's persisted state for one (exchange, symbol)."""
-    return f"{PREFIX}:state:candles:{exchange}:{symbol}"
-
-
-def feed_state(exchange: str, symbol: str) -> str:
-    """Hash: market_feed's last published trade id / time for one (exchange, symbol)."""
-    return f"{PREFIX}:state:feed:{exchange}:{symbol}"
 
 
 def alert_cooldown(fingerprint: str) -> str:
@@ -133,7 +113,7 @@ def channel_tickers(exchange: str, symbol: str) -> str:
 
 
 def channel_trades(exchange: str, symbol: str) -> str:
-    """Raw trades for GUIs, relayed by the API from the trades stream while someone listens, throttled."""
+    """Raw trades for GUIs, relayed by the API from the partition's trades stream while someone listens, throttled."""
     return f"{PREFIX}:ch:trades:{exchange}:{symbol}"
 
 
@@ -154,20 +134,12 @@ CHANNEL_RULES = f"{PREFIX}:ch:rules"
 # ---- candle_builder (append-only additions) ------------------------------------------------------------------------
 
 
-def builder_lease(exchange: str, symbol: str) -> str:
-    """String with a TTL: the candle_builder instance (consumer name) that owns (exchange, symbol) right now."""
-    return f"{PREFIX}:lease:candles:{exchange}:{symbol}"
-
-
-#: Sorted set: candle_builder instance name -> last time it was alive (ms); used to split pairs fairly.
-BUILDER_INSTANCES = f"{PREFIX}:candle_builder:instances"
-
 #: Hash "exchange|symbol|timeframe" -> bucket start (ms) of the oldest candle candle_builder published for the series
 #: from history (written when it seeds or backfills; a subscriber whose look-back grew can tell when the
 #: older candles are in the stream). Backfilled candles are appended after newer ones: order by ``ts``.
 CANDLE_HISTORY_FROM = f"{PREFIX}:candles:history_from"
 
-#: Consumer group of market_feed on HISTORY_REQUESTS (it serves OHLCV history from the exchanges it is connected to).
+#: Consumer group of market_feed on history_requests(exchange) (it serves OHLCV history from the exchanges it is connected to).
 GROUP_MARKET_FEED = "market_feed"
 
 # ---- alert_engine (append-only additions) --------------------------------------------------------------------------
@@ -289,6 +261,16 @@ def part_state(partition: int, group: str) -> str:
     """Hash: what the owner of ``partition`` in ``group`` needs to resume: offsets (the last entry id processed of
     each input stream) and per-pair state, written in the same fenced script as its outputs."""
     return f"{_part(partition)}:state:{group}"
+
+
+def offset_field(stream: str) -> str:
+    """The field of ``part_state`` holding the last entry id its owner processed of the input ``stream``."""
+    return f"offset:{stream}"
+
+
+def pair_field(exchange: str, symbol: str) -> str:
+    """The field of ``part_state`` holding the owner's state of one pair."""
+    return f"pair:{exchange}{REGISTRY_SEP}{symbol}"
 
 
 def part_alert_fired(partition: int, alert_id: str) -> str:

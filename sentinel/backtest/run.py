@@ -23,7 +23,7 @@ from sentinel import export
 from sentinel.backtest.feed import FeedProcess
 from sentinel.backtest.inputs import Input, resolve
 from sentinel.backtest.output import Made, write_outputs
-from sentinel.pipeline import Pipeline, add_service, load_settings
+from sentinel.pipeline import Pipeline, add_service, builder_caught_up, load_settings
 from services.alert_engine.core import AlertEngine
 from shared import streams
 from shared.bus import as_str
@@ -136,8 +136,11 @@ async def _until_drained(pipeline: Pipeline, redis: Any, feed: FeedProcess, want
 async def _drained(redis: Any, candle_streams: list[str]) -> bool:
     """Every consumer group of every stream has read and acked everything, and each candle stream a rule reads has
     alert_engine's group (a stream the engine has not discovered yet is work left, not an idle pipeline). The caller
-    checks that candle_builder has read every trade published (its groups exist). Two pipelined round trips whatever
-    the number of streams (a market has thousands)."""
+    checks that candle_builder has read every trade published; its offsets must have reached every partition's trades
+    (it keeps no consumer group). Two pipelined round trips whatever the number of streams (a market has thousands),
+    and one read per partition."""
+    if not await builder_caught_up(redis):
+        return False
     names = [k async for k in redis.scan_iter(match=f"{streams.PREFIX}:*", _type="STREAM", count=10_000)]
     names = [n for n in names if n.decode() not in (streams.DEAD_LETTER, streams.NOTIFY_DEAD_LETTER,
                                                       streams.ALERT_HISTORY)]

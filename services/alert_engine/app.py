@@ -262,12 +262,16 @@ class AlertEngineApp:
         engine = self.engine
         fires: list[Fire] = []
         market: list[Candle | Ticker] = []
-        tick_pairs, feed_pairs = self.series_sync.tick_pairs, self.series_sync.feed_pairs
+        sync = self.series_sync
+        ticker_pairs, tick_pairs, feed_pairs = sync.ticker_pairs, sync.tick_pairs, sync.feed_pairs
         for entry in batch.entries:
             value = entry.value
-            if isinstance(value, (Candle, Ticker)):
+            if isinstance(value, Candle):
                 market.append(value)
-            elif isinstance(value, (BookFigures, FundingRate, OpenInterest, Liquidation)):  # (a partition's stream)
+            elif isinstance(value, Ticker):  # a partition's stream: only the pairs rules read
+                if (value.exchange, value.symbol) in ticker_pairs:
+                    market.append(value)
+            elif isinstance(value, (BookFigures, FundingRate, OpenInterest, Liquidation)):  # a partition's stream: only the pairs book/futures rules read
                 if (value.exchange, value.symbol) in feed_pairs:
                     fires += engine.on_feed(value)
             elif isinstance(value, TradeBatch) and (value.exchange, value.symbol) in tick_pairs:

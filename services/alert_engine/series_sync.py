@@ -20,11 +20,11 @@ from services.alert_engine.core import AlertEngine
 from services.alert_engine.settings import Settings
 from services.alert_engine.subscriptions import SeriesKey, Subscriptions
 from shared import streams
-from shared.partitions import partition_of
 from shared.bus import Consumer
 from shared.bus import as_str as _s
 from shared.errors import DecodeError
 from shared.history import MAX_HISTORY_BARS
+from shared.partitions import partition_of
 from shared.schemas import Candle, unpack
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class SeriesSync:
         self.consumer = consumer
         self.subscriptions = Subscriptions(redis, consumer.name)
         self.consumed: set[str] = set()  # the streams the consumer reads
+        self.ticker_pairs: set[Pair] = set()  # pairs whose tickers rules read
         self.tick_pairs: set[Pair] = set()  # pairs whose trades tick-level rules read
         self.feed_pairs: set[Pair] = set()  # pairs whose book / futures updates rules read
         self.history_from: dict[SeriesKey, int] = {}  # CANDLE_HISTORY_FROM of a series, as last seen
@@ -95,10 +96,12 @@ class SeriesSync:
             names[streams.candles(ex, sym, tf)] = ("candle", ex, sym, tf)
             if self.settings.intrabar and self.engine.routes.needs_live((ex, sym, tf)):
                 names[streams.candles_live(ex, sym, tf)] = ("live", ex, sym, tf)
+        # tickers and trades: one stream per partition, shared by its pairs; the handler keeps the pairs named here
         for ex, sym in tickers:
-            names[streams.tickers(ex, sym)] = ("ticker", ex, sym)
+            names[streams.part_tickers(partition_of(ex, sym, self.settings.partitions))] = ("tickers",)
         for ex, sym in trades:
-            names[streams.trades(ex, sym)] = ("trades", ex, sym)
+            names[streams.part_trades(partition_of(ex, sym, self.settings.partitions))] = ("trades",)
+        self.ticker_pairs = tickers
         self.tick_pairs = trades
         for (ex, sym), kinds in feeds.items():  # one stream per partition, shared by its pairs (docs/scale-out.md)
             p = partition_of(ex, sym, self.settings.partitions)

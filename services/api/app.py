@@ -113,7 +113,7 @@ def create_app(settings: Settings, redis: Redis) -> FastAPI:
     @app.get("/health", response_model=Health, tags=["health"],
              responses={503: {"model": Health, "description": "something is down; `problems` says what"}})
     async def get_health() -> JSONResponse:
-        healthy, report = await health.health(redis, settings.services, limits)
+        healthy, report = await health.health(redis, settings.services, limits, settings.partitions)
         return JSONResponse(Health.model_validate(report).model_dump(mode="json"), status_code=200 if healthy else 503)
 
     @app.get("/alerts", response_model=AlertStatus, dependencies=read, tags=["alerts"], responses=errors)
@@ -178,7 +178,8 @@ def create_app(settings: Settings, redis: Redis) -> FastAPI:
              responses=errors)
     async def get_ticker(exchange: str, symbol: SymbolPath) -> TickerOut:
         """The latest ticker (best bid/ask, last) market_feed published; null when none."""
-        return TickerOut(ticker=await queries.latest_ticker(redis, exchange, normalize_symbol(symbol)))
+        ticker = await queries.latest_ticker(redis, exchange, normalize_symbol(symbol), settings.partitions)
+        return TickerOut(ticker=ticker)
 
     @app.get("/cvd/{exchange}/{symbol:path}/{timeframe}", response_model=CvdSeries, dependencies=read,
              tags=["market"], responses=errors)
@@ -312,7 +313,8 @@ class ApiApp:
         waiter = asyncio.create_task(stop.wait(), name="api-stop")
         beat_stop = asyncio.Event()
         beat = asyncio.create_task(heartbeat(self.redis, "api", beat_stop, lambda: {"url": self.url}), name="api-beat")
-        relay = asyncio.create_task(TradesRelay(self.redis, throttle_ms=settings.trades_throttle_ms).run(beat_stop),
+        relay = asyncio.create_task(TradesRelay(self.redis, partitions=settings.partitions,
+                                                throttle_ms=settings.trades_throttle_ms).run(beat_stop),
                                     name="api-trades-relay")
         try:
             while not server.started and not task.done():

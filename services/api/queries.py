@@ -15,6 +15,7 @@ from shared import alert_streams, streams
 from shared.bus import FIELD
 from shared.bus import as_str as _s
 from shared.errors import DecodeError
+from shared.partitions import partition_of
 from shared.schemas import SCHEMA_VERSION, Alert, Candle, Ticker, unpack
 
 #: Chunk size of the reverse scans of candle and history streams.
@@ -238,14 +239,29 @@ async def live_candle(redis: Redis, exchange: str, symbol: str, timeframe: str) 
         return None
 
 
-async def latest_ticker(redis: Redis, exchange: str, symbol: str) -> Ticker | None:
-    last = await redis.xrevrange(streams.tickers(exchange, symbol), count=1)
-    if not last:
-        return None
-    try:
-        return Ticker.decode(last[0][1].get(FIELD, b""))
-    except DecodeError:
-        return None
+#: Newest entries of a partition's tickers stream looked through for one pair's latest ticker.
+TICKER_SCAN = 2_000
+
+
+async def latest_ticker(redis: Redis, exchange: str, symbol: str, partitions: int) -> Ticker | None:
+    """The pair's newest ticker among the last ``TICKER_SCAN`` entries of its partition's tickers stream (shared
+    with the partition's other pairs), read newest first in pages."""
+    stream = streams.part_tickers(partition_of(exchange, symbol, partitions))
+    top, seen = "+", 0
+    while seen < TICKER_SCAN:
+        page = await redis.xrevrange(stream, max=top, count=200)
+        for _, fields in page:
+            try:
+                ticker = Ticker.decode(fields.get(FIELD, b""))
+            except DecodeError:
+                continue
+            if ticker.exchange == exchange and ticker.symbol == symbol:
+                return ticker
+        if len(page) < 200:
+            return None
+        seen += len(page)
+        top = "(" + _s(page[-1][0])
+    return None
 
 
 def cvd(candles: list[Candle] | list[dict[str, Any]],

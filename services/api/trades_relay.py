@@ -1,7 +1,8 @@
-"""The raw-trades channel for GUIs: the API relays a pair's trades stream to ``streams.channel_trades`` while anyone
-listens there (PUBSUB CHANNELS), throttled to one message per pair every ``throttle_ms`` holding every trade since
-the previous one (the newest ``max_trades`` of them when more came). Nobody listening costs one PUBSUB CHANNELS a
-second; the durable consumers of the stream are untouched (a plain XREAD, no consumer group)."""
+"""The raw-trades channel for GUIs: the API relays a pair's trades (read from its partition's trades stream, the
+partition's other pairs skipped) to ``streams.channel_trades`` while anyone listens there (PUBSUB CHANNELS),
+throttled to one message per pair every ``throttle_ms`` holding every trade since the previous one (the newest
+``max_trades`` of them when more came). Nobody listening costs one PUBSUB CHANNELS a second; the durable consumers of
+the stream are untouched (a plain XREAD, no consumer group)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from shared import streams
 from shared.bus import FIELD, backoff_delay
 from shared.bus import as_str as _s
 from shared.errors import DecodeError
+from shared.partitions import partition_of
 from shared.schemas import Trade, TradeBatch, decode_feed, encode_trades
 
 logger = logging.getLogger(__name__)
@@ -32,14 +34,15 @@ def pair_of(channel: str) -> tuple[str, str] | None:
 
 
 class TradesRelay:
-    def __init__(self, redis: Redis, *, throttle_ms: int = 100, max_trades: int = 1000,
+    def __init__(self, redis: Redis, *, partitions: int, throttle_ms: int = 100, max_trades: int = 1000,
                  discover_s: float = 1.0) -> None:
         self.redis = redis
+        self.partitions = partitions
         self.throttle_s = throttle_ms / 1000
         self.max_trades = max_trades
         self.discover_s = discover_s
-        self.positions: dict[tuple[str, str], str] = {}  # pair -> last trades-stream id read
-        self.pending: dict[tuple[str, str], list[Trade]] = {}
+        self.positions: dict[str, str] = {}  # partition trades stream -> last id read
+        self.pending: dict[tuple[str, str], list[Trade]] = {}  # the pairs listened to
         self.sent: dict[tuple[str, str], float] = {}
         self.published = 0  # messages
 
@@ -65,34 +68,39 @@ class TradesRelay:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff_delay(failures, base=0.2, cap=5.0))
 
+    def _stream(self, pair: tuple[str, str]) -> str:
+        return streams.part_trades(partition_of(*pair, self.partitions))
+
     async def _discover(self) -> None:
         listened = {pair for name in await self.redis.pubsub_channels(streams.CHANNEL_TRADES_PATTERN)
                     if (pair := pair_of(_s(name)))}
-        for pair in set(self.positions) - listened:  # nobody left: stop reading it
-            self.positions.pop(pair)
-            self.pending.pop(pair, None)
-        for pair in listened - set(self.positions):  # relay what comes after now, not the stream's past
-            last = await self.redis.xrevrange(streams.trades(*pair), count=1)
-            self.positions[pair] = _s(last[0][0]) if last else "0-0"
-            self.pending[pair] = []
+        for pair in set(self.pending) - listened:  # nobody left: stop relaying it
+            self.pending.pop(pair)
+        self.pending.update({pair: [] for pair in listened - set(self.pending)})
+        wanted = {self._stream(pair) for pair in self.pending}
+        for name in set(self.positions) - wanted:
+            self.positions.pop(name)
+        for name in wanted - set(self.positions):  # relay what comes after now, not the stream's past
+            last = await self.redis.xrevrange(name, count=1)
+            self.positions[name] = _s(last[0][0]) if last else "0-0"
 
     async def _read(self) -> None:
-        names = {streams.trades(*pair): pair for pair in self.positions}
+        """The partitions' trades streams of the pairs listened to; other pairs' entries are skipped."""
         wait = max(1, int(self.throttle_s * 1000))
-        replies = await self.redis.xread({name: self.positions[pair] for name, pair in names.items()},
-                                         count=1000, block=wait)
+        replies = await self.redis.xread(dict(self.positions), count=1000, block=wait)
         for name, entries in replies or []:
-            pair = names.get(_s(name))
-            if pair is None or pair not in self.positions:
+            name = _s(name)
+            if name not in self.positions:
                 continue
             for entry_id, fields in entries:
-                self.positions[pair] = _s(entry_id)
+                self.positions[name] = _s(entry_id)
                 try:
                     message = decode_feed(fields.get(FIELD, b""))
                 except DecodeError:
                     continue
-                if isinstance(message, TradeBatch):
-                    self.pending[pair].extend(message.trades)
+                pending = self.pending.get((message.exchange, message.symbol))
+                if pending is not None and isinstance(message, TradeBatch):
+                    pending.extend(message.trades)
 
     async def _flush(self) -> None:
         now = time.monotonic()

@@ -1,16 +1,19 @@
-"""candle_builder wiring: trades streams → ``core.SeriesBuilder`` → candle streams, exactly once across restarts.
+"""candle_builder wiring: a partition's trades stream → ``core.SeriesBuilder`` → candle streams, exactly once.
 
-For each batch read from the trades streams (one consumer group, large COUNT), one MULTI/EXEC holds everything the
-batch changed: the closed candles (XADD + PUBLISH), each series' state (in-progress candles and the last stream entry
-id processed) and the XACK. A ``kill -9`` before EXEC leaves the entries pending and the state as it was; after EXEC
-they are acked. A re-delivered entry whose id is not above the saved one is skipped, so nothing counts twice; the
-first batch a process sees of a stream is preceded by an XRANGE of whatever lies between the saved id and it (entries
-still pending at a dead consumer), so nothing is lost or reordered either.
+Work is split by partition (``shared.partitions``): this replica runs one worker per partition it holds by lease
+(group ``candle_builder``, ``shared.partitioned.PartitionWorkers``; N replicas with default settings share them,
+and a dead replica's partitions move to the others within about ``lease_ttl_ms``). A worker reads
+``streams.part_trades(p)`` with XREAD from the offset saved in ``streams.part_state(p, "candle_builder")`` and
+commits everything one read changed in one ``Ownership.fenced`` script: the closed candles (XADD + PUBLISH), the
+state of each pair it touched (in-progress candles) and the new offset. A ``kill -9`` before the script leaves the
+state and offset as they were (the next owner reads the same entries again); a replica that lost the lease cannot
+write at all. Nothing counts twice, nothing is lost.
 
 Series: every (exchange, symbol) in ``streams.FEED_REGISTRY`` gets ``settings.timeframes``; the series live
-subscribers ask for (``shared.subscriptions``: owned by each subscriber instance, gone when it dies) add timeframes. A pair removed from
-FEED_REGISTRY is unfollowed (its stream no longer read, its state left in Redis so a re-add resumes exactly, its
-members dropped from CANDLE_REGISTRY); a subscribed timeframe whose count fell to 0 and that settings do not list stops.
+subscribers ask for (``shared.subscriptions``) add timeframes; every pair whose entries arrive is built (a pair not
+registered yet with ``settings.timeframes``). A pair removed from FEED_REGISTRY is unfollowed (its series dropped
+from memory, its state left in Redis so entries that come later resume exactly; its members dropped from
+CANDLE_REGISTRY); a subscribed timeframe no subscriber asks for any more and that settings do not list stops.
 
 History: a new series is seeded with max(``history_bars``, the look-back its subscribers ask for) candles
 per timeframe (``history_bars`` unset = 500 when the feed is live, none for replays); a look-back that grows later, or
@@ -31,14 +34,16 @@ from redis.asyncio import Redis
 from services.candle_builder import history
 from services.candle_builder.bars import rows_rolled_up
 from services.candle_builder.core import Emitted, SeriesBuilder
-from services.candle_builder.leases import Leases
 from services.candle_builder.series import Series, encode_candle, entry_id, retune, say_start, text
 from services.candle_builder.settings import MAX_HISTORY_BARS, Settings
 from shared import metrics, streams
-from shared.bus import FIELD, Batch, Bus, Consumer, Entry
+from shared.bus import FIELD, Bus
 from shared.errors import ConfigError, DecodeError
 from shared.outage import REDIS_DOWN
-from shared.runtime import heartbeat
+from shared.ownership import Ownership
+from shared.partitioned import PartitionWorkers, entry_data, raw_reader, read_streams
+from shared.partitions import partition_of
+from shared.runtime import consumer_name, heartbeat
 from shared.schemas import Candle, FeedMessage, GapMarker, TradeBatch, Watermark, decode_feed, pack, trade_rows, unpack
 from shared.subscriptions import Subscriptions
 from shared.timeframes import timeframe_ms
@@ -46,6 +51,9 @@ from shared.timeframes import timeframe_ms
 logger = logging.getLogger(__name__)
 
 SERVICE = "candle_builder"
+GROUP = streams.GROUP_CANDLE_BUILDER
+
+Pair = tuple[str, str]
 
 
 class CandleBuilderApp:
@@ -55,54 +63,54 @@ class CandleBuilderApp:
         self.settings = settings
         self.redis = redis
         self.bus = Bus(redis, settings.bus_settings(), service=SERVICE)
-        # A stable name (settings.consumer_name, else candle_builder-<hostname>): a restarted builder re-reads its own
-        # pending entries first; with leases, each instance's name is also its lease owner.
-        self.consumer: Consumer[FeedMessage] = Consumer(
-            self.bus, settings.consumer_settings(streams.GROUP_CANDLE_BUILDER, SERVICE, count=settings.read_count,
-                                                 block_ms=settings.block_ms),
-            decode=decode_feed, handler=self.handle)
-        self.name = self.consumer.name
-        self.leases = Leases(redis, self.name, settings.lease_ttl_ms) if settings.leases else None
+        self.name = consumer_name(SERVICE, settings.consumer_name)
+        self.ownership = Ownership(redis, GROUP, self.name, settings.partitions, ttl_ms=settings.lease_ttl_ms)
+        self.workers = PartitionWorkers(self.ownership, self.work, name=SERVICE, outage=self.bus.outage)
+        self.raw = raw_reader(redis)
         self.subscriptions = Subscriptions(redis)
         self.seeder = history.Seeder(settings, redis)
-        self.series: dict[str, Series] = {}  # trades stream -> series (loaded lazily, with its saved state)
-        self.pairs: dict[str, tuple[str, str]] = {}  # trades stream -> (exchange, symbol)
-        self.wanted: dict[tuple[str, str], set[str]] = {}  # (exchange, symbol) -> timeframes
-        self.lookback: dict[tuple[str, str], dict[str, int]] = {}  # (exchange, symbol) -> timeframe -> candles
+        self.series: dict[Pair, Series] = {}  # pairs of the partitions held (loaded lazily, with their saved state)
+        self.offsets: dict[int, bytes] = {}  # partition held -> the last entry of its trades stream processed
+        self.wanted: dict[Pair, set[str]] = {}  # (exchange, symbol) -> timeframes
+        self.lookback: dict[Pair, dict[str, int]] = {}  # (exchange, symbol) -> timeframe -> candles
         self.backfilled = 0  # older history candles written after a look-back grew / a timeframe was added
-        self._rolled_up: set[tuple[str, str]] = set()  # (stream, timeframe) rolled up from base candles (_roll_up_added)
-        self._lock = asyncio.Lock()  # one batch or timer tick changes builders and writes their state at a time
+        self._locks: dict[int, asyncio.Lock] = {}  # one read, timer tick or backfill of a partition at a time
+        self._rolled_up: set[tuple[Pair, str]] = set()  # (pair, timeframe) rolled up from base candles (_roll_up_added)
         self.trades_in = 0
         self.timer_closed = 0
         self.candles_out = 0
         self.skipped_entries = 0
 
+    def partition(self, exchange: str, symbol: str) -> int:
+        return partition_of(exchange, symbol, self.settings.partitions)
+
+    def _lock(self, partition: int) -> asyncio.Lock:
+        return self._locks.setdefault(partition, asyncio.Lock())
+
     # ---- lifecycle -------------------------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.discover()
-        consumer = asyncio.create_task(self.consumer.run(stop), name=f"{SERVICE}-consume")
+        workers = asyncio.create_task(self.workers.run(stop), name=f"{SERVICE}-partitions")
         helpers = [asyncio.create_task(self._discover_loop(stop), name=f"{SERVICE}-discover"),
                    asyncio.create_task(self._timer_loop(stop), name=f"{SERVICE}-timer"),
-                   asyncio.create_task(self._balance_loop(stop), name=f"{SERVICE}-leases"),
+                   asyncio.create_task(self._sample_loop(stop), name=f"{SERVICE}-metrics"),
                    asyncio.create_task(heartbeat(self.redis, SERVICE, stop, self.status, outage=self.bus.outage),
                                        name=f"{SERVICE}-hb")]
         try:
-            await consumer
+            await workers
         finally:
-            consumer.cancel()
+            workers.cancel()
             for task in helpers:
                 task.cancel()
-            await asyncio.gather(consumer, *helpers, return_exceptions=True)
-            if self.leases is not None:
-                with contextlib.suppress(Exception):
-                    async with self._lock:
-                        await self.leases.leave()
+            await asyncio.gather(workers, *helpers, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self.raw.aclose()
 
     def status(self) -> dict[str, Any]:
         late = sum(s.builder.late_dropped for s in self.series.values())
         return {"series": len(self.series), "trades": self.trades_in, "candles": self.candles_out,
-                "timer_closed": self.timer_closed,
+                "timer_closed": self.timer_closed, "partitions": ",".join(map(str, self.workers.owned)),
                 "late_dropped": late, "skipped_entries": self.skipped_entries}
 
     async def _discover_loop(self, stop: asyncio.Event) -> None:
@@ -112,6 +120,14 @@ class CandleBuilderApp:
             if stop.is_set():
                 return
             await self._guarded("discovery", self.discover)
+
+    async def _sample_loop(self, stop: asyncio.Event, every_s: float = 5.0) -> None:
+        """The consumer lag metric, from the offsets of the partitions held (entries after each)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=every_s)
+            offsets = {streams.part_trades(p): offset for p, offset in list(self.offsets.items())}
+            await metrics.sample_offsets(self.redis, GROUP, offsets)
 
     async def _guarded(self, what: str, step: Any) -> None:
         """Run one round of a helper loop: a Redis outage is told once (``Bus.outage``; discovery, the heartbeat
@@ -125,17 +141,25 @@ class CandleBuilderApp:
             logger.exception("candle_builder: %s failed", what)
 
     async def discover(self) -> None:
-        """Read FEED_REGISTRY and the live subscribers' series; follow new trades streams, unfollow removed ones,
-        follow timeframe changes, backfill what a grown look-back needs."""
+        """Read FEED_REGISTRY and the live subscribers' series; follow new pairs, unfollow removed ones, follow
+        timeframe changes, backfill what a grown look-back needs."""
         feeds = await self.redis.smembers(streams.FEED_REGISTRY)
         self.bus.outage.ok()  # (only commands that reached Redis say it is back: a timer tick may send none)
-        subscribed = await self.subscriptions.read_all()
-        wanted: dict[tuple[str, str], set[str]] = {}
+        wanted, self.lookback = self._wanted(feeds, await self.subscriptions.read_all())
+        gone, dropped = self.apply_wanted(wanted)
+        if gone or dropped:
+            await self._unfollow(gone, dropped)
+        await self._backfill_all()
+
+    def _wanted(self, feeds: Any, subscribed: dict[tuple[str, str, str], int]
+                ) -> tuple[dict[Pair, set[str]], dict[Pair, dict[str, int]]]:
+        """The timeframes (settings + subscriptions) and look-backs of the pairs the feeds registered (``feeds``)."""
+        wanted: dict[Pair, set[str]] = {}
         for member in feeds:
             parts = streams.split_registry_member(member)
             if len(parts) == 2:
                 wanted.setdefault((parts[0], parts[1]), set()).update(self.settings.timeframes)
-        lookback: dict[tuple[str, str], dict[str, int]] = {}
+        lookback: dict[Pair, dict[str, int]] = {}
         for (ex, sym, tf), bars in subscribed.items():
             try:
                 timeframe_ms(tf)
@@ -146,194 +170,146 @@ class CandleBuilderApp:
                 wanted[(ex, sym)].add(tf)
             if bars > 0:
                 lookback.setdefault((ex, sym), {})[tf] = min(bars, MAX_HISTORY_BARS)
-        self.lookback = lookback
-        gone, dropped = self.apply_wanted(wanted)
-        if gone or dropped:
-            await self._unfollow(gone, dropped)
-        await self._backfill_all()
+        return wanted, lookback
 
-    def apply_wanted(self, wanted: dict[tuple[str, str], set[str]]
-                     ) -> tuple[list[str], dict[tuple[str, str], set[str]]]:
-        """Follow new pairs and timeframe changes; return the streams no longer wanted and, per pair still followed,
+    async def _learn(self, pair: Pair) -> None:
+        """A pair whose first entries arrived before discovery saw it (a feed registers it just before it
+        publishes): its timeframes and look-back now, so a timeframe a subscriber asked for is built from its first
+        trade (not added later without the earlier buckets)."""
+        if not await self.redis.sismember(streams.FEED_REGISTRY, streams.registry_member(*pair)):
+            return  # not registered (removed): built with the settings' timeframes, as before
+        wanted, lookback = self._wanted([streams.registry_member(*pair)], await self.subscriptions.read_all())
+        self.wanted[pair] = wanted[pair]
+        if pair in lookback:
+            self.lookback[pair] = lookback[pair]
+
+    def apply_wanted(self, wanted: dict[Pair, set[str]]) -> tuple[list[Pair], dict[Pair, set[str]]]:
+        """Follow new pairs and timeframe changes; return the pairs no longer wanted and, per pair still followed,
         the timeframes it no longer builds (both for ``_unfollow``)."""
-        new_streams = []
-        dropped: dict[tuple[str, str], set[str]] = {}
-        for (exchange, symbol), tfs in wanted.items():
-            stream = streams.trades(exchange, symbol)
-            if stream not in self.pairs:
-                self.pairs[stream] = (exchange, symbol)
-                new_streams.append(stream)
-            before = self.wanted.get((exchange, symbol))
+        dropped: dict[Pair, set[str]] = {}
+        for pair, tfs in wanted.items():
+            before = self.wanted.get(pair)
             if before != tfs:
-                self.wanted[(exchange, symbol)] = set(tfs)
+                self.wanted[pair] = set(tfs)
                 if before:
-                    dropped[(exchange, symbol)] = before - tfs
-                series = self.series.get(stream)
+                    dropped[pair] = before - tfs
+                series = self.series.get(pair)
                 if series is not None:
                     retune(series.builder, tfs)
                     say_start(series, tfs - (before or set()), series.history_bars if series.history_bars is not None
                               else self.settings.history_bars)
-        if new_streams and self.leases is None:
-            logger.info("candle_builder: following %s", ", ".join(new_streams))
-            self.consumer.add_streams(new_streams)
-        gone = [stream for stream, pair in self.pairs.items() if pair not in wanted]
+        gone = [pair for pair in self.wanted if pair not in wanted]
         return gone, {pair: tfs for pair, tfs in dropped.items() if tfs}
 
-    async def _unfollow(self, gone: list[str], dropped: dict[tuple[str, str], set[str]]) -> None:
-        """Stop reading pairs no longer wanted and drop what is no longer built from CANDLE_REGISTRY.
-
-        Nothing is lost: each series' state (in-progress candles, last entry id processed) is saved in Redis with
-        every batch and timer tick, so a re-added pair resumes exactly where it stopped; entries read but not yet
-        processed stay pending in the group (``_handle`` leaves streams no longer followed alone) and are re-read
-        first when the pair comes back.
-        """
-        async with self._lock:  # no batch or timer tick in flight for these series
-            members: list[str] = []
-            for stream in gone:
-                pair = self.pairs.pop(stream)
+    async def _unfollow(self, gone: list[Pair], dropped: dict[Pair, set[str]]) -> None:
+        """Stop building pairs no longer wanted and drop what is no longer built from CANDLE_REGISTRY (each series'
+        state stays in Redis: a re-added pair resumes from it)."""
+        members: list[str] = []
+        for pair in gone:
+            async with self._lock(self.partition(*pair)):  # no read or timer tick in flight for it
                 self.wanted.pop(pair, None)
-                self.series.pop(stream, None)
-                if self.leases is not None and pair in self.leases.owned:
-                    await self.leases.release(pair)
-                members.extend(m for m in map(text, await self.redis.smembers(streams.CANDLE_REGISTRY))
-                               if streams.split_registry_member(m)[:2] == list(pair))
-                logger.info("candle_builder: no longer following %s (state kept in Redis)", stream)
-            for pair, tfs in dropped.items():
-                series = self.series.get(streams.trades(*pair))
-                for tf in tfs:
-                    if series is not None:
-                        series.registered.discard(tf)
-                    members.append(streams.registry_member(*pair, tf))
-                logger.info("candle_builder: %s %s no longer builds %s", *pair, ", ".join(sorted(tfs)))
-            if gone:
-                self.consumer.set_streams([s for s in self.consumer.streams if s not in set(gone)])
-            if members:
-                await self.redis.srem(streams.CANDLE_REGISTRY, *members)
+                self.series.pop(pair, None)
+            members.extend(m for m in map(text, await self.redis.smembers(streams.CANDLE_REGISTRY))
+                           if streams.split_registry_member(m)[:2] == list(pair))
+            logger.info("candle_builder: no longer following %s %s (state kept in Redis)", *pair)
+        for pair, tfs in dropped.items():
+            series = self.series.get(pair)
+            for tf in tfs:
+                if series is not None:
+                    series.registered.discard(tf)
+                members.append(streams.registry_member(*pair, tf))
+            logger.info("candle_builder: %s %s no longer builds %s", *pair, ", ".join(sorted(tfs)))
+        if members:
+            await self.redis.srem(streams.CANDLE_REGISTRY, *members)
 
-    # ---- leases (several instances) --------------------------------------------------------------------------------
+    # ---- one worker per partition held -----------------------------------------------------------------------------
 
-    async def _balance_loop(self, stop: asyncio.Event) -> None:
-        if self.leases is None:
-            return
-        every = self.settings.lease_ttl_ms / 3000
-        while not stop.is_set():  # (leases expire on their own if this keeps failing; others take over)
-            await self._guarded("lease balancing", lambda: self.balance(int(time.time() * 1000)))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=every)
+    async def work(self, partition: int, stop: asyncio.Event) -> None:
+        """Build the pairs of ``partition`` from its trades stream, from the saved offset, until ``stop`` (the
+        partition was lost, or the service stops)."""
+        stream = streams.part_trades(partition)
+        self._drop(partition)  # (a restarted worker: builders may have run ahead of what Redis holds)
+        saved = await self.redis.hget(streams.part_state(partition, GROUP), streams.offset_field(stream))
+        self.offsets[partition] = saved or b"0-0"
+        try:
+            while not stop.is_set():
+                read = await read_streams(self.raw, {stream: self.offsets[partition]}, count=self.settings.read_count,
+                                          block_ms=self.settings.block_ms)
+                if read and not stop.is_set():
+                    async with self._lock(partition):
+                        await self._handle(partition, stream, read[0][1])
+        finally:
+            self._drop(partition)
 
-    async def balance(self, now_ms: int) -> None:
-        """Renew leases, hand back pairs over this instance's fair share, take free ones up to it."""
-        leases = self.leases
-        pairs = set(self.pairs.values())
-        async with self._lock:  # our own PEXPIRE must not trip the WATCH of a batch in flight
-            for pair in await leases.renew():
-                logger.warning("candle_builder: lost the lease of %s %s", *pair)
-                self._forget(pair)
-            share = await leases.share(len(pairs), now_ms)
-            excess, candidates = leases.plan(pairs, share)
-            for pair in excess:
-                await leases.release(pair)
-                self._forget(pair)
-                logger.info("candle_builder: handed %s %s back (share %d)", *pair, share)
-            for pair in candidates:
-                if len(leases.owned) >= share:
-                    break
-                if await leases.acquire(pair):
-                    logger.info("candle_builder: took %s %s", *pair)
-            owned = [streams.trades(*pair) for pair in sorted(leases.owned)]
-            if set(owned) != set(self.consumer.streams):
-                self.consumer.set_streams(owned)
+    def _drop(self, partition: int) -> None:
+        """Forget a partition's series: whoever runs it next resumes from what Redis holds."""
+        self.offsets.pop(partition, None)
+        for pair in [pair for pair, series in self.series.items() if series.partition == partition]:
+            del self.series[pair]
 
-    def _forget(self, pair: tuple[str, str]) -> None:
-        """Drop a pair's in-memory series: whoever owns it next resumes from what Redis holds."""
-        self.series.pop(streams.trades(*pair), None)
-
-    def _owns(self, stream: str) -> bool:
-        """Followed (not removed since the entries were read) and, with leases, leased by this instance."""
-        return stream in self.pairs and (self.leases is None or self.pairs[stream] in self.leases.owned)
-
-    async def _fence(self, tx: Any, stream_names: list[str]) -> set[str]:
-        """WATCH the leases of ``stream_names`` and return the ones still ours; then start MULTI."""
-        if self.leases is None:
-            return set(stream_names)
-        keys = [streams.builder_lease(*self.pairs[s]) for s in stream_names]
-        if keys:
-            await tx.watch(*keys)
-            values = await tx.mget(keys)
-        else:
-            values = []
-        mine = self.name.encode()
-        ours = {s for s, v in zip(stream_names, values) if v == mine}
-        for s in set(stream_names) - ours:
-            logger.warning("candle_builder: %s is no longer ours; leaving its entries to the new owner", s)
-            self.leases.owned.discard(self.pairs[s])
-            self._forget(self.pairs[s])
-        tx.multi()
-        return ours
-
-    # ---- the batch handler -----------------------------------------------------------------------------------------
-
-    async def handle(self, batch: Batch[FeedMessage]) -> None:
-        async with self._lock:
-            await self._handle(batch)
-
-    async def _handle(self, batch: Batch[FeedMessage]) -> None:
-        by_stream: dict[str, list[Entry[FeedMessage]]] = {}
-        for entry in batch.entries:
-            by_stream.setdefault(entry.stream, []).append(entry)
-        batch.acked = True  # acked below, in the transaction, and only for streams this instance owns
-        async with self.bus.pipeline(transaction=True) as tx:
-            ours = await self._fence(tx, [s for s in by_stream if self._owns(s)])
+    async def _handle(self, partition: int, stream: str, entries: list[Any]) -> None:
+        """Apply one read of the partition's trades stream and commit it (fenced): candles, pair states, offset."""
+        runs: dict[Pair, list[tuple[bytes, FeedMessage]]] = {}
+        for raw_id, fields in entries:
+            data = entry_data(fields)
             try:
-                await self._process(tx, batch.group, {s: e for s, e in by_stream.items() if s in ours})
-            except BaseException:  # lease lost (WatchError), a bug, cancellation: whatever was not saved is undone
-                for s in ours:  # builders may have run ahead of what Redis holds: reload them from it
-                    self.series.pop(s, None)
-                raise
-
-    async def _process(self, tx: Any, group: str, by_stream: dict[str, list[Entry[FeedMessage]]]) -> None:
-        out: dict[str, list[Emitted]] = {}
-        touched: dict[str, Series] = {}
-        extra_acks: dict[str, list[bytes]] = {}
-        for stream, entries in by_stream.items():
-            series = self.series.get(stream) or await self._load(stream)
-            if series.needs_seed:
-                await self.seeder.seed(series, self._asked(series))
-            emitted = out.setdefault(stream, [])
-            if series.seeded:  # history candles, before any live one
-                self._queue_candles(tx, series, series.seeded, history=True)
-                series.seeded = []
-                for tf, since in series.builder.history_from.items():
-                    tx.hset(streams.CANDLE_HISTORY_FROM, streams.registry_member(series.exchange, series.symbol, tf),
-                            since)
-            if not series.checked:
-                await self._catch_up(series, entries[0].id, emitted, extra_acks)
-            start = 0
-            if series.last_id is not None:  # re-delivered entries (ids never above the saved one) are skipped
-                while start < len(entries) and entry_id(entries[start].id) <= series.last_id:
-                    start += 1
-                self.skipped_entries += start
-            if start == len(entries):
+                msg = decode_feed(data or b"")
+            except DecodeError as exc:
+                await self.bus.dead_letter(stream, raw_id, data, f"undecodable: {exc}", GROUP)
                 continue
-            self._apply_run([e.value for e in entries[start:]], series, emitted)
-            series.last_id = entry_id(entries[-1].id)
-            last = entries[-1].value
-            if type(last) is TradeBatch and last.trades:
-                series.live_offset = series.last_id[0] - last.trades[-1][1]
-            elif type(last) is Watermark:
-                series.live_offset = series.last_id[0] - last.ts
-            touched[stream] = series
-        touched.update({s: self.series[s] for s in extra_acks})
-        for stream, emitted in out.items():
-            self._queue_candles(tx, self.series[stream], emitted)
-        for series in touched.values():
-            self._queue_state(tx, series)
-        for stream, entries in by_stream.items():
-            tx.xack(stream, group, *extra_acks.get(stream, ()), *(e.id for e in entries))
-        await tx.execute()
-        metrics.count_candles(e for emitted in out.values() for e in emitted)
+            if msg.symbol == "" and isinstance(msg, Watermark):  # every pair of the exchange in the partition:
+                # the ones built here so far (a final one: all, so a pair taken over just before it closes too)
+                pairs = [p for p in (self.wanted if msg.final else self.series)
+                         if p[0] == msg.exchange and self.partition(*p) == partition]
+            else:
+                pairs = [(msg.exchange, msg.symbol)]
+            for pair in pairs:
+                runs.setdefault(pair, []).append((raw_id, msg))
+        commands: list[Any] = []
+        touched: list[Series] = []
+        counted: list[Emitted] = []
+        try:
+            for pair, run in runs.items():
+                series = self.series.get(pair)
+                if series is None:
+                    if pair not in self.wanted:
+                        await self._learn(pair)
+                    series = await self._load(pair, partition)
+                if series.needs_seed:
+                    first = next(((raw_id, m) for raw_id, m in run if type(m) is TradeBatch and m.trades), None)
+                    if first is not None:
+                        await self.seeder.seed(series, self._asked(series), first[1].trades[0][1],
+                                               entry_id(first[0])[0])
+                emitted: list[Emitted] = []
+                if series.seeded:  # history candles, before any live one
+                    self._queue_candles(commands, series, series.seeded, history=True)
+                    series.seeded = []
+                    for tf, since in series.builder.history_from.items():
+                        commands.append(("HSET", streams.CANDLE_HISTORY_FROM,
+                                         streams.registry_member(series.exchange, series.symbol, tf), since))
+                self._apply_run([m for _, m in run], series, emitted)
+                series.last_id = entry_id(run[-1][0])
+                last = run[-1][1]
+                if type(last) is TradeBatch and last.trades:
+                    series.live_offset = series.last_id[0] - last.trades[-1][1]
+                elif type(last) is Watermark:
+                    series.live_offset = series.last_id[0] - last.ts
+                self._queue_candles(commands, series, emitted)
+                counted.extend(emitted)
+                touched.append(series)
+            state = streams.part_state(partition, GROUP)
+            for series in touched:
+                commands.append(self._state_command(series))
+            offset = entries[-1][0]
+            commands.append(("HSET", state, streams.offset_field(stream), offset))
+            await self.ownership.fenced(partition, commands)
+        except BaseException:  # lease lost, a bug, cancellation: builders ran ahead of what Redis holds
+            self._drop(partition)
+            raise
+        self.offsets[partition] = offset
+        metrics.count_candles(counted)
         if self.settings.live_candles and touched:
-            await self._publish_live(touched.values())
+            await self._publish_live(touched)
 
     # ---- closing on time -------------------------------------------------------------------------------------------
 
@@ -350,14 +326,15 @@ class CandleBuilderApp:
             await self._guarded("closing timer", lambda: self.tick(int(time.time() * 1000)))
 
     async def tick(self, now_ms: int) -> int:
-        """Close what live series have due by the wall clock (``now_ms``), if their streams hold nothing unread.
+        """Close what live series have due by the wall clock (``now_ms``), if their partition's stream holds nothing
+        unread.
 
         Estimated exchange time = now − the series' feed latency − grace. Replays (latency of years) never qualify,
         and a series whose stream holds entries not yet processed waits for them: the timer never closes early what
         the stream already holds. Returns how many candles it closed.
         """
         s = self.settings
-        due: list[tuple[Series, int]] = []
+        due: dict[int, list[tuple[Series, int]]] = {}
         for series in self.series.values():
             offset = series.live_offset
             if offset is None or abs(offset) > s.live_max_skew_ms:
@@ -365,47 +342,39 @@ class CandleBuilderApp:
             estimate = now_ms - offset - s.close_grace_ms
             next_close = series.builder.next_close_at()
             if next_close is not None and next_close <= estimate:
-                due.append((series, estimate))
-        if not due:
-            return 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for series, _ in due:
-                pipe.xrevrange(series.stream, count=1)
-            newest = await pipe.execute()
+                due.setdefault(series.partition, []).append((series, estimate))
         closed = 0
-        async with self._lock:
-            async with self.bus.pipeline(transaction=True) as tx:
-                ours = await self._fence(tx, [series.stream for series, _ in due])
+        for partition, items in due.items():
+            newest = await self.redis.xrevrange(streams.part_trades(partition), count=1)
+            async with self._lock(partition):
+                done = self.offsets.get(partition)
+                if done is None or (newest and entry_id(newest[0][0]) > entry_id(done)):
+                    continue  # entries wait in the stream: they, not the clock, decide
+                commands: list[Any] = []
+                counted: list[Emitted] = []
                 try:
-                    closed = self._close_due(tx, due, newest, ours)
-                    await tx.execute()
+                    for series, estimate in items:
+                        if self.series.get((series.exchange, series.symbol)) is not series:
+                            continue
+                        out: list[Emitted] = []
+                        series.builder.advance(estimate, out)
+                        if out:
+                            closed += len(out)
+                            self._queue_candles(commands, series, out)
+                            counted.extend(out)
+                            commands.append(self._state_command(series))
+                    if commands:
+                        await self.ownership.fenced(partition, commands)
+                        metrics.count_candles(counted)
                 except BaseException:
-                    for series, _ in due:
-                        self.series.pop(series.stream, None)
+                    self._drop(partition)
                     raise
         self.timer_closed += closed
         return closed
 
-    def _close_due(self, tx: Any, due: list[tuple[Series, int]], newest: list, ours: set[str]) -> int:
-        closed = 0
-        for (series, estimate), last in zip(due, newest):
-            if series.stream not in ours or self.series.get(series.stream) is not series:
-                continue
-            if last and series.last_id is not None and entry_id(last[0][0]) > series.last_id:
-                continue  # entries wait in the stream: they, not the clock, decide
-            out: list[Emitted] = []
-            series.builder.advance(estimate, out)
-            if out:
-                closed += len(out)
-                self._queue_candles(tx, series, out)
-                metrics.count_candles(out)
-            self._queue_state(tx, series)
-        return closed
-
-    def _queue_state(self, tx: Any, series: Series) -> None:
-        if series.last_id is not None:  # HSET queued directly (redis-py's hset() wrapper costs more than packing it)
-            tx.execute_command("HSET", streams.builder_state(series.exchange, series.symbol),
-                               b"state", pack(series.builder.dump()), b"last_id", b"%d-%d" % series.last_id)
+    def _state_command(self, series: Series) -> tuple[Any, ...]:
+        return ("HSET", streams.part_state(series.partition, GROUP),
+                streams.pair_field(series.exchange, series.symbol), pack(series.builder.dump()))
 
     def _apply_run(self, messages: list[FeedMessage], series: Series, out: list[Emitted]) -> None:
         """Apply a stream's messages in order; consecutive trade batches go through the builder in one call."""
@@ -449,16 +418,17 @@ class CandleBuilderApp:
                                builder.lateness_ms, builder.late_dropped)
                 series.late_logged, series.late_logged_at = builder.late_dropped, now
 
-    def _queue_candles(self, tx: Any, series: Series, emitted: list[Emitted], history: bool = False) -> None:
+    def _queue_candles(self, commands: list[Any], series: Series, emitted: list[Emitted],
+                       history: bool = False) -> None:
         ex, sym = series.exchange, series.symbol
         maxlen = self.settings.candles_maxlen
         for tf, bar in emitted:
             data = encode_candle(ex, sym, tf, bar, history=history)
-            self.bus.add_to(tx, streams.candles(ex, sym, tf), data, maxlen=maxlen,
-                            channel=streams.channel_candles(ex, sym, tf))
+            commands.append(("XADD", streams.candles(ex, sym, tf), "MAXLEN", "~", maxlen, "*", streams.FIELD, data))
+            commands.append(("PUBLISH", streams.channel_candles(ex, sym, tf), data))
             if tf not in series.registered:
                 series.registered.add(tf)
-                tx.sadd(streams.CANDLE_REGISTRY, streams.registry_member(ex, sym, tf))
+                commands.append(("SADD", streams.CANDLE_REGISTRY, streams.registry_member(ex, sym, tf)))
         self.candles_out += len(emitted)
 
     async def _publish_live(self, touched: Any) -> None:
@@ -487,27 +457,26 @@ class CandleBuilderApp:
         return SeriesBuilder(tfs, base=s.base_timeframe, flat_candles=s.flat_candles, lateness_ms=s.lateness_ms,
                              max_flat=s.max_flat_candles)
 
-    async def _load(self, stream: str) -> Series:
-        """Create the series of a trades stream and restore its saved state."""
-        exchange, symbol = self.pairs[stream]
+    async def _load(self, pair: Pair, partition: int) -> Series:
+        """Create the series of a pair and restore its saved state."""
+        exchange, symbol = pair
         builder = self._new_builder(exchange, symbol)
-        saved_state, saved_id = await self.redis.hmget(streams.builder_state(exchange, symbol), b"state", b"last_id")
-        series = Series(exchange, symbol, stream, builder)
+        saved_state = await self.redis.hget(streams.part_state(partition, GROUP), streams.pair_field(exchange, symbol))
+        series = Series(exchange, symbol, partition, builder)
         if saved_state is not None:
-            series.last_id = entry_id(saved_id)
             try:
                 builder.restore(unpack(saved_state))
-                logger.info("candle_builder: %s %s resumes after entry %s", exchange, symbol, saved_id.decode())
+                logger.info("candle_builder: %s %s resumes (partition %d)", exchange, symbol, partition)
             except (ValueError, KeyError, TypeError, DecodeError) as exc:
                 # e.g. base_timeframe changed between runs: the saved candles cannot continue. Resume from the
-                # saved stream position with empty candles rather than stall the stream.
-                logger.error("candle_builder: %s %s: saved state unusable (%s); resuming after entry %s with new "
-                             "candles (the first ones are partial)", exchange, symbol, exc, saved_id.decode())
+                # partition's offset with empty candles rather than stall it.
+                logger.error("candle_builder: %s %s: saved state unusable (%s); resuming with new candles (the first "
+                             "ones are partial)", exchange, symbol, exc)
                 series.builder = self._new_builder(exchange, symbol)
-        elif self.settings.history_bars != 0:  # unset (auto) or a count: decided at the first trade (_seed)
+        elif self.settings.history_bars != 0:  # unset (auto) or a count: decided at the first trade (seed)
             series.needs_seed = True
         series.late_counted = (series.builder.late_revised, series.builder.late_dropped)
-        self.series[stream] = series
+        self.series[pair] = series
         return series
 
     def _asked(self, series: Series) -> dict[str, int]:
@@ -518,8 +487,8 @@ class CandleBuilderApp:
         """Fetch older history where a look-back grew or a timeframe was added (see ``SeriesBuilder.backfill_range``);
         one series and timeframe at a time, the fetch outside the lock so live candles keep flowing meanwhile."""
         now = time.monotonic()
-        for stream, series in list(self.series.items()):
-            if series.needs_seed or series.last_id is None or not self._owns(stream):
+        for series in list(self.series.values()):
+            if series.needs_seed or series.last_id is None:
                 continue
             if series.history_bars is None:
                 await self.seeder.decide(series, series.live_offset)
@@ -547,9 +516,10 @@ class CandleBuilderApp:
             return  # (say_start said from when it is built)
         for tf in list(builder.derived):
             span = builder.backfill_range(tf, MAX_HISTORY_BARS)
-            if span is None or (series.stream, tf) in self._rolled_up:
+            if span is None or ((series.exchange, series.symbol), tf) in self._rolled_up:
                 continue
-            self._rolled_up.add((series.stream, tf))  # once per process: a restart plans from the saved state
+            # once per process: a restart plans from the saved state
+            self._rolled_up.add(((series.exchange, series.symbol), tf))
             latest: dict[int, Candle] = {}
             stream = streams.candles(series.exchange, series.symbol, builder.base_tf)
             entries: Any = await self.redis.xrange(stream)
@@ -565,64 +535,23 @@ class CandleBuilderApp:
                 await self._write_backfill(series, tf, (rows[0][0], span[1]), rows)
 
     async def _write_backfill(self, series: Series, tf: str, span: tuple[int, int], rows: list) -> None:
-        async with self._lock:
-            if self.series.get(series.stream) is not series:
-                return  # unfollowed, lease lost or reloaded meanwhile: the next round plans again
+        async with self._lock(series.partition):
+            if self.series.get((series.exchange, series.symbol)) is not series:
+                return  # unfollowed, partition lost or reloaded meanwhile: the next round plans again
             out: list[Emitted] = []
             series.builder.backfill(tf, *span, rows, out)
             if series.builder.history_from.get(tf) != span[0]:
                 return
-            async with self.bus.pipeline(transaction=True) as tx:
-                if series.stream not in await self._fence(tx, [series.stream]):
-                    return
-                try:
-                    self._queue_candles(tx, series, out, history=True)
-                    self._queue_state(tx, series)
-                    tx.hset(streams.CANDLE_HISTORY_FROM, streams.registry_member(series.exchange, series.symbol, tf),
-                            span[0])
-                    await tx.execute()
-                except BaseException:
-                    self.series.pop(series.stream, None)
-                    raise
+            commands: list[Any] = []
+            self._queue_candles(commands, series, out, history=True)
+            commands.append(self._state_command(series))
+            commands.append(("HSET", streams.CANDLE_HISTORY_FROM,
+                             streams.registry_member(series.exchange, series.symbol, tf), span[0]))
+            try:
+                await self.ownership.fenced(series.partition, commands)
+            except BaseException:
+                self._drop(series.partition)
+                raise
         self.backfilled += len(out)
         logger.info("candle_builder: %s %s %s: %d older candles from history (back to %d)", series.exchange,
                     series.symbol, tf, len(out), span[0])
-
-    async def _catch_up(self, series: Series, first_id: bytes, out: list[Emitted],
-                        extra_acks: dict[str, list[bytes]]) -> None:
-        """Process, first, entries between the saved id and ``first_id`` still pending in the group.
-
-        They were delivered to a consumer that died (or to this one before a failure) and never acked; reading the
-        newer entry first would otherwise make them look re-delivered. Entries in that range that are no longer
-        pending were dead-lettered: they stay out.
-        """
-        series.checked = True
-        low = "-" if series.last_id is None else "(%d-%d" % series.last_id
-        high = "(" + (first_id.decode() if isinstance(first_id, bytes) else first_id)
-        group = streams.GROUP_CANDLE_BUILDER
-        while True:
-            pending = await self.redis.xpending_range(series.stream, group, min=low, max=high,
-                                                      count=self.settings.read_count)
-            if not pending:
-                return
-            wanted = {p["message_id"] for p in pending}
-            entries = await self.redis.xrange(series.stream, min=low, max=text(pending[-1]["message_id"]))
-            logger.info("candle_builder: %s: %d entries before %s were left pending; processing them first",
-                        series.stream, len(wanted), high[1:])
-            ids = extra_acks.setdefault(series.stream, [])
-            for raw_id, fields in entries:
-                if raw_id not in wanted:
-                    continue  # acked by now (dead-lettered): not ours to count
-                ids.append(raw_id)
-                try:
-                    msg = decode_feed((fields or {}).get(FIELD) or b"")
-                except DecodeError as exc:
-                    await self.bus.dead_letter(series.stream, raw_id, (fields or {}).get(FIELD),
-                                               f"undecodable: {exc}", group)
-                    continue
-                self._apply(series, msg, out)
-                series.last_id = entry_id(raw_id)
-            missing = wanted - {raw_id for raw_id, _ in entries}
-            ids.extend(missing)  # pending but trimmed from the stream: nothing left to count
-            low = "(" + text(pending[-1]["message_id"])
-

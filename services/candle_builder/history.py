@@ -9,18 +9,15 @@ Candles without a taker split (exchanges other than Binance) are marked ``incomp
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 from redis.asyncio import Redis
 
-from services.candle_builder.series import Series, entry_id, text
+from services.candle_builder.series import Series, text
 from services.candle_builder.settings import AUTO_HISTORY_BARS, MAX_HISTORY_BARS, Settings
 from shared import streams
-from shared.bus import FIELD
 from shared.errors import DecodeError, ExchangeError
 from shared.history import HistoryRow, request_history
-from shared.schemas import TradeBatch, decode_feed
 from shared.timeframes import timeframe_ms
 
 __all__ = ["HistoryRow", "Seeder", "fetch"]
@@ -55,19 +52,11 @@ class Seeder:
         self.settings = settings
         self.redis = redis
 
-    async def seed(self, series: Series, asked: dict[str, int]) -> None:
-        """A new series: ask market_feed for history up to the first trade the builder will process."""
-        first_ts = first_entry = None
-        for raw_id, fields in await self.redis.xrange(series.stream, count=100):
-            with contextlib.suppress(DecodeError):
-                msg = decode_feed(fields.get(FIELD) or b"")
-                if type(msg) is TradeBatch and msg.trades:
-                    first_ts, first_entry = msg.trades[0][1], entry_id(raw_id)[0]
-                    break
-        if first_ts is None:
-            return
+    async def seed(self, series: Series, asked: dict[str, int], first_ts: int, first_entry_ms: int) -> None:
+        """A new series: ask market_feed for history up to its first trade the builder will process (at exchange
+        time ``first_ts``, in a stream entry written at ``first_entry_ms``)."""
         series.needs_seed = False
-        await self.decide(series, first_entry - first_ts)
+        await self.decide(series, first_entry_ms - first_ts)
         bars = self.bars(series, asked)
         if not any(bars.values()):
             return

@@ -7,16 +7,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from services.candle_builder.core import Bar, Emitted, SeriesBuilder
+from shared.partitioned import entry_id
 from shared.schemas import SCHEMA_VERSION, pack
 
+__all__ = ["Series", "encode_candle", "entry_id", "retune", "text"]
+
 logger = logging.getLogger(__name__)
-
-
-def entry_id(raw: bytes | str) -> tuple[int, int]:
-    """A stream entry id as a comparable (ms, seq) pair."""
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def encode_candle(exchange: str, symbol: str, tf: str, bar: Bar, *, closed: bool = True,
@@ -35,14 +31,13 @@ def encode_candle(exchange: str, symbol: str, tf: str, bar: Bar, *, closed: bool
 
 @dataclass(slots=True)
 class Series:
-    """One (exchange, symbol): its builder, trades stream and resume point."""
+    """One (exchange, symbol): its builder and partition."""
 
     exchange: str
     symbol: str
-    stream: str
+    partition: int
     builder: SeriesBuilder
-    last_id: tuple[int, int] | None = None
-    checked: bool = False  # entries between the saved id and the first one read here were looked for
+    last_id: tuple[int, int] | None = None  # the last entry of the partition's trades stream applied to it
     registered: set[str] = field(default_factory=set)
     last_live: float = 0.0
     # Redis arrival time (entry id ms) minus exchange time of the newest trade/watermark: the feed's latency when

@@ -48,22 +48,16 @@ class Settings(ServiceSettings):
                                   "reach Redis within this many ms of their exchange time.")
     history_bars: int | None = Field(default=None, ge=0, le=MAX_HISTORY_BARS, description="Seed a new series with "
                                      "this many candles of REST history per timeframe (served by market_feed on "
-                                     "HISTORY_REQUESTS), or more when a subscriber's look-back "
+                                     "history_requests(exchange)), or more when a subscriber's look-back "
                                      "(shared.subscriptions) asks; 0 = off. Unset (auto): AUTO_HISTORY_BARS when the "
                                      "pair's feed is live (market_feed's heartbeat says mode live and trades reach "
                                      "Redis within live_max_skew_ms of their exchange time), off for replays.")
     history_timeout_s: float = Field(default=5.0, gt=0, description="How long to wait for a history reply.")
-    leases: bool = Field(default=False, description="Run as one of several instances: split (exchange, symbol) "
-                         "pairs with leases in Redis (each instance needs its own consumer_name; the default, candle_builder-<hostname>, "
-                         "differs between hosts and containers).")
-    lease_ttl_ms: int = Field(default=3_000, ge=300, description="A dead instance's pairs are taken over after this.")
     candles_maxlen: int = Field(default=20_000, gt=0, description="Approximate MAXLEN of closed-candle streams.")
     live_maxlen: int = Field(default=1_000, gt=0, description="Approximate MAXLEN of in-progress-candle streams.")
-    read_count: int = Field(default=2_000, gt=0, description="COUNT of each XREADGROUP.")
-    block_ms: int = Field(default=200, gt=0, description="BLOCK of each XREADGROUP.")
+    read_count: int = Field(default=2_000, gt=0, description="COUNT of each XREAD of a partition's trades stream.")
+    block_ms: int = Field(default=200, gt=0, description="BLOCK of each XREAD of a partition's trades stream.")
     discover_every_s: float = Field(default=1.0, gt=0, description="How often FEED_REGISTRY and the subscriptions are read.")
-    claim_idle_ms: int = Field(default=10_000, gt=0, description="Entries pending this long at a dead consumer are "
-                               "claimed.")
     shutdown_grace_s: float = Field(default=10.0, ge=0)
 
     @field_validator("timeframes")

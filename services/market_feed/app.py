@@ -1,7 +1,8 @@
 """market_feed wiring: a trade source (recording, simulated market, or live exchanges) → FeedCore → Redis streams.
 
 Where a trade enters: ``readers.read_trades`` (replay), ``simulated.SimulatedMarket`` (simulated),
-``adapters.ccxt_feed`` (live). Where it leaves: ``_Outbox.flush`` (XADD to ``streams.trades(ex, sym)``).
+``adapters.ccxt_feed`` (live). Where it leaves: ``publisher.Outbox.flush`` (XADD to ``streams.part_trades(p)`` of
+the pair's partition, only while this replica holds the partition's lease: two feeds of one source publish once).
 """
 
 from __future__ import annotations
@@ -9,21 +10,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
 from redis.asyncio import Redis
 
 from services.market_feed.core import Event, FeedCore, TickEvent, pace_delay
-from services.market_feed.publisher import Outbox, RedisRetry, consumer_lag, read_last_ids, register_feeds
-from shared.recordings import read_trades
+from services.market_feed.publisher import Outbox, RedisRetry, read_last_ids, register_feeds
 from services.market_feed.settings import Settings
-from shared.simulated import SimulatedMarket, quote
 from shared import streams
 from shared.bus import Bus
-from shared.runtime import heartbeat
+from shared.outage import REDIS_DOWN
+from shared.ownership import FencedError, Ownership
+from shared.partitioned import entry_id, read_offset
+from shared.partitions import partition_of
+from shared.recordings import read_trades
+from shared.runtime import consumer_name, heartbeat
 from shared.schemas import Trade
+from shared.simulated import SimulatedMarket, quote
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +56,7 @@ class MarketFeedApp:
         self.exchange_time: int | None = None
         self._outbox: Outbox | None = None
         self._core: FeedCore | None = None
+        self.ownership: Any = None  # shared.ownership.Ownership of a replay / simulated source
         self.live: Any = None  # the live feed (adapters.ccxt_feed.LiveFeed) in mode=live
         self.books: Any = None  # books.BookTasks when order books or futures data are configured
         self.redis_retry = RedisRetry(SERVICE, base_s=settings.backoff_base_s, cap_s=settings.backoff_cap_s)
@@ -106,13 +113,14 @@ class MarketFeedApp:
             if mode == "replay" and self.source is not None:
                 symbols, trades = self.source
                 logger.info("replaying %d symbols of %s", len(symbols), self.exchange)
-                await self._run_source(stop, symbols, trades, None, None)
+                # read once (a backtest runs one feed per exchange: the first balance round takes every partition)
+                await self._run_source(stop, symbols, lambda: trades, None, None)
             elif mode == "replay":
                 symbol = self.settings.resolved_symbol()
                 path = self.settings.replay_file
                 logger.info("replaying %s as %s %s (speed %s)", path, self.exchange, symbol,
                             self.settings.speed or "max")
-                await self._run_source(stop, [symbol], ((symbol, t) for t in read_trades(path)), None, None)
+                await self._run_source(stop, [symbol], lambda: ((symbol, t) for t in read_trades(path)), None, None)
             elif mode == "simulated":
                 s = self.settings
                 market = SimulatedMarket(s.sim_symbols, seed=s.sim_seed, start_ms=s.sim_start_ms,
@@ -120,7 +128,7 @@ class MarketFeedApp:
                 logger.info("simulated market %s on %s (seed %d, %s s)", ", ".join(s.sim_symbols), self.exchange,
                             s.sim_seed, s.sim_duration_s or "unbounded")
                 end = market.end_ms - 1 if market.end_ms is not None else None
-                await self._run_source(stop, list(s.sim_symbols), market.trades(), market, end)
+                await self._run_source(stop, list(s.sim_symbols), market.trades, market, end)
             else:
                 from services.market_feed.adapters.ccxt_feed import LiveFeed
 
@@ -143,16 +151,68 @@ class MarketFeedApp:
         await stop.wait()
         beat_stop.set()
 
-    async def _run_source(self, stop: asyncio.Event, symbols: list[str], source: Iterator[tuple[str, Trade]],
-                          market: SimulatedMarket | None, end_ts: int | None) -> None:
+    async def _run_source(self, stop: asyncio.Event, symbols: list[str],
+                          source: Callable[[], Iterator[tuple[str, Trade]]], market: SimulatedMarket | None,
+                          end_ts: int | None) -> None:
+        """Publish ``source()`` for the pairs whose partitions this replica holds (feed group of the exchange; in
+        replay, of the replayed pair). A pass starts over (the saved last ids skip what is published) when the
+        partitions held change; the source ends when a pass reached its end."""
+        s = self.settings
+        if not (await self.redis_retry.call(stop, lambda: register_feeds(self.redis, self.exchange, symbols)))[0]:
+            return
+        wanted = {partition_of(self.exchange, sym, s.partitions) for sym in symbols}
+        group = streams.feed_group(self.exchange)
+        if s.mode == "replay":  # feeds replaying other files of the exchange are not replicas of this one
+            group += "|" + symbols[0]
+        ownership = self.ownership = Ownership(self.redis, group, consumer_name(SERVICE, s.consumer_name),
+                                               s.partitions, ttl_ms=s.lease_ttl_ms, wanted=wanted)
+        leases_stop, balanced = asyncio.Event(), asyncio.Event()
+        leases = asyncio.create_task(self._balance(ownership, leases_stop, balanced), name="market_feed-leases")
+        first = True
+        try:
+            while not stop.is_set() and not balanced.is_set():  # a pass over a partial share would start over
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=0.05)
+            while not stop.is_set() and not self.done:
+                held = ownership.owned & wanted
+                if not held:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=0.05)
+                    continue
+                serving = [sym for sym in symbols if partition_of(self.exchange, sym, s.partitions) in held]
+                try:
+                    await self._pass(stop, serving, source(), market, end_ts, resume=s.resume or not first)
+                except FencedError as exc:
+                    logger.warning("market_feed: %s; publishing again for the partitions still held", exc)
+                first = False
+        finally:
+            leases_stop.set()
+            await leases
+
+    async def _balance(self, ownership: Ownership, stop: asyncio.Event, balanced: asyncio.Event) -> None:
+        """Keep the leases (every third of their TTL) until ``stop``, then hand them back; ``balanced`` is set after
+        the first round."""
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(*REDIS_DOWN):
+                    await ownership.balance(int(time.time() * 1000))
+                    balanced.set()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=ownership.ttl_ms / 3000)
+        finally:
+            with contextlib.suppress(Exception):
+                await ownership.leave()
+
+    async def _pass(self, stop: asyncio.Event, symbols: list[str], source: Iterator[tuple[str, Trade]],
+                    market: SimulatedMarket | None, end_ts: int | None, *, resume: bool) -> None:
         s = self.settings
         redis = self.redis
         retry = self.redis_retry
-        if not (await retry.call(stop, lambda: register_feeds(redis, self.exchange, symbols)))[0]:
-            return
+        ownership = self.ownership
+        held = ownership.owned
         last_ids: dict[str, int | None] = {}
-        if s.resume:
-            ok, found = await retry.call(stop, lambda: read_last_ids(redis, self.exchange, symbols))
+        if resume:
+            ok, found = await retry.call(stop, lambda: read_last_ids(redis, self.exchange, symbols, s.partitions))
             if not ok:
                 return
             last_ids = found or {}
@@ -162,8 +222,9 @@ class MarketFeedApp:
                                      watermark_every_ms=s.watermark_every_ms,
                                      ticker_every_ms=s.ticker_every_ms if market else None, last_ids=last_ids,
                                      dedup_window=s.dedup_window)
-        out = self._outbox = Outbox(self.bus, self.exchange, maxlen=s.stream_maxlen,
+        out = self._outbox = Outbox(redis, ownership, self.exchange, symbols, maxlen=s.stream_maxlen,
                                     pipeline_entries=s.pipeline_entries)
+        serving = set(symbols)
         last_price: dict[str, Decimal] = {}
         loop = asyncio.get_running_loop()
         first_ts: int | None = None
@@ -181,12 +242,15 @@ class MarketFeedApp:
 
         async def flush() -> bool:
             """Write what is queued; False when stopped while Redis was unavailable (it stays unpublished, and a
-            restart resumes after the last id Redis has)."""
-            return (await retry.call(stop, out.flush))[0]
+            restart resumes after the last id Redis has), or when the partitions held changed (a new pass)."""
+            ok = (await retry.call(stop, out.flush))[0]
+            return ok and ownership.owned == held
 
         for symbol, trade in source:
             if stop.is_set():
                 break
+            if symbol not in serving:
+                continue
             # Pacing starts at the first trade not published yet (a resumed replay does not wait out the exchange
             # time of what an earlier run already published).
             if s.speed > 0 and core.is_new(symbol, trade):
@@ -209,32 +273,36 @@ class MarketFeedApp:
                     break
                 flushes += 1
                 if flushes % 20 == 0:
-                    await self._wait_for_consumers(stop, symbols)
+                    await self._wait_for_consumers(stop, out)
                 else:
                     await asyncio.sleep(0)  # let the other services on this loop run
+        else:
+            emit(core.finish(end_ts if end_ts is not None else core.clock))
+            if not await flush():
+                return
+            self.exchange_time = core.clock
+            self.done = True
+            logger.info("source ended: %d trades in %d entries (%d already published before, skipped)",
+                        out.trades_published, out.entries_published, core.dropped)
+            return
         if stop.is_set():
             emit(core.flush())
-            await flush()
+            await retry.call(stop, out.flush)
             logger.info("stopped after %d trades", out.trades_published)
-            return
-        emit(core.finish(end_ts if end_ts is not None else core.clock))
-        if not await flush():
-            return
-        self.exchange_time = core.clock
-        self.done = True
-        logger.info("source ended: %d trades in %d entries (%d already published before, skipped)",
-                    out.trades_published, out.entries_published, core.dropped)
 
-    async def _wait_for_consumers(self, stop: asyncio.Event, symbols: list[str]) -> None:
-        """Replay backpressure: while the candle builder lags by more than ``max_lag_entries``, wait.
+    async def _wait_for_consumers(self, stop: asyncio.Event, out: Outbox) -> None:
+        """Replay backpressure: while candle_builder's offset in a partition is more than ``max_lag_entries`` of
+        this feed's entries behind, wait.
 
         Streams are trimmed to ``stream_maxlen``; a replay far faster than its consumer must not trim entries the
         consumer has not read yet.
         """
         limit = self.settings.max_lag_entries
-        while not stop.is_set():
-            ok, worst = await self.redis_retry.call(
-                stop, lambda: consumer_lag(self.bus, self.exchange, symbols, streams.GROUP_CANDLE_BUILDER))
-            if not ok or (worst or 0) <= limit:
-                return
-            await asyncio.sleep(0.05)
+        for partition in list(out.written):
+            mark = out.lag_mark(partition, limit)
+            while mark is not None and not stop.is_set():
+                ok, offset = await self.redis_retry.call(stop, lambda: read_offset(
+                    self.redis, partition, streams.GROUP_CANDLE_BUILDER, streams.part_trades(partition)))
+                if not ok or (offset is not None and entry_id(offset) >= entry_id(mark)):
+                    break
+                await asyncio.sleep(0.05)

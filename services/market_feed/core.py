@@ -4,9 +4,9 @@
 (``docs/architecture.md``):
 
 - a ``TradeBatch`` per symbol holds trades within ``window_ms`` of its first trade, at most ``batch_size`` of them;
-- a ``Watermark`` per symbol each time exchange time passes a multiple of ``watermark_every_ms`` (it carries
-  ``T - 1`` when the trade at ``T`` arrives: every trade at or before ``T - 1`` has been emitted, ones at ``T`` may
-  still follow), and a final one from ``finish``;
+- a ``Watermark`` for every symbol at once (symbol "": the publisher writes one per partition) each time exchange
+  time passes a multiple of ``watermark_every_ms`` (it carries ``T - 1`` when the trade at ``T`` arrives: every trade
+  at or before ``T - 1`` has been emitted, ones at ``T`` may still follow), and a final one from ``finish``;
 - optionally a tick event per symbol every ``ticker_every_ms`` of exchange time (the simulated market's tickers);
 - trades whose id is not above the last id emitted for the symbol are dropped (``IdDedup``), which is what makes a
   restarted feed or a resent frame harmless.
@@ -151,7 +151,7 @@ class FeedCore:
             self._next_tick = ts - ts % self.ticker_every_ms + self.ticker_every_ms
         if self._next_watermark is not None and ts - 1 >= self._next_watermark:
             out.extend(self.flush())
-            out.extend(Watermark(self.exchange, s, ts - 1) for s in self.symbols)
+            out.append(Watermark(self.exchange, "", ts - 1))
             self._next_watermark = ts - ts % self.watermark_every_ms + self.watermark_every_ms
         return out
 
@@ -160,10 +160,10 @@ class FeedCore:
         return [self._take(s, st) for s, st in self.symbols.items() if st.batch]
 
     def finish(self, end_ts: int | None = None) -> list[Event]:
-        """The source ended: pending batches, then a final watermark per symbol at ``end_ts`` (default: clock)."""
+        """The source ended: pending batches, then a final watermark (every symbol) at ``end_ts`` (default: clock)."""
         out = self.flush()
         ts = end_ts if end_ts is not None else (self.clock if self.clock is not None else 0)
-        out.extend(Watermark(self.exchange, s, ts, final=True) for s in self.symbols)
+        out.append(Watermark(self.exchange, "", ts, final=True))
         return out
 
     def _take(self, symbol: str, state: _SymbolState) -> TradeBatch:

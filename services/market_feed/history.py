@@ -1,8 +1,9 @@
 """market_feed's side of the OHLCV history contract (``shared.history``): ``HistoryServer`` answers requests from
 its exchange connections in live mode.
 
-A consumer group on ``streams.HISTORY_REQUESTS``, so several market_feed instances share requests and an unanswered
-request is claimed by another. Binance rows come from the raw klines (exact strings, with taker-buy volume, trade
+A consumer group on ``streams.history_requests(exchange)`` of each exchange it serves, so only a feed connected to
+the exchange gets its requests, several market_feed instances share them and an unanswered request is claimed by
+another. Binance rows come from the raw klines (exact strings, with taker-buy volume, trade
 count and quote volume); other exchanges from ccxt's ``fetch_ohlcv`` (those three columns null). A malformed request
 goes to the dead-letter stream (``decode_request`` raises DecodeError).
 """
@@ -33,12 +34,13 @@ PAGE = 1000
 class HistoryServer:
     """Answers history requests with the given ccxt exchanges (id → instance)."""
 
-    def __init__(self, bus: Bus, exchanges: dict[str, Any], settings: ConsumerSettings) -> None:
+    def __init__(self, bus: Bus, exchanges: dict[str, Any], settings: ConsumerSettings,
+                 serving: list[str] | None = None) -> None:
         self.bus = bus
         self.exchanges = exchanges
         self.served = 0
         self.consumer = Consumer(bus, settings, decode=decode_request, handler=self._handle,
-                                 streams=[streams.HISTORY_REQUESTS])
+                                 streams=[streams.history_requests(x) for x in serving or list(exchanges)])
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.consumer.run(stop)

@@ -1,11 +1,16 @@
-"""Writing market_feed's messages to Redis: trades streams (with the feed's resume state), tickers.
+"""Writing market_feed's messages to Redis: the partition streams (with the feed's resume state), tickers.
+
+Every pair belongs to a partition (``shared.partitions``); its trades, gap markers and watermarks go to
+``streams.part_trades(p)``, its tickers to ``streams.part_tickers(p)``, and the feed's resume state of the pair
+(``last_id:<symbol>``, ``last_ts:<symbol>``) to the hash ``streams.part_state(p, feed_group(exchange))``: every key
+of a write shares the partition's hash tag. A feed writes a partition only while it holds the partition's lease
+(``shared.ownership``): each write checks the lease in the same script, so a feed that lost a partition (paused past
+its lease, or handed it back) cannot publish there any more (``FencedError``).
 
 A trade counts as published only once Redis has acknowledged the write that carries it. ``Outbox`` seals what was
-queued into a write with a random token and keeps it until Redis answers; a write that failed (Redis killed, a
-failover, a cut connection) stays first in line and is sent again, before anything queued after it. Each write is
-one Lua script: the XADDs, the PUBLISHes and the feed state (``last_id``, ``last_ts`` and the write's token) of every
-symbol it touches, applied atomically — and skipped whole when the first symbol's state already holds the token, so
-the retry of a write that landed but whose reply was lost publishes nothing twice.
+queued into one write per partition with a random token and keeps it until Redis answers; a write that failed (Redis
+killed, a failover, a cut connection) stays first in line and is sent again, before anything queued after it. The
+retry of a write that landed but whose reply was lost finds its token in the partition's state and publishes nothing.
 
 Every Redis call of market_feed's own (not the history consumer's) lives here; ``RedisRetry`` retries them while
 Redis is unreachable, read-only or loading, with capped exponential backoff and jitter.
@@ -18,15 +23,17 @@ import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
 
 from shared import metrics, streams
-from shared.bus import FIELD, Bus
+from shared.bus import FIELD
+from shared.ownership import FencedError, Ownership
+from shared.partitions import partition_of
 from shared.schemas import GapMarker, Ticker, TradeBatch, Watermark, encode_gap, encode_trades, encode_watermark
 
 logger = logging.getLogger(__name__)
@@ -34,29 +41,33 @@ logger = logging.getLogger(__name__)
 TICKER_MAXLEN = 10_000
 T = TypeVar("T")
 
-# KEYS: the feed-state hashes of the symbols the write touches (ns), then the stream of each entry (ne).
-# ARGV: token, ns, ne, nc; per entry maxlen, data; per channel name, data; per state last_id ('' = keep), last_ts
-# ('' = keep). The first state hash holding the token means this write already landed.
+# KEYS: the lease, the feed state hash, part_trades, part_tickers (one partition). ARGV: lease value, token, ne, nc,
+# ns; per entry 1 (trades) or 2 (tickers), maxlen, data; per channel name, data; per state symbol, last_id ('' =
+# keep), last_ts ('' = keep). Returns {1 or 0 (already applied), id of the last trades entry or ''}.
 _WRITE = """
-local token = ARGV[1]
-local ns, ne, nc = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-if ns > 0 and redis.call('HGET', KEYS[1], 'write') == token then return 0 end
-local a = 5
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED lease ' .. KEYS[1] .. ' lost') end
+local token = ARGV[2]
+if redis.call('HGET', KEYS[2], 'write') == token then return {0, ''} end
+local ne, nc, ns = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local a = 6
+local last = ''
 for i = 1, ne do
-  redis.call('XADD', KEYS[ns + i], 'MAXLEN', '~', ARGV[a], '*', '""" + FIELD.decode() + """', ARGV[a + 1])
-  a = a + 2
+  local id = redis.call('XADD', KEYS[2 + tonumber(ARGV[a])], 'MAXLEN', '~', ARGV[a + 1], '*', '""" + FIELD.decode() + """',
+                        ARGV[a + 2])
+  if ARGV[a] == '1' then last = id end
+  a = a + 3
 end
 for i = 1, nc do
   redis.call('PUBLISH', ARGV[a], ARGV[a + 1])
   a = a + 2
 end
+redis.call('HSET', KEYS[2], 'write', token)
 for i = 1, ns do
-  redis.call('HSET', KEYS[i], 'write', token)
-  if ARGV[a] ~= '' then redis.call('HSET', KEYS[i], 'last_id', ARGV[a]) end
-  if ARGV[a + 1] ~= '' then redis.call('HSET', KEYS[i], 'last_ts', ARGV[a + 1]) end
-  a = a + 2
+  if ARGV[a + 1] ~= '' then redis.call('HSET', KEYS[2], 'last_id:' .. ARGV[a], ARGV[a + 1]) end
+  if ARGV[a + 2] ~= '' then redis.call('HSET', KEYS[2], 'last_ts:' .. ARGV[a], ARGV[a + 2]) end
+  a = a + 3
 end
-return 1
+return {1, last}
 """
 
 
@@ -113,42 +124,35 @@ class RedisRetry:
             return True, result
 
 
-async def read_last_ids(redis: Redis, exchange: str, symbols: list[str]) -> dict[str, int | None]:
-    """Last trade id market_feed published per symbol (restart safety), from ``streams.feed_state``."""
+async def read_last_ids(redis: Any, exchange: str, symbols: list[str], partitions: int) -> dict[str, int | None]:
+    """Last trade id market_feed published per symbol (restart and takeover safety), from the partitions' state."""
     out: dict[str, int | None] = {}
     for symbol in symbols:
-        raw = await redis.hget(streams.feed_state(exchange, symbol), "last_id")
+        state = streams.part_state(partition_of(exchange, symbol, partitions), streams.feed_group(exchange))
+        raw = await redis.hget(state, f"last_id:{symbol}")
         out[symbol] = int(raw) if raw is not None and raw.lstrip(b"-").isdigit() else None
     return out
 
 
-async def read_last_ts(redis: Redis, exchange: str, symbol: str) -> int | None:
-    """Exchange time of the last trade market_feed published for the symbol, from ``streams.feed_state``."""
-    raw = await redis.hget(streams.feed_state(exchange, symbol), "last_ts")
+async def read_last_ts(redis: Any, exchange: str, symbol: str, partitions: int) -> int | None:
+    """Exchange time of the last trade market_feed published for the symbol, from its partition's state."""
+    state = streams.part_state(partition_of(exchange, symbol, partitions), streams.feed_group(exchange))
+    raw = await redis.hget(state, f"last_ts:{symbol}")
     return int(raw) if raw else None
 
 
-async def register_feeds(redis: Redis, exchange: str, symbols: list[str]) -> None:
-    """Add the streams to ``streams.FEED_REGISTRY`` (consumers discover them there)."""
+async def register_feeds(redis: Any, exchange: str, symbols: list[str]) -> None:
+    """Add the pairs to ``streams.FEED_REGISTRY`` (candle_builder and the API discover them there)."""
     await redis.sadd(streams.FEED_REGISTRY, *(streams.registry_member(exchange, s) for s in symbols))
-
-
-async def consumer_lag(bus: Bus, exchange: str, symbols: list[str], group: str) -> int:
-    """Most entries of any of the symbols' trades streams that ``group`` has not been delivered yet."""
-    worst = 0
-    for symbol in symbols:
-        status = await bus.group_status(streams.trades(exchange, symbol), group)
-        if status:
-            worst = max(worst, status["lag"])
-    return worst
 
 
 @dataclass
 class _Write:
-    """One sealed write: the unit Redis applies atomically, and the unit retried."""
+    """One sealed write of one partition: the unit Redis applies atomically, and the unit retried."""
 
+    partition: int
     token: str
-    entries: list[tuple[str, bytes, int]]  # stream, data, maxlen
+    entries: list[tuple[int, bytes, int]]  # 1 = trades / 2 = tickers, data, maxlen
     channels: list[tuple[str, bytes]]
     states: dict[str, tuple[int | str | None, int | None]]  # symbol -> (last id, last ts) after this write
     trades: int
@@ -157,16 +161,27 @@ class _Write:
 
 
 class Outbox:
-    """Encodes core events and writes them in one script per round trip (see the module docstring)."""
+    """Encodes core events of ``symbols`` (pairs of ``exchange``) and writes them, one script per partition and
+    round trip, while ``ownership`` holds the partition (see the module docstring).
 
-    def __init__(self, bus: Bus, exchange: str, *, maxlen: int, pipeline_entries: int) -> None:
-        self.bus = bus
-        self.redis = bus.redis
+    A Watermark whose symbol is "" (``FeedCore``: exchange time moved on for every symbol it has) becomes one entry
+    per partition of ``symbols``: named after the pair when the partition has only one of them, else "" (every pair
+    of the exchange in the partition)."""
+
+    def __init__(self, redis: Any, ownership: Ownership, exchange: str, symbols: Iterable[str], *, maxlen: int,
+                 pipeline_entries: int) -> None:
+        self.redis = redis
+        self.ownership = ownership
         self.exchange = exchange
         self.maxlen = maxlen
         self.pipeline_entries = pipeline_entries
-        self._script = self.redis.register_script(_WRITE)
-        self._open = self._new_write()
+        self.state_key = {p: streams.part_state(p, streams.feed_group(exchange)) for p in range(ownership.partitions)}
+        self.partition: dict[str, int] = {}
+        self.served: dict[int, list[str]] = {}
+        for symbol in symbols:
+            self.serve(symbol)
+        self._script = redis.register_script(_WRITE)
+        self._open: dict[int, _Write] = {}
         self._sealed: list[_Write] = []  # not acknowledged yet, in order
         self._drain: asyncio.Task | None = None
         self.trades_published = 0
@@ -177,53 +192,80 @@ class Outbox:
         self.replays_skipped = 0  # retried writes Redis already had (their reply was lost)
         #: (last id, last ts) per symbol as Redis has acknowledged them
         self.published: dict[str, tuple[int | str | None, int | None]] = {}
+        #: per partition: (trades entries written so far, id of the last one) after each write (replay backpressure)
+        self.written: dict[int, deque[tuple[int, bytes]]] = {}
+        self._counts: dict[int, int] = {}
 
-    @staticmethod
-    def _new_write() -> _Write:
-        return _Write(os.urandom(12).hex(), [], [], {}, 0)
+    def serve(self, symbol: str) -> int:
+        """Publish ``symbol`` too; its partition."""
+        p = self.partition.get(symbol)
+        if p is None:
+            p = self.partition[symbol] = partition_of(self.exchange, symbol, self.ownership.partitions)
+            self.served.setdefault(p, []).append(symbol)
+        return p
+
+    def _write(self, partition: int) -> _Write:
+        w = self._open.get(partition)
+        if w is None:
+            w = self._open[partition] = _Write(partition, os.urandom(12).hex(), [], [], {}, 0)
+        return w
 
     def add(self, event: TradeBatch | Watermark | GapMarker) -> None:
-        w = self._open
-        stream = streams.trades(self.exchange, event.symbol)
+        if isinstance(event, Watermark) and event.symbol == "":
+            for p, symbols in self.served.items():
+                named = Watermark(self.exchange, symbols[0] if len(symbols) == 1 else "", event.ts, event.final)
+                self._write(p).entries.append((1, encode_watermark(named), self.maxlen))
+                self._write(p).counts["watermarks"] = self._write(p).counts.get("watermarks", 0) + 1
+            return
+        w = self._write(self.serve(event.symbol))
         last_id, last_ts = w.states.get(event.symbol, (None, None))
         if isinstance(event, GapMarker):
-            w.entries.append((stream, encode_gap(event), self.maxlen))
+            w.entries.append((1, encode_gap(event), self.maxlen))
             w.counts["gaps"] = w.counts.get("gaps", 0) + 1
         elif isinstance(event, TradeBatch):
-            w.entries.append((stream, encode_trades(self.exchange, event.symbol, event.trades), self.maxlen))
+            w.entries.append((1, encode_trades(self.exchange, event.symbol, event.trades), self.maxlen))
             last = event.trades[-1]
             last_id, last_ts = last.id, last.ts
             w.trades += len(event.trades)
             w.per_symbol[event.symbol] = w.per_symbol.get(event.symbol, 0) + len(event.trades)
         else:
-            w.entries.append((stream, encode_watermark(event), self.maxlen))
+            w.entries.append((1, encode_watermark(event), self.maxlen))
             w.counts["watermarks"] = w.counts.get("watermarks", 0) + 1
         w.states[event.symbol] = (last_id, last_ts)
 
     def add_ticker(self, ticker: Ticker) -> None:
         data = ticker.encode()
-        self._open.entries.append((streams.tickers(ticker.exchange, ticker.symbol), data, TICKER_MAXLEN))
-        self._open.channels.append((streams.channel_tickers(ticker.exchange, ticker.symbol), data))
-        self._open.counts["tickers"] = self._open.counts.get("tickers", 0) + 1
+        w = self._write(self.serve(ticker.symbol))
+        w.entries.append((2, data, TICKER_MAXLEN))
+        w.channels.append((streams.channel_tickers(ticker.exchange, ticker.symbol), data))
+        w.counts["tickers"] = w.counts.get("tickers", 0) + 1
 
     @property
     def full(self) -> bool:
-        return len(self._open.entries) >= self.pipeline_entries
+        return sum(len(w.entries) for w in self._open.values()) >= self.pipeline_entries
 
     @property
     def pending(self) -> int:
         """Entries queued or sent but not acknowledged by Redis yet."""
-        return len(self._open.entries) + sum(len(w.entries) for w in self._sealed)
+        return sum(len(w.entries) for w in self._open.values()) + sum(len(w.entries) for w in self._sealed)
+
+    def discard(self) -> None:
+        """Forget everything queued and unacknowledged (the partitions were lost: their new owner publishes it)."""
+        self._open.clear()
+        self._sealed.clear()
 
     async def flush(self) -> None:
         """Write everything queued, oldest first; returns once Redis has acknowledged all of it.
 
         On an error the unacknowledged writes are kept and the error is raised: the next ``flush`` sends them again
-        (idempotently). The writing runs in a task of its own (shielded): a cancelled caller cannot leave a write
-        half-sent, and a write that completes after the caller left is still accounted for."""
-        if self._open.entries or self._open.channels:
-            self._sealed.append(self._open)
-            self._open = self._new_write()
+        (idempotently); a ``FencedError`` (a partition's lease is not ours) drops that partition's writes. The
+        writing runs in a task of its own (shielded): a cancelled caller cannot leave a write half-sent, and a write
+        that completes after the caller left is still accounted for."""
+        for p in sorted(self._open):
+            w = self._open[p]
+            if w.entries or w.channels:
+                self._sealed.append(w)
+        self._open.clear()
         if self._drain is None or self._drain.done():
             if not self._sealed:
                 return
@@ -234,7 +276,11 @@ class Outbox:
     async def _send_sealed(self) -> None:
         while self._sealed:
             w = self._sealed[0]
-            applied = await self._send(w)
+            try:
+                applied, last = await self._send(w)
+            except FencedError:
+                self._sealed = [x for x in self._sealed if x.partition != w.partition]
+                raise
             self._sealed.pop(0)
             if not applied:
                 self.replays_skipped += 1
@@ -244,34 +290,51 @@ class Outbox:
             self.watermarks += w.counts.get("watermarks", 0)
             self.tickers += w.counts.get("tickers", 0)
             self.gaps += w.counts.get("gaps", 0)
+            if last:
+                count = self._counts[w.partition] = self._counts.get(w.partition, 0) + sum(
+                    1 for kind, _, _ in w.entries if kind == 1)
+                self.written.setdefault(w.partition, deque(maxlen=10_000)).append((count, last))
             for symbol, (last_id, last_ts) in w.states.items():
                 prev_id, prev_ts = self.published.get(symbol, (None, None))
                 self.published[symbol] = (last_id if last_id is not None else prev_id,
                                           last_ts if last_ts is not None else prev_ts)
 
-    async def _send(self, w: _Write) -> bool:
-        symbols = list(w.states)
-        keys = [streams.feed_state(self.exchange, s) for s in symbols] + [e[0] for e in w.entries]
-        args: list[Any] = [w.token, len(symbols), len(w.entries), len(w.channels)]
-        for _, data, maxlen in w.entries:
-            args += [maxlen, data]
+    async def _send(self, w: _Write) -> tuple[bool, bytes]:
+        p = w.partition
+        lease = self.ownership.leases.get(p)
+        if lease is None:
+            raise FencedError(f"{self.ownership.group}: partition {p} is not held")
+        keys = [streams.lease(self.ownership.group, p), self.state_key[p], streams.part_trades(p),
+                streams.part_tickers(p)]
+        args: list[Any] = [lease.value, w.token, len(w.entries), len(w.channels), len(w.states)]
+        for kind, data, maxlen in w.entries:
+            args += [kind, maxlen, data]
         for channel, data in w.channels:
             args += [channel, data]
-        for s in symbols:
-            last_id, last_ts = w.states[s]
-            args += [last_id if isinstance(last_id, int) else "", "" if last_ts is None else last_ts]
-        for attempt in (1, 2):
-            try:
-                # the bus's pipeline packs the ~2 arguments per entry in C (redis-py's packing cost ~5 µs a trade)
-                async with self.bus.pipeline() as pipe:
-                    pipe.evalsha(self._script.sha, len(keys), *keys, *args)
-                    (applied,) = await pipe.execute()
-                return bool(applied)
-            except redis_errors.NoScriptError:  # a restarted Redis forgot the script
-                if attempt == 2:
-                    raise
-                await self.redis.script_load(_WRITE)
-        return False  # (not reached)
+        for s, (last_id, last_ts) in w.states.items():
+            args += [s, last_id if isinstance(last_id, int) else "", "" if last_ts is None else last_ts]
+        try:
+            applied, last = await self._script(keys=keys, args=args)
+        except redis_errors.ResponseError as exc:
+            if str(exc).startswith("FENCED"):
+                self.ownership.leases.pop(p, None)
+                raise FencedError(f"{self.ownership.group}: {exc}") from exc
+            raise
+        return bool(applied), last
+
+    def lag_mark(self, partition: int, entries: int) -> bytes | None:
+        """The id of the trades entry this outbox wrote ``entries`` entries before its latest in ``partition``
+        (None if it wrote fewer): a reader whose offset is below it lags by more than ``entries``."""
+        marks = self.written.get(partition)
+        if not marks:
+            return None
+        target = marks[-1][0] - entries
+        found = None
+        for count, last in marks:
+            if count > target:
+                break
+            found = last
+        return found
 
 
 def _retrieve(task: asyncio.Task) -> None:

@@ -22,8 +22,9 @@ class ExchangeFeed(BaseModel):
     symbols: list[str] = Field(min_length=1, description="unified symbols, e.g. BTC/USDT")
     tickers: bool = True
     trades_watch: Literal["auto", "multi", "per_symbol"] = Field(
-        default="auto", description="multi = one watch_trades_for_symbols subscription for all symbols; per_symbol "
-                                    "= one watch_trades task each; auto = multi where ccxt has it (2+ symbols)")
+        default="auto", description="multi = one watch_trades_for_symbols subscription for the symbols of each "
+                                    "partition this replica holds; per_symbol = one watch_trades task each; "
+                                    "auto = multi where ccxt has it (2+ symbols)")
     backfill_paging: Literal["auto", "id", "time"] = Field(
         default="auto", description="REST backfill pages by trade id (Binance fromId) or by time (since); "
                                     "auto = id on the Binance family, time elsewhere")

@@ -100,7 +100,7 @@ async def test_dashboard_draws_the_replay_and_a_rule_added_in_the_page_fires_liv
         await _until(services_beat, 15, "heartbeats of the running services")
         health = await http.get("/health")
         assert health.status_code == 503 and health.json()["problems"] == ["notifier: no heartbeat"]
-        trades = [s for s in health.json()["streams"] if s["stream"].startswith("sentinel:trades:")]
+        trades = [s for s in health.json()["streams"] if s["stream"].endswith(":trades")]
         assert trades and trades[0]["group"] == "candle_builder" and trades[0]["status"] == "ok"
 
     await page.goto(f"{api.url}/#series=kraken|BTC/USD|1m")

@@ -23,6 +23,7 @@ from shared import rules as r
 from shared import streams
 from shared.bus import Bus
 from shared.schemas import Candle, Trade
+from tests.support.candles import builder_caught_up, trades_stream
 from tests.conftest import shared_data
 from tests.integration import test_alert_engine_correctness as corr
 from tests.integration.market_feed.helpers import (
@@ -77,7 +78,7 @@ async def test_a_rule_added_by_reload_is_warmed_by_the_builders_backfill(redis, 
     path.write_text(shared_data(rel).read_text())
     key = (exchange, symbol, "1s")
     member = streams.registry_member(*key)
-    trades_stream, candle_stream = streams.trades(exchange, symbol), streams.candles(*key)
+    trades_key, candle_stream = trades_stream(exchange, symbol), streams.candles(*key)
     rules = tmp_path / "rules.yaml"
     rules.write_text(SMA20)
     engine_settings = Settings(rules_file=rules, consumer_name="e1", redis_url=redis_url, block_ms=20, batch=100,
@@ -87,14 +88,14 @@ async def test_a_rule_added_by_reload_is_warmed_by_the_builders_backfill(redis, 
     bus = Bus(redis)
 
     async def caught_up() -> bool:
-        return (await bus.caught_up(trades_stream, streams.GROUP_CANDLE_BUILDER)
+        return (await builder_caught_up(redis)
                 and await bus.caught_up(candle_stream, streams.GROUP_ALERT_ENGINE))
 
     async with local_exchange(path, speed=0) as sim:
         async with running_feed(live_settings(sim), redis) as feed:
             await wait_last_id(redis, expected_trades(path)[-1][0])  # the exchange now holds it all for klines
             trades, _ = await published(redis)
-            await redis.delete(trades_stream)
+            await redis.delete(trades_key)
             await publish(redis, exchange, symbol, [Trade(*t) for t in trades if SEAM <= t[1] < CUT], per_entry=50,
                           final=False)
             async with running_engine(redis, engine_settings) as engine:

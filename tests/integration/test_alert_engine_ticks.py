@@ -15,6 +15,7 @@ from services.alert_engine.settings import Settings
 from shared import streams
 from shared.bus import Bus
 from shared.schemas import Alert, Ticker, Trade, encode_trades
+from tests.support.candles import trades_stream, tickers_stream
 from tests.conftest import shared_data
 from tests.unit.alert_engine import pdref
 from tests.support.subscriptions import subscribed, subscribers
@@ -52,7 +53,7 @@ async def _alerts(redis) -> list[Alert]:
 
 async def _publish_tickers(redis, q: pd.DataFrame) -> None:
     await Bus(redis).publish_many(
-        (streams.tickers(EX, SYM), Ticker(exchange=EX, symbol=SYM, ts=int(t), bid=b, ask=a, bid_size=bs,
+        (tickers_stream(EX, SYM), Ticker(exchange=EX, symbol=SYM, ts=int(t), bid=b, ask=a, bid_size=bs,
                                           ask_size=az).encode())
         for t, b, a, bs, az in zip(q["ts"], q["bid_dec"], q["ask_dec"], q["bid_size_dec"], q["ask_size_dec"],
                                    strict=True))
@@ -87,7 +88,7 @@ rules:
     await _publish_tickers(redis, q)
     app = AlertEngineApp(_settings(tmp_path, text, clock="exchange", batch=batch), redis)
     await app.drain()
-    assert streams.tickers(EX, SYM) in app.consumer.streams
+    assert tickers_stream(EX, SYM) in app.consumer.streams
     got: dict[str, set] = {}
     for a in await _alerts(redis):
         got.setdefault(a.rule, set()).add((a.ts, a.state, a.price if a.rule.endswith("_tick") else None))
@@ -147,11 +148,11 @@ rules:
     app = AlertEngineApp(_settings(tmp_path, text), redis)
     await app.drain()
     # trades are read for the intrabar rules only; the close-only rule reads candles, never trades or live candles
-    assert streams.trades(EX, SYM) in app.consumer.streams
+    assert trades_stream(EX, SYM) in app.consumer.streams
     assert streams.candles_live(EX, SYM, "1s") not in app.consumer.streams
     # published as market_feed does: encode_trades batches (here 50 trades per entry)
     bus = Bus(redis)
-    await bus.publish_many((streams.trades(EX, SYM), encode_trades(EX, SYM, trades[i:i + 50]))
+    await bus.publish_many((trades_stream(EX, SYM), encode_trades(EX, SYM, trades[i:i + 50]))
                            for i in range(0, len(trades), 50))
     await app.consumer.drain()
     alerts = await _alerts(redis)
@@ -187,7 +188,7 @@ rules:
         await redis.sadd(streams.FEED_REGISTRY, streams.registry_member(EX, SYM))
         app = AlertEngineApp(_settings(tmp_path, text, clock=clock), redis)
         await app.drain()
-        await Bus(redis).publish_many((streams.trades(EX, SYM), encode_trades(EX, SYM, trades[i:i + 100]))
+        await Bus(redis).publish_many((trades_stream(EX, SYM), encode_trades(EX, SYM, trades[i:i + 100]))
                                       for i in range(0, len(trades), 100))
         await app.consumer.drain()
         assert {a.ts for a in await _alerts(redis)} == want, clock
@@ -197,7 +198,7 @@ rules:
     app = AlertEngineApp(_settings(tmp_path, text.replace("2021-01-08T00:00:20Z", "2999-01-01T00:00:00Z"),
                                    clock="wall"), redis)
     await app.drain()
-    await Bus(redis).publish(streams.trades(EX, SYM), encode_trades(EX, SYM, trades))
+    await Bus(redis).publish(trades_stream(EX, SYM), encode_trades(EX, SYM, trades))
     await app.consumer.drain()
     assert await _alerts(redis) == []
 

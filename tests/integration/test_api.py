@@ -16,6 +16,7 @@ from shared import streams
 from shared.bus import Bus
 from shared.schemas import Alert, Candle, Ticker, pack
 from shared.partitions import partition_of
+from tests.support.candles import builder_state, tickers_stream, trades_stream
 
 EX, SYM, TF = "binance", "BTC/USDT", "1m"
 T0 = 1_723_161_240_000
@@ -108,10 +109,15 @@ async def test_ticker_latest(redis, settings):
     for i in range(3):
         t = Ticker(exchange=EX, symbol=SYM, ts=T0 + i, bid=Decimal("100.1") + i, ask=Decimal("100.3") + i,
                    last=Decimal("100.2") + i)
-        await bus.publish(streams.tickers(EX, SYM), t.encode())
+        await bus.publish(tickers_stream(EX, SYM), t.encode())
+    # the partition's stream is shared: a pair of the same partition (3 of 16) ticks 450 times after it
+    assert tickers_stream(EX, "DOT/USDT") == tickers_stream(EX, SYM)
+    dot = Ticker(exchange=EX, symbol="DOT/USDT", ts=T0, bid=Decimal("4.1"), ask=Decimal("4.2"), last=Decimal("4.1"))
+    await bus.publish_many((tickers_stream(EX, SYM), dot.encode()) for _ in range(450))
     async with client_for(create_app(settings, redis)) as client:
         body = (await client.get("/ticker/binance/BTC-USDT")).json()
         assert body["ticker"]["ts"] == T0 + 2 and body["ticker"]["bid"] == "102.1"
+        assert (await client.get("/ticker/binance/DOT-USDT")).json()["ticker"]["bid"] == "4.1"
         assert (await client.get("/ticker/binance/XRP-USDT")).json() == {"ticker": None}
 
 
@@ -194,10 +200,9 @@ async def test_health_names_what_is_down(redis, settings):
     now = int(time.time() * 1000)
     bus = Bus(redis)
     await redis.sadd(streams.FEED_REGISTRY, streams.registry_member(EX, SYM))
-    for i in range(5):
-        await bus.publish(streams.trades(EX, SYM), b"x")
-    await bus.ensure_group(streams.trades(EX, SYM), streams.GROUP_CANDLE_BUILDER)
-    await redis.xreadgroup(streams.GROUP_CANDLE_BUILDER, "c1", {streams.trades(EX, SYM): ">"}, count=2)
+    ids = [await bus.publish(trades_stream(EX, SYM), b"x") for _ in range(5)]
+    # candle_builder saved the offset of the second (its position: no consumer group, nothing pending)
+    await redis.hset(builder_state(EX, SYM), streams.offset_field(trades_stream(EX, SYM)), ids[1])
     await redis.hset(streams.heartbeat("candle_builder"), mapping={"ts": now, "processed": 7})
     async with client_for(app) as client:
         r = await client.get("/health")
@@ -206,8 +211,8 @@ async def test_health_names_what_is_down(redis, settings):
         assert body["problems"] == ["alert_engine: no heartbeat"]
         assert body["services"]["candle_builder"]["status"] == "ok"
         assert body["services"]["candle_builder"]["processed"] == "7"
-        trades = next(s for s in body["streams"] if s["stream"] == streams.trades(EX, SYM))
-        assert (trades["pending"], trades["lag"], trades["length"]) == (2, 3, 5)
+        trades = next(s for s in body["streams"] if s["stream"] == trades_stream(EX, SYM))
+        assert (trades["pending"], trades["lag"], trades["length"], trades["group"]) == (0, 3, 5, "candle_builder")
 
         await redis.hset(streams.heartbeat("alert_engine"), mapping={"ts": now - 60_000})
         body = (await client.get("/health")).json()

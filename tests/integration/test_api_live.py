@@ -15,6 +15,7 @@ from shared import streams
 from shared.bus import Bus
 from shared.runtime import connect
 from shared.schemas import Alert, Candle, Ticker
+from tests.support.candles import tickers_stream
 from tests.support.subscriptions import subscribers
 
 EX, SYM, TF = "binance", "BTC/USDT", "1m"
@@ -51,7 +52,7 @@ async def test_websocket_streams_alerts_candles_and_tickers(api, redis):
              streams.channel_candles_live(EX, SYM, TF)),
             ("candle", candle(60_000, True), streams.candles(EX, SYM, TF), streams.channel_candles(EX, SYM, TF)),
             ("ticker", Ticker(exchange=EX, symbol=SYM, ts=5, bid=Decimal("1.1"), ask=Decimal("1.3")),
-             streams.tickers(EX, SYM), streams.channel_tickers(EX, SYM)),
+             tickers_stream(EX, SYM), streams.channel_tickers(EX, SYM)),
             ("alert", Alert(id="x1", rule="r", exchange=EX, symbol=SYM, ts=60_000, fired_at=120_000,
                             price=Decimal("61000.25")), streams.part_alerts(0), streams.CHANNEL_ALERTS),
         ]

@@ -12,8 +12,8 @@ from shared.bus import FIELD, Batch, Bus, BusSettings, Consumer, ConsumerSetting
 from shared.schemas import Trade, TradeBatch, decode_feed, encode_trades
 from tests.support.redis_proxy import CuttingProxy
 
-STREAM = streams.trades("test", "BTC/USDT")
-STREAM_B = streams.trades("test", "ETH/USDT")
+STREAM = streams.part_trades(0)
+STREAM_B = streams.part_trades(1)
 
 
 def consumer_of(bus: Bus, handle, names=(STREAM,), name: str = "c1", **options) -> Consumer:

@@ -25,7 +25,7 @@ from shared.schemas import Trade, decode_feed, encode_trades
 from shared.subscriptions import Subscriptions
 from tests.conftest import REPO
 
-STREAM = streams.trades("test", "BTC/USDT")
+STREAM = streams.part_trades(0)
 
 
 def entry(i: int) -> bytes:

@@ -35,7 +35,7 @@ def unix_url(tmp_path: Path):
 async def test_bus_publishes_and_a_consumer_reads_over_a_unix_socket(unix_url):
     redis = connect(unix_url)
     bus = Bus(redis)
-    stream = streams.trades("test", "BTC/USDT")
+    stream = streams.part_trades(0)
     await bus.publish_many((stream, encode_trades("test", "BTC/USDT", [(i, 1000 + i, "1.5", "2", True)]))
                            for i in range(30))
     seen: list[int] = []

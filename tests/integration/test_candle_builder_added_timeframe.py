@@ -11,7 +11,8 @@ from shared import streams
 from shared.subscriptions import Subscriptions
 from tests.conftest import shared_data
 from tests.integration.test_candle_builder_lookback import running_builder, wait_for
-from tests.support.candles import RECORDINGS, pandas_candles, publish, read_candles, read_trades, settings_for
+from tests.support.candles import (RECORDINGS, builder_caught_up, pandas_candles, publish, read_candles, read_trades,
+                                   settings_for)
 
 
 async def test_a_timeframe_added_to_a_running_replay_has_every_candle_from_the_first_trade(redis, redis_url, caplog):
@@ -19,15 +20,14 @@ async def test_a_timeframe_added_to_a_running_replay_has_every_candle_from_the_f
     path = shared_data(rel)
     trades = read_trades(path)
     half = len(trades) // 2
-    stream = streams.trades(ex, sym)
     caplog.set_level(logging.INFO)
     await publish(redis, ex, sym, trades[:half], per_entry=50, final=False)
     async with running_builder(redis, settings_for(redis_url, timeframes=["1m"], history_bars=0)) as app:
-        await wait_for(lambda: app.bus.caught_up(stream, streams.GROUP_CANDLE_BUILDER), "the first half built")
+        await wait_for(lambda: builder_caught_up(redis), "the first half built")
         await Subscriptions(redis, ttl_ms=3_600_000).publish("engine-1", {(ex, sym, "5m"): 0})
         await wait_for(lambda: _true("5m" in app.wanted.get((ex, sym), set())), "5m followed")
         await publish(redis, ex, sym, trades[half:], per_entry=50)
-        await wait_for(lambda: app.bus.caught_up(stream, streams.GROUP_CANDLE_BUILDER), "the rest built")
+        await wait_for(lambda: builder_caught_up(redis), "the rest built")
         await wait_for(lambda: _true(app.backfilled > 0), "the earlier 5m buckets rolled up")
     said = [r.getMessage() for r in caplog.records if "5m added while running" in r.getMessage()]
     assert len(said) == 1 and "rolled up from the 1m candles" in said[0], said

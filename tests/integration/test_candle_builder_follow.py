@@ -6,9 +6,12 @@ timeframe whose count fell to 0 stops and leaves CANDLE_REGISTRY while the setti
 from __future__ import annotations
 
 from shared import streams
+from shared.partitioned import caught_up
+from shared.partitions import partition_of
 from shared.subscriptions import Subscriptions
 from shared.bus import Bus
 from shared.schemas import Watermark, encode_trades, encode_watermark
+from tests.support.candles import trades_stream
 from tests.conftest import shared_data
 from tests.support.candles import (
     RECORDINGS,
@@ -28,13 +31,12 @@ async def registry(redis, exchange: str, symbol: str) -> set[str]:
 
 
 async def test_a_removed_pair_is_unfollowed_and_a_re_added_one_resumes_exactly(redis, redis_url):
-    import asyncio
 
     ex, sym, rel = RECORDINGS["btcusdt"]
     kx, ks, krel = RECORDINGS["kraken"]
     path, kpath = shared_data(rel), shared_data(krel)
     trades, ktrades = read_trades(path), read_trades(kpath)
-    btc, kraken = streams.trades(ex, sym), streams.trades(kx, ks)
+    btc = trades_stream(ex, sym)
     bus = Bus(redis)
     half = len(trades) // 2
     subscriptions = Subscriptions(redis, ttl_ms=3_600_000)
@@ -42,33 +44,33 @@ async def test_a_removed_pair_is_unfollowed_and_a_re_added_one_resumes_exactly(r
     await publish(redis, ex, sym, trades[:half], per_entry=50, final=False)
     await publish(redis, kx, ks, ktrades, per_entry=50)
     async with running_builder(redis, settings_for(redis_url)) as app:
-        async def caught_up(*names) -> bool:
-            return all([await bus.caught_up(s, streams.GROUP_CANDLE_BUILDER) for s in names])
+        async def built() -> bool:
+            return await caught_up(redis, 16, streams.GROUP_CANDLE_BUILDER, streams.part_trades)
 
-        await wait_for(lambda: caught_up(btc, kraken), "both pairs built")
+        await wait_for(built, "both pairs built")
         assert await registry(redis, ex, sym) == set(TIMEFRAMES) | {"30m"}
 
         await redis.srem(streams.FEED_REGISTRY, streams.registry_member(ex, sym))
         await subscriptions.publish("engine-1", {(ex, sym, "30m"): 0})  # kraken's 30m no longer wanted
 
         async def unfollowed() -> bool:
-            return btc not in app.consumer.streams and not await registry(redis, ex, sym) and \
+            return (ex, sym) not in app.series and not await registry(redis, ex, sym) and \
                 await registry(redis, kx, ks) == set(TIMEFRAMES)
 
         await wait_for(unfollowed, "the pair and the timeframe dropped")
-        candles_before = {tf: await redis.xlen(streams.candles(ex, sym, tf)) for tf in TIMEFRAMES}
-        trades_before = app.trades_in
-        rest = trades[half:]  # the stream goes on (written as market_feed would, without registering the pair)
+        state = streams.part_state(partition_of(ex, sym, 16), streams.GROUP_CANDLE_BUILDER)
+        assert await redis.hget(state, streams.pair_field(ex, sym)) is not None  # Redis holds its state
+
+        await redis.sadd(streams.FEED_REGISTRY, streams.registry_member(ex, sym))  # (the feed registers first)
+
+        async def followed() -> bool:
+            return (ex, sym) in app.wanted
+
+        await wait_for(followed, "the pair followed again")
+        rest = trades[half:]  # the feed goes on
         await bus.publish_many([(btc, encode_trades(ex, sym, rest[i:i + 50])) for i in range(0, len(rest), 50)])
         await bus.publish(btc, encode_watermark(Watermark(ex, sym, rest[-1].ts, final=True)))
-        await asyncio.sleep(0.5)
-        assert not await caught_up(btc) and app.trades_in == trades_before
-        assert {tf: await redis.xlen(streams.candles(ex, sym, tf)) for tf in TIMEFRAMES} == candles_before
-        assert btc not in app.series  # in-memory state dropped; Redis holds it
-        assert await redis.hget(streams.builder_state(ex, sym), "state") is not None
-
-        await redis.sadd(streams.FEED_REGISTRY, streams.registry_member(ex, sym))
-        await wait_for(lambda: caught_up(btc), "the re-added pair caught up")
+        await wait_for(built, "the re-added pair caught up")
         await wait_for(lambda: registry_has(redis, ex, sym, set(TIMEFRAMES) | {"30m"}), "registry restored")
     for tf in [*TIMEFRAMES, "30m"]:  # nothing lost or counted twice across the pause, in-progress candles included
         check_against_pandas(await read_candles(redis, ex, sym, tf), path, tf)

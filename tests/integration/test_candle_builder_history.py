@@ -8,6 +8,7 @@ import contextlib
 
 from shared import history, streams
 from shared.bus import FIELD
+from tests.support.candles import trades_stream
 from tests.conftest import shared_data
 from tests.support.candles import (
     RECORDINGS,
@@ -28,7 +29,7 @@ async def serve_history(redis, path, requests: list[history.HistoryRequest]) -> 
     """Answer history requests the way market_feed would, from pandas' candles of the whole recording."""
     last = "0"
     while True:
-        for _, entries in await redis.xread({streams.HISTORY_REQUESTS: last}, block=50, count=10) or []:
+        for _, entries in await redis.xread({streams.history_requests("binance"): last}, block=50, count=10) or []:
             for entry_id, fields in entries:
                 last = entry_id
                 req = history.decode_request(fields[FIELD])
@@ -50,7 +51,7 @@ async def test_history_seeds_the_series_and_the_seam_bucket_is_exact(redis, redi
     requests: list[history.HistoryRequest] = []
     server = asyncio.create_task(serve_history(redis, path, requests))
     try:
-        await run_until_caught_up(redis, settings_for(redis_url, history_bars=30), [streams.trades(exchange, symbol)])
+        await run_until_caught_up(redis, settings_for(redis_url, history_bars=30), [trades_stream(exchange, symbol)])
     finally:
         server.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -69,7 +70,7 @@ async def test_without_a_history_reply_the_builder_starts_cleanly(redis, redis_u
     trades = [t for t in read_trades(path) if t.ts >= SEAM]
     await publish(redis, exchange, symbol, trades, per_entry=50)
     await run_until_caught_up(redis, settings_for(redis_url, history_bars=30, history_timeout_s=0.2),
-                              [streams.trades(exchange, symbol)])
+                              [trades_stream(exchange, symbol)])
     for tf in ("5m", "15m"):
         candles = await read_candles(redis, exchange, symbol, tf)
         # the bucket under way at the first trade would be partial: skipped, never published half-built

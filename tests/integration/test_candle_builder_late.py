@@ -4,8 +4,8 @@ pandas' resample of all the trades, late ones included."""
 
 from __future__ import annotations
 
-from shared import streams
 from shared.schemas import Trade
+from tests.support.candles import trades_stream
 from tests.conftest import shared_data
 from tests.support.candles import (
     RECORDINGS,
@@ -46,7 +46,7 @@ async def test_late_trades_into_flat_minutes_revise_them_and_the_flat_minutes_af
     await publish(redis, exchange, symbol, order, per_entry=7)
     tfs = ["1m", "3m", "5m", "15m", "1h"]
     app = await run_until_caught_up(redis, settings_for(redis_url, timeframes=tfs, lateness_ms=60 * MIN),
-                                    [streams.trades(exchange, symbol)])
+                                    [trades_stream(exchange, symbol)])
     assert app.status()["late_dropped"] == 0
     for tf in tfs:
         candles = await read_candles(redis, exchange, symbol, tf)

@@ -16,7 +16,7 @@ from services.candle_builder.app import CandleBuilderApp
 from services.candle_builder.settings import AUTO_HISTORY_BARS, Settings
 from shared import streams
 from shared.subscriptions import Subscriptions
-from shared.bus import FIELD, Bus
+from shared.bus import FIELD
 from shared.history import decode_request
 from shared.schemas import Trade
 from tests.conftest import shared_data
@@ -25,7 +25,10 @@ from tests.integration.market_feed.helpers import (expected_trades, live_setting
 from tests.support.candles import (
     RECORDINGS,
     TIMEFRAMES,
+    builder_caught_up,
+    builder_state,
     check_against_pandas,
+    trades_stream,
     publish,
     read_candles,
     read_trades,
@@ -79,18 +82,17 @@ async def feed_then_restart_at_seam(redis, path) -> None:
     await wait_last_id(redis, expected_trades(path)[-1][0])
     trades, gaps = await published(redis)
     assert trades == expected_trades(path) and not gaps
-    await redis.delete(streams.trades(exchange, symbol))
+    await redis.delete(trades_stream(exchange, symbol))
     await publish(redis, exchange, symbol, [Trade(*t) for t in trades if t[1] >= SEAM], per_entry=50)
 
 
 async def history_requests(redis) -> list:
-    return [decode_request(f[FIELD]) for _, f in await redis.xrange(streams.HISTORY_REQUESTS)]
+    return [decode_request(f[FIELD]) for _, f in await redis.xrange(streams.history_requests("binance"))]
 
 
 async def test_lookback_seeds_and_a_grown_lookback_backfills_further_back(redis, redis_url, tmp_path):
     exchange, symbol, _ = RECORDINGS["btcusdt"]
     path = window_file(tmp_path)
-    stream = streams.trades(exchange, symbol)
     member = streams.registry_member(exchange, symbol, "1m")
     subscriptions = Subscriptions(redis, ttl_ms=3_600_000)
     await subscriptions.publish("engine-1", {(exchange, symbol, "1m"): 3})  # 3 closed 1m candles needed; settings 2
@@ -99,7 +101,7 @@ async def test_lookback_seeds_and_a_grown_lookback_backfills_further_back(redis,
             await feed_then_restart_at_seam(redis, path)
             settings = settings_for(redis_url, history_bars=2, history_timeout_s=10)
             async with running_builder(redis, settings) as app:
-                await wait_for(lambda: Bus(redis).caught_up(stream, streams.GROUP_CANDLE_BUILDER), "catch-up")
+                await wait_for(lambda: builder_caught_up(redis), "catch-up")
                 first = await read_candles(redis, exchange, symbol, "1m")
                 assert min(c.ts for c in first) == SEAM - 3 * MIN  # max(2, 3) candles before the seam
                 five = await read_candles(redis, exchange, symbol, "5m")
@@ -129,7 +131,7 @@ async def test_lookback_seeds_and_a_grown_lookback_backfills_further_back(redis,
 async def test_history_is_seeded_automatically_only_when_the_feed_is_live(redis, redis_url, tmp_path):
     exchange, symbol, _ = RECORDINGS["btcusdt"]
     path = window_file(tmp_path)
-    stream = streams.trades(exchange, symbol)
+    stream = trades_stream(exchange, symbol)
     async with local_exchange(path, speed=200) as sim:
         async with running_feed(live_settings(sim), redis) as feed:
             await feed_then_restart_at_seam(redis, path)
@@ -150,8 +152,7 @@ async def test_history_is_seeded_automatically_only_when_the_feed_is_live(redis,
             # the same pair met afresh by a builder with the default skew allowance: a replay, no history asked
             for tf in TIMEFRAMES:
                 await redis.delete(streams.candles(exchange, symbol, tf))
-            await redis.delete(streams.builder_state(exchange, symbol))
-            await redis.xgroup_destroy(stream, streams.GROUP_CANDLE_BUILDER)
+            await redis.delete(builder_state(exchange, symbol))  # the partition's offset and pair state
             await run_until_caught_up(redis, settings_for(redis_url, history_timeout_s=10), [stream])
             assert len(await history_requests(redis)) == len(TIMEFRAMES)
             assert all(c.ts >= SEAM for c in await read_candles(redis, exchange, symbol, "1m"))
@@ -162,8 +163,8 @@ async def test_a_replay_asks_for_no_history_even_with_a_lookback(redis, redis_ur
     trades = [t for t in read_trades(shared_data(rel)) if t.ts >= SEAM]
     await publish(redis, exchange, symbol, trades, per_entry=50)
     await Subscriptions(redis, ttl_ms=3_600_000).publish("engine-1", {(exchange, symbol, "1m"): 200})
-    await run_until_caught_up(redis, settings_for(redis_url), [streams.trades(exchange, symbol)])
-    assert await redis.xlen(streams.HISTORY_REQUESTS) == 0  # no market_feed heartbeat, trades years old
+    await run_until_caught_up(redis, settings_for(redis_url), [trades_stream(exchange, symbol)])
+    assert await redis.xlen(streams.history_requests("binance")) == 0  # no market_feed heartbeat, trades years old
     assert all(c.ts >= SEAM for c in await read_candles(redis, exchange, symbol, "1m"))
 
 
@@ -174,7 +175,7 @@ async def test_a_timeframe_added_to_a_running_series_gets_its_history_before_its
     exchange, symbol, rel = RECORDINGS["btcusdt"]
     path = tmp_path / "all.csv"
     path.write_text(shared_data(rel).read_text())
-    stream = streams.trades(exchange, symbol)
+    stream = trades_stream(exchange, symbol)
     five = streams.registry_member(exchange, symbol, "5m")
     cut = SEAM + 2 * MIN - 1  # 00:03:59.999
     async with local_exchange(path, speed=0) as sim:
@@ -187,11 +188,11 @@ async def test_a_timeframe_added_to_a_running_series_gets_its_history_before_its
             settings = settings_for(redis_url, timeframes=["1m"], history_bars=3, history_timeout_s=10,
                                     close_on_timer=False)
             async with running_builder(redis, settings) as app:
-                await wait_for(lambda: Bus(redis).caught_up(stream, streams.GROUP_CANDLE_BUILDER), "catch-up")
+                await wait_for(lambda: builder_caught_up(redis), "catch-up")
                 await Subscriptions(redis, ttl_ms=3_600_000).publish("api-1", {(exchange, symbol, "5m"): 0})
 
                 async def added() -> bool:
-                    series = app.series.get(stream)
+                    series = app.series.get((exchange, symbol))
                     return series is not None and "5m" in series.builder.timeframes
 
                 await wait_for(added, "5m added")
@@ -204,7 +205,7 @@ async def test_a_timeframe_added_to_a_running_series_gets_its_history_before_its
                     return raw is not None and int(raw) == SEAM + 3 * MIN - 3 * 5 * MIN  # 3 before 00:05
 
                 await wait_for(backfilled, "the 5m history")
-                await wait_for(lambda: Bus(redis).caught_up(stream, streams.GROUP_CANDLE_BUILDER), "catch-up")
+                await wait_for(lambda: builder_caught_up(redis), "catch-up")
     candles = await read_candles(redis, exchange, symbol, "5m")
     check_against_pandas(candles, path, "5m")  # 23:50, 23:55, 00:00 from history, 00:05 from trades; each once
     assert any(c.ts == SEAM + 3 * MIN for c in candles) and all(c.ts != SEAM + 3 * MIN or c.trades for c in candles)

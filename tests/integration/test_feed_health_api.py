@@ -9,6 +9,7 @@ import httpx
 from services.api.app import create_app
 from services.api.settings import Settings as ApiSettings
 from tests.conftest import shared_data
+from tests.support.candles import trades_stream
 from tests.integration.market_feed.helpers import (RECORDING, expected_trades, live_settings, local_exchange,
                                                    running_feed, wait_last_id)
 
@@ -40,4 +41,4 @@ async def test_health_reports_reconnects_and_backfill_per_stream(redis, redis_ur
     for key in ("age_s", "msgs_per_s", "gaps"):
         assert f"binance|BTC/USDT|trades.{key}" in feed
     streams = {s["stream"]: s for s in response.json()["streams"]}
-    assert streams["sentinel:trades:binance:BTC/USDT"]["last_entry_age_s"] is not None
+    assert streams[trades_stream("binance", "BTC/USDT")]["last_entry_age_s"] is not None

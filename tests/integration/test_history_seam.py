@@ -9,8 +9,8 @@ from decimal import Decimal
 
 import aiohttp
 
-from shared import streams
 from shared.schemas import Trade
+from tests.support.candles import trades_stream
 from tests.conftest import shared_data
 from tests.integration.market_feed.helpers import (expected_trades, live_settings, local_exchange, published,
                                                    running_feed, wait_last_id)
@@ -35,7 +35,7 @@ async def test_market_feed_seeds_candle_builder_and_the_seam_is_exact(redis, red
     lines = shared_data(rel).read_text().splitlines(keepends=True)
     path = tmp_path / "window.csv"
     path.write_text(lines[0] + "".join(ln for ln in lines[1:] if WINDOW[0] <= int(ln.split(",", 1)[0]) < WINDOW[1]))
-    stream = streams.trades(exchange, symbol)
+    stream = trades_stream(exchange, symbol)
     async with local_exchange(path, speed=100) as sim:
         async with running_feed(live_settings(sim), redis) as feed:
             # the exchange has released the whole recording once market_feed has published its last trade

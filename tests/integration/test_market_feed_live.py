@@ -9,10 +9,12 @@ import pytest
 from services.market_feed.app import MarketFeedApp
 from services.market_feed.settings import ExchangeFeed, Settings
 from shared import streams
+from shared.partitions import partition_of
 from shared.bus import FIELD
 from shared.embedded_redis import free_port
 from shared.errors import UnknownExchangeError, UnknownSymbolError
 from shared.schemas import Ticker, Watermark, decode_feed
+from tests.support.candles import trades_stream, tickers_stream
 from tests.conftest import shared_data
 from tests.integration.market_feed.helpers import (RECORDING, expected_trades, live_settings, local_exchange,
                                                    published, running_feed, wait_last_id)
@@ -26,7 +28,7 @@ async def test_every_recorded_trade_arrives_once_in_order_exact(redis):
         trades, gaps = await published(redis)
         assert trades == expected and gaps == []
         assert app.trades_published == len(expected)
-        tickers = [Ticker.decode(f[FIELD]) for _, f in await redis.xrange(streams.tickers("binance", "BTC/USDT"))]
+        tickers = [Ticker.decode(f[FIELD]) for _, f in await redis.xrange(tickers_stream("binance", "BTC/USDT"))]
         assert tickers and all(t.bid < t.ask for t in tickers)
         # a ticker's last price is the price of a trade of the recording
         assert {t.last for t in tickers} <= {e[2] for e in expected}
@@ -130,13 +132,16 @@ async def test_history_requests_are_answered_with_exchange_klines(redis):
         # malformed requests (a reply key that is not the request's own, an unknown timeframe) are dead-lettered
         good = {"v": 1, "k": "history_request", "id": "x1", "x": "binance", "s": "BTC/USDT", "tf": "1s", "since": 0}
         for bad in ({**good, "reply_to": "sentinel:feed:state:binance:BTC/USDT"}, {**good, "tf": "7m"}):
-            await redis.xadd(streams.HISTORY_REQUESTS, {FIELD: pack(bad)})
+            await redis.xadd(streams.history_requests("binance"), {FIELD: pack(bad)})
         reply = await request_history(redis, "binance", "BTC/USDT", "1s", since=expected[0][1] - 5000,
                                       until=expected[-1][1], timeout=10)
         cut = await request_history(redis, "binance", "BTC/USDT", "1s", since=expected[0][1] - 5000,
                                     until=expected[-1][1], limit=5, timeout=10)
-        with pytest.raises(ExchangeError, match="not configured"):
-            await request_history(redis, "kraken", "BTC/USD", "1m", since=0, timeout=10)
+        with pytest.raises(ExchangeError, match="not listed"):
+            await request_history(redis, "binance", "NOPE/USDT", "1m", since=0, timeout=10)
+        # requests go to their exchange's stream: no feed serves kraken here, so nobody answers
+        with pytest.raises(TimeoutError, match="serving kraken"):
+            await request_history(redis, "kraken", "BTC/USD", "1m", since=0, timeout=1)
     # independent: pandas over the recording, closed 1s buckets only
     df = pd.DataFrame(expected, columns=["id", "ts", "price", "amount", "buy"])
     df["b"] = df["ts"] // 1000 * 1000
@@ -150,7 +155,7 @@ async def test_history_requests_are_answered_with_exchange_klines(redis):
     assert reply.rows == want
     assert not cut.complete and cut.rows == want[:5]
     dead = [f for _, f in await redis.xrange(streams.DEAD_LETTER)]
-    assert [f[b"source"] for f in dead] == [streams.HISTORY_REQUESTS.encode()] * 2, dead
+    assert [f[b"source"] for f in dead] == [streams.history_requests("binance").encode()] * 2, dead
     assert b"'reply_to'" in dead[0][b"reason"] and b"'tf'" in dead[1][b"reason"]
 
 
@@ -190,9 +195,11 @@ async def test_simulated_exchange_through_ccxt_equals_the_simulated_market(redis
             for s in symbols:
                 await wait_last_id(redis, expected[s][-1][0], symbol=s)
             await sim.finished.wait()
-            # one subscription carries both symbols' trades in multi mode; ccxt gives each watch_trades its own socket
+            # ccxt gives each watch_trades / watch_trades_for_symbols call its own socket
             # (sampled while trades flow: once the finite market ends, silence timeouts close sockets)
-            assert most_sockets == (1 if watch == "multi" else 2)
+            # (multi: one subscription per partition held; the two symbols are in partitions 3 and 9)
+            assert {partition_of("binance", s, 16) for s in symbols} == {3, 9}
+            assert most_sockets == 2
             assert app.live.last_ids() == {("binance", s): i for s, i in sim.last_ids().items()}
         await app.live.publish_final_watermarks()
     finally:
@@ -204,9 +211,9 @@ async def test_simulated_exchange_through_ccxt_equals_the_simulated_market(redis
         # the feed subscribed after the first symbol's first trades may have gone by: a contiguous, exact suffix
         assert trades and trades == expected[s][len(expected[s]) - len(trades):]
         assert len(trades) >= 0.9 * len(expected[s])
-        tickers = [Ticker.decode(f[FIELD]) for _, f in await redis.xrange(streams.tickers("binance", s))]
+        tickers = [Ticker.decode(f[FIELD]) for _, f in await redis.xrange(tickers_stream("binance", s))]
         assert tickers and all(t.bid < t.last < t.ask for t in tickers)
-        last = decode_feed((await redis.xrevrange(streams.trades("binance", s), count=1))[0][1][FIELD])
+        last = decode_feed((await redis.xrevrange(trades_stream("binance", s), count=1))[0][1][FIELD])
         assert last == Watermark("binance", s, expected[s][-1][1], final=True)
 
 

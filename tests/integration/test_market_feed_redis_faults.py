@@ -8,8 +8,8 @@ import asyncio
 import contextlib
 
 from services.market_feed.app import MarketFeedApp
+from services.market_feed.publisher import read_last_ids
 from services.market_feed.settings import Settings
-from shared import streams
 from shared.runtime import connect
 from tests.conftest import shared_data
 from tests.integration.market_feed.faults import ReplyCutter, read_only_for
@@ -115,8 +115,7 @@ async def test_restarted_replay_paces_from_the_first_unpublished_trade(redis):
     await wait_last_id(redis, expected[3000][0])
     stop.set()
     await task
-    state = streams.feed_state("binance", "BTC/USDT")
-    resume_id = int(await redis.hget(state, "last_id"))
+    resume_id = (await read_last_ids(redis, "binance", ["BTC/USDT"], 16))["BTC/USDT"]
     resume_ts = next(e[1] for e in expected if e[0] > resume_id)
     assert resume_ts - expected[0][1] > 60_000  # the old pacing would wait more than a minute
 

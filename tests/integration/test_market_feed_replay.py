@@ -15,6 +15,7 @@ from shared.simulated import SimulatedMarket
 from shared import streams
 from shared.bus import FIELD
 from shared.schemas import Ticker, TradeBatch, Watermark, decode_feed
+from tests.support.candles import trades_stream, tickers_stream
 from tests.conftest import shared_data
 
 RECORDINGS = {
@@ -39,7 +40,7 @@ def _expected(path: Path) -> list[tuple]:
 
 
 async def _stream(redis, exchange: str, symbol: str) -> list:
-    return [decode_feed(fields[FIELD]) for _, fields in await redis.xrange(streams.trades(exchange, symbol))]
+    return [decode_feed(fields[FIELD]) for _, fields in await redis.xrange(trades_stream(exchange, symbol))]
 
 
 async def _run(redis, **kw) -> MarketFeedApp:
@@ -110,7 +111,7 @@ async def test_simulated_market_publishes_trades_tickers_and_final_watermarks(re
         messages = await _stream(redis, "sim", s)
         assert [tuple(t) for m in messages if isinstance(m, TradeBatch) for t in m.trades] == expected[s]
         assert messages[-1] == Watermark("sim", s, 1_700_000_000_000 + 120_000 - 1, final=True)
-        tickers = [Ticker.decode(f[FIELD]) for _, f in await redis.xrange(streams.tickers("sim", s))]
+        tickers = [Ticker.decode(f[FIELD]) for _, f in await redis.xrange(tickers_stream("sim", s))]
         assert len(tickers) >= 100
         for tk in tickers:
             assert tk.bid < tk.last < tk.ask
@@ -118,3 +119,33 @@ async def test_simulated_market_publishes_trades_tickers_and_final_watermarks(re
             last = [t for t in expected[s] if t[1] < tk.ts][-1]
             assert tk.last == last[2]
     assert app.done and app.trades_published == sum(len(v) for v in expected.values())
+
+
+async def test_two_replicas_replaying_one_recording_publish_each_trade_once(redis):
+    """Two market_feed replicas of one replay (same file, same feed group): only the lease holder publishes; when it
+    stops part-way the other takes the partition over and resumes after the last id the first one published. Each
+    trade id is in the partition stream exactly once, in order, exact."""
+    path = shared_data("binance_spot_btcusdt_20210108/BTCUSDT-trades-20210108T000000-000046.csv")
+    expected = _expected(path)
+    apps = [MarketFeedApp(Settings(mode="replay", replay_file=path, speed=20.0, symbol="BTC/USDT",
+                                   consumer_name=f"feed-{n}"), redis) for n in "ab"]
+    stops = [asyncio.Event(), asyncio.Event()]
+    tasks = [asyncio.create_task(app.run(stop)) for app, stop in zip(apps, stops)]
+    try:
+        while sum(app.trades_published for app in apps) < len(expected) // 3:
+            await asyncio.sleep(0.01)
+        first = next(n for n, app in enumerate(apps) if app.trades_published)
+        assert not apps[1 - first].trades_published  # the other one waits for the partition
+        stops[first].set()  # the publisher stops part-way (its lease is handed back)
+        await asyncio.wait_for(tasks[first], 10)
+        await asyncio.wait_for(tasks[1 - first], 60)
+    finally:
+        for stop in stops:
+            stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    other = apps[1 - first]
+    assert other.done and other.trades_published > 0 and other.trades_skipped > 0
+    assert apps[first].trades_published + other.trades_published == len(expected)
+    got = [tuple(t) for m in await _stream(redis, "binance", "BTC/USDT") if isinstance(m, TradeBatch)
+           for t in m.trades]
+    assert got == expected  # each id once, in order: nothing doubled at the takeover

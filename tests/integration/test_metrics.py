@@ -28,6 +28,7 @@ from shared.partitions import DEFAULT_PARTITIONS
 from shared.schemas import Candle, unpack
 from tests.conftest import shared_data
 from tests.support.alerts import count_alerts
+from tests.support.candles import builder_caught_up
 from tests.support.chaos.processes import Service, clean_env, sentinel_argv
 from tests.support.chaos.progress import wait_for
 from tests.support.chaos.run import _start_sim
@@ -141,13 +142,11 @@ async def test_every_endpoint_counts_what_the_replay_did(redis, redis_url, tmp_p
         bus = Bus(redis)
 
         async def caught_up() -> bool:
-            names = [streams.trades(EXCHANGE, SYMBOL)]
-            names += [streams.candles(*streams.split_registry_member(m))
-                      for m in await redis.smembers(streams.CANDLE_REGISTRY)]
-            checks = [(streams.trades(EXCHANGE, SYMBOL), "candle_builder")]
-            checks += [(n, "alert_engine") for n in names[1:] if n.endswith(":1m")]
+            names = [streams.candles(*streams.split_registry_member(m))
+                     for m in await redis.smembers(streams.CANDLE_REGISTRY)]
+            checks = [(n, "alert_engine") for n in names if n.endswith(":1m")]
             checks += [(s, "notifier") for s in alert_streams(DEFAULT_PARTITIONS) if await redis.exists(s)]
-            return all([await bus.caught_up(s, g) for s, g in checks])
+            return await builder_caught_up(redis) and all([await bus.caught_up(s, g) for s, g in checks])
         assert await wait_for(caught_up, 60, every=0.3) is not None, "the pipeline did not catch up"
         await asyncio.sleep(6)  # one more heartbeat (2 s) and consumer sample (claim_every_s, 5 s) everywhere
 

@@ -14,6 +14,8 @@ from services.candle_builder.app import CandleBuilderApp
 from services.candle_builder.settings import Settings
 from shared import streams
 from shared.bus import FIELD, Bus
+from shared.partitioned import caught_up
+from shared.partitions import DEFAULT_PARTITIONS, partition_of
 from shared.schemas import Candle, Trade, Watermark, encode_trades, encode_watermark
 
 TIMEFRAMES = ["1m", "5m", "15m", "1h"]
@@ -62,10 +64,39 @@ def pandas_candles(path: Path, timeframe: str) -> pd.DataFrame:
     return out
 
 
+def trades_stream(exchange: str, symbol: str, partitions: int = DEFAULT_PARTITIONS) -> str:
+    """The partition trades stream a pair's TradeBatch / GapMarker / Watermark entries go to (market_feed's)."""
+    return streams.part_trades(partition_of(exchange, symbol, partitions))
+
+
+def tickers_stream(exchange: str, symbol: str, partitions: int = DEFAULT_PARTITIONS) -> str:
+    """The partition tickers stream of a pair."""
+    return streams.part_tickers(partition_of(exchange, symbol, partitions))
+
+
+async def builder_caught_up(redis, partitions: int = DEFAULT_PARTITIONS) -> bool:
+    """Whether candle_builder has processed every entry of every partition's trades stream."""
+    return await caught_up(redis, partitions, streams.GROUP_CANDLE_BUILDER, streams.part_trades)
+
+
+def builder_state(exchange: str, symbol: str, partitions: int = DEFAULT_PARTITIONS) -> str:
+    """The hash holding candle_builder's offset and per-pair state of the pair's partition."""
+    return streams.part_state(partition_of(exchange, symbol, partitions), streams.GROUP_CANDLE_BUILDER)
+
+
+async def publish_feed(redis, exchange: str, symbol: str, entries: list[bytes]) -> None:
+    """Write encoded feed entries (``encode_trades`` / ``encode_gap`` / ``encode_watermark``) of one pair where
+    market_feed would: its partition's trades stream, the pair registered in FEED_REGISTRY."""
+    await redis.sadd(streams.FEED_REGISTRY, streams.registry_member(exchange, symbol))
+    stream = trades_stream(exchange, symbol)
+    for i in range(0, len(entries), 500):
+        await Bus(redis).publish_many((stream, e) for e in entries[i:i + 500])
+
+
 async def publish(redis, exchange: str, symbol: str, trades: list[Trade], per_entry: int,
                   final: bool = True) -> None:
     bus = Bus(redis)
-    stream = streams.trades(exchange, symbol)
+    stream = trades_stream(exchange, symbol)
     await redis.sadd(streams.FEED_REGISTRY, streams.registry_member(exchange, symbol))
     items = [(stream, encode_trades(exchange, symbol, trades[i:i + per_entry]))
              for i in range(0, len(trades), per_entry)]
@@ -75,12 +106,12 @@ async def publish(redis, exchange: str, symbol: str, trades: list[Trade], per_en
         await bus.publish(stream, encode_watermark(Watermark(exchange, symbol, trades[-1].ts, final=True)))
 
 
-async def run_until_caught_up(redis, settings: Settings, streams_: list[str], timeout: float = 60.0,
+async def run_until_caught_up(redis, settings: Settings, streams_: list[str] | None = None, timeout: float = 60.0,
                               stop_early: int | None = None) -> CandleBuilderApp:
+    """Run a builder until it has processed every partition's trades stream (``streams_``: not used any more)."""
     app = CandleBuilderApp(settings, redis)
     stop = asyncio.Event()
     task = asyncio.create_task(app.run(stop))
-    bus = Bus(redis)
     deadline = asyncio.get_running_loop().time() + timeout
     try:
         while True:
@@ -89,7 +120,8 @@ async def run_until_caught_up(redis, settings: Settings, streams_: list[str], ti
                 raise AssertionError("candle_builder stopped by itself")
             if stop_early is not None and app.trades_in >= stop_early:
                 break
-            if all([await bus.caught_up(s, streams.GROUP_CANDLE_BUILDER) for s in streams_]):
+            if app.workers.owned and await caught_up(redis, settings.partitions, streams.GROUP_CANDLE_BUILDER,
+                                                      streams.part_trades):
                 break
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(f"not caught up within {timeout}s: {app.status()}")

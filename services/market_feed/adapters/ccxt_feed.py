@@ -33,6 +33,10 @@ from shared import streams
 from shared import metrics
 from shared.bus import Bus
 from shared.errors import ExchangeError, UnknownSymbolError
+from shared.ownership import FencedError, Ownership
+from shared.partitioned import PartitionWorkers
+from shared.partitions import partition_of
+from shared.runtime import consumer_name
 from shared.schemas import Watermark
 
 __all__ = ["LiveFeed", "apply_url_overrides", "describe_network_error", "make_exchange", "to_trade"]
@@ -66,9 +70,14 @@ class LiveFeed:
         self.retry = retry or RedisRetry("market_feed", base_s=settings.backoff_base_s, cap_s=settings.backoff_cap_s)
         self.exchanges: dict[str, Any] = {}
         self.connections: dict[str, ExchangeConnection] = {f.id: ExchangeConnection() for f in settings.exchanges}
-        self.streams: list[TradeStream] = []
+        self._streams: dict[tuple[str, str], TradeStream] = {}  # the latest stream of each pair served
+        self.ownerships: dict[str, Ownership] = {}  # exchange id -> this replica's leases in its feed group
         self.health: dict[str, StreamHealth] = {}
         self.history: HistoryServer | None = None
+
+    @property
+    def streams(self) -> list[TradeStream]:
+        return list(self._streams.values())
 
     @property
     def trades_published(self) -> int:
@@ -92,8 +101,8 @@ class LiveFeed:
                 self.exchanges[feed.id] = make_exchange(feed, self.settings.ccxt_trades_limit)
 
     async def connect(self, feed: ExchangeFeed, stop: asyncio.Event) -> bool:
-        """Load ``feed``'s markets until they load (retrying while the exchange is unreachable) and create its
-        streams. UnknownSymbolError for a symbol it does not list; False if ``stop`` came first."""
+        """Load ``feed``'s markets until they load (retrying while the exchange is unreachable) and register its
+        pairs. UnknownSymbolError for a symbol it does not list; False if ``stop`` came first."""
         exchange = self.exchanges[feed.id]
         conn = self.connections[feed.id]
         while not stop.is_set():
@@ -111,14 +120,10 @@ class LiveFeed:
                 await sleep_or_stop(stop, delay)
         else:
             return False
-        ctx = LiveContext(self.settings, self.bus, self.retry, stop)
-        ok, last_ids = await self.retry.call(stop, lambda: read_last_ids(self.redis, feed.id, feed.symbols))
-        if not ok or not (await self.retry.call(stop, lambda: register_feeds(self.redis, feed.id, feed.symbols)))[0]:
+        if not (await self.retry.call(stop, lambda: register_feeds(self.redis, feed.id, feed.symbols)))[0]:
             return False
         for symbol in feed.symbols:
-            health = self.health.setdefault(f"{feed.id}|{symbol}|trades", StreamHealth())
-            self.streams.append(TradeStream(exchange, feed.id, symbol, ctx, health, (last_ids or {}).get(symbol),
-                                            feed.backfill_paging))
+            self.health.setdefault(f"{feed.id}|{symbol}|trades", StreamHealth())
             if feed.tickers:
                 self.health.setdefault(f"{feed.id}|{symbol}|ticker", StreamHealth())
         conn.state, conn.error, conn.retry_at = "up", "", None
@@ -136,7 +141,8 @@ class LiveFeed:
                  for feed in self.settings.exchanges]
         tasks = [asyncio.create_task(self._log_health(inner), name="feed-health-log")]
         self.history = HistoryServer(self.bus, self.exchanges,
-                                     self.settings.consumer_settings(streams.GROUP_MARKET_FEED, "market_feed", count=10))
+                                     self.settings.consumer_settings(streams.GROUP_MARKET_FEED, "market_feed", count=10),
+                                     [f.id for f in self.settings.exchanges])
         tasks.append(asyncio.create_task(self.history.run(inner), name="feed-history"))
         stopper = asyncio.create_task(stop.wait(), name="feed-stop")
         try:
@@ -158,25 +164,52 @@ class LiveFeed:
             await self.close()
 
     async def _run_exchange(self, feed: ExchangeFeed, stop: asyncio.Event) -> None:
+        """Serve the pairs of ``feed`` whose partitions this replica holds in the exchange's feed group: one worker
+        per partition (``_serve_partition``); a partition lost stops its worker, one gained starts it."""
         if not await self.connect(feed, stop):
             return
+        s = self.settings
+        wanted = {partition_of(feed.id, sym, s.partitions) for sym in feed.symbols}
+        ownership = Ownership(self.redis, streams.feed_group(feed.id), consumer_name("market_feed", s.consumer_name),
+                              s.partitions, ttl_ms=s.lease_ttl_ms, wanted=wanted)
+        self.ownerships[feed.id] = ownership
+        workers = PartitionWorkers(ownership, lambda p, pstop: self._serve_partition(feed, ownership, p, pstop),
+                                   name=f"market_feed {feed.id}", outage=self.bus.outage)
+        await workers.run(stop)
+
+    async def _serve_partition(self, feed: ExchangeFeed, ownership: Ownership, partition: int,
+                               stop: asyncio.Event) -> None:
+        """The trades (and tickers) of the pairs of ``feed`` in ``partition``, resumed from the partition's state."""
+        s = self.settings
         exchange = self.exchanges[feed.id]
-        mine = {s.symbol: s for s in self.streams if s.exchange_id == feed.id}
+        symbols = [sym for sym in feed.symbols if partition_of(feed.id, sym, s.partitions) == partition]
+        ok, last_ids = await self.retry.call(stop, lambda: read_last_ids(self.redis, feed.id, symbols, s.partitions))
+        if not ok:
+            return
+        ctx = LiveContext(s, self.bus, self.retry, stop)
+        mine = {}
+        for symbol in symbols:
+            mine[symbol] = self._streams[(feed.id, symbol)] = TradeStream(
+                exchange, feed.id, symbol, ctx, self.health[f"{feed.id}|{symbol}|trades"], (last_ids or {}).get(symbol),
+                feed.backfill_paging, ownership=ownership)
         multi = feed.trades_watch == "multi" or (
-            feed.trades_watch == "auto" and len(mine) > 1 and bool(exchange.has.get("watchTradesForSymbols")))
+            feed.trades_watch == "auto" and len(feed.symbols) > 1 and bool(exchange.has.get("watchTradesForSymbols")))
         if multi:
-            jobs = [MultiTradeStream(exchange, feed.id, mine, self.settings).run(stop)]
+            jobs = [MultiTradeStream(exchange, feed.id, mine, s).run(stop)]
         else:
-            jobs = [s.run(stop) for s in mine.values()]
+            jobs = [st.run(stop) for st in mine.values()]
         if feed.tickers:
-            jobs += [self._tickers(stop, feed.id, symbol) for symbol in feed.symbols]
-        tasks = [asyncio.create_task(job, name=f"feed-{feed.id}-{i}") for i, job in enumerate(jobs)]
+            jobs += [self._tickers(stop, feed.id, symbol, ownership) for symbol in symbols]
+        tasks = [asyncio.create_task(job, name=f"feed-{feed.id}-p{partition}-{i}") for i, job in enumerate(jobs)]
         try:
             await asyncio.gather(*tasks)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            for st in mine.values():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(st.outbox.flush(), timeout=2)
 
     def last_ids(self) -> dict[tuple[str, str], int | None]:
         """Last trade id Redis acknowledged per (exchange, symbol): a demo compares it with the simulator's."""
@@ -184,20 +217,28 @@ class LiveFeed:
 
     async def publish_final_watermarks(self) -> None:
         """Mark every stream as ended (``Watermark(final=True)`` at its last trade time): for a finite demo source,
-        so the candle builder closes the last candles. Call after ``run`` returned."""
+        so the candle builder closes the last candles. Call after ``run`` returned (the partitions are taken back
+        for it, unless another replica holds them)."""
         for s in self.streams:
+            ownership, partition = s.outbox.ownership, s.outbox.partition[s.symbol]
+            if not ownership.holds(partition) and not await ownership.acquire(partition):
+                continue
             s.outbox.add(Watermark(s.exchange_id, s.symbol, s.last_ts or 0, final=True))
-            await s.outbox.flush()
+            with contextlib.suppress(FencedError):
+                await s.outbox.flush()
+        for ownership in self.ownerships.values():
+            await ownership.leave()
 
     async def close(self) -> None:
         for exchange in self.exchanges.values():
             with contextlib.suppress(Exception):
                 await exchange.close()
 
-    async def _tickers(self, stop: asyncio.Event, exchange_id: str, symbol: str) -> None:
+    async def _tickers(self, stop: asyncio.Event, exchange_id: str, symbol: str, ownership: Ownership) -> None:
         exchange = self.exchanges[exchange_id]
         health = self.health[f"{exchange_id}|{symbol}|ticker"]
-        outbox = Outbox(self.bus, exchange_id, maxlen=self.settings.stream_maxlen, pipeline_entries=1)
+        outbox = Outbox(self.redis, ownership, exchange_id, [symbol], maxlen=self.settings.stream_maxlen,
+                        pipeline_entries=1)
         params = {"name": "ticker"} if exchange_id in BINANCE_FAMILY else {}
         attempt = 0
         while not stop.is_set():
@@ -211,6 +252,8 @@ class LiveFeed:
             except asyncio.CancelledError:
                 if not cancelled_by_ccxt():
                     raise
+            except FencedError:  # the partition was taken over: its worker stops
+                raise
             except Exception as exc:  # a ticker error never stops trades or other tickers
                 attempt += 1
                 health.errors += 1

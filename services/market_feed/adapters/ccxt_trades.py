@@ -40,6 +40,7 @@ from services.market_feed.settings import Settings
 from services.market_feed.stream_health import StreamHealth, stream_timeout
 from shared import metrics
 from shared.bus import Bus
+from shared.ownership import FencedError, Ownership
 from shared.schemas import GapMarker, Trade
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class TradeStream:
     """The trades of one (exchange, symbol): watch, reconnect, backfill, dedup, publish."""
 
     def __init__(self, exchange: Any, exchange_id: str, symbol: str, ctx: LiveContext, health: StreamHealth,
-                 last_id: int | None, paging: str = "auto") -> None:
+                 last_id: int | None, paging: str = "auto", *, ownership: Ownership) -> None:
         settings = ctx.settings
         self.exchange = exchange
         self.exchange_id = exchange_id
@@ -76,7 +77,8 @@ class TradeStream:
         self.core = FeedCore(exchange_id, [symbol], batch_size=settings.batch_size, window_ms=10**12,
                              watermark_every_ms=settings.watermark_every_ms, last_ids={symbol: last_id},
                              dedup_window=settings.dedup_window)
-        self.outbox = Outbox(ctx.bus, exchange_id, maxlen=settings.stream_maxlen, pipeline_entries=10**9)
+        self.outbox = Outbox(ctx.bus.redis, ownership, exchange_id, [symbol], maxlen=settings.stream_maxlen,
+                             pipeline_entries=10**9)
         self.redis = ctx.bus.redis
         self.last_ts: int | None = None
         self.need_backfill = last_id is not None
@@ -99,7 +101,7 @@ class TradeStream:
         """Restore the last published time (the last id is already in the dedup) for the start-up backfill."""
         if self.need_backfill and self.last_ts is None:
             _, self.last_ts = await self.ctx.retry.call(
-                self.ctx.stop, lambda: read_last_ts(self.redis, self.exchange_id, self.symbol))
+                self.ctx.stop, lambda: read_last_ts(self.redis, self.exchange_id, self.symbol, self.settings.partitions))
 
     async def flush(self) -> None:
         """Write what the outbox holds; while Redis is unavailable wait (backoff) with it kept, until stopped."""
@@ -152,7 +154,7 @@ class TradeStream:
                 self.on_network_error()  # ccxt closed the socket under the watch (for another stream on it)
             except TimeoutError:
                 await self.on_silence()
-            except ccxt.BadSymbol:
+            except (ccxt.BadSymbol, FencedError):  # (a partition taken over: its worker stops)
                 raise
             except TRANSIENT as exc:
                 attempt += 1
@@ -345,7 +347,7 @@ class MultiTradeStream:
                         st.health.last_message = time.monotonic()  # the next check is one (doubled) timeout away
                 for st in self.streams.values():
                     st.need_backfill = True
-            except ccxt.BadSymbol:
+            except (ccxt.BadSymbol, FencedError):  # (a partition taken over: its worker stops)
                 raise
             except TRANSIENT as exc:
                 attempt += 1

@@ -17,8 +17,10 @@ from services.market_feed.app import MarketFeedApp
 from shared.recordings import read_trades
 from services.market_feed.settings import Settings
 from shared import streams
+from shared.partitions import DEFAULT_PARTITIONS, partition_of
 from shared.bus import FIELD
 from shared.schemas import GapMarker, TradeBatch, decode_feed
+from tests.support.candles import trades_stream
 
 RECORDING = "binance_spot_btcusdt_20210108/BTCUSDT-trades-20210108T000000-000046.csv"  # 2,001 trades in 46 s
 GRID = {"BTC/USDT": (Decimal("0.01"), Decimal("0.000001"))}
@@ -72,8 +74,10 @@ async def running_feed(settings: Settings, redis) -> AsyncIterator[MarketFeedApp
 async def published(redis, exchange: str = "binance", symbol: str = "BTC/USDT") -> tuple[list[tuple], list[GapMarker]]:
     trades: list[tuple] = []
     gaps: list[GapMarker] = []
-    for _, fields in await redis.xrange(streams.trades(exchange, symbol)):
+    for _, fields in await redis.xrange(trades_stream(exchange, symbol)):
         msg = decode_feed(fields[FIELD])
+        if (msg.exchange, msg.symbol) != (exchange, symbol):
+            continue  # another pair of the partition
         if isinstance(msg, TradeBatch):
             trades.extend(tuple(t) for t in msg.trades)
         elif isinstance(msg, GapMarker):
@@ -85,10 +89,10 @@ async def wait_last_id(redis, last_id: int, timeout: float = 30.0, exchange: str
                        symbol: str = "BTC/USDT") -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    key = streams.feed_state(exchange, symbol)
+    key = streams.part_state(partition_of(exchange, symbol, DEFAULT_PARTITIONS), streams.feed_group(exchange))
     while True:
         try:
-            raw = await redis.hget(key, "last_id")
+            raw = await redis.hget(key, f"last_id:{symbol}")
         except RedisConnectionError:  # tests that kill Redis poll through the outage
             raw = None
         if raw is not None and int(raw) >= last_id:

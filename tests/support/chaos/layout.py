@@ -1,9 +1,9 @@
 """Where the pipeline keeps its data in Redis, as the chaos harness sees it: the one place in the harness that knows
 stream and key names, all of them taken from ``shared.streams``.
 
-The trades and candles streams are per pair today; when they become partitioned by pair (issue 21), only ``layout``
-changes: everything else reads the entries' own exchange and symbol (``verify``) and asks Redis which consumer groups
-read a stream (``progress``).
+Trades and tickers live in partition streams shared by the pairs of a partition (issue 21); candles are per series
+today. Everything else reads the entries' own exchange and symbol (``verify``), asks Redis which consumer groups read
+a stream, and reads candle_builder's saved offsets (``progress``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from shared import streams
 from shared.alert_streams import alert_streams
-from shared.partitions import DEFAULT_PARTITIONS
+from shared.partitions import DEFAULT_PARTITIONS, partition_of
 
 
 @dataclass(frozen=True)
@@ -30,13 +30,14 @@ class Pair:
 class Layout:
     """The Redis names of one run: what each stream kind is called, and the per-pair feed progress keys."""
 
-    trades: dict[Pair, str]  # stream holding a pair's TradeBatch / GapMarker / Watermark entries
+    trades: dict[Pair, str]  # the partition stream holding a pair's TradeBatch / GapMarker / Watermark entries
     tickers: dict[Pair, str]
     candles: dict[tuple[Pair, str], str]  # (pair, timeframe) -> closed candles
     alerts: str  # the alerts stream injected and sabotaged entries go to (one of alert_streams)
     alert_streams: tuple[str, ...]  # every partition's alerts stream: every alert the engine published
     dead_letters: tuple[str, ...]
-    feed_state: dict[Pair, str]  # hash with the feed's ``last_id`` of a pair
+    feed_state: dict[Pair, tuple[str, str, str]]  # the hash holding the feed's last id and last ts of a pair, fields
+    builder_offsets: dict[str, tuple[str, str]]  # trades stream -> candle_builder's (state hash, offset field)
     heartbeats: dict[str, str]  # service -> heartbeat hash
 
     def consumed(self) -> list[str]:
@@ -47,16 +48,22 @@ class Layout:
 SERVICES = ("market_feed", "candle_builder", "alert_engine", "notifier")
 
 
-def layout(pairs: list[Pair], timeframes: list[str]) -> Layout:
+def layout(pairs: list[Pair], timeframes: list[str], partitions: int = DEFAULT_PARTITIONS) -> Layout:
     """The names for ``pairs`` and every timeframe in ``timeframes``, from ``shared.streams``."""
+    part = {p: partition_of(p.exchange, p.symbol, partitions) for p in pairs}
+    trades = {p: streams.part_trades(part[p]) for p in pairs}
     return Layout(
-        trades={p: streams.trades(p.exchange, p.symbol) for p in pairs},
-        tickers={p: streams.tickers(p.exchange, p.symbol) for p in pairs},
+        trades=trades,
+        tickers={p: streams.part_tickers(part[p]) for p in pairs},
         candles={(p, tf): streams.candles(p.exchange, p.symbol, tf) for p in pairs for tf in timeframes},
         alerts=streams.part_alerts(0),
         alert_streams=tuple(alert_streams(DEFAULT_PARTITIONS)),
         dead_letters=(streams.DEAD_LETTER, streams.NOTIFY_DEAD_LETTER),
-        feed_state={p: streams.feed_state(p.exchange, p.symbol) for p in pairs},
+        # (market_feed's per-pair fields in its partition state: services/market_feed/publisher.py)
+        feed_state={p: (streams.part_state(part[p], streams.feed_group(p.exchange)), f"last_id:{p.symbol}",
+                        f"last_ts:{p.symbol}") for p in pairs},
+        builder_offsets={trades[p]: (streams.part_state(part[p], streams.GROUP_CANDLE_BUILDER),
+                                     streams.offset_field(trades[p])) for p in pairs},
         heartbeats={s: streams.heartbeat(s) for s in SERVICES},
     )
 

@@ -1,5 +1,6 @@
-"""What the harness reads of the pipeline's progress, through Redis only: consumer groups caught up, feeds' last
-published trade ids, heartbeats. Every read tolerates a Redis that is down (the chaos kills it)."""
+"""What the harness reads of the pipeline's progress, through Redis only: consumer groups (and candle_builder's
+offsets) caught up, feeds' last published trade ids, heartbeats. Every read tolerates a Redis that is down (the chaos
+kills it)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
+from shared import streams
 from tests.support.chaos.layout import Layout, Pair
 
 REDIS_DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.BusyLoadingError, OSError)
@@ -80,7 +82,13 @@ class Probe:
         return out
 
     async def caught_up_to(self, tips: dict[str, tuple[int, int]], group: str | None = None) -> bool:
-        """True when every group (or ``group``) has read and acked every entry up to ``tips`` of its streams."""
+        """True when every group (or ``group``) has read and acked every entry up to ``tips`` of its streams;
+        candle_builder (no consumer group) when its saved offset of each trades stream has reached the tip."""
+        if group in (None, streams.GROUP_CANDLE_BUILDER):
+            for stream, (state, field) in self.layout.builder_offsets.items():
+                tip = tips.get(stream)
+                if tip is not None and sid(await self.redis.hget(state, field)) < tip:
+                    return False
         for g in await self.groups(group):
             tip = tips.get(g.stream)
             if tip is None:
@@ -105,12 +113,14 @@ class Probe:
 
     async def last_id(self, pair: Pair) -> int | None:
         """The feed's last published trade id of ``pair`` (its state hash)."""
-        raw = await self.redis.hget(self.layout.feed_state[pair], "last_id")
+        state, last_id, _ = self.layout.feed_state[pair]
+        raw = await self.redis.hget(state, last_id)
         return int(raw) if raw is not None else None
 
     async def exchange_time(self, pair: Pair) -> int | None:
         """Exchange time (ms) of the feed's last published trade of ``pair``."""
-        raw = await self.redis.hget(self.layout.feed_state[pair], "last_ts")
+        state, _, last_ts = self.layout.feed_state[pair]
+        raw = await self.redis.hget(state, last_ts)
         return int(raw) if raw else None
 
     async def beats_since(self, services: list[str], since_ms: int) -> bool:

@@ -74,8 +74,6 @@ TARGETS = ["jsonl", HOOK]
 def pipeline_sections(rules: Path, replicas: int) -> dict:
     """The candle_builder and alert_engine sections, the same for the chaos run and its reference backtest."""
     builder: dict = {"history_bars": 0}  # recordings: no exchange history to seed from (the backtest has none)
-    if replicas > 1:
-        builder["leases"] = True  # several builders split pairs (opt-in today)
     return {"candle_builder": builder,
             "alert_engine": {"rules_file": str(rules), "clock": "exchange"}}  # cooldowns: the recording's time
 

@@ -41,7 +41,7 @@ def test_watermarks_never_precede_trades_they_cover_and_final_is_last():
     core = FeedCore("binance", ["BTC/USDT"], batch_size=100, window_ms=50, watermark_every_ms=1000)
     events = _run(core, "BTC/USDT", trades)
     marks = [e for e in events if isinstance(e, Watermark)]
-    assert marks[-1] == Watermark("binance", "BTC/USDT", trades[-1].ts, final=True) and events[-1] is marks[-1]
+    assert marks[-1] == Watermark("binance", "", trades[-1].ts, final=True) and events[-1] is marks[-1]
     assert not any(m.final for m in marks[:-1])
     # after a watermark at W, no trade at or before W follows
     seen_mark = -1

@@ -1,0 +1,79 @@
+"""Two candle_builder processes with default settings (``sentinel candle-builder``), real redis-server: they split the
+partitions by lease; one is SIGKILLed while trades flow, the other takes its partitions over once the leases expire
+(``lease_ttl_ms``, 6 s by default) and every candle of every pair still equals pandas, published once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import yaml
+
+from shared import streams
+from shared.partitions import partition_of
+from tests.conftest import shared_data
+from tests.support.candles import (
+    RECORDINGS,
+    TIMEFRAMES,
+    builder_caught_up,
+    check_against_pandas,
+    publish,
+    read_candles,
+    read_trades,
+)
+from tests.support.chaos.processes import Service, clean_env, sentinel_argv
+from tests.support.chaos.progress import wait_for
+
+GROUP = streams.GROUP_CANDLE_BUILDER
+PAIRS = [RECORDINGS["btcusdt"], RECORDINGS["kraken"]]
+
+
+async def holders(redis, partitions: list[int]) -> set[str]:
+    """The instances holding the leases of ``partitions``."""
+    values = [await redis.get(streams.lease(GROUP, p)) for p in partitions]
+    return {v.decode().rsplit("|", 1)[0] for v in values if v is not None}
+
+
+async def test_a_builder_killed_mid_run_is_taken_over_and_candles_equal_pandas(redis, redis_url, tmp_path):
+    config = tmp_path / "sentinel.yaml"
+    config.write_text(yaml.safe_dump({"redis_url": redis_url}))  # candle_builder: every default
+    trades = {(ex, sym): read_trades(shared_data(rel)) for ex, sym, rel in PAIRS}
+    partitions = sorted({partition_of(ex, sym, 16) for ex, sym, _ in PAIRS})
+    assert len(partitions) == 2
+    for (ex, sym), ts in trades.items():  # the first half before the builders start
+        await publish(redis, ex, sym, ts[:len(ts) // 2], per_entry=20, final=False)
+    builders = [Service("candle_builder", name, sentinel_argv("candle-builder", "--config", str(config)),
+                        clean_env({"SENTINEL_CONSUMER_NAME": name}), tmp_path / f"{name}.log") for name in ("b1", "b2")]
+    try:
+        for svc in builders:
+            await svc.start()
+
+        async def split() -> bool:  # both hold partitions (8 each)
+            owners = [await redis.get(streams.lease(GROUP, p)) for p in range(16)]
+            names = {o.decode().split("|")[0] for o in owners if o is not None}
+            return len(names) == 2 and all(owners)
+
+        assert await wait_for(split, 60) is not None, "the two builders did not split the partitions"
+        held = await holders(redis, partitions)
+        victim = next(svc for svc in builders if svc.name in held)
+        survivor = next(svc for svc in builders if svc is not victim)
+
+        async def second_half() -> None:  # the rest flows in while the victim is killed
+            for (ex, sym), ts in trades.items():
+                rest = ts[len(ts) // 2:]
+                for i in range(0, len(rest), 400):
+                    await publish(redis, ex, sym, rest[i:i + 400], per_entry=20, final=i + 400 >= len(rest))
+                    await asyncio.sleep(0.02)
+
+        flow = asyncio.create_task(second_half())
+        await asyncio.sleep(0.3)
+        assert await victim.kill()
+        await flow
+        assert await wait_for(lambda: builder_caught_up(redis), 60) is not None, "not caught up after the kill"
+        assert await holders(redis, partitions) == {survivor.name}  # every partition of the victim moved
+        assert survivor.running, survivor.log.read_text()[-2000:]
+    finally:
+        for svc in builders:
+            await svc.stop()
+    for ex, sym, rel in PAIRS:
+        for tf in TIMEFRAMES:
+            check_against_pandas(await read_candles(redis, ex, sym, tf), shared_data(rel), tf)

@@ -12,7 +12,7 @@ from shared import streams
 from shared.bus import Bus
 from shared.partitions import partition_of
 from shared.schemas import FundingRate
-from tests.support.alerts import read_alerts
+from tests.support.alerts import count_alerts, read_alerts
 from tests.unit.alert_engine.test_ae_feed_operands import _books, _reference
 
 EX, SYM = "binance", "BTC/USDT"
@@ -95,7 +95,7 @@ rules:
     app = AlertEngineApp(Settings(rules_file=tmp_path / "rules.yaml", consumer_name="e1", redis_url="redis://unused",
                                   block_ms=20, clock="wall"), redis)
     await app.drain()
-    assert await redis.xlen(streams.ALERTS) == 0
+    assert await count_alerts(redis) == 0
     await bus.publish_many((streams.part_books(p), s.encode()) for s in new)
     app = AlertEngineApp(Settings(rules_file=tmp_path / "rules.yaml", consumer_name="e1", redis_url="redis://unused",
                                   block_ms=20, clock="wall"), redis)

@@ -233,3 +233,33 @@ async def test_file_rules_have_a_badge_errors_show_by_the_table_and_disable_stor
         assert "disable from_file: done" in await message.text_content()
         await page.screenshot(path=str(SCREENSHOTS / "dashboard_rule_disabled.png"))
     assert errors == []
+
+
+async def test_a_page_opened_before_the_first_candle_shows_the_series_of_its_query(redis_url, redis, browser, tmp_path):
+    """A dashboard opened on ``?series=`` while the pipeline has made nothing yet (the series list is empty, the
+    candles endpoint answers 404) still watches that series: candles published afterwards appear on its chart."""
+    from shared import streams
+    from shared.bus import Bus
+    from tests.integration.test_api_live import EX, SYM, TF, candle
+
+    client = connect(redis_url)
+    api = ApiApp(ApiSettings(port=0, shutdown_grace_s=1, redis_url=redis_url, data_dir=tmp_path), client)
+    stop = asyncio.Event()
+    task = asyncio.create_task(api.run(stop))
+    await asyncio.wait_for(api.started.wait(), 15)
+    try:
+        page = await browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.goto(f"{api.url}/?series={EX}|{SYM}|{TF}&refresh=0")
+        await page.wait_for_function("document.getElementById('conn').textContent === 'live'", timeout=15_000)
+        bus = Bus(client)
+        for i in range(3):
+            await bus.publish(streams.candles(EX, SYM, TF), candle(60_000 * (i + 1), True).encode(),
+                              channel=streams.channel_candles(EX, SYM, TF))
+        await page.wait_for_function("Number(document.getElementById('chart').dataset.candles) >= 3", timeout=15_000)
+        assert errors == []
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+        await client.aclose()

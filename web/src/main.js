@@ -109,7 +109,9 @@ function connect() {
 async function loadSeries(reset = true) {
   const s = state.series;
   if (!s) return;
-  const body = await json(`/candles/${encodeURIComponent(s.exchange)}/${encodeURIComponent(s.symbol)}/${s.timeframe}?limit=1000&live=true`);
+  const path = `/candles/${encodeURIComponent(s.exchange)}/${encodeURIComponent(s.symbol)}/${s.timeframe}?limit=1000&live=true`;
+  // (404: the series has no candle yet; they come over the socket)
+  const body = await json(path).catch((err) => { if (err.status === 404) return { candles: [], live: null }; throw err; });
   if (s !== state.series) return;  // the series changed meanwhile
   if (reset) { state.closed = new Map(); state.live = null; chart.reset(); }
   const live = state.live;
@@ -205,14 +207,33 @@ message: "{symbol} closed at {close}"`;
 
 // ---- start ------------------------------------------------------------------------------------------------------
 
+// "exchange|symbol|timeframe" of ?series=, or null
+function parseSeries(text) {
+  const parts = (text || '').split('|');
+  return parts.length === 3 && parts.every(Boolean) ? { exchange: parts[0], symbol: parts[1], timeframe: parts[2] } : null;
+}
+
+// A page opened before the pipeline made its first candle: the series list is empty (or lacks ?series=) until then.
+// Read it again until it has what is on screen; with nothing chosen yet, choose its first series.
+async function awaitSeriesList() {
+  const { series } = await json('/series');
+  setupSeries(series);
+  renderTimeframes();
+  if (!state.series && series.length) await choose(series[0]);
+  if (!state.series || !series.some((s) => key(s) === key(state.series))) {
+    setTimeout(() => awaitSeriesList().catch(() => setTimeout(awaitSeriesList, 5000)), 2000);
+  }
+}
+
 async function start() {
   try {
     const { series } = await json('/series');
     setupSeries(series);
     const wanted = param('series');
-    state.series = series.find((s) => key(s) === wanted) || series[0] || null;
+    state.series = series.find((s) => key(s) === wanted) || parseSeries(wanted) || series[0] || null;
     if (state.series) { $('series').value = key(state.series); $('series-search').value = `${state.series.exchange} ${state.series.symbol}`; }
     renderTimeframes();
+    if (!state.series || !series.some((s) => key(s) === key(state.series))) setTimeout(awaitSeriesList, 2000);
     const history = await json('/alerts/history?limit=1000');
     history.items.forEach((item) => log.add(item.alert, false));
     await loadSeries();

@@ -98,6 +98,11 @@ def _build_pipeline(redis, settings: dict, with_notifier: bool = True, with_feed
     return pipeline
 
 
+# The local exchange speaks Binance's protocols (ccxt ids binance, binanceusdm) but what it serves is simulated:
+# published under these names (see _simulated_label), never a real exchange's.
+SIM_SPOT, SIM_FUTURES = "sim", "sim-usdm"
+
+
 class _LiveSource:
     """The true live path offline: the local exchange (Binance's protocol, fed by the simulated market) and
     market_feed in live mode reading it through ccxt.pro — reconnects, backfill and dedup included."""
@@ -116,7 +121,7 @@ class _LiveSource:
         from services.market_feed.settings import ExchangeFeed
 
         settings = self.feed_settings.model_copy(update={
-            "mode": "live", "exchanges": [ExchangeFeed(**self.sim.feed_config())],
+            "mode": "live", "exchanges": [ExchangeFeed(**self.sim.feed_config(), name=SIM_SPOT)],
             # ccxt hands trades over only when the next frame arrives: a short silence timeout makes the feed
             # fetch the last trades of the finite simulation by REST instead of waiting for a frame that never comes.
             "silence_timeout_s": 2.0, **_book_feeds(self.sim)})
@@ -132,7 +137,7 @@ class _LiveSource:
         # The finite market has ended: the feed's silence timeouts and ticker time-outs that follow are expected
         # (they fetch the last trades by REST), not news for the user.
         logging.getLogger("services.market_feed.adapters").setLevel(logging.ERROR)
-        want = {("binance", sym): last for sym, last in self.sim.last_ids().items()}
+        want = {(SIM_SPOT, sym): last for sym, last in self.sim.last_ids().items()}
         return self.app.live is not None and self.app.live.last_ids() == want
 
     async def finish(self) -> None:
@@ -154,9 +159,9 @@ def _book_feeds(sim: Any) -> dict[str, Any]:
     from services.market_feed.book_settings import BookFeedSettings, DerivsFeedSettings
 
     symbols = list(sim.books)
-    return {"books": [BookFeedSettings(symbols=symbols, ws_url=sim.ws_url, rest_url=sim.rest_url,
+    return {"books": [BookFeedSettings(name=SIM_SPOT, symbols=symbols, ws_url=sim.ws_url, rest_url=sim.rest_url,
                                        publish_every_ms=250)],
-            "derivatives": [DerivsFeedSettings(symbols=[f"{s}:{s.split('/')[1]}" for s in symbols],
+            "derivatives": [DerivsFeedSettings(name=SIM_FUTURES, symbols=[f"{s}:{s.split('/')[1]}" for s in symbols],
                                                ws_url=sim.futures_ws_url, rest_url=sim.futures_rest_url,
                                                open_interest_every_s=2.0)]}
 
@@ -283,7 +288,7 @@ def _data_dir(path: Path | None):
 def describe_feed(feed: Any) -> str:
     """What market data a run watches, in words: "simulated market: …", "live: binance BTC/USDT, …", "replay of …"."""
     if feed.mode == "live":
-        return "live: " + "; ".join(f"{e.id} {', '.join(e.symbols)}" for e in feed.exchanges)
+        return "live: " + "; ".join(f"{e.name} {', '.join(e.symbols)}" for e in feed.exchanges)
     pace = "as fast as it can" if not feed.speed else ("real time" if feed.speed == 1 else f"{feed.speed:g}× real time")
     if feed.mode == "replay":
         return f"replay of {feed.replay_file} as {feed.resolved_exchange()} {feed.resolved_symbol()} ({pace})"

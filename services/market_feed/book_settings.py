@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _VenueFeed(BaseModel):
@@ -17,12 +17,19 @@ class _VenueFeed(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     exchange: str = Field(description="ccxt exchange id")
+    name: str = Field(default="", description="the exchange name of what this entry publishes (streams, "
+                                              "registries, partitions); default: exchange")
     symbols: list[str] = Field(min_length=1, description="unified symbols, e.g. BTC/USDT or BTC/USDT:USDT")
     ws_url: str | None = Field(default=None, description="websocket base override (mirror, proxy, local simulator)")
     rest_url: str | None = Field(default=None, description="REST base override")
     backoff_base_s: float = Field(default=0.5, gt=0)
     backoff_cap_s: float = Field(default=30.0, gt=0)
     stream_maxlen: int = Field(default=10_000, ge=100, description="approximate MAXLEN of the streams written")
+
+    @model_validator(mode="after")
+    def _default_name(self) -> _VenueFeed:
+        self.name = self.name or self.exchange
+        return self
 
 
 class BookFeedSettings(_VenueFeed):

@@ -61,8 +61,8 @@ class BookTasks:
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
-        jobs = [self._follow(stop, f"books:{b.exchange}", b) for b in s.books]
-        jobs += [self._follow(stop, f"derivs:{d.exchange}", d) for d in s.derivatives]
+        jobs = [self._follow(stop, f"books:{b.name}", b) for b in s.books]
+        jobs += [self._follow(stop, f"derivs:{d.name}", d) for d in s.derivatives]
         await asyncio.gather(*jobs)
 
     def _make(self, cfg: BookFeedSettings | DerivsFeedSettings, symbols: list[str]) -> _Feed:
@@ -79,7 +79,7 @@ class BookTasks:
         failures = 0
         try:
             while not stop.is_set():
-                want = [sym for sym in cfg.symbols if self.serves(cfg.exchange, sym)]
+                want = [sym for sym in cfg.symbols if self.serves(cfg.name, sym)]
                 failed = task is not None and task.done()
                 if failed and task is not None and not task.cancelled() and task.exception() is not None:
                     failures += 1
@@ -94,7 +94,7 @@ class BookTasks:
                         logger.info("%s: %d symbol(s): %s", name, len(want), ", ".join(want))
                         kind = "book" if isinstance(cfg, BookFeedSettings) else "derivs"
                         await self.redis.sadd(streams.BOOK_REGISTRY,
-                                              *(streams.registry_member(cfg.exchange, s, kind) for s in want))
+                                              *(streams.registry_member(cfg.name, s, kind) for s in want))
                         feed_stop = asyncio.Event()
                         feed = self.feeds[name] = self._make(cfg, want)
                         task = asyncio.create_task(feed.run(feed_stop), name=f"market_feed-{name}")

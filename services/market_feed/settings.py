@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.market_feed.book_settings import BookFeedSettings, DerivsFeedSettings
 from shared.recordings import guess_exchange, guess_symbol
@@ -19,6 +19,9 @@ class ExchangeFeed(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(description="ccxt exchange id, e.g. binance, coinbase, kraken")
+    name: str = Field(default="", description="the exchange name of what this entry publishes (streams, registries, "
+                                              "partitions, alerts); default: id. Two entries may share an id (e.g. "
+                                              "a local simulator speaking Binance's protocol, named sim)")
     symbols: list[str] = Field(min_length=1, description="unified symbols, e.g. BTC/USDT")
     tickers: bool = True
     trades_watch: Literal["auto", "multi", "per_symbol"] = Field(
@@ -32,6 +35,11 @@ class ExchangeFeed(BaseModel):
                                                          "'/stream', e.g. ws://127.0.0.1:9443/stream)")
     rest_url: str | None = Field(default=None, description="REST base URL override, e.g. http://127.0.0.1:9443/api/v3")
     timeout_s: float = Field(default=10.0, gt=0, description="REST request timeout (ccxt's timeout)")
+
+    @model_validator(mode="after")
+    def _default_name(self) -> ExchangeFeed:
+        self.name = self.name or self.id
+        return self
 
 
 class Settings(ServiceSettings):
@@ -85,6 +93,16 @@ class Settings(ServiceSettings):
     ccxt_trades_limit: int = Field(default=10_000, ge=1_000, description="ccxt's per-symbol trade cache: headroom "
                                                                          "for bursts before trades must be backfilled")
     dedup_window: int = Field(default=100_000, ge=1_000, description="recent trade ids remembered per stream")
+
+    @field_validator("exchanges", "books", "derivatives")
+    @classmethod
+    def _unique_names(cls, value: list[Any]) -> list[Any]:
+        names = [entry.name for entry in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"exchange names must be unique: {', '.join(map(repr, twice))} more than once; give "
+                             "entries that share a ccxt id each their own name")
+        return value
 
     def resolved_exchange(self) -> str:
         if self.exchange:

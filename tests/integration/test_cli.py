@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -51,9 +52,17 @@ def test_demo_default_runs_the_live_path_through_ccxt_pro(tmp_path):
     assert "ccxt.pro" in result.stdout
     # the finite market's end is no news: no reconnect warnings after the last trade
     assert "reconnecting" not in result.stdout + result.stderr, (result.stdout + result.stderr)[-2000:]
-    rows = re.findall(r"binance\s+│\s+(BTC/USDT|ETH/USDT)\s+│\s+1m\s+│\s+(\d+)", result.stdout)
+    rows = re.findall(r"sim\s+│\s+(BTC/USDT|ETH/USDT)\s+│\s+1m\s+│\s+(\d+)", result.stdout)
     assert {sym for sym, _ in rows} == {"BTC/USDT", "ETH/USDT"}
     assert all(12 <= int(n) <= 13 for _, n in rows), rows  # 12 simulated minutes, not aligned to the minute
+    # simulated data never carries a real exchange id, though the local exchange speaks Binance's protocols
+    table = re.findall(r"^\s*(\S+)\s+│\s+\S+\s+│\s+\d+[smhd]\s+│\s+\d+\s+│\s+\d\d-\d\d ", result.stdout, re.M)
+    printed = re.findall(r"^\S+ \S+Z\s+[A-Z]+\s+\S+\s+(\S+)\s+\S+\s+\S+\s+price=", result.stdout, re.M)
+    assert len(table) == 8 and printed, result.stdout  # 2 symbols × 4 timeframes; the console notifier's alerts
+    assert all(ex.startswith("sim") for ex in table + printed), (table, printed)
+    assert not re.search(r"\bbinance", result.stdout), result.stdout
+    alerts = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    assert alerts and all(a["exchange"].startswith("sim") for a in alerts), {a["exchange"] for a in alerts}
     trades = int(re.search(r"([\d,]+) trades in", result.stdout).group(1).replace(",", ""))
     assert trades > 1000
 

@@ -55,7 +55,7 @@ class BookHealth:
 
 
 class BookFeed:
-    """Books of ``settings.symbols`` on ``settings.exchange``; ``await run(stop)``."""
+    """Books of ``settings.symbols`` on ``settings.exchange`` (published as ``settings.name``); ``await run(stop)``."""
 
     def __init__(self, settings: BookFeedSettings, redis: Redis, *, bus: Bus | None = None,
                  exchange: Any = None, partitions: int = 16) -> None:
@@ -65,7 +65,7 @@ class BookFeed:
         self.bus = bus or Bus(redis)
         self.exchange = exchange
         s = settings
-        self.pairs = {sym: PairBook(s.exchange, sym, s.top_n, tuple(s.bands_bps),
+        self.pairs = {sym: PairBook(s.name, sym, s.top_n, tuple(s.bands_bps),
                                     WallTracker(s.wall_bps, s.wall_min_ratio, s.wall_min_size, s.wall_eaten_fraction)
                                     if s.walls else None)
                       for sym in s.symbols}
@@ -75,14 +75,14 @@ class BookFeed:
 
     def health_fields(self) -> dict[str, Any]:
         """``exchange|symbol|book.<counter>`` → value, for a heartbeat hash."""
-        return {f"{self.settings.exchange}|{sym}|book.{k}": v
+        return {f"{self.settings.name}|{sym}|book.{k}": v
                 for sym, h in self.health.items() for k, v in asdict(h).items()}
 
     async def start(self) -> None:
         """Create the exchange and load markets (errors stop start-up)."""
         if self.exchange is None:
-            feed = ExchangeFeed(id=self.settings.exchange, symbols=self.settings.symbols, tickers=False,
-                                ws_url=self.settings.ws_url, rest_url=self.settings.rest_url)
+            feed = ExchangeFeed(id=self.settings.exchange, name=self.settings.name, symbols=self.settings.symbols,
+                                tickers=False, ws_url=self.settings.ws_url, rest_url=self.settings.rest_url)
             self.exchange = make_exchange(feed)
             try:
                 await load_markets(self.exchange, feed)
@@ -123,7 +123,7 @@ class BookFeed:
                 health.resyncs += 1
                 pair.resynced()
                 logger.warning("%s %s book: gap, resyncing from a new snapshot (%d so far): %s",
-                               self.settings.exchange, symbol, health.resyncs, exc)
+                               self.settings.name, symbol, health.resyncs, exc)
                 continue
             except Exception as exc:
                 self._books[symbol] = None
@@ -131,13 +131,13 @@ class BookFeed:
                 attempt += 1
                 if isinstance(exc, TimeoutError):
                     health.timeouts += 1
-                    metrics.FEEDS_SILENT.labels(self.settings.exchange, "book").inc()
+                    metrics.FEEDS_SILENT.labels(self.settings.name, "book").inc()
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(self.exchange.un_watch_order_book(symbol), 5)
                 else:
                     health.errors += 1
                 pair.resynced()
-                logger.warning("%s %s book: %s: %s", self.settings.exchange, symbol, type(exc).__name__, exc)
+                logger.warning("%s %s book: %s: %s", self.settings.name, symbol, type(exc).__name__, exc)
                 await sleep_or_stop(stop, backoff_delay(attempt, base=self.settings.backoff_base_s,
                                                  cap=self.settings.backoff_cap_s))
                 continue
@@ -158,7 +158,7 @@ class BookFeed:
                 raise
             except Exception as exc:
                 attempt += 1
-                logger.warning("%s %s book trades: %s: %s", self.settings.exchange, symbol, type(exc).__name__, exc)
+                logger.warning("%s %s book trades: %s: %s", self.settings.name, symbol, type(exc).__name__, exc)
                 await sleep_or_stop(stop, backoff_delay(attempt, base=self.settings.backoff_base_s,
                                                  cap=self.settings.backoff_cap_s))
                 continue
@@ -202,7 +202,7 @@ class BookFeed:
                 ready.append((symbol, pair.snapshot(view).encode()))
         if not ready:
             return 0
-        ex = self.settings.exchange
+        ex = self.settings.name
         async with self.bus.pipeline() as pipe:
             for symbol, data in ready:
                 self.bus.add_to(pipe, streams.part_books(partition_of(ex, symbol, self.partitions)), data,

@@ -93,14 +93,14 @@ class DerivsFeed:
 
     def health_fields(self) -> dict[str, Any]:
         """``exchange|symbol|<kind>.<counter>`` → value, for a heartbeat hash."""
-        return {f"{self.settings.exchange}|{key}.{k}": v
+        return {f"{self.settings.name}|{key}.{k}": v
                 for key, h in self.health.items() for k, v in asdict(h).items()}
 
     async def start(self) -> None:
         if self.exchange is None:
             self.exchange = make_derivs_exchange(self.settings)
             try:
-                await load_markets(self.exchange, ExchangeFeed(id=self.settings.exchange,
+                await load_markets(self.exchange, ExchangeFeed(id=self.settings.exchange, name=self.settings.name,
                                                                     symbols=self.settings.symbols, tickers=False))
             except BaseException:
                 await self.exchange.close()
@@ -114,18 +114,18 @@ class DerivsFeed:
         for symbol in s.symbols:
             if s.funding and has.get("watchMarkPrice"):
                 tasks.append(self._loop(stop, "funding", symbol, lambda sym=symbol: ex.watch_mark_price(sym),
-                                        lambda raw, sym=symbol: [funding_from_mark(s.exchange, sym, raw)], None))
+                                        lambda raw, sym=symbol: [funding_from_mark(s.name, sym, raw)], None))
             elif s.funding and has.get("fetchFundingRate"):
                 tasks.append(self._loop(stop, "funding", symbol, lambda sym=symbol: ex.fetch_funding_rate(sym),
-                                        lambda raw, sym=symbol: [funding_from_rate(s.exchange, sym, raw)],
+                                        lambda raw, sym=symbol: [funding_from_rate(s.name, sym, raw)],
                                         s.funding_every_s))
             if s.open_interest and has.get("fetchOpenInterest"):
                 tasks.append(self._loop(stop, "open_interest", symbol, lambda sym=symbol: ex.fetch_open_interest(sym),
-                                        lambda raw, sym=symbol: [open_interest_from(s.exchange, sym, raw)],
+                                        lambda raw, sym=symbol: [open_interest_from(s.name, sym, raw)],
                                         s.open_interest_every_s))
             if s.liquidations and has.get("watchLiquidations"):
                 tasks.append(self._loop(stop, "liquidations", symbol, lambda sym=symbol: ex.watch_liquidations(sym),
-                                        lambda raw, sym=symbol: [liquidation_from(s.exchange, sym, r) for r in raw],
+                                        lambda raw, sym=symbol: [liquidation_from(s.name, sym, r) for r in raw],
                                         None))
         try:
             async with tasks_until_done(*tasks):
@@ -138,7 +138,7 @@ class DerivsFeed:
                     convert: Callable[[Any], list[Message | None]], poll_every_s: float | None) -> None:
         """Call ``call`` (a watch, or a fetch every ``poll_every_s``), publish what ``convert`` makes of it."""
         health = self.health.setdefault(f"{symbol}|{kind}", DerivsHealth())
-        ex = self.settings.exchange
+        ex = self.settings.name
         stream = streams.part_derivs(partition_of(ex, symbol, self.partitions))
         channel = streams.channel_derivs(ex, symbol)
         timeout = self.settings.watch_timeout_s if poll_every_s is None else max(poll_every_s, 10.0)
@@ -167,7 +167,7 @@ class DerivsFeed:
             except Exception as exc:
                 attempt += 1
                 health.errors += 1
-                logger.warning("%s %s %s: %s: %s", self.settings.exchange, symbol, kind, type(exc).__name__, exc)
+                logger.warning("%s %s %s: %s: %s", self.settings.name, symbol, kind, type(exc).__name__, exc)
                 await sleep_or_stop(stop, backoff_delay(attempt, base=self.settings.backoff_base_s,
                                                         cap=self.settings.backoff_cap_s))
                 continue

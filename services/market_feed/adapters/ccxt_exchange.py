@@ -96,16 +96,16 @@ async def load_markets(exchange: Any, feed: ExchangeFeed) -> None:
     try:
         await exchange.load_markets()
     except TRANSIENT as exc:
-        raise ExchangeError(f"{feed.id}: cannot load markets: {describe_network_error(exc)}") from exc
+        raise ExchangeError(f"{feed.name}: cannot load markets: {describe_network_error(exc)}") from exc
     except ccxt.BaseError as exc:
-        raise ExchangeError(f"{feed.id}: cannot load markets: {type(exc).__name__}: {_short(exc)}") from exc
+        raise ExchangeError(f"{feed.name}: cannot load markets: {type(exc).__name__}: {_short(exc)}") from exc
     unknown = [s for s in feed.symbols if s not in exchange.markets]
     if unknown:
         problems = []
         for symbol in unknown:
             close = difflib.get_close_matches(symbol, list(exchange.symbols), n=3, cutoff=0.6)
             hint = f"; closest listed: {', '.join(close)}" if close else ""
-            problems.append(f"market_feed.exchanges[{feed.id}].symbols: {symbol!r} is not listed by {feed.id}{hint}")
+            problems.append(f"market_feed.exchanges[{feed.name}].symbols: {symbol!r} is not listed by {feed.id}{hint}")
         raise UnknownSymbolError(problems)
 
 

@@ -69,9 +69,9 @@ class LiveFeed:
         self.bus = bus
         self.retry = retry or RedisRetry("market_feed", base_s=settings.backoff_base_s, cap_s=settings.backoff_cap_s)
         self.exchanges: dict[str, Any] = {}
-        self.connections: dict[str, ExchangeConnection] = {f.id: ExchangeConnection() for f in settings.exchanges}
+        self.connections: dict[str, ExchangeConnection] = {f.name: ExchangeConnection() for f in settings.exchanges}
         self._streams: dict[tuple[str, str], TradeStream] = {}  # the latest stream of each pair served
-        self.ownerships: dict[str, Ownership] = {}  # exchange id -> this replica's leases in its feed group
+        self.ownerships: dict[str, Ownership] = {}  # exchange name -> this replica's leases in its feed group
         self.health: dict[str, StreamHealth] = {}
         self.history: HistoryServer | None = None
 
@@ -97,14 +97,14 @@ class LiveFeed:
         """The ccxt instances (no network yet); UnknownExchangeError naming an unknown id and the close matches."""
         check_exchange_ids(self.settings.exchanges)
         for feed in self.settings.exchanges:
-            if feed.id not in self.exchanges:
-                self.exchanges[feed.id] = make_exchange(feed, self.settings.ccxt_trades_limit)
+            if feed.name not in self.exchanges:
+                self.exchanges[feed.name] = make_exchange(feed, self.settings.ccxt_trades_limit)
 
     async def connect(self, feed: ExchangeFeed, stop: asyncio.Event) -> bool:
         """Load ``feed``'s markets until they load (retrying while the exchange is unreachable) and register its
         pairs. UnknownSymbolError for a symbol it does not list; False if ``stop`` came first."""
-        exchange = self.exchanges[feed.id]
-        conn = self.connections[feed.id]
+        exchange = self.exchanges[feed.name]
+        conn = self.connections[feed.name]
         while not stop.is_set():
             conn.attempts += 1
             try:
@@ -120,15 +120,15 @@ class LiveFeed:
                 await sleep_or_stop(stop, delay)
         else:
             return False
-        if not (await self.retry.call(stop, lambda: register_feeds(self.redis, feed.id, feed.symbols)))[0]:
+        if not (await self.retry.call(stop, lambda: register_feeds(self.redis, feed.name, feed.symbols)))[0]:
             return False
         for symbol in feed.symbols:
-            self.health.setdefault(f"{feed.id}|{symbol}|trades", StreamHealth())
+            self.health.setdefault(f"{feed.name}|{symbol}|trades", StreamHealth())
             if feed.tickers:
-                self.health.setdefault(f"{feed.id}|{symbol}|ticker", StreamHealth())
+                self.health.setdefault(f"{feed.name}|{symbol}|ticker", StreamHealth())
         conn.state, conn.error, conn.retry_at = "up", "", None
         if conn.attempts > 1:
-            logger.warning("%s: markets loaded after %d attempts; streaming %s", feed.id, conn.attempts,
+            logger.warning("%s: markets loaded after %d attempts; streaming %s", feed.name, conn.attempts,
                            ", ".join(feed.symbols))
         return True
 
@@ -137,12 +137,12 @@ class LiveFeed:
         after stopping the rest."""
         self.create_exchanges()
         inner = asyncio.Event()  # set on ``stop`` or on a fatal error
-        feeds = [asyncio.create_task(self._run_exchange(feed, inner), name=f"exchange-{feed.id}")
+        feeds = [asyncio.create_task(self._run_exchange(feed, inner), name=f"exchange-{feed.name}")
                  for feed in self.settings.exchanges]
         tasks = [asyncio.create_task(self._log_health(inner), name="feed-health-log")]
         self.history = HistoryServer(self.bus, self.exchanges,
                                      self.settings.consumer_settings(streams.GROUP_MARKET_FEED, "market_feed", count=10),
-                                     [f.id for f in self.settings.exchanges])
+                                     [f.name for f in self.settings.exchanges])
         tasks.append(asyncio.create_task(self.history.run(inner), name="feed-history"))
         stopper = asyncio.create_task(stop.wait(), name="feed-stop")
         try:
@@ -169,38 +169,38 @@ class LiveFeed:
         if not await self.connect(feed, stop):
             return
         s = self.settings
-        wanted = {partition_of(feed.id, sym, s.partitions) for sym in feed.symbols}
-        ownership = Ownership(self.redis, streams.feed_group(feed.id), consumer_name("market_feed", s.consumer_name),
+        wanted = {partition_of(feed.name, sym, s.partitions) for sym in feed.symbols}
+        ownership = Ownership(self.redis, streams.feed_group(feed.name), consumer_name("market_feed", s.consumer_name),
                               s.partitions, ttl_ms=s.lease_ttl_ms, wanted=wanted)
-        self.ownerships[feed.id] = ownership
+        self.ownerships[feed.name] = ownership
         workers = PartitionWorkers(ownership, lambda p, pstop: self._serve_partition(feed, ownership, p, pstop),
-                                   name=f"market_feed {feed.id}", outage=self.bus.outage)
+                                   name=f"market_feed {feed.name}", outage=self.bus.outage)
         await workers.run(stop)
 
     async def _serve_partition(self, feed: ExchangeFeed, ownership: Ownership, partition: int,
                                stop: asyncio.Event) -> None:
         """The trades (and tickers) of the pairs of ``feed`` in ``partition``, resumed from the partition's state."""
         s = self.settings
-        exchange = self.exchanges[feed.id]
-        symbols = [sym for sym in feed.symbols if partition_of(feed.id, sym, s.partitions) == partition]
-        ok, last_ids = await self.retry.call(stop, lambda: read_last_ids(self.redis, feed.id, symbols, s.partitions))
+        exchange = self.exchanges[feed.name]
+        symbols = [sym for sym in feed.symbols if partition_of(feed.name, sym, s.partitions) == partition]
+        ok, last_ids = await self.retry.call(stop, lambda: read_last_ids(self.redis, feed.name, symbols, s.partitions))
         if not ok:
             return
         ctx = LiveContext(s, self.bus, self.retry, stop)
         mine = {}
         for symbol in symbols:
-            mine[symbol] = self._streams[(feed.id, symbol)] = TradeStream(
-                exchange, feed.id, symbol, ctx, self.health[f"{feed.id}|{symbol}|trades"], (last_ids or {}).get(symbol),
+            mine[symbol] = self._streams[(feed.name, symbol)] = TradeStream(
+                exchange, feed.name, symbol, ctx, self.health[f"{feed.name}|{symbol}|trades"], (last_ids or {}).get(symbol),
                 feed.backfill_paging, ownership=ownership)
         multi = feed.trades_watch == "multi" or (
             feed.trades_watch == "auto" and len(feed.symbols) > 1 and bool(exchange.has.get("watchTradesForSymbols")))
         if multi:
-            jobs = [MultiTradeStream(exchange, feed.id, mine, s).run(stop)]
+            jobs = [MultiTradeStream(exchange, feed.name, mine, s).run(stop)]
         else:
             jobs = [st.run(stop) for st in mine.values()]
         if feed.tickers:
-            jobs += [self._tickers(stop, feed.id, symbol, ownership) for symbol in symbols]
-        tasks = [asyncio.create_task(job, name=f"feed-{feed.id}-p{partition}-{i}") for i, job in enumerate(jobs)]
+            jobs += [self._tickers(stop, feed.name, symbol, ownership) for symbol in symbols]
+        tasks = [asyncio.create_task(job, name=f"feed-{feed.name}-p{partition}-{i}") for i, job in enumerate(jobs)]
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -239,7 +239,7 @@ class LiveFeed:
         health = self.health[f"{exchange_id}|{symbol}|ticker"]
         outbox = Outbox(self.redis, ownership, exchange_id, [symbol], maxlen=self.settings.stream_maxlen,
                         pipeline_entries=1)
-        params = {"name": "ticker"} if exchange_id in BINANCE_FAMILY else {}
+        params = {"name": "ticker"} if exchange.id in BINANCE_FAMILY else {}
         attempt = 0
         while not stop.is_set():
             try:

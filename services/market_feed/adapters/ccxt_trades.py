@@ -59,7 +59,8 @@ class LiveContext:
 
 
 class TradeStream:
-    """The trades of one (exchange, symbol): watch, reconnect, backfill, dedup, publish."""
+    """The trades of one (exchange, symbol): watch, reconnect, backfill, dedup, publish. ``exchange_id`` is the
+    exchange name the trades are published under (``ExchangeFeed.name``); ccxt's own id is ``exchange.id``."""
 
     def __init__(self, exchange: Any, exchange_id: str, symbol: str, ctx: LiveContext, health: StreamHealth,
                  last_id: int | None, paging: str = "auto", *, ownership: Ownership) -> None:
@@ -70,8 +71,8 @@ class TradeStream:
         self.settings = settings
         self.ctx = ctx
         self.health = health
-        self.binance = exchange_id in BINANCE_FAMILY
-        self.consecutive = exchange_id in CONSECUTIVE_IDS  # a jump in ids means missed trades
+        self.binance = exchange.id in BINANCE_FAMILY
+        self.consecutive = exchange.id in CONSECUTIVE_IDS  # a jump in ids means missed trades
         self.page_by_id = paging == "id" or (paging == "auto" and self.binance)
         self.params = {"name": "aggTrade"} if self.binance else {}
         self.core = FeedCore(exchange_id, [symbol], batch_size=settings.batch_size, window_ms=10**12,
@@ -311,7 +312,7 @@ class MultiTradeStream:
         self.exchange_id = exchange_id
         self.streams = streams_by_symbol
         self.settings = settings
-        self.params = {"name": "aggTrade"} if exchange_id in BINANCE_FAMILY else {}
+        self.params = {"name": "aggTrade"} if exchange.id in BINANCE_FAMILY else {}
 
     def _wait(self) -> float:
         now = time.monotonic()

@@ -18,6 +18,23 @@ def test_live_block_with_url_overrides(tmp_path):
     assert s.exchanges[0].ws_url == "ws://127.0.0.1:9443/stream" and s.exchanges[1].ws_url is None
 
 
+def test_exchange_name_defaults_to_the_ccxt_id_and_must_be_unique(tmp_path):
+    path = tmp_path / "sentinel.yaml"
+    block = ("market_feed:\n  mode: live\n  exchanges:\n    - {id: binance, symbols: [BTC/USDT]}\n"
+             "    - {id: binance, name: %s, symbols: [BTC/USDT], ws_url: ws://127.0.0.1:9443/stream}\n"
+             "  books:\n    - {symbols: [BTC/USDT]}\n    - {name: sim, symbols: [BTC/USDT]}\n")
+    path.write_text(block % "sim")
+    s = Settings.load(path)
+    assert [(e.id, e.name) for e in s.exchanges] == [("binance", "binance"), ("binance", "sim")]
+    assert [(b.exchange, b.name) for b in s.books] == [("binance", "binance"), ("binance", "sim")]
+    path.write_text(block % "binance")  # two entries named binance
+    with pytest.raises(ConfigError) as info:
+        Settings.load(path)
+    text = str(info.value)
+    assert "market_feed.exchanges" in text and "'binance' more than once" in text, text
+    assert "market_feed.books" not in text
+
+
 def test_typo_names_file_line_and_field(tmp_path):
     path = tmp_path / "sentinel.yaml"
     path.write_text("market_feed:\n  mode: live\n  exchanges:\n    - id: binance\n      symbol: [BTC/USDT]\n")

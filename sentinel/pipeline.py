@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from shared import streams
 from shared.bus import Bus
-from shared.errors import SentinelError
+from shared.errors import ConfigError, SentinelError
 from shared.partitioned import caught_up
 from shared.partitions import DEFAULT_PARTITIONS
 
@@ -151,6 +151,21 @@ def service_classes(name: str) -> tuple[type, type]:
 def load_settings(name: str, config_file: Any, **overrides: Any) -> Any:
     """A service's settings from the file/environment, with ``overrides`` on top."""
     return service_classes(name)[0].load(config_file, **overrides)
+
+
+def load_all_settings(overrides: dict[str, dict[str, Any]], config_file: Any, **common: Any) -> dict[str, Any]:
+    """Each named service's settings (``common`` and its ``overrides`` on top); every problem of every section in
+    one ConfigError."""
+    out: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, extra in overrides.items():
+        try:
+            out[name] = load_settings(name, config_file, **common, **extra)
+        except ConfigError as exc:
+            problems += [p for p in exc.problems if p not in problems]
+    if problems:
+        raise ConfigError(problems)
+    return out
 
 
 def add_service(pipeline: Pipeline, name: str, settings: Any) -> None:

@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from sentinel import export
-from sentinel.pipeline import APP_CLASSES, Pipeline, add_service, load_settings, service_classes, wait_drained
+from sentinel.pipeline import (APP_CLASSES, Pipeline, add_service, load_all_settings, load_settings, service_classes,
+                               wait_drained)
 from shared.embedded_redis import EmbeddedRedis
 from shared.errors import ConfigError
 from shared.fmt import plain
@@ -71,15 +72,7 @@ def _service_settings(opts: RunOptions, redis_url: str, data_dir: Path) -> dict:
     notifier: dict = {"console": opts.notify_console,
                       "jsonl_path": opts.jsonl_path or data_dir / "alerts.jsonl"}
     overrides = {"market_feed": feed, "candle_builder": builder, "alert_engine": engine, "notifier": notifier}
-    out: dict[str, Any] = {}
-    problems: list[str] = []
-    for name, extra in overrides.items():  # every section's problems in one error
-        try:
-            out[name] = load_settings(name, opts.config_file, **common, **extra)
-        except ConfigError as exc:
-            problems += [p for p in exc.problems if p not in problems]
-    if problems:
-        raise ConfigError(problems)
+    out = load_all_settings(overrides, opts.config_file, **common)
     out["market_feed"] = _simulated_label(out["market_feed"])
     if opts.trades_file is not None and not opts.symbol:
         try:

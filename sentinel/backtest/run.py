@@ -23,12 +23,11 @@ from sentinel import export
 from sentinel.backtest.feed import FeedProcess
 from sentinel.backtest.inputs import Input, resolve
 from sentinel.backtest.output import Made, write_outputs
-from sentinel.pipeline import Pipeline, add_service, builder_caught_up, load_settings
+from sentinel.pipeline import Pipeline, add_service, builder_caught_up, load_all_settings
 from services.alert_engine.core import AlertEngine
 from shared import streams
 from shared.bus import as_str
 from shared.embedded_redis import EmbeddedRedis
-from shared.errors import ConfigError
 from shared.rules import load_rules_file
 from shared.runtime import connect, install_signal_handlers
 from shared.timeframes import sort_timeframes
@@ -182,15 +181,7 @@ def _settings(opts: BacktestOptions, items: list[Input], url: str, data_dir: Pat
         "candle_builder": {"timeframes": opts.timeframes} if opts.timeframes else {},
         "alert_engine": {"rules_file": opts.rules_file, "clock": "exchange"},
     }
-    out: dict[str, Any] = {}
-    problems: list[str] = []
-    for name, extra in overrides.items():
-        try:
-            out[name] = load_settings(name, opts.config_file, **common, **extra)
-        except ConfigError as exc:
-            problems += [p for p in exc.problems if p not in problems]
-    if problems:
-        raise ConfigError(problems)
+    out = load_all_settings(overrides, opts.config_file, **common)
     builder = out["candle_builder"]
     timeframes = sort_timeframes(set(builder.timeframes) | rule_timeframes)
     # every closed candle is exported (no trimming of a temporary Redis); no timer closes (exchange time only)

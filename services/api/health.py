@@ -93,15 +93,7 @@ async def offset_state(redis: Redis, stream: str, partition: int, group: str,
     elif offset is None or (first is not None and _id(offset) < _id(first[0])):
         out.update(lag=length, lag_source="length")
     else:
-        try:
-            counted = int(await redis.eval(_COUNT_AFTER, 1, stream, _s(offset), lag_cap + 1))
-        except redis_errors.ResponseError as exc:  # scripting refused (ACL…): unknown, not a guess
-            out.update(lag_source=f"unknown: {exc}")
-            return out
-        if counted <= lag_cap:
-            out.update(lag=counted, lag_source="counted")
-        else:
-            out.update(lag_source="counted", lag_at_least=counted)
+        await _count_lag(redis, stream, offset, lag_cap, out)
     return out
 
 
@@ -128,16 +120,21 @@ async def group_state(redis: Redis, stream: str, group: str, lag_cap: int = COUN
     elif first is not None and delivered < _id(first[0]):
         out.update(lag=length, lag_source="length")
     else:
-        try:
-            counted = int(await redis.eval(_COUNT_AFTER, 1, stream, _s(found["last-delivered-id"]), lag_cap + 1))
-        except redis_errors.ResponseError as exc:  # scripting refused (ACL…): unknown, not a guess
-            out.update(lag_source=f"unknown: {exc}")
-            return out
-        if counted <= lag_cap:
-            out.update(lag=counted, lag_source="counted")
-        else:
-            out.update(lag_source="counted", lag_at_least=counted)
+        await _count_lag(redis, stream, found["last-delivered-id"], lag_cap, out)
     return out
+
+
+async def _count_lag(redis: Redis, stream: str, after: Any, lag_cap: int, out: dict[str, Any]) -> None:
+    """Count the entries of ``stream`` after ``after`` (up to ``lag_cap`` + 1) into ``out``'s lag fields."""
+    try:
+        counted = int(await redis.eval(_COUNT_AFTER, 1, stream, _s(after), lag_cap + 1))
+    except redis_errors.ResponseError as exc:  # scripting refused (ACL…): unknown, not a guess
+        out.update(lag_source=f"unknown: {exc}")
+        return
+    if counted <= lag_cap:
+        out.update(lag=counted, lag_source="counted")
+    else:
+        out.update(lag_source="counted", lag_at_least=counted)
 
 
 async def _oldest_idle(redis: Redis, stream: str, group: str, idle_ms: int) -> dict[str, Any] | None:

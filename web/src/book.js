@@ -72,15 +72,19 @@ export class BookPanel {
     const bids = b.bids.slice(0, LEVELS);
     const asks = b.asks.slice(0, LEVELS);
     const max = Math.max(...bids.map((l) => Number(l[1])), ...asks.map((l) => Number(l[1])), 1e-12);
+    // a ladder reads down its columns: every price (and every size) shown with the same number of decimals
+    const levels = [...bids, ...asks];
+    const price = aligned(levels.map((l) => l[0]));
+    const size = aligned(levels.map((l) => l[1]));
     const rows = [];
     for (let i = 0; i < LEVELS; i++) {
       const bid = bids[i];
       const ask = asks[i];
       rows.push(h('tr', {}, [
-        cell(bid && trim(bid[1]), 'size bid', bid && Number(bid[1]) / max),
-        cell(bid && trim(bid[0]), 'price bid'),
-        cell(ask && trim(ask[0]), 'price ask'),
-        cell(ask && trim(ask[1]), 'size ask', ask && Number(ask[1]) / max),
+        cell(bid && size(bid[1]), 'size bid', bid && Number(bid[1]) / max),
+        cell(bid && price(bid[0]), 'price bid'),
+        cell(ask && price(ask[0]), 'price ask'),
+        cell(ask && size(ask[1]), 'size ask', ask && Number(ask[1]) / max),
       ]));
     }
     const table = h('table', { className: 'levels' }, [
@@ -129,6 +133,15 @@ function wallSummary(walls) {
   const big = walls.reduce((a, w) => (Number(w.size) > Number(a.size) ? w : a));
   return `${Object.entries(counts).map(([k, n]) => `${k} ${n}`).join(' · ')}; largest: ${big.kind} ${big.side} `
     + `${trim(big.size)} @ ${trim(big.price)}`;
+}
+
+// exact decimal strings padded with zeros to the most decimals any of ``values`` has once trimmed
+function aligned(values) {
+  const decimals = Math.max(0, ...values.map((v) => (trim(v).split('.')[1] || '').length));
+  return (v) => {
+    const [whole, frac = ''] = trim(v).split('.');
+    return decimals ? `${whole}.${frac.padEnd(decimals, '0')}` : whole;
+  };
 }
 
 function panelData(panel, b) {

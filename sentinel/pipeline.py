@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
@@ -84,17 +86,23 @@ async def builder_caught_up(redis: Redis) -> bool:
                            streams.part_trades)
 
 
+#: Streams kept for people, not consumed by a group: no stream of work left to do.
+NOT_WORK = frozenset((streams.DEAD_LETTER, streams.NOTIFY_DEAD_LETTER, streams.ALERT_HISTORY))
+
+
+async def work_streams(redis: Redis) -> list[str]:
+    """Every sentinel stream that consumer groups work through (``NOT_WORK`` left out), by SCAN."""
+    names = [k.decode() async for k in redis.scan_iter(match=f"{streams.PREFIX}:*", _type="STREAM", count=10_000)]
+    return [n for n in names if n not in NOT_WORK]
+
+
 async def consumer_groups_idle(redis: Redis) -> bool:
     """True when every consumer group of every sentinel stream has consumed and acked everything, and candle_builder
     has processed every partition's trades (``builder_caught_up``)."""
     if not await builder_caught_up(redis):
         return False
     bus = Bus(redis)
-    keys = [k async for k in redis.scan_iter(match=f"{streams.PREFIX}:*", _type="STREAM", count=1000)]
-    for key in keys:
-        name = key.decode()
-        if name in (streams.DEAD_LETTER, streams.NOTIFY_DEAD_LETTER, streams.ALERT_HISTORY):
-            continue
+    for name in await work_streams(redis):
         try:
             groups = await redis.xinfo_groups(name)
         except Exception:
@@ -166,6 +174,17 @@ def load_all_settings(overrides: dict[str, dict[str, Any]], config_file: Any, **
     if problems:
         raise ConfigError(problems)
     return out
+
+
+@contextlib.contextmanager
+def data_dir_or_temp(path: Path | None) -> Iterator[Path]:
+    """``path`` (created if missing), or a temporary folder removed afterwards: where a finite run keeps its Redis."""
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="sentinel-") as tmp:
+        yield Path(tmp)
 
 
 def add_service(pipeline: Pipeline, name: str, settings: Any) -> None:

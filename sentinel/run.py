@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sentinel import export
-from sentinel.pipeline import (APP_CLASSES, Pipeline, add_service, load_all_settings, load_settings, service_classes,
+from sentinel.pipeline import (APP_CLASSES, Pipeline, add_service, data_dir_or_temp, load_all_settings, load_settings, service_classes,
                                wait_drained)
 from shared.embedded_redis import EmbeddedRedis
 from shared.errors import ConfigError
@@ -250,7 +249,7 @@ def _summary(stats: dict) -> None:
 
 def demo(opts: RunOptions) -> None:
     """The whole pipeline offline on the simulated market (or a recording), then a summary."""
-    with _data_dir(opts.data_dir) as data_dir:
+    with data_dir_or_temp(opts.data_dir) as data_dir:
         if opts.trades_file:
             source = f"[green]replay of {opts.trades_file}[/]"
         else:
@@ -266,16 +265,6 @@ def demo(opts: RunOptions) -> None:
         jsonl = opts.jsonl_path or data_dir / "alerts.jsonl"
         if opts.data_dir:
             console.print(f"alerts written to {jsonl}; Redis data (AOF) in {data_dir / 'redis'}")
-
-
-@contextlib.contextmanager
-def _data_dir(path: Path | None):
-    if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="sentinel-") as tmp:
-        yield Path(tmp)
 
 
 def describe_feed(feed: Any) -> str:

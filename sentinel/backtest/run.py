@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,8 @@ from sentinel import export
 from sentinel.backtest.feed import FeedProcess
 from sentinel.backtest.inputs import Input, resolve
 from sentinel.backtest.output import Made, write_outputs
-from sentinel.pipeline import Pipeline, add_service, builder_caught_up, load_all_settings
+from sentinel.pipeline import (Pipeline, add_service, builder_caught_up, data_dir_or_temp, load_all_settings,
+                               work_streams)
 from services.alert_engine.core import AlertEngine
 from shared import streams
 from shared.bus import as_str
@@ -59,7 +58,7 @@ def backtest(opts: BacktestOptions, console: Console | None = None) -> Made:
     routes = AlertEngine(ruleset).routes
     wanted = {(ex, sym, tf) for ex, sym in pairs for tf in routes.needs(ex, sym)}
     live = any(routes.needs_live(key) for key in wanted)  # a rule evaluates in-progress candles
-    with _data_dir(opts.data_dir) as data_dir:
+    with data_dir_or_temp(opts.data_dir) as data_dir:
         server = EmbeddedRedis(data_dir / "redis", persist=False)
         server.start()
         feed: FeedProcess | None = None
@@ -140,9 +139,7 @@ async def _drained(redis: Any, candle_streams: list[str]) -> bool:
     and one read per partition."""
     if not await builder_caught_up(redis):
         return False
-    names = [k async for k in redis.scan_iter(match=f"{streams.PREFIX}:*", _type="STREAM", count=10_000)]
-    names = [n for n in names if n.decode() not in (streams.DEAD_LETTER, streams.NOTIFY_DEAD_LETTER,
-                                                      streams.ALERT_HISTORY)]
+    names = await work_streams(redis)
     async with redis.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.xinfo_stream(name)
@@ -157,14 +154,13 @@ async def _drained(redis: Any, candle_streams: list[str]) -> bool:
             if g["pending"] or as_str(g["last-delivered-id"]) != last:
                 return False
             if as_str(g.get("name") or g.get(b"name")) == streams.GROUP_ALERT_ENGINE:
-                engine_groups.add(name.decode())
-    existing = {n.decode() for n in names}
+                engine_groups.add(name)
+    existing = set(names)
     if not all(s in engine_groups for s in candle_streams if s in existing):
         return False
     # A stream created between the SCAN and the group replies (candle_builder's first candles of a timeframe, written
     # with the XACK of the trades that were just found acked) is work the replies did not see: scan again.
-    again = {k.decode() async for k in redis.scan_iter(match=f"{streams.PREFIX}:*", _type="STREAM", count=10_000)}
-    return again <= existing | {streams.DEAD_LETTER, streams.NOTIFY_DEAD_LETTER, streams.ALERT_HISTORY}
+    return set(await work_streams(redis)) <= existing
 
 
 def _settings(opts: BacktestOptions, items: list[Input], url: str, data_dir: Path,
@@ -189,13 +185,3 @@ def _settings(opts: BacktestOptions, items: list[Input], url: str, data_dir: Pat
                                                        "live_candles": live, "close_on_timer": False,
                                                        "discover_every_s": 0.5})
     return out
-
-
-@contextlib.contextmanager
-def _data_dir(path: Path | None) -> Iterator[Path]:
-    if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="sentinel-") as tmp:
-        yield Path(tmp)

@@ -231,6 +231,8 @@ class AlertEngineApp:
         old = self.engines.pop(partition, None)
         if old is not None:
             self._retire(old)
+            if old.version != self.series_sync.versions.get(partition, 0):
+                self.refilled += 1
         pe = PartitionEngine(self.settings, self.redis, self.raw, self.bus, partition,
                              self.series_sync.plan(partition), self.series_sync.versions.get(partition, 0),
                              self.ruleset, self.clock)
@@ -260,8 +262,6 @@ class AlertEngineApp:
         try:
             while not stop.is_set():
                 if not self._current(pe, partition):
-                    if pe is not None:
-                        self.refilled += 1
                     pe = await self._open(partition)
                     if failed:
                         self.rewarmed += 1
@@ -317,6 +317,12 @@ class AlertEngineApp:
             for pe in self.engines.values():
                 await pe.commit.close()
         return n
+
+    async def warm_up(self, exchange: str, symbol: str) -> AlertEngine:
+        """The engine of the partition of (exchange, symbol), built and warmed up from Redis now, as a new owner's
+        is (tools, tests); a drain that follows goes on with it."""
+        await self._sync_rules(await self.rule_source.start())
+        return (await self._open(partition_of(exchange, symbol, self.settings.partitions))).engine
 
     async def _unchanged(self, pe: PartitionEngine) -> bool:
         """Redis holds the offsets ``pe`` has (nobody processed the partition since)."""

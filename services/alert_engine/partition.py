@@ -39,6 +39,7 @@ from shared.partitioned import entry_data, entry_id, read_streams
 from shared.partitions import partition_of
 from shared.rules import RuleSet
 from shared.schemas import Candle, FundingRate, Liquidation, OpenInterest, Ticker, TradeBatch, unpack
+from shared.timeframes import timeframe_ms
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +63,11 @@ class PartitionEngine:
         parts = settings.partitions
         self.engine = AlertEngine(ruleset, keep=settings.keep_bars, clock=clock,
                                   owns=lambda ex, sym: partition_of(ex, sym, parts) == partition)
+        for key, bars in (plan.series | plan.foreign).items():  # a rule's look-back beyond keep_bars
+            self.engine.reserve(key, bars)
         self.commit = AlertCommit(settings, redis, self.engine)
         self.offsets: dict[str, bytes] = {}
+        self.own_close = -1  # the latest close of a closed candle of this partition's series read (exchange ms)
         self.main, self.foreign = self._streams()
         # stream -> what it carries for this plan: series key of a series stream, else None
         self.series_of: dict[str, SeriesKey] = {}
@@ -122,7 +126,33 @@ class PartitionEngine:
             candles += await self._processed(stream, self.offsets[stream], self.plan.foreign[key])
         if candles:
             self.engine.on_batch(candles, fire=False)
+            self._note_own(candles)
         await self._restore_last_fired()
+
+    def _note_own(self, candles: list[Candle]) -> None:
+        for c in candles:
+            if c.closed and (c.exchange, c.symbol, c.timeframe) in self.plan.series:
+                close = c.ts + timeframe_ms(c.timeframe)
+                if close > self.own_close:
+                    self.own_close = close
+
+    def _needs_foreign(self, name: str) -> bool:
+        """Whether to read another partition's stream now: while this partition's bars wait, or while it is not
+        ahead of this partition's own candles. (Read far ahead, a fast series would leave the window a waiting bar
+        reads it through: alerts would depend on how far ahead it was read.)"""
+        engine = self.engine
+        if engine.waiting or self.own_close < 0:
+            return True
+        key = self.series_of.get(name)
+        if key is None:  # another partition's tickers
+            return all((t := engine.market.tickers.get(pair)) is None or t.ts <= self.own_close
+                       for pair in self.plan.foreign_tickers if pair in self._pairs_in(name))
+        w = engine.windows.get(key)
+        last = w.last_closed() if w is not None else None
+        return last is None or last.ts + w.tf_ms <= self.own_close  # type: ignore[union-attr]
+
+    def _pairs_in(self, name: str) -> set[tuple[str, str]]:
+        return {pair for pair in self.plan.foreign_tickers if streams.part_tickers(self._part(pair)) == name}
 
     async def _start_offset(self, name: str) -> bytes:
         """Where a stream never read before starts: its beginning; live (clock wall), a book or futures stream at
@@ -179,7 +209,9 @@ class PartitionEngine:
         count = self.settings.batch
         read: list[tuple[str, Any]] = []
         for names in self.foreign.values():  # (never blocks: the partition's own streams do)
-            read += await read_streams(self.raw, {n: self.offsets[n] for n in names}, count=count, block_ms=None)
+            wanted = {n: self.offsets[n] for n in names if self._needs_foreign(n)}
+            if wanted:
+                read += await read_streams(self.raw, wanted, count=count, block_ms=None)
         read += await read_streams(self.raw, {n: self.offsets[n] for n in self.main}, count=count,
                                    block_ms=None if read else block_ms)
         fires = await self._evaluate(read)
@@ -236,6 +268,7 @@ class PartitionEngine:
         if market:
             with metrics.EVALUATION_SECONDS.time():
                 fires += engine.on_batch(market)
+            self._note_own([c for c in market if isinstance(c, Candle)])
         metrics.RULES_EVALUATED.inc(engine.take_evaluations())
         return fires
 

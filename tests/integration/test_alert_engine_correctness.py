@@ -17,8 +17,6 @@ import pandas as pd
 
 from services.alert_engine.app import AlertEngineApp
 from services.alert_engine.settings import Settings
-from shared import streams
-from shared.bus import Bus
 from shared.schemas import Candle
 from tests.conftest import shared_data
 from tests.unit.alert_engine import pdref

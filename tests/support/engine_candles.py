@@ -10,13 +10,17 @@ from typing import Any
 from shared import streams
 from shared.partitions import DEFAULT_PARTITIONS, partition_of
 from shared.schemas import Candle
+from shared.timeframes import timeframe_ms
 
 
 async def publish_candles(redis: Any, candles: Iterable[Candle], partitions: int = DEFAULT_PARTITIONS,
                           chunk: int = 2_000) -> None:
     """Closed candles (in order) to ``part_candles(p)`` + ``series_candles(p, ...)``; in-progress ones to
-    ``part_live(p)``. Pipelined per chunk: the XADD to the partition's stream gives the id its series' XADD reuses."""
-    todo = list(candles)
+    ``part_live(p)``. Pipelined per chunk: the XADD to the partition's stream gives the id its series' XADD reuses.
+
+    In the order candle_builder writes them: by close time (a bar closes when its last trade is in), the order given
+    kept between candles closing together (revisions after what they revise)."""
+    todo = sorted(candles, key=lambda c: c.ts + timeframe_ms(c.timeframe))
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
         async with redis.pipeline(transaction=False) as pipe:

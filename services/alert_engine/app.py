@@ -69,7 +69,7 @@ class AlertEngineApp:
         self.bus = Bus(redis, settings.bus_settings(), service=SERVICE)
         self.ownership = Ownership(redis, GROUP, self.name, settings.partitions, ttl_ms=settings.lease_ttl_ms)
         self.workers = PartitionWorkers(self.ownership, self.work, name=SERVICE, outage=self.bus.outage)
-        self.raw = raw_reader(redis)
+        self._raw: Any = None  # (``raw_reader``, made once Redis answered: a cluster client knows its nodes then)
         self.series_sync = SeriesSync(settings, redis, self.routing, self.name)
         self.engines: dict[int, PartitionEngine] = {}  # partition held -> its engine
         self.commit = AlertCommit(settings, redis, self.routing)  # ``publish`` outside a worker (tools, tests)
@@ -150,8 +150,10 @@ class AlertEngineApp:
     async def _close(self) -> None:
         with contextlib.suppress(Exception):
             await self.commit.close()
-        with contextlib.suppress(Exception):
-            await self.raw.aclose()
+        if self._raw is not None:
+            with contextlib.suppress(Exception):
+                await self._raw.aclose()
+            self._raw = None
 
     async def _start(self, stop: asyncio.Event) -> bool:
         """The rules and the plan before the first read. Redis going away meanwhile (it answered the service's
@@ -233,12 +235,17 @@ class AlertEngineApp:
             self._retire(old)
             if old.version != self.series_sync.versions.get(partition, 0):
                 self.refilled += 1
-        pe = PartitionEngine(self.settings, self.redis, self.raw, self.bus, partition,
+        pe = PartitionEngine(self.settings, self.redis, self._reader(), self.bus, partition,
                              self.series_sync.plan(partition), self.series_sync.versions.get(partition, 0),
                              self.ruleset, self.clock)
         await pe.open()
         self.engines[partition] = pe
         return pe
+
+    def _reader(self) -> Any:
+        if self._raw is None:
+            self._raw = raw_reader(self.redis)
+        return self._raw
 
     def _retire(self, pe: PartitionEngine) -> None:
         self.published += pe.commit.published
@@ -304,6 +311,7 @@ class AlertEngineApp:
                     pe = self.engines.get(p)
                     if pe is None or not self._current(pe, p) or not await self._unchanged(pe):
                         pe = await self._open(p)
+                    pe.raw = self._reader()  # (the last drain closed its reader)
                     while got := await pe.step(owner, block_ms=None):
                         n += got
                     if final:
@@ -316,6 +324,7 @@ class AlertEngineApp:
             await self.commit.close()
             for pe in self.engines.values():
                 await pe.commit.close()
+            await self._close()
         return n
 
     async def warm_up(self, exchange: str, symbol: str) -> AlertEngine:

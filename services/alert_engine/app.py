@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from services.alert_engine.commit import AlertCommit
 from services.alert_engine.core import AlertEngine, Fire
 from services.alert_engine.inputs import Input, decode_input
-from services.alert_engine.partition import PartitionEngine
+from services.alert_engine.partition import PartitionEngine, PlanStale
 from services.alert_engine.rule_source import RuleSource
 from services.alert_engine.series_sync import SeriesSync
 from services.alert_engine.settings import Settings
@@ -260,6 +260,14 @@ class AlertEngineApp:
             pe.ruleset = self.ruleset
         return True
 
+    async def _replan(self, pe: PartitionEngine, stale: PlanStale) -> None:
+        """A read met pairs the plan does not list: sync the plan now (the read is not committed: it comes again, to
+        the engine built for the new plan); pairs the new plan still leaves out are ignored by this engine."""
+        logger.info("alert_engine: partition %d: %s; reading the registries again", pe.partition, stale)
+        await self.series_sync.sync()
+        if self._current(pe, pe.partition):
+            pe.ignored |= stale.pairs
+
     async def work(self, partition: int, stop: asyncio.Event) -> None:
         """Run the engine of ``partition`` until ``stop`` (the partition was lost, or the service stops)."""
         s = self.settings
@@ -268,14 +276,17 @@ class AlertEngineApp:
         self._failed.discard(partition)
         try:
             while not stop.is_set():
-                if not self._current(pe, partition):
+                if pe is None or not self._current(pe, partition):
                     pe = await self._open(partition)
                     if failed:
                         self.rewarmed += 1
                         failed = False
                         logger.info("alert_engine: partition %d warmed up again from what was committed", partition)
                 waited = wall_clock_ms() - s.cross_series_wait_ms if s.clock == "wall" else None
-                await pe.step(self.ownership, block_ms=s.block_ms, waited_since=waited)
+                try:
+                    await pe.step(self.ownership, block_ms=s.block_ms, waited_since=waited)
+                except PlanStale as stale:
+                    await self._replan(pe, stale)
             if pe is not None and self._stopping.is_set() and s.clock == "exchange":
                 # a backtest ends when its input does: bars still waiting for another series are evaluated now.
                 # Live, they are not: the next owner's warm-up finds them waiting again.
@@ -312,7 +323,16 @@ class AlertEngineApp:
                     if pe is None or not self._current(pe, p) or not await self._unchanged(pe):
                         pe = await self._open(p)
                     pe.raw = self._reader()  # (the last drain closed its reader)
-                    while got := await pe.step(owner, block_ms=None):
+                    while True:
+                        try:
+                            got = await pe.step(owner, block_ms=None)
+                        except PlanStale as stale:
+                            await self._replan(pe, stale)
+                            if not self._current(pe, p):
+                                pe = await self._open(p)
+                            continue
+                        if not got:
+                            break
                         n += got
                     if final:
                         await pe.flush(owner)
@@ -347,7 +367,7 @@ class AlertEngineApp:
             pe = self.engines.get(p)
             if pe is not None:
                 names = pe.all_streams
-            saved = await self.redis.hgetall(streams.part_state(p, GROUP))
+            saved: dict[Any, Any] = await self.redis.hgetall(streams.part_state(p, GROUP))
             for name in names:
                 last = await self.redis.xrevrange(name, count=1)
                 if not last:

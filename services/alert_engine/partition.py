@@ -44,7 +44,16 @@ from shared.timeframes import timeframe_ms
 logger = logging.getLogger(__name__)
 
 GROUP = streams.GROUP_ALERT_ENGINE
+FEEDS = (BookFigures, FundingRate, OpenInterest, Liquidation)
 Clock = Any
+
+
+class PlanStale(Exception):
+    """A read holds data of pairs the rules need that the partition's plan does not list yet."""
+
+    def __init__(self, pairs: set[tuple[str, str]]) -> None:
+        super().__init__(f"pairs not planned yet: {sorted(pairs)}")
+        self.pairs = pairs
 
 
 class PartitionEngine:
@@ -67,6 +76,8 @@ class PartitionEngine:
             self.engine.reserve(key, bars)
         self.commit = AlertCommit(settings, redis, self.engine)
         self.offsets: dict[str, bytes] = {}
+        self.ignored: set[tuple[str, str]] = set()  # pairs needed but left out by a plan made after seeing them
+        self._known: set[tuple[str, str]] = set()  # pairs of the partition checked against the plan
         self.own_close = -1  # the latest close of a closed candle of this partition's series read (exchange ms)
         self.main, self.foreign = self._streams()
         # stream -> what it carries for this plan: series key of a series stream, else None
@@ -171,7 +182,7 @@ class PartitionEngine:
         newest ``n`` buckets: twice as many entries are read and sorted."""
         if n <= 0 or entry_id(offset) == (0, 0):
             return []
-        entries = await self.redis.xrevrange(stream, max=offset, min="-", count=2 * n)
+        entries: Any = await self.redis.xrevrange(stream, max=offset, min="-", count=2 * n)
         latest: dict[int, Candle] = {}
         for _, fields in reversed(entries):
             try:
@@ -194,7 +205,7 @@ class PartitionEngine:
             if st is None:
                 continue
             try:
-                last = unpack(row).get("last_fired")
+                last = unpack(row if isinstance(row, bytes) else row.encode()).get("last_fired")
             except (DecodeError, AttributeError, ValueError):
                 continue
             if isinstance(last, int):
@@ -209,11 +220,11 @@ class PartitionEngine:
         count = self.settings.batch
         read: list[tuple[str, Any]] = []
         for names in self.foreign.values():  # (never blocks: the partition's own streams do)
-            wanted = {n: self.offsets[n] for n in names if self._needs_foreign(n)}
+            wanted: dict[str, bytes | str] = {n: self.offsets[n] for n in names if self._needs_foreign(n)}
             if wanted:
                 read += await read_streams(self.raw, wanted, count=count, block_ms=None)
-        read += await read_streams(self.raw, {n: self.offsets[n] for n in self.main}, count=count,
-                                   block_ms=None if read else block_ms)
+        own: dict[str, bytes | str] = {n: self.offsets[n] for n in self.main}
+        read += await read_streams(self.raw, own, count=count, block_ms=None if read else block_ms)
         fires = await self._evaluate(read)
         if waited_since is not None and self.engine.waiting:
             fires += self.engine.flush_deferred(waited_since)
@@ -232,45 +243,81 @@ class PartitionEngine:
             await self.commit.publish(fires, owner=owner, partition=self.partition)
 
     async def _evaluate(self, read: list[tuple[str, Any]]) -> list[Fire]:
+        decoded: list[tuple[str, Any]] = []  # (stream, value or the entry that could not be decoded)
+        bad: list[tuple[str, Any, Any, str]] = []
+        for name, entries in read:
+            for raw_id, fields in entries:
+                data = entry_data(fields)
+                try:
+                    decoded.append((name, decode_input(data or b"")))
+                except (DecodeError, KeyError, TypeError, ValueError) as exc:
+                    bad.append((name, raw_id, data, f"undecodable: {exc}"))
+        self._check_plan(decoded)
+        for name, raw_id, data, reason in bad:
+            await self.bus.dead_letter(name, raw_id, data, reason, GROUP)
         engine, plan = self.engine, self.plan
         fires: list[Fire] = []
         market: list[Candle | Ticker] = []
         own_candles = streams.part_candles(self.partition)
-        for name, entries in read:
-            foreign_key = self.series_of.get(name)
-            for raw_id, fields in entries:
-                data = entry_data(fields)
-                try:
-                    value = decode_input(data or b"")
-                except (DecodeError, KeyError, TypeError, ValueError) as exc:
-                    await self.bus.dead_letter(name, raw_id, data, f"undecodable: {exc}", GROUP)
-                    continue
-                if isinstance(value, Candle):
-                    key = (value.exchange, value.symbol, value.timeframe)
-                    if foreign_key is not None:
-                        if key == foreign_key:
-                            market.append(value)
-                    elif name == own_candles:
-                        if value.closed and key in plan.series:
-                            market.append(value)
-                    elif not value.closed and key in plan.live:
+        for name, value in decoded:
+            if isinstance(value, Candle):
+                key = (value.exchange, value.symbol, value.timeframe)
+                foreign_key = self.series_of.get(name)
+                if foreign_key is not None:
+                    if key == foreign_key:
                         market.append(value)
-                elif isinstance(value, Ticker):
-                    pair = (value.exchange, value.symbol)
-                    if pair in plan.tickers or pair in plan.foreign_tickers:
+                elif name == own_candles:
+                    if value.closed and key in plan.series:
                         market.append(value)
-                elif isinstance(value, (BookFigures, FundingRate, OpenInterest, Liquidation)):
-                    if (value.exchange, value.symbol) in plan.feeds:
-                        fires += engine.on_feed(value)
-                elif isinstance(value, TradeBatch) and (value.exchange, value.symbol) in plan.trades:
-                    # tick-level rules see each trade as it comes (before the candles read with it)
-                    fires += engine.on_trades(value.exchange, value.symbol, value.trades)
+                elif not value.closed and key in plan.live:
+                    market.append(value)
+            elif isinstance(value, Ticker):
+                pair = (value.exchange, value.symbol)
+                if pair in plan.tickers or pair in plan.foreign_tickers:
+                    market.append(value)
+            elif isinstance(value, FEEDS):
+                if (value.exchange, value.symbol) in plan.feeds:
+                    fires += engine.on_feed(value)
+            elif isinstance(value, TradeBatch) and (value.exchange, value.symbol) in plan.trades:
+                # tick-level rules see each trade as it comes (before the candles read with it)
+                fires += engine.on_trades(value.exchange, value.symbol, value.trades)
         if market:
             with metrics.EVALUATION_SECONDS.time():
                 fires += engine.on_batch(market)
             self._note_own([c for c in market if isinstance(c, Candle)])
+        if engine.stale:  # backfilled candles read last: merged now, not at the next bar (which may be far off)
+            engine.rewarm()
         metrics.RULES_EVALUATED.inc(engine.take_evaluations())
         return fires
+
+    def _check_plan(self, decoded: list[tuple[str, Any]]) -> None:
+        """PlanStale if the read holds data of a pair of this partition the rules need that the plan does not list
+        (its registries were read before the pair appeared): evaluated with this plan, its bars would be skipped and
+        their offset committed. Checked before anything is evaluated; a pair the next plan still leaves out is
+        ``ignored`` from then on."""
+        plan, routes = self.plan, self.engine.routes
+        unknown: set[tuple[str, str]] = set()
+        for name, value in decoded:
+            if name not in self.main or not isinstance(value, (Candle, Ticker, TradeBatch, *FEEDS)):
+                continue
+            pair = (value.exchange, value.symbol)
+            if pair in self._known:
+                continue
+            if isinstance(value, Candle):
+                missing = (value.closed and value.timeframe in routes.needs(*pair)
+                           and (*pair, value.timeframe) not in plan.series)
+            elif isinstance(value, Ticker):
+                missing = routes.needs_tickers(*pair) and pair not in plan.tickers
+            elif isinstance(value, TradeBatch):
+                missing = self.settings.intrabar and routes.needs_trades(*pair) and pair not in plan.trades
+            else:
+                missing = bool(routes.needs_feeds(*pair)) and pair not in plan.feeds
+            if missing and pair not in self.ignored:
+                unknown.add(pair)
+            else:
+                self._known.add(pair)
+        if unknown:
+            raise PlanStale(unknown)
 
     def caught_up_with(self, last_ids: dict[str, bytes]) -> bool:
         """Whether every stream read has been processed up to ``last_ids`` (stream -> its last entry id)."""

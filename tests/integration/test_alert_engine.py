@@ -240,3 +240,27 @@ async def test_file_rules_are_written_for_the_api_and_follow_reloads(redis, tmp_
     os.utime(settings.rules_file, ns=(4, 4))
     assert await app.reload_rules()
     assert await redis.exists(streams.FILE_RULES) == 0
+
+
+async def test_a_pair_appearing_between_two_registry_reads_loses_no_bar(redis, tmp_path):
+    """The registries are read every 60 s here: the pair's first candles reach a running engine whose plan does not
+    list it yet. That read is not committed; the plan is made again at once and the bars are evaluated (before, they
+    would have been skipped and their offset committed: no alert, ever)."""
+    rules = f"rules:\n  - {{name: a, symbols: ['*/ETH'], exchange: {EX}, timeframe: {TF}, frequency: every_time," \
+            f" condition: {{op: above, right: 10}}}}\n"
+    settings = _settings(tmp_path, rules_text=rules).model_copy(update={"registry_poll_s": 60.0, "clock": "exchange"})
+    app = AlertEngineApp(settings, redis)
+    stop = asyncio.Event()
+    task = asyncio.create_task(app.run(stop))
+    try:
+        async with asyncio.timeout(20):
+            while not app.workers.owned:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+            await _publish(redis, [_candle(i, c) for i, c in enumerate(["11", "9", "12"])])
+            while len(await _alerts(redis)) < 2:
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+    assert sorted((a.rule, (a.ts - 1_570_752_000_000) // TF_MS) for a in await _alerts(redis)) == [("a", 0), ("a", 2)]

@@ -133,7 +133,7 @@ class AlertEngine:
         return out
 
     def take_evaluations(self) -> int:
-        """Rule evaluations on closed bars since the last call (for the metrics)."""
+        """Rule evaluations on closed bars and book / futures updates since the last call (for the metrics)."""
         n, self.evaluations = self.evaluations, 0
         return n
 
@@ -238,6 +238,7 @@ class AlertEngine:
         if not bindings:
             return []
         self._rewarm_if_stale()  # candle operands read the last closed bar's indicators
+        self.evaluations += len(bindings)
         now, price = update.ts, feeds.price(kind)
         out: list[Fire] = []
         for b in bindings:

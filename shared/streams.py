@@ -225,6 +225,12 @@ def part_live(partition: int) -> str:
     return f"{_part(partition)}:live"
 
 
+def part_live_latest(partition: int) -> str:
+    """Hash "exchange|symbol|timeframe" -> the latest in-progress candle of each series of ``partition`` (written with
+    its ``part_live`` entry; the API reads a series' current candle here, whatever the partition's traffic)."""
+    return f"{_part(partition)}:live:latest"
+
+
 def part_books(partition: int) -> str:
     """Stream: throttled top-N book snapshots with metrics (BookSnapshot, carrying exchange and symbol) of every pair
     of ``partition`` (market_feed -> alert_engine's book rules); live views read ``channel_books``."""

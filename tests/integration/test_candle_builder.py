@@ -17,7 +17,8 @@ from services.candle_builder.settings import Settings
 from shared import streams
 from shared.bus import FIELD, Bus
 from shared.partitioned import caught_up
-from shared.schemas import Trade, Watermark, encode_trades, encode_watermark
+from shared.partitions import DEFAULT_PARTITIONS, partition_of
+from shared.schemas import Candle, Trade, Watermark, encode_trades, encode_watermark
 from shared.subscriptions import Subscriptions
 from tests.support.candles import trades_stream
 from tests.conftest import shared_data
@@ -113,6 +114,11 @@ async def test_live_candles_are_published_in_progress(redis, redis_url):
     inside = [t for t in trades[:500] if last.ts <= t.ts < last.ts + 300_000]
     assert last.volume == sum((t.amount for t in inside), Decimal(0))
     assert last.trades == len(inside) and last.close == inside[-1].price
+    # the latest one of each series is kept for the API (its partition's part_live_latest)
+    for tf in TIMEFRAMES:
+        latest = await redis.hget(streams.part_live_latest(partition_of(exchange, symbol, DEFAULT_PARTITIONS)),
+                                  streams.registry_member(exchange, symbol, tf))
+        assert Candle.decode(latest) == (await read_live(redis, exchange, symbol, tf))[-1]
 
 
 async def test_without_flat_candles_live_candles_name_the_closed_bar_before_them(redis, redis_url):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -14,6 +15,7 @@ from redis.asyncio import Redis
 from shared import alert_streams, streams
 from shared.bus import FIELD
 from shared.bus import as_str as _s
+from shared.candle_series import all_series, series_stream
 from shared.errors import DecodeError
 from shared.partitions import partition_of
 from shared.schemas import SCHEMA_VERSION, Alert, Candle, Ticker, unpack
@@ -176,15 +178,15 @@ def peek(raw: bytes, kind: str) -> dict[str, Any] | None:
 _CANDLE_FIELDS = frozenset(Candle.model_fields)
 
 
-async def closed_candle_maps(redis: Redis, exchange: str, symbol: str, timeframe: str, *, limit: int,
-                             since: int | None = None) -> list[dict[str, Any]]:
+async def closed_candle_maps(redis: Redis, exchange: str, symbol: str, timeframe: str, partitions: int, *,
+                             limit: int, since: int | None = None) -> list[dict[str, Any]]:
     """Closed candles as JSON-ready maps (decimals as strings), ascending by ``ts``, the latest revision of each.
 
     Without ``since``: the last ``limit`` buckets. With ``since``: the first ``limit`` buckets starting at or after it.
     The maps are the candle_builder's own ``Candle.encode`` output, so they are returned without re-validation
     (10× cheaper); an entry lacking a field of the schema is skipped.
     """
-    stream = streams.candles(exchange, symbol, timeframe)
+    stream = series_stream(exchange, symbol, timeframe, partitions)
     by_ts: dict[int, dict[str, Any]] = {}
     top = "+"
     while True:
@@ -216,11 +218,11 @@ async def closed_candle_maps(redis: Redis, exchange: str, symbol: str, timeframe
     return [c for c in ordered if c["ts"] >= since][:limit]
 
 
-async def closed_candles(redis: Redis, exchange: str, symbol: str, timeframe: str, *, limit: int,
+async def closed_candles(redis: Redis, exchange: str, symbol: str, timeframe: str, partitions: int, *, limit: int,
                          since: int | None = None) -> list[Candle]:
     """``closed_candle_maps`` as validated ``Candle`` objects."""
     out = []
-    for data in await closed_candle_maps(redis, exchange, symbol, timeframe, limit=limit, since=since):
+    for data in await closed_candle_maps(redis, exchange, symbol, timeframe, partitions, limit=limit, since=since):
         try:
             out.append(Candle.model_validate(data))
         except ValidationError:
@@ -228,40 +230,50 @@ async def closed_candles(redis: Redis, exchange: str, symbol: str, timeframe: st
     return out
 
 
-async def live_candle(redis: Redis, exchange: str, symbol: str, timeframe: str) -> Candle | None:
-    """The latest in-progress candle of the series, if any."""
-    last = await redis.xrevrange(streams.candles_live(exchange, symbol, timeframe), count=1)
-    if not last:
-        return None
-    try:
-        return Candle.decode(last[0][1].get(FIELD, b""))
-    except DecodeError:
-        return None
-
-
-#: Newest entries of a partition's tickers stream looked through for one pair's latest ticker.
+#: Newest entries of a partition's tickers (in-progress candles) stream looked through for one pair's (series')
+#: latest ticker (in-progress candle).
 TICKER_SCAN = 2_000
+LIVE_SCAN = 2_000
 
 
-async def latest_ticker(redis: Redis, exchange: str, symbol: str, partitions: int) -> Ticker | None:
-    """The pair's newest ticker among the last ``TICKER_SCAN`` entries of its partition's tickers stream (shared
-    with the partition's other pairs), read newest first in pages."""
-    stream = streams.part_tickers(partition_of(exchange, symbol, partitions))
+async def _newest_in_partition(redis: Redis, stream: str, scan: int, decode: Callable[[bytes], Any],
+                               match: Callable[[Any], bool]) -> Any:
+    """The newest entry of ``stream`` (shared by a partition's pairs) that decodes and ``match``es, among its last
+    ``scan`` entries, read newest first in pages; None if none."""
     top, seen = "+", 0
-    while seen < TICKER_SCAN:
+    while seen < scan:
         page = await redis.xrevrange(stream, max=top, count=200)
         for _, fields in page:
             try:
-                ticker = Ticker.decode(fields.get(FIELD, b""))
+                value = decode(fields.get(FIELD, b""))
             except DecodeError:
                 continue
-            if ticker.exchange == exchange and ticker.symbol == symbol:
-                return ticker
+            if match(value):
+                return value
         if len(page) < 200:
             return None
         seen += len(page)
         top = "(" + _s(page[-1][0])
     return None
+
+
+async def live_candle(redis: Redis, exchange: str, symbol: str, timeframe: str, partitions: int) -> Candle | None:
+    """The series' latest in-progress candle among the last ``LIVE_SCAN`` entries of its partition's ``part_live``
+    stream, if any."""
+    stream = streams.part_live(partition_of(exchange, symbol, partitions))
+    found: Candle | None = await _newest_in_partition(
+        redis, stream, LIVE_SCAN, Candle.decode,
+        lambda c: c.exchange == exchange and c.symbol == symbol and c.timeframe == timeframe)
+    return found
+
+
+async def latest_ticker(redis: Redis, exchange: str, symbol: str, partitions: int) -> Ticker | None:
+    """The pair's newest ticker among the last ``TICKER_SCAN`` entries of its partition's tickers stream (shared
+    with the partition's other pairs)."""
+    stream = streams.part_tickers(partition_of(exchange, symbol, partitions))
+    found: Ticker | None = await _newest_in_partition(
+        redis, stream, TICKER_SCAN, Ticker.decode, lambda t: t.exchange == exchange and t.symbol == symbol)
+    return found
 
 
 def cvd(candles: list[Candle] | list[dict[str, Any]],
@@ -279,11 +291,6 @@ def cvd(candles: list[Candle] | list[dict[str, Any]],
     return out
 
 
-async def series(redis: Redis) -> list[tuple[str, str, str]]:
-    """Every (exchange, symbol, timeframe) candle_builder publishes."""
-    out = []
-    for member in await redis.smembers(streams.CANDLE_REGISTRY):
-        parts = streams.split_registry_member(member)
-        if len(parts) == 3:
-            out.append((parts[0], parts[1], parts[2]))
-    return sorted(out)
+async def series(redis: Redis, partitions: int) -> list[tuple[str, str, str]]:
+    """Every (exchange, symbol, timeframe) candle_builder publishes (every partition's registry)."""
+    return await all_series(redis, partitions)

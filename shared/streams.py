@@ -321,6 +321,12 @@ def feed_group(exchange: str) -> str:
     return f"{GROUP_FEED_PREFIX}{exchange}"
 
 
+def book_group(exchange: str) -> str:
+    """The ownership group of the order books / futures data of ``exchange`` published by market_feeds that do not
+    feed its trades (a derivatives venue, a books-only replica); a replica feeding the trades uses ``feed_group``."""
+    return f"{GROUP_FEED_PREFIX}{exchange}|books"
+
+
 def replicas(service: str) -> str:
     """Sorted set: instance -> last heartbeat (ms) of every replica of ``service`` seen lately (an index of the
     ``replica_heartbeat`` hashes, for /health; entries older than the hashes' TTL are dropped by the writers)."""

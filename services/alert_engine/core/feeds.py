@@ -177,9 +177,17 @@ class PairFeeds:
         return True
 
     def add_liquidation(self, liq: Liquidation) -> bool:
+        """Idempotent: a liquidation equal to one already counted at the same exchange time (the same forced order
+        read again, or published again by a feed that took the pair over) is ignored. Binance pushes at most one
+        liquidation a second per symbol, so two distinct ones never share time, side, price and amount."""
         log = self.liquidations
         if log and liq.ts < log[-1].ts:
             return False
+        for seen in reversed(log):
+            if seen.ts != liq.ts:
+                break
+            if seen == liq:
+                return False
         log.append(liq)
         start = log[-2].ts - self.horizon_ms if len(log) > 1 else liq.ts  # (offset 1 reads from the one before)
         while len(log) > 2 and log[0].ts <= start:

@@ -343,6 +343,26 @@ rules:
     assert engine.market.feeds[FUT].horizon_ms == rule.condition.left.window or window != "5m"
 
 
+def test_a_liquidation_read_twice_is_counted_once():
+    """After a takeover a liquidation can reach the engine twice (read again, or published again by the pair's new
+    feed): counted once; a different liquidation at the same time still counts."""
+    spec_rules = parse_rules(f"rules:\n  - {{name: liq, symbols: '{FUT[1]}', condition: "
+                             f"{{left: {{liquidations: {{window: 1m, measure: count}}}}, op: greater_than, right: 0}}}}")
+    engine = AlertEngine(spec_rules)
+    spec = spec_rules.rules[0].condition.left
+    feeds = engine.market.pair_feeds(FUT)
+    liqs = _liqs()[:30]
+    for liq in liqs:
+        engine.on_feed(liq)
+        engine.on_feed(liq.model_copy())  # the same forced order again
+    other = liqs[-1].model_copy(update={"amount": liqs[-1].amount + 1})
+    engine.on_feed(other)
+    engine.on_feed(liqs[-1])
+    end = other.ts
+    want = sum(1 for x in [*liqs, other] if x.ts > end - spec.window)  # independent: distinct orders in the window
+    assert feeds.value(spec) == Decimal(want) and want >= 2
+
+
 def test_open_interest_change_and_funding_fields_against_pandas():
     rules = parse_rules(f"""
 rules:

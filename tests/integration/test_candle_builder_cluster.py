@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 import zlib
 
+import httpx
 from redis.asyncio.cluster import RedisCluster
 
 from sentinel.export import closed_candles_of
+from services.api.app import create_app
+from services.api.settings import Settings as ApiSettings
 from services.candle_builder.app import CandleBuilderApp
 from services.market_feed.app import MarketFeedApp
 from services.market_feed.settings import Settings as FeedSettings
@@ -87,6 +90,17 @@ async def test_replayed_recordings_build_exact_candles_on_a_redis_cluster(redis_
             exchange, symbol, rel = RECORDINGS[name]
             for tf in TIMEFRAMES:
                 check_against_pandas(exported[(exchange, symbol, tf)], shared_data(rel), tf)
+        # the API reads them there too: the series list and each series' candles (and its in-progress one)
+        api = create_app(ApiSettings(partitions=PARTITIONS, services=["candle_builder"]), client)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://test") as http:
+            listed = (await http.get("/series")).json()["series"]
+            assert sorted((s["exchange"], s["symbol"], s["timeframe"]) for s in listed) == wanted
+            for name in names:
+                exchange, symbol, rel = RECORDINGS[name]
+                body = (await http.get(f"/candles/{exchange}/{symbol.replace('/', '-')}/1m",
+                                       params={"limit": 5000, "live": "true"})).json()
+                check_against_pandas([Candle.model_validate(c) for c in body["candles"]], shared_data(rel), "1m")
+                assert body["live"] is None or body["live"]["ts"] > body["candles"][-1]["ts"]
         # and nothing in a partition's stream that is not in its series' stream
         total = 0
         for name in names:

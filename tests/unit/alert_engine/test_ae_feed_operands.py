@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from services.alert_engine.core import AlertEngine
-from services.alert_engine.core.feeds import BookFigures, PairFeeds
+from services.alert_engine.core.feeds import BookFigures, PairFeeds, band_figures
 from services.market_feed.book_core import BookView, PairBook
 from shared.orderbook.binance import DiffDepthSync, DiffResult
 from shared.orderbook.book import L2Book, parse_levels
@@ -273,7 +273,16 @@ def test_book_figures_decode_what_the_snapshot_says_and_refuse_floats(books):
             model.exchange, model.symbol, model.ts, model.update_id, model.mid, model.spread, model.spread_bps,
             model.microprice, model.bid_floor, model.ask_ceiling)
         assert {b.bps: (b.bid_base, b.ask_base, b.bid_quote, b.ask_quote, b.imbalance, b.bid_wall_ratio,
-                        b.ask_wall_ratio, b.complete) for b in model.bands} == {k: tuple(v) for k, v in fig.bands.items()}
+                        b.ask_wall_ratio, b.complete) for b in model.bands} == {
+            k: tuple(band_figures(v)) for k, v in fig.bands.items()}
+        feeds = PairFeeds()  # what the operands read: each figure parsed when first read
+        feeds.add_book(fig)
+        for b in model.bands:
+            band = feeds.band(fig, b.bps)
+            assert band is None if not b.complete else (
+                (band.bid_base, band.ask_base, band.bid_quote, band.ask_quote, band.imbalance, band.bid_wall_ratio,
+                 band.ask_wall_ratio) == (b.bid_base, b.ask_base, b.bid_quote, b.ask_quote, b.imbalance,
+                                          b.bid_wall_ratio, b.ask_wall_ratio))
         assert fig.walls == tuple((w.kind, w.side, w.size) for w in model.walls)
     msg = unpack(books[0][0].encode())
     for path, bad in ((("mid",), 61837.635), (("bands", 0, "imbalance"), 0.25), (("walls", 0, "size"), "NaN"),
@@ -287,6 +296,24 @@ def test_book_figures_decode_what_the_snapshot_says_and_refuse_floats(books):
         target[path[-1]] = bad
         with pytest.raises(DecodeError, match=path[-1]):
             BookFigures.from_msg(broken)
+
+
+def test_a_band_figure_whose_text_is_not_a_decimal_reads_as_unknown(books, caplog):
+    """Band figures are parsed when a rule first reads them: text that is not a decimal (its type was checked when
+    decoding) makes that figure unknown, with a warning; the other figures of the band still read."""
+    import msgpack
+
+    from shared.schemas import unpack
+
+    snap = books[0][0]
+    msg = msgpack.unpackb(msgpack.packb(unpack(snap.encode())))
+    msg["bands"][0]["imbalance"] = "abc"
+    fig = BookFigures.from_msg(msg)
+    feeds = PairFeeds()
+    feeds.add_book(fig)
+    band = feeds.band(fig, snap.bands[0].bps)
+    assert band is not None and band.imbalance is None and "imbalance unknown" in caplog.text
+    assert band.bid_base == snap.bands[0].bid_base
 
 
 # ---- futures ------------------------------------------------------------------------------------------------------

@@ -225,6 +225,12 @@ def part_live(partition: int) -> str:
     return f"{_part(partition)}:live"
 
 
+def part_live_latest(partition: int) -> str:
+    """Hash "exchange|symbol|timeframe" -> the latest in-progress candle of each series of ``partition`` (written with
+    its ``part_live`` entry; the API reads a series' current candle here, whatever the partition's traffic)."""
+    return f"{_part(partition)}:live:latest"
+
+
 def part_books(partition: int) -> str:
     """Stream: throttled top-N book snapshots with metrics (BookSnapshot, carrying exchange and symbol) of every pair
     of ``partition`` (market_feed -> alert_engine's book rules); live views read ``channel_books``."""
@@ -313,6 +319,12 @@ GROUP_FEED_PREFIX = "market_feed:"
 def feed_group(exchange: str) -> str:
     """The ownership group of the market_feeds serving ``exchange``."""
     return f"{GROUP_FEED_PREFIX}{exchange}"
+
+
+def book_group(exchange: str) -> str:
+    """The ownership group of the order books / futures data of ``exchange`` published by market_feeds that do not
+    feed its trades (a derivatives venue, a books-only replica); a replica feeding the trades uses ``feed_group``."""
+    return f"{GROUP_FEED_PREFIX}{exchange}|books"
 
 
 def replicas(service: str) -> str:

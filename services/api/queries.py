@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -230,50 +229,41 @@ async def closed_candles(redis: Redis, exchange: str, symbol: str, timeframe: st
     return out
 
 
-#: Newest entries of a partition's tickers (in-progress candles) stream looked through for one pair's (series')
-#: latest ticker (in-progress candle).
+async def live_candle(redis: Redis, exchange: str, symbol: str, timeframe: str, partitions: int) -> Candle | None:
+    """The series' latest in-progress candle (its field of its partition's ``part_live_latest``), if any."""
+    raw = await redis.hget(streams.part_live_latest(partition_of(exchange, symbol, partitions)),
+                          streams.registry_member(exchange, symbol, timeframe))
+    if raw is None:
+        return None
+    try:
+        return Candle.decode(raw)
+    except DecodeError:
+        return None
+
+
+#: Newest entries of a partition's tickers stream looked through for one pair's latest ticker.
 TICKER_SCAN = 2_000
-LIVE_SCAN = 2_000
 
 
-async def _newest_in_partition(redis: Redis, stream: str, scan: int, decode: Callable[[bytes], Any],
-                               match: Callable[[Any], bool]) -> Any:
-    """The newest entry of ``stream`` (shared by a partition's pairs) that decodes and ``match``es, among its last
-    ``scan`` entries, read newest first in pages; None if none."""
+async def latest_ticker(redis: Redis, exchange: str, symbol: str, partitions: int) -> Ticker | None:
+    """The pair's newest ticker among the last ``TICKER_SCAN`` entries of its partition's tickers stream (shared
+    with the partition's other pairs), read newest first in pages."""
+    stream = streams.part_tickers(partition_of(exchange, symbol, partitions))
     top, seen = "+", 0
-    while seen < scan:
+    while seen < TICKER_SCAN:
         page = await redis.xrevrange(stream, max=top, count=200)
         for _, fields in page:
             try:
-                value = decode(fields.get(FIELD, b""))
+                ticker = Ticker.decode(fields.get(FIELD, b""))
             except DecodeError:
                 continue
-            if match(value):
-                return value
+            if ticker.exchange == exchange and ticker.symbol == symbol:
+                return ticker
         if len(page) < 200:
             return None
         seen += len(page)
         top = "(" + _s(page[-1][0])
     return None
-
-
-async def live_candle(redis: Redis, exchange: str, symbol: str, timeframe: str, partitions: int) -> Candle | None:
-    """The series' latest in-progress candle among the last ``LIVE_SCAN`` entries of its partition's ``part_live``
-    stream, if any."""
-    stream = streams.part_live(partition_of(exchange, symbol, partitions))
-    found: Candle | None = await _newest_in_partition(
-        redis, stream, LIVE_SCAN, Candle.decode,
-        lambda c: c.exchange == exchange and c.symbol == symbol and c.timeframe == timeframe)
-    return found
-
-
-async def latest_ticker(redis: Redis, exchange: str, symbol: str, partitions: int) -> Ticker | None:
-    """The pair's newest ticker among the last ``TICKER_SCAN`` entries of its partition's tickers stream (shared
-    with the partition's other pairs)."""
-    stream = streams.part_tickers(partition_of(exchange, symbol, partitions))
-    found: Ticker | None = await _newest_in_partition(
-        redis, stream, TICKER_SCAN, Ticker.decode, lambda t: t.exchange == exchange and t.symbol == symbol)
-    return found
 
 
 def cvd(candles: list[Candle] | list[dict[str, Any]],

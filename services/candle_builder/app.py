@@ -206,7 +206,8 @@ class CandleBuilderApp:
 
     async def _unfollow(self, gone: list[Pair], dropped: dict[Pair, set[str]]) -> None:
         """Stop building pairs no longer wanted and drop what is no longer built from their partition's
-        ``part_candle_registry`` (each series' state stays in Redis: a re-added pair resumes from it)."""
+        ``part_candle_registry`` and ``part_live_latest`` (each series' state stays in Redis: a re-added pair resumes
+        from it)."""
         members: dict[int, list[str]] = {}
         for pair in gone:
             partition = self.partition(*pair)
@@ -227,6 +228,7 @@ class CandleBuilderApp:
         for partition, names in members.items():
             if names:
                 await self.redis.srem(streams.part_candle_registry(partition), *names)
+                await self.redis.hdel(streams.part_live_latest(partition), *names)
 
     # ---- one worker per partition held -----------------------------------------------------------------------------
 
@@ -443,10 +445,12 @@ class CandleBuilderApp:
 
     def _queue_live(self, commands: list[Any], partition: int, touched: list[Series]) -> None:
         """The in-progress candles of the series ``touched`` not published within ``live_throttle_ms``: XADD to the
-        partition's ``part_live`` and PUBLISH, in the read's fenced commit (one round trip, one slot)."""
+        partition's ``part_live``, the series' field of ``part_live_latest`` and PUBLISH, in the read's fenced commit
+        (one round trip, one slot)."""
         now = time.monotonic()
         throttle = self.settings.live_throttle_ms / 1000
         stream, maxlen = streams.part_live(partition), self.settings.live_maxlen
+        latest: list[Any] = []
         for series in touched:
             if now - series.last_live < throttle:
                 continue
@@ -457,6 +461,9 @@ class CandleBuilderApp:
                 data = encode_candle(ex, sym, tf, bar, closed=False, prev_ts=builder.last_closed(tf))
                 commands.append(("XADD", stream, "MAXLEN", "~", maxlen, "*", streams.FIELD, data))
                 commands.append(("PUBLISH", streams.channel_candles_live(ex, sym, tf), data))
+                latest += (streams.registry_member(ex, sym, tf), data)
+        if latest:
+            commands.append(("HSET", streams.part_live_latest(partition), *latest))
 
     # ---- state -----------------------------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ Example::
       flat_candles: true              # empty intervals give OHLC = previous close, volume 0
       live_throttle_ms: 250           # in-progress candles at most this often per series
       lateness_ms: 60000              # late trades this close to the newest exchange time revise closed candles
-      candle_retention: {1s: 3600}    # entries kept per series stream by timeframe (others: candles_maxlen, 10000)
+      candle_retention: {1s: 3600}    # entries kept per series stream by timeframe (others: candles_maxlen, 6000)
       # history_bars: 500             # unset = auto: 500 when the feed is live, off for replays; 0 = off
 """
 
@@ -25,8 +25,8 @@ from shared.timeframes import sort_timeframes, timeframe_ms
 AUTO_HISTORY_BARS = 500
 #: Most candles of history asked for one timeframe (history_bars or a look-back).
 MAX_HISTORY_BARS = 5_000
-#: Default ``candle_retention``: entries kept per series stream (~0.2 KB each in Redis, docs/scale-out.md). 1s series
-#: keep an hour; the others twice the longest look-back.
+#: Default ``candle_retention``: entries kept per series stream (~420 B each in Redis: bench/bench_candle_memory.py,
+#: docs/scale-out.md). 1s series keep an hour; the others ``candles_maxlen``.
 DEFAULT_RETENTION = {"1s": 3_600}
 
 
@@ -60,11 +60,12 @@ class Settings(ServiceSettings):
     candle_retention: dict[str, int] = Field(
         default_factory=lambda: dict(DEFAULT_RETENTION),
         description="Approximate MAXLEN of each series' closed-candle stream (series_candles), per timeframe; a "
-        "timeframe not listed keeps candles_maxlen. Twice the longest look-back (MAX_HISTORY_BARS) by default: the "
-        "engine's warm-up reads up to twice a look-back's entries (revisions and backfill come in between).")
-    candles_maxlen: int = Field(default=2 * MAX_HISTORY_BARS, gt=0, description="Approximate MAXLEN of a series' "
-                                "closed-candle stream whose timeframe candle_retention does not list.")
-    part_candles_maxlen: int = Field(default=200_000, gt=0, description="Approximate MAXLEN of a partition's "
+        "timeframe not listed keeps candles_maxlen. Keep at least the longest look-back a rule or chart reads from "
+        "the stream (alert_engine warms up from it), plus room for revisions and backfilled history.")
+    candles_maxlen: int = Field(default=MAX_HISTORY_BARS + 1_000, gt=0, description="Approximate MAXLEN of a series' "
+                                "closed-candle stream whose timeframe candle_retention does not list: the longest "
+                                "look-back (MAX_HISTORY_BARS) and 1,000 entries for revisions and backfill.")
+    part_candles_maxlen: int = Field(default=100_000, gt=0, description="Approximate MAXLEN of a partition's "
                                      "closed-candle stream (part_candles: every series of the partition): what a "
                                      "reader of it (alert_engine) may lag behind before it loses entries.")
     live_maxlen: int = Field(default=10_000, gt=0, description="Approximate MAXLEN of a partition's "

@@ -64,6 +64,25 @@ class MarketFeedApp:
             from services.market_feed.adapters.ccxt_exchange import check_exchange_ids
 
             check_exchange_ids(settings.exchanges)
+        if settings.books or settings.derivatives:  # a book's owner is its trades' owner: same symbols needed
+            from services.market_feed.books import check_book_symbols
+
+            check_book_symbols(settings, self.trade_symbols())
+
+    def trade_symbols(self) -> dict[str, list[str]]:
+        """Exchange name -> the symbols whose trades this replica feeds."""
+        s = self.settings
+        if s.mode == "live":
+            return {f.name: list(f.symbols) for f in s.exchanges}
+        if s.mode == "simulated":
+            return {self.exchange: list(s.sim_symbols)}
+        return {self.exchange: list(self.source[0]) if self.source is not None else [s.resolved_symbol()]}
+
+    def trade_leases(self, name: str) -> Ownership | None:
+        """The leases (feed group) under which this replica publishes the trades of exchange ``name``, once made."""
+        if self.live is not None:
+            return self.live.ownerships.get(name)  # type: ignore[no-any-return]
+        return self.ownership if name == self.exchange else None
 
     # ---- progress ----------------------------------------------------------------------------------------------
 
@@ -106,7 +125,10 @@ class MarketFeedApp:
         if self.settings.books or self.settings.derivatives:  # order books and futures data beside the trades
             from services.market_feed.books import BookTasks
 
-            self.books = BookTasks(self.settings, self.redis, bus=self.bus)
+            # a pair's books and futures data are published by the replica holding its trades' partition (the
+            # trades' leases), or, for an exchange whose trades this replica does not feed, under leases of their own
+            self.books = BookTasks(self.settings, self.redis, bus=self.bus, trade_leases=self.trade_leases,
+                                   fed=set(self.trade_symbols()))
             books = asyncio.create_task(self.books.run(stop), name="market_feed-books")
         try:
             mode = self.settings.mode

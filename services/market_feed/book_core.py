@@ -12,6 +12,7 @@ that is still converted, and counted in ``ExactDecimals.inexact``.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -59,14 +60,19 @@ def exact_levels(rows: Sequence[Sequence[float]], limit: float | None, is_bid: b
     even if rounding the limit to a float put it a hair outside)."""
     if limit is None:
         n = len(rows)
-    else:
-        k = 0  # the first level beyond the limit
-        while k < len(rows) and ((rows[k][0] >= limit) if is_bid else (rows[k][0] <= limit)):
-            k += 1
+    else:  # k: the first level beyond the limit (rows are best first: bids descending, asks ascending)
+        k = bisect_right(rows, -limit, key=_neg_price) if is_bid else bisect_right(rows, limit, key=_price)
         n = min(len(rows), max(min_count, k + 1))
     head = rows[:n]
     get = decimals.__getitem__
     return list(zip(map(get, map(itemgetter(0), head)), map(get, map(itemgetter(1), head)), strict=True))
+
+
+_price = itemgetter(0)
+
+
+def _neg_price(row: Sequence[float]) -> float:
+    return -row[0]
 
 
 @dataclass

@@ -17,7 +17,7 @@ from shared.bus import Bus
 from shared.schemas import Alert, Candle, Ticker, pack
 from shared.partitions import partition_of
 from tests.support.candles import builder_state, tickers_stream, trades_stream
-from tests.support.candles import candles_stream, live_stream, register_series
+from tests.support.candles import candles_stream, publish_live, register_series
 
 EX, SYM, TF = "binance", "BTC/USDT", "1m"
 T0 = 1_723_161_240_000
@@ -48,7 +48,7 @@ async def seed_candles(redis, n: int) -> list[Candle]:
     published += [candle(3, revision=1, bump="0.5"), candle(7, revision=1, bump="-2")]
     for c in published:
         await bus.publish(candles_stream(EX, SYM, TF), c.encode())
-    await bus.publish(live_stream(EX, SYM), candle(n, closed=False).encode())
+    await publish_live(redis, candle(n, closed=False))
     await register_series(redis, (EX, SYM, TF))
     return published
 

@@ -17,7 +17,8 @@ from services.candle_builder.settings import Settings
 from shared import streams
 from shared.bus import FIELD, Bus
 from shared.partitioned import caught_up
-from shared.schemas import Trade, Watermark, encode_trades, encode_watermark
+from shared.partitions import DEFAULT_PARTITIONS, partition_of
+from shared.schemas import Candle, Trade, Watermark, encode_trades, encode_watermark
 from shared.subscriptions import Subscriptions
 from tests.support.candles import trades_stream
 from tests.conftest import shared_data
@@ -113,6 +114,11 @@ async def test_live_candles_are_published_in_progress(redis, redis_url):
     inside = [t for t in trades[:500] if last.ts <= t.ts < last.ts + 300_000]
     assert last.volume == sum((t.amount for t in inside), Decimal(0))
     assert last.trades == len(inside) and last.close == inside[-1].price
+    # the latest one of each series is kept for the API (its partition's part_live_latest)
+    for tf in TIMEFRAMES:
+        latest = await redis.hget(streams.part_live_latest(partition_of(exchange, symbol, DEFAULT_PARTITIONS)),
+                                  streams.registry_member(exchange, symbol, tf))
+        assert Candle.decode(latest) == (await read_live(redis, exchange, symbol, tf))[-1]
 
 
 async def test_without_flat_candles_live_candles_name_the_closed_bar_before_them(redis, redis_url):
@@ -304,3 +310,23 @@ async def test_pairs_of_one_partition_are_committed_together_and_each_equals_pan
         exchange, symbol, rel = RECORDINGS[name]
         for tf in TIMEFRAMES:
             check_against_pandas(await read_candles(redis, exchange, symbol, tf, partitions=1), shared_data(rel), tf)
+
+
+async def test_series_streams_are_trimmed_per_timeframe_and_the_partition_stream_by_its_own_length(redis, redis_url):
+    """``candle_retention`` trims each series' stream by its timeframe (approximately: whole stream nodes of 100
+    entries), other timeframes keep ``candles_maxlen``, ``part_candles`` keeps ``part_candles_maxlen``; what is kept
+    is the newest candles, equal to pandas'."""
+    exchange, symbol, rel = RECORDINGS["xrpeth"]  # a whole day: 1,440 1m candles, 288 5m
+    path = shared_data(rel)
+    await publish(redis, exchange, symbol, read_trades(path), per_entry=50)
+    settings = settings_for(redis_url, timeframes=["1m", "5m"], candle_retention={"1m": 150}, candles_maxlen=10_000,
+                            part_candles_maxlen=500, live_candles=False)
+    await run_until_caught_up(redis, settings)
+    one = await read_candles(redis, exchange, symbol, "1m")
+    assert 150 <= len(one) < 300  # MAXLEN ~: at most one stream node (100 entries) over
+    want = pandas_candles(path, "1m")
+    assert [c.ts for c in one] == list(want.index[-len(one):])
+    assert [c.close for c in one] == list(want["close"].ffill().iloc[-len(one):])  # (flat candles: previous close)
+    check_against_pandas(await read_candles(redis, exchange, symbol, "5m"), path, "5m")  # 288 < candles_maxlen: all
+    part = streams.part_candles(partition_of(exchange, symbol, DEFAULT_PARTITIONS))
+    assert 500 <= await redis.xlen(part) < 700

@@ -7,13 +7,18 @@ from __future__ import annotations
 import asyncio
 import zlib
 
+import httpx
 from redis.asyncio.cluster import RedisCluster
 
+from sentinel.export import closed_candles_of
+from services.api.app import create_app
+from services.api.settings import Settings as ApiSettings
 from services.candle_builder.app import CandleBuilderApp
 from services.market_feed.app import MarketFeedApp
 from services.market_feed.settings import Settings as FeedSettings
 from shared import streams
 from shared.bus import FIELD
+from shared.candle_series import all_series
 from shared.partitioned import caught_up
 from shared.schemas import Candle
 from tests.conftest import shared_data
@@ -77,6 +82,25 @@ async def test_replayed_recordings_build_exact_candles_on_a_redis_cluster(redis_
                 # the same entries, with the same ids, in the partition's stream
                 for entry_id, candle in entries:
                     assert part_ids[p].get(entry_id) == candle, (name, tf, entry_id)
+        # the readers' helpers work across the cluster's nodes: every partition's registry, every series' stream
+        wanted = sorted((*RECORDINGS[n][:2], tf) for n in names for tf in TIMEFRAMES)
+        assert await all_series(client, PARTITIONS) == wanted
+        exported = await closed_candles_of(client, wanted, partitions=PARTITIONS)
+        for name in names:
+            exchange, symbol, rel = RECORDINGS[name]
+            for tf in TIMEFRAMES:
+                check_against_pandas(exported[(exchange, symbol, tf)], shared_data(rel), tf)
+        # the API reads them there too: the series list and each series' candles (and its in-progress one)
+        api = create_app(ApiSettings(partitions=PARTITIONS, services=["candle_builder"]), client)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://test") as http:
+            listed = (await http.get("/series")).json()["series"]
+            assert sorted((s["exchange"], s["symbol"], s["timeframe"]) for s in listed) == wanted
+            for name in names:
+                exchange, symbol, rel = RECORDINGS[name]
+                body = (await http.get(f"/candles/{exchange}/{symbol.replace('/', '-')}/1m",
+                                       params={"limit": 5000, "live": "true"})).json()
+                check_against_pandas([Candle.model_validate(c) for c in body["candles"]], shared_data(rel), "1m")
+                assert body["live"] is None or body["live"]["ts"] > body["candles"][-1]["ts"]
         # and nothing in a partition's stream that is not in its series' stream
         total = 0
         for name in names:

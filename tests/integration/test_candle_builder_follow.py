@@ -49,6 +49,8 @@ async def test_a_removed_pair_is_unfollowed_and_a_re_added_one_resumes_exactly(r
 
         await wait_for(built, "both pairs built")
         assert await registry(redis, ex, sym) == set(TIMEFRAMES) | {"30m"}
+        live_key = streams.part_live_latest(partition_of(ex, sym, 16))
+        assert [m for m in await redis.hkeys(live_key) if m.decode().startswith(f"{ex}|{sym}|")]
 
         await redis.srem(streams.FEED_REGISTRY, streams.registry_member(ex, sym))
         await subscriptions.publish("engine-1", {(ex, sym, "30m"): 0})  # kraken's 30m no longer wanted
@@ -58,6 +60,8 @@ async def test_a_removed_pair_is_unfollowed_and_a_re_added_one_resumes_exactly(r
                 await registry(redis, kx, ks) == set(TIMEFRAMES)
 
         await wait_for(unfollowed, "the pair and the timeframe dropped")
+        live = await redis.hkeys(live_key)
+        assert not [m for m in live if m.decode().startswith(f"{ex}|{sym}|")]  # no in-progress candle left for it
         state = streams.part_state(partition_of(ex, sym, 16), streams.GROUP_CANDLE_BUILDER)
         assert await redis.hget(state, streams.pair_field(ex, sym)) is not None  # Redis holds its state
 

@@ -202,3 +202,12 @@ async def register_series(redis, *keys: tuple[str, str, str], partitions: int = 
     for ex, sym, tf in keys:
         await redis.sadd(streams.part_candle_registry(partition_of(ex, sym, partitions)),
                          streams.registry_member(ex, sym, tf))
+
+
+async def publish_live(redis, candle: Candle, partitions: int = DEFAULT_PARTITIONS) -> None:
+    """Write an in-progress candle where candle_builder does: its partition's ``part_live`` stream and its series'
+    field of ``part_live_latest``."""
+    p = partition_of(candle.exchange, candle.symbol, partitions)
+    await Bus(redis).publish(streams.part_live(p), candle.encode())
+    await redis.hset(streams.part_live_latest(p), streams.registry_member(candle.exchange, candle.symbol,
+                                                                          candle.timeframe), candle.encode())

@@ -9,8 +9,10 @@ that does not follow on raises ``ChecksumError``, an ``InvalidNonce``, and ccxt 
 - with wall events on, a trades task feeds the pair's trades (``watch_trades``, exact strings from ``info``);
 - one publisher task, every ``publish_every_ms``, reads each pair's book that changed (by its nonce), converts the
   levels it needs to exact decimals (``book_core.exact_levels``), and XADDs a ``BookSnapshot`` to its pair's
-  partition stream ``streams.part_books(p)`` (PUBLISHed on ``streams.channel_books`` too), all pairs in one
-  pipeline.
+  partition stream ``streams.part_books(p)`` (PUBLISHed on ``streams.channel_books`` too): with an ``ownership``
+  (market_feed's leases, ``books.py``), one fenced script per partition (``publish_fenced``: written only while
+  this replica holds the partition's lease), the partitions written concurrently; without one, all pairs in one
+  pipeline (a feed on its own: tests, benches).
 
 ccxt's book objects are read only between awaits (asyncio runs one thing at a time), so a snapshot is always one
 state of the book, the one at its ``nonce``.
@@ -34,8 +36,9 @@ from services.market_feed.book_core import BookView, PairBook, exact_levels
 from services.market_feed.book_settings import BookFeedSettings
 from services.market_feed.settings import ExchangeFeed
 from shared import metrics, streams
-from shared.bus import Bus, backoff_delay
+from shared.bus import FIELD, Bus, backoff_delay
 from shared.orderbook.walls import WallTracker
+from shared.ownership import FencedError, Ownership
 from shared.partitions import partition_of
 from shared.runtime import tasks_until_done
 
@@ -52,16 +55,19 @@ class BookHealth:
     timeouts: int = 0      # no update within watch_timeout_s
     published: int = 0
     inexact_levels: int = 0  # numbers with more digits than a float holds (converted, not exact)
+    fenced: int = 0        # snapshots not written: the partition's lease was lost (another replica owns it now)
 
 
 class BookFeed:
     """Books of ``settings.symbols`` on ``settings.exchange`` (published as ``settings.name``); ``await run(stop)``."""
 
     def __init__(self, settings: BookFeedSettings, redis: Redis, *, bus: Bus | None = None,
-                 exchange: Any = None, partitions: int = 16) -> None:
-        """``partitions``: the common setting (a pair's snapshots go to its partition's stream)."""
+                 exchange: Any = None, partitions: int = 16, ownership: Ownership | None = None) -> None:
+        """``partitions``: the common setting (a pair's snapshots go to its partition's stream); ``ownership``: the
+        leases under which they are written (None: unfenced, a feed on its own)."""
         self.settings = settings
         self.partitions = partitions
+        self.ownership = ownership
         self.bus = bus or Bus(redis)
         self.exchange = exchange
         s = settings
@@ -202,15 +208,32 @@ class BookFeed:
                 ready.append((symbol, pair.snapshot(view).encode()))
         if not ready:
             return 0
-        ex = self.settings.name
-        async with self.bus.pipeline() as pipe:
+        ex, maxlen = self.settings.name, self.settings.stream_maxlen
+        if self.ownership is None:
+            async with self.bus.pipeline() as pipe:
+                for symbol, data in ready:
+                    self.bus.add_to(pipe, streams.part_books(partition_of(ex, symbol, self.partitions)), data,
+                                    maxlen=maxlen, channel=streams.channel_books(ex, symbol))
+                await pipe.execute()
+            written = [symbol for symbol, _ in ready]
+        else:
+            entries: dict[int, list[Entry]] = {}
             for symbol, data in ready:
-                self.bus.add_to(pipe, streams.part_books(partition_of(ex, symbol, self.partitions)), data,
-                                maxlen=self.settings.stream_maxlen, channel=streams.channel_books(ex, symbol))
-            await pipe.execute()
-        for symbol, _ in ready:
+                if len(data) > self.bus.settings.max_entry_bytes:  # (the pipeline path dead-letters it)
+                    logger.warning("%s %s book: snapshot of %d bytes over max_entry_bytes, not published", ex, symbol,
+                                   len(data))
+                    continue
+                p = partition_of(ex, symbol, self.partitions)
+                entries.setdefault(p, []).append((symbol, streams.part_books(p), data, maxlen,
+                                                  streams.channel_books(ex, symbol)))
+            lost = await publish_fenced(self.ownership, entries)
+            written = [row[0] for p, rows in entries.items() if p not in lost for row in rows]
+            for p in lost:
+                for row in entries[p]:
+                    self.health[row[0]].fenced += 1
+        for symbol in written:
             self.health[symbol].published += 1
-        return len(ready)
+        return len(written)
 
     async def _publish_loop(self, stop: asyncio.Event) -> None:
         interval = self.settings.publish_every_ms / 1000
@@ -228,6 +251,30 @@ class BookFeed:
                 logger.warning("books: publish failed: %s: %s", type(exc).__name__, exc)
                 await sleep_or_stop(stop, backoff_delay(attempt, base=0.1, cap=5.0))
             await sleep_or_stop(stop, max(0.0, interval - (loop.time() - started)))
+
+
+Entry = tuple[str, str, bytes, int, str]  # symbol, stream, data, maxlen, channel
+
+
+async def publish_fenced(ownership: Ownership, entries: dict[int, list[Entry]]) -> set[int]:
+    """XADD (and PUBLISH) ``entries`` of each partition in one fenced script per partition
+    (``Ownership.fenced``: written only while this replica holds the partition's lease), the partitions
+    concurrently. Returns the partitions whose lease was lost (nothing written there; ``ownership`` forgets them).
+    Other errors (Redis down) propagate after every partition's write settled."""
+    async def one(partition: int, rows: list[Entry]) -> None:
+        commands: list[tuple[Any, ...]] = []
+        for _, stream, data, maxlen, channel in rows:
+            commands.append(("XADD", stream, "MAXLEN", "~", maxlen, "*", FIELD, data))
+            commands.append(("PUBLISH", channel, data))
+        await ownership.fenced(partition, commands)
+
+    parts = list(entries)
+    results = await asyncio.gather(*(one(p, entries[p]) for p in parts), return_exceptions=True)
+    lost = {p for p, r in zip(parts, results) if isinstance(r, FencedError)}
+    for r in results:
+        if isinstance(r, BaseException) and not isinstance(r, FencedError):
+            raise r
+    return lost
 
 
 def _known_edges(book: Any, limit: int) -> tuple[Decimal | None, Decimal | None]:

@@ -10,7 +10,9 @@ Per contract, each independent of the others (an error in one never stops anothe
 - liquidations: ``watch_liquidations`` where ccxt supports it (Binance USD-M ``<sym>@forceOrder``) →
   Liquidation.
 
-Errors back off (capped, jittered). ccxt 4.5.90 has no ``watch_funding_rate`` for Binance: the mark-price stream is
+With an ``ownership`` (market_feed's leases, ``books.py``) every write is fenced: made only while this replica holds
+the contract's partition (``ccxt_book.publish_fenced``); a lost lease stops the loop of that contract (its new owner
+publishes it). Errors back off (capped, jittered). ccxt 4.5.90 has no ``watch_funding_rate`` for Binance: the mark-price stream is
 where Binance pushes funding.
 """
 
@@ -26,7 +28,7 @@ from typing import Any
 import ccxt.pro as ccxtpro
 from redis.asyncio import Redis
 
-from services.market_feed.adapters.ccxt_book import sleep_or_stop
+from services.market_feed.adapters.ccxt_book import publish_fenced, sleep_or_stop
 from services.market_feed.adapters.ccxt_exchange import apply_url_overrides, load_markets
 from services.market_feed.book_settings import DerivsFeedSettings
 from services.market_feed.derivs_core import (funding_from_mark, funding_from_rate, liquidation_from,
@@ -35,6 +37,7 @@ from services.market_feed.settings import ExchangeFeed
 from shared import streams
 from shared.bus import Bus, backoff_delay
 from shared.errors import ConfigError, UnknownExchangeError
+from shared.ownership import Ownership
 from shared.partitions import partition_of
 from shared.runtime import tasks_until_done
 from shared.schemas import FundingRate, Liquidation, OpenInterest
@@ -76,6 +79,7 @@ def make_derivs_exchange(settings: DerivsFeedSettings) -> Any:
 class DerivsHealth:
     messages: int = 0
     errors: int = 0
+    fenced: int = 0  # writes refused: the partition's lease was lost (another replica owns the contract now)
     quiet: int = 0  # watches that timed out: normal for liquidations in a calm market
 
 
@@ -83,10 +87,12 @@ class DerivsFeed:
     """Funding, open interest and liquidations of ``settings.symbols``; ``await run(stop)``."""
 
     def __init__(self, settings: DerivsFeedSettings, redis: Redis, *, bus: Bus | None = None,
-                 exchange: Any = None, partitions: int = 16) -> None:
-        """``partitions``: the common setting (a contract's messages go to its partition's stream)."""
+                 exchange: Any = None, partitions: int = 16, ownership: Ownership | None = None) -> None:
+        """``partitions``: the common setting (a contract's messages go to its partition's stream); ``ownership``:
+        the leases under which they are written (None: unfenced, a feed on its own)."""
         self.settings = settings
         self.partitions = partitions
+        self.ownership = ownership
         self.bus = bus or Bus(redis)
         self.exchange = exchange
         self.health: dict[str, DerivsHealth] = {}
@@ -139,7 +145,8 @@ class DerivsFeed:
         """Call ``call`` (a watch, or a fetch every ``poll_every_s``), publish what ``convert`` makes of it."""
         health = self.health.setdefault(f"{symbol}|{kind}", DerivsHealth())
         ex = self.settings.name
-        stream = streams.part_derivs(partition_of(ex, symbol, self.partitions))
+        partition = partition_of(ex, symbol, self.partitions)
+        stream = streams.part_derivs(partition)
         channel = streams.channel_derivs(ex, symbol)
         timeout = self.settings.watch_timeout_s if poll_every_s is None else max(poll_every_s, 10.0)
         last: Any = None
@@ -151,7 +158,15 @@ class DerivsFeed:
                 if poll_every_s is not None:  # a poll repeats itself: publish what changed
                     messages = [m for m in messages if m != last]
                     last = messages[-1] if messages else last
-                if messages:
+                if messages and self.ownership is not None:
+                    rows = [(symbol, stream, m.encode(), self.settings.stream_maxlen, channel) for m in messages]
+                    if await publish_fenced(self.ownership, {partition: rows}):
+                        health.fenced += len(messages)
+                        logger.warning("%s %s %s: partition %d is another replica's now; stopping", ex, symbol,
+                                       kind, partition)
+                        return
+                    health.messages += len(messages)
+                elif messages:
                     async with self.bus.pipeline() as pipe:
                         for m in messages:
                             self.bus.add_to(pipe, stream, m.encode(), maxlen=self.settings.stream_maxlen,

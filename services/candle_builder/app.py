@@ -531,6 +531,8 @@ class CandleBuilderApp:
         if not builder.emit_base:
             return  # (say_start said from when it is built)
         for tf in list(builder.derived):
+            if not builder.start_at.get(tf):
+                continue  # built from the series' first trade: no earlier bucket to roll up (nothing to read)
             span = builder.backfill_range(tf, MAX_HISTORY_BARS)
             if span is None or ((series.exchange, series.symbol), tf) in self._rolled_up:
                 continue

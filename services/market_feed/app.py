@@ -26,9 +26,9 @@ from shared.outage import REDIS_DOWN
 from shared.ownership import FencedError, Ownership
 from shared.partitioned import entry_id, read_offset
 from shared.partitions import partition_of
-from shared.recordings import read_trades
+from shared.recordings import read_trade_texts
 from shared.runtime import consumer_name, heartbeat
-from shared.schemas import Trade
+from shared.schemas import Trade, TradeText
 from shared.simulated import SimulatedMarket, quote
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class MarketFeedApp:
     """
 
     def __init__(self, settings: Settings, redis: Redis, *, bus: Bus | None = None,
-                 source: tuple[list[str], Iterator[tuple[str, Trade]]] | None = None) -> None:
+                 source: tuple[list[str], Iterator[tuple[str, TradeText]]] | None = None) -> None:
         self.settings = settings
         # mode=replay of trades the caller reads (``sentinel backtest``: many files and symbols of this exchange, in
         # time order) instead of ``replay_file``: (symbols, (symbol, trade) in exchange order)
@@ -142,7 +142,8 @@ class MarketFeedApp:
                 path = self.settings.replay_file
                 logger.info("replaying %s as %s %s (speed %s)", path, self.exchange, symbol,
                             self.settings.speed or "max")
-                await self._run_source(stop, [symbol], lambda: ((symbol, t) for t in read_trades(path)), None, None)
+                await self._run_source(stop, [symbol], lambda: ((symbol, t) for t in read_trade_texts(path)), None,
+                                       None)
             elif mode == "simulated":
                 s = self.settings
                 market = SimulatedMarket(s.sim_symbols, seed=s.sim_seed, start_ms=s.sim_start_ms,
@@ -174,7 +175,7 @@ class MarketFeedApp:
         beat_stop.set()
 
     async def _run_source(self, stop: asyncio.Event, symbols: list[str],
-                          source: Callable[[], Iterator[tuple[str, Trade]]], market: SimulatedMarket | None,
+                          source: Callable[[], Iterator[tuple[str, Trade | TradeText]]], market: SimulatedMarket | None,
                           end_ts: int | None) -> None:
         """Publish ``source()`` for the pairs whose partitions this replica holds (feed group of the exchange; in
         replay, of the replayed pair). A pass starts over (the saved last ids skip what is published) when the
@@ -225,7 +226,7 @@ class MarketFeedApp:
             with contextlib.suppress(Exception):
                 await ownership.leave()
 
-    async def _pass(self, stop: asyncio.Event, symbols: list[str], source: Iterator[tuple[str, Trade]],
+    async def _pass(self, stop: asyncio.Event, symbols: list[str], source: Iterator[tuple[str, Trade | TradeText]],
                     market: SimulatedMarket | None, end_ts: int | None, *, resume: bool) -> None:
         s = self.settings
         redis = self.redis
@@ -288,7 +289,8 @@ class MarketFeedApp:
                     if stop.is_set():
                         break
             emit(core.push(symbol, trade))
-            last_price[symbol] = trade.price
+            if market is not None:  # (a simulated market's trades: Decimal prices for its tickers)
+                last_price[symbol] = trade[2]
             self.exchange_time = core.clock
             if out.full:
                 if not await flush():

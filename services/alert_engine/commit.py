@@ -94,6 +94,7 @@ class AlertCommit:
                                _lua_pack(part_rows)]
             for i, answer in zip(indexes, await self._script(keys=keys, args=args, client=self._conn), strict=True):
                 answers[i] = int(answer)
+        await s.durability.wait(self.redis)  # the records on redis_wait_replicas replicas, else not done (retried)
         await self._take_answers(fires, predicted, answers, saved, touched)
         return answers
 

@@ -12,7 +12,9 @@ service, e.g. ``candle_builder``) is owned by at most one replica at a time:
   take them; a dead replica's leases expire after ``ttl`` and the survivors take its partitions over;
 - every write an owner makes for a partition goes through ``fenced`` (a script that checks the lease still holds its
   value, then runs the writes — atomically, in the partition's hash slot): an owner paused past its TTL whose
-  partition was taken over cannot write (``FencedError``), whatever it believes.
+  partition was taken over cannot write (``FencedError``), whatever it believes;
+- with ``replication`` (``shared.durability``, from ``redis_wait_replicas``) a fenced write returns only once that
+  many replicas hold it (``NotReplicatedError`` otherwise: the write is not done, the caller redoes it).
 
 All keys of a partition share its hash tag, so the scripts are single-slot on a Redis Cluster.
 """
@@ -29,6 +31,7 @@ from typing import Any
 from redis import exceptions as redis_errors
 
 from shared import streams
+from shared.durability import NO_REPLICATION, Replication
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +101,7 @@ class Ownership:
     """
 
     def __init__(self, redis: Any, group: str, instance: str, partitions: int, *, ttl_ms: int = 6000,
-                 wanted: Iterable[int] | None = None) -> None:
+                 wanted: Iterable[int] | None = None, replication: Replication = NO_REPLICATION) -> None:
         if partitions < 1:
             raise ValueError("partitions must be >= 1")
         self.redis = redis
@@ -106,6 +109,7 @@ class Ownership:
         self.instance = instance
         self.partitions = partitions
         self.ttl_ms = ttl_ms
+        self.replication = replication
         self.leases: dict[int, Lease] = {}
         #: the partitions this replica has work in (a feed: those of its pairs); None = all. Others are never taken.
         self.wanted: set[int] | None = None if wanted is None else set(wanted)
@@ -216,10 +220,18 @@ class Ownership:
                 args.append(len(command))
                 args.extend(command)
         try:
-            return list(await self._fenced(keys=[streams.lease(self.group, partition)], args=args))
+            replies = list(await self._fenced(keys=[streams.lease(self.group, partition)], args=args))
         except redis_errors.ResponseError as exc:
             if str(exc).startswith("FENCED"):
                 self.leases.pop(partition, None)
                 raise FencedError(f"{self.group}/{self.instance}: {exc}") from exc
             raise
+        await self.replicated()
+        return replies
+
+    async def replicated(self) -> None:
+        """Return once the replicas ``replication`` asks for hold every write made so far (``shared.durability``;
+        NotReplicatedError if they do not in time). A fenced write does this itself; a writer with its own script
+        (market_feed's publish) calls it after the script."""
+        await self.replication.wait(self.redis)
 

@@ -195,6 +195,9 @@ def fence(group: str, partition: int) -> str:
 #: Hash of facts every service must agree on, recorded by the first one to start: ``partitions``.
 META = f"{PREFIX}:meta"
 
+#: String written just before a WAIT (``shared.durability``): the WAIT then covers every write acknowledged before it.
+REPLICATION_MARK = f"{PREFIX}:replication:mark"
+
 
 def part_trades(partition: int) -> str:
     """Stream: TradeBatch / GapMarker / Watermark of every pair of ``partition`` (market_feed -> candle_builder, and

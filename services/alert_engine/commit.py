@@ -124,6 +124,7 @@ class AlertCommit:
                 raise
             for i, answer in zip(indexes, replies, strict=True):
                 answers[i] = int(answer)
+        await s.durability.wait(self.redis)  # the records on redis_wait_replicas replicas, else not done (retried)
         await self._take_answers(fires, predicted, answers, saved, touched)
         return answers
 

@@ -67,7 +67,8 @@ class CandleBuilderApp:
         self.redis = redis
         self.bus = Bus(redis, settings.bus_settings(), service=SERVICE)
         self.name = consumer_name(SERVICE, settings.consumer_name)
-        self.ownership = Ownership(redis, GROUP, self.name, settings.partitions, ttl_ms=settings.lease_ttl_ms)
+        self.ownership = Ownership(redis, GROUP, self.name, settings.partitions, ttl_ms=settings.lease_ttl_ms,
+                                   replication=settings.durability)
         self.workers = PartitionWorkers(self.ownership, self.work, name=SERVICE, outage=self.bus.outage)
         self.raw = raw_reader(redis)
         self.subscriptions = Subscriptions(redis)

@@ -188,7 +188,8 @@ class MarketFeedApp:
         if s.mode == "replay":  # feeds replaying other files of the exchange are not replicas of this one
             group += "|" + symbols[0]
         ownership = self.ownership = Ownership(self.redis, group, consumer_name(SERVICE, s.consumer_name),
-                                               s.partitions, ttl_ms=s.lease_ttl_ms, wanted=wanted)
+                                               s.partitions, ttl_ms=s.lease_ttl_ms, wanted=wanted,
+                                               replication=s.durability)
         leases_stop, balanced = asyncio.Event(), asyncio.Event()
         leases = asyncio.create_task(self._balance(ownership, leases_stop, balanced), name="market_feed-leases")
         first = True

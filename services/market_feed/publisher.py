@@ -326,6 +326,7 @@ class Outbox:
                 self.ownership.leases.pop(p, None)
                 raise FencedError(f"{self.ownership.group}: {exc}") from exc
             raise
+        await self.ownership.replicated()  # published = on the replicas redis_wait_replicas asks for (retried if not)
         return bool(applied), last
 
     def lag_mark(self, partition: int, entries: int) -> bytes | None:

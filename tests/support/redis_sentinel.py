@@ -1,11 +1,14 @@
 """A real Redis master, one replica and one Sentinel on loopback, for failover tests.
 
 ``failover()`` asks the Sentinel to promote the replica (SENTINEL FAILOVER, which needs no quorum of other
-Sentinels); the old master becomes a replica of the new one.
+Sentinels); the old master becomes a replica of the new one. ``kill_master()`` is the crash instead: SIGKILL of the
+master's process, the Sentinel sees it down after 1 s and promotes the replica. ``cut_replica()`` stops replication
+while both stay up (the replica falls behind: what the master acknowledges meanwhile is on the master alone).
 """
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -23,6 +26,7 @@ class RedisWithSentinel:
         self.binary = find_redis_server()
         self.ports: dict[str, int] = {}
         self.processes: list[subprocess.Popen] = []
+        self.by_port: dict[int, subprocess.Popen] = {}
 
     @property
     def url(self) -> str:
@@ -31,11 +35,12 @@ class RedisWithSentinel:
     def _server(self, name: str, *extra: str) -> None:
         node = self.data_dir / name
         node.mkdir(parents=True, exist_ok=True)
-        self.processes.append(subprocess.Popen(
+        self.processes.append(process := subprocess.Popen(
             [self.binary, "--port", str(self.ports[name]), "--bind", "127.0.0.1", "--dir", str(node.resolve()),
              "--save", "", "--appendonly", "yes", "--loglevel", "warning",
              "--logfile", str((node / "redis.log").resolve()), *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.by_port[self.ports[name]] = process
 
     def start(self, timeout: float = 20.0) -> str:
         self.ports = {name: free_port() for name in ("a", "b", "sentinel")}
@@ -97,6 +102,41 @@ class RedisWithSentinel:
                 return port
             time.sleep(0.1)
         raise TimeoutError("the failover did not complete")
+
+    def replica_port(self) -> int:
+        master = self.master_port()
+        return next(port for name, port in self.ports.items() if name in ("a", "b") and port != master)
+
+    def cut_replica(self) -> None:
+        """Stop replication without stopping either server: the replica drops its link to the master and cannot
+        come back (it now authenticates with a password the master does not have), so it falls behind; it keeps
+        what it had and can still be promoted."""
+        replica = redis.Redis(port=self.replica_port())
+        replica.config_set("masterauth", "not-the-masters")
+        replica.execute_command("CLIENT", "KILL", "TYPE", "master")
+        deadline = time.monotonic() + 10
+        while replica.info("replication").get("master_link_status") == "up":
+            if time.monotonic() > deadline:
+                raise TimeoutError("the replica's link did not go down")
+            time.sleep(0.05)
+
+    def kill_master(self, timeout: float = 30.0) -> int:
+        """SIGKILL the master's process (no shutdown, no last write); return the new master's port once the
+        Sentinel has promoted the replica and it accepts writes."""
+        before = self.master_port()
+        process = self.by_port[before]
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                port = self.master_port()
+                if port != before and redis.Redis(port=port).info("replication").get("role") == "master":
+                    return port
+            except redis.ConnectionError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("the Sentinel did not promote the replica")
 
     def stop(self) -> None:
         for process in self.processes:

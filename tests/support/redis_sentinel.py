@@ -138,6 +138,25 @@ class RedisWithSentinel:
             time.sleep(0.1)
         raise TimeoutError("the Sentinel did not promote the replica")
 
+    def name_of(self, port: int) -> str:
+        return next(name for name, p in self.ports.items() if p == port)
+
+    def restart_as_replica(self, name: str, timeout: float = 30.0) -> None:
+        """Start the server ``name`` again (same port and directory: it loads its AOF) as a replica of the current
+        master; return once its link is up and the Sentinel sees it healthy (so the next failover can use it)."""
+        master = self.master_port()
+        self._server(name, "--replicaof", "127.0.0.1", str(master))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                info = redis.Redis(port=self.ports[name]).info("replication")
+                if info.get("master_link_status") == "up" and self._sentinel_knows_replica():
+                    return
+            except redis.ConnectionError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{name} did not come back as a replica")
+
     def stop(self) -> None:
         for process in self.processes:
             process.terminate()
@@ -148,3 +167,52 @@ class RedisWithSentinel:
                 process.kill()
                 process.wait()
         self.processes.clear()
+
+
+class FailoverOnKill:
+    """``RedisWithSentinel`` behind the ``kill()`` / ``start()`` / ``url`` / ``stop()`` of ``EmbeddedRedis``, for
+    harnesses that SIGKILL their Redis and start it again (the chaos run): ``kill()`` SIGKILLs the master,
+    ``start()`` waits for the Sentinel to promote the replica, then brings the killed server back as the new master's
+    replica. Each "Redis kill" is then a crash of the master and a failover, with a replica again afterwards."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.servers = RedisWithSentinel(data_dir)
+        self.killed: tuple[str, int] | None = None  # (name, port) of the master killed and not back yet
+        self.failovers = 0
+
+    @property
+    def url(self) -> str:
+        return self.servers.url
+
+    def start(self, timeout: float = 60.0) -> None:
+        if not self.servers.processes:
+            self.servers.start(timeout)
+            return
+        if self.killed is None:
+            return
+        name, port = self.killed
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                current = self.servers.master_port()
+                if current != port and redis.Redis(port=current).info("replication").get("role") == "master":
+                    break
+            except redis.ConnectionError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise TimeoutError("the Sentinel did not promote the replica")
+        self.failovers += 1
+        self.servers.restart_as_replica(name, max(1.0, deadline - time.monotonic()))
+        self.killed = None
+
+    def kill(self) -> None:
+        port = self.servers.master_port()
+        process = self.servers.by_port[port]
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        self.servers.processes.remove(process)
+        self.killed = (self.servers.name_of(port), port)
+
+    def stop(self) -> None:
+        self.servers.stop()

@@ -124,3 +124,30 @@ def test_the_setting_is_read_and_refused_on_a_cluster(monkeypatch) -> None:
     monkeypatch.setenv("SENTINEL_REDIS_CLUSTER", "true")
     with pytest.raises(ConfigError, match="redis_wait_replicas: not supported with redis_cluster"):
         ServiceSettings.load()
+
+
+def test_the_ha_compose_file_points_every_service_at_the_sentinels_with_wait() -> None:
+    """docker-compose.ha.yml (README, Docker): a replica of `redis`, three Sentinels monitoring it under the master
+    name the services' URL names, and every sentinel service of docker-compose.yml on that URL with WAIT 1."""
+    import re
+
+    import yaml
+
+    from shared.redisconn import parse_sentinel_url
+    from tests.conftest import REPO
+
+    base = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    ha = yaml.safe_load((REPO / "docker-compose.ha.yml").read_text())["services"]
+    ours = {name for name, svc in base.items() if svc.get("command", [""])[0] in (
+        "market-feed", "candle-builder", "alert-engine", "notifier", "api")}
+    assert ours == {"market_feed", "candle_builder", "alert_engine", "notifier", "api"}
+    sentinels = sorted(name for name in ha if name.startswith("redis-sentinel-"))
+    assert len(sentinels) == 3
+    assert ha["redis-replica"]["command"][:4] == ["redis-server", "--replicaof", "redis", "6379"]
+    for name in ours:
+        env = ha[name]["environment"]
+        hosts, master, db, _ = parse_sentinel_url(env["REDIS_URL"])
+        assert sorted(h for h, _ in hosts) == sentinels and {p for _, p in hosts} == {26379} and db == 0
+        assert env["SENTINEL_REDIS_WAIT_REPLICAS"].endswith(":-1}") and int(env["SENTINEL_REDIS_WAIT_MS"]) > 0
+    script = ha[sentinels[0]]["command"][-1]
+    assert re.search(rf"sentinel monitor {master} redis 6379 2\\n", script), script

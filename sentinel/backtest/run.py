@@ -160,8 +160,8 @@ def _settings(opts: BacktestOptions, items: list[Input], url: str, data_dir: Pat
               rule_timeframes: set[str], live: bool) -> dict[str, Any]:
     """Each service's settings (every problem of every section in one ConfigError). candle_builder builds the
     timeframes asked for (or its configured ones) and every timeframe a rule reads; in-progress candles only when a
-    rule reads them (``live``; they are throttled in wall time, live_throttle_ms, so what such a rule sees in a
-    backtest depends on its speed)."""
+    rule reads them (``live``), throttled in exchange time (``live_throttle_clock: exchange``) and never trimmed, so
+    what such a rule sees does not depend on the backtest's speed."""
     common = {"redis_url": url, "data_dir": data_dir}
     overrides: dict[str, dict[str, Any]] = {
         # big entries: a backtest has no latency to keep, and watermarks only need to close bars of quiet symbols
@@ -176,6 +176,7 @@ def _settings(opts: BacktestOptions, items: list[Input], url: str, data_dir: Pat
     # every closed candle is exported (no trimming of a temporary Redis); no timer closes (exchange time only)
     out["candle_builder"] = builder.model_copy(update={"timeframes": timeframes, "candles_maxlen": 10**9,
                                                        "candle_retention": {}, "part_candles_maxlen": 10**9,
-                                                       "live_candles": live, "close_on_timer": False,
+                                                       "live_candles": live, "live_throttle_clock": "exchange",
+                                                       "live_maxlen": 10**9, "close_on_timer": False,
                                                        "discover_every_s": 0.5})
     return out

@@ -77,7 +77,7 @@ class PartitionEngine:
         self.commit = AlertCommit(settings, redis, self.engine)
         self.offsets: dict[str, bytes] = {}
         self.ignored: set[tuple[str, str]] = set()  # pairs needed but left out by a plan made after seeing them
-        self._known: set[tuple[str, str]] = set()  # pairs of the partition checked against the plan
+        self._known: set[tuple[tuple[str, str], str]] = set()  # (pair, timeframe or kind) checked against the plan
         self.own_close = -1  # the latest close of a closed candle of this partition's series read (exchange ms)
         self.main, self.foreign = self._streams()
         # stream -> what it carries for this plan: series key of a series stream, else None
@@ -301,7 +301,8 @@ class PartitionEngine:
             if name not in self.main or not isinstance(value, (Candle, Ticker, TradeBatch, *FEEDS)):
                 continue
             pair = (value.exchange, value.symbol)
-            if pair in self._known:
+            what = f"{value.timeframe}:{value.closed}" if isinstance(value, Candle) else type(value).__name__
+            if (pair, what) in self._known:
                 continue
             if isinstance(value, Candle):
                 missing = (value.closed and value.timeframe in routes.needs(*pair)
@@ -315,7 +316,7 @@ class PartitionEngine:
             if missing and pair not in self.ignored:
                 unknown.add(pair)
             else:
-                self._known.add(pair)
+                self._known.add((pair, what))
         if unknown:
             raise PlanStale(unknown)
 

@@ -47,17 +47,31 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 # ARGV: the lease value, then each command as its argument count followed by its arguments. Replies in order.
+# A count written "<n>@<k>" replaces the command's k-th argument with the previous command's reply (``PREVIOUS``).
 _FENCED = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED lease ' .. KEYS[1] .. ' lost') end
 local out = {}
 local i = 2
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
-  out[#out + 1] = redis.call(unpack(ARGV, i + 1, i + n))
+  if n then
+    out[#out + 1] = redis.call(unpack(ARGV, i + 1, i + n))
+  else
+    local count, at = string.match(ARGV[i], '^(%d+)@(%d+)$')
+    n = tonumber(count)
+    local args = {unpack(ARGV, i + 1, i + n)}
+    args[tonumber(at)] = out[#out]
+    out[#out + 1] = redis.call(unpack(args))
+  end
   i = i + n + 1
 end
 return out
 """
+
+
+#: An argument of a fenced command that stands for the reply of the command before it (e.g. an ``XADD`` to a second
+#: stream with the entry id the first ``XADD ... *`` got): ``("XADD", key, PREVIOUS, "d", data)``.
+PREVIOUS = object()
 
 
 class FencedError(Exception):
@@ -186,15 +200,21 @@ class Ownership:
 
     async def fenced(self, partition: int, commands: Iterable[Command]) -> list[Any]:
         """Run ``commands`` (each a sequence like ``("XADD", key, "*", "d", data)``, every key in the partition's
-        hash slot) atomically, only if this replica still holds the partition's lease. FencedError otherwise (the
+        hash slot; an argument ``PREVIOUS`` is the previous command's reply) atomically, only if this replica still
+        holds the partition's lease. FencedError otherwise (the
         partition is dropped from ``leases``: its worker must stop)."""
         lease = self.leases.get(partition)
         if lease is None:
             raise FencedError(f"{self.group}/{self.instance} does not own partition {partition}")
         args: list[Any] = [lease.value]
         for command in commands:
-            args.append(len(command))
-            args.extend(command)
+            if PREVIOUS in command:
+                at = next(i for i, arg in enumerate(command) if arg is PREVIOUS)
+                args.append(f"{len(command)}@{at + 1}")
+                args.extend("" if arg is PREVIOUS else arg for arg in command)
+            else:
+                args.append(len(command))
+                args.extend(command)
         try:
             return list(await self._fenced(keys=[streams.lease(self.group, partition)], args=args))
         except redis_errors.ResponseError as exc:

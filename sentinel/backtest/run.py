@@ -26,6 +26,7 @@ from sentinel.pipeline import (Pipeline, add_service, builder_caught_up, data_di
 from services.alert_engine.core import AlertEngine
 from shared import streams
 from shared.bus import as_str
+from shared.candle_series import series_streams
 from shared.embedded_redis import EmbeddedRedis
 from shared.rules import load_rules_file
 from shared.runtime import connect, install_signal_handlers
@@ -94,8 +95,9 @@ async def _run(items: list[Input], settings: dict[str, Any], url: str, feed: Fee
         interrupted = await _until_drained(pipeline, redis, feed, wanted, total, console)
         feed.stop()
         await pipeline.shutdown()
-        series = await export.candle_series(redis)
-        candles = await export.closed_candles_of(redis, series)
+        partitions = settings["candle_builder"].partitions
+        series = await export.candle_series(redis, partitions)
+        candles = await export.closed_candles_of(redis, series, partitions=partitions)
         alerts = await export.alerts(redis)
         return Made(items=items, candles=candles, alerts=alerts, trades=feed.published, seconds=0.0,
                     spans=feed.result() if not interrupted else {}, interrupted=interrupted)
@@ -109,8 +111,8 @@ async def _until_drained(pipeline: Pipeline, redis: Any, feed: FeedProcess, want
                          total: int, console: Console) -> bool:
     """Wait (with a progress bar: trades read of the total, ETA) until the feed has read everything and every
     consumer group has processed it; True if interrupted (Ctrl-C)."""
-    candle_streams = sorted(streams.candles(*key) for key in wanted)
     builder = pipeline.apps["candle_builder"]
+    candle_streams = sorted(series_streams(wanted, builder.settings.partitions).values())
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as progress:
@@ -182,6 +184,7 @@ def _settings(opts: BacktestOptions, items: list[Input], url: str, data_dir: Pat
     timeframes = sort_timeframes(set(builder.timeframes) | rule_timeframes)
     # every closed candle is exported (no trimming of a temporary Redis); no timer closes (exchange time only)
     out["candle_builder"] = builder.model_copy(update={"timeframes": timeframes, "candles_maxlen": 10**9,
+                                                       "candle_retention": {}, "part_candles_maxlen": 10**9,
                                                        "live_candles": live, "close_on_timer": False,
                                                        "discover_every_s": 0.5})
     return out

@@ -264,10 +264,12 @@ class AlertEngineApp:
         market: list[Candle | Ticker] = []
         sync = self.series_sync
         ticker_pairs, tick_pairs, feed_pairs = sync.ticker_pairs, sync.tick_pairs, sync.feed_pairs
+        live_series = sync.live_series
         for entry in batch.entries:
             value = entry.value
-            if isinstance(value, Candle):
-                market.append(value)
+            if isinstance(value, Candle):  # in-progress ones: a partition's stream, only the series rules read live
+                if value.closed or (value.exchange, value.symbol, value.timeframe) in live_series:
+                    market.append(value)
             elif isinstance(value, Ticker):  # a partition's stream: only the pairs rules read
                 if (value.exchange, value.symbol) in ticker_pairs:
                     market.append(value)

@@ -1,7 +1,7 @@
 """Which streams the engine reads, and warming new series up.
 
 ``SeriesSync.sync`` (on start, after every rule change, every ``registry_poll_s``): the rules' symbol patterns are
-resolved against the pairs the feed and the builder publish (``FEED_REGISTRY``, ``CANDLE_REGISTRY``) into series
+resolved against the pairs the feed and the builder publish (``FEED_REGISTRY``, ``shared.candle_series``) into series
 (exchange, symbol, timeframe), tickers and trades to read; the series are subscribed (``subscriptions.py``) with the
 rules' look-back; a new candle stream is warmed up (the closed candles this consumer group already processed, fed
 without firing) before it is read; a series whose look-back grew, or whose history candle_builder backfilled, is
@@ -22,6 +22,7 @@ from services.alert_engine.subscriptions import SeriesKey, Subscriptions
 from shared import streams
 from shared.bus import Consumer
 from shared.bus import as_str as _s
+from shared.candle_series import all_series, history_from, series_stream
 from shared.errors import DecodeError
 from shared.history import MAX_HISTORY_BARS
 from shared.partitions import partition_of
@@ -45,10 +46,11 @@ class SeriesSync:
         self.ticker_pairs: set[Pair] = set()  # pairs whose tickers rules read
         self.tick_pairs: set[Pair] = set()  # pairs whose trades tick-level rules read
         self.feed_pairs: set[Pair] = set()  # pairs whose book / futures updates rules read
-        self.history_from: dict[SeriesKey, int] = {}  # CANDLE_HISTORY_FROM of a series, as last seen
+        self.live_series: set[SeriesKey] = set()  # series whose in-progress candles (part_live) rules read
+        self.history_from: dict[SeriesKey, int] = {}  # part_candle_history_from of a series, as last seen
         self.refilled = 0  # series whose window was re-read from their stream (grown look-back, backfill)
         self._capped: set[tuple[str, SeriesKey, int]] = set()  # (rule, series, need) already logged
-        self._bad_history_from: set[tuple[SeriesKey, Any]] = set()  # bad CANDLE_HISTORY_FROM values logged
+        self._bad_history_from: set[tuple[SeriesKey, Any]] = set()  # bad part_candle_history_from values logged
         self._lock = asyncio.Lock()
 
     async def wanted(self) -> tuple[set[SeriesKey], set[Pair], set[Pair], dict[Pair, set[str]]]:
@@ -92,10 +94,14 @@ class SeriesSync:
         for key in series:
             self.engine.reserve(key, lookback[key])
         names: dict[str, tuple[str, ...]] = {}
+        live: set[SeriesKey] = set()
         for ex, sym, tf in series:
-            names[streams.candles(ex, sym, tf)] = ("candle", ex, sym, tf)
+            names[self.stream(ex, sym, tf)] = ("candle", ex, sym, tf)
             if self.settings.intrabar and self.engine.routes.needs_live((ex, sym, tf)):
-                names[streams.candles_live(ex, sym, tf)] = ("live", ex, sym, tf)
+                # one stream per partition, shared by its series; the handler keeps the series named here
+                names[streams.part_live(partition_of(ex, sym, self.settings.partitions))] = ("live",)
+                live.add((ex, sym, tf))
+        self.live_series = live
         # tickers and trades: one stream per partition, shared by its pairs; the handler keeps the pairs named here
         for ex, sym in tickers:
             names[streams.part_tickers(partition_of(ex, sym, self.settings.partitions))] = ("tickers",)
@@ -134,6 +140,10 @@ class SeriesSync:
             self.consumed = set()
             await self._sync()
 
+    def stream(self, exchange: str, symbol: str, timeframe: str) -> str:
+        """The closed-candle stream of one series (``streams.series_candles`` of its partition)."""
+        return series_stream(exchange, symbol, timeframe, self.settings.partitions)
+
     async def _known_pairs(self) -> set[Pair]:
         out: set[Pair] = set()
         for member in await self.redis.smembers(streams.FEED_REGISTRY):
@@ -144,10 +154,7 @@ class SeriesSync:
             parts = streams.split_registry_member(member)
             if len(parts) >= 2:
                 out.add((parts[0], parts[1]))
-        for member in await self.redis.smembers(streams.CANDLE_REGISTRY):
-            parts = streams.split_registry_member(member)
-            if len(parts) >= 3:
-                out.add((parts[0], parts[1]))
+        out.update((ex, sym) for ex, sym, _ in await all_series(self.redis, self.settings.partitions))
         for rule in self.engine.rules:  # explicit symbols on a named exchange are needed even before they appear
             if rule.exchange is not None:
                 out.update((rule.exchange, s) for s in rule.symbols if not any(c in s for c in "*?["))
@@ -167,13 +174,14 @@ class SeriesSync:
         candles: list[Candle] = []
         for key in new:
             n = self.subscriptions.lookback.get(key, self.settings.warmup_bars)
-            candles += await self._processed_candles(streams.candles(*key), n)
+            candles += await self._processed_candles(self.stream(*key), n)
         if candles:
             self.engine.on_batch(candles, fire=False)
 
     async def _refill(self, grew: set[SeriesKey]) -> None:
         """Re-warm read series from their stream when it holds older history than their window: those whose
-        look-back grew (``grew``), and those whose ``CANDLE_HISTORY_FROM`` moved back (candle_builder backfilled).
+        look-back grew (``grew``), and those whose ``part_candle_history_from`` moved back (candle_builder
+        backfilled).
 
         The processed candles (the look-back's worth) are merged into the window (``AlertEngine.merge``: ts order,
         indicators rebuilt, nothing evaluated). Backfilled candles the group has not processed yet need nothing here:
@@ -184,15 +192,17 @@ class SeriesSync:
         keys = sorted(self.subscriptions.subscribed)
         if not keys:
             return
-        raw = await self.redis.hmget(streams.CANDLE_HISTORY_FROM, [streams.registry_member(*key) for key in keys])
+        raw = await history_from(self.redis, keys, self.settings.partitions)
         moved: set[SeriesKey] = set()
-        for key, value in zip(keys, raw, strict=True):
+        for key in keys:
+            value = raw[key]
             try:
                 since = int(value)
             except (TypeError, ValueError):  # absent (no history yet), or not ours to fix: never stops the sync
                 if value is not None and (key, value) not in self._bad_history_from:
                     self._bad_history_from.add((key, value))
-                    logger.warning("alert_engine: ignoring %s[%s] = %r (not a timestamp)", streams.CANDLE_HISTORY_FROM,
+                    logger.warning("alert_engine: ignoring %s[%s] = %r (not a timestamp)",
+                                   streams.part_candle_history_from(partition_of(*key[:2], self.settings.partitions)),
                                    streams.registry_member(*key), value)
                 continue
             if since < self.history_from.get(key, since + 1):  # first seen, or further back than last time
@@ -200,7 +210,7 @@ class SeriesSync:
             self.history_from[key] = since
         for key in sorted(grew | moved):
             window = self.engine.windows.get(key)
-            stream = streams.candles(*key)
+            stream = self.stream(*key)
             if window is None or stream not in self.consumed:
                 continue  # not read yet: its warm-up reads the look-back
             need = min(self.subscriptions.lookback.get(key, 0), window.keep)
@@ -215,7 +225,7 @@ class SeriesSync:
     async def _processed_candles(self, stream: str, n: int) -> list[Candle]:
         """The newest ``n`` closed candles (by bucket, last revision) of ``stream`` this group already processed.
 
-        candle_builder appends backfilled history after newer candles (``streams.CANDLE_HISTORY_FROM``), so the
+        candle_builder appends backfilled history after newer candles (``streams.part_candle_history_from``), so the
         last ``n`` entries need not be the newest ``n`` buckets: twice as many entries are read and sorted.
         """
         if n <= 0:

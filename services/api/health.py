@@ -31,6 +31,7 @@ from shared import streams
 from shared.alert_streams import partition_count
 from shared.bus import as_str as _s
 from shared.partitioned import read_offset
+from shared.candle_series import all_series, series_stream
 from shared.partitions import DEFAULT_PARTITIONS, partition_of
 
 #: Most entries counted for a lag Redis does not report, when no ``max_consumer_lag`` is set.
@@ -67,10 +68,8 @@ async def stream_groups(redis: Redis, partitions: int) -> list[tuple[str, str, i
         exchange, symbol = streams.split_registry_member(member)[:2]
         held.add(partition_of(exchange, symbol, partitions))
     pairs += [(streams.part_trades(p), streams.GROUP_CANDLE_BUILDER, p) for p in sorted(held)]
-    for member in sorted(await redis.smembers(streams.CANDLE_REGISTRY)):
-        parts = streams.split_registry_member(member)
-        if len(parts) == 3:
-            pairs.append((streams.candles(*parts), streams.GROUP_ALERT_ENGINE, None))
+    for key in await all_series(redis, partitions):
+        pairs.append((series_stream(*key, partitions), streams.GROUP_ALERT_ENGINE, None))
     for p in range(await partition_count(redis)):
         pairs.append((streams.part_alerts(p), streams.GROUP_NOTIFIER, None))
     return pairs

@@ -4,8 +4,11 @@ Work is split by partition (``shared.partitions``): this replica runs one worker
 (group ``candle_builder``, ``shared.partitioned.PartitionWorkers``; N replicas with default settings share them,
 and a dead replica's partitions move to the others within about ``lease_ttl_ms``). A worker reads
 ``streams.part_trades(p)`` with XREAD from the offset saved in ``streams.part_state(p, "candle_builder")`` and
-commits everything one read changed in one ``Ownership.fenced`` script: the closed candles (XADD + PUBLISH), the
-state of each pair it touched (in-progress candles) and the new offset. A ``kill -9`` before the script leaves the
+commits everything one read changed in one ``Ownership.fenced`` script: the closed candles (XADD to the partition's
+``part_candles(p)`` and, with the same entry id, to the series' ``series_candles(p, ex, sym, tf)``; PUBLISH), the
+series' registry entries, the state of each pair it touched (in-progress candles) and the new offset. Every key it
+writes carries the partition's hash tag: on a Redis Cluster the script runs in one slot. In-progress candles go to
+``part_live(p)`` in the same script (throttled per series). A ``kill -9`` before the script leaves the
 state and offset as they were (the next owner reads the same entries again); a replica that lost the lease cannot
 write at all. Nothing counts twice, nothing is lost.
 
@@ -13,7 +16,7 @@ Series: every (exchange, symbol) in ``streams.FEED_REGISTRY`` gets ``settings.ti
 subscribers ask for (``shared.subscriptions``) add timeframes; every pair whose entries arrive is built (a pair not
 registered yet with ``settings.timeframes``). A pair removed from FEED_REGISTRY is unfollowed (its series dropped
 from memory, its state left in Redis so entries that come later resume exactly; its members dropped from
-CANDLE_REGISTRY); a subscribed timeframe no subscriber asks for any more and that settings do not list stops.
+its partition's ``part_candle_registry``); a subscribed timeframe no subscriber asks for any more and that settings do not list stops.
 
 History: a new series is seeded with max(``history_bars``, the look-back its subscribers ask for) candles
 per timeframe (``history_bars`` unset = 500 when the feed is live, none for replays); a look-back that grows later, or
@@ -40,7 +43,7 @@ from shared import metrics, streams
 from shared.bus import FIELD, Bus
 from shared.errors import ConfigError, DecodeError
 from shared.outage import REDIS_DOWN
-from shared.ownership import Ownership
+from shared.ownership import PREVIOUS, Ownership
 from shared.partitioned import PartitionWorkers, entry_data, raw_reader, read_streams
 from shared.partitions import partition_of
 from shared.runtime import consumer_name, heartbeat
@@ -202,25 +205,30 @@ class CandleBuilderApp:
         return gone, {pair: tfs for pair, tfs in dropped.items() if tfs}
 
     async def _unfollow(self, gone: list[Pair], dropped: dict[Pair, set[str]]) -> None:
-        """Stop building pairs no longer wanted and drop what is no longer built from CANDLE_REGISTRY (each series'
-        state stays in Redis: a re-added pair resumes from it)."""
-        members: list[str] = []
+        """Stop building pairs no longer wanted and drop what is no longer built from their partition's
+        ``part_candle_registry`` and ``part_live_latest`` (each series' state stays in Redis: a re-added pair resumes
+        from it)."""
+        members: dict[int, list[str]] = {}
         for pair in gone:
-            async with self._lock(self.partition(*pair)):  # no read or timer tick in flight for it
+            partition = self.partition(*pair)
+            async with self._lock(partition):  # no read or timer tick in flight for it
                 self.wanted.pop(pair, None)
                 self.series.pop(pair, None)
-            members.extend(m for m in map(text, await self.redis.smembers(streams.CANDLE_REGISTRY))
-                           if streams.split_registry_member(m)[:2] == list(pair))
+            registry = await self.redis.smembers(streams.part_candle_registry(partition))
+            members.setdefault(partition, []).extend(
+                m for m in map(text, registry) if streams.split_registry_member(m)[:2] == list(pair))
             logger.info("candle_builder: no longer following %s %s (state kept in Redis)", *pair)
         for pair, tfs in dropped.items():
             series = self.series.get(pair)
             for tf in tfs:
                 if series is not None:
                     series.registered.discard(tf)
-                members.append(streams.registry_member(*pair, tf))
+                members.setdefault(self.partition(*pair), []).append(streams.registry_member(*pair, tf))
             logger.info("candle_builder: %s %s no longer builds %s", *pair, ", ".join(sorted(tfs)))
-        if members:
-            await self.redis.srem(streams.CANDLE_REGISTRY, *members)
+        for partition, names in members.items():
+            if names:
+                await self.redis.srem(streams.part_candle_registry(partition), *names)
+                await self.redis.hdel(streams.part_live_latest(partition), *names)
 
     # ---- one worker per partition held -----------------------------------------------------------------------------
 
@@ -285,7 +293,7 @@ class CandleBuilderApp:
                     self._queue_candles(commands, series, series.seeded, history=True)
                     series.seeded = []
                     for tf, since in series.builder.history_from.items():
-                        commands.append(("HSET", streams.CANDLE_HISTORY_FROM,
+                        commands.append(("HSET", streams.part_candle_history_from(partition),
                                          streams.registry_member(series.exchange, series.symbol, tf), since))
                 self._apply_run([m for _, m in run], series, emitted)
                 series.last_id = entry_id(run[-1][0])
@@ -302,14 +310,14 @@ class CandleBuilderApp:
                 commands.append(self._state_command(series))
             offset = entries[-1][0]
             commands.append(("HSET", state, streams.offset_field(stream), offset))
+            if self.settings.live_candles and touched:
+                self._queue_live(commands, partition, touched)
             await self.ownership.fenced(partition, commands)
         except BaseException:  # lease lost, a bug, cancellation: builders ran ahead of what Redis holds
             self._drop(partition)
             raise
         self.offsets[partition] = offset
         metrics.count_candles(counted)
-        if self.settings.live_candles and touched:
-            await self._publish_live(touched)
 
     # ---- closing on time -------------------------------------------------------------------------------------------
 
@@ -420,34 +428,42 @@ class CandleBuilderApp:
 
     def _queue_candles(self, commands: list[Any], series: Series, emitted: list[Emitted],
                        history: bool = False) -> None:
-        ex, sym = series.exchange, series.symbol
-        maxlen = self.settings.candles_maxlen
+        """The fenced commands of closed candles: XADD to the partition's stream, the same entry (id and data) to the
+        series' stream (``PREVIOUS``: the id the first XADD got), PUBLISH, and the series' registry entry."""
+        ex, sym, p = series.exchange, series.symbol, series.partition
+        part, part_maxlen = streams.part_candles(p), self.settings.part_candles_maxlen
         for tf, bar in emitted:
             data = encode_candle(ex, sym, tf, bar, history=history)
-            commands.append(("XADD", streams.candles(ex, sym, tf), "MAXLEN", "~", maxlen, "*", streams.FIELD, data))
+            commands.append(("XADD", part, "MAXLEN", "~", part_maxlen, "*", streams.FIELD, data))
+            commands.append(("XADD", streams.series_candles(p, ex, sym, tf), "MAXLEN", "~",
+                             self.settings.retention(tf), PREVIOUS, streams.FIELD, data))
             commands.append(("PUBLISH", streams.channel_candles(ex, sym, tf), data))
             if tf not in series.registered:
                 series.registered.add(tf)
-                commands.append(("SADD", streams.CANDLE_REGISTRY, streams.registry_member(ex, sym, tf)))
+                commands.append(("SADD", streams.part_candle_registry(p), streams.registry_member(ex, sym, tf)))
         self.candles_out += len(emitted)
 
-    async def _publish_live(self, touched: Any) -> None:
+    def _queue_live(self, commands: list[Any], partition: int, touched: list[Series]) -> None:
+        """The in-progress candles of the series ``touched`` not published within ``live_throttle_ms``: XADD to the
+        partition's ``part_live``, the series' field of ``part_live_latest`` and PUBLISH, in the read's fenced commit
+        (one round trip, one slot)."""
         now = time.monotonic()
         throttle = self.settings.live_throttle_ms / 1000
-        due = [s for s in touched if now - s.last_live >= throttle]
-        if not due:
-            return
-        maxlen = self.settings.live_maxlen
-        async with self.bus.pipeline() as pipe:
-            for series in due:
-                series.last_live = now
-                ex, sym = series.exchange, series.symbol
-                builder = series.builder
-                for tf, bar in builder.in_progress():
-                    data = encode_candle(ex, sym, tf, bar, closed=False, prev_ts=builder.last_closed(tf))
-                    self.bus.add_to(pipe, streams.candles_live(ex, sym, tf), data, maxlen=maxlen,
-                                    channel=streams.channel_candles_live(ex, sym, tf))
-            await pipe.execute()
+        stream, maxlen = streams.part_live(partition), self.settings.live_maxlen
+        latest: list[Any] = []
+        for series in touched:
+            if now - series.last_live < throttle:
+                continue
+            series.last_live = now
+            ex, sym = series.exchange, series.symbol
+            builder = series.builder
+            for tf, bar in builder.in_progress():
+                data = encode_candle(ex, sym, tf, bar, closed=False, prev_ts=builder.last_closed(tf))
+                commands.append(("XADD", stream, "MAXLEN", "~", maxlen, "*", streams.FIELD, data))
+                commands.append(("PUBLISH", streams.channel_candles_live(ex, sym, tf), data))
+                latest += (streams.registry_member(ex, sym, tf), data)
+        if latest:
+            commands.append(("HSET", streams.part_live_latest(partition), *latest))
 
     # ---- state -----------------------------------------------------------------------------------------------------
 
@@ -521,7 +537,7 @@ class CandleBuilderApp:
             # once per process: a restart plans from the saved state
             self._rolled_up.add(((series.exchange, series.symbol), tf))
             latest: dict[int, Candle] = {}
-            stream = streams.candles(series.exchange, series.symbol, builder.base_tf)
+            stream = streams.series_candles(series.partition, series.exchange, series.symbol, builder.base_tf)
             entries: Any = await self.redis.xrange(stream)
             for _, fields in entries:
                 try:
@@ -545,7 +561,7 @@ class CandleBuilderApp:
             commands: list[Any] = []
             self._queue_candles(commands, series, out, history=True)
             commands.append(self._state_command(series))
-            commands.append(("HSET", streams.CANDLE_HISTORY_FROM,
+            commands.append(("HSET", streams.part_candle_history_from(series.partition),
                              streams.registry_member(series.exchange, series.symbol, tf), span[0]))
             try:
                 await self.ownership.fenced(series.partition, commands)

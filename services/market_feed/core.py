@@ -122,14 +122,23 @@ class FeedCore:
         state = self.symbols.get(symbol)
         if state is None:
             raise KeyError(f"unknown symbol {symbol!r} for {self.exchange}")
-        if not state.dedup.accept(trade.id):
+        tid, ts = trade[0], trade[1]
+        dedup = state.dedup
+        if type(tid) is int and dedup.last_id is not None and tid > dedup.last_id:  # the usual: a later id
+            dedup.last_id = tid
+        elif not dedup.accept(tid):
             return []  # a duplicate neither publishes nor moves time (a restarted feed re-reads what it sent)
-        out: list[Event] = self.advance(trade.ts)
+        clock, mark, tick = self.clock, self._next_watermark, self._next_tick
+        if clock is not None and mark is not None and clock <= ts <= mark and (tick is None or ts < tick):
+            self.clock = ts  # nothing due (``advance`` would say so after the same comparisons)
+            out: list[Event] = []
+        else:
+            out = self.advance(ts)
         batch = state.batch
-        if batch and (len(batch) >= self.batch_size or trade.ts - batch[0].ts > self.window_ms):
+        if batch and (len(batch) >= self.batch_size or ts - batch[0][1] > self.window_ms):
             out.append(self._take(symbol, state))
         state.batch.append(trade)
-        state.last_ts = trade.ts
+        state.last_ts = ts
         self.accepted += 1
         return out
 

@@ -18,6 +18,7 @@ from tests.conftest import shared_data
 from tests.unit.alert_engine import pdref
 from tests.support.subscriptions import subscribed, subscribers
 from tests.support.alerts import count_alerts, read_alerts, rule_state_rows
+from tests.support.candles import candles_stream, live_stream, register_series
 
 XRP = "binance_spot_xrpeth/XRPETH-aggtrades-2019-10-11.csv"
 EX, SYM, TF, TF_MS = "binance", "XRP/ETH", "5m", 300_000
@@ -32,8 +33,8 @@ def _settings(tmp_path, name="engine-1", rules_text: str | None = None) -> Setti
 
 async def _publish(redis, candles: list[Candle]) -> None:
     bus = Bus(redis)
-    await bus.publish_many((streams.candles(c.exchange, c.symbol, c.timeframe), c.encode()) for c in candles)
-    await redis.sadd(streams.CANDLE_REGISTRY, streams.registry_member(EX, SYM, TF))
+    await bus.publish_many((candles_stream(c.exchange, c.symbol, c.timeframe), c.encode()) for c in candles)
+    await register_series(redis, (EX, SYM, TF))
 
 
 async def _alerts(redis) -> list[Alert]:
@@ -95,7 +96,7 @@ async def test_alerts_from_a_real_recording_equal_pandas(redis, tmp_path):
     assert states == set(expected)
 
     # Replay: a new consumer group (as after losing the group) re-reads every candle; nothing is published twice.
-    await redis.xgroup_destroy(streams.candles(EX, SYM, TF), streams.GROUP_ALERT_ENGINE)
+    await redis.xgroup_destroy(candles_stream(EX, SYM, TF), streams.GROUP_ALERT_ENGINE)
     replay = AlertEngineApp(_settings(tmp_path, "engine-2"), redis)
     await replay.drain()
     assert replay.commit.published == 0 and replay.commit.duplicates > 0
@@ -173,12 +174,12 @@ async def test_subscriptions_follow_the_rules_and_intrabar_reads_live_candles(re
     app = AlertEngineApp(settings, redis)
     await app.drain()
     assert await subscribers(redis) == {f"{EX}|{SYM}|1m": 1, f"{EX}|BTC/ETH|1m": 1}
-    assert streams.candles_live(EX, SYM, "1m") in app.consumer.streams
+    assert live_stream(EX, SYM) in app.consumer.streams
     # an in-progress candle above the level fires once_per_bar intrabar; the close of the same bar does not repeat it
     live = _candle(0, "11").model_copy(update={"timeframe": "1m", "closed": False})
-    await Bus(redis).publish(streams.candles_live(EX, SYM, "1m"), live.encode())
+    await Bus(redis).publish(live_stream(EX, SYM), live.encode())
     await app.consumer.drain()
-    await Bus(redis).publish(streams.candles(EX, SYM, "1m"), live.model_copy(update={"closed": True}).encode())
+    await Bus(redis).publish(candles_stream(EX, SYM, "1m"), live.model_copy(update={"closed": True}).encode())
     await app.consumer.drain()
     alerts = await _alerts(redis)
     assert [(a.rule, a.ts) for a in alerts] == [("a", live.ts)] and app.commit.duplicates == 1

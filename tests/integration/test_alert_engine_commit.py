@@ -16,6 +16,7 @@ from shared import streams
 from shared.bus import Bus
 from shared.schemas import Alert, Candle
 from tests.support.alerts import count_alerts, read_alerts, rule_state_rows
+from tests.support.candles import candles_stream, register_series
 
 EX, SYM, TF, TF_MS = "binance", "XRP/ETH", "1m", 60_000
 T0 = 1_570_752_000_000
@@ -41,8 +42,8 @@ def _candle(i: int, close: int) -> Candle:
 
 
 async def _publish(redis, candles: list[Candle]) -> None:
-    await Bus(redis).publish_many((streams.candles(EX, SYM, TF), c.encode()) for c in candles)
-    await redis.sadd(streams.CANDLE_REGISTRY, streams.registry_member(EX, SYM, TF))
+    await Bus(redis).publish_many((candles_stream(EX, SYM, TF), c.encode()) for c in candles)
+    await register_series(redis, (EX, SYM, TF))
 
 
 def _expected(closes: list[int]) -> dict[str, set[int]]:
@@ -77,7 +78,7 @@ async def test_a_flushed_script_cache_loses_and_repeats_nothing(redis, tmp_path)
     assert {k: sorted(v) for k, v in got.items()} == {k: sorted(v) for k, v in want.items()}
     assert all(len(v) == len(set(v)) for v in got.values())  # no alert twice
     assert await count_alerts(redis) == sum(len(v) for v in want.values())
-    pending = await redis.xpending(streams.candles(EX, SYM, TF), streams.GROUP_ALERT_ENGINE)
+    pending = await redis.xpending(candles_stream(EX, SYM, TF), streams.GROUP_ALERT_ENGINE)
     assert pending["pending"] == 0  # every candle acked, after its alerts
     rows = {row["rule"]: row for row in (await rule_state_rows(redis)).values()}
     last = max(want["above_cd"])
@@ -93,7 +94,7 @@ async def test_a_replay_writes_no_row_claiming_a_publish(redis, tmp_path):
     n = await count_alerts(redis)
     assert n == sum(len(v) for v in _expected(closes).values())
     # a new group re-reads everything: every gate answers "duplicate", which the replica could not predict
-    await redis.xgroup_destroy(streams.candles(EX, SYM, TF), streams.GROUP_ALERT_ENGINE)
+    await redis.xgroup_destroy(candles_stream(EX, SYM, TF), streams.GROUP_ALERT_ENGINE)
     replay = AlertEngineApp(_settings(tmp_path, "engine-2"), redis)
     await replay.drain()
     assert replay.commit.published == 0 and replay.commit.duplicates > 0
@@ -104,7 +105,7 @@ async def test_a_replay_writes_no_row_claiming_a_publish(redis, tmp_path):
         assert row["last_fired"] is None and row["cooldown_until"] is None, row
         assert row["last_alert_id"]
     assert replay.engine.status and all(st.last_fired_ms is None for st in replay.engine.status.values())
-    pending = await redis.xpending(streams.candles(EX, SYM, TF), streams.GROUP_ALERT_ENGINE)
+    pending = await redis.xpending(candles_stream(EX, SYM, TF), streams.GROUP_ALERT_ENGINE)
     assert pending["pending"] == 0
 
 

@@ -28,10 +28,11 @@ from tests.integration import test_alert_engine_correctness as corr
 from tests.support.chaos.processes import clean_env, sentinel_argv
 from tests.support.redis_proxy import OutageProxy
 from tests.unit.alert_engine import pdref
+from tests.support.candles import candles_stream
 
 BTC = "binance_spot_btcusdt/BTCUSDT-trades-20240808T2354-20240809T0005.csv"
 EX, SYM = "binance", "BTC/USDT"
-STREAM = streams.candles(EX, SYM, "1s")
+STREAM = candles_stream(EX, SYM, "1s")
 #: the commit script's EVALSHA (the consumer runs a script of its own: not that one)
 COMMIT = hashlib.sha1(Path(services.alert_engine.__file__).with_name("commit.lua").read_bytes()).hexdigest().encode()
 

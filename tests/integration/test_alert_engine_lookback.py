@@ -21,6 +21,7 @@ from tests.integration import test_alert_engine_correctness as corr
 from tests.unit.alert_engine import pdref
 from tests.support.subscriptions import subscribed, subscribers
 from tests.support.alerts import delete_alerts
+from tests.support.candles import candles_stream, register_series
 
 EX, A = corr.EX, corr.A
 
@@ -123,8 +124,7 @@ def _candle(sym: str, ts: int, close: str) -> Candle:
 async def test_live_a_bar_waits_for_the_other_series_within_the_time_limit(redis, tmp_path):
     """Live (wall clock): the ETH candle of the same close arrives 200 ms after the BTC one; the BTC bar waits for it
     and fires with ETH's value. A bar whose ETH candle never comes is evaluated after cross_series_wait_ms."""
-    await redis.sadd(streams.CANDLE_REGISTRY, streams.registry_member(EX, A, "1m"),
-                     streams.registry_member(EX, "ETH/USDT", "1m"))
+    await register_series(redis, (EX, A, "1m"), (EX, "ETH/USDT", "1m"))
     text = f"""
 rules:
   - {{name: both, symbols: [{A}], timeframe: 1m, frequency: every_time,
@@ -139,9 +139,9 @@ rules:
     try:
         pub = corr.Bus(redis)
         await asyncio.sleep(0.3)
-        await pub.publish(streams.candles(EX, A, "1m"), _candle(A, t0, "11").encode())
+        await pub.publish(candles_stream(EX, A, "1m"), _candle(A, t0, "11").encode())
         await asyncio.sleep(0.2)
-        await pub.publish(streams.candles(EX, "ETH/USDT", "1m"), _candle("ETH/USDT", t0, "40").encode())
+        await pub.publish(candles_stream(EX, "ETH/USDT", "1m"), _candle("ETH/USDT", t0, "40").encode())
         for _ in range(100):
             if len(await corr._alerts(redis)) == 2:
                 break
@@ -150,7 +150,7 @@ rules:
         # the next BTC bar: ETH's never comes; it is evaluated after the time limit, not before
         loop = asyncio.get_running_loop()
         sent = loop.time()
-        await pub.publish(streams.candles(EX, A, "1m"), _candle(A, t0 + 60_000, "12").encode())
+        await pub.publish(candles_stream(EX, A, "1m"), _candle(A, t0 + 60_000, "12").encode())
         for _ in range(200):
             if len(await corr._alerts(redis)) == 4:
                 break
@@ -176,11 +176,10 @@ rules:
 """
     t0 = 1_723_161_600_000
     pub = corr.Bus(redis)
-    await redis.sadd(streams.CANDLE_REGISTRY, streams.registry_member(EX, A, "1m"),
-                     streams.registry_member(EX, "ETH/USDT", "1m"))
+    await register_series(redis, (EX, A, "1m"), (EX, "ETH/USDT", "1m"))
     for i in range(2):
-        await pub.publish(streams.candles(EX, A, "1m"), _candle(A, t0 + i * 60_000, "11").encode())
-    await pub.publish(streams.candles(EX, "ETH/USDT", "1m"), _candle("ETH/USDT", t0, "40").encode())
+        await pub.publish(candles_stream(EX, A, "1m"), _candle(A, t0 + i * 60_000, "11").encode())
+    await pub.publish(candles_stream(EX, "ETH/USDT", "1m"), _candle("ETH/USDT", t0, "40").encode())
     first = AlertEngineApp(_settings(tmp_path, text, "e1", clock="exchange"), redis)
     await first.drain(final=False)  # stops with bar 1 waiting for ETH's bar 1
     assert await corr._alerts(redis) == {("both", A, "1m", t0, "firing")} and first.engine.deferred == 1
@@ -188,6 +187,6 @@ rules:
     second = AlertEngineApp(_settings(tmp_path, text, "e2", clock="exchange"), redis)
     await second.sync_series()
     assert second.engine.deferred == 1
-    await pub.publish(streams.candles(EX, "ETH/USDT", "1m"), _candle("ETH/USDT", t0 + 60_000, "30").encode())
+    await pub.publish(candles_stream(EX, "ETH/USDT", "1m"), _candle("ETH/USDT", t0 + 60_000, "30").encode())
     await second.drain()
     assert await corr._alerts(redis) == {("both", A, "1m", t0 + 60_000, "firing")}

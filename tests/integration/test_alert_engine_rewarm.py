@@ -39,6 +39,7 @@ from tests.integration.test_candle_builder_lookback import running, running_buil
 from tests.unit.alert_engine import pdref
 from tests.support.subscriptions import subscribed
 from tests.support.alerts import delete_alerts
+from tests.support.candles import candles_stream, history_from_key
 
 SEAM = 1_723_161_600_000  # 2024-08-09 00:00:00 UTC: the builder meets the pair here (the recording starts 23:54:15)
 CUT = SEAM + 60_000  # the rules are reloaded after the first minute of live trades
@@ -78,7 +79,7 @@ async def test_a_rule_added_by_reload_is_warmed_by_the_builders_backfill(redis, 
     path.write_text(shared_data(rel).read_text())
     key = (exchange, symbol, "1s")
     member = streams.registry_member(*key)
-    trades_key, candle_stream = trades_stream(exchange, symbol), streams.candles(*key)
+    trades_key, candle_stream = trades_stream(exchange, symbol), candles_stream(*key)
     rules = tmp_path / "rules.yaml"
     rules.write_text(SMA20)
     engine_settings = Settings(rules_file=rules, consumer_name="e1", redis_url=redis_url, block_ms=20, batch=100,
@@ -103,7 +104,7 @@ async def test_a_rule_added_by_reload_is_warmed_by_the_builders_backfill(redis, 
                 assert (await subscribed(redis))[member] == 30
                 async with running_builder(redis, builder_settings) as builder:
                     await wait_for(caught_up, "the first minute")
-                    assert int(await redis.hget(streams.CANDLE_HISTORY_FROM, member)) == SEAM - 30_000
+                    assert int(await redis.hget(history_from_key(exchange, symbol), member)) == SEAM - 30_000
                     series = engine.engine.windows[key]
                     before = len(series.candles)
                     last_evaluated = series.candles[-1].ts
@@ -120,7 +121,7 @@ async def test_a_rule_added_by_reload_is_warmed_by_the_builders_backfill(redis, 
                     await wait_for(asked, "the new look-back")
 
                     async def rewarmed() -> bool:
-                        raw = await redis.hget(streams.CANDLE_HISTORY_FROM, member)
+                        raw = await redis.hget(history_from_key(exchange, symbol), member)
                         return (raw is not None and int(raw) < SEAM - 30_000 and await caught_up()
                                 and len(series.candles) >= 301 and not engine.engine.stale)
 
@@ -205,16 +206,16 @@ async def test_a_grown_look_back_is_read_back_from_the_stream_when_it_already_ho
 
 
 async def test_a_backfill_another_replica_consumed_is_read_back_when_history_from_moves(redis, tmp_path):
-    """Two engines share the consumer group: the backfilled candles (appended after newer ones, CANDLE_HISTORY_FROM
+    """Two engines share the consumer group: the backfilled candles (appended after newer ones, part_candle_history_from
     moved back) were delivered to the other one. This engine reads them back from the stream when it sees
-    CANDLE_HISTORY_FROM move, and fires nothing for them."""
+    part_candle_history_from move, and fires nothing for them."""
     c1 = pdref.candles_from_csv(shared_data(corr.BTC), EX, A, "1s", 1000)
     member = streams.registry_member(*K1S)
     path = tmp_path / "rules.yaml"
     path.write_text(SMA300)
     app = AlertEngineApp(Settings(rules_file=path, consumer_name="e1", redis_url="redis://unused", block_ms=20,
                                   warmup_bars=30, clock="exchange"), redis)
-    await redis.hset(streams.CANDLE_HISTORY_FROM, member, c1[300].ts)
+    await redis.hset(history_from_key(*K1S[:2]), member, c1[300].ts)
     await corr._publish(redis, c1[300:400])  # seeded from bar 300, then live
     await app.drain()
     series = app.engine.windows[K1S]
@@ -222,8 +223,8 @@ async def test_a_backfill_another_replica_consumed_is_read_back_when_history_fro
     await delete_alerts(redis)
     # the builder backfills bars 0..299 (appended); the other replica's read takes them
     await corr._publish(redis, c1[:300])
-    await redis.hset(streams.CANDLE_HISTORY_FROM, member, c1[0].ts)
-    stream = streams.candles(*K1S)
+    await redis.hset(history_from_key(*K1S[:2]), member, c1[0].ts)
+    stream = candles_stream(*K1S)
     [(_, taken)] = await redis.xreadgroup(streams.GROUP_ALERT_ENGINE, "other-replica", {stream: ">"}, count=1000)
     assert len(taken) == 300
     await redis.xack(stream, streams.GROUP_ALERT_ENGINE, *[entry_id for entry_id, _ in taken])
@@ -243,7 +244,7 @@ async def test_a_backfill_another_replica_consumed_is_read_back_when_history_fro
 async def test_a_bad_history_from_value_is_logged_once_and_does_not_stop_the_sync(redis, tmp_path, caplog):
     c1 = pdref.candles_from_csv(shared_data(corr.BTC), EX, A, "1s", 1000)
     await corr._publish(redis, c1[:50])
-    await redis.hset(streams.CANDLE_HISTORY_FROM, streams.registry_member(*K1S), "yesterday")
+    await redis.hset(history_from_key(*K1S[:2]), streams.registry_member(*K1S), "yesterday")
     path = tmp_path / "rules.yaml"
     path.write_text(SMA300)
     app = AlertEngineApp(Settings(rules_file=path, consumer_name="e1", redis_url="redis://unused", block_ms=20,
@@ -255,7 +256,7 @@ async def test_a_bad_history_from_value_is_logged_once_and_does_not_stop_the_syn
         await app.drain()
     assert len(app.engine.windows[K1S].candles) == 60
     assert [r.getMessage() for r in caplog.records].count(
-        f"alert_engine: ignoring {streams.CANDLE_HISTORY_FROM}[{streams.registry_member(*K1S)}] = b'yesterday' "
+        f"alert_engine: ignoring {history_from_key(*K1S[:2])}[{streams.registry_member(*K1S)}] = b'yesterday' "
         "(not a timestamp)") == 1
 
 

@@ -20,6 +20,7 @@ from tests.conftest import shared_data
 from tests.unit.alert_engine import pdref
 from tests.support.subscriptions import subscribed, subscribers
 from tests.support.alerts import read_alerts
+from tests.support.candles import candles_stream, live_stream, register_series
 
 DIR = "binance_spot_btcusdt_20210108"
 EX, SYM = "binance", "BTC/USDT"
@@ -83,8 +84,8 @@ rules:
   - {{name: mid_tick, symbols: [{SYM}], timeframe: 1s, frequency: once_per_bar,
      condition: {{left: mid, op: crosses_up, right: {lv}}}}}
 """
-    await Bus(redis).publish_many((streams.candles(EX, SYM, "1s"), c.encode()) for c in candles)
-    await redis.sadd(streams.CANDLE_REGISTRY, streams.registry_member(EX, SYM, "1s"))
+    await Bus(redis).publish_many((candles_stream(EX, SYM, "1s"), c.encode()) for c in candles)
+    await register_series(redis, (EX, SYM, "1s"))
     await _publish_tickers(redis, q)
     app = AlertEngineApp(_settings(tmp_path, text, clock="exchange", batch=batch), redis)
     await app.drain()
@@ -149,7 +150,7 @@ rules:
     await app.drain()
     # trades are read for the intrabar rules only; the close-only rule reads candles, never trades or live candles
     assert trades_stream(EX, SYM) in app.consumer.streams
-    assert streams.candles_live(EX, SYM, "1s") not in app.consumer.streams
+    assert live_stream(EX, SYM) not in app.consumer.streams
     # published as market_feed does: encode_trades batches (here 50 trades per entry)
     bus = Bus(redis)
     await bus.publish_many((trades_stream(EX, SYM), encode_trades(EX, SYM, trades[i:i + 50]))

@@ -55,7 +55,7 @@ def layout(pairs: list[Pair], timeframes: list[str], partitions: int = DEFAULT_P
     return Layout(
         trades=trades,
         tickers={p: streams.part_tickers(part[p]) for p in pairs},
-        candles={(p, tf): streams.candles(p.exchange, p.symbol, tf) for p in pairs for tf in timeframes},
+        candles={(p, tf): streams.series_candles(part[p], p.exchange, p.symbol, tf) for p in pairs for tf in timeframes},
         alerts=streams.part_alerts(0),
         alert_streams=tuple(alert_streams(DEFAULT_PARTITIONS)),
         dead_letters=(streams.DEAD_LETTER, streams.NOTIFY_DEAD_LETTER),

@@ -26,9 +26,9 @@ from shared.outage import REDIS_DOWN
 from shared.ownership import FencedError, Ownership
 from shared.partitioned import entry_id, read_offset
 from shared.partitions import partition_of
-from shared.recordings import read_trades
+from shared.recordings import read_trade_texts
 from shared.runtime import consumer_name, heartbeat
-from shared.schemas import Trade
+from shared.schemas import Trade, TradeText
 from shared.simulated import SimulatedMarket, quote
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class MarketFeedApp:
     """
 
     def __init__(self, settings: Settings, redis: Redis, *, bus: Bus | None = None,
-                 source: tuple[list[str], Iterator[tuple[str, Trade]]] | None = None) -> None:
+                 source: tuple[list[str], Iterator[tuple[str, TradeText]]] | None = None) -> None:
         self.settings = settings
         # mode=replay of trades the caller reads (``sentinel backtest``: many files and symbols of this exchange, in
         # time order) instead of ``replay_file``: (symbols, (symbol, trade) in exchange order)
@@ -64,6 +64,25 @@ class MarketFeedApp:
             from services.market_feed.adapters.ccxt_exchange import check_exchange_ids
 
             check_exchange_ids(settings.exchanges)
+        if settings.books or settings.derivatives:  # a book's owner is its trades' owner: same symbols needed
+            from services.market_feed.books import check_book_symbols
+
+            check_book_symbols(settings, self.trade_symbols())
+
+    def trade_symbols(self) -> dict[str, list[str]]:
+        """Exchange name -> the symbols whose trades this replica feeds."""
+        s = self.settings
+        if s.mode == "live":
+            return {f.name: list(f.symbols) for f in s.exchanges}
+        if s.mode == "simulated":
+            return {self.exchange: list(s.sim_symbols)}
+        return {self.exchange: list(self.source[0]) if self.source is not None else [s.resolved_symbol()]}
+
+    def trade_leases(self, name: str) -> Ownership | None:
+        """The leases (feed group) under which this replica publishes the trades of exchange ``name``, once made."""
+        if self.live is not None:
+            return self.live.ownerships.get(name)  # type: ignore[no-any-return]
+        return self.ownership if name == self.exchange else None
 
     # ---- progress ----------------------------------------------------------------------------------------------
 
@@ -106,7 +125,10 @@ class MarketFeedApp:
         if self.settings.books or self.settings.derivatives:  # order books and futures data beside the trades
             from services.market_feed.books import BookTasks
 
-            self.books = BookTasks(self.settings, self.redis, bus=self.bus)
+            # a pair's books and futures data are published by the replica holding its trades' partition (the
+            # trades' leases), or, for an exchange whose trades this replica does not feed, under leases of their own
+            self.books = BookTasks(self.settings, self.redis, bus=self.bus, trade_leases=self.trade_leases,
+                                   fed=set(self.trade_symbols()))
             books = asyncio.create_task(self.books.run(stop), name="market_feed-books")
         try:
             mode = self.settings.mode
@@ -120,7 +142,8 @@ class MarketFeedApp:
                 path = self.settings.replay_file
                 logger.info("replaying %s as %s %s (speed %s)", path, self.exchange, symbol,
                             self.settings.speed or "max")
-                await self._run_source(stop, [symbol], lambda: ((symbol, t) for t in read_trades(path)), None, None)
+                await self._run_source(stop, [symbol], lambda: ((symbol, t) for t in read_trade_texts(path)), None,
+                                       None)
             elif mode == "simulated":
                 s = self.settings
                 market = SimulatedMarket(s.sim_symbols, seed=s.sim_seed, start_ms=s.sim_start_ms,
@@ -152,7 +175,7 @@ class MarketFeedApp:
         beat_stop.set()
 
     async def _run_source(self, stop: asyncio.Event, symbols: list[str],
-                          source: Callable[[], Iterator[tuple[str, Trade]]], market: SimulatedMarket | None,
+                          source: Callable[[], Iterator[tuple[str, Trade | TradeText]]], market: SimulatedMarket | None,
                           end_ts: int | None) -> None:
         """Publish ``source()`` for the pairs whose partitions this replica holds (feed group of the exchange; in
         replay, of the replayed pair). A pass starts over (the saved last ids skip what is published) when the
@@ -165,7 +188,8 @@ class MarketFeedApp:
         if s.mode == "replay":  # feeds replaying other files of the exchange are not replicas of this one
             group += "|" + symbols[0]
         ownership = self.ownership = Ownership(self.redis, group, consumer_name(SERVICE, s.consumer_name),
-                                               s.partitions, ttl_ms=s.lease_ttl_ms, wanted=wanted)
+                                               s.partitions, ttl_ms=s.lease_ttl_ms, wanted=wanted,
+                                               replication=s.durability)
         leases_stop, balanced = asyncio.Event(), asyncio.Event()
         leases = asyncio.create_task(self._balance(ownership, leases_stop, balanced), name="market_feed-leases")
         first = True
@@ -203,7 +227,7 @@ class MarketFeedApp:
             with contextlib.suppress(Exception):
                 await ownership.leave()
 
-    async def _pass(self, stop: asyncio.Event, symbols: list[str], source: Iterator[tuple[str, Trade]],
+    async def _pass(self, stop: asyncio.Event, symbols: list[str], source: Iterator[tuple[str, Trade | TradeText]],
                     market: SimulatedMarket | None, end_ts: int | None, *, resume: bool) -> None:
         s = self.settings
         redis = self.redis
@@ -266,7 +290,8 @@ class MarketFeedApp:
                     if stop.is_set():
                         break
             emit(core.push(symbol, trade))
-            last_price[symbol] = trade.price
+            if market is not None:  # (a simulated market's trades: Decimal prices for its tickers)
+                last_price[symbol] = trade[2]
             self.exchange_time = core.clock
             if out.full:
                 if not await flush():

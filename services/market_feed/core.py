@@ -19,8 +19,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from shared.schemas import Trade, TradeBatch, Watermark
+from shared.schemas import Trade, TradeBatch, TradeText, Watermark
 
 
 @dataclass(slots=True)
@@ -82,7 +83,7 @@ class IdDedup:
 @dataclass(slots=True)
 class _SymbolState:
     dedup: IdDedup
-    batch: list[Trade] = field(default_factory=list)
+    batch: list[Any] = field(default_factory=list)  # Trade (live), TradeText (replay): never mixed
     last_ts: int | None = None
 
 
@@ -111,25 +112,34 @@ class FeedCore:
     def dropped(self) -> int:
         return sum(s.dedup.dropped for s in self.symbols.values())
 
-    def is_new(self, symbol: str, trade: Trade) -> bool:
+    def is_new(self, symbol: str, trade: Trade | TradeText) -> bool:
         """Whether ``push`` would publish this trade rather than drop it as already published (no change of state):
         a resumed replay paces from its first new trade, not from the file's first."""
         state = self.symbols.get(symbol)
         return state is not None and state.dedup.is_new(trade.id)
 
-    def push(self, symbol: str, trade: Trade) -> list[Event]:
+    def push(self, symbol: str, trade: Trade | TradeText) -> list[Event]:
         """Add the next trade (exchange order); returns the events now ready, in publish order."""
         state = self.symbols.get(symbol)
         if state is None:
             raise KeyError(f"unknown symbol {symbol!r} for {self.exchange}")
-        if not state.dedup.accept(trade.id):
+        tid, ts = trade[0], trade[1]
+        dedup = state.dedup
+        if type(tid) is int and dedup.last_id is not None and tid > dedup.last_id:  # the usual: a later id
+            dedup.last_id = tid
+        elif not dedup.accept(tid):
             return []  # a duplicate neither publishes nor moves time (a restarted feed re-reads what it sent)
-        out: list[Event] = self.advance(trade.ts)
+        clock, mark, tick = self.clock, self._next_watermark, self._next_tick
+        if clock is not None and mark is not None and clock <= ts <= mark and (tick is None or ts < tick):
+            self.clock = ts  # nothing due (``advance`` would say so after the same comparisons)
+            out: list[Event] = []
+        else:
+            out = self.advance(ts)
         batch = state.batch
-        if batch and (len(batch) >= self.batch_size or trade.ts - batch[0].ts > self.window_ms):
+        if batch and (len(batch) >= self.batch_size or ts - batch[0][1] > self.window_ms):
             out.append(self._take(symbol, state))
         state.batch.append(trade)
-        state.last_ts = trade.ts
+        state.last_ts = ts
         self.accepted += 1
         return out
 

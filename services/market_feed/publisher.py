@@ -182,6 +182,7 @@ class Outbox:
             self.serve(symbol)
         self._script = redis.register_script(_WRITE)
         self._open: dict[int, _Write] = {}
+        self._queued = 0  # entries in ``_open`` (``full`` is asked after every trade: no sum over the writes)
         self._sealed: list[_Write] = []  # not acknowledged yet, in order
         self._drain: asyncio.Task | None = None
         self.trades_published = 0
@@ -216,7 +217,9 @@ class Outbox:
                 named = Watermark(self.exchange, symbols[0] if len(symbols) == 1 else "", event.ts, event.final)
                 self._write(p).entries.append((1, encode_watermark(named), self.maxlen))
                 self._write(p).counts["watermarks"] = self._write(p).counts.get("watermarks", 0) + 1
+                self._queued += 1
             return
+        self._queued += 1
         w = self._write(self.serve(event.symbol))
         last_id, last_ts = w.states.get(event.symbol, (None, None))
         if isinstance(event, GapMarker):
@@ -237,21 +240,23 @@ class Outbox:
         data = ticker.encode()
         w = self._write(self.serve(ticker.symbol))
         w.entries.append((2, data, TICKER_MAXLEN))
+        self._queued += 1
         w.channels.append((streams.channel_tickers(ticker.exchange, ticker.symbol), data))
         w.counts["tickers"] = w.counts.get("tickers", 0) + 1
 
     @property
     def full(self) -> bool:
-        return sum(len(w.entries) for w in self._open.values()) >= self.pipeline_entries
+        return self._queued >= self.pipeline_entries
 
     @property
     def pending(self) -> int:
         """Entries queued or sent but not acknowledged by Redis yet."""
-        return sum(len(w.entries) for w in self._open.values()) + sum(len(w.entries) for w in self._sealed)
+        return self._queued + sum(len(w.entries) for w in self._sealed)
 
     def discard(self) -> None:
         """Forget everything queued and unacknowledged (the partitions were lost: their new owner publishes it)."""
         self._open.clear()
+        self._queued = 0
         self._sealed.clear()
 
     async def flush(self) -> None:
@@ -266,6 +271,7 @@ class Outbox:
             if w.entries or w.channels:
                 self._sealed.append(w)
         self._open.clear()
+        self._queued = 0
         if self._drain is None or self._drain.done():
             if not self._sealed:
                 return
@@ -320,6 +326,7 @@ class Outbox:
                 self.ownership.leases.pop(p, None)
                 raise FencedError(f"{self.ownership.group}: {exc}") from exc
             raise
+        await self.ownership.replicated()  # published = on the replicas redis_wait_replicas asks for (retried if not)
         return bool(applied), last
 
     def lag_mark(self, partition: int, entries: int) -> bytes | None:

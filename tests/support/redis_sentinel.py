@@ -187,10 +187,15 @@ class FailoverOnKill:
     """``RedisWithSentinel`` behind the ``kill()`` / ``start()`` / ``url`` / ``stop()`` of ``EmbeddedRedis``, for
     harnesses that SIGKILL their Redis and start it again (the chaos run): ``kill()`` SIGKILLs the master,
     ``start()`` waits for the Sentinel to promote the replica, then brings the killed server back as the new master's
-    replica. Each "Redis kill" is then a crash of the master and a failover, with a replica again afterwards."""
+    replica. Each "Redis kill" is then a crash of the master and a failover, with a replica again afterwards.
 
-    def __init__(self, data_dir: Path, *, down_after_ms: int = 2000) -> None:
+    ``lag_s``: before each kill, replication is cut (``cut_replica``) for that long, so the master dies ahead of the
+    replica: what it acknowledged meanwhile is lost in the failover unless the writers waited for the replica (the
+    harness's event loop is blocked meanwhile; the services run in their own processes)."""
+
+    def __init__(self, data_dir: Path, *, down_after_ms: int = 2000, lag_s: float = 0.0) -> None:
         self.servers = RedisWithSentinel(data_dir, down_after_ms=down_after_ms)
+        self.lag_s = lag_s
         self.killed: tuple[str, int] | None = None  # (name, port) of the master killed and not back yet
         self.failovers = 0
 
@@ -225,6 +230,9 @@ class FailoverOnKill:
         self.killed = None
 
     def kill(self) -> None:
+        if self.lag_s:
+            self.servers.cut_replica()
+            time.sleep(self.lag_s)
         port = self.servers.master_port()
         process = self.servers.by_port[port]
         process.send_signal(signal.SIGKILL)

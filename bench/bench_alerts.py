@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from services.alert_engine.core import AlertEngine  # noqa: E402
 from shared import streams  # noqa: E402
 from shared.bus import FIELD  # noqa: E402
+from shared.candle_series import series_stream  # noqa: E402
 from shared.embedded_redis import EmbeddedRedis  # noqa: E402
 from shared.partitions import DEFAULT_PARTITIONS, partition_of  # noqa: E402
 from shared.rules import parse_rules  # noqa: E402
@@ -287,7 +288,7 @@ def _reader(url: str, stop: Any, ready: Any, out: Any, floor: bool) -> None:
     trades = {_trades_stream(s) for s in SYMBOLS}
     # from the start ("0-0": every run begins with FLUSHALL)
     last = dict.fromkeys(sorted(trades), "0-0") if floor else \
-        {**dict.fromkeys(ALERT_STREAMS, "0-0"), **{streams.candles("bench", s, "1s"): "0-0" for s in SYMBOLS}}
+        {**dict.fromkeys(ALERT_STREAMS, "0-0"), **{series_stream("bench", s, "1s", DEFAULT_PARTITIONS): "0-0" for s in SYMBOLS}}
     received: dict[str, float] = {}
     candles: dict[str, float] = {}
     ready.set()
@@ -330,7 +331,7 @@ def _service(url: str, rules: str, which: str, mark: Any, stop: Any, ready: Any,
         else:
             app = AlertEngineApp(EngineSettings(rules_file=Path(rules), intrabar=False, redis_url=url), redis)
         trace: list = []
-        if os.environ.get("BENCH_TRACE") and which == "alert_engine":  # per batch: start, end, entries (epoch s)
+        if os.environ.get("BENCH_TRACE") and hasattr(app, "consumer"):  # per batch: start, end, entries (epoch s)
             handler = app.consumer.handler
 
             async def traced(batch: Any) -> None:
@@ -374,7 +375,8 @@ def _candle_producer(url: str, seconds: float, out: Any) -> None:
         for sym in SYMBOLS:
             c = Candle(exchange="bench", symbol=sym, timeframe="1s", ts=ts, open=p, high=p, low=p, close=p, volume=p,
                        buy_volume=p, sell_volume=Decimal(0))
-            pipe.xadd(streams.candles("bench", sym, "1s"), {FIELD: c.encode()})
+            # the partition's stream, which the engine reads (its series stream serves warm-ups: not needed here)
+            pipe.xadd(streams.part_candles(partition_of("bench", sym, DEFAULT_PARTITIONS)), {FIELD: c.encode()})
         at = time.time()
         pipe.execute()
         if at - start >= WARMUP_S:
@@ -394,7 +396,8 @@ async def latency(url: str, rate: int, seconds: float, tmp: Path, layout: str, r
     for sym in SYMBOLS:
         await redis.sadd(streams.FEED_REGISTRY, streams.registry_member("bench", sym))
         if engine_only:
-            await redis.sadd(streams.CANDLE_REGISTRY, streams.registry_member("bench", sym, "1s"))
+            await redis.sadd(streams.part_candle_registry(partition_of("bench", sym, DEFAULT_PARTITIONS)),
+                             streams.registry_member("bench", sym, "1s"))
     rules = tmp / "rules.yaml"
     rules.write_text(RULE_EVERY_BAR)
     ctx = mp.get_context("spawn")

@@ -24,6 +24,7 @@ from services.api.app import ApiApp
 from services.api.settings import Settings
 from shared import streams
 from shared.bus import Bus, BusSettings
+from shared.candle_series import series_stream
 from shared.embedded_redis import EmbeddedRedis
 from shared.runtime import connect
 from shared.schemas import Alert, Candle
@@ -44,7 +45,7 @@ async def seed(redis, candles: int, alerts: int) -> None:
         p = Decimal("60000.5") + i
         c = Candle(exchange="binance", symbol="BTC/USDT", timeframe="1m", ts=i * 60_000, open=p, high=p + 3,
                    low=p - 2, close=p + 1, volume=Decimal("12.5"), buy_volume=Decimal("7"), sell_volume=Decimal("5.5"))
-        items.append((streams.candles("binance", "BTC/USDT", "1m"), c.encode()))
+        items.append((series_stream("binance", "BTC/USDT", "1m", DEFAULT_PARTITIONS), c.encode()))
     for i in range(alerts):
         a = Alert(id=f"a{i}", rule=f"rule{i % 50}", exchange="binance", symbol="BTC/USDT", timeframe="1m",
                   ts=i * 60_000, fired_at=(i + 1) * 60_000, price=Decimal("60000.5"))

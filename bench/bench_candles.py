@@ -183,7 +183,7 @@ async def builder_rate(url: str, n_trades: int, per_entry: int, run: int = 0, re
     await task
     producer_s, producer_cpu = await asyncio.to_thread(result.get, True, 60)
     producer.join()
-    candles = sum([await redis.xlen(streams.candles(exchange, symbol, tf)) for tf in TIMEFRAMES])
+    candles = sum([await redis.xlen(streams.series_candles(partition, exchange, symbol, tf)) for tf in TIMEFRAMES])
     late = app.status()["late_dropped"]
     if late:
         raise RuntimeError(f"{late} trades were dropped as late: the measurement is void")

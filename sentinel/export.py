@@ -8,18 +8,23 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from shared import alert_streams, streams
+from shared import alert_streams
 from shared.bus import FIELD
+from shared.candle_series import all_series, partition_count, series_stream, series_streams
 from shared.schemas import Alert, Candle
 from shared.timeframes import sort_timeframes
 
 CANDLE_COLUMNS = ("timestamp", "open", "high", "low", "close", "volume", "buy_volume", "sell_volume", "trades")
 
 
-async def closed_candles(redis: Redis, exchange: str, symbol: str, timeframe: str) -> list[Candle]:
-    """Closed candles of a series, one per bucket (a revision replaces the earlier one), oldest first."""
+async def closed_candles(redis: Redis, exchange: str, symbol: str, timeframe: str,
+                         partitions: int | None = None) -> list[Candle]:
+    """Closed candles of a series, one per bucket (a revision replaces the earlier one), oldest first.
+    ``partitions``: the services' partition count (default: the one recorded in Redis)."""
     by_ts: dict[int, Candle] = {}
-    stream = streams.candles(exchange, symbol, timeframe)
+    if partitions is None:
+        partitions = await partition_count(redis)
+    stream = series_stream(exchange, symbol, timeframe, partitions)
     last = "-"
     while True:
         entries = await redis.xrange(stream, min=last, count=10_000)
@@ -35,18 +40,21 @@ async def closed_candles(redis: Redis, exchange: str, symbol: str, timeframe: st
     return [by_ts[ts] for ts in sorted(by_ts)]
 
 
-async def closed_candles_of(redis: Redis, series: list[tuple[str, str, str]],
-                            page: int = 10_000) -> dict[tuple[str, str, str], list[Candle]]:
+async def closed_candles_of(redis: Redis, series: list[tuple[str, str, str]], page: int = 10_000,
+                            partitions: int | None = None) -> dict[tuple[str, str, str], list[Candle]]:
     """``closed_candles`` of many series, the first page of each in one pipelined round trip (a market has
     thousands of series); a series longer than a page is read on by ``closed_candles``."""
+    if partitions is None:
+        partitions = await partition_count(redis)
+    names = series_streams(series, partitions)
     async with redis.pipeline(transaction=False) as pipe:
         for key in series:
-            pipe.xrange(streams.candles(*key), count=page)
+            pipe.xrange(names[key], count=page)
         firsts = await pipe.execute()
     out = {}
     for key, entries in zip(series, firsts):
         if len(entries) >= page:
-            out[key] = await closed_candles(redis, *key)
+            out[key] = await closed_candles(redis, *key, partitions)
             continue
         by_ts: dict[int, Candle] = {}
         for _, fields in entries:
@@ -57,10 +65,12 @@ async def closed_candles_of(redis: Redis, series: list[tuple[str, str, str]],
     return out
 
 
-async def candle_series(redis: Redis) -> list[tuple[str, str, str]]:
-    """Every (exchange, symbol, timeframe) candle_builder has published."""
-    members = await redis.smembers(streams.CANDLE_REGISTRY)
-    series = [tuple(streams.split_registry_member(m)) for m in members]
+async def candle_series(redis: Redis, partitions: int | None = None) -> list[tuple[str, str, str]]:
+    """Every (exchange, symbol, timeframe) candle_builder has published (every partition's registry), by exchange,
+    symbol and timeframe (shortest first)."""
+    if partitions is None:
+        partitions = await partition_count(redis)
+    series = await all_series(redis, partitions)
     order = {tf: i for i, tf in enumerate(sort_timeframes({s[2] for s in series}))}
     return sorted(series, key=lambda s: (s[0], s[1], order[s[2]]))
 

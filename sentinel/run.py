@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sentinel import export
-from sentinel.pipeline import (APP_CLASSES, Pipeline, add_service, data_dir_or_temp, load_all_settings, load_settings, service_classes,
+from sentinel.pipeline import (APP_CLASSES, Pipeline, add_service, data_dir_or_temp, load_all_settings, service_classes,
                                wait_drained)
 from shared.embedded_redis import EmbeddedRedis
 from shared.errors import ConfigError
@@ -308,21 +308,12 @@ def _simulated_label(feed: Any) -> Any:
 def up_settings(config_file: Path | None, redis_url: str) -> dict[str, Any]:
     """Every service's settings for ``sentinel up`` (ConfigError listing every problem of every section)."""
     _check_config(config_file)
-    out: dict[str, Any] = {}
-    problems: list[str] = []
-    for name in APP_CLASSES:
-        overrides: dict[str, Any] = {"redis_url": redis_url}
-        if name == "market_feed" and config_file is None and "SENTINEL_MODE" not in os.environ:
-            # Without a settings file, `up` runs the simulated market in real time until stopped.
-            overrides.update(mode="simulated", speed=1.0, sim_duration_s=None)
-        try:
-            out[name] = load_settings(name, config_file, **overrides)
-            if name == "market_feed":
-                out[name] = _simulated_label(out[name])
-        except ConfigError as exc:
-            problems += [p for p in exc.problems if p not in problems]
-    if problems:
-        raise ConfigError(problems)
+    overrides: dict[str, dict[str, Any]] = {name: {} for name in APP_CLASSES}
+    if config_file is None and "SENTINEL_MODE" not in os.environ:
+        # Without a settings file, `up` runs the simulated market in real time until stopped.
+        overrides["market_feed"] = {"mode": "simulated", "speed": 1.0, "sim_duration_s": None}
+    out = load_all_settings(overrides, config_file, redis_url=redis_url)
+    out["market_feed"] = _simulated_label(out["market_feed"])
     return out
 
 

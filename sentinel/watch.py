@@ -21,6 +21,7 @@ from rich.text import Text
 
 from sentinel.client import ClientError, Event, SentinelClient, embedded_redis_url
 from shared import streams
+from shared.candle_series import all_series, partition_count
 from shared.fmt import plain
 from shared.runtime import connect
 from shared.schemas import Alert, BookSnapshot, Candle, FundingRate, Liquidation, OpenInterest, Ticker
@@ -227,14 +228,13 @@ def parse_series(values: list[str]) -> list[Series]:
 
 
 async def discover_series(redis_url: str, timeframe: str = "1m", most: int = 6) -> list[Series]:
-    """Series candle_builder publishes (``streams.CANDLE_REGISTRY``) of one timeframe."""
+    """Series candle_builder publishes (every partition's ``streams.part_candle_registry``) of one timeframe."""
     redis = connect(redis_url)
     try:
-        members = await redis.smembers(streams.CANDLE_REGISTRY)
+        found = await all_series(redis, await partition_count(redis))
     finally:
         await redis.aclose()
-    found = sorted(tuple(streams.split_registry_member(m)) for m in members)
-    return [s for s in found if len(s) == 3 and s[2] == timeframe][:most]  # type: ignore[misc]
+    return [s for s in found if s[2] == timeframe][:most]
 
 
 async def discover_perpetuals(redis_url: str, pairs: list[Pair]) -> list[Pair]:

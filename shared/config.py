@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AliasChoices, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -38,6 +38,7 @@ from shared.bus import (
     MaxEntryBytes,
     SilentConsumerIdleMs,
 )
+from shared.durability import Replication
 from shared.errors import ConfigError
 from shared.runtime import consumer_name
 from shared.yamlfile import describe_errors, line_of, load_yaml_file
@@ -70,6 +71,14 @@ class ServiceSettings(BaseSettings):
     partitions: int = Field(
         default=16, ge=1, le=4096, description="Pairs are split into this many partitions, each owned by one replica "
         "of every stateful service at a time; the same for every service (the first to start records it).")
+    redis_wait_replicas: int = Field(
+        default=0, ge=0, le=16, description="With Redis replicas (Sentinel): a commit that makes something done (a "
+        "trade published, candles committed, an alert's exactly-once records, a notification's sent record) counts "
+        "only once this many replicas hold it (WAIT after the commit; fewer in time = not done, retried). 0 = the "
+        "master's acknowledgement is enough (a failover can lose the last writes). Not with redis_cluster.")
+    redis_wait_ms: int = Field(
+        default=1000, ge=1, le=10_000, description="How long one WAIT for redis_wait_replicas may take before the "
+        "commit is retried (keep it under the client's socket timeout: 2 s on a redis+sentinel:// URL).")
     lease_ttl_ms: int = Field(
         default=6000, ge=500, description="A replica's hold on a partition lasts this long unless renewed (every "
         "third of it): a killed replica's partitions move to the others within about this time.")
@@ -88,6 +97,18 @@ class ServiceSettings(BaseSettings):
     max_entry_bytes: MaxEntryBytes = 1_000_000
     dead_letter_maxlen: DeadLetterMaxlen = 10_000
     dead_letter_keep_bytes: DeadLetterKeepBytes = 1024
+
+    @model_validator(mode="after")
+    def _wait_not_on_cluster(self) -> Self:
+        if self.redis_wait_replicas and self.redis_cluster:
+            raise ValueError("redis_wait_replicas: not supported with redis_cluster (WAIT would have to name each "
+                             "commit's node); set it to 0 or use one master with replicas under Sentinel")
+        return self
+
+    @property
+    def durability(self) -> Replication:
+        """What a commit waits for before it counts as done (``shared.durability``)."""
+        return Replication(self.redis_wait_replicas, self.redis_wait_ms)
 
     def bus_settings(self, maxlen: int = DEFAULT_MAXLEN) -> BusSettings:
         """The publisher's limits from these settings."""

@@ -12,7 +12,9 @@ service, e.g. ``candle_builder``) is owned by at most one replica at a time:
   take them; a dead replica's leases expire after ``ttl`` and the survivors take its partitions over;
 - every write an owner makes for a partition goes through ``fenced`` (a script that checks the lease still holds its
   value, then runs the writes — atomically, in the partition's hash slot): an owner paused past its TTL whose
-  partition was taken over cannot write (``FencedError``), whatever it believes.
+  partition was taken over cannot write (``FencedError``), whatever it believes;
+- with ``replication`` (``shared.durability``, from ``redis_wait_replicas``) a fenced write returns only once that
+  many replicas hold it (``NotReplicatedError`` otherwise: the write is not done, the caller redoes it).
 
 All keys of a partition share its hash tag, so the scripts are single-slot on a Redis Cluster.
 """
@@ -29,6 +31,7 @@ from typing import Any
 from redis import exceptions as redis_errors
 
 from shared import streams
+from shared.durability import NO_REPLICATION, Replication
 
 logger = logging.getLogger(__name__)
 
@@ -47,17 +50,31 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 # ARGV: the lease value, then each command as its argument count followed by its arguments. Replies in order.
+# A count written "<n>@<k>" replaces the command's k-th argument with the previous command's reply (``PREVIOUS``).
 _FENCED = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED lease ' .. KEYS[1] .. ' lost') end
 local out = {}
 local i = 2
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
-  out[#out + 1] = redis.call(unpack(ARGV, i + 1, i + n))
+  if n then
+    out[#out + 1] = redis.call(unpack(ARGV, i + 1, i + n))
+  else
+    local count, at = string.match(ARGV[i], '^(%d+)@(%d+)$')
+    n = tonumber(count)
+    local args = {unpack(ARGV, i + 1, i + n)}
+    args[tonumber(at)] = out[#out]
+    out[#out + 1] = redis.call(unpack(args))
+  end
   i = i + n + 1
 end
 return out
 """
+
+
+#: An argument of a fenced command that stands for the reply of the command before it (e.g. an ``XADD`` to a second
+#: stream with the entry id the first ``XADD ... *`` got): ``("XADD", key, PREVIOUS, "d", data)``.
+PREVIOUS = object()
 
 
 class FencedError(Exception):
@@ -84,7 +101,7 @@ class Ownership:
     """
 
     def __init__(self, redis: Any, group: str, instance: str, partitions: int, *, ttl_ms: int = 6000,
-                 wanted: Iterable[int] | None = None) -> None:
+                 wanted: Iterable[int] | None = None, replication: Replication = NO_REPLICATION) -> None:
         if partitions < 1:
             raise ValueError("partitions must be >= 1")
         self.redis = redis
@@ -92,6 +109,7 @@ class Ownership:
         self.instance = instance
         self.partitions = partitions
         self.ttl_ms = ttl_ms
+        self.replication = replication
         self.leases: dict[int, Lease] = {}
         #: the partitions this replica has work in (a feed: those of its pairs); None = all. Others are never taken.
         self.wanted: set[int] | None = None if wanted is None else set(wanted)
@@ -149,7 +167,7 @@ class Ownership:
         for partition, lease in list(self.leases.items()):
             renewed = await self._renew(keys=[streams.lease(self.group, partition)], args=[lease.value, self.ttl_ms])
             if not renewed:
-                del self.leases[partition]
+                self.leases.pop(partition, None)  # (a fenced write may have dropped it meanwhile)
                 lost.append(partition)
                 logger.warning("%s/%s: lease of partition %d was lost (expired and taken over)", self.group,
                                self.instance, partition)
@@ -186,20 +204,34 @@ class Ownership:
 
     async def fenced(self, partition: int, commands: Iterable[Command]) -> list[Any]:
         """Run ``commands`` (each a sequence like ``("XADD", key, "*", "d", data)``, every key in the partition's
-        hash slot) atomically, only if this replica still holds the partition's lease. FencedError otherwise (the
+        hash slot; an argument ``PREVIOUS`` is the previous command's reply) atomically, only if this replica still
+        holds the partition's lease. FencedError otherwise (the
         partition is dropped from ``leases``: its worker must stop)."""
         lease = self.leases.get(partition)
         if lease is None:
             raise FencedError(f"{self.group}/{self.instance} does not own partition {partition}")
         args: list[Any] = [lease.value]
         for command in commands:
-            args.append(len(command))
-            args.extend(command)
+            if PREVIOUS in command:
+                at = next(i for i, arg in enumerate(command) if arg is PREVIOUS)
+                args.append(f"{len(command)}@{at + 1}")
+                args.extend("" if arg is PREVIOUS else arg for arg in command)
+            else:
+                args.append(len(command))
+                args.extend(command)
         try:
-            return list(await self._fenced(keys=[streams.lease(self.group, partition)], args=args))
+            replies = list(await self._fenced(keys=[streams.lease(self.group, partition)], args=args))
         except redis_errors.ResponseError as exc:
             if str(exc).startswith("FENCED"):
                 self.leases.pop(partition, None)
                 raise FencedError(f"{self.group}/{self.instance}: {exc}") from exc
             raise
+        await self.replicated()
+        return replies
+
+    async def replicated(self) -> None:
+        """Return once the replicas ``replication`` asks for hold every write made so far (``shared.durability``;
+        NotReplicatedError if they do not in time). A fenced write does this itself; a writer with its own script
+        (market_feed's publish) calls it after the script."""
+        await self.replication.wait(self.redis)
 

@@ -170,8 +170,9 @@ def raw_reader(redis: Any) -> Any:
     """A client on the same server(s) whose XREAD replies come as the server sent them (no dict per entry): the
     hot read path of a partition worker. Shares the connection pool of a plain (or Sentinel) client."""
     if isinstance(redis, RedisCluster):
-        raw: Any = RedisCluster(startup_nodes=[ClusterNode(n.host, n.port) for n in redis.get_nodes()],
-                                decode_responses=False)
+        # (a client that has not sent a command yet knows only the nodes it was started with)
+        nodes = redis.get_nodes() or list(redis.nodes_manager.startup_nodes.values())
+        raw: Any = RedisCluster(startup_nodes=[ClusterNode(n.host, n.port) for n in nodes], decode_responses=False)
     else:
         raw = Redis(connection_pool=redis.connection_pool)
     raw.set_response_callback("XREAD", lambda response, **options: response)

@@ -5,8 +5,11 @@ Streams (durable)::
     sentinel:{p<n>}:trades                           TradeBatch / GapMarker / Watermark of the pairs of partition n,
                                                      written by market_feed (``part_trades``; docs/scale-out.md)
     sentinel:{p<n>}:tickers                          Ticker (``part_tickers``)
-    sentinel:candles:{exchange}:{symbol}:{tf}        closed (and revised) candles, written by candle_builder
-    sentinel:candles_live:{exchange}:{symbol}:{tf}   in-progress candles, throttled, short
+    sentinel:{p<n>}:candles                          closed (and revised) candles of every series of partition n,
+                                                     written by candle_builder (``part_candles``)
+    sentinel:{p<n>}:candles:{exchange}:{symbol}:{tf} the same candles of one series, same entry ids
+                                                     (``series_candles``; ``shared.candle_series`` names them)
+    sentinel:{p<n>}:live                             in-progress candles of partition n, throttled (``part_live``)
     sentinel:alerts                                  Alert, written by alert_engine, read by notifier
     sentinel:alerts:history                          every Alert, with retention, for the API
     sentinel:deadletter                              what could not be decoded or kept failing
@@ -24,14 +27,6 @@ FIELD = b"d"
 # ---- streams -------------------------------------------------------------------------------------------------------
 
 
-def candles(exchange: str, symbol: str, timeframe: str) -> str:
-    return f"{PREFIX}:candles:{exchange}:{symbol}:{timeframe}"
-
-
-def candles_live(exchange: str, symbol: str, timeframe: str) -> str:
-    return f"{PREFIX}:candles_live:{exchange}:{symbol}:{timeframe}"
-
-
 # Unused since issue 21 (alert_engine writes part_alerts(p) and the part_* records): kept for old data and tools.
 ALERTS = f"{PREFIX}:alerts"
 ALERT_HISTORY = f"{PREFIX}:alerts:history"
@@ -43,8 +38,7 @@ FEED_REGISTRY = f"{PREFIX}:registry:feeds"
 # Set of "exchange|symbol|book" and "exchange|symbol|derivs" that market_feed publishes order books / futures data for
 # (to ``part_books`` / ``part_derivs``): the engine resolves book and futures rules' symbols against it.
 BOOK_REGISTRY = f"{PREFIX}:registry:books"
-# Set of "exchange|symbol|timeframe" that candle_builder publishes candles for.
-CANDLE_REGISTRY = f"{PREFIX}:registry:candles"
+# (the series candle_builder publishes candles for: one set per partition, ``part_candle_registry``)
 
 REGISTRY_SEP = "|"
 
@@ -133,11 +127,7 @@ CHANNEL_RULES = f"{PREFIX}:ch:rules"
 
 # ---- candle_builder (append-only additions) ------------------------------------------------------------------------
 
-
-#: Hash "exchange|symbol|timeframe" -> bucket start (ms) of the oldest candle candle_builder published for the series
-#: from history (written when it seeds or backfills; a subscriber whose look-back grew can tell when the
-#: older candles are in the stream). Backfilled candles are appended after newer ones: order by ``ts``.
-CANDLE_HISTORY_FROM = f"{PREFIX}:candles:history_from"
+# (the oldest history candle of each series: one hash per partition, ``part_candle_history_from``)
 
 #: Consumer group of market_feed on history_requests(exchange) (it serves OHLCV history from the exchanges it is connected to).
 GROUP_MARKET_FEED = "market_feed"
@@ -192,6 +182,12 @@ def members(group: str) -> str:
     return f"{PREFIX}:members:{group}"
 
 
+def feed_symbols(group: str) -> str:
+    """Hash: replica name -> ``<ms>|<symbols, comma-separated, sorted>`` of the market_feed replicas of feed group
+    ``group`` (``services.market_feed.publisher.check_symbol_list``: every live replica must feed the same list)."""
+    return f"{PREFIX}:feed_symbols:{group}"
+
+
 def lease(group: str, partition: int) -> str:
     """String with a TTL: ``<instance>|<fencing token>`` of the replica of ``group`` that owns ``partition``."""
     return f"{_part(partition)}:lease:{group}"
@@ -204,6 +200,9 @@ def fence(group: str, partition: int) -> str:
 
 #: Hash of facts every service must agree on, recorded by the first one to start: ``partitions``.
 META = f"{PREFIX}:meta"
+
+#: String written just before a WAIT (``shared.durability``): the WAIT then covers every write acknowledged before it.
+REPLICATION_MARK = f"{PREFIX}:replication:mark"
 
 
 def part_trades(partition: int) -> str:
@@ -233,6 +232,12 @@ def series_candles(partition: int, exchange: str, symbol: str, timeframe: str) -
 def part_live(partition: int) -> str:
     """Stream: in-progress candles (throttled) of ``partition`` (candle_builder -> alert_engine's intrabar rules)."""
     return f"{_part(partition)}:live"
+
+
+def part_live_latest(partition: int) -> str:
+    """Hash "exchange|symbol|timeframe" -> the latest in-progress candle of each series of ``partition`` (written with
+    its ``part_live`` entry; the API reads a series' current candle here, whatever the partition's traffic)."""
+    return f"{_part(partition)}:live:latest"
 
 
 def part_books(partition: int) -> str:
@@ -294,9 +299,17 @@ def part_rule_state(partition: int) -> str:
 
 
 def part_candle_history_from(partition: int) -> str:
-    """Hash "exchange|symbol|timeframe" -> bucket start (ms) of the oldest history candle published for a series of
-    ``partition`` (see ``CANDLE_HISTORY_FROM``)."""
-    return f"{_part(partition)}:candles:history_from"
+    """Hash "exchange|symbol|timeframe" -> bucket start (ms) of the oldest candle candle_builder published for a
+    series of ``partition`` from history (written in the fenced commit that seeds or backfills it; a subscriber whose
+    look-back grew can tell when the older candles are in the stream). Backfilled candles are appended after newer
+    ones: order by ``ts``."""
+    return f"{_part(partition)}:history_from"
+
+
+def part_candle_registry(partition: int) -> str:
+    """Set of "exchange|symbol|timeframe": the series of ``partition`` candle_builder publishes candles for (added in
+    the fenced commit of a series' first candle; ``shared.candle_series`` reads every partition's)."""
+    return f"{_part(partition)}:registry:candles"
 
 
 def history_requests(exchange: str) -> str:
@@ -315,6 +328,12 @@ GROUP_FEED_PREFIX = "market_feed:"
 def feed_group(exchange: str) -> str:
     """The ownership group of the market_feeds serving ``exchange``."""
     return f"{GROUP_FEED_PREFIX}{exchange}"
+
+
+def book_group(exchange: str) -> str:
+    """The ownership group of the order books / futures data of ``exchange`` published by market_feeds that do not
+    feed its trades (a derivatives venue, a books-only replica); a replica feeding the trades uses ``feed_group``."""
+    return f"{GROUP_FEED_PREFIX}{exchange}|books"
 
 
 def replicas(service: str) -> str:

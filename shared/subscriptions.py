@@ -124,18 +124,17 @@ class Subscriptions:
         """Every series some live subscriber wants (or a stale one within the grace period), with the largest
         look-back asked for it."""
         instances = [m.decode() if isinstance(m, bytes) else m for m in await self.redis.smembers(streams.SUBSCRIBERS)]
+        seconds, micros = await self.redis.time()  # (alone: a Redis Cluster pipeline refuses TIME)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.time()
             for instance in instances:
                 pipe.hgetall(streams.subscriber(instance))
             replies = await pipe.execute()
-        seconds, micros = replies[0]
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         mono = time.monotonic()
         out: dict[Series, int] = {}
         gone = []
         stale: dict[str, float] = {}
-        for instance, rows in zip(instances, replies[1:]):
+        for instance, rows in zip(instances, replies):
             until = rows.pop(UNTIL.encode(), None)
             if not rows:
                 gone.append(instance)

@@ -151,7 +151,7 @@ def create_app(settings: Settings, redis: Redis) -> FastAPI:
     async def get_series() -> SeriesList:
         """Every (exchange, symbol, timeframe) with candles."""
         return SeriesList(series=[{"exchange": e, "symbol": s, "timeframe": t} for e, s, t in
-                                  await queries.series(redis)])
+                                  await queries.series(redis, settings.partitions)])
 
     @app.get("/candles/{exchange}/{symbol:path}/{timeframe}", response_model=CandleSeries, dependencies=read,
              tags=["market"], responses=errors)
@@ -166,8 +166,9 @@ def create_app(settings: Settings, redis: Redis) -> FastAPI:
     ) -> JSONResponse:
         """Closed candles (the latest revision of each bucket), ascending; optionally the in-progress one."""
         sym = normalize_symbol(symbol)
-        candles = await queries.closed_candle_maps(redis, exchange, sym, timeframe, limit=limit, since=since)
-        current = await queries.live_candle(redis, exchange, sym, timeframe) if live else None
+        candles = await queries.closed_candle_maps(redis, exchange, sym, timeframe, settings.partitions, limit=limit,
+                                                    since=since)
+        current = await queries.live_candle(redis, exchange, sym, timeframe, settings.partitions) if live else None
         if current is not None and candles and current.ts <= candles[-1]["ts"]:
             current = None
         # the maps are already what the response model would serialize: skip FastAPI's re-validation
@@ -193,8 +194,9 @@ def create_app(settings: Settings, redis: Redis) -> FastAPI:
     ) -> JSONResponse:
         """Cumulative volume delta (taker buy − taker sell volume) over the candles returned, in-progress one last."""
         sym = normalize_symbol(symbol)
-        candles = await queries.closed_candle_maps(redis, exchange, sym, timeframe, limit=limit, since=since)
-        current = await queries.live_candle(redis, exchange, sym, timeframe) if live else None
+        candles = await queries.closed_candle_maps(redis, exchange, sym, timeframe, settings.partitions, limit=limit,
+                                                    since=since)
+        current = await queries.live_candle(redis, exchange, sym, timeframe, settings.partitions) if live else None
         points = [{"ts": ts, "delta": str(d), "cvd": str(c)} for ts, d, c in queries.cvd(candles, current)]
         return JSONResponse({"exchange": exchange, "symbol": sym, "timeframe": timeframe, "points": points})
 

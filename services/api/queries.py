@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from shared import alert_streams, streams
 from shared.bus import FIELD
 from shared.bus import as_str as _s
+from shared.candle_series import all_series, series_stream
 from shared.errors import DecodeError
 from shared.partitions import partition_of
 from shared.schemas import SCHEMA_VERSION, Alert, Candle, Ticker, unpack
@@ -176,15 +177,15 @@ def peek(raw: bytes, kind: str) -> dict[str, Any] | None:
 _CANDLE_FIELDS = frozenset(Candle.model_fields)
 
 
-async def closed_candle_maps(redis: Redis, exchange: str, symbol: str, timeframe: str, *, limit: int,
-                             since: int | None = None) -> list[dict[str, Any]]:
+async def closed_candle_maps(redis: Redis, exchange: str, symbol: str, timeframe: str, partitions: int, *,
+                             limit: int, since: int | None = None) -> list[dict[str, Any]]:
     """Closed candles as JSON-ready maps (decimals as strings), ascending by ``ts``, the latest revision of each.
 
     Without ``since``: the last ``limit`` buckets. With ``since``: the first ``limit`` buckets starting at or after it.
     The maps are the candle_builder's own ``Candle.encode`` output, so they are returned without re-validation
     (10× cheaper); an entry lacking a field of the schema is skipped.
     """
-    stream = streams.candles(exchange, symbol, timeframe)
+    stream = series_stream(exchange, symbol, timeframe, partitions)
     by_ts: dict[int, dict[str, Any]] = {}
     top = "+"
     while True:
@@ -216,11 +217,11 @@ async def closed_candle_maps(redis: Redis, exchange: str, symbol: str, timeframe
     return [c for c in ordered if c["ts"] >= since][:limit]
 
 
-async def closed_candles(redis: Redis, exchange: str, symbol: str, timeframe: str, *, limit: int,
+async def closed_candles(redis: Redis, exchange: str, symbol: str, timeframe: str, partitions: int, *, limit: int,
                          since: int | None = None) -> list[Candle]:
     """``closed_candle_maps`` as validated ``Candle`` objects."""
     out = []
-    for data in await closed_candle_maps(redis, exchange, symbol, timeframe, limit=limit, since=since):
+    for data in await closed_candle_maps(redis, exchange, symbol, timeframe, partitions, limit=limit, since=since):
         try:
             out.append(Candle.model_validate(data))
         except ValidationError:
@@ -228,13 +229,14 @@ async def closed_candles(redis: Redis, exchange: str, symbol: str, timeframe: st
     return out
 
 
-async def live_candle(redis: Redis, exchange: str, symbol: str, timeframe: str) -> Candle | None:
-    """The latest in-progress candle of the series, if any."""
-    last = await redis.xrevrange(streams.candles_live(exchange, symbol, timeframe), count=1)
-    if not last:
+async def live_candle(redis: Redis, exchange: str, symbol: str, timeframe: str, partitions: int) -> Candle | None:
+    """The series' latest in-progress candle (its field of its partition's ``part_live_latest``), if any."""
+    raw = await redis.hget(streams.part_live_latest(partition_of(exchange, symbol, partitions)),
+                          streams.registry_member(exchange, symbol, timeframe))
+    if raw is None:
         return None
     try:
-        return Candle.decode(last[0][1].get(FIELD, b""))
+        return Candle.decode(raw)
     except DecodeError:
         return None
 
@@ -279,11 +281,6 @@ def cvd(candles: list[Candle] | list[dict[str, Any]],
     return out
 
 
-async def series(redis: Redis) -> list[tuple[str, str, str]]:
-    """Every (exchange, symbol, timeframe) candle_builder publishes."""
-    out = []
-    for member in await redis.smembers(streams.CANDLE_REGISTRY):
-        parts = streams.split_registry_member(member)
-        if len(parts) == 3:
-            out.append((parts[0], parts[1], parts[2]))
-    return sorted(out)
+async def series(redis: Redis, partitions: int) -> list[tuple[str, str, str]]:
+    """Every (exchange, symbol, timeframe) candle_builder publishes (every partition's registry)."""
+    return await all_series(redis, partitions)

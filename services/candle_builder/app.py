@@ -4,8 +4,11 @@ Work is split by partition (``shared.partitions``): this replica runs one worker
 (group ``candle_builder``, ``shared.partitioned.PartitionWorkers``; N replicas with default settings share them,
 and a dead replica's partitions move to the others within about ``lease_ttl_ms``). A worker reads
 ``streams.part_trades(p)`` with XREAD from the offset saved in ``streams.part_state(p, "candle_builder")`` and
-commits everything one read changed in one ``Ownership.fenced`` script: the closed candles (XADD + PUBLISH), the
-state of each pair it touched (in-progress candles) and the new offset. A ``kill -9`` before the script leaves the
+commits everything one read changed in one ``Ownership.fenced`` script: the closed candles (XADD to the partition's
+``part_candles(p)`` and, with the same entry id, to the series' ``series_candles(p, ex, sym, tf)``; PUBLISH), the
+series' registry entries, the state of each pair it touched (in-progress candles) and the new offset. Every key it
+writes carries the partition's hash tag: on a Redis Cluster the script runs in one slot. In-progress candles go to
+``part_live(p)`` in the same script (throttled per series). A ``kill -9`` before the script leaves the
 state and offset as they were (the next owner reads the same entries again); a replica that lost the lease cannot
 write at all. Nothing counts twice, nothing is lost.
 
@@ -13,7 +16,7 @@ Series: every (exchange, symbol) in ``streams.FEED_REGISTRY`` gets ``settings.ti
 subscribers ask for (``shared.subscriptions``) add timeframes; every pair whose entries arrive is built (a pair not
 registered yet with ``settings.timeframes``). A pair removed from FEED_REGISTRY is unfollowed (its series dropped
 from memory, its state left in Redis so entries that come later resume exactly; its members dropped from
-CANDLE_REGISTRY); a subscribed timeframe no subscriber asks for any more and that settings do not list stops.
+its partition's ``part_candle_registry``); a subscribed timeframe no subscriber asks for any more and that settings do not list stops.
 
 History: a new series is seeded with max(``history_bars``, the look-back its subscribers ask for) candles
 per timeframe (``history_bars`` unset = 500 when the feed is live, none for replays); a look-back that grows later, or
@@ -26,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from itertools import chain
 from typing import Any
 
@@ -40,11 +44,22 @@ from shared import metrics, streams
 from shared.bus import FIELD, Bus
 from shared.errors import ConfigError, DecodeError
 from shared.outage import REDIS_DOWN
-from shared.ownership import Ownership
+from shared.ownership import PREVIOUS, Ownership
 from shared.partitioned import PartitionWorkers, entry_data, raw_reader, read_streams
 from shared.partitions import partition_of
 from shared.runtime import consumer_name, heartbeat
-from shared.schemas import Candle, FeedMessage, GapMarker, TradeBatch, Watermark, decode_feed, pack, trade_rows, unpack
+from shared.schemas import (
+    Candle,
+    FeedMessage,
+    GapMarker,
+    TradeBatch,
+    TradeColumns,
+    Watermark,
+    decode_feed,
+    pack,
+    trade_rows,
+    unpack,
+)
 from shared.subscriptions import Subscriptions
 from shared.timeframes import timeframe_ms
 
@@ -64,7 +79,8 @@ class CandleBuilderApp:
         self.redis = redis
         self.bus = Bus(redis, settings.bus_settings(), service=SERVICE)
         self.name = consumer_name(SERVICE, settings.consumer_name)
-        self.ownership = Ownership(redis, GROUP, self.name, settings.partitions, ttl_ms=settings.lease_ttl_ms)
+        self.ownership = Ownership(redis, GROUP, self.name, settings.partitions, ttl_ms=settings.lease_ttl_ms,
+                                   replication=settings.durability)
         self.workers = PartitionWorkers(self.ownership, self.work, name=SERVICE, outage=self.bus.outage)
         self.raw = raw_reader(redis)
         self.subscriptions = Subscriptions(redis)
@@ -202,25 +218,30 @@ class CandleBuilderApp:
         return gone, {pair: tfs for pair, tfs in dropped.items() if tfs}
 
     async def _unfollow(self, gone: list[Pair], dropped: dict[Pair, set[str]]) -> None:
-        """Stop building pairs no longer wanted and drop what is no longer built from CANDLE_REGISTRY (each series'
-        state stays in Redis: a re-added pair resumes from it)."""
-        members: list[str] = []
+        """Stop building pairs no longer wanted and drop what is no longer built from their partition's
+        ``part_candle_registry`` and ``part_live_latest`` (each series' state stays in Redis: a re-added pair resumes
+        from it)."""
+        members: dict[int, list[str]] = {}
         for pair in gone:
-            async with self._lock(self.partition(*pair)):  # no read or timer tick in flight for it
+            partition = self.partition(*pair)
+            async with self._lock(partition):  # no read or timer tick in flight for it
                 self.wanted.pop(pair, None)
                 self.series.pop(pair, None)
-            members.extend(m for m in map(text, await self.redis.smembers(streams.CANDLE_REGISTRY))
-                           if streams.split_registry_member(m)[:2] == list(pair))
+            registry = await self.redis.smembers(streams.part_candle_registry(partition))
+            members.setdefault(partition, []).extend(
+                m for m in map(text, registry) if streams.split_registry_member(m)[:2] == list(pair))
             logger.info("candle_builder: no longer following %s %s (state kept in Redis)", *pair)
         for pair, tfs in dropped.items():
             series = self.series.get(pair)
             for tf in tfs:
                 if series is not None:
                     series.registered.discard(tf)
-                members.append(streams.registry_member(*pair, tf))
+                members.setdefault(self.partition(*pair), []).append(streams.registry_member(*pair, tf))
             logger.info("candle_builder: %s %s no longer builds %s", *pair, ", ".join(sorted(tfs)))
-        if members:
-            await self.redis.srem(streams.CANDLE_REGISTRY, *members)
+        for partition, names in members.items():
+            if names:
+                await self.redis.srem(streams.part_candle_registry(partition), *names)
+                await self.redis.hdel(streams.part_live_latest(partition), *names)
 
     # ---- one worker per partition held -----------------------------------------------------------------------------
 
@@ -268,6 +289,8 @@ class CandleBuilderApp:
         commands: list[Any] = []
         touched: list[Series] = []
         counted: list[Emitted] = []
+        live: list[tuple[Series, list[tuple[str, bytes]]]] = []  # in-progress candles to publish, per series
+        wall: list[Series] = []  # series throttled in wall time (live feeds, live_throttle_clock auto/wall)
         try:
             for pair, run in runs.items():
                 series = self.series.get(pair)
@@ -285,31 +308,38 @@ class CandleBuilderApp:
                     self._queue_candles(commands, series, series.seeded, history=True)
                     series.seeded = []
                     for tf, since in series.builder.history_from.items():
-                        commands.append(("HSET", streams.CANDLE_HISTORY_FROM,
+                        commands.append(("HSET", streams.part_candle_history_from(partition),
                                          streams.registry_member(series.exchange, series.symbol, tf), since))
-                self._apply_run([m for _, m in run], series, emitted)
                 series.last_id = entry_id(run[-1][0])
                 last = run[-1][1]
                 if type(last) is TradeBatch and last.trades:
                     series.live_offset = series.last_id[0] - last.trades[-1][1]
                 elif type(last) is Watermark:
                     series.live_offset = series.last_id[0] - last.ts
+                snaps: list[tuple[str, bytes]] | None = [] if self.settings.live_candles and self._exchange_throttle(series) else None
+                self._apply_run([m for _, m in run], series, emitted, snaps)
                 self._queue_candles(commands, series, emitted)
                 counted.extend(emitted)
                 touched.append(series)
+                if snaps:
+                    live.append((series, snaps))
+                elif snaps is None and self.settings.live_candles:
+                    wall.append(series)
             state = streams.part_state(partition, GROUP)
             for series in touched:
                 commands.append(self._state_command(series))
             offset = entries[-1][0]
             commands.append(("HSET", state, streams.offset_field(stream), offset))
+            if wall:
+                live += self._wall_snapshots(wall)
+            if live:
+                self._queue_live(commands, partition, live)
             await self.ownership.fenced(partition, commands)
         except BaseException:  # lease lost, a bug, cancellation: builders ran ahead of what Redis holds
             self._drop(partition)
             raise
         self.offsets[partition] = offset
         metrics.count_candles(counted)
-        if self.settings.live_candles and touched:
-            await self._publish_live(touched)
 
     # ---- closing on time -------------------------------------------------------------------------------------------
 
@@ -373,15 +403,29 @@ class CandleBuilderApp:
         return closed
 
     def _state_command(self, series: Series) -> tuple[Any, ...]:
+        state = series.builder.dump()
+        if series.live_ts is not None:  # the exchange-time throttle's last point (``_exchange_throttle``)
+            state["live_ts"] = series.live_ts
         return ("HSET", streams.part_state(series.partition, GROUP),
-                streams.pair_field(series.exchange, series.symbol), pack(series.builder.dump()))
+                streams.pair_field(series.exchange, series.symbol), pack(state))
 
-    def _apply_run(self, messages: list[FeedMessage], series: Series, out: list[Emitted]) -> None:
-        """Apply a stream's messages in order; consecutive trade batches go through the builder in one call."""
+    def _apply_run(self, messages: list[FeedMessage], series: Series, out: list[Emitted],
+                   snaps: list[tuple[str, bytes]] | None = None) -> None:
+        """Apply a stream's messages in order; consecutive trade batches go through the builder in one call.
+        ``snaps`` (exchange-time throttle): the in-progress candles as of each throttle point are appended to it."""
         rows: list[Any] = []
         n = 0
         for msg in messages:
             if type(msg) is TradeBatch:
+                if snaps is not None:
+                    for part, last in self._cut(series, msg.trades):
+                        rows.append(trade_rows(part))
+                        n += len(part)
+                        if last:  # a throttle point: the in-progress candles as of this trade
+                            self._apply_trades(series, rows, n, out)
+                            rows, n = [], 0
+                            snaps += self._snapshot(series)
+                    continue
                 rows.append(trade_rows(msg.trades))
                 n += len(msg.trades)
                 continue
@@ -420,34 +464,101 @@ class CandleBuilderApp:
 
     def _queue_candles(self, commands: list[Any], series: Series, emitted: list[Emitted],
                        history: bool = False) -> None:
-        ex, sym = series.exchange, series.symbol
-        maxlen = self.settings.candles_maxlen
+        """The fenced commands of closed candles: XADD to the partition's stream, the same entry (id and data) to the
+        series' stream (``PREVIOUS``: the id the first XADD got), PUBLISH, and the series' registry entry."""
+        ex, sym, p = series.exchange, series.symbol, series.partition
+        part, part_maxlen = streams.part_candles(p), self.settings.part_candles_maxlen
         for tf, bar in emitted:
             data = encode_candle(ex, sym, tf, bar, history=history)
-            commands.append(("XADD", streams.candles(ex, sym, tf), "MAXLEN", "~", maxlen, "*", streams.FIELD, data))
+            commands.append(("XADD", part, "MAXLEN", "~", part_maxlen, "*", streams.FIELD, data))
+            commands.append(("XADD", streams.series_candles(p, ex, sym, tf), "MAXLEN", "~",
+                             self.settings.retention(tf), PREVIOUS, streams.FIELD, data))
             commands.append(("PUBLISH", streams.channel_candles(ex, sym, tf), data))
             if tf not in series.registered:
                 series.registered.add(tf)
-                commands.append(("SADD", streams.CANDLE_REGISTRY, streams.registry_member(ex, sym, tf)))
+                commands.append(("SADD", streams.part_candle_registry(p), streams.registry_member(ex, sym, tf)))
         self.candles_out += len(emitted)
 
-    async def _publish_live(self, touched: Any) -> None:
+    # ---- in-progress candles ------------------------------------------------------------------------------------
+
+    def _exchange_throttle(self, series: Series) -> bool:
+        """Whether ``series``' in-progress candles are throttled in exchange time (``live_throttle_clock``): always
+        with ``exchange``; with ``auto`` when its feed is not live (its trades reach Redis more than
+        ``live_max_skew_ms`` after their exchange time: a replay, a backtest), so a replay publishes the same
+        in-progress candles, and intrabar rules fire the same alerts, however fast it runs and however the stream is
+        read."""
+        clock = self.settings.live_throttle_clock
+        if clock != "auto":
+            return clock == "exchange"
+        offset = series.live_offset
+        return offset is None or abs(offset) > self.settings.live_max_skew_ms
+
+    def _cut(self, series: Series, trades: Any) -> Iterator[tuple[Any, bool]]:
+        """A batch of trades in parts, each ending with a throttle point (True) but the last: a trade is a point
+        when it is the first one (in stream order) of a new ``live_throttle_ms`` window of exchange time, i.e. its
+        ``ts // live_throttle_ms`` is above that of the series' last point (``series.live_ts``); every trade with
+        ``live_throttle_ms`` 0. Decided by the trades' timestamps alone."""
+        step = self.settings.live_throttle_ms
+        tss = trades.tss if type(trades) is TradeColumns else [t[1] for t in trades]
+        if not tss:
+            return
+        mark = series.live_ts
+        if step == 0:
+            points = range(len(tss))
+        elif mark is not None and max(tss) // step <= mark // step:
+            points = range(0)  # (the common case at a high trade rate: no point in this batch)
+        else:
+            window = -1 if mark is None else mark // step
+            found: list[int] = []
+            for i, ts in enumerate(tss):
+                if ts // step > window:
+                    window = ts // step
+                    found.append(i)
+            points = range(0) if not found else found  # type: ignore[assignment]
+        start = 0
+        for i in points:
+            series.live_ts = tss[i]
+            yield _slice(trades, start, i + 1), True
+            start = i + 1
+        if start < len(tss):
+            yield _slice(trades, start, len(tss)), False
+
+    def _snapshot(self, series: Series) -> list[tuple[str, bytes]]:
+        """The series' in-progress candles now, encoded (each names the last closed bar of its timeframe)."""
+        ex, sym, builder = series.exchange, series.symbol, series.builder
+        return [(tf, encode_candle(ex, sym, tf, bar, closed=False, prev_ts=builder.last_closed(tf)))
+                for tf, bar in builder.in_progress()]
+
+    def _wall_snapshots(self, series_list: list[Series]) -> list[tuple[Series, list[tuple[str, bytes]]]]:
+        """Wall-time throttle (a live feed): each series' in-progress candles after the read, if not published within
+        ``live_throttle_ms`` of wall time: a live view gets the newest state at most that often, and a backlog read
+        at once is one snapshot, not one per throttle window."""
         now = time.monotonic()
         throttle = self.settings.live_throttle_ms / 1000
-        due = [s for s in touched if now - s.last_live >= throttle]
-        if not due:
-            return
-        maxlen = self.settings.live_maxlen
-        async with self.bus.pipeline() as pipe:
-            for series in due:
-                series.last_live = now
-                ex, sym = series.exchange, series.symbol
-                builder = series.builder
-                for tf, bar in builder.in_progress():
-                    data = encode_candle(ex, sym, tf, bar, closed=False, prev_ts=builder.last_closed(tf))
-                    self.bus.add_to(pipe, streams.candles_live(ex, sym, tf), data, maxlen=maxlen,
-                                    channel=streams.channel_candles_live(ex, sym, tf))
-            await pipe.execute()
+        out = []
+        for series in series_list:
+            if now - series.last_live < throttle:
+                continue
+            series.last_live = now
+            snaps = self._snapshot(series)
+            if snaps:
+                out.append((series, snaps))
+        return out
+
+    def _queue_live(self, commands: list[Any], partition: int,
+                    live: list[tuple[Series, list[tuple[str, bytes]]]]) -> None:
+        """In-progress candles: XADD to the partition's ``part_live``, PUBLISH, and the newest of each series into
+        its field of ``part_live_latest``, in the read's fenced commit (one round trip, one slot)."""
+        stream, maxlen = streams.part_live(partition), self.settings.live_maxlen
+        latest: dict[str, bytes] = {}
+        for series, snaps in live:
+            ex, sym = series.exchange, series.symbol
+            for tf, data in snaps:
+                commands.append(("XADD", stream, "MAXLEN", "~", maxlen, "*", streams.FIELD, data))
+                commands.append(("PUBLISH", streams.channel_candles_live(ex, sym, tf), data))
+                latest[streams.registry_member(ex, sym, tf)] = data
+        if latest:
+            commands.append(("HSET", streams.part_live_latest(partition), *chain.from_iterable(latest.items())))
 
     # ---- state -----------------------------------------------------------------------------------------------------
 
@@ -465,7 +576,9 @@ class CandleBuilderApp:
         series = Series(exchange, symbol, partition, builder)
         if saved_state is not None:
             try:
-                builder.restore(unpack(saved_state))
+                saved = unpack(saved_state)
+                builder.restore(saved)
+                series.live_ts = saved.get("live_ts")
                 logger.info("candle_builder: %s %s resumes (partition %d)", exchange, symbol, partition)
             except (ValueError, KeyError, TypeError, DecodeError) as exc:
                 # e.g. base_timeframe changed between runs: the saved candles cannot continue. Resume from the
@@ -523,7 +636,7 @@ class CandleBuilderApp:
             # once per process: a restart plans from the saved state
             self._rolled_up.add(((series.exchange, series.symbol), tf))
             latest: dict[int, Candle] = {}
-            stream = streams.candles(series.exchange, series.symbol, builder.base_tf)
+            stream = streams.series_candles(series.partition, series.exchange, series.symbol, builder.base_tf)
             entries: Any = await self.redis.xrange(stream)
             for _, fields in entries:
                 try:
@@ -547,7 +660,7 @@ class CandleBuilderApp:
             commands: list[Any] = []
             self._queue_candles(commands, series, out, history=True)
             commands.append(self._state_command(series))
-            commands.append(("HSET", streams.CANDLE_HISTORY_FROM,
+            commands.append(("HSET", streams.part_candle_history_from(series.partition),
                              streams.registry_member(series.exchange, series.symbol, tf), span[0]))
             try:
                 await self.ownership.fenced(series.partition, commands)
@@ -557,3 +670,13 @@ class CandleBuilderApp:
         self.backfilled += len(out)
         logger.info("candle_builder: %s %s %s: %d older candles from history (back to %d)", series.exchange,
                     series.symbol, tf, len(out), span[0])
+
+
+def _slice(trades: Any, start: int, end: int) -> Any:
+    """Trades ``start:end`` of a batch (a list, or ``TradeColumns`` cut column by column)."""
+    if type(trades) is TradeColumns:
+        if start == 0 and end == len(trades):
+            return trades
+        return TradeColumns(trades.ids[start:end], trades.tss[start:end], trades.prices[start:end],
+                            trades.amounts[start:end], trades.sides[start:end])
+    return trades if start == 0 and end == len(trades) else trades[start:end]

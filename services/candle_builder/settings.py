@@ -6,11 +6,15 @@ Example::
       timeframes: [1m, 5m, 15m, 1h]   # always built; subscribers add more at run time
       flat_candles: true              # empty intervals give OHLC = previous close, volume 0
       live_throttle_ms: 250           # in-progress candles at most this often per series
+      live_throttle_clock: auto       # exchange time for replays/backtests (deterministic), wall time when live
       lateness_ms: 60000              # late trades this close to the newest exchange time revise closed candles
+      candle_retention: {1s: 3600}    # entries kept per series stream by timeframe (others: candles_maxlen, 6000)
       # history_bars: 500             # unset = auto: 500 when the feed is live, off for replays; 0 = off
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -24,6 +28,9 @@ from shared.timeframes import sort_timeframes, timeframe_ms
 AUTO_HISTORY_BARS = 500
 #: Most candles of history asked for one timeframe (history_bars or a look-back).
 MAX_HISTORY_BARS = 5_000
+#: Default ``candle_retention``: entries kept per series stream (~420 B each in Redis: bench/bench_candle_memory.py,
+#: docs/scale-out.md). 1s series keep an hour; the others ``candles_maxlen``.
+DEFAULT_RETENTION = {"1s": 3_600}
 
 
 class Settings(ServiceSettings):
@@ -38,7 +45,14 @@ class Settings(ServiceSettings):
     lateness_ms: int = Field(default=60_000, ge=0, description="Late trades within this many ms of the newest "
                              "exchange time revise closed candles; older ones are counted and logged.")
     live_throttle_ms: int = Field(default=250, ge=0, description="Least time between in-progress candles per series.")
-    live_candles: bool = Field(default=True, description="Publish in-progress candles to candles_live streams.")
+    live_throttle_clock: Literal["auto", "exchange", "wall"] = Field(
+        default="auto", description="The clock of live_throttle_ms. exchange: an in-progress candle as of the first "
+        "trade of each live_throttle_ms window of exchange time (the same candles, so the same intrabar alerts, "
+        "whatever the speed of a replay or how the stream is read); wall: the newest state at most every "
+        "live_throttle_ms of wall time (a backlog read at once gives one candle); auto (default): exchange for a "
+        "series whose feed is not live (a replay, a backtest: trades reaching Redis more than live_max_skew_ms after "
+        "their exchange time), wall for a live one.")
+    live_candles: bool = Field(default=True, description="Publish in-progress candles to part_live streams.")
     close_on_timer: bool = Field(default=True, description="Close candles of live series on time (bucket end + grace) "
                                  "even when no trade or watermark arrives; replays are closed by exchange time only.")
     close_grace_ms: int = Field(default=1_000, ge=0, description="How long after a bucket's end (in estimated "
@@ -53,8 +67,19 @@ class Settings(ServiceSettings):
                                      "pair's feed is live (market_feed's heartbeat says mode live and trades reach "
                                      "Redis within live_max_skew_ms of their exchange time), off for replays.")
     history_timeout_s: float = Field(default=5.0, gt=0, description="How long to wait for a history reply.")
-    candles_maxlen: int = Field(default=20_000, gt=0, description="Approximate MAXLEN of closed-candle streams.")
-    live_maxlen: int = Field(default=1_000, gt=0, description="Approximate MAXLEN of in-progress-candle streams.")
+    candle_retention: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_RETENTION),
+        description="Approximate MAXLEN of each series' closed-candle stream (series_candles), per timeframe; a "
+        "timeframe not listed keeps candles_maxlen. Keep at least the longest look-back a rule or chart reads from "
+        "the stream (alert_engine warms up from it), plus room for revisions and backfilled history.")
+    candles_maxlen: int = Field(default=MAX_HISTORY_BARS + 1_000, gt=0, description="Approximate MAXLEN of a series' "
+                                "closed-candle stream whose timeframe candle_retention does not list: the longest "
+                                "look-back (MAX_HISTORY_BARS) and 1,000 entries for revisions and backfill.")
+    part_candles_maxlen: int = Field(default=100_000, gt=0, description="Approximate MAXLEN of a partition's "
+                                     "closed-candle stream (part_candles: every series of the partition): what a "
+                                     "reader of it (alert_engine) may lag behind before it loses entries.")
+    live_maxlen: int = Field(default=10_000, gt=0, description="Approximate MAXLEN of a partition's "
+                             "in-progress-candle stream (part_live: every series of the partition).")
     read_count: int = Field(default=2_000, gt=0, description="COUNT of each XREAD of a partition's trades stream.")
     block_ms: int = Field(default=200, gt=0, description="BLOCK of each XREAD of a partition's trades stream.")
     discover_every_s: float = Field(default=1.0, gt=0, description="How often FEED_REGISTRY and the subscriptions are read.")
@@ -69,6 +94,22 @@ class Settings(ServiceSettings):
             except ConfigError as exc:
                 raise ValueError(str(exc)) from None
         return sort_timeframes(value)
+
+    @field_validator("candle_retention")
+    @classmethod
+    def _retention(cls, value: dict[str, int]) -> dict[str, int]:
+        for tf, maxlen in value.items():
+            try:
+                timeframe_ms(tf)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+            if maxlen <= 0:
+                raise ValueError(f"{tf}: the candles kept must be > 0, got {maxlen}")
+        return value
+
+    def retention(self, timeframe: str) -> int:
+        """Approximate MAXLEN of a series' closed-candle stream of ``timeframe``."""
+        return self.candle_retention.get(timeframe, self.candles_maxlen)
 
     @field_validator("base_timeframe")
     @classmethod

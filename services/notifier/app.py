@@ -396,6 +396,7 @@ class NotifierApp:
                 for name, args, options in commands:
                     getattr(pipe, name)(*args, **options)
                 await pipe.execute()
+        await self.settings.durability.wait(self.redis)  # the records on redis_wait_replicas replicas before "sent"
         metrics.count_delivery(target, group, state == DONE, attempts)
         if state == DONE:
             self.delivered += len(group)

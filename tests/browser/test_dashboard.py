@@ -25,6 +25,7 @@ from services.market_feed.app import MarketFeedApp
 from services.market_feed.settings import Settings as FeedSettings
 from shared.runtime import connect
 from tests.conftest import shared_data
+from tests.support.candles import candles_stream
 
 RECORDING = "kraken_btcusd/XBTUSD-trades-20190701T00-01.csv"
 SCREENSHOTS = Path(os.environ.get("SENTINEL_SCREENSHOTS", "bench/results"))
@@ -255,7 +256,7 @@ async def test_a_page_opened_before_the_first_candle_shows_the_series_of_its_que
         await page.wait_for_function("document.getElementById('conn').textContent === 'live'", timeout=15_000)
         bus = Bus(client)
         for i in range(3):
-            await bus.publish(streams.candles(EX, SYM, TF), candle(60_000 * (i + 1), True).encode(),
+            await bus.publish(candles_stream(EX, SYM, TF), candle(60_000 * (i + 1), True).encode(),
                               channel=streams.channel_candles(EX, SYM, TF))
         await page.wait_for_function("Number(document.getElementById('chart').dataset.candles) >= 3", timeout=15_000)
         assert errors == []

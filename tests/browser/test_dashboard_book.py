@@ -24,6 +24,7 @@ from shared.runtime import connect
 from shared.schemas import BookSnapshot, FundingRate, unpack
 from tests.integration.market_feed.book_sim import capture_exchange
 from tests.integration.market_feed.helpers import live_settings
+from tests.support.candles import registered
 
 SCREENSHOTS = Path(os.environ.get("SENTINEL_SCREENSHOTS", "bench/results"))
 EX, SYM, FUT = "binance", "BTC/USDT", ("binanceusdm", "BTC/USDT:USDT")
@@ -66,7 +67,7 @@ async def test_the_book_panel_shows_the_published_book_and_the_perpetual(redis_u
             await asyncio.wait_for(api.started.wait(), 15)
 
             async def candles_and_books() -> bool:
-                return bool(await redis.smembers(streams.CANDLE_REGISTRY)) and len(await _published(redis)) >= 5
+                return bool(await registered(redis)) and len(await _published(redis)) >= 5
 
             await _until(candles_and_books, 60, "a 1m candle and 5 book snapshots")
             page = await browser.new_page(viewport={"width": 1400, "height": 1150})

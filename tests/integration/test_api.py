@@ -17,6 +17,7 @@ from shared.bus import Bus
 from shared.schemas import Alert, Candle, Ticker, pack
 from shared.partitions import partition_of
 from tests.support.candles import builder_state, tickers_stream, trades_stream
+from tests.support.candles import candles_stream, publish_live, register_series
 
 EX, SYM, TF = "binance", "BTC/USDT", "1m"
 T0 = 1_723_161_240_000
@@ -46,9 +47,9 @@ async def seed_candles(redis, n: int) -> list[Candle]:
     published = [candle(i) for i in range(n)]
     published += [candle(3, revision=1, bump="0.5"), candle(7, revision=1, bump="-2")]
     for c in published:
-        await bus.publish(streams.candles(EX, SYM, TF), c.encode())
-    await bus.publish(streams.candles_live(EX, SYM, TF), candle(n, closed=False).encode())
-    await redis.sadd(streams.CANDLE_REGISTRY, streams.registry_member(EX, SYM, TF))
+        await bus.publish(candles_stream(EX, SYM, TF), c.encode())
+    await publish_live(redis, candle(n, closed=False))
+    await register_series(redis, (EX, SYM, TF))
     return published
 
 

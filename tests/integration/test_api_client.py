@@ -18,6 +18,7 @@ from shared.runtime import connect
 from shared.schemas import Alert, Candle
 from shared.partitions import DEFAULT_PARTITIONS, partition_of
 from tests.support.subscriptions import subscribers
+from tests.support.candles import candles_stream, publish_live
 
 EX, SYM, TF = "sim", "BTC/USDT", "1m"
 
@@ -75,8 +76,8 @@ async def test_subscribe_yields_typed_events_and_survives_a_redis_restart(own_re
 async def test_history_and_states_through_the_api(redis_url, redis):
     bus = Bus(redis)
     for i in range(30):
-        await bus.publish(streams.candles(EX, SYM, TF), candle(i).encode())
-    await bus.publish(streams.candles_live(EX, SYM, TF), candle(30, False).encode())
+        await bus.publish(candles_stream(EX, SYM, TF), candle(i).encode())
+    await publish_live(redis, candle(30, False))
     alerts = [Alert(id=f"a{i}", rule="r" if i % 2 else "q", exchange=EX, symbol=SYM, ts=i, fired_at=i + 1)
               for i in range(25)]
     for a in alerts:

@@ -15,11 +15,13 @@ from shared import streams
 from shared.embedded_redis import EmbeddedRedis
 from shared.runtime import connect
 from tests.support.candles import builder_state, trades_stream
+from tests.support.candles import register_series
 
 EX, SYM = "binance", "BTC/USDT"
-# a consumer group's stream: the engine's on a candle stream (candle_builder keeps an offset instead: the last test)
-STREAM = streams.candles(EX, SYM, "1m")
-GROUP = streams.GROUP_ALERT_ENGINE
+# a consumer group's stream: the notifier's on a partition's alerts stream (candle_builder and alert_engine keep an
+# offset instead: the last test)
+STREAM = streams.part_alerts(0)
+GROUP = streams.GROUP_NOTIFIER
 MEMBER = streams.registry_member(EX, SYM, "1m")
 
 
@@ -68,7 +70,7 @@ def group_entry(body: dict) -> dict:
 
 async def test_lag_over_the_limit_is_503_naming_stream_and_group(any_redis):
     redis, major = any_redis
-    await redis.sadd(streams.CANDLE_REGISTRY, MEMBER)
+    await register_series(redis, (EX, SYM, "1m"))
     await redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
     added = 120
     for i in range(added):  # nobody reads them
@@ -125,7 +127,7 @@ async def count_after_last_delivered(redis) -> int:
 
 async def test_a_pending_entry_nobody_acks_is_503_and_names_the_consumer(any_redis):
     redis, _ = any_redis
-    await redis.sadd(streams.CANDLE_REGISTRY, MEMBER)
+    await register_series(redis, (EX, SYM, "1m"))
     await redis.xgroup_create(STREAM, GROUP, id="$", mkstream=True)
     for i in range(3):
         await redis.xadd(STREAM, {"d": str(i)})
@@ -145,7 +147,7 @@ async def test_a_pending_entry_nobody_acks_is_503_and_names_the_consumer(any_red
 
 async def test_lag_redis_cannot_tell_after_deletions_is_counted_not_guessed(any_redis):
     redis, _ = any_redis
-    await redis.sadd(streams.CANDLE_REGISTRY, MEMBER)
+    await register_series(redis, (EX, SYM, "1m"))
     await redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
     ids = [await redis.xadd(STREAM, {"d": str(i)}) for i in range(40)]
     await read(redis, 10, ack=True)

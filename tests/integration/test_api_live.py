@@ -17,6 +17,7 @@ from shared.runtime import connect
 from shared.schemas import Alert, Candle, Ticker
 from tests.support.candles import tickers_stream
 from tests.support.subscriptions import subscribers
+from tests.support.candles import candles_stream, live_stream
 
 EX, SYM, TF = "binance", "BTC/USDT", "1m"
 
@@ -48,9 +49,9 @@ async def test_websocket_streams_alerts_candles_and_tickers(api, redis):
         assert hello["type"] == "subscribed" and streams.CHANNEL_ALERTS in hello["data"]["channels"]
         assert (await subscribers(redis)).get("binance|BTC/USDT|1m") == 1
         sent = [
-            ("candle_live", candle(60_000, False), streams.candles_live(EX, SYM, TF),
+            ("candle_live", candle(60_000, False), live_stream(EX, SYM),
              streams.channel_candles_live(EX, SYM, TF)),
-            ("candle", candle(60_000, True), streams.candles(EX, SYM, TF), streams.channel_candles(EX, SYM, TF)),
+            ("candle", candle(60_000, True), candles_stream(EX, SYM, TF), streams.channel_candles(EX, SYM, TF)),
             ("ticker", Ticker(exchange=EX, symbol=SYM, ts=5, bid=Decimal("1.1"), ask=Decimal("1.3")),
              tickers_stream(EX, SYM), streams.channel_tickers(EX, SYM)),
             ("alert", Alert(id="x1", rule="r", exchange=EX, symbol=SYM, ts=60_000, fired_at=120_000,

@@ -20,6 +20,7 @@ from shared.bus import Bus
 from shared.schemas import Alert, Candle, pack
 from shared.partitions import DEFAULT_PARTITIONS, partition_of
 from tests.integration.test_api_auth import serving
+from tests.support.candles import candles_stream, register_series
 
 ST = Path(sys.executable).parent / "st"
 
@@ -30,11 +31,11 @@ async def seed(redis) -> None:
         p = Decimal("100.5") + i
         c = Candle(exchange="binance", symbol="BTC/USDT", timeframe="1m", ts=i * 60_000, open=p, high=p + 1,
                    low=p - 1, close=p, volume=Decimal(2), buy_volume=Decimal(1), sell_volume=Decimal(1))
-        await bus.publish(streams.candles("binance", "BTC/USDT", "1m"), c.encode())
+        await bus.publish(candles_stream("binance", "BTC/USDT", "1m"), c.encode())
         a = Alert(id=f"a{i}", rule="r", exchange="binance", symbol="BTC/USDT", timeframe="1m", ts=i * 60_000,
                   fired_at=(i + 1) * 60_000, price=p)
         await bus.publish(streams.part_alerts(partition_of("binance", "BTC/USDT", DEFAULT_PARTITIONS)), a.encode())
-    await redis.sadd(streams.CANDLE_REGISTRY, "binance|BTC/USDT|1m")
+    await register_series(redis, ("binance", "BTC/USDT", "1m"))
     await redis.hset(streams.part_rule_state(partition_of("binance", "BTC/USDT", DEFAULT_PARTITIONS)), "fp", pack({"rule": "r", "exchange": "binance", "symbol": "BTC/USDT",
                                                      "timeframe": "1m", "state": "firing", "last_fired": 60_000}))
     await redis.hset(streams.RULES, "r", "name: r\nsymbols: [BTC/USDT]\ncondition: {left: close, op: above, "

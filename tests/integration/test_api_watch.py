@@ -17,6 +17,7 @@ from shared.bus import Bus
 from shared.runtime import connect
 from shared.schemas import Alert, Candle, Ticker, pack
 from shared.partitions import DEFAULT_PARTITIONS, partition_of
+from tests.support.candles import candles_stream, live_stream
 
 EX, SYM, TF = "sim", "BTC/USDT", "1m"
 
@@ -47,8 +48,8 @@ async def test_watch_shows_live_candle_cvd_rules_and_alerts(redis_url, redis):
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.2)  # the subscription is confirmed just after the status flips
     for c in closed:
-        await bus.publish(streams.candles(EX, SYM, TF), c.encode(), channel=streams.channel_candles(EX, SYM, TF))
-    await bus.publish(streams.candles_live(EX, SYM, TF), candle(4, False).encode(),
+        await bus.publish(candles_stream(EX, SYM, TF), c.encode(), channel=streams.channel_candles(EX, SYM, TF))
+    await bus.publish(live_stream(EX, SYM), candle(4, False).encode(),
                       channel=streams.channel_candles_live(EX, SYM, TF))
     await redis.publish(streams.channel_tickers(EX, SYM),
                         Ticker(exchange=EX, symbol=SYM, ts=5, last=Decimal("60013.25")).encode())
@@ -87,7 +88,8 @@ def test_watch_command_discovers_series_and_survives_a_missing_api(redis_url):
 
     client = redis_sync.Redis.from_url(redis_url)
     client.flushall()
-    client.sadd(streams.CANDLE_REGISTRY, "sim|ETH/USDT|1m", "sim|ETH/USDT|5m")
+    client.sadd(streams.part_candle_registry(partition_of("sim", "ETH/USDT", DEFAULT_PARTITIONS)), "sim|ETH/USDT|1m",
+                "sim|ETH/USDT|5m")
     client.close()
     app = typer.Typer()
     app.command()(watch_command)

@@ -17,6 +17,7 @@ from services.candle_builder.settings import Settings
 from shared import streams
 from shared.bus import FIELD, Bus
 from shared.partitioned import caught_up
+from shared.partitions import DEFAULT_PARTITIONS, partition_of
 from shared.schemas import Candle, Trade, Watermark, encode_trades, encode_watermark
 from shared.subscriptions import Subscriptions
 from tests.support.candles import trades_stream
@@ -25,6 +26,7 @@ from tests.conftest import shared_data
 # The reference helpers (tests/support/candles.py); other tests import some of them from here.
 from tests.support.candles import RECORDINGS, TIMEFRAMES, check_against_pandas, pandas_candles, publish  # noqa: F401
 from tests.support.candles import read_candles, read_trades, run_until_caught_up, settings_for  # noqa: F401
+from tests.support.candles import candles_stream, read_live, registered
 
 
 @pytest.mark.parametrize("name", sorted(RECORDINGS))
@@ -37,7 +39,7 @@ async def test_every_closed_candle_equals_pandas(redis, redis_url, name):
     await run_until_caught_up(redis, settings_for(redis_url, timeframes=tfs), [trades_stream(exchange, symbol)])
     for tf in tfs:
         check_against_pandas(await read_candles(redis, exchange, symbol, tf), path, tf)
-    registry = {streams.split_registry_member(m)[2] for m in await redis.smembers(streams.CANDLE_REGISTRY)}
+    registry = {tf for _, _, tf in await registered(redis)}
     assert registry == set(tfs)
 
 
@@ -106,12 +108,17 @@ async def test_live_candles_are_published_in_progress(redis, redis_url):
     trades = read_trades(shared_data(rel))
     await publish(redis, exchange, symbol, trades[:500], per_entry=50, final=False)
     await run_until_caught_up(redis, settings_for(redis_url, live_throttle_ms=0), [trades_stream(exchange, symbol)])
-    live = [Candle.decode(f[FIELD]) for _, f in await redis.xrange(streams.candles_live(exchange, symbol, "5m"))]
+    live = await read_live(redis, exchange, symbol, "5m")
     assert live and not any(c.closed for c in live)
     last = live[-1]
     inside = [t for t in trades[:500] if last.ts <= t.ts < last.ts + 300_000]
     assert last.volume == sum((t.amount for t in inside), Decimal(0))
     assert last.trades == len(inside) and last.close == inside[-1].price
+    # the latest one of each series is kept for the API (its partition's part_live_latest)
+    for tf in TIMEFRAMES:
+        latest = await redis.hget(streams.part_live_latest(partition_of(exchange, symbol, DEFAULT_PARTITIONS)),
+                                  streams.registry_member(exchange, symbol, tf))
+        assert Candle.decode(latest) == (await read_live(redis, exchange, symbol, tf))[-1]
 
 
 async def test_without_flat_candles_live_candles_name_the_closed_bar_before_them(redis, redis_url):
@@ -128,7 +135,7 @@ async def test_without_flat_candles_live_candles_name_the_closed_bar_before_them
     for tf, ms in (("1m", 60_000), ("5m", 300_000)):
         expected = pandas_candles(path, tf)
         buckets = sorted(int(ts) for ts, n in expected["trades"].items() if n > 0)
-        live = [Candle.decode(f[FIELD]) for _, f in await redis.xrange(streams.candles_live(exchange, symbol, tf))]
+        live = await read_live(redis, exchange, symbol, tf)
         assert len(live) > 100
         for c in live:
             before = [b for b in buckets if b < c.ts]
@@ -189,7 +196,7 @@ async def test_a_quiet_live_market_closes_its_candles_on_time(redis, redis_url):
     task = asyncio.create_task(app.run(stop))
     try:
         deadline = second + 1000 + 200 + 1500  # bucket end + grace + slack for this shared machine
-        while not await redis.xlen(streams.candles("live", "BTC/USDT", "1s")):
+        while not await redis.xlen(candles_stream("live", "BTC/USDT", "1s")):
             assert time.time() * 1000 < deadline, "the 1s candle was not closed on time"
             await asyncio.sleep(0.02)
         closed_at = time.time() * 1000
@@ -222,7 +229,7 @@ async def test_subscribed_timeframes_are_built_and_others_not(redis, redis_url):
     await publish(redis, exchange, symbol, trades, per_entry=50)
     await run_until_caught_up(redis, settings_for(redis_url, timeframes=["1m"]), [trades_stream(exchange, symbol)])
     check_against_pandas(await read_candles(redis, exchange, symbol, "30m"), path, "30m")
-    assert await redis.xlen(streams.candles(exchange, symbol, "4h")) == 0
+    assert await redis.xlen(candles_stream(exchange, symbol, "4h")) == 0
 
 
 async def test_a_gap_marker_flags_the_candles_it_overlaps_incomplete(redis, redis_url):
@@ -302,4 +309,24 @@ async def test_pairs_of_one_partition_are_committed_together_and_each_equals_pan
     for name in names:
         exchange, symbol, rel = RECORDINGS[name]
         for tf in TIMEFRAMES:
-            check_against_pandas(await read_candles(redis, exchange, symbol, tf), shared_data(rel), tf)
+            check_against_pandas(await read_candles(redis, exchange, symbol, tf, partitions=1), shared_data(rel), tf)
+
+
+async def test_series_streams_are_trimmed_per_timeframe_and_the_partition_stream_by_its_own_length(redis, redis_url):
+    """``candle_retention`` trims each series' stream by its timeframe (approximately: whole stream nodes of 100
+    entries), other timeframes keep ``candles_maxlen``, ``part_candles`` keeps ``part_candles_maxlen``; what is kept
+    is the newest candles, equal to pandas'."""
+    exchange, symbol, rel = RECORDINGS["xrpeth"]  # a whole day: 1,440 1m candles, 288 5m
+    path = shared_data(rel)
+    await publish(redis, exchange, symbol, read_trades(path), per_entry=50)
+    settings = settings_for(redis_url, timeframes=["1m", "5m"], candle_retention={"1m": 150}, candles_maxlen=10_000,
+                            part_candles_maxlen=500, live_candles=False)
+    await run_until_caught_up(redis, settings)
+    one = await read_candles(redis, exchange, symbol, "1m")
+    assert 150 <= len(one) < 300  # MAXLEN ~: at most one stream node (100 entries) over
+    want = pandas_candles(path, "1m")
+    assert [c.ts for c in one] == list(want.index[-len(one):])
+    assert [c.close for c in one] == list(want["close"].ffill().iloc[-len(one):])  # (flat candles: previous close)
+    check_against_pandas(await read_candles(redis, exchange, symbol, "5m"), path, "5m")  # 288 < candles_maxlen: all
+    part = streams.part_candles(partition_of(exchange, symbol, DEFAULT_PARTITIONS))
+    assert 500 <= await redis.xlen(part) < 700

@@ -13,6 +13,7 @@ from tests.conftest import shared_data
 from tests.integration.test_candle_builder_lookback import running_builder, wait_for
 from tests.support.candles import (RECORDINGS, builder_caught_up, pandas_candles, publish, read_candles, read_trades,
                                    settings_for)
+from tests.support.candles import history_from_key
 
 
 async def test_a_timeframe_added_to_a_running_replay_has_every_candle_from_the_first_trade(redis, redis_url, caplog):
@@ -42,7 +43,7 @@ async def test_a_timeframe_added_to_a_running_replay_has_every_candle_from_the_f
         assert (c.open, c.high, c.low, c.close, c.volume, c.buy_volume, c.quote_volume, c.trades) == (
             row.open, row.high, row.low, row.close, row.volume, row.buy_volume, row.quote_volume, row.trades), t
     assert any(c.history for c in candles) and not all(c.history for c in candles)
-    assert int(await redis.hget(streams.CANDLE_HISTORY_FROM, streams.registry_member(ex, sym, "5m"))) == want_ts[0]
+    assert int(await redis.hget(history_from_key(ex, sym), streams.registry_member(ex, sym, "5m"))) == want_ts[0]
 
 
 async def _true(value: bool) -> bool:

@@ -1,7 +1,7 @@
 """Which pairs and timeframes the builder follows, on real redis-server and real recordings: a pair removed from
-FEED_REGISTRY is no longer read (its stream may grow, nothing is consumed) and leaves CANDLE_REGISTRY; re-added, it
+FEED_REGISTRY is no longer read (its stream may grow, nothing is consumed) and leaves its partition's candle registry; re-added, it
 resumes exactly from the state kept in Redis (every candle equals pandas over the whole recording); a subscribed
-timeframe whose count fell to 0 stops and leaves CANDLE_REGISTRY while the settings' timeframes go on."""
+timeframe whose count fell to 0 stops and leaves its partition's candle registry while the settings' timeframes go on."""
 
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ from tests.support.candles import (
     settings_for,
 )
 from tests.integration.test_candle_builder_lookback import running_builder, wait_for
+from tests.support.candles import registered
 
 
 async def registry(redis, exchange: str, symbol: str) -> set[str]:
-    return {streams.split_registry_member(m)[2] for m in await redis.smembers(streams.CANDLE_REGISTRY)
-            if streams.split_registry_member(m)[:2] == [exchange, symbol]}
+    return {tf for ex, sym, tf in await registered(redis) if (ex, sym) == (exchange, symbol)}
 
 
 async def test_a_removed_pair_is_unfollowed_and_a_re_added_one_resumes_exactly(redis, redis_url):
@@ -49,6 +49,8 @@ async def test_a_removed_pair_is_unfollowed_and_a_re_added_one_resumes_exactly(r
 
         await wait_for(built, "both pairs built")
         assert await registry(redis, ex, sym) == set(TIMEFRAMES) | {"30m"}
+        live_key = streams.part_live_latest(partition_of(ex, sym, 16))
+        assert [m for m in await redis.hkeys(live_key) if m.decode().startswith(f"{ex}|{sym}|")]
 
         await redis.srem(streams.FEED_REGISTRY, streams.registry_member(ex, sym))
         await subscriptions.publish("engine-1", {(ex, sym, "30m"): 0})  # kraken's 30m no longer wanted
@@ -58,6 +60,8 @@ async def test_a_removed_pair_is_unfollowed_and_a_re_added_one_resumes_exactly(r
                 await registry(redis, kx, ks) == set(TIMEFRAMES)
 
         await wait_for(unfollowed, "the pair and the timeframe dropped")
+        live = await redis.hkeys(live_key)
+        assert not [m for m in live if m.decode().startswith(f"{ex}|{sym}|")]  # no in-progress candle left for it
         state = streams.part_state(partition_of(ex, sym, 16), streams.GROUP_CANDLE_BUILDER)
         assert await redis.hget(state, streams.pair_field(ex, sym)) is not None  # Redis holds its state
 

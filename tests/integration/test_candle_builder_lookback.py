@@ -35,6 +35,7 @@ from tests.support.candles import (
     run_until_caught_up,
     settings_for,
 )
+from tests.support.candles import candles_stream, history_from_key
 
 MIN = 60_000
 SEAM = 1_723_161_720_000  # 2024-08-09 00:02:00 UTC: the builder's first trade is here
@@ -106,14 +107,14 @@ async def test_lookback_seeds_and_a_grown_lookback_backfills_further_back(redis,
                 assert min(c.ts for c in first) == SEAM - 3 * MIN  # max(2, 3) candles before the seam
                 five = await read_candles(redis, exchange, symbol, "5m")
                 assert five[0].ts == SEAM - SEAM % (5 * MIN) - 2 * 5 * MIN  # 5m: no look-back, history_bars (2)
-                assert int(await redis.hget(streams.CANDLE_HISTORY_FROM, member)) == SEAM - 3 * MIN
+                assert int(await redis.hget(history_from_key(exchange, symbol), member)) == SEAM - 3 * MIN
                 served = feed.live.history.served
 
                 await subscriptions.publish("engine-1", {(exchange, symbol, "1m"): 10})  # a rule with a longer warm-up
                 back_to = SEAM - 10 * MIN  # 10 candles back from the bucket in progress (00:02)
 
                 async def backfilled() -> bool:
-                    raw = await redis.hget(streams.CANDLE_HISTORY_FROM, member)
+                    raw = await redis.hget(history_from_key(exchange, symbol), member)
                     return raw is not None and int(raw) == back_to
 
                 await wait_for(backfilled, "the 1m backfill")
@@ -151,7 +152,7 @@ async def test_history_is_seeded_automatically_only_when_the_feed_is_live(redis,
 
             # the same pair met afresh by a builder with the default skew allowance: a replay, no history asked
             for tf in TIMEFRAMES:
-                await redis.delete(streams.candles(exchange, symbol, tf))
+                await redis.delete(candles_stream(exchange, symbol, tf))
             await redis.delete(builder_state(exchange, symbol))  # the partition's offset and pair state
             await run_until_caught_up(redis, settings_for(redis_url, history_timeout_s=10), [stream])
             assert len(await history_requests(redis)) == len(TIMEFRAMES)
@@ -197,11 +198,11 @@ async def test_a_timeframe_added_to_a_running_series_gets_its_history_before_its
 
                 await wait_for(added, "5m added")
                 await asyncio.sleep(0.2)
-                assert await redis.hget(streams.CANDLE_HISTORY_FROM, five) is None  # 00:00 bucket not ended yet
+                assert await redis.hget(history_from_key(exchange, symbol), five) is None  # 00:00 bucket not ended yet
                 await publish(redis, exchange, symbol, [Trade(*t) for t in trades if t[1] > cut], per_entry=50)
 
                 async def backfilled() -> bool:
-                    raw = await redis.hget(streams.CANDLE_HISTORY_FROM, five)
+                    raw = await redis.hget(history_from_key(exchange, symbol), five)
                     return raw is not None and int(raw) == SEAM + 3 * MIN - 3 * 5 * MIN  # 3 before 00:05
 
                 await wait_for(backfilled, "the 5m history")

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared import streams
+from sentinel.pipeline import engine_caught_up
 from shared.alert_streams import alert_streams
 from shared.bus import FIELD, Bus
 from shared.embedded_redis import free_port
@@ -32,6 +32,7 @@ from tests.support.candles import builder_caught_up
 from tests.support.chaos.processes import Service, clean_env, sentinel_argv
 from tests.support.chaos.progress import wait_for
 from tests.support.chaos.run import _start_sim
+from tests.support.candles import candles_stream, registered
 
 RECORDING = "binance_spot_btcusdt/BTCUSDT-trades-20240808T2354-20240809T0005.csv"
 EXCHANGE, SYMBOL = "binance", "BTC/USDT"
@@ -79,9 +80,8 @@ async def written_candles(redis) -> tuple[dict[str, int], dict[str, int]]:
     """(closed, revised) candles per timeframe in the candle streams, read back from Redis."""
     closed: dict[str, int] = {}
     revised: dict[str, int] = {}
-    for member in await redis.smembers(streams.CANDLE_REGISTRY):
-        ex, sym, tf = streams.split_registry_member(member)
-        for _, fields in await redis.xrange(streams.candles(ex, sym, tf)):
+    for ex, sym, tf in await registered(redis):
+        for _, fields in await redis.xrange(candles_stream(ex, sym, tf)):
             candle = Candle.from_msg(unpack(fields[FIELD]))
             assert candle.closed and not candle.history
             into = revised if candle.revision else closed
@@ -142,11 +142,9 @@ async def test_every_endpoint_counts_what_the_replay_did(redis, redis_url, tmp_p
         bus = Bus(redis)
 
         async def caught_up() -> bool:
-            names = [streams.candles(*streams.split_registry_member(m))
-                     for m in await redis.smembers(streams.CANDLE_REGISTRY)]
-            checks = [(n, "alert_engine") for n in names if n.endswith(":1m")]
-            checks += [(s, "notifier") for s in alert_streams(DEFAULT_PARTITIONS) if await redis.exists(s)]
-            return await builder_caught_up(redis) and all([await bus.caught_up(s, g) for s, g in checks])
+            checks = [(s, "notifier") for s in alert_streams(DEFAULT_PARTITIONS) if await redis.exists(s)]
+            return (await builder_caught_up(redis) and await engine_caught_up(redis)
+                    and all([await bus.caught_up(s, g) for s, g in checks]))
         assert await wait_for(caught_up, 60, every=0.3) is not None, "the pipeline did not catch up"
         await asyncio.sleep(6)  # one more heartbeat (2 s) and consumer sample (claim_every_s, 5 s) everywhere
 

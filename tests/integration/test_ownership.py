@@ -8,7 +8,7 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from shared import streams
-from shared.ownership import FencedError, Ownership
+from shared.ownership import PREVIOUS, FencedError, Ownership
 from shared.partitions import partition_of, tag
 from shared.runtime import connect
 
@@ -58,6 +58,19 @@ async def test_a_dead_replica_loses_its_partitions_and_its_late_writes_are_fence
     assert 3 not in a.owned
     # the new owner's token is larger than the old one's (fencing tokens only grow)
     assert int(await client.get(streams.fence("svc", 3))) == 2
+
+
+async def test_a_fenced_command_can_take_the_previous_reply_as_an_argument(client) -> None:
+    """``PREVIOUS``: a second stream gets the entry id the first ``XADD *`` was given (the candles' two streams)."""
+    a = Ownership(client, "svc", "a", PARTITIONS, ttl_ms=3000)
+    await a.balance(now_ms=1_000)
+    first, second = f"sentinel:{tag(5)}:one", f"sentinel:{tag(5)}:two"
+    replies = await a.fenced(5, [("XADD", first, "*", "d", "x"), ("XADD", second, "MAXLEN", "~", 10, PREVIOUS, "d", "x"),
+                                 ("XADD", first, "*", "d", "y"), ("XADD", second, PREVIOUS, "d", "y"),
+                                 ("SET", f"sentinel:{tag(5)}:plain", "z")])
+    ids_one = [entry_id for entry_id, _ in await client.xrange(first)]
+    assert [entry_id for entry_id, _ in await client.xrange(second)] == ids_one == replies[0:4:2] == replies[1:4:2]
+    assert replies[4] == b"OK"
 
 
 async def test_a_joining_replica_gets_its_share_handed_over(client) -> None:

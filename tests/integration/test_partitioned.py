@@ -117,3 +117,19 @@ async def test_a_service_with_another_partition_count_refuses_to_start(client) -
     await check_partitions(client, 16)
     with pytest.raises(ConfigError, match="partitions: 8, but this Redis holds data partitioned 16 ways"):
         await check_partitions(client, 8)
+
+
+async def test_a_raw_reader_of_a_cluster_client_that_sent_no_command_yet_reads(redis_cluster):
+    """A service builds its raw reader before its first command: the cluster client knows only its start-up node then
+    (it raised 'RedisCluster requires at least one node')."""
+    client = RedisCluster.from_url(redis_cluster.url)
+    raw = raw_reader(client)
+    try:
+        stream = streams.part_trades(3)
+        entry = await client.xadd(stream, {streams.FIELD: b"x"})
+        read = await read_streams(raw, {stream: b"0-0"}, count=10, block_ms=None)
+        assert [(name, [e[0] for e in entries]) for name, entries in read] == [(stream, [entry])]
+    finally:
+        await client.delete(streams.part_trades(3))
+        await raw.aclose()
+        await client.aclose()

@@ -14,6 +14,7 @@ from services.candle_builder.app import CandleBuilderApp
 from services.candle_builder.settings import Settings
 from shared import streams
 from shared.bus import FIELD, Bus
+from shared.candle_series import all_series, series_stream
 from shared.partitioned import caught_up
 from shared.partitions import DEFAULT_PARTITIONS, partition_of
 from shared.schemas import Candle, Trade, Watermark, encode_trades, encode_watermark
@@ -132,8 +133,35 @@ async def run_until_caught_up(redis, settings: Settings, streams_: list[str] | N
     return app
 
 
-async def read_candles(redis, exchange: str, symbol: str, tf: str) -> list[Candle]:
-    return [Candle.decode(f[FIELD]) for _, f in await redis.xrange(streams.candles(exchange, symbol, tf))]
+def candles_stream(exchange: str, symbol: str, tf: str, partitions: int = DEFAULT_PARTITIONS) -> str:
+    """The stream of one series' closed candles (``streams.series_candles`` of its partition)."""
+    return series_stream(exchange, symbol, tf, partitions)
+
+
+def live_stream(exchange: str, symbol: str, partitions: int = DEFAULT_PARTITIONS) -> str:
+    """The in-progress candles stream of a pair's partition (shared with its other series)."""
+    return streams.part_live(partition_of(exchange, symbol, partitions))
+
+
+async def read_candles(redis, exchange: str, symbol: str, tf: str,
+                       partitions: int = DEFAULT_PARTITIONS) -> list[Candle]:
+    return [Candle.decode(f[FIELD]) for _, f in await redis.xrange(candles_stream(exchange, symbol, tf, partitions))]
+
+
+async def read_live(redis, exchange: str, symbol: str, tf: str, partitions: int = DEFAULT_PARTITIONS) -> list[Candle]:
+    """The series' in-progress candles in its partition's ``part_live`` stream, oldest first."""
+    out = [Candle.decode(f[FIELD]) for _, f in await redis.xrange(live_stream(exchange, symbol, partitions))]
+    return [c for c in out if (c.exchange, c.symbol, c.timeframe) == (exchange, symbol, tf)]
+
+
+async def registered(redis, partitions: int = DEFAULT_PARTITIONS) -> list[tuple[str, str, str]]:
+    """Every series candle_builder registered (every partition's ``part_candle_registry``)."""
+    return await all_series(redis, partitions)
+
+
+def history_from_key(exchange: str, symbol: str, partitions: int = DEFAULT_PARTITIONS) -> str:
+    """The hash of a pair's partition holding its series' oldest history candle (``part_candle_history_from``)."""
+    return streams.part_candle_history_from(partition_of(exchange, symbol, partitions))
 
 
 def settings_for(redis_url: str, **kw) -> Settings:
@@ -167,3 +195,19 @@ def check_against_pandas(candles: list[Candle], path: Path, tf: str, revised: bo
         else:  # an empty interval: a flat candle at the previous close
             assert (c.open, c.high, c.low, c.close, c.volume, c.trades) == (prev_close,) * 4 + (0, 0), f"{tf} {ts}"
         assert c.closed and (revised or c.revision == 0)
+
+
+async def register_series(redis, *keys: tuple[str, str, str], partitions: int = DEFAULT_PARTITIONS) -> None:
+    """Add series to their partition's ``part_candle_registry``, as candle_builder does with their first candle."""
+    for ex, sym, tf in keys:
+        await redis.sadd(streams.part_candle_registry(partition_of(ex, sym, partitions)),
+                         streams.registry_member(ex, sym, tf))
+
+
+async def publish_live(redis, candle: Candle, partitions: int = DEFAULT_PARTITIONS) -> None:
+    """Write an in-progress candle where candle_builder does: its partition's ``part_live`` stream and its series'
+    field of ``part_live_latest``."""
+    p = partition_of(candle.exchange, candle.symbol, partitions)
+    await Bus(redis).publish(streams.part_live(p), candle.encode())
+    await redis.hset(streams.part_live_latest(p), streams.registry_member(candle.exchange, candle.symbol,
+                                                                          candle.timeframe), candle.encode())

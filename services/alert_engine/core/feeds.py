@@ -17,6 +17,7 @@ levels, and is unknown (None) when those levels do not reach the band's edge (or
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation, localcontext
@@ -27,6 +28,8 @@ from shared.errors import DecodeError
 from shared.orderbook.book import L2Book
 from shared.orderbook.metrics import EXACT, QUOTIENTS, book_metrics
 from shared.schemas import SCHEMA_VERSION, BookSnapshot, FundingRate, Liquidation, OpenInterest, unpack
+
+logger = logging.getLogger(__name__)
 
 _ZERO = Decimal(0)
 _HUNDRED = Decimal(100)
@@ -46,9 +49,62 @@ class BandFigures(NamedTuple):
     complete: bool
 
 
+_BAND_FIELDS = ("bid_base", "ask_base", "bid_quote", "ask_quote")
+_BAND_OPTIONAL = ("imbalance", "bid_wall_ratio", "ask_wall_ratio")
+
+
+def _checked_band(b: Any) -> Any:
+    """A band's message map, its figures' types checked (exact decimal text or integers; None where optional); the
+    text is parsed by ``band_figures`` when a rule first reads the band (~2,000 snapshots a second, three bands of
+    seven figures each, and rules read one or two)."""
+    for name in _BAND_FIELDS:
+        value = b[name]
+        if type(value) is not str and type(value) is not int:
+            _dec(value, f"bands.{name}")  # (raises, naming the field)
+    for name in _BAND_OPTIONAL:
+        value = b.get(name)
+        if value is not None and type(value) is not str and type(value) is not int:
+            _dec(value, f"bands.{name}")
+    return b
+
+
+def band_figures(b: Any) -> BandFigures:
+    """The figures of a band's message map (``BookFigures.bands``); DecodeError for text that is not a decimal."""
+    return BandFigures(_dec(b["bid_base"], "bands.bid_base"), _dec(b["ask_base"], "bands.ask_base"),
+                       _dec(b["bid_quote"], "bands.bid_quote"), _dec(b["ask_quote"], "bands.ask_quote"),
+                       _opt(b.get("imbalance"), "bands.imbalance"), _opt(b.get("bid_wall_ratio"), "bands.bid_wall_ratio"),
+                       _opt(b.get("ask_wall_ratio"), "bands.ask_wall_ratio"), b.get("complete", True) is True)
+
+
+class MessageBand:
+    """A band of a snapshot as the operands read it (the fields of ``BandFigures``), each figure parsed from the
+    message's text when first read: a rule reads one or two of a snapshot's ~20 band figures. Text that is not a
+    decimal (the types were checked on decoding) reads as unknown (None), with a warning."""
+
+    def __init__(self, m: Any, where: str) -> None:
+        self._m = m
+        self._where = where
+
+    @property
+    def complete(self) -> bool:
+        return self._m.get("complete", True) is True
+
+    def __getattr__(self, name: str) -> Decimal | None:  # (called once per figure: the value is kept after)
+        if name not in _BAND_FIELDS and name not in _BAND_OPTIONAL:
+            raise AttributeError(name)
+        try:
+            value = _opt(self._m.get(name), f"bands.{name}")
+        except DecodeError as exc:
+            logger.warning("%s: %s unknown: %s", self._where, name, exc)
+            value = None
+        self.__dict__[name] = value
+        return value
+
+
 class BookFigures(NamedTuple):
-    """One ``BookSnapshot`` as the book operands read it: ``bands`` by width, ``walls`` as (kind, side, size), the
-    levels as the message's [price, size] text rows (parsed only for a band the snapshot does not carry)."""
+    """One ``BookSnapshot`` as the book operands read it: ``bands`` by width (each the band's message map, its types
+    checked, its figures parsed by ``band_figures`` when first read), ``walls`` as (kind, side, size), the levels as
+    the message's [price, size] text rows (parsed only for a band the snapshot does not carry)."""
 
     exchange: str
     symbol: str
@@ -58,7 +114,7 @@ class BookFigures(NamedTuple):
     spread: Decimal | None
     spread_bps: Decimal | None
     microprice: Decimal | None
-    bands: dict[Decimal, BandFigures]
+    bands: dict[Decimal, Any]
     walls: tuple[tuple[str, str, Decimal], ...]
     bids: Sequence[Sequence[Any]]
     asks: Sequence[Sequence[Any]]
@@ -71,12 +127,7 @@ class BookFigures(NamedTuple):
         if not isinstance(m, dict) or m.get("v") != SCHEMA_VERSION or m.get("k") != "book":
             raise DecodeError(f"expected a book message of schema version {SCHEMA_VERSION}")
         try:
-            bands = {_dec(b["bps"], "bands.bps"): BandFigures(
-                _dec(b["bid_base"], "bands.bid_base"), _dec(b["ask_base"], "bands.ask_base"),
-                _dec(b["bid_quote"], "bands.bid_quote"), _dec(b["ask_quote"], "bands.ask_quote"),
-                _opt(b.get("imbalance"), "bands.imbalance"), _opt(b.get("bid_wall_ratio"), "bands.bid_wall_ratio"),
-                _opt(b.get("ask_wall_ratio"), "bands.ask_wall_ratio"), b.get("complete", True) is True)
-                for b in m.get("bands") or ()}
+            bands = {_dec(b["bps"], "bands.bps"): _checked_band(b) for b in m.get("bands") or ()}
             walls = tuple((_choice(w["kind"], _KINDS, "walls.kind"), _choice(w["side"], ("bid", "ask"), "walls.side"),
                            _dec(w["size"], "walls.size")) for w in m.get("walls") or ())
             bids, asks = m["bids"], m["asks"]
@@ -145,7 +196,8 @@ class PairFeeds:
         self.open_interest: deque[OpenInterest] = deque()
         self.liquidations: deque[Liquidation] = deque()
         self.horizon_ms = horizon_ms
-        self._bands: dict[tuple[int, Decimal], BandFigures | None] = {}  # (id of snapshot, bps) -> band, once
+        #: (id of snapshot, bps) -> band, once
+        self._bands: dict[tuple[int, Decimal], BandFigures | MessageBand | None] = {}
 
     # ---- input (each returns False for an update older than the last one of its kind: ignored) ---------------------
 
@@ -177,9 +229,17 @@ class PairFeeds:
         return True
 
     def add_liquidation(self, liq: Liquidation) -> bool:
+        """Idempotent: a liquidation equal to one already counted at the same exchange time (the same forced order
+        read again, or published again by a feed that took the pair over) is ignored. Binance pushes at most one
+        liquidation a second per symbol, so two distinct ones never share time, side, price and amount."""
         log = self.liquidations
         if log and liq.ts < log[-1].ts:
             return False
+        for seen in reversed(log):
+            if seen.ts != liq.ts:
+                break
+            if seen == liq:
+                return False
         log.append(liq)
         start = log[-2].ts - self.horizon_ms if len(log) > 1 else liq.ts  # (offset 1 reads from the one before)
         while len(log) > 2 and log[0].ts <= start:
@@ -224,16 +284,19 @@ class PairFeeds:
             return band.ask_wall_ratio
         raise TypeError(f"not a book or futures operand: {operand!r}")
 
-    def band(self, snap: BookFigures, bps: Decimal) -> BandFigures | None:
+    def band(self, snap: BookFigures, bps: Decimal) -> BandFigures | MessageBand | None:
         """The figures of the band of ``bps`` around the snapshot's mid (module docstring); None when unknown."""
         key = (id(snap), bps)
         if key in self._bands:
             return self._bands[key]
-        band = snap.bands.get(bps)
-        if band is None:
+        raw = snap.bands.get(bps)
+        band: BandFigures | MessageBand | None
+        if raw is None:
             band = _band_from_levels(snap, bps)
-        elif not band.complete:
+        elif raw.get("complete", True) is not True:
             band = None
+        else:
+            band = MessageBand(raw, f"{snap.exchange} {snap.symbol} book at {snap.ts}, band {bps}")
         self._bands[key] = band
         return band
 

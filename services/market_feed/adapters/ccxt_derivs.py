@@ -10,7 +10,9 @@ Per contract, each independent of the others (an error in one never stops anothe
 - liquidations: ``watch_liquidations`` where ccxt supports it (Binance USD-M ``<sym>@forceOrder``) →
   Liquidation.
 
-Errors back off (capped, jittered). ccxt 4.5.90 has no ``watch_funding_rate`` for Binance: the mark-price stream is
+With an ``ownership`` (market_feed's leases, ``books.py``) every write is fenced: made only while this replica holds
+the contract's partition (``ccxt_book.publish_fenced``); a lost lease stops the loop of that contract (its new owner
+publishes it). Errors back off (capped, jittered). ccxt 4.5.90 has no ``watch_funding_rate`` for Binance: the mark-price stream is
 where Binance pushes funding.
 """
 
@@ -26,7 +28,7 @@ from typing import Any
 import ccxt.pro as ccxtpro
 from redis.asyncio import Redis
 
-from services.market_feed.adapters.ccxt_book import sleep_or_stop
+from services.market_feed.adapters.ccxt_book import cancel_tasks, publish_fenced, sleep_or_stop
 from services.market_feed.adapters.ccxt_exchange import apply_url_overrides, load_markets
 from services.market_feed.book_settings import DerivsFeedSettings
 from services.market_feed.derivs_core import (funding_from_mark, funding_from_rate, liquidation_from,
@@ -35,8 +37,8 @@ from services.market_feed.settings import ExchangeFeed
 from shared import streams
 from shared.bus import Bus, backoff_delay
 from shared.errors import ConfigError, UnknownExchangeError
+from shared.ownership import Ownership
 from shared.partitions import partition_of
-from shared.runtime import tasks_until_done
 from shared.schemas import FundingRate, Liquidation, OpenInterest
 
 logger = logging.getLogger(__name__)
@@ -76,6 +78,7 @@ def make_derivs_exchange(settings: DerivsFeedSettings) -> Any:
 class DerivsHealth:
     messages: int = 0
     errors: int = 0
+    fenced: int = 0  # writes refused: the partition's lease was lost (another replica owns the contract now)
     quiet: int = 0  # watches that timed out: normal for liquidations in a calm market
 
 
@@ -83,13 +86,17 @@ class DerivsFeed:
     """Funding, open interest and liquidations of ``settings.symbols``; ``await run(stop)``."""
 
     def __init__(self, settings: DerivsFeedSettings, redis: Redis, *, bus: Bus | None = None,
-                 exchange: Any = None, partitions: int = 16) -> None:
-        """``partitions``: the common setting (a contract's messages go to its partition's stream)."""
+                 exchange: Any = None, partitions: int = 16, ownership: Ownership | None = None) -> None:
+        """``partitions``: the common setting (a contract's messages go to its partition's stream); ``ownership``:
+        the leases under which they are written (None: unfenced, a feed on its own)."""
         self.settings = settings
         self.partitions = partitions
+        self.ownership = ownership
         self.bus = bus or Bus(redis)
         self.exchange = exchange
         self.health: dict[str, DerivsHealth] = {}
+        self._tasks: dict[str, list[asyncio.Task[None]]] = {}  # each contract's loops, while ``run`` runs
+        self._stop: asyncio.Event | None = None
 
     def health_fields(self) -> dict[str, Any]:
         """``exchange|symbol|<kind>.<counter>`` → value, for a heartbeat hash."""
@@ -109,37 +116,56 @@ class DerivsFeed:
     async def run(self, stop: asyncio.Event) -> None:
         if self.exchange is None:
             await self.start()
-        s, ex, has = self.settings, self.exchange, self.exchange.has
-        tasks = []
-        for symbol in s.symbols:
-            if s.funding and has.get("watchMarkPrice"):
-                tasks.append(self._loop(stop, "funding", symbol, lambda sym=symbol: ex.watch_mark_price(sym),
-                                        lambda raw, sym=symbol: [funding_from_mark(s.name, sym, raw)], None))
-            elif s.funding and has.get("fetchFundingRate"):
-                tasks.append(self._loop(stop, "funding", symbol, lambda sym=symbol: ex.fetch_funding_rate(sym),
-                                        lambda raw, sym=symbol: [funding_from_rate(s.name, sym, raw)],
-                                        s.funding_every_s))
-            if s.open_interest and has.get("fetchOpenInterest"):
-                tasks.append(self._loop(stop, "open_interest", symbol, lambda sym=symbol: ex.fetch_open_interest(sym),
-                                        lambda raw, sym=symbol: [open_interest_from(s.name, sym, raw)],
-                                        s.open_interest_every_s))
-            if s.liquidations and has.get("watchLiquidations"):
-                tasks.append(self._loop(stop, "liquidations", symbol, lambda sym=symbol: ex.watch_liquidations(sym),
-                                        lambda raw, sym=symbol: [liquidation_from(s.name, sym, r) for r in raw],
-                                        None))
+        self._stop = stop
+        for symbol in self.settings.symbols:
+            self._watch(stop, symbol)
         try:
-            async with tasks_until_done(*tasks):
-                await stop.wait()
+            await stop.wait()
         finally:
+            await cancel_tasks([t for tasks in self._tasks.values() for t in tasks])
+            self._tasks.clear()
             with contextlib.suppress(Exception):
                 await self.exchange.close()
+
+    def _watch(self, stop: asyncio.Event, symbol: str) -> None:
+        """Start the funding / open interest / liquidation loops of one contract."""
+        s, ex, has = self.settings, self.exchange, self.exchange.has
+        jobs = []
+        if s.funding and has.get("watchMarkPrice"):
+            jobs.append(self._loop(stop, "funding", symbol, lambda: ex.watch_mark_price(symbol),
+                                   lambda raw: [funding_from_mark(s.name, symbol, raw)], None))
+        elif s.funding and has.get("fetchFundingRate"):
+            jobs.append(self._loop(stop, "funding", symbol, lambda: ex.fetch_funding_rate(symbol),
+                                   lambda raw: [funding_from_rate(s.name, symbol, raw)], s.funding_every_s))
+        if s.open_interest and has.get("fetchOpenInterest"):
+            jobs.append(self._loop(stop, "open_interest", symbol, lambda: ex.fetch_open_interest(symbol),
+                                   lambda raw: [open_interest_from(s.name, symbol, raw)], s.open_interest_every_s))
+        if s.liquidations and has.get("watchLiquidations"):
+            jobs.append(self._loop(stop, "liquidations", symbol, lambda: ex.watch_liquidations(symbol),
+                                   lambda raw: [liquidation_from(s.name, symbol, r) for r in raw], None))
+        self._tasks[symbol] = [asyncio.ensure_future(job) for job in jobs]
+
+    async def retarget(self, symbols: list[str]) -> None:
+        """Publish the contracts ``symbols`` from now on (while ``run`` runs): the loops of those dropped stop (their
+        mark price stream unsubscribed where ccxt can), those added start, the others go on untouched."""
+        for symbol in [sym for sym in self._tasks if sym not in symbols]:
+            await cancel_tasks(self._tasks.pop(symbol))
+            for key in [k for k in self.health if k.startswith(f"{symbol}|")]:
+                del self.health[key]
+            if self.exchange.has.get("unWatchMarkPrice"):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.exchange.un_watch_mark_price(symbol), 5)
+        for symbol in symbols:
+            if symbol not in self._tasks and self._stop is not None:
+                self._watch(self._stop, symbol)
 
     async def _loop(self, stop: asyncio.Event, kind: str, symbol: str, call: Callable[[], Awaitable[Any]],
                     convert: Callable[[Any], list[Message | None]], poll_every_s: float | None) -> None:
         """Call ``call`` (a watch, or a fetch every ``poll_every_s``), publish what ``convert`` makes of it."""
         health = self.health.setdefault(f"{symbol}|{kind}", DerivsHealth())
         ex = self.settings.name
-        stream = streams.part_derivs(partition_of(ex, symbol, self.partitions))
+        partition = partition_of(ex, symbol, self.partitions)
+        stream = streams.part_derivs(partition)
         channel = streams.channel_derivs(ex, symbol)
         timeout = self.settings.watch_timeout_s if poll_every_s is None else max(poll_every_s, 10.0)
         last: Any = None
@@ -151,7 +177,15 @@ class DerivsFeed:
                 if poll_every_s is not None:  # a poll repeats itself: publish what changed
                     messages = [m for m in messages if m != last]
                     last = messages[-1] if messages else last
-                if messages:
+                if messages and self.ownership is not None:
+                    rows = [(symbol, stream, m.encode(), self.settings.stream_maxlen, channel) for m in messages]
+                    if await publish_fenced(self.ownership, {partition: rows}):
+                        health.fenced += len(messages)
+                        logger.warning("%s %s %s: partition %d is another replica's now; stopping", ex, symbol,
+                                       kind, partition)
+                        return
+                    health.messages += len(messages)
+                elif messages:
                     async with self.bus.pipeline() as pipe:
                         for m in messages:
                             self.bus.add_to(pipe, stream, m.encode(), maxlen=self.settings.stream_maxlen,

@@ -171,7 +171,7 @@ class LiveFeed:
         s = self.settings
         wanted = {partition_of(feed.name, sym, s.partitions) for sym in feed.symbols}
         ownership = Ownership(self.redis, streams.feed_group(feed.name), consumer_name("market_feed", s.consumer_name),
-                              s.partitions, ttl_ms=s.lease_ttl_ms, wanted=wanted)
+                              s.partitions, ttl_ms=s.lease_ttl_ms, wanted=wanted, replication=s.durability)
         self.ownerships[feed.name] = ownership
         workers = PartitionWorkers(ownership, lambda p, pstop: self._serve_partition(feed, ownership, p, pstop),
                                    name=f"market_feed {feed.name}", outage=self.bus.outage)

@@ -28,10 +28,11 @@ from tests.support.chaos.inject import KINDS, Injector
 from tests.support.chaos.layout import Layout, layout
 from tests.support.chaos.processes import Service, clean_env, sentinel_argv, supervise
 from tests.support.chaos.progress import Probe, wait_for
-from tests.support.chaos.scenario import GROUPS, Chaos, schedule
+from tests.support.chaos.scenario import Chaos, schedule
 from tests.support.chaos.sources import (BUILDER_TIMEFRAMES, EXPLICIT_SERIES, RULES, TIMEFRAMES, Source,
                                          backtest_settings, settings_file, sources)
 from tests.support.chaos.verify import recording
+from tests.support.redis_sentinel import FailoverOnKill
 
 CONSUMERS = ("candle_builder", "alert_engine", "notifier")
 
@@ -58,6 +59,8 @@ class ChaosPlan:
     seed: int = 1
     sabotage: bool = False
     settle_timeout_s: float = 120.0
+    sentinel: bool = False  # a master, a replica and a Sentinel: each Redis kill is a SIGKILL of the master + failover
+    wait_replicas: int = 0  # redis_wait_replicas of every service
     recovery_timeout_s: float = 60.0
 
 
@@ -200,7 +203,9 @@ async def run_chaos(plan: ChaosPlan, workdir: Path, data_dir: Path) -> dict:
     rules = workdir / "rules.yaml"
     rules.write_text(RULES)
     jsonl = workdir / "alerts.jsonl"
-    server = EmbeddedRedis(workdir / "redis", persist=True, binary=_redis_binary(workdir, plan.appendfsync))
+    server: EmbeddedRedis | FailoverOnKill = (
+        FailoverOnKill(workdir / "redis") if plan.sentinel else
+        EmbeddedRedis(workdir / "redis", persist=True, binary=_redis_binary(workdir, plan.appendfsync)))
     await asyncio.to_thread(server.start)
     redis = connect(server.url)
     probe = Probe(redis, names)
@@ -212,7 +217,7 @@ async def run_chaos(plan: ChaosPlan, workdir: Path, data_dir: Path) -> dict:
     try:
         async with webhook_receiver() as hook:
             config = settings_file(workdir / "sentinel.yaml", redis_url=server.url, rules=rules, jsonl=jsonl,
-                                   hook_url=hook.url, replicas=plan.replicas)
+                                   hook_url=hook.url, replicas=plan.replicas, wait_replicas=plan.wait_replicas)
             live_src = next((s for s in srcs if s.live), None)
             sim_urls, base = None, None
             if live_src is not None:
@@ -222,9 +227,8 @@ async def run_chaos(plan: ChaosPlan, workdir: Path, data_dir: Path) -> dict:
             for svc in services:
                 if svc.kind != "market_feed":
                     await svc.start()
-            explicit = [names.candles[(p, tf)] for p, tf in EXPLICIT_SERIES if p in refs]
-            if await wait_for(lambda: probe.read_by(explicit, GROUPS["alert_engine"]), 120, every=0.2) is None:
-                raise RuntimeError(f"alert_engine did not start reading {explicit} within 120 s; see {logs}")
+            if await wait_for(probe.engine_started, 120, every=0.2) is None:
+                raise RuntimeError(f"alert_engine did not take its partitions within 120 s; see {logs}")
             for svc in services:
                 if svc.kind == "market_feed":
                     await svc.start()
@@ -265,6 +269,7 @@ async def run_chaos(plan: ChaosPlan, workdir: Path, data_dir: Path) -> dict:
                       "seconds": {"sources": fed_s and round(fed_s, 1), "settle": settle_s and round(settle_s, 1)},
                       "sources_ended": fed_s is not None, "settled": settle_s is not None,
                       **_summary_of(chaos.log, services), "events": chaos.log,
+                      "failovers": getattr(server, "failovers", 0),
                       "processes": {s.name: {"starts": s.starts, "kills": s.kills, "crashes": len(s.crashes)}
                                     for s in services}}
             bt_dirs = await backtests

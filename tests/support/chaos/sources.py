@@ -78,10 +78,12 @@ def pipeline_sections(rules: Path, replicas: int) -> dict:
             "alert_engine": {"rules_file": str(rules), "clock": "exchange"}}  # cooldowns: the recording's time
 
 
-def settings_file(path: Path, *, redis_url: str, rules: Path, jsonl: Path, hook_url: str, replicas: int) -> Path:
+def settings_file(path: Path, *, redis_url: str, rules: Path, jsonl: Path, hook_url: str, replicas: int,
+                  wait_replicas: int = 0) -> Path:
     """The one settings file of every process of the run (what differs per process goes in its environment)."""
     doc = {
         "redis_url": redis_url,
+        "redis_wait_replicas": wait_replicas,
         "log_level": "INFO",
         "market_feed": {"mode": "replay", "backoff_base_s": 0.1, "backoff_cap_s": 1.0, "silence_timeout_s": 2.0},
         **pipeline_sections(rules, replicas),

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from services.alert_engine.core import AlertEngine
-from services.alert_engine.core.feeds import BookFigures, PairFeeds
+from services.alert_engine.core.feeds import BookFigures, PairFeeds, band_figures
 from services.market_feed.book_core import BookView, PairBook
 from shared.orderbook.binance import DiffDepthSync, DiffResult
 from shared.orderbook.book import L2Book, parse_levels
@@ -273,7 +273,16 @@ def test_book_figures_decode_what_the_snapshot_says_and_refuse_floats(books):
             model.exchange, model.symbol, model.ts, model.update_id, model.mid, model.spread, model.spread_bps,
             model.microprice, model.bid_floor, model.ask_ceiling)
         assert {b.bps: (b.bid_base, b.ask_base, b.bid_quote, b.ask_quote, b.imbalance, b.bid_wall_ratio,
-                        b.ask_wall_ratio, b.complete) for b in model.bands} == {k: tuple(v) for k, v in fig.bands.items()}
+                        b.ask_wall_ratio, b.complete) for b in model.bands} == {
+            k: tuple(band_figures(v)) for k, v in fig.bands.items()}
+        feeds = PairFeeds()  # what the operands read: each figure parsed when first read
+        feeds.add_book(fig)
+        for b in model.bands:
+            band = feeds.band(fig, b.bps)
+            assert band is None if not b.complete else (
+                (band.bid_base, band.ask_base, band.bid_quote, band.ask_quote, band.imbalance, band.bid_wall_ratio,
+                 band.ask_wall_ratio) == (b.bid_base, b.ask_base, b.bid_quote, b.ask_quote, b.imbalance,
+                                          b.bid_wall_ratio, b.ask_wall_ratio))
         assert fig.walls == tuple((w.kind, w.side, w.size) for w in model.walls)
     msg = unpack(books[0][0].encode())
     for path, bad in ((("mid",), 61837.635), (("bands", 0, "imbalance"), 0.25), (("walls", 0, "size"), "NaN"),
@@ -287,6 +296,24 @@ def test_book_figures_decode_what_the_snapshot_says_and_refuse_floats(books):
         target[path[-1]] = bad
         with pytest.raises(DecodeError, match=path[-1]):
             BookFigures.from_msg(broken)
+
+
+def test_a_band_figure_whose_text_is_not_a_decimal_reads_as_unknown(books, caplog):
+    """Band figures are parsed when a rule first reads them: text that is not a decimal (its type was checked when
+    decoding) makes that figure unknown, with a warning; the other figures of the band still read."""
+    import msgpack
+
+    from shared.schemas import unpack
+
+    snap = books[0][0]
+    msg = msgpack.unpackb(msgpack.packb(unpack(snap.encode())))
+    msg["bands"][0]["imbalance"] = "abc"
+    fig = BookFigures.from_msg(msg)
+    feeds = PairFeeds()
+    feeds.add_book(fig)
+    band = feeds.band(fig, snap.bands[0].bps)
+    assert band is not None and band.imbalance is None and "imbalance unknown" in caplog.text
+    assert band.bid_base == snap.bands[0].bid_base
 
 
 # ---- futures ------------------------------------------------------------------------------------------------------
@@ -341,6 +368,26 @@ rules:
                 "quote": sum((x.amount * x.price for x in sel), Decimal(0))}[measure]
         assert got[i] == want, i
     assert engine.market.feeds[FUT].horizon_ms == rule.condition.left.window or window != "5m"
+
+
+def test_a_liquidation_read_twice_is_counted_once():
+    """After a takeover a liquidation can reach the engine twice (read again, or published again by the pair's new
+    feed): counted once; a different liquidation at the same time still counts."""
+    spec_rules = parse_rules(f"rules:\n  - {{name: liq, symbols: '{FUT[1]}', condition: "
+                             f"{{left: {{liquidations: {{window: 1m, measure: count}}}}, op: greater_than, right: 0}}}}")
+    engine = AlertEngine(spec_rules)
+    spec = spec_rules.rules[0].condition.left
+    feeds = engine.market.pair_feeds(FUT)
+    liqs = _liqs()[:30]
+    for liq in liqs:
+        engine.on_feed(liq)
+        engine.on_feed(liq.model_copy())  # the same forced order again
+    other = liqs[-1].model_copy(update={"amount": liqs[-1].amount + 1})
+    engine.on_feed(other)
+    engine.on_feed(liqs[-1])
+    end = other.ts
+    want = sum(1 for x in [*liqs, other] if x.ts > end - spec.window)  # independent: distinct orders in the window
+    assert feeds.value(spec) == Decimal(want) and want >= 2
 
 
 def test_open_interest_change_and_funding_fields_against_pandas():

@@ -1,0 +1,153 @@
+"""redis_wait_replicas: what a commit counted as done is still there after the master is SIGKILLed and the Sentinel
+promotes the replica (real master, replica and Sentinel: tests/support/redis_sentinel.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis import exceptions as redis_errors
+
+from shared import streams
+from shared.config import ServiceSettings
+from shared.durability import NotReplicatedError, Replication
+from shared.errors import ConfigError
+from shared.ownership import Ownership
+from shared.redisconn import connect
+from tests.support.redis_sentinel import RedisWithSentinel
+
+GROUP = "durability-test"
+RECORDS = streams.part_state(0, GROUP)  # a hash of "records", written by fenced commits as candle_builder's are
+
+
+async def _commit(ownership: Ownership, i: int) -> None:
+    await ownership.fenced(0, [("HSET", RECORDS, f"r{i}", i)])
+
+
+async def _recorded(port: int) -> set[int]:
+    from redis.asyncio import Redis
+
+    direct = Redis(port=port)
+    try:
+        return {int(v) for v in (await direct.hgetall(RECORDS)).values()}
+    finally:
+        await direct.aclose()
+
+
+@pytest.fixture
+def servers(tmp_path):
+    s = RedisWithSentinel(tmp_path)
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.mark.parametrize("replicas", [1, 0])
+async def test_acknowledged_commits_survive_a_master_crash_while_the_replica_lags(servers, replicas) -> None:
+    """20 commits, then replication cut (the replica falls behind), 10 more, then SIGKILL of the master. With
+    redis_wait_replicas: 1 the 10 are not acknowledged (NotReplicatedError) and every acknowledged commit is on the
+    promoted replica; with 0 (the control: what the test catches) the 10 are acknowledged and lost."""
+    client = connect(servers.url)
+    ownership = Ownership(client, GROUP, "writer", 1, ttl_ms=60_000, replication=Replication(replicas, 300))
+    acked: list[int] = []
+    refused: list[int] = []
+    try:
+        assert await ownership.acquire(0)
+        for i in range(20):
+            await _commit(ownership, i)
+            acked.append(i)
+        servers.cut_replica()
+        for i in range(20, 30):
+            try:
+                await _commit(ownership, i)
+                acked.append(i)
+            except NotReplicatedError:
+                refused.append(i)
+        new_master = await asyncio.to_thread(servers.kill_master)
+        on_new_master = await _recorded(new_master)
+    finally:
+        await client.aclose()
+    lost = sorted(set(acked) - on_new_master)
+    if replicas:
+        assert refused == list(range(20, 30)) and acked == list(range(20))
+        assert lost == []
+    else:  # without WAIT the master acknowledged what the replica never got: the crash loses exactly that
+        assert refused == [] and lost == list(range(20, 30))
+
+
+async def test_concurrent_commits_acknowledged_before_the_kill_are_on_the_new_master(servers) -> None:
+    """Four writers commit as fast as they can through the Sentinel client with redis_wait_replicas: 1; the master
+    is SIGKILLed mid-stream. Every commit a writer saw acknowledged is on the promoted replica."""
+    client = connect(servers.url)
+    ownership = Ownership(client, GROUP, "writer", 1, ttl_ms=60_000, replication=Replication(1, 1000))
+    acked: list[int] = []
+    stop = asyncio.Event()
+
+    async def writer(k: int) -> None:
+        i = k
+        while not stop.is_set():
+            try:
+                await _commit(ownership, i)
+            except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
+                return  # (the master is gone: what was acknowledged so far is what counts)
+            acked.append(i)
+            i += 4
+
+    try:
+        assert await ownership.acquire(0)
+        tasks = [asyncio.create_task(writer(k)) for k in range(4)]
+        while len(acked) < 300:
+            await asyncio.sleep(0.01)
+        new_master = await asyncio.to_thread(servers.kill_master)
+        stop.set()
+        await asyncio.gather(*tasks)
+        on_new_master = await _recorded(new_master)
+    finally:
+        await client.aclose()
+    assert len(acked) >= 300
+    assert sorted(set(acked) - on_new_master) == []
+
+
+async def test_without_replicas_asked_no_wait_is_issued(redis) -> None:
+    """redis_wait_replicas: 0 (the default) costs nothing: no WAIT, no mark written (a lone server has no replica:
+    a WAIT 1 there would answer 0 and refuse every commit)."""
+    await Replication(0, 100).wait(redis)
+    assert await redis.exists(streams.REPLICATION_MARK) == 0
+    with pytest.raises(NotReplicatedError, match="0 of 1 replica"):
+        await Replication(1, 50).wait(redis)
+
+
+def test_the_setting_is_read_and_refused_on_a_cluster(monkeypatch) -> None:
+    monkeypatch.setenv("SENTINEL_REDIS_WAIT_REPLICAS", "1")
+    monkeypatch.setenv("SENTINEL_REDIS_WAIT_MS", "250")
+    assert ServiceSettings.load().durability == Replication(1, 250)
+    monkeypatch.setenv("SENTINEL_REDIS_CLUSTER", "true")
+    with pytest.raises(ConfigError, match="redis_wait_replicas: not supported with redis_cluster"):
+        ServiceSettings.load()
+
+
+def test_the_ha_compose_file_points_every_service_at_the_sentinels_with_wait() -> None:
+    """docker-compose.ha.yml (README, Docker): a replica of `redis`, three Sentinels monitoring it under the master
+    name the services' URL names, and every sentinel service of docker-compose.yml on that URL with WAIT 1."""
+    import re
+
+    import yaml
+
+    from shared.redisconn import parse_sentinel_url
+    from tests.conftest import REPO
+
+    base = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    ha = yaml.safe_load((REPO / "docker-compose.ha.yml").read_text())["services"]
+    ours = {name for name, svc in base.items() if svc.get("command", [""])[0] in (
+        "market-feed", "candle-builder", "alert-engine", "notifier", "api")}
+    assert ours == {"market_feed", "candle_builder", "alert_engine", "notifier", "api"}
+    sentinels = sorted(name for name in ha if name.startswith("redis-sentinel-"))
+    assert len(sentinels) == 3
+    assert ha["redis-replica"]["command"][:4] == ["redis-server", "--replicaof", "redis", "6379"]
+    for name in ours:
+        env = ha[name]["environment"]
+        hosts, master, db, _ = parse_sentinel_url(env["REDIS_URL"])
+        assert sorted(h for h, _ in hosts) == sentinels and {p for _, p in hosts} == {26379} and db == 0
+        assert env["SENTINEL_REDIS_WAIT_REPLICAS"].endswith(":-1}") and int(env["SENTINEL_REDIS_WAIT_MS"]) > 0
+    script = ha[sentinels[0]]["command"][-1]
+    assert re.search(rf"sentinel monitor {master} redis 6379 2\\n", script), script

@@ -1,8 +1,10 @@
 """Scale-out chaos bench (issue 21, Evidence): two (``--replicas``) processes of every service — market_feed replaying
 four real captures, candle_builder, alert_engine, notifier, API — on a 3-master Redis Cluster with one replica node
-per master, ``--kills`` SIGKILLs at random times dealt over the five services (each victim restarted 1-3 s later),
-and one Redis failover in the middle (``CLUSTER FAILOVER`` on the replica of the master holding BTC/USDT's partition;
-``--redis sentinel``: a Sentinel-managed master and ``SENTINEL FAILOVER``; ``--redis single``: no failover).
+per master, ``--kills`` SIGKILLs at random times dealt over the five services, each victim restarted 1-12 s later
+(``--down-min/max``: past the 6 s lease TTL the other replica takes its partitions over; before it, the restarted
+victim often takes them back), and one Redis failover in the middle (``CLUSTER FAILOVER`` on the replica of the master
+holding BTC/USDT's partition; ``--redis sentinel``: a Sentinel-managed master and ``SENTINEL FAILOVER``;
+``--redis single``: no failover).
 
 Reports the kills, how long each victim's leases (or pending alerts) took to be held (delivered) again, the
 failover's times, the candles compared with pandas (streams and both APIs), and the alerts missing / extra /
@@ -51,6 +53,7 @@ def _master_of(servers: RedisClusterServers, key: str) -> int:
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict:
     plan = ScalePlan(wall_s=args.wall, replicas=args.replicas, kills=args.kills, random_times=True,
+                     down_s=(args.down_min, args.down_max),
                      failover_at=0.5 if args.redis != "single" else None, seed=args.seed)
     (workdir / "redis").mkdir(parents=True, exist_ok=True)
     if args.redis == "cluster":
@@ -91,6 +94,9 @@ def main() -> int:
     p.add_argument("--wall", type=float, default=180.0, help="seconds each recording's replay takes")
     p.add_argument("--kills", type=int, default=60, help="service SIGKILLs, dealt over the five services")
     p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--down-min", type=float, default=1.0, help="seconds a victim stays dead, at least")
+    p.add_argument("--down-max", type=float, default=12.0, help="... at most (past lease_ttl_ms, 6 s: the other "
+                   "replica takes its partitions over; before it, often the restarted victim takes them back)")
     p.add_argument("--redis", choices=["cluster", "sentinel", "single"], default="cluster")
     p.add_argument("--seed", type=int, default=21)
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")

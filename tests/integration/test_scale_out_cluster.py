@@ -4,7 +4,8 @@ market_feed (two replicas per recording, replaying four real captures: Binance B
 second symbol for the multi-symbol rule, Binance XRP/ETH, Kraken BTC/USD), candle_builder, alert_engine, notifier
 (a webhook target on a real local HTTP server that honours Idempotency-Key, and a JSONL file) and the API: two
 processes of each, ``redis_cluster: true`` with ``redis_url`` naming one node. While the recordings replay, one
-replica of each service is SIGKILLed (a lease holder where the service holds leases) and restarted a moment later.
+replica of each service is SIGKILLed (a lease holder where the service holds leases) and restarted 7-8 s later, past
+the 6 s lease TTL, so the other replica has to take its partitions over.
 Then every closed candle of every series (its stream and both API replicas' ``GET /candles``) must equal pandas'
 resample of the recording, and the alerts at the webhook receiver, in the JSONL file and in both APIs'
 ``GET /alerts/history`` must equal a clean one-process ``sentinel backtest`` of the same files and rules (ids and
@@ -32,7 +33,8 @@ def scale_out(redis_cluster, tmp_path_factory) -> dict:
     """One run shared by the tests of this module (~1.5-2 minutes here)."""
     for _, _, relative in RECORDINGS.values():
         shared_data(relative)
-    plan = ScalePlan(wall_s=40, replicas=2, kills=len(KINDS), seed=21)
+    # each victim stays dead 7-8 s, past lease_ttl_ms (6 s): the other replica must take its partitions over
+    plan = ScalePlan(wall_s=40, replicas=2, kills=len(KINDS), down_s=(7.0, 8.0), seed=21)
     report = asyncio.run(run_scale_out(plan, tmp_path_factory.mktemp("scale_out"), SHARED_DATA, redis_cluster.url,
                                        cluster=True))
     print("\n".join(summary_lines(report)))  # the whole report: report.json in the run's directory
@@ -45,9 +47,11 @@ def test_each_service_lost_a_replica_and_the_run_finished(scale_out):
     assert scale_out["sources_ended"] and scale_out["settled"], (scale_out["seconds"], scale_out["not_settled"])
     assert all(scale_out["kills"][k] == 1 for k in KINDS), scale_out["kills"]
     assert scale_out["crashes"] == {}, scale_out["crashes"]
-    for e in scale_out["events"]:  # whatever a victim held was held again by a live replica
+    for e in scale_out["events"]:  # whatever a victim held was taken over by the other replica while it was dead
         if e.get("held"):
-            assert e.get("takeover_s") is not None, e
+            assert e.get("takeover_s") is not None and e["taken_by_other"] == len(e["held"]), e
+    assert {e["kind"] for e in scale_out["events"] if e.get("held")} == {"market_feed", "candle_builder",
+                                                                         "alert_engine"}
 
 
 @pytest.mark.slow

@@ -295,8 +295,11 @@ def _summary(log: list[dict], services: list[Service]) -> dict:
     for kind in KINDS:
         times = [e["takeover_s"] for e in log if e.get("kind") == kind and "takeover_s" in e]
         done = [t for t in times if t is not None]
+        by_other = sum(1 for e in log if e.get("kind") == kind and e.get("held")
+                       and e.get("taken_by_other") == len(e["held"]))
         if times:
             takeovers[kind] = {"measured": len(times), "not_taken_over": len(times) - len(done),
+                               "all_by_another_replica": by_other,
                                "median_s": round(statistics.median(done), 2) if done else None,
                                "min_s": min(done, default=None), "max_s": max(done, default=None)}
     return {"kills": kills, "takeovers": takeovers, "crashes": {s.name: s.crashes for s in services if s.crashes}}

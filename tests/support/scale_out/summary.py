@@ -12,8 +12,9 @@ def summary_lines(r: dict) -> list[str]:
     lines.append(f"SIGKILLs: {kills}; Redis failovers {len(failovers)}"
                  + "".join(f" ({e.get('took_s')} s: {e.get('what', '')})" for e in failovers))
     for kind, t in r.get("takeovers", {}).items():
-        lines.append(f"  {kind:<14} taken over {t['measured'] - t['not_taken_over']}/{t['measured']}  median "
-                     f"{t['median_s']} s  [{t['min_s']}-{t['max_s']}]")
+        lines.append(f"  {kind:<14} taken over {t['measured'] - t['not_taken_over']}/{t['measured']} "
+                     f"({t.get('all_by_another_replica', 0)} wholly by the other replica, the rest by the restarted "
+                     f"victim)  median {t['median_s']} s  [{t['min_s']}-{t['max_s']}]")
     for name, crashes in r.get("crashes", {}).items():
         lines.append(f"  CRASHED {name}: {len(crashes)} exit(s), rc {[c['rc'] for c in crashes]}")
     if r.get("not_settled"):

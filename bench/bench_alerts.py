@@ -331,7 +331,7 @@ def _service(url: str, rules: str, which: str, mark: Any, stop: Any, ready: Any,
         else:
             app = AlertEngineApp(EngineSettings(rules_file=Path(rules), intrabar=False, redis_url=url), redis)
         trace: list = []
-        if os.environ.get("BENCH_TRACE") and which == "alert_engine":  # per batch: start, end, entries (epoch s)
+        if os.environ.get("BENCH_TRACE") and hasattr(app, "consumer"):  # per batch: start, end, entries (epoch s)
             handler = app.consumer.handler
 
             async def traced(batch: Any) -> None:
@@ -375,7 +375,8 @@ def _candle_producer(url: str, seconds: float, out: Any) -> None:
         for sym in SYMBOLS:
             c = Candle(exchange="bench", symbol=sym, timeframe="1s", ts=ts, open=p, high=p, low=p, close=p, volume=p,
                        buy_volume=p, sell_volume=Decimal(0))
-            pipe.xadd(series_stream("bench", sym, "1s", DEFAULT_PARTITIONS), {FIELD: c.encode()})
+            # the partition's stream, which the engine reads (its series stream serves warm-ups: not needed here)
+            pipe.xadd(streams.part_candles(partition_of("bench", sym, DEFAULT_PARTITIONS)), {FIELD: c.encode()})
         at = time.time()
         pipe.execute()
         if at - start >= WARMUP_S:

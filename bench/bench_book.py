@@ -11,7 +11,8 @@
     ccxt's float levels (``book_core``: conversion with a warm cache, metrics, walls, the message, its encoding).
 (c) memory of one book holding the top 1,000 levels a side (the capture's REST snapshot: 1,000 + 1,000 levels),
     measured with tracemalloc around building it from the exchange's strings; the same levels as two plain
-    dicts of Decimals (reference) and as float tuples (what ccxt keeps).
+    dicts of Decimals (reference) and as float tuples (what ccxt keeps); and market_feed's float -> Decimal cache of
+    one pair when full (``book_core.ExactDecimals``, cleared at ``max_size`` entries; its floats included).
 
 Writes bench/results/bench_book.json. Usage: ``python bench/bench_book.py [--runs 5]``.
 """
@@ -32,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from services.market_feed.book_core import BookView, PairBook, exact_levels  # noqa: E402
+from services.market_feed.book_core import BookView, ExactDecimals, PairBook, exact_levels  # noqa: E402
 from shared.orderbook.binance import DiffDepthSync  # noqa: E402
 from shared.orderbook.book import L2Book, parse_levels  # noqa: E402
 from shared.orderbook.metrics import book_metrics  # noqa: E402
@@ -119,8 +120,17 @@ def memory(snapshot: dict[str, Any]) -> dict[str, Any]:
                                   {Decimal(p): Decimal(q) for p, q in snapshot["asks"]}))
     float_bytes = measure(lambda: ([[float(p), float(q)] for p, q in snapshot["bids"]],
                                    [[float(p), float(q)] for p, q in snapshot["asks"]]))
+    def full_cache() -> ExactDecimals:  # market_feed's float -> Decimal cache of one pair, full (then cleared)
+        cache = ExactDecimals()
+        step = 0.00001
+        for i in range(cache.max_size - 1):
+            cache[1.0 + i * step]
+        return cache
+
+    cache_bytes = measure(full_cache)
     levels = len(snapshot["bids"]) + len(snapshot["asks"])
     return {"levels": levels, "l2book_bytes": book_bytes, "l2book_bytes_per_level": round(book_bytes / levels),
+            "market_feed_exact_decimals_cache_full_bytes": cache_bytes,
             "reference_two_decimal_dicts_bytes": dict_bytes, "reference_ccxt_float_lists_bytes": float_bytes,
             "l2book_mb_for_200_pairs": round(book_bytes * 200 / 1e6, 1)}
 

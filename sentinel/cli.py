@@ -113,7 +113,12 @@ def backtest(
 
 
 def _mount_optional() -> None:
-    """Sub-commands that live with their service."""
+    """Sub-commands that live with their service. Not when the command line asks for one of this module's own
+    commands (``sentinel backtest …``): importing them all (the exchange simulator, the GUI's pandas, aiohttp) took
+    ~1 s of every such run."""
+    asked = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+    if asked in ("up", "demo", "backtest") and "--help" not in sys.argv:
+        return
     mounts = [("sentinel.rules_cli", "rules_app", "rules", "Check and manage alert rules."),
               ("services.notifier.cli", "notify_app", "notify", "Test channels, list and retry dead letters."),
               ("sentinel.data.cli", "data_app", "data", "Download trade history for backtests.")]

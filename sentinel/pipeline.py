@@ -86,6 +86,13 @@ async def builder_caught_up(redis: Redis) -> bool:
                            streams.part_trades)
 
 
+async def engine_caught_up(redis: Redis) -> bool:
+    """alert_engine (an offset per partition, like candle_builder) has processed every partition's closed candles."""
+    partitions = await redis.hget(streams.META, "partitions")
+    return await caught_up(redis, int(partitions or DEFAULT_PARTITIONS), streams.GROUP_ALERT_ENGINE,
+                           streams.part_candles)
+
+
 #: Streams kept for people, not consumed by a group: no stream of work left to do.
 NOT_WORK = frozenset((streams.DEAD_LETTER, streams.NOTIFY_DEAD_LETTER, streams.ALERT_HISTORY))
 
@@ -97,9 +104,10 @@ async def work_streams(redis: Redis) -> list[str]:
 
 
 async def consumer_groups_idle(redis: Redis) -> bool:
-    """True when every consumer group of every sentinel stream has consumed and acked everything, and candle_builder
-    has processed every partition's trades (``builder_caught_up``)."""
-    if not await builder_caught_up(redis):
+    """True when every consumer group of every sentinel stream has consumed and acked everything, candle_builder
+    has processed every partition's trades (``builder_caught_up``) and alert_engine every partition's candles
+    (``engine_caught_up``)."""
+    if not await builder_caught_up(redis) or not await engine_caught_up(redis):
         return False
     bus = Bus(redis)
     for name in await work_streams(redis):

@@ -167,7 +167,7 @@ class Ownership:
         for partition, lease in list(self.leases.items()):
             renewed = await self._renew(keys=[streams.lease(self.group, partition)], args=[lease.value, self.ttl_ms])
             if not renewed:
-                del self.leases[partition]
+                self.leases.pop(partition, None)  # (a fenced write may have dropped it meanwhile)
                 lost.append(partition)
                 logger.warning("%s/%s: lease of partition %d was lost (expired and taken over)", self.group,
                                self.instance, partition)

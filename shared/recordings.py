@@ -18,8 +18,9 @@ Two CSV layouts, plain or gzip-compressed (``.gz``):
 
   When the file has no ids, rows are numbered 1..n so ids stay unique and increasing (as the trades contract asks).
 
-Prices and amounts are kept exactly as written (``Decimal`` of the text). A bad row raises ``TradeFileError`` naming
-``file:line``, the field and the offending value.
+Prices and amounts are kept exactly as written: ``Decimal`` of the text (``read_trades``), or the checked text
+itself (``read_trade_texts``, what a replay publishes: the consumer parses it, once). A bad row raises
+``TradeFileError`` naming ``file:line``, the field and the offending value.
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ from __future__ import annotations
 import csv
 import gzip
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from shared.errors import SentinelError
-from shared.schemas import Trade
+from shared.schemas import Trade, TradeText, decimal_text
 
 BINANCE_COLUMNS = ("id", "price", "qty", "quote_qty", "time", "is_buyer_maker", "is_best_match")
 GENERIC_REQUIRED = ("timestamp", "price", "amount", "side")
@@ -127,7 +128,16 @@ def _layout_of(path: Path, first_line: str) -> str:
 
 def read_trades(path: str | Path) -> Iterator[Trade]:
     """Yield the trades of a recording in file order (see the module docstring for the layouts)."""
-    path = Path(path)
+    return _read(Path(path), False)  # type: ignore[return-value]  # (as_text=False: Trade)
+
+
+def read_trade_texts(path: str | Path) -> Iterator[TradeText]:
+    """``read_trades`` with each price and amount kept as the exact text of the file (checked as ``read_trades``
+    checks it, not parsed): what a replay publishes, so that a price is parsed once, by the consumer that uses it."""
+    return _read(Path(path), True)  # type: ignore[return-value]  # (as_text=True: TradeText)
+
+
+def _read(path: Path, as_text: bool) -> Iterator[Trade | TradeText]:
     if not path.exists():
         raise TradeFileError(f"{path}: no such file")
     if path.is_dir():
@@ -135,7 +145,8 @@ def read_trades(path: str | Path) -> Iterator[Trade]:
     layout = detect_layout(path)
     n = 0
     lines = _text_lines(path)
-    for n, trade in enumerate(_read_binance(path, lines) if layout == "binance" else _read_generic(path, lines), 1):
+    rows = _read_binance(path, lines, as_text) if layout == "binance" else _read_generic(path, lines, as_text)
+    for n, trade in enumerate(rows, 1):
         yield trade
     if n == 0:
         raise TradeFileError(f"{path}: no trades in the file (only a header?)")
@@ -166,6 +177,11 @@ class _Row:
             raise self.fail(field, value, "a positive finite number")
         return out
 
+    def text(self, field: str, value: str) -> str:
+        """``decimal``'s check, the value kept as text: a plain decimal as it is, anything else as the Decimal
+        makes it (``" 1e-3"`` → ``"0.001"``)."""
+        return decimal_text(value) or str(self.decimal(field, value.strip()))
+
     def integer(self, field: str, value: str) -> int:
         try:
             return int(value)
@@ -173,11 +189,13 @@ class _Row:
             raise self.fail(field, value, "an integer") from None
 
 
-def _read_binance(path: Path, fh: Iterator[str]) -> Iterator[Trade]:
+def _read_binance(path: Path, fh: Iterator[str], as_text: bool) -> Iterator[Trade | TradeText]:
     row = _Row(path)
+    value: Callable[[str, str], Any] = row.text if as_text else row.decimal
+    make: Any = TradeText if as_text else Trade
     unit_us: bool | None = None
-    # price and qty text -> its checked Decimal: a file repeats a few thousand values, each parsed and checked once
-    values: dict[str, Decimal] = {}
+    # price and qty text -> its checked Decimal (or text): a file repeats a few thousand values, each checked once
+    values: dict[str, Any] = {}
     new = tuple.__new__  # a Trade without NamedTuple's Python-level __new__
     for row.line, text in enumerate(_located(path, iter(fh)), start=1):
         # Binance's files quote nothing: a plain split, and the csv module's rules for a line that has quotes
@@ -192,10 +210,10 @@ def _read_binance(path: Path, fh: Iterator[str]) -> Iterator[Trade]:
         tid = row.integer("id", cells[0].strip())
         price = values.get(cells[1])
         if price is None:
-            price = values[cells[1]] = row.decimal("price", cells[1].strip())
+            price = values[cells[1]] = value("price", cells[1].strip())
         amount = values.get(cells[2])
         if amount is None:
-            amount = values[cells[2]] = row.decimal("qty", cells[2].strip())
+            amount = values[cells[2]] = value("qty", cells[2].strip())
         if len(values) > 100_000:
             values.clear()
         ts = row.integer("time", cells[4].strip())
@@ -217,11 +235,12 @@ def _read_binance(path: Path, fh: Iterator[str]) -> Iterator[Trade]:
             is_buy = True
         else:
             raise row.fail("is_buyer_maker", cells[5], "true or false")
-        yield new(Trade, (tid, ts, price, amount, is_buy))
+        yield new(make, (tid, ts, price, amount, is_buy))
 
 
-def _read_generic(path: Path, fh: Iterator[str]) -> Iterator[Trade]:
+def _read_generic(path: Path, fh: Iterator[str], as_text: bool) -> Iterator[Trade | TradeText]:
     row = _Row(path)
+    value: Callable[[str, str], Any] = row.text if as_text else row.decimal
     reader = _located(path, csv.reader(fh))
     header: list[str] = []
     for row.line, cells in enumerate(reader, start=1):
@@ -247,8 +266,8 @@ def _read_generic(path: Path, fh: Iterator[str]) -> Iterator[Trade]:
         ts = row.integer("timestamp", cells[i_ts].strip())
         if ts >= _US_THRESHOLD:
             ts //= 1000
-        price = row.decimal("price", cells[i_price].strip())
-        amount = row.decimal("amount", cells[i_amount].strip())
+        price = value("price", cells[i_price].strip())
+        amount = value("amount", cells[i_amount].strip())
         side = cells[i_side].strip().lower()
         if side in _BUY:
             is_buy = True
@@ -267,7 +286,7 @@ def _read_generic(path: Path, fh: Iterator[str]) -> Iterator[Trade]:
             if not raw_id:
                 raise row.fail("id", raw_id, "a trade id like the file's first row")
             tid = int(raw_id) if raw_id.isdigit() else raw_id
-        yield Trade(tid, ts, price, amount, is_buy)
+        yield TradeText(tid, ts, price, amount, is_buy) if as_text else Trade(tid, ts, price, amount, is_buy)
 
 
 _QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "DAI", "USD", "TUSD", "EUR", "GBP", "JPY", "TRY", "BRL",

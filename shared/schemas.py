@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Literal, NamedTuple, Self
+from typing import Any, Literal, NamedTuple, Self, cast
 
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -74,14 +74,36 @@ class Trade(NamedTuple):
     is_buy: bool  # taker side: True when the taker bought
 
 
+class TradeText(NamedTuple):
+    """A trade as a recording holds it: ``price`` and ``amount`` are their exact decimal text, checked (a positive
+    finite decimal) but not parsed. A replay publishes them as they are (``encode_trades`` writes a str unchanged), so
+    a price becomes a number once, where it is used: in its consumer's ``decode_feed``."""
+
+    id: int | str | None
+    ts: int
+    price: str
+    amount: str
+    is_buy: bool
+
+
+def decimal_text(text: str) -> str | None:
+    """``text`` if it is a plain positive decimal (ASCII digits with at most one point, not all zeros:
+    ``"61837.63000000"``, ``"0.02"``, ``"5"``), else None: anything else (a sign, an exponent, spaces, NaN) is for
+    ``Decimal`` to judge."""
+    if text.isascii() and text.replace(".", "", 1).isdigit() and text.strip("0."):
+        return text
+    return None
+
+
 @dataclass(slots=True)
 class TradeBatch:
     """Trades of one (exchange, symbol), in exchange order (decoded: a list of ``Trade``, or ``TradeColumns`` for a
-    large entry; both iterate as ``(id, ts, price, amount, side)``)."""
+    large entry; both iterate as ``(id, ts, price, amount, side)``; a publisher's batch of a replay holds
+    ``TradeText``)."""
 
     exchange: str
     symbol: str
-    trades: list[Trade] | TradeColumns
+    trades: list[Trade] | TradeColumns | list[TradeText]
 
 
 @dataclass(slots=True)
@@ -108,8 +130,9 @@ class Watermark:
 FeedMessage = TradeBatch | GapMarker | Watermark
 
 
-def encode_trades(exchange: str, symbol: str, trades: list[Trade] | list[tuple[Any, ...]]) -> bytes:
-    """Encode a batch of trades (Trade or equivalent tuples) for the trades stream."""
+def encode_trades(exchange: str, symbol: str, trades: list[Trade] | list[TradeText] | list[tuple[Any, ...]]) -> bytes:
+    """Encode a batch of trades (Trade, TradeText or equivalent tuples) for the trades stream: prices and amounts as
+    decimal text (a TradeText's text as it is)."""
     rows = [(t[0], t[1], str(t[2]), str(t[3]), 1 if t[4] else 0) for t in trades]  # (packed as arrays)
     return _packb({"v": SCHEMA_VERSION, "k": "trades", "x": exchange, "s": symbol, "t": rows})
 
@@ -236,9 +259,15 @@ def _values(texts: tuple[Any, ...], what: str, rows: list[Any]) -> list[Decimal]
     return got
 
 
-def trade_rows(trades: list[Trade] | TradeColumns) -> Iterable[tuple[Any, int, Decimal, Decimal, Any]]:
-    """The trades of a ``TradeBatch`` as ``(id, ts, price, amount, taker_is_buy)`` rows, the cheapest way there is."""
-    return trades.rows() if type(trades) is TradeColumns else trades
+def trade_rows(trades: list[Trade] | TradeColumns | list[TradeText]
+               ) -> Iterable[tuple[Any, int, Decimal, Decimal, Any]]:
+    """The trades of a ``TradeBatch`` as ``(id, ts, price, amount, taker_is_buy)`` rows with Decimal values, the
+    cheapest way there is (a batch of ``TradeText`` handed over without Redis, as tests do, is converted)."""
+    if type(trades) is TradeColumns:
+        return trades.rows()
+    if trades and type(trades[0]) is TradeText:
+        return [Trade(t[0], t[1], Decimal(t[2]), Decimal(t[3]), bool(t[4])) for t in trades]
+    return cast(list[Trade], trades)
 
 
 def _decode_row(n: int, row: Any) -> Trade:

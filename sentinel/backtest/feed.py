@@ -20,7 +20,7 @@ from typing import Any
 
 from sentinel.backtest.inputs import Input, InputError, trades_by_exchange
 from shared.errors import SentinelError
-from shared.schemas import Trade
+from shared.schemas import TradeText
 
 
 @dataclass
@@ -29,9 +29,9 @@ class Spans:
 
     seen: dict[tuple[Path, str, str], list[int]] = field(default_factory=dict)
 
-    def track(self, path: Path, exchange: str, trades: Iterator[tuple[str, Trade]]) -> Iterator[tuple[str, Trade]]:
+    def track(self, path: Path, exchange: str, trades: Iterator[tuple[str, TradeText]]) -> Iterator[tuple[str, TradeText]]:
         """``trades`` passed through, noting the first and last trade of every run of one symbol."""
-        last: tuple[str, Trade] | None = None
+        last: tuple[str, TradeText] | None = None
         for item in trades:
             if last is None or item[0] != last[0]:
                 if last is not None:
@@ -42,7 +42,7 @@ class Spans:
         if last is not None:
             self._note(path, exchange, last)
 
-    def _note(self, path: Path, exchange: str, item: tuple[str, Trade]) -> None:
+    def _note(self, path: Path, exchange: str, item: tuple[str, TradeText]) -> None:
         span = self.seen.setdefault((path, exchange, item[0]), [item[1].ts, item[1].ts])
         span[0], span[1] = min(span[0], item[1].ts), max(span[1], item[1].ts)
 

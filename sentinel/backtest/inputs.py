@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import IO
 
 from shared.errors import SentinelError
-from shared.recordings import TradeFileError, detect_layout, guess_exchange, guess_symbol, read_trades
-from shared.schemas import Trade
+from shared.recordings import TradeFileError, detect_layout, guess_exchange, guess_symbol, read_trade_texts
+from shared.schemas import TradeText, decimal_text
 
 SUFFIXES = (".csv", ".csv.gz", ".zip")
 _US_THRESHOLD = 10**14  # ms timestamps stay below this until year 5138 (as shared.recordings)
@@ -83,14 +83,14 @@ def _describe(path: Path, exchange: str | None, symbol: str | None) -> Input:
 # ---- reading -------------------------------------------------------------------------------------------------------
 
 
-Track = Callable[[Path, str, Iterator[tuple[str, Trade]]], Iterator[tuple[str, Trade]]]
+Track = Callable[[Path, str, Iterator[tuple[str, TradeText]]], Iterator[tuple[str, TradeText]]]
 
 
 def trades_by_exchange(inputs: list[Input], track: Track | None = None
-                       ) -> dict[str, tuple[list[str], Iterator[tuple[str, Trade]]]]:
+                       ) -> dict[str, tuple[list[str], Iterator[tuple[str, TradeText]]]]:
     """exchange → (its symbols, its trades as ``(symbol, trade)`` in time order across its files); ``track`` sees
     each file's trades on their way (path, exchange, trades) → trades."""
-    out: dict[str, tuple[list[str], Iterator[tuple[str, Trade]]]] = {}
+    out: dict[str, tuple[list[str], Iterator[tuple[str, TradeText]]]] = {}
     for ex in sorted({i.exchange for i in inputs} | {e for i in inputs for e, _ in i.symbols}):
         mine = [i for i in inputs if any(e == ex for e, _ in i.symbols)]
         symbols = sorted({s for i in mine for e, s in i.symbols if e == ex})
@@ -100,16 +100,17 @@ def trades_by_exchange(inputs: list[Input], track: Track | None = None
     return out
 
 
-def read_input(item: Input, exchange: str) -> Iterator[tuple[str, Trade]]:
-    """The ``(symbol, trade)`` of one input that belong to ``exchange``, in file order."""
+def read_input(item: Input, exchange: str) -> Iterator[tuple[str, TradeText]]:
+    """The ``(symbol, trade)`` of one input that belong to ``exchange``, in file order; prices and amounts as their
+    checked text (the feed publishes it as it is: the builder parses each price once)."""
     symbol = item.symbol
     if symbol is not None:
-        trades = _read_zip(item.path) if item.path.suffix.lower() == ".zip" else read_trades(item.path)
+        trades = _read_zip(item.path) if item.path.suffix.lower() == ".zip" else read_trade_texts(item.path)
         return ((symbol, t) for t in trades)
     return ((sym, trade) for ex, sym, trade in _read_symbol_column(item.path, item.exchange) if ex == exchange)
 
 
-def _read_zip(path: Path) -> Iterator[Trade]:
+def _read_zip(path: Path) -> Iterator[TradeText]:
     """A Binance archive (one CSV inside), read through a temporary extraction next to nothing: the CSV reader of
     recordings takes a path, so the member is streamed to a temporary file first."""
     import tempfile
@@ -121,7 +122,7 @@ def _read_zip(path: Path) -> Iterator[Trade]:
             while chunk := src.read(1 << 20):
                 dst.write(chunk)
         try:
-            yield from read_trades(target)
+            yield from read_trade_texts(target)
         except TradeFileError as exc:  # name the archive, not the temporary file
             raise InputError(str(exc).replace(str(target), f"{path}[{member}]")) from None
 
@@ -133,7 +134,7 @@ def _zip_member(path: Path, zf: zipfile.ZipFile) -> str:
     return names[0]
 
 
-def _read_symbol_column(path: Path, default_exchange: str) -> Iterator[tuple[str, str, Trade]]:
+def _read_symbol_column(path: Path, default_exchange: str) -> Iterator[tuple[str, str, TradeText]]:
     """Rows of a CSV with a header naming ``timestamp,price,amount,side,symbol`` (``id`` and ``exchange``
     optional): ``(exchange, symbol, trade)``; rows without ids are numbered per symbol."""
     with _open_text(path) as fh:
@@ -160,8 +161,8 @@ def _read_symbol_column(path: Path, default_exchange: str) -> Iterator[tuple[str
                     raise _bad(path, line, "symbol", cells[i_sym], "a symbol, e.g. BTC/USDT")
                 ex = (cells[i_ex].strip() if i_ex is not None else "") or default_exchange
                 ts = _int(path, line, "timestamp", cells[i_ts])
-                price = _decimal(path, line, "price", cells[i_price])
-                amount = _decimal(path, line, "amount", cells[i_amount])
+                price = _decimal_text(path, line, "price", cells[i_price])
+                amount = _decimal_text(path, line, "amount", cells[i_amount])
                 side = _SIDES.get(cells[i_side].strip().lower())
                 if side is None:
                     raise _bad(path, line, "side", cells[i_side], "buy or sell")
@@ -170,7 +171,7 @@ def _read_symbol_column(path: Path, default_exchange: str) -> Iterator[tuple[str
                     tid: int | str = int(raw_id) if raw_id.isdigit() else raw_id
                 else:
                     tid = numbers[(ex, sym)] = numbers.get((ex, sym), 0) + 1
-                yield ex, sym, Trade(tid, ts // 1000 if ts >= _US_THRESHOLD else ts, price, amount, side)
+                yield ex, sym, TradeText(tid, ts // 1000 if ts >= _US_THRESHOLD else ts, price, amount, side)
         except csv.Error as exc:
             raise InputError(f"{path}:{line + 1}: not a readable CSV row ({exc})") from None
 
@@ -184,6 +185,11 @@ def _int(path: Path, line: int, field: str, text: str) -> int:
         return int(text.strip())
     except ValueError:
         raise _bad(path, line, field, text, "an integer (ms or µs since 1970)") from None
+
+
+def _decimal_text(path: Path, line: int, field: str, text: str) -> str:
+    """The cell's text if it is a plain positive decimal, else ``_decimal``'s check and the Decimal's text."""
+    return decimal_text(text) or str(_decimal(path, line, field, text))
 
 
 def _decimal(path: Path, line: int, field: str, text: str) -> Decimal:

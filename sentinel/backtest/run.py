@@ -24,9 +24,7 @@ from sentinel.backtest.output import Made, write_outputs
 from sentinel.pipeline import (Pipeline, add_service, builder_caught_up, data_dir_or_temp, load_all_settings,
                                work_streams)
 from services.alert_engine.core import AlertEngine
-from shared import streams
 from shared.bus import as_str
-from shared.candle_series import series_streams
 from shared.embedded_redis import EmbeddedRedis
 from shared.rules import load_rules_file
 from shared.runtime import connect, install_signal_handlers
@@ -111,8 +109,7 @@ async def _until_drained(pipeline: Pipeline, redis: Any, feed: FeedProcess, want
                          total: int, console: Console) -> bool:
     """Wait (with a progress bar: trades read of the total, ETA) until the feed has read everything and every
     consumer group has processed it; True if interrupted (Ctrl-C)."""
-    builder = pipeline.apps["candle_builder"]
-    candle_streams = sorted(series_streams(wanted, builder.settings.partitions).values())
+    builder, engine = pipeline.apps["candle_builder"], pipeline.apps["alert_engine"]
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as progress:
@@ -127,18 +124,19 @@ async def _until_drained(pipeline: Pipeline, redis: Any, feed: FeedProcess, want
             progress.update(task, completed=feed.read if not done else total,
                             description="trades" if not done else "candles and rules")
             if done and builder.trades_in >= feed.published:
-                if await _drained(redis, candle_streams):
+                checked = time.monotonic()
+                if await _drained(redis) and await engine.caught_up():
                     return False
-                await asyncio.sleep(0.15)  # (a market's thousands of streams: not every tick)
+                # (a market's thousands of streams: the check takes at most a fifth of this process's time)
+                await asyncio.sleep(max(0.15, 4 * (time.monotonic() - checked)))
             await asyncio.sleep(0.05)
 
 
-async def _drained(redis: Any, candle_streams: list[str]) -> bool:
-    """Every consumer group of every stream has read and acked everything, and each candle stream a rule reads has
-    alert_engine's group (a stream the engine has not discovered yet is work left, not an idle pipeline). The caller
-    checks that candle_builder has read every trade published; its offsets must have reached every partition's trades
-    (it keeps no consumer group). Two pipelined round trips whatever the number of streams (a market has thousands),
-    and one read per partition."""
+async def _drained(redis: Any) -> bool:
+    """Every consumer group of every stream has read and acked everything. The caller checks that candle_builder has
+    read every trade published and alert_engine every entry of the streams it reads (``AlertEngineApp.caught_up``);
+    the builder's offsets must have reached every partition's trades (neither keeps a consumer group). Two pipelined
+    round trips whatever the number of streams (a market has thousands), and one read per partition."""
     if not await builder_caught_up(redis):
         return False
     names = await work_streams(redis)
@@ -147,30 +145,23 @@ async def _drained(redis: Any, candle_streams: list[str]) -> bool:
             pipe.xinfo_stream(name)
             pipe.xinfo_groups(name)
         replies = await pipe.execute(raise_on_error=False)
-    engine_groups = set()
-    for name, info, groups in zip(names, replies[::2], replies[1::2]):
+    for info, groups in zip(replies[::2], replies[1::2]):
         if isinstance(info, Exception) or isinstance(groups, Exception):
             return False
         last = as_str(info.get("last-generated-id") or info.get(b"last-generated-id"))
         for g in groups:
             if g["pending"] or as_str(g["last-delivered-id"]) != last:
                 return False
-            if as_str(g.get("name") or g.get(b"name")) == streams.GROUP_ALERT_ENGINE:
-                engine_groups.add(name)
-    existing = set(names)
-    if not all(s in engine_groups for s in candle_streams if s in existing):
-        return False
-    # A stream created between the SCAN and the group replies (candle_builder's first candles of a timeframe, written
-    # with the XACK of the trades that were just found acked) is work the replies did not see: scan again.
-    return set(await work_streams(redis)) <= existing
+    # A stream created between the SCAN and the group replies is work the replies did not see: scan again.
+    return set(await work_streams(redis)) <= set(names)
 
 
 def _settings(opts: BacktestOptions, items: list[Input], url: str, data_dir: Path,
               rule_timeframes: set[str], live: bool) -> dict[str, Any]:
     """Each service's settings (every problem of every section in one ConfigError). candle_builder builds the
     timeframes asked for (or its configured ones) and every timeframe a rule reads; in-progress candles only when a
-    rule reads them (``live``; they are throttled in wall time, live_throttle_ms, so what such a rule sees in a
-    backtest depends on its speed)."""
+    rule reads them (``live``), throttled in exchange time (``live_throttle_clock: exchange``) and never trimmed, so
+    what such a rule sees does not depend on the backtest's speed."""
     common = {"redis_url": url, "data_dir": data_dir}
     overrides: dict[str, dict[str, Any]] = {
         # big entries: a backtest has no latency to keep, and watermarks only need to close bars of quiet symbols
@@ -185,6 +176,7 @@ def _settings(opts: BacktestOptions, items: list[Input], url: str, data_dir: Pat
     # every closed candle is exported (no trimming of a temporary Redis); no timer closes (exchange time only)
     out["candle_builder"] = builder.model_copy(update={"timeframes": timeframes, "candles_maxlen": 10**9,
                                                        "candle_retention": {}, "part_candles_maxlen": 10**9,
-                                                       "live_candles": live, "close_on_timer": False,
+                                                       "live_candles": live, "live_throttle_clock": "exchange",
+                                                       "live_maxlen": 10**9, "close_on_timer": False,
                                                        "discover_every_s": 0.5})
     return out

@@ -1,10 +1,17 @@
-"""alert_engine wiring: read candles, tickers and trades; evaluate the rules (``core``); commit the alerts.
+"""alert_engine wiring: one engine per partition held; each reads its partition's streams, evaluates the rules
+(``core``) and commits the alerts with its new offsets, fenced by its lease.
 
-The path of a batch: the consumer (``shared.bus``) reads the streams ``SeriesSync`` chose and hands a batch to
-``_handle`` → ``core.AlertEngine`` (closed candles, in-progress candles, tickers, trades) → ``Fire`` records →
-``AlertCommit.publish``: one atomic script per partition gates each fire (alert id seen? cooldown?), publishes it
-and writes the rule state rows; then the batch is acked. Around it: ``RuleSource`` (the rules file and the API's rules, re-read when they
-change) and ``SeriesSync`` (which series the rules need, subscriptions, warm-up), run by ``_housekeeping``.
+Work is split by (exchange, symbol) partition, like candle_builder's (docs/scale-out.md): this replica holds
+partitions of group ``alert_engine`` by lease (``shared.ownership``, ``shared.partitioned.PartitionWorkers``) and runs
+one worker per partition held. The worker builds the partition's own ``AlertEngine`` (``partition.PartitionEngine``),
+warms it up from Redis (the candles processed up to the saved offsets), then reads ``part_candles(p)`` and the other
+streams of ``p`` the rules need with XREAD from those offsets (plus the series of other partitions its
+multi-symbol rules read), and commits each read in one script (``commit.py``): the lease check, the alerts with
+their exactly-once records, the rule state rows and the new offsets. A partition lost drops its engine; its new owner
+warms a new one up from what was committed, so 1, 2 or 3 replicas give the same alerts.
+
+Around it: ``RuleSource`` (the rules file and the API's rules, re-read when they change) and ``SeriesSync`` (what
+each partition reads, and the subscriptions), run by ``_housekeeping``.
 """
 
 from __future__ import annotations
@@ -15,64 +22,32 @@ import logging
 import time
 from typing import Any
 
-import msgpack
 from redis.asyncio import Redis
 
 from services.alert_engine.commit import AlertCommit
 from services.alert_engine.core import AlertEngine, Fire
-from services.alert_engine.core.feeds import BookFigures
+from services.alert_engine.inputs import Input, decode_input
+from services.alert_engine.partition import PartitionEngine, PlanStale
 from services.alert_engine.rule_source import RuleSource
 from services.alert_engine.series_sync import SeriesSync
 from services.alert_engine.settings import Settings
 from shared import metrics, streams
-from shared.bus import Batch, Bus, Consumer
-from shared.errors import DecodeError
+from shared.bus import Bus
 from shared.outage import REDIS_DOWN, backoff_delay
+from shared.ownership import FencedError, Ownership
+from shared.partitioned import PartitionWorkers, entry_id, raw_reader
+from shared.partitions import partition_of
 from shared.rules import RuleSet
-from shared.runtime import heartbeat, quiet_gc
-from shared.schemas import (
-    Candle,
-    FundingRate,
-    GapMarker,
-    Liquidation,
-    OpenInterest,
-    Ticker,
-    TradeBatch,
-    Watermark,
-    feed_from_msg,
-    unpack,
-    unpack_tuples,
-)
+from shared.runtime import consumer_name, heartbeat, quiet_gc
+
+__all__ = ["AlertEngineApp", "Input", "decode_input"]
 
 logger = logging.getLogger(__name__)
 
-Feed = BookFigures | FundingRate | OpenInterest | Liquidation
-Input = Candle | Ticker | TradeBatch | GapMarker | Watermark | Feed
-_FEEDS: dict[str, Any] = {"book": BookFigures, "funding": FundingRate, "open_interest": OpenInterest,
-                          "liquidation": Liquidation}
-
-
-_BOOK_KIND = msgpack.packb({"k": "book"})[1:]  # the map entry "k": "book", as every book entry carries it
-
-
-def decode_input(raw: bytes) -> Input:
-    """Decode an entry of a candle, live-candle, ticker, trades, book or futures stream."""
-    if _BOOK_KIND in raw:  # a book snapshot (~2,000/s): its levels unpacked as tuples, which the GC costs far less
-        msg = unpack_tuples(raw)
-        if isinstance(msg, dict) and msg.get("k") == "book":
-            return BookFigures.from_msg(msg)
-    msg = unpack(raw)
-    kind = msg.get("k") if isinstance(msg, dict) else None
-    if kind == "ticker":
-        return Ticker.from_msg(msg)
-    if kind in _FEEDS:
-        feed: Feed = _FEEDS[kind].from_msg(msg)
-        return feed
-    if kind == "candle":
-        return Candle.from_msg(msg)
-    if kind in ("trades", "gap", "watermark"):
-        return feed_from_msg(msg)
-    raise DecodeError(f"expected a candle, a ticker, trades, a book or futures data, got kind {kind!r}")
+SERVICE = "alert_engine"
+GROUP = streams.GROUP_ALERT_ENGINE
+#: a drain holds the partitions it works on with a lease this long (it renews none; released when done)
+DRAIN_LEASE_MS = 600_000
 
 
 def wall_clock_ms() -> int:
@@ -86,22 +61,23 @@ class AlertEngineApp:
         """``ruleset``: rules given in code (tests); None reads ``settings.rules_file``."""
         self.settings = settings
         self.redis = redis
+        self.name = consumer_name(SERVICE, settings.consumer_name)
         self.rule_source = RuleSource(redis, settings.rules_file, ruleset)
-        self.engine = AlertEngine(self.rule_source.ruleset, keep=settings.keep_bars,
-                                  clock=wall_clock_ms if settings.clock == "wall" else None)
-        self.bus = Bus(redis, settings.bus_settings(), service="alert_engine")
-        # a stable name (settings.consumer_name, else alert_engine-<hostname>): a restarted engine re-reads its own
-        # pending entries first, and its subscriptions are this instance's
-        self.consumer: Consumer[Input] = Consumer(
-            self.bus, settings.consumer_settings(streams.GROUP_ALERT_ENGINE, "alert_engine", count=settings.batch,
-                                                 block_ms=settings.block_ms),
-            decode=decode_input, handler=self._handle)
-        self.series_sync = SeriesSync(settings, redis, self.engine, self.consumer)
-        self.commit = AlertCommit(settings, redis, self.engine)
-        # the engine took in input whose commit may not have happened (a batch or a flush that raised): its windows
-        # and rule status may be ahead of Redis, so it is warmed up again (``_rewarm``) before the next batch
-        self._ahead = False
-        self.rewarmed = 0
+        self.clock = wall_clock_ms if settings.clock == "wall" else None
+        # the rules' routes, for the plan (never fed): each partition runs its own engine
+        self.routing = AlertEngine(self.rule_source.ruleset, keep=settings.keep_bars, clock=self.clock)
+        self.bus = Bus(redis, settings.bus_settings(), service=SERVICE)
+        self.ownership = Ownership(redis, GROUP, self.name, settings.partitions, ttl_ms=settings.lease_ttl_ms)
+        self.workers = PartitionWorkers(self.ownership, self.work, name=SERVICE, outage=self.bus.outage)
+        self._raw: Any = None  # (``raw_reader``, made once Redis answered: a cluster client knows its nodes then)
+        self.series_sync = SeriesSync(settings, redis, self.routing, self.name)
+        self.engines: dict[int, PartitionEngine] = {}  # partition held -> its engine
+        self.commit = AlertCommit(settings, redis, self.routing)  # ``publish`` outside a worker (tools, tests)
+        self.rewarmed = 0  # partition engines built again after a failure
+        self.refilled = 0  # partition engines built again because their plan changed
+        self.published = self.suppressed = self.duplicates = 0  # of engines dropped (``counts`` adds the live ones)
+        self._stopping = asyncio.Event()
+        self._failed: set[int] = set()  # partitions whose worker failed: its next engine is a re-warm
 
     @property
     def ruleset(self) -> RuleSet:
@@ -112,47 +88,80 @@ class AlertEngineApp:
     def reload_error(self) -> str | None:
         return self.rule_source.reload_error
 
+    @property
+    def rules(self) -> list[Any]:
+        """The enabled rules."""
+        return self.routing.rules
+
+    @property
+    def streams(self) -> set[str]:
+        """Every stream the engines of the partitions held (or last drained) read."""
+        return {name for pe in self.engines.values() for name in pe.all_streams}
+
+    @property
+    def deferred(self) -> int:
+        """Closed bars whose evaluation waits for another series, over the engines."""
+        return sum(pe.engine.deferred for pe in self.engines.values())
+
+    def engine_of(self, exchange: str, symbol: str) -> AlertEngine:
+        """The engine of the partition of (exchange, symbol), held by this replica (KeyError otherwise)."""
+        return self.engines[partition_of(exchange, symbol, self.settings.partitions)].engine
+
+    def counts(self) -> dict[str, int]:
+        """Alerts published, suppressed (cooldown, a resolve of nothing) and duplicate ids, by this replica."""
+        out = {"published": self.published, "suppressed": self.suppressed, "duplicates": self.duplicates}
+        for pe in self.engines.values():
+            for k in out:
+                out[k] += getattr(pe.commit, k)
+        return out
+
     def status(self) -> dict[str, Any]:
-        c = self.commit
-        return {"rules": len(self.engine.rules), "series": len(self.series_sync.subscriptions.subscribed),
-                "published": c.published, "suppressed": c.suppressed, "duplicates": c.duplicates,
-                "reload_error": self.reload_error or "", "deferred": self.engine.deferred}
+        return {"rules": len(self.routing.rules), "series": len(self.series_sync.subscriptions.subscribed),
+                **self.counts(), "reload_error": self.reload_error or "", "group": GROUP,
+                "partitions": ",".join(map(str, self.workers.owned)),
+                "deferred": self.deferred}
 
     # ---- lifecycle --------------------------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         if not await self._start(stop):
             return
-        tasks = [
-            asyncio.create_task(self.consumer.run(stop), name="alert_engine-consume"),
-            asyncio.create_task(self._housekeeping(stop), name="alert_engine-sync"),
-            asyncio.create_task(heartbeat(self.redis, "alert_engine", stop, self.status, outage=self.bus.outage,
-                                          beat=self.series_sync.subscriptions.refresh, instance=self.consumer.name),
-                                name="alert_engine-hb"),
+        workers = asyncio.create_task(self.workers.run(self._stopping), name=f"{SERVICE}-partitions")
+        helpers = [
+            asyncio.create_task(self._housekeeping(stop), name=f"{SERVICE}-sync"),
+            asyncio.create_task(self._sample_loop(stop), name=f"{SERVICE}-metrics"),
+            asyncio.create_task(heartbeat(self.redis, SERVICE, stop, self.status, outage=self.bus.outage,
+                                          beat=self.series_sync.subscriptions.refresh, instance=self.name),
+                                name=f"{SERVICE}-hb"),
         ]
         try:
             await stop.wait()
-            await asyncio.gather(*tasks)
-            if self.settings.clock == "exchange":
-                # a backtest ends when its input does: bars still waiting for another series are evaluated now.
-                # Live, they are not (they were acked): a restart's warm-up finds them waiting again.
-                await self._flush(None)
+            self._stopping.set()  # (workers see it: a backtest's last waiting bars are evaluated, see ``work``)
+            await workers
         finally:
-            for t in tasks:
+            self._stopping.set()
+            for t in [workers, *helpers]:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(workers, *helpers, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await self.series_sync.subscriptions.drop_all()
+            await self._close()
+
+    async def _close(self) -> None:
+        with contextlib.suppress(Exception):
             await self.commit.close()
+        if self._raw is not None:
+            with contextlib.suppress(Exception):
+                await self._raw.aclose()
+            self._raw = None
 
     async def _start(self, stop: asyncio.Event) -> bool:
-        """The rules and the series before the first read. Redis going away meanwhile (it answered the service's
+        """The rules and the plan before the first read. Redis going away meanwhile (it answered the service's
         start-up check a moment before) is waited for, told once, instead of ending the service; False if stopped."""
         attempt = 0
         while True:
             try:
-                self.engine.set_rules(await self.rule_source.start())
-                await self.series_sync.sync()
+                await self._sync_rules(await self.rule_source.start())
                 self.bus.outage.ok()
                 quiet_gc()  # start-up's objects out of the collector's sight: no ~60 ms pause behind an alert
                 return True
@@ -164,41 +173,27 @@ class AlertEngineApp:
                 if stop.is_set():
                     return False
 
-    async def drain(self, *, final: bool = True) -> int:
-        """Burst mode (tests, backtest): sync series once, then process everything available now.
-
-        ``final``: what was read is all there is, so bars still waiting for another series (see
-        ``AlertEngine.flush_deferred``) are evaluated with what that series has; False leaves them waiting for the
-        next drain.
-        """
-        self.engine.set_rules(await self.rule_source.start())
+    async def _sync_rules(self, ruleset: RuleSet) -> None:
+        self.routing.set_rules(ruleset)
         await self.series_sync.sync()
-        n = await self.consumer.drain()
-        if final:
-            await self._flush(None)
-        if self.engine.stale:  # backfilled candles read last: merged now rather than at the next evaluation
-            self.engine.rewarm()
-        await self.commit.close()
-        return n
 
     async def reload_rules(self) -> bool:
         """Take the rules file's and the API's changes (a bad file keeps the rules running: ``reload_error``);
-        True when the rule set changed (the series then follow it)."""
+        True when the rule set changed (the partitions' engines follow it)."""
         ruleset = await self.rule_source.poll()
         if ruleset is None:
             return False
-        self.engine.set_rules(ruleset)
-        await self.series_sync.sync()
+        await self._sync_rules(ruleset)
         return True
 
     async def sync_series(self) -> None:
         """Follow the symbols the registries list now (``SeriesSync.sync``)."""
         await self.series_sync.sync()
 
-    async def publish(self, fires: list[Fire], batch: Batch[Any] | None = None) -> list[int]:
-        """Commit ``fires`` (``AlertCommit.publish``); the answers: 1 published, 0 duplicate, -1 cooling down, -2 a
-        resolve whose run published no firing alert."""
-        return await self.commit.publish(fires, batch)
+    async def publish(self, fires: list[Fire]) -> list[int]:
+        """Commit ``fires`` outside any worker (no fence, no offsets: tools and tests); the answers: 1 published,
+        0 duplicate, -1 cooling down, -2 a resolve whose run published no firing alert."""
+        return await self.commit.publish(fires)
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
         s = self.settings
@@ -209,83 +204,179 @@ class AlertEngineApp:
                 if loop.time() >= next_reload:
                     next_reload = loop.time() + s.reload_every_s
                     await self.reload_rules()
-                    await self.commit.save_all_state()
+                    for pe in list(self.engines.values()):
+                        await pe.commit.save_all_state()
                     self.bus.outage.ok()  # (said only after commands reached Redis: a round may send none)
                 if loop.time() >= next_sync:
                     next_sync = loop.time() + s.registry_poll_s
                     await self.series_sync.sync()
                     self.bus.outage.ok()
-                if self.engine.waiting and s.clock == "wall":  # no input came to end the wait
-                    await self._flush(wall_clock_ms() - s.cross_series_wait_ms)
-                if self.engine.stale:  # a backfill read while no new bar came: merged now, not at the next bar
-                    self.engine.rewarm()
-            except REDIS_DOWN as exc:  # told once per outage (the consumer tells when Redis is back)
+            except REDIS_DOWN as exc:  # told once per outage
                 self.bus.outage.lost(exc, "housekeeping")
             except Exception:  # a bug: logged, and the next round retries
                 logger.exception("alert_engine: housekeeping failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=min(s.reload_every_s, s.registry_poll_s,
-                                                                max(0.05, s.cross_series_wait_ms / 2000)))
+                await asyncio.wait_for(stop.wait(), timeout=min(s.reload_every_s, s.registry_poll_s))
 
-    async def _flush(self, waited_since: int | None) -> None:
-        fires = self.engine.flush_deferred(waited_since)
-        if fires:
-            try:
-                await self.commit.publish(fires)
-            except BaseException:
-                self._ahead = True  # (the released bars were acked: the warm-up finds them waiting again)
-                raise
+    async def _sample_loop(self, stop: asyncio.Event, every_s: float = 5.0) -> None:
+        """The consumer lag metric, from the offsets of the partitions held (entries after each)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=every_s)
+            offsets = {n: o for pe in list(self.engines.values()) for n, o in pe.offsets.items()}
+            await metrics.sample_offsets(self.redis, GROUP, offsets)
 
-    async def _rewarm(self) -> None:
-        """Forget what the engine took in and warm it up again from what Redis holds as processed, as a restart
-        does. Entries of a batch whose commit failed are still pending and come again: evaluated on windows that
-        already held them they would be taken for old bars, and their alerts never fired."""
-        self.commit.forget()
-        await self.series_sync.rewarm()
-        self._ahead = False
-        self.rewarmed += 1
-        logger.info("alert_engine: warmed up again from the committed candles (a commit had failed)")
+    # ---- one worker per partition held ------------------------------------------------------------------------------
 
-    # ---- the path of a batch ----------------------------------------------------------------------------------------
+    async def _open(self, partition: int) -> PartitionEngine:
+        """A new engine for ``partition``, warmed up from what Redis holds as processed."""
+        old = self.engines.pop(partition, None)
+        if old is not None:
+            self._retire(old)
+            with contextlib.suppress(Exception):
+                await old.commit.close()
+            if old.version != self.series_sync.versions.get(partition, 0):
+                self.refilled += 1
+        pe = PartitionEngine(self.settings, self.redis, self._reader(), self.bus, partition,
+                             self.series_sync.plan(partition), self.series_sync.versions.get(partition, 0),
+                             self.ruleset, self.clock)
+        await pe.open()
+        self.engines[partition] = pe
+        return pe
 
-    async def _handle(self, batch: Batch[Input]) -> None:
-        """A batch of candles, tickers and trades → the engine → the commit of its alerts, then the batch's XACKs."""
-        if self._ahead:
-            await self._rewarm()
+    def _reader(self) -> Any:
+        if self._raw is None:
+            self._raw = raw_reader(self.redis)
+        return self._raw
+
+    def _retire(self, pe: PartitionEngine) -> None:
+        self.published += pe.commit.published
+        self.suppressed += pe.commit.suppressed
+        self.duplicates += pe.commit.duplicates
+
+    def _current(self, pe: PartitionEngine | None, partition: int) -> bool:
+        if pe is None or pe.version != self.series_sync.versions.get(partition, 0):
+            return False
+        if pe.ruleset is not self.ruleset:  # rules changed, not what the partition reads: windows are kept
+            pe.engine.set_rules(self.ruleset)
+            pe.ruleset = self.ruleset
+        return True
+
+    async def _replan(self, pe: PartitionEngine, stale: PlanStale) -> None:
+        """A read met pairs the plan does not list: sync the plan now (the read is not committed: it comes again, to
+        the engine built for the new plan); pairs the new plan still leaves out are ignored by this engine."""
+        logger.info("alert_engine: partition %d: %s; reading the registries again", pe.partition, stale)
+        await self.series_sync.sync()
+        if self._current(pe, pe.partition):
+            pe.ignored |= stale.pairs
+
+    async def work(self, partition: int, stop: asyncio.Event) -> None:
+        """Run the engine of ``partition`` until ``stop`` (the partition was lost, or the service stops)."""
+        s = self.settings
+        pe: PartitionEngine | None = None
+        failed = partition in self._failed  # (a restarted worker: the engine that failed may be ahead of Redis)
+        self._failed.discard(partition)
         try:
-            await self._evaluate_and_commit(batch)
-        except BaseException:
-            self._ahead = True
+            while not stop.is_set():
+                if pe is None or not self._current(pe, partition):
+                    pe = await self._open(partition)
+                    if failed:
+                        self.rewarmed += 1
+                        failed = False
+                        logger.info("alert_engine: partition %d warmed up again from what was committed", partition)
+                waited = wall_clock_ms() - s.cross_series_wait_ms if s.clock == "wall" else None
+                try:
+                    await pe.step(self.ownership, block_ms=s.block_ms, waited_since=waited)
+                except PlanStale as stale:
+                    await self._replan(pe, stale)
+            if pe is not None and self._stopping.is_set() and s.clock == "exchange":
+                # a backtest ends when its input does: bars still waiting for another series are evaluated now.
+                # Live, they are not: the next owner's warm-up finds them waiting again.
+                await pe.flush(self.ownership)
+        except FencedError:
             raise
+        except Exception:
+            self._failed.add(partition)
+            raise
+        finally:
+            gone = self.engines.pop(partition, None)
+            if gone is not None:
+                self._retire(gone)
+                with contextlib.suppress(Exception):
+                    await gone.commit.close()
 
-    async def _evaluate_and_commit(self, batch: Batch[Input]) -> None:
-        engine = self.engine
-        fires: list[Fire] = []
-        market: list[Candle | Ticker] = []
-        sync = self.series_sync
-        ticker_pairs, tick_pairs, feed_pairs = sync.ticker_pairs, sync.tick_pairs, sync.feed_pairs
-        live_series = sync.live_series
-        for entry in batch.entries:
-            value = entry.value
-            if isinstance(value, Candle):  # in-progress ones: a partition's stream, only the series rules read live
-                if value.closed or (value.exchange, value.symbol, value.timeframe) in live_series:
-                    market.append(value)
-            elif isinstance(value, Ticker):  # a partition's stream: only the pairs rules read
-                if (value.exchange, value.symbol) in ticker_pairs:
-                    market.append(value)
-            elif isinstance(value, (BookFigures, FundingRate, OpenInterest, Liquidation)):  # a partition's stream: only the pairs book/futures rules read
-                if (value.exchange, value.symbol) in feed_pairs:
-                    fires += engine.on_feed(value)
-            elif isinstance(value, TradeBatch) and (value.exchange, value.symbol) in tick_pairs:
-                # tick-level rules see each trade as it comes (before the candles read with it)
-                fires += engine.on_trades(value.exchange, value.symbol, value.trades)
-        if market:
-            with metrics.EVALUATION_SECONDS.time():
-                fires += engine.on_batch(market)
-            metrics.RULES_EVALUATED.inc(engine.take_evaluations())
-        if engine.waiting and self.settings.clock == "wall":  # live: bars waited long enough for other series
-            fires += engine.flush_deferred(wall_clock_ms() - self.settings.cross_series_wait_ms)
-        if fires:
-            await self.commit.publish(fires, batch)
-            # acked here, not by the consumer after: a failed ack, like a failed commit, re-warms (``_handle``)
-            await self.consumer.ack(batch)
+    # ---- burst mode (tests, tools) ----------------------------------------------------------------------------------
+
+    async def drain(self, *, final: bool = True) -> int:
+        """Burst mode: sync the rules and the plan once, then, partition by partition (each held by a lease for the
+        time being; one held by a running replica is skipped), process everything available now.
+
+        ``final``: what was read is all there is, so bars still waiting for another series are evaluated with what
+        that series has; False leaves them waiting for the next drain (or owner). An engine is kept between drains
+        while Redis holds exactly what it processed."""
+        await self._sync_rules(await self.rule_source.start())
+        owner = Ownership(self.redis, GROUP, self.name, self.settings.partitions, ttl_ms=DRAIN_LEASE_MS)
+        n = 0
+        try:
+            for p in range(self.settings.partitions):
+                if not await owner.acquire(p):
+                    logger.warning("alert_engine: partition %d is held by a running replica; not drained", p)
+                    continue
+                try:
+                    pe = self.engines.get(p)
+                    if pe is None or not self._current(pe, p) or not await self._unchanged(pe):
+                        pe = await self._open(p)
+                    pe.raw = self._reader()  # (the last drain closed its reader)
+                    while True:
+                        try:
+                            got = await pe.step(owner, block_ms=None)
+                        except PlanStale as stale:
+                            await self._replan(pe, stale)
+                            if not self._current(pe, p):
+                                pe = await self._open(p)
+                            continue
+                        if not got:
+                            break
+                        n += got
+                    if final:
+                        await pe.flush(owner)
+                    if pe.engine.stale:  # backfilled candles read last: merged now rather than at the next bar
+                        pe.engine.rewarm()
+                finally:
+                    await owner.release(p)
+        finally:
+            await self.commit.close()
+            for pe in self.engines.values():
+                await pe.commit.close()
+            await self._close()
+        return n
+
+    async def warm_up(self, exchange: str, symbol: str) -> AlertEngine:
+        """The engine of the partition of (exchange, symbol), built and warmed up from Redis now, as a new owner's
+        is (tools, tests); a drain that follows goes on with it."""
+        await self._sync_rules(await self.rule_source.start())
+        return (await self._open(partition_of(exchange, symbol, self.settings.partitions))).engine
+
+    async def _unchanged(self, pe: PartitionEngine) -> bool:
+        """Redis holds the offsets ``pe`` has (nobody processed the partition since)."""
+        saved = await self.redis.hgetall(streams.part_state(pe.partition, GROUP))
+        want = {streams.offset_field(n).encode(): o for n, o in pe.offsets.items() if entry_id(o) != (0, 0)}
+        return all(saved.get(k) == v for k, v in want.items())
+
+    async def caught_up(self) -> bool:
+        """Every partition's engine has processed every entry of its streams (a backtest's end): the offsets saved
+        in Redis, compared with each stream's last entry."""
+        for p in range(self.settings.partitions):
+            names = [streams.part_candles(p)]
+            pe = self.engines.get(p)
+            if pe is not None:
+                names = pe.all_streams
+            saved: dict[Any, Any] = await self.redis.hgetall(streams.part_state(p, GROUP))
+            for name in names:
+                last = await self.redis.xrevrange(name, count=1)
+                if not last:
+                    continue
+                offset = saved.get(streams.offset_field(name).encode())
+                if offset is None or entry_id(offset) < entry_id(last[0][0]):
+                    return False
+        return True

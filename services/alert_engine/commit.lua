@@ -1,25 +1,34 @@
--- The alert engine's commit: one call per partition a batch's alerts belong to, run atomically by Redis
+-- The alert engine's commit: one call per batch of a partition's worker, run atomically by Redis
 -- (services/alert_engine/commit.py). Every key is of that one partition (hash tag {p<n>}): one Redis Cluster slot.
 --
+-- First the fence: the partition's lease must still hold this replica's value (else the error FENCED: another
+-- replica owns the partition now and this one writes nothing). Last the worker's new offsets (the last entry id read
+-- of each input stream) in the partition's state hash: alerts, records and offsets land together or not at all, so
+-- a kill -9 anywhere re-reads exactly what was not committed, and the alert ids make nothing double.
 -- Per fire, in order: its alert id seen before? (a replay: 0) -> a resolve with no firing alert of its run published
 -- (its firing was cooled down, or never sent: -2) -> its fingerprint cooling down? (-1) -> else publish (1): XADD to
 -- the partition's alerts stream, PUBLISH; a firing alert marks its fingerprint open, a resolve closes it. Then the
--- rule state rows of the fingerprints the call touched. (The batch's XACKs follow the call: its input streams are not
--- in the partition's slot.)
+-- rule state rows of the fingerprints the call touched.
 -- The rows were built by the engine from the answer it predicted per firing fire (its own cooldown knowledge); a
 -- fingerprint with a fire whose answer differs (a replay, another replica's cooldown) gets no row here: the engine
 -- writes the right one after. A resolve's answer changes no row ('*').
 --
--- KEYS: the partition's alerts stream, its rule state hash, per fire (fired-id key, cooldown key, open key)
+-- KEYS: the partition's alerts stream, its rule state hash, its lease key, the worker's state hash, then per fire
+--       (fired-id key, cooldown key, open key)
 -- ARGV: channel, alerts maxlen, fired ttl ms, then two msgpack arrays (one argument each, not hundreds: the client
 --       packs every argument in Python): the fires, each [alert bytes, now (exchange ms), cooldown ms (-1 forever,
---       0 none), fingerprint, predicted 1|0|*, state firing|resolved]; the rows, flat [fingerprint, packed row, ...].
+--       0 none), fingerprint, predicted 1|0|*, state firing|resolved]; the rows, flat [fingerprint, packed row, ...];
+--       then the lease value ('' = no fence: tools and tests committing outside a worker), the offsets as a msgpack
+--       array, flat [field, entry id, ...].
 -- Returns per fire: 1 published, 0 duplicate id (replay), -1 cooling down, -2 a resolve of nothing published.
+if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[6] then
+  return redis.error_reply('FENCED lease ' .. KEYS[3] .. ' lost')
+end
 local fires, rows_in = cmsgpack.unpack(ARGV[4]), cmsgpack.unpack(ARGV[5])
 local ttl = ARGV[3]
 local out, off = {}, {}
 for i, f in ipairs(fires) do
-  local kf, kc, ko = KEYS[3 * i], KEYS[1 + 3 * i], KEYS[2 + 3 * i]
+  local kf, kc, ko = KEYS[2 + 3 * i], KEYS[3 + 3 * i], KEYS[4 + 3 * i]
   local data, now, cd, fp, predicted, state = f[1], f[2], f[3], f[4], f[5], f[6]
   local resolve = state == 'resolved'
   local r = 1
@@ -72,4 +81,6 @@ for i = 1, #rows_in, 2 do
     rows = {}
   end
 end
+local offsets = cmsgpack.unpack(ARGV[7])
+if #offsets > 0 then redis.call('HSET', KEYS[4], unpack(offsets)) end
 return out

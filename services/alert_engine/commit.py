@@ -1,15 +1,16 @@
-"""The commit of a batch's alerts: one atomic script call (``commit.lua``) per partition the batch's alerts belong to
-gates every fire (alert id seen before? a resolve whose firing alert was never published? cooldown in exchange
-time?), publishes the others (the partition's alerts stream, pub/sub) and writes the rule state rows of the
-fingerprints the batch touched. So replicas and restarts never double-fire, and "resolved" always follows a published
-"firing". The batch is acked by the consumer after the commit returned: a crash in between re-reads it, and the alert
-ids make the replay publish nothing.
+"""The commit of a batch: one atomic script call (``commit.lua``) per partition gates every fire (alert id seen before?
+a resolve whose firing alert was never published? cooldown in exchange time?), publishes the others (the partition's
+alerts stream, pub/sub), writes the rule state rows of the fingerprints the batch touched and, for a partition's
+worker, checks its lease first (fencing) and saves its new input offsets last. So replicas and restarts never
+double-fire, "resolved" always follows a published "firing", and a kill -9 anywhere re-reads exactly what was not
+committed (the alert ids make the replay publish nothing).
 
 Placement (docs/scale-out.md): an alert, its exactly-once records (``part_alert_fired``, ``part_alert_open``,
 ``part_alert_cooldown``) and its rule's state row (``part_rule_state``) live in the partition of the series the rule
 runs on, ``partition_of(alert.exchange, alert.symbol)``: each script touches one hash slot, on a Redis Cluster too. A
 rule that also reads other series (multi-symbol) commits in the partition of the series it runs on, whatever the
-others' partitions: its fingerprint, hence its cooldown and state, always land in the same partition.
+others' partitions: its fingerprint, hence its cooldown and state, always land in the same partition, whose worker
+is the one that evaluates it.
 
 The rows are built before the answers are known, from the answer this engine predicts per fire (its own cooldown
 knowledge); a fingerprint whose answer differs (a replay, another replica's cooldown) gets no row in the commit, and
@@ -24,13 +25,14 @@ from importlib import resources
 from typing import Any
 
 import msgpack
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from services.alert_engine.core import AlertEngine, Fire
 from services.alert_engine.settings import Settings
 from shared import metrics, streams
-from shared.bus import Batch
+from shared.ownership import FencedError, Ownership
 from shared.partitions import partition_of
 from shared.schemas import pack
 
@@ -67,19 +69,40 @@ class AlertCommit:
         """The partition an alert of (exchange, symbol) is committed in."""
         return partition_of(exchange, symbol, self.settings.partitions)
 
-    async def publish(self, fires: list[Fire], batch: Batch[Any] | None = None) -> list[int]:
+    async def publish(self, fires: list[Fire], *, owner: Ownership | None = None, partition: int | None = None,
+                      offsets: dict[str, bytes] | None = None) -> list[int]:
         """Gate and publish ``fires``, one script call per partition they belong to; returns the answers (1
-        published, 0 duplicate id, -1 cooling down, -2 a resolve whose run published no firing alert). ``batch``
-        (the read the fires came from) is acked by the consumer once this returned."""
+        published, 0 duplicate id, -1 cooling down, -2 a resolve whose run published no firing alert).
+
+        A partition's worker passes ``owner`` and ``partition`` (every fire is of that partition) and its new
+        ``offsets`` (input stream -> last entry id read): one call, fenced by the lease, offsets saved with the
+        alerts (even when there are none). FencedError when the lease is lost (the partition leaves ``owner``).
+        Without ``owner`` (tools, tests): no fence, no offsets."""
         predicted, saved, touched = self._apply_predicted(fires)
         rows = self._state_rows(touched)
         by_partition: dict[int, list[int]] = {}
+        if partition is not None:
+            by_partition[partition] = []
         for i, f in enumerate(fires):
-            by_partition.setdefault(self.partition(f.alert.exchange, f.alert.symbol), []).append(i)
+            p = self.partition(f.alert.exchange, f.alert.symbol)
+            if partition is not None and p != partition:
+                raise ValueError(f"alert {f.alert.id} of partition {p} committed in partition {partition}")
+            by_partition.setdefault(p, []).append(i)
         answers = [0] * len(fires)
         s = self.settings
+        lease = ""
+        if owner is not None and partition is not None:
+            held = owner.leases.get(partition)
+            if held is None:
+                raise FencedError(f"{owner.group}/{owner.instance} does not own partition {partition}")
+            lease = held.value
+        flat_offsets: list[Any] = []
+        for stream, offset in (offsets or {}).items():
+            flat_offsets += (streams.offset_field(stream), offset)
         for p, indexes in by_partition.items():
-            keys: list[Any] = [streams.part_alerts(p), streams.part_rule_state(p)]
+            keys: list[Any] = [streams.part_alerts(p), streams.part_rule_state(p),
+                               streams.lease(streams.GROUP_ALERT_ENGINE, p),
+                               streams.part_state(p, streams.GROUP_ALERT_ENGINE)]
             fire_args: list[Any] = []
             part_rows: list[Any] = []
             for i in indexes:
@@ -91,8 +114,15 @@ class AlertCommit:
                 if fp in rows and touched[fp] is f:  # (the row of a fingerprint goes with its last fire)
                     part_rows += (fp, rows[fp])
             args: list[Any] = [streams.CHANNEL_ALERTS, self._maxlen, s.fired_ttl_s * 1000, _lua_pack(fire_args),
-                               _lua_pack(part_rows)]
-            for i, answer in zip(indexes, await self._script(keys=keys, args=args, client=self._conn), strict=True):
+                               _lua_pack(part_rows), lease, _lua_pack(flat_offsets)]
+            try:
+                replies = await self._script(keys=keys, args=args, client=self._conn)
+            except redis_errors.ResponseError as exc:
+                if owner is not None and partition is not None and str(exc).startswith("FENCED"):
+                    owner.leases.pop(partition, None)
+                    raise FencedError(f"{owner.group}/{owner.instance}: {exc}") from exc
+                raise
+            for i, answer in zip(indexes, replies, strict=True):
                 answers[i] = int(answer)
         await s.durability.wait(self.redis)  # the records on redis_wait_replicas replicas, else not done (retried)
         await self._take_answers(fires, predicted, answers, saved, touched)

@@ -31,7 +31,7 @@ from shared import streams
 from shared.alert_streams import partition_count
 from shared.bus import as_str as _s
 from shared.partitioned import read_offset
-from shared.candle_series import all_series, series_stream
+from shared.candle_series import all_series
 from shared.partitions import DEFAULT_PARTITIONS, partition_of
 
 #: Most entries counted for a lag Redis does not report, when no ``max_consumer_lag`` is set.
@@ -60,16 +60,18 @@ def _id(value: bytes | str) -> tuple[int, int]:
 
 async def stream_groups(redis: Redis, partitions: int) -> list[tuple[str, str, int | None]]:
     """Every (stream, consumer group) the pipeline is expected to have, discovered from the registries. The trades
-    streams of the partitions holding registered pairs come with candle_builder's group and their partition: it
-    keeps an offset (``part_state``) instead of a consumer group (``offset_state``)."""
+    streams of the partitions holding registered pairs come with candle_builder's group and their partition, the
+    candles streams of the partitions holding series with alert_engine's: each keeps an offset (``part_state``)
+    instead of a consumer group (``offset_state``)."""
     pairs: list[tuple[str, str, int | None]] = []
     held = set()
     for member in await redis.smembers(streams.FEED_REGISTRY):
         exchange, symbol = streams.split_registry_member(member)[:2]
         held.add(partition_of(exchange, symbol, partitions))
     pairs += [(streams.part_trades(p), streams.GROUP_CANDLE_BUILDER, p) for p in sorted(held)]
-    for key in await all_series(redis, partitions):
-        pairs.append((series_stream(*key, partitions), streams.GROUP_ALERT_ENGINE, None))
+    # alert_engine: an offset per partition too, in the candles stream of each partition holding a series
+    engine_parts = sorted({partition_of(ex, sym, partitions) for ex, sym, _ in await all_series(redis, partitions)})
+    pairs += [(streams.part_candles(p), streams.GROUP_ALERT_ENGINE, p) for p in engine_parts]
     for p in range(await partition_count(redis)):
         pairs.append((streams.part_alerts(p), streams.GROUP_NOTIFIER, None))
     return pairs

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from itertools import chain
 from typing import Any
 
@@ -47,7 +48,18 @@ from shared.ownership import PREVIOUS, Ownership
 from shared.partitioned import PartitionWorkers, entry_data, raw_reader, read_streams
 from shared.partitions import partition_of
 from shared.runtime import consumer_name, heartbeat
-from shared.schemas import Candle, FeedMessage, GapMarker, TradeBatch, Watermark, decode_feed, pack, trade_rows, unpack
+from shared.schemas import (
+    Candle,
+    FeedMessage,
+    GapMarker,
+    TradeBatch,
+    TradeColumns,
+    Watermark,
+    decode_feed,
+    pack,
+    trade_rows,
+    unpack,
+)
 from shared.subscriptions import Subscriptions
 from shared.timeframes import timeframe_ms
 
@@ -277,6 +289,8 @@ class CandleBuilderApp:
         commands: list[Any] = []
         touched: list[Series] = []
         counted: list[Emitted] = []
+        live: list[tuple[Series, list[tuple[str, bytes]]]] = []  # in-progress candles to publish, per series
+        wall: list[Series] = []  # series throttled in wall time (live feeds, live_throttle_clock auto/wall)
         try:
             for pair, run in runs.items():
                 series = self.series.get(pair)
@@ -296,23 +310,30 @@ class CandleBuilderApp:
                     for tf, since in series.builder.history_from.items():
                         commands.append(("HSET", streams.part_candle_history_from(partition),
                                          streams.registry_member(series.exchange, series.symbol, tf), since))
-                self._apply_run([m for _, m in run], series, emitted)
                 series.last_id = entry_id(run[-1][0])
                 last = run[-1][1]
                 if type(last) is TradeBatch and last.trades:
                     series.live_offset = series.last_id[0] - last.trades[-1][1]
                 elif type(last) is Watermark:
                     series.live_offset = series.last_id[0] - last.ts
+                snaps: list[tuple[str, bytes]] | None = [] if self.settings.live_candles and self._exchange_throttle(series) else None
+                self._apply_run([m for _, m in run], series, emitted, snaps)
                 self._queue_candles(commands, series, emitted)
                 counted.extend(emitted)
                 touched.append(series)
+                if snaps:
+                    live.append((series, snaps))
+                elif snaps is None and self.settings.live_candles:
+                    wall.append(series)
             state = streams.part_state(partition, GROUP)
             for series in touched:
                 commands.append(self._state_command(series))
             offset = entries[-1][0]
             commands.append(("HSET", state, streams.offset_field(stream), offset))
-            if self.settings.live_candles and touched:
-                self._queue_live(commands, partition, touched)
+            if wall:
+                live += self._wall_snapshots(wall)
+            if live:
+                self._queue_live(commands, partition, live)
             await self.ownership.fenced(partition, commands)
         except BaseException:  # lease lost, a bug, cancellation: builders ran ahead of what Redis holds
             self._drop(partition)
@@ -382,15 +403,29 @@ class CandleBuilderApp:
         return closed
 
     def _state_command(self, series: Series) -> tuple[Any, ...]:
+        state = series.builder.dump()
+        if series.live_ts is not None:  # the exchange-time throttle's last point (``_exchange_throttle``)
+            state["live_ts"] = series.live_ts
         return ("HSET", streams.part_state(series.partition, GROUP),
-                streams.pair_field(series.exchange, series.symbol), pack(series.builder.dump()))
+                streams.pair_field(series.exchange, series.symbol), pack(state))
 
-    def _apply_run(self, messages: list[FeedMessage], series: Series, out: list[Emitted]) -> None:
-        """Apply a stream's messages in order; consecutive trade batches go through the builder in one call."""
+    def _apply_run(self, messages: list[FeedMessage], series: Series, out: list[Emitted],
+                   snaps: list[tuple[str, bytes]] | None = None) -> None:
+        """Apply a stream's messages in order; consecutive trade batches go through the builder in one call.
+        ``snaps`` (exchange-time throttle): the in-progress candles as of each throttle point are appended to it."""
         rows: list[Any] = []
         n = 0
         for msg in messages:
             if type(msg) is TradeBatch:
+                if snaps is not None:
+                    for part, last in self._cut(series, msg.trades):
+                        rows.append(trade_rows(part))
+                        n += len(part)
+                        if last:  # a throttle point: the in-progress candles as of this trade
+                            self._apply_trades(series, rows, n, out)
+                            rows, n = [], 0
+                            snaps += self._snapshot(series)
+                    continue
                 rows.append(trade_rows(msg.trades))
                 n += len(msg.trades)
                 continue
@@ -444,27 +479,86 @@ class CandleBuilderApp:
                 commands.append(("SADD", streams.part_candle_registry(p), streams.registry_member(ex, sym, tf)))
         self.candles_out += len(emitted)
 
-    def _queue_live(self, commands: list[Any], partition: int, touched: list[Series]) -> None:
-        """The in-progress candles of the series ``touched`` not published within ``live_throttle_ms``: XADD to the
-        partition's ``part_live``, the series' field of ``part_live_latest`` and PUBLISH, in the read's fenced commit
-        (one round trip, one slot)."""
+    # ---- in-progress candles ------------------------------------------------------------------------------------
+
+    def _exchange_throttle(self, series: Series) -> bool:
+        """Whether ``series``' in-progress candles are throttled in exchange time (``live_throttle_clock``): always
+        with ``exchange``; with ``auto`` when its feed is not live (its trades reach Redis more than
+        ``live_max_skew_ms`` after their exchange time: a replay, a backtest), so a replay publishes the same
+        in-progress candles, and intrabar rules fire the same alerts, however fast it runs and however the stream is
+        read."""
+        clock = self.settings.live_throttle_clock
+        if clock != "auto":
+            return clock == "exchange"
+        offset = series.live_offset
+        return offset is None or abs(offset) > self.settings.live_max_skew_ms
+
+    def _cut(self, series: Series, trades: Any) -> Iterator[tuple[Any, bool]]:
+        """A batch of trades in parts, each ending with a throttle point (True) but the last: a trade is a point
+        when it is the first one (in stream order) of a new ``live_throttle_ms`` window of exchange time, i.e. its
+        ``ts // live_throttle_ms`` is above that of the series' last point (``series.live_ts``); every trade with
+        ``live_throttle_ms`` 0. Decided by the trades' timestamps alone."""
+        step = self.settings.live_throttle_ms
+        tss = trades.tss if type(trades) is TradeColumns else [t[1] for t in trades]
+        if not tss:
+            return
+        mark = series.live_ts
+        if step == 0:
+            points = range(len(tss))
+        elif mark is not None and max(tss) // step <= mark // step:
+            points = range(0)  # (the common case at a high trade rate: no point in this batch)
+        else:
+            window = -1 if mark is None else mark // step
+            found: list[int] = []
+            for i, ts in enumerate(tss):
+                if ts // step > window:
+                    window = ts // step
+                    found.append(i)
+            points = range(0) if not found else found  # type: ignore[assignment]
+        start = 0
+        for i in points:
+            series.live_ts = tss[i]
+            yield _slice(trades, start, i + 1), True
+            start = i + 1
+        if start < len(tss):
+            yield _slice(trades, start, len(tss)), False
+
+    def _snapshot(self, series: Series) -> list[tuple[str, bytes]]:
+        """The series' in-progress candles now, encoded (each names the last closed bar of its timeframe)."""
+        ex, sym, builder = series.exchange, series.symbol, series.builder
+        return [(tf, encode_candle(ex, sym, tf, bar, closed=False, prev_ts=builder.last_closed(tf)))
+                for tf, bar in builder.in_progress()]
+
+    def _wall_snapshots(self, series_list: list[Series]) -> list[tuple[Series, list[tuple[str, bytes]]]]:
+        """Wall-time throttle (a live feed): each series' in-progress candles after the read, if not published within
+        ``live_throttle_ms`` of wall time: a live view gets the newest state at most that often, and a backlog read
+        at once is one snapshot, not one per throttle window."""
         now = time.monotonic()
         throttle = self.settings.live_throttle_ms / 1000
-        stream, maxlen = streams.part_live(partition), self.settings.live_maxlen
-        latest: list[Any] = []
-        for series in touched:
+        out = []
+        for series in series_list:
             if now - series.last_live < throttle:
                 continue
             series.last_live = now
+            snaps = self._snapshot(series)
+            if snaps:
+                out.append((series, snaps))
+        return out
+
+    def _queue_live(self, commands: list[Any], partition: int,
+                    live: list[tuple[Series, list[tuple[str, bytes]]]]) -> None:
+        """In-progress candles: XADD to the partition's ``part_live``, PUBLISH, and the newest of each series into
+        its field of ``part_live_latest``, in the read's fenced commit (one round trip, one slot)."""
+        stream, maxlen = streams.part_live(partition), self.settings.live_maxlen
+        latest: dict[str, bytes] = {}
+        for series, snaps in live:
             ex, sym = series.exchange, series.symbol
-            builder = series.builder
-            for tf, bar in builder.in_progress():
-                data = encode_candle(ex, sym, tf, bar, closed=False, prev_ts=builder.last_closed(tf))
+            for tf, data in snaps:
                 commands.append(("XADD", stream, "MAXLEN", "~", maxlen, "*", streams.FIELD, data))
                 commands.append(("PUBLISH", streams.channel_candles_live(ex, sym, tf), data))
-                latest += (streams.registry_member(ex, sym, tf), data)
+                latest[streams.registry_member(ex, sym, tf)] = data
         if latest:
-            commands.append(("HSET", streams.part_live_latest(partition), *latest))
+            commands.append(("HSET", streams.part_live_latest(partition), *chain.from_iterable(latest.items())))
 
     # ---- state -----------------------------------------------------------------------------------------------------
 
@@ -482,7 +576,9 @@ class CandleBuilderApp:
         series = Series(exchange, symbol, partition, builder)
         if saved_state is not None:
             try:
-                builder.restore(unpack(saved_state))
+                saved = unpack(saved_state)
+                builder.restore(saved)
+                series.live_ts = saved.get("live_ts")
                 logger.info("candle_builder: %s %s resumes (partition %d)", exchange, symbol, partition)
             except (ValueError, KeyError, TypeError, DecodeError) as exc:
                 # e.g. base_timeframe changed between runs: the saved candles cannot continue. Resume from the
@@ -532,6 +628,8 @@ class CandleBuilderApp:
         if not builder.emit_base:
             return  # (say_start said from when it is built)
         for tf in list(builder.derived):
+            if not builder.start_at.get(tf):
+                continue  # built from the series' first trade: no earlier bucket to roll up (nothing to read)
             span = builder.backfill_range(tf, MAX_HISTORY_BARS)
             if span is None or ((series.exchange, series.symbol), tf) in self._rolled_up:
                 continue
@@ -572,3 +670,13 @@ class CandleBuilderApp:
         self.backfilled += len(out)
         logger.info("candle_builder: %s %s %s: %d older candles from history (back to %d)", series.exchange,
                     series.symbol, tf, len(out), span[0])
+
+
+def _slice(trades: Any, start: int, end: int) -> Any:
+    """Trades ``start:end`` of a batch (a list, or ``TradeColumns`` cut column by column)."""
+    if type(trades) is TradeColumns:
+        if start == 0 and end == len(trades):
+            return trades
+        return TradeColumns(trades.ids[start:end], trades.tss[start:end], trades.prices[start:end],
+                            trades.amounts[start:end], trades.sides[start:end])
+    return trades if start == 0 and end == len(trades) else trades[start:end]

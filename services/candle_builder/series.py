@@ -39,7 +39,8 @@ class Series:
     builder: SeriesBuilder
     last_id: tuple[int, int] | None = None  # the last entry of the partition's trades stream applied to it
     registered: set[str] = field(default_factory=set)
-    last_live: float = 0.0
+    last_live: float = 0.0  # monotonic time of the last wall-time-throttled in-progress publish
+    live_ts: int | None = None  # exchange time of the last exchange-time throttle point (saved with the state)
     # Redis arrival time (entry id ms) minus exchange time of the newest trade/watermark: the feed's latency when
     # live, years for a replay of a recording. Maps the wall clock to exchange time for the closing timer.
     live_offset: int | None = None

@@ -18,7 +18,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from services.market_feed.core import Event, FeedCore, TickEvent, pace_delay
-from services.market_feed.publisher import Outbox, RedisRetry, read_last_ids, register_feeds
+from services.market_feed.publisher import Outbox, RedisRetry, check_symbol_list, read_last_ids, register_feeds
 from services.market_feed.settings import Settings
 from shared import streams
 from shared.bus import Bus
@@ -26,9 +26,9 @@ from shared.outage import REDIS_DOWN
 from shared.ownership import FencedError, Ownership
 from shared.partitioned import entry_id, read_offset
 from shared.partitions import partition_of
-from shared.recordings import read_trades
+from shared.recordings import read_trade_texts
 from shared.runtime import consumer_name, heartbeat
-from shared.schemas import Trade
+from shared.schemas import Trade, TradeText
 from shared.simulated import SimulatedMarket, quote
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class MarketFeedApp:
     """
 
     def __init__(self, settings: Settings, redis: Redis, *, bus: Bus | None = None,
-                 source: tuple[list[str], Iterator[tuple[str, Trade]]] | None = None) -> None:
+                 source: tuple[list[str], Iterator[tuple[str, TradeText]]] | None = None) -> None:
         self.settings = settings
         # mode=replay of trades the caller reads (``sentinel backtest``: many files and symbols of this exchange, in
         # time order) instead of ``replay_file``: (symbols, (symbol, trade) in exchange order)
@@ -115,6 +115,7 @@ class MarketFeedApp:
     # ---- run ---------------------------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        await self._check_symbol_lists()
         # The heartbeat gets its own stop event: it ends when run ends (cancelling it while redis-py is mid-command
         # can be swallowed, leaving it looping).
         beat_stop = asyncio.Event()
@@ -142,7 +143,8 @@ class MarketFeedApp:
                 path = self.settings.replay_file
                 logger.info("replaying %s as %s %s (speed %s)", path, self.exchange, symbol,
                             self.settings.speed or "max")
-                await self._run_source(stop, [symbol], lambda: ((symbol, t) for t in read_trades(path)), None, None)
+                await self._run_source(stop, [symbol], lambda: ((symbol, t) for t in read_trade_texts(path)), None,
+                                       None)
             elif mode == "simulated":
                 s = self.settings
                 market = SimulatedMarket(s.sim_symbols, seed=s.sim_seed, start_ms=s.sim_start_ms,
@@ -168,13 +170,28 @@ class MarketFeedApp:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(beat, timeout=5)
 
+    def feed_group(self, exchange: str, symbols: list[str]) -> str:
+        """The ownership group of this replica's trades of ``exchange`` (feeds replaying other files of the exchange
+        are not replicas of a replay: its group names its first symbol)."""
+        group = streams.feed_group(exchange)
+        return group + "|" + symbols[0] if self.settings.mode == "replay" else group
+
+    async def _check_symbol_lists(self) -> None:
+        """A replica whose symbols differ from its group's live replicas' refuses to start (``check_symbol_list``)."""
+        s = self.settings
+        instance = consumer_name(SERVICE, s.consumer_name)
+        for exchange, symbols in self.trade_symbols().items():
+            if symbols:
+                await check_symbol_list(self.redis, self.feed_group(exchange, symbols), instance, symbols,
+                                        ttl_ms=s.lease_ttl_ms, now_ms=int(time.time() * 1000))
+
     @staticmethod
     async def _forward(stop: asyncio.Event, beat_stop: asyncio.Event) -> None:
         await stop.wait()
         beat_stop.set()
 
     async def _run_source(self, stop: asyncio.Event, symbols: list[str],
-                          source: Callable[[], Iterator[tuple[str, Trade]]], market: SimulatedMarket | None,
+                          source: Callable[[], Iterator[tuple[str, Trade | TradeText]]], market: SimulatedMarket | None,
                           end_ts: int | None) -> None:
         """Publish ``source()`` for the pairs whose partitions this replica holds (feed group of the exchange; in
         replay, of the replayed pair). A pass starts over (the saved last ids skip what is published) when the
@@ -183,9 +200,7 @@ class MarketFeedApp:
         if not (await self.redis_retry.call(stop, lambda: register_feeds(self.redis, self.exchange, symbols)))[0]:
             return
         wanted = {partition_of(self.exchange, sym, s.partitions) for sym in symbols}
-        group = streams.feed_group(self.exchange)
-        if s.mode == "replay":  # feeds replaying other files of the exchange are not replicas of this one
-            group += "|" + symbols[0]
+        group = self.feed_group(self.exchange, symbols)
         ownership = self.ownership = Ownership(self.redis, group, consumer_name(SERVICE, s.consumer_name),
                                                s.partitions, ttl_ms=s.lease_ttl_ms, wanted=wanted,
                                                replication=s.durability)
@@ -226,7 +241,7 @@ class MarketFeedApp:
             with contextlib.suppress(Exception):
                 await ownership.leave()
 
-    async def _pass(self, stop: asyncio.Event, symbols: list[str], source: Iterator[tuple[str, Trade]],
+    async def _pass(self, stop: asyncio.Event, symbols: list[str], source: Iterator[tuple[str, Trade | TradeText]],
                     market: SimulatedMarket | None, end_ts: int | None, *, resume: bool) -> None:
         s = self.settings
         redis = self.redis
@@ -289,7 +304,8 @@ class MarketFeedApp:
                     if stop.is_set():
                         break
             emit(core.push(symbol, trade))
-            last_price[symbol] = trade.price
+            if market is not None:  # (a simulated market's trades: Decimal prices for its tickers)
+                last_price[symbol] = trade[2]
             self.exchange_time = core.clock
             if out.full:
                 if not await flush():

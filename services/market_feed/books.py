@@ -16,8 +16,9 @@ the pair's partition, and every write is fenced (``Ownership.fenced``: a replica
   one exchange name, replicas that feed its trades with replicas that only publish its books: the two groups do not
   see each other, and both would publish the books (a warning is logged when both groups have live members).
 
-The served set is looked at again every ``recheck_s``: when it changes (a partition moved) the feed is restarted on
-the new symbols; a feed that fails (markets not loading, say) is restarted after a capped, jittered backoff.
+The served set is looked at again every ``recheck_s``: when it changes (a partition moved) the running feed drops the
+pairs lost and starts the pairs gained (``retarget``: the other pairs' books go on untouched); a feed that fails
+(markets not loading, say) is restarted after a capped, jittered backoff.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ Serves = Callable[[str, str], bool]
 
 class _Feed(Protocol):
     async def run(self, stop: asyncio.Event) -> None: ...
+
+    async def retarget(self, symbols: list[str]) -> None: ...
 
     def health_fields(self) -> dict[str, Any]: ...
 
@@ -157,14 +160,21 @@ class BookTasks:
                     failures += 1
                     logger.warning("%s feed failed (%s): restarting", name, task.exception())
                     await sleep_or_stop(stop, backoff_delay(failures, base=cfg.backoff_base_s, cap=cfg.backoff_cap_s))
-                if want != current or failed:
+                kind = "book" if isinstance(cfg, BookFeedSettings) else "derivs"
+                if want != current and want and not failed and task is not None and not stop.is_set():
+                    # partitions moved: the running feed drops and adds pairs, the others' books go on untouched
+                    logger.info("%s: %d symbol(s) now: %s", name, len(want), ", ".join(want))
+                    await self.redis.sadd(streams.BOOK_REGISTRY,
+                                          *(streams.registry_member(cfg.name, s, kind) for s in want))
+                    await self.feeds[name].retarget(want)
+                    current = want
+                elif want != current or failed:
                     if task is not None:
                         await _stop(task, feed_stop)
                         self.feeds.pop(name, None)
                     current, task = want, None
                     if want and not stop.is_set():
                         logger.info("%s: %d symbol(s): %s", name, len(want), ", ".join(want))
-                        kind = "book" if isinstance(cfg, BookFeedSettings) else "derivs"
                         await self.redis.sadd(streams.BOOK_REGISTRY,
                                               *(streams.registry_member(cfg.name, s, kind) for s in want))
                         feed_stop = asyncio.Event()

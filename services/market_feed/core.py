@@ -19,8 +19,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from shared.schemas import Trade, TradeBatch, Watermark
+from shared.schemas import Trade, TradeBatch, TradeText, Watermark
 
 
 @dataclass(slots=True)
@@ -82,7 +83,7 @@ class IdDedup:
 @dataclass(slots=True)
 class _SymbolState:
     dedup: IdDedup
-    batch: list[Trade] = field(default_factory=list)
+    batch: list[Any] = field(default_factory=list)  # Trade (live), TradeText (replay): never mixed
     last_ts: int | None = None
 
 
@@ -111,13 +112,13 @@ class FeedCore:
     def dropped(self) -> int:
         return sum(s.dedup.dropped for s in self.symbols.values())
 
-    def is_new(self, symbol: str, trade: Trade) -> bool:
+    def is_new(self, symbol: str, trade: Trade | TradeText) -> bool:
         """Whether ``push`` would publish this trade rather than drop it as already published (no change of state):
         a resumed replay paces from its first new trade, not from the file's first."""
         state = self.symbols.get(symbol)
         return state is not None and state.dedup.is_new(trade.id)
 
-    def push(self, symbol: str, trade: Trade) -> list[Event]:
+    def push(self, symbol: str, trade: Trade | TradeText) -> list[Event]:
         """Add the next trade (exchange order); returns the events now ready, in publish order."""
         state = self.symbols.get(symbol)
         if state is None:

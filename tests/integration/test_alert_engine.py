@@ -11,14 +11,14 @@ import pandas as pd
 from services.alert_engine.app import AlertEngineApp
 from services.alert_engine.settings import Settings
 from shared import streams
-from shared.bus import Bus
+from shared.partitions import partition_of
 from shared.rules import parse_rules
 from shared.schemas import Alert, Candle
 from tests.conftest import shared_data
 from tests.unit.alert_engine import pdref
 from tests.support.subscriptions import subscribed, subscribers
 from tests.support.alerts import count_alerts, read_alerts, rule_state_rows
-from tests.support.candles import candles_stream, live_stream, register_series
+from tests.support.engine_candles import publish_candles, publish_live
 
 XRP = "binance_spot_xrpeth/XRPETH-aggtrades-2019-10-11.csv"
 EX, SYM, TF, TF_MS = "binance", "XRP/ETH", "5m", 300_000
@@ -32,9 +32,7 @@ def _settings(tmp_path, name="engine-1", rules_text: str | None = None) -> Setti
 
 
 async def _publish(redis, candles: list[Candle]) -> None:
-    bus = Bus(redis)
-    await bus.publish_many((candles_stream(c.exchange, c.symbol, c.timeframe), c.encode()) for c in candles)
-    await register_series(redis, (EX, SYM, TF))
+    await publish_candles(redis, candles)
 
 
 async def _alerts(redis) -> list[Alert]:
@@ -95,11 +93,12 @@ async def test_alerts_from_a_real_recording_equal_pandas(redis, tmp_path):
     states = {row["rule"] for row in (await rule_state_rows(redis)).values()}
     assert states == set(expected)
 
-    # Replay: a new consumer group (as after losing the group) re-reads every candle; nothing is published twice.
-    await redis.xgroup_destroy(candles_stream(EX, SYM, TF), streams.GROUP_ALERT_ENGINE)
+    # Replay: the partition's offsets lost (as after losing the engine's state) re-reads every candle; nothing is
+    # published twice.
+    await redis.delete(streams.part_state(partition_of(EX, SYM, 16), streams.GROUP_ALERT_ENGINE))
     replay = AlertEngineApp(_settings(tmp_path, "engine-2"), redis)
     await replay.drain()
-    assert replay.commit.published == 0 and replay.commit.duplicates > 0
+    assert replay.counts()["published"] == 0 and replay.counts()["duplicates"] > 0
     assert await count_alerts(redis) == history
 
 
@@ -137,7 +136,7 @@ rules:
             until = close_ms + 20 * 60_000
     want_up = [i for i in range(1, len(closes)) if Decimal(closes[i - 1]) <= 10 < Decimal(closes[i])]
     assert got == sorted([("hot", i) for i in want_hot] + [("up", i) for i in want_up])
-    assert ("up", 3) in got and second.commit.suppressed > 0
+    assert ("up", 3) in got and second.counts()["suppressed"] > 0
 
 
 async def test_a_bad_rules_file_on_reload_keeps_the_old_rules(redis, tmp_path):
@@ -149,11 +148,11 @@ async def test_a_bad_rules_file_on_reload_keeps_the_old_rules(redis, tmp_path):
     import os
     os.utime(settings.rules_file, ns=(1, 1))
     assert not await app.reload_rules()
-    assert [r.name for r in app.engine.rules] == ["a"] and "rules.yaml:2" in (app.reload_error or "")
+    assert [r.name for r in app.rules] == ["a"] and "rules.yaml:2" in (app.reload_error or "")
     settings.rules_file.write_text(good.replace("name: a", "name: b"))
     os.utime(settings.rules_file, ns=(2, 2))
     assert await app.reload_rules()
-    assert [r.name for r in app.engine.rules] == ["b"]
+    assert [r.name for r in app.rules] == ["b"]
 
 
 async def test_api_rules_override_file_rules(redis, tmp_path):
@@ -162,7 +161,7 @@ async def test_api_rules_override_file_rules(redis, tmp_path):
     await redis.hset(streams.RULES, "a", "name: a\nsymbols: [X/Y]\nenabled: false\ncondition: {op: above, right: 1}\n")
     await redis.hset(streams.RULES, "c", f"name: c\nsymbols: [{SYM}]\ncondition: {{op: below, right: 1}}\n")
     assert await app.reload_rules()
-    assert [r.name for r in app.engine.rules] == ["c"]
+    assert [r.name for r in app.rules] == ["c"]
     assert parse_rules(good, "x").rules[0].name == "a"
 
 
@@ -174,15 +173,15 @@ async def test_subscriptions_follow_the_rules_and_intrabar_reads_live_candles(re
     app = AlertEngineApp(settings, redis)
     await app.drain()
     assert await subscribers(redis) == {f"{EX}|{SYM}|1m": 1, f"{EX}|BTC/ETH|1m": 1}
-    assert live_stream(EX, SYM) in app.consumer.streams
+    assert streams.part_live(partition_of(EX, SYM, 16)) in app.streams
     # an in-progress candle above the level fires once_per_bar intrabar; the close of the same bar does not repeat it
     live = _candle(0, "11").model_copy(update={"timeframe": "1m", "closed": False})
-    await Bus(redis).publish(live_stream(EX, SYM), live.encode())
-    await app.consumer.drain()
-    await Bus(redis).publish(candles_stream(EX, SYM, "1m"), live.model_copy(update={"closed": True}).encode())
-    await app.consumer.drain()
+    await publish_live(redis, live)
+    await app.drain(final=False)
+    await publish_candles(redis, [live.model_copy(update={"closed": True})])
+    await app.drain(final=False)
     alerts = await _alerts(redis)
-    assert [(a.rule, a.ts) for a in alerts] == [("a", live.ts)] and app.commit.duplicates == 1
+    assert [(a.rule, a.ts) for a in alerts] == [("a", live.ts)] and app.counts()["duplicates"] == 1
     # the rule now needs only BTC/ETH on 5m: the others are released, the new one counted
     settings.rules_file.write_text(rules.replace("'*/ETH'", "BTC/ETH").replace("1m", "5m"))
     import os
@@ -241,3 +240,29 @@ async def test_file_rules_are_written_for_the_api_and_follow_reloads(redis, tmp_
     os.utime(settings.rules_file, ns=(4, 4))
     assert await app.reload_rules()
     assert await redis.exists(streams.FILE_RULES) == 0
+
+
+async def test_a_pair_appearing_between_two_registry_reads_loses_no_bar(redis, tmp_path):
+    """The registries are read every 60 s here: the pair's first candles reach a running engine whose plan does not
+    list it yet. That read is not committed; the plan is made again at once and the bars are evaluated (before, they
+    would have been skipped and their offset committed: no alert, ever)."""
+    rules = f"rules:\n  - {{name: a, symbols: ['*/ETH'], exchange: {EX}, timeframe: {TF}, frequency: every_time," \
+            f" condition: {{op: above, right: 10}}}}\n"
+    settings = _settings(tmp_path, rules_text=rules).model_copy(update={"registry_poll_s": 60.0, "clock": "exchange"})
+    app = AlertEngineApp(settings, redis)
+    stop = asyncio.Event()
+    task = asyncio.create_task(app.run(stop))
+    try:
+        async with asyncio.timeout(20):
+            while not app.workers.owned:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+            # a 1m candle of the pair first (no rule reads 1m), then the 5m ones the rule reads
+            first = _candle(0, "11").model_copy(update={"timeframe": "1m"})
+            await _publish(redis, [first] + [_candle(i, c) for i, c in enumerate(["11", "9", "12"])])
+            while len(await _alerts(redis)) < 2:
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+    assert sorted((a.rule, (a.ts - 1_570_752_000_000) // TF_MS) for a in await _alerts(redis)) == [("a", 0), ("a", 2)]

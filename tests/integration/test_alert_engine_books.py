@@ -60,7 +60,7 @@ rules:
                         block_ms=20, clock="exchange", batch=50)
     app = AlertEngineApp(settings, redis)
     await app.drain()
-    assert {streams.part_books(p), streams.part_derivs(fp)} <= set(app.consumer.streams)
+    assert {streams.part_books(p), streams.part_derivs(fp)} <= app.streams
 
     alerts = await read_alerts(redis)
     got = {(a.rule, a.symbol, a.ts) for a in alerts}

@@ -13,10 +13,10 @@ from redis.asyncio.cluster import RedisCluster
 from services.alert_engine.app import AlertEngineApp
 from services.alert_engine.settings import Settings
 from shared import streams
-from shared.bus import Bus
+from shared.partitions import partition_of
 from shared.schemas import Alert, Candle
+from tests.support.engine_candles import publish_candles
 from tests.support.alerts import count_alerts, read_alerts, rule_state_rows
-from tests.support.candles import candles_stream, register_series
 
 EX, SYM, TF, TF_MS = "binance", "XRP/ETH", "1m", 60_000
 T0 = 1_570_752_000_000
@@ -42,8 +42,20 @@ def _candle(i: int, close: int) -> Candle:
 
 
 async def _publish(redis, candles: list[Candle]) -> None:
-    await Bus(redis).publish_many((candles_stream(EX, SYM, TF), c.encode()) for c in candles)
-    await register_series(redis, (EX, SYM, TF))
+    await publish_candles(redis, candles)
+
+
+async def _all_read(redis) -> bool:
+    """The engine's saved offset of the pair's partition reached the last candle (every candle processed, its alerts
+    committed with it)."""
+    p = partition_of(EX, SYM, 16)
+    [(last, _)] = await redis.xrevrange(streams.part_candles(p), count=1)
+    return await redis.hget(streams.part_state(p, streams.GROUP_ALERT_ENGINE),
+                            streams.offset_field(streams.part_candles(p))) == last
+
+
+async def _forget_offsets(redis) -> None:
+    await redis.delete(streams.part_state(partition_of(EX, SYM, 16), streams.GROUP_ALERT_ENGINE))
 
 
 def _expected(closes: list[int]) -> dict[str, set[int]]:
@@ -78,8 +90,7 @@ async def test_a_flushed_script_cache_loses_and_repeats_nothing(redis, tmp_path)
     assert {k: sorted(v) for k, v in got.items()} == {k: sorted(v) for k, v in want.items()}
     assert all(len(v) == len(set(v)) for v in got.values())  # no alert twice
     assert await count_alerts(redis) == sum(len(v) for v in want.values())
-    pending = await redis.xpending(candles_stream(EX, SYM, TF), streams.GROUP_ALERT_ENGINE)
-    assert pending["pending"] == 0  # every candle acked, after its alerts
+    assert await _all_read(redis)  # every candle's offset committed, with its alerts
     rows = {row["rule"]: row for row in (await rule_state_rows(redis)).values()}
     last = max(want["above_cd"])
     assert rows["above_cd"]["last_fired"] == last + TF_MS
@@ -93,20 +104,20 @@ async def test_a_replay_writes_no_row_claiming_a_publish(redis, tmp_path):
     await first.drain()
     n = await count_alerts(redis)
     assert n == sum(len(v) for v in _expected(closes).values())
-    # a new group re-reads everything: every gate answers "duplicate", which the replica could not predict
-    await redis.xgroup_destroy(candles_stream(EX, SYM, TF), streams.GROUP_ALERT_ENGINE)
+    # offsets lost: everything is read again, every gate answers "duplicate", which the engine could not predict
+    await _forget_offsets(redis)
     replay = AlertEngineApp(_settings(tmp_path, "engine-2"), redis)
     await replay.drain()
-    assert replay.commit.published == 0 and replay.commit.duplicates > 0
+    assert replay.counts()["published"] == 0 and replay.counts()["duplicates"] > 0
     assert await count_alerts(redis) == n
     rows = {row["rule"]: row for row in (await rule_state_rows(redis)).values()}
     assert set(rows) == {"above", "above_cd"}
     for row in rows.values():  # written by the replay (which published nothing): no last_fired, no cooldown of ours
         assert row["last_fired"] is None and row["cooldown_until"] is None, row
         assert row["last_alert_id"]
-    assert replay.engine.status and all(st.last_fired_ms is None for st in replay.engine.status.values())
-    pending = await redis.xpending(candles_stream(EX, SYM, TF), streams.GROUP_ALERT_ENGINE)
-    assert pending["pending"] == 0
+    status = replay.engine_of(EX, SYM).status
+    assert status and all(st.last_fired_ms is None for st in status.values())
+    assert await _all_read(redis)
 
 
 async def test_one_commit_of_thousands_of_alerts_writes_every_alert_and_every_row_once(redis, tmp_path):
@@ -120,7 +131,7 @@ async def test_one_commit_of_thousands_of_alerts_writes_every_alert_and_every_ro
     p = Decimal(11)
     candles = [Candle(exchange=EX, symbol=f"S{i}/USDT", timeframe=TF, ts=T0, open=p, high=p, low=p, close=p,
                       volume=Decimal(1), buy_volume=Decimal(1), sell_volume=Decimal(0)) for i in range(5000)]
-    fires = app.engine.on_batch(candles)
+    fires = app.routing.on_batch(candles)
     assert len(fires) == 5000
     assert await app.publish(fires) == [1] * 5000
     assert await redis.xlen(streams.part_alerts(0)) == 5000
@@ -146,7 +157,7 @@ async def test_commit_on_a_redis_cluster_writes_each_alert_in_its_pairs_partitio
         symbols = [f"S{i}/USDT" for i in range(40)]
         candles = [Candle(exchange=EX, symbol=s, timeframe=TF, ts=T0, open=p, high=p, low=p, close=p,
                           volume=Decimal(1), buy_volume=Decimal(1), sell_volume=Decimal(0)) for s in symbols]
-        fires = app.engine.on_batch(candles)
+        fires = app.routing.on_batch(candles)
         assert await app.publish(fires) == [1] * 40
         want = {s: zlib.crc32(f"{EX}|{s}".encode()) % 8 for s in symbols}
         assert len(set(want.values())) > 4  # the batch really spans partitions (and nodes)

@@ -17,12 +17,11 @@ import pandas as pd
 
 from services.alert_engine.app import AlertEngineApp
 from services.alert_engine.settings import Settings
-from shared.bus import Bus
 from shared.schemas import Candle
 from tests.conftest import shared_data
 from tests.unit.alert_engine import pdref
 from tests.support.alerts import read_alerts
-from tests.support.candles import candles_stream, register_series
+from tests.support.engine_candles import publish_candles
 
 BTC = "binance_spot_btcusdt/BTCUSDT-trades-20240808T2354-20240809T0005.csv"
 Q21 = "binance_spot_btcusdt_20210108"
@@ -30,9 +29,7 @@ EX, A, B = "binance", "BTC/USDT", "BTCB/USDT"
 
 
 async def _publish(redis, candles: list[Candle]) -> None:
-    await Bus(redis).publish_many((candles_stream(c.exchange, c.symbol, c.timeframe), c.encode()) for c in candles)
-    for c in {(c.exchange, c.symbol, c.timeframe) for c in candles}:
-        await register_series(redis, tuple([*c]))
+    await publish_candles(redis, candles)
 
 
 async def _alerts(redis) -> set[tuple]:

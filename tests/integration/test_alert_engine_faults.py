@@ -21,18 +21,18 @@ import services.alert_engine
 from services.alert_engine.app import AlertEngineApp
 from services.alert_engine.settings import Settings
 from shared import streams
-from shared.bus import Bus
+from shared.partitioned import caught_up
+from shared.partitions import partition_of
 from shared.runtime import connect
 from tests.conftest import shared_data
 from tests.integration import test_alert_engine_correctness as corr
 from tests.support.chaos.processes import clean_env, sentinel_argv
 from tests.support.redis_proxy import OutageProxy
 from tests.unit.alert_engine import pdref
-from tests.support.candles import candles_stream
 
 BTC = "binance_spot_btcusdt/BTCUSDT-trades-20240808T2354-20240809T0005.csv"
 EX, SYM = "binance", "BTC/USDT"
-STREAM = candles_stream(EX, SYM, "1s")
+PART = partition_of(EX, SYM, 16)
 #: the commit script's EVALSHA (the consumer runs a script of its own: not that one)
 COMMIT = hashlib.sha1(Path(services.alert_engine.__file__).with_name("commit.lua").read_bytes()).hexdigest().encode()
 
@@ -75,10 +75,9 @@ async def _setup(redis, tmp_path) -> tuple[set[tuple], Settings]:
 
 
 async def _until_caught_up(redis, timeout: float = 60) -> None:
-    bus = Bus(redis)
+    """Until the engine's saved offsets reached every partition's last candle (committed with its alerts)."""
     async with asyncio.timeout(timeout):
-        while not (await bus.caught_up(STREAM, streams.GROUP_ALERT_ENGINE)
-                   and not (await redis.xpending(STREAM, streams.GROUP_ALERT_ENGINE))["pending"]):
+        while not await caught_up(redis, 16, streams.GROUP_ALERT_ENGINE, streams.part_candles):
             await asyncio.sleep(0.05)
 
 
@@ -107,8 +106,8 @@ async def test_alerts_of_a_batch_whose_commit_failed_fire_once_redis_is_back(red
 
 async def test_an_engine_killed_mid_batch_fires_the_batch_after_its_restart(redis, redis_server, tmp_path):
     """``sentinel alert-engine`` (its own process, reaching Redis through the relay) is SIGKILLed the moment it
-    sends its first commit (500 candles evaluated, nothing committed); a new engine under the same name resumes the
-    pending batch: every alert, once."""
+    sends its first commit (500 candles evaluated, nothing committed); a new engine takes the partition over once
+    the dead one's lease expired and reads the batch again from the saved offsets: every alert, once."""
     want, settings = await _setup(redis, tmp_path)
     proxy = OutageProxy(redis_server.port, marker=COMMIT)
     config = tmp_path / "sentinel.yaml"
@@ -126,7 +125,9 @@ async def test_an_engine_killed_mid_batch_fires_the_batch_after_its_restart(redi
             proc.kill()
             await proc.wait()
         await proxy.close()
-    assert (await redis.xpending(STREAM, streams.GROUP_ALERT_ENGINE))["pending"] == 500
+    # nothing of the batch committed: no offset saved, no alert
+    assert await redis.hget(streams.part_state(PART, streams.GROUP_ALERT_ENGINE),
+                            streams.offset_field(streams.part_candles(PART))) is None
     assert await corr._alerts(redis) == set()
     stop = asyncio.Event()
     task = asyncio.create_task(AlertEngineApp(settings, redis).run(stop))

@@ -21,7 +21,7 @@ from tests.integration import test_alert_engine_correctness as corr
 from tests.unit.alert_engine import pdref
 from tests.support.subscriptions import subscribed, subscribers
 from tests.support.alerts import delete_alerts
-from tests.support.candles import candles_stream, register_series
+from tests.support.engine_candles import publish_candles
 
 EX, A = corr.EX, corr.A
 
@@ -62,8 +62,7 @@ rules:
     await first.drain()
     await corr._publish(redis, c1[400:])
     second = AlertEngineApp(_settings(tmp_path, text, "e2", warmup_bars=10, keep_bars=100), redis)
-    await second.sync_series()
-    series = second.engine.windows[(EX, A, "1s")]
+    series = (await second.warm_up(EX, A)).windows[(EX, A, "1s")]
     assert series.keep == 202 and [c.ts for c in series.candles] == [c.ts for c in c1[400 - 202:400]]
     await second.drain()
     assert await corr._alerts(redis) == want
@@ -124,7 +123,7 @@ def _candle(sym: str, ts: int, close: str) -> Candle:
 async def test_live_a_bar_waits_for_the_other_series_within_the_time_limit(redis, tmp_path):
     """Live (wall clock): the ETH candle of the same close arrives 200 ms after the BTC one; the BTC bar waits for it
     and fires with ETH's value. A bar whose ETH candle never comes is evaluated after cross_series_wait_ms."""
-    await register_series(redis, (EX, A, "1m"), (EX, "ETH/USDT", "1m"))
+    await redis.sadd(streams.FEED_REGISTRY, streams.registry_member(EX, A), streams.registry_member(EX, "ETH/USDT"))
     text = f"""
 rules:
   - {{name: both, symbols: [{A}], timeframe: 1m, frequency: every_time,
@@ -137,11 +136,10 @@ rules:
     task = asyncio.create_task(app.run(stop))
     t0 = 1_723_161_600_000
     try:
-        pub = corr.Bus(redis)
         await asyncio.sleep(0.3)
-        await pub.publish(candles_stream(EX, A, "1m"), _candle(A, t0, "11").encode())
+        await publish_candles(redis, [_candle(A, t0, "11")])
         await asyncio.sleep(0.2)
-        await pub.publish(candles_stream(EX, "ETH/USDT", "1m"), _candle("ETH/USDT", t0, "40").encode())
+        await publish_candles(redis, [_candle("ETH/USDT", t0, "40")])
         for _ in range(100):
             if len(await corr._alerts(redis)) == 2:
                 break
@@ -150,7 +148,7 @@ rules:
         # the next BTC bar: ETH's never comes; it is evaluated after the time limit, not before
         loop = asyncio.get_running_loop()
         sent = loop.time()
-        await pub.publish(candles_stream(EX, A, "1m"), _candle(A, t0 + 60_000, "12").encode())
+        await publish_candles(redis, [_candle(A, t0 + 60_000, "12")])
         for _ in range(200):
             if len(await corr._alerts(redis)) == 4:
                 break
@@ -159,7 +157,7 @@ rules:
         # evaluated with what there is: ETH's last bar closed by then (40), so "both" fires too
         assert await corr._alerts(redis) >= {("either", A, "1m", t0 + 60_000, "firing"),
                                              ("both", A, "1m", t0 + 60_000, "firing")}
-        assert 1.4 <= waited < 6 and app.engine.deferred == 0
+        assert 1.4 <= waited < 6 and app.deferred == 0
     finally:
         stop.set()
         await task
@@ -175,18 +173,16 @@ rules:
      condition: {{all: [{{op: above, right: 10}}, {{op: below, right: 50, symbol: ETH/USDT}}]}}}}
 """
     t0 = 1_723_161_600_000
-    pub = corr.Bus(redis)
-    await register_series(redis, (EX, A, "1m"), (EX, "ETH/USDT", "1m"))
+    await redis.sadd(streams.FEED_REGISTRY, streams.registry_member(EX, A), streams.registry_member(EX, "ETH/USDT"))
     for i in range(2):
-        await pub.publish(candles_stream(EX, A, "1m"), _candle(A, t0 + i * 60_000, "11").encode())
-    await pub.publish(candles_stream(EX, "ETH/USDT", "1m"), _candle("ETH/USDT", t0, "40").encode())
+        await publish_candles(redis, [_candle(A, t0 + i * 60_000, "11")])
+    await publish_candles(redis, [_candle("ETH/USDT", t0, "40")])
     first = AlertEngineApp(_settings(tmp_path, text, "e1", clock="exchange"), redis)
     await first.drain(final=False)  # stops with bar 1 waiting for ETH's bar 1
-    assert await corr._alerts(redis) == {("both", A, "1m", t0, "firing")} and first.engine.deferred == 1
+    assert await corr._alerts(redis) == {("both", A, "1m", t0, "firing")} and first.deferred == 1
     await delete_alerts(redis)
     second = AlertEngineApp(_settings(tmp_path, text, "e2", clock="exchange"), redis)
-    await second.sync_series()
-    assert second.engine.deferred == 1
-    await pub.publish(candles_stream(EX, "ETH/USDT", "1m"), _candle("ETH/USDT", t0 + 60_000, "30").encode())
+    assert (await second.warm_up(EX, A)).deferred == 1
+    await publish_candles(redis, [_candle("ETH/USDT", t0 + 60_000, "30")])
     await second.drain()
     assert await corr._alerts(redis) == {("both", A, "1m", t0 + 60_000, "firing")}

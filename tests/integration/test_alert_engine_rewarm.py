@@ -21,7 +21,8 @@ from services.alert_engine.app import AlertEngineApp
 from services.alert_engine.settings import Settings
 from shared import rules as r
 from shared import streams
-from shared.bus import Bus
+from shared.partitioned import caught_up as engine_caught_up
+from shared.partitions import partition_of
 from shared.schemas import Candle, Trade
 from tests.support.candles import builder_caught_up, trades_stream
 from tests.conftest import shared_data
@@ -39,7 +40,6 @@ from tests.integration.test_candle_builder_lookback import running, running_buil
 from tests.unit.alert_engine import pdref
 from tests.support.subscriptions import subscribed
 from tests.support.alerts import delete_alerts
-from tests.support.candles import candles_stream, history_from_key
 
 SEAM = 1_723_161_600_000  # 2024-08-09 00:00:00 UTC: the builder meets the pair here (the recording starts 23:54:15)
 CUT = SEAM + 60_000  # the rules are reloaded after the first minute of live trades
@@ -79,18 +79,17 @@ async def test_a_rule_added_by_reload_is_warmed_by_the_builders_backfill(redis, 
     path.write_text(shared_data(rel).read_text())
     key = (exchange, symbol, "1s")
     member = streams.registry_member(*key)
-    trades_key, candle_stream = trades_stream(exchange, symbol), candles_stream(*key)
+    trades_key = trades_stream(exchange, symbol)
+    history_from = streams.part_candle_history_from(partition_of(exchange, symbol, 16))
     rules = tmp_path / "rules.yaml"
     rules.write_text(SMA20)
     engine_settings = Settings(rules_file=rules, consumer_name="e1", redis_url=redis_url, block_ms=20, batch=100,
                                reload_every_s=0.05, registry_poll_s=0.05, warmup_bars=30, clock="exchange")
     builder_settings = settings_for(redis_url, timeframes=["1m"], history_bars=30, history_timeout_s=10,
                                     close_on_timer=False)
-    bus = Bus(redis)
-
     async def caught_up() -> bool:
         return (await builder_caught_up(redis)
-                and await bus.caught_up(candle_stream, streams.GROUP_ALERT_ENGINE))
+                and await engine_caught_up(redis, 16, streams.GROUP_ALERT_ENGINE, streams.part_candles))
 
     async with local_exchange(path, speed=0) as sim:
         async with running_feed(live_settings(sim), redis) as feed:
@@ -104,8 +103,8 @@ async def test_a_rule_added_by_reload_is_warmed_by_the_builders_backfill(redis, 
                 assert (await subscribed(redis))[member] == 30
                 async with running_builder(redis, builder_settings) as builder:
                     await wait_for(caught_up, "the first minute")
-                    assert int(await redis.hget(history_from_key(exchange, symbol), member)) == SEAM - 30_000
-                    series = engine.engine.windows[key]
+                    assert int(await redis.hget(history_from, member)) == SEAM - 30_000
+                    series = engine.engine_of(exchange, symbol).windows[key]
                     before = len(series.candles)
                     last_evaluated = series.candles[-1].ts
                     assert 80 <= before <= 90 and last_evaluated < CUT  # 30 seeded + the first minute's bars
@@ -121,11 +120,15 @@ async def test_a_rule_added_by_reload_is_warmed_by_the_builders_backfill(redis, 
                     await wait_for(asked, "the new look-back")
 
                     async def rewarmed() -> bool:
-                        raw = await redis.hget(history_from_key(exchange, symbol), member)
-                        return (raw is not None and int(raw) < SEAM - 30_000 and await caught_up()
-                                and len(series.candles) >= 301 and not engine.engine.stale)
+                        raw = await redis.hget(history_from, member)
+                        if raw is None or int(raw) >= SEAM - 30_000 or not await caught_up():
+                            return False
+                        window = engine.engine_of(exchange, symbol).windows.get(key)  # (a new engine: new plan)
+                        return (window is not None and len(window.candles) >= 301
+                                and not engine.engine_of(exchange, symbol).stale)
 
                     await wait_for(rewarmed, "the backfill to reach the engine")
+                    series = engine.engine_of(exchange, symbol).windows[key]
                     assert feed.live.history.served > served and builder.backfilled >= 301 - before
                     assert series.candles[-1].ts == last_evaluated  # history merged below, nothing evaluated
                     assert [c.ts for c in series.candles] == sorted({c.ts for c in series.candles})
@@ -133,7 +136,7 @@ async def test_a_rule_added_by_reload_is_warmed_by_the_builders_backfill(redis, 
                     await publish(redis, exchange, symbol, [Trade(*t) for t in trades if t[1] >= CUT], per_entry=50)
                     await wait_for(caught_up, "the rest of the recording")
                     await wait_for(lambda: asyncio.sleep(0.2, True), "a last housekeeping round")
-    assert engine.commit.duplicates == 0 and engine.commit.suppressed == 0
+    assert engine.counts()["duplicates"] == 0 and engine.counts()["suppressed"] == 0
 
     candles = await read_candles(redis, exchange, symbol, "1s")
     df = _history(candles)
@@ -150,7 +153,7 @@ async def test_a_rule_added_by_reload_is_warmed_by_the_builders_backfill(redis, 
     assert new == want_new, sorted(new ^ want_new)
     # the alerts a 90-bar series would have missed: SMA(300) unknown until 211 bars after the reload
     assert len({a for a in new if a[3] < last_evaluated + 211_000}) >= 5
-    # the SMA(20) rule: a new consumer group reads the stream from the start, the 30 seeded history candles first;
+    # the SMA(20) rule: an engine without offsets reads the partition's stream from the start, the 30 seeded history candles first;
     # they warm SMA(20) up (so a crossing on the first live bar counts) but are never alerted on themselves
     assert {a for a in alerts if a[0] == "sma20"} == _crossings(df, 20, SEAM - 1)
     assert min(a[3] for a in alerts) >= SEAM
@@ -191,11 +194,12 @@ async def test_a_grown_look_back_is_read_back_from_the_stream_when_it_already_ho
     second = AlertEngineApp(settings("e2"), redis)
     await corr._publish(redis, c1[400:460])
     await second.drain()
-    series = second.engine.windows[K1S]
-    assert len(series.candles) == 90
+    assert len(second.engine_of(EX, A).windows[K1S].candles) == 90
     await delete_alerts(redis)
-    await _reload(second, SMA300)
-    assert len(series.candles) == 301 and second.series_sync.refilled == 1
+    await _reload(second, SMA300)  # the partition's plan changed: its engine is built again, the look-back read
+    await second.drain(final=False)
+    series = second.engine_of(EX, A).windows[K1S]
+    assert len(series.candles) == 301 and second.refilled == 1
     assert [c.ts for c in series.candles] == [c.ts for c in c1[460 - 301:460]]
     await corr._publish(redis, c1[460:])
     await second.drain()
@@ -205,59 +209,30 @@ async def test_a_grown_look_back_is_read_back_from_the_stream_when_it_already_ho
     assert {a for a in alerts if a[0] == "sma20"} == _want(c1, 20, c1[459].ts)
 
 
-async def test_a_backfill_another_replica_consumed_is_read_back_when_history_from_moves(redis, tmp_path):
-    """Two engines share the consumer group: the backfilled candles (appended after newer ones, part_candle_history_from
-    moved back) were delivered to the other one. This engine reads them back from the stream when it sees
-    part_candle_history_from move, and fires nothing for them."""
+async def test_a_backfill_appended_to_the_partitions_stream_is_merged_without_firing(redis, tmp_path):
+    """candle_builder appends backfilled candles after newer ones in the partition's stream (history moved back): the
+    engine merges them into the window when it reads them (indicators rebuilt, nothing evaluated: no alert for a
+    historical bar), and the SMA(300) rule's alerts equal pandas from the next bar on."""
     c1 = pdref.candles_from_csv(shared_data(corr.BTC), EX, A, "1s", 1000)
-    member = streams.registry_member(*K1S)
     path = tmp_path / "rules.yaml"
     path.write_text(SMA300)
     app = AlertEngineApp(Settings(rules_file=path, consumer_name="e1", redis_url="redis://unused", block_ms=20,
                                   warmup_bars=30, clock="exchange"), redis)
-    await redis.hset(history_from_key(*K1S[:2]), member, c1[300].ts)
     await corr._publish(redis, c1[300:400])  # seeded from bar 300, then live
     await app.drain()
-    series = app.engine.windows[K1S]
+    series = app.engine_of(EX, A).windows[K1S]
     assert len(series.candles) == 100 and series.value(r.SMA(period=300)) is None
     await delete_alerts(redis)
-    # the builder backfills bars 0..299 (appended); the other replica's read takes them
-    await corr._publish(redis, c1[:300])
-    await redis.hset(history_from_key(*K1S[:2]), member, c1[0].ts)
-    stream = candles_stream(*K1S)
-    [(_, taken)] = await redis.xreadgroup(streams.GROUP_ALERT_ENGINE, "other-replica", {stream: ">"}, count=1000)
-    assert len(taken) == 300
-    await redis.xack(stream, streams.GROUP_ALERT_ENGINE, *[entry_id for entry_id, _ in taken])
-    await app.sync_series()
-    assert app.series_sync.refilled == 1
-    assert [c.ts for c in series.candles] == [c.ts for c in c1[400 - 301:400]]  # the need
-    await app.sync_series()  # not moved again: not read again
-    assert app.series_sync.refilled == 1
+    await corr._publish(redis, [c.model_copy(update={"history": True}) for c in c1[:300]])  # the backfill, appended
+    await app.drain(final=False)
+    assert app.engine_of(EX, A).windows[K1S] is series and await corr._alerts(redis) == set()
+    assert [c.ts for c in series.candles] == [c.ts for c in c1[:400]]  # merged in ts order (keep_bars: 600)
     await corr._publish(redis, c1[400:])
     await app.drain()
     alerts = await corr._alerts(redis)
     want = _want(c1, 300, c1[399].ts)
     assert {a for a in alerts if a[0] == "sma300"} == want and want
     assert {a for a in alerts if a[0] == "sma20"} == _want(c1, 20, c1[399].ts)
-
-
-async def test_a_bad_history_from_value_is_logged_once_and_does_not_stop_the_sync(redis, tmp_path, caplog):
-    c1 = pdref.candles_from_csv(shared_data(corr.BTC), EX, A, "1s", 1000)
-    await corr._publish(redis, c1[:50])
-    await redis.hset(history_from_key(*K1S[:2]), streams.registry_member(*K1S), "yesterday")
-    path = tmp_path / "rules.yaml"
-    path.write_text(SMA300)
-    app = AlertEngineApp(Settings(rules_file=path, consumer_name="e1", redis_url="redis://unused", block_ms=20,
-                                  clock="exchange"), redis)
-    with caplog.at_level("WARNING", logger="services.alert_engine.app"):
-        await app.drain()
-        await app.sync_series()
-        await corr._publish(redis, c1[50:60])
-        await app.drain()
-    assert len(app.engine.windows[K1S].candles) == 60
-    assert [r.getMessage() for r in caplog.records].count(
-        f"alert_engine: ignoring {history_from_key(*K1S[:2])}[{streams.registry_member(*K1S)}] = b'yesterday' "
-        "(not a timestamp)") == 1
 
 
 async def _has(redis, member: str) -> bool:

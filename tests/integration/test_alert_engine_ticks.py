@@ -13,14 +13,15 @@ import pytest
 from services.alert_engine.app import AlertEngineApp
 from services.alert_engine.settings import Settings
 from shared import streams
+from shared.partitions import partition_of
 from shared.bus import Bus
 from shared.schemas import Alert, Ticker, Trade, encode_trades
 from tests.support.candles import trades_stream, tickers_stream
+from tests.support.engine_candles import publish_candles
 from tests.conftest import shared_data
 from tests.unit.alert_engine import pdref
 from tests.support.subscriptions import subscribed, subscribers
 from tests.support.alerts import read_alerts
-from tests.support.candles import candles_stream, live_stream, register_series
 
 DIR = "binance_spot_btcusdt_20210108"
 EX, SYM = "binance", "BTC/USDT"
@@ -84,12 +85,11 @@ rules:
   - {{name: mid_tick, symbols: [{SYM}], timeframe: 1s, frequency: once_per_bar,
      condition: {{left: mid, op: crosses_up, right: {lv}}}}}
 """
-    await Bus(redis).publish_many((candles_stream(EX, SYM, "1s"), c.encode()) for c in candles)
-    await register_series(redis, (EX, SYM, "1s"))
+    await publish_candles(redis, candles)
     await _publish_tickers(redis, q)
     app = AlertEngineApp(_settings(tmp_path, text, clock="exchange", batch=batch), redis)
     await app.drain()
-    assert tickers_stream(EX, SYM) in app.consumer.streams
+    assert tickers_stream(EX, SYM) in app.streams
     got: dict[str, set] = {}
     for a in await _alerts(redis):
         got.setdefault(a.rule, set()).add((a.ts, a.state, a.price if a.rule.endswith("_tick") else None))
@@ -149,13 +149,13 @@ rules:
     app = AlertEngineApp(_settings(tmp_path, text), redis)
     await app.drain()
     # trades are read for the intrabar rules only; the close-only rule reads candles, never trades or live candles
-    assert trades_stream(EX, SYM) in app.consumer.streams
-    assert live_stream(EX, SYM) not in app.consumer.streams
+    assert trades_stream(EX, SYM) in app.streams
+    assert streams.part_live(partition_of(EX, SYM, 16)) not in app.streams
     # published as market_feed does: encode_trades batches (here 50 trades per entry)
     bus = Bus(redis)
     await bus.publish_many((trades_stream(EX, SYM), encode_trades(EX, SYM, trades[i:i + 50]))
                            for i in range(0, len(trades), 50))
-    await app.consumer.drain()
+    await app.drain(final=False)
     alerts = await _alerts(redis)
     got_every = {(a.ts, a.price) for a in alerts if a.rule == "every"}
     got_bar = {(a.ts, a.price) for a in alerts if a.rule == "per_bar"}
@@ -191,7 +191,7 @@ rules:
         await app.drain()
         await Bus(redis).publish_many((trades_stream(EX, SYM), encode_trades(EX, SYM, trades[i:i + 100]))
                                       for i in range(0, len(trades), 100))
-        await app.consumer.drain()
+        await app.drain(final=False)
         assert {a.ts for a in await _alerts(redis)} == want, clock
     # and a snooze in the future (wall clock) silences a live engine on old data completely
     await redis.flushall()
@@ -200,7 +200,7 @@ rules:
                                    clock="wall"), redis)
     await app.drain()
     await Bus(redis).publish(trades_stream(EX, SYM), encode_trades(EX, SYM, trades))
-    await app.consumer.drain()
+    await app.drain(final=False)
     assert await _alerts(redis) == []
 
 

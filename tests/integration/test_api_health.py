@@ -15,12 +15,13 @@ from shared import streams
 from shared.embedded_redis import EmbeddedRedis
 from shared.runtime import connect
 from tests.support.candles import builder_state, trades_stream
-from tests.support.candles import candles_stream, register_series
+from tests.support.candles import register_series
 
 EX, SYM = "binance", "BTC/USDT"
-# a consumer group's stream: the engine's on a candle stream (candle_builder keeps an offset instead: the last test)
-STREAM = candles_stream(EX, SYM, "1m")
-GROUP = streams.GROUP_ALERT_ENGINE
+# a consumer group's stream: the notifier's on a partition's alerts stream (candle_builder and alert_engine keep an
+# offset instead: the last test)
+STREAM = streams.part_alerts(0)
+GROUP = streams.GROUP_NOTIFIER
 MEMBER = streams.registry_member(EX, SYM, "1m")
 
 

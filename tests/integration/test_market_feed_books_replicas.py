@@ -128,6 +128,12 @@ async def test_each_pairs_books_and_futures_come_from_one_replica_at_a_time(redi
                     if ms > since_ms and isinstance(m, FundingRate):
                         funding.add(m.symbol)
             return books == set(SYMBOLS) and funding == set(PERPS)
+        async def members() -> bool:  # every replica has joined both groups (no more handing over for joins)
+            now = int(time.time() * 1000)
+            counts = [await redis.zcount(streams.members(g), now - TTL_MS, "+inf") for g in (spot, perp)]
+            return counts == [replicas, replicas]
+        await _until(members, 60, "every replica a member of both groups")
+        await asyncio.sleep(3 * TTL_MS / 1000)  # a few balance rounds: the partitions settle
         start_ms = int(time.time() * 1000)
         await _until(lambda: flowing(start_ms), 60, "books and funding of every pair")
         await asyncio.sleep(3)
@@ -138,6 +144,7 @@ async def test_each_pairs_books_and_futures_come_from_one_replica_at_a_time(redi
         victim.send_signal(signal.SIGKILL)
         await victim.wait()
         killed_ms = int(time.time() * 1000)
+        moved = {s for s in SYMBOLS if before[partition_of("sim", s, PARTITIONS)] == victim_name}
         await asyncio.sleep(TTL_MS / 1000 + 4)
         await _until(lambda: flowing(killed_ms + TTL_MS + 1000), 30, "books and funding after the takeover")
         after = await owners(spot)
@@ -172,12 +179,15 @@ async def test_each_pairs_books_and_futures_come_from_one_replica_at_a_time(redi
         ids = [u for _, u in book_ids[sym]]
         assert ids == sorted(set(ids)), f"{sym}: book update ids not strictly increasing (two publishers)"
         around = [ms for ms, _ in book_ids[sym]]
-        gaps[sym] = max(b - a for a, b in zip(around, around[1:]))
-        assert gaps[sym] < TTL_MS + 5000, f"{sym}: {gaps[sym]} ms without a snapshot"
+        gaps[sym] = max(b - a for a, b in zip(around, around[1:]) if b >= start_ms + 3000)
+        # a pair the victim published moves within about the lease TTL (+ the new owner's snapshot fetch); the
+        # survivors' own pairs go on untouched while their feed takes the moved ones on
+        limit = TTL_MS + 5000 if sym in moved else 1500
+        assert gaps[sym] < limit, f"{sym} ({'moved' if sym in moved else 'kept'}): {gaps[sym]} ms without a snapshot"
     for sym in PERPS:
         assert marks[sym] == sorted(set(marks[sym])), f"{sym}: mark price readings repeated (two publishers)"
         assert len(set(liquidations[sym])) == len(liquidations[sym]), f"{sym}: a liquidation written twice"
         assert [t for t, *_ in liquidations[sym]] == sorted(t for t, *_ in liquidations[sym])
     assert sum(len(v) for v in liquidations.values()) > 0
-    print(f"{replicas} replicas, killed {victim_name}: longest gap between a pair's snapshots (ms) {gaps}; "
+    print(f"{replicas} replicas, killed {victim_name} (its pairs {sorted(moved)}): longest gap between a pair's snapshots (ms) {gaps}; "
           f"liquidations {sum(len(v) for v in liquidations.values())}")

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from sentinel.pipeline import engine_caught_up
 from shared.alert_streams import alert_streams
 from shared.bus import FIELD, Bus
 from shared.embedded_redis import free_port
@@ -141,10 +142,9 @@ async def test_every_endpoint_counts_what_the_replay_did(redis, redis_url, tmp_p
         bus = Bus(redis)
 
         async def caught_up() -> bool:
-            names = [candles_stream(*key) for key in await registered(redis)]
-            checks = [(n, "alert_engine") for n in names if n.endswith(":1m")]
-            checks += [(s, "notifier") for s in alert_streams(DEFAULT_PARTITIONS) if await redis.exists(s)]
-            return await builder_caught_up(redis) and all([await bus.caught_up(s, g) for s, g in checks])
+            checks = [(s, "notifier") for s in alert_streams(DEFAULT_PARTITIONS) if await redis.exists(s)]
+            return (await builder_caught_up(redis) and await engine_caught_up(redis)
+                    and all([await bus.caught_up(s, g) for s, g in checks]))
         assert await wait_for(caught_up, 60, every=0.3) is not None, "the pipeline did not catch up"
         await asyncio.sleep(6)  # one more heartbeat (2 s) and consumer sample (claim_every_s, 5 s) everywhere
 

@@ -50,16 +50,18 @@ class AlertEngine:
     """Evaluates a rule set on candles, tickers and trades. Feed it in exchange order per series."""
 
     def __init__(self, ruleset: RuleSet | None = None, *, keep: int = 600,
-                 clock: Callable[[], int] | None = None) -> None:
+                 clock: Callable[[], int] | None = None, owns: Callable[[str, str], bool] | None = None) -> None:
         """``keep``: closed candles kept per series, at least; ``clock``: wall time in ms, for ``snooze_until``
-        (None: exchange time, as in a deterministic backtest)."""
+        (None: exchange time, as in a deterministic backtest); ``owns``: the pairs whose rules this engine runs
+        (None: all; an engine of one partition reads other pairs' series only for its rules)."""
         self.keep = keep
         self.clock = clock
+        self.owns = owns
         self.market = Market(keep)
         self.windows = self.market.windows
         self.status: dict[str, RuleStatus] = {}  # fingerprint -> its rule status
         self.waits = Waits(self.market)
-        self.routes = Routes([], keep, self.windows)
+        self.routes = Routes([], keep, self.windows, owns)
         self._out: list[Fire] = []  # fires of the evaluation in progress
         self.evaluations = 0  # rule evaluations on closed bars not yet taken (``take_evaluations``)
         self.set_rules(ruleset or RuleSet())
@@ -70,7 +72,7 @@ class AlertEngine:
 
     def set_rules(self, ruleset: RuleSet) -> None:
         """Swap the rule set; windows (and their indicators) are kept, the state of removed rules dropped."""
-        self.routes = routes = Routes(ruleset.enabled, self.keep, self.windows)
+        self.routes = routes = Routes(ruleset.enabled, self.keep, self.windows, self.owns)
         self.market.set_feed_horizon(routes.feed_horizon_ms)
         self.status = {fp: s for fp, s in self.status.items() if s.rule in routes.by_name}
 
@@ -88,7 +90,7 @@ class AlertEngine:
         self.windows = self.market.windows
         self.status = {}
         self.waits = Waits(self.market)
-        self.routes = Routes(self.routes.rules, self.keep, self.windows)
+        self.routes = Routes(self.routes.rules, self.keep, self.windows, self.owns)
         for key, bars in sizes.items():
             self.reserve(key, bars)
 
@@ -131,7 +133,7 @@ class AlertEngine:
         return out
 
     def take_evaluations(self) -> int:
-        """Rule evaluations on closed bars since the last call (for the metrics)."""
+        """Rule evaluations on closed bars and book / futures updates since the last call (for the metrics)."""
         n, self.evaluations = self.evaluations, 0
         return n
 
@@ -236,6 +238,7 @@ class AlertEngine:
         if not bindings:
             return []
         self._rewarm_if_stale()  # candle operands read the last closed bar's indicators
+        self.evaluations += len(bindings)
         now, price = update.ts, feeds.price(kind)
         out: list[Fire] = []
         for b in bindings:

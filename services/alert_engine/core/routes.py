@@ -5,7 +5,7 @@ series, so an evaluation only looks things up."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -43,10 +43,14 @@ class Binding:
 
 
 class Routes:
-    """The routing of one rule set (``rules``: the enabled ones); ``keep``: candles kept per series."""
+    """The routing of one rule set (``rules``: the enabled ones); ``keep``: candles kept per series; ``owns``: the
+    pairs whose rules run here (None: every pair). An engine of one partition (the app runs one per partition it
+    holds) reads other partitions' series for its multi-symbol rules, but never runs the rules of their pairs."""
 
-    def __init__(self, rules: list[Rule], keep: int, windows: Mapping[SeriesKey, CandleWindow]) -> None:
+    def __init__(self, rules: list[Rule], keep: int, windows: Mapping[SeriesKey, CandleWindow],
+                 owns: Callable[[str, str], bool] | None = None) -> None:
         self.rules = rules
+        self.owns = owns
         self.by_name = {rule.name: rule for rule in rules}
         self.keep = keep
         self._compiled = {rule.name: compile_condition(rule.condition, windows) for rule in rules}
@@ -82,9 +86,9 @@ class Routes:
         """The rules evaluated on the closed bars of series ``key``."""
         got = self._closed.get(key)
         if got is None:
-            got = self._closed[key] = [self.binding(rule, key) for rule in self.rules
-                                       if rule.timeframe == key[2] and rule.matches(key[0], key[1])
-                                       and not self._feed_kinds[rule.name]]
+            got = self._closed[key] = [] if not self._runs_here(key[0], key[1]) else [
+                self.binding(rule, key) for rule in self.rules
+                if rule.timeframe == key[2] and rule.matches(key[0], key[1]) and not self._feed_kinds[rule.name]]
         return got
 
     def live(self, key: SeriesKey) -> list[Binding]:
@@ -102,7 +106,7 @@ class Routes:
         got = self._ticks.get(tkey)
         if got is None:
             wants = reads.reads_price if kind == "trade" else reads.uses_tickers
-            got = self._ticks[tkey] = [self.binding(rule, (exchange, symbol, rule.timeframe)) for rule in self.rules
+            got = self._ticks[tkey] = [] if not self._runs_here(exchange, symbol) else [self.binding(rule, (exchange, symbol, rule.timeframe)) for rule in self.rules
                                        if _on_ticks(rule) and rule.matches(exchange, symbol) and wants(rule.condition)
                                        and not self._feed_kinds[rule.name]]
         return got
@@ -112,9 +116,13 @@ class Routes:
         fkey = (exchange, symbol, kind)
         got = self._feeds.get(fkey)
         if got is None:
-            got = self._feeds[fkey] = [self.binding(rule, (exchange, symbol, rule.timeframe)) for rule in self.rules
-                                       if kind in self._feed_kinds[rule.name] and rule.matches(exchange, symbol)]
+            got = self._feeds[fkey] = [] if not self._runs_here(exchange, symbol) else [
+                self.binding(rule, (exchange, symbol, rule.timeframe)) for rule in self.rules
+                if kind in self._feed_kinds[rule.name] and rule.matches(exchange, symbol)]
         return got
+
+    def _runs_here(self, exchange: str, symbol: str) -> bool:
+        return self.owns is None or self.owns(exchange, symbol)
 
     def needs_feeds(self, exchange: str, symbol: str) -> set[str]:
         """The book / futures updates of (exchange, symbol) some rule reads."""

@@ -28,7 +28,7 @@ from typing import Any
 import ccxt.pro as ccxtpro
 from redis.asyncio import Redis
 
-from services.market_feed.adapters.ccxt_book import publish_fenced, sleep_or_stop
+from services.market_feed.adapters.ccxt_book import cancel_tasks, publish_fenced, sleep_or_stop
 from services.market_feed.adapters.ccxt_exchange import apply_url_overrides, load_markets
 from services.market_feed.book_settings import DerivsFeedSettings
 from services.market_feed.derivs_core import (funding_from_mark, funding_from_rate, liquidation_from,
@@ -39,7 +39,6 @@ from shared.bus import Bus, backoff_delay
 from shared.errors import ConfigError, UnknownExchangeError
 from shared.ownership import Ownership
 from shared.partitions import partition_of
-from shared.runtime import tasks_until_done
 from shared.schemas import FundingRate, Liquidation, OpenInterest
 
 logger = logging.getLogger(__name__)
@@ -96,6 +95,8 @@ class DerivsFeed:
         self.bus = bus or Bus(redis)
         self.exchange = exchange
         self.health: dict[str, DerivsHealth] = {}
+        self._tasks: dict[str, list[asyncio.Task[None]]] = {}  # each contract's loops, while ``run`` runs
+        self._stop: asyncio.Event | None = None
 
     def health_fields(self) -> dict[str, Any]:
         """``exchange|symbol|<kind>.<counter>`` → value, for a heartbeat hash."""
@@ -115,30 +116,48 @@ class DerivsFeed:
     async def run(self, stop: asyncio.Event) -> None:
         if self.exchange is None:
             await self.start()
-        s, ex, has = self.settings, self.exchange, self.exchange.has
-        tasks = []
-        for symbol in s.symbols:
-            if s.funding and has.get("watchMarkPrice"):
-                tasks.append(self._loop(stop, "funding", symbol, lambda sym=symbol: ex.watch_mark_price(sym),
-                                        lambda raw, sym=symbol: [funding_from_mark(s.name, sym, raw)], None))
-            elif s.funding and has.get("fetchFundingRate"):
-                tasks.append(self._loop(stop, "funding", symbol, lambda sym=symbol: ex.fetch_funding_rate(sym),
-                                        lambda raw, sym=symbol: [funding_from_rate(s.name, sym, raw)],
-                                        s.funding_every_s))
-            if s.open_interest and has.get("fetchOpenInterest"):
-                tasks.append(self._loop(stop, "open_interest", symbol, lambda sym=symbol: ex.fetch_open_interest(sym),
-                                        lambda raw, sym=symbol: [open_interest_from(s.name, sym, raw)],
-                                        s.open_interest_every_s))
-            if s.liquidations and has.get("watchLiquidations"):
-                tasks.append(self._loop(stop, "liquidations", symbol, lambda sym=symbol: ex.watch_liquidations(sym),
-                                        lambda raw, sym=symbol: [liquidation_from(s.name, sym, r) for r in raw],
-                                        None))
+        self._stop = stop
+        for symbol in self.settings.symbols:
+            self._watch(stop, symbol)
         try:
-            async with tasks_until_done(*tasks):
-                await stop.wait()
+            await stop.wait()
         finally:
+            await cancel_tasks([t for tasks in self._tasks.values() for t in tasks])
+            self._tasks.clear()
             with contextlib.suppress(Exception):
                 await self.exchange.close()
+
+    def _watch(self, stop: asyncio.Event, symbol: str) -> None:
+        """Start the funding / open interest / liquidation loops of one contract."""
+        s, ex, has = self.settings, self.exchange, self.exchange.has
+        jobs = []
+        if s.funding and has.get("watchMarkPrice"):
+            jobs.append(self._loop(stop, "funding", symbol, lambda: ex.watch_mark_price(symbol),
+                                   lambda raw: [funding_from_mark(s.name, symbol, raw)], None))
+        elif s.funding and has.get("fetchFundingRate"):
+            jobs.append(self._loop(stop, "funding", symbol, lambda: ex.fetch_funding_rate(symbol),
+                                   lambda raw: [funding_from_rate(s.name, symbol, raw)], s.funding_every_s))
+        if s.open_interest and has.get("fetchOpenInterest"):
+            jobs.append(self._loop(stop, "open_interest", symbol, lambda: ex.fetch_open_interest(symbol),
+                                   lambda raw: [open_interest_from(s.name, symbol, raw)], s.open_interest_every_s))
+        if s.liquidations and has.get("watchLiquidations"):
+            jobs.append(self._loop(stop, "liquidations", symbol, lambda: ex.watch_liquidations(symbol),
+                                   lambda raw: [liquidation_from(s.name, symbol, r) for r in raw], None))
+        self._tasks[symbol] = [asyncio.ensure_future(job) for job in jobs]
+
+    async def retarget(self, symbols: list[str]) -> None:
+        """Publish the contracts ``symbols`` from now on (while ``run`` runs): the loops of those dropped stop (their
+        mark price stream unsubscribed where ccxt can), those added start, the others go on untouched."""
+        for symbol in [sym for sym in self._tasks if sym not in symbols]:
+            await cancel_tasks(self._tasks.pop(symbol))
+            for key in [k for k in self.health if k.startswith(f"{symbol}|")]:
+                del self.health[key]
+            if self.exchange.has.get("unWatchMarkPrice"):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.exchange.un_watch_mark_price(symbol), 5)
+        for symbol in symbols:
+            if symbol not in self._tasks and self._stop is not None:
+                self._watch(self._stop, symbol)
 
     async def _loop(self, stop: asyncio.Event, kind: str, symbol: str, call: Callable[[], Awaitable[Any]],
                     convert: Callable[[Any], list[Message | None]], poll_every_s: float | None) -> None:

@@ -38,11 +38,13 @@ class Layout:
     dead_letters: tuple[str, ...]
     feed_state: dict[Pair, tuple[str, str, str]]  # the hash holding the feed's last id and last ts of a pair, fields
     builder_offsets: dict[str, tuple[str, str]]  # trades stream -> candle_builder's (state hash, offset field)
+    engine_offsets: dict[str, tuple[str, str]]  # partition candles stream -> alert_engine's (state hash, offset field)
     heartbeats: dict[str, str]  # service -> heartbeat hash
 
     def consumed(self) -> list[str]:
         """Every stream a consumer group may read: the ones whose groups must catch up."""
-        return sorted({*self.trades.values(), *self.tickers.values(), *self.candles.values(), *self.alert_streams})
+        return sorted({*self.trades.values(), *self.tickers.values(), *self.candles.values(), *self.alert_streams,
+                       *self.engine_offsets})
 
 
 SERVICES = ("market_feed", "candle_builder", "alert_engine", "notifier")
@@ -64,6 +66,9 @@ def layout(pairs: list[Pair], timeframes: list[str], partitions: int = DEFAULT_P
                         f"last_ts:{p.symbol}") for p in pairs},
         builder_offsets={trades[p]: (streams.part_state(part[p], streams.GROUP_CANDLE_BUILDER),
                                      streams.offset_field(trades[p])) for p in pairs},
+        engine_offsets={streams.part_candles(part[p]): (streams.part_state(part[p], streams.GROUP_ALERT_ENGINE),
+                                                        streams.offset_field(streams.part_candles(part[p])))
+                        for p in pairs},
         heartbeats={s: streams.heartbeat(s) for s in SERVICES},
     )
 

@@ -83,9 +83,13 @@ class Probe:
 
     async def caught_up_to(self, tips: dict[str, tuple[int, int]], group: str | None = None) -> bool:
         """True when every group (or ``group``) has read and acked every entry up to ``tips`` of its streams;
-        candle_builder (no consumer group) when its saved offset of each trades stream has reached the tip."""
-        if group in (None, streams.GROUP_CANDLE_BUILDER):
-            for stream, (state, field) in self.layout.builder_offsets.items():
+        candle_builder and alert_engine (no consumer group) when their saved offsets of each trades (candles) stream
+        have reached the tip."""
+        for owner, offsets in ((streams.GROUP_CANDLE_BUILDER, self.layout.builder_offsets),
+                               (streams.GROUP_ALERT_ENGINE, self.layout.engine_offsets)):
+            if group not in (None, owner):
+                continue
+            for stream, (state, field) in offsets.items():
                 tip = tips.get(stream)
                 if tip is not None and sid(await self.redis.hget(state, field)) < tip:
                     return False
@@ -94,6 +98,14 @@ class Probe:
             if tip is None:
                 continue
             if g.last_delivered < tip or (g.oldest_pending is not None and g.oldest_pending <= tip):
+                return False
+        return True
+
+    async def engine_started(self) -> bool:
+        """alert_engine holds the partitions of the layout's pairs (leases) and has saved an offset in each."""
+        for state, field in self.layout.engine_offsets.values():
+            partition = state.split("{p", 1)[1].split("}", 1)[0]
+            if not await self.redis.exists(streams.lease(streams.GROUP_ALERT_ENGINE, int(partition))):
                 return False
         return True
 

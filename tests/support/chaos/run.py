@@ -28,7 +28,7 @@ from tests.support.chaos.inject import KINDS, Injector
 from tests.support.chaos.layout import Layout, layout
 from tests.support.chaos.processes import Service, clean_env, sentinel_argv, supervise
 from tests.support.chaos.progress import Probe, wait_for
-from tests.support.chaos.scenario import GROUPS, Chaos, schedule
+from tests.support.chaos.scenario import Chaos, schedule
 from tests.support.chaos.sources import (BUILDER_TIMEFRAMES, EXPLICIT_SERIES, RULES, TIMEFRAMES, Source,
                                          backtest_settings, settings_file, sources)
 from tests.support.chaos.verify import recording
@@ -228,9 +228,8 @@ async def run_chaos(plan: ChaosPlan, workdir: Path, data_dir: Path) -> dict:
             for svc in services:
                 if svc.kind != "market_feed":
                     await svc.start()
-            explicit = [names.candles[(p, tf)] for p, tf in EXPLICIT_SERIES if p in refs]
-            if await wait_for(lambda: probe.read_by(explicit, GROUPS["alert_engine"]), 120, every=0.2) is None:
-                raise RuntimeError(f"alert_engine did not start reading {explicit} within 120 s; see {logs}")
+            if await wait_for(probe.engine_started, 120, every=0.2) is None:
+                raise RuntimeError(f"alert_engine did not take its partitions within 120 s; see {logs}")
             for svc in services:
                 if svc.kind == "market_feed":
                     await svc.start()

@@ -28,15 +28,21 @@ rules:
     timeframe: 1m
     frequency: every_time
     condition: {left: close, op: above, right: open}
+  - name: every_candle
+    symbols: [BTC/USDT]
+    timeframe: 1m
+    frequency: every_time
+    condition: {left: close, op: above, right: 0}
 """
 # (alert_engine's XREAD count, candle_builder's): entries of both streams read a few at a time, or thousands at once
 READS = ((7, 50), (5000, 20_000))
 
 
-def expected(path: Path) -> list[tuple[int, int, Decimal]]:
+def expected(path: Path, green: bool = True) -> list[tuple[int, int, Decimal]]:
     """(bar start, evaluation time, price) of every alert, by pandas: each throttle point's in-progress 1m candle
-    (open: the bucket's first trade; close: the point's trade) where close > open, at the newest trade's time; and
-    each bar the recording covers from start to end whose close > open, at its close."""
+    (open: the bucket's first trade; close: the point's trade) where close > open (every one: ``green`` False), at
+    the newest trade's time; and each bar the recording covers from start to end (whose close > open), at its
+    close."""
     trades = read_trades(path)
     df = pd.DataFrame({"ts": [t.ts for t in trades], "price": [t.price for t in trades]})
     window = df["ts"] // THROTTLE_MS
@@ -45,15 +51,15 @@ def expected(path: Path) -> list[tuple[int, int, Decimal]]:
     g = df.groupby(bucket)
     live = pd.DataFrame({"ts": bucket, "open": g["price"].transform("first"), "close": df["price"],
                          "as_of": g["ts"].cummax()})[point]
-    out = [(int(r.ts), int(r.as_of), r.close) for r in live.itertuples() if r.close > r.open]
+    out = [(int(r.ts), int(r.as_of), r.close) for r in live.itertuples() if r.close > r.open or not green]
     first, last = int(df["ts"].min()), int(df["ts"].max())
     bars = pd.DataFrame({"open": g["price"].first(), "close": g["price"].last()})
     out += [(int(ts), int(ts) + TF_MS, r.close) for ts, r in zip(bars.index, bars.itertuples(), strict=True)
-            if first <= ts and ts + TF_MS <= last + 1 and r.close > r.open]
+            if first <= ts and ts + TF_MS <= last + 1 and (r.close > r.open or not green)]
     return sorted(out)
 
 
-def run(tmp: Path, rules: Path, engine_count: int, builder_count: int) -> list[tuple[int, int, Decimal]]:
+def run(tmp: Path, rules: Path, engine_count: int, builder_count: int) -> dict[str, list[tuple[int, int, Decimal]]]:
     config = tmp / f"config-{engine_count}.yaml"
     config.write_text(f"alert_engine:\n  batch: {engine_count}\ncandle_builder:\n  read_count: {builder_count}\n")
     out = tmp / f"out-{engine_count}"
@@ -62,8 +68,9 @@ def run(tmp: Path, rules: Path, engine_count: int, builder_count: int) -> list[t
                                       "--timeframes", "1m", "--config", str(config)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     alerts = [json.loads(line) for line in (out / "alerts.jsonl").read_text().splitlines()]
-    assert {a["rule"] for a in alerts} == {"green_intrabar"} and all(a["state"] == "firing" for a in alerts)
-    return sorted((a["ts"], a["fired_at"], Decimal(a["price"])) for a in alerts)
+    assert all(a["state"] == "firing" for a in alerts)
+    return {rule: sorted((a["ts"], a["fired_at"], Decimal(a["price"])) for a in alerts if a["rule"] == rule)
+            for rule in ("green_intrabar", "every_candle")}
 
 
 @pytest.mark.timeout(300)
@@ -71,8 +78,13 @@ def test_intrabar_alerts_of_a_backtest_equal_pandas_whatever_the_read_sizes(tmp_
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
     runs = [run(tmp_path, rules, *counts) for counts in READS]
-    want = expected(shared_data(RECORDINGS["btcusdt"][2]))
-    intrabar = [a for a in want if a[1] != a[0] + TF_MS]
+    path = shared_data(RECORDINGS["btcusdt"][2])
+    want = {"green_intrabar": expected(path), "every_candle": expected(path, green=False)}
+    intrabar = [a for a in want["green_intrabar"] if a[1] != a[0] + TF_MS]
     assert len(intrabar) > 500, "the recording makes many green in-progress candles"
+    # every in-progress candle the builder wrote (one per throttle point: 1,945 here) was evaluated
+    assert len([a for a in want["every_candle"] if a[1] != a[0] + TF_MS]) > 1900
     assert runs[0] == runs[1]
-    assert runs[0] == want, (len(runs[0]), len(want), sorted(set(runs[0]) ^ set(want))[:5])
+    for rule, alerts in want.items():
+        got = runs[0][rule]
+        assert got == alerts, (rule, len(got), len(alerts), sorted(set(got) ^ set(alerts))[:5])

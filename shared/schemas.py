@@ -483,7 +483,9 @@ class Candle(_Message):
     taken from the exchange's OHLCV history (seeding or backfill), not built from trades here: consumers warm up on it
     but do not alert on it. ``prev_ts`` (in-progress candles): the start of the last closed candle of the series
     before this one, None when unknown — a reader holding it knows every closed bar before this one is in (without
-    flat candles the bar before may be several intervals back).
+    flat candles the bar before may be several intervals back). ``as_of`` (in-progress candles, since the same schema
+    version 1: optional, None from older writers): the exchange time of the newest trade in it, the time a reader
+    evaluates it at beside closed candles (which are evaluated at their close).
     """
 
     kind: Literal["candle"] = "candle"
@@ -507,6 +509,7 @@ class Candle(_Message):
     incomplete: bool = False
     history: bool = False
     prev_ts: int | None = None
+    as_of: int | None = None
 
     @property
     def vwap(self) -> Decimal | None:

@@ -162,7 +162,7 @@ def _settings(opts: BacktestOptions, items: list[Input], url: str, data_dir: Pat
     timeframes asked for (or its configured ones) and every timeframe a rule reads; in-progress candles only when a
     rule reads them (``live``), throttled in exchange time (``live_throttle_clock: exchange``) and never trimmed, so
     what such a rule sees does not depend on the backtest's speed."""
-    common = {"redis_url": url, "data_dir": data_dir}
+    common = {"redis_url": url, "data_dir": data_dir, "redis_wait_replicas": 0}  # (its own Redis: no replica)
     overrides: dict[str, dict[str, Any]] = {
         # big entries: a backtest has no latency to keep, and watermarks only need to close bars of quiet symbols
         "market_feed": {"mode": "replay", "replay_file": items[0].path, "speed": 0, "batch_size": 1000,

@@ -251,7 +251,7 @@ def test_demo_and_backtest_run_their_own_redis_without_waiting_for_replicas(tmp_
     demo = _service_settings(RunOptions(config_file=config), "redis://127.0.0.1:1/0", tmp_path)
     item = Input(tmp_path / "t.csv", "binance", "BTC/USDT", 1, frozenset({("binance", "BTC/USDT")}))
     backtest = backtest_settings(BacktestOptions([item.path], rules, tmp_path / "out", config_file=config), [item],
-                                 "redis://127.0.0.1:1/0", tmp_path, set(), False)
+                                 "redis://127.0.0.1:1/0", tmp_path)
     assert demo and backtest
     assert {s.redis_wait_replicas for s in [*demo.values(), *backtest.values()] if hasattr(s, "redis_wait_replicas")} \
         == {0}

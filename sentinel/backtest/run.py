@@ -169,7 +169,7 @@ async def _drained(redis: Any) -> bool:
 def _settings(opts: BacktestOptions, items: list[Input], url: str, data_dir: Path) -> dict[str, Any]:
     """Each service's settings (every problem of every section in one ConfigError); candle_builder's timeframes are
     completed by ``_tune_builder`` once the rules' needs are known."""
-    common = {"redis_url": url, "data_dir": data_dir}
+    common = {"redis_url": url, "data_dir": data_dir, "redis_wait_replicas": 0}  # (its own Redis: no replica)
     overrides: dict[str, dict[str, Any]] = {
         # big entries: a backtest has no latency to keep, and watermarks only need to close bars of quiet symbols
         "market_feed": {"mode": "replay", "replay_file": items[0].path, "speed": 0, "batch_size": 1000,

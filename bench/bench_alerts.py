@@ -29,23 +29,20 @@ import multiprocessing as mp
 import os
 import platform
 import random
-import socket
 import statistics
-import struct
 import sys
 import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-import hiredis
 import numpy as np
 from talib import stream as ta
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import Probe, engines_open, fmt_spread, pick, proc_cpu_s, spread, write_result  # noqa: E402
 from services.alert_engine.core import AlertEngine  # noqa: E402
 from shared import streams  # noqa: E402
 from shared.bus import FIELD  # noqa: E402
@@ -55,9 +52,8 @@ from shared.partitions import DEFAULT_PARTITIONS, partition_of  # noqa: E402
 from shared.rules import parse_rules  # noqa: E402
 from shared.runtime import connect  # noqa: E402
 from shared.schemas import Candle, decode_feed, encode_trades, unpack  # noqa: E402
-from shared.alert_streams import alert_streams
+from shared.alert_streams import alert_streams  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 WARMUP_S = 2  # seconds of trades at the start of each latency run that are not sampled
 SYMBOLS = [f"S{i}/USDT" for i in range(10)]
 #: every partition's alerts stream (the engine's services run with the default partitions)
@@ -247,44 +243,11 @@ def _trades_stream(symbol: str) -> str:
     return streams.part_trades(partition_of("bench", symbol, DEFAULT_PARTITIONS))
 
 
-_SO_TIMESTAMPNS = 35  # Linux (x86_64 and aarch64): SO_TIMESTAMPNS, also its control message type
-
-
-class _Probe:
-    """A Redis client on a raw socket whose replies carry the kernel's receive time (SO_TIMESTAMPNS): when Redis
-    delivered an entry to the blocked reader, whatever the reading process was doing then (a reader that sleeps
-    between bars wakes with cold caches on these shared cores and takes up to ~1 ms to get to its clock)."""
-
-    def __init__(self, url: str) -> None:
-        u = urlparse(url)
-        self.sock = socket.create_connection((u.hostname, u.port))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
-        self.reader = hiredis.Reader()
-        self.space = socket.CMSG_SPACE(16)
-
-    def call(self, *args: Any) -> tuple[Any, float]:
-        """(reply, kernel receive time of its first byte, epoch seconds)."""
-        self.sock.sendall(hiredis.pack_command(tuple(args)))
-        first = None
-        while True:
-            data, anc, _, _ = self.sock.recvmsg(1 << 20, self.space)
-            if first is None:
-                for _level, kind, payload in anc:
-                    if kind == _SO_TIMESTAMPNS and len(payload) >= 16:
-                        sec, ns = struct.unpack("qq", payload[:16])
-                        first = sec + ns / 1e9
-            self.reader.feed(data)
-            reply = self.reader.gets()
-            if reply is not False:
-                return reply, first if first is not None else time.time()
-
-
 def _reader(url: str, stop: Any, ready: Any, out: Any, floor: bool) -> None:
     """The alerts' consumer in its own process: when each alert (and each closed candle: the builder's share) reached
     it, keyed "symbol|bar end ms" (the second whose first trade closed the bar). ``floor``: reads the trades streams
     instead — when the first trade of each second reached it (no services ran)."""
-    probe = _Probe(url)
+    probe = Probe(url)
     trades = {_trades_stream(s) for s in SYMBOLS}
     # from the start ("0-0": every run begins with FLUSHALL)
     last = dict.fromkeys(sorted(trades), "0-0") if floor else \
@@ -330,18 +293,13 @@ def _service(url: str, rules: str, which: str, mark: Any, stop: Any, ready: Any,
             app = CandleBuilderApp(BuilderSettings(**options), redis)
         else:
             app = AlertEngineApp(EngineSettings(rules_file=Path(rules), intrabar=False, redis_url=url), redis)
-        trace: list = []
-        if os.environ.get("BENCH_TRACE") and hasattr(app, "consumer"):  # per batch: start, end, entries (epoch s)
-            handler = app.consumer.handler
-
-            async def traced(batch: Any) -> None:
-                t0 = time.time()
-                await handler(batch)
-                trace.append((t0, time.time(), len(batch.entries)))
-
-            app.consumer.handler = traced
         halt = asyncio.Event()
         task = asyncio.create_task(app.run(halt))
+        if which == "alert_engine":  # (its partitions held and their engines warmed up)
+            for _ in range(600):
+                if engines_open(app):
+                    break
+                await asyncio.sleep(0.05)
         ready.set()
         await asyncio.to_thread(mark.wait)
         cpu = time.process_time()
@@ -350,8 +308,6 @@ def _service(url: str, rules: str, which: str, mark: Any, stop: Any, ready: Any,
         halt.set()
         await asyncio.gather(task, return_exceptions=True)
         await redis.aclose()
-        if trace:
-            Path(os.environ["BENCH_TRACE"]).write_text(json.dumps(trace))
         out.put((which, cpu))
 
     asyncio.run(main())
@@ -418,14 +374,14 @@ async def latency(url: str, rate: int, seconds: float, tmp: Path, layout: str, r
     sent_q = ctx.Queue()
     producer = ctx.Process(target=_candle_producer, args=(url, seconds, sent_q)) if engine_only else \
         ctx.Process(target=_producer, args=(url, rate, seconds, sent_q))
-    redis_cpu = _proc_cpu_s(redis_pid)
+    redis_cpu = proc_cpu_s(redis_pid)
     mark.set()
     producer.start()
     sent = await asyncio.to_thread(sent_q.get)
     await asyncio.to_thread(producer.join)
     await asyncio.sleep(1.0)  # the last bars' alerts
     stop.set()
-    redis_cpu = _proc_cpu_s(redis_pid) - redis_cpu
+    redis_cpu = proc_cpu_s(redis_pid) - redis_cpu
     reader_stop.set()
     received, candles = await asyncio.to_thread(seen_q.get)
     await asyncio.to_thread(reader.join)
@@ -438,25 +394,15 @@ async def latency(url: str, rate: int, seconds: float, tmp: Path, layout: str, r
     lat = sorted((received[k] - sampled[k]) * 1000 for k in received if k in sampled)
     to_candle = sorted((candles[k] - sampled[k]) * 1000 for k in candles if k in sampled)
     out = {"layout": layout, "rate_trades_per_s": None if engine_only else rate, "samples": len(lat),
-           "bars": len(sampled), "p50_ms": _pick(lat, 0.5), "p99_ms": _pick(lat, 0.99),
+           "bars": len(sampled), "p50_ms": pick(lat, 0.5), "p99_ms": pick(lat, 0.99),
            "max_ms": round(lat[-1], 3) if lat else None}
     if engine_only:
         return {**out, "cpu_s": {**cpu, "redis_server": redis_cpu}}
     trades = rate * seconds
     # the builder's share: the closing trade's publish -> its closed candle at the reader
-    return {**out, "trade_to_candle_p50_ms": _pick(to_candle, 0.5), "trade_to_candle_p99_ms": _pick(to_candle, 0.99),
+    return {**out, "trade_to_candle_p50_ms": pick(to_candle, 0.5), "trade_to_candle_p99_ms": pick(to_candle, 0.99),
             "cpu_us_per_trade": {**{k: round(v * 1e6 / trades, 2) for k, v in cpu.items()},
                                  "redis_server": round(redis_cpu * 1e6 / trades, 2)}}
-
-
-def _pick(values: list[float], p: float) -> float | None:
-    return round(values[min(len(values) - 1, int(p * len(values)))], 3) if values else None
-
-
-def _proc_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def latencies(rates: list[int], runs: int, seconds: float) -> list[dict]:
@@ -480,7 +426,7 @@ def latencies(rates: list[int], runs: int, seconds: float) -> list[dict]:
                         results[layout].append(run(rate, layout))
                 row: dict = {"rate_trades_per_s": rate, "runs": runs}
                 for layout, rs in results.items():
-                    row[layout] = {k: _spread_ms([r[k] for r in rs if r.get(k) is not None])
+                    row[layout] = {k: spread([r[k] for r in rs if r.get(k) is not None])
                                    for k in ("p50_ms", "p99_ms", "trade_to_candle_p50_ms", "trade_to_candle_p99_ms")}
                     row[layout]["runs_detail"] = rs
                 goal = GOALS[rate]["p99_ms"] if rate in GOALS else None
@@ -488,31 +434,23 @@ def latencies(rates: list[int], runs: int, seconds: float) -> list[dict]:
                 if goal is not None:
                     row["goal_p99_ms"] = goal
                     row["met"] = p["p99_ms"]["median"] is not None and p["p99_ms"]["median"] <= goal
-                print(f"  {rate}/s trade->alert {_fmt_spread(p)} (goal p99 <= {goal}: "
+                print(f"  {rate}/s trade->alert {fmt_latency(p)} (goal p99 <= {goal}: "
                       f"{'MET' if row.get('met') else 'NOT MET'}); of which trade->candle p50 "
                       f"{p['trade_to_candle_p50_ms']['median']}, p99 {p['trade_to_candle_p99_ms']['median']}; "
-                      f"floor {_fmt_spread(row['floor'])}", flush=True)
+                      f"floor {fmt_latency(row['floor'])}", flush=True)
                 out.append(row)
             engine = [run(0, "engine") for _ in range(runs)]
-            row = {"layout": "engine", "runs": runs, **{k: _spread_ms([r[k] for r in engine if r.get(k) is not None])
+            row = {"layout": "engine", "runs": runs, **{k: spread([r[k] for r in engine if r.get(k) is not None])
                                                          for k in ("p50_ms", "p99_ms")}, "runs_detail": engine}
-            print(f"  the engine's hop alone (closed candle -> alert, 10 per boundary): {_fmt_spread(row)}", flush=True)
+            print(f"  the engine's hop alone (closed candle -> alert, 10 per boundary): {fmt_latency(row)}", flush=True)
             out.append(row)
         finally:
             server.stop()
     return out
 
 
-def _fmt_spread(row: dict) -> str:
-    p50, p99 = row["p50_ms"], row["p99_ms"]
-    return (f"p50 {p50['median']} ms [{p50['min']}-{p50['max']}], p99 {p99['median']} ms "
-            f"[{p99['min']}-{p99['max']}]")
-
-
-def _spread_ms(values: list[float]) -> dict:
-    if not values:
-        return {"median": None, "min": None, "max": None}
-    return {"median": round(statistics.median(values), 3), "min": min(values), "max": max(values)}
+def fmt_latency(row: dict) -> str:
+    return f"p50 {fmt_spread(row['p50_ms'])}, p99 {fmt_spread(row['p99_ms'])}"
 
 
 def main() -> None:
@@ -532,10 +470,8 @@ def main() -> None:
         print("trade -> alert, candle_builder and alert_engine in their own processes:", flush=True)
         out["latency"] = latencies([int(r) for r in args.rates.split(",")], args.runs, args.seconds)
     out["load_avg_after"] = os.getloadavg()
-    RESULTS.mkdir(exist_ok=True)
-    name = f"bench_alerts{'_' + args.only if args.only else ''}.json"
-    (RESULTS / name).write_text(json.dumps(out, indent=2))
-    print(f"written: {RESULTS / name}")
+    name = f"bench_alerts_{args.only}.json" if args.only else "bench_alerts.json"
+    print(f"written: {write_result(name, out)}")
 
 
 if __name__ == "__main__":

@@ -18,13 +18,11 @@ Usage: ``python bench/bench_book_alerts.py [--pairs 200] [--every-ms 100] [--sec
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gzip
 import json
 import multiprocessing as mp
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -36,7 +34,7 @@ import msgpack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_alerts import _Probe  # noqa: E402
+from bench.common import Probe, fmt_spread, pick, proc_cpu_s, run_engine, spread, write_result  # noqa: E402
 from services.market_feed.book_core import BookView, PairBook  # noqa: E402
 from shared import streams  # noqa: E402
 from shared.bus import FIELD  # noqa: E402
@@ -45,12 +43,10 @@ from shared.orderbook.binance import DiffDepthSync, DiffResult  # noqa: E402
 from shared.orderbook.book import parse_levels  # noqa: E402
 from shared.orderbook.walls import WallTracker  # noqa: E402
 from shared.partitions import partition_of  # noqa: E402
-from shared.runtime import connect  # noqa: E402
 from shared.schemas import Trade, unpack  # noqa: E402
-from shared.alert_streams import alert_streams
-from shared.partitions import DEFAULT_PARTITIONS
+from shared.alert_streams import alert_streams  # noqa: E402
+from shared.partitions import DEFAULT_PARTITIONS  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance_spot_btcusdt"
 WARMUP_S = 3
 EX = "bench"
@@ -135,7 +131,7 @@ def _producer(url: str, pairs: int, every_ms: int, seconds: float, partitions: i
 def _reader(url: str, stop: Any, ready: Any, out: Any, floor: bool) -> None:
     """When each alert reached this process (the kernel's receive time); ``floor``: each book snapshot itself, read
     from the partition streams with no engine running (producer -> Redis -> reader: what the machine costs)."""
-    probe = _Probe(url)
+    probe = Probe(url)
     last = ({streams.part_books(p): "0-0" for p in range(DEFAULT_PARTITIONS)} if floor
             else dict.fromkeys(alert_streams(DEFAULT_PARTITIONS), "0-0"))  # every partition's alerts stream
     received: list[tuple[str, str, float]] = []
@@ -150,50 +146,6 @@ def _reader(url: str, stop: Any, ready: Any, out: Any, floor: bool) -> None:
     out.put(received)
 
 
-def _engine(url: str, rules: str, mark: Any, stop: Any, ready: Any, out: Any) -> None:
-    from services.alert_engine.app import AlertEngineApp
-    from services.alert_engine.settings import Settings
-
-    async def main() -> None:
-        redis = connect(url)
-        app = AlertEngineApp(Settings(rules_file=Path(rules), redis_url=url), redis)
-        trace: list[tuple[float, float, int]] = []
-        if os.environ.get("BENCH_TRACE"):  # per batch: start, end, entries (epoch s)
-            handler = app.consumer.handler
-
-            async def traced(batch: Any) -> None:
-                t0 = time.time()
-                await handler(batch)
-                trace.append((t0, time.time(), len(batch.entries)))
-
-            app.consumer.handler = traced
-        halt = asyncio.Event()
-        task = asyncio.create_task(app.run(halt))
-        for _ in range(200):  # the rules' pairs are resolved against the registry
-            if app.series_sync.feed_pairs:
-                break
-            await asyncio.sleep(0.05)
-        ready.set()
-        await asyncio.to_thread(mark.wait)
-        cpu = time.process_time()
-        await asyncio.to_thread(stop.wait)
-        cpu = time.process_time() - cpu
-        halt.set()
-        await asyncio.gather(task, return_exceptions=True)
-        await redis.aclose()
-        if trace:
-            Path(os.environ["BENCH_TRACE"]).write_text(json.dumps(trace))
-        out.put(cpu)
-
-    asyncio.run(main())
-
-
-def _proc_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run_once(url: str, pairs: int, every_ms: int, seconds: float, rules: Path, redis_pid: int,
              floor: bool = False) -> dict[str, Any]:
     import redis as redis_sync
@@ -204,7 +156,7 @@ def run_once(url: str, pairs: int, every_ms: int, seconds: float, rules: Path, r
     ctx = mp.get_context("spawn")
     mark, stop, engine_ready, reader_stop, reader_ready = (ctx.Event() for _ in range(5))
     cpu_q, seen_q, sent_q = ctx.Queue(), ctx.Queue(), ctx.Queue()
-    engine = ctx.Process(target=_engine, args=(url, str(rules), mark, stop, engine_ready, cpu_q))
+    engine = ctx.Process(target=run_engine, args=(url, str(rules), mark, stop, engine_ready, cpu_q))
     reader = ctx.Process(target=_reader, args=(url, reader_stop, reader_ready, seen_q, floor))
     if floor:
         engine_ready.set()
@@ -216,10 +168,10 @@ def run_once(url: str, pairs: int, every_ms: int, seconds: float, rules: Path, r
     producer = ctx.Process(target=_producer, args=(url, pairs, every_ms, seconds, 16, sent_q))
     producer.start()
     mark.set()
-    redis_cpu = _proc_cpu_s(redis_pid)
+    redis_cpu = proc_cpu_s(redis_pid)
     sent, ticks, started = sent_q.get(timeout=seconds + 120)
     producer.join()
-    redis_cpu = _proc_cpu_s(redis_pid) - redis_cpu
+    redis_cpu = proc_cpu_s(redis_pid) - redis_cpu
     time.sleep(1.0)  # the last alerts
     stop.set()
     engine_cpu = 0.0 if floor else cpu_q.get(timeout=60)
@@ -235,13 +187,10 @@ def run_once(url: str, pairs: int, every_ms: int, seconds: float, rules: Path, r
         by_rule[rule] = by_rule.get(rule, 0) + 1
     return {"updates": ticks * pairs, "updates_per_s": round(ticks * pairs / seconds), "alerts": len(received),
             "alerts_per_s": round(len(received) / seconds), "alerts_by_rule": by_rule, "sampled": len(lat),
-            "p50_ms": _pick(lat, 0.5), "p99_ms": _pick(lat, 0.99), "max_ms": round(lat[-1], 3) if lat else None,
+            "p50_ms": pick(lat, 0.5), "p99_ms": pick(lat, 0.99), "max_ms": round(lat[-1], 3) if lat else None,
             "engine_cpu_share": round(engine_cpu / seconds, 3),
-            "engine_cpu_us_per_update": round(engine_cpu / (ticks * pairs) * 1e6, 1), "load_avg_1m": os.getloadavg()[0], "redis_cpu_share": round(redis_cpu / seconds, 3)}
-
-
-def _pick(values: list[float], p: float) -> float | None:
-    return round(values[min(len(values) - 1, int(p * len(values)))], 3) if values else None
+            "engine_cpu_us_per_update": round(engine_cpu / (ticks * pairs) * 1e6, 1),
+            "redis_cpu_share": round(redis_cpu / seconds, 3), "load_avg_1m": os.getloadavg()[0]}
 
 
 def main() -> None:
@@ -250,6 +199,7 @@ def main() -> None:
     parser.add_argument("--every-ms", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--output", default="bench_book_alerts.json", help="file name in bench/results/")
     args = parser.parse_args()
     runs: list[dict[str, Any]] = []
     floors: list[dict[str, Any]] = []
@@ -270,20 +220,20 @@ def main() -> None:
                 floors.append(res)
         finally:
             server.stop()
-    p99s = [r["p99_ms"] for r in runs if r["p99_ms"] is not None]
+    engine = {k: spread([r[k] for r in runs if r[k] is not None]) for k in ("p50_ms", "p99_ms")}
+    floor = {k: spread([r[k] for r in floors if r[k] is not None]) for k in ("p50_ms", "p99_ms")}
+    met = engine["p99_ms"]["median"] is not None and engine["p99_ms"]["median"] <= GOAL_P99_MS
     result = {"machine": platform.platform(), "cpus": mp.cpu_count(), "pairs": args.pairs, "every_ms": args.every_ms,
-              "rules_per_pair": 5, "seconds": args.seconds, "runs": runs,
-              "p99_ms_median": statistics.median(p99s) if p99s else None, "goal_p99_ms": GOAL_P99_MS,
+              "rules_per_pair": 5, "seconds": args.seconds, "runs": runs, "engine": engine, "goal_p99_ms": GOAL_P99_MS,
+              "floor": floor,
               "floor_runs": [{k: r[k] for k in ("p50_ms", "p99_ms", "max_ms", "load_avg_1m")} for r in floors],
-              "floor_p99_ms_median": statistics.median([r["p99_ms"] for r in floors if r["p99_ms"] is not None] or [0]),
-              "met": bool(p99s) and statistics.median(p99s) <= GOAL_P99_MS}
-    print(f"{args.pairs} pairs x {1000 // args.every_ms}/s x 5 book rules: update -> alert p99 "
-          f"{result['p99_ms_median']} ms (median of {len(p99s)} runs; goal <= {GOAL_P99_MS}: "
-          f"{'MET' if result['met'] else 'NOT MET'}); floor (producer -> Redis -> reader, no engine) p99 "
-          f"{result['floor_p99_ms_median']} ms")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench_book_alerts.json").write_text(json.dumps(result, indent=2))
-
+              "engine_cpu_us_per_update": spread([r["engine_cpu_us_per_update"] for r in runs], 1), "met": met}
+    print(f"{args.pairs} pairs x {1000 // args.every_ms}/s x 5 book rules, {len(runs)} runs: update -> alert "
+          f"p50 {fmt_spread(engine['p50_ms'])}, p99 {fmt_spread(engine['p99_ms'])} (goal p99 <= {GOAL_P99_MS}: "
+          f"{'MET' if met else 'NOT MET'}); floor (producer -> Redis -> reader, no engine) p50 "
+          f"{fmt_spread(floor['p50_ms'])}, p99 {fmt_spread(floor['p99_ms'])}; engine CPU per update "
+          f"{fmt_spread(result['engine_cpu_us_per_update'], 'us')}")
+    print(f"written: {write_result(args.output, result)}")
 
 if __name__ == "__main__":
     main()

@@ -182,6 +182,12 @@ def members(group: str) -> str:
     return f"{PREFIX}:members:{group}"
 
 
+def feed_symbols(group: str) -> str:
+    """Hash: replica name -> ``<ms>|<symbols, comma-separated, sorted>`` of the market_feed replicas of feed group
+    ``group`` (``services.market_feed.publisher.check_symbol_list``: every live replica must feed the same list)."""
+    return f"{PREFIX}:feed_symbols:{group}"
+
+
 def lease(group: str, partition: int) -> str:
     """String with a TTL: ``<instance>|<fencing token>`` of the replica of ``group`` that owns ``partition``."""
     return f"{_part(partition)}:lease:{group}"

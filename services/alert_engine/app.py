@@ -233,6 +233,8 @@ class AlertEngineApp:
         old = self.engines.pop(partition, None)
         if old is not None:
             self._retire(old)
+            with contextlib.suppress(Exception):
+                await old.commit.close()
             if old.version != self.series_sync.versions.get(partition, 0):
                 self.refilled += 1
         pe = PartitionEngine(self.settings, self.redis, self._reader(), self.bus, partition,
@@ -300,6 +302,8 @@ class AlertEngineApp:
             gone = self.engines.pop(partition, None)
             if gone is not None:
                 self._retire(gone)
+                with contextlib.suppress(Exception):
+                    await gone.commit.close()
 
     # ---- burst mode (tests, tools) ----------------------------------------------------------------------------------
 

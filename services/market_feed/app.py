@@ -18,7 +18,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from services.market_feed.core import Event, FeedCore, TickEvent, pace_delay
-from services.market_feed.publisher import Outbox, RedisRetry, read_last_ids, register_feeds
+from services.market_feed.publisher import Outbox, RedisRetry, check_symbol_list, read_last_ids, register_feeds
 from services.market_feed.settings import Settings
 from shared import streams
 from shared.bus import Bus
@@ -115,6 +115,7 @@ class MarketFeedApp:
     # ---- run ---------------------------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        await self._check_symbol_lists()
         # The heartbeat gets its own stop event: it ends when run ends (cancelling it while redis-py is mid-command
         # can be swallowed, leaving it looping).
         beat_stop = asyncio.Event()
@@ -169,6 +170,21 @@ class MarketFeedApp:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(beat, timeout=5)
 
+    def feed_group(self, exchange: str, symbols: list[str]) -> str:
+        """The ownership group of this replica's trades of ``exchange`` (feeds replaying other files of the exchange
+        are not replicas of a replay: its group names its first symbol)."""
+        group = streams.feed_group(exchange)
+        return group + "|" + symbols[0] if self.settings.mode == "replay" else group
+
+    async def _check_symbol_lists(self) -> None:
+        """A replica whose symbols differ from its group's live replicas' refuses to start (``check_symbol_list``)."""
+        s = self.settings
+        instance = consumer_name(SERVICE, s.consumer_name)
+        for exchange, symbols in self.trade_symbols().items():
+            if symbols:
+                await check_symbol_list(self.redis, self.feed_group(exchange, symbols), instance, symbols,
+                                        ttl_ms=s.lease_ttl_ms, now_ms=int(time.time() * 1000))
+
     @staticmethod
     async def _forward(stop: asyncio.Event, beat_stop: asyncio.Event) -> None:
         await stop.wait()
@@ -184,9 +200,7 @@ class MarketFeedApp:
         if not (await self.redis_retry.call(stop, lambda: register_feeds(self.redis, self.exchange, symbols)))[0]:
             return
         wanted = {partition_of(self.exchange, sym, s.partitions) for sym in symbols}
-        group = streams.feed_group(self.exchange)
-        if s.mode == "replay":  # feeds replaying other files of the exchange are not replicas of this one
-            group += "|" + symbols[0]
+        group = self.feed_group(self.exchange, symbols)
         ownership = self.ownership = Ownership(self.redis, group, consumer_name(SERVICE, s.consumer_name),
                                                s.partitions, ttl_ms=s.lease_ttl_ms, wanted=wanted,
                                                replication=s.durability)

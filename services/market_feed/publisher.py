@@ -32,6 +32,7 @@ from redis import exceptions as redis_errors
 
 from shared import metrics, streams
 from shared.bus import FIELD
+from shared.errors import ConfigError
 from shared.ownership import FencedError, Ownership
 from shared.partitions import partition_of
 from shared.schemas import GapMarker, Ticker, TradeBatch, Watermark, encode_gap, encode_trades, encode_watermark
@@ -144,6 +145,51 @@ async def read_last_ts(redis: Any, exchange: str, symbol: str, partitions: int) 
 async def register_feeds(redis: Any, exchange: str, symbols: list[str]) -> None:
     """Add the pairs to ``streams.FEED_REGISTRY`` (candle_builder and the API discover them there)."""
     await redis.sadd(streams.FEED_REGISTRY, *(streams.registry_member(exchange, s) for s in symbols))
+
+
+_CLAIM_LIST = """
+local fields = redis.call('HGETALL', KEYS[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3] .. '|' .. ARGV[2])
+return fields
+"""
+
+
+async def check_symbol_list(redis: Any, group: str, instance: str, symbols: Iterable[str], *, ttl_ms: int,
+                            now_ms: int) -> None:
+    """Refuse to feed group ``group`` with a symbol list other than its live replicas': a ConfigError naming both.
+
+    Replicas of one feed group share its partitions (one lease each), and a partition's ``symbol == ""`` watermark
+    speaks for every pair of the exchange in it. A replica configured with other symbols would, while it holds a
+    partition, leave unpublished the pairs only the others list, and its watermarks would close their candles
+    early. Each replica records its list in ``streams.feed_symbols(group)`` (in one script with reading the others',
+    so of two replicas starting together the second sees the first); a recorded list counts while its replica is a
+    live member of the group (``streams.members``) or was recorded less than ``ttl_ms`` ago. A group whose replicas
+    all stopped takes a new list."""
+    mine = ",".join(sorted(set(symbols)))
+    script = redis.register_script(_CLAIM_LIST)
+    raw = await script(keys=[streams.feed_symbols(group)], args=[instance, mine, now_ms])
+    pairs = [(_text(raw[i]), _text(raw[i + 1])) for i in range(0, len(raw), 2)]
+    others = [(name, value) for name, value in pairs if name != instance]
+    if not others:
+        return
+    alive = {_text(m) for m in await redis.zrangebyscore(streams.members(group), now_ms - ttl_ms, "+inf")}
+    stale = []
+    for name, value in others:
+        seen, _, theirs = value.partition("|")
+        if name not in alive and not (seen.isdigit() and int(seen) > now_ms - ttl_ms):
+            stale.append(name)
+            continue
+        if theirs != mine:
+            await redis.hdel(streams.feed_symbols(group), instance)
+            raise ConfigError([f"market_feed: symbols [{mine}] of {group!r} differ from those of its live replica "
+                               f"{name!r}: [{theirs}]. Replicas of one exchange share its partitions and watermarks: "
+                               "give them the same symbols (docs/scale-out.md), or stop the others first"])
+    if stale:
+        await redis.hdel(streams.feed_symbols(group), *stale)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass

@@ -257,7 +257,9 @@ async def test_a_pair_appearing_between_two_registry_reads_loses_no_bar(redis, t
             while not app.workers.owned:
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.3)
-            await _publish(redis, [_candle(i, c) for i, c in enumerate(["11", "9", "12"])])
+            # a 1m candle of the pair first (no rule reads 1m), then the 5m ones the rule reads
+            first = _candle(0, "11").model_copy(update={"timeframe": "1m"})
+            await _publish(redis, [first] + [_candle(i, c) for i, c in enumerate(["11", "9", "12"])])
             while len(await _alerts(redis)) < 2:
                 await asyncio.sleep(0.05)
     finally:

@@ -66,6 +66,13 @@ class Routes:
         #: the longest window of the book / futures operands (what each pair's ``PairFeeds`` keeps)
         self.feed_horizon_ms = max([reads.feed_horizon_ms(rule.condition) for rule in rules] or [0])
         self._bindings: dict[tuple[str, SeriesKey], Binding] = {}
+        # per pair / series, what ``needs*`` and ``lookbacks`` answered: the series sync asks them for every known
+        # pair every ``registry_poll_s`` (200 pairs x 5 rules blocked the event loop 2-6 ms each time). A rule
+        # change builds new Routes, so these never outlive the rules they were worked out from.
+        self._needs: dict[Pair, frozenset[str]] = {}
+        self._needs_feeds: dict[Pair, frozenset[str]] = {}
+        self._needs_tickers: dict[Pair, bool] = {}
+        self._lookbacks: dict[SeriesKey, dict[str, int]] = {}
 
     def binding(self, rule: Rule, key: SeriesKey) -> Binding:
         got = self._bindings.get((rule.name, key))
@@ -126,12 +133,22 @@ class Routes:
 
     def needs_feeds(self, exchange: str, symbol: str) -> set[str]:
         """The book / futures updates of (exchange, symbol) some rule reads."""
-        return {kind for rule in self.rules if rule.matches(exchange, symbol) for kind in self._feed_kinds[rule.name]}
+        got = self._needs_feeds.get((exchange, symbol))
+        if got is None:
+            got = self._needs_feeds[(exchange, symbol)] = frozenset(
+                kind for rule in self.rules if rule.matches(exchange, symbol) for kind in self._feed_kinds[rule.name])
+        return set(got)
 
     # ---- what the app subscribes to ---------------------------------------------------------------------------------
 
     def needs(self, exchange: str, symbol: str) -> set[str]:
         """Timeframes of (exchange, symbol) some rule reads (its own, and those its conditions name)."""
+        got = self._needs.get((exchange, symbol))
+        if got is None:
+            got = self._needs[(exchange, symbol)] = frozenset(self._work_out_needs(exchange, symbol))
+        return set(got)
+
+    def _work_out_needs(self, exchange: str, symbol: str) -> set[str]:
         out: set[str] = set()
         for rule in self.rules:
             if rule.exchange is not None and rule.exchange != exchange:
@@ -148,6 +165,12 @@ class Routes:
     def lookbacks(self, exchange: str, symbol: str, timeframe: str) -> dict[str, int]:
         """Closed candles each rule reading (exchange, symbol, timeframe) needs before its first evaluation (the
         longest warm-up of its indicators and look-backs there): rule name -> candles."""
+        got = self._lookbacks.get((exchange, symbol, timeframe))
+        if got is None:
+            got = self._lookbacks[(exchange, symbol, timeframe)] = self._work_out_lookbacks(exchange, symbol, timeframe)
+        return dict(got)
+
+    def _work_out_lookbacks(self, exchange: str, symbol: str, timeframe: str) -> dict[str, int]:
         tf_ms = timeframe_ms(timeframe)
         out: dict[str, int] = {}
         for rule in self.rules:
@@ -159,7 +182,12 @@ class Routes:
         return out
 
     def needs_tickers(self, exchange: str, symbol: str) -> bool:
-        return any(rule.name in self._tickers and rule.matches(exchange, symbol) for rule in self.rules)
+        """Some rule reads the tickers of (exchange, symbol)."""
+        got = self._needs_tickers.get((exchange, symbol))
+        if got is None:
+            got = self._needs_tickers[(exchange, symbol)] = any(
+                rule.name in self._tickers and rule.matches(exchange, symbol) for rule in self.rules)
+        return got
 
     def needs_trades(self, exchange: str, symbol: str) -> bool:
         """Some rule is evaluated on each trade of (exchange, symbol)."""

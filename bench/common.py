@@ -1,0 +1,143 @@
+"""What the latency benches share: the probe that timestamps replies with the kernel's receive time, the alert
+engine run as ``sentinel alert-engine`` runs it (in its own process, until told to stop), percentiles and spreads,
+a process' CPU seconds, and writing the JSON result.
+
+Used by ``bench_alerts.py`` (trade -> alert) and ``bench_book_alerts.py`` (book update -> alert).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import hiredis
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+_SO_TIMESTAMPNS = 35  # Linux (x86_64 and aarch64): SO_TIMESTAMPNS, also its control message type
+
+
+class Probe:
+    """A Redis client on a raw socket whose replies carry the kernel's receive time (SO_TIMESTAMPNS): when Redis
+    delivered an entry to the blocked reader, whatever the reading process was doing then (a reader that sleeps
+    between bars wakes with cold caches on these shared cores and takes up to ~1 ms to get to its clock)."""
+
+    def __init__(self, url: str) -> None:
+        u = urlparse(url)
+        self.sock = socket.create_connection((u.hostname, u.port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        self.reader = hiredis.Reader()
+        self.space = socket.CMSG_SPACE(16)
+
+    def call(self, *args: Any) -> tuple[Any, float]:
+        """(reply, kernel receive time of its first byte, epoch seconds)."""
+        self.sock.sendall(hiredis.pack_command(tuple(args)))
+        first = None
+        while True:
+            data, anc, _, _ = self.sock.recvmsg(1 << 20, self.space)
+            if first is None:
+                for _level, kind, payload in anc:
+                    if kind == _SO_TIMESTAMPNS and len(payload) >= 16:
+                        sec, ns = struct.unpack("qq", payload[:16])
+                        first = sec + ns / 1e9
+            self.reader.feed(data)
+            reply = self.reader.gets()
+            if reply is not False:
+                return reply, first if first is not None else time.time()
+
+
+def pick(values: list[float], p: float) -> float | None:
+    """The ``p`` quantile of sorted ``values`` (the sample at that rank), ms rounded to the µs."""
+    return round(values[min(len(values) - 1, int(p * len(values)))], 3) if values else None
+
+
+def spread(values: list[float], digits: int | None = 3) -> dict[str, Any]:
+    """Median, min and max of per-run figures (None when no run gave one)."""
+    if not values:
+        return {"median": None, "min": None, "max": None}
+    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
+            "max": round(max(values), digits)}
+
+
+def fmt_spread(row: dict[str, Any], unit: str = "ms") -> str:
+    """"median unit [min-max]" of a ``spread``."""
+    return f"{row['median']} {unit} [{row['min']}-{row['max']}]"
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (/proc)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def write_result(name: str, result: dict[str, Any]) -> Path:
+    """bench/results/<name> (JSON)."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / name
+    path.write_text(json.dumps(result, indent=2))
+    return path
+
+
+def run_engine(url: str, rules: str, mark: Any, stop: Any, ready: Any, out: Any, *, options: dict[str, Any] | None = None,
+               until_ready: Callable[[Any], bool] | None = None) -> None:
+    """``AlertEngineApp`` in this process as ``sentinel alert-engine`` runs it, until ``stop`` (a multiprocessing
+    event); ``ready`` is set once ``until_ready(app)`` holds (default: every partition this replica holds has its
+    engine, warmed up); puts its CPU seconds between ``mark`` and ``stop`` on ``out``. ``BENCH_PYSPY=<file>`` records
+    this process with py-spy (speedscope JSON) between ``mark`` and ``stop``."""
+    from services.alert_engine.app import AlertEngineApp
+    from services.alert_engine.settings import Settings
+    from shared.runtime import connect
+
+    async def main() -> None:
+        redis = connect(url)
+        app = AlertEngineApp(Settings(rules_file=Path(rules), redis_url=url, **(options or {})), redis)
+        halt = asyncio.Event()
+        task = asyncio.create_task(app.run(halt))
+        check = until_ready or engines_open
+        for _ in range(600):
+            if check(app):
+                break
+            await asyncio.sleep(0.05)
+        ready.set()
+        await asyncio.to_thread(mark.wait)
+        spy = _py_spy(os.environ.get("BENCH_PYSPY"))
+        cpu = time.process_time()
+        await asyncio.to_thread(stop.wait)
+        cpu = time.process_time() - cpu
+        if spy is not None:
+            spy.send_signal(2)  # (py-spy writes its file on SIGINT)
+            await asyncio.to_thread(spy.wait, 30)
+        halt.set()
+        await asyncio.gather(task, return_exceptions=True)
+        await redis.aclose()
+        out.put(cpu)
+
+    asyncio.run(main())
+
+
+def engines_open(app: Any) -> bool:
+    """Every partition ``app`` holds has its engine (warmed up), and it holds some."""
+    owned = app.workers.owned
+    return bool(owned) and all(p in app.engines for p in owned)
+
+
+def _py_spy(path: str | None) -> subprocess.Popen[bytes] | None:
+    if not path:
+        return None
+    spy = Path(sys.executable).with_name("py-spy")
+    return subprocess.Popen([str(spy) if spy.exists() else "py-spy", "record", "--pid", str(os.getpid()), "--rate", "250", "--format",
+                             "speedscope", "--output", path, "--nonblocking"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)

@@ -20,6 +20,7 @@ stopped is waiting again. Rule statuses are re-derived by that replay (``last_fi
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from redis.asyncio import Redis
@@ -76,6 +77,9 @@ class PartitionEngine:
             self.engine.reserve(key, bars)
         self.commit = AlertCommit(settings, redis, self.engine)
         self.offsets: dict[str, bytes] = {}
+        # offsets of reads that fired nothing, not saved yet (``offsets_every_ms``), and when offsets were last saved
+        self.unsaved: dict[str, bytes] = {}
+        self._saved_at = float("-inf")
         self.ignored: set[tuple[str, str]] = set()  # pairs needed but left out by a plan made after seeing them
         self._known: set[tuple[tuple[str, str], str]] = set()  # (pair, timeframe or kind) checked against the plan
         self.own_close = -1  # the latest close of a closed candle of this partition's series read (exchange ms)
@@ -229,9 +233,13 @@ class PartitionEngine:
         if waited_since is not None and self.engine.waiting:
             fires += self.engine.flush_deferred(waited_since)
         if not read and not fires:
+            if self.unsaved:  # the partition is quiet: save what the reads since the last commit processed
+                await self._commit([], owner)
             return 0
         new = {name: entries[-1][0] for name, entries in read}
-        await self.commit.publish(fires, owner=owner, partition=self.partition, offsets=new)
+        self.unsaved.update(new)
+        if fires or self._save_due():
+            await self._commit(fires, owner)
         self.offsets.update(new)
         return sum(len(entries) for _, entries in read)
 
@@ -270,10 +278,20 @@ class PartitionEngine:
 
     async def flush(self, owner: Ownership) -> None:
         """Evaluate every bar still waiting for another series with what that series has, and commit (the end of a
-        backtest or a final drain)."""
+        backtest or a final drain), with the offsets not saved yet."""
         fires = self.engine.flush_deferred(None)
-        if fires:
-            await self.commit.publish(fires, owner=owner, partition=self.partition)
+        if fires or self.unsaved:
+            await self._commit(fires, owner)
+
+    def _save_due(self) -> bool:
+        every = self.settings.offsets_every_ms
+        return every == 0 or (time.monotonic() - self._saved_at) * 1000 >= every
+
+    async def _commit(self, fires: list[Fire], owner: Ownership) -> None:
+        """Commit ``fires`` with every offset read since the last commit (one fenced call)."""
+        await self.commit.publish(fires, owner=owner, partition=self.partition, offsets=self.unsaved)
+        self.unsaved = {}
+        self._saved_at = time.monotonic()
 
     async def _evaluate(self, read: list[tuple[str, Any]]) -> list[Fire]:
         decoded: list[tuple[str, Any]] = []  # (stream, value or the entry that could not be decoded)

@@ -35,6 +35,10 @@ class Settings(ServiceSettings):
         "(or tickers) waits for that series' bar of the same close (a ticker past the close) before it is evaluated "
         "with what is there. With clock exchange (a backtest) bars wait until that data arrives or the engine stops.")
     block_ms: int = Field(default=200, ge=1)
+    offsets_every_ms: int = Field(
+        default=1_000, ge=0, description="A partition's read that fires nothing saves its offsets at most this "
+        "often (with the next commit that has alerts, or when the partition goes quiet, if sooner), not a Redis "
+        "round trip per read; a crash re-reads at most this much, and the alert ids keep that exact. 0: every read.")
     batch: int = Field(default=500, ge=1)
     alerts_maxlen: int = Field(default=100_000, ge=100, description="Unused since alerts are written per partition "
                                "(streams.part_alerts, retention alert_history_maxlen); kept so settings files that "

@@ -21,6 +21,7 @@ All keys of a partition share its hash tag, so the scripts are single-slot on a 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import random
@@ -163,14 +164,25 @@ class Ownership:
         return sorted(gained), sorted(lost)
 
     async def _renew_all(self) -> list[int]:
+        # all at once: one after the other, each renewal waited for a turn of the event loop, and a busy replica
+        # (16 partition workers evaluating, on an overloaded machine) let its last leases expire before renewing them
+        held = list(self.leases.items())
+        answers = await asyncio.gather(*(self._renew(keys=[streams.lease(self.group, partition)],
+                                                     args=[lease.value, self.ttl_ms]) for partition, lease in held),
+                                       return_exceptions=True)
         lost = []
-        for partition, lease in list(self.leases.items()):
-            renewed = await self._renew(keys=[streams.lease(self.group, partition)], args=[lease.value, self.ttl_ms])
+        failed: BaseException | None = None
+        for (partition, _lease), renewed in zip(held, answers, strict=True):
+            if isinstance(renewed, BaseException):
+                failed = failed or renewed
+                continue
             if not renewed:
                 self.leases.pop(partition, None)  # (a fenced write may have dropped it meanwhile)
                 lost.append(partition)
                 logger.warning("%s/%s: lease of partition %d was lost (expired and taken over)", self.group,
                                self.instance, partition)
+        if failed is not None:
+            raise failed
         return lost
 
     async def acquire(self, partition: int) -> bool:

@@ -159,7 +159,10 @@ async def builder_rate(url: str, n_trades: int, per_entry: int, run: int = 0, re
     redis = connect(url)
     await redis.sadd(streams.FEED_REGISTRY, streams.registry_member(exchange, symbol))
     settings = Settings(**{"redis_url": url, "timeframes": TIMEFRAMES, "read_count": 1000, "block_ms": 20,
-                           "discover_every_s": 0.05, "live_throttle_ms": 250, **overrides})
+                           "discover_every_s": 0.05, "live_throttle_ms": 250,
+                           # in-progress candles as a live feed has them (wall-time throttle): this producer is not
+                           # a registered live feed, and "auto" would throttle in exchange time (~8 trades apart here)
+                           "live_throttle_clock": "wall", **overrides})
     app = CandleBuilderApp(settings, redis)
     started, result = mp.Event(), mp.Queue()
     producer = mp.Process(target=produce, args=(url, stream, entries, final, started, result))

@@ -165,8 +165,11 @@ def service_classes(name: str) -> tuple[type, type]:
 
 
 def load_settings(name: str, config_file: Any, **overrides: Any) -> Any:
-    """A service's settings from the file/environment, with ``overrides`` on top."""
-    return service_classes(name)[0].load(config_file, **overrides)
+    """A service's settings from the file/environment, with ``overrides`` on top (only the settings module is
+    imported: the backtest loads every section before the alert engine's heavy modules)."""
+    import importlib
+
+    return importlib.import_module(f"services.{name}.settings").Settings.load(config_file, **overrides)
 
 
 def load_all_settings(overrides: dict[str, dict[str, Any]], config_file: Any, **common: Any) -> dict[str, Any]:

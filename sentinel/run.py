@@ -49,7 +49,7 @@ class RunOptions:
 
 
 def _service_settings(opts: RunOptions, redis_url: str, data_dir: Path) -> dict:
-    common = {"redis_url": redis_url, "data_dir": data_dir}
+    common = {"redis_url": redis_url, "data_dir": data_dir, "redis_wait_replicas": 0}  # (embedded: no replica)
     feed: dict = {}
     if opts.trades_file is not None:
         feed.update(mode="replay", replay_file=opts.trades_file, speed=0)

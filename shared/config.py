@@ -99,10 +99,13 @@ class ServiceSettings(BaseSettings):
     dead_letter_keep_bytes: DeadLetterKeepBytes = 1024
 
     @model_validator(mode="after")
-    def _wait_not_on_cluster(self) -> Self:
+    def _wait_needs_replicas(self) -> Self:
         if self.redis_wait_replicas and self.redis_cluster:
             raise ValueError("redis_wait_replicas: not supported with redis_cluster (WAIT would have to name each "
                              "commit's node); set it to 0 or use one master with replicas under Sentinel")
+        if self.redis_wait_replicas and self.redis_url is None:
+            raise ValueError("redis_wait_replicas: the embedded Redis (no redis_url) has no replica, so no commit "
+                             "would ever count as done; set it to 0 or name a Redis with replicas in redis_url")
         return self
 
     @property

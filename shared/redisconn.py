@@ -5,7 +5,11 @@
   ``RedisCluster`` discovers the others and routes each command to its slot's node.
 - ``redis+sentinel://[:password@]host:port[,host:port...]/master_name[/db]``: the current master of ``master_name``
   as the Sentinels report it; after a failover the client reconnects to the new master (a write that reached the
-  old master after it became a replica fails with a connection error, which every service retries).
+  old master after it became a replica fails with a connection error, which every service retries). Every
+  reconnection asks the Sentinels (``_SentinelConnection``): redis-py 8.1 reconnects a connection that failed while
+  in use (its own retries, a single-connection client such as the alert commit's) to the address it had, so after
+  a failover that brought the old master back as a replica such a connection met READONLY on every attempt and
+  never reached the new master.
 
 Clients speak bytes (``decode_responses=False``) and use hiredis when it is installed.
 """
@@ -17,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
 
 from shared.errors import ConfigError
 
@@ -62,8 +66,19 @@ def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, int, str |
     return hosts, unquote(path[0]), db, password
 
 
+class _SentinelConnection(SentinelManagedConnection):
+    """A connection to the master the Sentinels name *now*, also when it reconnects while in use (redis-py's
+    ``send_packed_command`` reconnects a dropped connection to its last address, bypassing the Sentinel lookup of
+    ``connect``: after a failover that address may be a replica, forever)."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self.is_connected:
+            await self.connect()  # type: ignore[no-untyped-call]
+        await super().send_packed_command(command, check_health)
+
+
 def _sentinel_master(url: str) -> Any:
     hosts, master, db, password = parse_sentinel_url(url)
     sentinel = Sentinel(hosts, socket_timeout=2.0, socket_keepalive=True)  # type: ignore[no-untyped-call]
     return sentinel.master_for(master, db=db, password=password, decode_responses=False, socket_keepalive=True,
-                               health_check_interval=30)
+                               health_check_interval=30, connection_class=_SentinelConnection)

@@ -11,6 +11,15 @@ The trades stream of one (exchange, symbol) carries three kinds, in exchange ord
       {"v": 1, "k": "trades", "x": "binance", "s": "BTC/USDT",
        "t": [[3735683259, 1723161255342, "61837.63", "0.02", 0], ...]}   # id, ts ms, price, amount, taker buy?
 
+  or, from ``COLUMNS_FROM`` (8) trades on (a replay's chunks), the same fields as columns, which unpack in about half
+  the time (one array per field instead of one per trade)::
+
+      {"v": 1, "k": "trades", "x": "binance", "s": "BTC/USDT",
+       "c": [[3735683259, ...], [1723161255342, ...], ["61837.63", ...], ["0.02", ...], [0, ...]]}
+
+  A price is parsed once, by the reader that computes with it (``decode_feed``): a replay publishes the text of its
+  file as it is (``TradeText``, ``shared.recordings.read_trade_texts``).
+
 - ``gap``: market_feed could not recover trades between ``from`` and ``to`` (ms): candles there are incomplete.
 - ``watermark``: exchange time has reached ``ts``; no trade at or before it will follow except late ones. Replay and
   the live feed publish it so candles close on exchange time in quiet markets; ``final`` marks the end of a recording.
@@ -128,11 +137,19 @@ class Watermark:
 
 
 FeedMessage = TradeBatch | GapMarker | Watermark
+#: Trades per entry from which ``encode_trades`` writes columns: one array per field unpacks in about half the time
+#: of one array per trade (5 arrays instead of n), and the decoder needs no transposing.
+COLUMNS_FROM = 8
 
 
 def encode_trades(exchange: str, symbol: str, trades: list[Trade] | list[TradeText] | list[tuple[Any, ...]]) -> bytes:
     """Encode a batch of trades (Trade, TradeText or equivalent tuples) for the trades stream: prices and amounts as
-    decimal text (a TradeText's text as it is)."""
+    decimal text (a TradeText's text as it is). A batch of ``COLUMNS_FROM`` trades or more is written as columns
+    (``c``: ids, timestamps, prices, amounts, sides), a smaller one as rows (``t``)."""
+    if len(trades) >= COLUMNS_FROM:
+        ids, tss, prices, amounts, sides = zip(*trades)
+        cols = (ids, tss, list(map(str, prices)), list(map(str, amounts)), [1 if b else 0 for b in sides])
+        return _packb({"v": SCHEMA_VERSION, "k": "trades", "x": exchange, "s": symbol, "c": cols})
     rows = [(t[0], t[1], str(t[2]), str(t[3]), 1 if t[4] else 0) for t in trades]  # (packed as arrays)
     return _packb({"v": SCHEMA_VERSION, "k": "trades", "x": exchange, "s": symbol, "t": rows})
 
@@ -200,9 +217,13 @@ class TradeColumns:
 
 _INF = Decimal("Infinity")
 _ARRAY = frozenset((list, tuple))  # a msgpack array: tuples from decode_feed, lists from a caller's unpack
+_SIDE_TYPES = frozenset((int, bool))
 # Decimal of each price / amount text already seen and checked (with one trade per entry, Decimal() and its checks are
-# a third of the decode): real markets repeat a few thousand prices and amounts. Bounded: cleared when full.
-_VALUES: dict[str, Decimal] = {}
+# a third of the decode): real markets repeat a few thousand prices and many more amounts. One table each, so the
+# amounts' long tail does not flush the prices out. Bounded: cleared when full.
+_PRICES: dict[str, Decimal] = {}
+_AMOUNTS: dict[str, Decimal] = {}
+_CACHES = {"price": _PRICES, "amount": _AMOUNTS}
 _CACHE_MAX = 100_000
 
 
@@ -210,7 +231,8 @@ def _value(text: Any, what: str, n: int, row: Any) -> Decimal:
     """A price or amount: exact decimal text or an integer, finite and > 0; DecodeError naming the trade otherwise.
     A float is refused: its binary value is not the decimal the exchange sent (61000.5 may be 61000.499999...)."""
     if type(text) is str:
-        cached = _VALUES.get(text)
+        cache = _CACHES[what]
+        cached = cache.get(text)
         if cached is not None:
             return cached
         try:
@@ -219,9 +241,9 @@ def _value(text: Any, what: str, n: int, row: Any) -> Decimal:
         except ArithmeticError:  # not a number, or NaN compared
             ok = False
         if ok:
-            if len(_VALUES) >= _CACHE_MAX:
-                _VALUES.clear()
-            _VALUES[text] = value
+            if len(cache) >= _CACHE_MAX:
+                cache.clear()
+            cache[text] = value
             return value
     elif type(text) is int and text > 0:
         return Decimal(text)
@@ -230,11 +252,15 @@ def _value(text: Any, what: str, n: int, row: Any) -> Decimal:
                       f"got {kind}")
 
 
-def _values(texts: tuple[Any, ...], what: str, rows: list[Any]) -> list[Decimal]:
+def _values(texts: tuple[Any, ...] | list[Any], what: str, ids: tuple[Any, ...] | list[Any]) -> list[Decimal]:
     """``_value`` of a column of one entry, the loops in C: values seen before are one dict lookup each (``map``), the
     others are converted together and checked with one ``min``/``max`` (a NaN raises on comparing), and only a column
     holding something wrong goes value by value, for the reason naming the trade."""
-    got: list[Any] = list(map(_VALUES.get, texts))
+    cache = _CACHES[what]
+    try:
+        got: list[Any] = list(map(cache.get, texts))
+    except TypeError:  # something unhashable (a list): value by value, for the reason
+        return [_value(text, what, n, (ids[n],)) for n, text in enumerate(texts)]
     if None not in got:
         return got
     where = [n for n, value in enumerate(got) if value is None]
@@ -249,13 +275,13 @@ def _values(texts: tuple[Any, ...], what: str, rows: list[Any]) -> list[Decimal]
             fresh = []
     if not fresh:
         for n in where:
-            got[n] = _value(texts[n], what, n, rows[n])
+            got[n] = _value(texts[n], what, n, (ids[n],))
         return got
     for n, value in zip(where, fresh):
         got[n] = value
-    if len(_VALUES) + len(missing) > _CACHE_MAX:
-        _VALUES.clear()
-    _VALUES.update(zip(missing, fresh))
+    if len(cache) + len(missing) > _CACHE_MAX:
+        cache.clear()
+    cache.update(zip(missing, fresh))
     return got
 
 
@@ -287,21 +313,38 @@ def _decode_rows(rows: Any) -> list[Trade] | TradeColumns:
         raise DecodeError("field 't' must be a list of trades")
     if len(rows) >= 8 and len(kinds := set(map(type, rows))) == 1 and kinds <= _ARRAY and set(map(len, rows)) == {5}:
         ids, tss, prices, amounts, sides = zip(*rows)
-        if set(map(type, tss)) == {int} and set(sides) <= {0, 1}:
-            return TradeColumns(ids, tss, _values(prices, "price", rows), _values(amounts, "amount", rows), sides)
+        if set(map(type, tss)) == {int} and set(map(type, sides)) <= _SIDE_TYPES and set(sides) <= {0, 1}:
+            return TradeColumns(ids, tss, _values(prices, "price", ids), _values(amounts, "amount", ids), sides)
     out: list[Trade] = []
-    values = _VALUES
+    price_of, amount_of = _PRICES, _AMOUNTS
     for n, row in enumerate(rows):
         # the usual row, with values seen (and checked) before: no call but the dict lookups
         if type(row) in _ARRAY and len(row) == 5:
             tid, ts, price, amount, side = row
             if type(ts) is int and type(price) is str and type(amount) is str and (side == 1 or side == 0):
-                p, a = values.get(price), values.get(amount)
+                p, a = price_of.get(price), amount_of.get(amount)
                 if p is not None and a is not None:
                     out.append(_new_tuple(Trade, (tid, ts, p, a, side == 1)))
                     continue
         out.append(_decode_row(n, row))  # every check, and the reason when one fails
     return out
+
+
+def _decode_columns(cols: Any) -> TradeColumns:
+    """The trades of an entry written as columns (``c``), every one validated as ``_decode_rows`` does."""
+    if type(cols) not in _ARRAY or len(cols) != 5 or not set(map(type, cols)) <= _ARRAY:
+        raise DecodeError("field 'c' must be five columns: ids, timestamps, prices, amounts, sides")
+    ids, tss, prices, amounts, sides = cols
+    if not len(ids) == len(tss) == len(prices) == len(amounts) == len(sides):
+        raise DecodeError("field 'c' has columns of different lengths")
+    if tss and set(map(type, tss)) != {int}:
+        n = next(n for n, ts in enumerate(tss) if type(ts) is not int)
+        raise DecodeError(f"trade {n} is malformed (ts must be an integer): {tss[n]!r}")
+    if not (set(map(type, sides)) <= _SIDE_TYPES and set(sides) <= {0, 1}):
+        n = next(n for n, side in enumerate(sides) if type(side) not in _SIDE_TYPES or (side != 0 and side != 1))
+        raise DecodeError(f"trade {n} is malformed (side must be 1 for a taker buy or 0): {sides[n]!r}")
+    return TradeColumns(tuple(ids), tuple(tss), _values(prices, "price", ids), _values(amounts, "amount", ids),
+                        tuple(sides))
 
 
 _new_tuple = tuple.__new__  # a Trade without NamedTuple's Python-level __new__
@@ -324,19 +367,23 @@ def feed_from_msg(msg: Any) -> FeedMessage:
     if type(msg) is dict and msg.get("k") == "trades" and msg.get("v") == SCHEMA_VERSION:  # the hot path
         exchange, symbol = msg.get("x"), msg.get("s")
         if type(exchange) is str and type(symbol) is str and exchange and symbol:
+            if "c" in msg:
+                return TradeBatch(exchange, symbol, _decode_columns(msg["c"]))
             rows = msg.get("t")
             if (type(rows) is tuple or type(rows) is list) and len(rows) == 1:  # one trade per entry: the commonest entry of a live feed
                 row = rows[0]
                 if type(row) in _ARRAY and len(row) == 5:
                     tid, ts, price, amount, side = row
                     if type(ts) is int and type(price) is str and type(amount) is str and (side == 1 or side == 0):
-                        p, a = _VALUES.get(price), _VALUES.get(amount)
+                        p, a = _PRICES.get(price), _AMOUNTS.get(amount)
                         if p is not None and a is not None:
                             return TradeBatch(exchange, symbol, [_new_tuple(Trade, (tid, ts, p, a, side == 1))])
             return TradeBatch(exchange, symbol, _decode_rows(rows))
     kind = _header(msg, ("trades", "gap", "watermark"))
     exchange, symbol = _str_field(msg, "x"), _str_field(msg, "s")
     if kind == "trades":
+        if "c" in msg:
+            return TradeBatch(exchange, symbol, _decode_columns(msg["c"]))
         return TradeBatch(exchange, symbol, _decode_rows(msg.get("t")))
     if kind == "gap":
         return GapMarker(exchange, symbol, _int_field(msg, "from"), _int_field(msg, "to"), str(msg.get("reason", "")))
@@ -392,8 +439,13 @@ class _Message(BaseModel):
             raise DecodeError(f"invalid {kind}: {exc.errors(include_url=False, include_input=False)}") from exc
 
 
+_SCALARS = frozenset((str, int, bool, type(None), bytes))
+
+
 def _float_in(value: Any, path: str = "") -> str | None:
     """The path of the first float in a decoded message (None if there is none)."""
+    if type(value) is dict and set(map(type, value.values())) <= _SCALARS:  # a flat message (a candle): one C pass
+        return None
     if isinstance(value, float):
         return repr(path or "(value)")
     if isinstance(value, dict):
@@ -431,7 +483,9 @@ class Candle(_Message):
     taken from the exchange's OHLCV history (seeding or backfill), not built from trades here: consumers warm up on it
     but do not alert on it. ``prev_ts`` (in-progress candles): the start of the last closed candle of the series
     before this one, None when unknown — a reader holding it knows every closed bar before this one is in (without
-    flat candles the bar before may be several intervals back).
+    flat candles the bar before may be several intervals back). ``as_of`` (in-progress candles, since the same schema
+    version 1: optional, None from older writers): the exchange time of the newest trade in it, the time a reader
+    evaluates it at beside closed candles (which are evaluated at their close).
     """
 
     kind: Literal["candle"] = "candle"
@@ -455,6 +509,7 @@ class Candle(_Message):
     incomplete: bool = False
     history: bool = False
     prev_ts: int | None = None
+    as_of: int | None = None
 
     @property
     def vwap(self) -> Decimal | None:

@@ -72,14 +72,16 @@ def write_outputs(opts: BacktestOptions, made: Made, console: Console) -> None:
     if opts.keep_partial_alerts:  # (a reference for a live run, which fires at every close it sees)
         made.kept, made.dropped = order_alerts(within), []
     pairs = {key[:2] for key in made.candles}
+    names = {key: f"candles_{key[2]}.csv" if len(pairs) == 1 else f"candles_{key[0]}_{key[1].replace('/', '-')}_{key[2]}.csv"
+             for key in made.candles}
+    keep = set(names.values())
     for stale in out_dir.glob("candles_*.csv"):  # a previous backtest's series must not join this one's report
-        stale.unlink()
+        if stale.name not in keep:  # (the others are overwritten: a market's thousands of unlinks took seconds)
+            stale.unlink()
     written = []
     for key, candles in made.candles.items():
-        ex, sym, tf = key
-        name = f"candles_{tf}.csv" if len(pairs) == 1 else f"candles_{ex}_{sym.replace('/', '-')}_{tf}.csv"
-        export.write_candles_csv(out_dir / name, candles, partial.get(key, set()))
-        written.append(name)
+        export.write_candles_csv(out_dir / names[key], candles, partial.get(key, set()))
+        written.append(names[key])
     export.write_alerts_jsonl(out_dir / "alerts.jsonl", made.kept)
     _summary(made, console)
     if made.candles:

@@ -11,24 +11,24 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-from sentinel import export
 from sentinel.backtest.feed import FeedProcess
 from sentinel.backtest.inputs import Input, resolve
-from sentinel.backtest.output import Made, write_outputs
 from sentinel.pipeline import (Pipeline, add_service, builder_caught_up, data_dir_or_temp, load_all_settings,
                                work_streams)
-from services.alert_engine.core import AlertEngine
 from shared.bus import as_str
 from shared.embedded_redis import EmbeddedRedis
 from shared.rules import load_rules_file
 from shared.runtime import connect, install_signal_handlers
 from shared.timeframes import sort_timeframes
+
+if TYPE_CHECKING:
+    from sentinel.backtest.output import Made
 
 logger = logging.getLogger(__name__)
 
@@ -54,19 +54,24 @@ def backtest(opts: BacktestOptions, console: Console | None = None) -> Made:
     ruleset = load_rules_file(opts.rules_file)  # a bad rules file is refused before anything starts
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     pairs = sorted({pair for item in items for pair in item.symbols})
-    routes = AlertEngine(ruleset).routes
-    wanted = {(ex, sym, tf) for ex, sym in pairs for tf in routes.needs(ex, sym)}
-    live = any(routes.needs_live(key) for key in wanted)  # a rule evaluates in-progress candles
     with data_dir_or_temp(opts.data_dir) as data_dir:
         server = EmbeddedRedis(data_dir / "redis", persist=False)
         server.start()
         feed: FeedProcess | None = None
         try:
             started = time.monotonic()
-            settings = _settings(opts, items, server.url, data_dir, {tf for _, _, tf in wanted}, live)
-            # started before any event loop or Redis connection exists here: a fork inherits neither
+            settings = _settings(opts, items, server.url, data_dir)  # (every section checked before anything runs)
+            # Forked before any event loop or Redis connection exists here (a fork inherits neither), and before the
+            # alert engine's and the report's modules are imported (talib, numpy, pandas: ~1 s of a core): the feed
+            # reads and publishes meanwhile, and candle_builder starts from the stream's first entry.
             feed = FeedProcess(server.url, items, settings["market_feed"])
             feed.start()
+            from services.alert_engine.core import AlertEngine
+
+            routes = AlertEngine(ruleset).routes
+            wanted = {(ex, sym, tf) for ex, sym in pairs for tf in routes.needs(ex, sym)}
+            live = any(routes.needs_live(key) for key in wanted)  # a rule evaluates in-progress candles
+            _tune_builder(settings, {tf for _, _, tf in wanted}, live)
             made = asyncio.run(_run(items, settings, server.url, feed, wanted, console))
             made.seconds = time.monotonic() - started
         finally:
@@ -75,6 +80,8 @@ def backtest(opts: BacktestOptions, console: Console | None = None) -> Made:
                     feed.stop()
             finally:
                 server.stop()
+    from sentinel.backtest.output import write_outputs
+
     write_outputs(opts, made, console)
     return made
 
@@ -82,6 +89,9 @@ def backtest(opts: BacktestOptions, console: Console | None = None) -> Made:
 async def _run(items: list[Input], settings: dict[str, Any], url: str, feed: FeedProcess,
                wanted: set[tuple[str, str, str]], console: Console) -> Made:
     """candle_builder and alert_engine on this loop until the feed's trades are all processed; what they made."""
+    from sentinel import export
+    from sentinel.backtest.output import Made
+
     redis = connect(url)
     pipeline = Pipeline(redis)
     try:
@@ -156,13 +166,10 @@ async def _drained(redis: Any) -> bool:
     return set(await work_streams(redis)) <= set(names)
 
 
-def _settings(opts: BacktestOptions, items: list[Input], url: str, data_dir: Path,
-              rule_timeframes: set[str], live: bool) -> dict[str, Any]:
-    """Each service's settings (every problem of every section in one ConfigError). candle_builder builds the
-    timeframes asked for (or its configured ones) and every timeframe a rule reads; in-progress candles only when a
-    rule reads them (``live``), throttled in exchange time (``live_throttle_clock: exchange``) and never trimmed, so
-    what such a rule sees does not depend on the backtest's speed."""
-    common = {"redis_url": url, "data_dir": data_dir}
+def _settings(opts: BacktestOptions, items: list[Input], url: str, data_dir: Path) -> dict[str, Any]:
+    """Each service's settings (every problem of every section in one ConfigError); candle_builder's timeframes are
+    completed by ``_tune_builder`` once the rules' needs are known."""
+    common = {"redis_url": url, "data_dir": data_dir, "redis_wait_replicas": 0}  # (its own Redis: no replica)
     overrides: dict[str, dict[str, Any]] = {
         # big entries: a backtest has no latency to keep, and watermarks only need to close bars of quiet symbols
         "market_feed": {"mode": "replay", "replay_file": items[0].path, "speed": 0, "batch_size": 1000,
@@ -170,13 +177,18 @@ def _settings(opts: BacktestOptions, items: list[Input], url: str, data_dir: Pat
         "candle_builder": {"timeframes": opts.timeframes} if opts.timeframes else {},
         "alert_engine": {"rules_file": opts.rules_file, "clock": "exchange"},
     }
-    out = load_all_settings(overrides, opts.config_file, **common)
-    builder = out["candle_builder"]
+    return load_all_settings(overrides, opts.config_file, **common)
+
+
+def _tune_builder(settings: dict[str, Any], rule_timeframes: set[str], live: bool) -> None:
+    """candle_builder builds the timeframes asked for (or its configured ones) and every timeframe a rule reads;
+    in-progress candles only when a rule reads them (``live``), throttled in exchange time
+    (``live_throttle_clock: exchange``) and never trimmed, so what such a rule sees does not depend on the
+    backtest's speed."""
+    builder = settings["candle_builder"]
     timeframes = sort_timeframes(set(builder.timeframes) | rule_timeframes)
     # every closed candle is exported (no trimming of a temporary Redis); no timer closes (exchange time only)
-    out["candle_builder"] = builder.model_copy(update={"timeframes": timeframes, "candles_maxlen": 10**9,
-                                                       "candle_retention": {}, "part_candles_maxlen": 10**9,
-                                                       "live_candles": live, "live_throttle_clock": "exchange",
-                                                       "live_maxlen": 10**9, "close_on_timer": False,
-                                                       "discover_every_s": 0.5})
-    return out
+    settings["candle_builder"] = builder.model_copy(update={
+        "timeframes": timeframes, "candles_maxlen": 10**9, "candle_retention": {}, "part_candles_maxlen": 10**9,
+        "live_candles": live, "live_throttle_clock": "exchange", "live_maxlen": 10**9, "close_on_timer": False,
+        "discover_every_s": 0.5})

@@ -228,7 +228,7 @@ class PartitionEngine:
             if wanted:
                 read += await read_streams(self.raw, wanted, count=count, block_ms=None)
         own: dict[str, bytes | str] = {n: self.offsets[n] for n in self.main}
-        read += await read_streams(self.raw, own, count=count, block_ms=None if read else block_ms)
+        read += await self._read_in_order(own, count, None if read else block_ms)
         fires = await self._evaluate(read)
         if waited_since is not None and self.engine.waiting:
             fires += self.engine.flush_deferred(waited_since)
@@ -242,6 +242,39 @@ class PartitionEngine:
             await self._commit(fires, owner)
         self.offsets.update(new)
         return sum(len(entries) for _, entries in read)
+
+    async def _read_in_order(self, own: dict[str, bytes | str], count: int,
+                             block_ms: int | None) -> list[tuple[str, Any]]:
+        """One XREAD of the partition's own streams, cut to entries whose order with the other streams' is known.
+
+        A stream that returned ``count`` entries was cut there: its next entries are unread, and the other streams'
+        entries written after them must wait, or they would be evaluated before them (a backlog of in-progress
+        candles running ahead of the closed ones, by an amount that depends on read sizes and speed). Entry ids
+        order the writes across streams but for entries of one millisecond (each stream numbers its own), so of
+        every stream only the entries of milliseconds before the earliest last millisecond of a cut stream are
+        taken, unless a single stream has entries from it on (nothing to order it with). candle_builder writes a
+        commit's closed and in-progress candles in the order it made them (``_queue_in_order``), so what is taken
+        holds every entry written before any of it, whatever the read size. When that leaves nothing (one
+        millisecond holds more than ``count`` entries), the read is made again with twice the count."""
+        got = await read_streams(self.raw, own, count=count, block_ms=block_ms)
+        while True:
+            cut = [entry_id(entries[-1][0])[0] for _, entries in got if len(entries) >= count]
+            if not cut:
+                return got
+            horizon = min(cut)
+            if sum(1 for _, entries in got if entry_id(entries[-1][0])[0] >= horizon) < 2:
+                return got
+            kept = []
+            for name, entries in got:
+                n = len(entries)
+                while n and entry_id(entries[n - 1][0])[0] >= horizon:
+                    n -= 1
+                if n:
+                    kept.append((name, entries[:n]))
+            if kept:
+                return kept
+            count *= 2
+            got = await read_streams(self.raw, own, count=count, block_ms=None)
 
     async def flush(self, owner: Ownership) -> None:
         """Evaluate every bar still waiting for another series with what that series has, and commit (the end of a

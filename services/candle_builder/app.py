@@ -316,24 +316,27 @@ class CandleBuilderApp:
                     series.live_offset = series.last_id[0] - last.trades[-1][1]
                 elif type(last) is Watermark:
                     series.live_offset = series.last_id[0] - last.ts
-                snaps: list[tuple[str, bytes]] | None = [] if self.settings.live_candles and self._exchange_throttle(series) else None
+                snaps: list[tuple[int, str, bytes]] | None = (
+                    [] if self.settings.live_candles and self._exchange_throttle(series) else None)
                 self._apply_run([m for _, m in run], series, emitted, snaps)
-                self._queue_candles(commands, series, emitted)
+                if snaps:  # closed and in-progress candles written in the order they were made (alert_engine's order)
+                    self._queue_in_order(commands, series, emitted, snaps)
+                    live.append((series, [(tf, data) for _, tf, data in snaps]))
+                else:
+                    self._queue_candles(commands, series, emitted)
                 counted.extend(emitted)
                 touched.append(series)
-                if snaps:
-                    live.append((series, snaps))
-                elif snaps is None and self.settings.live_candles:
+                if snaps is None and self.settings.live_candles:
                     wall.append(series)
             state = streams.part_state(partition, GROUP)
             for series in touched:
                 commands.append(self._state_command(series))
             offset = entries[-1][0]
             commands.append(("HSET", state, streams.offset_field(stream), offset))
-            if wall:
-                live += self._wall_snapshots(wall)
+            wall_live = self._wall_snapshots(wall) if wall else []
+            live += wall_live
             if live:
-                self._queue_live(commands, partition, live)
+                self._queue_live(commands, partition, live, written=len(live) - len(wall_live))
             await self.ownership.fenced(partition, commands)
         except BaseException:  # lease lost, a bug, cancellation: builders ran ahead of what Redis holds
             self._drop(partition)
@@ -410,9 +413,10 @@ class CandleBuilderApp:
                 streams.pair_field(series.exchange, series.symbol), pack(state))
 
     def _apply_run(self, messages: list[FeedMessage], series: Series, out: list[Emitted],
-                   snaps: list[tuple[str, bytes]] | None = None) -> None:
+                   snaps: list[tuple[int, str, bytes]] | None = None) -> None:
         """Apply a stream's messages in order; consecutive trade batches go through the builder in one call.
-        ``snaps`` (exchange-time throttle): the in-progress candles as of each throttle point are appended to it."""
+        ``snaps`` (exchange-time throttle): the in-progress candles as of each throttle point are appended to it,
+        each with the number of closed candles in ``out`` made before it."""
         rows: list[Any] = []
         n = 0
         for msg in messages:
@@ -424,7 +428,7 @@ class CandleBuilderApp:
                         if last:  # a throttle point: the in-progress candles as of this trade
                             self._apply_trades(series, rows, n, out)
                             rows, n = [], 0
-                            snaps += self._snapshot(series)
+                            snaps += [(len(out), tf, data) for tf, data in self._snapshot(series)]
                     continue
                 rows.append(trade_rows(msg.trades))
                 n += len(msg.trades)
@@ -524,9 +528,10 @@ class CandleBuilderApp:
             yield _slice(trades, start, len(tss)), False
 
     def _snapshot(self, series: Series) -> list[tuple[str, bytes]]:
-        """The series' in-progress candles now, encoded (each names the last closed bar of its timeframe)."""
+        """The series' in-progress candles now, encoded (each names the last closed bar of its timeframe and, in
+        ``as_of``, the exchange time of the newest trade in it)."""
         ex, sym, builder = series.exchange, series.symbol, series.builder
-        return [(tf, encode_candle(ex, sym, tf, bar, closed=False, prev_ts=builder.last_closed(tf)))
+        return [(tf, encode_candle(ex, sym, tf, bar, closed=False, prev_ts=builder.last_closed(tf), as_of=bar.last_ts))
                 for tf, bar in builder.in_progress()]
 
     def _wall_snapshots(self, series_list: list[Series]) -> list[tuple[Series, list[tuple[str, bytes]]]]:
@@ -545,16 +550,34 @@ class CandleBuilderApp:
                 out.append((series, snaps))
         return out
 
+    def _queue_in_order(self, commands: list[Any], series: Series, emitted: list[Emitted],
+                        snaps: list[tuple[int, str, bytes]]) -> None:
+        """Exchange-time throttle: the closed candles' commands and the XADDs of the in-progress candles to
+        ``part_live``, interleaved in the order the builder made them. Entry ids grow with the order of the XADDs
+        across both streams (a script's commands run in order; Redis' clock only goes forward), which is what lets
+        alert_engine evaluate both streams in one order whatever it reads at once (``PartitionEngine.step``)."""
+        stream, maxlen = streams.part_live(series.partition), self.settings.live_maxlen
+        done = 0
+        for pos, _, data in snaps:
+            if pos > done:
+                self._queue_candles(commands, series, emitted[done:pos])
+                done = pos
+            commands.append(("XADD", stream, "MAXLEN", "~", maxlen, "*", streams.FIELD, data))
+        if done < len(emitted):
+            self._queue_candles(commands, series, emitted[done:])
+
     def _queue_live(self, commands: list[Any], partition: int,
-                    live: list[tuple[Series, list[tuple[str, bytes]]]]) -> None:
-        """In-progress candles: XADD to the partition's ``part_live``, PUBLISH, and the newest of each series into
-        its field of ``part_live_latest``, in the read's fenced commit (one round trip, one slot)."""
+                    live: list[tuple[Series, list[tuple[str, bytes]]]], written: int = 0) -> None:
+        """In-progress candles: XADD to the partition's ``part_live`` (but the first ``written`` series', already
+        queued by ``_queue_in_order``), PUBLISH, and the newest of each series into its field of ``part_live_latest``,
+        in the read's fenced commit (one round trip, one slot)."""
         stream, maxlen = streams.part_live(partition), self.settings.live_maxlen
         latest: dict[str, bytes] = {}
-        for series, snaps in live:
+        for n, (series, snaps) in enumerate(live):
             ex, sym = series.exchange, series.symbol
             for tf, data in snaps:
-                commands.append(("XADD", stream, "MAXLEN", "~", maxlen, "*", streams.FIELD, data))
+                if n >= written:
+                    commands.append(("XADD", stream, "MAXLEN", "~", maxlen, "*", streams.FIELD, data))
                 commands.append(("PUBLISH", streams.channel_candles_live(ex, sym, tf), data))
                 latest[streams.registry_member(ex, sym, tf)] = data
         if latest:

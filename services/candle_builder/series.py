@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 
 def encode_candle(exchange: str, symbol: str, tf: str, bar: Bar, *, closed: bool = True,
-                  history: bool = False, prev_ts: int | None = None) -> bytes:
+                  history: bool = False, prev_ts: int | None = None, as_of: int | None = None) -> bytes:
     """The bus message of a bar: the bytes ``Candle(...).encode()`` gives, without building the model (a closing
     batch's work is done with caches gone cold on a shared machine: pydantic's construct and dump cost ~4x this
     there). The builder's types are already the model's (``test_series_encode.py`` holds the two equal)."""
@@ -25,7 +25,8 @@ def encode_candle(exchange: str, symbol: str, tf: str, bar: Bar, *, closed: bool
                  "buy_volume": str(bar.buy_volume), "sell_volume": str(bar.sell_volume),
                  "quote_volume": str(bar.quote_volume), "trades": bar.trades, "first_trade_id": bar.first_id,
                  "last_trade_id": bar.last_id, "closed": closed, "revision": max(bar.revision, 0),
-                 "incomplete": bar.incomplete, "history": history, "prev_ts": prev_ts, "v": SCHEMA_VERSION,
+                 "incomplete": bar.incomplete, "history": history, "prev_ts": prev_ts, "as_of": as_of,
+                 "v": SCHEMA_VERSION,
                  "k": "candle"})
 
 

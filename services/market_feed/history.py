@@ -15,13 +15,11 @@ import logging
 import time
 from typing import Any
 
-import ccxt
-
+from services.market_feed.adapters.ccxt_exchange import fetch_ohlcv_page
 from shared import streams
 from shared.bus import Batch, Bus, Consumer, ConsumerSettings
 from shared.errors import ExchangeError
-from shared.history import (REPLY_TTL_S, HistoryRequest, HistoryRow, decode_request, encode_reply, kline_row,
-                            ohlcv_row, request_history)
+from shared.history import REPLY_TTL_S, HistoryRequest, HistoryRow, decode_request, encode_reply, request_history
 from shared.timeframes import bucket_start, timeframe_ms
 
 __all__ = ["HistoryServer", "request_history"]
@@ -52,7 +50,7 @@ class HistoryServer:
                 rows, complete = await self.fetch(req.exchange, req.symbol, req.timeframe, req.since, req.until,
                                                   req.limit)
                 reply = encode_reply(req.id, rows, complete=complete)
-            except (ExchangeError, ccxt.BaseError) as exc:
+            except ExchangeError as exc:  # (the adapter translates ccxt's errors)
                 reply = encode_reply(req.id, error=str(exc)[:500])
             except Exception as exc:  # a bad request must get an answer, not a retry loop
                 logger.exception("history request %s failed", req.id)
@@ -81,17 +79,10 @@ class HistoryServer:
         low = since
         cursor = bucket_start(since, tf_ms)  # ask from a bucket start: a mid-bucket startTime could give a partial bucket
         while cursor + tf_ms <= until and len(rows) <= limit:
-            page = await self._page(exchange, symbol, timeframe, cursor)
+            page = await fetch_ohlcv_page(exchange, symbol, timeframe, cursor, PAGE)
             page = [r for r in page if r[0] >= low and r[0] + tf_ms <= until]
             if not page:
                 break
             rows.extend(page)
             low = cursor = page[-1][0] + tf_ms
         return rows[:limit], len(rows) <= limit  # one more than asked for: the answer was cut short
-
-    async def _page(self, exchange: Any, symbol: str, timeframe: str, since: int) -> list[HistoryRow]:
-        if exchange.id in ("binance", "binanceus"):
-            raw = await exchange.publicGetKlines({"symbol": exchange.market_id(symbol), "interval": timeframe,
-                                                  "startTime": since, "limit": PAGE})
-            return [kline_row(r) for r in raw]
-        return [ohlcv_row(r) for r in await exchange.fetch_ohlcv(symbol, timeframe, since, PAGE)]

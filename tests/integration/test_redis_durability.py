@@ -117,9 +117,12 @@ async def test_without_replicas_asked_no_wait_is_issued(redis) -> None:
         await Replication(1, 50).wait(redis)
 
 
-def test_the_setting_is_read_and_refused_on_a_cluster(monkeypatch) -> None:
+def test_the_setting_is_read_and_refused_on_a_cluster_or_the_embedded_redis(monkeypatch) -> None:
     monkeypatch.setenv("SENTINEL_REDIS_WAIT_REPLICAS", "1")
     monkeypatch.setenv("SENTINEL_REDIS_WAIT_MS", "250")
+    with pytest.raises(ConfigError, match="the embedded Redis .* has no replica"):
+        ServiceSettings.load()
+    monkeypatch.setenv("REDIS_URL", "redis+sentinel://127.0.0.1:26379/main/0")
     assert ServiceSettings.load().durability == Replication(1, 250)
     monkeypatch.setenv("SENTINEL_REDIS_CLUSTER", "true")
     with pytest.raises(ConfigError, match="redis_wait_replicas: not supported with redis_cluster"):
@@ -151,3 +154,104 @@ def test_the_ha_compose_file_points_every_service_at_the_sentinels_with_wait() -
         assert env["SENTINEL_REDIS_WAIT_REPLICAS"].endswith(":-1}") and int(env["SENTINEL_REDIS_WAIT_MS"]) > 0
     script = ha[sentinels[0]]["command"][-1]
     assert re.search(rf"sentinel monitor {master} redis 6379 2\\n", script), script
+
+
+# ---- every service's "done" commit goes through Replication.wait with its settings ------------------------------
+
+
+@pytest.fixture
+def waits(monkeypatch) -> list[int]:
+    """Replication.wait recorded instead of issued (a lone test server has no replica): the replicas each call asked
+    for. Guards the one-line hooks in the services (docs/architecture.md, Durability) against rewrites."""
+    calls: list[int] = []
+
+    async def recorded(self: Replication, redis) -> None:
+        calls.append(self.replicas)
+
+    monkeypatch.setattr(Replication, "wait", recorded)
+    return calls
+
+
+async def test_market_feed_waits_after_its_publish_script(redis, waits) -> None:
+    from services.market_feed.app import MarketFeedApp
+    from services.market_feed.settings import Settings
+    from tests.conftest import shared_data
+
+    path = shared_data("binance_spot_btcusdt_20210108/BTCUSDT-trades-20210108T000000-000046.csv")
+    app = MarketFeedApp(Settings(mode="replay", replay_file=path, batch_size=100, redis_wait_replicas=1,
+                                 redis_url="redis://unused"), redis)
+    await asyncio.wait_for(app.run(asyncio.Event()), timeout=60)
+    assert app.done and app.trades_published > 0
+    assert waits and set(waits) == {1}
+
+
+async def test_candle_builder_waits_after_its_fenced_commit(redis, redis_url, waits) -> None:
+    from tests.conftest import shared_data
+    from tests.support.candles import RECORDINGS, publish, read_candles, read_trades, run_until_caught_up
+    from tests.support.candles import settings_for
+
+    exchange, symbol, rel = RECORDINGS["btcusdt"]
+    await publish(redis, exchange, symbol, read_trades(shared_data(rel))[:2000], per_entry=100)
+    await run_until_caught_up(redis, settings_for(redis_url, redis_wait_replicas=1))
+    assert await read_candles(redis, exchange, symbol, "1m")
+    assert waits and set(waits) == {1}
+
+
+async def test_alert_engine_waits_after_its_commit_script(redis, tmp_path, waits) -> None:
+    from decimal import Decimal
+
+    from services.alert_engine.app import AlertEngineApp
+    from services.alert_engine.settings import Settings
+    from shared.schemas import Candle
+    from tests.support.alerts import count_alerts
+    from tests.support.engine_candles import publish_candles
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - {name: above, exchange: binance, symbols: [XRP/ETH], timeframe: 1m, "
+                     "frequency: every_time, condition: {op: above, right: 10}}\n")
+    candles = [Candle(exchange="binance", symbol="XRP/ETH", timeframe="1m", ts=1_570_752_000_000 + i * 60_000,
+                      open=Decimal(c), high=Decimal(c), low=Decimal(c), close=Decimal(c), volume=Decimal(1),
+                      buy_volume=Decimal(1), sell_volume=Decimal(0)) for i, c in enumerate([5, 11, 12, 9, 13])]
+    await publish_candles(redis, candles)
+    app = AlertEngineApp(Settings(rules_file=rules, consumer_name="e", warmup_bars=2, block_ms=50,
+                                  redis_url="redis://unused", redis_wait_replicas=1), redis)
+    await app.drain()
+    assert await count_alerts(redis) > 0
+    assert waits and set(waits) == {1}
+
+
+async def test_notifier_waits_after_its_sent_records(redis, tmp_path, waits) -> None:
+    from services.notifier.app import NotifierApp
+    from services.notifier.settings import Settings
+    from tests.integration.notifier.helpers import make_alert, publish, run_until_caught_up
+
+    alerts = [make_alert(i) for i in range(5)]
+    await publish(redis, alerts, 1)
+    app = NotifierApp(Settings(jsonl_path=tmp_path / "alerts.jsonl", console=False, consumer_name="n1", block_ms=50,
+                               partitions=1, redis_wait_replicas=1, redis_url="redis://unused"), redis)
+    await run_until_caught_up(app, redis)
+    assert await redis.get(streams.notify_sent(alerts[0].id, "jsonl")) == b"done"
+    assert waits and set(waits) == {1}
+
+
+def test_demo_and_backtest_run_their_own_redis_without_waiting_for_replicas(tmp_path) -> None:
+    """A settings file made for the HA deployment (redis_wait_replicas: 1) used by `sentinel demo` or `sentinel
+    backtest`: they run their own Redis, which has no replica, so they ask for none (else nothing would ever count as
+    done and they would wait forever)."""
+    from sentinel.backtest.inputs import Input
+    from sentinel.backtest.run import BacktestOptions
+    from sentinel.backtest.run import _settings as backtest_settings
+    from sentinel.run import RunOptions, _service_settings
+
+    config = tmp_path / "sentinel.yaml"
+    config.write_text("redis_url: redis+sentinel://10.0.0.5:26379/main/0\nredis_wait_replicas: 1\n")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules: []\n")
+    assert ServiceSettings.load(config).redis_wait_replicas == 1
+    demo = _service_settings(RunOptions(config_file=config), "redis://127.0.0.1:1/0", tmp_path)
+    item = Input(tmp_path / "t.csv", "binance", "BTC/USDT", 1, frozenset({("binance", "BTC/USDT")}))
+    backtest = backtest_settings(BacktestOptions([item.path], rules, tmp_path / "out", config_file=config), [item],
+                                 "redis://127.0.0.1:1/0", tmp_path)
+    assert demo and backtest
+    assert {s.redis_wait_replicas for s in [*demo.values(), *backtest.values()] if hasattr(s, "redis_wait_replicas")} \
+        == {0}

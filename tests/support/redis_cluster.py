@@ -3,6 +3,9 @@
 Three ``redis-server --cluster-enabled yes`` processes on free ports; slots are split in three ranges with
 ``CLUSTER ADDSLOTSRANGE`` and the nodes introduced with ``CLUSTER MEET`` (what ``redis-cli --cluster create`` does,
 without needing redis-cli). Ready when every node reports ``cluster_state:ok``.
+
+``replicas=1`` adds a replica node per master (``CLUSTER REPLICATE``); ``failover(port)`` then promotes the replica of
+that master with ``CLUSTER FAILOVER`` (the old master becomes its replica), as an operator's planned failover does.
 """
 
 from __future__ import annotations
@@ -38,13 +41,19 @@ def _free(port: int) -> bool:
     return True
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class RedisClusterServers:
     """``with RedisClusterServers(tmp) as cluster: cluster.url`` (any node's URL; the client discovers the rest)."""
 
-    def __init__(self, data_dir: Path, masters: int = 3) -> None:
+    def __init__(self, data_dir: Path, masters: int = 3, replicas: int = 0) -> None:
         self.data_dir = Path(data_dir)
         self.masters = masters
-        self.ports: list[int] = []
+        self.replicas = replicas
+        self.ports: list[int] = []  # the masters' (at start)
+        self.replica_ports: dict[int, list[int]] = {}  # master port (at start) -> its replicas' ports
         self.processes: dict[int, subprocess.Popen] = {}
         self.binary = find_redis_server()
 
@@ -72,13 +81,20 @@ class RedisClusterServers:
             self.stop()  # no node left running behind a failed start
             raise
 
+    def all_ports(self) -> list[int]:
+        return self.ports + [p for ports in self.replica_ports.values() for p in ports]
+
     def _start(self, timeout: float) -> str:
         self.ports = []
-        while len(self.ports) < self.masters:
+        taken: list[int] = []
+        while len(taken) < self.masters * (1 + self.replicas):
             port = _cluster_port()
-            if port not in self.ports:
-                self.ports.append(port)
-        for port in self.ports:
+            if port not in taken:
+                taken.append(port)
+        self.ports = taken[:self.masters]
+        spare = taken[self.masters:]
+        self.replica_ports = {m: [spare.pop() for _ in range(self.replicas)] for m in self.ports}
+        for port in self.all_ports():
             self._spawn(port)
         clients = [self._client(p, timeout) for p in self.ports]
         step = SLOTS // self.masters
@@ -88,10 +104,85 @@ class RedisClusterServers:
             client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
         for port in self.ports[1:]:
             clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", port)
-        self._wait_ok(clients, timeout)
+        self._wait_ok(clients, timeout, known=self.masters)
+        if self.replicas:
+            ids = {p: _text(c.execute_command("CLUSTER", "MYID")) for p, c in zip(self.ports, clients)}
+            for master, ports in self.replica_ports.items():
+                for port in ports:
+                    replica = self._client(port, timeout)
+                    replica.execute_command("CLUSTER", "MEET", "127.0.0.1", master)
+                    self._replicate(replica, ids[master], timeout)
+                    replica.close()
+            every = [self._client(p, timeout) for p in self.all_ports()]
+            self._wait_ok(every, timeout)
+            self._wait_synced(timeout)
+            for client in every:
+                client.close()
         for client in clients:
             client.close()
         return self.url
+
+    def _replicate(self, replica: redis.Redis, master_id: str, timeout: float) -> None:
+        """CLUSTER REPLICATE once the new node has learnt the master (gossip after MEET)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                replica.execute_command("CLUSTER", "REPLICATE", master_id)
+                return
+            except redis.ResponseError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def _wait_synced(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for ports in self.replica_ports.values():
+            for port in ports:
+                client = self._client(port, timeout)
+                while client.info("replication").get("master_link_status") != "up":
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"replica {port} did not sync with its master")
+                    time.sleep(0.1)
+                client.close()
+
+    def role(self, port: int) -> str:
+        client = redis.Redis(host="127.0.0.1", port=port)
+        try:
+            return str(client.info("replication").get("role"))
+        finally:
+            client.close()
+
+    def replica_of(self, master_port: int) -> int:
+        """A node replicating ``master_port`` now (roles change with failovers)."""
+        for port in self.all_ports():
+            if port == master_port or port not in self.processes:
+                continue
+            info = redis.Redis(host="127.0.0.1", port=port).info("replication")
+            if info.get("role") == "slave" and int(info.get("master_port", 0)) == master_port:
+                return port
+        raise LookupError(f"no replica of {master_port}")
+
+    def failover(self, master_port: int, timeout: float = 30.0) -> dict:
+        """``CLUSTER FAILOVER`` on a replica of ``master_port``: the replica takes its slots over (after catching
+        up with the master, so no acknowledged write is lost). Returns the ports and how long until every node saw
+        ``cluster_state:ok`` with the new master."""
+        replica = self.replica_of(master_port)
+        started = time.monotonic()
+        client = redis.Redis(host="127.0.0.1", port=replica)
+        client.execute_command("CLUSTER", "FAILOVER")
+        deadline = started + timeout
+        while client.info("replication").get("role") != "master":
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{replica} was not promoted")
+            time.sleep(0.05)
+        promoted = time.monotonic() - started
+        client.close()
+        every = [self._client(p, timeout) for p in self.all_ports() if p in self.processes]
+        self._wait_ok(every, timeout)
+        for c in every:
+            c.close()
+        return {"old_master": master_port, "new_master": replica, "promoted_s": round(promoted, 3),
+                "cluster_ok_s": round(time.monotonic() - started, 3)}
 
     def _client(self, port: int, timeout: float) -> redis.Redis:
         client = redis.Redis(host="127.0.0.1", port=port)
@@ -106,12 +197,13 @@ class RedisClusterServers:
                     raise
                 time.sleep(0.05)
 
-    def _wait_ok(self, clients: list[redis.Redis], timeout: float) -> None:
+    def _wait_ok(self, clients: list[redis.Redis], timeout: float, known: int | None = None) -> None:
+        known = known or self.masters * (1 + self.replicas)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             states = [c.execute_command("CLUSTER", "INFO") for c in clients]
             texts = [s.decode() if isinstance(s, bytes) else str(s) for s in states]
-            if all("cluster_state:ok" in t and f"cluster_known_nodes:{self.masters}" in t for t in texts):
+            if all("cluster_state:ok" in t and f"cluster_known_nodes:{known}" in t for t in texts):
                 return
             time.sleep(0.1)
         raise TimeoutError("the Redis Cluster did not reach cluster_state:ok")
@@ -126,7 +218,7 @@ class RedisClusterServers:
         """Start a killed node again on its port; it rejoins from its nodes.conf and AOF."""
         self._spawn(port)
         self._client(port, timeout).close()
-        clients = [self._client(p, timeout) for p in self.ports]
+        clients = [self._client(p, timeout) for p in self.all_ports() if p in self.processes]
         self._wait_ok(clients, timeout)
         for client in clients:
             client.close()

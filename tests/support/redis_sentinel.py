@@ -21,8 +21,9 @@ MASTER_NAME = "sentinel-test"
 
 
 class RedisWithSentinel:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, down_after_ms: int = 1000) -> None:
         self.data_dir = Path(data_dir)
+        self.down_after_ms = down_after_ms
         self.binary = find_redis_server()
         self.ports: dict[str, int] = {}
         self.processes: list[subprocess.Popen] = []
@@ -50,7 +51,7 @@ class RedisWithSentinel:
         conf.write_text(
             f"port {self.ports['sentinel']}\nbind 127.0.0.1\ndir {self.data_dir.resolve()}\n"
             f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.ports['a']} 1\n"
-            f"sentinel down-after-milliseconds {MASTER_NAME} 1000\n"
+            f"sentinel down-after-milliseconds {MASTER_NAME} {self.down_after_ms}\n"
             f"sentinel failover-timeout {MASTER_NAME} 5000\n")
         self.processes.append(subprocess.Popen(
             [self.binary, str(conf), "--sentinel", "--logfile", str((self.data_dir / "sentinel.log").resolve())],
@@ -141,19 +142,32 @@ class RedisWithSentinel:
     def name_of(self, port: int) -> str:
         return next(name for name, p in self.ports.items() if p == port)
 
+    def settled(self) -> bool:
+        """No failover in progress, the master the Sentinel names is a master, and it has a replica with its link up
+        that the Sentinel sees healthy (a failover could happen now)."""
+        try:
+            info = redis.Redis(port=self.ports["sentinel"]).execute_command("SENTINEL", "MASTER", MASTER_NAME)
+            fields = dict(zip(info[::2], info[1::2])) if isinstance(info, list) else info
+            flags = fields.get(b"flags", fields.get("flags", b""))
+            flags = flags.decode() if isinstance(flags, bytes) else str(flags)
+            if "failover" in flags or "down" in flags:
+                return False
+            replication = redis.Redis(port=self.master_port()).info("replication")
+            up = any(isinstance(v, dict) and v.get("state") == "online" for k, v in replication.items()
+                     if k.startswith("slave"))
+            return replication.get("role") == "master" and up and self._sentinel_knows_replica()
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False
+
     def restart_as_replica(self, name: str, timeout: float = 30.0) -> None:
         """Start the server ``name`` again (same port and directory: it loads its AOF) as a replica of the current
-        master; return once its link is up and the Sentinel sees it healthy (so the next failover can use it)."""
-        master = self.master_port()
-        self._server(name, "--replicaof", "127.0.0.1", str(master))
+        master; return once ``settled()`` (the Sentinel may meanwhile have failed over again, on a loaded machine:
+        any master with a healthy replica will do)."""
+        self._server(name, "--replicaof", "127.0.0.1", str(self.master_port()))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                info = redis.Redis(port=self.ports[name]).info("replication")
-                if info.get("master_link_status") == "up" and self._sentinel_knows_replica():
-                    return
-            except redis.ConnectionError:
-                pass
+            if self.settled():
+                return
             time.sleep(0.1)
         raise TimeoutError(f"{name} did not come back as a replica")
 
@@ -173,10 +187,15 @@ class FailoverOnKill:
     """``RedisWithSentinel`` behind the ``kill()`` / ``start()`` / ``url`` / ``stop()`` of ``EmbeddedRedis``, for
     harnesses that SIGKILL their Redis and start it again (the chaos run): ``kill()`` SIGKILLs the master,
     ``start()`` waits for the Sentinel to promote the replica, then brings the killed server back as the new master's
-    replica. Each "Redis kill" is then a crash of the master and a failover, with a replica again afterwards."""
+    replica. Each "Redis kill" is then a crash of the master and a failover, with a replica again afterwards.
 
-    def __init__(self, data_dir: Path) -> None:
-        self.servers = RedisWithSentinel(data_dir)
+    ``lag_s``: before each kill, replication is cut (``cut_replica``) for that long, so the master dies ahead of the
+    replica: what it acknowledged meanwhile is lost in the failover unless the writers waited for the replica (the
+    harness's event loop is blocked meanwhile; the services run in their own processes)."""
+
+    def __init__(self, data_dir: Path, *, down_after_ms: int = 2000, lag_s: float = 0.0) -> None:
+        self.servers = RedisWithSentinel(data_dir, down_after_ms=down_after_ms)
+        self.lag_s = lag_s
         self.killed: tuple[str, int] | None = None  # (name, port) of the master killed and not back yet
         self.failovers = 0
 
@@ -192,12 +211,16 @@ class FailoverOnKill:
             return
         name, port = self.killed
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline:  # the promotion done (not merely under way) before the restart
             try:
                 current = self.servers.master_port()
-                if current != port and redis.Redis(port=current).info("replication").get("role") == "master":
+                info = redis.Redis(port=self.servers.ports["sentinel"]).execute_command(
+                    "SENTINEL", "MASTER", MASTER_NAME)
+                flags = (dict(zip(info[::2], info[1::2])) if isinstance(info, list) else info).get(b"flags", b"")
+                if (current != port and b"failover" not in flags
+                        and redis.Redis(port=current).info("replication").get("role") == "master"):
                     break
-            except redis.ConnectionError:
+            except (redis.ConnectionError, redis.TimeoutError):
                 pass
             time.sleep(0.1)
         else:
@@ -207,6 +230,9 @@ class FailoverOnKill:
         self.killed = None
 
     def kill(self) -> None:
+        if self.lag_s:
+            self.servers.cut_replica()
+            time.sleep(self.lag_s)
         port = self.servers.master_port()
         process = self.servers.by_port[port]
         process.send_signal(signal.SIGKILL)

@@ -8,7 +8,8 @@ publishes it.
 - Closed candles (``on_candle``, ``on_batch``): every rule of the series, through ``firing.on_closed_bar``. A rule
   reading another series or tickers may wait for them (``waiting``).
 - In-progress candles (``on_live_candle``): only intrabar rules, on a window holding the closed bar just before the
-  in-progress one. candle_builder publishes a bar's in-progress candle after closing every earlier bar and names the
+  in-progress one, evaluated at ``live_time`` (the candle's ``as_of``: the exchange time of its newest trade, kept
+  inside its bar), which is also the alert's ``fired_at``. candle_builder publishes a bar's in-progress candle after closing every earlier bar and names the
   last one in ``prev_ts``; a missing previous bar means the engine has not read it yet (the live stream ran ahead of
   a backlogged candle stream in one read), and evaluated then, ``offset 1`` would be an older bar and every indicator
   window would have a hole: a crossing the closed bars never make. Such a candle is skipped (the closed bars, and
@@ -44,6 +45,15 @@ from shared.schemas import BookSnapshot, Candle, FundingRate, Liquidation, OpenI
 from shared.timeframes import bucket_start, timeframe_ms
 
 FeedUpdate = BookFigures | BookSnapshot | FundingRate | OpenInterest | Liquidation
+
+
+def live_time(candle: Candle) -> int:
+    """The exchange time an in-progress candle is evaluated at among closed candles (each at its close): its
+    ``as_of`` (the newest trade in it) kept inside its bar, so it comes after the close of the bar before and before
+    its own bar's close; the bar's last millisecond when the writer did not say (``as_of`` None)."""
+    end = candle.ts + timeframe_ms(candle.timeframe) - 1
+    as_of = candle.as_of
+    return end if as_of is None else min(max(as_of, candle.ts), end)
 
 
 class AlertEngine:
@@ -104,14 +114,17 @@ class AlertEngine:
 
     def on_batch(self, values: Iterable[Candle | Ticker], *, fire: bool = True) -> list[Fire]:
         """Candles and tickers read together, in exchange-time order: tickers by their time, closed candles by their
-        close; all candles closing at one time are stored before any is evaluated, so a condition on another series
-        sees that series' bar of the same close."""
+        close, in-progress candles by their ``as_of`` (``live_time``: before their own bar's close, after the
+        previous one's); all candles closing at one time are stored before any is evaluated, so a condition on
+        another series sees that series' bar of the same close."""
         timed: list[tuple[int, int, int, Candle | Ticker]] = []
         for n, v in enumerate(values):
             if isinstance(v, Ticker):
                 timed.append((v.ts, 0, n, v))
+            elif v.closed:
+                timed.append((v.ts + timeframe_ms(v.timeframe), 1, n, v))
             else:
-                timed.append((v.ts + timeframe_ms(v.timeframe), 1 if v.closed else 2, n, v))
+                timed.append((live_time(v), 2, n, v))
         timed.sort(key=lambda x: x[:3])
         out: list[Fire] = []
         i = 0
@@ -161,7 +174,7 @@ class AlertEngine:
             return []  # the bar before it is not here yet (the candle stream lags this read): module docstring
         if not w.push_provisional(candle, self.market.tickers.get(key[:2])):
             return []
-        now = candle.ts + w.tf_ms
+        now = live_time(candle)  # its exchange time: the alert's, the cooldown's and other series' "as of"
         # once_per_bar: the id of this bar's close evaluation (one alert per bar); every_time: one per change
         changed = f"live:{candle.trades}:{candle.last_trade_id}"
         out: list[Fire] = []

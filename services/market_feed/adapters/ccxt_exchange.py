@@ -27,6 +27,7 @@ import ccxt.pro as ccxtpro
 
 from services.market_feed.settings import ExchangeFeed, Settings
 from shared.errors import ConfigError, ExchangeError, UnknownExchangeError, UnknownSymbolError
+from shared.history import HistoryRow, kline_row, ohlcv_row
 from shared.schemas import Ticker, Trade
 
 BINANCE_FAMILY = ("binance", "binanceus")
@@ -107,6 +108,22 @@ async def load_markets(exchange: Any, feed: ExchangeFeed) -> None:
             hint = f"; closest listed: {', '.join(close)}" if close else ""
             problems.append(f"market_feed.exchanges[{feed.name}].symbols: {symbol!r} is not listed by {feed.id}{hint}")
         raise UnknownSymbolError(problems)
+
+
+async def fetch_ohlcv_page(exchange: Any, symbol: str, timeframe: str, since: int, limit: int) -> list[HistoryRow]:
+    """One page of OHLCV history from ``since``: Binance's raw klines (exact strings, taker-buy volume, trade count,
+    quote volume), else ccxt's ``fetch_ohlcv``. ccxt's errors come out as ExchangeError naming the cause."""
+    try:
+        if exchange.id in BINANCE_FAMILY:
+            raw = await exchange.publicGetKlines({"symbol": exchange.market_id(symbol), "interval": timeframe,
+                                                  "startTime": since, "limit": limit})
+            return [kline_row(r) for r in raw]
+        return [ohlcv_row(r) for r in await exchange.fetch_ohlcv(symbol, timeframe, since, limit)]
+    except TRANSIENT as exc:
+        raise ExchangeError(f"{exchange.id}: history of {symbol} {timeframe}: {describe_network_error(exc)}") from exc
+    except ccxt.BaseError as exc:
+        raise ExchangeError(f"{exchange.id}: history of {symbol} {timeframe}: {type(exc).__name__}: "
+                            f"{_short(exc)}") from exc
 
 
 def describe_network_error(exc: BaseException) -> str:

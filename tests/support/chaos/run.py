@@ -61,6 +61,7 @@ class ChaosPlan:
     settle_timeout_s: float = 120.0
     sentinel: bool = False  # a master, a replica and a Sentinel: each Redis kill is a SIGKILL of the master + failover
     wait_replicas: int = 0  # redis_wait_replicas of every service
+    replica_lag_s: float = 0.0  # with sentinel: replication cut this long before each master kill (FailoverOnKill)
     recovery_timeout_s: float = 60.0
 
 
@@ -204,7 +205,7 @@ async def run_chaos(plan: ChaosPlan, workdir: Path, data_dir: Path) -> dict:
     rules.write_text(RULES)
     jsonl = workdir / "alerts.jsonl"
     server: EmbeddedRedis | FailoverOnKill = (
-        FailoverOnKill(workdir / "redis") if plan.sentinel else
+        FailoverOnKill(workdir / "redis", lag_s=plan.replica_lag_s) if plan.sentinel else
         EmbeddedRedis(workdir / "redis", persist=True, binary=_redis_binary(workdir, plan.appendfsync)))
     await asyncio.to_thread(server.start)
     redis = connect(server.url)

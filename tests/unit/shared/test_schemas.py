@@ -100,7 +100,7 @@ def test_from_msg_is_decode_without_msgpack():
     (Candle, dict(exchange="x", symbol="A/B", timeframe="1m", ts=60_000, open=Decimal("1.5"), high=Decimal(2),
                   low=Decimal(1), close=Decimal(2), volume=Decimal(3), buy_volume=Decimal(1), sell_volume=Decimal(2),
                   quote_volume=Decimal("4.5"), trades=3, first_trade_id=7, last_trade_id=9, closed=True, revision=0,
-                  incomplete=False, history=False, prev_ts=None)),
+                  incomplete=False, history=False, prev_ts=None, as_of=None)),
     (Alert, dict(id="a1", rule="r", exchange="x", symbol="A/B", timeframe="1m", ts=0, fired_at=60_000,
                  price=Decimal("100.5"), value=None, condition="close > 1", message="m", severity="info",
                  labels={"team": "x"}, channels=["console"], state="firing")),

@@ -10,6 +10,10 @@ service, e.g. ``candle_builder``) is owned by at most one replica at a time:
   larger token than every owner before it;
 - it renews its leases every ``ttl / 3`` and hands back the ones over its share (a replica joined), so the others can
   take them; a dead replica's leases expire after ``ttl`` and the survivors take its partitions over;
+- every fenced write also extends its partition's lease by ``ttl`` (a replica that writes is alive), and a lease that
+  expired while its owner was too busy to renew it is taken back by the next renewal or write if no other replica took
+  it meanwhile (the fence counter still holds the owner's token): a busy owner keeps its partitions; a paused one
+  whose partitions were taken over is fenced;
 - every write an owner makes for a partition goes through ``fenced`` (a script that checks the lease still holds its
   value, then runs the writes — atomically, in the partition's hash slot): an owner paused past its TTL whose
   partition was taken over cannot write (``FencedError``), whatever it believes;
@@ -42,20 +46,35 @@ local token = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
 return token
 """
+# KEYS: the lease, the fence counter. ARGV: the lease value, the TTL, the token. A lease that expired while its
+# owner was too busy to renew it (a long CPU-bound read) is taken back if nobody took it meanwhile: the fence
+# counter still holds this owner's token, so no other replica has written since (every taker INCRs it first).
 _RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if not held and redis.call('GET', KEYS[2]) == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
 return 0
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-# ARGV: the lease value, then each command as its argument count followed by its arguments. Replies in order.
-# A count written "<n>@<k>" replaces the command's k-th argument with the previous command's reply (``PREVIOUS``).
+# KEYS: the lease, the fence counter. ARGV: the lease value, the TTL, the token, then each command as its argument
+# count followed by its arguments. Replies in order. A count written "<n>@<k>" replaces the command's k-th argument
+# with the previous command's reply (``PREVIOUS``). A write that passes the check also extends the lease by the TTL
+# (an owner that writes is alive, however late its balance round is), and takes back a lease that expired untaken
+# (as _RENEW does); a replica paused past the TTL and taken over fails the token check.
 _FENCED = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED lease ' .. KEYS[1] .. ' lost') end
+local held = redis.call('GET', KEYS[1])
+if held ~= ARGV[1] and (held or redis.call('GET', KEYS[2]) ~= ARGV[3]) then
+  return redis.error_reply('FENCED lease ' .. KEYS[1] .. ' lost')
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local out = {}
-local i = 2
+local i = 4
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
   if n then
@@ -167,8 +186,10 @@ class Ownership:
         # all at once: one after the other, each renewal waited for a turn of the event loop, and a busy replica
         # (16 partition workers evaluating, on an overloaded machine) let its last leases expire before renewing them
         held = list(self.leases.items())
-        answers = await asyncio.gather(*(self._renew(keys=[streams.lease(self.group, partition)],
-                                                     args=[lease.value, self.ttl_ms]) for partition, lease in held),
+        answers = await asyncio.gather(*(self._renew(keys=[streams.lease(self.group, partition),
+                                                           streams.fence(self.group, partition)],
+                                                     args=[lease.value, self.ttl_ms, lease.token])
+                                         for partition, lease in held),
                                        return_exceptions=True)
         lost = []
         failed: BaseException | None = None
@@ -222,7 +243,7 @@ class Ownership:
         lease = self.leases.get(partition)
         if lease is None:
             raise FencedError(f"{self.group}/{self.instance} does not own partition {partition}")
-        args: list[Any] = [lease.value]
+        args: list[Any] = [lease.value, self.ttl_ms, lease.token]
         for command in commands:
             if PREVIOUS in command:
                 at = next(i for i, arg in enumerate(command) if arg is PREVIOUS)
@@ -232,7 +253,8 @@ class Ownership:
                 args.append(len(command))
                 args.extend(command)
         try:
-            replies = list(await self._fenced(keys=[streams.lease(self.group, partition)], args=args))
+            replies = list(await self._fenced(keys=[streams.lease(self.group, partition),
+                                                    streams.fence(self.group, partition)], args=args))
         except redis_errors.ResponseError as exc:
             if str(exc).startswith("FENCED"):
                 self.leases.pop(partition, None)

@@ -106,6 +106,11 @@ class PartitionWorkers:
             await self._stop_worker(partition)
         for partition in gained:
             self.moves.append(Move(now, partition, True))
+            if partition in self.workers:
+                # its previous worker still runs: the lease was dropped under it by another task's fenced write (a
+                # timer tick, a backfill) and taken again. Never two workers on one partition (both would pass the
+                # fence with the new lease): stop the old one first.
+                await self._stop_worker(partition)
             self._start(partition)
         if gained or lost:
             logger.info("%s: partitions %s (gained %s, lost %s)", self.name, self.owned or "none", gained or "-",

@@ -250,11 +250,14 @@ class CandleBuilderApp:
         partition was lost, or the service stops)."""
         stream = streams.part_trades(partition)
         self._drop(partition)  # (a restarted worker: builders may have run ahead of what Redis holds)
-        saved = await self.redis.hget(streams.part_state(partition, GROUP), streams.offset_field(stream))
-        self.offsets[partition] = saved or b"0-0"
         try:
             while not stop.is_set():
-                read = await read_streams(self.raw, {stream: self.offsets[partition]}, count=self.settings.read_count,
+                offset = self.offsets.get(partition)
+                if offset is None:  # first read, or a timer tick's / backfill's failed commit dropped the partition
+                    # (``_drop``): resume from what Redis holds, as a new owner would
+                    saved = await self.redis.hget(streams.part_state(partition, GROUP), streams.offset_field(stream))
+                    offset = self.offsets[partition] = saved or b"0-0"
+                read = await read_streams(self.raw, {stream: offset}, count=self.settings.read_count,
                                           block_ms=self.settings.block_ms)
                 if read and not stop.is_set():
                     async with self._lock(partition):

@@ -8,7 +8,7 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from shared import streams
-from shared.ownership import PREVIOUS, FencedError, Ownership
+from shared.ownership import PREVIOUS, FencedError, Lease, Ownership
 from shared.partitions import partition_of, tag
 from shared.runtime import connect
 
@@ -96,3 +96,42 @@ def test_partition_of_is_stable_and_spread() -> None:
         counts[partition_of(exchange, symbol, PARTITIONS)] += 1
     assert min(counts) > 60 and max(counts) < 140  # ~100 each
     assert partition_of("binance", "BTC/USDT", PARTITIONS) == partition_of("binance", "BTC/USDT", PARTITIONS)
+
+
+async def test_a_busy_owner_keeps_its_leases_a_taken_over_one_is_fenced(client) -> None:
+    """A write extends the lease (an owner that writes is alive); a lease that expired because its owner was too busy
+    to renew it is taken back, by a write or a renewal, while no other replica took it; once one did, the old owner
+    can neither write nor renew."""
+    a = Ownership(client, "svc", "a", PARTITIONS, ttl_ms=300)
+    await a.balance(now_ms=1_000)
+    key = f"sentinel:{tag(3)}:probe"
+    lease = streams.lease("svc", 3)
+    for _ in range(4):  # writes only, no balance round, for longer than the TTL: the lease never expires
+        await asyncio.sleep(0.15)
+        await a.fenced(3, [("INCR", key)])
+        assert 250 < await client.pttl(lease) <= 300
+    assert await client.get(key) == b"4"
+
+    await asyncio.sleep(0.4)  # too busy to renew or write: every lease expired, nobody took them
+    assert await client.get(lease) is None
+    assert await a.fenced(3, [("INCR", key)]) == [5]  # taken back by the write, same token
+    gained, lost = await a.balance(now_ms=2_000)  # and the others by the renewal
+    assert (gained, lost) == ([], []) and a.owned == set(range(PARTITIONS))
+    assert await client.get(lease) == b"a|1" and int(await client.get(streams.fence("svc", 3))) == 1
+
+    await asyncio.sleep(0.4)  # paused past the TTL; b takes everything over meanwhile
+    b = Ownership(client, "svc", "b", PARTITIONS, ttl_ms=300)
+    await b.balance(now_ms=3_000)
+    assert b.owned == set(range(PARTITIONS))
+    with pytest.raises(FencedError):
+        await a.fenced(3, [("INCR", key)])
+    assert await client.get(key) == b"5"
+    _, lost = await a.balance(now_ms=3_001)
+    assert sorted(lost) == [p for p in range(PARTITIONS) if p != 3] and a.owned == set()
+    assert await client.get(lease) == b"b|2"
+
+    await asyncio.sleep(0.4)  # b's leases expired untaken: a's old token stays refused (b's is the last one given)
+    a.leases[3] = Lease(3, 1, "a|1")  # (as if a had not seen its loss yet)
+    with pytest.raises(FencedError):
+        await a.fenced(3, [("INCR", key)])
+    assert await b.fenced(3, [("INCR", key)]) == [6]

@@ -133,3 +133,40 @@ async def test_a_raw_reader_of_a_cluster_client_that_sent_no_command_yet_reads(r
         await client.delete(streams.part_trades(3))
         await raw.aclose()
         await client.aclose()
+
+
+async def test_a_partition_taken_again_while_its_old_worker_runs_never_has_two_workers(redis_url) -> None:
+    """Another task's fenced write (candle_builder's timer tick, a backfill) can drop a lease while the partition's
+    worker still runs; the next balance round takes the free partition again. The old worker must be stopped before
+    the new one starts: both would pass the fence with the new lease and process the same entries (and the old one
+    read a partition state the new one had reset: candle_builder's ``KeyError: <partition>``)."""
+    redis = connect(redis_url)
+    await redis.flushall()
+    running: dict[int, int] = {}
+    most: dict[int, int] = {}
+    started: list[int] = []
+
+    async def work(partition: int, stop: asyncio.Event) -> None:
+        running[partition] = running.get(partition, 0) + 1
+        most[partition] = max(most.get(partition, 0), running[partition])
+        started.append(partition)
+        try:
+            await stop.wait()  # (a worker busy until told to stop)
+        finally:
+            running[partition] -= 1
+
+    ownership = Ownership(redis, GROUP, "a", PARTITIONS, ttl_ms=600)
+    workers = PartitionWorkers(ownership, work)
+    stop = asyncio.Event()
+    run = asyncio.create_task(workers.run(stop))
+    try:
+        await _write_nothing_until(lambda: len(started) == PARTITIONS, 5)
+        ownership.leases.pop(3)  # what a failed fenced write by another task does ...
+        await redis.delete(streams.lease(GROUP, 3))  # ... after the lease expired
+        await _write_nothing_until(lambda: started.count(3) == 2, 5)  # taken again, a new worker
+        assert most[3] == 1 and running[3] == 1
+        assert workers.owned == list(range(PARTITIONS))
+    finally:
+        stop.set()
+        await asyncio.wait_for(run, 10)
+        await redis.aclose()

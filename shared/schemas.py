@@ -380,7 +380,10 @@ def feed_from_msg(msg: Any) -> FeedMessage:
                             return TradeBatch(exchange, symbol, [_new_tuple(Trade, (tid, ts, p, a, side == 1))])
             return TradeBatch(exchange, symbol, _decode_rows(rows))
     kind = _header(msg, ("trades", "gap", "watermark"))
-    exchange, symbol = _str_field(msg, "x"), _str_field(msg, "s")
+    exchange = _str_field(msg, "x")
+    # a watermark with symbol "" speaks for every pair of its exchange in the partition (market_feed writes one per
+    # partition, not one per pair); every other message names its pair
+    symbol = "" if kind == "watermark" and msg.get("s") == "" else _str_field(msg, "s")
     if kind == "trades":
         if "c" in msg:
             return TradeBatch(exchange, symbol, _decode_columns(msg["c"]))

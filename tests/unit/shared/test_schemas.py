@@ -27,6 +27,15 @@ def test_gap_and_watermark_round_trip():
     assert decode_feed(encode_gap(gap)) == gap
     mark = Watermark("kraken", "BTC/USD", 99, final=True)
     assert decode_feed(encode_watermark(mark)) == mark
+    # a partition's exchange-wide watermark (symbol ""): market_feed writes one per partition of several pairs; it
+    # was dead-lettered by every reader (so quiet pairs' candles and the replay's last ones never closed by it)
+    for final in (False, True):
+        wide = Watermark("binance", "", 99, final=final)
+        assert decode_feed(encode_watermark(wide)) == wide
+    with pytest.raises(DecodeError, match="'s'"):
+        decode_feed(msgpack.packb({"v": 1, "k": "gap", "x": "a", "s": "", "from": 1, "to": 2}))
+    with pytest.raises(DecodeError, match="'s'"):
+        decode_feed(msgpack.packb({"v": 1, "k": "trades", "x": "a", "s": "", "t": []}))
 
 
 @pytest.mark.parametrize("raw, fragment", [

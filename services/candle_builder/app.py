@@ -293,7 +293,7 @@ class CandleBuilderApp:
         touched: list[Series] = []
         counted: list[Emitted] = []
         live: list[tuple[Series, list[tuple[str, bytes]]]] = []  # in-progress candles to publish, per series
-        wall: list[Series] = []  # series throttled in wall time (live feeds, live_throttle_clock auto/wall)
+        wall: list[Series] = []  # series throttled in wall time (live_throttle_clock: wall)
         try:
             for pair, run in runs.items():
                 series = self.series.get(pair)
@@ -489,16 +489,10 @@ class CandleBuilderApp:
     # ---- in-progress candles ------------------------------------------------------------------------------------
 
     def _exchange_throttle(self, series: Series) -> bool:
-        """Whether ``series``' in-progress candles are throttled in exchange time (``live_throttle_clock``): always
-        with ``exchange``; with ``auto`` when its feed is not live (its trades reach Redis more than
-        ``live_max_skew_ms`` after their exchange time: a replay, a backtest), so a replay publishes the same
-        in-progress candles, and intrabar rules fire the same alerts, however fast it runs and however the stream is
-        read."""
-        clock = self.settings.live_throttle_clock
-        if clock != "auto":
-            return clock == "exchange"
-        offset = series.live_offset
-        return offset is None or abs(offset) > self.settings.live_max_skew_ms
+        """Whether ``series``' in-progress candles are throttled in exchange time (``live_throttle_clock: exchange``,
+        what ``sentinel backtest`` sets): the same in-progress candles, and intrabar rules fire the same alerts,
+        however fast the input comes and however the stream is read. Else in wall time (live views)."""
+        return self.settings.live_throttle_clock == "exchange"
 
     def _cut(self, series: Series, trades: Any) -> Iterator[tuple[Any, bool]]:
         """A batch of trades in parts, each ending with a throttle point (True) but the last: a trade is a point

@@ -6,7 +6,7 @@ Example::
       timeframes: [1m, 5m, 15m, 1h]   # always built; subscribers add more at run time
       flat_candles: true              # empty intervals give OHLC = previous close, volume 0
       live_throttle_ms: 250           # in-progress candles at most this often per series
-      live_throttle_clock: auto       # exchange time for replays/backtests (deterministic), wall time when live
+      live_throttle_clock: wall       # exchange: time of the trades (sentinel backtest sets it: deterministic)
       lateness_ms: 60000              # late trades this close to the newest exchange time revise closed candles
       candle_retention: {1s: 3600}    # entries kept per series stream by timeframe (others: candles_maxlen, 6000)
       # history_bars: 500             # unset = auto: 500 when the feed is live, off for replays; 0 = off
@@ -45,13 +45,12 @@ class Settings(ServiceSettings):
     lateness_ms: int = Field(default=60_000, ge=0, description="Late trades within this many ms of the newest "
                              "exchange time revise closed candles; older ones are counted and logged.")
     live_throttle_ms: int = Field(default=250, ge=0, description="Least time between in-progress candles per series.")
-    live_throttle_clock: Literal["auto", "exchange", "wall"] = Field(
-        default="auto", description="The clock of live_throttle_ms. exchange: an in-progress candle as of the first "
-        "trade of each live_throttle_ms window of exchange time (the same candles, so the same intrabar alerts, "
-        "whatever the speed of a replay or how the stream is read); wall: the newest state at most every "
-        "live_throttle_ms of wall time (a backlog read at once gives one candle); auto (default): exchange for a "
-        "series whose feed is not live (a replay, a backtest: trades reaching Redis more than live_max_skew_ms after "
-        "their exchange time), wall for a live one.")
+    live_throttle_clock: Literal["wall", "exchange"] = Field(
+        default="wall", description="The clock of live_throttle_ms. wall (default): the newest state at most every "
+        "live_throttle_ms of wall time (what live views want; a backlog read at once gives one candle, and a replay "
+        "at speed x60 no more updates than a live feed); exchange: an in-progress candle as of the first trade of "
+        "each live_throttle_ms window of exchange time (the same candles, so the same intrabar alerts, whatever the "
+        "speed of a replay or how the stream is read: sentinel backtest uses it).")
     live_candles: bool = Field(default=True, description="Publish in-progress candles to part_live streams.")
     close_on_timer: bool = Field(default=True, description="Close candles of live series on time (bucket end + grace) "
                                  "even when no trade or watermark arrives; replays are closed by exchange time only.")

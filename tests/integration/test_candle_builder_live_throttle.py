@@ -67,7 +67,8 @@ async def test_replay_live_candles_do_not_depend_on_chunking_or_reads_and_equal_
     for per_entry, read_count in ((1, 7), (250, 2000)):
         await redis.flushdb()
         await publish(redis, exchange, symbol, trades, per_entry=per_entry, final=False)
-        await run_until_caught_up(redis, settings_for(redis_url, read_count=read_count, live_throttle_ms=250))
+        settings = settings_for(redis_url, read_count=read_count, live_throttle_ms=250, live_throttle_clock="exchange")
+        await run_until_caught_up(redis, settings)
         runs.append(await live_entries(redis, exchange, symbol))
     assert runs[0] == runs[1]  # byte for byte, in the same order
     got = by_timeframe(runs[0])
@@ -80,7 +81,7 @@ async def test_replay_live_candles_do_not_depend_on_chunking_or_reads_and_equal_
 async def test_replay_live_candles_resume_exactly_after_a_restart(redis, redis_url, btc):
     """The last throttle point is saved with the pair's state: a restarted builder neither repeats nor skips one."""
     exchange, symbol, trades = btc
-    settings = settings_for(redis_url, read_count=50, live_throttle_ms=1000)
+    settings = settings_for(redis_url, read_count=50, live_throttle_ms=1000, live_throttle_clock="exchange")
     # stopped where the next trade is no throttle point (its window already had one)
     cut = next(i for i in range(2500, 3000) if trades[i].ts // 1000 == trades[i - 1].ts // 1000)
     await publish(redis, exchange, symbol, trades[:cut], per_entry=20, final=False)
@@ -98,7 +99,7 @@ async def test_replay_live_candles_resume_exactly_after_a_restart(redis, redis_u
 
 
 async def test_wall_clock_throttle_publishes_the_state_after_a_read(redis, redis_url, btc):
-    """``live_throttle_clock: wall`` (what a live feed gets with auto): one in-progress candle per series per read
+    """``live_throttle_clock: wall`` (the default): one in-progress candle per series per read
     at most, the newest state: a backlog read at once is one candle, not one per throttle window."""
     exchange, symbol, trades = btc
     await publish(redis, exchange, symbol, trades, per_entry=6000, final=False)

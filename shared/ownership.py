@@ -32,12 +32,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
 from redis import exceptions as redis_errors
 
 from shared import streams
 from shared.durability import NO_REPLICATION, Replication
 
 logger = logging.getLogger(__name__)
+
+_packb = msgpack.Packer(use_bin_type=False).pack  # (raw strings: Redis' cmsgpack reads no bin type)
 
 _ACQUIRE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -61,31 +64,25 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-# KEYS: the lease, the fence counter. ARGV: the lease value, the TTL, the token, then each command as its argument
-# count followed by its arguments. Replies in order. A count written "<n>@<k>" replaces the command's k-th argument
-# with the previous command's reply (``PREVIOUS``). A write that passes the check also extends the lease by the TTL
-# (an owner that writes is alive, however late its balance round is), and takes back a lease that expired untaken
-# (as _RENEW does); a replica paused past the TTL and taken over fails the token check.
+# KEYS: the lease, the fence counter. ARGV: the lease value, the TTL, the token, and the commands as one msgpack array
+# (``cmsgpack``, built into Redis' Lua): each command an array of k (0, or the position of the argument to replace
+# with the previous command's reply: ``PREVIOUS``) then its arguments. Replies in order. One blob, not an argument
+# per command word: redis-py packed a commit of 1,000 candles (3,000 commands) in ~15 ms, msgpack in ~2.6 ms. A write
+# that passes the check also extends the lease by the TTL (an owner that writes is alive), and takes back a lease that
+# expired untaken (as _RENEW does); a replica paused past the TTL and taken over fails the token check.
 _FENCED = """
 local held = redis.call('GET', KEYS[1])
 if held ~= ARGV[1] and (held or redis.call('GET', KEYS[2]) ~= ARGV[3]) then
   return redis.error_reply('FENCED lease ' .. KEYS[1] .. ' lost')
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local commands = cmsgpack.unpack(ARGV[4])
 local out = {}
-local i = 4
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  if n then
-    out[#out + 1] = redis.call(unpack(ARGV, i + 1, i + n))
-  else
-    local count, at = string.match(ARGV[i], '^(%d+)@(%d+)$')
-    n = tonumber(count)
-    local args = {unpack(ARGV, i + 1, i + n)}
-    args[tonumber(at)] = out[#out]
-    out[#out + 1] = redis.call(unpack(args))
-  end
-  i = i + n + 1
+for i = 1, #commands do
+  local command = commands[i]
+  local at = table.remove(command, 1)
+  if at > 0 then command[at] = out[#out] end
+  out[#out + 1] = redis.call(unpack(command))
 end
 return out
 """
@@ -240,21 +237,17 @@ class Ownership:
 
     async def fenced(self, partition: int, commands: Iterable[Command]) -> list[Any]:
         """Run ``commands`` (each a sequence like ``("XADD", key, "*", "d", data)``, every key in the partition's
-        hash slot; an argument ``PREVIOUS`` is the previous command's reply) atomically, only if this replica still
+        hash slot; arguments str, bytes or int, an int exact as a Lua number, |n| < 2**53; an argument ``PREVIOUS`` is
+        the previous command's reply) atomically, only if this replica still
         holds the partition's lease. FencedError otherwise (the
         partition is dropped from ``leases``: its worker must stop)."""
         lease = self.leases.get(partition)
         if lease is None:
             raise FencedError(f"{self.group}/{self.instance} does not own partition {partition}")
-        args: list[Any] = [lease.value, self.ttl_ms, lease.token]
-        for command in commands:
-            if PREVIOUS in command:
-                at = next(i for i, arg in enumerate(command) if arg is PREVIOUS)
-                args.append(f"{len(command)}@{at + 1}")
-                args.extend("" if arg is PREVIOUS else arg for arg in command)
-            else:
-                args.append(len(command))
-                args.extend(command)
+        packed = [[next(i for i, arg in enumerate(command) if arg is PREVIOUS) + 1,
+                   *("" if arg is PREVIOUS else arg for arg in command)] if PREVIOUS in command else [0, *command]
+                  for command in commands]
+        args = [lease.value, self.ttl_ms, lease.token, _packb(packed)]
         try:
             replies = list(await self._fenced(keys=[streams.lease(self.group, partition),
                                                     streams.fence(self.group, partition)], args=args))

@@ -5,14 +5,18 @@ bench/results/bench_book_alerts.json.
 The snapshots are real: market_feed's ``BookSnapshot`` of the 2024-08-08 BTCUSDT book (``book_core.PairBook`` over
 the real diffs, top 20 levels, bands 10/25/50 bps, walls), each pair cycling through them from its own offset, with
 exchange time = wall time. A producer process XADDs them to the pairs' partition streams (``part_books``, 16
-partitions), the pairs in 20 groups spread over each interval (one pipeline per group: 10 snapshots every 5 ms); a reader process takes the kernel's receive time of each alert on its
-socket (``bench_alerts._Probe``). Latency: the snapshot's XADD (the producer's clock just before the pipeline is
-sent) -> the alert reaching the reader. The first WARMUP_S seconds are not sampled. "floor": the same producer and
-reader with no engine, the reader reading the snapshots themselves: the machine's own cost at that moment (runs
-alternate with the engine's). Also reported: the engine's CPU
-seconds per second of the run (its share of one core) and alerts per second.
+partitions), the pairs in 20 groups spread over each interval (one pipeline per group: 10 snapshots every 5 ms); a
+reader process takes the kernel's receive time of each alert on its socket (``bench.common.Probe``). The engine
+starts before the producer and is ready once every partition it holds has its engine (``bench.common.run_engine``).
+Latency: the snapshot's XADD (the producer's clock just before the pipeline is sent) -> the alert reaching the
+reader. The first WARMUP_S seconds are not sampled. "floor": the same producer and reader with no engine, the reader
+reading the snapshots themselves: the machine's own cost at that moment (runs alternate with the engine's). Also
+reported: the engine's CPU seconds per second of the run (its share of one core), its CPU per update and alerts per
+second. p50 / p99 per run; median [min-max] over the runs.
 
-Usage: ``python bench/bench_book_alerts.py [--pairs 200] [--every-ms 100] [--seconds 20] [--runs 3]``.
+Usage: ``python bench/bench_book_alerts.py [--pairs 200] [--every-ms 100] [--seconds 20] [--runs 3]
+[--compare offsets_every_ms=0]`` (``--compare``: a variant of the engine with other settings, alternated with the
+default one and the floor).
 """
 
 from __future__ import annotations
@@ -147,7 +151,7 @@ def _reader(url: str, stop: Any, ready: Any, out: Any, floor: bool) -> None:
 
 
 def run_once(url: str, pairs: int, every_ms: int, seconds: float, rules: Path, redis_pid: int,
-             floor: bool = False) -> dict[str, Any]:
+             floor: bool = False, options: dict[str, Any] | None = None) -> dict[str, Any]:
     import redis as redis_sync
 
     r = redis_sync.Redis.from_url(url)
@@ -156,7 +160,8 @@ def run_once(url: str, pairs: int, every_ms: int, seconds: float, rules: Path, r
     ctx = mp.get_context("spawn")
     mark, stop, engine_ready, reader_stop, reader_ready = (ctx.Event() for _ in range(5))
     cpu_q, seen_q, sent_q = ctx.Queue(), ctx.Queue(), ctx.Queue()
-    engine = ctx.Process(target=run_engine, args=(url, str(rules), mark, stop, engine_ready, cpu_q))
+    engine = ctx.Process(target=run_engine, args=(url, str(rules), mark, stop, engine_ready, cpu_q),
+                         kwargs={"options": options})
     reader = ctx.Process(target=_reader, args=(url, reader_stop, reader_ready, seen_q, floor))
     if floor:
         engine_ready.set()
@@ -167,11 +172,13 @@ def run_once(url: str, pairs: int, every_ms: int, seconds: float, rules: Path, r
     reader_ready.wait(60)
     producer = ctx.Process(target=_producer, args=(url, pairs, every_ms, seconds, 16, sent_q))
     producer.start()
+    r.config_resetstat()
     mark.set()
     redis_cpu = proc_cpu_s(redis_pid)
     sent, ticks, started = sent_q.get(timeout=seconds + 120)
     producer.join()
     redis_cpu = proc_cpu_s(redis_pid) - redis_cpu
+    calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in r.info("commandstats").items()}
     time.sleep(1.0)  # the last alerts
     stop.set()
     engine_cpu = 0.0 if floor else cpu_q.get(timeout=60)
@@ -190,49 +197,60 @@ def run_once(url: str, pairs: int, every_ms: int, seconds: float, rules: Path, r
             "p50_ms": pick(lat, 0.5), "p99_ms": pick(lat, 0.99), "max_ms": round(lat[-1], 3) if lat else None,
             "engine_cpu_share": round(engine_cpu / seconds, 3),
             "engine_cpu_us_per_update": round(engine_cpu / (ticks * pairs) * 1e6, 1),
-            "redis_cpu_share": round(redis_cpu / seconds, 3), "load_avg_1m": os.getloadavg()[0]}
+            "redis_cpu_share": round(redis_cpu / seconds, 3), "load_avg_1m": os.getloadavg()[0],
+            # Redis calls per book update during the run (the producer's XADDs, the engine's XREADs and commits)
+            "calls_per_update": {k: round(calls.get(k, 0) / (ticks * pairs), 3) for k in ("xread", "evalsha", "xadd")}}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=200)
     parser.add_argument("--every-ms", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--compare", action="append", default=[], metavar="SETTING=VALUE",
+                        help="also run the engine with this alert_engine setting (repeatable: one variant with all of "
+                             "them), alternating with the default engine and the floor")
     parser.add_argument("--output", default="bench_book_alerts.json", help="file name in bench/results/")
     args = parser.parse_args()
-    runs: list[dict[str, Any]] = []
-    floors: list[dict[str, Any]] = []
+    variant = dict(item.split("=", 1) for item in args.compare)
+    layouts: dict[str, dict[str, Any] | None] = {"engine": {}, **({"variant": variant} if variant else {}),
+                                                  "floor": None}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in layouts}
     with tempfile.TemporaryDirectory() as tmp:
         rules = Path(tmp) / "rules.yaml"
         rules.write_text(RULES)
         server = EmbeddedRedis(Path(tmp) / "redis", persist=False)
         server.start()
         try:
-            for _ in range(args.runs):  # the floor and the engine alternate: both see the same moments of the machine
-                res = run_once(server.url, args.pairs, args.every_ms, args.seconds, rules, server.process.pid)
-                print("   ", json.dumps(res), flush=True)
-                runs.append(res)
-                res = run_once(server.url, args.pairs, args.every_ms, args.seconds, rules, server.process.pid,
-                               floor=True)
-                print("    floor", json.dumps({k: res[k] for k in ("p50_ms", "p99_ms", "max_ms", "load_avg_1m")}),
-                      flush=True)
-                floors.append(res)
+            for _ in range(args.runs):  # the layouts alternate: all see the same moments of the machine
+                for name, options in layouts.items():
+                    res = run_once(server.url, args.pairs, args.every_ms, args.seconds, rules, server.process.pid,
+                                   floor=options is None, options=options)
+                    print(f"    {name}", json.dumps(res), flush=True)
+                    runs[name].append(res)
         finally:
             server.stop()
-    engine = {k: spread([r[k] for r in runs if r[k] is not None]) for k in ("p50_ms", "p99_ms")}
-    floor = {k: spread([r[k] for r in floors if r[k] is not None]) for k in ("p50_ms", "p99_ms")}
-    met = engine["p99_ms"]["median"] is not None and engine["p99_ms"]["median"] <= GOAL_P99_MS
-    result = {"machine": platform.platform(), "cpus": mp.cpu_count(), "pairs": args.pairs, "every_ms": args.every_ms,
-              "rules_per_pair": 5, "seconds": args.seconds, "runs": runs, "engine": engine, "goal_p99_ms": GOAL_P99_MS,
-              "floor": floor,
-              "floor_runs": [{k: r[k] for k in ("p50_ms", "p99_ms", "max_ms", "load_avg_1m")} for r in floors],
-              "engine_cpu_us_per_update": spread([r["engine_cpu_us_per_update"] for r in runs], 1), "met": met}
-    print(f"{args.pairs} pairs x {1000 // args.every_ms}/s x 5 book rules, {len(runs)} runs: update -> alert "
-          f"p50 {fmt_spread(engine['p50_ms'])}, p99 {fmt_spread(engine['p99_ms'])} (goal p99 <= {GOAL_P99_MS}: "
-          f"{'MET' if met else 'NOT MET'}); floor (producer -> Redis -> reader, no engine) p50 "
-          f"{fmt_spread(floor['p50_ms'])}, p99 {fmt_spread(floor['p99_ms'])}; engine CPU per update "
-          f"{fmt_spread(result['engine_cpu_us_per_update'], 'us')}")
+    result: dict[str, Any] = {"machine": platform.platform(), "cpus": mp.cpu_count(), "pairs": args.pairs,
+                              "every_ms": args.every_ms, "rules_per_pair": 5, "seconds": args.seconds,
+                              "goal_p99_ms": GOAL_P99_MS, "variant_settings": variant}
+    for name, rs in runs.items():
+        row = result[name] = {k: spread([r[k] for r in rs if r[k] is not None]) for k in ("p50_ms", "p99_ms")}
+        if name != "floor":
+            row["cpu_us_per_update"] = spread([r["engine_cpu_us_per_update"] for r in rs], 1)
+            row["calls_per_update"] = {k: spread([r["calls_per_update"][k] for r in rs]) for k in ("xread", "evalsha")}
+        row["runs"] = rs
+    engine = result["engine"]
+    result["met"] = engine["p99_ms"]["median"] is not None and engine["p99_ms"]["median"] <= GOAL_P99_MS
+    print(f"{args.pairs} pairs x {1000 // args.every_ms}/s x 5 book rules, {args.runs} runs, update -> alert "
+          f"(goal p99 <= {GOAL_P99_MS}: {'MET' if result['met'] else 'NOT MET'}):")
+    for name in runs:
+        row = result[name]
+        label = {"engine": "engine", "variant": f"engine {variant}", "floor": "floor (no engine)"}[name]
+        cpu = (f", CPU per update {fmt_spread(row['cpu_us_per_update'], 'us')}, Redis calls per update: XREAD "
+               f"{row['calls_per_update']['xread']['median']}, EVALSHA {row['calls_per_update']['evalsha']['median']}"
+               if name != "floor" else "")
+        print(f"  {label}: p50 {fmt_spread(row['p50_ms'])}, p99 {fmt_spread(row['p99_ms'])}{cpu}")
     print(f"written: {write_result(args.output, result)}")
 
 if __name__ == "__main__":

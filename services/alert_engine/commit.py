@@ -128,6 +128,18 @@ class AlertCommit:
         await self._take_answers(fires, predicted, answers, saved, touched)
         return answers
 
+    def cooling_down(self, fires: list[Fire]) -> bool:
+        """Every fire is a firing alert whose fingerprint this engine itself published with a cooldown that still
+        runs at the fire's time: the commit would answer -1 to each (the cooldown key is written only by a publish,
+        and holds at least that end), so a partition's worker commits such a read as one that fired nothing. Their
+        rule state rows wait for ``save_all_state``; they count as suppressed."""
+        for f in fires:
+            until = self.cooldown_until.get(f.fingerprint)
+            if f.alert.state != "firing" or not f.cooldown_ms or until is None or (0 <= until <= f.now_ms):
+                return False
+        self.suppressed += len(fires)
+        return True
+
     def forget(self) -> None:
         """Drop what this engine knows of cooldowns (the engine was reset: Redis' records decide, as after a
         restart)."""

@@ -238,6 +238,8 @@ class PartitionEngine:
             return 0
         new = {name: entries[-1][0] for name, entries in read}
         self.unsaved.update(new)
+        if fires and self.commit.cooling_down(fires):  # (nothing to publish: Redis would answer -1 to each)
+            fires = []
         if fires or self._save_due():
             await self._commit(fires, owner)
         self.offsets.update(new)

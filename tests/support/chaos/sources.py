@@ -78,6 +78,12 @@ def pipeline_sections(rules: Path, replicas: int) -> dict:
             "alert_engine": {"rules_file": str(rules), "clock": "exchange"}}  # cooldowns: the recording's time
 
 
+def notifier_section(jsonl: Path, hook_url: str) -> dict:
+    """The notifier of a harness run: the JSONL file and the webhook receiver, no rate limit worth the name."""
+    return {"console": False, "jsonl_path": str(jsonl), "channels": {HOOK: hook_url}, "default_channels": TARGETS,
+            "rate_per_s": 10_000, "burst": 10_000, "backoff_base_s": 0.05, "backoff_cap_s": 0.5}
+
+
 def settings_file(path: Path, *, redis_url: str, rules: Path, jsonl: Path, hook_url: str, replicas: int,
                   wait_replicas: int = 0) -> Path:
     """The one settings file of every process of the run (what differs per process goes in its environment)."""
@@ -87,9 +93,7 @@ def settings_file(path: Path, *, redis_url: str, rules: Path, jsonl: Path, hook_
         "log_level": "INFO",
         "market_feed": {"mode": "replay", "backoff_base_s": 0.1, "backoff_cap_s": 1.0, "silence_timeout_s": 2.0},
         **pipeline_sections(rules, replicas),
-        "notifier": {"console": False, "jsonl_path": str(jsonl), "channels": {HOOK: hook_url},
-                     "default_channels": TARGETS, "rate_per_s": 10_000, "burst": 10_000,
-                     "backoff_base_s": 0.05, "backoff_cap_s": 0.5},
+        "notifier": notifier_section(jsonl, hook_url),
         "exchange_sim": {"wait_for_client": True, "depth": "off", "futures": False},
     }
     path.write_text(yaml.safe_dump(doc, sort_keys=False))

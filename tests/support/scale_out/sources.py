@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from tests.support.chaos.layout import Pair
+from tests.support.chaos.sources import notifier_section
 
 #: name -> (exchange, symbol, file under ../shared/data).
 #:
@@ -80,8 +81,6 @@ rules:
 #: (exchange, symbol, timeframe) the rules name explicitly: the feeds start once the engines subscribe to them.
 EXPLICIT_SERIES = [("binance", "BTC/USDT", "1s"), ("binance", "BTC/USDC", "1s")]
 BUILDER_TIMEFRAMES = ["1m", "5m", "15m", "1h"]  # candle_builder's defaults (not set in the settings)
-HOOK = "hook"
-TARGETS = ["jsonl", HOOK]
 
 
 def live_timeframes(pair: Pair) -> list[str]:
@@ -104,9 +103,7 @@ def settings_file(path: Path, *, redis_url: str, cluster: bool, rules: Path, jso
         "log_level": "INFO",
         "market_feed": {"mode": "replay", "backoff_base_s": 0.1, "backoff_cap_s": 1.0, "silence_timeout_s": 2.0},
         **pipeline_sections(rules),
-        "notifier": {"console": False, "jsonl_path": str(jsonl), "channels": {HOOK: hook_url},
-                     "default_channels": TARGETS, "rate_per_s": 10_000, "burst": 10_000,
-                     "backoff_base_s": 0.05, "backoff_cap_s": 0.5},
+        "notifier": notifier_section(jsonl, hook_url),
     }
     for section, values in (extra or {}).items():
         if isinstance(values, dict):

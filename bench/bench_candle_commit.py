@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import statistics
@@ -35,8 +34,8 @@ from shared import streams  # noqa: E402
 from shared.embedded_redis import EmbeddedRedis  # noqa: E402
 from shared.ownership import PREVIOUS, Ownership  # noqa: E402
 from shared.runtime import connect  # noqa: E402
+from bench.common import write_result  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SHAPES = ("one_stream", "two_streams", "two_streams_star")
 
 
@@ -111,10 +110,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     results = asyncio.run(main_async(args))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "bench_candle_commit.json"
-    path.write_text(json.dumps(results, indent=2))
-    print(f"wrote {path}")
+    print(f"wrote {write_result('bench_candle_commit.json', results)}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import sys
@@ -31,8 +30,8 @@ from services.candle_builder.settings import Settings  # noqa: E402
 from shared import streams  # noqa: E402
 from shared.embedded_redis import EmbeddedRedis  # noqa: E402
 from shared.runtime import connect  # noqa: E402
+from bench.common import write_result  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -132,10 +131,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, nargs="+", default=[10, 10_000])
     args = parser.parse_args()
     results = asyncio.run(main_async(args))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "bench_idle.json"
-    path.write_text(json.dumps(results, indent=2))
-    print(f"wrote {path}")
+    print(f"wrote {write_result('bench_idle.json', results)}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import statistics
@@ -30,8 +29,8 @@ from shared.durability import Replication  # noqa: E402
 from shared.ownership import PREVIOUS, Ownership  # noqa: E402
 from shared.redisconn import connect  # noqa: E402
 from tests.support.redis_sentinel import RedisWithSentinel  # noqa: E402
+from bench.common import write_result  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 CANDLE = b"\x00" * 120  # an encoded candle is ~100-130 bytes
 
 
@@ -96,10 +95,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     results = asyncio.run(main_async(args))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "bench_wait.json"
-    path.write_text(json.dumps(results, indent=2))
-    print(f"wrote {path}")
+    print(f"wrote {write_result('bench_wait.json', results)}")
 
 
 if __name__ == "__main__":

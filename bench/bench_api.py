@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import tempfile
 import time
 from decimal import Decimal
@@ -20,6 +21,9 @@ from pathlib import Path
 import httpx
 import websockets
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import write_result  # noqa: E402
 from services.api.app import ApiApp
 from services.api.settings import Settings
 from shared import streams
@@ -30,7 +34,6 @@ from shared.runtime import connect
 from shared.schemas import Alert, Candle
 from shared.partitions import DEFAULT_PARTITIONS, partition_of
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -111,6 +114,5 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=2.0, help="per endpoint")
     args = parser.parse_args()
     result = asyncio.run(main(args.seconds))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "api.json").write_text(json.dumps(result, indent=2))
+    write_result("api.json", result)
     print(json.dumps(result, indent=2))

@@ -38,7 +38,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-RESULTS = ROOT / "bench" / "results"
+from bench.common import write_result  # noqa: E402
+
 RULES = ROOT / "services" / "alert_engine" / "sample_rules.yaml"
 NAUTILUS_VENV = ROOT / "bench" / ".venv-nautilus"
 NAUTILUS_SCRIPT = ROOT / "bench" / "nautilus_bars.py"
@@ -307,9 +308,7 @@ def main() -> None:
     one_rate = results["one_symbol"]["sentinel"]["trades_per_s"]["median"]
     many_rate = results["many_symbols"]["sentinel"]["trades_per_s"]["median"]
     results["many_over_one"] = round(many_rate / one_rate, 2)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "bench_backtest.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    path = write_result("bench_backtest.json", results)
     print(json.dumps({k: v for k, v in results.items() if k not in ("one_symbol", "many_symbols")}, indent=2))
     for part in ("one_symbol", "many_symbols"):
         print(part, {k: (v["trades_per_s"], v.get("sentinel_over_this")) for k, v in results[part].items()})

@@ -33,6 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import write_result  # noqa: E402
 from services.market_feed.book_core import BookView, ExactDecimals, PairBook, exact_levels  # noqa: E402
 from shared.orderbook.binance import DiffDepthSync  # noqa: E402
 from shared.orderbook.book import L2Book, parse_levels  # noqa: E402
@@ -40,7 +41,6 @@ from shared.orderbook.metrics import book_metrics  # noqa: E402
 from shared.orderbook.walls import WallTracker  # noqa: E402
 from shared.schemas import BookSnapshot  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "binance_spot_btcusdt"
 
 
@@ -192,6 +192,5 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     result = main(args.runs)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench_book.json").write_text(json.dumps(result, indent=2))
+    write_result("bench_book.json", result)
     print(json.dumps(result, indent=2))

@@ -30,13 +30,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_book import load, run_book  # noqa: E402
+from bench.common import write_result  # noqa: E402
 from services.market_feed.adapters.ccxt_book import BookFeed  # noqa: E402
 from services.market_feed.book_settings import BookFeedSettings  # noqa: E402
 from shared.embedded_redis import EmbeddedRedis  # noqa: E402
 from shared.ownership import Ownership  # noqa: E402
 from shared.runtime import connect  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PARTITIONS = 16
 
 
@@ -125,8 +125,7 @@ def main() -> None:
             server.stop()
     result = {"bench": "book_publish", "python": platform.python_version(), "machine": platform.machine(),
               "pairs": args.pairs, "partitions": PARTITIONS, "runs": args.runs, "books": books}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench_book_publish.json").write_text(json.dumps(result, indent=2))
+    write_result("bench_book_publish.json", result)
     print(json.dumps(result, indent=2))
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import json
 import os
 import platform
 import statistics
@@ -27,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import write_result  # noqa: E402
 from services.candle_builder.settings import DEFAULT_RETENTION, MAX_HISTORY_BARS, Settings  # noqa: E402
 from shared import streams  # noqa: E402
 from shared.bus import FIELD  # noqa: E402
@@ -34,7 +34,6 @@ from shared.embedded_redis import EmbeddedRedis  # noqa: E402
 from shared.runtime import connect  # noqa: E402
 from shared.schemas import Candle  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 RECORDING = DATA / "binance_spot_btcusdt" / "BTCUSDT-trades-20240808T2354-20240809T0005.csv"
 
@@ -134,9 +133,7 @@ def main() -> None:
     args = parser.parse_args()
     results = asyncio.run(main_async(args))
     print("per series at the default retention (MB):", results["per_series_at_defaults_mb"])
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "bench_candle_memory.json"
-    path.write_text(json.dumps(results, indent=2))
+    path = write_result("bench_candle_memory.json", results)
     print(f"wrote {path}")
 
 

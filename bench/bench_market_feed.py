@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import write_result  # noqa: E402
 from services.market_feed.app import MarketFeedApp  # noqa: E402
 from services.market_feed.settings import Settings  # noqa: E402
 from shared import streams  # noqa: E402
@@ -33,7 +34,6 @@ from shared.embedded_redis import EmbeddedRedis  # noqa: E402
 from shared.partitions import partition_of  # noqa: E402
 from shared.runtime import connect  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 RECORDING = (Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "binance_spot_btcusdt"
              / "BTCUSDT-trades-20240808T2354-20240809T0005.csv")
 
@@ -127,6 +127,5 @@ if __name__ == "__main__":
     parser.add_argument("--speeds", default="100,400,1600", help="exchange speeds (× real time), comma-separated")
     args = parser.parse_args()
     result = asyncio.run(main(args.trades, [float(x) for x in args.speeds.split(",")]))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench_market_feed.json").write_text(json.dumps(result, indent=2))
+    write_result("bench_market_feed.json", result)
     print(json.dumps(result, indent=2))

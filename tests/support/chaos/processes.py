@@ -110,3 +110,17 @@ async def supervise(services: list[Service], stop: asyncio.Event, paused: set[st
                 await svc.start()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every)
+
+
+async def stop_all(services: list[Service], stop_supervisor: asyncio.Event) -> None:
+    """The end of a run: no more restarts, then every service stopped (one that fails to stop does not keep the
+    others running)."""
+    stop_supervisor.set()
+    for svc in services:
+        with contextlib.suppress(Exception):
+            await svc.stop()
+
+
+def process_counts(services: list[Service]) -> dict[str, dict[str, int]]:
+    """Per service: how often it was started, killed on purpose, and how often it crashed (for a run's report)."""
+    return {s.name: {"starts": s.starts, "kills": s.kills, "crashes": len(s.crashes)} for s in services}

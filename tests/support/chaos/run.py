@@ -26,7 +26,7 @@ from tests.integration.notifier.receivers import webhook_receiver
 from tests.support.chaos import checks
 from tests.support.chaos.inject import KINDS, Injector
 from tests.support.chaos.layout import Layout, layout
-from tests.support.chaos.processes import Service, clean_env, sentinel_argv, supervise
+from tests.support.chaos.processes import Service, clean_env, process_counts, sentinel_argv, stop_all, supervise
 from tests.support.chaos.progress import Probe, wait_for
 from tests.support.chaos.scenario import Chaos, schedule
 from tests.support.chaos.sources import (BUILDER_TIMEFRAMES, EXPLICIT_SERIES, RULES, TIMEFRAMES, Source,
@@ -271,8 +271,7 @@ async def run_chaos(plan: ChaosPlan, workdir: Path, data_dir: Path) -> dict:
                       "sources_ended": fed_s is not None, "settled": settle_s is not None,
                       **_summary_of(chaos.log, services), "events": chaos.log,
                       "failovers": getattr(server, "failovers", 0),
-                      "processes": {s.name: {"starts": s.starts, "kills": s.kills, "crashes": len(s.crashes)}
-                                    for s in services}}
+                      "processes": process_counts(services)}
             bt_dirs = await backtests
             report.update(await checks.everything(redis, names, srcs, refs, bt_dirs, jsonl, hook, injector))
             if plan.sabotage:
@@ -280,10 +279,7 @@ async def run_chaos(plan: ChaosPlan, workdir: Path, data_dir: Path) -> dict:
             stop_supervisor.set()
             await supervisor
     finally:
-        stop_supervisor.set()
-        for svc in services:
-            with contextlib.suppress(Exception):
-                await svc.stop()
+        await stop_all(services, stop_supervisor)
         if sim is not None and sim.returncode is None:
             sim.terminate()
             await sim.wait()

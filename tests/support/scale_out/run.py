@@ -23,7 +23,7 @@ from shared.partitions import DEFAULT_PARTITIONS, partition_of
 from shared.redisconn import connect
 from tests.integration.notifier.receivers import webhook_receiver
 from tests.support.chaos.layout import Pair
-from tests.support.chaos.processes import Service, clean_env, sentinel_argv, supervise
+from tests.support.chaos.processes import Service, clean_env, process_counts, sentinel_argv, stop_all, supervise
 from tests.support.chaos.progress import REDIS_DOWN, wait_for
 from tests.support.chaos.verify import read_jsonl, recording
 from tests.support.scale_out import compare
@@ -390,8 +390,7 @@ async def run_scale_out(plan: ScalePlan, workdir: Path, data_dir: Path, url: str
                                 async for k in redis.scan_iter(match="*:lease:*", count=1000)}
             report.update({"sources_ended": fed_s is not None, "settled": settle_s is not None,
                            "not_settled": behind[:20], "events": chaos.log, **_summary(chaos.log, services),
-                           "processes": {s.name: {"starts": s.starts, "kills": s.kills, "crashes": len(s.crashes)}
-                                         for s in services}})
+                           "processes": process_counts(services)})
             report["seconds"].update({"sources": fed_s and round(fed_s, 1), "settle": settle_s and round(settle_s, 1)})
             expected = read_jsonl(bt / "alerts.jsonl")
             report.update(await compare.everything(redis, pairs, refs, plan.partitions, expected, jsonl, hook,
@@ -399,10 +398,7 @@ async def run_scale_out(plan: ScalePlan, workdir: Path, data_dir: Path, url: str
             stop_supervisor.set()
             await supervisor
     finally:
-        stop_supervisor.set()
-        for svc in services:
-            with contextlib.suppress(Exception):
-                await svc.stop()
+        await stop_all(services, stop_supervisor)
         with contextlib.suppress(*REDIS_DOWN):
             await redis.aclose()
     report["seconds"]["total"] = round(time.monotonic() - started, 1)

@@ -428,8 +428,21 @@ class _Message(BaseModel):
     @classmethod
     def from_msg(cls, msg: Any) -> Self:
         """The message from its unpacked map (``decode`` without the msgpack step, for a reader that looked at
-        ``k`` first); DecodeError naming what is wrong."""
-        kind = _header(msg, (cls.model_fields["kind"].default,))
+        ``k`` first); DecodeError naming what is wrong.
+
+        A flat map of this kind and version (scalars only: no float) is validated as it is, ``v`` and ``k`` ignored
+        as extra keys: the same pydantic validation, without copying the map (a candle decoded in ~half the time).
+        Anything else, or a map that fails validation, takes the checked way below, which says why."""
+        kind = _KINDS.get(cls)
+        if kind is None:
+            kind = _KINDS[cls] = cls.model_fields["kind"].default
+        if (type(msg) is dict and msg.get("k") == kind and msg.get("v") == SCHEMA_VERSION and "kind" not in msg
+                and set(map(type, msg.values())) <= _SCALARS):
+            try:
+                return cls.model_validate(msg)
+            except ValidationError:
+                pass  # (the reason, below)
+        kind = _header(msg, (kind,))
         data = {k: v for k, v in msg.items() if k not in ("v", "k")}
         where = _float_in(data)
         if where is not None:  # a float's value is not the decimal it prints as: never compared with a threshold
@@ -443,6 +456,7 @@ class _Message(BaseModel):
 
 
 _SCALARS = frozenset((str, int, bool, type(None), bytes))
+_KINDS: dict[type, str] = {}  # message class -> its kind (``from_msg``)
 
 
 def _float_in(value: Any, path: str = "") -> str | None:

@@ -157,3 +157,40 @@ def test_a_refused_message_names_the_field_without_its_value():
     with pytest.raises(DecodeError) as info:
         Candle.from_msg(unpack(msgpack.packb(msg)))
     assert "close" in str(info.value) and len(str(info.value)) < 1000, str(info.value)[:300]
+
+
+def _validated_the_checked_way(cls, msg):
+    """What ``from_msg`` gave before its flat-map path: the map without ``v``/``k``, kind set, validated."""
+    return cls.model_validate({**{k: v for k, v in msg.items() if k not in ("v", "k")},
+                               "kind": cls.model_fields["kind"].default})
+
+
+def test_from_msg_of_a_flat_map_equals_the_checked_way_and_refuses_what_it_refused():
+    """A flat candle / ticker map is validated as it is (``v``, ``k`` ignored): the same model as the checked way,
+    field by field (decimal text as written, ints, ids of either type, None), and every malformed map still raises
+    DecodeError naming the problem (the engine dead-letters with it)."""
+    c = Candle(exchange="x", symbol="A/B", timeframe="1m", ts=60_000, open=Decimal("61837.630"), high=Decimal("7E+3"),
+               low=Decimal("-0.00001"), close=Decimal(2), volume=Decimal("0"), buy_volume=Decimal("0.5"),
+               sell_volume=Decimal("1.5"), quote_volume=Decimal("4.25"), trades=3, first_trade_id="a7",
+               last_trade_id=9, closed=False, revision=2, incomplete=True, history=True, prev_ts=0, as_of=61_000)
+    msg = unpack(c.encode())
+    got = Candle.from_msg(msg)
+    assert got == c == _validated_the_checked_way(Candle, msg)
+    assert [(k, type(v), str(v)) for k, v in got] == [(k, type(v), str(v)) for k, v in c]
+    assert Candle.from_msg({**msg, "extra": 1}) == c  # an unknown key is ignored, as before
+    t = Ticker(exchange="x", symbol="A/B", ts=5, bid=Decimal("1.50"), ask=None)
+    assert Ticker.from_msg(unpack(t.encode())) == t
+    bad = {"open": 1.5, "close": "abc", "trades": None, "exchange": 3, "high": "NaN", "low": "Infinity",
+           "closed": "maybe", "revision": 1.0, "prev_ts": [1], "first_trade_id": {"a": 1}}
+    for field, value in bad.items():
+        with pytest.raises(DecodeError, match="float" if isinstance(value, float) else field):
+            Candle.from_msg({**msg, field: value})
+    # what pydantic's lax mode converts, it converts on both ways alike
+    for field, value in {"ts": "12", "trades": True, "volume": 5, "closed": 1, "as_of": None}.items():
+        assert Candle.from_msg({**msg, field: value}) == _validated_the_checked_way(Candle, {**msg, field: value})
+    for wrong in ({**msg, "k": "ticker"}, {**msg, "v": 2}, [msg], None):
+        with pytest.raises(DecodeError):
+            Candle.from_msg(wrong)
+    for missing in ("open", "ts", "symbol"):
+        with pytest.raises(DecodeError, match=missing):
+            Candle.from_msg({k: v for k, v in msg.items() if k != missing})

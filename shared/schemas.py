@@ -414,18 +414,6 @@ class _Message(BaseModel):
         return cls.from_msg(unpack(raw))
 
     @classmethod
-    def trusted(cls, **values: Any) -> Self:
-        """The message from every field but ``kind``, each already of its model type (values of a validated rule and
-        candle, bars candle_builder's code built): pydantic's ``model_construct``, no validation. Anything else:
-        ``Cls(...)``."""
-        known = _TRUSTED.get(cls)
-        if known is None:
-            known = _TRUSTED[cls] = (frozenset(cls.model_fields) - {"kind"}, cls.model_fields["kind"].default)
-        if values.keys() != known[0]:
-            raise TypeError(f"{cls.__name__}.trusted needs exactly the fields {sorted(known[0])}")
-        return cls.model_construct(**values)  # type: ignore[return-value]  # (pydantic types it as the base)
-
-    @classmethod
     def from_msg(cls, msg: Any) -> Self:
         """The message from its unpacked map (``decode`` without the msgpack step, for a reader that looked at
         ``k`` first); DecodeError naming what is wrong.
@@ -570,9 +558,6 @@ class Alert(_Message):
                        "condition": d["condition"], "message": d["message"], "severity": d["severity"],
                        "labels": dict(d["labels"]), "channels": list(d["channels"]), "state": d["state"],
                        "v": SCHEMA_VERSION, "k": "alert"})
-
-
-_TRUSTED: dict[type, tuple[frozenset[str], str]] = {}  # message class -> (its fields but kind, its kind)
 
 
 def live_channels(alerts: bool, series: Iterable[tuple[str, str, str]],

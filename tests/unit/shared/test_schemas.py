@@ -105,25 +105,6 @@ def test_from_msg_is_decode_without_msgpack():
         Candle.from_msg({**unpack(c.encode()), "open": "abc"})
 
 
-@pytest.mark.parametrize("cls, values", [
-    (Candle, dict(exchange="x", symbol="A/B", timeframe="1m", ts=60_000, open=Decimal("1.5"), high=Decimal(2),
-                  low=Decimal(1), close=Decimal(2), volume=Decimal(3), buy_volume=Decimal(1), sell_volume=Decimal(2),
-                  quote_volume=Decimal("4.5"), trades=3, first_trade_id=7, last_trade_id=9, closed=True, revision=0,
-                  incomplete=False, history=False, prev_ts=None, as_of=None)),
-    (Alert, dict(id="a1", rule="r", exchange="x", symbol="A/B", timeframe="1m", ts=0, fired_at=60_000,
-                 price=Decimal("100.5"), value=None, condition="close > 1", message="m", severity="info",
-                 labels={"team": "x"}, channels=["console"], state="firing")),
-])
-def test_trusted_builds_the_validated_model(cls, values):
-    """``trusted`` (no validation, for values already of the model's types) gives the model ``cls(...)`` gives."""
-    made = cls.trusted(**values)
-    assert made == cls(**values) and made.encode() == cls(**values).encode()
-    assert made.kind == cls.model_fields["kind"].default
-    with pytest.raises(TypeError, match="exactly the fields"):
-        cls.trusted(**{k: v for k, v in values.items() if k != "ts"})
-
-
-
 _EXACT = {
     Ticker: lambda: Ticker(exchange="x", symbol="A/B", ts=1, bid="1.5"),
     Candle: lambda: Candle(exchange="x", symbol="A/B", timeframe="1m", ts=0, open="1", high="2", low="1", close="1.5",

@@ -48,34 +48,42 @@ local token = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
 return token
 """
-# KEYS: the lease, the fence counter. ARGV: the lease value, the TTL, the token. A lease that expired while its
-# owner was too busy to renew it (a long CPU-bound read) is taken back if nobody took it meanwhile: the fence
-# counter still holds this owner's token, so no other replica has written since (every taker INCRs it first).
-_RENEW = """
-local held = redis.call('GET', KEYS[1])
-if held == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-if not held and redis.call('GET', KEYS[2]) == ARGV[3] then
+# The one lease check of every fenced write (and of the renewal), prepended to a script's own text by
+# ``fenced_script``. KEYS[1] the partition's lease (``streams.lease(group, p)``), KEYS[2] its fence counter
+# (``streams.fence(group, p)``: same hash tag, so the script stays in one Cluster slot); ARGV[1] this replica's lease
+# value (``instance|token``), ARGV[2] the TTL (ms), ARGV[3] its token. It passes if the lease holds the value, or if
+# the lease expired untaken while its owner was too busy to renew it (a long CPU-bound read): the fence counter still
+# holds this owner's token, so no other replica has taken the partition since (every taker INCRs it first). A pass
+# sets the lease again with the TTL (an owner that writes is alive); a fail is the error ``FENCED lease <key> lost``
+# and the script writes nothing. A replica paused past the TTL and taken over fails the token check.
+LEASE_CHECK = """
+do
+  local held = redis.call('GET', KEYS[1])
+  if held ~= ARGV[1] and (held or redis.call('GET', KEYS[2]) ~= ARGV[3]) then
+    return redis.error_reply('FENCED lease ' .. KEYS[1] .. ' lost')
+  end
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
 end
-return 0
 """
+
+
+def fenced_script(body: str) -> str:
+    """The text of a script that runs ``body`` only once ``LEASE_CHECK`` passed. ``body`` leaves KEYS[1..2] and
+    ARGV[1..3] to the check (its own keys start at KEYS[3], its arguments at ARGV[4]); call it through
+    ``Ownership.call_fenced``, which passes the check's keys and arguments first."""
+    return LEASE_CHECK + body
+
+
+_RENEW = fenced_script("return 1")  # (a renewal is a fenced write of nothing)
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-# KEYS: the lease, the fence counter. ARGV: the lease value, the TTL, the token, and the commands as one msgpack array
-# (``cmsgpack``, built into Redis' Lua): each command an array of k (0, or the position of the argument to replace
-# with the previous command's reply: ``PREVIOUS``) then its arguments. Replies in order. One blob, not an argument
-# per command word: redis-py packed a commit of 1,000 candles (3,000 commands) in ~15 ms, msgpack in ~2.6 ms. A write
-# that passes the check also extends the lease by the TTL (an owner that writes is alive), and takes back a lease that
-# expired untaken (as _RENEW does); a replica paused past the TTL and taken over fails the token check.
-_FENCED = """
-local held = redis.call('GET', KEYS[1])
-if held ~= ARGV[1] and (held or redis.call('GET', KEYS[2]) ~= ARGV[3]) then
-  return redis.error_reply('FENCED lease ' .. KEYS[1] .. ' lost')
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+# After the check (KEYS[1..2], ARGV[1..3]): ARGV[4] the commands as one msgpack array (``cmsgpack``, built into
+# Redis' Lua): each command an array of k (0, or the position of the argument to replace with the previous command's
+# reply: ``PREVIOUS``) then its arguments. Replies in order. One blob, not an argument per command word: redis-py
+# packed a commit of 1,000 candles (3,000 commands) in ~15 ms, msgpack in ~2.6 ms.
+_FENCED = fenced_script("""
 local commands = cmsgpack.unpack(ARGV[4])
 local out = {}
 for i = 1, #commands do
@@ -85,7 +93,7 @@ for i = 1, #commands do
   out[#out + 1] = redis.call(unpack(command))
 end
 return out
-"""
+""")
 
 
 #: An argument of a fenced command that stands for the reply of the command before it (e.g. an ``XADD`` to a second
@@ -187,21 +195,20 @@ class Ownership:
         if not held:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
-            for partition, lease in held:
-                pipe.eval(_RENEW, 2, streams.lease(self.group, partition), streams.fence(self.group, partition),
-                          lease.value, self.ttl_ms, lease.token)
+            for partition, _lease in held:
+                keys, args = self.check(partition)
+                pipe.eval(_RENEW, len(keys), *keys, *args)
             answers = await pipe.execute(raise_on_error=False)
         lost = []
         failed: BaseException | None = None
         for (partition, _lease), renewed in zip(held, answers, strict=True):
-            if isinstance(renewed, BaseException):
-                failed = failed or renewed
-                continue
-            if not renewed:
+            if isinstance(renewed, redis_errors.ResponseError) and str(renewed).startswith("FENCED"):
                 self.leases.pop(partition, None)  # (a fenced write may have dropped it meanwhile)
                 lost.append(partition)
                 logger.warning("%s/%s: lease of partition %d was lost (expired and taken over)", self.group,
                                self.instance, partition)
+            elif isinstance(renewed, BaseException):
+                failed = failed or renewed
         if failed is not None:
             raise failed
         return lost
@@ -235,27 +242,39 @@ class Ownership:
 
     # ---- fenced writes ---------------------------------------------------------------------------------------------
 
-    async def fenced(self, partition: int, commands: Iterable[Command]) -> list[Any]:
-        """Run ``commands`` (each a sequence like ``("XADD", key, "*", "d", data)``, every key in the partition's
-        hash slot; arguments str, bytes or int, an int exact as a Lua number, |n| < 2**53; an argument ``PREVIOUS`` is
-        the previous command's reply) atomically, only if this replica still
-        holds the partition's lease. FencedError otherwise (the
-        partition is dropped from ``leases``: its worker must stop)."""
+    def check(self, partition: int) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of ``LEASE_CHECK`` for ``partition`` (the first ones of a ``fenced_script`` call):
+        its lease and fence keys; this replica's lease value, the TTL, its token. FencedError if it is not held."""
         lease = self.leases.get(partition)
         if lease is None:
             raise FencedError(f"{self.group}/{self.instance} does not own partition {partition}")
-        packed = [[next(i for i, arg in enumerate(command) if arg is PREVIOUS) + 1,
-                   *("" if arg is PREVIOUS else arg for arg in command)] if PREVIOUS in command else [0, *command]
-                  for command in commands]
-        args = [lease.value, self.ttl_ms, lease.token, _packb(packed)]
+        return ([streams.lease(self.group, partition), streams.fence(self.group, partition)],
+                [lease.value, self.ttl_ms, lease.token])
+
+    async def call_fenced(self, partition: int, script: Any, keys: Sequence[Any], args: Sequence[Any], *,
+                          client: Any = None) -> Any:
+        """Run ``script`` (registered from ``fenced_script(body)``) for ``partition`` with the check's keys and
+        arguments in front of ``keys`` and ``args`` (every key in the partition's hash slot); its reply. FencedError
+        if the check fails (the partition is dropped from ``leases``: its worker must stop). ``client``: the
+        connection to run it on (redis-py's ``Script``), by default the script's own client."""
+        check_keys, check_args = self.check(partition)
         try:
-            replies = list(await self._fenced(keys=[streams.lease(self.group, partition),
-                                                    streams.fence(self.group, partition)], args=args))
+            return await script(keys=[*check_keys, *keys], args=[*check_args, *args], client=client)
         except redis_errors.ResponseError as exc:
             if str(exc).startswith("FENCED"):
                 self.leases.pop(partition, None)
                 raise FencedError(f"{self.group}/{self.instance}: {exc}") from exc
             raise
+
+    async def fenced(self, partition: int, commands: Iterable[Command]) -> list[Any]:
+        """Run ``commands`` (each a sequence like ``("XADD", key, "*", "d", data)``, every key in the partition's
+        hash slot; arguments str, bytes or int, an int exact as a Lua number, |n| < 2**53; an argument ``PREVIOUS`` is
+        the previous command's reply) atomically, only if this replica still holds the partition's lease
+        (``LEASE_CHECK``). FencedError otherwise (the partition is dropped from ``leases``: its worker must stop)."""
+        packed = [[next(i for i, arg in enumerate(command) if arg is PREVIOUS) + 1,
+                   *("" if arg is PREVIOUS else arg for arg in command)] if PREVIOUS in command else [0, *command]
+                  for command in commands]
+        replies = list(await self.call_fenced(partition, self._fenced, [], [_packb(packed)]))
         await self.replicated()
         return replies
 

@@ -1,7 +1,8 @@
 """The commit of a batch: one atomic script call (``commit.lua``) per partition gates every fire (alert id seen before?
 a resolve whose firing alert was never published? cooldown in exchange time?), publishes the others (the partition's
 alerts stream, pub/sub), writes the rule state rows of the fingerprints the batch touched and, for a partition's
-worker, checks its lease first (fencing) and saves its new input offsets last. So replicas and restarts never
+worker, checks its lease first (fencing: ``shared.ownership.LEASE_CHECK``, which also extends the lease, or takes
+back one that expired untaken) and saves its new input offsets last. So replicas and restarts never
 double-fire, "resolved" always follows a published "firing", and a kill -9 anywhere re-reads exactly what was not
 committed (the alert ids make the replay publish nothing).
 
@@ -25,20 +26,19 @@ from importlib import resources
 from typing import Any
 
 import msgpack
-from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from services.alert_engine.core import AlertEngine, Fire
 from services.alert_engine.settings import Settings
 from shared import metrics, streams
-from shared.ownership import FencedError, Ownership
+from shared.ownership import Ownership, fenced_script
 from shared.partitions import partition_of
 from shared.schemas import pack
 
 logger = logging.getLogger(__name__)
 
-_SCRIPT = resources.files(__package__).joinpath("commit.lua").read_text(encoding="utf-8")
+_SCRIPT = resources.files(__package__).joinpath("commit.lua").read_text(encoding="utf-8")  # (without the fence)
 Saved = dict[str, tuple[int | None, int | None]]  # fingerprint -> (cooldown until, last fired) before a commit
 
 
@@ -54,7 +54,9 @@ class AlertCommit:
         self.settings = settings
         self.redis = redis
         self.engine = engine
-        self._script = redis.register_script(_SCRIPT)  # (redis-py loads it again after a NOSCRIPT)
+        # (redis-py loads a script again after a NOSCRIPT)
+        self._fenced = redis.register_script(fenced_script(_SCRIPT))  # a partition's worker: the lease checked first
+        self._unfenced = redis.register_script(_SCRIPT)  # tools, tests: no fence
         # a connection of its own (redis-py's single-connection client): no pool checkout and connection check per
         # commit, on the path of every alert. A Redis Cluster client routes each call to its slot's node itself.
         self._conn: Any = redis if isinstance(redis, RedisCluster) else redis.client()
@@ -90,18 +92,13 @@ class AlertCommit:
             by_partition.setdefault(p, []).append(i)
         answers = [0] * len(fires)
         s = self.settings
-        lease = ""
         if owner is not None and partition is not None:
-            held = owner.leases.get(partition)
-            if held is None:
-                raise FencedError(f"{owner.group}/{owner.instance} does not own partition {partition}")
-            lease = held.value
+            owner.check(partition)  # (FencedError before anything is sent if the partition is not held)
         flat_offsets: list[Any] = []
         for stream, offset in (offsets or {}).items():
             flat_offsets += (streams.offset_field(stream), offset)
         for p, indexes in by_partition.items():
             keys: list[Any] = [streams.part_alerts(p), streams.part_rule_state(p),
-                               streams.lease(streams.GROUP_ALERT_ENGINE, p),
                                streams.part_state(p, streams.GROUP_ALERT_ENGINE)]
             fire_args: list[Any] = []
             part_rows: list[Any] = []
@@ -114,14 +111,12 @@ class AlertCommit:
                 if fp in rows and touched[fp] is f:  # (the row of a fingerprint goes with its last fire)
                     part_rows += (fp, rows[fp])
             args: list[Any] = [streams.CHANNEL_ALERTS, self._maxlen, s.fired_ttl_s * 1000, _lua_pack(fire_args),
-                               _lua_pack(part_rows), lease, _lua_pack(flat_offsets)]
-            try:
-                replies = await self._script(keys=keys, args=args, client=self._conn)
-            except redis_errors.ResponseError as exc:
-                if owner is not None and partition is not None and str(exc).startswith("FENCED"):
-                    owner.leases.pop(partition, None)
-                    raise FencedError(f"{owner.group}/{owner.instance}: {exc}") from exc
-                raise
+                               _lua_pack(part_rows), _lua_pack(flat_offsets)]
+            if owner is not None and partition is not None:
+                replies = await owner.call_fenced(p, self._fenced, keys, args, client=self._conn)
+            else:  # the check's keys and arguments are there, and ignored
+                keys[:0] = [streams.lease(streams.GROUP_ALERT_ENGINE, p), streams.fence(streams.GROUP_ALERT_ENGINE, p)]
+                replies = await self._unfenced(keys=keys, args=["", 0, 0, *args], client=self._conn)
             for i, answer in zip(indexes, replies, strict=True):
                 answers[i] = int(answer)
         await s.durability.wait(self.redis)  # the records on redis_wait_replicas replicas, else not done (retried)

@@ -18,7 +18,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from services.market_feed.core import Event, FeedCore, TickEvent, pace_delay
-from services.market_feed.publisher import Outbox, RedisRetry, check_symbol_list, read_last_ids, register_feeds
+from services.market_feed.publisher import (Outbox, RedisRetry, check_symbol_list, read_last_ids, redis_unavailable,
+                                            register_feeds)
 from services.market_feed.settings import Settings
 from shared import streams
 from shared.bus import Bus
@@ -232,9 +233,12 @@ class MarketFeedApp:
         the first round."""
         try:
             while not stop.is_set():
-                with contextlib.suppress(*REDIS_DOWN):
+                try:
                     await ownership.balance(int(time.time() * 1000))
                     balanced.set()
+                except Exception as exc:  # Redis away, or a read-only replica during a failover: renew next round
+                    if not isinstance(exc, REDIS_DOWN) and not redis_unavailable(exc):
+                        raise
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=ownership.ttl_ms / 3000)
         finally:

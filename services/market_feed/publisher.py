@@ -4,8 +4,9 @@ Every pair belongs to a partition (``shared.partitions``); its trades, gap marke
 ``streams.part_trades(p)``, its tickers to ``streams.part_tickers(p)``, and the feed's resume state of the pair
 (``last_id:<symbol>``, ``last_ts:<symbol>``) to the hash ``streams.part_state(p, feed_group(exchange))``: every key
 of a write shares the partition's hash tag. A feed writes a partition only while it holds the partition's lease
-(``shared.ownership``): each write checks the lease in the same script, so a feed that lost a partition (paused past
-its lease, or handed it back) cannot publish there any more (``FencedError``).
+(``shared.ownership``): each write checks the lease in the same script (``LEASE_CHECK``, which also extends it, or
+takes back one that expired untaken), so a feed that lost a partition (paused past its lease and taken over, or
+handed it back) cannot publish there any more (``FencedError``).
 
 A trade counts as published only once Redis has acknowledged the write that carries it. ``Outbox`` seals what was
 queued into one write per partition with a random token and keeps it until Redis answers; a write that failed (Redis
@@ -33,7 +34,7 @@ from redis import exceptions as redis_errors
 from shared import metrics, streams
 from shared.bus import FIELD
 from shared.errors import ConfigError
-from shared.ownership import FencedError, Ownership
+from shared.ownership import FencedError, Ownership, fenced_script
 from shared.partitions import partition_of
 from shared.schemas import GapMarker, Ticker, TradeBatch, Watermark, encode_gap, encode_trades, encode_watermark
 
@@ -42,18 +43,18 @@ logger = logging.getLogger(__name__)
 TICKER_MAXLEN = 10_000
 T = TypeVar("T")
 
-# KEYS: the lease, the feed state hash, part_trades, part_tickers (one partition). ARGV: lease value, token, ne, nc,
-# ns; per entry 1 (trades) or 2 (tickers), maxlen, data; per channel name, data; per state symbol, last_id ('' =
-# keep), last_ts ('' = keep). Returns {1 or 0 (already applied), id of the last trades entry or ''}.
-_WRITE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED lease ' .. KEYS[1] .. ' lost') end
-local token = ARGV[2]
-if redis.call('HGET', KEYS[2], 'write') == token then return {0, ''} end
-local ne, nc, ns = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local a = 6
+# After the lease check (``shared.ownership.fenced_script``: KEYS[1..2], ARGV[1..3]): KEYS the feed state hash,
+# part_trades, part_tickers (one partition). ARGV write token, ne, nc, ns; per entry 1 (trades) or 2 (tickers),
+# maxlen, data; per channel name, data; per state symbol, last_id ('' = keep), last_ts ('' = keep). Returns {1 or 0
+# (already applied), id of the last trades entry or ''}.
+_WRITE = fenced_script("""
+local token = ARGV[4]
+if redis.call('HGET', KEYS[3], 'write') == token then return {0, ''} end
+local ne, nc, ns = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local a = 8
 local last = ''
 for i = 1, ne do
-  local id = redis.call('XADD', KEYS[2 + tonumber(ARGV[a])], 'MAXLEN', '~', ARGV[a + 1], '*', '""" + FIELD.decode() + """',
+  local id = redis.call('XADD', KEYS[3 + tonumber(ARGV[a])], 'MAXLEN', '~', ARGV[a + 1], '*', '""" + FIELD.decode() + """',
                         ARGV[a + 2])
   if ARGV[a] == '1' then last = id end
   a = a + 3
@@ -62,14 +63,14 @@ for i = 1, nc do
   redis.call('PUBLISH', ARGV[a], ARGV[a + 1])
   a = a + 2
 end
-redis.call('HSET', KEYS[2], 'write', token)
+redis.call('HSET', KEYS[3], 'write', token)
 for i = 1, ns do
-  if ARGV[a + 1] ~= '' then redis.call('HSET', KEYS[2], 'last_id:' .. ARGV[a], ARGV[a + 1]) end
-  if ARGV[a + 2] ~= '' then redis.call('HSET', KEYS[2], 'last_ts:' .. ARGV[a], ARGV[a + 2]) end
+  if ARGV[a + 1] ~= '' then redis.call('HSET', KEYS[3], 'last_id:' .. ARGV[a], ARGV[a + 1]) end
+  if ARGV[a + 2] ~= '' then redis.call('HSET', KEYS[3], 'last_ts:' .. ARGV[a], ARGV[a + 2]) end
   a = a + 3
 end
 return {1, last}
-"""
+""")
 
 
 def redis_unavailable(exc: BaseException) -> bool:
@@ -353,25 +354,15 @@ class Outbox:
 
     async def _send(self, w: _Write) -> tuple[bool, bytes]:
         p = w.partition
-        lease = self.ownership.leases.get(p)
-        if lease is None:
-            raise FencedError(f"{self.ownership.group}: partition {p} is not held")
-        keys = [streams.lease(self.ownership.group, p), self.state_key[p], streams.part_trades(p),
-                streams.part_tickers(p)]
-        args: list[Any] = [lease.value, w.token, len(w.entries), len(w.channels), len(w.states)]
+        keys = [self.state_key[p], streams.part_trades(p), streams.part_tickers(p)]
+        args: list[Any] = [w.token, len(w.entries), len(w.channels), len(w.states)]
         for kind, data, maxlen in w.entries:
             args += [kind, maxlen, data]
         for channel, data in w.channels:
             args += [channel, data]
         for s, (last_id, last_ts) in w.states.items():
             args += [s, last_id if isinstance(last_id, int) else "", "" if last_ts is None else last_ts]
-        try:
-            applied, last = await self._script(keys=keys, args=args)
-        except redis_errors.ResponseError as exc:
-            if str(exc).startswith("FENCED"):
-                self.ownership.leases.pop(p, None)
-                raise FencedError(f"{self.ownership.group}: {exc}") from exc
-            raise
+        applied, last = await self.ownership.call_fenced(p, self._script, keys, args)
         await self.ownership.replicated()  # published = on the replicas redis_wait_replicas asks for (retried if not)
         return bool(applied), last
 

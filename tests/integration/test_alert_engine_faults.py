@@ -21,6 +21,7 @@ import services.alert_engine
 from services.alert_engine.app import AlertEngineApp
 from services.alert_engine.settings import Settings
 from shared import streams
+from shared.ownership import fenced_script
 from shared.partitioned import caught_up
 from shared.partitions import partition_of
 from shared.runtime import connect
@@ -33,8 +34,9 @@ from tests.unit.alert_engine import pdref
 BTC = "binance_spot_btcusdt/BTCUSDT-trades-20240808T2354-20240809T0005.csv"
 EX, SYM = "binance", "BTC/USDT"
 PART = partition_of(EX, SYM, 16)
-#: the commit script's EVALSHA (the consumer runs a script of its own: not that one)
-COMMIT = hashlib.sha1(Path(services.alert_engine.__file__).with_name("commit.lua").read_bytes()).hexdigest().encode()
+#: the fenced commit script's EVALSHA (the consumer runs a script of its own: not that one)
+COMMIT = hashlib.sha1(fenced_script(Path(services.alert_engine.__file__).with_name("commit.lua").read_text(
+    encoding="utf-8")).encode()).hexdigest().encode()
 
 
 def _rules(lo: str, hi: str) -> str:

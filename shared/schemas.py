@@ -43,13 +43,20 @@ from shared.errors import DecodeError
 
 SCHEMA_VERSION = 1
 
-_packb = msgpack.Packer(use_bin_type=True).pack
+_packer = msgpack.Packer(use_bin_type=True)
+_packb = _packer.pack
 _unpackb = msgpack.unpackb
 
 
 def pack(obj: Any) -> bytes:
     """msgpack-encode a plain structure (dicts, lists, str, int, bool, None)."""
     return _packb(obj)
+
+
+def pack_array_header(n: int) -> bytes:
+    """The msgpack header of an array of ``n`` items: followed by the items' own bytes, the bytes ``pack`` gives
+    the list of them."""
+    return _packer.pack_array_header(n)
 
 
 def unpack_tuples(raw: bytes) -> Any:

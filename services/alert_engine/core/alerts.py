@@ -70,10 +70,11 @@ class AlertMaker:
     __slots__ = ("rule", "key", "fingerprint", "condition", "need", "static", "bar_fields", "id_prefix", "labels",
                  "channels", "cooldown", "base", "with_value", "with_state", "with_cvd", "with_time")
 
-    def __init__(self, rule: Rule, key: SeriesKey, fp: str) -> None:
+    def __init__(self, rule: Rule, key: SeriesKey, fp: str, condition: str | None = None) -> None:
+        """``condition``: ``describe(rule.condition)``, when the caller worked it out already (once per rule)."""
         ex, sym, tf = key
         self.rule, self.key, self.fingerprint = rule, key, fp
-        self.condition = describe(rule.condition)
+        self.condition = describe(rule.condition) if condition is None else condition
         self.need = _template_fields(rule.message)
         every = {"rule": rule.name, "exchange": ex, "symbol": sym, "timeframe": tf, "condition": self.condition,
                  "severity": rule.severity}

@@ -17,17 +17,40 @@ revisions are rare (late trades).
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from decimal import Decimal
+from types import ModuleType
 from typing import Any
 
 import numpy as np
-from talib import stream as ta
 
 from shared import rules as r
 from shared.schemas import Candle
 from shared.timeframes import bucket_start, timeframe_ms
+
+
+def _talib_stream() -> ModuleType:
+    """``talib.stream``, imported without pandas and polars: talib's package ``__init__`` imports them when they are
+    installed, only to wrap its functions for their Series (pandas alone ~0.35 s of a core, at every start of the
+    engine and of a backtest, which import nothing else of pandas). The streams here take numpy arrays. A ``None``
+    entry in ``sys.modules`` is the import system's "not installed" (``ModuleNotFoundError``), which talib expects;
+    the entries are removed again at once, so a later ``import pandas`` works as ever. Already imported (by someone
+    else first): nothing changes."""
+    masked = [name for name in ("pandas", "polars") if name not in sys.modules]
+    for name in masked:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        from talib import stream
+    finally:
+        for name in masked:
+            if sys.modules.get(name, False) is None:
+                del sys.modules[name]
+    return stream
+
+
+ta = _talib_stream()
 
 #: a candle's prices and volume as floats, converted once per bar for every indicator: open, high, low, close, volume
 Floats = tuple[float, float, float, float, float]

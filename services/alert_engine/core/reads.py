@@ -28,7 +28,8 @@ def operands(cond: Any, own_only: bool = False) -> list[Any]:
     for leaf in leaves(cond):
         if own_only and (leaf.timeframe is not None or leaf.symbol is not None):
             continue
-        out += [getattr(leaf, name) for name in ("left", "right", "lower", "upper") if hasattr(leaf, name)]
+        fields = type(leaf).model_fields  # (not hasattr: a pydantic model raises inside for each missing one)
+        out += [getattr(leaf, name) for name in ("left", "right", "lower", "upper") if name in fields]
     return out
 
 

@@ -14,7 +14,7 @@ from services.alert_engine.core.alerts import AlertMaker, fingerprint
 from services.alert_engine.core.conditions import Evaluator, compile_condition
 from services.alert_engine.core.firing import RuleStatus
 from services.alert_engine.core.window import CandleWindow, SeriesKey
-from shared.rules import Rule
+from shared.rules import Rule, describe
 from shared.timeframes import timeframe_ms
 
 Pair = tuple[str, str]  # exchange, symbol
@@ -66,6 +66,11 @@ class Routes:
         #: the longest window of the book / futures operands (what each pair's ``PairFeeds`` keeps)
         self.feed_horizon_ms = max([reads.feed_horizon_ms(rule.condition) for rule in rules] or [0])
         self._bindings: dict[tuple[str, SeriesKey], Binding] = {}
+        # per rule, what every binding of it works out the same (a market binds each rule to thousands of series)
+        self._wheres: dict[str, list[tuple[str | None, str | None]]] = {}
+        self._own_bars: dict[tuple[str, str, str | None], int] = {}
+        self._on_ticks = {rule.name: _on_ticks(rule) for rule in rules}
+        self._described = {rule.name: describe(rule.condition) for rule in rules}
         # per pair / series, what ``needs*`` and ``lookbacks`` answered: the series sync asks them for every known
         # pair every ``registry_poll_s`` (200 pairs x 5 rules blocked the event loop 2-6 ms each time). A rule
         # change builds new Routes, so these never outlive the rules they were worked out from.
@@ -78,15 +83,23 @@ class Routes:
         got = self._bindings.get((rule.name, key))
         if got is None:
             ex, sym, tf = key
-            cond = rule.condition
-            refs = {(ex, s or sym, t or tf) for t, s in reads.wheres(cond) if t or s} - {key}
-            own = max([reads.condition_bars(c, timeframe_ms(tf)) for c in reads.leaves(cond)
-                       if c.timeframe in (None, tf) and c.symbol in (None, sym)] or [1])
-            pairs = sorted({k[:2] for k in (key, *refs)}) if reads.uses_tickers(cond) else []
+            wheres = self._wheres.get(rule.name)
+            if wheres is None:
+                wheres = self._wheres[rule.name] = reads.wheres(rule.condition)
+            refs = {(ex, s or sym, t or tf) for t, s in wheres if t or s} - {key}
+            # the look-back on its own series: the same on every symbol unless a leaf names one
+            own_key = (rule.name, tf, sym if any(s for _, s in wheres) else None)
+            own = self._own_bars.get(own_key)
+            if own is None:
+                own = self._own_bars[own_key] = max(
+                    [reads.condition_bars(c, timeframe_ms(tf)) for c in reads.leaves(rule.condition)
+                     if c.timeframe in (None, tf) and c.symbol in (None, sym)] or [1])
+            pairs = sorted({k[:2] for k in (key, *refs)}) if rule.name in self._tickers else []
             fp = fingerprint(rule.name, *key)
             got = self._bindings[(rule.name, key)] = Binding(
                 rule, key, fp, self._compiled[rule.name], tuple(sorted(refs)), tuple(pairs), max(1, self.keep - own),
-                rule.frequency == "every_time" and _on_ticks(rule), AlertMaker(rule, key, fp))
+                rule.frequency == "every_time" and self._on_ticks[rule.name],
+                AlertMaker(rule, key, fp, self._described[rule.name]))
         return got
 
     def closed(self, key: SeriesKey) -> list[Binding]:

@@ -50,6 +50,9 @@ def test_saved_kept_bars_follow_every_change() -> None:
             b.remove_timeframe("3m") if "3m" in b.timeframes else b.add_timeframe("3m")
         if step % 7 == 0 or kind >= 0.93:
             assert _saved_recent(b) == _norm(_fresh_recent(b)), step
+        if step % 5 == 0:  # the very bytes a fresh pack of them gives (each kept bar packed once, then reused)
+            assert b.dump()["recent"] == {tf: pack([bar.dump() for bar in bars.values()])
+                                          for tf, bars in b.recent.items()}, step
 
 
 def test_restore_from_saved_state_continues_identically() -> None:

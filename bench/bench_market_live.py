@@ -1,0 +1,311 @@
+"""issue 21's live figure: a whole market live. 1,000 symbols x 4 timeframes (1s 1m 3m 5m) x 10 rules at 10,000
+trades/s; trade -> alert p99 <= 10 ms on this box.
+
+bench_alerts' latency harness at market size (``bench.common``: the probe taking the kernel's receive time, CPU of
+each process): a producer process publishes trades (market_feed's stream format, one XADD per symbol per 1 ms tick, to
+the partition's trades stream; one pipeline every ``--tick-ms``) round-robin over the symbols at ``--rate`` trades/s, exchange time = wall time;
+``CandleBuilderApp`` (the 4 timeframes, 1s the base) and ``AlertEngineApp`` (the 10 rules below on every symbol) run
+each in its own process, as ``sentinel candle-builder`` and ``sentinel alert-engine`` run them; a reader process
+reads every partition's alerts and closed-candles streams (32 streams whatever the symbol count) and takes the
+kernel's receive time of each.
+
+A 1s bar closes when the first trade of the next second of its symbol arrives (``flat_candles`` off: every symbol
+trades ~10 times a second), so the latency of rule ``every_bar`` (fires on every closed 1s bar: 1,000 alerts/s) runs
+from the publish of that trade to the alert at the reader. The other 9 rules (EMA/RSI/MACD crosses, Bollinger exit,
+volume spike, % moves on 1s, 1m, 3m, 5m) are evaluated on every bar of their timeframe and fire what they fire (they
+are the load). "floor": the same producer and reader with no services, the reader reading the trades themselves.
+The first WARMUP_S seconds are not sampled. p50 / p99 per run; median, min and max over runs; CPU seconds per process
+per trade; load average before each run. ``BENCH_PYSPY_DIR=<dir>``: py-spy records each service (speedscope JSON).
+
+Writes bench/results/bench_market_live.json. Usage: ``python bench/bench_market_live.py [--runs 3] [--seconds 10]
+[--symbols 1000] [--rate 10000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import Probe, _py_spy, engines_open, fmt_spread, pick, proc_cpu_s, spread, write_result  # noqa: E402
+from shared import streams  # noqa: E402
+from shared.alert_streams import alert_streams  # noqa: E402
+from shared.bus import FIELD  # noqa: E402
+from shared.embedded_redis import EmbeddedRedis  # noqa: E402
+from shared.partitions import DEFAULT_PARTITIONS, partition_of  # noqa: E402
+from shared.runtime import connect  # noqa: E402
+from shared.schemas import decode_feed, encode_trades, unpack  # noqa: E402
+
+WARMUP_S = 3  # seconds of trades at the start of each run that are not sampled
+GOAL_P99_MS = 10.0
+EXCHANGE = "bench"
+TIMEFRAMES = ["1s", "1m", "3m", "5m"]
+PROBE_RULE = "every_bar"
+RULES = f"""
+rules:
+  - {{name: {PROBE_RULE}, symbols: ['*/USDT'], timeframe: 1s, condition: {{op: above, right: 0}}}}
+  - {{name: ema_cross, symbols: ['*/USDT'], timeframe: 1s, condition: {{left: {{ema: 9}}, op: crosses_up, right: {{ema: 21}}}}}}
+  - {{name: rsi_hot, symbols: ['*/USDT'], timeframe: 1s, condition: {{left: {{rsi: 14}}, op: crosses_up, right: 70}}}}
+  - {{name: macd_turn, symbols: ['*/USDT'], timeframe: 1m, condition: {{left: {{macd: histogram}}, op: crosses_up, right: 0}}}}
+  - {{name: bb_exit, symbols: ['*/USDT'], timeframe: 1m, condition: {{op: exiting_channel, lower: {{bbands: {{output: lower}}}},
+                                                          upper: {{bbands: {{output: upper}}}}}}}}
+  - {{name: spike, symbols: ['*/USDT'], timeframe: 1s, cooldown: 1m, condition: {{op: volume_spike, factor: 3, period: 20}}}}
+  - {{name: up_pct, symbols: ['*/USDT'], timeframe: 3m, cooldown: 10m, condition: {{op: moving_up_pct, percent: 1, bars: 3}}}}
+  - {{name: close_ema, symbols: ['*/USDT'], timeframe: 3m, condition: {{left: close, op: crossing, right: {{ema: 50}}}}}}
+  - {{name: down_pct, symbols: ['*/USDT'], timeframe: 5m, cooldown: 10m, condition: {{op: moving_down_pct, percent: 1, bars: 3}}}}
+  - {{name: rsi_cold, symbols: ['*/USDT'], timeframe: 5m, condition: {{left: {{rsi: 14}}, op: crosses_down, right: 30}}}}
+"""
+ALERT_STREAMS = sorted(alert_streams(DEFAULT_PARTITIONS))
+CANDLE_STREAMS = [streams.part_candles(p) for p in range(DEFAULT_PARTITIONS)]
+
+
+def symbols(n: int) -> list[str]:
+    return [f"S{i:04d}/USDT" for i in range(n)]
+
+
+def _trades_stream(symbol: str) -> str:
+    return streams.part_trades(partition_of(EXCHANGE, symbol, DEFAULT_PARTITIONS))
+
+
+def _producer(url: str, syms: list[str], rate: int, seconds: float, tick_ms: int, out: Any) -> None:
+    """``rate`` trades/s in ``tick_ms`` ticks, round-robin over ``syms`` (one XADD per symbol per tick, pipelined);
+    a random walk per symbol. Reports when the first trade of each second of each symbol was sent ("symbol|ms of its
+    second"), the trades published and how many ticks ran late (more than 5 ms behind their schedule: the producer
+    could not keep the rate)."""
+    import redis as sync_redis
+
+    r = sync_redis.Redis.from_url(url)
+    r.ping()
+    streams_of = {s: _trades_stream(s) for s in syms}
+    price = {s: 10_000 + 37 * i for i, s in enumerate(syms)}  # in 0.01
+    per_tick = rate * tick_ms / 1000
+    owed, tid, late = 0.0, 0, 0
+    firsts: dict[str, float] = {}
+    last_sec: dict[str, int] = {}
+    rng = random.Random(1)
+    end = time.time() + seconds
+    next_tick = time.perf_counter()
+    while time.time() < end:
+        owed += per_tick
+        n, owed = int(owed), owed - int(owed)
+        if n:
+            by_sym: dict[str, list] = {}
+            now_ms = int(time.time() * 1000)
+            for _ in range(n):
+                sym = syms[tid % len(syms)]
+                tid += 1
+                p = price[sym] = max(100, price[sym] + rng.randint(-3, 3))
+                by_sym.setdefault(sym, []).append((tid, now_ms, Decimal(p).scaleb(-2), Decimal("0.01"), tid % 2 == 0))
+            pipe = r.pipeline(transaction=False)
+            for sym, trades in by_sym.items():
+                pipe.xadd(streams_of[sym], {FIELD: encode_trades(EXCHANGE, sym, trades)}, maxlen=200_000,
+                          approximate=True)
+            sent = time.time()
+            pipe.execute()
+            sec = now_ms // 1000
+            for sym in by_sym:
+                if last_sec.get(sym) != sec:
+                    last_sec[sym] = sec
+                    firsts[f"{sym}|{sec * 1000}"] = sent
+        next_tick += tick_ms / 1000
+        delay = next_tick - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        elif delay < -0.005:
+            late += 1
+    out.put((firsts, tid, late))
+
+
+def _reader(url: str, syms: list[str], stop: Any, ready: Any, out: Any, floor: bool) -> None:
+    """When each ``every_bar`` alert and each closed 1s candle reached this process ("symbol|bar end ms"); ``floor``:
+    when the first trade of each second of each symbol did (reading the trades streams, no services)."""
+    probe = Probe(url)
+    names = sorted({_trades_stream(s) for s in syms}) if floor else ALERT_STREAMS + CANDLE_STREAMS
+    alert_names = frozenset(ALERT_STREAMS)
+    last = dict.fromkeys(names, "0-0")  # (every run begins with FLUSHALL)
+    received: dict[str, float] = {}
+    candles: dict[str, float] = {}
+    ready.set()
+    while not stop.is_set():
+        resp, arrived = probe.call("XREAD", "COUNT", 2000, "BLOCK", 100, "STREAMS", *last, *last.values())
+        for stream, entries in resp or ():
+            name = stream.decode()
+            for entry_id, fields in entries:
+                last[name] = entry_id.decode()
+                data = fields[fields.index(FIELD) + 1]
+                if floor:
+                    msg = decode_feed(data)
+                    received.setdefault(f"{msg.symbol}|{msg.trades[0][1] // 1000 * 1000}", arrived)
+                    continue
+                msg = unpack(data)  # (decoding the schema is the consumer's work, not the pipeline's latency)
+                if name in alert_names:
+                    if msg["rule"] == PROBE_RULE:
+                        received.setdefault(f"{msg['symbol']}|{msg['ts'] + 1000}", arrived)
+                elif msg["timeframe"] == "1s":
+                    candles.setdefault(f"{msg['symbol']}|{msg['ts'] + 1000}", arrived)
+    out.put((received, candles))
+
+
+def _service(url: str, rules: str, which: str, mark: Any, stop: Any, ready: Any, out: Any) -> None:
+    """One service in its own process, as ``sentinel <service>`` runs it; its CPU seconds between ``mark`` and
+    ``stop``, and what it counted."""
+    from services.alert_engine.app import AlertEngineApp
+    from services.alert_engine.settings import Settings as EngineSettings
+    from services.candle_builder.app import CandleBuilderApp
+    from services.candle_builder.settings import Settings as BuilderSettings
+
+    async def main() -> None:
+        redis = connect(url)
+        app: Any
+        if which == "candle_builder":
+            options: dict[str, Any] = {"timeframes": TIMEFRAMES, "base_timeframe": "1s", "live_candles": False,
+                                       "flat_candles": False, "history_bars": 0, "redis_url": url}
+            # (as bench_alerts: the builder's read pacing, if it has one, is on the critical path of every alert)
+            if "linger_ms" in BuilderSettings.model_fields and os.environ.get("BENCH_BUILDER_LINGER") != "default":
+                options["linger_ms"] = 0
+            app = CandleBuilderApp(BuilderSettings(**options), redis)
+        else:
+            app = AlertEngineApp(EngineSettings(rules_file=Path(rules), intrabar=False, redis_url=url), redis)
+        halt = asyncio.Event()
+        task = asyncio.create_task(app.run(halt))
+        if which == "alert_engine":
+            for _ in range(1200):
+                if engines_open(app):
+                    break
+                await asyncio.sleep(0.05)
+        ready.set()
+        await asyncio.to_thread(mark.wait)
+        spy_dir = os.environ.get("BENCH_PYSPY_DIR")  # py-spy of each service between mark and stop (speedscope)
+        spy = _py_spy(f"{spy_dir}/{which}.json" if spy_dir else None)
+        cpu = time.process_time()
+        await asyncio.to_thread(stop.wait)
+        cpu = time.process_time() - cpu
+        if spy is not None:
+            spy.send_signal(2)  # (py-spy writes its file on SIGINT)
+            await asyncio.to_thread(spy.wait, 30)
+        halt.set()
+        await asyncio.gather(task, return_exceptions=True)
+        await redis.aclose()
+        out.put((which, cpu))
+
+    asyncio.run(main())
+
+
+async def run_once(url: str, redis_pid: int, syms: list[str], rate: int, seconds: float, tick_ms: int, tmp: Path,
+                   floor: bool) -> dict[str, Any]:
+    redis = connect(url)
+    await redis.flushall()
+    await redis.sadd(streams.FEED_REGISTRY, *[streams.registry_member(EXCHANGE, s) for s in syms])
+    await redis.aclose()
+    rules = tmp / "rules.yaml"
+    rules.write_text(RULES)
+    ctx = mp.get_context("spawn")
+    stop, mark, cpu_q = ctx.Event(), ctx.Event(), ctx.Queue()
+    services = []
+    for which in () if floor else ("candle_builder", "alert_engine"):
+        ready = ctx.Event()
+        proc = ctx.Process(target=_service, args=(url, str(rules), which, mark, stop, ready, cpu_q))
+        proc.start()
+        services.append((proc, ready))
+    for _, ready in services:
+        await asyncio.to_thread(ready.wait, 120)
+    seen_q, reader_stop, reader_ready = ctx.Queue(), ctx.Event(), ctx.Event()
+    reader = ctx.Process(target=_reader, args=(url, syms, reader_stop, reader_ready, seen_q, floor))
+    reader.start()
+    await asyncio.to_thread(reader_ready.wait, 30)
+    await asyncio.sleep(2.0)  # discovery, subscriptions
+    load = os.getloadavg()
+    sent_q = ctx.Queue()
+    producer = ctx.Process(target=_producer, args=(url, syms, rate, seconds, tick_ms, sent_q))
+    redis_cpu = proc_cpu_s(redis_pid)
+    wall = time.perf_counter()
+    mark.set()
+    producer.start()
+    sent, published, late_ticks = await asyncio.to_thread(sent_q.get)
+    await asyncio.to_thread(producer.join)
+    await asyncio.sleep(1.5)  # the last bars' alerts
+    stop.set()
+    wall = time.perf_counter() - wall
+    redis_cpu = proc_cpu_s(redis_pid) - redis_cpu
+    reader_stop.set()
+    received, candles = await asyncio.to_thread(seen_q.get)
+    await asyncio.to_thread(reader.join)
+    cpu = dict([await asyncio.to_thread(cpu_q.get, True, 60) for _ in services])
+    for proc, _ in services:
+        await asyncio.to_thread(proc.join)
+    start = min((int(k.rsplit("|", 1)[1]) for k in sent), default=0)
+    # bars from WARMUP_S on, and not the last second's (its closing trade may never have come)
+    newest = max((int(k.rsplit("|", 1)[1]) for k in sent), default=0)
+    sampled = {k: v for k, v in sent.items() if start + WARMUP_S * 1000 <= int(k.rsplit("|", 1)[1]) < newest}
+    lat = sorted((received[k] - sampled[k]) * 1000 for k in received if k in sampled)
+    to_candle = sorted((candles[k] - sampled[k]) * 1000 for k in candles if k in sampled)
+    cpu["redis_server"] = redis_cpu
+    return {"layout": "floor" if floor else "processes", "symbols": len(syms), "rate_trades_per_s": rate,
+            "published_trades": published, "producer_late_ticks": late_ticks, "bars": len(sampled),
+            "samples": len(lat), "missing": len(sampled) - len(lat), "p50_ms": pick(lat, 0.5),
+            "p99_ms": pick(lat, 0.99), "max_ms": round(lat[-1], 3) if lat else None,
+            "trade_to_candle_p50_ms": pick(to_candle, 0.5), "trade_to_candle_p99_ms": pick(to_candle, 0.99),
+            "cpu_s": {k: round(v, 2) for k, v in cpu.items()},
+            "cpu_share_of_a_core": {k: round(v / wall, 3) for k, v in cpu.items()},
+            "cpu_us_per_trade": {k: round(v * 1e6 / published, 2) for k, v in cpu.items()} if published else {},
+            "load_avg_before": [round(x, 2) for x in load]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=10.0, help="seconds of trades per run")
+    ap.add_argument("--symbols", type=int, default=1000)
+    ap.add_argument("--rate", type=int, default=10_000, help="trades/s over all symbols")
+    ap.add_argument("--tick-ms", type=int, default=2, help="the producer publishes every tick (one pipeline)")
+    ap.add_argument("--no-floor", action="store_true", help="skip the floor runs (no services)")
+    args = ap.parse_args()
+    syms = symbols(args.symbols)
+    out: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+                           "load_avg_before": os.getloadavg(), "symbols": args.symbols, "timeframes": TIMEFRAMES,
+                           "rules": 10, "rate_trades_per_s": args.rate, "tick_ms": args.tick_ms, "seconds": args.seconds, "runs": args.runs,
+                           "goal_p99_ms": GOAL_P99_MS}
+    results: dict[str, list[dict[str, Any]]] = {"processes": []} if args.no_floor else {"floor": [], "processes": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        server = EmbeddedRedis(Path(tmp) / "redis", persist=False)
+        server.start()
+        assert server.process is not None
+        try:
+            for _ in range(args.runs):  # alternating: floor and pipeline see the same moments of the machine
+                for layout in results:
+                    res = asyncio.run(run_once(server.url, server.process.pid, syms, args.rate, args.seconds, args.tick_ms,
+                                               Path(tmp), layout == "floor"))
+                    print("   ", json.dumps(res), flush=True)
+                    results[layout].append(res)
+        finally:
+            server.stop()
+    for layout, rs in results.items():
+        row: dict[str, Any] = {k: spread([r[k] for r in rs if r.get(k) is not None])
+                               for k in ("p50_ms", "p99_ms", "max_ms", "trade_to_candle_p50_ms",
+                                         "trade_to_candle_p99_ms")}
+        row["runs_detail"] = rs
+        out[layout] = row
+    p = out["processes"]
+    out["met"] = p["p99_ms"]["median"] is not None and p["p99_ms"]["median"] <= GOAL_P99_MS
+    out["load_avg_after"] = os.getloadavg()
+    print(f"{args.symbols} symbols x {len(TIMEFRAMES)} timeframes x 10 rules at {args.rate} trades/s: trade->alert "
+          f"p50 {fmt_spread(p['p50_ms'])}, p99 {fmt_spread(p['p99_ms'])} (goal p99 <= {GOAL_P99_MS} ms: "
+          f"{'MET' if out['met'] else 'NOT MET'}); trade->candle p99 {fmt_spread(p['trade_to_candle_p99_ms'])}"
+          + (f"; floor p99 {fmt_spread(out['floor']['p99_ms'])}" if "floor" in out else ""))
+    print(f"written: {write_result('bench_market_live.json', out)}")
+
+
+if __name__ == "__main__":
+    main()

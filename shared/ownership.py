@@ -14,9 +14,11 @@ service, e.g. ``candle_builder``) is owned by at most one replica at a time:
   expired while its owner was too busy to renew it is taken back by the next renewal or write if no other replica took
   it meanwhile (the fence counter still holds the owner's token): a busy owner keeps its partitions; a paused one
   whose partitions were taken over is fenced;
-- every write an owner makes for a partition goes through ``fenced`` (a script that checks the lease still holds its
-  value, then runs the writes — atomically, in the partition's hash slot): an owner paused past its TTL whose
-  partition was taken over cannot write (``FencedError``), whatever it believes;
+- every write an owner makes for a partition runs behind the one lease check, ``LEASE_CHECK``, in the same script
+  (atomically, in the partition's hash slot): ``fenced`` for a list of commands, or a service's own script made by
+  ``fenced_script`` and run by ``call_fenced`` (alert_engine's commit, market_feed's publish); the renewal is the
+  same check with no write. An owner paused past its TTL whose partition was taken over cannot write
+  (``FencedError``), whatever it believes;
 - with ``replication`` (``shared.durability``, from ``redis_wait_replicas``) a fenced write returns only once that
   many replicas hold it (``NotReplicatedError`` otherwise: the write is not done, the caller redoes it).
 

@@ -21,6 +21,17 @@ logger = logging.getLogger(__name__)
 REDIS_DOWN: tuple[type[BaseException], ...] = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)
 
 
+def redis_unavailable(exc: BaseException) -> bool:
+    """True for errors that mean "Redis is not there right now" (retry later), not "this command is wrong": Redis
+    unreachable (``REDIS_DOWN``), or a node that cannot take writes yet (a read-only replica during a failover, a
+    node loading its data, a cluster slot moving)."""
+    if isinstance(exc, (*REDIS_DOWN, redis_errors.ReadOnlyError)):
+        return True
+    if isinstance(exc, redis_errors.ResponseError):
+        return str(exc).split(" ", 1)[0] in ("LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN")
+    return False
+
+
 def backoff_delay(attempt: int, *, base: float = 0.1, cap: float = 10.0) -> float:
     """Capped exponential backoff with full jitter: a random delay in [0, min(cap, base * 2**attempt)]."""
     return random.uniform(0, min(cap, base * (2 ** min(attempt, 30))))

@@ -27,7 +27,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from shared import streams
 from shared.errors import ConfigError
-from shared.outage import REDIS_DOWN, Outage, backoff_delay
+from shared.outage import REDIS_DOWN, Outage, backoff_delay, redis_unavailable
 from shared.ownership import FencedError, Ownership
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,9 @@ class PartitionWorkers:
                     elif down:
                         logger.warning("%s: Redis is back; leases balanced again", self.name)
                     down = False
-                except REDIS_DOWN as exc:
+                except Exception as exc:  # Redis away, or a read-only node during a failover: keep what is held
+                    if not redis_unavailable(exc):
+                        raise
                     if self.outage is not None:
                         self.outage.lost(exc, "lease balancing")
                     elif not down:

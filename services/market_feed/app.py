@@ -18,12 +18,11 @@ from typing import Any
 from redis.asyncio import Redis
 
 from services.market_feed.core import Event, FeedCore, TickEvent, pace_delay
-from services.market_feed.publisher import (Outbox, RedisRetry, check_symbol_list, read_last_ids, redis_unavailable,
-                                            register_feeds)
+from services.market_feed.publisher import Outbox, RedisRetry, check_symbol_list, read_last_ids, register_feeds
 from services.market_feed.settings import Settings
 from shared import streams
+from shared.outage import redis_unavailable
 from shared.bus import Bus
-from shared.outage import REDIS_DOWN
 from shared.ownership import FencedError, Ownership
 from shared.partitioned import entry_id, read_offset
 from shared.partitions import partition_of
@@ -237,7 +236,7 @@ class MarketFeedApp:
                     await ownership.balance(int(time.time() * 1000))
                     balanced.set()
                 except Exception as exc:  # Redis away, or a read-only replica during a failover: renew next round
-                    if not isinstance(exc, REDIS_DOWN) and not redis_unavailable(exc):
+                    if not redis_unavailable(exc):
                         raise
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=ownership.ttl_ms / 3000)

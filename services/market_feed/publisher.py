@@ -29,7 +29,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from redis import exceptions as redis_errors
 
 from shared import metrics, streams
 from shared.bus import FIELD
@@ -37,6 +36,7 @@ from shared.errors import ConfigError
 from shared.ownership import FencedError, Ownership, fenced_script
 from shared.partitions import partition_of
 from shared.schemas import GapMarker, Ticker, TradeBatch, Watermark, encode_gap, encode_trades, encode_watermark
+from shared.outage import redis_unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -71,16 +71,6 @@ for i = 1, ns do
 end
 return {1, last}
 """)
-
-
-def redis_unavailable(exc: BaseException) -> bool:
-    """True for errors that mean "Redis is not there right now" (retry later), not "this command is wrong"."""
-    if isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ReadOnlyError,
-                        ConnectionError, TimeoutError)):
-        return True
-    if isinstance(exc, redis_errors.ResponseError):
-        return str(exc).split(" ", 1)[0] in ("LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN")
-    return False
 
 
 class RedisRetry:

@@ -197,7 +197,8 @@ class MarketFeedApp:
         replay, of the replayed pair). A pass starts over (the saved last ids skip what is published) when the
         partitions held change; the source ends when a pass reached its end."""
         s = self.settings
-        if not (await self.redis_retry.call(stop, lambda: register_feeds(self.redis, self.exchange, symbols)))[0]:
+        if not (await self.redis_retry.call(stop, lambda: register_feeds(self.redis, self.exchange, symbols,
+                                                                           s.durability)))[0]:
             return
         wanted = {partition_of(self.exchange, sym, s.partitions) for sym in symbols}
         group = self.feed_group(self.exchange, symbols)

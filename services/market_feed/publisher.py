@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 from shared import metrics, streams
 from shared.bus import FIELD
+from shared.durability import NO_REPLICATION, Replication
 from shared.errors import ConfigError
 from shared.ownership import FencedError, Ownership, fenced_script
 from shared.partitions import partition_of
@@ -133,9 +134,14 @@ async def read_last_ts(redis: Any, exchange: str, symbol: str, partitions: int) 
     return int(raw) if raw else None
 
 
-async def register_feeds(redis: Any, exchange: str, symbols: list[str]) -> None:
-    """Add the pairs to ``streams.FEED_REGISTRY`` (candle_builder and the API discover them there)."""
+async def register_feeds(redis: Any, exchange: str, symbols: list[str],
+                         replication: Replication = NO_REPLICATION) -> None:
+    """Add the pairs to ``streams.FEED_REGISTRY`` (candle_builder and the API discover them there), on
+    ``replication``'s replicas before the feed publishes (``shared.durability``): registered once, at the start, so a
+    registration lost in a failover stays lost, and candle_builder then builds the pair's trades with its own
+    timeframes only (none a subscriber asked for)."""
     await redis.sadd(streams.FEED_REGISTRY, *(streams.registry_member(exchange, s) for s in symbols))
+    await replication.wait(redis)
 
 
 _CLAIM_LIST = """

@@ -75,6 +75,50 @@ async def test_acknowledged_commits_survive_a_master_crash_while_the_replica_lag
         assert refused == [] and lost == list(range(20, 30))
 
 
+async def _registered(port: int) -> set[bytes]:
+    from redis.asyncio import Redis
+
+    direct = Redis(port=port)
+    try:
+        return set(await direct.smembers(streams.FEED_REGISTRY))
+    finally:
+        await direct.aclose()
+
+
+@pytest.mark.parametrize("replicas", [1, 0])
+async def test_a_feed_registration_survives_a_master_crash_while_the_replica_lags(servers, replicas) -> None:
+    """market_feed registers its pairs once, before it publishes; a registration lost in a failover stays lost
+    (candle_builder then builds the pair without the timeframes subscribers asked for: the HA pipeline run lost every
+    1s candle of BTC/USDT so). Replication cut, ``register_feeds``, master SIGKILLed: with redis_wait_replicas 1 the
+    registration is refused (the feed does it again: below, once the old master is back as a replica, and then it
+    survives the next crash too); with 0 it was acknowledged, and the crash lost it."""
+    from services.market_feed.publisher import register_feeds
+
+    member = streams.registry_member("binance", "BTC/USDT").encode()
+    client = connect(servers.url)
+    try:
+        servers.cut_replica()
+        old = servers.name_of(servers.master_port())
+        if replicas:
+            with pytest.raises(NotReplicatedError):
+                await register_feeds(client, "binance", ["BTC/USDT"], Replication(1, 300))
+        else:
+            await register_feeds(client, "binance", ["BTC/USDT"], Replication(0, 300))
+    finally:
+        await client.aclose()
+    new_master = await asyncio.to_thread(servers.kill_master)
+    assert member not in await _registered(new_master)  # the replica never got it
+    if not replicas:
+        return  # acknowledged and lost: what WAIT is there to prevent
+    await asyncio.to_thread(servers.restart_as_replica, old)
+    client = connect(servers.url)
+    try:
+        await register_feeds(client, "binance", ["BTC/USDT"], Replication(1, 5000))
+    finally:
+        await client.aclose()
+    assert member in await _registered(await asyncio.to_thread(servers.kill_master))
+
+
 async def test_concurrent_commits_acknowledged_before_the_kill_are_on_the_new_master(servers) -> None:
     """Four writers commit as fast as they can through the Sentinel client with redis_wait_replicas: 1; the master
     is SIGKILLed mid-stream. Every commit a writer saw acknowledged is on the promoted replica."""

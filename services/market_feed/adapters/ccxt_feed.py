@@ -120,7 +120,8 @@ class LiveFeed:
                 await sleep_or_stop(stop, delay)
         else:
             return False
-        if not (await self.retry.call(stop, lambda: register_feeds(self.redis, feed.name, feed.symbols)))[0]:
+        if not (await self.retry.call(stop, lambda: register_feeds(self.redis, feed.name, feed.symbols,
+                                                                         self.settings.durability)))[0]:
             return False
         for symbol in feed.symbols:
             self.health.setdefault(f"{feed.name}|{symbol}|trades", StreamHealth())

@@ -115,7 +115,9 @@ class MarketFeedApp:
     # ---- run ---------------------------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self._check_symbol_lists()
+        # (Redis away at start-up, a failover under way: retried as every other write, not a crash)
+        if not (await self.redis_retry.call(stop, self._check_symbol_lists))[0]:
+            return  # stopped while Redis was away
         # The heartbeat gets its own stop event: it ends when run ends (cancelling it while redis-py is mid-command
         # can be swallowed, leaving it looping).
         beat_stop = asyncio.Event()

@@ -105,6 +105,28 @@ async def test_replay_rides_out_redis_kill_outage_and_read_only(own_redis):
         await redis.aclose()
 
 
+async def test_replay_started_while_redis_is_down_waits_for_it(own_redis):
+    """A feed started while Redis is away (a failover or a restart under way at start-up) waits for it with backoff
+    instead of crashing at its first command, then publishes every trade once."""
+    expected = capture_trades()
+    settings = Settings(mode="replay", replay_file=shared_data(CAPTURE), speed=240, backoff_base_s=0.05,
+                        backoff_cap_s=0.5)
+    own_redis.kill()
+    redis = connect(own_redis.url)
+    try:
+        task = asyncio.create_task(_replay(settings, redis, asyncio.Event()))
+        await asyncio.sleep(1.5)
+        assert not task.done(), task.exception() if task.done() else None  # still waiting, not crashed
+        own_redis.start()
+        app = await asyncio.wait_for(task, timeout=120)
+        assert app.done
+        trades, gaps = await published(redis)
+        assert gaps == []
+        assert_exactly_once(trades, expected)
+    finally:
+        await redis.aclose()
+
+
 async def test_restarted_replay_paces_from_the_first_unpublished_trade(redis):
     """Defect 3: a replay stopped part-way is restarted at real-time speed; it publishes the next trade at once (the
     old code waited the exchange time from the file's first trade: minutes here) and keeps pacing from there."""

@@ -39,6 +39,8 @@ class RedisWithSentinel:
         self.processes.append(process := subprocess.Popen(
             [self.binary, "--port", str(self.ports[name]), "--bind", "127.0.0.1", "--dir", str(node.resolve()),
              "--save", "", "--appendonly", "yes", "--loglevel", "warning",
+             # (one replica: nothing to wait for before a full sync; the default 5 s stalls every WAIT after a failover)
+             "--repl-diskless-sync-delay", "0",
              "--logfile", str((node / "redis.log").resolve()), *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         self.by_port[self.ports[name]] = process

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import multiprocessing as mp
 import os
 import platform
+import signal
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +53,7 @@ TIMEFRAMES = ["1m", "3m", "5m", "15m", "1h", "4h"]
 #: The builder's shipped COUNT and BLOCK of a partition read (the bare consumer reads the same way): what a user runs.
 READ_COUNT = Settings.model_fields["read_count"].default
 BLOCK_MS = Settings.model_fields["block_ms"].default
+GC_THRESHOLDS = gc.get_threshold()
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -204,6 +208,7 @@ async def builder_rate(url: str, n_trades: int, per_entry: int, run: int = 0, re
     await app.discover()
     task = asyncio.create_task(app.run(stop))
     await asyncio.sleep(0.2)
+    spy = _py_spy(os.environ.get("BENCH_PYSPY"))
     started.set()
     t, cpu = time.perf_counter(), time.process_time()
     redis_cpu = proc_cpu_s(redis_pid) if redis_pid else 0.0
@@ -215,8 +220,13 @@ async def builder_rate(url: str, n_trades: int, per_entry: int, run: int = 0, re
     elapsed = time.perf_counter() - t
     cpu = time.process_time() - cpu
     redis_cpu = proc_cpu_s(redis_pid) - redis_cpu if redis_pid else float("nan")
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)  # (py-spy writes its file on SIGINT)
+        await asyncio.to_thread(spy.wait, 30)
     stop.set()
     await task
+    gc.unfreeze()  # (the builder's quiet_gc is for its process; the bare consumer runs next in this one)
+    gc.set_threshold(*GC_THRESHOLDS)
     producer_s, producer_cpu = await asyncio.to_thread(result.get, True, 60)
     producer.join()
     candles = sum([await redis.xlen(streams.series_candles(partition, exchange, symbol, tf)) for tf in TIMEFRAMES])
@@ -234,6 +244,16 @@ async def builder_rate(url: str, n_trades: int, per_entry: int, run: int = 0, re
             "closed_candles": candles, "cpu_us_per_trade": {
                 "builder": round(cpu * us, 2), "producer": round(producer_cpu * us, 2),
                 "redis_server": round(redis_cpu * us, 2), "sum": round((cpu + producer_cpu + redis_cpu) * us, 2)}}
+
+
+def _py_spy(path: str | None) -> subprocess.Popen[bytes] | None:
+    """py-spy recording this process (raw collapsed stacks, ``BENCH_PYSPY=<file>``; the last run's is kept)."""
+    if not path:
+        return None
+    spy = Path(sys.executable).with_name("py-spy")
+    return subprocess.Popen([str(spy) if spy.exists() else "py-spy", "record", "--pid", str(os.getpid()), "--rate",
+                             "250", "--format", "raw", "--output", path, "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def rss_mb() -> float:

@@ -33,6 +33,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
+from itertools import repeat
+from operator import is_ as _is
 from typing import Any, Literal, NamedTuple, Self, cast
 
 import msgpack
@@ -268,7 +270,7 @@ def _values(texts: tuple[Any, ...] | list[Any], what: str, ids: tuple[Any, ...] 
         got: list[Any] = list(map(cache.get, texts))
     except TypeError:  # something unhashable (a list): value by value, for the reason
         return [_value(text, what, n, (ids[n],)) for n, text in enumerate(texts)]
-    if None not in got:
+    if not any(map(_is, got, repeat(None))):  # (not ``None in got``: it compares each Decimal with None, ~0.2 us each)
         return got
     where = [n for n, value in enumerate(got) if value is None]
     missing = [texts[n] for n in where]

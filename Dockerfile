@@ -7,7 +7,9 @@ COPY shared ./shared
 COPY services ./services
 COPY sentinel ./sentinel
 RUN pip install --no-cache-dir .
-RUN useradd --create-home sentinel
+# The services' working directory state (the notifier's .sentinel/alerts.jsonl, an embedded Redis' data_dir) goes
+# under /app/.sentinel: the service user must be able to write it (/app itself stays root's).
+RUN useradd --create-home sentinel && mkdir -p /app/.sentinel && chown sentinel:sentinel /app/.sentinel
 USER sentinel
 ENTRYPOINT ["sentinel"]
 CMD ["--help"]

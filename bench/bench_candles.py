@@ -395,7 +395,7 @@ def main() -> None:
             print(f"  rss_mb {rss}   goal <= {GOALS['rss_mb']}: {'MET' if rss <= GOALS['rss_mb'] else 'NOT MET'}")
     results["machine"]["load_avg_after"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    partial = args.quick or args.per_entry or args.skip_rss or args.paced
+    partial = args.quick or args.per_entry or args.skip_rss
     path = RESULTS / ("bench_candles_quick.json" if partial else "bench_candles.json")
     path.write_text(json.dumps(results, indent=2))
     print(f"wrote {path}")

@@ -11,7 +11,9 @@ timeframes. CPU per trade of each process (consumer or builder, producer, redis-
 and the part of the builder's run the producer was still publishing during (``producer_overlap``).
 
 Writes bench/results/bench_candles.json (bench_candles_quick.json for --quick / --per-entry / --skip-rss).
-Usage: ``python bench/bench_candles.py [--trades N] [--repeat R] [--per-entry 1|100] [--skip-rss] [--quick]``.
+``--paced R`` adds one-trade builder runs with the producer paced at R entries/s: does the builder keep up (``lag_s``)?
+Usage: ``python bench/bench_candles.py [--trades N] [--repeat R] [--per-entry 1|100] [--paced R] [--skip-rss]
+[--quick]``.
 """
 
 from __future__ import annotations
@@ -76,13 +78,15 @@ PRODUCER_MAXLEN = 10_000_000
 PRODUCER_CHUNK = 2_000
 
 
-def produce(url: str, stream: str, entries: list[bytes], final: bytes, started: mp.Event, out: mp.Queue) -> None:
+def produce(url: str, stream: str, entries: list[bytes], final: bytes, started: mp.Event, out: mp.Queue,
+            rate: float = 0.0) -> None:
     """Producer process: the entries as market_feed writes them (``XADD stream MAXLEN ~ n * d <entry>``: the same
     entries, built with ``encode_trades``), each command packed beforehand with ``hiredis.pack_command`` and sent on a
     plain socket ``PRODUCER_CHUNK`` at a time, the replies of one write read while the next one is on its way. Its
     Python work per entry is one reply parsed by hiredis, so redis-server sets its pace, not this process (the
-    ``Bus.publish_many`` producer made ~78k entries/s here: the ceiling of the one-trade runs). Reports (wall seconds,
-    CPU seconds)."""
+    ``Bus.publish_many`` producer made ~78k entries/s here: the ceiling of the one-trade runs). ``rate`` > 0: at most
+    that many entries per second (paced write by write), else as fast as Redis takes them. Reports (wall seconds, CPU
+    seconds)."""
     u = urlparse(url)
     sock = socket.create_connection((u.hostname or "127.0.0.1", u.port or 6379))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -109,6 +113,10 @@ def produce(url: str, stream: str, entries: list[bytes], final: bytes, started: 
         sock.sendall(data)
         if k:
             replies(sizes[k - 1])
+        if rate:
+            ahead = t + sum(sizes[:k + 1]) / rate - time.perf_counter()
+            if ahead > 0:
+                time.sleep(ahead)
     replies(sizes[-1])
     out.put((time.perf_counter() - t, time.process_time() - c))
     sock.close()
@@ -185,8 +193,9 @@ async def bus_rate(url: str, n_trades: int, per_entry: int, run: int = 0, redis_
 
 
 async def builder_rate(url: str, n_trades: int, per_entry: int, run: int = 0, redis_pid: int | None = None,
-                       **overrides: object) -> dict:
-    """Trades/s through the builder while a producer process publishes; the clock stops when the builder is done.
+                       paced: float = 0.0, **overrides: object) -> dict:
+    """Trades/s through the builder while a producer process publishes (``paced``: at most that many entries/s); the
+    clock stops when the builder is done, ``lag_s`` after the producer's last entry was acknowledged.
 
     Also the CPU µs per trade of the builder (this process), the producer and redis-server over the same run."""
     exchange, symbol = "bench", f"B{per_entry}-{run}/USDT"  # a fresh series each run (no saved state)
@@ -196,13 +205,13 @@ async def builder_rate(url: str, n_trades: int, per_entry: int, run: int = 0, re
     final = encode_watermark(Watermark(exchange, symbol, 1_723_161_255_000 + n_trades * 33, final=True))
     redis = connect(url)
     await redis.sadd(streams.FEED_REGISTRY, streams.registry_member(exchange, symbol))
-    settings = Settings(**{"redis_url": url, "timeframes": TIMEFRAMES, "discover_every_s": 0.05, "live_throttle_ms": 250,
+    settings = Settings(**{"redis_url": url, "timeframes": TIMEFRAMES, "live_throttle_ms": 250,
                            # in-progress candles as a live feed has them (wall-time throttle): this producer is not
                            # a registered live feed, and "auto" would throttle in exchange time (~8 trades apart here)
                            "live_throttle_clock": "wall", **overrides})
     app = CandleBuilderApp(settings, redis)
     started, result = mp.Event(), mp.Queue()
-    producer = mp.Process(target=produce, args=(url, stream, entries, final, started, result))
+    producer = mp.Process(target=produce, args=(url, stream, entries, final, started, result, paced))
     producer.start()
     stop = asyncio.Event()
     await app.discover()
@@ -240,7 +249,7 @@ async def builder_rate(url: str, n_trades: int, per_entry: int, run: int = 0, re
     return {"trades": n_trades, "trades_per_entry": per_entry, "seconds": round(elapsed, 3),
             "builder_trades_per_s": round(n_trades / elapsed), "producer_trades_per_s": round(n_trades / producer_s),
             # the part of the builder's run the producer was publishing during (1: all of it)
-            "producer_overlap": round(min(1.0, producer_s / elapsed), 3),
+            "producer_overlap": round(min(1.0, producer_s / elapsed), 3), "lag_s": round(elapsed - producer_s, 3),
             "closed_candles": candles, "cpu_us_per_trade": {
                 "builder": round(cpu * us, 2), "producer": round(producer_cpu * us, 2),
                 "redis_server": round(redis_cpu * us, 2), "sum": round((cpu + producer_cpu + redis_cpu) * us, 2)}}
@@ -320,6 +329,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="alternate (a) and (b) this many times")
     parser.add_argument("--per-entry", type=int, choices=(1, 100), action="append",
                         help="only these trades-per-entry runs (repeatable; default both)")
+    parser.add_argument("--paced", type=float, default=0.0, help="also run the one-trade builder runs with the "
+                        "producer paced at this many entries/s (e.g. 100000: does the builder keep up with it?)")
     parser.add_argument("--skip-rss", action="store_true", help="leave out the 500-symbol RSS run")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     args = parser.parse_args()
@@ -360,8 +371,23 @@ def main() -> None:
             print(f"  builder / bus baseline       {out['ratio_builder_to_bus_median']}", flush=True)
             print(f"  producer overlap (builder)   {out['producer_overlap']}", flush=True)
             cpu = [b["cpu_us_per_trade"]["builder"] for b in built]
-            print(f"  builder CPU us/trade         {statistics.median(cpu)} ({min(cpu)}-{max(cpu)})", flush=True)
+            print(f"  builder CPU us/trade         {statistics.median(cpu):.2f} ({min(cpu)}-{max(cpu)})", flush=True)
             print(f"  goal builder >= {goal}: {'MET' if med >= goal else 'NOT MET'}", flush=True)
+        if args.paced:
+            paced = [asyncio.run(builder_rate(url, args.trades, 1, 100 + run, pid, paced=args.paced))
+                     for run in range(args.repeat)]
+            results["paced"] = {"entries_per_s": args.paced, "trades": args.trades, "runs": paced,
+                                "builder_trades_per_s": _summary([b["builder_trades_per_s"] for b in paced]),
+                                "producer_trades_per_s": _summary([b["producer_trades_per_s"] for b in paced]),
+                                "lag_s": [b["lag_s"] for b in paced]}
+            out = results["paced"]
+            print(f"--- 1 trade per entry, producer paced at {args.paced:.0f} entries/s, {args.repeat} runs", flush=True)
+            for key in ("producer_trades_per_s", "builder_trades_per_s"):
+                v = out[key]
+                print(f"  {key:28s} {v['median']:>9} ({v['min']}-{v['max']})", flush=True)
+            print(f"  builder done after the producer (s) {out['lag_s']}", flush=True)
+            cpu = [b["cpu_us_per_trade"]["builder"] for b in paced]
+            print(f"  builder CPU us/trade         {statistics.median(cpu):.2f} ({min(cpu)}-{max(cpu)})", flush=True)
         if not args.skip_rss:
             results["rss"] = rss_for_symbols(url, args.symbols, 200)
             rss = results["rss"]["rss_mb_after"]

@@ -282,9 +282,11 @@ class CandleBuilderApp:
                 await self.bus.dead_letter(stream, raw_id, data, f"undecodable: {exc}", GROUP)
                 continue
             if msg.symbol == "" and isinstance(msg, Watermark):  # every pair of the exchange in the partition:
-                # the ones built here so far (a final one: all, so a pair taken over just before it closes too)
-                pairs = [p for p in (self.wanted if msg.final else self.series)
-                         if p[0] == msg.exchange and self.partition(*p) == partition]
+                # the ones built here so far (a final one: all, so a pair taken over just before it closes too);
+                # a loaded series knows its partition (hashing every pair at every watermark cost O(pairs) each)
+                pairs = [p for p in self.wanted if p[0] == msg.exchange and self.partition(*p) == partition] \
+                    if msg.final else [p for p, s in self.series.items() if s.partition == partition
+                                       and p[0] == msg.exchange]
             else:
                 pairs = [(msg.exchange, msg.symbol)]
             for pair in pairs:

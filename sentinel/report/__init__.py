@@ -30,14 +30,16 @@ class Report:
 
 
 def write_report(out_dir: str | Path, rules_file: str | Path, forward_bars: int = 10, *,
-                 console: Console | None = None, exchange: str | None = None, symbol: str | None = None) -> Report:
+                 console: Console | None = None, exchange: str | None = None, symbol: str | None = None,
+                 output: BacktestOutput | None = None) -> Report:
     """Write ``out_dir/report.html`` from a backtest's outputs and print the summary to ``console`` (if given).
 
     ``forward_bars``: the return after that many bars of each rule's timeframe. ``exchange``/``symbol`` label a
-    single-symbol ``candles_<tf>.csv`` when its alerts do not name the pair."""
+    single-symbol ``candles_<tf>.csv`` when its alerts do not name the pair. ``output``: what the files in ``out_dir``
+    hold, already in memory (the backtest that just wrote them): not read back."""
     if forward_bars < 1:
         raise ReportError(f"forward bars must be at least 1, got {forward_bars}")
-    out = load_output(Path(out_dir), Path(rules_file), exchange, symbol)
+    out = output if output is not None else load_output(Path(out_dir), Path(rules_file), exchange, symbol)
     short = frozenset(rule.name for rule in out.rules.rules if rule.labels.get("direction") == "short")
     reports = rule_reports(out.alerts, out.candles, forward_bars, short, [rule.name for rule in out.rules.rules])
     why = explain_silence(out.rules, out.candles, out.alerts)

@@ -55,7 +55,7 @@ from shared.schemas import (
     TradeBatch,
     TradeColumns,
     Watermark,
-    decode_feed,
+    decode_feed_runs,
     pack,
     trade_rows,
     unpack,
@@ -283,27 +283,28 @@ class CandleBuilderApp:
 
     async def _handle(self, partition: int, stream: str, entries: list[Any]) -> None:
         """Apply one read of the partition's trades stream and commit it (fenced): candles, pair states, offset."""
-        runs: dict[Pair, list[tuple[bytes, FeedMessage]]] = {}
+        # per pair: (id of the first entry, id of the last entry, message): consecutive one-trade entries of a pair
+        # come as one batch (``decode_feed_runs``)
+        runs: dict[Pair, list[tuple[bytes, bytes, FeedMessage]]] = {}
         pair: Pair = ("", "")  # the pair of the last entry of one pair, and its run
-        run: list[tuple[bytes, FeedMessage]] = []
-        for raw_id, fields in entries:
-            data = entry_data(fields)
-            try:
-                msg = decode_feed(data or b"")
-            except DecodeError as exc:
-                await self.bus.dead_letter(stream, raw_id, data, f"undecodable: {exc}", GROUP)
+        run: list[tuple[bytes, bytes, FeedMessage]] = []
+        for first, last, msg in decode_feed_runs([entry_data(fields) or b"" for _, fields in entries]):
+            if isinstance(msg, DecodeError):
+                raw_id, fields = entries[first]
+                await self.bus.dead_letter(stream, raw_id, entry_data(fields), f"undecodable: {msg}", GROUP)
                 continue
+            ids = (entries[first][0], entries[last][0], msg)
             if msg.symbol == pair[1] and msg.exchange == pair[0]:  # the pair of the entry before (the common case)
-                run.append((raw_id, msg))
+                run.append(ids)
             elif msg.symbol == "" and isinstance(msg, Watermark):  # every pair of the exchange in the partition:
                 # the ones built here so far (a final one: all, so a pair taken over just before it closes too)
                 for p in (self.wanted if msg.final else self.series):
                     if p[0] == msg.exchange and self.partition(*p) == partition:
-                        runs.setdefault(p, []).append((raw_id, msg))
+                        runs.setdefault(p, []).append(ids)
             else:
                 pair = (msg.exchange, msg.symbol)
                 run = runs.setdefault(pair, [])
-                run.append((raw_id, msg))
+                run.append(ids)
         commands: list[Any] = []
         touched: list[Series] = []
         counted: list[Emitted] = []
@@ -317,7 +318,7 @@ class CandleBuilderApp:
                         await self._learn(pair)
                     series = await self._load(pair, partition)
                 if series.needs_seed:
-                    first = next(((raw_id, m) for raw_id, m in run if type(m) is TradeBatch and m.trades), None)
+                    first = next(((raw_id, m) for raw_id, _, m in run if type(m) is TradeBatch and m.trades), None)
                     if first is not None:
                         await self.seeder.seed(series, self._asked(series), first[1].trades[0][1],
                                                entry_id(first[0])[0])
@@ -328,15 +329,15 @@ class CandleBuilderApp:
                     for tf, since in series.builder.history_from.items():
                         commands.append(("HSET", streams.part_candle_history_from(partition),
                                          streams.registry_member(series.exchange, series.symbol, tf), since))
-                series.last_id = entry_id(run[-1][0])
-                last = run[-1][1]
+                series.last_id = entry_id(run[-1][1])
+                last = run[-1][2]
                 if type(last) is TradeBatch and last.trades:
                     series.live_offset = series.last_id[0] - last.trades[-1][1]
                 elif type(last) is Watermark:
                     series.live_offset = series.last_id[0] - last.ts
                 snaps: list[tuple[int, str, bytes]] | None = (
                     [] if self.settings.live_candles and self._exchange_throttle(series) else None)
-                self._apply_run([m for _, m in run], series, emitted, snaps)
+                self._apply_run([m for _, _, m in run], series, emitted, snaps)
                 if snaps:  # closed and in-progress candles written in the order they were made (alert_engine's order)
                     self._queue_in_order(commands, series, emitted, snaps)
                     live.append((series, [(tf, data) for _, tf, data in snaps]))

@@ -10,8 +10,8 @@ import msgpack
 import pytest
 
 from shared.errors import DecodeError
-from shared.schemas import (COLUMNS_FROM, GapMarker, Trade, TradeText, Watermark, decode_feed, encode_gap, encode_trades,
-                            encode_watermark)
+from shared.schemas import (COLUMNS_FROM, GapMarker, Trade, TradeText, Watermark, decode_feed, decode_feed_runs,
+                            encode_gap, encode_trades, encode_watermark)
 
 
 def _raw(rows, **over):
@@ -123,3 +123,58 @@ def test_a_bad_value_in_a_column_is_refused_with_its_reason(price, amount, bad):
 def test_malformed_columns_say_what_is_wrong(raw, fragment):
     with pytest.raises(DecodeError, match=fragment):
         decode_feed(raw)
+
+
+def _one(pair, tid, price="61837.63", amount="0.02", side=1, ts=None):
+    return msgpack.packb({"v": 1, "k": "trades", "x": pair[0], "s": pair[1],
+                          "t": [[tid, 1000 + tid if ts is None else ts, price, amount, side]]})
+
+
+def test_decode_feed_runs_gives_what_decode_feed_gives_entry_by_entry():
+    """The read decoder against ``decode_feed`` of each entry (the oracle): the same errors with the same reasons at
+    the same entries, every pair's trades and markers in entry order, and no batch spanning a marker."""
+    a, b = ("x", "A/B"), ("x", "C/DEF")
+    raws = [_one(a, 1), _one(a, 2, price="61837.64"), _one(b, 3), _one(a, 4), _one(a, 5, amount="7"),
+            _one(a, 6, price="NaN"),  # the same head, an invalid price
+            _one(a, 7) + b"\x01",  # the same head, extra bytes after the row
+            _one(a, 8)[:-1],  # truncated
+            _one(a, 9, side=7), _one(a, 10, ts="1010"), _one(a, 11, price=1.5), _one(a, 12, price="0"),
+            _one(a, 13, price="-Infinity"), _one(a, 14, amount="-0"),
+            msgpack.packb({"v": 1, "k": "trades", "x": "x", "s": "A/B", "t": [[15, 1015, "1", "1", 1, 9]]}),
+            _one(a, 16, price="62000.01"),  # a valid price not seen before: checked by decode_feed, then taken
+            _one(b, 17), encode_gap(GapMarker("x", "A/B", 1, 2, "r")), _one(a, 18), _one(b, 19),
+            encode_trades("x", "A/B", [Trade(20, 1020, Decimal(1), Decimal(2), True)] * 2),
+            _one(a, 21), encode_watermark(Watermark("x", "", 1030)), _one(a, 22), _one(b, 23),
+            encode_trades("x", "C/DEF", [Trade(n, 1000 + n, Decimal(1), Decimal(2), False) for n in range(24, 40)]),
+            _one(b, 40), b"\xc1", _one(a, 41, price="1", amount="1"), _one(a, 42)]
+    expected: list = []
+    for raw in raws:
+        try:
+            expected.append(decode_feed(raw))
+        except DecodeError as exc:
+            expected.append(exc)
+    got = decode_feed_runs(raws)
+    assert {i: str(e) for i, e in enumerate(expected) if isinstance(e, DecodeError)} == {
+        first: str(msg) for first, last, msg in got if isinstance(msg, DecodeError) and first == last}
+    assert sum(isinstance(e, DecodeError) for e in expected) == 11
+
+    def tokens(items, pair):  # a pair's trades one by one and its other messages, in order
+        out = []
+        for msg in items:
+            if isinstance(msg, DecodeError) or (msg.exchange, msg.symbol) != pair:
+                continue
+            if hasattr(msg, "trades"):
+                out += [("trade", tuple(t)) for t in msg.trades]
+            else:
+                out.append(("marker", msg))
+        return out
+
+    for pair in (a, b):
+        assert tokens([m for _, _, m in got], pair) == tokens(expected, pair)
+    markers = [i for i, e in enumerate(expected) if isinstance(e, (GapMarker, Watermark))]
+    for first, last, msg in got:
+        assert not any(first < k <= last for k in markers), (first, last)
+        assert first == last or len(msg.trades) > 1
+    merged = [(first, last) for first, last, msg in got if first != last]
+    assert merged[0] == (0, 15)  # A/B entries 0, 1, 3, 4 and 15: one batch across B's entry 2 and the bad ones
+    assert all(type(t) is Trade for _, _, m in got if hasattr(m, "trades") for t in m.trades)

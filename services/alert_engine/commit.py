@@ -34,6 +34,7 @@ from services.alert_engine.settings import Settings
 from shared import metrics, streams
 from shared.ownership import FencedError, Ownership
 from shared.partitions import partition_of
+from shared.resp import RespClient
 from shared.schemas import pack
 
 logger = logging.getLogger(__name__)
@@ -55,9 +56,12 @@ class AlertCommit:
         self.redis = redis
         self.engine = engine
         self._script = redis.register_script(_SCRIPT)  # (redis-py loads it again after a NOSCRIPT)
-        # a connection of its own (redis-py's single-connection client): no pool checkout and connection check per
-        # commit, on the path of every alert. A Redis Cluster client routes each call to its slot's node itself.
-        self._conn: Any = redis if isinstance(redis, RedisCluster) else redis.client()
+        # the commit is on the path of every alert: on one server reached by TCP or a Unix socket it goes through
+        # the small client (``shared.resp``; ~4x less CPU per call than redis-py's asyncio client), else through a
+        # connection of its own (redis-py's single-connection client; a Redis Cluster client routes each call to its
+        # slot's node itself)
+        self._small = None if isinstance(redis, RedisCluster) else RespClient.of(redis)
+        self._conn: Any = redis if isinstance(redis, RedisCluster) or self._small is not None else redis.client()
         # each partition's stream keeps its share of the history's retention
         self._maxlen = max(100, -(-settings.alert_history_maxlen // settings.partitions))
         self.cooldown_until: dict[str, int] = {}  # fingerprint -> as this engine knows it (-1: forever)
@@ -116,7 +120,7 @@ class AlertCommit:
             args: list[Any] = [streams.CHANNEL_ALERTS, self._maxlen, s.fired_ttl_s * 1000, _lua_pack(fire_args),
                                _lua_pack(part_rows), lease, _lua_pack(flat_offsets)]
             try:
-                replies = await self._script(keys=keys, args=args, client=self._conn)
+                replies = await self._run(keys, args)
             except redis_errors.ResponseError as exc:
                 if owner is not None and partition is not None and str(exc).startswith("FENCED"):
                     owner.leases.pop(partition, None)
@@ -145,8 +149,19 @@ class AlertCommit:
         restart)."""
         self.cooldown_until.clear()
 
+    async def _run(self, keys: list[Any], args: list[Any]) -> Any:
+        """One call of the commit script: EVALSHA, or EVAL after a NOSCRIPT (a restarted or flushed server)."""
+        if self._small is None:
+            return await self._script(keys=keys, args=args, client=self._conn)
+        try:
+            return await self._small.execute("EVALSHA", self._script.sha, len(keys), *keys, *args)
+        except redis_errors.NoScriptError:
+            return await self._small.execute("EVAL", _SCRIPT, len(keys), *keys, *args)
+
     async def close(self) -> None:
-        """Give the commit's connection back (it is taken again by the next commit)."""
+        """Give the commit's connections back (they are made again by the next commit)."""
+        if self._small is not None:
+            await self._small.aclose()
         if self._conn is not self.redis:
             await self._conn.aclose()
 

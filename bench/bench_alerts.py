@@ -17,7 +17,11 @@
     reader reading the trades themselves (producer -> Redis -> reader): what the machine costs before any of our
     work. The first WARMUP_S seconds are not sampled. p50 / p99 per run; median, min and max over the runs.
 
-Usage: ``python bench/bench_alerts.py [--runs 3] [--seconds 8] [--rates 5000,20000] [--only throughput|latency]``.
+``--reference``: each pipeline and engine-hop run alternates with one whose services read and commit through
+redis-py's asyncio client instead of ``shared.resp`` (the reference); CPU per trade and the ratios to it printed.
+
+Usage: ``python bench/bench_alerts.py [--runs 3] [--seconds 8] [--rates 5000,20000] [--only throughput|latency]
+[--reference]``.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ from talib import stream as ta
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Probe, engines_open, fmt_spread, pick, proc_cpu_s, spread, write_result  # noqa: E402
+from bench.common import (Probe, engines_open, fmt_spread, pick, proc_cpu_s, py_spy, reference_client,  # noqa: E402
+                          spread, stop_py_spy, write_result)  # noqa: E402
 from services.alert_engine.core import AlertEngine  # noqa: E402
 from shared import streams  # noqa: E402
 from shared.bus import FIELD  # noqa: E402
@@ -280,6 +285,8 @@ def _service(url: str, rules: str, which: str, mark: Any, stop: Any, ready: Any,
     from services.candle_builder.app import CandleBuilderApp
     from services.candle_builder.settings import Settings as BuilderSettings
 
+    reference_client()
+
     async def main() -> None:
         redis = connect(url)
         app: Any
@@ -302,9 +309,12 @@ def _service(url: str, rules: str, which: str, mark: Any, stop: Any, ready: Any,
                 await asyncio.sleep(0.05)
         ready.set()
         await asyncio.to_thread(mark.wait)
+        # BENCH_PYSPY=<file>: the engine recorded with py-spy between ``mark`` and ``stop`` (speedscope JSON)
+        spy = py_spy(os.environ.get("BENCH_PYSPY")) if which == "alert_engine" else None
         cpu = time.process_time()
         await asyncio.to_thread(stop.wait)
         cpu = time.process_time() - cpu
+        await asyncio.to_thread(stop_py_spy, spy)
         halt.set()
         await asyncio.gather(task, return_exceptions=True)
         await redis.aclose()
@@ -405,22 +415,28 @@ async def latency(url: str, rate: int, seconds: float, tmp: Path, layout: str, r
                                  "redis_server": round(redis_cpu * 1e6 / trades, 2)}}
 
 
-def latencies(rates: list[int], runs: int, seconds: float) -> list[dict]:
+def latencies(rates: list[int], runs: int, seconds: float, reference: bool = False) -> list[dict]:
     """Per rate: ``runs`` rounds of the floor and the pipeline, alternating (both see the same moments of the
-    machine); then the engine's hop alone (``layout`` "engine", no trades)."""
+    machine); then the engine's hop alone (``layout`` "engine", no trades). ``reference``: each pipeline and engine
+    run alternates with one whose services read and commit through redis-py's asyncio client
+    (``bench.common.reference_client``): "reference" and "engine_reference"."""
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         server = EmbeddedRedis(Path(tmp) / "redis", persist=False)
         server.start()
 
         def run(rate: int, layout: str) -> dict:
-            res = asyncio.run(latency(server.url, rate, seconds, Path(tmp), layout, server.process.pid))
+            os.environ["BENCH_REDIS_PY"] = "1" if layout.endswith("reference") else ""  # (inherited by services)
+            name = {"reference": "processes", "engine_reference": "engine"}.get(layout, layout)
+            res = asyncio.run(latency(server.url, rate, seconds, Path(tmp), name, server.process.pid))
+            res = {**res, "layout": layout, "load_avg_1m": os.getloadavg()[0]}
             print("   ", json.dumps(res), flush=True)
             return res
 
         try:
             for rate in rates:
-                results: dict[str, list[dict]] = {"floor": [], "processes": []}
+                results: dict[str, list[dict]] = {"floor": [], "processes": [], **({"reference": []} if reference
+                                                                                     else {})}
                 for _ in range(runs):
                     for layout in results:
                         results[layout].append(run(rate, layout))
@@ -438,14 +454,52 @@ def latencies(rates: list[int], runs: int, seconds: float) -> list[dict]:
                       f"{'MET' if row.get('met') else 'NOT MET'}); of which trade->candle p50 "
                       f"{p['trade_to_candle_p50_ms']['median']}, p99 {p['trade_to_candle_p99_ms']['median']}; "
                       f"floor {fmt_latency(row['floor'])}", flush=True)
+                for layout in ("processes", "reference"):
+                    if layout in results:
+                        row[layout]["cpu_us_per_trade"] = {
+                            k: spread([r["cpu_us_per_trade"][k] for r in results[layout]], 2)
+                            for k in ("candle_builder", "alert_engine", "redis_server")}
+                if reference:
+                    row["ratio_to_reference"] = _ratios(row["processes"], row["reference"])
+                    print(f"    on redis-py (reference): {fmt_latency(row['reference'])}; CPU us/trade engine "
+                          f"{fmt_spread(row['processes']['cpu_us_per_trade']['alert_engine'], '')} vs "
+                          f"{fmt_spread(row['reference']['cpu_us_per_trade']['alert_engine'], '')}, builder "
+                          f"{fmt_spread(row['processes']['cpu_us_per_trade']['candle_builder'], '')} vs "
+                          f"{fmt_spread(row['reference']['cpu_us_per_trade']['candle_builder'], '')}; ratios "
+                          f"{row['ratio_to_reference']}", flush=True)
                 out.append(row)
-            engine = [run(0, "engine") for _ in range(runs)]
-            row = {"layout": "engine", "runs": runs, **{k: spread([r[k] for r in engine if r.get(k) is not None])
-                                                         for k in ("p50_ms", "p99_ms")}, "runs_detail": engine}
-            print(f"  the engine's hop alone (closed candle -> alert, 10 per boundary): {fmt_latency(row)}", flush=True)
-            out.append(row)
+            hops: dict[str, list[dict]] = {"engine": [], **({"engine_reference": []} if reference else {})}
+            for _ in range(runs):
+                for layout in hops:
+                    hops[layout].append(run(0, layout))
+            for layout, rs in hops.items():
+                row = {"layout": layout, "runs": runs, **{k: spread([r[k] for r in rs if r.get(k) is not None])
+                                                          for k in ("p50_ms", "p99_ms")},
+                       "engine_cpu_s": spread([r["cpu_s"]["alert_engine"] for r in rs]), "runs_detail": rs}
+                print(f"  the engine's hop alone (closed candle -> alert, 10 per boundary)"
+                      f"{' on redis-py (reference)' if layout != 'engine' else ''}: {fmt_latency(row)}, engine CPU "
+                      f"{fmt_spread(row['engine_cpu_s'], 's')}", flush=True)
+                out.append(row)
+            if reference:
+                out.append({"layout": "engine_ratio_to_reference",
+                            **_ratios({**out[-2], "cpu": out[-2]["engine_cpu_s"]},
+                                      {**out[-1], "cpu": out[-1]["engine_cpu_s"]})})
+                print(f"  engine hop / reference (medians): {out[-1]}", flush=True)
         finally:
             server.stop()
+    return out
+
+
+def _ratios(row: dict, ref: dict) -> dict:
+    """``row``'s medians over ``ref``'s (below 1: better than the reference)."""
+    def ratio(a: Any, b: Any) -> float | None:
+        return round(a / b, 3) if a is not None and b else None
+    out = {k: ratio(row[k]["median"], ref[k]["median"]) for k in ("p50_ms", "p99_ms")}
+    if "cpu" in row:
+        out["engine_cpu"] = ratio(row["cpu"]["median"], ref["cpu"]["median"])
+    if "cpu_us_per_trade" in row:
+        out.update({f"cpu_{k}": ratio(row["cpu_us_per_trade"][k]["median"], ref["cpu_us_per_trade"][k]["median"])
+                    for k in ("alert_engine", "candle_builder")})
     return out
 
 
@@ -460,6 +514,8 @@ def main() -> None:
     ap.add_argument("--rates", default="5000,20000", help="trades/s of the latency runs")
     ap.add_argument("--bars", type=int, default=120, help="bars per symbol of the throughput runs (40 warm up)")
     ap.add_argument("--only", choices=("throughput", "latency"), help="one part only")
+    ap.add_argument("--reference", action="store_true", help="latency: also the services on redis-py's asyncio "
+                    "client instead of shared.resp (alternated with the others; ratios printed)")
     args = ap.parse_args()
     out: dict = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
                  "load_avg_before": os.getloadavg(), "runs": args.runs}
@@ -468,7 +524,8 @@ def main() -> None:
         out["throughput"] = throughput(args.runs, args.bars)
     if args.only != "throughput":
         print("trade -> alert, candle_builder and alert_engine in their own processes:", flush=True)
-        out["latency"] = latencies([int(r) for r in args.rates.split(",")], args.runs, args.seconds)
+        out["latency"] = latencies([int(r) for r in args.rates.split(",")], args.runs, args.seconds,
+                                   args.reference)
     out["load_avg_after"] = os.getloadavg()
     name = f"bench_alerts_{args.only}.json" if args.only else "bench_alerts.json"
     print(f"written: {write_result(name, out)}")

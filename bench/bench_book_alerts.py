@@ -15,8 +15,9 @@ reported: the engine's CPU seconds per second of the run (its share of one core)
 second. p50 / p99 per run; median [min-max] over the runs.
 
 Usage: ``python bench/bench_book_alerts.py [--pairs 200] [--every-ms 100] [--seconds 20] [--runs 3]
-[--compare offsets_every_ms=0]`` (``--compare``: a variant of the engine with other settings, alternated with the
-default one and the floor).
+[--compare offsets_every_ms=0] [--reference]`` (``--compare``: a variant of the engine with other settings,
+alternated with the default one and the floor; ``--reference``: also the engine reading and committing through
+redis-py's asyncio client instead of ``shared.resp``, alternated likewise).
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ def _reader(url: str, stop: Any, ready: Any, out: Any, floor: bool) -> None:
 
 
 def run_once(url: str, pairs: int, every_ms: int, seconds: float, rules: Path, redis_pid: int,
-             floor: bool = False, options: dict[str, Any] | None = None) -> dict[str, Any]:
+             floor: bool = False, options: dict[str, Any] | None = None, reference: bool = False) -> dict[str, Any]:
     import redis as redis_sync
 
     r = redis_sync.Redis.from_url(url)
@@ -166,7 +167,9 @@ def run_once(url: str, pairs: int, every_ms: int, seconds: float, rules: Path, r
     if floor:
         engine_ready.set()
     else:
+        os.environ["BENCH_REDIS_PY"] = "1" if reference else ""  # (``bench.common.reference_client``)
         engine.start()
+        os.environ.pop("BENCH_REDIS_PY")
     reader.start()
     engine_ready.wait(60)
     reader_ready.wait(60)
@@ -211,11 +214,13 @@ def main() -> None:
     parser.add_argument("--compare", action="append", default=[], metavar="SETTING=VALUE",
                         help="also run the engine with this alert_engine setting (repeatable: one variant with all of "
                              "them), alternating with the default engine and the floor")
+    parser.add_argument("--reference", action="store_true",
+                        help="also run the engine on redis-py's asyncio client (bench.common.reference_client)")
     parser.add_argument("--output", default="bench_book_alerts.json", help="file name in bench/results/")
     args = parser.parse_args()
     variant = dict(item.split("=", 1) for item in args.compare)
     layouts: dict[str, dict[str, Any] | None] = {"engine": {}, **({"variant": variant} if variant else {}),
-                                                  "floor": None}
+                                                  **({"reference": {}} if args.reference else {}), "floor": None}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in layouts}
     with tempfile.TemporaryDirectory() as tmp:
         rules = Path(tmp) / "rules.yaml"
@@ -226,7 +231,7 @@ def main() -> None:
             for _ in range(args.runs):  # the layouts alternate: all see the same moments of the machine
                 for name, options in layouts.items():
                     res = run_once(server.url, args.pairs, args.every_ms, args.seconds, rules, server.process.pid,
-                                   floor=options is None, options=options)
+                                   floor=options is None, options=options, reference=name == "reference")
                     print(f"    {name}", json.dumps(res), flush=True)
                     runs[name].append(res)
         finally:
@@ -241,17 +246,28 @@ def main() -> None:
             row["calls_per_update"] = {k: spread([r["calls_per_update"][k] for r in rs]) for k in ("xread", "evalsha")}
         row["runs"] = rs
     engine = result["engine"]
+    if "reference" in result:  # this engine's figures over the reference's (medians; below 1: better)
+        ref = result["reference"]
+        result["ratio_to_reference"] = {k: _ratio(engine[k]["median"], ref[k]["median"])
+                                        for k in ("p50_ms", "p99_ms", "cpu_us_per_update")}
+        print(f"engine / reference (medians): {result['ratio_to_reference']}")
     result["met"] = engine["p99_ms"]["median"] is not None and engine["p99_ms"]["median"] <= GOAL_P99_MS
     print(f"{args.pairs} pairs x {1000 // args.every_ms}/s x 5 book rules, {args.runs} runs, update -> alert "
           f"(goal p99 <= {GOAL_P99_MS}: {'MET' if result['met'] else 'NOT MET'}):")
     for name in runs:
         row = result[name]
-        label = {"engine": "engine", "variant": f"engine {variant}", "floor": "floor (no engine)"}[name]
+        label = {"engine": "engine", "variant": f"engine {variant}", "reference": "engine on redis-py (reference)",
+                 "floor": "floor (no engine)"}[name]
         cpu = (f", CPU per update {fmt_spread(row['cpu_us_per_update'], 'us')}, Redis calls per update: XREAD "
                f"{row['calls_per_update']['xread']['median']}, EVALSHA {row['calls_per_update']['evalsha']['median']}"
                if name != "floor" else "")
         print(f"  {label}: p50 {fmt_spread(row['p50_ms'])}, p99 {fmt_spread(row['p99_ms'])}{cpu}")
     print(f"written: {write_result(args.output, result)}")
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
 
 if __name__ == "__main__":
     main()

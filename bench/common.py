@@ -101,6 +101,8 @@ def run_engine(url: str, rules: str, mark: Any, stop: Any, ready: Any, out: Any,
     from services.alert_engine.settings import Settings
     from shared.runtime import connect
 
+    reference_client()
+
     async def main() -> None:
         redis = connect(url)
         app = AlertEngineApp(Settings(rules_file=Path(rules), redis_url=url, **(options or {})), redis)
@@ -113,13 +115,11 @@ def run_engine(url: str, rules: str, mark: Any, stop: Any, ready: Any, out: Any,
             await asyncio.sleep(0.05)
         ready.set()
         await asyncio.to_thread(mark.wait)
-        spy = _py_spy(os.environ.get("BENCH_PYSPY"))
+        spy = py_spy(os.environ.get("BENCH_PYSPY"))
         cpu = time.process_time()
         await asyncio.to_thread(stop.wait)
         cpu = time.process_time() - cpu
-        if spy is not None:
-            spy.send_signal(2)  # (py-spy writes its file on SIGINT)
-            await asyncio.to_thread(spy.wait, 30)
+        await asyncio.to_thread(stop_py_spy, spy)
         halt.set()
         await asyncio.gather(task, return_exceptions=True)
         await redis.aclose()
@@ -128,16 +128,33 @@ def run_engine(url: str, rules: str, mark: Any, stop: Any, ready: Any, out: Any,
     asyncio.run(main())
 
 
+def reference_client() -> None:
+    """``BENCH_REDIS_PY=1`` in a service's process: its reads (and commits) go through redis-py's asyncio client
+    instead of ``shared.resp.RespClient`` (the reference run of an A/B, in the same conditions)."""
+    if os.environ.get("BENCH_REDIS_PY") == "1":
+        from shared.resp import RespClient
+
+        RespClient.of = classmethod(lambda cls, redis: None)  # type: ignore[assignment,method-assign]
+
+
 def engines_open(app: Any) -> bool:
     """Every partition ``app`` holds has its engine (warmed up), and it holds some."""
     owned = app.workers.owned
     return bool(owned) and all(p in app.engines for p in owned)
 
 
-def _py_spy(path: str | None) -> subprocess.Popen[bytes] | None:
+def py_spy(path: str | None) -> subprocess.Popen[bytes] | None:
+    """py-spy recording this process into ``path`` (speedscope JSON) until ``stop_py_spy``; None without a path."""
     if not path:
         return None
     spy = Path(sys.executable).with_name("py-spy")
     return subprocess.Popen([str(spy) if spy.exists() else "py-spy", "record", "--pid", str(os.getpid()), "--rate", "250", "--format",
                              "speedscope", "--output", path, "--nonblocking"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
+
+
+def stop_py_spy(spy: subprocess.Popen[bytes] | None) -> None:
+    """Stop a ``py_spy`` recording (it writes its file on SIGINT)."""
+    if spy is not None:
+        spy.send_signal(2)
+        spy.wait(30)

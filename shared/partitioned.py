@@ -29,6 +29,7 @@ from shared import streams
 from shared.errors import ConfigError
 from shared.outage import REDIS_DOWN, Outage, backoff_delay, redis_unavailable
 from shared.ownership import FencedError, Ownership
+from shared.resp import RespClient
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +176,12 @@ Entries = list[tuple[bytes, Any]]  # (entry id, [field, value, ...] or {field: v
 
 def raw_reader(redis: Any) -> Any:
     """A client on the same server(s) whose XREAD replies come as the server sent them (no dict per entry): the
-    hot read path of a partition worker. Shares the connection pool of a plain (or Sentinel) client."""
+    hot read path of a partition worker. One server reached by TCP or a Unix socket: ``shared.resp.RespClient``
+    (~4x less CPU per XREAD than redis-py's asyncio client); a Redis Cluster, a Sentinel-managed master or TLS:
+    redis-py (a Cluster client of its own; else one sharing ``redis``' connection pool)."""
+    small = RespClient.of(redis)
+    if small is not None:
+        return small
     if isinstance(redis, RedisCluster):
         # (a client that has not sent a command yet knows only the nodes it was started with)
         nodes = redis.get_nodes() or list(redis.nodes_manager.startup_nodes.values())

@@ -26,6 +26,7 @@ from importlib import resources
 from typing import Any
 
 import msgpack
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
@@ -34,6 +35,7 @@ from services.alert_engine.settings import Settings
 from shared import metrics, streams
 from shared.ownership import Ownership, fenced_script
 from shared.partitions import partition_of
+from shared.resp import RespClient
 from shared.schemas import pack
 
 logger = logging.getLogger(__name__)
@@ -54,12 +56,15 @@ class AlertCommit:
         self.settings = settings
         self.redis = redis
         self.engine = engine
-        # (redis-py loads a script again after a NOSCRIPT)
-        self._fenced = redis.register_script(fenced_script(_SCRIPT))  # a partition's worker: the lease checked first
-        self._unfenced = redis.register_script(_SCRIPT)  # tools, tests: no fence
-        # a connection of its own (redis-py's single-connection client): no pool checkout and connection check per
-        # commit, on the path of every alert. A Redis Cluster client routes each call to its slot's node itself.
-        self._conn: Any = redis if isinstance(redis, RedisCluster) else redis.client()
+        # the commit is on the path of every alert: on one server reached by TCP or a Unix socket it goes through
+        # the small client (``shared.resp``; ~4x less CPU per call than redis-py's asyncio client), else through a
+        # connection of its own (redis-py's single-connection client; a Redis Cluster client routes each call to its
+        # slot's node itself)
+        self._small = None if isinstance(redis, RedisCluster) else RespClient.of(redis)
+        self._conn: Any = redis if isinstance(redis, RedisCluster) or self._small is not None else redis.client()
+        # a partition's worker: the lease checked first; tools and tests: no fence
+        self._fenced = _Script(redis, fenced_script(_SCRIPT), self._small)
+        self._unfenced = _Script(redis, _SCRIPT, self._small)
         # each partition's stream keeps its share of the history's retention
         self._maxlen = max(100, -(-settings.alert_history_maxlen // settings.partitions))
         self.cooldown_until: dict[str, int] = {}  # fingerprint -> as this engine knows it (-1: forever)
@@ -141,7 +146,9 @@ class AlertCommit:
         self.cooldown_until.clear()
 
     async def close(self) -> None:
-        """Give the commit's connection back (it is taken again by the next commit)."""
+        """Give the commit's connections back (they are made again by the next commit)."""
+        if self._small is not None:
+            await self._small.aclose()
         if self._conn is not self.redis:
             await self._conn.aclose()
 
@@ -241,3 +248,22 @@ class AlertCommit:
                 rows[fp] = pack({**self._state_row(st.as_dict(), None if u is None else str(u).encode()),
                                  "last_alert_id": f.alert.id})
         return rows
+
+
+class _Script:
+    """A Lua script called as redis-py's ``Script`` is (``await script(keys=, args=, client=)``): through the small
+    client when there is one (EVALSHA, or EVAL after a NOSCRIPT: a restarted or flushed server), else redis-py's
+    (which loads it again after a NOSCRIPT itself)."""
+
+    def __init__(self, redis: Any, text: str, small: RespClient | None) -> None:
+        self.text = text
+        self.script = redis.register_script(text)
+        self.small = small
+
+    async def __call__(self, *, keys: list[Any], args: list[Any], client: Any = None) -> Any:
+        if self.small is None:
+            return await self.script(keys=keys, args=args, client=client)
+        try:
+            return await self.small.execute("EVALSHA", self.script.sha, len(keys), *keys, *args)
+        except redis_errors.NoScriptError:
+            return await self.small.execute("EVAL", self.text, len(keys), *keys, *args)

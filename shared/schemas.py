@@ -396,25 +396,24 @@ def _row_at(raw: bytes) -> int | None:
 
 
 def decode_feed_runs(raws: list[bytes]) -> list[FeedRun]:
-    """``decode_feed`` of each entry of one read, with consecutive one-trade entries of a pair in ONE ``TradeBatch``
-    (its ``trades`` a list, in entry order): ``[(first, last, message or DecodeError), ...]``, where ``first`` and
-    ``last`` are indexes in ``raws`` of the entries it holds. The messages of each pair come in entry order; messages
-    of different pairs may come in another order than their entries (a batch is listed at its first entry), which is
-    why only a reader that handles each pair on its own (candle_builder) takes this. Any other message (a gap, a
-    watermark, a larger batch) ends every batch still being filled, so nothing moves across it.
+    """``decode_feed`` of each entry of one read, with the one-trade entries of a pair in ONE ``TradeBatch`` (in
+    entry order; ``TradeColumns`` from 8 trades on): ``[(first, last, message or DecodeError), ...]``, where ``first``
+    and ``last`` are the indexes in ``raws`` of the first and last entry it holds. The messages of each pair come in
+    entry order; messages of different pairs may come in another order than their entries (a batch is listed at its
+    first entry), which is why only a reader that handles each pair on its own (candle_builder) takes this. Any other
+    message (a gap, a watermark, a larger batch) ends every batch still being filled, so nothing moves across it.
 
-    The same decoding and validation as ``decode_feed`` (which decodes every entry this does not take the way
-    below): an entry whose bytes start with the *head* (``_row_at``) of an entry ``decode_feed`` decoded earlier in
-    the read is the same map with another row, so only its row is unpacked, and taken as it is only when it is what
-    ``decode_feed``'s one-trade check takes (five items, an integer ts, price and amount texts already seen and
-    checked, a 0/1 side); anything else is decoded by ``decode_feed``, which says what is wrong. This is a live
-    feed's commonest entry (one trade per websocket frame): the map, its strings and a ``TradeBatch`` per entry are
-    ~40% of decoding it."""
-    out: list[Any] = []  # FeedRun, or a batch being filled as a list [first, last, TradeBatch]
-    heads: dict[bytes, list[Any] | None] = {}  # head -> its batch being filled ([first, last, TradeBatch]) or None
+    The same decoding and validation as ``decode_feed``: an entry whose bytes start with the *head* (``_row_at``) of a
+    one-trade entry ``decode_feed`` decoded earlier in the read is the same map with another row, so only its row is
+    unpacked; the rows of a batch are then checked together as ``decode_feed`` checks the rows of one entry
+    (``_decode_rows``: column-wise, each price and amount text seen before one dict lookup). A batch holding anything
+    those checks refuse is decoded again entry by entry with ``decode_feed``, for each bad entry's own reason. This is
+    a live feed's commonest entry (one trade per websocket frame): the map, its strings, a ``TradeBatch`` and a
+    ``Trade`` per entry were ~60% of decoding it."""
+    out: list[Any] = []  # FeedRun, or a batch being filled: [first, last, rows, entry indexes, (exchange, symbol)]
+    heads: dict[bytes, list[Any] | None] = {}  # head -> its batch being filled, or None
     pairs: dict[bytes, tuple[str, str]] = {}  # head -> (exchange, symbol)
     sizes: list[int] = []  # the lengths of the heads seen
-    price_of, amount_of = _PRICES, _AMOUNTS
     n, i = len(raws), 0
     while i < n:
         raw = raws[i]
@@ -425,58 +424,72 @@ def decode_feed_runs(raws: list[bytes]) -> list[FeedRun]:
                 break
         if head:  # this entry and the ones right after it with the same head
             size, batch = len(head), heads[head]
-            add = None if batch is None else batch[2].trades.append
+            if batch is None:
+                batch = heads[head] = [i, i, [], [], pairs[head]]
+                out.append(batch)
+            add_row, add_index = batch[2].append, batch[3].append
             while True:
-                trade = None
                 try:
-                    row = _unpackb(raw[size:], raw=False, strict_map_key=False, use_list=False)
+                    add_row(_unpackb(raw[size:], raw=False, strict_map_key=False, use_list=False))
                 except Exception:  # (decode_feed says why)
-                    row = None
-                if type(row) is tuple and len(row) == 5:
-                    tid, ts, price, amount, side = row
-                    if type(ts) is int and type(price) is str and type(amount) is str and (side == 1 or side == 0):
-                        p, a = price_of.get(price), amount_of.get(amount)
-                        if p is not None and a is not None:
-                            trade = _new_tuple(Trade, (tid, ts, p, a, side == 1))
-                if trade is None:  # every check, and the reason when one fails
-                    try:
-                        trade = cast(list[Trade], cast(TradeBatch, decode_feed(raw)).trades)[0]
-                    except DecodeError as exc:
-                        out.append((i, i, exc))
-                if trade is not None:
-                    if add is None:
-                        batch = heads[head] = [i, i, TradeBatch(*pairs[head], [trade])]
-                        add = batch[2].trades.append
-                        out.append(batch)
-                    else:
-                        add(trade)
-                        batch[1] = i  # type: ignore[index]
+                    add_row(None)
+                add_index(i)
                 i += 1
                 if i == n:
                     break
                 raw = raws[i]
                 if not raw.startswith(head):
                     break
+            batch[1] = i - 1
             continue
-        i += 1
         try:
             msg = decode_feed(raw)
         except DecodeError as exc:
-            out.append((i - 1, i - 1, exc))
+            out.append((i, i, exc))
+            i += 1
             continue
         if type(msg) is TradeBatch and type(msg.trades) is list and len(msg.trades) == 1:
             at = _row_at(raw)
-            if at is not None:
+            if at is not None:  # a new head: this entry is read again, the way above
+                heads[raw[:at]] = None
                 pairs[raw[:at]] = (msg.exchange, msg.symbol)
-                batch = heads[raw[:at]] = [i - 1, i - 1, msg]
-                out.append(batch)
                 if at not in sizes:
                     sizes.append(at)
                 continue
         for key in heads:  # nothing moves across this message
             heads[key] = None
-        out.append((i - 1, i - 1, msg))
-    return [item if type(item) is tuple else tuple(item) for item in out]
+        out.append((i, i, msg))
+        i += 1
+    runs: list[FeedRun] = []
+    for item in out:
+        if type(item) is tuple:
+            runs.append(item)
+        else:
+            runs += _batch_runs(raws, *item)
+    return runs
+
+
+def _batch_runs(raws: list[bytes], first: int, last: int, rows: list[Any], indexes: list[int],
+                pair: tuple[str, str]) -> list[FeedRun]:
+    """The one-trade entries ``indexes`` of a pair as one batch (their ``rows``, checked as one entry's rows), or, when
+    something in them is refused, each decoded by ``decode_feed``: the good ones in one batch, each bad one with its
+    DecodeError."""
+    try:
+        return [(first, last, TradeBatch(*pair, _decode_rows(rows)))]
+    except DecodeError:
+        pass
+    out: list[FeedRun] = []
+    good: list[Trade] = []
+    where: list[int] = []
+    for i in indexes:
+        try:
+            good.append(cast(list[Trade], cast(TradeBatch, decode_feed(raws[i])).trades)[0])
+            where.append(i)
+        except DecodeError as exc:
+            out.append((i, i, exc))
+    if good:
+        out.insert(0, (where[0], where[-1], TradeBatch(*pair, good)))
+    return out
 
 
 def feed_from_msg(msg: Any) -> FeedMessage:

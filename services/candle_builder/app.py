@@ -288,7 +288,9 @@ class CandleBuilderApp:
         runs: dict[Pair, list[tuple[bytes, bytes, FeedMessage]]] = {}
         pair: Pair = ("", "")  # the pair of the last entry of one pair, and its run
         run: list[tuple[bytes, bytes, FeedMessage]] = []
-        for first, last, msg in decode_feed_runs([entry_data(fields) or b"" for _, fields in entries]):
+        # (the bus's one field inline, else ``entry_data``: a call per entry was ~4% of the builder's CPU)
+        datas = [f[1] if type(f) is list and len(f) == 2 and f[0] == FIELD else entry_data(f) or b"" for _, f in entries]
+        for first, last, msg in decode_feed_runs(datas):
             if isinstance(msg, DecodeError):
                 raw_id, fields = entries[first]
                 await self.bus.dead_letter(stream, raw_id, entry_data(fields), f"undecodable: {msg}", GROUP)

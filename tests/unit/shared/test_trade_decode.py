@@ -146,7 +146,11 @@ def test_decode_feed_runs_gives_what_decode_feed_gives_entry_by_entry():
             encode_trades("x", "A/B", [Trade(20, 1020, Decimal(1), Decimal(2), True)] * 2),
             _one(a, 21), encode_watermark(Watermark("x", "", 1030)), _one(a, 22), _one(b, 23),
             encode_trades("x", "C/DEF", [Trade(n, 1000 + n, Decimal(1), Decimal(2), False) for n in range(24, 40)]),
-            _one(b, 40), b"\xc1", _one(a, 41, price="1", amount="1"), _one(a, 42)]
+            _one(b, 40), b"\xc1", _one(a, 41, price="1", amount="1"), _one(a, 42),
+            encode_watermark(Watermark("x", "A/B", 1042)),
+            *[_one(a, n, price=f"{n}.5") for n in range(43, 53)],  # ten good ones: checked as columns
+            encode_gap(GapMarker("x", "A/B", 3, 4, "r")),
+            *[_one(a, n, price="NaN" if n == 57 else "5") for n in range(53, 62)]]  # nine, one bad: entry by entry
     expected: list = []
     for raw in raws:
         try:
@@ -156,7 +160,7 @@ def test_decode_feed_runs_gives_what_decode_feed_gives_entry_by_entry():
     got = decode_feed_runs(raws)
     assert {i: str(e) for i, e in enumerate(expected) if isinstance(e, DecodeError)} == {
         first: str(msg) for first, last, msg in got if isinstance(msg, DecodeError) and first == last}
-    assert sum(isinstance(e, DecodeError) for e in expected) == 11
+    assert sum(isinstance(e, DecodeError) for e in expected) == 12
 
     def tokens(items, pair):  # a pair's trades one by one and its other messages, in order
         out = []
@@ -177,4 +181,5 @@ def test_decode_feed_runs_gives_what_decode_feed_gives_entry_by_entry():
         assert first == last or len(msg.trades) > 1
     merged = [(first, last) for first, last, msg in got if first != last]
     assert merged[0] == (0, 15)  # A/B entries 0, 1, 3, 4 and 15: one batch across B's entry 2 and the bad ones
+    assert [type(m.trades).__name__ for first, _, m in got if first in (31, 42)] == ["TradeColumns", "list"]
     assert all(type(t) is Trade for _, _, m in got if hasattr(m, "trades") for t in m.trades)

@@ -54,7 +54,8 @@ from tests.support.chaos.verify import (compare_alerts, compare_candles, read_en
                                         read_jsonl, recording, reference_candles, scaled, SCALE)
 from tests.support.scale_out import compare  # noqa: E402
 from tests.support.scale_out.progress import lagging, series_streams, work_streams  # noqa: E402
-from tests.support.scale_out.run import backtest, subscribed  # noqa: E402
+from tests.support.scale_out.run import backtest  # noqa: E402
+from tests.support.scale_out.run import ready as services_ready  # noqa: E402
 from tests.support.scale_out.sources import (DEFAULT_RECORDINGS, EXPLICIT_SERIES, RULES,  # noqa: E402
                                              backtest_settings, live_timeframes, pipeline_sections, recordings)
 
@@ -255,15 +256,7 @@ async def run_stack(replicas: int, args: argparse.Namespace, work: Path, recs: l
 
         async def ready() -> bool:  # the engines asked for the 1s series the rules name; every API answers
             meter.sample(inspect([i for s in CONSUMERS for i in stack.ids(s)]))
-            if not set(EXPLICIT_SERIES) <= await subscribed(redis):
-                return False
-            async with httpx.AsyncClient(timeout=2) as client:
-                for base in api_bases:
-                    try:
-                        await client.get(f"{base}/health")
-                    except httpx.HTTPError:
-                        return False
-            return True
+            return await services_ready(redis, api_bases)
         if await wait_for(ready, 180) is None:
             raise RuntimeError(f"{project}: the engines did not subscribe to {EXPLICIT_SERIES} (or an API did not "
                                f"answer) within 180 s; see {run_dir}")

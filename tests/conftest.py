@@ -65,6 +65,21 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     servers.stop()
 
 
+@pytest.fixture(params=["single", "cluster"])
+async def client(request: pytest.FixtureRequest) -> AsyncIterator:
+    """An asyncio client on an emptied server: once a single redis-server, once the 3-master cluster (a test that
+    takes it runs on both)."""
+    from redis.asyncio.cluster import RedisCluster
+
+    if request.param == "single":
+        redis = connect(request.getfixturevalue("redis_url"))
+    else:
+        redis = RedisCluster.from_url(request.getfixturevalue("redis_cluster").url)
+    await redis.flushall()
+    yield redis
+    await redis.aclose()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests bound by wall-clock time (``@pytest.mark.perf``) stay out of CI (``CI`` set): a shared machine's load
     decides them there, not the code. Speed is measured in bench/."""

@@ -12,7 +12,6 @@ import asyncio
 from decimal import Decimal
 
 import pytest
-from redis.asyncio.cluster import RedisCluster
 
 from services.alert_engine.app import AlertEngineApp
 from services.alert_engine.settings import Settings
@@ -21,23 +20,11 @@ from shared import streams
 from shared.bus import FIELD
 from shared.ownership import FencedError, Ownership
 from shared.partitions import partition_of
-from shared.runtime import connect
 from shared.schemas import Alert, Candle, Trade, TradeBatch, decode_feed
 
 PARTITIONS = 8
 TTL_MS = 60_000  # long: an expiry is made on purpose (PEXPIRE), and the extension is told from what is left
 EX, TF, T0 = "binance", "1m", 1_570_752_000_000
-
-
-@pytest.fixture(params=["single", "cluster"])
-async def client(request: pytest.FixtureRequest):
-    if request.param == "single":
-        redis = connect(request.getfixturevalue("redis_url"))
-    else:
-        redis = RedisCluster.from_url(request.getfixturevalue("redis_cluster").url)
-    await redis.flushall()
-    yield redis
-    await redis.aclose()
 
 
 async def _expire(redis, key: str) -> None:

@@ -5,25 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from redis.asyncio.cluster import RedisCluster
 
 from shared import streams
 from shared.ownership import PREVIOUS, FencedError, Lease, Ownership
 from shared.partitions import partition_of, tag
-from shared.runtime import connect
 
 PARTITIONS = 16
-
-
-@pytest.fixture(params=["single", "cluster"])
-async def client(request: pytest.FixtureRequest):
-    if request.param == "single":
-        redis = connect(request.getfixturevalue("redis_url"))
-    else:
-        redis = RedisCluster.from_url(request.getfixturevalue("redis_cluster").url)
-    await redis.flushall()
-    yield redis
-    await redis.aclose()
 
 
 async def test_replicas_split_partitions_fairly_and_never_share_one(client) -> None:

@@ -19,17 +19,6 @@ PARTITIONS = 8
 GROUP = "counter"
 
 
-@pytest.fixture(params=["single", "cluster"])
-async def client(request: pytest.FixtureRequest):
-    if request.param == "single":
-        redis = connect(request.getfixturevalue("redis_url"))
-    else:
-        redis = RedisCluster.from_url(request.getfixturevalue("redis_cluster").url)
-    await redis.flushall()
-    yield redis
-    await redis.aclose()
-
-
 class Counter:
     """A toy partitioned service: sums the integers written to each partition's trades stream, exactly once."""
 

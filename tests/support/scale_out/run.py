@@ -260,7 +260,7 @@ async def _schedule(chaos: Chaos, plan: ScalePlan, failover: Callable[[], Awaita
             await chaos.kill(what)
 
 
-async def _ready(redis, api_bases: list[str]) -> bool:
+async def ready(redis, api_bases: list[str]) -> bool:
     """The engines subscribed to the series the rules name, and every API replica answers."""
     wanted = set(EXPLICIT_SERIES)
     if not wanted <= await subscribed(redis):
@@ -341,7 +341,7 @@ async def run_scale_out(plan: ScalePlan, workdir: Path, data_dir: Path, url: str
             for svc in services:
                 if svc.kind != "market_feed":
                     await svc.start()
-            if await wait_for(lambda: _ready(redis, api_bases), 120, every=0.2) is None:
+            if await wait_for(lambda: ready(redis, api_bases), 120, every=0.2) is None:
                 raise RuntimeError(f"the engines did not subscribe to {EXPLICIT_SERIES} (or an API did not answer) "
                                    f"within 120 s; see {logs}")
             report["seconds"]["start"] = round(time.monotonic() - started, 1)

@@ -19,6 +19,7 @@ stopped is waiting again. Rule statuses are re-derived by that replay (``last_fi
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from typing import Any
@@ -143,6 +144,9 @@ class PartitionEngine:
             self.engine.on_batch(candles, fire=False)
             self._note_own(candles)
         await self._restore_last_fired()
+        # the warmed-up windows out of the cyclic collector's sight, as start-up's objects are (``quiet_gc``): the
+        # engines open after it, and each young collection scanning their state paused the engine ~4.5 ms
+        gc.freeze()
 
     def _note_own(self, candles: list[Candle]) -> None:
         for c in candles:

@@ -11,7 +11,8 @@ timeframes. CPU per trade of each process (consumer or builder, producer, redis-
 and the part of the builder's run the producer was still publishing during (``producer_overlap``).
 
 Writes bench/results/bench_candles.json (bench_candles_quick.json for --quick / --per-entry / --skip-rss).
-``--paced R`` adds one-trade builder runs with the producer paced at R entries/s: does the builder keep up (``lag_s``)?
+``--paced R`` adds one-trade builder runs with the producer paced at R entries/s: does the builder keep up (``lag_s``, and
+``backlog_max``: the most entries it was behind while the producer published)?
 Usage: ``python bench/bench_candles.py [--trades N] [--repeat R] [--per-entry 1|100] [--paced R] [--skip-rss]
 [--quick]``.
 """
@@ -79,7 +80,7 @@ PRODUCER_CHUNK = 2_000
 
 
 def produce(url: str, stream: str, entries: list[bytes], final: bytes, started: mp.Event, out: mp.Queue,
-            rate: float = 0.0) -> None:
+            rate: float = 0.0, ready: mp.Event | None = None) -> None:
     """Producer process: the entries as market_feed writes them (``XADD stream MAXLEN ~ n * d <entry>``: the same
     entries, built with ``encode_trades``), each command packed beforehand with ``hiredis.pack_command`` and sent on a
     plain socket ``PRODUCER_CHUNK`` at a time, the replies of one write read while the next one is on its way. Its
@@ -107,6 +108,8 @@ def produce(url: str, stream: str, entries: list[bytes], final: bytes, started: 
             else:
                 n -= 1
 
+    if ready is not None:
+        ready.set()  # (packing 300k commands took ~0.5 s on a loaded box: the clock starts after it, not during it)
     started.wait()
     t, c = time.perf_counter(), time.process_time()
     for k, data in enumerate(writes):
@@ -167,12 +170,13 @@ async def bus_rate(url: str, n_trades: int, per_entry: int, run: int = 0, redis_
     consumer = Consumer(bus, ConsumerSettings(group="bare", consumer="c", count=READ_COUNT, block_ms=BLOCK_MS), decode=decode_feed,
                         handler=handle, streams=[stream])
     await consumer.poll(None)  # creates the group before anything is published
-    started, result = mp.Event(), mp.Queue()
-    producer = mp.Process(target=produce, args=(url, stream, entries, final, started, result))
+    started, result, ready = mp.Event(), mp.Queue(), mp.Event()
+    producer = mp.Process(target=produce, args=(url, stream, entries, final, started, result, 0.0, ready))
     producer.start()
     stop = asyncio.Event()
     task = asyncio.create_task(consumer.run(stop))
     await asyncio.sleep(0.2)
+    await asyncio.to_thread(ready.wait, 120)
     started.set()
     t, cpu = time.perf_counter(), time.process_time()
     redis_cpu = proc_cpu_s(redis_pid) if redis_pid else 0.0
@@ -210,21 +214,27 @@ async def builder_rate(url: str, n_trades: int, per_entry: int, run: int = 0, re
                            # a registered live feed, and "auto" would throttle in exchange time (~8 trades apart here)
                            "live_throttle_clock": "wall", **overrides})
     app = CandleBuilderApp(settings, redis)
-    started, result = mp.Event(), mp.Queue()
-    producer = mp.Process(target=produce, args=(url, stream, entries, final, started, result, paced))
+    started, result, ready = mp.Event(), mp.Queue(), mp.Event()
+    producer = mp.Process(target=produce, args=(url, stream, entries, final, started, result, paced, ready))
     producer.start()
     stop = asyncio.Event()
     await app.discover()
     task = asyncio.create_task(app.run(stop))
     await asyncio.sleep(0.2)
+    await asyncio.to_thread(ready.wait, 120)
     spy = _py_spy(os.environ.get("BENCH_PYSPY"))
     started.set()
     t, cpu = time.perf_counter(), time.process_time()
     redis_cpu = proc_cpu_s(redis_pid) if redis_pid else 0.0
+    backlog: list[int] = []  # entries in the stream not yet built, every ~50 ms while the producer publishes
+    sampled = t
     while app.trades_in < n_trades or not await caught_up(redis, DEFAULT_PARTITIONS, streams.GROUP_CANDLE_BUILDER,
                                                            streams.part_trades):
         if task.done():
             task.result()
+        if paced and time.perf_counter() - sampled >= 0.05 and result.empty():  # (the producer has not finished)
+            sampled = time.perf_counter()
+            backlog.append(await redis.xlen(stream) - app.trades_in // per_entry)
         await asyncio.sleep(0.005)
     elapsed = time.perf_counter() - t
     cpu = time.process_time() - cpu
@@ -250,6 +260,9 @@ async def builder_rate(url: str, n_trades: int, per_entry: int, run: int = 0, re
             "builder_trades_per_s": round(n_trades / elapsed), "producer_trades_per_s": round(n_trades / producer_s),
             # the part of the builder's run the producer was publishing during (1: all of it)
             "producer_overlap": round(min(1.0, producer_s / elapsed), 3), "lag_s": round(elapsed - producer_s, 3),
+            # (paced) the most entries the builder was behind while the producer published, and the median: a builder
+            # that keeps up stays within a write or two of the producer (PRODUCER_CHUNK entries each)
+            "backlog_max": max(backlog, default=None), "backlog_median": statistics.median(backlog) if backlog else None,
             "closed_candles": candles, "cpu_us_per_trade": {
                 "builder": round(cpu * us, 2), "producer": round(producer_cpu * us, 2),
                 "redis_server": round(redis_cpu * us, 2), "sum": round((cpu + producer_cpu + redis_cpu) * us, 2)}}
@@ -386,6 +399,8 @@ def main() -> None:
                 v = out[key]
                 print(f"  {key:28s} {v['median']:>9} ({v['min']}-{v['max']})", flush=True)
             print(f"  builder done after the producer (s) {out['lag_s']}", flush=True)
+            print(f"  backlog while producing (entries) max {[b['backlog_max'] for b in paced]} median "
+                  f"{[b['backlog_median'] for b in paced]} (a producer write: {PRODUCER_CHUNK})", flush=True)
             cpu = [b["cpu_us_per_trade"]["builder"] for b in paced]
             print(f"  builder CPU us/trade         {statistics.median(cpu):.2f} ({min(cpu)}-{max(cpu)})", flush=True)
         if not args.skip_rss:

@@ -16,7 +16,11 @@ Measured, each ``--repeat`` times (default 3) in turns, medians with min-max:
   nautilus   NautilusTrader's BacktestEngine building 1m/5m/15m/1h bars from the same trades (CSV loading included), in
              its own venv (``bench/.venv-nautilus``, created with the version pinned in pyproject's ``nautilus`` extra);
              skipped with a note when it cannot be installed.
-Writes bench/results/bench_backtest.json. Usage: ``python bench/bench_backtest.py [--trades N] [--repeat R] [--quick]``.
+Each run also records the CPU seconds of every process it made (sampled from /proc every 50 ms: sentinel's main
+process (candle_builder + alert_engine), its feed process and redis-server; the bus' producer, consumer and
+redis-server) and the load average: on a shared box the CPU of the busiest process says more than the wall time.
+Writes bench/results/bench_backtest.json. Usage:
+``python bench/bench_backtest.py [--trades N] [--repeat R] [--quick] [--skip-many] [--no-nautilus]``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -81,6 +86,63 @@ def generate_many(folder: Path, n: int, symbols: int, one: int) -> Path:
     return folder
 
 
+# ---- CPU per process -----------------------------------------------------------------------------------------------
+
+
+class TreeCpu:
+    """CPU seconds (user + system) of every descendant of ``root`` (and of ``root`` itself with ``include_root``),
+    sampled from /proc every ``every`` seconds until ``stop()``: the last sample of each process, which misses at
+    most ``every`` of its end. Empty where there is no /proc."""
+
+    def __init__(self, root: int, *, include_root: bool = True, every: float = 0.05) -> None:
+        self.root, self.include_root, self.every = root, include_root, every
+        self.cpu: dict[int, float] = {}
+        self.cmd: dict[int, str] = {}
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def __enter__(self) -> TreeCpu:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._halt.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            self._sample()
+            if self._halt.wait(self.every):
+                return
+
+    def _sample(self) -> None:
+        todo = [self.root]
+        while todo:
+            pid = todo.pop()
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                if pid != self.root or self.include_root:
+                    self.cpu[pid] = (int(fields[11]) + int(fields[12])) / self._tick
+                    if pid not in self.cmd:
+                        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                            self.cmd[pid] = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{task}/children") as fh:
+                        todo += [int(c) for c in fh.read().split()]
+            except OSError:
+                continue
+
+    def by_name(self, names: dict[int, str]) -> dict[str, float]:
+        """CPU seconds by process name: ``names`` first, redis-server by its command line, the rest as "other"."""
+        out: dict[str, float] = {}
+        for pid, cpu in self.cpu.items():
+            name = names.get(pid) or ("redis" if "redis-server" in self.cmd.get(pid, "") else "other")
+            out[name] = round(out.get(name, 0.0) + cpu, 2)
+        return out
+
+
 # ---- the measured runs ----------------------------------------------------------------------------------------------
 
 
@@ -88,20 +150,27 @@ def run_sentinel(inputs: Path, out: Path) -> dict[str, Any]:
     """The command as a user runs it; wall seconds, and the pipeline's own figure from its summary line."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_") and k != "REDIS_URL"}
     env["COLUMNS"] = "200"
+    load = os.getloadavg()[0]
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "sentinel.cli", "backtest", str(inputs), "--rules", str(RULES),
-                           "--out", str(out)], capture_output=True, text=True, env=env, cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "sentinel.cli", "backtest", str(inputs), "--rules", str(RULES),
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=ROOT)
+    with TreeCpu(proc.pid) as tree:
+        stdout, stderr = proc.communicate()
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        raise RuntimeError(f"sentinel backtest failed: {proc.stderr[-2000:]}")
-    m = re.search(r"([\d,]+) trades of .* in ([\d.]+)s", " ".join(proc.stdout.split()))
+        raise RuntimeError(f"sentinel backtest failed: {stderr[-2000:]}")
+    # the feed: the main process' python child (the embedded redis-server is named by its command line)
+    feed = [pid for pid, cmd in tree.cmd.items() if pid != proc.pid and "redis-server" not in cmd]
+    cpu = tree.by_name({proc.pid: "main", **{pid: "feed" for pid in feed}})
+    m = re.search(r"([\d,]+) trades of .* in ([\d.]+)s", " ".join(stdout.split()))
     trades = int(m[1].replace(",", "")) if m else 0
     candles = 0  # closed candles written (every timeframe): the per-candle work the input asks for
     for path in out.glob("candles_*.csv"):
         with path.open() as fh:
             candles += sum(1 for _ in fh) - 1
     return {"seconds": wall, "trades": trades, "pipeline_seconds": float(m[2]) if m else None, "candles": candles,
-            "candles_per_trade": round(candles / trades, 4) if trades else None}
+            "candles_per_trade": round(candles / trades, 4) if trades else None, "cpu_s": cpu, "load_1m": load}
 
 
 def _bus_producer(url: str, files: list[str], stream_of: dict[str, str], out: Any) -> None:
@@ -168,6 +237,9 @@ def run_bus(files: list[Path], total: int, tmp: Path) -> dict[str, Any]:
     from shared import streams
     from shared.partitions import DEFAULT_PARTITIONS, partition_of
 
+    load = os.getloadavg()[0]
+    tree = TreeCpu(os.getpid(), include_root=False)
+    tree.__enter__()
     server = EmbeddedRedis(tmp / "redis-bus", persist=False)
     server.start()
     try:
@@ -186,8 +258,11 @@ def run_bus(files: list[Path], total: int, tmp: Path) -> dict[str, Any]:
         wall = time.perf_counter() - start
         producer.join(60)
         consumer.join(60)
-        return {"seconds": wall, "trades": seen}
+        tree.__exit__()
+        return {"seconds": wall, "trades": seen, "load_1m": load,
+                "cpu_s": tree.by_name({producer.pid: "producer", consumer.pid: "consumer"})}
     finally:
+        tree.__exit__()
         server.stop()
 
 
@@ -258,8 +333,10 @@ def measure(name: str, runs: dict[str, Any], repeat: int) -> dict[str, Any]:
             got = fn()
             rates[key].append(got["trades"] / got["seconds"])
             extra.setdefault(key, []).append({k: v for k, v in got.items()})
+            cpu = " ".join(f"{k} {v:.2f}" for k, v in got.get("cpu_s", {}).items() if k != "other")
             print(f"{name} run {r + 1}/{repeat} {key}: {got['trades']:,} trades in {got['seconds']:.2f}s = "
-                  f"{got['trades'] / got['seconds']:,.0f}/s", flush=True)
+                  f"{got['trades'] / got['seconds']:,.0f}/s" + (f"  (load {got['load_1m']:.1f}; cpu s: {cpu})"
+                                                                 if cpu else ""), flush=True)
     out = {key: {"trades_per_s": spread(v), "runs": extra[key]} for key, v in rates.items()}
     base = statistics.median(rates["sentinel"])
     for key in rates:
@@ -276,6 +353,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="100k trades, 1 repeat")
     ap.add_argument("--no-nautilus", action="store_true")
+    ap.add_argument("--skip-many", action="store_true", help="only the one-symbol input")
     ap.add_argument("--nautilus-venv", type=Path, default=NAUTILUS_VENV, help="a venv with nautilus_trader (made "
                                                                             "and filled when absent)")
     ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "sentinel-bench-backtest")
@@ -291,7 +369,8 @@ def main() -> None:
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                            "platform": platform.platform()},
                                "trades": args.trades, "many": {"trades": args.many_trades, "symbols": args.symbols},
-                               "repeat": args.repeat, "rules": str(RULES.relative_to(ROOT))}
+                               "repeat": args.repeat, "rules": str(RULES.relative_to(ROOT)),
+                               "load_avg_before": os.getloadavg()}
     py, note = (None, "skipped (--no-nautilus)") if args.no_nautilus else nautilus_python(nautilus_pin(), args.nautilus_venv)
     results["nautilus"] = {"version": note} if py else {"skipped": note}
     with tempfile.TemporaryDirectory(prefix="bench-backtest-") as tmp_s:
@@ -302,16 +381,20 @@ def main() -> None:
         if py:
             runs["nautilus"] = lambda: run_nautilus(py, [one])
         results["one_symbol"] = measure("one symbol", runs, args.repeat)
-        many_runs: dict[str, Any] = {"sentinel": lambda: run_sentinel(many, tmp / "out-many"),
-                                     "bus": lambda: run_bus(many_files, args.many_trades, tmp)}
-        results["many_symbols"] = measure(f"{args.symbols} symbols", many_runs, args.repeat)
-    one_rate = results["one_symbol"]["sentinel"]["trades_per_s"]["median"]
-    many_rate = results["many_symbols"]["sentinel"]["trades_per_s"]["median"]
-    results["many_over_one"] = round(many_rate / one_rate, 2)
+        if not args.skip_many:
+            many_runs: dict[str, Any] = {"sentinel": lambda: run_sentinel(many, tmp / "out-many"),
+                                         "bus": lambda: run_bus(many_files, args.many_trades, tmp)}
+            results["many_symbols"] = measure(f"{args.symbols} symbols", many_runs, args.repeat)
+    if "many_symbols" in results:
+        one_rate = results["one_symbol"]["sentinel"]["trades_per_s"]["median"]
+        many_rate = results["many_symbols"]["sentinel"]["trades_per_s"]["median"]
+        results["many_over_one"] = round(many_rate / one_rate, 2)
+    results["load_avg_after"] = os.getloadavg()
     path = write_result("bench_backtest.json", results)
     print(json.dumps({k: v for k, v in results.items() if k not in ("one_symbol", "many_symbols")}, indent=2))
     for part in ("one_symbol", "many_symbols"):
-        print(part, {k: (v["trades_per_s"], v.get("sentinel_over_this")) for k, v in results[part].items()})
+        if part in results:
+            print(part, {k: (v["trades_per_s"], v.get("sentinel_over_this")) for k, v in results[part].items()})
     print(f"wrote {path}")
 
 

@@ -18,6 +18,7 @@ import csv
 import gzip
 import heapq
 import io
+from itertools import repeat
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -106,7 +107,7 @@ def read_input(item: Input, exchange: str) -> Iterator[tuple[str, TradeText]]:
     symbol = item.symbol
     if symbol is not None:
         trades = _read_zip(item.path) if item.path.suffix.lower() == ".zip" else read_trade_texts(item.path)
-        return ((symbol, t) for t in trades)
+        return zip(repeat(symbol), trades)  # (no Python frame per trade: the feed process' path of every trade)
     return ((sym, trade) for ex, sym, trade in _read_symbol_column(item.path, item.exchange) if ex == exchange)
 
 

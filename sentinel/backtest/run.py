@@ -23,7 +23,6 @@ from sentinel.pipeline import (Pipeline, add_service, builder_caught_up, data_di
                                work_streams)
 from shared.bus import as_str
 from shared.embedded_redis import EmbeddedRedis
-from shared.rules import load_rules_file
 from shared.runtime import connect, install_signal_handlers
 from shared.timeframes import sort_timeframes
 
@@ -31,6 +30,9 @@ if TYPE_CHECKING:
     from sentinel.backtest.output import Made
 
 logger = logging.getLogger(__name__)
+
+#: BLOCK (ms) of candle_builder's and alert_engine's reads in a backtest.
+BLOCK_MS = 20
 
 
 @dataclass
@@ -51,7 +53,6 @@ def backtest(opts: BacktestOptions, console: Console | None = None) -> Made:
     """Run the backtest and write its files and report; returns what it made."""
     console = console or Console()
     items = resolve(opts.inputs, opts.exchange, opts.symbol)
-    ruleset = load_rules_file(opts.rules_file)  # a bad rules file is refused before anything starts
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     pairs = sorted({pair for item in items for pair in item.symbols})
     with data_dir_or_temp(opts.data_dir) as data_dir:
@@ -64,10 +65,14 @@ def backtest(opts: BacktestOptions, console: Console | None = None) -> Made:
             # Forked before any event loop or Redis connection exists here (a fork inherits neither), and before the
             # alert engine's and the report's modules are imported (talib, numpy, pandas: ~1 s of a core): the feed
             # reads and publishes meanwhile, and candle_builder starts from the stream's first entry.
+            # The rules are read after the fork (their models' imports, ~0.2-0.3 s, run beside the feed's first reads):
+            # a bad rules file stops the feed it started, before any service, with the same message.
             feed = FeedProcess(server.url, items, settings["market_feed"])
             feed.start()
             from services.alert_engine.core import AlertEngine
+            from shared.rules import load_rules_file
 
+            ruleset = load_rules_file(opts.rules_file)
             routes = AlertEngine(ruleset).routes
             wanted = {(ex, sym, tf) for ex, sym in pairs for tf in routes.needs(ex, sym)}
             live = any(routes.needs_live(key) for key in wanted)  # a rule evaluates in-progress candles
@@ -138,8 +143,8 @@ async def _until_drained(pipeline: Pipeline, redis: Any, feed: FeedProcess, want
                 if await _drained(redis) and await engine.caught_up():
                     return False
                 # (a market's thousands of streams: the check takes at most a fifth of this process's time)
-                await asyncio.sleep(max(0.15, 4 * (time.monotonic() - checked)))
-            await asyncio.sleep(0.05)
+                await asyncio.sleep(max(0.02, 4 * (time.monotonic() - checked)))
+            await asyncio.sleep(0.02)
 
 
 async def _drained(redis: Any) -> bool:
@@ -174,8 +179,10 @@ def _settings(opts: BacktestOptions, items: list[Input], url: str, data_dir: Pat
         # big entries: a backtest has no latency to keep, and watermarks only need to close bars of quiet symbols
         "market_feed": {"mode": "replay", "replay_file": items[0].path, "speed": 0, "batch_size": 1000,
                         "batch_window_ms": 3_600_000, "watermark_every_ms": 60_000},
-        "candle_builder": {"timeframes": opts.timeframes} if opts.timeframes else {},
-        "alert_engine": {"rules_file": opts.rules_file, "clock": "exchange"},
+        # short blocking reads: the end of the run waits for the builder's and engine's reads to return (200 ms each
+        # by default); a read returns at once when there is data, so this costs nothing while trades flow
+        "candle_builder": {"block_ms": BLOCK_MS, **({"timeframes": opts.timeframes} if opts.timeframes else {})},
+        "alert_engine": {"rules_file": opts.rules_file, "clock": "exchange", "block_ms": BLOCK_MS},
     }
     return load_all_settings(overrides, opts.config_file, **common)
 

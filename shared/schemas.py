@@ -266,9 +266,13 @@ def _values(texts: tuple[Any, ...] | list[Any], what: str, ids: tuple[Any, ...] 
     others are converted together and checked with one ``min``/``max`` (a NaN raises on comparing), and only a column
     holding something wrong goes value by value, for the reason naming the trade."""
     cache = _CACHES[what]
+    try:  # every value seen (and checked) before, the common case: one pass, no search for a miss after it
+        return list(map(cache.__getitem__, texts))
+    except (KeyError, TypeError):  # one not seen yet, or something unhashable (a list)
+        pass
     try:
         got: list[Any] = list(map(cache.get, texts))
-    except TypeError:  # something unhashable (a list): value by value, for the reason
+    except TypeError:  # something unhashable: value by value, for the reason
         return [_value(text, what, n, (ids[n],)) for n, text in enumerate(texts)]
     if not any(map(_is, got, repeat(None))):  # (not ``None in got``: it compares each Decimal with None, ~0.2 us each)
         return got

@@ -46,7 +46,7 @@ from talib import stream as ta
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (Probe, engines_open, fmt_spread, pick, proc_cpu_s, py_spy, reference_client,  # noqa: E402
+from bench.common import (read_arrivals, engines_open, fmt_spread, pick, proc_cpu_s, py_spy, reference_client,  # noqa: E402
                           spread, stop_py_spy, write_result)  # noqa: E402
 from services.alert_engine.core import AlertEngine  # noqa: E402
 from shared import streams  # noqa: E402
@@ -56,7 +56,7 @@ from shared.embedded_redis import EmbeddedRedis  # noqa: E402
 from shared.partitions import DEFAULT_PARTITIONS, partition_of  # noqa: E402
 from shared.rules import parse_rules  # noqa: E402
 from shared.runtime import connect  # noqa: E402
-from shared.schemas import Candle, decode_feed, encode_trades, unpack  # noqa: E402
+from shared.schemas import Candle, encode_trades  # noqa: E402
 from shared.alert_streams import alert_streams  # noqa: E402
 
 WARMUP_S = 2  # seconds of trades at the start of each latency run that are not sampled
@@ -252,28 +252,12 @@ def _reader(url: str, stop: Any, ready: Any, out: Any, floor: bool) -> None:
     """The alerts' consumer in its own process: when each alert (and each closed candle: the builder's share) reached
     it, keyed "symbol|bar end ms" (the second whose first trade closed the bar). ``floor``: reads the trades streams
     instead — when the first trade of each second reached it (no services ran)."""
-    probe = Probe(url)
     trades = {_trades_stream(s) for s in SYMBOLS}
     # from the start ("0-0": every run begins with FLUSHALL)
     last = dict.fromkeys(sorted(trades), "0-0") if floor else \
         {**dict.fromkeys(ALERT_STREAMS, "0-0"), **{series_stream("bench", s, "1s", DEFAULT_PARTITIONS): "0-0" for s in SYMBOLS}}
-    received: dict[str, float] = {}
-    candles: dict[str, float] = {}
     ready.set()
-    while not stop.is_set():
-        resp, arrived = probe.call("XREAD", "COUNT", 1000, "BLOCK", 100, "STREAMS", *last, *last.values())
-        for stream, entries in resp or ():
-            name = stream.decode()
-            for entry_id, fields in entries:
-                last[name] = entry_id.decode()
-                data = fields[fields.index(FIELD) + 1]
-                if floor:
-                    msg = decode_feed(data)
-                    received.setdefault(f"{msg.symbol}|{msg.trades[0][1] // 1000 * 1000}", arrived)
-                else:  # msgpack only (decoding the schema is the consumer's work, not the pipeline's latency)
-                    msg = unpack(data)
-                    seen = received if name in ALERT_STREAMS else candles
-                    seen.setdefault(f"{msg['symbol']}|{msg['ts'] + 1000}", arrived)
+    received, candles = read_arrivals(url, last, stop, floor=floor, alert_streams=frozenset(ALERT_STREAMS))
     out.put((received, candles))
 
 

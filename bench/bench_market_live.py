@@ -39,14 +39,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Probe, _py_spy, engines_open, fmt_spread, pick, proc_cpu_s, spread, write_result  # noqa: E402
+from bench.common import engines_open, fmt_spread, pick, proc_cpu_s, py_spy, read_arrivals, spread, write_result  # noqa: E402
 from shared import streams  # noqa: E402
 from shared.alert_streams import alert_streams  # noqa: E402
 from shared.bus import FIELD  # noqa: E402
 from shared.embedded_redis import EmbeddedRedis  # noqa: E402
 from shared.partitions import DEFAULT_PARTITIONS, partition_of  # noqa: E402
 from shared.runtime import connect  # noqa: E402
-from shared.schemas import decode_feed, encode_trades, unpack  # noqa: E402
+from shared.schemas import encode_trades  # noqa: E402
 
 WARMUP_S = 3  # seconds of trades at the start of each run that are not sampled
 GOAL_P99_MS = 10.0
@@ -131,30 +131,11 @@ def _producer(url: str, syms: list[str], rate: int, seconds: float, tick_ms: int
 def _reader(url: str, syms: list[str], stop: Any, ready: Any, out: Any, floor: bool) -> None:
     """When each ``every_bar`` alert and each closed 1s candle reached this process ("symbol|bar end ms"); ``floor``:
     when the first trade of each second of each symbol did (reading the trades streams, no services)."""
-    probe = Probe(url)
     names = sorted({_trades_stream(s) for s in syms}) if floor else ALERT_STREAMS + CANDLE_STREAMS
-    alert_names = frozenset(ALERT_STREAMS)
     last = dict.fromkeys(names, "0-0")  # (every run begins with FLUSHALL)
-    received: dict[str, float] = {}
-    candles: dict[str, float] = {}
     ready.set()
-    while not stop.is_set():
-        resp, arrived = probe.call("XREAD", "COUNT", 2000, "BLOCK", 100, "STREAMS", *last, *last.values())
-        for stream, entries in resp or ():
-            name = stream.decode()
-            for entry_id, fields in entries:
-                last[name] = entry_id.decode()
-                data = fields[fields.index(FIELD) + 1]
-                if floor:
-                    msg = decode_feed(data)
-                    received.setdefault(f"{msg.symbol}|{msg.trades[0][1] // 1000 * 1000}", arrived)
-                    continue
-                msg = unpack(data)  # (decoding the schema is the consumer's work, not the pipeline's latency)
-                if name in alert_names:
-                    if msg["rule"] == PROBE_RULE:
-                        received.setdefault(f"{msg['symbol']}|{msg['ts'] + 1000}", arrived)
-                elif msg["timeframe"] == "1s":
-                    candles.setdefault(f"{msg['symbol']}|{msg['ts'] + 1000}", arrived)
+    received, candles = read_arrivals(url, last, stop, floor=floor, alert_streams=frozenset(ALERT_STREAMS),
+                                      count=2000, rule=PROBE_RULE)
     out.put((received, candles))
 
 
@@ -188,7 +169,7 @@ def _service(url: str, rules: str, which: str, mark: Any, stop: Any, ready: Any,
         ready.set()
         await asyncio.to_thread(mark.wait)
         spy_dir = os.environ.get("BENCH_PYSPY_DIR")  # py-spy of each service between mark and stop (speedscope)
-        spy = _py_spy(f"{spy_dir}/{which}.json" if spy_dir else None)
+        spy = py_spy(f"{spy_dir}/{which}.json" if spy_dir else None)
         cpu = time.process_time()
         await asyncio.to_thread(stop.wait)
         cpu = time.process_time() - cpu

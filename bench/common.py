@@ -58,6 +58,39 @@ class Probe:
                 return reply, first if first is not None else time.time()
 
 
+def read_arrivals(url: str, last: dict[str, str], stop: Any, *, floor: bool, alert_streams: frozenset[str],
+                  count: int = 1000, rule: str | None = None) -> tuple[dict[str, float], dict[str, float]]:
+    """The reader of a latency bench, until ``stop``: XREAD of ``last`` (stream -> last id read), and when each alert
+    (of ``rule``, or any) and each closed 1s candle reached this process, keyed "symbol|bar end ms" (the second whose
+    first trade closed the bar). ``floor``: the streams are trades streams (no services ran): when the first trade of
+    each second reached it. Entries are only msgpack-unpacked (decoding the schema is the consumer's work, not the
+    pipeline's latency)."""
+    from shared.bus import FIELD
+    from shared.schemas import decode_feed, unpack
+
+    probe = Probe(url)
+    received: dict[str, float] = {}
+    candles: dict[str, float] = {}
+    while not stop.is_set():
+        resp, arrived = probe.call("XREAD", "COUNT", count, "BLOCK", 100, "STREAMS", *last, *last.values())
+        for stream, entries in resp or ():
+            name = stream.decode()
+            for entry_id, fields in entries:
+                last[name] = entry_id.decode()
+                data = fields[fields.index(FIELD) + 1]
+                if floor:
+                    trades = decode_feed(data)
+                    received.setdefault(f"{trades.symbol}|{trades.trades[0][1] // 1000 * 1000}", arrived)
+                    continue
+                msg = unpack(data)
+                if name in alert_streams:
+                    if rule is None or msg["rule"] == rule:
+                        received.setdefault(f"{msg['symbol']}|{msg['ts'] + 1000}", arrived)
+                elif msg["timeframe"] == "1s":
+                    candles.setdefault(f"{msg['symbol']}|{msg['ts'] + 1000}", arrived)
+    return received, candles
+
+
 def pick(values: list[float], p: float) -> float | None:
     """The ``p`` quantile of sorted ``values`` (the sample at that rank), ms rounded to the µs."""
     return round(values[min(len(values) - 1, int(p * len(values)))], 3) if values else None

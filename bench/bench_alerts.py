@@ -46,8 +46,8 @@ from talib import stream as ta
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (read_arrivals, engines_open, fmt_spread, pick, proc_cpu_s, py_spy, reference_client,  # noqa: E402
-                          spread, stop_py_spy, write_result)  # noqa: E402
+from bench.common import (engines_open, fmt_spread, paced_trades, pick, proc_cpu_s, py_spy, read_arrivals,  # noqa: E402
+                          reference_client, spread, stop_py_spy, write_result)  # noqa: E402
 from services.alert_engine.core import AlertEngine  # noqa: E402
 from shared import streams  # noqa: E402
 from shared.bus import FIELD  # noqa: E402
@@ -56,7 +56,7 @@ from shared.embedded_redis import EmbeddedRedis  # noqa: E402
 from shared.partitions import DEFAULT_PARTITIONS, partition_of  # noqa: E402
 from shared.rules import parse_rules  # noqa: E402
 from shared.runtime import connect  # noqa: E402
-from shared.schemas import Candle, encode_trades  # noqa: E402
+from shared.schemas import Candle  # noqa: E402
 from shared.alert_streams import alert_streams  # noqa: E402
 
 WARMUP_S = 2  # seconds of trades at the start of each latency run that are not sampled
@@ -203,43 +203,10 @@ RULE_EVERY_BAR = ("rules:\n  - {name: every_bar, exchange: bench, symbols: ['*/U
 def _producer(url: str, rate: int, seconds: float, out: Any) -> None:
     """Publishes ``rate`` trades/s in 1 ms ticks (one XADD per symbol per tick); reports when the first trade of each
     second of each symbol was sent, keyed "symbol|ms of its second"."""
-    import redis as sync_redis
+    def next_price(_sym: str, rng: Any) -> Decimal:
+        return Decimal(100 + rng.randint(0, 100)) / 10
 
-    r = sync_redis.Redis.from_url(url)
-    r.ping()  # connect now: the first pipeline's send time would include the handshake
-    per_ms = rate / 1000
-    owed, tid = 0.0, 0
-    firsts: dict[str, float] = {}
-    last_sec: dict[str, int] = {}
-    end = time.time() + seconds
-    next_tick = time.perf_counter()
-    rng = random.Random(1)
-    while time.time() < end:
-        owed += per_ms
-        n, owed = int(owed), owed - int(owed)
-        if n:
-            by_sym: dict[str, list] = {}
-            now_ms = int(time.time() * 1000)
-            for _ in range(n):
-                sym = SYMBOLS[tid % len(SYMBOLS)]
-                tid += 1
-                by_sym.setdefault(sym, []).append((tid, now_ms, Decimal(100 + rng.randint(0, 100)) / 10,
-                                                   Decimal("0.01"), tid % 2 == 0))
-            pipe = r.pipeline(transaction=False)
-            for sym, trades in by_sym.items():
-                pipe.xadd(_trades_stream(sym), {FIELD: encode_trades("bench", sym, trades)}, maxlen=100_000,
-                          approximate=True)
-            sent = time.time()
-            pipe.execute()
-            sec = now_ms // 1000
-            for sym in by_sym:
-                if last_sec.get(sym) != sec:
-                    last_sec[sym] = sec
-                    firsts[f"{sym}|{sec * 1000}"] = sent
-        next_tick += 0.001
-        delay = next_tick - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
+    firsts, _, _ = paced_trades(url, "bench", SYMBOLS, rate, seconds, stream_of=_trades_stream, next_price=next_price)
     out.put(firsts)
 
 

@@ -29,7 +29,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import random
 import sys
 import tempfile
 import time
@@ -39,14 +38,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import engines_open, fmt_spread, pick, proc_cpu_s, py_spy, read_arrivals, spread, write_result  # noqa: E402
+from bench.common import engines_open, paced_trades, fmt_spread, pick, proc_cpu_s, py_spy, read_arrivals, spread, write_result  # noqa: E402
 from shared import streams  # noqa: E402
 from shared.alert_streams import alert_streams  # noqa: E402
-from shared.bus import FIELD  # noqa: E402
 from shared.embedded_redis import EmbeddedRedis  # noqa: E402
 from shared.partitions import DEFAULT_PARTITIONS, partition_of  # noqa: E402
 from shared.runtime import connect  # noqa: E402
-from shared.schemas import encode_trades  # noqa: E402
 
 WARMUP_S = 3  # seconds of trades at the start of each run that are not sampled
 GOAL_P99_MS = 10.0
@@ -84,48 +81,14 @@ def _producer(url: str, syms: list[str], rate: int, seconds: float, tick_ms: int
     a random walk per symbol. Reports when the first trade of each second of each symbol was sent ("symbol|ms of its
     second"), the trades published and how many ticks ran late (more than 5 ms behind their schedule: the producer
     could not keep the rate)."""
-    import redis as sync_redis
-
-    r = sync_redis.Redis.from_url(url)
-    r.ping()
-    streams_of = {s: _trades_stream(s) for s in syms}
     price = {s: 10_000 + 37 * i for i, s in enumerate(syms)}  # in 0.01
-    per_tick = rate * tick_ms / 1000
-    owed, tid, late = 0.0, 0, 0
-    firsts: dict[str, float] = {}
-    last_sec: dict[str, int] = {}
-    rng = random.Random(1)
-    end = time.time() + seconds
-    next_tick = time.perf_counter()
-    while time.time() < end:
-        owed += per_tick
-        n, owed = int(owed), owed - int(owed)
-        if n:
-            by_sym: dict[str, list] = {}
-            now_ms = int(time.time() * 1000)
-            for _ in range(n):
-                sym = syms[tid % len(syms)]
-                tid += 1
-                p = price[sym] = max(100, price[sym] + rng.randint(-3, 3))
-                by_sym.setdefault(sym, []).append((tid, now_ms, Decimal(p).scaleb(-2), Decimal("0.01"), tid % 2 == 0))
-            pipe = r.pipeline(transaction=False)
-            for sym, trades in by_sym.items():
-                pipe.xadd(streams_of[sym], {FIELD: encode_trades(EXCHANGE, sym, trades)}, maxlen=200_000,
-                          approximate=True)
-            sent = time.time()
-            pipe.execute()
-            sec = now_ms // 1000
-            for sym in by_sym:
-                if last_sec.get(sym) != sec:
-                    last_sec[sym] = sec
-                    firsts[f"{sym}|{sec * 1000}"] = sent
-        next_tick += tick_ms / 1000
-        delay = next_tick - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        elif delay < -0.005:
-            late += 1
-    out.put((firsts, tid, late))
+
+    def next_price(sym: str, rng: Any) -> Decimal:  # a random walk per symbol
+        p = price[sym] = max(100, price[sym] + rng.randint(-3, 3))
+        return Decimal(p).scaleb(-2)
+
+    out.put(paced_trades(url, EXCHANGE, syms, rate, seconds, tick_ms=tick_ms, stream_of=_trades_stream,
+                         next_price=next_price, maxlen=200_000))
 
 
 def _reader(url: str, syms: list[str], stop: Any, ready: Any, out: Any, floor: bool) -> None:

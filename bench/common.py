@@ -91,6 +91,60 @@ def read_arrivals(url: str, last: dict[str, str], stop: Any, *, floor: bool, ale
     return received, candles
 
 
+def paced_trades(url: str, exchange: str, syms: list[str], rate: int, seconds: float, *, tick_ms: int = 1,
+                 stream_of: Callable[[str], str], next_price: Callable[[str, Any], Any], maxlen: int = 100_000,
+                 ) -> tuple[dict[str, float], int, int]:
+    """The producer of a latency bench: ``rate`` trades/s in ``tick_ms`` ticks, round-robin over ``syms`` (one XADD
+    of market_feed's format per symbol per tick, pipelined), prices from ``next_price(symbol, rng)``. Returns when the
+    first trade of each second of each symbol was sent ("symbol|ms of its second"), the trades published, and how
+    many ticks ran late (over 5 ms behind their schedule: the producer could not keep the rate)."""
+    import random
+    from decimal import Decimal
+
+    import redis as sync_redis
+
+    from shared.bus import FIELD
+    from shared.schemas import encode_trades
+
+    r = sync_redis.Redis.from_url(url)
+    r.ping()  # connect now: the first pipeline's send time would include the handshake
+    per_tick = rate * tick_ms / 1000
+    owed, tid, late = 0.0, 0, 0
+    firsts: dict[str, float] = {}
+    last_sec: dict[str, int] = {}
+    rng = random.Random(1)
+    end = time.time() + seconds
+    next_tick = time.perf_counter()
+    while time.time() < end:
+        owed += per_tick
+        n, owed = int(owed), owed - int(owed)
+        if n:
+            by_sym: dict[str, list] = {}
+            now_ms = int(time.time() * 1000)
+            for _ in range(n):
+                sym = syms[tid % len(syms)]
+                tid += 1
+                by_sym.setdefault(sym, []).append((tid, now_ms, next_price(sym, rng), Decimal("0.01"), tid % 2 == 0))
+            pipe = r.pipeline(transaction=False)
+            for sym, trades in by_sym.items():
+                pipe.xadd(stream_of(sym), {FIELD: encode_trades(exchange, sym, trades)}, maxlen=maxlen,
+                          approximate=True)
+            sent = time.time()
+            pipe.execute()
+            sec = now_ms // 1000
+            for sym in by_sym:
+                if last_sec.get(sym) != sec:
+                    last_sec[sym] = sec
+                    firsts[f"{sym}|{sec * 1000}"] = sent
+        next_tick += tick_ms / 1000
+        delay = next_tick - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        elif delay < -0.005:
+            late += 1
+    return firsts, tid, late
+
+
 def pick(values: list[float], p: float) -> float | None:
     """The ``p`` quantile of sorted ``values`` (the sample at that rank), ms rounded to the µs."""
     return round(values[min(len(values) - 1, int(p * len(values)))], 3) if values else None

@@ -46,8 +46,8 @@ from talib import stream as ta
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (engines_open, fmt_spread, paced_trades, pick, proc_cpu_s, py_spy, read_arrivals,  # noqa: E402
-                          reference_client, spread, stop_py_spy, write_result)  # noqa: E402
+from bench.common import (fmt_spread, paced_trades, pick, proc_cpu_s, read_arrivals, serve,  # noqa: E402
+                          spread, write_result)  # noqa: E402
 from services.alert_engine.core import AlertEngine  # noqa: E402
 from shared import streams  # noqa: E402
 from shared.bus import FIELD  # noqa: E402
@@ -230,48 +230,11 @@ def _reader(url: str, stop: Any, ready: Any, out: Any, floor: bool) -> None:
 
 def _service(url: str, rules: str, which: str, mark: Any, stop: Any, ready: Any, out: Any) -> None:
     """One service in its own process, run as ``sentinel <service>`` runs it, until ``stop``; reports its CPU
-    seconds between ``mark`` (the producer starts) and ``stop``."""
-    from services.alert_engine.app import AlertEngineApp
-    from services.alert_engine.settings import Settings as EngineSettings
-    from services.candle_builder.app import CandleBuilderApp
-    from services.candle_builder.settings import Settings as BuilderSettings
-
-    reference_client()
-
-    async def main() -> None:
-        redis = connect(url)
-        app: Any
-        if which == "candle_builder":
-            options = {"timeframes": ["1s"], "base_timeframe": "1s", "live_candles": False, "flat_candles": False,
-                       "history_bars": 0, "redis_url": url}
-            # candle_builder's read pacing (a wait after each read that got entries) is its helper's to keep or
-            # drop; on the plain path it is on the critical path of every alert: read at once here
-            if "linger_ms" in BuilderSettings.model_fields and os.environ.get("BENCH_BUILDER_LINGER") != "default":
-                options["linger_ms"] = 0
-            app = CandleBuilderApp(BuilderSettings(**options), redis)
-        else:
-            app = AlertEngineApp(EngineSettings(rules_file=Path(rules), intrabar=False, redis_url=url), redis)
-        halt = asyncio.Event()
-        task = asyncio.create_task(app.run(halt))
-        if which == "alert_engine":  # (its partitions held and their engines warmed up)
-            for _ in range(600):
-                if engines_open(app):
-                    break
-                await asyncio.sleep(0.05)
-        ready.set()
-        await asyncio.to_thread(mark.wait)
-        # BENCH_PYSPY=<file>: the engine recorded with py-spy between ``mark`` and ``stop`` (speedscope JSON)
-        spy = py_spy(os.environ.get("BENCH_PYSPY")) if which == "alert_engine" else None
-        cpu = time.process_time()
-        await asyncio.to_thread(stop.wait)
-        cpu = time.process_time() - cpu
-        await asyncio.to_thread(stop_py_spy, spy)
-        halt.set()
-        await asyncio.gather(task, return_exceptions=True)
-        await redis.aclose()
-        out.put((which, cpu))
-
-    asyncio.run(main())
+    seconds between ``mark`` (the producer starts) and ``stop``. ``BENCH_PYSPY=<file>`` records the engine."""
+    engine = which == "alert_engine"
+    out.put((which, serve(url, which, mark, stop, ready, rules=rules,
+                          options={"intrabar": False} if engine else {"timeframes": ["1s"]},
+                          spy_path=os.environ.get("BENCH_PYSPY") if engine else None)))
 
 
 def _candle_producer(url: str, seconds: float, out: Any) -> None:

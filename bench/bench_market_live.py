@@ -38,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import engines_open, paced_trades, fmt_spread, pick, proc_cpu_s, py_spy, read_arrivals, spread, write_result  # noqa: E402
+from bench.common import fmt_spread, paced_trades, pick, proc_cpu_s, read_arrivals, serve, spread, write_result  # noqa: E402
 from shared import streams  # noqa: E402
 from shared.alert_streams import alert_streams  # noqa: E402
 from shared.embedded_redis import EmbeddedRedis  # noqa: E402
@@ -104,47 +104,11 @@ def _reader(url: str, syms: list[str], stop: Any, ready: Any, out: Any, floor: b
 
 def _service(url: str, rules: str, which: str, mark: Any, stop: Any, ready: Any, out: Any) -> None:
     """One service in its own process, as ``sentinel <service>`` runs it; its CPU seconds between ``mark`` and
-    ``stop``, and what it counted."""
-    from services.alert_engine.app import AlertEngineApp
-    from services.alert_engine.settings import Settings as EngineSettings
-    from services.candle_builder.app import CandleBuilderApp
-    from services.candle_builder.settings import Settings as BuilderSettings
-
-    async def main() -> None:
-        redis = connect(url)
-        app: Any
-        if which == "candle_builder":
-            options: dict[str, Any] = {"timeframes": TIMEFRAMES, "base_timeframe": "1s", "live_candles": False,
-                                       "flat_candles": False, "history_bars": 0, "redis_url": url}
-            # (as bench_alerts: the builder's read pacing, if it has one, is on the critical path of every alert)
-            if "linger_ms" in BuilderSettings.model_fields and os.environ.get("BENCH_BUILDER_LINGER") != "default":
-                options["linger_ms"] = 0
-            app = CandleBuilderApp(BuilderSettings(**options), redis)
-        else:
-            app = AlertEngineApp(EngineSettings(rules_file=Path(rules), intrabar=False, redis_url=url), redis)
-        halt = asyncio.Event()
-        task = asyncio.create_task(app.run(halt))
-        if which == "alert_engine":
-            for _ in range(1200):
-                if engines_open(app):
-                    break
-                await asyncio.sleep(0.05)
-        ready.set()
-        await asyncio.to_thread(mark.wait)
-        spy_dir = os.environ.get("BENCH_PYSPY_DIR")  # py-spy of each service between mark and stop (speedscope)
-        spy = py_spy(f"{spy_dir}/{which}.json" if spy_dir else None)
-        cpu = time.process_time()
-        await asyncio.to_thread(stop.wait)
-        cpu = time.process_time() - cpu
-        if spy is not None:
-            spy.send_signal(2)  # (py-spy writes its file on SIGINT)
-            await asyncio.to_thread(spy.wait, 30)
-        halt.set()
-        await asyncio.gather(task, return_exceptions=True)
-        await redis.aclose()
-        out.put((which, cpu))
-
-    asyncio.run(main())
+    ``stop``. ``BENCH_PYSPY_DIR``: py-spy records each service there."""
+    spy_dir = os.environ.get("BENCH_PYSPY_DIR")
+    out.put((which, serve(url, which, mark, stop, ready, rules=rules,
+                          options={"intrabar": False} if which == "alert_engine" else {"timeframes": TIMEFRAMES},
+                          spy_path=f"{spy_dir}/{which}.json" if spy_dir else None)))
 
 
 async def run_once(url: str, redis_pid: int, syms: list[str], rate: int, seconds: float, tick_ms: int, tmp: Path,

@@ -178,31 +178,45 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     return path
 
 
-def run_engine(url: str, rules: str, mark: Any, stop: Any, ready: Any, out: Any, *, options: dict[str, Any] | None = None,
-               until_ready: Callable[[Any], bool] | None = None) -> None:
-    """``AlertEngineApp`` in this process as ``sentinel alert-engine`` runs it, until ``stop`` (a multiprocessing
-    event); ``ready`` is set once ``until_ready(app)`` holds (default: every partition this replica holds has its
-    engine, warmed up); puts its CPU seconds between ``mark`` and ``stop`` on ``out``. ``BENCH_PYSPY=<file>`` records
-    this process with py-spy (speedscope JSON) between ``mark`` and ``stop``."""
+def serve(url: str, which: str, mark: Any, stop: Any, ready: Any, *, rules: str | None = None,
+          options: dict[str, Any] | None = None, until_ready: Callable[[Any], bool] | None = None,
+          spy_path: str | None = None) -> float:
+    """``which`` (``candle_builder`` or ``alert_engine``) in this process as ``sentinel <service>`` runs it, until
+    ``stop`` (a multiprocessing event); ``ready`` is set once it runs (an engine: once ``until_ready(app)`` holds,
+    by default every partition it holds has its engine, warmed up). ``options``: settings beside the bench's (a
+    builder: 1s base, no in-progress or flat candles, no history). Returns its CPU seconds between ``mark`` and
+    ``stop``; ``spy_path``: py-spy records it meanwhile (speedscope JSON)."""
     from services.alert_engine.app import AlertEngineApp
-    from services.alert_engine.settings import Settings
+    from services.alert_engine.settings import Settings as EngineSettings
+    from services.candle_builder.app import CandleBuilderApp
+    from services.candle_builder.settings import Settings as BuilderSettings
     from shared.runtime import connect
 
     reference_client()
 
-    async def main() -> None:
+    async def main() -> float:
         redis = connect(url)
-        app = AlertEngineApp(Settings(rules_file=Path(rules), redis_url=url, **(options or {})), redis)
+        app: Any
+        if which == "candle_builder":
+            base: dict[str, Any] = {"base_timeframe": "1s", "live_candles": False, "flat_candles": False,
+                                    "history_bars": 0}
+            # the builder's read pacing, if it has one, is on the critical path of every alert: read at once here
+            if "linger_ms" in BuilderSettings.model_fields and os.environ.get("BENCH_BUILDER_LINGER") != "default":
+                base["linger_ms"] = 0
+            app = CandleBuilderApp(BuilderSettings(redis_url=url, **{**base, **(options or {})}), redis)
+        else:
+            app = AlertEngineApp(EngineSettings(rules_file=Path(str(rules)), redis_url=url, **(options or {})), redis)
         halt = asyncio.Event()
         task = asyncio.create_task(app.run(halt))
-        check = until_ready or engines_open
-        for _ in range(600):
-            if check(app):
-                break
-            await asyncio.sleep(0.05)
+        if which == "alert_engine":
+            check = until_ready or engines_open
+            for _ in range(1200):
+                if check(app):
+                    break
+                await asyncio.sleep(0.05)
         ready.set()
         await asyncio.to_thread(mark.wait)
-        spy = py_spy(os.environ.get("BENCH_PYSPY"))
+        spy = py_spy(spy_path)
         cpu = time.process_time()
         await asyncio.to_thread(stop.wait)
         cpu = time.process_time() - cpu
@@ -210,9 +224,17 @@ def run_engine(url: str, rules: str, mark: Any, stop: Any, ready: Any, out: Any,
         halt.set()
         await asyncio.gather(task, return_exceptions=True)
         await redis.aclose()
-        out.put(cpu)
+        return cpu
 
-    asyncio.run(main())
+    return asyncio.run(main())
+
+
+def run_engine(url: str, rules: str, mark: Any, stop: Any, ready: Any, out: Any, *, options: dict[str, Any] | None = None,
+               until_ready: Callable[[Any], bool] | None = None) -> None:
+    """``serve`` of an alert engine as a multiprocessing target: puts its CPU seconds on ``out``;
+    ``BENCH_PYSPY=<file>`` records it with py-spy."""
+    out.put(serve(url, "alert_engine", mark, stop, ready, rules=rules, options=options, until_ready=until_ready,
+                  spy_path=os.environ.get("BENCH_PYSPY")))
 
 
 def reference_client() -> None:

@@ -46,8 +46,8 @@ from talib import stream as ta
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (fmt_spread, paced_trades, pick, proc_cpu_s, read_arrivals, serve,  # noqa: E402
-                          spread, write_result)  # noqa: E402
+from bench.common import (end_services, fmt_spread, paced_trades, pick, proc_cpu_s, read_arrivals, serve,  # noqa: E402
+                          spread, start_services, write_result)  # noqa: E402
 from services.alert_engine.core import AlertEngine  # noqa: E402
 from shared import streams  # noqa: E402
 from shared.bus import FIELD  # noqa: E402
@@ -282,14 +282,8 @@ async def latency(url: str, rate: int, seconds: float, tmp: Path, layout: str, r
     rules.write_text(RULE_EVERY_BAR)
     ctx = mp.get_context("spawn")
     stop, mark, cpu_q = ctx.Event(), ctx.Event(), ctx.Queue()
-    services = []
-    for which in {"floor": (), "engine": ("alert_engine",)}.get(layout, ("candle_builder", "alert_engine")):
-        ready = ctx.Event()
-        proc = ctx.Process(target=_service, args=(url, str(rules), which, mark, stop, ready, cpu_q))
-        proc.start()
-        services.append((proc, ready))
-    for _, ready in services:
-        await asyncio.to_thread(ready.wait, 60)
+    kinds = {"floor": (), "engine": ("alert_engine",)}.get(layout, ("candle_builder", "alert_engine"))
+    services = await start_services(ctx, _service, url, str(rules), kinds, mark, stop, cpu_q, 60)
     seen_q, reader_stop, reader_ready = ctx.Queue(), ctx.Event(), ctx.Event()
     reader = ctx.Process(target=_reader, args=(url, reader_stop, reader_ready, seen_q, floor))
     reader.start()
@@ -309,9 +303,7 @@ async def latency(url: str, rate: int, seconds: float, tmp: Path, layout: str, r
     reader_stop.set()
     received, candles = await asyncio.to_thread(seen_q.get)
     await asyncio.to_thread(reader.join)
-    cpu = dict([await asyncio.to_thread(cpu_q.get, True, 30) for _ in services])
-    for proc, _ in services:
-        await asyncio.to_thread(proc.join)
+    cpu = await end_services(services, cpu_q, 30)
     await redis.aclose()
     start = min((int(k.rsplit("|", 1)[1]) for k in sent), default=0)
     sampled = {k: v for k, v in sent.items() if int(k.rsplit("|", 1)[1]) >= start + WARMUP_S * 1000}

@@ -38,7 +38,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import fmt_spread, paced_trades, pick, proc_cpu_s, read_arrivals, serve, spread, write_result  # noqa: E402
+from bench.common import (end_services, fmt_spread, paced_trades, pick, proc_cpu_s, read_arrivals, serve, spread,  # noqa: E402
+                          start_services, write_result)  # noqa: E402
 from shared import streams  # noqa: E402
 from shared.alert_streams import alert_streams  # noqa: E402
 from shared.embedded_redis import EmbeddedRedis  # noqa: E402
@@ -121,14 +122,7 @@ async def run_once(url: str, redis_pid: int, syms: list[str], rate: int, seconds
     rules.write_text(RULES)
     ctx = mp.get_context("spawn")
     stop, mark, cpu_q = ctx.Event(), ctx.Event(), ctx.Queue()
-    services = []
-    for which in () if floor else ("candle_builder", "alert_engine"):
-        ready = ctx.Event()
-        proc = ctx.Process(target=_service, args=(url, str(rules), which, mark, stop, ready, cpu_q))
-        proc.start()
-        services.append((proc, ready))
-    for _, ready in services:
-        await asyncio.to_thread(ready.wait, 120)
+    services = await start_services(ctx, _service, url, str(rules), () if floor else ("candle_builder", "alert_engine"), mark, stop, cpu_q, 120)
     seen_q, reader_stop, reader_ready = ctx.Queue(), ctx.Event(), ctx.Event()
     reader = ctx.Process(target=_reader, args=(url, syms, reader_stop, reader_ready, seen_q, floor))
     reader.start()
@@ -150,9 +144,7 @@ async def run_once(url: str, redis_pid: int, syms: list[str], rate: int, seconds
     reader_stop.set()
     received, candles = await asyncio.to_thread(seen_q.get)
     await asyncio.to_thread(reader.join)
-    cpu = dict([await asyncio.to_thread(cpu_q.get, True, 60) for _ in services])
-    for proc, _ in services:
-        await asyncio.to_thread(proc.join)
+    cpu = await end_services(services, cpu_q, 60)
     start = min((int(k.rsplit("|", 1)[1]) for k in sent), default=0)
     # bars from WARMUP_S on, and not the last second's (its closing trade may never have come)
     newest = max((int(k.rsplit("|", 1)[1]) for k in sent), default=0)

@@ -16,7 +16,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -227,6 +227,29 @@ def serve(url: str, which: str, mark: Any, stop: Any, ready: Any, *, rules: str 
         return cpu
 
     return asyncio.run(main())
+
+
+async def start_services(ctx: Any, target: Callable[..., None], url: str, rules: str, kinds: Iterable[str], mark: Any,
+                         stop: Any, out: Any, timeout: float) -> list[Any]:
+    """``target(url, rules, which, mark, stop, ready, out)`` (e.g. a bench's ``serve`` wrapper) in a process of
+    ``ctx`` per service kind; returns the processes once each is ready (or ``timeout`` passed)."""
+    started = []
+    for which in kinds:
+        ready = ctx.Event()
+        proc = ctx.Process(target=target, args=(url, rules, which, mark, stop, ready, out))
+        proc.start()
+        started.append((proc, ready))
+    for _, ready in started:
+        await asyncio.to_thread(ready.wait, timeout)
+    return [proc for proc, _ in started]
+
+
+async def end_services(procs: list[Any], out: Any, timeout: float) -> dict[str, float]:
+    """After ``stop``: each service's (kind, CPU seconds) from ``out``, once all ended."""
+    cpu = dict([await asyncio.to_thread(out.get, True, timeout) for _ in procs])
+    for proc in procs:
+        await asyncio.to_thread(proc.join)
+    return cpu
 
 
 def run_engine(url: str, rules: str, mark: Any, stop: Any, ready: Any, out: Any, *, options: dict[str, Any] | None = None,

@@ -18,11 +18,11 @@ import csv
 import gzip
 import heapq
 import io
-from itertools import repeat
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from itertools import repeat
 from pathlib import Path
 from typing import IO
 

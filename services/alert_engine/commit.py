@@ -60,7 +60,7 @@ class AlertCommit:
         # the small client (``shared.resp``; ~4x less CPU per call than redis-py's asyncio client), else through a
         # connection of its own (redis-py's single-connection client; a Redis Cluster client routes each call to its
         # slot's node itself)
-        self._small = None if isinstance(redis, RedisCluster) else RespClient.of(redis)
+        self._small = RespClient.of(redis)  # (None for a Cluster, Sentinel or TLS client)
         self._conn: Any = redis if isinstance(redis, RedisCluster) or self._small is not None else redis.client()
         # a partition's worker: the lease checked first; tools and tests: no fence
         self._fenced = _Script(redis, fenced_script(_SCRIPT), self._small)

@@ -21,8 +21,8 @@ from services.market_feed.core import Event, FeedCore, TickEvent, pace_delay
 from services.market_feed.publisher import Outbox, RedisRetry, check_symbol_list, read_last_ids, register_feeds
 from services.market_feed.settings import Settings
 from shared import streams
-from shared.outage import redis_unavailable
 from shared.bus import Bus
+from shared.outage import redis_unavailable
 from shared.ownership import FencedError, Ownership
 from shared.partitioned import entry_id, read_offset
 from shared.partitions import partition_of

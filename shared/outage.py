@@ -7,9 +7,11 @@ that worked. Only the transitions are logged, so a 30 s outage gives two lines, 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
+from collections.abc import Iterator
 
 from redis import exceptions as redis_errors
 
@@ -30,6 +32,17 @@ def redis_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, redis_errors.ResponseError):
         return str(exc).split(" ", 1)[0] in ("LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN")
     return False
+
+
+@contextlib.contextmanager
+def suppress_unavailable() -> Iterator[None]:
+    """``contextlib.suppress`` of what ``redis_unavailable`` names (a loop that tries again next round, e.g. a lease
+    balance); any other error propagates."""
+    try:
+        yield
+    except Exception as exc:
+        if not redis_unavailable(exc):
+            raise
 
 
 def backoff_delay(attempt: int, *, base: float = 0.1, cap: float = 10.0) -> float:

@@ -22,7 +22,7 @@ from services.market_feed.publisher import Outbox, RedisRetry, check_symbol_list
 from services.market_feed.settings import Settings
 from shared import streams
 from shared.bus import Bus
-from shared.outage import redis_unavailable
+from shared.outage import suppress_unavailable
 from shared.ownership import FencedError, Ownership
 from shared.partitioned import entry_id, read_offset
 from shared.partitions import partition_of
@@ -235,12 +235,9 @@ class MarketFeedApp:
         the first round."""
         try:
             while not stop.is_set():
-                try:
+                with suppress_unavailable():  # Redis away, or a read-only replica during a failover: next round
                     await ownership.balance(int(time.time() * 1000))
                     balanced.set()
-                except Exception as exc:  # Redis away, or a read-only replica during a failover: renew next round
-                    if not redis_unavailable(exc):
-                        raise
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=ownership.ttl_ms / 3000)
         finally:

@@ -39,7 +39,7 @@ from services.market_feed.settings import Settings
 from shared import streams
 from shared.bus import Bus, backoff_delay
 from shared.errors import ConfigError
-from shared.outage import redis_unavailable
+from shared.outage import suppress_unavailable
 from shared.ownership import Ownership
 from shared.partitions import partition_of
 from shared.runtime import consumer_name
@@ -121,7 +121,7 @@ class BookTasks:
         warned = False
         try:
             while not stop.is_set():
-                try:
+                with suppress_unavailable():  # Redis away, or a read-only node during a failover: next round
                     now = int(time.time() * 1000)
                     gained, lost = await ownership.balance(now)
                     if gained or lost:
@@ -134,9 +134,6 @@ class BookTasks:
                                        "books / futures data under leases of its own: both publish them. Give every "
                                        "replica of %s the same exchanges (docs/scale-out.md)", name, name)
                     warned = warned or bool(traders)
-                except Exception as exc:  # Redis away, or a read-only node during a failover: renew next round
-                    if not redis_unavailable(exc):
-                        raise
                 await sleep_or_stop(stop, ownership.ttl_ms / 3000)
         finally:
             with contextlib.suppress(Exception):

@@ -230,11 +230,12 @@ def _reader(url: str, stop: Any, ready: Any, out: Any, floor: bool) -> None:
 
 def _service(url: str, rules: str, which: str, mark: Any, stop: Any, ready: Any, out: Any) -> None:
     """One service in its own process, run as ``sentinel <service>`` runs it, until ``stop``; reports its CPU
-    seconds between ``mark`` (the producer starts) and ``stop``. ``BENCH_PYSPY=<file>`` records the engine."""
+    seconds between ``mark`` (the producer starts) and ``stop``. ``BENCH_PYSPY=<file>`` records the engine,
+    ``BENCH_PYSPY_BUILDER=<file>`` the builder."""
     engine = which == "alert_engine"
     out.put((which, serve(url, which, mark, stop, ready, rules=rules,
                           options={"intrabar": False} if engine else {"timeframes": ["1s"]},
-                          spy_path=os.environ.get("BENCH_PYSPY") if engine else None)))
+                          spy_path=os.environ.get("BENCH_PYSPY" if engine else "BENCH_PYSPY_BUILDER"))))
 
 
 def _candle_producer(url: str, seconds: float, out: Any) -> None:

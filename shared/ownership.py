@@ -39,6 +39,7 @@ from redis import exceptions as redis_errors
 
 from shared import streams
 from shared.durability import NO_REPLICATION, Replication
+from shared.resp import RespClient, Script
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +142,10 @@ class Ownership:
         self.wanted: set[int] | None = None if wanted is None else set(wanted)
         self._acquire = redis.register_script(_ACQUIRE)
         self._release = redis.register_script(_RELEASE)
-        self._fenced = redis.register_script(_FENCED)
+        # fenced writes are on the path of every candle: through the small client where it serves (one server by TCP
+        # or a Unix socket; ~4x less CPU per call than redis-py's asyncio client), else redis-py
+        self._small = RespClient.of(redis)
+        self._fenced = Script(redis, _FENCED, self._small)
 
     @property
     def owned(self) -> set[int]:
@@ -233,6 +237,8 @@ class Ownership:
         for partition in list(self.leases):
             await self.release(partition)
         await self.redis.zrem(streams.members(self.group), self.instance)
+        if self._small is not None:  # (its connections; a later call opens new ones)
+            await self._small.aclose()
 
     async def owners(self) -> dict[int, str | None]:
         """Every partition's current owner (instance name) or None: for /health and tests."""

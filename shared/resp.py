@@ -202,6 +202,25 @@ class RespClient:
             raise
 
 
+class Script:
+    """A Lua script called as redis-py's ``Script`` is (``await script(keys=, args=, client=)``): through ``small``
+    (a ``RespClient`` on ``redis``' server, ``RespClient.of(redis)``) when there is one, by EVALSHA (EVAL after a
+    NOSCRIPT: a restarted or flushed server); else through redis-py (``client``, by default ``redis``), which loads
+    it again after a NOSCRIPT itself."""
+
+    def __init__(self, redis: Any, text: str, small: RespClient | None) -> None:
+        self.text = text
+        self.script = redis.register_script(text)
+        self.small = small
+
+    async def __call__(self, *, keys: list[Any], args: list[Any], client: Any = None) -> Any:
+        if self.small is None:
+            return await self.script(keys=keys, args=args, client=client)
+        try:
+            return await self.small.execute("EVALSHA", self.script.sha, len(keys), *keys, *args)
+        except redis_errors.NoScriptError:
+            return await self.small.execute("EVAL", self.text, len(keys), *keys, *args)
+
 def _pack(*args: Any) -> bytes:
     packed: bytes = hiredis.pack_command(args)
     return packed

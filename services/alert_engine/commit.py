@@ -26,7 +26,6 @@ from importlib import resources
 from typing import Any
 
 import msgpack
-from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
@@ -35,7 +34,7 @@ from services.alert_engine.settings import Settings
 from shared import metrics, streams
 from shared.ownership import Ownership, fenced_script
 from shared.partitions import partition_of
-from shared.resp import RespClient
+from shared.resp import RespClient, Script
 from shared.schemas import pack
 
 logger = logging.getLogger(__name__)
@@ -63,8 +62,8 @@ class AlertCommit:
         self._small = RespClient.of(redis)  # (None for a Cluster, Sentinel or TLS client)
         self._conn: Any = redis if isinstance(redis, RedisCluster) or self._small is not None else redis.client()
         # a partition's worker: the lease checked first; tools and tests: no fence
-        self._fenced = _Script(redis, fenced_script(_SCRIPT), self._small)
-        self._unfenced = _Script(redis, _SCRIPT, self._small)
+        self._fenced = Script(redis, fenced_script(_SCRIPT), self._small)
+        self._unfenced = Script(redis, _SCRIPT, self._small)
         # each partition's stream keeps its share of the history's retention
         self._maxlen = max(100, -(-settings.alert_history_maxlen // settings.partitions))
         self.cooldown_until: dict[str, int] = {}  # fingerprint -> as this engine knows it (-1: forever)
@@ -248,22 +247,3 @@ class AlertCommit:
                 rows[fp] = pack({**self._state_row(st.as_dict(), None if u is None else str(u).encode()),
                                  "last_alert_id": f.alert.id})
         return rows
-
-
-class _Script:
-    """A Lua script called as redis-py's ``Script`` is (``await script(keys=, args=, client=)``): through the small
-    client when there is one (EVALSHA, or EVAL after a NOSCRIPT: a restarted or flushed server), else redis-py's
-    (which loads it again after a NOSCRIPT itself)."""
-
-    def __init__(self, redis: Any, text: str, small: RespClient | None) -> None:
-        self.text = text
-        self.script = redis.register_script(text)
-        self.small = small
-
-    async def __call__(self, *, keys: list[Any], args: list[Any], client: Any = None) -> Any:
-        if self.small is None:
-            return await self.script(keys=keys, args=args, client=client)
-        try:
-            return await self.small.execute("EVALSHA", self.script.sha, len(keys), *keys, *args)
-        except redis_errors.NoScriptError:
-            return await self.small.execute("EVAL", self.text, len(keys), *keys, *args)

@@ -4,9 +4,12 @@ Work is split by partition (``shared.partitions``): this replica runs one worker
 (group ``candle_builder``, ``shared.partitioned.PartitionWorkers``; N replicas with default settings share them,
 and a dead replica's partitions move to the others within about ``lease_ttl_ms``). A worker reads
 ``streams.part_trades(p)`` with XREAD from the offset saved in ``streams.part_state(p, "candle_builder")`` and
-commits everything one read changed in one ``Ownership.fenced`` script: the closed candles (XADD to the partition's
+commits what reads changed in one ``Ownership.fenced`` script: the closed candles (XADD to the partition's
 ``part_candles(p)`` and, with the same entry id, to the series' ``series_candles(p, ex, sym, tf)``; PUBLISH), the
-series' registry entries, the state of each pair it touched (in-progress candles) and the new offset. Every key it
+series' registry entries, the state of each pair touched since the last commit (in-progress candles) and the new
+offset. A read that publishes nothing (most one-trade reads of a live feed) commits nothing: its pairs' state and the
+offset wait for the next read that publishes, an idle read, or ``SAVE_EVERY_S`` (a commit per read was most of the
+builder's CPU at one trade per read). Every key it
 writes carries the partition's hash tag: on a Redis Cluster the script runs in one slot. In-progress candles go to
 ``part_live(p)`` in the same script (throttled per series). A ``kill -9`` before the script leaves the
 state and offset as they were (the next owner reads the same entries again); a replica that lost the lease cannot
@@ -30,6 +33,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
@@ -67,6 +71,9 @@ logger = logging.getLogger(__name__)
 
 SERVICE = "candle_builder"
 GROUP = streams.GROUP_CANDLE_BUILDER
+#: Longest time a partition's state and offset stay unsaved while its reads publish nothing: what a new owner reads
+#: again after a crash (it resumes from the saved state and offset, so nothing counts twice).
+SAVE_EVERY_S = 1.0
 
 Pair = tuple[str, str]
 
@@ -88,6 +95,7 @@ class CandleBuilderApp:
         self.series: dict[Pair, Series] = {}  # pairs of the partitions held (loaded lazily, with their saved state)
         self._partitions: dict[Pair, int] = {}  # pair -> its partition (``partition``)
         self.offsets: dict[int, bytes] = {}  # partition held -> the last entry of its trades stream processed
+        self.unsaved: dict[int, Unsaved] = {}  # partition -> what its reads changed since its last commit
         self.wanted: dict[Pair, set[str]] = {}  # (exchange, symbol) -> timeframes
         self.lookback: dict[Pair, dict[str, int]] = {}  # (exchange, symbol) -> timeframe -> candles
         self.backfilled = 0  # older history candles written after a look-back grew / a timeframe was added
@@ -237,6 +245,12 @@ class CandleBuilderApp:
             async with self._lock(partition):  # no read or timer tick in flight for it
                 self.wanted.pop(pair, None)
                 self.series.pop(pair, None)
+                if partition in self.unsaved:  # its state as of the offset read so far (a re-added pair resumes it)
+                    try:
+                        await self._save(partition, [])
+                    except BaseException:
+                        self._drop(partition)
+                        raise
             registry = await self.redis.smembers(streams.part_candle_registry(partition))
             members.setdefault(partition, []).extend(
                 m for m in map(text, registry) if streams.split_registry_member(m)[:2] == list(pair))
@@ -272,17 +286,22 @@ class CandleBuilderApp:
                 if read and not stop.is_set():
                     async with self._lock(partition):
                         await self._handle(partition, stream, read[0][1])
+                elif partition in self.unsaved:  # an idle read (or stopping): what waits is saved
+                    async with self._lock(partition):
+                        await self._save(partition, [])
         finally:
             self._drop(partition)
 
     def _drop(self, partition: int) -> None:
         """Forget a partition's series: whoever runs it next resumes from what Redis holds."""
         self.offsets.pop(partition, None)
+        self.unsaved.pop(partition, None)
         for pair in [pair for pair, series in self.series.items() if series.partition == partition]:
             del self.series[pair]
 
     async def _handle(self, partition: int, stream: str, entries: list[Any]) -> None:
-        """Apply one read of the partition's trades stream and commit it (fenced): candles, pair states, offset."""
+        """Apply one read of the partition's trades stream; commit it (fenced: candles, pair states, offset) when it
+        publishes something or the partition's last commit is ``SAVE_EVERY_S`` old, else leave it unsaved."""
         # per pair: (id of the first entry, id of the last entry, message): consecutive one-trade entries of a pair
         # come as one batch (``decode_feed_runs``)
         runs: dict[Pair, list[tuple[bytes, bytes, FeedMessage]]] = {}
@@ -349,21 +368,42 @@ class CandleBuilderApp:
                 touched.append(series)
                 if snaps is None and self.settings.live_candles:
                     wall.append(series)
-            state = streams.part_state(partition, GROUP)
-            for series in touched:
-                commands.append(self._state_command(series))
             offset = entries[-1][0]
-            commands.append(("HSET", state, streams.offset_field(stream), offset))
             wall_live = self._wall_snapshots(wall) if wall else []
             live += wall_live
             if live:
                 self._queue_live(commands, partition, live, written=len(live) - len(wall_live))
-            await self.ownership.fenced(partition, commands)
+            unsaved = self._unsaved(partition, touched)
+            unsaved.offset = offset
+            if commands or time.monotonic() - unsaved.since >= SAVE_EVERY_S:
+                await self._save(partition, commands)
         except BaseException:  # lease lost, a bug, cancellation: builders ran ahead of what Redis holds
             self._drop(partition)
             raise
         self.offsets[partition] = offset
         metrics.count_candles(counted)
+
+    def _unsaved(self, partition: int, changed: list[Series]) -> Unsaved:
+        """The partition's unsaved changes, with ``changed`` series added."""
+        unsaved = self.unsaved.get(partition)
+        if unsaved is None:
+            unsaved = self.unsaved[partition] = Unsaved(time.monotonic())
+        for series in changed:
+            unsaved.series[(series.exchange, series.symbol)] = series
+        return unsaved
+
+    async def _save(self, partition: int, commands: list[Any]) -> None:
+        """Run ``commands`` fenced, with the state of every series changed since the partition's last commit and
+        its new offset: what is published and the state it came from are saved together. The caller holds the
+        partition's lock and drops the partition if this raises."""
+        unsaved = self.unsaved.pop(partition, None)
+        if unsaved is not None:
+            commands += [self._state_command(series) for series in unsaved.series.values()]
+            if unsaved.offset is not None:
+                commands.append(("HSET", streams.part_state(partition, GROUP),
+                                 streams.offset_field(streams.part_trades(partition)), unsaved.offset))
+        if commands:
+            await self.ownership.fenced(partition, commands)
 
     # ---- closing on time -------------------------------------------------------------------------------------------
 
@@ -416,9 +456,9 @@ class CandleBuilderApp:
                             closed += len(out)
                             self._queue_candles(commands, series, out)
                             counted.extend(out)
-                            commands.append(self._state_command(series))
+                            self._unsaved(partition, [series])
                     if commands:
-                        await self.ownership.fenced(partition, commands)
+                        await self._save(partition, commands)
                         metrics.count_candles(counted)
                 except BaseException:
                     self._drop(partition)
@@ -707,17 +747,26 @@ class CandleBuilderApp:
                 return
             commands: list[Any] = []
             self._queue_candles(commands, series, out, history=True)
-            commands.append(self._state_command(series))
             commands.append(("HSET", streams.part_candle_history_from(series.partition),
                              streams.registry_member(series.exchange, series.symbol, tf), span[0]))
             try:
-                await self.ownership.fenced(series.partition, commands)
+                self._unsaved(series.partition, [series])
+                await self._save(series.partition, commands)
             except BaseException:
                 self._drop(series.partition)
                 raise
         self.backfilled += len(out)
         logger.info("candle_builder: %s %s %s: %d older candles from history (back to %d)", series.exchange,
                     series.symbol, tf, len(out), span[0])
+
+
+@dataclass(slots=True)
+class Unsaved:
+    """What a partition's reads changed since its last commit: the series and the offset read to."""
+
+    since: float  # monotonic time of the first unsaved change
+    series: dict[Pair, Series] = field(default_factory=dict)
+    offset: bytes | None = None
 
 
 def _slice(trades: Any, start: int, end: int) -> Any:

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from shared import streams
+from shared.partitioned import read_offset
 from shared.partitions import partition_of
 from tests.conftest import shared_data
 from tests.support.candles import (
@@ -24,6 +25,8 @@ from tests.support.candles import (
     publish,
     read_candles,
     read_trades,
+    run_until_caught_up,
+    settings_for,
 )
 from tests.support.chaos.processes import Service, clean_env, sentinel_argv
 from tests.support.chaos.progress import wait_for
@@ -135,3 +138,45 @@ async def _held_by(redis, partitions: list[int], name: str) -> bool:
     learns of a takeover that did not happen.)"""
     values = [await redis.get(streams.lease(GROUP, p)) for p in partitions]
     return all(v is not None and v.decode().rsplit("|", 1)[0] == name for v in values)
+
+
+async def test_a_builder_killed_between_saves_loses_and_repeats_nothing(redis, redis_url, tmp_path):
+    """One-trade entries that publish nothing (no in-progress candles; 1m bars over an hour of trades) leave a read's
+    state and offset unsaved until a candle closes, an idle read or a second passes: a ``kill -9`` then loses that
+    window, and the next builder reads it again from the saved offset. Every candle equals pandas, published once."""
+    config = tmp_path / "sentinel.yaml"
+    config.write_text(yaml.safe_dump({"redis_url": redis_url, "candle_builder": {"live_candles": False}}))
+    ex, sym, rel = RECORDINGS["btcusdt"]
+    trades = read_trades(shared_data(rel))
+    partition = partition_of(ex, sym, 16)
+    builder = Service("candle_builder", "b1", sentinel_argv("candle-builder", "--config", str(config)),
+                      clean_env({"SENTINEL_CONSUMER_NAME": "b1"}), tmp_path / "b1.log")
+    await builder.start()
+    sent = 0
+
+    async def paced() -> None:  # one trade per entry, ~5k a second: each read finds one or a few
+        nonlocal sent
+        while sent < len(trades):
+            await publish(redis, ex, sym, trades[sent:sent + 1], per_entry=1, final=sent + 1 == len(trades))
+            sent += 1
+            if sent % 10 == 0:
+                await asyncio.sleep(0.002)
+
+    flow = asyncio.create_task(paced())
+    try:
+        saved = await wait_for(lambda: _saved(redis, partition), 30)
+        assert saved is not None, builder.log.read_text()[-2000:]
+        await asyncio.sleep(0.7)  # trades flow; the kill lands between two saves
+        assert await builder.kill()
+        killed_at = sent
+    finally:
+        await flow
+        await builder.stop()
+    assert 0 < killed_at < len(trades)
+    await run_until_caught_up(redis, settings_for(redis_url, live_candles=False))
+    for tf in TIMEFRAMES:
+        check_against_pandas(await read_candles(redis, ex, sym, tf), shared_data(rel), tf)
+
+
+async def _saved(redis, partition: int) -> bool:
+    return await read_offset(redis, partition, GROUP, streams.part_trades(partition)) is not None

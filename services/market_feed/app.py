@@ -264,7 +264,7 @@ class MarketFeedApp:
                                      ticker_every_ms=s.ticker_every_ms if market else None, last_ids=last_ids,
                                      dedup_window=s.dedup_window)
         out = self._outbox = Outbox(redis, ownership, self.exchange, symbols, maxlen=s.stream_maxlen,
-                                    pipeline_entries=s.pipeline_entries)
+                                    pipeline_entries=s.pipeline_entries, writer="source")
         serving = set(symbols)
         last_price: dict[str, Decimal] = {}
         loop = asyncio.get_running_loop()

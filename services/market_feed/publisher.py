@@ -11,7 +11,9 @@ handed it back) cannot publish there any more (``FencedError``).
 A trade counts as published only once Redis has acknowledged the write that carries it. ``Outbox`` seals what was
 queued into one write per partition with a random token and keeps it until Redis answers; a write that failed (Redis
 killed, a failover, a cut connection) stays first in line and is sent again, before anything queued after it. The
-retry of a write that landed but whose reply was lost finds its token in the partition's state and publishes nothing.
+retry of a write that landed but whose reply was lost finds its token in the partition's state and publishes nothing:
+each writer (``Outbox``) of a partition keeps its last token in a field of its own (``write:<writer>``), so a pair's
+tickers, or another pair of the partition, written meanwhile by another writer do not hide it.
 
 Every Redis call of market_feed's own (not the history consumer's) lives here; ``RedisRetry`` retries them while
 Redis is unreachable, read-only or loading, with capped exponential backoff and jitter.
@@ -44,14 +46,14 @@ TICKER_MAXLEN = 10_000
 T = TypeVar("T")
 
 # After the lease check (``shared.ownership.fenced_script``: KEYS[1..2], ARGV[1..3]): KEYS the feed state hash,
-# part_trades, part_tickers (one partition). ARGV write token, ne, nc, ns; per entry 1 (trades) or 2 (tickers),
+# part_trades, part_tickers (one partition). ARGV write token, writer, ne, nc, ns; per entry 1 (trades) or 2 (tickers),
 # maxlen, data; per channel name, data; per state symbol, last_id ('' = keep), last_ts ('' = keep). Returns {1 or 0
 # (already applied), id of the last trades entry or ''}.
 _WRITE = fenced_script("""
-local token = ARGV[4]
-if redis.call('HGET', KEYS[3], 'write') == token then return {0, ''} end
-local ne, nc, ns = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local a = 8
+local token, field = ARGV[4], 'write:' .. ARGV[5]
+if redis.call('HGET', KEYS[3], field) == token then return {0, ''} end
+local ne, nc, ns = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local a = 9
 local last = ''
 for i = 1, ne do
   local id = redis.call('XADD', KEYS[3 + tonumber(ARGV[a])], 'MAXLEN', '~', ARGV[a + 1], '*', '""" + FIELD.decode() + """',
@@ -63,7 +65,7 @@ for i = 1, nc do
   redis.call('PUBLISH', ARGV[a], ARGV[a + 1])
   a = a + 2
 end
-redis.call('HSET', KEYS[3], 'write', token)
+redis.call('HSET', KEYS[3], field, token)
 for i = 1, ns do
   if ARGV[a + 1] ~= '' then redis.call('HSET', KEYS[3], 'last_id:' .. ARGV[a], ARGV[a + 1]) end
   if ARGV[a + 2] ~= '' then redis.call('HSET', KEYS[3], 'last_ts:' .. ARGV[a], ARGV[a + 2]) end
@@ -211,8 +213,11 @@ class Outbox:
     of the exchange in the partition)."""
 
     def __init__(self, redis: Any, ownership: Ownership, exchange: str, symbols: Iterable[str], *, maxlen: int,
-                 pipeline_entries: int) -> None:
+                 pipeline_entries: int, writer: str) -> None:
         self.redis = redis
+        #: names this writer's last token in the partition state (one per concurrent writer of a partition: a
+        #: replay's or simulated market's one outbox, a live pair's trades, a live pair's tickers)
+        self.writer = writer
         self.ownership = ownership
         self.exchange = exchange
         self.maxlen = maxlen
@@ -350,7 +355,7 @@ class Outbox:
     async def _send(self, w: _Write) -> tuple[bool, bytes]:
         p = w.partition
         keys = [self.state_key[p], streams.part_trades(p), streams.part_tickers(p)]
-        args: list[Any] = [w.token, len(w.entries), len(w.channels), len(w.states)]
+        args: list[Any] = [w.token, self.writer, len(w.entries), len(w.channels), len(w.states)]
         for kind, data, maxlen in w.entries:
             args += [kind, maxlen, data]
         for channel, data in w.channels:

@@ -126,7 +126,7 @@ async def test_feed_publish_takes_back_a_lease_that_expired_untaken_and_is_fence
     a = Ownership(client, group, "a", PARTITIONS, ttl_ms=TTL_MS)
     assert await a.acquire(p)
     mine = a.leases[p]
-    outbox = Outbox(client, a, EX, [symbol], maxlen=10_000, pipeline_entries=100)
+    outbox = Outbox(client, a, EX, [symbol], maxlen=10_000, pipeline_entries=100, writer="source")
 
     async def published() -> list[int | str | None]:
         out: list[int | str | None] = []
@@ -167,7 +167,7 @@ async def test_feed_publish_takes_back_a_lease_that_expired_untaken_and_is_fence
     with pytest.raises(FencedError):
         await outbox.flush()
     assert await published() == list(range(6)) and await client.get(lease) is None
-    other = Outbox(client, b, EX, [symbol], maxlen=10_000, pipeline_entries=100)
+    other = Outbox(client, b, EX, [symbol], maxlen=10_000, pipeline_entries=100, writer="source")
     other.add(_trades(6, 3))
     await other.flush()
     assert await published() == list(range(9))

@@ -6,11 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from decimal import Decimal
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from services.market_feed.app import MarketFeedApp
-from services.market_feed.publisher import read_last_ids
+from services.market_feed.publisher import Outbox, read_last_ids
 from services.market_feed.settings import Settings
+from shared import streams
+from shared.bus import FIELD
+from shared.ownership import Ownership
+from shared.partitions import partition_of
 from shared.runtime import connect
+from shared.schemas import Ticker, Trade, TradeBatch, decode_feed
 from tests.conftest import shared_data
 from tests.integration.market_feed.faults import ReplyCutter, read_only_for
 from tests.integration.market_feed.helpers import (RECORDING, expected_trades, live_settings, local_exchange,
@@ -160,3 +172,44 @@ async def test_restarted_replay_paces_from_the_first_unpublished_trade(redis):
             await asyncio.wait_for(task, timeout=15)
     trades, _ = await published(redis)
     assert_exactly_once(trades, expected[: len(trades)])
+
+
+async def test_a_lost_reply_retried_after_another_writer_of_the_partition_wrote_is_not_published_twice(
+        redis_server, redis):
+    """A pair's trades and its tickers (and the pairs of one partition) have writers of their own (``Outbox``) on the
+    same partition state. A trades write that landed but whose reply was lost, retried after the tickers' writer
+    wrote there, is still known as landed: its trades are in the stream once (a chaos run with a live feed doubled 2
+    trades after a Redis kill: the tickers' write had replaced the trades writer's token)."""
+    ex, symbol, t0 = "binance", "BTC/USDT", 1_723_161_600_000
+    group, partitions = streams.feed_group(ex), 16
+    p = partition_of(ex, symbol, partitions)
+
+    def batch(first: int, n: int) -> TradeBatch:
+        return TradeBatch(ex, symbol, [Trade(i, t0 + i, Decimal("61000.5") + i, Decimal("0.25"), i % 2 == 0)
+                                       for i in range(first, first + n)])
+
+    async with ReplyCutter(redis_server.port) as cutter:
+        cut = Redis.from_url(cutter.url, retry=Retry(NoBackoff(), 0))  # the lost reply reaches the outbox as an error
+        try:
+            owner = Ownership(cut, group, "feed-a", partitions, ttl_ms=60_000)
+            assert await owner.acquire(p)
+            trades = Outbox(cut, owner, ex, [symbol], maxlen=10_000, pipeline_entries=100, writer=f"trades {symbol}")
+            tickers = Outbox(redis, owner, ex, [symbol], maxlen=10_000, pipeline_entries=1, writer=f"tickers {symbol}")
+            trades.add(batch(0, 3))
+            await trades.flush()
+            await cutter.cut_next_reply(b"EVALSHA")
+            trades.add(batch(3, 3))
+            with pytest.raises(RedisConnectionError):
+                await trades.flush()  # landed; the reply was thrown away
+            assert cutter.cut == 1
+            tickers.add_ticker(Ticker(exchange=ex, symbol=symbol, ts=t0 + 10, last=Decimal("61003.5")))
+            await tickers.flush()
+            await trades.flush()  # the retry of the write that landed
+        finally:
+            await cut.aclose()
+    ids = []
+    for _, fields in await redis.xrange(streams.part_trades(p)):
+        msg = decode_feed(fields[FIELD])
+        if isinstance(msg, TradeBatch):
+            ids += [t[0] for t in msg.trades]
+    assert ids == list(range(6))

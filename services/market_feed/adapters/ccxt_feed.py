@@ -239,7 +239,7 @@ class LiveFeed:
         exchange = self.exchanges[exchange_id]
         health = self.health[f"{exchange_id}|{symbol}|ticker"]
         outbox = Outbox(self.redis, ownership, exchange_id, [symbol], maxlen=self.settings.stream_maxlen,
-                        pipeline_entries=1)
+                        pipeline_entries=1, writer=f"tickers {symbol}")
         params = {"name": "ticker"} if exchange.id in BINANCE_FAMILY else {}
         attempt = 0
         while not stop.is_set():

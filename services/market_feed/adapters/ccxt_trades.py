@@ -79,7 +79,7 @@ class TradeStream:
                              watermark_every_ms=settings.watermark_every_ms, last_ids={symbol: last_id},
                              dedup_window=settings.dedup_window)
         self.outbox = Outbox(ctx.bus.redis, ownership, exchange_id, [symbol], maxlen=settings.stream_maxlen,
-                             pipeline_entries=10**9)
+                             pipeline_entries=10**9, writer=f"trades {symbol}")
         self.redis = ctx.bus.redis
         self.last_ts: int | None = None
         self.need_backfill = last_id is not None

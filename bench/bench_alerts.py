@@ -20,7 +20,7 @@
 ``--reference``: each pipeline and engine-hop run alternates with one whose services read and commit through
 redis-py's asyncio client instead of ``shared.resp`` (the reference); CPU per trade and the ratios to it printed.
 
-Usage: ``python bench/bench_alerts.py [--runs 3] [--seconds 8] [--rates 5000,20000] [--only throughput|latency]
+Usage: ``python bench/bench_alerts.py [--runs 3] [--seconds 30] [--rates 5000,20000] [--only throughput|latency]
 [--reference]``.
 """
 
@@ -417,7 +417,7 @@ def fmt_latency(row: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=3, help="runs of each measurement (medians, min and max reported)")
-    ap.add_argument("--seconds", type=float, default=8.0, help="seconds of trades per latency run")
+    ap.add_argument("--seconds", type=float, default=30.0, help="seconds of trades per latency run (30: ~270 bars, a p99 that is not the one worst bar)")
     ap.add_argument("--rates", default="5000,20000", help="trades/s of the latency runs")
     ap.add_argument("--bars", type=int, default=120, help="bars per symbol of the throughput runs (40 warm up)")
     ap.add_argument("--only", choices=("throughput", "latency"), help="one part only")

@@ -246,11 +246,7 @@ class CandleBuilderApp:
                 self.wanted.pop(pair, None)
                 self.series.pop(pair, None)
                 if partition in self.unsaved:  # its state as of the offset read so far (a re-added pair resumes it)
-                    try:
-                        await self._save(partition, [])
-                    except BaseException:
-                        self._drop(partition)
-                        raise
+                    await self._save(partition, [])
             registry = await self.redis.smembers(streams.part_candle_registry(partition))
             members.setdefault(partition, []).extend(
                 m for m in map(text, registry) if streams.split_registry_member(m)[:2] == list(pair))
@@ -395,7 +391,8 @@ class CandleBuilderApp:
     async def _save(self, partition: int, commands: list[Any]) -> None:
         """Run ``commands`` fenced, with the state of every series changed since the partition's last commit and
         its new offset: what is published and the state it came from are saved together. The caller holds the
-        partition's lock and drops the partition if this raises."""
+        partition's lock. If this raises (lease lost, Redis away) the partition is dropped: its builders ran ahead of
+        what Redis holds, and the next read resumes from there."""
         unsaved = self.unsaved.pop(partition, None)
         if unsaved is not None:
             commands += [self._state_command(series) for series in unsaved.series.values()]
@@ -403,7 +400,11 @@ class CandleBuilderApp:
                 commands.append(("HSET", streams.part_state(partition, GROUP),
                                  streams.offset_field(streams.part_trades(partition)), unsaved.offset))
         if commands:
-            await self.ownership.fenced(partition, commands)
+            try:
+                await self.ownership.fenced(partition, commands)
+            except BaseException:
+                self._drop(partition)
+                raise
 
     # ---- closing on time -------------------------------------------------------------------------------------------
 
@@ -749,12 +750,8 @@ class CandleBuilderApp:
             self._queue_candles(commands, series, out, history=True)
             commands.append(("HSET", streams.part_candle_history_from(series.partition),
                              streams.registry_member(series.exchange, series.symbol, tf), span[0]))
-            try:
-                self._unsaved(series.partition, [series])
-                await self._save(series.partition, commands)
-            except BaseException:
-                self._drop(series.partition)
-                raise
+            self._unsaved(series.partition, [series])
+            await self._save(series.partition, commands)
         self.backfilled += len(out)
         logger.info("candle_builder: %s %s %s: %d older candles from history (back to %d)", series.exchange,
                     series.symbol, tf, len(out), span[0])

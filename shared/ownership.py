@@ -15,7 +15,8 @@ service, e.g. ``candle_builder``) is owned by at most one replica at a time:
   it meanwhile (the fence counter still holds the owner's token): a busy owner keeps its partitions; a paused one
   whose partitions were taken over is fenced;
 - every write an owner makes for a partition runs behind the one lease check, ``LEASE_CHECK``, in the same script
-  (atomically, in the partition's hash slot): ``fenced`` for a list of commands, or a service's own script made by
+  (atomically, in the partition's hash slot): ``fenced`` for a list of commands (run once, even when the client
+  sends the call again after a lost reply), or a service's own script made by
   ``fenced_script`` and run by ``call_fenced`` (alert_engine's commit, market_feed's publish); the renewal is the
   same check with no write. An owner paused past its TTL whose partition was taken over cannot write
   (``FencedError``), whatever it believes;
@@ -82,12 +83,16 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-# After the check (KEYS[1..2], ARGV[1..3]): ARGV[4] the commands as one msgpack array (``cmsgpack``, built into
-# Redis' Lua): each command an array of k (0, or the position of the argument to replace with the previous command's
-# reply: ``PREVIOUS``) then its arguments. Replies in order. One blob, not an argument per command word: redis-py
-# packed a commit of 1,000 candles (3,000 commands) in ~15 ms, msgpack in ~2.6 ms.
+# After the check (KEYS[1..2], ARGV[1..3]): KEYS[3] the id of the partition's last fenced write
+# (``streams.written(group, p)``), ARGV[4] this write's id, ARGV[5] the commands as one msgpack array (``cmsgpack``,
+# built into Redis' Lua): each command an array of k (0, or the position of the argument to replace with the previous
+# command's reply: ``PREVIOUS``) then its arguments. Replies in order; nil, running nothing, when the last write has
+# this write's id (a retry whose first attempt ran and lost its reply). One blob, not an argument per command word:
+# redis-py packed a commit of 1,000 candles (3,000 commands) in ~15 ms, msgpack in ~2.6 ms.
 _FENCED = fenced_script("""
-local commands = cmsgpack.unpack(ARGV[4])
+if redis.call('GET', KEYS[3]) == ARGV[4] then return false end
+redis.call('SET', KEYS[3], ARGV[4])
+local commands = cmsgpack.unpack(ARGV[5])
 local out = {}
 for i = 1, #commands do
   local command = commands[i]
@@ -146,6 +151,7 @@ class Ownership:
         # or a Unix socket; ~4x less CPU per call than redis-py's asyncio client), else redis-py
         self._small = RespClient.of(redis)
         self._fenced = Script(redis, _FENCED, self._small)
+        self._writes = 0  # fenced writes made: with the lease's token, each one's id
 
     @property
     def owned(self) -> set[int]:
@@ -274,17 +280,24 @@ class Ownership:
                 raise FencedError(f"{self.group}/{self.instance}: {exc}") from exc
             raise
 
-    async def fenced(self, partition: int, commands: Iterable[Command]) -> list[Any]:
+    async def fenced(self, partition: int, commands: Iterable[Command]) -> list[Any] | None:
         """Run ``commands`` (each a sequence like ``("XADD", key, "*", "d", data)``, every key in the partition's
         hash slot; arguments str, bytes or int, an int exact as a Lua number, |n| < 2**53; an argument ``PREVIOUS`` is
         the previous command's reply) atomically, only if this replica still holds the partition's lease
-        (``LEASE_CHECK``). FencedError otherwise (the partition is dropped from ``leases``: its worker must stop)."""
+        (``LEASE_CHECK``), and once: the write carries an id of its own, so a call that the client sent again after
+        its connection failed (the small client and redis-py both do) runs nothing the second time if the first
+        ran. The replies in order; None when the write had already run (its replies were lost with the connection).
+        FencedError if the lease is lost (the partition is dropped from ``leases``: its worker must stop)."""
         packed = [[next(i for i, arg in enumerate(command) if arg is PREVIOUS) + 1,
                    *("" if arg is PREVIOUS else arg for arg in command)] if PREVIOUS in command else [0, *command]
                   for command in commands]
-        replies = list(await self.call_fenced(partition, self._fenced, [], [_packb(packed)]))
+        self._writes += 1
+        lease = self.leases.get(partition)  # (None: call_fenced raises FencedError)
+        write_id = f"{lease.token if lease else 0}.{self._writes}"
+        replies = await self.call_fenced(partition, self._fenced, [streams.written(self.group, partition)],
+                                         [write_id, _packb(packed)])
         await self.replicated()
-        return replies
+        return None if replies is None else list(replies)
 
     async def replicated(self) -> None:
         """Return once the replicas ``replication`` asks for hold every write made so far (``shared.durability``;

@@ -262,6 +262,12 @@ def part_alerts(partition: int) -> str:
     return f"{_part(partition)}:alerts"
 
 
+def written(group: str, partition: int) -> str:
+    """String: the id of the last fenced write (``Ownership.fenced``) of ``group``'s owner of ``partition``: a write
+    retried after its connection failed, whose first attempt ran, is recognised and not run twice."""
+    return f"{_part(partition)}:written:{group}"
+
+
 def part_state(partition: int, group: str) -> str:
     """Hash: what the owner of ``partition`` in ``group`` needs to resume: offsets (the last entry id processed of
     each input stream) and per-pair state, written in the same fenced script as its outputs."""

@@ -9,6 +9,8 @@ import pytest
 from shared import streams
 from shared.ownership import PREVIOUS, FencedError, Lease, Ownership
 from shared.partitions import partition_of, tag
+from shared.redisconn import connect
+from tests.integration.market_feed.faults import ReplyCutter
 
 PARTITIONS = 16
 
@@ -122,3 +124,26 @@ async def test_a_busy_owner_keeps_its_leases_a_taken_over_one_is_fenced(client) 
     with pytest.raises(FencedError):
         await a.fenced(3, [("INCR", key)])
     assert await b.fenced(3, [("INCR", key)]) == [6]
+
+
+async def test_a_fenced_write_whose_reply_was_lost_runs_once_when_the_client_sends_it_again(redis_server) -> None:
+    """The connection fails after Redis ran the write and before its reply came: the client sends the call again on
+    a new connection (as it does for a reused connection that failed), and the write must not run twice (a builder's
+    candles XADDed twice)."""
+    async with ReplyCutter(redis_server.port) as cutter:
+        via_cutter, direct = connect(cutter.url), connect(redis_server.url)
+        a = Ownership(via_cutter, "svc", "a", PARTITIONS, ttl_ms=3000)
+        try:
+            await direct.flushall()
+            await a.balance(now_ms=1_000)
+            key = f"sentinel:{tag(3)}:probe"
+            assert await a.fenced(3, [("INCR", key)]) == [1]  # (the next call reuses this connection)
+            await cutter.cut_next_reply(b"EVALSHA")
+            assert await a.fenced(3, [("INCR", key)]) is None  # sent again; recognised as done
+            assert cutter.cut == 1
+            assert await direct.get(key) == b"2"
+            assert await a.fenced(3, [("INCR", key)]) == [3]  # the next write is a new one
+        finally:
+            await a.leave()
+            await via_cutter.aclose()
+            await direct.aclose()

@@ -32,6 +32,7 @@ from redis.asyncio.cluster import RedisCluster
 from services.alert_engine.core import AlertEngine, Fire
 from services.alert_engine.settings import Settings
 from shared import metrics, streams
+from shared.logs import LineBudget
 from shared.ownership import Ownership, fenced_script
 from shared.partitions import partition_of
 from shared.resp import RespClient, Script
@@ -70,6 +71,7 @@ class AlertCommit:
         self.published = 0
         self.suppressed = 0
         self.duplicates = 0
+        self.log_budget = LineBudget(logger, "alerts")  # (a whole market's bar boundary must not flood the log)
 
     def partition(self, exchange: str, symbol: str) -> int:
         """The partition an alert of (exchange, symbol) is committed in."""
@@ -194,8 +196,9 @@ class AlertCommit:
             if answer == 1:
                 self.published += 1
                 metrics.ALERTS_FIRED.labels(f.alert.rule, f.alert.severity, f.alert.state).inc()
-                logger.info("alert %s %s %s %s: %s", f.alert.rule, f.alert.symbol, f.alert.timeframe,
-                            f.alert.state, f.alert.message)
+                if self.log_budget.allow():
+                    logger.info("alert %s %s %s %s: %s", f.alert.rule, f.alert.symbol, f.alert.timeframe,
+                                f.alert.state, f.alert.message)
             elif answer == 0:
                 self.duplicates += 1
             else:

@@ -68,7 +68,8 @@ class Settings(ServiceSettings):
     # ---- simulated
     sim_symbols: list[str] = Field(default_factory=lambda: ["BTC/USDT", "ETH/USDT"])
     sim_seed: int = 42
-    sim_duration_s: float | None = Field(default=1800.0, description="simulated seconds; null = run until stopped")
+    sim_duration_s: float | None = Field(default=1800.0, description="simulated seconds; null (in the environment "
+                                         "also 'unbounded') = run until stopped")
     sim_minutes: float | None = Field(default=None, gt=0, description="shorthand: sim_duration_s = minutes × 60")
     sim_start_ms: int = Field(default=1_704_067_200_000, description="exchange time of the first simulated trade")
     ticker_every_ms: int = Field(default=1_000, ge=10, description="simulated tickers: exchange-time interval")
@@ -102,6 +103,14 @@ class Settings(ServiceSettings):
         if twice:
             raise ValueError(f"exchange names must be unique: {', '.join(map(repr, twice))} more than once; give "
                              "entries that share a ccxt id each their own name")
+        return value
+
+    @field_validator("sim_duration_s", mode="before")
+    @classmethod
+    def _unbounded(cls, value: Any) -> Any:
+        """The environment has no null: SENTINEL_SIM_DURATION_S=unbounded (or null, none) runs until stopped."""
+        if isinstance(value, str) and value.strip().lower() in ("unbounded", "null", "none"):
+            return None
         return value
 
     def resolved_exchange(self) -> str:

@@ -61,6 +61,20 @@ def test_compose_services_match_the_cli():
     assert "ENTRYPOINT [\"sentinel\"]" in (REPO / "Dockerfile").read_text()
 
 
+def test_compose_market_feed_without_settings_runs_the_simulated_market_in_real_time_until_stopped(monkeypatch):
+    """As ``sentinel up`` does: the default (30 simulated minutes as fast as possible) ended at once, the container
+    restarted, resumed after its last trade and ended again, and the dashboard stood still."""
+    from services.market_feed.settings import Settings
+
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    for key, value in compose["services"]["market_feed"]["environment"].items():
+        if key.startswith("SENTINEL_"):  # ${VAR:-default} with nothing in the environment: the default
+            monkeypatch.setenv(key, re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value)))
+    monkeypatch.delenv("SENTINEL_CONFIG", raising=False)
+    settings = Settings.load()
+    assert settings.mode == "simulated" and settings.speed == 1.0 and settings.sim_duration_s is None
+
+
 def test_docker_compose_config_accepts_the_file():
     docker = shutil.which("docker")
     if not docker or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:

@@ -5,7 +5,8 @@ public hiredis APIs).
 Why: a worker's XREAD is on the path of every trade, candle and book update, its commit on the path of every alert.
 Through redis-py's asyncio client one call cost ~110-150 µs of CPU here (pool checkout, retry wrapper, a task per
 send for its socket timeout, the stream reader, the response callback); through this client ~25-30 µs, for the same
-bytes on the wire (``bench/bench_alerts.py --reference``, ``bench/bench_book_alerts.py --reference``;
+bytes on the wire (a call's timeout is checked by one timer per connection, ``WATCH_EVERY_S``: a timer per call,
+``asyncio.timeout``, had cost as much as the rest of the call) (``bench/bench_alerts.py --reference``, ``bench/bench_book_alerts.py --reference``;
 ``tests/integration/test_resp.py`` compares the replies with redis-py's).
 
 What it serves: one server reached by plain TCP or a Unix socket, with the URL's user, password and database
@@ -34,6 +35,8 @@ from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 
 #: How long a connect, or a reply beyond a command's own BLOCK, may take (redis-py's default socket timeout).
 SOCKET_TIMEOUT_S = 5.0
+#: How often a connection waiting for a reply checks whether it is late (a late reply fails up to this much later).
+WATCH_EVERY_S = 0.25
 
 
 class _Link(asyncio.Protocol):
@@ -41,9 +44,10 @@ class _Link(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.reader = hiredis.Reader(replyError=redis_errors.ResponseError)
-        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.waiting: deque[tuple[asyncio.Future[Any], float, float]] = deque()  # (reply, loop time due by, timeout)
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self._watch: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -58,7 +62,7 @@ class _Link(asyncio.Protocol):
                 return
             if reply is False:
                 return
-            fut = self.waiting.popleft()
+            fut, _, _ = self.waiting.popleft()
             if not fut.done():
                 fut.set_result(reply)
 
@@ -69,21 +73,41 @@ class _Link(asyncio.Protocol):
     def _fail(self, error: Exception) -> None:
         self.close()
         while self.waiting:
-            fut = self.waiting.popleft()
+            fut, _, _ = self.waiting.popleft()
             if not fut.done():
                 fut.set_exception(error)
 
-    def request(self, packed: bytes) -> asyncio.Future[Any]:
-        fut = asyncio.get_running_loop().create_future()
+    def request(self, packed: bytes, timeout_s: float) -> asyncio.Future[Any]:
+        """The reply to ``packed``; ``TimeoutError`` (and the connection closed) if none came within ``timeout_s``
+        (checked every ``WATCH_EVERY_S``: one timer per connection, not one per call, which cost as much CPU as the
+        rest of a call)."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         if self.closed or self.transport is None:
             fut.set_exception(redis_errors.ConnectionError("connection to Redis closed"))
             return fut
-        self.waiting.append(fut)
+        self.waiting.append((fut, loop.time() + timeout_s, timeout_s))
+        if self._watch is None:
+            self._watch = loop.call_later(WATCH_EVERY_S, self._check)
         self.transport.write(packed)
         return fut
 
+    def _check(self) -> None:
+        self._watch = None
+        if self.closed or not self.waiting:
+            return
+        loop = asyncio.get_running_loop()
+        _, due, timeout_s = self.waiting[0]  # (replies come in order: the oldest request is the one late)
+        if loop.time() >= due:
+            self._fail(redis_errors.TimeoutError(f"no reply from Redis within {timeout_s:.1f}s"))
+            return
+        self._watch = loop.call_later(WATCH_EVERY_S, self._check)
+
     def close(self) -> None:
         self.closed = True
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         if self.transport is not None:
             self.transport.close()
 
@@ -157,14 +181,9 @@ class RespClient:
 
     async def _call(self, link: _Link, packed: bytes, block_s: float) -> Any:
         try:
-            async with asyncio.timeout(self.socket_timeout + block_s):
-                return await link.request(packed)
-        except TimeoutError:
-            link.close()
-            raise redis_errors.TimeoutError(f"no reply from Redis within {self.socket_timeout + block_s:.1f}s") \
-                from None
-        except BaseException:  # (cancelled, or the connection failed: a reply may still come, to nobody)
-            link.close()
+            return await link.request(packed, self.socket_timeout + block_s)
+        except BaseException:  # (no reply in time, cancelled, or the connection failed: a reply may still come,
+            link.close()       # to nobody)
             raise
 
     async def _take(self, *, fresh: bool = False) -> tuple[_Link, bool]:
@@ -188,9 +207,9 @@ class RespClient:
                         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
                 if self.password is not None:
                     auth = ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)
-                    _check(await link.request(_pack(*auth)))
+                    _check(await link.request(_pack(*auth), self.socket_timeout))
                 if self.db:
-                    _check(await link.request(_pack("SELECT", self.db)))
+                    _check(await link.request(_pack("SELECT", self.db), self.socket_timeout))
             return link
         except BaseException as exc:
             if link is not None:

@@ -144,9 +144,12 @@ async def test_a_server_that_never_answers_times_out():
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     client = RespClient(host="127.0.0.1", port=port, socket_timeout=0.2)
+    loop = asyncio.get_running_loop()
     try:
-        with pytest.raises(redis_errors.TimeoutError):
+        started = loop.time()
+        with pytest.raises(redis_errors.TimeoutError, match=r"within 0\.3s"):
             await client.xread({"s": "0-0"}, count=1, block=100)
+        assert loop.time() - started >= 0.3  # not before the socket timeout plus the BLOCK
     finally:
         await client.aclose()
         server.close()

@@ -5,9 +5,9 @@ public hiredis APIs).
 Why: a worker's XREAD is on the path of every trade, candle and book update, its commit on the path of every alert.
 Through redis-py's asyncio client one call cost ~110-150 µs of CPU here (pool checkout, retry wrapper, a task per
 send for its socket timeout, the stream reader, the response callback); through this client ~25-30 µs, for the same
-bytes on the wire (a call's timeout is checked by one timer per connection, ``WATCH_EVERY_S``: a timer per call,
-``asyncio.timeout``, had cost as much as the rest of the call) (``bench/bench_alerts.py --reference``, ``bench/bench_book_alerts.py --reference``;
-``tests/integration/test_resp.py`` compares the replies with redis-py's).
+bytes on the wire (``bench/bench_alerts.py --reference``, ``bench/bench_book_alerts.py --reference``;
+``tests/integration/test_resp.py`` compares the replies with redis-py's). A call's deadline is checked by one timer
+per connection (``WATCH_EVERY_S``): an ``asyncio.timeout`` per call cost as much as the rest of the call.
 
 What it serves: one server reached by plain TCP or a Unix socket, with the URL's user, password and database
 (``RespClient.of``). Anything else (TLS, a Redis Cluster, a master found through Sentinel, a credential provider)

@@ -86,6 +86,13 @@ def notify_sent(alert_id: str, target: str) -> str:
     return f"{PREFIX}:notify:sent:{alert_id}:{target}"
 
 
+def notify_group(first_alert_id: str, target: str) -> str:
+    """String: the alert ids (space-separated) of the group a notifier sends to ``target`` starting with
+    ``first_alert_id``, written before the send: after a crash the group re-forms with the same alerts (and the same
+    Idempotency-Key) even if more alerts have come."""
+    return f"{PREFIX}:notify:group:{first_alert_id}:{target}"
+
+
 def heartbeat(service: str) -> str:
     """Hash: a service's heartbeat (ts) and its status fields."""
     return f"{PREFIX}:heartbeat:{service}"

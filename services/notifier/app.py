@@ -27,8 +27,9 @@ burst, one alert per message) measured 16 raw repeats in 60 kills (0.27 per kill
 0 in 18 kills. SIGTERM never repeats
 (in-flight sends finish within the grace period). It is closed where the receiver cooperates:
 - JSON webhooks carry ``Idempotency-Key`` (a hash of target and the group's alert ids: stable across retries and
-  restarts for ``max_group=1``; for larger groups the first unrecorded group re-forms identically unless new alerts
-  join it) and every alert's deterministic ``id`` in the body, so a receiver that dedups on either sees exactly once;
+  restarts; a group's ids are written before it is sent, so the group in flight at a crash re-forms with the same
+  alerts even when new ones have come, ``_planned``) and every alert's deterministic ``id`` in the body, so a
+  receiver that dedups on either sees exactly once;
 - the JSONL file: the restarted target reads the ids in its file's tail and skips those (and drops a torn last line);
 - console lines and Apprise services (Telegram, e-mail, …) have no such hook: a kill mid-send can repeat one message.
 A killed notifier never loses an alert: unacked alerts stay pending in the group.
@@ -291,6 +292,9 @@ class NotifierApp:
         # (on a Redis Cluster the records are in many slots: read one slot at a time)
         states = await (self.redis.mget_nonatomic(keys) if isinstance(self.redis, RedisCluster) else
                         self.redis.mget(keys))
+        planned = await self._planned(target, head, states, size) if target.remote and size > 1 else None
+        if planned is not None:
+            size = len(planned)
         todo: dict[str, Alert] = {}
         settled = 0
         for job, state in zip(head, states):
@@ -303,9 +307,30 @@ class NotifierApp:
             settled += 1
         if todo:
             group = list(todo.values())
+            if target.remote and size > 1 and planned != list(todo):  # (a group re-formed as planned: planned)
+                await self.redis.set(streams.notify_group(group[0].id, target.name), " ".join(todo),
+                                     ex=self.settings.sent_ttl_s)
             state, attempts, reason = await self._send_group(target, group)
             await self._record_once_redis_is_back(target.name, group, state, attempts, reason)
         return head[:settled]
+
+    async def _planned(self, target: Target, head: list[_Job], states: list[Any], size: int) -> list[str] | None:
+        """The alert ids of the group planned before a crash, if the alerts not recorded yet start with it.
+
+        A group's ids are written (``streams.notify_group``, by its first alert) before it is sent. A notifier
+        killed during the send re-reads those alerts, and more may have come meanwhile: the group would re-form
+        bigger, under another Idempotency-Key, and a receiver honouring the key would take its first alerts twice.
+        So the first unrecorded alert's plan, when the unrecorded alerts begin with exactly its ids, sets the group
+        again. (Split between two replicas by a claim, the plan's alerts are not all here: a new group then.)"""
+        unrecorded: list[str] = []
+        for job, state in zip(head, states):
+            if state is None and job.alert.id not in unrecorded:
+                unrecorded.append(job.alert.id)
+        if not unrecorded:
+            return None
+        raw = await self.redis.get(streams.notify_group(unrecorded[0], target.name))
+        ids = raw.decode().split() if raw else []
+        return ids if ids and len(ids) <= size and unrecorded[:len(ids)] == ids else None
 
     async def _record_once_redis_is_back(self, target: str, group: Sequence[Alert], state: bytes, attempts: int,
                                          reason: str) -> None:

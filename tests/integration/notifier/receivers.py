@@ -22,6 +22,7 @@ class WebhookReceiver:
     requests: list[dict] = field(default_factory=list)  # {"t", "status", "body", "headers"}
     port: int = 0
     delay: float = 0.0  # seconds spent before answering (before the request counts as received)
+    arrived: int = 0  # requests come in, answered or not yet
     _accepted: set[str] = field(default_factory=set)
 
     @property
@@ -39,6 +40,7 @@ class WebhookReceiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         raw = await request.read()
+        self.arrived += 1
         if self.delay:
             await asyncio.sleep(self.delay)
         status, headers = self.script.pop(0) if self.script else (200, {})

@@ -91,11 +91,17 @@ async def test_two_replicas_one_killed_deliver_every_alert_once(target, tmp_path
             moved_after = time.monotonic() - killed_at
             print(f"{'cluster' if cluster else 'single'}: every alert delivered {moved_after:.1f} s after the kill")
 
-            # /health names the dead replica, the live one is ok
-            api = create_app(ApiSettings(redis_url=url, services=["notifier"], heartbeat_max_age_s=2.0), client)
+            # /health names the dead replica (once its last beat is older than the limit), the live one is ok. The
+            # limit is twice the beat interval (2 s): at the interval itself a beat a little late read as down.
+            api = create_app(ApiSettings(redis_url=url, services=["notifier"], heartbeat_max_age_s=4.0), client)
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://api") as http:
-                body = (await http.get("/health")).json()
-            notifier = body["services"]["notifier"]
+                async with asyncio.timeout(15):
+                    while True:
+                        body = (await http.get("/health")).json()
+                        notifier = body["services"]["notifier"]
+                        if notifier["replicas"]["notifier-a"]["status"] == "dead":
+                            break
+                        await asyncio.sleep(0.2)
             assert notifier["status"] == "ok" and notifier["live"] == 1
             assert notifier["replicas"]["notifier-a"]["status"] == "dead"
             assert notifier["replicas"]["notifier-b"]["status"] == "ok"

@@ -276,12 +276,14 @@ def engines_open(app: Any) -> bool:
 
 
 def py_spy(path: str | None) -> subprocess.Popen[bytes] | None:
-    """py-spy recording this process into ``path`` (speedscope JSON) until ``stop_py_spy``; None without a path."""
+    """py-spy recording this process into ``path`` (speedscope JSON) until ``stop_py_spy``; None without a path.
+    ``BENCH_PYSPY_RATE``: samples per second (250 by default; 1000 for finer profiles, at more overhead)."""
     if not path:
         return None
     spy = Path(sys.executable).with_name("py-spy")
-    return subprocess.Popen([str(spy) if spy.exists() else "py-spy", "record", "--pid", str(os.getpid()), "--rate", "250", "--format",
-                             "speedscope", "--output", path, "--nonblocking"], stdout=subprocess.DEVNULL,
+    rate = os.environ.get("BENCH_PYSPY_RATE", "250")
+    return subprocess.Popen([str(spy) if spy.exists() else "py-spy", "record", "--pid", str(os.getpid()), "--rate", rate,
+                             "--format", "speedscope", "--output", path, "--nonblocking"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 
 

@@ -182,8 +182,9 @@ class RespClient:
     async def _call(self, link: _Link, packed: bytes, block_s: float) -> Any:
         try:
             return await link.request(packed, self.socket_timeout + block_s)
-        except BaseException:  # (no reply in time, cancelled, or the connection failed: a reply may still come,
-            link.close()       # to nobody)
+        except BaseException:
+            # no reply in time, cancelled, or the connection failed: a reply may still come, to nobody
+            link.close()
             raise
 
     async def _take(self, *, fresh: bool = False) -> tuple[_Link, bool]:
@@ -239,6 +240,7 @@ class Script:
             return await self.small.execute("EVALSHA", self.script.sha, len(keys), *keys, *args)
         except redis_errors.NoScriptError:
             return await self.small.execute("EVAL", self.text, len(keys), *keys, *args)
+
 
 def _pack(*args: Any) -> bytes:
     packed: bytes = hiredis.pack_command(args)

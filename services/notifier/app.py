@@ -292,9 +292,13 @@ class NotifierApp:
         # (on a Redis Cluster the records are in many slots: read one slot at a time)
         states = await (self.redis.mget_nonatomic(keys) if isinstance(self.redis, RedisCluster) else
                         self.redis.mget(keys))
-        planned = await self._planned(target, head, states, size) if target.remote and size > 1 else None
-        if planned is not None:
-            size = len(planned)
+        grouped = target.remote and size > 1  # (a group of one has a stable key: nothing to plan)
+        planned = None
+        if grouped:
+            unrecorded = list(dict.fromkeys(job.alert.id for job, state in zip(head, states) if state is None))
+            planned = await self._planned(target.name, unrecorded, size)
+            if planned is not None:
+                size = len(planned)
         todo: dict[str, Alert] = {}
         settled = 0
         for job, state in zip(head, states):
@@ -307,28 +311,25 @@ class NotifierApp:
             settled += 1
         if todo:
             group = list(todo.values())
-            if target.remote and size > 1 and planned != list(todo):  # (a group re-formed as planned: planned)
+            if grouped and planned != list(todo):  # (a group re-formed as planned is planned already)
                 await self.redis.set(streams.notify_group(group[0].id, target.name), " ".join(todo),
                                      ex=self.settings.sent_ttl_s)
             state, attempts, reason = await self._send_group(target, group)
             await self._record_once_redis_is_back(target.name, group, state, attempts, reason)
         return head[:settled]
 
-    async def _planned(self, target: Target, head: list[_Job], states: list[Any], size: int) -> list[str] | None:
-        """The alert ids of the group planned before a crash, if the alerts not recorded yet start with it.
+    async def _planned(self, target: str, unrecorded: list[str], size: int) -> list[str] | None:
+        """The alert ids of the group planned before a crash, if ``unrecorded`` (the ids not recorded yet for
+        ``target``, in log order) start with it and it holds at most ``size``.
 
         A group's ids are written (``streams.notify_group``, by its first alert) before it is sent. A notifier
         killed during the send re-reads those alerts, and more may have come meanwhile: the group would re-form
         bigger, under another Idempotency-Key, and a receiver honouring the key would take its first alerts twice.
         So the first unrecorded alert's plan, when the unrecorded alerts begin with exactly its ids, sets the group
         again. (Split between two replicas by a claim, the plan's alerts are not all here: a new group then.)"""
-        unrecorded: list[str] = []
-        for job, state in zip(head, states):
-            if state is None and job.alert.id not in unrecorded:
-                unrecorded.append(job.alert.id)
         if not unrecorded:
             return None
-        raw = await self.redis.get(streams.notify_group(unrecorded[0], target.name))
+        raw = await self.redis.get(streams.notify_group(unrecorded[0], target))
         ids = raw.decode().split() if raw else []
         return ids if ids and len(ids) <= size and unrecorded[:len(ids)] == ids else None
 

@@ -431,7 +431,7 @@ def main() -> None:
         out["throughput"] = throughput(args.runs, args.bars)
     if args.only != "throughput":
         print("trade -> alert, candle_builder and alert_engine in their own processes:", flush=True)
-        out["latency"] = latencies([int(r) for r in args.rates.split(",")], args.runs, args.seconds,
+        out["latency"] = latencies([int(r) for r in args.rates.split(",") if r], args.runs, args.seconds,
                                    args.reference)
     out["load_avg_after"] = os.getloadavg()
     name = f"bench_alerts_{args.only}.json" if args.only else "bench_alerts.json"

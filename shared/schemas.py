@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from itertools import repeat
 from operator import is_ as _is
-from typing import Any, Literal, NamedTuple, Self, cast
+from typing import Any, ClassVar, Literal, NamedTuple, Self, cast
 
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -536,6 +536,13 @@ class _Message(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
     kind: str
+    #: the ``kind`` of this class' messages (its field's default), set once when the class is made
+    message_kind: ClassVar[str] = ""
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls.message_kind = cls.model_fields["kind"].default
 
     def encode(self) -> bytes:
         data = self.model_dump(mode="json")
@@ -555,9 +562,7 @@ class _Message(BaseModel):
         A flat map of this kind and version (scalars only: no float) is validated as it is, ``v`` and ``k`` ignored
         as extra keys: the same pydantic validation, without copying the map (a candle decoded in ~half the time).
         Anything else, or a map that fails validation, takes the checked way below, which says why."""
-        kind = _KINDS.get(cls)
-        if kind is None:
-            kind = _KINDS[cls] = cls.model_fields["kind"].default
+        kind = cls.message_kind
         if (type(msg) is dict and msg.get("k") == kind and msg.get("v") == SCHEMA_VERSION and "kind" not in msg
                 and set(map(type, msg.values())) <= _SCALARS):
             try:
@@ -578,7 +583,6 @@ class _Message(BaseModel):
 
 
 _SCALARS = frozenset((str, int, bool, type(None), bytes))
-_KINDS: dict[type, str] = {}  # message class -> its kind (``from_msg``)
 
 
 def _float_in(value: Any, path: str = "") -> str | None:

@@ -365,10 +365,11 @@ class CandleBuilderApp:
                 if snaps is None and self.settings.live_candles:
                     wall.append(series)
             offset = entries[-1][0]
-            wall_live = self._wall_snapshots(wall) if wall else []
-            live += wall_live
+            for series, now in self._wall_snapshots(wall) if wall else []:
+                self._queue_live_entries(commands, series, [data for _, data in now])
+                live.append((series, now))
             if live:
-                self._queue_live(commands, partition, live, written=len(live) - len(wall_live))
+                self._announce_live(commands, partition, live)
             unsaved = self._unsaved(partition, touched)
             unsaved.offset = offset
             if commands or time.monotonic() - unsaved.since >= SAVE_EVERY_S:
@@ -622,28 +623,28 @@ class CandleBuilderApp:
         ``part_live``, interleaved in the order the builder made them. Entry ids grow with the order of the XADDs
         across both streams (a script's commands run in order; Redis' clock only goes forward), which is what lets
         alert_engine evaluate both streams in one order whatever it reads at once (``PartitionEngine.step``)."""
-        stream, maxlen = streams.part_live(series.partition), self.settings.live_maxlen
         done = 0
         for pos, _, data in snaps:
             if pos > done:
                 self._queue_candles(commands, series, emitted[done:pos])
                 done = pos
-            commands.append(("XADD", stream, "MAXLEN", "~", maxlen, "*", streams.FIELD, data))
+            self._queue_live_entries(commands, series, [data])
         if done < len(emitted):
             self._queue_candles(commands, series, emitted[done:])
 
-    def _queue_live(self, commands: list[Any], partition: int,
-                    live: list[tuple[Series, list[tuple[str, bytes]]]], written: int = 0) -> None:
-        """In-progress candles: XADD to the partition's ``part_live`` (but the first ``written`` series', already
-        queued by ``_queue_in_order``), PUBLISH, and the newest of each series into its field of ``part_live_latest``,
-        in the read's fenced commit (one round trip, one slot)."""
-        stream, maxlen = streams.part_live(partition), self.settings.live_maxlen
+    def _queue_live_entries(self, commands: list[Any], series: Series, datas: list[bytes]) -> None:
+        """XADDs of in-progress candles to the series' partition's ``part_live`` (what alert_engine reads)."""
+        stream, maxlen = streams.part_live(series.partition), self.settings.live_maxlen
+        commands.extend(("XADD", stream, "MAXLEN", "~", maxlen, "*", streams.FIELD, data) for data in datas)
+
+    def _announce_live(self, commands: list[Any], partition: int,
+                       live: list[tuple[Series, list[tuple[str, bytes]]]]) -> None:
+        """In-progress candles already queued to ``part_live``, for the live views: PUBLISH, and the newest of each
+        series into its field of ``part_live_latest``, in the read's fenced commit (one round trip, one slot)."""
         latest: dict[str, bytes] = {}
-        for n, (series, snaps) in enumerate(live):
+        for series, snaps in live:
             ex, sym = series.exchange, series.symbol
             for tf, data in snaps:
-                if n >= written:
-                    commands.append(("XADD", stream, "MAXLEN", "~", maxlen, "*", streams.FIELD, data))
                 commands.append(("PUBLISH", streams.channel_candles_live(ex, sym, tf), data))
                 latest[streams.registry_member(ex, sym, tf)] = data
         if latest:

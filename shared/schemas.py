@@ -104,6 +104,30 @@ class TradeText(NamedTuple):
     is_buy: bool
 
 
+class TextColumns:
+    """Trades of one symbol in file order as columns, as a recording holds them (``shared.trade_blocks``): ids, ms
+    timestamps, prices and amounts as their exact text (like ``TradeText``), sides 1 (the taker bought) or 0. A replay
+    batches and publishes them as slices (``encode_trades`` writes the columns as they are), no object per trade."""
+
+    __slots__ = ("ids", "tss", "prices", "amounts", "sides")
+
+    def __init__(self, ids: list[Any], tss: list[int], prices: list[str], amounts: list[str], sides: list[int]) -> None:
+        self.ids, self.tss, self.prices, self.amounts, self.sides = ids, tss, prices, amounts, sides
+
+    def __len__(self) -> int:
+        return len(self.tss)
+
+    def __getitem__(self, i: int) -> TradeText:
+        return TradeText(self.ids[i], self.tss[i], self.prices[i], self.amounts[i], self.sides[i] == 1)
+
+    def __iter__(self) -> Iterator[TradeText]:
+        return map(TradeText, self.ids, self.tss, self.prices, self.amounts, map((1).__eq__, self.sides))
+
+    def slice(self, start: int, end: int) -> TextColumns:
+        return TextColumns(self.ids[start:end], self.tss[start:end], self.prices[start:end],
+                           self.amounts[start:end], self.sides[start:end])
+
+
 def decimal_text(text: str) -> str | None:
     """``text`` if it is a plain positive decimal (ASCII digits with at most one point, not all zeros:
     ``"61837.63000000"``, ``"0.02"``, ``"5"``), else None: anything else (a sign, an exponent, spaces, NaN) is for
@@ -121,7 +145,7 @@ class TradeBatch:
 
     exchange: str
     symbol: str
-    trades: list[Trade] | TradeColumns | list[TradeText]
+    trades: list[Trade] | TradeColumns | list[TradeText] | TextColumns
 
 
 @dataclass(slots=True)
@@ -151,10 +175,15 @@ FeedMessage = TradeBatch | GapMarker | Watermark
 COLUMNS_FROM = 8
 
 
-def encode_trades(exchange: str, symbol: str, trades: list[Trade] | list[TradeText] | list[tuple[Any, ...]]) -> bytes:
-    """Encode a batch of trades (Trade, TradeText or equivalent tuples) for the trades stream: prices and amounts as
-    decimal text (a TradeText's text as it is). A batch of ``COLUMNS_FROM`` trades or more is written as columns
-    (``c``: ids, timestamps, prices, amounts, sides), a smaller one as rows (``t``)."""
+def encode_trades(exchange: str, symbol: str,
+                  trades: list[Trade] | list[TradeText] | list[tuple[Any, ...]] | TextColumns) -> bytes:
+    """Encode a batch of trades (Trade, TradeText or equivalent tuples, or ``TextColumns``) for the trades stream:
+    prices and amounts as decimal text (a TradeText's text as it is). A batch of ``COLUMNS_FROM`` trades or more is
+    written as columns (``c``: ids, timestamps, prices, amounts, sides; ``TextColumns`` as they are), a smaller one
+    as rows (``t``)."""
+    if type(trades) is TextColumns and len(trades) >= COLUMNS_FROM:
+        cols: Any = (trades.ids, trades.tss, trades.prices, trades.amounts, trades.sides)
+        return _packb({"v": SCHEMA_VERSION, "k": "trades", "x": exchange, "s": symbol, "c": cols})
     if len(trades) >= COLUMNS_FROM:
         ids, tss, prices, amounts, sides = zip(*trades)
         cols = (ids, tss, list(map(str, prices)), list(map(str, amounts)), [1 if b else 0 for b in sides])

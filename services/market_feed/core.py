@@ -16,12 +16,15 @@ Events come out in the order they must be published: a symbol's batch always pre
 
 from __future__ import annotations
 
+import operator
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Iterable
+from itertools import islice
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.schemas import Trade, TradeBatch, TradeText, Watermark
+from shared.schemas import TextColumns, Trade, TradeBatch, TradeText, Watermark
 
 
 @dataclass(slots=True)
@@ -143,6 +146,69 @@ class FeedCore:
         self.accepted += 1
         return out
 
+    def push_block(self, symbol: str, block: TextColumns) -> list[Event]:
+        """``push`` of every trade of ``block`` in turn, the same events out, found by bisecting its timestamps
+        (watermark and tick times, batch windows) and cutting its columns into ``TextColumns`` batches: no Python
+        step per trade. A block whose ids are not increasing integers, or whose times go back, takes ``push``."""
+        state = self.symbols.get(symbol)
+        if state is None:
+            raise KeyError(f"unknown symbol {symbol!r} for {self.exchange}")
+        ids, tss, n = block.ids, block.tss, len(block)
+        dedup = state.dedup
+        if not n or not _in_order(ids, tss) or (self.clock is not None and tss[0] < self.clock):
+            return [event for trade in block for event in self.push(symbol, trade)]
+        first = 0 if dedup.last_id is None else bisect_right(ids, dedup.last_id)  # ids published already: dropped
+        dedup.dropped += first
+        if first == n:
+            return []
+        out = self.advance(tss[first])  # the first trade as ``push`` takes it (it may start the clock)
+        head, start = state.batch, first  # the batch pending: ``head`` (trades pushed before) + block[start:i]
+        state.batch = []
+        if head and (len(head) >= self.batch_size or tss[first] - head[0][1] > self.window_ms):
+            out.append(TradeBatch(self.exchange, symbol, head))
+            head = []
+        i = first + 1
+        while i < n:
+            window_end = bisect_right(tss, (head[0][1] if head else tss[start]) + self.window_ms, i, n)
+            cut = min(start + self.batch_size - len(head), window_end)
+            next_mark, next_tick = self._next_watermark, self._next_tick
+            mark = bisect_right(tss, next_mark, i, n) if next_mark is not None else n  # first ts - 1 >= next_mark
+            tick = bisect_left(tss, next_tick, i, n) if next_tick is not None and self.ticker_every_ms else n
+            p = min(cut, mark, tick)  # the next trade at which something happens: ``advance``'s events, then a cut
+            if p >= n:
+                break
+            ts = tss[p]
+            if p == tick and next_tick is not None and self.ticker_every_ms:
+                out.extend(TickEvent(s, next_tick) for s in self.symbols)
+                self._next_tick = ts - ts % self.ticker_every_ms + self.ticker_every_ms
+            if p == mark:
+                for s, st in self.symbols.items():  # ``flush``, in the symbols' order
+                    if s == symbol:
+                        out.append(self._block_batch(symbol, head, block, start, p))
+                        head, start = [], p
+                    elif st.batch:
+                        out.append(self._take(s, st))
+                out.append(Watermark(self.exchange, "", ts - 1))
+                self._next_watermark = ts - ts % self.watermark_every_ms + self.watermark_every_ms
+            elif p == cut:
+                out.append(self._block_batch(symbol, head, block, start, p))
+                head, start = [], p
+            i = p + 1
+        state.batch = head + list(block.slice(start, n))
+        self.clock = state.last_ts = tss[n - 1]
+        dedup.last_id = ids[n - 1]
+        self.accepted += n - first
+        return out
+
+    def _block_batch(self, symbol: str, head: list[Any], block: TextColumns, start: int, end: int) -> TradeBatch:
+        """The batch of ``head`` (trades pushed before) and ``block[start:end]``."""
+        part = block.slice(start, end)
+        if head:
+            ids, tss, prices, amounts, sides = (list(col) for col in zip(*head))
+            part = TextColumns(ids + part.ids, tss + part.tss, prices + part.prices, amounts + part.amounts,
+                               [1 if b else 0 for b in sides] + part.sides)
+        return TradeBatch(self.exchange, symbol, part)
+
     def advance(self, ts: int) -> list[Event]:
         """Exchange time moved to ``ts`` (a trade at ``ts`` is next): watermarks/ticks that are due, in order."""
         out: list[Event] = []
@@ -180,6 +246,12 @@ class FeedCore:
         batch = TradeBatch(self.exchange, symbol, state.batch)
         state.batch = []
         return batch
+
+
+def _in_order(ids: list[Any], tss: list[int]) -> bool:
+    """Integer ids strictly increasing and times never going back (what ``push_block``'s bisections assume)."""
+    return (set(map(type, ids)) == {int} and all(map(operator.lt, ids, islice(ids, 1, None)))
+            and all(map(operator.le, tss, islice(tss, 1, None))))
 
 
 def pace_delay(ts: int, first_ts: int, wall_start: float, now: float, speed: float) -> float:

@@ -327,10 +327,11 @@ def _values(texts: tuple[Any, ...] | list[Any], what: str, ids: tuple[Any, ...] 
     return got
 
 
-def trade_rows(trades: list[Trade] | TradeColumns | list[TradeText]
+def trade_rows(trades: list[Trade] | TradeColumns | list[TradeText] | TextColumns
                ) -> Iterable[tuple[Any, int, Decimal, Decimal, Any]]:
     """The trades of a ``TradeBatch`` as ``(id, ts, price, amount, taker_is_buy)`` rows with Decimal values, the
-    cheapest way there is (a batch of ``TradeText`` handed over without Redis, as tests do, is converted)."""
+    cheapest way there is (a batch of ``TradeText`` or ``TextColumns`` handed over without Redis, as tests do, is
+    converted)."""
     if type(trades) is TradeColumns:
         return trades.rows()
     if trades and type(trades[0]) is TradeText:

@@ -32,6 +32,7 @@ from shared.recordings import TradeFileError, detect_layout, read_trade_texts
 from shared.schemas import TextColumns, TradeText
 
 BLOCK_BYTES = 4 << 20  # ~80k trades a block: few Python steps per file, bounded memory
+SMALL_BYTES = 16 << 10  # a smaller file (~300 trades) is read row by row: pyarrow's set-up costs more than it saves
 _US_THRESHOLD = 10**14  # as shared.recordings: a time at or above it is in µs
 # a plain decimal, digits on both sides of its point if it has one, not zero (what ``decimal_text`` keeps as it is)
 _POSITIVE = r"^(?:[0-9]*[1-9][0-9]*(?:\.[0-9]+)?|[0-9]+\.[0-9]*[1-9][0-9]*)$"
@@ -44,8 +45,11 @@ class _Unsure(Exception):
 
 def read_trade_blocks(path: str | Path) -> Iterator[TextColumns | TradeText]:
     """The trades of a recording in file order: ``TextColumns`` blocks where the columnar checks pass, ``TradeText``
-    (from ``read_trade_texts``, which names any bad row) from the first block they do not."""
+    (from ``read_trade_texts``, which names any bad row) from the first block they do not, and for a small file."""
     path = Path(path)
+    if path.is_file() and path.stat().st_size < SMALL_BYTES:
+        yield from read_trade_texts(path)
+        return
     done = 0  # trades yielded as blocks
     try:
         for block in _blocks(path):

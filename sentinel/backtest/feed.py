@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sentinel.backtest.inputs import Input, InputError, trades_by_exchange
+from sentinel.backtest.inputs import Input, InputError, Item, trades_by_exchange
 from shared.errors import SentinelError
-from shared.schemas import TradeText
+from shared.schemas import TextColumns
 
 
 @dataclass
@@ -29,22 +29,30 @@ class Spans:
 
     seen: dict[tuple[Path, str, str], list[int]] = field(default_factory=dict)
 
-    def track(self, path: Path, exchange: str, trades: Iterator[tuple[str, TradeText]]) -> Iterator[tuple[str, TradeText]]:
-        """``trades`` passed through, noting the first and last trade of every run of one symbol."""
-        last: tuple[str, TradeText] | None = None
+    def track(self, path: Path, exchange: str, trades: Iterator[Item]) -> Iterator[Item]:
+        """``trades`` (trades or blocks of trades) passed through, noting the first and last trade of every run of one
+        symbol."""
+        symbol: str | None = None
+        last_ts = 0
         for item in trades:
-            if last is None or item[0] != last[0]:
-                if last is not None:
-                    self._note(path, exchange, last)
-                self._note(path, exchange, item)
-            last = item
+            trade = item[1]
+            if type(trade) is TextColumns:
+                first, last = trade.tss[0], trade.tss[-1]
+            else:
+                first = last = trade.ts  # type: ignore[union-attr]
+            if item[0] != symbol:
+                if symbol is not None:
+                    self._note(path, exchange, symbol, last_ts)
+                symbol = item[0]
+                self._note(path, exchange, symbol, first)
+            last_ts = last
             yield item
-        if last is not None:
-            self._note(path, exchange, last)
+        if symbol is not None:
+            self._note(path, exchange, symbol, last_ts)
 
-    def _note(self, path: Path, exchange: str, item: tuple[str, TradeText]) -> None:
-        span = self.seen.setdefault((path, exchange, item[0]), [item[1].ts, item[1].ts])
-        span[0], span[1] = min(span[0], item[1].ts), max(span[1], item[1].ts)
+    def _note(self, path: Path, exchange: str, symbol: str, ts: int) -> None:
+        span = self.seen.setdefault((path, exchange, symbol), [ts, ts])
+        span[0], span[1] = min(span[0], ts), max(span[1], ts)
 
 
 class FeedProcess:

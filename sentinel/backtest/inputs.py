@@ -18,17 +18,21 @@ import csv
 import gzip
 import heapq
 import io
+import itertools
+import operator
 import zipfile
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from itertools import repeat
+from itertools import islice, repeat
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from shared.errors import SentinelError
-from shared.recordings import TradeFileError, detect_layout, guess_exchange, guess_symbol, read_trade_texts
-from shared.schemas import TradeText, decimal_text
+from shared.recordings import TradeFileError, detect_layout, guess_exchange, guess_symbol
+from shared.schemas import TextColumns, TradeText, decimal_text
+from shared.trade_blocks import read_trade_blocks
 
 SUFFIXES = (".csv", ".csv.gz", ".zip")
 _US_THRESHOLD = 10**14  # ms timestamps stay below this until year 5138 (as shared.recordings)
@@ -84,34 +88,86 @@ def _describe(path: Path, exchange: str | None, symbol: str | None) -> Input:
 # ---- reading -------------------------------------------------------------------------------------------------------
 
 
-Track = Callable[[Path, str, Iterator[tuple[str, TradeText]]], Iterator[tuple[str, TradeText]]]
+#: ``(symbol, trade)``, or ``(symbol, block of trades of that symbol)`` (``shared.trade_blocks``)
+Item = tuple[str, TradeText | TextColumns]
+Track = Callable[[Path, str, Iterator[Item]], Iterator[Item]]
 
 
-def trades_by_exchange(inputs: list[Input], track: Track | None = None
-                       ) -> dict[str, tuple[list[str], Iterator[tuple[str, TradeText]]]]:
-    """exchange → (its symbols, its trades as ``(symbol, trade)`` in time order across its files); ``track`` sees
-    each file's trades on their way (path, exchange, trades) → trades."""
-    out: dict[str, tuple[list[str], Iterator[tuple[str, TradeText]]]] = {}
+def trades_by_exchange(inputs: list[Input], track: Track | None = None) -> dict[str, tuple[list[str], Iterator[Item]]]:
+    """exchange → (its symbols, its trades as ``(symbol, trade or block)`` in time order across its files);
+    ``track`` sees each file's trades on their way (path, exchange, trades) → trades."""
+    out: dict[str, tuple[list[str], Iterator[Item]]] = {}
     for ex in sorted({i.exchange for i in inputs} | {e for i in inputs for e, _ in i.symbols}):
         mine = [i for i in inputs if any(e == ex for e, _ in i.symbols)]
         symbols = sorted({s for i in mine for e, s in i.symbols if e == ex})
         streams = [read_input(i, ex) if track is None else track(i.path, ex, read_input(i, ex)) for i in mine]
-        merged = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=lambda st: st[1].ts)
-        out[ex] = (symbols, merged)
+        out[ex] = (symbols, streams[0] if len(streams) == 1 else merge_in_time(streams))
     return out
 
 
-def read_input(item: Input, exchange: str) -> Iterator[tuple[str, TradeText]]:
-    """The ``(symbol, trade)`` of one input that belong to ``exchange``, in file order; prices and amounts as their
-    checked text (the feed publishes it as it is: the builder parses each price once)."""
+def merge_in_time(streams: list[Iterator[Item]]) -> Iterator[Item]:
+    """``heapq.merge`` of the streams by trade time (ties: the earlier stream first): the same trades in the same
+    order, a block passed on whole, or in slices, while it runs before every other stream's next trade. Files that
+    do not overlap in time pass as their blocks; interleaved ones go mostly trade by trade."""
+    heads: dict[int, list[Any]] = {}  # stream -> [symbol, trade or block, index of its next trade, stream]
+    heap: list[tuple[int, int]] = []  # (time of the stream's next trade, stream)
+
+    def pull(n: int, stream: Iterator[Item]) -> None:
+        for symbol, trade in stream:
+            if type(trade) is TextColumns:
+                if not len(trade):
+                    continue
+                if not all(map(operator.le, trade.tss, islice(trade.tss, 1, None))):  # times going back: one by one
+                    stream = itertools.chain(zip(repeat(symbol), trade), stream)
+                    pull(n, stream)
+                    return
+                heapq.heappush(heap, (trade.tss[0], n))
+            else:
+                heapq.heappush(heap, (trade.ts, n))
+            heads[n] = [symbol, trade, 0, stream]
+            return
+
+    for n, stream in enumerate(streams):
+        pull(n, stream)
+    while heap:
+        _, n = heapq.heappop(heap)
+        head = heads[n]
+        symbol, trade, at, stream = head
+        if type(trade) is TextColumns:
+            tss, size = trade.tss, len(trade)
+            if not heap:
+                end = size
+            else:  # the trades that come before every other stream's next one
+                ts, other = heap[0]
+                end = (bisect_right if n < other else bisect_left)(tss, ts, at)
+            if end - at >= _SLICE_FROM:
+                yield symbol, trade if at == 0 and end == size else trade.slice(at, end)
+            else:
+                for i in range(at, end):
+                    yield symbol, trade[i]
+            if end < size:
+                head[2] = end
+                heapq.heappush(heap, (tss[end], n))
+                continue
+        else:
+            yield symbol, trade
+        pull(n, stream)
+
+
+_SLICE_FROM = 16  # a run of fewer trades of a block goes trade by trade (a slice costs more than it saves)
+
+
+def read_input(item: Input, exchange: str) -> Iterator[Item]:
+    """The ``(symbol, trade)`` of one input that belong to ``exchange``, in file order, or blocks of them; prices and
+    amounts as their checked text (the feed publishes it as it is: the builder parses each price once)."""
     symbol = item.symbol
     if symbol is not None:
-        trades = _read_zip(item.path) if item.path.suffix.lower() == ".zip" else read_trade_texts(item.path)
+        trades = _read_zip(item.path) if item.path.suffix.lower() == ".zip" else read_trade_blocks(item.path)
         return zip(repeat(symbol), trades)  # (no Python frame per trade: the feed process' path of every trade)
     return ((sym, trade) for ex, sym, trade in _read_symbol_column(item.path, item.exchange) if ex == exchange)
 
 
-def _read_zip(path: Path) -> Iterator[TradeText]:
+def _read_zip(path: Path) -> Iterator[TradeText | TextColumns]:
     """A Binance archive (one CSV inside), read through a temporary extraction next to nothing: the CSV reader of
     recordings takes a path, so the member is streamed to a temporary file first."""
     import tempfile
@@ -123,7 +179,7 @@ def _read_zip(path: Path) -> Iterator[TradeText]:
             while chunk := src.read(1 << 20):
                 dst.write(chunk)
         try:
-            yield from read_trade_texts(target)
+            yield from read_trade_blocks(target)
         except TradeFileError as exc:  # name the archive, not the temporary file
             raise InputError(str(exc).replace(str(target), f"{path}[{member}]")) from None
 

@@ -1,6 +1,7 @@
 """market_feed wiring: a trade source (recording, simulated market, or live exchanges) → FeedCore → Redis streams.
 
-Where a trade enters: ``readers.read_trades`` (replay), ``simulated.SimulatedMarket`` (simulated),
+Where a trade enters: ``shared.trade_blocks.read_trade_blocks`` (replay: blocks of columns at full speed, trade by
+trade when paced), ``simulated.SimulatedMarket`` (simulated),
 ``adapters.ccxt_feed`` (live). Where it leaves: ``publisher.Outbox.flush`` (XADD to ``streams.part_trades(p)`` of
 the pair's partition, only while this replica holds the partition's lease: two feeds of one source publish once).
 """
@@ -12,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
+from itertools import repeat
 from decimal import Decimal
 from typing import Any
 
@@ -28,7 +30,8 @@ from shared.partitioned import entry_id, read_offset
 from shared.partitions import partition_of
 from shared.recordings import read_trade_texts
 from shared.runtime import consumer_name, heartbeat
-from shared.schemas import Trade, TradeText
+from shared.schemas import TextColumns, Trade, TradeText
+from shared.trade_blocks import read_trade_blocks
 from shared.simulated import SimulatedMarket, quote
 
 logger = logging.getLogger(__name__)
@@ -44,10 +47,11 @@ class MarketFeedApp:
     """
 
     def __init__(self, settings: Settings, redis: Redis, *, bus: Bus | None = None,
-                 source: tuple[list[str], Iterator[tuple[str, TradeText]]] | None = None) -> None:
+                 source: tuple[list[str], Iterator[tuple[str, TradeText | TextColumns]]] | None = None) -> None:
         self.settings = settings
         # mode=replay of trades the caller reads (``sentinel backtest``: many files and symbols of this exchange, in
-        # time order) instead of ``replay_file``: (symbols, (symbol, trade) in exchange order)
+        # time order) instead of ``replay_file``: (symbols, (symbol, trade or block of one symbol's trades) in exchange
+        # order)
         self.source = source
         self.redis = redis
         self.bus = bus or Bus(redis, settings.bus_settings(settings.stream_maxlen), service="market_feed")
@@ -145,8 +149,9 @@ class MarketFeedApp:
                 path = self.settings.replay_file
                 logger.info("replaying %s as %s %s (speed %s)", path, self.exchange, symbol,
                             self.settings.speed or "max")
-                await self._run_source(stop, [symbol], lambda: ((symbol, t) for t in read_trade_texts(path)), None,
-                                       None)
+                # at full speed in blocks of columns (``shared.trade_blocks``), paced trade by trade
+                read = read_trade_blocks if not self.settings.speed > 0 else read_trade_texts
+                await self._run_source(stop, [symbol], lambda: zip(repeat(symbol), read(path)), None, None)
             elif mode == "simulated":
                 s = self.settings
                 market = SimulatedMarket(s.sim_symbols, seed=s.sim_seed, start_ms=s.sim_start_ms,
@@ -193,8 +198,8 @@ class MarketFeedApp:
         beat_stop.set()
 
     async def _run_source(self, stop: asyncio.Event, symbols: list[str],
-                          source: Callable[[], Iterator[tuple[str, Trade | TradeText]]], market: SimulatedMarket | None,
-                          end_ts: int | None) -> None:
+                          source: Callable[[], Iterator[tuple[str, Trade | TradeText | TextColumns]]],
+                          market: SimulatedMarket | None, end_ts: int | None) -> None:
         """Publish ``source()`` for the pairs whose partitions this replica holds (feed group of the exchange; in
         replay, of the replayed pair). A pass starts over (the saved last ids skip what is published) when the
         partitions held change; the source ends when a pass reached its end."""
@@ -244,9 +249,11 @@ class MarketFeedApp:
             with contextlib.suppress(Exception):
                 await ownership.leave()
 
-    async def _pass(self, stop: asyncio.Event, symbols: list[str], source: Iterator[tuple[str, Trade | TradeText]],
+    async def _pass(self, stop: asyncio.Event, symbols: list[str], source: Iterator[tuple[str, Any]],
                     market: SimulatedMarket | None, end_ts: int | None, *, resume: bool) -> None:
         s = self.settings
+        if s.speed > 0:  # paced trade by trade
+            source = _one_by_one(source)
         redis = self.redis
         retry = self.redis_retry
         ownership = self.ownership
@@ -292,23 +299,26 @@ class MarketFeedApp:
                 break
             if symbol not in serving:
                 continue
-            # Pacing starts at the first trade not published yet (a resumed replay does not wait out the exchange
-            # time of what an earlier run already published).
-            if s.speed > 0 and core.is_new(symbol, trade):
-                if first_ts is None:
-                    first_ts, wall_start = trade.ts, loop.time()
-                delay = pace_delay(trade.ts, first_ts, wall_start, loop.time(), s.speed)
-                if delay > 0.002:
-                    emit(core.flush())
-                    if not await flush():
-                        break
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=delay)
-                    if stop.is_set():
-                        break
-            emit(core.push(symbol, trade))
-            if market is not None:  # (a simulated market's trades: Decimal prices for its tickers)
-                last_price[symbol] = trade[2]
+            if type(trade) is TextColumns:  # a block of a recording's trades (replayed at full speed)
+                emit(core.push_block(symbol, trade))
+            else:
+                # Pacing starts at the first trade not published yet (a resumed replay does not wait out the
+                # exchange time of what an earlier run already published).
+                if s.speed > 0 and core.is_new(symbol, trade):
+                    if first_ts is None:
+                        first_ts, wall_start = trade.ts, loop.time()
+                    delay = pace_delay(trade.ts, first_ts, wall_start, loop.time(), s.speed)
+                    if delay > 0.002:
+                        emit(core.flush())
+                        if not await flush():
+                            break
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), timeout=delay)
+                        if stop.is_set():
+                            break
+                emit(core.push(symbol, trade))
+                if market is not None:  # (a simulated market's trades: Decimal prices for its tickers)
+                    last_price[symbol] = trade[2]
             self.exchange_time = core.clock
             if out.full:
                 if not await flush():
@@ -348,3 +358,12 @@ class MarketFeedApp:
                 if not ok or (offset is not None and entry_id(offset) >= entry_id(mark)):
                     break
                 await asyncio.sleep(0.05)
+
+
+def _one_by_one(source: Iterator[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+    """``source`` with its blocks of trades (``TextColumns``) given trade by trade."""
+    for symbol, item in source:
+        if type(item) is TextColumns:
+            yield from zip(repeat(symbol), item)
+        else:
+            yield symbol, item

@@ -12,6 +12,8 @@ Measured, each ``--repeat`` times (default 3) in turns, medians with min-max:
   bus        the bare bus baseline: a producer process parsing the CSV (``shared.recordings``), packing 200 trades per
              entry (msgpack) and publishing with pipelined XADD (``Bus.publish_many``), a consumer process reading with
              XREADGROUP, decoding and XACKing every entry, on a fresh embedded redis-server;
+  bus_columnar  the same, its producer parsing with the columnar reader sentinel's replay uses
+             (``shared.trade_blocks``: prices as text, 200-trade runs of its blocks packed as columns);
   pandas     ``read_csv`` and a one-shot resample to 1m/5m/15m/1h OHLCV (float, no rules);
   nautilus   NautilusTrader's BacktestEngine building 1m/5m/15m/1h bars from the same trades (CSV loading included), in
              its own venv (``bench/.venv-nautilus``, created with the version pinned in pyproject's ``nautilus`` extra);
@@ -173,12 +175,26 @@ def run_sentinel(inputs: Path, out: Path) -> dict[str, Any]:
             "candles_per_trade": round(candles / trades, 4) if trades else None, "cpu_s": cpu, "load_1m": load}
 
 
-def _bus_producer(url: str, files: list[str], stream_of: dict[str, str], out: Any) -> None:
+def _bus_producer(url: str, files: list[str], stream_of: dict[str, str], out: Any, columnar: bool = False) -> None:
     from shared.bus import Bus
     from shared.recordings import guess_symbol, read_trades
     from shared.runtime import connect
-    from shared.schemas import encode_trades
+    from shared.schemas import TextColumns, encode_trades
+    from shared.trade_blocks import read_trade_blocks
     import asyncio
+
+    def parsed(f: str) -> Any:
+        """Trades (``read_trades``), or with ``columnar`` runs of up to 200 of them cut from read_trade_blocks'
+        blocks (its per-trade items, if any, one by one)."""
+        if not columnar:
+            yield from read_trades(f)
+            return
+        for item in read_trade_blocks(f):
+            if type(item) is TextColumns:
+                for i in range(0, len(item), 200):
+                    yield item.slice(i, i + 200)
+            else:
+                yield item
 
     async def main() -> None:
         redis = connect(url)
@@ -189,15 +205,20 @@ def _bus_producer(url: str, files: list[str], stream_of: dict[str, str], out: An
             symbol = guess_symbol(f) or "X/Y"
             stream = stream_of[f]
             batch: list = []
-            for t in read_trades(f):
-                batch.append(t)
-                if len(batch) == 200:
+            for t in parsed(f):
+                if type(t) is TextColumns:  # (columnar: a run of trades, packed as it is)
+                    items.append((stream, encode_trades("binance", symbol, t)))
+                    n += len(t)
+                else:
+                    batch.append(t)
+                    if len(batch) < 200:
+                        continue
                     items.append((stream, encode_trades("binance", symbol, batch)))
                     n += len(batch)
                     batch = []
-                    if len(items) == 100:
-                        await bus.publish_many(items)
-                        items = []
+                if len(items) == 100:
+                    await bus.publish_many(items)
+                    items = []
             if batch:
                 items.append((stream, encode_trades("binance", symbol, batch)))
                 n += len(batch)
@@ -230,7 +251,7 @@ def _bus_consumer(url: str, stream_names: list[str], total: int, ready: Any, out
     out.put(seen)
 
 
-def run_bus(files: list[Path], total: int, tmp: Path) -> dict[str, Any]:
+def run_bus(files: list[Path], total: int, tmp: Path, columnar: bool = False) -> dict[str, Any]:
     from shared.embedded_redis import EmbeddedRedis
     from shared.recordings import guess_symbol
 
@@ -252,7 +273,8 @@ def run_bus(files: list[Path], total: int, tmp: Path) -> dict[str, Any]:
         consumer.start()
         ready.wait(30)
         start = time.perf_counter()
-        producer = ctx.Process(target=_bus_producer, args=(server.url, [str(f) for f in files], stream_of, out_p))
+        producer = ctx.Process(target=_bus_producer, args=(server.url, [str(f) for f in files], stream_of, out_p,
+                                                           columnar))
         producer.start()
         seen = out_c.get(timeout=1800)
         wall = time.perf_counter() - start
@@ -377,6 +399,7 @@ def main() -> None:
         tmp = Path(tmp_s)
         runs: dict[str, Any] = {"sentinel": lambda: run_sentinel(one, tmp / "out-one"),
                                 "bus": lambda: run_bus([one], args.trades, tmp),
+                                "bus_columnar": lambda: run_bus([one], args.trades, tmp, columnar=True),
                                 "pandas": lambda: run_pandas([one])}
         if py:
             runs["nautilus"] = lambda: run_nautilus(py, [one])

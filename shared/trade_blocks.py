@@ -55,7 +55,7 @@ def read_trade_blocks(path: str | Path) -> Iterator[TextColumns | TradeText]:
         for block in _blocks(path):
             done += len(block)
             yield block
-    except _Unsure:
+    except (_Unsure, OSError, EOFError):  # (a truncated or corrupt .gz: the row reader names the line)
         yield from islice(read_trade_texts(path), done, None)
 
 
@@ -99,7 +99,7 @@ def _parse(chunk: bytes, unit_us: bool | None) -> tuple[TextColumns, bool | None
     _check(lines[:end if end >= 0 else len(lines)].count(b",") in (5, 6))  # 6 or 7 columns (pyarrow: on every row)
     try:
         table = pacsv.read_csv(pa.py_buffer(chunk), read_options=_READ, parse_options=_PARSE, convert_options=_CONVERT)
-    except (pa.ArrowInvalid, ValueError):
+    except (pa.ArrowException, ValueError):
         raise _Unsure from None
     ids, prices, qtys, times, makers = table.columns
     _check(ids.null_count == 0 and times.null_count == 0 and makers.null_count == 0)

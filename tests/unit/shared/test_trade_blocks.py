@@ -109,6 +109,17 @@ def test_a_bad_row_deep_in_a_file_gets_the_row_readers_message(tmp_path: Path, b
     assert str(exc.value) == f"{path}:12346: {message}"
 
 
+def test_a_truncated_gzip_gets_the_row_readers_message(tmp_path: Path) -> None:
+    data = gzip.compress(shared_data(BINANCE).read_bytes())
+    path = tmp_path / "cut.csv.gz"
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(TradeFileError) as want:
+        list(read_trade_texts(path))
+    with pytest.raises(TradeFileError) as got:
+        list(read_trade_blocks(path))
+    assert str(got.value) == str(want.value) and "cannot read further" in str(got.value)
+
+
 def test_merged_files_come_in_heapq_merge_order_as_blocks_where_they_do_not_overlap(tmp_path: Path) -> None:
     lines = shared_data(BINANCE).read_text().splitlines()
     parts = []

@@ -18,7 +18,10 @@ Measured, each ``--repeat`` times (default 3) in turns, medians with min-max:
   nautilus   NautilusTrader's BacktestEngine building 1m/5m/15m/1h bars from the same trades (CSV loading included), in
              its own venv (``bench/.venv-nautilus``, created with the version pinned in pyproject's ``nautilus`` extra);
              skipped with a note when it cannot be installed.
-Each run also records the CPU seconds of every process it made (sampled from /proc every 50 ms: sentinel's main
+Rates are trades / wall seconds with each contender's start-up counted (sentinel's command, nautilus' process, the
+bus' redis-server and consumer start); beside them, start-up left out (``inner_trades_per_s``): sentinel's own
+figure from its summary line (its Redis up to the last alert), the bus from its producer's start, nautilus' CSV
+loading and engine. Each run also records the CPU seconds of every process it made (sampled from /proc every 50 ms: sentinel's main
 process (candle_builder + alert_engine), its feed process and redis-server; the bus' producer, consumer and
 redis-server) and the load average: on a shared box the CPU of the busiest process says more than the wall time.
 Writes bench/results/bench_backtest.json. Usage:
@@ -171,7 +174,10 @@ def run_sentinel(inputs: Path, out: Path) -> dict[str, Any]:
     for path in out.glob("candles_*.csv"):
         with path.open() as fh:
             candles += sum(1 for _ in fh) - 1
-    return {"seconds": wall, "trades": trades, "pipeline_seconds": float(m[2]) if m else None, "candles": candles,
+    # (its own rate, printed to the trade: the seconds beside it are rounded to a tenth)
+    r = re.search(r"\(([\d,]+) trades/s end to end\)", " ".join(stdout.split()))
+    inner = trades / int(r[1].replace(",", "")) if r and trades and int(r[1].replace(",", "")) else None
+    return {"seconds": wall, "trades": trades, "inner_seconds": inner, "candles": candles,
             "candles_per_trade": round(candles / trades, 4) if trades else None, "cpu_s": cpu, "load_1m": load}
 
 
@@ -261,6 +267,7 @@ def run_bus(files: list[Path], total: int, tmp: Path, columnar: bool = False) ->
     load = os.getloadavg()[0]
     tree = TreeCpu(os.getpid(), include_root=False)
     tree.__enter__()
+    begin = time.perf_counter()  # (its start-up counted, as sentinel's and nautilus' are: the server, the consumer)
     server = EmbeddedRedis(tmp / "redis-bus", persist=False)
     server.start()
     try:
@@ -277,11 +284,11 @@ def run_bus(files: list[Path], total: int, tmp: Path, columnar: bool = False) ->
                                                            columnar))
         producer.start()
         seen = out_c.get(timeout=1800)
-        wall = time.perf_counter() - start
+        end = time.perf_counter()
         producer.join(60)
         consumer.join(60)
         tree.__exit__()
-        return {"seconds": wall, "trades": seen, "load_1m": load,
+        return {"seconds": end - begin, "inner_seconds": end - start, "trades": seen, "load_1m": load,
                 "cpu_s": tree.by_name({producer.pid: "producer", consumer.pid: "consumer"})}
     finally:
         tree.__exit__()
@@ -364,6 +371,16 @@ def measure(name: str, runs: dict[str, Any], repeat: int) -> dict[str, Any]:
     for key in rates:
         if key != "sentinel":
             out[key]["sentinel_over_this"] = round(base / statistics.median(rates[key]), 2)
+    # start-up left out: each contender's own figure of its work (sentinel's summary line, from its Redis up to its
+    # last alert; the bus from its producer's start; nautilus' CSV loading and engine)
+    inner = {key: [r["trades"] / r["inner_seconds"] for r in extra[key] if r.get("inner_seconds")] for key in rates}
+    if inner["sentinel"]:
+        for key, values in inner.items():
+            if values:
+                out[key]["inner_trades_per_s"] = spread(values)
+                if key != "sentinel":
+                    out[key]["sentinel_over_this_inner"] = round(statistics.median(inner["sentinel"])
+                                                                 / statistics.median(values), 2)
     return out
 
 
@@ -418,6 +435,8 @@ def main() -> None:
     for part in ("one_symbol", "many_symbols"):
         if part in results:
             print(part, {k: (v["trades_per_s"], v.get("sentinel_over_this")) for k, v in results[part].items()})
+            print(f"{part}, start-up left out", {k: (v["inner_trades_per_s"], v.get("sentinel_over_this_inner"))
+                                                 for k, v in results[part].items() if "inner_trades_per_s" in v})
     print(f"wrote {path}")
 
 

@@ -95,12 +95,14 @@ class EmbeddedRedis:
         raise RedisUnavailableError(f"{self.binary} did not answer on port {self.port} within {timeout}s")
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM: redis-server flushes its AOF and exits."""
+        """SHUTDOWN (else SIGTERM): redis-server flushes its AOF and exits. The command acts at once; a SIGTERM waits
+        for the server's next cron tick (up to 100 ms at its default ``hz``), which every backtest and test paid."""
         if self.process is None:
             return
         (self.data_dir / URL_FILE).unlink(missing_ok=True)
         if self.process.poll() is None:
-            self.process.terminate()
+            if self.port is None or not _shutdown(self.port):
+                self.process.terminate()
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -138,6 +140,16 @@ def running_url(data_dir: str | Path) -> str | None:
     except (OSError, ValueError, IndexError):
         return None
     return url if _ping(port) else None
+
+
+def _shutdown(port: int) -> bool:
+    """SHUTDOWN sent (the server closes the connection as it exits; an error reply means it did not)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+            sock.sendall(b"SHUTDOWN\r\n")
+            return not sock.recv(64).startswith(b"-")
+    except OSError:
+        return False
 
 
 def _ping(port: int) -> bool:

@@ -20,13 +20,10 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import Iterator
+from functools import cache
 from itertools import islice
 from pathlib import Path
 from typing import Any
-
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
 from shared.recordings import TradeFileError, detect_layout, read_trade_texts
 from shared.schemas import TextColumns, TradeText
@@ -89,6 +86,7 @@ def _blocks(path: Path) -> Iterator[TextColumns]:
 
 def _parse(chunk: bytes, unit_us: bool | None) -> tuple[TextColumns, bool | None]:
     """One block of whole lines: its columns, and the file's time unit (as its first row set it)."""
+    pa, pc, pacsv = _pyarrow()
     # Only digits, points, commas, line ends and the letters of true/false: no sign, space, quote, hex ("0x5",
     # which pyarrow reads as 5) or other text that pyarrow and the row reader could read differently.
     _check(not chunk.translate(None, _ALLOWED) and (b"\r" not in chunk or chunk.count(b"\r") == chunk.count(b"\r\n")))
@@ -98,7 +96,8 @@ def _parse(chunk: bytes, unit_us: bool | None) -> tuple[TextColumns, bool | None
     end = lines.find(b"\n")
     _check(lines[:end if end >= 0 else len(lines)].count(b",") in (5, 6))  # 6 or 7 columns (pyarrow: on every row)
     try:
-        table = pacsv.read_csv(pa.py_buffer(chunk), read_options=_READ, parse_options=_PARSE, convert_options=_CONVERT)
+        read, parse, convert = _options()
+        table = pacsv.read_csv(pa.py_buffer(chunk), read_options=read, parse_options=parse, convert_options=convert)
     except (pa.ArrowException, ValueError):
         raise _Unsure from None
     ids, prices, qtys, times, makers = table.columns
@@ -123,9 +122,25 @@ def _check(condition: Any) -> None:
         raise _Unsure
 
 
-_READ = pacsv.ReadOptions(autogenerate_column_names=True, use_threads=False, block_size=BLOCK_BYTES * 2)
-_PARSE = pacsv.ParseOptions(quote_char=False, ignore_empty_lines=True)
-_CONVERT = pacsv.ConvertOptions(column_types={"f0": pa.int64(), "f1": pa.string(), "f2": pa.string(),
-                                              "f4": pa.int64(), "f5": pa.bool_()},
-                                include_columns=["f0", "f1", "f2", "f4", "f5"], true_values=["true"],
-                                false_values=["false"])
+@cache
+def _pyarrow() -> tuple[Any, Any, Any]:
+    """pyarrow, imported by the first file read in blocks (~0.2 s): a backtest's feed process pays it while the
+    services start beside it, and a process that never reads a large file (a live market_feed) never does."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    return pa, pc, pacsv
+
+
+@cache
+def _options() -> tuple[Any, Any, Any]:
+    """pyarrow's read, parse and convert options of a block."""
+    pa, _, pacsv = _pyarrow()
+    read = pacsv.ReadOptions(autogenerate_column_names=True, use_threads=False, block_size=BLOCK_BYTES * 2)
+    parse = pacsv.ParseOptions(quote_char=False, ignore_empty_lines=True)
+    convert = pacsv.ConvertOptions(column_types={"f0": pa.int64(), "f1": pa.string(), "f2": pa.string(),
+                                                 "f4": pa.int64(), "f5": pa.bool_()},
+                                   include_columns=["f0", "f1", "f2", "f4", "f5"], true_values=["true"],
+                                   false_values=["false"])
+    return read, parse, convert

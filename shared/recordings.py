@@ -38,7 +38,8 @@ from shared.schemas import Trade, TradeText, decimal_text
 
 BINANCE_COLUMNS = ("id", "price", "qty", "quote_qty", "time", "is_buyer_maker", "is_best_match")
 GENERIC_REQUIRED = ("timestamp", "price", "amount", "side")
-_US_THRESHOLD = 10**14  # ms timestamps stay below this until year 5138; µs timestamps of today are ~1.7e15
+#: a trade time at or above this is in µs: ms timestamps stay below it until year 5138; µs ones of today are ~1.7e15
+US_THRESHOLD = 10**14
 
 T = TypeVar("T")
 
@@ -218,8 +219,8 @@ def _read_binance(path: Path, fh: Iterator[str], as_text: bool) -> Iterator[Trad
             values.clear()
         ts = row.integer("time", cells[4].strip())
         if unit_us is None:
-            unit_us = ts >= _US_THRESHOLD
-        elif (ts >= _US_THRESHOLD) != unit_us:
+            unit_us = ts >= US_THRESHOLD
+        elif (ts >= US_THRESHOLD) != unit_us:
             raise row.fail("time", cells[4], "the same unit as the file's first row "
                                              f"({'µs' if unit_us else 'ms'})")
         if unit_us:
@@ -264,7 +265,7 @@ def _read_generic(path: Path, fh: Iterator[str], as_text: bool) -> Iterator[Trad
                                  f"got {len(cells)}")
         n += 1
         ts = row.integer("timestamp", cells[i_ts].strip())
-        if ts >= _US_THRESHOLD:
+        if ts >= US_THRESHOLD:
             ts //= 1000
         price = value("price", cells[i_price].strip())
         amount = value("amount", cells[i_amount].strip())

@@ -25,12 +25,11 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from shared.recordings import TradeFileError, detect_layout, read_trade_texts
+from shared.recordings import US_THRESHOLD, TradeFileError, detect_layout, read_trade_texts
 from shared.schemas import TextColumns, TradeText
 
 BLOCK_BYTES = 4 << 20  # ~80k trades a block: few Python steps per file, bounded memory
 SMALL_BYTES = 16 << 10  # a smaller file (~300 trades) is read row by row: pyarrow's set-up costs more than it saves
-_US_THRESHOLD = 10**14  # as shared.recordings: a time at or above it is in µs
 # a plain decimal, digits on both sides of its point if it has one, not zero (what ``decimal_text`` keeps as it is)
 _POSITIVE = r"^(?:[0-9]*[1-9][0-9]*(?:\.[0-9]+)?|[0-9]+\.[0-9]*[1-9][0-9]*)$"
 _ALLOWED = b"0123456789.,\r\naeflrstu"
@@ -106,12 +105,12 @@ def _parse(chunk: bytes, unit_us: bool | None) -> tuple[TextColumns, bool | None
     _check(pc.all(pc.match_substring_regex(qtys, _POSITIVE)).as_py())
     span = pc.min_max(times).as_py()
     if unit_us is None:
-        unit_us = times[0].as_py() >= _US_THRESHOLD
+        unit_us = times[0].as_py() >= US_THRESHOLD
     if unit_us:
-        _check(span["min"] >= _US_THRESHOLD)
+        _check(span["min"] >= US_THRESHOLD)
         times = pc.divide(times, 1000)  # (integers: an integer division, as ``ts //= 1000`` of positive times)
     else:
-        _check(span["max"] < _US_THRESHOLD)
+        _check(span["max"] < US_THRESHOLD)
     sides = pc.cast(pc.invert(makers), pa.int8())  # the buyer was not the maker: the taker bought (1)
     return TextColumns(ids.to_pylist(), times.to_pylist(), prices.to_pylist(), qtys.to_pylist(),
                        sides.to_pylist()), unit_us

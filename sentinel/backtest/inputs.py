@@ -30,12 +30,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from shared.errors import SentinelError
-from shared.recordings import TradeFileError, detect_layout, guess_exchange, guess_symbol
+from shared.recordings import US_THRESHOLD, TradeFileError, detect_layout, guess_exchange, guess_symbol
 from shared.schemas import TextColumns, TradeText, decimal_text
 from shared.trade_blocks import read_trade_blocks
 
 SUFFIXES = (".csv", ".csv.gz", ".zip")
-_US_THRESHOLD = 10**14  # ms timestamps stay below this until year 5138 (as shared.recordings)
 _SIDES = {"buy": True, "b": True, "bid": True, "sell": False, "s": False, "ask": False, "a": False}
 
 
@@ -228,7 +227,7 @@ def _read_symbol_column(path: Path, default_exchange: str) -> Iterator[tuple[str
                     tid: int | str = int(raw_id) if raw_id.isdigit() else raw_id
                 else:
                     tid = numbers[(ex, sym)] = numbers.get((ex, sym), 0) + 1
-                yield ex, sym, TradeText(tid, ts // 1000 if ts >= _US_THRESHOLD else ts, price, amount, side)
+                yield ex, sym, TradeText(tid, ts // 1000 if ts >= US_THRESHOLD else ts, price, amount, side)
         except csv.Error as exc:
             raise InputError(f"{path}:{line + 1}: not a readable CSV row ({exc})") from None
 

@@ -24,9 +24,9 @@ from sentinel.data.adapters.http_download import HttpSource
 from sentinel.data.plan import (ARCHIVE_FOLDERS, ArchiveFile, ChecksumError, FetchError, archive_files, daily_files,
                                 day_csv_name, day_of_ms, parse_checksum)
 from sentinel.data.progress import FetchProgress
+from shared.recordings import US_THRESHOLD  # (the 2025+ spot archives' times are in µs)
 
 DEFAULT_BASE_URL = "https://data.binance.vision"
-_US_THRESHOLD = 10**14  # trade times at or above this are microseconds (the 2025+ spot archives)
 
 
 @dataclass
@@ -214,7 +214,7 @@ def _split_days(text: IO[str], f: ArchiveFile, days: set[date], out_dir: Path) -
                 header = header or (line if line.strip() else None)
                 continue
             ts = int(line.split(",", 5)[4])  # plain numbers and words: no quoting in these files
-            day = day_of_ms(ts // 1000 if ts >= _US_THRESHOLD else ts)
+            day = day_of_ms(ts // 1000 if ts >= US_THRESHOLD else ts)
             if day not in days:
                 continue
             out = parts.get(day)

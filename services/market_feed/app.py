@@ -28,7 +28,6 @@ from shared.outage import suppress_unavailable
 from shared.ownership import FencedError, Ownership
 from shared.partitioned import entry_id, read_offset
 from shared.partitions import partition_of
-from shared.recordings import read_trade_texts
 from shared.runtime import consumer_name, heartbeat
 from shared.schemas import TextColumns, Trade, TradeText
 from shared.trade_blocks import read_trade_blocks
@@ -149,9 +148,9 @@ class MarketFeedApp:
                 path = self.settings.replay_file
                 logger.info("replaying %s as %s %s (speed %s)", path, self.exchange, symbol,
                             self.settings.speed or "max")
-                # at full speed in blocks of columns (``shared.trade_blocks``), paced trade by trade
-                read = read_trade_blocks if not self.settings.speed > 0 else read_trade_texts
-                await self._run_source(stop, [symbol], lambda: zip(repeat(symbol), read(path)), None, None)
+                # in blocks of columns (``shared.trade_blocks``); ``_pass`` gives a paced replay trade by trade
+                await self._run_source(stop, [symbol], lambda: zip(repeat(symbol), read_trade_blocks(path)), None,
+                                       None)
             elif mode == "simulated":
                 s = self.settings
                 market = SimulatedMarket(s.sim_symbols, seed=s.sim_seed, start_ms=s.sim_start_ms,

@@ -21,9 +21,9 @@ Measured, each ``--repeat`` times (default 3) in turns, medians with min-max:
 Rates are trades / wall seconds with each contender's start-up counted (sentinel's command, nautilus' process, the
 bus' redis-server and consumer start); beside them, start-up left out (``inner_trades_per_s``): sentinel's own
 figure from its summary line (its Redis up to the last alert), the bus from its producer's start, nautilus' CSV
-loading and engine. Each run also records the CPU seconds of every process it made (sampled from /proc every 50 ms: sentinel's main
-process (candle_builder + alert_engine), its feed process and redis-server; the bus' producer, consumer and
-redis-server) and the load average: on a shared box the CPU of the busiest process says more than the wall time.
+loading and engine. Each run also records the CPU seconds of every process it made (sampled from /proc every 50 ms:
+sentinel's main process (candle_builder + alert_engine), its feed process and redis-server; the bus' producer,
+consumer and redis-server) and the load average: on a shared box the CPU of the busiest process says more than the wall time.
 Writes bench/results/bench_backtest.json. Usage:
 ``python bench/bench_backtest.py [--trades N] [--repeat R] [--quick] [--skip-many] [--no-nautilus]``.
 """
@@ -168,16 +168,14 @@ def run_sentinel(inputs: Path, out: Path) -> dict[str, Any]:
     # the feed: the main process' python child (the embedded redis-server is named by its command line)
     feed = [pid for pid, cmd in tree.cmd.items() if pid != proc.pid and "redis-server" not in cmd]
     cpu = tree.by_name({proc.pid: "main", **{pid: "feed" for pid in feed}})
-    m = re.search(r"([\d,]+) trades of .* in ([\d.]+)s", " ".join(stdout.split()))
-    trades = int(m[1].replace(",", "")) if m else 0
+    # its summary line: the trades and its own rate (printed to the trade; the seconds beside it are rounded)
+    m = re.search(r"([\d,]+) trades of .* in [\d.]+s \(([\d,]+) trades/s end to end\)", " ".join(stdout.split()))
+    trades, rate = (int(m[1].replace(",", "")), int(m[2].replace(",", ""))) if m else (0, 0)
     candles = 0  # closed candles written (every timeframe): the per-candle work the input asks for
     for path in out.glob("candles_*.csv"):
         with path.open() as fh:
             candles += sum(1 for _ in fh) - 1
-    # (its own rate, printed to the trade: the seconds beside it are rounded to a tenth)
-    r = re.search(r"\(([\d,]+) trades/s end to end\)", " ".join(stdout.split()))
-    inner = trades / int(r[1].replace(",", "")) if r and trades and int(r[1].replace(",", "")) else None
-    return {"seconds": wall, "trades": trades, "inner_seconds": inner, "candles": candles,
+    return {"seconds": wall, "trades": trades, "inner_seconds": trades / rate if rate else None, "candles": candles,
             "candles_per_trade": round(candles / trades, 4) if trades else None, "cpu_s": cpu, "load_1m": load}
 
 

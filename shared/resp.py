@@ -48,6 +48,7 @@ class _Link(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._watch: asyncio.TimerHandle | None = None
+        self._out: list[bytes] = []  # requests not yet written
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -89,8 +90,17 @@ class _Link(asyncio.Protocol):
         self.waiting.append((fut, loop.time() + timeout_s, timeout_s))
         if self._watch is None:
             self._watch = loop.call_later(WATCH_EVERY_S, self._check)
-        self.transport.write(packed)
+        # sent when the loop has run what is ready now: requests of several tasks resumed together (the workers
+        # served by one burst of replies) leave in one write
+        self._out.append(packed)
+        if len(self._out) == 1:
+            loop.call_soon(self._flush)
         return fut
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if not self.closed and self.transport is not None:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _check(self) -> None:
         self._watch = None
@@ -113,7 +123,9 @@ class _Link(asyncio.Protocol):
 
 
 class RespClient:
-    """Connections to one Redis server, one per concurrent call (a blocked XREAD holds its own), kept between calls.
+    """Connections to one Redis server, kept between calls: one per blocking call (a blocked XREAD holds its own),
+    and one that every call answering at once shares, pipelined (the commits of workers resumed together leave in one
+    write).
 
     ``await client.execute("XREAD", ...)``, ``await client.xread({stream: offset}, count=, block=)`` (redis-py's
     ``xread`` signature; the reply as the server sent it: ``[[stream, [[id, [field, value, ...]], ...]], ...]`` or
@@ -126,7 +138,9 @@ class RespClient:
         self.username, self.password, self.db = username, password, db
         self.socket_timeout = socket_timeout
         self.keepalive = keepalive
-        self._idle: list[_Link] = []
+        self._idle: list[_Link] = []  # connections for blocking calls, between calls
+        self._shared: _Link | None = None  # the connection of every call that answers at once
+        self._connecting = asyncio.Lock()
 
     @classmethod
     def of(cls, redis: Any) -> RespClient | None:
@@ -146,22 +160,48 @@ class RespClient:
         return cls(host=kw.get("host", "localhost"), port=int(kw.get("port", 6379)),
                    keepalive=bool(kw.get("socket_keepalive", True)), **common)
 
-    async def execute(self, *args: Any, block_s: float = 0.0) -> Any:
-        """Send one command and return its reply (``block_s``: how long the server may hold it, beyond the socket
-        timeout). Raises the reply when it is an error."""
+    async def execute(self, *args: Any, block_s: float | None = None) -> Any:
+        """Send one command and return its reply. Raises the reply when it is an error.
+
+        ``block_s`` None: the command answers at once, and is pipelined on one connection with the other such calls
+        (commits of several workers leave in one write, their replies come in one read). Else the server may hold it
+        that long (a BLOCK argument): it gets a connection of its own for the wait."""
         packed = _pack(*args)
-        link, reused = await self._take()
-        try:
-            reply = await self._call(link, packed, block_s)
-        except redis_errors.ConnectionError:
-            if not reused:
-                raise
-            link, _ = await self._take(fresh=True)  # (a connection that died while idle: once more, on a new one)
-            reply = await self._call(link, packed, block_s)
-        self._idle.append(link)
+        if block_s is None:
+            reply = await self._pipelined(packed)
+        else:
+            link, reused = await self._take()
+            try:
+                reply = await self._call(link, packed, block_s)
+            except redis_errors.ConnectionError:
+                if not reused:
+                    raise
+                link, _ = await self._take(fresh=True)  # (a connection that died while idle: once more, on a new one)
+                reply = await self._call(link, packed, block_s)
+            self._idle.append(link)
         if isinstance(reply, redis_errors.ResponseError):
             raise _mapped(reply)
         return reply
+
+    async def _pipelined(self, packed: bytes) -> Any:
+        link = self._shared
+        reused = link is not None and not link.closed
+        if link is None or not reused:
+            link = await self._shared_link()
+        try:
+            # (cancelled: the connection stays, its reply is read and dropped, the other calls on it go on)
+            return await link.request(packed, self.socket_timeout)
+        except redis_errors.ConnectionError:
+            if not reused:
+                raise
+            link = await self._shared_link()  # (the connection died while idle: once more, on a new one)
+            return await link.request(packed, self.socket_timeout)
+
+    async def _shared_link(self) -> _Link:
+        async with self._connecting:  # (callers that find it closed together open one connection, not one each)
+            if self._shared is None or self._shared.closed:
+                self._shared = await self._connect()
+            return self._shared
 
     async def xread(self, streams: dict[Any, Any], count: int | None = None, block: int | None = None) -> Any:
         """XREAD [COUNT count] [BLOCK block] STREAMS ... (redis-py's ``xread`` arguments), the reply unchanged."""
@@ -171,11 +211,14 @@ class RespClient:
         if block is not None:
             args += ["BLOCK", block]
         args += ["STREAMS", *streams.keys(), *streams.values()]
-        return await self.execute(*args, block_s=(block or 0) / 1000)
+        return await self.execute(*args, block_s=None if block is None else block / 1000)
 
     async def aclose(self) -> None:
         """Close the idle connections (one in use is closed when its call ends or fails)."""
         idle, self._idle = self._idle, []
+        if self._shared is not None:
+            idle.append(self._shared)
+            self._shared = None
         for link in idle:
             link.close()
 

@@ -74,6 +74,24 @@ async def test_blocked_reads_on_several_connections_are_each_answered(redis, cli
         assert stream == n.encode() and fields == [b"d", n.encode()]
 
 
+async def test_calls_that_answer_at_once_share_one_connection_and_each_gets_its_own_reply(redis, client):
+    for i in range(20):
+        await redis.set(f"k{i}", f"v{i}")
+    ids = await asyncio.gather(*(client.execute("CLIENT", "ID") for _ in range(8)))
+    assert len(set(ids)) == 1  # (pipelined on one connection)
+    gets = [asyncio.create_task(client.execute("GET", f"k{i}")) for i in range(20)]
+    await asyncio.sleep(0)  # (all sent, or about to be)
+    gets[5].cancel()  # its reply comes and is dropped; the others' stay in order
+    replies = await asyncio.gather(*gets, return_exceptions=True)
+    assert isinstance(replies[5], asyncio.CancelledError)
+    assert [r for i, r in enumerate(replies) if i != 5] == [f"v{i}".encode() for i in range(20) if i != 5]
+    blocked = asyncio.create_task(client.xread({"never": "$"}, count=1, block=2000))
+    await asyncio.sleep(0.1)
+    assert await client.execute("CLIENT", "ID") == ids[0]  # (a blocked read holds a connection of its own)
+    await redis.xadd("never", {"d": b"1"})
+    assert (await asyncio.wait_for(blocked, 5))[0][0] == b"never"
+
+
 async def test_an_error_reply_raises_as_redis_py_does(redis, client):
     await redis.set("plain", "1")
     with pytest.raises(redis_errors.ResponseError, match="WRONGTYPE") as err:

@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
-from importlib import import_module
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, Self
 
 import msgpack
@@ -28,15 +27,7 @@ from shared import streams
 from shared.errors import DecodeError
 
 if TYPE_CHECKING:
-    from shared.book_messages import BookSnapshot as BookSnapshot
-    from shared.derivs_messages import FundingRate as FundingRate
-    from shared.derivs_messages import Liquidation as Liquidation
-    from shared.derivs_messages import OpenInterest as OpenInterest
-    from shared.feed_codec import TextColumns
-    from shared.feed_codec import TradeColumns as TradeColumns
-    from shared.feed_codec import feed_from_msg as feed_from_msg
-    from shared.feed_codec import trade_rows as trade_rows
-    from shared.feed_runs import decode_feed_runs as decode_feed_runs
+    from shared.feed_codec import TextColumns, TradeColumns
 
 SCHEMA_VERSION = 1
 
@@ -357,22 +348,3 @@ def live_channels(alerts: bool, series: Iterable[tuple[str, str, str]],
     for ex, sym in tickers:
         out[streams.channel_tickers(ex, sym)] = ("ticker", Ticker)
     return out
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Names that moved to modules of their own but that services/candle_builder and services/alert_engine still import
-# from here (they were being changed while this module was split). Resolved on first use, so the modules they moved
-# to can import this one; everything else imports them from their homes. Delete this (and the TYPE_CHECKING imports
-# of these names above) once those two services import them from their homes too.
-_MOVED = {"TradeColumns": "shared.feed_codec", "trade_rows": "shared.feed_codec", "feed_from_msg": "shared.feed_codec",
-          "decode_feed_runs": "shared.feed_runs", "BookSnapshot": "shared.book_messages",
-          "FundingRate": "shared.derivs_messages", "Liquidation": "shared.derivs_messages",
-          "OpenInterest": "shared.derivs_messages"}
-
-if not TYPE_CHECKING:  # (mypy reads the imports above instead, and keeps refusing any other unknown name)
-
-    def __getattr__(name: str) -> Any:
-        module = _MOVED.get(name)
-        if module is None:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        return getattr(import_module(module), name)

@@ -181,9 +181,9 @@ def run_sentinel(inputs: Path, out: Path) -> dict[str, Any]:
 
 def _bus_producer(url: str, files: list[str], stream_of: dict[str, str], out: Any, columnar: bool = False) -> None:
     from shared.bus import Bus
+    from shared.feed_codec import TextColumns, encode_trades
     from shared.recordings import guess_symbol, read_trades
     from shared.runtime import connect
-    from shared.schemas import TextColumns, encode_trades
     from shared.trade_blocks import read_trade_blocks
     import asyncio
 
@@ -238,7 +238,7 @@ def _bus_consumer(url: str, stream_names: list[str], total: int, ready: Any, out
     import redis as sync_redis
 
     from shared.bus import FIELD
-    from shared.schemas import decode_feed
+    from shared.feed_codec import decode_feed
 
     r = sync_redis.Redis.from_url(url)
     for s in stream_names:

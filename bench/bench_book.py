@@ -35,11 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import write_result  # noqa: E402
 from services.market_feed.book_core import BookView, ExactDecimals, PairBook, exact_levels  # noqa: E402
+from shared.book_messages import BookSnapshot  # noqa: E402
 from shared.orderbook.binance import DiffDepthSync  # noqa: E402
 from shared.orderbook.book import L2Book, parse_levels  # noqa: E402
 from shared.orderbook.metrics import book_metrics  # noqa: E402
 from shared.orderbook.walls import WallTracker  # noqa: E402
-from shared.schemas import BookSnapshot  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "binance_spot_btcusdt"
 

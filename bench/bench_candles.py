@@ -47,10 +47,11 @@ from services.candle_builder.settings import Settings  # noqa: E402
 from shared import streams  # noqa: E402
 from shared.bus import FIELD, Batch, Bus, Consumer, ConsumerSettings  # noqa: E402
 from shared.embedded_redis import EmbeddedRedis  # noqa: E402
+from shared.feed_codec import decode_feed, encode_trades, encode_watermark  # noqa: E402
 from shared.partitioned import caught_up  # noqa: E402
 from shared.partitions import DEFAULT_PARTITIONS, partition_of  # noqa: E402
 from shared.runtime import connect  # noqa: E402
-from shared.schemas import Trade, Watermark, decode_feed, encode_trades, encode_watermark  # noqa: E402
+from shared.schemas import Trade, Watermark  # noqa: E402
 
 TIMEFRAMES = ["1m", "3m", "5m", "15m", "1h", "4h"]
 #: The builder's shipped COUNT and BLOCK of a partition read (the bare consumer reads the same way): what a user runs.

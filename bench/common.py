@@ -66,7 +66,8 @@ def read_arrivals(url: str, last: dict[str, str], stop: Any, *, floor: bool, ale
     each second reached it. Entries are only msgpack-unpacked (decoding the schema is the consumer's work, not the
     pipeline's latency)."""
     from shared.bus import FIELD
-    from shared.schemas import decode_feed, unpack
+    from shared.feed_codec import decode_feed
+    from shared.schemas import unpack
 
     probe = Probe(url)
     received: dict[str, float] = {}
@@ -104,7 +105,7 @@ def paced_trades(url: str, exchange: str, syms: list[str], rate: int, seconds: f
     import redis as sync_redis
 
     from shared.bus import FIELD
-    from shared.schemas import encode_trades
+    from shared.feed_codec import encode_trades
 
     r = sync_redis.Redis.from_url(url)
     r.ping()  # connect now: the first pipeline's send time would include the handshake

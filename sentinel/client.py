@@ -28,20 +28,13 @@ import httpx
 from redis import exceptions as redis_errors
 
 from shared import streams
+from shared.book_messages import BookSnapshot
 from shared.bus import backoff_delay
+from shared.derivs_messages import DerivsMessage, decode_derivs
 from shared.errors import DecodeError, SentinelError
+from shared.feed_codec import decode_feed
 from shared.runtime import connect
-from shared.schemas import (
-    Alert,
-    BookSnapshot,
-    Candle,
-    DerivsMessage,
-    Ticker,
-    TradeBatch,
-    decode_derivs,
-    decode_feed,
-    live_channels,
-)
+from shared.schemas import Alert, Candle, Ticker, TradeBatch, live_channels
 from shared.subscriptions import HeldSeries
 
 logger = logging.getLogger(__name__)

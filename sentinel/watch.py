@@ -21,10 +21,12 @@ from rich.text import Text
 
 from sentinel.client import ClientError, Event, SentinelClient, embedded_redis_url
 from shared import streams
+from shared.book_messages import BookSnapshot
 from shared.candle_series import all_series, partition_count
+from shared.derivs_messages import FundingRate, Liquidation, OpenInterest
 from shared.fmt import plain
 from shared.runtime import connect
-from shared.schemas import Alert, BookSnapshot, Candle, FundingRate, Liquidation, OpenInterest, Ticker
+from shared.schemas import Alert, Candle, Ticker
 
 Series = tuple[str, str, str]
 Pair = tuple[str, str]

@@ -176,17 +176,15 @@ class Bus:
         return None
 
 
-# The consumer side lives in shared.consumer; these names are what services import from here.
+# The consumer side lives in shared.consumer and shared.stream_entries; these names are what services import from here.
 from shared.consumer import (  # noqa: E402
-    Batch,
     ClaimIdleMs,
     Consumer,
     ConsumerSettings,
     DeadConsumerIdleMs,
-    Entry,
-    Handler,
     SilentConsumerIdleMs,
 )
+from shared.stream_entries import Batch, Entry, Handler  # noqa: E402
 
 __all__ = ["FIELD", "Batch", "Bus", "BusSettings", "ClaimIdleMs", "Consumer", "ConsumerSettings", "DeadConsumerIdleMs",
            "DeadLetterKeepBytes", "DeadLetterMaxlen", "Entry", "Handler", "MaxEntryBytes", "SilentConsumerIdleMs",

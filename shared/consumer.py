@@ -11,37 +11,34 @@ consumer group and hands decoded entries to ``handler`` as one ``Batch`` per rea
 - an entry that cannot be decoded goes to the dead-letter stream and is acked at once; an entry whose handler keeps
   failing goes there after ``max_deliveries`` deliveries; a failing batch is retried entry by entry so one poison
   entry does not hold back the others (within a stream, entries after a failure wait: order is kept);
-- consumers of the group idle for longer than ``dead_consumer_idle_ms`` with nothing pending are deleted (XGROUP
-  DELCONSUMER, atomically with the check, by whichever live instance looks first): killed instances do not pile up;
-  sooner, after ``silent_consumer_idle_ms``, when the consumer's replica heartbeat (``streams.replica_heartbeat(
-  service, name)``, written by ``shared.runtime.heartbeat``) is missing or as old: a killed replica's entries are
-  claimed after ``claim_idle_ms``, then its name leaves the group;
+- consumers of the group idle for longer than ``dead_consumer_idle_ms`` with nothing pending are deleted, sooner
+  (``silent_consumer_idle_ms``) when their replica heartbeat is missing (``shared.consumer_pruning``);
 - Redis connection errors are retried with capped backoff and reported to the service's ``Outage`` (one warning when
   Redis goes away, one when it is back); the loop does not die.
 
 Replies of XREADGROUP and XAUTOCLAIM are taken as the server sent them and never retried (``shared.packed.raw_command``):
 redis-py's parsers would build a dict per entry, and its automatic retry of a command whose connection failed would
-leave a lost reply's entries pending and unseen while newer ones are handled.
+leave a lost reply's entries pending and unseen while newer ones are handled. What a handler receives (``Batch`` of
+``Entry``) and the parsing of raw replies are in ``shared.stream_entries``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from shared import metrics
+from shared.consumer_pruning import DeadConsumerPruner
 from shared.errors import DecodeError
 from shared.outage import REDIS_DOWN, backoff_delay
 from shared.packed import raw_command
-from shared.streams import FIELD, replica_heartbeat
+from shared.stream_entries import Batch, Entry, Handler, as_text, entry_data, stream_items
+from shared.streams import FIELD
 
 if TYPE_CHECKING:
     from shared.bus import Bus
@@ -49,31 +46,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# Deletes the group's consumers with nothing pending that are idle for at least ARGV[2] ms, or for ARGV[4] ms when
-# named in ARGV[5..] (no live heartbeat), but never ARGV[3] (the caller): the check and the delete in one atomic step,
-# so a consumer that reads meanwhile is never deleted with entries pending (XGROUP DELCONSUMER would make them
-# unclaimable).
-_PRUNE = """
-local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
-local deleted = {}
-if not ok then return deleted end
-local silent = {}
-for i = 5, #ARGV do silent[ARGV[i]] = true end
-for _, c in ipairs(consumers) do
-  local f = {}
-  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
-  local idle = tonumber(f['idle'])
-  local bound = tonumber(ARGV[2])
-  if silent[f['name']] then bound = math.min(bound, tonumber(ARGV[4])) end
-  if f['name'] ~= ARGV[3] and tonumber(f['pending']) == 0 and idle >= bound then
-    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
-    deleted[#deleted + 1] = f['name']
-  end
-end
-return deleted
-"""
-
 
 # The options a service's settings pass on (``shared.config.ServiceSettings`` declares them with these types).
 ClaimIdleMs = Annotated[int, Field(gt=0, description="Entries pending this long at another (dead) consumer are "
@@ -106,61 +78,6 @@ class ConsumerSettings(BaseModel):
                                 "are alive; None: consumers are only pruned after dead_consumer_idle_ms.")
 
 
-def stream_items(reply: Any) -> Any:
-    """(stream, entries) pairs of a raw XREAD/XREADGROUP reply: a map under RESP3, a list of pairs under RESP2; None
-    (nothing within BLOCK) gives nothing."""
-    if not reply:
-        return ()
-    return reply.items() if isinstance(reply, dict) else reply
-
-
-def entry_data(fields: Any) -> bytes | None:
-    """The ``d`` field of a raw stream entry (``[f, v, f, v...]``, or a dict); None when it has none."""
-    if isinstance(fields, dict):
-        return fields.get(FIELD)
-    data: bytes | None = None
-    if type(fields) is list and len(fields) == 2 and fields[0] == FIELD:  # the bus's own entries
-        data = fields[1]
-    else:
-        data = next((fields[i + 1] for i in range(0, len(fields) - 1, 2) if fields[i] == FIELD), None)
-    return data
-
-
-@dataclass(slots=True)
-class Entry(Generic[T]):
-    """One decoded stream entry."""
-
-    stream: str
-    id: bytes
-    value: T
-
-
-@dataclass(slots=True)
-class Batch(Generic[T]):
-    """What a handler receives: decoded entries in stream order (per stream)."""
-
-    entries: list[Entry[T]]
-    group: str
-    acked: bool = field(default=False)
-
-    def ids_by_stream(self) -> dict[str, list[bytes]]:
-        """This batch's entry ids per stream, in order (what its XACKs ack)."""
-        by_stream: dict[str, list[bytes]] = {}
-        for entry in self.entries:
-            by_stream.setdefault(entry.stream, []).append(entry.id)
-        return by_stream
-
-    def ack_with(self, pipe: Any) -> None:
-        """Queue the XACKs of this batch on the handler's own pipeline or transaction (the consumer will not ack
-        again)."""
-        for stream, ids in self.ids_by_stream().items():
-            pipe.xack(stream, self.group, *ids)
-        self.acked = True
-
-
-Handler = Callable[[Batch[T]], Awaitable[None]]
-
-
 class Consumer(Generic[T]):
     """Reads streams in a consumer group, decodes, hands batches to ``handler``, acks after success."""
 
@@ -171,18 +88,16 @@ class Consumer(Generic[T]):
         self.settings = settings
         self.decode = decode
         self.handler = handler
-        self._prune = self.redis.register_script(_PRUNE)
+        self._pruner = DeadConsumerPruner(self.redis, settings)
         self._streams: list[str] = list(dict.fromkeys(streams))
         self._ready: set[str] = set()  # streams whose group exists
         self._recover: set[str] = set()  # streams whose own pending entries must be re-read first
         self._last_claim = float("-inf")
-        self._last_prune = float("-inf")
         self._retry_at = 0.0  # loop time before which failed entries are not retried
         self._failures = 0
         self.processed = 0
         self.dead_lettered = 0
         self.claimed = 0
-        self.pruned = 0  # dead consumers deleted from the group
 
     @property
     def name(self) -> str:
@@ -191,6 +106,11 @@ class Consumer(Generic[T]):
     @property
     def group(self) -> str:
         return self.settings.group
+
+    @property
+    def pruned(self) -> int:
+        """Dead consumers this one deleted from the group."""
+        return self._pruner.pruned
 
     # ---- streams ---------------------------------------------------------------------------------------------------
 
@@ -260,7 +180,7 @@ class Consumer(Generic[T]):
         if loop.time() - self._last_claim >= self.settings.claim_every_s:
             self._last_claim = loop.time()
             handled += await self._claim_stale()
-            await self._prune_dead_consumers(loop.time())
+            await self._pruner.prune(self._streams, loop.time())
             await metrics.sample_consumer(self.redis, self.group, self._streams)
         if handled:
             return handled
@@ -300,41 +220,6 @@ class Consumer(Generic[T]):
                 if as_text(start) in ("0-0", "0"):
                     break
         return handled
-
-    async def _prune_dead_consumers(self, now: float) -> None:
-        """Delete consumers with nothing pending idle longer than ``dead_consumer_idle_ms``, or than
-        ``silent_consumer_idle_ms`` with no live replica heartbeat (killed instances)."""
-        s = self.settings
-        idle_ms, silent_ms = s.dead_consumer_idle_ms, s.silent_consumer_idle_ms
-        if now - self._last_prune < min(idle_ms / 1000, silent_ms / 1000, 60.0):
-            return
-        self._last_prune = now
-        for stream in self._streams:
-            silent = await self._silent_consumers(stream) if s.service else []
-            deleted = await self._prune(keys=[stream], args=[self.group, idle_ms, self.name, silent_ms, *silent])
-            if deleted:
-                self.pruned += len(deleted)
-                logger.info("%s: deleted %d dead consumer(s) of %s (idle > %d ms, nothing pending): %s", self.group,
-                            len(deleted), stream, idle_ms, ", ".join(map(as_text, deleted)))
-
-    async def _silent_consumers(self, stream: str) -> list[str]:
-        """Consumers of ``stream``'s group with nothing pending, idle past ``silent_consumer_idle_ms``, whose replica
-        heartbeat is missing or as old (the script checks idle and pending again, atomically)."""
-        silent_ms = self.settings.silent_consumer_idle_ms
-        try:
-            consumers: Any = await self.redis.xinfo_consumers(stream, self.group)
-        except ResponseError:  # no stream or group yet
-            return []
-        now_ms = int(time.time() * 1000)
-        out: list[str] = []
-        for c in consumers:
-            name = as_text(c["name"])
-            if name == self.name or int(c["pending"]) or int(c["idle"]) < silent_ms:
-                continue
-            ts = await self.redis.hget(replica_heartbeat(self.settings.service or "", name), "ts")
-            if ts is None or now_ms - int(ts) >= silent_ms:
-                out.append(name)
-        return out
 
     # ---- handling --------------------------------------------------------------------------------------------------
 
@@ -434,10 +319,6 @@ class Consumer(Generic[T]):
         self._retry_at = asyncio.get_running_loop().time() + backoff_delay(self._failures, base=0.05, cap=2.0)
 
 
-def as_text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 async def _sleep_or_stop(stop: asyncio.Event, delay: float) -> None:
     try:
         await asyncio.wait_for(stop.wait(), timeout=delay)
@@ -445,4 +326,4 @@ async def _sleep_or_stop(stop: asyncio.Event, delay: float) -> None:
         pass
 
 
-__all__ = ["Batch", "Consumer", "ConsumerSettings", "Entry", "Handler", "entry_data", "stream_items"]
+__all__ = ["Consumer", "ConsumerSettings"]

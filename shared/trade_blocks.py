@@ -25,8 +25,9 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from shared.feed_codec import TextColumns
 from shared.recordings import US_THRESHOLD, TradeFileError, detect_layout, read_trade_texts
-from shared.schemas import TextColumns, TradeText
+from shared.schemas import TradeText
 
 BLOCK_BYTES = 4 << 20  # ~80k trades a block: few Python steps per file, bounded memory
 SMALL_BYTES = 16 << 10  # a smaller file (~300 trades) is read row by row: pyarrow's set-up costs more than it saves

@@ -20,7 +20,7 @@ from typing import Any
 
 from sentinel.backtest.inputs import Input, InputError, Item, trades_by_exchange
 from shared.errors import SentinelError
-from shared.schemas import TextColumns
+from shared.feed_codec import TextColumns
 
 
 @dataclass

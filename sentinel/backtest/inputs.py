@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from shared.errors import SentinelError
+from shared.feed_codec import TextColumns
 from shared.recordings import US_THRESHOLD, TradeFileError, detect_layout, guess_exchange, guess_symbol
-from shared.schemas import TextColumns, TradeText, decimal_text
+from shared.schemas import TradeText, decimal_text
 from shared.trade_blocks import read_trade_blocks
 
 SUFFIXES = (".csv", ".csv.gz", ".zip")

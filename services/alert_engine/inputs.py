@@ -7,20 +7,10 @@ from typing import Any
 import msgpack
 
 from services.alert_engine.core.feeds import BookFigures
+from shared.derivs_messages import FundingRate, Liquidation, OpenInterest
 from shared.errors import DecodeError
-from shared.schemas import (
-    Candle,
-    FundingRate,
-    GapMarker,
-    Liquidation,
-    OpenInterest,
-    Ticker,
-    TradeBatch,
-    Watermark,
-    feed_from_msg,
-    unpack,
-    unpack_tuples,
-)
+from shared.feed_codec import feed_from_msg
+from shared.schemas import Candle, GapMarker, Ticker, TradeBatch, Watermark, unpack, unpack_tuples
 
 Feed = BookFigures | FundingRate | OpenInterest | Liquidation
 Input = Candle | Ticker | TradeBatch | GapMarker | Watermark | Feed

@@ -35,12 +35,13 @@ from services.alert_engine.settings import Settings
 from services.alert_engine.subscriptions import SeriesKey
 from shared import metrics, streams
 from shared.bus import Bus
+from shared.derivs_messages import FundingRate, Liquidation, OpenInterest
 from shared.errors import DecodeError
 from shared.ownership import Ownership
 from shared.partitioned import entry_data, entry_id, read_streams
 from shared.partitions import partition_of
 from shared.rules import RuleSet
-from shared.schemas import Candle, FundingRate, Liquidation, OpenInterest, Ticker, TradeBatch, unpack
+from shared.schemas import Candle, Ticker, TradeBatch, unpack
 from shared.timeframes import timeframe_ms
 
 logger = logging.getLogger(__name__)

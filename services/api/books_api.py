@@ -16,10 +16,12 @@ from fastapi.responses import JSONResponse
 from redis.asyncio import Redis
 
 from shared import streams
+from shared.book_messages import BookSnapshot
 from shared.bus import FIELD
+from shared.derivs_messages import FundingRate, Liquidation, OpenInterest
 from shared.errors import DecodeError
 from shared.partitions import partition_of
-from shared.schemas import BookSnapshot, FundingRate, Liquidation, OpenInterest, unpack
+from shared.schemas import unpack
 
 PAGE = 500
 MAX_PAGES = 8  # entries read back at most: PAGE x MAX_PAGES per stream

@@ -22,8 +22,10 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from redis.asyncio import Redis
 
 from shared import streams
+from shared.book_messages import BookSnapshot
+from shared.derivs_messages import decode_derivs
 from shared.errors import DecodeError
-from shared.schemas import BookSnapshot, decode_derivs, live_channels
+from shared.schemas import live_channels
 from shared.subscriptions import HeldSeries
 
 logger = logging.getLogger(__name__)

@@ -18,8 +18,9 @@ from shared import streams
 from shared.bus import FIELD, backoff_delay
 from shared.bus import as_str as _s
 from shared.errors import DecodeError
+from shared.feed_codec import decode_feed, encode_trades
 from shared.partitions import partition_of
-from shared.schemas import Trade, TradeBatch, decode_feed, encode_trades
+from shared.schemas import Trade, TradeBatch
 
 logger = logging.getLogger(__name__)
 _CHANNEL_HEAD = streams.channel_trades("", "")[:-1]  # "sentinel:ch:trades:" — the pair follows

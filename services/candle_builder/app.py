@@ -47,23 +47,14 @@ from services.candle_builder.settings import MAX_HISTORY_BARS, Settings
 from shared import metrics, streams
 from shared.bus import FIELD, Bus
 from shared.errors import ConfigError, DecodeError
+from shared.feed_codec import TradeColumns, trade_rows
+from shared.feed_runs import decode_feed_runs
 from shared.outage import REDIS_DOWN
 from shared.ownership import PREVIOUS, Ownership
 from shared.partitioned import PartitionWorkers, entry_data, raw_reader, read_streams
 from shared.partitions import partition_of
 from shared.runtime import consumer_name, heartbeat, quiet_gc
-from shared.schemas import (
-    Candle,
-    FeedMessage,
-    GapMarker,
-    TradeBatch,
-    TradeColumns,
-    Watermark,
-    decode_feed_runs,
-    pack,
-    trade_rows,
-    unpack,
-)
+from shared.schemas import Candle, FeedMessage, GapMarker, TradeBatch, Watermark, pack, unpack
 from shared.subscriptions import Subscriptions
 from shared.timeframes import timeframe_ms
 

@@ -28,7 +28,8 @@ from decimal import Decimal
 from typing import Any
 
 from services.candle_builder.bars import _CTX, _ZERO, Bar, bar_from_history
-from shared.schemas import FeedMessage, GapMarker, TradeBatch, Watermark, pack, pack_array_header, trade_rows, unpack
+from shared.feed_codec import trade_rows
+from shared.schemas import FeedMessage, GapMarker, TradeBatch, Watermark, pack, pack_array_header, unpack
 from shared.timeframes import bucket_start, sort_timeframes, timeframe_ms
 
 __all__ = ["Bar", "Emitted", "SeriesBuilder", "bar_from_history", "base_timeframe"]

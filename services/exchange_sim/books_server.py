@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from services.exchange_sim.rest import error_reply, json_reply, limit_param
 from services.exchange_sim.book import BinanceApiError, market_id
 from services.exchange_sim.depth import RecordedDepth, SimDepth, SyntheticDepth, recorded_depth
 from services.exchange_sim.futures import Perpetual, futures_exchange_info
@@ -113,8 +114,8 @@ class BookExchangeSim(ExchangeSim):
         for path in ("/market/ws", "/market/ws/{n}", "/public/ws", "/public/ws/{n}"):
             app.router.add_get(path, self._ws)
         app.router.add_get("/api/v3/depth", self._depth_rest)
-        app.router.add_get("/fapi/v1/ping", self._ping)
-        app.router.add_get("/fapi/v1/time", self._time)
+        app.router.add_get("/fapi/v1/ping", self.rest.ping)
+        app.router.add_get("/fapi/v1/time", self.rest.server_time)
         app.router.add_get("/fapi/v1/exchangeInfo", self._futures_info)
         app.router.add_get("/fapi/v1/premiumIndex", self._premium_index)
         app.router.add_get("/fapi/v1/openInterest", self._open_interest)
@@ -137,9 +138,9 @@ class BookExchangeSim(ExchangeSim):
             return await super()._control(request)
         symbol = request.query.get("symbol") or next(iter(self.books))
         if symbol not in self.depth:
-            return self._json({"error": f"unknown symbol {symbol!r}"}, status=404)
+            return json_reply({"error": f"unknown symbol {symbol!r}"}, status=404)
         self.make_gap(symbol, int(request.query.get("count", "1")))
-        return self._json({"ok": "gap", "symbol": symbol, "pending": self.depth[symbol].drop_next})
+        return json_reply({"ok": "gap", "symbol": symbol, "pending": self.depth[symbol].drop_next})
 
     # ---- depth -----------------------------------------------------------------------------------------------------
 
@@ -191,15 +192,15 @@ class BookExchangeSim(ExchangeSim):
 
     async def _depth_rest(self, request: web.Request) -> web.Response:
         try:
-            book = self._book(request)
-            limit = self._limit(request, 100, 5000)
+            book = self.rest.book(request)
+            limit = limit_param(request, 100, 5000)
         except BinanceApiError as exc:
-            return self._error(exc)
+            return error_reply(exc)
         self._depth_wanted.set()
         state = self.depth[book.symbol]
         if self.depth_source == "synthetic" and not len(state.book.bids):
             self._synthetic_step(book.symbol)
-        return self._json(state.snapshot(limit))
+        return json_reply(state.snapshot(limit))
 
     # ---- perpetuals --------------------------------------------------------------------------------------------------
 
@@ -237,14 +238,14 @@ class BookExchangeSim(ExchangeSim):
 
     async def _futures_info(self, request: web.Request) -> web.Response:
         names = {market_id(s): s for s in self.books}
-        return self._json(futures_exchange_info(self.perps, names, int(time.time() * 1000)))
+        return json_reply(futures_exchange_info(self.perps, names, int(time.time() * 1000)))
 
     def _perp_json(self, request: web.Request, view: str) -> web.Response:
         try:
             perp = self._perp(request)
         except BinanceApiError as exc:
-            return self._error(exc)
-        return self._json(getattr(perp, view)(self._now(perp)))
+            return error_reply(exc)
+        return json_reply(getattr(perp, view)(self._now(perp)))
 
     async def _premium_index(self, request: web.Request) -> web.Response:
         return self._perp_json(request, "premium_index")

@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from services.exchange_sim.rest import json_reply
 from services.exchange_sim.server import ExchangeSim, _Conn
 from shared.schemas import Trade
 
@@ -109,7 +110,7 @@ class KrakenSim(ExchangeSim):
 
     async def _k_time(self, request: web.Request) -> web.Response:
         now = time.time()
-        return self._json({"error": [], "result": {"unixtime": int(now), "rfc1123": ""}})
+        return json_reply({"error": [], "result": {"unixtime": int(now), "rfc1123": ""}})
 
     async def _k_pairs(self, request: web.Request) -> web.Response:
         result = {}
@@ -125,7 +126,7 @@ class KrakenSim(ExchangeSim):
                 "leverage_buy": [], "leverage_sell": [], "fees": [[0, 0.26]], "fees_maker": [[0, 0.16]],
                 "fee_volume_currency": "ZUSD", "margin_call": 80, "margin_stop": 40, "ordermin": "0.0001",
                 "costmin": "0.5", "tick_size": str(book.tick), "status": "online"}
-        return self._json({"error": [], "result": result})
+        return json_reply({"error": [], "result": result})
 
     async def _k_assets(self, request: web.Request) -> web.Response:
         result = {}
@@ -133,7 +134,7 @@ class KrakenSim(ExchangeSim):
             for code in symbol.split("/"):
                 result[_ASSET.get(code, code)] = {"aclass": "currency", "altname": _ALT.get(code, code),
                                                   "decimals": 10, "display_decimals": 5, "status": "enabled"}
-        return self._json({"error": [], "result": result})
+        return json_reply({"error": [], "result": result})
 
     async def _k_trades(self, request: web.Request) -> web.Response:
         pid = request.query.get("pair", "")
@@ -141,7 +142,7 @@ class KrakenSim(ExchangeSim):
                                                          _ALT.get(s.split("/")[0], s.split("/")[0])
                                                          + s.split("/")[1])), None)
         if symbol is None:
-            return self._json({"error": ["EQuery:Unknown asset pair"]})
+            return json_reply({"error": ["EQuery:Unknown asset pair"]})
         book = self.books[symbol]
         count = min(int(request.query.get("count", "1000")), 1000)
         since = request.query.get("since")
@@ -154,4 +155,4 @@ class KrakenSim(ExchangeSim):
         out = [[str(t.price), str(t.amount), f"{t.ts / 1000:.4f}", "b" if t.is_buy else "s", "m", "", t.id]
                for t in rows]
         last = str(rows[-1].ts * 1_000_000) if rows else str(since or 0)
-        return self._json({"error": [], "result": {_pair_id(symbol): out, "last": last}})
+        return json_reply({"error": [], "result": {_pair_id(symbol): out, "last": last}})

@@ -8,7 +8,8 @@ Websocket ``ws://HOST:PORT/stream`` (also ``/stream/<n>`` as ccxt opens, and ``/
                                             "p": "61837.63", "q": "0.02", "T": 1723161255342, "m": true, "M": true}}
 
 Streams: ``<sym>@trade``, ``<sym>@aggTrade``, ``<sym>@ticker``, ``<sym>@bookTicker``.
-REST under ``/api/v3``: ``ping``, ``time``, ``exchangeInfo``, ``trades``, ``aggTrades``, ``klines``.
+REST under ``/api/v3``: ``ping``, ``time``, ``exchangeInfo``, ``trades``, ``aggTrades``, ``klines``
+(``services.exchange_sim.rest``).
 
 Trades come from a source (the simulated market or a recording) released at real time × ``speed`` of their exchange
 timestamps (``speed=0``: as fast as possible). For tests and demos of failure handling the server can drop every
@@ -28,11 +29,10 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from services.exchange_sim.book import (BinanceApiError, SymbolBook, agg_trade_event, agg_trade_row,
-                                        book_ticker_event, exchange_info, market_id, ticker_event, trade_event,
-                                        trade_row)
+from services.exchange_sim.rest import BinanceRest, json_reply
+from services.exchange_sim.book import (SymbolBook, agg_trade_event, book_ticker_event, market_id, ticker_event,
+                                        trade_event)
 from shared.schemas import Trade
-from shared.timeframes import timeframe_ms
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class ExchangeSim:
                  ticker_every_ms: int = 1_000, start_on_subscribe: bool = False) -> None:
         self._source: Iterator[tuple[str, Trade]] = iter(source)
         self.books = {s: SymbolBook(s, tick, lot, retention) for s, (tick, lot) in grids.items()}
-        self._by_mid = {market_id(s): s for s in self.books}
+        self.rest = BinanceRest(self.books)
         self.host = host
         self.port = port
         self.speed = speed
@@ -118,12 +118,12 @@ class ExchangeSim:
         app.router.add_get("/stream/{n}", self._ws)
         app.router.add_get("/ws", self._ws)
         app.router.add_get("/ws/{n}", self._ws)
-        app.router.add_get("/api/v3/ping", self._ping)
-        app.router.add_get("/api/v3/time", self._time)
-        app.router.add_get("/api/v3/exchangeInfo", self._exchange_info)
-        app.router.add_get("/api/v3/trades", self._trades)
-        app.router.add_get("/api/v3/aggTrades", self._agg_trades)
-        app.router.add_get("/api/v3/klines", self._klines)
+        app.router.add_get("/api/v3/ping", self.rest.ping)
+        app.router.add_get("/api/v3/time", self.rest.server_time)
+        app.router.add_get("/api/v3/exchangeInfo", self.rest.exchange_info)
+        app.router.add_get("/api/v3/trades", self.rest.trades)
+        app.router.add_get("/api/v3/aggTrades", self.rest.agg_trades)
+        app.router.add_get("/api/v3/klines", self.rest.klines)
         app.router.add_post("/_sim/{command}", self._control)
 
     async def stop(self) -> None:
@@ -175,6 +175,29 @@ class ExchangeSim:
 
     def resume(self) -> None:
         self._paused.set()
+
+    async def _control(self, request: web.Request) -> web.Response:
+        """POST /_sim/drop | /_sim/stall?seconds=S | /_sim/garbage | /_sim/malformed?count=N&kind=truncated |
+        /_sim/pause | /_sim/resume."""
+        command = request.match_info["command"]
+        if command == "drop":
+            return json_reply({"dropped": await self.drop_connections()})
+        if command == "stall":
+            self.stall(float(request.query.get("seconds", "5")))
+        elif command == "garbage":
+            await self.send_garbage()
+        elif command == "malformed":
+            try:
+                self.malform(int(request.query.get("count", "1")), request.query.get("kind", "truncated"))
+            except ValueError as exc:
+                return json_reply({"error": str(exc)}, status=400)
+        elif command == "pause":
+            self.pause()
+        elif command == "resume":
+            self.resume()
+        else:
+            return json_reply({"error": f"unknown command {command!r}"}, status=404)
+        return json_reply({"ok": command, "released": self.released})
 
     async def wait_released(self, n: int, timeout: float = 30.0) -> None:
         loop = asyncio.get_running_loop()
@@ -294,97 +317,3 @@ class ExchangeSim:
         if method == "LIST_SUBSCRIPTIONS":
             return {"result": sorted(conn.subs), "id": req_id}
         return {"error": {"code": 2, "msg": f"Invalid request: unknown method {method!r}"}, "id": req_id}
-
-    # ---- REST ----------------------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _json(data: Any, status: int = 200) -> web.Response:
-        return web.Response(text=json.dumps(data, separators=(",", ":")), status=status,
-                            content_type="application/json")
-
-    def _error(self, exc: BinanceApiError) -> web.Response:
-        return self._json({"code": exc.code, "msg": exc.msg}, status=exc.status)
-
-    def _book(self, request: web.Request) -> SymbolBook:
-        mid = request.query.get("symbol", "")
-        symbol = self._by_mid.get(mid.upper())
-        if symbol is None:
-            raise BinanceApiError(400, -1121, "Invalid symbol.")
-        return self.books[symbol]
-
-    @staticmethod
-    def _int(request: web.Request, name: str, default: int | None = None) -> int | None:
-        raw = request.query.get(name)
-        if raw is None:
-            return default
-        try:
-            return int(raw)
-        except ValueError:
-            raise BinanceApiError(400, -1100, f"Illegal characters found in parameter '{name}'.") from None
-
-    def _limit(self, request: web.Request, default: int, cap: int) -> int:
-        limit = self._int(request, "limit", default) or default
-        if limit > cap or limit < 1:
-            raise BinanceApiError(400, -1100, f"limit must be between 1 and {cap}")
-        return limit
-
-    async def _ping(self, request: web.Request) -> web.Response:
-        return self._json({})
-
-    async def _time(self, request: web.Request) -> web.Response:
-        return self._json({"serverTime": int(time.time() * 1000)})
-
-    async def _exchange_info(self, request: web.Request) -> web.Response:
-        return self._json(exchange_info(self.books, int(time.time() * 1000)))
-
-    async def _trades(self, request: web.Request) -> web.Response:
-        try:
-            book = self._book(request)
-            return self._json([trade_row(t) for t in book.recent(self._limit(request, 500, 1000))])
-        except BinanceApiError as exc:
-            return self._error(exc)
-
-    async def _agg_trades(self, request: web.Request) -> web.Response:
-        try:
-            book = self._book(request)
-            rows = book.agg_trades(from_id=self._int(request, "fromId"), start_time=self._int(request, "startTime"),
-                                   end_time=self._int(request, "endTime"), limit=self._limit(request, 500, 1000))
-            return self._json([agg_trade_row(t) for t in rows])
-        except BinanceApiError as exc:
-            return self._error(exc)
-
-    async def _klines(self, request: web.Request) -> web.Response:
-        try:
-            book = self._book(request)
-            try:
-                interval = timeframe_ms(request.query.get("interval", ""))
-            except Exception:
-                raise BinanceApiError(400, -1120, "Invalid interval.") from None
-            rows = book.klines(interval, self._int(request, "startTime"), self._int(request, "endTime"),
-                               self._limit(request, 500, 1000))
-            return self._json(rows)
-        except BinanceApiError as exc:
-            return self._error(exc)
-
-    async def _control(self, request: web.Request) -> web.Response:
-        """POST /_sim/drop | /_sim/stall?seconds=S | /_sim/garbage | /_sim/malformed?count=N&kind=truncated |
-        /_sim/pause | /_sim/resume."""
-        command = request.match_info["command"]
-        if command == "drop":
-            return self._json({"dropped": await self.drop_connections()})
-        if command == "stall":
-            self.stall(float(request.query.get("seconds", "5")))
-        elif command == "garbage":
-            await self.send_garbage()
-        elif command == "malformed":
-            try:
-                self.malform(int(request.query.get("count", "1")), request.query.get("kind", "truncated"))
-            except ValueError as exc:
-                return self._json({"error": str(exc)}, status=400)
-        elif command == "pause":
-            self.pause()
-        elif command == "resume":
-            self.resume()
-        else:
-            return self._json({"error": f"unknown command {command!r}"}, status=404)
-        return self._json({"ok": command, "released": self.released})

@@ -29,7 +29,8 @@ from shared.ownership import FencedError, Ownership
 from shared.partitioned import entry_id, read_offset
 from shared.partitions import partition_of
 from shared.runtime import consumer_name, heartbeat
-from shared.schemas import TextColumns, Trade, TradeText
+from shared.feed_codec import TextColumns
+from shared.schemas import Trade, TradeText
 from shared.trade_blocks import read_trade_blocks
 from shared.simulated import SimulatedMarket, quote
 

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from operator import itemgetter
 
+from shared.book_messages import BookBand, BookSnapshot, BookWallEvent
 from shared.orderbook.book import L2Book
 from shared.orderbook.metrics import band_limit, book_metrics
 from shared.orderbook.walls import WallTracker
-from shared.schemas import BookBand, BookSnapshot, BookWallEvent, Trade
+from shared.schemas import Trade
 
 MAX_EXACT_DIGITS = 15
 

@@ -24,7 +24,8 @@ from itertools import islice
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.schemas import TextColumns, Trade, TradeBatch, TradeText, Watermark
+from shared.feed_codec import TextColumns
+from shared.schemas import Trade, TradeBatch, TradeText, Watermark
 
 
 @dataclass(slots=True)

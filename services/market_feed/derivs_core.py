@@ -17,7 +17,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from shared.schemas import FundingRate, Liquidation, OpenInterest
+from shared.derivs_messages import FundingRate, Liquidation, OpenInterest
 
 
 def _num(value: Any) -> Decimal | None:

@@ -35,10 +35,11 @@ from shared import metrics, streams
 from shared.bus import FIELD
 from shared.durability import NO_REPLICATION, Replication
 from shared.errors import ConfigError
+from shared.feed_codec import encode_gap, encode_trades, encode_watermark
 from shared.outage import redis_unavailable
 from shared.ownership import FencedError, Ownership, fenced_script
 from shared.partitions import partition_of
-from shared.schemas import GapMarker, Ticker, TradeBatch, Watermark, encode_gap, encode_trades, encode_watermark
+from shared.schemas import GapMarker, Ticker, TradeBatch, Watermark
 
 logger = logging.getLogger(__name__)
 

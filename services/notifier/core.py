@@ -1,6 +1,7 @@
 """Pure logic of the notifier: routing, templates, redaction, retry decisions, token buckets.
 
-No asyncio, no Redis, no clock: times are passed in. ``app.py`` wires this to the bus and the channel adapters.
+No asyncio, no Redis, no clock: times are passed in. ``app.py`` and ``delivery.py`` wire this to the bus and the channel
+adapters.
 
 Vocabulary: a *channel* is a name in the settings (``telegram``, ``ops_hook``, built-ins ``console`` and ``jsonl``);
 a *target* is one delivery destination, one per channel (one Apprise object each, so each target's outcome is known).

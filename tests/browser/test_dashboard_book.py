@@ -18,10 +18,12 @@ from services.candle_builder.app import CandleBuilderApp
 from services.candle_builder.settings import Settings as BuilderSettings
 from services.market_feed.app import MarketFeedApp
 from shared import streams
+from shared.book_messages import BookSnapshot
 from shared.bus import FIELD
+from shared.derivs_messages import FundingRate
 from shared.partitions import partition_of
 from shared.runtime import connect
-from shared.schemas import BookSnapshot, FundingRate, unpack
+from shared.schemas import unpack
 from tests.integration.market_feed.book_sim import capture_exchange
 from tests.integration.market_feed.helpers import live_settings
 from tests.support.candles import registered

@@ -10,8 +10,8 @@ from services.alert_engine.app import AlertEngineApp
 from services.alert_engine.settings import Settings
 from shared import streams
 from shared.bus import Bus
+from shared.derivs_messages import FundingRate
 from shared.partitions import partition_of
-from shared.schemas import FundingRate
 from tests.support.alerts import count_alerts, read_alerts
 from tests.unit.alert_engine.test_ae_feed_operands import _books, _reference
 

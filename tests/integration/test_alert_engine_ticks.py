@@ -15,7 +15,8 @@ from services.alert_engine.settings import Settings
 from shared import streams
 from shared.partitions import partition_of
 from shared.bus import Bus
-from shared.schemas import Alert, Ticker, Trade, encode_trades
+from shared.feed_codec import encode_trades
+from shared.schemas import Alert, Ticker, Trade
 from tests.support.candles import trades_stream, tickers_stream
 from tests.support.engine_candles import publish_candles
 from tests.conftest import shared_data

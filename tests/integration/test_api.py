@@ -271,7 +271,7 @@ def test_openapi_document_is_complete(settings):
 
 
 async def test_notifications_show_deliveries_and_dead_letters(redis, settings):
-    # entries as the notifier's app writes them (services/notifier/app.py)
+    # entries as the notifier writes them (services/notifier/delivery.py)
     a = alert(1)
     await redis.xadd(streams.NOTIFY_DELIVERIES, {b"target": "console", b"alert_ids": "a1,a2", b"count": 2,
                                                  b"status": "delivered", b"attempts": 1, b"reason": "", b"ts": 5})

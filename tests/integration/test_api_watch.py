@@ -105,8 +105,8 @@ async def test_watch_shows_the_order_book_and_the_perpetual(redis_url, redis):
     perpetual's readings, published on their channels: the view shows the top levels, each band's imbalance (as
     computed independently here from the same levels) and the futures figures."""
     from services.market_feed.book_core import BookView, PairBook
+    from shared.derivs_messages import FundingRate, Liquidation, OpenInterest
     from shared.orderbook.book import parse_levels
-    from shared.schemas import FundingRate, Liquidation, OpenInterest
     from tests.unit.orderbook.captures import binance_capture
 
     rest = next(f for f in binance_capture("20240808") if "lastUpdateId" in f)

@@ -13,9 +13,9 @@ import pytest
 from services.alert_engine.app import AlertEngineApp
 from services.alert_engine.settings import Settings as EngineSettings
 from shared import streams
+from shared.book_messages import BookSnapshot
 from shared.bus import FIELD
 from shared.partitions import partition_of
-from shared.schemas import BookSnapshot
 from tests.integration.market_feed.book_sim import capture_exchange
 from tests.support.alerts import read_alerts
 from tests.integration.market_feed.helpers import live_settings, running_feed

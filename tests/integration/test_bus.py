@@ -9,7 +9,8 @@ import pytest
 
 from shared import streams
 from shared.bus import FIELD, Batch, Bus, BusSettings, Consumer, ConsumerSettings
-from shared.schemas import Trade, TradeBatch, decode_feed, encode_trades
+from shared.feed_codec import decode_feed, encode_trades
+from shared.schemas import Trade, TradeBatch
 from tests.support.redis_proxy import CuttingProxy
 
 STREAM = streams.part_trades(0)

@@ -20,8 +20,9 @@ from services.notifier.app import NotifierApp
 from services.notifier.settings import Settings as NotifierSettings
 from shared import streams
 from shared.bus import FIELD, Batch, Bus, BusSettings, Consumer, ConsumerSettings
+from shared.feed_codec import decode_feed, encode_trades
 from shared.runtime import connect
-from shared.schemas import Trade, decode_feed, encode_trades
+from shared.schemas import Trade
 from shared.subscriptions import Subscriptions
 from tests.conftest import REPO
 

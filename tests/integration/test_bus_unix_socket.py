@@ -12,8 +12,9 @@ import pytest
 from shared import streams
 from shared.bus import Batch, Bus, Consumer, ConsumerSettings
 from shared.embedded_redis import find_redis_server
+from shared.feed_codec import decode_feed, encode_trades
 from shared.runtime import connect
-from shared.schemas import TradeBatch, decode_feed, encode_trades
+from shared.schemas import TradeBatch
 
 
 @pytest.fixture

@@ -16,9 +16,10 @@ from services.candle_builder.app import CandleBuilderApp
 from services.candle_builder.settings import Settings
 from shared import streams
 from shared.bus import FIELD, Bus
+from shared.feed_codec import encode_trades, encode_watermark
 from shared.partitioned import caught_up
 from shared.partitions import DEFAULT_PARTITIONS, partition_of
-from shared.schemas import Candle, Trade, Watermark, encode_trades, encode_watermark
+from shared.schemas import Candle, Trade, Watermark
 from shared.subscriptions import Subscriptions
 from tests.support.candles import trades_stream
 from tests.conftest import shared_data
@@ -233,7 +234,8 @@ async def test_subscribed_timeframes_are_built_and_others_not(redis, redis_url):
 
 
 async def test_a_gap_marker_flags_the_candles_it_overlaps_incomplete(redis, redis_url):
-    from shared.schemas import GapMarker, encode_gap
+    from shared.feed_codec import encode_gap
+    from shared.schemas import GapMarker
 
     exchange, symbol, rel = RECORDINGS["btcusdt"]
     trades = read_trades(shared_data(rel))

@@ -10,7 +10,8 @@ from shared.partitioned import caught_up
 from shared.partitions import partition_of
 from shared.subscriptions import Subscriptions
 from shared.bus import Bus
-from shared.schemas import Watermark, encode_trades, encode_watermark
+from shared.feed_codec import encode_trades, encode_watermark
+from shared.schemas import Watermark
 from tests.support.candles import trades_stream
 from tests.conftest import shared_data
 from tests.support.candles import (

@@ -9,7 +9,8 @@ from decimal import Decimal
 
 from shared import streams
 from shared.bus import Bus
-from shared.schemas import Trade, Watermark, encode_trades, encode_watermark
+from shared.feed_codec import encode_trades, encode_watermark
+from shared.schemas import Trade, Watermark
 from tests.conftest import shared_data
 from tests.support.candles import RECORDINGS, TIMEFRAMES, check_against_pandas, read_candles, read_trades
 from tests.support.candles import run_until_caught_up, settings_for

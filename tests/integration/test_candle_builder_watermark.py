@@ -8,9 +8,10 @@ from decimal import Decimal
 
 from services.candle_builder.app import CandleBuilderApp
 from shared import streams
+from shared.feed_codec import encode_trades, encode_watermark
 from shared.partitioned import caught_up
 from shared.partitions import DEFAULT_PARTITIONS, partition_of
-from shared.schemas import Trade, Watermark, encode_trades, encode_watermark
+from shared.schemas import Trade, Watermark
 from tests.support.candles import publish_feed, read_candles, settings_for
 
 T0 = 1_723_075_200_000  # a minute boundary

@@ -18,9 +18,10 @@ from services.alert_engine.settings import Settings
 from services.market_feed.publisher import Outbox
 from shared import streams
 from shared.bus import FIELD
+from shared.feed_codec import decode_feed
 from shared.ownership import FencedError, Ownership
 from shared.partitions import partition_of
-from shared.schemas import Alert, Candle, Trade, TradeBatch, decode_feed
+from shared.schemas import Alert, Candle, Trade, TradeBatch
 
 PARTITIONS = 8
 TTL_MS = 60_000  # long: an expiry is made on purpose (PEXPIRE), and the extension is told from what is left

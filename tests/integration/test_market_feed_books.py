@@ -18,11 +18,11 @@ import pytest
 from services.market_feed.adapters.ccxt_book import BookFeed
 from services.market_feed.book_settings import BookFeedSettings
 from shared import streams
+from shared.book_messages import BookSnapshot
 from shared.bus import FIELD
 from shared.orderbook.book import L2Book
 from shared.orderbook.metrics import book_metrics
 from shared.partitions import partition_of
-from shared.schemas import BookSnapshot
 from tests.conftest import shared_data
 from tests.integration.market_feed.book_sim import CAPTURE, capture_exchange
 
@@ -110,7 +110,8 @@ async def test_funding_open_interest_and_liquidations_to_redis(redis):
 
     from services.market_feed.adapters.ccxt_derivs import DerivsFeed
     from services.market_feed.book_settings import DerivsFeedSettings
-    from shared.schemas import FundingRate, Liquidation, OpenInterest, unpack
+    from shared.derivs_messages import FundingRate, Liquidation, OpenInterest
+    from shared.schemas import unpack
     from tests.integration.market_feed.book_sim import TRADES
 
     trades = pd.read_csv(shared_data(TRADES), dtype={"price": str, "amount": str})

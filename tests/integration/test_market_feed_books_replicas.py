@@ -24,11 +24,12 @@ import pytest
 import yaml
 
 from shared import streams
+from shared.book_messages import BookSnapshot
 from shared.bus import FIELD
+from shared.derivs_messages import FundingRate, Liquidation, decode_derivs
 from shared.embedded_redis import free_port
 from shared.ownership import Ownership
 from shared.partitions import partition_of
-from shared.schemas import BookSnapshot, FundingRate, Liquidation, decode_derivs
 
 pytestmark = [pytest.mark.timeout(180)]
 

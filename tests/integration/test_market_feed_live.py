@@ -13,7 +13,8 @@ from shared.partitions import partition_of
 from shared.bus import FIELD
 from shared.embedded_redis import free_port
 from shared.errors import UnknownExchangeError, UnknownSymbolError
-from shared.schemas import Ticker, Watermark, decode_feed
+from shared.feed_codec import decode_feed
+from shared.schemas import Ticker, Watermark
 from tests.support.candles import trades_stream, tickers_stream
 from tests.conftest import shared_data
 from tests.integration.market_feed.helpers import (RECORDING, expected_trades, live_settings, local_exchange,

@@ -14,7 +14,8 @@ from services.market_feed.settings import Settings
 from shared.simulated import SimulatedMarket
 from shared import streams
 from shared.bus import FIELD
-from shared.schemas import Ticker, TradeBatch, Watermark, decode_feed
+from shared.feed_codec import decode_feed
+from shared.schemas import Ticker, TradeBatch, Watermark
 from tests.support.candles import trades_stream, tickers_stream
 from tests.conftest import shared_data
 

@@ -61,7 +61,7 @@ async def test_redelivered_and_claimed_entries_do_not_duplicate(redis, tmp_path)
     await run_until_caught_up(app, redis)
     rows = jsonl_rows(tmp_path / "alerts.jsonl")
     assert rows == [expected_row(a) for a in alerts + more]
-    assert app.skipped >= 10 * 2  # console and jsonl both skipped for the claimed ones
+    assert app.delivery.skipped >= 10 * 2  # console and jsonl both skipped for the claimed ones
 
 
 async def test_undecodable_entry_goes_to_dead_letter_and_the_rest_flows(redis, tmp_path):

@@ -15,9 +15,10 @@ from services.candle_builder.settings import Settings
 from shared import streams
 from shared.bus import FIELD, Bus
 from shared.candle_series import all_series, series_stream
+from shared.feed_codec import encode_trades, encode_watermark
 from shared.partitioned import caught_up
 from shared.partitions import DEFAULT_PARTITIONS, partition_of
-from shared.schemas import Candle, Trade, Watermark, encode_trades, encode_watermark
+from shared.schemas import Candle, Trade, Watermark
 
 TIMEFRAMES = ["1m", "5m", "15m", "1h"]
 FREQ = {"1m": "1min", "3m": "3min", "5m": "5min", "15m": "15min", "30m": "30min", "1h": "1h", "4h": "4h",

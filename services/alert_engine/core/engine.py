@@ -40,8 +40,10 @@ from services.alert_engine.core.market import Market
 from services.alert_engine.core.routes import Binding, Routes
 from services.alert_engine.core.waiting import Waits
 from services.alert_engine.core.window import CandleWindow, FeedView, SeriesKey, TickView, WindowAsOf
+from shared.book_messages import BookSnapshot
+from shared.derivs_messages import FundingRate, Liquidation, OpenInterest
 from shared.rules import RuleSet
-from shared.schemas import BookSnapshot, Candle, FundingRate, Liquidation, OpenInterest, Ticker, Trade
+from shared.schemas import Candle, Ticker, Trade
 from shared.timeframes import bucket_start, timeframe_ms
 
 FeedUpdate = BookFigures | BookSnapshot | FundingRate | OpenInterest | Liquidation

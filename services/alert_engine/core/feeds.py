@@ -24,10 +24,12 @@ from decimal import Decimal, InvalidOperation, localcontext
 from typing import Any, NamedTuple
 
 from shared import rules as r
+from shared.book_messages import BookSnapshot
+from shared.derivs_messages import FundingRate, Liquidation, OpenInterest
 from shared.errors import DecodeError
 from shared.orderbook.book import L2Book
 from shared.orderbook.metrics import EXACT, QUOTIENTS, book_metrics
-from shared.schemas import SCHEMA_VERSION, BookSnapshot, FundingRate, Liquidation, OpenInterest, unpack
+from shared.schemas import SCHEMA_VERSION, unpack
 
 logger = logging.getLogger(__name__)
 

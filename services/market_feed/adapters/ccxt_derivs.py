@@ -36,10 +36,10 @@ from services.market_feed.derivs_core import (funding_from_mark, funding_from_ra
 from services.market_feed.settings import ExchangeFeed
 from shared import streams
 from shared.bus import Bus, backoff_delay
+from shared.derivs_messages import FundingRate, Liquidation, OpenInterest
 from shared.errors import ConfigError, UnknownExchangeError
 from shared.ownership import Ownership
 from shared.partitions import partition_of
-from shared.schemas import FundingRate, Liquidation, OpenInterest
 
 logger = logging.getLogger(__name__)
 

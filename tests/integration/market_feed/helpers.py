@@ -19,7 +19,8 @@ from services.market_feed.settings import Settings
 from shared import streams
 from shared.partitions import DEFAULT_PARTITIONS, partition_of
 from shared.bus import FIELD
-from shared.schemas import GapMarker, TradeBatch, decode_feed
+from shared.feed_codec import decode_feed
+from shared.schemas import GapMarker, TradeBatch
 from tests.support.candles import trades_stream
 
 RECORDING = "binance_spot_btcusdt_20210108/BTCUSDT-trades-20210108T000000-000046.csv"  # 2,001 trades in 46 s

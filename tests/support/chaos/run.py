@@ -20,8 +20,9 @@ from pathlib import Path
 
 from shared.bus import FIELD
 from shared.embedded_redis import EmbeddedRedis, find_redis_server, free_port
+from shared.feed_codec import encode_watermark
 from shared.runtime import connect
-from shared.schemas import Watermark, encode_watermark
+from shared.schemas import Watermark
 from tests.integration.notifier.receivers import webhook_receiver
 from tests.support.chaos import checks
 from tests.support.chaos.inject import KINDS, Injector

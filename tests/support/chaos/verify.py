@@ -21,7 +21,8 @@ from redis.asyncio import Redis
 
 from shared.bus import FIELD
 from shared.errors import DecodeError
-from shared.schemas import Candle, GapMarker, TradeBatch, decode_feed
+from shared.feed_codec import decode_feed
+from shared.schemas import Candle, GapMarker, TradeBatch
 from shared.timeframes import timeframe_ms
 from tests.support.chaos.layout import Pair
 

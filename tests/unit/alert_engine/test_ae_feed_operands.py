@@ -18,11 +18,13 @@ import pytest
 from services.alert_engine.core import AlertEngine
 from services.alert_engine.core.feeds import BookFigures, PairFeeds, band_figures
 from services.market_feed.book_core import BookView, PairBook
+from shared.book_messages import BookSnapshot
+from shared.derivs_messages import FundingRate, Liquidation, OpenInterest
 from shared.orderbook.binance import DiffDepthSync, DiffResult
 from shared.orderbook.book import L2Book, parse_levels
 from shared.orderbook.walls import WallTracker
 from shared.rules import parse_rules
-from shared.schemas import BookSnapshot, FundingRate, Liquidation, OpenInterest, Trade
+from shared.schemas import Trade
 from tests.unit.orderbook.captures import binance_capture
 
 EX, SYM = "binance", "BTC/USDT"

@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.market_feed.core import Event, FeedCore, TickEvent
-from shared.schemas import TextColumns, TradeBatch, TradeText, Watermark, encode_trades, encode_watermark
+from shared.feed_codec import TextColumns, encode_trades, encode_watermark
+from shared.schemas import TradeBatch, TradeText, Watermark
 
 
 def _encoded(events: list[Event]) -> list[tuple[str, object]]:

@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.errors import DecodeError
-from shared.schemas import (Alert, Candle, GapMarker, Ticker, Trade, TradeBatch, Watermark, _Message, decode_feed,
-                            encode_gap, encode_trades, encode_watermark, unpack)
+from shared.feed_codec import decode_feed, encode_gap, encode_trades, encode_watermark
+from shared.schemas import Alert, Candle, GapMarker, Message, Ticker, Trade, TradeBatch, Watermark, unpack
 
 
 def test_trade_batch_round_trip_keeps_exact_decimals():
@@ -93,7 +93,7 @@ def test_alert_direct_encoding_is_the_models(id_, rule, timeframe, ts, price, va
                   price=price, value=value, condition="close > 1", message=message, severity=severity, labels=labels,
                   channels=channels, state=state)
     raw = alert.encode()
-    assert raw == _Message.encode(alert)  # pydantic's own dump
+    assert raw == Message.encode(alert)  # pydantic's own dump
     assert Alert.decode(raw) == alert
 
 

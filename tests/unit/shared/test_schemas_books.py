@@ -8,9 +8,10 @@ import msgpack
 import pytest
 
 from shared import streams
+from shared.book_messages import BookBand, BookSnapshot, BookWallEvent
+from shared.derivs_messages import FundingRate, Liquidation, OpenInterest
 from shared.errors import DecodeError
-from shared.schemas import (BookBand, BookSnapshot, BookWallEvent, FundingRate, Liquidation, OpenInterest,
-                            SCHEMA_VERSION)
+from shared.schemas import SCHEMA_VERSION
 
 
 def test_book_snapshot_round_trip_keeps_exact_decimals():

@@ -13,8 +13,8 @@ import pytest
 
 from sentinel.backtest.inputs import merge_in_time
 from shared import trade_blocks
+from shared.feed_codec import TextColumns
 from shared.recordings import TradeFileError, read_trade_texts
-from shared.schemas import TextColumns
 from shared.trade_blocks import read_trade_blocks
 from tests.conftest import shared_data
 

@@ -1,4 +1,4 @@
-"""The one trades decoder (``shared.schemas.decode_feed``): exact values, and every invalid price or amount refused
+"""The one trades decoder (``shared.feed_codec.decode_feed``): exact values, and every invalid price or amount refused
 with its reason, on both of its paths (row by row for small entries, column-wise for large ones)."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import msgpack
 import pytest
 
 from shared.errors import DecodeError
-from shared.schemas import (COLUMNS_FROM, GapMarker, Trade, TradeText, Watermark, decode_feed, decode_feed_runs,
-                            encode_gap, encode_trades, encode_watermark)
+from shared.feed_codec import COLUMNS_FROM, decode_feed, encode_gap, encode_trades, encode_watermark
+from shared.feed_runs import decode_feed_runs
+from shared.schemas import GapMarker, Trade, TradeText, Watermark
 
 
 def _raw(rows, **over):

@@ -92,7 +92,9 @@ def decode_feed_runs(raws: list[bytes]) -> list[FeedRun]:
             out.append((i, i, exc))
             i += 1
             continue
-        if type(msg) is TradeBatch and type(msg.trades) is list and len(msg.trades) == 1:
+        if i + 1 < n and type(msg) is TradeBatch and type(msg.trades) is list and len(msg.trades) == 1:
+            # (the last entry of the read starts no batch: nothing after it could join one, and reading its row
+            # again would double the cost of the commonest live read, one trade)
             at = _row_at(raw)
             if at is not None:  # a new head: this entry is read again, the way above
                 heads[raw[:at]] = None

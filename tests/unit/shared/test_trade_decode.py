@@ -184,3 +184,19 @@ def test_decode_feed_runs_gives_what_decode_feed_gives_entry_by_entry():
     assert merged[0] == (0, 15)  # A/B entries 0, 1, 3, 4 and 15: one batch across B's entry 2 and the bad ones
     assert [type(m.trades).__name__ for first, _, m in got if first in (31, 42)] == ["TradeColumns", "list"]
     assert all(type(t) is Trade for _, _, m in got if hasattr(m, "trades") for t in m.trades)
+
+
+@pytest.mark.parametrize("reads", [[[("a", 1)]], [[("a", 1), ("b", 2)]], [[("a", 1), ("a", 2)], [("a", 3)]],
+                                   [[("b", 1), ("a", 2), ("a", 3), ("b", 4)]]])
+def test_decode_feed_runs_of_short_reads_equal_decode_feed(reads):
+    """A read's last entry starts no batch (nothing after it could join one): one-entry reads, the commonest live
+    read, and reads ending on a pair's first entry give what ``decode_feed`` gives."""
+    pairs = {"a": ("x", "A/B"), "b": ("x", "C/D")}
+    for read in reads:
+        raws = [_one(pairs[p], tid) for p, tid in read]
+        got = decode_feed_runs(raws)
+        for pair in pairs.values():
+            want = [tuple(t) for raw in raws for m in [decode_feed(raw)] if (m.exchange, m.symbol) == pair
+                    for t in m.trades]
+            assert [tuple(t) for _, _, m in got if (m.exchange, m.symbol) == pair for t in m.trades] == want
+        assert sum(len(m.trades) for _, _, m in got) == len(raws)

@@ -40,8 +40,8 @@ def _row_at(raw: bytes) -> int | None:
 
 
 def decode_feed_runs(raws: list[bytes]) -> list[FeedRun]:
-    """``decode_feed`` of each entry of one read, with the one-trade entries of a pair in ONE ``TradeBatch`` (in
-    entry order; ``TradeColumns`` from 8 trades on): ``[(first, last, message or DecodeError), ...]``, where ``first``
+    """``decode_feed`` of each entry of one read, with the one-trade entries of a pair after its first in ONE
+    ``TradeBatch`` (in entry order; ``TradeColumns`` from 8 trades on): ``[(first, last, message or DecodeError), ...]``, where ``first``
     and ``last`` are the indexes in ``raws`` of the first and last entry it holds. The messages of each pair come in
     entry order; messages of different pairs may come in another order than their entries (a batch is listed at its
     first entry), which is why only a reader that handles each pair on its own (candle_builder) takes this. Any other
@@ -92,16 +92,18 @@ def decode_feed_runs(raws: list[bytes]) -> list[FeedRun]:
             out.append((i, i, exc))
             i += 1
             continue
-        if i + 1 < n and type(msg) is TradeBatch and type(msg.trades) is list and len(msg.trades) == 1:
-            # (the last entry of the read starts no batch: nothing after it could join one, and reading its row
-            # again would double the cost of the commonest live read, one trade)
-            at = _row_at(raw)
-            if at is not None:  # a new head: this entry is read again, the way above
+        if type(msg) is TradeBatch and type(msg.trades) is list and len(msg.trades) == 1:
+            # a new head: the entries after this one that share it are read the way above. This one stays as
+            # decode_feed gave it (a whole market's read holds most pairs once: reading it again would double that)
+            at = _row_at(raw) if i + 1 < n else None  # (the read's last entry: nothing after it could share it)
+            if at is not None:
                 heads[raw[:at]] = None
                 pairs[raw[:at]] = (msg.exchange, msg.symbol)
                 if at not in sizes:
                     sizes.append(at)
-                continue
+            out.append((i, i, msg))
+            i += 1
+            continue
         for key in heads:  # nothing moves across this message
             heads[key] = None
         out.append((i, i, msg))

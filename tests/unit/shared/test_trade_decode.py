@@ -181,7 +181,8 @@ def test_decode_feed_runs_gives_what_decode_feed_gives_entry_by_entry():
         assert not any(first < k <= last for k in markers), (first, last)
         assert first == last or len(msg.trades) > 1
     merged = [(first, last) for first, last, msg in got if first != last]
-    assert merged[0] == (0, 15)  # A/B entries 0, 1, 3, 4 and 15: one batch across B's entry 2 and the bad ones
+    # A/B's first entry as decode_feed gave it; entries 1, 3, 4 and 15 in one batch across B's entry 2 and the bad ones
+    assert got[0] == (0, 0, expected[0]) and merged[0] == (1, 15)
     assert [type(m.trades).__name__ for first, _, m in got if first in (31, 42)] == ["TradeColumns", "list"]
     assert all(type(t) is Trade for _, _, m in got if hasattr(m, "trades") for t in m.trades)
 

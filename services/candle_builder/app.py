@@ -51,10 +51,11 @@ from shared.feed_codec import TradeColumns, trade_rows
 from shared.feed_runs import decode_feed_runs
 from shared.outage import REDIS_DOWN
 from shared.ownership import PREVIOUS, Ownership
-from shared.partitioned import PartitionWorkers, entry_data, raw_reader, read_streams
+from shared.partitioned import PartitionWorkers, raw_reader, read_streams
 from shared.partitions import partition_of
 from shared.runtime import consumer_name, heartbeat, quiet_gc
 from shared.schemas import Candle, FeedMessage, GapMarker, TradeBatch, Watermark, pack, unpack
+from shared.stream_entries import entry_data
 from shared.subscriptions import Subscriptions
 from shared.timeframes import timeframe_ms
 

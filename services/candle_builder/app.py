@@ -42,6 +42,7 @@ from redis.asyncio import Redis
 from services.candle_builder import history
 from services.candle_builder.bars import rows_rolled_up
 from services.candle_builder.core import Emitted, SeriesBuilder
+from services.candle_builder.core.history import backfill, backfill_range
 from services.candle_builder.series import Series, encode_candle, entry_id, retune, say_start, text
 from services.candle_builder.settings import MAX_HISTORY_BARS, Settings
 from shared import metrics, streams
@@ -679,7 +680,7 @@ class CandleBuilderApp:
         return self.lookback.get((series.exchange, series.symbol), {})
 
     async def _backfill_all(self) -> None:
-        """Fetch older history where a look-back grew or a timeframe was added (see ``SeriesBuilder.backfill_range``);
+        """Fetch older history where a look-back grew or a timeframe was added (see ``core.history.backfill_range``);
         one series and timeframe at a time, the fetch outside the lock so live candles keep flowing meanwhile."""
         now = time.monotonic()
         for series in list(self.series.values()):
@@ -691,7 +692,7 @@ class CandleBuilderApp:
                 await self._roll_up_added(series)
                 continue
             for tf, bars in self.seeder.bars(series, self._asked(series)).items():
-                span = series.builder.backfill_range(tf, bars)
+                span = backfill_range(series.builder, tf, bars)
                 if span is None or series.backfill_retry.get(tf, 0.0) > now:
                     continue
                 rows = await history.fetch(self.redis, series.exchange, series.symbol, tf, *span,
@@ -705,14 +706,14 @@ class CandleBuilderApp:
     async def _roll_up_added(self, series: Series) -> None:
         """A timeframe added to the running series of a replay (or with history off) gets the buckets before it was
         added rolled up from the closed base candles this builder published (their stream goes back to the first
-        trade it kept), once the bucket under way when it was added has ended (``SeriesBuilder.backfill_range``)."""
+        trade it kept), once the bucket under way when it was added has ended (``core.history.backfill_range``)."""
         builder = series.builder
         if not builder.emit_base:
             return  # (say_start said from when it is built)
         for tf in list(builder.derived):
             if not builder.start_at.get(tf):
                 continue  # built from the series' first trade: no earlier bucket to roll up (nothing to read)
-            span = builder.backfill_range(tf, MAX_HISTORY_BARS)
+            span = backfill_range(builder, tf, MAX_HISTORY_BARS)
             if span is None or ((series.exchange, series.symbol), tf) in self._rolled_up:
                 continue
             # once per process: a restart plans from the saved state
@@ -736,7 +737,7 @@ class CandleBuilderApp:
             if self.series.get((series.exchange, series.symbol)) is not series:
                 return  # unfollowed, partition lost or reloaded meanwhile: the next round plans again
             out: list[Emitted] = []
-            series.builder.backfill(tf, *span, rows, out)
+            backfill(series.builder, tf, *span, rows, out)
             if series.builder.history_from.get(tf) != span[0]:
                 return
             commands: list[Any] = []

@@ -13,13 +13,14 @@ Late trades (exchange time already past their bucket) within ``lateness_ms`` of 
 closed candles of every timeframe that hold them (``revision`` + 1, emitted once per batch); older ones are counted in
 ``late_dropped``. A ``GapMarker`` flags the candles overlapping it ``incomplete``.
 
-A new series can be seeded from OHLCV history (``history_plan`` says what to ask for, ``seed`` takes it): history
-candles before the first trade's bucket are emitted, and the bucket under way at the seam of every derived timeframe is
-rolled up from exact base candles plus trades.
+A new series can be seeded from OHLCV history (``history.history_plan`` says what to ask for, ``history.seed`` takes
+it): history candles before the first trade's bucket are emitted, and the bucket under way at the seam of every derived
+timeframe is rolled up from exact base candles plus trades.
 
 Arithmetic is exact: ``Decimal`` under a 60-digit context, so sums of products never round.
 
-- ``builder``: ``SeriesBuilder``, the candles of one (exchange, symbol) from its trades.
+- ``builder``: ``SeriesBuilder``, the candles of one (exchange, symbol) from its trades;
+- ``history``: history candles joining them (a new series seeded, older buckets backfilled).
 """
 
 from __future__ import annotations

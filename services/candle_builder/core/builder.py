@@ -191,14 +191,14 @@ class SeriesBuilder:
         bar = self.base
         if bar is not None and (ts >= bar.end or final):
             self.base = None
-            self._close_base(bar, out)
+            self.close_base(bar, out)
         if self.flat_candles and self.last_close is not None and self.last_base_ts is not None:
             b = self.last_base_ts + base_ms
             limit = self.max_flat
             while b + base_ms <= ts and limit > 0:
                 flat = Bar(b, b + base_ms, self.last_close)
                 flat.incomplete = self._in_gap(b, b + base_ms)
-                self._close_base(flat, out)
+                self.close_base(flat, out)
                 b += base_ms
                 limit -= 1
             if b + base_ms <= ts:  # a jump longer than max_flat buckets: resume flat candles from here
@@ -214,7 +214,7 @@ class SeriesBuilder:
             cur = self.cur[tf]
             if cur is not None and (ts >= cur.end or final):
                 self.cur[tf] = None
-                self._emit(tf, cur, out)
+                self.emit(tf, cur, out)
         self._prune()
         self.flush_revisions(out)
 
@@ -236,7 +236,7 @@ class SeriesBuilder:
                     self._revised[(tf, bar.ts)] = bar
         self.flush_revisions(out)
 
-    # ---- internals -------------------------------------------------------------------------------------------------
+    # ---- closing and internals -------------------------------------------------------------------------------------
 
     def _in_gap(self, start: int, end: int) -> bool:
         for g0, g1 in self.gaps:
@@ -244,13 +244,15 @@ class SeriesBuilder:
                 return True
         return False
 
-    def _close_base(self, bar: Bar, out: list[Emitted]) -> None:
+    def close_base(self, bar: Bar, out: list[Emitted]) -> None:
+        """A closed base bar (built here, flat, or from history): the last close, emitted (kept only, when the base
+        timeframe is not wanted) and rolled up into the bucket of every derived timeframe."""
         self.last_close = bar.close
         self.last_base_ts = bar.ts
         if bar.end > self.closed_until:
             self.closed_until = bar.end
         if self.emit_base:
-            self._emit(self.base_tf, bar, out)
+            self.emit(self.base_tf, bar, out)
         else:
             self._keep(self.base_tf, bar)
         for tf, ms in self.derived.items():
@@ -260,7 +262,7 @@ class SeriesBuilder:
             cur = self.cur[tf]
             if cur is not None and cur.ts != d:  # cannot happen in order; close defensively
                 self.cur[tf] = None
-                self._emit(tf, cur, out)
+                self.emit(tf, cur, out)
                 cur = None
             if cur is None:
                 prev = self.recent[tf].get(d)
@@ -275,7 +277,8 @@ class SeriesBuilder:
             else:
                 cur.merge(bar)
 
-    def _emit(self, tf: str, bar: Bar, out: list[Emitted]) -> None:
+    def emit(self, tf: str, bar: Bar, out: list[Emitted]) -> None:
+        """A closed bar of ``tf``: kept for revisions and appended to ``out`` as a snapshot."""
         if tf not in self.history_from:
             self.history_from[tf] = bar.ts
         self._keep(tf, bar)
@@ -388,93 +391,7 @@ class SeriesBuilder:
                         close = bars[max(before)].close
                         cur.open = cur.high = cur.low = cur.close = close
 
-    # ---- seeding from history --------------------------------------------------------------------------------------
-
-    def history_plan(self, first_ts: int, bars: int | dict[str, int]) -> dict[str, tuple[int, int]]:
-        """What to ask for before the first trade (at ``first_ts``): timeframe -> (since, until) bucket starts.
-
-        Each derived timeframe gets ``bars`` (one count, or a count per timeframe) candles before the bucket holding
-        the first trade; the base gets its count before the first trade's base bucket *and* every base bucket from the
-        start of each derived seam bucket, so that seam bucket is rolled up from exact base candles plus trades.
-        """
-        def count(tf: str) -> int:
-            return bars if isinstance(bars, int) else bars.get(tf, 0)
-
-        seam = first_ts - first_ts % self.base_ms
-        plan: dict[str, tuple[int, int]] = {}
-        base_since = seam - count(self.base_tf) * self.base_ms
-        for tf, ms in self.derived.items():
-            start = bucket_start(seam, ms)
-            plan[tf] = (start - count(tf) * ms, start)
-            base_since = min(base_since, start)
-        plan[self.base_tf] = (base_since, seam)
-        return plan
-
-    def seed(self, first_ts: int, rows: dict[str, list[Any] | None], out: list[Emitted],
-             plan: dict[str, tuple[int, int]] | None = None) -> None:
-        """Start a fresh series from history (``rows`` per timeframe, None where it could not be had).
-
-        History candles before each seam bucket are emitted as closed; the seam bucket of each derived timeframe is
-        rolled up from the base history. Without base history a derived seam bucket already under way is skipped.
-        ``plan`` (what was asked) records how far back each timeframe's history now reaches (``history_from``).
-        """
-        if self.base is not None or self.last_base_ts is not None:
-            return  # not fresh: live data already decided these buckets
-        seam = first_ts - first_ts % self.base_ms
-        base_rows = rows.get(self.base_tf)
-        for tf, ms in self.derived.items():
-            start = bucket_start(seam, ms)
-            for row in sorted(rows.get(tf) or [], key=lambda r: r[0]):
-                if row[0] < start:
-                    self._emit(tf, bar_from_history(row, ms), out)
-            self.start_at[tf] = start if (base_rows is not None or start == seam) else start + ms
-            asked = (plan or {}).get(tf)
-            self.history_from[tf] = asked[0] if asked and rows.get(tf) is not None else self.start_at[tf]
-        for row in sorted(base_rows or [], key=lambda r: r[0]):
-            if row[0] < seam and (self.last_base_ts is None or row[0] > self.last_base_ts):
-                self.advance(row[0], out)  # flat candles for base buckets the history skipped
-                self._close_base(bar_from_history(row, self.base_ms), out)
-        self.closed_until = max(self.closed_until, seam)
-        asked = (plan or {}).get(self.base_tf)
-        self.history_from[self.base_tf] = asked[0] if asked and base_rows is not None else seam
-        self.flush_revisions(out)
-
-    def backfill_range(self, tf: str, bars: int) -> tuple[int, int] | None:
-        """(since, until) of the history to fetch so that ``tf`` reaches ``bars`` closed candles back from the bucket
-        in progress, or None: far enough already, nothing published yet, or the bucket before ``history_from`` not
-        closed yet in exchange time (a timeframe added mid-bucket: that bucket is fetched whole once it ended)."""
-        if tf != self.base_tf and tf not in self.derived:
-            return None
-        until = self.history_from.get(tf)
-        if until is None or bars <= 0 or until > self.hwm:
-            return None
-        ms = self.base_ms if tf == self.base_tf else self.derived[tf]
-        since = bucket_start(self.hwm, ms) - bars * ms  # whole weeks back from a Monday stay Mondays
-        return (since, until) if since < until else None
-
-    def backfill(self, tf: str, since: int, until: int, rows: list[Any], out: list[Emitted]) -> None:
-        """Older history for ``tf`` (buckets ``since <= ts < until``, before anything published): emitted oldest
-        first, with flat candles between rows when those are on; the live candles are not touched."""
-        if self.history_from.get(tf) != until:
-            return  # the series moved on (restored, or another backfill) since the range was planned
-        ms = self.base_ms if tf == self.base_tf else self.derived[tf]
-        prev: Bar | None = None
-        for row in sorted(rows, key=lambda r: r[0]):
-            if not since <= row[0] < until:
-                continue
-            if self.flat_candles and prev is not None:
-                b = prev.end
-                while b < row[0]:
-                    out.append((tf, Bar(b, b + ms, prev.close)))
-                    b += ms
-            prev = bar_from_history(row, ms)
-            out.append((tf, prev))
-        if self.flat_candles and prev is not None:
-            b = prev.end
-            while b < until:
-                out.append((tf, Bar(b, b + ms, prev.close)))
-                b += ms
-        self.history_from[tf] = since
+    # ---- views and persistence -------------------------------------------------------------------------------------
 
     def next_close_at(self) -> int | None:
         """Exchange time at which ``advance`` would close something (None: nothing open, no flat candle due)."""
@@ -484,8 +401,6 @@ class SeriesBuilder:
         elif self.flat_candles and self.last_close is not None and self.last_base_ts is not None:
             ends.append(self.last_base_ts + 2 * self.base_ms)
         return min(ends) if ends else None
-
-    # ---- views and persistence -------------------------------------------------------------------------------------
 
     def last_closed(self, tf: str) -> int | None:
         """Start of the last closed bar of ``tf`` (``_prune`` always keeps it), None before any."""

@@ -43,6 +43,7 @@ from services.candle_builder import history
 from services.candle_builder.bars import rows_rolled_up
 from services.candle_builder.core import Emitted, SeriesBuilder
 from services.candle_builder.core.history import backfill, backfill_range
+from services.candle_builder.core.state import dump_state, restore_state
 from services.candle_builder.series import Series, encode_candle, entry_id, retune, say_start, text
 from services.candle_builder.settings import MAX_HISTORY_BARS, Settings
 from shared import metrics, streams
@@ -462,7 +463,7 @@ class CandleBuilderApp:
         return closed
 
     def _state_command(self, series: Series) -> tuple[Any, ...]:
-        state = series.builder.dump()
+        state = dump_state(series.builder)
         if series.live_ts is not None:  # the exchange-time throttle's last point (``_exchange_throttle``)
             state["live_ts"] = series.live_ts
         return ("HSET", streams.part_state(series.partition, GROUP),
@@ -660,7 +661,7 @@ class CandleBuilderApp:
         if saved_state is not None:
             try:
                 saved = unpack(saved_state)
-                builder.restore(saved)
+                restore_state(builder, saved)
                 series.live_ts = saved.get("live_ts")
                 logger.info("candle_builder: %s %s resumes (partition %d)", exchange, symbol, partition)
             except (ValueError, KeyError, TypeError, DecodeError) as exc:

@@ -20,7 +20,8 @@ timeframe is rolled up from exact base candles plus trades.
 Arithmetic is exact: ``Decimal`` under a 60-digit context, so sums of products never round.
 
 - ``builder``: ``SeriesBuilder``, the candles of one (exchange, symbol) from its trades;
-- ``history``: history candles joining them (a new series seeded, older buckets backfilled).
+- ``history``: history candles joining them (a new series seeded, older buckets backfilled);
+- ``state``: a builder's saved state (``dump_state``, ``restore_state``), what the next owner resumes from.
 """
 
 from __future__ import annotations

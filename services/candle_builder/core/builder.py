@@ -9,8 +9,9 @@ from decimal import Decimal
 from typing import Any
 
 from services.candle_builder.bars import _CTX, _ZERO, Bar, bar_from_history
+from services.candle_builder.core.state import PackedBars
 from shared.feed_codec import trade_rows
-from shared.schemas import FeedMessage, GapMarker, TradeBatch, Watermark, pack, pack_array_header, unpack
+from shared.schemas import FeedMessage, GapMarker, TradeBatch, Watermark
 from shared.timeframes import bucket_start, sort_timeframes, timeframe_ms
 
 __all__ = ["Bar", "Emitted", "SeriesBuilder", "bar_from_history", "base_timeframe"]
@@ -54,10 +55,7 @@ class SeriesBuilder:
         self.hwm = 0  # newest exchange time seen (trade or watermark)
         self.gaps: list[tuple[int, int]] = []  # recent gap intervals (ms, inclusive) that flag candles incomplete
         self.late_revised = 0
-        self._recent_packed: dict[str, tuple[dict[int, Bar], bytes]] = {}  # tf -> (its recent dict, packed rows)
-        self._recent_dirty: set[str] = set()  # timeframes whose kept bars changed since the last dump
-        # tf -> (its recent dict, each kept bar packed): a bar is packed again only once it changed (``_touch``)
-        self._bars_packed: dict[str, tuple[dict[int, Bar], dict[int, bytes]]] = {}
+        self.packed = PackedBars()  # ``recent`` as the saved state holds it (``core.state``): told of every change
         self.late_dropped = 0
         # timeframe -> oldest bucket its published candles cover (history included): a larger look-back is fetched
         # from before it (``backfill``)
@@ -230,7 +228,7 @@ class SeriesBuilder:
         for tf, bars in self.recent.items():
             for bar in bars.values():
                 if bar.ts <= end and start < bar.end and not bar.incomplete:
-                    self._touch(tf, bar.ts)
+                    self.packed.touch(tf, bar.ts)
                     bar.incomplete = True
                     bar.revision += 1
                     self._revised[(tf, bar.ts)] = bar
@@ -267,7 +265,7 @@ class SeriesBuilder:
             if cur is None:
                 prev = self.recent[tf].get(d)
                 if prev is not None:  # bucket closed early (final watermark) and trades came after: revise it
-                    self._touch(tf, d)
+                    self.packed.touch(tf, d)
                     prev.merge(bar)
                     if (tf, d) not in self._revised:
                         prev.revision += 1
@@ -286,14 +284,7 @@ class SeriesBuilder:
 
     def _keep(self, tf: str, bar: Bar) -> None:
         self.recent[tf][bar.ts] = bar
-        self._touch(tf, bar.ts)
-
-    def _touch(self, tf: str, ts: int) -> None:
-        """The kept bar of ``tf`` at ``ts`` changed (or came, or went): its timeframe is dumped again, it packed again."""
-        self._recent_dirty.add(tf)
-        packed = self._bars_packed.get(tf)
-        if packed is not None:
-            packed[1].pop(ts, None)
+        self.packed.touch(tf, bar.ts)
 
     def _prune(self) -> None:
         """Keep closed bars a late trade may still revise (and the last one of each timeframe)."""
@@ -303,7 +294,7 @@ class SeriesBuilder:
                 for ts in [ts for ts, b in bars.items() if b.end <= horizon]:
                     if len(bars) > 1:
                         del bars[ts]
-                        self._touch(tf, ts)
+                        self.packed.touch(tf, ts)
 
     def _late(self, tid: Any, ts: int, price: Decimal, amount: Decimal, is_buy: bool) -> None:
         if self.hwm - ts > self.lateness_ms:
@@ -330,7 +321,7 @@ class SeriesBuilder:
                 is_buy: bool) -> None:
         bars = self.recent[tf]
         bar = bars.get(ts0)
-        self._touch(tf, ts0)
+        self.packed.touch(tf, ts0)
         if bar is None:  # nothing was published for this bucket (no flat candles): a first version
             bar = Bar(ts0, ts0 + ms, price)
             bar.revision = -1
@@ -374,7 +365,7 @@ class SeriesBuilder:
                     prev = bar.close
                     continue
                 if bar.open != prev or bar.close != prev:
-                    self._touch(tf, ts)
+                    self.packed.touch(tf, ts)
                     bar.open = bar.high = bar.low = bar.close = prev
                     if (tf, ts) not in self._revised:
                         bar.revision += 1
@@ -391,7 +382,7 @@ class SeriesBuilder:
                         close = bars[max(before)].close
                         cur.open = cur.high = cur.low = cur.close = close
 
-    # ---- views and persistence -------------------------------------------------------------------------------------
+    # ---- views -----------------------------------------------------------------------------------------------------
 
     def next_close_at(self) -> int | None:
         """Exchange time at which ``advance`` would close something (None: nothing open, no flat candle due)."""
@@ -426,78 +417,4 @@ class SeriesBuilder:
             elif cur is not None:
                 out.append((tf, cur))
         return out
-
-    def dump(self) -> dict[str, Any]:
-        """Everything needed to resume exactly (plain msgpack-able structure)."""
-        return {
-            "base_tf": self.base_tf, "base": self.base.dump() if self.base else None,
-            "last_close": None if self.last_close is None else str(self.last_close),
-            "last_base_ts": self.last_base_ts, "closed_until": self.closed_until, "hwm": self.hwm,
-            "gaps": [list(g) for g in self.gaps], "late": [self.late_revised, self.late_dropped],
-            "emit_base": self.emit_base,
-            "derived": {tf: {"cur": c.dump() if (c := self.cur[tf]) else None, "start_at": self.start_at[tf]}
-                        for tf in self.derived},
-            "recent": self._dump_recent(),
-            "history_from": dict(self.history_from),
-        }
-
-    def _dump_recent(self) -> dict[str, bytes]:
-        """``recent`` for ``dump``, each timeframe's kept bars packed once and reused until one of them changes.
-
-        The state is saved with every batch, and the kept bars (a lateness window of them: 60 for 1s bars) change
-        only when a bar closes, a late trade revises one, a gap flags them or they are pruned — each of those marks
-        its timeframe in ``_recent_dirty`` and forgets that bar's packed row (``_touch``). Re-dumping and re-packing
-        them every batch cost ~90 µs per series; re-packing all of them at each close of a 1s bar ~150 µs per candle.
-        The bytes are ``pack([b.dump() for b in bars.values()])``'s: a msgpack array is its header and its items' bytes.
-        """
-        cache, dirty = self._recent_packed, self._recent_dirty
-        out = {}
-        for tf, bars in self.recent.items():
-            hit = cache.get(tf)
-            if hit is None or hit[0] is not bars or tf in dirty:
-                rows = self._bars_packed.get(tf)
-                if rows is None or rows[0] is not bars:
-                    rows = self._bars_packed[tf] = (bars, {})
-                packed = rows[1]
-                parts = []
-                for ts, bar in bars.items():
-                    row = packed.get(ts)
-                    if row is None:
-                        row = packed[ts] = pack(bar.dump())
-                    parts.append(row)
-                hit = cache[tf] = (bars, pack_array_header(len(parts)) + b"".join(parts))
-            out[tf] = hit[1]
-        dirty.clear()
-        return out
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """Load a ``dump()``; timeframes configured now but absent from the state are added as new."""
-        if state.get("base_tf") != self.base_tf:
-            raise ValueError(f"saved state has base {state.get('base_tf')!r}, builder uses {self.base_tf!r}")
-        self.base = Bar.load(state["base"]) if state.get("base") else None
-        self.last_close = None if state.get("last_close") is None else Decimal(state["last_close"])
-        self.last_base_ts = state.get("last_base_ts")
-        self.closed_until = state.get("closed_until", 0)
-        self.hwm = state.get("hwm", 0)
-        self.gaps = [tuple(g) for g in state.get("gaps", [])]
-        self.late_revised, self.late_dropped = state.get("late", [0, 0])
-        self.emit_base = self.emit_base or state.get("emit_base", False)
-        wanted = list(self.derived)
-        self.derived, self.cur, self.start_at = {}, {}, {}
-        for tf, saved in state.get("derived", {}).items():
-            if tf in wanted:
-                self.derived[tf] = timeframe_ms(tf)
-                self.cur[tf] = Bar.load(saved["cur"]) if saved.get("cur") else None
-                self.start_at[tf] = saved.get("start_at", 0)
-        self.recent = {tf: {b[0]: Bar.load(b) for b in (unpack(bars) if isinstance(bars, bytes) else bars)}
-                       for tf, bars in state.get("recent", {}).items() if tf == self.base_tf or tf in self.derived}
-        self.recent.setdefault(self.base_tf, {})
-        self.history_from = {tf: ts for tf, ts in state.get("history_from", {}).items()
-                             if tf == self.base_tf or tf in self.derived}
-        for tf in self.derived:
-            self.recent.setdefault(tf, {})
-        for tf in wanted:
-            if tf not in self.derived:
-                self.add_timeframe(tf)
-        self.derived = dict(sorted(self.derived.items(), key=lambda kv: kv[1]))
 

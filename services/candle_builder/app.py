@@ -43,6 +43,7 @@ from services.candle_builder import history
 from services.candle_builder.bars import rows_rolled_up
 from services.candle_builder.core import Emitted, SeriesBuilder
 from services.candle_builder.core.history import backfill, backfill_range
+from services.candle_builder.core.in_progress import in_progress, last_closed
 from services.candle_builder.core.state import dump_state, restore_state
 from services.candle_builder.series import Series, encode_candle, entry_id, retune, say_start, text
 from services.candle_builder.settings import MAX_HISTORY_BARS, Settings
@@ -592,8 +593,8 @@ class CandleBuilderApp:
         """The series' in-progress candles now, encoded (each names the last closed bar of its timeframe and, in
         ``as_of``, the exchange time of the newest trade in it)."""
         ex, sym, builder = series.exchange, series.symbol, series.builder
-        return [(tf, encode_candle(ex, sym, tf, bar, closed=False, prev_ts=builder.last_closed(tf), as_of=bar.last_ts))
-                for tf, bar in builder.in_progress()]
+        return [(tf, encode_candle(ex, sym, tf, bar, closed=False, prev_ts=last_closed(builder, tf), as_of=bar.last_ts))
+                for tf, bar in in_progress(builder)]
 
     def _wall_snapshots(self, series_list: list[Series]) -> list[tuple[Series, list[tuple[str, bytes]]]]:
         """Wall-time throttle (a live feed): each series' in-progress candles after the read, if not published within

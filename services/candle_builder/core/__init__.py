@@ -20,6 +20,7 @@ timeframe is rolled up from exact base candles plus trades.
 Arithmetic is exact: ``Decimal`` under a 60-digit context, so sums of products never round.
 
 - ``builder``: ``SeriesBuilder``, the candles of one (exchange, symbol) from its trades;
+- ``in_progress``: its candles in progress (published live);
 - ``history``: history candles joining them (a new series seeded, older buckets backfilled);
 - ``state``: a builder's saved state (``dump_state``, ``restore_state``), what the next owner resumes from.
 """

@@ -382,7 +382,7 @@ class SeriesBuilder:
                         close = bars[max(before)].close
                         cur.open = cur.high = cur.low = cur.close = close
 
-    # ---- views -----------------------------------------------------------------------------------------------------
+    # ---- the closing timer -----------------------------------------------------------------------------------------
 
     def next_close_at(self) -> int | None:
         """Exchange time at which ``advance`` would close something (None: nothing open, no flat candle due)."""
@@ -392,29 +392,3 @@ class SeriesBuilder:
         elif self.flat_candles and self.last_close is not None and self.last_base_ts is not None:
             ends.append(self.last_base_ts + 2 * self.base_ms)
         return min(ends) if ends else None
-
-    def last_closed(self, tf: str) -> int | None:
-        """Start of the last closed bar of ``tf`` (``_prune`` always keeps it), None before any."""
-        bars = self.recent.get(tf)
-        return max(bars) if bars else None
-
-    def in_progress(self) -> list[Emitted]:
-        """The open candle of every timeframe (derived ones include the open base bar)."""
-        out: list[Emitted] = []
-        base = self.base
-        if base is not None and self.emit_base:
-            out.append((self.base_tf, base))
-        for tf, ms in self.derived.items():
-            cur = self.cur[tf]
-            if base is not None and bucket_start(base.ts, ms) >= self.start_at[tf]:
-                d = bucket_start(base.ts, ms)
-                if cur is None or cur.ts != d:
-                    view = base.copy(d, d + ms)
-                else:
-                    view = cur.copy()
-                    view.merge(base)
-                out.append((tf, view))
-            elif cur is not None:
-                out.append((tf, cur))
-        return out
-

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.candle_builder.core import Bar, SeriesBuilder
+from services.candle_builder.core.in_progress import in_progress, last_closed
 from services.candle_builder.core.state import dump_state, restore_state
 
 MIN = 60_000
@@ -305,8 +306,8 @@ def test_last_closed_is_the_newest_closed_bar_before_the_one_in_progress(run, fl
         closed = {}
         for tf, bar in out:
             closed[tf] = max(closed.get(tf, bar.ts), bar.ts)
-        live = dict(builder.in_progress())
+        live = dict(in_progress(builder))
         for tf in TFS:
-            assert builder.last_closed(tf) == closed.get(tf)
+            assert last_closed(builder, tf) == closed.get(tf)
             if tf in live and tf in closed:
                 assert closed[tf] < live[tf].ts

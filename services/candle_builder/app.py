@@ -33,7 +33,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
@@ -44,8 +43,9 @@ from services.candle_builder.bars import rows_rolled_up
 from services.candle_builder.core import Emitted, SeriesBuilder
 from services.candle_builder.core.history import backfill, backfill_range
 from services.candle_builder.core.in_progress import in_progress, last_closed
-from services.candle_builder.core.state import dump_state, restore_state
-from services.candle_builder.series import Series, encode_candle, entry_id, retune, say_start, text
+from services.candle_builder.core.state import restore_state
+from services.candle_builder.held import GROUP, SAVE_EVERY_S, HeldPartitions
+from services.candle_builder.series import Pair, Series, encode_candle, entry_id, retune, say_start, text
 from services.candle_builder.settings import MAX_HISTORY_BARS, Settings
 from shared import metrics, streams
 from shared.bus import FIELD, Bus
@@ -53,11 +53,10 @@ from shared.errors import ConfigError, DecodeError
 from shared.feed_codec import TradeColumns, trade_rows
 from shared.feed_runs import decode_feed_runs
 from shared.outage import REDIS_DOWN
-from shared.ownership import PREVIOUS, Ownership
+from shared.ownership import Ownership
 from shared.partitioned import PartitionWorkers, raw_reader, read_streams
-from shared.partitions import partition_of
 from shared.runtime import consumer_name, heartbeat, quiet_gc
-from shared.schemas import Candle, FeedMessage, GapMarker, TradeBatch, Watermark, pack, unpack
+from shared.schemas import Candle, FeedMessage, GapMarker, TradeBatch, Watermark, unpack
 from shared.stream_entries import entry_data
 from shared.subscriptions import Subscriptions
 from shared.timeframes import timeframe_ms
@@ -65,12 +64,6 @@ from shared.timeframes import timeframe_ms
 logger = logging.getLogger(__name__)
 
 SERVICE = "candle_builder"
-GROUP = streams.GROUP_CANDLE_BUILDER
-#: Longest time a partition's state and offset stay unsaved while its reads publish nothing: what a new owner reads
-#: again after a crash (it resumes from the saved state and offset, so nothing counts twice).
-SAVE_EVERY_S = 1.0
-
-Pair = tuple[str, str]
 
 
 class CandleBuilderApp:
@@ -87,30 +80,19 @@ class CandleBuilderApp:
         self.raw = raw_reader(redis)
         self.subscriptions = Subscriptions(redis)
         self.seeder = history.Seeder(settings, redis)
-        self.series: dict[Pair, Series] = {}  # pairs of the partitions held (loaded lazily, with their saved state)
-        self._partitions: dict[Pair, int] = {}  # pair -> its partition (``partition``)
-        self.offsets: dict[int, bytes] = {}  # partition held -> the last entry of its trades stream processed
-        self.unsaved: dict[int, Unsaved] = {}  # partition -> what its reads changed since its last commit
+        self.held = HeldPartitions(settings, self.ownership)
         self.wanted: dict[Pair, set[str]] = {}  # (exchange, symbol) -> timeframes
         self.lookback: dict[Pair, dict[str, int]] = {}  # (exchange, symbol) -> timeframe -> candles
         self.backfilled = 0  # older history candles written after a look-back grew / a timeframe was added
-        self._locks: dict[int, asyncio.Lock] = {}  # one read, timer tick or backfill of a partition at a time
         self._rolled_up: set[tuple[Pair, str]] = set()  # (pair, timeframe) rolled up from base candles (_roll_up_added)
         self.trades_in = 0
         self.timer_closed = 0
-        self.candles_out = 0
         self.skipped_entries = 0
 
-    def partition(self, exchange: str, symbol: str) -> int:
-        # remembered per pair: a partition-wide watermark asks it for every pair built here (partition_of hashes,
-        # ~0.7 us: O(pairs) per watermark per partition, ~0.4 s of a 500-symbol backtest, ~4 s at 5,000 symbols)
-        got = self._partitions.get((exchange, symbol))
-        if got is None:
-            got = self._partitions[(exchange, symbol)] = partition_of(exchange, symbol, self.settings.partitions)
-        return got
-
-    def _lock(self, partition: int) -> asyncio.Lock:
-        return self._locks.setdefault(partition, asyncio.Lock())
+    @property
+    def series(self) -> dict[Pair, Series]:
+        """The series of the partitions held (``HeldPartitions.series``)."""
+        return self.held.series
 
     # ---- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -137,8 +119,8 @@ class CandleBuilderApp:
                 await self.raw.aclose()
 
     def status(self) -> dict[str, Any]:
-        late = sum(s.builder.late_dropped for s in self.series.values())
-        return {"series": len(self.series), "trades": self.trades_in, "candles": self.candles_out,
+        late = sum(s.builder.late_dropped for s in self.held.series.values())
+        return {"series": len(self.held.series), "trades": self.trades_in, "candles": self.held.candles_out,
                 "timer_closed": self.timer_closed, "partitions": ",".join(map(str, self.workers.owned)),
                 "late_dropped": late, "skipped_entries": self.skipped_entries}
 
@@ -155,7 +137,7 @@ class CandleBuilderApp:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=every_s)
-            offsets = {streams.part_trades(p): offset for p, offset in list(self.offsets.items())}
+            offsets = {streams.part_trades(p): offset for p, offset in list(self.held.offsets.items())}
             await metrics.sample_offsets(self.redis, GROUP, offsets)
 
     async def _guarded(self, what: str, step: Any) -> None:
@@ -222,7 +204,7 @@ class CandleBuilderApp:
                 self.wanted[pair] = set(tfs)
                 if before:
                     dropped[pair] = before - tfs
-                series = self.series.get(pair)
+                series = self.held.series.get(pair)
                 if series is not None:
                     retune(series.builder, tfs)
                     say_start(series, tfs - (before or set()), series.history_bars if series.history_bars is not None
@@ -236,22 +218,22 @@ class CandleBuilderApp:
         from it)."""
         members: dict[int, list[str]] = {}
         for pair in gone:
-            partition = self.partition(*pair)
-            async with self._lock(partition):  # no read or timer tick in flight for it
+            partition = self.held.partition(*pair)
+            async with self.held.lock(partition):  # no read or timer tick in flight for it
                 self.wanted.pop(pair, None)
-                self.series.pop(pair, None)
-                if partition in self.unsaved:  # its state as of the offset read so far (a re-added pair resumes it)
-                    await self._save(partition, [])
+                self.held.series.pop(pair, None)
+                if partition in self.held.unsaved:  # its state as of the offset read so far (a re-added pair resumes it)
+                    await self.held.save(partition, [])
             registry = await self.redis.smembers(streams.part_candle_registry(partition))
             members.setdefault(partition, []).extend(
                 m for m in map(text, registry) if streams.split_registry_member(m)[:2] == list(pair))
             logger.info("candle_builder: no longer following %s %s (state kept in Redis)", *pair)
         for pair, tfs in dropped.items():
-            series = self.series.get(pair)
+            series = self.held.series.get(pair)
             for tf in tfs:
                 if series is not None:
                     series.registered.discard(tf)
-                members.setdefault(self.partition(*pair), []).append(streams.registry_member(*pair, tf))
+                members.setdefault(self.held.partition(*pair), []).append(streams.registry_member(*pair, tf))
             logger.info("candle_builder: %s %s no longer builds %s", *pair, ", ".join(sorted(tfs)))
         for partition, names in members.items():
             if names:
@@ -264,31 +246,24 @@ class CandleBuilderApp:
         """Build the pairs of ``partition`` from its trades stream, from the saved offset, until ``stop`` (the
         partition was lost, or the service stops)."""
         stream = streams.part_trades(partition)
-        self._drop(partition)  # (a restarted worker: builders may have run ahead of what Redis holds)
+        self.held.drop(partition)  # (a restarted worker: builders may have run ahead of what Redis holds)
         try:
             while not stop.is_set():
-                offset = self.offsets.get(partition)
+                offset = self.held.offsets.get(partition)
                 if offset is None:  # first read, or a timer tick's / backfill's failed commit dropped the partition
                     # (``_drop``): resume from what Redis holds, as a new owner would
                     saved = await self.redis.hget(streams.part_state(partition, GROUP), streams.offset_field(stream))
-                    offset = self.offsets[partition] = saved or b"0-0"
+                    offset = self.held.offsets[partition] = saved or b"0-0"
                 read = await read_streams(self.raw, {stream: offset}, count=self.settings.read_count,
                                           block_ms=self.settings.block_ms)
                 if read and not stop.is_set():
-                    async with self._lock(partition):
+                    async with self.held.lock(partition):
                         await self._handle(partition, stream, read[0][1])
-                elif partition in self.unsaved:  # an idle read (or stopping): what waits is saved
-                    async with self._lock(partition):
-                        await self._save(partition, [])
+                elif partition in self.held.unsaved:  # an idle read (or stopping): what waits is saved
+                    async with self.held.lock(partition):
+                        await self.held.save(partition, [])
         finally:
-            self._drop(partition)
-
-    def _drop(self, partition: int) -> None:
-        """Forget a partition's series: whoever runs it next resumes from what Redis holds."""
-        self.offsets.pop(partition, None)
-        self.unsaved.pop(partition, None)
-        for pair in [pair for pair, series in self.series.items() if series.partition == partition]:
-            del self.series[pair]
+            self.held.drop(partition)
 
     async def _handle(self, partition: int, stream: str, entries: list[Any]) -> None:
         """Apply one read of the partition's trades stream; commit it (fenced: candles, pair states, offset) when it
@@ -310,8 +285,9 @@ class CandleBuilderApp:
                 run.append(ids)
             elif msg.symbol == "" and isinstance(msg, Watermark):  # every pair of the exchange in the partition:
                 # the ones built here so far (a final one: all, so a pair taken over just before it closes too)
-                for p in (self.wanted if msg.final else self.series):
-                    if p[0] == msg.exchange and self.partition(*p) == partition:
+                part_of = self.held.partition
+                for p in (self.wanted if msg.final else self.held.series):
+                    if p[0] == msg.exchange and part_of(*p) == partition:
                         runs.setdefault(p, []).append(ids)
             else:
                 pair = (msg.exchange, msg.symbol)
@@ -324,7 +300,7 @@ class CandleBuilderApp:
         wall: list[Series] = []  # series throttled in wall time (live_throttle_clock: wall)
         try:
             for pair, run in runs.items():
-                series = self.series.get(pair)
+                series = self.held.series.get(pair)
                 if series is None:
                     if pair not in self.wanted:
                         await self._learn(pair)
@@ -336,7 +312,7 @@ class CandleBuilderApp:
                                                entry_id(first[0])[0])
                 emitted: list[Emitted] = []
                 if series.seeded:  # history candles, before any live one
-                    self._queue_candles(commands, series, series.seeded, history=True)
+                    self.held.queue_candles(commands, series, series.seeded, history=True)
                     series.seeded = []
                     for tf, since in series.builder.history_from.items():
                         commands.append(("HSET", streams.part_candle_history_from(partition),
@@ -354,7 +330,7 @@ class CandleBuilderApp:
                     self._queue_in_order(commands, series, emitted, snaps)
                     live.append((series, [(tf, data) for _, tf, data in snaps]))
                 else:
-                    self._queue_candles(commands, series, emitted)
+                    self.held.queue_candles(commands, series, emitted)
                 counted.extend(emitted)
                 touched.append(series)
                 if snaps is None and self.settings.live_candles:
@@ -365,42 +341,15 @@ class CandleBuilderApp:
                 live.append((series, now))
             if live:
                 self._announce_live(commands, partition, live)
-            unsaved = self._unsaved(partition, touched)
+            unsaved = self.held.changed(partition, touched)
             unsaved.offset = offset
             if commands or time.monotonic() - unsaved.since >= SAVE_EVERY_S:
-                await self._save(partition, commands)
+                await self.held.save(partition, commands)
         except BaseException:  # lease lost, a bug, cancellation: builders ran ahead of what Redis holds
-            self._drop(partition)
+            self.held.drop(partition)
             raise
-        self.offsets[partition] = offset
+        self.held.offsets[partition] = offset
         metrics.count_candles(counted)
-
-    def _unsaved(self, partition: int, changed: list[Series]) -> Unsaved:
-        """The partition's unsaved changes, with ``changed`` series added."""
-        unsaved = self.unsaved.get(partition)
-        if unsaved is None:
-            unsaved = self.unsaved[partition] = Unsaved(time.monotonic())
-        for series in changed:
-            unsaved.series[(series.exchange, series.symbol)] = series
-        return unsaved
-
-    async def _save(self, partition: int, commands: list[Any]) -> None:
-        """Run ``commands`` fenced, with the state of every series changed since the partition's last commit and
-        its new offset: what is published and the state it came from are saved together. The caller holds the
-        partition's lock. If this raises (lease lost, Redis away) the partition is dropped: its builders ran ahead of
-        what Redis holds, and the next read resumes from there."""
-        unsaved = self.unsaved.pop(partition, None)
-        if unsaved is not None:
-            commands += [self._state_command(series) for series in unsaved.series.values()]
-            if unsaved.offset is not None:
-                commands.append(("HSET", streams.part_state(partition, GROUP),
-                                 streams.offset_field(streams.part_trades(partition)), unsaved.offset))
-        if commands:
-            try:
-                await self.ownership.fenced(partition, commands)
-            except BaseException:
-                self._drop(partition)
-                raise
 
     # ---- closing on time -------------------------------------------------------------------------------------------
 
@@ -426,7 +375,7 @@ class CandleBuilderApp:
         """
         s = self.settings
         due: dict[int, list[tuple[Series, int]]] = {}
-        for series in self.series.values():
+        for series in self.held.series.values():
             offset = series.live_offset
             if offset is None or abs(offset) > s.live_max_skew_ms:
                 continue
@@ -437,38 +386,31 @@ class CandleBuilderApp:
         closed = 0
         for partition, items in due.items():
             newest = await self.redis.xrevrange(streams.part_trades(partition), count=1)
-            async with self._lock(partition):
-                done = self.offsets.get(partition)
+            async with self.held.lock(partition):
+                done = self.held.offsets.get(partition)
                 if done is None or (newest and entry_id(newest[0][0]) > entry_id(done)):
                     continue  # entries wait in the stream: they, not the clock, decide
                 commands: list[Any] = []
                 counted: list[Emitted] = []
                 try:
                     for series, estimate in items:
-                        if self.series.get((series.exchange, series.symbol)) is not series:
+                        if self.held.series.get((series.exchange, series.symbol)) is not series:
                             continue
                         out: list[Emitted] = []
                         series.builder.advance(estimate, out)
                         if out:
                             closed += len(out)
-                            self._queue_candles(commands, series, out)
+                            self.held.queue_candles(commands, series, out)
                             counted.extend(out)
-                            self._unsaved(partition, [series])
+                            self.held.changed(partition, [series])
                     if commands:
-                        await self._save(partition, commands)
+                        await self.held.save(partition, commands)
                         metrics.count_candles(counted)
                 except BaseException:
-                    self._drop(partition)
+                    self.held.drop(partition)
                     raise
         self.timer_closed += closed
         return closed
-
-    def _state_command(self, series: Series) -> tuple[Any, ...]:
-        state = dump_state(series.builder)
-        if series.live_ts is not None:  # the exchange-time throttle's last point (``_exchange_throttle``)
-            state["live_ts"] = series.live_ts
-        return ("HSET", streams.part_state(series.partition, GROUP),
-                streams.pair_field(series.exchange, series.symbol), pack(state))
 
     def _apply_run(self, messages: list[FeedMessage], series: Series, out: list[Emitted],
                    snaps: list[tuple[int, str, bytes]] | None = None) -> None:
@@ -533,23 +475,6 @@ class CandleBuilderApp:
                                "(%d in all)", series.exchange, series.symbol, builder.late_dropped - series.late_logged,
                                builder.lateness_ms, builder.late_dropped)
                 series.late_logged, series.late_logged_at = builder.late_dropped, now
-
-    def _queue_candles(self, commands: list[Any], series: Series, emitted: list[Emitted],
-                       history: bool = False) -> None:
-        """The fenced commands of closed candles: XADD to the partition's stream, the same entry (id and data) to the
-        series' stream (``PREVIOUS``: the id the first XADD got), PUBLISH, and the series' registry entry."""
-        ex, sym, p = series.exchange, series.symbol, series.partition
-        part, part_maxlen = streams.part_candles(p), self.settings.part_candles_maxlen
-        for tf, bar in emitted:
-            data = encode_candle(ex, sym, tf, bar, history=history)
-            commands.append(("XADD", part, "MAXLEN", "~", part_maxlen, "*", streams.FIELD, data))
-            commands.append(("XADD", streams.series_candles(p, ex, sym, tf), "MAXLEN", "~",
-                             self.settings.retention(tf), PREVIOUS, streams.FIELD, data))
-            commands.append(("PUBLISH", streams.channel_candles(ex, sym, tf), data))
-            if tf not in series.registered:
-                series.registered.add(tf)
-                commands.append(("SADD", streams.part_candle_registry(p), streams.registry_member(ex, sym, tf)))
-        self.candles_out += len(emitted)
 
     # ---- in-progress candles ------------------------------------------------------------------------------------
 
@@ -621,11 +546,11 @@ class CandleBuilderApp:
         done = 0
         for pos, _, data in snaps:
             if pos > done:
-                self._queue_candles(commands, series, emitted[done:pos])
+                self.held.queue_candles(commands, series, emitted[done:pos])
                 done = pos
             self._queue_live_entries(commands, series, [data])
         if done < len(emitted):
-            self._queue_candles(commands, series, emitted[done:])
+            self.held.queue_candles(commands, series, emitted[done:])
 
     def _queue_live_entries(self, commands: list[Any], series: Series, datas: list[bytes]) -> None:
         """XADDs of in-progress candles to the series' partition's ``part_live`` (what alert_engine reads)."""
@@ -674,7 +599,7 @@ class CandleBuilderApp:
         elif self.settings.history_bars != 0:  # unset (auto) or a count: decided at the first trade (seed)
             series.needs_seed = True
         series.late_counted = (series.builder.late_revised, series.builder.late_dropped)
-        self.series[pair] = series
+        self.held.series[pair] = series
         return series
 
     def _asked(self, series: Series) -> dict[str, int]:
@@ -685,7 +610,7 @@ class CandleBuilderApp:
         """Fetch older history where a look-back grew or a timeframe was added (see ``core.history.backfill_range``);
         one series and timeframe at a time, the fetch outside the lock so live candles keep flowing meanwhile."""
         now = time.monotonic()
-        for series in list(self.series.values()):
+        for series in list(self.held.series.values()):
             if series.needs_seed or series.last_id is None:
                 continue
             if series.history_bars is None:
@@ -735,31 +660,22 @@ class CandleBuilderApp:
                 await self._write_backfill(series, tf, (rows[0][0], span[1]), rows)
 
     async def _write_backfill(self, series: Series, tf: str, span: tuple[int, int], rows: list) -> None:
-        async with self._lock(series.partition):
-            if self.series.get((series.exchange, series.symbol)) is not series:
+        async with self.held.lock(series.partition):
+            if self.held.series.get((series.exchange, series.symbol)) is not series:
                 return  # unfollowed, partition lost or reloaded meanwhile: the next round plans again
             out: list[Emitted] = []
             backfill(series.builder, tf, *span, rows, out)
             if series.builder.history_from.get(tf) != span[0]:
                 return
             commands: list[Any] = []
-            self._queue_candles(commands, series, out, history=True)
+            self.held.queue_candles(commands, series, out, history=True)
             commands.append(("HSET", streams.part_candle_history_from(series.partition),
                              streams.registry_member(series.exchange, series.symbol, tf), span[0]))
-            self._unsaved(series.partition, [series])
-            await self._save(series.partition, commands)
+            self.held.changed(series.partition, [series])
+            await self.held.save(series.partition, commands)
         self.backfilled += len(out)
         logger.info("candle_builder: %s %s %s: %d older candles from history (back to %d)", series.exchange,
                     series.symbol, tf, len(out), span[0])
-
-
-@dataclass(slots=True)
-class Unsaved:
-    """What a partition's reads changed since its last commit: the series and the offset read to."""
-
-    since: float  # monotonic time of the first unsaved change
-    series: dict[Pair, Series] = field(default_factory=dict)
-    offset: bytes | None = None
 
 
 def _slice(trades: Any, start: int, end: int) -> Any:

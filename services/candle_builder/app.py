@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
 from itertools import chain
 from typing import Any
 
@@ -42,15 +41,15 @@ from services.candle_builder import history
 from services.candle_builder.bars import rows_rolled_up
 from services.candle_builder.core import Emitted, SeriesBuilder
 from services.candle_builder.core.history import backfill, backfill_range
-from services.candle_builder.core.in_progress import in_progress, last_closed
 from services.candle_builder.core.state import restore_state
 from services.candle_builder.held import GROUP, SAVE_EVERY_S, HeldPartitions
-from services.candle_builder.series import Pair, Series, encode_candle, entry_id, retune, say_start, text
+from services.candle_builder.live import LiveCandles
+from services.candle_builder.series import Pair, Series, entry_id, retune, say_start, text
 from services.candle_builder.settings import MAX_HISTORY_BARS, Settings
 from shared import metrics, streams
 from shared.bus import FIELD, Bus
 from shared.errors import ConfigError, DecodeError
-from shared.feed_codec import TradeColumns, trade_rows
+from shared.feed_codec import trade_rows
 from shared.feed_runs import decode_feed_runs
 from shared.outage import REDIS_DOWN
 from shared.ownership import Ownership
@@ -81,6 +80,7 @@ class CandleBuilderApp:
         self.subscriptions = Subscriptions(redis)
         self.seeder = history.Seeder(settings, redis)
         self.held = HeldPartitions(settings, self.ownership)
+        self.live = LiveCandles(settings, self.held)
         self.wanted: dict[Pair, set[str]] = {}  # (exchange, symbol) -> timeframes
         self.lookback: dict[Pair, dict[str, int]] = {}  # (exchange, symbol) -> timeframe -> candles
         self.backfilled = 0  # older history candles written after a look-back grew / a timeframe was added
@@ -324,10 +324,10 @@ class CandleBuilderApp:
                 elif type(last) is Watermark:
                     series.live_offset = series.last_id[0] - last.ts
                 snaps: list[tuple[int, str, bytes]] | None = (
-                    [] if self.settings.live_candles and self._exchange_throttle(series) else None)
+                    [] if self.settings.live_candles and self.live.exchange_throttle(series) else None)
                 self._apply_run([m for _, _, m in run], series, emitted, snaps)
                 if snaps:  # closed and in-progress candles written in the order they were made (alert_engine's order)
-                    self._queue_in_order(commands, series, emitted, snaps)
+                    self.live.queue_in_order(commands, series, emitted, snaps)
                     live.append((series, [(tf, data) for _, tf, data in snaps]))
                 else:
                     self.held.queue_candles(commands, series, emitted)
@@ -336,11 +336,11 @@ class CandleBuilderApp:
                 if snaps is None and self.settings.live_candles:
                     wall.append(series)
             offset = entries[-1][0]
-            for series, now in self._wall_snapshots(wall) if wall else []:
-                self._queue_live_entries(commands, series, [data for _, data in now])
+            for series, now in self.live.wall_snapshots(wall) if wall else []:
+                self.live.queue_entries(commands, series, [data for _, data in now])
                 live.append((series, now))
             if live:
-                self._announce_live(commands, partition, live)
+                self.live.announce(commands, partition, live)
             unsaved = self.held.changed(partition, touched)
             unsaved.offset = offset
             if commands or time.monotonic() - unsaved.since >= SAVE_EVERY_S:
@@ -421,16 +421,17 @@ class CandleBuilderApp:
         flat: list[Any] | None = None  # the last of ``rows`` when it is a list of the batches' rows (one per entry:
         # the builder iterates one list, not a chain of thousands of one-trade lists)
         n = 0
+        live = self.live
         for msg in messages:
             if type(msg) is TradeBatch:
                 if snaps is not None:
-                    for part, last in self._cut(series, msg.trades):
+                    for part, last in live.cut(series, msg.trades):
                         rows.append(trade_rows(part))
                         n += len(part)
                         if last:  # a throttle point: the in-progress candles as of this trade
                             self._apply_trades(series, rows, n, out)
                             rows, n = [], 0
-                            snaps += [(len(out), tf, data) for tf, data in self._snapshot(series)]
+                            snaps += [(len(out), tf, data) for tf, data in live.snapshot(series)]
                     continue
                 trades = trade_rows(msg.trades)
                 if type(trades) is list:
@@ -475,100 +476,6 @@ class CandleBuilderApp:
                                "(%d in all)", series.exchange, series.symbol, builder.late_dropped - series.late_logged,
                                builder.lateness_ms, builder.late_dropped)
                 series.late_logged, series.late_logged_at = builder.late_dropped, now
-
-    # ---- in-progress candles ------------------------------------------------------------------------------------
-
-    def _exchange_throttle(self, series: Series) -> bool:
-        """Whether ``series``' in-progress candles are throttled in exchange time (``live_throttle_clock: exchange``,
-        what ``sentinel backtest`` sets): the same in-progress candles, and intrabar rules fire the same alerts,
-        however fast the input comes and however the stream is read. Else in wall time (live views)."""
-        return self.settings.live_throttle_clock == "exchange"
-
-    def _cut(self, series: Series, trades: Any) -> Iterator[tuple[Any, bool]]:
-        """A batch of trades in parts, each ending with a throttle point (True) but the last: a trade is a point
-        when it is the first one (in stream order) of a new ``live_throttle_ms`` window of exchange time, i.e. its
-        ``ts // live_throttle_ms`` is above that of the series' last point (``series.live_ts``); every trade with
-        ``live_throttle_ms`` 0. Decided by the trades' timestamps alone."""
-        step = self.settings.live_throttle_ms
-        tss = trades.tss if type(trades) is TradeColumns else [t[1] for t in trades]
-        if not tss:
-            return
-        mark = series.live_ts
-        if step == 0:
-            points = range(len(tss))
-        elif mark is not None and max(tss) // step <= mark // step:
-            points = range(0)  # (the common case at a high trade rate: no point in this batch)
-        else:
-            window = -1 if mark is None else mark // step
-            found: list[int] = []
-            for i, ts in enumerate(tss):
-                if ts // step > window:
-                    window = ts // step
-                    found.append(i)
-            points = range(0) if not found else found  # type: ignore[assignment]
-        start = 0
-        for i in points:
-            series.live_ts = tss[i]
-            yield _slice(trades, start, i + 1), True
-            start = i + 1
-        if start < len(tss):
-            yield _slice(trades, start, len(tss)), False
-
-    def _snapshot(self, series: Series) -> list[tuple[str, bytes]]:
-        """The series' in-progress candles now, encoded (each names the last closed bar of its timeframe and, in
-        ``as_of``, the exchange time of the newest trade in it)."""
-        ex, sym, builder = series.exchange, series.symbol, series.builder
-        return [(tf, encode_candle(ex, sym, tf, bar, closed=False, prev_ts=last_closed(builder, tf), as_of=bar.last_ts))
-                for tf, bar in in_progress(builder)]
-
-    def _wall_snapshots(self, series_list: list[Series]) -> list[tuple[Series, list[tuple[str, bytes]]]]:
-        """Wall-time throttle (a live feed): each series' in-progress candles after the read, if not published within
-        ``live_throttle_ms`` of wall time: a live view gets the newest state at most that often, and a backlog read
-        at once is one snapshot, not one per throttle window."""
-        now = time.monotonic()
-        throttle = self.settings.live_throttle_ms / 1000
-        out = []
-        for series in series_list:
-            if now - series.last_live < throttle:
-                continue
-            series.last_live = now
-            snaps = self._snapshot(series)
-            if snaps:
-                out.append((series, snaps))
-        return out
-
-    def _queue_in_order(self, commands: list[Any], series: Series, emitted: list[Emitted],
-                        snaps: list[tuple[int, str, bytes]]) -> None:
-        """Exchange-time throttle: the closed candles' commands and the XADDs of the in-progress candles to
-        ``part_live``, interleaved in the order the builder made them. Entry ids grow with the order of the XADDs
-        across both streams (a script's commands run in order; Redis' clock only goes forward), which is what lets
-        alert_engine evaluate both streams in one order whatever it reads at once (``PartitionEngine.step``)."""
-        done = 0
-        for pos, _, data in snaps:
-            if pos > done:
-                self.held.queue_candles(commands, series, emitted[done:pos])
-                done = pos
-            self._queue_live_entries(commands, series, [data])
-        if done < len(emitted):
-            self.held.queue_candles(commands, series, emitted[done:])
-
-    def _queue_live_entries(self, commands: list[Any], series: Series, datas: list[bytes]) -> None:
-        """XADDs of in-progress candles to the series' partition's ``part_live`` (what alert_engine reads)."""
-        stream, maxlen = streams.part_live(series.partition), self.settings.live_maxlen
-        commands.extend(("XADD", stream, "MAXLEN", "~", maxlen, "*", streams.FIELD, data) for data in datas)
-
-    def _announce_live(self, commands: list[Any], partition: int,
-                       live: list[tuple[Series, list[tuple[str, bytes]]]]) -> None:
-        """In-progress candles already queued to ``part_live``, for the live views: PUBLISH, and the newest of each
-        series into its field of ``part_live_latest``, in the read's fenced commit (one round trip, one slot)."""
-        latest: dict[str, bytes] = {}
-        for series, snaps in live:
-            ex, sym = series.exchange, series.symbol
-            for tf, data in snaps:
-                commands.append(("PUBLISH", streams.channel_candles_live(ex, sym, tf), data))
-                latest[streams.registry_member(ex, sym, tf)] = data
-        if latest:
-            commands.append(("HSET", streams.part_live_latest(partition), *chain.from_iterable(latest.items())))
 
     # ---- state -----------------------------------------------------------------------------------------------------
 
@@ -676,13 +583,3 @@ class CandleBuilderApp:
         self.backfilled += len(out)
         logger.info("candle_builder: %s %s %s: %d older candles from history (back to %d)", series.exchange,
                     series.symbol, tf, len(out), span[0])
-
-
-def _slice(trades: Any, start: int, end: int) -> Any:
-    """Trades ``start:end`` of a batch (a list, or ``TradeColumns`` cut column by column)."""
-    if type(trades) is TradeColumns:
-        if start == 0 and end == len(trades):
-            return trades
-        return TradeColumns(trades.ids[start:end], trades.tss[start:end], trades.prices[start:end],
-                            trades.amounts[start:end], trades.sides[start:end])
-    return trades if start == 0 and end == len(trades) else trades[start:end]

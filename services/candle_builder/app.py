@@ -46,6 +46,7 @@ from services.candle_builder.held import GROUP, SAVE_EVERY_S, HeldPartitions
 from services.candle_builder.live import LiveCandles
 from services.candle_builder.series import Pair, Series, entry_id, retune, say_start, text
 from services.candle_builder.settings import MAX_HISTORY_BARS, Settings
+from services.candle_builder.timer import ClosingTimer
 from shared import metrics, streams
 from shared.bus import FIELD, Bus
 from shared.errors import ConfigError, DecodeError
@@ -81,18 +82,23 @@ class CandleBuilderApp:
         self.seeder = history.Seeder(settings, redis)
         self.held = HeldPartitions(settings, self.ownership)
         self.live = LiveCandles(settings, self.held)
+        self.timer = ClosingTimer(settings, redis, self.held)
         self.wanted: dict[Pair, set[str]] = {}  # (exchange, symbol) -> timeframes
         self.lookback: dict[Pair, dict[str, int]] = {}  # (exchange, symbol) -> timeframe -> candles
         self.backfilled = 0  # older history candles written after a look-back grew / a timeframe was added
         self._rolled_up: set[tuple[Pair, str]] = set()  # (pair, timeframe) rolled up from base candles (_roll_up_added)
         self.trades_in = 0
-        self.timer_closed = 0
         self.skipped_entries = 0
 
     @property
     def series(self) -> dict[Pair, Series]:
         """The series of the partitions held (``HeldPartitions.series``)."""
         return self.held.series
+
+    @property
+    def timer_closed(self) -> int:
+        """Candles the closing timer closed (``ClosingTimer``)."""
+        return self.timer.closed
 
     # ---- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -104,7 +110,7 @@ class CandleBuilderApp:
         quiet_gc()
         workers = asyncio.create_task(self.workers.run(stop), name=f"{SERVICE}-partitions")
         helpers = [asyncio.create_task(self._discover_loop(stop), name=f"{SERVICE}-discover"),
-                   asyncio.create_task(self._timer_loop(stop), name=f"{SERVICE}-timer"),
+                   asyncio.create_task(self.timer.run(stop, self._guarded), name=f"{SERVICE}-timer"),
                    asyncio.create_task(self._sample_loop(stop), name=f"{SERVICE}-metrics"),
                    asyncio.create_task(heartbeat(self.redis, SERVICE, stop, self.status, outage=self.bus.outage),
                                        name=f"{SERVICE}-hb")]
@@ -121,7 +127,7 @@ class CandleBuilderApp:
     def status(self) -> dict[str, Any]:
         late = sum(s.builder.late_dropped for s in self.held.series.values())
         return {"series": len(self.held.series), "trades": self.trades_in, "candles": self.held.candles_out,
-                "timer_closed": self.timer_closed, "partitions": ",".join(map(str, self.workers.owned)),
+                "timer_closed": self.timer.closed, "partitions": ",".join(map(str, self.workers.owned)),
                 "late_dropped": late, "skipped_entries": self.skipped_entries}
 
     async def _discover_loop(self, stop: asyncio.Event) -> None:
@@ -350,67 +356,6 @@ class CandleBuilderApp:
             raise
         self.held.offsets[partition] = offset
         metrics.count_candles(counted)
-
-    # ---- closing on time -------------------------------------------------------------------------------------------
-
-    async def _timer_loop(self, stop: asyncio.Event) -> None:
-        if not self.settings.close_on_timer:
-            return
-        every = self.settings.timer_every_ms / 1000
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=every)
-            if stop.is_set():
-                return
-            # (the next tick retries; trades and watermarks still close candles meanwhile)
-            await self._guarded("closing timer", lambda: self.tick(int(time.time() * 1000)))
-
-    async def tick(self, now_ms: int) -> int:
-        """Close what live series have due by the wall clock (``now_ms``), if their partition's stream holds nothing
-        unread.
-
-        Estimated exchange time = now − the series' feed latency − grace. Replays (latency of years) never qualify,
-        and a series whose stream holds entries not yet processed waits for them: the timer never closes early what
-        the stream already holds. Returns how many candles it closed.
-        """
-        s = self.settings
-        due: dict[int, list[tuple[Series, int]]] = {}
-        for series in self.held.series.values():
-            offset = series.live_offset
-            if offset is None or abs(offset) > s.live_max_skew_ms:
-                continue
-            estimate = now_ms - offset - s.close_grace_ms
-            next_close = series.builder.next_close_at()
-            if next_close is not None and next_close <= estimate:
-                due.setdefault(series.partition, []).append((series, estimate))
-        closed = 0
-        for partition, items in due.items():
-            newest = await self.redis.xrevrange(streams.part_trades(partition), count=1)
-            async with self.held.lock(partition):
-                done = self.held.offsets.get(partition)
-                if done is None or (newest and entry_id(newest[0][0]) > entry_id(done)):
-                    continue  # entries wait in the stream: they, not the clock, decide
-                commands: list[Any] = []
-                counted: list[Emitted] = []
-                try:
-                    for series, estimate in items:
-                        if self.held.series.get((series.exchange, series.symbol)) is not series:
-                            continue
-                        out: list[Emitted] = []
-                        series.builder.advance(estimate, out)
-                        if out:
-                            closed += len(out)
-                            self.held.queue_candles(commands, series, out)
-                            counted.extend(out)
-                            self.held.changed(partition, [series])
-                    if commands:
-                        await self.held.save(partition, commands)
-                        metrics.count_candles(counted)
-                except BaseException:
-                    self.held.drop(partition)
-                    raise
-        self.timer_closed += closed
-        return closed
 
     def _apply_run(self, messages: list[FeedMessage], series: Series, out: list[Emitted],
                    snaps: list[tuple[int, str, bytes]] | None = None) -> None:

@@ -42,14 +42,15 @@ from services.candle_builder.bars import rows_rolled_up
 from services.candle_builder.core import Emitted, SeriesBuilder
 from services.candle_builder.core.history import backfill, backfill_range
 from services.candle_builder.core.state import restore_state
+from services.candle_builder.following import Following
 from services.candle_builder.held import GROUP, SAVE_EVERY_S, HeldPartitions
 from services.candle_builder.live import LiveCandles
-from services.candle_builder.series import Pair, Series, entry_id, retune, say_start, text
+from services.candle_builder.series import Pair, Series, entry_id
 from services.candle_builder.settings import MAX_HISTORY_BARS, Settings
 from services.candle_builder.timer import ClosingTimer
 from shared import metrics, streams
 from shared.bus import FIELD, Bus
-from shared.errors import ConfigError, DecodeError
+from shared.errors import DecodeError
 from shared.feed_codec import trade_rows
 from shared.feed_runs import decode_feed_runs
 from shared.outage import REDIS_DOWN
@@ -58,7 +59,6 @@ from shared.partitioned import PartitionWorkers, raw_reader, read_streams
 from shared.runtime import consumer_name, heartbeat, quiet_gc
 from shared.schemas import Candle, FeedMessage, GapMarker, TradeBatch, Watermark, unpack
 from shared.stream_entries import entry_data
-from shared.subscriptions import Subscriptions
 from shared.timeframes import timeframe_ms
 
 logger = logging.getLogger(__name__)
@@ -78,13 +78,11 @@ class CandleBuilderApp:
                                    replication=settings.durability)
         self.workers = PartitionWorkers(self.ownership, self.work, name=SERVICE, outage=self.bus.outage)
         self.raw = raw_reader(redis)
-        self.subscriptions = Subscriptions(redis)
         self.seeder = history.Seeder(settings, redis)
         self.held = HeldPartitions(settings, self.ownership)
+        self.following = Following(settings, redis, self.held, self.bus.outage)
         self.live = LiveCandles(settings, self.held)
         self.timer = ClosingTimer(settings, redis, self.held)
-        self.wanted: dict[Pair, set[str]] = {}  # (exchange, symbol) -> timeframes
-        self.lookback: dict[Pair, dict[str, int]] = {}  # (exchange, symbol) -> timeframe -> candles
         self.backfilled = 0  # older history candles written after a look-back grew / a timeframe was added
         self._rolled_up: set[tuple[Pair, str]] = set()  # (pair, timeframe) rolled up from base candles (_roll_up_added)
         self.trades_in = 0
@@ -94,6 +92,11 @@ class CandleBuilderApp:
     def series(self) -> dict[Pair, Series]:
         """The series of the partitions held (``HeldPartitions.series``)."""
         return self.held.series
+
+    @property
+    def wanted(self) -> dict[Pair, set[str]]:
+        """The pairs followed and their timeframes (``Following.wanted``)."""
+        return self.following.wanted
 
     @property
     def timer_closed(self) -> int:
@@ -160,91 +163,8 @@ class CandleBuilderApp:
     async def discover(self) -> None:
         """Read FEED_REGISTRY and the live subscribers' series; follow new pairs, unfollow removed ones, follow
         timeframe changes, backfill what a grown look-back needs."""
-        feeds = await self.redis.smembers(streams.FEED_REGISTRY)
-        self.bus.outage.ok()  # (only commands that reached Redis say it is back: a timer tick may send none)
-        wanted, self.lookback = self._wanted(feeds, await self.subscriptions.read_all())
-        gone, dropped = self.apply_wanted(wanted)
-        if gone or dropped:
-            await self._unfollow(gone, dropped)
+        await self.following.refresh()
         await self._backfill_all()
-
-    def _wanted(self, feeds: Any, subscribed: dict[tuple[str, str, str], int]
-                ) -> tuple[dict[Pair, set[str]], dict[Pair, dict[str, int]]]:
-        """The timeframes (settings + subscriptions) and look-backs of the pairs the feeds registered (``feeds``)."""
-        wanted: dict[Pair, set[str]] = {}
-        for member in feeds:
-            parts = streams.split_registry_member(member)
-            if len(parts) == 2:
-                wanted.setdefault((parts[0], parts[1]), set()).update(self.settings.timeframes)
-        lookback: dict[Pair, dict[str, int]] = {}
-        for (ex, sym, tf), bars in subscribed.items():
-            try:
-                timeframe_ms(tf)
-            except ConfigError:
-                logger.warning("candle_builder: ignoring a subscription to %s %s with timeframe %r", ex, sym, tf)
-                continue
-            if (ex, sym) in wanted:  # a subscription adds a timeframe to a pair the feed publishes, not a pair
-                wanted[(ex, sym)].add(tf)
-            if bars > 0:
-                lookback.setdefault((ex, sym), {})[tf] = min(bars, MAX_HISTORY_BARS)
-        return wanted, lookback
-
-    async def _learn(self, pair: Pair) -> None:
-        """A pair whose first entries arrived before discovery saw it (a feed registers it just before it
-        publishes): its timeframes and look-back now, so a timeframe a subscriber asked for is built from its first
-        trade (not added later without the earlier buckets)."""
-        if not await self.redis.sismember(streams.FEED_REGISTRY, streams.registry_member(*pair)):
-            return  # not registered (removed): built with the settings' timeframes, as before
-        wanted, lookback = self._wanted([streams.registry_member(*pair)], await self.subscriptions.read_all())
-        self.wanted[pair] = wanted[pair]
-        if pair in lookback:
-            self.lookback[pair] = lookback[pair]
-
-    def apply_wanted(self, wanted: dict[Pair, set[str]]) -> tuple[list[Pair], dict[Pair, set[str]]]:
-        """Follow new pairs and timeframe changes; return the pairs no longer wanted and, per pair still followed,
-        the timeframes it no longer builds (both for ``_unfollow``)."""
-        dropped: dict[Pair, set[str]] = {}
-        for pair, tfs in wanted.items():
-            before = self.wanted.get(pair)
-            if before != tfs:
-                self.wanted[pair] = set(tfs)
-                if before:
-                    dropped[pair] = before - tfs
-                series = self.held.series.get(pair)
-                if series is not None:
-                    retune(series.builder, tfs)
-                    say_start(series, tfs - (before or set()), series.history_bars if series.history_bars is not None
-                              else self.settings.history_bars)
-        gone = [pair for pair in self.wanted if pair not in wanted]
-        return gone, {pair: tfs for pair, tfs in dropped.items() if tfs}
-
-    async def _unfollow(self, gone: list[Pair], dropped: dict[Pair, set[str]]) -> None:
-        """Stop building pairs no longer wanted and drop what is no longer built from their partition's
-        ``part_candle_registry`` and ``part_live_latest`` (each series' state stays in Redis: a re-added pair resumes
-        from it)."""
-        members: dict[int, list[str]] = {}
-        for pair in gone:
-            partition = self.held.partition(*pair)
-            async with self.held.lock(partition):  # no read or timer tick in flight for it
-                self.wanted.pop(pair, None)
-                self.held.series.pop(pair, None)
-                if partition in self.held.unsaved:  # its state as of the offset read so far (a re-added pair resumes it)
-                    await self.held.save(partition, [])
-            registry = await self.redis.smembers(streams.part_candle_registry(partition))
-            members.setdefault(partition, []).extend(
-                m for m in map(text, registry) if streams.split_registry_member(m)[:2] == list(pair))
-            logger.info("candle_builder: no longer following %s %s (state kept in Redis)", *pair)
-        for pair, tfs in dropped.items():
-            series = self.held.series.get(pair)
-            for tf in tfs:
-                if series is not None:
-                    series.registered.discard(tf)
-                members.setdefault(self.held.partition(*pair), []).append(streams.registry_member(*pair, tf))
-            logger.info("candle_builder: %s %s no longer builds %s", *pair, ", ".join(sorted(tfs)))
-        for partition, names in members.items():
-            if names:
-                await self.redis.srem(streams.part_candle_registry(partition), *names)
-                await self.redis.hdel(streams.part_live_latest(partition), *names)
 
     # ---- one worker per partition held -----------------------------------------------------------------------------
 
@@ -292,7 +212,7 @@ class CandleBuilderApp:
             elif msg.symbol == "" and isinstance(msg, Watermark):  # every pair of the exchange in the partition:
                 # the ones built here so far (a final one: all, so a pair taken over just before it closes too)
                 part_of = self.held.partition
-                for p in (self.wanted if msg.final else self.held.series):
+                for p in (self.following.wanted if msg.final else self.held.series):
                     if p[0] == msg.exchange and part_of(*p) == partition:
                         runs.setdefault(p, []).append(ids)
             else:
@@ -308,13 +228,13 @@ class CandleBuilderApp:
             for pair, run in runs.items():
                 series = self.held.series.get(pair)
                 if series is None:
-                    if pair not in self.wanted:
-                        await self._learn(pair)
+                    if pair not in self.following.wanted:
+                        await self.following.learn(pair)
                     series = await self._load(pair, partition)
                 if series.needs_seed:
                     first = next(((raw_id, m) for raw_id, _, m in run if type(m) is TradeBatch and m.trades), None)
                     if first is not None:
-                        await self.seeder.seed(series, self._asked(series), first[1].trades[0][1],
+                        await self.seeder.seed(series, self.following.asked(series), first[1].trades[0][1],
                                                entry_id(first[0])[0])
                 emitted: list[Emitted] = []
                 if series.seeded:  # history candles, before any live one
@@ -426,7 +346,7 @@ class CandleBuilderApp:
 
     def _new_builder(self, exchange: str, symbol: str) -> SeriesBuilder:
         s = self.settings
-        tfs = self.wanted.get((exchange, symbol)) or set(s.timeframes)
+        tfs = self.following.wanted.get((exchange, symbol)) or set(s.timeframes)
         return SeriesBuilder(tfs, base=s.base_timeframe, flat_candles=s.flat_candles, lateness_ms=s.lateness_ms,
                              max_flat=s.max_flat_candles)
 
@@ -454,10 +374,6 @@ class CandleBuilderApp:
         self.held.series[pair] = series
         return series
 
-    def _asked(self, series: Series) -> dict[str, int]:
-        """The look-back subscribers ask for, per timeframe of ``series``."""
-        return self.lookback.get((series.exchange, series.symbol), {})
-
     async def _backfill_all(self) -> None:
         """Fetch older history where a look-back grew or a timeframe was added (see ``core.history.backfill_range``);
         one series and timeframe at a time, the fetch outside the lock so live candles keep flowing meanwhile."""
@@ -470,7 +386,7 @@ class CandleBuilderApp:
             if series.history_bars == 0:  # no exchange history: a timeframe added mid-run from our own base candles
                 await self._roll_up_added(series)
                 continue
-            for tf, bars in self.seeder.bars(series, self._asked(series)).items():
+            for tf, bars in self.seeder.bars(series, self.following.asked(series)).items():
                 span = backfill_range(series.builder, tf, bars)
                 if span is None or series.backfill_retry.get(tf, 0.0) > now:
                     continue

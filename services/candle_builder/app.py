@@ -15,15 +15,12 @@ writes carries the partition's hash tag: on a Redis Cluster the script runs in o
 state and offset as they were (the next owner reads the same entries again); a replica that lost the lease cannot
 write at all. Nothing counts twice, nothing is lost.
 
-Series: every (exchange, symbol) in ``streams.FEED_REGISTRY`` gets ``settings.timeframes``; the series live
-subscribers ask for (``shared.subscriptions``) add timeframes; every pair whose entries arrive is built (a pair not
-registered yet with ``settings.timeframes``). A pair removed from FEED_REGISTRY is unfollowed (its series dropped
-from memory, its state left in Redis so entries that come later resume exactly; its members dropped from
-its partition's ``part_candle_registry``); a subscribed timeframe no subscriber asks for any more and that settings do not list stops.
-
-History: a new series is seeded with max(``history_bars``, the look-back its subscribers ask for) candles
-per timeframe (``history_bars`` unset = 500 when the feed is live, none for replays); a look-back that grows later, or
-a timeframe added to a running series, is backfilled further back (older candles appended, the live seam untouched).
+Around the worker (``work``, ``_handle``: entries → builders → one commit):
+- ``held.HeldPartitions``: the series, offsets and unsaved changes of the partitions held, and the fenced commit;
+- ``live.LiveCandles``: in-progress candles, their throttles and commands;
+- ``following.Following``: which pairs and timeframes are built (discovery: the feeds' registry, the subscriptions);
+- ``loader.SeriesLoader``: a series loaded from its saved state, seeded from history, backfilled further back;
+- ``timer.ClosingTimer``: candles closed by the wall clock when no trade or watermark comes to close them.
 """
 
 from __future__ import annotations
@@ -37,16 +34,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from services.candle_builder import history
-from services.candle_builder.bars import rows_rolled_up
-from services.candle_builder.core import Emitted, SeriesBuilder
-from services.candle_builder.core.history import backfill, backfill_range
-from services.candle_builder.core.state import restore_state
+from services.candle_builder.core import Emitted
 from services.candle_builder.following import Following
 from services.candle_builder.held import GROUP, SAVE_EVERY_S, HeldPartitions
 from services.candle_builder.live import LiveCandles
+from services.candle_builder.loader import SeriesLoader
 from services.candle_builder.series import Pair, Series, entry_id
-from services.candle_builder.settings import MAX_HISTORY_BARS, Settings
+from services.candle_builder.settings import Settings
 from services.candle_builder.timer import ClosingTimer
 from shared import metrics, streams
 from shared.bus import FIELD, Bus
@@ -57,9 +51,8 @@ from shared.outage import REDIS_DOWN
 from shared.ownership import Ownership
 from shared.partitioned import PartitionWorkers, raw_reader, read_streams
 from shared.runtime import consumer_name, heartbeat, quiet_gc
-from shared.schemas import Candle, FeedMessage, GapMarker, TradeBatch, Watermark, unpack
+from shared.schemas import FeedMessage, GapMarker, TradeBatch, Watermark
 from shared.stream_entries import entry_data
-from shared.timeframes import timeframe_ms
 
 logger = logging.getLogger(__name__)
 
@@ -78,13 +71,11 @@ class CandleBuilderApp:
                                    replication=settings.durability)
         self.workers = PartitionWorkers(self.ownership, self.work, name=SERVICE, outage=self.bus.outage)
         self.raw = raw_reader(redis)
-        self.seeder = history.Seeder(settings, redis)
         self.held = HeldPartitions(settings, self.ownership)
         self.following = Following(settings, redis, self.held, self.bus.outage)
+        self.loader = SeriesLoader(settings, redis, self.held, self.following)
         self.live = LiveCandles(settings, self.held)
         self.timer = ClosingTimer(settings, redis, self.held)
-        self.backfilled = 0  # older history candles written after a look-back grew / a timeframe was added
-        self._rolled_up: set[tuple[Pair, str]] = set()  # (pair, timeframe) rolled up from base candles (_roll_up_added)
         self.trades_in = 0
         self.skipped_entries = 0
 
@@ -97,6 +88,11 @@ class CandleBuilderApp:
     def wanted(self) -> dict[Pair, set[str]]:
         """The pairs followed and their timeframes (``Following.wanted``)."""
         return self.following.wanted
+
+    @property
+    def backfilled(self) -> int:
+        """Older candles written since a look-back grew or a timeframe was added (``SeriesLoader``)."""
+        return self.loader.backfilled
 
     @property
     def timer_closed(self) -> int:
@@ -164,7 +160,7 @@ class CandleBuilderApp:
         """Read FEED_REGISTRY and the live subscribers' series; follow new pairs, unfollow removed ones, follow
         timeframe changes, backfill what a grown look-back needs."""
         await self.following.refresh()
-        await self._backfill_all()
+        await self.loader.backfill_all()
 
     # ---- one worker per partition held -----------------------------------------------------------------------------
 
@@ -177,7 +173,7 @@ class CandleBuilderApp:
             while not stop.is_set():
                 offset = self.held.offsets.get(partition)
                 if offset is None:  # first read, or a timer tick's / backfill's failed commit dropped the partition
-                    # (``_drop``): resume from what Redis holds, as a new owner would
+                    # (``HeldPartitions.drop``): resume from what Redis holds, as a new owner would
                     saved = await self.redis.hget(streams.part_state(partition, GROUP), streams.offset_field(stream))
                     offset = self.held.offsets[partition] = saved or b"0-0"
                 read = await read_streams(self.raw, {stream: offset}, count=self.settings.read_count,
@@ -228,21 +224,12 @@ class CandleBuilderApp:
             for pair, run in runs.items():
                 series = self.held.series.get(pair)
                 if series is None:
-                    if pair not in self.following.wanted:
-                        await self.following.learn(pair)
-                    series = await self._load(pair, partition)
+                    series = await self.loader.load(pair, partition)
                 if series.needs_seed:
-                    first = next(((raw_id, m) for raw_id, _, m in run if type(m) is TradeBatch and m.trades), None)
-                    if first is not None:
-                        await self.seeder.seed(series, self.following.asked(series), first[1].trades[0][1],
-                                               entry_id(first[0])[0])
+                    await self.loader.seed(series, run)
                 emitted: list[Emitted] = []
                 if series.seeded:  # history candles, before any live one
-                    self.held.queue_candles(commands, series, series.seeded, history=True)
-                    series.seeded = []
-                    for tf, since in series.builder.history_from.items():
-                        commands.append(("HSET", streams.part_candle_history_from(partition),
-                                         streams.registry_member(series.exchange, series.symbol, tf), since))
+                    self.loader.queue_seeded(commands, series)
                 series.last_id = entry_id(run[-1][1])
                 last = run[-1][2]
                 if type(last) is TradeBatch and last.trades:
@@ -341,106 +328,3 @@ class CandleBuilderApp:
                                "(%d in all)", series.exchange, series.symbol, builder.late_dropped - series.late_logged,
                                builder.lateness_ms, builder.late_dropped)
                 series.late_logged, series.late_logged_at = builder.late_dropped, now
-
-    # ---- state -----------------------------------------------------------------------------------------------------
-
-    def _new_builder(self, exchange: str, symbol: str) -> SeriesBuilder:
-        s = self.settings
-        tfs = self.following.wanted.get((exchange, symbol)) or set(s.timeframes)
-        return SeriesBuilder(tfs, base=s.base_timeframe, flat_candles=s.flat_candles, lateness_ms=s.lateness_ms,
-                             max_flat=s.max_flat_candles)
-
-    async def _load(self, pair: Pair, partition: int) -> Series:
-        """Create the series of a pair and restore its saved state."""
-        exchange, symbol = pair
-        builder = self._new_builder(exchange, symbol)
-        saved_state = await self.redis.hget(streams.part_state(partition, GROUP), streams.pair_field(exchange, symbol))
-        series = Series(exchange, symbol, partition, builder)
-        if saved_state is not None:
-            try:
-                saved = unpack(saved_state)
-                restore_state(builder, saved)
-                series.live_ts = saved.get("live_ts")
-                logger.info("candle_builder: %s %s resumes (partition %d)", exchange, symbol, partition)
-            except (ValueError, KeyError, TypeError, DecodeError) as exc:
-                # e.g. base_timeframe changed between runs: the saved candles cannot continue. Resume from the
-                # partition's offset with empty candles rather than stall it.
-                logger.error("candle_builder: %s %s: saved state unusable (%s); resuming with new candles (the first "
-                             "ones are partial)", exchange, symbol, exc)
-                series.builder = self._new_builder(exchange, symbol)
-        elif self.settings.history_bars != 0:  # unset (auto) or a count: decided at the first trade (seed)
-            series.needs_seed = True
-        series.late_counted = (series.builder.late_revised, series.builder.late_dropped)
-        self.held.series[pair] = series
-        return series
-
-    async def _backfill_all(self) -> None:
-        """Fetch older history where a look-back grew or a timeframe was added (see ``core.history.backfill_range``);
-        one series and timeframe at a time, the fetch outside the lock so live candles keep flowing meanwhile."""
-        now = time.monotonic()
-        for series in list(self.held.series.values()):
-            if series.needs_seed or series.last_id is None:
-                continue
-            if series.history_bars is None:
-                await self.seeder.decide(series, series.live_offset)
-            if series.history_bars == 0:  # no exchange history: a timeframe added mid-run from our own base candles
-                await self._roll_up_added(series)
-                continue
-            for tf, bars in self.seeder.bars(series, self.following.asked(series)).items():
-                span = backfill_range(series.builder, tf, bars)
-                if span is None or series.backfill_retry.get(tf, 0.0) > now:
-                    continue
-                rows = await history.fetch(self.redis, series.exchange, series.symbol, tf, *span,
-                                           limit=(span[1] - span[0]) // timeframe_ms(tf) + 1,
-                                           timeout_s=self.settings.history_timeout_s)
-                if rows is None:  # no history service (or an error): try again later, not every round
-                    series.backfill_retry[tf] = time.monotonic() + 60.0
-                    continue
-                await self._write_backfill(series, tf, span, rows)
-
-    async def _roll_up_added(self, series: Series) -> None:
-        """A timeframe added to the running series of a replay (or with history off) gets the buckets before it was
-        added rolled up from the closed base candles this builder published (their stream goes back to the first
-        trade it kept), once the bucket under way when it was added has ended (``core.history.backfill_range``)."""
-        builder = series.builder
-        if not builder.emit_base:
-            return  # (say_start said from when it is built)
-        for tf in list(builder.derived):
-            if not builder.start_at.get(tf):
-                continue  # built from the series' first trade: no earlier bucket to roll up (nothing to read)
-            span = backfill_range(builder, tf, MAX_HISTORY_BARS)
-            if span is None or ((series.exchange, series.symbol), tf) in self._rolled_up:
-                continue
-            # once per process: a restart plans from the saved state
-            self._rolled_up.add(((series.exchange, series.symbol), tf))
-            latest: dict[int, Candle] = {}
-            stream = streams.series_candles(series.partition, series.exchange, series.symbol, builder.base_tf)
-            entries: Any = await self.redis.xrange(stream)
-            for _, fields in entries:
-                try:
-                    c = Candle.decode(fields[FIELD])
-                except (DecodeError, KeyError):
-                    continue
-                if c.closed and span[0] <= c.ts < span[1] and (c.ts not in latest or c.revision >= latest[c.ts].revision):
-                    latest[c.ts] = c
-            rows = rows_rolled_up([latest[ts] for ts in sorted(latest)], timeframe_ms(tf))
-            if rows:
-                await self._write_backfill(series, tf, (rows[0][0], span[1]), rows)
-
-    async def _write_backfill(self, series: Series, tf: str, span: tuple[int, int], rows: list) -> None:
-        async with self.held.lock(series.partition):
-            if self.held.series.get((series.exchange, series.symbol)) is not series:
-                return  # unfollowed, partition lost or reloaded meanwhile: the next round plans again
-            out: list[Emitted] = []
-            backfill(series.builder, tf, *span, rows, out)
-            if series.builder.history_from.get(tf) != span[0]:
-                return
-            commands: list[Any] = []
-            self.held.queue_candles(commands, series, out, history=True)
-            commands.append(("HSET", streams.part_candle_history_from(series.partition),
-                             streams.registry_member(series.exchange, series.symbol, tf), span[0]))
-            self.held.changed(series.partition, [series])
-            await self.held.save(series.partition, commands)
-        self.backfilled += len(out)
-        logger.info("candle_builder: %s %s %s: %d older candles from history (back to %d)", series.exchange,
-                    series.symbol, tf, len(out), span[0])

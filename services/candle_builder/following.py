@@ -1,10 +1,10 @@
 """Which pairs and timeframes this replica builds, and the look-back subscribers ask for.
 
 Every (exchange, symbol) in ``streams.FEED_REGISTRY`` gets ``settings.timeframes``; the series live subscribers ask
-for (``shared.subscriptions``) add timeframes and look-backs. A pair removed from FEED_REGISTRY is unfollowed (its
-series dropped from memory, its state left in Redis; its members dropped from its partition's
-``part_candle_registry`` and ``part_live_latest``); a subscribed timeframe no subscriber asks for any more and that
-settings do not list stops.
+for (``shared.subscriptions``) add timeframes; every pair whose entries arrive is built (a pair not registered yet with
+``settings.timeframes``). A pair removed from FEED_REGISTRY is unfollowed (its series dropped from memory, its state
+left in Redis so entries that come later resume exactly; its members dropped from its partition's
+``part_candle_registry``); a subscribed timeframe no subscriber asks for any more and that settings do not list stops.
 """
 
 from __future__ import annotations

@@ -168,28 +168,30 @@ class CandleBuilderApp:
         """Build the pairs of ``partition`` from its trades stream, from the saved offset, until ``stop`` (the
         partition was lost, or the service stops)."""
         stream = streams.part_trades(partition)
-        self.held.drop(partition)  # (a restarted worker: builders may have run ahead of what Redis holds)
+        held = self.held
+        held.drop(partition)  # (a restarted worker: builders may have run ahead of what Redis holds)
         try:
             while not stop.is_set():
-                offset = self.held.offsets.get(partition)
+                offset = held.offsets.get(partition)
                 if offset is None:  # first read, or a timer tick's / backfill's failed commit dropped the partition
                     # (``HeldPartitions.drop``): resume from what Redis holds, as a new owner would
                     saved = await self.redis.hget(streams.part_state(partition, GROUP), streams.offset_field(stream))
-                    offset = self.held.offsets[partition] = saved or b"0-0"
+                    offset = held.offsets[partition] = saved or b"0-0"
                 read = await read_streams(self.raw, {stream: offset}, count=self.settings.read_count,
                                           block_ms=self.settings.block_ms)
                 if read and not stop.is_set():
-                    async with self.held.lock(partition):
+                    async with held.lock(partition):
                         await self._handle(partition, stream, read[0][1])
-                elif partition in self.held.unsaved:  # an idle read (or stopping): what waits is saved
-                    async with self.held.lock(partition):
-                        await self.held.save(partition, [])
+                elif partition in held.unsaved:  # an idle read (or stopping): what waits is saved
+                    async with held.lock(partition):
+                        await held.save(partition, [])
         finally:
-            self.held.drop(partition)
+            held.drop(partition)
 
     async def _handle(self, partition: int, stream: str, entries: list[Any]) -> None:
         """Apply one read of the partition's trades stream; commit it (fenced: candles, pair states, offset) when it
         publishes something or the partition's last commit is ``SAVE_EVERY_S`` old, else leave it unsaved."""
+        held, live_candles = self.held, self.live
         # per pair: (id of the first entry, id of the last entry, message): consecutive one-trade entries of a pair
         # come as one batch (``decode_feed_runs``)
         runs: dict[Pair, list[tuple[bytes, bytes, FeedMessage]]] = {}
@@ -207,8 +209,8 @@ class CandleBuilderApp:
                 run.append(ids)
             elif msg.symbol == "" and isinstance(msg, Watermark):  # every pair of the exchange in the partition:
                 # the ones built here so far (a final one: all, so a pair taken over just before it closes too)
-                part_of = self.held.partition
-                for p in (self.following.wanted if msg.final else self.held.series):
+                part_of = held.partition
+                for p in (self.following.wanted if msg.final else held.series):
                     if p[0] == msg.exchange and part_of(*p) == partition:
                         runs.setdefault(p, []).append(ids)
             else:
@@ -222,7 +224,7 @@ class CandleBuilderApp:
         wall: list[Series] = []  # series throttled in wall time (live_throttle_clock: wall)
         try:
             for pair, run in runs.items():
-                series = self.held.series.get(pair)
+                series = held.series.get(pair)
                 if series is None:
                     series = await self.loader.load(pair, partition)
                 if series.needs_seed:
@@ -237,31 +239,31 @@ class CandleBuilderApp:
                 elif type(last) is Watermark:
                     series.live_offset = series.last_id[0] - last.ts
                 snaps: list[tuple[int, str, bytes]] | None = (
-                    [] if self.settings.live_candles and self.live.exchange_throttle(series) else None)
+                    [] if self.settings.live_candles and live_candles.exchange_throttle(series) else None)
                 self._apply_run([m for _, _, m in run], series, emitted, snaps)
                 if snaps:  # closed and in-progress candles written in the order they were made (alert_engine's order)
-                    self.live.queue_in_order(commands, series, emitted, snaps)
+                    live_candles.queue_in_order(commands, series, emitted, snaps)
                     live.append((series, [(tf, data) for _, tf, data in snaps]))
                 else:
-                    self.held.queue_candles(commands, series, emitted)
+                    held.queue_candles(commands, series, emitted)
                 counted.extend(emitted)
                 touched.append(series)
                 if snaps is None and self.settings.live_candles:
                     wall.append(series)
             offset = entries[-1][0]
-            for series, now in self.live.wall_snapshots(wall) if wall else []:
-                self.live.queue_entries(commands, series, [data for _, data in now])
+            for series, now in live_candles.wall_snapshots(wall) if wall else []:
+                live_candles.queue_entries(commands, series, [data for _, data in now])
                 live.append((series, now))
             if live:
-                self.live.announce(commands, partition, live)
-            unsaved = self.held.changed(partition, touched)
+                live_candles.announce(commands, partition, live)
+            unsaved = held.changed(partition, touched)
             unsaved.offset = offset
             if commands or time.monotonic() - unsaved.since >= SAVE_EVERY_S:
-                await self.held.save(partition, commands)
+                await held.save(partition, commands)
         except BaseException:  # lease lost, a bug, cancellation: builders ran ahead of what Redis holds
-            self.held.drop(partition)
+            held.drop(partition)
             raise
-        self.held.offsets[partition] = offset
+        held.offsets[partition] = offset
         metrics.count_candles(counted)
 
     def _apply_run(self, messages: list[FeedMessage], series: Series, out: list[Emitted],

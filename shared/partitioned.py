@@ -203,19 +203,6 @@ async def read_streams(raw: Any, offsets: dict[str, bytes | str], *, count: int,
     return [(name.decode() if isinstance(name, bytes) else name, entries) for name, entries in items if entries]
 
 
-def entry_data(fields: Any) -> bytes | None:
-    """The bus's ``d`` field of a raw entry (``[b"d", data]``, any other field list, or a dict)."""
-    if isinstance(fields, dict):
-        value = fields.get(streams.FIELD)
-        return value if isinstance(value, bytes) else None
-    if type(fields) is list and len(fields) == 2 and fields[0] == streams.FIELD:
-        return fields[1]  # type: ignore[no-any-return]
-    for i in range(0, len(fields) - 1, 2):
-        if fields[i] == streams.FIELD:
-            return fields[i + 1]  # type: ignore[no-any-return]
-    return None
-
-
 def entry_id(raw: bytes | str) -> tuple[int, int]:
     """A stream entry id as a comparable (ms, seq) pair."""
     text = raw.decode() if isinstance(raw, bytes) else raw

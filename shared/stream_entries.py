@@ -22,15 +22,17 @@ def stream_items(reply: Any) -> Any:
 
 
 def entry_data(fields: Any) -> bytes | None:
-    """The ``d`` field of a raw stream entry (``[f, v, f, v...]``, or a dict); None when it has none."""
+    """The bus's ``d`` field of a raw stream entry (``[b"d", data]``, any other field list ``[f, v, f, v...]``, or a
+    dict); None when it has none."""
     if isinstance(fields, dict):
-        return fields.get(FIELD)
-    data: bytes | None = None
+        value = fields.get(FIELD)
+        return value if isinstance(value, bytes) else None
     if type(fields) is list and len(fields) == 2 and fields[0] == FIELD:  # the bus's own entries
-        data = fields[1]
-    else:
-        data = next((fields[i + 1] for i in range(0, len(fields) - 1, 2) if fields[i] == FIELD), None)
-    return data
+        return fields[1]  # type: ignore[no-any-return]
+    for i in range(0, len(fields) - 1, 2):
+        if fields[i] == FIELD:
+            return fields[i + 1]  # type: ignore[no-any-return]
+    return None
 
 
 @dataclass(slots=True)

@@ -10,8 +10,9 @@ multi-symbol rules read), and commits each read in one script (``commit.py``): t
 their exactly-once records, the rule state rows and the new offsets. A partition lost drops its engine; its new owner
 warms a new one up from what was committed, so 1, 2 or 3 replicas give the same alerts.
 
-Around it: ``RuleSource`` (the rules file and the API's rules, re-read when they change) and ``SeriesSync`` (what
-each partition reads, and the subscriptions), run by ``_housekeeping``.
+Around it: ``PartitionEngines`` (``engines.py``: the engines of the partitions held, opened, kept current and
+retired), ``RuleSource`` (the rules file and the API's rules, re-read when they change) and ``SeriesSync`` (what
+each partition reads, and the subscriptions), the last two run by ``_housekeeping``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from redis.asyncio import Redis
 from services.alert_engine.commit import AlertCommit
 from services.alert_engine.core import AlertEngine, Fire
 from services.alert_engine.inputs import Input, decode_input
+from services.alert_engine.engines import PartitionEngines
 from services.alert_engine.partition import PartitionEngine, PlanStale
 from services.alert_engine.rule_source import RuleSource
 from services.alert_engine.series_sync import SeriesSync
@@ -35,7 +37,7 @@ from shared import metrics, streams
 from shared.bus import Bus
 from shared.outage import REDIS_DOWN, backoff_delay
 from shared.ownership import FencedError, Ownership
-from shared.partitioned import PartitionWorkers, entry_id, raw_reader
+from shared.partitioned import PartitionWorkers, entry_id
 from shared.partitions import partition_of
 from shared.rules import RuleSet
 from shared.runtime import consumer_name, heartbeat, quiet_gc
@@ -69,13 +71,10 @@ class AlertEngineApp:
         self.bus = Bus(redis, settings.bus_settings(), service=SERVICE)
         self.ownership = Ownership(redis, GROUP, self.name, settings.partitions, ttl_ms=settings.lease_ttl_ms)
         self.workers = PartitionWorkers(self.ownership, self.work, name=SERVICE, outage=self.bus.outage)
-        self._raw: Any = None  # (``raw_reader``, made once Redis answered: a cluster client knows its nodes then)
         self.series_sync = SeriesSync(settings, redis, self.routing, self.name)
-        self.engines: dict[int, PartitionEngine] = {}  # partition held -> its engine
+        self.engines = PartitionEngines(settings, redis, self.bus, self.series_sync, self.rule_source, self.clock)
         self.commit = AlertCommit(settings, redis, self.routing)  # ``publish`` outside a worker (tools, tests)
         self.rewarmed = 0  # partition engines built again after a failure
-        self.refilled = 0  # partition engines built again because their plan changed
-        self.published = self.suppressed = self.duplicates = 0  # of engines dropped (``counts`` adds the live ones)
         self._stopping = asyncio.Event()
         self._failed: set[int] = set()  # partitions whose worker failed: its next engine is a re-warm
 
@@ -109,11 +108,7 @@ class AlertEngineApp:
 
     def counts(self) -> dict[str, int]:
         """Alerts published, suppressed (cooldown, a resolve of nothing) and duplicate ids, by this replica."""
-        out = {"published": self.published, "suppressed": self.suppressed, "duplicates": self.duplicates}
-        for pe in self.engines.values():
-            for k in out:
-                out[k] += getattr(pe.commit, k)
-        return out
+        return self.engines.counts()
 
     def status(self) -> dict[str, Any]:
         return {"rules": len(self.routing.rules), "series": len(self.series_sync.subscriptions.subscribed),
@@ -150,10 +145,7 @@ class AlertEngineApp:
     async def _close(self) -> None:
         with contextlib.suppress(Exception):
             await self.commit.close()
-        if self._raw is not None:
-            with contextlib.suppress(Exception):
-                await self._raw.aclose()
-            self._raw = None
+        await self.engines.close_reader()
 
     async def _start(self, stop: asyncio.Event) -> bool:
         """The rules and the plan before the first read. Redis going away meanwhile (it answered the service's
@@ -228,48 +220,6 @@ class AlertEngineApp:
 
     # ---- one worker per partition held ------------------------------------------------------------------------------
 
-    async def _open(self, partition: int) -> PartitionEngine:
-        """A new engine for ``partition``, warmed up from what Redis holds as processed."""
-        old = self.engines.pop(partition, None)
-        if old is not None:
-            self._retire(old)
-            with contextlib.suppress(Exception):
-                await old.commit.close()
-            if old.version != self.series_sync.versions.get(partition, 0):
-                self.refilled += 1
-        pe = PartitionEngine(self.settings, self.redis, self._reader(), self.bus, partition,
-                             self.series_sync.plan(partition), self.series_sync.versions.get(partition, 0),
-                             self.ruleset, self.clock)
-        await pe.open()
-        self.engines[partition] = pe
-        return pe
-
-    def _reader(self) -> Any:
-        if self._raw is None:
-            self._raw = raw_reader(self.redis)
-        return self._raw
-
-    def _retire(self, pe: PartitionEngine) -> None:
-        self.published += pe.commit.published
-        self.suppressed += pe.commit.suppressed
-        self.duplicates += pe.commit.duplicates
-
-    def _current(self, pe: PartitionEngine | None, partition: int) -> bool:
-        if pe is None or pe.version != self.series_sync.versions.get(partition, 0):
-            return False
-        if pe.ruleset is not self.ruleset:  # rules changed, not what the partition reads: windows are kept
-            pe.engine.set_rules(self.ruleset)
-            pe.ruleset = self.ruleset
-        return True
-
-    async def _replan(self, pe: PartitionEngine, stale: PlanStale) -> None:
-        """A read met pairs the plan does not list: sync the plan now (the read is not committed: it comes again, to
-        the engine built for the new plan); pairs the new plan still leaves out are ignored by this engine."""
-        logger.info("alert_engine: partition %d: %s; reading the registries again", pe.partition, stale)
-        await self.series_sync.sync()
-        if self._current(pe, pe.partition):
-            pe.ignored |= stale.pairs
-
     async def work(self, partition: int, stop: asyncio.Event) -> None:
         """Run the engine of ``partition`` until ``stop`` (the partition was lost, or the service stops)."""
         s = self.settings
@@ -278,8 +228,8 @@ class AlertEngineApp:
         self._failed.discard(partition)
         try:
             while not stop.is_set():
-                if pe is None or not self._current(pe, partition):
-                    pe = await self._open(partition)
+                if pe is None or not self.engines.current(pe, partition):
+                    pe = await self.engines.open(partition)
                     if failed:
                         self.rewarmed += 1
                         failed = False
@@ -288,7 +238,7 @@ class AlertEngineApp:
                 try:
                     await pe.step(self.ownership, block_ms=s.block_ms, waited_since=waited)
                 except PlanStale as stale:
-                    await self._replan(pe, stale)
+                    await self.engines.replan(pe, stale)
             if pe is not None and self._stopping.is_set() and s.clock == "exchange":
                 # a backtest ends when its input does: bars still waiting for another series are evaluated now.
                 # Live, they are not: the next owner's warm-up finds them waiting again.
@@ -299,11 +249,7 @@ class AlertEngineApp:
             self._failed.add(partition)
             raise
         finally:
-            gone = self.engines.pop(partition, None)
-            if gone is not None:
-                self._retire(gone)
-                with contextlib.suppress(Exception):
-                    await gone.commit.close()
+            await self.engines.drop(partition)
 
     # ---- burst mode (tests, tools) ----------------------------------------------------------------------------------
 
@@ -324,16 +270,16 @@ class AlertEngineApp:
                     continue
                 try:
                     pe = self.engines.get(p)
-                    if pe is None or not self._current(pe, p) or not await self._unchanged(pe):
-                        pe = await self._open(p)
-                    pe.raw = self._reader()  # (the last drain closed its reader)
+                    if pe is None or not self.engines.current(pe, p) or not await self._unchanged(pe):
+                        pe = await self.engines.open(p)
+                    pe.raw = self.engines.reader()  # (the last drain closed its reader)
                     while True:
                         try:
                             got = await pe.step(owner, block_ms=None)
                         except PlanStale as stale:
-                            await self._replan(pe, stale)
-                            if not self._current(pe, p):
-                                pe = await self._open(p)
+                            await self.engines.replan(pe, stale)
+                            if not self.engines.current(pe, p):
+                                pe = await self.engines.open(p)
                             continue
                         if not got:
                             break
@@ -355,7 +301,7 @@ class AlertEngineApp:
         """The engine of the partition of (exchange, symbol), built and warmed up from Redis now, as a new owner's
         is (tools, tests); a drain that follows goes on with it."""
         await self._sync_rules(await self.rule_source.start())
-        return (await self._open(partition_of(exchange, symbol, self.settings.partitions))).engine
+        return (await self.engines.open(partition_of(exchange, symbol, self.settings.partitions))).engine
 
     async def _unchanged(self, pe: PartitionEngine) -> bool:
         """Redis holds the offsets ``pe`` has (nobody processed the partition since)."""

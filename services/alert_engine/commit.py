@@ -214,13 +214,13 @@ class AlertCommit:
         if f.cooldown_ms:
             self.cooldown_until[f.fingerprint] = -1 if f.cooldown_ms < 0 else f.now_ms + f.cooldown_ms
         if f.alert.state == "firing":
-            self.engine.mark_fired(f.fingerprint, f.now_ms)
+            self.engine.status.mark_fired(f.fingerprint, f.now_ms)
 
     # ---- rule state rows (part_rule_state) --------------------------------------------------------------------------
 
     async def save_all_state(self) -> None:
         """Every fingerprint's state (pending/firing/inactive, last value) for the API, periodically."""
-        rows = self.engine.status_rows()
+        rows = self.engine.status.rows()
         if not rows:
             return
         where = {fp: self.partition(row["exchange"], row["symbol"]) for fp, row in rows.items()}

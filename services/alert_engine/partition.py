@@ -38,10 +38,11 @@ from shared.bus import Bus
 from shared.derivs_messages import FundingRate, Liquidation, OpenInterest
 from shared.errors import DecodeError
 from shared.ownership import Ownership
-from shared.partitioned import entry_data, entry_id, read_streams
+from shared.partitioned import entry_id, read_streams
 from shared.partitions import partition_of
 from shared.rules import RuleSet
 from shared.schemas import Candle, Ticker, TradeBatch, unpack
+from shared.stream_entries import entry_data
 from shared.timeframes import timeframe_ms
 
 logger = logging.getLogger(__name__)

@@ -15,15 +15,12 @@ writes carries the partition's hash tag: on a Redis Cluster the script runs in o
 state and offset as they were (the next owner reads the same entries again); a replica that lost the lease cannot
 write at all. Nothing counts twice, nothing is lost.
 
-Series: every (exchange, symbol) in ``streams.FEED_REGISTRY`` gets ``settings.timeframes``; the series live
-subscribers ask for (``shared.subscriptions``) add timeframes; every pair whose entries arrive is built (a pair not
-registered yet with ``settings.timeframes``). A pair removed from FEED_REGISTRY is unfollowed (its series dropped
-from memory, its state left in Redis so entries that come later resume exactly; its members dropped from
-its partition's ``part_candle_registry``); a subscribed timeframe no subscriber asks for any more and that settings do not list stops.
-
-History: a new series is seeded with max(``history_bars``, the look-back its subscribers ask for) candles
-per timeframe (``history_bars`` unset = 500 when the feed is live, none for replays); a look-back that grows later, or
-a timeframe added to a running series, is backfilled further back (older candles appended, the live seam untouched).
+Around the worker (``work``, ``_handle``: entries → builders → one commit):
+- ``held.HeldPartitions``: the series, offsets and unsaved changes of the partitions held, and the fenced commit;
+- ``live.LiveCandles``: in-progress candles, their throttles and commands;
+- ``following.Following``: which pairs and timeframes are built (discovery: the feeds' registry, the subscriptions);
+- ``loader.SeriesLoader``: a series loaded from its saved state, seeded from history, backfilled further back;
+- ``timer.ClosingTimer``: candles closed by the wall clock when no trade or watermark comes to close them.
 """
 
 from __future__ import annotations
@@ -32,41 +29,34 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
 from redis.asyncio import Redis
 
-from services.candle_builder import history
-from services.candle_builder.bars import rows_rolled_up
-from services.candle_builder.core import Emitted, SeriesBuilder
-from services.candle_builder.series import Series, encode_candle, entry_id, retune, say_start, text
-from services.candle_builder.settings import MAX_HISTORY_BARS, Settings
+from services.candle_builder.core import Emitted
+from services.candle_builder.following import Following
+from services.candle_builder.held import GROUP, SAVE_EVERY_S, HeldPartitions
+from services.candle_builder.live import LiveCandles
+from services.candle_builder.loader import SeriesLoader
+from services.candle_builder.series import Pair, Series, entry_id
+from services.candle_builder.settings import Settings
+from services.candle_builder.timer import ClosingTimer
 from shared import metrics, streams
 from shared.bus import FIELD, Bus
-from shared.errors import ConfigError, DecodeError
-from shared.feed_codec import TradeColumns, trade_rows
+from shared.errors import DecodeError
+from shared.feed_codec import trade_rows
 from shared.feed_runs import decode_feed_runs
 from shared.outage import REDIS_DOWN
-from shared.ownership import PREVIOUS, Ownership
-from shared.partitioned import PartitionWorkers, entry_data, raw_reader, read_streams
-from shared.partitions import partition_of
+from shared.ownership import Ownership
+from shared.partitioned import PartitionWorkers, raw_reader, read_streams
 from shared.runtime import consumer_name, heartbeat, quiet_gc
-from shared.schemas import Candle, FeedMessage, GapMarker, TradeBatch, Watermark, pack, unpack
-from shared.subscriptions import Subscriptions
-from shared.timeframes import timeframe_ms
+from shared.schemas import FeedMessage, GapMarker, TradeBatch, Watermark
+from shared.stream_entries import entry_data
 
 logger = logging.getLogger(__name__)
 
 SERVICE = "candle_builder"
-GROUP = streams.GROUP_CANDLE_BUILDER
-#: Longest time a partition's state and offset stay unsaved while its reads publish nothing: what a new owner reads
-#: again after a crash (it resumes from the saved state and offset, so nothing counts twice).
-SAVE_EVERY_S = 1.0
-
-Pair = tuple[str, str]
 
 
 class CandleBuilderApp:
@@ -81,32 +71,33 @@ class CandleBuilderApp:
                                    replication=settings.durability)
         self.workers = PartitionWorkers(self.ownership, self.work, name=SERVICE, outage=self.bus.outage)
         self.raw = raw_reader(redis)
-        self.subscriptions = Subscriptions(redis)
-        self.seeder = history.Seeder(settings, redis)
-        self.series: dict[Pair, Series] = {}  # pairs of the partitions held (loaded lazily, with their saved state)
-        self._partitions: dict[Pair, int] = {}  # pair -> its partition (``partition``)
-        self.offsets: dict[int, bytes] = {}  # partition held -> the last entry of its trades stream processed
-        self.unsaved: dict[int, Unsaved] = {}  # partition -> what its reads changed since its last commit
-        self.wanted: dict[Pair, set[str]] = {}  # (exchange, symbol) -> timeframes
-        self.lookback: dict[Pair, dict[str, int]] = {}  # (exchange, symbol) -> timeframe -> candles
-        self.backfilled = 0  # older history candles written after a look-back grew / a timeframe was added
-        self._locks: dict[int, asyncio.Lock] = {}  # one read, timer tick or backfill of a partition at a time
-        self._rolled_up: set[tuple[Pair, str]] = set()  # (pair, timeframe) rolled up from base candles (_roll_up_added)
+        self.held = HeldPartitions(settings, self.ownership)
+        self.following = Following(settings, redis, self.held, self.bus.outage)
+        self.loader = SeriesLoader(settings, redis, self.held, self.following)
+        self.live = LiveCandles(settings, self.held)
+        self.timer = ClosingTimer(settings, redis, self.held)
         self.trades_in = 0
-        self.timer_closed = 0
-        self.candles_out = 0
         self.skipped_entries = 0
 
-    def partition(self, exchange: str, symbol: str) -> int:
-        # remembered per pair: a partition-wide watermark asks it for every pair built here (partition_of hashes,
-        # ~0.7 us: O(pairs) per watermark per partition, ~0.4 s of a 500-symbol backtest, ~4 s at 5,000 symbols)
-        got = self._partitions.get((exchange, symbol))
-        if got is None:
-            got = self._partitions[(exchange, symbol)] = partition_of(exchange, symbol, self.settings.partitions)
-        return got
+    @property
+    def series(self) -> dict[Pair, Series]:
+        """The series of the partitions held (``HeldPartitions.series``)."""
+        return self.held.series
 
-    def _lock(self, partition: int) -> asyncio.Lock:
-        return self._locks.setdefault(partition, asyncio.Lock())
+    @property
+    def wanted(self) -> dict[Pair, set[str]]:
+        """The pairs followed and their timeframes (``Following.wanted``)."""
+        return self.following.wanted
+
+    @property
+    def backfilled(self) -> int:
+        """Older candles written since a look-back grew or a timeframe was added (``SeriesLoader``)."""
+        return self.loader.backfilled
+
+    @property
+    def timer_closed(self) -> int:
+        """Candles the closing timer closed (``ClosingTimer``)."""
+        return self.timer.closed
 
     # ---- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -118,7 +109,7 @@ class CandleBuilderApp:
         quiet_gc()
         workers = asyncio.create_task(self.workers.run(stop), name=f"{SERVICE}-partitions")
         helpers = [asyncio.create_task(self._discover_loop(stop), name=f"{SERVICE}-discover"),
-                   asyncio.create_task(self._timer_loop(stop), name=f"{SERVICE}-timer"),
+                   asyncio.create_task(self.timer.run(stop, self._guarded), name=f"{SERVICE}-timer"),
                    asyncio.create_task(self._sample_loop(stop), name=f"{SERVICE}-metrics"),
                    asyncio.create_task(heartbeat(self.redis, SERVICE, stop, self.status, outage=self.bus.outage),
                                        name=f"{SERVICE}-hb")]
@@ -133,9 +124,9 @@ class CandleBuilderApp:
                 await self.raw.aclose()
 
     def status(self) -> dict[str, Any]:
-        late = sum(s.builder.late_dropped for s in self.series.values())
-        return {"series": len(self.series), "trades": self.trades_in, "candles": self.candles_out,
-                "timer_closed": self.timer_closed, "partitions": ",".join(map(str, self.workers.owned)),
+        late = sum(s.builder.late_dropped for s in self.held.series.values())
+        return {"series": len(self.held.series), "trades": self.trades_in, "candles": self.held.candles_out,
+                "timer_closed": self.timer.closed, "partitions": ",".join(map(str, self.workers.owned)),
                 "late_dropped": late, "skipped_entries": self.skipped_entries}
 
     async def _discover_loop(self, stop: asyncio.Event) -> None:
@@ -151,7 +142,7 @@ class CandleBuilderApp:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=every_s)
-            offsets = {streams.part_trades(p): offset for p, offset in list(self.offsets.items())}
+            offsets = {streams.part_trades(p): offset for p, offset in list(self.held.offsets.items())}
             await metrics.sample_offsets(self.redis, GROUP, offsets)
 
     async def _guarded(self, what: str, step: Any) -> None:
@@ -168,91 +159,8 @@ class CandleBuilderApp:
     async def discover(self) -> None:
         """Read FEED_REGISTRY and the live subscribers' series; follow new pairs, unfollow removed ones, follow
         timeframe changes, backfill what a grown look-back needs."""
-        feeds = await self.redis.smembers(streams.FEED_REGISTRY)
-        self.bus.outage.ok()  # (only commands that reached Redis say it is back: a timer tick may send none)
-        wanted, self.lookback = self._wanted(feeds, await self.subscriptions.read_all())
-        gone, dropped = self.apply_wanted(wanted)
-        if gone or dropped:
-            await self._unfollow(gone, dropped)
-        await self._backfill_all()
-
-    def _wanted(self, feeds: Any, subscribed: dict[tuple[str, str, str], int]
-                ) -> tuple[dict[Pair, set[str]], dict[Pair, dict[str, int]]]:
-        """The timeframes (settings + subscriptions) and look-backs of the pairs the feeds registered (``feeds``)."""
-        wanted: dict[Pair, set[str]] = {}
-        for member in feeds:
-            parts = streams.split_registry_member(member)
-            if len(parts) == 2:
-                wanted.setdefault((parts[0], parts[1]), set()).update(self.settings.timeframes)
-        lookback: dict[Pair, dict[str, int]] = {}
-        for (ex, sym, tf), bars in subscribed.items():
-            try:
-                timeframe_ms(tf)
-            except ConfigError:
-                logger.warning("candle_builder: ignoring a subscription to %s %s with timeframe %r", ex, sym, tf)
-                continue
-            if (ex, sym) in wanted:  # a subscription adds a timeframe to a pair the feed publishes, not a pair
-                wanted[(ex, sym)].add(tf)
-            if bars > 0:
-                lookback.setdefault((ex, sym), {})[tf] = min(bars, MAX_HISTORY_BARS)
-        return wanted, lookback
-
-    async def _learn(self, pair: Pair) -> None:
-        """A pair whose first entries arrived before discovery saw it (a feed registers it just before it
-        publishes): its timeframes and look-back now, so a timeframe a subscriber asked for is built from its first
-        trade (not added later without the earlier buckets)."""
-        if not await self.redis.sismember(streams.FEED_REGISTRY, streams.registry_member(*pair)):
-            return  # not registered (removed): built with the settings' timeframes, as before
-        wanted, lookback = self._wanted([streams.registry_member(*pair)], await self.subscriptions.read_all())
-        self.wanted[pair] = wanted[pair]
-        if pair in lookback:
-            self.lookback[pair] = lookback[pair]
-
-    def apply_wanted(self, wanted: dict[Pair, set[str]]) -> tuple[list[Pair], dict[Pair, set[str]]]:
-        """Follow new pairs and timeframe changes; return the pairs no longer wanted and, per pair still followed,
-        the timeframes it no longer builds (both for ``_unfollow``)."""
-        dropped: dict[Pair, set[str]] = {}
-        for pair, tfs in wanted.items():
-            before = self.wanted.get(pair)
-            if before != tfs:
-                self.wanted[pair] = set(tfs)
-                if before:
-                    dropped[pair] = before - tfs
-                series = self.series.get(pair)
-                if series is not None:
-                    retune(series.builder, tfs)
-                    say_start(series, tfs - (before or set()), series.history_bars if series.history_bars is not None
-                              else self.settings.history_bars)
-        gone = [pair for pair in self.wanted if pair not in wanted]
-        return gone, {pair: tfs for pair, tfs in dropped.items() if tfs}
-
-    async def _unfollow(self, gone: list[Pair], dropped: dict[Pair, set[str]]) -> None:
-        """Stop building pairs no longer wanted and drop what is no longer built from their partition's
-        ``part_candle_registry`` and ``part_live_latest`` (each series' state stays in Redis: a re-added pair resumes
-        from it)."""
-        members: dict[int, list[str]] = {}
-        for pair in gone:
-            partition = self.partition(*pair)
-            async with self._lock(partition):  # no read or timer tick in flight for it
-                self.wanted.pop(pair, None)
-                self.series.pop(pair, None)
-                if partition in self.unsaved:  # its state as of the offset read so far (a re-added pair resumes it)
-                    await self._save(partition, [])
-            registry = await self.redis.smembers(streams.part_candle_registry(partition))
-            members.setdefault(partition, []).extend(
-                m for m in map(text, registry) if streams.split_registry_member(m)[:2] == list(pair))
-            logger.info("candle_builder: no longer following %s %s (state kept in Redis)", *pair)
-        for pair, tfs in dropped.items():
-            series = self.series.get(pair)
-            for tf in tfs:
-                if series is not None:
-                    series.registered.discard(tf)
-                members.setdefault(self.partition(*pair), []).append(streams.registry_member(*pair, tf))
-            logger.info("candle_builder: %s %s no longer builds %s", *pair, ", ".join(sorted(tfs)))
-        for partition, names in members.items():
-            if names:
-                await self.redis.srem(streams.part_candle_registry(partition), *names)
-                await self.redis.hdel(streams.part_live_latest(partition), *names)
+        await self.following.refresh()
+        await self.loader.backfill_all()
 
     # ---- one worker per partition held -----------------------------------------------------------------------------
 
@@ -260,35 +168,30 @@ class CandleBuilderApp:
         """Build the pairs of ``partition`` from its trades stream, from the saved offset, until ``stop`` (the
         partition was lost, or the service stops)."""
         stream = streams.part_trades(partition)
-        self._drop(partition)  # (a restarted worker: builders may have run ahead of what Redis holds)
+        held = self.held
+        held.drop(partition)  # (a restarted worker: builders may have run ahead of what Redis holds)
         try:
             while not stop.is_set():
-                offset = self.offsets.get(partition)
+                offset = held.offsets.get(partition)
                 if offset is None:  # first read, or a timer tick's / backfill's failed commit dropped the partition
-                    # (``_drop``): resume from what Redis holds, as a new owner would
+                    # (``HeldPartitions.drop``): resume from what Redis holds, as a new owner would
                     saved = await self.redis.hget(streams.part_state(partition, GROUP), streams.offset_field(stream))
-                    offset = self.offsets[partition] = saved or b"0-0"
+                    offset = held.offsets[partition] = saved or b"0-0"
                 read = await read_streams(self.raw, {stream: offset}, count=self.settings.read_count,
                                           block_ms=self.settings.block_ms)
                 if read and not stop.is_set():
-                    async with self._lock(partition):
+                    async with held.lock(partition):
                         await self._handle(partition, stream, read[0][1])
-                elif partition in self.unsaved:  # an idle read (or stopping): what waits is saved
-                    async with self._lock(partition):
-                        await self._save(partition, [])
+                elif partition in held.unsaved:  # an idle read (or stopping): what waits is saved
+                    async with held.lock(partition):
+                        await held.save(partition, [])
         finally:
-            self._drop(partition)
-
-    def _drop(self, partition: int) -> None:
-        """Forget a partition's series: whoever runs it next resumes from what Redis holds."""
-        self.offsets.pop(partition, None)
-        self.unsaved.pop(partition, None)
-        for pair in [pair for pair, series in self.series.items() if series.partition == partition]:
-            del self.series[pair]
+            held.drop(partition)
 
     async def _handle(self, partition: int, stream: str, entries: list[Any]) -> None:
         """Apply one read of the partition's trades stream; commit it (fenced: candles, pair states, offset) when it
         publishes something or the partition's last commit is ``SAVE_EVERY_S`` old, else leave it unsaved."""
+        held, live_candles = self.held, self.live
         # per pair: (id of the first entry, id of the last entry, message): consecutive one-trade entries of a pair
         # come as one batch (``decode_feed_runs``)
         runs: dict[Pair, list[tuple[bytes, bytes, FeedMessage]]] = {}
@@ -306,8 +209,9 @@ class CandleBuilderApp:
                 run.append(ids)
             elif msg.symbol == "" and isinstance(msg, Watermark):  # every pair of the exchange in the partition:
                 # the ones built here so far (a final one: all, so a pair taken over just before it closes too)
-                for p in (self.wanted if msg.final else self.series):
-                    if p[0] == msg.exchange and self.partition(*p) == partition:
+                part_of = held.partition
+                for p in (self.following.wanted if msg.final else held.series):
+                    if p[0] == msg.exchange and part_of(*p) == partition:
                         runs.setdefault(p, []).append(ids)
             else:
                 pair = (msg.exchange, msg.symbol)
@@ -320,23 +224,14 @@ class CandleBuilderApp:
         wall: list[Series] = []  # series throttled in wall time (live_throttle_clock: wall)
         try:
             for pair, run in runs.items():
-                series = self.series.get(pair)
+                series = held.series.get(pair)
                 if series is None:
-                    if pair not in self.wanted:
-                        await self._learn(pair)
-                    series = await self._load(pair, partition)
+                    series = await self.loader.load(pair, partition)
                 if series.needs_seed:
-                    first = next(((raw_id, m) for raw_id, _, m in run if type(m) is TradeBatch and m.trades), None)
-                    if first is not None:
-                        await self.seeder.seed(series, self._asked(series), first[1].trades[0][1],
-                                               entry_id(first[0])[0])
+                    await self.loader.seed(series, run)
                 emitted: list[Emitted] = []
                 if series.seeded:  # history candles, before any live one
-                    self._queue_candles(commands, series, series.seeded, history=True)
-                    series.seeded = []
-                    for tf, since in series.builder.history_from.items():
-                        commands.append(("HSET", streams.part_candle_history_from(partition),
-                                         streams.registry_member(series.exchange, series.symbol, tf), since))
+                    self.loader.queue_seeded(commands, series)
                 series.last_id = entry_id(run[-1][1])
                 last = run[-1][2]
                 if type(last) is TradeBatch and last.trades:
@@ -344,127 +239,32 @@ class CandleBuilderApp:
                 elif type(last) is Watermark:
                     series.live_offset = series.last_id[0] - last.ts
                 snaps: list[tuple[int, str, bytes]] | None = (
-                    [] if self.settings.live_candles and self._exchange_throttle(series) else None)
+                    [] if self.settings.live_candles and live_candles.exchange_throttle(series) else None)
                 self._apply_run([m for _, _, m in run], series, emitted, snaps)
                 if snaps:  # closed and in-progress candles written in the order they were made (alert_engine's order)
-                    self._queue_in_order(commands, series, emitted, snaps)
+                    live_candles.queue_in_order(commands, series, emitted, snaps)
                     live.append((series, [(tf, data) for _, tf, data in snaps]))
                 else:
-                    self._queue_candles(commands, series, emitted)
+                    held.queue_candles(commands, series, emitted)
                 counted.extend(emitted)
                 touched.append(series)
                 if snaps is None and self.settings.live_candles:
                     wall.append(series)
             offset = entries[-1][0]
-            for series, now in self._wall_snapshots(wall) if wall else []:
-                self._queue_live_entries(commands, series, [data for _, data in now])
+            for series, now in live_candles.wall_snapshots(wall) if wall else []:
+                live_candles.queue_entries(commands, series, [data for _, data in now])
                 live.append((series, now))
             if live:
-                self._announce_live(commands, partition, live)
-            unsaved = self._unsaved(partition, touched)
+                live_candles.announce(commands, partition, live)
+            unsaved = held.changed(partition, touched)
             unsaved.offset = offset
             if commands or time.monotonic() - unsaved.since >= SAVE_EVERY_S:
-                await self._save(partition, commands)
+                await held.save(partition, commands)
         except BaseException:  # lease lost, a bug, cancellation: builders ran ahead of what Redis holds
-            self._drop(partition)
+            held.drop(partition)
             raise
-        self.offsets[partition] = offset
+        held.offsets[partition] = offset
         metrics.count_candles(counted)
-
-    def _unsaved(self, partition: int, changed: list[Series]) -> Unsaved:
-        """The partition's unsaved changes, with ``changed`` series added."""
-        unsaved = self.unsaved.get(partition)
-        if unsaved is None:
-            unsaved = self.unsaved[partition] = Unsaved(time.monotonic())
-        for series in changed:
-            unsaved.series[(series.exchange, series.symbol)] = series
-        return unsaved
-
-    async def _save(self, partition: int, commands: list[Any]) -> None:
-        """Run ``commands`` fenced, with the state of every series changed since the partition's last commit and
-        its new offset: what is published and the state it came from are saved together. The caller holds the
-        partition's lock. If this raises (lease lost, Redis away) the partition is dropped: its builders ran ahead of
-        what Redis holds, and the next read resumes from there."""
-        unsaved = self.unsaved.pop(partition, None)
-        if unsaved is not None:
-            commands += [self._state_command(series) for series in unsaved.series.values()]
-            if unsaved.offset is not None:
-                commands.append(("HSET", streams.part_state(partition, GROUP),
-                                 streams.offset_field(streams.part_trades(partition)), unsaved.offset))
-        if commands:
-            try:
-                await self.ownership.fenced(partition, commands)
-            except BaseException:
-                self._drop(partition)
-                raise
-
-    # ---- closing on time -------------------------------------------------------------------------------------------
-
-    async def _timer_loop(self, stop: asyncio.Event) -> None:
-        if not self.settings.close_on_timer:
-            return
-        every = self.settings.timer_every_ms / 1000
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=every)
-            if stop.is_set():
-                return
-            # (the next tick retries; trades and watermarks still close candles meanwhile)
-            await self._guarded("closing timer", lambda: self.tick(int(time.time() * 1000)))
-
-    async def tick(self, now_ms: int) -> int:
-        """Close what live series have due by the wall clock (``now_ms``), if their partition's stream holds nothing
-        unread.
-
-        Estimated exchange time = now − the series' feed latency − grace. Replays (latency of years) never qualify,
-        and a series whose stream holds entries not yet processed waits for them: the timer never closes early what
-        the stream already holds. Returns how many candles it closed.
-        """
-        s = self.settings
-        due: dict[int, list[tuple[Series, int]]] = {}
-        for series in self.series.values():
-            offset = series.live_offset
-            if offset is None or abs(offset) > s.live_max_skew_ms:
-                continue
-            estimate = now_ms - offset - s.close_grace_ms
-            next_close = series.builder.next_close_at()
-            if next_close is not None and next_close <= estimate:
-                due.setdefault(series.partition, []).append((series, estimate))
-        closed = 0
-        for partition, items in due.items():
-            newest = await self.redis.xrevrange(streams.part_trades(partition), count=1)
-            async with self._lock(partition):
-                done = self.offsets.get(partition)
-                if done is None or (newest and entry_id(newest[0][0]) > entry_id(done)):
-                    continue  # entries wait in the stream: they, not the clock, decide
-                commands: list[Any] = []
-                counted: list[Emitted] = []
-                try:
-                    for series, estimate in items:
-                        if self.series.get((series.exchange, series.symbol)) is not series:
-                            continue
-                        out: list[Emitted] = []
-                        series.builder.advance(estimate, out)
-                        if out:
-                            closed += len(out)
-                            self._queue_candles(commands, series, out)
-                            counted.extend(out)
-                            self._unsaved(partition, [series])
-                    if commands:
-                        await self._save(partition, commands)
-                        metrics.count_candles(counted)
-                except BaseException:
-                    self._drop(partition)
-                    raise
-        self.timer_closed += closed
-        return closed
-
-    def _state_command(self, series: Series) -> tuple[Any, ...]:
-        state = series.builder.dump()
-        if series.live_ts is not None:  # the exchange-time throttle's last point (``_exchange_throttle``)
-            state["live_ts"] = series.live_ts
-        return ("HSET", streams.part_state(series.partition, GROUP),
-                streams.pair_field(series.exchange, series.symbol), pack(state))
 
     def _apply_run(self, messages: list[FeedMessage], series: Series, out: list[Emitted],
                    snaps: list[tuple[int, str, bytes]] | None = None) -> None:
@@ -475,16 +275,17 @@ class CandleBuilderApp:
         flat: list[Any] | None = None  # the last of ``rows`` when it is a list of the batches' rows (one per entry:
         # the builder iterates one list, not a chain of thousands of one-trade lists)
         n = 0
+        live = self.live
         for msg in messages:
             if type(msg) is TradeBatch:
                 if snaps is not None:
-                    for part, last in self._cut(series, msg.trades):
+                    for part, last in live.cut(series, msg.trades):
                         rows.append(trade_rows(part))
                         n += len(part)
                         if last:  # a throttle point: the in-progress candles as of this trade
                             self._apply_trades(series, rows, n, out)
                             rows, n = [], 0
-                            snaps += [(len(out), tf, data) for tf, data in self._snapshot(series)]
+                            snaps += [(len(out), tf, data) for tf, data in live.snapshot(series)]
                     continue
                 trades = trade_rows(msg.trades)
                 if type(trades) is list:
@@ -529,240 +330,3 @@ class CandleBuilderApp:
                                "(%d in all)", series.exchange, series.symbol, builder.late_dropped - series.late_logged,
                                builder.lateness_ms, builder.late_dropped)
                 series.late_logged, series.late_logged_at = builder.late_dropped, now
-
-    def _queue_candles(self, commands: list[Any], series: Series, emitted: list[Emitted],
-                       history: bool = False) -> None:
-        """The fenced commands of closed candles: XADD to the partition's stream, the same entry (id and data) to the
-        series' stream (``PREVIOUS``: the id the first XADD got), PUBLISH, and the series' registry entry."""
-        ex, sym, p = series.exchange, series.symbol, series.partition
-        part, part_maxlen = streams.part_candles(p), self.settings.part_candles_maxlen
-        for tf, bar in emitted:
-            data = encode_candle(ex, sym, tf, bar, history=history)
-            commands.append(("XADD", part, "MAXLEN", "~", part_maxlen, "*", streams.FIELD, data))
-            commands.append(("XADD", streams.series_candles(p, ex, sym, tf), "MAXLEN", "~",
-                             self.settings.retention(tf), PREVIOUS, streams.FIELD, data))
-            commands.append(("PUBLISH", streams.channel_candles(ex, sym, tf), data))
-            if tf not in series.registered:
-                series.registered.add(tf)
-                commands.append(("SADD", streams.part_candle_registry(p), streams.registry_member(ex, sym, tf)))
-        self.candles_out += len(emitted)
-
-    # ---- in-progress candles ------------------------------------------------------------------------------------
-
-    def _exchange_throttle(self, series: Series) -> bool:
-        """Whether ``series``' in-progress candles are throttled in exchange time (``live_throttle_clock: exchange``,
-        what ``sentinel backtest`` sets): the same in-progress candles, and intrabar rules fire the same alerts,
-        however fast the input comes and however the stream is read. Else in wall time (live views)."""
-        return self.settings.live_throttle_clock == "exchange"
-
-    def _cut(self, series: Series, trades: Any) -> Iterator[tuple[Any, bool]]:
-        """A batch of trades in parts, each ending with a throttle point (True) but the last: a trade is a point
-        when it is the first one (in stream order) of a new ``live_throttle_ms`` window of exchange time, i.e. its
-        ``ts // live_throttle_ms`` is above that of the series' last point (``series.live_ts``); every trade with
-        ``live_throttle_ms`` 0. Decided by the trades' timestamps alone."""
-        step = self.settings.live_throttle_ms
-        tss = trades.tss if type(trades) is TradeColumns else [t[1] for t in trades]
-        if not tss:
-            return
-        mark = series.live_ts
-        if step == 0:
-            points = range(len(tss))
-        elif mark is not None and max(tss) // step <= mark // step:
-            points = range(0)  # (the common case at a high trade rate: no point in this batch)
-        else:
-            window = -1 if mark is None else mark // step
-            found: list[int] = []
-            for i, ts in enumerate(tss):
-                if ts // step > window:
-                    window = ts // step
-                    found.append(i)
-            points = range(0) if not found else found  # type: ignore[assignment]
-        start = 0
-        for i in points:
-            series.live_ts = tss[i]
-            yield _slice(trades, start, i + 1), True
-            start = i + 1
-        if start < len(tss):
-            yield _slice(trades, start, len(tss)), False
-
-    def _snapshot(self, series: Series) -> list[tuple[str, bytes]]:
-        """The series' in-progress candles now, encoded (each names the last closed bar of its timeframe and, in
-        ``as_of``, the exchange time of the newest trade in it)."""
-        ex, sym, builder = series.exchange, series.symbol, series.builder
-        return [(tf, encode_candle(ex, sym, tf, bar, closed=False, prev_ts=builder.last_closed(tf), as_of=bar.last_ts))
-                for tf, bar in builder.in_progress()]
-
-    def _wall_snapshots(self, series_list: list[Series]) -> list[tuple[Series, list[tuple[str, bytes]]]]:
-        """Wall-time throttle (a live feed): each series' in-progress candles after the read, if not published within
-        ``live_throttle_ms`` of wall time: a live view gets the newest state at most that often, and a backlog read
-        at once is one snapshot, not one per throttle window."""
-        now = time.monotonic()
-        throttle = self.settings.live_throttle_ms / 1000
-        out = []
-        for series in series_list:
-            if now - series.last_live < throttle:
-                continue
-            series.last_live = now
-            snaps = self._snapshot(series)
-            if snaps:
-                out.append((series, snaps))
-        return out
-
-    def _queue_in_order(self, commands: list[Any], series: Series, emitted: list[Emitted],
-                        snaps: list[tuple[int, str, bytes]]) -> None:
-        """Exchange-time throttle: the closed candles' commands and the XADDs of the in-progress candles to
-        ``part_live``, interleaved in the order the builder made them. Entry ids grow with the order of the XADDs
-        across both streams (a script's commands run in order; Redis' clock only goes forward), which is what lets
-        alert_engine evaluate both streams in one order whatever it reads at once (``PartitionEngine.step``)."""
-        done = 0
-        for pos, _, data in snaps:
-            if pos > done:
-                self._queue_candles(commands, series, emitted[done:pos])
-                done = pos
-            self._queue_live_entries(commands, series, [data])
-        if done < len(emitted):
-            self._queue_candles(commands, series, emitted[done:])
-
-    def _queue_live_entries(self, commands: list[Any], series: Series, datas: list[bytes]) -> None:
-        """XADDs of in-progress candles to the series' partition's ``part_live`` (what alert_engine reads)."""
-        stream, maxlen = streams.part_live(series.partition), self.settings.live_maxlen
-        commands.extend(("XADD", stream, "MAXLEN", "~", maxlen, "*", streams.FIELD, data) for data in datas)
-
-    def _announce_live(self, commands: list[Any], partition: int,
-                       live: list[tuple[Series, list[tuple[str, bytes]]]]) -> None:
-        """In-progress candles already queued to ``part_live``, for the live views: PUBLISH, and the newest of each
-        series into its field of ``part_live_latest``, in the read's fenced commit (one round trip, one slot)."""
-        latest: dict[str, bytes] = {}
-        for series, snaps in live:
-            ex, sym = series.exchange, series.symbol
-            for tf, data in snaps:
-                commands.append(("PUBLISH", streams.channel_candles_live(ex, sym, tf), data))
-                latest[streams.registry_member(ex, sym, tf)] = data
-        if latest:
-            commands.append(("HSET", streams.part_live_latest(partition), *chain.from_iterable(latest.items())))
-
-    # ---- state -----------------------------------------------------------------------------------------------------
-
-    def _new_builder(self, exchange: str, symbol: str) -> SeriesBuilder:
-        s = self.settings
-        tfs = self.wanted.get((exchange, symbol)) or set(s.timeframes)
-        return SeriesBuilder(tfs, base=s.base_timeframe, flat_candles=s.flat_candles, lateness_ms=s.lateness_ms,
-                             max_flat=s.max_flat_candles)
-
-    async def _load(self, pair: Pair, partition: int) -> Series:
-        """Create the series of a pair and restore its saved state."""
-        exchange, symbol = pair
-        builder = self._new_builder(exchange, symbol)
-        saved_state = await self.redis.hget(streams.part_state(partition, GROUP), streams.pair_field(exchange, symbol))
-        series = Series(exchange, symbol, partition, builder)
-        if saved_state is not None:
-            try:
-                saved = unpack(saved_state)
-                builder.restore(saved)
-                series.live_ts = saved.get("live_ts")
-                logger.info("candle_builder: %s %s resumes (partition %d)", exchange, symbol, partition)
-            except (ValueError, KeyError, TypeError, DecodeError) as exc:
-                # e.g. base_timeframe changed between runs: the saved candles cannot continue. Resume from the
-                # partition's offset with empty candles rather than stall it.
-                logger.error("candle_builder: %s %s: saved state unusable (%s); resuming with new candles (the first "
-                             "ones are partial)", exchange, symbol, exc)
-                series.builder = self._new_builder(exchange, symbol)
-        elif self.settings.history_bars != 0:  # unset (auto) or a count: decided at the first trade (seed)
-            series.needs_seed = True
-        series.late_counted = (series.builder.late_revised, series.builder.late_dropped)
-        self.series[pair] = series
-        return series
-
-    def _asked(self, series: Series) -> dict[str, int]:
-        """The look-back subscribers ask for, per timeframe of ``series``."""
-        return self.lookback.get((series.exchange, series.symbol), {})
-
-    async def _backfill_all(self) -> None:
-        """Fetch older history where a look-back grew or a timeframe was added (see ``SeriesBuilder.backfill_range``);
-        one series and timeframe at a time, the fetch outside the lock so live candles keep flowing meanwhile."""
-        now = time.monotonic()
-        for series in list(self.series.values()):
-            if series.needs_seed or series.last_id is None:
-                continue
-            if series.history_bars is None:
-                await self.seeder.decide(series, series.live_offset)
-            if series.history_bars == 0:  # no exchange history: a timeframe added mid-run from our own base candles
-                await self._roll_up_added(series)
-                continue
-            for tf, bars in self.seeder.bars(series, self._asked(series)).items():
-                span = series.builder.backfill_range(tf, bars)
-                if span is None or series.backfill_retry.get(tf, 0.0) > now:
-                    continue
-                rows = await history.fetch(self.redis, series.exchange, series.symbol, tf, *span,
-                                           limit=(span[1] - span[0]) // timeframe_ms(tf) + 1,
-                                           timeout_s=self.settings.history_timeout_s)
-                if rows is None:  # no history service (or an error): try again later, not every round
-                    series.backfill_retry[tf] = time.monotonic() + 60.0
-                    continue
-                await self._write_backfill(series, tf, span, rows)
-
-    async def _roll_up_added(self, series: Series) -> None:
-        """A timeframe added to the running series of a replay (or with history off) gets the buckets before it was
-        added rolled up from the closed base candles this builder published (their stream goes back to the first
-        trade it kept), once the bucket under way when it was added has ended (``SeriesBuilder.backfill_range``)."""
-        builder = series.builder
-        if not builder.emit_base:
-            return  # (say_start said from when it is built)
-        for tf in list(builder.derived):
-            if not builder.start_at.get(tf):
-                continue  # built from the series' first trade: no earlier bucket to roll up (nothing to read)
-            span = builder.backfill_range(tf, MAX_HISTORY_BARS)
-            if span is None or ((series.exchange, series.symbol), tf) in self._rolled_up:
-                continue
-            # once per process: a restart plans from the saved state
-            self._rolled_up.add(((series.exchange, series.symbol), tf))
-            latest: dict[int, Candle] = {}
-            stream = streams.series_candles(series.partition, series.exchange, series.symbol, builder.base_tf)
-            entries: Any = await self.redis.xrange(stream)
-            for _, fields in entries:
-                try:
-                    c = Candle.decode(fields[FIELD])
-                except (DecodeError, KeyError):
-                    continue
-                if c.closed and span[0] <= c.ts < span[1] and (c.ts not in latest or c.revision >= latest[c.ts].revision):
-                    latest[c.ts] = c
-            rows = rows_rolled_up([latest[ts] for ts in sorted(latest)], timeframe_ms(tf))
-            if rows:
-                await self._write_backfill(series, tf, (rows[0][0], span[1]), rows)
-
-    async def _write_backfill(self, series: Series, tf: str, span: tuple[int, int], rows: list) -> None:
-        async with self._lock(series.partition):
-            if self.series.get((series.exchange, series.symbol)) is not series:
-                return  # unfollowed, partition lost or reloaded meanwhile: the next round plans again
-            out: list[Emitted] = []
-            series.builder.backfill(tf, *span, rows, out)
-            if series.builder.history_from.get(tf) != span[0]:
-                return
-            commands: list[Any] = []
-            self._queue_candles(commands, series, out, history=True)
-            commands.append(("HSET", streams.part_candle_history_from(series.partition),
-                             streams.registry_member(series.exchange, series.symbol, tf), span[0]))
-            self._unsaved(series.partition, [series])
-            await self._save(series.partition, commands)
-        self.backfilled += len(out)
-        logger.info("candle_builder: %s %s %s: %d older candles from history (back to %d)", series.exchange,
-                    series.symbol, tf, len(out), span[0])
-
-
-@dataclass(slots=True)
-class Unsaved:
-    """What a partition's reads changed since its last commit: the series and the offset read to."""
-
-    since: float  # monotonic time of the first unsaved change
-    series: dict[Pair, Series] = field(default_factory=dict)
-    offset: bytes | None = None
-
-
-def _slice(trades: Any, start: int, end: int) -> Any:
-    """Trades ``start:end`` of a batch (a list, or ``TradeColumns`` cut column by column)."""
-    if type(trades) is TradeColumns:
-        if start == 0 and end == len(trades):
-            return trades
-        return TradeColumns(trades.ids[start:end], trades.tss[start:end], trades.prices[start:end],
-                            trades.amounts[start:end], trades.sides[start:end])
-    return trades if start == 0 and end == len(trades) else trades[start:end]

@@ -13,6 +13,7 @@ import logging
 
 from redis.asyncio import Redis
 
+from services.candle_builder.core import history as core_history
 from services.candle_builder.series import Series, text
 from services.candle_builder.settings import AUTO_HISTORY_BARS, MAX_HISTORY_BARS, Settings
 from shared import streams
@@ -62,12 +63,12 @@ class Seeder:
             return
         builder = series.builder
         rows = {}
-        plan = builder.history_plan(first_ts, bars)
+        plan = core_history.history_plan(builder, first_ts, bars)
         for tf, (since, until) in plan.items():
             ms = timeframe_ms(tf)
             rows[tf] = await fetch(self.redis, series.exchange, series.symbol, tf, since, until,
                                    limit=(until - since) // ms + 1, timeout_s=self.settings.history_timeout_s)
-        builder.seed(first_ts, rows, series.seeded, plan)
+        core_history.seed(builder, first_ts, rows, series.seeded, plan)
         logger.info("candle_builder: %s %s seeded with %d history candles", series.exchange, series.symbol,
                     len(series.seeded))
 

@@ -10,9 +10,11 @@ from services.candle_builder.core import Bar, Emitted, SeriesBuilder
 from shared.partitioned import entry_id
 from shared.schemas import SCHEMA_VERSION, pack
 
-__all__ = ["Series", "encode_candle", "entry_id", "retune", "text"]
+__all__ = ["Pair", "Series", "encode_candle", "entry_id", "retune", "text"]
 
 logger = logging.getLogger(__name__)
+
+Pair = tuple[str, str]  # (exchange, symbol)
 
 
 def encode_candle(exchange: str, symbol: str, tf: str, bar: Bar, *, closed: bool = True,

@@ -106,9 +106,8 @@ class ExchangeSim:
         self._routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        await web.TCPSite(self._runner, self.host, self.port).start()
+        self.port = self._runner.addresses[0][1]  # the port bound (``port`` 0: a free one)
         self._task = asyncio.create_task(self._release_loop(), name="exchange-sim-release")
         logger.info("exchange simulator on %s (REST %s), symbols %s, speed %s", self.ws_url, self.rest_url,
                     ", ".join(self.books), self.speed or "max")

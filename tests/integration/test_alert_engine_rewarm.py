@@ -202,7 +202,7 @@ async def test_a_grown_look_back_is_read_back_from_the_stream_when_it_already_ho
     await _reload(second, SMA300)  # the partition's plan changed: its engine is built again, the look-back read
     await second.drain(final=False)
     series = second.engine_of(EX, A).windows[K1S]
-    assert len(series.candles) == 301 and second.refilled == 1
+    assert len(series.candles) == 301 and second.engines.refilled == 1
     assert [c.ts for c in series.candles] == [c.ts for c in c1[460 - 301:460]]
     await corr._publish(redis, c1[460:])
     await second.drain()

@@ -12,8 +12,9 @@ from redis.asyncio.cluster import RedisCluster
 from shared import streams
 from shared.errors import ConfigError
 from shared.ownership import Ownership
-from shared.partitioned import PartitionWorkers, check_partitions, entry_data, raw_reader, read_streams
+from shared.partitioned import PartitionWorkers, check_partitions, raw_reader, read_streams
 from shared.runtime import connect
+from shared.stream_entries import entry_data
 
 PARTITIONS = 8
 GROUP = "counter"

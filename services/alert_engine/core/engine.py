@@ -35,7 +35,7 @@ from typing import Any
 from services.alert_engine.core import firing
 from services.alert_engine.core.alerts import Fire
 from services.alert_engine.core.feeds import BookFigures
-from services.alert_engine.core.firing import RuleStatus
+from services.alert_engine.core.firing import RuleStatuses
 from services.alert_engine.core.market import Market
 from services.alert_engine.core.routes import Binding, Routes
 from services.alert_engine.core.waiting import Waits
@@ -71,7 +71,7 @@ class AlertEngine:
         self.owns = owns
         self.market = Market(keep)
         self.windows = self.market.windows
-        self.status: dict[str, RuleStatus] = {}  # fingerprint -> its rule status
+        self.status = RuleStatuses()  # fingerprint -> its rule status
         self.waits = Waits(self.market)
         self.routes = Routes([], keep, self.windows, owns)
         self._out: list[Fire] = []  # fires of the evaluation in progress
@@ -86,7 +86,7 @@ class AlertEngine:
         """Swap the rule set; windows (and their indicators) are kept, the state of removed rules dropped."""
         self.routes = routes = Routes(ruleset.enabled, self.keep, self.windows, self.owns)
         self.market.set_feed_horizon(routes.feed_horizon_ms)
-        self.status = {fp: s for fp, s in self.status.items() if s.rule in routes.by_name}
+        self.status = RuleStatuses({fp: s for fp, s in self.status.items() if s.rule in routes.by_name})
 
         def rebind(name: str, key: SeriesKey) -> Binding | None:
             rule = routes.by_name.get(name)
@@ -100,7 +100,7 @@ class AlertEngine:
         sizes = {key: w.keep for key, w in self.windows.items()}
         self.market = Market(self.keep)
         self.windows = self.market.windows
-        self.status = {}
+        self.status = RuleStatuses()
         self.waits = Waits(self.market)
         self.routes = Routes(self.routes.rules, self.keep, self.windows, self.owns)
         for key, bars in sizes.items():
@@ -185,7 +185,7 @@ class AlertEngine:
                 rule = b.rule
                 if not firing.allowed(rule, now, self.clock):
                     continue
-                if rule.for_ms and self._status(b).state != "firing":
+                if rule.for_ms and self.status.of(b).state != "firing":
                     continue  # for: only while its run is already firing on closed bars
                 holds, value = b.evaluate(w, now)
                 if holds:
@@ -256,9 +256,10 @@ class AlertEngine:
         self.evaluations += len(bindings)
         now, price = update.ts, feeds.price(kind)
         out: list[Fire] = []
+        status_of = self.status.of
         for b in bindings:
             view = FeedView(self.market.window(b.key), feeds)
-            rule, st = b.rule, self._status(b)
+            rule, st = b.rule, status_of(b)
             holds, value = b.evaluate(view, now)
             if not holds and st.state == "inactive":
                 st.last_eval_ms, st.last_value = now, value
@@ -332,7 +333,7 @@ class AlertEngine:
                 waits.add(b, candle, now, None if clock is None else clock())
                 continue
             holds, value = b.evaluate(w, now)  # (_judge, inlined: the hot loop)
-            st = b.status or self._status(b)
+            st = b.status or self.status.of(b)
             if not holds and st.state == "inactive":  # the usual bar: firing.on_closed_bar's first lines, and no more
                 st.last_eval_ms, st.last_value = now, value
                 continue
@@ -346,13 +347,13 @@ class AlertEngine:
     def _judge(self, b: Binding, view: CandleWindow | WindowAsOf, candle: Candle, now: int, out: list[Fire]) -> None:
         """A closed bar's evaluation by one rule: its status updated, its alert (if any) appended to ``out``."""
         holds, value = b.evaluate(view, now)
-        verdict = firing.on_closed_bar(b.rule, self._status(b), holds, value, now, self.clock, b.fires_at_ticks)
+        verdict = firing.on_closed_bar(b.rule, self.status.of(b), holds, value, now, self.clock, b.fires_at_ticks)
         if verdict is not None:
             out.append(b.maker.bar(candle, now, value, verdict, view))
 
     def _tick(self, b: Binding, view: TickView, ts: int, price: Any, extra: str) -> list[Fire]:
         """One trade or ticker for a tick-level rule: no state change (bars decide firing/resolved and ``for:``)."""
-        rule, st = b.rule, self._status(b)
+        rule, st = b.rule, b.status or self.status.of(b)
         bar = bucket_start(ts, view.tf_ms)
         if not firing.may_fire_at_tick(rule, st, bar, ts, self.clock):
             return []
@@ -363,23 +364,3 @@ class AlertEngine:
             st.tick_bar = bar
             extra = ""  # the id of this bar's close evaluation: one alert per bar
         return [b.maker.tick(bar, ts, price, value, view.window, extra)]
-
-    def _status(self, b: Binding) -> RuleStatus:
-        st = b.status
-        if st is None:
-            st = self.status.get(b.fingerprint)
-            if st is None:
-                st = self.status[b.fingerprint] = RuleStatus(b.rule.name, *b.key)
-            b.status = st
-        return st
-
-    # ---- what the app publishes besides alerts ----------------------------------------------------------------------
-
-    def mark_fired(self, fp: str, now: int) -> None:
-        """Record that the app actually published a firing alert for ``fp`` (the API's "last fired")."""
-        st = self.status.get(fp)
-        if st is not None:
-            st.last_fired_ms = now
-
-    def status_rows(self) -> dict[str, dict[str, Any]]:
-        return {fp: st.as_dict() for fp, st in self.status.items()}

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from shared.rules import Rule
+
+if TYPE_CHECKING:
+    from services.alert_engine.core.routes import Binding
 
 #: Cooldown value meaning "never again" (frequency ``once``).
 FOREVER = -1
@@ -49,6 +52,31 @@ class RuleStatus:
                 "state": self.state, "since": self.since_ms, "last_eval": self.last_eval_ms,
                 "last_fired": self.last_fired_ms,
                 "last_value": None if self.last_value is None else str(self.last_value)}
+
+
+class RuleStatuses(dict[str, RuleStatus]):
+    """An engine's rule statuses by fingerprint: made when a binding first needs one (``of``), kept while its rule
+    runs, marked by the app when it published a firing alert (``mark_fired``), and read for the API (``rows``)."""
+
+    def of(self, b: Binding) -> RuleStatus:
+        """The status of binding ``b`` (kept on it once found or made)."""
+        st = b.status
+        if st is None:
+            st = self.get(b.fingerprint)
+            if st is None:
+                st = self[b.fingerprint] = RuleStatus(b.rule.name, *b.key)
+            b.status = st
+        return st
+
+    def mark_fired(self, fp: str, now: int) -> None:
+        """Record that the app actually published a firing alert for ``fp`` (the API's "last fired")."""
+        st = self.get(fp)
+        if st is not None:
+            st.last_fired_ms = now
+
+    def rows(self) -> dict[str, dict[str, Any]]:
+        """Every status as the API's row."""
+        return {fp: st.as_dict() for fp, st in self.items()}
 
 
 def allowed(rule: Rule, now: int, clock: Callable[[], int] | None) -> bool:

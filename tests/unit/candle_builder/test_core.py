@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.candle_builder.core import Bar, SeriesBuilder
+from services.candle_builder.core.in_progress import in_progress, last_closed
+from services.candle_builder.core.state import dump_state, restore_state
 
 MIN = 60_000
 TFS = ["1m", "3m", "5m", "15m", "1h"]
@@ -109,7 +111,7 @@ def test_dump_and_restore_anywhere_gives_the_same_candles(run, data):
     first.add_trades(trades[:cut], parts)
     second = SeriesBuilder(TFS)
     import msgpack
-    second.restore(msgpack.unpackb(msgpack.packb(first.dump())))
+    restore_state(second, msgpack.unpackb(msgpack.packb(dump_state(first))))
     second.add_trades(trades[cut:], parts)
     second.advance(trades[-1][1], parts, final=True)
     assert [(tf, as_tuple(b), b.ts) for tf, b in whole] == [(tf, as_tuple(b), b.ts) for tf, b in parts]
@@ -299,13 +301,13 @@ def test_last_closed_is_the_newest_closed_bar_before_the_one_in_progress(run, fl
         prev = cut
         if n == 1:
             restored = SeriesBuilder(TFS, flat_candles=flat)
-            restored.restore(msgpack.unpackb(msgpack.packb(builder.dump())))
+            restore_state(restored, msgpack.unpackb(msgpack.packb(dump_state(builder))))
             builder = restored
         closed = {}
         for tf, bar in out:
             closed[tf] = max(closed.get(tf, bar.ts), bar.ts)
-        live = dict(builder.in_progress())
+        live = dict(in_progress(builder))
         for tf in TFS:
-            assert builder.last_closed(tf) == closed.get(tf)
+            assert last_closed(builder, tf) == closed.get(tf)
             if tf in live and tf in closed:
                 assert closed[tf] < live[tf].ts

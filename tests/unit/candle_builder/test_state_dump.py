@@ -1,4 +1,4 @@
-"""``SeriesBuilder.dump`` reuses each timeframe's packed kept bars until one changes: after every kind of change
+"""``dump_state`` (``core.state``) reuses each timeframe's packed kept bars until one changes: after every kind of change
 (closes, late trades revising kept bars, gaps, final watermarks, pruning, timeframe changes) the saved kept bars must
 equal a fresh dump of them, and a restore from the saved state must continue exactly like the original."""
 
@@ -8,6 +8,7 @@ import random
 from decimal import Decimal
 
 from services.candle_builder.core import SeriesBuilder
+from services.candle_builder.core.state import dump_state, restore_state
 from shared.schemas import pack, unpack
 
 T0 = 1_764_000_000_000
@@ -19,7 +20,7 @@ def _fresh_recent(b: SeriesBuilder) -> dict:
 
 
 def _saved_recent(b: SeriesBuilder) -> dict:
-    state = unpack(pack(b.dump()))
+    state = unpack(pack(dump_state(b)))
     return {tf: unpack(rows) if isinstance(rows, bytes) else rows for tf, rows in state["recent"].items()}
 
 
@@ -51,7 +52,7 @@ def test_saved_kept_bars_follow_every_change() -> None:
         if step % 7 == 0 or kind >= 0.93:
             assert _saved_recent(b) == _norm(_fresh_recent(b)), step
         if step % 5 == 0:  # the very bytes a fresh pack of them gives (each kept bar packed once, then reused)
-            assert b.dump()["recent"] == {tf: pack([bar.dump() for bar in bars.values()])
+            assert dump_state(b)["recent"] == {tf: pack([bar.dump() for bar in bars.values()])
                                           for tf, bars in b.recent.items()}, step
 
 
@@ -70,9 +71,9 @@ def test_restore_from_saved_state_continues_identically() -> None:
     out_b: list = []
     for t in trades[:2000]:
         a.add_trades([t], out_a)
-        a.dump()  # the cache is used between batches, as the app saves state per batch
+        dump_state(a)  # the cache is used between batches, as the app saves state per batch
     b = make()
-    b.restore(unpack(pack(a.dump())))
+    restore_state(b, unpack(pack(dump_state(a))))
     for t in trades[2000:]:
         a.add_trades([t], out_a)
         b.add_trades([t], out_b)

@@ -1,24 +1,5 @@
-"""Candle aggregation: pure logic, no I/O, no clock (exchange timestamps are passed in).
-
-One ``SeriesBuilder`` per (exchange, symbol) keeps a single *base* candle (1m by default, 1s when 1s is wanted) built
-from trades; every other timeframe is *derived* by rolling up closed base candles, never by re-processing trades.
-
-Closing follows exchange time. ``advance(ts)`` (called for every trade of a later bucket and for every Watermark)
-closes the base bucket and every derived bucket whose end is ``<= ts``. A final watermark closes everything still
-open, partial buckets included. Empty base intervals become flat candles (OHLC = previous close, volume 0) when
-``flat_candles`` is on; a derived bucket is flat only when it holds no trade at all (its open is the first trade's
-price, as on the exchanges, not the previous close carried by a flat minute).
-
-Late trades (exchange time already past their bucket) within ``lateness_ms`` of the newest exchange time revise the
-closed candles of every timeframe that hold them (``revision`` + 1, emitted once per batch); older ones are counted in
-``late_dropped``. A ``GapMarker`` flags the candles overlapping it ``incomplete``.
-
-A new series can be seeded from OHLCV history (``history_plan`` says what to ask for, ``seed`` takes it): history
-candles before the first trade's bucket are emitted, and the bucket under way at the seam of every derived timeframe is
-rolled up from exact base candles plus trades.
-
-Arithmetic is exact: ``Decimal`` under a 60-digit context, so sums of products never round.
-"""
+"""``SeriesBuilder``: the candles of every timeframe of one (exchange, symbol) from its trades, in exchange order
+(the package docstring tells how: base candle, derived timeframes, closing, late trades, gaps)."""
 
 from __future__ import annotations
 
@@ -28,8 +9,9 @@ from decimal import Decimal
 from typing import Any
 
 from services.candle_builder.bars import _CTX, _ZERO, Bar, bar_from_history
+from services.candle_builder.core.state import PackedBars
 from shared.feed_codec import trade_rows
-from shared.schemas import FeedMessage, GapMarker, TradeBatch, Watermark, pack, pack_array_header, unpack
+from shared.schemas import FeedMessage, GapMarker, TradeBatch, Watermark
 from shared.timeframes import bucket_start, sort_timeframes, timeframe_ms
 
 __all__ = ["Bar", "Emitted", "SeriesBuilder", "bar_from_history", "base_timeframe"]
@@ -73,10 +55,7 @@ class SeriesBuilder:
         self.hwm = 0  # newest exchange time seen (trade or watermark)
         self.gaps: list[tuple[int, int]] = []  # recent gap intervals (ms, inclusive) that flag candles incomplete
         self.late_revised = 0
-        self._recent_packed: dict[str, tuple[dict[int, Bar], bytes]] = {}  # tf -> (its recent dict, packed rows)
-        self._recent_dirty: set[str] = set()  # timeframes whose kept bars changed since the last dump
-        # tf -> (its recent dict, each kept bar packed): a bar is packed again only once it changed (``_touch``)
-        self._bars_packed: dict[str, tuple[dict[int, Bar], dict[int, bytes]]] = {}
+        self.packed = PackedBars()  # ``recent`` as the saved state holds it (``core.state``): told of every change
         self.late_dropped = 0
         # timeframe -> oldest bucket its published candles cover (history included): a larger look-back is fetched
         # from before it (``backfill``)
@@ -210,14 +189,14 @@ class SeriesBuilder:
         bar = self.base
         if bar is not None and (ts >= bar.end or final):
             self.base = None
-            self._close_base(bar, out)
+            self.close_base(bar, out)
         if self.flat_candles and self.last_close is not None and self.last_base_ts is not None:
             b = self.last_base_ts + base_ms
             limit = self.max_flat
             while b + base_ms <= ts and limit > 0:
                 flat = Bar(b, b + base_ms, self.last_close)
                 flat.incomplete = self._in_gap(b, b + base_ms)
-                self._close_base(flat, out)
+                self.close_base(flat, out)
                 b += base_ms
                 limit -= 1
             if b + base_ms <= ts:  # a jump longer than max_flat buckets: resume flat candles from here
@@ -233,7 +212,7 @@ class SeriesBuilder:
             cur = self.cur[tf]
             if cur is not None and (ts >= cur.end or final):
                 self.cur[tf] = None
-                self._emit(tf, cur, out)
+                self.emit(tf, cur, out)
         self._prune()
         self.flush_revisions(out)
 
@@ -249,13 +228,13 @@ class SeriesBuilder:
         for tf, bars in self.recent.items():
             for bar in bars.values():
                 if bar.ts <= end and start < bar.end and not bar.incomplete:
-                    self._touch(tf, bar.ts)
+                    self.packed.touch(tf, bar.ts)
                     bar.incomplete = True
                     bar.revision += 1
                     self._revised[(tf, bar.ts)] = bar
         self.flush_revisions(out)
 
-    # ---- internals -------------------------------------------------------------------------------------------------
+    # ---- closing and internals -------------------------------------------------------------------------------------
 
     def _in_gap(self, start: int, end: int) -> bool:
         for g0, g1 in self.gaps:
@@ -263,13 +242,15 @@ class SeriesBuilder:
                 return True
         return False
 
-    def _close_base(self, bar: Bar, out: list[Emitted]) -> None:
+    def close_base(self, bar: Bar, out: list[Emitted]) -> None:
+        """A closed base bar (built here, flat, or from history): the last close, emitted (kept only, when the base
+        timeframe is not wanted) and rolled up into the bucket of every derived timeframe."""
         self.last_close = bar.close
         self.last_base_ts = bar.ts
         if bar.end > self.closed_until:
             self.closed_until = bar.end
         if self.emit_base:
-            self._emit(self.base_tf, bar, out)
+            self.emit(self.base_tf, bar, out)
         else:
             self._keep(self.base_tf, bar)
         for tf, ms in self.derived.items():
@@ -279,12 +260,12 @@ class SeriesBuilder:
             cur = self.cur[tf]
             if cur is not None and cur.ts != d:  # cannot happen in order; close defensively
                 self.cur[tf] = None
-                self._emit(tf, cur, out)
+                self.emit(tf, cur, out)
                 cur = None
             if cur is None:
                 prev = self.recent[tf].get(d)
                 if prev is not None:  # bucket closed early (final watermark) and trades came after: revise it
-                    self._touch(tf, d)
+                    self.packed.touch(tf, d)
                     prev.merge(bar)
                     if (tf, d) not in self._revised:
                         prev.revision += 1
@@ -294,7 +275,8 @@ class SeriesBuilder:
             else:
                 cur.merge(bar)
 
-    def _emit(self, tf: str, bar: Bar, out: list[Emitted]) -> None:
+    def emit(self, tf: str, bar: Bar, out: list[Emitted]) -> None:
+        """A closed bar of ``tf``: kept for revisions and appended to ``out`` as a snapshot."""
         if tf not in self.history_from:
             self.history_from[tf] = bar.ts
         self._keep(tf, bar)
@@ -302,14 +284,7 @@ class SeriesBuilder:
 
     def _keep(self, tf: str, bar: Bar) -> None:
         self.recent[tf][bar.ts] = bar
-        self._touch(tf, bar.ts)
-
-    def _touch(self, tf: str, ts: int) -> None:
-        """The kept bar of ``tf`` at ``ts`` changed (or came, or went): its timeframe is dumped again, it packed again."""
-        self._recent_dirty.add(tf)
-        packed = self._bars_packed.get(tf)
-        if packed is not None:
-            packed[1].pop(ts, None)
+        self.packed.touch(tf, bar.ts)
 
     def _prune(self) -> None:
         """Keep closed bars a late trade may still revise (and the last one of each timeframe)."""
@@ -319,7 +294,7 @@ class SeriesBuilder:
                 for ts in [ts for ts, b in bars.items() if b.end <= horizon]:
                     if len(bars) > 1:
                         del bars[ts]
-                        self._touch(tf, ts)
+                        self.packed.touch(tf, ts)
 
     def _late(self, tid: Any, ts: int, price: Decimal, amount: Decimal, is_buy: bool) -> None:
         if self.hwm - ts > self.lateness_ms:
@@ -346,7 +321,7 @@ class SeriesBuilder:
                 is_buy: bool) -> None:
         bars = self.recent[tf]
         bar = bars.get(ts0)
-        self._touch(tf, ts0)
+        self.packed.touch(tf, ts0)
         if bar is None:  # nothing was published for this bucket (no flat candles): a first version
             bar = Bar(ts0, ts0 + ms, price)
             bar.revision = -1
@@ -390,7 +365,7 @@ class SeriesBuilder:
                     prev = bar.close
                     continue
                 if bar.open != prev or bar.close != prev:
-                    self._touch(tf, ts)
+                    self.packed.touch(tf, ts)
                     bar.open = bar.high = bar.low = bar.close = prev
                     if (tf, ts) not in self._revised:
                         bar.revision += 1
@@ -407,93 +382,7 @@ class SeriesBuilder:
                         close = bars[max(before)].close
                         cur.open = cur.high = cur.low = cur.close = close
 
-    # ---- seeding from history --------------------------------------------------------------------------------------
-
-    def history_plan(self, first_ts: int, bars: int | dict[str, int]) -> dict[str, tuple[int, int]]:
-        """What to ask for before the first trade (at ``first_ts``): timeframe -> (since, until) bucket starts.
-
-        Each derived timeframe gets ``bars`` (one count, or a count per timeframe) candles before the bucket holding
-        the first trade; the base gets its count before the first trade's base bucket *and* every base bucket from the
-        start of each derived seam bucket, so that seam bucket is rolled up from exact base candles plus trades.
-        """
-        def count(tf: str) -> int:
-            return bars if isinstance(bars, int) else bars.get(tf, 0)
-
-        seam = first_ts - first_ts % self.base_ms
-        plan: dict[str, tuple[int, int]] = {}
-        base_since = seam - count(self.base_tf) * self.base_ms
-        for tf, ms in self.derived.items():
-            start = bucket_start(seam, ms)
-            plan[tf] = (start - count(tf) * ms, start)
-            base_since = min(base_since, start)
-        plan[self.base_tf] = (base_since, seam)
-        return plan
-
-    def seed(self, first_ts: int, rows: dict[str, list[Any] | None], out: list[Emitted],
-             plan: dict[str, tuple[int, int]] | None = None) -> None:
-        """Start a fresh series from history (``rows`` per timeframe, None where it could not be had).
-
-        History candles before each seam bucket are emitted as closed; the seam bucket of each derived timeframe is
-        rolled up from the base history. Without base history a derived seam bucket already under way is skipped.
-        ``plan`` (what was asked) records how far back each timeframe's history now reaches (``history_from``).
-        """
-        if self.base is not None or self.last_base_ts is not None:
-            return  # not fresh: live data already decided these buckets
-        seam = first_ts - first_ts % self.base_ms
-        base_rows = rows.get(self.base_tf)
-        for tf, ms in self.derived.items():
-            start = bucket_start(seam, ms)
-            for row in sorted(rows.get(tf) or [], key=lambda r: r[0]):
-                if row[0] < start:
-                    self._emit(tf, bar_from_history(row, ms), out)
-            self.start_at[tf] = start if (base_rows is not None or start == seam) else start + ms
-            asked = (plan or {}).get(tf)
-            self.history_from[tf] = asked[0] if asked and rows.get(tf) is not None else self.start_at[tf]
-        for row in sorted(base_rows or [], key=lambda r: r[0]):
-            if row[0] < seam and (self.last_base_ts is None or row[0] > self.last_base_ts):
-                self.advance(row[0], out)  # flat candles for base buckets the history skipped
-                self._close_base(bar_from_history(row, self.base_ms), out)
-        self.closed_until = max(self.closed_until, seam)
-        asked = (plan or {}).get(self.base_tf)
-        self.history_from[self.base_tf] = asked[0] if asked and base_rows is not None else seam
-        self.flush_revisions(out)
-
-    def backfill_range(self, tf: str, bars: int) -> tuple[int, int] | None:
-        """(since, until) of the history to fetch so that ``tf`` reaches ``bars`` closed candles back from the bucket
-        in progress, or None: far enough already, nothing published yet, or the bucket before ``history_from`` not
-        closed yet in exchange time (a timeframe added mid-bucket: that bucket is fetched whole once it ended)."""
-        if tf != self.base_tf and tf not in self.derived:
-            return None
-        until = self.history_from.get(tf)
-        if until is None or bars <= 0 or until > self.hwm:
-            return None
-        ms = self.base_ms if tf == self.base_tf else self.derived[tf]
-        since = bucket_start(self.hwm, ms) - bars * ms  # whole weeks back from a Monday stay Mondays
-        return (since, until) if since < until else None
-
-    def backfill(self, tf: str, since: int, until: int, rows: list[Any], out: list[Emitted]) -> None:
-        """Older history for ``tf`` (buckets ``since <= ts < until``, before anything published): emitted oldest
-        first, with flat candles between rows when those are on; the live candles are not touched."""
-        if self.history_from.get(tf) != until:
-            return  # the series moved on (restored, or another backfill) since the range was planned
-        ms = self.base_ms if tf == self.base_tf else self.derived[tf]
-        prev: Bar | None = None
-        for row in sorted(rows, key=lambda r: r[0]):
-            if not since <= row[0] < until:
-                continue
-            if self.flat_candles and prev is not None:
-                b = prev.end
-                while b < row[0]:
-                    out.append((tf, Bar(b, b + ms, prev.close)))
-                    b += ms
-            prev = bar_from_history(row, ms)
-            out.append((tf, prev))
-        if self.flat_candles and prev is not None:
-            b = prev.end
-            while b < until:
-                out.append((tf, Bar(b, b + ms, prev.close)))
-                b += ms
-        self.history_from[tf] = since
+    # ---- the closing timer -----------------------------------------------------------------------------------------
 
     def next_close_at(self) -> int | None:
         """Exchange time at which ``advance`` would close something (None: nothing open, no flat candle due)."""
@@ -503,105 +392,3 @@ class SeriesBuilder:
         elif self.flat_candles and self.last_close is not None and self.last_base_ts is not None:
             ends.append(self.last_base_ts + 2 * self.base_ms)
         return min(ends) if ends else None
-
-    # ---- views and persistence -------------------------------------------------------------------------------------
-
-    def last_closed(self, tf: str) -> int | None:
-        """Start of the last closed bar of ``tf`` (``_prune`` always keeps it), None before any."""
-        bars = self.recent.get(tf)
-        return max(bars) if bars else None
-
-    def in_progress(self) -> list[Emitted]:
-        """The open candle of every timeframe (derived ones include the open base bar)."""
-        out: list[Emitted] = []
-        base = self.base
-        if base is not None and self.emit_base:
-            out.append((self.base_tf, base))
-        for tf, ms in self.derived.items():
-            cur = self.cur[tf]
-            if base is not None and bucket_start(base.ts, ms) >= self.start_at[tf]:
-                d = bucket_start(base.ts, ms)
-                if cur is None or cur.ts != d:
-                    view = base.copy(d, d + ms)
-                else:
-                    view = cur.copy()
-                    view.merge(base)
-                out.append((tf, view))
-            elif cur is not None:
-                out.append((tf, cur))
-        return out
-
-    def dump(self) -> dict[str, Any]:
-        """Everything needed to resume exactly (plain msgpack-able structure)."""
-        return {
-            "base_tf": self.base_tf, "base": self.base.dump() if self.base else None,
-            "last_close": None if self.last_close is None else str(self.last_close),
-            "last_base_ts": self.last_base_ts, "closed_until": self.closed_until, "hwm": self.hwm,
-            "gaps": [list(g) for g in self.gaps], "late": [self.late_revised, self.late_dropped],
-            "emit_base": self.emit_base,
-            "derived": {tf: {"cur": c.dump() if (c := self.cur[tf]) else None, "start_at": self.start_at[tf]}
-                        for tf in self.derived},
-            "recent": self._dump_recent(),
-            "history_from": dict(self.history_from),
-        }
-
-    def _dump_recent(self) -> dict[str, bytes]:
-        """``recent`` for ``dump``, each timeframe's kept bars packed once and reused until one of them changes.
-
-        The state is saved with every batch, and the kept bars (a lateness window of them: 60 for 1s bars) change
-        only when a bar closes, a late trade revises one, a gap flags them or they are pruned — each of those marks
-        its timeframe in ``_recent_dirty`` and forgets that bar's packed row (``_touch``). Re-dumping and re-packing
-        them every batch cost ~90 µs per series; re-packing all of them at each close of a 1s bar ~150 µs per candle.
-        The bytes are ``pack([b.dump() for b in bars.values()])``'s: a msgpack array is its header and its items' bytes.
-        """
-        cache, dirty = self._recent_packed, self._recent_dirty
-        out = {}
-        for tf, bars in self.recent.items():
-            hit = cache.get(tf)
-            if hit is None or hit[0] is not bars or tf in dirty:
-                rows = self._bars_packed.get(tf)
-                if rows is None or rows[0] is not bars:
-                    rows = self._bars_packed[tf] = (bars, {})
-                packed = rows[1]
-                parts = []
-                for ts, bar in bars.items():
-                    row = packed.get(ts)
-                    if row is None:
-                        row = packed[ts] = pack(bar.dump())
-                    parts.append(row)
-                hit = cache[tf] = (bars, pack_array_header(len(parts)) + b"".join(parts))
-            out[tf] = hit[1]
-        dirty.clear()
-        return out
-
-    def restore(self, state: dict[str, Any]) -> None:
-        """Load a ``dump()``; timeframes configured now but absent from the state are added as new."""
-        if state.get("base_tf") != self.base_tf:
-            raise ValueError(f"saved state has base {state.get('base_tf')!r}, builder uses {self.base_tf!r}")
-        self.base = Bar.load(state["base"]) if state.get("base") else None
-        self.last_close = None if state.get("last_close") is None else Decimal(state["last_close"])
-        self.last_base_ts = state.get("last_base_ts")
-        self.closed_until = state.get("closed_until", 0)
-        self.hwm = state.get("hwm", 0)
-        self.gaps = [tuple(g) for g in state.get("gaps", [])]
-        self.late_revised, self.late_dropped = state.get("late", [0, 0])
-        self.emit_base = self.emit_base or state.get("emit_base", False)
-        wanted = list(self.derived)
-        self.derived, self.cur, self.start_at = {}, {}, {}
-        for tf, saved in state.get("derived", {}).items():
-            if tf in wanted:
-                self.derived[tf] = timeframe_ms(tf)
-                self.cur[tf] = Bar.load(saved["cur"]) if saved.get("cur") else None
-                self.start_at[tf] = saved.get("start_at", 0)
-        self.recent = {tf: {b[0]: Bar.load(b) for b in (unpack(bars) if isinstance(bars, bytes) else bars)}
-                       for tf, bars in state.get("recent", {}).items() if tf == self.base_tf or tf in self.derived}
-        self.recent.setdefault(self.base_tf, {})
-        self.history_from = {tf: ts for tf, ts in state.get("history_from", {}).items()
-                             if tf == self.base_tf or tf in self.derived}
-        for tf in self.derived:
-            self.recent.setdefault(tf, {})
-        for tf in wanted:
-            if tf not in self.derived:
-                self.add_timeframe(tf)
-        self.derived = dict(sorted(self.derived.items(), key=lambda kv: kv[1]))
-

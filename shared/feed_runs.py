@@ -1,5 +1,5 @@
 """Decoding one read of a trades stream at once (``decode_feed_runs``): the entries of a read as ``decode_feed``
-decodes them, with the one-trade entries of a pair gathered into one ``TradeBatch``. For candle_builder, which reads
+decodes them, with the one-trade entries of a pair after its first gathered into one ``TradeBatch``. For candle_builder, which reads
 many streams of one-trade entries (a live feed's commonest entry) and handles each pair on its own.
 """
 
@@ -41,8 +41,8 @@ def _row_at(raw: bytes) -> int | None:
 
 def decode_feed_runs(raws: list[bytes]) -> list[FeedRun]:
     """``decode_feed`` of each entry of one read, with the one-trade entries of a pair after its first in ONE
-    ``TradeBatch`` (in entry order; ``TradeColumns`` from 8 trades on): ``[(first, last, message or DecodeError), ...]``, where ``first``
-    and ``last`` are the indexes in ``raws`` of the first and last entry it holds. The messages of each pair come in
+    ``TradeBatch`` (in entry order; ``TradeColumns`` from 8 trades on): ``[(first, last, message or DecodeError),
+    ...]``, where ``first`` and ``last`` are the indexes in ``raws`` of the first and last entry it holds. The messages of each pair come in
     entry order; messages of different pairs may come in another order than their entries (a batch is listed at its
     first entry), which is why only a reader that handles each pair on its own (candle_builder) takes this. Any other
     message (a gap, a watermark, a larger batch) ends every batch still being filled, so nothing moves across it.
@@ -101,11 +101,9 @@ def decode_feed_runs(raws: list[bytes]) -> list[FeedRun]:
                 pairs[raw[:at]] = (msg.exchange, msg.symbol)
                 if at not in sizes:
                     sizes.append(at)
-            out.append((i, i, msg))
-            i += 1
-            continue
-        for key in heads:  # nothing moves across this message
-            heads[key] = None
+        else:
+            for key in heads:  # nothing moves across this message
+                heads[key] = None
         out.append((i, i, msg))
         i += 1
     runs: list[FeedRun] = []

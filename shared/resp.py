@@ -15,9 +15,10 @@ keeps redis-py, which knows how to follow it: ``shared.partitioned.raw_reader`` 
 
 Errors are redis-py's, so callers keep one ``except``: a lost or refused connection is ``ConnectionError``, no reply
 within the socket timeout (plus the command's own ``BLOCK``) ``TimeoutError``, an error reply ``ResponseError`` (a
-``LOADING`` server ``BusyLoadingError``, as redis-py maps it: "Redis is unavailable" for the services). A connection
-whose call failed or was cancelled is closed (its reply, if one comes, belongs to nobody); one found closed before a
-call is replaced, and a call whose reused connection fails is sent once more on a new one, as redis-py's default
+``LOADING`` server ``BusyLoadingError``, as redis-py maps it: "Redis is unavailable" for the services). A blocking
+call's connection is closed when the call failed or was cancelled (its reply, if one comes, belongs to nobody); a
+cancelled call leaves the shared connection open (its reply is read and dropped). One found closed before a call is
+replaced, and a call whose reused connection fails is sent once more on a new one, as redis-py's default
 retry does (what goes through this client may run twice: a read, or the alert commit, idempotent by its fence,
 alert ids and offsets).
 """
@@ -184,10 +185,9 @@ class RespClient:
         return reply
 
     async def _pipelined(self, packed: bytes) -> Any:
-        link = self._shared
-        reused = link is not None and not link.closed
-        if link is None or not reused:
-            link = await self._shared_link()
+        link, reused = self._shared, True
+        if link is None or link.closed:
+            link, reused = await self._shared_link(), False
         try:
             # (cancelled: the connection stays, its reply is read and dropped, the other calls on it go on)
             return await link.request(packed, self.socket_timeout)
@@ -214,7 +214,8 @@ class RespClient:
         return await self.execute(*args, block_s=None if block is None else block / 1000)
 
     async def aclose(self) -> None:
-        """Close the idle connections (one in use is closed when its call ends or fails)."""
+        """Close the idle connections and the shared one (calls waiting on it fail); one in use by a blocking call is
+        closed when its call fails."""
         idle, self._idle = self._idle, []
         if self._shared is not None:
             idle.append(self._shared)

@@ -196,8 +196,6 @@ class AlertEngineApp:
                 if loop.time() >= next_reload:
                     next_reload = loop.time() + s.reload_every_s
                     await self.reload_rules()
-                    for pe in list(self.engines.values()):
-                        await pe.commit.save_all_state()
                     self.bus.outage.ok()  # (said only after commands reached Redis: a round may send none)
                 if loop.time() >= next_sync:
                     next_sync = loop.time() + s.registry_poll_s

@@ -68,6 +68,8 @@ class AlertCommit:
         # each partition's stream keeps its share of the history's retention
         self._maxlen = max(100, -(-settings.alert_history_maxlen // settings.partitions))
         self.cooldown_until: dict[str, int] = {}  # fingerprint -> as this engine knows it (-1: forever)
+        self.last_alert: dict[str, str] = {}  # fingerprint -> id of its last alert this engine committed
+        self._written: dict[str, tuple[Any, ...]] = {}  # fingerprint -> ``_row_key`` of the row last sent
         self.published = 0
         self.suppressed = 0
         self.duplicates = 0
@@ -78,16 +80,17 @@ class AlertCommit:
         return partition_of(exchange, symbol, self.settings.partitions)
 
     async def publish(self, fires: list[Fire], *, owner: Ownership | None = None, partition: int | None = None,
-                      offsets: dict[str, bytes] | None = None) -> list[int]:
+                      offsets: dict[str, bytes] | None = None, rows: dict[str, bytes] | None = None) -> list[int]:
         """Gate and publish ``fires``, one script call per partition they belong to; returns the answers (1
         published, 0 duplicate id, -1 cooling down, -2 a resolve whose run published no firing alert).
 
         A partition's worker passes ``owner`` and ``partition`` (every fire is of that partition) and its new
         ``offsets`` (input stream -> last entry id read): one call, fenced by the lease, offsets saved with the
         alerts (even when there are none). FencedError when the lease is lost (the partition leaves ``owner``).
-        Without ``owner`` (tools, tests): no fence, no offsets."""
+        Without ``owner`` (tools, tests): no fence, no offsets. ``rows`` (``changed_rows``, a partition's worker):
+        rule state rows written with the call, beside those of the fingerprints ``fires`` touch."""
         predicted, saved, touched = self._apply_predicted(fires)
-        rows = self._state_rows(touched)
+        rows = {**(rows or {}), **self._state_rows(touched)}
         by_partition: dict[int, list[int]] = {}
         if partition is not None:
             by_partition[partition] = []
@@ -115,7 +118,10 @@ class AlertCommit:
                 fire_args.append((f.alert.encode(), f.now_ms, f.cooldown_ms, fp,
                                   "*" if state == "resolved" else 1 if predicted[i] == 1 else 0, state))
                 if fp in rows and touched[fp] is f:  # (the row of a fingerprint goes with its last fire)
-                    part_rows += (fp, rows[fp])
+                    part_rows += (fp, rows.pop(fp))
+            if partition is not None:  # (a worker's other rows: every one of its partition)
+                for fp, row in rows.items():
+                    part_rows += (fp, row)
             args: list[Any] = [streams.CHANNEL_ALERTS, self._maxlen, s.fired_ttl_s * 1000, _lua_pack(fire_args),
                                _lua_pack(part_rows), _lua_pack(flat_offsets)]
             if owner is not None and partition is not None:
@@ -133,7 +139,7 @@ class AlertCommit:
         """Every fire is a firing alert whose fingerprint this engine itself published with a cooldown that still
         runs at the fire's time: the commit would answer -1 to each (the cooldown key is written only by a publish,
         and holds at least that end), so a partition's worker commits such a read as one that fired nothing. Their
-        rule state rows wait for ``save_all_state``; they count as suppressed."""
+        rule state rows go with a later commit (``changed_rows``); they count as suppressed."""
         for f in fires:
             until = self.cooldown_until.get(f.fingerprint)
             if f.alert.state != "firing" or not f.cooldown_ms or until is None or (0 <= until <= f.now_ms):
@@ -218,20 +224,18 @@ class AlertCommit:
 
     # ---- rule state rows (part_rule_state) --------------------------------------------------------------------------
 
-    async def save_all_state(self) -> None:
-        """Every fingerprint's state (pending/firing/inactive, last value) for the API, periodically."""
-        rows = self.engine.status.rows()
-        if not rows:
-            return
-        where = {fp: self.partition(row["exchange"], row["symbol"]) for fp, row in rows.items()}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for fp in rows:
-                pipe.get(streams.part_alert_cooldown(where[fp], fp))
-            cooldowns = await pipe.execute()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for (fp, row), until in zip(rows.items(), cooldowns, strict=True):
-                pipe.hset(streams.part_rule_state(where[fp]), fp, pack(self._state_row(row, until)))
-            await pipe.execute()
+    def changed_rows(self) -> dict[str, bytes]:
+        """Packed rule state rows of the fingerprints whose state changed since their row was last sent (by a commit
+        or here), cooldown as this engine knows it: no reads, and nothing for a status that did not change (on a
+        whole market most rules run on timeframes that closed no bar since the last call)."""
+        rows: dict[str, bytes] = {}
+        written, cooldown = self._written, self.cooldown_until
+        for fp, st in self.engine.status.items():
+            key = (st.state, st.since_ms, st.last_eval_ms, st.last_fired_ms, st.last_value, cooldown.get(fp))
+            if written.get(fp) != key:
+                written[fp] = key
+                rows[fp] = self._row(fp, st)
+        return rows
 
     def _state_row(self, row: dict[str, Any], until: bytes | None) -> dict[str, Any]:
         rule = self.engine.routes.by_name.get(row["rule"])
@@ -246,7 +250,13 @@ class AlertCommit:
         for fp, f in touched.items():
             st = self.engine.status.get(fp)
             if st is not None:
-                u = self.cooldown_until.get(fp)
-                rows[fp] = pack({**self._state_row(st.as_dict(), None if u is None else str(u).encode()),
-                                 "last_alert_id": f.alert.id})
+                self.last_alert[fp] = f.alert.id
+                self._written[fp] = (st.state, st.since_ms, st.last_eval_ms, st.last_fired_ms, st.last_value,
+                                     self.cooldown_until.get(fp))
+                rows[fp] = self._row(fp, st)
         return rows
+
+    def _row(self, fp: str, st: Any) -> bytes:
+        u = self.cooldown_until.get(fp)
+        return pack({**self._state_row(st.as_dict(), None if u is None else str(u).encode()),
+                     "last_alert_id": self.last_alert.get(fp)})

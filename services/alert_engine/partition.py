@@ -83,6 +83,8 @@ class PartitionEngine:
         # offsets of reads that fired nothing, not saved yet (``offsets_every_ms``), and when offsets were last saved
         self.unsaved: dict[str, bytes] = {}
         self._saved_at = float("-inf")
+        self._rows_at = float("-inf")  # when the changed rule state rows last went with a commit
+        self._evaluated = False  # statuses may have changed since then
         self.ignored: set[tuple[str, str]] = set()  # pairs needed but left out by a plan made after seeing them
         self._known: set[tuple[tuple[str, str], str]] = set()  # (pair, timeframe or kind) checked against the plan
         self.own_close = -1  # the latest close of a closed candle of this partition's series read (exchange ms)
@@ -145,6 +147,7 @@ class PartitionEngine:
         if candles:
             self.engine.on_batch(candles, fire=False)
             self._note_own(candles)
+            self._evaluated = True  # (the warmed-up statuses: written with the first commit)
         await self._restore_last_fired()
         # the warmed-up windows out of the cyclic collector's sight, as start-up's objects are (``quiet_gc``): the
         # engines open after it, and each young collection scanning their state paused the engine ~4.5 ms
@@ -237,10 +240,12 @@ class PartitionEngine:
         read += await self._read_in_order(own, count, None if read else block_ms)
         fires = await self._evaluate(read)
         if waited_since is not None and self.engine.waiting:
+            deferred = self.engine.deferred
             fires += self.engine.flush_deferred(waited_since)
+            self._evaluated |= self.engine.deferred != deferred
         if not read and not fires:
-            if self.unsaved:  # the partition is quiet: save what the reads since the last commit processed
-                await self._commit([], owner)
+            if self.unsaved or self._evaluated:  # the partition is quiet: save what the reads since the last commit
+                await self._commit([], owner, rows=True)  # processed, and the rule states as they are now
             return 0
         new = {name: entries[-1][0] for name, entries in read}
         self.unsaved.update(new)
@@ -287,19 +292,27 @@ class PartitionEngine:
     async def flush(self, owner: Ownership) -> None:
         """Evaluate every bar still waiting for another series with what that series has, and commit (the end of a
         backtest or a final drain), with the offsets not saved yet."""
+        deferred = self.engine.deferred
         fires = self.engine.flush_deferred(None)
-        if fires or self.unsaved:
-            await self._commit(fires, owner)
+        self._evaluated |= self.engine.deferred != deferred
+        if fires or self.unsaved or self._evaluated:
+            await self._commit(fires, owner, rows=True)
 
     def _save_due(self) -> bool:
         every = self.settings.offsets_every_ms
         return every == 0 or (time.monotonic() - self._saved_at) * 1000 >= every
 
-    async def _commit(self, fires: list[Fire], owner: Ownership) -> None:
-        """Commit ``fires`` with every offset read since the last commit (one fenced call)."""
-        await self.commit.publish(fires, owner=owner, partition=self.partition, offsets=self.unsaved)
+    async def _commit(self, fires: list[Fire], owner: Ownership, *, rows: bool = False) -> None:
+        """Commit ``fires`` with every offset read since the last commit (one fenced call), and the rule state rows
+        that changed when ``rows`` or when they are ``state_every_ms`` old."""
+        now = time.monotonic()
+        changed = None
+        if self._evaluated and (rows or (now - self._rows_at) * 1000 >= self.settings.state_every_ms):
+            changed = self.commit.changed_rows()
+            self._rows_at, self._evaluated = now, False
+        await self.commit.publish(fires, owner=owner, partition=self.partition, offsets=self.unsaved, rows=changed)
         self.unsaved = {}
-        self._saved_at = time.monotonic()
+        self._saved_at = now
 
     async def _evaluate(self, read: list[tuple[str, Any]]) -> list[Fire]:
         decoded: list[tuple[str, Any]] = []  # (stream, value or the entry that could not be decoded)
@@ -336,11 +349,13 @@ class PartitionEngine:
                     market.append(value)
             elif isinstance(value, FEEDS):
                 if (value.exchange, value.symbol) in plan.feeds:
+                    self._evaluated = True
                     fires += engine.on_feed(value)
             elif isinstance(value, TradeBatch) and (value.exchange, value.symbol) in plan.trades:
                 # tick-level rules see each trade as it comes (before the candles read with it)
                 fires += engine.on_trades(value.exchange, value.symbol, value.trades)
         if market:
+            self._evaluated = True
             with metrics.EVALUATION_SECONDS.time():
                 fires += engine.on_batch(market)
             self._note_own([c for c in market if isinstance(c, Candle)])

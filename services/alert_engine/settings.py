@@ -39,6 +39,10 @@ class Settings(ServiceSettings):
         default=1_000, ge=0, description="A partition's read that fires nothing saves its offsets at most this "
         "often (with the next commit that has alerts, or when the partition goes quiet, if sooner), not a Redis "
         "round trip per read; a crash re-reads at most this much, and the alert ids keep that exact. 0: every read.")
+    state_every_ms: int = Field(
+        default=2_000, ge=0, description="How often a partition's worker writes the rule states (the API's "
+        "/alerts/status rows) that changed since it last wrote them, with its next commit (or when the partition "
+        "goes quiet); a fire writes its own row at once. 0: with every commit.")
     batch: int = Field(default=500, ge=1)
     alerts_maxlen: int = Field(default=100_000, ge=100, description="Unused since alerts are written per partition "
                                "(streams.part_alerts, retention alert_history_maxlen); kept so settings files that "

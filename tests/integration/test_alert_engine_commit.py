@@ -5,6 +5,7 @@ of its pair (one slot per script: no CROSSSLOT)."""
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from decimal import Decimal
 
@@ -118,6 +119,44 @@ async def test_a_replay_writes_no_row_claiming_a_publish(redis, tmp_path):
     status = replay.engine_of(EX, SYM).status
     assert status and all(st.last_fired_ms is None for st in status.values())
     assert await _all_read(redis)
+
+
+async def test_rule_state_rows_follow_the_statuses_and_an_unchanged_status_is_not_written_again(redis, tmp_path):
+    """The rows go with the partition's own commits (no periodic write of every row): after a drain every status,
+    fired or not, has its row as the engine holds it; a later drain with nothing new writes no row."""
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES + f"""  - {{name: never, exchange: {EX}, symbols: [{SYM}], timeframe: {TF},
+     condition: {{op: above, right: 1000}}}}
+  - {{name: slow, exchange: {EX}, symbols: [{SYM}], timeframe: 5m, condition: {{op: above, right: 1000}}}}
+""")
+    settings = Settings(rules_file=path, consumer_name="e1", warmup_bars=10, block_ms=50, redis_url="redis://unused")
+    closes = [5, 11, 12, 9, 14]
+    p5 = Decimal(12)
+    await _publish(redis, [_candle(i, c) for i, c in enumerate(closes)] + [Candle(
+        exchange=EX, symbol=SYM, timeframe="5m", ts=T0, open=p5, high=p5, low=p5, close=p5, volume=Decimal(5),
+        buy_volume=Decimal(5), sell_volume=Decimal(0))])
+    app = AlertEngineApp(settings, redis)
+    await app.drain(final=False)
+    rows = await rule_state_rows(redis)
+    status = app.engine_of(EX, SYM).status
+    assert set(rows) == set(status) and len(rows) == 4
+    last_close = T0 + len(closes) * TF_MS
+    for fp, st in status.items():
+        row = rows[fp]
+        assert (row["state"], row["last_eval"], row["last_value"]) == (st.state, st.last_eval_ms, str(st.last_value))
+        assert row["last_eval"] == (T0 + 5 * TF_MS if row["rule"] == "slow" else last_close)
+    by_rule = {row["rule"]: row for row in rows.values()}
+    assert by_rule["never"]["state"] == "inactive" and by_rule["never"]["last_fired"] is None
+    assert by_rule["above"]["state"] == "firing" and by_rule["above"]["last_alert_id"]
+    await app.drain(final=False)  # nothing new: no status changed
+    assert await rule_state_rows(redis) == rows  # (a row written again would carry a new updated_at)
+    await asyncio.sleep(0.01)  # (a row written again now would carry another updated_at)
+    await _publish(redis, [_candle(len(closes), 3)])  # one more 1m bar: the 1m statuses change, the 5m one does not
+    await app.drain(final=False)
+    again = {row["rule"]: row for row in (await rule_state_rows(redis)).values()}
+    assert {r: (row["state"], row["last_eval"]) for r, row in again.items() if r != "slow"} == {
+        r: ("inactive", last_close + TF_MS) for r in ("above", "above_cd", "never")}
+    assert again["slow"] == by_rule["slow"]
 
 
 async def test_one_commit_of_thousands_of_alerts_writes_every_alert_and_every_row_once(redis, tmp_path):

@@ -174,6 +174,11 @@ async def test_subscriptions_follow_the_rules_and_intrabar_reads_live_candles(re
     await app.drain()
     assert await subscribers(redis) == {f"{EX}|{SYM}|1m": 1, f"{EX}|BTC/ETH|1m": 1}
     assert streams.part_live(partition_of(EX, SYM, 16)) in app.streams
+    await app.sync_series()  # nothing new: the same subscriptions
+    assert await subscribers(redis) == {f"{EX}|{SYM}|1m": 1, f"{EX}|BTC/ETH|1m": 1}
+    await redis.sadd(streams.FEED_REGISTRY, streams.registry_member(EX, "LTC/ETH"))  # a pair appears: followed
+    await app.sync_series()
+    assert await subscribers(redis) == {f"{EX}|{SYM}|1m": 1, f"{EX}|BTC/ETH|1m": 1, f"{EX}|LTC/ETH|1m": 1}
     # an in-progress candle above the level fires once_per_bar intrabar; the close of the same bar does not repeat it
     live = _candle(0, "11").model_copy(update={"timeframe": "1m", "closed": False})
     await publish_live(redis, live)

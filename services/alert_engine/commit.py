@@ -30,6 +30,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from services.alert_engine.core import AlertEngine, Fire
+from services.alert_engine.core.firing import RuleStatus
 from services.alert_engine.settings import Settings
 from shared import metrics, streams
 from shared.logs import LineBudget
@@ -229,20 +230,13 @@ class AlertCommit:
         or here), cooldown as this engine knows it: no reads, and nothing for a status that did not change (on a
         whole market most rules run on timeframes that closed no bar since the last call)."""
         rows: dict[str, bytes] = {}
-        written, cooldown = self._written, self.cooldown_until
+        written, cooldown, now_ms = self._written, self.cooldown_until, int(time.time() * 1000)
         for fp, st in self.engine.status.items():
             key = (st.state, st.since_ms, st.last_eval_ms, st.last_fired_ms, st.last_value, cooldown.get(fp))
             if written.get(fp) != key:
                 written[fp] = key
-                rows[fp] = self._row(fp, st)
+                rows[fp] = self._row(fp, st, now_ms)
         return rows
-
-    def _state_row(self, row: dict[str, Any], until: bytes | None) -> dict[str, Any]:
-        rule = self.engine.routes.by_name.get(row["rule"])
-        until_ms = int(until) if until is not None else None
-        return {**row, "cooldown_until": until_ms, "cooldown_ms": rule.cooldown_ms if rule else 0,
-                "next_eligible": until_ms if until_ms is not None and until_ms >= 0 else None,
-                "updated_at": int(time.time() * 1000)}
 
     def _state_rows(self, touched: dict[str, Fire]) -> dict[str, bytes]:
         """Packed rule state rows of the fingerprints a batch touched (cooldown as this engine knows it: no reads)."""
@@ -256,7 +250,15 @@ class AlertCommit:
                 rows[fp] = self._row(fp, st)
         return rows
 
-    def _row(self, fp: str, st: Any) -> bytes:
-        u = self.cooldown_until.get(fp)
-        return pack({**self._state_row(st.as_dict(), None if u is None else str(u).encode()),
-                     "last_alert_id": self.last_alert.get(fp)})
+    def _row(self, fp: str, st: RuleStatus, now_ms: int | None = None) -> bytes:
+        """The packed row of one status (``RuleStatus.as_dict``, its cooldown as this engine knows it, when written,
+        the id of its last alert committed here)."""
+        until = self.cooldown_until.get(fp)
+        rule = self.engine.routes.by_name.get(st.rule)
+        row = st.as_dict()
+        row["cooldown_until"] = until
+        row["cooldown_ms"] = rule.cooldown_ms if rule else 0
+        row["next_eligible"] = until if until is not None and until >= 0 else None
+        row["updated_at"] = int(time.time() * 1000) if now_ms is None else now_ms
+        row["last_alert_id"] = self.last_alert.get(fp)
+        return pack(row)

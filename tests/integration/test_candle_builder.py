@@ -173,6 +173,37 @@ async def test_late_trades_within_the_window_revise_candles_to_equal_pandas(redi
     assert revised_minutes and revised_minutes <= late_minutes
 
 
+async def test_late_trades_after_a_restart_revise_what_the_first_builder_closed(redis, redis_url):
+    """The kept bars (the lateness window's closed bars) are part of a pair's saved state: a second builder resuming
+    from Redis revises the bars the first one closed with the trades that come late after the restart, and the last
+    revisions equal pandas."""
+    exchange, symbol, rel = RECORDINGS["btcusdt"]
+    path = shared_data(rel)
+    trades = read_trades(path)
+    late_idx = set(range(2000, 9000, 499))  # delivered 3000 trades later: those before 6000 after the restart
+    order: list[Trade] = []
+    held: dict[int, list[Trade]] = {}
+    for i, t in enumerate(trades):
+        if i in late_idx:
+            held.setdefault(i + 3000, []).append(t)
+        else:
+            order.append(t)
+        order.extend(held.pop(i, []))
+    for rest in held.values():
+        order.extend(rest)
+    settings = settings_for(redis_url, lateness_ms=30 * 60_000, read_count=20)
+    await publish(redis, exchange, symbol, order[:6000], per_entry=40, final=False)
+    await run_until_caught_up(redis, settings)
+    await publish(redis, exchange, symbol, order[6000:], per_entry=40)
+    app = await run_until_caught_up(redis, settings)
+    assert app.status()["late_dropped"] == 0
+    for tf in TIMEFRAMES:
+        check_against_pandas(await read_candles(redis, exchange, symbol, tf), path, tf, revised=True)
+    revised = {c.ts for c in await read_candles(redis, exchange, symbol, "1m") if c.revision}
+    before_restart = {trades[i].ts // 60_000 * 60_000 for i in late_idx if i < 6000 - 3000}
+    assert before_restart and before_restart <= revised
+
+
 async def _run_for(redis, settings: Settings, seconds: float) -> CandleBuilderApp:
     app = CandleBuilderApp(settings, redis)
     stop = asyncio.Event()

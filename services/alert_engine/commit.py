@@ -230,9 +230,9 @@ class AlertCommit:
         or here), cooldown as this engine knows it: no reads, and nothing for a status that did not change (on a
         whole market most rules run on timeframes that closed no bar since the last call)."""
         rows: dict[str, bytes] = {}
-        written, cooldown, now_ms = self._written, self.cooldown_until, int(time.time() * 1000)
+        written, now_ms = self._written, int(time.time() * 1000)
         for fp, st in self.engine.status.items():
-            key = (st.state, st.since_ms, st.last_eval_ms, st.last_fired_ms, st.last_value, cooldown.get(fp))
+            key = self._row_key(fp, st)
             if written.get(fp) != key:
                 written[fp] = key
                 rows[fp] = self._row(fp, st, now_ms)
@@ -245,10 +245,13 @@ class AlertCommit:
             st = self.engine.status.get(fp)
             if st is not None:
                 self.last_alert[fp] = f.alert.id
-                self._written[fp] = (st.state, st.since_ms, st.last_eval_ms, st.last_fired_ms, st.last_value,
-                                     self.cooldown_until.get(fp))
+                self._written[fp] = self._row_key(fp, st)
                 rows[fp] = self._row(fp, st)
         return rows
+
+    def _row_key(self, fp: str, st: RuleStatus) -> tuple[Any, ...]:
+        """What a row shows that may change (``updated_at`` aside): equal keys, equal rows."""
+        return st.state, st.since_ms, st.last_eval_ms, st.last_fired_ms, st.last_value, self.cooldown_until.get(fp)
 
     def _row(self, fp: str, st: RuleStatus, now_ms: int | None = None) -> bytes:
         """The packed row of one status (``RuleStatus.as_dict``, its cooldown as this engine knows it, when written,

@@ -47,6 +47,7 @@ class Series:
     # Redis arrival time (entry id ms) minus exchange time of the newest trade/watermark: the feed's latency when
     # live, years for a replay of a recording. Maps the wall clock to exchange time for the closing timer.
     live_offset: int | None = None
+    timer_check_at: int = 0  # wall ms before which the closing timer has nothing to close here (``ClosingTimer``)
     seeded: list[Emitted] = field(default_factory=list)  # history candles to write with the first batch
     needs_seed: bool = False  # new series, history wanted, no trade seen yet
     late_logged: int = 0  # late_dropped count at the last warning

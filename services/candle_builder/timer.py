@@ -20,6 +20,9 @@ from shared import metrics, streams
 
 __all__ = ["ClosingTimer"]
 
+#: Longest a series goes unchecked by the timer (its feed's latency may have shrunk since: it is due that much sooner)
+RECHECK_MS = 500
+
 
 class ClosingTimer:
     """Ticks of the wall clock closing what live series have due; ``closed`` counts the candles it closed."""
@@ -56,13 +59,19 @@ class ClosingTimer:
         s = self.settings
         due: dict[int, list[tuple[Series, int]]] = {}
         for series in self.held.series.values():
+            if series.timer_check_at > now_ms:  # (nothing can be due before then: the usual series of a tick)
+                continue
             offset = series.live_offset
             if offset is None or abs(offset) > s.live_max_skew_ms:
+                series.timer_check_at = now_ms + RECHECK_MS  # (a replay, or no trade yet)
                 continue
             estimate = now_ms - offset - s.close_grace_ms
             next_close = series.builder.next_close_at()
             if next_close is not None and next_close <= estimate:
                 due.setdefault(series.partition, []).append((series, estimate))
+            else:  # when it would be due by this offset; a trade or a close moves its next close only later
+                series.timer_check_at = (now_ms + RECHECK_MS if next_close is None
+                                         else min(now_ms + RECHECK_MS, next_close + offset + s.close_grace_ms))
         closed = 0
         for partition, items in due.items():
             newest = await self.redis.xrevrange(streams.part_trades(partition), count=1)

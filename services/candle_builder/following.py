@@ -40,16 +40,21 @@ class Following:
         self.subscriptions = Subscriptions(redis)
         self.wanted: dict[Pair, set[str]] = {}  # (exchange, symbol) -> timeframes
         self.lookback: dict[Pair, dict[str, int]] = {}  # (exchange, symbol) -> timeframe -> candles
+        self._read: tuple[set[Any], dict[tuple[str, str, str], int]] | None = None  # what ``refresh`` last applied
 
     async def refresh(self) -> None:
         """Read FEED_REGISTRY and the live subscribers' series; follow new pairs, unfollow removed ones, follow
         timeframe changes."""
         feeds = await self.redis.smembers(streams.FEED_REGISTRY)
         self.outage.ok()  # (only commands that reached Redis say it is back: a timer tick may send none)
-        wanted, self.lookback = self._wanted(feeds, await self.subscriptions.read_all())
+        subscribed = await self.subscriptions.read_all()
+        if self._read is not None and self._read == (feeds, subscribed):
+            return  # (the same registry and subscriptions: the same pairs and timeframes, already followed)
+        wanted, self.lookback = self._wanted(feeds, subscribed)
         gone, dropped = self.apply_wanted(wanted)
         if gone or dropped:
             await self._unfollow(gone, dropped)
+        self._read = (feeds, subscribed)  # (not before: an unfollow cut short by Redis is done again)
 
     def _wanted(self, feeds: Any, subscribed: dict[tuple[str, str, str], int]
                 ) -> tuple[dict[Pair, set[str]], dict[Pair, dict[str, int]]]:

@@ -145,22 +145,29 @@ async def test_without_flat_candles_live_candles_name_the_closed_bar_before_them
     assert after_gap["1m"] >= 20, after_gap  # bars after empty minutes
 
 
+def _delivered_late(trades: list[Trade], late_idx: set[int], by: int) -> list[Trade]:
+    """``trades`` in delivery order: those at ``late_idx`` come ``by`` trades later than their place (the last ones
+    at the end)."""
+    order: list[Trade] = []
+    held: dict[int, list[Trade]] = {}
+    for i, t in enumerate(trades):
+        if i in late_idx:
+            held.setdefault(i + by, []).append(t)
+        else:
+            order.append(t)
+        order.extend(held.pop(i, []))
+    for rest in held.values():
+        order.extend(rest)
+    return order
+
+
 async def test_late_trades_within_the_window_revise_candles_to_equal_pandas(redis, redis_url):
     """Some trades arrive a few minutes late (as after a reconnect backfill): the last revision equals pandas."""
     exchange, symbol, rel = RECORDINGS["btcusdt"]
     path = shared_data(rel)
     trades = read_trades(path)
     late_idx = set(range(3000, 19000, 997))  # every ~1000th trade, delivered 2000 trades later
-    order: list[Trade] = []
-    held: dict[int, list[Trade]] = {}
-    for i, t in enumerate(trades):
-        if i in late_idx:
-            held.setdefault(i + 2000, []).append(t)
-        else:
-            order.append(t)
-        order.extend(held.pop(i, []))
-    for rest in held.values():
-        order.extend(rest)
+    order = _delivered_late(trades, late_idx, 2000)
     assert len(order) == len(trades)
     await publish(redis, exchange, symbol, order, per_entry=40)
     app = await run_until_caught_up(redis, settings_for(redis_url, lateness_ms=10 * 60_000),
@@ -181,16 +188,7 @@ async def test_late_trades_after_a_restart_revise_what_the_first_builder_closed(
     path = shared_data(rel)
     trades = read_trades(path)
     late_idx = set(range(2000, 9000, 499))  # delivered 3000 trades later: those before 6000 after the restart
-    order: list[Trade] = []
-    held: dict[int, list[Trade]] = {}
-    for i, t in enumerate(trades):
-        if i in late_idx:
-            held.setdefault(i + 3000, []).append(t)
-        else:
-            order.append(t)
-        order.extend(held.pop(i, []))
-    for rest in held.values():
-        order.extend(rest)
+    order = _delivered_late(trades, late_idx, 3000)
     settings = settings_for(redis_url, lateness_ms=30 * 60_000, read_count=20)
     await publish(redis, exchange, symbol, order[:6000], per_entry=40, final=False)
     await run_until_caught_up(redis, settings)

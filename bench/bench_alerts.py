@@ -46,7 +46,8 @@ from talib import stream as ta
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (end_services, fmt_spread, paced_trades, pick, proc_cpu_s, read_arrivals, serve,  # noqa: E402
+from bench.common import (KernelNoise, end_services, fmt_spread, paced_trades, pick, proc_cpu_s,  # noqa: E402
+                          read_arrivals, serve,  # noqa: E402
                           spread, start_services, write_result)  # noqa: E402
 from services.alert_engine.core import AlertEngine  # noqa: E402
 from shared import streams  # noqa: E402
@@ -294,6 +295,7 @@ async def latency(url: str, rate: int, seconds: float, tmp: Path, layout: str, r
     producer = ctx.Process(target=_candle_producer, args=(url, seconds, sent_q)) if engine_only else \
         ctx.Process(target=_producer, args=(url, rate, seconds, sent_q))
     redis_cpu = proc_cpu_s(redis_pid)
+    noise = KernelNoise()
     mark.set()
     producer.start()
     sent = await asyncio.to_thread(sent_q.get)
@@ -301,6 +303,7 @@ async def latency(url: str, rate: int, seconds: float, tmp: Path, layout: str, r
     await asyncio.sleep(1.0)  # the last bars' alerts
     stop.set()
     redis_cpu = proc_cpu_s(redis_pid) - redis_cpu
+    kernel = noise.since()
     reader_stop.set()
     received, candles = await asyncio.to_thread(seen_q.get)
     await asyncio.to_thread(reader.join)
@@ -312,7 +315,7 @@ async def latency(url: str, rate: int, seconds: float, tmp: Path, layout: str, r
     to_candle = sorted((candles[k] - sampled[k]) * 1000 for k in candles if k in sampled)
     out = {"layout": layout, "rate_trades_per_s": None if engine_only else rate, "samples": len(lat),
            "bars": len(sampled), "p50_ms": pick(lat, 0.5), "p99_ms": pick(lat, 0.99),
-           "max_ms": round(lat[-1], 3) if lat else None}
+           "max_ms": round(lat[-1], 3) if lat else None, **kernel}
     if engine_only:
         return {**out, "cpu_s": {**cpu, "redis_server": redis_cpu}}
     trades = rate * seconds
@@ -361,6 +364,10 @@ def latencies(rates: list[int], runs: int, seconds: float, reference: bool = Fal
                       f"{'MET' if row.get('met') else 'NOT MET'}); of which trade->candle p50 "
                       f"{p['trade_to_candle_p50_ms']['median']}, p99 {p['trade_to_candle_p99_ms']['median']}; "
                       f"floor {fmt_latency(row['floor'])}", flush=True)
+                if any("kdamond_runs" in r for r in results["processes"]):
+                    print(f"    kernel: kdamond ran {[r['kdamond_runs'] for r in results['processes']]} times "
+                          f"({[r['kdamond_cpu_ms'] for r in results['processes']]} ms) during the pipeline runs "
+                          f"(bench.common.KernelNoise)", flush=True)
                 for layout in ("processes", "reference"):
                     if layout in results:
                         row[layout]["cpu_us_per_trade"] = {

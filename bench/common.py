@@ -171,6 +171,49 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class KernelNoise:
+    """What the machine's own kernel threads that hold a CPU for milliseconds did meanwhile: ``KernelNoise()`` at the
+    start, ``.since()`` at the end. On these VMs ``kdamond`` (DAMON, the host's memory monitor, set up at boot) runs
+    about every 512 ms for 2-5 ms and is not preempted: a process woken on its CPU meanwhile waits that long (seen with
+    ``perf sched timehist``; an asyncio loop alone, nothing else running, wakes 2-5 ms late about twice a second). A
+    latency sample whose path crosses one of its runs is a few ms longer, whatever the services do."""
+
+    PREFIXES = ("kdamond",)
+
+    def __init__(self) -> None:
+        self.start = {pid: self._schedstat(pid) for pid in self._pids()}
+
+    @classmethod
+    def _pids(cls) -> list[int]:
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if (entry / "comm").read_text().startswith(cls.PREFIXES):
+                        pids.append(int(entry.name))
+                except OSError:
+                    continue
+        return pids
+
+    @staticmethod
+    def _schedstat(pid: int) -> tuple[int, int]:
+        """(ns run, times run) of ``pid``; (0, 0) once it is gone."""
+        try:
+            run_ns, _, slices = Path(f"/proc/{pid}/schedstat").read_text().split()[:3]
+        except (OSError, ValueError):
+            return 0, 0
+        return int(run_ns), int(slices)
+
+    def since(self) -> dict[str, Any]:
+        """CPU ms and runs of those threads since the start (empty when the kernel has none)."""
+        if not self.start:
+            return {}
+        ran = [self._schedstat(pid) for pid in self.start]
+        ms = sum(r[0] - s[0] for r, s in zip(ran, self.start.values())) / 1e6
+        runs = sum(r[1] - s[1] for r, s in zip(ran, self.start.values()))
+        return {"kdamond_cpu_ms": round(ms, 1), "kdamond_runs": runs}
+
+
 def write_result(name: str, result: dict[str, Any]) -> Path:
     """bench/results/<name> (JSON)."""
     RESULTS.mkdir(exist_ok=True)

@@ -1,8 +1,8 @@
 """The idle cost of candle_builder's reads with many configured quiet pairs (issue 21), on a private redis-server.
 
 A builder with default settings (one replica: it holds all 16 partitions) runs while ``FEED_REGISTRY`` names N pairs
-that publish nothing. The partition workers' reads leave as one XREAD (``shared.shared_reads``) naming the 16
-partitions' trades streams, so an idle read names 16 streams whatever N is. Measured over ``--seconds`` per N (10 and 10,000): Redis's own time per XREAD (INFO
+that publish nothing. Each partition worker blocks on XREAD of its one trades stream, so an idle read names one
+stream whatever N is. Measured over ``--seconds`` per N (10 and 10,000): Redis's own time per XREAD (INFO
 commandstats ``usec_per_call``), redis-server's CPU (from /proc) per second and per XREAD, and the calls of each
 command (the registry and subscription reads of discovery, once a second, are the part that grows with N).
 

@@ -49,10 +49,9 @@ from shared.feed_codec import trade_rows
 from shared.feed_runs import decode_feed_runs
 from shared.outage import REDIS_DOWN
 from shared.ownership import Ownership
-from shared.partitioned import PartitionWorkers, raw_reader
+from shared.partitioned import PartitionWorkers, raw_reader, read_streams
 from shared.runtime import consumer_name, heartbeat, quiet_gc
 from shared.schemas import FeedMessage, GapMarker, TradeBatch, Watermark
-from shared.shared_reads import shared_reads
 from shared.stream_entries import entry_data
 
 logger = logging.getLogger(__name__)
@@ -72,7 +71,6 @@ class CandleBuilderApp:
                                    replication=settings.durability)
         self.workers = PartitionWorkers(self.ownership, self.work, name=SERVICE, outage=self.bus.outage)
         self.raw = raw_reader(redis)
-        self.reads = shared_reads(self.raw, count=settings.read_count, block_ms=settings.block_ms)
         self.held = HeldPartitions(settings, self.ownership)
         self.following = Following(settings, redis, self.held, self.bus.outage)
         self.loader = SeriesLoader(settings, redis, self.held, self.following)
@@ -123,7 +121,6 @@ class CandleBuilderApp:
                 task.cancel()
             await asyncio.gather(workers, *helpers, return_exceptions=True)
             with contextlib.suppress(Exception):
-                await self.reads.aclose()
                 await self.raw.aclose()
 
     def status(self) -> dict[str, Any]:
@@ -180,7 +177,8 @@ class CandleBuilderApp:
                     # (``HeldPartitions.drop``): resume from what Redis holds, as a new owner would
                     saved = await self.redis.hget(streams.part_state(partition, GROUP), streams.offset_field(stream))
                     offset = held.offsets[partition] = saved or b"0-0"
-                read = await self.reads.read(partition, {stream: offset})
+                read = await read_streams(self.raw, {stream: offset}, count=self.settings.read_count,
+                                          block_ms=self.settings.block_ms)
                 if read and not stop.is_set():
                     async with held.lock(partition):
                         await self._handle(partition, stream, read[0][1])
@@ -188,7 +186,6 @@ class CandleBuilderApp:
                     async with held.lock(partition):
                         await held.save(partition, [])
         finally:
-            self.reads.leave(partition)
             held.drop(partition)
 
     async def _handle(self, partition: int, stream: str, entries: list[Any]) -> None:

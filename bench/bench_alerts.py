@@ -17,6 +17,9 @@
     reader reading the trades themselves (producer -> Redis -> reader): what the machine costs before any of our
     work. The first WARMUP_S seconds are not sampled. p50 / p99 per run; median, min and max over the runs.
 
+Each latency run also records what the kernel's ``kdamond`` did meanwhile (``bench.common.KernelNoise``): on these VMs
+it holds a CPU for 2-5 ms about twice a second, and a sample whose path crosses one of its runs is that much longer.
+
 ``--reference``: each pipeline and engine-hop run alternates with one whose services read and commit through
 redis-py's asyncio client instead of ``shared.resp`` (the reference); CPU per trade and the ratios to it printed.
 
@@ -47,8 +50,7 @@ from talib import stream as ta
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (KernelNoise, end_services, fmt_spread, paced_trades, pick, proc_cpu_s,  # noqa: E402
-                          read_arrivals, serve,  # noqa: E402
-                          spread, start_services, write_result)  # noqa: E402
+                          read_arrivals, serve, spread, start_services, write_result)  # noqa: E402
 from services.alert_engine.core import AlertEngine  # noqa: E402
 from shared import streams  # noqa: E402
 from shared.bus import FIELD  # noqa: E402

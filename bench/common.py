@@ -173,8 +173,8 @@ def proc_cpu_s(pid: int) -> float:
 
 class KernelNoise:
     """What the machine's own kernel threads that hold a CPU for milliseconds did meanwhile: ``KernelNoise()`` at the
-    start, ``.since()`` at the end. On these VMs ``kdamond`` (DAMON, the host's memory monitor, set up at boot) runs
-    about every 512 ms for 2-5 ms and is not preempted: a process woken on its CPU meanwhile waits that long (seen with
+    start, ``.since()`` at the end. On these VMs ``kdamond`` (DAMON, the kernel's data-access monitor, turned on when
+    the VM boots) runs about every 512 ms for 2-5 ms and is not preempted: a process woken on its CPU meanwhile waits that long (seen with
     ``perf sched timehist``; an asyncio loop alone, nothing else running, wakes 2-5 ms late about twice a second). A
     latency sample whose path crosses one of its runs is a few ms longer, whatever the services do."""
 
